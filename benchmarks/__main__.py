@@ -1,0 +1,29 @@
+"""Run benchmarks, each in a fresh process so that memory figures are its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .core import BENCHMARKS as CORE
+
+ALL = {**CORE}
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {sorted(ALL)}", file=sys.stderr)
+        return 2
+    if len(names) == 1:
+        ALL[names[0]]()
+        return 0
+    for name in names or list(ALL):
+        code = subprocess.call([sys.executable, "-m", "benchmarks", name])
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

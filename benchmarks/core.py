@@ -1,0 +1,213 @@
+"""Benchmarks of the core: the whole pipeline, the debouncer alone, the SQLite journal."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import sqlite3
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import trio
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import FakeConnector
+
+from ._util import peak_rss_mib, report, timed, timed_trio
+
+MESSAGES = 200_000
+SESSIONS = 20_000
+PAGE = 100  # messages per put, as a long-poll page would bring them
+
+
+def _messages(count: int, sessions: int, per_session_run: int = 10) -> list[cb.Message]:
+    """``count`` messages; each session gets ``per_session_run`` in a row, like a burst."""
+    fake = FakeConnector()
+    return [
+        fake.message(f"m{i}", chat=f"c{(i // per_session_run) % sessions}", id=str(i))
+        for i in range(count)
+    ]
+
+
+class _PageConnector(cb.Connector):
+    """Puts pre-built messages into the inbox a page at a time, as fast as it is allowed."""
+
+    def __init__(self, messages: list[cb.Message]) -> None:
+        self.platform, self.account = "fake", "bot"
+        self.messages = messages
+        self.go = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self.go.wait()
+        for start in range(0, len(self.messages), PAGE):
+            await self.ctx.put(self.messages[start : start + PAGE])
+        await trio.sleep_forever()
+
+    async def send(self, target: cb.Message, text: str) -> None:
+        pass
+
+
+def bench_pipeline() -> None:
+    """(a) 200k messages over 20k sessions, inbox -> debouncer -> dispatcher -> no-op agent."""
+    messages = _messages(MESSAGES, SESSIONS)
+
+    async def raw_channel() -> None:
+        send, receive = trio.open_memory_channel[cb.Message](1024)
+
+        async def produce() -> None:
+            async with send:
+                for message in messages:
+                    await send.send(message)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with receive:
+                async for _ in receive:
+                    pass
+
+    handled = 0
+    batches = 0
+
+    async def pipeline() -> None:
+        nonlocal handled, batches
+        done = trio.Event()
+
+        async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+            nonlocal handled, batches
+            handled += len(batch.messages)
+            batches += 1
+            if handled == MESSAGES:
+                done.set()
+
+        connector = _PageConnector(messages)
+        bridge = cb.Bridge(
+            connectors=[connector],
+            agent=agent,
+            store=cb.MemoryStore(),
+            debounce=cb.Debounce(window=0.0),
+            concurrency=64,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            connector.go.set()
+            await done.wait()
+            nursery.cancel_scope.cancel()
+
+    raw = timed_trio(raw_channel)
+    piped = timed_trio(pipeline)
+    assert handled == MESSAGES
+    report(
+        "pipeline: 200k messages, 20k sessions, MemoryStore, no-op agent",
+        [
+            ("raw trio memory channel", f"{raw:.3f} s  ({MESSAGES / raw:,.0f} items/s)"),
+            ("bridge pipeline", f"{piped:.3f} s  ({MESSAGES / piped:,.0f} messages/s)"),
+            ("batches / agent runs", f"{batches:,}"),
+            ("ratio (pipeline / raw throughput)", f"{raw / piped:.2f}x  (target >= 0.5x)"),
+            ("peak RSS of the process", f"{peak_rss_mib():.0f} MiB"),
+        ],
+    )
+
+
+async def _fill_debouncer(
+    pages: list[tuple[cb.Message, ...]], count: int, keep: list[cb.Debouncer]
+) -> None:
+    """Feed every page to a debouncer with a 1 h window and wait until it holds them all."""
+    debouncer = cb.Debouncer(cb.Debounce(window=3600.0, max_delay=None))
+    keep.append(debouncer)
+    send_in, recv_in = trio.open_memory_channel[tuple[cb.Message, ...]](math.inf)
+    send_out, _recv_out = trio.open_memory_channel[cb.Batch](math.inf)
+    for page in pages:
+        send_in.send_nowait(page)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(debouncer.run, recv_in, send_out)
+        # The debouncer has no "idle" event to wait on: yield until it has filed every page.
+        while debouncer.pending_sessions < count:
+            await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+
+
+def bench_debouncer() -> None:
+    """(b) The debouncer alone with 1k, 10k, 100k pending sessions: time and memory."""
+    rows: list[tuple[str, str]] = []
+    per_message: dict[int, float] = {}
+    for pending in (1_000, 10_000, 100_000):
+        messages = _messages(pending, pending, per_session_run=1)
+        pages = [tuple(messages[i : i + PAGE]) for i in range(0, pending, PAGE)]
+        gc.collect()
+        kept: list[cb.Debouncer] = []
+        seconds = timed(lambda: trio.run(_fill_debouncer, pages, pending, kept))  # noqa: B023
+        kept.clear()
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        trio.run(_fill_debouncer, pages, pending, kept)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        kept.clear()
+        per_message[pending] = seconds / pending
+        rows.append(
+            (
+                f"{pending:>7,} pending sessions",
+                f"{seconds / pending * 1e6:6.2f} us/message, {held / pending:6.0f} B/pending "
+                "session (messages themselves not counted)",
+            )
+        )
+    ratio = per_message[100_000] / per_message[1_000]
+    rows.append(("100k vs 1k time per message", f"{ratio:.2f}x (target <= 2x)"))
+    report("debouncer alone (window 1 h, so every session stays pending)", rows)
+
+
+def bench_sqlite_journal() -> None:
+    """(c) SQLiteStore.journal_add against a bare executemany of the same rows."""
+    count = 50_000
+    messages = _messages(count, count // 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+
+        def bare() -> None:
+            db = sqlite3.connect(base / "bare.db", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE journal (seq INTEGER PRIMARY KEY, platform TEXT, account TEXT, "
+                "message_id TEXT, body TEXT, received_at REAL, "
+                "UNIQUE (platform, account, message_id))"
+            )
+            for start in range(0, count, PAGE):
+                page = messages[start : start + PAGE]
+                db.execute("BEGIN")
+                db.executemany(
+                    "INSERT INTO journal (platform, account, message_id, body, received_at) "
+                    "VALUES (?, ?, ?, ?, 0)",
+                    [(m.platform, m.account, m.id, json.dumps(m.to_json())) for m in page],
+                )
+                db.execute("COMMIT")
+            db.close()
+
+        async def store() -> None:
+            async with cb.SQLiteStore(base / "store.db") as journal:
+                for start in range(0, count, PAGE):
+                    await journal.journal_add(messages[start : start + PAGE])
+
+        raw = timed(bare)
+        ours = timed_trio(store)
+    report(
+        f"SQLite journal: {count:,} messages in pages of {PAGE}, one transaction a page",
+        [
+            ("bare executemany, same rows", f"{raw:.3f} s  ({count / raw:,.0f} rows/s)"),
+            ("SQLiteStore.journal_add", f"{ours:.3f} s  ({count / ours:,.0f} messages/s)"),
+            ("ratio (journal / bare throughput)", f"{raw / ours:.2f}x"),
+            ("peak RSS of the process", f"{peak_rss_mib():.0f} MiB"),
+        ],
+    )
+
+
+BENCHMARKS = {
+    "pipeline": bench_pipeline,
+    "debouncer": bench_debouncer,
+    "sqlite": bench_sqlite_journal,
+}

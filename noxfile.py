@@ -1,0 +1,38 @@
+"""Developer sessions: ``nox -s tests``, ``lint``, ``docs``, ``bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, as CI runs it."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy --strict over the package."""
+    session.install("-e", ".[test]", "ruff", "mypy")
+    session.run("ruff", "check", "trio_chatbridge", "tests", "benchmarks")
+    session.run("ruff", "format", "--check", "trio_chatbridge", "tests", "benchmarks")
+    session.run("mypy", "--strict", "trio_chatbridge")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Check the docs: every page's Python snippets compile and every doc-linked module imports."""
+    session.install("-e", ".")
+    session.run("python", "docs/check_docs.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run every benchmark; each prints its figures against a baseline from the same run."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,346 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import FakeConnector, open_bridge
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(" / ".join(m.text for m in batch.messages))
+
+
+def make_bridge(agent: cb.Agent = echo, *connectors: cb.Connector, **options: object) -> cb.Bridge:
+    return cb.Bridge(
+        connectors=connectors or [FakeConnector()],
+        agent=agent,
+        store=options.pop("store", cb.MemoryStore()),  # type: ignore[arg-type]
+        debounce=options.pop("debounce", cb.Debounce(window=1.0)),  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_burst_becomes_one_reply(autojump_clock: trio.testing.MockClock) -> None:
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(echo, chat)) as bridge:
+        for text in ["hi", "are you", "there?"]:
+            await chat.say(text)
+        reply = await chat.next_reply()
+        assert reply.text == "hi / are you / there?"
+        assert reply.reply_to == "m3"
+        stats = bridge.stats()
+    assert (stats.received, stats.batches, stats.runs, stats.replies) == (3, 1, 1, 1)
+
+
+async def test_streamed_reply_keeps_each_write(autojump_clock: trio.testing.MockClock) -> None:
+    async def streamer(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            for word in batch.text.split():
+                await out.write(word.upper() + " ")
+
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(streamer, chat)):
+        await chat.say("one two three")
+        reply = await chat.next_reply()
+    assert reply.chunks == ("ONE ", "TWO ", "THREE ")
+    assert reply.text == "ONE TWO THREE "
+
+
+async def test_duplicate_delivery_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(echo, chat)) as bridge:
+        message = chat.message("once", id="same")
+        chat.deliver(message, message)
+        await chat.next_reply()
+        await trio.sleep(5)
+        assert bridge.stats().duplicates == 1
+    assert [r.text for r in chat.sent] == ["once"]
+
+
+async def test_queue_mode_merges_batches_that_arrive_during_a_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[list[str]] = []
+
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.append([m.text for m in batch.messages])
+        await trio.sleep(10)
+
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(slow, chat, on_busy="queue")):
+        await chat.say("a")
+        await trio.sleep(2)  # first run has started
+        await chat.say("b")
+        await trio.sleep(2)
+        await chat.say("c")
+        await trio.sleep(30)
+    assert seen == [["a"], ["b", "c"]]
+
+
+async def test_interrupt_mode_reruns_with_all_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    started: list[list[str]] = []
+
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        started.append([m.text for m in batch.messages])
+        await trio.sleep(10)
+        await reply.send("done: " + batch.text.replace("\n", ","))
+
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(slow, chat, on_busy="interrupt")) as bridge:
+        await chat.say("a")
+        await trio.sleep(2)
+        await chat.say("b")
+        reply = await chat.next_reply()
+        assert bridge.stats().interrupts == 1
+    assert started == [["a"], ["a", "b"]]
+    assert reply.text == "done: a,b"
+    assert len(chat.sent) == 1
+
+
+async def test_concurrency_limit_holds(autojump_clock: trio.testing.MockClock) -> None:
+    running = 0
+    peak = 0
+
+    async def busy(batch: cb.Batch, reply: cb.Reply) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(5)
+        running -= 1
+
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(busy, chat, concurrency=3)) as bridge:
+        for i in range(10):
+            await chat.say("hello", chat=f"c{i}")
+        await trio.sleep(60)
+        assert bridge.stats().runs == 10
+    assert peak == 3
+
+
+async def test_a_failing_agent_does_not_stop_others(autojump_clock: trio.testing.MockClock) -> None:
+    async def picky(batch: cb.Batch, reply: cb.Reply) -> None:
+        if batch.text == "boom":
+            raise RuntimeError("agent bug")
+        await reply.send("ok")
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(picky, chat, store=store)) as bridge:
+        bad = await chat.say("boom", chat="x")
+        await chat.say("fine", chat="y")
+        assert (await chat.next_reply()).chat == "y"
+        await trio.sleep(5)
+        assert bridge.stats().failures == 1
+    entry = await store.journal_entry(("fake", "bot", bad.id))
+    assert entry is not None
+    assert entry.state == "failed"
+    assert entry.error == "RuntimeError: agent bug"
+
+
+async def test_run_timeout_cancels_and_records(autojump_clock: trio.testing.MockClock) -> None:
+    async def stuck(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep_forever()
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(stuck, chat, store=store, run_timeout=30.0)) as bridge:
+        message = await chat.say("hello")
+        await trio.sleep(40)
+        assert bridge.stats().timeouts == 1
+    entry = await store.journal_entry(("fake", "bot", message.id))
+    assert entry is not None and entry.error == "agent timed out after 30.0 s"
+
+
+async def test_shutdown_flushes_pending_sessions(autojump_clock: trio.testing.MockClock) -> None:
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    bridge = make_bridge(echo, chat, store=store, debounce=cb.Debounce(window=600))
+    async with open_bridge(bridge):
+        await chat.say("a", chat="one")
+        await chat.say("b", chat="two")
+        await trio.sleep(1)
+        assert chat.sent == []
+    assert sorted(r.text for r in chat.sent) == ["a", "b"]
+    assert await store.journal_pending() == []
+
+
+async def test_shutdown_grace_leaves_unfinished_runs_for_replay(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(100)
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(slow, chat, store=store, shutdown_grace=5)) as bridge:
+        message = await chat.say("a")
+        await trio.sleep(2)
+    assert bridge.stats().abandoned == 1
+    assert await store.journal_pending() == [message]
+    assert trio.current_time() < 20
+
+
+async def test_restart_replays_unfinished_exactly_once(tmp_path: Path) -> None:
+    # SQLite works in a thread, and an autojump clock would jump while it does: this test uses
+    # the real clock and never waits on it (a graceful shutdown flushes every session at once).
+    db = tmp_path / "bridge.db"
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+        await reply.send("ok")
+
+    never = cb.Debounce(window=math.inf, max_delay=None)
+    with trio.fail_after(10):
+        # First life: two messages are accepted, then the process dies before any agent runs.
+        first = FakeConnector()
+        async with trio.open_nursery() as nursery:
+            bridge = make_bridge(agent, first, store=cb.SQLiteStore(db), debounce=never)
+            await nursery.start(bridge.run)
+            await first.say("one", id="1")
+            await first.say("two", id="2")
+            nursery.cancel_scope.cancel()  # a hard stop: no flush, no agent
+        assert handled == []
+
+        # Second life: the journal replays both; the platform redelivers "2" (a duplicate).
+        second = FakeConnector()
+        bridge = make_bridge(agent, second, store=cb.SQLiteStore(db), debounce=never)
+        async with open_bridge(bridge):
+            second.deliver(second.message("two", id="2"))
+            await second.say("three", id="3")
+        assert sorted(handled) == ["one", "three", "two"]
+        stats = bridge.stats()
+        assert (stats.replayed, stats.duplicates, stats.received) == (2, 1, 1)
+
+        # Third life: nothing left to replay.
+        bridge = make_bridge(agent, FakeConnector(), store=cb.SQLiteStore(db), debounce=never)
+        async with open_bridge(bridge):
+            pass
+        assert bridge.stats().replayed == 0
+        assert sorted(handled) == ["one", "three", "two"]
+
+
+class TimedFake(FakeConnector):
+    """Records when each run starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started_at: list[float] = []
+        self.restarted = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started_at.append(trio.current_time())
+        self.restarted.set()
+        self.restarted = trio.Event()
+        await super().run(task_status=task_status)
+
+
+async def test_connector_restarts_with_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    chat = TimedFake()
+    backoff = cb.Backoff(initial=1.0, multiplier=2.0, maximum=5.0, jitter=0.0, healthy_after=60)
+    async with open_bridge(make_bridge(echo, chat, backoff=backoff)) as bridge:
+        delays: list[float] = []
+
+        async def crash_and_time_restart() -> None:
+            chat.crash()
+            crashed_at = trio.current_time()
+            await chat.restarted.wait()
+            delays.append(chat.started_at[-1] - crashed_at)
+
+        for _ in range(5):
+            await crash_and_time_restart()
+        status = bridge.status()["fake:bot"]
+        assert status.restarts == 5
+        assert status.last_error == "ConnectionError: injected crash"
+        assert bridge.stats().reconnects == 5
+        # a connector that stays healthy long enough starts again from the initial delay
+        await trio.sleep(61)
+        await crash_and_time_restart()
+        # and it still works
+        await chat.say("still here")
+        assert (await chat.next_reply()).text == "still here"
+    assert delays == [1.0, 2.0, 4.0, 5.0, 5.0, 1.0]
+
+
+def test_backoff_jitter_stays_in_its_band() -> None:
+    low = cb.Backoff(initial=10, jitter=0.2, random=lambda: 0.0)
+    high = cb.Backoff(initial=10, jitter=0.2, random=lambda: 0.999999)
+    assert low.delay(1) == pytest.approx(8.0)
+    assert high.delay(1) == pytest.approx(12.0, rel=1e-4)
+
+
+class FailingConnector(cb.Connector):
+    def __init__(self, account: str, error: Exception) -> None:
+        self.platform = "broken"
+        self.account = account
+        self.error = error
+        self.attempts = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.attempts += 1
+        raise self.error
+
+    async def send(self, target: cb.Message, text: str) -> None:
+        raise AssertionError("never called")
+
+
+async def test_fatal_error_stops_that_connector_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    broken = FailingConnector("x", cb.FatalConnectorError("bad secret for account x: fix config"))
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(echo, broken, chat)) as bridge:
+        await trio.sleep(100)
+        await chat.say("hello")
+        assert (await chat.next_reply()).text == "hello"
+        status = bridge.status()
+    assert broken.attempts == 1
+    assert status["broken:x"].state == "failed"
+    assert status["broken:x"].detail == "bad secret for account x: fix config"
+    assert status["fake:bot"].state == "running"
+
+
+async def test_start_waits_until_connectors_are_up(autojump_clock: trio.testing.MockClock) -> None:
+    flaky = FailingConnector("y", ConnectionError("down"))
+    bridge = make_bridge(echo, flaky, backoff=cb.Backoff(initial=1, jitter=0))
+    async with trio.open_nursery() as nursery:
+        with trio.move_on_after(10) as timeout:
+            await nursery.start(bridge.run)
+        assert timeout.cancelled_caught  # never up: start does not return
+        nursery.cancel_scope.cancel()
+    assert flaky.attempts > 3
+
+
+def test_configuration_errors_are_clear() -> None:
+    with pytest.raises(cb.ConfigurationError, match="given twice"):
+        cb.Bridge(connectors=[FakeConnector(), FakeConnector()], agent=echo, store=cb.MemoryStore())
+    with pytest.raises(cb.ConfigurationError, match="on_busy"):
+        cb.Bridge(connectors=[], agent=echo, store=cb.MemoryStore(), on_busy="drop")  # type: ignore[arg-type]
+
+
+async def test_send_failure_is_a_failed_run_not_a_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(echo, chat)) as bridge:
+        chat.fail_sends(1)
+        await chat.say("lost")
+        await trio.sleep(5)
+        await chat.say("works")
+        assert (await chat.next_reply()).text == "works"
+        assert bridge.stats().failures == 1
+
+
+async def test_a_bridge_runs_once(autojump_clock: trio.testing.MockClock) -> None:
+    bridge = make_bridge(echo)
+    async with open_bridge(bridge):
+        pass
+    with pytest.raises(cb.ChatBridgeError, match="runs once"):
+        await bridge.run()

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import FakeConnector
+
+fake = FakeConnector()
+
+
+class Clock:
+    """A wall clock the test moves by hand (for the SQLite store's leases)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[cb.Store]:
+    if request.param == "memory":
+        store: cb.Store = cb.MemoryStore()
+    else:
+        store = cb.SQLiteStore(tmp_path / "store.db")
+    async with store:
+        yield store
+
+
+async def test_journal_tells_new_from_duplicate(store: cb.Store) -> None:
+    a, b = fake.message("a", id="1"), fake.message("b", id="2")
+    assert await store.journal_add([a, b, a]) == [True, True, False]
+    assert await store.journal_add([b, fake.message("c", id="3")]) == [False, True]
+    other_account = FakeConnector("other").message("a", id="1")
+    assert await store.journal_add([other_account]) == [True]
+
+
+async def test_journal_pending_done_and_failed(store: cb.Store) -> None:
+    messages = [fake.message(str(i), id=str(i)) for i in range(5)]
+    await store.journal_add(messages)
+    assert await store.journal_pending() == messages
+    await store.journal_done(messages[:2])
+    await store.journal_done(messages[2:3], error="ValueError: nope")
+    assert await store.journal_pending() == messages[3:]
+    entry = await store.journal_entry(("fake", "bot", "2"))
+    assert entry is not None
+    assert (entry.state, entry.error, entry.message) == ("failed", "ValueError: nope", messages[2])
+    assert await store.journal_entry(("fake", "bot", "nope")) is None
+
+
+async def test_journal_prune_keeps_pending(store: cb.Store) -> None:
+    done, pending = fake.message("x", id="d"), fake.message("y", id="p")
+    await store.journal_add([done, pending])
+    await store.journal_done([done])
+    assert await store.journal_prune(before=0) == 0
+    assert await store.journal_prune(before=float("inf")) == 1
+    assert await store.journal_pending() == [pending]
+    assert await store.journal_add([done]) == [True]  # forgotten: would be new again
+
+
+async def test_key_values_and_cursors_are_per_account(store: cb.Store) -> None:
+    assert await store.get("weixin", "a", "token") is None
+    await store.set("weixin", "a", "token", "t1")
+    await store.set("weixin", "b", "token", "t2")
+    await store.set("weixin", "a", "token", "t3")
+    assert await store.get("weixin", "a", "token") == "t3"
+    assert await store.get("weixin", "b", "token") == "t2"
+    await store.set("weixin", "a", "token", None)
+    assert await store.get("weixin", "a", "token") is None
+    await store.set_cursor("weixin", "a", "cursor-1")
+    assert await store.get_cursor("weixin", "a") == "cursor-1"
+    assert await store.get_cursor("weixin", "b") is None
+
+
+async def lease_behaviour(store: cb.Store, advance: Callable[[float], object]) -> None:
+    assert await store.acquire_lease("conn", "p1", ttl=10)
+    assert not await store.acquire_lease("conn", "p2", ttl=10)
+    assert await store.acquire_lease("conn", "p1", ttl=10)  # ours already: extended
+    await advance(5)
+    assert await store.renew_lease("conn", "p1", ttl=10)
+    assert not await store.renew_lease("conn", "p2", ttl=10)
+    await advance(11)  # expired
+    assert not await store.renew_lease("conn", "p1", ttl=10)
+    assert await store.acquire_lease("conn", "p2", ttl=10)
+    await store.release_lease("conn", "p1")  # not ours: no effect
+    assert not await store.acquire_lease("conn", "p1", ttl=10)
+    await store.release_lease("conn", "p2")
+    assert await store.acquire_lease("conn", "p1", ttl=10)
+
+
+async def test_memory_leases_follow_trio_clock(autojump_clock: trio.testing.MockClock) -> None:
+    await lease_behaviour(cb.MemoryStore(), trio.sleep)
+
+
+async def test_sqlite_leases_follow_wall_clock(tmp_path: Path) -> None:
+    clock = Clock()
+
+    async def advance(seconds: float) -> None:
+        clock.now += seconds
+
+    async with cb.SQLiteStore(tmp_path / "l.db", wall_clock=clock) as store:
+        await lease_behaviour(store, advance)
+
+
+async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    message = fake.message("hello", id="42")
+    async with cb.SQLiteStore(path) as store:
+        await store.journal_add([message])
+        await store.set_cursor("fake", "bot", "c9")
+    async with cb.SQLiteStore(path) as store:
+        assert await store.journal_pending() == [message]
+        assert await store.journal_add([message]) == [False]
+        assert await store.get_cursor("fake", "bot") == "c9"
+
+
+async def test_sqlite_large_batch_is_one_call(tmp_path: Path) -> None:
+    messages = [fake.message(str(i), id=str(i)) for i in range(1000)]
+    async with cb.SQLiteStore(tmp_path / "big.db") as store:
+        assert await store.journal_add(messages) == [True] * 1000
+        assert await store.journal_add([*messages[500:], fake.message("n", id="new")]) == (
+            [False] * 500 + [True]
+        )
+        assert len(await store.journal_pending()) == 1001
+
+
+async def test_sqlite_errors_are_clear(tmp_path: Path) -> None:
+    store = cb.SQLiteStore(tmp_path / "x.db")
+    with pytest.raises(cb.StoreError, match="not open"):
+        await store.get("a", "b", "c")
+    bad = tmp_path / "garbage.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(cb.StoreError, match="cannot open"):
+        await cb.SQLiteStore(bad).open()

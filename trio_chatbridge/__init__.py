@@ -1,0 +1,88 @@
+"""trio_chatbridge: connect chat platforms to your bot or agent, on Trio.
+
+Everything public is re-exported here; the modules behind it are private.
+"""
+
+from ._bridge import Bridge as Bridge
+from ._connector import BufferedReplyStream as BufferedReplyStream
+from ._connector import Connector as Connector
+from ._connector import ConnectorContext as ConnectorContext
+from ._connector import ConnectorState as ConnectorState
+from ._connector import ConnectorStatus as ConnectorStatus
+from ._connector import ReplyStream as ReplyStream
+from ._debounce import Debounce as Debounce
+from ._debounce import Debouncer as Debouncer
+from ._debounce import session_key as session_key
+from ._dispatch import Agent as Agent
+from ._dispatch import OnBusy as OnBusy
+from ._errors import ChatBridgeError as ChatBridgeError
+from ._errors import ConfigurationError as ConfigurationError
+from ._errors import ConnectorError as ConnectorError
+from ._errors import FatalConnectorError as FatalConnectorError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import SendError as SendError
+from ._errors import StoreError as StoreError
+from ._messages import Batch as Batch
+from ._messages import Chat as Chat
+from ._messages import File as File
+from ._messages import Image as Image
+from ._messages import Media as Media
+from ._messages import Mention as Mention
+from ._messages import Message as Message
+from ._messages import Part as Part
+from ._messages import Quote as Quote
+from ._messages import Sender as Sender
+from ._messages import Text as Text
+from ._messages import Video as Video
+from ._messages import Voice as Voice
+from ._reply import Reply as Reply
+from ._stats import Stats as Stats
+from ._supervise import Backoff as Backoff
+from .stores import JournalEntry as JournalEntry
+from .stores import MemoryStore as MemoryStore
+from .stores import SQLiteStore as SQLiteStore
+from .stores import Store as Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "Backoff",
+    "Batch",
+    "Bridge",
+    "BufferedReplyStream",
+    "Chat",
+    "ChatBridgeError",
+    "ConfigurationError",
+    "Connector",
+    "ConnectorContext",
+    "ConnectorError",
+    "ConnectorState",
+    "ConnectorStatus",
+    "Debounce",
+    "Debouncer",
+    "FatalConnectorError",
+    "File",
+    "Image",
+    "JournalEntry",
+    "Media",
+    "Mention",
+    "Message",
+    "MemoryStore",
+    "OnBusy",
+    "Part",
+    "ProtocolError",
+    "Quote",
+    "Reply",
+    "ReplyStream",
+    "SQLiteStore",
+    "SendError",
+    "Sender",
+    "Stats",
+    "Store",
+    "StoreError",
+    "Text",
+    "Video",
+    "Voice",
+    "session_key",
+]

@@ -1,0 +1,155 @@
+"""The bridge: wires connectors, inbox, debouncer and dispatcher, and shuts them down in order."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, get_args
+
+import attrs
+import trio
+
+from . import _stats
+from ._connector import Connector, ConnectorContext, ConnectorStatus
+from ._debounce import Debounce, Debouncer
+from ._dispatch import Agent, Dispatcher, OnBusy
+from ._errors import ChatBridgeError, ConfigurationError
+from ._inbox import Inbox
+from ._messages import Batch, Message
+from ._supervise import Backoff, Supervisor
+from .stores import SQLiteStore, Store
+
+log = logging.getLogger("trio_chatbridge")
+
+DEFAULT_STORE_PATH: Final = "chatbridge.db"
+WEEK: Final = 7 * 24 * 3600.0  # seconds
+_BRIDGE_COUNTERS: Final = frozenset(f.name for f in attrs.fields(_stats.Stats))
+
+
+def _default_store() -> Store:
+    return SQLiteStore(DEFAULT_STORE_PATH)
+
+
+def _check_connectors(_: object, __: object, connectors: Sequence[Connector]) -> None:
+    names = [c.name for c in connectors]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigurationError(f"each account may have one connector; given twice: {twice}")
+
+
+def _check_on_busy(_: object, __: object, value: str) -> None:
+    if value not in get_args(OnBusy):
+        raise ConfigurationError(f"on_busy must be 'queue' or 'interrupt', got {value!r}")
+
+
+@attrs.define(eq=False)
+class Bridge:
+    """Connects chat platforms to ``agent``; run it with ``trio.run(bridge.run)``.
+
+    ``await nursery.start(bridge.run)`` returns once every connector is up (or has failed for
+    good); ``bridge.shutdown()`` then stops it gracefully: connectors stop, pending sessions
+    are flushed, running agents get ``shutdown_grace`` seconds. Cancelling ``run`` instead
+    stops at once; the journal replays unfinished messages at the next start.
+    """
+
+    connectors: Sequence[Connector] = attrs.field(converter=tuple, validator=_check_connectors)
+    agent: Agent
+    debounce: Debounce = attrs.field(factory=Debounce)
+    store: Store = attrs.field(factory=_default_store)
+    """Where the journal, cursors and tokens live (default: ``SQLiteStore("chatbridge.db")``)."""
+    concurrency: int = 16
+    """At most this many agent runs at once, over all sessions."""
+    on_busy: OnBusy = attrs.field(default="queue", validator=_check_on_busy)
+    """A batch for a running session: ``"queue"`` (wait, merge) or ``"interrupt"`` (rerun)."""
+    run_timeout: float | None = None
+    """Cancel an agent run after this many seconds (None: no limit)."""
+    shutdown_grace: float = 10.0
+    """Seconds running agents get to finish at shutdown."""
+    backoff: Backoff = attrs.field(factory=Backoff)
+    queue_size: int = 1024
+    """Capacity of the inbox and batch channels: beyond it, connectors wait (backpressure)."""
+    journal_retention: float = WEEK
+    """Handled journal entries older than this (seconds) are pruned at start."""
+    wall_clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+
+    _counters: Counter[str] = attrs.field(factory=Counter, init=False, repr=False)
+    _supervisors: list[Supervisor] = attrs.field(factory=list, init=False, repr=False)
+    _stop: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _ran: bool = attrs.field(default=False, init=False, repr=False)
+
+    def stats(self) -> _stats.Stats:
+        """The bridge's counters so far."""
+        return _stats.Stats.from_counter(self._counters)
+
+    def status(self) -> Mapping[str, ConnectorStatus]:
+        """Each connector's state, by ``platform:account``."""
+        return {s.connector.name: s.status for s in self._supervisors}
+
+    def shutdown(self) -> None:
+        """Ask :meth:`run` to stop gracefully; returns at once (``run`` returns when done)."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`shutdown` (graceful) or cancellation (immediate)."""
+        if self._ran:
+            raise ChatBridgeError("a Bridge runs once; build a new one to run again")
+        self._ran = True
+        await self.store.open()
+        try:
+            await self._run(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.store.aclose()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        pruned = await self.store.journal_prune(self.wall_clock() - self.journal_retention)
+        if pruned:
+            log.info("pruned %d handled journal entries", pruned)
+        unfinished = await self.store.journal_pending()
+
+        to_debounce, from_inbox = trio.open_memory_channel[tuple[Message, ...]](self.queue_size)
+        to_dispatch, from_debounce = trio.open_memory_channel[Batch](self.queue_size)
+        inbox = Inbox(self.store, to_debounce, self._counters)
+        debouncer = Debouncer(self.debounce)
+        dispatcher = Dispatcher(
+            self.agent,
+            {(c.platform, c.account): c for c in self.connectors},
+            self.store,
+            self._counters,
+            concurrency=self.concurrency,
+            on_busy=self.on_busy,
+            run_timeout=self.run_timeout,
+        )
+        for connector in self.connectors:
+            supervisor = Supervisor(connector, self.backoff, self._counters)
+            connector.bind(self._context(connector, inbox, supervisor))
+            self._supervisors.append(supervisor)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inbox.run)
+            nursery.start_soon(debouncer.run, from_inbox, to_dispatch)
+            await nursery.start(dispatcher.run, from_debounce, self.shutdown_grace)
+            await inbox.replay(unfinished)
+            async with trio.open_nursery() as connectors:
+                for supervisor in self._supervisors:
+                    connectors.start_soon(supervisor.run)
+                for supervisor in self._supervisors:
+                    await supervisor.settled.wait()
+                task_status.started()
+                await self._stop.wait()
+                log.info("shutting down: stopping connectors, flushing sessions")
+                debouncer.drain()
+                connectors.cancel_scope.cancel()
+            inbox.close()  # the rest unwinds in order as each channel closes
+
+    def _context(self, connector: Connector, inbox: Inbox, sup: Supervisor) -> ConnectorContext:
+        prefix = connector.platform
+
+        def count(name: str, n: int) -> None:
+            self._counters[name if name in _BRIDGE_COUNTERS else f"{prefix}.{name}"] += n
+
+        return ConnectorContext(
+            connector.platform, connector.account, self.store, inbox.put, count, sup.set_state
+        )

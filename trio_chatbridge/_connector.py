@@ -1,0 +1,175 @@
+"""The connector contract: what a platform implements so the bridge can run it.
+
+A connector owns one platform account. The bridge hands it a :class:`ConnectorContext`
+(``bind``), then the supervisor calls ``run`` again and again until it stops for good:
+
+- ``run`` connects, calls ``task_status.started()`` once it receives messages, and passes
+  each inbound message to ``ctx.put`` *before* it acknowledges it to the platform (advances a
+  cursor, sends an ACK). It raises :class:`FatalConnectorError` when retrying cannot help,
+  and anything else when it can.
+- ``send(target, text)`` answers an inbound message with one message; ``stream(target)``
+  answers it progressively where the platform can (else it sends once at the end);
+  ``typing(target)`` shows a typing indicator while the agent runs, where there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Literal, TypeAlias
+
+import attrs
+import trio
+
+from ._errors import ChatBridgeError
+from ._messages import Message
+from .stores import Store
+
+ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
+
+
+@attrs.frozen
+class ConnectorStatus:
+    """What one connector is doing, as ``bridge.status()`` reports it."""
+
+    name: str
+    """``platform:account``."""
+    state: ConnectorState
+    detail: str | None = None
+    """Why it is in that state, in words a person can act on."""
+    restarts: int = 0
+    """How many times the supervisor restarted it after a transient failure."""
+    last_error: str | None = None
+
+
+@attrs.define(eq=False)
+class ConnectorContext:
+    """What the bridge gives a connector: the inbox, its slice of the store, counters, status."""
+
+    platform: str
+    account: str
+    store: Store
+    _put: Callable[[Sequence[Message]], Awaitable[list[Message]]]
+    _count: Callable[[str, int], None]
+    _set_state: Callable[[ConnectorState, str | None], None]
+
+    @property
+    def log(self) -> logging.Logger:
+        return logging.getLogger(f"trio_chatbridge.{self.platform}.{self.account}")
+
+    async def put(self, messages: Sequence[Message]) -> list[Message]:
+        """Journal the messages and queue the new ones; returns the new ones.
+
+        When this returns they are durable: acknowledge them to the platform only now.
+        If cancelled, acknowledge nothing; what was journaled is delivered all the same.
+        """
+        return await self._put(messages)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``"<platform>.<name>"`` (``name`` if a bridge counter)."""
+        self._count(name, n)
+
+    def set_state(self, state: ConnectorState, detail: str | None = None) -> None:
+        """Report a state the supervisor cannot see (``"paused"`` and back to ``"running"``)."""
+        self._set_state(state, detail)
+
+    async def get(self, key: str) -> str | None:
+        """A value this account stored under ``key``."""
+        return await self.store.get(self.platform, self.account, key)
+
+    async def set(self, key: str, value: str | None) -> None:
+        """Store a value for this account (None deletes)."""
+        await self.store.set(self.platform, self.account, key, value)
+
+    async def get_cursor(self) -> str | None:
+        """This account's saved cursor."""
+        return await self.store.get_cursor(self.platform, self.account)
+
+    async def set_cursor(self, cursor: str) -> None:
+        """Save this account's cursor, after the messages before it were put."""
+        await self.store.set_cursor(self.platform, self.account, cursor)
+
+
+class ReplyStream(ABC):
+    """A reply being written: each ``write`` appends text."""
+
+    @abstractmethod
+    async def write(self, text: str) -> None:
+        """Append ``text`` to the reply."""
+
+    @property
+    @abstractmethod
+    def text(self) -> str:
+        """Everything written so far."""
+
+
+class BufferedReplyStream(ReplyStream):
+    """Collects the text; the connector sends it once the stream closes without error."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+
+    async def write(self, text: str) -> None:
+        self._pieces.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+
+class Connector(ABC):
+    """Base class of every connector. Subclasses set ``platform`` and ``account``."""
+
+    platform: str
+    account: str
+    _ctx: ConnectorContext | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.platform}:{self.account}"
+
+    def bind(self, ctx: ConnectorContext) -> None:
+        """Called once by the bridge before the first ``run``."""
+        self._ctx = ctx
+
+    @property
+    def ctx(self) -> ConnectorContext:
+        if self._ctx is None:
+            raise ChatBridgeError(
+                f"connector {self.name} is not part of a running Bridge; pass it to "
+                "Bridge(connectors=[...]) and start the bridge first"
+            )
+        return self._ctx
+
+    @abstractmethod
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive messages until cancelled (see the module docstring for the contract)."""
+
+    @abstractmethod
+    async def send(self, target: Message, text: str) -> None:
+        """Answer ``target`` with one message. Raises :class:`SendError` when it was refused."""
+
+    def stream(self, target: Message) -> AbstractAsyncContextManager[ReplyStream]:
+        """Answer ``target`` progressively. By default: collect, then ``send`` once at the end.
+
+        If the body raises (or is cancelled), nothing is sent.
+        """
+        return self._buffered_stream(target)
+
+    @asynccontextmanager
+    async def _buffered_stream(self, target: Message) -> AsyncIterator[ReplyStream]:
+        out = BufferedReplyStream()
+        yield out
+        if out.text:
+            await self.send(target, out.text)
+
+    def typing(self, target: Message) -> AbstractAsyncContextManager[None]:
+        """Show "typing..." to ``target``'s sender while the agent runs. By default: nothing."""
+        return _no_typing()
+
+
+@asynccontextmanager
+async def _no_typing() -> AsyncIterator[None]:
+    yield

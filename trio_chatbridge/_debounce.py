@@ -1,0 +1,157 @@
+"""Per-session debouncing: a burst of messages in one chat becomes one batch.
+
+Each message re-arms its session's quiet window; when the window passes with nothing new, the
+session's messages leave as one :class:`Batch`. ``max_delay`` caps the wait counted from the
+session's first message and ``max_messages`` lets a batch out early.
+
+All deadlines sit in one heap and one task serves them: it waits for the next message with
+``trio.move_on_at(<earliest deadline>)``, so each message costs O(log n) and there is no task
+per session. A re-armed session leaves its old heap entry behind; the entry is recognised as
+stale (its deadline no longer matches) and skipped when it comes up. Time is Trio's clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import trio
+
+from ._errors import ConfigurationError
+from ._messages import Batch, Message
+
+
+def session_key(message: Message) -> str:
+    """The default session: one per chat of one account (``platform:account:chat``)."""
+    return f"{message.platform}:{message.account}:{message.chat.id}"
+
+
+def _check_positive(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise ConfigurationError(f"Debounce.{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen
+class Debounce:
+    """How long to wait for a chat to go quiet before its messages go to the agent."""
+
+    window: float = attrs.field(default=3.0, validator=_check_positive)
+    """Seconds of quiet after the latest message that end a batch."""
+    max_delay: float | None = attrs.field(default=20.0, validator=_check_positive)
+    """At most this many seconds from a batch's first message to its release (None: no cap)."""
+    max_messages: int | None = None
+    """Release a batch as soon as it holds this many messages (None: no limit)."""
+    key: Callable[[Message], str] = session_key
+    """Which messages belong together (default: same platform, account and chat)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_messages is not None and self.max_messages < 1:
+            raise ConfigurationError(
+                f"Debounce.max_messages must be >= 1 or None, got {self.max_messages!r}"
+            )
+
+
+@attrs.define(eq=False)
+class _Session:
+    key: str
+    messages: list[Message]
+    cap: float  # release at the latest by this time (first message + max_delay)
+    deadline: float
+
+
+NO_DEADLINE: Final = math.inf
+
+
+class Debouncer:
+    """Runs a :class:`Debounce` policy between two channels.
+
+    ``run(receive, send)`` reads tuples of messages and writes batches. When ``receive`` ends
+    (or after :meth:`drain`), every pending session is released at once and later messages go
+    out as they come; ``send`` is closed once ``receive`` has ended.
+    """
+
+    def __init__(self, policy: Debounce | None = None) -> None:
+        self.policy = policy or Debounce()
+        self._sessions: dict[str, _Session] = {}
+        self._heap: list[tuple[float, int, _Session]] = []
+        self._tiebreak = 0
+        self._draining = False
+        self._wait = trio.CancelScope()
+
+    @property
+    def pending_sessions(self) -> int:
+        """Sessions holding messages not yet released."""
+        return len(self._sessions)
+
+    def drain(self) -> None:
+        """Release every pending session now, and every later message at once (for shutdown)."""
+        self._draining = True
+        self._wait.cancel()
+
+    async def run(
+        self,
+        receive: trio.MemoryReceiveChannel[tuple[Message, ...]],
+        send: trio.MemorySendChannel[Batch],
+    ) -> None:
+        """Debounce until ``receive`` ends; then release everything left and close ``send``."""
+        async with receive, send:
+            while True:
+                await self._release_due(send)
+                deadline = self._heap[0][0] if self._heap else NO_DEADLINE
+                # A cancelled receive took nothing, so waking up early (deadline, drain) is safe.
+                # No checkpoint lies between _release_due and here, so a drain() cannot slip by.
+                messages: tuple[Message, ...] = ()
+                with trio.CancelScope(deadline=deadline) as self._wait:
+                    try:
+                        messages = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                # Sent outside the scope: drain() must not cancel a send half-way.
+                for batch in self._add(messages):
+                    await send.send(batch)
+            self._draining = True
+            await self._release_due(send)
+
+    def _add(self, messages: tuple[Message, ...]) -> list[Batch]:
+        """File each message under its session; returns the batches due at once."""
+        policy = self.policy
+        now = trio.current_time()
+        ready: list[Batch] = []
+        for message in messages:
+            key = policy.key(message)
+            session = self._sessions.get(key)
+            if session is None:
+                cap = NO_DEADLINE if policy.max_delay is None else now + policy.max_delay
+                session = _Session(key, [message], cap, min(now + policy.window, cap))
+                self._sessions[key] = session
+                self._push(session)
+            else:
+                session.messages.append(message)
+                # Deadlines only move later, so the heap entry can stay put: when it comes
+                # up early, _release_due files it again under the new deadline.
+                session.deadline = min(now + policy.window, session.cap)
+            full = policy.max_messages is not None and len(session.messages) >= policy.max_messages
+            if self._draining or full:
+                del self._sessions[key]
+                ready.append(Batch(key, session.messages))
+        return ready
+
+    def _push(self, session: _Session) -> None:
+        self._tiebreak += 1
+        heapq.heappush(self._heap, (session.deadline, self._tiebreak, session))
+
+    async def _release_due(self, send: trio.MemorySendChannel[Batch]) -> None:
+        """Send every session whose deadline has passed (all of them while draining)."""
+        heap = self._heap
+        while heap and (self._draining or heap[0][0] <= trio.current_time()):
+            _, _, session = heapq.heappop(heap)
+            if self._sessions.get(session.key) is not session:
+                continue  # released early (max_messages, drain): a leftover entry
+            if not self._draining and session.deadline > trio.current_time():
+                self._push(session)  # re-armed since it was filed
+                continue
+            del self._sessions[session.key]
+            await send.send(Batch(session.key, session.messages))

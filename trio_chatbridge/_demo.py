@@ -1,0 +1,111 @@
+"""``python -m trio_chatbridge demo``: a scripted conversation, printed as a transcript.
+
+It runs on a virtual clock (Trio's MockClock with autojump), so the quiet windows of several
+seconds take no real time and the transcript is the same at every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+import trio.testing
+
+from ._bridge import Bridge
+from ._debounce import Debounce
+from ._messages import Batch, Message
+from ._reply import Reply
+from .stores import MemoryStore
+from .testing import FakeConnector, open_bridge
+
+WINDOW = 3.0  # seconds of quiet that end a batch in the demo
+
+# (at second, user, chat, text): alice and carol write in bursts, bob in a group.
+SCRIPT = [
+    (0.0, "alice", "dm:alice", "hi!"),
+    (0.8, "alice", "dm:alice", "quick question"),
+    (1.0, "bob", "group:team", "@bot is the deploy done?"),
+    (1.6, "alice", "dm:alice", "how do I reset my password?"),
+    (2.0, "carol", "dm:carol", "hello"),
+    (9.0, "carol", "dm:carol", "are you still there?"),
+]
+
+
+class Transcript:
+    """Prints lines stamped with seconds since the demo started (on Trio's clock)."""
+
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self._out = out
+        self._start = trio.current_time()
+
+    def __call__(self, line: str) -> None:
+        self._out(f"[{trio.current_time() - self._start:5.1f}s] {line}")
+
+
+async def demo_agent(batch: Batch, reply: Reply) -> None:
+    """The example agent: sums up the batch, streaming its answer word by word."""
+    who = batch.latest.sender.id
+    words = f"{who}, I got {len(batch.messages)} message(s) from you: " + " | ".join(
+        m.text for m in batch.messages
+    )
+    tokens = words.split(" ")
+    async with reply.stream() as out:
+        for start in range(0, len(tokens), 4):
+            await trio.sleep(0.3)  # as if a model were producing tokens
+            await out.write(" ".join(tokens[start : start + 4]) + " ")
+
+
+async def fake_platform_demo(say: Transcript) -> None:
+    """The core pipeline on the test connector: bursts become batches, replies stream back."""
+
+    streaming: set[str] = set()
+
+    def on_write(target: Message, text: str) -> None:
+        if target.id not in streaming:  # show when a stream starts, not every piece
+            streaming.add(target.id)
+            say(f"  bot -> {target.chat.id:<10} streaming: {text!r} ...")
+
+    async def show_replies() -> None:
+        while True:
+            sent = await chat.next_reply()
+            say(f"  bot -> {sent.chat:<10} done, {len(sent.chunks)} writes: {sent.text.strip()!r}")
+
+    async def agent(batch: Batch, reply: Reply) -> None:
+        say(f"batch {batch.session.split(':', 2)[2]:<10} <- {len(batch.messages)} message(s)")
+        await demo_agent(batch, reply)
+
+    chat = FakeConnector("demo-bot", on_write=on_write)
+    bridge = Bridge(
+        connectors=[chat],
+        agent=agent,
+        debounce=Debounce(window=WINDOW, max_delay=20.0),
+        store=MemoryStore(),
+    )
+    async with open_bridge(bridge), trio.open_nursery() as nursery:
+        nursery.start_soon(show_replies)
+        start = trio.current_time()
+        for at, user, room, text in SCRIPT:
+            await trio.sleep_until(start + at)
+            say(f"{user:>5} in {room:<10} > {text}")
+            await chat.say(text, chat=room, user=user)
+        duplicate = chat.message("hi!", chat="dm:alice", user="alice", id="m1")
+        say("platform redelivers alice's first message (same id)")
+        chat.deliver(duplicate)
+        await trio.sleep(15)
+        nursery.cancel_scope.cancel()
+    stats = bridge.stats()
+    say(
+        f"done: {stats.received} messages, {stats.duplicates} duplicate dropped, "
+        f"{stats.batches} batches, {stats.runs} agent runs, {stats.replies} replies"
+    )
+
+
+async def run_demo(out: Callable[[str], None] = print) -> None:
+    """Play every demo scene, one after another."""
+    say = Transcript(out)
+    out(f"== the pipeline: bursts in a {WINDOW:.0f} s quiet window become one batch ==")
+    await fake_platform_demo(say)
+
+
+def main(out: Callable[[str], None] = print) -> None:
+    trio.run(run_demo, out, clock=trio.testing.MockClock(autojump_threshold=0))

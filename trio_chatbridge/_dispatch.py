@@ -1,0 +1,149 @@
+"""The dispatcher: runs the agent on each batch, one run per session, N runs at most.
+
+A batch for a session that is already running either waits and merges with whatever else
+arrives meanwhile (``on_busy="queue"``) or cancels the running agent and reruns it with all
+the messages (``on_busy="interrupt"``). A run that raises or times out is logged and counted
+and its messages are marked as failed in the journal, so a poison message cannot loop. Runs
+cut short by shutdown leave their messages pending, to be replayed at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal, TypeAlias
+
+import attrs
+import trio
+
+from . import _stats
+from ._connector import Connector
+from ._messages import Batch, Message
+from ._reply import Reply
+from .stores import Store
+
+log = logging.getLogger("trio_chatbridge.dispatch")
+
+Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
+"""``async def agent(batch, reply) -> None``: what the user writes."""
+OnBusy: TypeAlias = Literal["queue", "interrupt"]
+
+
+@attrs.define(eq=False)
+class _Session:
+    waiting: list[Message]
+    scope: trio.CancelScope | None = None
+    """Set while the agent runs (or waits for a slot): cancelling it interrupts the run."""
+
+
+class Dispatcher:
+    """Reads batches from a channel and runs the agent on them (see the module docstring)."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        connectors: Mapping[tuple[str, str], Connector],
+        store: Store,
+        counters: Counter[str],
+        *,
+        concurrency: int = 16,
+        on_busy: OnBusy = "queue",
+        run_timeout: float | None = None,
+    ) -> None:
+        self._agent = agent
+        self._connectors = connectors
+        self._store = store
+        self._counters = counters
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._on_busy = on_busy
+        self._run_timeout = math.inf if run_timeout is None else run_timeout
+        self._sessions: dict[str, _Session] = {}
+
+    @property
+    def running_sessions(self) -> int:
+        """Sessions with a run in progress or waiting for a slot."""
+        return len(self._sessions)
+
+    async def run(
+        self,
+        batches: trio.MemoryReceiveChannel[Batch],
+        grace: float = 10.0,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Dispatch until ``batches`` ends, then give running agents ``grace`` seconds."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async with batches:
+                async for batch in batches:
+                    self._counters[_stats.BATCHES] += 1
+                    session = self._sessions.get(batch.session)
+                    if session is None:
+                        session = self._sessions[batch.session] = _Session(list(batch.messages))
+                        nursery.start_soon(self._serve, batch.session, session)
+                        continue
+                    session.waiting.extend(batch.messages)
+                    if self._on_busy == "interrupt" and session.scope is not None:
+                        session.scope.cancel()
+            nursery.cancel_scope.deadline = trio.current_time() + grace
+
+    async def _serve(self, key: str, session: _Session) -> None:
+        """Run the agent for one session until nothing is waiting for it."""
+        try:
+            while session.waiting:
+                messages, session.waiting = session.waiting, []
+                error: str | None = None
+                # Only the wait for a slot and the agent can be interrupted: once it finished,
+                # its messages are answered and must not run again.
+                with trio.CancelScope() as scope:
+                    session.scope = scope
+                    async with self._limiter:
+                        error = await self._run_agent(Batch(key, messages))
+                session.scope = None
+                if scope.cancelled_caught:  # interrupted by a newer batch: rerun with all
+                    self._counters[_stats.INTERRUPTS] += 1
+                    session.waiting[:0] = messages
+                    continue
+                with trio.CancelScope(shield=True):  # answered: record it even at shutdown
+                    await self._store.journal_done(messages, error=error)
+        except trio.Cancelled:
+            self._counters[_stats.ABANDONED] += 1
+            raise
+        finally:
+            del self._sessions[key]
+
+    async def _run_agent(self, batch: Batch) -> str | None:
+        """Run the agent once; returns the failure to record, or None."""
+        latest = batch.latest
+        connector = self._connectors.get((latest.platform, latest.account))
+        if connector is None:
+            log.error(
+                "no connector for %s:%s: batch of session %s not handled",
+                latest.platform,
+                latest.account,
+                batch.session,
+            )
+            return "no connector configured for this account"
+        self._counters[_stats.RUNS] += 1
+        reply = Reply(batch, connector, self._count_reply)
+        error: str | None = None
+        try:
+            with trio.move_on_after(self._run_timeout) as timeout:
+                async with connector.typing(latest):
+                    await self._agent(batch, reply)
+            if timeout.cancelled_caught:
+                self._counters[_stats.TIMEOUTS] += 1
+                error = f"agent timed out after {self._run_timeout} s"
+        except Exception as exc:  # the agent is user code: anything may come out
+            log.exception(
+                "agent failed on session %s (%d messages)", batch.session, len(batch.messages)
+            )
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            self._counters[_stats.FAILURES] += 1
+        return error
+
+    def _count_reply(self) -> None:
+        self._counters[_stats.REPLIES] += 1

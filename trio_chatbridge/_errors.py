@@ -1,0 +1,41 @@
+"""The exception hierarchy: one root, a few branches a caller can act on."""
+
+from __future__ import annotations
+
+
+class ChatBridgeError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ConfigurationError(ChatBridgeError, ValueError):
+    """A setting given by the user cannot work; the message says which and why."""
+
+
+class ConnectorError(ChatBridgeError):
+    """A connector failed in a way that is worth retrying (network, server hiccup).
+
+    The supervisor restarts the connector with backoff when its ``run`` raises this,
+    or any other exception that is not a :class:`FatalConnectorError`.
+    """
+
+
+class FatalConnectorError(ChatBridgeError):
+    """A connector cannot go on and must not be retried (bad credentials, replaced).
+
+    The supervisor stops that connector alone and shows this error in the bridge's status.
+    """
+
+
+class ProtocolError(ChatBridgeError):
+    """Bad input from the network: one frame or response that could not be understood.
+
+    Connectors log and count it, then carry on with the next frame.
+    """
+
+
+class SendError(ChatBridgeError):
+    """A reply could not be delivered; the message says to whom and why."""
+
+
+class StoreError(ChatBridgeError):
+    """The store could not do what was asked (corrupt file, wrong schema)."""

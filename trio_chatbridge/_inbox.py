@@ -1,0 +1,86 @@
+"""The inbox: journal first, then a bounded channel towards the debouncer.
+
+``put`` returns only once the new messages are durable and queued, so a connector that
+acknowledges after it never loses one. The channel is bounded: a slow agent pushes back on
+the connectors instead of growing memory. One channel item is the tuple of new messages of
+one ``put``, so a connector that hands over a page of messages pays one channel hop for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+import trio
+
+from . import _stats
+from ._errors import ChatBridgeError
+from ._messages import Message
+from .stores import Store
+
+log = logging.getLogger("trio_chatbridge.inbox")
+
+
+class Inbox:
+    """Accepts messages from connectors; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        out: trio.MemorySendChannel[tuple[Message, ...]],
+        counters: Counter[str],
+    ) -> None:
+        self._store = store
+        self._out = out
+        self._counters = counters
+        # Messages whose put was cancelled after journaling: forwarded by run(), never lost.
+        self._orphans_in, self._orphans_out = trio.open_memory_channel[tuple[Message, ...]](
+            float("inf")
+        )
+        self._closed = False
+
+    async def put(self, messages: Sequence[Message]) -> list[Message]:
+        """Journal ``messages``, drop duplicates, queue the new ones; returns the new ones.
+
+        Raises :class:`ChatBridgeError` once the bridge is shutting down (the messages are
+        journaled all the same and replayed at the next start). If cancelled while waiting for
+        room in the queue, the new messages are still delivered.
+        """
+        added = await self._store.journal_add(messages)
+        new = tuple(m for m, is_new in zip(messages, added, strict=True) if is_new)
+        self._counters[_stats.RECEIVED] += len(new)
+        self._counters[_stats.DUPLICATES] += len(messages) - len(new)
+        if new:
+            await self._forward(new)
+        return list(new)
+
+    async def replay(self, messages: Sequence[Message]) -> None:
+        """Queue messages the journal holds as unfinished (at start, without journaling again)."""
+        if messages:
+            self._counters[_stats.REPLAYED] += len(messages)
+            log.info("replaying %d unfinished messages from the journal", len(messages))
+            await self._forward(tuple(messages))
+
+    async def _forward(self, new: tuple[Message, ...]) -> None:
+        if self._closed:
+            raise ChatBridgeError(
+                "the bridge is shutting down: message journaled, it will be handled at next start"
+            )
+        try:
+            await self._out.send(new)
+        except trio.Cancelled:
+            # trio guarantees a cancelled send sent nothing: hand the messages to run().
+            self._orphans_in.send_nowait(new)
+            raise
+
+    async def run(self) -> None:
+        """Forward orphaned messages; ends (closing the output) after :meth:`close`."""
+        async with self._out, self._orphans_out:
+            async for new in self._orphans_out:
+                await self._out.send(new)
+
+    def close(self) -> None:
+        """Refuse further puts; :meth:`run` forwards what is left, then closes the output."""
+        self._closed = True
+        self._orphans_in.close()

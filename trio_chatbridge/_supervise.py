@@ -1,0 +1,151 @@
+"""Supervision: each connector runs under its own cancel scope and restarts with backoff.
+
+A transient failure (any exception but :class:`FatalConnectorError`) restarts the connector
+after an exponentially growing, jittered delay; a run that stayed up for ``healthy_after``
+seconds resets the delay. A fatal failure stops that connector alone and shows in its status.
+Stopping a connector is cancelling its scope.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from . import _stats
+from ._connector import Connector, ConnectorState, ConnectorStatus
+from ._errors import ConfigurationError, FatalConnectorError
+
+log = logging.getLogger("trio_chatbridge.supervise")
+
+
+@attrs.frozen
+class Backoff:
+    """Delays between restarts of a failing connector: ``initial * multiplier**n``, capped."""
+
+    initial: float = 1.0
+    """Seconds before the first restart."""
+    maximum: float = 60.0
+    """The longest delay, in seconds."""
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
+    healthy_after: float = 60.0
+    """A run that was up this many seconds resets the delay to ``initial``."""
+    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+    """Source of jitter in ``[0, 1)``; tests pass a constant."""
+
+    def __attrs_post_init__(self) -> None:
+        if not (
+            0 <= self.initial <= self.maximum and self.multiplier >= 1 and 0 <= self.jitter < 1
+        ):
+            raise ConfigurationError(
+                "Backoff needs 0 <= initial <= maximum, multiplier >= 1 and 0 <= jitter < 1"
+            )
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (1 for the first)."""
+        base = min(self.maximum, self.initial * self.multiplier ** max(failures - 1, 0))
+        return base * (1 + self.jitter * (2 * self.random() - 1))
+
+
+class _Started:
+    """The ``task_status`` handed to ``Connector.run``: tells the supervisor it is up."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def started(self, value: Any = None) -> None:
+        self._supervisor._on_started()
+
+
+class Supervisor:
+    """Runs one connector until it is stopped or fails fatally."""
+
+    def __init__(self, connector: Connector, backoff: Backoff, counters: Counter[str]) -> None:
+        self.connector = connector
+        self.backoff = backoff
+        self._counters = counters
+        self.status = ConnectorStatus(connector.name, "starting")
+        self.settled = trio.Event()
+        """Set once the connector was up for the first time, or failed fatally before that."""
+        self._scope = trio.CancelScope()
+        self._up_since: float | None = None
+
+    def set_state(self, state: ConnectorState, detail: str | None = None) -> None:
+        self.status = attrs.evolve(self.status, state=state, detail=detail)
+
+    def _on_started(self) -> None:
+        self._up_since = trio.current_time()
+        self.set_state("running")
+        self.settled.set()
+
+    def stop(self) -> None:
+        """Cancel the connector's scope: it stops at once, and is not restarted."""
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Run the connector, restarting it after transient failures, until stopped."""
+        try:
+            with self._scope:
+                await self._restart_loop()
+        finally:
+            if self.status.state != "failed":
+                self.set_state("stopped")
+
+    async def _restart_loop(self) -> None:
+        failures = 0
+        while True:
+            self._up_since = None
+            try:
+                await self.connector.run(task_status=_Started(self))
+                error = "run() returned"
+            except Exception as exc:
+                fatal = _fatal(exc)
+                if fatal is not None:
+                    self._fail(fatal)
+                    return
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("connector %s failed: %s", self.connector.name, error, exc_info=exc)
+            up_since = self._up_since
+            if (
+                up_since is not None
+                and trio.current_time() - up_since >= self.backoff.healthy_after
+            ):
+                failures = 0
+            failures += 1
+            delay = self.backoff.delay(failures)
+            self._counters[_stats.RECONNECTS] += 1
+            self.status = attrs.evolve(
+                self.status,
+                state="backoff",
+                detail=f"restarting in {delay:.1f} s",
+                restarts=self.status.restarts + 1,
+                last_error=error,
+            )
+            await trio.sleep(delay)
+            self.set_state("starting")
+
+    def _fail(self, exc: FatalConnectorError) -> None:
+        log.error("connector %s stopped: %s", self.connector.name, exc)
+        self.status = attrs.evolve(
+            self.status, state="failed", detail=str(exc), last_error=f"{type(exc).__name__}: {exc}"
+        )
+        self.settled.set()
+
+
+def _fatal(exc: BaseException) -> FatalConnectorError | None:
+    """The FatalConnectorError in ``exc`` (alone or inside an exception group), if any."""
+    if isinstance(exc, FatalConnectorError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _fatal(inner)
+            if found is not None:
+                return found
+    return None

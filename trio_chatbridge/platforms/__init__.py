@@ -1,0 +1,1 @@
+"""The platform connectors, one subpackage each: ``weixin``, ``wecom``, ``lark``."""

@@ -1,0 +1,10 @@
+"""Where a bridge keeps its journal, cursors, per-account values and leases."""
+
+from ._base import JournalEntry as JournalEntry
+from ._base import JournalKey as JournalKey
+from ._base import Store as Store
+from ._base import journal_key as journal_key
+from ._memory import MemoryStore as MemoryStore
+from ._sqlite import SQLiteStore as SQLiteStore
+
+__all__ = ["JournalEntry", "JournalKey", "MemoryStore", "SQLiteStore", "Store", "journal_key"]

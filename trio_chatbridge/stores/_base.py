@@ -1,0 +1,129 @@
+"""What the bridge keeps, as one small abstract class every store implements.
+
+A store holds four things:
+
+- the **journal**: every accepted message, keyed by (platform, account, message id), so a
+  redelivered message is recognised as a duplicate and an unfinished one is replayed on start;
+- a **key-value space** per account, for cursors, context tokens, cached tickets;
+- **leases**, so that only one process at a time runs a given connector.
+
+Implementations only have to provide the primitives; the conveniences are built here once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Literal, Self, TypeAlias
+
+import attrs
+
+from .._messages import Message
+
+JournalKey: TypeAlias = tuple[str, str, str]
+"""(platform, account, message id)."""
+
+CURSOR_KEY = "_cursor"
+"""The key-value key under which an account's cursor is kept. Keys starting with ``_`` are ours."""
+
+
+def journal_key(message: Message) -> JournalKey:
+    """The journal's key for a message."""
+    return (message.platform, message.account, message.id)
+
+
+@attrs.frozen
+class JournalEntry:
+    """What the journal knows of one message."""
+
+    message: Message
+    state: Literal["pending", "done", "failed"]
+    """``pending`` until a run finished; ``failed`` when the run raised (see ``error``)."""
+    error: str | None
+    """The failure recorded for a failed run."""
+    received_at: float
+    """Wall-clock time at which the journal accepted it."""
+
+
+class Store(ABC):
+    """Durable state of a bridge. Use it as ``async with store:`` or let the bridge open it."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
+        """Make the store ready (create tables, connect). Idempotent."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`open` took. Idempotent."""
+
+    # -- journal ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
+        """Record messages not seen before, in one write; returns, per message, whether it was new.
+
+        A message whose key is already there (or earlier in the same call) is a duplicate.
+        When this returns, the new messages are durable.
+        """
+
+    @abstractmethod
+    async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
+        """Mark messages as handled; with ``error``, as handled by a run that failed."""
+
+    @abstractmethod
+    async def journal_pending(self) -> list[Message]:
+        """Messages accepted but not yet marked done, oldest first (replayed on start)."""
+
+    @abstractmethod
+    async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
+        """What the journal holds for one key, or None."""
+
+    @abstractmethod
+    async def journal_prune(self, before: float) -> int:
+        """Forget handled messages accepted before wall-clock time ``before``; returns how many.
+
+        Once forgotten, a redelivery of such a message would no longer be recognised.
+        """
+
+    # -- key-value space, per account --------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, platform: str, account: str, key: str) -> str | None:
+        """The value stored under ``key`` for the account, or None."""
+
+    @abstractmethod
+    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
+        """Store ``value`` under ``key`` for the account; None deletes it."""
+
+    async def get_cursor(self, platform: str, account: str) -> str | None:
+        """The account's saved cursor (long-poll position), or None."""
+        return await self.get(platform, account, CURSOR_KEY)
+
+    async def set_cursor(self, platform: str, account: str, cursor: str) -> None:
+        """Save the account's cursor. Call only after the messages before it were accepted."""
+        await self.set(platform, account, CURSOR_KEY, cursor)
+
+    # -- leases -----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lease ``name`` for ``ttl`` seconds if it is free, expired, or ours already."""
+
+    @abstractmethod
+    async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Extend a lease we hold; False if it expired or another owner took it."""
+
+    @abstractmethod
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up, if we hold it."""

@@ -1,0 +1,275 @@
+"""The embedded default store: one SQLite file in WAL mode, used from one worker thread.
+
+sqlite3 blocks, so every call runs in ``trio.to_thread.run_sync`` behind a ``CapacityLimiter(1)``:
+one statement at a time on one connection, never the event loop. Several messages handed to
+``journal_add`` together are written in one transaction. Leases use wall-clock time, so that
+several processes sharing the file agree on when one expires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, Literal, TypeVar
+
+import trio
+
+from .._errors import StoreError
+from .._messages import Message
+from ._base import JournalEntry, JournalKey, Store, journal_key
+
+SCHEMA_VERSION: Final = 1
+ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's variable limit
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    platform TEXT NOT NULL,
+    account TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    received_at REAL NOT NULL,
+    UNIQUE (platform, account, message_id)
+);
+CREATE INDEX IF NOT EXISTS journal_pending ON journal (seq) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS kv (
+    platform TEXT NOT NULL,
+    account TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (platform, account, key)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+T = TypeVar("T")
+
+
+class SQLiteStore(Store):
+    """A store in one SQLite file; survives restarts, and can be shared by processes on one host.
+
+    ``synchronous="NORMAL"`` (the default) survives a crash of the process; ``"FULL"`` also
+    survives a power loss, at the cost of an fsync per write.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._synchronous = synchronous
+        self._wall_clock = wall_clock
+        self._limiter = trio.CapacityLimiter(1)
+        self._db: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise StoreError(
+                f"{self!r} is not open: use 'async with store:' or pass it to a Bridge"
+            )
+        return await trio.to_thread.run_sync(fn, db, limiter=self._limiter)
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        self._db = await trio.to_thread.run_sync(self._connect, limiter=self._limiter)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA busy_timeout=5000")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version not in (0, SCHEMA_VERSION):
+                db.close()
+                raise StoreError(
+                    f"{self.path} has schema version {version}; this trio_chatbridge expects "
+                    f"{SCHEMA_VERSION}. Use a new file or a matching version."
+                )
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
+        return db
+
+    async def aclose(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await trio.to_thread.run_sync(db.close, limiter=self._limiter)
+
+    # -- journal ---------------------------------------------------------------------------
+
+    async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
+        if not messages:
+            return []
+        now = self._wall_clock()
+
+        def insert(db: sqlite3.Connection) -> set[JournalKey]:
+            # Serialised here, in the worker thread, to keep the event loop free.
+            rows = [(*journal_key(m), json.dumps(m.to_json()), now) for m in messages]
+            inserted: set[JournalKey] = set()
+            with _transaction(db):
+                for chunk in _chunks(rows, ROWS_PER_STATEMENT):
+                    sql = (
+                        "INSERT INTO journal (platform, account, message_id, body, received_at) "
+                        "VALUES " + ",".join(["(?,?,?,?,?)"] * len(chunk)) + " "
+                        "ON CONFLICT DO NOTHING RETURNING platform, account, message_id"
+                    )
+                    params = [value for row in chunk for value in row]
+                    inserted.update(db.execute(sql, params).fetchall())
+            return inserted
+
+        inserted = await self._call(insert)
+        added: list[bool] = []
+        for message in messages:
+            key = journal_key(message)
+            added.append(key in inserted)
+            inserted.discard(key)  # a second copy in the same call is a duplicate
+        return added
+
+    async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
+        state = "done" if error is None else "failed"
+        rows = [(state, error, *journal_key(m)) for m in messages]
+
+        def update(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany(
+                    "UPDATE journal SET state = ?, error = ? "
+                    "WHERE platform = ? AND account = ? AND message_id = ?",
+                    rows,
+                )
+
+        await self._call(update)
+
+    async def journal_pending(self) -> list[Message]:
+        def select(db: sqlite3.Connection) -> list[str]:
+            cursor = db.execute("SELECT body FROM journal WHERE state = 'pending' ORDER BY seq")
+            return [body for (body,) in cursor]
+
+        return [Message.from_json(json.loads(body)) for body in await self._call(select)]
+
+    async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
+        def select(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                "SELECT body, state, error, received_at FROM journal "
+                "WHERE platform = ? AND account = ? AND message_id = ?",
+                key,
+            ).fetchone()
+
+        row = await self._call(select)
+        if row is None:
+            return None
+        body, state, error, received_at = row
+        return JournalEntry(Message.from_json(json.loads(body)), state, error, received_at)
+
+    async def journal_prune(self, before: float) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                cursor = db.execute(
+                    "DELETE FROM journal WHERE state != 'pending' AND received_at < ?", (before,)
+                )
+            return cursor.rowcount
+
+        return await self._call(delete)
+
+    # -- key-value --------------------------------------------------------------------------
+
+    async def get(self, platform: str, account: str, key: str) -> str | None:
+        def select(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                "SELECT value FROM kv WHERE platform = ? AND account = ? AND key = ?",
+                (platform, account, key),
+            ).fetchone()
+
+        row = await self._call(select)
+        return None if row is None else str(row[0])
+
+    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            if value is None:
+                db.execute(
+                    "DELETE FROM kv WHERE platform = ? AND account = ? AND key = ?",
+                    (platform, account, key),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO kv (platform, account, key, value) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET value = excluded.value",
+                    (platform, account, key, value),
+                )
+
+        await self._call(write)
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        now = self._wall_clock()
+
+        def take(db: sqlite3.Connection) -> bool:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                cursor = db.execute(
+                    "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                    "expires_at = excluded.expires_at "
+                    "WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+                    (name, owner, now + ttl, now),
+                )
+            return cursor.rowcount == 1
+
+        return await self._call(take)
+
+    async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        now = self._wall_clock()
+
+        def extend(db: sqlite3.Connection) -> bool:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                cursor = db.execute(
+                    "UPDATE leases SET expires_at = ? "
+                    "WHERE name = ? AND owner = ? AND expires_at > ?",
+                    (now + ttl, name, owner, now),
+                )
+            return cursor.rowcount == 1
+
+        return await self._call(extend)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+        await self._call(delete)
+
+
+class _transaction:
+    """BEGIN ... COMMIT, or ROLLBACK when the body raises (the connection is in autocommit)."""
+
+    def __init__(self, db: sqlite3.Connection, begin: str = "BEGIN") -> None:
+        self._db = db
+        self._begin = begin
+
+    def __enter__(self) -> None:
+        self._db.execute(self._begin)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _chunks(rows: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
