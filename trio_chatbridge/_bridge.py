@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, get_args
 
 import attrs
@@ -32,6 +32,10 @@ def _default_store() -> Store:
     return SQLiteStore(DEFAULT_STORE_PATH)
 
 
+def _connectors(connectors: Iterable[Connector]) -> tuple[Connector, ...]:
+    return tuple(connectors)
+
+
 def _check_connectors(_: object, __: object, connectors: Sequence[Connector]) -> None:
     names = [c.name for c in connectors]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -54,7 +58,9 @@ class Bridge:
     stops at once; the journal replays unfinished messages at the next start.
     """
 
-    connectors: Sequence[Connector] = attrs.field(converter=tuple, validator=_check_connectors)
+    connectors: Sequence[Connector] = attrs.field(
+        converter=_connectors, validator=_check_connectors
+    )
     agent: Agent
     debounce: Debounce = attrs.field(factory=Debounce)
     store: Store = attrs.field(factory=_default_store)
