@@ -107,6 +107,8 @@ class Bridge:
             await self._run(task_status)
         finally:
             with trio.CancelScope(shield=True):
+                for connector in self.connectors:
+                    await connector.aclose()
                 await self.store.aclose()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:

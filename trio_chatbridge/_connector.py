@@ -23,7 +23,7 @@ from typing import Literal, TypeAlias
 import attrs
 import trio
 
-from ._errors import ChatBridgeError
+from ._errors import ChatBridgeError, SendError
 from ._messages import Message
 from .stores import Store
 
@@ -168,6 +168,15 @@ class Connector(ABC):
     def typing(self, target: Message) -> AbstractAsyncContextManager[None]:
         """Show "typing..." to ``target``'s sender while the agent runs. By default: nothing."""
         return _no_typing()
+
+    async def send_media(
+        self, target: Message, data: bytes, *, filename: str, kind: str | None = None
+    ) -> None:
+        """Send a file or image in answer to ``target``; by default the platform cannot."""
+        raise SendError(f"connector {self.name} cannot send media")
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the connector holds across runs (HTTP clients); called by the bridge."""
 
 
 @asynccontextmanager

@@ -35,6 +35,11 @@ class Reply:
         await self.connector.send(self.target, text)
         self._on_sent()
 
+    async def send_media(self, data: bytes, *, filename: str, kind: str | None = None) -> None:
+        """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name)."""
+        await self.connector.send_media(self.target, data, filename=filename, kind=kind)
+        self._on_sent()
+
     @asynccontextmanager
     async def stream(self) -> AsyncIterator[ReplyStream]:
         """Write the reply piece by piece; it is complete when the block exits."""

@@ -2,6 +2,22 @@
 
 from ._fake import FakeConnector as FakeConnector
 from ._fake import SentReply as SentReply
+from ._http import HandlerTransport as HandlerTransport
+from ._http import serve_http as serve_http
 from ._run import open_bridge as open_bridge
+from ._weixin import RecordedRequest as RecordedRequest
+from ._weixin import WeixinEmulator as WeixinEmulator
+from ._weixin import WeixinFault as WeixinFault
+from ._weixin import WeixinSentMessage as WeixinSentMessage
 
-__all__ = ["FakeConnector", "SentReply", "open_bridge"]
+__all__ = [
+    "FakeConnector",
+    "HandlerTransport",
+    "RecordedRequest",
+    "SentReply",
+    "WeixinEmulator",
+    "WeixinFault",
+    "WeixinSentMessage",
+    "open_bridge",
+    "serve_http",
+]

@@ -1,0 +1,555 @@
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import hypothesis.strategies as st
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import weixin
+from trio_chatbridge.testing import WeixinEmulator, WeixinFault, open_bridge
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(" / ".join(m.text for m in batch.messages))
+
+
+@asynccontextmanager
+async def bridged(
+    emu: WeixinEmulator,
+    agent: cb.Agent = echo,
+    *,
+    store: cb.Store | None = None,
+    connector: weixin.Connector | None = None,
+    **options: object,
+) -> AsyncIterator[cb.Bridge]:
+    bridge = cb.Bridge(
+        connectors=[connector or emu.connector()],
+        agent=agent,
+        store=store or cb.MemoryStore(),
+        debounce=options.pop("debounce", cb.Debounce(window=1.0)),  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+    async with open_bridge(bridge):
+        yield bridge
+
+
+def status(bridge: cb.Bridge) -> cb.ConnectorStatus:
+    return bridge.status()["weixin:bot"]
+
+
+async def test_a_burst_is_answered_once_with_the_latest_context_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    async with bridged(emu):
+        emu.user_says("alice@im.wechat", "hi")
+        emu.user_says("alice@im.wechat", "how are you")
+        last = emu.user_says("alice@im.wechat", "?")
+        sent = await emu.next_sent()
+    assert sent.text == "hi / how are you / ?"
+    assert sent.to_user == "alice@im.wechat"
+    assert sent.context_token == last["context_token"]
+    assert emu.notifications == ["start", "stop"]
+
+
+async def test_every_request_carries_the_protocol_headers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    async with bridged(emu):
+        emu.user_says("u", "hello")
+        await emu.next_sent()
+    for request in emu.calls("getupdates") + emu.calls("sendmessage"):
+        headers = request.headers
+        assert headers["authorizationtype"] == "ilink_bot_token"
+        assert headers["authorization"] == "Bearer emulator-bot-token"
+        assert headers["ilink-app-id"] == "bot"
+        assert headers["ilink-app-clientversion"] == "132102"  # 2.4.6
+        uin = base64.b64decode(headers["x-wechat-uin"]).decode()
+        assert uin.isdigit() and int(uin) < 2**32
+        assert request.body["base_info"]["channel_version"] == "2.4.6"
+    sent = emu.calls("sendmessage")[0].body["msg"]
+    assert (sent["message_type"], sent["message_state"], sent["from_user_id"]) == (2, 2, "")
+    assert sent["client_id"].startswith("trio-chatbridge:")
+
+
+async def test_failed_polls_retry_after_2s_and_back_off_30s_after_three(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("getupdates", WeixinFault.http(500), times=2)
+    emu.fail("getupdates", WeixinFault.http(524))
+    emu.fail("getupdates", WeixinFault.malformed())
+    emu.fail("getupdates", WeixinFault(drop=True))
+    async with bridged(emu) as bridge:
+        start = emu.calls("getupdates")[0].at
+        await trio.sleep(39)
+        emu.user_says("u", "still delivered")
+        assert (await emu.next_sent()).text == "still delivered"
+        assert status(bridge).state == "running"
+        stats = bridge.stats()
+    times = [r.at - start for r in emu.calls("getupdates")[:6]]
+    assert times == [0, 2, 4, 34, 36, 38]
+    assert stats.other["weixin.poll_failures"] == 5
+    assert stats.protocol_errors == 1
+
+
+async def test_status_shows_backoff_while_polls_keep_failing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("getupdates", WeixinFault.http(502), times=3)
+    async with bridged(emu) as bridge:
+        await trio.sleep(5)
+        assert status(bridge).state == "backoff"
+        assert "HTTP 502" in (status(bridge).detail or "")
+        await trio.sleep(30)
+        emu.user_says("u", "hello again")  # the next poll succeeds
+        await emu.next_sent()
+        assert status(bridge).state == "running"
+
+
+async def test_client_timeout_is_an_empty_poll_and_server_timeout_is_adopted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator(hold=10.0)
+    async with bridged(emu) as bridge:
+        start = emu.calls("getupdates")[0].at
+        await trio.sleep(11)  # first poll: 10 s hold, answer says longpolling_timeout_ms=10000
+        emu.fail("getupdates", WeixinFault.slow(100))  # the poll after next never answers in time
+        await trio.sleep(30)
+        times = [r.at - start for r in emu.calls("getupdates")[:4]]
+        # the slow poll (at 20) is abandoned after 10 s + 5 s margin, and the next follows at
+        # once: a client-side timeout is an empty poll, not a failure
+        assert times == [0, 10, 20, 35]
+        assert "weixin.poll_failures" not in bridge.stats().other
+
+
+async def test_session_expired_pauses_for_an_hour_then_resumes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    connector = emu.connector()
+    emu.fail("getupdates", WeixinFault.session_expired())
+    async with bridged(emu, connector=connector) as bridge:
+        await trio.sleep(1)
+        assert status(bridge).state == "paused"
+        assert "weixin-login" in (status(bridge).detail or "")
+        assert connector.paused
+        target = weixin.to_message("bot", weixin.WeixinMessage.parse(emu.user_message("u", [])), {})
+        with pytest.raises(weixin.SessionPausedError, match="errcode -14"):
+            await connector.send(target, "hello")
+        polls = len(emu.calls("getupdates"))
+        await trio.sleep(3590)
+        assert len(emu.calls("getupdates")) == polls  # not a single poll during the pause
+        await trio.sleep(20)
+        assert status(bridge).state == "running"
+        emu.user_says("u", "back")
+        assert (await emu.next_sent()).text == "back"
+        assert bridge.stats().other["weixin.session_expired"] == 1
+
+
+async def test_shutdown_during_a_pause_is_immediate(autojump_clock: trio.testing.MockClock) -> None:
+    emu = WeixinEmulator()
+    emu.session_valid = False
+    async with bridged(emu) as bridge:
+        await trio.sleep(1)
+        assert status(bridge).state == "paused"
+        paused_at = trio.current_time()
+    assert trio.current_time() - paused_at < 60
+
+
+async def test_restart_with_sqlite_keeps_cursor_and_handles_each_message_once(
+    tmp_path: Path,
+) -> None:
+    # Real clock, no sleeps: the emulator answers empty polls at once (hold=0) and a graceful
+    # shutdown flushes every session, so nothing here waits on time.
+    db = tmp_path / "weixin.db"
+    emu = WeixinEmulator(hold=0)
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+        await reply.send("ok")
+
+    never = cb.Debounce(window=math.inf, max_delay=None)
+    with trio.fail_after(20):
+        emu.user_says("u", "one")
+        emu.user_says("u", "two")
+        async with trio.open_nursery() as nursery:  # first life: accepted, then killed
+            bridge = cb.Bridge([emu.connector()], agent, store=cb.SQLiteStore(db), debounce=never)
+            await nursery.start(bridge.run)
+            await emu.wait_acknowledged(2)
+            nursery.cancel_scope.cancel()
+        assert handled == []
+        saved = emu.calls("getupdates")[-1].body["get_updates_buf"]
+
+        emu.user_says("u", "three")
+        emu.repeat_next_page()  # "three" comes twice
+        bridge = cb.Bridge([emu.connector()], agent, store=cb.SQLiteStore(db), debounce=never)
+        polls_before = len(emu.calls("getupdates"))
+        async with open_bridge(bridge):
+            await emu.wait_acknowledged(3)
+        first_poll = emu.calls("getupdates")[polls_before]
+        assert first_poll.body["get_updates_buf"] == saved  # the cursor survived the restart
+    assert sorted(handled) == ["one", "three", "two"]
+    assert bridge.stats().duplicates == 1
+    assert bridge.stats().replayed == 2
+
+
+async def test_context_tokens_survive_a_restart(autojump_clock: trio.testing.MockClock) -> None:
+    store = cb.MemoryStore()  # the same store object across two bridges: a restart
+    emu = WeixinEmulator()
+    async with bridged(emu, store=store):
+        first = emu.user_says("bob@im.wechat", "hello")
+        await emu.next_sent()
+    connector = emu.connector()
+    async with bridged(emu, store=store, connector=connector):
+        # a proactive send: the target carries no token of its own
+        target = cb.Message(
+            platform="weixin",
+            account="bot",
+            id="x",
+            chat=cb.Chat("bob@im.wechat"),
+            sender=cb.Sender("bob@im.wechat"),
+            parts=[],
+            reply_handle={"to_user_id": "bob@im.wechat"},
+        )
+        await connector.send(target, "remember me?")
+        sent = await emu.next_sent()
+    assert sent.context_token == first["context_token"]
+
+
+async def test_typing_is_kept_alive_while_the_agent_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(12)
+        await reply.send("done")
+
+    emu = WeixinEmulator()
+    async with bridged(emu, slow):
+        emu.user_says("u", "think hard")
+        await emu.next_sent()
+        await trio.sleep(1)
+    typing = emu.calls("sendtyping")
+    start = typing[0].at
+    assert [(r.at - start, r.body["status"]) for r in typing] == [(0, 1), (5, 1), (10, 1), (12, 2)]
+    assert emu.calls("getconfig")[0].body["ilink_user_id"] == "u"
+
+
+async def test_long_text_is_split_at_4000_characters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    text = ("word " * 1900).strip()  # 9499 characters
+
+    async def verbose(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(text)
+
+    emu = WeixinEmulator()
+    async with bridged(emu, verbose):
+        emu.user_says("u", "talk")
+        pieces = [(await emu.next_sent()).text for _ in range(3)]
+    assert all(p is not None and len(p) <= 4000 for p in pieces)
+    assert "".join(p or "" for p in pieces) == text
+
+
+@given(st.text(alphabet=st.sampled_from("ab \n"), max_size=300), st.integers(4, 50))
+def test_split_text_pieces_fit_and_join_back(text: str, limit: int) -> None:
+    pieces = list(weixin.split_text(text, limit))
+    assert "".join(pieces) == text
+    assert all(0 < len(piece) <= limit for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    ("kind", "encoding"),
+    [
+        ("image", "raw"),
+        ("image", "hex"),
+        ("image", "image_aeskey"),
+        ("file", "hex"),
+        ("voice", "hex"),
+        ("video", "raw"),
+    ],
+)
+async def test_inbound_media_is_downloaded_and_decrypted(
+    kind: str, encoding: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    payload = bytes(range(256)) * 40
+    got: list[bytes] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        part = batch.latest.parts[0]
+        assert isinstance(part, cb.Image | cb.File | cb.Voice | cb.Video)
+        assert isinstance(reply.connector, weixin.Connector)
+        got.append(await reply.connector.download(part.media))
+
+    emu = WeixinEmulator()
+    async with bridged(emu, agent):
+        emu.user_sends_media("u", payload, kind=kind, key_encoding=encoding)
+        await trio.sleep(5)
+    assert got == [payload]
+
+
+async def test_media_over_the_cap_or_off_the_allow_list_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    errors: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        part = batch.latest.parts[0]
+        assert isinstance(part, cb.Image)
+        assert isinstance(reply.connector, weixin.Connector)
+        with pytest.raises(weixin.MediaError) as info:
+            await reply.connector.download(part.media)
+        errors.append(str(info.value))
+
+    emu = WeixinEmulator()
+    connector = emu.connector(media=weixin.MediaPolicy(max_bytes=1000))
+    async with bridged(emu, agent, connector=connector):
+        emu.user_sends_media("u", b"x" * 5000)
+        await trio.sleep(5)
+        emu.user_sends_media("v", b"tiny", full_url="http://169.254.169.254/latest/meta-data")
+        await trio.sleep(5)
+    assert "over the 1000-byte cap" in errors[0]
+    assert "'169.254.169.254': not an allowed host" in errors[1]
+    assert len(emu.calls("cdn_download")) == 1  # the refused host was never asked
+
+
+async def test_malformed_and_filtered_messages_never_cost_a_good_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    batches: list[cb.Batch] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        batches.append(batch)
+        await reply.send(batch.text)
+
+    emu = WeixinEmulator()
+    async with bridged(emu, agent) as bridge:
+        emu.push({"seq": 1, "item_list": "nonsense"})  # no message_type: not a user's message
+        emu.push("a string, not an object")
+        emu.push(emu.user_message("u", [{"type": 99, "future_item": {}}]))  # unknown item type
+        emu.push(
+            emu.user_message("u", [{"type": 1, "text_item": {"text": "echo"}}], message_type=2)
+        )  # the bot's own echo
+        emu.push(
+            emu.user_message("u", [{"type": 1, "text_item": {"text": "gone"}}], delete_time_ms=123)
+        )  # recalled
+        emu.push(
+            emu.user_message("u", [{"type": 1, "text_item": {"text": "typing"}}], message_state=1)
+        )  # still GENERATING
+        emu.user_says("u", "good")
+        sent = await emu.next_sent()
+        stats = bridge.stats()
+    assert sent.text == "good"
+    # the unknown item type is delivered (its raw payload is there), without parts we know
+    unknown, good = batches[0].messages
+    assert unknown.parts == () and unknown.raw["item_list"][0]["type"] == 99
+    assert good.text == "good"
+    assert stats.protocol_errors == 1
+    assert stats.other["weixin.filtered"] == 4
+
+
+async def test_a_dropped_cursor_redelivers_and_the_journal_drops_the_copy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    async with bridged(emu) as bridge:
+        emu.omit_next_cursor()
+        emu.user_says("u", "once")
+        await emu.next_sent()
+        await trio.sleep(5)
+        assert bridge.stats().duplicates == 1
+    assert [s.text for s in emu.sent] == ["once"]
+
+
+async def test_declined_send_is_a_clear_failure_and_the_bridge_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("sendmessage", WeixinFault.declined("prepare failed"))
+    failures: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send("hi")
+        except cb.SendError as exc:
+            failures.append(str(exc))
+            raise
+
+    async with bridged(emu, agent) as bridge:
+        emu.user_says("u", "first")
+        await trio.sleep(5)
+        emu.user_says("u", "second")
+        assert (await emu.next_sent()).text == "hi"
+        assert bridge.stats().failures == 1
+    assert "ret=-2" in failures[0] and "prepare failed" in failures[0] and "bursts" in failures[0]
+
+
+async def test_at_most_ten_replies_per_inbound_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    refused: list[int] = []
+
+    async def chatty(batch: cb.Batch, reply: cb.Reply) -> None:
+        for i in range(12):
+            try:
+                await reply.send(f"reply {i}")
+            except cb.SendError:
+                refused.append(i)
+
+    emu = WeixinEmulator()
+    async with bridged(emu, chatty):
+        emu.user_says("u", "go")
+        await trio.sleep(10)
+    assert len(emu.sent) == 10
+    assert refused == [10, 11]
+
+
+async def test_outbound_pacing_follows_the_rate_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def four(batch: cb.Batch, reply: cb.Reply) -> None:
+        for i in range(4):
+            await reply.send(str(i))
+
+    emu = WeixinEmulator()
+    connector = emu.connector(rate_limit=weixin.RateLimit(burst=2, per_second=0.5))
+    async with bridged(emu, four, connector=connector):
+        emu.user_says("u", "go")
+        await trio.sleep(20)
+    times = [r.at for r in emu.calls("sendmessage")]
+    assert [t - times[0] for t in times] == [0, 0, 2, 4]
+
+
+async def test_image_upload_through_reply(autojump_clock: trio.testing.MockClock) -> None:
+    picture = b"\x89PNG" + bytes(range(200))
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send_media(picture, filename="chart.png")
+
+    emu = WeixinEmulator()
+    async with bridged(emu, agent):
+        emu.user_says("u", "a chart please")
+        sent = await emu.next_sent()
+    assert sent.item["type"] == 2
+    media = sent.item["image_item"]["media"]
+    assert emu.uploads[media["encrypt_query_param"]] == picture
+    key_hex = base64.b64decode(media["aes_key"]).decode()
+    assert len(key_hex) == 32 and int(key_hex, 16) >= 0  # base64 of the hex digits
+    upload = emu.calls("getuploadurl")[0].body
+    assert upload["filesize"] == (len(picture) // 16 + 1) * 16
+    assert upload["media_type"] == 1 and upload["no_need_thumb"] is True
+
+
+async def test_cdn_upload_retries_then_reports(autojump_clock: trio.testing.MockClock) -> None:
+    emu = WeixinEmulator()
+    emu.fail("cdn_upload", WeixinFault.http(500), times=3)
+    errors: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        with pytest.raises(weixin.MediaError) as info:
+            await reply.send_media(b"data", filename="a.txt")
+        errors.append(str(info.value))
+
+    async with bridged(emu, agent):
+        emu.user_says("u", "file")
+        await trio.sleep(5)
+    assert errors == ["CDN upload failed after 3 attempts: HTTP 500 without x-encrypted-param"]
+
+
+async def test_missing_token_is_fatal_with_what_to_do(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    connector = weixin.Connector(account="nobody")
+    bridge = cb.Bridge([connector], echo, store=cb.MemoryStore())
+    async with open_bridge(bridge):
+        pass
+    state = bridge.status()["weixin:nobody"]
+    assert state.state == "failed"
+    assert "weixin-login --account nobody" in (state.detail or "")
+
+
+async def test_qr_login_stores_the_token_without_showing_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator(qr_script=("wait", "scaned", "need_verifycode", "scaned", "confirmed"))
+    store = cb.MemoryStore()
+    shown: list[str] = []
+
+    async def code() -> str:
+        return "1234"
+
+    client = weixin.ILinkClient(None, base_url=emu.base_url, transport=emu.transport())
+    result = await weixin.login(store, "bot", client=client, show=shown.append, ask_code=code)
+    await client.aclose()
+    assert result.bot_id == "emubot@im.bot"
+    assert await store.get("weixin", "bot", "token") == emu.token
+    assert emu.token not in "\n".join(shown)
+    codes = [r.query.get("verify_code") for r in emu.calls("get_qrcode_status")]
+    assert codes == [None, None, None, "1234", None]  # sent once, right after it was asked for
+    # the stored login is what a token-less connector uses
+    connector = emu.connector(token=None)  # base URL and token come from the store
+    async with bridged(emu, store=store, connector=connector):
+        emu.user_says("u", "logged in")
+        assert (await emu.next_sent()).text == "logged in"
+
+
+async def test_end_to_end_over_loopback() -> None:
+    emu = WeixinEmulator(hold=0.5)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(emu.serve)
+            assert base_url.startswith("http://127.0.0.1:")
+            async with bridged(emu, debounce=cb.Debounce(window=0.05)) as bridge:
+                emu.user_says("u", "over a real socket")
+                sent = await emu.next_sent()
+                assert bridge.status()["weixin:bot"].state == "running"
+            nursery.cancel_scope.cancel()
+    assert sent.text == "over a real socket"
+
+
+async def test_emulate_command_serves_an_admin_api_for_any_client() -> None:
+    from trio_chatbridge.testing._emulate import emulate
+
+    lines: list[str] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            emu = await nursery.start(
+                lambda task_status: emulate(
+                    "weixin", "127.0.0.1", 0, out=lines.append, task_status=task_status
+                )
+            )
+            info = json.loads(lines[0])
+            assert info["admin_url"].startswith("http://127.0.0.1:")
+            connector = weixin.Connector(
+                account="bot",
+                token=info["token"],
+                base_url=info["base_url"],
+                cdn_base_url=info["cdn_base_url"],
+            )
+            bridge = cb.Bridge(
+                [connector], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
+            )
+            async with open_bridge(bridge), httpx.AsyncClient() as http:
+                said = await http.post(
+                    info["admin_url"] + "/messages", json={"user": "carol", "text": "hi from curl"}
+                )
+                assert said.status_code == 200
+                await emu.next_sent()
+                sent = (await http.get(info["admin_url"] + "/sent")).json()
+            nursery.cancel_scope.cancel()
+    assert sent == [
+        {"to_user": "carol", "text": "hi from curl", "context_token": sent[0]["context_token"]}
+    ]

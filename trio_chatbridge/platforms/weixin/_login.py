@@ -1,0 +1,134 @@
+"""QR login [2.7]: show a QR code, wait for the owner to scan and confirm, store the token.
+
+The token and base URL go into the store under the account, where :class:`Connector` finds
+them when it is built without ``token=``. The token is never printed or logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import attrs
+import trio
+
+from ..._errors import ChatBridgeError
+from ...stores import Store
+from . import _protocol as p
+from ._api import ILinkClient
+from ._connector import BASE_URL_KEY, TOKEN_KEY
+from ._convert import PLATFORM
+
+QR_BASE_URL: Final = p.DEFAULT_BASE_URL  # QR calls always start here, whatever the account base
+POLL_PAUSE: Final = 1.0  # seconds between status polls
+MAX_QR_CODES: Final = 3
+LOGIN_DEADLINE: Final = 480.0  # seconds
+BOT_ID_KEY: Final = "bot_id"
+OWNER_KEY: Final = "owner_user_id"
+
+
+class LoginError(ChatBridgeError):
+    """The QR login did not complete (expired too often, timed out, refused)."""
+
+
+@attrs.frozen
+class LoginResult:
+    """What a completed login gave (the token itself stays in the store)."""
+
+    bot_id: str | None
+    base_url: str
+    owner_user_id: str | None
+    already_bound: bool = False
+    """True for ``binded_redirect``: the bot was bound already; the stored token is kept."""
+
+
+async def login(
+    store: Store,
+    account: str,
+    *,
+    client: ILinkClient | None = None,
+    show: Callable[[str], None] = print,
+    ask_code: Callable[[], Awaitable[str]] | None = None,
+    deadline: float = LOGIN_DEADLINE,
+) -> LoginResult:
+    """Run the QR login for ``account`` and store its token; ``show`` prints instructions.
+
+    ``ask_code`` answers the phone's verification-code prompt (default: read a line).
+    """
+    owned = client is None
+    api = client or ILinkClient(None, base_url=QR_BASE_URL)
+    try:
+        with trio.fail_after(deadline):
+            return await _login(store, account, api, show, ask_code or _read_code)
+    except trio.TooSlowError as exc:
+        raise LoginError(f"QR login for {account} not confirmed within {deadline:.0f} s") from exc
+    finally:
+        if owned:
+            await api.aclose()
+
+
+async def _read_code() -> str:
+    return (await trio.to_thread.run_sync(input, "verification code shown on the phone: ")).strip()
+
+
+async def _login(
+    store: Store,
+    account: str,
+    api: ILinkClient,
+    show: Callable[[str], None],
+    ask_code: Callable[[], Awaitable[str]],
+) -> LoginResult:
+    old_token = await store.get(PLATFORM, account, TOKEN_KEY)
+    base = api.base_url
+    for attempt in range(1, MAX_QR_CODES + 1):
+        qr = await api.get_bot_qrcode([old_token] if old_token else [])
+        code = p._str(qr, "qrcode")
+        if not code:
+            raise LoginError(f"get_bot_qrcode gave no QR code: {sorted(qr)}")
+        show(f"Scan this QR code with WeChat ({attempt}/{MAX_QR_CODES}):")
+        show(p._str(qr, "qrcode_img_content") or code)
+        verify: str | None = None
+        while True:
+            answer = await api.get_qrcode_status(code, base=base, verify_code=verify)
+            status = p._str(answer, "status") or "wait"
+            if status == "confirmed":
+                return await _store_login(store, account, answer, api.base_url)
+            if status == "binded_redirect":
+                show("This bot is already bound here: keeping the stored token.")
+                return LoginResult(
+                    None,
+                    await store.get(PLATFORM, account, BASE_URL_KEY) or base,
+                    None,
+                    already_bound=True,
+                )
+            if status == "need_verifycode":
+                verify = await ask_code()
+                continue  # poll again at once with the code
+            if status in ("expired", "verify_code_blocked"):
+                show("QR code expired." if status == "expired" else "Too many wrong codes.")
+                break
+            if status == "scaned":
+                verify = None
+                show("Scanned: confirm the login on the phone.")
+            elif status == "scaned_but_redirect":
+                host = p._str(answer, "redirect_host")
+                if host:
+                    base = p.normalise_base_url(f"https://{host}")
+            await trio.sleep(POLL_PAUSE)
+    raise LoginError(f"QR login for {account}: the code expired {MAX_QR_CODES} times; try again")
+
+
+async def _store_login(
+    store: Store, account: str, answer: dict[str, object], default_base: str
+) -> LoginResult:
+    token = p._str(answer, "bot_token")
+    if not token:
+        raise LoginError("login confirmed without a bot_token")
+    base_url = p.normalise_base_url(p._str(answer, "baseurl") or default_base)
+    bot_id = p._str(answer, "ilink_bot_id")
+    owner = p._str(answer, "ilink_user_id")
+    await store.set(PLATFORM, account, TOKEN_KEY, token)
+    await store.set(PLATFORM, account, BASE_URL_KEY, base_url)
+    await store.set(PLATFORM, account, BOT_ID_KEY, bot_id)
+    await store.set(PLATFORM, account, OWNER_KEY, owner)
+    return LoginResult(bot_id, base_url, owner)

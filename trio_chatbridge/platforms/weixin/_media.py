@@ -1,0 +1,219 @@
+"""Media on the WeChat CDN: guarded downloads of inbound media, encrypted uploads [7].
+
+A download only goes to an allowed host (no SSRF through a crafted ``full_url``), stops at a
+size cap, and has a deadline. An upload encrypts with a fresh key, POSTs the ciphertext (three
+attempts, a 4xx aborts), and returns the message item that refers to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import mimetypes
+import secrets
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import trio
+
+from ..._errors import ChatBridgeError, ProtocolError
+from ..._messages import Media
+from . import _crypto
+from . import _protocol as p
+from ._api import ILinkClient
+
+DEFAULT_ALLOWED_HOSTS: Final = (
+    "novac2c.cdn.weixin.qq.com",
+    "ilinkai.weixin.qq.com",
+    ".qlogo.cn",
+    ".qpic.cn",
+)
+
+
+class MediaError(ChatBridgeError):
+    """Media could not be fetched or sent: refused host, too large, timed out, bad key."""
+
+
+@attrs.frozen
+class MediaPolicy:
+    """Limits on inbound media downloads."""
+
+    max_bytes: int = p.MEDIA_MAX_BYTES
+    """Refuse media larger than this (ciphertext bytes)."""
+    timeout: float = 60.0
+    """Seconds a download may take in all."""
+    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
+    """Hosts media may come from; ``.example.com`` allows its subdomains. The configured CDN
+    base URL's host is always allowed."""
+
+    def allows(self, host: str, cdn_host: str) -> bool:
+        host = host.lower()
+        if host == cdn_host.lower():
+            return True
+        return any(
+            host == allowed or (allowed.startswith(".") and host.endswith(allowed))
+            for allowed in self.allowed_hosts
+        )
+
+
+def media_ref(item: p.MessageItem) -> dict[str, Any]:
+    """What :func:`download` needs later, kept in ``Media.ref`` (out of reprs: it holds keys)."""
+    media = item.media
+    ref: dict[str, Any] = {}
+    if media is not None:
+        ref.update(
+            encrypt_query_param=media.encrypt_query_param,
+            aes_key=media.aes_key,
+            full_url=media.full_url,
+        )
+    if item.image_aeskey:
+        ref["image_aeskey"] = item.image_aeskey
+    return {k: v for k, v in ref.items() if v}
+
+
+async def download(client: ILinkClient, policy: MediaPolicy, media: Media) -> bytes:
+    """Fetch and decrypt inbound media; raises :class:`MediaError` with the reason."""
+    ref = media.ref
+    url = ref.get("full_url") or (
+        client.download_url(ref["encrypt_query_param"]) if ref.get("encrypt_query_param") else None
+    )
+    if not url:
+        raise MediaError(f"this {media.kind} has no download location")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not policy.allows(
+        parts.hostname or "", client.cdn_host
+    ):
+        raise MediaError(
+            f"refusing to download media from {parts.hostname!r}: not an allowed host "
+            "(add it to MediaPolicy.allowed_hosts if you trust it)"
+        )
+    try:
+        with trio.fail_after(policy.timeout):
+            ciphertext = await _get_capped(client.http, url, policy.max_bytes)
+    except trio.TooSlowError as exc:
+        raise MediaError(f"media download took longer than {policy.timeout} s") from exc
+    except httpx.HTTPError as exc:
+        raise MediaError(f"media download failed: {type(exc).__name__}: {exc}") from exc
+    key = _key_for(media)
+    if key is None:
+        if media.kind == "image":
+            return ciphertext  # an image without any key is stored in the clear [7.2]
+        raise MediaError(f"this {media.kind} has no aes_key to decrypt it with")
+    try:
+        return _crypto.decrypt(key, ciphertext)
+    except ProtocolError as exc:
+        raise MediaError(f"cannot decrypt the {media.kind}: {exc}") from exc
+
+
+def _key_for(media: Media) -> bytes | None:
+    try:
+        if media.kind == "image" and media.ref.get("image_aeskey"):
+            return _crypto.parse_hex_key(media.ref["image_aeskey"])
+        if media.ref.get("aes_key"):
+            return _crypto.parse_aes_key(media.ref["aes_key"])
+    except ProtocolError as exc:
+        raise MediaError(f"bad media key: {exc}") from exc
+    return None
+
+
+async def _get_capped(http: httpx.AsyncClient, url: str, max_bytes: int) -> bytes:
+    async with http.stream("GET", url) as response:
+        if not response.is_success:
+            raise MediaError(f"media download answered HTTP {response.status_code}")
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise MediaError(f"media of {declared} bytes is over the {max_bytes}-byte cap")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise MediaError(f"media is over the {max_bytes}-byte cap")
+        return bytes(body)
+
+
+def upload_type(filename: str, kind: str | None = None) -> p.UploadMediaType:
+    """The upload media type, from ``kind`` if given, else from the file name's MIME type."""
+    if kind is not None:
+        return {
+            "image": p.UploadMediaType.IMAGE,
+            "video": p.UploadMediaType.VIDEO,
+            "voice": p.UploadMediaType.VOICE,
+        }.get(kind, p.UploadMediaType.FILE)
+    mime = mimetypes.guess_type(filename)[0] or ""
+    for prefix, media_type in (
+        ("video/", p.UploadMediaType.VIDEO),
+        ("image/", p.UploadMediaType.IMAGE),
+        ("audio/", p.UploadMediaType.VOICE),
+    ):
+        if mime.startswith(prefix):
+            return media_type
+    return p.UploadMediaType.FILE
+
+
+async def upload(
+    client: ILinkClient, to_user: str, data: bytes, filename: str, kind: str | None = None
+) -> dict[str, Any]:
+    """Encrypt and upload ``data``; returns the ``item_list`` entry that sends it [7.1]."""
+    media_type = upload_type(filename, kind)
+    filekey = secrets.token_hex(16)
+    key = secrets.token_bytes(16)
+    ciphertext = _crypto.encrypt(key, data)
+    answer = await client.get_upload_url(
+        {
+            "filekey": filekey,
+            "media_type": int(media_type),
+            "to_user_id": to_user,
+            "rawsize": len(data),
+            "rawfilemd5": hashlib.md5(data).hexdigest(),
+            "filesize": len(ciphertext),
+            "no_need_thumb": True,
+            "aeskey": key.hex(),
+        }
+    )
+    url = client.upload_url(answer, filekey)
+    download_param = await _post_ciphertext(client.http, url, ciphertext)
+    # The outbound aes_key is base64 of the hex digits, not of the raw key [7.1 step 8].
+    media = {
+        "encrypt_query_param": download_param,
+        "aes_key": base64.b64encode(key.hex().encode()).decode(),
+        "encrypt_type": 1,
+    }
+    if media_type is p.UploadMediaType.IMAGE:
+        return {
+            "type": p.ItemType.IMAGE,
+            "image_item": {"media": media, "mid_size": len(ciphertext)},
+        }
+    if media_type is p.UploadMediaType.VIDEO:
+        return {
+            "type": p.ItemType.VIDEO,
+            "video_item": {"media": media, "video_size": len(ciphertext)},
+        }
+    if media_type is p.UploadMediaType.VOICE:
+        return {"type": p.ItemType.VOICE, "voice_item": {"media": media, "encode_type": 6}}
+    return {
+        "type": p.ItemType.FILE,
+        "file_item": {"media": media, "file_name": filename, "len": str(len(data))},
+    }
+
+
+async def _post_ciphertext(http: httpx.AsyncClient, url: str, ciphertext: bytes) -> str:
+    last = "no attempt made"
+    for _ in range(p.UPLOAD_ATTEMPTS):
+        try:
+            with trio.fail_after(p.API_TIMEOUT * 4):
+                response = await http.post(
+                    url, content=ciphertext, headers={"Content-Type": "application/octet-stream"}
+                )
+        except (httpx.HTTPError, trio.TooSlowError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+            continue
+        if 400 <= response.status_code < 500:
+            reason = response.headers.get("x-error-message") or response.text[:200]
+            raise MediaError(f"CDN refused the upload (HTTP {response.status_code}): {reason}")
+        param: str | None = response.headers.get("x-encrypted-param")
+        if response.status_code == 200 and param:
+            return param
+        last = f"HTTP {response.status_code}" + ("" if param else " without x-encrypted-param")
+    raise MediaError(f"CDN upload failed after {p.UPLOAD_ATTEMPTS} attempts: {last}")

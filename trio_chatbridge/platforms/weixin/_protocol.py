@@ -1,0 +1,346 @@
+"""WeChat iLink bot protocol facts: constants, headers, and lenient typed models.
+
+Sources are in ``shared/protocols/weixin_ilink.md`` (sections in brackets below). Every field is
+optional on the wire and enums may grow, so parsing never fails on a missing field or an
+unknown value [1.4]; only a payload of the wrong shape is a :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Mapping
+from enum import IntEnum
+from typing import Any, Final
+
+import attrs
+
+from ..._errors import ProtocolError
+
+DEFAULT_BASE_URL: Final = "https://ilinkai.weixin.qq.com/"
+DEFAULT_CDN_BASE_URL: Final = "https://novac2c.cdn.weixin.qq.com/c2c"
+CHANNEL_VERSION: Final = "2.4.6"  # the protocol level our behaviour follows [0]
+ILINK_APP_ID: Final = "bot"
+BOT_AGENT: Final = "trio_chatbridge/0.1"
+
+# Timeouts, seconds [4]
+DEFAULT_LONG_POLL_TIMEOUT: Final = 35.0
+LONG_POLL_MARGIN: Final = 5.0  # client waits this much longer than the server holds [3, #267]
+API_TIMEOUT: Final = 15.0  # sendmessage, getuploadurl
+CONFIG_TIMEOUT: Final = 10.0  # getconfig, sendtyping, notify*
+QR_POLL_TIMEOUT: Final = 35.0
+
+# The poll loop's retry policy [3c, 4]
+MAX_CONSECUTIVE_FAILURES: Final = 3
+RETRY_DELAY: Final = 2.0  # seconds
+BACKOFF_DELAY: Final = 30.0  # seconds, after MAX_CONSECUTIVE_FAILURES in a row
+SESSION_EXPIRED: Final = -14
+SESSION_PAUSE: Final = 3600.0  # seconds [5]
+
+TEXT_LIMIT: Final = 4000  # characters per outbound text message [4]
+MAX_REPLIES_PER_MESSAGE: Final = 10  # the platform refuses more per inbound message [8, #81]
+TYPING_KEEPALIVE: Final = 5.0  # seconds between "typing" refreshes [6.5]
+CONFIG_CACHE_TTL: Final = 24 * 3600.0  # seconds; refreshed at a random fraction of it [5]
+CONFIG_RETRY_INITIAL: Final = 2.0
+CONFIG_RETRY_MAX: Final = 3600.0
+UPLOAD_ATTEMPTS: Final = 3
+MEDIA_MAX_BYTES: Final = 100 * 1024 * 1024  # the reference client's inbound cap [7.3]
+
+
+class MessageType(IntEnum):
+    NONE = 0
+    USER = 1
+    BOT = 2
+
+
+class MessageState(IntEnum):
+    NEW = 0
+    GENERATING = 1
+    FINISH = 2
+
+
+class ItemType(IntEnum):
+    NONE = 0
+    TEXT = 1
+    IMAGE = 2
+    VOICE = 3
+    FILE = 4
+    VIDEO = 5
+    TOOL_CALL_START = 11
+    TOOL_CALL_RESULT = 12
+
+
+class UploadMediaType(IntEnum):
+    IMAGE = 1
+    VIDEO = 2
+    FILE = 3
+    VOICE = 4
+
+
+class TypingStatus(IntEnum):
+    TYPING = 1
+    CANCEL = 2
+
+
+def client_version(version: str = CHANNEL_VERSION) -> str:
+    """``iLink-App-ClientVersion``: ``(major<<16)|(minor<<8)|patch``, each 8 bits, as decimal."""
+    parts = [int(p) & 0xFF for p in [*version.split("."), "0", "0"][:3]]
+    return str((parts[0] << 16) | (parts[1] << 8) | parts[2])
+
+
+def random_uin() -> str:
+    """``X-WECHAT-UIN``: a fresh random uint32, as its decimal string in standard base64."""
+    return base64.b64encode(str(secrets.randbits(32)).encode()).decode()
+
+
+def common_headers(route_tag: str | None = None) -> dict[str, str]:
+    """Headers on every request, GET included [1.2]."""
+    headers = {"iLink-App-Id": ILINK_APP_ID, "iLink-App-ClientVersion": client_version()}
+    if route_tag:
+        headers["SKRouteTag"] = route_tag
+    return headers
+
+
+def post_headers(token: str | None, route_tag: str | None = None) -> dict[str, str]:
+    """Headers on every POST: JSON, the token type, a random UIN, and the bearer token if any."""
+    headers = common_headers(route_tag)
+    headers["Content-Type"] = "application/json"
+    headers["AuthorizationType"] = "ilink_bot_token"
+    headers["X-WECHAT-UIN"] = random_uin()
+    if token and token.strip():
+        headers["Authorization"] = f"Bearer {token.strip()}"
+    return headers
+
+
+def base_info() -> dict[str, str]:
+    """The ``base_info`` object of every authenticated POST body [1.3]."""
+    return {"channel_version": CHANNEL_VERSION, "bot_agent": BOT_AGENT}
+
+
+def normalise_base_url(url: str) -> str:
+    """Make sure the base ends in ``/`` so relative endpoints keep its path [1.1]."""
+    url = url.strip()
+    if not url:
+        return DEFAULT_BASE_URL
+    if "://" not in url:
+        url = "https://" + url
+    return url if url.endswith("/") else url + "/"
+
+
+# -- lenient readers -------------------------------------------------------------------------
+
+
+def _int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+@attrs.frozen
+class CDNMedia:
+    """Where a piece of media lives on the CDN, and its key."""
+
+    encrypt_query_param: str | None = None
+    aes_key: str | None = attrs.field(default=None, repr=False)
+    """base64 of either the raw 16-byte key or its 32 hex digits."""
+    encrypt_type: int | None = None
+    full_url: str | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> CDNMedia | None:
+        if not data:
+            return None
+        return cls(
+            _str(data, "encrypt_query_param"),
+            _str(data, "aes_key"),
+            _int(data, "encrypt_type"),
+            _str(data, "full_url"),
+        )
+
+    @property
+    def downloadable(self) -> bool:
+        return bool(self.encrypt_query_param or self.full_url)
+
+
+@attrs.frozen
+class MessageItem:
+    """One item of a message: text, image, voice, file, video, or a kind we do not know."""
+
+    type: int
+    text: str | None = None
+    media: CDNMedia | None = None
+    image_aeskey: str | None = attrs.field(default=None, repr=False)
+    """For images: the key as 32 hex digits, preferred over ``media.aes_key``."""
+    file_name: str | None = None
+    size: int | None = None
+    """Plaintext length for files (sent as a string), ciphertext for video."""
+    duration: float | None = None
+    """Seconds, for voice and video."""
+    ref_title: str | None = None
+    ref_item: MessageItem | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> MessageItem:
+        kind = _int(data, "type") or 0
+        ref = _obj(data, "ref_msg")
+        ref_item = _obj(ref, "message_item")
+        item = cls._parse_body(kind, data)
+        if not ref:
+            return item
+        return attrs.evolve(
+            item, ref_title=_str(ref, "title"), ref_item=cls.parse(ref_item) if ref_item else None
+        )
+
+    @classmethod
+    def _parse_body(cls, kind: int, data: Mapping[str, Any]) -> MessageItem:
+        if kind == ItemType.TEXT:
+            return cls(kind, text=_str(_obj(data, "text_item"), "text"))
+        if kind == ItemType.IMAGE:
+            image = _obj(data, "image_item")
+            return cls(
+                kind,
+                media=CDNMedia.parse(_obj(image, "media")),
+                image_aeskey=_str(image, "aeskey"),
+                size=_int(image, "mid_size"),
+            )
+        if kind == ItemType.VOICE:
+            voice = _obj(data, "voice_item")
+            playtime = _int(voice, "playtime")
+            return cls(
+                kind,
+                text=_str(voice, "text"),
+                media=CDNMedia.parse(_obj(voice, "media")),
+                duration=None if playtime is None else playtime / 1000,
+            )
+        if kind == ItemType.FILE:
+            file = _obj(data, "file_item")
+            return cls(
+                kind,
+                media=CDNMedia.parse(_obj(file, "media")),
+                file_name=_str(file, "file_name"),
+                size=_int(file, "len"),
+            )
+        if kind == ItemType.VIDEO:
+            video = _obj(data, "video_item")
+            length = _int(video, "play_length")
+            return cls(
+                kind,
+                media=CDNMedia.parse(_obj(video, "media")),
+                size=_int(video, "video_size"),
+                duration=None if length is None else float(length),
+            )
+        return cls(kind)  # tool calls and kinds added later: kept, not understood
+
+
+@attrs.frozen
+class WeixinMessage:
+    """A message as ``getupdates`` delivers it [6.2]."""
+
+    seq: int | None
+    message_id: int | None
+    from_user_id: str
+    to_user_id: str | None
+    client_id: str | None
+    create_time_ms: int | None
+    delete_time_ms: int | None
+    group_id: str | None
+    message_type: int | None
+    message_state: int | None
+    items: tuple[MessageItem, ...]
+    context_token: str | None = attrs.field(repr=False)
+
+    @classmethod
+    def parse(cls, data: Any) -> WeixinMessage:
+        if not isinstance(data, Mapping):
+            raise ProtocolError(f"a message is a JSON object, got {type(data).__name__}")
+        items = data.get("item_list")
+        return cls(
+            seq=_int(data, "seq"),
+            message_id=_int(data, "message_id"),
+            from_user_id=_str(data, "from_user_id") or "",
+            to_user_id=_str(data, "to_user_id"),
+            client_id=_str(data, "client_id"),
+            create_time_ms=_int(data, "create_time_ms"),
+            delete_time_ms=_int(data, "delete_time_ms"),
+            group_id=_str(data, "group_id") or None,
+            message_type=_int(data, "message_type"),
+            message_state=_int(data, "message_state"),
+            items=tuple(
+                MessageItem.parse(item)
+                for item in (items if isinstance(items, list) else [])
+                if isinstance(item, Mapping)
+            ),
+            context_token=_str(data, "context_token"),
+        )
+
+    def should_process(self) -> bool:
+        """A user's finished, not recalled message [6.4] (bot echoes, GENERATING, recalls out)."""
+        return (
+            self.message_type == MessageType.USER
+            and (self.delete_time_ms is None or self.delete_time_ms <= 0)
+            and self.message_state != MessageState.GENERATING
+        )
+
+
+@attrs.frozen
+class GetUpdatesResponse:
+    """The answer to one long poll [2.1]."""
+
+    ret: int | None
+    errcode: int | None
+    errmsg: str | None
+    messages: tuple[Any, ...]
+    """Raw message objects: each is parsed on its own, so one bad one spoils nothing."""
+    cursor: str | None
+    longpolling_timeout_ms: int | None
+
+    @classmethod
+    def parse(cls, data: Any) -> GetUpdatesResponse:
+        if not isinstance(data, Mapping):
+            raise ProtocolError(f"getupdates answered with {type(data).__name__}, not an object")
+        msgs = data.get("msgs")
+        return cls(
+            ret=_int(data, "ret"),
+            errcode=_int(data, "errcode"),
+            errmsg=_str(data, "errmsg"),
+            messages=tuple(msgs) if isinstance(msgs, list) else (),
+            # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
+            cursor=_str(data, "get_updates_buf") or _str(data, "sync_buf") or None,
+            longpolling_timeout_ms=_int(data, "longpolling_timeout_ms"),
+        )
+
+    @classmethod
+    def empty(cls) -> GetUpdatesResponse:
+        """What a client-side timeout means: nothing new, same cursor [3b]."""
+        return cls(0, None, None, (), None, None)
+
+
+def error_code(data: Mapping[str, Any]) -> int | None:
+    """The non-zero ``ret`` or ``errcode`` of a response, or None when it is a success [3e]."""
+    for key in ("ret", "errcode"):
+        code = _int(data, key)
+        if code:
+            return code
+    return None

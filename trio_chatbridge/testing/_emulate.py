@@ -1,0 +1,37 @@
+"""``python -m trio_chatbridge emulate <platform>``: an emulator on loopback for any client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Final
+
+import trio
+
+from .._errors import ConfigurationError
+from ._weixin import WeixinEmulator
+
+PLATFORMS: Final = ("weixin",)
+
+
+async def emulate(
+    platform: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    out: Callable[[str], None] = print,
+    task_status: trio.TaskStatus[WeixinEmulator] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``platform``'s emulator until cancelled; first prints one JSON line describing it.
+
+    The line holds its URLs, credentials and ``admin_url``: ``POST {admin_url}/messages`` with
+    ``{"user": ..., "text": ..., "chat": ...}`` makes a user speak, ``GET {admin_url}/sent``
+    lists what the bot sent. ``nursery.start`` returns the emulator object.
+    """
+    if platform != "weixin":
+        raise ConfigurationError(f"no emulator for {platform!r}; choose from {list(PLATFORMS)}")
+    emulator = WeixinEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emulator.serve, host, port)
+        out(json.dumps(emulator.describe()))
+        task_status.started(emulator)

@@ -1,0 +1,527 @@
+"""An emulator of the WeChat iLink bot HTTP API and its CDN, in memory or on loopback.
+
+It follows ``shared/protocols/weixin_ilink.md`` section 10. Choices where the real server is
+not known [UNCONFIRMED]:
+
+- An empty cursor starts at the first message no poll has acknowledged yet (a new client
+  gets what is waiting, not the whole history, and nothing undelivered is lost).
+- A cursor is acknowledged when a client presents it on the next poll.
+- A request that breaks the sendmessage envelope gets ``ret -2`` with an ``errmsg`` saying why.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import httpx
+import trio
+
+from ..platforms.weixin import _crypto
+from ..platforms.weixin import _protocol as p
+from ..platforms.weixin._connector import Connector, RateLimit
+from ._http import DropConnection, HandlerTransport, json_response, serve_http
+
+IN_MEMORY_BASE: Final = "http://weixin-emulator.invalid/"  # never resolves: nothing leaves
+
+
+@attrs.frozen
+class WeixinFault:
+    """What an endpoint answers instead of the real thing, once per injection."""
+
+    status: int = 200
+    """HTTP status (500, 524...)."""
+    body: Any = None
+    """A JSON object to answer, or bytes (an HTML error page, broken JSON)."""
+    delay: float = 0.0
+    """Seconds before answering (a slow server)."""
+    drop: bool = False
+    """Close the connection without answering."""
+
+    @classmethod
+    def http(cls, status: int) -> WeixinFault:
+        return cls(status=status, body=f"<html>{status}</html>".encode())
+
+    @classmethod
+    def session_expired(cls) -> WeixinFault:
+        return cls(body={"errcode": p.SESSION_EXPIRED, "errmsg": "session expired"})
+
+    @classmethod
+    def declined(cls, errmsg: str = "prepare failed") -> WeixinFault:
+        return cls(body={"ret": -2, "errmsg": errmsg})
+
+    @classmethod
+    def malformed(cls) -> WeixinFault:
+        return cls(body=b'{"ret": 0, "msgs": [')
+
+    @classmethod
+    def slow(cls, seconds: float) -> WeixinFault:
+        return cls(delay=seconds)
+
+
+@attrs.frozen
+class WeixinSentMessage:
+    """A message the bot sent through ``sendmessage``."""
+
+    to_user: str
+    text: str | None
+    """The text, for a text item."""
+    item: Mapping[str, Any]
+    context_token: str | None
+    client_id: str | None
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One request the emulator received (for assertions on headers and bodies)."""
+
+    endpoint: str
+    headers: Mapping[str, str]
+    body: Any
+    at: float
+    """Trio's clock when it arrived."""
+    query: Mapping[str, str] = attrs.field(factory=dict)
+    """The query string's parameters."""
+
+
+@attrs.define
+class _Upload:
+    key: bytes
+    filesize: int
+    rawsize: int
+    md5: str
+
+
+class WeixinEmulator:
+    """A fake iLink server: users speak through it, the bot's calls are recorded.
+
+    ``connector()`` builds a :class:`~trio_chatbridge.platforms.weixin.Connector` wired to it
+    (in memory by default; after ``await nursery.start(emu.serve)``, over loopback HTTP).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = "emulator-bot-token",
+        bot_id: str = "emubot@im.bot",
+        hold: float = 35.0,
+        page_size: int = 100,
+        reply_quota: int = p.MAX_REPLIES_PER_MESSAGE,
+        send_answer: str = "message_id",
+        qr_script: tuple[str, ...] = ("wait", "scaned", "confirmed"),
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.token = token
+        self.bot_id = bot_id
+        self.hold = hold
+        self.page_size = page_size
+        self.reply_quota = reply_quota
+        self.send_answer = send_answer
+        """``"message_id"`` (live behaviour), ``"ret"`` (documented), or ``"empty"``."""
+        self.qr_script = qr_script
+        self.base_url = IN_MEMORY_BASE
+        self.session_valid = True
+        """False answers every authenticated call with errcode -14 (a stale token)."""
+        self.sent: list[WeixinSentMessage] = []
+        self.typing: list[tuple[str, int]] = []
+        self.notifications: list[str] = []
+        self.requests: list[RecordedRequest] = []
+        self.uploads: dict[str, bytes] = {}
+        """Plaintext of each upload, by its download parameter."""
+        self._clock = wall_clock
+        self._queue: list[Any] = []
+        self._acked = 0
+        self._ack_event = trio.Event()
+        self._arrived = trio.Event()
+        self._sent_event = trio.Event()
+        self._sent_read = 0
+        self._faults: dict[str, deque[WeixinFault]] = {}
+        self._ids = itertools.count(1)
+        self._replies: Counter[str] = Counter()
+        self._pending_uploads: dict[str, _Upload] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._qr_polls = 0
+        self._repeat_next_page = False
+        self._omit_cursor_next = False
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    @property
+    def cdn_base_url(self) -> str:
+        return self.base_url + "c2c"
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """An httpx transport that reaches this emulator in memory."""
+        return HandlerTransport(self.handle)
+
+    def connector(self, account: str = "bot", **options: Any) -> Connector:
+        """A connector for this emulator (in memory unless :meth:`serve` was started)."""
+        if self.base_url == IN_MEMORY_BASE:
+            options.setdefault("transport", self.transport())
+        options.setdefault("rate_limit", RateLimit(burst=1000, per_second=1000.0))
+        options.setdefault("token", self.token)
+        return Connector(
+            account=account, base_url=self.base_url, cdn_base_url=self.cdn_base_url, **options
+        )
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve over HTTP on loopback until cancelled; ``nursery.start`` returns the base URL."""
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_http, self.handle, host, port)
+            self.base_url = url + "/"
+            task_status.started(self.base_url)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to connect (the JSON line ``emulate weixin`` prints)."""
+        return {
+            "platform": "weixin",
+            "base_url": self.base_url,
+            "cdn_base_url": self.cdn_base_url,
+            "token": self.token,
+            "bot_id": self.bot_id,
+            "admin_url": self.base_url + "admin",
+        }
+
+    # -- the users' side ---------------------------------------------------------------------
+
+    def push(self, message: Any) -> None:
+        """Queue any JSON value for delivery in ``msgs``, exactly as given (malformed ones too)."""
+        self._queue.append(message)
+        self._arrived.set()
+        self._arrived = trio.Event()
+
+    def user_message(
+        self, user: str, items: list[dict[str, Any]], *, group: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Build (without queueing) a user's message as getupdates delivers it."""
+        n = next(self._ids)
+        message: dict[str, Any] = {
+            "seq": n,
+            "message_id": 7_448_678_501_208_393_000 + n,
+            "from_user_id": user,
+            "to_user_id": self.bot_id,
+            "create_time_ms": int(self._clock() * 1000),
+            "session_id": f"session-{user}",
+            "message_type": p.MessageType.USER,
+            "message_state": p.MessageState.FINISH,
+            "item_list": items,
+            "context_token": f"ctx-{n}-{hashlib.sha256(user.encode()).hexdigest()[:8]}",
+        }
+        if group:
+            message["group_id"] = group
+        message.update(fields)
+        return message
+
+    def user_says(self, user: str, text: str, *, group: str | None = None) -> dict[str, Any]:
+        """``user`` sends ``text`` (in ``group`` if given); returns the message as delivered."""
+        message = self.user_message(user, [{"type": 1, "text_item": {"text": text}}], group=group)
+        self.push(message)
+        return message
+
+    def user_sends_media(
+        self,
+        user: str,
+        data: bytes,
+        *,
+        kind: str = "image",
+        key_encoding: str = "raw",
+        file_name: str = "file.bin",
+        full_url: str | None = None,
+    ) -> dict[str, Any]:
+        """``user`` sends media, encrypted on the CDN with a fresh key.
+
+        ``key_encoding``: ``"raw"`` (base64 of the 16 bytes), ``"hex"`` (base64 of the hex
+        digits), or ``"image_aeskey"`` (hex in ``image_item.aeskey``, images only).
+        """
+        key = hashlib.sha256(data + str(next(self._ids)).encode()).digest()[:16]
+        param = f"dl-{len(self._blobs) + 1}"
+        self._blobs[param] = _crypto.encrypt(key, data)
+        media: dict[str, Any] = {"encrypt_query_param": param, "encrypt_type": 1}
+        if full_url:
+            media["full_url"] = full_url
+        if key_encoding == "raw":
+            media["aes_key"] = base64.b64encode(key).decode()
+        elif key_encoding == "hex":
+            media["aes_key"] = base64.b64encode(key.hex().encode()).decode()
+        kinds = {"image": 2, "voice": 3, "file": 4, "video": 5}
+        body: dict[str, Any] = {"media": media}
+        if kind == "image" and key_encoding == "image_aeskey":
+            body["aeskey"] = key.hex()
+        if kind == "file":
+            body.update(file_name=file_name, len=str(len(data)))
+        item = {"type": kinds[kind], f"{kind}_item": body}
+        message = self.user_message(user, [item])
+        self.push(message)
+        return message
+
+    # -- the bot's side, and faults ----------------------------------------------------------
+
+    async def next_sent(self) -> WeixinSentMessage:
+        """The next message the bot sent that this method has not returned yet (waits)."""
+        while self._sent_read >= len(self.sent):
+            await self._sent_event.wait()
+        self._sent_read += 1
+        return self.sent[self._sent_read - 1]
+
+    def fail(self, endpoint: str, fault: WeixinFault, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``endpoint`` with ``fault``.
+
+        Endpoints: ``getupdates``, ``sendmessage``, ``getconfig``, ``sendtyping``,
+        ``getuploadurl``, ``notifystart``, ``notifystop``, ``cdn_upload``, ``cdn_download``.
+        """
+        self._faults.setdefault(endpoint, deque()).extend([fault] * times)
+
+    def calls(self, endpoint: str) -> list[RecordedRequest]:
+        """The recorded requests to one endpoint, oldest first."""
+        return [r for r in self.requests if r.endpoint == endpoint]
+
+    async def wait_acknowledged(self, count: int) -> None:
+        """Wait until a client polled with a cursor past the first ``count`` messages."""
+        while self._acked < count:
+            await self._ack_event.wait()
+
+    def repeat_next_page(self) -> None:
+        """Deliver the next page but keep the cursor where it was, so it comes again."""
+        self._repeat_next_page = True
+
+    def omit_next_cursor(self) -> None:
+        """Answer the next page without ``get_updates_buf``: the client must keep its old one."""
+        self._omit_cursor_next = True
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        """Answer one HTTP request (the whole emulator is this one function)."""
+        path = urlsplit(str(request.url)).path
+        endpoint = path.rsplit("/", 1)[-1]
+        if "/c2c/" in path:
+            endpoint = "cdn_" + endpoint
+        if path.startswith("/admin"):
+            return self._admin(request, endpoint)
+        body = _json_body(request)
+        self.requests.append(
+            RecordedRequest(
+                endpoint,
+                dict(request.headers),
+                body,
+                trio.current_time(),
+                {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()},
+            )
+        )
+        fault = self._take_fault(endpoint)
+        if fault is not None:
+            if fault.delay:
+                await trio.sleep(fault.delay)
+            if fault.drop:
+                raise DropConnection
+            if fault.body is not None or fault.status != 200:
+                content = fault.body
+                if isinstance(content, dict):
+                    return json_response(content, fault.status)
+                return httpx.Response(fault.status, content=content or b"")
+        handler = getattr(self, f"_ep_{endpoint}", None)
+        if handler is None:
+            return httpx.Response(404, content=b"no such endpoint")
+        if endpoint not in ("get_bot_qrcode", "get_qrcode_status") and not endpoint.startswith(
+            "cdn_"
+        ):
+            auth = request.headers.get("authorization", "")
+            if not self.session_valid or auth != f"Bearer {self.token}":
+                return json_response({"errcode": p.SESSION_EXPIRED, "errmsg": "session timeout"})
+        answer: httpx.Response = await handler(request, body)
+        return answer
+
+    def _take_fault(self, endpoint: str) -> WeixinFault | None:
+        queue = self._faults.get(endpoint)
+        return queue.popleft() if queue else None
+
+    async def _ep_getupdates(self, request: httpx.Request, body: Any) -> httpx.Response:
+        cursor = body.get("get_updates_buf", "") if isinstance(body, dict) else ""
+        position = self._decode_cursor(cursor)
+        if position > self._acked:
+            self._acked = position
+            self._ack_event.set()
+            self._ack_event = trio.Event()
+        if position >= len(self._queue):
+            with trio.move_on_after(self.hold):
+                await self._arrived.wait()
+        page = self._queue[position : position + self.page_size]
+        next_position = position + len(page)
+        if self._repeat_next_page and page:
+            self._repeat_next_page = False
+            next_position = position
+        answer: dict[str, Any] = {
+            "ret": 0,
+            "msgs": page,
+            "longpolling_timeout_ms": int(self.hold * 1000),
+        }
+        if self._omit_cursor_next and page:
+            self._omit_cursor_next = False
+        else:
+            answer["get_updates_buf"] = _encode_cursor(next_position)
+        return json_response(answer)
+
+    def _decode_cursor(self, cursor: str) -> int:
+        if not cursor:
+            return self._acked
+        try:
+            return int(base64.b64decode(cursor).decode().split(":", 1)[1])
+        except (ValueError, IndexError):
+            return self._acked
+
+    async def _ep_sendmessage(self, request: httpx.Request, body: Any) -> httpx.Response:
+        msg = body.get("msg") if isinstance(body, dict) else None
+        problem = _envelope_problem(msg)
+        if problem:
+            return json_response({"ret": -2, "errmsg": problem})
+        assert isinstance(msg, dict)
+        token = msg.get("context_token")
+        if token:
+            self._replies[token] += 1
+            if self._replies[token] > self.reply_quota:
+                return json_response({"ret": -2, "errmsg": "unknown error"})
+        item = msg["item_list"][0]
+        text = item.get("text_item", {}).get("text") if item.get("type") == 1 else None
+        self.sent.append(
+            WeixinSentMessage(msg["to_user_id"], text, item, token, msg.get("client_id"))
+        )
+        self._sent_event.set()
+        self._sent_event = trio.Event()
+        if self.send_answer == "empty":
+            return httpx.Response(200, content=b"")
+        if self.send_answer == "ret":
+            return json_response({"ret": 0, "errmsg": ""})
+        return json_response({"message_id": 9_000_000_000 + len(self.sent)})
+
+    async def _ep_getconfig(self, request: httpx.Request, body: Any) -> httpx.Response:
+        user = body.get("ilink_user_id") if isinstance(body, dict) else None
+        if not user:
+            return json_response({"ret": -2, "errmsg": "ilink_user_id required"})
+        ticket = base64.b64encode(f"ticket-for-{user}".encode()).decode()
+        return json_response({"ret": 0, "errmsg": "", "typing_ticket": ticket})
+
+    async def _ep_sendtyping(self, request: httpx.Request, body: Any) -> httpx.Response:
+        self.typing.append((body.get("ilink_user_id", ""), int(body.get("status", 0))))
+        return json_response({"ret": 0, "errmsg": ""})
+
+    async def _ep_notifystart(self, request: httpx.Request, body: Any) -> httpx.Response:
+        self.notifications.append("start")
+        return json_response({"ret": 0, "errmsg": ""})
+
+    async def _ep_notifystop(self, request: httpx.Request, body: Any) -> httpx.Response:
+        self.notifications.append("stop")
+        return json_response({"ret": 0, "errmsg": ""})
+
+    async def _ep_getuploadurl(self, request: httpx.Request, body: Any) -> httpx.Response:
+        filekey = str(body.get("filekey", ""))
+        self._pending_uploads[filekey] = _Upload(
+            bytes.fromhex(body.get("aeskey", "")),
+            int(body.get("filesize", -1)),
+            int(body.get("rawsize", -1)),
+            str(body.get("rawfilemd5", "")),
+        )
+        param = base64.b64encode(json.dumps({"filekey": filekey}).encode()).decode()
+        return json_response({"upload_param": param, "thumb_upload_param": ""})
+
+    async def _ep_cdn_upload(self, request: httpx.Request, body: Any) -> httpx.Response:
+        query = parse_qs(urlsplit(str(request.url)).query)
+        upload = self._pending_uploads.pop(query.get("filekey", [""])[0], None)
+        if upload is None:
+            return httpx.Response(400, headers={"x-error-message": "unknown filekey"})
+        data = request.content
+        if len(data) != upload.filesize:
+            return httpx.Response(400, headers={"x-error-message": "filesize mismatch"})
+        plain = _crypto.decrypt(upload.key, data)
+        if len(plain) != upload.rawsize or hashlib.md5(plain).hexdigest() != upload.md5:
+            return httpx.Response(400, headers={"x-error-message": "md5 mismatch"})
+        param = f"up-{len(self.uploads) + 1}"
+        self.uploads[param] = plain
+        self._blobs[param] = data
+        return httpx.Response(200, headers={"x-encrypted-param": param})
+
+    async def _ep_cdn_download(self, request: httpx.Request, body: Any) -> httpx.Response:
+        query = parse_qs(urlsplit(str(request.url)).query)
+        blob = self._blobs.get(query.get("encrypted_query_param", [""])[0])
+        if blob is None:
+            return httpx.Response(404)
+        return httpx.Response(200, content=blob)
+
+    async def _ep_get_bot_qrcode(self, request: httpx.Request, body: Any) -> httpx.Response:
+        self._qr_polls = 0
+        return json_response(
+            {"qrcode": "emulator-qr", "qrcode_img_content": self.base_url + "qr/emulator-qr"}
+        )
+
+    async def _ep_get_qrcode_status(self, request: httpx.Request, body: Any) -> httpx.Response:
+        status = self.qr_script[min(self._qr_polls, len(self.qr_script) - 1)]
+        self._qr_polls += 1
+        answer: dict[str, Any] = {"status": status}
+        if status == "confirmed":
+            answer.update(
+                bot_token=self.token,
+                ilink_bot_id=self.bot_id,
+                baseurl=self.base_url,
+                ilink_user_id="owner@im.wechat",
+            )
+        return json_response(answer)
+
+    def _admin(self, request: httpx.Request, endpoint: str) -> httpx.Response:
+        if request.method == "POST" and endpoint == "messages":
+            data = _json_body(request)
+            if not isinstance(data, dict) or not data.get("user") or "text" not in data:
+                return json_response({"error": 'expected {"user": ..., "text": ...}'}, 400)
+            message = self.user_says(str(data["user"]), str(data["text"]), group=data.get("chat"))
+            return json_response({"ok": True, "message_id": message["message_id"]})
+        if request.method == "GET" and endpoint == "sent":
+            return json_response(
+                [
+                    {"to_user": s.to_user, "text": s.text, "context_token": s.context_token}
+                    for s in self.sent
+                ]
+            )
+        return httpx.Response(404, content=b"admin: POST /admin/messages or GET /admin/sent")
+
+
+def _encode_cursor(position: int) -> str:
+    return base64.b64encode(f"pos:{position}".encode()).decode()
+
+
+def _json_body(request: httpx.Request) -> Any:
+    if not request.content:
+        return {}
+    try:
+        return json.loads(request.content)
+    except ValueError:
+        return None
+
+
+def _envelope_problem(msg: Any) -> str | None:
+    if not isinstance(msg, dict):
+        return "msg required"
+    if not msg.get("to_user_id"):
+        return "to_user_id required"
+    items = msg.get("item_list")
+    if not isinstance(items, list) or len(items) != 1:
+        return "exactly one item per message"
+    if (
+        msg.get("message_type") != p.MessageType.BOT
+        or msg.get("message_state") != p.MessageState.FINISH
+    ):
+        return "message_type must be 2 (BOT) and message_state 2 (FINISH)"
+    if not msg.get("client_id"):
+        return "client_id required"
+    return None
