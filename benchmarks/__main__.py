@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 from .core import BENCHMARKS as CORE
+from .weixin import BENCHMARKS as WEIXIN
 
-ALL = {**CORE}
+ALL = {**CORE, **WEIXIN}
 
 
 def main(names: list[str]) -> int:

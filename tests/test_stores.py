@@ -72,6 +72,10 @@ async def test_key_values_and_cursors_are_per_account(store: cb.Store) -> None:
     assert await store.get("weixin", "b", "token") == "t2"
     await store.set("weixin", "a", "token", None)
     assert await store.get("weixin", "a", "token") is None
+    await store.set_many("weixin", "a", {"x": "1", "y": "2", "token": None})
+    assert (await store.get("weixin", "a", "x"), await store.get("weixin", "a", "y")) == ("1", "2")
+    await store.set_many("weixin", "a", {"x": None})
+    assert await store.get("weixin", "a", "x") is None
     await store.set_cursor("weixin", "a", "cursor-1")
     assert await store.get_cursor("weixin", "a") == "cursor-1"
     assert await store.get_cursor("weixin", "b") is None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Literal, TypeAlias
 
@@ -82,6 +82,10 @@ class ConnectorContext:
     async def set(self, key: str, value: str | None) -> None:
         """Store a value for this account (None deletes)."""
         await self.store.set(self.platform, self.account, key, value)
+
+    async def set_many(self, values: Mapping[str, str | None]) -> None:
+        """Store several values for this account in one write."""
+        await self.store.set_many(self.platform, self.account, values)
 
     async def get_cursor(self) -> str | None:
         """This account's saved cursor."""

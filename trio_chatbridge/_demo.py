@@ -100,11 +100,53 @@ async def fake_platform_demo(say: Transcript) -> None:
     )
 
 
+async def weixin_demo(say: Transcript) -> None:
+    """WeChat on the in-memory iLink emulator: a burst, typing, an expired session, recovery."""
+    from .platforms.weixin import Connector
+    from .testing import WeixinEmulator, WeixinFault
+
+    emulator = WeixinEmulator()
+    connector: Connector = emulator.connector("wx-bot")
+    bridge = Bridge(
+        connectors=[connector],
+        agent=demo_agent,
+        debounce=Debounce(window=WINDOW, max_delay=20.0),
+        store=MemoryStore(),
+    )
+
+    async def show_sent() -> None:
+        while True:
+            sent = await emulator.next_sent()
+            say(f"  bot -> {sent.to_user}: {sent.text!r} (context token {sent.context_token})")
+
+    async with open_bridge(bridge), trio.open_nursery() as nursery:
+        nursery.start_soon(show_sent)
+        for text in ("ni hao", "is the shop open today?"):
+            say(f"wechat user dave@im.wechat > {text}")
+            emulator.user_says("dave@im.wechat", text)
+            await trio.sleep(1.0)
+        await trio.sleep(6)
+        typing = [status for _, status in emulator.typing]
+        say(f"  typing indicator sent while the agent ran: {typing} (1 = typing, 2 = done)")
+        say("the platform answers errcode -14 (session expired) on the next poll")
+        emulator.fail("getupdates", WeixinFault.session_expired())
+        await trio.sleep(36)
+        say(f"  status: {bridge.status()['weixin:wx-bot'].state}; messages wait on the server")
+        emulator.user_says("dave@im.wechat", "hello? anyone?")
+        await trio.sleep(3600)
+        say(f"  an hour later: status {bridge.status()['weixin:wx-bot'].state}")
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+
+
 async def run_demo(out: Callable[[str], None] = print) -> None:
     """Play every demo scene, one after another."""
     say = Transcript(out)
     out(f"== the pipeline: bursts in a {WINDOW:.0f} s quiet window become one batch ==")
     await fake_platform_demo(say)
+    out("")
+    out("== WeChat (iLink long poll) on the in-memory emulator ==")
+    await weixin_demo(Transcript(out))
 
 
 def main(out: Callable[[str], None] = print) -> None:

@@ -13,7 +13,7 @@ Implementations only have to provide the primitives; the conveniences are built 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeAlias
 
@@ -105,6 +105,11 @@ class Store(ABC):
     @abstractmethod
     async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
         """Store ``value`` under ``key`` for the account; None deletes it."""
+
+    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+        """Store several values at once (one write where the store can); None deletes."""
+        for key, value in values.items():
+            await self.set(platform, account, key, value)
 
     async def get_cursor(self, platform: str, account: str) -> str | None:
         """The account's saved cursor (long-poll position), or None."""

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
 import trio
@@ -216,6 +216,24 @@ class SQLiteStore(Store):
                 )
 
         await self._call(write)
+
+    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+        deletes = [(platform, account, k) for k, v in values.items() if v is None]
+        upserts = [(platform, account, k, v) for k, v in values.items() if v is not None]
+
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany(
+                    "DELETE FROM kv WHERE platform = ? AND account = ? AND key = ?", deletes
+                )
+                db.executemany(
+                    "INSERT INTO kv (platform, account, key, value) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET value = excluded.value",
+                    upserts,
+                )
+
+        if values:
+            await self._call(write)
 
     # -- leases -----------------------------------------------------------------------------
 

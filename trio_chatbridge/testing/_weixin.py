@@ -118,8 +118,11 @@ class WeixinEmulator:
         send_answer: str = "message_id",
         qr_script: tuple[str, ...] = ("wait", "scaned", "confirmed"),
         wall_clock: Callable[[], float] = time.time,
+        record_requests: bool = True,
     ) -> None:
         self.token = token
+        self.record_requests = record_requests
+        """Keep every request in :attr:`requests` (off for long benchmarks)."""
         self.bot_id = bot_id
         self.hold = hold
         self.page_size = page_size
@@ -313,15 +316,16 @@ class WeixinEmulator:
         if path.startswith("/admin"):
             return self._admin(request, endpoint)
         body = _json_body(request)
-        self.requests.append(
-            RecordedRequest(
-                endpoint,
-                dict(request.headers),
-                body,
-                trio.current_time(),
-                {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()},
+        if self.record_requests:
+            self.requests.append(
+                RecordedRequest(
+                    endpoint,
+                    dict(request.headers),
+                    body,
+                    trio.current_time(),
+                    {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()},
+                )
             )
-        )
         fault = self._take_fault(endpoint)
         if fault is not None:
             if fault.delay:
@@ -482,10 +486,14 @@ class WeixinEmulator:
     def _admin(self, request: httpx.Request, endpoint: str) -> httpx.Response:
         if request.method == "POST" and endpoint == "messages":
             data = _json_body(request)
-            if not isinstance(data, dict) or not data.get("user") or "text" not in data:
+            said = data if isinstance(data, list) else [data]  # one, or a burst
+            if not all(isinstance(d, dict) and d.get("user") and "text" in d for d in said):
                 return json_response({"error": 'expected {"user": ..., "text": ...}'}, 400)
-            message = self.user_says(str(data["user"]), str(data["text"]), group=data.get("chat"))
-            return json_response({"ok": True, "message_id": message["message_id"]})
+            ids = [
+                self.user_says(str(d["user"]), str(d["text"]), group=d.get("chat"))["message_id"]
+                for d in said
+            ]
+            return json_response({"ok": True, "message_id": ids[0] if len(ids) == 1 else ids})
         if request.method == "GET" and endpoint == "sent":
             return json_response(
                 [

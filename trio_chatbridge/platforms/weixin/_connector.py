@@ -275,6 +275,8 @@ class Connector(base.Connector):
                 self._degraded = False
                 ctx.set_state("running")
             failures = 0
+            # No prefetch: the next poll presents the new cursor, and a server may take that as
+            # an acknowledgment [UNCONFIRMED], so it goes out only once this page is durable.
             await self._accept(answer.messages)
             if answer.cursor and answer.cursor != cursor:
                 cursor = answer.cursor
@@ -316,13 +318,12 @@ class Connector(base.Connector):
         if not messages:
             return
         await ctx.put(messages)
-        latest: dict[str, str] = {}
+        latest: dict[str, str | None] = {}
         for message in messages:
             token = message.reply_handle.get("context_token")
             if token:
-                latest[message.reply_handle["to_user_id"]] = token
-        for peer, token in latest.items():  # kept so replies after a restart can use them
-            await ctx.set(CONTEXT_TOKEN_PREFIX + peer, token)
+                latest[CONTEXT_TOKEN_PREFIX + message.reply_handle["to_user_id"]] = token
+        await ctx.set_many(latest)  # kept so replies after a restart can use them
 
     # -- sending -----------------------------------------------------------------------------
 

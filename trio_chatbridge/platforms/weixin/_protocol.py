@@ -130,12 +130,15 @@ def normalise_base_url(url: str) -> str:
 # -- lenient readers -------------------------------------------------------------------------
 
 
+# Hot path (every field of every message): exact type checks first, JSON gives exact types.
+
+
 def _int(data: Mapping[str, Any], key: str) -> int | None:
     value = data.get(key)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
+    if type(value) is int or value is None:
         return value
+    if isinstance(value, int):  # bool
+        return int(value)
     if isinstance(value, str):
         try:
             return int(value)
@@ -146,16 +149,19 @@ def _int(data: Mapping[str, Any], key: str) -> int | None:
 
 def _str(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
-    if isinstance(value, str):
+    if type(value) is str or value is None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key)
-    return value if isinstance(value, Mapping) else {}
+    return value if type(value) is dict or isinstance(value, Mapping) else _EMPTY
 
 
 @attrs.frozen
@@ -288,9 +294,9 @@ class WeixinMessage:
             message_type=_int(data, "message_type"),
             message_state=_int(data, "message_state"),
             items=tuple(
-                MessageItem.parse(item)
-                for item in (items if isinstance(items, list) else [])
-                if isinstance(item, Mapping)
+                [MessageItem.parse(item) for item in items if isinstance(item, dict)]
+                if type(items) is list
+                else ()
             ),
             context_token=_str(data, "context_token"),
         )

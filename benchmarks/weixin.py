@@ -1,0 +1,185 @@
+"""WeChat benchmarks: connector throughput from the loopback emulator, and idle-account memory.
+
+The emulator runs in its own process (``python -m trio_chatbridge emulate weixin``), as a
+real server would, so that the client side is what the two loops compare.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import weixin
+from trio_chatbridge.testing import WeixinEmulator
+
+from ._util import REPEAT, peak_rss_mib, report
+
+MESSAGES = 20_000
+ACCOUNTS = 1_000
+
+
+@contextmanager
+def _emulator_process() -> Iterator[dict[str, Any]]:
+    """A loopback emulator in a child process; yields the JSON line it printed."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trio_chatbridge", "emulate", "weixin"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        yield json.loads(child.stdout.readline())
+    finally:
+        child.terminate()
+        child.wait()
+
+
+async def _load(info: dict[str, Any]) -> None:
+    burst = [{"user": f"user{i % 500}@im.wechat", "text": f"message {i}"} for i in range(MESSAGES)]
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(info["admin_url"] + "/messages", json=burst, timeout=60)
+        answer.raise_for_status()
+
+
+async def _raw_httpx_loop(info: dict[str, Any], cursor: str) -> tuple[float, str]:
+    """The baseline: poll getupdates with httpx, decode, advance the cursor. Nothing else."""
+    async with httpx.AsyncClient() as http:
+        seen = 0
+        headers = {"Authorization": f"Bearer {info['token']}"}
+        start = time.perf_counter()
+        while seen < MESSAGES:
+            response = await http.post(
+                info["base_url"] + "ilink/bot/getupdates",
+                content=json.dumps({"get_updates_buf": cursor}),
+                headers=headers,
+            )
+            answer = response.json()
+            seen += len(answer["msgs"])
+            cursor = answer["get_updates_buf"]
+        return time.perf_counter() - start, cursor
+
+
+async def _connector_into_inbox(info: dict[str, Any], cursor: str) -> tuple[float, str]:
+    """The connector: the same polls, plus parsing, the journal and the inbox (MemoryStore).
+
+    The debouncer holds every session (1 h window) and typing is off, so what is timed is the
+    path into the inbox, not agent runs.
+    """
+    store = cb.MemoryStore()
+    await store.set_cursor("weixin", "bot", cursor)
+    done = trio.Event()
+    received = 0
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    class Counting(weixin.Connector):
+        async def _accept(self, raw_messages: tuple[Any, ...]) -> None:
+            nonlocal received
+            await super()._accept(raw_messages)
+            received += len(raw_messages)
+            if received >= MESSAGES:
+                done.set()
+
+    connector = Counting(
+        account="bot", token=info["token"], base_url=info["base_url"], typing=False
+    )
+    bridge = cb.Bridge(
+        [connector],
+        agent,
+        store=store,
+        debounce=cb.Debounce(window=3600.0, max_delay=None),
+    )
+    async with trio.open_nursery() as nursery:
+        start = time.perf_counter()
+        await nursery.start(bridge.run)
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        assert bridge.stats().received == MESSAGES
+        nursery.cancel_scope.cancel()
+    return elapsed, await store.get_cursor("weixin", "bot") or ""
+
+
+def _best(
+    loop: Callable[[dict[str, Any], str], Awaitable[tuple[float, str]]],
+    info: dict[str, Any],
+    cursor: list[str],
+) -> float:
+    best = float("inf")
+    for _ in range(REPEAT):
+        trio.run(_load, info)
+        seconds, cursor[0] = trio.run(loop, info, cursor[0])
+        best = min(best, seconds)
+    return best
+
+
+def bench_throughput() -> None:
+    with _emulator_process() as info:
+        cursor = [""]
+        raw = _best(_raw_httpx_loop, info, cursor)
+        ours = _best(_connector_into_inbox, info, cursor)
+    report(
+        f"weixin: {MESSAGES:,} messages from the loopback emulator (own process), pages of 100",
+        [
+            ("raw httpx poll loop", f"{raw:.3f} s  ({MESSAGES / raw:,.0f} messages/s)"),
+            ("connector into the inbox", f"{ours:.3f} s  ({MESSAGES / ours:,.0f} messages/s)"),
+            ("ratio (connector / raw throughput)", f"{raw / ours:.2f}x  (target >= 0.8x)"),
+            ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB"),
+        ],
+    )
+
+
+def bench_idle_accounts() -> None:
+    """Memory per account while 1,000 accounts sit in a long poll (in-memory emulator)."""
+    emulator = WeixinEmulator(hold=3600.0, record_requests=False)
+    per_account: dict[str, float] = {}
+
+    async def park(shared: bool) -> None:
+        async with httpx.AsyncClient(transport=emulator.transport()) as http:
+            connectors = [
+                emulator.connector(f"acct{i}", **({"http": http} if shared else {}))
+                for i in range(ACCOUNTS)
+            ]
+            bridge = cb.Bridge(connectors, _noop, store=cb.MemoryStore())
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            async with trio.open_nursery() as nursery:
+                await nursery.start(bridge.run)
+                await trio.testing.wait_all_tasks_blocked()  # every account is in its poll
+                gc.collect()
+                per_account["shared" if shared else "own"] = (
+                    tracemalloc.get_traced_memory()[0] - before
+                ) / ACCOUNTS
+                tracemalloc.stop()
+                nursery.cancel_scope.cancel()
+
+    trio.run(park, False)
+    trio.run(park, True)
+    report(
+        f"weixin: {ACCOUNTS:,} idle accounts, each parked in a long poll (in-memory emulator)",
+        [
+            ("per account, own httpx client", f"{per_account['own'] / 1024:.1f} KiB"),
+            ("per account, one shared client", f"{per_account['shared'] / 1024:.1f} KiB"),
+            ("peak RSS of the process", f"{peak_rss_mib():.0f} MiB"),
+        ],
+    )
+
+
+async def _noop(batch: cb.Batch, reply: cb.Reply) -> None:
+    pass
+
+
+BENCHMARKS = {"weixin": bench_throughput, "weixin-idle": bench_idle_accounts}
