@@ -9,7 +9,8 @@ A connector owns one platform account. The bridge hands it a :class:`ConnectorCo
   and anything else when it can.
 - ``send(target, text)`` answers an inbound message with one message; ``stream(target)``
   answers it progressively where the platform can (else it sends once at the end);
-  ``typing(target)`` shows a typing indicator while the agent runs, where there is one.
+  ``running(batch)`` is held while the agent runs on a batch: a typing indicator, closing a
+  batch's earlier callbacks, whatever the platform wants around a run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import attrs
 import trio
 
 from ._errors import ChatBridgeError, SendError
-from ._messages import Message
+from ._messages import Batch, Message
 from .stores import Store
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
@@ -169,9 +170,9 @@ class Connector(ABC):
         if out.text:
             await self.send(target, out.text)
 
-    def typing(self, target: Message) -> AbstractAsyncContextManager[None]:
-        """Show "typing..." to ``target``'s sender while the agent runs. By default: nothing."""
-        return _no_typing()
+    def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
+        """Held while the agent runs on ``batch`` (typing indicators...). By default: nothing."""
+        return _nothing()
 
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None
@@ -184,5 +185,5 @@ class Connector(ABC):
 
 
 @asynccontextmanager
-async def _no_typing() -> AsyncIterator[None]:
+async def _nothing() -> AsyncIterator[None]:
     yield

@@ -131,7 +131,7 @@ class Dispatcher:
         error: str | None = None
         try:
             with trio.move_on_after(self._run_timeout) as timeout:
-                async with connector.typing(latest):
+                async with connector.running(batch):
                     await self._agent(batch, reply)
             if timeout.cancelled_caught:
                 self._counters[_stats.TIMEOUTS] += 1

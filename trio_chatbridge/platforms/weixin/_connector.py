@@ -29,7 +29,7 @@ from ..._errors import (
     ProtocolError,
     SendError,
 )
-from ..._messages import Media, Message
+from ..._messages import Batch, Media, Message
 from . import _media
 from . import _protocol as p
 from ._api import ILinkClient, ILinkError, SessionExpiredError
@@ -404,9 +404,9 @@ class Connector(base.Connector):
     # streaming: the platform has no edit-in-place and renders nothing for GENERATING [6.5],
     # so the base class's stream (collect, then one send at the end) is the right mapping.
 
-    def typing(self, target: Message) -> AbstractAsyncContextManager[None]:
+    def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
         """Keep "typing..." shown to the sender while the agent runs (refreshed every 5 s)."""
-        return self._typing(target)
+        return self._typing(batch.latest)
 
     @asynccontextmanager
     async def _typing(self, target: Message) -> AsyncIterator[None]:
