@@ -310,12 +310,12 @@ async def test_media_over_the_cap_or_off_the_allow_list_is_refused(
         part = batch.latest.parts[0]
         assert isinstance(part, cb.Image)
         assert isinstance(reply.connector, weixin.Connector)
-        with pytest.raises(weixin.MediaError) as info:
+        with pytest.raises(cb.MediaError) as info:
             await reply.connector.download(part.media)
         errors.append(str(info.value))
 
     emu = WeixinEmulator()
-    connector = emu.connector(media=weixin.MediaPolicy(max_bytes=1000))
+    connector = emu.connector(media=cb.MediaPolicy(weixin.DEFAULT_ALLOWED_HOSTS, max_bytes=1000))
     async with bridged(emu, agent, connector=connector):
         emu.user_sends_media("u", b"x" * 5000)
         await trio.sleep(5)
@@ -459,7 +459,7 @@ async def test_cdn_upload_retries_then_reports(autojump_clock: trio.testing.Mock
     errors: list[str] = []
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        with pytest.raises(weixin.MediaError) as info:
+        with pytest.raises(cb.MediaError) as info:
             await reply.send_media(b"data", filename="a.txt")
         errors.append(str(info.value))
 

@@ -19,9 +19,11 @@ from ._errors import ChatBridgeError as ChatBridgeError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConnectorError as ConnectorError
 from ._errors import FatalConnectorError as FatalConnectorError
+from ._errors import MediaError as MediaError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SendError as SendError
 from ._errors import StoreError as StoreError
+from ._media import MediaPolicy as MediaPolicy
 from ._messages import Batch as Batch
 from ._messages import Chat as Chat
 from ._messages import File as File

@@ -37,5 +37,9 @@ class SendError(ChatBridgeError):
     """A reply could not be delivered; the message says to whom and why."""
 
 
+class MediaError(ChatBridgeError):
+    """Media could not be fetched or sent: refused host, too large, timed out, bad key."""
+
+
 class StoreError(ChatBridgeError):
     """The store could not do what was asked (corrupt file, wrong schema)."""

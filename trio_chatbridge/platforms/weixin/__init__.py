@@ -12,8 +12,7 @@ from ._convert import to_message as to_message
 from ._login import LoginError as LoginError
 from ._login import LoginResult as LoginResult
 from ._login import login as login
-from ._media import MediaError as MediaError
-from ._media import MediaPolicy as MediaPolicy
+from ._media import DEFAULT_ALLOWED_HOSTS as DEFAULT_ALLOWED_HOSTS
 from ._protocol import DEFAULT_BASE_URL as DEFAULT_BASE_URL
 from ._protocol import DEFAULT_CDN_BASE_URL as DEFAULT_CDN_BASE_URL
 from ._protocol import GetUpdatesResponse as GetUpdatesResponse
@@ -21,6 +20,7 @@ from ._protocol import MessageItem as MessageItem
 from ._protocol import WeixinMessage as WeixinMessage
 
 __all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
     "DEFAULT_BASE_URL",
     "DEFAULT_CDN_BASE_URL",
     "Connector",

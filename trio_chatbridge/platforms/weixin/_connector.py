@@ -29,6 +29,7 @@ from ..._errors import (
     ProtocolError,
     SendError,
 )
+from ..._media import MediaPolicy
 from ..._messages import Batch, Media, Message
 from . import _media
 from . import _protocol as p
@@ -172,7 +173,7 @@ class Connector(base.Connector):
         route_tag: str | None = None,
         http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        media: _media.MediaPolicy | None = None,
+        media: MediaPolicy | None = None,
         rate_limit: RateLimit | None = None,
         typing: bool = True,
         random: Callable[[], float] = random.random,
@@ -186,7 +187,7 @@ class Connector(base.Connector):
         self._route_tag = route_tag
         self._http = http
         self._transport = transport
-        self.media_policy = media or _media.MediaPolicy()
+        self.media_policy = media or _media.default_policy()
         self._bucket = _Bucket(rate_limit or RateLimit())
         self._typing_enabled = typing
         self._tickets = _TypingTickets(random)

@@ -1,8 +1,8 @@
 """Media on the WeChat CDN: guarded downloads of inbound media, encrypted uploads [7].
 
-A download only goes to an allowed host (no SSRF through a crafted ``full_url``), stops at a
-size cap, and has a deadline. An upload encrypts with a fresh key, POSTs the ciphertext (three
-attempts, a 4xx aborts), and returns the message item that refers to it.
+A download goes through the core's guard (allowed hosts, a size cap, a deadline), then is
+decrypted with whichever key the item carries. An upload encrypts with a fresh key, POSTs the
+ciphertext (three attempts, a 4xx aborts), and returns the message item that refers to it.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import hashlib
 import mimetypes
 import secrets
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-import attrs
 import httpx
 import trio
 
-from ..._errors import ChatBridgeError, ProtocolError
+from ..._errors import MediaError, ProtocolError
+from ..._media import MediaPolicy, fetch
 from ..._messages import Media
 from . import _crypto
 from . import _protocol as p
@@ -32,30 +31,9 @@ DEFAULT_ALLOWED_HOSTS: Final = (
 )
 
 
-class MediaError(ChatBridgeError):
-    """Media could not be fetched or sent: refused host, too large, timed out, bad key."""
-
-
-@attrs.frozen
-class MediaPolicy:
-    """Limits on inbound media downloads."""
-
-    max_bytes: int = p.MEDIA_MAX_BYTES
-    """Refuse media larger than this (ciphertext bytes)."""
-    timeout: float = 60.0
-    """Seconds a download may take in all."""
-    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
-    """Hosts media may come from; ``.example.com`` allows its subdomains. The configured CDN
-    base URL's host is always allowed."""
-
-    def allows(self, host: str, cdn_host: str) -> bool:
-        host = host.lower()
-        if host == cdn_host.lower():
-            return True
-        return any(
-            host == allowed or (allowed.startswith(".") and host.endswith(allowed))
-            for allowed in self.allowed_hosts
-        )
+def default_policy() -> MediaPolicy:
+    """WeChat's CDN hosts, the reference client's 100 MiB cap, a 60 s deadline."""
+    return MediaPolicy(allowed_hosts=DEFAULT_ALLOWED_HOSTS, max_bytes=p.MEDIA_MAX_BYTES)
 
 
 def media_ref(item: p.MessageItem) -> dict[str, Any]:
@@ -81,21 +59,7 @@ async def download(client: ILinkClient, policy: MediaPolicy, media: Media) -> by
     )
     if not url:
         raise MediaError(f"this {media.kind} has no download location")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not policy.allows(
-        parts.hostname or "", client.cdn_host
-    ):
-        raise MediaError(
-            f"refusing to download media from {parts.hostname!r}: not an allowed host "
-            "(add it to MediaPolicy.allowed_hosts if you trust it)"
-        )
-    try:
-        with trio.fail_after(policy.timeout):
-            ciphertext = await _get_capped(client.http, url, policy.max_bytes)
-    except trio.TooSlowError as exc:
-        raise MediaError(f"media download took longer than {policy.timeout} s") from exc
-    except httpx.HTTPError as exc:
-        raise MediaError(f"media download failed: {type(exc).__name__}: {exc}") from exc
+    ciphertext = await fetch(client.http, url, policy, client.cdn_host)
     key = _key_for(media)
     if key is None:
         if media.kind == "image":
@@ -116,21 +80,6 @@ def _key_for(media: Media) -> bytes | None:
     except ProtocolError as exc:
         raise MediaError(f"bad media key: {exc}") from exc
     return None
-
-
-async def _get_capped(http: httpx.AsyncClient, url: str, max_bytes: int) -> bytes:
-    async with http.stream("GET", url) as response:
-        if not response.is_success:
-            raise MediaError(f"media download answered HTTP {response.status_code}")
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise MediaError(f"media of {declared} bytes is over the {max_bytes}-byte cap")
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > max_bytes:
-                raise MediaError(f"media is over the {max_bytes}-byte cap")
-        return bytes(body)
 
 
 def upload_type(filename: str, kind: str | None = None) -> p.UploadMediaType:

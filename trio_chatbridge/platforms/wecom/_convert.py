@@ -1,0 +1,114 @@
+"""From WeCom callback bodies to the bridge's :class:`Message` [1.5]."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..._errors import ProtocolError
+from ..._messages import (
+    Chat,
+    File,
+    Image,
+    Media,
+    Mention,
+    Message,
+    Part,
+    Quote,
+    Sender,
+    Text,
+    Video,
+    Voice,
+)
+
+PLATFORM = "wecom"
+_LEADING_MENTION = re.compile(r"^\s*@(\S+)\s*")
+
+
+def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _media(kind: str, data: Mapping[str, Any]) -> Media:
+    ref = {k: v for k in ("url", "aeskey") if isinstance(v := data.get(k), str)}
+    return Media(kind, name=_str(data, "filename"), ref=ref)  # type: ignore[arg-type]
+
+
+def _text_parts(text: str, group: bool, bot_name: str | None) -> list[Part]:
+    """Group messages start with the bot's @-mention: keep it as a Mention, not as text."""
+    parts: list[Part] = []
+    if group:
+        if bot_name:
+            if f"@{bot_name}" in text:
+                parts.append(Mention(bot_name, bot_name))
+                text = text.replace(f"@{bot_name}", "", 1)
+        elif match := _LEADING_MENTION.match(text):
+            parts.append(Mention(match.group(1), match.group(1)))
+            text = text[match.end() :]
+    parts.append(Text(text.strip() if group else text))
+    return parts
+
+
+def parts_of(body: Mapping[str, Any], group: bool, bot_name: str | None) -> list[Part]:
+    msgtype = _str(body, "msgtype")
+    parts: list[Part] = []
+    quote = _obj(body, "quote")
+    if quote:
+        quoted = parts_of(quote, False, None)
+        summary = (
+            " ".join(p.text for p in quoted if isinstance(p, Text)) or f"[{quote.get('msgtype')}]"
+        )
+        parts.append(Quote(summary))
+    if msgtype == "text":
+        parts += _text_parts(_str(_obj(body, "text"), "content") or "", group, bot_name)
+    elif msgtype == "voice":
+        parts.append(Voice(Media("voice"), transcript=_str(_obj(body, "voice"), "content")))
+    elif msgtype == "image":
+        parts.append(Image(_media("image", _obj(body, "image"))))
+    elif msgtype == "file":
+        parts.append(File(_media("file", _obj(body, "file"))))
+    elif msgtype == "video":
+        parts.append(Video(_media("video", _obj(body, "video"))))
+    elif msgtype == "mixed":
+        items = _obj(body, "mixed").get("msg_item")
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, Mapping):
+                continue
+            if item.get("msgtype") == "text":
+                text = _str(_obj(item, "text"), "content") or ""
+                parts += _text_parts(text, group and not parts, bot_name)
+            elif item.get("msgtype") == "image":
+                parts.append(Image(_media("image", _obj(item, "image"))))
+    return parts
+
+
+def to_message(
+    account: str, req_id: str, body: Mapping[str, Any], *, bot_name: str | None = None
+) -> Message:
+    """The bridge's message for an ``aibot_msg_callback``; the callback's req_id is the handle."""
+    sender = _str(_obj(body, "from"), "userid")
+    if not sender:
+        raise ProtocolError("message callback without from.userid")
+    group = body.get("chattype") == "group"
+    chat_id = _str(body, "chatid") if group else sender
+    if not chat_id:
+        raise ProtocolError("group message callback without chatid")
+    created = body.get("create_time")
+    return Message(
+        platform=PLATFORM,
+        account=account,
+        id=_str(body, "msgid") or req_id,
+        chat=Chat(chat_id, "group" if group else "direct"),
+        sender=Sender(sender),
+        parts=parts_of(body, group, bot_name),
+        timestamp=float(created) if isinstance(created, int | float) else 0.0,
+        reply_handle={"req_id": req_id, "chatid": chat_id},
+        raw=dict(body),
+    )

@@ -1,0 +1,103 @@
+"""WeCom AI Bot long-connection frames: one JSON object per text frame [1.2].
+
+Every frame is ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``. Requests and pushes
+carry ``cmd``; acknowledgements carry none and echo the request's ``req_id``. Parsing accepts
+anything JSON can say and raises only :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from ..._errors import ProtocolError
+
+DEFAULT_URL: Final = "wss://openws.work.weixin.qq.com"
+HEARTBEAT_INTERVAL: Final = 30.0  # seconds [1.1]
+HEARTBEAT_GRACE: Final = 10.0  # seconds a ping ack may take before the link counts as dead
+ACK_TIMEOUT: Final = 5.0  # seconds [1.4]
+CONFLICT_RETRIES: Final = 3  # errcode 6000 [1.9]
+WELCOME_DEADLINE: Final = 5.0  # seconds to answer enter_chat [1.6]
+STREAM_LIMIT: Final = 20480  # bytes of UTF-8 in a stream's content [1.7]
+MAX_FRAME_BYTES: Final = 1024 * 1024  # a frame larger than this is refused, not parsed
+
+# errcodes [1.9]
+OK: Final = 0
+COMMAND_CONFLICT: Final = 6000
+INVALID_REQ_ID: Final = 846605
+STREAM_EXPIRED: Final = 846608
+
+# commands [1.3]
+SUBSCRIBE: Final = "aibot_subscribe"
+PING: Final = "ping"
+MSG_CALLBACK: Final = "aibot_msg_callback"
+EVENT_CALLBACK: Final = "aibot_event_callback"
+RESPOND: Final = "aibot_respond_msg"
+RESPOND_WELCOME: Final = "aibot_respond_welcome_msg"
+RESPOND_UPDATE: Final = "aibot_respond_update_msg"
+SEND: Final = "aibot_send_msg"
+
+
+def new_req_id(cmd: str) -> str:
+    """A fresh ``req_id`` in the official SDK's shape, ``{cmd}_{epoch_ms}_{8 hex}``."""
+    return f"{cmd}_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
+
+
+@attrs.frozen
+class Frame:
+    """One frame, either way."""
+
+    req_id: str
+    cmd: str | None = None
+    body: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    errcode: int | None = None
+    errmsg: str | None = None
+
+    def encode(self) -> str:
+        frame: dict[str, Any] = {"headers": {"req_id": self.req_id}}
+        if self.cmd is not None:
+            frame["cmd"] = self.cmd
+        if self.body:
+            frame["body"] = dict(self.body)
+        if self.errcode is not None:
+            frame["errcode"] = self.errcode
+            frame["errmsg"] = self.errmsg or ""
+        return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def is_ack(self) -> bool:
+        return self.cmd is None
+
+
+def parse_frame(data: str | bytes) -> Frame:
+    """Decode one frame; anything that is not a well-formed frame is a :class:`ProtocolError`."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(data)} bytes is over the {MAX_FRAME_BYTES}-byte cap")
+    try:
+        frame = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {str(data)[:80]!r}") from exc
+    if not isinstance(frame, dict):
+        raise ProtocolError(f"frame is a JSON {type(frame).__name__}, not an object")
+    headers = frame.get("headers")
+    req_id = headers.get("req_id") if isinstance(headers, dict) else None
+    if not isinstance(req_id, str) or not req_id:
+        raise ProtocolError("frame has no headers.req_id")
+    cmd = frame.get("cmd")
+    if cmd is not None and not isinstance(cmd, str):
+        raise ProtocolError("frame's cmd is not a string")
+    body = frame.get("body", {})
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise ProtocolError("frame's body is not an object")
+    errcode = frame.get("errcode")
+    if errcode is not None and (not isinstance(errcode, int) or isinstance(errcode, bool)):
+        raise ProtocolError("frame's errcode is not an integer")
+    errmsg = frame.get("errmsg")
+    return Frame(req_id, cmd, body, errcode, errmsg if isinstance(errmsg, str) else None)
