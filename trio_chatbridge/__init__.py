@@ -68,6 +68,8 @@ __all__ = [
     "Image",
     "JournalEntry",
     "Media",
+    "MediaError",
+    "MediaPolicy",
     "Mention",
     "Message",
     "MemoryStore",
