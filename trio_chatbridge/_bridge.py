@@ -53,9 +53,10 @@ class Bridge:
     """Connects chat platforms to ``agent``; run it with ``trio.run(bridge.run)``.
 
     ``await nursery.start(bridge.run)`` returns once every connector is up (or has failed for
-    good); ``bridge.shutdown()`` then stops it gracefully: connectors stop, pending sessions
-    are flushed, running agents get ``shutdown_grace`` seconds. Cancelling ``run`` instead
-    stops at once; the journal replays unfinished messages at the next start.
+    good); ``bridge.shutdown()`` then stops it gracefully: pending sessions are flushed,
+    running agents get ``shutdown_grace`` seconds (connectors stay up for their replies), then
+    connectors stop. Cancelling ``run`` instead stops at once; the journal replays unfinished
+    messages at the next start.
     """
 
     connectors: Sequence[Connector] = attrs.field(
@@ -135,10 +136,18 @@ class Bridge:
             connector.bind(self._context(connector, inbox, supervisor))
             self._supervisors.append(supervisor)
 
+        dispatched = trio.Event()
+
+        async def dispatch() -> None:
+            try:
+                await dispatcher.run(from_debounce, self.shutdown_grace)
+            finally:
+                dispatched.set()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(inbox.run)
             nursery.start_soon(debouncer.run, from_inbox, to_dispatch)
-            await nursery.start(dispatcher.run, from_debounce, self.shutdown_grace)
+            nursery.start_soon(dispatch)
             await inbox.replay(unfinished)
             async with trio.open_nursery() as connectors:
                 for supervisor in self._supervisors:
@@ -147,10 +156,14 @@ class Bridge:
                     await supervisor.settled.wait()
                 task_status.started()
                 await self._stop.wait()
-                log.info("shutting down: stopping connectors, flushing sessions")
+                # Connectors stay up until the agents are done: their replies need them (a
+                # WebSocket platform answers over the very connection it receives on). What
+                # arrives meanwhile is journaled for the next start.
+                log.info("shutting down: flushing sessions, finishing runs")
                 debouncer.drain()
+                inbox.close()
+                await dispatched.wait()
                 connectors.cancel_scope.cancel()
-            inbox.close()  # the rest unwinds in order as each channel closes
 
     def _context(self, connector: Connector, inbox: Inbox, sup: Supervisor) -> ConnectorContext:
         prefix = connector.platform

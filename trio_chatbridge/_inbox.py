@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import trio
 
 from . import _stats
-from ._errors import ChatBridgeError
 from ._messages import Message
 from .stores import Store
 
@@ -43,9 +42,9 @@ class Inbox:
     async def put(self, messages: Sequence[Message]) -> list[Message]:
         """Journal ``messages``, drop duplicates, queue the new ones; returns the new ones.
 
-        Raises :class:`ChatBridgeError` once the bridge is shutting down (the messages are
-        journaled all the same and replayed at the next start). If cancelled while waiting for
-        room in the queue, the new messages are still delivered.
+        Once the bridge is shutting down, new messages are only journaled: they are handled at
+        the next start. If cancelled while waiting for room in the queue, the new messages are
+        still delivered.
         """
         added = await self._store.journal_add(messages)
         new = tuple(m for m, is_new in zip(messages, added, strict=True) if is_new)
@@ -64,9 +63,9 @@ class Inbox:
 
     async def _forward(self, new: tuple[Message, ...]) -> None:
         if self._closed:
-            raise ChatBridgeError(
-                "the bridge is shutting down: message journaled, it will be handled at next start"
-            )
+            self._counters[_stats.DEFERRED] += len(new)
+            log.info("shutting down: %d new messages journaled for the next start", len(new))
+            return
         try:
             await self._out.send(new)
         except trio.Cancelled:
@@ -81,6 +80,6 @@ class Inbox:
                 await self._out.send(new)
 
     def close(self) -> None:
-        """Refuse further puts; :meth:`run` forwards what is left, then closes the output."""
+        """Stop forwarding (later puts only journal); :meth:`run` then closes the output."""
         self._closed = True
         self._orphans_in.close()

@@ -11,6 +11,7 @@ import attrs
 RECEIVED = "received"
 DUPLICATES = "duplicates"
 REPLAYED = "replayed"
+DEFERRED = "deferred"
 BATCHES = "batches"
 RUNS = "runs"
 FAILURES = "failures"
@@ -32,6 +33,8 @@ class Stats:
     """Messages dropped because the journal had them already."""
     replayed: int
     """Unfinished messages replayed from the journal at start."""
+    deferred: int
+    """Messages that arrived during shutdown: journaled, handled at the next start."""
     batches: int
     """Batches the debouncer let out."""
     runs: int

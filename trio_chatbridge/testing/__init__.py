@@ -5,6 +5,9 @@ from ._fake import SentReply as SentReply
 from ._http import HandlerTransport as HandlerTransport
 from ._http import serve_http as serve_http
 from ._run import open_bridge as open_bridge
+from ._wecom import InFlightLimit as InFlightLimit
+from ._wecom import WeComEmulator as WeComEmulator
+from ._wecom import WeComSent as WeComSent
 from ._weixin import RecordedRequest as RecordedRequest
 from ._weixin import WeixinEmulator as WeixinEmulator
 from ._weixin import WeixinFault as WeixinFault
@@ -12,6 +15,9 @@ from ._weixin import WeixinSentMessage as WeixinSentMessage
 
 __all__ = [
     "FakeConnector",
+    "InFlightLimit",
+    "WeComEmulator",
+    "WeComSent",
     "HandlerTransport",
     "RecordedRequest",
     "SentReply",

@@ -1,0 +1,142 @@
+"""One subscribed WebSocket: commands out, acknowledgements matched back by ``req_id``.
+
+Several replies to one callback share its ``req_id``, so their acks cannot be told apart: at
+most one command per ``req_id`` is in flight, the next waits its turn [1.4]. Nothing is kept
+for a ``req_id`` once nobody is using it, so memory stays flat however many commands go by
+(the first AstrBot client kept a lock per ``req_id`` forever). When the socket closes, every
+waiter fails at once instead of running into its timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ..._errors import ConnectorError, SendError
+from . import _frames as f
+
+log = logging.getLogger("trio_chatbridge.wecom")
+
+
+class WeComError(SendError):
+    """The server acknowledged a command with a non-zero errcode (it refused it)."""
+
+    def __init__(self, cmd: str, errcode: int, errmsg: str | None) -> None:
+        self.cmd = cmd
+        self.errcode = errcode
+        self.errmsg = errmsg
+        super().__init__(f"WeCom {cmd} failed: errcode={errcode} errmsg={errmsg!r}")
+
+
+class AckTimeout(ConnectorError):
+    """A command was not acknowledged in time."""
+
+
+@attrs.define(eq=False)
+class _Slot:
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+    users: int = 0
+    waiting: trio.Event | None = None
+    ack: f.Frame | None = None
+
+
+class Link:
+    """Commands over one WebSocket; :meth:`deliver_ack` is fed by the connection's reader."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        *,
+        ack_timeout: float = f.ACK_TIMEOUT,
+        count: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        self._ws = ws
+        self._ack_timeout = ack_timeout
+        self._count = count
+        self._slots: dict[str, _Slot] = {}
+        self._closed: ConnectorError | None = None
+
+    @property
+    def pending(self) -> int:
+        """``req_id``s with a command in flight or queued (0 when idle: nothing is kept)."""
+        return len(self._slots)
+
+    async def send_frame(self, frame: f.Frame) -> None:
+        if self._closed is not None:
+            raise self._closed
+        try:
+            await self._ws.send_message(frame.encode())
+        except ConnectionClosed as exc:
+            raise ConnectorError(f"WeCom socket closed: {exc.reason}") from exc
+
+    async def command(
+        self,
+        cmd: str,
+        req_id: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        ack_within: float | None = None,
+        conflict_retries: int = f.CONFLICT_RETRIES,
+    ) -> f.Frame:
+        """Send ``cmd`` on ``req_id`` and wait ``ack_within`` seconds for its ack (6000 retried).
+
+        Raises :class:`WeComError` for a non-zero errcode, :class:`AckTimeout`, or
+        :class:`ConnectorError` when the socket closes. If cancelled, the command may or may
+        not have been sent.
+        """
+        slot = self._slots.get(req_id)
+        if slot is None:
+            slot = self._slots[req_id] = _Slot()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                for attempt in range(conflict_retries + 1):
+                    frame = f.Frame(req_id, cmd, body or {})
+                    ack = await self._exchange(slot, frame, ack_within)
+                    if ack.errcode == f.COMMAND_CONFLICT and attempt < conflict_retries:
+                        self._count("command_conflicts")
+                        await trio.sleep(min(0.2 * 2**attempt, 2.0))
+                        continue
+                    if ack.errcode:
+                        raise WeComError(cmd, ack.errcode, ack.errmsg)
+                    return ack
+                raise AssertionError("unreachable")  # the loop returns or raises
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self._slots[req_id]
+
+    async def _exchange(self, slot: _Slot, frame: f.Frame, ack_within: float | None) -> f.Frame:
+        slot.waiting, slot.ack = trio.Event(), None
+        try:
+            await self.send_frame(frame)
+            with trio.move_on_after(self._ack_timeout if ack_within is None else ack_within):
+                await slot.waiting.wait()
+            if slot.ack is None:
+                if self._closed is not None:
+                    raise self._closed
+                raise AckTimeout(f"WeCom {frame.cmd} ({frame.req_id}) not acknowledged in time")
+            return slot.ack
+        finally:
+            slot.waiting = None
+
+    def deliver_ack(self, frame: f.Frame) -> None:
+        """Hand an ack to the command waiting on its ``req_id`` (a stray one is counted)."""
+        slot = self._slots.get(frame.req_id)
+        if slot is None or slot.waiting is None:
+            self._count("stray_acks")
+            return
+        slot.ack = frame
+        slot.waiting.set()
+
+    def close(self, reason: str) -> None:
+        """Fail every waiter now: the socket is gone."""
+        self._closed = ConnectorError(f"WeCom socket closed: {reason}")
+        for slot in self._slots.values():
+            if slot.waiting is not None:
+                slot.waiting.set()

@@ -1,0 +1,473 @@
+"""WeCom AI Bot over its WebSocket long connection [1].
+
+Better than the clients in the notes [4]: callbacks are handled off the receive loop (so an ack
+is never stuck behind a handler), heartbeats whose ack is missing, or a socket that goes silent,
+end the connection (the supervisor reconnects with backoff), acks are matched by ``req_id``
+with nothing left behind, and ``disconnected_event`` stops the connector for good instead of
+reconnecting and kicking the newer connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, TypeAlias
+
+import attrs
+import httpx
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from ... import _connector as base
+from ..._errors import (
+    ConfigurationError,
+    ConnectorError,
+    FatalConnectorError,
+    MediaError,
+    ProtocolError,
+    SendError,
+)
+from ..._media import MediaPolicy, fetch
+from ..._messages import Batch, Media, Message
+from . import _crypto
+from . import _frames as f
+from ._convert import PLATFORM, to_message
+from ._link import Link, WeComError
+
+log = logging.getLogger("trio_chatbridge.wecom")
+
+DEFAULT_MEDIA_HOSTS: Final = (".weixin.qq.com", ".qq.com", ".qpic.cn")
+CALLBACK_QUEUE: Final = 256  # message callbacks waiting for the inbox before the reader waits
+STREAM_INTERVAL: Final = 0.5  # seconds between intermediate stream frames (AstrBot's pace)
+DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
+
+OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
+
+
+@attrs.frozen
+class WeComEvent:
+    """An ``aibot_event_callback`` other than a disconnect, for the user's ``on_event``."""
+
+    eventtype: str
+    req_id: str
+    """Answer a card click with ``aibot_respond_update_msg`` on this req_id within 5 s."""
+    user_id: str | None
+    chat_id: str | None
+    body: Mapping[str, Any] = attrs.field(repr=False)
+
+
+Welcome: TypeAlias = str | Callable[[WeComEvent], Awaitable[str | None]] | None
+EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
+
+
+def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
+    return open_websocket_url(url, connect_timeout=15, disconnect_timeout=5)
+
+
+def utf8_prefix(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 fits in ``limit`` bytes (whole characters)."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode(errors="ignore")
+
+
+class LongConnection(base.Connector):
+    """A WeCom AI Bot on the WebSocket long connection (bot id + secret, no public URL).
+
+    ``welcome`` answers ``enter_chat`` (a text, a coroutine function returning one, or None);
+    ``on_event`` receives other events (card clicks, feedback). ``bot_name`` lets group
+    messages lose exactly the bot's @-mention; without it, a leading @-mention is removed.
+    ``earlier_reply`` is what closes the earlier callbacks of a batch (see the docs).
+    """
+
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        *,
+        bot_id: str,
+        secret: str,
+        url: str = f.DEFAULT_URL,
+        heartbeat: float = f.HEARTBEAT_INTERVAL,
+        heartbeat_grace: float = f.HEARTBEAT_GRACE,
+        ack_timeout: float = f.ACK_TIMEOUT,
+        welcome: Welcome = DEFAULT_WELCOME,
+        on_event: EventHandler | None = None,
+        bot_name: str | None = None,
+        earlier_reply: str = "",
+        stream_interval: float = STREAM_INTERVAL,
+        media: MediaPolicy | None = None,
+        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        open_websocket: OpenWebSocket = _open_websocket,
+    ) -> None:
+        if not bot_id or not secret:
+            raise ConfigurationError("wecom.LongConnection needs bot_id and secret")
+        self.account = bot_id
+        self._secret = secret
+        self.url = url
+        self.heartbeat = heartbeat
+        self.heartbeat_grace = heartbeat_grace
+        self.ack_timeout = ack_timeout
+        self.welcome = welcome
+        self.on_event = on_event
+        self.bot_name = bot_name
+        self.earlier_reply = earlier_reply
+        self.stream_interval = stream_interval
+        self.media_policy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
+        self._http = http
+        self._transport = transport
+        self._own_http: httpx.AsyncClient | None = None
+        self._open_websocket = open_websocket
+        self._link: Link | None = None
+
+    def __repr__(self) -> str:  # never the secret
+        return f"wecom.LongConnection(bot_id={self.account!r})"
+
+    @property
+    def link(self) -> Link:
+        """The current connection's command link; :class:`SendError` when disconnected."""
+        if self._link is None:
+            raise SendError(f"wecom bot {self.account} is not connected right now; retry later")
+        return self._link
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with self._open_websocket(self.url) as ws:
+                link = Link(ws, ack_timeout=self.ack_timeout, count=self.ctx.count)
+                try:
+                    await self._session(ws, link, task_status)
+                finally:
+                    self._link = None
+                    link.close("connection ended")
+        except ConnectionClosed as exc:
+            raise ConnectorError(f"wecom bot {self.account}: socket closed ({exc.reason})") from exc
+        except OSError as exc:
+            raise ConnectorError(f"wecom bot {self.account}: cannot connect: {exc}") from exc
+
+    async def _session(
+        self, ws: WebSocketConnection, link: Link, task_status: trio.TaskStatus[None]
+    ) -> None:
+        callbacks_in, callbacks_out = trio.open_memory_channel[f.Frame](CALLBACK_QUEUE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, ws, link, callbacks_in, nursery)
+            try:
+                await link.command(
+                    f.SUBSCRIBE,
+                    f.new_req_id(f.SUBSCRIBE),
+                    {"bot_id": self.account, "secret": self._secret},
+                    conflict_retries=0,
+                )
+            except WeComError as exc:
+                raise FatalConnectorError(
+                    f"wecom bot {self.account}: subscribe refused (errcode {exc.errcode}, "
+                    f"{exc.errmsg!r}): check the bot id and secret on the bot's API page"
+                ) from exc
+            self._link = link
+            task_status.started()
+            nursery.start_soon(self._heartbeat, link)
+            nursery.start_soon(self._put_messages, callbacks_out)
+
+    async def _read(
+        self,
+        ws: WebSocketConnection,
+        link: Link,
+        callbacks: trio.MemorySendChannel[f.Frame],
+        nursery: trio.Nursery,
+    ) -> None:
+        """The receive loop: acks to their waiters, callbacks to their handlers, never blocked."""
+        silence = self.heartbeat + self.heartbeat_grace
+        async with callbacks:
+            while True:
+                with trio.move_on_after(silence):
+                    try:
+                        data = await ws.get_message()
+                    except ConnectionClosed as exc:
+                        link.close(str(exc.reason))
+                        raise ConnectorError(
+                            f"wecom bot {self.account}: socket closed ({exc.reason})"
+                        ) from exc
+                    self._dispatch(data, link, callbacks, nursery)
+                    continue
+                link.close("silent")
+                raise ConnectorError(f"wecom bot {self.account}: no frame for {silence:.0f} s")
+
+    def _dispatch(
+        self,
+        data: str | bytes,
+        link: Link,
+        callbacks: trio.MemorySendChannel[f.Frame],
+        nursery: trio.Nursery,
+    ) -> None:
+        try:
+            frame = f.parse_frame(data)
+        except ProtocolError as exc:
+            self.ctx.count("protocol_errors")
+            log.warning("wecom bot %s: bad frame skipped: %s", self.account, exc)
+            return
+        if frame.is_ack:
+            link.deliver_ack(frame)
+        elif frame.cmd == f.MSG_CALLBACK:
+            try:
+                callbacks.send_nowait(frame)
+            except trio.WouldBlock:
+                # The inbox is far behind: hand over without blocking acks and heartbeats.
+                nursery.start_soon(callbacks.send, frame)
+        elif frame.cmd == f.EVENT_CALLBACK:
+            event = frame.body.get("event")
+            eventtype = event.get("eventtype") if isinstance(event, dict) else None
+            if eventtype == "disconnected_event":
+                link.close("replaced")
+                raise FatalConnectorError(
+                    f"wecom bot {self.account}: replaced by a newer connection for the same bot "
+                    "(disconnected_event); not reconnecting, which would only kick that one out. "
+                    "Run one connection per bot."
+                )
+            nursery.start_soon(self._event, frame, str(eventtype))
+        else:
+            self.ctx.count("unknown_commands")
+            log.info("wecom bot %s: ignored frame with cmd %r", self.account, frame.cmd)
+
+    async def _put_messages(self, callbacks: trio.MemoryReceiveChannel[f.Frame]) -> None:
+        async with callbacks:
+            async for frame in callbacks:
+                try:
+                    message = to_message(
+                        self.account, frame.req_id, frame.body, bot_name=self.bot_name
+                    )
+                except ProtocolError as exc:
+                    self.ctx.count("protocol_errors")
+                    log.warning("wecom bot %s: bad message callback: %s", self.account, exc)
+                    continue
+                await self.ctx.put([message])
+
+    async def _heartbeat(self, link: Link) -> None:
+        while True:
+            await trio.sleep(self.heartbeat)
+            try:
+                await link.command(
+                    f.PING,
+                    f.new_req_id(f.PING),
+                    ack_within=self.heartbeat_grace,
+                    conflict_retries=0,
+                )
+            except WeComError as exc:
+                raise ConnectorError(f"wecom bot {self.account}: ping refused: {exc}") from exc
+
+    async def _event(self, frame: f.Frame, eventtype: str) -> None:
+        body = frame.body
+        sender = body.get("from")
+        event = WeComEvent(
+            eventtype,
+            frame.req_id,
+            sender.get("userid") if isinstance(sender, dict) else None,
+            body.get("chatid") if isinstance(body.get("chatid"), str) else None,
+            body,
+        )
+        try:
+            if eventtype == "enter_chat":
+                await self._welcome(event)
+            elif self.on_event is not None:
+                await self.on_event(event)
+        except Exception:  # user code or a refused welcome: never the connection's problem
+            self.ctx.count("event_failures")
+            log.exception("wecom bot %s: handling %s failed", self.account, eventtype)
+
+    async def _welcome(self, event: WeComEvent) -> None:
+        with trio.move_on_after(f.WELCOME_DEADLINE) as deadline:
+            text = (
+                self.welcome if isinstance(self.welcome, str | None) else await self.welcome(event)
+            )
+            if text:
+                await self.link.command(
+                    f.RESPOND_WELCOME,
+                    event.req_id,
+                    {"msgtype": "text", "text": {"content": text}},
+                )
+        if deadline.cancelled_caught:
+            self.ctx.count("late_welcomes")
+            log.warning("wecom bot %s: no welcome within %.0f s", self.account, f.WELCOME_DEADLINE)
+
+    # -- replying ----------------------------------------------------------------------------
+
+    def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
+        return self._close_earlier(batch)
+
+    @asynccontextmanager
+    async def _close_earlier(self, batch: Batch) -> AsyncIterator[None]:
+        """Finish the streams of a batch's earlier callbacks before the agent runs.
+
+        Only the latest message's callback carries the answer; the others would stay open and
+        hold the user's few in-flight messages, so each gets a finished stream of
+        ``earlier_reply`` (empty by default).
+        """
+        for message in batch.messages[:-1]:
+            req_id = message.reply_handle.get("req_id")
+            if req_id:
+                try:
+                    await self._respond_stream(req_id, self.earlier_reply, _new_stream_id(), True)
+                except (WeComError, ConnectorError, SendError) as exc:
+                    log.info("wecom bot %s: closing callback %s: %s", self.account, req_id, exc)
+        yield
+
+    async def send(self, target: Message, text: str) -> None:
+        """Answer ``target`` with one finished stream frame (overflow as proactive messages)."""
+        stream = _Stream(self, target)
+        await stream.write(text)
+        await stream.finish()
+
+    def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
+        """Stream onto ``aibot_respond_msg``: the whole text so far in each frame, coalesced."""
+        return self._stream(target)
+
+    @asynccontextmanager
+    async def _stream(self, target: Message) -> AsyncIterator[base.ReplyStream]:
+        stream = _Stream(self, target)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.pump)
+            try:
+                yield stream
+            finally:
+                # The final frame is always sent, even after an error or a cancellation: an
+                # open stream would hold one of the user's few in-flight messages.
+                try:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2 * self.ack_timeout):
+                        await stream.finish()
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def send_proactive(self, chat_id: str, text: str) -> None:
+        """Push markdown to a user or group with no callback to answer (``aibot_send_msg``)."""
+        remaining = text
+        while remaining:
+            piece = utf8_prefix(remaining, f.STREAM_LIMIT)
+            remaining = remaining[len(piece) :]
+            await self._command(
+                f.SEND,
+                f.new_req_id(f.SEND),
+                {"chatid": chat_id, "msgtype": "markdown", "markdown": {"content": piece}},
+            )
+
+    async def _respond_stream(
+        self, req_id: str, content: str, stream_id: str, finish: bool
+    ) -> None:
+        body = {
+            "msgtype": "stream",
+            "stream": {"id": stream_id, "finish": finish, "content": content},
+        }
+        await self._command(f.RESPOND, req_id, body)
+
+    async def _command(self, cmd: str, req_id: str, body: Mapping[str, Any]) -> None:
+        try:
+            await self.link.command(cmd, req_id, body)
+        except ConnectorError as exc:
+            raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
+
+    async def download(self, media: Media) -> bytes:
+        """Download and decrypt an inbound image, file or video (its per-URL ``aeskey``)."""
+        url, aeskey = media.ref.get("url"), media.ref.get("aeskey")
+        if not url:
+            raise MediaError(f"this {media.kind} has no URL")
+        data = await fetch(self._client(), url, self.media_policy)
+        if not aeskey:
+            raise MediaError(f"this {media.kind} has no aeskey (long-connection media carries one)")
+        try:
+            return _crypto.decrypt_media(aeskey, data)
+        except ProtocolError as exc:
+            raise MediaError(f"cannot decrypt the {media.kind}: {exc}") from exc
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is not None:
+            return self._http
+        if self._own_http is None:
+            self._own_http = httpx.AsyncClient(transport=self._transport)
+        return self._own_http
+
+    async def aclose(self) -> None:
+        if self._own_http is not None:
+            await self._own_http.aclose()
+            self._own_http = None
+
+
+def _new_stream_id() -> str:
+    return f"stream_{secrets.token_hex(8)}"
+
+
+class _Stream(base.ReplyStream):
+    """A reply streamed on one callback's req_id.
+
+    Every frame carries the whole text so far (the platform replaces, not appends). While a
+    frame is un-acked, later writes only mark the text dirty: the next frame carries all of
+    them. What does not fit in the platform's 20480 bytes goes out as proactive messages.
+    """
+
+    def __init__(self, connector: LongConnection, target: Message) -> None:
+        self._connector = connector
+        self._target = target
+        self._pieces: list[str] = []
+        self._sent_text = ""
+        self._dirty = trio.Event()
+        self._closing = False
+        self._idle = trio.Event()
+        self._idle.set()
+        self.stream_id = _new_stream_id()
+        self.frames = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    async def write(self, text: str) -> None:
+        self._pieces.append(text)
+        self._dirty.set()
+        await trio.lowlevel.checkpoint()
+
+    async def pump(self) -> None:
+        """Send intermediate frames: one in flight at a time, at most one per interval."""
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            content = utf8_prefix(self.text, f.STREAM_LIMIT)
+            if content == self._sent_text:
+                continue
+            self._idle = trio.Event()
+            try:
+                await self._frame(content, finish=False)
+            except (SendError, WeComError) as exc:
+                log.info("wecom stream frame not delivered (final frame will follow): %s", exc)
+            finally:
+                self._idle.set()
+            await trio.sleep(self._connector.stream_interval)
+
+    async def finish(self) -> None:
+        """Wait for an in-flight frame, then send the final one (and any overflow)."""
+        await self._idle.wait()
+        text = self.text
+        content = utf8_prefix(text, f.STREAM_LIMIT)
+        req_id = self._target.reply_handle.get("req_id")
+        try:
+            if not req_id:
+                raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
+            await self._frame(content, finish=True)
+        except WeComError as exc:
+            if exc.errcode != f.INVALID_REQ_ID:
+                raise
+            # The callback is gone (an old connection's, after a restart): say it proactively.
+            content = ""
+            await self._connector.send_proactive(self._target.reply_handle["chatid"], text)
+        if len(content) < len(text):
+            await self._connector.send_proactive(
+                self._target.reply_handle["chatid"], text[len(content) :]
+            )
+
+    async def _frame(self, content: str, *, finish: bool) -> None:
+        await self._connector._respond_stream(
+            self._target.reply_handle["req_id"], content, self.stream_id, finish
+        )
+        self._sent_text = content
+        self.frames += 1
