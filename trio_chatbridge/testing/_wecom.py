@@ -47,6 +47,7 @@ IN_MEMORY_HOST: Final = "wecom-emulator.invalid"  # never resolves: nothing leav
 AUTH_FAILED: Final = 40001
 BAD_CONTENT: Final = 40058
 IN_FLIGHT_LIMIT: Final = 3
+STREAM_POLL_LIMIT: Final = 360.0  # seconds WeCom polls a webhook stream [2.6]
 _GONE: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 DEFAULT_AES_KEY: Final = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters
 
@@ -446,6 +447,102 @@ class WeComEmulator:
         if self._active is not None:
             conn, self._active = self._active, None
             await conn.abort()
+
+    # -- webhook mode: the emulator calls the bot --------------------------------------------------
+
+    def _webhook_client(self, target: str | Any) -> httpx.AsyncClient:
+        if isinstance(target, str):
+            return httpx.AsyncClient(base_url=target)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=target), base_url="http://bot")
+
+    async def webhook_post(
+        self, target: str | Any, callback: Mapping[str, Any], *, timestamp: str | None = None
+    ) -> httpx.Response:
+        """POST one encrypted, signed callback to a bot's webhook (a URL or an ASGI app)."""
+        encrypt = self.crypto.encrypt(json.dumps(callback, ensure_ascii=False))
+        timestamp = timestamp or str(int(time.time()))
+        nonce = secrets.token_hex(5)
+        params = {
+            "msg_signature": self.crypto.signature(timestamp, nonce, encrypt),
+            "timestamp": timestamp,
+            "nonce": nonce,
+        }
+        async with self._webhook_client(target) as http:
+            return await http.post("", params=params, json={"encrypt": encrypt})
+
+    def webhook_open(self, response: httpx.Response) -> dict[str, Any]:
+        """Check and decrypt a bot's encrypted answer, as WeCom would."""
+        envelope = response.json()
+        signature = self.crypto.signature(
+            envelope["timestamp"], envelope["nonce"], envelope["encrypt"]
+        )
+        if signature != envelope["msgsignature"]:
+            raise AssertionError("the bot's answer has a bad msgsignature")
+        answer: dict[str, Any] = json.loads(self.crypto.decrypt(envelope["encrypt"]))
+        return answer
+
+    async def webhook_user_says(
+        self,
+        target: str | Any,
+        user: str,
+        text: str,
+        *,
+        chat: str | None = None,
+        refresh: float = 1.0,
+        msgid: str | None = None,
+    ) -> WeComSent:
+        """A user message by webhook; polls the stream as WeCom does until it finishes (6 min)."""
+        body = {
+            "msgid": msgid or f"msg-{next(self._ids)}",
+            "aibotid": self.bot_id,
+            "chattype": "group" if chat else "single",
+            "from": {"userid": user},
+            "msgtype": "text",
+            "text": {"content": f"@{self.bot_id} {text}" if chat else text},
+            "response_url": self.http_base + "response",
+            **({"chatid": chat} if chat else {}),
+        }
+        answer = self.webhook_open(await self.webhook_post(target, body))
+        stream, polls = answer["stream"], 0
+        with trio.move_on_after(STREAM_POLL_LIMIT):
+            while not stream.get("finish"):
+                await trio.sleep(refresh)
+                poll = {"msgtype": "stream", "stream": {"id": stream["id"]}}
+                stream = self.webhook_open(await self.webhook_post(target, poll))["stream"]
+                polls += 1
+        sent = WeComSent("stream", chat or user, stream.get("content", ""), stream["id"], polls)
+        self._record(sent)
+        return sent
+
+    async def webhook_user_enters(self, target: str | Any, user: str) -> str | None:
+        """``enter_chat`` by webhook; returns the welcome text the bot answered, if any."""
+        msgid = f"event-{next(self._ids)}"
+        body = {
+            "msgid": msgid,
+            "aibotid": self.bot_id,
+            "from": {"userid": user},
+            "msgtype": "event",
+            "event": {"eventtype": "enter_chat"},
+        }
+        response = await self.webhook_post(target, body)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            content: str = self.webhook_open(response)["text"]["content"]
+            self._record(WeComSent("welcome", user, content, msgid))
+            return content
+        return None
+
+    async def webhook_verify(self, target: str | Any, echo: str = "hello") -> httpx.Response:
+        """The URL check WeCom makes when the callback URL is saved (GET with ``echostr``)."""
+        encrypt = self.crypto.encrypt(echo)
+        timestamp, nonce = str(int(time.time())), secrets.token_hex(5)
+        params = {
+            "msg_signature": self.crypto.signature(timestamp, nonce, encrypt),
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "echostr": encrypt,
+        }
+        async with self._webhook_client(target) as http:
+            return await http.get("", params=params)
 
     # -- HTTP: media, admin ------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from ._link import WeComError as WeComError
 from ._long import DEFAULT_MEDIA_HOSTS as DEFAULT_MEDIA_HOSTS
 from ._long import LongConnection as LongConnection
 from ._long import WeComEvent as WeComEvent
+from ._webhook import Webhook as Webhook
+from ._webhook import serve as serve
 
 __all__ = [
     "DEFAULT_MEDIA_HOSTS",
@@ -18,6 +20,8 @@ __all__ = [
     "LongConnection",
     "WeComError",
     "WeComEvent",
+    "Webhook",
     "WebhookCrypto",
     "parse_frame",
+    "serve",
 ]

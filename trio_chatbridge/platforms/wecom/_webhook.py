@@ -1,0 +1,384 @@
+"""WeCom AI Bot in webhook mode [2]: an ASGI app that WeCom calls with encrypted JSON.
+
+Each request's signature is checked in constant time and its timestamp must be fresh (a replayed
+request is refused); a request that fails either, or does not decrypt, gets a 4xx and nothing is
+processed. A message is answered at once with the start of a stream; WeCom then polls with
+"stream refresh" callbacks, each answered with the whole text so far, until ``finish`` [2.6].
+Mount :meth:`Webhook.asgi` in any Trio ASGI server, or use :func:`serve` (hypercorn).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import attrs
+import httpx
+import trio
+
+from ... import _connector as base
+from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
+from ..._media import MediaPolicy, fetch
+from ..._messages import Batch, Media, Message
+from . import _crypto
+from . import _frames as f
+from ._convert import PLATFORM, to_message
+from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, WeComEvent, Welcome, utf8_prefix
+
+log = logging.getLogger("trio_chatbridge.wecom.webhook")
+
+FRESHNESS: Final = 300.0  # seconds a request's timestamp may be off (replay window)
+STREAM_TTL: Final = 360.0  # seconds WeCom polls a stream for [2.6, D2: 6 min]
+MAX_STREAMS: Final = 10_000  # stream states kept at most (oldest dropped first)
+MAX_BODY: Final = 1024 * 1024  # bytes of request body accepted
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@attrs.define
+class _StreamState:
+    id: str
+    created: float
+    content: str = ""
+    finished: bool = False
+
+
+class Webhook(base.Connector):
+    """A WeCom AI Bot answering on a callback URL (Token + EncodingAESKey from its API page)."""
+
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        *,
+        bot_id: str,
+        token: str,
+        encoding_aes_key: str,
+        receive_id: str = "",
+        welcome: Welcome = DEFAULT_WELCOME,
+        bot_name: str | None = None,
+        earlier_reply: str = "",
+        freshness: float = FRESHNESS,
+        media: MediaPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not bot_id:
+            raise ConfigurationError("wecom.Webhook needs the bot_id")
+        self.account = bot_id
+        self.crypto = _crypto.WebhookCrypto(token, encoding_aes_key, receive_id)
+        self.welcome = welcome
+        self.bot_name = bot_name
+        self.earlier_reply = earlier_reply
+        self.freshness = freshness
+        self.media_policy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._wall_clock = wall_clock
+        self._streams: OrderedDict[str, _StreamState] = OrderedDict()
+        self._stream_of_msgid: dict[str, str] = {}
+        self._running = False
+
+    def __repr__(self) -> str:  # never the token or key
+        return f"wecom.Webhook(bot_id={self.account!r})"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to connect: requests come through :meth:`asgi`. Ready at once."""
+        self._running = True
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._running = False
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI application: GET verifies the URL, POST delivers callbacks."""
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        body = await _read_body(receive)
+        if body is None:
+            status, content_type, payload = 413, "text/plain", b"request body too large"
+        elif scope["method"] == "GET":
+            status, content_type, payload = self._verify_url(query)
+        elif scope["method"] == "POST":
+            status, content_type, payload = await self._callback(query, body)
+        else:
+            status, content_type, payload = 405, "text/plain", b"GET or POST"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    def _refuse(self, status: int, why: str) -> tuple[int, str, bytes]:
+        if self._ctx is not None:
+            self.ctx.count("refused_requests")
+        log.warning("wecom bot %s: refused a webhook request: %s", self.account, why)
+        return status, "text/plain", why.encode()
+
+    def _verify_url(self, query: dict[str, str]) -> tuple[int, str, bytes]:
+        needed = ("msg_signature", "timestamp", "nonce", "echostr")
+        if not all(k in query for k in needed):
+            return self._refuse(400, "missing msg_signature, timestamp, nonce or echostr")
+        if not self.crypto.verify(
+            query["msg_signature"], query["timestamp"], query["nonce"], query["echostr"]
+        ):
+            return self._refuse(403, "bad signature")
+        try:
+            return 200, "text/plain", self.crypto.decrypt(query["echostr"]).encode()
+        except ProtocolError as exc:
+            return self._refuse(400, f"echostr does not decrypt: {exc}")
+
+    async def _callback(self, query: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        if not all(k in query for k in ("msg_signature", "timestamp", "nonce")):
+            return self._refuse(400, "missing msg_signature, timestamp or nonce")
+        try:
+            envelope = json.loads(body)
+            encrypt = envelope["encrypt"]
+            assert isinstance(encrypt, str)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            return self._refuse(400, 'body is not {"encrypt": "..."}')
+        timestamp, nonce = query["timestamp"], query["nonce"]
+        if not self.crypto.verify(query["msg_signature"], timestamp, nonce, encrypt):
+            return self._refuse(403, "bad signature")
+        try:
+            stale = abs(self._wall_clock() - float(timestamp)) > self.freshness
+        except ValueError:
+            stale = True
+        if stale:
+            return self._refuse(
+                403, f"timestamp {timestamp!r} outside the {self.freshness:.0f} s window"
+            )
+        try:
+            callback = json.loads(self.crypto.decrypt(encrypt))
+            if not isinstance(callback, dict):
+                raise ProtocolError("callback is not a JSON object")
+        except (ProtocolError, ValueError) as exc:
+            return self._refuse(400, f"callback does not decrypt: {exc}")
+        if not self._running:
+            return 503, "text/plain", b"bridge not running"
+        answer = await self._handle(callback)
+        if answer is None:
+            return 200, "text/plain", b"success"
+        return 200, "application/json", self._encrypted(answer, timestamp, nonce)
+
+    def _encrypted(self, answer: dict[str, Any], timestamp: str, nonce: str) -> bytes:
+        encrypt = self.crypto.encrypt(json.dumps(answer, ensure_ascii=False))
+        reply = {
+            "encrypt": encrypt,
+            "msgsignature": self.crypto.signature(timestamp, nonce, encrypt),
+            "timestamp": timestamp,
+            "nonce": nonce,
+        }
+        return json.dumps(reply).encode()
+
+    async def _handle(self, callback: dict[str, Any]) -> dict[str, Any] | None:
+        msgtype = callback.get("msgtype")
+        if msgtype == "stream":
+            stream = callback.get("stream")
+            stream_id = stream.get("id") if isinstance(stream, dict) else None
+            return self._stream_frame(str(stream_id))
+        if msgtype == "event":
+            return await self._event(callback)
+        return await self._message(callback)
+
+    def _stream_frame(self, stream_id: str) -> dict[str, Any]:
+        self._expire()
+        state = self._streams.get(stream_id)
+        if state is None:  # unknown or long finished: tell WeCom to stop polling
+            return {"msgtype": "stream", "stream": {"id": stream_id, "finish": True, "content": ""}}
+        return {
+            "msgtype": "stream",
+            "stream": {"id": state.id, "finish": state.finished, "content": state.content},
+        }
+
+    async def _message(self, callback: dict[str, Any]) -> dict[str, Any]:
+        msgid = str(callback.get("msgid") or "")
+        known = self._stream_of_msgid.get(msgid)
+        if known is not None:  # a retried delivery: same stream as the first time
+            return self._stream_frame(known)
+        stream_id = f"stream_{secrets.token_hex(8)}"
+        try:
+            message = to_message(self.account, stream_id, callback, bot_name=self.bot_name)
+        except ProtocolError as exc:
+            self.ctx.count("protocol_errors")
+            log.warning("wecom bot %s: bad message callback: %s", self.account, exc)
+            return {"msgtype": "stream", "stream": {"id": stream_id, "finish": True, "content": ""}}
+        handle = dict(message.reply_handle, stream_id=stream_id)
+        if isinstance(callback.get("response_url"), str):
+            handle["response_url"] = callback["response_url"]
+        message = attrs.evolve(message, reply_handle=handle)
+        self._streams[stream_id] = _StreamState(stream_id, trio.current_time())
+        if msgid:
+            self._stream_of_msgid[msgid] = stream_id
+        await self.ctx.put([message])
+        return self._stream_frame(stream_id)
+
+    async def _event(self, callback: dict[str, Any]) -> dict[str, Any] | None:
+        event = callback.get("event")
+        eventtype = str(event.get("eventtype")) if isinstance(event, dict) else ""
+        sender = callback.get("from")
+        details = WeComEvent(
+            eventtype,
+            str(callback.get("msgid", "")),
+            sender.get("userid") if isinstance(sender, dict) else None,
+            callback.get("chatid") if isinstance(callback.get("chatid"), str) else None,
+            callback,
+        )
+        if eventtype != "enter_chat":
+            self.ctx.count(f"events.{eventtype or 'unknown'}")
+            return None
+        text = self.welcome if isinstance(self.welcome, str | None) else await self.welcome(details)
+        return {"msgtype": "text", "text": {"content": text}} if text else None
+
+    def _expire(self) -> None:
+        cutoff = trio.current_time() - STREAM_TTL
+        while self._streams:
+            oldest = next(iter(self._streams.values()))
+            if oldest.created >= cutoff and len(self._streams) <= MAX_STREAMS:
+                break
+            del self._streams[oldest.id]
+        if len(self._stream_of_msgid) > 2 * MAX_STREAMS:
+            self._stream_of_msgid = {
+                m: s for m, s in self._stream_of_msgid.items() if s in self._streams
+            }
+
+    # -- replying -----------------------------------------------------------------------------
+
+    def _state(self, target: Message) -> _StreamState:
+        stream_id = target.reply_handle.get("stream_id")
+        state = self._streams.get(str(stream_id))
+        if state is None:
+            raise SendError(
+                f"wecom bot {self.account}: the stream for message {target.id} expired (WeCom "
+                f"polls for {STREAM_TTL / 60:.0f} min) or was never opened; nothing can answer it"
+            )
+        if state.finished:
+            raise SendError(f"wecom bot {self.account}: message {target.id} was answered already")
+        return state
+
+    async def send(self, target: Message, text: str) -> None:
+        """Answer ``target``: the next refresh poll gets ``text`` and ``finish``."""
+        state = self._state(target)
+        state.content = utf8_prefix(text, f.STREAM_LIMIT)
+        state.finished = True
+        await trio.lowlevel.checkpoint()
+
+    def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
+        """Each refresh poll gets the whole text so far; the stream finishes on exit."""
+        return self._stream(target)
+
+    @asynccontextmanager
+    async def _stream(self, target: Message) -> AsyncIterator[base.ReplyStream]:
+        state = self._state(target)
+        out = _PolledStream(state)
+        try:
+            yield out
+        finally:
+            state.finished = True  # always: WeCom stops polling, the user's slot frees
+
+    def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
+        return self._close_earlier(batch)
+
+    @asynccontextmanager
+    async def _close_earlier(self, batch: Batch) -> AsyncIterator[None]:
+        """Finish the streams of a batch's earlier messages with ``earlier_reply``."""
+        for message in batch.messages[:-1]:
+            state = self._streams.get(str(message.reply_handle.get("stream_id")))
+            if state is not None and not state.finished:
+                state.content, state.finished = self.earlier_reply, True
+        yield
+
+    async def download(self, media: Media) -> bytes:
+        """Download and decrypt inbound media (with the bot's EncodingAESKey in this mode)."""
+        url = media.ref.get("url")
+        if not url:
+            raise MediaError(f"this {media.kind} has no URL")
+        if self._http is None:
+            self._http = httpx.AsyncClient(transport=self._transport)
+        data = await fetch(self._http, url, self.media_policy)
+        try:
+            if media.ref.get("aeskey"):
+                return _crypto.decrypt_media(media.ref["aeskey"], data)
+            return _crypto.decrypt_media_with_key(self.crypto.key, data)
+        except ProtocolError as exc:
+            raise MediaError(f"cannot decrypt the {media.kind}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+
+class _PolledStream(base.ReplyStream):
+    def __init__(self, state: _StreamState) -> None:
+        self._state = state
+        self._pieces: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    async def write(self, text: str) -> None:
+        self._pieces.append(text)
+        self._state.content = utf8_prefix(self.text, f.STREAM_LIMIT)
+        await trio.lowlevel.checkpoint()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    body = bytearray()
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY:
+            return None
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def serve(
+    webhook: Webhook,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``webhook.asgi`` with hypercorn's Trio worker (extra: ``trio_chatbridge[webhook]``).
+
+    ``await nursery.start(serve, webhook)`` returns the bound addresses.
+    """
+    try:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve as hypercorn_serve
+    except ImportError as exc:
+        raise ConfigurationError(
+            "wecom.serve needs hypercorn: pip install 'trio_chatbridge[webhook]', or mount "
+            "webhook.asgi in the Trio ASGI server you already run"
+        ) from exc
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    await hypercorn_serve(webhook.asgi, config, task_status=task_status)  # type: ignore[arg-type]
