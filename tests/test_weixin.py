@@ -172,10 +172,10 @@ async def test_shutdown_during_a_pause_is_immediate(autojump_clock: trio.testing
 async def test_restart_with_sqlite_keeps_cursor_and_handles_each_message_once(
     tmp_path: Path,
 ) -> None:
-    # Real clock, no sleeps: the emulator answers empty polls at once (hold=0) and a graceful
-    # shutdown flushes every session, so nothing here waits on time.
+    # Real clock: the emulator holds an empty poll 10 ms (so the connector does not spin), and
+    # a graceful shutdown flushes every session, so nothing here waits on a debounce window.
     db = tmp_path / "weixin.db"
-    emu = WeixinEmulator(hold=0)
+    emu = WeixinEmulator(hold=0.01)
     handled: list[str] = []
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:

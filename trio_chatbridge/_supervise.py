@@ -110,7 +110,7 @@ class Supervisor:
                 if fatal is not None:
                     self._fail(fatal)
                     return
-                error = f"{type(exc).__name__}: {exc}"
+                error = describe(exc)
                 log.warning("connector %s failed: %s", self.connector.name, error, exc_info=exc)
             up_since = self._up_since
             if (
@@ -137,6 +137,13 @@ class Supervisor:
             self.status, state="failed", detail=str(exc), last_error=f"{type(exc).__name__}: {exc}"
         )
         self.settled.set()
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, or of each error inside an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _fatal(exc: BaseException) -> FatalConnectorError | None:

@@ -24,7 +24,8 @@ ACK_TIMEOUT: Final = 5.0  # seconds [1.4]
 CONFLICT_RETRIES: Final = 3  # errcode 6000 [1.9]
 WELCOME_DEADLINE: Final = 5.0  # seconds to answer enter_chat [1.6]
 STREAM_LIMIT: Final = 20480  # bytes of UTF-8 in a stream's content [1.7]
-MAX_FRAME_BYTES: Final = 1024 * 1024  # a frame larger than this is refused, not parsed
+MAX_FRAME_BYTES: Final = 512 * 1024  # a frame larger than this is refused, not parsed
+WS_MESSAGE_LIMIT: Final = 4 * MAX_FRAME_BYTES  # beyond this the WebSocket layer drops the link
 
 # errcodes [1.9]
 OK: Final = 0

@@ -63,7 +63,9 @@ EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
 
 
 def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
-    return open_websocket_url(url, connect_timeout=15, disconnect_timeout=5)
+    return open_websocket_url(
+        url, connect_timeout=15, disconnect_timeout=5, max_message_size=f.WS_MESSAGE_LIMIT
+    )
 
 
 def utf8_prefix(text: str, limit: int) -> str:
@@ -180,8 +182,12 @@ class LongConnection(base.Connector):
         callbacks: trio.MemorySendChannel[f.Frame],
         nursery: trio.Nursery,
     ) -> None:
-        """The receive loop: acks to their waiters, callbacks to their handlers, never blocked."""
-        silence = self.heartbeat + self.heartbeat_grace
+        """The receive loop: acks to their waiters, callbacks to their handlers, never blocked.
+
+        A healthy link brings a ping ack every interval; the watchdog allows one grace more
+        than the heartbeat does, so a missing ack is reported as such, and silence as silence.
+        """
+        silence = self.heartbeat + 2 * self.heartbeat_grace
         async with callbacks:
             while True:
                 with trio.move_on_after(silence):

@@ -1,0 +1,470 @@
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import wecom
+from trio_chatbridge.platforms.wecom import _crypto
+from trio_chatbridge.platforms.wecom._frames import STREAM_LIMIT
+from trio_chatbridge.platforms.wecom._link import Link
+from trio_chatbridge.testing import InFlightLimit, WeComEmulator, open_bridge
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+
+
+async def streamer(batch: cb.Batch, reply: cb.Reply) -> None:
+    async with reply.stream() as out:
+        for word in batch.text.split():
+            await out.write(word + " ")
+            await trio.sleep(0.1)
+
+
+@asynccontextmanager
+async def wecom_bridge(
+    agent: cb.Agent = echo, emu: WeComEmulator | None = None, **options: Any
+) -> AsyncIterator[tuple[WeComEmulator, cb.Bridge]]:
+    async with trio.open_nursery() as nursery:
+        emulator = emu or WeComEmulator()
+        await nursery.start(emulator.run)
+        connector = options.pop("connector", None) or emulator.connector(
+            **options.pop("connector_options", {})
+        )
+        bridge = cb.Bridge(
+            [connector],
+            agent,
+            store=cb.MemoryStore(),
+            debounce=options.pop("debounce", cb.Debounce(window=1.0)),
+            backoff=cb.Backoff(initial=1.0, jitter=0.0),
+            **options,
+        )
+        async with open_bridge(bridge):
+            yield emulator, bridge
+        nursery.cancel_scope.cancel()
+
+
+def status(bridge: cb.Bridge) -> cb.ConnectorStatus:
+    return bridge.status()["wecom:emulator-bot"]
+
+
+async def test_a_streamed_reply_carries_the_whole_text_in_each_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge(streamer) as (emu, _):
+        req_id = emu.user_says("alice", "one two three four five")
+        sent = await emu.next_sent()
+    assert sent.text == "one two three four five "
+    assert sent.req_id == req_id
+    frames = [fr for fr in emu.commands("aibot_respond_msg") if fr.req_id == req_id]
+    contents = [fr.body["stream"]["content"] for fr in frames]
+    assert all(sent.text.startswith(c) for c in contents)  # cumulative, never a delta
+    assert [fr.body["stream"]["finish"] for fr in frames] == [False] * (len(frames) - 1) + [True]
+    assert len({fr.body["stream"]["id"] for fr in frames}) == 1
+    assert len(frames) <= 6  # coalesced: never more frames than writes + the final one
+
+
+async def test_subscribe_then_a_heartbeat_every_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, _):
+        await trio.sleep(95)
+        subscribe = emu.commands("aibot_subscribe")[0]
+    assert subscribe.body == {"bot_id": "emulator-bot", "secret": "emulator-secret"}
+    assert len(emu.commands("ping")) == 3  # at 30, 60 and 90 s
+
+
+async def test_a_burst_answers_the_latest_and_closes_the_earlier_callbacks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, _):
+        first = emu.user_says("bob", "hi")
+        second = emu.user_says("bob", "how are you")
+        replies = [await emu.next_sent(), await emu.next_sent()]
+        assert emu.in_flight("bob") == 0
+    assert (replies[0].req_id, replies[0].text) == (first, "")
+    assert (replies[1].req_id, replies[1].text) == (second, "hi\nhow are you")
+
+
+async def test_the_emulated_user_can_only_have_three_messages_in_flight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, _):
+        for text in ("a", "b", "c"):
+            emu.user_says("carol", text)
+        with pytest.raises(InFlightLimit):
+            emu.user_says("carol", "d")
+        await emu.next_sent()
+        await trio.sleep(1)
+        emu.user_says("carol", "now there is room")  # the batch closed all three
+
+
+async def test_wrong_secret_is_fatal_with_what_to_do(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    async with wecom_bridge(emu=emu, connector_options={"secret": "wrong"}) as (_, bridge):
+        await trio.sleep(10)
+        state = status(bridge)
+    assert state.state == "failed"
+    assert "errcode 40001" in (state.detail or "") and "bot id and secret" in (state.detail or "")
+    assert emu.subscribes == 0
+    assert len(emu.commands("aibot_subscribe")) == 1  # not retried
+
+
+async def test_missing_ping_acks_end_the_connection_and_it_comes_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        emu.ignore_pings = True
+        await trio.sleep(41)  # ping at 30 s, no ack within the 10 s grace
+        assert bridge.stats().reconnects == 1
+        emu.ignore_pings = False
+        await emu.wait_connected()
+        assert emu.subscribes == 2
+        emu.user_says("dan", "still there?")
+        assert (await emu.next_sent()).text == "still there?"
+    assert "not acknowledged" in (status(bridge).last_error or "")
+
+
+async def test_a_dropped_socket_reconnects(autojump_clock: trio.testing.MockClock) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        await emu.drop_connection()
+        await emu.wait_connected()
+        emu.user_says("erin", "hello again")
+        assert (await emu.next_sent()).text == "hello again"
+        assert bridge.stats().reconnects == 1
+
+
+async def test_command_conflict_is_retried(autojump_clock: trio.testing.MockClock) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        emu.fail_next("aibot_respond_msg", 6000, times=2)
+        emu.user_says("finn", "conflict?")
+        assert (await emu.next_sent()).text == "conflict?"
+        assert bridge.stats().other["wecom.command_conflicts"] == 2
+
+
+async def test_disconnected_event_stops_the_replaced_connection_for_good(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        other = cb.Bridge([emu.connector()], echo, store=cb.MemoryStore())
+        async with open_bridge(other):
+            await trio.sleep(100)
+            assert status(other).state == "running"
+        state = status(bridge)
+    assert state.state == "failed"
+    assert "replaced by a newer connection" in (state.detail or "")
+    assert emu.subscribes == 2  # the old one did not come back to kick the new one
+
+
+async def test_enter_chat_gets_a_welcome_within_five_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events: list[wecom.WeComEvent] = []
+
+    async def welcome(event: wecom.WeComEvent) -> str:
+        return f"welcome, {event.user_id}"
+
+    async def on_event(event: wecom.WeComEvent) -> None:
+        events.append(event)
+
+    options = {"welcome": welcome, "on_event": on_event}
+    async with wecom_bridge(connector_options=options) as (emu, _):
+        emu.user_enters("gina")
+        sent = await emu.next_sent()
+        assert trio.current_time() < 5
+        emu._push(emu._event_frame("feedback_event", "gina", "")[1])
+        await trio.sleep(1)
+    assert (sent.kind, sent.text) == ("welcome", "welcome, gina")
+    assert [e.eventtype for e in events] == ["feedback_event"]
+
+
+async def test_group_mentions_are_stripped(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[cb.Message] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(batch.messages)
+        await reply.send("ok")
+
+    options = {"connector_options": {"bot_name": "emulator-bot"}}
+    async with wecom_bridge(agent, **options) as (emu, _):
+        emu.user_says("hank", "status please", chat="team-chat")
+        sent = await emu.next_sent()
+    message = seen[0]
+    assert message.text == "status please"
+    assert message.chat == cb.Chat("team-chat", "group")
+    assert cb.Mention("emulator-bot", "emulator-bot") in message.parts
+    assert sent.to == "team-chat"
+
+
+async def test_duplicate_msgid_is_handled_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        emu.user_says("ivy", "once", msgid="same-id")
+        emu.user_says("ivy", "once", msgid="same-id")
+        await trio.sleep(5)
+        assert bridge.stats().duplicates == 1
+        assert bridge.stats().runs == 1
+
+
+async def test_malformed_and_oversized_frames_are_counted_and_survived(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        emu.push_raw("{not json")
+        emu.push_raw(json.dumps({"cmd": "aibot_msg_callback"}))  # no req_id
+        emu.push_raw(
+            json.dumps(
+                {
+                    "headers": {"req_id": "x"},
+                    "cmd": "aibot_msg_callback",
+                    "body": {"msgtype": "text"},
+                }
+            )
+        )  # no sender
+        emu.push_raw("[" + "1," * 300_000 + "1]")  # over the 512 KiB cap
+        emu.user_says("jack", "fine")
+        assert (await emu.next_sent()).text == "fine"
+        assert bridge.stats().protocol_errors == 4
+        assert bridge.stats().reconnects == 0
+
+
+async def test_long_replies_respect_the_byte_limit_and_overflow_proactively(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    text = "数据" * 5000  # 30000 bytes of UTF-8
+
+    async def verbose(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(text)
+
+    async with wecom_bridge(verbose) as (emu, _):
+        emu.user_says("kim", "long please")
+        first, rest = await emu.next_sent(), await emu.next_sent()
+    assert len(first.text.encode()) <= STREAM_LIMIT
+    assert (rest.kind, rest.to) == ("proactive", "kim")
+    assert first.text + rest.text == text
+
+
+async def test_a_stale_req_id_falls_back_to_a_proactive_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        connector = bridge.connectors[0]
+        stale = cb.Message(
+            platform="wecom",
+            account="emulator-bot",
+            id="old",
+            chat=cb.Chat("lee"),
+            sender=cb.Sender("lee"),
+            parts=[cb.Text("from before a restart")],
+            reply_handle={"req_id": "gone-req-id", "chatid": "lee"},
+        )
+        await connector.send(stale, "better late than never")
+        sent = await emu.next_sent()
+    assert (sent.kind, sent.to, sent.text) == ("proactive", "lee", "better late than never")
+
+
+async def test_inbound_media_is_decrypted_and_guarded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    payload = bytes(range(256)) * 33
+    results: list[bytes | str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        part = batch.latest.parts[0]
+        assert isinstance(part, cb.Image | cb.File)
+        assert isinstance(reply.connector, wecom.LongConnection)
+        try:
+            results.append(await reply.connector.download(part.media))
+        except cb.MediaError as exc:
+            results.append(str(exc))
+        await reply.send("ok")
+
+    async with wecom_bridge(agent) as (emu, _):
+        emu.user_sends_media("mia", payload)
+        await emu.next_sent()
+        emu.send_callback(
+            "mia",
+            {
+                "msgtype": "file",
+                "file": {
+                    "url": "http://10.0.0.1/secret",
+                    "aeskey": base64.b64encode(b"k" * 32).decode(),
+                },
+            },
+        )
+        await emu.next_sent()
+    assert results[0] == payload
+    assert "'10.0.0.1': not an allowed host" in str(results[1])
+
+
+async def test_a_hundred_thousand_commands_leave_nothing_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class InstantServer:
+        """Stands in for the socket: acks each command at once (or not, or with 6000)."""
+
+        def __init__(self) -> None:
+            self.link: Link | None = None
+            self.count = 0
+
+        async def send_message(self, data: str) -> None:
+            self.count += 1
+            frame = wecom.parse_frame(data)
+            assert self.link is not None
+            if self.count % 1000 == 0:
+                return  # never acked: that command times out
+            errcode = 6000 if self.count % 777 == 0 else 0
+            self.link.deliver_ack(wecom.Frame(frame.req_id, errcode=errcode, errmsg="ok"))
+
+    server = InstantServer()
+    link = Link(server, ack_timeout=5.0)  # type: ignore[arg-type]
+    server.link = link
+    timeouts = 0
+    with trio.fail_after(10_000):
+        for i in range(100_000):
+            req_id = f"callback-{i // 3}"  # three replies share each callback's req_id
+            try:
+                await link.command("aibot_respond_msg", req_id, {"n": i})
+            except wecom.AckTimeout:
+                timeouts += 1
+            assert link.pending == 0
+    assert timeouts == 100  # one in a thousand was left unacknowledged
+    assert server.count > 100_000  # the 6000s were retried
+
+
+async def test_webhook_conversation_with_stream_refresh(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    hook = wecom.Webhook(bot_id=emu.bot_id, token=emu.token, encoding_aes_key=emu.encoding_aes_key)
+    bridge = cb.Bridge([hook], streamer, store=cb.MemoryStore(), debounce=cb.Debounce(window=1))
+    async with open_bridge(bridge):
+        verify = await emu.webhook_verify(hook.asgi, "echo-me")
+        assert (verify.status_code, verify.text) == (200, "echo-me")
+        sent = await emu.webhook_user_says(hook.asgi, "nina", "stream this over polls")
+        welcome = await emu.webhook_user_enters(hook.asgi, "nina")
+    assert sent.text == "stream this over polls "
+    assert sent.frames >= 2  # WeCom polled more than once before finish
+    assert welcome == "Hello! Send me a message and I will answer."
+
+
+async def test_webhook_refuses_bad_signatures_stale_and_garbage(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    hook = wecom.Webhook(bot_id=emu.bot_id, token=emu.token, encoding_aes_key=emu.encoding_aes_key)
+    bridge = cb.Bridge([hook], echo, store=cb.MemoryStore())
+    body = {"msgid": "m1", "from": {"userid": "u"}, "msgtype": "text", "text": {"content": "x"}}
+    async with open_bridge(bridge):
+        stale = await emu.webhook_post(hook.asgi, body, timestamp=str(int(time.time()) - 3600))
+        forged = WeComEmulator(token="someone-else")
+        bad_signature = await forged.webhook_post(hook.asgi, body)
+        async with emu._webhook_client(hook.asgi) as http:
+            garbage = await http.post(
+                "",
+                params={"msg_signature": "x", "timestamp": "1", "nonce": "n"},
+                content=b"not json",
+            )
+        unverified = await forged.webhook_verify(hook.asgi)
+    assert (stale.status_code, bad_signature.status_code, garbage.status_code) == (403, 403, 400)
+    assert unverified.status_code == 403
+    assert bridge.stats().received == 0
+    assert bridge.stats().other["wecom.refused_requests"] == 4
+
+
+async def test_long_connection_end_to_end_over_loopback() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            emu = await nursery.start(WeComEmulator().serve)
+            assert emu.ws_url.startswith("ws://127.0.0.1:")
+            bridge = cb.Bridge(
+                [emu.connector()], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
+            )
+            async with open_bridge(bridge):
+                emu.user_says("olga", "over a real socket")
+                sent = await emu.next_sent()
+            nursery.cancel_scope.cancel()
+    assert sent.text == "over a real socket"
+
+
+async def test_webhook_served_by_hypercorn_end_to_end() -> None:
+    emu = WeComEmulator()
+    hook = wecom.Webhook(bot_id=emu.bot_id, token=emu.token, encoding_aes_key=emu.encoding_aes_key)
+    bridge = cb.Bridge([hook], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(wecom.serve, hook, "127.0.0.1", 0)
+            async with open_bridge(bridge):
+                sent = await emu.webhook_user_says(binds[0], "pete", "hello", refresh=0.05)
+            nursery.cancel_scope.cancel()
+    assert sent.text == "hello"
+
+
+# -- properties: crypto and frames --------------------------------------------------------------
+
+
+@given(st.text(max_size=500), st.binary(min_size=16, max_size=16))
+def test_webhook_crypto_round_trips(message: str, random16: bytes) -> None:
+    crypto = wecom.WebhookCrypto("token", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+    encrypted = crypto.encrypt(message, random16)
+    assert crypto.decrypt(encrypted) == message
+    assert crypto.verify(crypto.signature("1", "n", encrypted), "1", "n", encrypted)
+
+
+@given(st.binary(max_size=2000), st.binary(min_size=32, max_size=32))
+def test_media_crypto_round_trips(data: bytes, key: bytes) -> None:
+    encrypted = _crypto.encrypt_media_with_key(key, data)
+    assert len(encrypted) % 32 == 0
+    assert (
+        _crypto.decrypt_media(base64.urlsafe_b64encode(key).decode().rstrip("="), encrypted) == data
+    )
+
+
+@given(st.binary(max_size=300))
+def test_decrypting_garbage_only_raises_protocol_error(data: bytes) -> None:
+    crypto = wecom.WebhookCrypto("token", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+    with pytest.raises(cb.ProtocolError):
+        crypto.decrypt(base64.b64encode(data).decode() + "!")
+    try:
+        crypto.decrypt(base64.b64encode(data).decode())
+    except cb.ProtocolError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200), json_values.map(json.dumps)))
+def test_frame_parser_raises_only_protocol_errors(data: str | bytes) -> None:
+    try:
+        frame = wecom.parse_frame(data)
+    except cb.ProtocolError:
+        return
+    assert isinstance(frame.req_id, str) and frame.req_id
+    assert wecom.parse_frame(frame.encode()) == frame
+
+
+@given(st.text(max_size=50), st.one_of(st.none(), st.text(max_size=10)), json_values)
+def test_frames_round_trip(req_id: str, cmd: str | None, body: object) -> None:
+    if not req_id:
+        return
+    frame = wecom.Frame(req_id, cmd, body if isinstance(body, dict) else {})
+    assert wecom.parse_frame(frame.encode()) == frame
