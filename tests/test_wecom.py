@@ -437,10 +437,10 @@ def test_decrypting_garbage_only_raises_protocol_error(data: bytes) -> None:
     crypto = wecom.WebhookCrypto("token", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
     with pytest.raises(cb.ProtocolError):
         crypto.decrypt(base64.b64encode(data).decode() + "!")
-    try:
-        crypto.decrypt(base64.b64encode(data).decode())
+    try:  # random ciphertext: a ProtocolError, or (rarely) some text; never anything else
+        assert isinstance(crypto.decrypt(base64.b64encode(data).decode()), str)
     except cb.ProtocolError:
-        pass
+        return
 
 
 json_values = st.recursive(

@@ -190,8 +190,12 @@ class WeComEmulator:
         self._nursery.start_soon(self._accept_memory, server_stream)
         async with trio.open_nursery() as nursery:
             # trio-websocket types its stream as a socket; any trio Stream works.
-            ws = await wrap_client_stream(  # type: ignore[arg-type]
-                nursery, client_stream, IN_MEMORY_HOST, "/", max_message_size=f.WS_MESSAGE_LIMIT
+            ws = await wrap_client_stream(
+                nursery,
+                client_stream,  # type: ignore[arg-type]
+                IN_MEMORY_HOST,
+                "/",
+                max_message_size=f.WS_MESSAGE_LIMIT,
             )
             try:
                 yield ws
