@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 from .core import BENCHMARKS as CORE
+from .wecom import BENCHMARKS as WECOM
 from .weixin import BENCHMARKS as WEIXIN
 
-ALL = {**CORE, **WEIXIN}
+ALL = {**CORE, **WEIXIN, **WECOM}
 
 
 def main(names: list[str]) -> int:

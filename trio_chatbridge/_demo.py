@@ -139,6 +139,42 @@ async def weixin_demo(say: Transcript) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def wecom_demo(say: Transcript) -> None:
+    """WeCom on the in-memory emulator: a welcome, a burst, a streamed reply, a replacement."""
+    from .testing import WeComEmulator
+
+    async with trio.open_nursery() as nursery:
+        emulator = await nursery.start(WeComEmulator().run)
+        bridge = Bridge(
+            connectors=[emulator.connector(welcome="Hi! I am the demo bot.")],
+            agent=demo_agent,
+            debounce=Debounce(window=WINDOW, max_delay=20.0),
+            store=MemoryStore(),
+        )
+        async with open_bridge(bridge):
+            say("erin opens the chat (enter_chat)")
+            emulator.user_enters("erin")
+            sent = await emulator.next_sent()
+            say(f"  bot -> erin welcome: {sent.text!r}")
+            for text in ("can you help", "with my invoice?"):
+                say(f"wecom user erin > {text}")
+                emulator.user_says("erin", text)
+                await trio.sleep(0.5)
+            for _ in range(2):
+                sent = await emulator.next_sent()
+                if sent.text:
+                    say(f"  bot -> erin streamed in {sent.frames} frames: {sent.text.strip()!r}")
+                else:
+                    say("  bot closes erin's earlier message (empty finished stream)")
+            say("another process connects with the same bot id")
+            other = Bridge([emulator.connector()], demo_agent, store=MemoryStore())
+            async with open_bridge(other):
+                await trio.sleep(1)
+                state = bridge.status()["wecom:emulator-bot"]
+                say(f"  first connection: {state.state}: {state.detail}")
+        nursery.cancel_scope.cancel()
+
+
 async def run_demo(out: Callable[[str], None] = print) -> None:
     """Play every demo scene, one after another."""
     say = Transcript(out)
@@ -147,6 +183,9 @@ async def run_demo(out: Callable[[str], None] = print) -> None:
     out("")
     out("== WeChat (iLink long poll) on the in-memory emulator ==")
     await weixin_demo(Transcript(out))
+    out("")
+    out("== WeCom AI Bot (WebSocket long connection) on the in-memory emulator ==")
+    await wecom_demo(Transcript(out))
 
 
 def main(out: Callable[[str], None] = print) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 from .._errors import ConfigurationError
+from ._wecom import WeComEmulator
 from ._weixin import WeixinEmulator
 
-PLATFORMS: Final = ("weixin",)
+EMULATORS: Final = {"weixin": WeixinEmulator, "wecom": WeComEmulator}
 
 
 async def emulate(
@@ -20,7 +21,7 @@ async def emulate(
     port: int = 0,
     *,
     out: Callable[[str], None] = print,
-    task_status: trio.TaskStatus[WeixinEmulator] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``platform``'s emulator until cancelled; first prints one JSON line describing it.
 
@@ -28,9 +29,9 @@ async def emulate(
     ``{"user": ..., "text": ..., "chat": ...}`` makes a user speak, ``GET {admin_url}/sent``
     lists what the bot sent. ``nursery.start`` returns the emulator object.
     """
-    if platform != "weixin":
-        raise ConfigurationError(f"no emulator for {platform!r}; choose from {list(PLATFORMS)}")
-    emulator = WeixinEmulator()
+    if platform not in EMULATORS:
+        raise ConfigurationError(f"no emulator for {platform!r}; choose from {sorted(EMULATORS)}")
+    emulator = EMULATORS[platform]()
     async with trio.open_nursery() as nursery:
         await nursery.start(emulator.serve, host, port)
         out(json.dumps(emulator.describe()))

@@ -19,7 +19,7 @@ import itertools
 import json
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
@@ -124,6 +124,7 @@ class WeComEmulator:
         """True: pings are not acknowledged (a dead server)."""
         self._faults: dict[str, deque[int]] = {}
         self._callbacks: dict[str, _Callback] = {}
+        self._in_flight: Counter[str] = Counter()
         self._active: _Connection | None = None
         self._queued: deque[str] = deque()
         self._blobs: dict[str, bytes] = {}
@@ -330,6 +331,7 @@ class WeComEmulator:
         callback.frames += 1
         if finish:
             callback.finished = True
+            self._in_flight[callback.user] -= 1
             self._record(WeComSent("stream", callback.chat, content, frame.req_id, callback.frames))
         return 0, "ok"
 
@@ -380,11 +382,7 @@ class WeComEmulator:
 
     def in_flight(self, user: str) -> int:
         """How many of ``user``'s messages the bot has not finished answering."""
-        return sum(
-            1
-            for c in self._callbacks.values()
-            if c.user == user and c.kind == "message" and not c.finished
-        )
+        return self._in_flight[user]
 
     def send_callback(self, user: str, body: Mapping[str, Any], *, chat: str | None = None) -> str:
         """Push a message callback with any body fields (``msgtype`` and its payload...)."""
@@ -392,6 +390,7 @@ class WeComEmulator:
             raise InFlightLimit(f"{user} already has {self.in_flight_limit} messages in flight")
         req_id, frame = self._callback_frame(user, chat, dict(body))
         self._callbacks[req_id] = _Callback("message", user, chat or user, trio.current_time())
+        self._in_flight[user] += 1
         self._push(frame)
         return req_id
 

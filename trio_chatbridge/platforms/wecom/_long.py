@@ -10,6 +10,7 @@ reconnecting and kicking the newer connection.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -39,7 +40,7 @@ from ._link import Link, WeComError
 log = logging.getLogger("trio_chatbridge.wecom")
 
 DEFAULT_MEDIA_HOSTS: Final = (".weixin.qq.com", ".qq.com", ".qpic.cn")
-CALLBACK_QUEUE: Final = 256  # message callbacks waiting for the inbox before the reader waits
+PUT_BATCH: Final = 100  # callbacks journaled together at most
 STREAM_INTERVAL: Final = 0.5  # seconds between intermediate stream frames (AstrBot's pace)
 DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
 
@@ -155,7 +156,10 @@ class LongConnection(base.Connector):
     async def _session(
         self, ws: WebSocketConnection, link: Link, task_status: trio.TaskStatus[None]
     ) -> None:
-        callbacks_in, callbacks_out = trio.open_memory_channel[f.Frame](CALLBACK_QUEUE)
+        # Unbounded on purpose: the reader must never wait, or an ack that an agent's reply is
+        # waiting for could sit behind a full queue (a deadlock). The platform bounds it
+        # anyway: a user has at most three messages in flight with the bot [1.5].
+        callbacks_in, callbacks_out = trio.open_memory_channel[f.Frame](math.inf)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, ws, link, callbacks_in, nursery)
             try:
@@ -219,11 +223,7 @@ class LongConnection(base.Connector):
         if frame.is_ack:
             link.deliver_ack(frame)
         elif frame.cmd == f.MSG_CALLBACK:
-            try:
-                callbacks.send_nowait(frame)
-            except trio.WouldBlock:
-                # The inbox is far behind: hand over without blocking acks and heartbeats.
-                nursery.start_soon(callbacks.send, frame)
+            callbacks.send_nowait(frame)
         elif frame.cmd == f.EVENT_CALLBACK:
             event = frame.body.get("event")
             eventtype = event.get("eventtype") if isinstance(event, dict) else None
@@ -240,17 +240,28 @@ class LongConnection(base.Connector):
             log.info("wecom bot %s: ignored frame with cmd %r", self.account, frame.cmd)
 
     async def _put_messages(self, callbacks: trio.MemoryReceiveChannel[f.Frame]) -> None:
+        """Hand callbacks to the inbox, all that are waiting in one put (one journal write)."""
         async with callbacks:
-            async for frame in callbacks:
-                try:
-                    message = to_message(
-                        self.account, frame.req_id, frame.body, bot_name=self.bot_name
-                    )
-                except ProtocolError as exc:
-                    self.ctx.count("protocol_errors")
-                    log.warning("wecom bot %s: bad message callback: %s", self.account, exc)
-                    continue
-                await self.ctx.put([message])
+            async for first in callbacks:
+                frames = [first]
+                while len(frames) < PUT_BATCH:
+                    try:
+                        frames.append(callbacks.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                messages = []
+                for frame in frames:
+                    try:
+                        messages.append(
+                            to_message(
+                                self.account, frame.req_id, frame.body, bot_name=self.bot_name
+                            )
+                        )
+                    except ProtocolError as exc:
+                        self.ctx.count("protocol_errors")
+                        log.warning("wecom bot %s: bad message callback: %s", self.account, exc)
+                if messages:
+                    await self.ctx.put(messages)
 
     async def _heartbeat(self, link: Link) -> None:
         while True:

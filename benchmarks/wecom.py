@@ -1,0 +1,158 @@
+"""WeCom benchmarks: inbound callbacks through the connector, and stream reply frames.
+
+The emulator runs in its own process (``python -m trio_chatbridge emulate wecom``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import trio
+import trio.lowlevel
+from trio_websocket import open_websocket_url
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import wecom
+
+from ._util import REPEAT, peak_rss_mib, report
+
+MESSAGES = 20_000
+USERS = 10_000  # two messages each: under the platform's three in flight per user
+WRITES = 5_000
+
+
+@contextmanager
+def _emulator_process() -> Iterator[dict[str, Any]]:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trio_chatbridge", "emulate", "wecom"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        yield json.loads(child.stdout.readline())
+    finally:
+        child.terminate()
+        child.wait()
+
+
+async def _load(info: dict[str, Any], round: int) -> None:
+    """Queue the callbacks while nobody is connected: the next subscriber gets them all.
+
+    Each round has users of its own: the last round's callbacks are still "in flight".
+    """
+    burst = [{"user": f"r{round}-user{i % USERS}", "text": f"message {i}"} for i in range(MESSAGES)]
+    async with httpx.AsyncClient() as http:
+        (
+            await http.post(info["admin_url"] + "/messages", json=burst, timeout=120)
+        ).raise_for_status()
+
+
+async def _raw_websocket(info: dict[str, Any]) -> float:
+    """The baseline: subscribe with trio-websocket, read and JSON-decode every callback."""
+    async with open_websocket_url(info["ws_url"], max_message_size=2**21) as ws:
+        start = time.perf_counter()
+        subscribe = {"bot_id": info["bot_id"], "secret": info["secret"]}
+        await ws.send_message(
+            json.dumps({"cmd": "aibot_subscribe", "headers": {"req_id": "s"}, "body": subscribe})
+        )
+        seen = 0
+        while seen < MESSAGES:
+            if json.loads(await ws.get_message()).get("cmd") == "aibot_msg_callback":
+                seen += 1
+        return time.perf_counter() - start
+
+
+async def _connector_into_inbox(info: dict[str, Any]) -> float:
+    """The connector: the same frames, parsed, journaled (MemoryStore) and queued."""
+    done = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    received = 0
+
+    class Counting(cb.MemoryStore):
+        async def journal_add(self, messages: Any) -> list[bool]:
+            nonlocal received
+            added = await super().journal_add(messages)
+            received += len(messages)
+            if received >= MESSAGES:
+                done.set()
+            return added
+
+    connector = wecom.LongConnection(
+        bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
+    )
+    bridge = cb.Bridge(
+        [connector], agent, store=Counting(), debounce=cb.Debounce(3600.0, max_delay=None)
+    )
+    async with trio.open_nursery() as nursery:
+        start = time.perf_counter()
+        await nursery.start(bridge.run)
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:
+    """One reply streamed as WRITES pieces, frames as fast as acks allow (no pacing)."""
+    result: list[tuple[float, int]] = []
+    finished = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        start = time.perf_counter()
+        async with reply.stream() as out:
+            for i in range(WRITES):
+                await out.write(f"{i} ")
+                await trio.lowlevel.checkpoint()
+        frames = len(out.text) and out.frames  # type: ignore[attr-defined]
+        result.append((time.perf_counter() - start, frames))
+        finished.set()
+
+    connector = wecom.LongConnection(
+        bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"], stream_interval=0
+    )
+    bridge = cb.Bridge([connector], agent, store=cb.MemoryStore(), debounce=cb.Debounce(0.0))
+    async with trio.open_nursery() as nursery, httpx.AsyncClient() as http:
+        await nursery.start(bridge.run)
+        await http.post(info["admin_url"] + "/messages", json={"user": "streamer", "text": "go"})
+        await finished.wait()
+        nursery.cancel_scope.cancel()
+    return result[0]
+
+
+def bench_inbound() -> None:
+    raw_best = ours_best = float("inf")
+    with _emulator_process() as info:
+        for round in range(REPEAT):
+            trio.run(_load, info, 2 * round)
+            raw_best = min(raw_best, trio.run(_raw_websocket, info))
+            trio.run(_load, info, 2 * round + 1)
+            ours_best = min(ours_best, trio.run(_connector_into_inbox, info))
+        seconds, frames = trio.run(_stream_frames, info)
+    report(
+        f"wecom: {MESSAGES:,} callbacks from the loopback emulator (own process)",
+        [
+            ("raw trio-websocket + json", f"{raw_best:.3f} s  ({MESSAGES / raw_best:,.0f}/s)"),
+            ("connector into the inbox", f"{ours_best:.3f} s  ({MESSAGES / ours_best:,.0f}/s)"),
+            ("ratio (connector / raw)", f"{raw_best / ours_best:.2f}x  (target >= 0.8x)"),
+            (
+                f"stream: {WRITES:,} writes, unpaced",
+                f"{frames} frames in {seconds:.3f} s ({frames / seconds:,.0f} frames/s, "
+                "each acked before the next)",
+            ),
+            ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB"),
+        ],
+    )
+
+
+BENCHMARKS = {"wecom": bench_inbound}
