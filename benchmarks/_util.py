@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -31,6 +35,27 @@ def timed(fn: Callable[[], Any], repeat: int = REPEAT) -> float:
 def timed_trio(fn: Callable[[], Awaitable[Any]], repeat: int = REPEAT) -> float:
     """The shortest of ``repeat`` runs of ``trio.run(fn)`` (start-up included on both sides)."""
     return timed(lambda: trio.run(fn), repeat)
+
+
+@contextmanager
+def emulator_process(platform: str) -> Iterator[dict[str, Any]]:
+    """``python -m trio_chatbridge emulate <platform>`` in a child process; yields its JSON line.
+
+    A real server runs apart from its clients: so does the emulator, for the figures to be
+    about the client side.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trio_chatbridge", "emulate", platform],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        info: dict[str, Any] = json.loads(child.stdout.readline())
+        yield info
+    finally:
+        child.terminate()
+        child.wait()
 
 
 def report(name: str, rows: list[tuple[str, str]]) -> None:

@@ -6,11 +6,7 @@ The emulator runs in its own process (``python -m trio_chatbridge emulate wecom`
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -21,26 +17,11 @@ from trio_websocket import open_websocket_url
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
 
-from ._util import REPEAT, peak_rss_mib, report
+from ._util import REPEAT, emulator_process, peak_rss_mib, report
 
 MESSAGES = 20_000
 USERS = 10_000  # two messages each: under the platform's three in flight per user
 WRITES = 5_000
-
-
-@contextmanager
-def _emulator_process() -> Iterator[dict[str, Any]]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "trio_chatbridge", "emulate", "wecom"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        yield json.loads(child.stdout.readline())
-    finally:
-        child.terminate()
-        child.wait()
 
 
 async def _load(info: dict[str, Any], round: int) -> None:
@@ -132,7 +113,7 @@ async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:
 
 def bench_inbound() -> None:
     raw_best = ours_best = float("inf")
-    with _emulator_process() as info:
+    with emulator_process("wecom") as info:
         for round in range(REPEAT):
             trio.run(_load, info, 2 * round)
             raw_best = min(raw_best, trio.run(_raw_websocket, info))

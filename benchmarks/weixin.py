@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
-import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,26 +21,10 @@ import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.testing import WeixinEmulator
 
-from ._util import REPEAT, peak_rss_mib, report
+from ._util import REPEAT, emulator_process, peak_rss_mib, report
 
 MESSAGES = 20_000
 ACCOUNTS = 1_000
-
-
-@contextmanager
-def _emulator_process() -> Iterator[dict[str, Any]]:
-    """A loopback emulator in a child process; yields the JSON line it printed."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "trio_chatbridge", "emulate", "weixin"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        yield json.loads(child.stdout.readline())
-    finally:
-        child.terminate()
-        child.wait()
 
 
 async def _load(info: dict[str, Any]) -> None:
@@ -126,7 +107,7 @@ def _best(
 
 
 def bench_throughput() -> None:
-    with _emulator_process() as info:
+    with emulator_process("weixin") as info:
         cursor = [""]
         raw = _best(_raw_httpx_loop, info, cursor)
         ours = _best(_connector_into_inbox, info, cursor)

@@ -74,7 +74,9 @@ def _weixin_login(account: str, store_path: str, base_url: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = logging.CRITICAL if args.command == "demo" else logging.WARNING  # the transcript says it
+    quiet = (
+        logging.CRITICAL if args.command == "demo" else logging.WARNING
+    )  # the transcript says it
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else quiet,
         format="%(levelname)s %(name)s: %(message)s",

@@ -18,6 +18,7 @@ import trio
 from .._connector import Connector, ReplyStream
 from .._errors import SendError
 from .._messages import Chat, Message, Part, Sender, Text
+from ._record import Record
 
 
 @attrs.frozen
@@ -72,16 +73,14 @@ class FakeConnector(Connector):
         self.account = account
         self.on_write = on_write
         """Called with (target, text) at each streamed write and each send, as it happens."""
-        self.sent: list[SentReply] = []
+        self.sent: Record[SentReply] = Record()
         self.runs = 0
         """How many times ``run`` was started (restarts included)."""
         self._queue: deque[Message] = deque()
         self._wakeup = trio.Event()
         self._crash: BaseException | None = None
         self._send_failures = 0
-        self._replies_read = 0
         self._accepted = trio.Event()  # set (and replaced) each time the inbox took a message
-        self._reply_added = trio.Event()  # set (and replaced) at each reply
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -128,10 +127,7 @@ class FakeConnector(Connector):
 
     async def next_reply(self) -> SentReply:
         """The next reply the bot sent that this method has not returned yet (waits for it)."""
-        while self._replies_read >= len(self.sent):
-            await self._reply_added.wait()
-        self._replies_read += 1
-        return self.sent[self._replies_read - 1]
+        return await self.sent.next()
 
     def crash(self, error: BaseException | None = None) -> None:
         """Make the running ``run`` raise ``error`` (default: a ConnectionError)."""
@@ -164,7 +160,7 @@ class FakeConnector(Connector):
         self._check_send(target)
         await trio.lowlevel.checkpoint()
         self._written(target, text)
-        self._record(SentReply(target.chat.id, text, target.id))
+        self.sent.append(SentReply(target.chat.id, text, target.id))
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[ReplyStream]:
         return self._stream(target)
@@ -174,7 +170,7 @@ class FakeConnector(Connector):
         self._check_send(target)
         out = _RecordingStream(self, target)
         yield out
-        self._record(SentReply(target.chat.id, out.text, target.id, tuple(out.chunks)))
+        self.sent.append(SentReply(target.chat.id, out.text, target.id, tuple(out.chunks)))
 
     def _check_send(self, target: Message) -> None:
         if self._send_failures > 0:
@@ -184,8 +180,3 @@ class FakeConnector(Connector):
     def _written(self, target: Message, text: str) -> None:
         if self.on_write is not None:
             self.on_write(target, text)
-
-    def _record(self, reply: SentReply) -> None:
-        self.sent.append(reply)
-        self._reply_added.set()
-        self._reply_added = trio.Event()

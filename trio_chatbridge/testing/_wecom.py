@@ -42,6 +42,7 @@ from ..platforms.wecom import _crypto
 from ..platforms.wecom import _frames as f
 from ..platforms.wecom._long import DEFAULT_MEDIA_HOSTS, LongConnection
 from ._http import HandlerTransport, json_response, serve_http
+from ._record import Record
 
 IN_MEMORY_HOST: Final = "wecom-emulator.invalid"  # never resolves: nothing leaves
 AUTH_FAILED: Final = 40001
@@ -118,7 +119,7 @@ class WeComEmulator:
         self.http_base = f"http://{IN_MEMORY_HOST}/"
         self.frames: list[f.Frame] = []
         """Every frame the bot sent, in order."""
-        self.sent: list[WeComSent] = []
+        self.sent: Record[WeComSent] = Record()
         self.subscribes = 0
         self.ignore_pings = False
         """True: pings are not acknowledged (a dead server)."""
@@ -129,8 +130,6 @@ class WeComEmulator:
         self._queued: deque[str] = deque()
         self._blobs: dict[str, bytes] = {}
         self._nursery: trio.Nursery | None = None
-        self._sent_read = 0
-        self._sent_event = trio.Event()
         self._connected = trio.Event()
         self._ids = itertools.count(1)
 
@@ -298,7 +297,9 @@ class WeComEmulator:
         if frame.cmd == f.SEND:
             markdown = frame.body.get("markdown")
             text = markdown.get("content", "") if isinstance(markdown, dict) else ""
-            self._record(WeComSent("proactive", str(frame.body.get("chatid")), text, frame.req_id))
+            self.sent.append(
+                WeComSent("proactive", str(frame.body.get("chatid")), text, frame.req_id)
+            )
             return 0, "ok"
         if frame.cmd == f.RESPOND_WELCOME:
             late = callback is not None and trio.current_time() - callback.at > f.WELCOME_DEADLINE
@@ -307,7 +308,7 @@ class WeComEmulator:
             callback.finished = True
             text = frame.body.get("text")
             content = text.get("content", "") if isinstance(text, dict) else ""
-            self._record(WeComSent("welcome", callback.user, content, frame.req_id))
+            self.sent.append(WeComSent("welcome", callback.user, content, frame.req_id))
             return 0, "ok"
         if frame.cmd != f.RESPOND:
             return f.INVALID_REQ_ID, f"unsupported command {frame.cmd}"
@@ -332,13 +333,10 @@ class WeComEmulator:
         if finish:
             callback.finished = True
             self._in_flight[callback.user] -= 1
-            self._record(WeComSent("stream", callback.chat, content, frame.req_id, callback.frames))
+            self.sent.append(
+                WeComSent("stream", callback.chat, content, frame.req_id, callback.frames)
+            )
         return 0, "ok"
-
-    def _record(self, sent: WeComSent) -> None:
-        self.sent.append(sent)
-        self._sent_event.set()
-        self._sent_event = trio.Event()
 
     # -- the users' side -------------------------------------------------------------------------
 
@@ -430,10 +428,7 @@ class WeComEmulator:
 
     async def next_sent(self) -> WeComSent:
         """The next thing the bot said that this method has not returned yet (waits)."""
-        while self._sent_read >= len(self.sent):
-            await self._sent_event.wait()
-        self._sent_read += 1
-        return self.sent[self._sent_read - 1]
+        return await self.sent.next()
 
     async def wait_connected(self) -> None:
         """Wait for the next successful subscribe."""
@@ -516,7 +511,7 @@ class WeComEmulator:
                 stream = self.webhook_open(await self.webhook_post(target, poll))["stream"]
                 polls += 1
         sent = WeComSent("stream", chat or user, stream.get("content", ""), stream["id"], polls)
-        self._record(sent)
+        self.sent.append(sent)
         return sent
 
     async def webhook_user_enters(self, target: str | Any, user: str) -> str | None:
@@ -532,7 +527,7 @@ class WeComEmulator:
         response = await self.webhook_post(target, body)
         if response.headers.get("content-type", "").startswith("application/json"):
             content: str = self.webhook_open(response)["text"]["content"]
-            self._record(WeComSent("welcome", user, content, msgid))
+            self.sent.append(WeComSent("welcome", user, content, msgid))
             return content
         return None
 

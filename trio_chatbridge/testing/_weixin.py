@@ -29,6 +29,7 @@ from ..platforms.weixin import _crypto
 from ..platforms.weixin import _protocol as p
 from ..platforms.weixin._connector import Connector, RateLimit
 from ._http import DropConnection, HandlerTransport, json_response, serve_http
+from ._record import Record
 
 IN_MEMORY_BASE: Final = "http://weixin-emulator.invalid/"  # never resolves: nothing leaves
 
@@ -133,7 +134,7 @@ class WeixinEmulator:
         self.base_url = IN_MEMORY_BASE
         self.session_valid = True
         """False answers every authenticated call with errcode -14 (a stale token)."""
-        self.sent: list[WeixinSentMessage] = []
+        self.sent: Record[WeixinSentMessage] = Record()
         self.typing: list[tuple[str, int]] = []
         self.notifications: list[str] = []
         self.requests: list[RecordedRequest] = []
@@ -144,8 +145,6 @@ class WeixinEmulator:
         self._acked = 0
         self._ack_event = trio.Event()
         self._arrived = trio.Event()
-        self._sent_event = trio.Event()
-        self._sent_read = 0
         self._faults: dict[str, deque[WeixinFault]] = {}
         self._ids = itertools.count(1)
         self._replies: Counter[str] = Counter()
@@ -275,10 +274,7 @@ class WeixinEmulator:
 
     async def next_sent(self) -> WeixinSentMessage:
         """The next message the bot sent that this method has not returned yet (waits)."""
-        while self._sent_read >= len(self.sent):
-            await self._sent_event.wait()
-        self._sent_read += 1
-        return self.sent[self._sent_read - 1]
+        return await self.sent.next()
 
     def fail(self, endpoint: str, fault: WeixinFault, times: int = 1) -> None:
         """Answer the next ``times`` calls of ``endpoint`` with ``fault``.
@@ -403,8 +399,6 @@ class WeixinEmulator:
         self.sent.append(
             WeixinSentMessage(msg["to_user_id"], text, item, token, msg.get("client_id"))
         )
-        self._sent_event.set()
-        self._sent_event = trio.Event()
         if self.send_answer == "empty":
             return httpx.Response(200, content=b"")
         if self.send_answer == "ret":
