@@ -269,6 +269,10 @@ async def test_connector_restarts_with_backoff(autojump_clock: trio.testing.Mock
     assert delays == [1.0, 2.0, 4.0, 5.0, 5.0, 1.0]
 
 
+def test_backoff_survives_endless_failures() -> None:
+    assert cb.Backoff(maximum=60, jitter=0).delay(10_000) == 60
+
+
 def test_backoff_jitter_stays_in_its_band() -> None:
     low = cb.Backoff(initial=10, jitter=0.2, random=lambda: 0.0)
     high = cb.Backoff(initial=10, jitter=0.2, random=lambda: 0.999999)

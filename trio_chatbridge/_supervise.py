@@ -50,7 +50,8 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures (1 for the first)."""
-        base = min(self.maximum, self.initial * self.multiplier ** max(failures - 1, 0))
+        exponent = min(max(failures - 1, 0), 64)  # past this the cap holds anyway: no overflow
+        base = min(self.maximum, self.initial * self.multiplier**exponent)
         return base * (1 + self.jitter * (2 * self.random() - 1))
 
 

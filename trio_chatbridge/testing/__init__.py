@@ -4,6 +4,8 @@ from ._fake import FakeConnector as FakeConnector
 from ._fake import SentReply as SentReply
 from ._http import HandlerTransport as HandlerTransport
 from ._http import serve_http as serve_http
+from ._lark import LarkEmulator as LarkEmulator
+from ._lark import LarkSent as LarkSent
 from ._run import open_bridge as open_bridge
 from ._wecom import InFlightLimit as InFlightLimit
 from ._wecom import WeComEmulator as WeComEmulator
@@ -16,6 +18,8 @@ from ._weixin import WeixinSentMessage as WeixinSentMessage
 __all__ = [
     "FakeConnector",
     "InFlightLimit",
+    "LarkEmulator",
+    "LarkSent",
     "WeComEmulator",
     "WeComSent",
     "HandlerTransport",

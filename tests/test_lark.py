@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import hypothesis.strategies as st
+import trio
+import trio.testing
+from hypothesis import given
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import lark
+from trio_chatbridge.testing import LarkEmulator, open_bridge
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+
+
+async def streamer(batch: cb.Batch, reply: cb.Reply) -> None:
+    async with reply.stream() as out:
+        for word in batch.text.split():
+            await out.write(word + " ")
+            await trio.sleep(0.6)
+
+
+@asynccontextmanager
+async def lark_bridge(
+    agent: cb.Agent = echo, emu: LarkEmulator | None = None, **options: Any
+) -> AsyncIterator[tuple[LarkEmulator, cb.Bridge]]:
+    async with trio.open_nursery() as nursery:
+        emulator = emu or LarkEmulator()
+        await nursery.start(emulator.run)
+        bridge = cb.Bridge(
+            [emulator.connector(**options.pop("connector_options", {}))],
+            agent,
+            store=options.pop("store", cb.MemoryStore()),
+            debounce=cb.Debounce(window=1.0),
+            backoff=cb.Backoff(initial=1.0, jitter=0.0),
+            **options,
+        )
+        async with open_bridge(bridge):
+            yield emulator, bridge
+        nursery.cancel_scope.cancel()
+
+
+def status(bridge: cb.Bridge) -> cb.ConnectorStatus:
+    return bridge.status()["lark:cli_emulator"]
+
+
+# -- the frame codec ---------------------------------------------------------------------------
+
+GO_PING = bytes.fromhex("08001000180720002a0c0a0474797065120470696e6732003a004a00")
+
+
+def test_codec_reads_the_go_sdk_ping_and_writes_the_python_one() -> None:
+    frame = lark.decode_frame(GO_PING)
+    assert (frame.service, frame.method, frame.headers) == (7, 0, (("type", "ping"),))
+    assert lark.encode_frame(frame) == GO_PING[: -len(bytes.fromhex("32003a004a00"))]
+
+
+frames = st.builds(
+    lark.Frame,
+    seq_id=st.integers(0, 2**64 - 1),
+    log_id=st.integers(0, 2**64 - 1),
+    service=st.integers(-(2**31), 2**31 - 1),
+    method=st.integers(0, 1),
+    headers=st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=5).map(tuple),
+    payload_encoding=st.text(max_size=5),
+    payload_type=st.text(max_size=5),
+    payload=st.none() | st.binary(max_size=200),
+    log_id_new=st.text(max_size=10),
+)
+
+
+@given(frames)
+def test_codec_round_trips(frame: lark.Frame) -> None:
+    assert lark.decode_frame(lark.encode_frame(frame)) == frame
+
+
+@given(st.binary(max_size=300))
+def test_codec_raises_only_protocol_errors_on_arbitrary_bytes(data: bytes) -> None:
+    try:
+        frame = lark.decode_frame(data)
+    except cb.ProtocolError:
+        return
+    assert lark.decode_frame(lark.encode_frame(frame)) == frame
+
+
+# -- the connection ----------------------------------------------------------------------------
+
+
+async def test_a_streamed_reply_is_one_message_edited_as_it_grows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge(streamer) as (emu, _):
+        asked = emu.user_says("ou_alice", "one two three four")
+        sent = await emu.next_sent()
+        await trio.sleep(10)
+    assert (sent.kind, sent.reply_to) == ("reply", asked)
+    assert emu.texts[sent.message_id] == "one two three four "
+    assert 1 <= emu.edits[sent.message_id] <= 3  # throttled to one edit a second, plus the last
+    assert len(emu.sent) == 1
+
+
+async def test_fragments_are_reassembled_and_acked_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge(emu=LarkEmulator(fragment_size=40)) as (emu, _):
+        emu.user_says("ou_bob", "a message long enough to need several fragments")
+        sent = await emu.next_sent()
+        await trio.sleep(5)
+    assert sent.text == "a message long enough to need several fragments"
+    assert emu.acks == [200]
+
+
+class SlowStore(cb.MemoryStore):
+    """The first journal write takes longer than Lark's 3 s: the ACK is late."""
+
+    slow = True
+
+    async def journal_add(self, messages: Sequence[cb.Message]) -> list[bool]:
+        if SlowStore.slow:
+            SlowStore.slow = False
+            await trio.sleep(4)
+        return await super().journal_add(messages)
+
+
+async def test_an_event_redelivered_after_a_late_ack_is_handled_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    runs: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        runs.extend(m.text for m in batch.messages)
+
+    SlowStore.slow = True
+    async with lark_bridge(agent, store=SlowStore()) as (emu, bridge):
+        emu.user_says("ou_carol", "just once")
+        await trio.sleep(20)
+        assert bridge.stats().duplicates == 1
+    assert runs == ["just once"]
+    assert emu.acks == [200, 200]
+
+
+async def test_groups_need_a_mention_and_the_mention_leaves_the_text(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[cb.Message] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(batch.messages)
+        await reply.send("ok")
+
+    async with lark_bridge(agent) as (emu, bridge):
+        emu.user_says("ou_dan", "chatter", chat="oc_team", mention_bot=False)
+        emu.user_says("ou_dan", "status?", chat="oc_team")
+        await emu.next_sent()
+        await trio.sleep(3)
+        assert bridge.stats().other["lark.filtered"] == 1
+    assert [m.text for m in seen] == ["status?"]
+    assert cb.Mention("ou_bot", "Bot") in seen[0].parts
+    assert seen[0].chat == cb.Chat("oc_team", "group")
+
+
+async def test_all_group_messages_when_configured(autojump_clock: trio.testing.MockClock) -> None:
+    options = {"connector_options": {"group_messages": "all"}}
+    async with lark_bridge(**options) as (emu, _):
+        emu.user_says("ou_erin", "no mention needed", chat="oc_team", mention_bot=False)
+        assert (await emu.next_sent()).text == "no mention needed"
+
+
+async def test_the_bots_own_messages_and_other_events(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events: list[str] = []
+
+    async def on_event(envelope: Any) -> None:
+        events.append(envelope["header"]["event_type"])
+
+    async with lark_bridge(connector_options={"on_event": on_event}) as (emu, bridge):
+        own = {
+            "schema": "2.0",
+            "header": {"event_id": "e1", "event_type": "im.message.receive_v1"},
+            "event": {
+                "sender": {"sender_id": {"open_id": "ou_bot"}, "sender_type": "app"},
+                "message": {
+                    "message_id": "om_x",
+                    "chat_id": "oc_p2p",
+                    "chat_type": "p2p",
+                    "message_type": "text",
+                    "content": '{"text": "me"}',
+                },
+            },
+        }
+        emu.push_event(own)
+        emu.push_event(
+            {
+                "schema": "2.0",
+                "header": {"event_id": "e2", "event_type": "im.chat.member.bot.added_v1"},
+            }
+        )
+        await trio.sleep(5)
+        assert bridge.stats().runs == 0
+    assert events == ["im.chat.member.bot.added_v1"]
+    assert emu.acks == [200, 200]
+
+
+async def test_pings_start_at_once_and_pong_config_applies_live(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator(ping_interval=100)
+    emu.pong_config = {"PingInterval": 10}
+    async with lark_bridge(emu=emu) as (_, bridge):
+        await trio.sleep(35)
+        assert bridge.connectors[0].config.ping_interval == 10  # type: ignore[attr-defined]
+    assert emu.pings == 4  # at 0 (then 10 s, from the first pong on), 10, 20, 30
+
+
+async def test_a_silent_link_is_dropped_and_reconnected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator(ping_interval=10)
+    async with lark_bridge(emu=emu, connector_options={"ping_grace": 5}) as (_, bridge):
+        emu.silent = True
+        await trio.sleep(20)  # 10 s interval + 5 s grace without a frame
+        emu.silent = False
+        await trio.sleep(5)
+        assert emu.connections == 2
+        assert "no frame for 15 s" in (status(bridge).last_error or "")
+        emu.user_says("ou_finn", "back")
+        assert (await emu.next_sent()).text == "back"
+
+
+async def test_the_connection_limit_is_fatal(autojump_clock: trio.testing.MockClock) -> None:
+    async with lark_bridge(emu=LarkEmulator(connection_limit=1)) as (emu, _):
+        second = cb.Bridge([emu.connector()], echo, store=cb.MemoryStore())
+        async with open_bridge(second):
+            pass
+        state = second.status()["lark:cli_emulator"]
+    assert state.state == "failed"
+    assert "maximum of connections" in (state.detail or "")
+
+
+async def test_bad_credentials_are_fatal_and_busy_is_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    emu.fail("/callback/ws/endpoint", 200, {"code": 1, "msg": "system busy"}, times=2)
+    async with lark_bridge(emu=emu) as (_, bridge):
+        assert bridge.stats().reconnects == 2
+        wrong = cb.Bridge([emu.connector(app_secret="nope")], echo, store=cb.MemoryStore())
+        async with open_bridge(wrong):
+            pass
+    detail = wrong.status()["lark:cli_emulator"].detail or ""
+    assert "endpoint discovery refused" in detail and "app id and secret" in detail
+
+
+async def test_expired_token_and_rate_limits_are_handled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge() as (emu, _):
+        emu.user_says("ou_gina", "first")
+        await emu.next_sent()
+        emu.expire_token()
+        emu.fail("/reply", 429, {"code": 99991400, "msg": "too many requests"}, times=2)
+        emu.user_says("ou_gina", "second")
+        assert (await emu.next_sent()).text == "second"
+
+
+async def test_malformed_frames_are_counted_and_survived(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge() as (emu, bridge):
+        await trio.sleep(1)
+        emu.push_raw(b"\xff\xff\xff")
+        emu.push_raw(
+            lark.encode_frame(
+                lark.Frame(method=1, headers=(("type", "event"),), payload=b"{not json")
+            )
+        )
+        emu.push_raw("a text frame")
+        emu.user_says("ou_hank", "fine")
+        assert (await emu.next_sent()).text == "fine"
+        assert bridge.stats().protocol_errors == 2
+        assert bridge.stats().other["lark.text_frames_ignored"] == 1
+        assert bridge.stats().reconnects == 0
+
+
+async def test_end_to_end_over_loopback() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            emu = await nursery.start(LarkEmulator().serve)
+            bridge = cb.Bridge(
+                [emu.connector()], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
+            )
+            async with open_bridge(bridge):
+                emu.user_says("ou_ivy", "over real sockets")
+                sent = await emu.next_sent()
+            nursery.cancel_scope.cancel()
+    assert sent.text == "over real sockets"
+
+
+def test_handshake_classification() -> None:
+    from trio_websocket import ConnectionRejected
+
+    def rejected(status: int, **headers: str) -> Exception:
+        raw = tuple((k.replace("_", "-").encode(), v.encode()) for k, v in headers.items())
+        return lark.classify_handshake(ConnectionRejected(status, raw, None))
+
+    limit = rejected(514, Handshake_Status="514", Handshake_Autherrcode="1000040350")
+    assert isinstance(limit, cb.FatalConnectorError)
+    assert isinstance(rejected(403, Handshake_Status="403"), cb.FatalConnectorError)
+    transient = rejected(514, Handshake_Status="514", Handshake_Autherrcode="123")
+    assert isinstance(transient, cb.ConnectorError)
+    assert isinstance(rejected(502), cb.ConnectorError)

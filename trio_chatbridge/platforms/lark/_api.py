@@ -1,0 +1,246 @@
+"""The Lark open API over httpx: endpoint discovery, the tenant token, messages [A1, A9].
+
+The tenant access token is cached until a minute before it expires, on Trio's clock, and
+dropped at once when the API calls it expired or invalid (then the call is made once more).
+Rate-limit answers (HTTP 429, code 230020, 99991400) are retried with exponential backoff.
+Every error carries the platform's code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import httpx
+import trio
+
+from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, ProtocolError
+
+log = logging.getLogger("trio_chatbridge.lark.api")
+
+FEISHU: Final = "https://open.feishu.cn"
+LARK: Final = "https://open.larksuite.com"
+TOKEN_MARGIN: Final = 60.0  # seconds before expiry a token is renewed
+API_TIMEOUT: Final = 10.0  # seconds per call
+RATE_LIMIT_RETRIES: Final = 4
+TOKEN_EXPIRED: Final = frozenset({99991663, 99991664})
+RATE_LIMITED: Final = frozenset({230020, 99991400})
+# endpoint discovery codes [A1]
+SYSTEM_BUSY: Final = 1
+INTERNAL_ERROR: Final = 1000040343
+
+
+class LarkError(ChatBridgeError):
+    """The open API answered with a non-zero ``code``."""
+
+    def __init__(self, what: str, code: int, msg: str) -> None:
+        self.code = code
+        self.msg = msg
+        super().__init__(f"Lark {what} failed: code={code} msg={msg!r}")
+
+
+@attrs.frozen
+class ClientConfig:
+    """Connection settings the server sends (seconds) [A1, A5]."""
+
+    ping_interval: float = 120.0
+    reconnect_count: int = -1
+    reconnect_interval: float = 120.0
+    reconnect_nonce: float = 30.0
+
+    @classmethod
+    def merge(cls, base: ClientConfig, data: Any) -> ClientConfig:
+        """``base`` with whatever positive values ``data`` (PascalCase keys) carries."""
+        if not isinstance(data, Mapping):
+            return base
+        changes: dict[str, Any] = {}
+        for key, name in (
+            ("PingInterval", "ping_interval"),
+            ("ReconnectInterval", "reconnect_interval"),
+            ("ReconnectNonce", "reconnect_nonce"),
+        ):
+            value = data.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                changes[name] = float(value)
+        count = data.get("ReconnectCount")
+        if isinstance(count, int) and not isinstance(count, bool):
+            changes["reconnect_count"] = count
+        return attrs.evolve(base, **changes)
+
+
+class OpenAPI:
+    """Calls of the open API for one app. Never shows the secret or the token."""
+
+    def __init__(
+        self,
+        app_id: str,
+        app_secret: str,
+        *,
+        domain: str = FEISHU,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.app_id = app_id
+        self._secret = app_secret
+        self.domain = domain.rstrip("/")
+        self.http = httpx.AsyncClient(transport=transport, timeout=API_TIMEOUT + 5)
+        self._token: str | None = None
+        self._token_until = 0.0
+        self._token_lock = trio.Lock()
+
+    def __repr__(self) -> str:
+        return f"lark.OpenAPI(app_id={self.app_id!r})"
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _post_json(
+        self, path: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> Any:
+        try:
+            with trio.fail_after(API_TIMEOUT):
+                response = await self.http.post(
+                    self.domain + path, json=dict(body), headers=dict(headers)
+                )
+        except (httpx.HTTPError, trio.TooSlowError) as exc:
+            raise ConnectorError(f"Lark {path}: {type(exc).__name__}: {exc}") from exc
+        return response
+
+    async def endpoint(self) -> tuple[str, ClientConfig]:
+        """The WebSocket URL and client config for a new connection [A1].
+
+        Retryable failures raise :class:`ConnectorError`; a refusal that retrying cannot fix
+        (bad credentials) raises :class:`FatalConnectorError`.
+        """
+        response = await self._post_json(
+            "/callback/ws/endpoint",
+            {"AppID": self.app_id, "AppSecret": self._secret},
+            {"locale": "zh"},
+        )
+        if response.status_code != 200:
+            raise ConnectorError(f"Lark endpoint discovery: HTTP {response.status_code}")
+        data = _object(response, "endpoint discovery")
+        code = data.get("code")
+        if code in (SYSTEM_BUSY, INTERNAL_ERROR):
+            raise ConnectorError(f"Lark endpoint discovery: server busy (code {code})")
+        if code != 0:
+            raise FatalConnectorError(
+                f"Lark app {self.app_id}: endpoint discovery refused (code={code}, "
+                f"msg={data.get('msg')!r}): check the app id and secret, and that the app uses "
+                "the long connection for events"
+            )
+        payload = data.get("data")
+        if not isinstance(payload, dict):
+            payload = {}
+        url = payload.get("URL")
+        if not isinstance(url, str) or not url:
+            raise ConnectorError("Lark endpoint discovery gave no URL")
+        return url, ClientConfig.merge(ClientConfig(), payload.get("ClientConfig"))
+
+    async def token(self) -> str:
+        """The tenant access token, fetched when missing or within a minute of expiry."""
+        async with self._token_lock:
+            if self._token is None or trio.current_time() >= self._token_until:
+                response = await self._post_json(
+                    "/open-apis/auth/v3/tenant_access_token/internal",
+                    {"app_id": self.app_id, "app_secret": self._secret},
+                    {},
+                )
+                data = _object(response, "tenant_access_token")
+                if data.get("code") != 0 or not isinstance(data.get("tenant_access_token"), str):
+                    raise LarkError("tenant_access_token", _code(data), str(data.get("msg")))
+                expire = data.get("expire")
+                if not isinstance(expire, int):
+                    expire = 7200
+                self._token = data["tenant_access_token"]
+                self._token_until = trio.current_time() + max(expire - TOKEN_MARGIN, TOKEN_MARGIN)
+            assert self._token is not None
+            return self._token
+
+    async def call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, whole: bool = False
+    ) -> Any:
+        """An authenticated call; returns ``data`` (``whole``: the whole answer, for the few
+        calls that answer outside ``data``). Token expiry and rate limits are handled."""
+        delay = 0.5
+        renewed = False
+        attempt = 0
+        while True:
+            token = await self.token()
+            try:
+                with trio.fail_after(API_TIMEOUT):
+                    response = await self.http.request(
+                        method,
+                        self.domain + path,
+                        json=None if body is None else dict(body),
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+            except (httpx.HTTPError, trio.TooSlowError) as exc:
+                raise ConnectorError(f"Lark {method} {path}: {type(exc).__name__}: {exc}") from exc
+            data = _object(response, path) if response.content else {}
+            code = _code(data) if data else (0 if response.is_success else response.status_code)
+            if code in TOKEN_EXPIRED and not renewed:
+                self._token, renewed = None, True
+                continue
+            if (
+                response.status_code == 429 or code in RATE_LIMITED
+            ) and attempt < RATE_LIMIT_RETRIES:
+                attempt += 1
+                log.info("Lark rate limit on %s: retrying in %.1f s", path, delay)
+                await trio.sleep(delay)
+                delay *= 2
+                continue
+            if code != 0:
+                raise LarkError(
+                    f"{method} {path}", code, str(data.get("msg", response.reason_phrase))
+                )
+            return data if whole else data.get("data", {})
+
+    async def reply(self, message_id: str, text: str) -> str:
+        """Reply to a message with text; returns the new message's id."""
+        data = await self.call(
+            "POST",
+            f"/open-apis/im/v1/messages/{message_id}/reply",
+            {"msg_type": "text", "content": json.dumps({"text": text}, ensure_ascii=False)},
+        )
+        return str(data.get("message_id", ""))
+
+    async def send(self, chat_id: str, text: str) -> str:
+        """Send text to a chat; returns the new message's id."""
+        data = await self.call(
+            "POST",
+            "/open-apis/im/v1/messages?receive_id_type=chat_id",
+            {
+                "receive_id": chat_id,
+                "msg_type": "text",
+                "content": json.dumps({"text": text}, ensure_ascii=False),
+            },
+        )
+        return str(data.get("message_id", ""))
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """Replace a sent text message's content (what a streamed reply does as it grows)."""
+        await self.call(
+            "PUT",
+            f"/open-apis/im/v1/messages/{message_id}",
+            {"msg_type": "text", "content": json.dumps({"text": text}, ensure_ascii=False)},
+        )
+
+
+def _object(response: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(
+            f"Lark {what} answered with invalid JSON (HTTP {response.status_code})"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"Lark {what} answered with {type(data).__name__}, not an object")
+    return data
+
+
+def _code(data: Mapping[str, Any]) -> int:
+    code = data.get("code")
+    return code if isinstance(code, int) and not isinstance(code, bool) else -1

@@ -1,0 +1,424 @@
+"""Lark/Feishu bots over the event long connection, replies through the open API [A].
+
+Better than the official SDKs [A5, A1]: a read watchdog (no frame for a ping interval plus a
+grace ends the connection), timeouts on endpoint discovery, pong-carried config applied live,
+handshake errors classified (the connection limit and a banned app are fatal), and the ACK of
+an event sent only once the inbox has it, well inside the platform's 3 s, never after the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import httpx
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from ... import _connector as base
+from ..._errors import ConnectorError, FatalConnectorError, ProtocolError, SendError
+from ..._messages import Message
+from . import _frames as fr
+from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
+from ._convert import MESSAGE_EVENT, PLATFORM, to_message
+
+log = logging.getLogger("trio_chatbridge.lark")
+
+PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent link is dead
+FRAGMENT_TTL: Final = 5.0  # seconds a partial message waits for its other fragments [A6]
+STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
+EXCEED_CONN_LIMIT: Final = 1000040350
+AUTH_FAILED: Final = 514
+FORBIDDEN: Final = 403
+# reply is impossible for these: send to the chat instead [A9]
+REPLY_FALLBACK: Final = frozenset({230011, 230019, 230050, 230071, 230072, 230111})
+
+ExcT = TypeVar("ExcT", bound=BaseException)
+OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
+EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
+    return open_websocket_url(
+        url, connect_timeout=15, disconnect_timeout=5, max_message_size=fr.MAX_FRAME_BYTES
+    )
+
+
+@attrs.define
+class _Partial:
+    parts: list[bytes | None]
+    expires: float
+
+
+def classify_handshake(exc: ConnectionRejected) -> Exception:
+    """The error a rejected upgrade means: fatal for the connection limit and a ban [A2]."""
+    headers = {k.decode().lower(): v.decode(errors="replace") for k, v in exc.headers}
+    status = headers.get("handshake-status") or str(exc.status_code)
+    auth = headers.get("handshake-autherrcode", "")
+    msg = headers.get("handshake-msg", "")
+    if status == str(AUTH_FAILED) and auth == str(EXCEED_CONN_LIMIT):
+        return FatalConnectorError(
+            "Lark refused the connection: the app has its maximum of connections "
+            f"(autherrcode {EXCEED_CONN_LIMIT}); stop other instances of this bot"
+        )
+    if status == str(FORBIDDEN):
+        return FatalConnectorError(f"Lark refused the connection: app forbidden (403 {msg!r})")
+    return ConnectorError(f"Lark refused the connection: status {status}, {auth} {msg!r}")
+
+
+class LongConnection(base.Connector):
+    """A Lark/Feishu app's bot: events over the long connection, replies over the open API.
+
+    Group messages are handled only when they @-mention the bot, unless
+    ``group_messages="all"``; the bot's own messages are ignored. Other event types go to
+    ``on_event(envelope)``.
+    """
+
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        app_secret: str,
+        domain: str = FEISHU,
+        bot_open_id: str | None = None,
+        group_messages: Literal["mentioned", "all"] = "mentioned",
+        on_event: EventHandler | None = None,
+        ping_grace: float = PING_GRACE,
+        stream_interval: float = STREAM_INTERVAL,
+        transport: httpx.AsyncBaseTransport | None = None,
+        open_websocket: OpenWebSocket = _open_websocket,
+    ) -> None:
+        self.account = app_id
+        self.api = OpenAPI(app_id, app_secret, domain=domain, transport=transport)
+        self.bot_open_id = bot_open_id
+        self.group_messages = group_messages
+        self.on_event = on_event
+        self.ping_grace = ping_grace
+        self.stream_interval = stream_interval
+        self.config = ClientConfig()
+        self._open_websocket = open_websocket
+        self._fragments: dict[str, _Partial] = {}
+        self._write_lock = trio.Lock()
+        self._config_changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"lark.LongConnection(app_id={self.account!r})"
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        url, self.config = await self.api.endpoint()
+        if self.bot_open_id is None and self.group_messages == "mentioned":
+            info = await self._bot_info()
+            self.bot_open_id = info
+        service = _service_id(url)
+        try:
+            async with self._open_websocket(url) as ws:
+                events_in, events_out = trio.open_memory_channel[fr.Frame](math.inf)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._events, ws, events_out, nursery)
+                    nursery.start_soon(self._ping, ws, service)
+                    task_status.started()
+                    await self._read(ws, events_in)
+        except (HandshakeError, OSError, BaseExceptionGroup) as exc:
+            rejected = _find(exc, ConnectionRejected)
+            if rejected is not None:
+                raise classify_handshake(rejected) from exc
+            if isinstance(exc, BaseExceptionGroup) and _find(exc, HandshakeError) is None:
+                raise
+            raise ConnectorError(f"Lark app {self.account}: cannot connect: {exc!r}") from exc
+
+    async def _bot_info(self) -> str | None:
+        try:
+            data = await self.api.call("GET", "/open-apis/bot/v3/info", whole=True)
+        except LarkError as exc:
+            log.warning(
+                "Lark app %s: bot info unavailable (%s): groups need bot_open_id", self.account, exc
+            )
+            return None
+        bot = (
+            data.get("bot")
+            if isinstance(data, dict) and isinstance(data.get("bot"), dict)
+            else data
+        )
+        open_id = bot.get("open_id") if isinstance(bot, dict) else None
+        return open_id if isinstance(open_id, str) else None
+
+    async def _send(self, ws: WebSocketConnection, frame: fr.Frame) -> None:
+        async with self._write_lock:
+            await ws.send_message(fr.encode(frame))
+
+    async def _ping(self, ws: WebSocketConnection, service: int) -> None:
+        """Ping at once, then every ``PingInterval``; a pong that changes it re-arms the wait."""
+        ping = fr.Frame(service=service, method=fr.CONTROL, headers=(("type", "ping"),))
+        while True:
+            try:
+                await self._send(ws, ping)
+            except ConnectionClosed:
+                return  # the reader reports the closed socket
+            sent_at = trio.current_time()
+            while True:
+                self._config_changed = trio.Event()
+                with trio.move_on_at(sent_at + self.config.ping_interval) as wait:
+                    await self._config_changed.wait()
+                if wait.cancelled_caught:
+                    break
+
+    async def _read(
+        self, ws: WebSocketConnection, events: trio.MemorySendChannel[fr.Frame]
+    ) -> None:
+        """The receive loop: control frames answered here, data frames handed to a worker."""
+        while True:
+            silence = self.config.ping_interval + self.ping_grace
+            with trio.move_on_after(silence):
+                try:
+                    data = await ws.get_message()
+                except ConnectionClosed as exc:
+                    raise ConnectorError(
+                        f"Lark app {self.account}: socket closed ({exc.reason})"
+                    ) from exc
+                await self._frame(ws, data, events)
+                continue
+            raise ConnectorError(f"Lark app {self.account}: no frame for {silence:.0f} s")
+
+    async def _frame(
+        self, ws: WebSocketConnection, data: str | bytes, events: trio.MemorySendChannel[fr.Frame]
+    ) -> None:
+        if isinstance(data, str):
+            self.ctx.count("text_frames_ignored")
+            return
+        try:
+            frame = fr.decode(data)
+        except ProtocolError as exc:
+            self.ctx.count("protocol_errors")
+            log.warning("Lark app %s: bad frame skipped: %s", self.account, exc)
+            return
+        kind = frame.header("type")
+        if frame.method == fr.CONTROL:
+            if kind == "pong" and frame.payload:
+                try:
+                    self.config = ClientConfig.merge(self.config, json.loads(frame.payload))
+                except ValueError:
+                    self.ctx.count("protocol_errors")
+                self._config_changed.set()
+            elif kind == "ping":
+                await self._send(ws, attrs.evolve(frame, headers=(("type", "pong"),), payload=None))
+            return
+        complete = self._reassemble(frame)
+        if complete is not None:
+            events.send_nowait(complete)
+
+    def _reassemble(self, frame: fr.Frame) -> fr.Frame | None:
+        """The whole frame once every fragment is in; None while some are missing [A6]."""
+        try:
+            total = int(frame.header("sum") or "1")
+            index = int(frame.header("seq") or "0")
+        except ValueError:
+            self.ctx.count("protocol_errors")
+            return None
+        if total <= 1:
+            return frame
+        key = frame.header("message_id") or ""
+        now = trio.current_time()
+        for stale in [k for k, p in self._fragments.items() if p.expires <= now]:
+            del self._fragments[stale]
+            self.ctx.count("fragments_expired")
+        if not 0 <= index < total or total > 1000:
+            self.ctx.count("protocol_errors")
+            return None
+        partial = self._fragments.setdefault(key, _Partial([None] * total, now))
+        if len(partial.parts) != total:
+            self.ctx.count("protocol_errors")
+            return None
+        partial.parts[index] = frame.payload or b""
+        partial.expires = now + FRAGMENT_TTL
+        if any(part is None for part in partial.parts):
+            return None
+        del self._fragments[key]
+        return attrs.evolve(frame, payload=b"".join(p or b"" for p in partial.parts))
+
+    async def _events(
+        self,
+        ws: WebSocketConnection,
+        frames: trio.MemoryReceiveChannel[fr.Frame],
+        nursery: trio.Nursery,
+    ) -> None:
+        """Off the receive loop: each event into the inbox, then its ACK."""
+        async for frame in frames:
+            started = time.perf_counter()
+            code = 200
+            if frame.header("type") == "event":
+                code = await self._event(frame.payload or b"", nursery)
+            ack = frame.with_header("biz_rt", str(int((time.perf_counter() - started) * 1000)))
+            await self._send(ws, attrs.evolve(ack, payload=json.dumps({"code": code}).encode()))
+
+    async def _event(self, payload: bytes, nursery: trio.Nursery) -> int:
+        try:
+            envelope = json.loads(payload)
+            if not isinstance(envelope, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            self.ctx.count("protocol_errors")
+            log.warning(
+                "Lark app %s: event is not JSON (%s): acknowledged, dropped", self.account, exc
+            )
+            return 200  # a retry would bring the same bytes: don't ask for one
+        header = envelope.get("header")
+        if not isinstance(header, dict) or header.get("event_type") != MESSAGE_EVENT:
+            self.ctx.count("other_events")
+            if self.on_event is not None:
+                nursery.start_soon(self._user_event, envelope)
+            return 200
+        try:
+            message = to_message(self.account, envelope, self.bot_open_id)
+        except ProtocolError as exc:
+            self.ctx.count("protocol_errors")
+            log.warning("Lark app %s: bad message event: %s", self.account, exc)
+            return 200
+        if message is None or not self._wanted(message):
+            self.ctx.count("filtered")
+            return 200
+        await self.ctx.put([message])
+        return 200
+
+    def _wanted(self, message: Message) -> bool:
+        if message.sender.is_bot:
+            return False
+        if message.chat.kind == "group" and self.group_messages == "mentioned":
+            return bool(message.reply_handle.get("addressed"))
+        return True
+
+    async def _user_event(self, envelope: Mapping[str, Any]) -> None:
+        assert self.on_event is not None
+        try:
+            await self.on_event(envelope)
+        except Exception:
+            self.ctx.count("event_failures")
+            log.exception("Lark app %s: on_event failed", self.account)
+
+    # -- replying ----------------------------------------------------------------------------
+
+    async def send(self, target: Message, text: str) -> None:
+        """Reply to ``target`` (or, where a reply is impossible, send to its chat)."""
+        await self._post(target, text)
+
+    async def _post(self, target: Message, text: str) -> str:
+        try:
+            try:
+                return await self.api.reply(target.reply_handle["message_id"], text)
+            except LarkError as exc:
+                if exc.code not in REPLY_FALLBACK:
+                    raise
+                return await self.api.send(target.reply_handle["chat_id"], text)
+        except (LarkError, ConnectorError, ProtocolError) as exc:
+            raise SendError(f"Lark app {self.account}: reply failed: {exc}") from exc
+
+    def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
+        """Send one message at the first write, edit it as the text grows (throttled), and
+        a final edit at the end."""
+        return self._stream(target)
+
+    @asynccontextmanager
+    async def _stream(self, target: Message) -> AsyncIterator[base.ReplyStream]:
+        out = _EditedStream(self, target)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(out.pump)
+            try:
+                yield out
+            finally:
+                try:
+                    with trio.CancelScope(shield=True), trio.move_on_after(30):
+                        await out.finish()
+                finally:
+                    nursery.cancel_scope.cancel()
+
+
+class _EditedStream(base.ReplyStream):
+    def __init__(self, connector: LongConnection, target: Message) -> None:
+        self._connector = connector
+        self._target = target
+        self._pieces: list[str] = []
+        self._shown = ""
+        self.message_id: str | None = None
+        self._dirty = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.edits = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    async def write(self, text: str) -> None:
+        self._pieces.append(text)
+        self._dirty.set()
+        await trio.lowlevel.checkpoint()
+
+    async def pump(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            self._idle = trio.Event()
+            try:
+                await self._show(self.text)
+            except SendError as exc:
+                log.info("Lark stream update not delivered (the final one follows): %s", exc)
+            finally:
+                self._idle.set()
+            await trio.sleep(self._connector.stream_interval)
+
+    async def finish(self) -> None:
+        await self._idle.wait()
+        if self.text:
+            await self._show(self.text)
+
+    async def _show(self, text: str) -> None:
+        if text == self._shown or not text:
+            return
+        if self.message_id is None:
+            self.message_id = await self._connector._post(self._target, text)
+        else:
+            try:
+                await self._connector.api.edit(self.message_id, text)
+            except (LarkError, ConnectorError, ProtocolError) as exc:
+                raise SendError(f"Lark app {self._connector.account}: edit failed: {exc}") from exc
+            self.edits += 1
+        self._shown = text
+
+
+def _find(exc: BaseException, kind: type[ExcT]) -> ExcT | None:
+    """``exc`` itself, or the first error of that kind inside an exception group."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def _service_id(url: str) -> int:
+    values = parse_qs(urlsplit(url).query).get("service_id", ["0"])
+    try:
+        return int(values[-1])
+    except ValueError:
+        return 0

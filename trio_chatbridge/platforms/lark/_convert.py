@@ -1,0 +1,128 @@
+"""From ``im.message.receive_v1`` events to the bridge's :class:`Message` [A8]."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..._errors import ProtocolError
+from ..._messages import Chat, File, Image, Media, Mention, Message, Part, Sender, Text, Voice
+
+PLATFORM: Final = "lark"
+MESSAGE_EVENT: Final = "im.message.receive_v1"
+
+
+def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _post_text(content: Mapping[str, Any]) -> str:
+    """A rich-text post flattened to lines of text (any locale, title first)."""
+    body = content
+    if "content" not in body:  # {"zh_cn": {...}} or {"en_us": {...}}
+        body = next((v for v in content.values() if isinstance(v, Mapping)), {})
+    lines = [_str(body, "title") or ""]
+    for paragraph in body.get("content") or []:
+        if isinstance(paragraph, list):
+            lines.append(
+                "".join(
+                    str(el.get("text") or el.get("user_name") or "")
+                    for el in paragraph
+                    if isinstance(el, Mapping)
+                )
+            )
+    return "\n".join(line for line in lines if line)
+
+
+def to_message(
+    account: str, envelope: Mapping[str, Any], bot_open_id: str | None
+) -> Message | None:
+    """The message in an event envelope (``None`` for the bot's own), with mentions resolved.
+
+    ``@_user_N`` placeholders become ``@Name``; the bot's own mention is removed from the text
+    and kept as a :class:`Mention`, and ``reply_handle["addressed"]`` says whether the bot was
+    mentioned (the group filter reads it).
+    """
+    event = _obj(envelope, "event")
+    message = _obj(event, "message")
+    sender = _obj(event, "sender")
+    message_id = _str(message, "message_id")
+    chat_id = _str(message, "chat_id")
+    if not message_id or not chat_id:
+        raise ProtocolError("message event without message_id or chat_id")
+    sender_id = _obj(sender, "sender_id")
+    user = _str(sender_id, "open_id") or _str(sender_id, "union_id") or _str(sender_id, "user_id")
+    if not user:
+        raise ProtocolError("message event without a sender id")
+    try:
+        content = json.loads(_str(message, "content") or "{}")
+    except ValueError as exc:
+        raise ProtocolError("message content is not JSON") from exc
+    if not isinstance(content, Mapping):
+        content = {}
+    parts: list[Part] = []
+    addressed = False
+    mentions = [m for m in message.get("mentions") or [] if isinstance(m, Mapping)]
+    msgtype = _str(message, "message_type")
+    text = (
+        content.get("text")
+        if msgtype == "text"
+        else _post_text(content)
+        if msgtype == "post"
+        else None
+    )
+    if isinstance(text, str):
+        for mention in sorted(mentions, key=lambda m: -len(str(m.get("key", "")))):
+            key, name = str(mention.get("key", "")), str(mention.get("name", ""))
+            open_id = _str(_obj(mention, "id"), "open_id") or ""
+            if bot_open_id and open_id == bot_open_id:
+                addressed = True
+                text = text.replace(key + " ", "").replace(key, "")
+            else:
+                text = text.replace(key, f"@{name}")
+            parts.append(Mention(open_id, name or None))
+        parts.append(Text(text.strip()))
+    elif msgtype == "image":
+        parts.append(
+            Image(Media("image", ref={"message_id": message_id, "key": content.get("image_key")}))
+        )
+    elif msgtype == "file":
+        parts.append(
+            File(
+                Media(
+                    "file",
+                    name=_str(content, "file_name"),
+                    ref={"message_id": message_id, "key": content.get("file_key")},
+                )
+            )
+        )
+    elif msgtype == "audio":
+        parts.append(
+            Voice(Media("voice", ref={"message_id": message_id, "key": content.get("file_key")}))
+        )
+    chat_type = _str(message, "chat_type")
+    created = _str(message, "create_time")
+    header = _obj(envelope, "header")
+    return Message(
+        platform=PLATFORM,
+        account=account,
+        id=message_id,
+        chat=Chat(chat_id, "group" if chat_type == "group" else "direct"),
+        sender=Sender(user, is_bot=_str(sender, "sender_type") not in (None, "user")),
+        parts=parts,
+        timestamp=int(created) / 1000 if created and created.isdigit() else 0.0,
+        reply_handle={
+            "message_id": message_id,
+            "chat_id": chat_id,
+            "event_id": _str(header, "event_id") or "",
+            "addressed": addressed,
+        },
+        raw=dict(envelope),
+    )
