@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 from .core import BENCHMARKS as CORE
+from .lark import BENCHMARKS as LARK
 from .wecom import BENCHMARKS as WECOM
 from .weixin import BENCHMARKS as WEIXIN
 
-ALL = {**CORE, **WEIXIN, **WECOM}
+ALL = {**CORE, **WEIXIN, **WECOM, **LARK}
 
 
 def main(names: list[str]) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -315,3 +316,98 @@ def test_handshake_classification() -> None:
     transient = rejected(514, Handshake_Status="514", Handshake_Autherrcode="123")
     assert isinstance(transient, cb.ConnectorError)
     assert isinstance(rejected(502), cb.ConnectorError)
+
+
+async def test_the_tenant_token_is_cached_until_shortly_before_it_expires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge() as (emu, bridge):
+        for text in ("one", "two"):
+            emu.user_says("ou_jo", text)
+            await emu.next_sent()
+            await trio.sleep(5)
+        assert emu.token_fetches == 1  # one token for the bot info and both replies
+        api = bridge.connectors[0].api  # type: ignore[attr-defined]
+        first = await api.token()
+        await trio.sleep(7200 - 60 - 20)
+        assert await api.token() == first  # still cached
+        emu.expire_token()
+        await trio.sleep(30)  # now within a minute of the 2 h expiry: fetched anew
+        assert await api.token() != first
+
+
+async def test_each_event_goes_to_one_of_several_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handled: dict[str, list[str]] = {"a": [], "b": []}
+
+    def agent_for(name: str) -> cb.Agent:
+        async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+            handled[name].extend(m.text for m in batch.messages)
+
+        return agent
+
+    async with lark_bridge(agent_for("a")) as (emu, _):
+        other = cb.Bridge(
+            [emu.connector()],
+            agent_for("b"),
+            store=cb.MemoryStore(),
+            debounce=cb.Debounce(window=1.0),
+        )
+        async with open_bridge(other):
+            for i in range(6):
+                emu.user_says(f"ou_user{i}", f"event {i}")
+            await trio.sleep(10)
+    assert sorted(handled["a"] + handled["b"]) == [f"event {i}" for i in range(6)]
+    assert handled["a"] and handled["b"]  # both connections got some, none got all
+    assert emu.acks == [200] * 6
+
+
+async def test_emulate_lark_serves_an_admin_api() -> None:
+    import httpx
+
+    from trio_chatbridge.testing._emulate import emulate
+
+    lines: list[str] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            emu = await nursery.start(
+                lambda task_status: emulate("lark", out=lines.append, task_status=task_status)
+            )
+            info = json.loads(lines[0])
+            connector = lark.LongConnection(
+                app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
+            )
+            bridge = cb.Bridge(
+                [connector], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
+            )
+            async with open_bridge(bridge), httpx.AsyncClient() as http:
+                said = await http.post(
+                    info["admin_url"] + "/messages", json={"user": "ou_kim", "text": "from outside"}
+                )
+                assert said.status_code == 200
+                await emu.next_sent()
+                sent = (await http.get(info["admin_url"] + "/sent")).json()
+            nursery.cancel_scope.cancel()
+    assert [(s["kind"], s["text"]) for s in sent] == [("reply", "from outside")]
+
+
+@given(frames)
+def test_the_pure_codec_and_the_protobuf_runtime_agree(frame: lark.Frame) -> None:
+    from trio_chatbridge.platforms.lark import _frames
+
+    assert _frames.USING_PROTOBUF  # the test extra installs protobuf
+    data = _frames.encode_pure(frame)
+    assert lark.encode_frame(frame) == data
+    assert lark.decode_frame(data) == _frames.decode_pure(data) == frame
+
+
+@given(st.binary(max_size=300))
+def test_the_pure_codec_raises_only_protocol_errors(data: bytes) -> None:
+    from trio_chatbridge.platforms.lark import _frames
+
+    try:
+        frame = _frames.decode_pure(data)
+    except cb.ProtocolError:
+        return
+    assert _frames.decode_pure(_frames.encode_pure(frame)) == frame

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "emulate",
         help="run a platform emulator on loopback; prints one JSON line with its URLs first",
     )
-    emulate.add_argument("platform", choices=["weixin", "wecom"])
+    emulate.add_argument("platform", choices=["weixin", "wecom", "lark"])
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=0, help="0 picks a free port")
     login = commands.add_parser(

@@ -9,10 +9,11 @@ from typing import Any, Final
 import trio
 
 from .._errors import ConfigurationError
+from ._lark import LarkEmulator
 from ._wecom import WeComEmulator
 from ._weixin import WeixinEmulator
 
-EMULATORS: Final = {"weixin": WeixinEmulator, "wecom": WeComEmulator}
+EMULATORS: Final = {"weixin": WeixinEmulator, "wecom": WeComEmulator, "lark": LarkEmulator}
 
 
 async def emulate(

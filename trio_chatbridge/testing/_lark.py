@@ -108,6 +108,7 @@ class LarkEmulator:
         self.acks: list[int] = []
         """The ``code`` of every ACK, in order."""
         self.pings = 0
+        self.token_fetches = 0
         self.connections = 0
         self._live: list[_Conn] = []
         self._turn = itertools.count()
@@ -402,6 +403,7 @@ class LarkEmulator:
         if path == "/open-apis/auth/v3/tenant_access_token/internal":
             if body.get("app_id") != self.app_id or body.get("app_secret") != self.app_secret:
                 return json_response({"code": 10014, "msg": "app secret invalid"})
+            self.token_fetches += 1
             return json_response(
                 {"code": 0, "msg": "ok", "tenant_access_token": self._token, "expire": 7200}
             )

@@ -1,0 +1,199 @@
+"""Lark benchmarks: the frame codec against the protobuf runtime, and inbound events.
+
+The emulator runs in its own process (``python -m trio_chatbridge emulate lark``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import timeit
+from typing import Any
+
+import httpx
+import trio
+from trio_websocket import open_websocket_url
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import lark
+from trio_chatbridge.platforms.lark import _frames
+
+from ._util import REPEAT, emulator_process, peak_rss_mib, report
+
+EVENTS = 5_000  # pushed at once: well inside the 3 s ACK deadline for both loops
+CODEC_ROUNDS = 20_000
+
+
+def _protobuf_frame_class() -> Any:
+    """``pbbp2.Frame`` built from a descriptor at run time (no protoc, no generated file)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="pbbp2_bench.proto", package="pbbp2bench")
+    header = fdp.message_type.add(name="Header")
+    req = descriptor_pb2.FieldDescriptorProto.LABEL_REQUIRED
+    opt = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    rep = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+    t = descriptor_pb2.FieldDescriptorProto
+    header.field.add(name="key", number=1, label=req, type=t.TYPE_STRING)
+    header.field.add(name="value", number=2, label=req, type=t.TYPE_STRING)
+    frame = fdp.message_type.add(name="Frame")
+    for name, number, label, kind in (
+        ("SeqID", 1, req, t.TYPE_UINT64),
+        ("LogID", 2, req, t.TYPE_UINT64),
+        ("service", 3, req, t.TYPE_INT32),
+        ("method", 4, req, t.TYPE_INT32),
+        ("payload_encoding", 6, opt, t.TYPE_STRING),
+        ("payload_type", 7, opt, t.TYPE_STRING),
+        ("payload", 8, opt, t.TYPE_BYTES),
+        ("LogIDNew", 9, opt, t.TYPE_STRING),
+    ):
+        frame.field.add(name=name, number=number, label=label, type=kind)
+    frame.field.add(
+        name="headers", number=5, label=rep, type=t.TYPE_MESSAGE, type_name=".pbbp2bench.Header"
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("pbbp2bench.Frame"))
+
+
+def bench_codec() -> None:
+    payload = json.dumps({"schema": "2.0", "event": {"message": {"content": "x" * 300}}}).encode()
+    ours = lark.Frame(
+        seq_id=123456,
+        log_id=654321,
+        service=7,
+        method=1,
+        headers=(("type", "event"), ("message_id", "m-1"), ("sum", "1"), ("seq", "0")),
+        payload=payload,
+    )
+    data = lark.encode_frame(ours)
+    pure = min(
+        timeit.repeat(
+            lambda: _frames.decode_pure(_frames.encode_pure(ours)),
+            number=CODEC_ROUNDS,
+            repeat=REPEAT,
+        )
+    )
+    rows = [("pure-Python codec", f"{pure / CODEC_ROUNDS * 1e6:.2f} us per encode+decode")]
+    try:
+        frame_class = _protobuf_frame_class()
+    except ImportError:
+        rows.append(("protobuf runtime", "not installed (pip install protobuf)"))
+    else:
+        proto = frame_class()
+        proto.ParseFromString(data)
+
+        def round_trip() -> None:
+            again = frame_class()
+            again.ParseFromString(proto.SerializeToString())
+
+        bare = min(timeit.repeat(round_trip, number=CODEC_ROUNDS, repeat=REPEAT))
+        assert frame_class.FromString(data).SerializeToString() == data  # the same bytes
+        used = min(
+            timeit.repeat(
+                lambda: lark.decode_frame(lark.encode_frame(ours)),
+                number=CODEC_ROUNDS,
+                repeat=REPEAT,
+            )
+        )
+        rows += [
+            ("protobuf runtime, bare", f"{bare / CODEC_ROUNDS * 1e6:.2f} us per encode+decode"),
+            (
+                "protobuf + our Frame (used)",
+                f"{used / CODEC_ROUNDS * 1e6:.2f} us per encode+decode",
+            ),
+            ("speed-up of what is used over pure", f"{pure / used:.1f}x"),
+        ]
+    report("lark: one event frame (4 headers, 330-byte payload), encode + decode", rows)
+
+
+async def _load(info: dict[str, Any]) -> None:
+    burst = [{"user": f"ou_{i % 1000}", "text": f"event {i}"} for i in range(EVENTS)]
+    async with httpx.AsyncClient() as http:
+        (
+            await http.post(info["admin_url"] + "/messages", json=burst, timeout=60)
+        ).raise_for_status()
+
+
+async def _raw_websocket(info: dict[str, Any]) -> float:
+    """The baseline: discover, connect, decode each frame and its JSON, ACK it. Nothing else."""
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            info["domain"] + "/callback/ws/endpoint",
+            json={"AppID": info["app_id"], "AppSecret": info["app_secret"]},
+        )
+    url = answer.json()["data"]["URL"]
+    start = time.perf_counter()
+    async with open_websocket_url(url, max_message_size=2**22) as ws:
+        seen = 0
+        while seen < EVENTS:
+            frame = lark.decode_frame(await ws.get_message())
+            if frame.method == 1:
+                json.loads(frame.payload or b"{}")
+                ack = lark.Frame(
+                    frame.seq_id,
+                    frame.log_id,
+                    frame.service,
+                    1,
+                    frame.headers,
+                    payload=b'{"code":200}',
+                )
+                await ws.send_message(lark.encode_frame(ack))
+                seen += 1
+    return time.perf_counter() - start
+
+
+async def _connector_into_inbox(info: dict[str, Any]) -> float:
+    done = trio.Event()
+    received = 0
+
+    class Counting(cb.MemoryStore):
+        async def journal_add(self, messages: Any) -> list[bool]:
+            nonlocal received
+            added = await super().journal_add(messages)
+            received += len(messages)
+            if received >= EVENTS:
+                done.set()
+            return added
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    connector = lark.LongConnection(
+        app_id=info["app_id"],
+        app_secret=info["app_secret"],
+        domain=info["domain"],
+        bot_open_id=info["bot_open_id"],
+    )
+    bridge = cb.Bridge(
+        [connector], agent, store=Counting(), debounce=cb.Debounce(3600.0, max_delay=None)
+    )
+    async with trio.open_nursery() as nursery:
+        start = time.perf_counter()
+        await nursery.start(bridge.run)
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+def bench_inbound() -> None:
+    raw_best = ours_best = float("inf")
+    with emulator_process("lark") as info:
+        for _ in range(REPEAT):
+            trio.run(_load, info)
+            raw_best = min(raw_best, trio.run(_raw_websocket, info))
+            trio.run(_load, info)
+            ours_best = min(ours_best, trio.run(_connector_into_inbox, info))
+    report(
+        f"lark: {EVENTS:,} message events from the loopback emulator (own process)",
+        [
+            ("raw trio-websocket: decode + ACK", f"{raw_best:.3f} s  ({EVENTS / raw_best:,.0f}/s)"),
+            ("connector into the inbox", f"{ours_best:.3f} s  ({EVENTS / ours_best:,.0f}/s)"),
+            ("ratio (connector / raw)", f"{raw_best / ours_best:.2f}x  (target >= 0.8x)"),
+            ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB"),
+        ],
+    )
+
+
+BENCHMARKS = {"lark-codec": bench_codec, "lark": bench_inbound}
