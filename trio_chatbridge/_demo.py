@@ -175,6 +175,37 @@ async def wecom_demo(say: Transcript) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def lark_demo(say: Transcript) -> None:
+    """Lark on the in-memory emulator: fragments, a group filter, a reply edited as it streams."""
+    from .testing import LarkEmulator
+
+    async with trio.open_nursery() as nursery:
+        emulator = await nursery.start(LarkEmulator(fragment_size=200).run)
+        bridge = Bridge(
+            connectors=[emulator.connector()],
+            agent=demo_agent,
+            debounce=Debounce(window=WINDOW, max_delay=20.0),
+            store=MemoryStore(),
+        )
+        async with open_bridge(bridge):
+            say("lark user ou_frank in group oc_ops (no @bot) > just chatting")
+            emulator.user_says("ou_frank", "just chatting", chat="oc_ops", mention_bot=False)
+            say("lark user ou_frank in group oc_ops > @bot what's the status?")
+            emulator.user_says("ou_frank", "what's the status?", chat="oc_ops")
+            sent = await emulator.next_sent()
+            say(f"  bot replies to {sent.reply_to}: {sent.text!r} ...")
+            await trio.sleep(5)
+            text = emulator.texts[sent.message_id]
+            edits = emulator.edits.get(sent.message_id, 0)
+            say(f"  ... edited {edits} times to: {text.strip()!r}")
+            stats = bridge.stats()
+            say(
+                f"  events ACKed: {emulator.acks}; group message without a mention filtered: "
+                f"{stats.other.get('lark.filtered', 0)}"
+            )
+        nursery.cancel_scope.cancel()
+
+
 async def run_demo(out: Callable[[str], None] = print) -> None:
     """Play every demo scene, one after another."""
     say = Transcript(out)
@@ -186,6 +217,9 @@ async def run_demo(out: Callable[[str], None] = print) -> None:
     out("")
     out("== WeCom AI Bot (WebSocket long connection) on the in-memory emulator ==")
     await wecom_demo(Transcript(out))
+    out("")
+    out("== Lark/Feishu (protobuf frames over a WebSocket, replies by open API) ==")
+    await lark_demo(Transcript(out))
 
 
 def main(out: Callable[[str], None] = print) -> None:
