@@ -33,8 +33,9 @@ async def lark_bridge(
     async with trio.open_nursery() as nursery:
         emulator = emu or LarkEmulator()
         await nursery.start(emulator.run)
+        connector_options = {"random": lambda: 0.0, **options.pop("connector_options", {})}
         bridge = cb.Bridge(
-            [emulator.connector(**options.pop("connector_options", {}))],
+            [emulator.connector(**connector_options)],
             agent,
             store=options.pop("store", cb.MemoryStore()),
             debounce=cb.Debounce(window=1.0),
@@ -411,3 +412,56 @@ def test_the_pure_codec_raises_only_protocol_errors(data: bytes) -> None:
     except cb.ProtocolError:
         return
     assert _frames.decode_pure(_frames.encode_pure(frame)) == frame
+
+
+async def test_reconnects_follow_the_servers_schedule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator(ping_interval=1000)
+    options = {"random": lambda: 0.5}
+    async with lark_bridge(emu=emu, connector_options=options) as (_, bridge):
+        connector = bridge.connectors[0]
+        assert isinstance(connector, lark.LongConnection)
+        connector.config = lark.ClientConfig(
+            reconnect_nonce=30, reconnect_interval=120, reconnect_count=2
+        )
+        emu.fail("/callback/ws/endpoint", 503, {}, times=3)
+        dropped_at = trio.current_time()
+        await emu.drop_connections()
+        await trio.sleep(200)
+        state = status(bridge)
+    # first retry after 0.5 * 30 s, the second 120 s later; a third is not allowed
+    assert state.state == "failed"
+    assert "gave up after 2 reconnect attempts" in (state.detail or "")
+    assert trio.current_time() - dropped_at >= 135
+
+
+async def test_a_dropped_socket_reconnects(autojump_clock: trio.testing.MockClock) -> None:
+    async with lark_bridge() as (emu, bridge):
+        await emu.drop_connections()
+        await trio.sleep(1)
+        assert emu.connections == 2
+        emu.user_says("ou_lou", "after the drop")
+        assert (await emu.next_sent()).text == "after the drop"
+        assert bridge.stats().reconnects == 1
+
+
+async def test_incomplete_fragments_expire_without_an_ack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge() as (emu, bridge):
+        await trio.sleep(1)
+        part = lark.Frame(
+            seq_id=1,
+            log_id=1,
+            service=7,
+            method=1,
+            headers=(("type", "event"), ("message_id", "half"), ("sum", "2"), ("seq", "0")),
+            payload=b'{"schema": ',
+        )
+        emu.push_raw(lark.encode_frame(part))
+        await trio.sleep(10)
+        emu.user_says("ou_max", "later")  # the next frame sweeps the expired partial
+        await emu.next_sent()
+        assert bridge.stats().other["lark.fragments_expired"] == 1
+    assert emu.acks == [200]  # only the complete event was acknowledged

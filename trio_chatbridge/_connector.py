@@ -180,6 +180,11 @@ class Connector(ABC):
         """Send a file or image in answer to ``target``; by default the platform cannot."""
         raise SendError(f"connector {self.name} cannot send media")
 
+    def restart_delay(self, failures: int) -> float | None:
+        """Seconds to wait before restart number ``failures`` (1 for the first), where the
+        platform dictates its own schedule; None (the default) uses the bridge's Backoff."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the connector holds across runs (HTTP clients); called by the bridge."""
 

@@ -120,7 +120,12 @@ class Supervisor:
             ):
                 failures = 0
             failures += 1
-            delay = self.backoff.delay(failures)
+            try:
+                own = self.connector.restart_delay(failures)
+            except FatalConnectorError as exc:  # the platform's schedule says: give up
+                self._fail(exc)
+                return
+            delay = self.backoff.delay(failures) if own is None else own
             self._counters[_stats.RECONNECTS] += 1
             self.status = attrs.evolve(
                 self.status,

@@ -14,7 +14,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
 
@@ -67,6 +67,7 @@ class _Pending:
 @attrs.define(eq=False)
 class _Conn:
     ws: WebSocketConnection
+    abort: Callable[[], Awaitable[None]]
     outbox: deque[bytes | str] = attrs.Factory(deque)
     wake: trio.Event = attrs.Factory(trio.Event)
 
@@ -197,10 +198,15 @@ class LarkEmulator:
     async def _accept_memory(self, stream: trio.abc.Stream) -> None:
         async with trio.open_nursery() as nursery:
             request = await wrap_server_stream(nursery, stream)
-            await self._accept_loopback(request)
+            await self._accept(request, stream.aclose)
             nursery.cancel_scope.cancel()
 
     async def _accept_loopback(self, request: WebSocketRequest) -> None:
+        await self._accept(request, None)
+
+    async def _accept(
+        self, request: WebSocketRequest, abort: Callable[[], Awaitable[None]] | None
+    ) -> None:
         if len(self._live) >= self.connection_limit:
             await request.reject(
                 514,
@@ -212,7 +218,7 @@ class LarkEmulator:
             )
             return
         ws = await request.accept()
-        conn = _Conn(ws)
+        conn = _Conn(ws, abort or ws.aclose)
         self._live.append(conn)
         self.connections += 1
         self._wake.set()
@@ -367,8 +373,10 @@ class LarkEmulator:
         return await self.sent.next()
 
     async def drop_connections(self) -> None:
+        """Cut every live socket without a closing handshake (a network fault)."""
         for conn in list(self._live):
-            await conn.ws.aclose()
+            with trio.move_on_after(1):
+                await conn.abort()
 
     def fail(self, path_part: str, status: int, body: dict[str, Any], times: int = 1) -> None:
         """Answer the next ``times`` HTTP calls whose path contains ``path_part`` with this."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -102,8 +103,10 @@ class LongConnection(base.Connector):
         stream_interval: float = STREAM_INTERVAL,
         transport: httpx.AsyncBaseTransport | None = None,
         open_websocket: OpenWebSocket = _open_websocket,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.account = app_id
+        self._random = random
         self.api = OpenAPI(app_id, app_secret, domain=domain, transport=transport)
         self.bot_open_id = bot_open_id
         self.group_messages = group_messages
@@ -118,6 +121,20 @@ class LongConnection(base.Connector):
 
     def __repr__(self) -> str:
         return f"lark.LongConnection(app_id={self.account!r})"
+
+    def restart_delay(self, failures: int) -> float | None:
+        """Lark's own schedule [A7]: a random wait up to ``ReconnectNonce`` before the first
+        reconnect, then ``ReconnectInterval`` between attempts; after ``ReconnectCount``
+        attempts (when not negative) the connector gives up."""
+        count = self.config.reconnect_count
+        if 0 <= count < failures:
+            raise FatalConnectorError(
+                f"Lark app {self.account}: gave up after {count} reconnect attempts "
+                "(ReconnectCount from the server's client config)"
+            )
+        if failures == 1:
+            return self._random() * self.config.reconnect_nonce
+        return self.config.reconnect_interval
 
     async def aclose(self) -> None:
         await self.api.aclose()
@@ -234,13 +251,13 @@ class LongConnection(base.Connector):
         except ValueError:
             self.ctx.count("protocol_errors")
             return None
+        now = trio.current_time()
+        for stale in [k for k, p in self._fragments.items() if p.expires <= now]:
+            del self._fragments[stale]  # swept as frames come: a partial costs nothing more
+            self.ctx.count("fragments_expired")
         if total <= 1:
             return frame
         key = frame.header("message_id") or ""
-        now = trio.current_time()
-        for stale in [k for k, p in self._fragments.items() if p.expires <= now]:
-            del self._fragments[stale]
-            self.ctx.count("fragments_expired")
         if not 0 <= index < total or total > 1000:
             self.ctx.count("protocol_errors")
             return None
