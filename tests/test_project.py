@@ -51,3 +51,53 @@ def test_command_line_help_lists_commands() -> None:
     )
     assert result.returncode == 0
     assert "demo" in result.stdout
+
+
+async def test_secrets_never_reach_logs_or_reprs(
+    caplog: pytest.LogCaptureFixture, autojump_clock: object
+) -> None:
+    import logging
+
+    import trio
+
+    import trio_chatbridge as cb
+    from trio_chatbridge.platforms import lark, wecom
+    from trio_chatbridge.testing import (
+        LarkEmulator,
+        WeComEmulator,
+        WeixinEmulator,
+        open_bridge,
+    )
+
+    secrets = ["weixin-secret-token", "wecom-secret-value", "lark-secret-value", "wecom-hook-tok"]
+    caplog.set_level(logging.DEBUG)
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("ok")
+
+    async with trio.open_nursery() as nursery:
+        weixin_emu = WeixinEmulator(token=secrets[0])
+        wecom_emu = await nursery.start(WeComEmulator(secret=secrets[1]).run)
+        lark_emu = await nursery.start(LarkEmulator(app_secret=secrets[2]).run)
+        hook = wecom.Webhook(
+            bot_id="hook", token=secrets[3], encoding_aes_key=wecom_emu.encoding_aes_key
+        )
+        connectors: list[cb.Connector] = [
+            weixin_emu.connector(),
+            wecom_emu.connector(),
+            lark_emu.connector(),
+            hook,
+        ]
+        bridge = cb.Bridge(connectors, agent, store=cb.MemoryStore())
+        async with open_bridge(bridge):
+            weixin_emu.user_says("u", "hi")
+            wecom_emu.user_says("u", "hi")
+            lark_emu.user_says("ou_u", "hi")
+            await weixin_emu.next_sent()
+            await wecom_emu.next_sent()
+            await lark_emu.next_sent()
+            shown = " ".join(repr(c) for c in connectors) + repr(bridge) + repr(hook.crypto)
+            shown += repr(lark.OpenAPI("cli", secrets[2]))
+        nursery.cancel_scope.cancel()
+    everything = shown + "\n".join(r.getMessage() for r in caplog.records)
+    assert not [s for s in secrets if s in everything]
