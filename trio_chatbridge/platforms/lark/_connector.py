@@ -203,9 +203,10 @@ class LongConnection(base.Connector):
         self, ws: WebSocketConnection, events: trio.MemorySendChannel[fr.Frame]
     ) -> None:
         """The receive loop: control frames answered here, data frames handed to a worker."""
-        while True:
-            silence = self.config.ping_interval + self.ping_grace
-            with trio.move_on_after(silence):
+        with trio.CancelScope() as watchdog:  # one scope, re-armed at every frame
+            while True:
+                silence = self.config.ping_interval + self.ping_grace
+                watchdog.deadline = trio.current_time() + silence
                 try:
                     data = await ws.get_message()
                 except ConnectionClosed as exc:
@@ -213,8 +214,7 @@ class LongConnection(base.Connector):
                         f"Lark app {self.account}: socket closed ({exc.reason})"
                     ) from exc
                 await self._frame(ws, data, events)
-                continue
-            raise ConnectorError(f"Lark app {self.account}: no frame for {silence:.0f} s")
+        raise ConnectorError(f"Lark app {self.account}: no frame for {silence:.0f} s")
 
     async def _frame(
         self, ws: WebSocketConnection, data: str | bytes, events: trio.MemorySendChannel[fr.Frame]

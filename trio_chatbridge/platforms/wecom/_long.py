@@ -193,8 +193,9 @@ class LongConnection(base.Connector):
         """
         silence = self.heartbeat + 2 * self.heartbeat_grace
         async with callbacks:
-            while True:
-                with trio.move_on_after(silence):
+            with trio.CancelScope() as watchdog:  # one scope, re-armed at every frame
+                while True:
+                    watchdog.deadline = trio.current_time() + silence
                     try:
                         data = await ws.get_message()
                     except ConnectionClosed as exc:
@@ -203,9 +204,8 @@ class LongConnection(base.Connector):
                             f"wecom bot {self.account}: socket closed ({exc.reason})"
                         ) from exc
                     self._dispatch(data, link, callbacks, nursery)
-                    continue
-                link.close("silent")
-                raise ConnectorError(f"wecom bot {self.account}: no frame for {silence:.0f} s")
+            link.close("silent")
+            raise ConnectorError(f"wecom bot {self.account}: no frame for {silence:.0f} s")
 
     def _dispatch(
         self,
