@@ -5,11 +5,13 @@ Everything public is re-exported here; the modules behind it are private.
 
 from ._bridge import Bridge as Bridge
 from ._connector import BufferedReplyStream as BufferedReplyStream
+from ._connector import CoalescingStream as CoalescingStream
 from ._connector import Connector as Connector
 from ._connector import ConnectorContext as ConnectorContext
 from ._connector import ConnectorState as ConnectorState
 from ._connector import ConnectorStatus as ConnectorStatus
 from ._connector import ReplyStream as ReplyStream
+from ._connector import streaming as streaming
 from ._debounce import Debounce as Debounce
 from ._debounce import Debouncer as Debouncer
 from ._debounce import session_key as session_key
@@ -54,6 +56,7 @@ __all__ = [
     "Bridge",
     "BufferedReplyStream",
     "Chat",
+    "CoalescingStream",
     "ChatBridgeError",
     "ConfigurationError",
     "Connector",
@@ -89,4 +92,5 @@ __all__ = [
     "Video",
     "Voice",
     "session_key",
+    "streaming",
 ]

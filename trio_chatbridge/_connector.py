@@ -28,6 +28,8 @@ from ._errors import ChatBridgeError, SendError
 from ._messages import Batch, Message
 from .stores import Store
 
+log = logging.getLogger("trio_chatbridge.connector")
+
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
 
 
@@ -122,6 +124,77 @@ class BufferedReplyStream(ReplyStream):
     @property
     def text(self) -> str:
         return "".join(self._pieces)
+
+
+class CoalescingStream(ReplyStream):
+    """A stream shown as a whole that grows: one update in flight, at most one per interval.
+
+    Writes only mark the text dirty; :meth:`pump` shows the whole text so far, waits for that
+    update to finish, then for ``interval``, and shows whatever accumulated meanwhile in one
+    go. :meth:`close` waits for an update in flight, then shows the final text. Subclasses say
+    how: :meth:`update` (an intermediate update; failures are logged, the final one follows)
+    and :meth:`final`. Use it through :func:`streaming`.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._pieces: list[str] = []
+        self._dirty = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    async def write(self, text: str) -> None:
+        self._pieces.append(text)
+        self._dirty.set()
+        await trio.lowlevel.checkpoint()
+
+    @abstractmethod
+    async def update(self, text: str) -> None:
+        """Show ``text`` (the whole text so far) as an intermediate state."""
+
+    @abstractmethod
+    async def final(self, text: str) -> None:
+        """Show ``text`` as the complete reply (always called, even for an empty text)."""
+
+    async def pump(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            self._idle = trio.Event()
+            try:
+                await self.update(self.text)
+            except ChatBridgeError as exc:
+                log.info("stream update not delivered (the final one follows): %s", exc)
+            finally:
+                self._idle.set()
+            await trio.sleep(self.interval)
+
+    async def close(self) -> None:
+        await self._idle.wait()
+        await self.final(self.text)
+
+
+@asynccontextmanager
+async def streaming(stream: CoalescingStream, *, final_within: float) -> AsyncIterator[ReplyStream]:
+    """Run ``stream``'s pump while the body writes; the final update is always attempted.
+
+    It is attempted even when the body raises or is cancelled (shielded, for at most
+    ``final_within`` seconds): a platform may keep an unfinished stream open against the user.
+    """
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.pump)
+        try:
+            yield stream
+        finally:
+            try:
+                with trio.CancelScope(shield=True), trio.move_on_after(final_within):
+                    await stream.close()
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 class Connector(ABC):

@@ -13,8 +13,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -353,62 +353,23 @@ class LongConnection(base.Connector):
         a final edit at the end."""
         return self._stream(target)
 
-    @asynccontextmanager
-    async def _stream(self, target: Message) -> AsyncIterator[base.ReplyStream]:
-        out = _EditedStream(self, target)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(out.pump)
-            try:
-                yield out
-            finally:
-                try:
-                    with trio.CancelScope(shield=True), trio.move_on_after(30):
-                        await out.finish()
-                finally:
-                    nursery.cancel_scope.cancel()
+    def _stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
+        return base.streaming(_EditedStream(self, target), final_within=30)
 
 
-class _EditedStream(base.ReplyStream):
+class _EditedStream(base.CoalescingStream):
+    """One message, sent at the first update and edited as the text grows."""
+
     def __init__(self, connector: LongConnection, target: Message) -> None:
+        super().__init__(connector.stream_interval)
         self._connector = connector
         self._target = target
-        self._pieces: list[str] = []
         self._shown = ""
         self.message_id: str | None = None
-        self._dirty = trio.Event()
-        self._idle = trio.Event()
-        self._idle.set()
         self.edits = 0
 
-    @property
-    def text(self) -> str:
-        return "".join(self._pieces)
-
-    async def write(self, text: str) -> None:
-        self._pieces.append(text)
-        self._dirty.set()
-        await trio.lowlevel.checkpoint()
-
-    async def pump(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty = trio.Event()
-            self._idle = trio.Event()
-            try:
-                await self._show(self.text)
-            except SendError as exc:
-                log.info("Lark stream update not delivered (the final one follows): %s", exc)
-            finally:
-                self._idle.set()
-            await trio.sleep(self._connector.stream_interval)
-
-    async def finish(self) -> None:
-        await self._idle.wait()
-        if self.text:
-            await self._show(self.text)
-
-    async def _show(self, text: str) -> None:
-        if text == self._shown or not text:
+    async def update(self, text: str) -> None:
+        if not text or text == self._shown:
             return
         if self.message_id is None:
             self.message_id = await self._connector._post(self._target, text)
@@ -419,6 +380,9 @@ class _EditedStream(base.ReplyStream):
                 raise SendError(f"Lark app {self._connector.account}: edit failed: {exc}") from exc
             self.edits += 1
         self._shown = text
+
+    async def final(self, text: str) -> None:
+        await self.update(text)  # nothing written: nothing sent
 
 
 def _find(exc: BaseException, kind: type[ExcT]) -> ExcT | None:

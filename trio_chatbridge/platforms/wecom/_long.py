@@ -334,29 +334,16 @@ class LongConnection(base.Connector):
 
     async def send(self, target: Message, text: str) -> None:
         """Answer ``target`` with one finished stream frame (overflow as proactive messages)."""
-        stream = _Stream(self, target)
-        await stream.write(text)
-        await stream.finish()
+        await _Stream(self, target).final(text)
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
         """Stream onto ``aibot_respond_msg``: the whole text so far in each frame, coalesced."""
         return self._stream(target)
 
-    @asynccontextmanager
-    async def _stream(self, target: Message) -> AsyncIterator[base.ReplyStream]:
-        stream = _Stream(self, target)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.pump)
-            try:
-                yield stream
-            finally:
-                # The final frame is always sent, even after an error or a cancellation: an
-                # open stream would hold one of the user's few in-flight messages.
-                try:
-                    with trio.CancelScope(shield=True), trio.move_on_after(2 * self.ack_timeout):
-                        await stream.finish()
-                finally:
-                    nursery.cancel_scope.cancel()
+    def _stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
+        # The final frame is always sent, even after an error or a cancellation: an open
+        # stream would hold one of the user's few in-flight messages.
+        return base.streaming(_Stream(self, target), final_within=2 * self.ack_timeout)
 
     async def send_proactive(self, chat_id: str, text: str) -> None:
         """Push markdown to a user or group with no callback to answer (``aibot_send_msg``)."""
@@ -415,60 +402,30 @@ def _new_stream_id() -> str:
     return f"stream_{secrets.token_hex(8)}"
 
 
-class _Stream(base.ReplyStream):
+class _Stream(base.CoalescingStream):
     """A reply streamed on one callback's req_id.
 
-    Every frame carries the whole text so far (the platform replaces, not appends). While a
-    frame is un-acked, later writes only mark the text dirty: the next frame carries all of
-    them. What does not fit in the platform's 20480 bytes goes out as proactive messages.
+    Every frame carries the whole text so far (the platform replaces, not appends); what does
+    not fit in the platform's 20480 bytes goes out as proactive messages at the end.
     """
 
     def __init__(self, connector: LongConnection, target: Message) -> None:
+        super().__init__(connector.stream_interval)
         self._connector = connector
         self._target = target
-        self._pieces: list[str] = []
         self._sent_text = ""
-        self._dirty = trio.Event()
-        self._closing = False
-        self._idle = trio.Event()
-        self._idle.set()
         self.stream_id = _new_stream_id()
         self.frames = 0
 
-    @property
-    def text(self) -> str:
-        return "".join(self._pieces)
-
-    async def write(self, text: str) -> None:
-        self._pieces.append(text)
-        self._dirty.set()
-        await trio.lowlevel.checkpoint()
-
-    async def pump(self) -> None:
-        """Send intermediate frames: one in flight at a time, at most one per interval."""
-        while True:
-            await self._dirty.wait()
-            self._dirty = trio.Event()
-            content = utf8_prefix(self.text, f.STREAM_LIMIT)
-            if content == self._sent_text:
-                continue
-            self._idle = trio.Event()
-            try:
-                await self._frame(content, finish=False)
-            except (SendError, WeComError) as exc:
-                log.info("wecom stream frame not delivered (final frame will follow): %s", exc)
-            finally:
-                self._idle.set()
-            await trio.sleep(self._connector.stream_interval)
-
-    async def finish(self) -> None:
-        """Wait for an in-flight frame, then send the final one (and any overflow)."""
-        await self._idle.wait()
-        text = self.text
+    async def update(self, text: str) -> None:
         content = utf8_prefix(text, f.STREAM_LIMIT)
-        req_id = self._target.reply_handle.get("req_id")
+        if content != self._sent_text:
+            await self._frame(content, finish=False)
+
+    async def final(self, text: str) -> None:
+        content = utf8_prefix(text, f.STREAM_LIMIT)
         try:
-            if not req_id:
+            if not self._target.reply_handle.get("req_id"):
                 raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
             await self._frame(content, finish=True)
         except WeComError as exc:
