@@ -14,8 +14,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal
 
 import attrs
@@ -23,24 +22,21 @@ import httpx
 import trio
 import trio.testing
 from trio_websocket import (
-    ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
     serve_websocket,
-    wrap_client_stream,
-    wrap_server_stream,
 )
 
 from ..platforms.lark import _frames as fr
 from ..platforms.lark._connector import LongConnection
 from ._http import HandlerTransport, json_response, serve_http
 from ._record import Record
+from ._ws import GONE, Connection, memory_websocket
 
 IN_MEMORY_HOST: Final = "lark-emulator.invalid"  # never resolves: nothing leaves
 SERVICE_ID: Final = 7
 ACK_DEADLINE: Final = 3.0  # seconds [A6]
 MAX_PUSHES: Final = 4  # the first push and three re-pushes
-_GONE: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @attrs.frozen
@@ -62,18 +58,6 @@ class _Pending:
     pushes: int = 0
     due: float = 0.0
     acked: bool = False
-
-
-@attrs.define(eq=False)
-class _Conn:
-    ws: WebSocketConnection
-    abort: Callable[[], Awaitable[None]]
-    outbox: deque[bytes | str] = attrs.Factory(deque)
-    wake: trio.Event = attrs.Factory(trio.Event)
-
-    def push(self, data: bytes | str) -> None:
-        self.outbox.append(data)
-        self.wake.set()
 
 
 class LarkEmulator:
@@ -111,7 +95,7 @@ class LarkEmulator:
         self.pings = 0
         self.token_fetches = 0
         self.connections = 0
-        self._live: list[_Conn] = []
+        self._live: list[Connection] = []
         self._turn = itertools.count()
         self._pending: dict[str, _Pending] = {}
         self._wake = trio.Event()
@@ -173,40 +157,19 @@ class LarkEmulator:
         options.setdefault("app_secret", self.app_secret)
         return LongConnection(app_id=self.app_id, domain=self.http_base, **options)
 
-    @asynccontextmanager
-    async def open_websocket(self, url: str) -> AsyncIterator[WebSocketConnection]:
+    def open_websocket(self, url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
         """A WebSocket to this emulator over in-memory streams (the connector's hook)."""
         if self._nursery is None:
             raise RuntimeError("start the emulator first: await nursery.start(emulator.run)")
-        client_stream, server_stream = trio.testing.memory_stream_pair()
-        self._nursery.start_soon(self._accept_memory, server_stream)
-        async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(
-                nursery,
-                client_stream,  # type: ignore[arg-type]
-                IN_MEMORY_HOST,
-                urlsplit_resource(url),
-                max_message_size=fr.MAX_FRAME_BYTES,
-            )
-            try:
-                yield ws
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-
-    async def _accept_memory(self, stream: trio.abc.Stream) -> None:
-        async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(nursery, stream)
-            await self._accept(request, stream.aclose)
-            nursery.cancel_scope.cancel()
+        resource = httpx.URL(url).raw_path.decode()
+        return memory_websocket(
+            self._nursery, self._accept, IN_MEMORY_HOST, resource, fr.MAX_FRAME_BYTES
+        )
 
     async def _accept_loopback(self, request: WebSocketRequest) -> None:
         await self._accept(request, None)
 
-    async def _accept(
-        self, request: WebSocketRequest, abort: Callable[[], Awaitable[None]] | None
-    ) -> None:
+    async def _accept(self, request: WebSocketRequest, abort: Abort | None) -> None:
         if len(self._live) >= self.connection_limit:
             await request.reject(
                 514,
@@ -218,17 +181,17 @@ class LarkEmulator:
             )
             return
         ws = await request.accept()
-        conn = _Conn(ws, abort or ws.aclose)
+        conn = Connection(ws, abort or ws.aclose)
         self._live.append(conn)
         self.connections += 1
         self._wake.set()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, conn)
+                nursery.start_soon(conn.write)
                 try:
                     while True:
                         self._on_frame(conn, await ws.get_message())
-                except _GONE:
+                except GONE:
                     pass
                 finally:
                     nursery.cancel_scope.cancel()
@@ -237,17 +200,7 @@ class LarkEmulator:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await ws.aclose()
 
-    async def _write(self, conn: _Conn) -> None:
-        try:
-            while True:
-                while conn.outbox:
-                    await conn.ws.send_message(conn.outbox.popleft())
-                conn.wake = trio.Event()
-                await conn.wake.wait()
-        except _GONE:
-            return
-
-    def _on_frame(self, conn: _Conn, data: str | bytes) -> None:
+    def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         if isinstance(data, str):
             return
         try:
@@ -464,9 +417,3 @@ class LarkEmulator:
                 ]
             )
         return httpx.Response(404, content=b"admin: POST /admin/messages or GET /admin/sent")
-
-
-def urlsplit_resource(url: str) -> str:
-    """The path and query of a URL, as the WebSocket handshake sends them."""
-    parts = httpx.URL(url)
-    return parts.raw_path.decode()

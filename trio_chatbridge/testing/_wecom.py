@@ -20,8 +20,8 @@ import json
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal
 
 import attrs
@@ -29,12 +29,9 @@ import httpx
 import trio
 import trio.testing
 from trio_websocket import (
-    ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
     serve_websocket,
-    wrap_client_stream,
-    wrap_server_stream,
 )
 
 from .._media import MediaPolicy
@@ -43,13 +40,13 @@ from ..platforms.wecom import _frames as f
 from ..platforms.wecom._long import DEFAULT_MEDIA_HOSTS, LongConnection
 from ._http import HandlerTransport, json_response, serve_http
 from ._record import Record
+from ._ws import GONE, Abort, Connection, memory_websocket
 
 IN_MEMORY_HOST: Final = "wecom-emulator.invalid"  # never resolves: nothing leaves
 AUTH_FAILED: Final = 40001
 BAD_CONTENT: Final = 40058
 IN_FLIGHT_LIMIT: Final = 3
 STREAM_POLL_LIMIT: Final = 360.0  # seconds WeCom polls a webhook stream [2.6]
-_GONE: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 DEFAULT_AES_KEY: Final = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters
 
 
@@ -80,18 +77,6 @@ class _Callback:
     content: str = ""
     frames: int = 0
     finished: bool = False
-
-
-@attrs.define(eq=False)
-class _Connection:
-    ws: WebSocketConnection
-    abort: Callable[[], Any]
-    outbox: deque[str] = attrs.Factory(deque)
-    wake: trio.Event = attrs.Factory(trio.Event)
-
-    def push(self, text: str) -> None:
-        self.outbox.append(text)
-        self.wake.set()
 
 
 class WeComEmulator:
@@ -126,7 +111,7 @@ class WeComEmulator:
         self._faults: dict[str, deque[int]] = {}
         self._callbacks: dict[str, _Callback] = {}
         self._in_flight: Counter[str] = Counter()
-        self._active: _Connection | None = None
+        self._active: Connection | None = None
         self._queued: deque[str] = deque()
         self._blobs: dict[str, bytes] = {}
         self._nursery: trio.Nursery | None = None
@@ -181,44 +166,23 @@ class WeComEmulator:
         options.setdefault("secret", self.secret)
         return LongConnection(bot_id=self.bot_id, url=self.ws_url, **options)
 
-    @asynccontextmanager
-    async def open_websocket(self, url: str) -> AsyncIterator[WebSocketConnection]:
+    def open_websocket(self, url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
         """A WebSocket to this emulator over in-memory streams (the connector's hook)."""
         if self._nursery is None:
             raise RuntimeError("start the emulator first: await nursery.start(emulator.run)")
-        client_stream, server_stream = trio.testing.memory_stream_pair()
-        self._nursery.start_soon(self._accept_memory, server_stream)
-        async with trio.open_nursery() as nursery:
-            # trio-websocket types its stream as a socket; any trio Stream works.
-            ws = await wrap_client_stream(
-                nursery,
-                client_stream,  # type: ignore[arg-type]
-                IN_MEMORY_HOST,
-                "/",
-                max_message_size=f.WS_MESSAGE_LIMIT,
-            )
-            try:
-                yield ws
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-
-    async def _accept_memory(self, stream: trio.abc.Stream) -> None:
-        async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(nursery, stream)
-            ws = await request.accept()
-            await self._serve(ws, stream.aclose)
-            nursery.cancel_scope.cancel()
+        return memory_websocket(self._nursery, self._serve, IN_MEMORY_HOST, "/", f.WS_MESSAGE_LIMIT)
 
     async def _accept_loopback(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
-        await self._serve(ws, ws.aclose)
+        await self._serve_ws(ws, ws.aclose)
+
+    async def _serve(self, request: WebSocketRequest, abort: Abort) -> None:
+        await self._serve_ws(await request.accept(), abort)
 
     # -- the server ----------------------------------------------------------------------------
 
-    async def _serve(self, ws: WebSocketConnection, abort: Callable[[], Any]) -> None:
-        conn = _Connection(ws, abort)
+    async def _serve_ws(self, ws: WebSocketConnection, abort: Abort) -> None:
+        conn = Connection(ws, abort)
         try:
             first = f.parse_frame(await ws.get_message())
             if first.cmd != f.SUBSCRIBE:
@@ -232,22 +196,22 @@ class WeComEmulator:
             old, self._active = self._active, conn
             if old is not None:
                 old.push(self._event_frame("disconnected_event", "", "")[1])
-                old.push("")  # "" asks the writer to close after it
+                old.close_after_pushed()
             await ws.send_message(_ack(first.req_id))
             while self._queued:
                 conn.push(self._queued.popleft())
             self._connected.set()
             self._connected = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, conn)
+                nursery.start_soon(conn.write)
                 try:
                     while True:
                         await self._on_frame(conn, await ws.get_message())
-                except _GONE:  # caught here: out of the nursery it would come as a group
+                except GONE:  # caught here: out of the nursery it would come as a group
                     pass
                 finally:
                     nursery.cancel_scope.cancel()
-        except _GONE:
+        except GONE:
             pass
         finally:
             if self._active is conn:
@@ -255,24 +219,7 @@ class WeComEmulator:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await ws.aclose()
 
-    async def _write(self, conn: _Connection) -> None:
-        try:
-            await self._write_loop(conn)
-        except _GONE:
-            await conn.abort()
-
-    async def _write_loop(self, conn: _Connection) -> None:
-        while True:
-            while conn.outbox:
-                text = conn.outbox.popleft()
-                if text == "":
-                    await conn.ws.aclose()
-                    return
-                await conn.ws.send_message(text)
-            conn.wake = trio.Event()
-            await conn.wake.wait()
-
-    async def _on_frame(self, conn: _Connection, data: str | bytes) -> None:
+    async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         try:
             frame = f.parse_frame(data)
         except Exception:
