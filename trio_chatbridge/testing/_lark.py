@@ -31,7 +31,7 @@ from ..platforms.lark import _frames as fr
 from ..platforms.lark._connector import LongConnection
 from ._http import HandlerTransport, json_response, serve_http
 from ._record import Record
-from ._ws import GONE, Connection, memory_websocket
+from ._ws import GONE, Abort, Connection, memory_websocket
 
 IN_MEMORY_HOST: Final = "lark-emulator.invalid"  # never resolves: nothing leaves
 SERVICE_ID: Final = 7
