@@ -243,6 +243,9 @@ class LongConnection(base.Connector):
         """Hand callbacks to the inbox, all that are waiting in one put (one journal write)."""
         async with callbacks:
             async for first in callbacks:
+                # Let the reader take what the socket already holds, so that a burst is
+                # journaled in a few puts rather than one put per callback.
+                await trio.lowlevel.checkpoint()
                 frames = [first]
                 while len(frames) < PUT_BATCH:
                     try:
