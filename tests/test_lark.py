@@ -203,10 +203,17 @@ async def test_the_bots_own_messages_and_other_events(
                 "header": {"event_id": "e2", "event_type": "im.chat.member.bot.added_v1"},
             }
         )
+        emu.push_event(  # pushed again, as after a lost ACK: on_event runs once
+            {
+                "schema": "2.0",
+                "header": {"event_id": "e2", "event_type": "im.chat.member.bot.added_v1"},
+            }
+        )
         await trio.sleep(5)
         assert bridge.stats().runs == 0
+        assert bridge.stats().other["lark.duplicate_events"] == 1
     assert events == ["im.chat.member.bot.added_v1"]
-    assert emu.acks == [200, 200]
+    assert emu.acks == [200, 200, 200]
 
 
 async def test_pings_start_at_once_and_pong_config_applies_live(

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal, TypeAlias, TypeVar
@@ -40,6 +41,7 @@ log = logging.getLogger("trio_chatbridge.lark")
 
 PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent link is dead
 FRAGMENT_TTL: Final = 5.0  # seconds a partial message waits for its other fragments [A6]
+SEEN_EVENTS: Final = 10_000  # event ids remembered against re-pushes of non-message events
 STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
 EXCEED_CONN_LIMIT: Final = 1000040350
 AUTH_FAILED: Final = 514
@@ -118,6 +120,7 @@ class LongConnection(base.Connector):
         self._fragments: dict[str, _Partial] = {}
         self._write_lock = trio.Lock()
         self._config_changed = trio.Event()
+        self._seen_events: OrderedDict[str, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"lark.LongConnection(app_id={self.account!r})"
@@ -300,6 +303,16 @@ class LongConnection(base.Connector):
             return 200  # a retry would bring the same bytes: don't ask for one
         header = envelope.get("header")
         if not isinstance(header, dict) or header.get("event_type") != MESSAGE_EVENT:
+            # Messages are deduplicated by the journal (IM message id); other events by their
+            # event id here, so that a re-push does not reach on_event twice.
+            event_id = str(header.get("event_id", "")) if isinstance(header, dict) else ""
+            if event_id and event_id in self._seen_events:
+                self.ctx.count("duplicate_events")
+                return 200
+            if event_id:
+                self._seen_events[event_id] = None
+                while len(self._seen_events) > SEEN_EVENTS:
+                    self._seen_events.popitem(last=False)
             self.ctx.count("other_events")
             if self.on_event is not None:
                 nursery.start_soon(self._user_event, envelope)
