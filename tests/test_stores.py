@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import trio_chatbridge as cb
 from trio_chatbridge.testing import FakeConnector
@@ -141,3 +142,16 @@ async def test_sqlite_errors_are_clear(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(cb.StoreError, match="cannot open"):
         await cb.SQLiteStore(bad).open()
+
+
+async def test_sqlite_inline_mode_keeps_an_autojump_clock_still(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # In a thread, each call would let the autojump clock leap to the next deadline (here the
+    # 60 s scope): inline, no time passes at all.
+    with trio.fail_after(60):
+        async with cb.SQLiteStore(tmp_path / "inline.db", threaded=False) as store:
+            for i in range(50):
+                await store.journal_add([fake.message(str(i), id=str(i))])
+            assert len(await store.journal_pending()) == 50
+    assert trio.current_time() == 0

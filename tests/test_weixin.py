@@ -170,12 +170,11 @@ async def test_shutdown_during_a_pause_is_immediate(autojump_clock: trio.testing
 
 
 async def test_restart_with_sqlite_keeps_cursor_and_handles_each_message_once(
-    tmp_path: Path,
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    # Real clock: the emulator holds an empty poll 10 ms (so the connector does not spin), and
-    # a graceful shutdown flushes every session, so nothing here waits on a debounce window.
+    # SQLite inline (threaded=False), so the autojump clock stays deterministic.
     db = tmp_path / "weixin.db"
-    emu = WeixinEmulator(hold=0.01)
+    emu = WeixinEmulator()
     handled: list[str] = []
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -187,7 +186,9 @@ async def test_restart_with_sqlite_keeps_cursor_and_handles_each_message_once(
         emu.user_says("u", "one")
         emu.user_says("u", "two")
         async with trio.open_nursery() as nursery:  # first life: accepted, then killed
-            bridge = cb.Bridge([emu.connector()], agent, store=cb.SQLiteStore(db), debounce=never)
+            bridge = cb.Bridge(
+                [emu.connector()], agent, store=cb.SQLiteStore(db, threaded=False), debounce=never
+            )
             await nursery.start(bridge.run)
             await emu.wait_acknowledged(2)
             nursery.cancel_scope.cancel()
@@ -196,7 +197,9 @@ async def test_restart_with_sqlite_keeps_cursor_and_handles_each_message_once(
 
         emu.user_says("u", "three")
         emu.repeat_next_page()  # "three" comes twice
-        bridge = cb.Bridge([emu.connector()], agent, store=cb.SQLiteStore(db), debounce=never)
+        bridge = cb.Bridge(
+            [emu.connector()], agent, store=cb.SQLiteStore(db, threaded=False), debounce=never
+        )
         polls_before = len(emu.calls("getupdates"))
         async with open_bridge(bridge):
             await emu.wait_acknowledged(3)

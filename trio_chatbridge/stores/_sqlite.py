@@ -58,7 +58,9 @@ class SQLiteStore(Store):
     """A store in one SQLite file; survives restarts, and can be shared by processes on one host.
 
     ``synchronous="NORMAL"`` (the default) survives a crash of the process; ``"FULL"`` also
-    survives a power loss, at the cost of an fsync per write.
+    survives a power loss, at the cost of an fsync per write. ``threaded=False`` runs every
+    call inline, blocking the event loop: for tests under an autojump clock, which would
+    otherwise jump ahead while the worker thread works.
     """
 
     def __init__(
@@ -67,8 +69,10 @@ class SQLiteStore(Store):
         *,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         wall_clock: Callable[[], float] = time.time,
+        threaded: bool = True,
     ) -> None:
         self.path = os.fspath(path)
+        self._threaded = threaded
         self._synchronous = synchronous
         self._wall_clock = wall_clock
         self._limiter = trio.CapacityLimiter(1)
@@ -77,18 +81,25 @@ class SQLiteStore(Store):
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call: in the worker thread, or inline with ``threaded=False``."""
+        if self._threaded:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
         if db is None:
             raise StoreError(
                 f"{self!r} is not open: use 'async with store:' or pass it to a Bridge"
             )
-        return await trio.to_thread.run_sync(fn, db, limiter=self._limiter)
+        return await self._run(fn, db)
 
     async def open(self) -> None:
         if self._db is not None:
             return
-        self._db = await trio.to_thread.run_sync(self._connect, limiter=self._limiter)
+        self._db = await self._run(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -112,7 +123,7 @@ class SQLiteStore(Store):
     async def aclose(self) -> None:
         db, self._db = self._db, None
         if db is not None:
-            await trio.to_thread.run_sync(db.close, limiter=self._limiter)
+            await self._run(db.close)
 
     # -- journal ---------------------------------------------------------------------------
 
