@@ -101,3 +101,22 @@ async def test_secrets_never_reach_logs_or_reprs(
         nursery.cancel_scope.cancel()
     everything = shown + "\n".join(r.getMessage() for r in caplog.records)
     assert not [s for s in secrets if s in everything]
+
+
+@pytest.mark.parametrize("platform", ["weixin", "wecom", "lark"])
+def test_emulate_prints_one_json_line_first(platform: str) -> None:
+    import json
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trio_chatbridge", "emulate", platform, "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        info = json.loads(child.stdout.readline())
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+    assert info["platform"] == platform
+    assert info["admin_url"].startswith("http://127.0.0.1:")
