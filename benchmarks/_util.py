@@ -44,18 +44,17 @@ def emulator_process(platform: str) -> Iterator[dict[str, Any]]:
     A real server runs apart from its clients: so does the emulator, for the figures to be
     about the client side.
     """
-    child = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "trio_chatbridge", "emulate", platform],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert child.stdout is not None
-        info: dict[str, Any] = json.loads(child.stdout.readline())
-        yield info
-    finally:
-        child.terminate()
-        child.wait()
+    ) as child:
+        try:
+            assert child.stdout is not None
+            info: dict[str, Any] = json.loads(child.stdout.readline())
+            yield info
+        finally:
+            child.terminate()
 
 
 def report(name: str, rows: list[tuple[str, str]]) -> None:

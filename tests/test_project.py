@@ -107,16 +107,15 @@ async def test_secrets_never_reach_logs_or_reprs(
 def test_emulate_prints_one_json_line_first(platform: str) -> None:
     import json
 
-    child = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "trio_chatbridge", "emulate", platform, "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert child.stdout is not None
-        info = json.loads(child.stdout.readline())
-    finally:
-        child.terminate()
-        child.wait(timeout=10)
+    ) as child:
+        try:
+            assert child.stdout is not None
+            info = json.loads(child.stdout.readline())
+        finally:
+            child.terminate()
     assert info["platform"] == platform
     assert info["admin_url"].startswith("http://127.0.0.1:")
