@@ -7,11 +7,13 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import trio
+
+import trio_chatbridge as cb
 
 
 def peak_rss_mib() -> float:
@@ -55,6 +57,45 @@ def emulator_process(platform: str) -> Iterator[dict[str, Any]]:
             yield info
         finally:
             child.terminate()
+
+
+class CountingStore(cb.MemoryStore):
+    """A MemoryStore that sets ``done`` once ``target`` messages reached the journal."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__()
+        self.target = target
+        self.journaled = 0
+        self.done = trio.Event()
+
+    async def journal_add(self, messages: Sequence[cb.Message]) -> list[bool]:
+        added = await super().journal_add(messages)
+        self.journaled += len(messages)
+        if self.journaled >= self.target:
+            self.done.set()
+        return added
+
+
+async def time_into_inbox(connector: cb.Connector, store: CountingStore) -> float:
+    """Seconds from the bridge's start until ``store`` has journaled its target.
+
+    The debouncer holds every session (1 h window), so what is timed is the path from the
+    platform into the inbox, not agent runs.
+    """
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    bridge = cb.Bridge(
+        [connector], agent, store=store, debounce=cb.Debounce(window=3600.0, max_delay=None)
+    )
+    async with trio.open_nursery() as nursery:
+        start = time.perf_counter()
+        await nursery.start(bridge.run)
+        await store.done.wait()
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return elapsed
 
 
 def report(name: str, rows: list[tuple[str, str]]) -> None:

@@ -14,11 +14,17 @@ import httpx
 import trio
 from trio_websocket import open_websocket_url
 
-import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames
 
-from ._util import REPEAT, emulator_process, peak_rss_mib, report
+from ._util import (
+    REPEAT,
+    CountingStore,
+    emulator_process,
+    peak_rss_mib,
+    report,
+    time_into_inbox,
+)
 
 EVENTS = 5_000  # pushed at once: well inside the 3 s ACK deadline for both loops
 CODEC_ROUNDS = 20_000
@@ -144,37 +150,14 @@ async def _raw_websocket(info: dict[str, Any]) -> float:
 
 
 async def _connector_into_inbox(info: dict[str, Any]) -> float:
-    done = trio.Event()
-    received = 0
-
-    class Counting(cb.MemoryStore):
-        async def journal_add(self, messages: Any) -> list[bool]:
-            nonlocal received
-            added = await super().journal_add(messages)
-            received += len(messages)
-            if received >= EVENTS:
-                done.set()
-            return added
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        pass
-
+    """The connector: the same frames, decoded, parsed, journaled (MemoryStore) and ACKed."""
     connector = lark.LongConnection(
         app_id=info["app_id"],
         app_secret=info["app_secret"],
         domain=info["domain"],
         bot_open_id=info["bot_open_id"],
     )
-    bridge = cb.Bridge(
-        [connector], agent, store=Counting(), debounce=cb.Debounce(3600.0, max_delay=None)
-    )
-    async with trio.open_nursery() as nursery:
-        start = time.perf_counter()
-        await nursery.start(bridge.run)
-        await done.wait()
-        elapsed = time.perf_counter() - start
-        nursery.cancel_scope.cancel()
-    return elapsed
+    return await time_into_inbox(connector, CountingStore(EVENTS))
 
 
 def bench_inbound() -> None:

@@ -17,7 +17,14 @@ from trio_websocket import open_websocket_url
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
 
-from ._util import REPEAT, emulator_process, peak_rss_mib, report
+from ._util import (
+    REPEAT,
+    CountingStore,
+    emulator_process,
+    peak_rss_mib,
+    report,
+    time_into_inbox,
+)
 
 MESSAGES = 20_000
 USERS = 10_000  # two messages each: under the platform's three in flight per user
@@ -53,35 +60,10 @@ async def _raw_websocket(info: dict[str, Any]) -> float:
 
 async def _connector_into_inbox(info: dict[str, Any]) -> float:
     """The connector: the same frames, parsed, journaled (MemoryStore) and queued."""
-    done = trio.Event()
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        pass
-
-    received = 0
-
-    class Counting(cb.MemoryStore):
-        async def journal_add(self, messages: Any) -> list[bool]:
-            nonlocal received
-            added = await super().journal_add(messages)
-            received += len(messages)
-            if received >= MESSAGES:
-                done.set()
-            return added
-
     connector = wecom.LongConnection(
         bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
     )
-    bridge = cb.Bridge(
-        [connector], agent, store=Counting(), debounce=cb.Debounce(3600.0, max_delay=None)
-    )
-    async with trio.open_nursery() as nursery:
-        start = time.perf_counter()
-        await nursery.start(bridge.run)
-        await done.wait()
-        elapsed = time.perf_counter() - start
-        nursery.cancel_scope.cancel()
-    return elapsed
+    return await time_into_inbox(connector, CountingStore(MESSAGES))
 
 
 async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:

@@ -21,7 +21,14 @@ import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.testing import WeixinEmulator
 
-from ._util import REPEAT, emulator_process, peak_rss_mib, report
+from ._util import (
+    REPEAT,
+    CountingStore,
+    emulator_process,
+    peak_rss_mib,
+    report,
+    time_into_inbox,
+)
 
 MESSAGES = 20_000
 ACCOUNTS = 1_000
@@ -55,41 +62,14 @@ async def _raw_httpx_loop(info: dict[str, Any], cursor: str) -> tuple[float, str
 async def _connector_into_inbox(info: dict[str, Any], cursor: str) -> tuple[float, str]:
     """The connector: the same polls, plus parsing, the journal and the inbox (MemoryStore).
 
-    The debouncer holds every session (1 h window) and typing is off, so what is timed is the
-    path into the inbox, not agent runs.
+    Typing is off: agents never run here.
     """
-    store = cb.MemoryStore()
+    store = CountingStore(MESSAGES)
     await store.set_cursor("weixin", "bot", cursor)
-    done = trio.Event()
-    received = 0
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        pass
-
-    class Counting(weixin.Connector):
-        async def _accept(self, raw_messages: tuple[Any, ...]) -> None:
-            nonlocal received
-            await super()._accept(raw_messages)
-            received += len(raw_messages)
-            if received >= MESSAGES:
-                done.set()
-
-    connector = Counting(
+    connector = weixin.Connector(
         account="bot", token=info["token"], base_url=info["base_url"], typing=False
     )
-    bridge = cb.Bridge(
-        [connector],
-        agent,
-        store=store,
-        debounce=cb.Debounce(window=3600.0, max_delay=None),
-    )
-    async with trio.open_nursery() as nursery:
-        start = time.perf_counter()
-        await nursery.start(bridge.run)
-        await done.wait()
-        elapsed = time.perf_counter() - start
-        assert bridge.stats().received == MESSAGES
-        nursery.cancel_scope.cancel()
+    elapsed = await time_into_inbox(connector, store)
     return elapsed, await store.get_cursor("weixin", "bot") or ""
 
 
