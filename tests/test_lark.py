@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -369,35 +368,6 @@ async def test_each_event_goes_to_one_of_several_connections(
     assert sorted(handled["a"] + handled["b"]) == [f"event {i}" for i in range(6)]
     assert handled["a"] and handled["b"]  # both connections got some, none got all
     assert emu.acks == [200] * 6
-
-
-async def test_emulate_lark_serves_an_admin_api() -> None:
-    import httpx
-
-    from trio_chatbridge.testing._emulate import emulate
-
-    lines: list[str] = []
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            emu = await nursery.start(
-                lambda task_status: emulate("lark", out=lines.append, task_status=task_status)
-            )
-            info = json.loads(lines[0])
-            connector = lark.LongConnection(
-                app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
-            )
-            bridge = cb.Bridge(
-                [connector], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
-            )
-            async with open_bridge(bridge), httpx.AsyncClient() as http:
-                said = await http.post(
-                    info["admin_url"] + "/messages", json={"user": "ou_kim", "text": "from outside"}
-                )
-                assert said.status_code == 200
-                await emu.next_sent()
-                sent = (await http.get(info["admin_url"] + "/sent")).json()
-            nursery.cancel_scope.cancel()
-    assert [(s["kind"], s["text"]) for s in sent] == [("reply", "from outside")]
 
 
 @given(frames)

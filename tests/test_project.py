@@ -7,6 +7,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,69 @@ def test_emulate_prints_one_json_line_first(platform: str) -> None:
             child.terminate()
     assert info["platform"] == platform
     assert info["admin_url"].startswith("http://127.0.0.1:")
+
+
+def _connector_for(info: dict[str, Any]) -> Any:
+    """A real connector for what ``emulate <platform>`` printed (over loopback)."""
+    from trio_chatbridge.platforms import lark, wecom, weixin
+
+    if info["platform"] == "weixin":
+        return weixin.Connector(
+            account="bot",
+            token=info["token"],
+            base_url=info["base_url"],
+            cdn_base_url=info["cdn_base_url"],
+        )
+    if info["platform"] == "wecom":
+        return wecom.LongConnection(
+            bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
+        )
+    return lark.LongConnection(
+        app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
+    )
+
+
+@pytest.mark.parametrize("platform", ["weixin", "wecom", "lark"])
+async def test_emulate_admin_api_makes_users_speak_and_lists_what_the_bot_sent(
+    platform: str,
+) -> None:
+    import json
+
+    import httpx
+    import trio
+
+    import trio_chatbridge as cb
+    from trio_chatbridge.testing import open_bridge
+    from trio_chatbridge.testing._emulate import emulate
+
+    async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(batch.text)
+
+    lines: list[str] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            emu = await nursery.start(
+                lambda task_status: emulate(platform, out=lines.append, task_status=task_status)
+            )
+            info = json.loads(lines[0])
+            bridge = cb.Bridge(
+                [_connector_for(info)],
+                echo,
+                store=cb.MemoryStore(),
+                debounce=cb.Debounce(window=0.05),
+            )
+            async with open_bridge(bridge), httpx.AsyncClient() as http:
+                said = await http.post(
+                    info["admin_url"] + "/messages", json={"user": "quinn", "text": "from outside"}
+                )
+                assert said.status_code == 200
+                await emu.next_sent()
+                sent = (await http.get(info["admin_url"] + "/sent")).json()
+            nursery.cancel_scope.cancel()
+    assert [s["text"] for s in sent] == ["from outside"]
+    platform_fields = {
+        "weixin": lambda s: s["to_user"] == "quinn" and s["context_token"],
+        "wecom": lambda s: (s["kind"], s["to"]) == ("stream", "quinn"),
+        "lark": lambda s: s["kind"] == "reply",
+    }
+    assert platform_fields[platform](sent[0])

@@ -468,32 +468,3 @@ def test_frames_round_trip(req_id: str, cmd: str | None, body: object) -> None:
         return
     frame = wecom.Frame(req_id, cmd, body if isinstance(body, dict) else {})
     assert wecom.parse_frame(frame.encode()) == frame
-
-
-async def test_emulate_wecom_serves_an_admin_api() -> None:
-    import httpx
-
-    from trio_chatbridge.testing._emulate import emulate
-
-    lines: list[str] = []
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            emu = await nursery.start(
-                lambda task_status: emulate("wecom", out=lines.append, task_status=task_status)
-            )
-            info = json.loads(lines[0])
-            connector = wecom.LongConnection(
-                bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
-            )
-            bridge = cb.Bridge(
-                [connector], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
-            )
-            async with open_bridge(bridge), httpx.AsyncClient() as http:
-                said = await http.post(
-                    info["admin_url"] + "/messages", json={"user": "quinn", "text": "from outside"}
-                )
-                assert said.status_code == 200
-                await emu.next_sent()
-                sent = (await http.get(info["admin_url"] + "/sent")).json()
-            nursery.cancel_scope.cancel()
-    assert [(s["kind"], s["to"], s["text"]) for s in sent] == [("stream", "quinn", "from outside")]

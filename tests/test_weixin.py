@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import hypothesis.strategies as st
 import pytest
 import trio
@@ -521,38 +519,3 @@ async def test_end_to_end_over_loopback() -> None:
                 assert bridge.status()["weixin:bot"].state == "running"
             nursery.cancel_scope.cancel()
     assert sent.text == "over a real socket"
-
-
-async def test_emulate_command_serves_an_admin_api_for_any_client() -> None:
-    from trio_chatbridge.testing._emulate import emulate
-
-    lines: list[str] = []
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            emu = await nursery.start(
-                lambda task_status: emulate(
-                    "weixin", "127.0.0.1", 0, out=lines.append, task_status=task_status
-                )
-            )
-            info = json.loads(lines[0])
-            assert info["admin_url"].startswith("http://127.0.0.1:")
-            connector = weixin.Connector(
-                account="bot",
-                token=info["token"],
-                base_url=info["base_url"],
-                cdn_base_url=info["cdn_base_url"],
-            )
-            bridge = cb.Bridge(
-                [connector], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
-            )
-            async with open_bridge(bridge), httpx.AsyncClient() as http:
-                said = await http.post(
-                    info["admin_url"] + "/messages", json={"user": "carol", "text": "hi from curl"}
-                )
-                assert said.status_code == 200
-                await emu.next_sent()
-                sent = (await http.get(info["admin_url"] + "/sent")).json()
-            nursery.cancel_scope.cancel()
-    assert sent == [
-        {"to_user": "carol", "text": "hi from curl", "context_token": sent[0]["context_token"]}
-    ]
