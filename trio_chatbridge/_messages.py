@@ -15,7 +15,6 @@ import attrs
 
 from ._errors import ProtocolError
 
-JSONObject: TypeAlias = Mapping[str, Any]
 ChatKind: TypeAlias = Literal["direct", "group"]
 
 

@@ -20,7 +20,6 @@ INTERRUPTS = "interrupts"
 ABANDONED = "abandoned"
 REPLIES = "replies"
 RECONNECTS = "reconnects"
-PROTOCOL_ERRORS = "protocol_errors"
 
 
 @attrs.frozen

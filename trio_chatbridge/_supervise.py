@@ -1,9 +1,9 @@
-"""Supervision: each connector runs under its own cancel scope and restarts with backoff.
+"""Supervision: each connector runs in a task of its own and restarts with backoff.
 
 A transient failure (any exception but :class:`FatalConnectorError`) restarts the connector
 after an exponentially growing, jittered delay; a run that stayed up for ``healthy_after``
 seconds resets the delay. A fatal failure stops that connector alone and shows in its status.
-Stopping a connector is cancelling its scope.
+Stopping connectors is cancelling the scope of the nursery that holds their supervisors.
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ class Supervisor:
         self.status = ConnectorStatus(connector.name, "starting")
         self.settled = trio.Event()
         """Set once the connector was up for the first time, or failed fatally before that."""
-        self._scope = trio.CancelScope()
         self._up_since: float | None = None
 
     def set_state(self, state: ConnectorState, detail: str | None = None) -> None:
@@ -86,15 +85,10 @@ class Supervisor:
         self.set_state("running")
         self.settled.set()
 
-    def stop(self) -> None:
-        """Cancel the connector's scope: it stops at once, and is not restarted."""
-        self._scope.cancel()
-
     async def run(self) -> None:
-        """Run the connector, restarting it after transient failures, until stopped."""
+        """Run the connector, restarting it after transient failures, until cancelled."""
         try:
-            with self._scope:
-                await self._restart_loop()
+            await self._restart_loop()
         finally:
             if self.status.state != "failed":
                 self.set_state("stopped")

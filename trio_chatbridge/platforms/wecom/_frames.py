@@ -28,7 +28,6 @@ MAX_FRAME_BYTES: Final = 512 * 1024  # a frame larger than this is refused, not 
 WS_MESSAGE_LIMIT: Final = 4 * MAX_FRAME_BYTES  # beyond this the WebSocket layer drops the link
 
 # errcodes [1.9]
-OK: Final = 0
 COMMAND_CONFLICT: Final = 6000
 INVALID_REQ_ID: Final = 846605
 STREAM_EXPIRED: Final = 846608

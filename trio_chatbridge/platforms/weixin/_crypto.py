@@ -15,11 +15,6 @@ BLOCK = 16  # bytes
 _HEX = frozenset(string.hexdigits.encode())
 
 
-def encrypted_size(plain_size: int) -> int:
-    """Ciphertext size after PKCS#7 padding: ``ceil((n + 1) / 16) * 16``."""
-    return (plain_size // BLOCK + 1) * BLOCK
-
-
 def encrypt(key: bytes, plaintext: bytes) -> bytes:
     """AES-128-ECB of ``plaintext`` padded with PKCS#7."""
     padder = padding.PKCS7(128).padder()
