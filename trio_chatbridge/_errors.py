@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class ChatBridgeError(Exception):
     """Root of every error this library raises on purpose."""
@@ -43,3 +47,15 @@ class MediaError(ChatBridgeError):
 
 class StoreError(ChatBridgeError):
     """The store could not do what was asked (corrupt file, wrong schema)."""
+
+
+def find_error(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` if it is a ``kind``, else the first ``kind`` inside it (an exception group)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_error(inner, kind)
+            if found is not None:
+                return found
+    return None

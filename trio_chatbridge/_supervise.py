@@ -19,7 +19,7 @@ import trio
 
 from . import _stats
 from ._connector import Connector, ConnectorState, ConnectorStatus
-from ._errors import ConfigurationError, FatalConnectorError
+from ._errors import ConfigurationError, FatalConnectorError, find_error
 
 log = logging.getLogger("trio_chatbridge.supervise")
 
@@ -101,7 +101,7 @@ class Supervisor:
                 await self.connector.run(task_status=_Started(self))
                 error = "run() returned"
             except Exception as exc:
-                fatal = _fatal(exc)
+                fatal = find_error(exc, FatalConnectorError)
                 if fatal is not None:
                     self._fail(fatal)
                     return
@@ -144,15 +144,3 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(describe(inner) for inner in exc.exceptions)
     return f"{type(exc).__name__}: {exc}"
-
-
-def _fatal(exc: BaseException) -> FatalConnectorError | None:
-    """The FatalConnectorError in ``exc`` (alone or inside an exception group), if any."""
-    if isinstance(exc, FatalConnectorError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _fatal(inner)
-            if found is not None:
-                return found
-    return None

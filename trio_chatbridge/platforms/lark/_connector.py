@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -31,7 +31,13 @@ from trio_websocket import (
 )
 
 from ... import _connector as base
-from ..._errors import ConnectorError, FatalConnectorError, ProtocolError, SendError
+from ..._errors import (
+    ConnectorError,
+    FatalConnectorError,
+    ProtocolError,
+    SendError,
+    find_error,
+)
 from ..._messages import Message
 from . import _frames as fr
 from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
@@ -49,7 +55,6 @@ FORBIDDEN: Final = 403
 # reply is impossible for these: send to the chat instead [A9]
 REPLY_FALLBACK: Final = frozenset({230011, 230019, 230050, 230071, 230072, 230111})
 
-ExcT = TypeVar("ExcT", bound=BaseException)
 OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
 EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
 
@@ -159,10 +164,10 @@ class LongConnection(base.Connector):
                     task_status.started()
                     await self._read(ws, events_in)
         except (HandshakeError, OSError, BaseExceptionGroup) as exc:
-            rejected = _find(exc, ConnectionRejected)
+            rejected = find_error(exc, ConnectionRejected)
             if rejected is not None:
                 raise classify_handshake(rejected) from exc
-            if isinstance(exc, BaseExceptionGroup) and _find(exc, HandshakeError) is None:
+            if isinstance(exc, BaseExceptionGroup) and find_error(exc, HandshakeError) is None:
                 raise
             raise ConnectorError(f"Lark app {self.account}: cannot connect: {exc!r}") from exc
 
@@ -396,18 +401,6 @@ class _EditedStream(base.CoalescingStream):
 
     async def final(self, text: str) -> None:
         await self.update(text)  # nothing written: nothing sent
-
-
-def _find(exc: BaseException, kind: type[ExcT]) -> ExcT | None:
-    """``exc`` itself, or the first error of that kind inside an exception group."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find(inner, kind)
-            if found is not None:
-                return found
-    return None
 
 
 def _service_id(url: str) -> int:
