@@ -17,7 +17,8 @@ import attrs
 import httpx
 import trio
 
-from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, ProtocolError
+from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError
+from ..._json import json_object
 
 log = logging.getLogger("trio_chatbridge.lark.api")
 
@@ -121,7 +122,7 @@ class OpenAPI:
         )
         if response.status_code != 200:
             raise ConnectorError(f"Lark endpoint discovery: HTTP {response.status_code}")
-        data = _object(response, "endpoint discovery")
+        data = json_object(response.content, "Lark endpoint discovery")
         code = data.get("code")
         if code in (SYSTEM_BUSY, INTERNAL_ERROR):
             raise ConnectorError(f"Lark endpoint discovery: server busy (code {code})")
@@ -148,7 +149,7 @@ class OpenAPI:
                     {"app_id": self.app_id, "app_secret": self._secret},
                     {},
                 )
-                data = _object(response, "tenant_access_token")
+                data = json_object(response.content, "Lark tenant_access_token")
                 if data.get("code") != 0 or not isinstance(data.get("tenant_access_token"), str):
                     raise LarkError("tenant_access_token", _code(data), str(data.get("msg")))
                 expire = data.get("expire")
@@ -179,7 +180,7 @@ class OpenAPI:
                     )
             except (httpx.HTTPError, trio.TooSlowError) as exc:
                 raise ConnectorError(f"Lark {method} {path}: {type(exc).__name__}: {exc}") from exc
-            data = _object(response, path) if response.content else {}
+            data = json_object(response.content, f"Lark {path}") if response.content else {}
             code = _code(data) if data else (0 if response.is_success else response.status_code)
             if code in TOKEN_EXPIRED and not renewed:
                 self._token, renewed = None, True
@@ -227,18 +228,6 @@ class OpenAPI:
             f"/open-apis/im/v1/messages/{message_id}",
             {"msg_type": "text", "content": json.dumps({"text": text}, ensure_ascii=False)},
         )
-
-
-def _object(response: httpx.Response, what: str) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(
-            f"Lark {what} answered with invalid JSON (HTTP {response.status_code})"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ProtocolError(f"Lark {what} answered with {type(data).__name__}, not an object")
-    return data
 
 
 def _code(data: Mapping[str, Any]) -> int:

@@ -19,6 +19,7 @@ import httpx
 import trio
 
 from ..._errors import ChatBridgeError, ConnectorError, ProtocolError
+from ..._json import json_object
 from . import _protocol as p
 
 log = logging.getLogger("trio_chatbridge.weixin.api")
@@ -148,7 +149,9 @@ class ILinkClient:
             raise ConnectorError(f"iLink {endpoint}: {type(exc).__name__}: {exc}") from exc
         if not response.is_success:
             raise HTTPStatusError(endpoint, response.status_code, response.content)
-        return _json_object(endpoint, response.content)
+        if not response.content.strip():
+            return {}  # sendmessage may answer with nothing at all [2.2]
+        return json_object(response.content, f"iLink {endpoint}")
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -256,17 +259,3 @@ class ILinkClient:
     @property
     def cdn_host(self) -> str:
         return urlsplit(self.cdn_base_url).hostname or ""
-
-
-def _json_object(endpoint: str, content: bytes) -> dict[str, Any]:
-    if not content.strip():
-        return {}
-    try:
-        data = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(
-            f"iLink {endpoint} answered with invalid JSON: {content[:100]!r}"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ProtocolError(f"iLink {endpoint} answered with {type(data).__name__}, not an object")
-    return data
