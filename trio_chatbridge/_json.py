@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ._errors import ProtocolError
@@ -17,3 +18,15 @@ def json_object(data: bytes | str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} answered with a JSON {type(value).__name__}, not an object")
     return value
+
+
+def get_object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``data[key]`` if it is a JSON object, else an empty one (lenient reading of payloads)."""
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def get_str(data: Mapping[str, Any], key: str) -> str | None:
+    """``data[key]`` if it is a string, else None."""
+    value = data.get(key)
+    return value if isinstance(value, str) else None

@@ -7,20 +7,11 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..._errors import ProtocolError
+from ..._json import get_object, get_str
 from ..._messages import Chat, File, Image, Media, Mention, Message, Part, Sender, Text, Voice
 
 PLATFORM: Final = "lark"
 MESSAGE_EVENT: Final = "im.message.receive_v1"
-
-
-def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = data.get(key)
-    return value if isinstance(value, Mapping) else {}
-
-
-def _str(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value if isinstance(value, str) else None
 
 
 def _post_text(content: Mapping[str, Any]) -> str:
@@ -28,7 +19,7 @@ def _post_text(content: Mapping[str, Any]) -> str:
     body = content
     if "content" not in body:  # {"zh_cn": {...}} or {"en_us": {...}}
         body = next((v for v in content.values() if isinstance(v, Mapping)), {})
-    lines = [_str(body, "title") or ""]
+    lines = [get_str(body, "title") or ""]
     for paragraph in body.get("content") or []:
         if isinstance(paragraph, list):
             lines.append(
@@ -50,19 +41,23 @@ def to_message(
     and kept as a :class:`Mention`, and ``reply_handle["addressed"]`` says whether the bot was
     mentioned (the group filter reads it).
     """
-    event = _obj(envelope, "event")
-    message = _obj(event, "message")
-    sender = _obj(event, "sender")
-    message_id = _str(message, "message_id")
-    chat_id = _str(message, "chat_id")
+    event = get_object(envelope, "event")
+    message = get_object(event, "message")
+    sender = get_object(event, "sender")
+    message_id = get_str(message, "message_id")
+    chat_id = get_str(message, "chat_id")
     if not message_id or not chat_id:
         raise ProtocolError("message event without message_id or chat_id")
-    sender_id = _obj(sender, "sender_id")
-    user = _str(sender_id, "open_id") or _str(sender_id, "union_id") or _str(sender_id, "user_id")
+    sender_id = get_object(sender, "sender_id")
+    user = (
+        get_str(sender_id, "open_id")
+        or get_str(sender_id, "union_id")
+        or get_str(sender_id, "user_id")
+    )
     if not user:
         raise ProtocolError("message event without a sender id")
     try:
-        content = json.loads(_str(message, "content") or "{}")
+        content = json.loads(get_str(message, "content") or "{}")
     except ValueError as exc:
         raise ProtocolError("message content is not JSON") from exc
     if not isinstance(content, Mapping):
@@ -70,7 +65,7 @@ def to_message(
     parts: list[Part] = []
     addressed = False
     mentions = [m for m in message.get("mentions") or [] if isinstance(m, Mapping)]
-    msgtype = _str(message, "message_type")
+    msgtype = get_str(message, "message_type")
     text = (
         content.get("text")
         if msgtype == "text"
@@ -81,7 +76,7 @@ def to_message(
     if isinstance(text, str):
         for mention in sorted(mentions, key=lambda m: -len(str(m.get("key", "")))):
             key, name = str(mention.get("key", "")), str(mention.get("name", ""))
-            open_id = _str(_obj(mention, "id"), "open_id") or ""
+            open_id = get_str(get_object(mention, "id"), "open_id") or ""
             if bot_open_id and open_id == bot_open_id:
                 addressed = True
                 text = text.replace(key + " ", "").replace(key, "")
@@ -98,7 +93,7 @@ def to_message(
             File(
                 Media(
                     "file",
-                    name=_str(content, "file_name"),
+                    name=get_str(content, "file_name"),
                     ref={"message_id": message_id, "key": content.get("file_key")},
                 )
             )
@@ -107,21 +102,21 @@ def to_message(
         parts.append(
             Voice(Media("voice", ref={"message_id": message_id, "key": content.get("file_key")}))
         )
-    chat_type = _str(message, "chat_type")
-    created = _str(message, "create_time")
-    header = _obj(envelope, "header")
+    chat_type = get_str(message, "chat_type")
+    created = get_str(message, "create_time")
+    header = get_object(envelope, "header")
     return Message(
         platform=PLATFORM,
         account=account,
         id=message_id,
         chat=Chat(chat_id, "group" if chat_type == "group" else "direct"),
-        sender=Sender(user, is_bot=_str(sender, "sender_type") not in (None, "user")),
+        sender=Sender(user, is_bot=get_str(sender, "sender_type") not in (None, "user")),
         parts=parts,
         timestamp=int(created) / 1000 if created and created.isdigit() else 0.0,
         reply_handle={
             "message_id": message_id,
             "chat_id": chat_id,
-            "event_id": _str(header, "event_id") or "",
+            "event_id": get_str(header, "event_id") or "",
             "addressed": addressed,
         },
         raw=dict(envelope),

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..._errors import ProtocolError
+from ..._json import get_object, get_str
 from ..._messages import (
     Chat,
     File,
@@ -26,19 +27,9 @@ PLATFORM = "wecom"
 _LEADING_MENTION = re.compile(r"^\s*@(\S+)\s*")
 
 
-def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = data.get(key)
-    return value if isinstance(value, Mapping) else {}
-
-
-def _str(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value if isinstance(value, str) else None
-
-
 def _media(kind: str, data: Mapping[str, Any]) -> Media:
     ref = {k: v for k in ("url", "aeskey") if isinstance(v := data.get(k), str)}
-    return Media(kind, name=_str(data, "filename"), ref=ref)  # type: ignore[arg-type]
+    return Media(kind, name=get_str(data, "filename"), ref=ref)  # type: ignore[arg-type]
 
 
 def _text_parts(text: str, group: bool, bot_name: str | None) -> list[Part]:
@@ -57,9 +48,9 @@ def _text_parts(text: str, group: bool, bot_name: str | None) -> list[Part]:
 
 
 def parts_of(body: Mapping[str, Any], group: bool, bot_name: str | None) -> list[Part]:
-    msgtype = _str(body, "msgtype")
+    msgtype = get_str(body, "msgtype")
     parts: list[Part] = []
-    quote = _obj(body, "quote")
+    quote = get_object(body, "quote")
     if quote:
         quoted = parts_of(quote, False, None)
         summary = (
@@ -67,25 +58,27 @@ def parts_of(body: Mapping[str, Any], group: bool, bot_name: str | None) -> list
         )
         parts.append(Quote(summary))
     if msgtype == "text":
-        parts += _text_parts(_str(_obj(body, "text"), "content") or "", group, bot_name)
+        parts += _text_parts(get_str(get_object(body, "text"), "content") or "", group, bot_name)
     elif msgtype == "voice":
-        parts.append(Voice(Media("voice"), transcript=_str(_obj(body, "voice"), "content")))
+        parts.append(
+            Voice(Media("voice"), transcript=get_str(get_object(body, "voice"), "content"))
+        )
     elif msgtype == "image":
-        parts.append(Image(_media("image", _obj(body, "image"))))
+        parts.append(Image(_media("image", get_object(body, "image"))))
     elif msgtype == "file":
-        parts.append(File(_media("file", _obj(body, "file"))))
+        parts.append(File(_media("file", get_object(body, "file"))))
     elif msgtype == "video":
-        parts.append(Video(_media("video", _obj(body, "video"))))
+        parts.append(Video(_media("video", get_object(body, "video"))))
     elif msgtype == "mixed":
-        items = _obj(body, "mixed").get("msg_item")
+        items = get_object(body, "mixed").get("msg_item")
         for item in items if isinstance(items, list) else []:
             if not isinstance(item, Mapping):
                 continue
             if item.get("msgtype") == "text":
-                text = _str(_obj(item, "text"), "content") or ""
+                text = get_str(get_object(item, "text"), "content") or ""
                 parts += _text_parts(text, group and not parts, bot_name)
             elif item.get("msgtype") == "image":
-                parts.append(Image(_media("image", _obj(item, "image"))))
+                parts.append(Image(_media("image", get_object(item, "image"))))
     return parts
 
 
@@ -93,18 +86,18 @@ def to_message(
     account: str, req_id: str, body: Mapping[str, Any], *, bot_name: str | None = None
 ) -> Message:
     """The bridge's message for an ``aibot_msg_callback``; the callback's req_id is the handle."""
-    sender = _str(_obj(body, "from"), "userid")
+    sender = get_str(get_object(body, "from"), "userid")
     if not sender:
         raise ProtocolError("message callback without from.userid")
     group = body.get("chattype") == "group"
-    chat_id = _str(body, "chatid") if group else sender
+    chat_id = get_str(body, "chatid") if group else sender
     if not chat_id:
         raise ProtocolError("group message callback without chatid")
     created = body.get("create_time")
     return Message(
         platform=PLATFORM,
         account=account,
-        id=_str(body, "msgid") or req_id,
+        id=get_str(body, "msgid") or req_id,
         chat=Chat(chat_id, "group" if group else "direct"),
         sender=Sender(sender),
         parts=parts_of(body, group, bot_name),
