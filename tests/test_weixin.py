@@ -144,7 +144,8 @@ async def test_session_expired_pauses_for_an_hour_then_resumes(
         assert status(bridge).state == "paused"
         assert "weixin-login" in (status(bridge).detail or "")
         assert connector.paused
-        target = weixin.to_message("bot", weixin.WeixinMessage.parse(emu.user_message("u", [])), {})
+        target = weixin.to_message("bot", emu.user_message("u", []))
+        assert target is not None
         with pytest.raises(weixin.SessionPausedError, match="errcode -14"):
             await connector.send(target, "hello")
         polls = len(emu.calls("getupdates"))

@@ -8,6 +8,7 @@ they may hold tokens or keys.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -18,7 +19,10 @@ from ._errors import ProtocolError
 ChatKind: TypeAlias = Literal["direct", "group"]
 
 
-def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _as_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A dict is kept as given (a connector hands over a fresh one); anything else is copied."""
+    if type(value) is dict:
+        return value
     return dict(value) if value else {}
 
 
@@ -46,6 +50,13 @@ class Chat:
     """The group's name, when known."""
 
 
+# Chats and senders repeat across a conversation's messages and never change, so connectors
+# take them from these caches: a busy journal then holds one object per person rather than
+# two per message (less memory, and fewer objects for the garbage collector to walk).
+shared_chat = functools.lru_cache(maxsize=4096)(Chat)
+shared_sender = functools.lru_cache(maxsize=4096)(Sender)
+
+
 @attrs.frozen
 class Media:
     """A reference to a piece of media that the connector knows how to download."""
@@ -56,7 +67,7 @@ class Media:
     """A file name, when the platform gives one."""
     size: int | None = None
     """Size in bytes, when known before download."""
-    ref: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
+    ref: Mapping[str, Any] = attrs.field(factory=dict, converter=_as_dict, repr=False)
     """Platform data needed to fetch it (URLs, keys). Never shown in reprs."""
 
 
@@ -150,11 +161,9 @@ class Message:
     parts: tuple[Part, ...] = attrs.field(converter=_parts)
     timestamp: float = 0.0
     """When it was sent, in wall-clock seconds since the epoch."""
-    reply_handle: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=_frozen_mapping, repr=False
-    )
+    reply_handle: Mapping[str, Any] = attrs.field(factory=dict, converter=_as_dict, repr=False)
     """What the connector needs to answer this message (a context token, a req_id...)."""
-    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
+    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_as_dict, repr=False)
     """The platform's payload, for escape hatches. Not stable across platform versions."""
 
     @property

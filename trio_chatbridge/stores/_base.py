@@ -33,12 +33,16 @@ def journal_key(message: Message) -> JournalKey:
     return (message.platform, message.account, message.id)
 
 
+JournalState: TypeAlias = Literal["pending", "done", "failed"]
+"""Where a journaled message stands: ``pending`` until a run finished."""
+
+
 @attrs.frozen
 class JournalEntry:
     """What the journal knows of one message."""
 
     message: Message
-    state: Literal["pending", "done", "failed"]
+    state: JournalState
     """``pending`` until a run finished; ``failed`` when the run raised (see ``error``)."""
     error: str | None
     """The failure recorded for a failed run."""

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import attrs
 import trio
 
 from .._messages import Message
-from ._base import JournalEntry, JournalKey, Store, journal_key
-
-
-@attrs.define
-class _Entry:
-    message: Message
-    received_at: float
-    state: Literal["pending", "done", "failed"] = "pending"
-    error: str | None = None
+from ._base import JournalEntry, JournalKey, JournalState, Store, journal_key
 
 
 @attrs.define(eq=False)
@@ -30,45 +21,52 @@ class MemoryStore(Store):
 
     wall_clock: Callable[[], float] = time.time
     """Where ``received_at`` comes from (for pruning)."""
-    _journal: dict[JournalKey, _Entry] = attrs.field(factory=dict, init=False)
+    # Three flat dicts rather than one record per message: a record is one more object per
+    # message for the garbage collector to walk, and a busy journal holds many.
+    _journal: dict[JournalKey, Message] = attrs.field(factory=dict, init=False)
+    _received: dict[JournalKey, float] = attrs.field(factory=dict, init=False)
+    _outcome: dict[JournalKey, tuple[JournalState, str | None]] = attrs.field(
+        factory=dict, init=False
+    )
     _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False)
     _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False)
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
         now = self.wall_clock()
+        journal = self._journal
         added: list[bool] = []
         for message in messages:
             key = journal_key(message)
-            is_new = key not in self._journal
+            is_new = key not in journal
             if is_new:
-                self._journal[key] = _Entry(message, now)
+                journal[key] = message
+                self._received[key] = now
             added.append(is_new)
         return added
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
+        outcome: tuple[JournalState, str | None] = (
+            ("done", None) if error is None else ("failed", error)
+        )
         for message in messages:
-            entry = self._journal.get(journal_key(message))
-            if entry is not None:
-                entry.state = "done" if error is None else "failed"
-                entry.error = error
+            key = journal_key(message)
+            if key in self._journal:
+                self._outcome[key] = outcome
 
     async def journal_pending(self) -> list[Message]:
-        return [e.message for e in self._journal.values() if e.state == "pending"]
+        return [m for key, m in self._journal.items() if key not in self._outcome]
 
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
-        entry = self._journal.get(key)
-        if entry is None:
+        message = self._journal.get(key)
+        if message is None:
             return None
-        return JournalEntry(entry.message, entry.state, entry.error, entry.received_at)
+        state, error = self._outcome.get(key, ("pending", None))
+        return JournalEntry(message, state, error, self._received[key])
 
     async def journal_prune(self, before: float) -> int:
-        old = [
-            key
-            for key, entry in self._journal.items()
-            if entry.state != "pending" and entry.received_at < before
-        ]
+        old = [key for key in self._outcome if self._received[key] < before]
         for key in old:
-            del self._journal[key]
+            del self._journal[key], self._received[key], self._outcome[key]
         return len(old)
 
     async def get(self, platform: str, account: str, key: str) -> str | None:

@@ -8,7 +8,18 @@ from typing import Any, Final
 
 from ..._errors import ProtocolError
 from ..._json import get_object, get_str
-from ..._messages import Chat, File, Image, Media, Mention, Message, Part, Sender, Text, Voice
+from ..._messages import (
+    File,
+    Image,
+    Media,
+    Mention,
+    Message,
+    Part,
+    Text,
+    Voice,
+    shared_chat,
+    shared_sender,
+)
 
 PLATFORM: Final = "lark"
 MESSAGE_EVENT: Final = "im.message.receive_v1"
@@ -109,8 +120,8 @@ def to_message(
         platform=PLATFORM,
         account=account,
         id=message_id,
-        chat=Chat(chat_id, "group" if chat_type == "group" else "direct"),
-        sender=Sender(user, is_bot=get_str(sender, "sender_type") not in (None, "user")),
+        chat=shared_chat(chat_id, "group" if chat_type == "group" else "direct"),
+        sender=shared_sender(user, is_bot=get_str(sender, "sender_type") not in (None, "user")),
         parts=parts,
         timestamp=int(created) / 1000 if created and created.isdigit() else 0.0,
         reply_handle={

@@ -9,7 +9,6 @@ from typing import Any
 from ..._errors import ProtocolError
 from ..._json import get_object, get_str
 from ..._messages import (
-    Chat,
     File,
     Image,
     Media,
@@ -17,10 +16,11 @@ from ..._messages import (
     Message,
     Part,
     Quote,
-    Sender,
     Text,
     Video,
     Voice,
+    shared_chat,
+    shared_sender,
 )
 
 PLATFORM = "wecom"
@@ -98,8 +98,8 @@ def to_message(
         platform=PLATFORM,
         account=account,
         id=get_str(body, "msgid") or req_id,
-        chat=Chat(chat_id, "group" if group else "direct"),
-        sender=Sender(sender),
+        chat=shared_chat(chat_id, "group" if group else "direct"),
+        sender=shared_sender(sender),
         parts=parts_of(body, group, bot_name),
         timestamp=float(created) if isinstance(created, int | float) else 0.0,
         reply_handle={"req_id": req_id, "chatid": chat_id},

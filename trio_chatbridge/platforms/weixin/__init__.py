@@ -17,7 +17,6 @@ from ._protocol import DEFAULT_BASE_URL as DEFAULT_BASE_URL
 from ._protocol import DEFAULT_CDN_BASE_URL as DEFAULT_CDN_BASE_URL
 from ._protocol import GetUpdatesResponse as GetUpdatesResponse
 from ._protocol import MessageItem as MessageItem
-from ._protocol import WeixinMessage as WeixinMessage
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",
@@ -36,7 +35,6 @@ __all__ = [
     "RateLimit",
     "SessionExpiredError",
     "SessionPausedError",
-    "WeixinMessage",
     "split_text",
     "login",
     "to_message",

@@ -69,7 +69,11 @@ def raise_for_code(endpoint: str, data: Mapping[str, Any]) -> None:
     code = p.error_code(data)
     if code is None:
         return
-    ret, errcode, errmsg = p._int(data, "ret"), p._int(data, "errcode"), p._str(data, "errmsg")
+    ret, errcode, errmsg = (
+        p.read_int(data, "ret"),
+        p.read_int(data, "errcode"),
+        p.read_str(data, "errmsg"),
+    )
     if code == p.SESSION_EXPIRED:
         raise SessionExpiredError(
             endpoint,
@@ -241,10 +245,10 @@ class ILinkClient:
 
     def upload_url(self, answer: Mapping[str, Any], filekey: str) -> str:
         """Where to POST the ciphertext: ``upload_full_url``, else built from ``upload_param``."""
-        full = (p._str(answer, "upload_full_url") or "").strip()
+        full = (p.read_str(answer, "upload_full_url") or "").strip()
         if full:
             return full
-        param = p._str(answer, "upload_param")
+        param = p.read_str(answer, "upload_param")
         if not param:
             raise ProtocolError("getuploadurl gave neither upload_full_url nor upload_param")
         return (

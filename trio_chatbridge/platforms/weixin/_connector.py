@@ -139,7 +139,7 @@ class _TypingTickets:
             return entry.ticket
         try:
             answer = await client.get_config(peer, context_token)
-            ticket = p._str(answer, "typing_ticket") or ""
+            ticket = p.read_str(answer, "typing_ticket") or ""
             self._entries[peer] = _Ticket(ticket, now + self._random() * p.CONFIG_CACHE_TTL)
             return ticket
         except (ILinkError, ConnectorError, ProtocolError) as exc:
@@ -307,15 +307,15 @@ class Connector(base.Connector):
         messages: list[Message] = []
         for raw in raw_messages:
             try:
-                parsed = p.WeixinMessage.parse(raw)
+                message = to_message(self.account, raw)
             except ProtocolError as exc:
                 ctx.count("protocol_errors")
                 log.warning("weixin account %s: skipped a malformed message: %s", self.account, exc)
                 continue
-            if not parsed.should_process():
+            if message is None:
                 ctx.count("filtered")
-                continue
-            messages.append(to_message(self.account, parsed, raw))
+            else:
+                messages.append(message)
         if not messages:
             return
         await ctx.put(messages)

@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..._messages import Chat, File, Image, Media, Message, Part, Quote, Sender, Text, Video, Voice
+from ..._errors import ProtocolError
+from ..._messages import (
+    File,
+    Image,
+    Media,
+    Message,
+    Part,
+    Quote,
+    Text,
+    Video,
+    Voice,
+    shared_chat,
+    shared_sender,
+)
 from . import _protocol as p
 from ._media import media_ref
 
 PLATFORM = "weixin"
 
 
-def message_id(msg: p.WeixinMessage) -> str:
+def message_id(raw: Mapping[str, Any], sender: str, parts: Sequence[Part]) -> str:
     """The dedup key, in the reference client's order: message_id, client_id, seq, content hash."""
-    if msg.message_id:
-        return str(msg.message_id)
-    if msg.client_id:
-        return f"client:{msg.client_id}"
-    if msg.seq is not None:
-        return f"seq:{msg.seq}"
-    text = "".join(item.text or "" for item in msg.items)
-    digest = hashlib.sha256(f"{msg.from_user_id}|{text}|{msg.create_time_ms}".encode()).hexdigest()
+    number = p.read_int(raw, "message_id")
+    if number:
+        return str(number)
+    client_id = p.read_str(raw, "client_id")
+    if client_id:
+        return f"client:{client_id}"
+    seq = p.read_int(raw, "seq")
+    if seq is not None:
+        return f"seq:{seq}"
+    text = "".join(part.text for part in parts if isinstance(part, Text))
+    created = p.read_int(raw, "create_time_ms")
+    digest = hashlib.sha256(f"{sender}|{text}|{created}".encode()).hexdigest()
     return f"sha256:{digest[:32]}"
 
 
@@ -54,40 +71,66 @@ def _quote(item: p.MessageItem) -> list[Part]:
     return [Quote(quoted)] if quoted else []
 
 
-def parts_of(msg: p.WeixinMessage) -> list[Part]:
+def _parts_of_item(item: p.MessageItem) -> list[Part]:
+    if item.type == p.ItemType.TEXT:
+        return [*_quote(item), Text(item.text or "")]
+    if item.type == p.ItemType.VOICE and (item.media is None or not item.media.downloadable):
+        return [Voice(Media("voice"), transcript=item.text, duration=item.duration)]
+    part = _media_part(item)
+    return [] if part is None else [part]
+
+
+def parts_of(items: Any) -> list[Part]:
+    """The parts of a raw ``item_list`` (entries that are not objects are skipped)."""
     parts: list[Part] = []
-    for item in msg.items:
-        if item.type == p.ItemType.TEXT:
-            parts.extend(_quote(item))
-            parts.append(Text(item.text or ""))
-        elif item.type == p.ItemType.VOICE and (item.media is None or not item.media.downloadable):
-            parts.append(Voice(Media("voice"), transcript=item.text, duration=item.duration))
+    if type(items) is not list:
+        return parts
+    for item in items:
+        if type(item) is not dict:
+            continue
+        if item.get("type") == p.ItemType.TEXT and "ref_msg" not in item:
+            # the common case, read in place: a plain text item
+            parts.append(Text(p.read_str(p.read_obj(item, "text_item"), "text") or ""))
         else:
-            part = _media_part(item)
-            if part is not None:
-                parts.append(part)
+            parts.extend(_parts_of_item(p.MessageItem.parse(item)))
     return parts
 
 
-def to_message(account: str, msg: p.WeixinMessage, raw: dict[str, Any]) -> Message:
-    """The bridge's message for an inbound iLink message.
+def to_message(account: str, raw: Any) -> Message | None:
+    """The bridge's message for one entry of getupdates' ``msgs``, or None if not for the agent.
+
+    Not for the agent [6.4]: the bot's own messages, GENERATING ones, recalled ones. Every field
+    is optional and read leniently [1.4]; only an entry that is not an object raises
+    :class:`ProtocolError`. This runs for every inbound message, so it reads the payload in
+    place, without an intermediate model.
 
     Group messages are [UNCONFIRMED]: the reference plugin handles direct chats only. We keep
     the group as the chat (so a group is one session) and reply to the sender, the only
     addressing sendmessage is known to take.
     """
-    chat = Chat(msg.group_id, "group") if msg.group_id else Chat(msg.from_user_id, "direct")
-    handle = {"to_user_id": msg.from_user_id}
-    if msg.context_token:
-        handle["context_token"] = msg.context_token
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"a message is a JSON object, got {type(raw).__name__}")
+    if (
+        p.read_int(raw, "message_type") != p.MessageType.USER
+        or (p.read_int(raw, "delete_time_ms") or 0) > 0
+        or p.read_int(raw, "message_state") == p.MessageState.GENERATING
+    ):
+        return None
+    sender = p.read_str(raw, "from_user_id") or ""
+    group = p.read_str(raw, "group_id")
+    handle = {"to_user_id": sender}
+    token = p.read_str(raw, "context_token")
+    if token:
+        handle["context_token"] = token
+    parts = parts_of(raw.get("item_list"))
     return Message(
         platform=PLATFORM,
         account=account,
-        id=message_id(msg),
-        chat=chat,
-        sender=Sender(msg.from_user_id),
-        parts=parts_of(msg),
-        timestamp=(msg.create_time_ms or 0) / 1000,
+        id=message_id(raw, sender, parts),
+        chat=shared_chat(group, "group") if group else shared_chat(sender, "direct"),
+        sender=shared_sender(sender),
+        parts=parts,
+        timestamp=(p.read_int(raw, "create_time_ms") or 0) / 1000,
         reply_handle=handle,
         raw=raw,
     )

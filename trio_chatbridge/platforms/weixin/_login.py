@@ -82,15 +82,15 @@ async def _login(
     base = api.base_url
     for attempt in range(1, MAX_QR_CODES + 1):
         qr = await api.get_bot_qrcode([old_token] if old_token else [])
-        code = p._str(qr, "qrcode")
+        code = p.read_str(qr, "qrcode")
         if not code:
             raise LoginError(f"get_bot_qrcode gave no QR code: {sorted(qr)}")
         show(f"Scan this QR code with WeChat ({attempt}/{MAX_QR_CODES}):")
-        show(p._str(qr, "qrcode_img_content") or code)
+        show(p.read_str(qr, "qrcode_img_content") or code)
         verify: str | None = None
         while True:
             answer = await api.get_qrcode_status(code, base=base, verify_code=verify)
-            status = p._str(answer, "status") or "wait"
+            status = p.read_str(answer, "status") or "wait"
             if status == "confirmed":
                 return await _store_login(store, account, answer, api.base_url)
             if status == "binded_redirect":
@@ -111,7 +111,7 @@ async def _login(
                 verify = None
                 show("Scanned: confirm the login on the phone.")
             elif status == "scaned_but_redirect":
-                host = p._str(answer, "redirect_host")
+                host = p.read_str(answer, "redirect_host")
                 if host:
                     base = p.normalise_base_url(f"https://{host}")
             await trio.sleep(POLL_PAUSE)
@@ -121,12 +121,12 @@ async def _login(
 async def _store_login(
     store: Store, account: str, answer: dict[str, object], default_base: str
 ) -> LoginResult:
-    token = p._str(answer, "bot_token")
+    token = p.read_str(answer, "bot_token")
     if not token:
         raise LoginError("login confirmed without a bot_token")
-    base_url = p.normalise_base_url(p._str(answer, "baseurl") or default_base)
-    bot_id = p._str(answer, "ilink_bot_id")
-    owner = p._str(answer, "ilink_user_id")
+    base_url = p.normalise_base_url(p.read_str(answer, "baseurl") or default_base)
+    bot_id = p.read_str(answer, "ilink_bot_id")
+    owner = p.read_str(answer, "ilink_user_id")
     await store.set(PLATFORM, account, TOKEN_KEY, token)
     await store.set(PLATFORM, account, BASE_URL_KEY, base_url)
     await store.set(PLATFORM, account, BOT_ID_KEY, bot_id)

@@ -133,7 +133,7 @@ def normalise_base_url(url: str) -> str:
 # Hot path (every field of every message): exact type checks first, JSON gives exact types.
 
 
-def _int(data: Mapping[str, Any], key: str) -> int | None:
+def read_int(data: Mapping[str, Any], key: str) -> int | None:
     value = data.get(key)
     if type(value) is int or value is None:
         return value
@@ -147,7 +147,7 @@ def _int(data: Mapping[str, Any], key: str) -> int | None:
     return None
 
 
-def _str(data: Mapping[str, Any], key: str) -> str | None:
+def read_str(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if type(value) is str or value is None:
         return value
@@ -159,7 +159,7 @@ def _str(data: Mapping[str, Any], key: str) -> str | None:
 _EMPTY: Mapping[str, Any] = {}
 
 
-def _obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def read_obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key)
     return value if type(value) is dict or isinstance(value, Mapping) else _EMPTY
 
@@ -179,10 +179,10 @@ class CDNMedia:
         if not data:
             return None
         return cls(
-            _str(data, "encrypt_query_param"),
-            _str(data, "aes_key"),
-            _int(data, "encrypt_type"),
-            _str(data, "full_url"),
+            read_str(data, "encrypt_query_param"),
+            read_str(data, "aes_key"),
+            read_int(data, "encrypt_type"),
+            read_str(data, "full_url"),
         )
 
     @property
@@ -209,105 +209,57 @@ class MessageItem:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> MessageItem:
-        kind = _int(data, "type") or 0
-        ref = _obj(data, "ref_msg")
-        ref_item = _obj(ref, "message_item")
+        kind = read_int(data, "type") or 0
+        ref = read_obj(data, "ref_msg")
+        ref_item = read_obj(ref, "message_item")
         item = cls._parse_body(kind, data)
         if not ref:
             return item
         return attrs.evolve(
-            item, ref_title=_str(ref, "title"), ref_item=cls.parse(ref_item) if ref_item else None
+            item,
+            ref_title=read_str(ref, "title"),
+            ref_item=cls.parse(ref_item) if ref_item else None,
         )
 
     @classmethod
     def _parse_body(cls, kind: int, data: Mapping[str, Any]) -> MessageItem:
         if kind == ItemType.TEXT:
-            return cls(kind, text=_str(_obj(data, "text_item"), "text"))
+            return cls(kind, text=read_str(read_obj(data, "text_item"), "text"))
         if kind == ItemType.IMAGE:
-            image = _obj(data, "image_item")
+            image = read_obj(data, "image_item")
             return cls(
                 kind,
-                media=CDNMedia.parse(_obj(image, "media")),
-                image_aeskey=_str(image, "aeskey"),
-                size=_int(image, "mid_size"),
+                media=CDNMedia.parse(read_obj(image, "media")),
+                image_aeskey=read_str(image, "aeskey"),
+                size=read_int(image, "mid_size"),
             )
         if kind == ItemType.VOICE:
-            voice = _obj(data, "voice_item")
-            playtime = _int(voice, "playtime")
+            voice = read_obj(data, "voice_item")
+            playtime = read_int(voice, "playtime")
             return cls(
                 kind,
-                text=_str(voice, "text"),
-                media=CDNMedia.parse(_obj(voice, "media")),
+                text=read_str(voice, "text"),
+                media=CDNMedia.parse(read_obj(voice, "media")),
                 duration=None if playtime is None else playtime / 1000,
             )
         if kind == ItemType.FILE:
-            file = _obj(data, "file_item")
+            file = read_obj(data, "file_item")
             return cls(
                 kind,
-                media=CDNMedia.parse(_obj(file, "media")),
-                file_name=_str(file, "file_name"),
-                size=_int(file, "len"),
+                media=CDNMedia.parse(read_obj(file, "media")),
+                file_name=read_str(file, "file_name"),
+                size=read_int(file, "len"),
             )
         if kind == ItemType.VIDEO:
-            video = _obj(data, "video_item")
-            length = _int(video, "play_length")
+            video = read_obj(data, "video_item")
+            length = read_int(video, "play_length")
             return cls(
                 kind,
-                media=CDNMedia.parse(_obj(video, "media")),
-                size=_int(video, "video_size"),
+                media=CDNMedia.parse(read_obj(video, "media")),
+                size=read_int(video, "video_size"),
                 duration=None if length is None else float(length),
             )
         return cls(kind)  # tool calls and kinds added later: kept, not understood
-
-
-@attrs.frozen
-class WeixinMessage:
-    """A message as ``getupdates`` delivers it [6.2]."""
-
-    seq: int | None
-    message_id: int | None
-    from_user_id: str
-    to_user_id: str | None
-    client_id: str | None
-    create_time_ms: int | None
-    delete_time_ms: int | None
-    group_id: str | None
-    message_type: int | None
-    message_state: int | None
-    items: tuple[MessageItem, ...]
-    context_token: str | None = attrs.field(repr=False)
-
-    @classmethod
-    def parse(cls, data: Any) -> WeixinMessage:
-        if not isinstance(data, Mapping):
-            raise ProtocolError(f"a message is a JSON object, got {type(data).__name__}")
-        items = data.get("item_list")
-        return cls(
-            seq=_int(data, "seq"),
-            message_id=_int(data, "message_id"),
-            from_user_id=_str(data, "from_user_id") or "",
-            to_user_id=_str(data, "to_user_id"),
-            client_id=_str(data, "client_id"),
-            create_time_ms=_int(data, "create_time_ms"),
-            delete_time_ms=_int(data, "delete_time_ms"),
-            group_id=_str(data, "group_id") or None,
-            message_type=_int(data, "message_type"),
-            message_state=_int(data, "message_state"),
-            items=tuple(
-                [MessageItem.parse(item) for item in items if isinstance(item, dict)]
-                if type(items) is list
-                else ()
-            ),
-            context_token=_str(data, "context_token"),
-        )
-
-    def should_process(self) -> bool:
-        """A user's finished, not recalled message [6.4] (bot echoes, GENERATING, recalls out)."""
-        return (
-            self.message_type == MessageType.USER
-            and (self.delete_time_ms is None or self.delete_time_ms <= 0)
-            and self.message_state != MessageState.GENERATING
-        )
 
 
 @attrs.frozen
@@ -328,13 +280,13 @@ class GetUpdatesResponse:
             raise ProtocolError(f"getupdates answered with {type(data).__name__}, not an object")
         msgs = data.get("msgs")
         return cls(
-            ret=_int(data, "ret"),
-            errcode=_int(data, "errcode"),
-            errmsg=_str(data, "errmsg"),
+            ret=read_int(data, "ret"),
+            errcode=read_int(data, "errcode"),
+            errmsg=read_str(data, "errmsg"),
             messages=tuple(msgs) if isinstance(msgs, list) else (),
             # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
-            cursor=_str(data, "get_updates_buf") or _str(data, "sync_buf") or None,
-            longpolling_timeout_ms=_int(data, "longpolling_timeout_ms"),
+            cursor=read_str(data, "get_updates_buf") or read_str(data, "sync_buf") or None,
+            longpolling_timeout_ms=read_int(data, "longpolling_timeout_ms"),
         )
 
     @classmethod
@@ -346,7 +298,7 @@ class GetUpdatesResponse:
 def error_code(data: Mapping[str, Any]) -> int | None:
     """The non-zero ``ret`` or ``errcode`` of a response, or None when it is a success [3e]."""
     for key in ("ret", "errcode"):
-        code = _int(data, key)
+        code = read_int(data, key)
         if code:
             return code
     return None
