@@ -11,7 +11,6 @@ import timeit
 from typing import Any
 
 import httpx
-import trio
 from trio_websocket import open_websocket_url
 
 from trio_chatbridge.platforms import lark
@@ -20,7 +19,7 @@ from trio_chatbridge.platforms.lark import _frames
 from ._util import (
     REPEAT,
     CountingStore,
-    emulator_process,
+    best_of_fresh,
     peak_rss_mib,
     report,
     time_into_inbox,
@@ -161,13 +160,7 @@ async def _connector_into_inbox(info: dict[str, Any]) -> float:
 
 
 def bench_inbound() -> None:
-    raw_best = ours_best = float("inf")
-    with emulator_process("lark") as info:
-        for _ in range(REPEAT):
-            trio.run(_load, info)
-            raw_best = min(raw_best, trio.run(_raw_websocket, info))
-            trio.run(_load, info)
-            ours_best = min(ours_best, trio.run(_connector_into_inbox, info))
+    raw_best, ours_best = best_of_fresh("lark", _load, [_raw_websocket, _connector_into_inbox])
     report(
         f"lark: {EVENTS:,} message events from the loopback emulator (own process)",
         [

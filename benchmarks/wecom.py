@@ -18,8 +18,8 @@ import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
 
 from ._util import (
-    REPEAT,
     CountingStore,
+    best_of_fresh,
     emulator_process,
     peak_rss_mib,
     report,
@@ -31,12 +31,9 @@ USERS = 10_000  # two messages each: under the platform's three in flight per us
 WRITES = 5_000
 
 
-async def _load(info: dict[str, Any], round: int) -> None:
-    """Queue the callbacks while nobody is connected: the next subscriber gets them all.
-
-    Each round has users of its own: the last round's callbacks are still "in flight".
-    """
-    burst = [{"user": f"r{round}-user{i % USERS}", "text": f"message {i}"} for i in range(MESSAGES)]
+async def _load(info: dict[str, Any]) -> None:
+    """Queue the callbacks while nobody is connected: the next subscriber gets them all."""
+    burst = [{"user": f"user{i % USERS}", "text": f"message {i}"} for i in range(MESSAGES)]
     async with httpx.AsyncClient() as http:
         (
             await http.post(info["admin_url"] + "/messages", json=burst, timeout=120)
@@ -94,13 +91,8 @@ async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:
 
 
 def bench_inbound() -> None:
-    raw_best = ours_best = float("inf")
+    raw_best, ours_best = best_of_fresh("wecom", _load, [_raw_websocket, _connector_into_inbox])
     with emulator_process("wecom") as info:
-        for round in range(REPEAT):
-            trio.run(_load, info, 2 * round)
-            raw_best = min(raw_best, trio.run(_raw_websocket, info))
-            trio.run(_load, info, 2 * round + 1)
-            ours_best = min(ours_best, trio.run(_connector_into_inbox, info))
         seconds, frames = trio.run(_stream_frames, info)
     report(
         f"wecom: {MESSAGES:,} callbacks from the loopback emulator (own process)",

@@ -21,9 +21,8 @@ from trio_chatbridge.platforms import weixin
 from trio_chatbridge.testing import WeixinEmulator
 
 from ._util import (
-    REPEAT,
     CountingStore,
-    emulator_process,
+    best_of_fresh,
     peak_rss_mib,
     report,
     time_into_inbox,
@@ -40,10 +39,11 @@ async def _load(info: dict[str, Any]) -> None:
         answer.raise_for_status()
 
 
-async def _raw_httpx_loop(info: dict[str, Any], cursor: str) -> tuple[float, str]:
+async def _raw_httpx_loop(info: dict[str, Any]) -> float:
     """The baseline: poll getupdates with httpx, decode, advance the cursor. Nothing else."""
     async with httpx.AsyncClient() as http:
         seen = 0
+        cursor = ""
         headers = {"Authorization": f"Bearer {info['token']}"}
         start = time.perf_counter()
         while seen < MESSAGES:
@@ -55,39 +55,26 @@ async def _raw_httpx_loop(info: dict[str, Any], cursor: str) -> tuple[float, str
             answer = response.json()
             seen += len(answer["msgs"])
             cursor = answer["get_updates_buf"]
-        return time.perf_counter() - start, cursor
+        return time.perf_counter() - start
 
 
-async def _connector_into_inbox(info: dict[str, Any], cursor: str) -> tuple[float, str]:
+async def _connector_into_inbox(info: dict[str, Any]) -> float:
     """The connector: the same polls, plus parsing, the journal and the inbox (MemoryStore).
 
     Typing is off: agents never run here.
     """
     store = CountingStore(MESSAGES)
-    await store.set_cursor("weixin", "bot", cursor)
     # Its httpx client made up front, like the baseline's (building one loads the system's
     # CA certificates: tens of milliseconds that are no part of a poll loop).
     async with httpx.AsyncClient() as http:
         connector = weixin.Connector(
             account="bot", token=info["token"], base_url=info["base_url"], typing=False, http=http
         )
-        elapsed = await time_into_inbox(connector, store)
-    return elapsed, await store.get_cursor("weixin", "bot") or ""
+        return await time_into_inbox(connector, store)
 
 
 def bench_throughput() -> None:
-    raw = ours = float("inf")
-    with emulator_process("weixin") as info:
-        cursor = ""
-        # Interleaved, so both loops meet the emulator in the same state (it keeps every
-        # message it was given, and grows slower as it grows).
-        for _ in range(REPEAT):
-            trio.run(_load, info)
-            seconds, cursor = trio.run(_raw_httpx_loop, info, cursor)
-            raw = min(raw, seconds)
-            trio.run(_load, info)
-            seconds, cursor = trio.run(_connector_into_inbox, info, cursor)
-            ours = min(ours, seconds)
+    raw, ours = best_of_fresh("weixin", _load, [_raw_httpx_loop, _connector_into_inbox])
     report(
         f"weixin: {MESSAGES:,} messages from the loopback emulator (own process), pages of 100",
         [
