@@ -23,7 +23,7 @@ def json_object(data: bytes | str, what: str) -> dict[str, Any]:
 def get_object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     """``data[key]`` if it is a JSON object, else an empty one (lenient reading of payloads)."""
     value = data.get(key)
-    return value if isinstance(value, Mapping) else {}
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def get_str(data: Mapping[str, Any], key: str) -> str | None:

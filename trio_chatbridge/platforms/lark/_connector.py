@@ -39,6 +39,7 @@ from ..._errors import (
     find_error,
 )
 from ..._messages import Message
+from ..._receive import rearm, receive_burst
 from . import _frames as fr
 from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
 from ._convert import MESSAGE_EVENT, PLATFORM, to_message
@@ -48,6 +49,8 @@ log = logging.getLogger("trio_chatbridge.lark")
 PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent link is dead
 FRAGMENT_TTL: Final = 5.0  # seconds a partial message waits for its other fragments [A6]
 SEEN_EVENTS: Final = 10_000  # event ids remembered against re-pushes of non-message events
+PUT_BATCH: Final = 100  # events journaled together at most (each ACKed once its put returned)
+ACK_OK: Final = b'{"code":200}'  # every event is ACKed 200: a retry would bring the same bytes
 STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
 EXCEED_CONN_LIMIT: Final = 1000040350
 AUTH_FAILED: Final = 514
@@ -211,10 +214,10 @@ class LongConnection(base.Connector):
         self, ws: WebSocketConnection, events: trio.MemorySendChannel[fr.Frame]
     ) -> None:
         """The receive loop: control frames answered here, data frames handed to a worker."""
-        with trio.CancelScope() as watchdog:  # one scope, re-armed at every frame
+        with trio.CancelScope() as watchdog:  # one scope, kept ahead of every frame
             while True:
                 silence = self.config.ping_interval + self.ping_grace
-                watchdog.deadline = trio.current_time() + silence
+                rearm(watchdog, silence)
                 try:
                     data = await ws.get_message()
                 except ConnectionClosed as exc:
@@ -286,16 +289,35 @@ class LongConnection(base.Connector):
         frames: trio.MemoryReceiveChannel[fr.Frame],
         nursery: trio.Nursery,
     ) -> None:
-        """Off the receive loop: each event into the inbox, then its ACK."""
-        async for frame in frames:
-            started = time.perf_counter()
-            code = 200
-            if frame.header("type") == "event":
-                code = await self._event(frame.payload or b"", nursery)
-            ack = frame.with_header("biz_rt", str(int((time.perf_counter() - started) * 1000)))
-            await self._send(ws, attrs.evolve(ack, payload=json.dumps({"code": code}).encode()))
+        """Off the receive loop: events into the inbox, then their ACKs.
 
-    async def _event(self, payload: bytes, nursery: trio.Nursery) -> int:
+        The events waiting together go in one put (one journal write), and each is ACKed
+        once that put returned: never before its message is durable, never after an agent.
+        """
+        while True:
+            try:
+                batch = await receive_burst(frames, PUT_BATCH)
+            except trio.EndOfChannel:
+                return
+            started = time.perf_counter()
+            messages: list[Message] = []
+            for frame in batch:
+                if frame.header("type") == "event":
+                    message = self._event(frame.payload or b"", nursery)
+                    if message is not None:
+                        messages.append(message)
+            if messages:
+                await self.ctx.put(messages)
+            biz_rt = str(int((time.perf_counter() - started) * 1000))
+            for frame in batch:
+                ack = frame.with_header("biz_rt", biz_rt)
+                await self._send(ws, attrs.evolve(ack, payload=ACK_OK))
+
+    def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | None:
+        """The message to put for one event, if it brings one; anything else is handled here.
+
+        Every event is ACKed 200, a bad one too: a retry would bring the same bytes.
+        """
         try:
             envelope = json.loads(payload)
             if not isinstance(envelope, dict):
@@ -305,7 +327,7 @@ class LongConnection(base.Connector):
             log.warning(
                 "Lark app %s: event is not JSON (%s): acknowledged, dropped", self.account, exc
             )
-            return 200  # a retry would bring the same bytes: don't ask for one
+            return None
         header = envelope.get("header")
         if not isinstance(header, dict) or header.get("event_type") != MESSAGE_EVENT:
             # Messages are deduplicated by the journal (IM message id); other events by their
@@ -313,7 +335,7 @@ class LongConnection(base.Connector):
             event_id = str(header.get("event_id", "")) if isinstance(header, dict) else ""
             if event_id and event_id in self._seen_events:
                 self.ctx.count("duplicate_events")
-                return 200
+                return None
             if event_id:
                 self._seen_events[event_id] = None
                 while len(self._seen_events) > SEEN_EVENTS:
@@ -321,18 +343,17 @@ class LongConnection(base.Connector):
             self.ctx.count("other_events")
             if self.on_event is not None:
                 nursery.start_soon(self._user_event, envelope)
-            return 200
+            return None
         try:
             message = to_message(self.account, envelope, self.bot_open_id)
         except ProtocolError as exc:
             self.ctx.count("protocol_errors")
             log.warning("Lark app %s: bad message event: %s", self.account, exc)
-            return 200
+            return None
         if message is None or not self._wanted(message):
             self.ctx.count("filtered")
-            return 200
-        await self.ctx.put([message])
-        return 200
+            return None
+        return message
 
     def _wanted(self, message: Message) -> bool:
         if message.sender.is_bot:

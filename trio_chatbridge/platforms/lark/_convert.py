@@ -130,5 +130,5 @@ def to_message(
             "event_id": get_str(header, "event_id") or "",
             "addressed": addressed,
         },
-        raw=dict(envelope),
+        raw=envelope,
     )

@@ -103,5 +103,5 @@ def to_message(
         parts=parts_of(body, group, bot_name),
         timestamp=float(created) if isinstance(created, int | float) else 0.0,
         reply_handle={"req_id": req_id, "chatid": chat_id},
-        raw=dict(body),
+        raw=body,
     )

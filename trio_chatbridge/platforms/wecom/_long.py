@@ -32,6 +32,7 @@ from ..._errors import (
 )
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
+from ..._receive import rearm, receive_burst
 from . import _crypto
 from . import _frames as f
 from ._convert import PLATFORM, to_message
@@ -193,9 +194,9 @@ class LongConnection(base.Connector):
         """
         silence = self.heartbeat + 2 * self.heartbeat_grace
         async with callbacks:
-            with trio.CancelScope() as watchdog:  # one scope, re-armed at every frame
+            with trio.CancelScope() as watchdog:  # one scope, kept ahead of every frame
                 while True:
-                    watchdog.deadline = trio.current_time() + silence
+                    rearm(watchdog, silence)
                     try:
                         data = await ws.get_message()
                     except ConnectionClosed as exc:
@@ -242,16 +243,11 @@ class LongConnection(base.Connector):
     async def _put_messages(self, callbacks: trio.MemoryReceiveChannel[f.Frame]) -> None:
         """Hand callbacks to the inbox, all that are waiting in one put (one journal write)."""
         async with callbacks:
-            async for first in callbacks:
-                # Let the reader take what the socket already holds, so that a burst is
-                # journaled in a few puts rather than one put per callback.
-                await trio.lowlevel.checkpoint()
-                frames = [first]
-                while len(frames) < PUT_BATCH:
-                    try:
-                        frames.append(callbacks.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+            while True:
+                try:
+                    frames = await receive_burst(callbacks, PUT_BATCH)
+                except trio.EndOfChannel:
+                    return
                 messages = []
                 for frame in frames:
                     try:
