@@ -190,9 +190,11 @@ class LongConnection(base.Connector):
         open_id = bot.get("open_id") if isinstance(bot, dict) else None
         return open_id if isinstance(open_id, str) else None
 
-    async def _send(self, ws: WebSocketConnection, frame: fr.Frame) -> None:
+    async def _send(self, ws: WebSocketConnection, *frames: fr.Frame) -> None:
+        """Send ``frames`` back to back (one lock for a burst of ACKs)."""
         async with self._write_lock:
-            await ws.send_message(fr.encode(frame))
+            for frame in frames:
+                await ws.send_message(fr.encode(frame))
 
     async def _ping(self, ws: WebSocketConnection, service: int) -> None:
         """Ping at once, then every ``PingInterval``; a pong that changes it re-arms the wait."""
@@ -309,9 +311,7 @@ class LongConnection(base.Connector):
             if messages:
                 await self.ctx.put(messages)
             biz_rt = str(int((time.perf_counter() - started) * 1000))
-            for frame in batch:
-                ack = frame.with_header("biz_rt", biz_rt)
-                await self._send(ws, attrs.evolve(ack, payload=ACK_OK))
+            await self._send(ws, *(frame.ack(ACK_OK, biz_rt=biz_rt) for frame in batch))
 
     def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | None:
         """The message to put for one event, if it brings one; anything else is handled here.

@@ -50,8 +50,9 @@ class Frame:
                 return value
         return None
 
-    def with_header(self, key: str, value: str) -> Frame:
-        return attrs.evolve(self, headers=(*self.headers, (key, value)))
+    def ack(self, payload: bytes, *, biz_rt: str) -> Frame:
+        """The answer to this data frame: same ids and headers, plus the handling time."""
+        return attrs.evolve(self, headers=(*self.headers, ("biz_rt", biz_rt)), payload=payload)
 
 
 def _varint(value: int) -> bytes:
