@@ -13,32 +13,29 @@ import trio
 
 T = TypeVar("T")
 
-QUIET_TURNS = 2
-"""Turns without a new item that end a burst. Trio runs a turn's tasks in a random order,
-so one quiet turn may only mean that the producer's step came after ours."""
+BURST_LINGER = 0.001
+"""Seconds a burst waits for company after its first item: far below any debounce window."""
 
 WATCHDOG_SLACK = 1.0
 """Seconds a watchdog may fire late: it is re-armed about once a second, not per frame."""
 
 
-async def receive_burst(channel: trio.MemoryReceiveChannel[T], limit: int) -> list[T]:
-    """The next item, and up to ``limit`` in all of those that follow it at once.
+async def receive_burst(
+    channel: trio.MemoryReceiveChannel[T], limit: int, linger: float = BURST_LINGER
+) -> list[T]:
+    """The next item, and up to ``limit`` in all of those that arrive within ``linger`` after it.
 
-    After the first item, yields to the scheduler until a turn brings nothing new, so a
-    burst the socket already holds comes in one piece; a lone item costs one extra turn.
-    Raises :class:`trio.EndOfChannel` once the channel has ended.
+    One short sleep per burst, as a producer's linger: under load a burst costs this task one
+    turn, not one per item; a lone item waits ``linger`` seconds (on Trio's clock). Raises
+    :class:`trio.EndOfChannel` once the channel has ended.
     """
     items = [await channel.receive()]
-    quiet = 0
-    while len(items) < limit and quiet < QUIET_TURNS:
-        await trio.lowlevel.checkpoint()
-        before = len(items)
-        while len(items) < limit:
-            try:
-                items.append(channel.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        quiet = quiet + 1 if len(items) == before else 0
+    await trio.sleep(linger)
+    while len(items) < limit:
+        try:
+            items.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
     return items
 
 
