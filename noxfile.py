@@ -17,11 +17,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check) and mypy --strict over the package."""
+    """ruff (lint + format check) and mypy --strict over the package, tests and benchmarks."""
     session.install("-e", ".[test]", "ruff", "mypy", "types-protobuf")
     session.run("ruff", "check", "trio_chatbridge", "tests", "benchmarks")
     session.run("ruff", "format", "--check", "trio_chatbridge", "tests", "benchmarks")
-    session.run("mypy", "--strict", "trio_chatbridge")
+    session.run("mypy", "--strict", "trio_chatbridge", "tests", "benchmarks")
 
 
 @nox.session

@@ -132,7 +132,9 @@ async def _raw_websocket(info: dict[str, Any]) -> float:
     async with open_websocket_url(url, max_message_size=2**22) as ws:
         seen = 0
         while seen < EVENTS:
-            frame = lark.decode_frame(await ws.get_message())
+            data = await ws.get_message()
+            assert isinstance(data, bytes)  # Lark sends binary frames only
+            frame = lark.decode_frame(data)
             if frame.method == 1:
                 json.loads(frame.payload or b"{}")
                 ack = lark.Frame(

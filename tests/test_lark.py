@@ -166,8 +166,7 @@ async def test_groups_need_a_mention_and_the_mention_leaves_the_text(
 
 
 async def test_all_group_messages_when_configured(autojump_clock: trio.testing.MockClock) -> None:
-    options = {"connector_options": {"group_messages": "all"}}
-    async with lark_bridge(**options) as (emu, _):
+    async with lark_bridge(connector_options={"group_messages": "all"}) as (emu, _):
         emu.user_says("ou_erin", "no mention needed", chat="oc_team", mention_bot=False)
         assert (await emu.next_sent()).text == "no mention needed"
 

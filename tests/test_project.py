@@ -6,6 +6,7 @@ import inspect
 import runpy
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ async def test_emulate_admin_api_makes_users_speak_and_lists_what_the_bot_sent(
                 sent = (await http.get(info["admin_url"] + "/sent")).json()
             nursery.cancel_scope.cancel()
     assert [s["text"] for s in sent] == ["from outside"]
-    platform_fields = {
+    platform_fields: dict[str, Callable[[dict[str, Any]], object]] = {
         "weixin": lambda s: s["to_user"] == "quinn" and s["context_token"],
         "wecom": lambda s: (s["kind"], s["to"]) == ("stream", "quinn"),
         "lark": lambda s: s["kind"] == "reply",

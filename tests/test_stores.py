@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -82,7 +82,7 @@ async def test_key_values_and_cursors_are_per_account(store: cb.Store) -> None:
     assert await store.get_cursor("weixin", "b") is None
 
 
-async def lease_behaviour(store: cb.Store, advance: Callable[[float], object]) -> None:
+async def lease_behaviour(store: cb.Store, advance: Callable[[float], Awaitable[object]]) -> None:
     assert await store.acquire_lease("conn", "p1", ttl=10)
     assert not await store.acquire_lease("conn", "p2", ttl=10)
     assert await store.acquire_lease("conn", "p1", ttl=10)  # ours already: extended

@@ -198,8 +198,7 @@ async def test_group_mentions_are_stripped(autojump_clock: trio.testing.MockCloc
         seen.extend(batch.messages)
         await reply.send("ok")
 
-    options = {"connector_options": {"bot_name": "emulator-bot"}}
-    async with wecom_bridge(agent, **options) as (emu, _):
+    async with wecom_bridge(agent, connector_options={"bot_name": "emulator-bot"}) as (emu, _):
         emu.user_says("hank", "status please", chat="team-chat")
         sent = await emu.next_sent()
     message = seen[0]
