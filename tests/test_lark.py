@@ -145,6 +145,26 @@ async def test_an_event_redelivered_after_a_late_ack_is_handled_once(
     assert emu.acks == [200, 200]
 
 
+async def test_a_burst_of_events_is_journaled_in_one_put_and_acked_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    puts: list[tuple[int, int]] = []  # (messages in the put, ACKs the emulator had by then)
+
+    class RecordingStore(cb.MemoryStore):
+        async def journal_add(self, messages: Sequence[cb.Message]) -> list[bool]:
+            puts.append((len(messages), len(emu.acks)))
+            return await super().journal_add(messages)
+
+    async with lark_bridge(emu=emu, store=RecordingStore()) as (_, bridge):
+        for i in range(30):
+            emu.user_says(f"ou_{i}", f"hello {i}")
+        await trio.sleep(0.5)  # far less than the debounce window: no agent has run
+        assert bridge.stats().received == 30
+    assert puts == [(30, 0)]
+    assert emu.acks == [200] * 30
+
+
 async def test_groups_need_a_mention_and_the_mention_leaves_the_text(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

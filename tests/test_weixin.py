@@ -5,6 +5,7 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
@@ -271,6 +272,53 @@ def test_split_text_pieces_fit_and_join_back(text: str, limit: int) -> None:
     pieces = list(weixin.split_text(text, limit))
     assert "".join(pieces) == text
     assert all(0 < len(piece) <= limit for piece in pieces)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+)
+# Entries shaped like getupdates' messages, with every field possibly missing or mistyped.
+items = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from([1, 2, 3, 4, 5, 11, "1", None]),
+        "text_item": st.fixed_dictionaries({}, optional={"text": json_values}) | json_values,
+        "image_item": json_values,
+        "voice_item": json_values,
+        "ref_msg": st.fixed_dictionaries({}, optional={"title": json_values}) | json_values,
+    },
+)
+entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "message_id": st.integers() | st.text(max_size=5) | st.none(),
+        "seq": st.integers() | st.none(),
+        "from_user_id": json_values,
+        "group_id": json_values,
+        "message_type": st.sampled_from([0, 1, 2, "1", None]),
+        "message_state": st.sampled_from([0, 1, 2, "2", None]),
+        "delete_time_ms": st.integers() | st.none(),
+        "create_time_ms": st.integers(0, 2**45) | st.text(max_size=5),
+        "context_token": json_values,
+        "item_list": st.lists(items | json_values, max_size=3) | json_values,
+    },
+)
+
+
+@given(entries | json_values)
+def test_any_entry_gives_a_message_none_or_a_protocol_error(raw: Any) -> None:
+    try:
+        message = weixin.to_message("bot", raw)
+    except cb.ProtocolError:
+        assert not isinstance(raw, dict)
+        return
+    if message is not None:
+        assert message.sender.id == (
+            raw["from_user_id"] if isinstance(raw.get("from_user_id"), str) else ""
+        )
+        assert cb.Message.from_json(message.to_json()) == message
 
 
 @pytest.mark.parametrize(
