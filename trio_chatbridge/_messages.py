@@ -148,7 +148,11 @@ _PART_TYPES: Mapping[str, type[Part]] = {
 
 @attrs.frozen
 class Message:
-    """One inbound message, as every connector reports it."""
+    """One inbound message, as every connector reports it.
+
+    ``reply_handle`` and ``raw`` keep the dicts they are given (a connector hands over fresh
+    ones, and copying every payload would cost every message): treat them as read-only.
+    """
 
     platform: str
     """Which platform it came from (``"weixin"``, ``"wecom"``, ``"lark"``, ...)."""
