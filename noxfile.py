@@ -17,11 +17,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check) and mypy --strict over the package, tests and benchmarks."""
-    session.install("-e", ".[test]", "ruff", "mypy", "types-protobuf")
+    """ruff, mypy --strict (package, tests, benchmarks), and pyright's check that every public
+    name has a known type (for users' type checkers; it needs a regular install, not -e)."""
+    session.install(".[test]", "ruff", "mypy", "types-protobuf", "pyright")
     session.run("ruff", "check", "trio_chatbridge", "tests", "benchmarks")
     session.run("ruff", "format", "--check", "trio_chatbridge", "tests", "benchmarks")
     session.run("mypy", "--strict", "trio_chatbridge", "tests", "benchmarks")
+    session.run("pyright", "--verifytypes", "trio_chatbridge", "--ignoreexternal")
 
 
 @nox.session

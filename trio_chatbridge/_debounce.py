@@ -74,7 +74,7 @@ class Debouncer:
     """
 
     def __init__(self, policy: Debounce | None = None) -> None:
-        self.policy = policy or Debounce()
+        self.policy: Debounce = policy or Debounce()
         self._sessions: dict[str, _Session] = {}
         self._heap: list[tuple[float, int, _Session]] = []
         self._tiebreak = 0

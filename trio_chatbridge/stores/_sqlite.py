@@ -71,7 +71,7 @@ class SQLiteStore(Store):
         wall_clock: Callable[[], float] = time.time,
         threaded: bool = True,
     ) -> None:
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self._threaded = threaded
         self._synchronous = synchronous
         self._wall_clock = wall_clock

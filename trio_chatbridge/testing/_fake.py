@@ -74,7 +74,7 @@ class FakeConnector(Connector):
         self.on_write = on_write
         """Called with (target, text) at each streamed write and each send, as it happens."""
         self.sent: Record[SentReply] = Record()
-        self.runs = 0
+        self.runs: int = 0
         """How many times ``run`` was started (restarts included)."""
         self._queue: deque[Message] = deque()
         self._wakeup = trio.Event()

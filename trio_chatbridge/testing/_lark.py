@@ -84,7 +84,7 @@ class LarkEmulator:
         self.pong_config: dict[str, int] | None = None
         """A ClientConfig to send in pongs (applied live by the client)."""
         self._silent = False
-        self.http_base = f"http://{IN_MEMORY_HOST}"
+        self.http_base: str = f"http://{IN_MEMORY_HOST}"
         self.ws_base = f"ws://{IN_MEMORY_HOST}"
         self.sent: Record[LarkSent] = Record()
         self.texts: dict[str, str] = {}
@@ -92,9 +92,9 @@ class LarkEmulator:
         self.edits: dict[str, int] = {}
         self.acks: list[int] = []
         """The ``code`` of every ACK, in order."""
-        self.pings = 0
-        self.token_fetches = 0
-        self.connections = 0
+        self.pings: int = 0
+        self.token_fetches: int = 0
+        self.connections: int = 0
         self._live: list[Connection] = []
         self._turn = itertools.count()
         self._pending: dict[str, _Pending] = {}

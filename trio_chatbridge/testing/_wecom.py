@@ -98,14 +98,14 @@ class WeComEmulator:
         self.secret = secret
         self.token = token
         self.encoding_aes_key = encoding_aes_key
-        self.crypto = _crypto.WebhookCrypto(token, encoding_aes_key)
+        self.crypto: _crypto.WebhookCrypto = _crypto.WebhookCrypto(token, encoding_aes_key)
         self.in_flight_limit = in_flight_limit
         self.ws_url = f"ws://{IN_MEMORY_HOST}/"
-        self.http_base = f"http://{IN_MEMORY_HOST}/"
+        self.http_base: str = f"http://{IN_MEMORY_HOST}/"
         self.frames: list[f.Frame] = []
         """Every frame the bot sent, in order."""
         self.sent: Record[WeComSent] = Record()
-        self.subscribes = 0
+        self.subscribes: int = 0
         self.ignore_pings = False
         """True: pings are not acknowledged (a dead server)."""
         self._faults: dict[str, deque[int]] = {}

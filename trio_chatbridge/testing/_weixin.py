@@ -131,7 +131,7 @@ class WeixinEmulator:
         self.send_answer = send_answer
         """``"message_id"`` (live behaviour), ``"ret"`` (documented), or ``"empty"``."""
         self.qr_script = qr_script
-        self.base_url = IN_MEMORY_BASE
+        self.base_url: str = IN_MEMORY_BASE
         self.session_valid = True
         """False answers every authenticated call with errcode -14 (a stale token)."""
         self.sent: Record[WeixinSentMessage] = Record()

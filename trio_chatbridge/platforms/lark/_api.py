@@ -85,8 +85,10 @@ class OpenAPI:
     ) -> None:
         self.app_id = app_id
         self._secret = app_secret
-        self.domain = domain.rstrip("/")
-        self.http = httpx.AsyncClient(transport=transport, timeout=API_TIMEOUT + 5)
+        self.domain: str = domain.rstrip("/")
+        self.http: httpx.AsyncClient = httpx.AsyncClient(
+            transport=transport, timeout=API_TIMEOUT + 5
+        )
         self._token: str | None = None
         self._token_until = 0.0
         self._token_lock = trio.Lock()

@@ -117,13 +117,13 @@ class LongConnection(base.Connector):
     ) -> None:
         self.account = app_id
         self._random = random
-        self.api = OpenAPI(app_id, app_secret, domain=domain, transport=transport)
+        self.api: OpenAPI = OpenAPI(app_id, app_secret, domain=domain, transport=transport)
         self.bot_open_id = bot_open_id
         self.group_messages = group_messages
         self.on_event = on_event
         self.ping_grace = ping_grace
         self.stream_interval = stream_interval
-        self.config = ClientConfig()
+        self.config: ClientConfig = ClientConfig()
         self._open_websocket = open_websocket
         self._fragments: dict[str, _Partial] = {}
         self._write_lock = trio.Lock()

@@ -121,7 +121,7 @@ class LongConnection(base.Connector):
         self.bot_name = bot_name
         self.earlier_reply = earlier_reply
         self.stream_interval = stream_interval
-        self.media_policy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
+        self.media_policy: MediaPolicy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
         self._http = http
         self._transport = transport
         self._own_http: httpx.AsyncClient | None = None

@@ -75,12 +75,14 @@ class Webhook(base.Connector):
         if not bot_id:
             raise ConfigurationError("wecom.Webhook needs the bot_id")
         self.account = bot_id
-        self.crypto = _crypto.WebhookCrypto(token, encoding_aes_key, receive_id)
+        self.crypto: _crypto.WebhookCrypto = _crypto.WebhookCrypto(
+            token, encoding_aes_key, receive_id
+        )
         self.welcome = welcome
         self.bot_name = bot_name
         self.earlier_reply = earlier_reply
         self.freshness = freshness
-        self.media_policy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
+        self.media_policy: MediaPolicy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._wall_clock = wall_clock

@@ -102,11 +102,13 @@ class ILinkClient:
         """``http``: a client to share (the caller closes it); else one is made here, on
         ``transport`` if given (an emulator's), and closed by :meth:`aclose`."""
         self._token = token
-        self.base_url = p.normalise_base_url(base_url)
-        self.cdn_base_url = cdn_base_url.rstrip("/")
+        self.base_url: str = p.normalise_base_url(base_url)
+        self.cdn_base_url: str = cdn_base_url.rstrip("/")
         self.route_tag = route_tag
         self._own_http = http is None
-        self.http = http if http is not None else httpx.AsyncClient(transport=transport)
+        self.http: httpx.AsyncClient = (
+            http if http is not None else httpx.AsyncClient(transport=transport)
+        )
 
     def __repr__(self) -> str:  # never the token
         return f"ILinkClient(base_url={self.base_url!r})"

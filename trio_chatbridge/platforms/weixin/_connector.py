@@ -187,7 +187,7 @@ class Connector(base.Connector):
         self._route_tag = route_tag
         self._http = http
         self._transport = transport
-        self.media_policy = media or _media.default_policy()
+        self.media_policy: MediaPolicy = media or _media.default_policy()
         self._bucket = _Bucket(rate_limit or RateLimit())
         self._typing_enabled = typing
         self._tickets = _TypingTickets(random)
