@@ -161,6 +161,7 @@ class CoalescingStream(ReplyStream):
         """Show ``text`` as the complete reply (always called, even for an empty text)."""
 
     async def pump(self) -> None:
+        """Show the text as it grows, until cancelled (run by :func:`streaming`)."""
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
@@ -174,6 +175,7 @@ class CoalescingStream(ReplyStream):
             await trio.sleep(self.interval)
 
     async def close(self) -> None:
+        """Wait for an update in flight, then show the final text."""
         await self._idle.wait()
         await self.final(self.text)
 

@@ -57,6 +57,7 @@ class Stats:
 
     @classmethod
     def from_counter(cls, counter: Counter[str]) -> Stats:
+        """The bridge's counters as a Stats: the named ones, and the rest under ``other``."""
         names = [f.name for f in attrs.fields(cls) if f.name != "other"]
         return cls(
             **{name: counter[name] for name in names},

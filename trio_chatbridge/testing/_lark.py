@@ -119,6 +119,7 @@ class LarkEmulator:
     async def run(
         self, *, task_status: trio.TaskStatus[LarkEmulator] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Hold the emulator's tasks (in-memory connections, re-pushes) until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._redeliver)
@@ -132,6 +133,7 @@ class LarkEmulator:
         *,
         task_status: trio.TaskStatus[LarkEmulator] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Serve the WebSocket and the HTTP side (discovery, open API, admin) on loopback."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._redeliver)
@@ -141,6 +143,7 @@ class LarkEmulator:
             task_status.started(self)
 
     def describe(self) -> dict[str, Any]:
+        """What a client needs (the JSON line ``emulate lark`` prints)."""
         return {
             "platform": "lark",
             "domain": self.http_base,
@@ -151,6 +154,7 @@ class LarkEmulator:
         }
 
     def connector(self, **options: Any) -> LongConnection:
+        """A long-connection connector for this emulator (in memory unless serving)."""
         if self.http_base.startswith(f"http://{IN_MEMORY_HOST}"):
             options.setdefault("transport", HandlerTransport(self.handle_http))
             options.setdefault("open_websocket", self.open_websocket)
@@ -323,6 +327,7 @@ class LarkEmulator:
         return message_id
 
     async def next_sent(self) -> LarkSent:
+        """The next reply or send the bot made that this method has not returned yet (waits)."""
         return await self.sent.next()
 
     async def drop_connections(self) -> None:
@@ -342,6 +347,7 @@ class LarkEmulator:
     # -- HTTP -------------------------------------------------------------------------------
 
     async def handle_http(self, request: httpx.Request) -> httpx.Response:
+        """Answer one HTTP request: discovery, the open API, or the admin API."""
         path = request.url.path
         for part, queue in self._faults.items():
             if part in path and queue:

@@ -494,6 +494,7 @@ class WeComEmulator:
     # -- HTTP: media, admin ------------------------------------------------------------------------
 
     async def handle_http(self, request: httpx.Request) -> httpx.Response:
+        """Answer one HTTP request: media downloads, the webhook driver, or the admin API."""
         path = request.url.path
         if path.startswith("/media/"):
             blob = self._blobs.get(path.removeprefix("/media/"))

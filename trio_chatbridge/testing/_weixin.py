@@ -49,22 +49,27 @@ class WeixinFault:
 
     @classmethod
     def http(cls, status: int) -> WeixinFault:
+        """An HTTP error page with this status (e.g. 502, or Cloudflare's 524)."""
         return cls(status=status, body=f"<html>{status}</html>".encode())
 
     @classmethod
     def session_expired(cls) -> WeixinFault:
+        """errcode -14: the bot's session expired (the connector pauses for an hour)."""
         return cls(body={"errcode": p.SESSION_EXPIRED, "errmsg": "session expired"})
 
     @classmethod
     def declined(cls, errmsg: str = "prepare failed") -> WeixinFault:
+        """ret -2 with the platform's reason (what bursts and stale contexts get)."""
         return cls(body={"ret": -2, "errmsg": errmsg})
 
     @classmethod
     def malformed(cls) -> WeixinFault:
+        """A body cut off in the middle of the JSON."""
         return cls(body=b'{"ret": 0, "msgs": [')
 
     @classmethod
     def slow(cls, seconds: float) -> WeixinFault:
+        """An answer that takes ``seconds`` (on Trio's clock) to come."""
         return cls(delay=seconds)
 
 

@@ -104,6 +104,7 @@ class WebhookCrypto:
         return hmac.compare_digest(expected.encode(), signature.encode())
 
     def encrypt(self, message: str, random16: bytes | None = None) -> str:
+        """``message`` encrypted for a webhook answer (AES-256-CBC, PKCS#7 to 32 bytes, base64)."""
         plain = (
             (random16 or secrets.token_bytes(16))
             + struct.pack(">I", len(message.encode()))

@@ -176,12 +176,14 @@ class ILinkClient:
         return await self._call("ilink/bot/sendmessage", body, p.API_TIMEOUT)
 
     async def get_config(self, user_id: str, context_token: str | None) -> dict[str, Any]:
+        """The account's config for a peer: its ``typing_ticket`` [2.4]."""
         body: dict[str, Any] = {"ilink_user_id": user_id, "base_info": p.base_info()}
         if context_token:
             body["context_token"] = context_token
         return await self._call("ilink/bot/getconfig", body, p.CONFIG_TIMEOUT)
 
     async def send_typing(self, user_id: str, ticket: str, status: p.TypingStatus) -> None:
+        """Show (or cancel) "typing..." to a peer, with a ticket from :meth:`get_config` [2.5]."""
         body = {
             "ilink_user_id": user_id,
             "typing_ticket": ticket,
@@ -200,6 +202,7 @@ class ILinkClient:
             log.info("iLink %s failed (ignored): %s", what, exc)
 
     async def get_upload_url(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Where to upload an encrypted file to the CDN (``upload_param`` or a full URL) [2.3]."""
         body = {**request, "base_info": p.base_info()}
         return await self._call("ilink/bot/getuploadurl", body, p.API_TIMEOUT)
 
@@ -216,6 +219,7 @@ class ILinkClient:
     # -- QR login (no token, fixed base) [2.7] -------------------------------------------------
 
     async def get_bot_qrcode(self, local_tokens: Sequence[str] = ()) -> dict[str, Any]:
+        """A login QR code (no token needed); step one of :func:`login` [2.7]."""
         body = {"local_token_list": list(local_tokens)[-10:]}
         return await self._request(
             "ilink/bot/get_bot_qrcode",
@@ -259,6 +263,7 @@ class ILinkClient:
         )
 
     def download_url(self, encrypt_query_param: str) -> str:
+        """The CDN URL of inbound media, from its ``encrypt_query_param``."""
         param = quote(encrypt_query_param, safe="")
         return f"{self.cdn_base_url}/download?encrypted_query_param={param}"
 
