@@ -162,13 +162,16 @@ async def _connector_into_inbox(info: dict[str, Any]) -> float:
 
 
 def bench_inbound() -> None:
-    raw_best, ours_best = best_of_fresh("lark", _load, [_raw_websocket, _connector_into_inbox])
+    loops = [_raw_websocket, _connector_into_inbox]
+    raw_best, ours_best = best_of_fresh("lark", _load, loops)
+    raw_off, ours_off = best_of_fresh("lark", _load, loops, collector=False)
     report(
         f"lark: {EVENTS:,} message events from the loopback emulator (own process)",
         [
             ("raw trio-websocket: decode + ACK", f"{raw_best:.3f} s  ({EVENTS / raw_best:,.0f}/s)"),
             ("connector into the inbox", f"{ours_best:.3f} s  ({EVENTS / ours_best:,.0f}/s)"),
             ("ratio (connector / raw)", f"{raw_best / ours_best:.2f}x  (target >= 0.8x)"),
+            ("same, garbage collector off (diagnostic)", f"{raw_off / ours_off:.2f}x"),
             ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB"),
         ],
     )

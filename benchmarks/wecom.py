@@ -91,7 +91,9 @@ async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:
 
 
 def bench_inbound() -> None:
-    raw_best, ours_best = best_of_fresh("wecom", _load, [_raw_websocket, _connector_into_inbox])
+    loops = [_raw_websocket, _connector_into_inbox]
+    raw_best, ours_best = best_of_fresh("wecom", _load, loops)
+    raw_off, ours_off = best_of_fresh("wecom", _load, loops, collector=False)
     with emulator_process("wecom") as info:
         seconds, frames = trio.run(_stream_frames, info)
     report(
@@ -100,6 +102,7 @@ def bench_inbound() -> None:
             ("raw trio-websocket + json", f"{raw_best:.3f} s  ({MESSAGES / raw_best:,.0f}/s)"),
             ("connector into the inbox", f"{ours_best:.3f} s  ({MESSAGES / ours_best:,.0f}/s)"),
             ("ratio (connector / raw)", f"{raw_best / ours_best:.2f}x  (target >= 0.8x)"),
+            ("same, garbage collector off (diagnostic)", f"{raw_off / ours_off:.2f}x"),
             (
                 f"stream: {WRITES:,} writes, unpaced",
                 f"{frames} frames in {seconds:.3f} s ({frames / seconds:,.0f} frames/s, "

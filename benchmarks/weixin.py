@@ -74,13 +74,16 @@ async def _connector_into_inbox(info: dict[str, Any]) -> float:
 
 
 def bench_throughput() -> None:
-    raw, ours = best_of_fresh("weixin", _load, [_raw_httpx_loop, _connector_into_inbox])
+    loops = [_raw_httpx_loop, _connector_into_inbox]
+    raw, ours = best_of_fresh("weixin", _load, loops)
+    raw_off, ours_off = best_of_fresh("weixin", _load, loops, collector=False)
     report(
         f"weixin: {MESSAGES:,} messages from the loopback emulator (own process), pages of 100",
         [
             ("raw httpx poll loop", f"{raw:.3f} s  ({MESSAGES / raw:,.0f} messages/s)"),
             ("connector into the inbox", f"{ours:.3f} s  ({MESSAGES / ours:,.0f} messages/s)"),
             ("ratio (connector / raw throughput)", f"{raw / ours:.2f}x  (target >= 0.8x)"),
+            ("same, garbage collector off (diagnostic)", f"{raw_off / ours_off:.2f}x"),
             ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB"),
         ],
     )
