@@ -3,7 +3,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,7 +45,7 @@ async def wecom_bridge(
         bridge = cb.Bridge(
             [connector],
             agent,
-            store=cb.MemoryStore(),
+            store=options.pop("store", cb.MemoryStore()),
             debounce=options.pop("debounce", cb.Debounce(window=1.0)),
             backoff=cb.Backoff(initial=1.0, jitter=0.0),
             **options,
@@ -73,6 +73,24 @@ async def test_a_streamed_reply_carries_the_whole_text_in_each_frame(
     assert [fr.body["stream"]["finish"] for fr in frames] == [False] * (len(frames) - 1) + [True]
     assert len({fr.body["stream"]["id"] for fr in frames}) == 1
     assert len(frames) <= 6  # coalesced: never more frames than writes + the final one
+
+
+async def test_a_burst_of_callbacks_is_journaled_in_one_put(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sizes: list[int] = []
+
+    class RecordingStore(cb.MemoryStore):
+        async def journal_add(self, messages: Sequence[cb.Message]) -> list[bool]:
+            sizes.append(len(messages))
+            return await super().journal_add(messages)
+
+    async with wecom_bridge(store=RecordingStore()) as (emu, bridge):
+        for i in range(30):
+            emu.user_says(f"user{i}", f"hello {i}")
+        await trio.sleep(0.5)  # far less than the debounce window: no agent has run
+        assert bridge.stats().received == 30
+    assert sizes == [30]
 
 
 async def test_subscribe_then_a_heartbeat_every_interval(
