@@ -165,6 +165,31 @@ async def test_a_dropped_socket_reconnects(autojump_clock: trio.testing.MockCloc
         assert bridge.stats().reconnects == 1
 
 
+async def test_callbacks_off_the_socket_are_journaled_when_the_connection_drops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(m.text for m in batch.messages)
+
+    class SlowStore(cb.MemoryStore):
+        """Journal writes take a while: the connection drops in the middle of one."""
+
+        async def journal_add(self, messages: Sequence[cb.Message]) -> list[bool]:
+            await trio.sleep(1)
+            return await super().journal_add(messages)
+
+    async with wecom_bridge(agent, store=SlowStore()) as (emu, bridge):
+        emu.user_says("gina", "do not lose me")
+        await trio.sleep(0.5)  # the callback is in the put worker's journal write
+        await emu.drop_connection()
+        await emu.wait_connected()
+        await trio.sleep(5)
+        assert bridge.stats().reconnects == 1
+    assert seen == ["do not lose me"]  # a WeCom callback is not delivered again
+
+
 async def test_command_conflict_is_retried(autojump_clock: trio.testing.MockClock) -> None:
     async with wecom_bridge() as (emu, bridge):
         emu.fail_next("aibot_respond_msg", 6000, times=2)

@@ -30,7 +30,8 @@ async def receive_burst(
     :class:`trio.EndOfChannel` once the channel has ended.
     """
     items = [await channel.receive()]
-    await trio.sleep(linger)
+    with trio.CancelScope(shield=True):  # taken off the channel: a cancel must not drop it
+        await trio.sleep(linger)
     while len(items) < limit:
         try:
             items.append(channel.receive_nowait())

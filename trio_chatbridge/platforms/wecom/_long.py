@@ -42,6 +42,7 @@ log = logging.getLogger("trio_chatbridge.wecom")
 
 DEFAULT_MEDIA_HOSTS: Final = (".weixin.qq.com", ".qq.com", ".qpic.cn")
 PUT_BATCH: Final = 100  # callbacks journaled together at most
+PUT_GRACE: Final = 10.0  # seconds a put may go on after its connection was cancelled
 STREAM_INTERVAL: Final = 0.5  # seconds between intermediate stream frames (AstrBot's pace)
 DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
 
@@ -260,7 +261,10 @@ class LongConnection(base.Connector):
                         self.ctx.count("protocol_errors")
                         log.warning("wecom bot %s: bad message callback: %s", self.account, exc)
                 if messages:
-                    await self.ctx.put(messages)
+                    # Off the socket already, and WeCom does not deliver a callback again:
+                    # journal them even while the connection goes down (a bounded wait).
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + PUT_GRACE):
+                        await self.ctx.put(messages)
 
     async def _heartbeat(self, link: Link) -> None:
         while True:
