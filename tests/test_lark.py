@@ -8,42 +8,23 @@ import hypothesis.strategies as st
 import trio
 import trio.testing
 from hypothesis import given
+from support import echo, emulator_bridge, streamer
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.testing import LarkEmulator, open_bridge
 
 
-async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
-    await reply.send(batch.text)
-
-
-async def streamer(batch: cb.Batch, reply: cb.Reply) -> None:
-    async with reply.stream() as out:
-        for word in batch.text.split():
-            await out.write(word + " ")
-            await trio.sleep(0.6)
-
-
 @asynccontextmanager
 async def lark_bridge(
     agent: cb.Agent = echo, emu: LarkEmulator | None = None, **options: Any
 ) -> AsyncIterator[tuple[LarkEmulator, cb.Bridge]]:
-    async with trio.open_nursery() as nursery:
-        emulator = emu or LarkEmulator()
-        await nursery.start(emulator.run)
-        connector_options = {"random": lambda: 0.0, **options.pop("connector_options", {})}
-        bridge = cb.Bridge(
-            [emulator.connector(**connector_options)],
-            agent,
-            store=options.pop("store", cb.MemoryStore()),
-            debounce=cb.Debounce(window=1.0),
-            backoff=cb.Backoff(initial=1.0, jitter=0.0),
-            **options,
-        )
-        async with open_bridge(bridge):
-            yield emulator, bridge
-        nursery.cancel_scope.cancel()
+    emulator = emu or LarkEmulator()
+    connector_options = {"random": lambda: 0.0, **options.pop("connector_options", {})}
+    async with emulator_bridge(
+        emulator, lambda: emulator.connector(**connector_options), agent, **options
+    ) as bridge:
+        yield emulator, bridge
 
 
 def status(bridge: cb.Bridge) -> cb.ConnectorStatus:
@@ -95,7 +76,7 @@ def test_codec_raises_only_protocol_errors_on_arbitrary_bytes(data: bytes) -> No
 async def test_a_streamed_reply_is_one_message_edited_as_it_grows(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with lark_bridge(streamer) as (emu, _):
+    async with lark_bridge(streamer(0.6)) as (emu, _):
         asked = emu.user_says("ou_alice", "one two three four")
         sent = await emu.next_sent()
         await trio.sleep(10)

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import given
+from support import echo, emulator_bridge, streamer
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
@@ -21,38 +22,17 @@ from trio_chatbridge.platforms.wecom._link import Link
 from trio_chatbridge.testing import InFlightLimit, WeComEmulator, open_bridge
 
 
-async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
-    await reply.send(batch.text)
-
-
-async def streamer(batch: cb.Batch, reply: cb.Reply) -> None:
-    async with reply.stream() as out:
-        for word in batch.text.split():
-            await out.write(word + " ")
-            await trio.sleep(0.1)
-
-
 @asynccontextmanager
 async def wecom_bridge(
     agent: cb.Agent = echo, emu: WeComEmulator | None = None, **options: Any
 ) -> AsyncIterator[tuple[WeComEmulator, cb.Bridge]]:
-    async with trio.open_nursery() as nursery:
-        emulator = emu or WeComEmulator()
-        await nursery.start(emulator.run)
-        connector = options.pop("connector", None) or emulator.connector(
-            **options.pop("connector_options", {})
-        )
-        bridge = cb.Bridge(
-            [connector],
-            agent,
-            store=options.pop("store", cb.MemoryStore()),
-            debounce=options.pop("debounce", cb.Debounce(window=1.0)),
-            backoff=cb.Backoff(initial=1.0, jitter=0.0),
-            **options,
-        )
-        async with open_bridge(bridge):
-            yield emulator, bridge
-        nursery.cancel_scope.cancel()
+    emulator = emu or WeComEmulator()
+    connector = options.pop("connector", None)
+    connector_options = options.pop("connector_options", {})
+    async with emulator_bridge(
+        emulator, lambda: connector or emulator.connector(**connector_options), agent, **options
+    ) as bridge:
+        yield emulator, bridge
 
 
 def status(bridge: cb.Bridge) -> cb.ConnectorStatus:
@@ -62,7 +42,7 @@ def status(bridge: cb.Bridge) -> cb.ConnectorStatus:
 async def test_a_streamed_reply_carries_the_whole_text_in_each_frame(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with wecom_bridge(streamer) as (emu, _):
+    async with wecom_bridge(streamer(0.1)) as (emu, _):
         req_id = emu.user_says("alice", "one two three four five")
         sent = await emu.next_sent()
     assert sent.text == "one two three four five "
@@ -391,7 +371,9 @@ async def test_webhook_conversation_with_stream_refresh(
 ) -> None:
     emu = WeComEmulator()
     hook = wecom.Webhook(bot_id=emu.bot_id, token=emu.token, encoding_aes_key=emu.encoding_aes_key)
-    bridge = cb.Bridge([hook], streamer, store=cb.MemoryStore(), debounce=cb.Debounce(window=1))
+    bridge = cb.Bridge(
+        [hook], streamer(0.1), store=cb.MemoryStore(), debounce=cb.Debounce(window=1)
+    )
     async with open_bridge(bridge):
         verify = await emu.webhook_verify(hook.asgi, "echo-me")
         assert (verify.status_code, verify.text) == (200, "echo-me")
