@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import trio
 
 import trio_chatbridge as cb
@@ -87,6 +88,33 @@ def best_of_fresh(
                 finally:
                     gc.enable()
     return best
+
+
+def versus_raw(
+    platform: str,
+    load: Callable[[dict[str, Any]], Awaitable[Any]],
+    raw: Callable[[dict[str, Any]], Awaitable[float]],
+    connector: Callable[[dict[str, Any]], Awaitable[float]],
+    count: int,
+    raw_label: str,
+) -> list[tuple[str, str]]:
+    """Report rows for a connector against its raw baseline: both times, the ratio, and the
+    ratio with the collector off (see :func:`best_of_fresh`)."""
+    raw_s, ours_s = best_of_fresh(platform, load, [raw, connector])
+    raw_off, ours_off = best_of_fresh(platform, load, [raw, connector], collector=False)
+    return [
+        (raw_label, f"{raw_s:.3f} s  ({count / raw_s:,.0f}/s)"),
+        ("connector into the inbox", f"{ours_s:.3f} s  ({count / ours_s:,.0f}/s)"),
+        ("ratio (connector / raw)", f"{raw_s / ours_s:.2f}x  (target >= 0.8x)"),
+        ("same, garbage collector off (diagnostic)", f"{raw_off / ours_off:.2f}x"),
+    ]
+
+
+async def post_burst(info: dict[str, Any], burst: list[dict[str, str]]) -> None:
+    """Make users speak through the emulator's admin API (queued until a client takes them)."""
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(info["admin_url"] + "/messages", json=burst, timeout=120)
+        answer.raise_for_status()
 
 
 class CountingStore(cb.MemoryStore):

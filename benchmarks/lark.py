@@ -19,10 +19,11 @@ from trio_chatbridge.platforms.lark import _frames
 from ._util import (
     REPEAT,
     CountingStore,
-    best_of_fresh,
     peak_rss_mib,
+    post_burst,
     report,
     time_into_inbox,
+    versus_raw,
 )
 
 EVENTS = 5_000  # pushed at once: well inside the 3 s ACK deadline for both loops
@@ -114,10 +115,7 @@ def bench_codec() -> None:
 
 async def _load(info: dict[str, Any]) -> None:
     burst = [{"user": f"ou_{i % 1000}", "text": f"event {i}"} for i in range(EVENTS)]
-    async with httpx.AsyncClient() as http:
-        (
-            await http.post(info["admin_url"] + "/messages", json=burst, timeout=60)
-        ).raise_for_status()
+    await post_burst(info, burst)
 
 
 async def _raw_websocket(info: dict[str, Any]) -> float:
@@ -162,18 +160,17 @@ async def _connector_into_inbox(info: dict[str, Any]) -> float:
 
 
 def bench_inbound() -> None:
-    loops = [_raw_websocket, _connector_into_inbox]
-    raw_best, ours_best = best_of_fresh("lark", _load, loops)
-    raw_off, ours_off = best_of_fresh("lark", _load, loops, collector=False)
+    rows = versus_raw(
+        "lark",
+        _load,
+        _raw_websocket,
+        _connector_into_inbox,
+        EVENTS,
+        "raw trio-websocket: decode + ACK",
+    )
     report(
         f"lark: {EVENTS:,} message events from the loopback emulator (own process)",
-        [
-            ("raw trio-websocket: decode + ACK", f"{raw_best:.3f} s  ({EVENTS / raw_best:,.0f}/s)"),
-            ("connector into the inbox", f"{ours_best:.3f} s  ({EVENTS / ours_best:,.0f}/s)"),
-            ("ratio (connector / raw)", f"{raw_best / ours_best:.2f}x  (target >= 0.8x)"),
-            ("same, garbage collector off (diagnostic)", f"{raw_off / ours_off:.2f}x"),
-            ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB"),
-        ],
+        [*rows, ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB")],
     )
 
 

@@ -19,11 +19,12 @@ from trio_chatbridge.platforms import wecom
 
 from ._util import (
     CountingStore,
-    best_of_fresh,
     emulator_process,
     peak_rss_mib,
+    post_burst,
     report,
     time_into_inbox,
+    versus_raw,
 )
 
 MESSAGES = 20_000
@@ -34,10 +35,7 @@ WRITES = 5_000
 async def _load(info: dict[str, Any]) -> None:
     """Queue the callbacks while nobody is connected: the next subscriber gets them all."""
     burst = [{"user": f"user{i % USERS}", "text": f"message {i}"} for i in range(MESSAGES)]
-    async with httpx.AsyncClient() as http:
-        (
-            await http.post(info["admin_url"] + "/messages", json=burst, timeout=120)
-        ).raise_for_status()
+    await post_burst(info, burst)
 
 
 async def _raw_websocket(info: dict[str, Any]) -> float:
@@ -91,18 +89,15 @@ async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:
 
 
 def bench_inbound() -> None:
-    loops = [_raw_websocket, _connector_into_inbox]
-    raw_best, ours_best = best_of_fresh("wecom", _load, loops)
-    raw_off, ours_off = best_of_fresh("wecom", _load, loops, collector=False)
+    rows = versus_raw(
+        "wecom", _load, _raw_websocket, _connector_into_inbox, MESSAGES, "raw trio-websocket + json"
+    )
     with emulator_process("wecom") as info:
         seconds, frames = trio.run(_stream_frames, info)
     report(
         f"wecom: {MESSAGES:,} callbacks from the loopback emulator (own process)",
         [
-            ("raw trio-websocket + json", f"{raw_best:.3f} s  ({MESSAGES / raw_best:,.0f}/s)"),
-            ("connector into the inbox", f"{ours_best:.3f} s  ({MESSAGES / ours_best:,.0f}/s)"),
-            ("ratio (connector / raw)", f"{raw_best / ours_best:.2f}x  (target >= 0.8x)"),
-            ("same, garbage collector off (diagnostic)", f"{raw_off / ours_off:.2f}x"),
+            *rows,
             (
                 f"stream: {WRITES:,} writes, unpaced",
                 f"{frames} frames in {seconds:.3f} s ({frames / seconds:,.0f} frames/s, "
