@@ -57,7 +57,6 @@ class _Pending:
     payload: bytes
     pushes: int = 0
     due: float = 0.0
-    acked: bool = False
 
 
 class LarkEmulator:
@@ -227,7 +226,6 @@ class LarkEmulator:
             pending = self._pending.get(frame.header("message_id") or "")
             if pending is not None:
                 if code == 200:
-                    pending.acked = True
                     del self._pending[pending.message_id]
                 else:
                     pending.due = trio.current_time()  # a failed ACK: re-push now

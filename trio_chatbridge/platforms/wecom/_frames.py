@@ -39,7 +39,6 @@ MSG_CALLBACK: Final = "aibot_msg_callback"
 EVENT_CALLBACK: Final = "aibot_event_callback"
 RESPOND: Final = "aibot_respond_msg"
 RESPOND_WELCOME: Final = "aibot_respond_welcome_msg"
-RESPOND_UPDATE: Final = "aibot_respond_update_msg"
 SEND: Final = "aibot_send_msg"
 
 
