@@ -80,6 +80,12 @@ async def test_key_values_and_cursors_are_per_account(store: cb.Store) -> None:
     await store.set_cursor("weixin", "a", "cursor-1")
     assert await store.get_cursor("weixin", "a") == "cursor-1"
     assert await store.get_cursor("weixin", "b") is None
+    await store.set_cursor("weixin", "a", "cursor-2", with_values={"ctx:u1": "c1", "y": None})
+    assert await store.get_cursor("weixin", "a") == "cursor-2"
+    assert await store.get("weixin", "a", "ctx:u1") == "c1"
+    assert await store.get("weixin", "a", "y") is None
+    await store.set_many("weixin", "a", {})  # nothing to write: no error, nothing changes
+    assert await store.get_cursor("weixin", "a") == "cursor-2"
 
 
 async def lease_behaviour(store: cb.Store, advance: Callable[[float], Awaitable[object]]) -> None:

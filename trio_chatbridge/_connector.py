@@ -94,9 +94,12 @@ class ConnectorContext:
         """This account's saved cursor."""
         return await self.store.get_cursor(self.platform, self.account)
 
-    async def set_cursor(self, cursor: str) -> None:
-        """Save this account's cursor, after the messages before it were put."""
-        await self.store.set_cursor(self.platform, self.account, cursor)
+    async def set_cursor(
+        self, cursor: str, *, with_values: Mapping[str, str | None] | None = None
+    ) -> None:
+        """Save this account's cursor (and ``with_values`` in the same write), after the
+        messages before it were put."""
+        await self.store.set_cursor(self.platform, self.account, cursor, with_values=with_values)
 
 
 class ReplyStream(ABC):

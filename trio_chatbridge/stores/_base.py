@@ -119,9 +119,17 @@ class Store(ABC):
         """The account's saved cursor (long-poll position), or None."""
         return await self.get(platform, account, CURSOR_KEY)
 
-    async def set_cursor(self, platform: str, account: str, cursor: str) -> None:
-        """Save the account's cursor. Call only after the messages before it were accepted."""
-        await self.set(platform, account, CURSOR_KEY, cursor)
+    async def set_cursor(
+        self,
+        platform: str,
+        account: str,
+        cursor: str,
+        *,
+        with_values: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Save the account's cursor, and ``with_values`` in the same write. Call only after
+        the messages before it were accepted."""
+        await self.set_many(platform, account, {**(with_values or {}), CURSOR_KEY: cursor})
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -229,6 +229,8 @@ class SQLiteStore(Store):
         await self._call(write)
 
     async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+        if not values:
+            return
         deletes = [(platform, account, k) for k, v in values.items() if v is None]
         upserts = [(platform, account, k, v) for k, v in values.items() if v is not None]
 

@@ -278,10 +278,14 @@ class Connector(base.Connector):
             failures = 0
             # No prefetch: the next poll presents the new cursor, and a server may take that as
             # an acknowledgment [UNCONFIRMED], so it goes out only once this page is durable.
-            await self._accept(answer.messages)
+            tokens = await self._accept(answer.messages)
+            # Only now, the page being durable in the journal: the cursor and the page's
+            # context tokens, in one write.
             if answer.cursor and answer.cursor != cursor:
                 cursor = answer.cursor
-                await ctx.set_cursor(cursor)  # only now: the page is durable in the journal
+                await ctx.set_cursor(cursor, with_values=tokens)
+            elif tokens:
+                await ctx.set_many(tokens)
 
     async def _failed(self, failures: int, error: Exception) -> int:
         """Count a failed poll and sleep 2 s, or 30 s after three in a row [3c]."""
@@ -301,8 +305,12 @@ class Connector(base.Connector):
         await trio.sleep(p.RETRY_DELAY)
         return failures
 
-    async def _accept(self, raw_messages: tuple[Any, ...]) -> None:
-        """Turn a page into messages (a bad one is counted and skipped) and put them."""
+    async def _accept(self, raw_messages: tuple[Any, ...]) -> dict[str, str | None]:
+        """Turn a page into messages (a bad one is counted and skipped) and put them.
+
+        Returns the newest context token per peer, to be stored with the cursor: replies after
+        a restart use them.
+        """
         ctx = self.ctx
         messages: list[Message] = []
         for raw in raw_messages:
@@ -316,15 +324,14 @@ class Connector(base.Connector):
                 ctx.count("filtered")
             else:
                 messages.append(message)
-        if not messages:
-            return
-        await ctx.put(messages)
+        if messages:
+            await ctx.put(messages)
         latest: dict[str, str | None] = {}
         for message in messages:
             token = message.reply_handle.get("context_token")
             if token:
                 latest[CONTEXT_TOKEN_PREFIX + message.reply_handle["to_user_id"]] = token
-        await ctx.set_many(latest)  # kept so replies after a restart can use them
+        return latest
 
     # -- sending -----------------------------------------------------------------------------
 
