@@ -6,10 +6,12 @@ import pytest
 import trio
 import trio.testing
 
-from trio_chatbridge._receive import WATCHDOG_SLACK, rearm, receive_burst
+from trio_chatbridge._receive import BURST_LINGER, WATCHDOG_SLACK, rearm, receive_burst
 
 
-async def test_what_is_waiting_comes_in_one_piece_up_to_the_limit() -> None:
+async def test_what_is_waiting_comes_in_one_piece_up_to_the_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     send, receive = trio.open_memory_channel[int](100)
     for i in range(25):
         send.send_nowait(i)
@@ -17,7 +19,9 @@ async def test_what_is_waiting_comes_in_one_piece_up_to_the_limit() -> None:
     assert await receive_burst(receive, 100) == list(range(10, 25))
 
 
-async def test_items_from_a_busy_producer_arrive_in_order_in_bounded_bursts() -> None:
+async def test_items_from_a_busy_producer_arrive_in_order_in_bounded_bursts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     send, receive = trio.open_memory_channel[int](100)
 
     async def producer() -> None:
@@ -38,14 +42,19 @@ async def test_items_from_a_busy_producer_arrive_in_order_in_bounded_bursts() ->
     assert len(bursts) < 500  # taken in bursts, not one by one
 
 
-async def test_a_lone_item_is_not_held_back() -> None:
+async def test_a_lone_item_is_not_held_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     send, receive = trio.open_memory_channel[str](10)
     send.send_nowait("only")
-    with trio.fail_after(1):  # no waiting for company: it returns after one quiet turn
-        assert await receive_burst(receive, 100) == ["only"]
+    start = trio.current_time()
+    assert await receive_burst(receive, 100) == ["only"]
+    assert trio.current_time() - start == BURST_LINGER  # the linger, then it goes alone
 
 
-async def test_the_end_of_the_channel_ends_the_burst_then_raises() -> None:
+async def test_the_end_of_the_channel_ends_the_burst_then_raises(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     send, receive = trio.open_memory_channel[int](10)
     send.send_nowait(1)
     send.send_nowait(2)
