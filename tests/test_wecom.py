@@ -231,6 +231,73 @@ async def test_group_mentions_are_stripped(autojump_clock: trio.testing.MockCloc
     assert sent.to == "team-chat"
 
 
+def _callback(msgtype: str, **payload: Any) -> dict[str, Any]:
+    return {
+        "msgid": "m1",
+        "aibotid": "bot",
+        "chattype": "single",
+        "from": {"userid": "zoe"},
+        "create_time": 1700000000,
+        "msgtype": msgtype,
+        **payload,
+    }
+
+
+MEDIA = {"url": "https://example.invalid/x", "aeskey": "k"}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (_callback("text", text={"content": "hi"}), [cb.Text("hi")]),
+        (_callback("voice", voice={"content": "spoken"}), [cb.Voice(cb.Media("voice"), "spoken")]),
+        (_callback("image", image=MEDIA), [cb.Image(cb.Media("image", ref=MEDIA))]),
+        (_callback("file", file=MEDIA), [cb.File(cb.Media("file", ref=MEDIA))]),
+        (_callback("video", video=MEDIA), [cb.Video(cb.Media("video", ref=MEDIA))]),
+        (
+            _callback(
+                "mixed",
+                mixed={
+                    "msg_item": [
+                        {"msgtype": "text", "text": {"content": "look"}},
+                        {"msgtype": "image", "image": MEDIA},
+                        "not an item",
+                    ]
+                },
+            ),
+            [cb.Text("look"), cb.Image(cb.Media("image", ref=MEDIA))],
+        ),
+        (
+            _callback(
+                "text",
+                text={"content": "and this?"},
+                quote={"msgtype": "text", "text": {"content": "the plan"}},
+            ),
+            [cb.Quote("the plan"), cb.Text("and this?")],
+        ),
+        (
+            _callback("text", text={"content": "this"}, quote={"msgtype": "image", "image": MEDIA}),
+            [cb.Quote("[image]"), cb.Text("this")],
+        ),
+    ],
+)
+def test_every_message_type_becomes_its_parts(
+    body: dict[str, Any], expected: list[cb.Part]
+) -> None:
+    message = wecom.to_message("bot", "req-1", body)
+    assert list(message.parts) == expected
+    assert (message.id, message.chat, message.sender.id) == ("m1", cb.Chat("zoe", "direct"), "zoe")
+    assert message.reply_handle == {"req_id": "req-1", "chatid": "zoe"}
+    assert message.timestamp == 1700000000.0
+
+
+def test_a_callback_without_a_sender_is_a_protocol_error() -> None:
+    with pytest.raises(cb.ProtocolError, match=r"from\.userid"):
+        wecom.to_message("bot", "req-1", {"msgtype": "text", "text": {"content": "hi"}})
+    with pytest.raises(cb.ProtocolError, match="chatid"):
+        wecom.to_message("bot", "req-1", {**_callback("text"), "chattype": "group"})
+
+
 async def test_duplicate_msgid_is_handled_once(autojump_clock: trio.testing.MockClock) -> None:
     async with wecom_bridge() as (emu, bridge):
         emu.user_says("ivy", "once", msgid="same-id")

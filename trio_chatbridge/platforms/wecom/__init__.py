@@ -1,5 +1,6 @@
 """WeCom (企业微信) AI Bots: the WebSocket long connection and the encrypted webhook mode."""
 
+from ._convert import to_message as to_message
 from ._crypto import WebhookCrypto as WebhookCrypto
 from ._frames import DEFAULT_URL as DEFAULT_URL
 from ._frames import Frame as Frame
@@ -24,4 +25,5 @@ __all__ = [
     "WebhookCrypto",
     "parse_frame",
     "serve",
+    "to_message",
 ]
