@@ -5,6 +5,7 @@ The emulator runs in its own process (``python -m trio_chatbridge emulate wecom`
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -38,8 +39,12 @@ async def _load(info: dict[str, Any]) -> None:
     await post_burst(info, burst)
 
 
-async def _raw_websocket(info: dict[str, Any]) -> float:
-    """The baseline: subscribe with trio-websocket, read and JSON-decode every callback."""
+async def _raw_websocket(info: dict[str, Any], *, keep: bool = False) -> float:
+    """The baseline: subscribe with trio-websocket, read and JSON-decode every callback.
+
+    ``keep``: also build each callback's ``Message`` and keep it (the floor, see versus_raw).
+    """
+    kept: list[cb.Message] = []
     async with open_websocket_url(info["ws_url"], max_message_size=2**21) as ws:
         start = time.perf_counter()
         subscribe = {"bot_id": info["bot_id"], "secret": info["secret"]}
@@ -48,7 +53,10 @@ async def _raw_websocket(info: dict[str, Any]) -> float:
         )
         seen = 0
         while seen < MESSAGES:
-            if json.loads(await ws.get_message()).get("cmd") == "aibot_msg_callback":
+            frame = json.loads(await ws.get_message())
+            if frame.get("cmd") == "aibot_msg_callback":
+                if keep:
+                    kept.append(wecom.to_message("bot", frame["headers"]["req_id"], frame["body"]))
                 seen += 1
         return time.perf_counter() - start
 
@@ -90,7 +98,13 @@ async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:
 
 def bench_inbound() -> None:
     rows = versus_raw(
-        "wecom", _load, _raw_websocket, _connector_into_inbox, MESSAGES, "raw trio-websocket + json"
+        "wecom",
+        _load,
+        _raw_websocket,
+        _connector_into_inbox,
+        MESSAGES,
+        "raw trio-websocket + json",
+        floor=functools.partial(_raw_websocket, keep=True),
     )
     with emulator_process("wecom") as info:
         seconds, frames = trio.run(_stream_frames, info)

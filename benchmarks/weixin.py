@@ -6,6 +6,7 @@ real server would, so that the client side is what the two loops compare.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import time
@@ -38,8 +39,12 @@ async def _load(info: dict[str, Any]) -> None:
     await post_burst(info, burst)
 
 
-async def _raw_httpx_loop(info: dict[str, Any]) -> float:
-    """The baseline: poll getupdates with httpx, decode, advance the cursor. Nothing else."""
+async def _raw_httpx_loop(info: dict[str, Any], *, keep: bool = False) -> float:
+    """The baseline: poll getupdates with httpx, decode, advance the cursor. Nothing else.
+
+    ``keep``: also build each message's ``Message`` and keep it (the floor, see versus_raw).
+    """
+    kept: list[cb.Message | None] = []
     async with httpx.AsyncClient() as http:
         seen = 0
         cursor = ""
@@ -52,6 +57,8 @@ async def _raw_httpx_loop(info: dict[str, Any]) -> float:
                 headers=headers,
             )
             answer = response.json()
+            if keep:
+                kept += [weixin.to_message("bot", raw) for raw in answer["msgs"]]
             seen += len(answer["msgs"])
             cursor = answer["get_updates_buf"]
         return time.perf_counter() - start
@@ -74,7 +81,13 @@ async def _connector_into_inbox(info: dict[str, Any]) -> float:
 
 def bench_throughput() -> None:
     rows = versus_raw(
-        "weixin", _load, _raw_httpx_loop, _connector_into_inbox, MESSAGES, "raw httpx poll loop"
+        "weixin",
+        _load,
+        _raw_httpx_loop,
+        _connector_into_inbox,
+        MESSAGES,
+        "raw httpx poll loop",
+        floor=functools.partial(_raw_httpx_loop, keep=True),
     )
     report(
         f"weixin: {MESSAGES:,} messages from the loopback emulator (own process), pages of 100",
