@@ -323,6 +323,91 @@ def test_any_entry_gives_a_message_none_or_a_protocol_error(raw: Any) -> None:
         assert cb.Message.from_json(message.to_json()) == message
 
 
+def _entry(*items: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "message_type": 1,
+        "message_state": 2,
+        "from_user_id": "amy@im.wechat",
+        "create_time_ms": 1_700_000_000_500,
+        "item_list": list(items),
+        **fields,
+    }
+
+
+def _text(text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": 1, "text_item": {"text": text}, **extra}
+
+
+CDN = {"encrypt_query_param": "q", "aes_key": "a2V5"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "parts"),
+    [
+        (_entry(_text("hi")), [cb.Text("hi")]),
+        (
+            _entry(_text("and this?", ref_msg={"title": "the plan"})),
+            [cb.Quote("the plan"), cb.Text("and this?")],
+        ),
+        (
+            _entry(_text("yes", ref_msg={"title": "Amy", "message_item": _text("lunch?")})),
+            [cb.Quote("Amy | lunch?"), cb.Text("yes")],
+        ),
+        (  # quoted media is offered as the media itself
+            _entry(
+                _text(
+                    "this one", ref_msg={"message_item": {"type": 2, "image_item": {"media": CDN}}}
+                )
+            ),
+            [cb.Image(cb.Media("image", ref=CDN)), cb.Text("this one")],
+        ),
+        (  # a voice message WeChat transcribed, with nothing to download
+            _entry({"type": 3, "voice_item": {"text": "call me", "playtime": 2500}}),
+            [cb.Voice(cb.Media("voice"), transcript="call me", duration=2.5)],
+        ),
+        (  # media that cannot be fetched is left out, and so is a kind we do not know
+            _entry({"type": 2, "image_item": {}}, {"type": 11}, _text("after")),
+            [cb.Text("after")],
+        ),
+    ],
+)
+def test_items_become_parts(entry: dict[str, Any], parts: list[cb.Part]) -> None:
+    message = weixin.to_message("bot", entry)
+    assert message is not None
+    assert list(message.parts) == parts
+    assert message.timestamp == 1_700_000_000.5
+
+
+def test_group_messages_are_one_session_and_replies_go_to_the_sender() -> None:
+    message = weixin.to_message("bot", _entry(_text("hi"), group_id="g1", context_token="t"))
+    assert message is not None
+    assert (message.chat, message.sender.id) == (cb.Chat("g1", "group"), "amy@im.wechat")
+    assert message.reply_handle == {"to_user_id": "amy@im.wechat", "context_token": "t"}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"message_type": 2}, {"message_state": 1}, {"delete_time_ms": 1}],
+    ids=["the bot's own", "still generating", "recalled"],
+)
+def test_messages_not_for_the_agent_are_filtered(fields: dict[str, Any]) -> None:
+    assert weixin.to_message("bot", _entry(_text("x"), **fields)) is None
+
+
+def test_the_dedup_key_follows_the_reference_order() -> None:
+    def key(**fields: Any) -> str:
+        message = weixin.to_message("bot", _entry(_text("x"), **fields))
+        assert message is not None
+        return message.id
+
+    assert key(message_id=42, client_id="c", seq=7) == "42"
+    assert key(client_id="c", seq=7) == "client:c"
+    assert key(seq=7) == "seq:7"
+    assert key().startswith("sha256:")
+    assert key() == key()  # a replay of the same message gets the same key
+    assert key() != key(create_time_ms=1)
+
+
 @pytest.mark.parametrize(
     ("kind", "encoding"),
     [
