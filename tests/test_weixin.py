@@ -251,6 +251,57 @@ async def test_typing_is_kept_alive_while_the_agent_runs(
     assert emu.calls("getconfig")[0].body["ilink_user_id"] == "u"
 
 
+async def test_a_stream_is_sent_as_one_message_when_it_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """iLink shows nothing for GENERATING messages, so a stream is one message at the end."""
+    emu = WeixinEmulator()
+    sent_while_streaming: list[int] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            for word in ("thinking", " about", " it"):
+                await out.write(word)
+                await trio.sleep(1)
+                sent_while_streaming.append(len(emu.sent))
+        if batch.latest.text == "fail":
+            async with reply.stream() as out:
+                await out.write("never shown")
+                raise RuntimeError("the agent failed mid-stream")
+
+    async with bridged(emu, agent):
+        emu.user_says("u", "go")
+        assert (await emu.next_sent()).text == "thinking about it"
+        emu.user_says("u", "fail")
+        assert (await emu.next_sent()).text == "thinking about it"
+        await trio.sleep(5)
+    assert sent_while_streaming == [0, 0, 0, 1, 1, 1]
+    assert [m.text for m in emu.sent] == ["thinking about it"] * 2  # not the failed stream
+
+
+async def test_api_errors_carry_the_codes_and_base_urls_are_normalised() -> None:
+    emu = WeixinEmulator()
+    client = weixin.ILinkClient(emu.token, base_url=emu.base_url, transport=emu.transport())
+    emu.fail("getconfig", WeixinFault.declined("unknown error"))
+    with pytest.raises(weixin.ILinkError) as info:
+        await client.get_config("u", None)
+    assert (info.value.ret, info.value.errcode, info.value.errmsg) == (-2, None, "unknown error")
+    assert "getconfig" in str(info.value) and "ret=-2" in str(info.value)
+    emu.fail("getconfig", WeixinFault.http(502))
+    with pytest.raises(cb.ConnectorError, match="502"):
+        await client.get_config("u", None)
+    await client.aclose()
+    assert emu.token not in repr(client)
+    for given, normalised in [
+        ("ilink.example.com/bot", "https://ilink.example.com/bot/"),
+        ("http://127.0.0.1:9/", "http://127.0.0.1:9/"),
+        ("", weixin.DEFAULT_BASE_URL),
+    ]:
+        other = weixin.ILinkClient("t", base_url=given)
+        assert other.base_url == normalised
+        await other.aclose()
+
+
 async def test_long_text_is_split_at_4000_characters(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
