@@ -55,6 +55,27 @@ async def test_a_streamed_reply_carries_the_whole_text_in_each_frame(
     assert len(frames) <= 6  # coalesced: never more frames than writes + the final one
 
 
+async def test_a_failing_agent_still_finishes_its_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An unfinished stream would hold one of the user's three in-flight messages."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write("half an ans")
+            await trio.sleep(1)
+            raise RuntimeError("the model went away")
+
+    async with wecom_bridge(agent) as (emu, bridge):
+        req_id = emu.user_says("ola", "question")
+        sent = await emu.next_sent()
+        await trio.sleep(1)
+        assert bridge.stats().failures == 1
+    assert (sent.kind, sent.req_id, sent.text) == ("stream", req_id, "half an ans")
+    frames = [fr for fr in emu.commands("aibot_respond_msg") if fr.req_id == req_id]
+    assert frames[-1].body["stream"]["finish"] is True
+
+
 async def test_a_burst_of_callbacks_is_journaled_in_one_put(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -396,6 +417,35 @@ async def test_inbound_media_is_decrypted_and_guarded(
         await emu.next_sent()
     assert results[0] == payload
     assert "'10.0.0.1': not an allowed host" in str(results[1])
+
+
+async def test_commands_on_one_req_id_wait_for_each_others_ack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Acks carry only the req_id, so two commands on one req_id must not overlap."""
+
+    class QuietServer:
+        def __init__(self) -> None:
+            self.sent: list[wecom.Frame] = []
+
+        async def send_message(self, data: str) -> None:
+            self.sent.append(wecom.parse_frame(data))
+
+    server = QuietServer()
+    link = Link(server, ack_timeout=5.0)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        for n in range(2):
+            nursery.start_soon(link.command, "aibot_respond_msg", "cb-1", {"n": n})
+        nursery.start_soon(link.command, "aibot_respond_msg", "cb-2", {"n": 9})
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(frame.req_id for frame in server.sent) == ["cb-1", "cb-2"]
+        for frame in list(server.sent):
+            link.deliver_ack(wecom.Frame(frame.req_id, errcode=0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [frame.req_id for frame in server.sent[2:]] == ["cb-1"]  # its turn now
+        assert {frame.body["n"] for frame in server.sent if frame.req_id == "cb-1"} == {0, 1}
+        link.deliver_ack(wecom.Frame("cb-1", errcode=0))
+    assert link.pending == 0
 
 
 async def test_a_hundred_thousand_commands_leave_nothing_behind(

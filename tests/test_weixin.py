@@ -292,12 +292,12 @@ async def test_api_errors_carry_the_codes_and_base_urls_are_normalised() -> None
         await client.get_config("u", None)
     await client.aclose()
     assert emu.token not in repr(client)
-    for given, normalised in [
+    for url, normalised in [
         ("ilink.example.com/bot", "https://ilink.example.com/bot/"),
         ("http://127.0.0.1:9/", "http://127.0.0.1:9/"),
         ("", weixin.DEFAULT_BASE_URL),
     ]:
-        other = weixin.ILinkClient("t", base_url=given)
+        other = weixin.ILinkClient("t", base_url=url)
         assert other.base_url == normalised
         await other.aclose()
 
