@@ -104,6 +104,37 @@ async def test_interrupt_mode_reruns_with_all_messages(
     assert len(chat.sent) == 1
 
 
+async def test_an_error_raised_while_a_run_is_interrupted_never_stops_the_bridge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A cleanup that fails during the interrupt reaches the dispatcher as a group of
+    Cancelled and the error: it is counted and the rerun still happens."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async def cleanup_fails() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise RuntimeError("cleanup failed")
+
+        async with trio.open_nursery() as nursery:
+            if len(batch.messages) == 1:
+                nursery.start_soon(cleanup_fails)
+            await trio.sleep(10)
+            await reply.send("done: " + batch.text.replace("\n", ","))
+            nursery.cancel_scope.cancel()
+
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(agent, chat, on_busy="interrupt")) as bridge:
+        await chat.say("a")
+        await trio.sleep(2)
+        await chat.say("b")
+        reply = await chat.next_reply()
+        stats = bridge.stats()
+    assert reply.text == "done: a,b"
+    assert (stats.interrupts, stats.failures) == (1, 1)
+
+
 async def test_concurrency_limit_holds(autojump_clock: trio.testing.MockClock) -> None:
     running = 0
     peak = 0

@@ -20,6 +20,7 @@ import trio
 
 from . import _stats
 from ._connector import Connector
+from ._errors import find_error
 from ._messages import Batch, Message
 from ._reply import Reply
 from .stores import Store
@@ -108,8 +109,9 @@ class Dispatcher:
                     continue
                 with trio.CancelScope(shield=True):  # answered: record it even at shutdown
                     await self._store.journal_done(messages, error=error)
-        except trio.Cancelled:
-            self._counters[_stats.ABANDONED] += 1
+        except BaseException as exc:
+            if find_error(exc, trio.Cancelled) is not None:  # cut off by the shutdown grace
+                self._counters[_stats.ABANDONED] += 1
             raise
         finally:
             del self._sessions[key]
@@ -135,13 +137,20 @@ class Dispatcher:
                     await self._agent(batch, reply)
             if timeout.cancelled_caught:
                 self._counters[_stats.TIMEOUTS] += 1
+                self._counters[_stats.FAILURES] += 1
                 error = f"agent timed out after {self._run_timeout} s"
-        except Exception as exc:  # the agent is user code: anything may come out
-            log.exception(
-                "agent failed on session %s (%d messages)", batch.session, len(batch.messages)
+        except* Exception as group:
+            # The agent is user code: anything may come out, even alongside the Cancelled of
+            # an interrupt or a shutdown (a cleanup that failed), and must not escape to the
+            # dispatcher. The Cancelled part goes on up to its cancel scope.
+            failure = group.exceptions[0] if len(group.exceptions) == 1 else group
+            log.error(
+                "agent failed on session %s (%d messages)",
+                batch.session,
+                len(batch.messages),
+                exc_info=failure,
             )
-            error = f"{type(exc).__name__}: {exc}"
-        if error is not None:
+            error = f"{type(failure).__name__}: {failure}"
             self._counters[_stats.FAILURES] += 1
         return error
 
