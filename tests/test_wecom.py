@@ -76,6 +76,26 @@ async def test_a_failing_agent_still_finishes_its_stream(
     assert frames[-1].body["stream"]["finish"] is True
 
 
+async def test_an_interrupted_stream_whose_last_frame_is_refused_is_rerun(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write(" ".join(m.text for m in batch.messages))
+            await trio.sleep(10)
+
+    async with wecom_bridge(agent, on_busy="interrupt") as (emu, bridge):
+        emu.user_says("kim", "first")
+        await trio.sleep(3)  # the first run is streaming
+        emu.fail_next("aibot_respond_msg", 40001)  # the frame that closes it is refused
+        emu.user_says("kim", "second")
+        sent = await emu.next_sent()
+        stats = bridge.stats()
+    assert sent.text == "first second"
+    # the refusal is logged, not blamed on the agent, and does not hide the interrupt
+    assert (stats.interrupts, stats.failures) == (1, 0)
+
+
 async def test_a_burst_of_callbacks_is_journaled_in_one_put(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -189,17 +189,28 @@ async def streaming(stream: CoalescingStream, *, final_within: float) -> AsyncIt
 
     It is attempted even when the body raises or is cancelled (shielded, for at most
     ``final_within`` seconds): a platform may keep an unfinished stream open against the user.
+    Then its failure is only logged: it must not hide what the body raised, least of all a
+    :class:`trio.Cancelled`.
     """
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream.pump)
         try:
             yield stream
-        finally:
+        except BaseException:
             try:
-                with trio.CancelScope(shield=True), trio.move_on_after(final_within):
-                    await stream.close()
-            finally:
-                nursery.cancel_scope.cancel()
+                await _final(stream, final_within)
+            except Exception as exc:
+                log.warning("could not finish a reply stream that ended early: %s", exc)
+            raise
+        else:
+            await _final(stream, final_within)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _final(stream: CoalescingStream, within: float) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(within):
+        await stream.close()
 
 
 class Connector(ABC):
