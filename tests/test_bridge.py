@@ -3,11 +3,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
 
 import trio_chatbridge as cb
+from trio_chatbridge.stores import journal_key
 from trio_chatbridge.testing import FakeConnector, open_bridge
 
 
@@ -133,6 +136,78 @@ async def test_an_error_raised_while_a_run_is_interrupted_never_stops_the_bridge
         stats = bridge.stats()
     assert reply.text == "done: a,b"
     assert (stats.interrupts, stats.failures) == (1, 1)
+
+
+async def _fails_when_stopped() -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        raise RuntimeError("cleanup failed")
+
+
+async def _behave(kind: str, reply: cb.Reply) -> None:
+    """What the agent does for a batch whose latest message says ``kind``."""
+    if kind == "boom":
+        raise RuntimeError("boom")
+    if kind == "fragile":  # a helper task whose cleanup fails, in or out of a cancellation
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_fails_when_stopped)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    elif kind == "stream":
+        async with reply.stream() as out:
+            await out.write("a")
+            await trio.sleep(3)
+            await out.write("b")
+    else:
+        await trio.sleep(8 if kind == "slow" else 1)
+        await reply.send(kind)
+
+
+@given(
+    script=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which chat
+            st.floats(0, 6),  # seconds since the previous message
+            st.sampled_from(["ok", "slow", "boom", "fragile", "stream"]),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    on_busy=st.sampled_from(["queue", "interrupt"]),
+    run_timeout=st.sampled_from([None, 4.0]),
+    fail_sends=st.integers(0, 2),
+)
+def test_whatever_agents_do_the_bridge_goes_on_and_settles_every_message(
+    script: list[tuple[int, float, str]], on_busy: str, run_timeout: float | None, fail_sends: int
+) -> None:
+    """Errors, interrupts, timeouts, failed sends and shutdown, in any order: the bridge never
+    stops, every message reaches the agent, and each ends done or failed in the journal."""
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    seen: set[str] = set()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.update(m.id for m in batch.messages)
+        await _behave(batch.latest.text, reply)
+
+    async def main() -> None:
+        bridge = make_bridge(agent, chat, store=store, on_busy=on_busy, run_timeout=run_timeout)
+        chat.fail_sends(fail_sends)
+        delivered = []
+        async with open_bridge(bridge):
+            for chat_number, gap, kind in script:
+                await trio.sleep(gap)
+                delivered.append(await chat.say(kind, chat=f"c{chat_number}"))
+            await trio.sleep(60)  # longer than any run: everything settles
+            assert bridge.stats().received == len(script)
+            assert all(s.state == "running" for s in bridge.status().values())
+        assert seen == {m.id for m in delivered}
+        for message in delivered:
+            entry = await store.journal_entry(journal_key(message))
+            assert entry is not None and entry.state in ("done", "failed")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 async def test_concurrency_limit_holds(autojump_clock: trio.testing.MockClock) -> None:
