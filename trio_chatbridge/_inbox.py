@@ -69,8 +69,13 @@ class Inbox:
         try:
             await self._out.send(new)
         except trio.Cancelled:
-            # trio guarantees a cancelled send sent nothing: hand the messages to run().
-            self._orphans_in.send_nowait(new)
+            # trio guarantees a cancelled send sent nothing: hand the messages to run(). If
+            # run() has stopped too (shutdown, or the whole bridge cancelled), they stay in the
+            # journal for the next start; either way the Cancelled goes on, never an error.
+            try:
+                self._orphans_in.send_nowait(new)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._counters[_stats.DEFERRED] += len(new)
             raise
 
     async def run(self) -> None:
