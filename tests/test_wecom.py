@@ -272,6 +272,72 @@ async def test_group_mentions_are_stripped(autojump_clock: trio.testing.MockCloc
     assert sent.to == "team-chat"
 
 
+wecom_steps = st.one_of(
+    st.tuples(st.just("say"), st.integers(0, 2)),
+    st.tuples(st.just("say again"), st.integers(0, 2)),  # the same msgid delivered twice
+    st.tuples(st.just("drop"), st.just(0)),
+    st.tuples(st.just("no ping acks"), st.integers(1, 60)),
+    st.tuples(st.just("refuse"), st.sampled_from([6000, 40001, -1])),  # -1: never acked
+    st.tuples(st.just("garbage"), st.sampled_from(["{not json", "[]", "x" * 600_000])),
+    st.tuples(st.just("wait"), st.integers(0, 30)),
+)
+
+
+@given(st.lists(wecom_steps, max_size=12))
+def test_no_fault_stops_the_connection_or_handles_a_message_twice(
+    script: list[tuple[str, Any]],
+) -> None:
+    """Drops, lost heartbeats, refused and unanswered commands and garbage frames, in any
+    order: the connector always comes back, no message is handled twice, bad frames are
+    counted, and a message after the storm is answered."""
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.id for m in batch.messages)
+        await reply.send("ok")
+
+    async def main() -> None:
+        async with wecom_bridge(agent) as (emu, bridge):
+            said: list[str] = []
+            for step, arg in script:
+                if step in ("say", "say again"):
+                    msgid = said[-1] if step == "say again" and said else f"msg-{len(said)}"
+                    try:
+                        emu.user_says(f"user{arg}", "hello", msgid=msgid)
+                    except InFlightLimit:
+                        continue  # the platform refuses a fourth message in flight
+                    said.append(msgid)
+                elif step == "drop":
+                    await emu.drop_connection()
+                elif step == "no ping acks":
+                    emu.ignore_pings = True
+                    await trio.sleep(arg)
+                    emu.ignore_pings = False
+                elif step == "refuse":
+                    emu.fail_next("aibot_respond_msg", arg)
+                elif step == "garbage":
+                    emu.push_raw(arg)
+                else:
+                    await trio.sleep(arg)
+            await trio.sleep(120)  # every reconnect and backoff is over
+            assert status(bridge).state == "running"
+            # Refusals still queued refuse the next replies: ask until one is answered.
+            answered = False
+            for attempt in range(sum(step == "refuse" for step, _ in script) + 1):
+                emu.user_says(f"last{attempt}", "anyone there?")
+                with trio.move_on_after(30):
+                    while (await emu.next_sent()).to != f"last{attempt}":
+                        pass
+                    answered = True
+                    break
+            assert answered
+            garbage = sum(step == "garbage" for step, _ in script)
+            assert bridge.stats().protocol_errors <= garbage
+        assert len(handled) == len(set(handled))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def _callback(msgtype: str, **payload: Any) -> dict[str, Any]:
     return {
         "msgid": "m1",
