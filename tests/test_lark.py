@@ -296,6 +296,71 @@ async def test_malformed_frames_are_counted_and_survived(
         assert bridge.stats().reconnects == 0
 
 
+lark_steps = st.one_of(
+    st.tuples(st.just("say"), st.integers(0, 2)),
+    st.tuples(st.just("drop"), st.just(0)),
+    st.tuples(st.just("silent"), st.integers(1, 40)),
+    st.tuples(st.just("fragments"), st.sampled_from([0, 7, 60])),
+    st.tuples(st.just("token expires"), st.just(0)),
+    st.tuples(st.just("replies fail"), st.sampled_from([429, 500])),
+    st.tuples(st.just("garbage"), st.sampled_from([b"\xff\xff", "a text frame"])),
+    st.tuples(st.just("wait"), st.integers(0, 10)),
+)
+
+
+@given(st.lists(lark_steps, max_size=12))
+def test_every_event_is_handled_once_whatever_the_link_does(
+    script: list[tuple[str, Any]],
+) -> None:
+    """Lark pushes an event again until it is ACKed (four pushes in all), so with up to two
+    drops every message is handled exactly once; beyond that, at most once. The link always
+    comes back."""
+    handled: list[str] = []
+    drops = sum(step == "drop" for step, _ in script)
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.id for m in batch.messages)
+        await reply.send("ok")
+
+    async def main() -> None:
+        emu = LarkEmulator(ping_interval=10)
+        options = {"ping_grace": 5}
+        async with lark_bridge(agent, emu, connector_options=options) as (_, bridge):
+            said: list[str] = []
+            for step, arg in script:
+                if step == "say":
+                    said.append(emu.user_says(f"ou_user{arg}", "hello"))
+                elif step == "drop":
+                    await emu.drop_connections()
+                elif step == "silent":
+                    emu.silent = True
+                    await trio.sleep(arg)
+                    emu.silent = False
+                elif step == "fragments":
+                    emu.fragment_size = arg
+                elif step == "token expires":
+                    emu.expire_token()
+                elif step == "replies fail":
+                    emu.fail("/reply", arg, {"code": 1, "msg": "injected"})
+                elif step == "garbage":
+                    emu.push_raw(arg)
+                else:
+                    await trio.sleep(arg)
+            # Past the watchdog (15 s) and Lark's reconnect schedule (120 s between attempts),
+            # then the re-pushes of what was not ACKed.
+            await trio.sleep(20)
+            with trio.fail_after(1200):
+                while status(bridge).state != "running":  # noqa: ASYNC110 (a poll of status)
+                    await trio.sleep(1)
+            await trio.sleep(30)
+        assert len(handled) == len(set(handled))
+        assert set(handled) <= set(said)
+        if drops <= 2:
+            assert set(handled) == set(said)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 async def test_end_to_end_over_loopback() -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
