@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -229,15 +230,22 @@ steps = st.one_of(
 )
 
 
-@given(st.lists(steps, max_size=14))
+@given(st.lists(steps, max_size=14), st.booleans())
 def test_no_fault_or_restart_loses_a_message_or_handles_one_twice(
-    script: list[tuple[str, Any]],
+    script: list[tuple[str, Any]], sqlite: bool
 ) -> None:
     """Every message a user sends is handled, whatever the server does and however often the
     bridge restarts; exactly once unless a restart killed a run in the middle (then at least
-    once: the journal replays what was not marked done)."""
+    once: the journal replays what was not marked done). Each life opens the SQLite file
+    anew, or shares one MemoryStore (what a restart keeps)."""
+    with tempfile.TemporaryDirectory() as directory:
+        db = Path(directory) / "bridge.db"
+        memory = cb.MemoryStore()
+        _run_weixin_script(script, lambda: cb.SQLiteStore(db, threaded=False) if sqlite else memory)
+
+
+def _run_weixin_script(script: list[tuple[str, Any]], store: Callable[[], cb.Store]) -> None:
     emu = WeixinEmulator()
-    store = cb.MemoryStore()  # the same store across lives: what a restart keeps
     handled: list[str] = []
     said: list[str] = []
     killed = False
@@ -248,7 +256,7 @@ def test_no_fault_or_restart_loses_a_message_or_handles_one_twice(
 
     def life() -> cb.Bridge:
         return cb.Bridge(
-            [emu.connector(typing=False)], agent, store=store, debounce=cb.Debounce(window=1.0)
+            [emu.connector(typing=False)], agent, store=store(), debounce=cb.Debounce(window=1.0)
         )
 
     async def live(
