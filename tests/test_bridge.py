@@ -210,6 +210,27 @@ def test_whatever_agents_do_the_bridge_goes_on_and_settles_every_message(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+async def test_a_connector_failing_as_the_bridge_is_cancelled_is_no_error_of_the_bridge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A socket that fails while the bridge is being cancelled is the supervisor's to log:
+    the cancellation goes on alone (it used to come out as an ExceptionGroup)."""
+
+    class Brittle(FakeConnector):
+        async def run(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_fails_when_stopped)
+                await super().run(task_status=task_status)
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(make_bridge(echo, Brittle()).run)
+            scope.cancel()
+    assert scope.cancelled_caught
+
+
 async def test_concurrency_limit_holds(autojump_clock: trio.testing.MockClock) -> None:
     running = 0
     peak = 0

@@ -20,7 +20,7 @@ import trio
 
 from . import _stats
 from ._connector import Connector
-from ._errors import find_error
+from ._errors import find_error, sole
 from ._messages import Batch, Message
 from ._reply import Reply
 from .stores import Store
@@ -143,7 +143,7 @@ class Dispatcher:
             # The agent is user code: anything may come out, even alongside the Cancelled of
             # an interrupt or a shutdown (a cleanup that failed), and must not escape to the
             # dispatcher. The Cancelled part goes on up to its cancel scope.
-            failure = group.exceptions[0] if len(group.exceptions) == 1 else group
+            failure = sole(group)
             log.error(
                 "agent failed on session %s (%d messages)",
                 batch.session,

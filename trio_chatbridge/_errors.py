@@ -59,3 +59,8 @@ def find_error(exc: BaseException, kind: type[E]) -> E | None:
             if found is not None:
                 return found
     return None
+
+
+def sole(group: BaseExceptionGroup[E]) -> E | BaseExceptionGroup[E]:
+    """The one exception in ``group`` (what ``except*`` makes of a bare one), or the group."""
+    return group.exceptions[0] if len(group.exceptions) == 1 else group

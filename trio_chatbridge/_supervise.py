@@ -19,7 +19,7 @@ import trio
 
 from . import _stats
 from ._connector import Connector, ConnectorState, ConnectorStatus
-from ._errors import ConfigurationError, FatalConnectorError, find_error
+from ._errors import ConfigurationError, FatalConnectorError, find_error, sole
 
 log = logging.getLogger("trio_chatbridge.supervise")
 
@@ -97,16 +97,23 @@ class Supervisor:
         failures = 0
         while True:
             self._up_since = None
+            fatal: FatalConnectorError | None = None
             try:
                 await self.connector.run(task_status=_Started(self))
                 error = "run() returned"
-            except Exception as exc:
-                fatal = find_error(exc, FatalConnectorError)
-                if fatal is not None:
-                    self._fail(fatal)
-                    return
-                error = describe(exc)
-                log.warning("connector %s failed: %s", self.connector.name, error, exc_info=exc)
+            except* Exception as group:
+                # Handled here even when it came with the Cancelled of a shutdown (a socket
+                # that failed as the bridge was stopped): the Cancelled part goes on, alone.
+                failure = sole(group)
+                fatal = find_error(failure, FatalConnectorError)
+                error = describe(failure)
+                if fatal is None:
+                    log.warning(
+                        "connector %s failed: %s", self.connector.name, error, exc_info=failure
+                    )
+            if fatal is not None:
+                self._fail(fatal)
+                return
             up_since = self._up_since
             if (
                 up_since is not None
