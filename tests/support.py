@@ -45,3 +45,41 @@ async def emulator_bridge(
         async with open_bridge(cb.Bridge([connector()], agent, **options)) as bridge:
             yield bridge
         nursery.cancel_scope.cancel()
+
+
+class Lives:
+    """A bridge a test can restart, gracefully or killed (cancelled mid-run), as a process
+    would be: each life is a new :class:`Bridge` from ``make``, in ``nursery``."""
+
+    def __init__(self, nursery: trio.Nursery, make: Callable[[], cb.Bridge]) -> None:
+        self._nursery = nursery
+        self._make = make
+        self.bridge = make()
+        self._ended = trio.Event()
+        self._scope = trio.CancelScope()
+
+    async def start(self) -> None:
+        self._scope = await self._nursery.start(self._live, self.bridge, self._ended)
+
+    async def restart(self, *, kill: bool) -> None:
+        """End this life (killed: cancelled at once), then start the next one."""
+        await self.stop(kill=kill)
+        self.bridge, self._ended = self._make(), trio.Event()
+        await self.start()
+
+    async def stop(self, *, kill: bool = False) -> None:
+        if kill:
+            self._scope.cancel()
+        else:
+            self.bridge.shutdown()
+        await self._ended.wait()
+
+    @staticmethod
+    async def _live(
+        bridge: cb.Bridge, ended: trio.Event, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(bridge.run)
+                task_status.started(scope)
+        ended.set()

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import example, given
+from support import Lives
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
@@ -259,20 +260,11 @@ def _run_weixin_script(script: list[tuple[str, Any]], store: Callable[[], cb.Sto
             [emu.connector(typing=False)], agent, store=store(), debounce=cb.Debounce(window=1.0)
         )
 
-    async def live(
-        bridge: cb.Bridge, ended: trio.Event, *, task_status: trio.TaskStatus[trio.CancelScope]
-    ) -> None:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(bridge.run)
-                task_status.started(scope)
-        ended.set()
-
     async def main() -> None:
         nonlocal killed
         async with trio.open_nursery() as nursery:
-            bridge, ended = life(), trio.Event()
-            scope = await nursery.start(live, bridge, ended)
+            lives = Lives(nursery, life)
+            await lives.start()
             for step, arg in script:
                 if step == "say":
                     said.append(f"message {len(said)}")
@@ -282,20 +274,15 @@ def _run_weixin_script(script: list[tuple[str, Any]], store: Callable[[], cb.Sto
                 elif step == "wait":
                     await trio.sleep(arg)
                 else:
-                    if arg == "graceful":
-                        bridge.shutdown()
-                    else:
-                        killed = True
-                        scope.cancel()
-                    await ended.wait()
+                    killed = killed or arg == "killed"
+                    ended = lives.bridge
+                    await lives.restart(kill=arg == "killed")
                     # the poll loop rides out every fault: no life ends in a connector crash
-                    assert bridge.stats().reconnects == 0
-                    bridge, ended = life(), trio.Event()
-                    scope = await nursery.start(live, bridge, ended)
+                    assert ended.stats().reconnects == 0
             pauses = sum(step == ("fault", "expired") for step in script)
             await trio.sleep(3700 * (pauses + 1))  # past every session pause (an hour each)
-            assert bridge.stats().reconnects == 0
-            bridge.shutdown()
+            assert lives.bridge.stats().reconnects == 0
+            await lives.stop()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert set(handled) == set(said)
