@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import given
-from support import echo, emulator_bridge, streamer
+from support import Lives, echo, emulator_bridge, streamer
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
@@ -280,6 +280,7 @@ wecom_steps = st.one_of(
     st.tuples(st.just("refuse"), st.sampled_from([6000, 40001, -1])),  # -1: never acked
     st.tuples(st.just("garbage"), st.sampled_from(["{not json", "[]", "x" * 600_000])),
     st.tuples(st.just("wait"), st.integers(0, 30)),
+    st.tuples(st.just("restart"), st.sampled_from(["graceful", "killed"])),
 )
 
 
@@ -287,18 +288,33 @@ wecom_steps = st.one_of(
 def test_no_fault_stops_the_connection_or_handles_a_message_twice(
     script: list[tuple[str, Any]],
 ) -> None:
-    """Drops, lost heartbeats, refused and unanswered commands and garbage frames, in any
-    order: the connector always comes back, no message is handled twice, bad frames are
-    counted, and a message after the storm is answered."""
+    """Drops, lost heartbeats, refused and unanswered commands, garbage frames and restarts,
+    in any order: the connector always comes back, no message is handled twice (unless a
+    restart killed a run in the middle), bad frames are counted, and a message after the storm
+    is answered."""
     handled: list[str] = []
+    store = cb.MemoryStore()  # the same store across lives: what a restart keeps
+    killed = ("restart", "killed") in script
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         handled.extend(m.id for m in batch.messages)
         await reply.send("ok")
 
     async def main() -> None:
-        async with wecom_bridge(agent) as (emu, bridge):
+        emu = WeComEmulator()
+
+        def life() -> cb.Bridge:
+            backoff = cb.Backoff(initial=1.0, jitter=0.0)
+            return cb.Bridge(
+                [emu.connector()], agent, store=store, debounce=cb.Debounce(1.0), backoff=backoff
+            )
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(emu.run)
+            lives = Lives(nursery, life)
+            await lives.start()
             said: list[str] = []
+            protocol_errors = 0
             for step, arg in script:
                 if step in ("say", "say again"):
                     msgid = said[-1] if step == "say again" and said else f"msg-{len(said)}"
@@ -317,9 +333,13 @@ def test_no_fault_stops_the_connection_or_handles_a_message_twice(
                     emu.fail_next("aibot_respond_msg", arg)
                 elif step == "garbage":
                     emu.push_raw(arg)
+                elif step == "restart":
+                    protocol_errors += lives.bridge.stats().protocol_errors
+                    await lives.restart(kill=arg == "killed")
                 else:
                     await trio.sleep(arg)
             await trio.sleep(120)  # every reconnect and backoff is over
+            bridge = lives.bridge
             assert status(bridge).state == "running"
             # Refusals still queued refuse the next replies: ask until one is answered.
             answered = False
@@ -332,8 +352,11 @@ def test_no_fault_stops_the_connection_or_handles_a_message_twice(
                     break
             assert answered
             garbage = sum(step == "garbage" for step, _ in script)
-            assert bridge.stats().protocol_errors <= garbage
-        assert len(handled) == len(set(handled))
+            assert protocol_errors + bridge.stats().protocol_errors <= garbage
+            await lives.stop()
+            nursery.cancel_scope.cancel()
+        if not killed:
+            assert len(handled) == len(set(handled))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
