@@ -610,6 +610,60 @@ async def test_webhook_conversation_with_stream_refresh(
     assert welcome == "Hello! Send me a message and I will answer."
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which user
+            st.floats(0, 3),  # seconds after the previous message
+            st.booleans(),  # WeCom also delivers it a second time (same msgid)
+            st.sampled_from([0.5, 1.0, 3.0]),  # how often WeCom polls the stream
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_every_webhook_stream_finishes_and_a_retry_gets_the_same_stream(
+    script: list[tuple[int, float, bool, float]],
+) -> None:
+    """Concurrent users, bursts that become one batch, redelivered callbacks and polls at any
+    pace: every message's stream finishes, a redelivery polls the same stream, and the agent
+    sees each message once."""
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.id for m in batch.messages)
+        async with reply.stream() as out:
+            for word in ("one", "two", "three"):
+                await out.write(word + " ")
+                await trio.sleep(0.7)
+
+    async def main() -> None:
+        emu = WeComEmulator()
+        hook = wecom.Webhook(
+            bot_id=emu.bot_id, token=emu.token, encoding_aes_key=emu.encoding_aes_key
+        )
+        bridge = cb.Bridge([hook], agent, store=cb.MemoryStore(), debounce=cb.Debounce(1.0))
+        streams: dict[str, set[str]] = {}
+
+        async def say(user: int, msgid: str, refresh: float) -> None:
+            sent = await emu.webhook_user_says(
+                hook.asgi, f"user{user}", "hi", msgid=msgid, refresh=refresh
+            )
+            assert sent.frames < 360 / refresh  # it finished before WeCom gave up polling
+            streams.setdefault(msgid, set()).add(sent.req_id)
+
+        async with open_bridge(bridge), trio.open_nursery() as nursery:
+            for n, (user, gap, again, refresh) in enumerate(script):
+                await trio.sleep(gap)
+                nursery.start_soon(say, user, f"m{n}", refresh)
+                if again:
+                    nursery.start_soon(say, user, f"m{n}", refresh)
+        assert sorted(handled) == sorted(streams)  # each message once
+        assert all(len(ids) == 1 for ids in streams.values())  # one stream per message
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 async def test_webhook_refuses_bad_signatures_stale_and_garbage(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
