@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
 
 import trio_chatbridge as cb
+from trio_chatbridge.stores import journal_key
 from trio_chatbridge.testing import FakeConnector
 
 fake = FakeConnector()
@@ -161,3 +166,78 @@ async def test_sqlite_inline_mode_keeps_an_autojump_clock_still(
                 await store.journal_add([fake.message(str(i), id=str(i))])
             assert len(await store.journal_pending()) == 50
     assert trio.current_time() == 0
+
+
+ids = st.sampled_from(["a", "b", "c", "d"])
+accounts = st.sampled_from(["x", "y"])
+fakes = {account: FakeConnector(account) for account in ("x", "y")}
+messages = st.builds(lambda account, id: fakes[account].message(id, id=id), accounts, ids)
+keys = st.sampled_from(["k1", "k2"])
+values = st.none() | st.sampled_from(["", "v1", "值"])
+operations = st.one_of(
+    st.tuples(st.just("add"), st.lists(messages, max_size=4)),
+    st.tuples(st.just("done"), st.lists(messages, max_size=3), st.none() | st.just("boom")),
+    st.tuples(st.just("pending")),
+    st.tuples(st.just("entry"), messages),
+    st.tuples(st.just("prune"), st.integers(0, 3)),
+    st.tuples(st.just("tick")),
+    st.tuples(st.just("set"), accounts, keys, values),
+    st.tuples(st.just("set_many"), accounts, st.dictionaries(keys, values, max_size=2)),
+    st.tuples(st.just("get"), accounts, keys),
+    st.tuples(
+        st.just("cursor"),
+        accounts,
+        st.sampled_from(["c1", "c2"]),
+        st.dictionaries(keys, values, max_size=2),
+    ),
+    st.tuples(st.just("get_cursor"), accounts),
+)
+
+
+@given(st.lists(operations, max_size=25))
+def test_the_sqlite_store_behaves_like_the_memory_store(script: list[tuple[Any, ...]]) -> None:
+    """The same operations give the same answers from both stores (duplicates in one batch,
+    done before add, pruning by age, empty and non-ASCII values, cursors with values), and
+    the SQLite file answers the same once reopened."""
+
+    async def apply(store: cb.Store, op: tuple[Any, ...]) -> object:
+        name, *args = op
+        if name == "add":
+            return await store.journal_add(args[0])
+        if name == "done":
+            await store.journal_done(args[0], error=args[1])
+        if name == "pending":
+            return sorted(journal_key(m) for m in await store.journal_pending())
+        if name == "entry":
+            entry = await store.journal_entry(journal_key(args[0]))
+            return None if entry is None else (entry.message, entry.state, entry.error)
+        if name == "prune":
+            return await store.journal_prune(clock.now - args[0])
+        if name == "set":
+            await store.set("p", *args)
+        if name == "set_many":
+            await store.set_many("p", *args)
+        if name == "get":
+            return await store.get("p", *args)
+        if name == "cursor":
+            await store.set_cursor("p", args[0], args[1], with_values=args[2])
+        if name == "get_cursor":
+            return await store.get_cursor("p", args[0])
+        return None  # the writes: compared through the reads that follow
+
+    clock = Clock()
+
+    async def main(db: Path) -> None:
+        memory = cb.MemoryStore(wall_clock=clock)
+        async with cb.SQLiteStore(db, wall_clock=clock, threaded=False) as sqlite:
+            for op in script:
+                if op == ("tick",):
+                    clock.now += 1  # a second passes: what prune() measures
+                    continue
+                assert await apply(sqlite, op) == await apply(memory, op), op
+        async with cb.SQLiteStore(db, wall_clock=clock, threaded=False) as reopened:
+            for op in [("pending",), *[("get_cursor", a) for a in "xy"]]:
+                assert await apply(reopened, op) == await apply(memory, op), op
+
+    with tempfile.TemporaryDirectory() as directory:
+        trio.run(main, Path(directory) / "store.db")
