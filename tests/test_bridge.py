@@ -231,6 +231,26 @@ async def test_a_connector_failing_as_the_bridge_is_cancelled_is_no_error_of_the
     assert scope.cancelled_caught
 
 
+async def test_a_connector_that_fails_to_close_does_not_keep_the_others_open(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    closed: list[str] = []
+
+    class Closing(FakeConnector):
+        async def aclose(self) -> None:
+            closed.append(self.account)
+            if self.account == "a":
+                raise OSError("already gone")
+
+    store = cb.SQLiteStore(tmp_path / "bridge.db", threaded=False)
+    bridge = make_bridge(echo, Closing("a"), Closing("b"), store=store)
+    async with open_bridge(bridge):
+        pass
+    assert closed == ["a", "b"]
+    with pytest.raises(cb.StoreError, match="is not open"):  # the store was closed too
+        await store.get("fake", "a", "k")
+
+
 async def test_concurrency_limit_holds(autojump_clock: trio.testing.MockClock) -> None:
     running = 0
     peak = 0

@@ -108,9 +108,14 @@ class Bridge:
             await self._run(task_status)
         finally:
             with trio.CancelScope(shield=True):
-                for connector in self.connectors:
-                    await connector.aclose()
-                await self.store.aclose()
+                # Each is closed whatever the others do; a failure is logged, never raised
+                # over how run() ended.
+                closables: list[Connector | Store] = [*self.connectors, self.store]
+                for closable in closables:
+                    try:
+                        await closable.aclose()
+                    except Exception:
+                        log.exception("closing %r failed", closable)
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         pruned = await self.store.journal_prune(self.wall_clock() - self.journal_retention)
