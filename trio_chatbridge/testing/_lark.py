@@ -14,7 +14,7 @@ import math
 import secrets
 import time
 from collections import deque
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Final, Literal
 
 import attrs
@@ -170,7 +170,8 @@ class LarkEmulator:
         )
 
     async def _accept_loopback(self, request: WebSocketRequest) -> None:
-        await self._accept(request, None)
+        with suppress(*GONE):  # a client that leaves during the handshake
+            await self._accept(request, None)
 
     async def _accept(self, request: WebSocketRequest, abort: Abort | None) -> None:
         if len(self._live) >= self.connection_limit:

@@ -21,7 +21,7 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Final, Literal
 
 import attrs
@@ -173,8 +173,9 @@ class WeComEmulator:
         return memory_websocket(self._nursery, self._serve, IN_MEMORY_HOST, "/", f.WS_MESSAGE_LIMIT)
 
     async def _accept_loopback(self, request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        await self._serve_ws(ws, ws.aclose)
+        with suppress(*GONE):  # a client that leaves during the handshake
+            ws = await request.accept()
+            await self._serve_ws(ws, ws.aclose)
 
     async def _serve(self, request: WebSocketRequest, abort: Abort) -> None:
         await self._serve_ws(await request.accept(), abort)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Final
 
 import attrs
@@ -69,19 +69,28 @@ async def memory_websocket(
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(nursery, server_stream)
-            await accept(request, server_stream.aclose)
+            with suppress(*GONE):  # a client may go away at any point, the handshake too
+                request = await wrap_server_stream(nursery, server_stream)
+                await accept(request, server_stream.aclose)
             nursery.cancel_scope.cancel()
 
     server.start_soon(serve)
     async with trio.open_nursery() as nursery:
-        ws = await wrap_client_stream(
-            nursery,
-            client_stream,  # type: ignore[arg-type]
-            host,
-            resource,
-            max_message_size=max_message_size,
-        )
+        try:
+            ws = await wrap_client_stream(
+                nursery,
+                client_stream,  # type: ignore[arg-type]
+                host,
+                resource,
+                max_message_size=max_message_size,
+            )
+        except BaseException:
+            # A client given up during the handshake (cancelled, say): its end closes, as a
+            # real socket does when dropped, or the server would keep a connection nobody
+            # reads and go on pushing events into it.
+            with trio.CancelScope(shield=True):
+                await client_stream.aclose()
+            raise
         try:
             yield ws
         finally:
