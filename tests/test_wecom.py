@@ -4,7 +4,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import hypothesis.strategies as st
@@ -357,6 +357,46 @@ def test_no_fault_stops_the_connection_or_handles_a_message_twice(
             nursery.cancel_scope.cancel()
         if not killed:
             assert len(handled) == len(set(handled))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@given(
+    script=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which user
+            st.sampled_from(["ok", "slow", "boom"]),  # what the agent does with it
+            st.floats(0, 4),  # seconds before the next message
+        ),
+        max_size=12,
+    ),
+    on_busy=st.sampled_from(["queue", "interrupt"]),
+    run_timeout=st.sampled_from([None, 2.5]),
+)
+def test_no_callback_is_left_open_whatever_the_agent_does(
+    script: list[tuple[int, str, float]], on_busy: str, run_timeout: float | None
+) -> None:
+    """WeCom lets a user have three messages in flight: every callback must be finished,
+    whether its batch was answered, merged into a later one, interrupted, timed out, or its
+    agent raised mid-stream."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            for word in ("one", "two", "three"):
+                await out.write(word + " ")
+                await trio.sleep(2.0 if batch.latest.text == "slow" else 0.3)
+                if batch.latest.text == "boom":
+                    raise RuntimeError("boom")
+
+    async def main() -> None:
+        async with wecom_bridge(agent, on_busy=on_busy, run_timeout=run_timeout) as (emu, bridge):
+            for user, text, gap in script:
+                with suppress(InFlightLimit):  # WeCom refuses a fourth: so do we
+                    emu.user_says(f"user{user}", text)
+                await trio.sleep(gap)
+            await trio.sleep(60)
+            assert [emu.in_flight(f"user{user}") for user in range(3)] == [0, 0, 0]
+            assert status(bridge).state == "running"
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
