@@ -685,6 +685,30 @@ async def test_at_most_ten_replies_per_inbound_message(
     assert refused == [10, 11]
 
 
+async def test_a_long_reply_that_would_pass_the_quota_is_refused_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reply split into pieces is all or nothing: never a truncated message."""
+    outcome: list[str] = []
+
+    async def chatty(batch: cb.Batch, reply: cb.Reply) -> None:
+        for i in range(9):
+            await reply.send(f"reply {i}")
+        try:
+            await reply.send("x" * 9000)  # three pieces, one left of the ten
+        except cb.SendError as exc:
+            outcome.append(str(exc))
+        await reply.send("the last one fits")
+
+    emu = WeixinEmulator()
+    async with bridged(emu, chatty):
+        emu.user_says("u", "go")
+        await trio.sleep(10)
+    assert [m.text for m in emu.sent][-2:] == ["reply 8", "the last one fits"]
+    assert len(emu.sent) == 10
+    assert "needs 3 messages" in outcome[0] and "1 left" in outcome[0]
+
+
 async def test_outbound_pacing_follows_the_rate_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

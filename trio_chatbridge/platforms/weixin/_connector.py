@@ -341,23 +341,31 @@ class Connector(base.Connector):
         stored = await self.ctx.get(CONTEXT_TOKEN_PREFIX + peer) if peer else None
         return stored or target.reply_handle.get("context_token")
 
-    def _count_reply(self, target: Message, token: str | None) -> None:
+    def _reserve_replies(self, target: Message, token: str | None, count: int) -> None:
+        """Count ``count`` replies to ``target`` against the platform's ten, all or none."""
         key = token or f"message:{target.id}"
-        count = self._replies.pop(key, 0) + 1
-        if count > p.MAX_REPLIES_PER_MESSAGE:
-            self._replies[key] = count - 1
+        used = self._replies.pop(key, 0)
+        if used + count > p.MAX_REPLIES_PER_MESSAGE:
+            self._replies[key] = used
+            left = p.MAX_REPLIES_PER_MESSAGE - used
+            needs = f"this reply needs {count} messages, " if count > 1 else ""
             raise SendError(
                 f"weixin account {self.account}: at most {p.MAX_REPLIES_PER_MESSAGE} replies per "
-                "inbound message (a platform limit); send less, or in fewer, longer messages"
+                f"inbound message (a platform limit); {needs}{left} left. Send less, or in "
+                "fewer, longer messages"
             )
-        self._replies[key] = count
+        self._replies[key] = used + count
         while len(self._replies) > QUOTA_MEMORY:
             self._replies.popitem(last=False)
 
     async def send(self, target: Message, text: str) -> None:
-        """Send ``text`` to the sender of ``target``, split at 4000 characters."""
-        for piece in split_text(text):
-            await self._send_item(target, {"type": p.ItemType.TEXT, "text_item": {"text": piece}})
+        """Send ``text`` to the sender of ``target``, split at 4000 characters.
+
+        The pieces go out in order, or none does if they would pass the ten replies an inbound
+        message allows: never a truncated message.
+        """
+        items = [{"type": p.ItemType.TEXT, "text_item": {"text": t}} for t in split_text(text)]
+        await self._send_items(target, items)
 
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None
@@ -370,17 +378,23 @@ class Connector(base.Connector):
             item = await _media.upload(client, peer, data, filename, kind)
         except (ILinkError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
-        await self._send_item(target, item)
+        await self._send_items(target, [item])
 
     async def download(self, media: Media) -> bytes:
         """Download and decrypt an inbound image, file, voice or video (see ``media_policy``)."""
         return await _media.download(await self._get_client(), self.media_policy, media)
 
-    async def _send_item(self, target: Message, item: dict[str, Any]) -> None:
+    async def _send_items(self, target: Message, items: list[dict[str, Any]]) -> None:
         self._guard.check()
         client = await self._get_client()
         token = await self._context_token(target)
-        self._count_reply(target, token)
+        self._reserve_replies(target, token, len(items))
+        for item in items:
+            await self._send_item(client, target, token, item)
+
+    async def _send_item(
+        self, client: ILinkClient, target: Message, token: str | None, item: dict[str, Any]
+    ) -> None:
         await self._bucket.take()
         msg: dict[str, Any] = {
             "from_user_id": "",
