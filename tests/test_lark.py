@@ -380,6 +380,49 @@ def test_every_event_is_handled_once_whatever_the_link_does(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@given(
+    script=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which user
+            st.sampled_from(["ok", "slow", "boom"]),  # what the agent does with it
+            st.floats(0, 4),  # seconds before the next message
+        ),
+        max_size=10,
+    ),
+    on_busy=st.sampled_from(["queue", "interrupt"]),
+    run_timeout=st.sampled_from([None, 2.5]),
+)
+def test_every_edited_reply_ends_showing_all_its_agent_wrote(
+    script: list[tuple[int, str, float]], on_busy: str, run_timeout: float | None
+) -> None:
+    """A streamed reply is one message edited as it grows; whether the run finished, raised,
+    was interrupted or timed out, its last edit shows everything the agent wrote."""
+    written: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            try:
+                for word in ("one", "two", "three"):
+                    await out.write(word + " ")
+                    await trio.sleep(2.0 if batch.latest.text == "slow" else 0.3)
+                    if batch.latest.text == "boom":
+                        raise RuntimeError("boom")
+            finally:
+                written.append(out.text)
+
+    async def main() -> None:
+        options: dict[str, Any] = {"on_busy": on_busy, "run_timeout": run_timeout}
+        async with lark_bridge(agent, **options) as (emu, bridge):
+            for user, text, gap in script:
+                emu.user_says(f"ou_user{user}", text)
+                await trio.sleep(gap)
+            await trio.sleep(60)
+            assert sorted(emu.texts.values()) == sorted(written)
+            assert status(bridge).state == "running"
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 async def test_end_to_end_over_loopback() -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
