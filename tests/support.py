@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import hypothesis.strategies as st
 import trio
 
 import trio_chatbridge as cb
@@ -28,6 +29,15 @@ def streamer(pause: float) -> cb.Agent:
     return agent
 
 
+def quick_bridge(connector: cb.Connector, agent: cb.Agent, **options: Any) -> cb.Bridge:
+    """A bridge with quick test defaults: a memory store, a 1 s debounce window, a 1 s
+    backoff without jitter."""
+    options.setdefault("store", cb.MemoryStore())
+    options.setdefault("debounce", cb.Debounce(window=1.0))
+    options.setdefault("backoff", cb.Backoff(initial=1.0, jitter=0.0))
+    return cb.Bridge([connector], agent, **options)
+
+
 @asynccontextmanager
 async def emulator_bridge(
     emulator: LarkEmulator | WeComEmulator,
@@ -35,15 +45,55 @@ async def emulator_bridge(
     agent: cb.Agent,
     **options: Any,
 ) -> AsyncIterator[cb.Bridge]:
-    """Run ``emulator`` (in memory) and a bridge on ``connector()`` with quick test defaults:
-    a memory store, a 1 s debounce window, a 1 s backoff without jitter."""
+    """Run ``emulator`` (in memory) and a :func:`quick_bridge` on ``connector()``."""
     async with trio.open_nursery() as nursery:
         await nursery.start(emulator.run)
-        options.setdefault("store", cb.MemoryStore())
-        options.setdefault("debounce", cb.Debounce(window=1.0))
-        options.setdefault("backoff", cb.Backoff(initial=1.0, jitter=0.0))
-        async with open_bridge(cb.Bridge([connector()], agent, **options)) as bridge:
+        async with open_bridge(quick_bridge(connector(), agent, **options)) as bridge:
             yield bridge
+        nursery.cancel_scope.cancel()
+
+
+# Scripts for property tests of agents: (user 0-2, what the agent does, seconds to the next).
+agent_scripts = st.lists(
+    st.tuples(st.integers(0, 2), st.sampled_from(["ok", "slow", "boom"]), st.floats(0, 4)),
+    max_size=12,
+)
+on_busy_modes = st.sampled_from(["queue", "interrupt"])
+run_timeouts = st.sampled_from([None, 2.5])
+
+
+def fickle_streamer(written: list[str]) -> cb.Agent:
+    """Streams three words; the batch's latest text says how: "ok", "slow" (2 s a word) or
+    "boom" (raises after the first). What each run wrote, however it ended, goes to
+    ``written``."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            try:
+                for word in ("one", "two", "three"):
+                    await out.write(word + " ")
+                    await trio.sleep(2.0 if batch.latest.text == "slow" else 0.3)
+                    if batch.latest.text == "boom":
+                        raise RuntimeError("boom")
+            finally:
+                written.append(out.text)
+
+    return agent
+
+
+@asynccontextmanager
+async def open_lives(
+    make: Callable[[], cb.Bridge], emulator: LarkEmulator | WeComEmulator | None = None
+) -> AsyncIterator[Lives]:
+    """Run ``emulator`` (if it needs running) and a first life of ``make()``; stop the
+    current life gracefully on exit."""
+    async with trio.open_nursery() as nursery:
+        if emulator is not None:
+            await nursery.start(emulator.run)
+        lives = Lives(nursery, make)
+        await lives.start()
+        yield lives
+        await lives.stop()
         nursery.cancel_scope.cancel()
 
 

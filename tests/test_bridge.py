@@ -114,15 +114,9 @@ async def test_an_error_raised_while_a_run_is_interrupted_never_stops_the_bridge
     Cancelled and the error: it is counted and the rerun still happens."""
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        async def cleanup_fails() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                raise RuntimeError("cleanup failed")
-
         async with trio.open_nursery() as nursery:
             if len(batch.messages) == 1:
-                nursery.start_soon(cleanup_fails)
+                nursery.start_soon(_fails_when_stopped)
             await trio.sleep(10)
             await reply.send("done: " + batch.text.replace("\n", ","))
             nursery.cancel_scope.cancel()

@@ -8,7 +8,17 @@ import hypothesis.strategies as st
 import trio
 import trio.testing
 from hypothesis import given
-from support import Lives, echo, emulator_bridge, streamer
+from support import (
+    agent_scripts,
+    echo,
+    emulator_bridge,
+    fickle_streamer,
+    on_busy_modes,
+    open_lives,
+    quick_bridge,
+    run_timeouts,
+    streamer,
+)
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
@@ -331,15 +341,9 @@ def test_every_event_is_handled_once_whatever_the_link_does(
 
         def life() -> cb.Bridge:
             connector = emu.connector(random=lambda: 0.0, ping_grace=5)
-            backoff = cb.Backoff(initial=1.0, jitter=0.0)
-            return cb.Bridge(
-                [connector], agent, store=store, debounce=cb.Debounce(1.0), backoff=backoff
-            )
+            return quick_bridge(connector, agent, store=store)
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(emu.run)
-            lives = Lives(nursery, life)
-            await lives.start()
+        async with open_lives(life, emu) as lives:
             said: list[str] = []
             for step, arg in script:
                 if step == "say":
@@ -369,8 +373,6 @@ def test_every_event_is_handled_once_whatever_the_link_does(
                 while status(lives.bridge).state != "running":  # noqa: ASYNC110 (a poll)
                     await trio.sleep(1)
             await trio.sleep(30)
-            await lives.stop()
-            nursery.cancel_scope.cancel()
         assert set(handled) <= set(said)
         if not killed:
             assert len(handled) == len(set(handled))
@@ -380,35 +382,14 @@ def test_every_event_is_handled_once_whatever_the_link_does(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-@given(
-    script=st.lists(
-        st.tuples(
-            st.integers(0, 2),  # which user
-            st.sampled_from(["ok", "slow", "boom"]),  # what the agent does with it
-            st.floats(0, 4),  # seconds before the next message
-        ),
-        max_size=10,
-    ),
-    on_busy=st.sampled_from(["queue", "interrupt"]),
-    run_timeout=st.sampled_from([None, 2.5]),
-)
+@given(script=agent_scripts, on_busy=on_busy_modes, run_timeout=run_timeouts)
 def test_every_edited_reply_ends_showing_all_its_agent_wrote(
     script: list[tuple[int, str, float]], on_busy: str, run_timeout: float | None
 ) -> None:
     """A streamed reply is one message edited as it grows; whether the run finished, raised,
     was interrupted or timed out, its last edit shows everything the agent wrote."""
     written: list[str] = []
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        async with reply.stream() as out:
-            try:
-                for word in ("one", "two", "three"):
-                    await out.write(word + " ")
-                    await trio.sleep(2.0 if batch.latest.text == "slow" else 0.3)
-                    if batch.latest.text == "boom":
-                        raise RuntimeError("boom")
-            finally:
-                written.append(out.text)
+    agent = fickle_streamer(written)
 
     async def main() -> None:
         options: dict[str, Any] = {"on_busy": on_busy, "run_timeout": run_timeout}

@@ -12,7 +12,17 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import given
-from support import Lives, echo, emulator_bridge, streamer
+from support import (
+    agent_scripts,
+    echo,
+    emulator_bridge,
+    fickle_streamer,
+    on_busy_modes,
+    open_lives,
+    quick_bridge,
+    run_timeouts,
+    streamer,
+)
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
@@ -304,15 +314,9 @@ def test_no_fault_stops_the_connection_or_handles_a_message_twice(
         emu = WeComEmulator()
 
         def life() -> cb.Bridge:
-            backoff = cb.Backoff(initial=1.0, jitter=0.0)
-            return cb.Bridge(
-                [emu.connector()], agent, store=store, debounce=cb.Debounce(1.0), backoff=backoff
-            )
+            return quick_bridge(emu.connector(), agent, store=store)
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(emu.run)
-            lives = Lives(nursery, life)
-            await lives.start()
+        async with open_lives(life, emu) as lives:
             said: list[str] = []
             protocol_errors = 0
             for step, arg in script:
@@ -353,40 +357,20 @@ def test_no_fault_stops_the_connection_or_handles_a_message_twice(
             assert answered
             garbage = sum(step == "garbage" for step, _ in script)
             assert protocol_errors + bridge.stats().protocol_errors <= garbage
-            await lives.stop()
-            nursery.cancel_scope.cancel()
         if not killed:
             assert len(handled) == len(set(handled))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-@given(
-    script=st.lists(
-        st.tuples(
-            st.integers(0, 2),  # which user
-            st.sampled_from(["ok", "slow", "boom"]),  # what the agent does with it
-            st.floats(0, 4),  # seconds before the next message
-        ),
-        max_size=12,
-    ),
-    on_busy=st.sampled_from(["queue", "interrupt"]),
-    run_timeout=st.sampled_from([None, 2.5]),
-)
+@given(script=agent_scripts, on_busy=on_busy_modes, run_timeout=run_timeouts)
 def test_no_callback_is_left_open_whatever_the_agent_does(
     script: list[tuple[int, str, float]], on_busy: str, run_timeout: float | None
 ) -> None:
     """WeCom lets a user have three messages in flight: every callback must be finished,
     whether its batch was answered, merged into a later one, interrupted, timed out, or its
     agent raised mid-stream."""
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        async with reply.stream() as out:
-            for word in ("one", "two", "three"):
-                await out.write(word + " ")
-                await trio.sleep(2.0 if batch.latest.text == "slow" else 0.3)
-                if batch.latest.text == "boom":
-                    raise RuntimeError("boom")
+    agent = fickle_streamer([])
 
     async def main() -> None:
         async with wecom_bridge(agent, on_busy=on_busy, run_timeout=run_timeout) as (emu, bridge):

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import example, given
-from support import Lives
+from support import open_lives, quick_bridge
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
@@ -249,22 +249,16 @@ def _run_weixin_script(script: list[tuple[str, Any]], store: Callable[[], cb.Sto
     emu = WeixinEmulator()
     handled: list[str] = []
     said: list[str] = []
-    killed = False
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         await trio.sleep(1)
         handled.extend(m.text for m in batch.messages)
 
     def life() -> cb.Bridge:
-        return cb.Bridge(
-            [emu.connector(typing=False)], agent, store=store(), debounce=cb.Debounce(window=1.0)
-        )
+        return quick_bridge(emu.connector(typing=False), agent, store=store())
 
     async def main() -> None:
-        nonlocal killed
-        async with trio.open_nursery() as nursery:
-            lives = Lives(nursery, life)
-            await lives.start()
+        async with open_lives(life) as lives:
             for step, arg in script:
                 if step == "say":
                     said.append(f"message {len(said)}")
@@ -274,7 +268,6 @@ def _run_weixin_script(script: list[tuple[str, Any]], store: Callable[[], cb.Sto
                 elif step == "wait":
                     await trio.sleep(arg)
                 else:
-                    killed = killed or arg == "killed"
                     ended = lives.bridge
                     await lives.restart(kill=arg == "killed")
                     # the poll loop rides out every fault: no life ends in a connector crash
@@ -282,11 +275,10 @@ def _run_weixin_script(script: list[tuple[str, Any]], store: Callable[[], cb.Sto
             pauses = sum(step == ("fault", "expired") for step in script)
             await trio.sleep(3700 * (pauses + 1))  # past every session pause (an hour each)
             assert lives.bridge.stats().reconnects == 0
-            await lives.stop()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert set(handled) == set(said)
-    if not killed:
+    if ("restart", "killed") not in script:
         assert sorted(handled) == sorted(said)
 
 
