@@ -440,7 +440,8 @@ def test_any_entry_gives_a_message_none_or_a_protocol_error(raw: Any) -> None:
         return
     if message is not None:
         sender = raw.get("from_user_id")
-        if type(sender) is int:  # iLink mixes up numbers and strings: read leniently [1.4]
+        # iLink mixes up numbers and strings: read leniently (docs/protocols/weixin.md#lenient-json)
+        if type(sender) is int:
             sender = str(sender)
         assert message.sender.id == (sender if isinstance(sender, str) else "")
         assert cb.Message.from_json(message.to_json()) == message

@@ -1,9 +1,9 @@
 """An emulator of Lark/Feishu: endpoint discovery, the long connection, the open API.
 
-It follows ``shared/protocols/lark_and_multica_dispatcher.md`` A10. Choices where the real
-server is unknown [UNCONFIRMED]: an event is re-pushed after 3 s without a 200 ACK (or at once
-after a non-200 one), at most 3 times; each event goes to one live connection, taking turns;
-the editing endpoint is ``PUT /open-apis/im/v1/messages/{id}`` with a text body.
+It follows ``docs/protocols/lark.md``. Choices where the real server is unknown
+(``docs/protocols/lark.md#emulator``): an event is re-pushed after 3 s without a 200 ACK (or at once
+after a non-200 one), at most 3 times; each event goes to one live connection, taking turns; the
+editing endpoint is ``PUT /open-apis/im/v1/messages/{id}`` with a text body.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ._ws import GONE, Abort, Connection, memory_websocket
 
 IN_MEMORY_HOST: Final = "lark-emulator.invalid"  # never resolves: nothing leaves
 SERVICE_ID: Final = 7
-ACK_DEADLINE: Final = 3.0  # seconds [A6]
+ACK_DEADLINE: Final = 3.0  # seconds (docs/protocols/lark.md#events-fragments-and-acks)
 MAX_PUSHES: Final = 4  # the first push and three re-pushes
 
 

@@ -1,7 +1,7 @@
 """An emulator of the WeCom AI Bot server: the long connection, media, and the webhook mode.
 
-It follows ``shared/protocols/wecom_aibot.md`` section 6. Choices where the real server is
-unknown [UNCONFIRMED], made as a strict server would:
+It follows ``docs/protocols/wecom.md``. Choices where the real server is unknown
+(``docs/protocols/wecom.md#emulator``), made as a strict server would:
 
 - a wrong secret is acked with errcode 40001 and the socket is closed;
 - a second subscribe for the same bot sends ``disconnected_event`` to the first and closes it;
@@ -46,7 +46,8 @@ IN_MEMORY_HOST: Final = "wecom-emulator.invalid"  # never resolves: nothing leav
 AUTH_FAILED: Final = 40001
 BAD_CONTENT: Final = 40058
 IN_FLIGHT_LIMIT: Final = 3
-STREAM_POLL_LIMIT: Final = 360.0  # seconds WeCom polls a webhook stream [2.6]
+# seconds WeCom polls a webhook stream (docs/protocols/wecom.md#streaming-by-polling)
+STREAM_POLL_LIMIT: Final = 360.0
 DEFAULT_AES_KEY: Final = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters
 
 

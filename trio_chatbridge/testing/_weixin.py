@@ -1,7 +1,7 @@
 """An emulator of the WeChat iLink bot HTTP API and its CDN, in memory or on loopback.
 
-It follows ``shared/protocols/weixin_ilink.md`` section 10. Choices where the real server is
-not known [UNCONFIRMED]:
+It follows ``docs/protocols/weixin.md``. Choices where the real server is not known
+(``docs/protocols/weixin.md#emulator``):
 
 - An empty cursor starts at the first message no poll has acknowledged yet (a new client
   gets what is waiting, not the whole history, and nothing undelivered is lost).

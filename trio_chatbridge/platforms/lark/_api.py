@@ -1,4 +1,5 @@
-"""The Lark open API over httpx: endpoint discovery, the tenant token, messages [A1, A9].
+"""The Lark open API over httpx: endpoint discovery, the tenant token, messages
+(docs/protocols/lark.md#endpoint-discovery, docs/protocols/lark.md#open-api).
 
 The tenant access token is cached until a minute before it expires, on Trio's clock, and
 dropped at once when the API calls it expired or invalid (then the call is made once more).
@@ -29,7 +30,7 @@ API_TIMEOUT: Final = 10.0  # seconds per call
 RATE_LIMIT_RETRIES: Final = 4
 TOKEN_EXPIRED: Final = frozenset({99991663, 99991664})
 RATE_LIMITED: Final = frozenset({230020, 99991400})
-# endpoint discovery codes [A1]
+# endpoint discovery codes (docs/protocols/lark.md#endpoint-discovery)
 SYSTEM_BUSY: Final = 1
 INTERNAL_ERROR: Final = 1000040343
 
@@ -45,7 +46,10 @@ class LarkError(ChatBridgeError):
 
 @attrs.frozen
 class ClientConfig:
-    """Connection settings the server sends (seconds) [A1, A5]."""
+    """Connection settings the server sends (seconds).
+
+    See ``docs/protocols/lark.md#endpoint-discovery`` and ``docs/protocols/lark.md#ping-and-pong``.
+    """
 
     ping_interval: float = 120.0
     reconnect_count: int = -1
@@ -112,7 +116,9 @@ class OpenAPI:
         return response
 
     async def endpoint(self) -> tuple[str, ClientConfig]:
-        """The WebSocket URL and client config for a new connection [A1].
+        """The WebSocket URL and client config for a new connection.
+
+        See ``docs/protocols/lark.md#endpoint-discovery``.
 
         Retryable failures raise :class:`ConnectorError`; a refusal that retrying cannot fix
         (bad credentials) raises :class:`FatalConnectorError`.

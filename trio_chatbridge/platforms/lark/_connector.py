@@ -1,9 +1,11 @@
-"""Lark/Feishu bots over the event long connection, replies through the open API [A].
+"""Lark/Feishu bots over the event long connection, replies through the open API
+(docs/protocols/lark.md).
 
-Better than the official SDKs [A5, A1]: a read watchdog (no frame for a ping interval plus a
-grace ends the connection), timeouts on endpoint discovery, pong-carried config applied live,
-handshake errors classified (the connection limit and a banned app are fatal), and the ACK of
-an event sent only once the inbox has it, well inside the platform's 3 s, never after the agent.
+Better than the official SDKs (docs/protocols/lark.md#known-faults): a read watchdog (no frame for a
+ping interval plus a grace ends the connection), timeouts on endpoint discovery, pong-carried config
+applied live, handshake errors classified (the connection limit and a banned app are fatal), and the
+ACK of an event sent only once the inbox has it, well inside the platform's 3 s, never after the
+agent.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from ._convert import MESSAGE_EVENT, PLATFORM, to_message
 log = logging.getLogger("trio_chatbridge.lark")
 
 PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent link is dead
-FRAGMENT_TTL: Final = 5.0  # seconds a partial message waits for its other fragments [A6]
+# seconds a partial message waits for its other fragments
+# (docs/protocols/lark.md#events-fragments-and-acks)
+FRAGMENT_TTL: Final = 5.0
 SEEN_EVENTS: Final = 10_000  # event ids remembered against re-pushes of non-message events
 PUT_BATCH: Final = 100  # events journaled together at most (each ACKed once its put returned)
 ACK_OK: Final = b'{"code":200}'  # every event is ACKed 200: a retry would bring the same bytes
@@ -55,7 +59,7 @@ STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
 EXCEED_CONN_LIMIT: Final = 1000040350
 AUTH_FAILED: Final = 514
 FORBIDDEN: Final = 403
-# reply is impossible for these: send to the chat instead [A9]
+# reply is impossible for these: send to the chat instead (docs/protocols/lark.md#open-api)
 REPLY_FALLBACK: Final = frozenset({230011, 230019, 230050, 230071, 230072, 230111})
 
 OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
@@ -75,7 +79,10 @@ class _Partial:
 
 
 def classify_handshake(exc: ConnectionRejected) -> Exception:
-    """The error a rejected upgrade means: fatal for the connection limit and a ban [A2]."""
+    """The error a rejected upgrade means: fatal for the connection limit and a ban.
+
+    See ``docs/protocols/lark.md#connecting``.
+    """
     headers = {k.decode().lower(): v.decode(errors="replace") for k, v in exc.headers}
     status = headers.get("handshake-status") or str(exc.status_code)
     auth = headers.get("handshake-autherrcode", "")
@@ -134,9 +141,9 @@ class LongConnection(base.Connector):
         return f"lark.LongConnection(app_id={self.account!r})"
 
     def restart_delay(self, failures: int) -> float | None:
-        """Lark's own schedule [A7]: a random wait up to ``ReconnectNonce`` before the first
-        reconnect, then ``ReconnectInterval`` between attempts; after ``ReconnectCount``
-        attempts (when not negative) the connector gives up."""
+        """Lark's own schedule (docs/protocols/lark.md#reconnecting): a random wait up to
+        ``ReconnectNonce`` before the first reconnect, then ``ReconnectInterval`` between attempts;
+        after ``ReconnectCount`` attempts (when not negative) the connector gives up."""
         count = self.config.reconnect_count
         if 0 <= count < failures:
             raise FatalConnectorError(
@@ -257,7 +264,10 @@ class LongConnection(base.Connector):
             events.send_nowait(complete)
 
     def _reassemble(self, frame: fr.Frame) -> fr.Frame | None:
-        """The whole frame once every fragment is in; None while some are missing [A6]."""
+        """The whole frame once every fragment is in; None while some are missing.
+
+        See ``docs/protocols/lark.md#events-fragments-and-acks``.
+        """
         try:
             total = int(frame.header("sum") or "1")
             index = int(frame.header("seq") or "0")

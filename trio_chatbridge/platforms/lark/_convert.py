@@ -1,4 +1,7 @@
-"""From ``im.message.receive_v1`` events to the bridge's :class:`Message` [A8]."""
+"""From ``im.message.receive_v1`` events to the bridge's :class:`Message`.
+
+See ``docs/protocols/lark.md#message-events``.
+"""
 
 from __future__ import annotations
 

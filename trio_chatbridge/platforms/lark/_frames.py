@@ -1,4 +1,5 @@
-"""Lark long-connection frames: ``pbbp2.Frame``, protobuf (proto2) on the wire [A3].
+"""Lark long-connection frames: ``pbbp2.Frame``, protobuf (proto2) on the wire
+(docs/protocols/lark.md#frames).
 
 With the ``lark`` extra (``protobuf``), frames go through the protobuf runtime, with the schema
 below built as a descriptor at import (no protoc, no generated file): ``benchmarks/lark.py``
@@ -32,7 +33,10 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 @attrs.frozen
 class Frame:
-    """One frame. ``headers`` keep their order; lookups take the first match [A4]."""
+    """One frame. ``headers`` keep their order; lookups take the first match.
+
+    See ``docs/protocols/lark.md#headers-and-methods``.
+    """
 
     seq_id: int = 0
     log_id: int = 0

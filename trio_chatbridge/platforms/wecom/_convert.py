@@ -1,4 +1,7 @@
-"""From WeCom callback bodies to the bridge's :class:`Message` [1.5]."""
+"""From WeCom callback bodies to the bridge's :class:`Message`.
+
+See ``docs/protocols/wecom.md#message-callbacks``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""WeCom's AES-256-CBC: webhook envelopes [2.4] and media files [3.1].
+"""WeCom's AES-256-CBC: webhook envelopes (docs/protocols/wecom.md#encryption) and media files
+(docs/protocols/wecom.md#media).
 
 Both use ``IV = key[:16]`` and PKCS#7 padding to **32**-byte blocks. A webhook plaintext is
 ``random16 ‖ uint32_be(len) ‖ message ‖ receive_id``; a media file is the raw bytes. Padding is

@@ -1,4 +1,5 @@
-"""WeCom AI Bot long-connection frames: one JSON object per text frame [1.2].
+"""WeCom AI Bot long-connection frames: one JSON object per text frame
+(docs/protocols/wecom.md#frames).
 
 Every frame is ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``. Requests and pushes
 carry ``cmd``; acknowledgements carry none and echo the request's ``req_id``. Parsing accepts
@@ -18,21 +19,23 @@ import attrs
 from ..._errors import ProtocolError
 
 DEFAULT_URL: Final = "wss://openws.work.weixin.qq.com"
-HEARTBEAT_INTERVAL: Final = 30.0  # seconds [1.1]
+HEARTBEAT_INTERVAL: Final = 30.0  # seconds (docs/protocols/wecom.md#subscribe-and-heartbeat)
 HEARTBEAT_GRACE: Final = 10.0  # seconds a ping ack may take before the link counts as dead
-ACK_TIMEOUT: Final = 5.0  # seconds [1.4]
-CONFLICT_RETRIES: Final = 3  # errcode 6000 [1.9]
-WELCOME_DEADLINE: Final = 5.0  # seconds to answer enter_chat [1.6]
-STREAM_LIMIT: Final = 20480  # bytes of UTF-8 in a stream's content [1.7]
+ACK_TIMEOUT: Final = 5.0  # seconds (docs/protocols/wecom.md#acks-and-ordering)
+CONFLICT_RETRIES: Final = 3  # errcode 6000 (docs/protocols/wecom.md#error-codes)
+# seconds to answer enter_chat (docs/protocols/wecom.md#event-callbacks)
+WELCOME_DEADLINE: Final = 5.0
+# bytes of UTF-8 in a stream's content (docs/protocols/wecom.md#stream-replies)
+STREAM_LIMIT: Final = 20480
 MAX_FRAME_BYTES: Final = 512 * 1024  # a frame larger than this is refused, not parsed
 WS_MESSAGE_LIMIT: Final = 4 * MAX_FRAME_BYTES  # beyond this the WebSocket layer drops the link
 
-# errcodes [1.9]
+# errcodes (docs/protocols/wecom.md#error-codes)
 COMMAND_CONFLICT: Final = 6000
 INVALID_REQ_ID: Final = 846605
 STREAM_EXPIRED: Final = 846608
 
-# commands [1.3]
+# commands (docs/protocols/wecom.md#commands)
 SUBSCRIBE: Final = "aibot_subscribe"
 PING: Final = "ping"
 MSG_CALLBACK: Final = "aibot_msg_callback"

@@ -1,10 +1,11 @@
 """One subscribed WebSocket: commands out, acknowledgements matched back by ``req_id``.
 
-Several replies to one callback share its ``req_id``, so their acks cannot be told apart: at
-most one command per ``req_id`` is in flight, the next waits its turn [1.4]. Nothing is kept
-for a ``req_id`` once nobody is using it, so memory stays flat however many commands go by
-(the first AstrBot client kept a lock per ``req_id`` forever). When the socket closes, every
-waiter fails at once instead of running into its timeout.
+Several replies to one callback share its ``req_id``, so their acks cannot be told apart: at most
+one command per ``req_id`` is in flight, the next waits its turn
+(docs/protocols/wecom.md#acks-and-ordering). Nothing is kept for a ``req_id`` once nobody is using
+it, so memory stays flat however many commands go by (the first AstrBot client kept a lock per
+``req_id`` forever). When the socket closes, every waiter fails at once instead of running into its
+timeout.
 """
 
 from __future__ import annotations

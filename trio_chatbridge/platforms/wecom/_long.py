@@ -1,10 +1,10 @@
-"""WeCom AI Bot over its WebSocket long connection [1].
+"""WeCom AI Bot over its WebSocket long connection (docs/protocols/wecom.md#long-connection).
 
-Better than the clients in the notes [4]: callbacks are handled off the receive loop (so an ack
-is never stuck behind a handler), heartbeats whose ack is missing, or a socket that goes silent,
-end the connection (the supervisor reconnects with backoff), acks are matched by ``req_id``
-with nothing left behind, and ``disconnected_event`` stops the connector for good instead of
-reconnecting and kicking the newer connection.
+Better than other clients (docs/protocols/wecom.md#known-faults): callbacks are handled off the
+receive loop (so an ack is never stuck behind a handler), heartbeats whose ack is missing, or a
+socket that goes silent, end the connection (the supervisor reconnects with backoff), acks are
+matched by ``req_id`` with nothing left behind, and ``disconnected_event`` stops the connector for
+good instead of reconnecting and kicking the newer connection.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ class LongConnection(base.Connector):
     ) -> None:
         # Unbounded on purpose: the reader must never wait, or an ack that an agent's reply is
         # waiting for could sit behind a full queue (a deadlock). The platform bounds it
-        # anyway: a user has at most three messages in flight with the bot [1.5].
+        # anyway: a user has at most three messages in flight with the bot
+        # (docs/protocols/wecom.md#message-callbacks).
         callbacks_in, callbacks_out = trio.open_memory_channel[f.Frame](math.inf)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, ws, link, callbacks_in, nursery)

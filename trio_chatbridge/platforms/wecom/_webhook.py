@@ -1,10 +1,12 @@
-"""WeCom AI Bot in webhook mode [2]: an ASGI app that WeCom calls with encrypted JSON.
+"""WeCom AI Bot in webhook mode (docs/protocols/wecom.md#webhook-mode): an ASGI app that WeCom calls
+with encrypted JSON.
 
 Each request's signature is checked in constant time and its timestamp must be fresh (a replayed
 request is refused); a request that fails either, or does not decrypt, gets a 4xx and nothing is
-processed. A message is answered at once with the start of a stream; WeCom then polls with
-"stream refresh" callbacks, each answered with the whole text so far, until ``finish`` [2.6].
-Mount :meth:`Webhook.asgi` in any Trio ASGI server, or use :func:`serve` (hypercorn).
+processed. A message is answered at once with the start of a stream; WeCom then polls with "stream
+refresh" callbacks, each answered with the whole text so far, until ``finish``
+(docs/protocols/wecom.md#streaming-by-polling). Mount :meth:`Webhook.asgi` in any Trio ASGI server,
+or use :func:`serve` (hypercorn).
 """
 
 from __future__ import annotations

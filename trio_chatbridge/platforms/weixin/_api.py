@@ -156,13 +156,17 @@ class ILinkClient:
         if not response.is_success:
             raise HTTPStatusError(endpoint, response.status_code, response.content)
         if not response.content.strip():
-            return {}  # sendmessage may answer with nothing at all [2.2]
+            # sendmessage may answer with nothing at all (docs/protocols/weixin.md#sendmessage)
+            return {}
         return json_object(response.content, f"iLink {endpoint}")
 
     # -- endpoints --------------------------------------------------------------------------
 
     async def get_updates(self, cursor: str, time_limit: float) -> p.GetUpdatesResponse:
-        """Long-poll for messages; a client-side timeout is an empty answer, not an error [3b]."""
+        """Long-poll for messages; a client-side timeout is an empty answer, not an error.
+
+        See ``docs/protocols/weixin.md#timeouts``.
+        """
         body = {"get_updates_buf": cursor, "base_info": p.base_info()}
         try:
             data = await self._request("ilink/bot/getupdates", body=body, time_limit=time_limit)
@@ -171,19 +175,28 @@ class ILinkClient:
         return p.GetUpdatesResponse.parse(data)
 
     async def send_message(self, msg: Mapping[str, Any]) -> dict[str, Any]:
-        """Send one message; an empty body or a missing ``ret`` is success [2.2]."""
+        """Send one message; an empty body or a missing ``ret`` is success.
+
+        See ``docs/protocols/weixin.md#sendmessage``.
+        """
         body = {"msg": dict(msg), "base_info": p.base_info()}
         return await self._call("ilink/bot/sendmessage", body, p.API_TIMEOUT)
 
     async def get_config(self, user_id: str, context_token: str | None) -> dict[str, Any]:
-        """The account's config for a peer: its ``typing_ticket`` [2.4]."""
+        """The account's config for a peer: its ``typing_ticket``.
+
+        See ``docs/protocols/weixin.md#typing``.
+        """
         body: dict[str, Any] = {"ilink_user_id": user_id, "base_info": p.base_info()}
         if context_token:
             body["context_token"] = context_token
         return await self._call("ilink/bot/getconfig", body, p.CONFIG_TIMEOUT)
 
     async def send_typing(self, user_id: str, ticket: str, status: p.TypingStatus) -> None:
-        """Show (or cancel) "typing..." to a peer, with a ticket from :meth:`get_config` [2.5]."""
+        """Show (or cancel) "typing..." to a peer, with a ticket from :meth:`get_config`.
+
+        See ``docs/protocols/weixin.md#typing``.
+        """
         body = {
             "ilink_user_id": user_id,
             "typing_ticket": ticket,
@@ -193,7 +206,10 @@ class ILinkClient:
         await self._call("ilink/bot/sendtyping", body, p.CONFIG_TIMEOUT)
 
     async def notify(self, what: str) -> None:
-        """``notifystart`` / ``notifystop``: best effort, so failures are only logged [2.6]."""
+        """``notifystart`` / ``notifystop``: best effort, so failures are only logged.
+
+        See ``docs/protocols/weixin.md#notifystart-and-notifystop``.
+        """
         try:
             await self._call(
                 f"ilink/bot/msg/{what}", {"base_info": p.base_info()}, p.CONFIG_TIMEOUT
@@ -202,7 +218,10 @@ class ILinkClient:
             log.info("iLink %s failed (ignored): %s", what, exc)
 
     async def get_upload_url(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Where to upload an encrypted file to the CDN (``upload_param`` or a full URL) [2.3]."""
+        """Where to upload an encrypted file to the CDN (``upload_param`` or a full URL).
+
+        See ``docs/protocols/weixin.md#getuploadurl``.
+        """
         body = {**request, "base_info": p.base_info()}
         return await self._call("ilink/bot/getuploadurl", body, p.API_TIMEOUT)
 
@@ -216,10 +235,13 @@ class ILinkClient:
         raise_for_code(endpoint, data)
         return data
 
-    # -- QR login (no token, fixed base) [2.7] -------------------------------------------------
+    # -- QR login: no token, fixed base (docs/protocols/weixin.md#qr-login) ---------------------
 
     async def get_bot_qrcode(self, local_tokens: Sequence[str] = ()) -> dict[str, Any]:
-        """A login QR code (no token needed); step one of :func:`login` [2.7]."""
+        """A login QR code (no token needed); step one of :func:`login`.
+
+        See ``docs/protocols/weixin.md#qr-login``.
+        """
         body = {"local_token_list": list(local_tokens)[-10:]}
         return await self._request(
             "ilink/bot/get_bot_qrcode",
@@ -232,7 +254,10 @@ class ILinkClient:
     async def get_qrcode_status(
         self, qrcode: str, *, base: str | None = None, verify_code: str | None = None
     ) -> dict[str, Any]:
-        """One status long poll; a timeout or a network error means ``wait`` [2.7]."""
+        """One status long poll; a timeout or a network error means ``wait``.
+
+        See ``docs/protocols/weixin.md#qr-login``.
+        """
         params = {"qrcode": qrcode}
         if verify_code:
             params["verify_code"] = verify_code

@@ -1,10 +1,11 @@
 """The WeChat iLink connector: the long-poll loop, the session guard, replies and typing.
 
-The poll loop follows the reference clients [3] and fixes their known faults: the cursor is
-saved only after the inbox accepted the page (a crash never skips a message), the client
-waits a few seconds longer than the server holds a poll (no timeout race, #267), and a read
-timeout is an empty poll, never a failure (#75). Replies are checked (no silent loss on
-``ret -2``, #204), rate limited, and capped at ten per inbound message (#81).
+The poll loop follows the reference clients (docs/protocols/weixin.md#the-poll-loop) and fixes their
+known faults (docs/protocols/weixin.md#known-faults): the cursor is saved only after the inbox
+accepted the page (a crash never skips a message), the client waits a few seconds longer than the
+server holds a poll (no timeout race, #267), and a read timeout is an empty poll, never a failure
+(#75). Replies are checked (no silent loss on ``ret -2``, #204), rate limited, and capped at ten per
+inbound message (#81).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class SessionPausedError(SendError):
 class RateLimit:
     """Outbound pacing per account: a burst, then a steady rate (a token bucket).
 
-    The platform answers ``ret -2 "prepare failed"`` for minutes after bursts (18 messages in
-    34 s did it; 10 in 170 s did not [8]); the defaults stay well under that.
+    The platform answers ``ret -2 "prepare failed"`` for minutes after bursts (18 messages in 34 s
+    did it; 10 in 170 s did not: docs/protocols/weixin.md#limits); the defaults stay well under
+    that.
     """
 
     burst: int = 5
@@ -87,7 +89,10 @@ class _Bucket:
 
 
 class _SessionGuard:
-    """The pause after errcode -14 [5]: the poll loop sleeps through it, sends fail fast."""
+    """The pause after errcode -14: the poll loop sleeps through it, sends fail fast.
+
+    See ``docs/protocols/weixin.md#session-pause``.
+    """
 
     def __init__(self, account: str) -> None:
         self.account = account
@@ -126,7 +131,10 @@ class _Ticket:
 
 
 class _TypingTickets:
-    """Per-peer typing tickets from ``getconfig``, refreshed as the reference cache does [5]."""
+    """Per-peer typing tickets from ``getconfig``, refreshed as the reference cache does.
+
+    See ``docs/protocols/weixin.md#typing``.
+    """
 
     def __init__(self, rand: Callable[[], float]) -> None:
         self._entries: dict[str, _Ticket] = {}
@@ -277,7 +285,8 @@ class Connector(base.Connector):
                 ctx.set_state("running")
             failures = 0
             # No prefetch: the next poll presents the new cursor, and a server may take that as
-            # an acknowledgment [UNCONFIRMED], so it goes out only once this page is durable.
+            # an acknowledgment (docs/protocols/weixin.md#unconfirmed), so it goes out only once
+            # this page is durable.
             tokens = await self._accept(answer.messages)
             # Only now, the page being durable in the journal: the cursor and the page's
             # context tokens, in one write.
@@ -288,7 +297,10 @@ class Connector(base.Connector):
                 await ctx.set_many(tokens)
 
     async def _failed(self, failures: int, error: Exception) -> int:
-        """Count a failed poll and sleep 2 s, or 30 s after three in a row [3c]."""
+        """Count a failed poll and sleep 2 s, or 30 s after three in a row.
+
+        See ``docs/protocols/weixin.md#retry-policy``.
+        """
         ctx = self.ctx
         ctx.count("poll_failures")
         if isinstance(error, ProtocolError):
@@ -423,7 +435,8 @@ class Connector(base.Connector):
         except (ConnectorError, ProtocolError) as exc:
             raise SendError(f"weixin account {self.account}: send failed: {exc}") from exc
 
-    # streaming: the platform has no edit-in-place and renders nothing for GENERATING [6.5],
+    # streaming: the platform has no edit-in-place and renders nothing for GENERATING
+    # (docs/protocols/weixin.md#replies-and-streaming),
     # so the base class's stream (collect, then one send at the end) is the right mapping.
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:

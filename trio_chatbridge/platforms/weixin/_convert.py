@@ -59,7 +59,10 @@ def _media_part(item: p.MessageItem) -> Part | None:
 
 
 def _quote(item: p.MessageItem) -> list[Part]:
-    """A quoted message: media quoted is offered as media; anything else as a Quote [6.4]."""
+    """A quoted message: media quoted is offered as media; anything else as a Quote.
+
+    See ``docs/protocols/weixin.md#quotes``.
+    """
     ref = item.ref_item
     if ref is None and not item.ref_title:
         return []
@@ -99,14 +102,15 @@ def parts_of(items: Any) -> list[Part]:
 def to_message(account: str, raw: Any) -> Message | None:
     """The bridge's message for one entry of getupdates' ``msgs``, or None if not for the agent.
 
-    Not for the agent [6.4]: the bot's own messages, GENERATING ones, recalled ones. Every field
-    is optional and read leniently [1.4]; only an entry that is not an object raises
-    :class:`ProtocolError`. This runs for every inbound message, so it reads the payload in
-    place, without an intermediate model.
+    Not for the agent (docs/protocols/weixin.md#inbound-filtering): the bot's own messages,
+    GENERATING ones, recalled ones. Every field is optional and read leniently
+    (docs/protocols/weixin.md#lenient-json); only an entry that is not an object raises
+    :class:`ProtocolError`. This runs for every inbound message, so it reads the payload in place,
+    without an intermediate model.
 
-    Group messages are [UNCONFIRMED]: the reference plugin handles direct chats only. We keep
-    the group as the chat (so a group is one session) and reply to the sender, the only
-    addressing sendmessage is known to take.
+    Group messages are unconfirmed (docs/protocols/weixin.md#unconfirmed): the reference plugin
+    handles direct chats only. We keep the group as the chat (so a group is one session) and reply
+    to the sender, the only addressing sendmessage is known to take.
     """
     if not isinstance(raw, dict):
         raise ProtocolError(f"a message is a JSON object, got {type(raw).__name__}")

@@ -1,4 +1,7 @@
-"""AES-128-ECB with PKCS#7, as the WeChat CDN uses it, and the two encodings of its keys [7]."""
+"""AES-128-ECB with PKCS#7, as the WeChat CDN uses it, and the two encodings of its keys.
+
+See ``docs/protocols/weixin.md#media``.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +40,10 @@ def decrypt(key: bytes, ciphertext: bytes) -> bytes:
 
 
 def parse_aes_key(encoded: str) -> bytes:
-    """A CDN ``aes_key``: base64 of the 16 raw bytes, or of their 32 hex digits [7.2]."""
+    """A CDN ``aes_key``: base64 of the 16 raw bytes, or of their 32 hex digits.
+
+    See ``docs/protocols/weixin.md#media-download``.
+    """
     try:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:

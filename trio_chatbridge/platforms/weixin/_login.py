@@ -1,4 +1,5 @@
-"""QR login [2.7]: show a QR code, wait for the owner to scan and confirm, store the token.
+"""QR login (docs/protocols/weixin.md#qr-login): show a QR code, wait for the owner to scan and
+confirm, store the token.
 
 The token and base URL go into the store under the account, where :class:`Connector` finds
 them when it is built without ``token=``. The token is never printed or logged.

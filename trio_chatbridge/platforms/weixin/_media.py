@@ -1,4 +1,5 @@
-"""Media on the WeChat CDN: guarded downloads of inbound media, encrypted uploads [7].
+"""Media on the WeChat CDN: guarded downloads of inbound media, encrypted uploads
+(docs/protocols/weixin.md#media).
 
 A download goes through the core's guard (allowed hosts, a size cap, a deadline), then is
 decrypted with whichever key the item carries. An upload encrypts with a fresh key, POSTs the
@@ -63,7 +64,9 @@ async def download(client: ILinkClient, policy: MediaPolicy, media: Media) -> by
     key = _key_for(media)
     if key is None:
         if media.kind == "image":
-            return ciphertext  # an image without any key is stored in the clear [7.2]
+            # an image without any key is stored in the clear
+            # (docs/protocols/weixin.md#media-download)
+            return ciphertext
         raise MediaError(f"this {media.kind} has no aes_key to decrypt it with")
     try:
         return _crypto.decrypt(key, ciphertext)
@@ -104,7 +107,10 @@ def upload_type(filename: str, kind: str | None = None) -> p.UploadMediaType:
 async def upload(
     client: ILinkClient, to_user: str, data: bytes, filename: str, kind: str | None = None
 ) -> dict[str, Any]:
-    """Encrypt and upload ``data``; returns the ``item_list`` entry that sends it [7.1]."""
+    """Encrypt and upload ``data``; returns the ``item_list`` entry that sends it.
+
+    See ``docs/protocols/weixin.md#media-upload``.
+    """
     media_type = upload_type(filename, kind)
     filekey = secrets.token_hex(16)
     key = secrets.token_bytes(16)

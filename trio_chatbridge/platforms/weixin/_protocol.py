@@ -1,8 +1,9 @@
 """WeChat iLink bot protocol facts: constants, headers, and lenient typed models.
 
-Sources are in ``shared/protocols/weixin_ilink.md`` (sections in brackets below). Every field is
-optional on the wire and enums may grow, so parsing never fails on a missing field or an
-unknown value [1.4]; only a payload of the wrong shape is a :class:`ProtocolError`.
+Sources and reasons are in ``docs/protocols/weixin.md`` (sections cited below). Every field is
+optional on the wire and enums may grow, so parsing never fails on a missing field or an unknown
+value (docs/protocols/weixin.md#lenient-json); only a payload of the wrong shape is a
+:class:`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -19,32 +20,38 @@ from ..._errors import ProtocolError
 
 DEFAULT_BASE_URL: Final = "https://ilinkai.weixin.qq.com/"
 DEFAULT_CDN_BASE_URL: Final = "https://novac2c.cdn.weixin.qq.com/c2c"
-CHANNEL_VERSION: Final = "2.4.6"  # the protocol level our behaviour follows [0]
+# the protocol level our behaviour follows (docs/protocols/weixin.md#client-identification)
+CHANNEL_VERSION: Final = "2.4.6"
 ILINK_APP_ID: Final = "bot"
 BOT_AGENT: Final = "trio_chatbridge/0.1"
 
-# Timeouts, seconds [4]
+# Timeouts, seconds (docs/protocols/weixin.md#timeouts)
 DEFAULT_LONG_POLL_TIMEOUT: Final = 35.0
-LONG_POLL_MARGIN: Final = 5.0  # client waits this much longer than the server holds [3, #267]
+# client waits this much longer than the server holds (docs/protocols/weixin.md#timeouts)
+LONG_POLL_MARGIN: Final = 5.0
 API_TIMEOUT: Final = 15.0  # sendmessage, getuploadurl
 CONFIG_TIMEOUT: Final = 10.0  # getconfig, sendtyping, notify*
 QR_POLL_TIMEOUT: Final = 35.0
 
-# The poll loop's retry policy [3c, 4]
+# The poll loop's retry policy (docs/protocols/weixin.md#retry-policy)
 MAX_CONSECUTIVE_FAILURES: Final = 3
 RETRY_DELAY: Final = 2.0  # seconds
 BACKOFF_DELAY: Final = 30.0  # seconds, after MAX_CONSECUTIVE_FAILURES in a row
 SESSION_EXPIRED: Final = -14
-SESSION_PAUSE: Final = 3600.0  # seconds [5]
+SESSION_PAUSE: Final = 3600.0  # seconds (docs/protocols/weixin.md#session-pause)
 
-TEXT_LIMIT: Final = 4000  # characters per outbound text message [4]
-MAX_REPLIES_PER_MESSAGE: Final = 10  # the platform refuses more per inbound message [8, #81]
-TYPING_KEEPALIVE: Final = 5.0  # seconds between "typing" refreshes [6.5]
-CONFIG_CACHE_TTL: Final = 24 * 3600.0  # seconds; refreshed at a random fraction of it [5]
+TEXT_LIMIT: Final = 4000  # characters per outbound text message (docs/protocols/weixin.md#limits)
+# the platform refuses more per inbound message (docs/protocols/weixin.md#limits)
+MAX_REPLIES_PER_MESSAGE: Final = 10
+# seconds between "typing" refreshes (docs/protocols/weixin.md#typing)
+TYPING_KEEPALIVE: Final = 5.0
+# seconds; refreshed at a random fraction of it (docs/protocols/weixin.md#typing)
+CONFIG_CACHE_TTL: Final = 24 * 3600.0
 CONFIG_RETRY_INITIAL: Final = 2.0
 CONFIG_RETRY_MAX: Final = 3600.0
 UPLOAD_ATTEMPTS: Final = 3
-MEDIA_MAX_BYTES: Final = 100 * 1024 * 1024  # the reference client's inbound cap [7.3]
+# the reference client's inbound cap (docs/protocols/weixin.md#limits)
+MEDIA_MAX_BYTES: Final = 100 * 1024 * 1024
 
 
 class MessageType(IntEnum):
@@ -94,7 +101,7 @@ def random_uin() -> str:
 
 
 def common_headers(route_tag: str | None = None) -> dict[str, str]:
-    """Headers on every request, GET included [1.2]."""
+    """Headers on every request, GET included (docs/protocols/weixin.md#headers)."""
     headers = {"iLink-App-Id": ILINK_APP_ID, "iLink-App-ClientVersion": client_version()}
     if route_tag:
         headers["SKRouteTag"] = route_tag
@@ -113,12 +120,18 @@ def post_headers(token: str | None, route_tag: str | None = None) -> dict[str, s
 
 
 def base_info() -> dict[str, str]:
-    """The ``base_info`` object of every authenticated POST body [1.3]."""
+    """The ``base_info`` object of every authenticated POST body.
+
+    See ``docs/protocols/weixin.md#client-identification``.
+    """
     return {"channel_version": CHANNEL_VERSION, "bot_agent": BOT_AGENT}
 
 
 def normalise_base_url(url: str) -> str:
-    """Make sure the base ends in ``/`` so relative endpoints keep its path [1.1]."""
+    """Make sure the base ends in ``/`` so relative endpoints keep its path.
+
+    See ``docs/protocols/weixin.md#base-urls``.
+    """
     url = url.strip()
     if not url:
         return DEFAULT_BASE_URL
@@ -264,7 +277,7 @@ class MessageItem:
 
 @attrs.frozen
 class GetUpdatesResponse:
-    """The answer to one long poll [2.1]."""
+    """The answer to one long poll (docs/protocols/weixin.md#getupdates)."""
 
     ret: int | None
     errcode: int | None
@@ -291,12 +304,18 @@ class GetUpdatesResponse:
 
     @classmethod
     def empty(cls) -> GetUpdatesResponse:
-        """What a client-side timeout means: nothing new, same cursor [3b]."""
+        """What a client-side timeout means: nothing new, same cursor.
+
+        See ``docs/protocols/weixin.md#the-poll-loop``.
+        """
         return cls(0, None, None, (), None, None)
 
 
 def error_code(data: Mapping[str, Any]) -> int | None:
-    """The non-zero ``ret`` or ``errcode`` of a response, or None when it is a success [3e]."""
+    """The non-zero ``ret`` or ``errcode`` of a response, or None when it is a success.
+
+    See ``docs/protocols/weixin.md#errors``.
+    """
     for key in ("ret", "errcode"):
         code = read_int(data, key)
         if code:
