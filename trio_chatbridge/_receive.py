@@ -1,17 +1,83 @@
-"""Helpers for connectors' receive loops: taking a burst in one piece, and a cheap watchdog.
+"""Helpers for connectors' receive loops: a burst in one piece, a cheap watchdog, bad input
+skipped the same way everywhere, and server-given timings held to a range.
 
-Both exist for throughput: a burst of callbacks journaled in one put costs one journal write,
-one channel hop and one debouncer turn instead of one each per message, and a watchdog that
-is re-armed only when it has to be spares the run loop a deadline update per frame.
+The first two exist for throughput: a burst of callbacks journaled in one put costs one
+journal write, one channel hop and one debouncer turn instead of one each per message, and a
+watchdog that is re-armed only when it has to be spares the run loop a deadline update per
+frame. :func:`parse_or_skip` is what every connector does with one frame, event or message
+from the network: a bad one is counted in ``protocol_errors``, logged once, and skipped;
+the loop and every good message around it carry on.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import trio
 
+from ._errors import ProtocolError
+
+if TYPE_CHECKING:
+    from ._connector import ConnectorContext
+
 T = TypeVar("T")
+P = ParamSpec("P")
+
+log = logging.getLogger("trio_chatbridge.receive")
+
+MAX_TIMESTAMP: Final = 1e11
+"""Seconds since the epoch beyond which a platform's timestamp is nonsense (year 5138)."""
+
+
+class Skipped:
+    """What :func:`parse_or_skip` returns for bad input (already counted and logged)."""
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+SKIPPED: Final = Skipped()
+
+
+def parse_or_skip(
+    ctx: ConnectorContext, what: str, parse: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T | Skipped:
+    """``parse(*args, **kwargs)``, or :data:`SKIPPED` when the input is bad.
+
+    Bad input is a :class:`ProtocolError`, and any other exception a parser raises on network
+    data too (a parser's bug must not end a connection): each is counted in
+    ``protocol_errors`` and logged once (with a traceback when it was not a ProtocolError),
+    ``what`` naming the connection and the kind of input.
+    """
+    try:
+        return parse(*args, **kwargs)
+    except Exception as exc:
+        skip_bad(ctx, what, exc)
+        return SKIPPED
+
+
+def skip_bad(ctx: ConnectorContext, what: str, exc: Exception) -> None:
+    """Count and log one bad frame, event or message (see :func:`parse_or_skip`)."""
+    ctx.count("protocol_errors")
+    log.warning(
+        "%s:%s: bad %s skipped: %s",
+        ctx.platform,
+        ctx.account,
+        what,
+        exc,
+        exc_info=None if isinstance(exc, ProtocolError) else exc,
+    )
+
+
+def clamp(value: object, low: float, high: float, default: float) -> float:
+    """A server-given number (of seconds, say) held to ``[low, high]``; ``default`` when it
+    is no number at all (a string, a bool, NaN). Infinities and huge ints end up at a bound."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return default
+    return float(min(max(value, low), high))
+
 
 BURST_LINGER = 0.001
 """Seconds a burst waits for company after its first item: far below any debounce window."""

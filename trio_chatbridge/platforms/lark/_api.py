@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -19,13 +20,15 @@ import httpx
 import trio
 
 from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError
-from ..._json import json_object
+from ..._json import json_object, read_body
+from ..._receive import clamp
 
 log = logging.getLogger("trio_chatbridge.lark.api")
 
 FEISHU: Final = "https://open.feishu.cn"
 LARK: Final = "https://open.larksuite.com"
 TOKEN_MARGIN: Final = 60.0  # seconds before expiry a token is renewed
+TOKEN_LIFETIME_MAX: Final = 7200.0  # seconds a token is trusted, whatever its "expire" says
 API_TIMEOUT: Final = 10.0  # seconds per call
 RATE_LIMIT_RETRIES: Final = 4
 TOKEN_EXPIRED: Final = frozenset({99991663, 99991664})
@@ -58,22 +61,27 @@ class ClientConfig:
 
     @classmethod
     def merge(cls, base: ClientConfig, data: Any) -> ClientConfig:
-        """``base`` with whatever positive values ``data`` (PascalCase keys) carries."""
+        """``base`` with whatever numbers ``data`` (PascalCase keys) carries, each held to
+        its range in :data:`CONFIG_RANGES` (a server's ``PingInterval=0.001`` or ``1e308``
+        must neither flood the link with pings nor switch the watchdog off)."""
         if not isinstance(data, Mapping):
             return base
         changes: dict[str, Any] = {}
-        for key, name in (
-            ("PingInterval", "ping_interval"),
-            ("ReconnectInterval", "reconnect_interval"),
-            ("ReconnectNonce", "reconnect_nonce"),
-        ):
-            value = data.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-                changes[name] = float(value)
-        count = data.get("ReconnectCount")
-        if isinstance(count, int) and not isinstance(count, bool):
-            changes["reconnect_count"] = count
+        for key, (name, low, high) in CONFIG_RANGES.items():
+            value = clamp(data.get(key), low, high, math.nan)
+            if not math.isnan(value):
+                changes[name] = int(value) if name == "reconnect_count" else value
         return attrs.evolve(base, **changes)
+
+
+CONFIG_RANGES: Final = {
+    "PingInterval": ("ping_interval", 5.0, 600.0),
+    "ReconnectInterval": ("reconnect_interval", 1.0, 600.0),
+    "ReconnectNonce": ("reconnect_nonce", 0.0, 600.0),
+    "ReconnectCount": ("reconnect_count", -1, 1000),
+}
+"""The range (seconds; a count for ``ReconnectCount``, -1 for no limit) each value of the
+server's client config is held to: documented in docs/lark.md."""
 
 
 class OpenAPI:
@@ -103,17 +111,27 @@ class OpenAPI:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _post_json(
-        self, path: str, body: Mapping[str, Any], headers: Mapping[str, str]
-    ) -> Any:
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        headers: Mapping[str, str],
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        """One request; the answer's status and its JSON object (``{}`` for an empty body),
+        read with a cap of :data:`MAX_JSON_BYTES` within :data:`API_TIMEOUT`."""
         try:
             with trio.fail_after(API_TIMEOUT):
-                response = await self.http.post(
-                    self.domain + path, json=dict(body), headers=dict(headers)
-                )
+                async with self.http.stream(
+                    method,
+                    self.domain + path,
+                    json=None if body is None else dict(body),
+                    headers=dict(headers),
+                ) as response:
+                    content = await read_body(response, f"Lark {path}")
         except (httpx.HTTPError, trio.TooSlowError) as exc:
             raise ConnectorError(f"Lark {path}: {type(exc).__name__}: {exc}") from exc
-        return response
+        return response, json_object(content, f"Lark {path}") if content else {}
 
     async def endpoint(self) -> tuple[str, ClientConfig]:
         """The WebSocket URL and client config for a new connection.
@@ -123,14 +141,14 @@ class OpenAPI:
         Retryable failures raise :class:`ConnectorError`; a refusal that retrying cannot fix
         (bad credentials) raises :class:`FatalConnectorError`.
         """
-        response = await self._post_json(
+        response, data = await self._exchange(
+            "POST",
             "/callback/ws/endpoint",
             {"AppID": self.app_id, "AppSecret": self._secret},
             {"locale": "zh"},
         )
         if response.status_code != 200:
             raise ConnectorError(f"Lark endpoint discovery: HTTP {response.status_code}")
-        data = json_object(response.content, "Lark endpoint discovery")
         code = data.get("code")
         if code in (SYSTEM_BUSY, INTERNAL_ERROR):
             raise ConnectorError(f"Lark endpoint discovery: server busy (code {code})")
@@ -152,17 +170,15 @@ class OpenAPI:
         """The tenant access token, fetched when missing or within a minute of expiry."""
         async with self._token_lock:
             if self._token is None or trio.current_time() >= self._token_until:
-                response = await self._post_json(
+                _, data = await self._exchange(
+                    "POST",
                     "/open-apis/auth/v3/tenant_access_token/internal",
                     {"app_id": self.app_id, "app_secret": self._secret},
                     {},
                 )
-                data = json_object(response.content, "Lark tenant_access_token")
                 if data.get("code") != 0 or not isinstance(data.get("tenant_access_token"), str):
                     raise LarkError("tenant_access_token", _code(data), str(data.get("msg")))
-                expire = data.get("expire")
-                if not isinstance(expire, int):
-                    expire = 7200
+                expire = clamp(data.get("expire"), 0.0, TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MAX)
                 self._token = data["tenant_access_token"]
                 self._token_until = trio.current_time() + max(expire - TOKEN_MARGIN, TOKEN_MARGIN)
             assert self._token is not None
@@ -178,17 +194,9 @@ class OpenAPI:
         attempt = 0
         while True:
             token = await self.token()
-            try:
-                with trio.fail_after(API_TIMEOUT):
-                    response = await self.http.request(
-                        method,
-                        self.domain + path,
-                        json=None if body is None else dict(body),
-                        headers={"Authorization": f"Bearer {token}"},
-                    )
-            except (httpx.HTTPError, trio.TooSlowError) as exc:
-                raise ConnectorError(f"Lark {method} {path}: {type(exc).__name__}: {exc}") from exc
-            data = json_object(response.content, f"Lark {path}") if response.content else {}
+            response, data = await self._exchange(
+                method, path, body, {"Authorization": f"Bearer {token}"}
+            )
             code = _code(data) if data else (0 if response.is_success else response.status_code)
             if code in TOKEN_EXPIRED and not renewed:
                 self._token, renewed = None, True

@@ -10,7 +10,6 @@ agent.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -40,8 +39,9 @@ from ..._errors import (
     SendError,
     find_error,
 )
+from ..._json import json_object
 from ..._messages import Message
-from ..._receive import rearm, receive_burst
+from ..._receive import Skipped, parse_or_skip, rearm, receive_burst
 from . import _frames as fr
 from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
 from ._convert import MESSAGE_EVENT, PLATFORM, to_message
@@ -52,6 +52,10 @@ PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent lin
 # seconds a partial message waits for its other fragments
 # (docs/protocols/lark.md#events-fragments-and-acks)
 FRAGMENT_TTL: Final = 5.0
+MAX_EVENT_BYTES: Final = fr.MAX_FRAME_BYTES  # one event, once its fragments are joined
+MAX_FRAGMENTS: Final = 1000  # fragments one event may come in
+MAX_PARTIALS: Final = 64  # events waiting for fragments at once; the oldest goes first
+MAX_PARTIAL_BYTES: Final = 4 * MAX_EVENT_BYTES  # bytes those hold in all; the oldest goes first
 SEEN_EVENTS: Final = 10_000  # event ids remembered against re-pushes of non-message events
 PUT_BATCH: Final = 100  # events journaled together at most (each ACKed once its put returned)
 ACK_OK: Final = b'{"code":200}'  # every event is ACKed 200: a retry would bring the same bytes
@@ -76,6 +80,7 @@ def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection
 class _Partial:
     parts: list[bytes | None]
     expires: float
+    size: int = 0  # bytes held
 
 
 def classify_handshake(exc: ConnectionRejected) -> Exception:
@@ -133,6 +138,7 @@ class LongConnection(base.Connector):
         self.config: ClientConfig = ClientConfig()
         self._open_websocket = open_websocket
         self._fragments: dict[str, _Partial] = {}
+        self._partial_bytes = 0  # held in _fragments
         self._write_lock = trio.Lock()
         self._config_changed = trio.Event()
         self._seen_events: OrderedDict[str, None] = OrderedDict()
@@ -251,11 +257,10 @@ class LongConnection(base.Connector):
         kind = frame.header("type")
         if frame.method == fr.CONTROL:
             if kind == "pong" and frame.payload:
-                try:
-                    self.config = ClientConfig.merge(self.config, json.loads(frame.payload))
-                except ValueError:
-                    self.ctx.count("protocol_errors")
-                self._config_changed.set()
+                config = parse_or_skip(self.ctx, "pong", json_object, frame.payload, "Lark pong")
+                if not isinstance(config, Skipped):
+                    self.config = ClientConfig.merge(self.config, config)
+                    self._config_changed.set()
             elif kind == "ping":
                 await self._send(ws, attrs.evolve(frame, headers=(("type", "pong"),), payload=None))
             return
@@ -266,7 +271,10 @@ class LongConnection(base.Connector):
     def _reassemble(self, frame: fr.Frame) -> fr.Frame | None:
         """The whole frame once every fragment is in; None while some are missing.
 
-        See ``docs/protocols/lark.md#events-fragments-and-acks``.
+        See ``docs/protocols/lark.md#events-fragments-and-acks``. What waits is bounded:
+        :data:`MAX_PARTIALS` events and :data:`MAX_PARTIAL_BYTES` in all (the oldest is dropped
+        first, counted in ``fragments_dropped``), one event at most :data:`MAX_EVENT_BYTES`
+        (else it is a protocol error), each for :data:`FRAGMENT_TTL`.
         """
         try:
             total = int(frame.header("sum") or "1")
@@ -276,24 +284,41 @@ class LongConnection(base.Connector):
             return None
         now = trio.current_time()
         for stale in [k for k, p in self._fragments.items() if p.expires <= now]:
-            del self._fragments[stale]  # swept as frames come: a partial costs nothing more
-            self.ctx.count("fragments_expired")
+            self._drop_partial(stale, "fragments_expired")  # swept as frames come
         if total <= 1:
             return frame
         key = frame.header("message_id") or ""
-        if not 0 <= index < total or total > 1000:
+        if not 0 <= index < total or total > MAX_FRAGMENTS:
             self.ctx.count("protocol_errors")
             return None
-        partial = self._fragments.setdefault(key, _Partial([None] * total, now))
+        partial = self._fragments.get(key)
+        if partial is None:
+            partial = self._fragments[key] = _Partial([None] * total, now)
         if len(partial.parts) != total:
             self.ctx.count("protocol_errors")
             return None
-        partial.parts[index] = frame.payload or b""
+        payload = frame.payload or b""
+        partial.size += len(payload) - len(partial.parts[index] or b"")
+        self._partial_bytes += len(payload) - len(partial.parts[index] or b"")
+        partial.parts[index] = payload
         partial.expires = now + FRAGMENT_TTL
-        if any(part is None for part in partial.parts):
+        if partial.size > MAX_EVENT_BYTES:
+            self._drop_partial(key, "protocol_errors")
+            log.warning(
+                "Lark app %s: an event over %d bytes dropped", self.account, MAX_EVENT_BYTES
+            )
             return None
-        del self._fragments[key]
+        while len(self._fragments) > MAX_PARTIALS or self._partial_bytes > MAX_PARTIAL_BYTES:
+            self._drop_partial(next(iter(self._fragments)), "fragments_dropped")
+        if key not in self._fragments or any(part is None for part in partial.parts):
+            return None
+        self._drop_partial(key, None)
         return attrs.evolve(frame, payload=b"".join(p or b"" for p in partial.parts))
+
+    def _drop_partial(self, key: str, counter: str | None) -> None:
+        self._partial_bytes -= self._fragments.pop(key).size
+        if counter is not None:
+            self.ctx.count(counter)
 
     async def _events(
         self,
@@ -315,8 +340,10 @@ class LongConnection(base.Connector):
             messages: list[Message] = []
             for frame in batch:
                 if frame.header("type") == "event":
-                    message = self._event(frame.payload or b"", nursery)
-                    if message is not None:
+                    message = parse_or_skip(
+                        self.ctx, "event", self._event, frame.payload or b"", nursery
+                    )
+                    if isinstance(message, Message):
                         messages.append(message)
             if messages:
                 await self.ctx.put(messages)
@@ -326,18 +353,10 @@ class LongConnection(base.Connector):
     def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | None:
         """The message to put for one event, if it brings one; anything else is handled here.
 
-        Every event is ACKed 200, a bad one too: a retry would bring the same bytes.
+        Every event is ACKed 200, a bad one too (the caller counts and logs it): a retry would
+        bring the same bytes.
         """
-        try:
-            envelope = json.loads(payload)
-            if not isinstance(envelope, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            self.ctx.count("protocol_errors")
-            log.warning(
-                "Lark app %s: event is not JSON (%s): acknowledged, dropped", self.account, exc
-            )
-            return None
+        envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
         header = envelope.get("header")
         if not isinstance(header, dict) or header.get("event_type") != MESSAGE_EVENT:
             # Messages are deduplicated by the journal (IM message id); other events by their
@@ -354,12 +373,7 @@ class LongConnection(base.Connector):
             if self.on_event is not None:
                 nursery.start_soon(self._user_event, envelope)
             return None
-        try:
-            message = to_message(self.account, envelope, self.bot_open_id)
-        except ProtocolError as exc:
-            self.ctx.count("protocol_errors")
-            log.warning("Lark app %s: bad message event: %s", self.account, exc)
-            return None
+        message = to_message(self.account, envelope, self.bot_open_id)
         if message is None or not self._wanted(message):
             self.ctx.count("filtered")
             return None

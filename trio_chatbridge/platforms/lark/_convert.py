@@ -5,12 +5,11 @@ See ``docs/protocols/lark.md#message-events``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Final
 
 from ..._errors import ProtocolError
-from ..._json import get_object, get_str
+from ..._json import get_object, get_str, json_value
 from ..._messages import (
     File,
     Image,
@@ -46,6 +45,11 @@ def _post_text(content: Mapping[str, Any]) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _is_millis(text: str) -> bool:
+    """Whether ``text`` is a plausible epoch-milliseconds number (ASCII digits, 15 at most)."""
+    return len(text) <= 15 and text.isascii() and text.isdigit()
+
+
 def to_message(
     account: str, envelope: Mapping[str, Any], bot_open_id: str | None
 ) -> Message | None:
@@ -70,10 +74,7 @@ def to_message(
     )
     if not user:
         raise ProtocolError("message event without a sender id")
-    try:
-        content = json.loads(get_str(message, "content") or "{}")
-    except ValueError as exc:
-        raise ProtocolError("message content is not JSON") from exc
+    content = json_value(get_str(message, "content") or "{}", "message content")
     if not isinstance(content, Mapping):
         content = {}
     parts: list[Part] = []
@@ -126,7 +127,7 @@ def to_message(
         chat=shared_chat(chat_id, "group" if chat_type == "group" else "direct"),
         sender=shared_sender(user, is_bot=get_str(sender, "sender_type") not in (None, "user")),
         parts=parts,
-        timestamp=int(created) / 1000 if created and created.isdigit() else 0.0,
+        timestamp=int(created) / 1000 if created and _is_millis(created) else 0.0,
         reply_handle={
             "message_id": message_id,
             "chat_id": chat_id,

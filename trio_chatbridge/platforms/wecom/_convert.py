@@ -25,6 +25,7 @@ from ..._messages import (
     shared_chat,
     shared_sender,
 )
+from ..._receive import MAX_TIMESTAMP, clamp
 
 PLATFORM = "wecom"
 _LEADING_MENTION = re.compile(r"^\s*@(\S+)\s*")
@@ -50,14 +51,19 @@ def _text_parts(text: str, group: bool, bot_name: str | None) -> list[Part]:
     return parts
 
 
-def parts_of(body: Mapping[str, Any], group: bool, bot_name: str | None) -> list[Part]:
+def parts_of(
+    body: Mapping[str, Any], group: bool, bot_name: str | None, *, quoted: bool = False
+) -> list[Part]:
+    """The parts of a callback body; a quote's own quote is not read (one level, no recursion
+    a deeply nested body could run out of)."""
     msgtype = get_str(body, "msgtype")
     parts: list[Part] = []
-    quote = get_object(body, "quote")
+    quote = {} if quoted else get_object(body, "quote")
     if quote:
-        quoted = parts_of(quote, False, None)
+        quoted_parts = parts_of(quote, False, None, quoted=True)
         summary = (
-            " ".join(p.text for p in quoted if isinstance(p, Text)) or f"[{quote.get('msgtype')}]"
+            " ".join(p.text for p in quoted_parts if isinstance(p, Text))
+            or f"[{quote.get('msgtype')}]"
         )
         parts.append(Quote(summary))
     if msgtype == "text":
@@ -104,7 +110,7 @@ def to_message(
         chat=shared_chat(chat_id, "group" if group else "direct"),
         sender=shared_sender(sender),
         parts=parts_of(body, group, bot_name),
-        timestamp=float(created) if isinstance(created, int | float) else 0.0,
+        timestamp=clamp(created, 0.0, MAX_TIMESTAMP, 0.0),
         reply_handle={"req_id": req_id, "chatid": chat_id},
         raw=body,
     )

@@ -17,6 +17,7 @@ from typing import Any, Final
 import attrs
 
 from ..._errors import ProtocolError
+from ..._json import json_object
 
 DEFAULT_URL: Final = "wss://openws.work.weixin.qq.com"
 HEARTBEAT_INTERVAL: Final = 30.0  # seconds (docs/protocols/wecom.md#subscribe-and-heartbeat)
@@ -78,14 +79,7 @@ class Frame:
 
 def parse_frame(data: str | bytes) -> Frame:
     """Decode one frame; anything that is not a well-formed frame is a :class:`ProtocolError`."""
-    if len(data) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(data)} bytes is over the {MAX_FRAME_BYTES}-byte cap")
-    try:
-        frame = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"frame is not JSON: {str(data)[:80]!r}") from exc
-    if not isinstance(frame, dict):
-        raise ProtocolError(f"frame is a JSON {type(frame).__name__}, not an object")
+    frame = json_object(data, "WeCom frame", max_bytes=MAX_FRAME_BYTES)
     headers = frame.get("headers")
     req_id = headers.get("req_id") if isinstance(headers, dict) else None
     if not isinstance(req_id, str) or not req_id:

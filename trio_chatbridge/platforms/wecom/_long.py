@@ -32,7 +32,7 @@ from ..._errors import (
 )
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
-from ..._receive import rearm, receive_burst
+from ..._receive import Skipped, parse_or_skip, rearm, receive_burst
 from . import _crypto
 from . import _frames as f
 from ._convert import PLATFORM, to_message
@@ -217,11 +217,8 @@ class LongConnection(base.Connector):
         callbacks: trio.MemorySendChannel[f.Frame],
         nursery: trio.Nursery,
     ) -> None:
-        try:
-            frame = f.parse_frame(data)
-        except ProtocolError as exc:
-            self.ctx.count("protocol_errors")
-            log.warning("wecom bot %s: bad frame skipped: %s", self.account, exc)
+        frame = parse_or_skip(self.ctx, "frame", f.parse_frame, data)
+        if isinstance(frame, Skipped):
             return
         if frame.is_ack:
             link.deliver_ack(frame)
@@ -252,15 +249,17 @@ class LongConnection(base.Connector):
                     return
                 messages = []
                 for frame in frames:
-                    try:
-                        messages.append(
-                            to_message(
-                                self.account, frame.req_id, frame.body, bot_name=self.bot_name
-                            )
-                        )
-                    except ProtocolError as exc:
-                        self.ctx.count("protocol_errors")
-                        log.warning("wecom bot %s: bad message callback: %s", self.account, exc)
+                    message = parse_or_skip(
+                        self.ctx,
+                        "message callback",
+                        to_message,
+                        self.account,
+                        frame.req_id,
+                        frame.body,
+                        bot_name=self.bot_name,
+                    )
+                    if not isinstance(message, Skipped):
+                        messages.append(message)
                 if messages:
                     # Off the socket already, and WeCom does not deliver a callback again:
                     # journal them even while the connection goes down (a bounded wait).

@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from ..._errors import ChatBridgeError, ConnectorError, ProtocolError
-from ..._json import json_object
+from ..._json import MAX_JSON_BYTES, json_object, json_object_items, read_body
 from . import _protocol as p
 
 log = logging.getLogger("trio_chatbridge.weixin.api")
@@ -129,24 +129,32 @@ class ILinkClient:
         base: str | None = None,
         auth: bool = True,
         params: Mapping[str, str] | None = None,
+        max_bytes: int = MAX_JSON_BYTES,
+        items: str | None = None,
     ) -> dict[str, Any]:
-        """One call; returns the JSON object (``{}`` for an empty body). Raises on timeout."""
+        """One call; returns the JSON object (``{}`` for an empty body). Raises on timeout.
+
+        The answer is read with a cap of ``max_bytes``; ``items`` names an array of the
+        answer whose elements are decoded one by one if need be (see ``json_object_items``).
+        """
         url = (base or self.base_url) + endpoint
         if method == "POST":
             headers = p.post_headers(self._token if auth else None, self.route_tag)
             content = json.dumps(body or {}, ensure_ascii=False).encode()
         else:
             headers, content = p.common_headers(self.route_tag), None
+        what = f"iLink {endpoint}"
         try:
             with trio.fail_after(time_limit):
-                response = await self.http.request(
+                async with self.http.stream(
                     method,
                     url,
                     headers=headers,
                     content=content,
                     params=params,
                     timeout=time_limit + BACKSTOP,
-                )
+                ) as response:
+                    data = await read_body(response, what, max_bytes=max_bytes)
         except trio.TooSlowError:
             raise
         except httpx.TimeoutException as exc:
@@ -154,11 +162,13 @@ class ILinkClient:
         except httpx.HTTPError as exc:
             raise ConnectorError(f"iLink {endpoint}: {type(exc).__name__}: {exc}") from exc
         if not response.is_success:
-            raise HTTPStatusError(endpoint, response.status_code, response.content)
-        if not response.content.strip():
+            raise HTTPStatusError(endpoint, response.status_code, data)
+        if not data.strip():
             # sendmessage may answer with nothing at all (docs/protocols/weixin.md#sendmessage)
             return {}
-        return json_object(response.content, f"iLink {endpoint}")
+        if items is not None:
+            return json_object_items(data, what, items, max_bytes=max_bytes)
+        return json_object(data, what, max_bytes=max_bytes)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -169,7 +179,13 @@ class ILinkClient:
         """
         body = {"get_updates_buf": cursor, "base_info": p.base_info()}
         try:
-            data = await self._request("ilink/bot/getupdates", body=body, time_limit=time_limit)
+            data = await self._request(
+                "ilink/bot/getupdates",
+                body=body,
+                time_limit=time_limit,
+                max_bytes=p.PAGE_MAX_BYTES,
+                items="msgs",
+            )
         except trio.TooSlowError:
             return p.GetUpdatesResponse.empty()
         return p.GetUpdatesResponse.parse(data)

@@ -32,6 +32,7 @@ from ..._errors import (
 )
 from ..._media import MediaPolicy
 from ..._messages import Batch, Media, Message
+from ..._receive import Skipped, clamp, parse_or_skip
 from . import _media
 from . import _protocol as p
 from ._api import ILinkClient, ILinkError, SessionExpiredError
@@ -265,8 +266,10 @@ class Connector(base.Connector):
             except (ConnectorError, ProtocolError) as exc:
                 failures = await self._failed(failures, exc)
                 continue
-            if answer.longpolling_timeout_ms and answer.longpolling_timeout_ms > 0:
-                timeout = answer.longpolling_timeout_ms / 1000
+            if answer.longpolling_timeout_ms:  # milliseconds, held to a sane range
+                low, high = p.LONG_POLL_TIMEOUT_RANGE
+                held = clamp(answer.longpolling_timeout_ms, low * 1000, high * 1000, 0)
+                timeout = held / 1000 or timeout
             code = answer.ret or answer.errcode
             if code == p.SESSION_EXPIRED:
                 self._guard.pause()
@@ -326,15 +329,10 @@ class Connector(base.Connector):
         ctx = self.ctx
         messages: list[Message] = []
         for raw in raw_messages:
-            try:
-                message = to_message(self.account, raw)
-            except ProtocolError as exc:
-                ctx.count("protocol_errors")
-                log.warning("weixin account %s: skipped a malformed message: %s", self.account, exc)
-                continue
+            message = parse_or_skip(ctx, "message", to_message, self.account, raw)
             if message is None:
                 ctx.count("filtered")
-            else:
+            elif not isinstance(message, Skipped):
                 messages.append(message)
         if messages:
             await ctx.put(messages)

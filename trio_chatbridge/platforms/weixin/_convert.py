@@ -20,6 +20,7 @@ from ..._messages import (
     shared_chat,
     shared_sender,
 )
+from ..._receive import MAX_TIMESTAMP, clamp
 from . import _protocol as p
 from ._media import media_ref
 
@@ -104,14 +105,16 @@ def to_message(account: str, raw: Any) -> Message | None:
 
     Not for the agent (docs/protocols/weixin.md#inbound-filtering): the bot's own messages,
     GENERATING ones, recalled ones. Every field is optional and read leniently
-    (docs/protocols/weixin.md#lenient-json); only an entry that is not an object raises
-    :class:`ProtocolError`. This runs for every inbound message, so it reads the payload in place,
-    without an intermediate model.
+    (docs/protocols/weixin.md#lenient-json); only an entry that is not an object (or one the
+    page could not decode) raises :class:`ProtocolError`. This runs for every inbound message,
+    so it reads the payload in place, without an intermediate model.
 
     Group messages are unconfirmed (docs/protocols/weixin.md#unconfirmed): the reference plugin
     handles direct chats only. We keep the group as the chat (so a group is one session) and reply
     to the sender, the only addressing sendmessage is known to take.
     """
+    if isinstance(raw, ProtocolError):
+        raise raw  # the page could not decode this entry (see json_object_items)
     if not isinstance(raw, dict):
         raise ProtocolError(f"a message is a JSON object, got {type(raw).__name__}")
     if (
@@ -134,7 +137,7 @@ def to_message(account: str, raw: Any) -> Message | None:
         chat=shared_chat(group, "group") if group else shared_chat(sender, "direct"),
         sender=shared_sender(sender),
         parts=parts,
-        timestamp=(p.read_int(raw, "create_time_ms") or 0) / 1000,
+        timestamp=clamp(p.read_int(raw, "create_time_ms"), 0.0, MAX_TIMESTAMP * 1000, 0.0) / 1000,
         reply_handle=handle,
         raw=raw,
     )

@@ -27,6 +27,7 @@ BOT_AGENT: Final = "trio_chatbridge/0.1"
 
 # Timeouts, seconds (docs/protocols/weixin.md#timeouts)
 DEFAULT_LONG_POLL_TIMEOUT: Final = 35.0
+LONG_POLL_TIMEOUT_RANGE: Final = (5.0, 120.0)  # what a server's longpolling_timeout_ms may set
 # client waits this much longer than the server holds (docs/protocols/weixin.md#timeouts)
 LONG_POLL_MARGIN: Final = 5.0
 API_TIMEOUT: Final = 15.0  # sendmessage, getuploadurl
@@ -50,6 +51,7 @@ CONFIG_CACHE_TTL: Final = 24 * 3600.0
 CONFIG_RETRY_INITIAL: Final = 2.0
 CONFIG_RETRY_MAX: Final = 3600.0
 UPLOAD_ATTEMPTS: Final = 3
+PAGE_MAX_BYTES: Final = 8 * 1024 * 1024  # a getupdates answer; other answers: 1 MiB
 # the reference client's inbound cap (docs/protocols/weixin.md#limits)
 MEDIA_MAX_BYTES: Final = 100 * 1024 * 1024
 
