@@ -16,6 +16,7 @@ import httpx
 import trio
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 
 
 def peak_rss_mib() -> float:
@@ -150,7 +151,7 @@ class CountingStore(cb.MemoryStore):
         return added
 
 
-async def time_into_inbox(connector: cb.Connector, store: CountingStore) -> float:
+async def time_into_inbox(connector: Connector, store: CountingStore) -> float:
     """Seconds from the bridge's start until ``store`` has journaled its target.
 
     The debouncer holds every session (1 h window), so what is timed is the path from the

@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 from trio_chatbridge.testing import FakeConnector
 
 from ._util import REPEAT, peak_rss_mib, report, timed, timed_trio
@@ -32,7 +33,7 @@ def _messages(count: int, sessions: int, per_session_run: int = 10) -> list[cb.M
     ]
 
 
-class _PageConnector(cb.Connector):
+class _PageConnector(Connector):
     """Puts pre-built messages into the inbox a page at a time, as fast as it is allowed."""
 
     def __init__(self, messages: list[cb.Message]) -> None:

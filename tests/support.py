@@ -10,6 +10,7 @@ import hypothesis.strategies as st
 import trio
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 from trio_chatbridge.testing import LarkEmulator, WeComEmulator, open_bridge
 
 
@@ -29,7 +30,7 @@ def streamer(pause: float) -> cb.Agent:
     return agent
 
 
-def quick_bridge(connector: cb.Connector, agent: cb.Agent, **options: Any) -> cb.Bridge:
+def quick_bridge(connector: Connector, agent: cb.Agent, **options: Any) -> cb.Bridge:
     """A bridge with quick test defaults: a memory store, a 1 s debounce window, a 1 s
     backoff without jitter."""
     options.setdefault("store", cb.MemoryStore())
@@ -41,7 +42,7 @@ def quick_bridge(connector: cb.Connector, agent: cb.Agent, **options: Any) -> cb
 @asynccontextmanager
 async def emulator_bridge(
     emulator: LarkEmulator | WeComEmulator,
-    connector: Callable[[], cb.Connector],
+    connector: Callable[[], Connector],
     agent: cb.Agent,
     **options: Any,
 ) -> AsyncIterator[cb.Bridge]:

@@ -10,6 +10,7 @@ import trio.testing
 from hypothesis import given
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 from trio_chatbridge.stores import journal_key
 from trio_chatbridge.testing import FakeConnector, open_bridge
 
@@ -18,7 +19,7 @@ async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
     await reply.send(" / ".join(m.text for m in batch.messages))
 
 
-def make_bridge(agent: cb.Agent = echo, *connectors: cb.Connector, **options: object) -> cb.Bridge:
+def make_bridge(agent: cb.Agent = echo, *connectors: Connector, **options: object) -> cb.Bridge:
     return cb.Bridge(
         connectors=connectors or [FakeConnector()],
         agent=agent,
@@ -421,7 +422,7 @@ def test_backoff_jitter_stays_in_its_band() -> None:
     assert high.delay(1) == pytest.approx(12.0, rel=1e-4)
 
 
-class FailingConnector(cb.Connector):
+class FailingConnector(Connector):
     def __init__(self, account: str, error: Exception) -> None:
         self.platform = "broken"
         self.account = account

@@ -1,17 +1,13 @@
 """trio_chatbridge: connect chat platforms to your bot or agent, on Trio.
 
-Everything public is re-exported here; the modules behind it are private.
+Everything a bot author uses is re-exported here; the modules behind it are private. What a
+connector author needs is in :mod:`trio_chatbridge.connectors`, test tools in
+:mod:`trio_chatbridge.testing`, the platforms in ``trio_chatbridge.platforms.<name>``.
 """
 
 from ._bridge import Bridge as Bridge
-from ._connector import BufferedReplyStream as BufferedReplyStream
-from ._connector import CoalescingStream as CoalescingStream
-from ._connector import Connector as Connector
-from ._connector import ConnectorContext as ConnectorContext
 from ._connector import ConnectorState as ConnectorState
 from ._connector import ConnectorStatus as ConnectorStatus
-from ._connector import ReplyStream as ReplyStream
-from ._connector import streaming as streaming
 from ._debounce import Debounce as Debounce
 from ._debounce import Debouncer as Debouncer
 from ._debounce import session_key as session_key
@@ -54,13 +50,9 @@ __all__ = [
     "Backoff",
     "Batch",
     "Bridge",
-    "BufferedReplyStream",
     "Chat",
-    "CoalescingStream",
     "ChatBridgeError",
     "ConfigurationError",
-    "Connector",
-    "ConnectorContext",
     "ConnectorError",
     "ConnectorState",
     "ConnectorStatus",
@@ -81,7 +73,6 @@ __all__ = [
     "ProtocolError",
     "Quote",
     "Reply",
-    "ReplyStream",
     "SQLiteStore",
     "SendError",
     "Sender",
@@ -92,5 +83,4 @@ __all__ = [
     "Video",
     "Voice",
     "session_key",
-    "streaming",
 ]

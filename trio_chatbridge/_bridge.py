@@ -6,7 +6,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, get_args
+from typing import Final, final, get_args
 
 import attrs
 import trio
@@ -48,6 +48,7 @@ def _check_on_busy(_: object, __: object, value: str) -> None:
         raise ConfigurationError(f"on_busy must be 'queue' or 'interrupt', got {value!r}")
 
 
+@final
 @attrs.define(eq=False)
 class Bridge:
     """Connects chat platforms to ``agent``; run it with ``trio.run(bridge.run)``.

@@ -19,7 +19,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, final
 
 import attrs
 import trio
@@ -33,6 +33,7 @@ log = logging.getLogger("trio_chatbridge.connector")
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
 
 
+@final
 @attrs.frozen
 class ConnectorStatus:
     """What one connector is doing, as ``bridge.status()`` reports it."""
@@ -47,6 +48,7 @@ class ConnectorStatus:
     last_error: str | None = None
 
 
+@final
 @attrs.define(eq=False)
 class ConnectorContext:
     """What the bridge gives a connector: the inbox, its slice of the store, counters, status."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from typing import Final
+from typing import Final, final
 
 import attrs
 import trio
@@ -34,6 +34,7 @@ def _check_positive(_: object, attribute: attrs.Attribute[float], value: float |
         raise ConfigurationError(f"Debounce.{attribute.name} must be >= 0, got {value!r}")
 
 
+@final
 @attrs.frozen
 class Debounce:
     """How long to wait for a chat to go quiet before its messages go to the agent."""
@@ -65,6 +66,7 @@ class _Session:
 NO_DEADLINE: Final = math.inf
 
 
+@final
 class Debouncer:
     """Runs a :class:`Debounce` policy between two channels.
 

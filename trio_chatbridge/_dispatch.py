@@ -129,7 +129,7 @@ class Dispatcher:
             )
             return "no connector configured for this account"
         self._counters[_stats.RUNS] += 1
-        reply = Reply(batch, connector, self._count_reply)
+        reply = Reply._create(batch, connector, self._count_reply)
         error: str | None = None
         try:
             with trio.move_on_after(self._run_timeout) as timeout:

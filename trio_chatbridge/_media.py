@@ -6,7 +6,7 @@ crafted URL), read as a stream that stops at the cap, and bounded by a Trio dead
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, final
 from urllib.parse import urlsplit
 
 import attrs
@@ -19,6 +19,7 @@ DEFAULT_MAX_BYTES: Final = 100 * 1024 * 1024
 DEFAULT_TIMEOUT: Final = 60.0  # seconds
 
 
+@final
 @attrs.frozen
 class MediaPolicy:
     """Limits on inbound media downloads; each platform's connector brings its own hosts."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, final
 
 import attrs
 
@@ -26,6 +26,7 @@ def _as_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value) if value else {}
 
 
+@final
 @attrs.frozen
 class Sender:
     """Who sent a message."""
@@ -38,6 +39,7 @@ class Sender:
     """True for messages sent by a bot (usually ignored by connectors)."""
 
 
+@final
 @attrs.frozen
 class Chat:
     """Where a message was sent: a direct chat with one user, or a group."""
@@ -57,6 +59,7 @@ shared_chat = functools.lru_cache(maxsize=4096)(Chat)
 shared_sender = functools.lru_cache(maxsize=4096)(Sender)
 
 
+@final
 @attrs.frozen
 class Media:
     """A reference to a piece of media that the connector knows how to download."""
@@ -71,6 +74,7 @@ class Media:
     """Platform data needed to fetch it (URLs, keys). Never shown in reprs."""
 
 
+@final
 @attrs.frozen
 class Text:
     """Plain text."""
@@ -79,6 +83,7 @@ class Text:
     text: str
 
 
+@final
 @attrs.frozen
 class Image:
     """An image."""
@@ -87,6 +92,7 @@ class Image:
     media: Media
 
 
+@final
 @attrs.frozen
 class File:
     """A file attachment."""
@@ -95,6 +101,7 @@ class File:
     media: Media
 
 
+@final
 @attrs.frozen
 class Voice:
     """A voice message, with the platform's transcript when it gives one."""
@@ -106,6 +113,7 @@ class Voice:
     """Seconds."""
 
 
+@final
 @attrs.frozen
 class Video:
     """A video."""
@@ -116,6 +124,7 @@ class Video:
     """Seconds."""
 
 
+@final
 @attrs.frozen
 class Quote:
     """A quoted (replied-to) message, summarised as text."""
@@ -125,6 +134,7 @@ class Quote:
     message_id: str | None = None
 
 
+@final
 @attrs.frozen
 class Mention:
     """An @-mention of a user (or of the bot itself)."""
@@ -146,6 +156,7 @@ _PART_TYPES: Mapping[str, type[Part]] = {
 }
 
 
+@final
 @attrs.frozen
 class Message:
     """One inbound message, as every connector reports it.
@@ -238,6 +249,7 @@ def _messages(messages: Iterable[Message]) -> tuple[Message, ...]:
     return tuple(messages)
 
 
+@final
 @attrs.frozen
 class Batch:
     """Every message one session sent during one quiet window, oldest first."""

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import final
 
 from ._connector import Connector, ReplyStream
+from ._construction import NoPublicConstructor
 from ._messages import Batch, Message
 
 
-class Reply:
+@final
+class Reply(metaclass=NoPublicConstructor):
     """Sends the agent's answer to the chat a batch came from.
 
     ``await reply.send(text)`` sends one message; ``async with reply.stream() as out`` streams
     where the platform can and sends one message at the end where it cannot. ``connector``
-    gives platform-specific calls (media upload, proactive sends).
+    gives platform-specific calls (media upload, proactive sends). The bridge builds it for each
+    run; it cannot be built by hand.
     """
 
     def __init__(self, batch: Batch, connector: Connector, on_sent: Callable[[], None]) -> None:

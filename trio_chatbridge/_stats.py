@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from typing import final
 
 import attrs
 
@@ -22,6 +23,7 @@ REPLIES = "replies"
 RECONNECTS = "reconnects"
 
 
+@final
 @attrs.frozen
 class Stats:
     """A snapshot of the bridge's counters since it started."""

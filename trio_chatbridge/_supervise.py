@@ -12,7 +12,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
@@ -24,6 +24,7 @@ from ._errors import ConfigurationError, FatalConnectorError, find_error, sole
 log = logging.getLogger("trio_chatbridge.supervise")
 
 
+@final
 @attrs.frozen
 class Backoff:
     """Delays between restarts of a failing connector: ``initial * multiplier**n``, capped."""

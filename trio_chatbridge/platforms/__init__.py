@@ -1,1 +1,3 @@
 """The platform connectors, one subpackage each: ``weixin``, ``wecom``, ``lark``."""
+
+__all__: list[str] = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self, TypeAlias
+from typing import Literal, Self, TypeAlias, final
 
 import attrs
 
@@ -37,6 +37,7 @@ JournalState: TypeAlias = Literal["pending", "done", "failed"]
 """Where a journaled message stands: ``pending`` until a run finished."""
 
 
+@final
 @attrs.frozen
 class JournalEntry:
     """What the journal knows of one message."""

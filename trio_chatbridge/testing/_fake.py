@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import final
 
 import attrs
 import trio
@@ -21,6 +22,7 @@ from .._messages import Chat, Message, Part, Sender, Text
 from ._record import Record
 
 
+@final
 @attrs.frozen
 class SentReply:
     """One reply the bot sent through a :class:`FakeConnector`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, final
 
 import h11
 import httpx
@@ -37,6 +37,7 @@ def json_response(body: Any, status: int = 200) -> httpx.Response:
     )
 
 
+@final
 class HandlerTransport(httpx.AsyncBaseTransport):
     """An httpx transport that hands every request to ``handler``, in memory."""
 

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import deque
 from contextlib import AbstractAsyncContextManager, suppress
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, final
 
 import attrs
 import httpx
@@ -39,6 +39,7 @@ ACK_DEADLINE: Final = 3.0  # seconds (docs/protocols/lark.md#events-fragments-an
 MAX_PUSHES: Final = 4  # the first push and three re-pushes
 
 
+@final
 @attrs.frozen
 class LarkSent:
     """A message the bot sent (a reply or a send); ``text`` as first sent."""

@@ -22,7 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, suppress
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, final
 
 import attrs
 import httpx
@@ -55,6 +55,7 @@ class InFlightLimit(RuntimeError):
     """The emulated user already has 3 messages the bot has not finished answering."""
 
 
+@final
 @attrs.frozen
 class WeComSent:
     """Something the bot said: a finished stream, a welcome, or a proactive message."""

@@ -18,7 +18,7 @@ import json
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, final
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -34,6 +34,7 @@ from ._record import Record
 IN_MEMORY_BASE: Final = "http://weixin-emulator.invalid/"  # never resolves: nothing leaves
 
 
+@final
 @attrs.frozen
 class WeixinFault:
     """What an endpoint answers instead of the real thing, once per injection."""
@@ -73,6 +74,7 @@ class WeixinFault:
         return cls(delay=seconds)
 
 
+@final
 @attrs.frozen
 class WeixinSentMessage:
     """A message the bot sent through ``sendmessage``."""
@@ -85,6 +87,7 @@ class WeixinSentMessage:
     client_id: str | None
 
 
+@final
 @attrs.frozen
 class RecordedRequest:
     """One request the emulator received (for assertions on headers and bodies)."""

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 import httpx
@@ -47,6 +47,7 @@ class LarkError(ChatBridgeError):
         super().__init__(f"Lark {what} failed: code={code} msg={msg!r}")
 
 
+@final
 @attrs.frozen
 class ClientConfig:
     """Connection settings the server sends (seconds).
@@ -84,6 +85,7 @@ CONFIG_RANGES: Final = {
 server's client config is held to: documented in docs/lark.md."""
 
 
+@final
 class OpenAPI:
     """Calls of the open API for one app. Never shows the secret or the token."""
 

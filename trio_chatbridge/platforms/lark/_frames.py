@@ -18,7 +18,7 @@ value), lenient about unknown fields.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 
@@ -31,6 +31,7 @@ MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 
+@final
 @attrs.frozen
 class Frame:
     """One frame. ``headers`` keep their order; lookups take the first match.

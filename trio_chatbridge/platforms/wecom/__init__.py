@@ -6,6 +6,7 @@ from ._frames import DEFAULT_URL as DEFAULT_URL
 from ._frames import Frame as Frame
 from ._frames import parse_frame as parse_frame
 from ._link import AckTimeout as AckTimeout
+from ._link import Link as Link
 from ._link import WeComError as WeComError
 from ._long import DEFAULT_MEDIA_HOSTS as DEFAULT_MEDIA_HOSTS
 from ._long import LongConnection as LongConnection
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_URL",
     "AckTimeout",
     "Frame",
+    "Link",
     "LongConnection",
     "WeComError",
     "WeComEvent",

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import secrets
 import struct
-from typing import Final
+from typing import Final, final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -74,6 +74,7 @@ def encrypt_media_with_key(key: bytes, data: bytes) -> bytes:
     return _cbc(key, pad(data), encrypt=True)
 
 
+@final
 class WebhookCrypto:
     """Signs, encrypts and decrypts webhook payloads for one bot. Never shows its secrets."""
 

@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 
@@ -51,6 +51,7 @@ def new_req_id(cmd: str) -> str:
     return f"{cmd}_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
 
 
+@final
 @attrs.frozen
 class Frame:
     """One frame, either way."""

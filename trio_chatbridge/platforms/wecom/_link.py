@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
@@ -46,6 +46,7 @@ class _Slot:
     ack: f.Frame | None = None
 
 
+@final
 class Link:
     """Commands over one WebSocket; :meth:`deliver_ack` is fed by the connection's reader."""
 

@@ -14,7 +14,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, final
 
 import attrs
 import httpx
@@ -49,6 +49,7 @@ DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
 OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
 
 
+@final
 @attrs.frozen
 class WeComEvent:
     """An ``aibot_event_callback`` other than a disconnect, for the user's ``on_event``."""

@@ -15,13 +15,16 @@ from ._login import login as login
 from ._media import DEFAULT_ALLOWED_HOSTS as DEFAULT_ALLOWED_HOSTS
 from ._protocol import DEFAULT_BASE_URL as DEFAULT_BASE_URL
 from ._protocol import DEFAULT_CDN_BASE_URL as DEFAULT_CDN_BASE_URL
+from ._protocol import CDNMedia as CDNMedia
 from ._protocol import GetUpdatesResponse as GetUpdatesResponse
 from ._protocol import MessageItem as MessageItem
+from ._protocol import TypingStatus as TypingStatus
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",
     "DEFAULT_BASE_URL",
     "DEFAULT_CDN_BASE_URL",
+    "CDNMedia",
     "Connector",
     "GetUpdatesResponse",
     "HTTPStatusError",
@@ -29,12 +32,11 @@ __all__ = [
     "ILinkError",
     "LoginError",
     "LoginResult",
-    "MediaError",
-    "MediaPolicy",
     "MessageItem",
     "RateLimit",
     "SessionExpiredError",
     "SessionPausedError",
+    "TypingStatus",
     "split_text",
     "login",
     "to_message",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, final
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -86,6 +86,7 @@ def raise_for_code(endpoint: str, data: Mapping[str, Any]) -> None:
     raise ILinkError(endpoint, ret=ret, errcode=errcode, errmsg=errmsg)
 
 
+@final
 class ILinkClient:
     """Typed calls of the iLink bot API for one bot token. Pass ``http`` to share a client."""
 

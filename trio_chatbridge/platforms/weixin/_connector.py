@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 import httpx
@@ -50,6 +50,7 @@ class SessionPausedError(SendError):
     """The account is paused after errcode -14; nothing can be sent until it resumes."""
 
 
+@final
 @attrs.frozen
 class RateLimit:
     """Outbound pacing per account: a burst, then a steady rate (a token bucket).

@@ -8,7 +8,7 @@ them when it is built without ``token=``. The token is never printed or logged.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, final
 
 import attrs
 import trio
@@ -32,6 +32,7 @@ class LoginError(ChatBridgeError):
     """The QR login did not complete (expired too often, timed out, refused)."""
 
 
+@final
 @attrs.frozen
 class LoginResult:
     """What a completed login gave (the token itself stays in the store)."""

@@ -12,7 +12,7 @@ import base64
 import secrets
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 
@@ -179,6 +179,7 @@ def read_obj(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if type(value) is dict or isinstance(value, Mapping) else _EMPTY
 
 
+@final
 @attrs.frozen
 class CDNMedia:
     """Where a piece of media lives on the CDN, and its key."""
@@ -205,6 +206,7 @@ class CDNMedia:
         return bool(self.encrypt_query_param or self.full_url)
 
 
+@final
 @attrs.frozen
 class MessageItem:
     """One item of a message: text, image, voice, file, video, or a kind we do not know."""
@@ -277,6 +279,7 @@ class MessageItem:
         return cls(kind)  # tool calls and kinds added later: kept, not understood
 
 
+@final
 @attrs.frozen
 class GetUpdatesResponse:
     """The answer to one long poll (docs/protocols/weixin.md#getupdates)."""

@@ -1,0 +1,194 @@
+"""The public surface, pinned: what each public module exports, and what those names reveal.
+
+In the way of trio's ``test_exports``: every public module imports, its ``__all__`` is exactly its
+public names and star-imports, classes are ``@final`` unless they are meant to be subclassed, and
+no private type shows through a public signature.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import pkgutil
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import trio_chatbridge
+
+PUBLIC_MODULES = sorted(
+    [
+        "trio_chatbridge",
+        *(
+            info.name
+            for info in pkgutil.walk_packages(trio_chatbridge.__path__, "trio_chatbridge.")
+            if not any(part.startswith("_") for part in info.name.split("."))
+        ),
+    ]
+)
+
+# Meant to be subclassed, with the reason; every other public class is @final.
+EXTENSION_POINTS = {
+    "trio_chatbridge.connectors.Connector": "what a platform implements",
+    "trio_chatbridge.connectors.ReplyStream": "what a platform's reply streams implement",
+    "trio_chatbridge.connectors.BufferedReplyStream": "a platform's collect-then-send stream",
+    "trio_chatbridge.connectors.CoalescingStream": "a platform's growing-reply stream",
+    "trio_chatbridge.stores.Store": "what a store implements",
+    "trio_chatbridge.stores.MemoryStore": "wrapped by tests to record or slow down calls",
+    "trio_chatbridge.stores.SQLiteStore": "wrapped by tests to record or slow down calls",
+    "trio_chatbridge.testing.FakeConnector": "tests subclass it to inject faults",
+    # Until the connector driver refactor (issue 11) settles their shape:
+    "trio_chatbridge.platforms.weixin.Connector": "pending the driver refactor",
+    "trio_chatbridge.platforms.wecom.LongConnection": "pending the driver refactor",
+    "trio_chatbridge.platforms.wecom.Webhook": "pending the driver refactor",
+    "trio_chatbridge.platforms.lark.LongConnection": "pending the driver refactor",
+    # Until the emulators share one protocol (issue 11):
+    "trio_chatbridge.testing.WeixinEmulator": "pending the shared emulator protocol",
+    "trio_chatbridge.testing.WeComEmulator": "pending the shared emulator protocol",
+    "trio_chatbridge.testing.LarkEmulator": "pending the shared emulator protocol",
+}
+
+
+def public_names(module: types.ModuleType) -> set[str]:
+    """The names a module shows: neither private nor one of its submodules."""
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and name != "annotations"
+        and not isinstance(value, types.ModuleType)
+    }
+
+
+def exported() -> Iterator[tuple[str, Any]]:
+    """Every name in every public module's ``__all__``, as (dotted name, object)."""
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        for attr in getattr(module, "__all__", ()):
+            yield f"{name}.{attr}", getattr(module, attr)
+
+
+def test_the_public_modules_are_the_documented_ones() -> None:
+    assert PUBLIC_MODULES == [
+        "trio_chatbridge",
+        "trio_chatbridge.connectors",
+        "trio_chatbridge.platforms",
+        "trio_chatbridge.platforms.lark",
+        "trio_chatbridge.platforms.wecom",
+        "trio_chatbridge.platforms.weixin",
+        "trio_chatbridge.stores",
+        "trio_chatbridge.testing",
+    ]
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_is_exactly_the_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    listed = getattr(module, "__all__", [])
+    assert len(listed) == len(set(listed)), "a name is listed twice"
+    assert set(listed) == public_names(module)
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_star_import_brings_all_and_nothing_else(name: str) -> None:
+    namespace: dict[str, Any] = {}
+    exec(f"from {name} import *", namespace)
+    namespace.pop("__builtins__")
+    module = importlib.import_module(name)
+    assert set(namespace) == set(getattr(module, "__all__", []))
+
+
+def test_exported_classes_and_functions_come_from_the_package() -> None:
+    for dotted, obj in exported():
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__module__.startswith("trio_chatbridge."), dotted
+
+
+def test_classes_not_meant_for_subclassing_are_final() -> None:
+    classes = {d: obj for d, obj in exported() if inspect.isclass(obj)}
+    assert set(EXTENSION_POINTS) <= set(classes), "an extension point is no longer public"
+    extension_points = {id(classes[d]) for d in EXTENSION_POINTS}
+    open_ = sorted(
+        dotted
+        for dotted, cls in classes.items()
+        if id(cls) not in extension_points
+        and not issubclass(cls, (BaseException, enum.Enum))  # an enum with members is final
+        and not getattr(cls, "__final__", False)
+    )
+    assert open_ == []
+    # and the extension points really are open
+    assert not [d for d in EXTENSION_POINTS if getattr(classes[d], "__final__", False)]
+
+
+def test_a_reply_is_built_by_the_library_only() -> None:
+    with pytest.raises(TypeError, match="built by the library"):
+        trio_chatbridge.Reply()  # type: ignore[call-arg]
+
+
+def types_in(annotation: Any) -> Iterator[type]:
+    """Every class an annotation mentions, through unions, generics and callables."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        yield annotation
+    origin = typing.get_origin(annotation)
+    if isinstance(origin, type):
+        yield origin
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, list):  # Callable[[A, B], C]
+            for item in arg:
+                yield from types_in(item)
+        else:
+            yield from types_in(arg)
+
+
+def signatures(obj: Any) -> Iterator[tuple[str, Any]]:
+    """The annotated callables and classes a public object shows, with a label for each."""
+    if inspect.isfunction(obj):
+        yield obj.__qualname__, obj
+        return
+    if not inspect.isclass(obj):
+        return
+    yield obj.__qualname__, obj
+    for name, member in vars(obj).items():
+        if name.startswith("_") and name != "__init__":
+            continue
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        if isinstance(member, property):
+            member = member.fget
+        if inspect.isfunction(member):
+            yield f"{obj.__qualname__}.{name}", member
+
+
+def every_class_by_name() -> dict[str, Any]:
+    """Every class the package defines, by name: names imported only for type checkers."""
+    found: dict[str, Any] = {}
+    for info in pkgutil.walk_packages(trio_chatbridge.__path__, "trio_chatbridge."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and value.__module__ == info.name:
+                found.setdefault(name, value)
+    return found
+
+
+def test_no_private_type_shows_through_a_public_signature() -> None:
+    public = {id(obj) for _, obj in exported()}
+    fallback = every_class_by_name()
+    leaks = []
+    for dotted, obj in exported():
+        for label, target in signatures(obj):
+            module = inspect.getmodule(target) or inspect.getmodule(obj)
+            namespace = {**fallback, **(vars(module) if module else {})}
+            hints = typing.get_type_hints(target, namespace)
+            for name, annotation in hints.items():
+                if name.startswith("_"):
+                    continue  # private attributes of a public class
+                for cls in types_in(annotation):
+                    if cls.__module__.startswith("trio_chatbridge") and id(cls) not in public:
+                        leaks.append(f"{dotted}: {label} {name}: {cls.__qualname__}")
+    assert leaks == [], "\n".join(leaks)
