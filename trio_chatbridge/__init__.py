@@ -5,6 +5,12 @@ connector author needs is in :mod:`trio_chatbridge.connectors`, test tools in
 :mod:`trio_chatbridge.testing`, the platforms in ``trio_chatbridge.platforms.<name>``.
 """
 
+from ._asyncio import AsyncioAgent as AsyncioAgent
+from ._asyncio import AsyncioBridge as AsyncioBridge
+from ._asyncio import AsyncioReply as AsyncioReply
+from ._asyncio import AsyncioStream as AsyncioStream
+from ._asyncio import asyncio_agent as asyncio_agent
+from ._asyncio import asyncio_bridge as asyncio_bridge
 from ._bridge import Bridge as Bridge
 from ._connector import ConnectorState as ConnectorState
 from ._connector import ConnectorStatus as ConnectorStatus
@@ -47,6 +53,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AsyncioAgent",
+    "AsyncioBridge",
+    "AsyncioReply",
+    "AsyncioStream",
     "Backoff",
     "Batch",
     "Bridge",
@@ -82,5 +92,7 @@ __all__ = [
     "Text",
     "Video",
     "Voice",
+    "asyncio_agent",
+    "asyncio_bridge",
     "session_key",
 ]

@@ -1,0 +1,245 @@
+"""From asyncio: a bridge run as a Trio guest, with an asyncio coroutine as its agent.
+
+These tests run a real asyncio loop (this is the asyncio integration), each bounded by
+``asyncio.timeout``; the bridge's connector is the in-memory FakeConnector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sniffio
+import trio
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import FakeConnector, open_bridge
+
+LIMIT = 10.0  # seconds any one test may take on the asyncio loop
+QUICK = cb.Debounce(window=0.01, max_delay=0.1)
+
+
+def run_asyncio(main: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(LIMIT):
+            await main()
+
+    asyncio.run(bounded())
+
+
+def bridge_for(agent: cb.AsyncioAgent, chat: FakeConnector, **options: Any) -> cb.Bridge:
+    return cb.Bridge(
+        [chat], cb.asyncio_agent(agent), debounce=QUICK, store=cb.MemoryStore(), **options
+    )
+
+
+def test_asyncio_agent_runs_on_the_loop_and_replies_by_send_and_stream() -> None:
+    seen: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        seen.append(sniffio.current_async_library())
+        await asyncio.sleep(0)  # any asyncio library may be awaited here
+        await reply.send("heard " + batch.text)
+        async with reply.stream() as out:
+            await out.write("one ")
+            await out.write("two")
+            assert out.text == "one two"
+
+    async def main() -> None:
+        chat = FakeConnector()
+        async with cb.asyncio_bridge(bridge_for(agent, chat)) as running:
+            await running.call(chat.say, "hello")
+            first = await running.call(chat.next_reply)
+            second = await running.call(chat.next_reply)
+            assert running.bridge.stats().replies == 2
+        assert (first.text, first.streamed) == ("heard hello", False)
+        assert (second.text, second.chunks) == ("one two", ("one ", "two"))
+
+    run_asyncio(main)
+    assert seen == ["asyncio"]
+
+
+def test_interrupt_cancels_the_asyncio_task_and_waits_for_its_cleanup() -> None:
+    events: list[str] = []
+    started = asyncio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        events.append(f"start {batch.text!r}")
+        if len(batch.messages) == 1:
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.01)  # cleanup that takes a moment
+                events.append("cleaned up")
+                raise
+        await reply.send(batch.text)
+
+    async def main() -> None:
+        chat = FakeConnector()
+        bridge = bridge_for(agent, chat, on_busy="interrupt")
+        async with cb.asyncio_bridge(bridge) as running:
+            await running.call(chat.say, "first")
+            await started.wait()
+            await running.call(chat.say, "second")
+            sent = await running.call(chat.next_reply)
+        assert sent.text == "first\nsecond"
+        assert bridge.stats().interrupts == 1
+
+    run_asyncio(main)
+    assert events == ["start 'first'", "cleaned up", "start 'first\\nsecond'"]
+
+
+def test_an_asyncio_agent_that_raises_is_a_failed_run_and_the_bridge_goes_on() -> None:
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        if batch.text == "boom":
+            raise ValueError("the agent broke")
+        await reply.send("ok")
+
+    async def main() -> None:
+        chat = FakeConnector()
+        async with cb.asyncio_bridge(bridge_for(agent, chat)) as running:
+            await running.call(partial(chat.say, "boom", chat="a"))
+            await running.call(partial(chat.say, "fine", chat="b"))
+            sent = await running.call(chat.next_reply)
+            assert sent.text == "ok"
+            assert running.bridge.stats().failures == 1
+
+    run_asyncio(main)
+
+
+def test_a_send_error_reaches_the_asyncio_agent() -> None:
+    caught: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        try:
+            await reply.send("lost")
+        except cb.SendError as exc:
+            caught.append(str(exc))
+        await reply.send("second try")
+
+    async def main() -> None:
+        chat = FakeConnector()
+        chat.fail_sends(1)
+        async with cb.asyncio_bridge(bridge_for(agent, chat)) as running:
+            await running.call(chat.say, "hi")
+            assert (await running.call(chat.next_reply)).text == "second try"
+
+    run_asyncio(main)
+    assert len(caught) == 1
+    assert "injected send failure" in caught[0]
+
+
+def test_a_stream_block_that_raises_ends_the_stream_as_failed() -> None:
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        async with reply.stream() as out:
+            await out.write("half an answer")
+            raise RuntimeError("the model went away")
+
+    async def main() -> None:
+        chat = FakeConnector()
+        bridge = bridge_for(agent, chat)
+        async with cb.asyncio_bridge(bridge) as running:
+            await running.call(chat.say, "hi")
+        # Leaving the block flushed the session and waited for the run.
+        assert bridge.stats().failures == 1
+        # FakeConnector records a stream only when it closed without error.
+        assert list(chat.sent) == []
+
+    run_asyncio(main)
+
+
+def test_a_call_cancelled_in_asyncio_is_cancelled_in_trio() -> None:
+    trio_side: list[str] = []
+
+    async def sleeps() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            trio_side.append("cancelled")
+            raise
+
+    async def main() -> None:
+        chat = FakeConnector()
+        async with cb.asyncio_bridge(bridge_for(reply_ok, chat)) as running:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await running.call(sleeps)
+            assert await running.call(trio_value, 7) == 7  # the portal still works
+
+    run_asyncio(main)
+    assert trio_side == ["cancelled"]
+
+
+async def reply_ok(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+    await reply.send("ok")
+
+
+async def trio_value(value: int) -> int:
+    await trio.lowlevel.checkpoint()
+    return value
+
+
+def test_a_bridge_that_cannot_start_raises_on_entering(tmp_path: Path) -> None:
+    async def main() -> None:
+        bridge = cb.Bridge(
+            [FakeConnector()], cb.asyncio_agent(reply_ok), store=cb.SQLiteStore(tmp_path)
+        )
+        with pytest.raises(cb.StoreError):
+            async with cb.asyncio_bridge(bridge):
+                pytest.fail("entered a bridge that never started")
+
+    run_asyncio(main)
+
+
+def test_a_cancelled_lifespan_stops_the_bridge_at_once_and_waits_for_trio() -> None:
+    running_agent = asyncio.Event()
+    agent_cancelled = asyncio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        running_agent.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            agent_cancelled.set()
+            raise
+
+    async def lifespan(chat: FakeConnector) -> None:
+        # A long grace: only the cancellation can end the graceful stop early.
+        bridge = bridge_for(agent, chat, shutdown_grace=3600.0)
+        async with cb.asyncio_bridge(bridge) as running:
+            await running.call(chat.say, "hi")
+            await running_agent.wait()
+
+    async def main() -> None:
+        task = asyncio.create_task(lifespan(FakeConnector()))
+        await running_agent.wait()
+        await asyncio.sleep(0.05)  # the task is now waiting for the graceful stop
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert agent_cancelled.is_set()
+        # The guest run has ended: the loop can host another one.
+        chat = FakeConnector()
+        async with cb.asyncio_bridge(bridge_for(reply_ok, chat)) as running:
+            await running.call(chat.say, "again")
+            assert (await running.call(chat.next_reply)).text == "ok"
+
+    run_asyncio(main)
+
+
+async def test_an_asyncio_agent_outside_asyncio_bridge_fails_its_run_clearly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], cb.asyncio_agent(reply_ok), debounce=QUICK, store=cb.MemoryStore())
+    with trio.fail_after(LIMIT):
+        async with open_bridge(bridge):
+            await chat.say("hi")
+    assert bridge.stats().failures == 1  # the graceful stop waited for the run
+    assert "needs its bridge run by trio_chatbridge.asyncio_bridge" in caplog.text
+    assert list(chat.sent) == []
