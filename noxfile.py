@@ -23,6 +23,9 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "trio_chatbridge", "tests", "benchmarks")
     session.run("ruff", "format", "--check", "trio_chatbridge", "tests", "benchmarks")
     session.run("mypy", "--strict", "trio_chatbridge", "tests", "benchmarks")
+    session.run("ruff", "check", "examples")
+    session.run("ruff", "format", "--check", "examples")
+    session.run("mypy", "--strict", "examples")  # its own run: the examples import each other
     session.run("pyright", "--verifytypes", "trio_chatbridge", "--ignoreexternal")
 
 

@@ -1,0 +1,210 @@
+"""The examples in examples/ run, against emulators, and do what their comments say."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import WeComEmulator, open_bridge
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+LIMIT = 20.0  # seconds any one real-time test may take
+QUICK = cb.Debounce(window=0.05, max_delay=1.0)
+
+
+@pytest.fixture
+def examples(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], ModuleType]]:
+    """Import an example by name, as running it from examples/ would."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+    def load(name: str) -> ModuleType:
+        __import__(name)
+        return sys.modules[name]
+
+    yield load
+
+
+async def test_the_users_own_test_file_passes(
+    examples: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    tests = examples("test_my_bot")
+    names = [name for name in vars(tests) if name.startswith("test_")]
+    assert len(names) == 2
+    for name in names:
+        await getattr(tests, name)(autojump_clock)
+
+
+async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
+    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    echo_bot, connectors = examples("echo_bot"), examples("connectors")
+    monkeypatch.setattr(echo_bot, "DEBOUNCE", QUICK)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            emulator = await nursery.start(WeComEmulator().serve)
+            monkeypatch.setenv("WECOM_BOT_ID", emulator.bot_id)
+            monkeypatch.setenv("WECOM_SECRET", emulator.secret)
+            monkeypatch.setenv("WECOM_URL", emulator.ws_url)
+            bridge = echo_bot.make_bridge(connectors.from_env(), cb.MemoryStore())
+            async with open_bridge(bridge):
+                emulator.user_says("alice", "hi")
+                sent = await emulator.next_sent()
+            nursery.cancel_scope.cancel()
+    assert (sent.to, sent.text) == ("alice", "you said: hi")
+
+
+def test_the_examples_say_which_variables_are_missing(
+    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WECOM_BOT_ID", raising=False)
+    monkeypatch.setenv("WECOM_SECRET", "s")
+    with pytest.raises(SystemExit, match="set WECOM_BOT_ID first"):
+        examples("connectors").from_env()
+
+
+async def test_streaming_llm_streams_and_a_new_message_interrupts_it(
+    examples: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    llm = examples("streaming_llm")
+    async with trio.open_nursery() as nursery:
+        emulator = await nursery.start(WeComEmulator().run)
+        bridge = llm.make_bridge([emulator.connector()], cb.MemoryStore())
+        async with open_bridge(bridge):
+            emulator.user_says("carol", "tell me about trio")
+            await trio.sleep(llm.DEBOUNCE.window + 1.0)  # the answer is streaming now
+            emulator.user_says("carol", "and asyncio")
+            while "word by word" not in (sent := await emulator.next_sent()).text:
+                pass
+        nursery.cancel_scope.cancel()
+    assert sent.text.startswith("You asked about 'tell me about trio / and asyncio'.")
+    assert sent.frames > 1  # it grew on the user's screen
+    stats = bridge.stats()
+    assert (stats.interrupts, stats.runs, stats.failures) == (1, 2, 0)
+
+
+async def test_trio_app_runs_the_bridge_next_to_its_own_server(
+    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, echo_bot = examples("trio_app"), examples("echo_bot")
+    monkeypatch.setattr(echo_bot, "DEBOUNCE", QUICK)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            emulator = await nursery.start(WeComEmulator().run)
+            connector = emulator.connector()
+            bridge, port = await nursery.start(app.serve, [connector], 0)
+            emulator.user_says("dave", "hi")
+            sent = await emulator.next_sent()
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                line = b""
+                while not line.endswith(b"\n"):
+                    line += await stream.receive_some()
+            nursery.cancel_scope.cancel()
+    assert sent.text == "you said: hi"
+    assert json.loads(line) == {connector.name: "running"}
+    assert bridge.stats().replies == 1
+
+
+async def _eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """Poll ``check`` until it returns something true (asyncio side, real time)."""
+    for _ in range(int(LIMIT / 0.02)):
+        if result := await check():
+            return result
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_asgi_app_answers_from_asyncio_and_stops_cleanly(
+    examples: Callable[[str], ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import hypercorn.asyncio
+    from hypercorn.config import Config
+
+    asgi_app, connectors = examples("asgi_app"), examples("connectors")
+    monkeypatch.setattr(asgi_app, "DEBOUNCE", QUICK)
+    store_path = tmp_path / "app.db"
+
+    async def main() -> None:
+        # The emulator as a user runs it: `python -m trio_chatbridge emulate wecom`.
+        emulate = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "trio_chatbridge",
+            "emulate",
+            "wecom",
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        try:
+            assert emulate.stdout is not None
+            described = json.loads(await emulate.stdout.readline())
+            monkeypatch.setenv("WECOM_BOT_ID", described["bot_id"])
+            monkeypatch.setenv("WECOM_SECRET", described["secret"])
+            monkeypatch.setenv("WECOM_URL", described["ws_url"])
+            await serve_app(described["admin_url"])
+        finally:
+            emulate.terminate()
+            await emulate.wait()
+
+    async def serve_app(admin: str) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        config = Config()
+        config.bind = [f"fd://{listener.detach()}"]  # hypercorn owns the socket from here
+        stop = asyncio.Event()
+        app = asgi_app.make_app(connectors.from_env, cb.SQLiteStore(store_path))
+        server = asyncio.create_task(
+            hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)
+        )
+        async with httpx.AsyncClient(trust_env=False) as http:
+
+            async def running() -> Any:
+                try:
+                    status = (await http.get(f"http://127.0.0.1:{port}/status")).json()
+                except httpx.TransportError:  # not listening yet
+                    return None
+                return status if "running" in status.values() else None
+
+            async def answered() -> Any:
+                sent = (await http.get(admin + "/sent")).json()
+                return [s for s in sent if s["text"]]
+
+            assert await _eventually(running, "the bridge to connect") == {
+                "wecom:emulator-bot": "running"
+            }
+            await http.post(admin + "/messages", json={"user": "erin", "text": "hi"})
+            sent = await _eventually(answered, "the answer")
+        stop.set()
+        await server  # hypercorn ran the lifespan's shutdown: the bridge stopped gracefully
+        assert [(s["to"], s["text"]) for s in sent] == [("erin", "asyncio here. you said: hi")]
+
+    async def bounded() -> None:
+        async with asyncio.timeout(LIMIT):
+            await main()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(bounded())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    async def pending_after_restart() -> list[cb.Message]:
+        async with cb.SQLiteStore(store_path) as store:
+            return await store.journal_pending()
+
+    assert trio.run(pending_after_restart) == []  # the answered message was marked done
