@@ -17,8 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo", help="play a scripted conversation through the bridge and print a transcript"
+    )
+    demo.add_argument(
+        "--loopback",
+        action="store_true",
+        help="serve the platform emulators on real loopback sockets instead of in memory",
     )
     emulate = commands.add_parser(
         "emulate",
@@ -84,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from ._demo import main as demo
 
-        demo()
+        demo(loopback=args.loopback)
     elif args.command == "emulate":
         _emulate(args.platform, args.host, args.port)
     elif args.command == "weixin-login":

@@ -2,11 +2,18 @@
 
 It runs on a virtual clock (Trio's MockClock with autojump), so the quiet windows of several
 seconds take no real time and the transcript is the same at every run.
+
+``demo --loopback`` plays the same script with each platform's emulator served on real
+loopback sockets (WebSockets and HTTP on 127.0.0.1) instead of in memory. The clock is still
+virtual, so the hour of WeChat's session pause takes no time either; it jumps ahead only once
+every task has waited :data:`LOOPBACK_AUTOJUMP` seconds of real time, so that the sockets'
+traffic, much quicker than that, happens first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Final
 
 import trio
 import trio.testing
@@ -19,6 +26,7 @@ from .stores import MemoryStore
 from .testing import FakeConnector, open_bridge
 
 WINDOW = 3.0  # seconds of quiet that end a batch in the demo
+LOOPBACK_AUTOJUMP: Final = 0.1  # seconds of real idleness before the virtual clock jumps
 
 # (at second, user, chat, text): alice and carol write in bursts, bob in a group.
 SCRIPT = [
@@ -100,51 +108,67 @@ async def fake_platform_demo(say: Transcript) -> None:
     )
 
 
-async def weixin_demo(say: Transcript) -> None:
-    """WeChat on the in-memory iLink emulator: a burst, typing, an expired session, recovery."""
-    from .platforms.weixin import Connector
+def announce(say: Transcript, description: dict[str, Any]) -> None:
+    """Say where a loopback emulator listens."""
+    urls = ", ".join(
+        v
+        for k, v in description.items()
+        if str(v).startswith(("http://", "ws://")) and k != "admin_url"
+    )
+    say(f"{description['platform']} emulator on loopback: {urls}")
+
+
+async def weixin_demo(say: Transcript, loopback: bool = False) -> None:
+    """WeChat on the iLink emulator: a burst, typing, an expired session, recovery."""
     from .testing import WeixinEmulator, WeixinFault
 
     emulator = WeixinEmulator()
-    connector: Connector = emulator.connector("wx-bot")
-    bridge = Bridge(
-        connectors=[connector],
-        agent=demo_agent,
-        debounce=Debounce(window=WINDOW, max_delay=20.0),
-        store=MemoryStore(),
-    )
 
     async def show_sent() -> None:
         while True:
             sent = await emulator.next_sent()
             say(f"  bot -> {sent.to_user}: {sent.text!r} (context token {sent.context_token})")
 
-    async with open_bridge(bridge), trio.open_nursery() as nursery:
-        nursery.start_soon(show_sent)
-        for text in ("ni hao", "is the shop open today?"):
-            say(f"wechat user dave@im.wechat > {text}")
-            emulator.user_says("dave@im.wechat", text)
-            await trio.sleep(1.0)
-        await trio.sleep(6)
-        typing = [status for _, status in emulator.typing]
-        say(f"  typing indicator sent while the agent ran: {typing} (1 = typing, 2 = done)")
-        say("the platform answers errcode -14 (session expired) on the next poll")
-        emulator.fail("getupdates", WeixinFault.session_expired())
-        await trio.sleep(36)
-        say(f"  status: {bridge.status()['weixin:wx-bot'].state}; messages wait on the server")
-        emulator.user_says("dave@im.wechat", "hello? anyone?")
-        await trio.sleep(3600)
-        say(f"  an hour later: status {bridge.status()['weixin:wx-bot'].state}")
-        await trio.sleep(10)
-        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as served:
+        if loopback:
+            await served.start(emulator.serve)
+            announce(say, emulator.describe())
+        bridge = Bridge(
+            connectors=[emulator.connector("wx-bot")],
+            agent=demo_agent,
+            debounce=Debounce(window=WINDOW, max_delay=20.0),
+            store=MemoryStore(),
+        )
+        async with open_bridge(bridge), trio.open_nursery() as nursery:
+            nursery.start_soon(show_sent)
+            for text in ("ni hao", "is the shop open today?"):
+                say(f"wechat user dave@im.wechat > {text}")
+                emulator.user_says("dave@im.wechat", text)
+                await trio.sleep(1.0)
+            await trio.sleep(6)
+            typing = [status for _, status in emulator.typing]
+            say(f"  typing indicator sent while the agent ran: {typing} (1 = typing, 2 = done)")
+            say("the platform answers errcode -14 (session expired) on the next poll")
+            emulator.fail("getupdates", WeixinFault.session_expired())
+            await trio.sleep(36)
+            say(f"  status: {bridge.status()['weixin:wx-bot'].state}; messages wait on the server")
+            emulator.user_says("dave@im.wechat", "hello? anyone?")
+            await trio.sleep(3600)
+            say(f"  an hour later: status {bridge.status()['weixin:wx-bot'].state}")
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+        served.cancel_scope.cancel()
 
 
-async def wecom_demo(say: Transcript) -> None:
-    """WeCom on the in-memory emulator: a welcome, a burst, a streamed reply, a replacement."""
+async def wecom_demo(say: Transcript, loopback: bool = False) -> None:
+    """WeCom on its emulator: a welcome, a burst, a streamed reply, a replacement."""
     from .testing import WeComEmulator
 
     async with trio.open_nursery() as nursery:
-        emulator = await nursery.start(WeComEmulator().run)
+        emulator = WeComEmulator()
+        await nursery.start(emulator.serve if loopback else emulator.run)
+        if loopback:
+            announce(say, emulator.describe())
         bridge = Bridge(
             connectors=[emulator.connector(welcome="Hi! I am the demo bot.")],
             agent=demo_agent,
@@ -175,12 +199,15 @@ async def wecom_demo(say: Transcript) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def lark_demo(say: Transcript) -> None:
-    """Lark on the in-memory emulator: fragments, a group filter, a reply edited as it streams."""
+async def lark_demo(say: Transcript, loopback: bool = False) -> None:
+    """Lark on its emulator: fragments, a group filter, a reply edited as it streams."""
     from .testing import LarkEmulator
 
     async with trio.open_nursery() as nursery:
-        emulator = await nursery.start(LarkEmulator(fragment_size=200).run)
+        emulator = LarkEmulator(fragment_size=200)
+        await nursery.start(emulator.serve if loopback else emulator.run)
+        if loopback:
+            announce(say, emulator.describe())
         bridge = Bridge(
             connectors=[emulator.connector()],
             agent=demo_agent,
@@ -206,21 +233,24 @@ async def lark_demo(say: Transcript) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def run_demo(out: Callable[[str], None] = print) -> None:
-    """Play every demo scene, one after another."""
+async def run_demo(out: Callable[[str], None] = print, loopback: bool = False) -> None:
+    """Play every demo scene, one after another (the platforms' over loopback if asked)."""
+    where = "over loopback sockets" if loopback else "in memory"
     say = Transcript(out)
     out(f"== the pipeline: bursts in a {WINDOW:.0f} s quiet window become one batch ==")
     await fake_platform_demo(say)
     out("")
-    out("== WeChat (iLink long poll) on the in-memory emulator ==")
-    await weixin_demo(Transcript(out))
+    out(f"== WeChat (iLink long poll), the emulator {where} ==")
+    await weixin_demo(Transcript(out), loopback)
     out("")
-    out("== WeCom AI Bot (WebSocket long connection) on the in-memory emulator ==")
-    await wecom_demo(Transcript(out))
+    out(f"== WeCom AI Bot (WebSocket long connection), the emulator {where} ==")
+    await wecom_demo(Transcript(out), loopback)
     out("")
-    out("== Lark/Feishu (protobuf frames over a WebSocket, replies by open API) ==")
-    await lark_demo(Transcript(out))
+    out(f"== Lark/Feishu (protobuf frames, replies by open API), the emulator {where} ==")
+    await lark_demo(Transcript(out), loopback)
 
 
-def main(out: Callable[[str], None] = print) -> None:
-    trio.run(run_demo, out, clock=trio.testing.MockClock(autojump_threshold=0))
+def main(out: Callable[[str], None] = print, loopback: bool = False) -> None:
+    """Play the demo on the virtual clock; ``loopback`` serves the emulators on 127.0.0.1."""
+    jump = LOOPBACK_AUTOJUMP if loopback else 0
+    trio.run(run_demo, out, loopback, clock=trio.testing.MockClock(autojump_threshold=jump))
