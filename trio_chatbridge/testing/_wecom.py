@@ -153,7 +153,7 @@ class WeComEmulator:
             "ws_url": self.ws_url,
             "bot_id": self.bot_id,
             "secret": self.secret,
-            "webhook_token": self.token,
+            "token": self.token,
             "encoding_aes_key": self.encoding_aes_key,
             "admin_url": self.http_base + "admin",
         }

@@ -1,4 +1,4 @@
-"""``python -m trio_chatbridge demo --loopback``: the demo's script over real loopback sockets."""
+"""What a newcomer runs on loopback: ``demo --loopback``, and ``emulate``'s line used as is."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import wecom
+from trio_chatbridge.testing import WeComEmulator, open_bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMISED = 30.0  # seconds: what docs and --help promise for the whole loopback demo
@@ -32,3 +39,19 @@ def test_demo_loopback_plays_the_script_over_loopback_sockets() -> None:
     assert "bot -> erin streamed in" in out
     assert "first connection: failed: wecom bot emulator-bot: replaced" in out
     assert "edited" in out and "what's the status?" in out
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+
+
+async def test_the_wecom_emulate_line_names_the_webhook_options(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emulator = WeComEmulator()
+    line = emulator.describe()  # what `emulate wecom` prints
+    hook = wecom.Webhook(**{key: line[key] for key in ("bot_id", "token", "encoding_aes_key")})
+    bridge = cb.Bridge([hook], echo, store=cb.MemoryStore())
+    async with open_bridge(bridge):
+        verified = await emulator.webhook_verify(hook.asgi, "echo-me")
+    assert (verified.status_code, verified.text) == (200, "echo-me")
