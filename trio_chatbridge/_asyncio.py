@@ -20,7 +20,7 @@ import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar, TypeVarTuple, Unpack
 
 import attrs
 import trio
@@ -265,43 +265,41 @@ class _Portal:
         if self._closed:
             raise ChatBridgeError("this reply's agent run is over; it can no longer send")
         future: asyncio.Future[T] = self.loop.create_future()
-        scope = trio.CancelScope()
-        self._token.run_sync_soon(self._start, fn, args, future, scope)
+        call = _Call(fn, args, future, trio.CancelScope())
+        self._token.run_sync_soon(self._start, call)
         try:
             return await future
         except asyncio.CancelledError:
-            self._token.run_sync_soon(scope.cancel)
+            self._token.run_sync_soon(call.scope.cancel)
             raise
 
-    def _start(
-        self,
-        fn: Callable[[Unpack[ArgsT]], Awaitable[T]],
-        args: tuple[*ArgsT],
-        future: asyncio.Future[T],
-        scope: trio.CancelScope,
-    ) -> None:
+    def _start(self, call: _Call[Any]) -> None:
         if self._closed:
-            _fail(self.loop, future, ChatBridgeError("this reply's agent run is over"))
+            _fail(self.loop, call.future, ChatBridgeError("this reply's agent run is over"))
         else:
-            self.nursery.start_soon(self._run, fn, args, future, scope)
+            self.nursery.start_soon(self._run, call)
 
-    async def _run(
-        self,
-        fn: Callable[[Unpack[ArgsT]], Awaitable[T]],
-        args: tuple[*ArgsT],
-        future: asyncio.Future[T],
-        scope: trio.CancelScope,
-    ) -> None:
+    async def _run(self, call: _Call[Any]) -> None:
         try:
-            with scope:
-                _resolve(self.loop, future, await fn(*args))
+            with call.scope:
+                _resolve(self.loop, call.future, await call.fn(*call.args))
         except Exception as exc:  # the asyncio caller's to handle, not the run's
-            _fail(self.loop, future, exc)
+            _fail(self.loop, call.future, exc)
         except BaseException as exc:
-            _fail(self.loop, future, exc)
+            _fail(self.loop, call.future, exc)
             raise
-        if scope.cancelled_caught:
-            _fail(self.loop, future, asyncio.CancelledError())
+        if call.scope.cancelled_caught:
+            _fail(self.loop, call.future, asyncio.CancelledError())
+
+
+@attrs.frozen
+class _Call(Generic[T]):
+    """One Trio call asked for from asyncio: what to run, where its result goes, its scope."""
+
+    fn: Callable[..., Awaitable[T]]
+    args: tuple[Any, ...]
+    future: asyncio.Future[T]
+    scope: trio.CancelScope
 
 
 @attrs.define(eq=False)
