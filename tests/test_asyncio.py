@@ -196,9 +196,11 @@ def test_a_bridge_that_cannot_start_raises_on_entering(tmp_path: Path) -> None:
     run_asyncio(main)
 
 
-def test_a_cancelled_lifespan_stops_the_bridge_at_once_and_waits_for_trio() -> None:
+@pytest.mark.parametrize("where", ["in the block", "in the graceful stop"])
+def test_a_cancelled_lifespan_stops_the_bridge_at_once_and_waits_for_trio(where: str) -> None:
     running_agent = asyncio.Event()
     agent_cancelled = asyncio.Event()
+    leaving = asyncio.Event()
 
     async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
         running_agent.set()
@@ -214,11 +216,13 @@ def test_a_cancelled_lifespan_stops_the_bridge_at_once_and_waits_for_trio() -> N
         async with cb.asyncio_bridge(bridge) as running:
             await running.call(chat.say, "hi")
             await running_agent.wait()
+            if where == "in the block":
+                await asyncio.sleep(3600)
+            leaving.set()  # no await from here to the wait for the graceful stop
 
     async def main() -> None:
         task = asyncio.create_task(lifespan(FakeConnector()))
-        await running_agent.wait()
-        await asyncio.sleep(0.05)  # the task is now waiting for the graceful stop
+        await (leaving if where == "in the graceful stop" else running_agent).wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -102,14 +102,15 @@ async def asyncio_bridge(bridge: Bridge) -> AsyncIterator[AsyncioBridge]:
 
     The block is entered once ``nursery.start(bridge.run)`` has returned on the Trio side; an
     error raised while the bridge starts (a store that cannot open) is raised here. Leaving
-    the block shuts the bridge down gracefully (pending sessions flushed, running agents get
-    ``shutdown_grace``) and waits for the Trio run to end; an error the bridge ended with is
-    raised then. Stop the bridge by leaving the block, not with ``bridge.shutdown()`` (a Trio
-    call, which :meth:`AsyncioBridge.call` could make).
+    the block, normally or by an exception, shuts the bridge down gracefully (pending sessions
+    flushed, running agents get ``shutdown_grace``) and waits for the Trio run to end; an
+    error the bridge ended with is raised then. Stop the bridge by leaving the block, not with
+    ``bridge.shutdown()`` (a Trio call, which :meth:`AsyncioBridge.call` could make).
 
-    If the asyncio task is cancelled while it waits for that graceful stop, the bridge is
-    cancelled at once (what was journaled but not handled is replayed at the next start), the
-    wait goes on until the Trio run has ended, and the cancellation is raised: the loop never
+    Cancellation stops at once, as cancelling a Trio nursery would: if the asyncio task is
+    cancelled inside the block, or while it waits for the graceful stop, the bridge is
+    cancelled (what was journaled but not handled is replayed at the next start), the wait
+    goes on until the Trio run has ended, and then the cancellation is raised: the loop never
     stops under a running guest. One guest run per loop at a time (a Trio rule).
     """
     loop = asyncio.get_running_loop()
@@ -153,15 +154,30 @@ async def asyncio_bridge(bridge: Bridge) -> AsyncIterator[AsyncioBridge]:
         _unwrap(done.result())
     try:
         yield AsyncioBridge(bridge, portal=started.result())
-    finally:
-        if not done.done():  # it ended on its own when bridge.run failed
-            token.run_sync_soon(bridge.shutdown)
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            await _stop_now(token, stop, done)
-            raise
+    except asyncio.CancelledError:  # cancelled, as a Trio nursery would be: stop at once
+        await _stop_now(token, stop, done)
+        raise
+    except BaseException:
+        await _stop_gracefully(bridge, token, stop, done)
+        raise
+    await _stop_gracefully(bridge, token, stop, done)
     _unwrap(done.result())
+
+
+async def _stop_gracefully(
+    bridge: Bridge,
+    token: trio.lowlevel.TrioToken,
+    stop: trio.CancelScope,
+    done: asyncio.Future[outcome.Outcome[None]],
+) -> None:
+    """Shut the bridge down and wait for the guest run to end; cancelled, stop it at once."""
+    if not done.done():  # else it ended on its own, bridge.run having failed
+        token.run_sync_soon(bridge.shutdown)
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await _stop_now(token, stop, done)
+        raise
 
 
 async def _stop_now(
@@ -346,7 +362,10 @@ class AsyncioStream:
         self._portal = portal
 
     async def write(self, text: str) -> None:
-        """Append ``text`` to the reply (on the Trio side; returns once it has taken it)."""
+        """Append ``text`` to the reply (on the Trio side; returns once it has taken it).
+
+        Cancelled, the write is cancelled on the Trio side too; the text may or may not be in.
+        """
         await self._portal.call(self._stream.write, text)
 
     @property
@@ -387,15 +406,22 @@ class AsyncioReply:
         return self.trio_reply.connector
 
     async def call(self, fn: Callable[[Unpack[ArgsT]], Awaitable[T]], *args: *ArgsT) -> T:
-        """Run ``await fn(*args)`` on the Trio side and return its result (or raise its error)."""
+        """Run ``await fn(*args)`` on the Trio side and return its result (or raise its error).
+
+        Cancelled on the asyncio side, the Trio call is cancelled too, and the agent run ends
+        only once it has.
+        """
         return await self._portal.call(fn, *args)
 
     async def send(self, text: str) -> None:
-        """Send ``text`` as one reply."""
+        """Send ``text`` as one reply; cancelled, the send is cancelled as :meth:`call` says."""
         await self.call(self.trio_reply.send, text)
 
     async def send_media(self, data: bytes, *, filename: str, kind: str | None = None) -> None:
-        """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name)."""
+        """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name).
+
+        Cancelled, the upload is cancelled as :meth:`call` says.
+        """
 
         async def send() -> None:
             await self.trio_reply.send_media(data, filename=filename, kind=kind)
@@ -406,8 +432,9 @@ class AsyncioReply:
     async def stream(self) -> AsyncIterator[AsyncioStream]:
         """Write the reply piece by piece; it is complete when the block exits.
 
-        A block that raises ends the stream as failed, as a Trio agent's would (the platform
-        is told it ended where it can); an error closing the stream is raised at the exit.
+        A block that raises or is cancelled ends the stream as failed, as a Trio agent's would
+        (the platform is told it ended, where it can); an error closing the stream is raised
+        at the exit.
         """
         held = _HeldStream(self.trio_reply)
         out: ReplyStream = await self.call(self._portal.nursery.start, held.hold)
