@@ -8,6 +8,7 @@ import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -105,7 +106,8 @@ async def test_trio_app_runs_the_bridge_next_to_its_own_server(
         async with trio.open_nursery() as nursery:
             emulator = await nursery.start(WeComEmulator().run)
             connector = emulator.connector()
-            bridge, port = await nursery.start(app.serve, [connector], 0)
+            serve = partial(app.serve, [connector], 0, store=cb.MemoryStore())
+            bridge, port = await nursery.start(serve)
             emulator.user_says("dave", "hi")
             sent = await emulator.next_sent()
             stream = await trio.open_tcp_stream("127.0.0.1", port)
