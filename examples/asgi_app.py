@@ -7,7 +7,7 @@ an ordinary asyncio coroutine (so it can use asyncio libraries: an LLM SDK, a da
 
 This app is plain ASGI so that it needs nothing but a server; the same two lines go into a
 FastAPI or Starlette lifespan. It serves ``GET /status`` (the connectors' states, as JSON).
-Run it (see connectors.py for the environment variables)::
+Run it (see wecom_env.py for the environment variables)::
 
     python examples/asgi_app.py               # hypercorn's asyncio worker on 127.0.0.1:8000
 """
@@ -27,6 +27,7 @@ from hypercorn.typing import (
 )
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 
 DEBOUNCE = cb.Debounce(window=1.0, max_delay=10.0)
 
@@ -40,7 +41,7 @@ async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
 
 
 def make_app(
-    connectors: Callable[[], Sequence[cb.Connector]], store: cb.Store | None = None
+    connectors: Callable[[], Sequence[Connector]], store: cb.Store | None = None
 ) -> ASGIFramework:
     """The ASGI application; ``connectors()`` is called at startup."""
     running: list[cb.AsyncioBridge] = []  # the bridge while the app is up
@@ -83,8 +84,8 @@ def make_app(
 
 if __name__ == "__main__":
     import hypercorn.asyncio
-    from connectors import from_env
     from hypercorn.config import Config
+    from wecom_env import from_env
 
     config = Config()
     config.bind = ["127.0.0.1:8000"]

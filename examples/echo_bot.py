@@ -1,6 +1,6 @@
 """The smallest bot: it answers each burst of messages with what was said.
 
-Run it (see connectors.py for the environment variables, or to use the emulator)::
+Run it (see wecom_env.py for the environment variables, or to use the emulator)::
 
     python examples/echo_bot.py
 """
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import trio
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 
 # A user who sends three messages in a row gets one answer: the bridge waits for a second of
 # quiet in that chat (at most ten seconds from the first message) before running the agent.
@@ -23,7 +24,7 @@ async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
     await reply.send("you said: " + batch.text)  # batch.text: each message's text, one a line
 
 
-def make_bridge(connectors: Sequence[cb.Connector], store: cb.Store | None = None) -> cb.Bridge:
+def make_bridge(connectors: Sequence[Connector], store: cb.Store | None = None) -> cb.Bridge:
     """The bot's bridge; tests give it an emulator's connector and a memory store."""
     return cb.Bridge(
         connectors,
@@ -36,6 +37,6 @@ def make_bridge(connectors: Sequence[cb.Connector], store: cb.Store | None = Non
 
 
 if __name__ == "__main__":
-    from connectors import from_env
+    from wecom_env import from_env
 
     trio.run(make_bridge(from_env()).run)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 import trio
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 
 DEBOUNCE = cb.Debounce(window=2.0, max_delay=15.0)
 TOKEN_DELAY = 0.2  # seconds between two pieces of the fake model's answer
@@ -37,7 +38,7 @@ async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
             await out.write(piece)
 
 
-def make_bridge(connectors: Sequence[cb.Connector], store: cb.Store | None = None) -> cb.Bridge:
+def make_bridge(connectors: Sequence[Connector], store: cb.Store | None = None) -> cb.Bridge:
     return cb.Bridge(
         connectors,
         agent,
@@ -53,6 +54,6 @@ def make_bridge(connectors: Sequence[cb.Connector], store: cb.Store | None = Non
 
 
 if __name__ == "__main__":
-    from connectors import from_env
+    from wecom_env import from_env
 
     trio.run(make_bridge(from_env()).run)

@@ -18,6 +18,7 @@ import trio
 from echo_bot import make_bridge
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 
 STATUS_PORT = 8081
 
@@ -30,7 +31,7 @@ async def status_server(bridge: cb.Bridge, stream: trio.SocketStream) -> None:
 
 
 async def serve(
-    connectors: Sequence[cb.Connector],
+    connectors: Sequence[Connector],
     port: int = STATUS_PORT,
     *,
     store: cb.Store | None = None,
@@ -52,6 +53,6 @@ async def serve(
 
 
 if __name__ == "__main__":
-    from connectors import from_env
+    from wecom_env import from_env
 
     trio.run(serve, from_env())

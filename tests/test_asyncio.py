@@ -247,3 +247,9 @@ async def test_an_asyncio_agent_outside_asyncio_bridge_fails_its_run_clearly(
     assert bridge.stats().failures == 1  # the graceful stop waited for the run
     assert "needs its bridge run by trio_chatbridge.asyncio_bridge" in caplog.text
     assert list(chat.sent) == []
+
+
+@pytest.mark.parametrize("cls", [cb.AsyncioBridge, cb.AsyncioReply, cb.AsyncioStream])
+def test_the_asyncio_handles_are_built_by_the_library_only(cls: type) -> None:
+    with pytest.raises(TypeError, match="built by the library"):
+        cls()

@@ -52,7 +52,7 @@ async def test_the_users_own_test_file_passes(
 async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
     examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    echo_bot, connectors = examples("echo_bot"), examples("connectors")
+    echo_bot, wecom_env = examples("echo_bot"), examples("wecom_env")
     monkeypatch.setattr(echo_bot, "DEBOUNCE", QUICK)
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
@@ -60,7 +60,7 @@ async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
             monkeypatch.setenv("WECOM_BOT_ID", emulator.bot_id)
             monkeypatch.setenv("WECOM_SECRET", emulator.secret)
             monkeypatch.setenv("WECOM_URL", emulator.ws_url)
-            bridge = echo_bot.make_bridge(connectors.from_env(), cb.MemoryStore())
+            bridge = echo_bot.make_bridge(wecom_env.from_env(), cb.MemoryStore())
             async with open_bridge(bridge):
                 emulator.user_says("alice", "hi")
                 sent = await emulator.next_sent()
@@ -74,7 +74,7 @@ def test_the_examples_say_which_variables_are_missing(
     monkeypatch.delenv("WECOM_BOT_ID", raising=False)
     monkeypatch.setenv("WECOM_SECRET", "s")
     with pytest.raises(SystemExit, match="set WECOM_BOT_ID first"):
-        examples("connectors").from_env()
+        examples("wecom_env").from_env()
 
 
 async def test_streaming_llm_streams_and_a_new_message_interrupts_it(
@@ -139,7 +139,7 @@ def test_asgi_app_answers_from_asyncio_and_stops_cleanly(
     import hypercorn.asyncio
     from hypercorn.config import Config
 
-    asgi_app, connectors = examples("asgi_app"), examples("connectors")
+    asgi_app, wecom_env = examples("asgi_app"), examples("wecom_env")
     monkeypatch.setattr(asgi_app, "DEBOUNCE", QUICK)
     store_path = tmp_path / "app.db"
 
@@ -171,7 +171,7 @@ def test_asgi_app_answers_from_asyncio_and_stops_cleanly(
         config = Config()
         config.bind = [f"fd://{listener.detach()}"]  # hypercorn owns the socket from here
         stop = asyncio.Event()
-        app = asgi_app.make_app(connectors.from_env, cb.SQLiteStore(store_path))
+        app = asgi_app.make_app(wecom_env.from_env, cb.SQLiteStore(store_path))
         server = asyncio.create_task(
             hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)
         )

@@ -20,13 +20,24 @@ import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar, TypeVarTuple, Unpack
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Generic,
+    TypeAlias,
+    TypeVar,
+    TypeVarTuple,
+    Unpack,
+    final,
+)
 
 import attrs
 import trio
 
 from ._bridge import Bridge
 from ._connector import Connector, ReplyStream
+from ._construction import NoPublicConstructor
 from ._dispatch import Agent
 from ._errors import ChatBridgeError, ConfigurationError
 from ._messages import Batch, Message
@@ -78,13 +89,17 @@ def _fail(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], exc: Bas
     loop.call_soon_threadsafe(settle)
 
 
-@attrs.frozen
-class AsyncioBridge:
+@final
+class AsyncioBridge(metaclass=NoPublicConstructor):
     """What :func:`asyncio_bridge` yields: the running bridge, and a way into its Trio run."""
 
-    bridge: Bridge
-    """The bridge; ``status()`` and ``stats()`` may be read from asyncio."""
-    _portal: _Portal = attrs.field(alias="portal", repr=False)
+    def __init__(self, bridge: Bridge, _portal: _Portal) -> None:
+        self.bridge = bridge
+        """The bridge; ``status()`` and ``stats()`` may be read from asyncio."""
+        self._portal = _portal
+
+    def __repr__(self) -> str:
+        return f"<AsyncioBridge of {self.bridge!r}>"
 
     async def call(self, fn: Callable[[Unpack[ArgsT]], Awaitable[T]], *args: *ArgsT) -> T:
         """From asyncio: run ``await fn(*args)`` in the bridge's Trio run and return its result.
@@ -153,7 +168,7 @@ async def asyncio_bridge(bridge: Bridge) -> AsyncIterator[AsyncioBridge]:
     if not started.done():  # the bridge failed to start
         _unwrap(done.result())
     try:
-        yield AsyncioBridge(bridge, portal=started.result())
+        yield AsyncioBridge._create(bridge, started.result())
     except asyncio.CancelledError:  # cancelled, as a Trio nursery would be: stop at once
         await _stop_now(token, stop, done)
         raise
@@ -227,7 +242,7 @@ def asyncio_agent(agent: AsyncioAgent) -> Agent:
             ) from None
         async with trio.open_nursery() as calls:
             portal = _Portal(host.loop, calls)
-            coro = agent(batch, AsyncioReply(reply, portal))
+            coro = agent(batch, AsyncioReply._create(reply, portal))
             task = host.loop.create_task(coro, context=host.context.copy())
             try:
                 await _wait_for(task)
@@ -354,12 +369,13 @@ class _EndedEarly(Exception):
     """Raised inside a held stream whose asyncio block raised: the stream ends as failed."""
 
 
-class AsyncioStream:
+@final
+class AsyncioStream(metaclass=NoPublicConstructor):
     """A reply being written from asyncio: ``await out.write(text)`` appends text."""
 
-    def __init__(self, stream: ReplyStream, portal: _Portal) -> None:
+    def __init__(self, stream: ReplyStream, _portal: _Portal) -> None:
         self._stream = stream
-        self._portal = portal
+        self._portal = _portal
 
     async def write(self, text: str) -> None:
         """Append ``text`` to the reply (on the Trio side; returns once it has taken it).
@@ -374,7 +390,8 @@ class AsyncioStream:
         return self._stream.text
 
 
-class AsyncioReply:
+@final
+class AsyncioReply(metaclass=NoPublicConstructor):
     """The ``reply`` an :func:`asyncio_agent` gets: :class:`Reply`'s calls, awaitable in asyncio.
 
     Each call runs on the Trio side in the agent run's nursery and returns once it has
@@ -383,9 +400,9 @@ class AsyncioReply:
     ``reply.call(reply.connector.download, part.media)``.
     """
 
-    def __init__(self, reply: Reply, portal: _Portal) -> None:
+    def __init__(self, reply: Reply, _portal: _Portal) -> None:
         self.trio_reply = reply
-        self._portal = portal
+        self._portal = _portal
 
     def __repr__(self) -> str:
         return f"<AsyncioReply to {self.batch.session} via {self.connector.name}>"
@@ -439,7 +456,7 @@ class AsyncioReply:
         held = _HeldStream(self.trio_reply)
         out: ReplyStream = await self.call(self._portal.nursery.start, held.hold)
         try:
-            yield AsyncioStream(out, self._portal)
+            yield AsyncioStream._create(out, self._portal)
         except BaseException:
             await self.call(held.close, True)
             raise

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import os
 
-import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import wecom
 
 
-def from_env() -> list[cb.Connector]:
+def from_env() -> list[Connector]:
     """One WeCom long connection from ``WECOM_BOT_ID``, ``WECOM_SECRET`` and ``WECOM_URL``."""
     missing = [name for name in ("WECOM_BOT_ID", "WECOM_SECRET") if not os.environ.get(name)]
     if missing:
-        raise SystemExit(f"set {' and '.join(missing)} first (see examples/connectors.py)")
+        raise SystemExit(f"set {' and '.join(missing)} first (see examples/wecom_env.py)")
     connection = wecom.LongConnection(
         bot_id=os.environ["WECOM_BOT_ID"],
         secret=os.environ["WECOM_SECRET"],
