@@ -1,11 +1,80 @@
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final
 
 import hypothesis
+import pytest
+import trio
 
 # CI tests the same examples on every run (derandomize), so a red run always means a change;
 # HYPOTHESIS_PROFILE=deep explores ten times more, from a fresh random seed each time.
 hypothesis.settings.register_profile("ci", deadline=None, max_examples=100, derandomize=True)
 hypothesis.settings.register_profile("deep", deadline=None, max_examples=1000)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# Every test is bounded in real time, so a deadlock fails instead of hanging the run. The limit
+# is pytest-timeout's (``timeout`` in pyproject.toml, ``@pytest.mark.timeout(N)`` per test;
+# ``slow`` tests get SLOW_LIMIT). A Trio test is cancelled from inside its run a little before
+# the limit, so it fails alone with a clear message and the run goes on; pytest-timeout's own
+# thread, at the limit itself, is the backstop for what cancellation cannot reach (a blocking
+# call, a shielded wait): it prints every thread's stack and ends the run.
+SLOW_LIMIT: Final = 300.0  # seconds of real time for a test marked ``slow``
+CANCEL_MARGIN: Final = 0.9  # a Trio test is cancelled at this fraction of its limit
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_LIMIT))
+
+
+def _limit(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None:
+        return float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0))
+    return float(item.config.getini("timeout") or 0)
+
+
+def _bounded(test: Callable[..., Awaitable[None]], limit: float) -> Callable[..., Awaitable[None]]:
+    """``test``, cancelled after ``limit`` seconds of real time (not the test's clock)."""
+
+    @functools.wraps(test)
+    async def bounded(**kwargs: Any) -> None:
+        token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+
+            def expire() -> None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(scope.cancel)
+
+            timer = threading.Timer(limit, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                await test(**kwargs)
+            finally:
+                timer.cancel()
+        if scope.cancelled_caught:
+            pytest.fail(f"cancelled after {limit:.0f} s of real time: a deadlock, or a slow test")
+
+    return bounded
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    # Runs before pytest-trio wraps the test in trio.run, so the bound is inside the run.
+    limit = _limit(item) * CANCEL_MARGIN
+    if limit > 0 and item.get_closest_marker("trio") and isinstance(item, pytest.Function):
+        inner = getattr(item.obj, "hypothesis", None)
+        if inner is not None:
+            inner.inner_test = _bounded(inner.inner_test, limit)
+        else:
+            item.obj = _bounded(item.obj, limit)
+    yield

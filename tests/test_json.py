@@ -55,6 +55,7 @@ def test_the_cap_is_set_per_call_site() -> None:
         json_object(b'{"a": "0123456789"}', "x", max_bytes=18)
 
 
+@pytest.mark.slow
 @given(st.dictionaries(st.text(), json_values, max_size=6))
 def test_any_object_comes_back_as_it_went(value: dict[str, Any]) -> None:
     data = json.dumps(value).encode()
@@ -100,6 +101,7 @@ def test_a_page_that_cannot_be_split_safely_is_bad_as_a_whole(page: bytes) -> No
         json_object_items(page, "page", "msgs")
 
 
+@pytest.mark.slow
 @given(st.dictionaries(st.text(), json_values, max_size=4), st.lists(json_values, max_size=5))
 def test_a_split_page_holds_what_a_whole_decode_would(
     page: dict[str, Any], items: list[Any]

@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 import trio
 import trio.testing
 from hypothesis import given
@@ -319,6 +320,7 @@ lark_steps = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(lark_steps, max_size=12))
 def test_every_event_is_handled_once_whatever_the_link_does(
     script: list[tuple[str, Any]],
@@ -382,6 +384,7 @@ def test_every_event_is_handled_once_whatever_the_link_does(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@pytest.mark.slow
 @given(script=agent_scripts, on_busy=on_busy_modes, run_timeout=run_timeouts)
 def test_every_edited_reply_ends_showing_all_its_agent_wrote(
     script: list[tuple[int, str, float]], on_busy: str, run_timeout: float | None

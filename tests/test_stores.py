@@ -194,6 +194,7 @@ operations = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(operations, max_size=25))
 def test_the_sqlite_store_behaves_like_the_memory_store(script: list[tuple[Any, ...]]) -> None:
     """The same operations give the same answers from both stores (duplicates in one batch,

@@ -294,6 +294,7 @@ wecom_steps = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(wecom_steps, max_size=12))
 def test_no_fault_stops_the_connection_or_handles_a_message_twice(
     script: list[tuple[str, Any]],
@@ -363,6 +364,7 @@ def test_no_fault_stops_the_connection_or_handles_a_message_twice(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@pytest.mark.slow
 @given(script=agent_scripts, on_busy=on_busy_modes, run_timeout=run_timeouts)
 def test_no_callback_is_left_open_whatever_the_agent_does(
     script: list[tuple[int, str, float]], on_busy: str, run_timeout: float | None
@@ -581,6 +583,7 @@ async def test_commands_on_one_req_id_wait_for_each_others_ack(
     assert link.pending == 0
 
 
+@pytest.mark.slow
 async def test_a_hundred_thousand_commands_leave_nothing_behind(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -634,6 +637,7 @@ async def test_webhook_conversation_with_stream_refresh(
     assert welcome == "Hello! Send me a message and I will answer."
 
 
+@pytest.mark.slow
 @given(
     st.lists(
         st.tuples(

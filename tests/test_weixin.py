@@ -231,6 +231,7 @@ steps = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(steps, max_size=14), st.booleans())
 def test_no_fault_or_restart_loses_a_message_or_handles_one_twice(
     script: list[tuple[str, Any]], sqlite: bool
