@@ -14,6 +14,12 @@ from ._asyncio import asyncio_bridge as asyncio_bridge
 from ._bridge import Bridge as Bridge
 from ._connector import ConnectorState as ConnectorState
 from ._connector import ConnectorStatus as ConnectorStatus
+from ._content import Attachment as Attachment
+from ._content import Card as Card
+from ._content import Content as Content
+from ._content import Markdown as Markdown
+from ._content import Post as Post
+from ._content import Sent as Sent
 from ._debounce import Debounce as Debounce
 from ._debounce import Debouncer as Debouncer
 from ._debounce import session_key as session_key
@@ -53,6 +59,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "Attachment",
     "AsyncioAgent",
     "AsyncioBridge",
     "AsyncioReply",
@@ -60,18 +67,21 @@ __all__ = [
     "Backoff",
     "Batch",
     "Bridge",
+    "Card",
     "Chat",
     "ChatBridgeError",
     "ConfigurationError",
     "ConnectorError",
     "ConnectorState",
     "ConnectorStatus",
+    "Content",
     "Debounce",
     "Debouncer",
     "FatalConnectorError",
     "File",
     "Image",
     "JournalEntry",
+    "Markdown",
     "Media",
     "MediaError",
     "MediaPolicy",
@@ -80,11 +90,13 @@ __all__ = [
     "MemoryStore",
     "OnBusy",
     "Part",
+    "Post",
     "ProtocolError",
     "Quote",
     "Reply",
     "SQLiteStore",
     "SendError",
+    "Sent",
     "Sender",
     "Stats",
     "Store",

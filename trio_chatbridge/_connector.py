@@ -24,6 +24,7 @@ from typing import Literal, TypeAlias, final
 import attrs
 import trio
 
+from ._content import Attachment, Card, Content, Sent, kind_of, unsupported
 from ._errors import ChatBridgeError, SendError
 from ._messages import Batch, Message
 from .stores import Store
@@ -270,6 +271,39 @@ class Connector(ABC):
     ) -> None:
         """Send a file or image in answer to ``target``; by default the platform cannot."""
         raise SendError(f"connector {self.name} cannot send media")
+
+    async def send_content(self, target: Message, content: Content) -> Sent:
+        """Answer ``target`` with ``content`` (text, Markdown, an attachment, a card, a post).
+
+        By default text goes through :meth:`send` and an attachment through
+        :meth:`send_media`; anything else raises :class:`SendError`. Platforms override it.
+        """
+        if isinstance(content, str):
+            await self.send(target, content)
+        elif isinstance(content, Attachment):
+            await self.send_media(
+                target, content.data, filename=content.filename, kind=content.media_kind
+            )
+        else:
+            raise unsupported(self.platform, self.account, content, "send text instead")
+        return Sent(self.platform, target.chat.id, kind_of(content))
+
+    async def send_first(self, chat_id: str, content: Content) -> Sent:
+        """Send ``content`` to a chat unprompted (no message to answer); by default the
+        platform cannot. If cancelled, it may or may not have been sent."""
+        raise SendError(f"connector {self.name} cannot send a message unprompted")
+
+    async def edit(self, sent: Sent, content: Content) -> None:
+        """Replace what an earlier message shows; by default the platform cannot."""
+        raise SendError(f"connector {self.name} cannot edit a sent message")
+
+    def stream_with_card(
+        self, target: Message, card: Card
+    ) -> AbstractAsyncContextManager[ReplyStream]:
+        """Stream an answer that shows ``card`` with it; by default the platform cannot."""
+        raise SendError(
+            f"connector {self.name} cannot stream with a card: send the card, then stream"
+        )
 
     def restart_delay(self, failures: int) -> float | None:
         """Seconds to wait before restart number ``failures`` (1 for the first), where the

@@ -8,6 +8,7 @@ from typing import final
 
 from ._connector import Connector, ReplyStream
 from ._construction import NoPublicConstructor
+from ._content import Attachment, Card, Content, MediaKind, Sent
 from ._messages import Batch, Message
 
 
@@ -15,10 +16,12 @@ from ._messages import Batch, Message
 class Reply(metaclass=NoPublicConstructor):
     """Sends the agent's answer to the chat a batch came from.
 
-    ``await reply.send(text)`` sends one message; ``async with reply.stream() as out`` streams
-    where the platform can and sends one message at the end where it cannot. ``connector``
-    gives platform-specific calls (media upload, proactive sends). The bridge builds it for each
-    run; it cannot be built by hand.
+    ``await reply.send(content)`` sends one message: a ``str``, or :class:`Markdown`,
+    :class:`Attachment`, :class:`Card`, :class:`Post` where the platform has them (else
+    :class:`SendError` says what to send instead). ``async with reply.stream() as out``
+    streams where the platform can and sends one message at the end where it cannot.
+    ``connector`` gives platform-specific calls. The bridge builds it for each run; it
+    cannot be built by hand.
     """
 
     def __init__(self, batch: Batch, connector: Connector, on_sent: Callable[[], None]) -> None:
@@ -34,19 +37,35 @@ class Reply(metaclass=NoPublicConstructor):
         """The message a reply answers: the newest of the batch."""
         return self.batch.latest
 
-    async def send(self, text: str) -> None:
-        """Send ``text`` as one reply (split by the connector where the platform limits length)."""
-        await self.connector.send(self.target, text)
+    async def send(self, content: Content) -> Sent:
+        """Send ``content`` as one reply (text split by the connector where the platform
+        limits length). Returns what the platform said about it (its id, where it has one)."""
+        sent = await self.connector.send_content(self.target, content)
         self._on_sent()
+        return sent
 
-    async def send_media(self, data: bytes, *, filename: str, kind: str | None = None) -> None:
+    async def send_media(
+        self, data: bytes, *, filename: str, kind: MediaKind | None = None
+    ) -> Sent:
         """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name)."""
-        await self.connector.send_media(self.target, data, filename=filename, kind=kind)
-        self._on_sent()
+        return await self.send(Attachment(data, filename, kind))
+
+    async def edit(self, sent: Sent, content: Content) -> None:
+        """Change what an earlier reply shows, where the platform edits in place (Lark:
+        text and posts, and cards updated by ``PATCH``)."""
+        await self.connector.edit(sent, content)
 
     @asynccontextmanager
-    async def stream(self) -> AsyncIterator[ReplyStream]:
-        """Write the reply piece by piece; it is complete when the block exits."""
-        async with self.connector.stream(self.target) as out:
-            yield out
+    async def stream(self, *, card: Card | None = None) -> AsyncIterator[ReplyStream]:
+        """Write the reply piece by piece; it is complete when the block exits.
+
+        ``card`` shows a platform card with the streamed text (WeCom's stream with template
+        card); where a platform cannot, :class:`SendError` is raised before anything is sent.
+        """
+        if card is None:
+            async with self.connector.stream(self.target) as out:
+                yield out
+        else:
+            async with self.connector.stream_with_card(self.target, card) as out:
+                yield out
         self._on_sent()

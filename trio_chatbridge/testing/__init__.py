@@ -6,6 +6,8 @@ from ._http import HandlerTransport as HandlerTransport
 from ._http import serve_http as serve_http
 from ._lark import LarkEmulator as LarkEmulator
 from ._lark import LarkSent as LarkSent
+from ._record import Activity as Activity
+from ._record import MediaRecord as MediaRecord
 from ._run import open_bridge as open_bridge
 from ._wecom import InFlightLimit as InFlightLimit
 from ._wecom import WeComEmulator as WeComEmulator
@@ -16,10 +18,12 @@ from ._weixin import WeixinFault as WeixinFault
 from ._weixin import WeixinSentMessage as WeixinSentMessage
 
 __all__ = [
+    "Activity",
     "FakeConnector",
     "InFlightLimit",
     "LarkEmulator",
     "LarkSent",
+    "MediaRecord",
     "WeComEmulator",
     "WeComSent",
     "HandlerTransport",

@@ -2,18 +2,28 @@
 
 It follows ``docs/protocols/lark.md``. Choices where the real server is unknown
 (``docs/protocols/lark.md#emulator``): an event is re-pushed after 3 s without a 200 ACK (or at once
-after a non-200 one), at most 3 times; each event goes to one live connection, taking turns; the
-editing endpoint is ``PUT /open-apis/im/v1/messages/{id}`` with a text body.
+after a non-200 one), at most 3 times; each event goes to one live connection, taking turns.
+Messages: ``text``, ``post``, ``interactive``, ``image``, ``file``, ``media`` and ``audio``
+are taken, their content checked as the platform documents it (an image or file key must come
+from an upload here); ``PUT`` edits a text or post (20 times at most: then code 230075, a code
+we chose), ``PATCH`` updates a card (30 KB at most); anything else is 230001 "invalid content".
+The ACK of an event may carry the bot's answer (base64 JSON in ``data``, as lark-oapi sends a
+card action's toast or card): it is recorded as a ``card_answer``.
 """
 
 from __future__ import annotations
 
+import base64
+import email.parser
+import email.policy
+import hashlib
 import itertools
 import json
 import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Final, Literal, final
 
@@ -27,16 +37,35 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from .._json import get_object, get_str
 from ..platforms.lark import _frames as fr
+from ..platforms.lark import _outbound as out
 from ..platforms.lark._connector import LongConnection
 from ._http import HandlerTransport, json_response, serve_http
-from ._record import Record
+from ._record import Activity, MediaRecord, Record
 from ._ws import GONE, Abort, Connection, memory_websocket
 
 IN_MEMORY_HOST: Final = "lark-emulator.invalid"  # never resolves: nothing leaves
 SERVICE_ID: Final = 7
 ACK_DEADLINE: Final = 3.0  # seconds (docs/protocols/lark.md#events-fragments-and-acks)
 MAX_PUSHES: Final = 4  # the first push and three re-pushes
+INVALID_CONTENT: Final = 230001
+NOT_FOUND: Final = 230002
+EDIT_LIMIT: Final = 230075  # our choice: the platform's code for a 21st edit is unconfirmed
+CARD_BYTES: Final = 30 * 1024  # a card or post body (the platform's PATCH page, docs/lark.md)
+TEXT_BYTES: Final = 150 * 1024
+MEDIA_TYPES: Final = {
+    "image": "image_key",
+    "file": "file_key",
+    "media": "file_key",
+    "audio": "file_key",
+}
+
+
+class _Invalid(Exception):
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.status = code, msg, status
 
 
 @final
@@ -47,8 +76,28 @@ class LarkSent:
     kind: Literal["reply", "send"]
     chat: str
     text: str
+    """For a text message its text; for a post or card, empty (see ``content``)."""
     message_id: str
     reply_to: str | None
+    msg_type: str = "text"
+    content: Mapping[str, Any] = attrs.field(factory=dict)
+    """The message's content as first sent (a card's JSON, an image key...)."""
+
+
+@attrs.define
+class _Stored:
+    """A message as the emulated server keeps it (the bot's and the users')."""
+
+    message_id: str
+    msg_type: str
+    content: dict[str, Any]
+    chat: str
+    sender: str
+    sender_type: str
+    created: int
+    updated: int
+    edits: int = 0
+    parent: str | None = None
 
 
 @attrs.define
@@ -90,6 +139,12 @@ class LarkEmulator:
         self.texts: dict[str, str] = {}
         """Current text of every message the bot sent (edits applied)."""
         self.edits: dict[str, int] = {}
+        self.activity: Record[Activity] = Record()
+        """Everything the bot did, as ``GET {admin_url}/sent`` lists it."""
+        self.messages: dict[str, _Stored] = {}
+        """Every message by id, the users' and the bot's (``GET`` message answers from it)."""
+        self.media: dict[str, tuple[MediaRecord, bytes]] = {}
+        """Uploaded images and files by key: what was recorded, and the bytes."""
         self.acks: list[int] = []
         """The ``code`` of every ACK, in order."""
         self.pings: int = 0
@@ -221,10 +276,12 @@ class LarkEmulator:
             return
         if frame.method == fr.DATA:
             try:
-                code = int(json.loads(frame.payload or b"{}").get("code", 0))
-            except (ValueError, AttributeError):
-                code = 0
+                ack = json.loads(frame.payload or b"{}")
+                code = int(ack.get("code", 0))
+            except (ValueError, AttributeError, TypeError):
+                ack, code = {}, 0
             self.acks.append(code)
+            self._card_answer(frame, ack)
             pending = self._pending.get(frame.header("message_id") or "")
             if pending is not None:
                 if code == 200:
@@ -232,6 +289,27 @@ class LarkEmulator:
                 else:
                     pending.due = trio.current_time()  # a failed ACK: re-push now
                     self._wake.set()
+
+    def _card_answer(self, frame: fr.Frame, ack: Any) -> None:
+        """Record what an ACK answers an event with (a card action's toast or new card)."""
+        data = ack.get("data") if isinstance(ack, dict) else None
+        if not isinstance(data, str) or not data:
+            return
+        try:
+            answer = json.loads(base64.b64decode(data))
+        except ValueError:
+            answer = {"undecodable": data}
+        card = answer.get("card") if isinstance(answer, dict) else None
+        self.activity.append(
+            Activity(
+                "lark",
+                "card_answer",
+                "ack",
+                id=frame.header("message_id"),
+                card=card if isinstance(card, dict) else None,
+                detail=answer if isinstance(answer, dict) else {"answer": answer},
+            )
+        )
 
     # -- delivering events --------------------------------------------------------------------
 
@@ -279,11 +357,35 @@ class LarkEmulator:
         """Deliver any event envelope (re-pushed until ACKed with 200); returns its frame id."""
         frame_id = f"frame-{next(self._ids)}"
         header = envelope.get("header", {})
+        self._keep_message(envelope)
         self._pending[frame_id] = _Pending(
             str(header.get("event_id", "")), frame_id, json.dumps(envelope).encode()
         )
         self._wake.set()
         return frame_id
+
+    def _keep_message(self, envelope: Mapping[str, Any]) -> None:
+        """Keep a pushed user message, so that replies to it and ``GET`` find it."""
+        message = get_object(get_object(envelope, "event"), "message")
+        message_id = get_str(message, "message_id")
+        if not message_id or message_id in self.messages:
+            return
+        try:
+            content = json.loads(get_str(message, "content") or "{}")
+        except ValueError:
+            content = {}
+        sender = get_object(get_object(get_object(envelope, "event"), "sender"), "sender_id")
+        now = int(time.time() * 1000)
+        self.messages[message_id] = _Stored(
+            message_id,
+            get_str(message, "message_type") or "text",
+            content if isinstance(content, dict) else {},
+            get_str(message, "chat_id") or "",
+            get_str(sender, "open_id") or "",
+            "user",
+            now,
+            now,
+        )
 
     def push_raw(self, data: bytes | str) -> None:
         """Send every live connection these bytes (a binary frame) or text (a text frame)."""
@@ -351,11 +453,19 @@ class LarkEmulator:
         path = request.url.path
         for part, queue in self._faults.items():
             if part in path and queue:
-                status, body = queue.popleft()
-                return json_response(body, status)
-        body = json.loads(request.content) if request.content else {}
+                status, answer = queue.popleft()
+                return json_response(answer, status)
+        if path in ("/open-apis/im/v1/images", "/open-apis/im/v1/files"):
+            if request.headers.get("authorization") != f"Bearer {self._token}":
+                return json_response({"code": 99991663, "msg": "token expired"}, 400)
+            return self._upload(request, path)
+        try:
+            body: Any = json.loads(request.content) if request.content else {}
+        except ValueError:
+            body = None  # the open API refuses it; the rest reads it as empty
+        fields = body if isinstance(body, dict) else {}
         if path == "/callback/ws/endpoint":
-            if body.get("AppID") != self.app_id or body.get("AppSecret") != self.app_secret:
+            if fields.get("AppID") != self.app_id or fields.get("AppSecret") != self.app_secret:
                 return json_response({"code": 10003, "msg": "invalid app_id or app_secret"})
             url = f"{self.ws_base}/ws?device_id={secrets.token_hex(4)}&service_id={SERVICE_ID}"
             config = {
@@ -368,7 +478,7 @@ class LarkEmulator:
                 {"code": 0, "msg": "ok", "data": {"URL": url, "ClientConfig": config}}
             )
         if path == "/open-apis/auth/v3/tenant_access_token/internal":
-            if body.get("app_id") != self.app_id or body.get("app_secret") != self.app_secret:
+            if fields.get("app_id") != self.app_id or fields.get("app_secret") != self.app_secret:
                 return json_response({"code": 10014, "msg": "app secret invalid"})
             self.token_fetches += 1
             return json_response(
@@ -384,26 +494,187 @@ class LarkEmulator:
             return self._messages(request, path, body)
         return json_response({"code": 404, "msg": "not emulated"}, 404)
 
-    def _messages(self, request: httpx.Request, path: str, body: dict[str, Any]) -> httpx.Response:
-        try:
-            text = str(json.loads(body["content"])["text"])
-        except (KeyError, ValueError, TypeError):
-            return json_response({"code": 230001, "msg": "invalid content"}, 400)
+    def _messages(self, request: httpx.Request, path: str, body: Any) -> httpx.Response:
         parts = path.removeprefix("/open-apis/im/v1/messages").strip("/").split("/")
-        if request.method == "PUT" and len(parts) == 1 and parts[0] in self.texts:
-            self.texts[parts[0]] = text
-            self.edits[parts[0]] = self.edits.get(parts[0], 0) + 1
-            return json_response({"code": 0, "msg": "ok", "data": {}})
+        try:
+            if request.method == "GET" and len(parts) == 1 and parts[0]:
+                return self._get_message(parts[0])
+            if not isinstance(body, dict):
+                raise _Invalid(INVALID_CONTENT, "body is not a JSON object")
+            if request.method in ("PUT", "PATCH") and len(parts) == 1 and parts[0]:
+                return self._edit(request.method, parts[0], body)
+            if request.method == "POST" and len(parts) == 2 and parts[1] == "reply":
+                parent = self.messages.get(parts[0])
+                if parent is None:
+                    raise _Invalid(NOT_FOUND, "message not found")
+                return self._new_message("reply", parent.chat, body, parts[0])
+            if request.method == "POST" and parts == [""]:
+                if not request.url.params.get("receive_id_type"):
+                    raise _Invalid(99992402, "field validation failed: receive_id_type")
+                return self._new_message("send", str(body.get("receive_id", "")), body, None)
+        except _Invalid as exc:
+            return json_response({"code": exc.code, "msg": exc.msg}, exc.status)
+        return json_response({"code": NOT_FOUND, "msg": "not emulated"}, 400)
+
+    def _content(self, msg_type: Any, raw: Any) -> dict[str, Any]:
+        """The content of a message, checked for its type as the platform does."""
+        try:
+            content = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            content = None
+        if not isinstance(content, dict) or not isinstance(msg_type, str):
+            raise _Invalid(INVALID_CONTENT, "invalid content: not a JSON object string")
+        limit = TEXT_BYTES if msg_type == "text" else CARD_BYTES
+        if len(raw.encode()) > limit:
+            raise _Invalid(INVALID_CONTENT, f"content over {limit} bytes")
+        if msg_type == "text" and isinstance(content.get("text"), str):
+            return content
+        if (
+            msg_type == "post"
+            and content
+            and all(
+                isinstance(v, dict) and isinstance(v.get("content"), list) for v in content.values()
+            )
+        ):
+            return content
+        if msg_type == "interactive" and (
+            isinstance(content.get("elements"), list)
+            or isinstance(content.get("body"), dict)
+            or content.get("type") == "template"
+        ):
+            return content
+        key_name = MEDIA_TYPES.get(msg_type)
+        if key_name is not None:
+            if content.get(key_name) not in self.media:
+                raise _Invalid(INVALID_CONTENT, f"invalid {key_name}")
+            return content
+        raise _Invalid(INVALID_CONTENT, f"invalid content for msg_type {msg_type!r}")
+
+    def _new_message(
+        self, kind: Literal["reply", "send"], chat: str, body: Mapping[str, Any], parent: str | None
+    ) -> httpx.Response:
+        msg_type = str(body.get("msg_type"))
+        content = self._content(msg_type, body.get("content"))
         new_id = f"om_bot_{next(self._ids)}"
-        if request.method == "POST" and len(parts) == 2 and parts[1] == "reply":
-            sent = LarkSent("reply", "", text, new_id, parts[0])
-        elif request.method == "POST" and parts == [""]:
-            sent = LarkSent("send", str(body.get("receive_id")), text, new_id, None)
-        else:
-            return json_response({"code": 230002, "msg": "not emulated"}, 400)
+        now = int(time.time() * 1000)
+        self.messages[new_id] = _Stored(
+            new_id, msg_type, content, chat, self.app_id, "app", now, now, parent=parent
+        )
+        text = str(content.get("text", "")) if msg_type == "text" else ""
         self.texts[new_id] = text
-        self.sent.append(sent)
-        return json_response({"code": 0, "msg": "ok", "data": {"message_id": new_id}})
+        self.sent.append(LarkSent(kind, chat, text, new_id, parent, msg_type, content))
+        self.activity.append(
+            Activity(
+                "lark",
+                self._kind(msg_type, content),
+                kind,
+                chat,
+                text=text if msg_type == "text" else _post_text(content, msg_type),
+                card=content if msg_type == "interactive" else None,
+                media=self._media_of(content, msg_type),
+                id=new_id,
+                detail={"reply_to": parent} if parent else {},
+            )
+        )
+        return json_response({"code": 0, "msg": "ok", "data": self._item(self.messages[new_id])})
+
+    def _edit(self, method: str, message_id: str, body: Mapping[str, Any]) -> httpx.Response:
+        stored = self.messages.get(message_id)
+        if stored is None or stored.sender_type != "app":
+            raise _Invalid(NOT_FOUND, "message not found or not the bot's")
+        if method == "PATCH":
+            if stored.msg_type != "interactive":
+                raise _Invalid(INVALID_CONTENT, "only a card (interactive) is updated by PATCH")
+            content = self._content("interactive", body.get("content"))
+        else:
+            msg_type = body.get("msg_type")
+            if stored.msg_type not in ("text", "post") or msg_type != stored.msg_type:
+                raise _Invalid(INVALID_CONTENT, "only a text or post is edited, as the same type")
+            if stored.edits >= out.MAX_EDITS:
+                raise _Invalid(EDIT_LIMIT, f"a message can be edited {out.MAX_EDITS} times")
+            content = self._content(msg_type, body.get("content"))
+        stored.content = content
+        stored.edits += 1
+        stored.updated = int(time.time() * 1000)
+        if stored.msg_type == "text":
+            self.texts[message_id] = str(content.get("text", ""))
+        self.edits[message_id] = self.edits.get(message_id, 0) + 1
+        self.activity.append(
+            Activity(
+                "lark",
+                self._kind(stored.msg_type, content),
+                "patch" if method == "PATCH" else "edit",
+                stored.chat,
+                text=_post_text(content, stored.msg_type),
+                card=content if stored.msg_type == "interactive" else None,
+                id=message_id,
+                detail={"edits": stored.edits},
+            )
+        )
+        return json_response({"code": 0, "msg": "ok", "data": {}})
+
+    def _get_message(self, message_id: str) -> httpx.Response:
+        stored = self.messages.get(message_id)
+        if stored is None:
+            raise _Invalid(NOT_FOUND, "message not found")
+        return json_response({"code": 0, "msg": "ok", "data": {"items": [self._item(stored)]}})
+
+    @staticmethod
+    def _item(stored: _Stored) -> dict[str, Any]:
+        """A message as the open API shows one."""
+        item: dict[str, Any] = {
+            "message_id": stored.message_id,
+            "msg_type": stored.msg_type,
+            "create_time": str(stored.created),
+            "update_time": str(stored.updated),
+            "updated": stored.edits > 0,
+            "deleted": False,
+            "chat_id": stored.chat,
+            "sender": {
+                "id": stored.sender,
+                "id_type": "app_id" if stored.sender_type == "app" else "open_id",
+                "sender_type": stored.sender_type,
+            },
+            "body": {"content": json.dumps(stored.content, ensure_ascii=False)},
+        }
+        if stored.parent:
+            item["parent_id"] = item["root_id"] = stored.parent
+        return item
+
+    @staticmethod
+    def _kind(msg_type: str, content: Mapping[str, Any]) -> str:
+        kinds = {"interactive": "card", "media": "video", "audio": "voice"}
+        return kinds.get(msg_type, msg_type)
+
+    def _media_of(self, content: Mapping[str, Any], msg_type: str) -> MediaRecord | None:
+        key_name = MEDIA_TYPES.get(msg_type)
+        key = content.get(key_name) if key_name else None
+        return self.media[key][0] if isinstance(key, str) and key in self.media else None
+
+    def _upload(self, request: httpx.Request, path: str) -> httpx.Response:
+        """``POST /open-apis/im/v1/images`` and ``/files`` (multipart), as the platform."""
+        fields = _multipart(request)
+        image = path.endswith("/images")
+        field = "image" if image else "file"
+        if field not in fields or (
+            image and fields.get("image_type", (None, b""))[1] != b"message"
+        ):
+            return json_response({"code": 234001, "msg": "invalid request"}, 400)
+        filename, data = fields[field]
+        if not image:
+            file_type = fields.get("file_type", (None, b""))[1].decode()
+            if file_type not in ("opus", "mp4", "pdf", "doc", "xls", "ppt", "stream"):
+                return json_response({"code": 234001, "msg": "invalid file_type"}, 400)
+            filename = fields.get("file_name", (None, filename.encode()))[1].decode()
+            kind = {"mp4": "video", "opus": "voice"}.get(file_type, "file")
+        else:
+            kind = "image"
+        key = f"{'img' if image else 'file'}_v3_{next(self._ids):04d}_{secrets.token_hex(6)}"
+        record = MediaRecord(key, kind, len(data), hashlib.sha256(data).hexdigest(), filename)
+        self.media[key] = (record, data)
+        self.activity.append(Activity("lark", "upload", "upload", media=record, id=key))
+        answer_key = "image_key" if image else "file_key"
+        return json_response({"code": 0, "msg": "ok", "data": {answer_key: key}})
 
     def _admin(self, request: httpx.Request, body: Any) -> httpx.Response:
         if request.method == "POST" and request.url.path == "/admin/messages":
@@ -423,3 +694,34 @@ class LarkEmulator:
                 ]
             )
         return httpx.Response(404, content=b"admin: POST /admin/messages or GET /admin/sent")
+
+
+def _post_text(content: Mapping[str, Any], msg_type: str) -> str | None:
+    """The words of a text or post (the ``text`` of its elements, joined), else None."""
+    if msg_type == "text":
+        return get_str(content, "text")
+    if msg_type != "post":
+        return None
+    words: list[str] = []
+    for locale in content.values():
+        for line in get_object({"v": locale}, "v").get("content", []):
+            if isinstance(line, list):
+                words.extend(e["text"] for e in line if isinstance(e, dict) and "text" in e)
+    return " ".join(str(w) for w in words)
+
+
+def _multipart(request: httpx.Request) -> dict[str, tuple[str, bytes]]:
+    """The fields of a multipart/form-data body: name -> (filename or "", bytes)."""
+    header = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        header + request.content
+    )
+    fields: dict[str, tuple[str, bytes]] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = (part.get_filename() or "", payload)
+    return fields

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
+import attrs
 import trio
 
 T = TypeVar("T")
@@ -28,3 +30,51 @@ class Record(list[T]):
             await self._added.wait()
         self._read += 1
         return self[self._read - 1]
+
+
+@attrs.frozen
+class MediaRecord:
+    """Media the bot uploaded, as an emulator stored it."""
+
+    media_id: str
+    """The platform's reference (WeCom ``media_id``, Lark ``image_key``/``file_key``, the
+    WeChat CDN's download parameter)."""
+    kind: str
+    """``"image"``, ``"file"``, ``"video"`` or ``"voice"``."""
+    size: int
+    """Bytes, in the clear."""
+    sha256: str
+    """Hex digest of the bytes in the clear."""
+    filename: str | None = None
+
+
+@attrs.frozen
+class Activity:
+    """One thing a bot did on an emulated platform: a message, an edit, typing, a notice.
+
+    Every emulator keeps these in ``activity`` (a :class:`Record`) and ``GET {admin_url}/sent``
+    lists the same entries as JSON (:meth:`as_json`), on all three platforms alike.
+    """
+
+    platform: str
+    kind: str
+    """What it was: ``"text"``, ``"markdown"``, ``"stream"``, ``"card"``, ``"post"``, a media
+    kind, ``"card_update"``, ``"card_answer"``, ``"typing"``, ``"notify"``, ``"upload"``, or
+    ``"refused"`` (a command the platform answered with an error; ``detail`` has the code)."""
+    via: str
+    """The call that did it (``"reply"``, ``"send"``, ``"proactive"``, ``"welcome"``,
+    ``"edit"``, ``"patch"``, ``"sendmessage"``, ...)."""
+    to: str | None = None
+    """The user or chat it reached."""
+    text: str | None = None
+    card: Mapping[str, Any] | None = None
+    """The card's JSON, as the bot sent it."""
+    media: MediaRecord | None = None
+    id: str | None = None
+    """The message id (Lark, WeChat) or req_id (WeCom) it went out as or answered."""
+    detail: Mapping[str, Any] = attrs.field(factory=dict)
+    """Whatever else the platform call carried (a typing status, a context token...)."""
+
+    def as_json(self) -> dict[str, Any]:
+        """This entry as a JSON object (what the admin API answers)."""
+        return attrs.asdict(self)

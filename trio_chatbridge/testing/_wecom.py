@@ -6,15 +6,21 @@ It follows ``docs/protocols/wecom.md``. Choices where the real server is unknown
 - a wrong secret is acked with errcode 40001 and the socket is closed;
 - a second subscribe for the same bot sends ``disconnected_event`` to the first and closes it;
 - callbacks pushed while no client is connected wait for the next one;
-- a user has at most 3 messages in flight (a callback is in flight until its stream finishes);
-- content over 20480 bytes, a changed stream id or ``msg_item`` before ``finish`` get 40058;
+- a user has at most 3 messages in flight (a callback is in flight until its stream finishes,
+  a template card or media answers it, or a reply to it is refused: a refused callback is
+  over, as the bot cannot know whether to try again);
+- content over 20480 bytes, a changed stream id, ``msg_item`` before ``finish``, a second
+  card on one message, a card without ``card_type`` or an unknown ``msgtype`` get 40058;
+- a ``media_id`` no upload produced gets 40007; upload chunks are numbered from 0 and must
+  all be there, in their sizes, for ``finish``;
 - a command on a ``req_id`` it does not fit (a stream to ``enter_chat``, an unknown one, a
-  welcome after 5 s) gets 846605, an update after ``finish`` 846608.
+  welcome or card update after 5 s) gets 846605, an update after ``finish`` 846608.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import secrets
@@ -34,17 +40,24 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from .._json import get_object, get_str
 from .._media import MediaPolicy
 from ..platforms.wecom import _crypto
 from ..platforms.wecom import _frames as f
+from ..platforms.wecom import _outbound as out
 from ..platforms.wecom._long import DEFAULT_MEDIA_HOSTS, LongConnection
 from ._http import HandlerTransport, json_response, serve_http
-from ._record import Record
+from ._record import Activity, MediaRecord, Record
 from ._ws import GONE, Abort, Connection, memory_websocket
 
 IN_MEMORY_HOST: Final = "wecom-emulator.invalid"  # never resolves: nothing leaves
 AUTH_FAILED: Final = 40001
 BAD_CONTENT: Final = 40058
+BAD_MEDIA_ID: Final = 40007
+MEDIA_KINDS: Final = ("image", "file", "voice", "video")
+CARD_TYPES: Final = frozenset(
+    {"text_notice", "news_notice", "button_interaction", "vote_interaction", "multiple_interaction"}
+)
 IN_FLIGHT_LIMIT: Final = 3
 # seconds WeCom polls a webhook stream (docs/protocols/wecom.md#streaming-by-polling)
 STREAM_POLL_LIMIT: Final = 360.0
@@ -60,18 +73,31 @@ class InFlightLimit(RuntimeError):
 class WeComSent:
     """Something the bot said: a finished stream, a welcome, or a proactive message."""
 
-    kind: Literal["stream", "welcome", "proactive"]
+    kind: Literal["stream", "welcome", "proactive", "reply"]
     to: str
     """The user (or group chat) it reached."""
     text: str
     req_id: str
     frames: int = 1
     """How many frames the stream took (intermediate ones included)."""
+    card: Mapping[str, Any] | None = None
+    """The template card it carried, as the bot sent it."""
+    media_id: str | None = None
+    """The uploaded media it sent."""
+
+
+@attrs.define
+class _Upload:
+    kind: str
+    filename: str
+    total_size: int
+    md5: str | None
+    chunks: list[bytes | None]
 
 
 @attrs.define
 class _Callback:
-    kind: Literal["message", "enter_chat", "event"]
+    kind: Literal["message", "enter_chat", "card_event"]
     user: str
     chat: str
     at: float
@@ -79,6 +105,7 @@ class _Callback:
     content: str = ""
     frames: int = 0
     finished: bool = False
+    card: Mapping[str, Any] | None = None
 
 
 class WeComEmulator:
@@ -107,6 +134,10 @@ class WeComEmulator:
         self.frames: list[f.Frame] = []
         """Every frame the bot sent, in order."""
         self.sent: Record[WeComSent] = Record()
+        self.activity: Record[Activity] = Record()
+        """Everything the bot did, as ``GET {admin_url}/sent`` lists it."""
+        self.media: dict[str, tuple[MediaRecord, bytes]] = {}
+        """Uploaded media by ``media_id``: what was recorded, and the bytes."""
         self.subscribes: int = 0
         self.ignore_pings = False
         """True: pings are not acknowledged (a dead server)."""
@@ -116,6 +147,7 @@ class WeComEmulator:
         self._active: Connection | None = None
         self._queued: deque[str] = deque()
         self._blobs: dict[str, bytes] = {}
+        self._uploads: dict[str, _Upload] = {}
         self._nursery: trio.Nursery | None = None
         self._connected = trio.Event()
         self._ids = itertools.count(1)
@@ -224,7 +256,7 @@ class WeComEmulator:
 
     async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         try:
-            frame = f.parse_frame(data)
+            frame = _parse_client_frame(data)
         except Exception:
             return  # a real server would likely close; we ignore bad client frames
         self.frames.append(frame)
@@ -238,55 +270,227 @@ class WeComEmulator:
             if not self.ignore_pings:
                 await conn.ws.send_message(_ack(frame.req_id))
             return
-        errcode, errmsg = self._check(frame)
-        await conn.ws.send_message(_ack(frame.req_id, errcode, errmsg))
+        errcode, errmsg, body = self._check(frame)
+        await conn.ws.send_message(_ack(frame.req_id, errcode, errmsg, body))
 
-    def _check(self, frame: f.Frame) -> tuple[int, str]:
-        """Validate and record one reply command; returns the ack's errcode and errmsg."""
-        callback = self._callbacks.get(frame.req_id)
-        if frame.cmd == f.SEND:
-            markdown = frame.body.get("markdown")
-            text = markdown.get("content", "") if isinstance(markdown, dict) else ""
-            self.sent.append(
-                WeComSent("proactive", str(frame.body.get("chatid")), text, frame.req_id)
+    def _check(self, frame: f.Frame) -> tuple[int, str, Mapping[str, Any]]:
+        """Validate and record one command; returns the ack's errcode, errmsg and body."""
+        handler = {
+            f.SEND: self._send,
+            f.RESPOND_WELCOME: self._welcome,
+            out.RESPOND_UPDATE: self._update_card,
+            f.RESPOND: self._respond,
+            out.UPLOAD_INIT: self._upload_init,
+            out.UPLOAD_CHUNK: self._upload_chunk,
+            out.UPLOAD_FINISH: self._upload_finish,
+        }.get(frame.cmd or "")
+        if handler is None:
+            return f.INVALID_REQ_ID, f"unsupported command {frame.cmd}", {}
+        try:
+            return (0, "ok", handler(frame) or {})
+        except _Refused as refused:
+            callback = self._callbacks.get(frame.req_id)
+            if frame.cmd == f.RESPOND and callback is not None and callback.kind == "message":
+                self._finish(callback)  # a refused answer is over: no slot stays taken
+            self._record(
+                "refused",
+                str(frame.cmd),
+                callback.chat if callback else get_str(frame.body, "chatid"),
+                req_id=frame.req_id,
+                detail={"errcode": refused.errcode, "errmsg": refused.errmsg},
             )
-            return 0, "ok"
-        if frame.cmd == f.RESPOND_WELCOME:
-            late = callback is not None and trio.current_time() - callback.at > f.WELCOME_DEADLINE
-            if callback is None or callback.kind != "enter_chat" or late or callback.finished:
-                return f.INVALID_REQ_ID, "invalid req_id"
+            return refused.errcode, refused.errmsg, {}
+
+    def _record(self, kind: str, via: str, to: str | None, *, req_id: str, **fields: Any) -> None:
+        self.activity.append(Activity("wecom", kind, via, to, id=req_id, **fields))
+
+    def _finish(self, callback: _Callback) -> None:
+        if not callback.finished:
             callback.finished = True
-            text = frame.body.get("text")
-            content = text.get("content", "") if isinstance(text, dict) else ""
-            self.sent.append(WeComSent("welcome", callback.user, content, frame.req_id))
-            return 0, "ok"
-        if frame.cmd != f.RESPOND:
-            return f.INVALID_REQ_ID, f"unsupported command {frame.cmd}"
+            self._in_flight[callback.user] -= 1
+
+    def _single(self, body: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | None, str | None]:
+        """A single message body's kind, card and media id, checked as WeCom would."""
+        msgtype = get_str(body, "msgtype") or ""
+        if msgtype == "template_card":
+            return "card", self._card(body), None
+        if msgtype in MEDIA_KINDS:
+            media_id = get_str(get_object(body, msgtype), "media_id")
+            if media_id not in self.media or self.media[media_id][0].kind != msgtype:
+                raise _Refused(BAD_MEDIA_ID, f"invalid media_id for {msgtype}")
+            return msgtype, None, media_id
+        raise _Refused(BAD_CONTENT, f"msgtype {msgtype!r} not allowed here")
+
+    def _card(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        card = body.get("template_card")
+        if not isinstance(card, dict) or card.get("card_type") not in CARD_TYPES:
+            raise _Refused(BAD_CONTENT, "template_card needs a known card_type")
+        return card
+
+    def _media(self, media_id: str | None) -> MediaRecord | None:
+        return self.media[media_id][0] if media_id else None
+
+    def _send(self, frame: f.Frame) -> None:
+        chat = get_str(frame.body, "chatid")
+        if not chat:
+            raise _Refused(BAD_CONTENT, "chatid required")
+        if frame.body.get("msgtype") == "markdown":
+            text = get_str(get_object(frame.body, "markdown"), "content") or ""
+            if len(text.encode()) > f.STREAM_LIMIT:
+                raise _Refused(BAD_CONTENT, "content over 20480 bytes")
+            self.sent.append(WeComSent("proactive", chat, text, frame.req_id))
+            self._record("markdown", "proactive", chat, req_id=frame.req_id, text=text)
+            return
+        kind, card, media_id = self._single(frame.body)
+        self.sent.append(WeComSent("proactive", chat, "", frame.req_id, 1, card, media_id))
+        self._record(
+            kind, "proactive", chat, req_id=frame.req_id, card=card, media=self._media(media_id)
+        )
+
+    def _welcome(self, frame: f.Frame) -> None:
+        callback = self._answerable(frame, "enter_chat")
+        if frame.body.get("msgtype") == "template_card":
+            card, text = self._card(frame.body), ""
+        elif frame.body.get("msgtype") == "text":
+            card, text = None, get_str(get_object(frame.body, "text"), "content") or ""
+        else:
+            raise _Refused(BAD_CONTENT, "a welcome is text or template_card")
+        callback.finished = True
+        self.sent.append(WeComSent("welcome", callback.user, text, frame.req_id, 1, card))
+        kind = "card" if card else "text"
+        self._record(kind, "welcome", callback.user, req_id=frame.req_id, text=text, card=card)
+
+    def _update_card(self, frame: f.Frame) -> None:
+        callback = self._answerable(frame, "card_event")
+        if frame.body.get("response_type") != "update_template_card":
+            raise _Refused(BAD_CONTENT, "response_type must be update_template_card")
+        card = self._card(frame.body)
+        callback.finished = True
+        userids = frame.body.get("userids")
+        self._record(
+            "card_update",
+            "update",
+            callback.user,
+            req_id=frame.req_id,
+            card=card,
+            detail={"userids": userids} if userids is not None else {},
+        )
+
+    def _answerable(self, frame: f.Frame, kind: str) -> _Callback:
+        """The event callback ``frame`` answers, if it may still (5 s, once)."""
+        callback = self._callbacks.get(frame.req_id)
+        late = callback is not None and trio.current_time() - callback.at > f.WELCOME_DEADLINE
+        if callback is None or callback.kind != kind or late or callback.finished:
+            raise _Refused(f.INVALID_REQ_ID, "invalid req_id")
+        return callback
+
+    def _respond(self, frame: f.Frame) -> None:
+        callback = self._callbacks.get(frame.req_id)
         if callback is None or callback.kind != "message":
-            return f.INVALID_REQ_ID, "invalid req_id"
+            raise _Refused(f.INVALID_REQ_ID, "invalid req_id")
         if callback.finished:
-            return f.STREAM_EXPIRED, "stream message update expired"
-        stream = frame.body.get("stream")
-        if frame.body.get("msgtype") != "stream" or not isinstance(stream, dict):
-            return BAD_CONTENT, "only stream replies are emulated"
+            raise _Refused(f.STREAM_EXPIRED, "stream message update expired")
+        msgtype = frame.body.get("msgtype")
+        if msgtype in ("stream", "stream_with_template_card"):
+            self._stream_frame(callback, frame)
+            return
+        kind, card, media_id = self._single(frame.body)
+        self._finish(callback)
+        self.sent.append(WeComSent("reply", callback.chat, "", frame.req_id, 1, card, media_id))
+        self._record(
+            kind,
+            "reply",
+            callback.chat,
+            req_id=frame.req_id,
+            card=card,
+            media=self._media(media_id),
+        )
+
+    def _stream_frame(self, callback: _Callback, frame: f.Frame) -> None:
+        stream = get_object(frame.body, "stream")
         content = stream.get("content", "")
         finish = stream.get("finish") is True
         if not isinstance(content, str) or len(content.encode()) > f.STREAM_LIMIT:
-            return BAD_CONTENT, "content over 20480 bytes"
+            raise _Refused(BAD_CONTENT, "content over 20480 bytes")
         if callback.stream_id not in (None, stream.get("id")):
-            return BAD_CONTENT, "stream id changed"
+            raise _Refused(BAD_CONTENT, "stream id changed")
         if stream.get("msg_item") and not finish:
-            return BAD_CONTENT, "msg_item only with finish"
+            raise _Refused(BAD_CONTENT, "msg_item only with finish")
+        if frame.body.get("msgtype") == "stream_with_template_card":
+            if callback.card is not None:
+                raise _Refused(BAD_CONTENT, "a card goes once per message")
+            callback.card = self._card(frame.body)
         callback.stream_id = stream.get("id")
         callback.content = content
         callback.frames += 1
         if finish:
-            callback.finished = True
-            self._in_flight[callback.user] -= 1
+            self._finish(callback)
             self.sent.append(
-                WeComSent("stream", callback.chat, content, frame.req_id, callback.frames)
+                WeComSent(
+                    "stream", callback.chat, content, frame.req_id, callback.frames, callback.card
+                )
             )
-        return 0, "ok"
+            self._record(
+                "stream",
+                "reply",
+                callback.chat,
+                req_id=frame.req_id,
+                text=content,
+                card=callback.card,
+                detail={"frames": callback.frames},
+            )
+
+    def _upload_init(self, frame: f.Frame) -> Mapping[str, Any]:
+        body = frame.body
+        kind, total, chunks = body.get("type"), body.get("total_size"), body.get("total_chunks")
+        if kind not in MEDIA_KINDS or not isinstance(total, int) or not isinstance(chunks, int):
+            raise _Refused(BAD_CONTENT, "type, total_size and total_chunks required")
+        if not 0 < chunks <= out.MAX_CHUNKS or not 0 <= total <= chunks * out.CHUNK_BYTES:
+            raise _Refused(BAD_CONTENT, "at most 100 chunks of 512 KiB")
+        upload_id = f"upload-{next(self._ids)}-{secrets.token_hex(4)}"
+        self._uploads[upload_id] = _Upload(
+            str(kind),
+            get_str(body, "filename") or "",
+            total,
+            get_str(body, "md5"),
+            [None] * chunks,
+        )
+        return {"upload_id": upload_id}
+
+    def _upload_chunk(self, frame: f.Frame) -> None:
+        upload = self._uploads.get(get_str(frame.body, "upload_id") or "")
+        index = frame.body.get("chunk_index")
+        if upload is None:
+            raise _Refused(BAD_CONTENT, "unknown upload_id")
+        if not isinstance(index, int) or not 0 <= index < len(upload.chunks):
+            raise _Refused(BAD_CONTENT, "chunk_index out of range (from 0)")
+        try:
+            data = base64.b64decode(get_str(frame.body, "base64_data") or "", validate=True)
+        except ValueError:
+            raise _Refused(BAD_CONTENT, "base64_data is not base64") from None
+        if len(data) > out.CHUNK_BYTES:
+            raise _Refused(BAD_CONTENT, "chunk over 512 KiB")
+        upload.chunks[index] = data
+
+    def _upload_finish(self, frame: f.Frame) -> Mapping[str, Any]:
+        upload_id = get_str(frame.body, "upload_id") or ""
+        upload = self._uploads.pop(upload_id, None)
+        if upload is None:
+            raise _Refused(BAD_CONTENT, "unknown upload_id")
+        if any(chunk is None for chunk in upload.chunks):
+            raise _Refused(BAD_CONTENT, "chunks missing")
+        data = b"".join(chunk or b"" for chunk in upload.chunks)
+        if len(data) != upload.total_size:
+            raise _Refused(BAD_CONTENT, "total_size does not match the chunks")
+        if upload.md5 and hashlib.md5(data).hexdigest() != upload.md5:
+            raise _Refused(BAD_CONTENT, "md5 does not match")
+        media_id = f"media-{next(self._ids)}-{secrets.token_hex(6)}"
+        record = MediaRecord(
+            media_id, upload.kind, len(data), hashlib.sha256(data).hexdigest(), upload.filename
+        )
+        self.media[media_id] = (record, data)
+        self._record("upload", "upload", None, req_id=frame.req_id, media=record)
+        return {"type": upload.kind, "media_id": media_id, "created_at": int(time.time())}
 
     # -- the users' side -------------------------------------------------------------------------
 
@@ -312,15 +516,17 @@ class WeComEmulator:
             {"cmd": f.MSG_CALLBACK, "headers": {"req_id": req_id}, "body": body}
         )
 
-    def _event_frame(self, eventtype: str, user: str, chat: str) -> tuple[str, str]:
+    def _event_frame(
+        self, eventtype: str, user: str, chat: str, fields: Mapping[str, Any] | None = None
+    ) -> tuple[str, str]:
         req_id = base64.urlsafe_b64encode(secrets.token_bytes(12)).decode()
         body = {
             "msgid": f"event-{next(self._ids)}",
             "aibotid": self.bot_id,
-            "chattype": "single",
+            "chattype": "group" if chat else "single",
             "from": {"userid": user},
             "msgtype": "event",
-            "event": {"eventtype": eventtype},
+            "event": {"eventtype": eventtype, **(fields or {})},
         }
         if chat:
             body["chatid"] = chat
@@ -365,8 +571,37 @@ class WeComEmulator:
 
     def user_enters(self, user: str) -> str:
         """``user`` opens the chat with the bot (``enter_chat``); returns the event's req_id."""
-        req_id, frame = self._event_frame("enter_chat", user, "")
-        self._callbacks[req_id] = _Callback("enter_chat", user, user, trio.current_time())
+        return self.push_event(user, "enter_chat")
+
+    def user_clicks_card(
+        self, user: str, *, event_key: str, task_id: str, chat: str | None = None
+    ) -> str:
+        """``user`` clicks a card's button (``template_card_event``, answerable within 5 s
+        by ``aibot_respond_update_msg``); returns the event's req_id. The event's layout
+        (``event.template_card_event.{event_key, task_id}``) is unconfirmed."""
+        click = {"event_key": event_key, "task_id": task_id}
+        return self.push_event(user, "template_card_event", {"template_card_event": click}, chat)
+
+    def push_event(
+        self,
+        user: str,
+        eventtype: str,
+        fields: Mapping[str, Any] | None = None,
+        chat: str | None = None,
+    ) -> str:
+        """Push any ``aibot_event_callback`` (``fields`` go into ``event``); returns its req_id.
+
+        ``enter_chat`` and ``template_card_event`` can be answered (5 s) as on the platform.
+        """
+        req_id, frame = self._event_frame(eventtype, user, chat or "", fields)
+        kinds: dict[str, Literal["enter_chat", "card_event"]] = {
+            "enter_chat": "enter_chat",
+            "template_card_event": "card_event",
+        }
+        if eventtype in kinds:
+            self._callbacks[req_id] = _Callback(
+                kinds[eventtype], user, chat or user, trio.current_time()
+            )
         self._push(frame)
         return req_id
 
@@ -519,8 +754,29 @@ class WeComEmulator:
         return httpx.Response(404, content=b"admin: POST /admin/messages or GET /admin/sent")
 
 
-def _ack(req_id: str, errcode: int = 0, errmsg: str = "ok") -> str:
-    return f.Frame(req_id, errcode=errcode, errmsg=errmsg).encode()
+class _Refused(Exception):
+    def __init__(self, errcode: int, errmsg: str) -> None:
+        super().__init__(errmsg)
+        self.errcode = errcode
+        self.errmsg = errmsg
+
+
+def _ack(
+    req_id: str, errcode: int = 0, errmsg: str = "ok", body: Mapping[str, Any] | None = None
+) -> str:
+    return f.Frame(req_id, body=body or {}, errcode=errcode, errmsg=errmsg).encode()
+
+
+def _parse_client_frame(data: str | bytes) -> f.Frame:
+    """A client frame; upload chunks (up to 512 KiB as base64) may pass the client's own
+    cap on what it reads, up to what the WebSocket carries."""
+    if len(data) <= f.MAX_FRAME_BYTES:
+        return f.parse_frame(data)
+    raw = json.loads(data)
+    if not isinstance(raw, dict) or not isinstance(raw.get("body"), dict):
+        raise ValueError("not a frame")
+    req_id = get_str(get_object(raw, "headers"), "req_id") or ""
+    return f.Frame(req_id, get_str(raw, "cmd"), raw["body"])
 
 
 def _media_policy(http_base: str) -> MediaPolicy:

@@ -11,11 +11,13 @@ from ._convert import to_message as to_message
 from ._frames import Frame as Frame
 from ._frames import decode as decode_frame
 from ._frames import encode as encode_frame
+from ._outbound import EditBudget as EditBudget
 
 __all__ = [
     "FEISHU",
     "LARK",
     "ClientConfig",
+    "EditBudget",
     "Frame",
     "LarkError",
     "LongConnection",

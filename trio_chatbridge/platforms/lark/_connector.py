@@ -32,6 +32,7 @@ from trio_websocket import (
 )
 
 from ... import _connector as base
+from ..._content import Attachment, Content, Sent, kind_of
 from ..._errors import (
     ConnectorError,
     FatalConnectorError,
@@ -43,6 +44,7 @@ from ..._json import json_object
 from ..._messages import Message
 from ..._receive import Skipped, parse_or_skip, rearm, receive_burst
 from . import _frames as fr
+from . import _outbound as out
 from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
 from ._convert import MESSAGE_EVENT, PLATFORM, to_message
 
@@ -107,7 +109,8 @@ class LongConnection(base.Connector):
 
     Group messages are handled only when they @-mention the bot, unless
     ``group_messages="all"``; the bot's own messages are ignored. Other event types go to
-    ``on_event(envelope)``.
+    ``on_event(envelope)``. ``edit_budget`` says how streamed replies spend Lark's edits
+    (by default one edit a second, at most 20: the platform's limit per message).
     """
 
     platform = PLATFORM
@@ -123,6 +126,7 @@ class LongConnection(base.Connector):
         on_event: EventHandler | None = None,
         ping_grace: float = PING_GRACE,
         stream_interval: float = STREAM_INTERVAL,
+        edit_budget: out.EditBudget | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         open_websocket: OpenWebSocket = _open_websocket,
         random: Callable[[], float] = random.random,
@@ -135,6 +139,7 @@ class LongConnection(base.Connector):
         self.on_event = on_event
         self.ping_grace = ping_grace
         self.stream_interval = stream_interval
+        self.edit_budget: out.EditBudget = edit_budget or out.EditBudget(stream_interval)
         self.config: ClientConfig = ClientConfig()
         self._open_websocket = open_websocket
         self._fragments: dict[str, _Partial] = {}
@@ -400,20 +405,60 @@ class LongConnection(base.Connector):
         """Reply to ``target`` (or, where a reply is impossible, send to its chat)."""
         await self._post(target, text)
 
-    async def _post(self, target: Message, text: str) -> str:
+    async def send_content(self, target: Message, content: Content) -> Sent:
+        """Reply with text, Markdown (a post), a :class:`Post`, a :class:`Card` (interactive)
+        or an :class:`Attachment` (uploaded, then sent); where a reply is impossible, to the
+        chat. The returned :class:`Sent` has the message id that :meth:`edit` takes."""
+        message_id = await self._post(target, content)
+        return Sent(PLATFORM, target.reply_handle["chat_id"], kind_of(content), message_id)
+
+    async def send_first(self, chat_id: str, content: Content) -> Sent:
+        """Send to a chat (``oc_...``) or a user (``ou_...`` open id, ``on_...`` union id)
+        unprompted; the same content as :meth:`send_content`."""
+        msg_type, body = await self._body(content)
+        try:
+            message_id = await out.create(self.api, chat_id, msg_type, body)
+        except (LarkError, ConnectorError, ProtocolError) as exc:
+            raise SendError(f"Lark app {self.account}: send to {chat_id} failed: {exc}") from exc
+        return Sent(PLATFORM, chat_id, kind_of(content), message_id)
+
+    async def edit(self, sent: Sent, content: Content) -> None:
+        """Edit a sent message in place: text, Markdown and posts by ``PUT`` (20 times at
+        most), a card by ``PATCH`` (cards sent with ``update_multi`` show it to everyone)."""
+        if sent.message_id is None or isinstance(content, Attachment):
+            raise SendError(
+                f"Lark app {self.account}: only a sent text, post or card can be edited"
+            )
+        msg_type, body = out.body(self.account, content)
+        try:
+            await out.update(self.api, sent.message_id, msg_type, body)
+        except (LarkError, ConnectorError, ProtocolError) as exc:
+            raise SendError(f"Lark app {self.account}: edit failed: {exc}") from exc
+
+    async def _body(self, content: Content) -> tuple[str, str]:
+        key = None
+        if isinstance(content, Attachment):
+            try:
+                key = await out.upload(self.api, content)
+            except (LarkError, ConnectorError, ProtocolError) as exc:
+                raise SendError(f"Lark app {self.account}: upload failed: {exc}") from exc
+        return out.body(self.account, content, key)
+
+    async def _post(self, target: Message, content: Content) -> str:
+        msg_type, body = await self._body(content)
         try:
             try:
-                return await self.api.reply(target.reply_handle["message_id"], text)
+                return await out.reply(self.api, target.reply_handle["message_id"], msg_type, body)
             except LarkError as exc:
                 if exc.code not in REPLY_FALLBACK:
                     raise
-                return await self.api.send(target.reply_handle["chat_id"], text)
+                return await out.create(self.api, target.reply_handle["chat_id"], msg_type, body)
         except (LarkError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"Lark app {self.account}: reply failed: {exc}") from exc
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
-        """Send one message at the first write, edit it as the text grows (throttled), and
-        a final edit at the end."""
+        """Send one message at the first write, edit it as the text grows (within
+        ``edit_budget``), and a final edit at the end."""
         return self._stream(target)
 
     def _stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
@@ -424,7 +469,8 @@ class _EditedStream(base.CoalescingStream):
     """One message, sent at the first update and edited as the text grows."""
 
     def __init__(self, connector: LongConnection, target: Message) -> None:
-        super().__init__(connector.stream_interval)
+        self._budget = connector.edit_budget
+        super().__init__(self._budget.interval)
         self._connector = connector
         self._target = target
         self._shown = ""
@@ -432,6 +478,14 @@ class _EditedStream(base.CoalescingStream):
         self.edits = 0
 
     async def update(self, text: str) -> None:
+        # max_edits=0: one message at the end. Else the last edit is kept for the final text.
+        if self._budget.max_edits == 0:
+            return
+        if self.message_id is not None and self.edits >= self._budget.max_edits - 1:
+            return
+        await self._show(text)
+
+    async def _show(self, text: str) -> None:
         if not text or text == self._shown:
             return
         if self.message_id is None:
@@ -445,7 +499,7 @@ class _EditedStream(base.CoalescingStream):
         self._shown = text
 
     async def final(self, text: str) -> None:
-        await self.update(text)  # nothing written: nothing sent
+        await self._show(text)  # nothing written: nothing sent
 
 
 def _service_id(url: str) -> int:

@@ -22,6 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from ... import _connector as base
+from ..._content import Attachment, Card, Content, Sent, kind_of
 from ..._errors import (
     ConfigurationError,
     ConnectorError,
@@ -35,6 +36,7 @@ from ..._messages import Batch, Media, Message
 from ..._receive import Skipped, parse_or_skip, rearm, receive_burst
 from . import _crypto
 from . import _frames as f
+from . import _outbound as out
 from ._convert import PLATFORM, to_message
 from ._link import Link, WeComError
 
@@ -62,7 +64,7 @@ class WeComEvent:
     body: Mapping[str, Any] = attrs.field(repr=False)
 
 
-Welcome: TypeAlias = str | Callable[[WeComEvent], Awaitable[str | None]] | None
+Welcome: TypeAlias = str | Card | Callable[[WeComEvent], Awaitable[str | Card | None]] | None
 EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
 
 
@@ -83,7 +85,8 @@ def utf8_prefix(text: str, limit: int) -> str:
 class LongConnection(base.Connector):
     """A WeCom AI Bot on the WebSocket long connection (bot id + secret, no public URL).
 
-    ``welcome`` answers ``enter_chat`` (a text, a coroutine function returning one, or None);
+    ``welcome`` answers ``enter_chat`` (a text or a :class:`Card`, a coroutine function
+    returning one, or None);
     ``on_event`` receives other events (card clicks, feedback). ``bot_name`` lets group
     messages lose exactly the bot's @-mention; without it, a leading @-mention is removed.
     ``earlier_reply`` is what closes the earlier callbacks of a batch (see the docs).
@@ -301,15 +304,15 @@ class LongConnection(base.Connector):
 
     async def _welcome(self, event: WeComEvent) -> None:
         with trio.move_on_after(f.WELCOME_DEADLINE) as deadline:
-            text = (
-                self.welcome if isinstance(self.welcome, str | None) else await self.welcome(event)
-            )
-            if text:
-                await self.link.command(
-                    f.RESPOND_WELCOME,
-                    event.req_id,
-                    {"msgtype": "text", "text": {"content": text}},
+            welcome = self.welcome
+            answer = welcome if isinstance(welcome, str | Card | None) else await welcome(event)
+            if answer:
+                body = (
+                    out.message_body(self.account, answer)
+                    if isinstance(answer, Card)
+                    else {"msgtype": "text", "text": {"content": answer}}
                 )
+                await self.link.command(f.RESPOND_WELCOME, event.req_id, body)
         if deadline.cancelled_caught:
             self.ctx.count("late_welcomes")
             log.warning("wecom bot %s: no welcome within %.0f s", self.account, f.WELCOME_DEADLINE)
@@ -344,10 +347,71 @@ class LongConnection(base.Connector):
         """Stream onto ``aibot_respond_msg``: the whole text so far in each frame, coalesced."""
         return self._stream(target)
 
-    def _stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
+    def stream_with_card(
+        self, target: Message, card: Card
+    ) -> AbstractAsyncContextManager[base.ReplyStream]:
+        """A stream whose first frame also carries ``card`` (``stream_with_template_card``)."""
+        return self._stream(target, card)
+
+    def _stream(
+        self, target: Message, card: Card | None = None
+    ) -> AbstractAsyncContextManager[base.ReplyStream]:
         # The final frame is always sent, even after an error or a cancellation: an open
         # stream would hold one of the user's few in-flight messages.
-        return base.streaming(_Stream(self, target), final_within=2 * self.ack_timeout)
+        return base.streaming(_Stream(self, target, card), final_within=2 * self.ack_timeout)
+
+    async def send_content(self, target: Message, content: Content) -> Sent:
+        """Answer ``target``: text and Markdown as a finished stream, a :class:`Card` as a
+        template card, an :class:`Attachment` uploaded then sent as media. Where the callback
+        can take no more (answered already, or an old connection's), it goes proactively."""
+        chat = target.reply_handle["chatid"]
+        if out.is_text(content):
+            await self.send(target, out.text_of(content))
+            return Sent(PLATFORM, chat, kind_of(content))
+        body = out.message_body(self.account, content, await self._media_id(content))
+        req_id = target.reply_handle.get("req_id")
+        try:
+            if not req_id:
+                raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
+            await self._command(f.RESPOND, req_id, body)
+        except WeComError as exc:
+            if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
+                raise
+            await self._command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat, **body})
+        return Sent(PLATFORM, chat, kind_of(content))
+
+    async def send_first(self, chat_id: str, content: Content) -> Sent:
+        """Send to a user (their userid) or a group (its chatid) unprompted (``aibot_send_msg``):
+        text and Markdown as ``markdown`` (cut into 20480-byte pieces), cards, media."""
+        if out.is_text(content):
+            await self.send_proactive(chat_id, out.text_of(content))
+        else:
+            body = out.message_body(self.account, content, await self._media_id(content))
+            await self._command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat_id, **body})
+        return Sent(PLATFORM, chat_id, kind_of(content))
+
+    async def update_card(
+        self, event: WeComEvent, card: Card, *, userids: list[str] | None = None
+    ) -> None:
+        """Replace the card a user clicked (``template_card_event``) within its 5 s
+        (``aibot_respond_update_msg``); ``userids`` limits the change to those users."""
+        body: dict[str, Any] = {
+            "response_type": "update_template_card",
+            "template_card": dict(card.json),
+        }
+        if userids is not None:
+            body["userids"] = list(userids)
+        await self._command(out.RESPOND_UPDATE, event.req_id, body)
+
+    async def upload(self, attachment: Attachment) -> str:
+        """Upload media in chunks over the connection; returns its ``media_id`` (3 days)."""
+        try:
+            return await out.upload(self._ack, self.account, attachment)
+        except ProtocolError as exc:
+            raise SendError(f"wecom bot {self.account}: upload failed: {exc}") from exc
+
+    async def _media_id(self, content: Content) -> str | None:
+        return await self.upload(content) if isinstance(content, Attachment) else None
 
     async def send_proactive(self, chat_id: str, text: str) -> None:
         """Push markdown to a user or group with no callback to answer (``aibot_send_msg``)."""
@@ -362,17 +426,22 @@ class LongConnection(base.Connector):
             )
 
     async def _respond_stream(
-        self, req_id: str, content: str, stream_id: str, finish: bool
+        self, req_id: str, content: str, stream_id: str, finish: bool, card: Card | None = None
     ) -> None:
-        body = {
+        body: dict[str, Any] = {
             "msgtype": "stream",
             "stream": {"id": stream_id, "finish": finish, "content": content},
         }
+        if card is not None:
+            body.update(msgtype="stream_with_template_card", template_card=dict(card.json))
         await self._command(f.RESPOND, req_id, body)
 
     async def _command(self, cmd: str, req_id: str, body: Mapping[str, Any]) -> None:
+        await self._ack(cmd, req_id, body)
+
+    async def _ack(self, cmd: str, req_id: str, body: Mapping[str, Any]) -> f.Frame:
         try:
-            await self.link.command(cmd, req_id, body)
+            return await self.link.command(cmd, req_id, body)
         except ConnectorError as exc:
             raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
 
@@ -413,10 +482,13 @@ class _Stream(base.CoalescingStream):
     not fit in the platform's 20480 bytes goes out as proactive messages at the end.
     """
 
-    def __init__(self, connector: LongConnection, target: Message) -> None:
+    def __init__(
+        self, connector: LongConnection, target: Message, card: Card | None = None
+    ) -> None:
         super().__init__(connector.stream_interval)
         self._connector = connector
         self._target = target
+        self._card = card
         self._sent_text = ""
         self.stream_id = _new_stream_id()
         self.frames = 0
@@ -433,19 +505,24 @@ class _Stream(base.CoalescingStream):
                 raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
             await self._frame(content, finish=True)
         except WeComError as exc:
-            if exc.errcode != f.INVALID_REQ_ID:
+            answered = exc.errcode == f.STREAM_EXPIRED and not self.frames
+            if exc.errcode != f.INVALID_REQ_ID and not answered:
                 raise
-            # The callback is gone (an old connection's, after a restart): say it proactively.
-            content = ""
+            # The callback is gone (an old connection's after a restart, or answered already
+            # by a card or media): say it proactively, once.
+            if self._card is not None:
+                await self._connector.send_first(self._target.reply_handle["chatid"], self._card)
             await self._connector.send_proactive(self._target.reply_handle["chatid"], text)
+            return
         if len(content) < len(text):
             await self._connector.send_proactive(
                 self._target.reply_handle["chatid"], text[len(content) :]
             )
 
     async def _frame(self, content: str, *, finish: bool) -> None:
+        card = self._card if self.frames == 0 else None  # a card goes once per message
         await self._connector._respond_stream(
-            self._target.reply_handle["req_id"], content, self.stream_id, finish
+            self._target.reply_handle["req_id"], content, self.stream_id, finish, card
         )
         self._sent_text = content
         self.frames += 1

@@ -26,6 +26,7 @@ import httpx
 import trio
 
 from ... import _connector as base
+from ..._content import Card
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
@@ -255,8 +256,11 @@ class Webhook(base.Connector):
         if eventtype != "enter_chat":
             self.ctx.count(f"events.{eventtype or 'unknown'}")
             return None
-        text = self.welcome if isinstance(self.welcome, str | None) else await self.welcome(details)
-        return {"msgtype": "text", "text": {"content": text}} if text else None
+        welcome = self.welcome
+        answer = welcome if isinstance(welcome, str | Card | None) else await welcome(details)
+        if isinstance(answer, Card):
+            return {"msgtype": "template_card", "template_card": dict(answer.json)}
+        return {"msgtype": "text", "text": {"content": answer}} if answer else None
 
     def _expire(self) -> None:
         cutoff = trio.current_time() - STREAM_TTL

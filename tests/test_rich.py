@@ -1,0 +1,411 @@
+"""Rich replies on every platform: media, Markdown, cards, posts, edits, sending first."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from support import emulator_bridge
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import lark
+from trio_chatbridge.platforms.wecom import Frame
+from trio_chatbridge.testing import (
+    Activity,
+    HandlerTransport,
+    LarkEmulator,
+    WeComEmulator,
+    WeixinEmulator,
+    open_bridge,
+)
+from trio_chatbridge.testing._record import Record
+
+CARD = {
+    "card_type": "text_notice",
+    "main_title": {"title": "Build", "desc": "green"},
+    "card_action": {"type": 1, "url": "https://example.invalid/"},
+    "task_id": "task-1",
+}
+LARK_CARD = {
+    "config": {"update_multi": True},
+    "elements": [{"tag": "markdown", "content": "**building**"}],
+}
+PICTURE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 5000  # > 1 MiB: three WeCom chunks
+
+Script = Callable[[cb.Batch, cb.Reply], Awaitable[None]]
+
+
+def agent_of(script: Script, results: Record[Any]) -> cb.Agent:
+    """An agent running ``script``, keeping what it returned or the SendError it raised."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await script(batch, reply)
+            results.append("ok")
+        except cb.SendError as exc:
+            results.append(exc)
+
+    return agent
+
+
+@asynccontextmanager
+async def wecom(script: Script, results: Record[Any]) -> AsyncIterator[WeComEmulator]:
+    emu = WeComEmulator()
+    async with emulator_bridge(emu, emu.connector, agent_of(script, results)):
+        yield emu
+
+
+@asynccontextmanager
+async def lark_app(
+    script: Script, results: Record[Any], **options: Any
+) -> AsyncIterator[LarkEmulator]:
+    emu = LarkEmulator()
+    async with emulator_bridge(emu, lambda: emu.connector(**options), agent_of(script, results)):
+        yield emu
+
+
+async def until(results: Record[Any], count: int = 1) -> None:
+    with trio.fail_after(300):  # virtual seconds: a hang fails
+        for _ in range(count):
+            await results.next()
+
+
+async def connected(emu: WeComEmulator) -> None:
+    with trio.fail_after(60):
+        if emu.subscribes == 0:
+            await emu.wait_connected()
+
+
+async def idle(batch: cb.Batch, reply: cb.Reply) -> None:
+    await trio.lowlevel.checkpoint()
+
+
+# -- WeCom -------------------------------------------------------------------------------------
+
+
+async def test_wecom_card_reply_answers_the_callback_and_frees_its_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(cb.Card(CARD))
+
+    async with wecom(script, results) as emu:
+        req_id = emu.user_says("ann", "status?")
+        sent = await emu.next_sent()
+        await until(results)
+    assert results == ["ok"]
+    assert (sent.kind, sent.card, sent.req_id) == ("reply", CARD, req_id)
+    assert emu.in_flight("ann") == 0
+    card = [a for a in emu.activity if a.kind == "card"]
+    assert card == [Activity("wecom", "card", "reply", "ann", card=CARD, id=req_id)]
+
+
+async def test_wecom_image_is_uploaded_in_chunks_then_sent_as_media(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(cb.Attachment(PICTURE, "chart.png"))
+
+    async with wecom(script, results) as emu:
+        emu.user_says("ann", "chart please")
+        sent = await emu.next_sent()
+        await until(results)
+    chunks = emu.commands("aibot_upload_media_chunk")
+    assert [c.body["chunk_index"] for c in chunks] == [0, 1, 2]
+    assert sent.media_id is not None
+    record, data = emu.media[sent.media_id]
+    assert data == PICTURE
+    assert (record.kind, record.size, record.filename) == ("image", len(PICTURE), "chart.png")
+    assert record.sha256 == hashlib.sha256(PICTURE).hexdigest()
+    image = [a for a in emu.activity if a.kind == "image"]
+    assert [(a.via, a.media) for a in image] == [("reply", record)]
+
+
+async def test_wecom_after_a_card_the_text_goes_proactively(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(cb.Card(CARD))
+        await reply.send(cb.Markdown("**and** some words"))
+
+    async with wecom(script, results) as emu:
+        emu.user_says("ann", "both")
+        await until(results)
+    assert results == ["ok"]
+    assert [(a.kind, a.via) for a in emu.activity if a.kind != "refused"] == [
+        ("card", "reply"),
+        ("markdown", "proactive"),
+    ]
+
+
+async def test_wecom_stream_with_a_card_sends_the_card_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream(card=cb.Card(CARD)) as out:
+            for word in ("one ", "two ", "three"):
+                await out.write(word)
+                await trio.sleep(1)
+
+    async with wecom(script, results) as emu:
+        emu.user_says("ann", "go")
+        sent = await emu.next_sent()
+    frames = emu.commands("aibot_respond_msg")
+    kinds = [fr.body["msgtype"] for fr in frames]
+    assert kinds[0] == "stream_with_template_card" and set(kinds[1:]) == {"stream"}
+    assert (sent.text, sent.card, sent.frames) == ("one two three", CARD, len(frames))
+
+
+async def test_wecom_send_first_markdown_card_and_file(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    connector = emu.connector()
+    async with emulator_bridge(emu, lambda: connector, idle):
+        await connected(emu)
+        await connector.send_first("dana", "good **morning**")
+        await connector.send_first("group-1", cb.Card(CARD))
+        sent = await connector.send_first("dana", cb.Attachment(b"a,b\n1,2\n", "data.csv"))
+    assert sent == cb.Sent("wecom", "dana", "file")
+    kinds = [(a.kind, a.via, a.to) for a in emu.activity if a.kind != "upload"]
+    assert kinds == [
+        ("markdown", "proactive", "dana"),
+        ("card", "proactive", "group-1"),
+        ("file", "proactive", "dana"),
+    ]
+    assert emu.activity[-1].media is not None and emu.activity[-1].media.size == 8
+
+
+async def test_wecom_card_welcome_and_card_update_after_a_click(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clicks: Record[cb.Card] = Record()
+    new_card = dict(CARD, main_title={"title": "Build", "desc": "done"})
+
+    async def on_event(event: Any) -> None:
+        await connector.update_card(event, cb.Card(new_card), userids=["ann"])
+        clicks.append(cb.Card(new_card))
+
+    emu = WeComEmulator()
+    connector = emu.connector(welcome=cb.Card(CARD), on_event=on_event)
+    async with emulator_bridge(emu, lambda: connector, idle):
+        emu.user_enters("ann")
+        welcome = await emu.next_sent()
+        emu.user_clicks_card("ann", event_key="approve", task_id="task-1")
+        await until(clicks)
+        await trio.sleep(1)
+    assert (welcome.kind, welcome.card) == ("welcome", CARD)
+    update = [a for a in emu.activity if a.kind == "card_update"]
+    assert [(a.card, a.detail) for a in update] == [(new_card, {"userids": ["ann"]})]
+
+
+async def test_wecom_emulator_refuses_what_the_platform_would() -> None:
+    emu = WeComEmulator()
+
+    def frame(cmd: str, req_id: str, body: dict[str, Any]) -> tuple[int, str]:
+        errcode, errmsg, _ = emu._check(Frame(req_id, cmd, body))
+        return errcode, errmsg
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        req_id = emu.user_says("ann", "hi")
+        assert emu.in_flight("ann") == 1
+        bad = frame("aibot_respond_msg", req_id, {"msgtype": "image", "image": {"media_id": "x"}})
+        assert bad[0] == 40007
+        assert emu.in_flight("ann") == 0  # a refused answer leaves no message in flight
+        assert frame("aibot_send_msg", "s1", {"chatid": "ann", "msgtype": "template_card"})[0] == (
+            40058
+        )
+        init = {"type": "file", "filename": "a", "total_size": 3, "total_chunks": 1}
+        errcode, _, answer = emu._check(Frame("u1", "aibot_upload_media_init", init))
+        assert errcode == 0
+        finish = {"upload_id": answer["upload_id"]}
+        assert frame("aibot_upload_media_finish", "u2", finish) == (40058, "chunks missing")
+        nursery.cancel_scope.cancel()
+    refused = [a for a in emu.activity if a.kind == "refused"]
+    assert [a.detail["errcode"] for a in refused] == [40007, 40058, 40058]
+
+
+# -- Lark ----------------------------------------------------------------------------------------
+
+
+async def test_lark_card_reply_is_updated_in_place_by_patch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: Record[Any] = Record()
+    done = dict(LARK_CARD, elements=[{"tag": "markdown", "content": "**done**"}])
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        sent = await reply.send(cb.Card(LARK_CARD))
+        await trio.sleep(2)
+        await reply.edit(sent, cb.Card(done))
+
+    async with lark_app(script, results) as emu:
+        emu.user_says("ou_ann", "build")
+        sent = await emu.next_sent()
+        await until(results)
+    assert results == ["ok"]
+    assert (sent.msg_type, sent.content) == ("interactive", LARK_CARD)
+    assert emu.messages[sent.message_id].content == done
+    assert [(a.kind, a.via, a.card) for a in emu.activity] == [
+        ("card", "reply", LARK_CARD),
+        ("card", "patch", done),
+    ]
+
+
+async def test_lark_markdown_post_image_and_file(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: Record[Any] = Record()
+    post = {"en_us": {"title": "Report", "content": [[{"tag": "text", "text": "all good"}]]}}
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(cb.Markdown("**bold**"))
+        await reply.send(cb.Post(post))
+        await reply.send_media(PICTURE, filename="chart.png")
+        await reply.send(cb.Attachment(b"%PDF-1.4", "report.pdf"))
+
+    async with lark_app(script, results) as emu:
+        emu.user_says("ou_ann", "report")
+        await until(results)
+    assert results == ["ok"]
+    sent = [(a.kind, a.text) for a in emu.activity if a.via == "reply"]
+    assert sent == [("post", "**bold**"), ("post", "all good"), ("image", None), ("file", None)]
+    image, file = [a.media for a in emu.activity if a.kind in ("image", "file")]
+    assert image is not None and image.sha256 == hashlib.sha256(PICTURE).hexdigest()
+    assert file is not None and (file.filename, file.size) == ("report.pdf", 8)
+
+
+async def test_lark_send_first_to_a_chat_and_to_a_user(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    connector = emu.connector()
+    async with emulator_bridge(emu, lambda: connector, idle):
+        await trio.sleep(1)
+        first = await connector.send_first("oc_team", "the build is green")
+        second = await connector.send_first("ou_ann", cb.Card(LARK_CARD))
+    assert (first.chat, first.kind) == ("oc_team", "text")
+    assert second.message_id in emu.messages
+    calls = [(s.kind, s.chat, s.msg_type) for s in emu.sent]
+    assert calls == [("send", "oc_team", "text"), ("send", "ou_ann", "interactive")]
+
+
+async def test_lark_emulator_answers_get_message_and_refuses_bad_content(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        transport = HandlerTransport(emu.handle_http)
+        api = lark.OpenAPI(emu.app_id, emu.app_secret, domain=emu.http_base, transport=transport)
+        message_id = emu.user_says("ou_ann", "hello")
+        data = await api.call("GET", f"/open-apis/im/v1/messages/{message_id}")
+        item = data["items"][0]
+        assert (item["msg_type"], json.loads(item["body"]["content"])) == (
+            "text",
+            {"text": "hello"},
+        )
+        with pytest.raises(lark.LarkError) as refused:
+            await api.call(
+                "POST",
+                f"/open-apis/im/v1/messages/{message_id}/reply",
+                {"msg_type": "image", "content": json.dumps({"image_key": "made-up"})},
+            )
+        assert refused.value.code == 230001
+        with pytest.raises(lark.LarkError) as missing:
+            await api.call("GET", "/open-apis/im/v1/messages/om_nope")
+        assert missing.value.code == 230002
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("budget", "most_edits"),
+    [(lark.EditBudget(interval=1.0, max_edits=5), 5), (lark.EditBudget(max_edits=0), 0)],
+)
+async def test_lark_stream_keeps_within_its_edit_budget(
+    autojump_clock: trio.testing.MockClock, budget: lark.EditBudget, most_edits: int
+) -> None:
+    results: Record[Any] = Record()
+    words = [f"w{i} " for i in range(40)]
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            for word in words:
+                await out.write(word)
+                await trio.sleep(1.5)
+
+    async with lark_app(script, results, edit_budget=budget) as emu:
+        emu.user_says("ou_ann", "long answer")
+        sent = await emu.next_sent()
+        await until(results)
+    assert results == ["ok"]
+    assert emu.texts[sent.message_id] == "".join(words)
+    assert emu.edits.get(sent.message_id, 0) == most_edits
+    if most_edits == 0:
+        assert sent.text == "".join(words)  # one message, at the end
+
+
+async def test_lark_default_stream_never_passes_the_platforms_twenty_edits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            for i in range(60):
+                await out.write(f"{i} ")
+                await trio.sleep(1.1)
+
+    async with lark_app(script, results) as emu:
+        emu.user_says("ou_ann", "count")
+        sent = await emu.next_sent()
+        await until(results)
+    assert results == ["ok"]
+    assert emu.edits[sent.message_id] == 20
+    assert emu.texts[sent.message_id].endswith("59 ")
+
+
+def test_edit_budget_refuses_what_lark_cannot_do() -> None:
+    with pytest.raises(cb.ConfigurationError, match=r"0\.\.20"):
+        lark.EditBudget(max_edits=21)
+
+
+# -- WeChat --------------------------------------------------------------------------------------
+
+
+async def test_weixin_refuses_cards_and_markdown_with_a_clear_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        for content in (cb.Card(CARD), cb.Markdown("*x*"), cb.Post({})):
+            try:
+                await reply.send(content)
+            except cb.SendError as exc:
+                results.append(str(exc))
+
+    connector = emu.connector()
+    bridge = cb.Bridge([connector], script, store=cb.MemoryStore())
+    async with open_bridge(bridge):
+        emu.user_says("wx-ann", "hello")
+        await until(results, 3)
+    assert all("cannot send" in r and "weixin" in r for r in results)
+    assert emu.sent == []

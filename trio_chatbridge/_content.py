@@ -1,0 +1,107 @@
+"""What a bot can send besides plain text: one set of types for every platform.
+
+``reply.send(content)`` and ``connector.send_first(chat_id, content)`` take a ``str`` (plain
+text) or one of these. Each platform sends what it supports and raises :class:`SendError`,
+naming the platform and what to send instead, for what it does not (see docs/weixin.md,
+docs/wecom.md and docs/lark.md for the table and what the user sees).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias
+
+import attrs
+
+from ._errors import SendError
+
+MediaKind: TypeAlias = Literal["image", "file", "video", "voice"]
+
+_KINDS_BY_TYPE: dict[str, MediaKind] = {"image": "image", "video": "video", "audio": "voice"}
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return dict(value)
+
+
+@attrs.frozen
+class Markdown:
+    """Text with Markdown formatting, rendered where the platform renders it."""
+
+    text: str
+
+
+@attrs.frozen
+class Attachment:
+    """An image, a file, a video or a voice clip: uploaded to the platform, then sent."""
+
+    data: bytes = attrs.field(repr=False)
+    """The file's bytes (not shown in reprs)."""
+    filename: str
+    """The name the user sees (and where ``kind`` is guessed from)."""
+    kind: MediaKind | None = None
+    """``"image"``, ``"file"``, ``"video"`` or ``"voice"``; None guesses from ``filename``."""
+
+    @property
+    def media_kind(self) -> MediaKind:
+        """``kind``, or what the file name says (an unknown type is a ``"file"``)."""
+        if self.kind is not None:
+            return self.kind
+        mime, _ = mimetypes.guess_type(self.filename)
+        return _KINDS_BY_TYPE.get((mime or "").split("/", 1)[0], "file")
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the bytes (what the emulators record)."""
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@attrs.frozen
+class Card:
+    """A platform-native card, passed through as the platform's JSON.
+
+    On WeCom a ``template_card`` object (``{"card_type": "text_notice", ...}``); on Lark an
+    interactive card (``{"elements": [...], ...}`` or ``{"type": "template", ...}``).
+    """
+
+    json: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
+
+
+@attrs.frozen
+class Post:
+    """A Lark rich-text post, as the platform's JSON (``{"zh_cn": {"title", "content"}}``)."""
+
+    json: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
+
+
+Content: TypeAlias = str | Markdown | Attachment | Card | Post
+"""What ``send`` and ``send_first`` take."""
+
+
+@attrs.frozen
+class Sent:
+    """A message the bot sent, as far as the platform identified it."""
+
+    platform: str
+    chat: str
+    """Where it went (the chat, user or group id the platform uses)."""
+    kind: str
+    """``"text"``, ``"markdown"``, ``"card"``, ``"post"``, or the media kind."""
+    message_id: str | None = None
+    """The platform's id for it, where the platform returns one (Lark); needed to edit it."""
+
+
+def unsupported(platform: str, account: str, content: Content, instead: str) -> SendError:
+    """The error for content a platform cannot show: what was tried, what to send instead."""
+    return SendError(f"{platform} account {account} cannot send {kind_of(content)}: {instead}")
+
+
+def kind_of(content: Content) -> str:
+    """A short name for the content's kind (``"card"``, ``"image"``...)."""
+    if isinstance(content, str):
+        return "text"
+    if isinstance(content, Attachment):
+        return content.media_kind
+    return type(content).__name__.lower()
