@@ -6,7 +6,14 @@ It follows ``docs/protocols/weixin.md``. Choices where the real server is not kn
 - An empty cursor starts at the first message no poll has acknowledged yet (a new client
   gets what is waiting, not the whole history, and nothing undelivered is lost).
 - A cursor is acknowledged when a client presents it on the next poll.
-- A request that breaks the sendmessage envelope gets ``ret -2`` with an ``errmsg`` saying why.
+- A request that breaks the sendmessage envelope gets ``ret -2`` with an ``errmsg`` saying why;
+  so does an item naming media no upload here produced.
+- A stale token gets ``errcode -14``; on ``sendmessage`` the answer also carries ``ret -14``
+  (only ``getupdates`` is known to leave ``ret`` out, issue #69 of the reference client): a
+  client reading ``ret`` alone, the field sendmessage reports success in, must not take a
+  refused send for a delivered one.
+- ``sendtyping`` takes only a ``typing_ticket`` that ``getconfig`` gave for that user;
+  anything else gets ``ret -2`` "invalid typing_ticket".
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ import attrs
 import httpx
 import trio
 
+from .._json import get_object, get_str
 from ..platforms.weixin import _crypto
 from ..platforms.weixin import _protocol as p
 from ..platforms.weixin._connector import Connector, RateLimit
 from ._http import DropConnection, HandlerTransport, json_response, serve_http
-from ._record import Record
+from ._record import Activity, MediaRecord, Record
 
 IN_MEMORY_BASE: Final = "http://weixin-emulator.invalid/"  # never resolves: nothing leaves
+ITEM_KINDS: Final = {1: "text", 2: "image", 3: "voice", 4: "file", 5: "video"}
+MEDIA_ITEM_KINDS: Final = frozenset({"image", "voice", "file", "video"})
+UPLOAD_KINDS: Final = {1: "image", 2: "video", 3: "file", 4: "voice"}
 
 
 @final
@@ -85,6 +96,8 @@ class WeixinSentMessage:
     item: Mapping[str, Any]
     context_token: str | None
     client_id: str | None
+    media: MediaRecord | None = None
+    """For an image, file, video or voice: the upload it refers to."""
 
 
 @final
@@ -107,6 +120,7 @@ class _Upload:
     filesize: int
     rawsize: int
     md5: str
+    media_type: int = 0
 
 
 class WeixinEmulator:
@@ -148,6 +162,11 @@ class WeixinEmulator:
         self.requests: list[RecordedRequest] = []
         self.uploads: dict[str, bytes] = {}
         """Plaintext of each upload, by its download parameter."""
+        self.activity: Record[Activity] = Record()
+        """Everything the bot did, as ``GET {admin_url}/sent`` lists it."""
+        self.media: dict[str, MediaRecord] = {}
+        """Each upload, by its download parameter."""
+        self._tickets: dict[str, str] = {}
         self._clock = wall_clock
         self._queue: list[Any] = []
         self._acked = 0
@@ -349,7 +368,13 @@ class WeixinEmulator:
         ):
             auth = request.headers.get("authorization", "")
             if not self.session_valid or auth != f"Bearer {self.token}":
-                return json_response({"errcode": p.SESSION_EXPIRED, "errmsg": "session timeout"})
+                expired: dict[str, Any] = {
+                    "errcode": p.SESSION_EXPIRED,
+                    "errmsg": "session timeout",
+                }
+                if endpoint == "sendmessage":
+                    expired["ret"] = p.SESSION_EXPIRED  # see the module docstring
+                return json_response(expired)
         answer: httpx.Response = await handler(request, body)
         return answer
 
@@ -404,8 +429,27 @@ class WeixinEmulator:
                 return json_response({"ret": -2, "errmsg": "unknown error"})
         item = msg["item_list"][0]
         text = item.get("text_item", {}).get("text") if item.get("type") == 1 else None
+        kind = ITEM_KINDS.get(item.get("type"), "unknown")
+        media = None
+        if kind in MEDIA_ITEM_KINDS:
+            media_ref = get_object(get_object(item, f"{kind}_item"), "media")
+            media = self.media.get(get_str(media_ref, "encrypt_query_param") or "")
+            if media is None:
+                return json_response({"ret": -2, "errmsg": "media not found"})
         self.sent.append(
-            WeixinSentMessage(msg["to_user_id"], text, item, token, msg.get("client_id"))
+            WeixinSentMessage(msg["to_user_id"], text, item, token, msg.get("client_id"), media)
+        )
+        self.activity.append(
+            Activity(
+                "weixin",
+                kind,
+                "sendmessage",
+                msg["to_user_id"],
+                text=text,
+                media=media,
+                id=msg.get("client_id"),
+                detail={"context_token": token},
+            )
         )
         if self.send_answer == "empty":
             return httpx.Response(200, content=b"")
@@ -417,19 +461,32 @@ class WeixinEmulator:
         user = body.get("ilink_user_id") if isinstance(body, dict) else None
         if not user:
             return json_response({"ret": -2, "errmsg": "ilink_user_id required"})
-        ticket = base64.b64encode(f"ticket-for-{user}".encode()).decode()
+        ticket = self._tickets.setdefault(
+            str(user), base64.b64encode(f"ticket-for-{user}-{next(self._ids)}".encode()).decode()
+        )
         return json_response({"ret": 0, "errmsg": "", "typing_ticket": ticket})
 
     async def _ep_sendtyping(self, request: httpx.Request, body: Any) -> httpx.Response:
-        self.typing.append((body.get("ilink_user_id", ""), int(body.get("status", 0))))
+        fields = body if isinstance(body, dict) else {}
+        user, ticket = str(fields.get("ilink_user_id", "")), fields.get("typing_ticket")
+        if not ticket or self._tickets.get(user) != ticket:
+            return json_response({"ret": -2, "errmsg": "invalid typing_ticket"})
+        status = int(fields.get("status", 0))
+        self.typing.append((user, status))
+        self.activity.append(
+            Activity("weixin", "typing", "sendtyping", user, detail={"status": status})
+        )
         return json_response({"ret": 0, "errmsg": ""})
 
     async def _ep_notifystart(self, request: httpx.Request, body: Any) -> httpx.Response:
-        self.notifications.append("start")
-        return json_response({"ret": 0, "errmsg": ""})
+        return self._notify("start")
 
     async def _ep_notifystop(self, request: httpx.Request, body: Any) -> httpx.Response:
-        self.notifications.append("stop")
+        return self._notify("stop")
+
+    def _notify(self, what: str) -> httpx.Response:
+        self.notifications.append(what)
+        self.activity.append(Activity("weixin", "notify", f"notify{what}", detail={"what": what}))
         return json_response({"ret": 0, "errmsg": ""})
 
     async def _ep_getuploadurl(self, request: httpx.Request, body: Any) -> httpx.Response:
@@ -439,6 +496,7 @@ class WeixinEmulator:
             int(body.get("filesize", -1)),
             int(body.get("rawsize", -1)),
             str(body.get("rawfilemd5", "")),
+            int(body.get("media_type", 0)),
         )
         param = base64.b64encode(json.dumps({"filekey": filekey}).encode()).decode()
         return json_response({"upload_param": param, "thumb_upload_param": ""})
@@ -457,6 +515,10 @@ class WeixinEmulator:
         param = f"up-{len(self.uploads) + 1}"
         self.uploads[param] = plain
         self._blobs[param] = data
+        kind = UPLOAD_KINDS.get(upload.media_type, "file")
+        record = MediaRecord(param, kind, len(plain), hashlib.sha256(plain).hexdigest())
+        self.media[param] = record
+        self.activity.append(Activity("weixin", "upload", "cdn_upload", media=record, id=param))
         return httpx.Response(200, headers={"x-encrypted-param": param})
 
     async def _ep_cdn_download(self, request: httpx.Request, body: Any) -> httpx.Response:

@@ -23,6 +23,7 @@ import httpx
 import trio
 
 from ... import _connector as base
+from ..._content import Attachment, Content, Sent, kind_of, unsupported
 from ..._errors import (
     ConfigurationError,
     ConnectorError,
@@ -352,9 +353,9 @@ class Connector(base.Connector):
         stored = await self.ctx.get(CONTEXT_TOKEN_PREFIX + peer) if peer else None
         return stored or target.reply_handle.get("context_token")
 
-    def _reserve_replies(self, target: Message, token: str | None, count: int) -> None:
-        """Count ``count`` replies to ``target`` against the platform's ten, all or none."""
-        key = token or f"message:{target.id}"
+    def _reserve_replies(self, key: str, count: int) -> None:
+        """Count ``count`` replies under ``key`` (a context token) against the platform's
+        ten, all or none."""
         used = self._replies.pop(key, 0)
         if used + count > p.MAX_REPLIES_PER_MESSAGE:
             self._replies[key] = used
@@ -375,41 +376,80 @@ class Connector(base.Connector):
         The pieces go out in order, or none does if they would pass the ten replies an inbound
         message allows: never a truncated message.
         """
-        items = [{"type": p.ItemType.TEXT, "text_item": {"text": t}} for t in split_text(text)]
-        await self._send_items(target, items)
+        token = await self._context_token(target)
+        peer = target.reply_handle["to_user_id"]
+        await self._send_items(peer, token, f"message:{target.id}", _text_items(text))
 
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None
     ) -> None:
         """Upload ``data`` (encrypted) and send it; ``kind`` defaults from the file name."""
+        token = await self._context_token(target)
+        peer = target.reply_handle["to_user_id"]
+        item = await self._upload(peer, data, filename, kind)
+        await self._send_items(peer, token, f"message:{target.id}", [item])
+
+    async def send_first(self, chat_id: str, content: Content) -> Sent:
+        """Send text or an attachment to a user (their user id) unprompted.
+
+        iLink has no proactive API: a message goes out with the context token of the user's
+        latest message, which the bridge stores as messages arrive (it survives restarts).
+        Without one (the user never wrote) this raises :class:`SendError`. The platform
+        refuses sends more than 24 h after the user's last message (``ret -2``; reported
+        token lifetimes vary, see docs/weixin.md), and one token carries ten messages.
+        """
+        token = await self.ctx.get(CONTEXT_TOKEN_PREFIX + chat_id)
+        if not token:
+            raise SendError(
+                f"weixin account {self.account}: no context token for {chat_id}: WeChat lets "
+                "a bot write only to users who wrote to it (within the last 24 h)"
+            )
+        if isinstance(content, str):
+            items = _text_items(content)
+        elif isinstance(content, Attachment):
+            items = [await self._upload(chat_id, content.data, content.filename, content.kind)]
+        else:
+            raise unsupported(PLATFORM, self.account, content, "WeChat shows text and media")
+        await self._send_items(chat_id, token, token, items)
+        return Sent(PLATFORM, chat_id, kind_of(content))
+
+    async def send_content(self, target: Message, content: Content) -> Sent:
+        """Text and attachments; Markdown, cards and posts raise :class:`SendError` (WeChat
+        shows plain text only)."""
+        if not isinstance(content, str | Attachment):
+            raise unsupported(PLATFORM, self.account, content, "WeChat shows text and media")
+        return await super().send_content(target, content)
+
+    async def _upload(
+        self, peer: str, data: bytes, filename: str, kind: str | None
+    ) -> dict[str, Any]:
         self._guard.check()
         client = await self._get_client()
-        peer = target.reply_handle["to_user_id"]
         try:
-            item = await _media.upload(client, peer, data, filename, kind)
+            return await _media.upload(client, peer, data, filename, kind)
         except (ILinkError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
-        await self._send_items(target, [item])
 
     async def download(self, media: Media) -> bytes:
         """Download and decrypt an inbound image, file, voice or video (see ``media_policy``)."""
         return await _media.download(await self._get_client(), self.media_policy, media)
 
-    async def _send_items(self, target: Message, items: list[dict[str, Any]]) -> None:
+    async def _send_items(
+        self, peer: str, token: str | None, fallback_key: str, items: list[dict[str, Any]]
+    ) -> None:
         self._guard.check()
         client = await self._get_client()
-        token = await self._context_token(target)
-        self._reserve_replies(target, token, len(items))
+        self._reserve_replies(token or fallback_key, len(items))
         for item in items:
-            await self._send_item(client, target, token, item)
+            await self._send_item(client, peer, token, item)
 
     async def _send_item(
-        self, client: ILinkClient, target: Message, token: str | None, item: dict[str, Any]
+        self, client: ILinkClient, peer: str, token: str | None, item: dict[str, Any]
     ) -> None:
         await self._bucket.take()
         msg: dict[str, Any] = {
             "from_user_id": "",
-            "to_user_id": target.reply_handle["to_user_id"],
+            "to_user_id": peer,
             "client_id": f"trio-chatbridge:{int(time.time() * 1000)}-{random.getrandbits(32):08x}",
             "message_type": int(p.MessageType.BOT),
             "message_state": int(p.MessageState.FINISH),
@@ -474,3 +514,7 @@ class Connector(base.Connector):
             await client.send_typing(peer, ticket, status)
         except (ILinkError, ConnectorError, ProtocolError) as exc:
             log.debug("weixin typing indicator failed (ignored): %s", exc)
+
+
+def _text_items(text: str) -> list[dict[str, Any]]:
+    return [{"type": p.ItemType.TEXT, "text_item": {"text": t}} for t in split_text(text)]
