@@ -14,6 +14,7 @@ import trio.testing
 from support import emulator_bridge
 
 import trio_chatbridge as cb
+from trio_chatbridge import connectors
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.wecom import Frame
 from trio_chatbridge.testing import (
@@ -86,40 +87,50 @@ async def idle(batch: cb.Batch, reply: cb.Reply) -> None:
     await trio.lowlevel.checkpoint()
 
 
+@asynccontextmanager
+async def sender(emu: WeComEmulator | LarkEmulator) -> AsyncIterator[connectors.Connector]:
+    """A running bridge on ``emu`` whose agent does nothing: the test sends first."""
+    connector = emu.connector()
+    async with emulator_bridge(emu, lambda: connector, idle):
+        if isinstance(emu, WeComEmulator):
+            await connected(emu)
+        yield connector
+
+
 # -- WeCom -------------------------------------------------------------------------------------
+
+
+async def answered_on_wecom(*contents: cb.Content) -> WeComEmulator:
+    """A WeCom user says something; the agent answers with one send of each of ``contents``."""
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        for content in contents:
+            await reply.send(content)
+
+    async with wecom(script, results) as emu:
+        emu.user_says("ann", "hi")
+        await until(results)
+    assert results == ["ok"]
+    return emu
 
 
 async def test_wecom_card_reply_answers_the_callback_and_frees_its_slot(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    results: Record[Any] = Record()
-
-    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send(cb.Card(CARD))
-
-    async with wecom(script, results) as emu:
-        req_id = emu.user_says("ann", "status?")
-        sent = await emu.next_sent()
-        await until(results)
-    assert results == ["ok"]
-    assert (sent.kind, sent.card, sent.req_id) == ("reply", CARD, req_id)
+    emu = await answered_on_wecom(cb.Card(CARD))
+    (sent,) = emu.sent
+    assert (sent.kind, sent.card) == ("reply", CARD)
     assert emu.in_flight("ann") == 0
     card = [a for a in emu.activity if a.kind == "card"]
-    assert card == [Activity("wecom", "card", "reply", "ann", card=CARD, id=req_id)]
+    assert card == [Activity("wecom", "card", "reply", "ann", card=CARD, id=sent.req_id)]
 
 
 async def test_wecom_image_is_uploaded_in_chunks_then_sent_as_media(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    results: Record[Any] = Record()
-
-    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send(cb.Attachment(PICTURE, "chart.png"))
-
-    async with wecom(script, results) as emu:
-        emu.user_says("ann", "chart please")
-        sent = await emu.next_sent()
-        await until(results)
+    emu = await answered_on_wecom(cb.Attachment(PICTURE, "chart.png"))
+    (sent,) = emu.sent
     chunks = emu.commands("aibot_upload_media_chunk")
     assert [c.body["chunk_index"] for c in chunks] == [0, 1, 2]
     assert sent.media_id is not None
@@ -134,16 +145,7 @@ async def test_wecom_image_is_uploaded_in_chunks_then_sent_as_media(
 async def test_wecom_after_a_card_the_text_goes_proactively(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    results: Record[Any] = Record()
-
-    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send(cb.Card(CARD))
-        await reply.send(cb.Markdown("**and** some words"))
-
-    async with wecom(script, results) as emu:
-        emu.user_says("ann", "both")
-        await until(results)
-    assert results == ["ok"]
+    emu = await answered_on_wecom(cb.Card(CARD), cb.Markdown("**and** some words"))
     assert [(a.kind, a.via) for a in emu.activity if a.kind != "refused"] == [
         ("card", "reply"),
         ("markdown", "proactive"),
@@ -174,9 +176,7 @@ async def test_wecom_send_first_markdown_card_and_file(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     emu = WeComEmulator()
-    connector = emu.connector()
-    async with emulator_bridge(emu, lambda: connector, idle):
-        await connected(emu)
+    async with sender(emu) as connector:
         await connector.send_first("dana", "good **morning**")
         await connector.send_first("group-1", cb.Card(CARD))
         sent = await connector.send_first("dana", cb.Attachment(b"a,b\n1,2\n", "data.csv"))
@@ -294,9 +294,7 @@ async def test_lark_send_first_to_a_chat_and_to_a_user(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     emu = LarkEmulator()
-    connector = emu.connector()
-    async with emulator_bridge(emu, lambda: connector, idle):
-        await trio.sleep(1)
+    async with sender(emu) as connector:
         first = await connector.send_first("oc_team", "the build is green")
         second = await connector.send_first("ou_ann", cb.Card(LARK_CARD))
     assert (first.chat, first.kind) == ("oc_team", "text")

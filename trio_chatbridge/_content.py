@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from collections.abc import Mapping
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, final
 
 import attrs
 
@@ -26,6 +26,7 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(value)
 
 
+@final
 @attrs.frozen
 class Markdown:
     """Text with Markdown formatting, rendered where the platform renders it."""
@@ -33,6 +34,7 @@ class Markdown:
     text: str
 
 
+@final
 @attrs.frozen
 class Attachment:
     """An image, a file, a video or a voice clip: uploaded to the platform, then sent."""
@@ -58,6 +60,7 @@ class Attachment:
         return hashlib.sha256(self.data).hexdigest()
 
 
+@final
 @attrs.frozen
 class Card:
     """A platform-native card, passed through as the platform's JSON.
@@ -69,6 +72,7 @@ class Card:
     json: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
 
 
+@final
 @attrs.frozen
 class Post:
     """A Lark rich-text post, as the platform's JSON (``{"zh_cn": {"title", "content"}}``)."""
@@ -80,6 +84,7 @@ Content: TypeAlias = str | Markdown | Attachment | Card | Post
 """What ``send`` and ``send_first`` take."""
 
 
+@final
 @attrs.frozen
 class Sent:
     """A message the bot sent, as far as the platform identified it."""
@@ -91,6 +96,20 @@ class Sent:
     """``"text"``, ``"markdown"``, ``"card"``, ``"post"``, or the media kind."""
     message_id: str | None = None
     """The platform's id for it, where the platform returns one (Lark); needed to edit it."""
+
+
+def media_kind(kind: str | None) -> MediaKind | None:
+    """``kind`` checked: one of the four media kinds, or None (guess from the file name)."""
+    kinds: dict[str | None, MediaKind | None] = {
+        None: None,
+        "image": "image",
+        "file": "file",
+        "video": "video",
+        "voice": "voice",
+    }
+    if kind not in kinds:
+        raise SendError(f"media kind {kind!r}: use 'image', 'file', 'video', 'voice' or None")
+    return kinds[kind]
 
 
 def unsupported(platform: str, account: str, content: Content, instead: str) -> SendError:

@@ -8,7 +8,7 @@ from typing import final
 
 from ._connector import Connector, ReplyStream
 from ._construction import NoPublicConstructor
-from ._content import Attachment, Card, Content, MediaKind, Sent
+from ._content import Attachment, Card, Content, Sent, media_kind
 from ._messages import Batch, Message
 
 
@@ -44,11 +44,9 @@ class Reply(metaclass=NoPublicConstructor):
         self._on_sent()
         return sent
 
-    async def send_media(
-        self, data: bytes, *, filename: str, kind: MediaKind | None = None
-    ) -> Sent:
+    async def send_media(self, data: bytes, *, filename: str, kind: str | None = None) -> Sent:
         """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name)."""
-        return await self.send(Attachment(data, filename, kind))
+        return await self.send(Attachment(data, filename, media_kind(kind)))
 
     async def edit(self, sent: Sent, content: Content) -> None:
         """Change what an earlier reply shows, where the platform edits in place (Lark:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, final
 
 import attrs
 import trio
@@ -32,6 +32,7 @@ class Record(list[T]):
         return self[self._read - 1]
 
 
+@final
 @attrs.frozen
 class MediaRecord:
     """Media the bot uploaded, as an emulator stored it."""
@@ -48,6 +49,7 @@ class MediaRecord:
     filename: str | None = None
 
 
+@final
 @attrs.frozen
 class Activity:
     """One thing a bot did on an emulated platform: a message, an edit, typing, a notice.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 import httpx
@@ -27,6 +27,7 @@ FILE_TYPES: Final = {"video": ("mp4", "media"), "voice": ("opus", "audio")}
 """Upload ``file_type`` and message ``msg_type`` per media kind; anything else is a file."""
 
 
+@final
 @attrs.frozen
 class EditBudget:
     """How a streamed reply spends Lark's edits: a message is shown at the first write and
