@@ -277,6 +277,7 @@ class Connector(ABC):
 
         By default text goes through :meth:`send` and an attachment through
         :meth:`send_media`; anything else raises :class:`SendError`. Platforms override it.
+        If cancelled, it may or may not have been sent.
         """
         if isinstance(content, str):
             await self.send(target, content)
@@ -294,7 +295,8 @@ class Connector(ABC):
         raise SendError(f"connector {self.name} cannot send a message unprompted")
 
     async def edit(self, sent: Sent, content: Content) -> None:
-        """Replace what an earlier message shows; by default the platform cannot."""
+        """Replace what an earlier message shows; by default the platform cannot. If
+        cancelled, the message shows the old content or the new one."""
         raise SendError(f"connector {self.name} cannot edit a sent message")
 
     def stream_with_card(

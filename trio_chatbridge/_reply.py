@@ -39,18 +39,24 @@ class Reply(metaclass=NoPublicConstructor):
 
     async def send(self, content: Content) -> Sent:
         """Send ``content`` as one reply (text split by the connector where the platform
-        limits length). Returns what the platform said about it (its id, where it has one)."""
+        limits length). Returns what the platform said about it (its id, where it has one).
+
+        If cancelled, it may or may not have been sent (a request in flight cannot be taken
+        back); an attachment cancelled during its upload is not sent."""
         sent = await self.connector.send_content(self.target, content)
         self._on_sent()
         return sent
 
     async def send_media(self, data: bytes, *, filename: str, kind: str | None = None) -> Sent:
-        """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name)."""
+        """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name).
+
+        Cancelled during the upload, nothing is sent; after it, as :meth:`send`."""
         return await self.send(Attachment(data, filename, media_kind(kind)))
 
     async def edit(self, sent: Sent, content: Content) -> None:
         """Change what an earlier reply shows, where the platform edits in place (Lark:
-        text and posts, and cards updated by ``PATCH``)."""
+        text and posts, and cards updated by ``PATCH``). If cancelled, the message shows the
+        old content or the new one, never a mix."""
         await self.connector.edit(sent, content)
 
     @asynccontextmanager

@@ -408,13 +408,14 @@ class LongConnection(base.Connector):
     async def send_content(self, target: Message, content: Content) -> Sent:
         """Reply with text, Markdown (a post), a :class:`Post`, a :class:`Card` (interactive)
         or an :class:`Attachment` (uploaded, then sent); where a reply is impossible, to the
-        chat. The returned :class:`Sent` has the message id that :meth:`edit` takes."""
+        chat. The returned :class:`Sent` has the message id that :meth:`edit` takes. If
+        cancelled, it may or may not have been sent (never during an upload)."""
         message_id = await self._post(target, content)
         return Sent(PLATFORM, target.reply_handle["chat_id"], kind_of(content), message_id)
 
     async def send_first(self, chat_id: str, content: Content) -> Sent:
         """Send to a chat (``oc_...``) or a user (``ou_...`` open id, ``on_...`` union id)
-        unprompted; the same content as :meth:`send_content`."""
+        unprompted; the same content as :meth:`send_content`, and the same on cancellation."""
         msg_type, body = await self._body(content)
         try:
             message_id = await out.create(self.api, chat_id, msg_type, body)
@@ -424,7 +425,8 @@ class LongConnection(base.Connector):
 
     async def edit(self, sent: Sent, content: Content) -> None:
         """Edit a sent message in place: text, Markdown and posts by ``PUT`` (20 times at
-        most), a card by ``PATCH`` (cards sent with ``update_multi`` show it to everyone)."""
+        most), a card by ``PATCH`` (cards sent with ``update_multi`` show it to everyone). If
+        cancelled, the message shows the old content or the new one."""
         if sent.message_id is None or isinstance(content, Attachment):
             raise SendError(
                 f"Lark app {self.account}: only a sent text, post or card can be edited"

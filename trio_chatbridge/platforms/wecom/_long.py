@@ -363,7 +363,8 @@ class LongConnection(base.Connector):
     async def send_content(self, target: Message, content: Content) -> Sent:
         """Answer ``target``: text and Markdown as a finished stream, a :class:`Card` as a
         template card, an :class:`Attachment` uploaded then sent as media. Where the callback
-        can take no more (answered already, or an old connection's), it goes proactively."""
+        can take no more (answered already, or an old connection's), it goes proactively.
+        If cancelled, it may or may not have been sent (never during an upload)."""
         chat = target.reply_handle["chatid"]
         if out.is_text(content):
             await self.send(target, out.text_of(content))
@@ -382,7 +383,8 @@ class LongConnection(base.Connector):
 
     async def send_first(self, chat_id: str, content: Content) -> Sent:
         """Send to a user (their userid) or a group (its chatid) unprompted (``aibot_send_msg``):
-        text and Markdown as ``markdown`` (cut into 20480-byte pieces), cards, media."""
+        text and Markdown as ``markdown`` (cut into 20480-byte pieces), cards, media. If
+        cancelled, some pieces of a long text may have gone out, in order."""
         if out.is_text(content):
             await self.send_proactive(chat_id, out.text_of(content))
         else:
@@ -394,7 +396,8 @@ class LongConnection(base.Connector):
         self, event: WeComEvent, card: Card, *, userids: list[str] | None = None
     ) -> None:
         """Replace the card a user clicked (``template_card_event``) within its 5 s
-        (``aibot_respond_update_msg``); ``userids`` limits the change to those users."""
+        (``aibot_respond_update_msg``); ``userids`` limits the change to those users. If
+        cancelled, the card may or may not have changed."""
         body: dict[str, Any] = {
             "response_type": "update_template_card",
             "template_card": dict(card.json),
@@ -404,7 +407,9 @@ class LongConnection(base.Connector):
         await self._command(out.RESPOND_UPDATE, event.req_id, body)
 
     async def upload(self, attachment: Attachment) -> str:
-        """Upload media in chunks over the connection; returns its ``media_id`` (3 days)."""
+        """Upload media in chunks over the connection; returns its ``media_id`` (3 days).
+
+        If cancelled, the upload is left unfinished (no ``media_id``; nothing is sent)."""
         try:
             return await out.upload(self._ack, self.account, attachment)
         except ProtocolError as exc:

@@ -396,7 +396,8 @@ class Connector(base.Connector):
         latest message, which the bridge stores as messages arrive (it survives restarts).
         Without one (the user never wrote) this raises :class:`SendError`. The platform
         refuses sends more than 24 h after the user's last message (``ret -2``; reported
-        token lifetimes vary, see docs/weixin.md), and one token carries ten messages.
+        token lifetimes vary, see docs/weixin.md), and one token carries ten messages. If
+        cancelled, some pieces of a long text may have gone out, in order.
         """
         token = await self.ctx.get(CONTEXT_TOKEN_PREFIX + chat_id)
         if not token:
