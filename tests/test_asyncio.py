@@ -134,6 +134,28 @@ def test_a_send_error_reaches_the_asyncio_agent() -> None:
     assert "injected send failure" in caught[0]
 
 
+def test_a_stream_that_cannot_open_raises_its_error_in_asyncio() -> None:
+    caught: list[BaseException] = []
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        try:
+            async with reply.stream():
+                pytest.fail("entered a stream that did not open")
+        except cb.SendError as exc:
+            caught.append(exc)
+        await reply.send("fell back to one message")
+
+    async def main() -> None:
+        chat = FakeConnector()
+        chat.fail_sends(1)  # FakeConnector checks at the stream's opening
+        async with cb.asyncio_bridge(bridge_for(agent, chat)) as running:
+            await running.call(chat.say, "hi")
+            assert (await running.call(chat.next_reply)).text == "fell back to one message"
+
+    run_asyncio(main)
+    assert len(caught) == 1
+
+
 def test_a_stream_block_that_raises_ends_the_stream_as_failed() -> None:
     async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
         async with reply.stream() as out:

@@ -344,16 +344,20 @@ class _HeldStream:
     _error: Exception | None = attrs.field(default=None, init=False)
 
     async def hold(self, *, task_status: trio.TaskStatus[ReplyStream]) -> None:
+        opened = False
         try:
             async with self.reply.stream() as out:
                 task_status.started(out)
+                opened = True
                 await self._closing.wait()
                 if self._ended_early:
                     raise _EndedEarly
         except _EndedEarly:
             pass
-        except Exception as exc:  # the stream's own failure: the asyncio side raises it
-            self._error = exc
+        except Exception as exc:
+            if not opened:
+                raise  # nursery.start raises it: the asyncio block is never entered
+            self._error = exc  # the stream failed closing: the asyncio side raises it there
         finally:
             self._closed.set()
 
