@@ -275,3 +275,24 @@ async def test_an_asyncio_agent_outside_asyncio_bridge_fails_its_run_clearly(
 def test_the_asyncio_handles_are_built_by_the_library_only(cls: type) -> None:
     with pytest.raises(TypeError, match="built by the library"):
         cls()
+
+
+def test_reply_call_runs_any_trio_call_and_a_reply_kept_past_its_run_refuses() -> None:
+    kept: list[cb.AsyncioReply] = []
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        kept.append(reply)
+        await reply.call(reply.connector.send, reply.target, "through the connector")
+
+    async def main() -> None:
+        chat = FakeConnector()
+        async with cb.asyncio_bridge(bridge_for(agent, chat)) as running:
+            await running.call(chat.say, "hi")
+            assert (await running.call(chat.next_reply)).text == "through the connector"
+        with pytest.raises(cb.ChatBridgeError, match="agent run is over"):
+            await kept[0].send("too late")
+        with pytest.raises(cb.ChatBridgeError, match="the bridge has stopped"):
+            await running.call(trio_value, 1)
+        assert len(chat.sent) == 1
+
+    run_asyncio(main)

@@ -138,7 +138,7 @@ async def asyncio_bridge(bridge: Bridge) -> AsyncIterator[AsyncioBridge]:
         _HOST.set(host)
         with stop:
             async with trio.open_nursery() as calls:
-                portal = _Portal(loop, calls)
+                portal = _Portal(loop, calls, "the bridge has stopped")
                 try:
                     async with trio.open_nursery() as nursery:
                         await nursery.start(bridge.run)
@@ -241,7 +241,7 @@ def asyncio_agent(agent: AsyncioAgent) -> Agent:
                 "inside an asyncio application"
             ) from None
         async with trio.open_nursery() as calls:
-            portal = _Portal(host.loop, calls)
+            portal = _Portal(host.loop, calls, "this reply's agent run is over: it cannot send")
             coro = agent(batch, AsyncioReply._create(reply, portal))
             task = host.loop.create_task(coro, context=host.context.copy())
             try:
@@ -279,6 +279,8 @@ class _Portal:
 
     loop: asyncio.AbstractEventLoop
     nursery: trio.Nursery
+    over: str
+    """The error message for a call that comes, or is still running, once it has closed."""
     _token: trio.lowlevel.TrioToken = attrs.field(
         factory=trio.lowlevel.current_trio_token, init=False
     )
@@ -294,7 +296,7 @@ class _Portal:
         waits for it either way.
         """
         if self._closed:
-            raise ChatBridgeError("this reply's agent run is over; it can no longer send")
+            raise ChatBridgeError(self.over)
         future: asyncio.Future[T] = self.loop.create_future()
         call = _Call(fn, args, future, trio.CancelScope())
         self._token.run_sync_soon(self._start, call)
@@ -306,7 +308,7 @@ class _Portal:
 
     def _start(self, call: _Call[Any]) -> None:
         if self._closed:
-            _fail(self.loop, call.future, ChatBridgeError("this reply's agent run is over"))
+            _fail(self.loop, call.future, ChatBridgeError(self.over))
         else:
             self.nursery.start_soon(self._run, call)
 
@@ -317,7 +319,8 @@ class _Portal:
         except Exception as exc:  # the asyncio caller's to handle, not the run's
             _fail(self.loop, call.future, exc)
         except BaseException as exc:
-            _fail(self.loop, call.future, exc)
+            # Cancelled because the agent run ended: say so, rather than cancel the caller.
+            _fail(self.loop, call.future, ChatBridgeError(self.over) if self._closed else exc)
             raise
         if call.scope.cancelled_caught:
             _fail(self.loop, call.future, asyncio.CancelledError())
