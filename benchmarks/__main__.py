@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 from .core import BENCHMARKS as CORE
+from .embed import BENCHMARKS as EMBED
 from .lark import BENCHMARKS as LARK
 from .wecom import BENCHMARKS as WECOM
 from .weixin import BENCHMARKS as WEIXIN
 
 ALL = {**CORE, **WEIXIN, **WECOM, **LARK}
+ALL.update(EMBED)
 
 
 def main(names: list[str]) -> int:
