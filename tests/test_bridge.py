@@ -453,17 +453,6 @@ async def test_fatal_error_stops_that_connector_alone(
     assert status["fake:bot"].state == "running"
 
 
-async def test_start_waits_until_connectors_are_up(autojump_clock: trio.testing.MockClock) -> None:
-    flaky = FailingConnector("y", ConnectionError("down"))
-    bridge = make_bridge(echo, flaky, backoff=cb.Backoff(initial=1, jitter=0))
-    async with trio.open_nursery() as nursery:
-        with trio.move_on_after(10) as timeout:
-            await nursery.start(bridge.run)
-        assert timeout.cancelled_caught  # never up: start does not return
-        nursery.cancel_scope.cancel()
-    assert flaky.attempts > 3
-
-
 def test_configuration_errors_are_clear() -> None:
     with pytest.raises(cb.ConfigurationError, match="given twice"):
         cb.Bridge(connectors=[FakeConnector(), FakeConnector()], agent=echo, store=cb.MemoryStore())

@@ -12,6 +12,7 @@ from ._asyncio import AsyncioStream as AsyncioStream
 from ._asyncio import asyncio_agent as asyncio_agent
 from ._asyncio import asyncio_bridge as asyncio_bridge
 from ._bridge import Bridge as Bridge
+from ._bridge import open_bridge as open_bridge
 from ._connector import ConnectorState as ConnectorState
 from ._connector import ConnectorStatus as ConnectorStatus
 from ._content import Attachment as Attachment
@@ -106,5 +107,6 @@ __all__ = [
     "Voice",
     "asyncio_agent",
     "asyncio_bridge",
+    "open_bridge",
     "session_key",
 ]

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, final, get_args
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final, ParamSpec, final, get_args
 
 import attrs
 import trio
 
 from . import _stats
-from ._connector import Connector, ConnectorContext, ConnectorStatus
+from ._connector import Connector, ConnectorContext
 from ._debounce import Debounce, Debouncer
 from ._dispatch import Agent, Dispatcher, OnBusy
 from ._errors import ChatBridgeError, ConfigurationError
 from ._inbox import Inbox
 from ._messages import Batch, Message
+from ._status import StatusBoard, StatusChanges, Statuses
 from ._supervise import Backoff, Supervisor
 from .stores import SQLiteStore, Store
 
 log = logging.getLogger("trio_chatbridge")
+P = ParamSpec("P")
 
 DEFAULT_STORE_PATH: Final = "chatbridge.db"
 WEEK: Final = 7 * 24 * 3600.0  # seconds
@@ -53,11 +55,13 @@ def _check_on_busy(_: object, __: object, value: str) -> None:
 class Bridge:
     """Connects chat platforms to ``agent``; run it with ``trio.run(bridge.run)``.
 
-    ``await nursery.start(bridge.run)`` returns once every connector is up (or has failed for
-    good); ``bridge.shutdown()`` then stops it gracefully: pending sessions are flushed,
-    running agents get ``shutdown_grace`` seconds (connectors stay up for their replies), then
-    connectors stop. Cancelling ``run`` instead stops at once; the journal replays unfinished
-    messages at the next start.
+    ``await nursery.start(bridge.run)`` returns as soon as the pipeline accepts work, whatever
+    the platforms do: a slow or unreachable one never holds up the application's start-up.
+    Connector readiness is :meth:`status`, :meth:`wait_status` and :meth:`status_changes`.
+    ``bridge.shutdown()`` stops it gracefully: pending sessions are flushed, running agents get
+    ``shutdown_grace`` seconds (connectors stay up for their replies), then connectors stop.
+    Cancelling ``run`` instead stops at once; the journal replays unfinished messages at the
+    next start. :func:`open_bridge` does all of this for an ``async with`` block.
     """
 
     connectors: Sequence[Connector] = attrs.field(
@@ -80,20 +84,43 @@ class Bridge:
     """Capacity of the inbox and batch channels: beyond it, connectors wait (backpressure)."""
     journal_retention: float = WEEK
     """Handled journal entries older than this (seconds) are pruned at start."""
-    wall_clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    wall_clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
+    """Wall-clock time (seconds since the epoch) for the bridge and its store alike: given
+    here, the store uses it too; None (the default) uses the store's (``time.time``)."""
 
     _counters: Counter[str] = attrs.field(factory=Counter, init=False, repr=False)
     _supervisors: list[Supervisor] = attrs.field(factory=list, init=False, repr=False)
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _ran: bool = attrs.field(default=False, init=False, repr=False)
+    _board: StatusBoard = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._board = StatusBoard(c.name for c in self.connectors)
+        if self.wall_clock is None:
+            self.wall_clock = self.store.wall_clock
+        else:
+            self.store.wall_clock = self.wall_clock
 
     def stats(self) -> _stats.Stats:
         """The bridge's counters so far."""
         return _stats.Stats.from_counter(self._counters)
 
-    def status(self) -> Mapping[str, ConnectorStatus]:
-        """Each connector's state, by ``platform:account``."""
-        return {s.connector.name: s.status for s in self._supervisors}
+    def status(self) -> Statuses:
+        """Each connector's state now, by ``platform:account`` (``starting`` before ``run``)."""
+        return self._board.snapshot()
+
+    async def wait_status(self, predicate: Callable[[Statuses], bool]) -> Statuses:
+        """Wait until ``predicate(bridge.status())`` holds; returns the statuses that did.
+
+        For example ``await bridge.wait_status(all_running)`` before announcing readiness.
+        Raises :class:`ChatBridgeError` if the bridge stops first; if cancelled, nothing changes.
+        """
+        return await self._board.wait_for(predicate)
+
+    def status_changes(self) -> StatusChanges:
+        """``async for statuses in bridge.status_changes():`` the statuses now, then after each
+        change, until the bridge stops. A slow loop sees the latest states (never a backlog)."""
+        return self._board.changes()
 
     def shutdown(self) -> None:
         """Ask :meth:`run` to stop gracefully; returns at once (``run`` returns when done)."""
@@ -104,10 +131,11 @@ class Bridge:
         if self._ran:
             raise ChatBridgeError("a Bridge runs once; build a new one to run again")
         self._ran = True
-        await self.store.open()
         try:
+            await self.store.open()
             await self._run(task_status)
         finally:
+            self._board.close()
             with trio.CancelScope(shield=True):
                 # Each is closed whatever the others do; a failure is logged, never raised
                 # over how run() ended.
@@ -119,7 +147,7 @@ class Bridge:
                         log.exception("closing %r failed", closable)
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
-        pruned = await self.store.journal_prune(self.wall_clock() - self.journal_retention)
+        pruned = await self.store.journal_prune(self.store.wall_clock() - self.journal_retention)
         if pruned:
             log.info("pruned %d handled journal entries", pruned)
         unfinished = await self.store.journal_pending()
@@ -138,7 +166,7 @@ class Bridge:
             run_timeout=self.run_timeout,
         )
         for connector in self.connectors:
-            supervisor = Supervisor(connector, self.backoff, self._counters)
+            supervisor = Supervisor(connector, self.backoff, self._counters, self._board.publish)
             connector.bind(self._context(connector, inbox, supervisor))
             self._supervisors.append(supervisor)
 
@@ -158,9 +186,7 @@ class Bridge:
             async with trio.open_nursery() as connectors:
                 for supervisor in self._supervisors:
                     connectors.start_soon(supervisor.run)
-                for supervisor in self._supervisors:
-                    await supervisor.settled.wait()
-                task_status.started()
+                task_status.started()  # the pipeline accepts work; connectors come up meanwhile
                 await self._stop.wait()
                 # Connectors stay up until the agents are done: their replies need them (a
                 # WebSocket platform answers over the very connection it receives on). What
@@ -180,3 +206,48 @@ class Bridge:
         return ConnectorContext(
             connector.platform, connector.account, self.store, inbox.put, count, sup.set_state
         )
+
+
+def _opener(
+    build: Callable[P, Bridge],
+) -> Callable[P, AbstractAsyncContextManager[Bridge]]:
+    """``open_bridge``, taking exactly what ``Bridge(...)`` takes (type checkers see it so)."""
+
+    @asynccontextmanager
+    async def open_bridge(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Bridge]:
+        """Build a :class:`Bridge` from the same arguments, run it for the ``async with`` block
+        and stop it on the way out, owning the nursery it runs in.
+
+        The block starts as soon as the bridge accepts work (connectors come up meanwhile; wait
+        with :meth:`Bridge.wait_status`). Leaving the block normally stops the bridge
+        gracefully (sessions flushed, runs get ``shutdown_grace``); an exception or a
+        cancellation out of the block stops it at once, the journal keeping what was pending.
+        """
+        async with running(build(*args, **kwargs)) as bridge:
+            yield bridge
+
+    return open_bridge
+
+
+@asynccontextmanager
+async def running(bridge: Bridge) -> AsyncIterator[Bridge]:
+    """Run an existing ``bridge`` for an ``async with`` block (what :func:`open_bridge` does)."""
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            try:
+                yield bridge
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                bridge.shutdown()
+    except BaseExceptionGroup as group:
+        # What the block raised comes out as itself, not wrapped by the nursery.
+        if body_error is not None and list(group.exceptions) == [body_error]:
+            raise body_error from body_error.__cause__
+        raise
+
+
+open_bridge = _opener(Bridge)

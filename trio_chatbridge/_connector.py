@@ -47,6 +47,8 @@ class ConnectorStatus:
     restarts: int = 0
     """How many times the supervisor restarted it after a transient failure."""
     last_error: str | None = None
+    connects: int = 0
+    """How many times it came up: connected, or polled successfully (``running`` since)."""
 
 
 @final

@@ -69,22 +69,38 @@ class _Started:
 class Supervisor:
     """Runs one connector until it is stopped or fails fatally."""
 
-    def __init__(self, connector: Connector, backoff: Backoff, counters: Counter[str]) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        backoff: Backoff,
+        counters: Counter[str],
+        publish: Callable[[ConnectorStatus], None] = lambda status: None,
+    ) -> None:
         self.connector = connector
         self.backoff = backoff
         self._counters = counters
-        self.status = ConnectorStatus(connector.name, "starting")
-        self.settled = trio.Event()
-        """Set once the connector was up for the first time, or failed fatally before that."""
+        self._publish = publish
+        self._status = ConnectorStatus(connector.name, "starting")
         self._up_since: float | None = None
+
+    @property
+    def status(self) -> ConnectorStatus:
+        """The connector's current status; each change is published."""
+        return self._status
+
+    @status.setter
+    def status(self, status: ConnectorStatus) -> None:
+        self._status = status
+        self._publish(status)
 
     def set_state(self, state: ConnectorState, detail: str | None = None) -> None:
         self.status = attrs.evolve(self.status, state=state, detail=detail)
 
     def _on_started(self) -> None:
         self._up_since = trio.current_time()
-        self.set_state("running")
-        self.settled.set()
+        self.status = attrs.evolve(
+            self.status, state="running", detail=None, connects=self.status.connects + 1
+        )
 
     async def run(self) -> None:
         """Run the connector, restarting it after transient failures, until cancelled."""
@@ -109,9 +125,9 @@ class Supervisor:
                 fatal = find_error(failure, FatalConnectorError)
                 error = describe(failure)
                 if fatal is None:
-                    log.warning(
-                        "connector %s failed: %s", self.connector.name, error, exc_info=failure
-                    )
+                    # One line a retry; the traceback only for whoever debugs.
+                    log.warning("connector %s failed: %s", self.connector.name, error)
+                    log.debug("connector %s failure", self.connector.name, exc_info=failure)
             if fatal is not None:
                 self._fail(fatal)
                 return
@@ -144,11 +160,16 @@ class Supervisor:
         self.status = attrs.evolve(
             self.status, state="failed", detail=str(exc), last_error=f"{type(exc).__name__}: {exc}"
         )
-        self.settled.set()
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message`` of an error, or of each error inside an exception group."""
+    """``Type: message`` of an error, or of each error inside an exception group, followed by
+    its causes: a wrapper that says little (``HandshakeError: ``) still shows why."""
     if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(inner) for inner in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
+        text = "; ".join(describe(inner) for inner in exc.exceptions)
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and not isinstance(exc, BaseExceptionGroup) and str(cause) not in text:
+        text += f" (because {describe(cause)})"
+    return text

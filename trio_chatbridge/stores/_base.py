@@ -12,8 +12,9 @@ Implementations only have to provide the primitives; the conveniences are built 
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeAlias, final
 
@@ -53,6 +54,10 @@ class JournalEntry:
 
 class Store(ABC):
     """Durable state of a bridge. Use it as ``async with store:`` or let the bridge open it."""
+
+    wall_clock: Callable[[], float] = time.time
+    """Wall-clock seconds since the epoch, for ``received_at`` and pruning; a ``Bridge``
+    given its own ``wall_clock`` sets it here, so both read one clock."""
 
     async def __aenter__(self) -> Self:
         await self.open()

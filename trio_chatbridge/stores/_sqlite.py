@@ -74,7 +74,7 @@ class SQLiteStore(Store):
         self.path: str = os.fspath(path)
         self._threaded = threaded
         self._synchronous = synchronous
-        self._wall_clock = wall_clock
+        self.wall_clock = wall_clock
         self._limiter = trio.CapacityLimiter(1)
         self._db: sqlite3.Connection | None = None
 
@@ -130,7 +130,7 @@ class SQLiteStore(Store):
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
         if not messages:
             return []
-        now = self._wall_clock()
+        now = self.wall_clock()
 
         def insert(db: sqlite3.Connection) -> set[JournalKey]:
             # Serialised here, in the worker thread, to keep the event loop free.
@@ -251,7 +251,7 @@ class SQLiteStore(Store):
     # -- leases -----------------------------------------------------------------------------
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
-        now = self._wall_clock()
+        now = self.wall_clock()
 
         def take(db: sqlite3.Connection) -> bool:
             with _transaction(db, "BEGIN IMMEDIATE"):
@@ -267,7 +267,7 @@ class SQLiteStore(Store):
         return await self._call(take)
 
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
-        now = self._wall_clock()
+        now = self.wall_clock()
 
         def extend(db: sqlite3.Connection) -> bool:
             with _transaction(db, "BEGIN IMMEDIATE"):

@@ -19,7 +19,12 @@ from typing import Any, Final, TypeAlias, final
 import attrs
 import httpx
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from ... import _connector as base
 from ..._content import Attachment, Card, Content, Sent, kind_of
@@ -156,8 +161,11 @@ class LongConnection(base.Connector):
                     link.close("connection ended")
         except ConnectionClosed as exc:
             raise ConnectorError(f"wecom bot {self.account}: socket closed ({exc.reason})") from exc
-        except OSError as exc:
-            raise ConnectorError(f"wecom bot {self.account}: cannot connect: {exc}") from exc
+        except (OSError, HandshakeError) as exc:
+            cause = exc.__cause__ or exc
+            raise ConnectorError(
+                f"wecom bot {self.account}: cannot connect to {self.url}: {cause}"
+            ) from exc
 
     async def _session(
         self, ws: WebSocketConnection, link: Link, task_status: trio.TaskStatus[None]

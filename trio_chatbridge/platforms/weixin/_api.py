@@ -222,8 +222,9 @@ class ILinkClient:
         }
         await self._call("ilink/bot/sendtyping", body, p.CONFIG_TIMEOUT)
 
-    async def notify(self, what: str) -> None:
-        """``notifystart`` / ``notifystop``: best effort, so failures are only logged.
+    async def notify(self, what: str) -> bool:
+        """``notifystart`` / ``notifystop``: best effort, so failures are only logged; returns
+        whether the server accepted it.
 
         See ``docs/protocols/weixin.md#notifystart-and-notifystop``.
         """
@@ -233,6 +234,8 @@ class ILinkClient:
             )
         except (ChatBridgeError, trio.TooSlowError) as exc:
             log.info("iLink %s failed (ignored): %s", what, exc)
+            return False
+        return True
 
     async def get_upload_url(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Where to upload an encrypted file to the CDN (``upload_param`` or a full URL).

@@ -246,15 +246,19 @@ class Connector(base.Connector):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         client = await self._get_client()
         cursor = await self.ctx.get_cursor() or ""
-        await client.notify("notifystart")
-        task_status.started()
+        # Running once the server has answered: notifystart, or else the first good poll.
+        reached = await client.notify("notifystart")
+        if reached:
+            task_status.started()
         try:
-            await self._poll(client, cursor)
+            await self._poll(client, cursor, None if reached else task_status)
         finally:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + p.CONFIG_TIMEOUT):
                 await client.notify("notifystop")
 
-    async def _poll(self, client: ILinkClient, cursor: str) -> None:
+    async def _poll(
+        self, client: ILinkClient, cursor: str, unstarted: trio.TaskStatus[None] | None
+    ) -> None:
         ctx = self.ctx
         timeout = p.DEFAULT_LONG_POLL_TIMEOUT
         failures = 0
@@ -273,6 +277,9 @@ class Connector(base.Connector):
                 held = clamp(answer.longpolling_timeout_ms, low * 1000, high * 1000, 0)
                 timeout = held / 1000 or timeout
             code = answer.ret or answer.errcode
+            if unstarted is not None and code in (0, None, p.SESSION_EXPIRED):
+                unstarted.started()  # the server answered: up (an expired session pauses next)
+                unstarted = None
             if code == p.SESSION_EXPIRED:
                 self._guard.pause()
                 ctx.count("session_expired")
