@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import lark, wecom, weixin
 from trio_chatbridge.stores import journal_key
 from trio_chatbridge.testing import FakeConnector
@@ -29,15 +30,15 @@ def closed_port() -> int:
     return port
 
 
-def _weixin(port: int) -> cb.Connector:
+def _weixin(port: int) -> Connector:
     return weixin.Connector(token="t0ken", account="bot", base_url=f"http://127.0.0.1:{port}")
 
 
-def _wecom(port: int) -> cb.Connector:
+def _wecom(port: int) -> Connector:
     return wecom.LongConnection(bot_id="bot", secret="s3cret", url=f"ws://127.0.0.1:{port}/")
 
 
-def _lark(port: int) -> cb.Connector:
+def _lark(port: int) -> Connector:
     return lark.LongConnection(
         app_id="cli_x", app_secret="s3cret", domain=f"http://127.0.0.1:{port}"
     )
@@ -45,7 +46,7 @@ def _lark(port: int) -> cb.Connector:
 
 @pytest.mark.parametrize("make", [_weixin, _wecom, _lark], ids=["weixin", "wecom", "lark"])
 def test_start_returns_at_once_while_an_unreachable_platform_backs_off(
-    make: Callable[[int], cb.Connector],
+    make: Callable[[int], Connector],
 ) -> None:
     """Real loopback sockets refuse at once; the mock clock only skips the retry sleeps (it
     jumps after 50 ms of real idleness, far longer than a refused connect takes)."""
@@ -173,7 +174,7 @@ async def test_without_a_clock_the_bridge_uses_the_stores() -> None:
     assert cb.Bridge([], echo, store=store).wall_clock is clock
 
 
-class Refused(cb.Connector):
+class Refused(Connector):
     platform = "refused"
     account = "a"
 

@@ -49,6 +49,7 @@ from ._messages import Text as Text
 from ._messages import Video as Video
 from ._messages import Voice as Voice
 from ._reply import Reply as Reply
+from ._status import StatusChanges as StatusChanges
 from ._stats import Stats as Stats
 from ._supervise import Backoff as Backoff
 from .stores import JournalEntry as JournalEntry
@@ -100,6 +101,7 @@ __all__ = [
     "Sent",
     "Sender",
     "Stats",
+    "StatusChanges",
     "Store",
     "StoreError",
     "Text",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Self
+from typing import Self, final
 
 import trio
 
@@ -70,6 +70,7 @@ class StatusBoard:
         return StatusChanges(self)
 
 
+@final
 class StatusChanges:
     """``async for statuses in bridge.status_changes()``: the current statuses at once, then
     the statuses after each change, until the bridge stops.
@@ -78,8 +79,8 @@ class StatusChanges:
     states (coalesced, never queued). Cancelling the loop loses nothing.
     """
 
-    def __init__(self, board: StatusBoard) -> None:
-        self._board = board
+    def __init__(self, _board: StatusBoard) -> None:  # built by the bridge, not by users
+        self._board = _board
         self._seen: int | None = None
 
     def __aiter__(self) -> Self:
