@@ -49,8 +49,8 @@ from ._messages import Text as Text
 from ._messages import Video as Video
 from ._messages import Voice as Voice
 from ._reply import Reply as Reply
-from ._status import StatusChanges as StatusChanges
 from ._stats import Stats as Stats
+from ._status import StatusChanges as StatusChanges
 from ._supervise import Backoff as Backoff
 from .stores import JournalEntry as JournalEntry
 from .stores import MemoryStore as MemoryStore
