@@ -112,7 +112,8 @@ class Bridge:
     async def wait_status(self, predicate: Callable[[Statuses], bool]) -> Statuses:
         """Wait until ``predicate(bridge.status())`` holds; returns the statuses that did.
 
-        For example ``await bridge.wait_status(all_running)`` before announcing readiness.
+        For example, before announcing readiness:
+        ``await bridge.wait_status(lambda s: all(c.state == "running" for c in s.values()))``.
         Raises :class:`ChatBridgeError` if the bridge stops first; if cancelled, nothing changes.
         """
         return await self._board.wait_for(predicate)
