@@ -1,13 +1,18 @@
 """Check the docs: every Python block compiles, every ``cb.Name`` it uses exists, and every
-``docs/protocols/<page>.md#section`` that the code cites is a heading of that page.
+``docs/protocols/<page>.md#section`` that the code cites is a heading of that page. Given the
+built site's ``objects.inv`` (``--reference PATH``), also that every public name is in the API
+reference.
 
 Run by ``nox -s docs``; exits non-zero with the page and line of each problem.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 import sys
+import zlib
 from pathlib import Path
 
 import trio_chatbridge
@@ -44,7 +49,35 @@ def citation_problems() -> list[str]:
     return problems
 
 
-def main() -> int:
+def public_modules() -> list[str]:
+    """``trio_chatbridge`` and every module under it with no private part in its name."""
+    return ["trio_chatbridge"] + [
+        info.name
+        for info in pkgutil.walk_packages(trio_chatbridge.__path__, "trio_chatbridge.")
+        if not any(part.startswith("_") for part in info.name.split("."))
+    ]
+
+
+def reference_problems(inventory: Path) -> list[str]:
+    """Public names that the built API reference (its Sphinx inventory) does not document."""
+    _, _, body = inventory.read_bytes().partition(b"zlib.\n")
+    documented: set[int] = set()
+    modules = public_modules()
+    for line in zlib.decompress(body).decode().splitlines():
+        name, role = line.split(" ", 2)[:2]
+        parent, _, attr = name.rpartition(".")
+        if role.startswith("py:") and parent in modules:
+            documented.add(id(getattr(importlib.import_module(parent), attr, None)))
+    problems = []
+    for module in modules:
+        for attr in getattr(importlib.import_module(module), "__all__", ()):
+            obj = getattr(importlib.import_module(module), attr)
+            if id(obj) not in documented:
+                problems.append(f"docs/api.md: {module}.{attr} is not in the API reference")
+    return problems
+
+
+def main(argv: list[str]) -> int:
     problems: list[str] = []
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     for page in pages:
@@ -60,6 +93,8 @@ def main() -> int:
                 if not hasattr(trio_chatbridge, name):
                     problems.append(f"{page.name}:{line}: cb.{name} is not a public name")
     problems += citation_problems()
+    if argv[:1] == ["--reference"]:
+        problems += reference_problems(Path(argv[1]))
     for problem in problems:
         print(problem)
     print(f"checked {len(pages)} pages: {len(problems)} problem(s)")
@@ -67,4 +102,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

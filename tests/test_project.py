@@ -26,7 +26,7 @@ def test_demo_shows_bursts_becoming_batches(capsys: pytest.CaptureFixture[str]) 
 
 def test_docs_check_passes() -> None:
     result = runpy.run_path(str(ROOT / "docs" / "check_docs.py"))
-    assert result["main"]() == 0
+    assert result["main"]([]) == 0
 
 
 def test_command_line_help_lists_commands() -> None:

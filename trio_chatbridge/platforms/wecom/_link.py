@@ -65,7 +65,7 @@ class Link:
 
     @property
     def pending(self) -> int:
-        """``req_id``s with a command in flight or queued (0 when idle: nothing is kept)."""
+        """How many ``req_id`` have a command in flight or queued (0 when idle: nothing is kept)."""
         return len(self._slots)
 
     async def send_frame(self, frame: f.Frame) -> None:
