@@ -296,3 +296,36 @@ def test_reply_call_runs_any_trio_call_and_a_reply_kept_past_its_run_refuses() -
         assert len(chat.sent) == 1
 
     run_asyncio(main)
+
+
+def test_rich_reply_calls_are_forwarded_with_their_results_and_errors() -> None:
+    results: list[object] = []
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        sent = await reply.send("plain text")
+        results.append(sent)
+        for attempt in (
+            reply.edit(sent, "changed"),  # FakeConnector cannot edit
+            reply.send(cb.Markdown("**bold**")),  # nor send Markdown
+        ):
+            try:
+                await attempt
+            except cb.SendError as exc:
+                results.append(type(exc))
+        try:
+            async with reply.stream(card=cb.Card({"title": "t"})):
+                pytest.fail("streamed with a card the connector cannot show")
+        except cb.SendError as exc:
+            results.append(type(exc))
+
+    async def main() -> None:
+        chat = FakeConnector()
+        async with cb.asyncio_bridge(bridge_for(agent, chat)) as running:
+            await running.call(chat.say, "hi")
+            assert (await running.call(chat.next_reply)).text == "plain text"
+
+    run_asyncio(main)
+    sent = results[0]
+    assert isinstance(sent, cb.Sent)
+    assert (sent.platform, sent.chat, sent.kind) == ("fake", "chat", "text")
+    assert results[1:] == [cb.SendError] * 3

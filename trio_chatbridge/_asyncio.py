@@ -38,6 +38,7 @@ import trio
 from ._bridge import Bridge
 from ._connector import Connector, ReplyStream
 from ._construction import NoPublicConstructor
+from ._content import Attachment, Card, Content, Sent, media_kind
 from ._dispatch import Agent
 from ._errors import ChatBridgeError, ConfigurationError
 from ._messages import Batch, Message
@@ -341,6 +342,7 @@ class _HeldStream:
     """A Trio reply stream held open by a task of its own while asyncio writes to it."""
 
     reply: Reply
+    card: Card | None
     _closing: trio.Event = attrs.field(factory=trio.Event, init=False)
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _ended_early: bool = attrs.field(default=False, init=False)
@@ -349,7 +351,7 @@ class _HeldStream:
     async def hold(self, *, task_status: trio.TaskStatus[ReplyStream]) -> None:
         opened = False
         try:
-            async with self.reply.stream() as out:
+            async with self.reply.stream(card=self.card) as out:
                 task_status.started(out)
                 opened = True
                 await self._closing.wait()
@@ -437,30 +439,39 @@ class AsyncioReply(metaclass=NoPublicConstructor):
         """
         return await self._portal.call(fn, *args)
 
-    async def send(self, text: str) -> None:
-        """Send ``text`` as one reply; cancelled, the send is cancelled as :meth:`call` says."""
-        await self.call(self.trio_reply.send, text)
+    async def send(self, content: Content) -> Sent:
+        """Send ``content`` as one reply (text, ``Markdown``, ``Card``, ``Post``, an
+        ``Attachment``), as :meth:`Reply.send` does; returns what the platform said about it.
 
-    async def send_media(self, data: bytes, *, filename: str, kind: str | None = None) -> None:
+        Cancelled, the send is cancelled as :meth:`call` says: it may or may not have gone out.
+        """
+        return await self.call(self.trio_reply.send, content)
+
+    async def send_media(self, data: bytes, *, filename: str, kind: str | None = None) -> Sent:
         """Send a file (``kind`` "image", "file", "video", "voice"; by default from the name).
 
-        Cancelled, the upload is cancelled as :meth:`call` says.
+        Cancelled during the upload, nothing is sent; after it, as :meth:`send`.
         """
+        return await self.send(Attachment(data, filename, media_kind(kind)))
 
-        async def send() -> None:
-            await self.trio_reply.send_media(data, filename=filename, kind=kind)
+    async def edit(self, sent: Sent, content: Content) -> None:
+        """Change what an earlier reply shows, where the platform edits in place (Lark).
 
-        await self.call(send)
+        Cancelled, the message shows the old content or the new one, never a mix.
+        """
+        await self.call(self.trio_reply.edit, sent, content)
 
     @asynccontextmanager
-    async def stream(self) -> AsyncIterator[AsyncioStream]:
+    async def stream(self, *, card: Card | None = None) -> AsyncIterator[AsyncioStream]:
         """Write the reply piece by piece; it is complete when the block exits.
+
+        ``card`` shows a platform card with the streamed text, as in :meth:`Reply.stream`.
 
         A block that raises or is cancelled ends the stream as failed, as a Trio agent's would
         (the platform is told it ended, where it can); an error closing the stream is raised
         at the exit.
         """
-        held = _HeldStream(self.trio_reply)
+        held = _HeldStream(self.trio_reply, card)
         out: ReplyStream = await self.call(self._portal.nursery.start, held.hold)
         try:
             yield AsyncioStream._create(out, self._portal)
