@@ -218,8 +218,8 @@ def test_a_bridge_that_cannot_start_raises_on_entering(tmp_path: Path) -> None:
     run_asyncio(main)
 
 
-@pytest.mark.parametrize("where", ["in the block", "in the graceful stop"])
-def test_a_cancelled_lifespan_stops_the_bridge_at_once_and_waits_for_trio(where: str) -> None:
+@pytest.mark.parametrize("where", ["in the block", "in the graceful stop", "an error"])
+def test_leaving_by_cancellation_or_error_stops_the_bridge_at_once_and_waits_for_trio(where: str) -> None:
     running_agent = asyncio.Event()
     agent_cancelled = asyncio.Event()
     leaving = asyncio.Event()
@@ -240,14 +240,20 @@ def test_a_cancelled_lifespan_stops_the_bridge_at_once_and_waits_for_trio(where:
             await running_agent.wait()
             if where == "in the block":
                 await asyncio.sleep(3600)
+            if where == "an error":
+                raise ValueError("the application failed")
             leaving.set()  # no await from here to the wait for the graceful stop
 
     async def main() -> None:
         task = asyncio.create_task(lifespan(FakeConnector()))
-        await (leaving if where == "in the graceful stop" else running_agent).wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        if where == "an error":
+            with pytest.raises(ValueError, match="the application failed"):
+                await task
+        else:
+            await (leaving if where == "in the graceful stop" else running_agent).wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
         assert agent_cancelled.is_set()
         # The guest run has ended: the loop can host another one.
         chat = FakeConnector()

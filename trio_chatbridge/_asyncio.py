@@ -118,16 +118,16 @@ async def asyncio_bridge(bridge: Bridge) -> AsyncIterator[AsyncioBridge]:
 
     The block is entered once ``nursery.start(bridge.run)`` has returned on the Trio side; an
     error raised while the bridge starts (a store that cannot open) is raised here. Leaving
-    the block, normally or by an exception, shuts the bridge down gracefully (pending sessions
-    flushed, running agents get ``shutdown_grace``) and waits for the Trio run to end; an
-    error the bridge ended with is raised then. Stop the bridge by leaving the block, not with
+    the block normally shuts the bridge down gracefully (pending sessions flushed, running
+    agents get ``shutdown_grace``) and waits for the Trio run to end; an error the bridge
+    ended with is raised then. Stop the bridge by leaving the block, not with
     ``bridge.shutdown()`` (a Trio call, which :meth:`AsyncioBridge.call` could make).
 
-    Cancellation stops at once, as cancelling a Trio nursery would: if the asyncio task is
-    cancelled inside the block, or while it waits for the graceful stop, the bridge is
-    cancelled (what was journaled but not handled is replayed at the next start), the wait
-    goes on until the Trio run has ended, and then the cancellation is raised: the loop never
-    stops under a running guest. One guest run per loop at a time (a Trio rule).
+    An exception or a cancellation out of the block stops the bridge at once, as it would out
+    of a Trio nursery or :func:`open_bridge`, and so does a cancellation during the graceful
+    stop: the bridge is cancelled (what was journaled but not handled is replayed at the next
+    start), the wait goes on until the Trio run has ended, and then the exception is raised:
+    the loop never stops under a running guest. One guest run per loop at a time (Trio's rule).
     """
     loop = asyncio.get_running_loop()
     host = _Host(loop, contextvars.copy_context())
@@ -170,11 +170,8 @@ async def asyncio_bridge(bridge: Bridge) -> AsyncIterator[AsyncioBridge]:
         _unwrap(done.result())
     try:
         yield AsyncioBridge._create(bridge, started.result())
-    except asyncio.CancelledError:  # cancelled, as a Trio nursery would be: stop at once
+    except BaseException:  # as out of a Trio nursery (and cb.open_bridge): stop at once
         await _stop_now(token, stop, done)
-        raise
-    except BaseException:
-        await _stop_gracefully(bridge, token, stop, done)
         raise
     await _stop_gracefully(bridge, token, stop, done)
     _unwrap(done.result())
