@@ -219,7 +219,7 @@ def test_a_bridge_that_cannot_start_raises_on_entering(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["in the block", "in the graceful stop", "an error"])
-def test_leaving_by_cancellation_or_error_stops_the_bridge_at_once_and_waits_for_trio(where: str) -> None:
+def test_leaving_by_cancellation_or_error_stops_the_bridge_at_once(where: str) -> None:
     running_agent = asyncio.Event()
     agent_cancelled = asyncio.Event()
     leaving = asyncio.Event()
