@@ -87,6 +87,7 @@ if __name__ == "__main__":
     from hypercorn.config import Config
     from wecom_env import from_env
 
+    chats = from_env()  # checked before the server starts: a missing variable is one line
     config = Config()
     config.bind = ["127.0.0.1:8000"]
-    asyncio.run(hypercorn.asyncio.serve(make_app(from_env), config))
+    asyncio.run(hypercorn.asyncio.serve(make_app(lambda: chats), config))
