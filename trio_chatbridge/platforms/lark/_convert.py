@@ -50,6 +50,56 @@ def _is_millis(text: str) -> bool:
     return len(text) <= 15 and text.isascii() and text.isdigit()
 
 
+def _sender(sender: Mapping[str, Any]) -> str:
+    """The sender's id: ``open_id``, else ``union_id``, else ``user_id``."""
+    ids = get_object(sender, "sender_id")
+    user = get_str(ids, "open_id") or get_str(ids, "union_id") or get_str(ids, "user_id")
+    if not user:
+        raise ProtocolError("message event without a sender id")
+    return user
+
+
+def _text_parts(
+    text: str, mentions: list[Mapping[str, Any]], bot_open_id: str | None
+) -> tuple[list[Part], bool]:
+    """The text with its mentions resolved, and whether the bot was one of them.
+
+    Longer placeholders are replaced first, so ``@_user_10`` is never read as ``@_user_1``.
+    """
+    parts: list[Part] = []
+    addressed = False
+    for mention in sorted(mentions, key=lambda m: -len(str(m.get("key", "")))):
+        key, name = str(mention.get("key", "")), str(mention.get("name", ""))
+        open_id = get_str(get_object(mention, "id"), "open_id") or ""
+        if bot_open_id and open_id == bot_open_id:
+            addressed = True
+            text = text.replace(key + " ", "").replace(key, "")
+        else:
+            text = text.replace(key, f"@{name}")
+        parts.append(Mention(open_id, name or None))
+    parts.append(Text(text.strip()))
+    return parts, addressed
+
+
+def _media_part(msgtype: str | None, content: Mapping[str, Any], message_id: str) -> Part | None:
+    """The image, file or voice a message carries (None for other types)."""
+    if msgtype == "image":
+        return Image(
+            Media("image", ref={"message_id": message_id, "key": content.get("image_key")})
+        )
+    if msgtype == "file":
+        return File(
+            Media(
+                "file",
+                name=get_str(content, "file_name"),
+                ref={"message_id": message_id, "key": content.get("file_key")},
+            )
+        )
+    if msgtype == "audio":
+        return Voice(Media("voice", ref={"message_id": message_id, "key": content.get("file_key")}))
+    return None
+
+
 def to_message(
     account: str, envelope: Mapping[str, Any], bot_open_id: str | None
 ) -> Message | None:
@@ -66,20 +116,10 @@ def to_message(
     chat_id = get_str(message, "chat_id")
     if not message_id or not chat_id:
         raise ProtocolError("message event without message_id or chat_id")
-    sender_id = get_object(sender, "sender_id")
-    user = (
-        get_str(sender_id, "open_id")
-        or get_str(sender_id, "union_id")
-        or get_str(sender_id, "user_id")
-    )
-    if not user:
-        raise ProtocolError("message event without a sender id")
+    user = _sender(sender)
     content = json_value(get_str(message, "content") or "{}", "message content")
     if not isinstance(content, Mapping):
         content = {}
-    parts: list[Part] = []
-    addressed = False
-    mentions = [m for m in message.get("mentions") or [] if isinstance(m, Mapping)]
     msgtype = get_str(message, "message_type")
     text = (
         content.get("text")
@@ -88,35 +128,15 @@ def to_message(
         if msgtype == "post"
         else None
     )
+    parts: list[Part] = []
+    addressed = False
     if isinstance(text, str):
-        for mention in sorted(mentions, key=lambda m: -len(str(m.get("key", "")))):
-            key, name = str(mention.get("key", "")), str(mention.get("name", ""))
-            open_id = get_str(get_object(mention, "id"), "open_id") or ""
-            if bot_open_id and open_id == bot_open_id:
-                addressed = True
-                text = text.replace(key + " ", "").replace(key, "")
-            else:
-                text = text.replace(key, f"@{name}")
-            parts.append(Mention(open_id, name or None))
-        parts.append(Text(text.strip()))
-    elif msgtype == "image":
-        parts.append(
-            Image(Media("image", ref={"message_id": message_id, "key": content.get("image_key")}))
-        )
-    elif msgtype == "file":
-        parts.append(
-            File(
-                Media(
-                    "file",
-                    name=get_str(content, "file_name"),
-                    ref={"message_id": message_id, "key": content.get("file_key")},
-                )
-            )
-        )
-    elif msgtype == "audio":
-        parts.append(
-            Voice(Media("voice", ref={"message_id": message_id, "key": content.get("file_key")}))
-        )
+        mentions = [m for m in message.get("mentions") or [] if isinstance(m, Mapping)]
+        parts, addressed = _text_parts(text, mentions, bot_open_id)
+    else:
+        media = _media_part(msgtype, content, message_id)
+        if media is not None:
+            parts.append(media)
     chat_type = get_str(message, "chat_type")
     created = get_str(message, "create_time")
     header = get_object(envelope, "header")
