@@ -10,24 +10,20 @@ import pytest
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
 
+# An event as it arrives in a frame's payload (content and mentions filled in per test).
+EVENT = """
+{"schema": "2.0", "header": {"event_id": "ev_1", "event_type": "im.message.receive_v1"},
+ "event": {"sender": {"sender_id": {"open_id": "ou_amy"}, "sender_type": "user"},
+           "message": {"message_id": "om_1", "chat_id": "oc_team", "chat_type": "group",
+                       "create_time": "1700000000123"}}}
+"""
+
 
 def envelope(message_type: str, content: dict[str, Any], **message: Any) -> dict[str, Any]:
-    return {
-        "schema": "2.0",
-        "header": {"event_id": "ev_1", "event_type": "im.message.receive_v1"},
-        "event": {
-            "sender": {"sender_id": {"open_id": "ou_amy"}, "sender_type": "user"},
-            "message": {
-                "message_id": "om_1",
-                "chat_id": "oc_team",
-                "chat_type": "group",
-                "message_type": message_type,
-                "create_time": "1700000000123",
-                "content": json.dumps(content),
-                **message,
-            },
-        },
-    }
+    data: dict[str, Any] = json.loads(EVENT)
+    fields = {"message_type": message_type, "content": json.dumps(content), **message}
+    data["event"]["message"].update(fields)
+    return data
 
 
 def test_mentions_resolve_longest_placeholder_first_and_the_bots_leaves_the_text() -> None:
