@@ -383,8 +383,9 @@ async def serve(
         from hypercorn.trio import serve as hypercorn_serve
     except ImportError as exc:
         raise ConfigurationError(
-            "wecom.serve needs hypercorn: pip install 'trio_chatbridge[webhook]', or mount "
-            "webhook.asgi in the Trio ASGI server you already run"
+            "wecom.serve needs hypercorn: install the webhook extra from your checkout "
+            "(python -m pip install -e '.[webhook]'), or mount webhook.asgi in the Trio ASGI "
+            "server you already run"
         ) from exc
     config = Config()
     config.bind = [f"{host}:{port}"]
