@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -55,3 +56,15 @@ async def test_the_wecom_emulate_line_names_the_webhook_options(
     async with open_bridge(bridge):
         verified = await emulator.webhook_verify(hook.asgi, "echo-me")
     assert (verified.status_code, verified.text) == (200, "echo-me")
+
+
+async def test_wecom_serve_without_hypercorn_says_to_install_from_a_checkout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "hypercorn.trio", None)  # as if hypercorn were missing
+    emulator = WeComEmulator()
+    hook = wecom.Webhook(
+        bot_id=emulator.bot_id, token=emulator.token, encoding_aes_key=emulator.encoding_aes_key
+    )
+    with pytest.raises(cb.ConfigurationError, match=r"python -m pip install -e '\.\[webhook\]'"):
+        await wecom.serve(hook, "127.0.0.1", 0)
