@@ -41,6 +41,7 @@ EXTENSION_POINTS = {
     "trio_chatbridge.stores.MemoryStore": "wrapped by tests to record or slow down calls",
     "trio_chatbridge.stores.SQLiteStore": "wrapped by tests to record or slow down calls",
     "trio_chatbridge.testing.FakeConnector": "tests subclass it to inject faults",
+    "trio_chatbridge.testing.Emulator": "a protocol: what every emulator implements",
     # Until the connector driver refactor (issue 11) settles their shape:
     "trio_chatbridge.platforms.weixin.Connector": "pending the driver refactor",
     "trio_chatbridge.platforms.wecom.LongConnection": "pending the driver refactor",

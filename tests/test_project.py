@@ -163,10 +163,13 @@ async def test_emulate_admin_api_makes_users_speak_and_lists_what_the_bot_sent(
                 await emu.next_sent()
                 sent = (await http.get(info["admin_url"] + "/sent")).json()
             nursery.cancel_scope.cancel()
-    assert [s["text"] for s in sent] == ["from outside"]
+    messages = [s for s in sent if s["via"] in ("reply", "sendmessage")]
+    assert [(s["platform"], s["text"]) for s in messages] == [(platform, "from outside")]
     platform_fields: dict[str, Callable[[dict[str, Any]], object]] = {
-        "weixin": lambda s: s["to_user"] == "quinn" and s["context_token"],
+        "weixin": lambda s: (
+            (s["kind"], s["to"]) == ("text", "quinn") and s["detail"]["context_token"]
+        ),
         "wecom": lambda s: (s["kind"], s["to"]) == ("stream", "quinn"),
-        "lark": lambda s: s["kind"] == "reply",
+        "lark": lambda s: (s["kind"], s["to"]) == ("text", "oc_p2p_quinn"),
     }
-    assert platform_fields[platform](sent[0])
+    assert platform_fields[platform](messages[0])

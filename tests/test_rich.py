@@ -21,11 +21,11 @@ from trio_chatbridge.testing import (
     Activity,
     HandlerTransport,
     LarkEmulator,
+    Record,
     WeComEmulator,
     WeixinEmulator,
     open_bridge,
 )
-from trio_chatbridge.testing._record import Record
 
 CARD = {
     "card_type": "text_notice",

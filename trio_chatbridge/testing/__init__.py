@@ -1,5 +1,7 @@
 """Tools to test bots built on trio_chatbridge: fake connectors, platform emulators, clocks."""
 
+from ._admin import Emulator as Emulator
+from ._admin import Unsupported as Unsupported
 from ._fake import FakeConnector as FakeConnector
 from ._fake import SentReply as SentReply
 from ._http import HandlerTransport as HandlerTransport
@@ -8,6 +10,7 @@ from ._lark import LarkEmulator as LarkEmulator
 from ._lark import LarkSent as LarkSent
 from ._record import Activity as Activity
 from ._record import MediaRecord as MediaRecord
+from ._record import Record as Record
 from ._run import open_bridge as open_bridge
 from ._wecom import InFlightLimit as InFlightLimit
 from ._wecom import WeComEmulator as WeComEmulator
@@ -19,6 +22,7 @@ from ._weixin import WeixinSentMessage as WeixinSentMessage
 
 __all__ = [
     "Activity",
+    "Emulator",
     "FakeConnector",
     "InFlightLimit",
     "LarkEmulator",
@@ -27,8 +31,10 @@ __all__ = [
     "WeComEmulator",
     "WeComSent",
     "HandlerTransport",
+    "Record",
     "RecordedRequest",
     "SentReply",
+    "Unsupported",
     "WeixinEmulator",
     "WeixinFault",
     "WeixinSentMessage",

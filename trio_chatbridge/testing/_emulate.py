@@ -26,9 +26,11 @@ async def emulate(
 ) -> None:
     """Serve ``platform``'s emulator until cancelled; first prints one JSON line describing it.
 
-    The line holds its URLs, credentials and ``admin_url``: ``POST {admin_url}/messages`` with
-    ``{"user": ..., "text": ..., "chat": ...}`` makes a user speak, ``GET {admin_url}/sent``
-    lists what the bot sent. ``nursery.start`` returns the emulator object.
+    The line holds its URLs, credentials and ``admin_url``, where the control API every
+    emulator shares answers (docs/testing.md): ``POST {admin_url}/messages`` with ``{"user":
+    ..., "text": ...}`` makes a user speak; ``enter``, ``events``, ``drop``, ``faults`` and
+    ``config`` do the rest; ``GET {admin_url}/sent`` lists everything the bot did.
+    ``nursery.start`` returns the emulator object.
     """
     if platform not in EMULATORS:
         raise ConfigurationError(f"no emulator for {platform!r}; choose from {sorted(EMULATORS)}")

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, suppress
-from typing import Any, Final, Literal, final
+from typing import Any, ClassVar, Final, Literal, final
 
 import attrs
 import httpx
@@ -41,6 +41,7 @@ from .._json import get_object, get_str
 from ..platforms.lark import _frames as fr
 from ..platforms.lark import _outbound as out
 from ..platforms.lark._connector import LongConnection
+from ._admin import UserVerbs, handle_admin
 from ._http import HandlerTransport, json_response, serve_http
 from ._record import Activity, MediaRecord, Record
 from ._ws import GONE, Abort, Connection, memory_websocket
@@ -109,9 +110,19 @@ class _Pending:
     due: float = 0.0
 
 
-class LarkEmulator:
+class LarkEmulator(UserVerbs):
     """A fake Lark for one app; start with ``await nursery.start(emu.run)`` (in memory) or
-    ``emu.serve`` (loopback); ``connector()`` builds a wired :class:`LongConnection`."""
+    ``emu.serve`` (loopback); ``connector()`` builds a wired :class:`LongConnection`. It is an
+    :class:`~trio_chatbridge.testing.Emulator`: the shared verbs, in Python and over HTTP."""
+
+    platform = "lark"
+    SETTINGS: ClassVar[Mapping[str, tuple[type, ...]]] = {
+        "ping_interval": (int,),
+        "pong_config": (dict, type(None)),
+        "silent": (bool,),
+        "fragment_size": (int,),
+        "connection_limit": (int,),
+    }
 
     def __init__(
         self,
@@ -353,13 +364,15 @@ class LarkEmulator:
             )
             conn.push(fr.encode(frame))
 
-    def push_event(self, envelope: dict[str, Any]) -> str:
-        """Deliver any event envelope (re-pushed until ACKed with 200); returns its frame id."""
+    def push_event(self, event: Mapping[str, Any]) -> str:
+        """Deliver any event envelope (``{"schema": "2.0", "header": {...}, "event": {...}}``,
+        re-pushed until ACKed with 200; a card action is ``card.action.trigger``); returns the
+        id of the frame that carries it (its ACK's ``message_id`` header)."""
         frame_id = f"frame-{next(self._ids)}"
-        header = envelope.get("header", {})
-        self._keep_message(envelope)
+        header = get_object(event, "header")
+        self._keep_message(event)
         self._pending[frame_id] = _Pending(
-            str(header.get("event_id", "")), frame_id, json.dumps(envelope).encode()
+            str(header.get("event_id", "")), frame_id, json.dumps(event).encode()
         )
         self._wake.set()
         return frame_id
@@ -393,16 +406,63 @@ class LarkEmulator:
             conn.push(data)
 
     def user_says(
-        self, user: str, text: str, *, chat: str | None = None, mention_bot: bool = True
+        self,
+        user: str,
+        text: str,
+        *,
+        chat: str | None = None,
+        mention_bot: bool = True,
+        quote: str | None = None,
     ) -> str:
-        """``user`` sends ``text`` (in group ``chat``, @-mentioning the bot unless told not to);
-        returns the IM message id."""
-        n = next(self._ids)
-        message_id = f"om_{n:08d}"
+        """``user`` sends ``text`` (in group ``chat``, @-mentioning the bot unless told not to;
+        replying to an earlier message of the bot's that reads ``quote``); returns the IM
+        message id."""
         mentions: list[dict[str, Any]] = []
         if chat and mention_bot:
             text = "@_user_1 " + text
             mentions.append({"key": "@_user_1", "id": {"open_id": self.bot_open_id}, "name": "Bot"})
+        extra: dict[str, Any] = {"mentions": mentions}
+        if quote is not None:
+            parent = f"om_bot_{next(self._ids)}"
+            now = int(time.time() * 1000)
+            self.messages[parent] = _Stored(
+                parent,
+                "text",
+                {"text": quote},
+                chat or f"oc_p2p_{user}",
+                self.app_id,
+                "app",
+                now,
+                now,
+            )
+            extra.update(parent_id=parent, root_id=parent)
+        return self._user_message(user, chat, "text", {"text": text}, extra)
+
+    def user_sends_media(
+        self, user: str, data: bytes, *, kind: str = "image", filename: str = "file.bin"
+    ) -> str:
+        """``user`` sends an image or a file (kept here under a fresh key, as an upload of
+        the user's); returns the IM message id."""
+        if kind not in ("image", "file"):
+            raise ValueError(f"this emulator's users send an image or a file, not {kind!r}")
+        key = f"{'img' if kind == 'image' else 'file'}_v3_user_{next(self._ids):04d}"
+        digest = hashlib.sha256(data).hexdigest()
+        self.media[key] = (MediaRecord(key, kind, len(data), digest, filename), data)
+        content = (
+            {"image_key": key} if kind == "image" else {"file_key": key, "file_name": filename}
+        )
+        return self._user_message(user, None, kind, content, {})
+
+    def _user_message(
+        self,
+        user: str,
+        chat: str | None,
+        message_type: str,
+        content: Mapping[str, Any],
+        extra: Mapping[str, Any],
+    ) -> str:
+        n = next(self._ids)
+        message_id = f"om_{n:08d}"
         envelope = {
             "schema": "2.0",
             "header": {
@@ -418,15 +478,55 @@ class LarkEmulator:
                     "message_id": message_id,
                     "chat_id": chat or f"oc_p2p_{user}",
                     "chat_type": "group" if chat else "p2p",
-                    "message_type": "text",
-                    "content": json.dumps({"text": text}),
+                    "message_type": message_type,
+                    "content": json.dumps(content),
                     "create_time": str(int(time.time() * 1000)),
-                    "mentions": mentions,
+                    **extra,
                 },
             },
         }
         self.push_event(envelope)
         return message_id
+
+    def say_media(
+        self, user: str, data: bytes, *, kind: str = "image", filename: str = "file.bin"
+    ) -> str:
+        """The shared verb: :meth:`user_sends_media`."""
+        return self.user_sends_media(user, data, kind=kind, filename=filename)
+
+    def enter(self, user: str) -> str:
+        """``user`` opens a direct chat with the bot
+        (``im.chat.access_event.bot_p2p_chat_entered_v1``, delivered to ``on_event``)."""
+        n = next(self._ids)
+        return self.push_event(
+            {
+                "schema": "2.0",
+                "header": {
+                    "event_id": f"ev_{n}",
+                    "event_type": "im.chat.access_event.bot_p2p_chat_entered_v1",
+                    "create_time": str(int(time.time() * 1000)),
+                    "app_id": self.app_id,
+                    "tenant_key": "tenant",
+                },
+                "event": {"chat_id": f"oc_p2p_{user}", "operator_id": {"open_id": user}},
+            }
+        )
+
+    async def drop_connection(self) -> None:
+        """The shared verb: :meth:`drop_connections`."""
+        await self.drop_connections()
+
+    def fail_next(self, what: str, code: int, times: int = 1) -> None:
+        """The next ``times`` calls whose path contains ``what`` answer error ``code``: 429
+        is HTTP 429 with code 99991400 (the rate limit), another HTTP status is that status,
+        anything else HTTP 400 with that code."""
+        if code == 429:
+            self.fail(
+                what, 429, {"code": 99991400, "msg": "request trigger frequency limit"}, times
+            )
+        else:
+            status = code if 400 <= code < 600 else 400
+            self.fail(what, status, {"code": code, "msg": "injected"}, times)
 
     async def next_sent(self) -> LarkSent:
         """The next reply or send the bot made that this method has not returned yet (waits)."""
@@ -485,7 +585,7 @@ class LarkEmulator:
                 {"code": 0, "msg": "ok", "tenant_access_token": self._token, "expire": 7200}
             )
         if path.startswith("/admin"):
-            return self._admin(request, body)
+            return await handle_admin(self, request)
         if request.headers.get("authorization") != f"Bearer {self._token}":
             return json_response({"code": 99991663, "msg": "token expired"}, 400)
         if path == "/open-apis/bot/v3/info":
@@ -675,25 +775,6 @@ class LarkEmulator:
         self.activity.append(Activity("lark", "upload", "upload", media=record, id=key))
         answer_key = "image_key" if image else "file_key"
         return json_response({"code": 0, "msg": "ok", "data": {answer_key: key}})
-
-    def _admin(self, request: httpx.Request, body: Any) -> httpx.Response:
-        if request.method == "POST" and request.url.path == "/admin/messages":
-            said = body if isinstance(body, list) else [body]
-            try:
-                ids = [
-                    self.user_says(str(d["user"]), str(d["text"]), chat=d.get("chat")) for d in said
-                ]
-            except (KeyError, TypeError):
-                return json_response({"error": 'expected {"user": ..., "text": ...}'}, 400)
-            return json_response({"ok": True, "message_id": ids[0] if len(ids) == 1 else ids})
-        if request.method == "GET" and request.url.path == "/admin/sent":
-            return json_response(
-                [
-                    dict(attrs.asdict(s), text=self.texts.get(s.message_id, s.text))
-                    for s in self.sent
-                ]
-            )
-        return httpx.Response(404, content=b"admin: POST /admin/messages or GET /admin/sent")
 
 
 def _post_text(content: Mapping[str, Any], msg_type: str) -> str | None:

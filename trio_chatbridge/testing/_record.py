@@ -11,6 +11,7 @@ import trio
 T = TypeVar("T")
 
 
+@final
 class Record(list[T]):
     """A plain list (compare it, index it, count it) whose :meth:`next` waits for new items."""
 

@@ -28,7 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, suppress
-from typing import Any, Final, Literal, final
+from typing import Any, ClassVar, Final, Literal, final
 
 import attrs
 import httpx
@@ -46,7 +46,8 @@ from ..platforms.wecom import _crypto
 from ..platforms.wecom import _frames as f
 from ..platforms.wecom import _outbound as out
 from ..platforms.wecom._long import DEFAULT_MEDIA_HOSTS, LongConnection
-from ._http import HandlerTransport, json_response, serve_http
+from ._admin import Refused, UserVerbs, handle_admin
+from ._http import HandlerTransport, serve_http
 from ._record import Activity, MediaRecord, Record
 from ._ws import GONE, Abort, Connection, memory_websocket
 
@@ -64,7 +65,7 @@ STREAM_POLL_LIMIT: Final = 360.0
 DEFAULT_AES_KEY: Final = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters
 
 
-class InFlightLimit(RuntimeError):
+class InFlightLimit(Refused, RuntimeError):
     """The emulated user already has 3 messages the bot has not finished answering."""
 
 
@@ -108,11 +109,18 @@ class _Callback:
     card: Mapping[str, Any] | None = None
 
 
-class WeComEmulator:
+class WeComEmulator(UserVerbs):
     """A fake WeCom server for one bot. Start it with ``await nursery.start(emu.run)`` (in
     memory) or ``await nursery.start(emu.serve)`` (loopback); ``connector()`` builds a
-    :class:`~trio_chatbridge.platforms.wecom.LongConnection` wired to it.
+    :class:`~trio_chatbridge.platforms.wecom.LongConnection` wired to it. It is an
+    :class:`~trio_chatbridge.testing.Emulator`: the shared verbs, in Python and over HTTP.
     """
+
+    platform = "wecom"
+    SETTINGS: ClassVar[Mapping[str, tuple[type, ...]]] = {
+        "ignore_pings": (bool,),
+        "in_flight_limit": (int,),
+    }
 
     def __init__(
         self,
@@ -517,7 +525,7 @@ class WeComEmulator:
         )
 
     def _event_frame(
-        self, eventtype: str, user: str, chat: str, fields: Mapping[str, Any] | None = None
+        self, eventtype: str, user: str, chat: str, given: Mapping[str, Any] | None = None
     ) -> tuple[str, str]:
         req_id = base64.urlsafe_b64encode(secrets.token_bytes(12)).decode()
         body = {
@@ -526,7 +534,8 @@ class WeComEmulator:
             "chattype": "group" if chat else "single",
             "from": {"userid": user},
             "msgtype": "event",
-            "event": {"eventtype": eventtype, **(fields or {})},
+            "event": {"eventtype": eventtype},
+            **{k: v for k, v in (given or {}).items() if v is not None},
         }
         if chat:
             body["chatid"] = chat
@@ -549,17 +558,38 @@ class WeComEmulator:
         return req_id
 
     def user_says(
-        self, user: str, text: str, *, chat: str | None = None, msgid: str | None = None
+        self,
+        user: str,
+        text: str,
+        *,
+        chat: str | None = None,
+        msgid: str | None = None,
+        quote: str | None = None,
     ) -> str:
-        """``user`` sends ``text`` (in group ``chat``, @-mentioning the bot); returns the req_id."""
+        """``user`` sends ``text`` (in group ``chat``, @-mentioning the bot; quoting the text
+        ``quote``); returns the req_id."""
         content = f"@{self.bot_id} {text}" if chat else text
         body: dict[str, Any] = {"msgtype": "text", "text": {"content": content}}
         if msgid:
             body["msgid"] = msgid
+        if quote is not None:
+            body["quote"] = {"msgtype": "text", "text": {"content": quote}}
         return self.send_callback(user, body, chat=chat)
+
+    def say_media(
+        self, user: str, data: bytes, *, kind: str = "image", filename: str = "file.bin"
+    ) -> str:
+        """The shared verb: :meth:`user_sends_media` (WeCom sends no file name)."""
+        return self.user_sends_media(user, data, kind=kind)
+
+    def enter(self, user: str) -> str:
+        """The shared verb: :meth:`user_enters`."""
+        return self.user_enters(user)
 
     def user_sends_media(self, user: str, data: bytes, *, kind: str = "image") -> str:
         """``user`` sends an image, file or video, encrypted with a fresh per-URL key."""
+        if kind not in ("image", "file", "video"):
+            raise ValueError(f"a WeCom user sends an image, file or video, not {kind!r}")
         key = secrets.token_bytes(32)
         name = f"blob-{next(self._ids)}"
         self._blobs[name] = _crypto.encrypt_media_with_key(key, data)
@@ -571,7 +601,7 @@ class WeComEmulator:
 
     def user_enters(self, user: str) -> str:
         """``user`` opens the chat with the bot (``enter_chat``); returns the event's req_id."""
-        return self.push_event(user, "enter_chat")
+        return self.push_event({"from": {"userid": user}, "event": {"eventtype": "enter_chat"}})
 
     def user_clicks_card(
         self, user: str, *, event_key: str, task_id: str, chat: str | None = None
@@ -580,20 +610,20 @@ class WeComEmulator:
         by ``aibot_respond_update_msg``); returns the event's req_id. The event's layout
         (``event.template_card_event.{event_key, task_id}``) is unconfirmed."""
         click = {"event_key": event_key, "task_id": task_id}
-        return self.push_event(user, "template_card_event", {"template_card_event": click}, chat)
+        event = {"eventtype": "template_card_event", "template_card_event": click}
+        return self.push_event({"from": {"userid": user}, "chatid": chat, "event": event})
 
-    def push_event(
-        self,
-        user: str,
-        eventtype: str,
-        fields: Mapping[str, Any] | None = None,
-        chat: str | None = None,
-    ) -> str:
-        """Push any ``aibot_event_callback`` (``fields`` go into ``event``); returns its req_id.
-
-        ``enter_chat`` and ``template_card_event`` can be answered (5 s) as on the platform.
-        """
-        req_id, frame = self._event_frame(eventtype, user, chat or "", fields)
+    def push_event(self, event: Mapping[str, Any]) -> str:
+        """Push any ``aibot_event_callback`` body (at least ``from.userid`` and
+        ``event.eventtype``; ``msgid``, ``aibotid``, ``chattype`` are filled in); returns its
+        req_id. ``enter_chat`` and ``template_card_event`` can be answered (5 s) as on the
+        platform."""
+        user = get_str(get_object(event, "from"), "userid")
+        eventtype = get_str(get_object(event, "event"), "eventtype")
+        if not user or not eventtype:
+            raise ValueError("an event needs from.userid and event.eventtype")
+        chat = get_str(event, "chatid")
+        req_id, frame = self._event_frame(eventtype, user, chat or "", event)
         kinds: dict[str, Literal["enter_chat", "card_event"]] = {
             "enter_chat": "enter_chat",
             "template_card_event": "card_event",
@@ -623,9 +653,10 @@ class WeComEmulator:
         """The bot's frames of one command, in order."""
         return [frame for frame in self.frames if frame.cmd == cmd]
 
-    def fail_next(self, cmd: str, errcode: int, times: int = 1) -> None:
-        """Ack the next ``times`` ``cmd`` commands with ``errcode`` (-1: no ack at all)."""
-        self._faults.setdefault(cmd, deque()).extend([errcode] * times)
+    def fail_next(self, what: str, code: int, times: int = 1) -> None:
+        """Ack the next ``times`` commands ``what`` (``aibot_respond_msg``, ``ping``...) with
+        errcode ``code`` (-1: no ack at all)."""
+        self._faults.setdefault(what, deque()).extend([code] * times)
 
     async def drop_connection(self) -> None:
         """Cut the current socket without a closing handshake (a network fault)."""
@@ -737,21 +768,9 @@ class WeComEmulator:
         if path.startswith("/media/"):
             blob = self._blobs.get(path.removeprefix("/media/"))
             return httpx.Response(200, content=blob) if blob is not None else httpx.Response(404)
-        if path == "/admin/messages" and request.method == "POST":
-            try:
-                data = json.loads(request.content)
-                said = data if isinstance(data, list) else [data]
-                ids = [
-                    self.user_says(str(d["user"]), str(d["text"]), chat=d.get("chat")) for d in said
-                ]
-            except (ValueError, KeyError, TypeError):
-                return json_response({"error": 'expected {"user": ..., "text": ...}'}, 400)
-            except InFlightLimit as exc:
-                return json_response({"error": str(exc)}, 429)
-            return json_response({"ok": True, "req_id": ids[0] if len(ids) == 1 else ids})
-        if path == "/admin/sent" and request.method == "GET":
-            return json_response([attrs.asdict(s) for s in self.sent])
-        return httpx.Response(404, content=b"admin: POST /admin/messages or GET /admin/sent")
+        if path.startswith("/admin"):
+            return await handle_admin(self, request)
+        return httpx.Response(404)
 
 
 class _Refused(Exception):

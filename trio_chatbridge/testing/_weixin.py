@@ -36,6 +36,7 @@ from .._json import get_object, get_str
 from ..platforms.weixin import _crypto
 from ..platforms.weixin import _protocol as p
 from ..platforms.weixin._connector import Connector, RateLimit
+from ._admin import Unsupported, apply_settings, handle_admin
 from ._http import DropConnection, HandlerTransport, json_response, serve_http
 from ._record import Activity, MediaRecord, Record
 
@@ -127,8 +128,18 @@ class WeixinEmulator:
     """A fake iLink server: users speak through it, the bot's calls are recorded.
 
     ``connector()`` builds a :class:`~trio_chatbridge.platforms.weixin.Connector` wired to it
-    (in memory by default; after ``await nursery.start(emu.serve)``, over loopback HTTP).
+    (in memory by default; after ``await nursery.start(emu.serve)``, over loopback HTTP). It is
+    an :class:`~trio_chatbridge.testing.Emulator`: the shared verbs, in Python and over HTTP.
     """
+
+    platform = "weixin"
+    SETTINGS: Final = {
+        "hold": (int, float),
+        "page_size": (int,),
+        "session_valid": (bool,),
+        "reply_quota": (int,),
+        "send_answer": (str,),
+    }
 
     def __init__(
         self,
@@ -180,6 +191,7 @@ class WeixinEmulator:
         self._qr_polls = 0
         self._repeat_next_page = False
         self._omit_cursor_next = False
+        self._drop_polls = False
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -255,11 +267,66 @@ class WeixinEmulator:
         message.update(fields)
         return message
 
-    def user_says(self, user: str, text: str, *, group: str | None = None) -> dict[str, Any]:
-        """``user`` sends ``text`` (in ``group`` if given); returns the message as delivered."""
-        message = self.user_message(user, [{"type": 1, "text_item": {"text": text}}], group=group)
+    def user_says(
+        self, user: str, text: str, *, group: str | None = None, quote: str | None = None
+    ) -> dict[str, Any]:
+        """``user`` sends ``text`` (in ``group`` if given; quoting the text ``quote``);
+        returns the message as delivered."""
+        item: dict[str, Any] = {"type": 1, "text_item": {"text": text}}
+        if quote is not None:
+            quoted = {"type": 1, "text_item": {"text": quote}}
+            item["ref_msg"] = {"title": "", "message_item": quoted}
+        message = self.user_message(user, [item], group=group)
         self.push(message)
         return message
+
+    def say(
+        self, user: str, text: str, *, chat: str | None = None, quote: str | None = None
+    ) -> str:
+        """The shared verb: :meth:`user_says` (``chat`` is the group); returns the message id."""
+        return str(self.user_says(user, text, group=chat, quote=quote)["message_id"])
+
+    def say_media(
+        self, user: str, data: bytes, *, kind: str = "image", filename: str = "file.bin"
+    ) -> str:
+        """The shared verb: :meth:`user_sends_media`; returns the message id."""
+        if kind not in ("image", "voice", "file", "video"):
+            raise ValueError(f"media kind {kind!r}: image, voice, file or video")
+        return str(self.user_sends_media(user, data, kind=kind, file_name=filename)["message_id"])
+
+    def enter(self, user: str) -> str:
+        """WeChat has no such event: :class:`Unsupported`."""
+        raise Unsupported("WeChat iLink has no event for a user opening the chat")
+
+    def push_event(self, event: Mapping[str, Any]) -> str:
+        """The shared verb: :meth:`push` (any message object, as ``getupdates`` delivers it);
+        returns its ``message_id`` if it has one."""
+        self.push(dict(event))
+        return str(event.get("message_id", ""))
+
+    async def drop_connection(self) -> None:
+        """End the long poll in progress (or the next one) without an answer, as a dropped
+        connection does."""
+        self._drop_polls = True
+        self._arrived.set()
+        self._arrived = trio.Event()
+        await trio.lowlevel.checkpoint()
+
+    def fail_next(self, what: str, code: int, times: int = 1) -> None:
+        """The next ``times`` calls of endpoint ``what`` answer ``code``: -14 as a stale
+        session, an HTTP status (>= 100) as an error page, anything else as ``ret``."""
+        if code == p.SESSION_EXPIRED:
+            fault = WeixinFault.session_expired()
+        elif code >= 100:
+            fault = WeixinFault.http(code)
+        else:
+            fault = WeixinFault(body={"ret": code, "errmsg": "injected"})
+        self.fail(what, fault, times)
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """``hold`` (seconds a poll is held), ``page_size``, ``session_valid``,
+        ``reply_quota``, ``send_answer``; returns them all."""
+        return apply_settings(self, self.SETTINGS, settings)
 
     def user_sends_media(
         self,
@@ -337,7 +404,7 @@ class WeixinEmulator:
         if "/c2c/" in path:
             endpoint = "cdn_" + endpoint
         if path.startswith("/admin"):
-            return self._admin(request, endpoint)
+            return await handle_admin(self, request)
         body = _json_body(request)
         if self.record_requests:
             self.requests.append(
@@ -378,6 +445,9 @@ class WeixinEmulator:
         answer: httpx.Response = await handler(request, body)
         return answer
 
+    handle_http = handle
+    """The same function under the name the other emulators use."""
+
     def _take_fault(self, endpoint: str) -> WeixinFault | None:
         queue = self._faults.get(endpoint)
         return queue.popleft() if queue else None
@@ -389,9 +459,12 @@ class WeixinEmulator:
             self._acked = position
             self._ack_event.set()
             self._ack_event = trio.Event()
-        if position >= len(self._queue):
+        if position >= len(self._queue) and not self._drop_polls:
             with trio.move_on_after(self.hold):
                 await self._arrived.wait()
+        if self._drop_polls:
+            self._drop_polls = False
+            raise DropConnection
         page = self._queue[position : position + self.page_size]
         next_position = position + len(page)
         if self._repeat_next_page and page:
@@ -546,26 +619,6 @@ class WeixinEmulator:
                 ilink_user_id="owner@im.wechat",
             )
         return json_response(answer)
-
-    def _admin(self, request: httpx.Request, endpoint: str) -> httpx.Response:
-        if request.method == "POST" and endpoint == "messages":
-            data = _json_body(request)
-            said = data if isinstance(data, list) else [data]  # one, or a burst
-            if not all(isinstance(d, dict) and d.get("user") and "text" in d for d in said):
-                return json_response({"error": 'expected {"user": ..., "text": ...}'}, 400)
-            ids = [
-                self.user_says(str(d["user"]), str(d["text"]), group=d.get("chat"))["message_id"]
-                for d in said
-            ]
-            return json_response({"ok": True, "message_id": ids[0] if len(ids) == 1 else ids})
-        if request.method == "GET" and endpoint == "sent":
-            return json_response(
-                [
-                    {"to_user": s.to_user, "text": s.text, "context_token": s.context_token}
-                    for s in self.sent
-                ]
-            )
-        return httpx.Response(404, content=b"admin: POST /admin/messages or GET /admin/sent")
 
 
 def _encode_cursor(position: int) -> str:
