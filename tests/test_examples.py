@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -97,27 +99,36 @@ async def test_streaming_llm_streams_and_a_new_message_interrupts_it(
     assert (stats.interrupts, stats.runs, stats.failures) == (1, 2, 0)
 
 
-async def test_trio_app_runs_the_bridge_next_to_its_own_server(
+async def test_trio_app_runs_the_bridge_next_to_its_own_server_and_stops_on_sigterm(
     examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, echo_bot = examples("trio_app"), examples("echo_bot")
-    monkeypatch.setattr(echo_bot, "DEBOUNCE", QUICK)
+    # A quiet window longer than the test: only the graceful stop can answer the message.
+    monkeypatch.setattr(echo_bot, "DEBOUNCE", cb.Debounce(window=3600.0, max_delay=None))
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
             emulator = await nursery.start(WeComEmulator().run)
             connector = emulator.connector()
-            serve = partial(app.serve, [connector], 0, store=cb.MemoryStore())
-            bridge, port = await nursery.start(serve)
-            emulator.user_says("dave", "hi")
-            sent = await emulator.next_sent()
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            async with stream:
-                line = b""
-                while not line.endswith(b"\n"):
-                    line += await stream.receive_some()
+            async with trio.open_nursery() as application:
+                serve = partial(app.serve, [connector], 0, store=cb.MemoryStore())
+                bridge, port = await application.start(serve)
+                await bridge.wait_status(lambda s: s[connector.name].state == "running")
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        line += await stream.receive_some()
+                emulator.user_says("dave", "hi")
+                for _ in range(int(LIMIT / 0.01)):  # until the bridge has the message
+                    if bridge.stats().received:
+                        break
+                    await trio.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGTERM)  # as systemd or `docker stop` would
+            # serve() returned by itself, once the pending message was answered.
+            sent = list(emulator.sent)
             nursery.cancel_scope.cancel()
-    assert sent.text == "you said: hi"
     assert json.loads(line) == {connector.name: "running"}
+    assert [(s.to, s.text) for s in sent] == [("dave", "you said: hi")]
     assert bridge.stats().replies == 1
 
 
