@@ -251,4 +251,4 @@ async def running(bridge: Bridge) -> AsyncIterator[Bridge]:
         raise
 
 
-open_bridge = _opener(Bridge)
+open_bridge: Final = _opener(Bridge)

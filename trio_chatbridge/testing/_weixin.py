@@ -25,7 +25,7 @@ import json
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from typing import Any, Final, final
+from typing import Any, ClassVar, Final, final
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -133,7 +133,7 @@ class WeixinEmulator:
     """
 
     platform = "weixin"
-    SETTINGS: Final = {
+    SETTINGS: ClassVar[Mapping[str, tuple[type, ...]]] = {
         "hold": (int, float),
         "page_size": (int,),
         "session_valid": (bool,),
