@@ -133,6 +133,111 @@ async def test_an_error_raised_while_a_run_is_interrupted_never_stops_the_bridge
     assert (stats.interrupts, stats.failures) == (1, 1)
 
 
+def _cleanup_fails_on_first_call() -> tuple[cb.Agent, list[list[str]]]:
+    """An agent whose first run raises from its ``finally`` when cancelled (replacing
+    Trio's Cancelled with its own error); later runs answer at once."""
+    seen: list[list[str]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.append([m.text for m in batch.messages])
+        if len(seen) == 1:
+            try:
+                await trio.sleep(100)
+            finally:
+                raise RuntimeError("cleanup failed")
+        await reply.send("done: " + batch.text.replace("\n", ","))
+
+    return agent, seen
+
+
+async def test_an_interrupted_run_whose_cleanup_raises_still_reruns_with_all_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    agent, seen = _cleanup_fails_on_first_call()
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    bridge = make_bridge(agent, chat, store=store, on_busy="interrupt", debounce=cb.Debounce(3.0))
+    async with open_bridge(bridge):
+        first = await chat.say("m1")
+        await trio.sleep(4)
+        await chat.say("m2")
+        reply = await chat.next_reply()
+        stats = bridge.stats()
+    assert seen == [["m1"], ["m1", "m2"]]
+    assert reply.text == "done: m1,m2"
+    assert (stats.interrupts, stats.failures) == (1, 1)  # the cleanup's error is counted
+    entry = await store.journal_entry(journal_key(first))
+    assert entry is not None and entry.state == "done"
+
+
+async def test_a_timed_out_run_whose_cleanup_raises_is_a_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    agent, _ = _cleanup_fails_on_first_call()
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    async with open_bridge(make_bridge(agent, chat, store=store, run_timeout=30.0)) as bridge:
+        message = await chat.say("m1")
+        await trio.sleep(40)
+        stats = bridge.stats()
+    assert (stats.timeouts, stats.failures) == (1, 1)
+    entry = await store.journal_entry(journal_key(message))
+    assert entry is not None and entry.error == "agent timed out after 30.0 s"
+
+
+@pytest.mark.parametrize("how", ["grace", "cancel"])
+async def test_a_run_cut_off_whose_cleanup_raises_is_abandoned_and_replayed(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    """Shutdown grace over, or the bridge cancelled: the run is abandoned (its messages
+    pending, replayed and answered at the next start), whatever its cleanup raised."""
+    agent, seen = _cleanup_fails_on_first_call()
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    bridge = make_bridge(agent, chat, store=store, shutdown_grace=5)
+    with trio.CancelScope() as scope:
+        async with open_bridge(bridge):
+            message = await chat.say("m1")
+            await trio.sleep(2)
+            if how == "cancel":
+                scope.cancel()
+    assert bridge.stats().abandoned == 1
+    assert await store.journal_pending() == [message]
+    async with open_bridge(make_bridge(agent, chat, store=store)) as again:
+        reply = await chat.next_reply()
+        assert again.stats().replayed == 1
+    assert (seen, reply.text) == ([["m1"], ["m1"]], "done: m1")
+
+
+async def test_sessions_waiting_for_a_slot_are_neither_interrupted_nor_abandoned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Stats count agent runs: a session that never got a slot was not interrupted by
+    its second batch (the batches merge into its first run) nor abandoned at shutdown."""
+    seen: list[list[str]] = []
+
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.append([m.text for m in batch.messages])
+        await trio.sleep(100)
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    bridge = make_bridge(
+        slow, chat, store=store, on_busy="interrupt", concurrency=1, shutdown_grace=5
+    )
+    async with open_bridge(bridge):
+        await chat.say("a", chat="one")
+        await trio.sleep(2)
+        await chat.say("b1", chat="two")
+        await trio.sleep(2)
+        await chat.say("b2", chat="two")
+        await trio.sleep(2)
+    stats = bridge.stats()
+    assert (stats.runs, stats.interrupts, stats.abandoned) == (1, 0, 1)
+    assert seen == [["a"]]
+    assert sorted(m.text for m in await store.journal_pending()) == ["a", "b1", "b2"]
+
+
 async def _fails_when_stopped() -> None:
     try:
         await trio.sleep_forever()

@@ -36,7 +36,7 @@ OnBusy: TypeAlias = Literal["queue", "interrupt"]
 class _Session:
     waiting: list[Message]
     scope: trio.CancelScope | None = None
-    """Set while the agent runs (or waits for a slot): cancelling it interrupts the run."""
+    """Set while the agent runs (not while it waits for a slot): cancelling it interrupts."""
 
 
 class Dispatcher:
@@ -91,26 +91,35 @@ class Dispatcher:
             nursery.cancel_scope.deadline = trio.current_time() + grace
 
     async def _serve(self, key: str, session: _Session) -> None:
-        """Run the agent for one session until nothing is waiting for it."""
+        """Run the agent for one session until nothing is waiting for it.
+
+        What ends a run is decided by what was asked of it, not by the exception that came
+        out: an agent whose cleanup raises while it is interrupted, cut off by the shutdown
+        grace or cancelled with the bridge is treated exactly as if ``Cancelled`` had come out
+        (see :meth:`_run_agent`). A session only waiting for a slot has no run yet: batches
+        that arrive meanwhile merge into its first run, and shutdown leaves them pending
+        without counting an interrupted or abandoned run.
+        """
         try:
             while session.waiting:
-                messages, session.waiting = session.waiting, []
-                error: str | None = None
-                # Only the wait for a slot and the agent can be interrupted: once it finished,
-                # its messages are answered and must not run again.
                 with trio.CancelScope() as scope:
-                    session.scope = scope
                     async with self._limiter:
+                        # Taken once the slot is ours: whatever arrived while waiting joins in.
+                        messages, session.waiting = session.waiting, []
+                        session.scope = scope
                         error = await self._run_agent(Batch(key, messages))
-                session.scope = None
+                        session.scope = None
                 if scope.cancelled_caught:  # interrupted by a newer batch: rerun with all
+                    session.scope = None
                     self._counters[_stats.INTERRUPTS] += 1
                     session.waiting[:0] = messages
                     continue
                 with trio.CancelScope(shield=True):  # answered: record it even at shutdown
                     await self._store.journal_done(messages, error=error)
         except BaseException as exc:
-            if find_error(exc, trio.Cancelled) is not None:  # cut off by the shutdown grace
+            # Cut off by the shutdown grace or a cancelled bridge: the messages stay pending
+            # and replay at the next start. Counted only if the agent was running.
+            if session.scope is not None and find_error(exc, trio.Cancelled) is not None:
                 self._counters[_stats.ABANDONED] += 1
             raise
         finally:
@@ -130,19 +139,16 @@ class Dispatcher:
             return "no connector configured for this account"
         self._counters[_stats.RUNS] += 1
         reply = Reply._create(batch, connector, self._count_reply)
-        error: str | None = None
+        failure: BaseException | None = None
         try:
             with trio.move_on_after(self._run_timeout) as timeout:
                 async with connector.running(batch):
                     await self._agent(batch, reply)
-            if timeout.cancelled_caught:
-                self._counters[_stats.TIMEOUTS] += 1
-                self._counters[_stats.FAILURES] += 1
-                error = f"agent timed out after {self._run_timeout} s"
         except* Exception as group:
-            # The agent is user code: anything may come out, even alongside the Cancelled of
-            # an interrupt or a shutdown (a cleanup that failed), and must not escape to the
-            # dispatcher. The Cancelled part goes on up to its cancel scope.
+            # The agent is user code: anything may come out, even instead of or alongside
+            # the Cancelled of an interrupt, a timeout or a shutdown (a cleanup that failed).
+            # It is logged and counted, and never escapes to the dispatcher; a Cancelled
+            # beside it goes on up to its cancel scope.
             failure = sole(group)
             log.error(
                 "agent failed on session %s (%d messages)",
@@ -150,9 +156,18 @@ class Dispatcher:
                 len(batch.messages),
                 exc_info=failure,
             )
-            error = f"{type(failure).__name__}: {failure}"
             self._counters[_stats.FAILURES] += 1
-        return error
+        if timeout.cancelled_caught or (failure is not None and timeout.cancel_called):
+            self._counters[_stats.TIMEOUTS] += 1
+            if failure is None:
+                self._counters[_stats.FAILURES] += 1
+            return f"agent timed out after {self._run_timeout} s"
+        if failure is None:
+            return None
+        # An error came out instead of Cancelled: if an interrupt, the shutdown grace or the
+        # bridge's cancellation asked this run to stop, that is what decides its fate.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return f"{type(failure).__name__}: {failure}"
 
     def _count_reply(self) -> None:
         self._counters[_stats.REPLIES] += 1
