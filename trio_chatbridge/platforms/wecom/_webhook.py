@@ -1,9 +1,10 @@
 """WeCom AI Bot in webhook mode (docs/protocols/wecom.md#webhook-mode): an ASGI app that WeCom calls
 with encrypted JSON.
 
-Each request's signature is checked in constant time and its timestamp must be fresh (a replayed
-request is refused); a request that fails either, or does not decrypt, gets a 4xx and nothing is
-processed. A message is answered at once with the start of a stream; WeCom then polls with "stream
+Each request's signature is checked in constant time, its timestamp must be fresh and its nonce
+unused within the freshness window (a replayed request is refused); a request that fails any of
+these, or does not decrypt, gets a 4xx and nothing is processed. No input, however malformed, gets
+a 500. A message is answered at once with the start of a stream; WeCom then polls with "stream
 refresh" callbacks, each answered with the whole text so far, until ``finish``
 (docs/protocols/wecom.md#streaming-by-polling). Mount :meth:`Webhook.asgi` in any Trio ASGI server,
 or use :func:`serve` (hypercorn).
@@ -11,8 +12,10 @@ or use :func:`serve` (hypercorn).
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -28,6 +31,7 @@ import trio
 from ... import _connector as base
 from ..._content import Card
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
+from ..._json import json_object
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
 from . import _crypto
@@ -41,6 +45,9 @@ FRESHNESS: Final = 300.0  # seconds a request's timestamp may be off (replay win
 STREAM_TTL: Final = 360.0  # seconds WeCom polls a stream for [2.6, D2: 6 min]
 MAX_STREAMS: Final = 10_000  # stream states kept at most (oldest dropped first)
 MAX_BODY: Final = 1024 * 1024  # bytes of request body accepted
+MAX_NONCES: Final = 50_000  # (timestamp, nonce) pairs remembered to refuse replays
+MAX_QUERY_FIELDS: Final = 16  # query parameters accepted (WeCom sends at most four)
+MAX_TIMESTAMP_DIGITS: Final = 12  # a decimal count of seconds; anything longer is absurd
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -91,6 +98,7 @@ class Webhook(base.Connector):
         self._wall_clock = wall_clock
         self._streams: OrderedDict[str, _StreamState] = OrderedDict()
         self._stream_of_msgid: dict[str, str] = {}
+        self._nonces = _NonceCache(MAX_NONCES)
         self._running = False
 
     def __repr__(self) -> str:  # never the token or key
@@ -119,16 +127,18 @@ class Webhook(base.Connector):
                     return
         if scope["type"] != "http":
             return
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         body = await _read_body(receive)
+        query = _query(scope.get("query_string", b""))
         if body is None:
-            status, content_type, payload = 413, "text/plain", b"request body too large"
+            status, content_type, payload = self._refuse(413, "request body too large")
+        elif query is None:
+            status, content_type, payload = self._refuse(400, "malformed query string")
         elif scope["method"] == "GET":
             status, content_type, payload = self._verify_url(query)
         elif scope["method"] == "POST":
             status, content_type, payload = await self._callback(query, body)
         else:
-            status, content_type, payload = 405, "text/plain", b"GET or POST"
+            status, content_type, payload = self._refuse(405, "GET or POST")
         await send(
             {
                 "type": "http.response.start",
@@ -161,30 +171,29 @@ class Webhook(base.Connector):
         if not all(k in query for k in ("msg_signature", "timestamp", "nonce")):
             return self._refuse(400, "missing msg_signature, timestamp or nonce")
         try:
-            envelope = json.loads(body)
-            encrypt = envelope["encrypt"]
-            assert isinstance(encrypt, str)
-        except (ValueError, KeyError, TypeError, AssertionError):
-            return self._refuse(400, 'body is not {"encrypt": "..."}')
+            encrypt = json_object(body, "webhook body").get("encrypt")
+        except ProtocolError:
+            encrypt = None
+        if not isinstance(encrypt, str) or not encrypt.isascii():  # base64 is ASCII
+            return self._refuse(400, 'body is not {"encrypt": "<base64>"}')
         timestamp, nonce = query["timestamp"], query["nonce"]
         if not self.crypto.verify(query["msg_signature"], timestamp, nonce, encrypt):
             return self._refuse(403, "bad signature")
-        try:
-            stale = abs(self._wall_clock() - float(timestamp)) > self.freshness
-        except ValueError:
-            stale = True
-        if stale:
+        # Signed by WeCom: only now may it take a place in the nonce cache.
+        now = self._wall_clock()
+        sent_at = _seconds(timestamp)
+        if sent_at is None or abs(now - sent_at) > self.freshness:
             return self._refuse(
-                403, f"timestamp {timestamp!r} outside the {self.freshness:.0f} s window"
+                403, f"timestamp {timestamp[:20]!r} outside the {self.freshness:.0f} s window"
             )
+        if not self._nonces.first_use(timestamp, nonce, sent_at, now - self.freshness):
+            return self._refuse(403, "replayed request (nonce already used)")
         try:
-            callback = json.loads(self.crypto.decrypt(encrypt))
-            if not isinstance(callback, dict):
-                raise ProtocolError("callback is not a JSON object")
-        except (ProtocolError, ValueError) as exc:
+            callback = json_object(self.crypto.decrypt(encrypt), "webhook callback")
+        except ProtocolError as exc:
             return self._refuse(400, f"callback does not decrypt: {exc}")
         if not self._running:
-            return 503, "text/plain", b"bridge not running"
+            return self._refuse(503, "bridge not running")
         answer = await self._handle(callback)
         if answer is None:
             return 200, "text/plain", b"success"
@@ -354,6 +363,57 @@ class _PolledStream(base.ReplyStream):
         self._pieces.append(text)
         self._state.content = utf8_prefix(self.text, f.STREAM_LIMIT)
         await trio.lowlevel.checkpoint()
+
+
+def _query(raw: bytes) -> dict[str, str] | None:
+    """The query's parameters (the last of each name), or None if it is not one."""
+    try:
+        fields = parse_qs(
+            raw.decode("ascii", errors="replace"),
+            errors="replace",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except ValueError:  # too many fields
+        return None
+    return {k: v[-1] for k, v in fields.items()}
+
+
+def _seconds(timestamp: str) -> float | None:
+    """A request's timestamp as seconds, or None unless it is a plain decimal count of them
+    (no sign, no ``nan``, ``inf`` or exponent, at most :data:`MAX_TIMESTAMP_DIGITS` digits)."""
+    if timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= MAX_TIMESTAMP_DIGITS:
+        return float(timestamp)
+    return None
+
+
+@attrs.define
+class _NonceCache:
+    """The (timestamp, nonce) pairs of accepted requests, so a replay is refused.
+
+    A pair is forgotten once its timestamp is too old to pass the freshness check. When the
+    cache is full, the pair with the oldest timestamp is forgotten early and that timestamp
+    becomes a floor: a request as old or older is refused as a possible replay, so a forgotten
+    pair can never be accepted again (under a flood the window only narrows).
+    """
+
+    size: int
+    _seen: set[tuple[str, str]] = attrs.field(factory=set)
+    _by_age: list[tuple[float, str, str]] = attrs.field(factory=list)
+    _floor: float = -math.inf
+
+    def first_use(self, timestamp: str, nonce: str, sent_at: float, oldest_fresh: float) -> bool:
+        """Record the pair; False if it was seen (or may have been) within the window."""
+        by_age = self._by_age
+        while by_age and (by_age[0][0] < oldest_fresh or len(by_age) >= self.size):
+            old, old_timestamp, old_nonce = heapq.heappop(by_age)
+            self._seen.discard((old_timestamp, old_nonce))
+            if old >= oldest_fresh:  # forgotten while still fresh
+                self._floor = max(self._floor, old)
+        if sent_at <= self._floor or (timestamp, nonce) in self._seen:
+            return False
+        self._seen.add((timestamp, nonce))
+        heapq.heappush(by_age, (sent_at, timestamp, nonce))
+        return True
 
 
 async def _read_body(receive: Receive) -> bytes | None:
