@@ -48,6 +48,7 @@ from ._messages import Sender as Sender
 from ._messages import Text as Text
 from ._messages import Video as Video
 from ._messages import Voice as Voice
+from ._redact import install as _install_redaction
 from ._reply import Reply as Reply
 from ._stats import Stats as Stats
 from ._status import StatusChanges as StatusChanges
@@ -56,6 +57,8 @@ from .stores import JournalEntry as JournalEntry
 from .stores import MemoryStore as MemoryStore
 from .stores import SQLiteStore as SQLiteStore
 from .stores import Store as Store
+
+_install_redaction()  # credentials out of our and our dependencies' log records (_redact.py)
 
 __version__ = "0.1.0"
 

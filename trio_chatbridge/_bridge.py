@@ -11,7 +11,7 @@ from typing import Final, ParamSpec, final, get_args
 import attrs
 import trio
 
-from . import _stats
+from . import _redact, _stats
 from ._connector import Connector, ConnectorContext
 from ._debounce import Debounce, Debouncer
 from ._dispatch import Agent, Dispatcher, OnBusy
@@ -132,6 +132,7 @@ class Bridge:
         if self._ran:
             raise ChatBridgeError("a Bridge runs once; build a new one to run again")
         self._ran = True
+        _redact.install()  # on the loggers made since import too (platform modules)
         try:
             await self.store.open()
             await self._run(task_status)

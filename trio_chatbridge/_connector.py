@@ -27,6 +27,7 @@ import trio
 from ._content import Attachment, Card, Content, Sent, kind_of, unsupported
 from ._errors import ChatBridgeError, SendError
 from ._messages import Batch, Message
+from ._redact import guard
 from .stores import Store
 
 log = logging.getLogger("trio_chatbridge.connector")
@@ -65,7 +66,7 @@ class ConnectorContext:
 
     @property
     def log(self) -> logging.Logger:
-        return logging.getLogger(f"trio_chatbridge.{self.platform}.{self.account}")
+        return guard(logging.getLogger(f"trio_chatbridge.{self.platform}.{self.account}"))
 
     async def put(self, messages: Sequence[Message]) -> list[Message]:
         """Journal the messages and queue the new ones; returns the new ones.

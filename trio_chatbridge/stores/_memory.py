@@ -16,20 +16,21 @@ from ._base import JournalEntry, JournalKey, JournalState, Store, journal_key
 class MemoryStore(Store):
     """Keeps everything in dicts. Leases expire on Trio's clock, so tests can drive them.
 
-    Nothing survives the process; use :class:`SQLiteStore` for that.
+    Nothing survives the process; use :class:`SQLiteStore` for that. Its repr shows none of
+    what it holds (tokens among it).
     """
 
     wall_clock: Callable[[], float] = time.time
     """Where ``received_at`` comes from (for pruning)."""
     # Three flat dicts rather than one record per message: a record is one more object per
     # message for the garbage collector to walk, and a busy journal holds many.
-    _journal: dict[JournalKey, Message] = attrs.field(factory=dict, init=False)
-    _received: dict[JournalKey, float] = attrs.field(factory=dict, init=False)
+    _journal: dict[JournalKey, Message] = attrs.field(factory=dict, init=False, repr=False)
+    _received: dict[JournalKey, float] = attrs.field(factory=dict, init=False, repr=False)
     _outcome: dict[JournalKey, tuple[JournalState, str | None]] = attrs.field(
-        factory=dict, init=False
+        factory=dict, init=False, repr=False
     )
-    _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False)
-    _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False)
+    _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False, repr=False)
+    _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
         now = self.wall_clock()

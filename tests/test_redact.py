@@ -1,0 +1,107 @@
+"""No credential in any log record, ours or our dependencies': the redacting filter, and the
+check every test runs under (conftest.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+import trio_websocket
+from leaks import SecretWatch
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import FakeConnector, open_bridge
+
+
+async def test_the_websocket_url_trio_websocket_logs_has_its_credentials_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Lark WebSocket URL carries the connection's access key and ticket in its query;
+    trio-websocket logs it at DEBUG when it connects."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        await request.accept()
+
+    caplog.set_level(logging.DEBUG)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None
+            )
+            port = server.port
+            url = f"ws://127.0.0.1:{port}/ws?device_id=7&access_key=AK-SECRET&ticket=TK-SECRET"
+            async with trio_websocket.open_websocket_url(url):
+                pass
+            nursery.cancel_scope.cancel()
+    connecting = [r.getMessage() for r in caplog.records if r.name == "trio-websocket"]
+    assert (
+        f"Connecting to ws://127.0.0.1:{port}/ws?device_id=***&access_key=***&ticket=***"
+        in connecting
+    )
+    assert "SECRET" not in caplog.text
+
+
+async def test_the_urls_httpx_logs_have_their_query_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    transport = httpx.MockTransport(lambda request: httpx.Response(404))
+    async with httpx.AsyncClient(transport=transport) as http:
+        url = "https://novac2c.cdn.weixin.qq.com/c2c/download?encrypted_query_param=EQP-SECRET"
+        response = await http.get(url)
+    with pytest.raises(httpx.HTTPStatusError) as failure:  # its text quotes the URL too
+        response.raise_for_status()
+    logging.getLogger("trio_chatbridge").error("download failed", exc_info=failure.value)
+    assert "encrypted_query_param=***" in caplog.text
+    assert "EQP-SECRET" not in caplog.text
+
+
+async def _no_agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    pass
+
+
+async def test_loggers_made_after_import_are_guarded_once_a_bridge_runs(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    later = logging.getLogger("trio_chatbridge.made.later")
+    async with open_bridge(cb.Bridge([FakeConnector()], _no_agent)):
+        later.warning("fetching https://example.invalid/x?ticket=TK-SECRET")
+    assert "ticket=***" in caplog.text
+    assert "TK-SECRET" not in caplog.text
+
+
+def test_redaction_leaves_text_without_urls_alone() -> None:
+    record = logging.LogRecord("httpx", logging.INFO, "f", 1, "status %s of %s", (200, "a=b"), None)
+    logging.getLogger("httpx").handle(record)
+    assert record.getMessage() == "status 200 of a=b"
+
+
+class _Leaky:
+    def __init__(self, name: str, token: str) -> None:
+        self.name, self.token = name, token
+
+    def __repr__(self) -> str:
+        return f"_Leaky({self.name}, {self.token})"
+
+
+def test_the_check_every_test_runs_under_can_fail() -> None:
+    """What conftest.py's fixture catches: a configured secret in a record or a repr, and a
+    credential-bearing URL that was not redacted."""
+    watch = SecretWatch()
+    make = watch.watching(_Leaky)
+    leaky = _Leaky.__new__(_Leaky)
+    make(leaky, "short", token="token-for-the-check")
+    assert (watch.secrets, watch.created) == ({"token-for-the-check"}, [leaky])
+    for text in ("token is token-for-the-check", "wss://h/ws?access_key=abc", "all fine"):
+        watch.handle(logging.LogRecord("x", logging.DEBUG, "f", 1, text, None, None))
+    assert len(watch.leaks) == 2
+
+
+async def test_a_memory_store_shows_nothing_it_holds() -> None:
+    store = cb.MemoryStore()
+    await store.set("weixin", "bot", "token", "bot-token-in-the-store")
+    assert "bot-token-in-the-store" not in repr(store)

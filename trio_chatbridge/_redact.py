@@ -1,0 +1,77 @@
+"""Credentials kept out of log records, ours and our dependencies'.
+
+Some URLs carry credentials in their query: the Lark WebSocket URL its access key and ticket,
+WeChat's CDN URLs an ``encrypted_query_param``. trio-websocket logs the URL it connects to (at
+DEBUG) and httpx every request's (at INFO), and an exception's text may quote one. A
+:class:`RedactingFilter` on those loggers and on ours replaces every query value of every URL
+in a record's message and exception text with ``***``. The library installs it by itself (at
+import, and again when a bridge starts, for loggers made since), whatever logging setup the
+application has; docs/index.md ("Logging") says so.
+
+Python runs a logger's filters only for records logged to that very logger, not its children,
+so the filter goes on each logger by name: :data:`DEPENDENCY_LOGGERS`, and every
+``trio_chatbridge`` logger that exists when :func:`install` runs (:func:`guard` adds it to one
+made later).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Final
+
+REDACTED: Final = "***"
+DEPENDENCY_LOGGERS: Final = (
+    "trio-websocket",  # "Connecting to wss://host/path?query" at DEBUG
+    "httpx",  # "HTTP Request: GET https://host/path?query ..." at INFO
+    "httpcore",
+    "hypercorn.access",
+    "hypercorn.error",
+)
+_URL: Final = re.compile(r"(?i)\b(?:https?|wss?)://[^\s'\"<>]+")
+_QUERY_VALUE: Final = re.compile(r"([?&;][^=&#\s]*=)[^&#\s]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of each query parameter of each URL in it replaced by ``***``."""
+    if "://" not in text:  # the common record: nothing to look at
+        return text
+    return _URL.sub(lambda url: _QUERY_VALUE.sub(rf"\g<1>{REDACTED}", url.group()), text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record whose message or exception text holds a URL with a query; lets
+    every record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # Formatters use exc_text when it is set: the redacted text is what they print.
+            text = logging.Formatter().formatException(record.exc_info)
+            clean = redact(text)
+            if clean != text:
+                record.exc_text = clean
+        return True
+
+
+_FILTER: Final = RedactingFilter()
+
+
+def guard(logger: logging.Logger) -> logging.Logger:
+    """``logger``, with the redacting filter on it (added once)."""
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
+
+
+def install() -> None:
+    """Put the filter on our dependencies' loggers and on every ``trio_chatbridge`` logger
+    that exists now. Idempotent."""
+    for name in DEPENDENCY_LOGGERS:
+        guard(logging.getLogger(name))
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".")[0] == "trio_chatbridge":
+            guard(logger)
