@@ -107,12 +107,17 @@ class RecordedRequest:
     """One request the emulator received (for assertions on headers and bodies)."""
 
     endpoint: str
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = attrs.field(repr=lambda h: repr(_without_credentials(h)))
+    """As received; the repr hides the ``authorization`` header's value (the bot token)."""
     body: Any
     at: float
     """Trio's clock when it arrived."""
     query: Mapping[str, str] = attrs.field(factory=dict)
     """The query string's parameters."""
+
+
+def _without_credentials(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: "***" if k.lower() == "authorization" else v for k, v in headers.items()}
 
 
 @attrs.define
