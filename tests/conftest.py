@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -10,6 +11,7 @@ from typing import Any, Final
 import hypothesis
 import pytest
 import trio
+from leaks import PUBLIC_CLASSES, SecretWatch
 
 # CI tests the same examples on every run (derandomize), so a red run always means a change;
 # HYPOTHESIS_PROFILE=deep explores ten times more, from a fresh random seed each time.
@@ -78,3 +80,28 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         else:
             item.obj = _bounded(item.obj, limit)
     yield
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs_or_reprs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test runs with every logger at DEBUG; it fails if a log record, or the repr of
+    one of our public objects it made, shows a secret it configured (a constructor argument
+    named like a token, secret or key) or a URL with a credential in its query."""
+    watch = SecretWatch()
+    for cls in PUBLIC_CLASSES:
+        monkeypatch.setattr(cls, "__init__", watch.watching(cls))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(watch)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(watch)
+        root.setLevel(level)
+    for obj in watch.created:
+        text = repr(obj)
+        if any(s in text for s in watch.secrets):
+            watch.leaks.append(f"repr of a {type(obj).__name__}: {text[:300]}")
+    if watch.leaks:
+        pytest.fail("a secret was shown:\n" + "\n".join(watch.leaks[:5]), pytrace=False)

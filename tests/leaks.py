@@ -1,0 +1,91 @@
+"""The check every test runs under (conftest.py): no configured secret in any log record or
+in the repr of any public object the test made, and no credential-bearing URL in any record."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+PUBLIC_MODULES = (
+    "trio_chatbridge",
+    "trio_chatbridge.stores",
+    "trio_chatbridge.testing",
+    "trio_chatbridge.platforms.weixin",
+    "trio_chatbridge.platforms.wecom",
+    "trio_chatbridge.platforms.lark",
+)
+# Constructor parameters that configure a secret (token, secret, app_secret, encoding_aes_key).
+# (A ``context_token`` or a media ``aes_key`` is not one: each comes with a message.)
+SECRET_PARAMETER = re.compile(r"(token|secret|app_secret|encoding_aes_key|password)")
+SHORTEST_SECRET = 8  # characters: shorter test values ("token") are ordinary words in logs
+# A query parameter that carries a credential, with a value that was not redacted.
+CREDENTIAL_IN_URL = re.compile(r"[?&](access_key|ticket|encrypted_query_param)=(?!\*\*\*)[^&\s'\"]")
+
+
+def _public_classes() -> list[type]:
+    """Our public classes that hold configuration (message values aside: they come from the
+    network, and there are many of them)."""
+    found: dict[int, type] = {}
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and value.__module__.startswith("trio_chatbridge")
+                and value.__module__ != "trio_chatbridge._messages"
+                and not issubclass(value, BaseException)
+                and "__init__" in vars(value)
+            ):
+                found[id(value)] = value
+    return list(found.values())
+
+
+PUBLIC_CLASSES = _public_classes()
+
+
+class SecretWatch(logging.Handler):
+    """Sees every record of every logger; keeps those that show a configured secret or a
+    credential-bearing URL."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.secrets: set[str] = set()
+        self.created: list[object] = []
+        self.leaks: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if CREDENTIAL_IN_URL.search(text) or any(s in text for s in self.secrets):
+            self.leaks.append(f"log record: {text[:300]}")
+
+    def watching(self, cls: type) -> Callable[..., None]:
+        """``cls.__init__``, noting the object made and the secrets it was given."""
+        original = vars(cls)["__init__"]
+        try:
+            signature: inspect.Signature | None = inspect.signature(original)
+        except (TypeError, ValueError):
+            signature = None
+
+        @functools.wraps(original)
+        def __init__(obj: object, *args: Any, **kwargs: Any) -> None:
+            original(obj, *args, **kwargs)
+            self.created.append(obj)
+            if signature is None:
+                return
+            try:
+                bound = signature.bind(obj, *args, **kwargs)
+            except TypeError:
+                return
+            bound.apply_defaults()
+            for name, value in bound.arguments.items():
+                secret = SECRET_PARAMETER.fullmatch(name) and isinstance(value, str)
+                if secret and len(value) >= SHORTEST_SECRET:
+                    self.secrets.add(value)
+
+        return __init__
