@@ -27,6 +27,7 @@ P = ParamSpec("P")
 
 DEFAULT_STORE_PATH: Final = "chatbridge.db"
 WEEK: Final = 7 * 24 * 3600.0  # seconds
+PRUNE_EVERY: Final = 3600.0  # seconds between prunings of the journal while running, at most
 _BRIDGE_COUNTERS: Final = frozenset(f.name for f in attrs.fields(_stats.Stats))
 
 
@@ -83,7 +84,8 @@ class Bridge:
     queue_size: int = 1024
     """Capacity of the inbox and batch channels: beyond it, connectors wait (backpressure)."""
     journal_retention: float = WEEK
-    """Handled journal entries older than this (seconds) are pruned at start."""
+    """Handled journal entries older than this (seconds) are pruned at start, and while
+    running every hour (or every ``journal_retention`` seconds, if that is shorter)."""
     wall_clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
     """Wall-clock time (seconds since the epoch) for the bridge and its store alike: given
     here, the store uses it too; None (the default) uses the store's (``time.time``)."""
@@ -188,6 +190,7 @@ class Bridge:
             async with trio.open_nursery() as connectors:
                 for supervisor in self._supervisors:
                     connectors.start_soon(supervisor.run)
+                connectors.start_soon(self._prune_while_running)
                 task_status.started()  # the pipeline accepts work; connectors come up meanwhile
                 await self._stop.wait()
                 # Connectors stay up until the agents are done: their replies need them (a
@@ -198,6 +201,16 @@ class Bridge:
                 inbox.close()
                 await dispatched.wait()
                 connectors.cancel_scope.cancel()
+
+    async def _prune_while_running(self) -> None:
+        """Prune handled journal entries past their retention, periodically: a journal kept
+        in memory would otherwise grow until the next start. Cancelled with the connectors."""
+        while True:
+            await trio.sleep(min(PRUNE_EVERY, max(self.journal_retention, 1.0)))
+            cutoff = self.store.wall_clock() - self.journal_retention
+            pruned = await self.store.journal_prune(cutoff)
+            if pruned:
+                log.debug("pruned %d handled journal entries", pruned)
 
     def _context(self, connector: Connector, inbox: Inbox, sup: Supervisor) -> ConnectorContext:
         prefix = connector.platform
