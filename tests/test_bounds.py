@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,24 @@ async def test_the_journal_is_pruned_while_the_bridge_runs(
     assert len(chat.sent) == len(said)  # every message was answered
     assert not any(kept[: 22 * 60])  # older than the retention and a pruning period: gone
     assert all(kept[-60:])  # the last hour: kept (duplicates still caught)
+
+
+async def test_a_new_sqlite_store_and_its_wal_files_are_readable_by_their_owner_only(
+    tmp_path: Path,
+) -> None:
+    """The file holds the WeChat token: 0600 whatever the umask lets through."""
+    path = tmp_path / "chatbridge.db"
+    previous = os.umask(0o022)
+    try:
+        async with cb.SQLiteStore(path) as store:
+            await store.set("weixin", "bot", "token", "a-token")
+            files = [path, tmp_path / "chatbridge.db-wal", tmp_path / "chatbridge.db-shm"]
+            modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
+    finally:
+        os.umask(previous)
+    assert modes == {f.name: 0o600 for f in files}
+
+
+async def test_a_store_in_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(cb.StoreError, match="cannot open"):
+        await cb.SQLiteStore(tmp_path / "nowhere" / "x.db").open()

@@ -8,6 +8,7 @@ several processes sharing the file agree on when one expires.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from .._messages import Message
 from ._base import JournalEntry, JournalKey, Store, journal_key
 
 SCHEMA_VERSION: Final = 1
+FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's variable limit
 
 _SCHEMA: Final = """
@@ -57,10 +59,11 @@ T = TypeVar("T")
 class SQLiteStore(Store):
     """A store in one SQLite file; survives restarts, and can be shared by processes on one host.
 
-    ``synchronous="NORMAL"`` (the default) survives a crash of the process; ``"FULL"`` also
-    survives a power loss, at the cost of an fsync per write. ``threaded=False`` runs every
-    call inline, blocking the event loop: for tests under an autojump clock, which would
-    otherwise jump ahead while the worker thread works.
+    A new file is created readable by its owner only (0600, like its ``-wal`` and ``-shm``
+    files): it holds tokens. ``synchronous="NORMAL"`` (the default) survives a crash of the
+    process; ``"FULL"`` also survives a power loss, at the cost of an fsync per write.
+    ``threaded=False`` runs every call inline, blocking the event loop: for tests under an
+    autojump clock, which would otherwise jump ahead while the worker thread works.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class SQLiteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         try:
+            _create_private(self.path)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -116,7 +120,7 @@ class SQLiteStore(Store):
                 )
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
         return db
 
@@ -299,6 +303,15 @@ class _transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _create_private(path: str) -> None:
+    """Create the file at ``path`` readable by its owner only (0600) unless it exists: it
+    holds tokens. SQLite gives the ``-wal`` and ``-shm`` files the database file's mode."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError):  # an existing file keeps its owner's mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
 
 
 def _chunks(rows: Sequence[T], size: int) -> Iterator[Sequence[T]]:
