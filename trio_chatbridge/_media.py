@@ -2,10 +2,20 @@
 
 A media URL comes from the network, so it is checked before any request (no SSRF through a
 crafted URL), read as a stream that stops at the cap, and bounded by a Trio deadline.
+
+The check is by name, then by address: an allowed name is resolved once, refused if any of
+its addresses is not a public one (loopback, private, link-local...), and the request goes
+to the address that was checked, never to a second lookup that could answer otherwise (DNS
+rebinding); TLS still verifies the certificate against the name. A host given as an IP
+address is used as it is, but only one listed in ``allowed_hosts`` passes the name check.
+A client with a transport of its own (an emulator, a mock) decides itself where requests go:
+nothing is resolved for it.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Final, final
 from urllib.parse import urlsplit
 
@@ -30,6 +40,9 @@ class MediaPolicy:
     """Refuse media larger than this (bytes as downloaded)."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds a download may take in all."""
+    private_addresses: bool = False
+    """Allow names that resolve to loopback, private or link-local addresses (an
+    on-premises media server); off by default: such an address is refused."""
 
     def allows(self, host: str, also: str = "") -> bool:
         """Whether ``host`` is allowed (``also``: one more host, the configured CDN's)."""
@@ -54,15 +67,48 @@ async def fetch(
         )
     try:
         with trio.fail_after(policy.timeout):
-            return await _get_capped(http, url, policy.max_bytes)
+            request = http.build_request("GET", url)
+            if isinstance(http._transport, httpx.AsyncHTTPTransport):  # the network, not a mock
+                request = await _pinned(request, policy)
+            return await _get_capped(http, request, policy.max_bytes)
     except trio.TooSlowError as exc:
         raise MediaError(f"media download took longer than {policy.timeout} s") from exc
     except httpx.HTTPError as exc:
         raise MediaError(f"media download failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def _get_capped(http: httpx.AsyncClient, url: str, max_bytes: int) -> bytes:
-    async with http.stream("GET", url) as response:
+async def _pinned(request: httpx.Request, policy: MediaPolicy) -> httpx.Request:
+    """``request`` sent to the one address its host was resolved to and checked against
+    ``policy`` (the Host header and TLS server name stay the host's name)."""
+    host = request.url.host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return request  # an address listed in allowed_hosts: nothing to resolve
+    port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise MediaError(f"cannot resolve media host {host!r}: {exc}") from exc
+    addresses = [str(info[4][0]) for info in infos]
+    for address in addresses:
+        if not policy.private_addresses and not ipaddress.ip_address(address).is_global:
+            raise MediaError(
+                f"refusing to download media from {host!r}: it resolves to {address}, not a "
+                "public address (set MediaPolicy.private_addresses if that is intended)"
+            )
+    if not addresses:
+        raise MediaError(f"media host {host!r} resolves to no address")
+    request.url = request.url.copy_with(host=addresses[0])
+    request.extensions = {**request.extensions, "sni_hostname": host}
+    return request  # its Host header was set from the name already
+
+
+async def _get_capped(http: httpx.AsyncClient, request: httpx.Request, max_bytes: int) -> bytes:
+    response = await http.send(request, stream=True)
+    try:
         if not response.is_success:
             raise MediaError(f"media download answered HTTP {response.status_code}")
         declared = response.headers.get("content-length")
@@ -74,3 +120,5 @@ async def _get_capped(http: httpx.AsyncClient, url: str, max_bytes: int) -> byte
             if len(body) > max_bytes:
                 raise MediaError(f"media is over the {max_bytes}-byte cap")
         return bytes(body)
+    finally:
+        await response.aclose()
