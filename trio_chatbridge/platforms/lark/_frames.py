@@ -276,6 +276,9 @@ def decode(data: bytes) -> Frame:
         message.ParseFromString(bytes(data))
     except Exception as exc:  # protobuf raises DecodeError, and sometimes other errors
         raise ProtocolError(f"not a pbbp2 frame: {exc}") from exc
+    if not message.IsInitialized():  # ParseFromString lets required fields go missing
+        missing = message.FindInitializationErrors()
+        raise ProtocolError(f"frame lacks required field(s) {missing}")
     return Frame(
         seq_id=message.SeqID,
         log_id=message.LogID,
