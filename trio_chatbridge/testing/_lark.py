@@ -561,7 +561,7 @@ class LarkEmulator(UserVerbs):
             return self._upload(request, path)
         try:
             body: Any = json.loads(request.content) if request.content else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
             body = None  # the open API refuses it; the rest reads it as empty
         fields = body if isinstance(body, dict) else {}
         if path == "/callback/ws/endpoint":

@@ -635,7 +635,7 @@ def _json_body(request: httpx.Request) -> Any:
         return {}
     try:
         return json.loads(request.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
         return None
 
 
