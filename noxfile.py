@@ -45,3 +45,15 @@ def bench(session: nox.Session) -> None:
     """Run every benchmark; each prints its figures against a baseline from the same run."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Every parser's properties (tests marked ``fuzz``) and the webhook's, 20,000 random
+    examples each instead of the suite's fixed 100 (about 30 minutes on one core; see
+    docs/reliability.md). Extra arguments go to pytest."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "-m", "fuzz", "-o", "timeout=0",
+        *session.posargs, env={"HYPOTHESIS_PROFILE": "fuzz"},
+    )  # fmt: skip

@@ -233,6 +233,7 @@ plaintexts = st.one_of(
 )
 
 
+@pytest.mark.fuzz
 @given(st.lists(anyone | plaintexts, min_size=1, max_size=6))
 def test_no_request_gets_a_500(requests: list[tuple[str, bytes, bytes | str] | str]) -> None:
     """Whatever comes in, unsigned or signed by WeCom, the answer is never a 5xx error
