@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from .bot import BENCHMARKS as BOT
 from .core import BENCHMARKS as CORE
 from .embed import BENCHMARKS as EMBED
 from .lark import BENCHMARKS as LARK
@@ -13,6 +14,7 @@ from .weixin import BENCHMARKS as WEIXIN
 
 ALL = {**CORE, **WEIXIN, **WECOM, **LARK}
 ALL.update(EMBED)
+ALL.update(BOT)
 
 
 def main(names: list[str]) -> int:

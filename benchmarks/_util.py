@@ -43,14 +43,17 @@ def timed_trio(fn: Callable[[], Awaitable[Any]], repeat: int = REPEAT) -> float:
 
 
 @contextmanager
-def emulator_process(platform: str) -> Iterator[dict[str, Any]]:
+def emulator_process(platform: str, ack_delay: float = 0.0) -> Iterator[dict[str, Any]]:
     """``python -m trio_chatbridge emulate <platform>`` in a child process; yields its JSON line.
 
     A real server runs apart from its clients: so does the emulator, for the figures to be
-    about the client side.
+    about the client side. ``ack_delay`` (seconds) delays the emulator's answers to replies.
     """
+    command = ["-m", "trio_chatbridge", "emulate", platform]
+    if ack_delay:
+        command = ["-m", "benchmarks._serve", platform, str(ack_delay)]
     with subprocess.Popen(
-        [sys.executable, "-m", "trio_chatbridge", "emulate", platform],
+        [sys.executable, *command],
         stdout=subprocess.PIPE,
         text=True,
     ) as child:

@@ -144,6 +144,8 @@ class LarkEmulator(UserVerbs):
         self.pong_config: dict[str, int] | None = None
         """A ClientConfig to send in pongs (applied live by the client)."""
         self._silent = False
+        self.ack_delay = 0.0
+        """Seconds before the message API answers (a distant server; benchmarks set it)."""
         self.http_base: str = f"http://{IN_MEMORY_HOST}"
         self.ws_base = f"ws://{IN_MEMORY_HOST}"
         self.sent: Record[LarkSent] = Record()
@@ -591,6 +593,8 @@ class LarkEmulator(UserVerbs):
         if path == "/open-apis/bot/v3/info":
             return json_response({"code": 0, "msg": "ok", "bot": {"open_id": self.bot_open_id}})
         if path.startswith("/open-apis/im/v1/messages"):
+            if self.ack_delay > 0:
+                await trio.sleep(self.ack_delay)
             return self._messages(request, path, body)
         return json_response({"code": 404, "msg": "not emulated"}, 404)
 

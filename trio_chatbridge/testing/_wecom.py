@@ -149,6 +149,8 @@ class WeComEmulator(UserVerbs):
         self.subscribes: int = 0
         self.ignore_pings = False
         """True: pings are not acknowledged (a dead server)."""
+        self.ack_delay = 0.0
+        """Seconds before a reply command is acked (a distant server; benchmarks set it)."""
         self._faults: dict[str, deque[int]] = {}
         self._callbacks: dict[str, _Callback] = {}
         self._in_flight: Counter[str] = Counter()
@@ -279,7 +281,15 @@ class WeComEmulator(UserVerbs):
                 await conn.ws.send_message(_ack(frame.req_id))
             return
         errcode, errmsg, body = self._check(frame)
-        await conn.ws.send_message(_ack(frame.req_id, errcode, errmsg, body))
+        ack = _ack(frame.req_id, errcode, errmsg, body)
+        if self.ack_delay > 0 and self._nursery is not None:  # acks in flight together
+            self._nursery.start_soon(self._ack_later, conn, ack)
+            return
+        await conn.ws.send_message(ack)
+
+    async def _ack_later(self, conn: Connection, ack: str) -> None:
+        await trio.sleep(self.ack_delay)
+        conn.push(ack)
 
     def _check(self, frame: f.Frame) -> tuple[int, str, Mapping[str, Any]]:
         """Validate and record one command; returns the ack's errcode, errmsg and body."""
