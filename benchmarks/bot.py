@@ -150,10 +150,18 @@ def _lark_connector(info: dict[str, Any]) -> cb.Connector:
     )
 
 
+DEADLINE = 300.0  # seconds a run may take before the benchmark gives up (a lost reply)
+
+
+async def _bounded(run: Run, info: dict[str, Any], count: int) -> None:
+    with trio.fail_after(DEADLINE):
+        await run(info, count)
+
+
 def _measure(run: Run, info: dict[str, Any], count: int) -> tuple[float, float]:
     """Wall seconds and this process's CPU seconds for ``run``, from connecting to the end."""
     wall, cpu = time.perf_counter(), time.process_time()
-    trio.run(run, info, count)
+    trio.run(_bounded, run, info, count)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 

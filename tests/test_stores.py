@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +244,110 @@ def test_the_sqlite_store_behaves_like_the_memory_store(script: list[tuple[Any, 
 
     with tempfile.TemporaryDirectory() as directory:
         trio.run(main, Path(directory) / "store.db")
+
+
+@contextmanager
+def _file_locked(path: Path) -> Iterator[Callable[[], object]]:
+    """Another connection holds the file's write lock (as another process could) until the
+    returned function is called: the store's next commit waits for it in its worker thread."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield lambda: other.execute("COMMIT")
+    finally:
+        other.close()
+
+
+def _commits(store: cb.SQLiteStore) -> list[str]:
+    """Every COMMIT the store's connection runs from now on (the group commit is the point)."""
+    seen: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+async def test_sqlite_concurrent_adds_and_done_marks_share_one_commit(tmp_path: Path) -> None:
+    first = [fake.message("first", id="first")]
+    async with cb.SQLiteStore(tmp_path / "group.db") as store:
+        await store.journal_add(first)
+        commits = _commits(store)
+        results: dict[int, list[bool]] = {}
+
+        async def add(i: int) -> None:
+            results[i] = await store.journal_add([fake.message(str(i), id=str(i % 5))])
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(add, i)
+                nursery.start_soon(store.journal_done, first)
+        # Whoever holds the writer's turn commits everything queued by then: 11 writes take
+        # one commit, or two if the first caller began before the others queued.
+        assert 1 <= len(commits) <= 2
+        assert sorted(r for (r,) in results.values()).count(True) == 5  # ids 0..4, each once
+        assert sorted(m.id for m in await store.journal_pending()) == ["0", "1", "2", "3", "4"]
+
+
+async def test_sqlite_one_bad_write_fails_alone(tmp_path: Path) -> None:
+    bad = cb.Message("fake", "bot", "bad", cb.Chat("c"), cb.Sender("u"), [], raw={"x": object()})
+    good = fake.message("good", id="good")
+    async with cb.SQLiteStore(tmp_path / "bad.db") as store:
+        outcome: dict[str, Any] = {}
+
+        async def add(name: str, message: cb.Message) -> None:
+            try:
+                outcome[name] = await store.journal_add([message])
+            except cb.StoreError as exc:
+                outcome[name] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add, "bad", bad)
+            nursery.start_soon(add, "good", good)
+        assert isinstance(outcome["bad"], cb.StoreError)
+        assert outcome["good"] == [True]
+        assert await store.journal_pending() == [good]
+
+
+async def test_sqlite_add_cancelled_before_its_commit_writes_nothing(tmp_path: Path) -> None:
+    gated, queued = fake.message("gated", id="gated"), fake.message("queued", id="queued")
+    async with cb.SQLiteStore(tmp_path / "cancel.db") as store:
+        with trio.fail_after(10), _file_locked(tmp_path / "cancel.db") as release:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.journal_add, [gated])
+                await trio.testing.wait_all_tasks_blocked()  # its commit began, in the thread
+                scope = trio.CancelScope()
+
+                async def add_queued() -> None:
+                    with scope:
+                        await store.journal_add([queued])
+
+                nursery.start_soon(add_queued)
+                await trio.testing.wait_all_tasks_blocked()  # queued behind it
+                scope.cancel()
+                release()
+        assert scope.cancelled_caught
+        await store.journal_add([fake.message("later", id="later")])  # a later commit...
+        assert [m.id for m in await store.journal_pending()] == ["gated", "later"]  # ...alone
+
+
+async def test_sqlite_add_cancelled_once_its_commit_began_is_written(tmp_path: Path) -> None:
+    gated = fake.message("gated", id="gated")
+    added: list[list[bool]] = []
+    async with cb.SQLiteStore(tmp_path / "begun.db") as store:
+        with trio.fail_after(10), _file_locked(tmp_path / "begun.db") as release:
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+
+                async def add() -> None:
+                    with scope:
+                        added.append(await store.journal_add([gated]))
+                        await trio.lowlevel.checkpoint()
+
+                nursery.start_soon(add)
+                await trio.testing.wait_all_tasks_blocked()  # its commit waits for the lock
+                scope.cancel()
+                release()
+        # The call completed (the cancellation comes at the caller's next checkpoint)...
+        assert added == [[True]]
+        assert scope.cancelled_caught
+        assert [m.id for m in await store.journal_pending()] == ["gated"]  # ...journaled

@@ -1,21 +1,25 @@
 """The embedded default store: one SQLite file in WAL mode, used from one worker thread.
 
 sqlite3 blocks, so every call runs in ``trio.to_thread.run_sync`` behind a ``CapacityLimiter(1)``:
-one statement at a time on one connection, never the event loop. Several messages handed to
-``journal_add`` together are written in one transaction. Leases use wall-clock time, so that
-several processes sharing the file agree on when one expires.
+one statement at a time on one connection, never the event loop. Journal writes are group
+commits: the ``journal_add`` and ``journal_done`` calls waiting together (from concurrent
+connectors and agent runs) are written in one transaction, one thread hop, one commit. Leases
+use wall-clock time, so that several processes sharing the file agree on when one expires.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
+import attrs
 import trio
 
 from .._errors import StoreError
@@ -25,6 +29,7 @@ from ._base import JournalEntry, JournalKey, Store, journal_key
 SCHEMA_VERSION: Final = 1
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's variable limit
+ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -80,6 +85,8 @@ class SQLiteStore(Store):
         self.wall_clock = wall_clock
         self._limiter = trio.CapacityLimiter(1)
         self._db: sqlite3.Connection | None = None
+        self._waiting: deque[_Write] = deque()
+        self._writer = trio.Lock()  # fair: callers take the writer's turn in arrival order
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -92,12 +99,14 @@ class SQLiteStore(Store):
         return fn(*args)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        if db is None:
+        return await self._run(fn, self._open_db())
+
+    def _open_db(self) -> sqlite3.Connection:
+        if self._db is None:
             raise StoreError(
                 f"{self!r} is not open: use 'async with store:' or pass it to a Bridge"
             )
-        return await self._run(fn, db)
+        return self._db
 
     async def open(self) -> None:
         if self._db is not None:
@@ -132,26 +141,17 @@ class SQLiteStore(Store):
     # -- journal ---------------------------------------------------------------------------
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
+        """As :meth:`Store.journal_add`, as part of the next group commit.
+
+        Cancelled before its group commit began: nothing was written, Cancelled is raised.
+        Once it began (the worker thread cannot be stopped), the call completes and returns
+        as if not cancelled; the cancellation takes effect at the caller's next checkpoint.
+        """
         if not messages:
             return []
-        now = self.wall_clock()
-
-        def insert(db: sqlite3.Connection) -> set[JournalKey]:
-            # Serialised here, in the worker thread, to keep the event loop free.
-            rows = [(*journal_key(m), json.dumps(m.to_json()), now) for m in messages]
-            inserted: set[JournalKey] = set()
-            with _transaction(db):
-                for chunk in _chunks(rows, ROWS_PER_STATEMENT):
-                    sql = (
-                        "INSERT INTO journal (platform, account, message_id, body, received_at) "
-                        "VALUES " + ",".join(["(?,?,?,?,?)"] * len(chunk)) + " "
-                        "ON CONFLICT DO NOTHING RETURNING platform, account, message_id"
-                    )
-                    params = [value for row in chunk for value in row]
-                    inserted.update(db.execute(sql, params).fetchall())
-            return inserted
-
-        inserted = await self._call(insert)
+        write = _Write(messages, None, self.wall_clock())
+        await self._group_commit(write)
+        inserted = write.inserted
         added: list[bool] = []
         for message in messages:
             key = journal_key(message)
@@ -160,18 +160,53 @@ class SQLiteStore(Store):
         return added
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
-        state = "done" if error is None else "failed"
-        rows = [(state, error, *journal_key(m)) for m in messages]
+        """As :meth:`Store.journal_done`, as part of the next group commit (cancellation as
+        for :meth:`journal_add`: not begun, nothing written; begun, written and returned)."""
+        if messages:
+            await self._group_commit(_Write(messages, "done" if error is None else "failed", error))
 
-        def update(db: sqlite3.Connection) -> None:
-            with _transaction(db):
-                db.executemany(
-                    "UPDATE journal SET state = ?, error = ? "
-                    "WHERE platform = ? AND account = ? AND message_id = ?",
-                    rows,
-                )
+    async def _group_commit(self, write: _Write) -> None:
+        """Queue ``write``; whoever holds the writer's turn writes everything queued by then.
 
-        await self._call(update)
+        There is no writer task (a store has no nursery of its own): the first caller in line
+        commits for all those waiting behind it, so concurrent puts and done-marks share one
+        transaction, one thread hop and one commit. Every caller waits for its own commit, so
+        the queue never holds more than one write per waiting caller.
+        """
+        self._open_db()  # fail now if the store is not open
+        self._waiting.append(write)
+        try:
+            async with self._writer:
+                if write.state == "queued":
+                    await self._commit_turn()
+        except trio.Cancelled:
+            if write.state == "queued":  # not begun: withdrawn, nothing written
+                self._waiting.remove(write)
+                raise
+            # Begun: the thread finishes it anyway, so the call completes as the writer's own
+            # does (trio.to_thread ignores a cancel); the cancellation stays pending on the
+            # caller's scope and takes effect at its next checkpoint.
+            with trio.CancelScope(shield=True):
+                await write.written.wait()
+        if write.error is not None:
+            raise write.error
+
+    async def _commit_turn(self) -> None:
+        turn: list[_Write] = []
+        rows = 0
+        while self._waiting and (
+            not turn or rows + len(self._waiting[0].messages) <= ROWS_PER_TURN
+        ):
+            write = self._waiting.popleft()
+            write.state = "begun"
+            rows += len(write.messages)
+            turn.append(write)
+        try:
+            await self._call(functools.partial(_commit, turn))
+        finally:
+            for write in turn:
+                write.state = "written"
+                write.written.set()
 
     async def journal_pending(self) -> list[Message]:
         def select(db: sqlite3.Connection) -> list[str]:
@@ -289,6 +324,70 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
         await self._call(delete)
+
+
+@attrs.define(eq=False)
+class _Write:
+    """One ``journal_add`` (``mark`` None) or ``journal_done`` waiting for a group commit."""
+
+    messages: Sequence[Message]
+    mark: Literal["done", "failed"] | None
+    detail: float | str | None
+    """The add's wall-clock time, or the done-mark's error text."""
+    state: Literal["queued", "begun", "written"] = "queued"
+    written: trio.Event = attrs.Factory(trio.Event)
+    inserted: set[JournalKey] = attrs.Factory(set)
+    """For an add: the keys that were new."""
+    error: Exception | None = None
+    """Why this write failed (its own bad input, or the whole transaction's failure)."""
+
+
+def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
+    """Write a turn's adds and done-marks in one transaction, in their order (worker thread).
+
+    A write whose messages cannot be serialised fails alone; a failing transaction fails all.
+    """
+    statements: list[tuple[_Write, list[tuple[Any, ...]]]] = []
+    for write in turn:
+        rows: list[tuple[Any, ...]]
+        try:
+            if write.mark is None:
+                rows = [
+                    (*journal_key(m), json.dumps(m.to_json()), write.detail) for m in write.messages
+                ]
+            else:
+                rows = [(write.mark, write.detail, *journal_key(m)) for m in write.messages]
+        except Exception as exc:  # handed to that write's caller alone
+            write.error = StoreError(f"cannot journal these messages: {exc!r}")
+        else:
+            statements.append((write, rows))
+    try:
+        with _transaction(db):
+            for write, rows in statements:
+                if write.mark is None:
+                    write.inserted = _insert(db, rows)
+                else:
+                    db.executemany(
+                        "UPDATE journal SET state = ?, error = ? "
+                        "WHERE platform = ? AND account = ? AND message_id = ?",
+                        rows,
+                    )
+    except Exception as exc:
+        for write, _ in statements:
+            write.error = exc
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[JournalKey]:
+    inserted: set[JournalKey] = set()
+    for chunk in _chunks(rows, ROWS_PER_STATEMENT):
+        sql = (
+            "INSERT INTO journal (platform, account, message_id, body, received_at) "
+            "VALUES " + ",".join(["(?,?,?,?,?)"] * len(chunk)) + " "
+            "ON CONFLICT DO NOTHING RETURNING platform, account, message_id"
+        )
+        params = [value for row in chunk for value in row]
+        inserted.update(db.execute(sql, params).fetchall())
+    return inserted
 
 
 class _transaction:
