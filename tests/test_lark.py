@@ -53,13 +53,32 @@ def test_codec_reads_the_go_sdk_ping_and_writes_the_python_one() -> None:
     assert lark.encode_frame(frame) == GO_PING[: -len(bytes.fromhex("32003a004a00"))]
 
 
+def test_codec_reads_headers_in_any_field_order_and_refuses_incomplete_ones() -> None:
+    from trio_chatbridge.platforms.lark import _frames
+
+    head = bytes.fromhex("0801100218032001")  # SeqID 1, LogID 2, service 3, method 1
+    reversed_header = (
+        bytes.fromhex("2a0a") + bytes.fromhex("1203") + b"abc" + bytes.fromhex("0a03") + b"key"
+    )
+    long_value = "v" * 200  # a two-byte length
+    for decode in (lark.decode_frame, _frames.decode_pure):
+        assert decode(head + reversed_header).headers == (("key", "abc"),)
+        frame = lark.Frame(method=1, headers=(("k", long_value),))
+        assert decode(lark.encode_frame(frame)) == frame
+        with pytest.raises(cb.ProtocolError, match="key or value"):
+            decode(head + bytes.fromhex("2a05") + bytes.fromhex("0a03") + b"key")
+
+
 frames = st.builds(
     lark.Frame,
     seq_id=st.integers(0, 2**64 - 1),
     log_id=st.integers(0, 2**64 - 1),
     service=st.integers(-(2**31), 2**31 - 1),
     method=st.integers(0, 1),
-    headers=st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=5).map(tuple),
+    headers=st.lists(
+        st.tuples(st.text(max_size=10), st.text(max_size=20) | st.text(min_size=64, max_size=90)),
+        max_size=5,
+    ).map(tuple),
     payload_encoding=st.text(max_size=5),
     payload_type=st.text(max_size=5),
     payload=st.none() | st.binary(max_size=200),

@@ -267,7 +267,7 @@ class LongConnection(base.Connector):
                     self.config = ClientConfig.merge(self.config, config)
                     self._config_changed.set()
             elif kind == "ping":
-                await self._send(ws, attrs.evolve(frame, headers=(("type", "pong"),), payload=None))
+                await self._send(ws, frame.replace(headers=(("type", "pong"),), payload=None))
             return
         complete = self._reassemble(frame)
         if complete is not None:
@@ -318,7 +318,7 @@ class LongConnection(base.Connector):
         if key not in self._fragments or any(part is None for part in partial.parts):
             return None
         self._drop_partial(key, None)
-        return attrs.evolve(frame, payload=b"".join(p or b"" for p in partial.parts))
+        return frame.replace(payload=b"".join(p or b"" for p in partial.parts))
 
     def _drop_partial(self, key: str, counter: str | None) -> None:
         self._partial_bytes -= self._fragments.pop(key).size

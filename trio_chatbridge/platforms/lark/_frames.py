@@ -18,9 +18,10 @@ value), lenient about unknown fields.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final, final
 
-import attrs
+import msgspec
 
 from ..._errors import ProtocolError
 
@@ -32,10 +33,11 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 
 @final
-@attrs.frozen
-class Frame:
+class Frame(msgspec.Struct, frozen=True, gc=False):
     """One frame. ``headers`` keep their order; lookups take the first match.
 
+    A frozen msgspec record, not walked by the garbage collector (it holds only numbers,
+    strings and bytes): cheap to build, which every frame in and out does.
     See ``docs/protocols/lark.md#headers-and-methods``.
     """
 
@@ -55,9 +57,15 @@ class Frame:
                 return value
         return None
 
+    def replace(self, **changes: Any) -> Frame:
+        """A copy with ``changes`` applied (field names as in the constructor)."""
+        return msgspec.structs.replace(self, **changes)
+
     def ack(self, payload: bytes, *, biz_rt: str) -> Frame:
         """The answer to this data frame: same ids and headers, plus the handling time."""
-        return attrs.evolve(self, headers=(*self.headers, ("biz_rt", biz_rt)), payload=payload)
+        return msgspec.structs.replace(
+            self, headers=(*self.headers, ("biz_rt", biz_rt)), payload=payload
+        )
 
 
 def _varint(value: int) -> bytes:
@@ -91,8 +99,7 @@ def encode_pure(frame: Frame) -> bytes:
     out += _key(3, _VARINT) + _varint(frame.service)
     out += _key(4, _VARINT) + _varint(frame.method)
     for name, value in frame.headers:
-        header = _bytes_field(1, name.encode()) + _bytes_field(2, value.encode())
-        out += _bytes_field(5, header)
+        out += _bytes_field(5, _header_bytes(name, value))
     for field, text in ((6, frame.payload_encoding), (7, frame.payload_type)):
         if text:
             out += _bytes_field(field, text.encode())
@@ -165,6 +172,32 @@ def _number(value: int | bytes, what: str, bits: int, signed: bool) -> int:
     return value
 
 
+HEADER_CACHE: Final = 4096  # distinct headers remembered each way (most repeat: type, sum, seq)
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE)
+def _header_bytes(key: str, value: str) -> bytes:
+    """One ``Header`` message's bytes (key and value under 128 bytes: one-byte lengths)."""
+    k, v = key.encode(), value.encode()
+    if len(k) < 0x80 and len(v) < 0x80:
+        return b"\x0a" + bytes((len(k),)) + k + b"\x12" + bytes((len(v),)) + v
+    return _bytes_field(1, k) + _bytes_field(2, v)
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE)
+def _header(data: bytes) -> tuple[str, str]:
+    """Parse one ``Header`` message: (key, value); the common short form read in place."""
+    size = len(data)
+    if size >= 4 and data[0] == 0x0A and data[1] < 0x80:
+        end = 2 + data[1]
+        if end + 2 <= size and data[end] == 0x12 and end + 2 + data[end + 1] == size:
+            return _text(data[2:end], "header key"), _text(data[end + 2 :], "header value")
+    parts = {f: v for f, _, v in _fields(data)}
+    if 1 not in parts or 2 not in parts:
+        raise ProtocolError("a header lacks its key or value")
+    return _text(parts[1], "header key"), _text(parts[2], "header value")
+
+
 def decode_pure(data: bytes) -> Frame:
     """Parse one frame; anything malformed is a :class:`ProtocolError`."""
     if len(data) > MAX_FRAME_BYTES:
@@ -183,10 +216,7 @@ def decode_pure(data: bytes) -> Frame:
         elif field == 5:
             if not isinstance(value, bytes):
                 raise ProtocolError("a header is not length-delimited")
-            parts = {f: v for f, _, v in _fields(value)}
-            if 1 not in parts or 2 not in parts:
-                raise ProtocolError("a header lacks its key or value")
-            headers.append((_text(parts[1], "header key"), _text(parts[2], "header value")))
+            headers.append(_header(value))
         elif field in (6, 7, 9):
             name = {6: "payload_encoding", 7: "payload_type", 9: "log_id_new"}[field]
             values[name] = _text(value, name)
@@ -210,9 +240,10 @@ def _protobuf_class() -> Any:
     fdp = descriptor_pb2.FileDescriptorProto(
         name="trio_chatbridge/pbbp2.proto", package="trio_chatbridge.pbbp2", syntax="proto2"
     )
-    header = fdp.message_type.add(name="Header")
-    header.field.add(name="key", number=1, label=field.LABEL_REQUIRED, type=field.TYPE_STRING)
-    header.field.add(name="value", number=2, label=field.LABEL_REQUIRED, type=field.TYPE_STRING)
+    # Field 5 is declared as raw bytes, not as the Header message: the same wire format
+    # (length-delimited), but the runtime hands the headers over as bytes, which
+    # _header/_header_bytes read and write far faster than the runtime's Python objects
+    # for nested messages (measured: 9 of the wrapper's 12 us went there).
     message = fdp.message_type.add(name="Frame")
     for name, number, label, kind in (
         ("SeqID", 1, field.LABEL_REQUIRED, field.TYPE_UINT64),
@@ -225,13 +256,7 @@ def _protobuf_class() -> Any:
         ("LogIDNew", 9, field.LABEL_OPTIONAL, field.TYPE_STRING),
     ):
         message.field.add(name=name, number=number, label=label, type=kind)
-    message.field.add(
-        name="headers",
-        number=5,
-        label=field.LABEL_REPEATED,
-        type=field.TYPE_MESSAGE,
-        type_name=".trio_chatbridge.pbbp2.Header",
-    )
+    message.field.add(name="headers", number=5, label=field.LABEL_REPEATED, type=field.TYPE_BYTES)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(
@@ -249,10 +274,12 @@ def encode(frame: Frame) -> bytes:
     if _PB is None:
         return encode_pure(frame)
     message = _PB(
-        SeqID=frame.seq_id, LogID=frame.log_id, service=frame.service, method=frame.method
+        SeqID=frame.seq_id,
+        LogID=frame.log_id,
+        service=frame.service,
+        method=frame.method,
+        headers=[_header_bytes(key, value) for key, value in frame.headers],
     )
-    for key, value in frame.headers:
-        message.headers.add(key=key, value=value)
     if frame.payload_encoding:
         message.payload_encoding = frame.payload_encoding
     if frame.payload_type:
@@ -271,9 +298,8 @@ def decode(data: bytes) -> Frame:
         return decode_pure(data)
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(data)} bytes is over the {MAX_FRAME_BYTES}-byte cap")
-    message = _PB()
     try:
-        message.ParseFromString(bytes(data))
+        message = _PB.FromString(bytes(data))
     except Exception as exc:  # protobuf raises DecodeError, and sometimes other errors
         raise ProtocolError(f"not a pbbp2 frame: {exc}") from exc
     if not message.IsInitialized():  # ParseFromString lets required fields go missing
@@ -284,7 +310,7 @@ def decode(data: bytes) -> Frame:
         log_id=message.LogID,
         service=message.service,
         method=message.method,
-        headers=tuple((h.key, h.value) for h in message.headers),
+        headers=tuple([_header(data) for data in message.headers]),
         payload_encoding=message.payload_encoding,
         payload_type=message.payload_type,
         payload=message.payload if message.HasField("payload") else None,
