@@ -24,6 +24,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import lark, wecom
 
 from ._util import REPEAT, emulator_process, post_burst, report
@@ -112,7 +113,7 @@ async def _raw_lark(info: dict[str, Any], count: int) -> None:
                 seen += 1
 
 
-def _bridged(make: Callable[[dict[str, Any]], cb.Connector], sqlite: bool) -> Run:
+def _bridged(make: Callable[[dict[str, Any]], Connector], sqlite: bool) -> Run:
     """The bridge on the given store, its agent answering each batch with one reply."""
 
     async def run(info: dict[str, Any], count: int) -> None:
@@ -137,11 +138,11 @@ def _bridged(make: Callable[[dict[str, Any]], cb.Connector], sqlite: bool) -> Ru
     return run
 
 
-def _wecom_connector(info: dict[str, Any]) -> cb.Connector:
+def _wecom_connector(info: dict[str, Any]) -> Connector:
     return wecom.LongConnection(bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"])
 
 
-def _lark_connector(info: dict[str, Any]) -> cb.Connector:
+def _lark_connector(info: dict[str, Any]) -> Connector:
     return lark.LongConnection(
         app_id=info["app_id"],
         app_secret=info["app_secret"],
