@@ -28,6 +28,7 @@ from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import lark, wecom
 
 from ._util import REPEAT, emulator_process, post_burst, report
+from .lark import raw_ack
 
 WECOM_MESSAGES = 4_000
 LARK_MESSAGES = 2_000
@@ -100,15 +101,7 @@ async def _raw_lark(info: dict[str, Any], count: int) -> None:
                 if frame.method != 1:
                     continue
                 event = json.loads(frame.payload or b"{}")
-                ack = lark.Frame(
-                    frame.seq_id,
-                    frame.log_id,
-                    frame.service,
-                    1,
-                    frame.headers,
-                    payload=b'{"code":200}',
-                )
-                await ws.send_message(lark.encode_frame(ack))
+                await ws.send_message(raw_ack(frame))
                 nursery.start_soon(answer, event["event"]["message"]["message_id"])
                 seen += 1
 
@@ -190,28 +183,35 @@ def _compare(platform: str, count: int, clients: dict[str, Run]) -> list[tuple[s
     return rows
 
 
-def bench_wecom_bot() -> None:
-    clients = {
-        "raw trio-websocket": _raw_wecom,
-        "bridge, MemoryStore": _bridged(_wecom_connector, sqlite=False),
-        "bridge, SQLiteStore": _bridged(_wecom_connector, sqlite=True),
-    }
-    report(
-        f"wecom whole bot: {WECOM_MESSAGES:,} callbacks, each answered with one finished stream",
-        _compare("wecom", WECOM_MESSAGES, clients),
-    )
+def _bench(
+    platform: str, count: int, what: str, raw: tuple[str, Run], make: Callable[..., Connector]
+) -> Callable[[], None]:
+    """A whole-bot benchmark: the raw client against the bridge on each store."""
+
+    def bench() -> None:
+        clients = {
+            raw[0]: raw[1],
+            "bridge, MemoryStore": _bridged(make, sqlite=False),
+            "bridge, SQLiteStore": _bridged(make, sqlite=True),
+        }
+        report(f"{platform} whole bot: {count:,} {what}", _compare(platform, count, clients))
+
+    return bench
 
 
-def bench_lark_bot() -> None:
-    clients = {
-        "raw trio-websocket + httpx": _raw_lark,
-        "bridge, MemoryStore": _bridged(_lark_connector, sqlite=False),
-        "bridge, SQLiteStore": _bridged(_lark_connector, sqlite=True),
-    }
-    report(
-        f"lark whole bot: {LARK_MESSAGES:,} events, each ACKed and answered with one reply",
-        _compare("lark", LARK_MESSAGES, clients),
-    )
-
-
-BENCHMARKS = {"wecom-bot": bench_wecom_bot, "lark-bot": bench_lark_bot}
+BENCHMARKS = {
+    "wecom-bot": _bench(
+        "wecom",
+        WECOM_MESSAGES,
+        "callbacks, each answered with one finished stream",
+        ("raw trio-websocket", _raw_wecom),
+        _wecom_connector,
+    ),
+    "lark-bot": _bench(
+        "lark",
+        LARK_MESSAGES,
+        "events, each ACKed and answered with one reply",
+        ("raw trio-websocket + httpx", _raw_lark),
+        _lark_connector,
+    ),
+}

@@ -118,6 +118,14 @@ async def _load(info: dict[str, Any]) -> None:
     await post_burst(info, burst)
 
 
+def raw_ack(frame: lark.Frame) -> bytes:
+    """The ACK a bare client sends for a data frame: its ids and headers, code 200."""
+    ack = lark.Frame(
+        frame.seq_id, frame.log_id, frame.service, 1, frame.headers, payload=b'{"code":200}'
+    )
+    return lark.encode_frame(ack)
+
+
 async def _raw_websocket(info: dict[str, Any]) -> float:
     """The baseline: discover, connect, decode each frame and its JSON, ACK it. Nothing else."""
     async with httpx.AsyncClient() as http:
@@ -135,15 +143,7 @@ async def _raw_websocket(info: dict[str, Any]) -> float:
             frame = lark.decode_frame(data)
             if frame.method == 1:
                 json.loads(frame.payload or b"{}")
-                ack = lark.Frame(
-                    frame.seq_id,
-                    frame.log_id,
-                    frame.service,
-                    1,
-                    frame.headers,
-                    payload=b'{"code":200}',
-                )
-                await ws.send_message(lark.encode_frame(ack))
+                await ws.send_message(raw_ack(frame))
                 seen += 1
     return time.perf_counter() - start
 
