@@ -144,7 +144,7 @@ class LarkEmulator(UserVerbs):
         self.pong_config: dict[str, int] | None = None
         """A ClientConfig to send in pongs (applied live by the client)."""
         self._silent = False
-        self.ack_delay = 0.0
+        self.ack_delay: float = 0.0
         """Seconds before the message API answers (a distant server; benchmarks set it)."""
         self.http_base: str = f"http://{IN_MEMORY_HOST}"
         self.ws_base = f"ws://{IN_MEMORY_HOST}"

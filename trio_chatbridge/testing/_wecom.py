@@ -149,7 +149,7 @@ class WeComEmulator(UserVerbs):
         self.subscribes: int = 0
         self.ignore_pings = False
         """True: pings are not acknowledged (a dead server)."""
-        self.ack_delay = 0.0
+        self.ack_delay: float = 0.0
         """Seconds before a reply command is acked (a distant server; benchmarks set it)."""
         self._faults: dict[str, deque[int]] = {}
         self._callbacks: dict[str, _Callback] = {}
