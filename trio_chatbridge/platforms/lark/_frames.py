@@ -36,8 +36,8 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 class Frame(msgspec.Struct, frozen=True, gc=False):
     """One frame. ``headers`` keep their order; lookups take the first match.
 
-    A frozen msgspec record, not walked by the garbage collector (it holds only numbers,
-    strings and bytes): cheap to build, which every frame in and out does.
+    A frozen msgspec record the garbage collector does not track (it can hold no reference
+    cycle): cheap to build, which every frame in and out does.
     See ``docs/protocols/lark.md#headers-and-methods``.
     """
 
@@ -242,8 +242,8 @@ def _protobuf_class() -> Any:
     )
     # Field 5 is declared as raw bytes, not as the Header message: the same wire format
     # (length-delimited), but the runtime hands the headers over as bytes, which
-    # _header/_header_bytes read and write far faster than the runtime's Python objects
-    # for nested messages (measured: 9 of the wrapper's 12 us went there).
+    # _header/_header_bytes read and write faster than the runtime's Python objects for
+    # nested messages (the codec row of docs/performance.md has the figures).
     message = fdp.message_type.add(name="Frame")
     for name, number, label, kind in (
         ("SeqID", 1, field.LABEL_REQUIRED, field.TYPE_UINT64),
