@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMISED = 30.0  # seconds: what docs and --help promise for the whole loopback demo
 
 
+@pytest.mark.slow
 def test_demo_loopback_plays_the_script_over_loopback_sockets() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trio_chatbridge", "demo", "--loopback"],

@@ -9,6 +9,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 
+@pytest.mark.slow
 def test_a_deadlocked_test_fails_alone_and_the_run_goes_on(pytester: pytest.Pytester) -> None:
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
     pytester.makepyfile(leaks=(Path(__file__).parent / "leaks.py").read_text())  # conftest's
