@@ -69,6 +69,15 @@ def reply(message_id, msg_type, content, step):
     return checked(step, client.im.v1.message.reply(request.build()))
 
 
+def upload_then_reply(message_id, kind, create, body):
+    """Upload with the SDK's ``create`` call, then reply with the key it answered."""
+    request = {"image": CreateImageRequest, "file": CreateFileRequest}[kind].builder()
+    uploaded = checked(f"upload_{kind}", create(request.request_body(body.build()).build()))
+    if uploaded is not None:
+        key = f"{kind}_key"
+        reply(message_id, kind, {key: getattr(uploaded, key)}, f"reply_{kind}")
+
+
 def on_message(data):
     message = data.event.message
     text = json.loads(message.content).get("text", "")
@@ -96,28 +105,14 @@ def on_message(data):
             shown = json.loads(got.items[0].body.content)
             report("get_shows_patch", shown == CARD2, shown)
     image_body = CreateImageRequestBody.builder().image_type("message").image(io.BytesIO(PICTURE))
-    image = checked(
-        "upload_image",
-        client.im.v1.image.create(
-            CreateImageRequest.builder().request_body(image_body.build()).build()
-        ),
-    )
-    if image is not None:
-        reply(message.message_id, "image", {"image_key": image.image_key}, "reply_image")
+    upload_then_reply(message.message_id, "image", client.im.v1.image.create, image_body)
     file_body = (
         CreateFileRequestBody.builder()
         .file_type("stream")
         .file_name("notes.txt")
         .file(io.BytesIO(b"some notes\n"))
     )
-    file = checked(
-        "upload_file",
-        client.im.v1.file.create(
-            CreateFileRequest.builder().request_body(file_body.build()).build()
-        ),
-    )
-    if file is not None:
-        reply(message.message_id, "file", {"file_key": file.file_key}, "reply_file")
+    upload_then_reply(message.message_id, "file", client.im.v1.file.create, file_body)
     first = (
         CreateMessageRequestBody.builder()
         .receive_id(message.chat_id)
