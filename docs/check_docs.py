@@ -1,7 +1,7 @@
 """Check the docs: every Python block compiles, every ``cb.Name`` it uses exists, and every
-``docs/protocols/<page>.md#section`` that the code cites is a heading of that page. Given the
-built site's ``objects.inv`` (``--reference PATH``), also that every public name is in the API
-reference.
+``docs/protocols/<page>.md#section`` that the code cites is a heading of that page, and every
+public name has a directive in docs/api.md. Given the built site's ``objects.inv``
+(``--reference PATH``), also that the built API reference documents every public name.
 
 Run by ``nox -s docs``; exits non-zero with the page and line of each problem.
 """
@@ -58,6 +58,43 @@ def public_modules() -> list[str]:
     ]
 
 
+DIRECTIVE = re.compile(r"^\.\. (currentmodule|automodule|auto\w+):: (\S+)", re.M)
+
+
+def resolve(dotted: str) -> object:
+    """The object a dotted public name stands for (None when there is none)."""
+    module, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr, None)
+    except ImportError:
+        return None
+
+
+def undocumented(documented: set[int]) -> list[str]:
+    """Every public name whose object is not among ``documented`` (by identity)."""
+    problems = []
+    for module in public_modules():
+        for attr in getattr(importlib.import_module(module), "__all__", ()):
+            if id(getattr(importlib.import_module(module), attr)) not in documented:
+                problems.append(f"docs/api.md: {module}.{attr} is not in the API reference")
+    return problems
+
+
+def api_page_problems() -> list[str]:
+    """Public names that no ``auto...`` directive of docs/api.md names."""
+    documented: set[int] = set()
+    current = "trio_chatbridge"
+    for kind, name in DIRECTIVE.findall((ROOT / "docs" / "api.md").read_text()):
+        if kind == "currentmodule":
+            current = name
+        elif kind == "automodule":
+            module = importlib.import_module(name)
+            documented |= {id(getattr(module, attr)) for attr in getattr(module, "__all__", ())}
+        else:
+            documented.add(id(resolve(name if "." in name else f"{current}.{name}")))
+    return undocumented(documented)
+
+
 def reference_problems(inventory: Path) -> list[str]:
     """Public names that the built API reference (its Sphinx inventory) does not document."""
     _, _, body = inventory.read_bytes().partition(b"zlib.\n")
@@ -68,13 +105,7 @@ def reference_problems(inventory: Path) -> list[str]:
         parent, _, attr = name.rpartition(".")
         if role.startswith("py:") and parent in modules:
             documented.add(id(getattr(importlib.import_module(parent), attr, None)))
-    problems = []
-    for module in modules:
-        for attr in getattr(importlib.import_module(module), "__all__", ()):
-            obj = getattr(importlib.import_module(module), attr)
-            if id(obj) not in documented:
-                problems.append(f"docs/api.md: {module}.{attr} is not in the API reference")
-    return problems
+    return undocumented(documented)
 
 
 def main(argv: list[str]) -> int:
@@ -92,7 +123,7 @@ def main(argv: list[str]) -> int:
             for name in PUBLIC_NAME.findall(code):
                 if not hasattr(trio_chatbridge, name):
                     problems.append(f"{page.name}:{line}: cb.{name} is not a public name")
-    problems += citation_problems()
+    problems += citation_problems() + api_page_problems()
     if argv[:1] == ["--reference"]:
         problems += reference_problems(Path(argv[1]))
     for problem in problems:
