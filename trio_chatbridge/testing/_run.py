@@ -10,13 +10,14 @@ from .._status import Statuses
 
 
 def settled(statuses: Statuses) -> bool:
-    """Every connector has come up at least once, or failed for good."""
-    return all(s.connects > 0 or s.state == "failed" for s in statuses.values())
+    """Every connector has come up at least once, or is failed or paused (the platform said
+    it cannot serve for now: an expired WeChat session)."""
+    return all(s.connects > 0 or s.state in ("failed", "paused") for s in statuses.values())
 
 
 @asynccontextmanager
 async def open_bridge(bridge: Bridge) -> AsyncIterator[Bridge]:
-    """Start ``bridge``, wait until each connector has come up once (or failed for good), yield
+    """Start ``bridge``, wait until each connector has come up once (or failed, or paused), yield
     it, then shut it down gracefully on exit.
 
     ``async with open_bridge(bridge): ...`` is how tests talk to a running bridge; waiting for

@@ -266,7 +266,7 @@ class Connector(base.Connector):
             if self._guard.remaining > 0:
                 ctx.set_state("paused", self._guard.detail())
                 await trio.sleep(self._guard.remaining)
-                ctx.set_state("running")
+                ctx.set_state("running" if unstarted is None else "starting")
             try:
                 answer = await client.get_updates(cursor, timeout + p.LONG_POLL_MARGIN)
             except (ConnectorError, ProtocolError) as exc:
@@ -277,8 +277,8 @@ class Connector(base.Connector):
                 held = clamp(answer.longpolling_timeout_ms, low * 1000, high * 1000, 0)
                 timeout = held / 1000 or timeout
             code = answer.ret or answer.errcode
-            if unstarted is not None and code in (0, None, p.SESSION_EXPIRED):
-                unstarted.started()  # the server answered: up (an expired session pauses next)
+            if unstarted is not None and not code:
+                unstarted.started()  # the server answered: up
                 unstarted = None
             if code == p.SESSION_EXPIRED:
                 self._guard.pause()
