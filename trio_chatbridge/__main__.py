@@ -1,22 +1,52 @@
-"""The command line: ``python -m trio_chatbridge demo``."""
+"""The command line: ``python -m trio_chatbridge`` (or the ``trio-chatbridge`` script)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
 
 
+def _prog() -> str:
+    """How the user called us: ``trio-chatbridge`` (the script) or ``python -m ...``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m trio_chatbridge" if name in ("", "__main__.py", "-c") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
-        prog="python -m trio_chatbridge",
+        prog=_prog(),
         description="Connect chat platforms to your bot or agent, on Trio.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run the bridge a configuration file describes, until SIGINT or SIGTERM",
+        description="Exit codes: 0 stopped gracefully, 2 configuration problems, 3 every "
+        "connector failed for good, 128+N stopped at once by a second signal N, 1 otherwise.",
+    )
+    run.add_argument("config", help="the TOML configuration file")
+    run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration, then try each connector's credentials once",
+    )
+    check.add_argument("config", help="the TOML configuration file")
+    check.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds each connector gets (default 15)"
+    )
+    init = commands.add_parser(
+        "init", help="write a configuration, an agent and a test of it into a directory"
+    )
+    init.add_argument("directory")
     demo = commands.add_parser(
         "demo", help="play a scripted conversation through the bridge and print a transcript"
     )
@@ -79,6 +109,14 @@ def _weixin_login(account: str, store_path: str, base_url: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "check", "init"):
+        from . import _cli
+
+        if args.command == "run":
+            return _cli.run_command(args.config, log_json=args.log_json, verbose=args.verbose)
+        if args.command == "check":
+            return _cli.check_command(args.config, timeout=args.timeout)
+        return _cli.init_command(args.directory)
     quiet = (
         logging.CRITICAL if args.command == "demo" else logging.WARNING
     )  # the transcript says it

@@ -17,6 +17,7 @@ from ._debounce import Debounce, Debouncer
 from ._dispatch import Agent, Dispatcher, OnBusy
 from ._errors import ChatBridgeError, ConfigurationError
 from ._inbox import Inbox
+from ._latency import Latencies, LatencyListener
 from ._messages import Batch, Message
 from ._status import StatusBoard, StatusChanges, Statuses
 from ._supervise import Backoff, Supervisor
@@ -95,6 +96,7 @@ class Bridge:
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _ran: bool = attrs.field(default=False, init=False, repr=False)
     _board: StatusBoard = attrs.field(init=False, repr=False)
+    _latency_listeners: list[LatencyListener] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._board = StatusBoard(c.name for c in self.connectors)
@@ -124,6 +126,17 @@ class Bridge:
         """``async for statuses in bridge.status_changes():`` the statuses now, then after each
         change, until the bridge stops. A slow loop sees the latest states (never a backlog)."""
         return self._board.changes()
+
+    def add_latency_listener(self, listener: LatencyListener) -> None:
+        """Call ``listener(kind, seconds)`` for each run: ``"agent_start"``, from receiving the
+        batch's first message to the agent's start, then ``"reply"``, to its first reply sent.
+
+        Add listeners before :meth:`run`; without any, nothing is measured. Messages replayed
+        from the journal are not measured.
+        """
+        if self._ran:
+            raise ChatBridgeError("add latency listeners before the bridge runs")
+        self._latency_listeners.append(listener)
 
     def shutdown(self) -> None:
         """Ask :meth:`run` to stop gracefully; returns at once (``run`` returns when done)."""
@@ -158,7 +171,10 @@ class Bridge:
 
         to_debounce, from_inbox = trio.open_memory_channel[tuple[Message, ...]](self.queue_size)
         to_dispatch, from_debounce = trio.open_memory_channel[Batch](self.queue_size)
-        inbox = Inbox(self.store, to_debounce, self._counters)
+        latencies = Latencies(self._latency_listeners) if self._latency_listeners else None
+        inbox = Inbox(
+            self.store, to_debounce, self._counters, latencies.received if latencies else None
+        )
         debouncer = Debouncer(self.debounce)
         dispatcher = Dispatcher(
             self.agent,
@@ -168,6 +184,7 @@ class Bridge:
             concurrency=self.concurrency,
             on_busy=self.on_busy,
             run_timeout=self.run_timeout,
+            latencies=latencies,
         )
         for connector in self.connectors:
             supervisor = Supervisor(connector, self.backoff, self._counters, self._board.publish)

@@ -21,6 +21,8 @@ import trio
 from . import _stats
 from ._connector import Connector
 from ._errors import find_error, sole
+from ._latency import Latencies
+from ._logs import SESSION
 from ._messages import Batch, Message
 from ._reply import Reply
 from .stores import Store
@@ -52,8 +54,10 @@ class Dispatcher:
         concurrency: int = 16,
         on_busy: OnBusy = "queue",
         run_timeout: float | None = None,
+        latencies: Latencies | None = None,
     ) -> None:
         self._agent = agent
+        self._latencies = latencies
         self._connectors = connectors
         self._store = store
         self._counters = counters
@@ -100,6 +104,7 @@ class Dispatcher:
         that arrive meanwhile merge into its first run, and shutdown leaves them pending
         without counting an interrupted or abandoned run.
         """
+        SESSION.set(key)  # this task's log lines name the session (see _logs)
         try:
             while session.waiting:
                 with trio.CancelScope() as scope:
@@ -138,7 +143,10 @@ class Dispatcher:
             )
             return "no connector configured for this account"
         self._counters[_stats.RUNS] += 1
-        reply = Reply._create(batch, connector, self._count_reply)
+        on_sent = self._count_reply
+        if self._latencies is not None:
+            on_sent = self._latencies.run_started(batch, on_sent)
+        reply = Reply._create(batch, connector, on_sent)
         failure: BaseException | None = None
         try:
             with trio.move_on_after(self._run_timeout) as timeout:

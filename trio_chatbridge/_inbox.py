@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -29,8 +29,11 @@ class Inbox:
         store: Store,
         out: trio.MemorySendChannel[tuple[Message, ...]],
         counters: Counter[str],
+        on_new: Callable[[Sequence[Message]], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_new = on_new
+        """Told of each put's new messages (arrival times, for latency metrics)."""
         self._out = out
         self._counters = counters
         # Messages whose put was cancelled after journaling: forwarded by run(), never lost.
@@ -50,6 +53,8 @@ class Inbox:
         new = tuple(m for m, is_new in zip(messages, added, strict=True) if is_new)
         self._counters[_stats.RECEIVED] += len(new)
         self._counters[_stats.DUPLICATES] += len(messages) - len(new)
+        if new and self._on_new is not None:
+            self._on_new(new)
         if new:
             await self._forward(new)
         return list(new)

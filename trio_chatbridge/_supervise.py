@@ -20,6 +20,7 @@ import trio
 from . import _stats
 from ._connector import Connector, ConnectorState, ConnectorStatus
 from ._errors import ConfigurationError, FatalConnectorError, find_error, sole
+from ._logs import CONNECTOR
 
 log = logging.getLogger("trio_chatbridge.supervise")
 
@@ -104,6 +105,7 @@ class Supervisor:
 
     async def run(self) -> None:
         """Run the connector, restarting it after transient failures, until cancelled."""
+        CONNECTOR.set((self.connector.platform, self.connector.account))  # named in log lines
         try:
             await self._restart_loop()
         finally:

@@ -6,5 +6,14 @@ from ._base import Store as Store
 from ._base import journal_key as journal_key
 from ._memory import MemoryStore as MemoryStore
 from ._sqlite import SQLiteStore as SQLiteStore
+from ._url import store_from_url as store_from_url
 
-__all__ = ["JournalEntry", "JournalKey", "MemoryStore", "SQLiteStore", "Store", "journal_key"]
+__all__ = [
+    "JournalEntry",
+    "JournalKey",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "journal_key",
+    "store_from_url",
+]

@@ -1,0 +1,186 @@
+"""The service commands of the command line: ``run``, ``check`` and ``init``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ._check import CHECK_TIMEOUT, check_all
+from ._config import Config, InvalidConfig, load_config
+from ._logs import configure_logging
+from ._service import ExitCode, mounts, run_service
+from ._supervise import describe
+from .stores import store_from_url
+
+log = logging.getLogger("trio_chatbridge.service")
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except InvalidConfig as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> int:
+    """``run CONFIG``: serve until a signal; returns the exit code (see ``ExitCode``)."""
+    config = _load(path)
+    if config is None:
+        return ExitCode.CONFIG
+    configure_logging(
+        "DEBUG" if verbose else config.log.level, json_lines=log_json or config.log.json_lines
+    )
+    try:
+        bridge = config.build_bridge(config.load_agent(), path)
+    except InvalidConfig as exc:
+        print(exc, file=sys.stderr)
+        return ExitCode.CONFIG
+    log.info(
+        "starting %s with %d connector(s): %s",
+        path,
+        len(bridge.connectors),
+        ", ".join(c.name for c in bridge.connectors),
+    )
+    service = partial(
+        run_service,
+        bridge,
+        http=config.http,
+        mounted=mounts(config, bridge),
+        exit_when_all_failed=config.exit_when_all_failed,
+    )
+    try:
+        code = trio.run(service)
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        return 128 + 2
+    except Exception as exc:
+        log.critical("stopped by an unexpected error: %s", describe(exc), exc_info=exc)
+        return ExitCode.ERROR
+    log.info("stopped (exit code %d)", code)
+    return code
+
+
+def check_command(path: str, *, timeout: float = CHECK_TIMEOUT) -> int:
+    """``check CONFIG``: validate, then try each connector once; 0 only if all came up."""
+    config = _load(path)
+    if config is None:
+        return ExitCode.CONFIG
+    print(f"{path}: configuration valid")
+    try:
+        bridge = config.build_bridge(config.load_agent(), path)
+    except InvalidConfig as exc:
+        print(exc, file=sys.stderr)
+        return ExitCode.CONFIG
+    results = trio.run(check_all, bridge.connectors, store_from_url(config.store), timeout)
+    width = max(len(r.name) for r in results)
+    for result in results:
+        print(f"{'ok' if result.ok else 'FAILED':<6} {result.name:<{width}}  {result.detail}")
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.ERROR
+
+
+CONFIG_FILE: Final = "chatbridge.toml"
+AGENT_FILE: Final = "bot.py"
+TEST_FILE: Final = "test_bot.py"
+
+CONFIG_TEMPLATE: Final = """\
+# trio-chatbridge configuration: run it with
+#     python -m trio_chatbridge run {config}
+# Values may come from the environment (${{NAME}}, ${{NAME:-default}}) or a file
+# (${{file:/run/secrets/name}}). Every key: see docs/service.md.
+
+agent = "bot:agent"               # module:function, found next to this file
+store = "sqlite:///chatbridge.db" # or "memory://"
+shutdown_grace = 10.0             # seconds running agents get at shutdown
+
+[debounce]
+window = 3.0                      # seconds of quiet that end a batch
+max_delay = 20.0
+
+[http]
+listen = "127.0.0.1:8080"         # /healthz, /readyz, /metrics
+
+[[connectors]]
+platform = "wecom"
+bot_id = "${{WECOM_BOT_ID}}"
+secret = "${{WECOM_SECRET}}"
+# Against the emulator ('python -m trio_chatbridge emulate wecom' prints these values):
+url = "${{WECOM_URL:-wss://openws.work.weixin.qq.com}}"
+"""
+
+AGENT_TEMPLATE: Final = '''\
+"""The bot: each batch is what one chat said during one quiet window, oldest first."""
+
+import trio_chatbridge as cb
+
+
+async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send("you said: " + " / ".join(m.text for m in batch.messages))
+'''
+
+TEST_TEMPLATE: Final = '''\
+"""Tests of the bot, against the WeCom emulator in memory, on a virtual clock (no waiting).
+
+Run them with: python -m pytest {test}
+"""
+
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import WeComEmulator, open_bridge
+
+from bot import agent
+
+
+def test_a_burst_is_answered_once_after_the_quiet_window() -> None:
+    async def main() -> str:
+        async with trio.open_nursery() as nursery:
+            emulator = await nursery.start(WeComEmulator().run)
+            bridge = cb.Bridge(
+                [emulator.connector()],
+                agent,
+                store=cb.MemoryStore(),
+                debounce=cb.Debounce(window=3.0),
+            )
+            async with open_bridge(bridge):
+                emulator.user_says("alice", "hello")
+                latest = emulator.user_says("alice", "are you there?")
+                sent = await emulator.next_sent()
+                while sent.req_id != latest:  # the earlier callback is closed first, empty
+                    sent = await emulator.next_sent()
+                answered_at = trio.current_time()
+            nursery.cancel_scope.cancel()
+        assert answered_at >= 3.0  # virtual seconds: the quiet window passed, instantly
+        return sent.text
+
+    text = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert text == "you said: hello / are you there?"
+'''
+
+
+def init_command(directory: str) -> int:
+    """``init DIR``: write a configuration, an agent and its test; never overwrites a file."""
+    target = Path(directory)
+    files = {
+        CONFIG_FILE: CONFIG_TEMPLATE.format(config=target / CONFIG_FILE),
+        AGENT_FILE: AGENT_TEMPLATE,
+        TEST_FILE: TEST_TEMPLATE.format(test=target / TEST_FILE),
+    }
+    existing = [name for name in files if (target / name).exists()]
+    if existing:
+        print(f"{target}: not overwriting {', '.join(existing)}", file=sys.stderr)
+        return ExitCode.ERROR
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (target / name).write_text(text, encoding="utf-8")
+    print(
+        f"wrote {', '.join(str(target / name) for name in files)}\n"
+        f"test the bot:  python -m pytest {target / TEST_FILE}\n"
+        f"run it:        python -m trio_chatbridge run {target / CONFIG_FILE}"
+    )
+    return ExitCode.OK

@@ -1,0 +1,388 @@
+"""The configuration file of ``trio-chatbridge run``: TOML, validated by pydantic.
+
+Any string may take values from outside the file: ``${NAME}`` is the environment variable
+``NAME`` (``${NAME:-default}`` when it may be unset), ``${file:PATH}`` the content of a file
+(trailing newline dropped; a relative path is relative to the config file), for container
+secrets; ``$$`` is a literal ``$``. Credentials are ``SecretStr``: they never show in a repr,
+a log line or an error message. Every problem is reported with its key path, all at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import attrs
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from ._bridge import Bridge
+from ._connector import Connector
+from ._debounce import Debounce
+from ._dispatch import Agent
+from ._errors import ConfigurationError
+from ._supervise import Backoff
+from .stores import store_from_url
+
+DEFAULT_STORE: Final = "sqlite:///chatbridge.db"
+_REFERENCE: Final = re.compile(r"\$(?:\$|\{([^}]*)\})")
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a configuration, where it is and what is wrong."""
+
+    path: str
+    """The key path, as ``connectors[0].secret``; empty for the file as a whole."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class InvalidConfig(ConfigurationError):
+    """A configuration with problems; ``problems`` lists each (the message shows them all)."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DebounceConfig(_Model):
+    """``[debounce]``: see :class:`Debounce`."""
+
+    window: float = Field(default=3.0, ge=0)
+    max_delay: float | None = Field(default=20.0, ge=0)
+    max_messages: int | None = Field(default=None, ge=1)
+
+
+class BackoffConfig(_Model):
+    """``[backoff]``: see :class:`Backoff`."""
+
+    initial: float = Field(default=1.0, ge=0)
+    maximum: float = Field(default=60.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    healthy_after: float = Field(default=60.0, ge=0)
+
+
+class HttpConfig(_Model):
+    """``[http]``: the health, readiness and metrics server (and webhook mounts)."""
+
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^\[?[^\s\]]*\]?:\d{1,5}$")
+    """``host:port`` (port 0 picks a free one)."""
+
+
+class LogConfig(_Model):
+    """``[log]``: the logging preset (the command line's ``--log-json``/``-v`` win)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = Field(default=False, alias="json")
+
+
+class WeixinConfig(_Model):
+    """A WeChat iLink bot (``platform = "weixin"``)."""
+
+    platform: Literal["weixin"]
+    account: str = Field(min_length=1)
+    token: SecretStr | None = None
+    """None: the token ``weixin-login`` kept in the store."""
+    base_url: str | None = None
+    cdn_base_url: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"weixin:{self.account}"
+
+    def build(self) -> Connector:
+        from .platforms import weixin
+
+        return weixin.Connector(
+            account=self.account,
+            token=self.token.get_secret_value() if self.token else None,
+            base_url=self.base_url,
+            cdn_base_url=self.cdn_base_url or weixin.DEFAULT_CDN_BASE_URL,
+        )
+
+
+class WeComConfig(_Model):
+    """A WeCom AI Bot on the long connection (``platform = "wecom"``)."""
+
+    platform: Literal["wecom"]
+    bot_id: str = Field(min_length=1)
+    secret: SecretStr
+    url: str | None = None
+    """The WebSocket URL (default: WeCom's own)."""
+
+    @property
+    def name(self) -> str:
+        return f"wecom:{self.bot_id}"
+
+    def build(self) -> Connector:
+        from .platforms import wecom
+
+        return wecom.LongConnection(
+            bot_id=self.bot_id,
+            secret=self.secret.get_secret_value(),
+            url=self.url or wecom.DEFAULT_URL,
+        )
+
+
+class WeComWebhookConfig(_Model):
+    """A WeCom AI Bot answering on a callback URL (``platform = "wecom-webhook"``), mounted on
+    the ``[http]`` server at ``path``."""
+
+    platform: Literal["wecom-webhook"]
+    bot_id: str = Field(min_length=1)
+    token: SecretStr
+    encoding_aes_key: SecretStr
+    path: str = Field(default="/wecom", pattern=r"^/\S*$")
+
+    @property
+    def name(self) -> str:
+        return f"wecom:{self.bot_id}"
+
+    def build(self) -> Connector:
+        from .platforms import wecom
+
+        return wecom.Webhook(
+            bot_id=self.bot_id,
+            token=self.token.get_secret_value(),
+            encoding_aes_key=self.encoding_aes_key.get_secret_value(),
+        )
+
+
+class LarkConfig(_Model):
+    """A Lark/Feishu app on the long connection (``platform = "lark"``)."""
+
+    platform: Literal["lark"]
+    app_id: str = Field(min_length=1)
+    app_secret: SecretStr
+    domain: str = "feishu"
+    """``"feishu"``, ``"lark"`` or a base URL."""
+    bot_open_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"lark:{self.app_id}"
+
+    def build(self) -> Connector:
+        from .platforms import lark
+
+        domains = {"feishu": lark.FEISHU, "lark": lark.LARK}
+        return lark.LongConnection(
+            app_id=self.app_id,
+            app_secret=self.app_secret.get_secret_value(),
+            domain=domains.get(self.domain, self.domain),
+            bot_open_id=self.bot_open_id,
+        )
+
+
+ConnectorConfig: TypeAlias = Annotated[
+    WeixinConfig | WeComConfig | WeComWebhookConfig | LarkConfig,
+    Field(discriminator="platform"),
+]
+
+
+class Config(_Model):
+    """A whole configuration file (see docs/service.md for each key)."""
+
+    agent: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    """``package.module:function``: the agent, ``async def agent(batch, reply)``."""
+    store: str = DEFAULT_STORE
+    concurrency: int = Field(default=16, ge=1)
+    on_busy: Literal["queue", "interrupt"] = "queue"
+    run_timeout: float | None = Field(default=None, gt=0)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    queue_size: int = Field(default=1024, ge=1)
+    exit_when_all_failed: bool = True
+    """Exit (code 3) once every connector has failed for good, so a supervisor notices."""
+    debounce: DebounceConfig = DebounceConfig()
+    backoff: BackoffConfig = BackoffConfig()
+    http: HttpConfig | None = None
+    log: LogConfig = LogConfig()
+    connectors: list[ConnectorConfig] = Field(min_length=1)
+
+    def load_agent(self) -> Agent:
+        """Import the agent; :class:`ConfigurationError` says why it cannot be used."""
+        module_name, _, attribute = self.agent.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+        for name in attribute.split("."):
+            try:
+                target = getattr(target, name)
+            except AttributeError:
+                raise ConfigurationError(f"{module_name!r} has no {attribute!r}") from None
+        if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004 - a callable object's method
+        ):
+            raise ConfigurationError(
+                f"{self.agent} is not an async function: write 'async def agent(batch, reply)'"
+            )
+        agent: Agent = target
+        return agent
+
+    def build_bridge(self, agent: Agent, source: str = "config") -> Bridge:
+        """The bridge this configuration describes (not started).
+
+        Raises :class:`InvalidConfig` when a connector refuses its settings (a malformed key).
+        """
+        connectors: list[Connector] = []
+        problems: list[Problem] = []
+        for index, settings in enumerate(self.connectors):
+            try:
+                connectors.append(settings.build())
+            except ConfigurationError as exc:
+                problems.append(Problem(f"connectors[{index}]", str(exc)))
+        if problems:
+            raise InvalidConfig(source, problems)
+        return Bridge(
+            connectors=connectors,
+            agent=agent,
+            debounce=Debounce(**self.debounce.model_dump()),
+            store=store_from_url(self.store),
+            concurrency=self.concurrency,
+            on_busy=self.on_busy,
+            run_timeout=self.run_timeout,
+            shutdown_grace=self.shutdown_grace,
+            backoff=Backoff(**self.backoff.model_dump()),
+            queue_size=self.queue_size,
+        )
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read, resolve and validate a configuration file, and import its agent.
+
+    Raises :class:`InvalidConfig` listing every problem with its key path.
+    """
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidConfig(str(source), [Problem("", f"cannot read it: {exc.strerror}")]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidConfig(str(source), [Problem("", f"not valid TOML: {exc}")]) from exc
+    problems: list[Problem] = []
+    resolved = _resolve(raw, (), _Lookup(environ or os.environ, source.parent), problems)
+    try:
+        config = Config.model_validate(resolved)
+    except pydantic.ValidationError as exc:
+        problems.extend(_problems(exc))
+        raise InvalidConfig(str(source), problems) from None
+    problems.extend(_semantic_problems(config, source.parent))
+    if problems:
+        raise InvalidConfig(str(source), problems)
+    return config
+
+
+@attrs.frozen
+class _Lookup:
+    environ: Mapping[str, str]
+    base: Path
+
+    def __call__(self, reference: str) -> str:
+        if reference.startswith("file:"):
+            path = self.base / reference.removeprefix("file:")
+            try:
+                return path.read_text(encoding="utf-8").removesuffix("\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"cannot read the file {str(path)!r}: {exc}") from None
+        name, has_default, default = reference.partition(":-")
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"${{{reference}}} is neither ${{NAME}}, ${{NAME:-default}} nor ${{file:PATH}}"
+            )
+        value = self.environ.get(name)
+        if value is None:
+            if has_default:
+                return default
+            raise ConfigurationError(f"the environment variable {name} is not set")
+        return value
+
+
+def _resolve(
+    value: object, path: tuple[str | int, ...], lookup: _Lookup, problems: list[Problem]
+) -> object:
+    """``value`` with every ``${...}`` replaced; a reference that fails becomes a problem."""
+    if isinstance(value, dict):
+        return {k: _resolve(v, (*path, k), lookup, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, (*path, i), lookup, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        try:
+            return lookup(match.group(1))
+        except ConfigurationError as exc:
+            problems.append(Problem(_key_path(path), str(exc)))
+            return ""
+
+    return _REFERENCE.sub(substitute, value)
+
+
+def _problems(error: pydantic.ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        location = list(item["loc"])
+        # A connector's location names the platform it was validated as: not a key of the file.
+        if len(location) > 2 and location[0] == "connectors" and isinstance(location[1], int):
+            del location[2]
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (misspelt?)"
+        elif item["type"] == "union_tag_invalid":
+            message = "platform must be one of 'weixin', 'wecom', 'wecom-webhook', 'lark'"
+        problems.append(Problem(_key_path(location), message))
+    return problems
+
+
+def _semantic_problems(config: Config, base: Path) -> list[Problem]:
+    """What pydantic cannot see: the store URL, the agent's import, the connectors' own checks."""
+    problems = []
+    try:
+        store_from_url(config.store)
+    except ConfigurationError as exc:
+        problems.append(Problem("store", str(exc)))
+    if str(base) not in sys.path:  # the agent module usually sits next to its config
+        sys.path.insert(0, str(base))
+    try:
+        config.load_agent()
+    except ConfigurationError as exc:
+        problems.append(Problem("agent", str(exc)))
+    first: dict[str, int] = {}
+    for index, connector in enumerate(config.connectors):
+        earlier = first.setdefault(connector.name, index)
+        if earlier != index:
+            problems.append(
+                Problem(
+                    f"connectors[{index}]",
+                    f"{connector.name} is configured twice (also connectors[{earlier}])",
+                )
+            )
+    return problems
+
+
+def _key_path(location: Sequence[str | int]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,0 +1,127 @@
+"""The service's HTTP endpoint: health, readiness, metrics, and mounted ASGI apps.
+
+- ``GET /healthz``: 200 while the process serves (its event loop answers).
+- ``GET /readyz``: 200 when the bridge accepts work and every connector is ``running``, else
+  503; the body is JSON either way, with each connector's status.
+- ``GET /metrics``: the Prometheus text format (see ``_metrics``).
+- Any other path under a mount (the WeCom webhook's, say) goes to that app.
+
+It is an ASGI app served by hypercorn's Trio worker (:func:`serve_http`); an application with
+its own Trio ASGI server can mount :func:`service_app` there instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Final, TypeAlias
+
+import attrs
+import trio
+from prometheus_client import make_asgi_app
+
+from ._bridge import Bridge
+from ._errors import ConfigurationError
+from ._metrics import bridge_registry
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send: TypeAlias = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON: Final = b"application/json"
+TEXT: Final = b"text/plain; charset=utf-8"
+
+
+@attrs.define(eq=False)
+class ServiceApp:
+    """The ASGI app; see the module docstring. ``accepting`` is set by whoever runs the bridge:
+    True once it started, False again once it is shutting down (not ready any more)."""
+
+    bridge: Bridge
+    mounts: Mapping[str, ASGIApp] = attrs.field(factory=dict)
+    accepting: bool = False
+    _metrics: ASGIApp = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._metrics = make_asgi_app(bridge_registry(self.bridge))
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the service is ready, and the JSON body ``/readyz`` answers with."""
+        statuses = self.bridge.status()
+        ready = self.accepting and all(s.state == "running" for s in statuses.values())
+        body = {
+            "ready": ready,
+            "accepting": self.accepting,
+            "connectors": {
+                name: {
+                    "state": s.state,
+                    "detail": s.detail,
+                    "restarts": s.restarts,
+                    "connects": s.connects,
+                    "last_error": s.last_error,
+                }
+                for name, s in statuses.items()
+            },
+        }
+        return ready, body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        for prefix, app in self.mounts.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                await app(scope, receive, send)
+                return
+        if path == "/metrics":
+            await self._metrics(scope, receive, send)
+        elif path == "/healthz":
+            await _respond(send, 200, TEXT, b"ok\n")
+        elif path == "/readyz":
+            ready, body = self.readiness()
+            await _respond(send, 200 if ready else 503, JSON, json.dumps(body).encode())
+        else:
+            await _respond(send, 404, TEXT, b"not found: try /healthz, /readyz or /metrics\n")
+
+
+async def _respond(send: Send, status: int, content_type: bytes, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type)],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        event = await receive()
+        if event["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif event["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def serve_http(
+    app: ASGIApp, listen: str, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``app`` on ``listen`` (``host:port``) with hypercorn until cancelled;
+    ``nursery.start`` returns the bound URLs (port 0 picks a free port)."""
+    try:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+    except ImportError as exc:  # pragma: no cover - hypercorn is a declared dependency
+        raise ConfigurationError("the [http] endpoint needs hypercorn") from exc
+    config = Config()
+    config.bind = [listen]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through the logging preset
+    await serve(app, config, task_status=task_status)  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""Latency of the pipeline, for metrics: from receiving a message to its run, and to a reply.
+
+Only kept when someone listens (``Bridge.add_latency_listener``): the inbox notes when each new
+message arrived, on Trio's clock; when a run starts, its batch's earliest arrival is taken out
+(so the notes never outlive their messages' runs) and the wait reported as ``"agent_start"``;
+the run's first reply reports ``"reply"``. Messages replayed from the journal at start carry no
+note and are not measured; nor is a run interrupted and rerun (its notes were taken).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Final, Literal, TypeAlias
+
+import trio
+
+from ._messages import Batch, Message
+from .stores import JournalKey, journal_key
+
+LatencyKind: TypeAlias = Literal["agent_start", "reply"]
+LatencyListener: TypeAlias = Callable[[LatencyKind, float], None]
+"""Called with what was measured and its seconds."""
+AGENT_START: Final = "agent_start"
+REPLY: Final = "reply"
+
+
+class Latencies:
+    """Arrival notes of messages waiting for their run; see the module docstring."""
+
+    def __init__(self, listeners: Sequence[LatencyListener]) -> None:
+        self._listeners = tuple(listeners)
+        self._arrived: dict[JournalKey, float] = {}
+
+    def received(self, messages: Sequence[Message]) -> None:
+        """Note the arrival of new messages (now)."""
+        now = trio.current_time()
+        for message in messages:
+            self._arrived[journal_key(message)] = now
+
+    def run_started(self, batch: Batch, on_sent: Callable[[], None]) -> Callable[[], None]:
+        """Report the batch's wait for its run; returns ``on_sent`` that also reports the first
+        reply of the run."""
+        arrivals = [
+            t for m in batch.messages if (t := self._arrived.pop(journal_key(m), None)) is not None
+        ]
+        if not arrivals:
+            return on_sent
+        origin = min(arrivals)
+        self._emit("agent_start", trio.current_time() - origin)
+        replied = False
+
+        def sent() -> None:
+            nonlocal replied
+            on_sent()
+            if not replied:
+                replied = True
+                self._emit("reply", trio.current_time() - origin)
+
+        return sent
+
+    def _emit(self, kind: LatencyKind, seconds: float) -> None:
+        for listener in self._listeners:
+            listener(kind, seconds)

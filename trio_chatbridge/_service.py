@@ -1,0 +1,111 @@
+"""``trio-chatbridge run``: a bridge as a service, with signals, exit codes and an endpoint.
+
+SIGINT or SIGTERM starts a graceful shutdown (pending sessions flushed, running agents get
+``shutdown_grace``, connectors stay up for their replies); a second one stops at once. Exit
+codes: 0 after a graceful stop, 2 for a configuration with problems, 3 when every connector
+failed for good (with ``exit_when_all_failed``), 128 + the signal's number after a second
+signal, 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+from collections.abc import Mapping
+
+import trio
+
+from ._bridge import Bridge
+from ._config import Config, HttpConfig, WeComWebhookConfig
+from ._errors import ChatBridgeError
+from ._health import ASGIApp, ServiceApp, serve_http
+from ._status import Statuses
+
+log = logging.getLogger("trio_chatbridge.service")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class ExitCode(enum.IntEnum):
+    """What ``trio-chatbridge`` exits with."""
+
+    OK = 0
+    """Stopped gracefully (or, for ``check``, every connector answered)."""
+    ERROR = 1
+    """Something unexpected; or, for ``check``, a connector did not answer."""
+    CONFIG = 2
+    """The configuration has problems (each is printed with its key path)."""
+    ALL_FAILED = 3
+    """Every connector failed for good (bad credentials, replaced, expired)."""
+
+
+def all_failed(statuses: Statuses) -> bool:
+    """Every connector has failed for good (and there is at least one)."""
+    return bool(statuses) and all(s.state == "failed" for s in statuses.values())
+
+
+def mounts(config: Config, bridge: Bridge) -> dict[str, ASGIApp]:
+    """The ASGI apps to mount on the endpoint: each WeCom webhook at its ``path``."""
+    apps: dict[str, ASGIApp] = {}
+    for settings, connector in zip(config.connectors, bridge.connectors, strict=True):
+        if isinstance(settings, WeComWebhookConfig):
+            apps[settings.path] = connector.asgi  # type: ignore[attr-defined]
+    return apps
+
+
+async def run_service(
+    bridge: Bridge,
+    *,
+    http: HttpConfig | None = None,
+    mounted: Mapping[str, ASGIApp] | None = None,
+    exit_when_all_failed: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run ``bridge`` until a signal or until every connector failed; returns the exit code.
+
+    ``nursery.start`` returns the endpoint's URLs (none without ``http``) once the bridge
+    accepts work. Must run in the main thread (it handles SIGINT and SIGTERM).
+    """
+    app = ServiceApp(bridge, mounted or {})
+    outcome: int = ExitCode.OK
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def bridge_life(*, task_status: trio.TaskStatus[None]) -> None:
+                await bridge.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # stopped: the endpoint and the watchers too
+
+            await nursery.start(bridge_life)
+            app.accepting = True
+            urls: list[str] = []
+            if http is not None:
+                urls = await nursery.start(serve_http, app, http.listen)
+                log.info("endpoint on %s (/healthz, /readyz, /metrics)", ", ".join(urls))
+            task_status.started(urls)
+
+            async def watch_failures() -> None:
+                nonlocal outcome
+                try:
+                    await bridge.wait_status(all_failed)
+                except ChatBridgeError:
+                    return  # the bridge stopped first
+                outcome = ExitCode.ALL_FAILED
+                log.error("every connector failed for good: stopping (exit code %d)", outcome)
+                app.accepting = False
+                bridge.shutdown()
+
+            if exit_when_all_failed:
+                nursery.start_soon(watch_failures)
+
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if app.accepting:
+                    log.info("%s: stopping gracefully (send it again to stop at once)", name)
+                    app.accepting = False
+                    bridge.shutdown()
+                else:
+                    log.warning("%s again: stopping at once", name)
+                    outcome = 128 + signum
+                    nursery.cancel_scope.cancel()
+    return outcome
