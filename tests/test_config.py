@@ -1,0 +1,248 @@
+"""The configuration file of ``run`` and ``check``, and store URLs."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import trio_chatbridge as cb
+from trio_chatbridge.__main__ import main
+from trio_chatbridge._config import InvalidConfig, load_config
+from trio_chatbridge.stores import store_from_url
+
+AGENT = """\
+import trio_chatbridge as cb
+
+
+async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+
+
+def not_async(batch, reply):
+    pass
+"""
+
+
+def write(tmp_path: Path, toml: str, *, agent_module: str = "cfgbot") -> Path:
+    (tmp_path / f"{agent_module}.py").write_text(AGENT)
+    path = tmp_path / "chatbridge.toml"
+    path.write_text(textwrap.dedent(toml))
+    return path
+
+
+GOOD = """\
+agent = "cfgbot:agent"
+store = "memory://"
+on_busy = "interrupt"
+shutdown_grace = 5
+
+[debounce]
+window = 1.5
+max_messages = 10
+
+[http]
+listen = "127.0.0.1:0"
+
+[[connectors]]
+platform = "wecom"
+bot_id = "bot-1"
+secret = "${WECOM_SECRET}"
+url = "${WECOM_URL:-ws://127.0.0.1:9/}"
+
+[[connectors]]
+platform = "lark"
+app_id = "cli_1"
+app_secret = "${file:lark_secret}"
+domain = "lark"
+
+[[connectors]]
+platform = "weixin"
+account = "wx"
+token = "t$$ken"
+"""
+
+
+def test_a_good_config_builds_its_bridge(tmp_path: Path) -> None:
+    (tmp_path / "lark_secret").write_text("lark-s3cret\n")
+    config = load_config(write(tmp_path, GOOD), {"WECOM_SECRET": "wecom-s3cret"})
+    assert config.debounce.window == 1.5 and config.http is not None
+    bridge = config.build_bridge(config.load_agent())
+    assert [c.name for c in bridge.connectors] == ["wecom:bot-1", "lark:cli_1", "weixin:wx"]
+    assert isinstance(bridge.store, cb.MemoryStore)
+    assert (bridge.on_busy, bridge.shutdown_grace, bridge.debounce.max_messages) == (
+        "interrupt",
+        5.0,
+        10,
+    )
+    wecom, lark, weixin = config.connectors
+    assert wecom.secret.get_secret_value() == "wecom-s3cret"  # type: ignore[union-attr]
+    assert wecom.url == "ws://127.0.0.1:9/"  # type: ignore[union-attr]  # the default
+    assert lark.app_secret.get_secret_value() == "lark-s3cret"  # type: ignore[union-attr]
+    assert weixin.token.get_secret_value() == "t$ken"  # type: ignore[union-attr]
+    for text in (repr(config), str(config), repr(bridge)):  # secrets never shown
+        assert "s3cret" not in text and "t$ken" not in text
+
+
+BROKEN = """\
+agent = "nowhere.module:agent"
+store = "postgres://db/x"
+concurrency = 0
+on_busy = "drop"
+colour = "blue"
+
+[debounce]
+window = -1
+
+[http]
+listen = "localhost"
+
+[[connectors]]
+platform = "wecom"
+bot_id = "bot-1"
+secret = "${MISSING_SECRET}"
+
+[[connectors]]
+platform = "telegram"
+
+[[connectors]]
+platform = "lark"
+app_id = "cli_1"
+app_secret = "${file:no_such_file}"
+scret = "typo"
+
+[[connectors]]
+platform = "wecom"
+bot_id = "bot-1"
+"""
+
+
+def test_each_problem_is_reported_with_its_key_path(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, BROKEN), {})
+    problems = {p.path: p.message for p in caught.value.problems}
+    assert set(problems) == {
+        "connectors[0].secret",
+        "connectors[2].app_secret",
+        "concurrency",
+        "on_busy",
+        "colour",
+        "debounce.window",
+        "http.listen",
+        "connectors[1]",
+        "connectors[2].scret",
+        "connectors[3].secret",
+    }
+    assert "MISSING_SECRET is not set" in problems["connectors[0].secret"]
+    assert "no_such_file" in problems["connectors[2].app_secret"]
+    assert "unknown key" in problems["colour"]
+    assert "'weixin', 'wecom', 'wecom-webhook', 'lark'" in problems["connectors[1]"]
+    assert problems["connectors[3].secret"] == "Field required"
+
+
+def test_semantic_problems_come_once_the_shape_is_right(tmp_path: Path) -> None:
+    toml = """\
+    agent = "cfgbot:not_async"
+    store = "postgres://db/x"
+
+    [[connectors]]
+    platform = "weixin"
+    account = "wx"
+
+    [[connectors]]
+    platform = "weixin"
+    account = "wx"
+    """
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, toml, agent_module="cfgbot_semantic"), {})
+    problems = {p.path: p.message for p in caught.value.problems}
+    assert set(problems) == {"agent", "store", "connectors[1]"}
+    assert "not an async function" in problems["agent"]
+    assert "unknown scheme" in problems["store"]
+    assert "configured twice" in problems["connectors[1]"]
+
+
+def test_an_agent_that_cannot_be_imported_is_named(tmp_path: Path) -> None:
+    toml = """\
+    agent = "cfgbot_missing_attr:nothing"
+
+    [[connectors]]
+    platform = "weixin"
+    account = "wx"
+    """
+    with pytest.raises(InvalidConfig, match=r"agent: 'cfgbot_missing_attr' has no 'nothing'"):
+        load_config(write(tmp_path, toml, agent_module="cfgbot_missing_attr"), {})
+
+
+def test_not_toml_and_no_file_are_one_problem_each(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("agent = [unclosed")
+    with pytest.raises(InvalidConfig, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(InvalidConfig, match="cannot read it"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_run_with_a_broken_config_reports_every_problem_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, BROKEN)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: 10 problem(s):" in err
+    assert "  connectors[0].secret: the environment variable MISSING_SECRET is not set" in err
+    assert main(["check", str(path)]) == 2
+
+
+def test_a_malformed_webhook_key_is_reported_at_its_connector(tmp_path: Path) -> None:
+    toml = """\
+    agent = "cfgbot_webhook:agent"
+
+    [[connectors]]
+    platform = "wecom-webhook"
+    bot_id = "hook"
+    token = "t"
+    encoding_aes_key = "too short"
+    """
+    config = load_config(write(tmp_path, toml, agent_module="cfgbot_webhook"), {})
+    with pytest.raises(InvalidConfig, match=r"connectors\[0\]: .*") as caught:
+        config.build_bridge(config.load_agent(), "cfg.toml")
+    assert "too short" not in str(caught.value)  # a secret, even a wrong one, is never shown
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///chatbridge.db", "chatbridge.db"),
+        ("sqlite:///data/bot.db", "data/bot.db"),
+        ("sqlite:////var/lib/bot.db", "/var/lib/bot.db"),
+        ("sqlite:bot.db", "bot.db"),
+        ("sqlite:///with%20space.db", "with space.db"),
+    ],
+)
+def test_sqlite_urls_name_their_file(url: str, path: str) -> None:
+    store = store_from_url(url)
+    assert isinstance(store, cb.SQLiteStore) and store.path == path
+
+
+def test_memory_and_bad_store_urls() -> None:
+    assert isinstance(store_from_url("memory://"), cb.MemoryStore)
+    for url, why in [
+        ("redis2://x", "unknown scheme"),
+        ("sqlite://host/x.db", "no host"),
+        ("sqlite:///", "name the file"),
+        ("memory://x", "nothing after"),
+        ("chatbridge.db", "unknown scheme"),
+    ]:
+        with pytest.raises(cb.ConfigurationError, match=why):
+            store_from_url(url)
+
+
+@given(st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1))
+def test_any_sqlite_path_survives_its_url(path: str) -> None:
+    store = store_from_url("sqlite:///" + quote(path))
+    assert isinstance(store, cb.SQLiteStore) and store.path == path

@@ -1,0 +1,406 @@
+"""The service: signals and exit codes in process, then ``run``, ``check`` and ``init`` as a
+user runs them (subprocesses, against emulators on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import httpx
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge._config import HttpConfig
+from trio_chatbridge._service import ExitCode, run_service
+from trio_chatbridge.connectors import Connector
+from trio_chatbridge.testing import FakeConnector, LarkEmulator, WeComEmulator
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+ENV: Final = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+
+
+def fake_bridge(agent: cb.Agent = echo, *connectors: Connector) -> cb.Bridge:
+    return cb.Bridge(
+        connectors or [FakeConnector()],
+        agent,
+        store=cb.MemoryStore(),
+        debounce=cb.Debounce(window=30.0),
+        shutdown_grace=10.0,
+    )
+
+
+def signal_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+
+
+# -- in process: signals and exit codes --------------------------------------------------------
+
+
+async def test_sigterm_flushes_pending_batches_answers_them_and_exits_0(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    chat = FakeConnector()
+    bridge = fake_bridge(echo, chat)
+    async with trio.open_nursery() as nursery:
+        codes: list[int] = []
+
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            codes.append(await run_service(bridge, task_status=task_status))
+
+        await nursery.start(serve)
+        await bridge.wait_status(lambda s: s["fake:bot"].state == "running")
+        await chat.say("pending in a 30 s window")
+        signal_self(signal.SIGTERM)
+    assert codes == [ExitCode.OK]
+    assert [r.text for r in chat.sent] == ["pending in a 30 s window"]
+    assert trio.current_time() < 30  # flushed at once, not after the window
+
+
+async def test_a_second_signal_stops_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    started = trio.Event()
+
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        started.set()
+        await trio.sleep(1000)
+
+    chat = FakeConnector()
+    bridge = fake_bridge(slow, chat)
+    codes: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            codes.append(await run_service(bridge, task_status=task_status))
+
+        await nursery.start(serve)
+        await chat.say("takes long")
+        signal_self(signal.SIGINT)  # graceful: the batch is released, its run starts
+        await started.wait()
+        signal_self(signal.SIGINT)
+    assert codes == [128 + signal.SIGINT]
+    assert trio.current_time() < 5  # neither the run nor its grace was waited for
+    assert list(chat.sent) == []
+
+
+class Refused(Connector):
+    def __init__(self, account: str) -> None:
+        self.platform = "refused"
+        self.account = account
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise cb.FatalConnectorError(f"account {self.account}: wrong secret, fix the config")
+
+    async def send(self, target: cb.Message, text: str) -> None:
+        raise AssertionError("never called")
+
+
+async def test_when_every_connector_failed_for_good_the_service_exits_3(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bridge = fake_bridge(echo, Refused("a"), Refused("b"))
+    assert await run_service(bridge) == ExitCode.ALL_FAILED
+
+
+async def test_one_connector_left_keeps_the_service_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bridge = fake_bridge(echo, Refused("a"), FakeConnector())
+    with trio.move_on_after(3600) as waited:
+        await run_service(bridge)
+    assert waited.cancelled_caught
+    bridge = fake_bridge(echo, Refused("a"))
+    with trio.move_on_after(3600) as waited:
+        await run_service(bridge, exit_when_all_failed=False)  # configured to stay
+    assert waited.cancelled_caught
+
+
+# -- as a user runs it: subprocesses against emulators on loopback -----------------------------
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trio_chatbridge", *args]
+
+
+SERVICE_CONFIG: Final = """\
+agent = "svcbot:agent"
+store = "memory://"
+
+[debounce]
+window = 30.0
+
+[http]
+listen = "127.0.0.1:0"
+
+[[connectors]]
+platform = "wecom"
+bot_id = "emulator-bot"
+secret = "${{WECOM_SECRET}}"
+url = "{ws_url}"
+"""
+SVC_AGENT: Final = """\
+import trio_chatbridge as cb
+
+
+async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send("echo: " + batch.text)
+"""
+
+
+@asynccontextmanager
+async def loopback_wecom() -> AsyncIterator[WeComEmulator]:
+    emulator = WeComEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emulator.serve, "127.0.0.1", 0)
+        yield emulator
+        nursery.cancel_scope.cancel()
+
+
+async def read_until(stream: trio.abc.ReceiveStream, pattern: str, seen: bytearray) -> str:
+    """Read ``stream`` (collecting into ``seen``) until ``pattern`` matches; its first group."""
+    while (found := re.search(pattern, seen.decode(errors="replace"))) is None:
+        chunk = await stream.receive_some()
+        if not chunk:
+            raise AssertionError(f"{pattern!r} never came; output: {seen.decode()}")
+        seen += chunk
+    return found.group(1)
+
+
+async def scrape(client: httpx.AsyncClient, url: str, metric: str, at_least: float) -> str:
+    """``/metrics`` once ``metric`` reached ``at_least`` (scraped again every 50 ms)."""
+    while True:
+        text = (await client.get(url + "/metrics")).text
+        found = re.search(rf"^{re.escape(metric)} (\S+)$", text, re.M)
+        if found and float(found.group(1)) >= at_least:
+            return text
+        await trio.sleep(0.05)
+
+
+async def test_run_answers_pending_batches_on_sigterm_and_exits_0(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        async with loopback_wecom() as emulator, httpx.AsyncClient() as client:
+            (tmp_path / "svcbot.py").write_text(SVC_AGENT)
+            config = tmp_path / "svc.toml"
+            config.write_text(SERVICE_CONFIG.format(ws_url=emulator.ws_url))
+            env = {**ENV, "WECOM_SECRET": emulator.secret}
+            process = await trio.lowlevel.open_process(
+                command("run", str(config)), stderr=subprocess.PIPE, env=env
+            )
+            assert process.stderr is not None
+            output = bytearray()
+            try:
+                url = await read_until(process.stderr, r"endpoint on (http://\S+) ", output)
+                ready = await client.get(url + "/readyz")
+                while ready.status_code != 200:  # the connector comes up after the start
+                    assert ready.json()["connectors"]["wecom:emulator-bot"]["state"] in (
+                        "starting",
+                        "running",
+                    )
+                    await trio.sleep(0.05)
+                    ready = await client.get(url + "/readyz")
+                assert ready.json()["connectors"]["wecom:emulator-bot"]["connects"] == 1
+                assert (await client.get(url + "/healthz")).text == "ok\n"
+
+                emulator.user_says("alice", "hello")
+                metrics = await scrape(client, url, "chatbridge_received_total", 1)
+                assert (
+                    'chatbridge_connector_state{connector="wecom:emulator-bot",state="running"} 1.0'
+                    in metrics
+                )
+                assert "chatbridge_runs_total 0.0" in metrics  # pending: a 30 s window
+
+                process.send_signal(signal.SIGTERM)
+                sent = await emulator.next_sent()
+                assert sent.text == "echo: hello"
+                output += await _rest(process.stderr)
+                assert await process.wait() == 0
+            finally:
+                process.kill()
+    log = output.decode()
+    assert "SIGTERM: stopping gracefully" in log and "stopped (exit code 0)" in log
+    assert emulator.secret not in log
+
+
+async def _rest(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some():
+        data += chunk
+    return bytes(data)
+
+
+async def test_metrics_and_readiness_while_messages_flow(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        async with loopback_wecom() as emulator, httpx.AsyncClient() as client:
+            (tmp_path / "svcbot.py").write_text(SVC_AGENT)
+            config = tmp_path / "svc.toml"
+            text = SERVICE_CONFIG.format(ws_url=emulator.ws_url).replace("30.0", "0.2")
+            config.write_text(text)
+            process = await trio.lowlevel.open_process(
+                command("run", str(config), "--log-json"),
+                stderr=subprocess.PIPE,
+                env={**ENV, "WECOM_SECRET": emulator.secret},
+            )
+            assert process.stderr is not None
+            output = bytearray()
+            try:
+                url = await read_until(process.stderr, r"endpoint on (http://[\d.:]+) ", output)
+                for n in range(3):
+                    emulator.user_says(f"user{n}", f"message {n}")
+                    assert (await emulator.next_sent()).text == f"echo: message {n}"
+                metrics = await scrape(client, url, "chatbridge_replies_total", 3)
+                ready = (await client.get(url + "/readyz")).json()
+                process.send_signal(signal.SIGINT)
+                output += await _rest(process.stderr)
+                assert await process.wait() == 0
+            finally:
+                process.kill()
+    for line in ("chatbridge_received_total 3.0", "chatbridge_runs_total 3.0"):
+        assert line in metrics
+    assert "chatbridge_agent_start_latency_seconds_count 3.0" in metrics
+    assert "chatbridge_reply_latency_seconds_count 3.0" in metrics
+    assert ready["ready"] is True
+    assert ready["connectors"]["wecom:emulator-bot"]["state"] == "running"
+    records = [json.loads(line) for line in output.decode().splitlines()]  # one object a line
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert any(r["message"].startswith("SIGINT: stopping gracefully") for r in records)
+
+
+async def test_check_reports_each_connector_against_emulators(tmp_path: Path) -> None:
+    wecom, lark = WeComEmulator(), LarkEmulator()
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wecom.serve, "127.0.0.1", 0)
+            await nursery.start(lark.serve, "127.0.0.1", 0)
+            (tmp_path / "svcbot.py").write_text(SVC_AGENT)
+            config = tmp_path / "check.toml"
+            config.write_text(
+                textwrap.dedent(
+                    f"""\
+                    agent = "svcbot:agent"
+                    store = "memory://"
+
+                    [[connectors]]
+                    platform = "wecom"
+                    bot_id = "{wecom.bot_id}"
+                    secret = "{wecom.secret}"
+                    url = "{wecom.ws_url}"
+
+                    [[connectors]]
+                    platform = "lark"
+                    app_id = "{lark.app_id}"
+                    app_secret = "{lark.app_secret}"
+                    domain = "{lark.http_base}"
+
+                    [[connectors]]
+                    platform = "wecom"
+                    bot_id = "other-bot"
+                    secret = "wrong-secret"
+                    url = "{wecom.ws_url}"
+
+                    [[connectors]]
+                    platform = "lark"
+                    app_id = "cli_other"
+                    app_secret = "wrong-secret"
+                    domain = "{lark.http_base}"
+                    """
+                )
+            )
+            result = await trio.run_process(
+                command("check", str(config), "--timeout", "10"),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=ENV,
+            )
+            nursery.cancel_scope.cancel()
+    out = result.stdout.decode()
+    assert result.returncode == 1, out + result.stderr.decode()
+    lines = out.splitlines()
+    assert lines[0] == f"{config}: configuration valid"
+    assert re.match(rf"ok +wecom:{wecom.bot_id} +connected", lines[1])
+    assert re.match(rf"ok +lark:{lark.app_id} +connected", lines[2])
+    assert re.match(r"FAILED +wecom:other-bot +FatalConnectorError: .*subscribe refused", lines[3])
+    assert re.match(r"FAILED +lark:cli_other +FatalConnectorError: .*refused", lines[4])
+    assert "wrong-secret" not in out
+
+
+async def test_check_names_an_unreachable_platform(tmp_path: Path) -> None:
+    (tmp_path / "svcbot.py").write_text(SVC_AGENT)
+    config = tmp_path / "check.toml"
+    config.write_text(
+        'agent = "svcbot:agent"\n\n[[connectors]]\nplatform = "wecom"\nbot_id = "emulator-bot"\n'
+        'secret = "s"\nurl = "ws://127.0.0.1:9/"\n'
+    )
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            command("check", str(config)),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=ENV,
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 1, out + result.stderr.decode()
+    assert re.search(r"FAILED +wecom:emulator-bot +ConnectorError: .*ws://127\.0\.0\.1:9/", out)
+
+
+def test_init_writes_a_bot_whose_test_passes(tmp_path: Path) -> None:
+    target = tmp_path / "mybot"
+    done = subprocess.run(
+        command("init", str(target)), capture_output=True, text=True, env=ENV, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["bot.py", "chatbridge.toml", "test_bot.py"]
+    tested = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_bot.py"],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "1 passed" in tested.stdout
+    again = subprocess.run(
+        command("init", str(target)), capture_output=True, text=True, env=ENV, timeout=30
+    )
+    assert again.returncode == 1 and "not overwriting" in again.stderr
+
+
+def test_the_config_init_writes_is_valid(tmp_path: Path) -> None:
+    from trio_chatbridge.__main__ import main
+
+    assert main(["init", str(tmp_path)]) == 0
+    from trio_chatbridge._config import load_config
+
+    config = load_config(tmp_path / "chatbridge.toml", {"WECOM_BOT_ID": "b", "WECOM_SECRET": "s"})
+    assert config.http == HttpConfig(listen="127.0.0.1:8080")
+
+
+def test_help_shows_the_name_it_was_called_by_and_version_its_version() -> None:
+    script = (
+        "import sys; sys.argv[0] = '/usr/local/bin/trio-chatbridge'; "
+        "from trio_chatbridge.__main__ import main; main(sys.argv[1:])"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script, "--help"], capture_output=True, text=True, env=ENV
+    )
+    assert shown.stdout.startswith("usage: trio-chatbridge ")
+    for name in ("run", "check", "init", "demo", "emulate"):
+        assert name in shown.stdout
+    version = subprocess.run(
+        command("--version"), capture_output=True, text=True, env=ENV, timeout=30
+    )
+    assert version.stdout.strip() == f"python -m trio_chatbridge {cb.__version__}"
