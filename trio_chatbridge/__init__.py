@@ -34,6 +34,7 @@ from ._errors import MediaError as MediaError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SendError as SendError
 from ._errors import StoreError as StoreError
+from ._logs import configure_logging as configure_logging
 from ._media import MediaPolicy as MediaPolicy
 from ._messages import Batch as Batch
 from ._messages import Chat as Chat
@@ -112,6 +113,7 @@ __all__ = [
     "Voice",
     "asyncio_agent",
     "asyncio_bridge",
+    "configure_logging",
     "open_bridge",
     "session_key",
 ]

@@ -19,7 +19,8 @@ from typing import Any, Final, TypeAlias
 
 import attrs
 import trio
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from ._bridge import Bridge
 from ._errors import ConfigurationError
@@ -42,10 +43,10 @@ class ServiceApp:
     bridge: Bridge
     mounts: Mapping[str, ASGIApp] = attrs.field(factory=dict)
     accepting: bool = False
-    _metrics: ASGIApp = attrs.field(init=False)
+    _registry: CollectorRegistry = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._metrics = make_asgi_app(bridge_registry(self.bridge))
+        self._registry = bridge_registry(self.bridge)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the service is ready, and the JSON body ``/readyz`` answers with."""
@@ -78,8 +79,10 @@ class ServiceApp:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 await app(scope, receive, send)
                 return
+        await _drain(receive)
         if path == "/metrics":
-            await self._metrics(scope, receive, send)
+            metrics = generate_latest(self._registry)
+            await _respond(send, 200, CONTENT_TYPE_LATEST.encode(), metrics)
         elif path == "/healthz":
             await _respond(send, 200, TEXT, b"ok\n")
         elif path == "/readyz":
@@ -87,6 +90,14 @@ class ServiceApp:
             await _respond(send, 200 if ready else 503, JSON, json.dumps(body).encode())
         else:
             await _respond(send, 404, TEXT, b"not found: try /healthz, /readyz or /metrics\n")
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request's body (ours take none) so the server can reuse the connection."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _respond(send: Send, status: int, content_type: bytes, body: bytes) -> None:
