@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
+from trio_chatbridge._cli import AGENT_TEMPLATE
 from trio_chatbridge._config import HttpConfig
 from trio_chatbridge._service import ExitCode, run_service
 from trio_chatbridge.connectors import Connector
@@ -150,13 +151,7 @@ bot_id = "emulator-bot"
 secret = "${{WECOM_SECRET}}"
 url = "{ws_url}"
 """
-SVC_AGENT: Final = """\
-import trio_chatbridge as cb
-
-
-async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-    await reply.send("echo: " + batch.text)
-"""
+SVC_AGENT: Final = AGENT_TEMPLATE  # the bot init writes: "you said: " and the batch's texts
 
 
 @asynccontextmanager
@@ -223,7 +218,7 @@ async def test_run_answers_pending_batches_on_sigterm_and_exits_0(tmp_path: Path
 
                 process.send_signal(signal.SIGTERM)
                 sent = await emulator.next_sent()
-                assert sent.text == "echo: hello"
+                assert sent.text == "you said: hello"
                 output += await _rest(process.stderr)
                 assert await process.wait() == 0
             finally:
@@ -258,7 +253,7 @@ async def test_metrics_and_readiness_while_messages_flow(tmp_path: Path) -> None
                 url = await read_until(process.stderr, r"endpoint on (http://[\d.:]+) ", output)
                 for n in range(3):
                     emulator.user_says(f"user{n}", f"message {n}")
-                    assert (await emulator.next_sent()).text == f"echo: message {n}"
+                    assert (await emulator.next_sent()).text == f"you said: message {n}"
                 metrics = await scrape(client, url, "chatbridge_replies_total", 3)
                 ready = (await client.get(url + "/readyz")).json()
                 process.send_signal(signal.SIGINT)

@@ -16,10 +16,11 @@ from collections.abc import Mapping
 
 import trio
 
+from ._asgi import ASGIApp
 from ._bridge import Bridge
 from ._config import Config, HttpConfig, WeComWebhookConfig
 from ._errors import ChatBridgeError
-from ._health import ASGIApp, ServiceApp, serve_http
+from ._health import ServiceApp, serve_http
 from ._status import Statuses
 
 log = logging.getLogger("trio_chatbridge.service")
@@ -47,10 +48,12 @@ def all_failed(statuses: Statuses) -> bool:
 
 def mounts(config: Config, bridge: Bridge) -> dict[str, ASGIApp]:
     """The ASGI apps to mount on the endpoint: each WeCom webhook at its ``path``."""
+    from .platforms.wecom import Webhook
+
     apps: dict[str, ASGIApp] = {}
     for settings, connector in zip(config.connectors, bridge.connectors, strict=True):
-        if isinstance(settings, WeComWebhookConfig):
-            apps[settings.path] = connector.asgi  # type: ignore[attr-defined]
+        if isinstance(settings, WeComWebhookConfig) and isinstance(connector, Webhook):
+            apps[settings.path] = connector.asgi
     return apps
 
 

@@ -19,7 +19,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -29,6 +29,7 @@ import httpx
 import trio
 
 from ... import _connector as base
+from ..._asgi import Receive, Scope, Send, answer_lifespan
 from ..._content import Card
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
 from ..._json import json_object
@@ -48,10 +49,6 @@ MAX_BODY: Final = 1024 * 1024  # bytes of request body accepted
 MAX_NONCES: Final = 50_000  # (timestamp, nonce) pairs remembered to refuse replays
 MAX_QUERY_FIELDS: Final = 16  # query parameters accepted (WeCom sends at most four)
 MAX_TIMESTAMP_DIGITS: Final = 12  # a decimal count of seconds; anything longer is absurd
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 @attrs.define
@@ -118,13 +115,8 @@ class Webhook(base.Connector):
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application: GET verifies the URL, POST delivers callbacks."""
         if scope["type"] == "lifespan":
-            while True:
-                event = await receive()
-                if event["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif event["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         body = await _read_body(receive)
