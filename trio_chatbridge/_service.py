@@ -70,8 +70,18 @@ async def run_service(
     ``nursery.start`` returns the endpoint's URLs (none without ``http``) once the bridge
     accepts work. Must run in the main thread (it handles SIGINT and SIGTERM).
     """
-    app = ServiceApp(bridge, mounted or {})
+    app = ServiceApp(bridge, mounted or {}) if http is not None else None
     outcome: int = ExitCode.OK
+    stopping = False
+
+    def stop(why: str) -> None:
+        nonlocal stopping
+        log.log(logging.ERROR if outcome else logging.INFO, "%s", why)
+        stopping = True
+        if app is not None:
+            app.accepting = False  # /readyz: not ready any more
+        bridge.shutdown()
+
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -80,9 +90,9 @@ async def run_service(
                 nursery.cancel_scope.cancel()  # stopped: the endpoint and the watchers too
 
             await nursery.start(bridge_life)
-            app.accepting = True
             urls: list[str] = []
-            if http is not None:
+            if app is not None and http is not None:
+                app.accepting = True
                 urls = await nursery.start(serve_http, app, http.listen)
                 log.info("endpoint on %s (/healthz, /readyz, /metrics)", ", ".join(urls))
             task_status.started(urls)
@@ -94,19 +104,15 @@ async def run_service(
                 except ChatBridgeError:
                     return  # the bridge stopped first
                 outcome = ExitCode.ALL_FAILED
-                log.error("every connector failed for good: stopping (exit code %d)", outcome)
-                app.accepting = False
-                bridge.shutdown()
+                stop(f"every connector failed for good: stopping (exit code {outcome})")
 
             if exit_when_all_failed:
                 nursery.start_soon(watch_failures)
 
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if app.accepting:
-                    log.info("%s: stopping gracefully (send it again to stop at once)", name)
-                    app.accepting = False
-                    bridge.shutdown()
+                if not stopping:
+                    stop(f"{name}: stopping gracefully (send it again to stop at once)")
                 else:
                     log.warning("%s again: stopping at once", name)
                     outcome = 128 + signum
