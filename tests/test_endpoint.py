@@ -218,3 +218,18 @@ async def test_check_accepts_no_message_so_none_is_acknowledged(
         nursery.cancel_scope.cancel()
     assert result.ok and result.detail == "connected"
     assert emulator.commands("aibot_respond_msg") == []  # nothing answered, nothing taken
+
+
+def test_the_preset_prints_tracebacks_as_the_redacting_filter_left_them() -> None:
+    out = io.StringIO()
+    handler = configure_logging(logging.DEBUG, stream=out)
+    try:
+        try:
+            raise OSError("cannot reach wss://example.invalid/ws?ticket=s3cret-ticket")
+        except OSError:
+            logging.getLogger("httpx").exception("connect failed")  # a filtered logger
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+    assert "ticket=***" in out.getvalue()
+    assert "s3cret-ticket" not in out.getvalue()

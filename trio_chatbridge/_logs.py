@@ -53,6 +53,13 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{stamp}.{int(record.msecs):03d}Z"
 
 
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """The record's traceback; the text a filter left in ``exc_text`` (redacted) if any."""
+    if not record.exc_text and record.exc_info:
+        record.exc_text = formatter.formatException(record.exc_info)
+    return record.exc_text or ""
+
+
 class TextFormatter(logging.Formatter):
     """``time LEVEL logger [platform:account session=...] message``, one line (a traceback,
     when a record carries one, follows on its own lines)."""
@@ -63,7 +70,7 @@ class TextFormatter(logging.Formatter):
             f"{record.getMessage()}"
         )
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + _traceback(self, record)
         return line
 
 
@@ -83,7 +90,7 @@ class JsonFormatter(logging.Formatter):
             if value:
                 entry[key] = value
         if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
+            entry["traceback"] = _traceback(self, record)
         return json.dumps(entry, ensure_ascii=False)
 
 
