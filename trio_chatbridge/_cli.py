@@ -180,7 +180,7 @@ def init_command(directory: str) -> int:
         (target / name).write_text(text, encoding="utf-8")
     print(
         f"wrote {', '.join(str(target / name) for name in files)}\n"
-        f"test the bot:  python -m pytest {target / TEST_FILE}\n"
+        f"test the bot:  python -m pytest {target / TEST_FILE}   (pip install pytest)\n"
         f"run it:        python -m trio_chatbridge run {target / CONFIG_FILE}"
     )
     return ExitCode.OK
