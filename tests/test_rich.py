@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -407,3 +409,95 @@ async def test_weixin_refuses_cards_and_markdown_with_a_clear_error(
         await until(results, 3)
     assert all("cannot send" in r and "weixin" in r for r in results)
     assert emu.sent == []
+
+
+async def test_weixin_image_reply_is_recorded_with_its_upload(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(cb.Attachment(PICTURE[:5000], "chart.png"))
+        results.append("ok")
+
+    async with open_bridge(cb.Bridge([emu.connector()], script, store=cb.MemoryStore())):
+        emu.user_says("wx-ann", "chart")
+        await until(results)
+    (image,) = [a for a in emu.activity if a.kind == "image"]
+    assert (
+        image.media is not None and image.media.sha256 == hashlib.sha256(PICTURE[:5000]).hexdigest()
+    )
+    assert emu.sent[-1].media == image.media
+
+
+async def test_weixin_sends_first_with_the_users_stored_context_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    store = cb.MemoryStore()
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        results.append(batch.latest.reply_handle["context_token"])
+
+    async with open_bridge(cb.Bridge([emu.connector()], script, store=store)):
+        emu.user_says("wx-ann", "remind me later")
+        token = await results.next()
+    # a new life of the bridge: the token comes from the store
+    connector = emu.connector()
+    async with open_bridge(cb.Bridge([connector], script, store=store)):
+        sent = await connector.send_first("wx-ann", "your reminder")
+        await connector.send_first("wx-ann", cb.Attachment(b"%PDF-1.4", "notes.pdf"))
+        with pytest.raises(cb.SendError, match="no context token for wx-bob"):
+            await connector.send_first("wx-bob", "hello?")
+        with pytest.raises(cb.SendError, match="cannot send card"):
+            await connector.send_first("wx-ann", cb.Card(CARD))
+    assert sent == cb.Sent("weixin", "wx-ann", "text")
+    assert [(s.text, s.context_token) for s in emu.sent] == [
+        ("your reminder", token),
+        (None, token),
+    ]
+    assert emu.sent[1].media is not None and emu.sent[1].media.size == 8
+
+
+async def test_weixin_emulator_refuses_a_made_up_typing_ticket_and_says_ret_minus_14(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    auth = {"authorization": f"Bearer {emu.token}"}
+    async with httpx.AsyncClient(transport=emu.transport(), base_url=emu.base_url) as http:
+
+        async def call(endpoint: str, body: dict[str, Any]) -> Any:
+            return (await http.post(f"ilink/bot/{endpoint}", json=body, headers=auth)).json()
+
+        made_up = await call("sendtyping", {"ilink_user_id": "wx-ann", "typing_ticket": "x"})
+        ticket = (await call("getconfig", {"ilink_user_id": "wx-ann"}))["typing_ticket"]
+        typing = {"ilink_user_id": "wx-ann", "typing_ticket": ticket, "status": 1}
+        given = await call("sendtyping", typing)
+        someone_elses = await call("sendtyping", dict(typing, ilink_user_id="wx-bob"))
+        emu.session_valid = False
+        stale_send = await call("sendmessage", {"msg": {}})
+        stale_poll = await call("getupdates", {"get_updates_buf": ""})
+    assert made_up == someone_elses == {"ret": -2, "errmsg": "invalid typing_ticket"}
+    assert given["ret"] == 0
+    assert [(a.kind, a.to, a.detail) for a in emu.activity] == [("typing", "wx-ann", {"status": 1})]
+    assert (stale_send["ret"], stale_send["errcode"]) == (-14, -14)
+    assert "ret" not in stale_poll and stale_poll["errcode"] == -14  # as the platform does
+
+
+def test_lark_emulator_records_the_answer_an_ack_carries() -> None:
+    emu = LarkEmulator()
+    answer = {"toast": {"type": "success", "content": "saved"}, "card": LARK_CARD}
+    payload = {"code": 200, "data": base64.b64encode(json.dumps(answer).encode()).decode()}
+    for body in (payload, {"code": 200}):  # an ACK without an answer records nothing
+        ack = lark.Frame(
+            method=1,
+            headers=(("type", "event"), ("message_id", "frame-9")),
+            payload=json.dumps(body).encode(),
+        )
+        emu._on_frame(cast(Any, None), lark.encode_frame(ack))
+    assert emu.activity == [
+        Activity("lark", "card_answer", "ack", id="frame-9", card=LARK_CARD, detail=answer)
+    ]
+    assert emu.acks == [200, 200]
