@@ -33,8 +33,6 @@ json_values = st.recursive(
         (b'{"a": ' + DEEP + b"}", "nested too deeply"),
         ('{"a": ' + DEEP.decode() + "}", "nested too deeply"),
         (b'{"text": "\xff\xfe"}', "not UTF-8"),
-        (b'{"a": NaN}', "not JSON"),
-        (b'{"a": -Infinity}', "not JSON"),
         (b'{"a": 1', "not JSON"),
         (b"[1, 2]", "a JSON list, not an object"),
         (b'"text"', "a JSON str, not an object"),

@@ -23,6 +23,7 @@ from support import (
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
+from trio_chatbridge.platforms.lark import _connector as lark_connector
 from trio_chatbridge.testing import LarkEmulator, open_bridge
 
 
@@ -572,3 +573,113 @@ async def test_incomplete_fragments_expire_without_an_ack(
         await emu.next_sent()
         assert bridge.stats().other["lark.fragments_expired"] == 1
     assert emu.acks == [200]  # only the complete event was acknowledged
+
+
+# -- hostile input: nothing lost, the link kept ------------------------------------------------
+
+DEEP = b"[" * 20_000 + b"]" * 20_000  # deeper than the interpreter can recurse
+
+
+def control(kind: str, payload: bytes) -> bytes:
+    return lark.encode_frame(lark.Frame(service=7, headers=(("type", kind),), payload=payload))
+
+
+def event_frame(message_id: str, payload: bytes, *, seq: int = 0, total: int = 1) -> bytes:
+    headers = (("type", "event"), ("message_id", message_id), ("sum", str(total)))
+    return lark.encode_frame(
+        lark.Frame(method=1, headers=(*headers, ("seq", str(seq))), payload=payload)
+    )
+
+
+async def test_a_deeply_nested_event_in_a_burst_spoils_nothing_around_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    said = [f"message {n}" for n in range(20)]
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+
+    async with lark_bridge(agent) as (emu, bridge):
+        await trio.sleep(1)
+        for n, text in enumerate(said):
+            emu.user_says(f"ou_{n}", text)
+            if n == 9:
+                emu.push_raw(event_frame("deep", b'{"header": ' + DEEP + b"}"))
+        await trio.sleep(10)
+        assert sorted(handled) == sorted(said)
+        assert bridge.stats().protocol_errors == 1
+        assert bridge.stats().reconnects == 0
+    assert emu.acks == [200] * 21  # the bad event too: a re-push would bring the same bytes
+
+
+async def test_a_bad_pong_is_counted_and_the_link_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge() as (emu, bridge):
+        await trio.sleep(1)
+        emu.push_raw(control("pong", b'{"PingInterval": ' + DEEP + b"}"))
+        emu.push_raw(control("pong", b"\xff\xfe not json"))
+        emu.user_says("ou_nia", "still here")
+        assert (await emu.next_sent()).text == "still here"
+        assert bridge.stats().protocol_errors == 2
+        assert bridge.stats().reconnects == 0
+        assert bridge.connectors[0].config.ping_interval == 120  # type: ignore[attr-defined]
+
+
+async def test_server_timings_are_held_to_their_documented_ranges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with lark_bridge() as (emu, bridge):
+        await trio.sleep(1)
+        emu.push_raw(control("pong", b'{"PingInterval": 0.001, "ReconnectInterval": 1e308}'))
+        await trio.sleep(20)
+        assert emu.pings <= 6  # one every 5 s at most, not one a millisecond
+        emu.push_raw(control("pong", b'{"PingInterval": 1e308, "ReconnectNonce": 1e300}'))
+        await trio.sleep(1)
+        config = bridge.connectors[0].config  # type: ignore[attr-defined]
+        assert (config.ping_interval, config.reconnect_interval) == (600, 600)
+        assert config.reconnect_nonce == 600
+        emu.silent = True  # the watchdog still fires: 600 s interval + 30 s grace
+        await trio.sleep(640)
+        emu.silent = False
+        await trio.sleep(5)
+        assert emu.connections == 2
+        assert "no frame for 630 s" in (status(bridge).last_error or "")
+
+
+def test_client_config_ranges() -> None:
+    config = lark.ClientConfig.merge(
+        lark.ClientConfig(),
+        {
+            "PingInterval": "5",
+            "ReconnectInterval": float("nan"),
+            "ReconnectNonce": -3,
+            "ReconnectCount": 10**400,
+        },
+    )
+    assert config == lark.ClientConfig(reconnect_nonce=0, reconnect_count=1000)
+
+
+async def test_fragments_waiting_are_bounded_in_number_and_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    big = b"x" * (3 * 1024 * 1024)
+    async with lark_bridge() as (emu, bridge):
+        await trio.sleep(1)
+        for n in range(lark_connector.MAX_PARTIALS + 1):  # one set more than may wait
+            emu.push_raw(event_frame(f"set-{n}", b"{", total=2))
+        await trio.sleep(1)
+        assert bridge.stats().other["lark.fragments_dropped"] == 1
+        await trio.sleep(lark_connector.FRAGMENT_TTL)  # the next frame sweeps those away
+        for n in range(6):  # 18 MiB in waiting sets: over the 16 MiB all may hold
+            emu.push_raw(event_frame(f"big-{n}", big, total=3))
+        await trio.sleep(1)
+        assert bridge.stats().other["lark.fragments_dropped"] == 2
+        assert bridge.stats().other["lark.fragments_expired"] == lark_connector.MAX_PARTIALS
+        emu.push_raw(event_frame("huge", big, total=3))  # one event over 4 MiB
+        emu.push_raw(event_frame("huge", big, seq=1, total=3))
+        emu.user_says("ou_ola", "through")
+        assert (await emu.next_sent()).text == "through"
+        assert bridge.stats().protocol_errors == 1
+        assert bridge.stats().reconnects == 0

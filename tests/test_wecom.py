@@ -800,3 +800,47 @@ def test_frames_round_trip(req_id: str, cmd: str | None, body: object) -> None:
         return
     frame = wecom.Frame(req_id, cmd, body if isinstance(body, dict) else {})
     assert wecom.parse_frame(frame.encode()) == frame
+
+
+# -- hostile input: nothing lost, the link kept ------------------------------------------------
+
+DEEP = "[" * 20_000 + "]" * 20_000  # deeper than the interpreter can recurse
+
+
+async def test_the_good_callback_right_after_a_deeply_nested_frame_is_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with wecom_bridge() as (emu, bridge):
+        emu.push_raw('{"headers": {"req_id": "deep"}, "body": {"x": ' + DEEP + "}}")
+        emu.user_says("lena", "right after")  # WeCom never delivers a callback again
+        with trio.fail_after(60):
+            assert (await emu.next_sent()).text == "right after"
+        assert bridge.stats().protocol_errors == 1
+        assert bridge.stats().reconnects == 0
+
+
+async def test_a_callback_with_wrong_types_costs_only_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    nested: dict[str, Any] = {"msgtype": "text", "text": {"content": "inner"}}
+    for _ in range(400):  # quotes of quotes, as deep as JSON decodes: one level is read
+        nested = {"msgtype": "text", "text": {"content": "q"}, "quote": nested}
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(" / ".join(m.text for m in batch.messages))
+
+    async with wecom_bridge(agent) as (emu, bridge):
+        emu.send_callback(
+            "milo", {"msgtype": "text", "text": {"content": "a"}, "create_time": 1e400}
+        )
+        emu.send_callback(
+            "nora", {"msgtype": "text", "text": {"content": "b"}, "create_time": 10**400}
+        )
+        emu.send_callback("omar", nested)
+        emu.send_callback("pia", {"msgtype": "text", "text": {"content": "fine"}, "from": 7})
+        emu.user_says("pia", "good")
+        with trio.fail_after(60):
+            texts = sorted([(await emu.next_sent()).text for _ in range(4)])
+        assert texts == ["a", "b", "good", "q"]
+        assert bridge.stats().protocol_errors == 1  # the callback without a sender
+        assert bridge.stats().reconnects == 0

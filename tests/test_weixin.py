@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import hypothesis.strategies as st
 import pytest
 import trio
@@ -16,7 +17,9 @@ from hypothesis import example, given
 from support import open_lives, quick_bridge
 
 import trio_chatbridge as cb
+from trio_chatbridge._json import MAX_JSON_BYTES
 from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.testing import WeixinEmulator, WeixinFault, open_bridge
 
 
@@ -804,3 +807,92 @@ async def test_end_to_end_over_loopback() -> None:
                 assert bridge.status()["weixin:bot"].state == "running"
             nursery.cancel_scope.cancel()
     assert sent.text == "over a real socket"
+
+
+# -- hostile input: one bad message costs only itself ------------------------------------------
+
+DEEP = b"[" * 20_000 + b"]" * 20_000  # deeper than the interpreter can recurse
+
+
+class Doctored(httpx.AsyncBaseTransport):
+    """The emulator's answers, with markers in getupdates pages swapped for raw bytes that
+    the emulator's JSON encoder could never write (invalid UTF-8, nesting too deep)."""
+
+    def __init__(self, emu: WeixinEmulator, swaps: dict[bytes, bytes]) -> None:
+        self._inner = emu.transport()
+        self._swaps = swaps
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if not request.url.path.endswith("getupdates"):
+            return response
+        body = await response.aread()
+        for marker, raw in self._swaps.items():
+            body = body.replace(marker, raw)
+        return httpx.Response(response.status_code, content=body)
+
+
+async def test_one_bad_message_skips_only_itself_never_the_page(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    swaps = {b'"@latin1@"': b'"caf\xe9"', b'"@deep@"': DEEP}
+    connector = emu.connector(transport=Doctored(emu, swaps))
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+
+    async with bridged(emu, agent, connector=connector) as bridge:
+        emu.user_says("ann", "first")
+        emu.push(emu.user_message("bob", [{"type": 1, "text_item": {"text": "@latin1@"}}]))
+        emu.push(emu.user_message("cid", [{"type": 1, "text_item": {"text": "@deep@"}}]))
+        emu.push(emu.user_message("dan", "not a list", create_time_ms=10**400))
+        emu.push(emu.user_message("eve", [{"type": "1", "text_item": []}], message_id=[]))
+        emu.push(["not", "an", "object"])
+        emu.user_says("fay", "last")
+        with trio.fail_after(60):
+            await emu.wait_acknowledged(7)  # the page's cursor moved on: it is not served again
+        await trio.sleep(5)
+        assert sorted(handled) == ["", "", "first", "last"]  # dan's and eve's hold no text
+        assert bridge.stats().protocol_errors == 3
+        assert "weixin.poll_failures" not in bridge.stats().other
+
+
+async def test_answers_are_read_with_a_cap(autojump_clock: trio.testing.MockClock) -> None:
+    emu = WeixinEmulator()
+    page = b'{"ret": 0, "msgs": [], "pad": "' + b" " * weixin_protocol.PAGE_MAX_BYTES + b'"}'
+    emu.fail("getupdates", WeixinFault(body=page))
+    emu.fail("sendmessage", WeixinFault(body=b" " * (MAX_JSON_BYTES + 1)))
+    refused: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send("once")
+        except cb.SendError as exc:
+            refused.append(str(exc))
+            await reply.send("twice")
+
+    async with bridged(emu, agent) as bridge:
+        emu.user_says("gus", "hello")
+        with trio.fail_after(60):
+            assert (await emu.next_sent()).text == "twice"
+        assert bridge.stats().protocol_errors == 1
+        assert bridge.stats().other["weixin.poll_failures"] == 1
+    assert refused == [
+        "weixin account bot: send failed: iLink ilink/bot/sendmessage announces 1048577 "
+        "bytes, over its 1048576-byte cap"
+    ]
+
+
+async def test_the_servers_long_poll_timeout_is_held_to_its_range(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("getupdates", WeixinFault(body={"ret": 0, "longpolling_timeout_ms": 10**300}))
+    emu.fail("getupdates", WeixinFault.slow(10_000))  # a server that holds the poll for ever
+    async with bridged(emu):
+        await trio.sleep(200)
+    _, second, third = (call.at for call in emu.calls("getupdates")[:3])
+    high = weixin_protocol.LONG_POLL_TIMEOUT_RANGE[1]
+    assert third - second == high + weixin_protocol.LONG_POLL_MARGIN

@@ -2,10 +2,11 @@
 
 Every frame, event, page and API answer a connector receives goes through :func:`json_object`,
 so each kind of bad input fails the same way, as our :class:`ProtocolError` with a message
-saying what came: a body over its size cap, bytes that are not UTF-8, text that is not JSON
-(``NaN`` and ``Infinity`` included: they are not JSON), nesting too deep for the decoder
-(Python's ``RecursionError``, caught, never pre-scanned for: the common frame pays nothing),
-and JSON that is not an object.
+saying what came: a body over its size cap, bytes that are not UTF-8, text that is not JSON,
+nesting too deep for the decoder (Python's ``RecursionError``, caught, never pre-scanned for:
+the common frame pays nothing), and JSON that is not an object. Like Python's own decoder it
+takes ``NaN`` and ``Infinity`` (and ``1e999``) as floats: where a number matters, its reader
+holds it to a range (``clamp`` in ``_receive.py``).
 
 :func:`json_object_items` is the same for a page of items (WeChat's ``getupdates``): when
 one item is undecodable (invalid UTF-8 or nesting too deep inside it), only that item is
@@ -18,7 +19,7 @@ import json
 import re
 from collections.abc import Mapping
 from contextlib import aclosing
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import httpx
 
@@ -46,13 +47,6 @@ async def read_body(
     return bytes(body)
 
 
-def _not_json(constant: str) -> NoReturn:
-    raise ValueError(f"{constant} is not JSON")
-
-
-_DECODER: Final = json.JSONDecoder(parse_constant=_not_json)
-
-
 def json_object(
     data: bytes | bytearray | memoryview | str, what: str, *, max_bytes: int = MAX_JSON_BYTES
 ) -> dict[str, Any]:
@@ -75,7 +69,7 @@ def json_value(
         raise ProtocolError(f"{what} of {len(data)} bytes is over its {max_bytes}-byte cap")
     try:
         text = data if isinstance(data, str) else bytes(data).decode()
-        return _DECODER.decode(text)
+        return json.loads(text)
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except RecursionError as exc:
