@@ -847,7 +847,7 @@ async def test_one_bad_message_skips_only_itself_never_the_page(
         emu.user_says("ann", "first")
         emu.push(emu.user_message("bob", [{"type": 1, "text_item": {"text": "@latin1@"}}]))
         emu.push(emu.user_message("cid", [{"type": 1, "text_item": {"text": "@deep@"}}]))
-        emu.push(emu.user_message("dan", "not a list", create_time_ms=10**400))
+        emu.push(emu.user_message("dan", [], item_list="not a list", create_time_ms=10**400))
         emu.push(emu.user_message("eve", [{"type": "1", "text_item": []}], message_id=[]))
         emu.push(["not", "an", "object"])
         emu.user_says("fay", "last")
