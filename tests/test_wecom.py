@@ -844,3 +844,135 @@ async def test_a_callback_with_wrong_types_costs_only_itself(
         assert texts == ["a", "b", "good", "q"]
         assert bridge.stats().protocol_errors == 1  # the callback without a sender
         assert bridge.stats().reconnects == 0
+
+
+# -- replies across reconnects and the six-minute window ---------------------------------------
+
+
+class FlakyNetwork:
+    """The emulator's WebSocket, unreachable while ``down``."""
+
+    def __init__(self, emu: WeComEmulator) -> None:
+        self.emu = emu
+        self.down = False
+
+    def open_websocket(self, url: str) -> Any:
+        if self.down:
+            raise OSError("network unreachable")
+        return self.emu.open_websocket(url)
+
+
+async def test_a_reply_during_a_reconnect_waits_and_goes_out_on_the_new_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    go = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await go.wait()
+        await reply.send("answered after all")
+
+    emu = WeComEmulator()
+    network = FlakyNetwork(emu)
+    options = {"open_websocket": network.open_websocket}
+    async with wecom_bridge(agent, emu, connector_options=options) as (_, bridge):
+        asked = emu.user_says("rex", "question")
+        await trio.sleep(2)  # the agent is running
+        network.down = True
+        await emu.drop_connection()
+        go.set()  # the reply is attempted while the link is down
+        await trio.sleep(20)
+        assert emu.sent == []
+        network.down = False
+        with trio.fail_after(60):
+            sent = await emu.next_sent()
+        assert (sent.kind, sent.req_id, sent.text) == ("stream", asked, "answered after all")
+        assert bridge.stats().failures == 0
+        assert bridge.stats().reconnects >= 2
+
+
+async def test_a_reply_waits_for_a_reconnect_only_so_long(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    failed: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(5)
+        try:
+            await reply.send("lost")
+        except cb.SendError as exc:
+            failed.append(str(exc))
+
+    emu = WeComEmulator()
+    network = FlakyNetwork(emu)
+    options = {"open_websocket": network.open_websocket, "reconnect_wait": 30}
+    async with wecom_bridge(agent, emu, connector_options=options):
+        emu.user_says("sam", "question")
+        await trio.sleep(2)
+        network.down = True
+        await emu.drop_connection()
+        await trio.sleep(40)
+        assert failed and "no connection came back in 30 s" in failed[0]
+        network.down = False
+
+
+async def test_a_stream_that_would_outlive_its_window_is_finished_in_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            for n in range(15):  # seven and a half minutes
+                await out.write(f"part {n}. ")
+                await trio.sleep(30)
+
+    async with wecom_bridge(agent) as (emu, bridge):
+        asked = emu.user_says("tia", "take your time")
+        with trio.fail_after(600):
+            streamed, rest = await emu.next_sent(), await emu.next_sent()
+        assert (streamed.kind, streamed.req_id) == ("stream", asked)
+        assert rest.kind == "proactive"
+        assert streamed.text + rest.text == "".join(f"part {n}. " for n in range(15))
+        assert emu.in_flight("tia") == 0  # the callback was closed, not left to expire
+        assert bridge.stats().failures == 0
+
+
+async def test_a_reply_after_the_window_goes_out_proactively(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(400)
+        await reply.send("late but there")
+
+    async with wecom_bridge(agent) as (emu, bridge):
+        emu.user_says("uma", "question")
+        with trio.fail_after(600):
+            sent = await emu.next_sent()
+        assert (sent.kind, sent.text) == ("proactive", "late but there")
+        assert bridge.stats().failures == 0
+
+
+async def test_a_message_answered_before_its_run_was_killed_ends_done_when_replayed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = cb.MemoryStore()
+    emu = WeComEmulator()
+    answered = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("the answer")
+        if not answered.is_set():
+            answered.set()
+            await trio.sleep(100)  # killed here, before its messages are marked done
+
+    def life() -> cb.Bridge:
+        return quick_bridge(emu.connector(), agent, store=store)
+
+    async with open_lives(life, emu) as lives:
+        emu.user_says("val", "question", msgid="m-1")
+        await answered.wait()
+        await lives.restart(kill=True)  # the message is replayed; its callback answered
+        await trio.sleep(5)
+        assert lives.bridge.stats().failures == 0
+        assert lives.bridge.stats().other["wecom.already_answered"] == 1
+        entry = await store.journal_entry(("wecom", "emulator-bot", "m-1"))
+        assert entry is not None and entry.state == "done"
+    assert [s.text for s in emu.sent] == ["the answer"]

@@ -14,7 +14,9 @@ It follows ``docs/protocols/wecom.md``. Choices where the real server is unknown
 - a ``media_id`` no upload produced gets 40007; upload chunks are numbered from 0 and must
   all be there, in their sizes, for ``finish``;
 - a command on a ``req_id`` it does not fit (a stream to ``enter_chat``, an unknown one, a
-  welcome or card update after 5 s) gets 846605, an update after ``finish`` 846608.
+  welcome or card update after 5 s) gets 846605, an update after ``finish`` 846608, and so
+  does an answer six minutes after the callback came (``STREAM_WINDOW``: the webhook's
+  window, assumed here too).
 """
 
 from __future__ import annotations
@@ -406,6 +408,8 @@ class WeComEmulator(UserVerbs):
         callback = self._callbacks.get(frame.req_id)
         if callback is None or callback.kind != "message":
             raise _Refused(f.INVALID_REQ_ID, "invalid req_id")
+        if trio.current_time() - callback.at > f.STREAM_WINDOW:
+            self._finish(callback)  # six minutes on: the callback can be answered no more
         if callback.finished:
             raise _Refused(f.STREAM_EXPIRED, "stream message update expired")
         msgtype = frame.body.get("msgtype")

@@ -92,9 +92,15 @@ def parts_of(
 
 
 def to_message(
-    account: str, req_id: str, body: Mapping[str, Any], *, bot_name: str | None = None
+    account: str,
+    req_id: str,
+    body: Mapping[str, Any],
+    *,
+    bot_name: str | None = None,
+    handle: Mapping[str, Any] | None = None,
 ) -> Message:
-    """The bridge's message for an ``aibot_msg_callback``; the callback's req_id is the handle."""
+    """The bridge's message for an ``aibot_msg_callback``; the callback's req_id is the handle
+    (with ``handle``'s entries: the connector's note of when it may be answered)."""
     sender = get_str(get_object(body, "from"), "userid")
     if not sender:
         raise ProtocolError("message callback without from.userid")
@@ -111,6 +117,6 @@ def to_message(
         sender=shared_sender(sender),
         parts=parts_of(body, group, bot_name),
         timestamp=clamp(created, 0.0, MAX_TIMESTAMP, 0.0),
-        reply_handle={"req_id": req_id, "chatid": chat_id},
+        reply_handle={"req_id": req_id, "chatid": chat_id, **(handle or {})},
         raw=body,
     )

@@ -26,6 +26,9 @@ ACK_TIMEOUT: Final = 5.0  # seconds (docs/protocols/wecom.md#acks-and-ordering)
 CONFLICT_RETRIES: Final = 3  # errcode 6000 (docs/protocols/wecom.md#error-codes)
 # seconds to answer enter_chat (docs/protocols/wecom.md#event-callbacks)
 WELCOME_DEADLINE: Final = 5.0
+# seconds a callback's stream may be updated, from its arrival: the webhook's six minutes,
+# assumed for the long connection too (docs/protocols/wecom.md#unconfirmed)
+STREAM_WINDOW: Final = 360.0
 # bytes of UTF-8 in a stream's content (docs/protocols/wecom.md#stream-replies)
 STREAM_LIMIT: Final = 20480
 MAX_FRAME_BYTES: Final = 512 * 1024  # a frame larger than this is refused, not parsed

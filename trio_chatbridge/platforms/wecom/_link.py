@@ -38,6 +38,18 @@ class AckTimeout(ConnectorError):
     """A command was not acknowledged in time."""
 
 
+class LinkClosed(ConnectorError):
+    """The socket closed before a command was acknowledged.
+
+    ``sent`` says whether the command may have reached the server (False: it never left).
+    """
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        self.reason = reason
+        self.sent = sent
+        super().__init__(f"WeCom socket closed: {reason}")
+
+
 @attrs.define(eq=False)
 class _Slot:
     lock: trio.Lock = attrs.Factory(trio.Lock)
@@ -56,12 +68,15 @@ class Link:
         *,
         ack_timeout: float = f.ACK_TIMEOUT,
         count: Callable[[str], None] = lambda name: None,
+        on_close: Callable[[Link], None] = lambda link: None,
     ) -> None:
+        """``on_close`` is called once, when the link closes (the socket is gone)."""
         self._ws = ws
+        self._on_close = on_close
         self._ack_timeout = ack_timeout
         self._count = count
         self._slots: dict[str, _Slot] = {}
-        self._closed: ConnectorError | None = None
+        self._closed: str | None = None  # why the socket closed
 
     @property
     def pending(self) -> int:
@@ -69,12 +84,13 @@ class Link:
         return len(self._slots)
 
     async def send_frame(self, frame: f.Frame) -> None:
+        """Send one frame; :class:`LinkClosed` (``sent=False``) if the socket is gone."""
         if self._closed is not None:
-            raise self._closed
+            raise LinkClosed(self._closed, sent=False)
         try:
             await self._ws.send_message(frame.encode())
         except ConnectionClosed as exc:
-            raise ConnectorError(f"WeCom socket closed: {exc.reason}") from exc
+            raise LinkClosed(str(exc.reason), sent=False) from exc
 
     async def command(
         self,
@@ -88,7 +104,7 @@ class Link:
         """Send ``cmd`` on ``req_id`` and wait ``ack_within`` seconds for its ack (6000 retried).
 
         Raises :class:`WeComError` for a non-zero errcode, :class:`AckTimeout`, or
-        :class:`ConnectorError` when the socket closes. If cancelled, the command may or may
+        :class:`LinkClosed` when the socket closes. If cancelled, the command may or may
         not have been sent.
         """
         slot = self._slots.get(req_id)
@@ -121,7 +137,7 @@ class Link:
                 await slot.waiting.wait()
             if slot.ack is None:
                 if self._closed is not None:
-                    raise self._closed
+                    raise LinkClosed(self._closed, sent=True)
                 raise AckTimeout(f"WeCom {frame.cmd} ({frame.req_id}) not acknowledged in time")
             return slot.ack
         finally:
@@ -138,7 +154,9 @@ class Link:
 
     def close(self, reason: str) -> None:
         """Fail every waiter now: the socket is gone."""
-        self._closed = ConnectorError(f"WeCom socket closed: {reason}")
+        if self._closed is None:
+            self._on_close(self)
+        self._closed = reason
         for slot in self._slots.values():
             if slot.waiting is not None:
                 slot.waiting.set()

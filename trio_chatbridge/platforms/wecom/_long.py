@@ -43,7 +43,7 @@ from . import _crypto
 from . import _frames as f
 from . import _outbound as out
 from ._convert import PLATFORM, to_message
-from ._link import Link, WeComError
+from ._link import Link, LinkClosed, WeComError
 
 log = logging.getLogger("trio_chatbridge.wecom")
 
@@ -51,6 +51,8 @@ DEFAULT_MEDIA_HOSTS: Final = (".weixin.qq.com", ".qq.com", ".qpic.cn")
 PUT_BATCH: Final = 100  # callbacks journaled together at most
 PUT_GRACE: Final = 10.0  # seconds a put may go on after its connection was cancelled
 STREAM_INTERVAL: Final = 0.5  # seconds between intermediate stream frames (AstrBot's pace)
+RECONNECT_WAIT: Final = 60.0  # seconds a reply waits for the connection to come back
+FINISH_MARGIN: Final = 20.0  # seconds before a callback's window closes that its stream ends
 DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
 
 OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
@@ -113,6 +115,7 @@ class LongConnection(base.Connector):
         bot_name: str | None = None,
         earlier_reply: str = "",
         stream_interval: float = STREAM_INTERVAL,
+        reconnect_wait: float = RECONNECT_WAIT,
         media: MediaPolicy | None = None,
         http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -131,12 +134,16 @@ class LongConnection(base.Connector):
         self.bot_name = bot_name
         self.earlier_reply = earlier_reply
         self.stream_interval = stream_interval
+        self.reconnect_wait = reconnect_wait
         self.media_policy: MediaPolicy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
         self._http = http
         self._transport = transport
         self._own_http: httpx.AsyncClient | None = None
         self._open_websocket = open_websocket
         self._link: Link | None = None
+        self._link_up = trio.Event()  # set while there is a link; a new one once it is lost
+        # the windows in reply handles are on this process's Trio clock: this says whose
+        self._life = secrets.token_hex(8)
 
     def __repr__(self) -> str:  # never the secret
         return f"wecom.LongConnection(bot_id={self.account!r})"
@@ -153,11 +160,12 @@ class LongConnection(base.Connector):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with self._open_websocket(self.url) as ws:
-                link = Link(ws, ack_timeout=self.ack_timeout, count=self.ctx.count)
+                link = Link(
+                    ws, ack_timeout=self.ack_timeout, count=self.ctx.count, on_close=self._lost
+                )
                 try:
                     await self._session(ws, link, task_status)
                 finally:
-                    self._link = None
                     link.close("connection ended")
         except ConnectionClosed as exc:
             raise ConnectorError(f"wecom bot {self.account}: socket closed ({exc.reason})") from exc
@@ -190,6 +198,7 @@ class LongConnection(base.Connector):
                     f"{exc.errmsg!r}): check the bot id and secret on the bot's API page"
                 ) from exc
             self._link = link
+            self._link_up.set()
             task_status.started()
             nursery.start_soon(self._heartbeat, link)
             nursery.start_soon(self._put_messages, callbacks_out)
@@ -260,6 +269,8 @@ class LongConnection(base.Connector):
                 except trio.EndOfChannel:
                     return
                 messages = []
+                # a callback is answerable for STREAM_WINDOW from now, on this process's clock
+                window = {"answer_by": trio.current_time() + f.STREAM_WINDOW, "life": self._life}
                 for frame in frames:
                     message = parse_or_skip(
                         self.ctx,
@@ -269,6 +280,7 @@ class LongConnection(base.Connector):
                         frame.req_id,
                         frame.body,
                         bot_name=self.bot_name,
+                        handle=window,
                     )
                     if not isinstance(message, Skipped):
                         messages.append(message)
@@ -366,7 +378,9 @@ class LongConnection(base.Connector):
     ) -> AbstractAsyncContextManager[base.ReplyStream]:
         # The final frame is always sent, even after an error or a cancellation: an open
         # stream would hold one of the user's few in-flight messages.
-        return base.streaming(_Stream(self, target, card), final_within=2 * self.ack_timeout)
+        return base.streaming(
+            _Stream(self, target, card), final_within=2 * self.ack_timeout + self.reconnect_wait
+        )
 
     async def send_content(self, target: Message, content: Content) -> Sent:
         """Answer ``target``: text and Markdown as a finished stream, a :class:`Card` as a
@@ -439,7 +453,13 @@ class LongConnection(base.Connector):
             )
 
     async def _respond_stream(
-        self, req_id: str, content: str, stream_id: str, finish: bool, card: Card | None = None
+        self,
+        req_id: str,
+        content: str,
+        stream_id: str,
+        finish: bool,
+        card: Card | None = None,
+        until: float | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "msgtype": "stream",
@@ -447,16 +467,54 @@ class LongConnection(base.Connector):
         }
         if card is not None:
             body.update(msgtype="stream_with_template_card", template_card=dict(card.json))
-        await self._command(f.RESPOND, req_id, body)
+        await self._command(f.RESPOND, req_id, body, until)
 
-    async def _command(self, cmd: str, req_id: str, body: Mapping[str, Any]) -> None:
-        await self._ack(cmd, req_id, body)
+    async def _command(
+        self, cmd: str, req_id: str, body: Mapping[str, Any], until: float | None = None
+    ) -> None:
+        await self._ack(cmd, req_id, body, until)
 
-    async def _ack(self, cmd: str, req_id: str, body: Mapping[str, Any]) -> f.Frame:
-        try:
-            return await self.link.command(cmd, req_id, body)
-        except ConnectorError as exc:
-            raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
+    async def _ack(
+        self, cmd: str, req_id: str, body: Mapping[str, Any], until: float | None = None
+    ) -> f.Frame:
+        """Send a command and return its ack, across a reconnect if need be.
+
+        While the connection is re-established the command waits for the new one, at most
+        ``reconnect_wait`` seconds and never past ``until``; one lost with its socket goes again
+        on the next (a reply frame always: it replaces or repeats the last; anything else only
+        if it never left). Raises :class:`SendError` (a :class:`WeComError` for a refusal).
+        """
+        for attempt in range(2):
+            link = await self._next_link(until)
+            try:
+                return await link.command(cmd, req_id, body)
+            except LinkClosed as exc:
+                if attempt or (exc.sent and cmd != f.RESPOND):
+                    raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
+                self.ctx.count("replies_across_reconnects")
+            except ConnectorError as exc:
+                raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _lost(self, link: Link) -> None:
+        """``link`` closed: if it was the current one, replies wait for the next from now on."""
+        if self._link is link:
+            self._link, self._link_up = None, trio.Event()
+
+    async def _next_link(self, until: float | None) -> Link:
+        """The connection's link, waiting while it is re-established (see :meth:`_command`)."""
+        deadline = trio.current_time() + self.reconnect_wait
+        if until is not None:
+            deadline = min(deadline, until)
+        while self._link is None:
+            with trio.move_on_at(deadline):
+                await self._link_up.wait()
+            if self._link is None and trio.current_time() >= deadline:
+                raise SendError(
+                    f"wecom bot {self.account} is not connected; no connection came back in "
+                    f"{self.reconnect_wait:.0f} s (reconnect_wait) or before the reply's deadline"
+                )
+        return self._link
 
     async def download(self, media: Media) -> bytes:
         """Download and decrypt an inbound image, file or video (its per-URL ``aeskey``)."""
@@ -492,7 +550,9 @@ class _Stream(base.CoalescingStream):
     """A reply streamed on one callback's req_id.
 
     Every frame carries the whole text so far (the platform replaces, not appends); what does
-    not fit in the platform's 20480 bytes goes out as proactive messages at the end.
+    not fit in the platform's 20480 bytes goes out as proactive messages at the end. A callback
+    is answerable for six minutes: a stream still open :data:`FINISH_MARGIN` before that is
+    finished with what it has, and the rest goes proactively at the end.
     """
 
     def __init__(
@@ -503,8 +563,31 @@ class _Stream(base.CoalescingStream):
         self._target = target
         self._card = card
         self._sent_text = ""
+        self._finished = False
         self.stream_id = _new_stream_id()
         self.frames = 0
+        handle = target.reply_handle
+        self._replayed = handle.get("life") != connector._life  # from an earlier process
+        answer_by = None if self._replayed else handle.get("answer_by")
+        self._finish_by = answer_by - FINISH_MARGIN if isinstance(answer_by, float) else None
+
+    async def pump(self) -> None:
+        """The base pump until the window is about to close; then the stream is finished."""
+        with trio.move_on_at(math.inf if self._finish_by is None else self._finish_by):
+            await super().pump()
+        self._idle = trio.Event()
+        try:
+            await self._finish_now()
+        finally:
+            self._idle.set()
+        await trio.sleep_forever()
+
+    async def _finish_now(self) -> None:
+        self._finished = True
+        try:
+            await self._frame(utf8_prefix(self.text, f.STREAM_LIMIT), finish=True)
+        except SendError as exc:
+            log.info("wecom bot %s: finishing a stream early: %s", self._connector.account, exc)
 
     async def update(self, text: str) -> None:
         content = utf8_prefix(text, f.STREAM_LIMIT)
@@ -512,30 +595,55 @@ class _Stream(base.CoalescingStream):
             await self._frame(content, finish=False)
 
     async def final(self, text: str) -> None:
-        content = utf8_prefix(text, f.STREAM_LIMIT)
+        """Finish the stream with ``text``; what the callback cannot carry goes proactively.
+
+        846608 on a stream that showed nothing yet, for a callback of an earlier process, means
+        it was answered before (by a run killed after it finished its stream, now replayed):
+        nothing more is sent, and the run counts as done.
+        """
+        shown = len(self._sent_text)
         try:
             if not self._target.reply_handle.get("req_id"):
                 raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
+            if self._finished or self._too_late():
+                raise WeComError(f.RESPOND, f.STREAM_EXPIRED, "answer window closing")
+            content = utf8_prefix(text, f.STREAM_LIMIT)
             await self._frame(content, finish=True)
+            shown = len(content)
         except WeComError as exc:
-            answered = exc.errcode == f.STREAM_EXPIRED and not self.frames
-            if exc.errcode != f.INVALID_REQ_ID and not answered:
+            if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
                 raise
-            # The callback is gone (an old connection's after a restart, or answered already
-            # by a card or media): say it proactively, once.
-            if self._card is not None:
-                await self._connector.send_first(self._target.reply_handle["chatid"], self._card)
-            await self._connector.send_proactive(self._target.reply_handle["chatid"], text)
-            return
-        if len(content) < len(text):
-            await self._connector.send_proactive(
-                self._target.reply_handle["chatid"], text[len(content) :]
-            )
+            if exc.errcode == f.STREAM_EXPIRED and not self.frames and self._replayed:
+                # answered by the run of an earlier process, killed before it could say so
+                self._connector.ctx.count("already_answered")
+                log.info("wecom bot %s: %s was answered already", self._connector.account, exc)
+                return
+            # The callback is gone (an old connection's after a restart), answered already in
+            # this run (by a card or media), or its window closed: what did not show goes
+            # proactively, once (all of it, card first, if nothing of this stream showed).
+            if not self.frames or exc.errcode == f.INVALID_REQ_ID:
+                if self._card is not None:
+                    await self._connector.send_first(
+                        self._target.reply_handle["chatid"], self._card
+                    )
+                shown = 0
+        if shown < len(text):
+            await self._connector.send_proactive(self._target.reply_handle["chatid"], text[shown:])
+
+    def _too_late(self) -> bool:
+        return self._finished or (
+            self._finish_by is not None and trio.current_time() >= self._finish_by
+        )
 
     async def _frame(self, content: str, *, finish: bool) -> None:
         card = self._card if self.frames == 0 else None  # a card goes once per message
         await self._connector._respond_stream(
-            self._target.reply_handle["req_id"], content, self.stream_id, finish, card
+            self._target.reply_handle["req_id"],
+            content,
+            self.stream_id,
+            finish,
+            card,
+            None if self._finish_by is None else self._finish_by + FINISH_MARGIN / 2,
         )
         self._sent_text = content
         self.frames += 1
