@@ -19,6 +19,7 @@ from support import open_lives, quick_bridge
 import trio_chatbridge as cb
 from trio_chatbridge._json import MAX_JSON_BYTES
 from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _connector as weixin_connector
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.testing import WeixinEmulator, WeixinFault, open_bridge
 
@@ -896,3 +897,49 @@ async def test_the_servers_long_poll_timeout_is_held_to_its_range(
     _, second, third = (call.at for call in emu.calls("getupdates")[:3])
     high = weixin_protocol.LONG_POLL_TIMEOUT_RANGE[1]
     assert third - second == high + weixin_protocol.LONG_POLL_MARGIN
+
+
+async def test_typing_tickets_are_kept_for_a_bounded_number_of_peers(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(weixin_connector, "TYPING_TICKETS", 2)
+    emu = WeixinEmulator()
+
+    async def fetched_for(user: str) -> int:
+        emu.user_says(user, "hello")
+        await emu.next_sent()
+        return [r.body["ilink_user_id"] for r in emu.calls("getconfig")].count(user)
+
+    async with bridged(emu, connector=emu.connector(random=lambda: 0.5)):
+        with trio.fail_after(60):
+            assert await fetched_for("amy") == 1
+            assert await fetched_for("ben") == 1
+            assert await fetched_for("amy") == 1  # cached, and now the most recent
+            assert await fetched_for("cat") == 1  # over the bound: ben, least recent, goes
+            assert await fetched_for("amy") == 1
+            assert await fetched_for("ben") == 2  # fetched again
+
+
+async def test_an_upload_url_from_the_server_obeys_the_media_policy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("getuploadurl", WeixinFault(body={"upload_full_url": "http://169.254.169.254/up"}))
+    errors: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        with pytest.raises(cb.MediaError) as info:
+            await reply.send_media(b"data", filename="a.txt")
+        errors.append(str(info.value))
+        await reply.send_media(b"data", filename="a.txt")  # the next answer is the CDN's
+
+    async with bridged(emu, agent):
+        emu.user_says("u", "file")
+        with trio.fail_after(60):
+            sent = await emu.next_sent()
+    assert sent.item["type"] == 4
+    assert emu.calls("up") == []  # nothing was posted where the bad answer pointed
+    assert errors == [
+        "refusing to upload media to '169.254.169.254', where getuploadurl pointed: not an "
+        "allowed host (add it to MediaPolicy.allowed_hosts if you trust it)"
+    ]

@@ -45,6 +45,7 @@ TOKEN_KEY: Final = "token"  # store keys written by `weixin-login`
 BASE_URL_KEY: Final = "base_url"
 CONTEXT_TOKEN_PREFIX: Final = "context_token:"
 QUOTA_MEMORY: Final = 4096  # inbound messages whose reply count we remember
+TYPING_TICKETS: Final = 4096  # peers whose typing ticket we remember
 
 
 class SessionPausedError(SendError):
@@ -136,31 +137,40 @@ class _Ticket:
 class _TypingTickets:
     """Per-peer typing tickets from ``getconfig``, refreshed as the reference cache does.
 
-    See ``docs/protocols/weixin.md#typing``.
+    See ``docs/protocols/weixin.md#typing``. At most :data:`TYPING_TICKETS` peers are kept,
+    the least recently used going first: a bot with many users keeps a bounded table.
     """
 
     def __init__(self, rand: Callable[[], float]) -> None:
-        self._entries: dict[str, _Ticket] = {}
+        self._entries: OrderedDict[str, _Ticket] = OrderedDict()
         self._random = rand
 
     async def get(self, client: ILinkClient, peer: str, context_token: str | None) -> str:
         now = trio.current_time()
         entry = self._entries.get(peer)
-        if entry is not None and now < entry.next_fetch:
-            return entry.ticket
+        if entry is not None:
+            self._entries.move_to_end(peer)
+            if now < entry.next_fetch:
+                return entry.ticket
         try:
             answer = await client.get_config(peer, context_token)
             ticket = p.read_str(answer, "typing_ticket") or ""
-            self._entries[peer] = _Ticket(ticket, now + self._random() * p.CONFIG_CACHE_TTL)
+            self._keep(peer, _Ticket(ticket, now + self._random() * p.CONFIG_CACHE_TTL))
             return ticket
         except (ILinkError, ConnectorError, ProtocolError) as exc:
             log.debug("getconfig for typing failed: %s", exc)
             if entry is None:
-                self._entries[peer] = _Ticket("", now + p.CONFIG_RETRY_INITIAL)
+                self._keep(peer, _Ticket("", now + p.CONFIG_RETRY_INITIAL))
                 return ""
             entry.retry = min(2 * entry.retry, p.CONFIG_RETRY_MAX)
             entry.next_fetch = now + entry.retry
             return entry.ticket
+
+    def _keep(self, peer: str, ticket: _Ticket) -> None:
+        self._entries[peer] = ticket
+        self._entries.move_to_end(peer)
+        while len(self._entries) > TYPING_TICKETS:
+            self._entries.popitem(last=False)
 
 
 class Connector(base.Connector):
@@ -434,7 +444,7 @@ class Connector(base.Connector):
         self._guard.check()
         client = await self._get_client()
         try:
-            return await _media.upload(client, peer, data, filename, kind)
+            return await _media.upload(client, self.media_policy, peer, data, filename, kind)
         except (ILinkError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
 

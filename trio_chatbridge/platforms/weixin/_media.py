@@ -13,6 +13,7 @@ import hashlib
 import mimetypes
 import secrets
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -105,11 +106,17 @@ def upload_type(filename: str, kind: str | None = None) -> p.UploadMediaType:
 
 
 async def upload(
-    client: ILinkClient, to_user: str, data: bytes, filename: str, kind: str | None = None
+    client: ILinkClient,
+    policy: MediaPolicy,
+    to_user: str,
+    data: bytes,
+    filename: str,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Encrypt and upload ``data``; returns the ``item_list`` entry that sends it.
 
-    See ``docs/protocols/weixin.md#media-upload``.
+    See ``docs/protocols/weixin.md#media-upload``. The upload URL comes from the server, so
+    it obeys ``policy`` as a download's does (http or https, an allowed host or the CDN's).
     """
     media_type = upload_type(filename, kind)
     filekey = secrets.token_hex(16)
@@ -128,6 +135,14 @@ async def upload(
         }
     )
     url = client.upload_url(answer, filekey)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not policy.allows(
+        parts.hostname or "", client.cdn_host
+    ):
+        raise MediaError(
+            f"refusing to upload media to {parts.hostname!r}, where getuploadurl pointed: not an "
+            "allowed host (add it to MediaPolicy.allowed_hosts if you trust it)"
+        )
     download_param = await _post_ciphertext(client.http, url, ciphertext)
     # The outbound aes_key is base64 of the hex digits, not of the raw key [7.1 step 8].
     media = {
