@@ -400,7 +400,8 @@ class LongConnection(base.Connector):
         except WeComError as exc:
             if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
                 raise
-            await self._command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat, **body})
+            if not self._answered_before(target, exc):
+                await self._command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat, **body})
         return Sent(PLATFORM, chat, kind_of(content))
 
     async def send_first(self, chat_id: str, content: Content) -> Sent:
@@ -496,6 +497,16 @@ class LongConnection(base.Connector):
                 raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
         raise AssertionError("unreachable")  # the loop returns or raises
 
+    def _answered_before(self, target: Message, exc: WeComError) -> bool:
+        """Whether ``exc`` says ``target`` was answered by an earlier process: 846608 for a
+        callback of one (its run killed after answering, the message replayed). Counted in
+        ``already_answered``; nothing more is to be sent, and the run counts as done."""
+        if exc.errcode != f.STREAM_EXPIRED or target.reply_handle.get("life") == self._life:
+            return False
+        self.ctx.count("already_answered")
+        log.info("wecom bot %s: %s was answered already (%s)", self.account, target.id, exc)
+        return True
+
     def _lost(self, link: Link) -> None:
         """``link`` closed: if it was the current one, replies wait for the next from now on."""
         if self._link is link:
@@ -567,8 +578,8 @@ class _Stream(base.CoalescingStream):
         self.stream_id = _new_stream_id()
         self.frames = 0
         handle = target.reply_handle
-        self._replayed = handle.get("life") != connector._life  # from an earlier process
-        answer_by = None if self._replayed else handle.get("answer_by")
+        answer_by = handle.get("answer_by") if handle.get("life") == connector._life else None
+        # None: a callback of an earlier process (replayed), its window unknown here
         self._finish_by = answer_by - FINISH_MARGIN if isinstance(answer_by, float) else None
 
     async def pump(self) -> None:
@@ -601,6 +612,7 @@ class _Stream(base.CoalescingStream):
         it was answered before (by a run killed after it finished its stream, now replayed):
         nothing more is sent, and the run counts as done.
         """
+        chat = self._target.reply_handle["chatid"]
         shown = len(self._sent_text)
         try:
             if not self._target.reply_handle.get("req_id"):
@@ -613,22 +625,17 @@ class _Stream(base.CoalescingStream):
         except WeComError as exc:
             if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
                 raise
-            if exc.errcode == f.STREAM_EXPIRED and not self.frames and self._replayed:
-                # answered by the run of an earlier process, killed before it could say so
-                self._connector.ctx.count("already_answered")
-                log.info("wecom bot %s: %s was answered already", self._connector.account, exc)
+            if not self.frames and self._connector._answered_before(self._target, exc):
                 return
             # The callback is gone (an old connection's after a restart), answered already in
             # this run (by a card or media), or its window closed: what did not show goes
             # proactively, once (all of it, card first, if nothing of this stream showed).
             if not self.frames or exc.errcode == f.INVALID_REQ_ID:
                 if self._card is not None:
-                    await self._connector.send_first(
-                        self._target.reply_handle["chatid"], self._card
-                    )
+                    await self._connector.send_first(chat, self._card)
                 shown = 0
         if shown < len(text):
-            await self._connector.send_proactive(self._target.reply_handle["chatid"], text[shown:])
+            await self._connector.send_proactive(chat, text[shown:])
 
     def _too_late(self) -> bool:
         return self._finished or (
