@@ -940,6 +940,6 @@ async def test_an_upload_url_from_the_server_obeys_the_media_policy(
     assert sent.item["type"] == 4
     assert emu.calls("up") == []  # nothing was posted where the bad answer pointed
     assert errors == [
-        "refusing to upload media to '169.254.169.254', where getuploadurl pointed: not an "
-        "allowed host (add it to MediaPolicy.allowed_hosts if you trust it)"
+        "refusing to upload media to '169.254.169.254': not an allowed host "
+        "(add it to MediaPolicy.allowed_hosts if you trust it)"
     ]

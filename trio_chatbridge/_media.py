@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Final, final
+from typing import Any, Final, final
 from urllib.parse import urlsplit
 
 import attrs
@@ -59,17 +59,9 @@ async def fetch(
     http: httpx.AsyncClient, url: str, policy: MediaPolicy, also_host: str = ""
 ) -> bytes:
     """GET ``url`` under ``policy``; raises :class:`MediaError` saying what was refused."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not policy.allows(parts.hostname or "", also_host):
-        raise MediaError(
-            f"refusing to download media from {parts.hostname!r}: not an allowed host "
-            "(add it to MediaPolicy.allowed_hosts if you trust it)"
-        )
     try:
         with trio.fail_after(policy.timeout):
-            request = http.build_request("GET", url)
-            if isinstance(http._transport, httpx.AsyncHTTPTransport):  # the network, not a mock
-                request = await _pinned(request, policy)
+            request = await guarded_request(http, "GET", url, policy, also_host)
             return await _get_capped(http, request, policy.max_bytes)
     except trio.TooSlowError as exc:
         raise MediaError(f"media download took longer than {policy.timeout} s") from exc
@@ -77,7 +69,31 @@ async def fetch(
         raise MediaError(f"media download failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def _pinned(request: httpx.Request, policy: MediaPolicy) -> httpx.Request:
+async def guarded_request(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    policy: MediaPolicy,
+    also_host: str = "",
+    *,
+    verb: str = "download media from",
+    **options: Any,
+) -> httpx.Request:
+    """A request to ``url`` that ``policy`` allows, by name then by address (see above), for
+    ``http.send``; :class:`MediaError` saying what was refused (``verb`` says what for)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not policy.allows(parts.hostname or "", also_host):
+        raise MediaError(
+            f"refusing to {verb} {parts.hostname!r}: not an allowed host "
+            "(add it to MediaPolicy.allowed_hosts if you trust it)"
+        )
+    request = http.build_request(method, url, **options)
+    if isinstance(http._transport, httpx.AsyncHTTPTransport):  # the network, not a mock
+        request = await _pinned(request, policy, verb)
+    return request
+
+
+async def _pinned(request: httpx.Request, policy: MediaPolicy, verb: str) -> httpx.Request:
     """``request`` sent to the one address its host was resolved to and checked against
     ``policy`` (the Host header and TLS server name stay the host's name)."""
     host = request.url.host
@@ -96,7 +112,7 @@ async def _pinned(request: httpx.Request, policy: MediaPolicy) -> httpx.Request:
     for address in addresses:
         if not policy.private_addresses and not ipaddress.ip_address(address).is_global:
             raise MediaError(
-                f"refusing to download media from {host!r}: it resolves to {address}, not a "
+                f"refusing to {verb} {host!r}: it resolves to {address}, not a "
                 "public address (set MediaPolicy.private_addresses if that is intended)"
             )
     if not addresses:

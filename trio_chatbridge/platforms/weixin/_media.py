@@ -13,18 +13,19 @@ import hashlib
 import mimetypes
 import secrets
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import httpx
 import trio
 
 from ..._errors import MediaError, ProtocolError
-from ..._media import MediaPolicy, fetch
+from ..._json import read_body
+from ..._media import MediaPolicy, fetch, guarded_request
 from ..._messages import Media
 from . import _crypto
 from . import _protocol as p
 from ._api import ILinkClient
 
+ERROR_PEEK: Final = 64 * 1024  # bytes of a CDN answer read at most (its error message)
 DEFAULT_ALLOWED_HOSTS: Final = (
     "novac2c.cdn.weixin.qq.com",
     "ilinkai.weixin.qq.com",
@@ -135,15 +136,7 @@ async def upload(
         }
     )
     url = client.upload_url(answer, filekey)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not policy.allows(
-        parts.hostname or "", client.cdn_host
-    ):
-        raise MediaError(
-            f"refusing to upload media to {parts.hostname!r}, where getuploadurl pointed: not an "
-            "allowed host (add it to MediaPolicy.allowed_hosts if you trust it)"
-        )
-    download_param = await _post_ciphertext(client.http, url, ciphertext)
+    download_param = await _post_ciphertext(client, policy, url, ciphertext)
     # The outbound aes_key is base64 of the hex digits, not of the raw key [7.1 step 8].
     media = {
         "encrypt_query_param": download_param,
@@ -168,19 +161,37 @@ async def upload(
     }
 
 
-async def _post_ciphertext(http: httpx.AsyncClient, url: str, ciphertext: bytes) -> str:
+async def _post_ciphertext(
+    client: ILinkClient, policy: MediaPolicy, url: str, ciphertext: bytes
+) -> str:
+    """POST the ciphertext where ``getuploadurl`` said, three attempts (a 4xx aborts); the URL
+    came from the network, so it must pass ``policy`` first. Returns ``x-encrypted-param``."""
     last = "no attempt made"
     for _ in range(p.UPLOAD_ATTEMPTS):
+        request = await guarded_request(
+            client.http,
+            "POST",
+            url,
+            policy,
+            client.cdn_host,
+            verb="upload media to",
+            content=ciphertext,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         try:
             with trio.fail_after(p.API_TIMEOUT * 4):
-                response = await http.post(
-                    url, content=ciphertext, headers={"Content-Type": "application/octet-stream"}
-                )
-        except (httpx.HTTPError, trio.TooSlowError) as exc:
+                response = await client.http.send(request, stream=True)
+                try:
+                    answer = await read_body(response, "CDN upload answer", max_bytes=ERROR_PEEK)
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, trio.TooSlowError, ProtocolError) as exc:
             last = f"{type(exc).__name__}: {exc}"
             continue
         if 400 <= response.status_code < 500:
-            reason = response.headers.get("x-error-message") or response.text[:200]
+            reason = response.headers.get("x-error-message") or answer[:200].decode(
+                errors="replace"
+            )
             raise MediaError(f"CDN refused the upload (HTTP {response.status_code}): {reason}")
         param: str | None = response.headers.get("x-encrypted-param")
         if response.status_code == 200 and param:
