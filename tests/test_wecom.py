@@ -146,6 +146,29 @@ async def test_a_burst_answers_the_latest_and_closes_the_earlier_callbacks(
     assert (replies[1].req_id, replies[1].text) == (second, "hi\nhow are you")
 
 
+async def test_a_batchs_earlier_callbacks_are_closed_concurrently(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.ack_delay = 2.0  # each close takes an ack round trip of 2 s
+    started: list[float] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        started.append(trio.current_time())
+        await reply.send(batch.text)
+
+    async with wecom_bridge(agent, emu=emu):
+        said = trio.current_time()
+        for text in ("a", "b", "c"):
+            emu.user_says("dave", text)
+        replies = [await emu.next_sent() for _ in range(3)]
+        assert emu.in_flight("dave") == 0
+    assert sorted(r.text for r in replies) == ["", "", "a\nb\nc"]
+    # 1 s window, then both earlier callbacks closed in one 2 s round trip (one after the
+    # other, the agent would have started 5 s after the burst).
+    assert started[0] - said == pytest.approx(3.0, abs=0.1)
+
+
 async def test_the_emulated_user_can_only_have_three_messages_in_flight(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

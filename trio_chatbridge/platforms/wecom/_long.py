@@ -348,16 +348,22 @@ class LongConnection(base.Connector):
 
         Only the latest message's callback carries the answer; the others would stay open and
         hold the user's few in-flight messages, so each gets a finished stream of
-        ``earlier_reply`` (empty by default).
+        ``earlier_reply`` (empty by default). They have distinct req_ids, so they are closed
+        concurrently: one ack round trip before the agent starts, not one per message. A
+        refused close is logged; it never keeps the agent from running.
         """
-        for message in batch.messages[:-1]:
-            req_id = message.reply_handle.get("req_id")
-            if req_id:
-                try:
-                    await self._respond_stream(req_id, self.earlier_reply, _new_stream_id(), True)
-                except (WeComError, ConnectorError, SendError) as exc:
-                    log.info("wecom bot %s: closing callback %s: %s", self.account, req_id, exc)
+        async with trio.open_nursery() as nursery:
+            for message in batch.messages[:-1]:
+                req_id = message.reply_handle.get("req_id")
+                if req_id:
+                    nursery.start_soon(self._close_callback, req_id)
         yield
+
+    async def _close_callback(self, req_id: str) -> None:
+        try:
+            await self._respond_stream(req_id, self.earlier_reply, _new_stream_id(), True)
+        except (WeComError, ConnectorError, SendError) as exc:
+            log.info("wecom bot %s: closing callback %s: %s", self.account, req_id, exc)
 
     async def send(self, target: Message, text: str) -> None:
         """Answer ``target`` with one finished stream frame (overflow as proactive messages)."""
