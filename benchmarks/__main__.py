@@ -9,12 +9,14 @@ from .bot import BENCHMARKS as BOT
 from .core import BENCHMARKS as CORE
 from .embed import BENCHMARKS as EMBED
 from .lark import BENCHMARKS as LARK
+from .model import BENCHMARKS as MODEL
 from .wecom import BENCHMARKS as WECOM
 from .weixin import BENCHMARKS as WEIXIN
 
 ALL = {**CORE, **WEIXIN, **WECOM, **LARK}
 ALL.update(EMBED)
 ALL.update(BOT)
+ALL.update(MODEL)
 
 
 def main(names: list[str]) -> int:
