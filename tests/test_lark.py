@@ -22,6 +22,7 @@ from support import (
 )
 
 import trio_chatbridge as cb
+from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _connector as lark_connector
 from trio_chatbridge.testing import LarkEmulator, open_bridge
@@ -683,3 +684,22 @@ async def test_fragments_waiting_are_bounded_in_number_and_bytes(
         assert (await emu.next_sent()).text == "through"
         assert bridge.stats().protocol_errors == 1
         assert bridge.stats().reconnects == 0
+
+
+async def test_handlers_of_other_events_are_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    started: list[str] = []
+
+    async def on_event(envelope: Any) -> None:
+        started.append(envelope["header"]["event_id"])
+        await trio.sleep_forever()  # a handler that never ends
+
+    async with lark_bridge(connector_options={"on_event": on_event}) as (emu, bridge):
+        for n in range(MAX_HANDLERS + 5):
+            emu.push_event({"header": {"event_id": f"e{n}", "event_type": "im.chat.updated"}})
+        emu.user_says("ou_pat", "still answered")
+        with trio.fail_after(60):
+            assert (await emu.next_sent()).text == "still answered"
+        assert len(started) == MAX_HANDLERS
+        assert bridge.stats().other["lark.events_dropped"] == 5

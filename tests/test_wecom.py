@@ -25,6 +25,7 @@ from support import (
 )
 
 import trio_chatbridge as cb
+from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge.platforms import wecom
 from trio_chatbridge.platforms.wecom import _crypto
 from trio_chatbridge.platforms.wecom._frames import STREAM_LIMIT
@@ -999,3 +1000,19 @@ async def test_a_message_answered_before_its_run_was_killed_ends_done_when_repla
         entry = await store.journal_entry(("wecom", "emulator-bot", "m-1"))
         assert entry is not None and entry.state == "done"
     assert [s.text for s in emu.sent] == ["the answer"]
+
+
+async def test_event_handlers_are_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    async def welcome(event: wecom.WeComEvent) -> str:
+        await trio.sleep(10)  # past the 5 s: no welcome goes out
+        return "too late"
+
+    async with wecom_bridge(connector_options={"welcome": welcome}) as (emu, bridge):
+        for n in range(MAX_HANDLERS + 5):
+            emu.user_enters(f"user-{n}")
+        emu.user_says("quinn", "still answered")
+        with trio.fail_after(60):
+            assert (await emu.next_sent()).text == "still answered"
+        await trio.sleep(6)
+        assert bridge.stats().other["wecom.events_dropped"] == 5
+        assert bridge.stats().other["wecom.late_welcomes"] == MAX_HANDLERS

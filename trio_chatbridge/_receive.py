@@ -12,9 +12,10 @@ the loop and every good message around it carry on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar, TypeVarTuple
 
+import attrs
 import trio
 
 from ._errors import ProtocolError
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 
 log = logging.getLogger("trio_chatbridge.receive")
 
@@ -69,6 +71,46 @@ def skip_bad(ctx: ConnectorContext, what: str, exc: Exception) -> None:
         exc,
         exc_info=None if isinstance(exc, ProtocolError) else exc,
     )
+
+
+MAX_HANDLERS: Final = 100
+"""Event handlers (a user's ``on_event``, welcomes) running at once on one connection."""
+
+
+@attrs.define
+class Handlers:
+    """Tasks running handlers of events: at most ``limit`` at once, so a flood of events cannot
+    grow tasks without bound. An event beyond that is not handled: counted in
+    ``events_dropped`` and logged."""
+
+    limit: int = MAX_HANDLERS
+    running: int = 0
+
+    def start(
+        self,
+        ctx: ConnectorContext,
+        nursery: trio.Nursery,
+        handler: Callable[[*Ts], Awaitable[object]],
+        *args: *Ts,
+    ) -> None:
+        """Run ``handler(*args)`` in ``nursery`` if a slot is free."""
+        if self.running >= self.limit:
+            ctx.count("events_dropped")
+            log.warning(
+                "%s:%s: %d event handlers busy; an event was dropped",
+                ctx.platform,
+                ctx.account,
+                self.running,
+            )
+            return
+        self.running += 1
+        nursery.start_soon(self._run, handler, *args)
+
+    async def _run(self, handler: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
+        try:
+            await handler(*args)
+        finally:
+            self.running -= 1
 
 
 def clamp(value: object, low: float, high: float, default: float) -> float:

@@ -42,7 +42,7 @@ from ..._errors import (
 )
 from ..._json import json_object
 from ..._messages import Message
-from ..._receive import Skipped, parse_or_skip, rearm, receive_burst
+from ..._receive import Handlers, Skipped, parse_or_skip, rearm, receive_burst
 from . import _frames as fr
 from . import _outbound as out
 from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
@@ -147,6 +147,7 @@ class LongConnection(base.Connector):
         self._write_lock = trio.Lock()
         self._config_changed = trio.Event()
         self._seen_events: OrderedDict[str, None] = OrderedDict()
+        self._handlers = Handlers()  # on_event tasks, bounded
 
     def __repr__(self) -> str:
         return f"lark.LongConnection(app_id={self.account!r})"
@@ -376,7 +377,7 @@ class LongConnection(base.Connector):
                     self._seen_events.popitem(last=False)
             self.ctx.count("other_events")
             if self.on_event is not None:
-                nursery.start_soon(self._user_event, envelope)
+                self._handlers.start(self.ctx, nursery, self._user_event, envelope)
             return None
         message = to_message(self.account, envelope, self.bot_open_id)
         if message is None or not self._wanted(message):

@@ -38,7 +38,7 @@ from ..._errors import (
 )
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
-from ..._receive import Skipped, parse_or_skip, rearm, receive_burst
+from ..._receive import Handlers, Skipped, parse_or_skip, rearm, receive_burst
 from . import _crypto
 from . import _frames as f
 from . import _outbound as out
@@ -141,6 +141,7 @@ class LongConnection(base.Connector):
         self._own_http: httpx.AsyncClient | None = None
         self._open_websocket = open_websocket
         self._link: Link | None = None
+        self._handlers = Handlers()  # welcome and on_event tasks, bounded
         self._link_up = trio.Event()  # set while there is a link; a new one once it is lost
         # the windows in reply handles are on this process's Trio clock: this says whose
         self._life = secrets.token_hex(8)
@@ -255,7 +256,7 @@ class LongConnection(base.Connector):
                     "(disconnected_event); not reconnecting, which would only kick that one out. "
                     "Run one connection per bot."
                 )
-            nursery.start_soon(self._event, frame, str(eventtype))
+            self._handlers.start(self.ctx, nursery, self._event, frame, str(eventtype))
         else:
             self.ctx.count("unknown_commands")
             log.info("wecom bot %s: ignored frame with cmd %r", self.account, frame.cmd)
