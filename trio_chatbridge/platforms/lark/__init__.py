@@ -1,5 +1,6 @@
 """Lark/Feishu bots: events over the long connection (protobuf frames), replies by open API."""
 
+from ._answer import CardAnswer as CardAnswer
 from ._api import FEISHU as FEISHU
 from ._api import LARK as LARK
 from ._api import ClientConfig as ClientConfig
@@ -16,6 +17,7 @@ from ._outbound import EditBudget as EditBudget
 __all__ = [
     "FEISHU",
     "LARK",
+    "CardAnswer",
     "ClientConfig",
     "EditBudget",
     "Frame",

@@ -45,6 +45,7 @@ from ..._messages import Message
 from ..._receive import Handlers, Skipped, parse_or_skip, rearm, receive_burst
 from . import _frames as fr
 from . import _outbound as out
+from ._answer import CARD_ACTION, CardAnswer
 from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
 from ._convert import MESSAGE_EVENT, PLATFORM, to_message
 
@@ -61,6 +62,9 @@ MAX_PARTIAL_BYTES: Final = 4 * MAX_EVENT_BYTES  # bytes those hold in all; the o
 SEEN_EVENTS: Final = 10_000  # event ids remembered against re-pushes of non-message events
 PUT_BATCH: Final = 100  # events journaled together at most (each ACKed once its put returned)
 ACK_OK: Final = b'{"code":200}'  # every event is ACKed 200: a retry would bring the same bytes
+# seconds on_card_action may take: its answer rides on the ACK, due within 3 s
+# (docs/protocols/lark.md#card-actions); the rest is left for the journal and the network
+CARD_ANSWER_WITHIN: Final = 2.0
 STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
 EXCEED_CONN_LIMIT: Final = 1000040350
 AUTH_FAILED: Final = 514
@@ -70,6 +74,7 @@ REPLY_FALLBACK: Final = frozenset({230011, 230019, 230050, 230071, 230072, 23011
 
 OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
 EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
+CardHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[CardAnswer | None]]
 
 
 def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
@@ -83,6 +88,13 @@ class _Partial:
     parts: list[bytes | None]
     expires: float
     size: int = 0  # bytes held
+
+
+@attrs.frozen
+class _CardAction:
+    """A card action whose ACK waits for ``on_card_action``'s answer."""
+
+    envelope: Mapping[str, Any]
 
 
 def classify_handshake(exc: ConnectionRejected) -> Exception:
@@ -109,8 +121,13 @@ class LongConnection(base.Connector):
 
     Group messages are handled only when they @-mention the bot, unless
     ``group_messages="all"``; the bot's own messages are ignored. Other event types go to
-    ``on_event(envelope)``. ``edit_budget`` says how streamed replies spend Lark's edits
-    (by default one edit a second, at most 20: the platform's limit per message).
+    ``on_event(envelope)``, except card actions (``card.action.trigger``) when
+    ``on_card_action(envelope)`` is given: what it returns, a :class:`CardAnswer` (a toast
+    and/or a replacement card) or None, is sent in that event's ACK. It has
+    ``card_answer_within`` seconds (default 2, the platform allows 3); when it takes longer it
+    is cancelled, and when it fails the ACK goes plain. ``edit_budget`` says how streamed
+    replies spend Lark's edits (by default one edit a second, at most 20: the platform's limit
+    per message).
     """
 
     platform = PLATFORM
@@ -124,6 +141,8 @@ class LongConnection(base.Connector):
         bot_open_id: str | None = None,
         group_messages: Literal["mentioned", "all"] = "mentioned",
         on_event: EventHandler | None = None,
+        on_card_action: CardHandler | None = None,
+        card_answer_within: float = CARD_ANSWER_WITHIN,
         ping_grace: float = PING_GRACE,
         stream_interval: float = STREAM_INTERVAL,
         edit_budget: out.EditBudget | None = None,
@@ -137,6 +156,8 @@ class LongConnection(base.Connector):
         self.bot_open_id = bot_open_id
         self.group_messages = group_messages
         self.on_event = on_event
+        self.on_card_action = on_card_action
+        self.card_answer_within = card_answer_within
         self.ping_grace = ping_grace
         self.stream_interval = stream_interval
         self.edit_budget: out.EditBudget = edit_budget or out.EditBudget(stream_interval)
@@ -336,6 +357,7 @@ class LongConnection(base.Connector):
 
         The events waiting together go in one put (one journal write), and each is ACKed
         once that put returned: never before its message is durable, never after an agent.
+        A card action answered by ``on_card_action`` is ACKed on its own, by :meth:`_answer`.
         """
         while True:
             try:
@@ -344,6 +366,7 @@ class LongConnection(base.Connector):
                 return
             started = time.perf_counter()
             messages: list[Message] = []
+            acks: list[fr.Frame] = []
             for frame in batch:
                 if frame.header("type") == "event":
                     message = parse_or_skip(
@@ -351,13 +374,47 @@ class LongConnection(base.Connector):
                     )
                     if isinstance(message, Message):
                         messages.append(message)
+                    elif isinstance(message, _CardAction):
+                        nursery.start_soon(self._answer, ws, frame, message.envelope)
+                        continue
+                acks.append(frame)
             if messages:
                 await self.ctx.put(messages)
             biz_rt = str(int((time.perf_counter() - started) * 1000))
-            await self._send(ws, *(frame.ack(ACK_OK, biz_rt=biz_rt) for frame in batch))
+            await self._send(ws, *(frame.ack(ACK_OK, biz_rt=biz_rt) for frame in acks))
 
-    def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | None:
-        """The message to put for one event, if it brings one; anything else is handled here.
+    async def _answer(
+        self, ws: WebSocketConnection, frame: fr.Frame, envelope: Mapping[str, Any]
+    ) -> None:
+        """ACK a card action with ``on_card_action``'s answer, or plain once
+        ``card_answer_within`` is over (the handler is then cancelled) or if it failed."""
+        assert self.on_card_action is not None
+        started = time.perf_counter()
+        payload = ACK_OK
+        with trio.move_on_after(self.card_answer_within) as bound:
+            try:
+                answer = await self.on_card_action(envelope)
+                if answer is not None:
+                    payload = answer.ack()
+            except Exception:
+                self.ctx.count("card_answer_failures")
+                log.exception("Lark app %s: on_card_action failed", self.account)
+        if bound.cancelled_caught:
+            self.ctx.count("card_answers_late")
+            log.warning(
+                "Lark app %s: no card answer within %.1f s: ACKed without one",
+                self.account,
+                self.card_answer_within,
+            )
+        biz_rt = str(int((time.perf_counter() - started) * 1000))
+        try:
+            await self._send(ws, frame.ack(payload, biz_rt=biz_rt))
+        except ConnectionClosed:
+            return  # the reader reports the closed socket; the platform pushes the event again
+
+    def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | _CardAction | None:
+        """The message to put for one event, if it brings one; the card action to answer in
+        its ACK, if ``on_card_action`` takes it; anything else is handled here.
 
         Every event is ACKed 200, a bad one too (the caller counts and logs it): a retry would
         bring the same bytes.
@@ -376,6 +433,8 @@ class LongConnection(base.Connector):
                 while len(self._seen_events) > SEEN_EVENTS:
                     self._seen_events.popitem(last=False)
             self.ctx.count("other_events")
+            if self.on_card_action is not None and _event_type(header) == CARD_ACTION:
+                return _CardAction(envelope)
             if self.on_event is not None:
                 self._handlers.start(self.ctx, nursery, self._user_event, envelope)
             return None
@@ -503,6 +562,10 @@ class _EditedStream(base.CoalescingStream):
 
     async def final(self, text: str) -> None:
         await self._show(text)  # nothing written: nothing sent
+
+
+def _event_type(header: object) -> object:
+    return header.get("event_type") if isinstance(header, dict) else None
 
 
 def _service_id(url: str) -> int:

@@ -1,0 +1,138 @@
+"""A Lark bot answers a card action in the event's ACK: a toast and/or a replacement card."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from support import echo, emulator_bridge
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import lark
+from trio_chatbridge.testing import LarkEmulator
+
+CARD = {"config": {"update_multi": True}, "elements": [{"tag": "markdown", "content": "done"}]}
+
+
+def card_action(event_id: str) -> dict[str, Any]:
+    return {
+        "schema": "2.0",
+        "header": {"event_id": event_id, "event_type": "card.action.trigger"},
+        "event": {"operator": {"open_id": "ou_ann"}, "action": {"value": {"ok": 1}}},
+    }
+
+
+@asynccontextmanager
+async def answering(
+    on_card_action: lark._connector.CardHandler, **options: Any
+) -> AsyncIterator[tuple[LarkEmulator, cb.Bridge]]:
+    emu = LarkEmulator()
+    connector = {"random": lambda: 0.0, "on_card_action": on_card_action, **options}
+    async with emulator_bridge(emu, lambda: emu.connector(**connector), echo) as bridge:
+        yield emu, bridge
+
+
+def answers(emu: LarkEmulator) -> list[Any]:
+    return [a.detail for a in emu.activity if a.kind == "card_answer"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            lark.CardAnswer("saved", "success", cb.Card(CARD)),
+            {
+                "toast": {"type": "success", "content": "saved"},
+                "card": {"type": "raw", "data": CARD},
+            },
+        ),
+        (lark.CardAnswer("noted"), {"toast": {"type": "info", "content": "noted"}}),
+        (lark.CardAnswer(card=cb.Card(CARD)), {"card": {"type": "raw", "data": CARD}}),
+    ],
+)
+async def test_the_answer_rides_on_the_ack(
+    autojump_clock: trio.testing.MockClock, answer: lark.CardAnswer, expected: Any
+) -> None:
+    seen: list[Mapping[str, Any]] = []
+    other: list[Any] = []
+
+    async def on_card_action(envelope: Mapping[str, Any]) -> lark.CardAnswer:
+        seen.append(envelope)
+        await trio.sleep(1.5)  # within the bound
+        return answer
+
+    async def on_event(envelope: Any) -> None:
+        other.append(envelope)
+
+    async with answering(on_card_action, on_event=on_event) as (emu, _):
+        frame_id = emu.push_event(card_action("ev-1"))
+        await trio.sleep(5)  # past the platform's 3 s: a late ACK would have brought a re-push
+        assert [(a.id, a.detail) for a in emu.activity if a.kind == "card_answer"] == [
+            (frame_id, expected)
+        ]
+    assert [e["header"]["event_id"] for e in seen] == ["ev-1"]
+    assert other == []  # card actions go to on_card_action, not on_event
+    assert emu.acks == [200]
+
+
+def test_the_ack_payload_is_the_platforms_shape() -> None:
+    payload = json.loads(lark.CardAnswer("hi", "warning").ack())
+    assert payload["code"] == 200
+    assert json.loads(base64.b64decode(payload["data"])) == {
+        "toast": {"type": "warning", "content": "hi"}
+    }
+    assert json.loads(base64.b64decode(json.loads(lark.CardAnswer().ack())["data"])) == {}
+
+
+async def test_a_slow_answer_is_dropped_and_blocks_no_other_ack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cancelled: list[bool] = []
+
+    async def on_card_action(envelope: Mapping[str, Any]) -> lark.CardAnswer:
+        try:
+            await trio.sleep(60)
+        except trio.Cancelled:
+            cancelled.append(True)
+            raise
+        return lark.CardAnswer("too late")
+
+    async with answering(on_card_action, card_answer_within=2.5) as (emu, bridge):
+        start = trio.current_time()
+        emu.push_event(card_action("ev-slow"))
+        emu.user_says("ou_ann", "hello")
+        assert (await emu.next_sent()).text == "hello"
+        assert emu.acks == [200]  # the message's, while the card action's answer is awaited
+        await trio.sleep_until(start + 2.4)
+        assert emu.acks == [200]  # 2.4 s in: still waiting for the answer
+        await trio.sleep_until(start + 2.6)
+        assert emu.acks == [200, 200]  # 2.6 s in: the bound is over, ACKed plain
+        await trio.sleep(5)
+        assert bridge.stats().other["lark.card_answers_late"] == 1
+    assert emu.acks == [200, 200]  # plain, in time: no re-push
+    assert answers(emu) == [] and cancelled == [True]
+
+
+async def test_a_failed_answer_leaves_the_ack_plain(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def on_card_action(envelope: Mapping[str, Any]) -> lark.CardAnswer | None:
+        if envelope["header"]["event_id"] == "ev-none":
+            return None
+        raise ValueError("bug in the bot")
+
+    async with answering(on_card_action) as (emu, bridge):
+        emu.push_event(card_action("ev-bad"))
+        emu.push_event(card_action("ev-none"))
+        emu.push_event(card_action("ev-bad"))  # a re-push: answered once, ACKed plain
+        await trio.sleep(5)
+        assert bridge.stats().other["lark.card_answer_failures"] == 1
+        assert bridge.stats().other["lark.duplicate_events"] == 1
+    assert emu.acks == [200, 200, 200]
+    assert answers(emu) == []
