@@ -351,3 +351,38 @@ async def test_sqlite_add_cancelled_once_its_commit_began_is_written(tmp_path: P
         assert added == [[True]]
         assert scope.cancelled_caught
         assert [m.id for m in await store.journal_pending()] == ["gated"]  # ...journaled
+
+
+async def test_sqlite_writer_cancelled_before_its_thread_ran_leaves_the_others_queued(
+    tmp_path: Path,
+) -> None:
+    # The writer whose turn it is waits for the connection (a key-value write holds it,
+    # itself waiting for the file's lock) and is cancelled there: its turn was never written,
+    # so it raises Cancelled (not "begun"), and the writes queued after it are written next
+    # (not answered as duplicates of a commit that never happened).
+    cancelled, kept = fake.message("cancelled", id="cancelled"), fake.message("kept", id="kept")
+    results: list[list[bool]] = []
+    async with cb.SQLiteStore(tmp_path / "turn.db") as store:
+        with trio.fail_after(10), _file_locked(tmp_path / "turn.db") as release:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.set, "fake", "bot", "key", "value")
+                await trio.testing.wait_all_tasks_blocked()  # the set holds the connection
+                scope = trio.CancelScope()
+
+                async def add_cancelled() -> None:
+                    with scope:
+                        await store.journal_add([cancelled])
+
+                async def add_kept() -> None:
+                    results.append(await store.journal_add([kept]))
+
+                nursery.start_soon(add_cancelled)
+                await trio.testing.wait_all_tasks_blocked()  # its turn waits for the connection
+                nursery.start_soon(add_kept)
+                await trio.testing.wait_all_tasks_blocked()  # queued behind it
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                release()
+        assert scope.cancelled_caught
+        assert results == [[True]]
+        assert [m.id for m in await store.journal_pending()] == ["kept"]

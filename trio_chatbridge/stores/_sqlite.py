@@ -177,17 +177,20 @@ class SQLiteStore(Store):
         self._waiting.append(write)
         try:
             async with self._writer:
-                if write.state == "queued":
+                if write.queued:
                     await self._commit_turn()
         except trio.Cancelled:
-            if write.state == "queued":  # not begun: withdrawn, nothing written
+            if write.queued:  # not begun: withdrawn, nothing written
                 self._waiting.remove(write)
                 raise
             # Begun: the thread finishes it anyway, so the call completes as the writer's own
             # does (trio.to_thread ignores a cancel); the cancellation stays pending on the
-            # caller's scope and takes effect at its next checkpoint.
+            # caller's scope and takes effect at its next checkpoint. Should its turn have
+            # been put back (its writer was cancelled before the thread began), it writes it.
             with trio.CancelScope(shield=True):
-                await write.written.wait()
+                async with self._writer:
+                    if write.queued:
+                        await self._commit_turn()
         if write.error is not None:
             raise write.error
 
@@ -203,10 +206,22 @@ class SQLiteStore(Store):
             turn.append(write)
         try:
             await self._call(functools.partial(_commit, turn))
+        except Exception as exc:  # the thread never ran it (the store was closed, say)
+            for write in turn:
+                write.error = write.error or exc
+            raise
+        except BaseException:
+            # Cancelled before the thread began (waiting for the connection, which another
+            # call held): nothing was written, so the turn goes back to the head of the queue
+            # for the next writer; a writer whose own write was in it is then "not begun".
+            for write in reversed(turn):
+                write.state = "queued"
+                self._waiting.appendleft(write)
+            turn = []
+            raise
         finally:
             for write in turn:
                 write.state = "written"
-                write.written.set()
 
     async def journal_pending(self) -> list[Message]:
         def select(db: sqlite3.Connection) -> list[str]:
@@ -335,11 +350,15 @@ class _Write:
     detail: float | str | None
     """The add's wall-clock time, or the done-mark's error text."""
     state: Literal["queued", "begun", "written"] = "queued"
-    written: trio.Event = attrs.Factory(trio.Event)
     inserted: set[JournalKey] = attrs.Factory(set)
     """For an add: the keys that were new."""
     error: Exception | None = None
     """Why this write failed (its own bad input, or the whole transaction's failure)."""
+
+    @property
+    def queued(self) -> bool:
+        """Waiting for a turn (a state that changes while its caller waits)."""
+        return self.state == "queued"
 
 
 def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
