@@ -14,6 +14,7 @@ import trio.testing
 from support import echo, emulator_bridge
 
 import trio_chatbridge as cb
+from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.testing import LarkEmulator
 
@@ -136,3 +137,21 @@ async def test_a_failed_answer_leaves_the_ack_plain(
         assert bridge.stats().other["lark.duplicate_events"] == 1
     assert emu.acks == [200, 200, 200]
     assert answers(emu) == []
+
+
+async def test_answers_share_the_bound_on_event_handlers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def on_card_action(envelope: Mapping[str, Any]) -> lark.CardAnswer:
+        await trio.sleep(1)
+        return lark.CardAnswer("ok")
+
+    async with answering(on_card_action) as (emu, bridge):
+        for n in range(MAX_HANDLERS + 3):
+            emu.push_event(card_action(f"ev-{n}"))
+        await trio.sleep(0.5)
+        assert emu.acks == [200] * 3  # beyond the bound: ACKed plain at once
+        await trio.sleep(4.5)
+        assert bridge.stats().other["lark.events_dropped"] == 3
+    assert emu.acks == [200] * (MAX_HANDLERS + 3)
+    assert len(answers(emu)) == MAX_HANDLERS

@@ -375,7 +375,9 @@ class LongConnection(base.Connector):
                     if isinstance(message, Message):
                         messages.append(message)
                     elif isinstance(message, _CardAction):
-                        nursery.start_soon(self._answer, ws, frame, message.envelope)
+                        self._handlers.start(
+                            self.ctx, nursery, self._answer, ws, frame, message.envelope
+                        )
                         continue
                 acks.append(frame)
             if messages:
@@ -434,7 +436,10 @@ class LongConnection(base.Connector):
                     self._seen_events.popitem(last=False)
             self.ctx.count("other_events")
             if self.on_card_action is not None and _event_type(header) == CARD_ACTION:
-                return _CardAction(envelope)
+                if self._handlers.running < self._handlers.limit:
+                    return _CardAction(envelope)  # answered in a handler slot, ACKed there
+                self.ctx.count("events_dropped")  # every slot busy: ACKed plain at once
+                return None
             if self.on_event is not None:
                 self._handlers.start(self.ctx, nursery, self._user_event, envelope)
             return None
