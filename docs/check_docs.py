@@ -1,6 +1,6 @@
-"""Check the docs: every Python block compiles, every ``cb.Name`` it uses exists, and every
-``docs/protocols/<page>.md#section`` that the code cites is a heading of that page, and every
-public name has a directive in docs/api.md. Given the built site's ``objects.inv``
+"""Check the docs: every Python block compiles, every ``cb.Name`` it uses exists, every ``json``
+block is JSON, every ``docs/protocols/<page>.md#section`` that the code cites is a heading of
+that page, and every public name has a directive in docs/api.md. Given the built site's ``objects.inv``
 (``--reference PATH``), also that the built API reference documents every public name.
 
 Run by ``nox -s docs``; exits non-zero with the page and line of each problem.
@@ -9,6 +9,7 @@ Run by ``nox -s docs``; exits non-zero with the page and line of each problem.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import re
 import sys
@@ -19,6 +20,7 @@ import trio_chatbridge
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+JSON_BLOCK = re.compile(r"^```json\n(.*?)^```", re.S | re.M)
 PUBLIC_NAME = re.compile(r"\bcb\.([A-Za-z_]+)")
 CITATION = re.compile(r"docs/protocols/(\w+\.md)#([\w-]+)")
 HEADING = re.compile(r"^#+ (.+)$", re.M)
@@ -123,6 +125,13 @@ def main(argv: list[str]) -> int:
             for name in PUBLIC_NAME.findall(code):
                 if not hasattr(trio_chatbridge, name):
                     problems.append(f"{page.name}:{line}: cb.{name} is not a public name")
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        # Sphinx (-W) refuses a json block it cannot highlight: placeholders go in text blocks
+        for match in JSON_BLOCK.finditer(page.read_text()):
+            try:
+                json.loads(match.group(1))
+            except ValueError as exc:
+                problems.append(f"{page.relative_to(ROOT)}: a json block is not JSON: {exc}")
     problems += citation_problems() + api_page_problems()
     if argv[:1] == ["--reference"]:
         problems += reference_problems(Path(argv[1]))
