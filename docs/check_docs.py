@@ -1,7 +1,8 @@
 """Check the docs: every Python block compiles, every ``cb.Name`` it uses exists, every ``json``
 block is JSON, every ``docs/protocols/<page>.md#section`` that the code cites is a heading of
-that page, and every public name has a directive in docs/api.md. Given the built site's ``objects.inv``
-(``--reference PATH``), also that the built API reference documents every public name.
+that page, and every public name has a directive in docs/api.md. Given the built site's
+``objects.inv`` (``--reference PATH``), also that the built API reference documents every
+public name.
 
 Run by ``nox -s docs``; exits non-zero with the page and line of each problem.
 """
