@@ -36,7 +36,7 @@ json_values = st.recursive(
         (b'{"a": 1', "not JSON"),
         (b"[1, 2]", "a JSON list, not an object"),
         (b'"text"', "a JSON str, not an object"),
-        (b'{"a": "' + b"x" * MAX_JSON_BYTES + b'"}', "over its 1048576-byte cap"),
+        (b'{"a": "' + b"x" * MAX_JSON_BYTES + b'"}', "over the 1048576-byte cap"),
         ('\ufeff{"a": 1}'.encode(), "not JSON"),
         ('{"a": 1}'.encode("utf-16"), "not UTF-8"),
     ],
@@ -49,7 +49,7 @@ def test_bad_input_is_a_protocol_error_saying_what_came(data: bytes | str, says:
 
 def test_the_cap_is_set_per_call_site() -> None:
     assert json_object(b'{"a": "0123456789"}', "x", max_bytes=19) == {"a": "0123456789"}
-    with pytest.raises(ProtocolError, match="over its 18-byte cap"):
+    with pytest.raises(ProtocolError, match="over the 18-byte cap"):
         json_object(b'{"a": "0123456789"}', "x", max_bytes=18)
 
 
@@ -126,15 +126,20 @@ async def test_a_body_is_read_with_a_cap_never_whole() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/announced":
             return httpx.Response(200, headers={"content-length": "99999999999999999999"})
+        if request.url.path == "/absurd":  # too many digits for int(): never a ValueError
+            return httpx.Response(200, headers={"content-length": "9" * 5000})
         if request.url.path == "/whole":
             return httpx.Response(200, content=b"x" * (MAX_JSON_BYTES + 1))
         return httpx.Response(200, content=endless())
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
         async with http.stream("GET", "http://127.0.0.1/endless") as response:
-            with pytest.raises(ProtocolError, match="runs over its 1048576-byte cap"):
+            with pytest.raises(ProtocolError, match="runs over the 1048576-byte cap"):
                 await read_body(response, "answer")
         assert len(sent) <= 17  # 1 MiB and one chunk, not 64 MiB
+        async with http.stream("GET", "http://127.0.0.1/absurd") as response:
+            with pytest.raises(ProtocolError, match="announces 9999"):
+                await read_body(response, "answer")
         async with http.stream("GET", "http://127.0.0.1/whole") as response:
             with pytest.raises(ProtocolError, match="announces 1048577 bytes"):
                 await read_body(response, "answer")

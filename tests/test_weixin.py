@@ -882,7 +882,7 @@ async def test_answers_are_read_with_a_cap(autojump_clock: trio.testing.MockCloc
         assert bridge.stats().other["weixin.poll_failures"] == 1
     assert refused == [
         "weixin account bot: send failed: iLink ilink/bot/sendmessage announces 1048577 "
-        "bytes, over its 1048576-byte cap"
+        "bytes, over the 1048576-byte cap"
     ]
 
 

@@ -37,13 +37,14 @@ async def read_body(
     ``max_bytes``, so a huge answer is never buffered whole. If cancelled, nothing is kept."""
     declared = response.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared[:16]) > max_bytes:
-        raise ProtocolError(f"{what} announces {declared} bytes, over its {max_bytes}-byte cap")
+        shown = declared if len(declared) <= 20 else declared[:20] + "..."
+        raise ProtocolError(f"{what} announces {shown} bytes, over the {max_bytes}-byte cap")
     body = bytearray()
     async with aclosing(response.aiter_bytes()) as chunks:  # type: ignore[type-var]
         async for chunk in chunks:
             body += chunk
             if len(body) > max_bytes:
-                raise ProtocolError(f"{what} runs over its {max_bytes}-byte cap")
+                raise ProtocolError(f"{what} runs over the {max_bytes}-byte cap")
     return bytes(body)
 
 
@@ -66,7 +67,7 @@ def json_value(
 ) -> Any:
     """``data`` decoded as any JSON value; the errors of :func:`json_object` but the last."""
     if len(data) > max_bytes:
-        raise ProtocolError(f"{what} of {len(data)} bytes is over its {max_bytes}-byte cap")
+        raise ProtocolError(f"{what} of {len(data)} bytes is over the {max_bytes}-byte cap")
     try:
         text = data if isinstance(data, str) else bytes(data).decode()
         return json.loads(text)

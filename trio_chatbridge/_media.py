@@ -23,7 +23,8 @@ import attrs
 import httpx
 import trio
 
-from ._errors import MediaError
+from ._errors import MediaError, ProtocolError
+from ._json import read_body
 
 DEFAULT_MAX_BYTES: Final = 100 * 1024 * 1024
 DEFAULT_TIMEOUT: Final = 60.0  # seconds
@@ -127,14 +128,8 @@ async def _get_capped(http: httpx.AsyncClient, request: httpx.Request, max_bytes
     try:
         if not response.is_success:
             raise MediaError(f"media download answered HTTP {response.status_code}")
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise MediaError(f"media of {declared} bytes is over the {max_bytes}-byte cap")
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > max_bytes:
-                raise MediaError(f"media is over the {max_bytes}-byte cap")
-        return bytes(body)
+        return await read_body(response, "media", max_bytes=max_bytes)
+    except ProtocolError as exc:  # over the cap
+        raise MediaError(str(exc)) from exc
     finally:
         await response.aclose()
