@@ -215,8 +215,12 @@ async def streaming(stream: CoalescingStream, *, final_within: float) -> AsyncIt
 
 
 async def _final(stream: CoalescingStream, within: float) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(within):
+    """``stream.close()``, shielded, for at most ``within`` seconds; :class:`SendError` when
+    that was not enough (the end of the reply may not have reached the user: never "done")."""
+    with trio.CancelScope(shield=True), trio.move_on_after(within) as timer:
         await stream.close()
+    if timer.cancelled_caught:
+        raise SendError(f"the end of a reply stream was not delivered within {within:.0f} s")
 
 
 class Connector(ABC):
