@@ -12,6 +12,7 @@ import hypothesis
 import pytest
 import trio
 from leaks import PUBLIC_CLASSES, SecretWatch
+from redis_servers import RedisServer, redis_cluster, redis_server
 
 # CI tests the same examples on every run (derandomize), so a red run always means a change;
 # HYPOTHESIS_PROFILE=deep explores ten times more, from a fresh random seed each time.
@@ -107,3 +108,17 @@ def no_secret_in_logs_or_reprs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
             watch.leaks.append(f"repr of a {type(obj).__name__}: {text[:300]}")
     if watch.leaks:
         pytest.fail("a secret was shown:\n" + "\n".join(watch.leaks[:5]), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis node for the whole session (tests keep apart by key prefix)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """A three-node Redis Cluster for the whole session."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
+        yield nodes

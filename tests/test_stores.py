@@ -2,19 +2,22 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import coredis
 import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import given, settings
+from redis_servers import RedisServer
 
 import trio_chatbridge as cb
-from trio_chatbridge.stores import journal_key
+from trio_chatbridge.stores import StaleLeaseError, journal_key
 from trio_chatbridge.testing import FakeConnector
 
 fake = FakeConnector()
@@ -30,13 +33,30 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+STORES = ["memory", "sqlite", "redis", "redis-cluster"]
+
+
+def store_factory(
+    kind: str, request: pytest.FixtureRequest, directory: Path, **options: Any
+) -> Callable[[], cb.Store]:
+    """Builds stores of ``kind`` that all see the same data (one file, one key prefix), and
+    no other test's: the Redis ones get a key prefix of their own."""
+    if kind == "memory":
+        memory = cb.MemoryStore(**options)
+        return lambda: memory
+    if kind == "sqlite":
+        return lambda: cb.SQLiteStore(directory / "store.db", **options)
+    prefix = f"test-{uuid.uuid4().hex}:"
+    if kind == "redis":
+        node: RedisServer = request.getfixturevalue("redis_node")
+        return lambda: cb.RedisStore.from_url(node.url, prefix=prefix, **options)
+    nodes: list[RedisServer] = request.getfixturevalue("redis_cluster_nodes")
+    return lambda: cb.RedisStore.from_url(nodes[0].url, prefix=prefix, cluster=True, **options)
+
+
+@pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[cb.Store]:
-    if request.param == "memory":
-        store: cb.Store = cb.MemoryStore()
-    else:
-        store = cb.SQLiteStore(tmp_path / "store.db")
-    async with store:
+    async with store_factory(request.param, request, tmp_path)() as store:
         yield store
 
 
@@ -196,12 +216,33 @@ operations = st.one_of(
 )
 
 
+scripts = st.lists(operations, max_size=25)
+
+
 @pytest.mark.slow
-@given(st.lists(operations, max_size=25))
-def test_the_sqlite_store_behaves_like_the_memory_store(script: list[tuple[Any, ...]]) -> None:
-    """The same operations give the same answers from both stores (duplicates in one batch,
-    done before add, pruning by age, empty and non-ASCII values, cursors with values), and
-    the SQLite file answers the same once reopened."""
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@given(script=scripts)
+def test_each_store_behaves_like_the_memory_store(
+    kind: str, request: pytest.FixtureRequest, script: list[tuple[Any, ...]]
+) -> None:
+    """The same operations give the same answers from every store as from the memory store
+    (duplicates in one batch, done before add, pruning by age, empty and non-ASCII values,
+    cursors with values), and the same once the store is opened anew."""
+    behaves_like_memory(kind, request, script)
+
+
+@pytest.mark.slow
+@settings(max_examples=20)  # each example connects to three nodes, twice
+@given(script=scripts)
+def test_the_cluster_store_behaves_like_the_memory_store(
+    request: pytest.FixtureRequest, script: list[tuple[Any, ...]]
+) -> None:
+    behaves_like_memory("redis-cluster", request, script)
+
+
+def behaves_like_memory(
+    kind: str, request: pytest.FixtureRequest, script: list[tuple[Any, ...]]
+) -> None:
 
     async def apply(store: cb.Store, op: tuple[Any, ...]) -> object:
         name, *args = op
@@ -229,21 +270,25 @@ def test_the_sqlite_store_behaves_like_the_memory_store(script: list[tuple[Any, 
         return None  # the writes: compared through the reads that follow
 
     clock = Clock()
+    options: dict[str, Any] = {"wall_clock": clock}
+    if kind == "sqlite":
+        options["threaded"] = False
 
-    async def main(db: Path) -> None:
+    async def main(directory: Path) -> None:
         memory = cb.MemoryStore(wall_clock=clock)
-        async with cb.SQLiteStore(db, wall_clock=clock, threaded=False) as sqlite:
+        factory = store_factory(kind, request, directory, **options)
+        async with factory() as store:
             for op in script:
                 if op == ("tick",):
                     clock.now += 1  # a second passes: what prune() measures
                     continue
-                assert await apply(sqlite, op) == await apply(memory, op), op
-        async with cb.SQLiteStore(db, wall_clock=clock, threaded=False) as reopened:
+                assert await apply(store, op) == await apply(memory, op), op
+        async with factory() as reopened:
             for op in [("pending",), *[("get_cursor", a) for a in "xy"]]:
                 assert await apply(reopened, op) == await apply(memory, op), op
 
     with tempfile.TemporaryDirectory() as directory:
-        trio.run(main, Path(directory) / "store.db")
+        trio.run(main, Path(directory))
 
 
 @contextmanager
@@ -386,3 +431,92 @@ async def test_sqlite_writer_cancelled_before_its_thread_ran_leaves_the_others_q
         assert scope.cancelled_caught
         assert results == [[True]]
         assert [m.id for m in await store.journal_pending()] == ["kept"]
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def redis_pair(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[cb.RedisStore, cb.RedisStore, Callable[[float], Awaitable[None]]]]:
+    """Two stores on one Redis (two processes, as far as leases go), and ``advance(seconds)``,
+    which brings every lease that much nearer its expiry, as if the time had passed."""
+    factory = store_factory(request.param, request, tmp_path)
+    first, second = factory(), factory()
+    assert isinstance(first, cb.RedisStore) and isinstance(second, cb.RedisStore)
+    raw = raw_client(request.param, request)
+    async with first, second, raw:
+
+        async def advance(seconds: float) -> None:
+            for name in ("conn", fake.name):  # the leases these tests take
+                key = f"{first.prefix}{{{name}}}:lease"  # the layout stores/_redis.py documents
+                left = await raw.pttl(key)
+                if left > 0:
+                    if left > seconds * 1000:
+                        await raw.pexpire(key, left - int(seconds * 1000))
+                    else:
+                        await raw.delete([key])
+
+        yield first, second, advance
+
+
+def raw_client(
+    kind: str, request: pytest.FixtureRequest
+) -> coredis.Redis[str] | coredis.RedisCluster[str]:
+    """A plain coredis client on the test's Redis."""
+    if kind == "redis":
+        node: RedisServer = request.getfixturevalue("redis_node")
+        return coredis.Redis("127.0.0.1", node.port, decode_responses=True)
+    nodes: list[RedisServer] = request.getfixturevalue("redis_cluster_nodes")
+    return coredis.RedisCluster("127.0.0.1", nodes[0].port, decode_responses=True)
+
+
+async def test_redis_leases_follow_redis_clock(
+    redis_pair: tuple[cb.RedisStore, cb.RedisStore, Callable[[float], Awaitable[None]]],
+) -> None:
+    store, _, advance = redis_pair
+    await lease_behaviour(store, advance)
+
+
+async def test_a_stale_lease_holder_cannot_write(
+    redis_pair: tuple[cb.RedisStore, cb.RedisStore, Callable[[float], Awaitable[None]]],
+) -> None:
+    old, new, advance = redis_pair
+    message, late = fake.message("hi", id="1"), fake.message("late", id="2")
+    assert await old.acquire_lease(fake.name, "old", ttl=10)
+    await old.journal_add([message])
+    await old.set_cursor("fake", "bot", "c1")
+    await advance(11)  # the old owner was paused past its lease
+    assert await new.acquire_lease(fake.name, "new", ttl=10)
+    assert (new.lease_token(fake.name) or 0) > (old.lease_token(fake.name) or 0)
+    for write in (
+        old.journal_done([message]),
+        old.journal_add([late]),
+        old.set_cursor("fake", "bot", "c0"),
+        old.set("fake", "bot", "token", "x"),
+    ):
+        with pytest.raises(StaleLeaseError, match="another process holds the lease"):
+            await write
+    assert await new.get_cursor("fake", "bot") == "c1"
+    assert await new.journal_pending_of("fake", "bot") == [message]
+    assert await new.journal_entry(journal_key(late)) is None
+    await new.journal_done([message])
+    await new.set_cursor("fake", "bot", "c2")
+    assert (await new.journal_pending(), await new.get_cursor("fake", "bot")) == ([], "c2")
+    # Re-acquiring it later gives the old store a fresh token: it may write again.
+    await new.release_lease(fake.name, "new")
+    assert await old.acquire_lease(fake.name, "old", ttl=10)
+    await old.set_cursor("fake", "bot", "c3")
+    assert await new.get_cursor("fake", "bot") == "c3"
+
+
+async def test_redis_store_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(cb.StoreError, match="redis:// or rediss://"):
+        cb.RedisStore.from_url("http://127.0.0.1:1")
+    with pytest.raises(cb.StoreError, match="braces"):
+        cb.RedisStore.from_url("redis://127.0.0.1:1", prefix="{x}")
+    store = cb.RedisStore.from_url("redis://user:s3cret@127.0.0.1:1/0", timeout=1)
+    assert "s3cret" not in repr(store)
+    with pytest.raises(cb.StoreError, match="not open"):
+        await store.get("a", "b", "c")
+    with trio.fail_after(10), pytest.raises(cb.StoreError, match="could not connect") as info:
+        await store.open()
+    assert "s3cret" not in str(info.value)

@@ -56,6 +56,7 @@ from ._status import StatusChanges as StatusChanges
 from ._supervise import Backoff as Backoff
 from .stores import JournalEntry as JournalEntry
 from .stores import MemoryStore as MemoryStore
+from .stores import RedisStore as RedisStore
 from .stores import SQLiteStore as SQLiteStore
 from .stores import Store as Store
 
@@ -94,6 +95,7 @@ __all__ = [
     "Mention",
     "Message",
     "MemoryStore",
+    "RedisStore",
     "OnBusy",
     "Part",
     "Post",

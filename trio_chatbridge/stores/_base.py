@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self, TypeAlias, final
+from typing import ClassVar, Literal, Self, TypeAlias, final
 
 import attrs
 
@@ -59,6 +59,12 @@ class Store(ABC):
     """Wall-clock seconds since the epoch, for ``received_at`` and pruning; a ``Bridge``
     given its own ``wall_clock`` sets it here, so both read one clock."""
 
+    shared: ClassVar[bool] = False
+    """Whether bridges on several processes use it at once: a bridge on a shared store runs a
+    connector only while it holds the account's lease, and replays an account's unfinished
+    messages when it acquires that lease (on a store that is not shared: all of them, at start).
+    """
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
@@ -94,6 +100,14 @@ class Store(ABC):
     @abstractmethod
     async def journal_pending(self) -> list[Message]:
         """Messages accepted but not yet marked done, oldest first (replayed on start)."""
+
+    async def journal_pending_of(self, platform: str, account: str) -> list[Message]:
+        """The account's messages not yet marked done, oldest first (replayed by its owner)."""
+        return [
+            m
+            for m in await self.journal_pending()
+            if (m.platform, m.account) == (platform, account)
+        ]
 
     @abstractmethod
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
@@ -150,3 +164,8 @@ class Store(ABC):
     @abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up, if we hold it."""
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
+        """Count ``member`` alive in ``group`` for ``ttl`` seconds; returns the live members,
+        sorted. A store that keeps no membership (one process per store) returns ``[member]``."""
+        return [member]

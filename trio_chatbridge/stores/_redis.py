@@ -1,0 +1,471 @@
+"""A store in Redis, shared by bridges on several processes and machines (client: coredis).
+
+Every key of one account carries the account's hash tag, ``<prefix>{platform:account}:…``, so
+each account lives in one slot and every script below touches one slot: it runs unchanged on
+Redis Cluster. Per account:
+
+- ``:body`` (hash, message id → JSON), ``:state`` (hash, id → ``d`` or ``f<error>``),
+  ``:recv`` (hash, id → wall-clock time accepted), ``:pending`` (sorted set, id → sequence
+  number from ``:seq``), ``:done`` (sorted set of handled ids by time accepted, for pruning);
+- ``:kv`` (hash): the account's key-value space, its cursor included;
+- ``:lease`` (the owner's token, with Redis's own expiry) and ``:fence``, a counter that grows
+  at each acquisition of the lease.
+
+A lease named ``platform:account`` (what the bridge takes per connector) fences that account:
+once this store acquired it, every journal and key-value write for the account carries the
+acquisition's token, and the script refuses it with :class:`StaleLeaseError` when the counter
+moved past it (someone acquired the lease since). A process paused past its lease therefore
+cannot mark work done or move a cursor back. Writes for an account this store never leased
+are not fenced (one process on its own).
+
+Two keys span accounts: ``<prefix>accounts`` (a set, to find every account's journal) and
+``<prefix>members:<group>`` (a sorted set, live bridges by expiry). Lease and membership
+expiry are Redis's clock, so processes on different machines agree on them.
+
+Redis being unreachable raises :class:`StoreError`: connectors restart with backoff, leases
+are treated as lost, nothing crashes the bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Final, TypeVar
+
+import coredis
+import coredis.exceptions
+
+from .._errors import StoreError, find_error
+from .._messages import Message
+from ._base import JournalEntry, JournalKey, JournalState, Store
+
+DEFAULT_PREFIX: Final = "chatbridge:"
+DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
+STALE: Final = "STALE"  # what the fencing check answers, as a Redis error reply
+
+T = TypeVar("T")
+
+# Every script that writes for an account starts here: KEYS[1] is the account's fence counter,
+# ARGV[1] the writer's token (0: unfenced). Lua numbers are doubles: exact up to 2**53.
+_FENCE: Final = """
+local token = tonumber(ARGV[1])
+if token > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') > token then
+  return redis.error_reply('STALE lease token ' .. ARGV[1])
+end
+"""
+
+# KEYS: fence, body, pending, recv, seq. ARGV: token, now, then id, body pairs.
+_JOURNAL_ADD: Final = (
+    _FENCE
+    + """
+local added = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), ARGV[i])
+    redis.call('HSET', KEYS[4], ARGV[i], ARGV[2])
+    added[#added + 1] = 1
+  else
+    added[#added + 1] = 0
+  end
+end
+return added
+"""
+)
+
+# KEYS: fence, body, state, pending, recv, done. ARGV: token, state, then ids.
+_JOURNAL_DONE: Final = (
+    _FENCE
+    + """
+for i = 3, #ARGV do
+  local received = redis.call('HGET', KEYS[5], ARGV[i])
+  if received then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[2])
+    redis.call('ZREM', KEYS[4], ARGV[i])
+    redis.call('ZADD', KEYS[6], received, ARGV[i])
+  end
+end
+return 0
+"""
+)
+
+# KEYS: body, state, recv, done. ARGV: before.
+_JOURNAL_PRUNE: Final = """
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
+for _, id in ipairs(old) do
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+end
+return #old
+"""
+
+# KEYS: pending, body. Bodies of pending ids, oldest first.
+_JOURNAL_PENDING: Final = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(ids))
+"""
+
+# KEYS: body, state, recv. ARGV: id.
+_JOURNAL_ENTRY: Final = """
+return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1]),
+        redis.call('HGET', KEYS[3], ARGV[1])}
+"""
+
+# KEYS: fence, kv. ARGV: token, then key, flag, value triples (flag 0: delete).
+_KV_WRITE: Final = (
+    _FENCE
+    + """
+for i = 2, #ARGV, 3 do
+  if ARGV[i + 1] == '1' then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+  else
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+return 0
+"""
+)
+
+# KEYS: lease, fence. ARGV: owner, ttl (ms). Returns the fencing token, or 0 when held by another.
+_LEASE_ACQUIRE: Final = """
+local holder = redis.call('GET', KEYS[1])
+local token
+if holder == ARGV[1] then
+  token = tonumber(redis.call('GET', KEYS[2]) or '0')
+elseif holder then
+  return 0
+else
+  token = redis.call('INCR', KEYS[2])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return token
+"""
+
+# KEYS: lease. ARGV: owner, ttl (ms).
+_LEASE_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: owner.
+_LEASE_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: members. ARGV: member, ttl (ms). Server time, so that every machine agrees.
+_HEARTBEAT: Final = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+class StaleLeaseError(StoreError):
+    """A write was refused: another process acquired this account's lease since we did."""
+
+
+Client = coredis.Redis[str] | coredis.RedisCluster[str]
+
+
+class RedisStore(Store):
+    """A store in Redis (or Redis Cluster), shared by bridges on several processes.
+
+    Build it with :meth:`from_url`. ``prefix`` starts every key, so several deployments can
+    share one Redis. Bridges on this store take a lease per account before running its
+    connector (see ``docs/deploying.md``). Durability is Redis's: with ``appendonly yes`` and
+    ``appendfsync everysec`` a crash of Redis loses at most a second of accepted messages.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        description: str = "redis",
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise StoreError(f"the key prefix {prefix!r} may not contain braces (hash tags)")
+        self._client = client
+        self.prefix = prefix
+        self._description = description
+        self._wall_clock = wall_clock
+        self._stack: AsyncExitStack | None = None
+        self._fences: dict[str, int] = {}
+        self._known: set[str] = set()
+        register = client.register_script
+        self._add = register(_JOURNAL_ADD)
+        self._done = register(_JOURNAL_DONE)
+        self._prune = register(_JOURNAL_PRUNE)
+        self._pending = register(_JOURNAL_PENDING)
+        self._entry = register(_JOURNAL_ENTRY)
+        self._kv_write = register(_KV_WRITE)
+        self._acquire = register(_LEASE_ACQUIRE)
+        self._renew = register(_LEASE_RENEW)
+        self._release = register(_LEASE_RELEASE)
+        self._heartbeat = register(_HEARTBEAT)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        cluster: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> RedisStore:
+        """A store on the Redis at ``url``: ``redis://[user:password@]host:port/db``, or
+        ``rediss://…`` for TLS. ``cluster=True``: ``url`` names one node of a Redis Cluster.
+        ``timeout`` (seconds) bounds connecting and each reply, so a stalled Redis is an
+        error, not a hang."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise StoreError(f"a Redis URL starts with redis:// or rediss://, got {parts.scheme!r}")
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "connect_timeout": timeout,
+            "stream_timeout": timeout,
+        }
+        client: Client
+        if cluster:
+            # Built from the URL's parts: coredis's RedisCluster.from_url warns (6.9).
+            client = coredis.RedisCluster(
+                parts.hostname or "localhost",
+                parts.port or 6379,
+                username=_unquote(parts.username),
+                password=_unquote(parts.password),
+                ssl=parts.scheme == "rediss",
+                **options,
+            )
+        else:
+            client = coredis.Redis.from_url(url, **options)
+        return cls(client, prefix=prefix, description=_redact(parts), wall_clock=wall_clock)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._description!r}, prefix={self.prefix!r})"
+
+    async def open(self) -> None:
+        """Connect, and check that Redis answers. Call :meth:`aclose` from the same task
+        (the bridge does both): the client's connections live in a task group of its own."""
+        if self._stack is not None:
+            return
+        async with self._errors("connect to"), AsyncExitStack() as stack:
+            await stack.enter_async_context(self._client)
+            await self._client.ping()
+            self._stack = stack.pop_all()
+
+    async def aclose(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    @asynccontextmanager
+    async def _errors(self, doing: str) -> AsyncIterator[None]:
+        """Map what coredis and the network raise (alone, or in a group from the client's
+        task group) to StoreError, once, here."""
+        try:
+            yield
+        except Exception as exc:
+            refused = find_error(exc, coredis.exceptions.ResponseError)
+            if refused is not None and str(refused).startswith(STALE):
+                raise StaleLeaseError(
+                    f"{self!r} refused a write ({refused}): another process holds the lease now"
+                ) from exc
+            for kind in (coredis.exceptions.RedisError, OSError, TimeoutError):
+                cause = find_error(exc, kind)
+                if cause is not None:
+                    raise StoreError(
+                        f"could not {doing} {self!r}: {type(cause).__name__}: {cause}; "
+                        "retrying with backoff"
+                    ) from exc
+            raise
+
+    async def _call(self, doing: str, request: Awaitable[T]) -> T:
+        if self._stack is None:
+            raise StoreError(
+                f"{self!r} is not open: use 'async with store:' or pass it to a Bridge"
+            )
+        async with self._errors(doing):
+            return await request
+
+    def _key(self, tag: str, what: str) -> str:
+        return f"{self.prefix}{{{tag}}}:{what}"
+
+    def _keys(self, tag: str, *what: str) -> list[str]:
+        return [self._key(tag, w) for w in what]
+
+    def _token(self, tag: str) -> str:
+        return str(self._fences.get(tag, 0))
+
+    async def _remember(self, tag: str) -> None:
+        """Record the account in ``<prefix>accounts`` (once per store), to find its journal."""
+        if tag not in self._known:
+            await self._call("write to", self._client.sadd(self.prefix + "accounts", [tag]))
+            self._known.add(tag)
+
+    async def _accounts(self) -> list[str]:
+        members = await self._call("read from", self._client.smembers(self.prefix + "accounts"))
+        return sorted(members)
+
+    # -- journal ---------------------------------------------------------------------------
+
+    async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
+        now = repr(self._wall_clock())
+        by_account: dict[str, list[int]] = {}
+        for i, message in enumerate(messages):
+            by_account.setdefault(_tag(message.platform, message.account), []).append(i)
+        added = [False] * len(messages)
+        for tag, indexes in by_account.items():
+            await self._remember(tag)
+            args = [self._token(tag), now]
+            for i in indexes:
+                args += [messages[i].id, json.dumps(messages[i].to_json())]
+            keys = self._keys(tag, "fence", "body", "pending", "recv", "seq")
+            flags: object = await self._call("write to", self._add(keys, args))
+            for i, flag in zip(indexes, _list(flags), strict=True):
+                added[i] = flag == 1
+        return added
+
+    async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
+        state = "d" if error is None else "f" + error
+        by_account: dict[str, list[str]] = {}
+        for message in messages:
+            by_account.setdefault(_tag(message.platform, message.account), []).append(message.id)
+        for tag, ids in by_account.items():
+            keys = self._keys(tag, "fence", "body", "state", "pending", "recv", "done")
+            args = [self._token(tag), state, *ids]
+            await self._call("write to", self._done(keys, args))
+
+    async def journal_pending(self) -> list[Message]:
+        found: list[tuple[float, int, Message]] = []
+        for tag in await self._accounts():
+            for seq, message in enumerate(await self._pending_of(tag)):
+                received = await self._call(
+                    "read from",
+                    self._client.hget(self._key(tag, "recv"), message.id),
+                )
+                found.append((float(received or 0), seq, message))
+        return [message for _, _, message in sorted(found, key=lambda f: (f[0], f[1]))]
+
+    async def journal_pending_of(self, platform: str, account: str) -> list[Message]:
+        return await self._pending_of(_tag(platform, account))
+
+    async def _pending_of(self, tag: str) -> list[Message]:
+        keys = self._keys(tag, "pending", "body")
+        bodies: object = await self._call("read from", self._pending(keys, []))
+        return [Message.from_json(json.loads(body)) for body in _list(bodies) if body is not None]
+
+    async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
+        platform, account, message_id = key
+        keys = self._keys(_tag(platform, account), "body", "state", "recv")
+        body, state, received = _list(
+            await self._call("read from", self._entry(keys, [message_id]))
+        )
+        if body is None:
+            return None
+        outcome: JournalState = "pending"
+        error = None
+        if state is not None:
+            outcome = "done" if state == "d" else "failed"
+            error = None if state == "d" else str(state)[1:]
+        return JournalEntry(Message.from_json(json.loads(body)), outcome, error, float(received))
+
+    async def journal_prune(self, before: float) -> int:
+        limit = repr(before)  # 'inf' and '-inf' are scores Redis reads too
+        pruned = 0
+        for tag in await self._accounts():
+            keys = self._keys(tag, "body", "state", "recv", "done")
+            count: object = await self._call("write to", self._prune(keys, [limit]))
+            pruned += int(str(count))
+        return pruned
+
+    # -- key-value space, per account --------------------------------------------------------
+
+    async def get(self, platform: str, account: str, key: str) -> str | None:
+        hash_key = self._key(_tag(platform, account), "kv")
+        value = await self._call("read from", self._client.hget(hash_key, key))
+        return None if value is None else str(value)
+
+    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
+        await self.set_many(platform, account, {key: value})
+
+    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+        if not values:
+            return
+        tag = _tag(platform, account)
+        args = [self._token(tag)]
+        for key, value in values.items():
+            args += [key, "0", ""] if value is None else [key, "1", value]
+        keys = self._keys(tag, "fence", "kv")
+        await self._call("write to", self._kv_write(keys, args))
+
+    # -- leases and membership ---------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        keys = self._keys(name, "lease", "fence")
+        token: object = await self._call("write to", self._acquire(keys, [owner, _ms(ttl)]))
+        if token == 0:
+            return False
+        self._fences[name] = int(str(token))
+        return True
+
+    async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        keys = [self._key(name, "lease")]
+        return await self._call("write to", self._renew(keys, [owner, _ms(ttl)])) == 1
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        # The fencing token stays: whatever this store still writes for the account is
+        # refused once another process acquired the lease.
+        keys = [self._key(name, "lease")]
+        await self._call("write to", self._release(keys, [owner]))
+
+    def lease_token(self, name: str) -> int | None:
+        """The fencing token of this store's last acquisition of lease ``name``, or None."""
+        return self._fences.get(name)
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
+        key = f"{self.prefix}members:{group}"
+        members: object = await self._call("write to", self._heartbeat([key], [member, _ms(ttl)]))
+        return sorted(str(m) for m in _list(members))
+
+
+def _tag(platform: str, account: str) -> str:
+    return f"{platform}:{account}"
+
+
+def _ms(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds * 1000)))
+
+
+def _list(reply: object) -> list[Any]:
+    if not isinstance(reply, list | tuple):
+        raise StoreError(f"unexpected reply from Redis: {type(reply).__name__}")
+    return list(reply)
+
+
+def _unquote(part: str | None) -> str | None:
+    return None if part is None else urllib.parse.unquote(part)
+
+
+def _redact(parts: urllib.parse.SplitResult) -> str:
+    """The URL without its credentials, for reprs and errors."""
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
