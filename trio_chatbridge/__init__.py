@@ -15,6 +15,7 @@ from ._bridge import Bridge as Bridge
 from ._bridge import open_bridge as open_bridge
 from ._connector import ConnectorState as ConnectorState
 from ._connector import ConnectorStatus as ConnectorStatus
+from ._connector import LeaseState as LeaseState
 from ._content import Attachment as Attachment
 from ._content import Card as Card
 from ._content import Content as Content
@@ -34,6 +35,7 @@ from ._errors import MediaError as MediaError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SendError as SendError
 from ._errors import StoreError as StoreError
+from ._lease import Leases as Leases
 from ._logs import configure_logging as configure_logging
 from ._media import MediaPolicy as MediaPolicy
 from ._messages import Batch as Batch
@@ -88,6 +90,8 @@ __all__ = [
     "File",
     "Image",
     "JournalEntry",
+    "LeaseState",
+    "Leases",
     "Markdown",
     "Media",
     "MediaError",

@@ -18,6 +18,7 @@ from ._dispatch import Agent, Dispatcher, OnBusy
 from ._errors import ChatBridgeError, ConfigurationError
 from ._inbox import Inbox
 from ._latency import Latencies, LatencyListener
+from ._lease import LeaseKeeper, Leases
 from ._messages import Batch, Message
 from ._status import StatusBoard, StatusChanges, Statuses
 from ._supervise import Backoff, Supervisor
@@ -90,6 +91,9 @@ class Bridge:
     wall_clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
     """Wall-clock time (seconds since the epoch) for the bridge and its store alike: given
     here, the store uses it too; None (the default) uses the store's (``time.time``)."""
+    leases: Leases = attrs.field(factory=Leases)
+    """On a shared store (``RedisStore``): each connector runs only while this process holds
+    its account's lease; see ``docs/deploying.md``."""
 
     _counters: Counter[str] = attrs.field(factory=Counter, init=False, repr=False)
     _supervisors: list[Supervisor] = attrs.field(factory=list, init=False, repr=False)
@@ -167,7 +171,9 @@ class Bridge:
         pruned = await self.store.journal_prune(self.store.wall_clock() - self.journal_retention)
         if pruned:
             log.info("pruned %d handled journal entries", pruned)
-        unfinished = await self.store.journal_pending()
+        leased = self.leases.applies_to(self.store)
+        # With leases, an account's unfinished messages replay when its lease is acquired.
+        unfinished = [] if leased else await self.store.journal_pending()
 
         to_debounce, from_inbox = trio.open_memory_channel[tuple[Message, ...]](self.queue_size)
         to_dispatch, from_debounce = trio.open_memory_channel[Batch](self.queue_size)
@@ -205,8 +211,14 @@ class Bridge:
             nursery.start_soon(dispatch)
             await inbox.replay(unfinished)
             async with trio.open_nursery() as connectors:
-                for supervisor in self._supervisors:
-                    connectors.start_soon(supervisor.run)
+                if leased:
+                    keeper = LeaseKeeper(
+                        self.leases, self.store, self._supervisors, inbox.replay, self._counters
+                    )
+                    connectors.start_soon(keeper.run)
+                else:
+                    for supervisor in self._supervisors:
+                        connectors.start_soon(supervisor.run)
                 connectors.start_soon(self._prune_while_running)
                 task_status.started()  # the pipeline accepts work; connectors come up meanwhile
                 await self._stop.wait()

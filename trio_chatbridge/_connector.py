@@ -33,6 +33,9 @@ from .stores import Store
 log = logging.getLogger("trio_chatbridge.connector")
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
+LeaseState: TypeAlias = Literal["held", "standby", "lost"]
+"""``held``: this process runs the connector; ``standby``: another process does (or nobody
+yet); ``lost``: this process held the lease and could not renew it in time."""
 
 
 @final
@@ -50,6 +53,8 @@ class ConnectorStatus:
     last_error: str | None = None
     connects: int = 0
     """How many times it came up: connected, or polled successfully (``running`` since)."""
+    lease: LeaseState | None = None
+    """On a shared store, whether this process holds the account's lease (None: no leases)."""
 
 
 @final

@@ -31,6 +31,7 @@ class MemoryStore(Store):
     )
     _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False, repr=False)
     _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
+    _members: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False, repr=False)
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
         now = self.wall_clock()
@@ -99,3 +100,11 @@ class MemoryStore(Store):
         held = self._leases.get(name)
         if held is not None and held[0] == owner:
             del self._leases[name]
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
+        now = trio.current_time()
+        members = self._members.setdefault(group, {})
+        members[member] = now + ttl
+        for name in [m for m, expires in members.items() if expires <= now]:
+            del members[name]
+        return sorted(members)

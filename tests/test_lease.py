@@ -1,0 +1,278 @@
+"""Leases on a shared store: one process per account, spread, failover, scoped replay.
+
+Several bridges share one MemoryStore in one Trio run, under the autojump clock; each bridge
+reaches it through a :class:`Link` that a test can cut, as a network partition would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+import hypothesis.strategies as st
+import trio
+import trio.testing
+from hypothesis import given
+
+import trio_chatbridge as cb
+from trio_chatbridge._lease import assign
+from trio_chatbridge.stores import JournalEntry, JournalKey
+from trio_chatbridge.testing import FakeConnector
+
+TTL = 3.0
+LEASES = cb.Leases(ttl=TTL, enabled=True, jitter=0.0)
+ACCOUNTS = [f"bot{i}" for i in range(7)]
+
+
+@given(
+    accounts=st.sets(st.text("abc", min_size=1, max_size=4), max_size=30),
+    members=st.sets(st.text("xyz", min_size=1, max_size=3), min_size=1, max_size=6),
+)
+def test_every_account_gets_one_owner_and_none_more_than_its_share(
+    accounts: set[str], members: set[str]
+) -> None:
+    owners = assign(list(accounts), list(members))
+    assert set(owners) == accounts and set(owners.values()) <= members
+    share = math.ceil(len(accounts) / len(members))
+    assert max(Counter(owners.values()).values(), default=0) <= share
+    assert assign(sorted(accounts, reverse=True), sorted(members, reverse=True)) == owners
+
+
+def test_a_leaving_member_moves_only_its_accounts_when_shares_allow() -> None:
+    accounts = [f"a{i}" for i in range(12)]
+    before = assign(accounts, ["p", "q", "r", "s"])
+    after = assign(accounts, ["p", "q", "r", "s", "t", "u"])  # shares shrink from 3 to 2
+    kept = sum(before[a] == after[a] for a in accounts)
+    assert kept >= 6  # rendezvous hashing: most accounts stay where they were
+
+
+class Link(cb.Store):
+    """One bridge's way to the shared store; ``cut`` makes every call fail, as a partition."""
+
+    shared = True
+
+    def __init__(self, store: cb.Store) -> None:
+        self.store = store
+        self.cut = False
+
+    def _check(self) -> cb.Store:
+        if self.cut:
+            raise cb.StoreError("link cut by the test")
+        return self.store
+
+    async def journal_add(self, messages: Sequence[cb.Message]) -> list[bool]:
+        return await self._check().journal_add(messages)
+
+    async def journal_done(
+        self, messages: Sequence[cb.Message], *, error: str | None = None
+    ) -> None:
+        await self._check().journal_done(messages, error=error)
+
+    async def journal_pending(self) -> list[cb.Message]:
+        return await self._check().journal_pending()
+
+    async def journal_pending_of(self, platform: str, account: str) -> list[cb.Message]:
+        return await self._check().journal_pending_of(platform, account)
+
+    async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
+        return await self._check().journal_entry(key)
+
+    async def journal_prune(self, before: float) -> int:
+        return await self._check().journal_prune(before)
+
+    async def get(self, platform: str, account: str, key: str) -> str | None:
+        return await self._check().get(platform, account, key)
+
+    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
+        await self._check().set(platform, account, key, value)
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._check().acquire_lease(name, owner, ttl)
+
+    async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._check().renew_lease(name, owner, ttl)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._check().release_lease(name, owner)
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
+        return await self._check().heartbeat(group, member, ttl)
+
+
+class Process:
+    """One bridge on the shared store, its connectors, and what its agent handled."""
+
+    def __init__(self, shared: cb.Store, accounts: Sequence[str] = ACCOUNTS) -> None:
+        self.link = Link(shared)
+        self.connectors = {a: FakeConnector(a) for a in accounts}
+        self.handled: list[str] = []
+        self.bridge = cb.Bridge(
+            list(self.connectors.values()),
+            self.agent,
+            store=self.link,
+            leases=LEASES,
+            debounce=cb.Debounce(window=0.5),
+            backoff=cb.Backoff(initial=0.5, jitter=0.0),
+        )
+        self.scope = trio.CancelScope()
+
+    async def agent(self, batch: cb.Batch, reply: cb.Reply) -> None:
+        self.handled.extend(m.id for m in batch.messages)
+
+    def held(self) -> list[str]:
+        return sorted(
+            name.split(":")[1] for name, s in self.bridge.status().items() if s.lease == "held"
+        )
+
+    def running(self) -> list[str]:
+        return sorted(
+            name.split(":")[1] for name, s in self.bridge.status().items() if s.state == "running"
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scope:
+            await self.bridge.run(task_status=task_status)
+
+
+@asynccontextmanager
+async def processes(
+    count: int, shared: cb.Store
+) -> AsyncIterator[tuple[list[Process], trio.Nursery]]:
+    """``count`` bridges running on ``shared``; more can be started in the nursery."""
+    procs = [Process(shared) for _ in range(count)]
+    async with trio.open_nursery() as nursery:
+        for proc in procs:
+            await nursery.start(proc.run)
+        yield procs, nursery
+        for proc in procs:
+            proc.bridge.shutdown()
+
+
+def owners(procs: Sequence[Process]) -> Mapping[str, list[int]]:
+    """Which processes hold each account's lease, and run its connector."""
+    held: dict[str, list[int]] = {a: [] for a in ACCOUNTS}
+    for i, proc in enumerate(procs):
+        for account in proc.held():
+            held[account].append(i)
+    return held
+
+
+async def test_each_account_runs_in_exactly_one_process_spread_evenly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shared = cb.MemoryStore()
+    with trio.fail_after(120):
+        async with processes(3, shared) as (procs, nursery):
+            await trio.sleep(3 * TTL)
+            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+            assert max(len(p.held()) for p in procs) <= math.ceil(7 / 3)
+            for proc in procs:
+                assert proc.running() == proc.held()
+                standby = [s for s in proc.bridge.status().values() if s.lease == "standby"]
+                assert all(s.state == "paused" for s in standby)
+
+            # A fourth process joins: accounts move to it, never held twice on the way.
+            procs.append(Process(shared))
+            await nursery.start(procs[3].run)
+            for _ in range(int(4 * TTL / 0.25)):
+                await trio.sleep(0.25)
+                assert all(len(o) <= 1 for o in owners(procs).values()), owners(procs)
+                assert all(len(p.running()) <= len(p.held()) for p in procs)
+            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+            assert max(len(p.held()) for p in procs) <= math.ceil(7 / 4)
+            assert procs[3].held()
+            assert sum(p.bridge.stats().other.get("lease.handed_off", 0) for p in procs) > 0
+
+            # One leaves gracefully: its leases are released, the others take them at once.
+            leaving = procs.pop(0)
+            leaving.bridge.shutdown()
+            await trio.sleep(3 * TTL)
+            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+            assert max(len(p.held()) for p in procs) <= math.ceil(7 / 3)
+
+
+async def test_a_process_cut_off_stops_its_connectors_before_its_leases_expire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shared = cb.MemoryStore()
+    with trio.fail_after(120):
+        async with processes(2, shared) as (procs, _):
+            await trio.sleep(2 * TTL)
+            victim = max(procs, key=lambda p: len(p.held()))
+            other = procs[1 - procs.index(victim)]
+            lost = victim.held()
+            cut_at = trio.current_time()
+            victim.link.cut = True
+            # Renewals fail from now on: the last one was at most a round ago, so every
+            # connector stops within the TTL minus the margin, before anyone can take over.
+            step = 0.01
+            while victim.running():
+                await trio.sleep(step)
+                assert not any(a in other.held() for a in victim.running())
+            assert trio.current_time() - cut_at <= TTL * (1 - LEASES.margin) + step
+            for name, status in victim.bridge.status().items():
+                if name.split(":")[1] in lost:
+                    assert (status.lease, status.state) == ("lost", "paused")
+            # The other process takes the accounts over within a TTL and a round.
+            await trio.sleep(TTL + LEASES.round)
+            assert other.held() == ACCOUNTS
+            assert victim.bridge.stats().other["lease.lost"] == len(lost)
+            # The partition heals: the victim rejoins and gets its share back; nothing crashed.
+            victim.link.cut = False
+            await trio.sleep(3 * TTL)
+            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+            assert victim.held()
+
+
+async def test_unfinished_messages_replay_in_the_process_that_acquires_their_account(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shared = cb.MemoryStore()
+    with trio.fail_after(120):
+        async with processes(1, shared) as (procs, nursery):
+            await trio.sleep(TTL)
+            # Messages a crashed owner left unfinished: replayed by whoever acquires their
+            # account next, and only then; the process already holding them does not rerun them.
+            left = [FakeConnector(a).message("left over", id=f"old-{a}") for a in ACCOUNTS]
+            await shared.journal_add(left)
+            await trio.sleep(TTL)
+            assert procs[0].handled == []
+            procs.append(Process(shared))
+            await nursery.start(procs[1].run)
+            await trio.sleep(3 * TTL)
+            moved = procs[1].held()
+            assert moved and procs[0].handled == []
+            assert sorted(procs[1].handled) == sorted(f"old-{a}" for a in moved)
+            assert sorted(m.account for m in await shared.journal_pending()) == procs[0].held()
+            # New messages reach whichever process runs the account, and are handled once.
+            for account in ACCOUNTS:
+                for proc in procs:
+                    proc.connectors[account].deliver(
+                        FakeConnector(account).message("new", id=f"new-{account}")
+                    )
+            await trio.sleep(2 * TTL)
+            handled = Counter(m for p in procs for m in p.handled if m.startswith("new"))
+            assert handled == Counter({f"new-{a}": 1 for a in ACCOUNTS})
+
+
+async def test_without_leases_a_bridge_replays_everything_at_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shared = cb.MemoryStore()
+    message = FakeConnector("bot").message("left over", id="old")
+    await shared.journal_add([message])
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.id for m in batch.messages)
+
+    bridge = cb.Bridge([FakeConnector("bot")], agent, store=shared)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await trio.sleep(5)
+            bridge.shutdown()
+    assert handled == ["old"]
+    assert all(s.lease is None for s in bridge.status().values())

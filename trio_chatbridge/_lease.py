@@ -1,0 +1,297 @@
+"""Leases: on a store shared by several processes, each account's connector runs in one only.
+
+A :class:`LeaseKeeper` runs one round every third of the lease's TTL (jittered): it records
+this process in the store's membership, renews the leases it holds, works out which accounts
+should be its own, hands off the others and tries to acquire its own.
+
+The lease *is* the connector's cancel-scope deadline: each account's supervisor runs inside a
+``trio.CancelScope`` whose deadline is the lease's expiry (counted from when the renewal was
+sent) minus a margin. A process that cannot renew (Redis gone, the process paused) has
+therefore stopped that connector before the lease expires and anyone else can take it; a
+renewal refused (someone else holds it) stops the connector at once.
+
+Which accounts are whose: every process sorts the accounts, and gives each in turn to the
+live member that ranks it highest (rendezvous hashing) among those below ⌈M/N⌉ accounts. All
+processes serving the same accounts compute the same answer, so each holds at most ⌈M/N⌉
+once membership has settled, and a joining or leaving member moves few accounts. An account
+given to another member is handed off (connector stopped, lease released) once membership
+looked the same for two rounds in a row; its new owner acquires it at its next round.
+
+When a lease is acquired, the account's unfinished journal entries are replayed, by this
+process only (see ``docs/deploying.md`` for what is guaranteed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import attrs
+import trio
+
+from ._connector import LeaseState
+from ._errors import ConfigurationError, StoreError
+from ._messages import Message
+from ._supervise import Supervisor
+from .stores import Store
+
+log = logging.getLogger("trio_chatbridge.lease")
+
+ACQUIRED: Final = "lease.acquired"
+LOST: Final = "lease.lost"
+HANDED_OFF: Final = "lease.handed_off"
+RELEASE_TIMEOUT: Final = 2.0  # seconds a graceful release may take before we give up on it
+
+
+@attrs.frozen
+class Leases:
+    """How bridges on one shared store share accounts (see ``docs/deploying.md``)."""
+
+    ttl: float = 15.0
+    """Seconds a lease lasts unless renewed; renewed every third of it. A killed process's
+    accounts are taken over at most about this long (plus one round) after it died."""
+    margin: float = 0.2
+    """Fraction of ``ttl``: a connector whose lease was not renewed stops this long before
+    the lease expires, so that no two processes ever run it at once."""
+    group: str = "default"
+    """Bridges in one group share the accounts they have in common."""
+    enabled: bool | None = None
+    """``None``: take leases when the store is shared (``RedisStore``); ``True`` or
+    ``False`` to decide here (tests take leases on a ``MemoryStore``)."""
+    jitter: float = 0.1
+    """Each round's interval is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
+    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not (self.ttl > 0 and 0 < self.margin < 2 / 3 and 0 <= self.jitter < 1):
+            raise ConfigurationError(
+                "Leases need ttl > 0, 0 < margin < 2/3 (a renewal must land before the "
+                "connector stops) and 0 <= jitter < 1"
+            )
+
+    def applies_to(self, store: Store) -> bool:
+        return store.shared if self.enabled is None else self.enabled
+
+    @property
+    def round(self) -> float:
+        """Seconds between two rounds, before jitter: a third of the TTL."""
+        return self.ttl / 3
+
+
+def assign(accounts: Sequence[str], members: Sequence[str]) -> dict[str, str]:
+    """Who should hold each account: balanced rendezvous hashing, at most ⌈M/N⌉ each.
+
+    Deterministic: every process given the same accounts and members gets the same answer.
+    """
+    if not members:
+        return {}
+    cap = math.ceil(len(accounts) / len(members))
+    load: Counter[str] = Counter()
+    owners: dict[str, str] = {}
+    for account in sorted(accounts):
+        for member in sorted(members, key=lambda m: _score(m, account), reverse=True):
+            if load[member] < cap:
+                owners[account] = member
+                load[member] += 1
+                break
+    return owners
+
+
+def _score(member: str, account: str) -> bytes:
+    return hashlib.blake2b(f"{member}\0{account}".encode(), digest_size=8).digest()
+
+
+def owner_id() -> str:
+    """This process's name in leases and membership: host, pid, and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@attrs.define(eq=False)
+class _Account:
+    """One account's lease, as this process sees it, and the scope its connector runs in."""
+
+    supervisor: Supervisor
+    state: LeaseState = "standby"
+    acquired: trio.Event = attrs.Factory(trio.Event)
+    """Set when this process acquired the lease and the connector should start."""
+    deadline: float = -math.inf
+    scope: trio.CancelScope | None = None
+    handing_off: bool = False
+    failed: bool = False
+    """The connector stopped for good (fatal error): not acquired again here."""
+
+    @property
+    def name(self) -> str:
+        return self.supervisor.connector.name
+
+    @property
+    def holds(self) -> bool:
+        return self.state == "held"
+
+    def show(self, state: LeaseState, detail: str | None = None) -> None:
+        self.state = state
+        sup = self.supervisor
+        sup.status = attrs.evolve(sup.status, lease=state)
+        if state == "held":
+            sup.set_state("starting")
+        else:
+            sup.set_state("paused", detail)
+
+    def extend(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self.scope is not None:
+            self.scope.deadline = deadline
+
+
+Replay = Callable[[Sequence[Message]], Awaitable[None]]
+
+
+@attrs.define(eq=False)
+class LeaseKeeper:
+    """Runs the supervisors of ``accounts`` only while this process holds their leases."""
+
+    config: Leases
+    store: Store
+    supervisors: Sequence[Supervisor]
+    replay: Replay
+    """Queues an account's unfinished messages (the inbox's ``replay``)."""
+    counters: Counter[str]
+    owner: str = attrs.field(factory=owner_id)
+    _accounts: list[_Account] = attrs.field(init=False)
+    _members: tuple[str, ...] = attrs.field(default=(), init=False)
+    _stable: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._accounts = [_Account(s) for s in self.supervisors]
+
+    def held(self) -> list[str]:
+        """Names of the accounts whose lease this process holds now."""
+        return [a.name for a in self._accounts if a.holds]
+
+    async def run(self) -> None:
+        """Run rounds and the accounts' connectors until cancelled; then release every lease
+        this process holds (each bounded by ``RELEASE_TIMEOUT``), its connector stopped first."""
+        async with trio.open_nursery() as nursery:
+            for account in self._accounts:
+                nursery.start_soon(self._gated, account)
+            while True:
+                await self._round()
+                jitter = 1 + self.config.jitter * (2 * self.config.random() - 1)
+                await trio.sleep(self.config.round * jitter)
+
+    async def _round(self) -> None:
+        config = self.config
+        try:
+            members = await self.store.heartbeat(config.group, self.owner, config.ttl)
+        except StoreError as exc:
+            log.warning("lease round: membership not updated: %s", exc)
+            members = list(self._members)
+        members = sorted({*members, self.owner})
+        self._stable = tuple(members) == self._members
+        self._members = tuple(members)
+        for account in self._accounts:
+            if account.holds:
+                await self._renew(account)
+        owners = assign([a.name for a in self._accounts if not a.failed], members)
+        for account in self._accounts:
+            mine = owners.get(account.name) == self.owner
+            if account.holds and not mine and self._stable and not account.handing_off:
+                log.info("handing %s off to %s", account.name, owners.get(account.name))
+                account.handing_off = True
+                if account.scope is not None:
+                    account.scope.cancel()
+            elif mine and not account.holds and not account.acquired.is_set():
+                await self._acquire(account)
+            elif account.supervisor.status.lease is None:  # first round, someone else's
+                account.show("standby", "standby: another process serves this account")
+
+    async def _acquire(self, account: _Account) -> None:
+        sent = trio.current_time()
+        try:
+            with trio.move_on_after(self.config.round):
+                if await self.store.acquire_lease(account.name, self.owner, self.config.ttl):
+                    account.extend(sent + self.config.ttl * (1 - self.config.margin))
+                    account.state = "held"
+                    account.acquired.set()
+                    self.counters[ACQUIRED] += 1
+                    log.info("acquired the lease of %s", account.name)
+                    return
+        except StoreError as exc:
+            log.warning("could not try the lease of %s: %s", account.name, exc)
+        if account.state != "lost":
+            account.show("standby", "standby: another process holds the lease")
+
+    async def _renew(self, account: _Account) -> None:
+        sent = trio.current_time()
+        renewed = False
+        try:
+            # Waiting past the deadline is pointless: by then the connector has stopped.
+            with trio.move_on_at(account.deadline):
+                renewed = await self.store.renew_lease(account.name, self.owner, self.config.ttl)
+                if not renewed:
+                    log.warning("lost the lease of %s: another process holds it", account.name)
+                    if account.scope is not None:
+                        account.scope.cancel()
+        except StoreError as exc:
+            log.warning("could not renew the lease of %s: %s", account.name, exc)
+        if renewed:
+            account.extend(sent + self.config.ttl * (1 - self.config.margin))
+
+    async def _gated(self, account: _Account) -> None:
+        """Run the account's supervisor each time the lease is acquired, in a scope whose
+        deadline the renewals move; release the lease after a handoff or at shutdown."""
+        supervisor = account.supervisor
+        connector = supervisor.connector
+        try:
+            while True:
+                await account.acquired.wait()
+                account.show("held")
+                with trio.CancelScope(deadline=account.deadline) as scope:
+                    account.scope = scope
+                    try:
+                        pending = await self.store.journal_pending_of(
+                            connector.platform, connector.account
+                        )
+                    except StoreError as exc:
+                        # Give the lease back: the next acquisition replays, whoever makes it.
+                        log.warning("could not replay %s: %s", account.name, exc)
+                        account.handing_off = True
+                    else:
+                        await self.replay(pending)
+                        await supervisor.run()
+                        account.failed = True  # run() only returns when it failed for good
+                account.scope = None
+                account.acquired = trio.Event()
+                if account.failed or account.handing_off:
+                    if account.handing_off:
+                        self.counters[HANDED_OFF] += 1
+                    await self._release(account)
+                    account.handing_off = False
+                    account.show("standby", "handed off to another process")
+                    if account.failed:
+                        return
+                else:
+                    self.counters[LOST] += 1
+                    log.warning("%s stopped: its lease could not be renewed in time", account.name)
+                    account.show("lost", "lease lost: could not renew it in time")
+        finally:
+            account.scope = None
+            if account.holds:
+                with trio.CancelScope(shield=True):
+                    await self._release(account)
+
+    async def _release(self, account: _Account) -> None:
+        with trio.move_on_after(RELEASE_TIMEOUT):
+            try:
+                await self.store.release_lease(account.name, self.owner)
+            except StoreError as exc:
+                log.warning("could not release the lease of %s: %s", account.name, exc)
+        account.state = "standby"
