@@ -32,7 +32,7 @@ import secrets
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, final
 
 import attrs
 import trio
@@ -51,6 +51,7 @@ HANDED_OFF: Final = "lease.handed_off"
 RELEASE_TIMEOUT: Final = 2.0  # seconds a graceful release may take before we give up on it
 
 
+@final
 @attrs.frozen
 class Leases:
     """How bridges on one shared store share accounts (see ``docs/deploying.md``)."""

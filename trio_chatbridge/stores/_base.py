@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import ClassVar, Literal, Self, TypeAlias, final
+from typing import Literal, Self, TypeAlias, final
 
 import attrs
 
@@ -59,7 +59,7 @@ class Store(ABC):
     """Wall-clock seconds since the epoch, for ``received_at`` and pruning; a ``Bridge``
     given its own ``wall_clock`` sets it here, so both read one clock."""
 
-    shared: ClassVar[bool] = False
+    shared = False
     """Whether bridges on several processes use it at once: a bridge on a shared store runs a
     connector only while it holds the account's lease, and replays an account's unfinished
     messages when it acquires that lease (on a store that is not shared: all of them, at start).

@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, final
 
 import coredis
 import coredis.exceptions
@@ -181,6 +181,7 @@ class StaleLeaseError(StoreError):
 Client = coredis.Redis[str] | coredis.RedisCluster[str]
 
 
+@final
 class RedisStore(Store):
     """A store in Redis (or Redis Cluster), shared by bridges on several processes.
 
