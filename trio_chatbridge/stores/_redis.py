@@ -34,14 +34,19 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, TypeAlias, TypeVar, final
 
-import coredis
-import coredis.exceptions
-
-from .._errors import StoreError, find_error
+from .._errors import ConfigurationError, StoreError, find_error
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, JournalState, Store
+
+try:  # the 'redis' extra; without it, RedisStore.from_url says what to install
+    import coredis
+    import coredis.exceptions
+except ImportError:  # pragma: no cover - the test environment installs it
+    HAVE_COREDIS = False
+else:
+    HAVE_COREDIS = True
 
 DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
@@ -178,7 +183,7 @@ class StaleLeaseError(StoreError):
     """A write was refused: another process acquired this account's lease since we did."""
 
 
-Client = coredis.Redis[str] | coredis.RedisCluster[str]
+Client: TypeAlias = "coredis.Redis[str] | coredis.RedisCluster[str]"
 
 
 @final
@@ -236,6 +241,10 @@ class RedisStore(Store):
         ``rediss://…`` for TLS. ``cluster=True``: ``url`` names one node of a Redis Cluster.
         ``timeout`` (seconds) bounds connecting and each reply, so a stalled Redis is an
         error, not a hang."""
+        if not HAVE_COREDIS:
+            raise ConfigurationError(
+                "RedisStore needs coredis: pip install 'trio_chatbridge[redis]'"
+            )
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise StoreError(f"a Redis URL starts with redis:// or rediss://, got {parts.scheme!r}")
