@@ -276,3 +276,35 @@ async def test_without_leases_a_bridge_replays_everything_at_start(
             bridge.shutdown()
     assert handled == ["old"]
     assert all(s.lease is None for s in bridge.status().values())
+
+
+class DoneRefused(cb.MemoryStore):
+    """A store that refuses to mark messages done (Redis away, or our lease taken)."""
+
+    async def journal_done(
+        self, messages: Sequence[cb.Message], *, error: str | None = None
+    ) -> None:
+        raise cb.StoreError("refused by the test")
+
+
+async def test_a_refused_done_mark_leaves_the_message_pending_and_the_bridge_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = DoneRefused()
+    connector = FakeConnector("bot")
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.id for m in batch.messages)
+
+    bridge = cb.Bridge([connector], agent, store=store, debounce=cb.Debounce(window=0.5))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await connector.say("one", id="1")
+            await trio.sleep(2)
+            await connector.say("two", id="2")
+            await trio.sleep(2)
+            bridge.shutdown()
+    assert handled == ["1", "2"]
+    assert [m.id for m in await store.journal_pending()] == ["1", "2"]  # replayed next time

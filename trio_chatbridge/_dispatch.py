@@ -20,7 +20,7 @@ import trio
 
 from . import _stats
 from ._connector import Connector
-from ._errors import find_error, sole
+from ._errors import StoreError, find_error, sole
 from ._latency import Latencies
 from ._logs import SESSION
 from ._messages import Batch, Message
@@ -120,7 +120,10 @@ class Dispatcher:
                     session.waiting[:0] = messages
                     continue
                 with trio.CancelScope(shield=True):  # answered: record it even at shutdown
-                    await self._store.journal_done(messages, error=error)
+                    try:
+                        await self._store.journal_done(messages, error=error)
+                    except StoreError as exc:  # Redis away, or our lease lost: not a crash
+                        log.warning("batch of session %s not marked done: %s", key, exc)
         except BaseException as exc:
             # Cut off by the shutdown grace or a cancelled bridge: the messages stay pending
             # and replay at the next start. Counted only if the agent was running.
