@@ -231,22 +231,24 @@ async def test_unfinished_messages_replay_in_the_process_that_acquires_their_acc
 ) -> None:
     shared = cb.MemoryStore()
     with trio.fail_after(120):
-        async with processes(1, shared) as (procs, nursery):
-            await trio.sleep(TTL)
-            # Messages a crashed owner left unfinished: replayed by whoever acquires their
-            # account next, and only then; the process already holding them does not rerun them.
+        async with processes(2, shared) as (procs, _):
+            await trio.sleep(2 * TTL)
+            survivor, dying = procs
+            theirs, ours = dying.held(), survivor.held()
+            assert theirs and ours
+            # The dying process is cut off with runs unfinished (journaled, never marked done);
+            # a message of the survivor's own accounts is pending too (as if being handled).
+            dying.link.cut = True
             left = [FakeConnector(a).message("left over", id=f"old-{a}") for a in ACCOUNTS]
             await shared.journal_add(left)
-            await trio.sleep(TTL)
-            assert procs[0].handled == []
-            procs.append(Process(shared))
-            await nursery.start(procs[1].run)
-            await trio.sleep(3 * TTL)
-            moved = procs[1].held()
-            assert moved and procs[0].handled == []
-            assert sorted(procs[1].handled) == sorted(f"old-{a}" for a in moved)
-            assert sorted(m.account for m in await shared.journal_pending()) == procs[0].held()
-            # New messages reach whichever process runs the account, and are handled once.
+            await trio.sleep(TTL + 2 * LEASES.round)
+            dying.scope.cancel()  # it dies, without releasing anything
+            # The survivor acquired the dead one's accounts and replayed their messages only.
+            assert survivor.held() == ACCOUNTS
+            assert sorted(survivor.handled) == sorted(f"old-{a}" for a in theirs)
+            assert dying.handled == []
+            assert sorted(m.account for m in await shared.journal_pending()) == ours
+            # New messages reach the process that runs the account, and are handled once.
             for account in ACCOUNTS:
                 for proc in procs:
                     proc.connectors[account].deliver(
@@ -255,6 +257,7 @@ async def test_unfinished_messages_replay_in_the_process_that_acquires_their_acc
             await trio.sleep(2 * TTL)
             handled = Counter(m for p in procs for m in p.handled if m.startswith("new"))
             assert handled == Counter({f"new-{a}": 1 for a in ACCOUNTS})
+            procs.remove(dying)
 
 
 async def test_without_leases_a_bridge_replays_everything_at_start(

@@ -67,6 +67,10 @@ class Leases:
     enabled: bool | None = None
     """``None``: take leases when the store is shared (``RedisStore``); ``True`` or
     ``False`` to decide here (tests take leases on a ``MemoryStore``)."""
+    handoff_grace: float = 10.0
+    """Seconds a process handing an account off waits for its runs of that account to finish
+    (its journal entries marked done) before it releases the lease, so that the new owner
+    does not replay them."""
     jitter: float = 0.1
     """Each round's interval is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
@@ -126,6 +130,8 @@ class _Account:
     deadline: float = -math.inf
     scope: trio.CancelScope | None = None
     handing_off: bool = False
+    hand_off: trio.Event = attrs.Factory(trio.Event)
+    """Set to make the running connector finish its account's runs, then stop."""
     failed: bool = False
     """The connector stopped for good (fatal error): not acquired again here."""
 
@@ -207,8 +213,7 @@ class LeaseKeeper:
             if account.holds and not mine and self._stable and not account.handing_off:
                 log.info("handing %s off to %s", account.name, owners.get(account.name))
                 account.handing_off = True
-                if account.scope is not None:
-                    account.scope.cancel()
+                account.hand_off.set()
             elif mine and not account.holds and not account.acquired.is_set():
                 await self._acquire(account)
             elif account.supervisor.status.lease is None:  # first round, someone else's
@@ -267,8 +272,11 @@ class LeaseKeeper:
                         account.handing_off = True
                     else:
                         await self.replay(pending)
-                        await supervisor.run()
-                        account.failed = True  # run() only returns when it failed for good
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._stop_when_handed_off, account)
+                            await supervisor.run()
+                            account.failed = True  # run() only returns when it failed for good
+                            nursery.cancel_scope.cancel()
                 account.scope = None
                 account.acquired = trio.Event()
                 if account.failed or account.handing_off:
@@ -276,6 +284,7 @@ class LeaseKeeper:
                         self.counters[HANDED_OFF] += 1
                     await self._release(account)
                     account.handing_off = False
+                    account.hand_off = trio.Event()
                     account.show("standby", "handed off to another process")
                     if account.failed:
                         return
@@ -288,6 +297,29 @@ class LeaseKeeper:
             if account.holds:
                 with trio.CancelScope(shield=True):
                     await self._release(account)
+
+    async def _stop_when_handed_off(self, account: _Account) -> None:
+        """Once asked to hand off: wait (at most ``handoff_grace``) until no message of the
+        account is unfinished, the connector still up for their replies, then stop it.
+
+        Everything pending was replayed here when the lease was acquired, or arrived since, so
+        it is this process's to finish; the new owner replays only what arrives in between
+        the last look and the stop. The lease is still renewed meanwhile.
+        """
+        await account.hand_off.wait()
+        connector = account.supervisor.connector
+        with trio.move_on_after(self.config.handoff_grace):
+            while True:
+                try:
+                    if not await self.store.journal_pending_of(
+                        connector.platform, connector.account
+                    ):
+                        break
+                except StoreError as exc:
+                    log.warning("handing %s off: %s", account.name, exc)
+                await trio.sleep(self.config.round / 10)
+        if account.scope is not None:
+            account.scope.cancel()
 
     async def _release(self, account: _Account) -> None:
         with trio.move_on_after(RELEASE_TIMEOUT):
