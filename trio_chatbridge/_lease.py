@@ -196,11 +196,12 @@ class LeaseKeeper:
 
     async def _round(self) -> None:
         config = self.config
+        members = list(self._members)  # if the store does not answer in time
         try:
-            members = await self.store.heartbeat(config.group, self.owner, config.ttl)
+            with trio.move_on_after(config.round):
+                members = await self.store.heartbeat(config.group, self.owner, config.ttl)
         except StoreError as exc:
             log.warning("lease round: membership not updated: %s", exc)
-            members = list(self._members)
         members = sorted({*members, self.owner})
         self._stable = tuple(members) == self._members
         self._members = tuple(members)

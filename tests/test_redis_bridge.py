@@ -1,0 +1,61 @@
+"""A bridge on a real Redis that stops answering: its connectors stop before the lease ends.
+
+Real time and a Redis server of its own (the test freezes it with SIGSTOP), so a few seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from redis_servers import redis_server
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import FakeConnector
+
+TTL = 1.5
+LEASES = cb.Leases(ttl=TTL)
+
+
+def states(bridge: cb.Bridge) -> set[tuple[str, str | None]]:
+    return {(s.state, s.lease) for s in bridge.status().values()}
+
+
+async def wait_until(check: object) -> None:
+    """Poll ``check`` (the bridge's status, which has no event for it) until it holds."""
+    assert callable(check)
+    while True:
+        if check():
+            return
+        await trio.sleep(0.01)
+
+
+@pytest.mark.slow
+async def test_a_frozen_redis_stops_the_connectors_before_the_lease_ends(tmp_path: Path) -> None:
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("ok")
+
+    with redis_server(tmp_path) as server, trio.fail_after(30):
+        store = cb.RedisStore.from_url(server.url, timeout=0.5)
+        connectors = [FakeConnector("a"), FakeConnector("b")]
+        bridge = cb.Bridge(connectors, agent, store=store, leases=LEASES)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await wait_until(lambda: states(bridge) == {("running", "held")})
+            paused_at = trio.current_time()
+            server.pause()
+            try:
+                await wait_until(lambda: all(s[0] != "running" for s in states(bridge)))
+                stopped_after = trio.current_time() - paused_at
+            finally:
+                server.resume()
+            # Renewed at most a round before the pause: stopped by expiry minus the margin.
+            assert stopped_after <= TTL * (1 - LEASES.margin) + 0.1 < TTL
+            assert states(bridge) == {("paused", "lost")}
+            # Redis is back: the bridge never stopped, it takes its accounts again.
+            await wait_until(lambda: states(bridge) == {("running", "held")})
+            await connectors[0].say("still there?")
+            assert (await connectors[0].next_reply()).text == "ok"
+            assert bridge.stats().other["lease.lost"] == 2
+            bridge.shutdown()
