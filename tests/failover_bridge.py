@@ -2,7 +2,8 @@
 
 It serves a WeCom bot and a WeChat account from the loopback emulators, on a RedisStore with
 a short lease TTL. The agent writes each message's id to ``<out>/<pid>.txt`` when its run
-starts (flushed at once, so a SIGKILL loses nothing written), then replies.
+starts (flushed at once, so a SIGKILL loses nothing written), then replies; a reply that
+fails fails the run with the process's pid in the error the journal records.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ async def main(config: dict[str, Any]) -> None:
         for message in batch.messages:
             out.write(f"{message.id}\n")
         await trio.sleep(config["agent_delay"])
-        await reply.send("ok")
+        try:
+            await reply.send("ok")
+        except cb.SendError as exc:  # journaled as this run's failure: say whose it was
+            raise RuntimeError(f"pid {os.getpid()}: {exc}") from exc
 
     store = cb.RedisStore.from_url(config["redis"], prefix=config["prefix"], timeout=1.0)
     connectors: list[Connector] = [
@@ -57,5 +61,9 @@ async def main(config: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     trio.run(main, json.loads(sys.argv[1]))

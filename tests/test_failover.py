@@ -150,38 +150,74 @@ async def _held_by_another(state: Cluster, account: str, victim: int) -> bool:
     return owner is not None and owner != victim
 
 
+ACCOUNT = "wecom:emulator-bot"
+
+
+@asynccontextmanager
+async def owner_in_trouble(state: Cluster, *, wecom_after: bool) -> AsyncIterator[trio.Process]:
+    """The bridges run with messages arriving steadily; yields the WeCom bot's owner, with
+    WeCom messages held back: WeCom does not redeliver a callback pushed into a socket whose
+    process is dead or frozen (docs/deploying.md), so the test sends none between making sure
+    the owner journaled what it got and a standby taking over (nor, unless ``wecom_after``,
+    after: a woken owner gets its share back, and a WeCom handoff drops what is in flight).
+    WeChat messages keep coming all along. On exit: a second of messages more, then every
+    one must be handled."""
+    # Every process is up (each has started its membership) and both accounts run.
+    members = f"{state.prefix}members:default"
+    await wait_for(lambda: _count(state.redis.zcard(members), PROCESSES))
+    await wait_for(lambda: _both_owned(state))
+    async with trio.open_nursery() as senders:
+        senders.start_soon(state.send_steadily)
+        await trio.sleep(1.0)
+        victim = await state.owner(ACCOUNT)
+        state.wecom_open = trio.Event()
+        sent = [i for i in state.sent if i.startswith("wc-")]
+        await wait_for(lambda: state.journaled(sent))
+        yield next(p for p in state.processes if p.pid == victim)
+        if wecom_after:
+            state.wecom_open.set()
+        await trio.sleep(1.0)
+        senders.cancel_scope.cancel()
+    with trio.move_on_after(20):  # then check_handled_once says what is missing
+        await wait_for(lambda: _all_handled(state), every=0.1)
+
+
 @pytest.mark.slow
 async def test_sigkill_of_the_owner_loses_nothing(redis_node: RedisServer, tmp_path: Path) -> None:
-    account = "wecom:emulator-bot"
     with trio.fail_after(60):
-        async with cluster(redis_node, tmp_path, agent_delay=0.05) as state:
-            # Every process is up (each has started its membership) and both accounts run.
-            members = f"{state.prefix}members:default"
-            await wait_for(lambda: _count(state.redis.zcard(members), PROCESSES))
-            await wait_for(lambda: _both_owned(state))
-            async with trio.open_nursery() as senders:
-                senders.start_soon(state.send_steadily)
-                await trio.sleep(1.0)
-                victim = await state.owner(account)
-                assert victim is not None
-                # WeCom does not redeliver a callback pushed into a dead socket (docs/deploying.md),
-                # so none is sent between making sure the owner journaled what it got and the
-                # emulator seeing its socket close. WeChat messages keep coming all along.
-                state.wecom_open = trio.Event()
-                sent = [i for i in state.sent if i.startswith("wc-")]
-                await wait_for(lambda: state.journaled(sent))
-                process = next(p for p in state.processes if p.pid == victim)
-                process.kill()
-                await process.wait()
-                await trio.sleep(0.2)
-                state.wecom_open.set()
-                took = await takeover(state, account, victim)
+        async with cluster(redis_node, tmp_path, 0.05) as state:
+            async with owner_in_trouble(state, wecom_after=True) as victim:
+                victim.kill()
+                await victim.wait()
+                await trio.sleep(0.2)  # the emulator sees the socket close
+                took = await takeover(state, ACCOUNT, victim.pid)
                 assert took <= TTL + ROUND + 0.5, took
-                await trio.sleep(1.0)
-                senders.cancel_scope.cancel()
-            await wait_for(lambda: _all_handled(state), every=0.1)
-            check_handled_once(state, victim)
+            check_handled_once(state, victim.pid)
             assert state.wecom.subscribes >= 2
+
+
+@pytest.mark.slow
+async def test_a_frozen_owner_cannot_write_once_it_wakes(
+    redis_node: RedisServer, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        # Slow runs: the owner is frozen in the middle of some, which it finishes on waking.
+        async with cluster(redis_node, tmp_path, 1.0) as state:
+            async with owner_in_trouble(state, wecom_after=False) as victim:
+                victim.send_signal(signal.SIGSTOP)
+                took = await takeover(state, ACCOUNT, victim.pid)
+                assert took <= TTL + ROUND + 0.5, took
+                victim.send_signal(signal.SIGCONT)
+            check_handled_once(state, victim.pid)
+            # What the woken owner finished, it tried to mark failed (its connector had
+            # stopped, the reply could not go); Redis refused, and the new owner's marks stand.
+            log = (tmp_path / f"stderr-{state.processes.index(victim)}.log").read_text()
+            assert "refused a write" in log
+            ours = {i for i in state.sent if i.startswith("wc-")}
+            states = f"{state.prefix}{{{ACCOUNT}}}:state"  # as stores/_redis.py lays it out
+            marks = {i: await state.redis.hget(states, i) for i in ours}
+            assert None not in marks.values()
+            assert not [i for i, m in marks.items() if f"pid {victim.pid}:" in (m or "")]
 
 
 async def _count(request: Any, expected: int) -> bool:

@@ -520,3 +520,14 @@ async def test_redis_store_errors_are_clear(tmp_path: Path) -> None:
     with trio.fail_after(10), pytest.raises(cb.StoreError, match="could not connect") as info:
         await store.open()
     assert "s3cret" not in str(info.value)
+
+
+async def test_members_join_by_heartbeat_and_can_leave(store: cb.Store) -> None:
+    if not isinstance(store, cb.MemoryStore | cb.RedisStore):
+        assert await store.heartbeat("g", "p1", 10) == ["p1"]  # keeps no membership
+        return
+    assert await store.heartbeat("g", "p2", 10) == ["p2"]
+    assert await store.heartbeat("g", "p1", 10) == ["p1", "p2"]
+    assert await store.heartbeat("other", "p3", 10) == ["p3"]
+    assert await store.heartbeat("g", "p2", 0) == ["p1"]  # p2 leaves
+    assert await store.heartbeat("g", "p1", 10) == ["p1"]

@@ -185,14 +185,24 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         """Run rounds and the accounts' connectors until cancelled; then release every lease
-        this process holds (each bounded by ``RELEASE_TIMEOUT``), its connector stopped first."""
-        async with trio.open_nursery() as nursery:
-            for account in self._accounts:
-                nursery.start_soon(self._gated, account)
-            while True:
-                await self._round()
-                jitter = 1 + self.config.jitter * (2 * self.config.random() - 1)
-                await trio.sleep(self.config.round * jitter)
+        this process holds (each bounded by ``RELEASE_TIMEOUT``), its connector stopped first,
+        and leave the membership."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for account in self._accounts:
+                    nursery.start_soon(self._gated, account)
+                while True:
+                    await self._round()
+                    jitter = 1 + self.config.jitter * (2 * self.config.random() - 1)
+                    await trio.sleep(self.config.round * jitter)
+        finally:
+            # Leave the membership (a heartbeat that expires at once), so that nobody hands
+            # an account off to this process any more.
+            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
+                try:
+                    await self.store.heartbeat(self.config.group, self.owner, 0)
+                except StoreError as exc:
+                    log.warning("could not leave the membership: %s", exc)
 
     async def _round(self) -> None:
         config = self.config

@@ -168,13 +168,17 @@ end
 return 0
 """
 
-# KEYS: members. ARGV: member, ttl (ms). Server time, so that every machine agrees.
+# KEYS: members. ARGV: member, ttl (ms; 0 leaves). Server time, so that every machine agrees.
+# The key itself lives as long as its longest-lived member.
 _HEARTBEAT: Final = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
@@ -452,7 +456,8 @@ class RedisStore(Store):
 
     async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
         key = f"{self.prefix}members:{group}"
-        members: object = await self._call("write to", self._heartbeat([key], [member, _ms(ttl)]))
+        ttl_ms = str(max(0, math.ceil(ttl * 1000)))
+        members: object = await self._call("write to", self._heartbeat([key], [member, ttl_ms]))
         return sorted(str(m) for m in _list(members))
 
 
