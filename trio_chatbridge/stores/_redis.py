@@ -215,7 +215,7 @@ class RedisStore(Store):
         self._client = client
         self.prefix = prefix
         self._description = description
-        self._wall_clock = wall_clock
+        self.wall_clock = wall_clock
         self._stack: AsyncExitStack | None = None
         self._fences: dict[str, int] = {}
         self._known: set[str] = set()
@@ -341,7 +341,7 @@ class RedisStore(Store):
     # -- journal ---------------------------------------------------------------------------
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
-        now = repr(self._wall_clock())
+        now = repr(self.wall_clock())
         by_account: dict[str, list[int]] = {}
         for i, message in enumerate(messages):
             by_account.setdefault(_tag(message.platform, message.account), []).append(i)
