@@ -5,11 +5,12 @@ Real time and a Redis server of its own (the test freezes it with SIGSTOP), so a
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 import trio
-from redis_servers import redis_server
+from redis_servers import RedisServer, redis_server
 
 import trio_chatbridge as cb
 from trio_chatbridge.testing import FakeConnector
@@ -58,3 +59,18 @@ async def test_a_frozen_redis_stops_the_connectors_before_the_lease_ends(tmp_pat
             assert (await connectors[0].next_reply()).text == "ok"
             assert bridge.stats().other["lease.lost"] == 2
             bridge.shutdown()
+
+
+async def test_a_bridge_on_redis_can_be_cancelled_outright(redis_node: RedisServer) -> None:
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("ok")
+
+    store = cb.RedisStore.from_url(redis_node.url, prefix=f"cancel-{uuid.uuid4().hex}:")
+    connector = FakeConnector("a")
+    bridge = cb.Bridge([connector], agent, store=store, leases=LEASES)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await bridge.wait_status(lambda s: s["fake:a"].state == "running")
+            nursery.cancel_scope.cancel()  # no graceful shutdown: the store closes all the same
+    assert bridge.status()["fake:a"].state == "stopped"

@@ -160,12 +160,18 @@ class Bridge:
             with trio.CancelScope(shield=True):
                 # Each is closed whatever the others do; a failure is logged, never raised
                 # over how run() ended.
-                closables: list[Connector | Store] = [*self.connectors, self.store]
+                closables: list[Connector | Store] = [*self.connectors]
                 for closable in closables:
                     try:
                         await closable.aclose()
                     except Exception:
                         log.exception("closing %r failed", closable)
+            # The store last, and outside that scope: a store whose client holds a task group
+            # (RedisStore) must close at the level it opened at; each shields what it needs.
+            try:
+                await self.store.aclose()
+            except Exception:
+                log.exception("closing %r failed", self.store)
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         pruned = await self.store.journal_prune(self.store.wall_clock() - self.journal_retention)

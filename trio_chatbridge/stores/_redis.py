@@ -286,6 +286,8 @@ class RedisStore(Store):
             self._stack = stack.pop_all()
 
     async def aclose(self) -> None:
+        """Disconnect. Must run at the nesting level :meth:`open` ran at, never inside a cancel
+        scope opened since (the client's task group would be exited from inside it)."""
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()

@@ -136,7 +136,8 @@ class SQLiteStore(Store):
     async def aclose(self) -> None:
         db, self._db = self._db, None
         if db is not None:
-            await self._run(db.close)
+            with trio.CancelScope(shield=True):  # closed even when the bridge is cancelled
+                await self._run(db.close)
 
     # -- journal ---------------------------------------------------------------------------
 
