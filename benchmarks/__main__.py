@@ -10,6 +10,7 @@ from .core import BENCHMARKS as CORE
 from .embed import BENCHMARKS as EMBED
 from .lark import BENCHMARKS as LARK
 from .model import BENCHMARKS as MODEL
+from .redis import BENCHMARKS as REDIS
 from .wecom import BENCHMARKS as WECOM
 from .weixin import BENCHMARKS as WEIXIN
 
@@ -17,6 +18,7 @@ ALL = {**CORE, **WEIXIN, **WECOM, **LARK}
 ALL.update(EMBED)
 ALL.update(BOT)
 ALL.update(MODEL)
+ALL.update(REDIS)
 
 
 def main(names: list[str]) -> int:

@@ -6,13 +6,15 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import hypothesis
 import pytest
 import trio
 from leaks import PUBLIC_CLASSES, SecretWatch
-from redis_servers import RedisServer, redis_cluster, redis_server
+
+if TYPE_CHECKING:
+    from redis_servers import RedisServer
 
 # CI tests the same examples on every run (derandomize), so a red run always means a change;
 # HYPOTHESIS_PROFILE=deep explores ten times more, from a fresh random seed each time.
@@ -113,6 +115,8 @@ def no_secret_in_logs_or_reprs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 @pytest.fixture(scope="session")
 def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One Redis node for the whole session (tests keep apart by key prefix)."""
+    from redis_servers import redis_server  # here: a conftest copied alone still imports
+
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server
 
@@ -120,5 +124,7 @@ def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
 @pytest.fixture(scope="session")
 def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     """A three-node Redis Cluster for the whole session."""
+    from redis_servers import redis_cluster
+
     with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
         yield nodes

@@ -32,8 +32,8 @@ import json
 import math
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from typing import Any, Final, TypeAlias, TypeVar, final
 
 from .._errors import ConfigurationError, StoreError, find_error
@@ -280,10 +280,16 @@ class RedisStore(Store):
         (the bridge does both): the client's connections live in a task group of its own."""
         if self._stack is not None:
             return
-        async with self._errors("connect to"), AsyncExitStack() as stack:
-            await stack.enter_async_context(self._client)
-            await self._client.ping()
-            self._stack = stack.pop_all()
+        try:
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(self._client)
+                await self._client.ping()
+                self._stack = stack.pop_all()
+        except Exception as exc:
+            mapped = self._mapped(exc, "connect to")
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def aclose(self) -> None:
         """Disconnect. Must run at the nesting level :meth:`open` ran at, never inside a cancel
@@ -292,34 +298,35 @@ class RedisStore(Store):
         if stack is not None:
             await stack.aclose()
 
-    @asynccontextmanager
-    async def _errors(self, doing: str) -> AsyncIterator[None]:
-        """Map what coredis and the network raise (alone, or in a group from the client's
-        task group) to StoreError, once, here."""
-        try:
-            yield
-        except Exception as exc:
-            refused = find_error(exc, coredis.exceptions.ResponseError)
-            if refused is not None and str(refused).startswith(STALE):
-                raise StaleLeaseError(
-                    f"{self!r} refused a write ({refused}): another process holds the lease now"
-                ) from exc
-            for kind in (coredis.exceptions.RedisError, OSError, TimeoutError):
-                cause = find_error(exc, kind)
-                if cause is not None:
-                    raise StoreError(
-                        f"could not {doing} {self!r}: {type(cause).__name__}: {cause}; "
-                        "retrying with backoff"
-                    ) from exc
-            raise
+    def _mapped(self, exc: Exception, doing: str) -> StoreError | None:
+        """What coredis or the network raised (alone, or in a group from the client's task
+        group) as a StoreError, or None when it is neither: the one place errors are mapped."""
+        refused = find_error(exc, coredis.exceptions.ResponseError)
+        if refused is not None and str(refused).startswith(STALE):
+            return StaleLeaseError(
+                f"{self!r} refused a write ({refused}): another process holds the lease now"
+            )
+        for kind in (coredis.exceptions.RedisError, OSError, TimeoutError):
+            cause = find_error(exc, kind)
+            if cause is not None:
+                return StoreError(
+                    f"could not {doing} {self!r}: {type(cause).__name__}: {cause}; "
+                    "retrying with backoff"
+                )
+        return None
 
     async def _call(self, doing: str, request: Awaitable[T]) -> T:
         if self._stack is None:
             raise StoreError(
                 f"{self!r} is not open: use 'async with store:' or pass it to a Bridge"
             )
-        async with self._errors(doing):
+        try:
             return await request
+        except Exception as exc:
+            mapped = self._mapped(exc, doing)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     def _key(self, tag: str, what: str) -> str:
         return f"{self.prefix}{{{tag}}}:{what}"
