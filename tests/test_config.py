@@ -246,3 +246,14 @@ def test_memory_and_bad_store_urls() -> None:
 def test_any_sqlite_path_survives_its_url(path: str) -> None:
     store = store_from_url("sqlite:///" + quote(path))
     assert isinstance(store, cb.SQLiteStore) and store.path == path
+
+
+def test_redis_urls_name_a_redis_store_without_showing_the_password() -> None:
+    store = store_from_url("redis://:s3cret@127.0.0.1:6390/2?prefix=bots:&cluster=false")
+    assert isinstance(store, cb.RedisStore)
+    assert store.prefix == "bots:" and "s3cret" not in repr(store)
+    assert "127.0.0.1:6390/2" in repr(store)
+    tls = store_from_url("rediss://127.0.0.1:6391")
+    assert isinstance(tls, cb.RedisStore) and tls.prefix == "chatbridge:"
+    with pytest.raises(cb.ConfigurationError, match="cluster must be true or false"):
+        store_from_url("redis://127.0.0.1?cluster=maybe")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
 from ._base import Store
 from ._memory import MemoryStore
+from ._redis import DEFAULT_PREFIX, RedisStore
 from ._sqlite import SQLiteStore
 
-SCHEMES = ("sqlite", "memory")
+SCHEMES = ("sqlite", "memory", "redis", "rediss")
 """The URL schemes :func:`store_from_url` knows."""
 
 
@@ -18,7 +19,10 @@ def store_from_url(url: str) -> Store:
 
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's form:
       the path follows the third slash), also ``sqlite:relative.db``;
-    - ``memory://``: nothing survives the process.
+    - ``memory://``: nothing survives the process;
+    - ``redis://[user:password@]host:port/db`` or ``rediss://…`` (TLS): a
+      :class:`RedisStore`, shared by several processes; ``?prefix=chatbridge:`` sets the key
+      prefix, ``?cluster=true`` names one node of a Redis Cluster.
 
     Raises :class:`ConfigurationError` naming what is wrong.
     """
@@ -38,5 +42,18 @@ def store_from_url(url: str) -> Store:
         if not path:
             raise ConfigurationError(f"store URL {url!r}: name the file: sqlite:///chatbridge.db")
         return SQLiteStore(path)
+    if parts.scheme in ("redis", "rediss"):
+        return _redis(url)
     known = ", ".join(f"{s}://" for s in SCHEMES)
     raise ConfigurationError(f"store URL {url!r}: unknown scheme; use one of {known}")
+
+
+def _redis(url: str) -> RedisStore:
+    parts = urlsplit(url)
+    options = dict(parse_qsl(parts.query))
+    prefix = options.pop("prefix", DEFAULT_PREFIX)
+    cluster = options.pop("cluster", "false").lower()
+    if cluster not in ("true", "false"):
+        raise ConfigurationError(f"store URL: cluster must be true or false, got {cluster!r}")
+    rest = urlunsplit(parts._replace(query=urlencode(options)))
+    return RedisStore.from_url(rest, prefix=prefix, cluster=cluster == "true")
