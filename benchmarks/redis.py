@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import coredis
@@ -35,7 +34,7 @@ import trio
 
 import trio_chatbridge as cb
 from trio_chatbridge.stores._redis import DEFAULT_TIMEOUT
-from trio_chatbridge.testing import FakeConnector
+from trio_chatbridge.testing import FakeConnector, redis_server
 
 from ._util import report
 
@@ -52,45 +51,10 @@ RENEW = (
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A redis-server on a free loopback port, without persistence; yields its URL."""
-    if shutil.which("redis-server") is None:
-        raise SystemExit("benchmarks/redis.py needs redis-server (apt-get install redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with tempfile.TemporaryDirectory() as directory:
-        server = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                directory,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
-                ).stdout.strip()
-                != b"PONG"
-            ):
-                if time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}"
-        finally:
-            server.kill()
-            server.wait()
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, without persistence; its URL."""
+    with tempfile.TemporaryDirectory() as directory, redis_server(Path(directory)) as server:
+        yield server.url
 
 
 def raw_client(url: str) -> coredis.Redis[str]:
@@ -265,7 +229,7 @@ async def run_bridge(url: str, prefix: str) -> None:
 
 def bench_redis() -> None:
     """RedisStore against raw coredis: journal puts, lease renewals, memory, takeover."""
-    with redis_server() as url:
+    with redis_url() as url:
         work = pages()
         ours, raw = versus(url, store_puts, raw_puts, work)
         rows = [

@@ -14,7 +14,7 @@ import trio
 from leaks import PUBLIC_CLASSES, SecretWatch
 
 if TYPE_CHECKING:
-    from redis_servers import RedisServer
+    from trio_chatbridge.testing import RedisServer
 
 # CI tests the same examples on every run (derandomize), so a red run always means a change;
 # HYPOTHESIS_PROFILE=deep explores ten times more, from a fresh random seed each time.
@@ -115,8 +115,11 @@ def no_secret_in_logs_or_reprs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 @pytest.fixture(scope="session")
 def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One Redis node for the whole session (tests keep apart by key prefix)."""
-    from redis_servers import redis_server  # here: a conftest copied alone still imports
+    from redis_servers import require_redis  # here: a conftest copied alone still imports
 
+    from trio_chatbridge.testing import redis_server
+
+    require_redis()
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server
 
@@ -124,7 +127,10 @@ def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
 @pytest.fixture(scope="session")
 def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     """A three-node Redis Cluster for the whole session."""
-    from redis_servers import redis_cluster
+    from redis_servers import require_redis
 
+    from trio_chatbridge.testing import redis_cluster
+
+    require_redis()
     with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
         yield nodes

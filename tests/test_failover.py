@@ -23,9 +23,8 @@ import attrs
 import coredis
 import pytest
 import trio
-from redis_servers import RedisServer
 
-from trio_chatbridge.testing import WeComEmulator, WeixinEmulator
+from trio_chatbridge.testing import RedisServer, WeComEmulator, WeixinEmulator
 
 TTL = 2.0  # seconds: short, so that a takeover is quick
 ROUND = TTL / 3

@@ -138,16 +138,19 @@ class Process:
 
 @asynccontextmanager
 async def processes(
-    count: int, shared: cb.Store
-) -> AsyncIterator[tuple[list[Process], trio.Nursery]]:
-    """``count`` bridges running on ``shared``; more can be started in the nursery."""
+    count: int,
+) -> AsyncIterator[tuple[list[Process], trio.Nursery, cb.MemoryStore]]:
+    """``count`` bridges running on one shared store, the whole bounded in (virtual) time;
+    more can be started in the nursery."""
+    shared = cb.MemoryStore()
     procs = [Process(shared) for _ in range(count)]
-    async with trio.open_nursery() as nursery:
-        for proc in procs:
-            await nursery.start(proc.run)
-        yield procs, nursery
-        for proc in procs:
-            proc.bridge.shutdown()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for proc in procs:
+                await nursery.start(proc.run)
+            yield procs, nursery, shared
+            for proc in procs:
+                proc.bridge.shutdown()
 
 
 def owners(procs: Sequence[Process]) -> Mapping[str, list[int]]:
@@ -162,102 +165,96 @@ def owners(procs: Sequence[Process]) -> Mapping[str, list[int]]:
 async def test_each_account_runs_in_exactly_one_process_spread_evenly(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    shared = cb.MemoryStore()
-    with trio.fail_after(120):
-        async with processes(3, shared) as (procs, nursery):
-            await trio.sleep(3 * TTL)
-            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
-            assert max(len(p.held()) for p in procs) <= math.ceil(7 / 3)
-            for proc in procs:
-                assert proc.running() == proc.held()
-                standby = [s for s in proc.bridge.status().values() if s.lease == "standby"]
-                assert all(s.state == "paused" for s in standby)
+    async with processes(3) as (procs, nursery, shared):
+        await trio.sleep(3 * TTL)
+        assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+        assert max(len(p.held()) for p in procs) <= math.ceil(7 / 3)
+        for proc in procs:
+            assert proc.running() == proc.held()
+            standby = [s for s in proc.bridge.status().values() if s.lease == "standby"]
+            assert all(s.state == "paused" for s in standby)
 
-            # A fourth process joins: accounts move to it, never held twice on the way.
-            procs.append(Process(shared))
-            await nursery.start(procs[3].run)
-            for _ in range(int(4 * TTL / 0.25)):
-                await trio.sleep(0.25)
-                assert all(len(o) <= 1 for o in owners(procs).values()), owners(procs)
-                assert all(len(p.running()) <= len(p.held()) for p in procs)
-            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
-            assert max(len(p.held()) for p in procs) <= math.ceil(7 / 4)
-            assert procs[3].held()
-            assert sum(p.bridge.stats().other.get("lease.handed_off", 0) for p in procs) > 0
+        # A fourth process joins: accounts move to it, never held twice on the way.
+        procs.append(Process(shared))
+        await nursery.start(procs[3].run)
+        for _ in range(int(4 * TTL / 0.25)):
+            await trio.sleep(0.25)
+            assert all(len(o) <= 1 for o in owners(procs).values()), owners(procs)
+            assert all(len(p.running()) <= len(p.held()) for p in procs)
+        assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+        assert max(len(p.held()) for p in procs) <= math.ceil(7 / 4)
+        assert procs[3].held()
+        assert sum(p.bridge.stats().other.get("lease.handed_off", 0) for p in procs) > 0
 
-            # One leaves gracefully: its leases are released, the others take them at once.
-            leaving = procs.pop(0)
-            leaving.bridge.shutdown()
-            await trio.sleep(3 * TTL)
-            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
-            assert max(len(p.held()) for p in procs) <= math.ceil(7 / 3)
+        # One leaves gracefully: its leases are released, the others take them at once.
+        leaving = procs.pop(0)
+        leaving.bridge.shutdown()
+        await trio.sleep(3 * TTL)
+        assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+        assert max(len(p.held()) for p in procs) <= math.ceil(7 / 3)
 
 
 async def test_a_process_cut_off_stops_its_connectors_before_its_leases_expire(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    shared = cb.MemoryStore()
-    with trio.fail_after(120):
-        async with processes(2, shared) as (procs, _):
-            await trio.sleep(2 * TTL)
-            victim = max(procs, key=lambda p: len(p.held()))
-            other = procs[1 - procs.index(victim)]
-            lost = victim.held()
-            cut_at = trio.current_time()
-            victim.link.cut = True
-            # Renewals fail from now on: the last one was at most a round ago, so every
-            # connector stops within the TTL minus the margin, before anyone can take over.
-            step = 0.01
-            while victim.running():
-                await trio.sleep(step)
-                assert not any(a in other.held() for a in victim.running())
-            assert trio.current_time() - cut_at <= TTL * (1 - LEASES.margin) + step
-            for name, status in victim.bridge.status().items():
-                if name.split(":")[1] in lost:
-                    assert (status.lease, status.state) == ("lost", "paused")
-            # The other process takes the accounts over within a TTL and a round.
-            await trio.sleep(TTL + LEASES.round)
-            assert other.held() == ACCOUNTS
-            assert victim.bridge.stats().other["lease.lost"] == len(lost)
-            # The partition heals: the victim rejoins and gets its share back; nothing crashed.
-            victim.link.cut = False
-            await trio.sleep(3 * TTL)
-            assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
-            assert victim.held()
+    async with processes(2) as (procs, _, _):
+        await trio.sleep(2 * TTL)
+        victim = max(procs, key=lambda p: len(p.held()))
+        other = procs[1 - procs.index(victim)]
+        lost = victim.held()
+        cut_at = trio.current_time()
+        victim.link.cut = True
+        # Renewals fail from now on: the last one was at most a round ago, so every
+        # connector stops within the TTL minus the margin, before anyone can take over.
+        step = 0.01
+        while victim.running():
+            await trio.sleep(step)
+            assert not any(a in other.held() for a in victim.running())
+        assert trio.current_time() - cut_at <= TTL * (1 - LEASES.margin) + step
+        for name, status in victim.bridge.status().items():
+            if name.split(":")[1] in lost:
+                assert (status.lease, status.state) == ("lost", "paused")
+        # The other process takes the accounts over within a TTL and a round.
+        await trio.sleep(TTL + LEASES.round)
+        assert other.held() == ACCOUNTS
+        assert victim.bridge.stats().other["lease.lost"] == len(lost)
+        # The partition heals: the victim rejoins and gets its share back; nothing crashed.
+        victim.link.cut = False
+        await trio.sleep(3 * TTL)
+        assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+        assert victim.held()
 
 
 async def test_unfinished_messages_replay_in_the_process_that_acquires_their_account(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    shared = cb.MemoryStore()
-    with trio.fail_after(120):
-        async with processes(2, shared) as (procs, _):
-            await trio.sleep(2 * TTL)
-            survivor, dying = procs
-            theirs, ours = dying.held(), survivor.held()
-            assert theirs and ours
-            # The dying process is cut off with runs unfinished (journaled, never marked done);
-            # a message of the survivor's own accounts is pending too (as if being handled).
-            dying.link.cut = True
-            left = [FakeConnector(a).message("left over", id=f"old-{a}") for a in ACCOUNTS]
-            await shared.journal_add(left)
-            await trio.sleep(TTL + 2 * LEASES.round)
-            dying.scope.cancel()  # it dies, without releasing anything
-            # The survivor acquired the dead one's accounts and replayed their messages only.
-            assert survivor.held() == ACCOUNTS
-            assert sorted(survivor.handled) == sorted(f"old-{a}" for a in theirs)
-            assert dying.handled == []
-            assert sorted(m.account for m in await shared.journal_pending()) == ours
-            # New messages reach the process that runs the account, and are handled once.
-            for account in ACCOUNTS:
-                for proc in procs:
-                    proc.connectors[account].deliver(
-                        FakeConnector(account).message("new", id=f"new-{account}")
-                    )
-            await trio.sleep(2 * TTL)
-            handled = Counter(m for p in procs for m in p.handled if m.startswith("new"))
-            assert handled == Counter({f"new-{a}": 1 for a in ACCOUNTS})
-            procs.remove(dying)
+    async with processes(2) as (procs, _, shared):
+        await trio.sleep(2 * TTL)
+        survivor, dying = procs
+        theirs, ours = dying.held(), survivor.held()
+        assert theirs and ours
+        # The dying process is cut off with runs unfinished (journaled, never marked done);
+        # a message of the survivor's own accounts is pending too (as if being handled).
+        dying.link.cut = True
+        left = [FakeConnector(a).message("left over", id=f"old-{a}") for a in ACCOUNTS]
+        await shared.journal_add(left)
+        await trio.sleep(TTL + 2 * LEASES.round)
+        dying.scope.cancel()  # it dies, without releasing anything
+        # The survivor acquired the dead one's accounts and replayed their messages only.
+        assert survivor.held() == ACCOUNTS
+        assert sorted(survivor.handled) == sorted(f"old-{a}" for a in theirs)
+        assert dying.handled == []
+        assert sorted(m.account for m in await shared.journal_pending()) == ours
+        # New messages reach the process that runs the account, and are handled once.
+        for account in ACCOUNTS:
+            for proc in procs:
+                proc.connectors[account].deliver(
+                    FakeConnector(account).message("new", id=f"new-{account}")
+                )
+        await trio.sleep(2 * TTL)
+        handled = Counter(m for p in procs for m in p.handled if m.startswith("new"))
+        assert handled == Counter({f"new-{a}": 1 for a in ACCOUNTS})
+        procs.remove(dying)
 
 
 async def test_without_leases_a_bridge_replays_everything_at_start(

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from redis_servers import RedisServer, redis_server
+from redis_servers import require_redis
 
 import trio_chatbridge as cb
-from trio_chatbridge.testing import FakeConnector
+from trio_chatbridge.testing import FakeConnector, RedisServer, redis_server
 
 TTL = 1.5
 LEASES = cb.Leases(ttl=TTL)
@@ -37,6 +37,7 @@ async def test_a_frozen_redis_stops_the_connectors_before_the_lease_ends(tmp_pat
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         await reply.send("ok")
 
+    require_redis()
     with redis_server(tmp_path) as server, trio.fail_after(30):
         store = cb.RedisStore.from_url(server.url, timeout=0.5)
         connectors = [FakeConnector("a"), FakeConnector("b")]

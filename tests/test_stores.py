@@ -14,11 +14,10 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
-from redis_servers import RedisServer
 
 import trio_chatbridge as cb
 from trio_chatbridge.stores import StaleLeaseError, journal_key
-from trio_chatbridge.testing import FakeConnector
+from trio_chatbridge.testing import FakeConnector, RedisServer
 
 fake = FakeConnector()
 

@@ -11,6 +11,10 @@ from ._lark import LarkSent as LarkSent
 from ._record import Activity as Activity
 from ._record import MediaRecord as MediaRecord
 from ._record import Record as Record
+from ._redis import RedisServer as RedisServer
+from ._redis import have_redis as have_redis
+from ._redis import redis_cluster as redis_cluster
+from ._redis import redis_server as redis_server
 from ._run import open_bridge as open_bridge
 from ._wecom import InFlightLimit as InFlightLimit
 from ._wecom import WeComEmulator as WeComEmulator
@@ -33,11 +37,15 @@ __all__ = [
     "HandlerTransport",
     "Record",
     "RecordedRequest",
+    "RedisServer",
     "SentReply",
     "Unsupported",
     "WeixinEmulator",
     "WeixinFault",
     "WeixinSentMessage",
+    "have_redis",
     "open_bridge",
+    "redis_cluster",
+    "redis_server",
     "serve_http",
 ]
