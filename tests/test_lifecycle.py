@@ -207,3 +207,13 @@ async def test_a_retry_logs_one_line_with_its_cause_and_the_traceback_only_at_de
     ]
     assert warnings[0].exc_info is None
     assert any(r.exc_info for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+async def test_wait_status_is_a_checkpoint_even_when_the_status_already_holds() -> None:
+    """A Trio call that can block must always be a cancellation point: a cancelled caller
+    looping on an already-true status would otherwise never see its cancellation."""
+    bridge = cb.Bridge([FakeConnector()], echo, store=cb.MemoryStore())
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await bridge.wait_status(lambda s: True)
+    assert scope.cancelled_caught

@@ -53,7 +53,9 @@ class StatusBoard:
         """Wait until ``predicate(statuses)`` holds; returns the statuses that satisfied it.
 
         Raises :class:`ChatBridgeError` if the bridge stops first. If cancelled, nothing changes.
+        Always a checkpoint, even when the statuses already satisfy ``predicate``.
         """
+        await trio.lowlevel.checkpoint()
         while True:
             statuses = self.snapshot()
             if predicate(statuses):
