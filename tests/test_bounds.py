@@ -69,3 +69,31 @@ async def test_a_new_sqlite_store_and_its_wal_files_are_readable_by_their_owner_
 async def test_a_store_in_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(cb.StoreError, match="cannot open"):
         await cb.SQLiteStore(tmp_path / "nowhere" / "x.db").open()
+
+
+class _PruneFailsWhileRunning(cb.MemoryStore):
+    """A store whose pruning works at start, then fails (a busy or unreachable database)."""
+
+    prunes = 0
+
+    async def journal_prune(self, before: float) -> int:
+        self.prunes += 1
+        if self.prunes > 1:
+            raise OSError("database is locked")
+        return await super().journal_prune(before)
+
+
+async def test_a_failed_pruning_while_running_is_logged_and_retried_not_fatal(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pruning is housekeeping: its failure must not stop the bridge answering messages."""
+    store = _PruneFailsWhileRunning()
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], echo, store=store, journal_retention=60.0)
+    async with open_bridge(bridge):
+        await trio.sleep(3 * 60 + 1)  # three prunings, each failing
+        await chat.say("still there?")
+        await trio.sleep(10)
+    assert store.prunes == 4
+    assert [r.text for r in chat.sent] == ["still there?"]
+    assert any("pruning the journal failed" in r.getMessage() for r in caplog.records)

@@ -239,11 +239,17 @@ class Bridge:
 
     async def _prune_while_running(self) -> None:
         """Prune handled journal entries past their retention, periodically: a journal kept
-        in memory would otherwise grow until the next start. Cancelled with the connectors."""
+        in memory would otherwise grow until the next start. Cancelled with the connectors.
+        A pruning that fails (a busy or unreachable store) is logged and tried again next
+        period: housekeeping never stops the bridge."""
         while True:
             await trio.sleep(min(PRUNE_EVERY, max(self.journal_retention, 1.0)))
             cutoff = self.store.wall_clock() - self.journal_retention
-            pruned = await self.store.journal_prune(cutoff)
+            try:
+                pruned = await self.store.journal_prune(cutoff)
+            except Exception as exc:
+                log.warning("pruning the journal failed (tried again later): %r", exc)
+                continue
             if pruned:
                 log.debug("pruned %d handled journal entries", pruned)
 
