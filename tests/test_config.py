@@ -257,3 +257,19 @@ def test_redis_urls_name_a_redis_store_without_showing_the_password() -> None:
     assert isinstance(tls, cb.RedisStore) and tls.prefix == "chatbridge:"
     with pytest.raises(cb.ConfigurationError, match="cluster must be true or false"):
         store_from_url("redis://127.0.0.1?cluster=maybe")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "reddis://:s3cret@127.0.0.1:6390/2",  # a misspelt scheme
+        "redis+sentinel://user:s3cret@127.0.0.1/0",  # a scheme we do not read
+        "sqlite://user:s3cret@127.0.0.1/x.db",  # a host where none belongs
+    ],
+)
+def test_a_bad_store_url_is_reported_without_its_password(url: str) -> None:
+    """The error is printed by run and check, and logged: the password stays out of it."""
+    with pytest.raises(cb.ConfigurationError) as caught:
+        store_from_url(url)
+    assert "s3cret" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)  # still says which URL is meant

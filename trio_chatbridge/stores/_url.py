@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
 from ._base import Store
@@ -27,25 +27,26 @@ def store_from_url(url: str) -> Store:
     Raises :class:`ConfigurationError` naming what is wrong.
     """
     parts = urlsplit(url)
+    shown = _shown(parts)  # what errors quote: never the password
     if parts.scheme == "memory":
         if parts.netloc or parts.path or parts.query:
-            raise ConfigurationError(f"store URL {url!r}: memory:// takes nothing after it")
+            raise ConfigurationError(f"store URL {shown!r}: memory:// takes nothing after it")
         return MemoryStore()
     if parts.scheme == "sqlite":
         if parts.netloc:
             raise ConfigurationError(
-                f"store URL {url!r}: a SQLite URL has no host; write sqlite:///path/to/file.db"
+                f"store URL {shown!r}: a SQLite URL has no host; write sqlite:///path/to/file.db"
             )
         path = unquote(parts.path)
         if url.startswith("sqlite:///"):
             path = path[1:]  # the third slash separates the empty host from the path
         if not path:
-            raise ConfigurationError(f"store URL {url!r}: name the file: sqlite:///chatbridge.db")
+            raise ConfigurationError(f"store URL {shown!r}: name the file: sqlite:///chatbridge.db")
         return SQLiteStore(path)
     if parts.scheme in ("redis", "rediss"):
         return _redis(url)
     known = ", ".join(f"{s}://" for s in SCHEMES)
-    raise ConfigurationError(f"store URL {url!r}: unknown scheme; use one of {known}")
+    raise ConfigurationError(f"store URL {shown!r}: unknown scheme; use one of {known}")
 
 
 def _redis(url: str) -> RedisStore:
@@ -57,3 +58,13 @@ def _redis(url: str) -> RedisStore:
         raise ConfigurationError(f"store URL: cluster must be true or false, got {cluster!r}")
     rest = urlunsplit(parts._replace(query=urlencode(options)))
     return RedisStore.from_url(rest, prefix=prefix, cluster=cluster == "true")
+
+
+def _shown(parts: SplitResult) -> str:
+    """The URL for an error message: its password and query values replaced by ``***``."""
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
