@@ -273,3 +273,18 @@ def test_a_bad_store_url_is_reported_without_its_password(url: str) -> None:
         store_from_url(url)
     assert "s3cret" not in str(caught.value)
     assert "127.0.0.1" in str(caught.value)  # still says which URL is meant
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://[::1/0",
+        "redis://:pw@127.0.0.1:abc/0",
+        "sqlite://[x",
+        "redis://127.0.0.1?prefix={x}",
+    ],
+)
+def test_a_malformed_store_url_is_a_configuration_error(url: str) -> None:
+    """Not a ValueError out of urllib: run and check report configuration errors only."""
+    with pytest.raises(cb.ConfigurationError, match="store URL"):
+        store_from_url(url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, StoreError
 from ._base import Store
 from ._memory import MemoryStore
 from ._redis import DEFAULT_PREFIX, RedisStore
@@ -26,8 +26,20 @@ def store_from_url(url: str) -> Store:
 
     Raises :class:`ConfigurationError` naming what is wrong.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": urllib's text never quotes the URL
+        raise ConfigurationError(f"store URL is malformed: {exc}") from None
     shown = _shown(parts)  # what errors quote: never the password
+    try:
+        return _store(url, parts, shown)
+    except ConfigurationError:
+        raise
+    except (ValueError, StoreError) as exc:  # a bad port, a prefix with braces...
+        raise ConfigurationError(f"store URL {shown!r}: {exc}") from None
+
+
+def _store(url: str, parts: SplitResult, shown: str) -> Store:
     if parts.scheme == "memory":
         if parts.netloc or parts.path or parts.query:
             raise ConfigurationError(f"store URL {shown!r}: memory:// takes nothing after it")
