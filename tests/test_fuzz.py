@@ -20,7 +20,7 @@ import hypothesis.strategies as st
 import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from hypothesis import given
+from hypothesis import example, given
 
 import trio_chatbridge as cb
 from trio_chatbridge._json import json_object
@@ -147,6 +147,7 @@ LARK_INNER: dict[str, Any] = {
         "mentions": [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": "Bot"}],
     },
 }
+LARK_MESSAGE: dict[str, Any] = LARK_INNER["message"]
 LARK_EVENT: dict[str, Any] = {
     "schema": "2.0",
     "header": {"event_id": "e1", "event_type": "im.message.receive_v1", "create_time": "1"},
@@ -182,6 +183,7 @@ def test_lark_frames_decode_or_raise_protocol_error_and_both_codecs_agree(
         ),
     )
 )
+@example({**LARK_EVENT, "event": {**LARK_INNER, "message": {**LARK_MESSAGE, "mentions": 1}}})
 def test_lark_events_convert_or_raise_protocol_error(envelope: dict[str, Any]) -> None:
     try:
         message = lark.to_message("app", envelope, "ou_bot")

@@ -131,7 +131,8 @@ def to_message(
     parts: list[Part] = []
     addressed = False
     if isinstance(text, str):
-        mentions = [m for m in message.get("mentions") or [] if isinstance(m, Mapping)]
+        listed = message.get("mentions")
+        mentions = [m for m in listed if isinstance(m, Mapping)] if isinstance(listed, list) else []
         parts, addressed = _text_parts(text, mentions, bot_open_id)
     else:
         media = _media_part(msgtype, content, message_id)
