@@ -1,0 +1,174 @@
+"""Soak: many sessions over the three emulators on loopback sockets, on the real clock.
+
+The emulators run in child processes (``python -m trio_chatbridge emulate <platform>``), as
+platforms would, so this process's memory is the bridge's. Users speak through the emulators'
+admin API, a wave at a time. Every message must reach the agent (checked by its id and its
+text), none twice, the process's memory must stay flat once every user has spoken, and every
+connector must still be running at the end. The default suite runs a short version; ``nox -s
+soak`` runs 10,000 sessions (``SOAK_SESSIONS``, ``SOAK_ROUNDS``; figures in
+docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import httpx
+import pytest
+import trio
+
+import trio_chatbridge as cb
+from trio_chatbridge import connectors
+from trio_chatbridge.platforms import lark, wecom, weixin
+from trio_chatbridge.testing import open_bridge
+
+SESSIONS: Final = int(os.environ.get("SOAK_SESSIONS", "150"))  # distinct users, all platforms
+ROUNDS: Final = int(os.environ.get("SOAK_ROUNDS", "3"))  # messages each user sends, in rounds
+WAVE: Final = 300  # users speaking at once; the next wave waits until this one is handled
+GROWTH_LIMIT: Final = 0.10  # RSS may grow this much (fraction) after the first round
+GROWTH_FLOOR: Final = 16 * 2**20  # bytes: growth below this always passes (allocator noise)
+WAIT_LIMIT: Final = 60.0  # seconds a wave may take; what is missing then is reported
+PLATFORMS: Final = ("weixin", "wecom", "lark")
+
+
+def rss() -> int:
+    """This process's resident memory now, in bytes (Linux), else its peak so far."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@asynccontextmanager
+async def emulator_process(platform: str) -> AsyncIterator[dict[str, Any]]:
+    """``emulate <platform>`` in a child process on loopback; yields the line it printed."""
+    command = [sys.executable, "-m", "trio_chatbridge", "emulate", platform, "--port", "0"]
+    async with trio.open_nursery() as nursery:
+        run = functools.partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        process: trio.Process = await nursery.start(run)
+        assert process.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await process.stdout.receive_some(4096)
+        try:
+            yield json.loads(line)
+        finally:
+            process.terminate()
+
+
+def connector(info: dict[str, Any]) -> connectors.Connector:
+    """A connector for what ``emulate`` printed."""
+    if info["platform"] == "weixin":
+        return weixin.Connector(
+            account="bot",
+            token=info["token"],
+            base_url=info["base_url"],
+            cdn_base_url=info["cdn_base_url"],
+            rate_limit=weixin.RateLimit(burst=10_000, per_second=10_000.0),
+        )
+    if info["platform"] == "wecom":
+        return wecom.LongConnection(
+            bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
+        )
+    return lark.LongConnection(
+        app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
+    )
+
+
+# httpx leaves a request's body generator open when the request is cancelled mid-send (a typing
+# notice ended with its run): trio reports it when it is collected. httpx's, not ours.
+HTTPX_GENERATOR: Final = "Async generator 'httpx._content.ByteStream.__aiter__'"
+
+
+@pytest.mark.soak
+@pytest.mark.filterwarnings(f"ignore:{HTTPX_GENERATOR}:ResourceWarning")
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in.*ByteStream.__aiter__:pytest.PytestUnraisableExceptionWarning"
+)
+async def test_sessions_over_the_three_emulators_lose_nothing_and_memory_stays_flat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # pytest keeps every record of a test for its report: at DEBUG, that would be the memory
+    # measured here. Warnings and errors are still kept (and checked for secrets).
+    caplog.set_level(logging.WARNING)
+    seen: Counter[str] = Counter()  # texts the agent got, each "r<round>-u<user>"
+    ids: set[tuple[str, str]] = set()  # (platform, message id) the agent got
+    handled = trio.Event()
+    expected = 0
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        for message in batch.messages:
+            seen[message.text] += 1
+            ids.add((message.platform, message.id))
+        await reply.send("ok " + batch.latest.text)
+        if len(seen) >= expected:
+            handled.set()
+
+    started = trio.current_time()
+    samples: list[list[int]] = []  # RSS by round, after each wave
+    async with (
+        emulator_process("weixin") as weixin_info,
+        emulator_process("wecom") as wecom_info,
+        emulator_process("lark") as lark_info,
+        httpx.AsyncClient(timeout=30) as admin,
+    ):
+        infos = (weixin_info, wecom_info, lark_info)
+        bridge = cb.Bridge(
+            [connector(info) for info in infos],
+            agent,
+            store=cb.MemoryStore(),
+            debounce=cb.Debounce(window=0.01, max_delay=0.1),
+            concurrency=64,
+            journal_retention=5.0,  # pruned every 5 s: the journal stays flat too
+        )
+        async with open_bridge(bridge):
+            for round_ in range(ROUNDS):
+                samples.append([])
+                for first in range(0, SESSIONS, WAVE):
+                    users = range(first, min(first + WAVE, SESSIONS))
+                    handled = trio.Event()
+                    expected += len(users)
+                    for platform, info in enumerate(infos):
+                        burst = [
+                            {"user": f"u{u}", "text": f"r{round_}-u{u}"}
+                            for u in users
+                            if u % 3 == platform
+                        ]
+                        if burst:
+                            said = await admin.post(info["admin_url"] + "/messages", json=burst)
+                            assert said.status_code == 200, said.text
+                    if len(seen) < expected:
+                        with trio.move_on_after(WAIT_LIMIT):  # what is missing is shown below
+                            await handled.wait()
+                    samples[-1].append(rss())
+            stats = bridge.stats()
+            states = {name: s.state for name, s in bridge.status().items()}
+
+    sent = {f"r{r}-u{u}" for r in range(ROUNDS) for u in range(SESSIONS)}
+    missing = sorted(sent - set(seen), key=lambda t: int(t.split("-u")[1]))
+    assert not missing, f"{len(missing)} lost, the first: {missing[:10]}"
+    twice = [t for t, n in seen.items() if n > 1]
+    assert not twice, f"{len(twice)} handled twice, the first: {twice[:10]}"
+    assert len(ids) == len(sent)  # each message once, by its id
+    assert stats.failures == 0 and stats.received == len(sent)
+    assert set(states.values()) == {"running"}
+    warm = samples[0][-1]  # every user has spoken once: per-user state is all there
+    peak = max(s for round_ in samples[1:] for s in round_)
+    print(  # figures for docs/reliability.md (nox -s soak shows them)
+        f"soak: {SESSIONS} sessions x {ROUNDS} rounds = {len(sent)} messages in "
+        f"{trio.current_time() - started:.0f} s; RSS after round 1 {warm / 2**20:.1f} MiB, "
+        f"peak later {peak / 2**20:.1f} MiB; by round (max): "
+        f"{[round(max(r) / 2**20, 1) for r in samples]} MiB"
+    )
+    assert peak - warm <= max(GROWTH_FLOOR, GROWTH_LIMIT * warm), (warm, peak)
