@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 # HYPOTHESIS_PROFILE=deep explores ten times more, from a fresh random seed each time.
 hypothesis.settings.register_profile("ci", deadline=None, max_examples=100, derandomize=True)
 hypothesis.settings.register_profile("deep", deadline=None, max_examples=1000)
-# nox -s fuzz: the parsers' properties, 20,000 random examples each (docs/reliability.md).
-hypothesis.settings.register_profile("fuzz", deadline=None, max_examples=20_000)
+# nox -s fuzz: the parsers' properties, 5,000 random examples each (docs/reliability.md).
+hypothesis.settings.register_profile("fuzz", deadline=None, max_examples=5_000)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
