@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -97,3 +98,46 @@ async def test_a_failed_pruning_while_running_is_logged_and_retried_not_fatal(
     assert store.prunes == 4
     assert [r.text for r in chat.sent] == ["still there?"]
     assert any("pruning the journal failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_sessions_waiting_for_a_slot_are_bounded_and_push_back_on_the_connector(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With every slot taken by a stuck agent, the dispatcher holds at most ``queue_size``
+    sessions waiting for one; beyond that the inbox stops accepting (the connector's put
+    waits) instead of the bridge holding ever more. Shutdown still ends on time."""
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+
+    async def stuck(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep_forever()
+
+    bridge = cb.Bridge(
+        [chat],
+        stuck,
+        store=store,
+        debounce=cb.Debounce(window=0.1),
+        concurrency=1,
+        queue_size=4,
+        shutdown_grace=5.0,
+    )
+    accepted = 0
+
+    async def say(n: int) -> None:
+        nonlocal accepted
+        await chat.say(f"m{n}", chat=f"c{n}")
+        accepted += 1
+
+    async with open_bridge(bridge), trio.open_nursery() as users:
+        for n in range(50):
+            users.start_soon(say, n)
+        await trio.sleep(60)
+        held = accepted
+        users.cancel_scope.cancel()
+    # one running, four waiting for a slot, four in each of the two channels, one batch
+    # in hand in the debouncer and one in the dispatcher: far from all 50
+    assert held <= 20
+    assert trio.current_time() < 60 + 5 + 5  # the grace period still bounds the shutdown
+    # a put left waiting at shutdown was journaled for the next start, not a failure
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(await store.journal_pending()) == 50  # every one journaled, none handled

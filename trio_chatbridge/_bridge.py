@@ -84,7 +84,8 @@ class Bridge:
     """Seconds running agents get to finish at shutdown."""
     backoff: Backoff = attrs.field(factory=Backoff)
     queue_size: int = 1024
-    """Capacity of the inbox and batch channels: beyond it, connectors wait (backpressure)."""
+    """Capacity of the inbox and batch channels, and the most sessions the debouncer holds or
+    the dispatcher keeps waiting for a slot: beyond it, connectors wait (backpressure)."""
     journal_retention: float = WEEK
     """Handled journal entries older than this (seconds) are pruned at start, and while
     running every hour (or every ``journal_retention`` seconds, if that is shorter)."""
@@ -187,7 +188,7 @@ class Bridge:
         inbox = Inbox(
             self.store, to_debounce, self._counters, latencies.received if latencies else None
         )
-        debouncer = Debouncer(self.debounce)
+        debouncer = Debouncer(self.debounce, max_pending=self.queue_size)
         dispatcher = Dispatcher(
             self.agent,
             {(c.platform, c.account): c for c in self.connectors},
@@ -197,6 +198,7 @@ class Bridge:
             on_busy=self.on_busy,
             run_timeout=self.run_timeout,
             latencies=latencies,
+            max_waiting=self.queue_size,
         )
         for connector in self.connectors:
             supervisor = Supervisor(connector, self.backoff, self._counters, self._board.publish)
@@ -234,6 +236,7 @@ class Bridge:
                 log.info("shutting down: flushing sessions, finishing runs")
                 debouncer.drain()
                 inbox.close()
+                dispatcher.drain()
                 await dispatched.wait()
                 connectors.cancel_scope.cancel()
 

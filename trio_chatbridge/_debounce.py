@@ -64,6 +64,7 @@ class _Session:
 
 
 NO_DEADLINE: Final = math.inf
+MAX_PENDING: Final = 100_000  # sessions a Debouncer holds at most, by default
 
 
 @final
@@ -75,8 +76,11 @@ class Debouncer:
     out as they come; ``send`` is closed once ``receive`` has ended.
     """
 
-    def __init__(self, policy: Debounce | None = None) -> None:
+    def __init__(self, policy: Debounce | None = None, *, max_pending: int = MAX_PENDING) -> None:
         self.policy: Debounce = policy or Debounce()
+        self.max_pending = max_pending
+        """Sessions held at most: with this many pending, nothing more is read until one
+        leaves, so a flood of new chats pushes back on the inbox instead of growing here."""
         self._sessions: dict[str, _Session] = {}
         self._heap: list[tuple[float, int, _Session]] = []
         self._tiebreak = 0
@@ -107,6 +111,8 @@ class Debouncer:
                 # No checkpoint lies between _release_due and here, so a drain() cannot slip by.
                 messages: tuple[Message, ...] = ()
                 with trio.CancelScope(deadline=deadline) as self._wait:
+                    if len(self._sessions) >= self.max_pending and not self._draining:
+                        await trio.sleep_forever()  # full: until a deadline (or drain())
                     try:
                         messages = await receive.receive()
                     except trio.EndOfChannel:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Literal, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Final, Literal, TypeAlias
 
 import attrs
 import trio
@@ -31,6 +32,7 @@ log = logging.getLogger("trio_chatbridge.dispatch")
 
 Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
 """``async def agent(batch, reply) -> None``: what the user writes."""
+DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
 OnBusy: TypeAlias = Literal["queue", "interrupt"]
 
 
@@ -55,6 +57,7 @@ class Dispatcher:
         on_busy: OnBusy = "queue",
         run_timeout: float | None = None,
         latencies: Latencies | None = None,
+        max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         self._agent = agent
         self._latencies = latencies
@@ -65,6 +68,13 @@ class Dispatcher:
         self._on_busy = on_busy
         self._run_timeout = math.inf if run_timeout is None else run_timeout
         self._sessions: dict[str, _Session] = {}
+        # Sessions waiting for a slot: at most max_waiting before run() stops reading batches,
+        # so an overloaded agent pushes back on the channel, then the debouncer, the inbox and
+        # the connectors, instead of holding ever more sessions here.
+        self._max_waiting = max_waiting
+        self._slot_waiters = 0
+        self._room = trio.Event()
+        self._draining = False
 
     @property
     def running_sessions(self) -> int:
@@ -87,12 +97,38 @@ class Dispatcher:
                     session = self._sessions.get(batch.session)
                     if session is None:
                         session = self._sessions[batch.session] = _Session(list(batch.messages))
+                        self._slot_waiters += 1
                         nursery.start_soon(self._serve, batch.session, session)
+                        await self._wait_for_room()
                         continue
                     session.waiting.extend(batch.messages)
                     if self._on_busy == "interrupt" and session.scope is not None:
                         session.scope.cancel()
             nursery.cancel_scope.deadline = trio.current_time() + grace
+
+    def drain(self) -> None:
+        """At shutdown: stop holding back batches, so :meth:`run` reaches the end of its
+        channel and the grace period can start even while every slot is taken."""
+        self._draining = True
+        self._room.set()
+
+    async def _wait_for_room(self) -> None:
+        while self._slot_waiters >= self._max_waiting and not self._draining:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A concurrency slot, for a session counted in ``_slot_waiters`` until it has one."""
+        try:
+            await self._limiter.acquire()
+        finally:
+            self._slot_waiters -= 1
+            self._room.set()
+        try:
+            yield
+        finally:
+            self._limiter.release()
 
     async def _serve(self, key: str, session: _Session) -> None:
         """Run the agent for one session until nothing is waiting for it.
@@ -106,9 +142,13 @@ class Dispatcher:
         """
         SESSION.set(key)  # this task's log lines name the session (see _logs)
         try:
+            first = True
             while session.waiting:
+                if not first:
+                    self._slot_waiters += 1
+                first = False
                 with trio.CancelScope() as scope:
-                    async with self._limiter:
+                    async with self._slot():
                         # Taken once the slot is ours: whatever arrived while waiting joins in.
                         messages, session.waiting = session.waiting, []
                         session.scope = scope

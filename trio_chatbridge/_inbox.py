@@ -73,6 +73,10 @@ class Inbox:
             return
         try:
             await self._out.send(new)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # The bridge shut down while this put waited for room: journaled for next start.
+            self._counters[_stats.DEFERRED] += len(new)
+            log.info("shutting down: %d new messages journaled for the next start", len(new))
         except trio.Cancelled:
             # trio guarantees a cancelled send sent nothing: hand the messages to run(). If
             # run() has stopped too (shutdown, or the whole bridge cancelled), they stay in the
