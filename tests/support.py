@@ -11,6 +11,7 @@ import trio
 
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
+from trio_chatbridge.platforms import lark, wecom, weixin
 from trio_chatbridge.testing import LarkEmulator, WeComEmulator, open_bridge
 
 
@@ -134,3 +135,23 @@ class Lives:
                 await nursery.start(bridge.run)
                 task_status.started(scope)
         ended.set()
+
+
+def emulated_connector(info: dict[str, Any], **weixin_options: Any) -> Connector:
+    """A real connector for what ``emulate <platform>`` printed (over loopback);
+    ``weixin_options`` go to a WeChat connector (``rate_limit=...``)."""
+    if info["platform"] == "weixin":
+        return weixin.Connector(
+            account="bot",
+            token=info["token"],
+            base_url=info["base_url"],
+            cdn_base_url=info["cdn_base_url"],
+            **weixin_options,
+        )
+    if info["platform"] == "wecom":
+        return wecom.LongConnection(
+            bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
+        )
+    return lark.LongConnection(
+        app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
+    )

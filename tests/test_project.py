@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import emulated_connector
 
 from trio_chatbridge.__main__ import main
 
@@ -106,26 +107,6 @@ def test_emulate_prints_one_json_line_first(platform: str) -> None:
     assert info["admin_url"].startswith("http://127.0.0.1:")
 
 
-def _connector_for(info: dict[str, Any]) -> Any:
-    """A real connector for what ``emulate <platform>`` printed (over loopback)."""
-    from trio_chatbridge.platforms import lark, wecom, weixin
-
-    if info["platform"] == "weixin":
-        return weixin.Connector(
-            account="bot",
-            token=info["token"],
-            base_url=info["base_url"],
-            cdn_base_url=info["cdn_base_url"],
-        )
-    if info["platform"] == "wecom":
-        return wecom.LongConnection(
-            bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
-        )
-    return lark.LongConnection(
-        app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
-    )
-
-
 @pytest.mark.parametrize("platform", ["weixin", "wecom", "lark"])
 async def test_emulate_admin_api_makes_users_speak_and_lists_what_the_bot_sent(
     platform: str,
@@ -150,7 +131,7 @@ async def test_emulate_admin_api_makes_users_speak_and_lists_what_the_bot_sent(
             )
             info = json.loads(lines[0])
             bridge = cb.Bridge(
-                [_connector_for(info)],
+                [emulated_connector(info)],
                 echo,
                 store=cb.MemoryStore(),
                 debounce=cb.Debounce(window=0.05),

@@ -26,10 +26,10 @@ from typing import Any, Final
 import httpx
 import pytest
 import trio
+from support import emulated_connector
 
 import trio_chatbridge as cb
-from trio_chatbridge import connectors
-from trio_chatbridge.platforms import lark, wecom, weixin
+from trio_chatbridge.platforms import weixin
 from trio_chatbridge.testing import open_bridge
 
 SESSIONS: Final = int(os.environ.get("SOAK_SESSIONS", "150"))  # distinct users, all platforms
@@ -39,7 +39,7 @@ RETENTION: Final = 30.0  # seconds handled journal entries are kept (Lark re-pus
 GROWTH_LIMIT: Final = 0.10  # RSS may grow this much (fraction) after the first round
 GROWTH_FLOOR: Final = 16 * 2**20  # bytes: growth below this always passes (allocator noise)
 WAIT_LIMIT: Final = 60.0  # seconds a wave may take; what is missing then is reported
-PLATFORMS: Final = ("weixin", "wecom", "lark")
+FAST: Final = weixin.RateLimit(burst=10_000, per_second=10_000.0)  # no pacing to wait for
 
 
 def rss() -> int:
@@ -66,25 +66,6 @@ async def emulator_process(platform: str) -> AsyncIterator[dict[str, Any]]:
             yield json.loads(line)
         finally:
             process.terminate()
-
-
-def connector(info: dict[str, Any]) -> connectors.Connector:
-    """A connector for what ``emulate`` printed."""
-    if info["platform"] == "weixin":
-        return weixin.Connector(
-            account="bot",
-            token=info["token"],
-            base_url=info["base_url"],
-            cdn_base_url=info["cdn_base_url"],
-            rate_limit=weixin.RateLimit(burst=10_000, per_second=10_000.0),
-        )
-    if info["platform"] == "wecom":
-        return wecom.LongConnection(
-            bot_id=info["bot_id"], secret=info["secret"], url=info["ws_url"]
-        )
-    return lark.LongConnection(
-        app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
-    )
 
 
 # httpx leaves a request's body generator open when the request is cancelled mid-send (a typing
@@ -126,7 +107,7 @@ async def test_sessions_over_the_three_emulators_lose_nothing_and_memory_stays_f
     ):
         infos = (weixin_info, wecom_info, lark_info)
         bridge = cb.Bridge(
-            [connector(info) for info in infos],
+            [emulated_connector(info, rate_limit=FAST) for info in infos],
             agent,
             store=cb.MemoryStore(),
             debounce=cb.Debounce(window=0.01, max_delay=0.1),
