@@ -1,0 +1,62 @@
+"""docs/service.md's configuration reference parses, and the defaults it shows are the real ones."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from trio_chatbridge._config import load_config
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "service.md"
+
+AGENT = """\
+import trio_chatbridge as cb
+
+
+async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+"""
+
+MINIMAL = """\
+agent = "svcdocbot:agent"
+
+[[connectors]]
+platform = "wecom"
+bot_id = "bot-1"
+secret = "s"
+"""
+
+
+def reference() -> str:
+    """The TOML block under "The configuration file", as the reader sees it."""
+    text = DOCS.read_text(encoding="utf-8")
+    found = re.search(r"## The configuration file\n.*?```toml\n(.*?)```", text, re.S)
+    assert found is not None, "docs/service.md lost its configuration reference"
+    return found.group(1)
+
+
+def test_the_reference_shows_each_default_it_names(tmp_path: Path) -> None:
+    (tmp_path / "svcdocbot.py").write_text(AGENT)
+    (tmp_path / "secrets").mkdir()
+    for name in ("wecom_token", "wecom_aes_key"):
+        (tmp_path / "secrets" / name).write_text("x" * 43 + "\n")
+    block = reference().replace('agent = "bot:agent"', 'agent = "svcdocbot:agent"')
+    block = block.replace("/run/secrets/", f"{tmp_path}/secrets/")
+    (tmp_path / "reference.toml").write_text(block)
+    (tmp_path / "minimal.toml").write_text(MINIMAL)
+    names = ("WEIXIN_TOKEN", "WECOM_BOT_ID", "WECOM_SECRET", "HOOK_BOT_ID", "LARK_APP_SECRET")
+    environ = {name: name.lower() for name in names}  # two bots: two ids
+
+    documented = load_config(tmp_path / "reference.toml", environ).model_dump()
+    defaults = load_config(tmp_path / "minimal.toml", {}).model_dump()
+
+    assert [c["platform"] for c in documented["connectors"]] == [
+        "weixin",
+        "wecom",
+        "wecom-webhook",
+        "lark",
+    ]
+    assert documented["http"] == {"listen": "127.0.0.1:8080"}  # the table's own default
+    for key in ("connectors", "http"):  # the examples: not defaults
+        del documented[key], defaults[key]
+    assert documented == defaults
