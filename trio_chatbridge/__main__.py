@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser(
         "init", help="write a configuration, an agent and a test of it into a directory"
     )
-    init.add_argument("directory")
+    init.add_argument("directory", help="where to write them (created if missing)")
     demo = commands.add_parser(
         "demo", help="play a scripted conversation through the bridge and print a transcript"
     )
@@ -59,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         "emulate",
         help="run a platform emulator on loopback; prints one JSON line with its URLs first",
     )
-    emulate.add_argument("platform", choices=["weixin", "wecom", "lark"])
-    emulate.add_argument("--host", default="127.0.0.1")
-    emulate.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    emulate.add_argument(
+        "platform", choices=["weixin", "wecom", "lark"], help="the platform to emulate"
+    )
+    emulate.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)"
+    )
+    emulate.add_argument(
+        "--port", type=int, default=0, help="the platform's port (0 picks a free one)"
+    )
     login = commands.add_parser(
         "weixin-login", help="log a WeChat bot in by QR code and keep its token in the store"
     )
