@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -85,8 +84,10 @@ def _emulate(platform: str, host: str, port: int) -> None:
     def out(line: str) -> None:
         print(line, flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         trio.run(partial(emulate, platform, host, port, out=out))
+    except* KeyboardInterrupt:  # Ctrl-C, the way to stop it; Trio raises it in a group
+        pass
 
 
 def _weixin_login(account: str, store_path: str, base_url: str | None) -> int:
