@@ -139,19 +139,26 @@ async def test_a_failed_answer_leaves_the_ack_plain(
     assert answers(emu) == []
 
 
-async def test_answers_share_the_bound_on_event_handlers(
+async def test_answers_share_the_bound_on_event_handlers_and_none_is_lost(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    answered: list[str] = []
+
     async def on_card_action(envelope: Mapping[str, Any]) -> lark.CardAnswer:
         await trio.sleep(1)
+        answered.append(envelope["header"]["event_id"])
         return lark.CardAnswer("ok")
 
     async with answering(on_card_action) as (emu, bridge):
         for n in range(MAX_HANDLERS + 3):
             emu.push_event(card_action(f"ev-{n}"))
         await trio.sleep(0.5)
-        assert emu.acks == [200] * 3  # beyond the bound: ACKed plain at once
-        await trio.sleep(4.5)
-        assert bridge.stats().other["lark.events_dropped"] == 3
+        assert emu.acks == []  # beyond the bound: not ACKed, so the platform pushes it again
+        assert bridge.stats().other["lark.card_actions_deferred"] == 3
+        await trio.sleep(1)
+        assert emu.acks == [200] * MAX_HANDLERS
+        await trio.sleep(4)  # past the platform's 3 s: the three are pushed again, answered
+        assert bridge.stats().other["lark.card_actions_deferred"] == 3
     assert emu.acks == [200] * (MAX_HANDLERS + 3)
-    assert len(answers(emu)) == MAX_HANDLERS
+    assert len(answers(emu)) == MAX_HANDLERS + 3
+    assert sorted(answered) == sorted(f"ev-{n}" for n in range(MAX_HANDLERS + 3))

@@ -97,6 +97,9 @@ class _CardAction:
     envelope: Mapping[str, Any]
 
 
+_DEFERRED: Final = object()  # an event left un-ACKed, so that the platform pushes it again
+
+
 def classify_handshake(exc: ConnectionRejected) -> Exception:
     """The error a rejected upgrade means: fatal for the connection limit and a ban.
 
@@ -379,6 +382,8 @@ class LongConnection(base.Connector):
                             self.ctx, nursery, self._answer, ws, frame, message.envelope
                         )
                         continue
+                    elif message is _DEFERRED:
+                        continue  # not ACKed: the platform pushes it again after its 3 s
                 acks.append(frame)
             if messages:
                 await self.ctx.put(messages)
@@ -414,12 +419,15 @@ class LongConnection(base.Connector):
         except ConnectionClosed:
             return  # the reader reports the closed socket; the platform pushes the event again
 
-    def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | _CardAction | None:
+    def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | _CardAction | object:
         """The message to put for one event, if it brings one; the card action to answer in
-        its ACK, if ``on_card_action`` takes it; anything else is handled here.
+        its ACK, if ``on_card_action`` takes it; :data:`_DEFERRED` for a card action that
+        finds every handler slot busy; anything else is handled here (``None``).
 
-        Every event is ACKed 200, a bad one too (the caller counts and logs it): a retry would
-        bring the same bytes.
+        Every other event is ACKed 200, a bad one too (the caller counts and logs it): a retry
+        would bring the same bytes. A deferred card action is neither ACKed nor recorded as
+        seen, so it is never lost: the platform pushes it again once its ACK deadline (3 s) is
+        over, and the reader moves on at once instead of waiting for a slot.
         """
         envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
         header = envelope.get("header")
@@ -430,16 +438,17 @@ class LongConnection(base.Connector):
             if event_id and event_id in self._seen_events:
                 self.ctx.count("duplicate_events")
                 return None
+            card_action = self.on_card_action is not None and _event_type(header) == CARD_ACTION
+            if card_action and self._handlers.running >= self._handlers.limit:
+                self.ctx.count("card_actions_deferred")  # every slot busy: pushed again later
+                return _DEFERRED
             if event_id:
                 self._seen_events[event_id] = None
                 while len(self._seen_events) > SEEN_EVENTS:
                     self._seen_events.popitem(last=False)
             self.ctx.count("other_events")
-            if self.on_card_action is not None and _event_type(header) == CARD_ACTION:
-                if self._handlers.running < self._handlers.limit:
-                    return _CardAction(envelope)  # answered in a handler slot, ACKed there
-                self.ctx.count("events_dropped")  # every slot busy: ACKed plain at once
-                return None
+            if card_action:
+                return _CardAction(envelope)  # answered in a handler slot, ACKed there
             if self.on_event is not None:
                 self._handlers.start(self.ctx, nursery, self._user_event, envelope)
             return None
