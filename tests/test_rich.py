@@ -305,6 +305,24 @@ async def test_lark_send_first_to_a_chat_and_to_a_user(
     assert calls == [("send", "oc_team", "text"), ("send", "ou_ann", "interactive")]
 
 
+@pytest.mark.parametrize("fault", ["expired token", "rate limit"])
+async def test_lark_upload_renews_an_expired_token_and_retries_a_rate_limit(
+    autojump_clock: trio.testing.MockClock, fault: str
+) -> None:
+    emu = LarkEmulator()
+    async with sender(emu) as connector:
+        await connector.send_first("oc_team", "warming up: the token is fetched")
+        if fault == "expired token":
+            emu.expire_token()
+        else:
+            emu.fail_next("/im/v1/images", 429)
+        sent = await connector.send_first("oc_team", cb.Attachment(PICTURE, "chart.png"))
+    assert sent.kind == "image" and sent.message_id in emu.messages
+    (image,) = [a.media for a in emu.activity if a.kind == "image"]
+    assert image is not None and image.sha256 == hashlib.sha256(PICTURE).hexdigest()
+    assert emu.token_fetches == (2 if fault == "expired token" else 1)
+
+
 async def test_lark_emulator_answers_get_message_and_refuses_bad_content(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -119,15 +119,19 @@ class OpenAPI:
         path: str,
         body: Mapping[str, Any] | None,
         headers: Mapping[str, str],
+        files: Mapping[str, tuple[str, bytes]] | None = None,
     ) -> tuple[httpx.Response, dict[str, Any]]:
         """One request; the answer's status and its JSON object (``{}`` for an empty body),
-        read with a cap of :data:`MAX_JSON_BYTES` within :data:`API_TIMEOUT`."""
+        read with a cap of :data:`MAX_JSON_BYTES` within :data:`API_TIMEOUT`. With ``files``
+        the body is multipart: ``body``'s fields as form fields, then the files."""
         try:
             with trio.fail_after(API_TIMEOUT):
                 async with self.http.stream(
                     method,
                     self.domain + path,
-                    json=None if body is None else dict(body),
+                    json=None if body is None or files is not None else dict(body),
+                    data=None if body is None or files is None else dict(body),
+                    files=None if files is None else dict(files),
                     headers=dict(headers),
                 ) as response:
                     content = await read_body(response, f"Lark {path}")
@@ -187,17 +191,24 @@ class OpenAPI:
             return self._token
 
     async def call(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, whole: bool = False
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        whole: bool = False,
+        files: Mapping[str, tuple[str, bytes]] | None = None,
     ) -> Any:
         """An authenticated call; returns ``data`` (``whole``: the whole answer, for the few
-        calls that answer outside ``data``). Token expiry and rate limits are handled."""
+        calls that answer outside ``data``). Token expiry and rate limits are handled. With
+        ``files`` (name: ``(filename, bytes)``) the body is multipart, ``body`` its fields."""
         delay = 0.5
         renewed = False
         attempt = 0
         while True:
             token = await self.token()
             response, data = await self._exchange(
-                method, path, body, {"Authorization": f"Bearer {token}"}
+                method, path, body, {"Authorization": f"Bearer {token}"}, files
             )
             code = _code(data) if data else (0 if response.is_success else response.status_code)
             if code in TOKEN_EXPIRED and not renewed:

@@ -12,13 +12,10 @@ from collections.abc import Mapping
 from typing import Any, Final, final
 
 import attrs
-import httpx
-import trio
 
 from ..._content import Attachment, Card, Content, Markdown, Post, unsupported
-from ..._errors import ConfigurationError, ConnectorError
-from ..._json import json_object
-from ._api import API_TIMEOUT, LarkError, OpenAPI
+from ..._errors import ConfigurationError
+from ._api import LarkError, OpenAPI
 from ._convert import PLATFORM
 
 MAX_EDITS: Final = 20  # edits (PUT) of one text or post message the platform allows
@@ -70,7 +67,8 @@ def body(account: str, content: Content, key: str | None = None) -> tuple[str, s
 
 
 async def upload(api: OpenAPI, attachment: Attachment) -> str:
-    """Upload an image (``image_key``) or a file, video or voice clip (``file_key``)."""
+    """Upload an image (``image_key``) or a file, video or voice clip (``file_key``), through
+    :meth:`OpenAPI.call` (a multipart body): an expired token is renewed, a rate limit retried."""
     kind = attachment.media_kind
     files = {"image" if kind == "image" else "file": (attachment.filename, attachment.data)}
     if kind == "image":
@@ -79,22 +77,10 @@ async def upload(api: OpenAPI, attachment: Attachment) -> str:
         file_type = FILE_TYPES.get(kind, ("stream", "file"))[0]
         form = {"file_type": file_type, "file_name": attachment.filename}
         path, answer_key = "/open-apis/im/v1/files", "file_key"
-    token = await api.token()
-    try:
-        with trio.fail_after(API_TIMEOUT):
-            response = await api.http.post(
-                api.domain + path,
-                data=form,
-                files=files,
-                headers={"Authorization": f"Bearer {token}"},
-            )
-    except (httpx.HTTPError, trio.TooSlowError) as exc:
-        raise ConnectorError(f"Lark {path}: {type(exc).__name__}: {exc}") from exc
-    data = json_object(response.content, f"Lark {path}")
-    code = data.get("code")
-    key = data.get("data", {}).get(answer_key) if isinstance(data.get("data"), dict) else None
-    if code != 0 or not isinstance(key, str):
-        raise LarkError(f"POST {path}", code if isinstance(code, int) else -1, str(data.get("msg")))
+    data = await api.call("POST", path, form, files=files)
+    key = data.get(answer_key) if isinstance(data, dict) else None
+    if not isinstance(key, str):
+        raise LarkError(f"POST {path}", -1, f"no {answer_key} in the answer")
     return key
 
 
