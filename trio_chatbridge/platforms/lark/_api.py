@@ -9,7 +9,6 @@ Every error carries the platform's code and message.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -227,36 +226,6 @@ class OpenAPI:
                     f"{method} {path}", code, str(data.get("msg", response.reason_phrase))
                 )
             return data if whole else data.get("data", {})
-
-    async def reply(self, message_id: str, text: str) -> str:
-        """Reply to a message with text; returns the new message's id."""
-        data = await self.call(
-            "POST",
-            f"/open-apis/im/v1/messages/{message_id}/reply",
-            {"msg_type": "text", "content": json.dumps({"text": text}, ensure_ascii=False)},
-        )
-        return str(data.get("message_id", ""))
-
-    async def send(self, chat_id: str, text: str) -> str:
-        """Send text to a chat; returns the new message's id."""
-        data = await self.call(
-            "POST",
-            "/open-apis/im/v1/messages?receive_id_type=chat_id",
-            {
-                "receive_id": chat_id,
-                "msg_type": "text",
-                "content": json.dumps({"text": text}, ensure_ascii=False),
-            },
-        )
-        return str(data.get("message_id", ""))
-
-    async def edit(self, message_id: str, text: str) -> None:
-        """Replace a sent text message's content (what a streamed reply does as it grows)."""
-        await self.call(
-            "PUT",
-            f"/open-apis/im/v1/messages/{message_id}",
-            {"msg_type": "text", "content": json.dumps({"text": text}, ensure_ascii=False)},
-        )
 
 
 def _code(data: Mapping[str, Any]) -> int:

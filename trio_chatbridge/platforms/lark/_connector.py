@@ -505,9 +505,13 @@ class LongConnection(base.Connector):
             raise SendError(
                 f"Lark app {self.account}: only a sent text, post or card can be edited"
             )
+        await self._edit(sent.message_id, content)
+
+    async def _edit(self, message_id: str, content: Content) -> None:
+        """The one edit path (:meth:`edit` and a streamed reply): ``PUT`` or ``PATCH``."""
         msg_type, body = out.body(self.account, content)
         try:
-            await out.update(self.api, sent.message_id, msg_type, body)
+            await out.update(self.api, message_id, msg_type, body)
         except (LarkError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"Lark app {self.account}: edit failed: {exc}") from exc
 
@@ -567,10 +571,7 @@ class _EditedStream(base.CoalescingStream):
         if self.message_id is None:
             self.message_id = await self._connector._post(self._target, text)
         else:
-            try:
-                await self._connector.api.edit(self.message_id, text)
-            except (LarkError, ConnectorError, ProtocolError) as exc:
-                raise SendError(f"Lark app {self._connector.account}: edit failed: {exc}") from exc
+            await self._connector._edit(self.message_id, text)
             self.edits += 1
         self._shown = text
 
