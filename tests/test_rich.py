@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import httpx
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
 from support import emulator_bridge
 
 import trio_chatbridge as cb
@@ -243,6 +245,43 @@ async def test_wecom_emulator_refuses_what_the_platform_would() -> None:
 
 
 # -- Lark ----------------------------------------------------------------------------------------
+
+
+def json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5), json_containers, max_leaves=12
+)
+
+
+@pytest.mark.parametrize("kind", [cb.Card, cb.Post])
+def test_cards_and_posts_are_read_only_and_hashable(kind: type[cb.Card | cb.Post]) -> None:
+    source: dict[str, Any] = {"elements": [{"tag": "markdown", "content": "hi"}], "n": 1}
+    content = kind(source)
+    source["elements"][0]["content"] = "changed"  # the caller's dict is copied, not kept
+    with pytest.raises(TypeError):
+        content.json["n"] = 2  # type: ignore[index]
+    with pytest.raises(TypeError):
+        content.json["elements"][0]["content"] = "changed"
+    with pytest.raises(AttributeError):
+        content.json["elements"].append({})
+    assert content.as_dict() == {"elements": [{"tag": "markdown", "content": "hi"}], "n": 1}
+    copy = content.as_dict()
+    copy["n"] = 3  # a plain copy: a bot changes it to build the next card
+    assert content.as_dict()["n"] == 1
+    assert json.loads(json.dumps(content.as_dict())) == content.as_dict()
+    same = kind({"n": 1, "elements": [{"content": "hi", "tag": "markdown"}]})
+    assert same == content and hash(same) == hash(content) and len({same, content}) == 1
+    assert kind({"n": 2}) != content
+
+
+@given(st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=4))
+def test_a_card_gives_back_the_json_it_was_built_from(value: dict[str, Any]) -> None:
+    card = cb.Card(value)
+    assert card.as_dict() == value
+    assert card == cb.Card(json.loads(json.dumps(value))) and hash(card) == hash(cb.Card(value))
 
 
 async def test_lark_card_reply_is_updated_in_place_by_patch(

@@ -9,8 +9,10 @@ docs/wecom.md and docs/lark.md for the table and what the user sees).
 from __future__ import annotations
 
 import hashlib
+import json
 import mimetypes
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal, TypeAlias, final
 
 import attrs
@@ -22,8 +24,32 @@ MediaKind: TypeAlias = Literal["image", "file", "video", "voice"]
 _KINDS_BY_TYPE: dict[str, MediaKind] = {"image": "image", "video": "video", "audio": "voice"}
 
 
+def _freeze(value: Any) -> Any:
+    """A read-only deep copy of JSON: objects as ``MappingProxyType``, arrays as tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    return dict(value)
+    frozen: Mapping[str, Any] = _freeze(value)
+    return frozen
+
+
+def _thaw(value: Any) -> Any:
+    """A fresh, mutable deep copy of frozen JSON (plain dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _canonical(value: Mapping[str, Any]) -> str:
+    """What equality and the hash of a card or post compare: its JSON, keys sorted."""
+    return json.dumps(_thaw(value), sort_keys=True, separators=(",", ":"))
 
 
 @final
@@ -60,24 +86,39 @@ class Attachment:
         return hashlib.sha256(self.data).hexdigest()
 
 
+class _PlatformJSON:
+    """What a :class:`Card` and a :class:`Post` share: their JSON, read-only."""
+
+    __slots__ = ()
+    json: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A fresh plain copy of ``json`` (dicts and lists): what ``json.dumps`` takes, a
+        request body embeds, or a bot changes to build the next card."""
+        plain: dict[str, Any] = _thaw(self.json)
+        return plain
+
+
 @final
 @attrs.frozen
-class Card:
+class Card(_PlatformJSON):
     """A platform-native card, passed through as the platform's JSON.
 
     On WeCom a ``template_card`` object (``{"card_type": "text_notice", ...}``); on Lark an
     interactive card (``{"elements": [...], ...}`` or ``{"type": "template", ...}``).
     """
 
-    json: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
+    json: Mapping[str, Any] = attrs.field(converter=_frozen_mapping, eq=_canonical)
+    """Read-only (objects are ``MappingProxyType``, arrays tuples): see :meth:`as_dict`."""
 
 
 @final
 @attrs.frozen
-class Post:
+class Post(_PlatformJSON):
     """A Lark rich-text post, as the platform's JSON (``{"zh_cn": {"title", "content"}}``)."""
 
-    json: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
+    json: Mapping[str, Any] = attrs.field(converter=_frozen_mapping, eq=_canonical)
+    """Read-only (objects are ``MappingProxyType``, arrays tuples): see :meth:`as_dict`."""
 
 
 Content: TypeAlias = str | Markdown | Attachment | Card | Post

@@ -34,6 +34,6 @@ class CardAnswer:
         if self.toast is not None:
             answer["toast"] = {"type": self.toast_type, "content": self.toast}
         if self.card is not None:
-            answer["card"] = {"type": "raw", "data": dict(self.card.json)}
+            answer["card"] = {"type": "raw", "data": self.card.as_dict()}
         data = base64.b64encode(_dumps(answer).encode()).decode()
         return _dumps({"code": 200, "data": data}).encode()

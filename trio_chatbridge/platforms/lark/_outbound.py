@@ -55,9 +55,9 @@ def body(account: str, content: Content, key: str | None = None) -> tuple[str, s
     if isinstance(content, Markdown):
         return "post", _dumps({"zh_cn": {"content": [[{"tag": "md", "text": content.text}]]}})
     if isinstance(content, Post):
-        return "post", _dumps(content.json)
+        return "post", _dumps(content.as_dict())
     if isinstance(content, Card):
-        return "interactive", _dumps(content.json)
+        return "interactive", _dumps(content.as_dict())
     if isinstance(content, Attachment) and key is not None:
         kind = content.media_kind
         if kind == "image":

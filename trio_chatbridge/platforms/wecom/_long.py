@@ -430,7 +430,7 @@ class LongConnection(base.Connector):
         cancelled, the card may or may not have changed."""
         body: dict[str, Any] = {
             "response_type": "update_template_card",
-            "template_card": dict(card.json),
+            "template_card": card.as_dict(),
         }
         if userids is not None:
             body["userids"] = list(userids)
@@ -474,7 +474,7 @@ class LongConnection(base.Connector):
             "stream": {"id": stream_id, "finish": finish, "content": content},
         }
         if card is not None:
-            body.update(msgtype="stream_with_template_card", template_card=dict(card.json))
+            body.update(msgtype="stream_with_template_card", template_card=card.as_dict())
         await self._command(f.RESPOND, req_id, body, until)
 
     async def _command(

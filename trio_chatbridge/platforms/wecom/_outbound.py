@@ -79,7 +79,7 @@ def message_body(account: str, content: Content, media_id: str | None = None) ->
     handle those); a post is Lark's.
     """
     if isinstance(content, Card):
-        return {"msgtype": "template_card", "template_card": dict(content.json)}
+        return {"msgtype": "template_card", "template_card": content.as_dict()}
     if isinstance(content, Attachment) and media_id is not None:
         kind = content.media_kind
         return {"msgtype": kind, kind: {"media_id": media_id}}

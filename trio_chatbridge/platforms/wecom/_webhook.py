@@ -260,7 +260,7 @@ class Webhook(base.Connector):
         welcome = self.welcome
         answer = welcome if isinstance(welcome, str | Card | None) else await welcome(details)
         if isinstance(answer, Card):
-            return {"msgtype": "template_card", "template_card": dict(answer.json)}
+            return {"msgtype": "template_card", "template_card": answer.as_dict()}
         return {"msgtype": "text", "text": {"content": answer}} if answer else None
 
     def _expire(self) -> None:
