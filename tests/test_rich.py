@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -192,6 +193,29 @@ async def test_wecom_send_first_markdown_card_and_file(
         ("file", "proactive", "dana"),
     ]
     assert emu.activity[-1].media is not None and emu.activity[-1].media.size == 8
+
+
+async def test_wecom_refuses_a_file_over_50_mib_before_copying_or_sending_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    big = cb.Attachment(bytes(50 * 1024 * 1024 + 1), "dump.bin")
+    async with sender(emu) as connector:
+        tracemalloc.start()
+        try:
+            with pytest.raises(cb.SendError, match="at most 52428800"):
+                await connector.send_first("dana", big)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 5 * 1024 * 1024  # the chunks were never cut (they were 50 MiB of copies)
+    assert emu.commands("aibot_upload_media_init") == []
+
+
+def test_an_attachment_kind_is_checked_when_built() -> None:
+    assert cb.Attachment(b"x", "a.bin", "voice").media_kind == "voice"
+    with pytest.raises(cb.ConfigurationError, match="'image', 'file', 'video', 'voice'"):
+        cb.Attachment(b"x", "a.png", cast(Any, "picture"))
 
 
 async def test_wecom_card_welcome_and_card_update_after_a_click(

@@ -13,15 +13,16 @@ import json
 import mimetypes
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, TypeAlias, final
+from typing import Any, Final, Literal, TypeAlias, cast, final, get_args
 
 import attrs
 
-from ._errors import SendError
+from ._errors import ConfigurationError, SendError
 
 MediaKind: TypeAlias = Literal["image", "file", "video", "voice"]
 
 _KINDS_BY_TYPE: dict[str, MediaKind] = {"image": "image", "video": "video", "audio": "voice"}
+_MEDIA_KINDS: Final = frozenset(get_args(MediaKind))
 
 
 def _freeze(value: Any) -> Any:
@@ -52,6 +53,21 @@ def _canonical(value: Mapping[str, Any]) -> str:
     return json.dumps(_thaw(value), sort_keys=True, separators=(",", ":"))
 
 
+def media_kind(kind: object) -> MediaKind | None:
+    """``kind`` checked: one of the four media kinds, or None (guess from the file name).
+    Anything else raises :class:`ConfigurationError` naming the kinds allowed."""
+    if kind is None or kind in _MEDIA_KINDS:
+        return cast("MediaKind | None", kind)
+    raise ConfigurationError(
+        f"media kind {kind!r}: use 'image', 'file', 'video', 'voice' or None (guess from the "
+        "file name)"
+    )
+
+
+def _check_kind(_: object, __: object, kind: object) -> None:
+    media_kind(kind)
+
+
 @final
 @attrs.frozen
 class Markdown:
@@ -69,8 +85,9 @@ class Attachment:
     """The file's bytes (not shown in reprs)."""
     filename: str
     """The name the user sees (and where ``kind`` is guessed from)."""
-    kind: MediaKind | None = None
-    """``"image"``, ``"file"``, ``"video"`` or ``"voice"``; None guesses from ``filename``."""
+    kind: MediaKind | None = attrs.field(default=None, validator=_check_kind)
+    """``"image"``, ``"file"``, ``"video"`` or ``"voice"``; None guesses from ``filename``.
+    Anything else raises :class:`ConfigurationError` when the attachment is built."""
 
     @property
     def media_kind(self) -> MediaKind:
@@ -137,20 +154,6 @@ class Sent:
     """``"text"``, ``"markdown"``, ``"card"``, ``"post"``, or the media kind."""
     message_id: str | None = None
     """The platform's id for it, where the platform returns one (Lark); needed to edit it."""
-
-
-def media_kind(kind: str | None) -> MediaKind | None:
-    """``kind`` checked: one of the four media kinds, or None (guess from the file name)."""
-    kinds: dict[str | None, MediaKind | None] = {
-        None: None,
-        "image": "image",
-        "file": "file",
-        "video": "video",
-        "voice": "voice",
-    }
-    if kind not in kinds:
-        raise SendError(f"media kind {kind!r}: use 'image', 'file', 'video', 'voice' or None")
-    return kinds[kind]
 
 
 def unsupported(platform: str, account: str, content: Content, instead: str) -> SendError:

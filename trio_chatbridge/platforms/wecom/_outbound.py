@@ -24,21 +24,23 @@ UPLOAD_CHUNK: Final = "aibot_upload_media_chunk"
 UPLOAD_FINISH: Final = "aibot_upload_media_finish"
 RESPOND_UPDATE: Final = "aibot_respond_update_msg"
 CHUNK_BYTES: Final = 512 * 1024  # raw bytes per chunk, before base64
-MAX_CHUNKS: Final = 100  # so at most 50 MiB per file
+MAX_CHUNKS: Final = 100
+MAX_UPLOAD_BYTES: Final = MAX_CHUNKS * CHUNK_BYTES  # bytes: 50 MiB per file
 
 Command = Callable[[str, str, Mapping[str, Any]], Awaitable[f.Frame]]
 """Send one command on a fresh or given req_id and return its ack (``LongConnection._ack``)."""
 
 
 async def upload(command: Command, account: str, attachment: Attachment) -> str:
-    """Upload ``attachment`` in chunks; returns its ``media_id``."""
+    """Upload ``attachment`` in chunks; returns its ``media_id``. A file over
+    :data:`MAX_UPLOAD_BYTES` is refused before anything is copied or sent."""
     data = attachment.data
-    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
-    if len(chunks) > MAX_CHUNKS:
+    if len(data) > MAX_UPLOAD_BYTES:
         raise SendError(
             f"wecom bot {account}: {attachment.filename} is {len(data)} bytes; WeCom takes at "
-            f"most {MAX_CHUNKS * CHUNK_BYTES} per upload"
+            f"most {MAX_UPLOAD_BYTES} (50 MiB) per upload"
         )
+    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
     init = await command(
         UPLOAD_INIT,
         f.new_req_id(UPLOAD_INIT),
@@ -47,7 +49,7 @@ async def upload(command: Command, account: str, attachment: Attachment) -> str:
             "filename": attachment.filename,
             "total_size": len(data),
             "total_chunks": len(chunks),
-            "md5": hashlib.md5(data).hexdigest(),
+            "md5": hashlib.md5(data, usedforsecurity=False).hexdigest(),
         },
     )
     upload_id = _answer(init, "upload_id", UPLOAD_INIT)
