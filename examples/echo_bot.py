@@ -7,6 +7,7 @@ Run it (see wecom_env.py for the environment variables, or to use the emulator):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import trio
@@ -39,4 +40,4 @@ def make_bridge(connectors: Sequence[Connector], store: cb.Store | None = None) 
 if __name__ == "__main__":
     from wecom_env import from_env
 
-    trio.run(make_bridge(from_env()).run)
+    sys.exit(trio.run(cb.serve, make_bridge(from_env())))  # Ctrl-C: a graceful stop

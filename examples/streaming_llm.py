@@ -9,6 +9,7 @@ it with yours. Run it like echo_bot.py::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Sequence
 
 import trio
@@ -56,4 +57,4 @@ def make_bridge(connectors: Sequence[Connector], store: cb.Store | None = None) 
 if __name__ == "__main__":
     from wecom_env import from_env
 
-    trio.run(make_bridge(from_env()).run)
+    sys.exit(trio.run(cb.serve, make_bridge(from_env())))  # Ctrl-C: a graceful stop

@@ -71,6 +71,26 @@ async def test_sigterm_flushes_pending_batches_answers_them_and_exits_0(
     assert trio.current_time() < 30  # flushed at once, not after the window
 
 
+async def test_cb_serve_stops_gracefully_on_ctrl_c_and_returns_0(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``trio.run(cb.serve, bridge)`` is what a program writes: Ctrl-C answers what is pending."""
+    chat = FakeConnector()
+    bridge = fake_bridge(echo, chat)
+    codes: list[int] = []
+
+    async def program() -> None:
+        codes.append(await cb.serve(bridge))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(program)
+        await bridge.wait_status(lambda s: s["fake:bot"].state == "running")
+        await chat.say("pending in a 30 s window")
+        signal_self(signal.SIGINT)
+    assert codes == [0]
+    assert [r.text for r in chat.sent] == ["pending in a 30 s window"]
+
+
 async def test_a_second_signal_stops_at_once(autojump_clock: trio.testing.MockClock) -> None:
     started = trio.Event()
 

@@ -53,6 +53,7 @@ from ._messages import Video as Video
 from ._messages import Voice as Voice
 from ._redact import install as _install_redaction
 from ._reply import Reply as Reply
+from ._serve import serve as serve
 from ._stats import Stats as Stats
 from ._status import StatusChanges as StatusChanges
 from ._supervise import Backoff as Backoff
@@ -121,5 +122,6 @@ __all__ = [
     "asyncio_bridge",
     "configure_logging",
     "open_bridge",
+    "serve",
     "session_key",
 ]
