@@ -104,10 +104,8 @@ def no_secret_in_logs_or_reprs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     finally:
         root.removeHandler(watch)
         root.setLevel(level)
-    for obj in watch.created:
-        text = repr(obj)
-        if any(s in text for s in watch.secrets):
-            watch.leaks.append(f"repr of a {type(obj).__name__}: {text[:300]}")
+    for obj in watch.made():
+        watch.check_repr(obj)
     if watch.leaks:
         pytest.fail("a secret was shown:\n" + "\n".join(watch.leaks[:5]), pytrace=False)
 

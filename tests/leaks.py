@@ -8,6 +8,7 @@ import importlib
 import inspect
 import logging
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +56,10 @@ class SecretWatch(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.secrets: set[str] = set()
-        self.created: list[object] = []
+        # What the test made, weakly where the class allows: holding every object would keep
+        # each reply (and through it its batch's messages and their payloads) alive for the
+        # whole test, which the soak measures as the bridge's memory.
+        self._made: list[Callable[[], object | None]] = []
         self.leaks: list[str] = []
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
 
@@ -63,6 +67,17 @@ class SecretWatch(logging.Handler):
         text = self.format(record)
         if CREDENTIAL_IN_URL.search(text) or any(s in text for s in self.secrets):
             self.leaks.append(f"log record: {text[:300]}")
+
+    def check_repr(self, obj: object) -> None:
+        """Note a leak if ``obj``'s repr shows a secret configured so far."""
+        text = repr(obj)
+        if any(s in text for s in self.secrets):
+            self.leaks.append(f"repr of a {type(obj).__name__}: {text[:300]}")
+
+    def made(self) -> list[object]:
+        """The objects made under watch that are still alive."""
+        alive = [ref() for ref in self._made]
+        return [obj for obj in alive if obj is not None]
 
     def watching(self, cls: type) -> Callable[..., None]:
         """``cls.__init__``, noting the object made and the secrets it was given."""
@@ -75,17 +90,27 @@ class SecretWatch(logging.Handler):
         @functools.wraps(original)
         def __init__(obj: object, *args: Any, **kwargs: Any) -> None:
             original(obj, *args, **kwargs)
-            self.created.append(obj)
-            if signature is None:
-                return
             try:
-                bound = signature.bind(obj, *args, **kwargs)
-            except TypeError:
-                return
-            bound.apply_defaults()
-            for name, value in bound.arguments.items():
-                secret = SECRET_PARAMETER.fullmatch(name) and isinstance(value, str)
-                if secret and len(value) >= SHORTEST_SECRET:
-                    self.secrets.add(value)
+                self._made.append(weakref.ref(obj))
+            except TypeError:  # no __weakref__ slot: kept until the end of the test
+                self._made.append(lambda: obj)
+            self._note_secrets(signature, obj, args, kwargs)
+            if type(obj) is cls:  # fully built: checked now, as it may be gone at the end
+                self.check_repr(obj)
 
         return __init__
+
+    def _note_secrets(
+        self, signature: inspect.Signature | None, obj: object, args: Any, kwargs: Any
+    ) -> None:
+        if signature is None:
+            return
+        try:
+            bound = signature.bind(obj, *args, **kwargs)
+        except TypeError:
+            return
+        bound.apply_defaults()
+        for name, value in bound.arguments.items():
+            secret = SECRET_PARAMETER.fullmatch(name) and isinstance(value, str)
+            if secret and len(value) >= SHORTEST_SECRET:
+                self.secrets.add(value)

@@ -3,7 +3,9 @@ check every test runs under (conftest.py)."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 
 import httpx
 import pytest
@@ -95,10 +97,27 @@ def test_the_check_every_test_runs_under_can_fail() -> None:
     make = watch.watching(_Leaky)
     leaky = _Leaky.__new__(_Leaky)
     make(leaky, "short", token="token-for-the-check")
-    assert (watch.secrets, watch.created) == ({"token-for-the-check"}, [leaky])
+    assert (watch.secrets, watch.made()) == ({"token-for-the-check"}, [leaky])
+    assert watch.leaks == ["repr of a _Leaky: _Leaky(short, token-for-the-check)"]
     for text in ("token is token-for-the-check", "wss://h/ws?access_key=abc", "all fine"):
         watch.handle(logging.LogRecord("x", logging.DEBUG, "f", 1, text, None, None))
-    assert len(watch.leaks) == 2
+    assert len(watch.leaks) == 3
+
+
+def test_the_check_keeps_nothing_alive_and_still_sees_what_is_gone() -> None:
+    """The check holds what a test made weakly: a long test (the soak: a reply per run, and
+    through it its messages) would otherwise have every object it ever made measured as the
+    bridge's memory. An object gone before the end was checked when it was made."""
+    watch = SecretWatch()
+    make = watch.watching(_Leaky)
+    leaky = _Leaky.__new__(_Leaky)
+    make(leaky, "gone", token="token-for-the-check")
+    gone = weakref.ref(leaky)
+    del leaky
+    gc.collect()
+    assert gone() is None
+    assert watch.made() == []
+    assert watch.leaks == ["repr of a _Leaky: _Leaky(gone, token-for-the-check)"]
 
 
 async def test_a_memory_store_shows_nothing_it_holds() -> None:
