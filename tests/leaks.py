@@ -27,6 +27,8 @@ SHORTEST_SECRET = 8  # characters: shorter test values ("token") are ordinary wo
 # A query parameter that carries a credential, with a value that was not redacted.
 CREDENTIAL_IN_URL = re.compile(r"[?&](access_key|ticket|encrypted_query_param)=(?!\*\*\*)[^&\s'\"]")
 
+COMPACT_AT = 1024  # references to what a test made, at least, before dead ones are dropped
+
 
 def _public_classes() -> list[type]:
     """Our public classes that hold configuration (message values aside: they come from the
@@ -60,6 +62,7 @@ class SecretWatch(logging.Handler):
         # each reply (and through it its batch's messages and their payloads) alive for the
         # whole test, which the soak measures as the bridge's memory.
         self._made: list[Callable[[], object | None]] = []
+        self._compact_at = COMPACT_AT  # dead references are dropped when the list reaches this
         self.leaks: list[str] = []
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
 
@@ -94,6 +97,9 @@ class SecretWatch(logging.Handler):
                 self._made.append(weakref.ref(obj))
             except TypeError:  # no __weakref__ slot: kept until the end of the test
                 self._made.append(lambda: obj)
+            if len(self._made) >= self._compact_at:  # amortized: the list at most doubles
+                self._made = [ref for ref in self._made if ref() is not None]
+                self._compact_at = max(COMPACT_AT, 2 * len(self._made))
             self._note_secrets(signature, obj, args, kwargs)
             if type(obj) is cls:  # fully built: checked now, as it may be gone at the end
                 self.check_repr(obj)

@@ -13,7 +13,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 import trio_websocket
-from leaks import SecretWatch
+from leaks import COMPACT_AT, SecretWatch
 
 import trio_chatbridge as cb
 from trio_chatbridge.testing import FakeConnector, open_bridge
@@ -118,6 +118,9 @@ def test_the_check_keeps_nothing_alive_and_still_sees_what_is_gone() -> None:
     assert gone() is None
     assert watch.made() == []
     assert watch.leaks == ["repr of a _Leaky: _Leaky(gone, token-for-the-check)"]
+    for _ in range(3 * COMPACT_AT):  # many made and dropped: their references go too
+        make(_Leaky.__new__(_Leaky), "gone", token="token-for-the-check")
+    assert len(watch._made) <= COMPACT_AT
 
 
 async def test_a_memory_store_shows_nothing_it_holds() -> None:
