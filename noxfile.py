@@ -70,7 +70,7 @@ def soak(session: nox.Session) -> None:
     sampled (several minutes; figures in docs/reliability.md). ``SOAK_SESSIONS`` and
     ``SOAK_ROUNDS`` in the environment change the size."""
     session.install("-e", ".[test]")
-    env = {"SOAK_SESSIONS": "10000", "SOAK_ROUNDS": "3"}
+    env = {"SOAK_SESSIONS": "10000", "SOAK_ROUNDS": "5"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("SOAK_")})
     session.run(
         "python", "-m", "pytest", "-m", "soak", "-s", "-o", "timeout=0", *session.posargs,
