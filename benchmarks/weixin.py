@@ -73,7 +73,7 @@ async def _connector_into_inbox(info: dict[str, Any]) -> float:
     # Its httpx client made up front, like the baseline's (building one loads the system's
     # CA certificates: tens of milliseconds that are no part of a poll loop).
     async with httpx.AsyncClient() as http:
-        connector = weixin.Connector(
+        connector = weixin.LongPoll(
             account="bot", token=info["token"], base_url=info["base_url"], typing=False, http=http
         )
         return await time_into_inbox(connector, store)

@@ -41,7 +41,7 @@ async def main(config: dict[str, Any]) -> None:
             secret=config["wecom"]["secret"],
             url=config["wecom"]["ws_url"],
         ),
-        weixin.Connector(
+        weixin.LongPoll(
             account="w",
             token=config["weixin"]["token"],
             base_url=config["weixin"]["base_url"],

@@ -141,7 +141,7 @@ def emulated_connector(info: dict[str, Any], **weixin_options: Any) -> Connector
     """A real connector for what ``emulate <platform>`` printed (over loopback);
     ``weixin_options`` go to a WeChat connector (``rate_limit=...``)."""
     if info["platform"] == "weixin":
-        return weixin.Connector(
+        return weixin.LongPoll(
             account="bot",
             token=info["token"],
             base_url=info["base_url"],

@@ -43,7 +43,7 @@ EXTENSION_POINTS = {
     "trio_chatbridge.testing.FakeConnector": "tests subclass it to inject faults",
     "trio_chatbridge.testing.Emulator": "a protocol: what every emulator implements",
     # Until the connector driver refactor (issue 11) settles their shape:
-    "trio_chatbridge.platforms.weixin.Connector": "pending the driver refactor",
+    "trio_chatbridge.platforms.weixin.LongPoll": "pending the driver refactor",
     "trio_chatbridge.platforms.wecom.LongConnection": "pending the driver refactor",
     "trio_chatbridge.platforms.wecom.Webhook": "pending the driver refactor",
     "trio_chatbridge.platforms.lark.LongConnection": "pending the driver refactor",
@@ -193,3 +193,22 @@ def test_no_private_type_shows_through_a_public_signature() -> None:
                     if cls.__module__.startswith("trio_chatbridge") and id(cls) not in public:
                         leaks.append(f"{dotted}: {label} {name}: {cls.__qualname__}")
     assert leaks == [], "\n".join(leaks)
+
+
+def test_every_platform_error_is_on_one_branch() -> None:
+    from trio_chatbridge.platforms import lark, wecom, weixin
+
+    refusals = [
+        weixin.ILinkError("sendmessage", ret=-2, errmsg="bad"),
+        wecom.WeComError("aibot_respond_msg", 6000, "conflict"),
+        lark.LarkError("send", 230002, "bot not in chat"),
+    ]
+    assert [(type(e).platform, e.code) for e in refusals] == [
+        ("weixin", -2),
+        ("wecom", 6000),
+        ("lark", 230002),
+    ]
+    for error in refusals:
+        assert isinstance(error, trio_chatbridge.PlatformError)
+    # a WeCom refusal of a reply is still a failed send
+    assert isinstance(refusals[1], trio_chatbridge.SendError)

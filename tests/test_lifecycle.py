@@ -31,7 +31,7 @@ def closed_port() -> int:
 
 
 def _weixin(port: int) -> Connector:
-    return weixin.Connector(token="t0ken", account="bot", base_url=f"http://127.0.0.1:{port}")
+    return weixin.LongPoll(token="t0ken", account="bot", base_url=f"http://127.0.0.1:{port}")
 
 
 def _wecom(port: int) -> Connector:

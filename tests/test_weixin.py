@@ -34,7 +34,7 @@ async def bridged(
     agent: cb.Agent = echo,
     *,
     store: cb.Store | None = None,
-    connector: weixin.Connector | None = None,
+    connector: weixin.LongPoll | None = None,
     **options: object,
 ) -> AsyncIterator[cb.Bridge]:
     bridge = cb.Bridge(
@@ -557,7 +557,7 @@ async def test_inbound_media_is_downloaded_and_decrypted(
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         part = batch.latest.parts[0]
         assert isinstance(part, cb.Image | cb.File | cb.Voice | cb.Video)
-        assert isinstance(reply.connector, weixin.Connector)
+        assert isinstance(reply.connector, weixin.LongPoll)
         got.append(await reply.connector.download(part.media))
 
     emu = WeixinEmulator()
@@ -575,7 +575,7 @@ async def test_media_over_the_cap_or_off_the_allow_list_is_refused(
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         part = batch.latest.parts[0]
         assert isinstance(part, cb.Image)
-        assert isinstance(reply.connector, weixin.Connector)
+        assert isinstance(reply.connector, weixin.LongPoll)
         with pytest.raises(cb.MediaError) as info:
             await reply.connector.download(part.media)
         errors.append(str(info.value))
@@ -762,7 +762,7 @@ async def test_cdn_upload_retries_then_reports(autojump_clock: trio.testing.Mock
 async def test_missing_token_is_fatal_with_what_to_do(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    connector = weixin.Connector(account="nobody")
+    connector = weixin.LongPoll(account="nobody")
     bridge = cb.Bridge([connector], echo, store=cb.MemoryStore())
     async with open_bridge(bridge):
         pass

@@ -32,6 +32,7 @@ from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConnectorError as ConnectorError
 from ._errors import FatalConnectorError as FatalConnectorError
 from ._errors import MediaError as MediaError
+from ._errors import PlatformError as PlatformError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SendError as SendError
 from ._errors import StoreError as StoreError
@@ -104,6 +105,7 @@ __all__ = [
     "OnBusy",
     "Part",
     "Post",
+    "PlatformError",
     "ProtocolError",
     "Quote",
     "Reply",

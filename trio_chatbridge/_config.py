@@ -111,7 +111,7 @@ class WeixinConfig(_Model):
     def build(self) -> Connector:
         from .platforms import weixin
 
-        return weixin.Connector(
+        return weixin.LongPoll(
             account=self.account,
             token=self.token.get_secret_value() if self.token else None,
             base_url=self.base_url,

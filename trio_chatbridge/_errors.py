@@ -45,6 +45,24 @@ class MediaError(ChatBridgeError):
     """Media could not be fetched or sent: refused host, too large, timed out, bad key."""
 
 
+class PlatformError(ChatBridgeError):
+    """A platform's API answered with an error code: one branch for every platform's refusals.
+
+    ``platform`` names it (``"weixin"``, ``"wecom"``, ``"lark"``) and ``code`` is the platform's
+    own number, so a caller can handle refusals alike across platforms and still tell them apart.
+    Each platform package subclasses it (``weixin.ILinkError``, ``wecom.WeComError``,
+    ``lark.LarkError``) with the fields that platform reports.
+    """
+
+    platform: str = ""
+    """The platform that refused, as in ``Message.platform``."""
+
+    @property
+    def code(self) -> int | None:
+        """The platform's error code, if it gave one."""
+        return None
+
+
 class StoreError(ChatBridgeError):
     """The store could not do what was asked (corrupt file, wrong schema)."""
 

@@ -35,7 +35,7 @@ import trio
 from .._json import get_object, get_str
 from ..platforms.weixin import _crypto
 from ..platforms.weixin import _protocol as p
-from ..platforms.weixin._connector import Connector, RateLimit
+from ..platforms.weixin._connector import LongPoll, RateLimit
 from ._admin import Unsupported, apply_settings, handle_admin
 from ._http import DropConnection, HandlerTransport, json_response, serve_http
 from ._record import Activity, MediaRecord, Record
@@ -132,7 +132,7 @@ class _Upload:
 class WeixinEmulator:
     """A fake iLink server: users speak through it, the bot's calls are recorded.
 
-    ``connector()`` builds a :class:`~trio_chatbridge.platforms.weixin.Connector` wired to it
+    ``connector()`` builds a :class:`~trio_chatbridge.platforms.weixin.LongPoll` wired to it
     (in memory by default; after ``await nursery.start(emu.serve)``, over loopback HTTP). It is
     an :class:`~trio_chatbridge.testing.Emulator`: the shared verbs, in Python and over HTTP.
     """
@@ -208,13 +208,13 @@ class WeixinEmulator:
         """An httpx transport that reaches this emulator in memory."""
         return HandlerTransport(self.handle)
 
-    def connector(self, account: str = "bot", **options: Any) -> Connector:
+    def connector(self, account: str = "bot", **options: Any) -> LongPoll:
         """A connector for this emulator (in memory unless :meth:`serve` was started)."""
         if self.base_url == IN_MEMORY_BASE:
             options.setdefault("transport", self.transport())
         options.setdefault("rate_limit", RateLimit(burst=1000, per_second=1000.0))
         options.setdefault("token", self.token)
-        return Connector(
+        return LongPoll(
             account=account, base_url=self.base_url, cdn_base_url=self.cdn_base_url, **options
         )
 

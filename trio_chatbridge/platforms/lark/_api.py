@@ -18,7 +18,7 @@ import attrs
 import httpx
 import trio
 
-from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError
+from ..._errors import ConnectorError, FatalConnectorError, PlatformError
 from ..._json import json_object, read_body
 from ..._receive import clamp
 
@@ -37,13 +37,20 @@ SYSTEM_BUSY: Final = 1
 INTERNAL_ERROR: Final = 1000040343
 
 
-class LarkError(ChatBridgeError):
+class LarkError(PlatformError):
     """The open API answered with a non-zero ``code``."""
 
+    platform = "lark"
+
     def __init__(self, what: str, code: int, msg: str) -> None:
-        self.code = code
+        self._code = code
         self.msg = msg
         super().__init__(f"Lark {what} failed: code={code} msg={msg!r}")
+
+    @property
+    def code(self) -> int:
+        """The open API's ``code``."""
+        return self._code
 
 
 @final

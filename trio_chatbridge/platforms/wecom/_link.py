@@ -18,20 +18,27 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ..._errors import ConnectorError, SendError
+from ..._errors import ConnectorError, PlatformError, SendError
 from . import _frames as f
 
 log = logging.getLogger("trio_chatbridge.wecom")
 
 
-class WeComError(SendError):
+class WeComError(PlatformError, SendError):
     """The server acknowledged a command with a non-zero errcode (it refused it)."""
+
+    platform = "wecom"
 
     def __init__(self, cmd: str, errcode: int, errmsg: str | None) -> None:
         self.cmd = cmd
         self.errcode = errcode
         self.errmsg = errmsg
         super().__init__(f"WeCom {cmd} failed: errcode={errcode} errmsg={errmsg!r}")
+
+    @property
+    def code(self) -> int:
+        """The acknowledgement's ``errcode``."""
+        return self.errcode
 
 
 class AckTimeout(ConnectorError):

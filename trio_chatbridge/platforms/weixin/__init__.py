@@ -4,7 +4,7 @@ from ._api import HTTPStatusError as HTTPStatusError
 from ._api import ILinkClient as ILinkClient
 from ._api import ILinkError as ILinkError
 from ._api import SessionExpiredError as SessionExpiredError
-from ._connector import Connector as Connector
+from ._connector import LongPoll as LongPoll
 from ._connector import RateLimit as RateLimit
 from ._connector import SessionPausedError as SessionPausedError
 from ._convert import split_text as split_text
@@ -25,7 +25,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_CDN_BASE_URL",
     "CDNMedia",
-    "Connector",
+    "LongPoll",
     "GetUpdatesResponse",
     "HTTPStatusError",
     "ILinkClient",

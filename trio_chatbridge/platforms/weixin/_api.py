@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import trio
 
-from ..._errors import ChatBridgeError, ConnectorError, ProtocolError
+from ..._errors import ChatBridgeError, ConnectorError, PlatformError, ProtocolError
 from ..._json import MAX_JSON_BYTES, json_object, json_object_items, read_body
 from . import _protocol as p
 
@@ -27,8 +27,10 @@ log = logging.getLogger("trio_chatbridge.weixin.api")
 BACKSTOP: Final = 10.0  # seconds httpx waits beyond our own deadline
 
 
-class ILinkError(ChatBridgeError):
+class ILinkError(PlatformError):
     """The iLink API answered with an error code (HTTP 200 with ``ret``/``errcode`` != 0)."""
+
+    platform = "weixin"
 
     def __init__(
         self,

@@ -173,7 +173,7 @@ class _TypingTickets:
             self._entries.popitem(last=False)
 
 
-class Connector(base.Connector):
+class LongPoll(base.Connector):
     """A WeChat bot account on the iLink long-poll API.
 
     Give ``token`` (and ``base_url`` if login returned one), or leave them out to use what
@@ -200,7 +200,7 @@ class Connector(base.Connector):
         random: Callable[[], float] = random.random,
     ) -> None:
         if not account:
-            raise ConfigurationError("weixin.Connector needs an account name")
+            raise ConfigurationError("weixin.LongPoll needs an account name")
         self.account = account
         self._token = token
         self._base_url = base_url
@@ -218,7 +218,7 @@ class Connector(base.Connector):
         self._replies: OrderedDict[str, int] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"weixin.Connector(account={self.account!r})"
+        return f"weixin.LongPoll(account={self.account!r})"
 
     @property
     def paused(self) -> bool:
