@@ -548,7 +548,7 @@ async def test_reconnects_follow_the_servers_schedule(
 async def test_a_dropped_socket_reconnects(autojump_clock: trio.testing.MockClock) -> None:
     async with lark_bridge() as (emu, bridge):
         await emu.drop_connections()
-        await trio.sleep(1)
+        await trio.sleep(2)  # the nonce's 0 s is a hint: the bridge's backoff waits 1 s
         assert emu.connections == 2
         emu.user_says("ou_lou", "after the drop")
         assert (await emu.next_sent()).text == "after the drop"

@@ -320,8 +320,9 @@ class Connector(ABC):
         )
 
     def restart_delay(self, failures: int) -> float | None:
-        """Seconds to wait before restart number ``failures`` (1 for the first), where the
-        platform dictates its own schedule; None (the default) uses the bridge's Backoff."""
+        """The platform's hint for restart number ``failures`` (1 for the first): seconds the
+        bridge's :class:`Backoff` waits at least (None, the default: no hint). Raise
+        :class:`FatalConnectorError` when the platform's schedule says to give up."""
         return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook

@@ -22,6 +22,10 @@ class ConnectorError(ChatBridgeError):
     or any other exception that is not a :class:`FatalConnectorError`.
     """
 
+    retry_after: float | None = None
+    """Seconds the platform asked to wait before trying again (an input to the backoff, which
+    waits at least this long), or None when it did not say."""
+
 
 class FatalConnectorError(ChatBridgeError):
     """A connector cannot go on and must not be retried (bad credentials, replaced).

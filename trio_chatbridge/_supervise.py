@@ -4,6 +4,11 @@ A transient failure (any exception but :class:`FatalConnectorError`) restarts th
 after an exponentially growing, jittered delay; a run that stayed up for ``healthy_after``
 seconds resets the delay. A fatal failure stops that connector alone and shows in its status.
 Stopping connectors is cancelling the scope of the nursery that holds their supervisors.
+
+:class:`Backoff` is the one retry policy of the library: restarts here, and every retry loop of
+a connector (a refused or rate-limited command) through a :class:`Retries`. What a platform
+says about waiting (``Connector.restart_delay``, a :class:`ConnectorError`'s ``retry_after``)
+is a hint to it: the wait is at least that long.
 """
 
 from __future__ import annotations
@@ -12,33 +17,51 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Final, final
 
 import attrs
 import trio
 
 from . import _stats
 from ._connector import Connector, ConnectorState, ConnectorStatus
-from ._errors import ConfigurationError, FatalConnectorError, find_error, sole
+from ._errors import (
+    ConfigurationError,
+    ConnectorError,
+    FatalConnectorError,
+    find_error,
+    sole,
+)
 from ._logs import CONNECTOR
+from ._receive import clamp
 
 log = logging.getLogger("trio_chatbridge.supervise")
+
+
+MAX_HINT: Final = 3600.0
+"""Seconds: the longest wait a platform's hint (a reconnect interval, ``Retry-After``) may ask."""
 
 
 @final
 @attrs.frozen
 class Backoff:
-    """Delays between restarts of a failing connector: ``initial * multiplier**n``, capped."""
+    """The one retry policy: how long to wait after ``n`` consecutive failures.
+
+    ``initial * multiplier**(n - 1)``, capped at ``maximum``, scaled by jitter. Every loop that
+    retries uses it: the supervisor's connector restarts (hence reconnects), and a platform's
+    retries of a refused or rate-limited command, each through a :class:`Retries` that counts
+    that loop's failures. A platform's hint (a server-sent reconnect interval, a
+    ``Retry-After``) is an input, not a second schedule: the wait is at least the hint.
+    """
 
     initial: float = 1.0
-    """Seconds before the first restart."""
+    """Seconds before the first retry."""
     maximum: float = 60.0
-    """The longest delay, in seconds."""
+    """The longest delay, in seconds (a platform's hint may ask for longer)."""
     multiplier: float = 2.0
     jitter: float = 0.2
     """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
     healthy_after: float = 60.0
-    """A run that was up this many seconds resets the delay to ``initial``."""
+    """A run that was up this many seconds resets the delay to ``initial`` (restarts only)."""
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     """Source of jitter in ``[0, 1)``; tests pass a constant."""
 
@@ -50,11 +73,70 @@ class Backoff:
                 "Backoff needs 0 <= initial <= maximum, multiplier >= 1 and 0 <= jitter < 1"
             )
 
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` consecutive failures (1 for the first)."""
+    def delay(self, failures: int, hint: float | None = None) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (1 for the first).
+
+        ``hint`` is the platform's own word on it (seconds; None: it said nothing): the wait is
+        never shorter, and a hint is held to ``[0, MAX_HINT]`` (a server's ``1e308`` or NaN
+        must not stop the loop for good).
+        """
         exponent = min(max(failures - 1, 0), 64)  # past this the cap holds anyway: no overflow
         base = min(self.maximum, self.initial * self.multiplier**exponent)
-        return base * (1 + self.jitter * (2 * self.random() - 1))
+        own = base * (1 + self.jitter * (2 * self.random() - 1))
+        return own if hint is None else max(own, clamp(hint, 0.0, MAX_HINT, 0.0))
+
+    def retries(self, limit: int | None = None) -> Retries:
+        """A fresh count of one loop's failures under this policy; ``limit`` retries at most
+        (None: no limit)."""
+        return Retries(self, limit)
+
+
+@final
+@attrs.define
+class Retries:
+    """One loop's consecutive failures under a :class:`Backoff`: what the next retry waits.
+
+    The shape of every retry loop::
+
+        retries = policy.retries(limit=3)
+        while True:
+            answer = await attempt()
+            if refused(answer) and await retries.wait():
+                continue
+            ...
+    """
+
+    backoff: Backoff
+    limit: int | None = None
+    """Retries allowed in a row (None: no limit)."""
+    failures: int = 0
+    """Consecutive failures so far."""
+
+    @property
+    def spent(self) -> bool:
+        """Whether the retries allowed are used up."""
+        return self.limit is not None and self.failures >= self.limit
+
+    def fail(self, hint: float | None = None) -> float | None:
+        """Count a failure; the seconds to wait before retrying, or None once :attr:`spent`
+        (then the failure is not counted: the caller gives up)."""
+        if self.spent:
+            return None
+        self.failures += 1
+        return self.backoff.delay(self.failures, hint)
+
+    async def wait(self, hint: float | None = None) -> bool:
+        """Count a failure and sleep before the retry; False at once when the retries are
+        spent. If cancelled, the failure is counted and no retry is due."""
+        delay = self.fail(hint)
+        if delay is None:
+            return False
+        await trio.sleep(delay)
+        return True
+
+    def reset(self) -> None:
+        """A success: the next failure waits ``initial`` again."""
+        self.failures = 0
 
 
 class _Started:
@@ -113,10 +195,11 @@ class Supervisor:
                 self.set_state("stopped")
 
     async def _restart_loop(self) -> None:
-        failures = 0
+        retries = self.backoff.retries()
         while True:
             self._up_since = None
             fatal: FatalConnectorError | None = None
+            asked: float | None = None  # the platform's hint, carried by its error
             try:
                 await self.connector.run(task_status=_Started(self))
                 error = "run() returned"
@@ -125,6 +208,8 @@ class Supervisor:
                 # that failed as the bridge was stopped): the Cancelled part goes on, alone.
                 failure = sole(group)
                 fatal = find_error(failure, FatalConnectorError)
+                transient = find_error(failure, ConnectorError)
+                asked = None if transient is None else transient.retry_after
                 error = describe(failure)
                 if fatal is None:
                     # One line a retry; the traceback only for whoever debugs.
@@ -138,14 +223,14 @@ class Supervisor:
                 up_since is not None
                 and trio.current_time() - up_since >= self.backoff.healthy_after
             ):
-                failures = 0
-            failures += 1
+                retries.reset()
             try:
-                own = self.connector.restart_delay(failures)
+                hint = _longer(self.connector.restart_delay(retries.failures + 1), asked)
             except FatalConnectorError as exc:  # the platform's schedule says: give up
                 self._fail(exc)
                 return
-            delay = self.backoff.delay(failures) if own is None else own
+            delay = retries.fail(hint)
+            assert delay is not None  # no limit: restarts go on until cancelled or fatal
             self._counters[_stats.RECONNECTS] += 1
             self.status = attrs.evolve(
                 self.status,
@@ -162,6 +247,11 @@ class Supervisor:
         self.status = attrs.evolve(
             self.status, state="failed", detail=str(exc), last_error=f"{type(exc).__name__}: {exc}"
         )
+
+
+def _longer(a: float | None, b: float | None) -> float | None:
+    """The longer of two hints, either of which may be missing."""
+    return a if b is None else b if a is None else max(a, b)
 
 
 def describe(exc: BaseException) -> str:

@@ -5,7 +5,8 @@ A bot author never needs this namespace; it is to ``trio_chatbridge`` what ``tri
 (a :class:`ConnectorContext`) is the bridge's side of the contract. Replies are written through
 a :class:`ReplyStream`: :class:`BufferedReplyStream` sends once at the end, and a
 :class:`CoalescingStream` driven by :func:`streaming` suits platforms that show a reply growing
-in place.
+in place. Every retry loop counts its failures in a :class:`Retries` under the bridge's one
+policy, :class:`trio_chatbridge.Backoff`.
 """
 
 from ._connector import BufferedReplyStream as BufferedReplyStream
@@ -14,6 +15,7 @@ from ._connector import Connector as Connector
 from ._connector import ConnectorContext as ConnectorContext
 from ._connector import ReplyStream as ReplyStream
 from ._connector import streaming as streaming
+from ._supervise import Retries as Retries
 
 __all__ = [
     "BufferedReplyStream",
@@ -21,5 +23,6 @@ __all__ = [
     "Connector",
     "ConnectorContext",
     "ReplyStream",
+    "Retries",
     "streaming",
 ]

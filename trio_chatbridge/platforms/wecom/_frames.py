@@ -18,12 +18,15 @@ import attrs
 
 from ..._errors import ProtocolError
 from ..._json import json_object
+from ..._supervise import Backoff
 
 DEFAULT_URL: Final = "wss://openws.work.weixin.qq.com"
 HEARTBEAT_INTERVAL: Final = 30.0  # seconds (docs/protocols/wecom.md#subscribe-and-heartbeat)
 HEARTBEAT_GRACE: Final = 10.0  # seconds a ping ack may take before the link counts as dead
 ACK_TIMEOUT: Final = 5.0  # seconds (docs/protocols/wecom.md#acks-and-ordering)
 CONFLICT_RETRIES: Final = 3  # errcode 6000 (docs/protocols/wecom.md#error-codes)
+# waits between them: 0.2 s, 0.4 s, 0.8 s
+CONFLICT_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
 # seconds to answer enter_chat (docs/protocols/wecom.md#event-callbacks)
 WELCOME_DEADLINE: Final = 5.0
 # seconds a callback's stream may be updated, from its arrival: the webhook's six minutes,

@@ -120,17 +120,17 @@ class Link:
         slot.users += 1
         try:
             async with slot.lock:
-                for attempt in range(conflict_retries + 1):
+                retries = f.CONFLICT_BACKOFF.retries(conflict_retries)
+                while True:
                     frame = f.Frame(req_id, cmd, body or {})
                     ack = await self._exchange(slot, frame, ack_within)
-                    if ack.errcode == f.COMMAND_CONFLICT and attempt < conflict_retries:
+                    if ack.errcode == f.COMMAND_CONFLICT and not retries.spent:
                         self._count("command_conflicts")
-                        await trio.sleep(min(0.2 * 2**attempt, 2.0))
+                        await retries.wait()
                         continue
                     if ack.errcode:
                         raise WeComError(cmd, ack.errcode, ack.errmsg)
                     return ack
-                raise AssertionError("unreachable")  # the loop returns or raises
         finally:
             slot.users -= 1
             if slot.users == 0:
