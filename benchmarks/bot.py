@@ -26,6 +26,7 @@ from trio_websocket import open_websocket_url
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import lark, wecom
+from trio_chatbridge.platforms.lark import _frames as lark_frames
 
 from ._util import REPEAT, emulator_process, post_burst, report
 from .lark import raw_ack
@@ -97,7 +98,7 @@ async def _raw_lark(info: dict[str, Any], count: int) -> None:
         ):
             seen = 0
             while seen < count:
-                frame = lark.decode_frame(await ws.get_message())  # type: ignore[arg-type]
+                frame = lark_frames.decode(await ws.get_message())  # type: ignore[arg-type]
                 if frame.method != 1:
                     continue
                 event = json.loads(frame.payload or b"{}")

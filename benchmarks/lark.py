@@ -64,7 +64,7 @@ def _protobuf_frame_class() -> Any:
 
 def bench_codec() -> None:
     payload = json.dumps({"schema": "2.0", "event": {"message": {"content": "x" * 300}}}).encode()
-    ours = lark.Frame(
+    ours = _frames.Frame(
         seq_id=123456,
         log_id=654321,
         service=7,
@@ -72,7 +72,7 @@ def bench_codec() -> None:
         headers=(("type", "event"), ("message_id", "m-1"), ("sum", "1"), ("seq", "0")),
         payload=payload,
     )
-    data = lark.encode_frame(ours)
+    data = _frames.encode(ours)
     pure = min(
         timeit.repeat(
             lambda: _frames.decode_pure(_frames.encode_pure(ours)),
@@ -100,7 +100,7 @@ def bench_codec() -> None:
         assert frame_class.FromString(data).SerializeToString() == data  # the same bytes
         used = min(
             timeit.repeat(
-                lambda: lark.decode_frame(lark.encode_frame(ours)),
+                lambda: _frames.decode(_frames.encode(ours)),
                 number=CODEC_ROUNDS,
                 repeat=REPEAT,
                 timer=time.process_time,
@@ -123,12 +123,12 @@ async def _load(info: dict[str, Any]) -> None:
     await post_burst(info, burst)
 
 
-def raw_ack(frame: lark.Frame) -> bytes:
+def raw_ack(frame: _frames.Frame) -> bytes:
     """The ACK a bare client sends for a data frame: its ids and headers, code 200."""
-    ack = lark.Frame(
+    ack = _frames.Frame(
         frame.seq_id, frame.log_id, frame.service, 1, frame.headers, payload=b'{"code":200}'
     )
-    return lark.encode_frame(ack)
+    return _frames.encode(ack)
 
 
 async def _raw_websocket(info: dict[str, Any]) -> float:
@@ -145,7 +145,7 @@ async def _raw_websocket(info: dict[str, Any]) -> float:
         while seen < EVENTS:
             data = await ws.get_message()
             assert isinstance(data, bytes)  # Lark sends binary frames only
-            frame = lark.decode_frame(data)
+            frame = _frames.decode(data)
             if frame.method == 1:
                 json.loads(frame.payload or b"{}")
                 await ws.send_message(raw_ack(frame))

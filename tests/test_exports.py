@@ -195,6 +195,22 @@ def test_no_private_type_shows_through_a_public_signature() -> None:
     assert leaks == [], "\n".join(leaks)
 
 
+def test_lark_exports_what_a_bot_author_uses_and_no_codec() -> None:
+    from trio_chatbridge.platforms import lark
+
+    assert sorted(lark.__all__) == [
+        "CardAnswer",
+        "ClientConfig",
+        "EditBudget",
+        "FEISHU",
+        "LARK",
+        "LarkError",
+        "LongConnection",
+        "OpenAPI",
+        "to_message",
+    ]
+
+
 def test_every_platform_error_is_on_one_branch() -> None:
     from trio_chatbridge.platforms import lark, wecom, weixin
 

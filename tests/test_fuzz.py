@@ -160,8 +160,8 @@ def test_lark_frames_decode_or_raise_protocol_error_and_both_codecs_agree(
     data: bytes | str,
 ) -> None:
     """The protobuf runtime and the pure-Python fallback read the same bytes the same way."""
-    outcomes: list[lark.Frame | None] = []
-    for decode in (lark.decode_frame, lark_frames.decode_pure):
+    outcomes: list[lark_frames.Frame | None] = []
+    for decode in (lark_frames.decode, lark_frames.decode_pure):
         try:
             outcomes.append(decode(raw(data)))
         except cb.ProtocolError:
@@ -170,7 +170,7 @@ def test_lark_frames_decode_or_raise_protocol_error_and_both_codecs_agree(
         assert outcomes[0] == outcomes[1]
     for frame in outcomes:
         if frame is not None:
-            assert lark.decode_frame(lark.encode_frame(frame)) == frame
+            assert lark_frames.decode(lark_frames.encode(frame)) == frame
 
 
 @given(
@@ -343,10 +343,10 @@ LARK_VECTOR = (
 
 
 def test_lark_frames_match_hand_encoded_protobuf() -> None:
-    frame = lark.Frame(
+    frame = lark_frames.Frame(
         seq_id=300, log_id=2, service=3, method=1, headers=(("type", "event"),), payload=b"{}"
     )
-    assert lark.encode_frame(frame) == LARK_VECTOR
+    assert lark_frames.encode(frame) == LARK_VECTOR
     assert lark_frames.encode_pure(frame) == LARK_VECTOR
-    assert lark.decode_frame(LARK_VECTOR) == frame
+    assert lark_frames.decode(LARK_VECTOR) == frame
     assert lark_frames.decode_pure(LARK_VECTOR) == frame

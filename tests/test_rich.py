@@ -21,6 +21,7 @@ from support import emulator_bridge
 import trio_chatbridge as cb
 from trio_chatbridge import connectors
 from trio_chatbridge.platforms import lark
+from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.wecom import Frame
 from trio_chatbridge.testing import (
     Activity,
@@ -572,12 +573,12 @@ def test_lark_emulator_records_the_answer_an_ack_carries() -> None:
     answer = {"toast": {"type": "success", "content": "saved"}, "card": LARK_CARD}
     payload = {"code": 200, "data": base64.b64encode(json.dumps(answer).encode()).decode()}
     for body in (payload, {"code": 200}):  # an ACK without an answer records nothing
-        ack = lark.Frame(
+        ack = lark_frames.Frame(
             method=1,
             headers=(("type", "event"), ("message_id", "frame-9")),
             payload=json.dumps(body).encode(),
         )
-        emu._on_frame(cast(Any, None), lark.encode_frame(ack))
+        emu._on_frame(cast(Any, None), lark_frames.encode(ack))
     assert emu.activity == [
         Activity("lark", "card_answer", "ack", id="frame-9", card=LARK_CARD, detail=answer)
     ]

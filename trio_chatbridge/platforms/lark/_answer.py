@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import base64
-from typing import Final, Literal, final
+from typing import Literal, final
 
 import attrs
 
 from ..._content import Card
 from ._outbound import _dumps
 
-CARD_ACTION: Final = "card.action.trigger"  # the event a card's callback button brings
 ToastType = Literal["info", "success", "error", "warning"]
 
 

@@ -10,17 +10,16 @@ Every error carries the platform's code and message.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any, Final, final
 
-import attrs
 import httpx
 import trio
 
-from ..._errors import ConnectorError, FatalConnectorError, PlatformError
+from ..._errors import ConnectorError, PlatformError
 from ..._json import json_object, read_body
 from ..._receive import clamp
+from ._protocol import ClientConfig, read_endpoint
 
 log = logging.getLogger("trio_chatbridge.lark.api")
 
@@ -32,9 +31,6 @@ API_TIMEOUT: Final = 10.0  # seconds per call
 RATE_LIMIT_RETRIES: Final = 4
 TOKEN_EXPIRED: Final = frozenset({99991663, 99991664})
 RATE_LIMITED: Final = frozenset({230020, 99991400})
-# endpoint discovery codes (docs/protocols/lark.md#endpoint-discovery)
-SYSTEM_BUSY: Final = 1
-INTERNAL_ERROR: Final = 1000040343
 
 
 class LarkError(PlatformError):
@@ -51,44 +47,6 @@ class LarkError(PlatformError):
     def code(self) -> int:
         """The open API's ``code``."""
         return self._code
-
-
-@final
-@attrs.frozen
-class ClientConfig:
-    """Connection settings the server sends (seconds).
-
-    See ``docs/protocols/lark.md#endpoint-discovery`` and ``docs/protocols/lark.md#ping-and-pong``.
-    """
-
-    ping_interval: float = 120.0
-    reconnect_count: int = -1
-    reconnect_interval: float = 120.0
-    reconnect_nonce: float = 30.0
-
-    @classmethod
-    def merge(cls, base: ClientConfig, data: Any) -> ClientConfig:
-        """``base`` with whatever numbers ``data`` (PascalCase keys) carries, each held to
-        its range in :data:`CONFIG_RANGES` (a server's ``PingInterval=0.001`` or ``1e308``
-        must neither flood the link with pings nor switch the watchdog off)."""
-        if not isinstance(data, Mapping):
-            return base
-        changes: dict[str, Any] = {}
-        for key, (name, low, high) in CONFIG_RANGES.items():
-            value = clamp(data.get(key), low, high, math.nan)
-            if not math.isnan(value):
-                changes[name] = int(value) if name == "reconnect_count" else value
-        return attrs.evolve(base, **changes)
-
-
-CONFIG_RANGES: Final = {
-    "PingInterval": ("ping_interval", 5.0, 600.0),
-    "ReconnectInterval": ("reconnect_interval", 1.0, 600.0),
-    "ReconnectNonce": ("reconnect_nonce", 0.0, 600.0),
-    "ReconnectCount": ("reconnect_count", -1, 1000),
-}
-"""The range (seconds; a count for ``ReconnectCount``, -1 for no limit) each value of the
-server's client config is held to: documented in docs/lark.md."""
 
 
 @final
@@ -151,7 +109,8 @@ class OpenAPI:
         See ``docs/protocols/lark.md#endpoint-discovery``.
 
         Retryable failures raise :class:`ConnectorError`; a refusal that retrying cannot fix
-        (bad credentials) raises :class:`FatalConnectorError`.
+        (bad credentials) raises :class:`FatalConnectorError` (the answer is read by
+        ``_protocol.read_endpoint``). If cancelled, nothing is kept: the next call asks again.
         """
         response, data = await self._exchange(
             "POST",
@@ -159,24 +118,7 @@ class OpenAPI:
             {"AppID": self.app_id, "AppSecret": self._secret},
             {"locale": "zh"},
         )
-        if response.status_code != 200:
-            raise ConnectorError(f"Lark endpoint discovery: HTTP {response.status_code}")
-        code = data.get("code")
-        if code in (SYSTEM_BUSY, INTERNAL_ERROR):
-            raise ConnectorError(f"Lark endpoint discovery: server busy (code {code})")
-        if code != 0:
-            raise FatalConnectorError(
-                f"Lark app {self.app_id}: endpoint discovery refused (code={code}, "
-                f"msg={data.get('msg')!r}): check the app id and secret, and that the app uses "
-                "the long connection for events"
-            )
-        payload = data.get("data")
-        if not isinstance(payload, dict):
-            payload = {}
-        url = payload.get("URL")
-        if not isinstance(url, str) or not url:
-            raise ConnectorError("Lark endpoint discovery gave no URL")
-        return url, ClientConfig.merge(ClientConfig(), payload.get("ClientConfig"))
+        return read_endpoint(self.app_id, response.status_code, data)
 
     async def token(self) -> str:
         """The tenant access token, fetched when missing or within a minute of expiry."""

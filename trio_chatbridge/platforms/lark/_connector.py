@@ -14,13 +14,10 @@ import logging
 import math
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal, TypeAlias
-from urllib.parse import parse_qs, urlsplit
 
-import attrs
 import httpx
 import trio
 from trio_websocket import (
@@ -40,83 +37,51 @@ from ..._errors import (
     SendError,
     find_error,
 )
-from ..._json import json_object
 from ..._messages import Message
-from ..._receive import Handlers, Skipped, parse_or_skip, rearm, receive_burst
+from ..._receive import Handlers, rearm, receive_burst, skip_bad
 from . import _frames as fr
 from . import _outbound as out
-from ._answer import CARD_ACTION, CardAnswer
-from ._api import FEISHU, ClientConfig, LarkError, OpenAPI
-from ._convert import MESSAGE_EVENT, PLATFORM, to_message
+from ._answer import CardAnswer
+from ._api import FEISHU, LarkError, OpenAPI
+from ._convert import PLATFORM
+from ._protocol import (
+    ACK_OK,
+    Ack,
+    CardActionReceived,
+    ClientConfig,
+    Dropped,
+    Event,
+    EventReceived,
+    LarkProtocol,
+    Malformed,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+    handshake_error,
+)
 
 log = logging.getLogger("trio_chatbridge.lark")
 
 PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent link is dead
-# seconds a partial message waits for its other fragments
-# (docs/protocols/lark.md#events-fragments-and-acks)
-FRAGMENT_TTL: Final = 5.0
-MAX_EVENT_BYTES: Final = fr.MAX_FRAME_BYTES  # one event, once its fragments are joined
-MAX_FRAGMENTS: Final = 1000  # fragments one event may come in
-MAX_PARTIALS: Final = 64  # events waiting for fragments at once; the oldest goes first
-MAX_PARTIAL_BYTES: Final = 4 * MAX_EVENT_BYTES  # bytes those hold in all; the oldest goes first
-SEEN_EVENTS: Final = 10_000  # event ids remembered against re-pushes of non-message events
 PUT_BATCH: Final = 100  # events journaled together at most (each ACKed once its put returned)
-ACK_OK: Final = b'{"code":200}'  # every event is ACKed 200: a retry would bring the same bytes
 # seconds on_card_action may take: its answer rides on the ACK, due within 3 s
 # (docs/protocols/lark.md#card-actions); the rest is left for the journal and the network
 CARD_ANSWER_WITHIN: Final = 2.0
 STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
-EXCEED_CONN_LIMIT: Final = 1000040350
-AUTH_FAILED: Final = 514
-FORBIDDEN: Final = 403
 # reply is impossible for these: send to the chat instead (docs/protocols/lark.md#open-api)
 REPLY_FALLBACK: Final = frozenset({230011, 230019, 230050, 230071, 230072, 230111})
 
 OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
 EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
 CardHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[CardAnswer | None]]
+# what the receive loop hands to the worker: events owed an ACK
+DataEvent: TypeAlias = MessageReceived | CardActionReceived | EventReceived | Dropped | Malformed
 
 
 def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
     return open_websocket_url(
         url, connect_timeout=15, disconnect_timeout=5, max_message_size=fr.MAX_FRAME_BYTES
     )
-
-
-@attrs.define
-class _Partial:
-    parts: list[bytes | None]
-    expires: float
-    size: int = 0  # bytes held
-
-
-@attrs.frozen
-class _CardAction:
-    """A card action whose ACK waits for ``on_card_action``'s answer."""
-
-    envelope: Mapping[str, Any]
-
-
-_DEFERRED: Final = object()  # an event left un-ACKed, so that the platform pushes it again
-
-
-def classify_handshake(exc: ConnectionRejected) -> Exception:
-    """The error a rejected upgrade means: fatal for the connection limit and a ban.
-
-    See ``docs/protocols/lark.md#connecting``.
-    """
-    headers = {k.decode().lower(): v.decode(errors="replace") for k, v in exc.headers}
-    status = headers.get("handshake-status") or str(exc.status_code)
-    auth = headers.get("handshake-autherrcode", "")
-    msg = headers.get("handshake-msg", "")
-    if status == str(AUTH_FAILED) and auth == str(EXCEED_CONN_LIMIT):
-        return FatalConnectorError(
-            "Lark refused the connection: the app has its maximum of connections "
-            f"(autherrcode {EXCEED_CONN_LIMIT}); stop other instances of this bot"
-        )
-    if status == str(FORBIDDEN):
-        return FatalConnectorError(f"Lark refused the connection: app forbidden (403 {msg!r})")
-    return ConnectorError(f"Lark refused the connection: status {status}, {auth} {msg!r}")
 
 
 class LongConnection(base.Connector):
@@ -156,25 +121,39 @@ class LongConnection(base.Connector):
         self.account = app_id
         self._random = random
         self.api: OpenAPI = OpenAPI(app_id, app_secret, domain=domain, transport=transport)
-        self.bot_open_id = bot_open_id
-        self.group_messages = group_messages
         self.on_event = on_event
         self.on_card_action = on_card_action
         self.card_answer_within = card_answer_within
         self.ping_grace = ping_grace
         self.stream_interval = stream_interval
         self.edit_budget: out.EditBudget = edit_budget or out.EditBudget(stream_interval)
-        self.config: ClientConfig = ClientConfig()
+        self._protocol = LarkProtocol(app_id, bot_open_id, group_messages)
         self._open_websocket = open_websocket
-        self._fragments: dict[str, _Partial] = {}
-        self._partial_bytes = 0  # held in _fragments
         self._write_lock = trio.Lock()
         self._config_changed = trio.Event()
-        self._seen_events: OrderedDict[str, None] = OrderedDict()
         self._handlers = Handlers()  # on_event tasks, bounded
 
     def __repr__(self) -> str:
         return f"lark.LongConnection(app_id={self.account!r})"
+
+    @property
+    def config(self) -> ClientConfig:
+        """The server's settings in force: endpoint discovery's, then each pong's."""
+        return self._protocol.config
+
+    @config.setter
+    def config(self, config: ClientConfig) -> None:
+        self._protocol.config = config
+
+    @property
+    def bot_open_id(self) -> str | None:
+        """The bot's open id (``ou_...``): given, or asked of the open API at connect."""
+        return self._protocol.bot_open_id
+
+    @property
+    def group_messages(self) -> Literal["mentioned", "all"]:
+        """Which group messages the bot handles."""
+        return self._protocol.group_messages
 
     def restart_delay(self, failures: int) -> float | None:
         """Lark's own schedule (docs/protocols/lark.md#reconnecting): a random wait up to
@@ -191,28 +170,35 @@ class LongConnection(base.Connector):
         return self.config.reconnect_interval
 
     async def aclose(self) -> None:
+        """Close the open API's HTTP client. If cancelled, the client is closed for use but its
+        pooled connections may be left to the garbage collector."""
         await self.api.aclose()
 
     # -- receiving ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        url, self.config = await self.api.endpoint()
+        """Discover the endpoint, connect, and receive until the link fails (an error says
+        whether to retry). If cancelled, the socket is closed; an event not yet ACKed (its put
+        had not returned) is pushed again by Lark, so nothing accepted is lost."""
+        url, config = await self.api.endpoint()
+        self._protocol.connect(url, config)
         if self.bot_open_id is None and self.group_messages == "mentioned":
-            info = await self._bot_info()
-            self.bot_open_id = info
-        service = _service_id(url)
+            self._protocol.bot_open_id = await self._bot_info()
         try:
             async with self._open_websocket(url) as ws:
-                events_in, events_out = trio.open_memory_channel[fr.Frame](math.inf)
+                events_in, events_out = trio.open_memory_channel[DataEvent](math.inf)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._events, ws, events_out, nursery)
-                    nursery.start_soon(self._ping, ws, service)
+                    nursery.start_soon(self._ping, ws)
                     task_status.started()
                     await self._read(ws, events_in)
         except (HandshakeError, OSError, BaseExceptionGroup) as exc:
             rejected = find_error(exc, ConnectionRejected)
             if rejected is not None:
-                raise classify_handshake(rejected) from exc
+                error = handshake_error(
+                    self.account, rejected.status_code, rejected.headers or (), rejected.body
+                )
+                raise error from exc
             if isinstance(exc, BaseExceptionGroup) and find_error(exc, HandshakeError) is None:
                 raise
             raise ConnectorError(f"Lark app {self.account}: cannot connect: {exc!r}") from exc
@@ -233,15 +219,15 @@ class LongConnection(base.Connector):
         open_id = bot.get("open_id") if isinstance(bot, dict) else None
         return open_id if isinstance(open_id, str) else None
 
-    async def _send(self, ws: WebSocketConnection, *frames: fr.Frame) -> None:
+    async def _send(self, ws: WebSocketConnection, *frames: bytes) -> None:
         """Send ``frames`` back to back (one lock for a burst of ACKs)."""
         async with self._write_lock:
             for frame in frames:
-                await ws.send_message(fr.encode(frame))
+                await ws.send_message(frame)
 
-    async def _ping(self, ws: WebSocketConnection, service: int) -> None:
+    async def _ping(self, ws: WebSocketConnection) -> None:
         """Ping at once, then every ``PingInterval``; a pong that changes it re-arms the wait."""
-        ping = fr.Frame(service=service, method=fr.CONTROL, headers=(("type", "ping"),))
+        ping = self._protocol.ping()
         while True:
             try:
                 await self._send(ws, ping)
@@ -256,9 +242,9 @@ class LongConnection(base.Connector):
                     break
 
     async def _read(
-        self, ws: WebSocketConnection, events: trio.MemorySendChannel[fr.Frame]
+        self, ws: WebSocketConnection, events: trio.MemorySendChannel[DataEvent]
     ) -> None:
-        """The receive loop: control frames answered here, data frames handed to a worker."""
+        """The receive loop: control frames answered here, data events handed to a worker."""
         with trio.CancelScope() as watchdog:  # one scope, kept ahead of every frame
             while True:
                 silence = self.config.ping_interval + self.ping_grace
@@ -269,94 +255,43 @@ class LongConnection(base.Connector):
                     raise ConnectorError(
                         f"Lark app {self.account}: socket closed ({exc.reason})"
                     ) from exc
-                await self._frame(ws, data, events)
+                try:
+                    received = self._protocol.receive(data, trio.current_time())
+                except ProtocolError as exc:
+                    skip_bad(self.ctx, "Lark frame", exc)
+                    continue
+                for event in received:
+                    await self._route(ws, event, events)
         raise ConnectorError(f"Lark app {self.account}: no frame for {silence:.0f} s")
 
-    async def _frame(
-        self, ws: WebSocketConnection, data: str | bytes, events: trio.MemorySendChannel[fr.Frame]
+    async def _route(
+        self, ws: WebSocketConnection, event: Event, events: trio.MemorySendChannel[DataEvent]
     ) -> None:
-        if isinstance(data, str):
-            self.ctx.count("text_frames_ignored")
-            return
-        try:
-            frame = fr.decode(data)
-        except ProtocolError as exc:
-            self.ctx.count("protocol_errors")
-            log.warning("Lark app %s: bad frame skipped: %s", self.account, exc)
-            return
-        kind = frame.header("type")
-        if frame.method == fr.CONTROL:
-            if kind == "pong" and frame.payload:
-                config = parse_or_skip(self.ctx, "pong", json_object, frame.payload, "Lark pong")
-                if not isinstance(config, Skipped):
-                    self.config = ClientConfig.merge(self.config, config)
-                    self._config_changed.set()
-            elif kind == "ping":
-                await self._send(ws, frame.replace(headers=(("type", "pong"),), payload=None))
-            return
-        complete = self._reassemble(frame)
-        if complete is not None:
-            events.send_nowait(complete)
+        """Answer a ping, apply a pong's config, count what needs no ACK; the rest (each owed
+        an ACK) goes to the worker, in order."""
+        if isinstance(event, PingReceived):
+            await self._send(ws, event.pong)
+        elif isinstance(event, PongReceived):
+            if event.config is not None:
+                self._config_changed.set()
+        elif isinstance(event, (Dropped, Malformed)) and event.ack is None:
+            self._note(event)
+        else:
+            events.send_nowait(event)
 
-    def _reassemble(self, frame: fr.Frame) -> fr.Frame | None:
-        """The whole frame once every fragment is in; None while some are missing.
-
-        See ``docs/protocols/lark.md#events-fragments-and-acks``. What waits is bounded:
-        :data:`MAX_PARTIALS` events and :data:`MAX_PARTIAL_BYTES` in all (the oldest is dropped
-        first, counted in ``fragments_dropped``), one event at most :data:`MAX_EVENT_BYTES`
-        (else it is a protocol error), each for :data:`FRAGMENT_TTL`.
-        """
-        try:
-            total = int(frame.header("sum") or "1")
-            index = int(frame.header("seq") or "0")
-        except ValueError:
-            self.ctx.count("protocol_errors")
-            return None
-        now = trio.current_time()
-        for stale in [k for k, p in self._fragments.items() if p.expires <= now]:
-            self._drop_partial(stale, "fragments_expired")  # swept as frames come
-        if total <= 1:
-            return frame
-        key = frame.header("message_id") or ""
-        if not 0 <= index < total or total > MAX_FRAGMENTS:
-            self.ctx.count("protocol_errors")
-            return None
-        partial = self._fragments.get(key)
-        if partial is None:
-            partial = self._fragments[key] = _Partial([None] * total, now)
-        if len(partial.parts) != total:
-            self.ctx.count("protocol_errors")
-            return None
-        payload = frame.payload or b""
-        partial.size += len(payload) - len(partial.parts[index] or b"")
-        self._partial_bytes += len(payload) - len(partial.parts[index] or b"")
-        partial.parts[index] = payload
-        partial.expires = now + FRAGMENT_TTL
-        if partial.size > MAX_EVENT_BYTES:
-            self._drop_partial(key, "protocol_errors")
-            log.warning(
-                "Lark app %s: an event over %d bytes dropped", self.account, MAX_EVENT_BYTES
-            )
-            return None
-        while len(self._fragments) > MAX_PARTIALS or self._partial_bytes > MAX_PARTIAL_BYTES:
-            self._drop_partial(next(iter(self._fragments)), "fragments_dropped")
-        if key not in self._fragments or any(part is None for part in partial.parts):
-            return None
-        self._drop_partial(key, None)
-        return frame.replace(payload=b"".join(p or b"" for p in partial.parts))
-
-    def _drop_partial(self, key: str, counter: str | None) -> None:
-        self._partial_bytes -= self._fragments.pop(key).size
-        if counter is not None:
-            self.ctx.count(counter)
+    def _note(self, event: Dropped | Malformed) -> None:
+        if isinstance(event, Dropped):
+            self.ctx.count(event.counter, event.count)
+        else:
+            skip_bad(self.ctx, f"Lark {event.what}", event.error)
 
     async def _events(
         self,
         ws: WebSocketConnection,
-        frames: trio.MemoryReceiveChannel[fr.Frame],
+        events: trio.MemoryReceiveChannel[DataEvent],
         nursery: trio.Nursery,
     ) -> None:
-        """Off the receive loop: events into the inbox, then their ACKs.
+        """Off the receive loop: messages into the inbox, then the ACKs.
 
         The events waiting together go in one put (one journal write), and each is ACKed
         once that put returned: never before its message is durable, never after an agent.
@@ -364,35 +299,53 @@ class LongConnection(base.Connector):
         """
         while True:
             try:
-                batch = await receive_burst(frames, PUT_BATCH)
+                batch = await receive_burst(events, PUT_BATCH)
             except trio.EndOfChannel:
                 return
             started = time.perf_counter()
             messages: list[Message] = []
-            acks: list[fr.Frame] = []
-            for frame in batch:
-                if frame.header("type") == "event":
-                    message = parse_or_skip(
-                        self.ctx, "event", self._event, frame.payload or b"", nursery
-                    )
-                    if isinstance(message, Message):
-                        messages.append(message)
-                    elif isinstance(message, _CardAction):
-                        self._handlers.start(
-                            self.ctx, nursery, self._answer, ws, frame, message.envelope
-                        )
-                        continue
-                    elif message is _DEFERRED:
-                        continue  # not ACKed: the platform pushes it again after its 3 s
-                acks.append(frame)
+            acks: list[Ack] = []
+            for event in batch:
+                if isinstance(event, MessageReceived):
+                    messages.append(event.message)
+                    acks.append(event.ack)
+                elif (ack := self._handle(ws, event, nursery)) is not None:
+                    acks.append(ack)
             if messages:
                 await self.ctx.put(messages)
-            biz_rt = str(int((time.perf_counter() - started) * 1000))
-            await self._send(ws, *(frame.ack(ACK_OK, biz_rt=biz_rt) for frame in acks))
+            elapsed = time.perf_counter() - started
+            await self._send(ws, *(ack.encode(elapsed) for ack in acks))
 
-    async def _answer(
-        self, ws: WebSocketConnection, frame: fr.Frame, envelope: Mapping[str, Any]
-    ) -> None:
+    def _handle(
+        self,
+        ws: WebSocketConnection,
+        event: CardActionReceived | EventReceived | Dropped | Malformed,
+        nursery: trio.Nursery,
+    ) -> Ack | None:
+        """Handle an event other than a message; the ACK to send plain now, if any.
+
+        A card action taken by ``on_card_action`` is ACKed by its handler, with the answer. One
+        that finds every handler slot busy is deferred: neither ACKed nor recorded as seen, so
+        it is never lost: the platform pushes it again once its ACK deadline (3 s) is over.
+        Every other event is ACKed 200, a bad one too: a retry would bring the same bytes.
+        """
+        if isinstance(event, (Dropped, Malformed)):
+            self._note(event)
+            return event.ack
+        if isinstance(event, CardActionReceived) and self.on_card_action is not None:
+            if self._handlers.running >= self._handlers.limit:
+                self._protocol.forget(event)
+                self.ctx.count("card_actions_deferred")
+            else:
+                self.ctx.count("other_events")
+                self._handlers.start(self.ctx, nursery, self._answer, ws, event)
+            return None
+        self.ctx.count("other_events")
+        if self.on_event is not None:
+            self._handlers.start(self.ctx, nursery, self._user_event, event.envelope)
+        return event.ack
+
+    async def _answer(self, ws: WebSocketConnection, event: CardActionReceived) -> None:
         """ACK a card action with ``on_card_action``'s answer, or plain once
         ``card_answer_within`` is over (the handler is then cancelled) or if it failed."""
         assert self.on_card_action is not None
@@ -400,7 +353,7 @@ class LongConnection(base.Connector):
         payload = ACK_OK
         with trio.move_on_after(self.card_answer_within) as bound:
             try:
-                answer = await self.on_card_action(envelope)
+                answer = await self.on_card_action(event.envelope)
                 if answer is not None:
                     payload = answer.ack()
             except Exception:
@@ -413,57 +366,10 @@ class LongConnection(base.Connector):
                 self.account,
                 self.card_answer_within,
             )
-        biz_rt = str(int((time.perf_counter() - started) * 1000))
         try:
-            await self._send(ws, frame.ack(payload, biz_rt=biz_rt))
+            await self._send(ws, event.ack.encode(time.perf_counter() - started, payload))
         except ConnectionClosed:
             return  # the reader reports the closed socket; the platform pushes the event again
-
-    def _event(self, payload: bytes, nursery: trio.Nursery) -> Message | _CardAction | object:
-        """The message to put for one event, if it brings one; the card action to answer in
-        its ACK, if ``on_card_action`` takes it; :data:`_DEFERRED` for a card action that
-        finds every handler slot busy; anything else is handled here (``None``).
-
-        Every other event is ACKed 200, a bad one too (the caller counts and logs it): a retry
-        would bring the same bytes. A deferred card action is neither ACKed nor recorded as
-        seen, so it is never lost: the platform pushes it again once its ACK deadline (3 s) is
-        over, and the reader moves on at once instead of waiting for a slot.
-        """
-        envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
-        header = envelope.get("header")
-        if not isinstance(header, dict) or header.get("event_type") != MESSAGE_EVENT:
-            # Messages are deduplicated by the journal (IM message id); other events by their
-            # event id here, so that a re-push does not reach on_event twice.
-            event_id = str(header.get("event_id", "")) if isinstance(header, dict) else ""
-            if event_id and event_id in self._seen_events:
-                self.ctx.count("duplicate_events")
-                return None
-            card_action = self.on_card_action is not None and _event_type(header) == CARD_ACTION
-            if card_action and self._handlers.running >= self._handlers.limit:
-                self.ctx.count("card_actions_deferred")  # every slot busy: pushed again later
-                return _DEFERRED
-            if event_id:
-                self._seen_events[event_id] = None
-                while len(self._seen_events) > SEEN_EVENTS:
-                    self._seen_events.popitem(last=False)
-            self.ctx.count("other_events")
-            if card_action:
-                return _CardAction(envelope)  # answered in a handler slot, ACKed there
-            if self.on_event is not None:
-                self._handlers.start(self.ctx, nursery, self._user_event, envelope)
-            return None
-        message = to_message(self.account, envelope, self.bot_open_id)
-        if message is None or not self._wanted(message):
-            self.ctx.count("filtered")
-            return None
-        return message
-
-    def _wanted(self, message: Message) -> bool:
-        if message.sender.is_bot:
-            return False
-        if message.chat.kind == "group" and self.group_messages == "mentioned":
-            return bool(message.reply_handle.get("addressed"))
-        return True
 
     async def _user_event(self, envelope: Mapping[str, Any]) -> None:
         assert self.on_event is not None
@@ -476,7 +382,8 @@ class LongConnection(base.Connector):
     # -- replying ----------------------------------------------------------------------------
 
     async def send(self, target: Message, text: str) -> None:
-        """Reply to ``target`` (or, where a reply is impossible, send to its chat)."""
+        """Reply to ``target`` (or, where a reply is impossible, send to its chat). If
+        cancelled, it may or may not have been sent."""
         await self._post(target, text)
 
     async def send_content(self, target: Message, content: Content) -> Sent:
@@ -505,13 +412,9 @@ class LongConnection(base.Connector):
             raise SendError(
                 f"Lark app {self.account}: only a sent text, post or card can be edited"
             )
-        await self._edit(sent.message_id, content)
-
-    async def _edit(self, message_id: str, content: Content) -> None:
-        """The one edit path (:meth:`edit` and a streamed reply): ``PUT`` or ``PATCH``."""
         msg_type, body = out.body(self.account, content)
         try:
-            await out.update(self.api, message_id, msg_type, body)
+            await out.update(self.api, sent.message_id, msg_type, body)
         except (LarkError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"Lark app {self.account}: edit failed: {exc}") from exc
 
@@ -546,7 +449,8 @@ class LongConnection(base.Connector):
 
 
 class _EditedStream(base.CoalescingStream):
-    """One message, sent at the first update and edited as the text grows."""
+    """One message, sent at the first update and edited as the text grows, through the
+    connector's public :meth:`~LongConnection.send_content` and :meth:`~LongConnection.edit`."""
 
     def __init__(self, connector: LongConnection, target: Message) -> None:
         self._budget = connector.edit_budget
@@ -554,38 +458,26 @@ class _EditedStream(base.CoalescingStream):
         self._connector = connector
         self._target = target
         self._shown = ""
-        self.message_id: str | None = None
+        self.sent: Sent | None = None
         self.edits = 0
 
     async def update(self, text: str) -> None:
         # max_edits=0: one message at the end. Else the last edit is kept for the final text.
         if self._budget.max_edits == 0:
             return
-        if self.message_id is not None and self.edits >= self._budget.max_edits - 1:
+        if self.sent is not None and self.edits >= self._budget.max_edits - 1:
             return
         await self._show(text)
 
     async def _show(self, text: str) -> None:
         if not text or text == self._shown:
             return
-        if self.message_id is None:
-            self.message_id = await self._connector._post(self._target, text)
+        if self.sent is None:
+            self.sent = await self._connector.send_content(self._target, text)
         else:
-            await self._connector._edit(self.message_id, text)
+            await self._connector.edit(self.sent, text)
             self.edits += 1
         self._shown = text
 
     async def final(self, text: str) -> None:
         await self._show(text)  # nothing written: nothing sent
-
-
-def _event_type(header: object) -> object:
-    return header.get("event_type") if isinstance(header, dict) else None
-
-
-def _service_id(url: str) -> int:
-    values = parse_qs(urlsplit(url).query).get("service_id", ["0"])
-    try:
-        return int(values[-1])
-    except ValueError:
-        return 0

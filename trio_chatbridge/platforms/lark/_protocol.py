@@ -1,0 +1,487 @@
+"""Lark's event long connection without I/O: bytes in, typed events out, our frames out as bytes
+(docs/protocols/lark.md).
+
+The state machine of one app's connection, in the way of h11 and wsproto: no trio, httpx or
+trio_websocket here (``tests/test_lark_protocol.py`` checks the imports), so its tests feed raw
+bytes and compare events, with no clock and no socket. :meth:`LarkProtocol.receive` turns one
+WebSocket message into :data:`Event` records: a chat message, a card action or another event,
+each with the :class:`Ack` to send once it is handled (a message: once it is durable); a ping to
+answer, a pong with the server's new :class:`ClientConfig` (held to :data:`CONFIG_RANGES`);
+and what was only counted (:class:`Dropped`) or was bad (:class:`Malformed`). Fragments are
+reassembled here, and what waits for them is bounded (:class:`Reassembly`). The errors a
+refused connection means come from plain data: :func:`handshake_error` for a rejected upgrade,
+:func:`read_endpoint` for endpoint discovery.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal, TypeAlias, final
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+
+from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, ProtocolError
+from ..._json import json_object
+from ..._messages import Message
+from ..._receive import clamp
+from . import _frames as fr
+from ._convert import MESSAGE_EVENT, to_message
+
+# seconds a partial message waits for its other fragments
+# (docs/protocols/lark.md#events-fragments-and-acks)
+FRAGMENT_TTL: Final = 5.0
+MAX_EVENT_BYTES: Final = fr.MAX_FRAME_BYTES  # one event, once its fragments are joined
+MAX_FRAGMENTS: Final = 1000  # fragments one event may come in
+MAX_PARTIALS: Final = 64  # events waiting for fragments at once; the oldest goes first
+MAX_PARTIAL_BYTES: Final = 4 * MAX_EVENT_BYTES  # bytes those hold in all; the oldest goes first
+SEEN_EVENTS: Final = 10_000  # event ids remembered against re-pushes of non-message events
+ACK_OK: Final = b'{"code":200}'  # every event is ACKed 200: a retry would bring the same bytes
+CARD_ACTION: Final = "card.action.trigger"  # the event a card's callback button brings
+# a rejected upgrade (docs/protocols/lark.md#connecting)
+EXCEED_CONN_LIMIT: Final = 1000040350
+AUTH_FAILED: Final = 514
+FORBIDDEN: Final = 403
+# endpoint discovery codes (docs/protocols/lark.md#endpoint-discovery)
+SYSTEM_BUSY: Final = 1
+INTERNAL_ERROR: Final = 1000040343
+
+
+@final
+@attrs.frozen
+class ClientConfig:
+    """Connection settings the server sends (seconds).
+
+    See ``docs/protocols/lark.md#endpoint-discovery`` and ``docs/protocols/lark.md#ping-and-pong``.
+    """
+
+    ping_interval: float = 120.0
+    reconnect_count: int = -1
+    reconnect_interval: float = 120.0
+    reconnect_nonce: float = 30.0
+
+    @classmethod
+    def merge(cls, base: ClientConfig, data: Any) -> ClientConfig:
+        """``base`` with whatever numbers ``data`` (PascalCase keys) carries, each held to
+        its range in :data:`CONFIG_RANGES` (a server's ``PingInterval=0.001`` or ``1e308``
+        must neither flood the link with pings nor switch the watchdog off)."""
+        if not isinstance(data, Mapping):
+            return base
+        changes: dict[str, Any] = {}
+        for key, (name, low, high) in CONFIG_RANGES.items():
+            value = clamp(data.get(key), low, high, math.nan)
+            if not math.isnan(value):
+                changes[name] = int(value) if name == "reconnect_count" else value
+        return attrs.evolve(base, **changes)
+
+
+CONFIG_RANGES: Final = {
+    "PingInterval": ("ping_interval", 5.0, 600.0),
+    "ReconnectInterval": ("reconnect_interval", 1.0, 600.0),
+    "ReconnectNonce": ("reconnect_nonce", 0.0, 600.0),
+    "ReconnectCount": ("reconnect_count", -1, 1000),
+}
+"""The range (seconds; a count for ``ReconnectCount``, -1 for no limit) each value of the
+server's client config is held to: documented in docs/lark.md."""
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@final
+@attrs.frozen
+class Ack:
+    """The answer a data frame is owed (docs/protocols/lark.md#events-fragments-and-acks)."""
+
+    frame: fr.Frame
+    """The data frame answered (the last of its fragments): its ids and headers go back."""
+
+    def encode(self, handled_in: float, payload: bytes = ACK_OK) -> bytes:
+        """The ACK's bytes: ``payload`` (a card's answer, or plain 200), and ``handled_in``
+        seconds as the ``biz_rt`` header (whole milliseconds)."""
+        return fr.encode(self.frame.ack(payload, biz_rt=str(int(handled_in * 1000))))
+
+
+@final
+@attrs.frozen
+class MessageReceived:
+    """A chat message the bot is to handle: put it, then send :attr:`ack` once it is durable."""
+
+    message: Message
+    """The message, converted by ``to_message``."""
+    ack: Ack
+    """What to send once the message is durable (within the platform's 3 s)."""
+
+
+@final
+@attrs.frozen
+class CardActionReceived:
+    """A card action (``card.action.trigger``): its answer rides on :attr:`ack`.
+
+    Its event id is remembered as seen; a card action left un-ACKed (every handler busy) is
+    given back with :meth:`LarkProtocol.forget`, so that the platform's re-push is handled."""
+
+    envelope: Mapping[str, Any]
+    """The event's JSON (schema 2.0)."""
+    event_id: str
+    """The event's id (``""`` when it has none)."""
+    ack: Ack
+    """What to send with the answer (or plain 200)."""
+
+
+@final
+@attrs.frozen
+class EventReceived:
+    """An event other than a message or a card action (for ``on_event``)."""
+
+    envelope: Mapping[str, Any]
+    """The event's JSON."""
+    ack: Ack
+    """What to send; the event needs nothing else from the platform."""
+
+
+@final
+@attrs.frozen
+class Dropped:
+    """Input that is only counted: a duplicate or filtered event (with its :attr:`ack`), a
+    text frame, fragments that expired or were pushed out."""
+
+    counter: str
+    """The connector's counter to add :attr:`count` to."""
+    count: int = 1
+    """How many."""
+    ack: Ack | None = None
+    """What to send back, if a frame is owed an answer."""
+
+
+@final
+@attrs.frozen
+class Malformed:
+    """A bad event, fragment or pong: to count in ``protocol_errors`` and log."""
+
+    what: str
+    """Which kind of input (``"event"``, ``"fragment"``, ``"pong"``)."""
+    error: Exception
+    """Why: a :class:`ProtocolError`, or what a parser raised on this input."""
+    ack: Ack | None = None
+    """What to send back for a whole bad event: a retry would bring the same bytes."""
+
+
+@final
+@attrs.frozen
+class PingReceived:
+    """The server pinged (both SDKs ignore it; we answer)."""
+
+    pong: bytes
+    """The pong to send."""
+
+
+@final
+@attrs.frozen
+class PongReceived:
+    """The server's pong: liveness, and maybe a new configuration, already applied."""
+
+    config: ClientConfig | None
+    """The configuration now in force, if the pong carried one (else None)."""
+
+
+Event: TypeAlias = (
+    MessageReceived
+    | CardActionReceived
+    | EventReceived
+    | Dropped
+    | Malformed
+    | PingReceived
+    | PongReceived
+)
+"""What :meth:`LarkProtocol.receive` gives: exactly one of these records."""
+
+
+# -- fragments ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Partial:
+    parts: list[bytes | None]
+    missing: int  # parts not yet in
+    expires: float
+    size: int = 0  # bytes held
+
+
+def _position(frame: fr.Frame) -> tuple[int, int]:
+    """(``sum``, ``seq``): how many fragments, and which one this is."""
+    total, index = frame.header("sum") or "1", frame.header("seq") or "0"
+    if not (total.isascii() and total.isdigit() and index.isascii() and index.isdigit()):
+        raise ProtocolError(f"fragment headers sum={total[:20]!r} seq={index[:20]!r}")
+    if len(total) > 6 or len(index) > 6:
+        raise ProtocolError(f"fragment {index[:20]} of {total[:20]}: over {MAX_FRAGMENTS}")
+    return int(total), int(index)
+
+
+@attrs.define
+class Reassembly:
+    """Payloads that came in fragments, joined (docs/protocols/lark.md#events-fragments-and-acks).
+
+    What waits is bounded: :data:`MAX_PARTIALS` events and :data:`MAX_PARTIAL_BYTES` in all
+    (:meth:`evict` drops the oldest first), one event at most :data:`MAX_EVENT_BYTES` (else it
+    is a :class:`ProtocolError`), each for :data:`FRAGMENT_TTL` after its latest fragment
+    (:meth:`sweep`).
+    """
+
+    _waiting: dict[str, _Partial] = attrs.Factory(dict)
+    _bytes: int = 0  # held in _waiting
+
+    def add(self, frame: fr.Frame, now: float) -> bytes | None:
+        """The whole payload once every fragment is in; None while some are missing.
+
+        Raises :class:`ProtocolError` for fragment headers out of range or disagreeing with
+        the rest of their set, and for an event over :data:`MAX_EVENT_BYTES` (its set dropped).
+        """
+        total, index = _position(frame)
+        payload = frame.payload or b""
+        if total <= 1:
+            return payload
+        if not 0 <= index < total or total > MAX_FRAGMENTS:
+            raise ProtocolError(f"fragment {index} of {total}")
+        key = frame.header("message_id") or ""
+        partial = self._waiting.get(key)
+        if partial is None:
+            partial = self._waiting[key] = _Partial([None] * total, total, now)
+        elif len(partial.parts) != total:
+            raise ProtocolError(f"fragment of {total} for a set of {len(partial.parts)}")
+        self._store(partial, index, payload)
+        partial.expires = now + FRAGMENT_TTL
+        if partial.size > MAX_EVENT_BYTES:
+            self._drop(key)
+            raise ProtocolError(f"an event over {MAX_EVENT_BYTES} bytes")
+        if partial.missing:
+            return None
+        self._drop(key)
+        return b"".join([part for part in partial.parts if part is not None])
+
+    def _store(self, partial: _Partial, index: int, payload: bytes) -> None:
+        """Put one fragment in its place; a duplicate replaces the one before."""
+        old = partial.parts[index]
+        if old is None:
+            partial.missing -= 1
+        grown = len(payload) - len(old or b"")
+        partial.size += grown
+        self._bytes += grown
+        partial.parts[index] = payload
+
+    def sweep(self, now: float) -> int:
+        """Drop the sets whose time is up; how many."""
+        stale = [key for key, partial in self._waiting.items() if partial.expires <= now]
+        for key in stale:
+            self._drop(key)
+        return len(stale)
+
+    def evict(self) -> int:
+        """Drop the oldest sets while over either bound; how many."""
+        dropped = 0
+        while len(self._waiting) > MAX_PARTIALS or self._bytes > MAX_PARTIAL_BYTES:
+            self._drop(next(iter(self._waiting)))
+            dropped += 1
+        return dropped
+
+    def clear(self) -> None:
+        """Forget every set (a new connection: the server pushes them again whole)."""
+        self._waiting.clear()
+        self._bytes = 0
+
+    def _drop(self, key: str) -> None:
+        self._bytes -= self._waiting.pop(key).size
+
+
+# -- the connection ----------------------------------------------------------------------------
+
+
+@final
+@attrs.define
+class LarkProtocol:
+    """One app's long connection, without I/O: :meth:`receive` what the socket brought, send
+    what :meth:`ping` and the events' ACKs return. Kept across reconnects (the event ids seen
+    outlive a connection); :meth:`connect` starts each connection.
+
+    Group messages are taken only when they @-mention the bot (``bot_open_id``), unless
+    ``group_messages="all"``; the bot's own messages never are.
+    """
+
+    account: str
+    """The app id: the messages' account."""
+    bot_open_id: str | None = None
+    """The bot's own open id (``ou_...``), for mentions and its own messages."""
+    group_messages: Literal["mentioned", "all"] = "mentioned"
+    """Which group messages are the bot's."""
+    config: ClientConfig = ClientConfig()
+    """The configuration in force: discovery's, then each pong's."""
+    service: int = 0
+    """The URL's ``service_id``, which every frame we send carries."""
+    _fragments: Reassembly = attrs.Factory(Reassembly)
+    _seen: OrderedDict[str, None] = attrs.Factory(OrderedDict)
+
+    def connect(self, url: str, config: ClientConfig) -> None:
+        """Start a connection to ``url`` (discovery's answer) with its ``config``."""
+        self.service = service_id(url)
+        self.config = config
+        self._fragments.clear()
+
+    def ping(self) -> bytes:
+        """Our ping, due every :attr:`ClientConfig.ping_interval` seconds."""
+        ping = fr.Frame(service=self.service, method=fr.CONTROL, headers=(("type", "ping"),))
+        return fr.encode(ping)
+
+    def receive(self, data: bytes | str, now: float) -> list[Event]:
+        """The events one WebSocket message brings, ``now`` seconds into the caller's clock
+        (fragments expire on it). Raises :class:`ProtocolError`, and nothing else, for bytes
+        that are no frame at all; everything after that is an event (:class:`Malformed` for
+        bad input in a good frame), and a frame owed an ACK always comes with it."""
+        if isinstance(data, str):
+            return [Dropped("text_frames_ignored")]
+        frame = fr.decode(data)
+        events: list[Event] = []
+        expired = self._fragments.sweep(now)
+        if expired:
+            events.append(Dropped("fragments_expired", expired))
+        if frame.method == fr.CONTROL:
+            events.append(self._control(frame))
+            return events
+        try:
+            payload = self._fragments.add(frame, now)
+        except ProtocolError as exc:
+            events.append(Malformed("fragment", exc))
+            return events
+        dropped = self._fragments.evict()
+        if dropped:
+            events.append(Dropped("fragments_dropped", dropped))
+        if payload is not None:
+            events.append(self._data(frame, payload))
+        return events
+
+    def forget(self, event: CardActionReceived) -> None:
+        """Un-see a card action left un-ACKed, so that its re-push is handled."""
+        self._seen.pop(event.event_id, None)
+
+    def _control(self, frame: fr.Frame) -> Event:
+        kind = frame.header("type")
+        if kind == "ping":
+            pong = frame.replace(headers=(("type", "pong"),), payload=None)
+            return PingReceived(fr.encode(pong))
+        if kind != "pong" or not frame.payload:
+            return PongReceived(None) if kind == "pong" else Dropped("control_frames_ignored")
+        try:
+            data = json_object(frame.payload, "Lark pong")
+        except ProtocolError as exc:
+            return Malformed("pong", exc)
+        self.config = ClientConfig.merge(self.config, data)
+        return PongReceived(self.config)
+
+    def _data(self, frame: fr.Frame, payload: bytes) -> Event:
+        """The event one whole data frame brings; every one comes with its ACK, a bad one too
+        (a retry would bring the same bytes)."""
+        ack = Ack(frame)
+        if frame.header("type") != "event":
+            return Dropped("data_frames_ignored", ack=ack)
+        try:
+            envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
+            header = envelope.get("header")
+            if not isinstance(header, dict) or header.get("event_type") != MESSAGE_EVENT:
+                return self._other(envelope, header, ack)
+            return self._message(envelope, ack)
+        except Exception as exc:  # a converter's bug on network input must not end the link
+            return Malformed("event", exc, ack)
+
+    def _message(self, envelope: Mapping[str, Any], ack: Ack) -> Event:
+        message = to_message(self.account, envelope, self.bot_open_id)
+        if message is None or not self._wanted(message):
+            return Dropped("filtered", ack=ack)
+        return MessageReceived(message, ack)
+
+    def _wanted(self, message: Message) -> bool:
+        if message.sender.is_bot:
+            return False
+        if message.chat.kind == "group" and self.group_messages == "mentioned":
+            return bool(message.reply_handle.get("addressed"))
+        return True
+
+    def _other(self, envelope: Mapping[str, Any], header: object, ack: Ack) -> Event:
+        """A non-message event. Messages are deduplicated by the journal (IM message id);
+        other events by their event id here, so that a re-push does not reach a handler twice."""
+        event_id = str(header.get("event_id", "")) if isinstance(header, dict) else ""
+        if event_id and event_id in self._seen:
+            return Dropped("duplicate_events", ack=ack)
+        if event_id:
+            self._seen[event_id] = None
+            while len(self._seen) > SEEN_EVENTS:
+                self._seen.popitem(last=False)
+        if isinstance(header, dict) and header.get("event_type") == CARD_ACTION:
+            return CardActionReceived(envelope, event_id, ack)
+        return EventReceived(envelope, ack)
+
+
+def service_id(url: str) -> int:
+    """The ``service_id`` of a long-connection URL (0 when it has none)."""
+    values = parse_qs(urlsplit(url).query).get("service_id", ["0"])
+    try:
+        return int(values[-1])
+    except ValueError:
+        return 0
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+def handshake_error(
+    account: str, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None = None
+) -> ChatBridgeError:
+    """The error a rejected upgrade means: fatal for the connection limit and a ban.
+
+    ``status``, ``headers`` and ``body`` are the rejecting HTTP response's. See
+    ``docs/protocols/lark.md#connecting``.
+    """
+    fields = {k.decode("latin-1").lower(): v.decode(errors="replace") for k, v in headers}
+    code = fields.get("handshake-status") or str(status)
+    auth = fields.get("handshake-autherrcode", "")
+    msg = fields.get("handshake-msg") or (body or b"")[:200].decode(errors="replace")
+    if code == str(AUTH_FAILED) and auth == str(EXCEED_CONN_LIMIT):
+        return FatalConnectorError(
+            f"Lark app {account}: the connection was refused: the app has its maximum of "
+            f"connections (autherrcode {EXCEED_CONN_LIMIT}); stop other instances of this bot"
+        )
+    if code == str(FORBIDDEN):
+        return FatalConnectorError(
+            f"Lark app {account}: the connection was refused: app forbidden (403 {msg!r}); "
+            "check the app's status in the developer console"
+        )
+    return ConnectorError(
+        f"Lark app {account}: the connection was refused: status {code}, {auth} {msg!r}"
+    )
+
+
+def read_endpoint(account: str, status: int, data: Mapping[str, Any]) -> tuple[str, ClientConfig]:
+    """The WebSocket URL and client config in endpoint discovery's answer (HTTP ``status``,
+    JSON ``data``). See ``docs/protocols/lark.md#endpoint-discovery``.
+
+    Retryable failures raise :class:`ConnectorError`; a refusal that retrying cannot fix (bad
+    credentials) raises :class:`FatalConnectorError`.
+    """
+    if status != 200:
+        raise ConnectorError(f"Lark app {account}: endpoint discovery: HTTP {status}")
+    code = data.get("code")
+    if code in (SYSTEM_BUSY, INTERNAL_ERROR):
+        raise ConnectorError(f"Lark app {account}: endpoint discovery: server busy (code {code})")
+    if code != 0:
+        raise FatalConnectorError(
+            f"Lark app {account}: endpoint discovery refused (code={code}, "
+            f"msg={data.get('msg')!r}): check the app id and secret, and that the app uses "
+            "the long connection for events"
+        )
+    payload = data.get("data")
+    if not isinstance(payload, dict):
+        payload = {}
+    url = payload.get("URL")
+    if not isinstance(url, str) or not url:
+        raise ConnectorError(f"Lark app {account}: endpoint discovery gave no URL")
+    return url, ClientConfig.merge(ClientConfig(), payload.get("ClientConfig"))
