@@ -23,9 +23,13 @@ from trio_chatbridge.platforms.lark import _protocol as lp
 
 
 def length(n: int) -> bytes:
-    """A length as a varint (one byte below 128, two below 16,384: all these tests need)."""
-    assert n < 1 << 14
-    return bytes([n]) if n < 0x80 else bytes([n & 0x7F | 0x80, n >> 7])
+    """A length as a varint: seven bits a byte, low bits first, the top bit set on all but
+    the last byte (3 MiB is ``80 80 c0 01``)."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes([*out, n])
 
 
 def header(key: str, value: str) -> bytes:
@@ -254,18 +258,23 @@ def test_fragments_waiting_are_bounded_in_sets_and_bytes() -> None:
     ]
 
 
+def test_a_set_completed_by_a_fragment_over_the_byte_bound_is_not_evicted() -> None:
+    core = protocol()
+    big = b" " * (3 * 1024 * 1024)
+    assert length(len(big)) == bytes.fromhex("8080c001")
+    assert core.receive(data_frame(event_headers("first", 2, 0), b"{"), 0.0) == []
+    for n in range(5):  # 15 MiB more waiting: under the 16 MiB bound
+        assert core.receive(data_frame(event_headers(f"big-{n}", 2, 0), big), 0.0) == []
+    # the oldest set's last fragment takes it over the bound: that set is joined, not dropped
+    (event,) = core.receive(data_frame(event_headers("first", 2, 1), big + b"}"), 0.0)
+    assert isinstance(event, lp.EventReceived) and event.envelope == {}
+
+
 def test_an_event_over_the_cap_is_a_protocol_error_and_spoils_nothing_else() -> None:
     core = protocol()
     big = b"x" * (3 * 1024 * 1024)
-    head = b"\x42" + bytes([0x80, 0x80, 0xC0, 0x01])  # payload field, length 3 MiB as a varint
-    first = bytes.fromhex("0800100918072001") + b"".join(
-        header(k, v) for k, v in event_headers("huge", 3, 0)
-    )
-    second = bytes.fromhex("0801100918072001") + b"".join(
-        header(k, v) for k, v in event_headers("huge", 3, 1)
-    )
-    assert core.receive(first + head + big, 0.0) == []
-    (error,) = core.receive(second + head + big, 0.0)
+    assert core.receive(data_frame(event_headers("huge", 3, 0), big), 0.0) == []
+    (error,) = core.receive(data_frame(event_headers("huge", 3, 1), big), 0.0)
     assert isinstance(error, lp.Malformed) and error.what == "fragment" and error.ack is None
     assert "over 4194304 bytes" in str(error.error)
     (event,) = core.receive(data_frame(event_headers("ok"), other_event("after")), 0.0)
