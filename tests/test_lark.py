@@ -26,7 +26,7 @@ from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lark_protocol
-from trio_chatbridge.testing import LarkEmulator, open_bridge
+from trio_chatbridge.testing import HandlerTransport, LarkEmulator, open_bridge
 
 
 @asynccontextmanager
@@ -306,6 +306,30 @@ async def test_expired_token_and_rate_limits_are_handled(
         emu.fail("/reply", 429, {"code": 99991400, "msg": "too many requests"}, times=2)
         emu.user_says("ou_gina", "second")
         assert (await emu.next_sent()).text == "second"
+
+
+async def test_rate_limits_are_retried_four_times_under_the_one_policy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        api = lark.OpenAPI(
+            emu.app_id,
+            emu.app_secret,
+            domain=emu.http_base,
+            transport=HandlerTransport(emu.handle_http),
+        )
+        emu.fail_next("/open-apis/bot/v3/info", 429, times=4)
+        started = trio.current_time()
+        await api.call("GET", "/open-apis/bot/v3/info", whole=True)  # the fifth try goes through
+        assert trio.current_time() - started == pytest.approx(0.5 + 1 + 2 + 4)
+        emu.fail_next("/open-apis/bot/v3/info", 429, times=5)
+        with pytest.raises(lark.LarkError) as refused:
+            await api.call("GET", "/open-apis/bot/v3/info", whole=True)
+        assert refused.value.code == 99991400
+        await api.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def test_malformed_frames_are_counted_and_survived(

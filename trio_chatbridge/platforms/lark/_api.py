@@ -3,7 +3,8 @@
 
 The tenant access token is cached until a minute before it expires, on Trio's clock, and
 dropped at once when the API calls it expired or invalid (then the call is made once more).
-Rate-limit answers (HTTP 429, code 230020, 99991400) are retried with exponential backoff.
+Rate-limit answers (HTTP 429, code 230020, 99991400) are retried under the library's one retry
+policy (a :class:`~trio_chatbridge.Backoff` counted by a ``Retries``).
 Every error carries the platform's code and message.
 """
 
@@ -19,6 +20,7 @@ import trio
 from ..._errors import ConnectorError, PlatformError
 from ..._json import json_object, read_body
 from ..._receive import clamp
+from ..._supervise import Backoff
 from ._protocol import ClientConfig, read_endpoint
 
 log = logging.getLogger("trio_chatbridge.lark.api")
@@ -29,6 +31,8 @@ TOKEN_MARGIN: Final = 60.0  # seconds before expiry a token is renewed
 TOKEN_LIFETIME_MAX: Final = 7200.0  # seconds a token is trusted, whatever its "expire" says
 API_TIMEOUT: Final = 10.0  # seconds per call
 RATE_LIMIT_RETRIES: Final = 4
+# the one retry policy (cb.Backoff) for rate limits: waits of 0.5, 1, 2 and 4 s
+RATE_LIMIT_BACKOFF: Final = Backoff(initial=0.5, maximum=4.0, jitter=0.0)
 TOKEN_EXPIRED: Final = frozenset({99991663, 99991664})
 RATE_LIMITED: Final = frozenset({230020, 99991400})
 
@@ -150,9 +154,8 @@ class OpenAPI:
         """An authenticated call; returns ``data`` (``whole``: the whole answer, for the few
         calls that answer outside ``data``). Token expiry and rate limits are handled. With
         ``files`` (name: ``(filename, bytes)``) the body is multipart, ``body`` its fields."""
-        delay = 0.5
         renewed = False
-        attempt = 0
+        retries = RATE_LIMIT_BACKOFF.retries(RATE_LIMIT_RETRIES)
         while True:
             token = await self.token()
             response, data = await self._exchange(
@@ -162,13 +165,9 @@ class OpenAPI:
             if code in TOKEN_EXPIRED and not renewed:
                 self._token, renewed = None, True
                 continue
-            if (
-                response.status_code == 429 or code in RATE_LIMITED
-            ) and attempt < RATE_LIMIT_RETRIES:
-                attempt += 1
-                log.info("Lark rate limit on %s: retrying in %.1f s", path, delay)
-                await trio.sleep(delay)
-                delay *= 2
+            if (response.status_code == 429 or code in RATE_LIMITED) and not retries.spent:
+                log.info("Lark rate limit on %s: retry %d", path, retries.failures + 1)
+                await retries.wait()
                 continue
             if code != 0:
                 raise LarkError(
