@@ -796,6 +796,68 @@ async def test_qr_login_stores_the_token_without_showing_it(
         assert (await emu.next_sent()).text == "logged in"
 
 
+def scripted_login(*statuses: dict[str, Any]) -> tuple[weixin.ILinkClient, list[str]]:
+    """A client on a server that answers the QR calls from ``statuses``; and the URLs it was
+    asked (hosts included)."""
+    asked: list[str] = []
+    answers = iter(statuses)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if request.url.path.endswith("get_bot_qrcode"):
+            return httpx.Response(200, json={"qrcode": "q1", "qrcode_img_content": "img"})
+        return httpx.Response(200, json=next(answers))
+
+    client = weixin.ILinkClient(None, transport=httpx.MockTransport(handle))
+    return client, asked
+
+
+CONFIRMED = {"status": "confirmed", "bot_token": "secret-token", "ilink_bot_id": "b@im.bot"}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "scaned_but_redirect", "redirect_host": "evil.example"},
+        {"status": "scaned_but_redirect", "redirect_host": "ilinkai.weixin.qq.com@evil.example"},
+        {"status": "scaned_but_redirect", "redirect_host": "weixin.qq.com.evil.example"},
+        {**CONFIRMED, "baseurl": "http://ilinkai.weixin.qq.com/"},  # not https
+        {**CONFIRMED, "baseurl": "https://127.0.0.1:8080/"},
+        {**CONFIRMED, "baseurl": "https://[::1/"},  # not even a URL
+    ],
+)
+async def test_login_refuses_a_server_named_host_off_wechats_domains(
+    answer: dict[str, Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    client, asked = scripted_login({"status": "wait"}, answer, {"status": "wait"})
+    store = cb.MemoryStore()
+    with pytest.raises(weixin.LoginError, match="refused, the bot token would go there"):
+        await weixin.login(store, "bot", client=client, show=lambda line: None)
+    await client.aclose()
+    assert await store.get("weixin", "bot", "token") is None
+    assert all(url.startswith(weixin.DEFAULT_BASE_URL) for url in asked)
+
+
+async def test_login_follows_a_redirect_on_wechats_domains_or_one_the_caller_allowed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redirect = {"status": "scaned_but_redirect", "redirect_host": "sh.ilinkai.weixin.qq.com"}
+    client, asked = scripted_login(redirect, {**CONFIRMED, "baseurl": "https://a.wechat.com/x"})
+    result = await weixin.login(cb.MemoryStore(), "bot", client=client, show=lambda line: None)
+    await client.aclose()
+    assert asked[-1].startswith("https://sh.ilinkai.weixin.qq.com/ilink/bot/get_qrcode_status")
+    assert result.base_url == "https://a.wechat.com/x/"
+
+    client, asked = scripted_login({**CONFIRMED, "baseurl": "http://127.0.0.1:8080"})
+    store = cb.MemoryStore()
+    result = await weixin.login(
+        store, "bot", client=client, show=lambda line: None, allow_hosts=["127.0.0.1"]
+    )
+    await client.aclose()
+    assert result.base_url == "http://127.0.0.1:8080/"
+    assert await store.get("weixin", "bot", "token") == "secret-token"
+
+
 async def test_end_to_end_over_loopback() -> None:
     emu = WeixinEmulator(hold=0.5)
     with trio.fail_after(20):

@@ -1,14 +1,21 @@
 """QR login (docs/protocols/weixin.md#qr-login): show a QR code, wait for the owner to scan and
 confirm, store the token.
 
-The token and base URL go into the store under the account, where :class:`Connector` finds
+The token and base URL go into the store under the account, where :class:`LongPoll` finds
 them when it is built without ``token=``. The token is never printed or logged.
+
+The server names the hosts the login goes on with (``redirect_host``) and the account's API
+base (``baseurl``): the token will be sent there, so each must be ``https`` on one of WeChat's
+domains (:data:`LOGIN_DOMAINS`), the origin the caller's client was built for (an emulator's,
+say), or a host the caller allowed (``allow_hosts``); anything else ends the login with a
+:class:`LoginError` naming the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Final, final
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -26,6 +33,8 @@ MAX_QR_CODES: Final = 3
 LOGIN_DEADLINE: Final = 480.0  # seconds
 BOT_ID_KEY: Final = "bot_id"
 OWNER_KEY: Final = "owner_user_id"
+LOGIN_DOMAINS: Final = ("weixin.qq.com", "wechat.com")
+"""Where a server-named login host or API base may be (the domains and their subdomains)."""
 
 
 class LoginError(ChatBridgeError):
@@ -52,16 +61,22 @@ async def login(
     show: Callable[[str], None] = print,
     ask_code: Callable[[], Awaitable[str]] | None = None,
     deadline: float = LOGIN_DEADLINE,
+    allow_hosts: Collection[str] = (),
 ) -> LoginResult:
     """Run the QR login for ``account`` and store its token; ``show`` prints instructions.
 
     ``ask_code`` answers the phone's verification-code prompt (default: read a line).
+    ``allow_hosts`` names hosts besides WeChat's own (:data:`LOGIN_DOMAINS`) and the
+    client's that the server may send the login or the account to (see the module's doc).
+    If cancelled, the login is abandoned: the store holds the whole new login (the
+    confirmation had arrived) or none of it.
     """
     owned = client is None
     api = client or ILinkClient(None, base_url=QR_BASE_URL)
+    trusted = _Trusted(api.base_url, frozenset(h.lower() for h in allow_hosts))
     try:
         with trio.fail_after(deadline):
-            return await _login(store, account, api, show, ask_code or _read_code)
+            return await _login(store, account, api, trusted, show, ask_code or _read_code)
     except trio.TooSlowError as exc:
         raise LoginError(f"QR login for {account} not confirmed within {deadline:.0f} s") from exc
     finally:
@@ -73,10 +88,38 @@ async def _read_code() -> str:
     return (await trio.to_thread.run_sync(input, "verification code shown on the phone: ")).strip()
 
 
+@attrs.frozen
+class _Trusted:
+    """Which base URLs the server may name: https on WeChat's domains, the client's own
+    origin, or a host the caller allowed."""
+
+    own_base: str
+    allowed: frozenset[str]
+
+    def check(self, url: str, what: str) -> str:
+        """``url`` normalised, or :class:`LoginError` when the token must not go there."""
+        base = p.normalise_base_url(url)
+        try:
+            parts, own = urlsplit(base), urlsplit(self.own_base)
+            scheme, host = parts.scheme, (parts.hostname or "").lower()
+            same_origin = (scheme, parts.netloc) == (own.scheme, own.netloc)
+        except ValueError:  # an unparseable port or address
+            scheme, host, same_origin = "", "", False
+        on_domain = any(host == d or host.endswith("." + d) for d in LOGIN_DOMAINS)
+        if not (same_origin or host in self.allowed or (scheme == "https" and on_domain)):
+            raise LoginError(
+                f"the server named {what} {url[:100]!r}, which is not https on "
+                f"{' or '.join(LOGIN_DOMAINS)}: refused, the bot token would go there. If "
+                "this host is genuine, pass it in login(..., allow_hosts=[...])"
+            )
+        return base
+
+
 async def _login(
     store: Store,
     account: str,
     api: ILinkClient,
+    trusted: _Trusted,
     show: Callable[[str], None],
     ask_code: Callable[[], Awaitable[str]],
 ) -> LoginResult:
@@ -94,7 +137,7 @@ async def _login(
             answer = await api.get_qrcode_status(code, base=base, verify_code=verify)
             status = p.read_str(answer, "status") or "wait"
             if status == "confirmed":
-                return await _store_login(store, account, answer, api.base_url)
+                return await _store_login(store, account, answer, trusted, api.base_url)
             if status == "binded_redirect":
                 show("This bot is already bound here: keeping the stored token.")
                 return LoginResult(
@@ -115,22 +158,20 @@ async def _login(
             elif status == "scaned_but_redirect":
                 host = p.read_str(answer, "redirect_host")
                 if host:
-                    base = p.normalise_base_url(f"https://{host}")
+                    base = trusted.check(f"https://{host}", "login host")
             await trio.sleep(POLL_PAUSE)
     raise LoginError(f"QR login for {account}: the code expired {MAX_QR_CODES} times; try again")
 
 
 async def _store_login(
-    store: Store, account: str, answer: dict[str, object], default_base: str
+    store: Store, account: str, answer: dict[str, object], trusted: _Trusted, default_base: str
 ) -> LoginResult:
     token = p.read_str(answer, "bot_token")
     if not token:
         raise LoginError("login confirmed without a bot_token")
-    base_url = p.normalise_base_url(p.read_str(answer, "baseurl") or default_base)
+    base_url = trusted.check(p.read_str(answer, "baseurl") or default_base, "API base")
     bot_id = p.read_str(answer, "ilink_bot_id")
     owner = p.read_str(answer, "ilink_user_id")
-    await store.set(PLATFORM, account, TOKEN_KEY, token)
-    await store.set(PLATFORM, account, BASE_URL_KEY, base_url)
-    await store.set(PLATFORM, account, BOT_ID_KEY, bot_id)
-    await store.set(PLATFORM, account, OWNER_KEY, owner)
+    values = {TOKEN_KEY: token, BASE_URL_KEY: base_url, BOT_ID_KEY: bot_id, OWNER_KEY: owner}
+    await store.set_many(PLATFORM, account, values)  # one write: all of it or nothing
     return LoginResult(bot_id, base_url, owner)
