@@ -37,6 +37,7 @@ EXTENSION_POINTS = {
     "trio_chatbridge.connectors.ReplyStream": "what a platform's reply streams implement",
     "trio_chatbridge.connectors.BufferedReplyStream": "a platform's collect-then-send stream",
     "trio_chatbridge.connectors.CoalescingStream": "a platform's growing-reply stream",
+    "trio_chatbridge.connectors.PollCore": "a protocol: what a long-poll core implements",
     "trio_chatbridge.stores.Store": "what a store implements",
     "trio_chatbridge.stores.MemoryStore": "wrapped by tests to record or slow down calls",
     "trio_chatbridge.stores.SQLiteStore": "wrapped by tests to record or slow down calls",

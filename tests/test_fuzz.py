@@ -24,9 +24,11 @@ from hypothesis import example, given
 
 import trio_chatbridge as cb
 from trio_chatbridge._json import json_object
+from trio_chatbridge.connectors import Page, Paused, Retry
 from trio_chatbridge.platforms import lark, wecom, weixin
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.wecom import _crypto
+from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.testing import LarkEmulator, WeComEmulator, WeixinEmulator
 
 pytestmark = pytest.mark.fuzz
@@ -218,11 +220,12 @@ WEIXIN_PAGE = {"ret": 0, "msgs": [WEIXIN_MESSAGE], "get_updates_buf": "c", "errc
 
 @given(json_values | with_fields(WEIXIN_PAGE))
 def test_weixin_pages_parse_or_raise_protocol_error(data: Any) -> None:
+    poller = weixin_protocol.Poller("t", weixin.DEFAULT_BASE_URL, lambda raw: None)
     try:
-        page = weixin.GetUpdatesResponse.parse(data)
+        event = poller.receive(json.dumps(data).encode(), 0.0)
     except cb.ProtocolError:
         return
-    assert isinstance(page.messages, tuple)
+    assert isinstance(event, Page | Paused | Retry)
 
 
 @given(json_values | with_fields(WEIXIN_MESSAGE))

@@ -21,6 +21,7 @@ from trio_chatbridge._json import MAX_JSON_BYTES
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _connector as weixin_connector
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
+from trio_chatbridge.platforms.weixin._convert import split_text
 from trio_chatbridge.testing import WeixinEmulator, WeixinFault, open_bridge
 
 
@@ -397,7 +398,7 @@ async def test_long_text_is_split_at_4000_characters(
 
 @given(st.text(alphabet=st.sampled_from("ab \n"), max_size=300), st.integers(4, 50))
 def test_split_text_pieces_fit_and_join_back(text: str, limit: int) -> None:
-    pieces = list(weixin.split_text(text, limit))
+    pieces = list(split_text(text, limit))
     assert "".join(pieces) == text
     assert all(0 < len(piece) <= limit for piece in pieces)
 

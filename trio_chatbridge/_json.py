@@ -19,11 +19,12 @@ import json
 import re
 from collections.abc import Mapping
 from contextlib import aclosing
-from typing import Any, Final
-
-import httpx
+from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ProtocolError
+
+if TYPE_CHECKING:  # only read_body's annotation: the decoders stay free of I/O libraries
+    import httpx
 
 MAX_JSON_BYTES: Final = 1024 * 1024
 """Default size cap of one JSON document from the network, in bytes (characters for text)."""

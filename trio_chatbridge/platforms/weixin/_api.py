@@ -1,91 +1,42 @@
 """An httpx client for the iLink bot HTTP API: one method per endpoint, errors mapped once.
 
-Timeouts are Trio cancel scopes (so they follow Trio's clock, mock clocks included); httpx's
-own timeout stays as a backstop a little longer. Every lower-level failure is mapped in
-:meth:`ILinkClient._request`: transport problems become :class:`ConnectorError` (retry),
-answers that are not JSON objects become :class:`ProtocolError`, and non-zero ``ret`` /
-``errcode`` become :class:`ILinkError` carrying both codes and the server's message.
+Requests are described by the protocol core's helpers and sent by the long-poll driver's
+:func:`~trio_chatbridge._longpoll.exchange`, which maps every lower-level failure once:
+transport problems become :class:`ConnectorError` (retry), a non-2xx status
+:class:`HTTPStatusError`; timeouts are Trio cancel scopes (so they follow Trio's clock, mock
+clocks included). Here, answers that are not JSON objects become :class:`ProtocolError`, and
+non-zero ``ret`` / ``errcode`` become :class:`ILinkError` carrying both codes and the server's
+message. The long poll itself is not here: the driver runs the protocol core's
+:class:`~._protocol.Poller`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, final
+from typing import Any, final
 from urllib.parse import quote, urlsplit
 
 import httpx
 import trio
 
-from ..._errors import ChatBridgeError, ConnectorError, PlatformError, ProtocolError
-from ..._json import MAX_JSON_BYTES, json_object, json_object_items, read_body
+from ..._errors import ChatBridgeError, ConnectorError, ProtocolError
+from ..._json import MAX_JSON_BYTES, json_object
+from ..._longpoll import HTTPStatusError as HTTPStatusError
+from ..._longpoll import exchange
+from ..._poll_events import HTTPRequest
 from . import _protocol as p
+from ._protocol import ILinkError as ILinkError
+from ._protocol import SessionExpiredError as SessionExpiredError
 
 log = logging.getLogger("trio_chatbridge.weixin.api")
-
-BACKSTOP: Final = 10.0  # seconds httpx waits beyond our own deadline
-
-
-class ILinkError(PlatformError):
-    """The iLink API answered with an error code (HTTP 200 with ``ret``/``errcode`` != 0)."""
-
-    platform = "weixin"
-
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        ret: int | None = None,
-        errcode: int | None = None,
-        errmsg: str | None = None,
-        hint: str = "",
-    ) -> None:
-        self.endpoint = endpoint
-        self.ret = ret
-        self.errcode = errcode
-        self.errmsg = errmsg
-        detail = f"iLink {endpoint} failed: ret={ret} errcode={errcode} errmsg={errmsg!r}"
-        super().__init__(f"{detail}. {hint}".strip() if hint else detail)
-
-    @property
-    def code(self) -> int | None:
-        """The code that matters: ``ret`` if non-zero, else ``errcode``."""
-        return self.ret or self.errcode
-
-
-class SessionExpiredError(ILinkError):
-    """errcode/ret -14: the bot token is stale; a new QR login is needed."""
-
-
-class HTTPStatusError(ConnectorError):
-    """The API answered with a non-2xx HTTP status (e.g. a 524 gateway timeout)."""
-
-    def __init__(self, endpoint: str, status: int, body: bytes) -> None:
-        self.status = status
-        super().__init__(f"iLink {endpoint}: HTTP {status} {body[:200]!r}")
 
 
 def raise_for_code(endpoint: str, data: Mapping[str, Any]) -> None:
     """Raise the error a response's non-zero ``ret``/``errcode`` means, if any."""
-    code = p.error_code(data)
-    if code is None:
-        return
-    ret, errcode, errmsg = (
-        p.read_int(data, "ret"),
-        p.read_int(data, "errcode"),
-        p.read_str(data, "errmsg"),
-    )
-    if code == p.SESSION_EXPIRED:
-        raise SessionExpiredError(
-            endpoint,
-            ret=ret,
-            errcode=errcode,
-            errmsg=errmsg,
-            hint="The bot's session expired (token stale, or bound elsewhere): log in again "
-            "with 'python -m trio_chatbridge weixin-login'.",
-        )
-    raise ILinkError(endpoint, ret=ret, errcode=errcode, errmsg=errmsg)
+    error = p.error_for(endpoint, data)
+    if error is not None:
+        raise error
 
 
 @final
@@ -117,6 +68,8 @@ class ILinkClient:
         return f"ILinkClient(base_url={self.base_url!r})"
 
     async def aclose(self) -> None:
+        """Close the httpx client made here (not one passed as ``http``). If cancelled, it
+        may be left open."""
         if self._own_http:
             await self.http.aclose()
 
@@ -132,69 +85,30 @@ class ILinkClient:
         base: str | None = None,
         auth: bool = True,
         params: Mapping[str, str] | None = None,
-        max_bytes: int = MAX_JSON_BYTES,
-        items: str | None = None,
     ) -> dict[str, Any]:
-        """One call; returns the JSON object (``{}`` for an empty body). Raises on timeout.
-
-        The answer is read with a cap of ``max_bytes``; ``items`` names an array of the
-        answer whose elements are decoded one by one if need be (see ``json_object_items``).
-        """
-        url = (base or self.base_url) + endpoint
+        """One call; returns the JSON object (``{}`` for an empty body). Raises
+        :class:`trio.TooSlowError` when no answer came within ``time_limit`` seconds."""
+        url = str(httpx.URL((base or self.base_url) + endpoint, params=params))
         if method == "POST":
             headers = p.post_headers(self._token if auth else None, self.route_tag)
-            content = json.dumps(body or {}, ensure_ascii=False).encode()
+            content = p.encode_body(body or {})
         else:
-            headers, content = p.common_headers(self.route_tag), None
+            headers, content = p.common_headers(self.route_tag), b""
         what = f"iLink {endpoint}"
-        try:
-            with trio.fail_after(time_limit):
-                async with self.http.stream(
-                    method,
-                    url,
-                    headers=headers,
-                    content=content,
-                    params=params,
-                    timeout=time_limit + BACKSTOP,
-                ) as response:
-                    data = await read_body(response, what, max_bytes=max_bytes)
-        except trio.TooSlowError:
-            raise
-        except httpx.TimeoutException as exc:
-            raise trio.TooSlowError(f"iLink {endpoint} timed out") from exc
-        except httpx.HTTPError as exc:
-            raise ConnectorError(f"iLink {endpoint}: {type(exc).__name__}: {exc}") from exc
-        if not response.is_success:
-            raise HTTPStatusError(endpoint, response.status_code, data)
+        request = HTTPRequest(what, method, url, headers, content, time_limit, MAX_JSON_BYTES)
+        data = await exchange(self.http, request)
+        if data is None:
+            raise trio.TooSlowError(f"{what} timed out")
         if not data.strip():
             # sendmessage may answer with nothing at all (docs/protocols/weixin.md#sendmessage)
             return {}
-        if items is not None:
-            return json_object_items(data, what, items, max_bytes=max_bytes)
-        return json_object(data, what, max_bytes=max_bytes)
+        return json_object(data, what)
 
     # -- endpoints --------------------------------------------------------------------------
 
-    async def get_updates(self, cursor: str, time_limit: float) -> p.GetUpdatesResponse:
-        """Long-poll for messages; a client-side timeout is an empty answer, not an error.
-
-        See ``docs/protocols/weixin.md#timeouts``.
-        """
-        body = {"get_updates_buf": cursor, "base_info": p.base_info()}
-        try:
-            data = await self._request(
-                "ilink/bot/getupdates",
-                body=body,
-                time_limit=time_limit,
-                max_bytes=p.PAGE_MAX_BYTES,
-                items="msgs",
-            )
-        except trio.TooSlowError:
-            return p.GetUpdatesResponse.empty()
-        return p.GetUpdatesResponse.parse(data)
-
     async def send_message(self, msg: Mapping[str, Any]) -> dict[str, Any]:
-        """Send one message; an empty body or a missing ``ret`` is success.
+        """Send one message; an empty body or a missing ``ret`` is success. If cancelled,
+        the message may or may not have been sent.
 
         See ``docs/protocols/weixin.md#sendmessage``.
         """
@@ -202,7 +116,8 @@ class ILinkClient:
         return await self._call("ilink/bot/sendmessage", body, p.API_TIMEOUT)
 
     async def get_config(self, user_id: str, context_token: str | None) -> dict[str, Any]:
-        """The account's config for a peer: its ``typing_ticket``.
+        """The account's config for a peer: its ``typing_ticket``. If cancelled, nothing
+        changed (it only reads).
 
         See ``docs/protocols/weixin.md#typing``.
         """
@@ -211,22 +126,23 @@ class ILinkClient:
             body["context_token"] = context_token
         return await self._call("ilink/bot/getconfig", body, p.CONFIG_TIMEOUT)
 
-    async def send_typing(self, user_id: str, ticket: str, status: p.TypingStatus) -> None:
-        """Show (or cancel) "typing..." to a peer, with a ticket from :meth:`get_config`.
+    async def send_typing(self, user_id: str, ticket: str, *, typing: bool) -> None:
+        """Show (``typing=True``) or cancel "typing..." to a peer, with a ticket from
+        :meth:`get_config`. If cancelled, the indicator may or may not have changed.
 
         See ``docs/protocols/weixin.md#typing``.
         """
         body = {
             "ilink_user_id": user_id,
             "typing_ticket": ticket,
-            "status": int(status),
+            "status": int(p.TypingStatus.TYPING if typing else p.TypingStatus.CANCEL),
             "base_info": p.base_info(),
         }
         await self._call("ilink/bot/sendtyping", body, p.CONFIG_TIMEOUT)
 
     async def notify(self, what: str) -> bool:
         """``notifystart`` / ``notifystop``: best effort, so failures are only logged; returns
-        whether the server accepted it.
+        whether the server accepted it. If cancelled, the server may or may not have had it.
 
         See ``docs/protocols/weixin.md#notifystart-and-notifystop``.
         """
@@ -240,7 +156,8 @@ class ILinkClient:
         return True
 
     async def get_upload_url(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Where to upload an encrypted file to the CDN (``upload_param`` or a full URL).
+        """Where to upload an encrypted file to the CDN (``upload_param`` or a full URL). If
+        cancelled, nothing was uploaded (the server may have reserved a slot).
 
         See ``docs/protocols/weixin.md#getuploadurl``.
         """
@@ -260,7 +177,8 @@ class ILinkClient:
     # -- QR login: no token, fixed base (docs/protocols/weixin.md#qr-login) ---------------------
 
     async def get_bot_qrcode(self, local_tokens: Sequence[str] = ()) -> dict[str, Any]:
-        """A login QR code (no token needed); step one of :func:`login`.
+        """A login QR code (no token needed); step one of :func:`login`. If cancelled, no
+        code was shown to anyone (the server may have made one, which expires).
 
         See ``docs/protocols/weixin.md#qr-login``.
         """
@@ -276,7 +194,8 @@ class ILinkClient:
     async def get_qrcode_status(
         self, qrcode: str, *, base: str | None = None, verify_code: str | None = None
     ) -> dict[str, Any]:
-        """One status long poll; a timeout or a network error means ``wait``.
+        """One status long poll; a timeout or a network error means ``wait``. If cancelled,
+        nothing changed here (the login goes on server-side until its code expires).
 
         See ``docs/protocols/weixin.md#qr-login``.
         """

@@ -1,15 +1,18 @@
-"""The WeChat iLink connector: the long-poll loop, the session guard, replies and typing.
+"""The WeChat iLink connector: its protocol core on the long-poll driver, replies and typing.
 
-The poll loop follows the reference clients (docs/protocols/weixin.md#the-poll-loop) and fixes their
-known faults (docs/protocols/weixin.md#known-faults): the cursor is saved only after the inbox
-accepted the page (a crash never skips a message), the client waits a few seconds longer than the
-server holds a poll (no timeout race, #267), and a read timeout is an empty poll, never a failure
-(#75). Replies are checked (no silent loss on ``ret -2``, #204), rate limited, and capped at ten per
-inbound message (#81).
+Receiving is the protocol core (:class:`~._protocol.Poller`) run by the core's HTTP long-poll
+driver (``trio_chatbridge/_longpoll.py``). Together they follow the reference clients
+(docs/protocols/weixin.md#the-poll-loop) and fix their known faults
+(docs/protocols/weixin.md#known-faults): the cursor is saved only after the inbox accepted the
+page (a crash never skips a message), the client waits a few seconds longer than the server
+holds a poll (no timeout race, #267), and a read timeout is an empty poll, never a failure
+(#75). Replies are checked (no silent loss on ``ret -2``, #204), rate limited, and capped at
+ten per inbound message (#81).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -31,9 +34,9 @@ from ..._errors import (
     ProtocolError,
     SendError,
 )
+from ..._longpoll import long_poll
 from ..._media import MediaPolicy
 from ..._messages import Batch, Media, Message
-from ..._receive import Skipped, clamp, parse_or_skip
 from . import _media
 from . import _protocol as p
 from ._api import ILinkClient, ILinkError, SessionExpiredError
@@ -43,7 +46,7 @@ log = logging.getLogger("trio_chatbridge.weixin")
 
 TOKEN_KEY: Final = "token"  # store keys written by `weixin-login`
 BASE_URL_KEY: Final = "base_url"
-CONTEXT_TOKEN_PREFIX: Final = "context_token:"
+CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
 QUOTA_MEMORY: Final = 4096  # inbound messages whose reply count we remember
 TYPING_TICKETS: Final = 4096  # peers whose typing ticket we remember
 
@@ -90,41 +93,6 @@ class _Bucket:
                 self._stamp = trio.current_time()
                 self._tokens = 1.0
             self._tokens -= 1
-
-
-class _SessionGuard:
-    """The pause after errcode -14: the poll loop sleeps through it, sends fail fast.
-
-    See ``docs/protocols/weixin.md#session-pause``.
-    """
-
-    def __init__(self, account: str) -> None:
-        self.account = account
-        self.paused_until: float | None = None
-
-    def pause(self) -> None:
-        self.paused_until = trio.current_time() + p.SESSION_PAUSE
-
-    @property
-    def remaining(self) -> float:
-        if self.paused_until is None:
-            return 0.0
-        left = self.paused_until - trio.current_time()
-        if left <= 0:
-            self.paused_until = None
-            return 0.0
-        return left
-
-    def detail(self) -> str:
-        return (
-            f"session expired (errcode -14); polling resumes in {self.remaining / 60:.0f} min. "
-            "The token is stale or the bot was bound elsewhere: run "
-            "'python -m trio_chatbridge weixin-login' to log in again"
-        )
-
-    def check(self) -> None:
-        if self.remaining > 0:
-            raise SessionPausedError(f"weixin account {self.account}: {self.detail()}")
 
 
 @attrs.define
@@ -212,9 +180,9 @@ class LongPoll(base.Connector):
         self._bucket = _Bucket(rate_limit or RateLimit())
         self._typing_enabled = typing
         self._tickets = _TypingTickets(random)
-        self._guard = _SessionGuard(account)
+        self._guard = p.SessionGuard()
         self._client: ILinkClient | None = None
-        self._degraded = False  # status shows "backoff" until a poll succeeds again
+        self._poller: p.Poller | None = None
         self._replies: OrderedDict[str, int] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -223,7 +191,12 @@ class LongPoll(base.Connector):
     @property
     def paused(self) -> bool:
         """True while the account is paused after errcode -14."""
-        return self._guard.remaining > 0
+        return self._guard.paused(trio.current_time()) is not None
+
+    def _check_paused(self) -> None:
+        paused = self._guard.paused(trio.current_time())
+        if paused is not None:
+            raise SessionPausedError(f"weixin account {self.account}: {paused.detail}")
 
     async def _get_client(self) -> ILinkClient:
         if self._client is None:
@@ -244,123 +217,47 @@ class LongPoll(base.Connector):
                 http=self._http,
                 transport=self._transport,
             )
+            self._poller = p.Poller(
+                token,
+                self._client.base_url,
+                functools.partial(to_message, self.account),
+                self._guard,
+                self._route_tag,
+            )
         return self._client
 
     async def aclose(self) -> None:
+        """Close the connector's own HTTP client (not one passed as ``http``). If cancelled,
+        the client may be left open."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+            self._poller = None
 
     # -- receiving ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll for messages until cancelled (see :func:`~trio_chatbridge.connectors.long_poll`).
+
+        Running once the server has answered: ``notifystart``, or else the first good poll.
+        If cancelled, the saved cursor is that of the last page the inbox accepted, and
+        ``notifystop`` is still attempted (shielded, for at most 10 s).
+        """
         client = await self._get_client()
-        cursor = await self.ctx.get_cursor() or ""
-        # Running once the server has answered: notifystart, or else the first good poll.
+        assert self._poller is not None  # made with the client
         reached = await client.notify("notifystart")
         if reached:
             task_status.started()
         try:
-            await self._poll(client, cursor, None if reached else task_status)
+            await long_poll(
+                self.ctx,
+                self._poller,
+                client.http,
+                task_status=trio.TASK_STATUS_IGNORED if reached else task_status,
+            )
         finally:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + p.CONFIG_TIMEOUT):
                 await client.notify("notifystop")
-
-    async def _poll(
-        self, client: ILinkClient, cursor: str, unstarted: trio.TaskStatus[None] | None
-    ) -> None:
-        ctx = self.ctx
-        timeout = p.DEFAULT_LONG_POLL_TIMEOUT
-        failures = 0
-        while True:
-            if self._guard.remaining > 0:
-                ctx.set_state("paused", self._guard.detail())
-                await trio.sleep(self._guard.remaining)
-                ctx.set_state("running" if unstarted is None else "starting")
-            try:
-                answer = await client.get_updates(cursor, timeout + p.LONG_POLL_MARGIN)
-            except (ConnectorError, ProtocolError) as exc:
-                failures = await self._failed(failures, exc)
-                continue
-            if answer.longpolling_timeout_ms:  # milliseconds, held to a sane range
-                low, high = p.LONG_POLL_TIMEOUT_RANGE
-                held = clamp(answer.longpolling_timeout_ms, low * 1000, high * 1000, 0)
-                timeout = held / 1000 or timeout
-            code = answer.ret or answer.errcode
-            if unstarted is not None and not code:
-                unstarted.started()  # the server answered: up
-                unstarted = None
-            if code == p.SESSION_EXPIRED:
-                self._guard.pause()
-                ctx.count("session_expired")
-                log.warning("weixin account %s: %s", self.account, self._guard.detail())
-                failures = 0
-                continue
-            if code:
-                error = ILinkError(
-                    "getupdates", ret=answer.ret, errcode=answer.errcode, errmsg=answer.errmsg
-                )
-                failures = await self._failed(failures, error)
-                continue
-            if self._degraded:
-                self._degraded = False
-                ctx.set_state("running")
-            failures = 0
-            # No prefetch: the next poll presents the new cursor, and a server may take that as
-            # an acknowledgment (docs/protocols/weixin.md#unconfirmed), so it goes out only once
-            # this page is durable.
-            tokens = await self._accept(answer.messages)
-            # Only now, the page being durable in the journal: the cursor and the page's
-            # context tokens, in one write.
-            if answer.cursor and answer.cursor != cursor:
-                cursor = answer.cursor
-                await ctx.set_cursor(cursor, with_values=tokens)
-            elif tokens:
-                await ctx.set_many(tokens)
-
-    async def _failed(self, failures: int, error: Exception) -> int:
-        """Count a failed poll and sleep 2 s, or 30 s after three in a row.
-
-        See ``docs/protocols/weixin.md#retry-policy``.
-        """
-        ctx = self.ctx
-        ctx.count("poll_failures")
-        if isinstance(error, ProtocolError):
-            ctx.count("protocol_errors")
-        failures += 1
-        log.warning(
-            "weixin account %s: getupdates failed (%d in a row): %s", self.account, failures, error
-        )
-        if failures >= p.MAX_CONSECUTIVE_FAILURES:
-            self._degraded = True
-            ctx.set_state("backoff", f"getupdates failing ({error}); retrying in 30 s")
-            await trio.sleep(p.BACKOFF_DELAY)
-            return 0
-        await trio.sleep(p.RETRY_DELAY)
-        return failures
-
-    async def _accept(self, raw_messages: tuple[Any, ...]) -> dict[str, str | None]:
-        """Turn a page into messages (a bad one is counted and skipped) and put them.
-
-        Returns the newest context token per peer, to be stored with the cursor: replies after
-        a restart use them.
-        """
-        ctx = self.ctx
-        messages: list[Message] = []
-        for raw in raw_messages:
-            message = parse_or_skip(ctx, "message", to_message, self.account, raw)
-            if message is None:
-                ctx.count("filtered")
-            elif not isinstance(message, Skipped):
-                messages.append(message)
-        if messages:
-            await ctx.put(messages)
-        latest: dict[str, str | None] = {}
-        for message in messages:
-            token = message.reply_handle.get("context_token")
-            if token:
-                latest[CONTEXT_TOKEN_PREFIX + message.reply_handle["to_user_id"]] = token
-        return latest
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -441,7 +338,7 @@ class LongPoll(base.Connector):
     async def _upload(
         self, peer: str, data: bytes, filename: str, kind: str | None
     ) -> dict[str, Any]:
-        self._guard.check()
+        self._check_paused()
         client = await self._get_client()
         try:
             return await _media.upload(client, self.media_policy, peer, data, filename, kind)
@@ -455,7 +352,7 @@ class LongPoll(base.Connector):
     async def _send_items(
         self, peer: str, token: str | None, fallback_key: str, items: list[dict[str, Any]]
     ) -> None:
-        self._guard.check()
+        self._check_paused()
         client = await self._get_client()
         self._reserve_replies(token or fallback_key, len(items))
         for item in items:
@@ -478,7 +375,7 @@ class LongPoll(base.Connector):
         try:
             await client.send_message(msg)
         except SessionExpiredError as exc:
-            self._guard.pause()
+            self._guard.pause(trio.current_time())
             self.ctx.count("session_expired")
             raise SessionPausedError(f"weixin account {self.account}: {exc}") from exc
         except ILinkError as exc:
@@ -518,18 +415,18 @@ class LongPoll(base.Connector):
             finally:
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + p.CONFIG_TIMEOUT):
-                    await self._typing_call(client, peer, ticket, p.TypingStatus.CANCEL)
+                    await self._typing_call(client, peer, ticket, typing=False)
 
     async def _keep_typing(self, client: ILinkClient, peer: str, ticket: str) -> None:
         while True:
-            await self._typing_call(client, peer, ticket, p.TypingStatus.TYPING)
+            await self._typing_call(client, peer, ticket, typing=True)
             await trio.sleep(p.TYPING_KEEPALIVE)
 
     async def _typing_call(
-        self, client: ILinkClient, peer: str, ticket: str, status: p.TypingStatus
+        self, client: ILinkClient, peer: str, ticket: str, *, typing: bool
     ) -> None:
         try:
-            await client.send_typing(peer, ticket, status)
+            await client.send_typing(peer, ticket, typing=typing)
         except (ILinkError, ConnectorError, ProtocolError) as exc:
             log.debug("weixin typing indicator failed (ignored): %s", exc)
 

@@ -1,22 +1,33 @@
-"""WeChat iLink bot protocol facts: constants, headers, and lenient typed models.
+"""WeChat iLink bot protocol, sans-I/O: constants, headers, lenient models, the poll core.
 
 Sources and reasons are in ``docs/protocols/weixin.md`` (sections cited below). Every field is
 optional on the wire and enums may grow, so parsing never fails on a missing field or an unknown
 value (docs/protocols/weixin.md#lenient-json); only a payload of the wrong shape is a
 :class:`ProtocolError`.
+
+:class:`Poller` is the long poll's protocol core: it describes each ``getupdates`` request and
+turns each answer's bytes into an event (a page of messages with its cursor and context
+tokens, a refusal to retry, or the session pause), keeping the cursor, the server's hold time
+and the :class:`SessionGuard`. It does no I/O and reads no clock: the HTTP long-poll driver
+(``trio_chatbridge/_longpoll.py``) runs it, passing the time in. This module imports no I/O
+library (a test checks).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import IntEnum
 from typing import Any, Final, final
 
 import attrs
 
-from ..._errors import ProtocolError
+from ..._errors import PlatformError, ProtocolError
+from ..._json import json_object_items
+from ..._messages import Message
+from ..._poll_events import Event, HTTPRequest, Page, Paused, Retry
 
 DEFAULT_BASE_URL: Final = "https://ilinkai.weixin.qq.com/"
 DEFAULT_CDN_BASE_URL: Final = "https://novac2c.cdn.weixin.qq.com/c2c"
@@ -52,6 +63,7 @@ CONFIG_RETRY_INITIAL: Final = 2.0
 CONFIG_RETRY_MAX: Final = 3600.0
 UPLOAD_ATTEMPTS: Final = 3
 PAGE_MAX_BYTES: Final = 8 * 1024 * 1024  # a getupdates answer; other answers: 1 MiB
+CONTEXT_TOKEN_PREFIX: Final = "context_token:"  # store key of a peer's latest context token
 # the reference client's inbound cap (docs/protocols/weixin.md#limits)
 MEDIA_MAX_BYTES: Final = 100 * 1024 * 1024
 
@@ -119,6 +131,11 @@ def post_headers(token: str | None, route_tag: str | None = None) -> dict[str, s
     if token and token.strip():
         headers["Authorization"] = f"Bearer {token.strip()}"
     return headers
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """A POST body as iLink takes it: JSON, UTF-8, non-ASCII kept as is."""
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def base_info() -> dict[str, str]:
@@ -279,43 +296,6 @@ class MessageItem:
         return cls(kind)  # tool calls and kinds added later: kept, not understood
 
 
-@final
-@attrs.frozen
-class GetUpdatesResponse:
-    """The answer to one long poll (docs/protocols/weixin.md#getupdates)."""
-
-    ret: int | None
-    errcode: int | None
-    errmsg: str | None
-    messages: tuple[Any, ...]
-    """Raw message objects: each is parsed on its own, so one bad one spoils nothing."""
-    cursor: str | None
-    longpolling_timeout_ms: int | None
-
-    @classmethod
-    def parse(cls, data: Any) -> GetUpdatesResponse:
-        if not isinstance(data, Mapping):
-            raise ProtocolError(f"getupdates answered with {type(data).__name__}, not an object")
-        msgs = data.get("msgs")
-        return cls(
-            ret=read_int(data, "ret"),
-            errcode=read_int(data, "errcode"),
-            errmsg=read_str(data, "errmsg"),
-            messages=tuple(msgs) if isinstance(msgs, list) else (),
-            # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
-            cursor=read_str(data, "get_updates_buf") or read_str(data, "sync_buf") or None,
-            longpolling_timeout_ms=read_int(data, "longpolling_timeout_ms"),
-        )
-
-    @classmethod
-    def empty(cls) -> GetUpdatesResponse:
-        """What a client-side timeout means: nothing new, same cursor.
-
-        See ``docs/protocols/weixin.md#the-poll-loop``.
-        """
-        return cls(0, None, None, (), None, None)
-
-
 def error_code(data: Mapping[str, Any]) -> int | None:
     """The non-zero ``ret`` or ``errcode`` of a response, or None when it is a success.
 
@@ -326,3 +306,205 @@ def error_code(data: Mapping[str, Any]) -> int | None:
         if code:
             return code
     return None
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class ILinkError(PlatformError):
+    """The iLink API answered with an error code (HTTP 200 with ``ret``/``errcode`` != 0)."""
+
+    platform = "weixin"
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        ret: int | None = None,
+        errcode: int | None = None,
+        errmsg: str | None = None,
+        hint: str = "",
+    ) -> None:
+        self.endpoint = endpoint
+        self.ret = ret
+        self.errcode = errcode
+        self.errmsg = errmsg
+        detail = f"iLink {endpoint} failed: ret={ret} errcode={errcode} errmsg={errmsg!r}"
+        super().__init__(f"{detail}. {hint}".strip() if hint else detail)
+
+    @property
+    def code(self) -> int | None:
+        """The code that matters: ``ret`` if non-zero, else ``errcode``."""
+        return self.ret or self.errcode
+
+
+class SessionExpiredError(ILinkError):
+    """errcode/ret -14: the bot token is stale; a new QR login is needed."""
+
+
+def error_for(endpoint: str, data: Mapping[str, Any]) -> ILinkError | None:
+    """The error a response's non-zero ``ret``/``errcode`` means, if any."""
+    code = error_code(data)
+    if code is None:
+        return None
+    ret, errcode, errmsg = (
+        read_int(data, "ret"),
+        read_int(data, "errcode"),
+        read_str(data, "errmsg"),
+    )
+    if code == SESSION_EXPIRED:
+        return SessionExpiredError(
+            endpoint,
+            ret=ret,
+            errcode=errcode,
+            errmsg=errmsg,
+            hint="The bot's session expired (token stale, or bound elsewhere): log in again "
+            "with 'python -m trio_chatbridge weixin-login'.",
+        )
+    return ILinkError(endpoint, ret=ret, errcode=errcode, errmsg=errmsg)
+
+
+# -- the long poll's core (docs/protocols/weixin.md#the-poll-loop) ---------------------------
+
+
+@final
+@attrs.define
+class SessionGuard:
+    """The pause after errcode -14: no poll until it ends, and sends fail fast meanwhile.
+
+    Times are on whatever clock the caller passes as ``now`` (Trio's, in the connector). See
+    ``docs/protocols/weixin.md#session-pause``.
+    """
+
+    paused_until: float | None = None
+
+    def pause(self, now: float) -> Paused:
+        """Start a pause of :data:`SESSION_PAUSE` seconds from ``now``."""
+        self.paused_until = now + SESSION_PAUSE
+        return self._paused(self.paused_until, SESSION_PAUSE)
+
+    def paused(self, now: float) -> Paused | None:
+        """The pause in force at ``now``, if any (a pause that ended is forgotten)."""
+        if self.paused_until is None:
+            return None
+        left = self.paused_until - now
+        if left <= 0:
+            self.paused_until = None
+            return None
+        return self._paused(self.paused_until, left)
+
+    @staticmethod
+    def _paused(until: float, left: float) -> Paused:
+        detail = (
+            f"session expired (errcode -14); polling resumes in {left / 60:.0f} min. "
+            "The token is stale or the bot was bound elsewhere: run "
+            "'python -m trio_chatbridge weixin-login' to log in again"
+        )
+        return Paused(until, detail, counter="session_expired")
+
+
+@final
+@attrs.define
+class Poller:
+    """WeChat's ``getupdates`` long poll without I/O: requests out, answers in, events out.
+
+    ``convert`` turns one raw message into a :class:`Message` (None: not for the agent); a
+    message it refuses, or that could not even be decoded, is skipped alone (in
+    :attr:`Page.skipped`), never the page. The cursor moves only in :meth:`commit`, once the
+    driver has made the page durable; the server's hold time (``longpolling_timeout_ms``) is
+    adopted from every answer, errors included, held to :data:`LONG_POLL_TIMEOUT_RANGE`.
+    """
+
+    token: str = attrs.field(repr=False)
+    base_url: str
+    convert: Callable[[Any], Message | None] = attrs.field(repr=False)
+    guard: SessionGuard = attrs.Factory(SessionGuard)
+    route_tag: str | None = None
+    cursor: str = ""
+    hold: float = DEFAULT_LONG_POLL_TIMEOUT
+    """Seconds the server holds a poll: each request waits that plus :data:`LONG_POLL_MARGIN`."""
+
+    def start(self, cursor: str | None) -> None:
+        self.cursor = cursor or ""
+
+    def paused(self, now: float) -> Paused | None:
+        return self.guard.paused(now)
+
+    def request(self) -> HTTPRequest:
+        body = {"get_updates_buf": self.cursor, "base_info": base_info()}
+        return HTTPRequest(
+            "iLink getupdates",
+            "POST",
+            normalise_base_url(self.base_url) + "ilink/bot/getupdates",
+            post_headers(self.token, self.route_tag),
+            encode_body(body),
+            timeout=self.hold + LONG_POLL_MARGIN,
+            max_bytes=PAGE_MAX_BYTES,
+        )
+
+    def receive(self, body: bytes, now: float) -> Event:
+        data = (
+            json_object_items(body, "iLink getupdates", "msgs", max_bytes=PAGE_MAX_BYTES)
+            if body.strip()
+            else {}
+        )
+        held = read_int(data, "longpolling_timeout_ms")  # milliseconds
+        if held:
+            low, high = LONG_POLL_TIMEOUT_RANGE
+            self.hold = min(max(held / 1000, low), high)
+        error = error_for("getupdates", data)
+        if isinstance(error, SessionExpiredError):
+            return self.guard.pause(now)
+        if error is not None:
+            return Retry(error)
+        return self._page(data)
+
+    def _page(self, data: Mapping[str, Any]) -> Page:
+        raw = data.get("msgs")
+        messages: list[Message] = []
+        skipped: list[ProtocolError] = []
+        filtered = 0
+        tokens: dict[str, str | None] = {}
+        for n, entry in enumerate(raw if isinstance(raw, list) else ()):
+            message = self._message(n, entry)
+            if isinstance(message, ProtocolError):
+                skipped.append(message)
+            elif message is None:
+                filtered += 1
+            else:
+                messages.append(message)
+                token, peer = (message.reply_handle.get(k) for k in ("context_token", "to_user_id"))
+                if token and peer:  # the newest wins: replies after a restart use it
+                    tokens[CONTEXT_TOKEN_PREFIX + peer] = token
+        # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
+        cursor = read_str(data, "get_updates_buf") or read_str(data, "sync_buf") or None
+        return Page(
+            messages=messages,
+            skipped=skipped,
+            filtered=filtered,
+            cursor=None if cursor == self.cursor else cursor,
+            values=tokens,
+        )
+
+    def _message(self, n: int, entry: Any) -> Message | ProtocolError | None:
+        if isinstance(entry, ProtocolError):  # undecodable: json_object_items says why
+            return entry
+        try:
+            return self.convert(entry)
+        except ProtocolError as exc:
+            return exc
+        except Exception as exc:  # a converter's bug must not cost the page
+            bad = ProtocolError(f"iLink getupdates: msgs[{n}]: {type(exc).__name__}: {exc}")
+            bad.__cause__ = exc
+            return bad
+
+    def commit(self, page: Page) -> None:
+        if page.cursor:
+            self.cursor = page.cursor
+
+    def retry_delay(self, failures: int) -> float:
+        """2 s, or 30 s after every third failure in a row.
+
+        See ``docs/protocols/weixin.md#retry-policy``.
+        """
+        return BACKOFF_DELAY if failures % MAX_CONSECUTIVE_FAILURES == 0 else RETRY_DELAY

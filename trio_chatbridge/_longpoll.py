@@ -1,0 +1,180 @@
+"""The HTTP long-poll driver: runs a platform's sans-I/O poll core (see ``_poll_events.py``).
+
+One loop, the same for every platform that long-polls over HTTP: ask the core for the next
+request, send it, read the answer with a cap, hand the bytes to the core, and act on the event
+it gives back. A page's messages go to ``ctx.put`` first; only once that returned (they are
+durable) are the page's cursor and values saved and the core told, so a crash never skips a
+message. A bad message is counted in ``protocol_errors``, logged and skipped alone. A poll
+that outlives its request's deadline is an empty poll, never a failure. Every lower-level
+failure is mapped here, once (:func:`exchange`): transport errors (httpx, ``OSError``) and
+non-2xx answers become :class:`ConnectorError`, unreadable answers :class:`ProtocolError`;
+failed polls wait out the core's own schedule where the platform has one, else the bridge's
+one policy, :class:`~trio_chatbridge.Backoff`. A core that says the platform asked for a
+pause gets no poll until it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import attrs
+import httpx
+import trio
+
+from ._connector import ConnectorContext
+from ._errors import ChatBridgeError, ConnectorError, ProtocolError
+from ._json import read_body
+from ._poll_events import HTTPRequest, Page, Paused, PollCore, Retry
+from ._receive import skip_bad
+from ._supervise import Backoff
+
+log = logging.getLogger("trio_chatbridge.longpoll")
+
+BACKSTOP: Final = 10.0
+"""Seconds httpx's own timeout waits beyond a request's deadline (ours, on Trio's clock)."""
+
+
+class HTTPStatusError(ConnectorError):
+    """The server answered with a non-2xx HTTP status (a 524 gateway timeout, say): retried."""
+
+    def __init__(self, what: str, status: int, body: bytes) -> None:
+        self.status = status
+        super().__init__(f"{what}: HTTP {status} {body[:200]!r}")
+
+
+async def exchange(http: httpx.AsyncClient, request: HTTPRequest) -> bytes | None:
+    """Send ``request`` and return the answer's body, read with its cap; None when the answer
+    did not come within ``request.timeout`` seconds (on Trio's clock).
+
+    Raises :class:`ConnectorError` for a transport failure (:class:`HTTPStatusError` for a
+    non-2xx status) and :class:`ProtocolError` for a body over the cap. If cancelled, the
+    request may or may not have reached the server; nothing of the answer is kept.
+    """
+    with trio.move_on_after(request.timeout):
+        try:
+            async with http.stream(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                content=request.body or None,
+                timeout=request.timeout + BACKSTOP,
+            ) as response:
+                body = await read_body(response, request.name, max_bytes=request.max_bytes)
+        except httpx.ReadTimeout:
+            return None  # only past our own deadline's backstop: nothing new
+        except (httpx.HTTPError, OSError) as exc:
+            raise ConnectorError(f"{request.name}: {type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise HTTPStatusError(request.name, response.status_code, body)
+        return body
+    return None
+
+
+async def long_poll(
+    ctx: ConnectorContext,
+    core: PollCore,
+    http: httpx.AsyncClient,
+    *,
+    backoff: Backoff | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Poll with ``core`` over ``http`` until cancelled, putting what arrives into ``ctx``.
+
+    Starts from the account's saved cursor; calls ``task_status.started()`` after the first
+    answer that is not a failure or a pause (pass ``TASK_STATUS_IGNORED`` if the connector is
+    up already). Failed polls are counted in ``poll_failures`` and show as ``backoff``;
+    ``backoff`` paces them where the core has no schedule of its own (default:
+    ``Backoff()``). Raises only what the core or ``ctx`` raise (a store failure, say):
+    polling failures are retried here. If cancelled, the cursor saved is that of the last
+    page put into the inbox: what came after it is polled again next time.
+    """
+    unstarted = None if task_status is trio.TASK_STATUS_IGNORED else task_status
+    loop = _Loop(ctx, core, http, backoff or Backoff(), unstarted)
+    await loop.run()
+
+
+@attrs.define
+class _Loop:
+    ctx: ConnectorContext
+    core: PollCore
+    http: httpx.AsyncClient
+    backoff: Backoff
+    unstarted: trio.TaskStatus[None] | None
+    failing: bool = False  # the status shows "backoff" until a poll succeeds again
+
+    async def run(self) -> None:
+        self.core.start(await self.ctx.get_cursor())
+        failures = 0
+        while True:
+            await self._sit_out_pause()
+            request = self.core.request()
+            try:
+                body = await exchange(self.http, request)
+                event = Page() if body is None else self.core.receive(body, trio.current_time())
+            except (ConnectorError, ProtocolError) as exc:
+                event = Retry(exc)
+            if isinstance(event, Retry):
+                failures += 1
+                await self._failed(request, event.error, failures)
+                continue
+            failures = 0
+            if isinstance(event, Paused):
+                self.ctx.count(event.counter)
+                log.warning("%s:%s: %s", self.ctx.platform, self.ctx.account, event.detail)
+                continue
+            self._up()
+            await self._deliver(event)
+
+    async def _sit_out_pause(self) -> None:
+        paused = self.core.paused(trio.current_time())
+        if paused is None:
+            return
+        self.ctx.set_state("paused", paused.detail)
+        await trio.sleep_until(paused.until)
+        self.ctx.set_state("running" if self.unstarted is None else "starting")
+
+    def _up(self) -> None:
+        if self.unstarted is not None:
+            self.unstarted.started()  # the server answered: up
+            self.unstarted = None
+            self.failing = False
+        elif self.failing:
+            self.failing = False
+            self.ctx.set_state("running")
+
+    async def _failed(self, request: HTTPRequest, error: ChatBridgeError, failures: int) -> None:
+        ctx = self.ctx
+        ctx.count("poll_failures")
+        if isinstance(error, ProtocolError):
+            ctx.count("protocol_errors")
+        delay = self.core.retry_delay(failures)
+        if delay is None:
+            delay = self.backoff.delay(failures)
+        log.warning(
+            "%s:%s: %s failed (%d in a row), retrying in %.0f s: %s",
+            ctx.platform,
+            ctx.account,
+            request.name,
+            failures,
+            delay,
+            error,
+        )
+        self.failing = True
+        ctx.set_state("backoff", f"{request.name} failing ({error}); retrying in {delay:.0f} s")
+        await trio.sleep(delay)
+
+    async def _deliver(self, page: Page) -> None:
+        ctx = self.ctx
+        for bad in page.skipped:
+            skip_bad(ctx, "message", bad)
+        if page.filtered:
+            ctx.count("filtered", page.filtered)
+        if page.messages:
+            await ctx.put(page.messages)
+        # Only now, the messages being durable: the cursor and the values, in one write.
+        if page.cursor is not None:
+            await ctx.set_cursor(page.cursor, with_values=page.values)
+        elif page.values:
+            await ctx.set_many(page.values)
+        self.core.commit(page)

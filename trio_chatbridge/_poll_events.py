@@ -1,0 +1,107 @@
+"""What an HTTP long-poll protocol core and the driver that runs it say to each other.
+
+A platform's core (``platforms/<name>/_protocol.py``) is sans-I/O: it describes each request as
+an :class:`HTTPRequest` and turns the bytes of each answer into one event: a :class:`Page` of
+messages, a :class:`Retry` (the platform refused this poll), or a :class:`Paused` (the
+platform asked for a pause). The driver (``_longpoll.py``) does the I/O and the policy: it sends
+the request, reads the answer with a cap, puts the page's messages into the inbox, and only
+then tells the core the page is durable (:meth:`PollCore.commit`). Nothing here imports an I/O
+library, so a core's tests feed bytes and compare events, with no clock and no sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol, final
+
+import attrs
+
+from ._errors import ChatBridgeError, ProtocolError
+from ._messages import Message
+
+MAX_PAGE_BYTES: Final = 8 * 1024 * 1024
+"""The default cap on one long-poll answer, in bytes."""
+
+
+@final
+@attrs.frozen
+class HTTPRequest:
+    """One request, described: the driver sends it as it is."""
+
+    name: str
+    """What it is, for errors and logs (``"iLink getupdates"``); never a credential."""
+    method: str
+    url: str = attrs.field(repr=False)
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    """Credentials included: never shown in a repr."""
+    body: bytes = attrs.field(repr=False)
+    timeout: float
+    """Seconds the whole exchange may take; past it the poll counts as empty (nothing new)."""
+    max_bytes: int = MAX_PAGE_BYTES
+    """The answer is refused (a :class:`ProtocolError`) past this many bytes."""
+
+
+@final
+@attrs.frozen
+class Page:
+    """A successful answer: messages to put, then a cursor and values to save with it."""
+
+    messages: Sequence[Message] = ()
+    skipped: Sequence[ProtocolError] = ()
+    """Messages of the page that could not be read: each is counted, logged and skipped."""
+    filtered: int = 0
+    """Messages not meant for the agent (the bot's own, recalled ones...)."""
+    cursor: str | None = None
+    """The cursor to save once the messages are durable; None keeps the saved one."""
+    values: Mapping[str, str | None] = attrs.Factory(dict)
+    """Values to store with the cursor, in the same write (WeChat's context tokens)."""
+
+
+@final
+@attrs.frozen
+class Retry:
+    """The platform refused this poll: a failure, retried after a delay (see
+    :meth:`PollCore.retry_delay`)."""
+
+    error: ChatBridgeError
+
+
+@final
+@attrs.frozen
+class Paused:
+    """The platform asked for a pause: no poll before ``until`` (on the clock of ``now``)."""
+
+    until: float
+    detail: str
+    """Why, and what a person can do about it."""
+    counter: str = "paused"
+    """The counter that counts such pauses (``"<platform>.<counter>"``)."""
+
+
+Event = Page | Retry | Paused
+"""What a core makes of one answer."""
+
+
+class PollCore(Protocol):
+    """A platform's long-poll protocol, without I/O: what the driver calls."""
+
+    def start(self, cursor: str | None) -> None:
+        """A run begins from ``cursor`` (the saved one, None at the very first)."""
+
+    def paused(self, now: float) -> Paused | None:
+        """The pause in force at ``now``, if any: the driver sends no poll before its end."""
+
+    def request(self) -> HTTPRequest:
+        """The next poll."""
+
+    def receive(self, body: bytes, now: float) -> Event:
+        """What the answer ``body`` (HTTP 2xx) means. Raises :class:`ProtocolError` (only)
+        for an answer that cannot be read at all; a bad message only lands in
+        :attr:`Page.skipped`."""
+
+    def commit(self, page: Page) -> None:
+        """``page``'s messages are durable and its cursor saved: poll on from there."""
+
+    def retry_delay(self, failures: int) -> float | None:
+        """The platform's delay after ``failures`` failed polls in a row (1 for the first),
+        or None to leave it to the driver's backoff."""
