@@ -449,9 +449,9 @@ class Poller:
             else {}
         )
         held = read_int(data, "longpolling_timeout_ms")  # milliseconds
-        if held:
+        if held:  # held to the range as an integer first: a huge one cannot overflow
             low, high = LONG_POLL_TIMEOUT_RANGE
-            self.hold = min(max(held / 1000, low), high)
+            self.hold = min(max(held, int(low * 1000)), int(high * 1000)) / 1000
         error = error_for("getupdates", data)
         if isinstance(error, SessionExpiredError):
             return self.guard.pause(now)

@@ -1,0 +1,258 @@
+"""The HTTP long-poll driver (``connectors.long_poll``), on its own: a small core of the test's,
+or WeChat's, over ``httpx.MockTransport``, with a context whose inbox the test controls."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.connectors import (
+    ConnectorContext,
+    HTTPRequest,
+    Page,
+    Paused,
+    Retry,
+    long_poll,
+)
+from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
+
+
+@attrs.define
+class Echo:
+    """A core whose answers are the next cursor: the driver's behaviour, with no platform."""
+
+    cursor: str = ""
+    schedule: float | None = None
+
+    def start(self, cursor: str | None) -> None:
+        self.cursor = cursor or ""
+
+    def paused(self, now: float) -> Paused | None:
+        return None
+
+    def request(self) -> HTTPRequest:
+        return HTTPRequest("echo poll", "POST", "http://echo.invalid/", {}, b"", timeout=30.0)
+
+    def receive(self, body: bytes, now: float) -> Page | Retry | Paused:
+        return Page(cursor=body.decode() or None)
+
+    def commit(self, page: Page) -> None:
+        self.cursor = page.cursor or self.cursor
+
+    def retry_delay(self, failures: int) -> float | None:
+        return self.schedule
+
+
+@attrs.define
+class Recorder:
+    """What the driver told the bridge: states, counters, puts; and whether it started."""
+
+    store: cb.MemoryStore = attrs.Factory(cb.MemoryStore)
+    states: list[tuple[str, str | None]] = attrs.Factory(list)
+    counts: Counter[str] = attrs.Factory(Counter)
+    put: list[cb.Message] = attrs.Factory(list)
+    started: int = 0
+
+    def context(
+        self, platform: str, put: Callable[[Sequence[cb.Message]], Awaitable[Any]] | None = None
+    ) -> ConnectorContext:
+        async def keep(messages: Sequence[cb.Message]) -> list[cb.Message]:
+            self.put.extend(messages)
+            return list(messages)
+
+        return ConnectorContext(
+            platform,
+            "a1",
+            self.store,
+            put or keep,
+            lambda name, n: self.counts.update({name: n}),
+            lambda state, detail: self.states.append((state, detail)),
+        )
+
+    def count(self, name: str) -> int:
+        return self.counts[name]
+
+
+class Started:
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    def started(self, value: object = None) -> None:
+        self._recorder.started += 1
+
+
+Answer = Callable[[], httpx.Response] | BaseException | None
+
+
+def transport(answers: list[Answer], asked: list[float]) -> httpx.MockTransport:
+    """Answers each request with the next item (a response, an exception raised, or None:
+    no answer ever); the last one answers every request after it."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(trio.current_time())
+        answer = answers[min(len(asked), len(answers)) - 1]
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer is None:
+            await trio.sleep_forever()
+        assert answer is not None
+        return answer()
+
+    return httpx.MockTransport(handle)
+
+
+def ok(body: bytes) -> Callable[[], httpx.Response]:
+    return lambda: httpx.Response(200, content=body)
+
+
+async def test_failures_are_mapped_once_and_paced_by_the_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+    answers: list[Answer] = [
+        httpx.ConnectError("refused"),
+        OSError("network is unreachable"),
+        lambda: httpx.Response(503, content=b"busy"),
+        lambda: httpx.Response(200, content=b"x" * 100),  # over the cap below
+        ok(b"c1"),
+        None,
+    ]
+
+    @attrs.define
+    class Capped(Echo):
+        def request(self) -> HTTPRequest:
+            return attrs.evolve(super().request(), max_bytes=10)
+
+    backoff = cb.Backoff(initial=1.0, multiplier=2.0, jitter=0.0)
+    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
+        with trio.move_on_after(20):
+            await long_poll(
+                recorder.context("echo"),
+                Capped(),
+                http,
+                backoff=backoff,
+                task_status=Started(recorder),
+            )
+    assert asked == [0, 1, 3, 7, 15, 15]  # 1, 2, 4, 8 s, then at once after success
+    assert recorder.count("poll_failures") == 4
+    assert recorder.count("protocol_errors") == 1  # the answer over its cap
+    details = [detail or "" for state, detail in recorder.states if state == "backoff"]
+    assert "ConnectError: refused" in details[0] and "retrying in 1 s" in details[0]
+    assert "OSError" in details[1] and "HTTP 503 b'busy'" in details[2]
+    assert recorder.started == 1  # after the first good answer, once
+    assert await recorder.store.get_cursor("echo", "a1") == "c1"
+
+
+async def test_a_poll_past_its_deadline_is_empty_not_a_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+    async with httpx.AsyncClient(transport=transport([None], asked)) as http:
+        with trio.move_on_after(100):
+            await long_poll(recorder.context("echo"), Echo(), http, task_status=Started(recorder))
+    assert asked == [0, 30, 60, 90]
+    assert recorder.count("poll_failures") == 0
+    assert recorder.started == 1  # the server held the poll: it is there
+
+
+PAGE = (
+    b'{"ret":0,"get_updates_buf":"c1","msgs":[{"message_id":1,"from_user_id":"u@im.wechat",'
+    b'"message_type":1,"context_token":"t1","item_list":[{"type":1,"text_item":{"text":"hi"}}]}]}'
+)
+
+
+def wechat_core() -> weixin_protocol.Poller:
+    return weixin_protocol.Poller(
+        "tok", weixin.DEFAULT_BASE_URL, functools.partial(weixin.to_message, "a1")
+    )
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+async def test_the_cursor_is_saved_only_once_the_page_is_durable(
+    cancelled: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+    accepted = trio.Event()
+    release = trio.Event()
+    bodies: list[bytes] = []
+
+    async def slow_put(messages: Sequence[cb.Message]) -> list[cb.Message]:
+        accepted.set()
+        await release.wait()
+        recorder.put.extend(messages)
+        return list(messages)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(trio.current_time())
+        bodies.append(request.content)
+        if len(asked) > 1:
+            await trio.sleep_forever()
+        return httpx.Response(200, content=PAGE)
+
+    ctx = recorder.context("weixin", put=slow_put)
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(functools.partial(long_poll, ctx, wechat_core(), http))
+        await accepted.wait()
+        await trio.sleep(10)
+        assert await recorder.store.get_cursor("weixin", "a1") is None  # not yet durable
+        assert len(asked) == 1  # and no poll presents the new cursor meanwhile
+        if cancelled:
+            nursery.cancel_scope.cancel()
+        else:
+            release.set()
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    if cancelled:
+        assert await recorder.store.get_cursor("weixin", "a1") is None
+        assert recorder.put == []
+    else:
+        assert await recorder.store.get_cursor("weixin", "a1") == "c1"
+        assert await recorder.store.get("weixin", "a1", "context_token:u@im.wechat") == "t1"
+        assert [m.text for m in recorder.put] == ["hi"]
+        assert b'"get_updates_buf": "c1"' in bodies[1]
+
+
+async def test_bad_messages_are_counted_and_logged_once_each(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+    page = b'{"msgs":[["bad"], {"message_id":2,"message_type":2}, "worse"],"get_updates_buf":"c"}'
+    answers: list[Answer] = [ok(page), None]
+    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
+        with trio.move_on_after(5):
+            await long_poll(recorder.context("weixin"), wechat_core(), http)
+    assert recorder.count("protocol_errors") == 2
+    assert recorder.count("filtered") == 1  # the bot's own message
+    skipped = [r for r in caplog.records if "bad message skipped" in r.getMessage()]
+    assert len(skipped) == 2
+    assert await recorder.store.get_cursor("weixin", "a1") == "c"
+
+
+async def test_a_pause_holds_every_poll_until_it_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+    answers: list[Answer] = [ok(b'{"errcode":-14}'), ok(b'{"ret":0}'), None]
+    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
+        with trio.move_on_after(3700):
+            await long_poll(
+                recorder.context("weixin"), wechat_core(), http, task_status=Started(recorder)
+            )
+    assert asked[:3] == [0, 3600, 3600]  # then one empty poll every 40 s
+    assert recorder.count("session_expired") == 1
+    assert recorder.states[0][0] == "paused"
+    assert recorder.states[1] == ("starting", None)  # not up before a good answer
+    assert recorder.started == 1

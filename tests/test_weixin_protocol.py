@@ -1,0 +1,297 @@
+"""WeChat's long-poll protocol core, without I/O: known answers on raw bytes, and properties.
+
+The pages below are written by hand from the fields docs/protocols/weixin.md#getupdates and
+#messages describe (after the reference plugin's ``docs/protocol.md``), never produced by our
+emulator, so a bug shared by the core and the emulator cannot hide behind a round trip.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import example, given
+
+import trio_chatbridge as cb
+from trio_chatbridge.connectors import HTTPRequest, Page, Paused, Retry
+from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _protocol as p
+
+BASE = "https://ilinkai.weixin.qq.com/"
+
+
+def poller(**options: Any) -> p.Poller:
+    return p.Poller("tok-1", BASE, functools.partial(weixin.to_message, "bot"), **options)
+
+
+def page_of(event: object) -> Page:
+    assert isinstance(event, Page), event
+    return event
+
+
+# Two user messages as the server sends them (docs/protocols/weixin.md#messages).
+PAGE = (
+    b'{"ret":0,"msgs":['
+    b'{"seq":1,"message_id":7001,"from_user_id":"alice@im.wechat","to_user_id":"b@im.bot",'
+    b'"create_time_ms":1700000000000,"message_type":1,"message_state":2,'
+    b'"context_token":"ctx-a1","item_list":[{"type":1,"text_item":{"text":"hi"}}]},'
+    b'{"seq":2,"message_id":7002,"from_user_id":"alice@im.wechat","to_user_id":"b@im.bot",'
+    b'"create_time_ms":1700000001000,"message_type":1,"message_state":2,'
+    b'"context_token":"ctx-a2","item_list":[{"type":1,"text_item":{"text":"caf\xc3\xa9"}}]}'
+    b'],"get_updates_buf":"Y3Vyc29yLTI=","longpolling_timeout_ms":35000}'
+)
+
+
+def test_the_first_request_is_the_documented_getupdates() -> None:
+    request = poller().request()
+    assert isinstance(request, HTTPRequest)
+    assert (request.method, request.url) == ("POST", BASE + "ilink/bot/getupdates")
+    assert request.body == (
+        b'{"get_updates_buf": "", "base_info": '
+        b'{"channel_version": "2.4.6", "bot_agent": "trio_chatbridge/0.1"}}'
+    )
+    headers = request.headers
+    assert headers["Authorization"] == "Bearer tok-1"
+    assert headers["AuthorizationType"] == "ilink_bot_token"
+    assert headers["iLink-App-Id"] == "bot"
+    assert headers["iLink-App-ClientVersion"] == "132102"  # 2 << 16 | 4 << 8 | 6
+    assert headers["Content-Type"] == "application/json"
+    assert request.timeout == 35 + 5  # the default hold, plus the margin
+    assert request.max_bytes == p.PAGE_MAX_BYTES
+    assert "tok-1" not in repr(request)
+
+
+def test_a_page_gives_its_messages_context_tokens_and_cursor_moved_only_on_commit() -> None:
+    core = poller()
+    page = page_of(core.receive(PAGE, now=0.0))
+    assert [(m.id, m.text) for m in page.messages] == [("7001", "hi"), ("7002", "café")]
+    assert page.cursor == "Y3Vyc29yLTI="
+    assert page.values == {"context_token:alice@im.wechat": "ctx-a2"}  # the newest wins
+    assert list(page.skipped) == [] and page.filtered == 0
+    assert b'"get_updates_buf": ""' in core.request().body  # not durable yet: same cursor
+    core.commit(page)
+    assert b'"get_updates_buf": "Y3Vyc29yLTI="' in core.request().body
+    again = page_of(core.receive(PAGE, now=1.0))
+    assert again.cursor is None  # the same cursor again: nothing new to save
+
+
+@pytest.mark.parametrize(
+    ("body", "cursor"),
+    [
+        (b"", None),  # an empty answer: nothing new
+        (b'{"ret":0}', None),
+        (b'{"ret":0,"msgs":[],"get_updates_buf":""}', None),  # empty keeps the old one
+        (b'{"msgs":[],"sync_buf":"old-style"}', "old-style"),  # the deprecated field
+        (b'{"msgs":"not a list","get_updates_buf":"c2"}', "c2"),
+    ],
+)
+def test_pages_without_messages(body: bytes, cursor: str | None) -> None:
+    page = page_of(poller().receive(body, now=0.0))
+    assert (list(page.messages), page.cursor) == ([], cursor)
+
+
+@pytest.mark.parametrize(
+    ("field", "hold"),
+    [
+        (b"10000", 10.0),
+        (b'"20000"', 20.0),  # a number as a string, as some fields come
+        (b"1", 5.0),  # held to the documented range
+        (b"-3", 5.0),
+        (b"1" + b"0" * 400, 120.0),
+        (b"1e300", 35.0),  # not an integer: ignored
+        (b"0", 35.0),
+        (b"null", 35.0),
+    ],
+)
+def test_the_servers_hold_time_is_clamped_even_on_an_error_answer(
+    field: bytes, hold: float
+) -> None:
+    core = poller()
+    event = core.receive(b'{"ret":-2,"longpolling_timeout_ms":' + field + b"}", now=0.0)
+    assert isinstance(event, Retry)
+    assert core.request().timeout == hold + p.LONG_POLL_MARGIN
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"errcode":-14,"errmsg":"session timeout"}',  # getupdates leaves ret out (#69)
+        b'{"ret":-14}',
+        b'{"ret":"-14","errcode":-14}',
+    ],
+)
+def test_errcode_minus_14_pauses_for_an_hour_from_the_time_given(body: bytes) -> None:
+    core = poller()
+    event = core.receive(body, now=1000.0)
+    assert isinstance(event, Paused)
+    assert event.until == 1000.0 + 3600
+    assert event.counter == "session_expired"
+    assert "weixin-login" in event.detail
+    still = core.paused(4000.0)
+    assert still is not None and "resumes in 10 min" in still.detail
+    assert core.paused(4600.0) is None
+    assert core.paused(1000.0) is None  # an ended pause is forgotten
+
+
+def test_other_error_codes_are_retried_with_the_servers_words() -> None:
+    event = poller().receive(b'{"ret":-2,"errmsg":"prepare failed"}', now=0.0)
+    assert isinstance(event, Retry)
+    assert isinstance(event.error, weixin.ILinkError)
+    assert event.error.code == -2
+    assert "prepare failed" in str(event.error)
+
+
+def test_the_retry_schedule_is_the_reference_clients() -> None:
+    core = poller()
+    assert [core.retry_delay(n) for n in range(1, 8)] == [2, 2, 30, 2, 2, 30, 2]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>502</html>", b"[1, 2]", b'{"ret":0,"msgs":[', b"\xff\xfe", b"[" * 100_000],
+)
+def test_an_unreadable_answer_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(cb.ProtocolError, match="iLink getupdates"):
+        poller().receive(body, now=0.0)
+
+
+def good(n: int) -> bytes:
+    return (
+        b'{"message_id":%d,"from_user_id":"u%d@im.wechat","message_type":1,'
+        b'"context_token":"t%d","item_list":[{"type":1,"text_item":{"text":"m%d"}}]}'
+    ) % (n, n, n, n)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'{"message_id":9,"item_list":[{"type":1,"text_item":{"text":"caf\xe9"}}]}',  # not UTF-8
+        b'{"message_id":9,"item_list":' + b"[" * 50_000 + b"]" * 50_000 + b"}",  # too deep
+        b'["not", "an", "object"]',
+    ],
+)
+def test_one_bad_message_is_skipped_alone(bad: bytes) -> None:
+    body = (
+        b'{"ret":0,"msgs":[' + good(1) + b"," + bad + b"," + good(2) + b'],"get_updates_buf":"c"}'
+    )
+    page = page_of(poller().receive(body, now=0.0))
+    assert [m.text for m in page.messages] == ["m1", "m2"]
+    assert len(page.skipped) == 1 and isinstance(page.skipped[0], cb.ProtocolError)
+    assert page.cursor == "c"  # the page moves on: the bad message never blocks it
+
+
+def test_messages_not_for_the_agent_are_counted_as_filtered() -> None:
+    own = b'{"message_id":5,"message_type":2,"item_list":[{"type":1,"text_item":{"text":"x"}}]}'
+    page = page_of(poller().receive(b'{"msgs":[' + own + b"," + good(1) + b"]}", now=0.0))
+    assert ([m.text for m in page.messages], page.filtered) == (["m1"], 1)
+
+
+def test_a_converter_that_fails_costs_only_its_message() -> None:
+    def convert(raw: Any) -> cb.Message | None:
+        if raw.get("message_id") == 2:
+            raise KeyError("a bug")
+        return weixin.to_message("bot", raw)
+
+    core = p.Poller("t", BASE, convert)
+    page = page_of(core.receive(b'{"msgs":[' + good(1) + b"," + good(2) + b"]}", now=0.0))
+    assert [m.text for m in page.messages] == ["m1"]
+    assert "KeyError" in str(page.skipped[0])
+
+
+@given(st.binary(max_size=300))
+@example(b'{"msgs":[{"message_id":1,"item_list":[{"type":1,"text_item":{"text":"\xff"}}]}]}')
+@example(b'{"longpolling_timeout_ms":1e999}')
+def test_any_bytes_give_an_event_or_a_protocol_error(body: bytes) -> None:
+    try:
+        event = poller().receive(body, now=0.0)
+    except cb.ProtocolError:
+        return
+    assert isinstance(event, Page | Retry | Paused)
+
+
+junk = st.one_of(
+    st.binary(max_size=40).map(lambda b: json.dumps(b.decode("latin-1")).encode()),
+    st.sampled_from(
+        [b"null", b"[]", b"{}", b'{"item_list":7}', b'"\xff"', b"[" * 3000 + b"]" * 3000]
+    ),
+)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(1, 10**6).map(lambda n: (good(n), f"m{n}")),
+            junk.map(lambda raw: (raw, None)),
+        ),
+        max_size=8,
+    )
+)
+def test_every_good_message_of_a_page_survives_whatever_is_beside_it(
+    entries: list[tuple[bytes, str | None]],
+) -> None:
+    body = b'{"ret":0,"msgs":[' + b",".join(raw for raw, _ in entries) + b"]}"
+    page = page_of(poller().receive(body, now=0.0))
+    wanted = [text for _, text in entries if text is not None]
+    assert [m.text for m in page.messages if m.text in wanted] == wanted
+
+
+# -- sans-I/O, checked -------------------------------------------------------------------------
+
+IO_LIBRARIES = {"trio", "httpx", "trio_websocket", "anyio", "socket", "asyncio"}
+
+
+def runtime_imports(module: str) -> tuple[Path, set[str]]:
+    """The modules ``module`` imports when it runs (not under ``if TYPE_CHECKING:``)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    package = module if spec.submodule_search_locations else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    parent = ".".join(parts[: len(parts) - node.level + 1])
+                    base = f"{parent}.{base}" if base else parent
+                if node.module:
+                    found.add(base)
+                else:  # from . import _x: the modules themselves
+                    found.update(f"{base}.{alias.name}" for alias in node.names)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list) and not isinstance(node, ast.FunctionDef):
+                    visit([n for n in inner if isinstance(n, ast.stmt)])
+
+    visit(tree.body)
+    return Path(spec.origin), found
+
+
+@pytest.mark.parametrize("core", ["trio_chatbridge.platforms.weixin._protocol"])
+def test_the_protocol_core_imports_no_io_library_directly_or_through_ours(core: str) -> None:
+    seen: set[str] = set()
+    todo = [core]
+    while todo:
+        module = todo.pop()
+        spec = importlib.util.find_spec(module)
+        if module in seen or spec is None or spec.submodule_search_locations:
+            continue  # a package's __init__ is its public surface, not the core's code
+        seen.add(module)
+        path, imported = runtime_imports(module)
+        top = {name.split(".")[0] for name in imported}
+        assert not top & IO_LIBRARIES, f"{path} imports {sorted(top & IO_LIBRARIES)}"
+        todo += [name for name in imported if name.startswith("trio_chatbridge.")]
+    assert "trio_chatbridge._poll_events" in seen and "trio_chatbridge._json" in seen
