@@ -708,6 +708,41 @@ async def test_a_long_reply_that_would_pass_the_quota_is_refused_whole(
     assert "needs 3 messages" in outcome[0] and "1 left" in outcome[0]
 
 
+async def test_a_cancel_between_the_pieces_of_a_reply_still_sends_all_of_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    text = ("word " * 1900).strip()  # three pieces
+    emu = WeixinEmulator()
+    connector = emu.connector(rate_limit=weixin.RateLimit(burst=1, per_second=0.2))
+    async with bridged(emu, connector=connector):
+        target = weixin.to_message("bot", emu.user_message("u", []))
+        assert target is not None
+        with trio.move_on_after(2) as interrupted:  # piece 1 at 0 s; 2 and 3 due at 5 and 10 s
+            await connector.send(target, text)  # completes: the cancel comes after
+            assert trio.current_time() - emu.calls("sendmessage")[0].at == 10
+            await trio.lowlevel.checkpoint()
+        assert interrupted.cancelled_caught
+        pieces = [(await emu.next_sent()).text or "" for _ in range(3)]
+        assert "".join(pieces) == text
+
+
+async def test_a_cancel_before_the_first_piece_sends_nothing_and_costs_no_quota(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    connector = emu.connector(rate_limit=weixin.RateLimit(burst=1, per_second=0.2))
+    async with bridged(emu, connector=connector):
+        target = weixin.to_message("bot", emu.user_message("u", []))
+        assert target is not None
+        await connector.send(target, "first")  # spends the burst: the next waits 5 s
+        with trio.move_on_after(2):
+            await connector.send(target, ("word " * 1900).strip())
+        assert len(emu.calls("sendmessage")) == 1
+        # the cancelled reply's three pieces were given back: nine of ten are left
+        await connector.send(target, "x" * (9 * 4000))
+        assert len(emu.calls("sendmessage")) == 10
+
+
 async def test_outbound_pacing_follows_the_rate_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -72,27 +72,33 @@ class RateLimit:
 
 
 class _Bucket:
+    """A token bucket that books send times: first come, first served, with no lock."""
+
     def __init__(self, limit: RateLimit) -> None:
         self._limit = limit
         self._tokens = float(limit.burst)
-        self._stamp: float | None = None
-        self._lock = trio.Lock()
+        self._stamp: float | None = None  # when the bucket holds ``_tokens``; may be ahead
 
-    async def take(self) -> None:
-        async with self._lock:  # first come, first served
-            now = trio.current_time()
-            if self._stamp is not None:
-                elapsed = now - self._stamp
-                self._tokens = min(
-                    self._limit.burst, self._tokens + elapsed * self._limit.per_second
-                )
+    def book(self, count: int, now: float) -> list[float]:
+        """The times at which ``count`` messages may go out, in order, counted at once.
+
+        Times booked are kept even if their messages never go (a cancelled send): the
+        pacing errs on the slow side.
+        """
+        rate = self._limit.per_second
+        if self._stamp is None:
             self._stamp = now
+        elif now > self._stamp:
+            self._tokens = min(self._limit.burst, self._tokens + (now - self._stamp) * rate)
+            self._stamp = now
+        times = []
+        for _ in range(count):
             if self._tokens < 1:
-                wait = (1 - self._tokens) / self._limit.per_second
-                await trio.sleep(wait)
-                self._stamp = trio.current_time()
+                self._stamp += (1 - self._tokens) / rate
                 self._tokens = 1.0
             self._tokens -= 1
+            times.append(self._stamp)
+        return times
 
 
 @attrs.define
@@ -284,11 +290,21 @@ class LongPoll(base.Connector):
         while len(self._replies) > QUOTA_MEMORY:
             self._replies.popitem(last=False)
 
+    def _release_replies(self, key: str, count: int) -> None:
+        """Give back ``count`` replies reserved under ``key`` that never went out."""
+        if key in self._replies:
+            self._replies[key] = max(0, self._replies[key] - count)
+
     async def send(self, target: Message, text: str) -> None:
         """Send ``text`` to the sender of ``target``, split at 4000 characters.
 
         The pieces go out in order, or none does if they would pass the ten replies an inbound
-        message allows: never a truncated message.
+        message allows. If cancelled before the first piece went out (while waiting for the
+        rate limit), nothing was sent; once it has, the call completes: the other pieces go
+        out too (shielded; each waits at most for its rate-limit slot, booked in advance, and
+        its 15 s request timeout) and the cancellation reaches the caller at its next
+        checkpoint. A cancel never cuts a reply short; only a failure midway
+        (:class:`SendError`, or the cancellation if one is pending) can.
         """
         token = await self._context_token(target)
         peer = target.reply_handle["to_user_id"]
@@ -297,7 +313,11 @@ class LongPoll(base.Connector):
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None
     ) -> None:
-        """Upload ``data`` (encrypted) and send it; ``kind`` defaults from the file name."""
+        """Upload ``data`` (encrypted) and send it; ``kind`` defaults from the file name.
+
+        If cancelled during the upload, nothing was sent (the CDN may keep the file); once the
+        message itself is on its way, it is sent all the same (see :meth:`send`).
+        """
         token = await self._context_token(target)
         peer = target.reply_handle["to_user_id"]
         item = await self._upload(peer, data, filename, kind)
@@ -311,7 +331,7 @@ class LongPoll(base.Connector):
         Without one (the user never wrote) this raises :class:`SendError`. The platform
         refuses sends more than 24 h after the user's last message (``ret -2``; reported
         token lifetimes vary, see docs/weixin.md), and one token carries ten messages. If
-        cancelled, some pieces of a long text may have gone out, in order.
+        cancelled, all of it was sent or none of it, as for :meth:`send`.
         """
         token = await self.ctx.get(CONTEXT_TOKEN_PREFIX + chat_id)
         if not token:
@@ -330,7 +350,8 @@ class LongPoll(base.Connector):
 
     async def send_content(self, target: Message, content: Content) -> Sent:
         """Text and attachments; Markdown, cards and posts raise :class:`SendError` (WeChat
-        shows plain text only)."""
+        shows plain text only). If cancelled, all of it was sent or none of it, as for
+        :meth:`send`."""
         if not isinstance(content, str | Attachment):
             raise unsupported(PLATFORM, self.account, content, "WeChat shows text and media")
         return await super().send_content(target, content)
@@ -346,22 +367,39 @@ class LongPoll(base.Connector):
             raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
 
     async def download(self, media: Media) -> bytes:
-        """Download and decrypt an inbound image, file, voice or video (see ``media_policy``)."""
+        """Download and decrypt an inbound image, file, voice or video (see ``media_policy``).
+        If cancelled, nothing is kept."""
         return await _media.download(await self._get_client(), self.media_policy, media)
 
     async def _send_items(
         self, peer: str, token: str | None, fallback_key: str, items: list[dict[str, Any]]
     ) -> None:
+        """All of ``items`` in order, or none: a cancel before the first goes out sends
+        nothing (and gives the quota back); after it, the rest go out shielded, and the cancel
+        reaches the caller afterwards. The shield is bounded: the slots are booked up front
+        and every request has its own timeout."""
         self._check_paused()
         client = await self._get_client()
-        self._reserve_replies(token or fallback_key, len(items))
-        for item in items:
-            await self._send_item(client, peer, token, item)
+        key = token or fallback_key
+        self._reserve_replies(key, len(items))
+        slots = self._bucket.book(len(items), trio.current_time())
+        try:
+            await trio.sleep_until(slots[0])
+        except BaseException:  # Cancelled: nothing went out
+            self._release_replies(key, len(items))
+            raise
+        try:
+            with trio.CancelScope(shield=True):
+                for slot, item in zip(slots, items, strict=True):
+                    await trio.sleep_until(slot)
+                    await self._send_item(client, peer, token, item)
+        except SendError:
+            await trio.lowlevel.checkpoint_if_cancelled()  # a cancel says more than a refusal
+            raise
 
     async def _send_item(
         self, client: ILinkClient, peer: str, token: str | None, item: dict[str, Any]
     ) -> None:
-        await self._bucket.take()
         msg: dict[str, Any] = {
             "from_user_id": "",
             "to_user_id": peer,
