@@ -32,7 +32,7 @@ class Echo:
     """A core whose answers are the next cursor: the driver's behaviour, with no platform."""
 
     cursor: str = ""
-    schedule: float | None = None
+    hint: float | None = None
 
     def start(self, cursor: str | None) -> None:
         self.cursor = cursor or ""
@@ -49,8 +49,8 @@ class Echo:
     def commit(self, page: Page) -> None:
         self.cursor = page.cursor or self.cursor
 
-    def retry_delay(self, failures: int) -> float | None:
-        return self.schedule
+    def retry_hint(self, failures: int) -> float | None:
+        return self.hint
 
 
 @attrs.define
@@ -151,6 +151,23 @@ async def test_failures_are_mapped_once_and_paced_by_the_backoff(
     assert "OSError" in details[1] and "HTTP 503 b'busy'" in details[2]
     assert recorder.started == 1  # after the first good answer, once
     assert await recorder.store.get_cursor("echo", "a1") == "c1"
+
+
+async def test_the_cores_hint_and_the_servers_retry_after_are_least_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+    answers: list[Answer] = [
+        lambda: httpx.Response(503, headers={"Retry-After": "7"}),
+        lambda: httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}),
+        ok(b""),
+        None,
+    ]
+    backoff = cb.Backoff(initial=1.0, multiplier=2.0, jitter=0.0)
+    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
+        with trio.move_on_after(30):
+            await long_poll(recorder.context("echo"), Echo(hint=5.0), http, backoff=backoff)
+    assert asked[:3] == [0, 7, 12]  # max(1, 5, 7), then max(2, 5): a date is no hint
 
 
 async def test_a_poll_past_its_deadline_is_empty_not_a_failure(

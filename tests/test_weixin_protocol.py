@@ -147,9 +147,9 @@ def test_other_error_codes_are_retried_with_the_servers_words() -> None:
     assert "prepare failed" in str(event.error)
 
 
-def test_the_retry_schedule_is_the_reference_clients() -> None:
+def test_every_third_failure_in_a_row_hints_the_reference_clients_30_s() -> None:
     core = poller()
-    assert [core.retry_delay(n) for n in range(1, 8)] == [2, 2, 30, 2, 2, 30, 2]
+    assert [core.retry_hint(n) for n in range(1, 8)] == [None, None, 30, None, None, 30, None]
 
 
 @pytest.mark.parametrize(

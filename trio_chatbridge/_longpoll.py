@@ -7,10 +7,11 @@ durable) are the page's cursor and values saved and the core told, so a crash ne
 message. A bad message is counted in ``protocol_errors``, logged and skipped alone. A poll
 that outlives its request's deadline is an empty poll, never a failure. Every lower-level
 failure is mapped here, once (:func:`exchange`): transport errors (httpx, ``OSError``) and
-non-2xx answers become :class:`ConnectorError`, unreadable answers :class:`ProtocolError`;
-failed polls wait out the core's own schedule where the platform has one, else the bridge's
-one policy, :class:`~trio_chatbridge.Backoff`. A core that says the platform asked for a
-pause gets no poll until it ends.
+non-2xx answers become :class:`ConnectorError` (with the server's ``Retry-After``, if any),
+unreadable answers :class:`ProtocolError`; failed polls are counted in a
+:class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
+:class:`~trio_chatbridge.Backoff`, with the core's and the server's word on the wait as hints.
+A core that says the platform asked for a pause gets no poll until it ends.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from ._connector import ConnectorContext
 from ._errors import ChatBridgeError, ConnectorError, ProtocolError
 from ._json import read_body
 from ._poll_events import HTTPRequest, Page, Paused, PollCore, Retry
-from ._receive import skip_bad
-from ._supervise import Backoff
+from ._receive import clamp, skip_bad
+from ._supervise import MAX_HINT, Backoff, Retries
 
 log = logging.getLogger("trio_chatbridge.longpoll")
 
@@ -38,8 +39,11 @@ BACKSTOP: Final = 10.0
 class HTTPStatusError(ConnectorError):
     """The server answered with a non-2xx HTTP status (a 524 gateway timeout, say): retried."""
 
-    def __init__(self, what: str, status: int, body: bytes) -> None:
+    def __init__(
+        self, what: str, status: int, body: bytes, retry_after: float | None = None
+    ) -> None:
         self.status = status
+        self.retry_after = retry_after
         super().__init__(f"{what}: HTTP {status} {body[:200]!r}")
 
 
@@ -66,9 +70,17 @@ async def exchange(http: httpx.AsyncClient, request: HTTPRequest) -> bytes | Non
         except (httpx.HTTPError, OSError) as exc:
             raise ConnectorError(f"{request.name}: {type(exc).__name__}: {exc}") from exc
         if not response.is_success:
-            raise HTTPStatusError(request.name, response.status_code, body)
+            wait = _seconds(response.headers.get("retry-after", ""))
+            raise HTTPStatusError(request.name, response.status_code, body, wait)
         return body
     return None
+
+
+def _seconds(header: str) -> float | None:
+    """A ``Retry-After`` of delay-seconds, held to the hints' range; None for anything else
+    (an HTTP date is rare from an API and not worth a parser)."""
+    text = header.strip()
+    return clamp(int(text[:8]), 0.0, MAX_HINT, 0.0) if text.isascii() and text.isdigit() else None
 
 
 async def long_poll(
@@ -84,13 +96,14 @@ async def long_poll(
     Starts from the account's saved cursor; calls ``task_status.started()`` after the first
     answer that is not a failure or a pause (pass ``TASK_STATUS_IGNORED`` if the connector is
     up already). Failed polls are counted in ``poll_failures`` and show as ``backoff``;
-    ``backoff`` paces them where the core has no schedule of its own (default:
-    ``Backoff()``). Raises only what the core or ``ctx`` raise (a store failure, say):
-    polling failures are retried here. If cancelled, the cursor saved is that of the last
-    page put into the inbox: what came after it is polled again next time.
+    ``backoff`` paces them (default: ``Backoff()``), waiting at least what the core's
+    :meth:`~PollCore.retry_hint` or the server's ``Retry-After`` ask. Raises only what the
+    core or ``ctx`` raise (a store failure, say): polling failures are retried here. If
+    cancelled, the cursor saved is that of the last page put into the inbox: what came after
+    it is polled again next time.
     """
     unstarted = None if task_status is trio.TASK_STATUS_IGNORED else task_status
-    loop = _Loop(ctx, core, http, backoff or Backoff(), unstarted)
+    loop = _Loop(ctx, core, http, (backoff or Backoff()).retries(), unstarted)
     await loop.run()
 
 
@@ -99,13 +112,12 @@ class _Loop:
     ctx: ConnectorContext
     core: PollCore
     http: httpx.AsyncClient
-    backoff: Backoff
+    retries: Retries
     unstarted: trio.TaskStatus[None] | None
     failing: bool = False  # the status shows "backoff" until a poll succeeds again
 
     async def run(self) -> None:
         self.core.start(await self.ctx.get_cursor())
-        failures = 0
         while True:
             await self._sit_out_pause()
             request = self.core.request()
@@ -115,10 +127,9 @@ class _Loop:
             except (ConnectorError, ProtocolError) as exc:
                 event = Retry(exc)
             if isinstance(event, Retry):
-                failures += 1
-                await self._failed(request, event.error, failures)
+                await self._failed(request, event.error)
                 continue
-            failures = 0
+            self.retries.reset()
             if isinstance(event, Paused):
                 self.ctx.count(event.counter)
                 log.warning("%s:%s: %s", self.ctx.platform, self.ctx.account, event.detail)
@@ -143,14 +154,15 @@ class _Loop:
             self.failing = False
             self.ctx.set_state("running")
 
-    async def _failed(self, request: HTTPRequest, error: ChatBridgeError, failures: int) -> None:
+    async def _failed(self, request: HTTPRequest, error: ChatBridgeError) -> None:
         ctx = self.ctx
         ctx.count("poll_failures")
         if isinstance(error, ProtocolError):
             ctx.count("protocol_errors")
-        delay = self.core.retry_delay(failures)
-        if delay is None:
-            delay = self.backoff.delay(failures)
+        failures = self.retries.failures + 1
+        hints = [self.core.retry_hint(failures), getattr(error, "retry_after", None)]
+        delay = self.retries.fail(max((h for h in hints if h is not None), default=None))
+        assert delay is not None  # no limit: never spent
         log.warning(
             "%s:%s: %s failed (%d in a row), retrying in %.0f s: %s",
             ctx.platform,

@@ -60,8 +60,8 @@ class Page:
 @final
 @attrs.frozen
 class Retry:
-    """The platform refused this poll: a failure, retried after a delay (see
-    :meth:`PollCore.retry_delay`)."""
+    """The platform refused this poll: a failure, retried after the driver's backoff (see
+    :meth:`PollCore.retry_hint`)."""
 
     error: ChatBridgeError
 
@@ -102,6 +102,7 @@ class PollCore(Protocol):
     def commit(self, page: Page) -> None:
         """``page``'s messages are durable and its cursor saved: poll on from there."""
 
-    def retry_delay(self, failures: int) -> float | None:
-        """The platform's delay after ``failures`` failed polls in a row (1 for the first),
-        or None to leave it to the driver's backoff."""
+    def retry_hint(self, failures: int) -> float | None:
+        """The platform's word on the wait after ``failures`` failed polls in a row (1 for the
+        first): the driver's :class:`~trio_chatbridge.Backoff` waits at least this long. None:
+        the platform says nothing."""

@@ -37,6 +37,7 @@ from ..._errors import (
 from ..._longpoll import long_poll
 from ..._media import MediaPolicy
 from ..._messages import Batch, Media, Message
+from ..._supervise import Backoff
 from . import _media
 from . import _protocol as p
 from ._api import ILinkClient, ILinkError, SessionExpiredError
@@ -49,6 +50,9 @@ BASE_URL_KEY: Final = "base_url"
 CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
 QUOTA_MEMORY: Final = 4096  # inbound messages whose reply count we remember
 TYPING_TICKETS: Final = 4096  # peers whose typing ticket we remember
+# The reference clients' poll retries: a steady 2 s; the core's hint makes every third 30 s
+# (docs/protocols/weixin.md#retry-policy).
+POLL_RETRIES: Final = Backoff(initial=p.RETRY_DELAY, maximum=p.RETRY_DELAY, jitter=0.0)
 
 
 class SessionPausedError(SendError):
@@ -259,6 +263,7 @@ class LongPoll(base.Connector):
                 self.ctx,
                 self._poller,
                 client.http,
+                backoff=POLL_RETRIES,
                 task_status=trio.TASK_STATUS_IGNORED if reached else task_status,
             )
         finally:

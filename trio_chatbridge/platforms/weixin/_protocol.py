@@ -45,7 +45,8 @@ API_TIMEOUT: Final = 15.0  # sendmessage, getuploadurl
 CONFIG_TIMEOUT: Final = 10.0  # getconfig, sendtyping, notify*
 QR_POLL_TIMEOUT: Final = 35.0
 
-# The poll loop's retry policy (docs/protocols/weixin.md#retry-policy)
+# The poll loop's retry policy (docs/protocols/weixin.md#retry-policy): the driver's Backoff
+# waits RETRY_DELAY, and the core's hint makes every third failure in a row wait BACKOFF_DELAY
 MAX_CONSECUTIVE_FAILURES: Final = 3
 RETRY_DELAY: Final = 2.0  # seconds
 BACKOFF_DELAY: Final = 30.0  # seconds, after MAX_CONSECUTIVE_FAILURES in a row
@@ -502,9 +503,7 @@ class Poller:
         if page.cursor:
             self.cursor = page.cursor
 
-    def retry_delay(self, failures: int) -> float:
-        """2 s, or 30 s after every third failure in a row.
-
-        See ``docs/protocols/weixin.md#retry-policy``.
-        """
-        return BACKOFF_DELAY if failures % MAX_CONSECUTIVE_FAILURES == 0 else RETRY_DELAY
+    def retry_hint(self, failures: int) -> float | None:
+        """30 s after every third failure in a row; else nothing (the driver's backoff, 2 s
+        for WeChat, holds). See ``docs/protocols/weixin.md#retry-policy``."""
+        return BACKOFF_DELAY if failures % MAX_CONSECUTIVE_FAILURES == 0 else None
