@@ -135,6 +135,9 @@ class _Loop:
                 log.warning("%s:%s: %s", self.ctx.platform, self.ctx.account, event.detail)
                 continue
             self._up()
+            # No prefetch: the next poll presents the new cursor, and a server may take that
+            # as an acknowledgment (docs/protocols/weixin.md#unconfirmed), so it goes out only
+            # once this page is durable.
             await self._deliver(event)
 
     async def _sit_out_pause(self) -> None:
