@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
@@ -155,3 +158,61 @@ def emulated_connector(info: dict[str, Any], **weixin_options: Any) -> Connector
     return lark.LongConnection(
         app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
     )
+
+
+# -- sans-I/O protocol cores -------------------------------------------------------------------
+
+IO_LIBRARIES = {"trio", "httpx", "trio_websocket", "anyio", "socket", "asyncio"}
+
+
+def runtime_imports(module: str) -> tuple[Path, set[str]]:
+    """The modules ``module`` imports when it runs (not under ``if TYPE_CHECKING:``)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    package = module if spec.submodule_search_locations else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    parent = ".".join(parts[: len(parts) - node.level + 1])
+                    base = f"{parent}.{base}" if base else parent
+                if node.module:
+                    found.add(base)
+                else:  # from . import _x: the modules themselves
+                    found.update(f"{base}.{alias.name}" for alias in node.names)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list) and not isinstance(node, ast.FunctionDef):
+                    visit([n for n in inner if isinstance(n, ast.stmt)])
+
+    visit(tree.body)
+    return Path(spec.origin), found
+
+
+def modules_a_core_runs(core: str) -> set[str]:
+    """Every module of ours that the protocol core ``core`` runs, itself included, each
+    checked to import no I/O library (:data:`IO_LIBRARIES`) when it runs. A package's
+    ``__init__`` is its public surface, not the core's code, and is not followed."""
+    seen: set[str] = set()
+    todo = [core]
+    while todo:
+        module = todo.pop()
+        spec = importlib.util.find_spec(module)
+        if module in seen or spec is None or spec.submodule_search_locations:
+            continue
+        seen.add(module)
+        path, imported = runtime_imports(module)
+        top = {name.split(".")[0] for name in imported}
+        assert not top & IO_LIBRARIES, f"{path} imports {sorted(top & IO_LIBRARIES)}"
+        todo += [name for name in imported if name.startswith("trio_chatbridge.")]
+    return seen

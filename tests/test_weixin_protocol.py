@@ -7,16 +7,14 @@ emulator, so a bug shared by the core and the emulator cannot hide behind a roun
 
 from __future__ import annotations
 
-import ast
 import functools
-import importlib.util
 import json
-from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import example, given
+from support import modules_a_core_runs
 
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import HTTPRequest, Page, Paused, Retry
@@ -243,55 +241,8 @@ def test_every_good_message_of_a_page_survives_whatever_is_beside_it(
 
 # -- sans-I/O, checked -------------------------------------------------------------------------
 
-IO_LIBRARIES = {"trio", "httpx", "trio_websocket", "anyio", "socket", "asyncio"}
-
-
-def runtime_imports(module: str) -> tuple[Path, set[str]]:
-    """The modules ``module`` imports when it runs (not under ``if TYPE_CHECKING:``)."""
-    spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.origin is not None
-    tree = ast.parse(Path(spec.origin).read_text())
-    package = module if spec.submodule_search_locations else module.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                visit(node.orelse)
-                continue
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")
-                    parent = ".".join(parts[: len(parts) - node.level + 1])
-                    base = f"{parent}.{base}" if base else parent
-                if node.module:
-                    found.add(base)
-                else:  # from . import _x: the modules themselves
-                    found.update(f"{base}.{alias.name}" for alias in node.names)
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                inner = getattr(node, field, None)
-                if isinstance(inner, list) and not isinstance(node, ast.FunctionDef):
-                    visit([n for n in inner if isinstance(n, ast.stmt)])
-
-    visit(tree.body)
-    return Path(spec.origin), found
-
 
 @pytest.mark.parametrize("core", ["trio_chatbridge.platforms.weixin._protocol"])
 def test_the_protocol_core_imports_no_io_library_directly_or_through_ours(core: str) -> None:
-    seen: set[str] = set()
-    todo = [core]
-    while todo:
-        module = todo.pop()
-        spec = importlib.util.find_spec(module)
-        if module in seen or spec is None or spec.submodule_search_locations:
-            continue  # a package's __init__ is its public surface, not the core's code
-        seen.add(module)
-        path, imported = runtime_imports(module)
-        top = {name.split(".")[0] for name in imported}
-        assert not top & IO_LIBRARIES, f"{path} imports {sorted(top & IO_LIBRARIES)}"
-        todo += [name for name in imported if name.startswith("trio_chatbridge.")]
+    seen = modules_a_core_runs(core)
     assert "trio_chatbridge._poll_events" in seen and "trio_chatbridge._json" in seen

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from ._errors import ProtocolError
+from ._ranges import clamp as clamp  # here for the connectors that import it from here
 
 if TYPE_CHECKING:
     from ._connector import ConnectorContext
@@ -111,14 +112,6 @@ class Handlers:
             await handler(*args)
         finally:
             self.running -= 1
-
-
-def clamp(value: object, low: float, high: float, default: float) -> float:
-    """A server-given number (of seconds, say) held to ``[low, high]``; ``default`` when it
-    is no number at all (a string, a bool, NaN). Infinities and huge ints end up at a bound."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        return default
-    return float(min(max(value, low), high))
 
 
 BURST_LINGER = 0.001

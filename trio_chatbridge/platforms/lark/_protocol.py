@@ -26,7 +26,7 @@ import attrs
 from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, ProtocolError
 from ..._json import json_object
 from ..._messages import Message
-from ..._receive import clamp
+from ..._ranges import clamp
 from . import _frames as fr
 from ._convert import MESSAGE_EVENT, to_message
 

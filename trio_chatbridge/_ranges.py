@@ -1,0 +1,12 @@
+"""Server-given numbers held to a range: pure, so that a sans-I/O protocol core can use it
+without importing trio through ``_receive.py``."""
+
+from __future__ import annotations
+
+
+def clamp(value: object, low: float, high: float, default: float) -> float:
+    """A server-given number (of seconds, say) held to ``[low, high]``; ``default`` when it
+    is no number at all (a string, a bool, NaN). Infinities and huge ints end up at a bound."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return default
+    return float(min(max(value, low), high))
