@@ -8,7 +8,7 @@ Run it with ``python -m pytest examples/test_my_bot.py`` (pytest and pytest-trio
 - ``autojump_clock`` (a pytest-trio fixture) makes Trio's clock skip ahead whenever every
   task is waiting, so a second of debounce takes no real time and the test is exact about
   when things happen.
-- ``open_bridge`` runs the bridge for the length of a block, then stops it gracefully.
+- ``running_bridge`` runs the bridge for the length of a block, then stops it gracefully.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import trio.testing
 from echo_bot import make_bridge
 
 import trio_chatbridge as cb
-from trio_chatbridge.testing import WeComEmulator, open_bridge
+from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 
 async def test_the_bot_answers_a_message(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         emulator = await nursery.start(WeComEmulator().run)
         bridge = make_bridge([emulator.connector()], store=cb.MemoryStore())
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             emulator.user_says("alice", "hello")
             sent = await emulator.next_sent()
         nursery.cancel_scope.cancel()  # stop the emulator too
@@ -38,7 +38,7 @@ async def test_a_burst_gets_one_answer_after_a_second_of_quiet(
     async with trio.open_nursery() as nursery:
         emulator = await nursery.start(WeComEmulator().run)
         bridge = make_bridge([emulator.connector()], store=cb.MemoryStore())
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             emulator.user_says("bob", "one")
             await trio.sleep(0.5)  # virtual time: instant, and exact
             emulator.user_says("bob", "two")

@@ -15,7 +15,7 @@ import trio
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import lark, wecom, weixin
-from trio_chatbridge.testing import LarkEmulator, WeComEmulator, open_bridge
+from trio_chatbridge.testing import LarkEmulator, WeComEmulator, running_bridge
 
 
 async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -53,7 +53,7 @@ async def emulator_bridge(
     """Run ``emulator`` (in memory) and a :func:`quick_bridge` on ``connector()``."""
     async with trio.open_nursery() as nursery:
         await nursery.start(emulator.run)
-        async with open_bridge(quick_bridge(connector(), agent, **options)) as bridge:
+        async with running_bridge(quick_bridge(connector(), agent, **options)) as bridge:
             yield bridge
         nursery.cancel_scope.cancel()
 

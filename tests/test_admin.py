@@ -70,7 +70,7 @@ async def running(platform: str) -> AsyncIterator[tuple[Emulator, Bot, httpx.Asy
         transport = testing.HandlerTransport(emu.handle_http)
         admin_url = emu.describe()["admin_url"]
         async with (
-            testing.open_bridge(bridge),
+            testing.running_bridge(bridge),
             httpx.AsyncClient(transport=transport, base_url=admin_url + "/") as http,
         ):
             with trio.fail_after(600):  # virtual seconds: a hang fails

@@ -17,7 +17,7 @@ import sniffio
 import trio
 
 import trio_chatbridge as cb
-from trio_chatbridge.testing import FakeConnector, open_bridge
+from trio_chatbridge.testing import FakeConnector, running_bridge
 
 LIMIT = 10.0  # seconds any one test may take on the asyncio loop
 QUICK = cb.Debounce(window=0.01, max_delay=0.1)
@@ -270,7 +270,7 @@ async def test_an_asyncio_agent_outside_asyncio_bridge_fails_its_run_clearly(
     chat = FakeConnector()
     bridge = cb.Bridge([chat], cb.asyncio_agent(reply_ok), debounce=QUICK, store=cb.MemoryStore())
     with trio.fail_after(LIMIT):
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             await chat.say("hi")
     assert bridge.stats().failures == 1  # the graceful stop waited for the run
     assert "needs its bridge run by trio_chatbridge.asyncio_bridge" in caplog.text

@@ -13,7 +13,7 @@ import trio.testing
 
 import trio_chatbridge as cb
 from trio_chatbridge.stores import journal_key
-from trio_chatbridge.testing import FakeConnector, open_bridge
+from trio_chatbridge.testing import FakeConnector, running_bridge
 
 
 async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -41,7 +41,7 @@ async def test_the_journal_is_pruned_while_the_bridge_runs(
         wall_clock=trio.current_time,
     )
     said = []
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         for n in range(24 * 60):
             said.append(await chat.say(f"m{n}", chat=f"c{n % 7}"))
             await trio.sleep(60)
@@ -91,7 +91,7 @@ async def test_a_failed_pruning_while_running_is_logged_and_retried_not_fatal(
     store = _PruneFailsWhileRunning()
     chat = FakeConnector()
     bridge = cb.Bridge([chat], echo, store=store, journal_retention=60.0)
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         await trio.sleep(3 * 60 + 1)  # three prunings, each failing
         await chat.say("still there?")
         await trio.sleep(10)
@@ -128,7 +128,7 @@ async def test_sessions_waiting_for_a_slot_are_bounded_and_push_back_on_the_conn
         await chat.say(f"m{n}", chat=f"c{n}")
         accepted += 1
 
-    async with open_bridge(bridge), trio.open_nursery() as users:
+    async with running_bridge(bridge), trio.open_nursery() as users:
         for n in range(50):
             users.start_soon(say, n)
         await trio.sleep(60)

@@ -12,7 +12,7 @@ from hypothesis import given
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.stores import journal_key
-from trio_chatbridge.testing import FakeConnector, open_bridge
+from trio_chatbridge.testing import FakeConnector, running_bridge
 
 
 async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -31,7 +31,7 @@ def make_bridge(agent: cb.Agent = echo, *connectors: Connector, **options: objec
 
 async def test_burst_becomes_one_reply(autojump_clock: trio.testing.MockClock) -> None:
     chat = FakeConnector()
-    async with open_bridge(make_bridge(echo, chat)) as bridge:
+    async with running_bridge(make_bridge(echo, chat)) as bridge:
         for text in ["hi", "are you", "there?"]:
             await chat.say(text)
         reply = await chat.next_reply()
@@ -48,7 +48,7 @@ async def test_streamed_reply_keeps_each_write(autojump_clock: trio.testing.Mock
                 await out.write(word.upper() + " ")
 
     chat = FakeConnector()
-    async with open_bridge(make_bridge(streamer, chat)):
+    async with running_bridge(make_bridge(streamer, chat)):
         await chat.say("one two three")
         reply = await chat.next_reply()
     assert reply.chunks == ("ONE ", "TWO ", "THREE ")
@@ -57,7 +57,7 @@ async def test_streamed_reply_keeps_each_write(autojump_clock: trio.testing.Mock
 
 async def test_duplicate_delivery_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
     chat = FakeConnector()
-    async with open_bridge(make_bridge(echo, chat)) as bridge:
+    async with running_bridge(make_bridge(echo, chat)) as bridge:
         message = chat.message("once", id="same")
         chat.deliver(message, message)
         await chat.next_reply()
@@ -76,7 +76,7 @@ async def test_queue_mode_merges_batches_that_arrive_during_a_run(
         await trio.sleep(10)
 
     chat = FakeConnector()
-    async with open_bridge(make_bridge(slow, chat, on_busy="queue")):
+    async with running_bridge(make_bridge(slow, chat, on_busy="queue")):
         await chat.say("a")
         await trio.sleep(2)  # first run has started
         await chat.say("b")
@@ -97,7 +97,7 @@ async def test_interrupt_mode_reruns_with_all_messages(
         await reply.send("done: " + batch.text.replace("\n", ","))
 
     chat = FakeConnector()
-    async with open_bridge(make_bridge(slow, chat, on_busy="interrupt")) as bridge:
+    async with running_bridge(make_bridge(slow, chat, on_busy="interrupt")) as bridge:
         await chat.say("a")
         await trio.sleep(2)
         await chat.say("b")
@@ -123,7 +123,7 @@ async def test_an_error_raised_while_a_run_is_interrupted_never_stops_the_bridge
             nursery.cancel_scope.cancel()
 
     chat = FakeConnector()
-    async with open_bridge(make_bridge(agent, chat, on_busy="interrupt")) as bridge:
+    async with running_bridge(make_bridge(agent, chat, on_busy="interrupt")) as bridge:
         await chat.say("a")
         await trio.sleep(2)
         await chat.say("b")
@@ -157,7 +157,7 @@ async def test_an_interrupted_run_whose_cleanup_raises_still_reruns_with_all_mes
     store = cb.MemoryStore()
     chat = FakeConnector()
     bridge = make_bridge(agent, chat, store=store, on_busy="interrupt", debounce=cb.Debounce(3.0))
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         first = await chat.say("m1")
         await trio.sleep(4)
         await chat.say("m2")
@@ -176,7 +176,7 @@ async def test_a_timed_out_run_whose_cleanup_raises_is_a_timeout(
     agent, _ = _cleanup_fails_on_first_call()
     store = cb.MemoryStore()
     chat = FakeConnector()
-    async with open_bridge(make_bridge(agent, chat, store=store, run_timeout=30.0)) as bridge:
+    async with running_bridge(make_bridge(agent, chat, store=store, run_timeout=30.0)) as bridge:
         message = await chat.say("m1")
         await trio.sleep(40)
         stats = bridge.stats()
@@ -196,14 +196,14 @@ async def test_a_run_cut_off_whose_cleanup_raises_is_abandoned_and_replayed(
     chat = FakeConnector()
     bridge = make_bridge(agent, chat, store=store, shutdown_grace=5)
     with trio.CancelScope() as scope:
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             message = await chat.say("m1")
             await trio.sleep(2)
             if how == "cancel":
                 scope.cancel()
     assert bridge.stats().abandoned == 1
     assert await store.journal_pending() == [message]
-    async with open_bridge(make_bridge(agent, chat, store=store)) as again:
+    async with running_bridge(make_bridge(agent, chat, store=store)) as again:
         reply = await chat.next_reply()
         assert again.stats().replayed == 1
     assert (seen, reply.text) == ([["m1"], ["m1"]], "done: m1")
@@ -225,7 +225,7 @@ async def test_sessions_waiting_for_a_slot_are_neither_interrupted_nor_abandoned
     bridge = make_bridge(
         slow, chat, store=store, on_busy="interrupt", concurrency=1, shutdown_grace=5
     )
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         await chat.say("a", chat="one")
         await trio.sleep(2)
         await chat.say("b1", chat="two")
@@ -295,7 +295,7 @@ def test_whatever_agents_do_the_bridge_goes_on_and_settles_every_message(
         bridge = make_bridge(agent, chat, store=store, on_busy=on_busy, run_timeout=run_timeout)
         chat.fail_sends(fail_sends)
         delivered = []
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             for chat_number, gap, kind in script:
                 await trio.sleep(gap)
                 delivered.append(await chat.say(kind, chat=f"c{chat_number}"))
@@ -344,7 +344,7 @@ async def test_a_connector_that_fails_to_close_does_not_keep_the_others_open(
 
     store = cb.SQLiteStore(tmp_path / "bridge.db", threaded=False)
     bridge = make_bridge(echo, Closing("a"), Closing("b"), store=store)
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         pass
     assert closed == ["a", "b"]
     with pytest.raises(cb.StoreError, match="is not open"):  # the store was closed too
@@ -363,7 +363,7 @@ async def test_concurrency_limit_holds(autojump_clock: trio.testing.MockClock) -
         running -= 1
 
     chat = FakeConnector()
-    async with open_bridge(make_bridge(busy, chat, concurrency=3)) as bridge:
+    async with running_bridge(make_bridge(busy, chat, concurrency=3)) as bridge:
         for i in range(10):
             await chat.say("hello", chat=f"c{i}")
         await trio.sleep(60)
@@ -379,7 +379,7 @@ async def test_a_failing_agent_does_not_stop_others(autojump_clock: trio.testing
 
     store = cb.MemoryStore()
     chat = FakeConnector()
-    async with open_bridge(make_bridge(picky, chat, store=store)) as bridge:
+    async with running_bridge(make_bridge(picky, chat, store=store)) as bridge:
         bad = await chat.say("boom", chat="x")
         await chat.say("fine", chat="y")
         assert (await chat.next_reply()).chat == "y"
@@ -397,7 +397,7 @@ async def test_run_timeout_cancels_and_records(autojump_clock: trio.testing.Mock
 
     store = cb.MemoryStore()
     chat = FakeConnector()
-    async with open_bridge(make_bridge(stuck, chat, store=store, run_timeout=30.0)) as bridge:
+    async with running_bridge(make_bridge(stuck, chat, store=store, run_timeout=30.0)) as bridge:
         message = await chat.say("hello")
         await trio.sleep(40)
         assert bridge.stats().timeouts == 1
@@ -409,7 +409,7 @@ async def test_shutdown_flushes_pending_sessions(autojump_clock: trio.testing.Mo
     store = cb.MemoryStore()
     chat = FakeConnector()
     bridge = make_bridge(echo, chat, store=store, debounce=cb.Debounce(window=600))
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         await chat.say("a", chat="one")
         await chat.say("b", chat="two")
         await trio.sleep(1)
@@ -426,7 +426,7 @@ async def test_shutdown_grace_leaves_unfinished_runs_for_replay(
 
     store = cb.MemoryStore()
     chat = FakeConnector()
-    async with open_bridge(make_bridge(slow, chat, store=store, shutdown_grace=5)) as bridge:
+    async with running_bridge(make_bridge(slow, chat, store=store, shutdown_grace=5)) as bridge:
         message = await chat.say("a")
         await trio.sleep(2)
     assert bridge.stats().abandoned == 1
@@ -459,7 +459,7 @@ async def test_restart_replays_unfinished_exactly_once(tmp_path: Path) -> None:
         # Second life: the journal replays both; the platform redelivers "2" (a duplicate).
         second = FakeConnector()
         bridge = make_bridge(agent, second, store=cb.SQLiteStore(db), debounce=never)
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             second.deliver(second.message("two", id="2"))
             await second.say("three", id="3")
         assert sorted(handled) == ["one", "three", "two"]
@@ -468,7 +468,7 @@ async def test_restart_replays_unfinished_exactly_once(tmp_path: Path) -> None:
 
         # Third life: nothing left to replay.
         bridge = make_bridge(agent, FakeConnector(), store=cb.SQLiteStore(db), debounce=never)
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             pass
         assert bridge.stats().replayed == 0
         assert sorted(handled) == ["one", "three", "two"]
@@ -492,7 +492,7 @@ class TimedFake(FakeConnector):
 async def test_connector_restarts_with_backoff(autojump_clock: trio.testing.MockClock) -> None:
     chat = TimedFake()
     backoff = cb.Backoff(initial=1.0, multiplier=2.0, maximum=5.0, jitter=0.0, healthy_after=60)
-    async with open_bridge(make_bridge(echo, chat, backoff=backoff)) as bridge:
+    async with running_bridge(make_bridge(echo, chat, backoff=backoff)) as bridge:
         delays: list[float] = []
 
         async def crash_and_time_restart() -> None:
@@ -547,7 +547,7 @@ async def test_fatal_error_stops_that_connector_alone(
 ) -> None:
     broken = FailingConnector("x", cb.FatalConnectorError("bad secret for account x: fix config"))
     chat = FakeConnector()
-    async with open_bridge(make_bridge(echo, broken, chat)) as bridge:
+    async with running_bridge(make_bridge(echo, broken, chat)) as bridge:
         await trio.sleep(100)
         await chat.say("hello")
         assert (await chat.next_reply()).text == "hello"
@@ -569,7 +569,7 @@ async def test_send_failure_is_a_failed_run_not_a_crash(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     chat = FakeConnector()
-    async with open_bridge(make_bridge(echo, chat)) as bridge:
+    async with running_bridge(make_bridge(echo, chat)) as bridge:
         chat.fail_sends(1)
         await chat.say("lost")
         await trio.sleep(5)
@@ -580,7 +580,7 @@ async def test_send_failure_is_a_failed_run_not_a_crash(
 
 async def test_a_bridge_runs_once(autojump_clock: trio.testing.MockClock) -> None:
     bridge = make_bridge(echo)
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         pass
     with pytest.raises(cb.ChatBridgeError, match="runs once"):
         await bridge.run()

@@ -19,7 +19,7 @@ from trio_chatbridge._config import HttpConfig, load_config
 from trio_chatbridge._health import ServiceApp
 from trio_chatbridge._logs import configure_logging
 from trio_chatbridge._service import mounts, run_service
-from trio_chatbridge.testing import FakeConnector, WeComEmulator, WeixinEmulator, open_bridge
+from trio_chatbridge.testing import FakeConnector, WeComEmulator, WeixinEmulator, running_bridge
 
 
 async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -42,7 +42,7 @@ async def test_latencies_run_from_receipt_to_agent_start_and_first_reply(
     bridge = cb.Bridge([chat], thinks, store=cb.MemoryStore(), debounce=cb.Debounce(window=3.0))
     seen: list[tuple[str, float]] = []
     bridge.add_latency_listener(lambda kind, seconds: seen.append((kind, seconds)))
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         await chat.say("first")
         await trio.sleep(1)
         await chat.say("second")  # re-arms the window: the batch leaves 4 s after "first"
@@ -60,7 +60,7 @@ async def test_metrics_show_counters_connector_states_and_platform_counters(
     chat = FakeConnector()
     bridge = cb.Bridge([chat], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=1.0))
     app = ServiceApp(bridge)
-    async with open_bridge(bridge), asgi_client(app) as client:
+    async with running_bridge(bridge), asgi_client(app) as client:
         message = await chat.say("hi")
         chat.deliver(message)  # redelivered: a duplicate
         await chat.next_reply()
@@ -90,7 +90,7 @@ async def test_readiness_needs_the_bridge_accepting_and_every_connector_running(
 ) -> None:
     bridge = cb.Bridge([FakeConnector()], echo, store=cb.MemoryStore())
     app = ServiceApp(bridge)
-    async with open_bridge(bridge), asgi_client(app) as client:
+    async with running_bridge(bridge), asgi_client(app) as client:
         assert (await client.get("/readyz")).status_code == 503
         app.accepting = True
         answer = await client.get("/readyz")
@@ -159,7 +159,7 @@ def test_the_log_preset_writes_one_line_per_event_with_its_place(
 
         async def main() -> None:
             bridge = cb.Bridge([chat], failing, store=cb.MemoryStore())
-            async with open_bridge(bridge):
+            async with running_bridge(bridge):
                 await chat.say("hello")
                 chat.crash()
                 await bridge.wait_status(lambda s: s["fake:bot"].state == "backoff")

@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
-from trio_chatbridge.testing import WeComEmulator, open_bridge
+from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -63,7 +63,7 @@ async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
             monkeypatch.setenv("WECOM_SECRET", emulator.secret)
             monkeypatch.setenv("WECOM_URL", emulator.ws_url)
             bridge = echo_bot.make_bridge(wecom_env.from_env(), cb.MemoryStore())
-            async with open_bridge(bridge):
+            async with running_bridge(bridge):
                 emulator.user_says("alice", "hi")
                 sent = await emulator.next_sent()
             nursery.cancel_scope.cancel()
@@ -86,7 +86,7 @@ async def test_streaming_llm_streams_and_a_new_message_interrupts_it(
     async with trio.open_nursery() as nursery:
         emulator = await nursery.start(WeComEmulator().run)
         bridge = llm.make_bridge([emulator.connector()], cb.MemoryStore())
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             emulator.user_says("carol", "tell me about trio")
             await trio.sleep(llm.DEBOUNCE.window + 1.0)  # the answer is streaming now
             emulator.user_says("carol", "and asyncio")

@@ -26,7 +26,7 @@ from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lark_protocol
-from trio_chatbridge.testing import HandlerTransport, LarkEmulator, open_bridge
+from trio_chatbridge.testing import HandlerTransport, LarkEmulator, running_bridge
 
 
 @asynccontextmanager
@@ -275,7 +275,7 @@ async def test_a_silent_link_is_dropped_and_reconnected(
 async def test_the_connection_limit_is_fatal(autojump_clock: trio.testing.MockClock) -> None:
     async with lark_bridge(emu=LarkEmulator(connection_limit=1)) as (emu, _):
         second = cb.Bridge([emu.connector()], echo, store=cb.MemoryStore())
-        async with open_bridge(second):
+        async with running_bridge(second):
             pass
         state = second.status()["lark:cli_emulator"]
     assert state.state == "failed"
@@ -290,7 +290,7 @@ async def test_bad_credentials_are_fatal_and_busy_is_retried(
     async with lark_bridge(emu=emu) as (_, bridge):
         assert bridge.stats().reconnects == 2
         wrong = cb.Bridge([emu.connector(app_secret="nope")], echo, store=cb.MemoryStore())
-        async with open_bridge(wrong):
+        async with running_bridge(wrong):
             pass
     detail = wrong.status()["lark:cli_emulator"].detail or ""
     assert "endpoint discovery refused" in detail and "app id and secret" in detail
@@ -458,7 +458,7 @@ async def test_end_to_end_over_loopback() -> None:
             bridge = cb.Bridge(
                 [emu.connector()], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
             )
-            async with open_bridge(bridge):
+            async with running_bridge(bridge):
                 emu.user_says("ou_ivy", "over real sockets")
                 sent = await emu.next_sent()
             nursery.cancel_scope.cancel()
@@ -517,7 +517,7 @@ async def test_each_event_goes_to_one_of_several_connections(
             store=cb.MemoryStore(),
             debounce=cb.Debounce(window=1.0),
         )
-        async with open_bridge(other):
+        async with running_bridge(other):
             for i in range(6):
                 emu.user_says(f"ou_user{i}", f"event {i}")
             await trio.sleep(10)

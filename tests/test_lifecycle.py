@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
+from trio_chatbridge import testing
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import lark, wecom, weixin
 from trio_chatbridge.stores import journal_key
@@ -145,6 +146,29 @@ async def test_an_error_out_of_open_bridge_stops_it_at_once(
             await chat.say("never answered")
             raise KeyError("boom")
     assert list(chat.sent) == []
+
+
+class SlowToConnect(FakeConnector):
+    """Comes up 5 (virtual) seconds after it is started."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.sleep(5)
+        await super().run(task_status=task_status)
+
+
+async def test_only_the_testing_helper_waits_and_its_name_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two public helpers once shared the name ``open_bridge``, one waiting, one not."""
+    assert not hasattr(testing, "open_bridge")
+    async with cb.open_bridge([SlowToConnect()], echo, store=cb.MemoryStore()) as bridge:
+        assert trio.current_time() < 5
+        assert bridge.status()["fake:bot"].state == "starting"
+    bridge = cb.Bridge([SlowToConnect()], echo, store=cb.MemoryStore())
+    began = trio.current_time()
+    async with testing.running_bridge(bridge):
+        assert trio.current_time() - began >= 5
+        assert bridge.status()["fake:bot"].state == "running"
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])

@@ -13,7 +13,7 @@ import trio.testing
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
-from trio_chatbridge.testing import WeComEmulator, open_bridge
+from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMISED = 30.0  # seconds: what docs and --help promise for the whole loopback demo
@@ -54,7 +54,7 @@ async def test_the_wecom_emulate_line_names_the_webhook_options(
     line = emulator.describe()  # what `emulate wecom` prints
     hook = wecom.Webhook(**{key: line[key] for key in ("bot_id", "token", "encoding_aes_key")})
     bridge = cb.Bridge([hook], echo, store=cb.MemoryStore())
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         verified = await emulator.webhook_verify(hook.asgi, "echo-me")
     assert (verified.status_code, verified.text) == (200, "echo-me")
 

@@ -52,7 +52,7 @@ async def test_secrets_never_reach_logs_or_reprs(
         LarkEmulator,
         WeComEmulator,
         WeixinEmulator,
-        open_bridge,
+        running_bridge,
     )
 
     secrets = ["weixin-secret-token", "wecom-secret-value", "lark-secret-value", "wecom-hook-tok"]
@@ -75,7 +75,7 @@ async def test_secrets_never_reach_logs_or_reprs(
             hook,
         ]
         bridge = cb.Bridge(connectors, agent, store=cb.MemoryStore())
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             weixin_emu.user_says("u", "hi")
             wecom_emu.user_says("u", "hi")
             lark_emu.user_says("ou_u", "hi")
@@ -117,7 +117,7 @@ async def test_emulate_admin_api_makes_users_speak_and_lists_what_the_bot_sent(
     import trio
 
     import trio_chatbridge as cb
-    from trio_chatbridge.testing import open_bridge
+    from trio_chatbridge.testing import running_bridge
     from trio_chatbridge.testing._emulate import emulate
 
     async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -136,7 +136,7 @@ async def test_emulate_admin_api_makes_users_speak_and_lists_what_the_bot_sent(
                 store=cb.MemoryStore(),
                 debounce=cb.Debounce(window=0.05),
             )
-            async with open_bridge(bridge), httpx.AsyncClient() as http:
+            async with running_bridge(bridge), httpx.AsyncClient() as http:
                 said = await http.post(
                     info["admin_url"] + "/messages", json={"user": "quinn", "text": "from outside"}
                 )

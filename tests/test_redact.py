@@ -16,7 +16,7 @@ import trio_websocket
 from leaks import COMPACT_AT, SecretWatch
 
 import trio_chatbridge as cb
-from trio_chatbridge.testing import FakeConnector, open_bridge
+from trio_chatbridge.testing import FakeConnector, running_bridge
 
 
 async def test_the_websocket_url_trio_websocket_logs_has_its_credentials_redacted(
@@ -70,7 +70,7 @@ async def test_loggers_made_after_import_are_guarded_once_a_bridge_runs(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     later = logging.getLogger("trio_chatbridge.made.later")
-    async with open_bridge(cb.Bridge([FakeConnector()], _no_agent)):
+    async with running_bridge(cb.Bridge([FakeConnector()], _no_agent)):
         later.warning("fetching https://example.invalid/x?ticket=TK-SECRET")
     assert "ticket=***" in caplog.text
     assert "TK-SECRET" not in caplog.text

@@ -30,7 +30,7 @@ from trio_chatbridge.testing import (
     Record,
     WeComEmulator,
     WeixinEmulator,
-    open_bridge,
+    running_bridge,
 )
 
 CARD = {
@@ -486,7 +486,7 @@ async def test_weixin_refuses_cards_and_markdown_with_a_clear_error(
 
     connector = emu.connector()
     bridge = cb.Bridge([connector], script, store=cb.MemoryStore())
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         emu.user_says("wx-ann", "hello")
         await until(results, 3)
     assert all("cannot send" in r and "weixin" in r for r in results)
@@ -503,7 +503,7 @@ async def test_weixin_image_reply_is_recorded_with_its_upload(
         await reply.send(cb.Attachment(PICTURE[:5000], "chart.png"))
         results.append("ok")
 
-    async with open_bridge(cb.Bridge([emu.connector()], script, store=cb.MemoryStore())):
+    async with running_bridge(cb.Bridge([emu.connector()], script, store=cb.MemoryStore())):
         emu.user_says("wx-ann", "chart")
         await until(results)
     (image,) = [a for a in emu.activity if a.kind == "image"]
@@ -523,12 +523,12 @@ async def test_weixin_sends_first_with_the_users_stored_context_token(
     async def script(batch: cb.Batch, reply: cb.Reply) -> None:
         results.append(batch.latest.reply_handle["context_token"])
 
-    async with open_bridge(cb.Bridge([emu.connector()], script, store=store)):
+    async with running_bridge(cb.Bridge([emu.connector()], script, store=store)):
         emu.user_says("wx-ann", "remind me later")
         token = await results.next()
     # a new life of the bridge: the token comes from the store
     connector = emu.connector()
-    async with open_bridge(cb.Bridge([connector], script, store=store)):
+    async with running_bridge(cb.Bridge([connector], script, store=store)):
         sent = await connector.send_first("wx-ann", "your reminder")
         await connector.send_first("wx-ann", cb.Attachment(b"%PDF-1.4", "notes.pdf"))
         with pytest.raises(cb.SendError, match="no context token for wx-bob"):

@@ -30,7 +30,7 @@ from support import emulated_connector
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
-from trio_chatbridge.testing import open_bridge
+from trio_chatbridge.testing import running_bridge
 
 SESSIONS: Final = int(os.environ.get("SOAK_SESSIONS", "150"))  # distinct users, all platforms
 ROUNDS: Final = int(os.environ.get("SOAK_ROUNDS", "3"))  # messages each user sends, in rounds
@@ -128,7 +128,7 @@ async def test_sessions_over_the_three_emulators_lose_nothing_and_memory_stays_f
             # forgets an event before its redelivery, which is then handled twice).
             journal_retention=RETENTION,
         )
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             for round_ in range(ROUNDS):
                 samples.append([])
                 for first in range(0, SESSIONS, WAVE):

@@ -19,7 +19,7 @@ from support import echo, quick_bridge
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
 from trio_chatbridge.platforms.wecom import _webhook
-from trio_chatbridge.testing import WeComEmulator, open_bridge
+from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 NOW = 1_700_000_000.0  # the webhook's wall clock in these tests (seconds)
 MESSAGE = {"msgid": "m1", "from": {"userid": "u"}, "msgtype": "text", "text": {"content": "hi"}}
@@ -73,7 +73,7 @@ async def webhook_bridge(
         encoding_aes_key=emu.encoding_aes_key,
         wall_clock=clock,
     )
-    async with open_bridge(quick_bridge(hook, echo)) as bridge:
+    async with running_bridge(quick_bridge(hook, echo)) as bridge:
         yield emu, hook, bridge
 
 

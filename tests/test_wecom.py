@@ -30,7 +30,7 @@ from trio_chatbridge.platforms import wecom
 from trio_chatbridge.platforms.wecom import _crypto
 from trio_chatbridge.platforms.wecom._frames import STREAM_LIMIT
 from trio_chatbridge.platforms.wecom._link import Link
-from trio_chatbridge.testing import InFlightLimit, WeComEmulator, open_bridge
+from trio_chatbridge.testing import InFlightLimit, WeComEmulator, running_bridge
 
 
 @asynccontextmanager
@@ -258,7 +258,7 @@ async def test_disconnected_event_stops_the_replaced_connection_for_good(
 ) -> None:
     async with wecom_bridge() as (emu, bridge):
         other = cb.Bridge([emu.connector()], echo, store=cb.MemoryStore())
-        async with open_bridge(other):
+        async with running_bridge(other):
             await trio.sleep(100)
             assert status(other).state == "running"
         state = status(bridge)
@@ -651,7 +651,7 @@ async def test_webhook_conversation_with_stream_refresh(
     bridge = cb.Bridge(
         [hook], streamer(0.1), store=cb.MemoryStore(), debounce=cb.Debounce(window=1)
     )
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         verify = await emu.webhook_verify(hook.asgi, "echo-me")
         assert (verify.status_code, verify.text) == (200, "echo-me")
         sent = await emu.webhook_user_says(hook.asgi, "nina", "stream this over polls")
@@ -704,7 +704,7 @@ def test_every_webhook_stream_finishes_and_a_retry_gets_the_same_stream(
             assert sent.frames < 360 / refresh  # it finished before WeCom gave up polling
             streams.setdefault(msgid, set()).add(sent.req_id)
 
-        async with open_bridge(bridge), trio.open_nursery() as nursery:
+        async with running_bridge(bridge), trio.open_nursery() as nursery:
             for n, (user, gap, again, refresh) in enumerate(script):
                 await trio.sleep(gap)
                 nursery.start_soon(say, user, f"m{n}", refresh)
@@ -723,7 +723,7 @@ async def test_webhook_refuses_bad_signatures_stale_and_garbage(
     hook = wecom.Webhook(bot_id=emu.bot_id, token=emu.token, encoding_aes_key=emu.encoding_aes_key)
     bridge = cb.Bridge([hook], echo, store=cb.MemoryStore())
     body = {"msgid": "m1", "from": {"userid": "u"}, "msgtype": "text", "text": {"content": "x"}}
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         stale = await emu.webhook_post(hook.asgi, body, timestamp=str(int(time.time()) - 3600))
         forged = WeComEmulator(token="someone-else")
         bad_signature = await forged.webhook_post(hook.asgi, body)
@@ -748,7 +748,7 @@ async def test_long_connection_end_to_end_over_loopback() -> None:
             bridge = cb.Bridge(
                 [emu.connector()], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0.05)
             )
-            async with open_bridge(bridge):
+            async with running_bridge(bridge):
                 emu.user_says("olga", "over a real socket")
                 sent = await emu.next_sent()
             nursery.cancel_scope.cancel()
@@ -762,7 +762,7 @@ async def test_webhook_served_by_hypercorn_end_to_end() -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(wecom.serve, hook, "127.0.0.1", 0)
-            async with open_bridge(bridge):
+            async with running_bridge(bridge):
                 sent = await emu.webhook_user_says(binds[0], "pete", "hello", refresh=0.05)
             nursery.cancel_scope.cancel()
     assert sent.text == "hello"

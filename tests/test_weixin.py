@@ -22,7 +22,7 @@ from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _connector as weixin_connector
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.platforms.weixin._convert import split_text
-from trio_chatbridge.testing import WeixinEmulator, WeixinFault, open_bridge
+from trio_chatbridge.testing import WeixinEmulator, WeixinFault, running_bridge
 
 
 async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -45,7 +45,7 @@ async def bridged(
         debounce=options.pop("debounce", cb.Debounce(window=1.0)),  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         yield bridge
 
 
@@ -208,7 +208,7 @@ async def test_restart_with_sqlite_keeps_cursor_and_handles_each_message_once(
             [emu.connector()], agent, store=cb.SQLiteStore(db, threaded=False), debounce=never
         )
         polls_before = len(emu.calls("getupdates"))
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             await emu.wait_acknowledged(3)
         first_poll = emu.calls("getupdates")[polls_before]
         assert first_poll.body["get_updates_buf"] == saved  # the cursor survived the restart
@@ -800,7 +800,7 @@ async def test_missing_token_is_fatal_with_what_to_do(
 ) -> None:
     connector = weixin.LongPoll(account="nobody")
     bridge = cb.Bridge([connector], echo, store=cb.MemoryStore())
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         pass
     state = bridge.status()["weixin:nobody"]
     assert state.state == "failed"

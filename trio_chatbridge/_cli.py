@@ -132,7 +132,7 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
-from trio_chatbridge.testing import WeComEmulator, open_bridge
+from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 from bot import agent
 
@@ -147,7 +147,7 @@ def test_a_burst_is_answered_once_after_the_quiet_window() -> None:
                 store=cb.MemoryStore(),
                 debounce=cb.Debounce(window=3.0),
             )
-            async with open_bridge(bridge):
+            async with running_bridge(bridge):
                 emulator.user_says("alice", "hello")
                 latest = emulator.user_says("alice", "are you there?")
                 sent = await emulator.next_sent()

@@ -23,7 +23,7 @@ from ._debounce import Debounce
 from ._messages import Batch, Message
 from ._reply import Reply
 from .stores import MemoryStore
-from .testing import FakeConnector, open_bridge
+from .testing import FakeConnector, running_bridge
 
 WINDOW = 3.0  # seconds of quiet that end a batch in the demo
 LOOPBACK_AUTOJUMP: Final = 0.1  # seconds of real idleness before the virtual clock jumps
@@ -89,7 +89,7 @@ async def fake_platform_demo(say: Transcript) -> None:
         debounce=Debounce(window=WINDOW, max_delay=20.0),
         store=MemoryStore(),
     )
-    async with open_bridge(bridge), trio.open_nursery() as nursery:
+    async with running_bridge(bridge), trio.open_nursery() as nursery:
         nursery.start_soon(show_replies)
         start = trio.current_time()
         for at, user, room, text in SCRIPT:
@@ -139,7 +139,7 @@ async def weixin_demo(say: Transcript, loopback: bool = False) -> None:
             debounce=Debounce(window=WINDOW, max_delay=20.0),
             store=MemoryStore(),
         )
-        async with open_bridge(bridge), trio.open_nursery() as nursery:
+        async with running_bridge(bridge), trio.open_nursery() as nursery:
             nursery.start_soon(show_sent)
             for text in ("ni hao", "is the shop open today?"):
                 say(f"wechat user dave@im.wechat > {text}")
@@ -175,7 +175,7 @@ async def wecom_demo(say: Transcript, loopback: bool = False) -> None:
             debounce=Debounce(window=WINDOW, max_delay=20.0),
             store=MemoryStore(),
         )
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             say("erin opens the chat (enter_chat)")
             emulator.user_enters("erin")
             sent = await emulator.next_sent()
@@ -192,7 +192,7 @@ async def wecom_demo(say: Transcript, loopback: bool = False) -> None:
                     say("  bot closes erin's earlier message (empty finished stream)")
             say("another process connects with the same bot id")
             other = Bridge([emulator.connector()], demo_agent, store=MemoryStore())
-            async with open_bridge(other):
+            async with running_bridge(other):
                 await trio.sleep(1)
                 state = bridge.status()["wecom:emulator-bot"]
                 say(f"  first connection: {state.state}: {state.detail}")
@@ -214,7 +214,7 @@ async def lark_demo(say: Transcript, loopback: bool = False) -> None:
             debounce=Debounce(window=WINDOW, max_delay=20.0),
             store=MemoryStore(),
         )
-        async with open_bridge(bridge):
+        async with running_bridge(bridge):
             say("lark user ou_frank in group oc_ops (no @bot) > just chatting")
             emulator.user_says("ou_frank", "just chatting", chat="oc_ops", mention_bot=False)
             say("lark user ou_frank in group oc_ops > @bot what's the status?")

@@ -15,7 +15,7 @@ from ._redis import RedisServer as RedisServer
 from ._redis import have_redis as have_redis
 from ._redis import redis_cluster as redis_cluster
 from ._redis import redis_server as redis_server
-from ._run import open_bridge as open_bridge
+from ._run import running_bridge as running_bridge
 from ._wecom import InFlightLimit as InFlightLimit
 from ._wecom import WeComEmulator as WeComEmulator
 from ._wecom import WeComSent as WeComSent
@@ -44,8 +44,8 @@ __all__ = [
     "WeixinFault",
     "WeixinSentMessage",
     "have_redis",
-    "open_bridge",
     "redis_cluster",
     "redis_server",
+    "running_bridge",
     "serve_http",
 ]
