@@ -48,10 +48,6 @@ EXTENSION_POINTS = {
     "trio_chatbridge.platforms.wecom.LongConnection": "pending the driver refactor",
     "trio_chatbridge.platforms.wecom.Webhook": "pending the driver refactor",
     "trio_chatbridge.platforms.lark.LongConnection": "pending the driver refactor",
-    # Until the emulators share one protocol (issue 11):
-    "trio_chatbridge.testing.WeixinEmulator": "pending the shared emulator protocol",
-    "trio_chatbridge.testing.WeComEmulator": "pending the shared emulator protocol",
-    "trio_chatbridge.testing.LarkEmulator": "pending the shared emulator protocol",
 }
 
 

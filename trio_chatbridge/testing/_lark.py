@@ -110,6 +110,7 @@ class _Pending:
     due: float = 0.0
 
 
+@final
 class LarkEmulator(UserVerbs):
     """A fake Lark for one app; start with ``await nursery.start(emu.run)`` (in memory) or
     ``emu.serve`` (loopback); ``connector()`` builds a wired :class:`LongConnection`. It is an

@@ -111,6 +111,7 @@ class _Callback:
     card: Mapping[str, Any] | None = None
 
 
+@final
 class WeComEmulator(UserVerbs):
     """A fake WeCom server for one bot. Start it with ``await nursery.start(emu.run)`` (in
     memory) or ``await nursery.start(emu.serve)`` (loopback); ``connector()`` builds a

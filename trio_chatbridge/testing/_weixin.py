@@ -129,6 +129,7 @@ class _Upload:
     media_type: int = 0
 
 
+@final
 class WeixinEmulator:
     """A fake iLink server: users speak through it, the bot's calls are recorded.
 
