@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
-from typing import Any, ClassVar, Final, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, Final, Protocol, TypeAlias, runtime_checkable
 
 import httpx
 
@@ -126,48 +126,23 @@ class UserVerbs:
 
 
 async def handle_admin(emu: Emulator, request: httpx.Request) -> httpx.Response:
-    """Answer one ``/admin/...`` request by calling the emulator's method of the same verb."""
+    """Answer one ``/admin/...`` request by calling the emulator's method of the same verb.
+
+    Cancellation: each verb calls one emulator method; cancelled, that method's own
+    guarantee holds (only ``drop`` awaits anything), and no response is made.
+    """
     verb = request.url.path.removeprefix("/admin").strip("/")
     try:
         body = json_value(request.content or b"{}", "admin request", max_bytes=ADMIN_MAX_BYTES)
-        if request.method == "GET" and verb == "sent":
-            since = int(request.url.params.get("since", "0"))
-            kind = request.url.params.get("kind")
-            entries = [a.as_json() for a in emu.activity[since:] if kind in (None, a.kind)]
-            return json_response(entries)
-        if request.method == "GET" and verb == "config":
-            return json_response(emu.configure())
-        if request.method != "POST":
-            raise LookupError
-        if verb == "messages":
-            said = body if isinstance(body, list) else [body]
-            ids = [_say(emu, _object(one)) for one in said]
-            return json_response({"ok": True, "id": ids[0] if len(ids) == 1 else ids})
-        answer: dict[str, Any] = {"ok": True}
-        fields = _object(body)
-        if verb == "enter":
-            answer["id"] = emu.enter(_required(fields, "user"))
-        elif verb == "events":
-            answer["id"] = emu.push_event(_object(fields.get("event")))
-        elif verb == "drop":
-            await emu.drop_connection()
-        elif verb == "faults":
-            code, times = fields.get("code"), fields.get("times", 1)
-            if not isinstance(code, int) or not isinstance(times, int) or times < 1:
-                raise ValueError('expected {"what": ..., "code": <int>, "times": <int >= 1>}')
-            emu.fail_next(_required(fields, "what"), code, times)
-        elif verb == "config":
-            answer["config"] = emu.configure(**fields)
-        else:
-            raise LookupError
-        return json_response(answer)
-    except LookupError as exc:
-        if isinstance(exc, KeyError):
-            return json_response({"error": str(exc.args[0])}, 400)
-        return json_response({"error": f"no {request.method} {request.url.path}; see {VERBS}"}, 404)
-    except (ProtocolError, ValueError, TypeError) as exc:
-        return json_response({"error": str(exc)}, 400)
-    except Unsupported as exc:
+        route = _ROUTES.get((request.method, verb))
+        if route is None:
+            return json_response(
+                {"error": f"no {request.method} {request.url.path}; see {VERBS}"}, 404
+            )
+        return json_response(await route(emu, request, body))
+    except KeyError as exc:  # an unknown setting or fault target
+        return json_response({"error": str(exc.args[0])}, 400)
+    except (ProtocolError, ValueError, TypeError, Unsupported) as exc:
         return json_response({"error": str(exc)}, 400)
     except Refused as exc:
         return json_response({"error": str(exc)}, 429)
@@ -176,6 +151,62 @@ async def handle_admin(emu: Emulator, request: httpx.Request) -> httpx.Response:
 VERBS: Final = (
     "POST messages, enter, events, drop, faults, config; GET sent (?since=N&kind=K), config"
 )
+
+
+async def _get_sent(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    since = int(request.url.params.get("since", "0"))
+    kind = request.url.params.get("kind")
+    return [a.as_json() for a in emu.activity[since:] if kind in (None, a.kind)]
+
+
+async def _get_config(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    return emu.configure()
+
+
+async def _post_messages(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    said = body if isinstance(body, list) else [body]
+    ids = [_say(emu, _object(one)) for one in said]
+    return {"ok": True, "id": ids[0] if len(ids) == 1 else ids}
+
+
+async def _post_enter(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    return {"ok": True, "id": emu.enter(_required(_object(body), "user"))}
+
+
+async def _post_events(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    return {"ok": True, "id": emu.push_event(_object(_object(body).get("event")))}
+
+
+async def _post_drop(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    _object(body)  # no fields, but a body there is still an object
+    await emu.drop_connection()
+    return {"ok": True}
+
+
+async def _post_faults(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    fields = _object(body)
+    code, times = fields.get("code"), fields.get("times", 1)
+    if not isinstance(code, int) or not isinstance(times, int) or times < 1:
+        raise ValueError('expected {"what": ..., "code": <int>, "times": <int >= 1>}')
+    emu.fail_next(_required(fields, "what"), code, times)
+    return {"ok": True}
+
+
+async def _post_config(emu: Emulator, request: httpx.Request, body: Any) -> Any:
+    return {"ok": True, "config": emu.configure(**_object(body))}
+
+
+_Route: TypeAlias = Callable[[Emulator, httpx.Request, Any], Awaitable[Any]]
+_ROUTES: Final[Mapping[tuple[str, str], _Route]] = {
+    ("GET", "sent"): _get_sent,
+    ("GET", "config"): _get_config,
+    ("POST", "messages"): _post_messages,
+    ("POST", "enter"): _post_enter,
+    ("POST", "events"): _post_events,
+    ("POST", "drop"): _post_drop,
+    ("POST", "faults"): _post_faults,
+    ("POST", "config"): _post_config,
+}
 
 
 def _say(emu: Emulator, said: Mapping[str, Any]) -> str:
