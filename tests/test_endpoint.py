@@ -233,3 +233,28 @@ def test_the_preset_prints_tracebacks_as_the_redacting_filter_left_them() -> Non
         logging.getLogger().setLevel(logging.WARNING)
     assert "ticket=***" in out.getvalue()
     assert "s3cret-ticket" not in out.getvalue()
+
+
+async def test_the_endpoint_url_is_logged_once_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Hypercorn's own "Running on ..." line would double ours ("endpoint on ...")."""
+    caplog.set_level(logging.INFO)
+    bridge = cb.Bridge([FakeConnector()], echo, store=cb.MemoryStore())
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                lambda task_status: run_service(
+                    bridge, http=HttpConfig(listen="127.0.0.1:0"), task_status=task_status
+                )
+            )
+            async with httpx.AsyncClient() as client:  # hypercorn has surely started by now
+                assert (await client.get(urls[0] + "/healthz")).status_code == 200
+            bridge.shutdown()
+    port = urls[0].rsplit(":", 1)[1]
+    mentions = [
+        r.getMessage()
+        for r in caplog.records
+        if f":{port}" in r.getMessage() and not r.name.startswith("httpx")  # our client's
+    ]
+    assert mentions == [f"endpoint on {urls[0]} (/healthz, /readyz, /metrics)"]

@@ -22,12 +22,16 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from . import _redact
 from ._asgi import ASGIApp, Receive, Scope, Send, answer_lifespan
 from ._bridge import Bridge
 from ._errors import ConfigurationError
 from ._metrics import bridge_registry
 
 JSON: Final = b"application/json"
+# Our server's own child of hypercorn's error logger: its levels and handlers are hypercorn's,
+# and the start-up line is dropped on it alone (a hypercorn the application runs keeps its own).
+HYPERCORN_LOG: Final = logging.getLogger("hypercorn.error.trio_chatbridge")
 TEXT: Final = b"text/plain; charset=utf-8"
 
 
@@ -107,6 +111,12 @@ async def _respond(send: Send, status: int, content_type: bytes, body: bytes) ->
     await send({"type": "http.response.body", "body": body})
 
 
+def _startup_line(record: logging.LogRecord) -> bool:
+    """Drop hypercorn's own "Running on ..." line: whoever serves logs the URLs once (the
+    service's "endpoint on ..." line, with the paths served)."""
+    return not record.getMessage().startswith("Running on ")
+
+
 async def serve_http(
     app: ASGIApp, listen: str, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -120,5 +130,6 @@ async def serve_http(
     config = Config()
     config.bind = [listen]
     config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through the logging preset
+    config.errorlog = _redact.guard(HYPERCORN_LOG)  # through the logging preset
+    HYPERCORN_LOG.addFilter(_startup_line)  # the same function is never added twice
     await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
