@@ -166,6 +166,30 @@ def test_semantic_problems_come_once_the_shape_is_right(tmp_path: Path) -> None:
     assert "configured twice" in problems["connectors[1]"]
 
 
+def test_one_wecom_bot_on_both_transports_is_told_what_to_do(tmp_path: Path) -> None:
+    toml = """\
+    agent = "cfgbot_twice:agent"
+
+    [[connectors]]
+    platform = "wecom"
+    bot_id = "aib-1"
+    secret = "s"
+
+    [[connectors]]
+    platform = "wecom-webhook"
+    bot_id = "aib-1"
+    token = "t"
+    encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+    """
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, toml, agent_module="cfgbot_twice"), {})
+    [problem] = caught.value.problems
+    assert problem.path == "connectors[1]"
+    assert problem.message.startswith("wecom:aib-1 is configured twice (also connectors[0]): ")
+    assert "either over the long connection" in problem.message
+    assert "give the other connector another bot's id" in problem.message
+
+
 def test_an_agent_that_cannot_be_imported_is_named(tmp_path: Path) -> None:
     toml = """\
     agent = "cfgbot_missing_attr:nothing"

@@ -45,7 +45,9 @@ def test_the_reference_shows_each_default_it_names(tmp_path: Path) -> None:
     (tmp_path / "reference.toml").write_text(block)
     (tmp_path / "minimal.toml").write_text(MINIMAL)
     names = ("WEIXIN_TOKEN", "WECOM_BOT_ID", "WECOM_SECRET", "HOOK_BOT_ID", "LARK_APP_SECRET")
-    environ = {name: name.lower() for name in names}  # two bots: two ids
+    # One value for every variable: the reference is valid as written, not only when the
+    # reader's variables happen to differ (two WeCom connectors once shared one bot id).
+    environ = dict.fromkeys(names, "same-value")
 
     documented = load_config(tmp_path / "reference.toml", environ).model_dump()
     defaults = load_config(tmp_path / "minimal.toml", {}).model_dump()

@@ -372,13 +372,21 @@ def _semantic_problems(config: Config, base: Path) -> list[Problem]:
     for index, connector in enumerate(config.connectors):
         earlier = first.setdefault(connector.name, index)
         if earlier != index:
-            problems.append(
-                Problem(
-                    f"connectors[{index}]",
-                    f"{connector.name} is configured twice (also connectors[{earlier}])",
-                )
-            )
+            twice = _twice(config.connectors[earlier], connector, earlier)
+            problems.append(Problem(f"connectors[{index}]", twice))
     return problems
+
+
+def _twice(first: ConnectorConfig, again: ConnectorConfig, earlier: int) -> str:
+    """What to say of a connector whose account is configured already, and what to do."""
+    said = f"{again.name} is configured twice (also connectors[{earlier}])"
+    if {type(first), type(again)} == {WeComConfig, WeComWebhookConfig}:
+        return (
+            f"{said}: a WeCom bot receives either over the long connection (platform = "
+            '"wecom") or at its callback URL ("wecom-webhook"), as its admin console says: '
+            "keep the one it uses, or give the other connector another bot's id"
+        )
+    return f"{said}: one connector per account; remove one"
 
 
 def _key_path(location: Sequence[str | int]) -> str:
