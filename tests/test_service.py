@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -24,7 +25,9 @@ from trio_chatbridge._cli import AGENT_TEMPLATE
 from trio_chatbridge._config import HttpConfig
 from trio_chatbridge._service import ExitCode, run_service
 from trio_chatbridge.connectors import Connector
-from trio_chatbridge.testing import FakeConnector, LarkEmulator, WeComEmulator
+from trio_chatbridge.platforms.weixin._connector import TOKEN_KEY
+from trio_chatbridge.stores import store_from_url
+from trio_chatbridge.testing import FakeConnector, LarkEmulator, WeComEmulator, WeixinEmulator
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 ENV: Final = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -369,6 +372,33 @@ async def test_check_names_an_unreachable_platform(tmp_path: Path) -> None:
     out = result.stdout.decode()
     assert result.returncode == 1, out + result.stderr.decode()
     assert re.search(r"FAILED +wecom:emulator-bot +ConnectorError: .*ws://127\.0\.0\.1:9/", out)
+
+
+@pytest.mark.parametrize("given", ["sqlite:///{dir}/login.db", "{dir}/login.db"])
+async def test_weixin_login_takes_the_store_url_a_config_takes_or_a_bare_sqlite_path(
+    tmp_path: Path, given: str
+) -> None:
+    emulator = WeixinEmulator(qr_script=("confirmed",))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(emulator.serve, "127.0.0.1", 0)
+            store = given.format(dir=tmp_path)
+            login = command("weixin-login", "--account", "bot-1", "--store", store)
+            result = await trio.run_process(
+                [*login, "--base-url", base_url], capture_stdout=True, capture_stderr=True, env=ENV
+            )
+            nursery.cancel_scope.cancel()
+        assert "token stored in SQLiteStore(" in result.stdout.decode()
+        # the store the configuration's ``store = "sqlite:///..."`` names
+        async with store_from_url(f"sqlite:///{tmp_path}/login.db") as kept:
+            assert await kept.get("weixin", "bot-1", TOKEN_KEY) == emulator.token
+
+
+def test_weixin_login_names_a_store_url_it_cannot_use() -> None:
+    login = command("weixin-login", "--account", "bot-1", "--store", "postgres://db/x")
+    result = subprocess.run(login, capture_output=True, text=True, env=ENV, timeout=60)
+    assert result.returncode == 2
+    assert "store URL 'postgres://db/x': unknown scheme" in result.stderr
 
 
 def test_init_writes_a_bot_whose_test_passes(tmp_path: Path) -> None:

@@ -8,6 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .stores import Store
 
 
 def _prog() -> str:
@@ -71,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "weixin-login", help="log a WeChat bot in by QR code and keep its token in the store"
     )
     login.add_argument("--account", required=True, help="the account name the Connector uses")
-    login.add_argument("--store", default="chatbridge.db", help="the SQLite store file")
+    login.add_argument(
+        "--store",
+        default="sqlite:///chatbridge.db",
+        help="the store, as the configuration's store URL (sqlite:///chatbridge.db, the default;"
+        " redis://...); a bare path without a scheme is a SQLite file",
+    )
     login.add_argument("--base-url", default=None, help="the QR login server (an emulator's)")
     return parser
 
@@ -90,21 +99,27 @@ def _emulate(platform: str, host: str, port: int) -> None:
         pass
 
 
-def _weixin_login(account: str, store_path: str, base_url: str | None) -> int:
+def _weixin_login(account: str, store_url: str, base_url: str | None) -> int:
     import trio
 
+    from ._errors import ConfigurationError
     from .platforms.weixin import ILinkClient, LoginError, login
     from .platforms.weixin._login import QR_BASE_URL
-    from .stores import SQLiteStore
+
+    try:
+        store = _login_store(store_url)
+    except ConfigurationError as exc:
+        print(f"weixin-login: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> None:
-        async with SQLiteStore(store_path) as store:
+        async with store:
             client = ILinkClient(None, base_url=base_url or QR_BASE_URL)
             try:
                 result = await login(store, account, client=client)
             finally:
                 await client.aclose()
-        print(f"logged in: bot {result.bot_id or '(already bound)'}; token stored in {store_path}")
+        print(f"logged in: bot {result.bot_id or '(already bound)'}; token stored in {store!r}")
 
     try:
         trio.run(run)
@@ -112,6 +127,18 @@ def _weixin_login(account: str, store_path: str, base_url: str | None) -> int:
         print(f"login failed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _login_store(value: str) -> Store:
+    """``--store``: a store URL, read as the configuration's ``store`` is; a bare path (no
+    ``scheme:``) is a SQLite file, as the option once took, so ``--store chatbridge.db`` and
+    ``--store sqlite:///chatbridge.db`` name one store."""
+    from .stores import SQLiteStore, store_from_url
+    from .stores._url import SCHEMES
+
+    if "://" in value or value.partition(":")[0] in SCHEMES:
+        return store_from_url(value)
+    return SQLiteStore(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
