@@ -79,6 +79,16 @@ def test_interrupt_cancels_the_asyncio_task_and_waits_for_its_cleanup() -> None:
                 raise
         await reply.send(batch.text)
 
+    stats = run_asyncio_interrupt(agent, started)
+    assert stats.interrupts == 1
+    assert events == ["start 'first'", "cleaned up", "start 'first\\nsecond'"]
+
+
+def run_asyncio_interrupt(agent: cb.AsyncioAgent, started: asyncio.Event) -> cb.Stats:
+    """Say "first", then "second" once the agent has ``started``, under
+    ``on_busy="interrupt"``; the bridge's stats once both were answered, merged."""
+    stats: list[cb.Stats] = []
+
     async def main() -> None:
         chat = FakeConnector()
         bridge = bridge_for(agent, chat, on_busy="interrupt")
@@ -88,10 +98,10 @@ def test_interrupt_cancels_the_asyncio_task_and_waits_for_its_cleanup() -> None:
             await running.call(chat.say, "second")
             sent = await running.call(chat.next_reply)
         assert sent.text == "first\nsecond"
-        assert bridge.stats().interrupts == 1
+        stats.append(bridge.stats())
 
     run_asyncio(main)
-    assert events == ["start 'first'", "cleaned up", "start 'first\\nsecond'"]
+    return stats[0]
 
 
 def test_an_asyncio_agent_that_raises_is_a_failed_run_and_the_bridge_goes_on() -> None:
@@ -335,3 +345,80 @@ def test_rich_reply_calls_are_forwarded_with_their_results_and_errors() -> None:
     assert isinstance(sent, cb.Sent)
     assert (sent.platform, sent.chat, sent.kind) == ("fake", "chat", "text")
     assert results[1:] == [cb.SendError] * 3
+
+
+def test_a_block_cancelled_as_the_trio_run_ends_gets_its_cancellation() -> None:
+    """The guest run closes its entry queue a loop turn or more before its end reaches
+    asyncio; a block cancelled then must raise CancelledError, not trio.RunFinishedError."""
+    bridge = bridge_for(reply_ok, FakeConnector())
+    steps_in_the_window: list[int] = []
+
+    async def stop_bridge() -> trio.lowlevel.TrioToken:
+        bridge.shutdown()  # the guest run then ends on its own
+        return trio.lowlevel.current_trio_token()
+
+    async def main() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            async with cb.asyncio_bridge(bridge) as running:
+                token = await running.call(stop_bridge)
+                while True:  # a step each loop turn, checking as soon as the queue closes
+                    try:
+                        token.run_sync_soon(lambda: None)
+                    except trio.RunFinishedError:
+                        steps_in_the_window.append(1)
+                        raise asyncio.CancelledError from None  # as a cancellation then would
+                    await asyncio.sleep(0)
+
+    run_asyncio(main)
+    assert steps_in_the_window == [1]
+
+
+def test_a_stream_block_keeps_its_own_error_when_the_run_is_over() -> None:
+    """A stream held past its run (by a task the agent left behind): what the block raised
+    comes out, not "this reply's agent run is over" from ending the stream."""
+    late: list[asyncio.Task[None]] = []
+    opened, run_over = asyncio.Event(), asyncio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        async def outlives_the_run() -> None:
+            async with reply.stream() as out:
+                await out.write("half an answer")
+                opened.set()
+                await run_over.wait()
+                raise LookupError("the block's own error")
+
+        late.append(asyncio.create_task(outlives_the_run()))
+        await opened.wait()
+
+    async def main() -> None:
+        chat = FakeConnector()
+        bridge = bridge_for(agent, chat)
+        async with cb.asyncio_bridge(bridge) as running:
+            await running.call(chat.say, "hi")
+            await opened.wait()
+        run_over.set()
+        with pytest.raises(LookupError, match="the block's own error") as caught:
+            await late[0]
+        assert "agent run is over" in "".join(caught.value.__notes__)
+
+    run_asyncio(main)
+
+
+def test_an_error_raised_on_interrupt_inside_a_stream_block_is_the_runs_failure() -> None:
+    """Interrupted, an agent whose cleanup raises fails the run with that error (as a Trio
+    agent's would), even when the cleanup is inside a stream block."""
+    started = asyncio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        if len(batch.messages) > 1:
+            await reply.send(batch.text)
+            return
+        async with reply.stream() as out:
+            await out.write("thinking")
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise LookupError("cleanup failed") from None
+
+    assert run_asyncio_interrupt(agent, started).failures == 1

@@ -17,6 +17,7 @@ an asyncio task cancelled in a reply call cancels that call on the Trio side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -88,6 +89,14 @@ def _fail(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], exc: Bas
             future.set_exception(exc)
 
     loop.call_soon_threadsafe(settle)
+
+
+def _soon(token: trio.lowlevel.TrioToken, fn: Callable[[], object]) -> None:
+    """Have the guest run call ``fn`` soon, unless that run is over (or closing its entry
+    queue, which it does before its end reaches asyncio): then there is nothing left to
+    stop or cancel, and the asyncio caller keeps its own outcome, not RunFinishedError."""
+    with contextlib.suppress(trio.RunFinishedError):
+        token.run_sync_soon(fn)
 
 
 @final
@@ -185,7 +194,7 @@ async def _stop_gracefully(
 ) -> None:
     """Shut the bridge down and wait for the guest run to end; cancelled, stop it at once."""
     if not done.done():  # else it ended on its own, bridge.run having failed
-        token.run_sync_soon(bridge.shutdown)
+        _soon(token, bridge.shutdown)
     try:
         await asyncio.shield(done)
     except asyncio.CancelledError:
@@ -200,7 +209,7 @@ async def _stop_now(
 ) -> None:
     """Cancel the guest run and wait until it has ended, whatever else is cancelled."""
     if not done.done():
-        token.run_sync_soon(stop.cancel)
+        _soon(token, stop.cancel)
     while not done.done():
         try:
             await asyncio.shield(done)
@@ -297,11 +306,14 @@ class _Portal:
             raise ChatBridgeError(self.over)
         future: asyncio.Future[T] = self.loop.create_future()
         call = _Call(fn, args, future, trio.CancelScope())
-        self._token.run_sync_soon(self._start, call)
+        try:
+            self._token.run_sync_soon(self._start, call)
+        except trio.RunFinishedError:
+            raise ChatBridgeError(self.over) from None
         try:
             return await future
         except asyncio.CancelledError:
-            self._token.run_sync_soon(call.scope.cancel)
+            _soon(self._token, call.scope.cancel)  # the run may be over: nothing to cancel
             raise
 
     def _start(self, call: _Call[Any]) -> None:
@@ -465,14 +477,19 @@ class AsyncioReply(metaclass=NoPublicConstructor):
         ``card`` shows a platform card with the streamed text, as in :meth:`Reply.stream`.
 
         A block that raises or is cancelled ends the stream as failed, as a Trio agent's would
-        (the platform is told it ended, where it can); an error closing the stream is raised
+        (the platform is told it ended, where it can), and what the block raised is what
+        leaves it: a failure ending the stream (the run being over, say) is only added to it
+        as a note. After a block that ended normally, an error closing the stream is raised
         at the exit.
         """
         held = _HeldStream(self.trio_reply, card)
         out: ReplyStream = await self.call(self._portal.nursery.start, held.hold)
         try:
             yield AsyncioStream._create(out, self._portal)
-        except BaseException:
-            await self.call(held.close, True)
+        except BaseException as exc:
+            try:
+                await self.call(held.close, True)
+            except (Exception, asyncio.CancelledError) as closing:  # the block's own wins
+                exc.add_note(f"ending the reply stream as failed also failed: {closing!r}")
             raise
         await self.call(held.close, False)
