@@ -346,7 +346,7 @@ async def test_a_connector_that_fails_to_close_does_not_keep_the_others_open(
     bridge = make_bridge(echo, Closing("a"), Closing("b"), store=store)
     async with running_bridge(bridge):
         pass
-    assert closed == ["a", "b"]
+    assert sorted(closed) == ["a", "b"]  # closed concurrently, each whatever the other does
     with pytest.raises(cb.StoreError, match="is not open"):  # the store was closed too
         await store.get("fake", "a", "k")
 

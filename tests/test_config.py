@@ -40,6 +40,7 @@ agent = "cfgbot:agent"
 store = "memory://"
 on_busy = "interrupt"
 shutdown_grace = 5
+close_timeout = 2.5
 
 [debounce]
 window = 1.5
@@ -79,6 +80,7 @@ def test_a_good_config_builds_its_bridge(tmp_path: Path) -> None:
         5.0,
         10,
     )
+    assert bridge.close_timeout == 2.5
     wecom, lark, weixin = config.connectors
     assert wecom.secret.get_secret_value() == "wecom-s3cret"  # type: ignore[union-attr]
     assert wecom.url == "ws://127.0.0.1:9/"  # type: ignore[union-attr]  # the default

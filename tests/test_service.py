@@ -119,6 +119,47 @@ async def test_a_second_signal_stops_at_once(autojump_clock: trio.testing.MockCl
     assert list(chat.sent) == []
 
 
+class HangsOnClose(FakeConnector):
+    """A platform that never answers our goodbye: closing waits until cancelled."""
+
+    async def aclose(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_close_that_hangs_after_the_second_signal_is_cut_short(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second signal's immediate stop still closes the connectors, but within
+    close_timeout: a hung close is abandoned (and said), and the service exits."""
+    started = trio.Event()
+
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        started.set()
+        await trio.sleep(1000)
+
+    hung, fine = HangsOnClose("hung"), FakeConnector("fine")
+    bridge = fake_bridge(slow, hung, fine)
+    codes: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            codes.append(await run_service(bridge, task_status=task_status))
+
+        await nursery.start(serve)
+        await hung.say("takes long")
+        signal_self(signal.SIGINT)
+        await started.wait()
+        stopped_at = trio.current_time()
+        signal_self(signal.SIGINT)
+    assert codes == [128 + signal.SIGINT]
+    assert trio.current_time() - stopped_at == pytest.approx(bridge.close_timeout)
+    abandoned = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
+    assert abandoned == [
+        "closing fake:hung took longer than close_timeout (5.0 s): abandoned, its connections "
+        "go when the process exits"
+    ]
+
+
 class Refused(Connector):
     def __init__(self, account: str) -> None:
         self.platform = "refused"

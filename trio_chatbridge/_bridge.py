@@ -95,6 +95,10 @@ class Bridge:
     leases: Leases = attrs.field(factory=Leases)
     """On a shared store (``RedisStore``): each connector runs only while this process holds
     its account's lease; see ``docs/deploying.md``."""
+    close_timeout: float = 5.0
+    """Seconds the connectors get, together, to close once they have stopped (whether the
+    stop was graceful or not): a close still running then is cancelled and logged as
+    abandoned (its connections go when the process exits), and the store closes next."""
 
     _counters: Counter[str] = attrs.field(factory=Counter, init=False, repr=False)
     _supervisors: list[Supervisor] = attrs.field(factory=list, init=False, repr=False)
@@ -158,21 +162,39 @@ class Bridge:
             await self._run(task_status)
         finally:
             self._board.close()
-            with trio.CancelScope(shield=True):
-                # Each is closed whatever the others do; a failure is logged, never raised
-                # over how run() ended.
-                closables: list[Connector | Store] = [*self.connectors]
-                for closable in closables:
-                    try:
-                        await closable.aclose()
-                    except Exception:
-                        log.exception("closing %r failed", closable)
+            await self._close_connectors()
             # The store last, and outside that scope: a store whose client holds a task group
             # (RedisStore) must close at the level it opened at; each shields what it needs.
             try:
                 await self.store.aclose()
             except Exception:
                 log.exception("closing %r failed", self.store)
+
+    async def _close_connectors(self) -> None:
+        """Close every connector, concurrently, within ``close_timeout`` whatever cancels
+        the caller; each is closed whatever the others do. A failure or a close cut short
+        is logged, never raised over how ``run`` ended."""
+        closing = dict(enumerate(self.connectors))  # those not closed yet, by position
+
+        async def close(index: int, connector: Connector) -> None:
+            try:
+                await connector.aclose()
+            except Exception:
+                log.exception("closing %r failed", connector)
+            del closing[index]
+
+        deadline = trio.current_time() + self.close_timeout
+        with trio.CancelScope(deadline=deadline, shield=True):
+            async with trio.open_nursery() as nursery:
+                for index, connector in closing.items():
+                    nursery.start_soon(close, index, connector)
+        for connector in closing.values():
+            log.warning(
+                "closing %s took longer than close_timeout (%.1f s): abandoned, its "
+                "connections go when the process exits",
+                connector.name,
+                self.close_timeout,
+            )
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         pruned = await self.store.journal_prune(self.store.wall_clock() - self.journal_retention)

@@ -208,6 +208,7 @@ class Config(_Model):
     on_busy: Literal["queue", "interrupt"] = "queue"
     run_timeout: float | None = Field(default=None, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    close_timeout: float = Field(default=5.0, gt=0)
     queue_size: int = Field(default=1024, ge=1)
     exit_when_all_failed: bool = True
     """Exit (code 3) once every connector has failed for good, so a supervisor notices."""
@@ -261,6 +262,7 @@ class Config(_Model):
             on_busy=self.on_busy,
             run_timeout=self.run_timeout,
             shutdown_grace=self.shutdown_grace,
+            close_timeout=self.close_timeout,
             backoff=Backoff(**self.backoff.model_dump()),
             queue_size=self.queue_size,
         )
