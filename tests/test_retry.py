@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector, Retries
-from trio_chatbridge.testing import open_bridge
+from trio_chatbridge.testing import running_bridge
 
 
 def test_a_hint_is_a_floor_and_never_a_ceiling() -> None:
@@ -97,6 +97,6 @@ async def test_restarts_wait_for_the_longest_of_policy_and_hints(
     bridge = cb.Bridge(
         [connector], no_agent, store=cb.MemoryStore(), backoff=cb.Backoff(jitter=0.0)
     )
-    async with open_bridge(bridge):
+    async with running_bridge(bridge):
         assert bridge.status()["hinting:bot"].restarts == 1
     assert connector.runs[1] - connector.runs[0] == pytest.approx(expected)
