@@ -152,7 +152,12 @@ class Bridge:
         self._stop.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until :meth:`shutdown` (graceful) or cancellation (immediate)."""
+        """Run until :meth:`shutdown` (graceful) or cancellation (immediate).
+
+        Cancelled, it stops at once: running agents are cancelled, what was journaled but not
+        answered is replayed at the next start, connectors get ``close_timeout`` to close and
+        the store is closed, then Cancelled goes on.
+        """
         if self._ran:
             raise ChatBridgeError("a Bridge runs once; build a new one to run again")
         self._ran = True
@@ -312,7 +317,11 @@ def _opener(
 
 @asynccontextmanager
 async def running(bridge: Bridge) -> AsyncIterator[Bridge]:
-    """Run an existing ``bridge`` for an ``async with`` block (what :func:`open_bridge` does)."""
+    """Run an existing ``bridge`` for an ``async with`` block (what :func:`open_bridge` does).
+
+    Cancelled (in the block or while starting), the bridge stops at once, as a cancelled
+    ``bridge.run`` does, and Cancelled goes on.
+    """
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

@@ -102,7 +102,12 @@ class Debouncer:
         receive: trio.MemoryReceiveChannel[tuple[Message, ...]],
         send: trio.MemorySendChannel[Batch],
     ) -> None:
-        """Debounce until ``receive`` ends; then release everything left and close ``send``."""
+        """Debounce until ``receive`` ends; then release everything left and close ``send``.
+
+        Cancelled, it closes both channels and drops the sessions it holds: their messages
+        are journaled and not done, so they replay at the next start. A batch is never sent
+        in part (a cancelled send sent nothing).
+        """
         async with receive, send:
             while True:
                 await self._release_due(send)

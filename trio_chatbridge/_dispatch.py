@@ -88,7 +88,12 @@ class Dispatcher:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Dispatch until ``batches`` ends, then give running agents ``grace`` seconds."""
+        """Dispatch until ``batches`` ends, then give running agents ``grace`` seconds.
+
+        Cancelled, every run is cancelled at once; the messages of a run that had not
+        finished are not marked done and replay at the next start (a run that had finished
+        is marked done even then, shielded).
+        """
         async with trio.open_nursery() as nursery:
             task_status.started()
             async with batches:

@@ -46,8 +46,12 @@ class Inbox:
         """Journal ``messages``, drop duplicates, queue the new ones; returns the new ones.
 
         Once the bridge is shutting down, new messages are only journaled: they are handled at
-        the next start. If cancelled while waiting for room in the queue, the new messages are
-        still delivered.
+        the next start. If cancelled: either the store's write was cancelled before it began
+        (nothing journaled, nothing queued: the connector, not having acknowledged, gets the
+        messages again), or the messages are journaled and the new ones are still delivered
+        (by :meth:`run`, or from the journal at the next start), whether Cancelled is raised
+        or the write completed first. A store that cannot tell whether a cancelled write
+        reached it (Redis) leaves such messages to the next replay.
         """
         added = await self._store.journal_add(messages)
         new = tuple(m for m, is_new in zip(messages, added, strict=True) if is_new)
@@ -60,7 +64,10 @@ class Inbox:
         return list(new)
 
     async def replay(self, messages: Sequence[Message]) -> None:
-        """Queue messages the journal holds as unfinished (at start, without journaling again)."""
+        """Queue messages the journal holds as unfinished (at start, without journaling again).
+
+        If cancelled while waiting for room, they are still delivered, as :meth:`put`'s are.
+        """
         if messages:
             self._counters[_stats.REPLAYED] += len(messages)
             log.info("replaying %d unfinished messages from the journal", len(messages))
@@ -88,7 +95,11 @@ class Inbox:
             raise
 
     async def run(self) -> None:
-        """Forward orphaned messages; ends (closing the output) after :meth:`close`."""
+        """Forward orphaned messages; ends (closing the output) after :meth:`close`.
+
+        If cancelled, it stops forwarding and closes the output; orphans not forwarded stay
+        in the journal, replayed at the next start.
+        """
         async with self._out, self._orphans_out:
             async for new in self._orphans_out:
                 await self._out.send(new)

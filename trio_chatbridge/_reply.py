@@ -65,6 +65,10 @@ class Reply(metaclass=NoPublicConstructor):
 
         ``card`` shows a platform card with the streamed text (WeCom's stream with template
         card); where a platform cannot, :class:`SendError` is raised before anything is sent.
+
+        If the block is cancelled (or raises), the stream ends as failed: a platform that
+        streams is told it ended (what it already shows stays), one that sends at the end
+        sends nothing, and the reply does not count as sent.
         """
         if card is None:
             async with self.connector.stream(self.target) as out:

@@ -69,6 +69,9 @@ async def run_service(
 
     ``nursery.start`` returns the endpoint's URLs (none without ``http``) once the bridge
     accepts work. Must run in the main thread (it handles SIGINT and SIGTERM).
+
+    Cancelled, the bridge stops at once, as after a second signal (connectors within
+    ``close_timeout``), the endpoint closes, and Cancelled goes on.
     """
     app = ServiceApp(bridge, mounted or {}) if http is not None else None
     outcome: int = ExitCode.OK

@@ -53,7 +53,15 @@ class JournalEntry:
 
 
 class Store(ABC):
-    """Durable state of a bridge. Use it as ``async with store:`` or let the bridge open it."""
+    """Durable state of a bridge. Use it as ``async with store:`` or let the bridge open it.
+
+    Cancellation: every write is one transaction (or one script), so a cancelled write was
+    made entirely or not at all, never in part. Where the store can tell, Cancelled means
+    not at all (MemoryStore never waits, so it is never cancelled; SQLiteStore completes a
+    write its worker thread has begun and returns, the cancellation taking effect at the
+    caller's next checkpoint); a networked store (RedisStore) cannot always tell whether a
+    command it sent was applied. A cancelled read changed nothing.
+    """
 
     wall_clock: Callable[[], float] = time.time
     """Wall-clock seconds since the epoch, for ``received_at`` and pruning; a ``Bridge``
@@ -78,10 +86,14 @@ class Store(ABC):
         await self.aclose()
 
     async def open(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
-        """Make the store ready (create tables, connect). Idempotent."""
+        """Make the store ready (create tables, connect). Idempotent.
+
+        Cancelled, it may or may not be open; :meth:`aclose` releases what it took either way.
+        """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release what :meth:`open` took. Idempotent."""
+        """Release what :meth:`open` took. Idempotent; a cancellation does not stop it from
+        releasing everything (the store shields what it must)."""
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -90,19 +102,27 @@ class Store(ABC):
         """Record messages not seen before, in one write; returns, per message, whether it was new.
 
         A message whose key is already there (or earlier in the same call) is a duplicate.
-        When this returns, the new messages are durable.
+        When this returns, the new messages are durable. Cancelled: all the new messages were
+        journaled or none (see the class).
         """
 
     @abstractmethod
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
-        """Mark messages as handled; with ``error``, as handled by a run that failed."""
+        """Mark messages as handled; with ``error``, as handled by a run that failed.
+
+        Cancelled: all or nothing (see the class).
+        """
 
     @abstractmethod
     async def journal_pending(self) -> list[Message]:
-        """Messages accepted but not yet marked done, oldest first (replayed on start)."""
+        """Messages accepted but not yet marked done, oldest first (replayed on start).
+
+        Cancelled: nothing changed (a read)."""
 
     async def journal_pending_of(self, platform: str, account: str) -> list[Message]:
-        """The account's messages not yet marked done, oldest first (replayed by its owner)."""
+        """The account's messages not yet marked done, oldest first (replayed by its owner).
+
+        Cancelled: nothing changed (a read)."""
         return [
             m
             for m in await self.journal_pending()
@@ -111,32 +131,41 @@ class Store(ABC):
 
     @abstractmethod
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
-        """What the journal holds for one key, or None."""
+        """What the journal holds for one key, or None. Cancelled: nothing changed (a read)."""
 
     @abstractmethod
     async def journal_prune(self, before: float) -> int:
         """Forget handled messages accepted before wall-clock time ``before``; returns how many.
 
         Once forgotten, a redelivery of such a message would no longer be recognised.
+        Cancelled: all or nothing (see the class).
         """
 
     # -- key-value space, per account --------------------------------------------------------
 
     @abstractmethod
     async def get(self, platform: str, account: str, key: str) -> str | None:
-        """The value stored under ``key`` for the account, or None."""
+        """The value stored under ``key`` for the account, or None. Cancelled: nothing changed."""
 
     @abstractmethod
     async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
-        """Store ``value`` under ``key`` for the account; None deletes it."""
+        """Store ``value`` under ``key`` for the account; None deletes it.
+
+        Cancelled: all or nothing (see the class).
+        """
 
     async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
-        """Store several values at once (one write where the store can); None deletes."""
+        """Store several values at once (one write where the store can); None deletes.
+
+        Cancelled: all or nothing where it is one write (MemoryStore, SQLiteStore, RedisStore);
+        this default, one ``set`` after another, may have stored the first few.
+        """
         for key, value in values.items():
             await self.set(platform, account, key, value)
 
     async def get_cursor(self, platform: str, account: str) -> str | None:
-        """The account's saved cursor (long-poll position), or None."""
+        """The account's saved cursor (long-poll position), or None. Cancelled: nothing
+        changed."""
         return await self.get(platform, account, CURSOR_KEY)
 
     async def set_cursor(
@@ -148,24 +177,31 @@ class Store(ABC):
         with_values: Mapping[str, str | None] | None = None,
     ) -> None:
         """Save the account's cursor, and ``with_values`` in the same write. Call only after
-        the messages before it were accepted."""
+        the messages before it were accepted. Cancelled: as :meth:`set_many`."""
         await self.set_many(platform, account, {**(with_values or {}), CURSOR_KEY: cursor})
 
     # -- leases -----------------------------------------------------------------------------
 
     @abstractmethod
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
-        """Take the lease ``name`` for ``ttl`` seconds if it is free, expired, or ours already."""
+        """Take the lease ``name`` for ``ttl`` seconds if it is free, expired, or ours already.
+
+        Cancelled: taken or not (see the class); a lease taken and not known to be is
+        released by its expiry.
+        """
 
     @abstractmethod
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
-        """Extend a lease we hold; False if it expired or another owner took it."""
+        """Extend a lease we hold; False if it expired or another owner took it.
+
+        Cancelled: extended or not; treat the lease as expiring at its old time."""
 
     @abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
-        """Give the lease up, if we hold it."""
+        """Give the lease up, if we hold it. Cancelled: released or not; if not, it expires."""
 
     async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
         """Count ``member`` alive in ``group`` for ``ttl`` seconds; returns the live members,
-        sorted. A store that keeps no membership (one process per store) returns ``[member]``."""
+        sorted. A store that keeps no membership (one process per store) returns ``[member]``.
+        Cancelled: counted or not, until the next heartbeat."""
         return [member]

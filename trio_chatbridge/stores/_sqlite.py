@@ -69,6 +69,11 @@ class SQLiteStore(Store):
     process; ``"FULL"`` also survives a power loss, at the cost of an fsync per write.
     ``threaded=False`` runs every call inline, blocking the event loop: for tests under an
     autojump clock, which would otherwise jump ahead while the worker thread works.
+
+    Cancellation: a call cancelled before the worker thread took it did nothing and raises
+    Cancelled; once taken (a thread cannot be stopped), it completes and returns as if not
+    cancelled, the cancellation taking effect at the caller's next checkpoint. ``aclose``
+    closes the file even when cancelled.
     """
 
     def __init__(

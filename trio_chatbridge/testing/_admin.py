@@ -46,7 +46,9 @@ class Emulator(Protocol):
     """Everything the bot did, oldest first (``GET {admin_url}/sent``)."""
 
     async def handle_http(self, request: httpx.Request) -> httpx.Response:
-        """Answer one HTTP request (the admin API under ``/admin``), in memory or served."""
+        """Answer one HTTP request (the admin API under ``/admin``), in memory or served.
+
+        Cancelled, the request goes unanswered; what it recorded stays."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -75,7 +77,9 @@ class Emulator(Protocol):
         ...
 
     async def drop_connection(self) -> None:
-        """Cut the bot's connection (a long poll in progress, or the WebSocket) at once."""
+        """Cut the bot's connection (a long poll in progress, or the WebSocket) at once.
+
+        Cancelled, the connection may or may not be cut."""
         ...
 
     def fail_next(self, what: str, code: int, times: int = 1) -> None:

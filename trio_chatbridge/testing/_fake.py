@@ -120,7 +120,9 @@ class FakeConnector(Connector):
     async def say(
         self, text: str, *, chat: str = "chat", user: str = "user", id: str | None = None
     ) -> Message:
-        """A user says ``text`` in ``chat``; returns once the bridge's inbox took the message."""
+        """A user says ``text`` in ``chat``; returns once the bridge's inbox took the message.
+
+        Cancelled while waiting, the message stays queued: the bridge still takes it."""
         message = self.message(text, chat=chat, user=user, id=id)
         self.deliver(message)
         while message in self._queue:
@@ -128,7 +130,9 @@ class FakeConnector(Connector):
         return message
 
     async def next_reply(self) -> SentReply:
-        """The next reply the bot sent that this method has not returned yet (waits for it)."""
+        """The next reply the bot sent that this method has not returned yet (waits for it).
+
+        Cancelled, no reply is consumed: the next call returns it."""
         return await self.sent.next()
 
     def crash(self, error: BaseException | None = None) -> None:
@@ -159,6 +163,9 @@ class FakeConnector(Connector):
             await self._wakeup.wait()
 
     async def send(self, target: Message, text: str) -> None:
+        """Record a reply in :attr:`sent` (or fail, after :meth:`fail_sends`).
+
+        Cancelled (at its one checkpoint, before recording), nothing is sent."""
         self._check_send(target)
         await trio.lowlevel.checkpoint()
         self._written(target, text)

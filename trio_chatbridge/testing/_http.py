@@ -45,6 +45,9 @@ class HandlerTransport(httpx.AsyncBaseTransport):
         self._handler = handler
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The handler's answer to ``request`` (a handler's bug is a 500, as on loopback).
+
+        Cancelled, the request goes unanswered; what the handler recorded of it stays."""
         await request.aread()
         try:
             response = await self._handler(request)

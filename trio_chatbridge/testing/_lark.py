@@ -202,7 +202,9 @@ class LarkEmulator(UserVerbs):
         *,
         task_status: trio.TaskStatus[LarkEmulator] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the WebSocket and the HTTP side (discovery, open API, admin) on loopback."""
+        """Serve the WebSocket and the HTTP side (discovery, open API, admin) on loopback.
+
+        Runs until cancelled; cancelled, it closes its listeners and every connection."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._redeliver)
@@ -516,7 +518,7 @@ class LarkEmulator(UserVerbs):
         )
 
     async def drop_connection(self) -> None:
-        """The shared verb: :meth:`drop_connections`."""
+        """The shared verb: :meth:`drop_connections` (cancelled: as that says)."""
         await self.drop_connections()
 
     def fail_next(self, what: str, code: int, times: int = 1) -> None:
@@ -532,11 +534,15 @@ class LarkEmulator(UserVerbs):
             self.fail(what, status, {"code": code, "msg": "injected"}, times)
 
     async def next_sent(self) -> LarkSent:
-        """The next reply or send the bot made that this method has not returned yet (waits)."""
+        """The next reply or send the bot made that this method has not returned yet (waits).
+
+        Cancelled, nothing is consumed: the next call returns it."""
         return await self.sent.next()
 
     async def drop_connections(self) -> None:
-        """Cut every live socket without a closing handshake (a network fault)."""
+        """Cut every live socket without a closing handshake (a network fault).
+
+        Cancelled, the sockets not cut yet stay up."""
         for conn in list(self._live):
             with trio.move_on_after(1):
                 await conn.abort()
@@ -552,7 +558,9 @@ class LarkEmulator(UserVerbs):
     # -- HTTP -------------------------------------------------------------------------------
 
     async def handle_http(self, request: httpx.Request) -> httpx.Response:
-        """Answer one HTTP request: discovery, the open API, or the admin API."""
+        """Answer one HTTP request: discovery, the open API, or the admin API.
+
+        Cancelled, the request goes unanswered; what it recorded stays."""
         path = request.url.path
         for part, queue in self._faults.items():
             if part in path and queue:

@@ -26,7 +26,9 @@ class Record(list[T]):
         self._added = trio.Event()
 
     async def next(self) -> T:
-        """The oldest item this method has not returned yet; waits until there is one."""
+        """The oldest item this method has not returned yet; waits until there is one.
+
+        Cancelled, nothing is consumed: the next call returns the same item."""
         while self._read >= len(self):
             await self._added.wait()
         self._read += 1

@@ -183,7 +183,9 @@ class WeComEmulator(UserVerbs):
         *,
         task_status: trio.TaskStatus[WeComEmulator] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the WebSocket and the HTTP side (media, webhook driver, admin) on loopback."""
+        """Serve the WebSocket and the HTTP side (media, webhook driver, admin) on loopback.
+
+        Runs until cancelled; cancelled, it closes its listeners and every connection."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             server = await nursery.start(serve_websocket, self._accept_loopback, host, port, None)
@@ -657,11 +659,13 @@ class WeComEmulator(UserVerbs):
     # -- observation and faults -------------------------------------------------------------------
 
     async def next_sent(self) -> WeComSent:
-        """The next thing the bot said that this method has not returned yet (waits)."""
+        """The next thing the bot said that this method has not returned yet (waits).
+
+        Cancelled, nothing is consumed: the next call returns it."""
         return await self.sent.next()
 
     async def wait_connected(self) -> None:
-        """Wait for the next successful subscribe."""
+        """Wait for the next successful subscribe (cancelled: nothing changes)."""
         await self._connected.wait()
 
     def commands(self, cmd: str) -> list[f.Frame]:
@@ -674,7 +678,9 @@ class WeComEmulator(UserVerbs):
         self._faults.setdefault(what, deque()).extend([code] * times)
 
     async def drop_connection(self) -> None:
-        """Cut the current socket without a closing handshake (a network fault)."""
+        """Cut the current socket without a closing handshake (a network fault).
+
+        Cancelled, the socket is no longer the current one, and may or may not be cut."""
         if self._active is not None:
             conn, self._active = self._active, None
             await conn.abort()
@@ -689,7 +695,9 @@ class WeComEmulator(UserVerbs):
     async def webhook_post(
         self, target: str | Any, callback: Mapping[str, Any], *, timestamp: str | None = None
     ) -> httpx.Response:
-        """POST one encrypted, signed callback to a bot's webhook (a URL or an ASGI app)."""
+        """POST one encrypted, signed callback to a bot's webhook (a URL or an ASGI app).
+
+        Cancelled, the callback may or may not have reached the bot (as a request in flight)."""
         encrypt = self.crypto.encrypt(json.dumps(callback, ensure_ascii=False))
         timestamp = timestamp or str(int(time.time()))
         nonce = secrets.token_hex(5)
@@ -722,7 +730,10 @@ class WeComEmulator(UserVerbs):
         refresh: float = 1.0,
         msgid: str | None = None,
     ) -> WeComSent:
-        """A user message by webhook; polls the stream as WeCom does until it finishes (6 min)."""
+        """A user message by webhook; polls the stream as WeCom does until it finishes (6 min).
+
+        Cancelled, the polling stops (as WeCom's would after a timeout); the message may or
+        may not have reached the bot."""
         body = {
             "msgid": msgid or f"msg-{next(self._ids)}",
             "aibotid": self.bot_id,
@@ -746,7 +757,9 @@ class WeComEmulator(UserVerbs):
         return sent
 
     async def webhook_user_enters(self, target: str | Any, user: str) -> str | None:
-        """``enter_chat`` by webhook; returns the welcome text the bot answered, if any."""
+        """``enter_chat`` by webhook; returns the welcome text the bot answered, if any.
+
+        Cancelled, the event may or may not have reached the bot."""
         msgid = f"event-{next(self._ids)}"
         body = {
             "msgid": msgid,
@@ -763,7 +776,9 @@ class WeComEmulator(UserVerbs):
         return None
 
     async def webhook_verify(self, target: str | Any, echo: str = "hello") -> httpx.Response:
-        """The URL check WeCom makes when the callback URL is saved (GET with ``echostr``)."""
+        """The URL check WeCom makes when the callback URL is saved (GET with ``echostr``).
+
+        Cancelled, nothing changes (a check)."""
         encrypt = self.crypto.encrypt(echo)
         timestamp, nonce = str(int(time.time())), secrets.token_hex(5)
         params = {
@@ -778,7 +793,9 @@ class WeComEmulator(UserVerbs):
     # -- HTTP: media, admin ------------------------------------------------------------------------
 
     async def handle_http(self, request: httpx.Request) -> httpx.Response:
-        """Answer one HTTP request: media downloads, the webhook driver, or the admin API."""
+        """Answer one HTTP request: media downloads, the webhook driver, or the admin API.
+
+        Cancelled, the request goes unanswered; what it recorded stays."""
         path = request.url.path
         if path.startswith("/media/"):
             blob = self._blobs.get(path.removeprefix("/media/"))

@@ -312,7 +312,7 @@ class WeixinEmulator:
 
     async def drop_connection(self) -> None:
         """End the long poll in progress (or the next one) without an answer, as a dropped
-        connection does."""
+        connection does. It never waits, so a cancellation cannot interrupt it."""
         self._drop_polls = True
         self._arrived.set()
         self._arrived = trio.Event()
@@ -373,7 +373,9 @@ class WeixinEmulator:
     # -- the bot's side, and faults ----------------------------------------------------------
 
     async def next_sent(self) -> WeixinSentMessage:
-        """The next message the bot sent that this method has not returned yet (waits)."""
+        """The next message the bot sent that this method has not returned yet (waits).
+
+        Cancelled, nothing is consumed: the next call returns it."""
         return await self.sent.next()
 
     def fail(self, endpoint: str, fault: WeixinFault, times: int = 1) -> None:
@@ -389,7 +391,8 @@ class WeixinEmulator:
         return [r for r in self.requests if r.endpoint == endpoint]
 
     async def wait_acknowledged(self, count: int) -> None:
-        """Wait until a client polled with a cursor past the first ``count`` messages."""
+        """Wait until a client polled with a cursor past the first ``count`` messages
+        (cancelled: nothing changes)."""
         while self._acked < count:
             await self._ack_event.wait()
 
@@ -404,7 +407,10 @@ class WeixinEmulator:
     # -- HTTP --------------------------------------------------------------------------------
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one HTTP request (the whole emulator is this one function)."""
+        """Answer one HTTP request (the whole emulator is this one function).
+
+        Cancelled (a long poll whose client went away), the request goes unanswered: the
+        messages it held stay unacknowledged, and the next poll gets them."""
         path = urlsplit(str(request.url)).path
         endpoint = path.rsplit("/", 1)[-1]
         if "/c2c/" in path:

@@ -45,7 +45,10 @@ class Connection:
         self._wake.set()
 
     async def write(self) -> None:
-        """Write what is pushed until the socket goes away; run it in the connection's nursery."""
+        """Write what is pushed until the socket goes away; run it in the connection's nursery.
+
+        Cancelled, it stops writing; what was pushed and not written is dropped with the
+        connection."""
         try:
             while True:
                 while self._outbox:
@@ -64,7 +67,9 @@ class Connection:
 async def memory_websocket(
     server: trio.Nursery, accept: Accept, host: str, resource: str, max_message_size: int
 ) -> AsyncIterator[WebSocketConnection]:
-    """A client WebSocket over in-memory streams; ``accept`` runs the server side in ``server``."""
+    """A client WebSocket over in-memory streams; ``accept`` runs the server side in ``server``.
+
+    Cancelled (while connecting or in the block), the client side is closed on the way out."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
 
     async def serve() -> None:
