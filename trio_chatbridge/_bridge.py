@@ -168,8 +168,9 @@ class Bridge:
         finally:
             self._board.close()
             await self._close_connectors()
-            # The store last, and outside that scope: a store whose client holds a task group
-            # (RedisStore) must close at the level it opened at; each shields what it needs.
+            # The store last, outside the connectors' shielded scope: a store whose client
+            # holds a task group (RedisStore) must close at the level it opened at; each
+            # shields what it needs.
             try:
                 await self.store.aclose()
             except Exception:
