@@ -228,8 +228,8 @@ def test_every_platform_error_is_on_one_branch() -> None:
 
 
 # Modules whose public coroutine functions (and async context managers) must say what holds
-# after Cancelled, as trio's channel methods do. The connectors, drivers and platforms are
-# not listed yet: they are being rewritten onto the one driver (issue 11).
+# after Cancelled, as trio's channel methods do. The connectors, drivers and platforms not
+# listed yet are being rewritten onto the one driver (issue 11).
 CANCELLATION_STATED = [
     "trio_chatbridge._asyncio",
     "trio_chatbridge._bridge",
@@ -241,6 +241,9 @@ CANCELLATION_STATED = [
     "trio_chatbridge._serve",
     "trio_chatbridge._service",
     "trio_chatbridge._status",
+    "trio_chatbridge.platforms.lark._api",
+    "trio_chatbridge.platforms.lark._connector",
+    "trio_chatbridge.platforms.lark._outbound",
     "trio_chatbridge.stores._base",
     "trio_chatbridge.stores._memory",
     "trio_chatbridge.stores._sqlite",

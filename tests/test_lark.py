@@ -467,8 +467,8 @@ async def test_end_to_end_over_loopback() -> None:
 
 def test_handshake_classification() -> None:
     def rejected(status: int, **headers: str) -> Exception:
-        raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-        return lark_protocol.handshake_error("cli_1", status, raw)
+        lowered = {k.replace("_", "-").lower(): v for k, v in headers.items()}
+        return lark_protocol.handshake_error("cli_1", status, lowered)
 
     limit = rejected(514, Handshake_Status="514", Handshake_Autherrcode="1000040350")
     assert isinstance(limit, cb.FatalConnectorError)

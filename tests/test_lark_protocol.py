@@ -365,11 +365,11 @@ def test_endpoint_discovery_answers_are_classified() -> None:
 
 
 def test_a_rejected_upgrade_is_classified_from_status_headers_and_body() -> None:
-    limit = [(b"Handshake-Status", b"514"), (b"Handshake-Autherrcode", b"1000040350")]
+    limit = {"handshake-status": "514", "handshake-autherrcode": "1000040350"}
     assert isinstance(lp.handshake_error("cli_1", 514, limit), cb.FatalConnectorError)
-    forbidden = lp.handshake_error("cli_1", 403, [], b"app disabled")
+    forbidden = lp.handshake_error("cli_1", 403, {}, b"app disabled")
     assert isinstance(forbidden, cb.FatalConnectorError) and "app disabled" in str(forbidden)
-    other = lp.handshake_error("cli_1", 514, [(b"handshake-autherrcode", b"1")])
+    other = lp.handshake_error("cli_1", 514, {"handshake-autherrcode": "1"})
     assert type(other) is cb.ConnectorError and "cli_1" in str(other)
 
 

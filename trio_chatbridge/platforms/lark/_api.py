@@ -79,6 +79,8 @@ class OpenAPI:
         return f"lark.OpenAPI(app_id={self.app_id!r})"
 
     async def aclose(self) -> None:
+        """Close the HTTP client. If cancelled, the client is closed for use but its pooled
+        connections may be left to the garbage collector."""
         await self.http.aclose()
 
     async def _exchange(
@@ -125,7 +127,8 @@ class OpenAPI:
         return read_endpoint(self.app_id, response.status_code, data)
 
     async def token(self) -> str:
-        """The tenant access token, fetched when missing or within a minute of expiry."""
+        """The tenant access token, fetched when missing or within a minute of expiry. If
+        cancelled, a fetch under way is abandoned: nothing is kept, the next call fetches."""
         async with self._token_lock:
             if self._token is None or trio.current_time() >= self._token_until:
                 _, data = await self._exchange(
@@ -153,7 +156,8 @@ class OpenAPI:
     ) -> Any:
         """An authenticated call; returns ``data`` (``whole``: the whole answer, for the few
         calls that answer outside ``data``). Token expiry and rate limits are handled. With
-        ``files`` (name: ``(filename, bytes)``) the body is multipart, ``body`` its fields."""
+        ``files`` (name: ``(filename, bytes)``) the body is multipart, ``body`` its fields.
+        If cancelled, the call may or may not have reached the platform (a send may be done)."""
         renewed = False
         retries = RATE_LIMIT_BACKOFF.retries(RATE_LIMIT_RETRIES)
         while True:

@@ -195,9 +195,11 @@ class LongConnection(base.Connector):
         except (HandshakeError, OSError, BaseExceptionGroup) as exc:
             rejected = find_error(exc, ConnectionRejected)
             if rejected is not None:
-                error = handshake_error(
-                    self.account, rejected.status_code, rejected.headers or (), rejected.body
-                )
+                headers = {
+                    k.decode("latin-1").lower(): v.decode(errors="replace")
+                    for k, v in rejected.headers or ()
+                }
+                error = handshake_error(self.account, rejected.status_code, headers, rejected.body)
                 raise error from exc
             if isinstance(exc, BaseExceptionGroup) and find_error(exc, HandshakeError) is None:
                 raise

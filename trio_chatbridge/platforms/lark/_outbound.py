@@ -68,7 +68,8 @@ def body(account: str, content: Content, key: str | None = None) -> tuple[str, s
 
 async def upload(api: OpenAPI, attachment: Attachment) -> str:
     """Upload an image (``image_key``) or a file, video or voice clip (``file_key``), through
-    :meth:`OpenAPI.call` (a multipart body): an expired token is renewed, a rate limit retried."""
+    :meth:`OpenAPI.call` (a multipart body): an expired token is renewed, a rate limit retried.
+    If cancelled, the file may or may not have been uploaded; its key is lost either way."""
     kind = attachment.media_kind
     files = {"image" if kind == "image" else "file": (attachment.filename, attachment.data)}
     if kind == "image":
@@ -85,7 +86,8 @@ async def upload(api: OpenAPI, attachment: Attachment) -> str:
 
 
 async def reply(api: OpenAPI, message_id: str, msg_type: str, content: str) -> str:
-    """Reply to a message; returns the new message's id."""
+    """Reply to a message; returns the new message's id. If cancelled, the reply may or may
+    not have been sent."""
     data = await api.call(
         "POST",
         f"/open-apis/im/v1/messages/{message_id}/reply",
@@ -95,7 +97,8 @@ async def reply(api: OpenAPI, message_id: str, msg_type: str, content: str) -> s
 
 
 async def create(api: OpenAPI, receive_id: str, msg_type: str, content: str) -> str:
-    """Send to a chat (``oc_...``) or a user (``ou_...``, ``on_...``); returns the id."""
+    """Send to a chat (``oc_...``) or a user (``ou_...``, ``on_...``); returns the id. If
+    cancelled, the message may or may not have been sent."""
     id_type = receive_id_type(receive_id)
     data = await api.call(
         "POST",
@@ -106,7 +109,8 @@ async def create(api: OpenAPI, receive_id: str, msg_type: str, content: str) -> 
 
 
 async def update(api: OpenAPI, message_id: str, msg_type: str, content: str) -> None:
-    """Edit a sent text or post (``PUT``), or a card in place (``PATCH``)."""
+    """Edit a sent text or post (``PUT``), or a card in place (``PATCH``). If cancelled, the
+    message shows the old content or the new."""
     path = f"/open-apis/im/v1/messages/{message_id}"
     if msg_type == "interactive":
         await api.call("PATCH", path, {"content": content})

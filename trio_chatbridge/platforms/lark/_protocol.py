@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, Literal, TypeAlias, final
 from urllib.parse import parse_qs, urlsplit
 
@@ -434,17 +434,16 @@ def service_id(url: str) -> int:
 
 
 def handshake_error(
-    account: str, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None = None
+    account: str, status: int, headers: Mapping[str, str], body: bytes | None = None
 ) -> ChatBridgeError:
     """The error a rejected upgrade means: fatal for the connection limit and a ban.
 
-    ``status``, ``headers`` and ``body`` are the rejecting HTTP response's. See
-    ``docs/protocols/lark.md#connecting``.
+    ``status``, ``headers`` (names lower-cased) and ``body`` are the rejecting HTTP
+    response's. See ``docs/protocols/lark.md#connecting``.
     """
-    fields = {k.decode("latin-1").lower(): v.decode(errors="replace") for k, v in headers}
-    code = fields.get("handshake-status") or str(status)
-    auth = fields.get("handshake-autherrcode", "")
-    msg = fields.get("handshake-msg") or (body or b"")[:200].decode(errors="replace")
+    code = headers.get("handshake-status") or str(status)
+    auth = headers.get("handshake-autherrcode", "")
+    msg = headers.get("handshake-msg") or (body or b"")[:200].decode(errors="replace")
     if code == str(AUTH_FAILED) and auth == str(EXCEED_CONN_LIMIT):
         return FatalConnectorError(
             f"Lark app {account}: the connection was refused: the app has its maximum of "
