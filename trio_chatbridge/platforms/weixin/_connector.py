@@ -437,7 +437,10 @@ class LongPoll(base.Connector):
     # so the base class's stream (collect, then one send at the end) is the right mapping.
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
-        """Keep "typing..." shown to the sender while the agent runs (refreshed every 5 s)."""
+        """Keep "typing..." shown to the sender while the agent runs (refreshed every 5 s).
+
+        However the body ends, cancelled included, the indicator is then cancelled (shielded,
+        for at most 10 s)."""
         return self._typing(batch.latest)
 
     @asynccontextmanager

@@ -417,7 +417,7 @@ class Poller:
     """
 
     token: str = attrs.field(repr=False)
-    base_url: str
+    base_url: str = attrs.field(converter=normalise_base_url)
     convert: Callable[[Any], Message | None] = attrs.field(repr=False)
     guard: SessionGuard = attrs.Factory(SessionGuard)
     route_tag: str | None = None
@@ -436,7 +436,7 @@ class Poller:
         return HTTPRequest(
             "iLink getupdates",
             "POST",
-            normalise_base_url(self.base_url) + "ilink/bot/getupdates",
+            self.base_url + "ilink/bot/getupdates",
             post_headers(self.token, self.route_tag),
             encode_body(body),
             timeout=self.hold + LONG_POLL_MARGIN,
