@@ -462,21 +462,33 @@ class Poller:
 
     def _page(self, data: Mapping[str, Any]) -> Page:
         raw = data.get("msgs")
+        convert = self.convert
         messages: list[Message] = []
         skipped: list[ProtocolError] = []
         filtered = 0
         tokens: dict[str, str | None] = {}
         for n, entry in enumerate(raw if isinstance(raw, list) else ()):
-            message = self._message(n, entry)
-            if isinstance(message, ProtocolError):
-                skipped.append(message)
-            elif message is None:
+            if isinstance(entry, ProtocolError):  # undecodable: json_object_items says why
+                skipped.append(entry)
+                continue
+            try:
+                message = convert(entry)
+            except ProtocolError as exc:
+                skipped.append(exc)
+                continue
+            except Exception as exc:  # a converter's bug must not cost the page
+                bad = ProtocolError(f"iLink getupdates: msgs[{n}]: {type(exc).__name__}: {exc}")
+                bad.__cause__ = exc
+                skipped.append(bad)
+                continue
+            if message is None:
                 filtered += 1
-            else:
-                messages.append(message)
-                token, peer = (message.reply_handle.get(k) for k in ("context_token", "to_user_id"))
-                if token and peer:  # the newest wins: replies after a restart use it
-                    tokens[CONTEXT_TOKEN_PREFIX + peer] = token
+                continue
+            messages.append(message)
+            handle = message.reply_handle
+            token, peer = handle.get("context_token"), handle.get("to_user_id")
+            if token and peer:  # the newest wins: replies after a restart use it
+                tokens[CONTEXT_TOKEN_PREFIX + peer] = token
         # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
         cursor = read_str(data, "get_updates_buf") or read_str(data, "sync_buf") or None
         return Page(
@@ -486,18 +498,6 @@ class Poller:
             cursor=None if cursor == self.cursor else cursor,
             values=tokens,
         )
-
-    def _message(self, n: int, entry: Any) -> Message | ProtocolError | None:
-        if isinstance(entry, ProtocolError):  # undecodable: json_object_items says why
-            return entry
-        try:
-            return self.convert(entry)
-        except ProtocolError as exc:
-            return exc
-        except Exception as exc:  # a converter's bug must not cost the page
-            bad = ProtocolError(f"iLink getupdates: msgs[{n}]: {type(exc).__name__}: {exc}")
-            bad.__cause__ = exc
-            return bad
 
     def commit(self, page: Page) -> None:
         if page.cursor:
