@@ -55,7 +55,8 @@ def media_ref(item: p.MessageItem) -> dict[str, Any]:
 
 
 async def download(client: ILinkClient, policy: MediaPolicy, media: Media) -> bytes:
-    """Fetch and decrypt inbound media; raises :class:`MediaError` with the reason."""
+    """Fetch and decrypt inbound media; raises :class:`MediaError` with the reason. If
+    cancelled, nothing is kept."""
     ref = media.ref
     url = ref.get("full_url") or (
         client.download_url(ref["encrypt_query_param"]) if ref.get("encrypt_query_param") else None
@@ -118,6 +119,7 @@ async def upload(
 
     See ``docs/protocols/weixin.md#media-upload``. The upload URL comes from the server, so
     it obeys ``policy`` as a download's does (http or https, an allowed host or the CDN's).
+    If cancelled, nothing was sent to anyone; the CDN may keep a file no message names.
     """
     media_type = upload_type(filename, kind)
     filekey = secrets.token_hex(16)
