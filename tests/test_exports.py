@@ -38,6 +38,7 @@ EXTENSION_POINTS = {
     "trio_chatbridge.connectors.BufferedReplyStream": "a platform's collect-then-send stream",
     "trio_chatbridge.connectors.CoalescingStream": "a platform's growing-reply stream",
     "trio_chatbridge.connectors.PollCore": "a protocol: what a long-poll core implements",
+    "trio_chatbridge.connectors.WebSocketCore": "a protocol: what a platform's sans-I/O core is",
     "trio_chatbridge.stores.Store": "what a store implements",
     "trio_chatbridge.stores.MemoryStore": "wrapped by tests to record or slow down calls",
     "trio_chatbridge.stores.SQLiteStore": "wrapped by tests to record or slow down calls",
@@ -45,7 +46,6 @@ EXTENSION_POINTS = {
     "trio_chatbridge.testing.Emulator": "a protocol: what every emulator implements",
     # Until the connector driver refactor (issue 11) settles their shape:
     "trio_chatbridge.platforms.weixin.LongPoll": "pending the driver refactor",
-    "trio_chatbridge.platforms.wecom.LongConnection": "pending the driver refactor",
     "trio_chatbridge.platforms.wecom.Webhook": "pending the driver refactor",
     "trio_chatbridge.platforms.lark.LongConnection": "pending the driver refactor",
 }

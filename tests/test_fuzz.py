@@ -28,6 +28,7 @@ from trio_chatbridge.connectors import Page, Paused, Retry
 from trio_chatbridge.platforms import lark, wecom, weixin
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.wecom import _crypto
+from trio_chatbridge.platforms.wecom import _protocol as wecom_protocol
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.testing import LarkEmulator, WeComEmulator, WeixinEmulator
 
@@ -107,10 +108,12 @@ WECOM_MESSAGE = {
 @given(raw_bytes, st.booleans())
 def test_wecom_frames_parse_or_raise_protocol_error(data: bytes | str, as_text: bool) -> None:
     try:
-        frame = wecom.parse_frame(raw(data).decode(errors="replace") if as_text else raw(data))
+        frame = wecom_protocol.parse_frame(
+            raw(data).decode(errors="replace") if as_text else raw(data)
+        )
     except cb.ProtocolError:
         return
-    assert wecom.parse_frame(frame.encode()) == frame
+    assert wecom_protocol.parse_frame(frame.encode()) == frame
 
 
 @given(json_objects | with_fields(WECOM_MESSAGE), st.none() | st.text(max_size=5))
@@ -323,13 +326,15 @@ def test_media_decryption_matches_the_primitives() -> None:
 
 def test_wecom_frames_match_the_documented_shape() -> None:
     """docs/protocols/wecom.md: ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``."""
-    subscribe = wecom.Frame("aibot_subscribe_1", "aibot_subscribe", {"bot_id": "b", "secret": "s"})
+    subscribe = wecom_protocol.Frame(
+        "aibot_subscribe_1", "aibot_subscribe", {"bot_id": "b", "secret": "s"}
+    )
     assert json.loads(subscribe.encode()) == {
         "cmd": "aibot_subscribe",
         "headers": {"req_id": "aibot_subscribe_1"},
         "body": {"bot_id": "b", "secret": "s"},
     }
-    ack = wecom.parse_frame('{"headers":{"req_id":"r-9"},"errcode":0,"errmsg":"ok"}')
+    ack = wecom_protocol.parse_frame('{"headers":{"req_id":"r-9"},"errcode":0,"errmsg":"ok"}')
     assert (ack.req_id, ack.cmd, ack.errcode, ack.errmsg) == ("r-9", None, 0, "ok")
 
 

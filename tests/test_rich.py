@@ -22,7 +22,7 @@ import trio_chatbridge as cb
 from trio_chatbridge import connectors
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
-from trio_chatbridge.platforms.wecom import Frame
+from trio_chatbridge.platforms.wecom._protocol import Frame
 from trio_chatbridge.testing import (
     Activity,
     HandlerTransport,

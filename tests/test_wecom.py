@@ -26,10 +26,11 @@ from support import (
 
 import trio_chatbridge as cb
 from trio_chatbridge._receive import MAX_HANDLERS
+from trio_chatbridge._websocket import AckTimeout, _Connection
+from trio_chatbridge._ws_core import Answer
 from trio_chatbridge.platforms import wecom
 from trio_chatbridge.platforms.wecom import _crypto
-from trio_chatbridge.platforms.wecom._frames import STREAM_LIMIT
-from trio_chatbridge.platforms.wecom._link import Link
+from trio_chatbridge.platforms.wecom._protocol import STREAM_LIMIT, Frame, WeComCore, parse_frame
 from trio_chatbridge.testing import InFlightLimit, WeComEmulator, running_bridge
 
 
@@ -250,7 +251,7 @@ async def test_command_conflict_is_retried(autojump_clock: trio.testing.MockCloc
         emu.fail_next("aibot_respond_msg", 6000, times=2)
         emu.user_says("finn", "conflict?")
         assert (await emu.next_sent()).text == "conflict?"
-        assert bridge.stats().other["wecom.command_conflicts"] == 2
+        assert bridge.stats().other["wecom.busy_retries"] == 2
 
 
 async def test_disconnected_event_stops_the_replaced_connection_for_good(
@@ -578,6 +579,9 @@ async def test_inbound_media_is_decrypted_and_guarded(
     assert "'10.0.0.1': not an allowed host" in str(results[1])
 
 
+CORE = WeComCore("bot", "secret", "life")
+
+
 async def test_commands_on_one_req_id_wait_for_each_others_ack(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -585,26 +589,31 @@ async def test_commands_on_one_req_id_wait_for_each_others_ack(
 
     class QuietServer:
         def __init__(self) -> None:
-            self.sent: list[wecom.Frame] = []
+            self.sent: list[Frame] = []
 
         async def send_message(self, data: str) -> None:
-            self.sent.append(wecom.parse_frame(data))
+            self.sent.append(parse_frame(data))
 
     server = QuietServer()
-    link = Link(server, ack_timeout=5.0)  # type: ignore[arg-type]
+    link = _Connection(server)  # type: ignore[arg-type]
+
+    async def command(req_id: str, n: int) -> None:
+        await link.request(CORE.command("aibot_respond_msg", req_id, {"n": n}), 5.0)
+
     async with trio.open_nursery() as nursery:
         for n in range(2):
-            nursery.start_soon(link.command, "aibot_respond_msg", "cb-1", {"n": n})
-        nursery.start_soon(link.command, "aibot_respond_msg", "cb-2", {"n": 9})
+            nursery.start_soon(command, "cb-1", n)
+        nursery.start_soon(command, "cb-2", 9)
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(frame.req_id for frame in server.sent) == ["cb-1", "cb-2"]
         for frame in list(server.sent):
-            link.deliver_ack(wecom.Frame(frame.req_id, errcode=0))
+            assert link.deliver(Answer(frame.req_id))
         await trio.testing.wait_all_tasks_blocked()
         assert [frame.req_id for frame in server.sent[2:]] == ["cb-1"]  # its turn now
         assert {frame.body["n"] for frame in server.sent if frame.req_id == "cb-1"} == {0, 1}
-        link.deliver_ack(wecom.Frame("cb-1", errcode=0))
-    assert link.pending == 0
+        assert link.deliver(Answer("cb-1"))
+    assert not link.slots
+    assert not link.deliver(Answer("cb-1"))  # nobody waits: a stray ack
 
 
 @pytest.mark.slow
@@ -615,30 +624,31 @@ async def test_a_hundred_thousand_commands_leave_nothing_behind(
         """Stands in for the socket: acks each command at once (or not, or with 6000)."""
 
         def __init__(self) -> None:
-            self.link: Link | None = None
+            self.link: _Connection | None = None
             self.count = 0
 
         async def send_message(self, data: str) -> None:
             self.count += 1
-            frame = wecom.parse_frame(data)
             assert self.link is not None
             if self.count % 1000 == 0:
                 return  # never acked: that command times out
             errcode = 6000 if self.count % 777 == 0 else 0
-            self.link.deliver_ack(wecom.Frame(frame.req_id, errcode=errcode, errmsg="ok"))
+            ack = Frame(parse_frame(data).req_id, errcode=errcode, errmsg="ok").encode()
+            (answer,) = CORE.receive(ack, 0.0)
+            assert isinstance(answer, Answer) and self.link.deliver(answer)
 
     server = InstantServer()
-    link = Link(server, ack_timeout=5.0)  # type: ignore[arg-type]
+    link = _Connection(server)  # type: ignore[arg-type]
     server.link = link
     timeouts = 0
     with trio.fail_after(10_000):
         for i in range(100_000):
             req_id = f"callback-{i // 3}"  # three replies share each callback's req_id
             try:
-                await link.command("aibot_respond_msg", req_id, {"n": i})
-            except wecom.AckTimeout:
+                await link.request(CORE.command("aibot_respond_msg", req_id, {"n": i}), 5.0)
+            except AckTimeout:
                 timeouts += 1
-            assert link.pending == 0
+            assert not link.slots
     assert timeouts == 100  # one in a thousand was left unacknowledged
     assert server.count > 100_000  # the 6000s were retried
 
@@ -811,19 +821,19 @@ json_values = st.recursive(
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200), json_values.map(json.dumps)))
 def test_frame_parser_raises_only_protocol_errors(data: str | bytes) -> None:
     try:
-        frame = wecom.parse_frame(data)
+        frame = parse_frame(data)
     except cb.ProtocolError:
         return
     assert isinstance(frame.req_id, str) and frame.req_id
-    assert wecom.parse_frame(frame.encode()) == frame
+    assert parse_frame(frame.encode()) == frame
 
 
 @given(st.text(max_size=50), st.one_of(st.none(), st.text(max_size=10)), json_values)
 def test_frames_round_trip(req_id: str, cmd: str | None, body: object) -> None:
     if not req_id:
         return
-    frame = wecom.Frame(req_id, cmd, body if isinstance(body, dict) else {})
-    assert wecom.parse_frame(frame.encode()) == frame
+    frame = Frame(req_id, cmd, body if isinstance(body, dict) else {})
+    assert parse_frame(frame.encode()) == frame
 
 
 # -- hostile input: nothing lost, the link kept ------------------------------------------------

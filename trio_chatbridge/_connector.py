@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Literal, TypeAlias, final
 
 import attrs
 import trio
 
 from ._content import Attachment, Card, Content, Sent, kind_of, unsupported
-from ._errors import ChatBridgeError, SendError
+from ._errors import ChatBridgeError, ConnectorError, PlatformError, ProtocolError, SendError
 from ._messages import Batch, Message
 from ._redact import guard
 from .stores import Store
@@ -111,6 +111,24 @@ class ConnectorContext:
         """Save this account's cursor (and ``with_values`` in the same write), after the
         messages before it were put."""
         await self.store.set_cursor(self.platform, self.account, cursor, with_values=with_values)
+
+
+@contextmanager
+def send_errors(what: str) -> Iterator[None]:
+    """The one place where a failed send becomes a :class:`SendError`, whatever failed.
+
+    A platform's refusal (:class:`PlatformError`), a lost or failing connection
+    (:class:`ConnectorError`) and a bad answer (:class:`ProtocolError`) inside the block are
+    raised as a :class:`SendError` saying ``what`` failed, the original as its cause; a
+    ``SendError`` already (``wecom.WeComError`` is one) goes on unchanged, so that a caller can
+    still read its code.
+    """
+    try:
+        yield
+    except SendError:
+        raise
+    except (PlatformError, ConnectorError, ProtocolError) as exc:
+        raise SendError(f"{what} failed: {exc}") from exc
 
 
 class ReplyStream(ABC):

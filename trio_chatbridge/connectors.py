@@ -9,7 +9,14 @@ in place. Every retry loop counts its failures in a :class:`Retries` under the b
 policy, :class:`trio_chatbridge.Backoff`. A platform that long-polls over HTTP writes a
 sans-I/O :class:`PollCore` (requests out as :class:`HTTPRequest`, answers in, :class:`Page`,
 :class:`Retry` or :class:`Paused` out) and runs it with :func:`long_poll`, the driver that does
-the I/O, the inbox hand-off and the retries.
+the I/O, the inbox hand-off and the retries. A failed send becomes a ``SendError`` in one
+place, :func:`send_errors`.
+
+A push platform on a WebSocket is a sans-I/O protocol core (a :class:`WebSocketCore`: frames
+in, events out -- :class:`Inbound`, :class:`Answer`, :class:`Reply`, :class:`Notice`,
+:class:`Close`, :class:`Retimed` -- and :class:`Send`/:class:`Request` out) run by a
+:class:`WebSocketDriver`, which owns the connection, the watchdog, the heartbeat, bounded
+backpressure, put-then-ACK and the mapping of errors (see docs/connectors.md).
 """
 
 from ._connector import BufferedReplyStream as BufferedReplyStream
@@ -17,6 +24,7 @@ from ._connector import CoalescingStream as CoalescingStream
 from ._connector import Connector as Connector
 from ._connector import ConnectorContext as ConnectorContext
 from ._connector import ReplyStream as ReplyStream
+from ._connector import send_errors as send_errors
 from ._connector import streaming as streaming
 from ._longpoll import long_poll as long_poll
 from ._poll_events import HTTPRequest as HTTPRequest
@@ -25,19 +33,52 @@ from ._poll_events import Paused as Paused
 from ._poll_events import PollCore as PollCore
 from ._poll_events import Retry as Retry
 from ._supervise import Retries as Retries
+from ._websocket import AckTimeout as AckTimeout
+from ._websocket import Disconnected as Disconnected
+from ._websocket import OpenWebSocket as OpenWebSocket
+from ._websocket import WebSocketDriver as WebSocketDriver
+from ._ws_core import Answer as Answer
+from ._ws_core import Close as Close
+from ._ws_core import Data as Data
+from ._ws_core import Event as Event
+from ._ws_core import Inbound as Inbound
+from ._ws_core import Notice as Notice
+from ._ws_core import Outgoing as Outgoing
+from ._ws_core import Reply as Reply
+from ._ws_core import Request as Request
+from ._ws_core import Retimed as Retimed
+from ._ws_core import Send as Send
+from ._ws_core import WebSocketCore as WebSocketCore
 
 __all__ = [
+    "AckTimeout",
+    "Answer",
     "BufferedReplyStream",
+    "Close",
     "CoalescingStream",
     "Connector",
     "ConnectorContext",
-    "ReplyStream",
-    "Retries",
-    "streaming",
+    "Data",
+    "Disconnected",
+    "Event",
     "HTTPRequest",
+    "Inbound",
+    "Notice",
+    "OpenWebSocket",
+    "Outgoing",
     "Page",
     "Paused",
     "PollCore",
+    "Reply",
+    "ReplyStream",
+    "Request",
+    "Retimed",
+    "Retries",
     "Retry",
+    "Send",
+    "WebSocketCore",
+    "WebSocketDriver",
     "long_poll",
+    "send_errors",
+    "streaming",
 ]

@@ -1,5 +1,6 @@
 """Tools to test bots built on trio_chatbridge: fake connectors, platform emulators, clocks."""
 
+from ..platforms.wecom._protocol import Frame as WeComFrame
 from ._admin import Emulator as Emulator
 from ._admin import Unsupported as Unsupported
 from ._fake import FakeConnector as FakeConnector
@@ -33,6 +34,7 @@ __all__ = [
     "LarkSent",
     "MediaRecord",
     "WeComEmulator",
+    "WeComFrame",
     "WeComSent",
     "HandlerTransport",
     "Record",

@@ -45,9 +45,10 @@ from trio_websocket import (
 from .._json import get_object, get_str
 from .._media import MediaPolicy
 from ..platforms.wecom import _crypto
-from ..platforms.wecom import _frames as f
 from ..platforms.wecom import _outbound as out
+from ..platforms.wecom import _protocol as f
 from ..platforms.wecom._long import DEFAULT_MEDIA_HOSTS, LongConnection
+from ..platforms.wecom._protocol import Frame as WeComFrame
 from ._admin import Refused, UserVerbs, handle_admin
 from ._http import HandlerTransport, serve_http
 from ._record import Activity, MediaRecord, Record
@@ -668,7 +669,7 @@ class WeComEmulator(UserVerbs):
         """Wait for the next successful subscribe (cancelled: nothing changes)."""
         await self._connected.wait()
 
-    def commands(self, cmd: str) -> list[f.Frame]:
+    def commands(self, cmd: str) -> list[WeComFrame]:
         """The bot's frames of one command, in order."""
         return [frame for frame in self.frames if frame.cmd == cmd]
 

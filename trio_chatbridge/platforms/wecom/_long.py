@@ -16,60 +16,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, TypeAlias, final
 
-import attrs
 import httpx
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from ... import _connector as base
 from ..._content import Attachment, Card, Content, Sent, kind_of
-from ..._errors import (
-    ConfigurationError,
-    ConnectorError,
-    FatalConnectorError,
-    MediaError,
-    ProtocolError,
-    SendError,
-)
+from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
-from ..._receive import Handlers, Skipped, parse_or_skip, rearm, receive_burst
+from ..._websocket import OpenWebSocket, WebSocketDriver
+from ..._ws_core import Answer
 from . import _crypto
-from . import _frames as f
 from . import _outbound as out
-from ._convert import PLATFORM, to_message
-from ._link import Link, LinkClosed, WeComError
+from . import _protocol as f
+from ._convert import PLATFORM
+from ._protocol import WeComCore, WeComError, WeComEvent
 
 log = logging.getLogger("trio_chatbridge.wecom")
 
 DEFAULT_MEDIA_HOSTS: Final = (".weixin.qq.com", ".qq.com", ".qpic.cn")
-PUT_BATCH: Final = 100  # callbacks journaled together at most
-PUT_GRACE: Final = 10.0  # seconds a put may go on after its connection was cancelled
 STREAM_INTERVAL: Final = 0.5  # seconds between intermediate stream frames (AstrBot's pace)
 RECONNECT_WAIT: Final = 60.0  # seconds a reply waits for the connection to come back
 FINISH_MARGIN: Final = 20.0  # seconds before a callback's window closes that its stream ends
 DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
-
-OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
-
-
-@final
-@attrs.frozen
-class WeComEvent:
-    """An ``aibot_event_callback`` other than a disconnect, for the user's ``on_event``."""
-
-    eventtype: str
-    req_id: str
-    """Answer a card click with ``aibot_respond_update_msg`` on this req_id within 5 s."""
-    user_id: str | None
-    chat_id: str | None
-    body: Mapping[str, Any] = attrs.field(repr=False)
-
 
 Welcome: TypeAlias = str | Card | Callable[[WeComEvent], Awaitable[str | Card | None]] | None
 EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
@@ -89,6 +59,7 @@ def utf8_prefix(text: str, limit: int) -> str:
     return data[:limit].decode(errors="ignore")
 
 
+@final
 class LongConnection(base.Connector):
     """A WeCom AI Bot on the WebSocket long connection (bot id + secret, no public URL).
 
@@ -124,204 +95,72 @@ class LongConnection(base.Connector):
         if not bot_id or not secret:
             raise ConfigurationError("wecom.LongConnection needs bot_id and secret")
         self.account = bot_id
-        self._secret = secret
         self.url = url
-        self.heartbeat = heartbeat
-        self.heartbeat_grace = heartbeat_grace
         self.ack_timeout = ack_timeout
         self.welcome = welcome
         self.on_event = on_event
-        self.bot_name = bot_name
         self.earlier_reply = earlier_reply
         self.stream_interval = stream_interval
-        self.reconnect_wait = reconnect_wait
         self.media_policy: MediaPolicy = media or MediaPolicy(DEFAULT_MEDIA_HOSTS)
         self._http = http
         self._transport = transport
         self._own_http: httpx.AsyncClient | None = None
-        self._open_websocket = open_websocket
-        self._link: Link | None = None
-        self._handlers = Handlers()  # welcome and on_event tasks, bounded
-        self._link_up = trio.Event()  # set while there is a link; a new one once it is lost
-        # the windows in reply handles are on this process's Trio clock: this says whose
-        self._life = secrets.token_hex(8)
+        # the windows in reply handles are on this process's Trio clock: ``life`` says whose
+        self._core = WeComCore(
+            bot_id,
+            secret,
+            secrets.token_hex(8),
+            heartbeat_interval=heartbeat,
+            heartbeat_grace=heartbeat_grace,
+            bot_name=bot_name,
+        )
+        self._driver: WebSocketDriver[WeComEvent] = WebSocketDriver(
+            self._core,
+            name=f"wecom bot {bot_id}",
+            open_websocket=open_websocket,
+            on_notice=self._event,
+            answer_within=ack_timeout,
+            reconnect_wait=reconnect_wait,
+        )
 
     def __repr__(self) -> str:  # never the secret
         return f"wecom.LongConnection(bot_id={self.account!r})"
 
     @property
-    def link(self) -> Link:
-        """The current connection's command link; :class:`SendError` when disconnected."""
-        if self._link is None:
-            raise SendError(f"wecom bot {self.account} is not connected right now; retry later")
-        return self._link
+    def heartbeat(self) -> float:
+        """Seconds between pings."""
+        return self._core.heartbeat_interval
+
+    @property
+    def bot_name(self) -> str | None:
+        """The bot's name, whose @-mention group messages lose."""
+        return self._core.bot_name
+
+    @property
+    def reconnect_wait(self) -> float:
+        """Seconds a reply waits for the connection to come back."""
+        return self._driver.reconnect_wait
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (subscribed)."""
+        return self._driver.connected
 
     # -- receiving ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, subscribe, and receive until the connection fails (see the driver)."""
+        await self._driver.run(self.ctx, self.url, task_status=task_status)
+
+    async def _event(self, event: WeComEvent) -> None:
         try:
-            async with self._open_websocket(self.url) as ws:
-                link = Link(
-                    ws, ack_timeout=self.ack_timeout, count=self.ctx.count, on_close=self._lost
-                )
-                try:
-                    await self._session(ws, link, task_status)
-                finally:
-                    link.close("connection ended")
-        except ConnectionClosed as exc:
-            raise ConnectorError(f"wecom bot {self.account}: socket closed ({exc.reason})") from exc
-        except (OSError, HandshakeError) as exc:
-            cause = exc.__cause__ or exc
-            raise ConnectorError(
-                f"wecom bot {self.account}: cannot connect to {self.url}: {cause}"
-            ) from exc
-
-    async def _session(
-        self, ws: WebSocketConnection, link: Link, task_status: trio.TaskStatus[None]
-    ) -> None:
-        # Unbounded on purpose: the reader must never wait, or an ack that an agent's reply is
-        # waiting for could sit behind a full queue (a deadlock). The platform bounds it
-        # anyway: a user has at most three messages in flight with the bot
-        # (docs/protocols/wecom.md#message-callbacks).
-        callbacks_in, callbacks_out = trio.open_memory_channel[f.Frame](math.inf)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read, ws, link, callbacks_in, nursery)
-            try:
-                await link.command(
-                    f.SUBSCRIBE,
-                    f.new_req_id(f.SUBSCRIBE),
-                    {"bot_id": self.account, "secret": self._secret},
-                    conflict_retries=0,
-                )
-            except WeComError as exc:
-                raise FatalConnectorError(
-                    f"wecom bot {self.account}: subscribe refused (errcode {exc.errcode}, "
-                    f"{exc.errmsg!r}): check the bot id and secret on the bot's API page"
-                ) from exc
-            self._link = link
-            self._link_up.set()
-            task_status.started()
-            nursery.start_soon(self._heartbeat, link)
-            nursery.start_soon(self._put_messages, callbacks_out)
-
-    async def _read(
-        self,
-        ws: WebSocketConnection,
-        link: Link,
-        callbacks: trio.MemorySendChannel[f.Frame],
-        nursery: trio.Nursery,
-    ) -> None:
-        """The receive loop: acks to their waiters, callbacks to their handlers, never blocked.
-
-        A healthy link brings a ping ack every interval; the watchdog allows one grace more
-        than the heartbeat does, so a missing ack is reported as such, and silence as silence.
-        """
-        silence = self.heartbeat + 2 * self.heartbeat_grace
-        async with callbacks:
-            with trio.CancelScope() as watchdog:  # one scope, kept ahead of every frame
-                while True:
-                    rearm(watchdog, silence)
-                    try:
-                        data = await ws.get_message()
-                    except ConnectionClosed as exc:
-                        link.close(str(exc.reason))
-                        raise ConnectorError(
-                            f"wecom bot {self.account}: socket closed ({exc.reason})"
-                        ) from exc
-                    self._dispatch(data, link, callbacks, nursery)
-            link.close("silent")
-            raise ConnectorError(f"wecom bot {self.account}: no frame for {silence:.0f} s")
-
-    def _dispatch(
-        self,
-        data: str | bytes,
-        link: Link,
-        callbacks: trio.MemorySendChannel[f.Frame],
-        nursery: trio.Nursery,
-    ) -> None:
-        frame = parse_or_skip(self.ctx, "frame", f.parse_frame, data)
-        if isinstance(frame, Skipped):
-            return
-        if frame.is_ack:
-            link.deliver_ack(frame)
-        elif frame.cmd == f.MSG_CALLBACK:
-            callbacks.send_nowait(frame)
-        elif frame.cmd == f.EVENT_CALLBACK:
-            event = frame.body.get("event")
-            eventtype = event.get("eventtype") if isinstance(event, dict) else None
-            if eventtype == "disconnected_event":
-                link.close("replaced")
-                raise FatalConnectorError(
-                    f"wecom bot {self.account}: replaced by a newer connection for the same bot "
-                    "(disconnected_event); not reconnecting, which would only kick that one out. "
-                    "Run one connection per bot."
-                )
-            self._handlers.start(self.ctx, nursery, self._event, frame, str(eventtype))
-        else:
-            self.ctx.count("unknown_commands")
-            log.info("wecom bot %s: ignored frame with cmd %r", self.account, frame.cmd)
-
-    async def _put_messages(self, callbacks: trio.MemoryReceiveChannel[f.Frame]) -> None:
-        """Hand callbacks to the inbox, all that are waiting in one put (one journal write)."""
-        async with callbacks:
-            while True:
-                try:
-                    frames = await receive_burst(callbacks, PUT_BATCH)
-                except trio.EndOfChannel:
-                    return
-                messages = []
-                # a callback is answerable for STREAM_WINDOW from now, on this process's clock
-                window = {"answer_by": trio.current_time() + f.STREAM_WINDOW, "life": self._life}
-                for frame in frames:
-                    message = parse_or_skip(
-                        self.ctx,
-                        "message callback",
-                        to_message,
-                        self.account,
-                        frame.req_id,
-                        frame.body,
-                        bot_name=self.bot_name,
-                        handle=window,
-                    )
-                    if not isinstance(message, Skipped):
-                        messages.append(message)
-                if messages:
-                    # Off the socket already, and WeCom does not deliver a callback again:
-                    # journal them even while the connection goes down (a bounded wait).
-                    with trio.CancelScope(shield=True, deadline=trio.current_time() + PUT_GRACE):
-                        await self.ctx.put(messages)
-
-    async def _heartbeat(self, link: Link) -> None:
-        while True:
-            await trio.sleep(self.heartbeat)
-            try:
-                await link.command(
-                    f.PING,
-                    f.new_req_id(f.PING),
-                    ack_within=self.heartbeat_grace,
-                    conflict_retries=0,
-                )
-            except WeComError as exc:
-                raise ConnectorError(f"wecom bot {self.account}: ping refused: {exc}") from exc
-
-    async def _event(self, frame: f.Frame, eventtype: str) -> None:
-        body = frame.body
-        sender = body.get("from")
-        event = WeComEvent(
-            eventtype,
-            frame.req_id,
-            sender.get("userid") if isinstance(sender, dict) else None,
-            body.get("chatid") if isinstance(body.get("chatid"), str) else None,
-            body,
-        )
-        try:
-            if eventtype == "enter_chat":
+            if event.eventtype == "enter_chat":
                 await self._welcome(event)
             elif self.on_event is not None:
                 await self.on_event(event)
         except Exception:  # user code or a refused welcome: never the connection's problem
             self.ctx.count("event_failures")
-            log.exception("wecom bot %s: handling %s failed", self.account, eventtype)
+            log.exception("wecom bot %s: handling %s failed", self.account, event.eventtype)
 
     async def _welcome(self, event: WeComEvent) -> None:
         with trio.move_on_after(f.WELCOME_DEADLINE) as deadline:
@@ -333,7 +172,7 @@ class LongConnection(base.Connector):
                     if isinstance(answer, Card)
                     else {"msgtype": "text", "text": {"content": answer}}
                 )
-                await self.link.command(f.RESPOND_WELCOME, event.req_id, body)
+                await self.command(f.RESPOND_WELCOME, event.req_id, body)
         if deadline.cancelled_caught:
             self.ctx.count("late_welcomes")
             log.warning("wecom bot %s: no welcome within %.0f s", self.account, f.WELCOME_DEADLINE)
@@ -362,12 +201,13 @@ class LongConnection(base.Connector):
 
     async def _close_callback(self, req_id: str) -> None:
         try:
-            await self._respond_stream(req_id, self.earlier_reply, _new_stream_id(), True)
-        except (WeComError, ConnectorError, SendError) as exc:
+            await self.respond_stream(req_id, self.earlier_reply, finish=True)
+        except SendError as exc:
             log.info("wecom bot %s: closing callback %s: %s", self.account, req_id, exc)
 
     async def send(self, target: Message, text: str) -> None:
-        """Answer ``target`` with one finished stream frame (overflow as proactive messages)."""
+        """Answer ``target`` with one finished stream frame (overflow as proactive messages).
+        If cancelled, the answer may or may not have been shown."""
         await _Stream(self, target).final(text)
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
@@ -403,12 +243,12 @@ class LongConnection(base.Connector):
         try:
             if not req_id:
                 raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
-            await self._command(f.RESPOND, req_id, body)
+            await self.command(f.RESPOND, req_id, body)
         except WeComError as exc:
             if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
                 raise
-            if not self._answered_before(target, exc):
-                await self._command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat, **body})
+            if not self.answered_before(target, exc):
+                await self.command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat, **body})
         return Sent(PLATFORM, chat, kind_of(content))
 
     async def send_first(self, chat_id: str, content: Content) -> Sent:
@@ -419,7 +259,7 @@ class LongConnection(base.Connector):
             await self.send_proactive(chat_id, out.text_of(content))
         else:
             body = out.message_body(self.account, content, await self._media_id(content))
-            await self._command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat_id, **body})
+            await self.command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat_id, **body})
         return Sent(PLATFORM, chat_id, kind_of(content))
 
     async def update_card(
@@ -434,105 +274,84 @@ class LongConnection(base.Connector):
         }
         if userids is not None:
             body["userids"] = list(userids)
-        await self._command(out.RESPOND_UPDATE, event.req_id, body)
+        await self.command(out.RESPOND_UPDATE, event.req_id, body)
 
     async def upload(self, attachment: Attachment) -> str:
         """Upload media in chunks over the connection; returns its ``media_id`` (3 days).
 
         If cancelled, the upload is left unfinished (no ``media_id``; nothing is sent)."""
-        try:
-            return await out.upload(self._ack, self.account, attachment)
-        except ProtocolError as exc:
-            raise SendError(f"wecom bot {self.account}: upload failed: {exc}") from exc
+        with base.send_errors(f"wecom bot {self.account}: upload"):
+            return await out.upload(self.command, self.account, attachment)
 
     async def _media_id(self, content: Content) -> str | None:
         return await self.upload(content) if isinstance(content, Attachment) else None
 
     async def send_proactive(self, chat_id: str, text: str) -> None:
-        """Push markdown to a user or group with no callback to answer (``aibot_send_msg``)."""
+        """Push markdown to a user or group with no callback to answer (``aibot_send_msg``).
+        If cancelled, some pieces of a long text may have gone out, in order."""
         remaining = text
         while remaining:
             piece = utf8_prefix(remaining, f.STREAM_LIMIT)
             remaining = remaining[len(piece) :]
-            await self._command(
+            await self.command(
                 f.SEND,
                 f.new_req_id(f.SEND),
                 {"chatid": chat_id, "msgtype": "markdown", "markdown": {"content": piece}},
             )
 
-    async def _respond_stream(
+    async def respond_stream(
         self,
         req_id: str,
         content: str,
-        stream_id: str,
+        *,
+        stream_id: str | None = None,
         finish: bool,
         card: Card | None = None,
         until: float | None = None,
     ) -> None:
+        """One stream frame on a callback's ``req_id`` (``aibot_respond_msg``): ``content`` is
+        the whole text so far; ``finish`` ends the stream; ``card`` rides along (once per
+        message); ``until`` bounds the wait for a connection (Trio's clock). A fresh stream id
+        when none is given. If cancelled, the frame may or may not have been shown."""
         body: dict[str, Any] = {
             "msgtype": "stream",
-            "stream": {"id": stream_id, "finish": finish, "content": content},
+            "stream": {"id": stream_id or new_stream_id(), "finish": finish, "content": content},
         }
         if card is not None:
             body.update(msgtype="stream_with_template_card", template_card=card.as_dict())
-        await self._command(f.RESPOND, req_id, body, until)
+        await self.command(f.RESPOND, req_id, body, until=until)
 
-    async def _command(
-        self, cmd: str, req_id: str, body: Mapping[str, Any], until: float | None = None
-    ) -> None:
-        await self._ack(cmd, req_id, body, until)
-
-    async def _ack(
-        self, cmd: str, req_id: str, body: Mapping[str, Any], until: float | None = None
-    ) -> f.Frame:
-        """Send a command and return its ack, across a reconnect if need be.
+    async def command(
+        self, cmd: str, req_id: str, body: Mapping[str, Any], *, until: float | None = None
+    ) -> Answer:
+        """Send a command and return its answer, across a reconnect if need be.
 
         While the connection is re-established the command waits for the new one, at most
         ``reconnect_wait`` seconds and never past ``until``; one lost with its socket goes again
         on the next (a reply frame always: it replaces or repeats the last; anything else only
-        if it never left). Raises :class:`SendError` (a :class:`WeComError` for a refusal).
+        if it never left). Errcode 6000 is retried. Raises :class:`SendError` (a
+        :class:`WeComError` for a refusal). If cancelled, it may or may not have been sent.
         """
-        for attempt in range(2):
-            link = await self._next_link(until)
-            try:
-                return await link.command(cmd, req_id, body)
-            except LinkClosed as exc:
-                if attempt or (exc.sent and cmd != f.RESPOND):
-                    raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
-                self.ctx.count("replies_across_reconnects")
-            except ConnectorError as exc:
-                raise SendError(f"wecom bot {self.account}: {cmd} failed: {exc}") from exc
-        raise AssertionError("unreachable")  # the loop returns or raises
+        request = self._core.command(cmd, req_id, body)
+        with base.send_errors(f"wecom bot {self.account}: {cmd}"):
+            return await self._driver.request(request, until=until, again=cmd == f.RESPOND)
 
-    def _answered_before(self, target: Message, exc: WeComError) -> bool:
+    def answer_by(self, target: Message) -> float | None:
+        """When ``target``'s callback can take no more answers, on Trio's clock; None for a
+        callback this process did not receive (replayed from the journal: unknown here)."""
+        handle = target.reply_handle
+        answer_by = handle.get("answer_by") if handle.get("life") == self._core.life else None
+        return answer_by if isinstance(answer_by, float) else None
+
+    def answered_before(self, target: Message, exc: WeComError) -> bool:
         """Whether ``exc`` says ``target`` was answered by an earlier process: 846608 for a
         callback of one (its run killed after answering, the message replayed). Counted in
         ``already_answered``; nothing more is to be sent, and the run counts as done."""
-        if exc.errcode != f.STREAM_EXPIRED or target.reply_handle.get("life") == self._life:
+        if exc.errcode != f.STREAM_EXPIRED or target.reply_handle.get("life") == self._core.life:
             return False
         self.ctx.count("already_answered")
         log.info("wecom bot %s: %s was answered already (%s)", self.account, target.id, exc)
         return True
-
-    def _lost(self, link: Link) -> None:
-        """``link`` closed: if it was the current one, replies wait for the next from now on."""
-        if self._link is link:
-            self._link, self._link_up = None, trio.Event()
-
-    async def _next_link(self, until: float | None) -> Link:
-        """The connection's link, waiting while it is re-established (see :meth:`_command`)."""
-        deadline = trio.current_time() + self.reconnect_wait
-        if until is not None:
-            deadline = min(deadline, until)
-        while self._link is None:
-            with trio.move_on_at(deadline):
-                await self._link_up.wait()
-            if self._link is None and trio.current_time() >= deadline:
-                raise SendError(
-                    f"wecom bot {self.account} is not connected; no connection came back in "
-                    f"{self.reconnect_wait:.0f} s (reconnect_wait) or before the reply's deadline"
-                )
-        return self._link
 
     async def download(self, media: Media) -> bytes:
         """Download and decrypt an inbound image, file or video (its per-URL ``aeskey``)."""
@@ -560,7 +379,8 @@ class LongConnection(base.Connector):
             self._own_http = None
 
 
-def _new_stream_id() -> str:
+def new_stream_id() -> str:
+    """A fresh stream id, in the official SDK's shape."""
     return f"stream_{secrets.token_hex(8)}"
 
 
@@ -582,12 +402,11 @@ class _Stream(base.CoalescingStream):
         self._card = card
         self._sent_text = ""
         self._finished = False
-        self.stream_id = _new_stream_id()
+        self.stream_id = new_stream_id()
         self.frames = 0
-        handle = target.reply_handle
-        answer_by = handle.get("answer_by") if handle.get("life") == connector._life else None
+        answer_by = connector.answer_by(target)
         # None: a callback of an earlier process (replayed), its window unknown here
-        self._finish_by = answer_by - FINISH_MARGIN if isinstance(answer_by, float) else None
+        self._finish_by = None if answer_by is None else answer_by - FINISH_MARGIN
 
     async def pump(self) -> None:
         """The base pump until the window is about to close; then the stream is finished."""
@@ -632,7 +451,7 @@ class _Stream(base.CoalescingStream):
         except WeComError as exc:
             if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
                 raise
-            if not self.frames and self._connector._answered_before(self._target, exc):
+            if not self.frames and self._connector.answered_before(self._target, exc):
                 return
             # The callback is gone (an old connection's after a restart), answered already in
             # this run (by a card or media), or its window closed: what did not show goes
@@ -651,13 +470,13 @@ class _Stream(base.CoalescingStream):
 
     async def _frame(self, content: str, *, finish: bool) -> None:
         card = self._card if self.frames == 0 else None  # a card goes once per message
-        await self._connector._respond_stream(
+        await self._connector.respond_stream(
             self._target.reply_handle["req_id"],
             content,
-            self.stream_id,
-            finish,
-            card,
-            None if self._finish_by is None else self._finish_by + FINISH_MARGIN / 2,
+            stream_id=self.stream_id,
+            finish=finish,
+            card=card,
+            until=None if self._finish_by is None else self._finish_by + FINISH_MARGIN / 2,
         )
         self._sent_text = content
         self.frames += 1

@@ -16,7 +16,8 @@ from typing import Any, Final
 
 from ..._content import Attachment, Card, Content, Markdown, unsupported
 from ..._errors import ProtocolError, SendError
-from . import _frames as f
+from ..._ws_core import Answer
+from . import _protocol as f
 from ._convert import PLATFORM
 
 UPLOAD_INIT: Final = "aibot_upload_media_init"
@@ -27,8 +28,8 @@ CHUNK_BYTES: Final = 512 * 1024  # raw bytes per chunk, before base64
 MAX_CHUNKS: Final = 100
 MAX_UPLOAD_BYTES: Final = MAX_CHUNKS * CHUNK_BYTES  # bytes: 50 MiB per file
 
-Command = Callable[[str, str, Mapping[str, Any]], Awaitable[f.Frame]]
-"""Send one command on a fresh or given req_id and return its ack (``LongConnection._ack``)."""
+Command = Callable[[str, str, Mapping[str, Any]], Awaitable[Answer]]
+"""Send one command on a fresh or given req_id; its answer (``LongConnection.command``)."""
 
 
 async def upload(command: Command, account: str, attachment: Attachment) -> str:
@@ -67,7 +68,7 @@ async def upload(command: Command, account: str, attachment: Attachment) -> str:
     return _answer(finish, "media_id", UPLOAD_FINISH)
 
 
-def _answer(ack: f.Frame, key: str, cmd: str) -> str:
+def _answer(ack: Answer, key: str, cmd: str) -> str:
     value = ack.body.get(key)
     if not isinstance(value, str) or not value:
         raise ProtocolError(f"wecom {cmd} was acknowledged without a {key}")

@@ -36,9 +36,10 @@ from ..._json import json_object
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
 from . import _crypto
-from . import _frames as f
+from . import _protocol as f
 from ._convert import PLATFORM, to_message
-from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, WeComEvent, Welcome, utf8_prefix
+from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, Welcome, utf8_prefix
+from ._protocol import WeComEvent
 
 log = logging.getLogger("trio_chatbridge.wecom.webhook")
 

@@ -1,0 +1,512 @@
+"""The WebSocket long-connection driver: the I/O and policy of every push platform, once.
+
+A platform brings a **protocol core** (:class:`WebSocketCore`): sans-I/O, it turns each frame
+received into events and builds every frame to send, keeping the handshake, heartbeat,
+``req_id`` and fragment state. :class:`WebSocketDriver` does the rest for every platform alike:
+
+- connect through an injected opener (``open_websocket(url)``: in memory, loopback or the
+  network), send the core's handshake (:meth:`WebSocketCore.open`), then read until the
+  connection fails; the supervisor reconnects by calling :meth:`WebSocketDriver.run` again,
+  under the bridge's one :class:`~trio_chatbridge.Backoff`;
+- a silence watchdog (:attr:`WebSocketCore.silence`) and a heartbeat task
+  (:meth:`WebSocketCore.heartbeat` every :attr:`WebSocketCore.heartbeat_interval`);
+- the reader parses each frame (bad ones are counted in ``protocol_errors``, logged once and
+  skipped: :func:`parse_or_skip`), answers what must be answered at once (:class:`Reply`),
+  hands answers of our requests to their waiters (:class:`Answer`, by key), notices to a
+  bounded set of handler tasks (:class:`Notice`), and inbound messages (:class:`Inbound`) to a
+  **bounded** backlog; when :data:`BACKLOG` of them wait for the inbox the reader stops reading
+  (a slow inbox slows the socket), while heartbeats and the frames we send never wait behind
+  the inbox (they go out from their own tasks, and the backlog is large enough that answers to
+  an agent's replies are read meanwhile);
+- one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
+  (woken once, by a deadline the reader sets, not per frame), puts it in one ``ctx.put`` and
+  only then sends the ACKs (:attr:`Inbound.ack`): a message is durable before the platform
+  hears it was received. The put is shielded for :data:`PUT_GRACE` seconds on every platform:
+  what was taken off the socket is journaled even while the connection is torn down (WeCom
+  never delivers a callback again; for Lark the re-push is a journal duplicate), and its ACKs,
+  if the connection is gone, are simply not sent;
+- errors are mapped in one place (:meth:`WebSocketDriver.run`): a rejected handshake goes to
+  :meth:`WebSocketCore.rejected` (fatal or not, the core decides), a closed socket, a refused
+  connection or silence is a :class:`ConnectorError`, and a :class:`Close` event ends the
+  connection as the core says (fatal, or with a ``retry_after`` hint for the backoff).
+
+Requests (:meth:`WebSocketDriver.request`) are matched with their :class:`Answer` by key (a
+``req_id``); at most one request per key is in flight, the next waits its turn, and nothing is
+kept for a key nobody waits on. A request waits for the connection to come back across a
+reconnect, at most ``reconnect_wait`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Final, Generic, TypeAlias, TypeVar, final
+
+import attrs
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+)
+
+from ._connector import ConnectorContext
+from ._errors import ConnectorError, FatalConnectorError, find_error
+from ._receive import Handlers, Skipped, parse_or_skip, rearm
+from ._supervise import Backoff
+from ._ws_core import (
+    Answer,
+    Close,
+    Data,
+    Inbound,
+    Notice,
+    Outgoing,
+    Reply,
+    Request,
+    Retimed,
+    Send,
+    WebSocketCore,
+)
+
+log = logging.getLogger("trio_chatbridge.websocket")
+
+N = TypeVar("N")
+
+OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
+"""Opens a WebSocket to a URL (``trio_websocket.open_websocket_url``, or an emulator's)."""
+
+PUT_BATCH: Final = 100
+"""Inbound messages journaled together at most."""
+BACKLOG: Final = 1000
+"""Inbound messages that may wait for the inbox before the reader stops reading."""
+BURST_LINGER: Final = 0.001
+"""Seconds a burst waits for company after its oldest message: far below any debounce."""
+PUT_GRACE: Final = 10.0
+"""Seconds a put may go on after its connection was cancelled."""
+ANSWER_WITHIN: Final = 5.0
+"""Seconds a request waits for its answer, unless it says otherwise."""
+RECONNECT_WAIT: Final = 60.0
+"""Seconds a request waits for the connection to come back."""
+BUSY_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
+"""Waits before a request answered "busy" goes again: 0.2 s, 0.4 s, 0.8 s..."""
+
+
+# -- errors of requests ----------------------------------------------------------------------
+
+
+class AckTimeout(ConnectorError):
+    """A request was not answered in time."""
+
+
+class Disconnected(ConnectorError):
+    """The connection closed before a request was answered.
+
+    ``sent`` says whether the request may have reached the server (False: it never left).
+    """
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        self.reason = reason
+        self.sent = sent
+        super().__init__(f"connection closed: {reason}")
+
+
+# -- one connection --------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """The requests of one key: one in flight, the others waiting for ``lock``."""
+
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+    users: int = 0
+    waiting: trio.Event | None = None
+    answer: Answer | None = None
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """One open WebSocket: its writes, its requests in flight, why it closed."""
+
+    ws: WebSocketConnection
+    count: Callable[[str], None] = lambda name: None
+    """Adds one to a counter of the connector (``busy_retries``)."""
+    slots: dict[str, _Slot] = attrs.Factory(dict)
+    closed: str | None = None
+
+    async def send(self, data: Data) -> None:
+        """Send one frame; :class:`Disconnected` (``sent=False``) when the socket is gone."""
+        if self.closed is not None:
+            raise Disconnected(self.closed, sent=False)
+        try:
+            await self.ws.send_message(data)
+        except ConnectionClosed as exc:
+            raise Disconnected(str(exc.reason), sent=False) from exc
+
+    async def request(self, request: Request, within: float) -> Answer:
+        """Send ``request`` when its key is free; its answer, or an error (see
+        :meth:`WebSocketDriver.request`)."""
+        slot = self.slots.get(request.key)
+        if slot is None:
+            slot = self.slots[request.key] = _Slot()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                retries = BUSY_BACKOFF.retries(request.busy_retries)
+                while True:
+                    answer = await self._exchange(slot, request, within)
+                    if answer.busy and not retries.spent:
+                        self.count("busy_retries")
+                        await retries.wait()
+                        continue
+                    if answer.code:
+                        raise request.refused(answer)
+                    return answer
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self.slots[request.key]
+
+    async def _exchange(self, slot: _Slot, request: Request, within: float) -> Answer:
+        slot.waiting, slot.answer = trio.Event(), None
+        try:
+            await self.send(request.data)
+            with trio.move_on_after(within):
+                await slot.waiting.wait()
+            if slot.answer is None:
+                if self.closed is not None:
+                    raise Disconnected(self.closed, sent=True)
+                raise AckTimeout(
+                    f"{request.name or 'request'} ({request.key}) not acknowledged in time"
+                )
+            return slot.answer
+        finally:
+            slot.waiting = None
+
+    def deliver(self, answer: Answer) -> bool:
+        """Hand ``answer`` to the request waiting on its key; False when none is."""
+        slot = self.slots.get(answer.key)
+        if slot is None or slot.waiting is None:
+            return False
+        slot.answer = answer
+        slot.waiting.set()
+        return True
+
+    def close(self, reason: str) -> None:
+        """Fail every request waiting on this connection now."""
+        if self.closed is None:
+            self.closed = reason
+        for slot in self.slots.values():
+            if slot.waiting is not None:
+                slot.waiting.set()
+
+
+@attrs.define(eq=False)
+class _Backlog:
+    """Inbound messages between the reader and the worker: bounded, handed over as lists.
+
+    The worker sleeps in :attr:`timer` until the reader sets its deadline (the oldest
+    message's arrival plus the linger, or now when a batch is full): one wake-up per batch.
+    """
+
+    limit: int
+    items: list[Inbound] = attrs.Factory(list)
+    oldest: float = 0.0
+    timer: trio.CancelScope | None = None
+    room: trio.Event = attrs.Factory(trio.Event)
+
+    def add(self, item: Inbound, now: float, linger: float, batch: int) -> None:
+        if not self.items:
+            self.oldest = now
+        self.items.append(item)
+        if self.timer is not None:
+            self.timer.deadline = (
+                -float("inf") if len(self.items) >= batch else self.oldest + linger
+            )
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.limit
+
+    async def wait_for_room(self) -> None:
+        while self.full:
+            self.room = trio.Event()
+            await self.room.wait()
+
+    async def take(self, linger: float, batch: int) -> list[Inbound]:
+        """Up to ``batch`` messages, once the oldest waited ``linger`` (or a batch is full)."""
+        if not self.items:
+            with trio.CancelScope() as self.timer:
+                await trio.sleep_forever()
+            self.timer = None
+        elif len(self.items) < batch:
+            await trio.sleep_until(self.oldest + linger)
+        taken, self.items = self.items[:batch], self.items[batch:]
+        self.oldest = trio.current_time()
+        self.room.set()
+        return taken
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+@final
+class WebSocketDriver(Generic[N]):
+    """Runs a :class:`WebSocketCore` over a WebSocket for one account (see the module docs).
+
+    ``name`` names the account in errors (``"wecom bot X"``); ``on_notice`` handles
+    :class:`Notice` items (at most :data:`~trio_chatbridge._receive.MAX_HANDLERS` at once).
+    """
+
+    def __init__(
+        self,
+        core: WebSocketCore[N],
+        *,
+        name: str,
+        open_websocket: OpenWebSocket,
+        on_notice: Callable[[N], Awaitable[None]] | None = None,
+        answer_within: float = ANSWER_WITHIN,
+        reconnect_wait: float = RECONNECT_WAIT,
+        put_batch: int = PUT_BATCH,
+        backlog: int = BACKLOG,
+        linger: float = BURST_LINGER,
+    ) -> None:
+        self.core = core
+        self.name = name
+        self.answer_within = answer_within
+        self.reconnect_wait = reconnect_wait
+        self.put_batch = put_batch
+        self.backlog = backlog
+        self.linger = linger
+        self._open_websocket = open_websocket
+        self._on_notice = on_notice
+        self._handlers = Handlers()
+        self._connection: _Connection | None = None
+        self._up = trio.Event()  # set while connected; a new one once the connection is lost
+        self._retimed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"WebSocketDriver({self.name!r})"
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is up (its handshake answered)."""
+        return self._connection is not None
+
+    @property
+    def pending(self) -> int:
+        """Keys with a request in flight or queued (0 when idle: nothing is kept)."""
+        return 0 if self._connection is None else len(self._connection.slots)
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        ctx: ConnectorContext,
+        url: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect to ``url`` and run until the connection fails (it always does: it raises).
+
+        :class:`FatalConnectorError` when the core says retrying cannot help, else
+        :class:`ConnectorError` (or a group holding one). ``task_status.started()`` once the
+        handshake is answered. If cancelled, the connection is closed; messages already taken
+        off it are still journaled (for at most :data:`PUT_GRACE` seconds) and not acked.
+        """
+        try:
+            async with self._open_websocket(url) as ws:
+                connection = _Connection(ws, ctx.count)
+                try:
+                    await self._session(ctx, connection, task_status)
+                finally:
+                    self._lost(connection, "connection ended")
+        except (HandshakeError, OSError, ConnectionClosed, BaseExceptionGroup) as exc:
+            raise self._mapped(exc) from exc
+
+    def _mapped(self, exc: BaseException) -> BaseException:
+        """The one place where the WebSocket layer's errors become ours."""
+        if isinstance(exc, BaseExceptionGroup) and find_error(exc, HandshakeError) is None:
+            closed = find_error(exc, ConnectionClosed)
+            if closed is None or find_error(exc, FatalConnectorError) is not None:
+                return exc  # ours already, from a task of the connection
+            exc = closed
+        rejected = find_error(exc, ConnectionRejected)
+        if rejected is not None:
+            headers = {k.decode().lower(): v.decode(errors="replace") for k, v in rejected.headers}
+            return self.core.rejected(rejected.status_code, headers)
+        if isinstance(exc, ConnectionClosed):
+            return ConnectorError(f"{self.name}: socket closed ({exc.reason})")
+        cause = exc.__cause__ or exc
+        return ConnectorError(f"{self.name}: cannot connect: {type(cause).__name__}: {cause}")
+
+    async def _session(
+        self,
+        ctx: ConnectorContext,
+        connection: _Connection,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        backlog = _Backlog(self.backlog)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, ctx, connection, backlog, nursery)
+            for outgoing in self.core.open():
+                await self._perform(connection, outgoing)
+            self._connection = connection
+            self._up.set()
+            task_status.started()
+            nursery.start_soon(self._heartbeat, connection)
+            await self._deliver(ctx, connection, backlog)
+
+    async def _perform(self, connection: _Connection, outgoing: Outgoing) -> None:
+        if isinstance(outgoing, Send):
+            await connection.send(outgoing.data)
+        else:
+            within = self.answer_within if outgoing.within is None else outgoing.within
+            await connection.request(outgoing, within)
+
+    async def _read(
+        self,
+        ctx: ConnectorContext,
+        connection: _Connection,
+        backlog: _Backlog,
+        nursery: trio.Nursery,
+    ) -> None:
+        """The receive loop: each frame parsed here, its events dispatched at once."""
+        with trio.CancelScope() as watchdog:  # one scope, kept ahead of every frame
+            while True:
+                silence = self.core.silence
+                rearm(watchdog, silence)
+                try:
+                    data = await connection.ws.get_message()
+                except ConnectionClosed as exc:
+                    self._lost(connection, str(exc.reason))
+                    raise ConnectorError(f"{self.name}: socket closed ({exc.reason})") from exc
+                now = trio.current_time()
+                events = parse_or_skip(ctx, "frame", self.core.receive, data, now)
+                if isinstance(events, Skipped):
+                    continue
+                for event in events:
+                    if isinstance(event, Inbound):
+                        backlog.add(event, now, self.linger, self.put_batch)
+                    else:
+                        await self._dispatch(ctx, connection, event, nursery)
+                await backlog.wait_for_room()  # a slow inbox slows the socket
+        self._lost(connection, "silent")
+        raise ConnectorError(f"{self.name}: no frame for {silence:.0f} s")
+
+    async def _dispatch(
+        self,
+        ctx: ConnectorContext,
+        connection: _Connection,
+        event: Answer | Reply | Notice[N] | Close | Retimed,
+        nursery: trio.Nursery,
+    ) -> None:
+        if isinstance(event, Answer):
+            if not connection.deliver(event):
+                ctx.count("stray_acks")
+        elif isinstance(event, Reply):
+            await connection.send(event.data)
+        elif isinstance(event, Notice):
+            if self._on_notice is not None:
+                self._handlers.start(ctx, nursery, self._on_notice, event.item)
+        elif isinstance(event, Close):
+            self._lost(connection, event.reason)
+            if event.fatal:
+                raise FatalConnectorError(f"{self.name}: {event.reason}")
+            error = ConnectorError(f"{self.name}: {event.reason}")
+            error.retry_after = event.retry_after
+            raise error
+        else:
+            self._retimed.set()
+
+    async def _heartbeat(self, connection: _Connection) -> None:
+        """A heartbeat every interval; an unanswered or refused one ends the connection."""
+        sent_at = trio.current_time()
+        while True:
+            self._retimed = trio.Event()
+            with trio.move_on_at(sent_at + self.core.heartbeat_interval) as wait:
+                await self._retimed.wait()
+            if not wait.cancelled_caught:
+                continue  # a new interval: wait again, from the same start
+            outgoing = self.core.heartbeat()
+            sent_at = trio.current_time()
+            if outgoing is None:
+                continue
+            try:
+                await self._perform(connection, outgoing)
+            except Disconnected:
+                return  # the reader reports the closed socket
+
+    async def _deliver(
+        self, ctx: ConnectorContext, connection: _Connection, backlog: _Backlog
+    ) -> None:
+        """Off the receive loop: a burst into the inbox in one put, then its ACKs."""
+        while True:
+            burst = await backlog.take(self.linger, self.put_batch)
+            started = time.perf_counter()
+            messages = [item.message for item in burst if item.message is not None]
+            if messages:
+                # Off the socket already: journal them even while the connection goes down.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + PUT_GRACE):
+                    await ctx.put(messages)
+            taken = time.perf_counter() - started
+            for item in burst:
+                if item.ack is not None:
+                    await connection.send(item.ack(taken))
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def send(self, data: Data, *, until: float | None = None) -> None:
+        """Send one frame on the connection, waiting for one (see :meth:`request`).
+
+        Raises :class:`ConnectorError` when there is none in time or it closes first. If
+        cancelled, the frame may or may not have been sent.
+        """
+        connection = await self._next_connection(until)
+        await connection.send(data)
+
+    async def request(
+        self, request: Request, *, until: float | None = None, again: bool = False
+    ) -> Answer:
+        """Send ``request`` and return its answer, across a reconnect if need be.
+
+        While the connection is re-established the request waits for the next one, at most
+        ``reconnect_wait`` seconds and never past ``until`` (Trio's clock). One lost with its
+        connection goes again on the next if it never left, or if ``again`` (a frame that
+        replaces or repeats what it may have done). Raises ``request.refused(answer)`` for a
+        refusal, :class:`AckTimeout`, or :class:`Disconnected`. If cancelled, the request may
+        or may not have been sent.
+        """
+        for attempt in range(2):
+            connection = await self._next_connection(until)
+            within = self.answer_within if request.within is None else request.within
+            try:
+                return await connection.request(request, within)
+            except Disconnected as exc:
+                if attempt or (exc.sent and not again):
+                    raise
+                connection.count("requests_across_reconnects")
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _next_connection(self, until: float | None) -> _Connection:
+        deadline = trio.current_time() + self.reconnect_wait
+        if until is not None:
+            deadline = min(deadline, until)
+        while self._connection is None:
+            with trio.move_on_at(deadline):
+                await self._up.wait()
+            if self._connection is None and trio.current_time() >= deadline:
+                raise Disconnected(
+                    f"{self.name} is not connected; no connection came back in "
+                    f"{self.reconnect_wait:.0f} s (reconnect_wait) or before the deadline",
+                    sent=False,
+                )
+        return self._connection
+
+    def _lost(self, connection: _Connection, reason: str) -> None:
+        """``connection`` closed: its requests fail now, new ones wait for the next."""
+        connection.close(reason)
+        if self._connection is connection:
+            self._connection, self._up = None, trio.Event()
