@@ -55,6 +55,7 @@ from trio_websocket import (
 
 from ._connector import ConnectorContext
 from ._errors import ConnectorError, FatalConnectorError, find_error
+from ._messages import Message
 from ._receive import Handlers, Skipped, parse_or_skip, rearm
 from ._supervise import Backoff
 from ._ws_core import (
@@ -443,14 +444,32 @@ class WebSocketDriver(Generic[N]):
         self, ctx: ConnectorContext, connection: _Connection, backlog: _Backlog
     ) -> None:
         """Off the receive loop: a burst into the inbox in one put, then its ACKs."""
+        try:
+            await self._deliver_bursts(ctx, connection, backlog)
+        finally:
+            await self._put_shielded(ctx, [item.message for item in backlog.items])
+
+    async def _put_shielded(self, ctx: ConnectorContext, messages: list[Message | None]) -> bool:
+        """Put ``messages`` (the Nones left out), even while cancelled, for at most
+        :data:`PUT_GRACE` seconds; whether the put returned (they are durable)."""
+        wanted = [message for message in messages if message is not None]
+        if not wanted:
+            return True
+        # Off the socket already: journal them even while the connection goes down.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + PUT_GRACE) as put:
+            await ctx.put(wanted)
+        if put.cancelled_caught:
+            log.warning("%s: a put took over %.0f s; not acked", self.name, PUT_GRACE)
+        return not put.cancelled_caught
+
+    async def _deliver_bursts(
+        self, ctx: ConnectorContext, connection: _Connection, backlog: _Backlog
+    ) -> None:
         while True:
             burst = await backlog.take(self.linger, self.put_batch)
             started = time.perf_counter()
-            messages = [item.message for item in burst if item.message is not None]
-            if messages:
-                # Off the socket already: journal them even while the connection goes down.
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + PUT_GRACE):
-                    await ctx.put(messages)
+            if not await self._put_shielded(ctx, [item.message for item in burst]):
+                continue  # no word that they are durable: no ACK either
             taken = time.perf_counter() - started
             for item in burst:
                 if item.ack is not None:

@@ -1,0 +1,227 @@
+"""The WebSocket driver with a toy protocol core, over in-memory WebSockets.
+
+The core speaks a line protocol: ``msg:<id>`` is a message (ACKed ``ack:<id>``), ``ans:<key>``
+answers a request, ``close`` ends the connection for good, ``later`` asks to reconnect in 30 s,
+``bad`` is a bad frame. The server side records every frame the driver sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import WebSocketConnection, WebSocketRequest
+
+import trio_chatbridge as cb
+from trio_chatbridge._errors import find_error
+from trio_chatbridge.connectors import (
+    Answer,
+    Close,
+    ConnectorContext,
+    Data,
+    Event,
+    Inbound,
+    Outgoing,
+    Request,
+    Send,
+    WebSocketDriver,
+)
+from trio_chatbridge.testing import FakeConnector
+from trio_chatbridge.testing._ws import GONE, Abort, memory_websocket
+
+FAKE = FakeConnector()
+
+
+class LineCore:
+    heartbeat_interval = 5.0
+    silence = 1000.0
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    def open(self) -> Sequence[Outgoing]:
+        return [Send("hello")]
+
+    def heartbeat(self) -> Outgoing:
+        return Send("ping")
+
+    def receive(self, data: Data, now: float) -> Sequence[Event[str]]:
+        text = data if isinstance(data, str) else data.decode()
+        self.read.append(text)
+        kind, _, rest = text.partition(":")
+        if kind == "msg":
+            return [Inbound(FAKE.message(rest, id=rest), ack=lambda taken: f"ack:{rest}")]
+        if kind == "ans":
+            return [Answer(rest, body={"n": 1})]
+        if kind == "close":
+            return [Close("replaced", fatal=True)]
+        if kind == "later":
+            return [Close("maintenance", retry_after=30.0)]
+        raise cb.ProtocolError(f"bad frame {text!r}")
+
+    def rejected(self, status: int | None, headers: Mapping[str, str]) -> Exception:
+        return cb.FatalConnectorError(f"refused {status}")
+
+
+class Server:
+    """One in-memory WebSocket server: pushes frames, records what the driver sent."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.got: list[str] = []
+        self.ws: WebSocketConnection | None = None
+        self.connected = trio.Event()
+
+    def open(self, url: str) -> Any:
+        return memory_websocket(self.nursery, self._accept, "localhost", "/", 2**20)
+
+    async def _accept(self, request: WebSocketRequest, abort: Abort) -> None:
+        self.ws = await request.accept()
+        self.connected.set()
+        with suppress(*GONE):
+            while True:
+                self.got.append(str(await self.ws.get_message()))
+
+    async def push(self, *frames: str) -> None:
+        await self.connected.wait()
+        assert self.ws is not None
+        for frame in frames:
+            await self.ws.send_message(frame)
+
+
+class Inbox:
+    """A ``ctx.put`` that records puts and can be held shut."""
+
+    def __init__(self) -> None:
+        self.puts: list[list[str]] = []
+        self.open = trio.Event()
+        self.open.set()
+        self.counts: dict[str, int] = {}
+
+    async def put(self, messages: Sequence[cb.Message]) -> list[cb.Message]:
+        self.puts.append([m.id for m in messages])  # journaled, as the bridge's inbox does,
+        await self.open.wait()  # then waits for room
+        return list(messages)
+
+    def count(self, name: str, n: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def context(self) -> ConnectorContext:
+        return ConnectorContext(
+            "line", "acct", cb.MemoryStore(), self.put, self.count, lambda state, detail: None
+        )
+
+
+async def start(
+    nursery: trio.Nursery, **options: Any
+) -> tuple[Server, Inbox, LineCore, WebSocketDriver[str]]:
+    server, inbox, core = Server(nursery), Inbox(), LineCore()
+    driver = WebSocketDriver(core, name="line acct", open_websocket=server.open, **options)
+    await nursery.start(driver.run, inbox.context(), "ws://localhost/")
+    return server, inbox, core, driver
+
+
+async def test_a_burst_is_put_at_once_and_acked_only_after_its_put_returned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, _, _ = await start(nursery)
+            inbox.open = trio.Event()  # the inbox is slow
+            await server.push(*(f"msg:{n}" for n in range(5)))
+            await trio.sleep(1)
+            assert inbox.puts == [["0", "1", "2", "3", "4"]]  # one put for the burst
+            assert server.got == ["hello"]  # nothing acked before the put returned
+            inbox.open.set()
+            await trio.sleep(1)
+            assert server.got == ["hello", *(f"ack:{n}" for n in range(5))]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_inbox_slows_reading_but_heartbeats_go_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, core, _ = await start(nursery, backlog=3, put_batch=2)
+            inbox.open = trio.Event()
+            nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))
+            await trio.sleep(9)
+            assert len(core.read) < 10  # the reader stopped: backpressure on the socket
+            assert server.got.count("ping") == 1  # at 5 s, the inbox notwithstanding
+            inbox.open.set()
+            await trio.sleep(1)
+            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
+            assert all(len(put) <= 2 for put in inbox.puts)
+            nursery.cancel_scope.cancel()
+
+
+async def test_bad_frames_are_counted_and_skipped(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, _, _ = await start(nursery)
+            await server.push("bad", "msg:1", "bad")
+            await trio.sleep(1)
+            assert inbox.puts == [["1"]] and inbox.counts["protocol_errors"] == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_requests_are_answered_by_key(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, _, driver = await start(nursery)
+
+            def refused(answer: Answer) -> Exception:
+                return cb.SendError("no")
+
+            answers: list[Answer] = []
+
+            async def ask() -> None:
+                answers.append(await driver.request(Request("k1", "do:k1", refused)))
+
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.got[-1] == "do:k1" and driver.pending == 1
+            await server.push("ans:zz", "ans:k1")  # a stray answer first
+            await trio.sleep(1)
+            assert answers == [Answer("k1", body={"n": 1})] and driver.pending == 0
+            assert inbox.counts["stray_acks"] == 1
+            with pytest.raises(cb.connectors.AckTimeout):
+                await driver.request(Request("k2", "do:k2", refused, within=2))
+            nursery.cancel_scope.cancel()
+
+
+async def test_what_was_read_is_put_even_when_the_connection_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60), pytest.RaisesGroup(cb.FatalConnectorError, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            server, inbox, _, _ = await start(nursery, linger=5.0)
+            await server.push("msg:1", "msg:2", "close")
+            await trio.sleep_forever()
+    assert inbox.puts == [["1", "2"]]
+    assert server.got == ["hello"]  # not acked: the connection is gone
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "retry_after"),
+    [("close", cb.FatalConnectorError, None), ("later", cb.ConnectorError, 30.0)],
+)
+async def test_the_core_ends_a_connection_as_it_says(
+    autojump_clock: trio.testing.MockClock,
+    frame: str,
+    error: type[Exception],
+    retry_after: float | None,
+) -> None:
+    with trio.fail_after(60), pytest.RaisesGroup(error, flatten_subgroups=True) as caught:
+        async with trio.open_nursery() as nursery:
+            server, _, _, driver = await start(nursery)
+            await server.push(frame)
+            await trio.sleep_forever()
+    raised = find_error(caught.value, error)
+    assert getattr(raised, "retry_after", None) == retry_after
+    assert not driver.connected
