@@ -39,10 +39,12 @@ reconnect, at most ``reconnect_wait`` seconds.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Final, Generic, TypeAlias, TypeVar, final
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -208,13 +210,16 @@ class _Connection:
 class _Backlog:
     """Inbound messages between the reader and the worker: bounded, handed over as lists.
 
-    The worker sleeps in :attr:`timer` until the reader sets its deadline (the oldest
-    message's arrival plus the linger, or now when a batch is full): one wake-up per batch.
+    The worker sleeps in :attr:`timer` until the reader sets its deadline (``linger`` after
+    the oldest message arrived or the worker came for it, whichever is later; at once when a
+    batch is full): one wake-up per batch, and a batch gathers for at least ``linger``.
     """
 
     limit: int
     items: list[Inbound] = attrs.Factory(list)
     oldest: float = 0.0
+    ready_since: float = 0.0
+    """When the worker last came for a batch: a batch gathers for ``linger`` after this too."""
     timer: trio.CancelScope | None = None
     room: trio.Event = attrs.Factory(trio.Event)
 
@@ -223,9 +228,16 @@ class _Backlog:
             self.oldest = now
         self.items.append(item)
         if self.timer is not None:
-            self.timer.deadline = (
-                -float("inf") if len(self.items) >= batch else self.oldest + linger
-            )
+            self.timer.deadline = self._due(linger, batch)
+
+    def _due(self, linger: float, batch: int) -> float:
+        """When the worker should take what waits: never (nothing does), at once (a batch is
+        full), or ``linger`` after the oldest arrived."""
+        if not self.items:
+            return math.inf
+        if len(self.items) >= batch:
+            return -math.inf
+        return max(self.oldest, self.ready_since) + linger
 
     @property
     def full(self) -> bool:
@@ -237,15 +249,14 @@ class _Backlog:
             await self.room.wait()
 
     async def take(self, linger: float, batch: int) -> list[Inbound]:
-        """Up to ``batch`` messages, once the oldest waited ``linger`` (or a batch is full)."""
-        if not self.items:
-            with trio.CancelScope() as self.timer:
-                await trio.sleep_forever()
-            self.timer = None
-        elif len(self.items) < batch:
-            await trio.sleep_until(self.oldest + linger)
+        """Up to ``batch`` messages, once the oldest waited ``linger`` (or a batch is full).
+
+        If cancelled, nothing was taken."""
+        self.ready_since = trio.current_time()
+        with trio.CancelScope(deadline=self._due(linger, batch)) as self.timer:
+            await trio.sleep_forever()
+        self.timer = None
         taken, self.items = self.items[:batch], self.items[batch:]
-        self.oldest = trio.current_time()
         self.room.set()
         return taken
 
@@ -325,9 +336,9 @@ class WebSocketDriver(Generic[N]):
                 finally:
                     self._lost(connection, "connection ended")
         except (HandshakeError, OSError, ConnectionClosed, BaseExceptionGroup) as exc:
-            raise self._mapped(exc) from exc
+            raise self._mapped(exc, url) from exc
 
-    def _mapped(self, exc: BaseException) -> BaseException:
+    def _mapped(self, exc: BaseException, url: str) -> BaseException:
         """The one place where the WebSocket layer's errors become ours."""
         if isinstance(exc, BaseExceptionGroup) and find_error(exc, HandshakeError) is None:
             closed = find_error(exc, ConnectionClosed)
@@ -341,7 +352,9 @@ class WebSocketDriver(Generic[N]):
         if isinstance(exc, ConnectionClosed):
             return ConnectorError(f"{self.name}: socket closed ({exc.reason})")
         cause = exc.__cause__ or exc
-        return ConnectorError(f"{self.name}: cannot connect: {type(cause).__name__}: {cause}")
+        # the URL without its query, which may carry credentials (Lark's does)
+        shown = urlsplit(url)._replace(query="", fragment="").geturl()
+        return ConnectorError(f"{self.name}: cannot connect to {shown}: {cause}")
 
     async def _session(
         self,
