@@ -5,6 +5,10 @@ receive loop (so an ack is never stuck behind a handler), heartbeats whose ack i
 socket that goes silent, end the connection (the supervisor reconnects with backoff), acks are
 matched by ``req_id`` with nothing left behind, and ``disconnected_event`` stops the connector for
 good instead of reconnecting and kicking the newer connection.
+
+The connector is WeCom's protocol core (:class:`~._protocol.WeComCore`, no I/O) run by the
+library's WebSocket driver (``trio_chatbridge._websocket``), plus what WeCom's replies need:
+streams on a callback's ``req_id``, proactive messages, cards, uploads, media downloads.
 """
 
 from __future__ import annotations
@@ -149,7 +153,9 @@ class LongConnection(base.Connector):
     # -- receiving ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, subscribe, and receive until the connection fails (see the driver)."""
+        """Connect, subscribe, and receive until the connection fails (it raises; the
+        supervisor reconnects). If cancelled, the connection closes; callbacks already read
+        are still journaled (for at most 10 s), since WeCom never pushes them again."""
         await self._driver.run(self.ctx, self.url, task_status=task_status)
 
     async def _event(self, event: WeComEvent) -> None:
