@@ -19,12 +19,12 @@ received into events and builds every frame to send, keeping the handshake, hear
   the inbox (they go out from their own tasks, and the backlog is large enough that answers to
   an agent's replies are read meanwhile);
 - one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
-  (woken once, by a deadline the reader sets, not per frame), puts it in one ``ctx.put`` and
-  only then sends the ACKs (:attr:`Inbound.ack`): a message is durable before the platform
-  hears it was received. The put is shielded for :data:`PUT_GRACE` seconds on every platform:
-  what was taken off the socket is journaled even while the connection is torn down (WeCom
-  never delivers a callback again; for Lark the re-push is a journal duplicate), and its ACKs,
-  if the connection is gone, are simply not sent;
+  or the worker came for it (woken once, by a deadline the reader sets, not per frame), puts
+  it in one ``ctx.put`` and only then sends the ACKs (:attr:`Inbound.ack`): a message is
+  durable before the platform hears it was received. The put is shielded for
+  :data:`PUT_GRACE` seconds on every platform: what was taken off the socket is journaled even
+  while the connection is torn down (WeCom never delivers a callback again; for Lark the
+  re-push is a journal duplicate), and its ACKs, if the connection is gone, are not sent;
 - errors are mapped in one place (:meth:`WebSocketDriver.run`): a rejected handshake goes to
   :meth:`WebSocketCore.rejected` (fatal or not, the core decides), a closed socket, a refused
   connection or silence is a :class:`ConnectorError`, and a :class:`Close` event ends the
@@ -228,7 +228,9 @@ class _Backlog:
             self.oldest = now
         self.items.append(item)
         if self.timer is not None:
-            self.timer.deadline = self._due(linger, batch)
+            due = self._due(linger, batch)
+            if due != self.timer.deadline:  # a deadline moved is a heap entry in trio
+                self.timer.deadline = due
 
     def _due(self, linger: float, batch: int) -> float:
         """When the worker should take what waits: never (nothing does), at once (a batch is
@@ -406,7 +408,8 @@ class WebSocketDriver(Generic[N]):
                         backlog.add(event, now, self.linger, self.put_batch)
                     else:
                         await self._dispatch(ctx, connection, event, nursery)
-                await backlog.wait_for_room()  # a slow inbox slows the socket
+                if backlog.full:
+                    await backlog.wait_for_room()  # a slow inbox slows the socket
         self._lost(connection, "silent")
         raise ConnectorError(f"{self.name}: no frame for {silence:.0f} s")
 
