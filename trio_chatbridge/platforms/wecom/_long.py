@@ -360,7 +360,8 @@ class LongConnection(base.Connector):
         return True
 
     async def download(self, media: Media) -> bytes:
-        """Download and decrypt an inbound image, file or video (its per-URL ``aeskey``)."""
+        """Download and decrypt an inbound image, file or video (its per-URL ``aeskey``).
+        If cancelled, nothing was downloaded (nothing is kept)."""
         url, aeskey = media.ref.get("url"), media.ref.get("aeskey")
         if not url:
             raise MediaError(f"this {media.kind} has no URL")
@@ -380,6 +381,7 @@ class LongConnection(base.Connector):
         return self._own_http
 
     async def aclose(self) -> None:
+        """Close the HTTP client made for downloads. If cancelled, it may be left open."""
         if self._own_http is not None:
             await self._own_http.aclose()
             self._own_http = None
