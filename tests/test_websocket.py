@@ -18,13 +18,17 @@ from trio_websocket import WebSocketConnection, WebSocketRequest
 
 import trio_chatbridge as cb
 from trio_chatbridge._errors import find_error
+from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge.connectors import (
     Answer,
+    Bad,
     Close,
     ConnectorContext,
+    Counted,
     Data,
     Event,
     Inbound,
+    Notice,
     Outgoing,
     Request,
     Send,
@@ -42,6 +46,11 @@ class LineCore:
 
     def __init__(self) -> None:
         self.read: list[str] = []
+        self.back: list[str] = []
+
+    def given_back(self, item: str) -> Counted:
+        self.back.append(item)
+        return Counted("notes_deferred")
 
     def open(self) -> Sequence[Outgoing]:
         return [Send("hello")]
@@ -61,6 +70,13 @@ class LineCore:
             return [Close("replaced", fatal=True)]
         if kind == "later":
             return [Close("maintenance", retry_after=30.0)]
+        if kind == "dup":
+            return [Counted("duplicates")]
+        if kind == "oddity":  # bad inside, yet owed its ACK
+            bad = Bad("line oddity", cb.ProtocolError(rest))
+            return [bad, Inbound(None, ack=lambda taken: f"ack:{rest}")]
+        if kind == "note":
+            return [Notice(rest, busy=lambda: self.given_back(rest))]
         raise cb.ProtocolError(f"bad frame {text!r}")
 
     def rejected(self, status: int | None, headers: Mapping[str, str]) -> Exception:
@@ -167,6 +183,39 @@ async def test_bad_frames_are_counted_and_skipped(autojump_clock: trio.testing.M
             await server.push("bad", "msg:1", "bad")
             await trio.sleep(1)
             assert inbox.puts == [["1"]] and inbox.counts["protocol_errors"] == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_what_the_core_counts_is_counted_and_bad_input_inside_still_acked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, _, _ = await start(nursery)
+            await server.push("dup", "oddity:7", "dup", "msg:1")
+            await trio.sleep(1)
+            assert inbox.counts == {"duplicates": 2, "protocol_errors": 1}
+            assert inbox.puts == [["1"]] and server.got == ["hello", "ack:7", "ack:1"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_notice_with_no_handler_free_is_given_back_when_it_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handled: list[str] = []
+
+    async def on_notice(item: str) -> None:
+        handled.append(item)
+        await trio.sleep_forever()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, core, _ = await start(nursery, on_notice=on_notice)
+            await server.push(*(f"note:{n}" for n in range(MAX_HANDLERS + 2)))
+            await trio.sleep(1)
+            assert len(handled) == MAX_HANDLERS
+            assert core.back == [str(MAX_HANDLERS), str(MAX_HANDLERS + 1)]
+            assert inbox.counts == {"notes_deferred": 2}  # given back, not dropped
             nursery.cancel_scope.cancel()
 
 

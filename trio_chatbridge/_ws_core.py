@@ -98,6 +98,33 @@ class Notice(Generic[N_co]):
     """Something for the connector's handler (an event callback), run in a task of its own."""
 
     item: N_co
+    busy: Callable[[], Counted] | None = attrs.field(default=None, repr=False)
+    """Called instead of the handler when every handler slot is busy, for an item the platform
+    pushes again unless answered (a Lark card action): the core takes back what it recorded
+    of the item, so that the re-push is handled, and names the counter to count it in. None:
+    the item is dropped, counted in ``events_dropped``."""
+
+
+@final
+@attrs.frozen
+class Counted:
+    """What the core only counts (a duplicate, a filtered message, fragments that expired)."""
+
+    name: str
+    """The connector's counter (shown as ``"<platform>.<name>"``)."""
+    n: int = 1
+
+
+@final
+@attrs.frozen
+class Bad:
+    """Bad input inside a good frame (an event that does not parse): counted in
+    ``protocol_errors`` and logged once, like a frame :meth:`WebSocketCore.receive` raised on,
+    while the frame's other events (its ACK) still go."""
+
+    what: str
+    """What it was, for the log (``"Lark event"``)."""
+    error: Exception
 
 
 @final
@@ -117,7 +144,7 @@ class Retimed:
     """The core's :attr:`~WebSocketCore.heartbeat_interval` changed: re-arm the heartbeat."""
 
 
-Event: TypeAlias = Inbound | Answer | Reply | Notice[N] | Close | Retimed
+Event: TypeAlias = Inbound | Answer | Reply | Notice[N] | Close | Retimed | Counted | Bad
 
 
 class WebSocketCore(Protocol[N_co]):

@@ -14,9 +14,10 @@ place, :func:`send_errors`.
 
 A push platform on a WebSocket is a sans-I/O protocol core (a :class:`WebSocketCore`: frames
 in, events out -- :class:`Inbound`, :class:`Answer`, :class:`Reply`, :class:`Notice`,
-:class:`Close`, :class:`Retimed` -- and :class:`Send`/:class:`Request` out) run by a
-:class:`WebSocketDriver`, which owns the connection, the watchdog, the heartbeat, bounded
-backpressure, put-then-ACK and the mapping of errors (see docs/connectors.md).
+:class:`Close`, :class:`Retimed`, :class:`Counted`, :class:`Bad` -- and
+:class:`Send`/:class:`Request` out) run by a :class:`WebSocketDriver`, which owns the
+connection, the watchdog, the heartbeat, bounded backpressure, put-then-ACK and the mapping of
+errors (see docs/connectors.md).
 """
 
 from ._connector import BufferedReplyStream as BufferedReplyStream
@@ -38,7 +39,9 @@ from ._websocket import Disconnected as Disconnected
 from ._websocket import OpenWebSocket as OpenWebSocket
 from ._websocket import WebSocketDriver as WebSocketDriver
 from ._ws_core import Answer as Answer
+from ._ws_core import Bad as Bad
 from ._ws_core import Close as Close
+from ._ws_core import Counted as Counted
 from ._ws_core import Data as Data
 from ._ws_core import Event as Event
 from ._ws_core import Inbound as Inbound
@@ -53,11 +56,13 @@ from ._ws_core import WebSocketCore as WebSocketCore
 __all__ = [
     "AckTimeout",
     "Answer",
+    "Bad",
     "BufferedReplyStream",
     "Close",
     "CoalescingStream",
     "Connector",
     "ConnectorContext",
+    "Counted",
     "Data",
     "Disconnected",
     "Event",
