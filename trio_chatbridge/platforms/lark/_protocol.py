@@ -15,9 +15,10 @@ refused connection means come from plain data: :func:`handshake_error` for a rej
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, TypeAlias, final
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +28,8 @@ from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, Pro
 from ..._json import json_object
 from ..._messages import Message
 from ..._ranges import clamp
+from ..._ws_core import Bad, Counted, Data, Inbound, Notice, Outgoing, Reply, Retimed, Send
+from ..._ws_core import Event as DriverEvent
 from . import _frames as fr
 from ._convert import MESSAGE_EVENT, to_message
 
@@ -428,6 +431,89 @@ def service_id(url: str) -> int:
         return int(values[-1])
     except ValueError:
         return 0
+
+
+# -- the WebSocket driver's core ---------------------------------------------------------------
+
+LarkNotice: TypeAlias = CardActionReceived | EventReceived
+"""What the connector's handlers take: a card action to answer, an event for ``on_event``."""
+
+
+@final
+@attrs.define
+class LarkCore:
+    """:class:`LarkProtocol` as the core of the WebSocket driver (``connectors.WebSocketCore``).
+
+    A message goes to the inbox, ACKed once it is durable; a card action, when they are
+    answered, to a handler that ACKs it with the answer (with every handler slot busy it is
+    given back, un-ACKed, so that the platform's re-push is answered); other events to a
+    handler when ``on_event`` is given, and ACKed in turn. Our ping goes first on each
+    connection, then every ``PingInterval``; a pong's new interval re-arms it.
+    """
+
+    protocol: LarkProtocol
+    """The connection's state machine."""
+    ping_grace: float
+    """Seconds beyond the ping interval before a silent link is dead."""
+    events_wanted: bool = False
+    """Whether events other than messages go to a handler (``on_event`` is given)."""
+    cards_answered: bool = False
+    """Whether card actions go to their own handler (``on_card_action`` is given)."""
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between our pings: the server's ``PingInterval``."""
+        return self.protocol.config.ping_interval
+
+    @property
+    def silence(self) -> float:
+        """Seconds without a frame after which the link is dead."""
+        return self.protocol.config.ping_interval + self.ping_grace
+
+    def open(self) -> Sequence[Outgoing]:
+        """A ping at once (docs/protocols/lark.md#ping-and-pong); Lark has no handshake."""
+        return [Send(self.protocol.ping())]
+
+    def heartbeat(self) -> Outgoing:
+        """Our ping."""
+        return Send(self.protocol.ping())
+
+    def rejected(self, status: int | None, headers: Mapping[str, str]) -> Exception:
+        """See :func:`handshake_error`."""
+        return handshake_error(self.protocol.account, status or 0, headers)
+
+    def receive(self, data: Data, now: float) -> list[DriverEvent[LarkNotice]]:
+        """The driver's events for one frame (see :meth:`LarkProtocol.receive`)."""
+        return [out for event in self.protocol.receive(data, now) for out in self._driven(event)]
+
+    def _driven(self, event: Event) -> list[DriverEvent[LarkNotice]]:
+        if isinstance(event, MessageReceived):
+            return [Inbound(event.message, event.ack.encode)]
+        if isinstance(event, (Dropped, Malformed)):
+            noted: Counted | Bad = (
+                Counted(event.counter, event.count)
+                if isinstance(event, Dropped)
+                else Bad(f"Lark {event.what}", event.error)
+            )
+            return [noted] if event.ack is None else [noted, Inbound(None, event.ack.encode)]
+        if isinstance(event, PingReceived):
+            return [Reply(event.pong)]
+        if isinstance(event, PongReceived):
+            return [] if event.config is None else [Retimed()]
+        return self._other(event)
+
+    def _other(self, event: LarkNotice) -> list[DriverEvent[LarkNotice]]:
+        counted = Counted("other_events")
+        if isinstance(event, CardActionReceived) and self.cards_answered:
+            return [counted, Notice(event, busy=functools.partial(self._defer, event))]
+        acked = Inbound(None, event.ack.encode)
+        return [counted, Notice(event), acked] if self.events_wanted else [counted, acked]
+
+    def _defer(self, event: CardActionReceived) -> Counted:
+        """Every handler slot is busy: leave the card action un-ACKed and unseen, so that the
+        platform pushes it again (after its 3 s) and it is answered then."""
+        self.protocol.forget(event)
+        return Counted("card_actions_deferred")
 
 
 # -- refusals ----------------------------------------------------------------------------------
