@@ -16,6 +16,8 @@ from hypothesis import given
 from support import modules_a_core_runs
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Bad, Counted, Inbound, Notice, Reply, Retimed, Send
+from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lp
 
 # -- hand assembly: protobuf keys are (field << 3 | wire type); lengths are varints --------------
@@ -339,6 +341,60 @@ def test_any_frames_in_any_order_never_raise_and_every_whole_event_is_acked(
         acked = [e for e in events if getattr(e, "ack", None) is not None]
         assert len(acked) <= 1  # one frame completes at most one event
         assert len(core._fragments._waiting) <= lp.MAX_PARTIALS
+
+
+# -- as the WebSocket driver's core -------------------------------------------------------------
+
+
+def driven(**options: Any) -> lp.LarkCore:
+    return lp.LarkCore(protocol(), 30.0, **options)
+
+
+def test_the_driver_core_pings_first_and_at_the_servers_interval() -> None:
+    core = driven()
+    assert core.open() == [Send(OUR_PING)] and core.heartbeat() == Send(OUR_PING)
+    assert (core.heartbeat_interval, core.silence) == (120.0, 150.0)
+    pong = bytes.fromhex("08001000180720002a0c0a04747970651204706f6e67")
+    config = b'{"PingInterval": 10}'
+    assert core.receive(pong + b"\x42" + length(len(config)) + config, 0.0) == [Retimed()]
+    assert (core.heartbeat_interval, core.silence) == (10.0, 40.0)
+    assert core.receive(pong, 0.0) == []  # a pong without config changes nothing
+    assert core.receive(GO_PING, 0.0) == [
+        Reply(bytes.fromhex("08001000180720002a0c0a04747970651204706f6e67"))
+    ]
+
+
+def test_the_driver_core_puts_messages_and_acks_everything_else_in_turn() -> None:
+    core = driven()
+    frame = data_frame(event_headers(), message_event("hi"))
+    (inbound,) = core.receive(frame, 0.0)
+    assert isinstance(inbound, Inbound) and inbound.message is not None
+    assert inbound.message.text == "hi" and inbound.ack is not None
+    assert inbound.ack(0.25) == lp.Ack(lark_frames.decode(frame)).encode(0.25)
+    counted, acked = core.receive(data_frame(event_headers(), other_event("e1")), 0.0)
+    assert counted == Counted("other_events")  # no on_event: nothing to hand over
+    assert isinstance(acked, Inbound) and acked.message is None and acked.ack is not None
+    bad, acked = core.receive(data_frame(event_headers(), b"{not json"), 0.0)
+    assert isinstance(bad, Bad) and bad.what == "Lark event"
+    assert isinstance(acked, Inbound) and acked.ack is not None
+    assert core.receive("text", 0.0) == [Counted("text_frames_ignored")]
+    assert core.rejected(403, {}).__class__ is cb.FatalConnectorError
+
+
+def test_the_driver_core_hands_over_events_and_gives_back_a_card_action_it_cannot_answer() -> None:
+    core = driven(events_wanted=True, cards_answered=True)
+    _, notice, _ = core.receive(data_frame(event_headers(), other_event("e1")), 0.0)
+    assert isinstance(notice, Notice) and isinstance(notice.item, lp.EventReceived)
+    assert notice.busy is None  # no handler free: dropped (counted by the driver)
+    card = data_frame(event_headers(), other_event("c1", "card.action.trigger"))
+    counted, notice = core.receive(card, 0.0)  # no ACK: the handler sends it with the answer
+    assert counted == Counted("other_events")
+    assert isinstance(notice, Notice) and isinstance(notice.item, lp.CardActionReceived)
+    assert notice.busy is not None and notice.busy() == Counted("card_actions_deferred")
+    _, again = core.receive(card, 0.0)  # the re-push is answered, not taken for a duplicate
+    assert isinstance(again, Notice)
+    duplicate, acked = core.receive(card, 0.0)
+    assert duplicate == Counted("duplicate_events") and isinstance(acked, Inbound)
 
 
 # -- refusals, from plain data -------------------------------------------------------------------
