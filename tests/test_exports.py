@@ -47,7 +47,6 @@ EXTENSION_POINTS = {
     # Until the connector driver refactor (issue 11) settles their shape:
     "trio_chatbridge.platforms.weixin.LongPoll": "pending the driver refactor",
     "trio_chatbridge.platforms.wecom.Webhook": "pending the driver refactor",
-    "trio_chatbridge.platforms.lark.LongConnection": "pending the driver refactor",
 }
 
 

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, final
 
 import httpx
 import trio
@@ -59,6 +59,7 @@ def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection
     )
 
 
+@final
 class LongConnection(base.Connector):
     """A Lark/Feishu app's bot: events over the long connection, replies over the open API.
 
@@ -96,8 +97,8 @@ class LongConnection(base.Connector):
         self.account = app_id
         self._random = random
         self.api: OpenAPI = OpenAPI(app_id, app_secret, domain=domain, transport=transport)
-        self.on_event = on_event
-        self.on_card_action = on_card_action
+        self._on_event = on_event
+        self._on_card_action = on_card_action
         self.card_answer_within = card_answer_within
         self.stream_interval = stream_interval
         self.edit_budget: out.EditBudget = edit_budget or out.EditBudget(stream_interval)
@@ -136,6 +137,16 @@ class LongConnection(base.Connector):
     def group_messages(self) -> Literal["mentioned", "all"]:
         """Which group messages the bot handles."""
         return self._protocol.group_messages
+
+    @property
+    def on_event(self) -> EventHandler | None:
+        """The handler of events other than messages (and card actions, if those have none)."""
+        return self._on_event
+
+    @property
+    def on_card_action(self) -> CardHandler | None:
+        """The handler whose answer to a card action rides on its ACK."""
+        return self._on_card_action
 
     @property
     def ping_grace(self) -> float:
