@@ -1,8 +1,9 @@
 """Failover with real processes: three bridges on one Redis, loopback WeCom and WeChat emulators.
 
 Messages arrive steadily; the process that owns the WeCom bot is killed (SIGKILL) or frozen
-(SIGSTOP); a standby takes over within about a lease TTL, and every message is handled, twice
-only inside the at-least-once window (a run the dead owner had started, not finished).
+(SIGSTOP); a standby takes over within one lease TTL (and a few round trips), and every
+message is handled, twice only inside the at-least-once window (a run the dead owner had
+started, not finished).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import trio
 from trio_chatbridge.testing import RedisServer, WeComEmulator, WeixinEmulator
 
 TTL = 2.0  # seconds: short, so that a takeover is quick
-ROUND = TTL / 3
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "failover_bridge.py"
 PROCESSES = 3
@@ -137,11 +137,21 @@ def check_handled_once(state: Cluster, dead: int) -> None:
     assert max(counts.values()) <= 2
 
 
-async def takeover(state: Cluster, account: str, victim: int) -> float:
-    """Seconds until a process other than ``victim`` holds the lease."""
-    start = trio.current_time()
-    await wait_for(lambda: _held_by_another(state, account, victim))
-    return trio.current_time() - start
+async def takeover(state: Cluster, account: str, victim: int, since: float) -> float:
+    """Seconds from ``since`` until a process other than ``victim`` holds the lease."""
+    await wait_for(lambda: _held_by_another(state, account, victim), every=0.01)
+    return trio.current_time() - since
+
+
+async def subscribed_again(state: Cluster, subscribes: int, since: float) -> float:
+    """Seconds from ``since`` until the WeCom emulator saw a new subscription (a standby's
+    connector running: connected and authenticated), after ``subscribes`` of them."""
+
+    async def more() -> bool:
+        return state.wecom.subscribes > subscribes
+
+    await wait_for(more, every=0.01)
+    return trio.current_time() - since
 
 
 async def _held_by_another(state: Cluster, account: str, victim: int) -> bool:
@@ -190,11 +200,15 @@ async def test_sigkill_of_the_owner_loses_nothing(redis_node: RedisServer, tmp_p
     with trio.fail_after(60):
         async with cluster(redis_node, tmp_path, 0.05) as state:
             async with owner_in_trouble(state, WECOM, wecom_after=True) as victim:
+                subscribes, killed = state.wecom.subscribes, trio.current_time()
                 victim.kill()
-                await victim.wait()
-                await trio.sleep(0.2)  # the emulator sees the socket close
-                took = await takeover(state, WECOM, victim.pid)
-                assert took <= TTL + ROUND + 0.5, took
+                leased = await takeover(state, WECOM, victim.pid, killed)
+                running = await subscribed_again(state, subscribes, killed)
+                # Within the TTL, plus the standby's wake-up jitter, a few round trips and
+                # a WeCom connection's set-up on this loaded machine.
+                print(f"takeover after SIGKILL, TTL {TTL} s: lease {leased:.3f} s, ", end="")
+                print(f"connector running {running:.3f} s")
+                assert running <= TTL + 0.5, (leased, running)
             check_handled_once(state, victim.pid)
             assert state.wecom.subscribes >= 2
 
@@ -208,9 +222,10 @@ async def test_a_frozen_owner_cannot_write_once_it_wakes(
         # finishes them (its replies go over HTTP) and marks them done: Redis refuses.
         async with cluster(redis_node, tmp_path, 1.0) as state:
             async with owner_in_trouble(state, WEIXIN, wecom_after=False) as victim:
+                frozen = trio.current_time()
                 victim.send_signal(signal.SIGSTOP)
-                took = await takeover(state, WEIXIN, victim.pid)
-                assert took <= TTL + ROUND + 0.5, took
+                took = await takeover(state, WEIXIN, victim.pid, frozen)
+                assert took <= TTL + 0.5, took
                 victim.send_signal(signal.SIGCONT)
             check_handled_once(state, victim.pid)
             log = (tmp_path / f"stderr-{state.processes.index(victim)}.log").read_text()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import hypothesis.strategies as st
+import pytest
 import trio
 import trio.testing
 from hypothesis import given
@@ -56,6 +58,8 @@ class Link(cb.Store):
     def __init__(self, store: cb.Store) -> None:
         self.store = store
         self.cut = False
+        self.cut_beats = False
+        """Only heartbeats fail (a process that dies in a round, after renewing)."""
 
     def _check(self) -> cb.Store:
         if self.cut:
@@ -97,8 +101,25 @@ class Link(cb.Store):
     async def release_lease(self, name: str, owner: str) -> None:
         await self._check().release_lease(name, owner)
 
-    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
+    async def lease_remaining(self, name: str) -> float | None:
+        return await self._check().lease_remaining(name)
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
+        if self.cut_beats:
+            raise cb.StoreError("heartbeats cut by the test")
         return await self._check().heartbeat(group, member, ttl)
+
+    async def watch_releases(
+        self,
+        notify: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        def told() -> None:
+            if not self.cut:
+                notify()
+
+        await self.store.watch_releases(told, task_status=task_status)
 
 
 class Process:
@@ -117,6 +138,7 @@ class Process:
             backoff=cb.Backoff(initial=0.5, jitter=0.0),
         )
         self.scope = trio.CancelScope()
+        self.stopped = trio.Event()
 
     async def agent(self, batch: cb.Batch, reply: cb.Reply) -> None:
         self.handled.extend(m.id for m in batch.messages)
@@ -132,8 +154,11 @@ class Process:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.scope:
-            await self.bridge.run(task_status=task_status)
+        try:
+            with self.scope:
+                await self.bridge.run(task_status=task_status)
+        finally:
+            self.stopped.set()
 
 
 @asynccontextmanager
@@ -223,6 +248,101 @@ async def test_a_process_cut_off_stops_its_connectors_before_its_leases_expire(
         await trio.sleep(3 * TTL)
         assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
         assert victim.held()
+
+
+async def running_everywhere(procs: Sequence[Process], step: float = 0.005) -> float:
+    """Virtual seconds until every account's connector runs in one of ``procs`` (several
+    bridges: no one status to wait on), at most 3 TTLs."""
+    start = trio.current_time()
+    for _ in range(int(3 * TTL / step)):
+        if sorted(a for p in procs for a in p.running()) == ACCOUNTS:
+            return trio.current_time() - start
+        await trio.sleep(step)
+    raise AssertionError(f"not taken over after {3 * TTL} s: {owners(procs)}")
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.3, 0.6, 0.95])
+async def test_a_killed_owner_is_taken_over_within_one_ttl(
+    autojump_clock: trio.testing.MockClock, phase: float
+) -> None:
+    """Killed at any point of its round, its accounts run elsewhere within the TTL (plus the
+    standby's wake-up jitter): the standby wakes when the dead one's membership expires."""
+    async with processes(2) as (procs, _, _):
+        await trio.sleep(2 * TTL + phase * LEASES.round)
+        victim, survivor = sorted(procs, key=lambda p: len(p.held()), reverse=True)
+        assert victim.held()
+        victim.link.cut = True  # it dies: nothing released, nothing left
+        victim.scope.cancel()
+        took = await running_everywhere([survivor])
+        assert took <= TTL + LEASES.wake_jitter + 0.02, took
+        procs.remove(victim)
+
+
+async def test_an_owner_killed_between_renewing_and_beating_is_taken_over_within_one_ttl(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its leases outlive its membership: the standby, refused, tries again just after the
+    lease expires (not a round later)."""
+    async with processes(1) as (procs, nursery, shared):
+        # The victim's rounds come just after the survivor's: waiting for the survivor's
+        # next round after the lease expired would take almost a round more.
+        await trio.sleep(0.1 * LEASES.round)
+        victim, survivor = Process(shared), procs[0]
+        procs.append(victim)
+        await nursery.start(victim.run)
+        await trio.sleep(2 * TTL + 0.5 * LEASES.round)
+        assert victim.held()
+        victim.link.cut_beats = True
+        await trio.sleep(LEASES.round)  # one more round: renewed, not beaten
+        victim.link.cut = True
+        victim.scope.cancel()
+        took = await running_everywhere([survivor])
+        assert LEASES.round < took <= TTL + LEASES.wake_jitter + 0.02, took
+        procs.remove(victim)
+
+
+async def test_a_graceful_stop_is_taken_over_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The store tells standbys of the releases and the leave: no waiting for a round."""
+    async with processes(2) as (procs, _, _):
+        await trio.sleep(2 * TTL + 0.5 * LEASES.round)
+        leaving, staying = procs
+        assert leaving.held()
+        with trio.fail_after(1):
+            leaving.bridge.shutdown()
+            await leaving.stopped.wait()
+        took = await running_everywhere([staying], step=0.001)
+        assert took <= 0.1, took
+        procs.remove(leaving)
+
+
+async def test_bridges_sharing_one_sqlite_file_spread_its_accounts(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """SQLite keeps a membership too: processes on one file (leases enabled) share the
+    accounts, and one that dies is taken over within the TTL (no release notices here)."""
+    stores = [
+        cb.SQLiteStore(tmp_path / "shared.db", threaded=False, wall_clock=trio.current_time)
+        for _ in range(3)
+    ]
+    async with stores[0], stores[1], stores[2]:
+        procs = [Process(store) for store in stores]
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for proc in procs:
+                    await nursery.start(proc.run)
+                await trio.sleep(3 * TTL)
+                assert all(len(o) == 1 for o in owners(procs).values()), owners(procs)
+                assert max(len(p.held()) for p in procs) <= math.ceil(len(ACCOUNTS) / 3)
+                victim = max(procs, key=lambda p: len(p.held()))
+                victim.link.cut = True
+                victim.scope.cancel()
+                procs.remove(victim)
+                took = await running_everywhere(procs)
+                assert took <= TTL + LEASES.wake_jitter + 0.02, took
+                for proc in procs:
+                    proc.bridge.shutdown()
 
 
 async def test_unfinished_messages_replay_in_the_process_that_acquires_their_account(

@@ -522,11 +522,55 @@ async def test_redis_store_errors_are_clear(tmp_path: Path) -> None:
 
 
 async def test_members_join_by_heartbeat_and_can_leave(store: cb.Store) -> None:
-    if not isinstance(store, cb.MemoryStore | cb.RedisStore):
-        assert await store.heartbeat("g", "p1", 10) == ["p1"]  # keeps no membership
-        return
-    assert await store.heartbeat("g", "p2", 10) == ["p2"]
-    assert await store.heartbeat("g", "p1", 10) == ["p1", "p2"]
-    assert await store.heartbeat("other", "p3", 10) == ["p3"]
-    assert await store.heartbeat("g", "p2", 0) == ["p1"]  # p2 leaves
-    assert await store.heartbeat("g", "p1", 10) == ["p1"]
+    assert list(await store.heartbeat("g", "p2", 10)) == ["p2"]
+    assert list(await store.heartbeat("g", "p1", 20)) == ["p1", "p2"]
+    assert list(await store.heartbeat("other", "p3", 10)) == ["p3"]
+    assert list(await store.heartbeat("g", "p2", 0)) == ["p1"]  # p2 leaves
+    left = await store.heartbeat("g", "p1", 10)
+    assert list(left) == ["p1"] and 9 < left["p1"] <= 10
+
+
+async def test_members_say_when_they_expire(store: cb.Store) -> None:
+    await store.heartbeat("g", "p1", 30)
+    left = await store.heartbeat("g", "p2", 10)
+    assert 29 < left["p1"] <= 30 and 9 < left["p2"] <= 10
+
+
+async def test_a_lease_says_how_long_it_has_left(store: cb.Store) -> None:
+    assert await store.lease_remaining("conn") == 0  # free
+    assert await store.acquire_lease("conn", "p1", ttl=10)
+    assert 9 < (await store.lease_remaining("conn") or 0) <= 10
+    await store.release_lease("conn", "p1")
+    assert await store.lease_remaining("conn") == 0
+
+
+async def test_members_expire_on_the_sqlite_wall_clock(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "members.db"
+    async with cb.SQLiteStore(path, wall_clock=clock) as one, cb.SQLiteStore(path) as two:
+        two.wall_clock = clock  # two processes on one host, one clock
+        await one.heartbeat("g", "p1", 10)
+        assert list(await two.heartbeat("g", "p2", 30)) == ["p1", "p2"]
+        clock.now += 10
+        assert await two.heartbeat("g", "p2", 30) == {"p2": 30}
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis", "redis-cluster"])
+async def test_releases_and_leaves_are_told_to_watchers(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    factory = store_factory(kind, request, tmp_path)
+    told = trio.Semaphore(0, max_value=100)
+    async with factory() as ours, factory() as theirs, trio.open_nursery() as nursery:
+        await nursery.start(ours.watch_releases, told.release)
+        assert await theirs.acquire_lease("conn", "p2", ttl=10)
+        await theirs.heartbeat("g", "p2", 10)
+        await theirs.release_lease("conn", "p1")  # not held by p1: nothing to tell
+        await theirs.release_lease("conn", "p2")
+        with trio.fail_after(5):
+            await told.acquire()
+        await theirs.heartbeat("g", "p2", 0)
+        with trio.fail_after(5):
+            await told.acquire()
+        assert told.value == 0
+        nursery.cancel_scope.cancel()

@@ -1,8 +1,18 @@
 """Leases: on a store shared by several processes, each account's connector runs in one only.
 
-A :class:`LeaseKeeper` runs one round every third of the lease's TTL (jittered): it records
-this process in the store's membership, renews the leases it holds, works out which accounts
-should be its own, hands off the others and tries to acquire its own.
+A :class:`LeaseKeeper` runs one round every third of the lease's TTL (jittered): it renews
+the leases it holds, records this process in the store's membership, works out which
+accounts should be its own, hands off the others and tries to acquire its own.
+
+Between rounds a standby does not wait for the next one when it knows better. The membership
+tells it when each other member expires unless it beats again; a member beats after renewing
+its leases, so when it dies its leases expire no later than its membership (on one Redis
+clock). The standby wakes just after the earliest such expiry (a little jitter) and runs an
+extra round, so a killed owner's accounts are taken over about one TTL after its last
+renewal, not a round later. An acquisition refused for an account that is now this
+process's (its lease outlived its owner's membership) is tried again just after the lease
+expires. And a store that publishes releases (``RedisStore``) wakes standbys at once when a
+lease is released or a member leaves: a graceful stop or a handoff is taken over at once.
 
 The lease *is* the connector's cancel-scope deadline: each account's supervisor runs inside a
 ``trio.CancelScope`` whose deadline is the lease's expiry (counted from when the renewal was
@@ -49,6 +59,8 @@ ACQUIRED: Final = "lease.acquired"
 LOST: Final = "lease.lost"
 HANDED_OFF: Final = "lease.handed_off"
 RELEASE_TIMEOUT: Final = 2.0  # seconds a graceful release may take before we give up on it
+WAKE_AFTER: Final = 0.005  # seconds past an expiry before a standby acts on it
+SETTLE: Final = 0.005  # seconds a woken keeper waits for more news before its extra round
 
 
 @final
@@ -58,7 +70,9 @@ class Leases:
 
     ttl: float = 15.0
     """Seconds a lease lasts unless renewed; renewed every third of it. A killed process's
-    accounts are taken over at most about this long (plus one round) after it died."""
+    accounts are taken over at most about this long after it died (its last renewal's
+    lease running out, plus ``wake_jitter`` and a few round trips); a stopped process's at
+    once on a store that publishes releases (``RedisStore``)."""
     margin: float = 0.2
     """Fraction of ``ttl``: a connector whose lease was not renewed stops this long before
     the lease expires, so that no two processes ever run it at once."""
@@ -73,13 +87,21 @@ class Leases:
     does not replay them."""
     jitter: float = 0.1
     """Each round's interval is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
+    wake_jitter: float = 0.05
+    """Seconds, at most, a standby waits at random past an expiry it woke for, so that
+    standbys do not all ask at the same instant."""
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if not (self.ttl > 0 and 0 < self.margin < 2 / 3 and 0 <= self.jitter < 1):
+        if not (
+            self.ttl > 0
+            and 0 < self.margin < 2 / 3
+            and 0 <= self.jitter < 1
+            and self.wake_jitter >= 0
+        ):
             raise ConfigurationError(
                 "Leases need ttl > 0, 0 < margin < 2/3 (a renewal must land before the "
-                "connector stops) and 0 <= jitter < 1"
+                "connector stops), 0 <= jitter < 1 and wake_jitter >= 0"
             )
 
     def applies_to(self, store: Store) -> bool:
@@ -134,6 +156,8 @@ class _Account:
     """Set to make the running connector finish its account's runs, then stop."""
     failed: bool = False
     """The connector stopped for good (fatal error): not acquired again here."""
+    retry_at: float = math.inf
+    """When to try again an acquisition refused (Trio's clock): just after the lease expires."""
 
     @property
     def name(self) -> str:
@@ -174,7 +198,12 @@ class LeaseKeeper:
     owner: str = attrs.field(factory=owner_id)
     _accounts: list[_Account] = attrs.field(init=False)
     _members: tuple[str, ...] = attrs.field(default=(), init=False)
+    _scheduled_members: tuple[str, ...] = attrs.field(default=(), init=False)
+    """The membership the last scheduled round saw (handoffs wait until it holds still)."""
     _stable: bool = attrs.field(default=False, init=False)
+    _expiries: dict[str, float] = attrs.field(factory=dict, init=False)
+    """When each other member expires unless it beats again (Trio's clock)."""
+    _nudged: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._accounts = [_Account(s) for s in self.supervisors]
@@ -186,15 +215,26 @@ class LeaseKeeper:
     async def run(self) -> None:
         """Run rounds and the accounts' connectors until cancelled; then release every lease
         this process holds (each bounded by ``RELEASE_TIMEOUT``), its connector stopped first,
-        and leave the membership."""
+        and leave the membership. After cancellation no connector of this keeper runs, and
+        its leases and membership are given back unless the store did not answer in time
+        (then they expire on their own)."""
         try:
             async with trio.open_nursery() as nursery:
                 for account in self._accounts:
                     nursery.start_soon(self._gated, account)
+                nursery.start_soon(self._listen)
+                next_round = trio.current_time()
                 while True:
-                    await self._round()
-                    jitter = 1 + self.config.jitter * (2 * self.config.random() - 1)
-                    await trio.sleep(self.config.round * jitter)
+                    self._nudged = trio.Event()
+                    scheduled = trio.current_time() >= next_round
+                    if scheduled:
+                        jitter = 1 + self.config.jitter * (2 * self.config.random() - 1)
+                        next_round = trio.current_time() + self.config.round * jitter
+                    await self._round(scheduled)
+                    # Until the next round, or earlier: an expiry worth acting on, or news.
+                    with trio.move_on_at(min(next_round, self._wake_at())):
+                        await self._nudged.wait()
+                        await trio.sleep(SETTLE)  # a leaving process releases in a burst
         finally:
             # Leave the membership (a heartbeat that expires at once), so that nobody hands
             # an account off to this process any more.
@@ -204,24 +244,62 @@ class LeaseKeeper:
                 except StoreError as exc:
                     log.warning("could not leave the membership: %s", exc)
 
-    async def _round(self) -> None:
+    def _nudge(self) -> None:
+        self._nudged.set()
+
+    async def _listen(self) -> None:
+        """Wake the rounds whenever the store tells of a release or a leave; listen again a
+        round after the store failed (rounds cover what was missed meanwhile)."""
+        while True:
+            try:
+                await self.store.watch_releases(self._nudge)
+            except StoreError as exc:
+                log.warning("not told of lease releases for now: %s", exc)
+            await trio.sleep(self.config.round)
+
+    def _wake_at(self) -> float:
+        """When an extra round is worth it: just after the earliest expiry of another
+        member's membership or of a lease this process was refused."""
+        soonest = min(
+            [*self._expiries.values(), *(a.retry_at for a in self._accounts)], default=math.inf
+        )
+        return soonest + WAKE_AFTER + self.config.wake_jitter * self.config.random()
+
+    async def _round(self, scheduled: bool) -> None:
+        """Renew (in scheduled rounds), then beat, then hand off (in scheduled rounds) and
+        acquire. Beating after renewing makes this process's membership outlive its leases,
+        so a standby woken by that membership's expiry finds the leases free."""
         config = self.config
+        if scheduled:
+            for account in self._accounts:
+                if account.holds:
+                    await self._renew(account)
         members = list(self._members)  # if the store does not answer in time
+        self._expiries = {}
         try:
             with trio.move_on_after(config.round):
-                members = await self.store.heartbeat(config.group, self.owner, config.ttl)
+                beat = await self.store.heartbeat(config.group, self.owner, config.ttl)
+                now = trio.current_time()
+                members = list(beat)
+                self._expiries = {m: now + left for m, left in beat.items() if m != self.owner}
         except StoreError as exc:
             log.warning("lease round: membership not updated: %s", exc)
         members = sorted({*members, self.owner})
-        self._stable = tuple(members) == self._members
         self._members = tuple(members)
-        for account in self._accounts:
-            if account.holds:
-                await self._renew(account)
+        if scheduled:
+            self._stable = self._members == self._scheduled_members
+            self._scheduled_members = self._members
         owners = assign([a.name for a in self._accounts if not a.failed], members)
         for account in self._accounts:
+            account.retry_at = math.inf
             mine = owners.get(account.name) == self.owner
-            if account.holds and not mine and self._stable and not account.handing_off:
+            if (
+                account.holds
+                and not mine
+                and scheduled
+                and self._stable
+                and not account.handing_off
+            ):
                 log.info("handing %s off to %s", account.name, owners.get(account.name))
                 account.handing_off = True
                 account.hand_off.set()
@@ -241,6 +319,11 @@ class LeaseKeeper:
                     self.counters[ACQUIRED] += 1
                     log.info("acquired the lease of %s", account.name)
                     return
+                # Held by another: its owner died after its membership did, or is handing
+                # it off. Try again just after it expires, unless told of a release first.
+                left = await self.store.lease_remaining(account.name)
+                if left is not None:
+                    account.retry_at = trio.current_time() + left
         except StoreError as exc:
             log.warning("could not try the lease of %s: %s", account.name, exc)
         if account.state != "lost":

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Literal, Self, TypeAlias, final
 
 import attrs
+import trio
 
 from .._messages import Message
 
@@ -200,8 +201,28 @@ class Store(ABC):
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up, if we hold it. Cancelled: released or not; if not, it expires."""
 
-    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
-        """Count ``member`` alive in ``group`` for ``ttl`` seconds; returns the live members,
-        sorted. A store that keeps no membership (one process per store) returns ``[member]``.
-        Cancelled: counted or not, until the next heartbeat."""
-        return [member]
+    async def lease_remaining(self, name: str) -> float | None:
+        """Seconds until lease ``name`` expires unless renewed (0 when it is free), or None
+        when the store cannot tell. A standby refused a lease waits this long, not a round.
+        Cancelled: a read, it changed nothing."""
+        return None
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
+        """Count ``member`` alive in ``group`` for ``ttl`` seconds (0: it leaves); returns the
+        live members, sorted by name, each with the seconds until it expires unless it beats
+        again. A store that keeps no membership (one process per store) returns
+        ``{member: ttl}``. Cancelled: counted (or left) or not, until the next heartbeat."""
+        return {member: ttl}
+
+    async def watch_releases(
+        self,
+        notify: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``notify()`` soon after any lease is released or any member leaves a group,
+        in any process, until cancelled; started once it is listening. Standbys act on it at
+        once instead of at their next round. A store that cannot tell (this default) never
+        calls it: rounds still find out. After cancellation nothing is listening any more."""
+        task_status.started()
+        await trio.sleep_forever()

@@ -32,6 +32,7 @@ class MemoryStore(Store):
     _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False, repr=False)
     _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _members: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False, repr=False)
+    _watchers: list[Callable[[], None]] = attrs.field(factory=list, init=False, repr=False)
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
         now = self.wall_clock()
@@ -100,11 +101,35 @@ class MemoryStore(Store):
         held = self._leases.get(name)
         if held is not None and held[0] == owner:
             del self._leases[name]
+            self._notify()
 
-    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
+    async def lease_remaining(self, name: str) -> float:
+        held = self._leases.get(name)
+        return 0.0 if held is None else max(0.0, held[1] - trio.current_time())
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
         now = trio.current_time()
         members = self._members.setdefault(group, {})
         members[member] = now + ttl
         for name in [m for m, expires in members.items() if expires <= now]:
             del members[name]
-        return sorted(members)
+        if ttl <= 0:
+            self._notify()
+        return {name: members[name] - now for name in sorted(members)}
+
+    async def watch_releases(
+        self,
+        notify: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._watchers.append(notify)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._watchers.remove(notify)
+
+    def _notify(self) -> None:
+        for notify in self._watchers:
+            notify()

@@ -36,6 +36,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Final, TypeAlias, TypeVar, final
 
+import trio
+
 from .._errors import ConfigurationError, StoreError, find_error
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, JournalState, Store
@@ -160,16 +162,19 @@ end
 return 0
 """
 
-# KEYS: lease. ARGV: owner.
+# KEYS: lease. ARGV: owner, the channel that tells standbys.
 _LEASE_RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  return 1
 end
 return 0
 """
 
-# KEYS: members. ARGV: member, ttl (ms; 0 leaves). Server time, so that every machine agrees.
-# The key itself lives as long as its longest-lived member.
+# KEYS: members. ARGV: member, ttl (ms; 0 leaves), the channel that tells the others of a
+# leave. Server time, so that every machine agrees. The key itself lives as long as its
+# longest-lived member. Returns member, milliseconds left, member, milliseconds left, ...
 _HEARTBEAT: Final = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -179,7 +184,16 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+if ARGV[2] == '0' then
+  redis.call('PUBLISH', ARGV[3], KEYS[1])
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local left = {}
+for i = 1, #live, 2 do
+  left[#left + 1] = live[i]
+  left[#left + 1] = tonumber(live[i + 1]) - ms
+end
+return left
 """
 
 
@@ -218,6 +232,7 @@ class RedisStore(Store):
         self.wall_clock = wall_clock
         self._stack: AsyncExitStack | None = None
         self._fences: dict[str, int] = {}
+        self._channel = prefix + "released"  # a channel, not a key: spans every slot
         self._known: set[str] = set()
         register = client.register_script
         self._add = register(_JOURNAL_ADD)
@@ -315,11 +330,14 @@ class RedisStore(Store):
                 )
         return None
 
-    async def _call(self, doing: str, request: Awaitable[T]) -> T:
+    def _check_open(self) -> None:
         if self._stack is None:
             raise StoreError(
                 f"{self!r} is not open: use 'async with store:' or pass it to a Bridge"
             )
+
+    async def _call(self, doing: str, request: Awaitable[T]) -> T:
+        self._check_open()
         try:
             return await request
         except Exception as exc:
@@ -457,17 +475,51 @@ class RedisStore(Store):
         # The fencing token stays: whatever this store still writes for the account is
         # refused once another process acquired the lease.
         keys = [self._key(name, "lease")]
-        await self._call("write to", self._release(keys, [owner]))
+        await self._call("write to", self._release(keys, [owner, self._channel]))
+
+    async def lease_remaining(self, name: str) -> float:
+        """Seconds until lease ``name`` expires (0: free), by Redis's clock. A read:
+        cancelled, it changed nothing."""
+        left = await self._call("read from", self._client.pttl(self._key(name, "lease")))
+        return max(0, left) / 1000
 
     def lease_token(self, name: str) -> int | None:
         """The fencing token of this store's last acquisition of lease ``name``, or None."""
         return self._fences.get(name)
 
-    async def heartbeat(self, group: str, member: str, ttl: float) -> list[str]:
+    async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
         key = f"{self.prefix}members:{group}"
         ttl_ms = str(max(0, math.ceil(ttl * 1000)))
-        members: object = await self._call("write to", self._heartbeat([key], [member, ttl_ms]))
-        return sorted(str(m) for m in _list(members))
+        reply = _list(
+            await self._call("write to", self._heartbeat([key], [member, ttl_ms, self._channel]))
+        )
+        left = {str(m): int(ms) / 1000 for m, ms in zip(reply[::2], reply[1::2], strict=True)}
+        return {m: left[m] for m in sorted(left)}
+
+    async def watch_releases(
+        self,
+        notify: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Subscribe to the prefix's channel, on a connection of its own, on which a lease
+        release and a member's leave are published (in their scripts); call ``notify`` for
+        each message until cancelled. A lost connection is a :class:`StoreError` (the caller
+        subscribes again later; rounds cover what was missed meanwhile). Cancelled: the
+        subscription is closed."""
+        self._check_open()
+        try:
+            async with self._client.pubsub(
+                channels=[self._channel], ignore_subscribe_messages=True
+            ) as pubsub:
+                task_status.started()
+                async for _ in pubsub:
+                    notify()
+        except Exception as exc:
+            mapped = self._mapped(exc, "listen to")
+            if mapped is None:
+                raise
+            raise mapped from exc
 
 
 def _tag(platform: str, account: str) -> str:

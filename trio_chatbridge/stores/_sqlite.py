@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS leases (
     owner TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS members (
+    grp TEXT NOT NULL,
+    member TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (grp, member)
+);
 """
 
 T = TypeVar("T")
@@ -345,6 +351,36 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
         await self._call(delete)
+
+    async def lease_remaining(self, name: str) -> float:
+        now = self.wall_clock()
+
+        def read(db: sqlite3.Connection) -> float:
+            row = db.execute("SELECT expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            return 0.0 if row is None else max(0.0, row[0] - now)
+
+        return await self._call(read)
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
+        """As :meth:`Store.heartbeat`, on the wall clock (processes sharing the file are on
+        one host). Cancelled: as for every call here, it completes once its thread began."""
+        now = self.wall_clock()
+
+        def beat(db: sqlite3.Connection) -> dict[str, float]:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                db.execute(
+                    "INSERT INTO members (grp, member, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET expires_at = excluded.expires_at",
+                    (group, member, now + ttl),
+                )
+                db.execute("DELETE FROM members WHERE grp = ? AND expires_at <= ?", (group, now))
+                rows = db.execute(
+                    "SELECT member, expires_at FROM members WHERE grp = ? ORDER BY member",
+                    (group,),
+                ).fetchall()
+            return {name: expires - now for name, expires in rows}
+
+        return await self._call(beat)
 
 
 @attrs.define(eq=False)
