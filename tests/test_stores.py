@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 
 import trio_chatbridge as cb
 from trio_chatbridge.stores import StaleLeaseError, journal_key
+from trio_chatbridge.stores._redis import PENDING_BATCH
 from trio_chatbridge.testing import FakeConnector, RedisServer
 
 fake = FakeConnector()
@@ -574,3 +576,38 @@ async def test_releases_and_leaves_are_told_to_watchers(
             await told.acquire()
         assert told.value == 0
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_redis_pending_of_many_accounts_in_batches(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """More accounts than one pipeline reads: the same entries, oldest first, as the
+    account-by-account reads give."""
+    accounts = [FakeConnector(f"a{i:03}") for i in range(PENDING_BATCH + 30)]
+    async with store_factory(kind, request, tmp_path)() as store:
+        assert isinstance(store, cb.RedisStore)
+        expected: list[cb.Message] = []
+        for round_ in range(2):
+            page = [a.message(f"{round_}", id=f"{a.account}-{round_}") for a in accounts]
+            await store.journal_add(page)
+            await store.journal_done(page[::3])
+            expected += [m for i, m in enumerate(page) if i % 3]
+            store.wall_clock = lambda: time.time() + 1  # the second page is newer
+        pending = await store.journal_pending()
+        assert pending == expected
+        one_by_one = [await store.journal_pending_of("fake", a.account) for a in accounts]
+        flat = [m for messages in one_by_one for m in messages]
+        assert sorted(pending, key=journal_key) == sorted(flat, key=journal_key)
+
+
+async def test_redis_pending_of_an_account_with_more_than_lua_can_unpack(
+    redis_node: RedisServer,
+) -> None:
+    """9,000 pending messages in one account (Lua unpacks at most about 8,000 values)."""
+    store = cb.RedisStore.from_url(redis_node.url, prefix=f"test-{uuid.uuid4().hex}:")
+    async with store:
+        messages = [fake.message("m", id=str(i)) for i in range(9_000)]
+        await store.journal_add(messages)
+        assert await store.journal_pending_of(fake.platform, fake.account) == messages
+        assert await store.journal_pending() == messages

@@ -32,8 +32,8 @@ import json
 import math
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any, Final, TypeAlias, TypeVar, final
 
 import trio
@@ -53,6 +53,7 @@ else:
 DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
 STALE: Final = "STALE"  # what the fencing check answers, as a Redis error reply
+PENDING_BATCH: Final = 200  # accounts whose pending messages one pipeline reads
 
 T = TypeVar("T")
 
@@ -111,11 +112,21 @@ end
 return #old
 """
 
-# KEYS: pending, body. Bodies of pending ids, oldest first.
+# KEYS: pending, body, recv. The bodies of pending ids, oldest first, and when each was
+# accepted. HMGET takes the ids a thousand at a time: Lua unpacks at most about 8,000 values.
 _JOURNAL_PENDING: Final = """
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-if #ids == 0 then return {} end
-return redis.call('HMGET', KEYS[2], unpack(ids))
+local bodies, received = {}, {}
+for first = 1, #ids, 1000 do
+  local chunk = {unpack(ids, first, math.min(first + 999, #ids))}
+  local b = redis.call('HMGET', KEYS[2], unpack(chunk))
+  local r = redis.call('HMGET', KEYS[3], unpack(chunk))
+  for i = 1, #chunk do
+    bodies[#bodies + 1] = b[i]
+    received[#received + 1] = r[i]
+  end
+end
+return {bodies, received}
 """
 
 # KEYS: body, state, recv. ARGV: id.
@@ -295,16 +306,11 @@ class RedisStore(Store):
         (the bridge does both): the client's connections live in a task group of its own."""
         if self._stack is not None:
             return
-        try:
+        with self._translated("connect to"):
             async with AsyncExitStack() as stack:
                 await stack.enter_async_context(self._client)
                 await self._client.ping()
                 self._stack = stack.pop_all()
-        except Exception as exc:
-            mapped = self._mapped(exc, "connect to")
-            if mapped is None:
-                raise
-            raise mapped from exc
 
     async def aclose(self) -> None:
         """Disconnect. Must run at the nesting level :meth:`open` ran at, never inside a cancel
@@ -336,15 +342,21 @@ class RedisStore(Store):
                 f"{self!r} is not open: use 'async with store:' or pass it to a Bridge"
             )
 
-    async def _call(self, doing: str, request: Awaitable[T]) -> T:
-        self._check_open()
+    @contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        """Raise what coredis or the network raised in the block as a StoreError."""
         try:
-            return await request
+            yield
         except Exception as exc:
             mapped = self._mapped(exc, doing)
             if mapped is None:
                 raise
             raise mapped from exc
+
+    async def _call(self, doing: str, request: Awaitable[T]) -> T:
+        self._check_open()
+        with self._translated(doing):
+            return await request
 
     def _key(self, tag: str, what: str) -> str:
         return f"{self.prefix}{{{tag}}}:{what}"
@@ -395,23 +407,30 @@ class RedisStore(Store):
             await self._call("write to", self._done(keys, args))
 
     async def journal_pending(self) -> list[Message]:
+        """Every account's pending messages, oldest first: one script per account, sent
+        ``PENDING_BATCH`` accounts to a pipeline (one round trip each batch; on a cluster,
+        one per node). A read: cancelled, it changed nothing."""
         found: list[tuple[float, int, Message]] = []
-        for tag in await self._accounts():
-            for seq, message in enumerate(await self._pending_of(tag)):
-                received = await self._call(
-                    "read from",
-                    self._client.hget(self._key(tag, "recv"), message.id),
-                )
-                found.append((float(received or 0), seq, message))
+        tags = await self._accounts()
+        for first in range(0, len(tags), PENDING_BATCH):
+            with self._translated("read from"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    requests: list[Awaitable[object]] = [
+                        self._pending(self._keys(tag, "pending", "body", "recv"), [], client=pipe)
+                        for tag in tags[first : first + PENDING_BATCH]
+                    ]
+                replies: list[object] = [await request for request in requests]
+            for reply in replies:
+                for seq, (received, message) in enumerate(_pending(reply)):
+                    found.append((received, seq, message))
         return [message for _, _, message in sorted(found, key=lambda f: (f[0], f[1]))]
 
     async def journal_pending_of(self, platform: str, account: str) -> list[Message]:
-        return await self._pending_of(_tag(platform, account))
-
-    async def _pending_of(self, tag: str) -> list[Message]:
-        keys = self._keys(tag, "pending", "body")
-        bodies: object = await self._call("read from", self._pending(keys, []))
-        return [Message.from_json(json.loads(body)) for body in _list(bodies) if body is not None]
+        """The account's pending messages, oldest first, in one script. A read: cancelled,
+        it changed nothing."""
+        keys = self._keys(_tag(platform, account), "pending", "body", "recv")
+        reply: object = await self._call("read from", self._pending(keys, []))
+        return [message for _, message in _pending(reply)]
 
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
         platform, account, message_id = key
@@ -508,18 +527,23 @@ class RedisStore(Store):
         subscribes again later; rounds cover what was missed meanwhile). Cancelled: the
         subscription is closed."""
         self._check_open()
-        try:
+        with self._translated("listen to"):
             async with self._client.pubsub(
                 channels=[self._channel], ignore_subscribe_messages=True
             ) as pubsub:
                 task_status.started()
                 async for _ in pubsub:
                     notify()
-        except Exception as exc:
-            mapped = self._mapped(exc, "listen to")
-            if mapped is None:
-                raise
-            raise mapped from exc
+
+
+def _pending(reply: object) -> list[tuple[float, Message]]:
+    """What ``_JOURNAL_PENDING`` answered: (time accepted, message), oldest first."""
+    bodies, received = _list(reply)
+    return [
+        (float(at or 0), Message.from_json(json.loads(body)))
+        for body, at in zip(_list(bodies), _list(received), strict=True)
+        if body is not None
+    ]
 
 
 def _tag(platform: str, account: str) -> str:
