@@ -187,31 +187,35 @@ class Store(ABC):
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         """Take the lease ``name`` for ``ttl`` seconds if it is free, expired, or ours already.
 
-        Cancelled: taken or not (see the class); a lease taken and not known to be is
-        released by its expiry.
-        """
+        Cancelled: the lease may have been taken all the same; acquiring it again with the
+        same owner returns it, or it expires after ``ttl``."""
 
     @abstractmethod
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
         """Extend a lease we hold; False if it expired or another owner took it.
 
-        Cancelled: extended or not; treat the lease as expiring at its old time."""
+        Cancelled: extended or not; count on the expiry of the last renewal that returned."""
 
     @abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
-        """Give the lease up, if we hold it. Cancelled: released or not; if not, it expires."""
+        """Give the lease up, if we hold it.
+
+        Cancelled: released or not; if not, it expires at the end of its TTL."""
 
     async def lease_remaining(self, name: str) -> float | None:
         """Seconds until lease ``name`` expires unless renewed (0 when it is free), or None
         when the store cannot tell. A standby refused a lease waits this long, not a round.
-        Cancelled: a read, it changed nothing."""
+        A read: cancelled, it changed nothing."""
         return None
 
     async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
         """Count ``member`` alive in ``group`` for ``ttl`` seconds (0: it leaves); returns the
         live members, sorted by name, each with the seconds until it expires unless it beats
         again. A store that keeps no membership (one process per store) returns
-        ``{member: ttl}``. Cancelled: counted (or left) or not, until the next heartbeat."""
+        ``{member: ttl}``.
+
+        Cancelled: the beat (or the leave) may have happened or not; a member that did not
+        beat expires at the end of its previous TTL."""
         return {member: ttl}
 
     async def watch_releases(

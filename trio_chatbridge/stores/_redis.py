@@ -303,7 +303,8 @@ class RedisStore(Store):
 
     async def open(self) -> None:
         """Connect, and check that Redis answers. Call :meth:`aclose` from the same task
-        (the bridge does both): the client's connections live in a task group of its own."""
+        (the bridge does both): the client's connections live in a task group of its own.
+        Cancelled: not open, and whatever it had connected is closed again."""
         if self._stack is not None:
             return
         with self._translated("connect to"):
@@ -314,7 +315,9 @@ class RedisStore(Store):
 
     async def aclose(self) -> None:
         """Disconnect. Must run at the nesting level :meth:`open` ran at, never inside a cancel
-        scope opened since (the client's task group would be exited from inside it)."""
+        scope opened since (the client's task group would be exited from inside it).
+        Cancelled: the store is closed all the same (its client's task group cancels what
+        it still runs as it exits); open it again to use it."""
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -380,6 +383,11 @@ class RedisStore(Store):
     # -- journal ---------------------------------------------------------------------------
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
+        """As :meth:`Store.journal_add`: one fenced script per account in ``messages``.
+
+        Cancelled: each account's script ran whole or not at all, unknown which. A page
+        journaled unknowingly is not lost: its messages are pending, so whoever acquires
+        the account next replays them (a redelivery of them is a duplicate)."""
         now = repr(self.wall_clock())
         by_account: dict[str, list[int]] = {}
         for i, message in enumerate(messages):
@@ -397,6 +405,10 @@ class RedisStore(Store):
         return added
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
+        """As :meth:`Store.journal_done`: one fenced script per account in ``messages``.
+
+        Cancelled: each account's messages are marked whole or not at all; those not marked
+        stay pending and are replayed by the account's next owner (at least once)."""
         state = "d" if error is None else "f" + error
         by_account: dict[str, list[str]] = {}
         for message in messages:
@@ -433,6 +445,8 @@ class RedisStore(Store):
         return [message for _, message in _pending(reply)]
 
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
+        """As :meth:`Store.journal_entry`, in one script. A read: cancelled, it changed
+        nothing."""
         platform, account, message_id = key
         keys = self._keys(_tag(platform, account), "body", "state", "recv")
         body, state, received = _list(
@@ -448,6 +462,8 @@ class RedisStore(Store):
         return JournalEntry(Message.from_json(json.loads(body)), outcome, error, float(received))
 
     async def journal_prune(self, before: float) -> int:
+        """As :meth:`Store.journal_prune`: one script per account. Cancelled: some accounts
+        were pruned (each whole), the others are pruned by the next call."""
         limit = repr(before)  # 'inf' and '-inf' are scores Redis reads too
         pruned = 0
         for tag in await self._accounts():
@@ -459,14 +475,18 @@ class RedisStore(Store):
     # -- key-value space, per account --------------------------------------------------------
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
+        """As :meth:`Store.get`. A read: cancelled, it changed nothing."""
         hash_key = self._key(_tag(platform, account), "kv")
         value = await self._call("read from", self._client.hget(hash_key, key))
         return None if value is None else str(value)
 
     async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
+        """As :meth:`Store.set`, fenced. Cancelled: set or not, unknown which."""
         await self.set_many(platform, account, {key: value})
 
     async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+        """As :meth:`Store.set_many`, in one fenced script. Cancelled: every value was
+        written or none (a cursor never lands without the values saved with it)."""
         if not values:
             return
         tag = _tag(platform, account)
@@ -479,6 +499,12 @@ class RedisStore(Store):
     # -- leases and membership ---------------------------------------------------------------
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """As :meth:`Store.acquire_lease`; remembers the acquisition's fencing token.
+
+        Cancelled: Redis may have given the lease (and a new token) all the same, unknown
+        here: acquiring it again returns it with that token; otherwise it expires after
+        ``ttl``. Until then this store's writes for the account carry its old token, which
+        Redis refuses if someone else acquired the lease since."""
         keys = self._keys(name, "lease", "fence")
         token: object = await self._call("write to", self._acquire(keys, [owner, _ms(ttl)]))
         if token == 0:
@@ -487,10 +513,14 @@ class RedisStore(Store):
         return True
 
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """As :meth:`Store.renew_lease`, by a compare-and-set script. Cancelled: extended
+        or not; count on the expiry of the last renewal that returned (the keeper does)."""
         keys = [self._key(name, "lease")]
         return await self._call("write to", self._renew(keys, [owner, _ms(ttl)])) == 1
 
     async def release_lease(self, name: str, owner: str) -> None:
+        """As :meth:`Store.release_lease`; a release is published to the prefix's watchers.
+        Cancelled: released (and told) or not; if not, the lease expires at its TTL."""
         # The fencing token stays: whatever this store still writes for the account is
         # refused once another process acquired the lease.
         keys = [self._key(name, "lease")]
@@ -507,6 +537,9 @@ class RedisStore(Store):
         return self._fences.get(name)
 
     async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
+        """As :meth:`Store.heartbeat`, on Redis's clock; a leave (``ttl`` 0) is published
+        to the prefix's watchers. Cancelled: beaten (or left) or not; a member that did
+        not beat expires at the end of its previous TTL."""
         key = f"{self.prefix}members:{group}"
         ttl_ms = str(max(0, math.ceil(ttl * 1000)))
         reply = _list(
