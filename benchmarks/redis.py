@@ -37,6 +37,7 @@ from trio_chatbridge.stores._redis import DEFAULT_TIMEOUT
 from trio_chatbridge.testing import FakeConnector, redis_server
 
 from ._util import report
+from .redis_accounts import bench_idle_accounts
 
 RUNS = 3
 MESSAGES = 20_000
@@ -259,7 +260,7 @@ def bench_redis() -> None:
     report(f"RedisStore (medians of {RUNS})", rows)
 
 
-BENCHMARKS = {"redis": bench_redis}
+BENCHMARKS = {"redis": bench_redis, "redis-accounts": bench_idle_accounts}
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["bridge"]:

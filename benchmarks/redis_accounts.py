@@ -1,0 +1,178 @@
+"""Accounts per process: idle WeChat accounts, each a real ``weixin.LongPoll`` parked in a long
+poll on the loopback emulator (its own process, holding each poll 35 s as iLink does).
+
+For N accounts (100, 500, 1,000), each in a fresh process: the memory the accounts added
+(resident set, from before the first client was built until every account is parked) and the
+CPU time the process spends while they sit idle, per account. Four ways, taking turns:
+
+- ``raw``: the baseline, N tasks each polling ``getupdates`` in a loop with its own httpx
+  client (as each connector has its own by default), nothing else;
+- ``memory``: a bridge of N connectors on a ``MemoryStore`` (no leases);
+- ``redis``: the same bridge on a ``RedisStore``, so each account also holds a lease, renewed
+  every third of the TTL (15 s), and the process beats in the membership;
+- ``shared``: as ``redis``, the connectors sharing one httpx client (``LongPoll(http=...)``,
+  its pool unbounded so that every poll has its connection).
+
+"Parked": for the bridges, every connector ``running`` (its first poll answered, the next
+one in flight); for the baseline, every client built and its first poll sent.
+
+Medians of three runs (``python -m benchmarks redis-accounts``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import trio
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms import weixin
+from trio_chatbridge.testing import redis_server
+
+from ._util import emulator_process, report
+
+COUNTS: Final = (100, 500, 1_000)
+KINDS: Final = ("raw", "memory", "redis", "shared")
+RUNS: Final = 3
+WINDOW: Final = 40.0  # seconds idle under measure: every poll (held 35 s) comes back once
+SETTLE: Final = 3.0  # seconds after every account is parked, before measuring
+POLL_TIMEOUT: Final = 60.0  # seconds, longer than the emulator's hold
+
+
+def rss_mib() -> float:
+    """This process's resident memory now, in MiB."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _raw(info: dict[str, Any], parked: list[int]) -> None:
+    """One account's baseline: poll, take the cursor, poll again."""
+    headers = {"Authorization": f"Bearer {info['token']}"}
+    cursor = ""
+    async with httpx.AsyncClient(timeout=POLL_TIMEOUT) as http:
+        parked[0] += 1
+        while True:
+            response = await http.post(
+                info["base_url"] + "ilink/bot/getupdates",
+                content=json.dumps({"get_updates_buf": cursor}),
+                headers=headers,
+            )
+            cursor = response.json().get("get_updates_buf", cursor)
+
+
+async def _noop(batch: cb.Batch, reply: cb.Reply) -> None:
+    pass
+
+
+async def idle(kind: str, count: int, info: dict[str, Any], redis: str) -> dict[str, float]:
+    """Park ``count`` accounts the ``kind`` way; what they cost (run in a fresh process)."""
+    rss_before, cpu_before = rss_mib(), cpu_seconds()
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        if kind == "raw":
+            parked = [0]
+            for _ in range(count):
+                nursery.start_soon(_raw, info, parked)
+            while parked[0] < count:  # noqa: ASYNC110 - counting other tasks' progress
+                await trio.sleep(0.05)
+        else:
+            options: dict[str, Any] = {}
+            if kind == "shared":
+                unbounded = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+                client = httpx.AsyncClient(limits=unbounded)
+                options["http"] = await stack.enter_async_context(client)
+            connectors = [
+                weixin.LongPoll(
+                    account=f"acct{i}",
+                    token=info["token"],
+                    base_url=info["base_url"],
+                    cdn_base_url=info["cdn_base_url"],
+                    **options,
+                )
+                for i in range(count)
+            ]
+            store: cb.Store = (
+                cb.MemoryStore()
+                if kind == "memory"
+                else cb.RedisStore.from_url(redis, prefix=f"bench-{uuid.uuid4().hex}:")
+            )
+            bridge = cb.Bridge(connectors, _noop, store=store)
+            await nursery.start(bridge.run)
+            await bridge.wait_status(lambda s: all(c.state == "running" for c in s.values()))
+        startup_cpu = cpu_seconds() - cpu_before
+        await trio.sleep(SETTLE)
+        rss_parked, cpu_parked = rss_mib(), cpu_seconds()
+        await trio.sleep(WINDOW)
+        cpu_idle = cpu_seconds() - cpu_parked
+        nursery.cancel_scope.cancel()
+    return {
+        "kib_per_account": (rss_parked - rss_before) * 1024 / count,
+        "cpu_us_per_account_s": cpu_idle / WINDOW / count * 1e6,
+        "startup_cpu_ms_per_account": startup_cpu / count * 1e3,
+    }
+
+
+def _one(kind: str, count: int, redis: str) -> dict[str, float]:
+    with emulator_process("weixin") as info:
+        output = subprocess.run(
+            [sys.executable, "-m", "benchmarks.redis_accounts", kind, str(count), redis],
+            input=json.dumps(info),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def bench_idle_accounts() -> None:
+    """Memory and CPU per idle WeChat account: connectors on both stores against raw polls."""
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as directory, redis_server(Path(directory)) as server:
+        for _ in range(RUNS):
+            for count in COUNTS:
+                for kind in KINDS:
+                    result = _one(kind, count, server.url)
+                    print(kind, count, json.dumps(result), file=sys.stderr, flush=True)
+                    results.setdefault((kind, count), []).append(result)
+    rows: list[tuple[str, str]] = []
+    for count in COUNTS:
+        med = {kind: _medians(results[(kind, count)]) for kind in KINDS}
+        raw = med["raw"]
+        for kind in KINDS:
+            m = med[kind]
+            memory, cpu = m["kib_per_account"], m["cpu_us_per_account_s"]
+            rows.append(
+                (
+                    f"{count:,} accounts, {kind}",
+                    f"{memory:.1f} KiB/account ({memory / raw['kib_per_account']:.2f}x raw), "
+                    f"idle CPU {cpu:.1f} us/account/s ({cpu / raw['cpu_us_per_account_s']:.2f}x "
+                    f"raw), start {m['startup_cpu_ms_per_account']:.1f} ms CPU/account",
+                )
+            )
+    report(f"idle WeChat accounts per process (medians of {RUNS}, idle window {WINDOW:g} s)", rows)
+
+
+if __name__ == "__main__":
+    kind, count, redis = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    print(json.dumps(trio.run(idle, kind, count, json.loads(sys.stdin.read()), redis)))
