@@ -6,8 +6,11 @@
   through coredis directly;
 - memory per account, in Redis (lease, fence, cursor, a token, membership) and in the bridge
   (a supervisor, its lease state, an idle connector);
-- takeover after SIGKILL: two bridge processes, the owner killed, until the other holds the
-  lease; against the TTL.
+- journal_pending over many accounts: one pipelined script per account, against raw coredis
+  pipelines reading the same keys (pending ids, then bodies and times), and against one HGET
+  per message (how it was read before);
+- takeover: two bridge processes, the owner killed (SIGKILL) or stopped (SIGTERM, a graceful
+  stop), until the other's connector runs; against the TTL, median and worst of five.
 
 Each figure is the median of three runs (``python -m benchmarks redis``).
 """
@@ -44,7 +47,10 @@ MESSAGES = 20_000
 PAGE = 100
 RENEWALS = 5_000
 ACCOUNTS = 1_000
+PENDING_ACCOUNTS = 500
+PENDING_EACH = 20
 TAKEOVER_TTL = 2.0  # seconds
+TAKEOVERS = 5
 RENEW = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then "
     "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
@@ -173,40 +179,117 @@ async def bridge_memory_per_account(url: str) -> float:
     return (large - small) / ACCOUNTS
 
 
-def takeover(url: str) -> float:
-    """Seconds from SIGKILL of the owner until the other process holds the lease."""
+async def fill_pending(url: str, prefix: str) -> list[str]:
+    """PENDING_ACCOUNTS accounts with PENDING_EACH pending messages each; their hash tags."""
+    async with cb.RedisStore.from_url(url, prefix=prefix) as store:
+        for i in range(PENDING_ACCOUNTS):
+            fake = FakeConnector(f"p{i}")
+            await store.journal_add([fake.message("m", id=str(n)) for n in range(PENDING_EACH)])
+    return [f"fake:p{i}" for i in range(PENDING_ACCOUNTS)]
+
+
+async def store_pending(url: str, prefix: str, tags: list[str]) -> float:
+    async with cb.RedisStore.from_url(url, prefix=prefix) as store:
+        start = time.perf_counter()
+        assert len(await store.journal_pending()) == len(tags) * PENDING_EACH
+        return time.perf_counter() - start
+
+
+async def raw_pending(url: str, prefix: str, tags: list[str]) -> float:
+    """The same reads through coredis pipelines: every account's pending ids, then their
+    bodies and times; decoded and sorted as the store does."""
+    async with raw_client(url) as client:
+        start = time.perf_counter()
+        async with client.pipeline(transaction=False) as pipe:
+            listed = [pipe.zrange(f"{prefix}{{{tag}}}:pending", 0, -1) for tag in tags]
+        ids = [list(await request) for request in listed]
+        async with client.pipeline(transaction=False) as pipe:
+            read = [
+                (pipe.hmget(f"{prefix}{{{tag}}}:body", i), pipe.hmget(f"{prefix}{{{tag}}}:recv", i))
+                for tag, i in zip(tags, ids, strict=True)
+            ]
+        found = []
+        for bodies, received in read:
+            for seq, (body, at) in enumerate(zip(await bodies, await received, strict=True)):
+                found.append((float(at or 0), seq, cb.Message.from_json(json.loads(str(body)))))
+        found.sort(key=lambda f: (f[0], f[1]))
+        assert len(found) == len(tags) * PENDING_EACH
+        return time.perf_counter() - start
+
+
+async def per_message_pending(url: str, prefix: str, tags: list[str]) -> float:
+    """As journal_pending read before: each account's bodies, then one HGET per message."""
+    async with raw_client(url) as client:
+        start = time.perf_counter()
+        found = []
+        for tag in tags:
+            ids = list(await client.zrange(f"{prefix}{{{tag}}}:pending", 0, -1))
+            bodies = await client.hmget(f"{prefix}{{{tag}}}:body", ids)
+            for seq, body in enumerate(bodies):
+                message = cb.Message.from_json(json.loads(str(body)))
+                received = await client.hget(f"{prefix}{{{tag}}}:recv", message.id)
+                found.append((float(received or 0), seq, message))
+        found.sort(key=lambda f: (f[0], f[1]))
+        return time.perf_counter() - start
+
+
+def pending_times(url: str) -> tuple[float, float, float]:
+    """Median seconds of the store's, the raw pipelines' and the per-message reads, taking
+    turns on one filled journal (a read changes nothing)."""
+    prefix = f"bench-{uuid.uuid4().hex}:"
+    tags = trio.run(fill_pending, url, prefix)
+    times: tuple[list[float], ...] = ([], [], [])
+    for _ in range(RUNS):
+        for i, fn in enumerate((store_pending, raw_pending, per_message_pending)):
+            times[i].append(trio.run(fn, url, prefix, tags))
+    ours, raw, before = (statistics.median(t) for t in times)
+    return ours, raw, before
+
+
+async def takeover(url: str, graceful: bool) -> float:
+    """Seconds from the owner's SIGKILL (or SIGTERM: a graceful stop) until the other
+    process's connector runs (each bridge prints a line when its connector starts)."""
     prefix = f"bench-{uuid.uuid4().hex}:"
     command = [sys.executable, "-m", "benchmarks.redis", "bridge", url, prefix]
-    children = [subprocess.Popen(command) for _ in range(2)]
-    try:
-        return trio.run(_takeover, url, prefix, {c.pid: c for c in children})
-    finally:
-        for child in children:
-            child.kill()
-            child.wait()
+    send, receive = trio.open_memory_channel[tuple[int, float]](10)
+    children: list[trio.Process] = []
+    async with trio.open_nursery() as nursery, raw_client(url) as client:
+        try:
+            for _ in range(2):
+                child = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+                children.append(child)
+                nursery.start_soon(_say_running, child, send.clone())
+            owner, _ = await receive.receive()
+
+            async def both_members() -> bool:
+                return await client.zcard(f"{prefix}members:default") == 2
+
+            await poll(both_members)
+            killed = time.perf_counter()
+            os.kill(owner, signal.SIGTERM if graceful else signal.SIGKILL)
+            while True:
+                pid, at = await receive.receive()
+                if pid != owner:
+                    return at - killed
+        finally:
+            for child in children:
+                child.kill()
+                await child.wait()
+            nursery.cancel_scope.cancel()
 
 
-async def _takeover(url: str, prefix: str, children: dict[int, subprocess.Popen[bytes]]) -> float:
-    key = f"{prefix}{{fake:solo}}:lease"
-    async with raw_client(url) as client:
-
-        async def owner() -> int | None:
-            holder = await client.get(key)
-            return None if holder is None else int(holder.split(":")[1])
-
-        async def ready() -> bool:
-            return await client.zcard(f"{prefix}members:default") == 2 and bool(await owner())
-
-        await poll(ready)
-        victim = await owner()
-        killed = time.perf_counter()
-        os.kill(victim or 0, signal.SIGKILL)
-
-        async def taken() -> bool:
-            return (await owner()) not in (None, victim)
-
-        await poll(taken)
-        return time.perf_counter() - killed
+async def _say_running(
+    child: trio.Process, send: trio.MemorySendChannel[tuple[int, float]]
+) -> None:
+    """Send (pid, time) each time ``child`` prints that its connector runs."""
+    assert child.stdout is not None
+    buffer = b""
+    async for chunk in child.stdout:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line == b"running":
+                await send.send((child.pid, time.perf_counter()))
 
 
 async def poll(condition: Callable[[], Awaitable[bool]]) -> None:
@@ -218,18 +301,43 @@ async def poll(condition: Callable[[], Awaitable[bool]]) -> None:
 
 
 async def run_bridge(url: str, prefix: str) -> None:
-    """A bridge process for the takeover figure: one idle account, a short TTL."""
+    """A bridge process for the takeover figure: one idle account, a short TTL; prints
+    ``running`` each time its connector starts; SIGTERM stops it gracefully."""
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         pass
 
+    async def say_running(bridge: cb.Bridge) -> None:
+        was = False
+        async for statuses in bridge.status_changes():
+            now = statuses["fake:solo"].state == "running"
+            if now and not was:
+                print("running", flush=True)
+            was = now
+
     store = cb.RedisStore.from_url(url, prefix=prefix)
     leases = cb.Leases(ttl=TAKEOVER_TTL)
-    await cb.Bridge([FakeConnector("solo")], agent, store=store, leases=leases).run()
+    bridge = cb.Bridge([FakeConnector("solo")], agent, store=store, leases=leases)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(say_running, bridge)
+        await cb.serve(bridge)
+        nursery.cancel_scope.cancel()
+
+
+def takeover_row(url: str, graceful: bool) -> tuple[str, str]:
+    took = [trio.run(takeover, url, graceful) for _ in range(TAKEOVERS)]
+    how = "SIGTERM (graceful stop)" if graceful else "SIGKILL"
+    median, worst = statistics.median(took), max(took)
+    return (
+        f"takeover after {how}, TTL {TAKEOVER_TTL:g} s (median, worst of {TAKEOVERS})",
+        f"{median:.3f} s = {median / TAKEOVER_TTL:.2f} TTL; worst {worst:.3f} s "
+        f"= {worst / TAKEOVER_TTL:.2f} TTL",
+    )
 
 
 def bench_redis() -> None:
-    """RedisStore against raw coredis: journal puts, lease renewals, memory, takeover."""
+    """RedisStore against raw coredis: journal puts, lease renewals, pending reads, memory,
+    takeover."""
     with redis_url() as url:
         work = pages()
         ours, raw = versus(url, store_puts, raw_puts, work)
@@ -250,13 +358,18 @@ def bench_redis() -> None:
             ("Redis memory per account", f"{redis_bytes:,.0f} bytes"),
             ("bridge memory per account (idle)", f"{bridge_bytes / 1024:,.1f} KiB"),
         ]
-        took = median_of_runs(lambda: takeover(url))
-        rows.append(
+        ours, raw, before = pending_times(url)
+        total = PENDING_ACCOUNTS * PENDING_EACH
+        rows += [
             (
-                f"takeover after SIGKILL (TTL {TAKEOVER_TTL:g} s)",
-                f"{took:.2f} s = {took / TAKEOVER_TTL:.2f} TTL",
-            )
-        )
+                f"journal_pending, {PENDING_ACCOUNTS} accounts x {PENDING_EACH}: raw pipelines",
+                f"{raw * 1000:.0f} ms  ({total / raw:,.0f} messages/s)",
+            ),
+            ("journal_pending, RedisStore", f"{ours * 1000:.0f} ms  ({total / ours:,.0f}/s)"),
+            ("ratio (RedisStore / raw)", f"{raw / ours:.2f}x  (target >= 0.7x)"),
+            ("one HGET per message (the read before)", f"{before * 1000:.0f} ms"),
+        ]
+        rows += [takeover_row(url, graceful=False), takeover_row(url, graceful=True)]
     report(f"RedisStore (medians of {RUNS})", rows)
 
 
