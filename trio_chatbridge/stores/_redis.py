@@ -526,11 +526,11 @@ class RedisStore(Store):
         keys = [self._key(name, "lease")]
         await self._call("write to", self._release(keys, [owner, self._channel]))
 
-    async def lease_remaining(self, name: str) -> float:
-        """Seconds until lease ``name`` expires (0: free), by Redis's clock. A read:
-        cancelled, it changed nothing."""
+    async def lease_remaining(self, name: str) -> float | None:
+        """Seconds until lease ``name`` expires (0: free), by Redis's clock; None for a key
+        without an expiry (not one of ours). A read: cancelled, it changed nothing."""
         left = await self._call("read from", self._client.pttl(self._key(name, "lease")))
-        return max(0, left) / 1000
+        return None if left == -1 else max(0, left) / 1000
 
     def lease_token(self, name: str) -> int | None:
         """The fencing token of this store's last acquisition of lease ``name``, or None."""
