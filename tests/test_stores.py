@@ -18,7 +18,7 @@ from hypothesis import given, settings
 
 import trio_chatbridge as cb
 from trio_chatbridge.stores import StaleLeaseError, journal_key
-from trio_chatbridge.stores._redis import PENDING_BATCH
+from trio_chatbridge.stores._redis import BATCH
 from trio_chatbridge.testing import FakeConnector, RedisServer
 
 fake = FakeConnector()
@@ -532,6 +532,18 @@ async def test_members_join_by_heartbeat_and_can_leave(store: cb.Store) -> None:
     assert list(left) == ["p1"] and 9 < left["p1"] <= 10
 
 
+async def test_leases_renew_together(store: cb.Store) -> None:
+    """More than one pipeline's worth (RedisStore): each renewed only if held by the owner."""
+    ours = [f"lease{i}" for i in range(BATCH + 5)]
+    for name in ours:
+        assert await store.acquire_lease(name, "p1", ttl=10)
+    assert await store.acquire_lease("theirs", "p2", ttl=10)
+    renewed = await store.renew_leases([*ours, "theirs", "free"], "p1", ttl=30)
+    assert renewed == [True] * len(ours) + [False, False]
+    assert 29 < (await store.lease_remaining(ours[-1]) or 0) <= 30
+    assert (await store.lease_remaining("theirs") or 0) <= 10
+
+
 async def test_members_say_when_they_expire(store: cb.Store) -> None:
     await store.heartbeat("g", "p1", 30)
     left = await store.heartbeat("g", "p2", 10)
@@ -584,7 +596,7 @@ async def test_redis_pending_of_many_accounts_in_batches(
 ) -> None:
     """More accounts than one pipeline reads: the same entries, oldest first, as the
     account-by-account reads give."""
-    accounts = [FakeConnector(f"a{i:03}") for i in range(PENDING_BATCH + 30)]
+    accounts = [FakeConnector(f"a{i:03}") for i in range(BATCH + 30)]
     async with store_factory(kind, request, tmp_path)() as store:
         assert isinstance(store, cb.RedisStore)
         expected: list[cb.Message] = []

@@ -270,10 +270,9 @@ class LeaseKeeper:
         acquire. Beating after renewing makes this process's membership outlive its leases,
         so a standby woken by that membership's expiry finds the leases free."""
         config = self.config
-        if scheduled:
-            for account in self._accounts:
-                if account.holds:
-                    await self._renew(account)
+        held = [a for a in self._accounts if a.holds]
+        if scheduled and held:
+            await self._renew(held)
         members = list(self._members)  # if the store does not answer in time
         self._expiries = {}
         try:
@@ -329,21 +328,25 @@ class LeaseKeeper:
         if account.state != "lost":
             account.show("standby", "standby: another process holds the lease")
 
-    async def _renew(self, account: _Account) -> None:
+    async def _renew(self, accounts: Sequence[_Account]) -> None:
+        """Renew the leases of ``accounts`` in one call (as few round trips as the store
+        can): each renewed one's deadline moves on; one refused stops its connector now."""
         sent = trio.current_time()
-        renewed = False
+        renewed: list[bool] = []
         try:
-            # Waiting past the deadline is pointless: by then the connector has stopped.
-            with trio.move_on_at(account.deadline):
-                renewed = await self.store.renew_lease(account.name, self.owner, self.config.ttl)
-                if not renewed:
-                    log.warning("lost the lease of %s: another process holds it", account.name)
-                    if account.scope is not None:
-                        account.scope.cancel()
+            # Waiting past the deadlines is pointless: by then the connectors have stopped.
+            with trio.move_on_at(min(a.deadline for a in accounts)):
+                names = [a.name for a in accounts]
+                renewed = await self.store.renew_leases(names, self.owner, self.config.ttl)
         except StoreError as exc:
-            log.warning("could not renew the lease of %s: %s", account.name, exc)
-        if renewed:
-            account.extend(sent + self.config.ttl * (1 - self.config.margin))
+            log.warning("could not renew %d leases: %s", len(accounts), exc)
+        for account, kept in zip(accounts, renewed, strict=False):
+            if kept:
+                account.extend(sent + self.config.ttl * (1 - self.config.margin))
+            else:
+                log.warning("lost the lease of %s: another process holds it", account.name)
+                if account.scope is not None:
+                    account.scope.cancel()
 
     async def _gated(self, account: _Account) -> None:
         """Run the account's supervisor each time the lease is acquired, in a scope whose

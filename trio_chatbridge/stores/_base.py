@@ -196,6 +196,13 @@ class Store(ABC):
 
         Cancelled: extended or not; count on the expiry of the last renewal that returned."""
 
+    async def renew_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
+        """:meth:`renew_lease` for each of ``names``, in as few round trips as the store can
+        (this default: one call each); returns, per name, whether it was renewed.
+
+        Cancelled: each lease extended or not; count on the last renewal that returned."""
+        return [await self.renew_lease(name, owner, ttl) for name in names]
+
     @abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up, if we hold it.

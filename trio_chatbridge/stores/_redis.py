@@ -53,7 +53,7 @@ else:
 DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
 STALE: Final = "STALE"  # what the fencing check answers, as a Redis error reply
-PENDING_BATCH: Final = 200  # accounts whose pending messages one pipeline reads
+BATCH: Final = 200  # accounts one pipeline reads the pending messages or renews the leases of
 
 T = TypeVar("T")
 
@@ -420,16 +420,16 @@ class RedisStore(Store):
 
     async def journal_pending(self) -> list[Message]:
         """Every account's pending messages, oldest first: one script per account, sent
-        ``PENDING_BATCH`` accounts to a pipeline (one round trip each batch; on a cluster,
+        ``BATCH`` accounts to a pipeline (one round trip each batch; on a cluster,
         one per node). A read: cancelled, it changed nothing."""
         found: list[tuple[float, int, Message]] = []
         tags = await self._accounts()
-        for first in range(0, len(tags), PENDING_BATCH):
+        for first in range(0, len(tags), BATCH):
             with self._translated("read from"):
                 async with self._client.pipeline(transaction=False) as pipe:
                     requests: list[Awaitable[object]] = [
                         self._pending(self._keys(tag, "pending", "body", "recv"), [], client=pipe)
-                        for tag in tags[first : first + PENDING_BATCH]
+                        for tag in tags[first : first + BATCH]
                     ]
                 replies: list[object] = [await request for request in requests]
             for reply in replies:
@@ -517,6 +517,22 @@ class RedisStore(Store):
         or not; count on the expiry of the last renewal that returned (the keeper does)."""
         keys = [self._key(name, "lease")]
         return await self._call("write to", self._renew(keys, [owner, _ms(ttl)])) == 1
+
+    async def renew_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
+        """Each lease renewed by the compare-and-set script, ``BATCH`` to a pipeline (one
+        round trip each batch; on a cluster, one per node). Cancelled: each extended or
+        not; count on the expiry of the last renewal that returned."""
+        renewed: list[bool] = []
+        args = [owner, _ms(ttl)]
+        for first in range(0, len(names), BATCH):
+            with self._translated("write to"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    requests: list[Awaitable[object]] = [
+                        self._renew([self._key(name, "lease")], args, client=pipe)
+                        for name in names[first : first + BATCH]
+                    ]
+                renewed += [await request == 1 for request in requests]
+        return renewed
 
     async def release_lease(self, name: str, owner: str) -> None:
         """As :meth:`Store.release_lease`; a release is published to the prefix's watchers.
