@@ -532,12 +532,14 @@ async def test_members_join_by_heartbeat_and_can_leave(store: cb.Store) -> None:
     assert list(left) == ["p1"] and 9 < left["p1"] <= 10
 
 
-async def test_leases_renew_together(store: cb.Store) -> None:
+async def test_leases_are_taken_and_renewed_together(store: cb.Store) -> None:
     """More than one pipeline's worth (RedisStore): each renewed only if held by the owner."""
     ours = [f"lease{i}" for i in range(BATCH + 5)]
-    for name in ours:
-        assert await store.acquire_lease(name, "p1", ttl=10)
     assert await store.acquire_lease("theirs", "p2", ttl=10)
+    acquired = await store.acquire_leases([*ours, "theirs"], "p1", ttl=10)
+    assert acquired == [True] * len(ours) + [False]
+    if isinstance(store, cb.RedisStore):  # each acquisition's fencing token is kept
+        assert all(store.lease_token(name) for name in ours)
     renewed = await store.renew_leases([*ours, "theirs", "free"], "p1", ttl=30)
     assert renewed == [True] * len(ours) + [False, False]
     assert 29 < (await store.lease_remaining(ours[-1]) or 0) <= 30

@@ -289,6 +289,7 @@ class LeaseKeeper:
             self._stable = self._members == self._scheduled_members
             self._scheduled_members = self._members
         owners = assign([a.name for a in self._accounts if not a.failed], members)
+        wanted: list[_Account] = []
         for account in self._accounts:
             account.retry_at = math.inf
             mine = owners.get(account.name) == self.owner
@@ -303,30 +304,39 @@ class LeaseKeeper:
                 account.handing_off = True
                 account.hand_off.set()
             elif mine and not account.holds and not account.acquired.is_set():
-                await self._acquire(account)
+                wanted.append(account)
             elif account.supervisor.status.lease is None:  # first round, someone else's
                 account.show("standby", "standby: another process serves this account")
+        if wanted:
+            await self._acquire(wanted)
 
-    async def _acquire(self, account: _Account) -> None:
+    async def _acquire(self, accounts: Sequence[_Account]) -> None:
+        """Try the leases of ``accounts`` in one call (as few round trips as the store can);
+        start the connector of each acquired; for each refused, note when its lease expires."""
         sent = trio.current_time()
+        refused = list(accounts)
         try:
             with trio.move_on_after(self.config.round):
-                if await self.store.acquire_lease(account.name, self.owner, self.config.ttl):
+                names = [a.name for a in accounts]
+                got = await self.store.acquire_leases(names, self.owner, self.config.ttl)
+                refused = [a for a, ok in zip(accounts, got, strict=True) if not ok]
+                for account in (a for a, ok in zip(accounts, got, strict=True) if ok):
                     account.extend(sent + self.config.ttl * (1 - self.config.margin))
                     account.state = "held"
                     account.acquired.set()
                     self.counters[ACQUIRED] += 1
                     log.info("acquired the lease of %s", account.name)
-                    return
                 # Held by another: its owner died after its membership did, or is handing
                 # it off. Try again just after it expires, unless told of a release first.
-                left = await self.store.lease_remaining(account.name)
-                if left is not None:
-                    account.retry_at = trio.current_time() + left
+                for account in refused:
+                    left = await self.store.lease_remaining(account.name)
+                    if left is not None:
+                        account.retry_at = trio.current_time() + left
         except StoreError as exc:
-            log.warning("could not try the lease of %s: %s", account.name, exc)
-        if account.state != "lost":
-            account.show("standby", "standby: another process holds the lease")
+            log.warning("could not try %d leases: %s", len(accounts), exc)
+        for account in refused:
+            if account.state != "lost":
+                account.show("standby", "standby: another process holds the lease")
 
     async def _renew(self, accounts: Sequence[_Account]) -> None:
         """Renew the leases of ``accounts`` in one call (as few round trips as the store

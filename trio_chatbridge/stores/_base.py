@@ -196,6 +196,14 @@ class Store(ABC):
 
         Cancelled: extended or not; count on the expiry of the last renewal that returned."""
 
+    async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
+        """:meth:`acquire_lease` for each of ``names``, in as few round trips as the store
+        can (this default: one call each); returns, per name, whether it was acquired.
+
+        Cancelled: each lease may have been taken or not; acquiring it again with the same
+        owner returns it, or it expires after ``ttl``."""
+        return [await self.acquire_lease(name, owner, ttl) for name in names]
+
     async def renew_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
         """:meth:`renew_lease` for each of ``names``, in as few round trips as the store can
         (this default: one call each); returns, per name, whether it was renewed.

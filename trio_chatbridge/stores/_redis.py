@@ -53,7 +53,9 @@ else:
 DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
 STALE: Final = "STALE"  # what the fencing check answers, as a Redis error reply
-BATCH: Final = 200  # accounts one pipeline reads the pending messages or renews the leases of
+BATCH: Final = (
+    200  # accounts a pipeline reads the pending messages of, or leases it takes or renews
+)
 
 T = TypeVar("T")
 
@@ -511,6 +513,25 @@ class RedisStore(Store):
             return False
         self._fences[name] = int(str(token))
         return True
+
+    async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
+        """Each lease tried by the acquire script, ``BATCH`` to a pipeline (one round trip
+        each batch; on a cluster, one per node); remembers each acquisition's token.
+        Cancelled: as :meth:`acquire_lease`, for each lease."""
+        args = [owner, _ms(ttl)]
+        tokens: list[object] = []
+        for first in range(0, len(names), BATCH):
+            with self._translated("write to"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    requests: list[Awaitable[object]] = [
+                        self._acquire(self._keys(name, "lease", "fence"), args, client=pipe)
+                        for name in names[first : first + BATCH]
+                    ]
+                tokens += [await request for request in requests]
+        for name, token in zip(names, tokens, strict=True):
+            if token != 0:
+                self._fences[name] = int(str(token))
+        return [token != 0 for token in tokens]
 
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
         """As :meth:`Store.renew_lease`, by a compare-and-set script. Cancelled: extended
