@@ -19,6 +19,7 @@ Each figure is the median of three runs (``python -m benchmarks redis``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import statistics
@@ -285,7 +286,8 @@ async def takeover(url: str, graceful: bool) -> float:
     command = [sys.executable, "-m", "benchmarks.redis", "bridge", url, prefix]
     send, receive = trio.open_memory_channel[tuple[int, float]](10)
     children: list[trio.Process] = []
-    async with trio.open_nursery() as nursery, raw_client(url) as client:
+    took = math.nan
+    async with raw_client(url) as client, trio.open_nursery() as nursery:
         try:
             for _ in range(2):
                 child = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
@@ -302,12 +304,14 @@ async def takeover(url: str, graceful: bool) -> float:
             while True:
                 pid, at = await receive.receive()
                 if pid != owner:
-                    return at - killed
+                    took = at - killed
+                    break
         finally:
             for child in children:
                 child.kill()
                 await child.wait()
             nursery.cancel_scope.cancel()
+    return took
 
 
 async def _say_running(
