@@ -144,8 +144,8 @@ def _one(kind: str, count: int, redis: str) -> dict[str, float] | None:
                 check=True,
                 timeout=SETTLE_LIMIT + WINDOW + SETTLE,
             ).stdout
-        except subprocess.TimeoutExpired:
-            return None
+        except (subprocess.TimeoutExpired, subprocess.CalledProcessError):
+            return None  # the child gave up waiting (fail_after) or was stopped
     result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
     return result
 

@@ -25,6 +25,7 @@ import coredis
 import pytest
 import trio
 
+from trio_chatbridge._lease import assign
 from trio_chatbridge.testing import RedisServer, WeComEmulator, WeixinEmulator
 
 TTL = 2.0  # seconds: short, so that a takeover is quick
@@ -175,10 +176,9 @@ async def owner_in_trouble(
     over; ``wecom_after`` sends them again once the caller's block ends (membership settled,
     no more handoffs to come). WeChat messages keep coming all along. On exit: a second of
     messages more, then every one must be handled."""
-    # Every process is up (each has started its membership) and both accounts run.
-    members = f"{state.prefix}members:default"
-    await wait_for(lambda: _count(state.redis.zcard(members), PROCESSES))
-    await wait_for(lambda: _both_owned(state))
+    # Every process is up and both accounts run where they belong: no handoff to come (a
+    # victim handing its account off would give it up at once, and prove nothing).
+    await wait_for(lambda: _settled(state))
     async with trio.open_nursery() as senders:
         senders.start_soon(state.send_steadily)
         await trio.sleep(1.0)
@@ -204,11 +204,13 @@ async def test_sigkill_of_the_owner_loses_nothing(redis_node: RedisServer, tmp_p
                 victim.kill()
                 leased = await takeover(state, WECOM, victim.pid, killed)
                 running = await subscribed_again(state, subscribes, killed)
-                # Within the TTL, plus the standby's wake-up jitter, a few round trips and
-                # a WeCom connection's set-up on this loaded machine.
+                # The lease expires within the TTL; then the standby's wake-up jitter, a
+                # few round trips and a WeCom connection's set-up: a second's slack for a
+                # loaded machine (2.1-2.7 s seen here with seven suites running, 1.4-1.95 s
+                # quieter).
                 print(f"takeover after SIGKILL, TTL {TTL} s: lease {leased:.3f} s, ", end="")
                 print(f"connector running {running:.3f} s")
-                assert running <= TTL + 0.5, (leased, running)
+                assert running <= TTL + 1.0, (leased, running)
             check_handled_once(state, victim.pid)
             assert state.wecom.subscribes >= 2
 
@@ -225,7 +227,7 @@ async def test_a_frozen_owner_cannot_write_once_it_wakes(
                 frozen = trio.current_time()
                 victim.send_signal(signal.SIGSTOP)
                 took = await takeover(state, WEIXIN, victim.pid, frozen)
-                assert took <= TTL + 0.5, took
+                assert took <= TTL + 1.0, took
                 victim.send_signal(signal.SIGCONT)
             check_handled_once(state, victim.pid)
             log = (tmp_path / f"stderr-{state.processes.index(victim)}.log").read_text()
@@ -240,13 +242,16 @@ async def test_a_frozen_owner_cannot_write_once_it_wakes(
             await wait_for(all_marked, every=0.1)
 
 
-async def _count(request: Any, expected: int) -> bool:
-    return bool(await request == expected)
-
-
-async def _both_owned(state: Cluster) -> bool:
-    owners = [await state.owner(WECOM), await state.owner(WEIXIN)]
-    return None not in owners and owners[0] != owners[1]
+async def _settled(state: Cluster) -> bool:
+    """Every process is a member, and each account's lease is held by the member the
+    bridges' own rule assigns it to."""
+    members = list(await state.redis.zrange(f"{state.prefix}members:default", 0, -1))
+    if len(members) != PROCESSES:
+        return False
+    for account, member in assign([WECOM, WEIXIN], members).items():
+        if await state.redis.get(state.lease_key(account)) != member:
+            return False
+    return True
 
 
 async def _all_handled(state: Cluster) -> bool:
