@@ -45,7 +45,6 @@ EXTENSION_POINTS = {
     "trio_chatbridge.testing.FakeConnector": "tests subclass it to inject faults",
     "trio_chatbridge.testing.Emulator": "a protocol: what every emulator implements",
     # Until the connector driver refactor (issue 11) settles their shape:
-    "trio_chatbridge.platforms.weixin.LongPoll": "pending the driver refactor",
     "trio_chatbridge.platforms.wecom.Webhook": "pending the driver refactor",
 }
 

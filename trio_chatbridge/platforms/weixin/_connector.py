@@ -151,6 +151,7 @@ class _TypingTickets:
             self._entries.popitem(last=False)
 
 
+@final
 class LongPoll(base.Connector):
     """A WeChat bot account on the iLink long-poll API.
 
