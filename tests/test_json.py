@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
-from typing import Any
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -146,3 +151,99 @@ async def test_a_body_is_read_with_a_cap_never_whole() -> None:
         async with http.stream("GET", "http://127.0.0.1/announced") as response:
             with pytest.raises(ProtocolError, match="announces 99999999999999999999 bytes"):
                 await read_body(response, "answer")
+
+
+def gzipped(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+BOMB: Final = gzipped(b"\0" * (64 * 2**20))  # 64 MiB of zeros in 64 KiB
+
+
+async def streamed(data: bytes, chunk: int) -> AsyncIterator[bytes]:
+    """``data`` in ``chunk``-byte pieces (a body given as bytes, httpx decodes at once, before
+    any reader sees it; a real connection streams)."""
+    for at in range(0, len(data), chunk):
+        yield data[at : at + chunk]
+
+
+@asynccontextmanager
+async def answer(encoding: str, body: bytes, chunk: int = 100) -> AsyncIterator[httpx.Response]:
+    """A streamed response whose body is ``body``, in Content-Encoding ``encoding``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        content = streamed(body, chunk)
+        return httpx.Response(200, headers={"content-encoding": encoding}, content=content)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http,
+        http.stream("GET", "http://127.0.0.1/") as response,
+    ):
+        yield response
+
+
+# As above: a body refused half-way leaves httpx's iterators to the garbage collector.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize(
+    ("encoding", "body"), [("gzip", BOMB), ("gzip, gzip", gzipped(BOMB))], ids=["once", "twice"]
+)
+async def test_a_compressed_bomb_is_refused_before_it_is_inflated(
+    encoding: str, body: bytes
+) -> None:
+    """The cap applies to the decompressed bytes as they come: a 64 KiB gzip body (in one
+    chunk) that would inflate to 64 MiB never allocates much more than the cap (httpx's own
+    decoding inflates a whole chunk at once: 64 MiB)."""
+    tracemalloc.start()
+    try:
+        async with answer(encoding, body, chunk=len(body)) as response:
+            with pytest.raises(ProtocolError, match="runs over"):
+                await read_body(response, "answer")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_JSON_BYTES
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", gzipped),
+        ("x-gzip", gzipped),
+        ("deflate", zlib.compress),
+        ("gzip, deflate", lambda data: zlib.compress(gzipped(data))),
+        ("identity", lambda data: data),
+        ("", lambda data: data),
+    ],
+)
+async def test_a_compressed_body_is_read_as_sent(
+    encoding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    text = json.dumps({"text": "héllo " * 10_000}).encode()
+    async with answer(encoding, encode(text)) as response:  # in small chunks
+        assert await read_body(response, "answer") == text
+    async with answer(encoding, encode(text)) as response:
+        assert await read_body(response, "answer", max_bytes=len(text)) == text
+    async with answer(encoding, encode(text)) as response:
+        with pytest.raises(ProtocolError, match="runs over"):
+            await read_body(response, "answer", max_bytes=len(text) - 1)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize(
+    ("encoding", "body", "says"),
+    [
+        ("gzip", gzipped(b'{"a": 1}')[:-12], "ends inside its compressed body"),
+        ("gzip", b"not gzip at all", "corrupt compressed body"),
+        ("deflate", gzipped(b'{"a": 1}'), "corrupt compressed body"),
+        ("br", b"\x0b\x03\x80{}\x03", "Content-Encoding 'br', not read here"),
+        ("gzip, zstd", b"{}", "Content-Encoding 'zstd', not read here"),
+    ],
+    ids=["truncated", "not-gzip", "gzip-as-deflate", "br", "zstd"],
+)
+async def test_a_bad_or_unknown_encoding_is_a_protocol_error(
+    encoding: str, body: bytes, says: str
+) -> None:
+    async with answer(encoding, body) as response:
+        with pytest.raises(ProtocolError, match=says):
+            await read_body(response, "answer")

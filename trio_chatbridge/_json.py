@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
+
+import attrs
 
 from ._errors import ProtocolError
 
@@ -35,18 +38,68 @@ async def read_body(
 ) -> bytes:
     """The body of a response opened with ``client.stream(...)``, read with a cap: refused as
     :class:`ProtocolError` as soon as its ``Content-Length`` or the bytes so far pass
-    ``max_bytes``, so a huge answer is never buffered whole. If cancelled, nothing is kept."""
+    ``max_bytes``, so a huge answer is never buffered whole. If cancelled, nothing is kept.
+
+    A compressed body (``Content-Encoding`` gzip or deflate) is decompressed here, never more
+    than the cap allows at a time, so a small compressed bomb cannot allocate past the cap
+    either (httpx's own decoding inflates a whole chunk at once). An encoding this reader
+    cannot bound (``br``, ``zstd``: httpx asks for them only where their packages are
+    installed) is refused, as is a corrupt or truncated compressed body.
+    """
     declared = response.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared[:16]) > max_bytes:
         shown = declared if len(declared) <= 20 else declared[:20] + "..."
         raise ProtocolError(f"{what} announces {shown} bytes, over the {max_bytes}-byte cap")
+    if response.is_stream_consumed:  # read whole already (made in memory, not streamed)
+        if len(response.content) > max_bytes:
+            raise ProtocolError(f"{what} runs over the {max_bytes}-byte cap")
+        return response.content
+    stages = _decoders(response, what)
     body = bytearray()
-    async with aclosing(response.aiter_bytes()) as chunks:  # type: ignore[type-var]
+    received = False
+    async with aclosing(response.aiter_raw()) as chunks:  # type: ignore[type-var]
         async for chunk in chunks:
-            body += chunk
+            received = received or bool(chunk)
+            body += _inflate(stages, chunk, what, max_bytes - len(body))
             if len(body) > max_bytes:
                 raise ProtocolError(f"{what} runs over the {max_bytes}-byte cap")
+    if received and not all(stage.eof for stage in stages):
+        raise ProtocolError(f"{what} ends inside its compressed body")
     return bytes(body)
+
+
+# zlib's window bits for each Content-Encoding it decodes (RFC 9110, 8.4.1)
+_WBITS: Final = {
+    "gzip": zlib.MAX_WBITS | 16,
+    "x-gzip": zlib.MAX_WBITS | 16,
+    "deflate": zlib.MAX_WBITS,
+}
+
+
+def _decoders(response: httpx.Response, what: str) -> list[Any]:
+    """One zlib decompressor per ``Content-Encoding`` of ``response``, the last applied first."""
+    encodings = response.headers.get("content-encoding", "").lower().split(",")
+    stages = []
+    for encoding in reversed([e.strip() for e in encodings]):
+        if encoding in ("", "identity"):
+            continue
+        if encoding not in _WBITS:
+            raise ProtocolError(f"{what} is in Content-Encoding {encoding[:20]!r}, not read here")
+        stages.append(zlib.decompressobj(_WBITS[encoding]))
+    return stages
+
+
+def _inflate(stages: list[Any], data: bytes, what: str, room: int) -> bytes:
+    """``data`` through each decompressor in turn, each producing at most ``room + 1`` bytes:
+    enough to tell that the body runs over its cap (``room`` bytes left), never more."""
+    for stage in stages:
+        try:
+            data = stage.decompress(data, room + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"{what} has a corrupt compressed body ({exc})") from exc
+        if stage.unconsumed_tail:  # stopped at room + 1 bytes, with more to come
+            raise ProtocolError(f"{what} runs over its size cap once decompressed")
+    return data
 
 
 def json_object(
@@ -119,49 +172,90 @@ _CLOSES: Final = {ord("]"): ord("["), ord("}"): ord("{")}
 def _split_array(data: bytes, key: str) -> tuple[int, int, list[tuple[int, int]]] | None:
     """Where the top-level object's array ``key`` starts and ends, and its elements' spans;
     None unless the whole document is a well-bracketed object holding such an array."""
-    wanted = json.dumps(key).encode()
-    stack: list[int] = []
-    span: tuple[int, int] | None = None
-    elements: list[tuple[int, int]] = []
-    array_at = element_at = -1
-    expect_array = False
+    scan = _ArrayScan(data, json.dumps(key).encode())
+    take = scan.readers()
     for match in _TOKEN.finditer(data):
-        token, at = match.group(), match.start()
-        char = token[0]
-        if token == b'"':
-            return None  # an unterminated string: this scan cannot be trusted
-        if char == ord('"'):
-            if len(stack) == 1 and token == wanted and _COLON.match(data, match.end()):
-                if array_at >= 0:
-                    return None  # the key twice: which one counts is not this scan's call
-                expect_array = True
-                array_at = -1
-            continue
-        if char in (ord("["), ord("{")):
-            if not stack and char != ord("{"):
-                return None
-            if expect_array and len(stack) == 1:
-                expect_array = False
-                if char == ord("["):
-                    array_at, element_at = at, at + 1
-            stack.append(char)
-        elif char in _CLOSES:
-            if not stack or stack.pop() != _CLOSES[char]:
-                return None
-            if len(stack) == 1 and at > array_at >= 0 and span is None and char == ord("]"):
-                if data[element_at:at].strip():
-                    elements.append((element_at, at))
-                span = (array_at, at + 1)
-        elif len(stack) == 2 and array_at >= 0 and span is None:  # a comma in the array
-            elements.append((element_at, at))
-            element_at = at + 1
-        elif len(stack) == 1:
-            expect_array = False
-        if not stack and data[match.end() :].strip():
+        token = match.group()
+        if not take[token[0]](token, match.start()):
             return None
-    if stack or span is None:
+        if not scan.stack and data[match.end() :].strip():
+            return None  # something after the object
+    if scan.stack or scan.span is None:
         return None
-    return span[0], span[1], elements
+    return scan.span[0], scan.span[1], scan.elements
+
+
+@attrs.define
+class _ArrayScan:
+    """What :func:`_split_array` has seen so far, token by token. Each reader takes a token
+    and where it starts, and answers False when the scan cannot be trusted from there on."""
+
+    data: bytes
+    wanted: bytes
+    """The key, as a JSON string."""
+    stack: list[int] = attrs.Factory(list)
+    """The brackets open around the token."""
+    span: tuple[int, int] | None = None
+    """The array's, once closed."""
+    elements: list[tuple[int, int]] = attrs.Factory(list)
+    array_at: int = -1
+    element_at: int = -1
+    expect_array: bool = False
+    """The key was just read, with its colon: its value comes next."""
+
+    def readers(self) -> dict[int, Callable[[bytes, int], bool]]:
+        """The reader of each kind of token, by its first byte."""
+        return {
+            ord('"'): self._string,
+            ord("["): self._open,
+            ord("{"): self._open,
+            ord("]"): self._close,
+            ord("}"): self._close,
+            ord(","): self._comma,
+        }
+
+    def _string(self, token: bytes, at: int) -> bool:
+        if len(token) == 1:
+            return False  # a quote that opens no string: an unterminated string
+        if (
+            len(self.stack) == 1
+            and token == self.wanted
+            and _COLON.match(self.data, at + len(token))
+        ):
+            if self.array_at >= 0:
+                return False  # the key twice: which one counts is not this scan's call
+            self.expect_array = True
+        return True
+
+    def _open(self, token: bytes, at: int) -> bool:
+        char = token[0]
+        if not self.stack and char != ord("{"):
+            return False
+        if self.expect_array and len(self.stack) == 1:
+            self.expect_array = False
+            if char == ord("["):
+                self.array_at, self.element_at = at, at + 1
+        self.stack.append(char)
+        return True
+
+    def _close(self, token: bytes, at: int) -> bool:
+        char = token[0]
+        if not self.stack or self.stack.pop() != _CLOSES[char]:
+            return False
+        closes_array = char == ord("]") and len(self.stack) == 1 and self.span is None
+        if closes_array and at > self.array_at >= 0:
+            if self.data[self.element_at : at].strip():
+                self.elements.append((self.element_at, at))
+            self.span = (self.array_at, at + 1)
+        return True
+
+    def _comma(self, token: bytes, at: int) -> bool:
+        if len(self.stack) == 2 and self.array_at >= 0 and self.span is None:  # in the array
+            self.elements.append((self.element_at, at))
+            self.element_at = at + 1
+        elif len(self.stack) == 1:
+            self.expect_array = False
+        return True
 
 
 def get_object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
