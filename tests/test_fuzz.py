@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hashlib
 import json
 import struct
+import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import example, given
 
 import trio_chatbridge as cb
-from trio_chatbridge._json import json_object
+from trio_chatbridge._json import json_object, read_body
 from trio_chatbridge.connectors import Page, Paused, Retry
 from trio_chatbridge.platforms import lark, wecom, weixin
 from trio_chatbridge.platforms.lark import _frames as lark_frames
@@ -87,6 +90,44 @@ def with_fields(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
 def test_the_json_reader_answers_an_object_or_a_protocol_error(data: bytes | str) -> None:
     with contextlib.suppress(cb.ProtocolError):
         assert isinstance(json_object(raw(data), "fuzz"), dict)
+
+
+# Compressed answers: valid gzip/deflate of anything (inflating up to 100 times the cap), or
+# anything at all, in any Content-Encoding header, in chunks of any size.
+compressed_bodies = st.one_of(
+    st.tuples(st.just("gzip"), raw_bytes.map(lambda d: gzip.compress(raw(d), mtime=0))),
+    st.tuples(st.just("deflate"), raw_bytes.map(lambda d: zlib.compress(raw(d)))),
+    st.tuples(
+        st.sampled_from(["gzip", "deflate", "x-gzip", "gzip, deflate", "identity", "br", ""]),
+        st.binary(max_size=300),
+    ),
+)
+
+
+# A body refused half-way leaves httpx's inner iterator to the garbage collector (httpx's).
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@given(compressed_bodies, st.integers(1, 64), st.integers(1, 200))
+def test_a_compressed_answer_is_read_within_its_cap_or_raises_protocol_error(
+    encoded: tuple[str, bytes], chunk: int, max_bytes: int
+) -> None:
+    encoding, body = encoded
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for at in range(0, len(body), chunk):
+            yield body[at : at + chunk]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": encoding}, content=chunks())
+
+    async def main() -> None:
+        async with (
+            httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http,
+            http.stream("GET", "http://127.0.0.1/") as response,
+        ):
+            with contextlib.suppress(cb.ProtocolError):
+                assert len(await read_body(response, "fuzz", max_bytes=max_bytes)) <= max_bytes
+
+    trio.run(main)
 
 
 # -- WeCom -------------------------------------------------------------------------------------
