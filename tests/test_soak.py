@@ -180,6 +180,12 @@ async def test_sessions_over_the_three_emulators_lose_nothing_and_memory_stays_f
                             await handled.wait()
                     now = trio.current_time() - started
                     samples[-1].append(Sample(now, rss(), sys.getallocatedblocks()))
+                last = samples[-1][-1]  # progress of a long run (nox -s soak shows it)
+                print(
+                    f"soak: round {round_ + 1} of {ROUNDS} at {last.at:.0f} s: RSS "
+                    f"{last.rss / 2**20:.1f} MiB, live blocks {last.blocks}",
+                    flush=True,
+                )
             stats = bridge.stats()
             states = {name: s.state for name, s in bridge.status().items()}
 
