@@ -18,6 +18,7 @@ import httpx
 import trio
 
 from ..._errors import ConnectorError, PlatformError
+from ..._http import new_client
 from ..._json import json_object, read_body
 from ..._receive import clamp
 from ..._supervise import Backoff
@@ -68,9 +69,7 @@ class OpenAPI:
         self.app_id = app_id
         self._secret = app_secret
         self.domain: str = domain.rstrip("/")
-        self.http: httpx.AsyncClient = httpx.AsyncClient(
-            transport=transport, timeout=API_TIMEOUT + 5
-        )
+        self.http: httpx.AsyncClient = new_client(transport, timeout=API_TIMEOUT + 5)
         self._token: str | None = None
         self._token_until = 0.0
         self._token_lock = trio.Lock()

@@ -27,6 +27,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from ... import _connector as base
 from ..._content import Attachment, Card, Content, Sent, kind_of
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
+from ..._http import new_client
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
 from ..._websocket import OpenWebSocket, WebSocketDriver
@@ -377,7 +378,7 @@ class LongConnection(base.Connector):
         if self._http is not None:
             return self._http
         if self._own_http is None:
-            self._own_http = httpx.AsyncClient(transport=self._transport)
+            self._own_http = new_client(self._transport)
         return self._own_http
 
     async def aclose(self) -> None:

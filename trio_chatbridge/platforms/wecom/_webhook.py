@@ -32,6 +32,7 @@ from ... import _connector as base
 from ..._asgi import Receive, Scope, Send, answer_lifespan
 from ..._content import Card
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
+from ..._http import new_client
 from ..._json import json_object
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
@@ -328,7 +329,7 @@ class Webhook(base.Connector):
         if not url:
             raise MediaError(f"this {media.kind} has no URL")
         if self._http is None:
-            self._http = httpx.AsyncClient(transport=self._transport)
+            self._http = new_client(self._transport)
         data = await fetch(self._http, url, self.media_policy)
         try:
             if media.ref.get("aeskey"):

@@ -21,6 +21,7 @@ import httpx
 import trio
 
 from ..._errors import ChatBridgeError, ConnectorError, ProtocolError
+from ..._http import new_client
 from ..._json import MAX_JSON_BYTES, json_object
 from ..._longpoll import HTTPStatusError as HTTPStatusError
 from ..._longpoll import exchange
@@ -60,9 +61,7 @@ class ILinkClient:
         self.cdn_base_url: str = cdn_base_url.rstrip("/")
         self.route_tag = route_tag
         self._own_http = http is None
-        self.http: httpx.AsyncClient = (
-            http if http is not None else httpx.AsyncClient(transport=transport)
-        )
+        self.http: httpx.AsyncClient = http if http is not None else new_client(transport)
 
     def __repr__(self) -> str:  # never the token
         return f"ILinkClient(base_url={self.base_url!r})"
