@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import math
 import sqlite3
 import tempfile
@@ -12,6 +11,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import trio
 
 import trio_chatbridge as cb
@@ -242,7 +242,7 @@ def bench_sqlite_journal() -> None:
                 db.executemany(
                     "INSERT INTO journal (platform, account, message_id, body, received_at) "
                     "VALUES (?, ?, ?, ?, 0)",
-                    [(m.platform, m.account, m.id, json.dumps(m.to_json())) for m in page],
+                    [(m.platform, m.account, m.id, msgspec.json.encode(m).decode()) for m in page],
                 )
                 db.execute("COMMIT")
             db.close()

@@ -18,7 +18,6 @@ Each figure is the median of three runs (``python -m benchmarks redis``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import coredis
+import msgspec
 import trio
 
 import trio_chatbridge as cb
@@ -101,7 +101,7 @@ async def raw_puts(url: str, prefix: str, work: list[list[cb.Message]]) -> float
             now = time.time()
             async with client.pipeline(transaction=True) as pipe:
                 for seq, message in enumerate(page):
-                    pipe.hsetnx(f"{tag}:body", message.id, json.dumps(message.to_json()))
+                    pipe.hsetnx(f"{tag}:body", message.id, msgspec.json.encode(message))
                     pipe.zadd(f"{tag}:pending", {message.id: seq})
                     pipe.hset(f"{tag}:recv", {message.id: str(now)})
         return time.perf_counter() - start
@@ -244,7 +244,7 @@ async def raw_pending(url: str, prefix: str, tags: list[str]) -> float:
         found = []
         for bodies, received in read:
             for seq, (body, at) in enumerate(zip(await bodies, await received, strict=True)):
-                found.append((float(at or 0), seq, cb.Message.from_json(json.loads(str(body)))))
+                found.append((float(at or 0), seq, msgspec.json.decode(str(body), type=cb.Message)))
         found.sort(key=lambda f: (f[0], f[1]))
         assert len(found) == len(tags) * PENDING_EACH
         return time.perf_counter() - start
@@ -259,7 +259,7 @@ async def per_message_pending(url: str, prefix: str, tags: list[str]) -> float:
             ids = list(await client.zrange(f"{prefix}{{{tag}}}:pending", 0, -1))
             bodies = await client.hmget(f"{prefix}{{{tag}}}:body", ids)
             for seq, body in enumerate(bodies):
-                message = cb.Message.from_json(json.loads(str(body)))
+                message = msgspec.json.decode(str(body), type=cb.Message)
                 received = await client.hget(f"{prefix}{{{tag}}}:recv", message.id)
                 found.append((float(received or 0), seq, message))
         found.sort(key=lambda f: (f[0], f[1]))

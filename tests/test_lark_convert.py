@@ -52,8 +52,8 @@ def test_a_post_is_flattened_to_its_title_and_lines() -> None:
     assert message.reply_handle["addressed"] is False
 
 
-def ref(key: str) -> dict[str, str]:
-    return {"message_id": "om_1", "key": key}
+def ref(key: str) -> cb.Handle:
+    return cb.Handle.of(message_id="om_1", key=key)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import coredis
 import hypothesis.strategies as st
@@ -335,7 +335,8 @@ async def test_sqlite_concurrent_adds_and_done_marks_share_one_commit(tmp_path: 
 
 
 async def test_sqlite_one_bad_write_fails_alone(tmp_path: Path) -> None:
-    bad = cb.Message("fake", "bot", "bad", cb.Chat("c"), cb.Sender("u"), [], raw={"x": object()})
+    unencodable = cast(bytes, object())
+    bad = cb.Message("fake", "bot", "bad", cb.Chat("c"), cb.Sender("u"), (), raw=unencodable)
     good = fake.message("good", id="good")
     async with cb.SQLiteStore(tmp_path / "bad.db") as store:
         outcome: dict[str, Any] = {}

@@ -432,9 +432,9 @@ MEDIA = {"url": "https://example.invalid/x", "aeskey": "k"}
     [
         (_callback("text", text={"content": "hi"}), [cb.Text("hi")]),
         (_callback("voice", voice={"content": "spoken"}), [cb.Voice(cb.Media("voice"), "spoken")]),
-        (_callback("image", image=MEDIA), [cb.Image(cb.Media("image", ref=MEDIA))]),
-        (_callback("file", file=MEDIA), [cb.File(cb.Media("file", ref=MEDIA))]),
-        (_callback("video", video=MEDIA), [cb.Video(cb.Media("video", ref=MEDIA))]),
+        (_callback("image", image=MEDIA), [cb.Image(cb.Media("image", ref=cb.Handle.of(MEDIA)))]),
+        (_callback("file", file=MEDIA), [cb.File(cb.Media("file", ref=cb.Handle.of(MEDIA)))]),
+        (_callback("video", video=MEDIA), [cb.Video(cb.Media("video", ref=cb.Handle.of(MEDIA)))]),
         (
             _callback(
                 "mixed",
@@ -446,7 +446,7 @@ MEDIA = {"url": "https://example.invalid/x", "aeskey": "k"}
                     ]
                 },
             ),
-            [cb.Text("look"), cb.Image(cb.Media("image", ref=MEDIA))],
+            [cb.Text("look"), cb.Image(cb.Media("image", ref=cb.Handle.of(MEDIA)))],
         ),
         (
             _callback(
@@ -468,7 +468,7 @@ def test_every_message_type_becomes_its_parts(
     message = wecom.to_message("bot", "req-1", body)
     assert list(message.parts) == expected
     assert (message.id, message.chat, message.sender.id) == ("m1", cb.Chat("zoe", "direct"), "zoe")
-    assert message.reply_handle == {"req_id": "req-1", "chatid": "zoe"}
+    assert dict(message.reply_handle) == {"req_id": "req-1", "chatid": "zoe"}
     assert message.timestamp == 1700000000.0
 
 
@@ -537,8 +537,8 @@ async def test_a_stale_req_id_falls_back_to_a_proactive_message(
             id="old",
             chat=cb.Chat("lee"),
             sender=cb.Sender("lee"),
-            parts=[cb.Text("from before a restart")],
-            reply_handle={"req_id": "gone-req-id", "chatid": "lee"},
+            parts=(cb.Text("from before a restart"),),
+            reply_handle=cb.Handle.of(req_id="gone-req-id", chatid="lee"),
         )
         await connector.send(stale, "better late than never")
         sent = await emu.next_sent()

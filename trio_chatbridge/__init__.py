@@ -42,6 +42,7 @@ from ._media import MediaPolicy as MediaPolicy
 from ._messages import Batch as Batch
 from ._messages import Chat as Chat
 from ._messages import File as File
+from ._messages import Handle as Handle
 from ._messages import Image as Image
 from ._messages import Media as Media
 from ._messages import Mention as Mention
@@ -90,6 +91,7 @@ __all__ = [
     "Debouncer",
     "FatalConnectorError",
     "File",
+    "Handle",
     "Image",
     "JournalEntry",
     "LeaseState",

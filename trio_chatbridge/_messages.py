@@ -1,34 +1,121 @@
 """What flows through the bridge: messages, their parts, and batches of them.
 
-Every record is a frozen attrs class that round-trips through JSON (the journal stores
-messages as JSON text). Platform-specific data that a connector needs to reply or to fetch
-media lives in ``reply_handle`` and ``Media.ref``; both are kept out of ``repr`` because
-they may hold tokens or keys.
+A message and everything in it is a frozen msgspec record (``msgspec.Struct``) that the
+garbage collector never tracks (``gc=False``): a bridge keeps many messages alive (the
+journal, the debouncer's sessions), and records of strings, numbers and tuples of such records
+cannot form a reference cycle, so walking them would only cost time. That is why every field
+holds an atom, bytes, a :class:`Handle` or a tuple of records, never a dict or a list.
+
+Platform-specific data that a connector needs to reply or to fetch media lives in
+``reply_handle`` and ``Media.ref``, both a read-only :class:`Handle` whose repr shows its keys
+only (the values may be tokens or keys). ``raw`` is the platform's payload as it came, undecoded;
+it is kept out of ``repr`` too.
+
+Being msgspec records, messages serialise with msgspec itself:
+``msgspec.json.encode(message)`` and ``msgspec.json.decode(data, type=Message)`` (or the
+msgpack pair) give back an equal message.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Literal, TypeAlias, final
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Final, Literal, TypeAlias, final
 
 import attrs
+import msgspec
+from msgspec.structs import force_setattr
 
 from ._errors import ProtocolError
 
 ChatKind: TypeAlias = Literal["direct", "group"]
+HandleValue: TypeAlias = str | int | float | bool | None
+"""What a :class:`Handle` holds: JSON's atoms, nothing the collector would have to walk."""
 
-
-def _as_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """A dict is kept as given (a connector hands over a fresh one); anything else is copied."""
-    if type(value) is dict:
-        return value
-    return dict(value) if value else {}
+_ATOMS: Final = frozenset({str, int, float, bool, type(None)})
+_MIN_INT: Final = -(2**63)
+_MAX_INT: Final = 2**64
 
 
 @final
-@attrs.frozen
-class Sender:
+class Handle(msgspec.Struct, frozen=True, gc=False):
+    """A read-only mapping of names to atoms: what a connector keeps with a message to act on
+    it later (a context token, a req_id, a media key). Read it like a dict (``handle["x"]``,
+    ``handle.get("x")``, ``dict(handle)``); build one with :meth:`of`.
+
+    Its repr shows the keys, never the values: they may be tokens or keys.
+    """
+
+    entries: tuple[tuple[str, HandleValue], ...] = ()
+    """The (name, value) pairs, in the order given."""
+
+    @classmethod
+    def of(cls, entries: Mapping[str, HandleValue] | None = None, /, **more: HandleValue) -> Handle:
+        """A handle of ``entries`` and ``more``; raises TypeError for a value that is not a
+        string, a number (finite; an int of 64 bits at most, as JSON and msgpack take), a
+        bool or None."""
+        pairs = {**entries, **more} if entries else more
+        for value in pairs.values():
+            kind = type(value)
+            if kind not in _ATOMS:
+                raise TypeError(f"a Handle holds atoms only, not a {kind.__name__}")
+            if kind is int and not _MIN_INT <= value < _MAX_INT:  # type: ignore[operator]
+                raise TypeError(f"a Handle's int has 64 bits at most, not {value}")
+            if kind is float and not math.isfinite(value):  # type: ignore[arg-type]
+                raise TypeError(f"a Handle's number is finite, not {value}")
+        return cls(tuple(pairs.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        for name, value in self.entries:
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value for ``key``, else ``default``."""
+        for name, value in self.entries:
+            if name == key:
+                return value
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return any(name == key for name, _ in self.entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def keys(self) -> list[str]:
+        """The names, in order."""
+        return [name for name, _ in self.entries]
+
+    def items(self) -> tuple[tuple[str, HandleValue], ...]:
+        """The (name, value) pairs, in order."""
+        return self.entries
+
+    def __repr__(self) -> str:
+        return f"Handle(keys={self.keys()!r})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [("keys", self.keys())]
+
+
+Mapping.register(Handle)
+EMPTY_HANDLE: Final = Handle()
+
+
+def _check_handle(field: str, value: object) -> None:
+    """A record holds a Handle, never a dict: a dict could come to hold the record itself, a
+    cycle the collector would never see (the record is not tracked)."""
+    if type(value) is not Handle:
+        raise TypeError(f"{field} is a Handle (Handle.of(...)), not a {type(value).__name__}")
+
+
+@final
+class Sender(msgspec.Struct, frozen=True, gc=False):
     """Who sent a message."""
 
     id: str
@@ -40,8 +127,7 @@ class Sender:
 
 
 @final
-@attrs.frozen
-class Chat:
+class Chat(msgspec.Struct, frozen=True, gc=False):
     """Where a message was sent: a direct chat with one user, or a group."""
 
     id: str
@@ -54,14 +140,13 @@ class Chat:
 
 # Chats and senders repeat across a conversation's messages and never change, so connectors
 # take them from these caches: a busy journal then holds one object per person rather than
-# two per message (less memory, and fewer objects for the garbage collector to walk).
+# two per message.
 shared_chat = functools.lru_cache(maxsize=4096)(Chat)
 shared_sender = functools.lru_cache(maxsize=4096)(Sender)
 
 
 @final
-@attrs.frozen
-class Media:
+class Media(msgspec.Struct, frozen=True, gc=False):
     """A reference to a piece of media that the connector knows how to download."""
 
     kind: Literal["image", "file", "voice", "video"]
@@ -70,13 +155,19 @@ class Media:
     """A file name, when the platform gives one."""
     size: int | None = None
     """Size in bytes, when known before download."""
-    ref: Mapping[str, Any] = attrs.field(factory=dict, converter=_as_dict, repr=False)
-    """Platform data needed to fetch it (URLs, keys). Never shown in reprs."""
+    ref: Handle = EMPTY_HANDLE
+    """Platform data needed to fetch it (URLs, keys). Its repr shows the keys only."""
+
+    def __post_init__(self) -> None:
+        _check_handle("ref", self.ref)
+
+
+class _Part(msgspec.Struct, frozen=True, gc=False, tag_field="kind"):
+    """What every part is: serialised with its ``kind`` as the tag."""
 
 
 @final
-@attrs.frozen
-class Text:
+class Text(_Part, frozen=True, gc=False, tag="text"):
     """Plain text."""
 
     kind: ClassVar[str] = "text"
@@ -84,8 +175,7 @@ class Text:
 
 
 @final
-@attrs.frozen
-class Image:
+class Image(_Part, frozen=True, gc=False, tag="image"):
     """An image."""
 
     kind: ClassVar[str] = "image"
@@ -93,8 +183,7 @@ class Image:
 
 
 @final
-@attrs.frozen
-class File:
+class File(_Part, frozen=True, gc=False, tag="file"):
     """A file attachment."""
 
     kind: ClassVar[str] = "file"
@@ -102,8 +191,7 @@ class File:
 
 
 @final
-@attrs.frozen
-class Voice:
+class Voice(_Part, frozen=True, gc=False, tag="voice"):
     """A voice message, with the platform's transcript when it gives one."""
 
     kind: ClassVar[str] = "voice"
@@ -114,8 +202,7 @@ class Voice:
 
 
 @final
-@attrs.frozen
-class Video:
+class Video(_Part, frozen=True, gc=False, tag="video"):
     """A video."""
 
     kind: ClassVar[str] = "video"
@@ -125,8 +212,7 @@ class Video:
 
 
 @final
-@attrs.frozen
-class Quote:
+class Quote(_Part, frozen=True, gc=False, tag="quote"):
     """A quoted (replied-to) message, summarised as text."""
 
     kind: ClassVar[str] = "quote"
@@ -135,8 +221,7 @@ class Quote:
 
 
 @final
-@attrs.frozen
-class Mention:
+class Mention(_Part, frozen=True, gc=False, tag="mention"):
     """An @-mention of a user (or of the bot itself)."""
 
     kind: ClassVar[str] = "mention"
@@ -147,22 +232,11 @@ class Mention:
 Part: TypeAlias = Text | Image | File | Voice | Video | Quote | Mention
 
 
-def _parts(parts: Iterable[Part]) -> tuple[Part, ...]:
-    return tuple(parts)
-
-
-_PART_TYPES: Mapping[str, type[Part]] = {
-    cls.kind: cls for cls in (Text, Image, File, Voice, Video, Quote, Mention)
-}
-
-
 @final
-@attrs.frozen
-class Message:
+class Message(msgspec.Struct, frozen=True, gc=False):
     """One inbound message, as every connector reports it.
 
-    ``reply_handle`` and ``raw`` keep the dicts they are given (a connector hands over fresh
-    ones, and copying every payload would cost every message): treat them as read-only.
+    ``parts`` may be given as any iterable; it is kept as a tuple.
     """
 
     platform: str
@@ -173,76 +247,47 @@ class Message:
     """The platform's message id: the journal's dedup key with platform and account."""
     chat: Chat
     sender: Sender
-    parts: tuple[Part, ...] = attrs.field(converter=_parts)
+    parts: tuple[Part, ...]
     timestamp: float = 0.0
     """When it was sent, in wall-clock seconds since the epoch."""
-    reply_handle: Mapping[str, Any] = attrs.field(factory=dict, converter=_as_dict, repr=False)
+    reply_handle: Handle = EMPTY_HANDLE
     """What the connector needs to answer this message (a context token, a req_id...)."""
-    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_as_dict, repr=False)
-    """The platform's payload, for escape hatches. Not stable across platform versions."""
+    raw: bytes = b""
+    """The platform's payload for this message as it came (JSON), for escape hatches:
+    :meth:`raw_json` decodes it. Not stable across platform versions; not in the repr."""
+
+    def __post_init__(self) -> None:
+        if type(self.parts) is not tuple:
+            force_setattr(self, "parts", tuple(self.parts))
+        _check_handle("reply_handle", self.reply_handle)
 
     @property
     def text(self) -> str:
         """The message's text parts joined by newlines (a voice transcript counts)."""
         pieces: list[str] = []
         for part in self.parts:
-            if isinstance(part, Text):
+            if type(part) is Text:
                 pieces.append(part.text)
-            elif isinstance(part, Voice) and part.transcript:
+            elif type(part) is Voice and part.transcript:
                 pieces.append(part.transcript)
         return "\n".join(pieces)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict; :meth:`from_json` gives back an equal message."""
-        return {
-            "platform": self.platform,
-            "account": self.account,
-            "id": self.id,
-            "chat": {"id": self.chat.id, "kind": self.chat.kind, "title": self.chat.title},
-            "sender": {
-                "id": self.sender.id,
-                "name": self.sender.name,
-                "is_bot": self.sender.is_bot,
-            },
-            "parts": [_part_to_json(part) for part in self.parts],
-            "timestamp": self.timestamp,
-            "reply_handle": dict(self.reply_handle),
-            "raw": dict(self.raw),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Message:
-        """Rebuild a message from :meth:`to_json`'s output; bad input raises ProtocolError."""
+    def raw_json(self) -> Any:
+        """``raw`` decoded (a fresh value each call; None when there is none). Raises
+        :class:`ProtocolError` if it is not JSON."""
+        if not self.raw:
+            return None
         try:
-            return cls(
-                platform=data["platform"],
-                account=data["account"],
-                id=data["id"],
-                chat=Chat(**data["chat"]),
-                sender=Sender(**data["sender"]),
-                parts=[_part_from_json(part) for part in data["parts"]],
-                timestamp=float(data.get("timestamp", 0.0)),
-                reply_handle=data.get("reply_handle") or {},
-                raw=data.get("raw") or {},
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"not a serialised Message: {exc!r}") from exc
+            return msgspec.json.decode(self.raw)
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"this message's raw payload is not JSON: {exc}") from exc
 
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in self.__struct_fields__ if name != "raw"]
 
-def _part_to_json(part: Part) -> dict[str, Any]:
-    if isinstance(part, Text):  # the common case, without attrs' generic walk
-        return {"kind": "text", "text": part.text}
-    body = attrs.asdict(part)
-    body["kind"] = part.kind
-    return body
-
-
-def _part_from_json(data: Mapping[str, Any]) -> Part:
-    fields = dict(data)
-    cls = _PART_TYPES[fields.pop("kind")]
-    if "media" in fields:
-        fields["media"] = Media(**fields["media"])
-    return cls(**fields)
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"Message({fields})"
 
 
 def _messages(messages: Iterable[Message]) -> tuple[Message, ...]:

@@ -28,7 +28,6 @@ are treated as lost, nothing crashes the bridge.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import urllib.parse
@@ -41,6 +40,7 @@ import trio
 from .._errors import ConfigurationError, StoreError, find_error
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, JournalState, Store
+from ._codec import decode_message, encode_message
 
 try:  # the 'redis' extra; without it, RedisStore.from_url says what to install
     import coredis
@@ -399,7 +399,7 @@ class RedisStore(Store):
             await self._remember(tag)
             args = [self._token(tag), now]
             for i in indexes:
-                args += [messages[i].id, json.dumps(messages[i].to_json())]
+                args += [messages[i].id, encode_message(messages[i])]
             keys = self._keys(tag, "fence", "body", "pending", "recv", "seq")
             flags: object = await self._call("write to", self._add(keys, args))
             for i, flag in zip(indexes, _list(flags), strict=True):
@@ -461,7 +461,7 @@ class RedisStore(Store):
         if state is not None:
             outcome = "done" if state == "d" else "failed"
             error = None if state == "d" else str(state)[1:]
-        return JournalEntry(Message.from_json(json.loads(body)), outcome, error, float(received))
+        return JournalEntry(decode_message(body), outcome, error, float(received))
 
     async def journal_prune(self, before: float) -> int:
         """As :meth:`Store.journal_prune`: one script per account. Cancelled: some accounts
@@ -610,7 +610,7 @@ def _pending(reply: object) -> list[tuple[float, Message]]:
     """What ``_JOURNAL_PENDING`` answered: (time accepted, message), oldest first."""
     bodies, received = _list(reply)
     return [
-        (float(at or 0), Message.from_json(json.loads(body)))
+        (float(at or 0), decode_message(body))
         for body, at in zip(_list(bodies), _list(received), strict=True)
         if body is not None
     ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sqlite3
 import time
@@ -25,6 +24,7 @@ import trio
 from .._errors import StoreError
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, Store, journal_key
+from ._codec import decode_message, encode_message
 
 SCHEMA_VERSION: Final = 1
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
@@ -240,7 +240,7 @@ class SQLiteStore(Store):
             cursor = db.execute("SELECT body FROM journal WHERE state = 'pending' ORDER BY seq")
             return [body for (body,) in cursor]
 
-        return [Message.from_json(json.loads(body)) for body in await self._call(select)]
+        return [decode_message(body) for body in await self._call(select)]
 
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
         def select(db: sqlite3.Connection) -> Any:
@@ -254,7 +254,7 @@ class SQLiteStore(Store):
         if row is None:
             return None
         body, state, error, received_at = row
-        return JournalEntry(Message.from_json(json.loads(body)), state, error, received_at)
+        return JournalEntry(decode_message(body), state, error, received_at)
 
     async def journal_prune(self, before: float) -> int:
         def delete(db: sqlite3.Connection) -> int:
@@ -413,9 +413,7 @@ def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
         rows: list[tuple[Any, ...]]
         try:
             if write.mark is None:
-                rows = [
-                    (*journal_key(m), json.dumps(m.to_json()), write.detail) for m in write.messages
-                ]
+                rows = [(*journal_key(m), encode_message(m), write.detail) for m in write.messages]
             else:
                 rows = [(write.mark, write.detail, *journal_key(m)) for m in write.messages]
         except Exception as exc:  # handed to that write's caller alone

@@ -18,7 +18,7 @@ import trio
 
 from .._connector import Connector, ReplyStream
 from .._errors import SendError
-from .._messages import Chat, Message, Part, Sender, Text
+from .._messages import Chat, Handle, Message, Part, Sender, Text
 from ._record import Record
 
 
@@ -107,9 +107,9 @@ class FakeConnector(Connector):
             id=id if id is not None else f"m{next(self._ids)}",
             chat=Chat(chat, "group" if group else "direct"),
             sender=Sender(user),
-            parts=parts if parts is not None else [Text(text)],
+            parts=tuple(parts) if parts is not None else (Text(text),),
             timestamp=time.time(),
-            reply_handle={"chat": chat},
+            reply_handle=Handle.of(chat=chat),
         )
 
     def deliver(self, *messages: Message) -> None:

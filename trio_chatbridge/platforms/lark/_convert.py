@@ -8,10 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+import msgspec
+
 from ..._errors import ProtocolError
 from ..._json import get_object, get_str, json_value
 from ..._messages import (
     File,
+    Handle,
     Image,
     Media,
     Mention,
@@ -85,18 +88,20 @@ def _media_part(msgtype: str | None, content: Mapping[str, Any], message_id: str
     """The image, file or voice a message carries (None for other types)."""
     if msgtype == "image":
         return Image(
-            Media("image", ref={"message_id": message_id, "key": content.get("image_key")})
+            Media("image", ref=Handle.of(message_id=message_id, key=get_str(content, "image_key")))
         )
     if msgtype == "file":
         return File(
             Media(
                 "file",
                 name=get_str(content, "file_name"),
-                ref={"message_id": message_id, "key": content.get("file_key")},
+                ref=Handle.of(message_id=message_id, key=get_str(content, "file_key")),
             )
         )
     if msgtype == "audio":
-        return Voice(Media("voice", ref={"message_id": message_id, "key": content.get("file_key")}))
+        return Voice(
+            Media("voice", ref=Handle.of(message_id=message_id, key=get_str(content, "file_key")))
+        )
     return None
 
 
@@ -147,13 +152,13 @@ def to_message(
         id=message_id,
         chat=shared_chat(chat_id, "group" if chat_type == "group" else "direct"),
         sender=shared_sender(user, is_bot=get_str(sender, "sender_type") not in (None, "user")),
-        parts=parts,
+        parts=tuple(parts),
         timestamp=int(created) / 1000 if created and _is_millis(created) else 0.0,
-        reply_handle={
-            "message_id": message_id,
-            "chat_id": chat_id,
-            "event_id": get_str(header, "event_id") or "",
-            "addressed": addressed,
-        },
-        raw=envelope,
+        reply_handle=Handle.of(
+            message_id=message_id,
+            chat_id=chat_id,
+            event_id=get_str(header, "event_id") or "",
+            addressed=addressed,
+        ),
+        raw=msgspec.json.encode(envelope),
     )

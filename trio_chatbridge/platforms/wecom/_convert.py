@@ -9,10 +9,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from ..._errors import ProtocolError
 from ..._json import get_object, get_str
 from ..._messages import (
     File,
+    Handle,
     Image,
     Media,
     Mention,
@@ -33,7 +36,7 @@ _LEADING_MENTION = re.compile(r"^\s*@(\S+)\s*")
 
 def _media(kind: str, data: Mapping[str, Any]) -> Media:
     ref = {k: v for k in ("url", "aeskey") if isinstance(v := data.get(k), str)}
-    return Media(kind, name=get_str(data, "filename"), ref=ref)  # type: ignore[arg-type]
+    return Media(kind, name=get_str(data, "filename"), ref=Handle.of(ref))  # type: ignore[arg-type]
 
 
 def _text_parts(text: str, group: bool, bot_name: str | None) -> list[Part]:
@@ -115,8 +118,8 @@ def to_message(
         id=get_str(body, "msgid") or req_id,
         chat=shared_chat(chat_id, "group" if group else "direct"),
         sender=shared_sender(sender),
-        parts=parts_of(body, group, bot_name),
+        parts=tuple(parts_of(body, group, bot_name)),
         timestamp=clamp(created, 0.0, MAX_TIMESTAMP, 0.0),
-        reply_handle={"req_id": req_id, "chatid": chat_id, **(handle or {})},
-        raw=body,
+        reply_handle=Handle.of({"req_id": req_id, "chatid": chat_id, **(handle or {})}),
+        raw=msgspec.json.encode(body),
     )

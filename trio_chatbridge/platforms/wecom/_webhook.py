@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 
 import attrs
 import httpx
+import msgspec
 import trio
 
 from ... import _connector as base
@@ -35,7 +36,7 @@ from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
 from ..._http import new_client
 from ..._json import json_object
 from ..._media import MediaPolicy, fetch
-from ..._messages import Batch, Media, Message
+from ..._messages import Batch, Handle, Media, Message
 from . import _crypto
 from . import _protocol as f
 from ._convert import PLATFORM, to_message
@@ -238,7 +239,7 @@ class Webhook(base.Connector):
         handle = dict(message.reply_handle, stream_id=stream_id)
         if isinstance(callback.get("response_url"), str):
             handle["response_url"] = callback["response_url"]
-        message = attrs.evolve(message, reply_handle=handle)
+        message = msgspec.structs.replace(message, reply_handle=Handle.of(handle))
         self._streams[stream_id] = _StreamState(stream_id, trio.current_time())
         if msgid:
             self._stream_of_msgid[msgid] = stream_id

@@ -6,9 +6,12 @@ import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from ..._errors import ProtocolError
 from ..._messages import (
     File,
+    Handle,
     Image,
     Media,
     Message,
@@ -47,7 +50,7 @@ def message_id(raw: Mapping[str, Any], sender: str, parts: Sequence[Part]) -> st
 def _media_part(item: p.MessageItem) -> Part | None:
     if item.media is None or not item.media.downloadable:
         return None
-    ref = media_ref(item)
+    ref = Handle.of(media_ref(item))
     if item.type == p.ItemType.IMAGE:
         return Image(Media("image", size=item.size, ref=ref))
     if item.type == p.ItemType.FILE:
@@ -125,11 +128,11 @@ def to_message(account: str, raw: Any) -> Message | None:
         return None
     sender = p.read_str(raw, "from_user_id") or ""
     group = p.read_str(raw, "group_id")
-    handle = {"to_user_id": sender}
     token = p.read_str(raw, "context_token")
-    if token:
-        handle["context_token"] = token
-    parts = parts_of(raw.get("item_list"))
+    handle = (
+        Handle.of(to_user_id=sender, context_token=token) if token else Handle.of(to_user_id=sender)
+    )
+    parts = tuple(parts_of(raw.get("item_list")))
     return Message(
         platform=PLATFORM,
         account=account,
@@ -139,7 +142,7 @@ def to_message(account: str, raw: Any) -> Message | None:
         parts=parts,
         timestamp=clamp(p.read_int(raw, "create_time_ms"), 0.0, MAX_TIMESTAMP * 1000, 0.0) / 1000,
         reply_handle=handle,
-        raw=raw,
+        raw=msgspec.json.encode(raw),
     )
 
 
