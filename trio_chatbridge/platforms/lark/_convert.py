@@ -1,6 +1,9 @@
 """From ``im.message.receive_v1`` events to the bridge's :class:`Message`.
 
-See ``docs/protocols/lark.md#message-events``.
+An event is decoded straight from its JSON into the typed records below (every field optional,
+a field of the wrong type read as missing), then into a :class:`Message` that keeps those bytes
+as ``raw``; only the message's ``content`` (JSON in a string, small, its shape per type) is read
+as plain JSON. See ``docs/protocols/lark.md#message-events``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from ..._errors import ProtocolError
-from ..._json import get_object, get_str, json_value
+from ..._json import get_str, json_value
 from ..._messages import (
     File,
     Handle,
@@ -25,6 +28,7 @@ from ..._messages import (
     shared_chat,
     shared_sender,
 )
+from ..._wire import Lenient, payload_bytes
 
 PLATFORM: Final = "lark"
 MESSAGE_EVENT: Final = "im.message.receive_v1"
@@ -53,17 +57,66 @@ def _is_millis(text: str) -> bool:
     return len(text) <= 15 and text.isascii() and text.isdigit()
 
 
-def _sender(sender: Mapping[str, Any]) -> str:
+class _Ids(msgspec.Struct, gc=False):
+    open_id: str | None = None
+    union_id: str | None = None
+    user_id: str | None = None
+
+
+class _Sender(msgspec.Struct, gc=False):
+    sender_id: _Ids | None = None
+    sender_type: str | None = None
+
+
+class _Mention(msgspec.Struct, gc=False):
+    key: str = ""
+    id: _Ids | None = None
+    name: str = ""
+
+
+class _Message(msgspec.Struct, gc=False):
+    message_id: str | None = None
+    chat_id: str | None = None
+    chat_type: str | None = None
+    message_type: str | None = None
+    content: str | None = None
+    """JSON in a string, its shape per ``message_type``."""
+    create_time: str | None = None
+    """Epoch milliseconds, as a string."""
+    mentions: list[_Mention] | None = None
+
+
+class _Event(msgspec.Struct, gc=False):
+    sender: _Sender | None = None
+    message: _Message | None = None
+
+
+class _Header(msgspec.Struct, gc=False):
+    event_id: str | None = None
+    event_type: str | None = None
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    """An event's payload (docs/protocols/lark.md#message-events)."""
+
+    header: _Header | None = None
+    event: _Event | None = None
+
+
+_decoder = Lenient(_Envelope, "Lark event")
+
+
+def _sender_id(sender: _Sender) -> str:
     """The sender's id: ``open_id``, else ``union_id``, else ``user_id``."""
-    ids = get_object(sender, "sender_id")
-    user = get_str(ids, "open_id") or get_str(ids, "union_id") or get_str(ids, "user_id")
+    ids = sender.sender_id or _Ids()
+    user = ids.open_id or ids.union_id or ids.user_id
     if not user:
         raise ProtocolError("message event without a sender id")
     return user
 
 
 def _text_parts(
-    text: str, mentions: list[Mapping[str, Any]], bot_open_id: str | None
+    text: str, mentions: list[_Mention], bot_open_id: str | None
 ) -> tuple[list[Part], bool]:
     """The text with its mentions resolved, and whether the bot was one of them.
 
@@ -71,9 +124,9 @@ def _text_parts(
     """
     parts: list[Part] = []
     addressed = False
-    for mention in sorted(mentions, key=lambda m: -len(str(m.get("key", "")))):
-        key, name = str(mention.get("key", "")), str(mention.get("name", ""))
-        open_id = get_str(get_object(mention, "id"), "open_id") or ""
+    for mention in sorted(mentions, key=lambda m: -len(m.key)):
+        key, name = mention.key, mention.name
+        open_id = (mention.id.open_id if mention.id is not None else None) or ""
         if bot_open_id and open_id == bot_open_id:
             addressed = True
             text = text.replace(key + " ", "").replace(key, "")
@@ -106,26 +159,30 @@ def _media_part(msgtype: str | None, content: Mapping[str, Any], message_id: str
 
 
 def to_message(
-    account: str, envelope: Mapping[str, Any], bot_open_id: str | None
+    account: str, envelope: bytes | Mapping[str, Any], bot_open_id: str | None
 ) -> Message | None:
     """The message in an event envelope (``None`` for the bot's own), with mentions resolved.
 
-    ``@_user_N`` placeholders become ``@Name``; the bot's own mention is removed from the text
-    and kept as a :class:`Mention`, and ``reply_handle["addressed"]`` says whether the bot was
-    mentioned (the group filter reads it).
+    ``envelope`` is the event's JSON as it came (kept as the message's ``raw``), or the event
+    already decoded. ``@_user_N`` placeholders become ``@Name``; the bot's own mention is
+    removed from the text and kept as a :class:`Mention`, and ``reply_handle["addressed"]``
+    says whether the bot was mentioned (the group filter reads it). Raises
+    :class:`ProtocolError` for an event that is not a JSON object or lacks the message's ids.
     """
-    event = get_object(envelope, "event")
-    message = get_object(event, "message")
-    sender = get_object(event, "sender")
-    message_id = get_str(message, "message_id")
-    chat_id = get_str(message, "chat_id")
+    data = payload_bytes(envelope, "a Lark event")
+    wire = _decoder.decode(data)
+    event = wire.event or _Event()
+    message = event.message or _Message()
+    sender = event.sender or _Sender()
+    message_id = message.message_id
+    chat_id = message.chat_id
     if not message_id or not chat_id:
         raise ProtocolError("message event without message_id or chat_id")
-    user = _sender(sender)
-    content = json_value(get_str(message, "content") or "{}", "message content")
+    user = _sender_id(sender)
+    content = json_value(message.content or "{}", "message content")
     if not isinstance(content, Mapping):
         content = {}
-    msgtype = get_str(message, "message_type")
+    msgtype = message.message_type
     text = (
         content.get("text")
         if msgtype == "text"
@@ -136,29 +193,25 @@ def to_message(
     parts: list[Part] = []
     addressed = False
     if isinstance(text, str):
-        listed = message.get("mentions")
-        mentions = [m for m in listed if isinstance(m, Mapping)] if isinstance(listed, list) else []
-        parts, addressed = _text_parts(text, mentions, bot_open_id)
+        parts, addressed = _text_parts(text, message.mentions or [], bot_open_id)
     else:
         media = _media_part(msgtype, content, message_id)
         if media is not None:
             parts.append(media)
-    chat_type = get_str(message, "chat_type")
-    created = get_str(message, "create_time")
-    header = get_object(envelope, "header")
+    created = message.create_time
     return Message(
         platform=PLATFORM,
         account=account,
         id=message_id,
-        chat=shared_chat(chat_id, "group" if chat_type == "group" else "direct"),
-        sender=shared_sender(user, is_bot=get_str(sender, "sender_type") not in (None, "user")),
+        chat=shared_chat(chat_id, "group" if message.chat_type == "group" else "direct"),
+        sender=shared_sender(user, is_bot=sender.sender_type not in (None, "user")),
         parts=tuple(parts),
         timestamp=int(created) / 1000 if created and _is_millis(created) else 0.0,
         reply_handle=Handle.of(
             message_id=message_id,
             chat_id=chat_id,
-            event_id=get_str(header, "event_id") or "",
+            event_id=(wire.header.event_id if wire.header else None) or "",
             addressed=addressed,
         ),
-        raw=msgspec.json.encode(envelope),
+        raw=data,
     )

@@ -1,18 +1,19 @@
 """From WeCom callback bodies to the bridge's :class:`Message`.
 
-See ``docs/protocols/wecom.md#message-callbacks``.
+A body is decoded straight from its JSON into the typed records below (every field optional, a
+field of the wrong type read as missing), then into a :class:`Message` that keeps those bytes
+as ``raw``. See ``docs/protocols/wecom.md#message-callbacks``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from ..._errors import ProtocolError
-from ..._json import get_object, get_str
 from ..._messages import (
     File,
     Handle,
@@ -29,14 +30,70 @@ from ..._messages import (
     shared_sender,
 )
 from ..._receive import MAX_TIMESTAMP, clamp
+from ..._wire import Lenient, payload_bytes
 
 PLATFORM = "wecom"
 _LEADING_MENTION = re.compile(r"^\s*@(\S+)\s*")
 
 
-def _media(kind: str, data: Mapping[str, Any]) -> Media:
-    ref = {k: v for k in ("url", "aeskey") if isinstance(v := data.get(k), str)}
-    return Media(kind, name=get_str(data, "filename"), ref=Handle.of(ref))  # type: ignore[arg-type]
+class _Content(msgspec.Struct, gc=False):
+    content: str | None = None
+
+
+class _Media(msgspec.Struct, gc=False):
+    url: str | None = None
+    aeskey: str | None = None
+    filename: str | None = None
+
+
+class _From(msgspec.Struct, gc=False):
+    userid: str | None = None
+
+
+class _Item(msgspec.Struct, gc=False):
+    """One item of a ``mixed`` message."""
+
+    msgtype: str | None = None
+    text: _Content | None = None
+    image: _Media | None = None
+
+
+class _Mixed(msgspec.Struct, gc=False):
+    msg_item: list[_Item] | None = None
+
+
+class _Quoted(msgspec.Struct, gc=False):
+    """What a message quotes: a body of its own, whose own quote is not read (one level, no
+    recursion a deeply nested body could run out of)."""
+
+    msgtype: str | None = None
+    text: _Content | None = None
+    voice: _Content | None = None
+    image: _Media | None = None
+    file: _Media | None = None
+    video: _Media | None = None
+    mixed: _Mixed | None = None
+
+
+class _Body(_Quoted, gc=False):
+    """An ``aibot_msg_callback`` body (docs/protocols/wecom.md#message-callbacks)."""
+
+    msgid: str | None = None
+    chattype: str | None = None
+    chatid: str | None = None
+    create_time: int | float | None = None
+    sender: _From | None = msgspec.field(default=None, name="from")
+    quote: _Quoted | None = None
+
+
+_decoder = Lenient(_Body, "WeCom message callback")
+
+
+def _media(kind: Literal["image", "file", "video"], data: _Media | None) -> Media:
+    if data is None:
+        return Media(kind)
+    ref = {"url": data.url, "aeskey": data.aeskey}
+    return Media(kind, name=data.filename, ref=Handle.of({k: v for k, v in ref.items() if v}))
 
 
 def _text_parts(text: str, group: bool, bot_name: str | None) -> list[Part]:
@@ -54,72 +111,71 @@ def _text_parts(text: str, group: bool, bot_name: str | None) -> list[Part]:
     return parts
 
 
-def parts_of(
-    body: Mapping[str, Any], group: bool, bot_name: str | None, *, quoted: bool = False
-) -> list[Part]:
-    """The parts of a callback body; a quote's own quote is not read (one level, no recursion
-    a deeply nested body could run out of)."""
-    msgtype = get_str(body, "msgtype")
+def _content(data: _Content | None) -> str | None:
+    return None if data is None else data.content
+
+
+def parts_of(body: _Quoted, group: bool, bot_name: str | None) -> list[Part]:
+    """The parts of a callback body, or of what it quotes."""
+    msgtype = body.msgtype
     parts: list[Part] = []
-    quote = {} if quoted else get_object(body, "quote")
-    if quote:
-        quoted_parts = parts_of(quote, False, None, quoted=True)
-        summary = (
-            " ".join(p.text for p in quoted_parts if isinstance(p, Text))
-            or f"[{quote.get('msgtype')}]"
-        )
-        parts.append(Quote(summary))
+    quote = body.quote if type(body) is _Body else None
+    if quote is not None:
+        quoted_parts = parts_of(quote, False, None)
+        summary = " ".join(p.text for p in quoted_parts if type(p) is Text)
+        if summary or quote.msgtype:
+            parts.append(Quote(summary or f"[{quote.msgtype}]"))
     if msgtype == "text":
-        parts += _text_parts(get_str(get_object(body, "text"), "content") or "", group, bot_name)
+        parts += _text_parts(_content(body.text) or "", group, bot_name)
     elif msgtype == "voice":
-        parts.append(
-            Voice(Media("voice"), transcript=get_str(get_object(body, "voice"), "content"))
-        )
+        parts.append(Voice(Media("voice"), transcript=_content(body.voice)))
     elif msgtype == "image":
-        parts.append(Image(_media("image", get_object(body, "image"))))
+        parts.append(Image(_media("image", body.image)))
     elif msgtype == "file":
-        parts.append(File(_media("file", get_object(body, "file"))))
+        parts.append(File(_media("file", body.file)))
     elif msgtype == "video":
-        parts.append(Video(_media("video", get_object(body, "video"))))
-    elif msgtype == "mixed":
-        items = get_object(body, "mixed").get("msg_item")
-        for item in items if isinstance(items, list) else []:
-            if not isinstance(item, Mapping):
-                continue
-            if item.get("msgtype") == "text":
-                text = get_str(get_object(item, "text"), "content") or ""
-                parts += _text_parts(text, group and not parts, bot_name)
-            elif item.get("msgtype") == "image":
-                parts.append(Image(_media("image", get_object(item, "image"))))
+        parts.append(Video(_media("video", body.video)))
+    elif msgtype == "mixed" and body.mixed is not None:
+        for item in body.mixed.msg_item or ():
+            if item.msgtype == "text":
+                parts += _text_parts(_content(item.text) or "", group and not parts, bot_name)
+            elif item.msgtype == "image":
+                parts.append(Image(_media("image", item.image)))
     return parts
 
 
 def to_message(
     account: str,
     req_id: str,
-    body: Mapping[str, Any],
+    body: bytes | Mapping[str, Any],
     *,
     bot_name: str | None = None,
     handle: Mapping[str, Any] | None = None,
 ) -> Message:
     """The bridge's message for an ``aibot_msg_callback``; the callback's req_id is the handle
-    (with ``handle``'s entries: the connector's note of when it may be answered)."""
-    sender = get_str(get_object(body, "from"), "userid")
+    (with ``handle``'s entries: the connector's note of when it may be answered).
+
+    ``body`` is the callback body's JSON as it came (kept as the message's ``raw``), or the body
+    already decoded. Raises :class:`ProtocolError` for a body that is not a JSON object, or one
+    without a sender (or, in a group, without its chat).
+    """
+    data = payload_bytes(body, "a WeCom message callback")
+    wire = _decoder.decode(data)
+    sender = wire.sender.userid if wire.sender is not None else None
     if not sender:
         raise ProtocolError("message callback without from.userid")
-    group = body.get("chattype") == "group"
-    chat_id = get_str(body, "chatid") if group else sender
+    group = wire.chattype == "group"
+    chat_id = wire.chatid if group else sender
     if not chat_id:
         raise ProtocolError("group message callback without chatid")
-    created = body.get("create_time")
     return Message(
         platform=PLATFORM,
         account=account,
-        id=get_str(body, "msgid") or req_id,
+        id=wire.msgid or req_id,
         chat=shared_chat(chat_id, "group" if group else "direct"),
         sender=shared_sender(sender),
-        parts=tuple(parts_of(body, group, bot_name)),
-        timestamp=clamp(created, 0.0, MAX_TIMESTAMP, 0.0),
+        parts=tuple(parts_of(wire, group, bot_name)),
+        timestamp=clamp(wire.create_time, 0.0, MAX_TIMESTAMP, 0.0),
         reply_handle=Handle.of({"req_id": req_id, "chatid": chat_id, **(handle or {})}),
-        raw=msgspec.json.encode(body),
+        raw=data,
     )

@@ -1,10 +1,16 @@
-"""From iLink messages to the bridge's :class:`Message`, and text splitting for replies."""
+"""From iLink messages to the bridge's :class:`Message`, and text splitting for replies.
+
+A message is decoded straight from its JSON into the typed records below (every field optional,
+numbers where strings were and strings where numbers were taken, enums kept as plain ints so
+that new values pass: docs/protocols/weixin.md#lenient-json), then into a :class:`Message` that
+keeps those bytes as ``raw``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias, TypeGuard
 
 import msgspec
 
@@ -24,93 +30,198 @@ from ..._messages import (
     shared_sender,
 )
 from ..._receive import MAX_TIMESTAMP, clamp
+from ..._wire import Lenient, payload_bytes
 from . import _protocol as p
-from ._media import media_ref
 
 PLATFORM = "weixin"
 
+Id: TypeAlias = str | int
+"""An id or a text that iLink sends as a string in one place and a number in another."""
 
-def message_id(raw: Mapping[str, Any], sender: str, parts: Sequence[Part]) -> str:
+
+class _CDNMedia(msgspec.Struct, gc=False):
+    encrypt_query_param: str | None = None
+    aes_key: str | None = None
+    """base64 of either the raw 16-byte key or its 32 hex digits."""
+    full_url: str | None = None
+
+
+class _TextItem(msgspec.Struct, gc=False):
+    text: Id | None = None
+
+
+class _ImageItem(msgspec.Struct, gc=False):
+    media: _CDNMedia | None = None
+    aeskey: str | None = None
+    """The key as 32 hex digits, preferred over ``media.aes_key``."""
+    mid_size: int | None = None
+
+
+class _VoiceItem(msgspec.Struct, gc=False):
+    media: _CDNMedia | None = None
+    text: Id | None = None
+    playtime: int | None = None
+    """Milliseconds."""
+
+
+class _FileItem(msgspec.Struct, gc=False):
+    media: _CDNMedia | None = None
+    file_name: str | None = None
+    len: int | None = None
+    """Plaintext length, sent as a string."""
+
+
+class _VideoItem(msgspec.Struct, gc=False):
+    media: _CDNMedia | None = None
+    video_size: int | None = None
+    play_length: int | None = None
+    """Seconds."""
+
+
+class _RefMsg(msgspec.Struct, gc=False):
+    title: str | None = None
+    message_item: _Item | None = None
+
+
+class _Item(msgspec.Struct, gc=False):
+    """One item of a message: text, image, voice, file, video, or a kind we do not know."""
+
+    type: int | None = None
+    text_item: _TextItem | None = None
+    image_item: _ImageItem | None = None
+    voice_item: _VoiceItem | None = None
+    file_item: _FileItem | None = None
+    video_item: _VideoItem | None = None
+    ref_msg: _RefMsg | None = None
+
+
+class _Wire(msgspec.Struct, gc=False):
+    """One entry of getupdates' ``msgs`` (docs/protocols/weixin.md#getupdates)."""
+
+    message_id: int | None = None
+    client_id: Id | None = None
+    seq: int | None = None
+    from_user_id: Id | None = None
+    group_id: Id | None = None
+    create_time_ms: int | None = None
+    message_type: int | None = None
+    message_state: int | None = None
+    delete_time_ms: int | None = None
+    context_token: Id | None = None
+    item_list: list[_Item] | None = None
+
+
+_decoder = Lenient(_Wire, "WeChat message")
+
+
+def _text(value: Id | None) -> str | None:
+    return value if type(value) is str or value is None else str(value)
+
+
+def message_id(wire: _Wire, sender: str, parts: Sequence[Part]) -> str:
     """The dedup key, in the reference client's order: message_id, client_id, seq, content hash."""
-    number = p.read_int(raw, "message_id")
-    if number:
-        return str(number)
-    client_id = p.read_str(raw, "client_id")
+    if wire.message_id:
+        return str(wire.message_id)
+    client_id = _text(wire.client_id)
     if client_id:
         return f"client:{client_id}"
-    seq = p.read_int(raw, "seq")
-    if seq is not None:
-        return f"seq:{seq}"
-    text = "".join(part.text for part in parts if isinstance(part, Text))
-    created = p.read_int(raw, "create_time_ms")
-    digest = hashlib.sha256(f"{sender}|{text}|{created}".encode()).hexdigest()
+    if wire.seq is not None:
+        return f"seq:{wire.seq}"
+    text = "".join(part.text for part in parts if type(part) is Text)
+    digest = hashlib.sha256(f"{sender}|{text}|{wire.create_time_ms}".encode()).hexdigest()
     return f"sha256:{digest[:32]}"
 
 
-def _media_part(item: p.MessageItem) -> Part | None:
-    if item.media is None or not item.media.downloadable:
-        return None
-    ref = Handle.of(media_ref(item))
-    if item.type == p.ItemType.IMAGE:
-        return Image(Media("image", size=item.size, ref=ref))
-    if item.type == p.ItemType.FILE:
-        return File(Media("file", name=item.file_name, size=item.size, ref=ref))
-    if item.type == p.ItemType.VIDEO:
-        return Video(Media("video", size=item.size, ref=ref), duration=item.duration)
-    if item.type == p.ItemType.VOICE:
-        return Voice(Media("voice", ref=ref), transcript=item.text, duration=item.duration)
+def _media(kind: Any, media: _CDNMedia, key: str | None = None, **fields: Any) -> Media:
+    """A Media whose ref holds what ``_media.download`` needs (its repr shows no key)."""
+    ref = {
+        "encrypt_query_param": media.encrypt_query_param,
+        "aes_key": media.aes_key,
+        "full_url": media.full_url,
+        "image_aeskey": key,
+    }
+    return Media(kind, ref=Handle.of({k: v for k, v in ref.items() if v}), **fields)
+
+
+def _downloadable(media: _CDNMedia | None) -> TypeGuard[_CDNMedia]:
+    return media is not None and bool(media.encrypt_query_param or media.full_url)
+
+
+def _media_part(item: _Item) -> Part | None:
+    """The item's media, if it can be downloaded."""
+    kind = item.type
+    if kind == p.ItemType.IMAGE and item.image_item is not None:
+        image = item.image_item
+        if _downloadable(image.media):
+            return Image(_media("image", image.media, image.aeskey, size=image.mid_size))
+    elif kind == p.ItemType.FILE and item.file_item is not None:
+        file = item.file_item
+        if _downloadable(file.media):
+            return File(_media("file", file.media, name=file.file_name, size=file.len))
+    elif kind == p.ItemType.VIDEO and item.video_item is not None:
+        video = item.video_item
+        if _downloadable(video.media):
+            duration = None if video.play_length is None else float(video.play_length)
+            return Video(_media("video", video.media, size=video.video_size), duration=duration)
+    elif kind == p.ItemType.VOICE and item.voice_item is not None:
+        voice = item.voice_item
+        if _downloadable(voice.media):
+            return _voice(voice, _media("voice", voice.media))
     return None
 
 
-def _quote(item: p.MessageItem) -> list[Part]:
+def _voice(voice: _VoiceItem, media: Media) -> Voice:
+    duration = None if voice.playtime is None else voice.playtime / 1000
+    return Voice(media, transcript=_text(voice.text), duration=duration)
+
+
+def _item_text(item: _Item) -> str | None:
+    """A text item's text, a voice item's transcript."""
+    if item.type == p.ItemType.TEXT and item.text_item is not None:
+        return _text(item.text_item.text)
+    if item.type == p.ItemType.VOICE and item.voice_item is not None:
+        return _text(item.voice_item.text)
+    return None
+
+
+def _quote(ref: _RefMsg) -> list[Part]:
     """A quoted message: media quoted is offered as media; anything else as a Quote.
 
     See ``docs/protocols/weixin.md#quotes``.
     """
-    ref = item.ref_item
-    if ref is None and not item.ref_title:
-        return []
-    if ref is not None and ref.type != p.ItemType.TEXT:
-        media = _media_part(ref)
+    item = ref.message_item
+    if item is not None and item.type != p.ItemType.TEXT:
+        media = _media_part(item)
         if media is not None:
             return [media]
-    quoted = " | ".join(s for s in (item.ref_title, ref.text if ref else None) if s)
+    quoted = " | ".join(s for s in (ref.title, item and _item_text(item)) if s)
     return [Quote(quoted)] if quoted else []
 
 
-def _parts_of_item(item: p.MessageItem) -> list[Part]:
-    if item.type == p.ItemType.TEXT:
-        return [*_quote(item), Text(item.text or "")]
-    if item.type == p.ItemType.VOICE and (item.media is None or not item.media.downloadable):
-        return [Voice(Media("voice"), transcript=item.text, duration=item.duration)]
-    part = _media_part(item)
-    return [] if part is None else [part]
-
-
-def parts_of(items: Any) -> list[Part]:
-    """The parts of a raw ``item_list`` (entries that are not objects are skipped)."""
+def _parts(items: list[_Item]) -> tuple[Part, ...]:
     parts: list[Part] = []
-    if type(items) is not list:
-        return parts
     for item in items:
-        if type(item) is not dict:
+        if item.type == p.ItemType.TEXT:
+            if item.ref_msg is not None:
+                parts += _quote(item.ref_msg)
+            parts.append(Text(_item_text(item) or ""))
             continue
-        if item.get("type") == p.ItemType.TEXT and "ref_msg" not in item:
-            # the common case, read in place: a plain text item
-            parts.append(Text(p.read_str(p.read_obj(item, "text_item"), "text") or ""))
-        else:
-            parts.extend(_parts_of_item(p.MessageItem.parse(item)))
-    return parts
+        part = _media_part(item)
+        if part is None and item.type == p.ItemType.VOICE:  # a transcript, nothing to fetch
+            part = _voice(item.voice_item or _VoiceItem(), Media("voice"))
+        if part is not None:
+            parts.append(part)
+    return tuple(parts)
 
 
-def to_message(account: str, raw: Any) -> Message | None:
+def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
     """The bridge's message for one entry of getupdates' ``msgs``, or None if not for the agent.
 
-    Not for the agent (docs/protocols/weixin.md#inbound-filtering): the bot's own messages,
-    GENERATING ones, recalled ones. Every field is optional and read leniently
-    (docs/protocols/weixin.md#lenient-json); only an entry that is not an object (or one the
-    page could not decode) raises :class:`ProtocolError`. This runs for every inbound message,
-    so it reads the payload in place, without an intermediate model.
+    ``raw`` is the entry's JSON as it came (kept as the message's ``raw``), or the entry already
+    decoded. Not for the agent (docs/protocols/weixin.md#inbound-filtering): the bot's own
+    messages, GENERATING ones, recalled ones. Every field is optional and read leniently
+    (docs/protocols/weixin.md#lenient-json); only an entry that is not a JSON object (or one
+    the page could not decode) raises :class:`ProtocolError`.
 
     Group messages are unconfirmed (docs/protocols/weixin.md#unconfirmed): the reference plugin
     handles direct chats only. We keep the group as the chat (so a group is one session) and reply
@@ -118,31 +229,30 @@ def to_message(account: str, raw: Any) -> Message | None:
     """
     if isinstance(raw, ProtocolError):
         raise raw  # the page could not decode this entry (see json_object_items)
-    if not isinstance(raw, dict):
-        raise ProtocolError(f"a message is a JSON object, got {type(raw).__name__}")
+    data = payload_bytes(raw, "a WeChat message")
+    wire = _decoder.decode(data)
     if (
-        p.read_int(raw, "message_type") != p.MessageType.USER
-        or (p.read_int(raw, "delete_time_ms") or 0) > 0
-        or p.read_int(raw, "message_state") == p.MessageState.GENERATING
+        wire.message_type != p.MessageType.USER
+        or (wire.delete_time_ms or 0) > 0
+        or wire.message_state == p.MessageState.GENERATING
     ):
         return None
-    sender = p.read_str(raw, "from_user_id") or ""
-    group = p.read_str(raw, "group_id")
-    token = p.read_str(raw, "context_token")
-    handle = (
-        Handle.of(to_user_id=sender, context_token=token) if token else Handle.of(to_user_id=sender)
-    )
-    parts = tuple(parts_of(raw.get("item_list")))
+    sender = _text(wire.from_user_id) or ""
+    group = _text(wire.group_id)
+    token = _text(wire.context_token)
+    parts = _parts(wire.item_list or [])
     return Message(
         platform=PLATFORM,
         account=account,
-        id=message_id(raw, sender, parts),
+        id=message_id(wire, sender, parts),
         chat=shared_chat(group, "group") if group else shared_chat(sender, "direct"),
         sender=shared_sender(sender),
         parts=parts,
-        timestamp=clamp(p.read_int(raw, "create_time_ms"), 0.0, MAX_TIMESTAMP * 1000, 0.0) / 1000,
-        reply_handle=handle,
-        raw=msgspec.json.encode(raw),
+        timestamp=clamp(wire.create_time_ms, 0.0, MAX_TIMESTAMP * 1000, 0.0) / 1000,
+        reply_handle=Handle.of(to_user_id=sender, context_token=token)
+        if token
+        else Handle.of(to_user_id=sender),
+        raw=data,
     )
 
 
