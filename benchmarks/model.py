@@ -1,9 +1,12 @@
-"""The message model's cost per message: decoding a WeChat page and keeping the messages.
+"""The message model's cost per message: decoding a WeChat page and keeping the messages, and
+the journal's encoding of a message.
 
-Groundwork for the collector-free message model of issue 12 (not built yet): today's path
-(``json.loads`` + ``weixin.to_message`` into attrs records) against a candidate measured here
-only, msgspec decoding the page straight into typed records and a frozen message record, both
-``gc=False``. Reported: CPU per message and GC-tracked objects per kept message, in one run.
+Reported in one run: CPU per message and GC-tracked objects per kept message for a page decoded
+as the WeChat connector does it today (Python's ``json.loads``, then ``weixin.to_message`` on
+each decoded entry) and as a connector handing each entry's bytes does (msgspec splits the page
+into raw entries, ``weixin.to_message`` decodes each into typed records), against the bare
+decode of the page (``json.loads`` alone, keeping nothing). Then the journal's encoding, msgspec
+JSON (what the stores write) against msgpack, each way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
 
 from ._util import REPEAT, report
@@ -44,87 +48,26 @@ def _page(first: int) -> bytes:
     return json.dumps({"ret": 0, "msgs": msgs, "get_updates_buf": "cursor"}).encode()
 
 
-# -- the candidate (measured here only) ------------------------------------------------------
-
-
-class _TextItem(msgspec.Struct, gc=False):
-    text: str = ""
-
-
-class _Item(msgspec.Struct, gc=False):
-    type: int = 0
-    text_item: _TextItem | None = None
-
-
-class _Wire(msgspec.Struct, gc=False):
-    message_id: int = 0
-    from_user_id: str = ""
-    create_time_ms: int = 0
-    message_type: int = 0
-    message_state: int = 0
-    item_list: list[_Item] = []
-    context_token: str = ""
-
-
-class _Updates(msgspec.Struct, gc=False):
+class _Page(msgspec.Struct, gc=False):
     msgs: list[msgspec.Raw] = []
-    get_updates_buf: str = ""
 
 
-class _Text(msgspec.Struct, frozen=True, gc=False):
-    text: str
+_split = msgspec.json.Decoder(_Page)
 
 
-class _Chat(msgspec.Struct, frozen=True, gc=False):
-    id: str
-    kind: str = "direct"
+def _json_loads_only(page: bytes) -> list[Any]:
+    json.loads(page)
+    return []
 
 
-class _Message(msgspec.Struct, frozen=True, gc=False):
-    platform: str
-    account: str
-    id: str
-    chat: _Chat
-    sender: _Chat
-    parts: tuple[_Text, ...]
-    timestamp: float
-    context_token: str
-    raw: msgspec.Raw  # this message's undecoded bytes: decoded on demand
-
-
-_updates = msgspec.json.Decoder(_Updates)
-_wire = msgspec.json.Decoder(_Wire)
-
-
-def _candidate(page: bytes) -> list[Any]:
-    out = []
-    for raw in _updates.decode(page).msgs:
-        w = _wire.decode(raw)
-        chat = _Chat(w.from_user_id)
-        parts = tuple(_Text(i.text_item.text) for i in w.item_list if i.text_item is not None)
-        out.append(
-            _Message(
-                "weixin",
-                "bot",
-                str(w.message_id),
-                chat,
-                chat,
-                parts,
-                w.create_time_ms / 1000,
-                w.context_token,
-                raw,
-            )
-        )
-    return out
-
-
-def _today(page: bytes) -> list[Any]:
+def _decoded_entries(page: bytes) -> list[Any]:
+    """As the WeChat connector does today: the page decoded, each entry converted."""
     return [weixin.to_message("bot", raw) for raw in json.loads(page)["msgs"]]
 
 
-def _faster_json(page: bytes) -> list[Any]:
-    """A faster JSON decoder alone, into the same dicts and attrs records as today."""
-    return [weixin.to_message("bot", raw) for raw in msgspec.json.decode(page)["msgs"]]
+def _entry_bytes(page: bytes) -> list[Any]:
+    """As a connector handing bytes would: the page split, each entry's bytes converted."""
+    return [weixin.to_message("bot", bytes(raw)) for raw in _split.decode(page).msgs]
 
 
 def _measure(convert: Callable[[bytes], list[Any]], pages: list[bytes]) -> tuple[float, float]:
@@ -140,24 +83,54 @@ def _measure(convert: Callable[[bytes], list[Any]], pages: list[bytes]) -> tuple
     before = len(gc.get_objects())
     kept = [m for page in pages for m in convert(page)]
     gc.collect()  # tuples of untracked objects are untracked by a collection
-    tracked = (len(gc.get_objects()) - before - 1) / len(kept)  # the list itself
-    return best / len(kept), tracked
+    tracked = (len(gc.get_objects()) - before - 1) / max(len(kept), 1)  # the list itself
+    return best / (len(pages) * PAGE), tracked
+
+
+def _codec_cost(encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]) -> str:
+    messages = [m for m in _entry_bytes(_page(0)) if m is not None]
+    best_encode = best_decode = float("inf")
+    for _ in range(REPEAT):
+        start = time.process_time()
+        for _ in range(20):
+            bodies = [encode(m) for m in messages]
+        best_encode = min(best_encode, time.process_time() - start)
+        start = time.process_time()
+        for _ in range(20):
+            again = [decode(b) for b in bodies]
+        best_decode = min(best_decode, time.process_time() - start)
+    assert again == messages
+    count = 20 * len(messages)
+    size = sum(map(len, bodies)) / len(bodies)
+    return (
+        f"encode {best_encode / count * 1e6:4.2f} us, decode {best_decode / count * 1e6:4.2f} us"
+        f" CPU/message, {size:.0f} bytes"
+    )
 
 
 def bench_model() -> None:
     pages = [_page(i * PAGE) for i in range(PAGES)]
-    today = _measure(_today, pages)
-    faster_json = _measure(_faster_json, pages)
-    candidate = _measure(_candidate, pages)
+    loads = _measure(_json_loads_only, pages)
+    decoded = _measure(_decoded_entries, pages)
+    entries = _measure(_entry_bytes, pages)
     rows = [
-        (name, f"{cpu * 1e6:5.2f} us CPU/message, {tracked:4.1f} tracked objects per kept message")
-        for name, (cpu, tracked) in (
-            ("today: json.loads + weixin.to_message (attrs)", today),
-            ("msgspec.json.decode to dicts + to_message", faster_json),
-            ("candidate: msgspec typed decode, gc=False Structs", candidate),
-        )
+        ("json.loads of the page alone (nothing kept)", f"{loads[0] * 1e6:5.2f} us CPU/message"),
+        *(
+            (name, f"{cpu * 1e6:5.2f} us CPU/message, {tracked:4.2f} tracked objects per kept")
+            for name, (cpu, tracked) in (
+                ("json.loads + weixin.to_message(entry dict)", decoded),
+                ("msgspec page split + weixin.to_message(entry bytes)", entries),
+            )
+        ),
     ]
-    rows.append(("CPU, candidate / today", f"{candidate[0] / today[0]:.2f}x"))
+    json_decoder = msgspec.json.Decoder(cb.Message)
+    msgpack_decoder = msgspec.msgpack.Decoder(cb.Message)
+    rows.append(
+        ("journal encoding, msgspec JSON", _codec_cost(msgspec.json.encode, json_decoder.decode))
+    )
+    rows.append(
+        ("journal encoding, msgpack", _codec_cost(msgspec.msgpack.encode, msgpack_decoder.decode))
+    )
     report(f"message model: {PAGES * PAGE:,} WeChat messages in pages of {PAGE}, kept", rows)
 
 

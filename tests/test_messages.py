@@ -119,9 +119,8 @@ async def test_the_journal_row_of_a_known_message(tmp_path: Path) -> None:
     assert journal_rows(tmp_path / "j.db") == [KNOWN_ROW]
 
 
-@pytest.mark.parametrize("row", [KNOWN_ROW, FIRST_FORMAT_ROW], ids=["current", "first-format"])
-async def test_rows_of_either_format_are_read(tmp_path: Path, row: str) -> None:
-    path = tmp_path / "j.db"
+async def store_holding(path: Path, row: str) -> cb.SQLiteStore:
+    """A store file whose journal holds ``row`` as written by some version (not yet open)."""
     async with cb.SQLiteStore(path, threaded=False):
         pass  # creates the schema
     with sqlite3.connect(path) as db:
@@ -130,7 +129,12 @@ async def test_rows_of_either_format_are_read(tmp_path: Path, row: str) -> None:
             "VALUES ('weixin', 'bot', '42', ?, 0)",
             (row,),
         )
-    async with cb.SQLiteStore(path, threaded=False) as store:
+    return cb.SQLiteStore(path, threaded=False)
+
+
+@pytest.mark.parametrize("row", [KNOWN_ROW, FIRST_FORMAT_ROW], ids=["current", "first-format"])
+async def test_rows_of_either_format_are_read(tmp_path: Path, row: str) -> None:
+    async with await store_holding(tmp_path / "j.db", row) as store:
         assert await store.journal_pending() == [KNOWN]
 
 
@@ -138,16 +142,7 @@ async def test_rows_of_either_format_are_read(tmp_path: Path, row: str) -> None:
     "row", ["", "{", "[]", '{"platform": 1}', '{"parts": 7}', '{"reply_handle": [1]}']
 )
 async def test_a_row_that_is_no_message_is_a_protocol_error(tmp_path: Path, row: str) -> None:
-    path = tmp_path / "j.db"
-    async with cb.SQLiteStore(path, threaded=False):
-        pass
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "INSERT INTO journal (platform, account, message_id, body, received_at) "
-            "VALUES ('p', 'a', '1', ?, 0)",
-            (row,),
-        )
-    async with cb.SQLiteStore(path, threaded=False) as store:
+    async with await store_holding(tmp_path / "j.db", row) as store:
         with pytest.raises(cb.ProtocolError, match="not a serialised Message"):
             await store.journal_pending()
 

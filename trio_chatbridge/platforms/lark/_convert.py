@@ -207,11 +207,13 @@ def to_message(
         sender=shared_sender(user, is_bot=sender.sender_type not in (None, "user")),
         parts=tuple(parts),
         timestamp=int(created) / 1000 if created and _is_millis(created) else 0.0,
-        reply_handle=Handle.of(
-            message_id=message_id,
-            chat_id=chat_id,
-            event_id=(wire.header.event_id if wire.header else None) or "",
-            addressed=addressed,
+        reply_handle=Handle(  # strings and a bool: built directly (Handle.of checks)
+            (
+                ("message_id", message_id),
+                ("chat_id", chat_id),
+                ("event_id", (wire.header.event_id if wire.header else None) or ""),
+                ("addressed", addressed),
+            )
         ),
         raw=data,
     )

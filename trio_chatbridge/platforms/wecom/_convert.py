@@ -176,6 +176,8 @@ def to_message(
         sender=shared_sender(sender),
         parts=tuple(parts_of(wire, group, bot_name)),
         timestamp=clamp(wire.create_time, 0.0, MAX_TIMESTAMP, 0.0),
-        reply_handle=Handle.of({"req_id": req_id, "chatid": chat_id, **(handle or {})}),
+        reply_handle=Handle.of({"req_id": req_id, "chatid": chat_id, **handle})
+        if handle
+        else Handle((("req_id", req_id), ("chatid", chat_id))),  # both strings: built directly
         raw=data,
     )

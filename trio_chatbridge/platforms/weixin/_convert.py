@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, Final, TypeAlias, TypeGuard
 
 import msgspec
 
@@ -113,6 +113,15 @@ class _Wire(msgspec.Struct, gc=False):
 
 _decoder = Lenient(_Wire, "WeChat message")
 
+# Plain ints: compared for every item of every message, and an IntEnum member costs a lookup.
+_TEXT: Final = int(p.ItemType.TEXT)
+_IMAGE: Final = int(p.ItemType.IMAGE)
+_VOICE: Final = int(p.ItemType.VOICE)
+_FILE: Final = int(p.ItemType.FILE)
+_VIDEO: Final = int(p.ItemType.VIDEO)
+_USER: Final = int(p.MessageType.USER)
+_GENERATING: Final = int(p.MessageState.GENERATING)
+
 
 def _text(value: Id | None) -> str | None:
     return value if type(value) is str or value is None else str(value)
@@ -150,20 +159,20 @@ def _downloadable(media: _CDNMedia | None) -> TypeGuard[_CDNMedia]:
 def _media_part(item: _Item) -> Part | None:
     """The item's media, if it can be downloaded."""
     kind = item.type
-    if kind == p.ItemType.IMAGE and item.image_item is not None:
+    if kind == _IMAGE and item.image_item is not None:
         image = item.image_item
         if _downloadable(image.media):
             return Image(_media("image", image.media, image.aeskey, size=image.mid_size))
-    elif kind == p.ItemType.FILE and item.file_item is not None:
+    elif kind == _FILE and item.file_item is not None:
         file = item.file_item
         if _downloadable(file.media):
             return File(_media("file", file.media, name=file.file_name, size=file.len))
-    elif kind == p.ItemType.VIDEO and item.video_item is not None:
+    elif kind == _VIDEO and item.video_item is not None:
         video = item.video_item
         if _downloadable(video.media):
             duration = None if video.play_length is None else float(video.play_length)
             return Video(_media("video", video.media, size=video.video_size), duration=duration)
-    elif kind == p.ItemType.VOICE and item.voice_item is not None:
+    elif kind == _VOICE and item.voice_item is not None:
         voice = item.voice_item
         if _downloadable(voice.media):
             return _voice(voice, _media("voice", voice.media))
@@ -177,9 +186,9 @@ def _voice(voice: _VoiceItem, media: Media) -> Voice:
 
 def _item_text(item: _Item) -> str | None:
     """A text item's text, a voice item's transcript."""
-    if item.type == p.ItemType.TEXT and item.text_item is not None:
+    if item.type == _TEXT and item.text_item is not None:
         return _text(item.text_item.text)
-    if item.type == p.ItemType.VOICE and item.voice_item is not None:
+    if item.type == _VOICE and item.voice_item is not None:
         return _text(item.voice_item.text)
     return None
 
@@ -190,7 +199,7 @@ def _quote(ref: _RefMsg) -> list[Part]:
     See ``docs/protocols/weixin.md#quotes``.
     """
     item = ref.message_item
-    if item is not None and item.type != p.ItemType.TEXT:
+    if item is not None and item.type != _TEXT:
         media = _media_part(item)
         if media is not None:
             return [media]
@@ -201,13 +210,13 @@ def _quote(ref: _RefMsg) -> list[Part]:
 def _parts(items: list[_Item]) -> tuple[Part, ...]:
     parts: list[Part] = []
     for item in items:
-        if item.type == p.ItemType.TEXT:
+        if item.type == _TEXT:
             if item.ref_msg is not None:
                 parts += _quote(item.ref_msg)
             parts.append(Text(_item_text(item) or ""))
             continue
         part = _media_part(item)
-        if part is None and item.type == p.ItemType.VOICE:  # a transcript, nothing to fetch
+        if part is None and item.type == _VOICE:  # a transcript, nothing to fetch
             part = _voice(item.voice_item or _VoiceItem(), Media("voice"))
         if part is not None:
             parts.append(part)
@@ -232,9 +241,9 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
     data = payload_bytes(raw, "a WeChat message")
     wire = _decoder.decode(data)
     if (
-        wire.message_type != p.MessageType.USER
+        wire.message_type != _USER
         or (wire.delete_time_ms or 0) > 0
-        or wire.message_state == p.MessageState.GENERATING
+        or wire.message_state == _GENERATING
     ):
         return None
     sender = _text(wire.from_user_id) or ""
@@ -249,9 +258,10 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
         sender=shared_sender(sender),
         parts=parts,
         timestamp=clamp(wire.create_time_ms, 0.0, MAX_TIMESTAMP * 1000, 0.0) / 1000,
-        reply_handle=Handle.of(to_user_id=sender, context_token=token)
+        # built directly: both are strings (Handle.of checks what callers give)
+        reply_handle=Handle((("to_user_id", sender), ("context_token", token)))
         if token
-        else Handle.of(to_user_id=sender),
+        else Handle((("to_user_id", sender),)),
         raw=data,
     )
 
