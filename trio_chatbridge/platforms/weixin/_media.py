@@ -39,21 +39,6 @@ def default_policy() -> MediaPolicy:
     return MediaPolicy(allowed_hosts=DEFAULT_ALLOWED_HOSTS, max_bytes=p.MEDIA_MAX_BYTES)
 
 
-def media_ref(item: p.MessageItem) -> dict[str, Any]:
-    """What :func:`download` needs later, kept in ``Media.ref`` (out of reprs: it holds keys)."""
-    media = item.media
-    ref: dict[str, Any] = {}
-    if media is not None:
-        ref.update(
-            encrypt_query_param=media.encrypt_query_param,
-            aes_key=media.aes_key,
-            full_url=media.full_url,
-        )
-    if item.image_aeskey:
-        ref["image_aeskey"] = item.image_aeskey
-    return {k: v for k, v in ref.items() if v}
-
-
 async def download(client: ILinkClient, policy: MediaPolicy, media: Media) -> bytes:
     """Fetch and decrypt inbound media; raises :class:`MediaError` with the reason. If
     cancelled, nothing is kept."""
