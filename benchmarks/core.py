@@ -18,7 +18,7 @@ import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.testing import FakeConnector
 
-from ._util import REPEAT, peak_rss_mib, report, timed, timed_trio
+from ._util import REPEAT, peak_rss_mib, report, timed, timed_both
 
 MESSAGES = 200_000
 SESSIONS = 20_000
@@ -115,9 +115,9 @@ def bench_pipeline() -> None:
             await done.wait()
             nursery.cancel_scope.cancel()
 
-    raw = timed_trio(raw_channel)
-    raw_tasks = timed_trio(lambda: raw_channel(tasks=True))
-    piped = timed_trio(pipeline)
+    raw, raw_cpu = timed_both(lambda: trio.run(raw_channel))
+    raw_tasks, raw_tasks_cpu = timed_both(lambda: trio.run(lambda: raw_channel(tasks=True)))
+    piped, piped_cpu = timed_both(lambda: trio.run(pipeline))
     assert handled == MESSAGES
     report(
         "pipeline: 200k messages in 2k pages of 100, 20k sessions, MemoryStore, no-op agent",
@@ -134,6 +134,15 @@ def bench_pipeline() -> None:
             ("batches / agent runs", f"{batches:,}"),
             ("ratio (pipeline / raw throughput)", f"{raw / piped:.2f}x  (target >= 0.7x)"),
             ("ratio (pipeline / raw with a task per run)", f"{raw_tasks / piped:.2f}x"),
+            (
+                "CPU per message: raw, raw with tasks, pipeline",
+                f"{raw_cpu / MESSAGES * 1e6:.2f} us, {raw_tasks_cpu / MESSAGES * 1e6:.2f} us, "
+                f"{piped_cpu / MESSAGES * 1e6:.2f} us",
+            ),
+            (
+                "ratio by CPU (raw / pipeline; raw with tasks / pipeline)",
+                f"{raw_cpu / piped_cpu:.2f}x; {raw_tasks_cpu / piped_cpu:.2f}x",
+            ),
             ("peak RSS of the process", f"{peak_rss_mib():.0f} MiB"),
         ],
     )
