@@ -158,12 +158,13 @@ async def test_a_burst_is_put_at_once_and_acked_only_after_its_put_returned(
             nursery.cancel_scope.cancel()
 
 
-async def test_a_slow_inbox_slows_reading_but_heartbeats_go_on(
+async def test_a_slow_inbox_slows_reading_but_heartbeats_and_the_link_go_on(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             server, inbox, core, _ = await start(nursery, backlog=3, put_batch=2)
+            core.silence = 3.0  # the reader stops longer than that: not the peer's silence
             inbox.open = trio.Event()
             nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))
             await trio.sleep(9)

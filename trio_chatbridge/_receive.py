@@ -141,13 +141,14 @@ async def receive_burst(
     return items
 
 
-def rearm(watchdog: trio.CancelScope, silence: float) -> None:
+def rearm(watchdog: trio.CancelScope, silence: float, now: float | None = None) -> None:
     """Set ``watchdog`` to fire after ``silence`` seconds without a call (within the slack).
 
     The deadline moves only when it is off by more than :data:`WATCHDOG_SLACK` (a first
     call, a new ``silence``, or once a second of traffic): a silent peer is noticed at most
     that late, and a busy one costs a clock read per frame instead of a deadline update.
+    ``now`` is Trio's time if the caller has it already.
     """
-    target = trio.current_time() + silence
+    target = (trio.current_time() if now is None else now) + silence
     if not target <= watchdog.deadline <= target + WATCHDOG_SLACK:
         watchdog.deadline = target + WATCHDOG_SLACK

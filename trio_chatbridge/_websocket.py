@@ -61,7 +61,7 @@ from ._connector import ConnectorContext
 from ._errors import ConnectorError, FatalConnectorError, find_error
 from ._messages import Message
 from ._receive import Handlers, Skipped, parse_or_skip, rearm, skip_bad
-from ._supervise import Backoff
+from ._supervise import Backoff, Retries
 from ._ws_core import (
     Answer,
     Bad,
@@ -161,13 +161,15 @@ class _Connection:
         slot.users += 1
         try:
             async with slot.lock:
-                retries = BUSY_BACKOFF.retries(request.busy_retries)
+                retries: Retries | None = None
                 while True:
                     answer = await self._exchange(slot, request, within)
-                    if answer.busy and not retries.spent:
-                        self.count("busy_retries")
-                        await retries.wait()
-                        continue
+                    if answer.busy:  # the retries are counted only when needed: rarely
+                        retries = retries or BUSY_BACKOFF.retries(request.busy_retries)
+                        if not retries.spent:
+                            self.count("busy_retries")
+                            await retries.wait()
+                            continue
                     if answer.code:
                         raise request.refused(answer)
                     return answer
@@ -394,16 +396,18 @@ class WebSocketDriver(Generic[N]):
         nursery: trio.Nursery,
     ) -> None:
         """The receive loop: each frame parsed here, its events dispatched at once."""
+        silence = self.core.silence
         with trio.CancelScope() as watchdog:  # one scope, kept ahead of every frame
+            rearm(watchdog, silence)
             while True:
-                silence = self.core.silence
-                rearm(watchdog, silence)
                 try:
                     data = await connection.ws.get_message()
                 except ConnectionClosed as exc:
                     self._lost(connection, str(exc.reason))
                     raise ConnectorError(f"{self.name}: socket closed ({exc.reason})") from exc
                 now = trio.current_time()
+                silence = self.core.silence
+                rearm(watchdog, silence, now)
                 events = parse_or_skip(ctx, "frame", self.core.receive, data, now)
                 if isinstance(events, Skipped):
                     continue
@@ -412,8 +416,10 @@ class WebSocketDriver(Generic[N]):
                         backlog.add(event, now, self.linger, self.put_batch)
                     else:
                         await self._dispatch(ctx, connection, event, nursery)
-                if backlog.full:
-                    await backlog.wait_for_room()  # a slow inbox slows the socket
+                if backlog.full:  # a slow inbox slows the socket: we stop reading
+                    watchdog.deadline = math.inf  # meanwhile the silence is ours, not the peer's
+                    await backlog.wait_for_room()
+                    rearm(watchdog, silence)
         self._lost(connection, "silent")
         raise ConnectorError(f"{self.name}: no frame for {silence:.0f} s")
 
