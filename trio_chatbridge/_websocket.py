@@ -60,7 +60,7 @@ from trio_websocket import (
 from ._connector import ConnectorContext
 from ._errors import ConnectorError, FatalConnectorError, find_error
 from ._messages import Message
-from ._receive import Handlers, Skipped, parse_or_skip, rearm, skip_bad
+from ._receive import BURST_LINGER, Handlers, Skipped, parse_or_skip, rearm, skip_bad
 from ._supervise import Backoff, Retries
 from ._ws_core import (
     Answer,
@@ -89,10 +89,8 @@ PUT_BATCH: Final = 100
 """Inbound messages journaled together at most."""
 BACKLOG: Final = 1000
 """Inbound messages that may wait for the inbox before the reader stops reading."""
-BURST_LINGER: Final = 0.001
-"""Seconds a burst waits for company after its oldest message: far below any debounce."""
 PUT_GRACE: Final = 10.0
-"""Seconds a put may go on after its connection was cancelled."""
+"""Seconds a put may take, shielded: it goes on even while its connection is torn down."""
 ANSWER_WITHIN: Final = 5.0
 """Seconds a request waits for its answer, unless it says otherwise."""
 RECONNECT_WAIT: Final = 60.0
