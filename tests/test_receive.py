@@ -1,43 +1,52 @@
-"""The receive-loop helpers: bursts taken in one piece, and the lazily re-armed watchdog."""
+"""The receive-loop helpers: the WebSocket driver's backlog taken in bursts, and the lazily
+re-armed watchdog."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
-from trio_chatbridge._receive import BURST_LINGER, WATCHDOG_SLACK, rearm, receive_burst
+from trio_chatbridge._receive import BURST_LINGER, WATCHDOG_SLACK, rearm
+from trio_chatbridge._websocket import _Backlog
+from trio_chatbridge._ws_core import Inbound
+
+
+def item(n: int) -> Inbound:
+    return Inbound(None, ack=lambda taken: str(n))
+
+
+def numbers(items: list[Inbound]) -> list[str | bytes]:
+    return [i.ack(0.0) for i in items if i.ack is not None]
 
 
 async def test_what_is_waiting_comes_in_one_piece_up_to_the_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    send, receive = trio.open_memory_channel[int](100)
-    for i in range(25):
-        send.send_nowait(i)
-    assert await receive_burst(receive, 10) == list(range(10))
-    assert await receive_burst(receive, 100) == list(range(10, 25))
+    backlog = _Backlog(limit=100)
+    for n in range(25):
+        backlog.add(item(n), trio.current_time(), BURST_LINGER, 10)
+    assert numbers(await backlog.take(BURST_LINGER, 10)) == [str(n) for n in range(10)]
+    assert numbers(await backlog.take(BURST_LINGER, 100)) == [str(n) for n in range(10, 25)]
 
 
 async def test_items_from_a_busy_producer_arrive_in_order_in_bounded_bursts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    send, receive = trio.open_memory_channel[int](100)
+    backlog = _Backlog(limit=50)
 
     async def producer() -> None:
-        async with send:
-            for i in range(500):  # one item per turn, as a socket reader hands them on
-                await send.send(i)
+        for n in range(500):  # one item per turn, as a socket reader hands them on
+            backlog.add(item(n), trio.current_time(), BURST_LINGER, 16)
+            if backlog.full:
+                await backlog.wait_for_room()
+            await trio.lowlevel.checkpoint()
 
-    bursts: list[list[int]] = []
+    bursts: list[list[str | bytes]] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(producer)
-        while True:
-            try:
-                bursts.append(await receive_burst(receive, 16))
-            except trio.EndOfChannel:
-                break
-    assert [i for burst in bursts for i in burst] == list(range(500))
+        while sum(map(len, bursts)) < 500:
+            bursts.append(numbers(await backlog.take(BURST_LINGER, 16)))
+    assert [n for burst in bursts for n in burst] == [str(n) for n in range(500)]
     assert max(len(burst) for burst in bursts) <= 16
     assert len(bursts) < 500  # taken in bursts, not one by one
 
@@ -45,23 +54,11 @@ async def test_items_from_a_busy_producer_arrive_in_order_in_bounded_bursts(
 async def test_a_lone_item_is_not_held_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    send, receive = trio.open_memory_channel[str](10)
-    send.send_nowait("only")
+    backlog = _Backlog(limit=10)
     start = trio.current_time()
-    assert await receive_burst(receive, 100) == ["only"]
+    backlog.add(item(1), start, BURST_LINGER, 100)
+    assert numbers(await backlog.take(BURST_LINGER, 100)) == ["1"]
     assert trio.current_time() - start == BURST_LINGER  # the linger, then it goes alone
-
-
-async def test_the_end_of_the_channel_ends_the_burst_then_raises(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    send, receive = trio.open_memory_channel[int](10)
-    send.send_nowait(1)
-    send.send_nowait(2)
-    send.close()
-    assert await receive_burst(receive, 100) == [1, 2]
-    with pytest.raises(trio.EndOfChannel):
-        await receive_burst(receive, 100)
 
 
 async def test_the_watchdog_fires_after_silence_never_sooner(

@@ -1,11 +1,12 @@
-"""Helpers for connectors' receive loops: a burst in one piece, a cheap watchdog, bad input
+"""Helpers for connectors' receive loops: the burst linger, a cheap watchdog, bad input
 skipped the same way everywhere, and server-given timings held to a range.
 
 The first two exist for throughput: a burst of callbacks journaled in one put costs one
-journal write, one channel hop and one debouncer turn instead of one each per message, and a
-watchdog that is re-armed only when it has to be spares the run loop a deadline update per
-frame. :func:`parse_or_skip` is what every connector does with one frame, event or message
-from the network: a bad one is counted in ``protocol_errors``, logged once, and skipped;
+journal write, one channel hop and one debouncer turn instead of one each per message (the
+WebSocket driver's backlog gathers bursts for :data:`BURST_LINGER`), and a watchdog that is
+re-armed only when it has to be spares the run loop a deadline update per frame.
+:func:`parse_or_skip` is what every connector does with one frame, event or message from the
+network: a bad one is counted in ``protocol_errors``, logged once, and skipped;
 the loop and every good message around it carry on.
 """
 
@@ -114,31 +115,11 @@ class Handlers:
             self.running -= 1
 
 
-BURST_LINGER = 0.001
+BURST_LINGER: Final = 0.001
 """Seconds a burst waits for company after its first item: far below any debounce window."""
 
 WATCHDOG_SLACK = 1.0
 """Seconds a watchdog may fire late: it is re-armed about once a second, not per frame."""
-
-
-async def receive_burst(
-    channel: trio.MemoryReceiveChannel[T], limit: int, linger: float = BURST_LINGER
-) -> list[T]:
-    """The next item, and up to ``limit`` in all of those that arrive within ``linger`` after it.
-
-    One short sleep per burst, as a producer's linger: under load a burst costs this task one
-    turn, not one per item; a lone item waits ``linger`` seconds (on Trio's clock). Raises
-    :class:`trio.EndOfChannel` once the channel has ended.
-    """
-    items = [await channel.receive()]
-    with trio.CancelScope(shield=True):  # taken off the channel: a cancel must not drop it
-        await trio.sleep(linger)
-    while len(items) < limit:
-        try:
-            items.append(channel.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-    return items
 
 
 def rearm(watchdog: trio.CancelScope, silence: float, now: float | None = None) -> None:
