@@ -394,18 +394,17 @@ class WebSocketDriver(Generic[N]):
         nursery: trio.Nursery,
     ) -> None:
         """The receive loop: each frame parsed here, its events dispatched at once."""
-        silence = self.core.silence
+        now = trio.current_time()  # when the last frame came (or the reader started)
         with trio.CancelScope() as watchdog:  # one scope, kept ahead of every frame
-            rearm(watchdog, silence)
             while True:
+                silence = self.core.silence  # the last frame may have changed it
+                rearm(watchdog, silence, now)
                 try:
                     data = await connection.ws.get_message()
                 except ConnectionClosed as exc:
                     self._lost(connection, str(exc.reason))
                     raise ConnectorError(f"{self.name}: socket closed ({exc.reason})") from exc
                 now = trio.current_time()
-                silence = self.core.silence
-                rearm(watchdog, silence, now)
                 events = parse_or_skip(ctx, "frame", self.core.receive, data, now)
                 if isinstance(events, Skipped):
                     continue
@@ -417,7 +416,7 @@ class WebSocketDriver(Generic[N]):
                 if backlog.full:  # a slow inbox slows the socket: we stop reading
                     watchdog.deadline = math.inf  # meanwhile the silence is ours, not the peer's
                     await backlog.wait_for_room()
-                    rearm(watchdog, silence)
+                    now = trio.current_time()
         self._lost(connection, "silent")
         raise ConnectorError(f"{self.name}: no frame for {silence:.0f} s")
 
