@@ -269,37 +269,43 @@ class LeaseKeeper:
         """Renew (in scheduled rounds), then beat, then hand off (in scheduled rounds) and
         acquire. Beating after renewing makes this process's membership outlive its leases,
         so a standby woken by that membership's expiry finds the leases free."""
-        config = self.config
         held = [a for a in self._accounts if a.holds]
         if scheduled and held:
             await self._renew(held)
-        members = list(self._members)  # if the store does not answer in time
+        members = sorted({*await self._beat(), self.owner})
+        self._members = tuple(members)
+        if scheduled:
+            self._stable = self._members == self._scheduled_members
+            self._scheduled_members = self._members
+        wanted = self._settle(members, scheduled)
+        if wanted:
+            await self._acquire(wanted)
+
+    async def _beat(self) -> list[str]:
+        """Beat this process's membership; the members the store knows (those of the last
+        round if it does not answer in time), noting when each other member's expires."""
+        members = list(self._members)
         self._expiries = {}
         try:
-            with trio.move_on_after(config.round):
-                beat = await self.store.heartbeat(config.group, self.owner, config.ttl)
+            with trio.move_on_after(self.config.round):
+                beat = await self.store.heartbeat(self.config.group, self.owner, self.config.ttl)
                 now = trio.current_time()
                 members = list(beat)
                 self._expiries = {m: now + left for m, left in beat.items() if m != self.owner}
         except StoreError as exc:
             log.warning("lease round: membership not updated: %s", exc)
-        members = sorted({*members, self.owner})
-        self._members = tuple(members)
-        if scheduled:
-            self._stable = self._members == self._scheduled_members
-            self._scheduled_members = self._members
+        return members
+
+    def _settle(self, members: list[str], scheduled: bool) -> list[_Account]:
+        """Hand off what another member should serve (in a stable scheduled round); the
+        accounts this process should serve but does not hold yet."""
         owners = assign([a.name for a in self._accounts if not a.failed], members)
         wanted: list[_Account] = []
         for account in self._accounts:
             account.retry_at = math.inf
             mine = owners.get(account.name) == self.owner
-            if (
-                account.holds
-                and not mine
-                and scheduled
-                and self._stable
-                and not account.handing_off
-            ):
+            hand_off = scheduled and self._stable and not account.handing_off
+            if account.holds and not mine and hand_off:
                 log.info("handing %s off to %s", account.name, owners.get(account.name))
                 account.handing_off = True
                 account.hand_off.set()
@@ -307,8 +313,7 @@ class LeaseKeeper:
                 wanted.append(account)
             elif account.supervisor.status.lease is None:  # first round, someone else's
                 account.show("standby", "standby: another process serves this account")
-        if wanted:
-            await self._acquire(wanted)
+        return wanted
 
     async def _acquire(self, accounts: Sequence[_Account]) -> None:
         """Try the leases of ``accounts`` in one call (as few round trips as the store can);

@@ -8,7 +8,7 @@ as ``raw``. See ``docs/protocols/wecom.md#message-callbacks``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -117,7 +117,6 @@ def _content(data: _Content | None) -> str | None:
 
 def parts_of(body: _Quoted, group: bool, bot_name: str | None) -> list[Part]:
     """The parts of a callback body, or of what it quotes."""
-    msgtype = body.msgtype
     parts: list[Part] = []
     quote = body.quote if type(body) is _Body else None
     if quote is not None:
@@ -125,22 +124,39 @@ def parts_of(body: _Quoted, group: bool, bot_name: str | None) -> list[Part]:
         summary = " ".join(p.text for p in quoted_parts if type(p) is Text)
         if summary or quote.msgtype:
             parts.append(Quote(summary or f"[{quote.msgtype}]"))
+    if body.msgtype == "mixed":
+        if body.mixed is not None:
+            parts += _mixed_parts(body.mixed.msg_item or (), group and not parts, bot_name)
+    else:
+        parts += _single_parts(body, group, bot_name)
+    return parts
+
+
+def _single_parts(body: _Quoted, group: bool, bot_name: str | None) -> list[Part]:
+    """The parts of a body of one kind (text, voice, image, file, video; others: none)."""
+    msgtype = body.msgtype
     if msgtype == "text":
-        parts += _text_parts(_content(body.text) or "", group, bot_name)
-    elif msgtype == "voice":
-        parts.append(Voice(Media("voice"), transcript=_content(body.voice)))
-    elif msgtype == "image":
-        parts.append(Image(_media("image", body.image)))
-    elif msgtype == "file":
-        parts.append(File(_media("file", body.file)))
-    elif msgtype == "video":
-        parts.append(Video(_media("video", body.video)))
-    elif msgtype == "mixed" and body.mixed is not None:
-        for item in body.mixed.msg_item or ():
-            if item.msgtype == "text":
-                parts += _text_parts(_content(item.text) or "", group and not parts, bot_name)
-            elif item.msgtype == "image":
-                parts.append(Image(_media("image", item.image)))
+        return _text_parts(_content(body.text) or "", group, bot_name)
+    if msgtype == "voice":
+        return [Voice(Media("voice"), transcript=_content(body.voice))]
+    if msgtype == "image":
+        return [Image(_media("image", body.image))]
+    if msgtype == "file":
+        return [File(_media("file", body.file))]
+    if msgtype == "video":
+        return [Video(_media("video", body.video))]
+    return []
+
+
+def _mixed_parts(items: Iterable[_Item], group: bool, bot_name: str | None) -> list[Part]:
+    """The parts of a ``mixed`` body: its texts and images in order (the bot's mention is
+    stripped from the first part only, when ``group``)."""
+    parts: list[Part] = []
+    for item in items:
+        if item.msgtype == "text":
+            parts += _text_parts(_content(item.text) or "", group and not parts, bot_name)
+        elif item.msgtype == "image":
+            parts.append(Image(_media("image", item.image)))
     return parts
 
 
