@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import modules_a_core_runs
 
 import trio_chatbridge as cb
 from trio_chatbridge._ws_core import Answer, Close, Inbound, Notice, Request
@@ -36,6 +37,12 @@ def test_the_core_imports_no_io_library(path: str) -> None:
             imported.add(node.module.split(".")[0])
     assert imported, "the scan found the imports"
     assert not imported & IO_LIBRARIES
+
+
+def test_the_core_imports_no_io_library_through_ours_either() -> None:
+    seen = modules_a_core_runs("trio_chatbridge.platforms.wecom._protocol")
+    assert "trio_chatbridge.platforms.wecom._convert" in seen
+    assert "trio_chatbridge._ranges" in seen and "trio_chatbridge._receive" not in seen
 
 
 def test_subscribe_is_the_handshake_and_carries_the_credentials() -> None:

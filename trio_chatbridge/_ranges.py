@@ -3,6 +3,11 @@ without importing trio through ``_receive.py``."""
 
 from __future__ import annotations
 
+from typing import Final
+
+MAX_TIMESTAMP: Final = 1e11
+"""Seconds since the epoch beyond which a platform's timestamp is nonsense (year 5138)."""
+
 
 def clamp(value: object, low: float, high: float, default: float) -> float:
     """A server-given number (of seconds, say) held to ``[low, high]``; ``default`` when it

@@ -31,9 +31,6 @@ Ts = TypeVarTuple("Ts")
 
 log = logging.getLogger("trio_chatbridge.receive")
 
-MAX_TIMESTAMP: Final = 1e11
-"""Seconds since the epoch beyond which a platform's timestamp is nonsense (year 5138)."""
-
 
 class Skipped:
     """What :func:`parse_or_skip` returns for bad input (already counted and logged)."""

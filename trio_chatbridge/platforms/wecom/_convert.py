@@ -29,7 +29,7 @@ from ..._messages import (
     shared_chat,
     shared_sender,
 )
-from ..._receive import MAX_TIMESTAMP, clamp
+from ..._ranges import MAX_TIMESTAMP, clamp
 from ..._wire import Lenient, payload_bytes
 
 PLATFORM = "wecom"
