@@ -162,3 +162,23 @@ async def test_answers_share_the_bound_on_event_handlers_and_none_is_lost(
     assert emu.acks == [200] * (MAX_HANDLERS + 3)
     assert len(answers(emu)) == MAX_HANDLERS + 3
     assert sorted(answered) == sorted(f"ev-{n}" for n in range(MAX_HANDLERS + 3))
+
+
+async def test_a_card_action_whose_ack_was_lost_with_its_connection_is_answered_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    started: list[str] = []
+
+    async def on_card_action(envelope: Mapping[str, Any]) -> lark.CardAnswer:
+        started.append(envelope["header"]["event_id"])
+        await trio.sleep(1)
+        return lark.CardAnswer("ok")
+
+    async with answering(on_card_action) as (emu, bridge):
+        emu.push_event(card_action("ev-cut"))
+        await trio.sleep(0.5)
+        await emu.drop_connections()  # the handler dies with its connection: no ACK went
+        await trio.sleep(10)  # reconnected; the platform pushed it again past its 3 s
+        assert emu.acks == [200]
+        assert answers(emu) == [{"toast": {"type": "info", "content": "ok"}}]
+    assert started == ["ev-cut", "ev-cut"]  # not dropped as a duplicate the second time

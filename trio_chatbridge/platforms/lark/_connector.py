@@ -215,7 +215,26 @@ class LongConnection(base.Connector):
 
     async def _answer(self, event: CardActionReceived) -> None:
         """ACK a card action with ``on_card_action``'s answer, or plain once
-        ``card_answer_within`` is over (the handler is then cancelled) or if it failed."""
+        ``card_answer_within`` is over (the handler is then cancelled) or if it failed.
+
+        If the ACK does not go out (the connection dropped, or this task was cancelled with
+        it), the action is un-seen, so that the platform's re-push is answered, not dropped
+        as a duplicate."""
+        acked = False
+        try:
+            payload, started = await self._card_answer(event)
+            ack = event.ack.encode(time.perf_counter() - started, payload)
+            await self._driver.send(ack, until=trio.current_time())
+            acked = True
+        except ConnectorError as exc:
+            log.info("Lark app %s: a card action's ACK not sent: %s", self.account, exc)
+        finally:
+            if not acked:
+                self._protocol.forget(event)
+
+    async def _card_answer(self, event: CardActionReceived) -> tuple[bytes, float]:
+        """``on_card_action``'s answer as an ACK payload (plain if none in time), and when
+        the handler started (``time.perf_counter``)."""
         assert self.on_card_action is not None
         started = time.perf_counter()
         payload = ACK_OK
@@ -234,11 +253,7 @@ class LongConnection(base.Connector):
                 self.account,
                 self.card_answer_within,
             )
-        ack = event.ack.encode(time.perf_counter() - started, payload)
-        try:  # on the connection it came by, or none: the platform pushes the event again
-            await self._driver.send(ack, until=trio.current_time())
-        except ConnectorError as exc:
-            log.info("Lark app %s: a card action's ACK not sent: %s", self.account, exc)
+        return payload, started
 
     # -- replying ----------------------------------------------------------------------------
 
