@@ -174,7 +174,7 @@ async def test_a_card_action_whose_ack_was_lost_with_its_connection_is_answered_
         await trio.sleep(1)
         return lark.CardAnswer("ok")
 
-    async with answering(on_card_action) as (emu, bridge):
+    async with answering(on_card_action) as (emu, _):
         emu.push_event(card_action("ev-cut"))
         await trio.sleep(0.5)
         await emu.drop_connections()  # the handler dies with its connection: no ACK went
