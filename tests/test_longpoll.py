@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -273,3 +273,73 @@ async def test_a_pause_holds_every_poll_until_it_ends(
     assert recorder.states[0][0] == "paused"
     assert recorder.states[1] == ("starting", None)  # not up before a good answer
     assert recorder.started == 1
+
+
+async def test_a_bug_in_a_core_is_a_counted_retried_protocol_error(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+
+    @attrs.define
+    class Buggy(Echo):
+        raised: int = 0
+
+        def receive(self, body: bytes, now: float) -> Page | Retry | Paused:
+            if not self.raised:
+                self.raised += 1
+                raise KeyError("ret")
+            return super().receive(body, now)
+
+    backoff = cb.Backoff(initial=1.0, multiplier=2.0, jitter=0.0)
+    async with httpx.AsyncClient(transport=transport([ok(b"c1"), ok(b"c1"), None], asked)) as http:
+        with trio.move_on_after(5):
+            await long_poll(
+                recorder.context("echo"),
+                Buggy(),
+                http,
+                backoff=backoff,
+                task_status=Started(recorder),
+            )
+    assert asked[:2] == [0, 1]  # retried after the backoff's first wait, not the end
+    assert recorder.count("poll_failures") == 1
+    assert recorder.count("protocol_errors") == 1
+    assert recorder.started == 1
+    assert await recorder.store.get_cursor("echo", "a1") == "c1"
+    logged = [r for r in caplog.records if "KeyError: 'ret'" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once, with the traceback
+
+
+async def test_an_unchanged_cursor_is_not_written_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder, asked = Recorder(), list[float]()
+    writes: list[str] = []
+
+    class Counting(cb.MemoryStore):
+        async def set_cursor(
+            self,
+            platform: str,
+            account: str,
+            cursor: str,
+            *,
+            with_values: Mapping[str, str | None] | None = None,
+        ) -> None:
+            writes.append(cursor)
+            await super().set_cursor(platform, account, cursor, with_values=with_values)
+
+    recorder.store = Counting()
+    await recorder.store.set_cursor("echo", "a1", "c0")
+    writes.clear()
+    cursors = [b"c0", b"c0", b"c1"]  # then "c1" on every idle poll
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(trio.current_time())
+        await trio.sleep(1)  # a long poll's wait, shortened
+        return httpx.Response(200, content=cursors[min(len(asked), len(cursors)) - 1])
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        with trio.move_on_after(30):
+            await long_poll(recorder.context("echo"), Echo(), http)
+    assert len(asked) >= 20  # idle polls went on
+    assert writes == ["c1"]  # the one cursor that changed, once
+    assert await recorder.store.get_cursor("echo", "a1") == "c1"

@@ -47,6 +47,11 @@ class HTTPStatusError(ConnectorError):
         super().__init__(f"{what}: HTTP {status} {body[:200]!r}")
 
 
+class CoreFailed(ProtocolError):
+    """A poll core raised something else than a :class:`ProtocolError` reading an answer (a
+    bug in it): counted and retried like an unreadable answer, logged with its traceback."""
+
+
 async def exchange(http: httpx.AsyncClient, request: HTTPRequest) -> bytes | None:
     """Send ``request`` and return the answer's body, read with its cap; None when the answer
     did not come within ``request.timeout`` seconds (on Trio's clock).
@@ -115,15 +120,17 @@ class _Loop:
     retries: Retries
     unstarted: trio.TaskStatus[None] | None
     failing: bool = False  # the status shows "backoff" until a poll succeeds again
+    saved: str | None = None  # the cursor in the store: an unchanged one is not written again
 
     async def run(self) -> None:
-        self.core.start(await self.ctx.get_cursor())
+        self.saved = await self.ctx.get_cursor()
+        self.core.start(self.saved)
         while True:
             await self._sit_out_pause()
             request = self.core.request()
             try:
                 body = await exchange(self.http, request)
-                event = Page() if body is None else self.core.receive(body, trio.current_time())
+                event = Page() if body is None else self._receive(request, body)
             except (ConnectorError, ProtocolError) as exc:
                 event = Retry(exc)
             if isinstance(event, Retry):
@@ -147,6 +154,17 @@ class _Loop:
         self.ctx.set_state("paused", paused.detail)
         await trio.sleep_until(paused.until)
         self.ctx.set_state("running" if self.unstarted is None else "starting")
+
+    def _receive(self, request: HTTPRequest, body: bytes) -> Page | Retry | Paused:
+        """The core's event for ``body``. A core's bug (any other exception) is a
+        :class:`ProtocolError` like an unreadable answer: counted, logged with its traceback
+        once (in :meth:`_failed`) and retried under the policy, never the connector's end."""
+        try:
+            return self.core.receive(body, trio.current_time())
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise CoreFailed(f"{request.name}: {type(exc).__name__}: {exc}") from exc
 
     def _up(self) -> None:
         if self.unstarted is not None:
@@ -174,6 +192,7 @@ class _Loop:
             failures,
             delay,
             error,
+            exc_info=error if isinstance(error, CoreFailed) else None,  # a bug: its traceback
         )
         self.failing = True
         ctx.set_state("backoff", f"{request.name} failing ({error}); retrying in {delay:.0f} s")
@@ -187,9 +206,11 @@ class _Loop:
             ctx.count("filtered", page.filtered)
         if page.messages:
             await ctx.put(page.messages)
-        # Only now, the messages being durable: the cursor and the values, in one write.
-        if page.cursor is not None:
+        # Only now, the messages being durable: the cursor and the values, in one write; an
+        # idle poll's unchanged cursor, nothing (a commit every empty poll otherwise).
+        if page.cursor is not None and page.cursor != self.saved:
             await ctx.set_cursor(page.cursor, with_values=page.values)
+            self.saved = page.cursor
         elif page.values:
             await ctx.set_many(page.values)
         self.core.commit(page)
