@@ -584,3 +584,27 @@ async def test_a_bridge_runs_once(autojump_clock: trio.testing.MockClock) -> Non
         pass
     with pytest.raises(cb.ChatBridgeError, match="runs once"):
         await bridge.run()
+
+
+async def test_a_message_of_another_account_is_refused_before_the_journal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    chat, store = FakeConnector(), cb.MemoryStore()
+    async with running_bridge(make_bridge(echo, chat, store=store)) as bridge:
+        chat.deliver(FakeConnector("other").message("for whom?"))
+        await trio.sleep(5)
+        status = bridge.status()["fake:bot"]
+    assert status.restarts >= 1
+    assert status.last_error is not None
+    assert "ConfigurationError" in status.last_error
+    assert "put a message of fake:other" in status.last_error
+    assert "account='bot'" in status.last_error
+    assert await store.journal_pending() == []  # never journaled (then lost at dispatch)
+    assert chat.sent == []
+
+
+async def test_connectors_get_the_bridges_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    chat = FakeConnector()
+    backoff = cb.Backoff(initial=3.0, jitter=0.0)
+    async with running_bridge(make_bridge(echo, chat, backoff=backoff)):
+        assert chat.ctx.backoff is backoff

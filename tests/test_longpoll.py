@@ -343,3 +343,14 @@ async def test_an_unchanged_cursor_is_not_written_again(
     assert len(asked) >= 20  # idle polls went on
     assert writes == ["c1"]  # the one cursor that changed, once
     assert await recorder.store.get_cursor("echo", "a1") == "c1"
+
+
+async def test_the_bridges_backoff_is_the_default(autojump_clock: trio.testing.MockClock) -> None:
+    recorder, asked = Recorder(), list[float]()
+    answers: list[Answer] = [httpx.ConnectError("refused"), httpx.ConnectError("refused"), None]
+    ctx = recorder.context("echo")
+    ctx.backoff = cb.Backoff(initial=3.0, multiplier=2.0, jitter=0.0)
+    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
+        with trio.move_on_after(20):
+            await long_poll(ctx, Echo(), http)
+    assert asked == [0, 3, 9]  # the context's 3 s, then 6 s

@@ -291,7 +291,13 @@ class Bridge:
             self._counters[name if name in _BRIDGE_COUNTERS else f"{prefix}.{name}"] += n
 
         return ConnectorContext(
-            connector.platform, connector.account, self.store, inbox.put, count, sup.set_state
+            connector.platform,
+            connector.account,
+            self.store,
+            inbox.put,
+            count,
+            sup.set_state,
+            backoff=self.backoff,
         )
 
 

@@ -19,16 +19,26 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Literal, TypeAlias, final
+from typing import TYPE_CHECKING, Literal, TypeAlias, final
 
 import attrs
 import trio
 
 from ._content import Attachment, Card, Content, Sent, kind_of, unsupported
-from ._errors import ChatBridgeError, ConnectorError, PlatformError, ProtocolError, SendError
+from ._errors import (
+    ChatBridgeError,
+    ConfigurationError,
+    ConnectorError,
+    PlatformError,
+    ProtocolError,
+    SendError,
+)
 from ._messages import Batch, Message
 from ._redact import guard
 from .stores import Store
+
+if TYPE_CHECKING:
+    from ._supervise import Backoff
 
 log = logging.getLogger("trio_chatbridge.connector")
 
@@ -57,6 +67,14 @@ class ConnectorStatus:
     """On a shared store, whether this process holds the account's lease (None: no leases)."""
 
 
+def _default_backoff() -> Backoff:
+    """A ``Backoff()`` for a context built outside a bridge (``_supervise`` imports this
+    module, so it is imported when needed)."""
+    from ._supervise import Backoff
+
+    return Backoff()
+
+
 @final
 @attrs.define(eq=False)
 class ConnectorContext:
@@ -68,6 +86,10 @@ class ConnectorContext:
     _put: Callable[[Sequence[Message]], Awaitable[list[Message]]]
     _count: Callable[[str, int], None]
     _set_state: Callable[[ConnectorState, str | None], None]
+    backoff: Backoff = attrs.field(factory=_default_backoff, kw_only=True)
+    """The bridge's retry policy (``Bridge(backoff=...)``): pace a connector's own retry
+    loops with it (``backoff.retries()``); :func:`~trio_chatbridge.connectors.long_poll`'s
+    default."""
 
     @property
     def log(self) -> logging.Logger:
@@ -78,7 +100,16 @@ class ConnectorContext:
 
         When this returns they are durable: acknowledge them to the platform only now.
         If cancelled, acknowledge nothing; what was journaled is delivered all the same.
+        Raises :class:`ConfigurationError`, before journaling any, for a message of another
+        platform or account than this connector's: no connector could answer it.
         """
+        for message in messages:
+            if (message.platform, message.account) != (self.platform, self.account):
+                raise ConfigurationError(
+                    f"connector {self.platform}:{self.account} put a message of "
+                    f"{message.platform}:{message.account} (id {message.id}); build its "
+                    f"messages with platform={self.platform!r}, account={self.account!r}"
+                )
         return await self._put(messages)
 
     def count(self, name: str, n: int = 1) -> None:

@@ -101,14 +101,14 @@ async def long_poll(
     Starts from the account's saved cursor; calls ``task_status.started()`` after the first
     answer that is not a failure or a pause (pass ``TASK_STATUS_IGNORED`` if the connector is
     up already). Failed polls are counted in ``poll_failures`` and show as ``backoff``;
-    ``backoff`` paces them (default: ``Backoff()``), waiting at least what the core's
-    :meth:`~PollCore.retry_hint` or the server's ``Retry-After`` ask. Raises only what the
-    core or ``ctx`` raise (a store failure, say): polling failures are retried here. If
-    cancelled, the cursor saved is that of the last page put into the inbox: what came after
-    it is polled again next time.
+    ``backoff`` paces them (default: the bridge's, ``ctx.backoff``), waiting at least what
+    the core's :meth:`~PollCore.retry_hint` or the server's ``Retry-After`` ask. Raises only
+    what ``ctx`` raises (a store failure, say): polling failures, and a core's bug reading an
+    answer, are retried here. If cancelled, the cursor saved is that of the last page put into
+    the inbox: what came after it is polled again next time.
     """
     unstarted = None if task_status is trio.TASK_STATUS_IGNORED else task_status
-    loop = _Loop(ctx, core, http, (backoff or Backoff()).retries(), unstarted)
+    loop = _Loop(ctx, core, http, (backoff or ctx.backoff).retries(), unstarted)
     await loop.run()
 
 
