@@ -727,6 +727,26 @@ async def test_a_cancel_between_the_pieces_of_a_reply_still_sends_all_of_them(
         assert "".join(pieces) == text
 
 
+async def test_a_cancelled_reply_on_a_slow_platform_returns_within_the_shields_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    text = "x" * (10 * 4000)  # ten pieces: five at once, five more at 5 s apart
+    emu = WeixinEmulator()
+    emu.fail("sendmessage", WeixinFault.slow(14), times=10)  # each answered in 14 s of 15
+    connector = emu.connector()
+    async with bridged(emu, connector=connector):
+        target = weixin.to_message("bot", emu.user_message("u", []))
+        assert target is not None
+        start = trio.current_time()
+        with trio.move_on_after(1) as interrupted:
+            await connector.send(target, text)
+            await trio.lowlevel.checkpoint()
+        took = trio.current_time() - start
+        assert interrupted.cancelled_caught
+    assert took <= weixin_connector.REPLY_SHIELD_MAX  # not 10 x 14 s
+    assert 1 <= len(emu.calls("sendmessage")) < 10
+
+
 async def test_a_cancel_before_the_first_piece_sends_nothing_and_costs_no_quota(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -50,6 +50,9 @@ BASE_URL_KEY: Final = "base_url"
 CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
 QUOTA_MEMORY: Final = 4096  # inbound messages whose reply count we remember
 TYPING_TICKETS: Final = 4096  # peers whose typing ticket we remember
+REPLY_SHIELD_MAX: Final = 120.0
+"""Seconds the rest of a reply may take once its first piece went out, at most (its pieces'
+rate-limit slots plus a request timeout each, held to this): a cancelled send returns by then."""
 # The reference clients' poll retries: a steady 2 s; the core's hint makes every third 30 s
 # (docs/protocols/weixin.md#retry-policy).
 POLL_RETRIES: Final = Backoff(initial=p.RETRY_DELAY, maximum=p.RETRY_DELAY, jitter=0.0)
@@ -308,9 +311,10 @@ class LongPoll(base.Connector):
         message allows. If cancelled before the first piece went out (while waiting for the
         rate limit), nothing was sent; once it has, the call completes: the other pieces go
         out too (shielded; each waits at most for its rate-limit slot, booked in advance, and
-        its 15 s request timeout) and the cancellation reaches the caller at its next
-        checkpoint. A cancel never cuts a reply short; only a failure midway
-        (:class:`SendError`, or the cancellation if one is pending) can.
+        its 15 s request timeout; all of them together at most :data:`REPLY_SHIELD_MAX`, 120 s)
+        and the cancellation reaches the caller at its next checkpoint. A cancel never cuts a
+        reply short; only a failure midway (:class:`SendError`, or the cancellation if one is
+        pending) can, or a platform so slow that the rest outlasts 120 s (then the same).
         """
         token = await self._context_token(target)
         peer = target.reply_handle["to_user_id"]
@@ -382,8 +386,9 @@ class LongPoll(base.Connector):
     ) -> None:
         """All of ``items`` in order, or none: a cancel before the first goes out sends
         nothing (and gives the quota back); after it, the rest go out shielded, and the cancel
-        reaches the caller afterwards. The shield is bounded: the slots are booked up front
-        and every request has its own timeout."""
+        reaches the caller afterwards. The shield is bounded: the slots are booked up front,
+        every request has its own timeout, and the whole is held to :data:`REPLY_SHIELD_MAX`
+        (past it, :class:`SendError`: the reply was cut short)."""
         self._check_paused()
         client = await self._get_client()
         key = token or fallback_key
@@ -394,14 +399,23 @@ class LongPoll(base.Connector):
         except BaseException:  # Cancelled: nothing went out
             self._release_replies(key, len(items))
             raise
+        within = min(slots[-1] - slots[0] + len(items) * p.API_TIMEOUT, REPLY_SHIELD_MAX)
+        sent = 0
         try:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + within):
                 for slot, item in zip(slots, items, strict=True):
                     await trio.sleep_until(slot)
                     await self._send_item(client, peer, token, item)
+                    sent += 1
         except SendError:
             await trio.lowlevel.checkpoint_if_cancelled()  # a cancel says more than a refusal
             raise
+        if sent < len(items):  # the shield's deadline passed
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise SendError(
+                f"weixin account {self.account}: {sent} of the reply's {len(items)} pieces went "
+                f"out; the rest did not within {within:.0f} s (the platform answers slowly)"
+            )
 
     async def _send_item(
         self, client: ILinkClient, peer: str, token: str | None, item: dict[str, Any]
