@@ -225,6 +225,17 @@ def test_every_platform_error_is_on_one_branch() -> None:
     assert isinstance(refusals[1], trio_chatbridge.SendError)
 
 
+def test_a_platform_error_built_from_a_string_has_its_fields() -> None:
+    error = trio_chatbridge.PlatformError("LINE refused the push", platform="line", code=429)
+    assert (error.platform, error.code, str(error)) == ("line", 429, "LINE refused the push")
+    plain = trio_chatbridge.PlatformError("refused")
+    assert (plain.platform, plain.code) == ("", None)
+    # a subclass's own platform stays unless one is given
+    from trio_chatbridge.platforms import lark
+
+    assert lark.LarkError("send", 230002, "bot not in chat").platform == "lark"
+
+
 # Modules whose public coroutine functions (and async context managers) must say what holds
 # after Cancelled, as trio's channel methods do. The connectors, drivers and platforms not
 # listed yet are being rewritten onto the one driver (issue 11).

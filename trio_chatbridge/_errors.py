@@ -61,10 +61,20 @@ class PlatformError(ChatBridgeError):
     platform: str = ""
     """The platform that refused, as in ``Message.platform``."""
 
+    def __init__(
+        self, message: str, *, platform: str | None = None, code: int | None = None
+    ) -> None:
+        """``message`` says what was refused and what to do; ``platform`` defaults to the
+        class's (a subclass sets it), ``code`` is the platform's own number, if it gave one."""
+        super().__init__(message)
+        if platform is not None:
+            self.platform = platform
+        self._code = code
+
     @property
     def code(self) -> int | None:
         """The platform's error code, if it gave one."""
-        return None
+        return self._code
 
 
 class StoreError(ChatBridgeError):

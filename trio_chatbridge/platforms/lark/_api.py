@@ -44,14 +44,8 @@ class LarkError(PlatformError):
     platform = "lark"
 
     def __init__(self, what: str, code: int, msg: str) -> None:
-        self._code = code
         self.msg = msg
-        super().__init__(f"Lark {what} failed: code={code} msg={msg!r}")
-
-    @property
-    def code(self) -> int:
-        """The open API's ``code``."""
-        return self._code
+        super().__init__(f"Lark {what} failed: code={code} msg={msg!r}", code=code)
 
 
 @final

@@ -126,12 +126,7 @@ class WeComError(PlatformError, SendError):
         self.cmd = cmd
         self.errcode = errcode
         self.errmsg = errmsg
-        super().__init__(f"WeCom {cmd} failed: errcode={errcode} errmsg={errmsg!r}")
-
-    @property
-    def code(self) -> int:
-        """The acknowledgement's ``errcode``."""
-        return self.errcode
+        super().__init__(f"WeCom {cmd} failed: errcode={errcode} errmsg={errmsg!r}", code=errcode)
 
 
 @final

@@ -223,12 +223,8 @@ class ILinkError(PlatformError):
         self.errcode = errcode
         self.errmsg = errmsg
         detail = f"iLink {endpoint} failed: ret={ret} errcode={errcode} errmsg={errmsg!r}"
-        super().__init__(f"{detail}. {hint}".strip() if hint else detail)
-
-    @property
-    def code(self) -> int | None:
-        """The code that matters: ``ret`` if non-zero, else ``errcode``."""
-        return self.ret or self.errcode
+        # the code that matters: ``ret`` if non-zero, else ``errcode``
+        super().__init__(f"{detail}. {hint}".strip() if hint else detail, code=ret or errcode)
 
 
 class SessionExpiredError(ILinkError):
