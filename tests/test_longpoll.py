@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import attrs
 import httpx
@@ -354,3 +354,11 @@ async def test_the_bridges_backoff_is_the_default(autojump_clock: trio.testing.M
         with trio.move_on_after(20):
             await long_poll(ctx, Echo(), http)
     assert asked == [0, 3, 9]  # the context's 3 s, then 6 s
+
+
+def test_a_poll_cores_answer_is_typed_as_the_poll_event_union() -> None:
+    from trio_chatbridge import connectors
+
+    answer = get_type_hints(connectors.PollCore.receive)["return"]
+    assert answer == connectors.PollEvent != connectors.Event  # not the WebSocket events
+    assert set(get_args(connectors.PollEvent)) == {Page, Retry, Paused}

@@ -37,7 +37,7 @@ from trio_chatbridge.connectors import (
 from trio_chatbridge.testing import FakeConnector
 from trio_chatbridge.testing._ws import GONE, Abort, memory_websocket
 
-FAKE = FakeConnector()
+FAKE = FakeConnector("acct", platform="line")  # the context's platform and account
 
 
 class LineCore:

@@ -26,7 +26,7 @@ import trio
 from ._connector import ConnectorContext
 from ._errors import ChatBridgeError, ConnectorError, ProtocolError
 from ._json import read_body
-from ._poll_events import HTTPRequest, Page, Paused, PollCore, Retry
+from ._poll_events import HTTPRequest, Page, Paused, PollCore, PollEvent, Retry
 from ._receive import clamp, skip_bad
 from ._supervise import MAX_HINT, Backoff, Retries
 
@@ -155,7 +155,7 @@ class _Loop:
         await trio.sleep_until(paused.until)
         self.ctx.set_state("running" if self.unstarted is None else "starting")
 
-    def _receive(self, request: HTTPRequest, body: bytes) -> Page | Retry | Paused:
+    def _receive(self, request: HTTPRequest, body: bytes) -> PollEvent:
         """The core's event for ``body``. A core's bug (any other exception) is a
         :class:`ProtocolError` like an unreadable answer: counted, logged with its traceback
         once (in :meth:`_failed`) and retried under the policy, never the connector's end."""

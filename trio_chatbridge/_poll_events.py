@@ -78,8 +78,8 @@ class Paused:
     """The counter that counts such pauses (``"<platform>.<counter>"``)."""
 
 
-Event = Page | Retry | Paused
-"""What a core makes of one answer."""
+PollEvent = Page | Retry | Paused
+"""What a core makes of one answer (``connectors.Event`` is the WebSocket cores' union)."""
 
 
 class PollCore(Protocol):
@@ -94,7 +94,7 @@ class PollCore(Protocol):
     def request(self) -> HTTPRequest:
         """The next poll."""
 
-    def receive(self, body: bytes, now: float) -> Event:
+    def receive(self, body: bytes, now: float) -> PollEvent:
         """What the answer ``body`` (HTTP 2xx) means. Raises :class:`ProtocolError` (only)
         for an answer that cannot be read at all; a bad message only lands in
         :attr:`Page.skipped`."""

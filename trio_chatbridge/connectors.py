@@ -7,10 +7,10 @@ a :class:`ReplyStream`: :class:`BufferedReplyStream` sends once at the end, and 
 :class:`CoalescingStream` driven by :func:`streaming` suits platforms that show a reply growing
 in place. Every retry loop counts its failures in a :class:`Retries` under the bridge's one
 policy, :class:`trio_chatbridge.Backoff`. A platform that long-polls over HTTP writes a
-sans-I/O :class:`PollCore` (requests out as :class:`HTTPRequest`, answers in, :class:`Page`,
-:class:`Retry` or :class:`Paused` out) and runs it with :func:`long_poll`, the driver that does
-the I/O, the inbox hand-off and the retries. A failed send becomes a ``SendError`` in one
-place, :func:`send_errors`.
+sans-I/O :class:`PollCore` (requests out as :class:`HTTPRequest`, answers in, a
+:class:`PollEvent` out: :class:`Page`, :class:`Retry` or :class:`Paused`) and runs it with
+:func:`long_poll`, the driver that does the I/O, the inbox hand-off and the retries. A failed
+send becomes a ``SendError`` in one place, :func:`send_errors`.
 
 A push platform on a WebSocket is a sans-I/O protocol core (a :class:`WebSocketCore`: frames
 in, events out -- :class:`Inbound`, :class:`Answer`, :class:`Reply`, :class:`Notice`,
@@ -32,6 +32,7 @@ from ._poll_events import HTTPRequest as HTTPRequest
 from ._poll_events import Page as Page
 from ._poll_events import Paused as Paused
 from ._poll_events import PollCore as PollCore
+from ._poll_events import PollEvent as PollEvent
 from ._poll_events import Retry as Retry
 from ._supervise import Retries as Retries
 from ._websocket import AckTimeout as AckTimeout
@@ -74,6 +75,7 @@ __all__ = [
     "Page",
     "Paused",
     "PollCore",
+    "PollEvent",
     "Reply",
     "ReplyStream",
     "Request",

@@ -27,7 +27,7 @@ import attrs
 from ..._errors import PlatformError, ProtocolError
 from ..._json import json_object_items
 from ..._messages import Message
-from ..._poll_events import Event, HTTPRequest, Page, Paused, Retry
+from ..._poll_events import HTTPRequest, Page, Paused, PollEvent, Retry
 
 DEFAULT_BASE_URL: Final = "https://ilinkai.weixin.qq.com/"
 DEFAULT_CDN_BASE_URL: Final = "https://novac2c.cdn.weixin.qq.com/c2c"
@@ -331,7 +331,7 @@ class Poller:
             max_bytes=PAGE_MAX_BYTES,
         )
 
-    def receive(self, body: bytes, now: float) -> Event:
+    def receive(self, body: bytes, now: float) -> PollEvent:
         data = (
             json_object_items(body, "iLink getupdates", "msgs", max_bytes=PAGE_MAX_BYTES)
             if body.strip()
