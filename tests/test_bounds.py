@@ -141,3 +141,21 @@ async def test_sessions_waiting_for_a_slot_are_bounded_and_push_back_on_the_conn
     # a put left waiting at shutdown was journaled for the next start, not a failure
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(await store.journal_pending()) == 50  # every one journaled, none handled
+
+
+async def test_cancelled_puts_waiting_in_memory_are_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from collections import Counter
+
+    from trio_chatbridge._inbox import ORPHANS, Inbox
+
+    counters: Counter[str] = Counter()
+    out, _stuck = trio.open_memory_channel[tuple[cb.Message, ...]](0)  # nobody reads
+    inbox = Inbox(cb.MemoryStore(), out, counters)
+    chat = FakeConnector()
+    for n in range(ORPHANS + 5):
+        with trio.move_on_after(1):  # journaled, then cancelled waiting for room
+            await inbox.put([chat.message(f"m{n}")])
+    assert counters["deferred"] == 5  # the rest wait in the journal, not in memory
+    assert counters["received"] == ORPHANS + 5

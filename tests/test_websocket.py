@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, WebSocketRequest
 import trio_chatbridge as cb
 from trio_chatbridge._errors import find_error
 from trio_chatbridge._receive import MAX_HANDLERS
+from trio_chatbridge._websocket import PUT_GRACE
 from trio_chatbridge.connectors import (
     Answer,
     Bad,
@@ -117,10 +118,14 @@ class Inbox:
         self.open = trio.Event()
         self.open.set()
         self.counts: dict[str, int] = {}
+        self.ended: list[float] = []  # when each put returned or was cancelled
 
     async def put(self, messages: Sequence[cb.Message]) -> list[cb.Message]:
         self.puts.append([m.id for m in messages])  # journaled, as the bridge's inbox does,
-        await self.open.wait()  # then waits for room
+        try:
+            await self.open.wait()  # then waits for room
+        finally:
+            self.ended.append(trio.current_time())
         return list(messages)
 
     def count(self, name: str, n: int) -> None:
@@ -175,6 +180,39 @@ async def test_a_slow_inbox_slows_reading_but_heartbeats_and_the_link_go_on(
             assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
             assert all(len(put) <= 2 for put in inbox.puts)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_put_slower_than_the_grace_holds_the_reader_and_every_message_is_acked_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            server, inbox, core, _ = await start(nursery, backlog=3, put_batch=2)
+            inbox.open = trio.Event()  # slower than PUT_GRACE, but running: no teardown
+            nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))
+            await trio.sleep(3 * PUT_GRACE)
+            assert inbox.puts == [["0", "1"]]  # one put waiting, never abandoned and put on
+            assert len(core.read) < 10  # the reader stopped: backpressure on the socket
+            inbox.open.set()
+            await trio.sleep(1)
+            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
+            acks = [frame for frame in server.got if frame.startswith("ack:")]
+            assert acks == [f"ack:{n}" for n in range(20)]  # each once, in order
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_put_at_teardown_is_given_the_grace_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            server, inbox, _, _ = await start(nursery)
+            inbox.open = trio.Event()  # never opens
+            await server.push("msg:1")
+            await trio.sleep(30)  # the put waits, running
+            nursery.cancel_scope.cancel()
+    assert inbox.ended == [30 + PUT_GRACE]  # from the teardown on, not from its start
+    assert inbox.puts == [["1"]] and "ack:1" not in server.got
 
 
 async def test_bad_frames_are_counted_and_skipped(autojump_clock: trio.testing.MockClock) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import trio
 
@@ -19,6 +20,12 @@ from ._messages import Message
 from .stores import Store
 
 log = logging.getLogger("trio_chatbridge.inbox")
+
+ORPHANS: Final = 1000
+"""Cancelled puts (each up to one connector batch) that may wait for :meth:`Inbox.run` to
+forward them. Drivers cancel a put only when a connection is torn down, so a few wait at most;
+past this bound (a connector cancelling its puts in a loop), they wait in the journal for the
+next start instead of in memory."""
 
 
 class Inbox:
@@ -37,9 +44,7 @@ class Inbox:
         self._out = out
         self._counters = counters
         # Messages whose put was cancelled after journaling: forwarded by run(), never lost.
-        self._orphans_in, self._orphans_out = trio.open_memory_channel[tuple[Message, ...]](
-            float("inf")
-        )
+        self._orphans_in, self._orphans_out = trio.open_memory_channel[tuple[Message, ...]](ORPHANS)
         self._closed = False
 
     async def put(self, messages: Sequence[Message]) -> list[Message]:
@@ -92,6 +97,13 @@ class Inbox:
                 self._orphans_in.send_nowait(new)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._counters[_stats.DEFERRED] += len(new)
+            except trio.WouldBlock:
+                self._counters[_stats.DEFERRED] += len(new)
+                log.warning(
+                    "over %d cancelled puts waiting: %d new messages journaled for the next start",
+                    ORPHANS,
+                    len(new),
+                )
             raise
 
     async def run(self) -> None:

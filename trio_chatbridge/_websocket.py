@@ -23,9 +23,10 @@ received into events and builds every frame to send, keeping the handshake, hear
 - one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
   or the worker came for it (woken once, by a deadline the reader sets, not per frame), puts
   it in one ``ctx.put`` and only then sends the ACKs (:attr:`Inbound.ack`): a message is
-  durable before the platform hears it was received. The put is shielded for
-  :data:`PUT_GRACE` seconds on every platform: what was taken off the socket is journaled even
-  while the connection is torn down (WeCom never delivers a callback again; for Lark the
+  durable before the platform hears it was received. The put is shielded, with no time limit
+  while the connection runs (a slow inbox is backpressure), for :data:`PUT_GRACE` seconds at
+  most once its teardown began, on every platform: what was taken off the socket is journaled
+  even while the connection is torn down (WeCom never delivers a callback again; for Lark the
   re-push is a journal duplicate), and its ACKs, if the connection is gone, are not sent;
 - errors are mapped in one place (:meth:`WebSocketDriver.run`): a rejected handshake goes to
   :meth:`WebSocketCore.rejected` (fatal or not, the core decides), a closed socket, a refused
@@ -90,7 +91,9 @@ PUT_BATCH: Final = 100
 BACKLOG: Final = 1000
 """Inbound messages that may wait for the inbox before the reader stops reading."""
 PUT_GRACE: Final = 10.0
-"""Seconds a put may take, shielded: it goes on even while its connection is torn down."""
+"""Seconds a put may still take once its connection is being torn down (shielded: what was
+taken off the socket is journaled all the same). While the connection runs a put has no time
+limit: a slow inbox holds it, and the full backlog stops the reader (backpressure)."""
 ANSWER_WITHIN: Final = 5.0
 """Seconds a request waits for its answer, unless it says otherwise."""
 RECONNECT_WAIT: Final = 60.0
@@ -267,6 +270,31 @@ class _Backlog:
         return taken
 
 
+@attrs.define(eq=False)
+class _Puts:
+    """A session's puts: with no time limit while it runs (a slow inbox is backpressure), for
+    at most :data:`PUT_GRACE` seconds once its teardown began (:meth:`tear_down`, called by
+    :meth:`guard` when the session's nursery is cancelled, or by the worker on its way out)."""
+
+    deadline: float = math.inf
+    scope: trio.CancelScope | None = None
+    """The put in flight, if any."""
+
+    def tear_down(self) -> None:
+        if self.deadline == math.inf:
+            self.deadline = trio.current_time() + PUT_GRACE
+        if self.scope is not None:
+            self.scope.deadline = min(self.scope.deadline, self.deadline)
+
+    async def guard(self) -> None:
+        """Sleeps until the session's nursery is cancelled, then starts the teardown's clock
+        (the put itself is shielded: it cannot see that cancellation)."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.tear_down()
+
+
 # -- the driver ------------------------------------------------------------------------------
 
 
@@ -368,8 +396,9 @@ class WebSocketDriver(Generic[N]):
         connection: _Connection,
         task_status: trio.TaskStatus[None],
     ) -> None:
-        backlog = _Backlog(self.backlog)
+        backlog, puts = _Backlog(self.backlog), _Puts()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(puts.guard)
             nursery.start_soon(self._read, ctx, connection, backlog, nursery)
             for outgoing in self.core.open():
                 await self._perform(connection, outgoing)
@@ -377,7 +406,7 @@ class WebSocketDriver(Generic[N]):
             self._up.set()
             task_status.started()
             nursery.start_soon(self._heartbeat, connection)
-            await self._deliver(ctx, connection, backlog)
+            await self._deliver(ctx, connection, backlog, puts)
 
     async def _perform(self, connection: _Connection, outgoing: Outgoing) -> None:
         if isinstance(outgoing, Send):
@@ -473,35 +502,43 @@ class WebSocketDriver(Generic[N]):
                 return  # the reader reports the closed socket
 
     async def _deliver(
-        self, ctx: ConnectorContext, connection: _Connection, backlog: _Backlog
+        self, ctx: ConnectorContext, connection: _Connection, backlog: _Backlog, puts: _Puts
     ) -> None:
         """Off the receive loop: a burst into the inbox in one put, then its ACKs."""
         try:
-            await self._deliver_bursts(ctx, connection, backlog)
+            await self._deliver_bursts(ctx, connection, backlog, puts)
         finally:
-            await self._put_shielded(ctx, [item.message for item in backlog.items])
+            puts.tear_down()
+            await self._put_shielded(ctx, [item.message for item in backlog.items], puts)
 
-    async def _put_shielded(self, ctx: ConnectorContext, messages: list[Message | None]) -> bool:
-        """Put ``messages`` (the Nones left out), even while cancelled, for at most
-        :data:`PUT_GRACE` seconds; whether the put returned (they are durable)."""
+    async def _put_shielded(
+        self, ctx: ConnectorContext, messages: list[Message | None], puts: _Puts
+    ) -> bool:
+        """Put ``messages`` (the Nones left out), even while cancelled: with no time limit
+        while the connection runs, for at most :data:`PUT_GRACE` seconds once its teardown
+        began; whether the put returned (they are durable)."""
         wanted = [message for message in messages if message is not None]
         if not wanted:
             return True
         # Off the socket already: journal them even while the connection goes down.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + PUT_GRACE) as put:
+        with trio.CancelScope(shield=True, deadline=puts.deadline) as put:
+            puts.scope = put
             await ctx.put(wanted)
+        puts.scope = None
         if put.cancelled_caught:
-            log.warning("%s: a put took over %.0f s; not acked", self.name, PUT_GRACE)
+            log.warning(
+                "%s: a put outlasted the teardown's %.0f s; not acked", self.name, PUT_GRACE
+            )
         return not put.cancelled_caught
 
     async def _deliver_bursts(
-        self, ctx: ConnectorContext, connection: _Connection, backlog: _Backlog
+        self, ctx: ConnectorContext, connection: _Connection, backlog: _Backlog, puts: _Puts
     ) -> None:
         while True:
             burst = await backlog.take(self.linger, self.put_batch)
             started = time.perf_counter()
-            if not await self._put_shielded(ctx, [item.message for item in burst]):
-                continue  # no word that they are durable: no ACK either
+            if not await self._put_shielded(ctx, [item.message for item in burst], puts):
+                return  # torn down: no word that they are durable, no ACK either
             taken = time.perf_counter() - started
             for item in burst:
                 if item.ack is not None:
