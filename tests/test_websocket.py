@@ -313,3 +313,13 @@ async def test_the_core_ends_a_connection_as_it_says(
     raised = find_error(caught.value, error)
     assert getattr(raised, "retry_after", None) == retry_after
     assert not driver.connected
+    errors: list[BaseException] = [caught.value]
+    seen: set[int] = set()
+    while errors:  # ours already, raised as it was: never its own cause, nor in a cycle
+        each = errors.pop()
+        assert id(each) not in seen
+        seen.add(id(each))
+        if each.__cause__ is not None:
+            errors.append(each.__cause__)
+        if isinstance(each, BaseExceptionGroup):
+            errors.extend(each.exceptions)

@@ -370,7 +370,10 @@ class WebSocketDriver(Generic[N]):
                 finally:
                     self._lost(connection, "connection ended")
         except (HandshakeError, OSError, ConnectionClosed, BaseExceptionGroup) as exc:
-            raise self._mapped(exc, url) from exc
+            mapped = self._mapped(exc, url)
+            if mapped is exc:
+                raise  # ours already: not its own cause
+            raise mapped from exc
 
     def _mapped(self, exc: BaseException, url: str) -> BaseException:
         """The one place where the WebSocket layer's errors become ours."""
