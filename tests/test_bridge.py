@@ -608,3 +608,20 @@ async def test_connectors_get_the_bridges_backoff(autojump_clock: trio.testing.M
     backoff = cb.Backoff(initial=3.0, jitter=0.0)
     async with running_bridge(make_bridge(echo, chat, backoff=backoff)):
         assert chat.ctx.backoff is backoff
+
+
+def test_a_connector_without_platform_or_account_is_named_in_a_clear_error() -> None:
+    class Nameless(Connector):
+        async def run(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            raise AssertionError("never started")
+
+        async def send(self, target: cb.Message, text: str) -> None:
+            raise AssertionError("never sends")
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise AssertionError("never runs")
+
+    with pytest.raises(cb.ConfigurationError, match=r"Nameless must set self.platform"):
+        cb.Bridge(connectors=[Nameless()], agent=agent)

@@ -286,7 +286,15 @@ class Connector(ABC):
 
     @property
     def name(self) -> str:
-        return f"{self.platform}:{self.account}"
+        """``platform:account``, the connector's name in status, stats and logs."""
+        platform = getattr(self, "platform", None)
+        account = getattr(self, "account", None)
+        if not isinstance(platform, str) or not isinstance(account, str):
+            raise ConfigurationError(
+                f"{type(self).__name__} must set self.platform and self.account (strings: "
+                "the platform's name and the bot account) before it is given to a Bridge"
+            )
+        return f"{platform}:{account}"
 
     def bind(self, ctx: ConnectorContext) -> None:
         """Called once by the bridge before the first ``run``."""
