@@ -27,7 +27,8 @@ from ._connector import ConnectorContext
 from ._errors import ChatBridgeError, ConnectorError, ProtocolError
 from ._json import read_body
 from ._poll_events import HTTPRequest, Page, Paused, PollCore, PollEvent, Retry
-from ._receive import clamp, skip_bad
+from ._ranges import clamp
+from ._receive import skip_bad
 from ._supervise import MAX_HINT, Backoff, Retries
 
 log = logging.getLogger("trio_chatbridge.longpoll")

@@ -20,7 +20,6 @@ import attrs
 import trio
 
 from ._errors import ProtocolError
-from ._ranges import clamp as clamp  # here for the connectors that import it from here
 
 if TYPE_CHECKING:
     from ._connector import ConnectorContext

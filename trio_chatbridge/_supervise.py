@@ -32,7 +32,7 @@ from ._errors import (
     sole,
 )
 from ._logs import CONNECTOR
-from ._receive import clamp
+from ._ranges import clamp
 
 log = logging.getLogger("trio_chatbridge.supervise")
 

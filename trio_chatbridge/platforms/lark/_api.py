@@ -20,7 +20,7 @@ import trio
 from ..._errors import ConnectorError, PlatformError
 from ..._http import new_client
 from ..._json import json_object, read_body
-from ..._receive import clamp
+from ..._ranges import clamp
 from ..._supervise import Backoff
 from ._protocol import ClientConfig, read_endpoint
 
