@@ -27,7 +27,7 @@ from hypothesis import example, given
 
 import trio_chatbridge as cb
 from trio_chatbridge._json import json_object, read_body
-from trio_chatbridge.connectors import Page, Paused, Retry
+from trio_chatbridge.connectors import Page, Paused, RetryLater
 from trio_chatbridge.platforms import lark, wecom, weixin
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.wecom import _crypto
@@ -269,7 +269,7 @@ def test_weixin_pages_parse_or_raise_protocol_error(data: Any) -> None:
         event = poller.receive(json.dumps(data).encode(), 0.0)
     except cb.ProtocolError:
         return
-    assert isinstance(event, Page | Paused | Retry)
+    assert isinstance(event, Page | Paused | RetryLater)
 
 
 @given(json_values | with_fields(WEIXIN_MESSAGE))

@@ -16,7 +16,7 @@ from hypothesis import given
 from support import modules_a_core_runs
 
 import trio_chatbridge as cb
-from trio_chatbridge.connectors import Bad, Counted, Inbound, Notice, Reply, Retimed, Send
+from trio_chatbridge.connectors import Bad, Counted, Inbound, Notice, Retimed, Send
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lp
 
@@ -360,7 +360,7 @@ def test_the_driver_core_pings_first_and_at_the_servers_interval() -> None:
     assert (core.heartbeat_interval, core.silence) == (10.0, 40.0)
     assert core.receive(pong, 0.0) == []  # a pong without config changes nothing
     assert core.receive(GO_PING, 0.0) == [
-        Reply(bytes.fromhex("08001000180720002a0c0a04747970651204706f6e67"))
+        Send(bytes.fromhex("08001000180720002a0c0a04747970651204706f6e67"))
     ]
 
 

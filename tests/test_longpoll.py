@@ -20,7 +20,7 @@ from trio_chatbridge.connectors import (
     HTTPRequest,
     Page,
     Paused,
-    Retry,
+    RetryLater,
     long_poll,
 )
 from trio_chatbridge.platforms import weixin
@@ -43,7 +43,7 @@ class Echo:
     def request(self) -> HTTPRequest:
         return HTTPRequest("echo poll", "POST", "http://echo.invalid/", {}, b"", timeout=30.0)
 
-    def receive(self, body: bytes, now: float) -> Page | Retry | Paused:
+    def receive(self, body: bytes, now: float) -> Page | RetryLater | Paused:
         return Page(cursor=body.decode() or None)
 
     def commit(self, page: Page) -> None:
@@ -284,7 +284,7 @@ async def test_a_bug_in_a_core_is_a_counted_retried_protocol_error(
     class Buggy(Echo):
         raised: int = 0
 
-        def receive(self, body: bytes, now: float) -> Page | Retry | Paused:
+        def receive(self, body: bytes, now: float) -> Page | RetryLater | Paused:
             if not self.raised:
                 self.raised += 1
                 raise KeyError("ret")
@@ -361,4 +361,4 @@ def test_a_poll_cores_answer_is_typed_as_the_poll_event_union() -> None:
 
     answer = get_type_hints(connectors.PollCore.receive)["return"]
     assert answer == connectors.PollEvent != connectors.Event  # not the WebSocket events
-    assert set(get_args(connectors.PollEvent)) == {Page, Retry, Paused}
+    assert set(get_args(connectors.PollEvent)) == {Page, RetryLater, Paused}

@@ -17,7 +17,7 @@ from hypothesis import example, given
 from support import modules_a_core_runs
 
 import trio_chatbridge as cb
-from trio_chatbridge.connectors import HTTPRequest, Page, Paused, Retry
+from trio_chatbridge.connectors import HTTPRequest, Page, Paused, RetryLater
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _protocol as p
 
@@ -112,7 +112,7 @@ def test_the_servers_hold_time_is_clamped_even_on_an_error_answer(
 ) -> None:
     core = poller()
     event = core.receive(b'{"ret":-2,"longpolling_timeout_ms":' + field + b"}", now=0.0)
-    assert isinstance(event, Retry)
+    assert isinstance(event, RetryLater)
     assert core.request().timeout == hold + p.LONG_POLL_MARGIN
 
 
@@ -139,7 +139,7 @@ def test_errcode_minus_14_pauses_for_an_hour_from_the_time_given(body: bytes) ->
 
 def test_other_error_codes_are_retried_with_the_servers_words() -> None:
     event = poller().receive(b'{"ret":-2,"errmsg":"prepare failed"}', now=0.0)
-    assert isinstance(event, Retry)
+    assert isinstance(event, RetryLater)
     assert isinstance(event.error, weixin.ILinkError)
     assert event.error.code == -2
     assert "prepare failed" in str(event.error)
@@ -210,7 +210,7 @@ def test_any_bytes_give_an_event_or_a_protocol_error(body: bytes) -> None:
         event = poller().receive(body, now=0.0)
     except cb.ProtocolError:
         return
-    assert isinstance(event, Page | Retry | Paused)
+    assert isinstance(event, Page | RetryLater | Paused)
 
 
 junk = st.one_of(

@@ -26,7 +26,7 @@ import trio
 from ._connector import ConnectorContext
 from ._errors import ChatBridgeError, ConnectorError, ProtocolError
 from ._json import read_body
-from ._poll_events import HTTPRequest, Page, Paused, PollCore, PollEvent, Retry
+from ._poll_events import HTTPRequest, Page, Paused, PollCore, PollEvent, RetryLater
 from ._ranges import clamp
 from ._receive import skip_bad
 from ._supervise import MAX_HINT, Backoff, Retries
@@ -133,8 +133,8 @@ class _Loop:
                 body = await exchange(self.http, request)
                 event = Page() if body is None else self._receive(request, body)
             except (ConnectorError, ProtocolError) as exc:
-                event = Retry(exc)
-            if isinstance(event, Retry):
+                event = RetryLater(exc)
+            if isinstance(event, RetryLater):
                 await self._failed(request, event.error)
                 continue
             self.retries.reset()

@@ -2,7 +2,7 @@
 
 A platform's core (``platforms/<name>/_protocol.py``) is sans-I/O: it describes each request as
 an :class:`HTTPRequest` and turns the bytes of each answer into one event: a :class:`Page` of
-messages, a :class:`Retry` (the platform refused this poll), or a :class:`Paused` (the
+messages, a :class:`RetryLater` (the platform refused this poll), or a :class:`Paused` (the
 platform asked for a pause). The driver (``_longpoll.py``) does the I/O and the policy: it sends
 the request, reads the answer with a cap, puts the page's messages into the inbox, and only
 then tells the core the page is durable (:meth:`PollCore.commit`). Nothing here imports an I/O
@@ -59,7 +59,7 @@ class Page:
 
 @final
 @attrs.frozen
-class Retry:
+class RetryLater:
     """The platform refused this poll: a failure, retried after the driver's backoff (see
     :meth:`PollCore.retry_hint`)."""
 
@@ -78,7 +78,7 @@ class Paused:
     """The counter that counts such pauses (``"<platform>.<counter>"``)."""
 
 
-PollEvent = Page | Retry | Paused
+PollEvent = Page | RetryLater | Paused
 """What a core makes of one answer (``connectors.Event`` is the WebSocket cores' union)."""
 
 

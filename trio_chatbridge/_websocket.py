@@ -11,15 +11,15 @@ received into events and builds every frame to send, keeping the handshake, hear
 - a silence watchdog (:attr:`WebSocketCore.silence`) and a heartbeat task
   (:meth:`WebSocketCore.heartbeat` every :attr:`WebSocketCore.heartbeat_interval`);
 - the reader parses each frame (bad ones are counted in ``protocol_errors``, logged once and
-  skipped: :func:`parse_or_skip`), answers what must be answered at once (:class:`Reply`), hands
-  answers of our requests to their waiters (:class:`Answer`, by key), notices to a bounded set of
-  handler tasks (:class:`Notice`; one the platform pushes again unless answered is given back to
-  the core when every slot is busy), counts what the core only counts (:class:`Counted`), counts
-  and logs bad input inside a good frame (:class:`Bad`), and inbound messages (:class:`Inbound`)
-  to a **bounded** backlog; when :data:`BACKLOG` of them wait for the inbox the reader stops
-  reading (a slow inbox slows the socket), while heartbeats and the frames we send never wait
-  behind the inbox (they go out from their own tasks, and the backlog is large enough that answers
-  to an agent's replies are read meanwhile);
+  skipped: :func:`parse_or_skip`), sends at once what must be answered at once (a :class:`Send`
+  among its events: a pong), hands answers of our requests to their waiters (:class:`Answer`, by
+  key), notices to a bounded set of handler tasks (:class:`Notice`; one the platform pushes again
+  unless answered is given back to the core when every slot is busy), counts what the core only
+  counts (:class:`Counted`), counts and logs bad input inside a good frame (:class:`Bad`), and
+  inbound messages (:class:`Inbound`) to a **bounded** backlog; when :data:`BACKLOG` of them wait
+  for the inbox the reader stops reading (a slow inbox slows the socket), while heartbeats and the
+  frames we send never wait behind the inbox (they go out from their own tasks, and the backlog is
+  large enough that answers to an agent's replies are read meanwhile);
 - one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
   or the worker came for it (woken once, by a deadline the reader sets, not per frame), puts
   it in one ``ctx.put`` and only then sends the ACKs (:attr:`Inbound.ack`): a message is
@@ -72,7 +72,6 @@ from ._ws_core import (
     Inbound,
     Notice,
     Outgoing,
-    Reply,
     Request,
     Retimed,
     Send,
@@ -456,13 +455,13 @@ class WebSocketDriver(Generic[N]):
         self,
         ctx: ConnectorContext,
         connection: _Connection,
-        event: Answer | Reply | Notice[N] | Close | Retimed | Counted | Bad,
+        event: Answer | Send | Notice[N] | Close | Retimed | Counted | Bad,
         nursery: trio.Nursery,
     ) -> None:
         if isinstance(event, Answer):
             if not connection.deliver(event):
                 ctx.count("stray_acks")
-        elif isinstance(event, Reply):
+        elif isinstance(event, Send):
             await connection.send(event.data)
         elif isinstance(event, Notice):
             if self._on_notice is None:

@@ -28,7 +28,8 @@ Data: TypeAlias = str | bytes
 @final
 @attrs.frozen
 class Send:
-    """A frame that expects no answer."""
+    """A frame that expects no answer: part of the handshake or a heartbeat, or, among the
+    events of a frame received, one the reader sends at once (a pong to the server's ping)."""
 
     data: Data = attrs.field(repr=False)
 
@@ -86,14 +87,6 @@ class Answer:
 
 @final
 @attrs.frozen
-class Reply:
-    """A frame to send at once, from the reader (a pong to the server's ping)."""
-
-    data: Data = attrs.field(repr=False)
-
-
-@final
-@attrs.frozen
 class Notice(Generic[N_co]):
     """Something for the connector's handler (an event callback), run in a task of its own."""
 
@@ -144,7 +137,7 @@ class Retimed:
     """The core's :attr:`~WebSocketCore.heartbeat_interval` changed: re-arm the heartbeat."""
 
 
-Event: TypeAlias = Inbound | Answer | Reply | Notice[N] | Close | Retimed | Counted | Bad
+Event: TypeAlias = Inbound | Answer | Send | Notice[N] | Close | Retimed | Counted | Bad
 
 
 class WebSocketCore(Protocol[N_co]):

@@ -8,12 +8,12 @@ a :class:`ReplyStream`: :class:`BufferedReplyStream` sends once at the end, and 
 in place. Every retry loop counts its failures in a :class:`Retries` under the bridge's one
 policy, :class:`trio_chatbridge.Backoff`. A platform that long-polls over HTTP writes a
 sans-I/O :class:`PollCore` (requests out as :class:`HTTPRequest`, answers in, a
-:class:`PollEvent` out: :class:`Page`, :class:`Retry` or :class:`Paused`) and runs it with
+:class:`PollEvent` out: :class:`Page`, :class:`RetryLater` or :class:`Paused`) and runs it with
 :func:`long_poll`, the driver that does the I/O, the inbox hand-off and the retries. A failed
 send becomes a ``SendError`` in one place, :func:`send_errors`.
 
 A push platform on a WebSocket is a sans-I/O protocol core (a :class:`WebSocketCore`: frames
-in, events out -- :class:`Inbound`, :class:`Answer`, :class:`Reply`, :class:`Notice`,
+in, events out -- :class:`Inbound`, :class:`Answer`, :class:`Send`, :class:`Notice`,
 :class:`Close`, :class:`Retimed`, :class:`Counted`, :class:`Bad` -- and
 :class:`Send`/:class:`Request` out) run by a :class:`WebSocketDriver`, which owns the
 connection, the watchdog, the heartbeat, bounded backpressure, put-then-ACK and the mapping of
@@ -33,7 +33,7 @@ from ._poll_events import Page as Page
 from ._poll_events import Paused as Paused
 from ._poll_events import PollCore as PollCore
 from ._poll_events import PollEvent as PollEvent
-from ._poll_events import Retry as Retry
+from ._poll_events import RetryLater as RetryLater
 from ._supervise import Retries as Retries
 from ._websocket import AckTimeout as AckTimeout
 from ._websocket import Disconnected as Disconnected
@@ -48,7 +48,6 @@ from ._ws_core import Event as Event
 from ._ws_core import Inbound as Inbound
 from ._ws_core import Notice as Notice
 from ._ws_core import Outgoing as Outgoing
-from ._ws_core import Reply as Reply
 from ._ws_core import Request as Request
 from ._ws_core import Retimed as Retimed
 from ._ws_core import Send as Send
@@ -76,12 +75,11 @@ __all__ = [
     "Paused",
     "PollCore",
     "PollEvent",
-    "Reply",
     "ReplyStream",
     "Request",
     "Retimed",
     "Retries",
-    "Retry",
+    "RetryLater",
     "Send",
     "WebSocketCore",
     "WebSocketDriver",

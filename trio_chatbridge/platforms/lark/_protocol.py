@@ -28,7 +28,7 @@ from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, Pro
 from ..._json import json_object
 from ..._messages import Message
 from ..._ranges import clamp
-from ..._ws_core import Bad, Counted, Data, Inbound, Notice, Outgoing, Reply, Retimed, Send
+from ..._ws_core import Bad, Counted, Data, Inbound, Notice, Outgoing, Retimed, Send
 from ..._ws_core import Event as DriverEvent
 from . import _frames as fr
 from ._convert import MESSAGE_EVENT, to_message
@@ -497,7 +497,7 @@ class LarkCore:
             )
             return [noted] if event.ack is None else [noted, Inbound(None, event.ack.encode)]
         if isinstance(event, PingReceived):
-            return [Reply(event.pong)]
+            return [Send(event.pong)]
         if isinstance(event, PongReceived):
             return [] if event.config is None else [Retimed()]
         return self._other(event)

@@ -27,7 +27,7 @@ import attrs
 from ..._errors import PlatformError, ProtocolError
 from ..._json import json_object_items
 from ..._messages import Message
-from ..._poll_events import HTTPRequest, Page, Paused, PollEvent, Retry
+from ..._poll_events import HTTPRequest, Page, Paused, PollEvent, RetryLater
 
 DEFAULT_BASE_URL: Final = "https://ilinkai.weixin.qq.com/"
 DEFAULT_CDN_BASE_URL: Final = "https://novac2c.cdn.weixin.qq.com/c2c"
@@ -345,7 +345,7 @@ class Poller:
         if isinstance(error, SessionExpiredError):
             return self.guard.pause(now)
         if error is not None:
-            return Retry(error)
+            return RetryLater(error)
         return self._page(data)
 
     def _page(self, data: Mapping[str, Any]) -> Page:
