@@ -1,4 +1,4 @@
-"""The one way the library makes its own HTTP clients.
+"""The one way the library makes its own HTTP clients, and maps their calls' failures.
 
 Every platform's client is made here so that two things hold everywhere:
 
@@ -10,15 +10,27 @@ Every platform's client is made here so that two things hold everywhere:
   stalls the event loop and costs memory per account for nothing.
 
 A client a user passes in (``http=``) is theirs: give it the same ``Accept-Encoding``.
+
+A call's failures are mapped in one place, :func:`exchange`, in the way of httpx's one
+``map_httpcore_exceptions``: transport errors and timeouts are a :class:`ConnectorError`,
+transient statuses (429, 5xx) an :class:`HTTPStatusError` whose ``retry_after`` is the
+server's ``Retry-After`` (a hint to the one retry policy, ``Backoff.delay``), a 4xx the
+platform does not explain an :class:`HTTPRefusedError`, an unreadable body a
+:class:`ProtocolError`; each says which call of which account, and what to do.
 """
 
 from __future__ import annotations
 
 import functools
 import ssl
-from typing import Any, Final
+from typing import Any, Final, final
 
+import attrs
 import httpx
+import trio
+
+from ._errors import ConnectorError, PlatformError, ProtocolError
+from ._json import MAX_JSON_BYTES, json_object, read_body
 
 ACCEPT_ENCODING: Final = "gzip, deflate"
 """The encodings the bounded reader inflates within its cap."""
@@ -40,3 +52,146 @@ def new_client(
     """
     headers = {"Accept-Encoding": ACCEPT_ENCODING, **options.pop("headers", {})}
     return httpx.AsyncClient(transport=transport, verify=shared_tls(), headers=headers, **options)
+
+
+# -- the one mapping of an HTTP call's failures ------------------------------------------------
+
+RETRIED_STATUSES: Final = frozenset({408, 425, 429})
+"""4xx statuses that say "not now" rather than "never" (timeout, too early, rate limited):
+transient like every 5xx."""
+
+SHOWN_BYTES: Final = 200
+"""Bytes of a failed answer's body quoted in its error."""
+
+
+class HTTPStatusError(ConnectorError):
+    """The server answered a transient status (429, 408, 425 or any 5xx): retried with backoff,
+    waiting at least :attr:`retry_after` when the server said (``Retry-After``)."""
+
+    def __init__(
+        self, what: str, status: int, body: bytes, retry_after: float | None = None
+    ) -> None:
+        self.status = status
+        self.retry_after = retry_after
+        if status == 429:
+            todo = "rate limited: retried after the wait; lower the bot's rate if it persists"
+        else:
+            todo = "the platform's server failed: retried with backoff"
+        wait = "" if retry_after is None else f", Retry-After {retry_after:g} s"
+        super().__init__(f"{what}: HTTP {status}{wait} {body[:SHOWN_BYTES]!r} ({todo})")
+
+
+class HTTPRefusedError(PlatformError):
+    """The server refused the request with a 4xx status and no answer the platform's code could
+    read: retrying the same request cannot help. ``code`` is the HTTP status."""
+
+    def __init__(self, what: str, platform: str, status: int, body: bytes) -> None:
+        self.status = status
+        super().__init__(
+            f"{what}: refused, HTTP {status} {body[:SHOWN_BYTES]!r} (retrying cannot help: "
+            "check the domain or base URL, the credentials and the app's permissions)",
+            platform=platform,
+            code=status,
+        )
+
+
+@final
+@attrs.frozen
+class HTTPAnswer:
+    """An answer :func:`exchange` returns: a 2xx, or a 4xx the platform explains in its body."""
+
+    what: str
+    """The call, as errors name it (``"Lark app cli_x: POST /open-apis/..."``)."""
+    platform: str
+    """The platform called, as in ``Message.platform``."""
+    status: int
+    """The HTTP status."""
+    headers: httpx.Headers = attrs.field(repr=False)
+    """The answer's headers."""
+    body: bytes = attrs.field(repr=False)
+    """The body, read within its cap."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status is 2xx."""
+        return 200 <= self.status < 300
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object, ``{}`` for an empty 2xx body.
+
+        A 2xx body that is not a JSON object raises :class:`ProtocolError` (the answer is
+        unreadable: counted, the call fails); a 4xx whose body is not one (a proxy's error
+        page, an empty body) raises :class:`HTTPRefusedError`, since its status says it all.
+        """
+        if self.ok:
+            if not self.body:
+                return {}
+            try:
+                return json_object(self.body, self.what)
+            except ProtocolError as exc:
+                raise ProtocolError(
+                    f"{exc} (an unreadable answer: a proxy in the way or a changed API; "
+                    "the call fails and is not retried)"
+                ) from exc
+        try:
+            return json_object(self.body, self.what)
+        except ProtocolError:
+            raise HTTPRefusedError(self.what, self.platform, self.status, self.body) from None
+
+
+async def exchange(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    platform: str,
+    time_limit: float,
+    max_bytes: int = MAX_JSON_BYTES,
+    **options: Any,
+) -> HTTPAnswer:
+    """One HTTP call, every lower-level failure mapped here, once, to the library's errors.
+
+    Sends ``method url`` with ``options`` (``json``, ``data``, ``files``, ``content``,
+    ``headers``: as :meth:`httpx.AsyncClient.stream` takes them) and reads the body within
+    ``max_bytes``, all within ``time_limit`` seconds of Trio's clock. ``what`` names the call,
+    with its account, in every error. Raises:
+
+    - :class:`ConnectorError` for a transport failure (unreachable, reset, TLS) or no answer
+      within ``time_limit``: retried with backoff by whoever called;
+    - :class:`HTTPStatusError` (a :class:`ConnectorError`) for 429, 408, 425 and every 5xx,
+      with the server's ``Retry-After`` (delay-seconds) as :attr:`~ConnectorError.retry_after`;
+    - :class:`ProtocolError` for a body over its cap or a corrupt compressed one.
+
+    Other answers (2xx, and a 4xx the platform may explain in its body) are returned:
+    :meth:`HTTPAnswer.json` reads them. If cancelled, the request may or may not have reached
+    the server; nothing of the answer is kept.
+    """
+    try:
+        with trio.fail_after(time_limit):
+            async with http.stream(method, url, **options) as response:
+                body = await read_body(response, what, max_bytes=max_bytes)
+    except trio.TooSlowError as exc:
+        raise ConnectorError(
+            f"{what}: no answer within {time_limit:g} s (retried with backoff; check the network "
+            "if it persists)"
+        ) from exc
+    except (httpx.HTTPError, OSError) as exc:
+        raise ConnectorError(
+            f"{what}: {type(exc).__name__}: {exc} (retried with backoff; check the network, "
+            "a proxy, or the domain if it persists)"
+        ) from exc
+    status = response.status_code
+    if status in RETRIED_STATUSES or status >= 500:
+        raise HTTPStatusError(what, status, body, retry_after(response.headers))
+    if status >= 400 or 200 <= status < 300:
+        return HTTPAnswer(what, platform, status, response.headers, body)
+    raise HTTPRefusedError(what, platform, status, body)  # 1xx or 3xx: nothing to read
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """``Retry-After`` in delay-seconds (at most 8 digits are read; :meth:`Backoff.delay` holds
+    a hint to its range); None when absent or a date (rare from an API, and reading one would
+    need the wall clock)."""
+    text = headers.get("retry-after", "").strip()
+    return float(int(text[:8])) if text.isascii() and text.isdigit() else None

@@ -170,7 +170,7 @@ class LarkEmulator(UserVerbs):
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._ids = itertools.count(1)
-        self._faults: dict[str, deque[tuple[int, dict[str, Any]]]] = {}
+        self._faults: dict[str, deque[httpx.Response]] = {}
         self._token = f"t-{secrets.token_hex(6)}"
 
     @property
@@ -547,9 +547,25 @@ class LarkEmulator(UserVerbs):
             with trio.move_on_after(1):
                 await conn.abort()
 
-    def fail(self, path_part: str, status: int, body: dict[str, Any], times: int = 1) -> None:
-        """Answer the next ``times`` HTTP calls whose path contains ``path_part`` with this."""
-        self._faults.setdefault(path_part, deque()).extend([(status, body)] * times)
+    def fail(
+        self,
+        path_part: str,
+        status: int,
+        body: dict[str, Any] | bytes,
+        times: int = 1,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next ``times`` HTTP calls whose path contains ``path_part`` with this:
+        ``body`` as JSON, or as it is when bytes (garbage, a proxy's page), with ``headers``
+        (``Retry-After``, say)."""
+        for _ in range(times):
+            if isinstance(body, bytes):
+                answer = httpx.Response(status, content=body)
+            else:
+                answer = json_response(body, status)
+            answer.headers.update(headers or {})
+            self._faults.setdefault(path_part, deque()).append(answer)
 
     def expire_token(self) -> None:
         """The current tenant token stops working (the client must fetch a new one)."""
@@ -564,8 +580,7 @@ class LarkEmulator(UserVerbs):
         path = request.url.path
         for part, queue in self._faults.items():
             if part in path and queue:
-                status, answer = queue.popleft()
-                return json_response(answer, status)
+                return queue.popleft()
         if path in ("/open-apis/im/v1/images", "/open-apis/im/v1/files"):
             if request.headers.get("authorization") != f"Bearer {self._token}":
                 return json_response({"code": 99991663, "msg": "token expired"}, 400)

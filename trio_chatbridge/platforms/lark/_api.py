@@ -4,8 +4,10 @@
 The tenant access token is cached until a minute before it expires, on Trio's clock, and
 dropped at once when the API calls it expired or invalid (then the call is made once more).
 Rate-limit answers (HTTP 429, code 230020, 99991400) are retried under the library's one retry
-policy (a :class:`~trio_chatbridge.Backoff` counted by a ``Retries``).
-Every error carries the platform's code and message.
+policy (a :class:`~trio_chatbridge.Backoff` counted by a ``Retries``), an HTTP 429's
+``Retry-After`` as its hint. HTTP failures are mapped by the library's one mapping
+(``trio_chatbridge._http.exchange``); a refusal with a code is a :class:`LarkError` carrying
+the platform's code and message.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from typing import Any, Final, final
 import httpx
 import trio
 
-from ..._errors import ConnectorError, PlatformError
-from ..._http import new_client
-from ..._json import json_object, read_body
+from ..._errors import PlatformError
+from ..._http import HTTPAnswer, HTTPStatusError, exchange, new_client
 from ..._ranges import clamp
-from ..._supervise import Backoff
+from ..._supervise import Backoff, Retries
 from ._protocol import ClientConfig, read_endpoint
 
 log = logging.getLogger("trio_chatbridge.lark.api")
@@ -83,24 +84,22 @@ class OpenAPI:
         body: Mapping[str, Any] | None,
         headers: Mapping[str, str],
         files: Mapping[str, tuple[str, bytes]] | None = None,
-    ) -> tuple[httpx.Response, dict[str, Any]]:
-        """One request; the answer's status and its JSON object (``{}`` for an empty body),
-        read with a cap of :data:`MAX_JSON_BYTES` within :data:`API_TIMEOUT`. With ``files``
-        the body is multipart: ``body``'s fields as form fields, then the files."""
-        try:
-            with trio.fail_after(API_TIMEOUT):
-                async with self.http.stream(
-                    method,
-                    self.domain + path,
-                    json=None if body is None or files is not None else dict(body),
-                    data=None if body is None or files is None else dict(body),
-                    files=None if files is None else dict(files),
-                    headers=dict(headers),
-                ) as response:
-                    content = await read_body(response, f"Lark {path}")
-        except (httpx.HTTPError, trio.TooSlowError) as exc:
-            raise ConnectorError(f"Lark {path}: {type(exc).__name__}: {exc}") from exc
-        return response, json_object(content, f"Lark {path}") if content else {}
+    ) -> HTTPAnswer:
+        """One request through the one HTTP error mapping (:func:`~.._http.exchange`), within
+        :data:`API_TIMEOUT`. With ``files`` the body is multipart: ``body``'s fields as form
+        fields, then the files."""
+        return await exchange(
+            self.http,
+            method,
+            self.domain + path,
+            what=f"Lark app {self.app_id}: {method} {path}",
+            platform="lark",
+            time_limit=API_TIMEOUT,
+            json=None if body is None or files is not None else dict(body),
+            data=None if body is None or files is None else dict(body),
+            files=None if files is None else dict(files),
+            headers=dict(headers),
+        )
 
     async def endpoint(self) -> tuple[str, ClientConfig]:
         """The WebSocket URL and client config for a new connection.
@@ -111,27 +110,30 @@ class OpenAPI:
         (bad credentials) raises :class:`FatalConnectorError` (the answer is read by
         ``_protocol.read_endpoint``). If cancelled, nothing is kept: the next call asks again.
         """
-        response, data = await self._exchange(
+        answer = await self._exchange(
             "POST",
             "/callback/ws/endpoint",
             {"AppID": self.app_id, "AppSecret": self._secret},
             {"locale": "zh"},
         )
-        return read_endpoint(self.app_id, response.status_code, data)
+        return read_endpoint(self.app_id, answer.status, answer.json())
 
     async def token(self) -> str:
         """The tenant access token, fetched when missing or within a minute of expiry. If
         cancelled, a fetch under way is abandoned: nothing is kept, the next call fetches."""
         async with self._token_lock:
             if self._token is None or trio.current_time() >= self._token_until:
-                _, data = await self._exchange(
+                answer = await self._exchange(
                     "POST",
                     "/open-apis/auth/v3/tenant_access_token/internal",
                     {"app_id": self.app_id, "app_secret": self._secret},
                     {},
                 )
+                data = answer.json()
                 if data.get("code") != 0 or not isinstance(data.get("tenant_access_token"), str):
-                    raise LarkError("tenant_access_token", _code(data), str(data.get("msg")))
+                    raise LarkError(
+                        f"app {self.app_id}: tenant_access_token", _code(data), str(data.get("msg"))
+                    )
                 expire = clamp(data.get("expire"), 0.0, TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MAX)
                 self._token = data["tenant_access_token"]
                 self._token_until = trio.current_time() + max(expire - TOKEN_MARGIN, TOKEN_MARGIN)
@@ -148,29 +150,41 @@ class OpenAPI:
         files: Mapping[str, tuple[str, bytes]] | None = None,
     ) -> Any:
         """An authenticated call; returns ``data`` (``whole``: the whole answer, for the few
-        calls that answer outside ``data``). Token expiry and rate limits are handled. With
-        ``files`` (name: ``(filename, bytes)``) the body is multipart, ``body`` its fields.
+        calls that answer outside ``data``). Token expiry and rate limits are handled: an
+        HTTP 429 waits at least its ``Retry-After``. With ``files`` (name: ``(filename,
+        bytes)``) the body is multipart, ``body`` its fields. Errors are those of
+        :func:`~.._http.exchange`, and :class:`LarkError` for a refusal with a code.
         If cancelled, the call may or may not have reached the platform (a send may be done)."""
         renewed = False
         retries = RATE_LIMIT_BACKOFF.retries(RATE_LIMIT_RETRIES)
         while True:
             token = await self.token()
-            response, data = await self._exchange(
-                method, path, body, {"Authorization": f"Bearer {token}"}, files
-            )
-            code = _code(data) if data else (0 if response.is_success else response.status_code)
+            try:
+                answer = await self._exchange(
+                    method, path, body, {"Authorization": f"Bearer {token}"}, files
+                )
+            except HTTPStatusError as exc:
+                if exc.status == 429 and await self._rate_limited(path, retries, exc.retry_after):
+                    continue
+                raise
+            data = answer.json()
+            code = _code(data) if data else 0
             if code in TOKEN_EXPIRED and not renewed:
                 self._token, renewed = None, True
                 continue
-            if (response.status_code == 429 or code in RATE_LIMITED) and not retries.spent:
-                log.info("Lark rate limit on %s: retry %d", path, retries.failures + 1)
-                await retries.wait()
+            if code in RATE_LIMITED and await self._rate_limited(path, retries, None):
                 continue
             if code != 0:
-                raise LarkError(
-                    f"{method} {path}", code, str(data.get("msg", response.reason_phrase))
-                )
+                raise LarkError(f"app {self.app_id}: {method} {path}", code, str(data.get("msg")))
             return data if whole else data.get("data", {})
+
+    async def _rate_limited(self, path: str, retries: Retries, hint: float | None) -> bool:
+        """Wait before retrying a rate-limited call (at least ``hint`` seconds); False once
+        the retries are spent."""
+        if retries.spent:
+            return False
+        log.info("Lark app %s: rate limit on %s: retry %d", self.app_id, path, retries.failures + 1)
+        return await retries.wait(hint)
 
 
 def _code(data: Mapping[str, Any]) -> int:

@@ -81,7 +81,7 @@ async def upload(api: OpenAPI, attachment: Attachment) -> str:
     data = await api.call("POST", path, form, files=files)
     key = data.get(answer_key) if isinstance(data, dict) else None
     if not isinstance(key, str):
-        raise LarkError(f"POST {path}", -1, f"no {answer_key} in the answer")
+        raise LarkError(f"app {api.app_id}: POST {path}", -1, f"no {answer_key} in the answer")
     return key
 
 
