@@ -323,3 +323,59 @@ async def test_the_core_ends_a_connection_as_it_says(
             errors.append(each.__cause__)
         if isinstance(each, BaseExceptionGroup):
             errors.extend(each.exceptions)
+
+
+def _refused(answer: Answer) -> Exception:
+    return cb.SendError(f"refused {answer.key}")
+
+
+async def test_an_answer_behind_inbound_frames_is_read_while_the_inbox_is_slow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, core, driver = await start(nursery, backlog=3, put_batch=2)
+            inbox.open = trio.Event()  # the inbox is slow: a put of 2 waits, 3 fill the backlog
+            await server.push(*(f"msg:{n}" for n in range(5)))
+            await trio.sleep(1)
+            assert len(core.read) == 5  # the reader stopped: backpressure on the socket
+            answers: list[Answer] = []
+
+            async def reply() -> None:  # a reply waiting for its ACK, as WeCom's do
+                request = Request("k1", "do:k1", _refused, within=3.0)
+                answers.append(await driver.request(request))
+
+            nursery.start_soon(reply)
+            await trio.testing.wait_all_tasks_blocked()
+            frames = ["msg:5", "ans:k1", *(f"msg:{n}" for n in range(6, 20))]
+            nursery.start_soon(server.push, *frames)
+            await trio.sleep(1)
+            assert answers == [Answer("k1", body={"n": 1})]  # read behind msg:5, in time
+            assert core.read[5:] == ["msg:5", "ans:k1"]  # then the reader stopped again
+            inbox.open.set()
+            await trio.sleep(1)
+            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
+            acks = [frame for frame in server.got if frame.startswith("ack:")]
+            assert acks == [f"ack:{n}" for n in range(20)]
+            nursery.cancel_scope.cancel()
+
+
+async def test_waiting_for_an_answer_reads_past_a_full_backlog_by_a_bound_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, core, driver = await start(nursery, backlog=3, put_batch=2)
+            inbox.open = trio.Event()
+            frames = [*(f"msg:{n}" for n in range(20)), "ans:k1"]
+            nursery.start_soon(server.push, *frames)
+            await trio.sleep(1)
+            assert len(core.read) == 5
+            with pytest.raises(cb.connectors.AckTimeout):  # too far behind: memory stays bounded
+                await driver.request(Request("k1", "do:k1", _refused, within=3.0))
+            assert len(core.read) == 2 + 2 * 3  # the put's 2, then twice the backlog at most
+            inbox.open.set()
+            await trio.sleep(1)
+            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
+            assert inbox.counts["stray_acks"] == 1  # the answer came, after its request gave up
+            nursery.cancel_scope.cancel()

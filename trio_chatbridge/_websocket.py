@@ -18,8 +18,9 @@ received into events and builds every frame to send, keeping the handshake, hear
   counts (:class:`Counted`), counts and logs bad input inside a good frame (:class:`Bad`), and
   inbound messages (:class:`Inbound`) to a **bounded** backlog; when :data:`BACKLOG` of them wait
   for the inbox the reader stops reading (a slow inbox slows the socket), while heartbeats and the
-  frames we send never wait behind the inbox (they go out from their own tasks, and the backlog is
-  large enough that answers to an agent's replies are read meanwhile);
+  frames we send never wait behind the inbox: they go out from their own tasks, and while one of
+  our requests waits for its answer (a heartbeat, a reply's ACK) the reader reads on past a full
+  backlog, to twice :data:`BACKLOG` at most, so answers behind inbound frames still arrive;
 - one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
   or the worker came for it (woken once, by a deadline the reader sets, not per frame), puts
   it in one ``ctx.put`` and only then sends the ACKs (:attr:`Inbound.ack`): a message is
@@ -88,7 +89,8 @@ OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocket
 PUT_BATCH: Final = 100
 """Inbound messages journaled together at most."""
 BACKLOG: Final = 1000
-"""Inbound messages that may wait for the inbox before the reader stops reading."""
+"""Inbound messages that may wait for the inbox before the reader stops reading (twice as many
+while a request waits for its answer)."""
 PUT_GRACE: Final = 10.0
 """Seconds a put may still take once its connection is being torn down (shielded: what was
 taken off the socket is journaled all the same). While the connection runs a put has no time
@@ -140,8 +142,19 @@ class _Connection:
     ws: WebSocketConnection
     count: Callable[[str], None] = lambda name: None
     """Adds one to a counter of the connector (``busy_retries``)."""
+    asking: Callable[[], None] = lambda: None
+    """Called when a request begins to wait for its answer (wakes a reader stopped by a full
+    backlog: the answer may be behind inbound frames)."""
     slots: dict[str, _Slot] = attrs.Factory(dict)
     closed: str | None = None
+
+    @property
+    def awaiting(self) -> bool:
+        """Whether a request waits for its answer (one answered is no longer waiting, though
+        its task may not have run yet)."""
+        return any(
+            slot.waiting is not None and not slot.waiting.is_set() for slot in self.slots.values()
+        )
 
     async def send(self, data: Data) -> None:
         """Send one frame; :class:`Disconnected` (``sent=False``) when the socket is gone."""
@@ -182,6 +195,7 @@ class _Connection:
         slot.waiting, slot.answer = trio.Event(), None
         try:
             await self.send(request.data)
+            self.asking()
             with trio.move_on_after(within):
                 await slot.waiting.wait()
             if slot.answer is None:
@@ -219,6 +233,8 @@ class _Backlog:
     The worker sleeps in :attr:`timer` until the reader sets its deadline (``linger`` after
     the oldest message arrived or the worker came for it, whichever is later; at once when a
     batch is full): one wake-up per batch, and a batch gathers for at least ``linger``.
+    The reader stops at ``limit`` messages, and reads on to twice that only while a request
+    waits for its answer (:meth:`wait_for_room`).
     """
 
     limit: int
@@ -227,7 +243,8 @@ class _Backlog:
     ready_since: float = 0.0
     """When the worker last came for a batch: a batch gathers for ``linger`` after this too."""
     timer: trio.CancelScope | None = None
-    room: trio.Event = attrs.Factory(trio.Event)
+    stirred: trio.Event = attrs.Factory(trio.Event)
+    """Set when the worker took a batch, or a request began to wait: the reader looks again."""
 
     def add(self, item: Inbound, now: float, linger: float, batch: int) -> None:
         if not self.items:
@@ -251,10 +268,17 @@ class _Backlog:
     def full(self) -> bool:
         return len(self.items) >= self.limit
 
-    async def wait_for_room(self) -> None:
-        while self.full:
-            self.room = trio.Event()
-            await self.room.wait()
+    def stir(self) -> None:
+        self.stirred.set()
+
+    async def wait_for_room(self, awaiting: Callable[[], bool]) -> None:
+        """Returns once the reader may read the next frame: the backlog has room, or a
+        request waits for its answer (``awaiting()``; the answer may be behind inbound
+        frames: acks and heartbeats never wait behind the inbox) and the backlog holds less
+        than twice its limit (memory stays bounded; an answer further behind times out)."""
+        while self.full and not (awaiting() and len(self.items) < 2 * self.limit):
+            self.stirred = trio.Event()
+            await self.stirred.wait()
 
     async def take(self, linger: float, batch: int) -> list[Inbound]:
         """Up to ``batch`` messages, once the oldest waited ``linger`` (or a batch is full).
@@ -265,7 +289,7 @@ class _Backlog:
             await trio.sleep_forever()
         self.timer = None
         taken, self.items = self.items[:batch], self.items[batch:]
-        self.room.set()
+        self.stir()
         return taken
 
 
@@ -399,6 +423,7 @@ class WebSocketDriver(Generic[N]):
         task_status: trio.TaskStatus[None],
     ) -> None:
         backlog, puts = _Backlog(self.backlog), _Puts()
+        connection.asking = backlog.stir
         async with trio.open_nursery() as nursery:
             nursery.start_soon(puts.guard)
             nursery.start_soon(self._read, ctx, connection, backlog, nursery)
@@ -446,7 +471,7 @@ class WebSocketDriver(Generic[N]):
                         await self._dispatch(ctx, connection, event, nursery)
                 if backlog.full:  # a slow inbox slows the socket: we stop reading
                     watchdog.deadline = math.inf  # meanwhile the silence is ours, not the peer's
-                    await backlog.wait_for_room()
+                    await backlog.wait_for_room(lambda: connection.awaiting)
                     now = trio.current_time()
         self._lost(connection, "silent")
         raise ConnectorError(f"{self.name}: no frame for {silence:.0f} s")
