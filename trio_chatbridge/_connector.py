@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("trio_chatbridge.connector")
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
+"""What a connector is doing. ``starting``: connecting (first, or again after a wait);
+``running``: up, receiving (WeChat: since its last successful poll); ``paused``: not polling or
+not connected on purpose, for now (the platform asked for a pause, an expired WeChat session,
+another process holds the account's lease); ``backoff``: it failed and waits before retrying
+(``detail`` says how long); ``failed``: it failed for good (a fatal error such as bad
+credentials: never retried, ``last_error`` says why); ``stopped``: the bridge stopped it."""
 LeaseState: TypeAlias = Literal["held", "standby", "lost"]
 """``held``: this process runs the connector; ``standby``: another process does (or nobody
 yet); ``lost``: this process held the lease and could not renew it in time."""
@@ -121,26 +127,29 @@ class ConnectorContext:
         self._set_state(state, detail)
 
     async def get(self, key: str) -> str | None:
-        """A value this account stored under ``key``."""
+        """A value this account stored under ``key``. If cancelled, nothing changed."""
         return await self.store.get(self.platform, self.account, key)
 
     async def set(self, key: str, value: str | None) -> None:
-        """Store a value for this account (None deletes)."""
+        """Store a value for this account (None deletes). If cancelled, the value may or may
+        not have been stored."""
         await self.store.set(self.platform, self.account, key, value)
 
     async def set_many(self, values: Mapping[str, str | None]) -> None:
-        """Store several values for this account in one write."""
+        """Store several values for this account in one write. If cancelled, all of them or
+        none may have been stored (one write)."""
         await self.store.set_many(self.platform, self.account, values)
 
     async def get_cursor(self) -> str | None:
-        """This account's saved cursor."""
+        """This account's saved cursor. If cancelled, nothing changed."""
         return await self.store.get_cursor(self.platform, self.account)
 
     async def set_cursor(
         self, cursor: str, *, with_values: Mapping[str, str | None] | None = None
     ) -> None:
         """Save this account's cursor (and ``with_values`` in the same write), after the
-        messages before it were put."""
+        messages before it were put. If cancelled, the cursor and values may or may not have
+        been saved (together, in one write)."""
         await self.store.set_cursor(self.platform, self.account, cursor, with_values=with_values)
 
 
@@ -167,7 +176,8 @@ class ReplyStream(ABC):
 
     @abstractmethod
     async def write(self, text: str) -> None:
-        """Append ``text`` to the reply."""
+        """Append ``text`` to the reply. If cancelled, ``text`` may or may not have been
+        appended (what the platform shows follows at the stream's end)."""
 
     @property
     @abstractmethod
@@ -182,6 +192,8 @@ class BufferedReplyStream(ReplyStream):
         self._pieces: list[str] = []
 
     async def write(self, text: str) -> None:
+        """Append ``text`` to what is sent at the end. It neither blocks nor checkpoints, so
+        cancellation cannot interrupt it: ``text`` is always appended."""
         self._pieces.append(text)
 
     @property
@@ -211,20 +223,26 @@ class CoalescingStream(ReplyStream):
         return "".join(self._pieces)
 
     async def write(self, text: str) -> None:
+        """Append ``text``; the pump shows it with the next update. If cancelled (at its
+        checkpoint, after appending), ``text`` was appended."""
         self._pieces.append(text)
         self._dirty.set()
         await trio.lowlevel.checkpoint()
 
     @abstractmethod
     async def update(self, text: str) -> None:
-        """Show ``text`` (the whole text so far) as an intermediate state."""
+        """Show ``text`` (the whole text so far) as an intermediate state. If cancelled, it
+        may or may not show; the final update follows in any case."""
 
     @abstractmethod
     async def final(self, text: str) -> None:
-        """Show ``text`` as the complete reply (always called, even for an empty text)."""
+        """Show ``text`` as the complete reply (always called, even for an empty text). It
+        runs shielded under :func:`streaming`, so is cancelled only by its time limit: then
+        the reply may end short of it."""
 
     async def pump(self) -> None:
-        """Show the text as it grows, until cancelled (run by :func:`streaming`)."""
+        """Show the text as it grows, until cancelled (run by :func:`streaming`); when
+        cancelled, an update in flight may or may not have shown."""
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
@@ -238,7 +256,8 @@ class CoalescingStream(ReplyStream):
             await trio.sleep(self.interval)
 
     async def close(self) -> None:
-        """Wait for an update in flight, then show the final text."""
+        """Wait for an update in flight, then show the final text. If cancelled, the final
+        text may or may not have shown (:func:`streaming` shields it, with a time limit)."""
         await self._idle.wait()
         await self.final(self.text)
 
@@ -311,11 +330,15 @@ class Connector(ABC):
 
     @abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Receive messages until cancelled (see the module docstring for the contract)."""
+        """Receive messages until cancelled (see the module docstring for the contract). When
+        cancelled, messages already given to ``ctx.put`` are durable; the platform hears of
+        the others again (they were not acknowledged)."""
 
     @abstractmethod
     async def send(self, target: Message, text: str) -> None:
-        """Answer ``target`` with one message. Raises :class:`SendError` when it was refused."""
+        """Answer ``target`` with one message. Raises :class:`SendError` when it was refused.
+        If cancelled, it may or may not have been sent (a platform that sends a long text in
+        pieces says in its own docstring whether it can stop part-way)."""
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[ReplyStream]:
         """Answer ``target`` progressively. By default: collect, then ``send`` once at the end.
@@ -338,7 +361,8 @@ class Connector(ABC):
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None
     ) -> None:
-        """Send a file or image in answer to ``target``; by default the platform cannot."""
+        """Send a file or image in answer to ``target``; by default the platform cannot. If
+        cancelled, it may or may not have been sent."""
         raise SendError(f"connector {self.name} cannot send media")
 
     async def send_content(self, target: Message, content: Content) -> Sent:
@@ -383,7 +407,8 @@ class Connector(ABC):
         return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release what the connector holds across runs (HTTP clients); called by the bridge."""
+        """Release what the connector holds across runs (HTTP clients); called by the bridge.
+        If cancelled, what was not released yet is left to the garbage collector."""
 
 
 @asynccontextmanager

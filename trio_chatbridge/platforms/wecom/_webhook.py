@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, final
 from urllib.parse import parse_qs
 
 import attrs
@@ -62,6 +62,7 @@ class _StreamState:
     finished: bool = False
 
 
+@final
 class Webhook(base.Connector):
     """A WeCom AI Bot answering on a callback URL (Token + EncodingAESKey from its API page)."""
 
