@@ -11,6 +11,7 @@ import enum
 import importlib
 import inspect
 import pkgutil
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ EXTENSION_POINTS = {
     "trio_chatbridge.connectors.CoalescingStream": "a platform's growing-reply stream",
     "trio_chatbridge.connectors.PollCore": "a protocol: what a long-poll core implements",
     "trio_chatbridge.connectors.WebSocketCore": "a protocol: what a platform's sans-I/O core is",
+    "trio_chatbridge.connectors.WebSocket": "a protocol: what an OpenWebSocket yields",
     "trio_chatbridge.stores.Store": "what a store implements",
     "trio_chatbridge.stores.MemoryStore": "wrapped by tests to record or slow down calls",
     "trio_chatbridge.stores.SQLiteStore": "wrapped by tests to record or slow down calls",
@@ -186,6 +188,52 @@ def test_no_private_type_shows_through_a_public_signature() -> None:
                     if cls.__module__.startswith("trio_chatbridge") and id(cls) not in public:
                         leaks.append(f"{dotted}: {label} {name}: {cls.__qualname__}")
     assert leaks == [], "\n".join(leaks)
+
+
+def public_docstrings() -> Iterator[tuple[str, str]]:
+    """Every public module's docstring, and those of every exported name and its public
+    methods and properties (as ``pydoc`` and the API reference show them)."""
+    for name in PUBLIC_MODULES:
+        yield name, importlib.import_module(name).__doc__ or ""
+    for dotted, obj in exported():
+        for label, target in signatures(obj):
+            yield f"{dotted} ({label})", inspect.getdoc(target) or ""
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if isinstance(member, property) and not attr.startswith("_"):
+                    yield f"{dotted}.{attr}", inspect.getdoc(member) or ""
+
+
+PRIVATE_PATH = re.compile(r"(?<![\w])(?:[A-Za-z]\w*\.)*_[a-z][a-z0-9_]*(?:\.py\b|\.[A-Za-z_]\w*)")
+"""A dotted name through a private module (``_receive.MAX_HANDLERS``, ``_protocol.py``)."""
+QUOTED = re.compile(r"``~?([\w.]+)``|:\w+:`~?([\w.]+)`")
+
+
+def private_constants() -> set[str]:
+    """The upper-case module-level names of the package's private modules that no public
+    module exports: what a reader of the public docs cannot look up."""
+    public = {dotted.rsplit(".", 1)[1] for dotted, _ in exported()}
+    found = set()
+    for info in pkgutil.walk_packages(trio_chatbridge.__path__, "trio_chatbridge."):
+        if info.name.endswith("__main__"):
+            continue
+        for name in vars(importlib.import_module(info.name)):
+            if re.fullmatch(r"[A-Z][A-Z0-9_]+", name) and name not in public:
+                found.add(name)
+    return found
+
+
+def test_no_public_docstring_names_a_private_module_or_constant() -> None:
+    hidden = private_constants()
+    assert {"PUT_GRACE", "MAX_HANDLERS", "BACKLOG"} <= hidden  # the check can see them
+    cited = []
+    for where, doc in public_docstrings():
+        cited += [f"{where}: {m.group(0)}" for m in PRIVATE_PATH.finditer(doc)]
+        for match in QUOTED.finditer(doc):
+            name = (match.group(1) or match.group(2)).rsplit(".", 1)[-1]
+            if name in hidden:
+                cited.append(f"{where}: {match.group(0)} (say its value and meaning instead)")
+    assert cited == []
 
 
 def test_lark_exports_what_a_bot_author_uses_and_no_codec() -> None:

@@ -278,7 +278,7 @@ async def test_requests_are_answered_by_key(autojump_clock: trio.testing.MockClo
             await trio.sleep(1)
             assert answers == [Answer("k1", body={"n": 1})] and driver.pending == 0
             assert inbox.counts["stray_acks"] == 1
-            with pytest.raises(cb.connectors.AckTimeout):
+            with pytest.raises(cb.connectors.AckTimeout, match=r"^line acct: request \(k2\)"):
                 await driver.request(Request("k2", "do:k2", refused, within=2))
             nursery.cancel_scope.cancel()
 

@@ -31,10 +31,13 @@ class HTTPRequest:
     name: str
     """What it is, for errors and logs (``"iLink getupdates"``); never a credential."""
     method: str
+    """``"GET"``, ``"POST"``..."""
     url: str = attrs.field(repr=False)
+    """Never shown in a repr: a URL may carry credentials."""
     headers: Mapping[str, str] = attrs.field(repr=False)
     """Credentials included: never shown in a repr."""
     body: bytes = attrs.field(repr=False)
+    """Sent as it is (``b""``: no body)."""
     timeout: float
     """Seconds the whole exchange may take; past it the poll counts as empty (nothing new)."""
     max_bytes: int = MAX_PAGE_BYTES
@@ -47,14 +50,18 @@ class Page:
     """A successful answer: messages to put, then a cursor and values to save with it."""
 
     messages: Sequence[Message] = ()
+    """Put into the inbox in one ``ctx.put`` (duplicates of journaled ones are dropped there)."""
     skipped: Sequence[ProtocolError] = ()
     """Messages of the page that could not be read: each is counted, logged and skipped."""
     filtered: int = 0
-    """Messages not meant for the agent (the bot's own, recalled ones...)."""
+    """How many messages of the page the core left out on purpose, not meant for the agent
+    (the bot's own, recalled ones...): the driver adds them to the ``filtered`` counter."""
     cursor: str | None = None
     """The cursor to save once the messages are durable; None keeps the saved one."""
     values: Mapping[str, str | None] = attrs.Factory(dict)
-    """Values to store with the cursor, in the same write (WeChat's context tokens)."""
+    """Per-account values (key -> value, None deletes) to store with the cursor, in the same
+    write, once the messages are durable (WeChat's context tokens, needed to answer each
+    chat); read back with ``ctx.get(key)``. Without a new cursor they are stored alone."""
 
 
 @final
@@ -64,6 +71,8 @@ class RetryLater:
     :meth:`PollCore.retry_hint`)."""
 
     error: ChatBridgeError
+    """Why: counted in ``poll_failures`` (and ``protocol_errors`` for a
+    :class:`ProtocolError`), logged, and shown in the connector's ``backoff`` status."""
 
 
 @final
@@ -72,10 +81,13 @@ class Paused:
     """The platform asked for a pause: no poll before ``until`` (on the clock of ``now``)."""
 
     until: float
+    """When polling may resume, in seconds on the clock of ``now`` (Trio's)."""
     detail: str
     """Why, and what a person can do about it."""
     counter: str = "paused"
-    """The counter that counts such pauses (``"<platform>.<counter>"``)."""
+    """The name of the connector's counter the driver adds one to for each such pause
+    (shown as ``"<platform>.<counter>"``; WeChat's expired session counts in
+    ``session_expired``)."""
 
 
 PollEvent = Page | RetryLater | Paused

@@ -47,17 +47,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Final, Generic, TypeAlias, TypeVar, final
+from typing import Final, Generic, Protocol, TypeAlias, TypeVar, final
 from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-)
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
 
 from ._connector import ConnectorContext
 from ._errors import ConnectorError, FatalConnectorError, find_error
@@ -83,8 +78,32 @@ log = logging.getLogger("trio_chatbridge.websocket")
 
 N = TypeVar("N")
 
-OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
-"""Opens a WebSocket to a URL (``trio_websocket.open_websocket_url``, or an emulator's)."""
+
+class WebSocket(Protocol):
+    """An open WebSocket, as the driver uses it: a ``trio_websocket.WebSocketConnection`` is one.
+
+    Both calls raise ``trio_websocket.ConnectionClosed`` once the connection is closed: the
+    driver's :meth:`~WebSocketDriver.run` then raises, and the supervisor reconnects.
+    """
+
+    async def get_message(self) -> Data:
+        """The next message received, text or binary. If cancelled, nothing was taken."""
+        ...
+
+    async def send_message(self, message: Data) -> None:
+        """Send one message. If cancelled, it may or may not have been sent."""
+        ...
+
+
+OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocket]]
+"""Opens a WebSocket to a URL: called with the URL, it returns an async context manager whose
+``async with`` connects (handshake included), yields the :class:`WebSocket`, and closes it on
+the way out. ``trio_websocket.open_websocket_url`` is one (bind its options with a lambda or
+``functools.partial``: ``lambda url: open_websocket_url(url, max_message_size=2**22)``); so
+is an emulator's ``open_websocket``, in memory. Connecting raises ``OSError`` or
+``trio_websocket.HandshakeError`` when it fails (``ConnectionRejected``, a refused upgrade, is
+given to :meth:`WebSocketCore.rejected`); the driver maps each to a :class:`ConnectorError`.
+"""
 
 PUT_BATCH: Final = 100
 """Inbound messages journaled together at most."""
@@ -107,7 +126,8 @@ BUSY_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
 
 
 class AckTimeout(ConnectorError):
-    """A request was not answered in time."""
+    """A request was not answered in time: a later answer is only counted, in ``stray_acks``
+    (an unanswered heartbeat ends its connection; the supervisor reconnects)."""
 
 
 class Disconnected(ConnectorError):
@@ -139,7 +159,9 @@ class _Slot:
 class _Connection:
     """One open WebSocket: its writes, its requests in flight, why it closed."""
 
-    ws: WebSocketConnection
+    ws: WebSocket
+    name: str = "websocket"
+    """Names the account in errors (the driver's ``name``)."""
     count: Callable[[str], None] = lambda name: None
     """Adds one to a counter of the connector (``busy_retries``)."""
     asking: Callable[[], None] = lambda: None
@@ -202,7 +224,8 @@ class _Connection:
                 if self.closed is not None:
                     raise Disconnected(self.closed, sent=True)
                 raise AckTimeout(
-                    f"{request.name or 'request'} ({request.key}) not acknowledged in time"
+                    f"{self.name}: {request.name or 'request'} ({request.key}) not "
+                    f"acknowledged within {within:g} s: the platform is slow or unreachable"
                 )
             return slot.answer
         finally:
@@ -323,10 +346,17 @@ class _Puts:
 
 @final
 class WebSocketDriver(Generic[N]):
-    """Runs a :class:`WebSocketCore` over a WebSocket for one account (see the module docs).
+    """Runs a :class:`WebSocketCore` over a WebSocket for one account (see docs/connectors.md).
 
-    ``name`` names the account in errors (``"wecom bot X"``); ``on_notice`` handles
-    :class:`Notice` items (at most :data:`~trio_chatbridge._receive.MAX_HANDLERS` at once).
+    ``name`` names the account in errors (``"wecom bot X"``); ``open_websocket`` connects (an
+    :data:`OpenWebSocket`); ``on_notice`` handles :class:`Notice` items, at most 100 at once
+    (beyond that an item is dropped and counted in ``events_dropped``, or given back to the
+    core, see :attr:`Notice.busy`). ``answer_within``: seconds a request waits for its answer
+    unless it says otherwise (5); ``reconnect_wait``: seconds a request or send waits for the
+    connection to come back (60); ``put_batch``: inbound messages journaled in one put at most
+    (100); ``backlog``: inbound messages waiting for the inbox before the reader stops reading
+    (1,000; twice that while a request waits for its answer); ``linger``: seconds a burst
+    waits for company after its first message (0.001).
     """
 
     def __init__(
@@ -383,11 +413,11 @@ class WebSocketDriver(Generic[N]):
         :class:`FatalConnectorError` when the core says retrying cannot help, else
         :class:`ConnectorError` (or a group holding one). ``task_status.started()`` once the
         handshake is answered. If cancelled, the connection is closed; messages already taken
-        off it are still journaled (for at most :data:`PUT_GRACE` seconds) and not acked.
+        off it are still journaled (for at most 10 s more) and not acked.
         """
         try:
             async with self._open_websocket(url) as ws:
-                connection = _Connection(ws, ctx.count)
+                connection = _Connection(ws, self.name, ctx.count)
                 try:
                     await self._session(ctx, connection, task_status)
                 finally:

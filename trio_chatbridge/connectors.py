@@ -38,6 +38,7 @@ from ._supervise import Retries as Retries
 from ._websocket import AckTimeout as AckTimeout
 from ._websocket import Disconnected as Disconnected
 from ._websocket import OpenWebSocket as OpenWebSocket
+from ._websocket import WebSocket as WebSocket
 from ._websocket import WebSocketDriver as WebSocketDriver
 from ._ws_core import Answer as Answer
 from ._ws_core import Bad as Bad
@@ -81,6 +82,7 @@ __all__ = [
     "Retries",
     "RetryLater",
     "Send",
+    "WebSocket",
     "WebSocketCore",
     "WebSocketDriver",
     "long_poll",

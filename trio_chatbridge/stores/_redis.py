@@ -422,7 +422,7 @@ class RedisStore(Store):
 
     async def journal_pending(self) -> list[Message]:
         """Every account's pending messages, oldest first: one script per account, sent
-        ``BATCH`` accounts to a pipeline (one round trip each batch; on a cluster,
+        200 accounts to a pipeline (one round trip each batch; on a cluster,
         one per node). A read: cancelled, it changed nothing."""
         found: list[tuple[float, int, Message]] = []
         tags = await self._accounts()
@@ -515,7 +515,7 @@ class RedisStore(Store):
         return True
 
     async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
-        """Each lease tried by the acquire script, ``BATCH`` to a pipeline (one round trip
+        """Each lease tried by the acquire script, 200 to a pipeline (one round trip
         each batch; on a cluster, one per node); remembers each acquisition's token.
         Cancelled: as :meth:`acquire_lease`, for each lease."""
         args = [owner, _ms(ttl)]
@@ -540,7 +540,7 @@ class RedisStore(Store):
         return await self._call("write to", self._renew(keys, [owner, _ms(ttl)])) == 1
 
     async def renew_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
-        """Each lease renewed by the compare-and-set script, ``BATCH`` to a pipeline (one
+        """Each lease renewed by the compare-and-set script, 200 to a pipeline (one
         round trip each batch; on a cluster, one per node). Cancelled: each extended or
         not; count on the expiry of the last renewal that returned."""
         renewed: list[bool] = []

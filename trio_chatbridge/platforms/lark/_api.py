@@ -107,8 +107,8 @@ class OpenAPI:
         See ``docs/protocols/lark.md#endpoint-discovery``.
 
         Retryable failures raise :class:`ConnectorError`; a refusal that retrying cannot fix
-        (bad credentials) raises :class:`FatalConnectorError` (the answer is read by
-        ``_protocol.read_endpoint``). If cancelled, nothing is kept: the next call asks again.
+        (bad credentials) raises :class:`FatalConnectorError`. If cancelled, nothing is kept:
+        the next call asks again.
         """
         answer = await self._exchange(
             "POST",

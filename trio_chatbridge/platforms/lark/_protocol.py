@@ -68,8 +68,10 @@ class ClientConfig:
     @classmethod
     def merge(cls, base: ClientConfig, data: Any) -> ClientConfig:
         """``base`` with whatever numbers ``data`` (PascalCase keys) carries, each held to
-        its range in :data:`CONFIG_RANGES` (a server's ``PingInterval=0.001`` or ``1e308``
-        must neither flood the link with pings nor switch the watchdog off)."""
+        its range (``PingInterval`` 5-600 s, ``ReconnectInterval`` 1-600 s,
+        ``ReconnectNonce`` 0-600 s, ``ReconnectCount`` -1 for no limit to 1,000; see
+        docs/lark.md): a server's ``PingInterval=0.001`` or ``1e308`` must neither flood the
+        link with pings nor switch the watchdog off."""
         if not isinstance(data, Mapping):
             return base
         changes: dict[str, Any] = {}

@@ -311,7 +311,7 @@ class LongPoll(base.Connector):
         message allows. If cancelled before the first piece went out (while waiting for the
         rate limit), nothing was sent; once it has, the call completes: the other pieces go
         out too (shielded; each waits at most for its rate-limit slot, booked in advance, and
-        its 15 s request timeout; all of them together at most :data:`REPLY_SHIELD_MAX`, 120 s)
+        its 15 s request timeout; all of them together at most 120 s)
         and the cancellation reaches the caller at its next checkpoint. A cancel never cuts a
         reply short; only a failure midway (:class:`SendError`, or the cancellation if one is
         pending) can, or a platform so slow that the rest outlasts 120 s (then the same).
