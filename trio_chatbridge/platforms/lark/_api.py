@@ -152,8 +152,11 @@ class OpenAPI:
         """An authenticated call; returns ``data`` (``whole``: the whole answer, for the few
         calls that answer outside ``data``). Token expiry and rate limits are handled: an
         HTTP 429 waits at least its ``Retry-After``. With ``files`` (name: ``(filename,
-        bytes)``) the body is multipart, ``body`` its fields. Errors are those of
-        :func:`~.._http.exchange`, and :class:`LarkError` for a refusal with a code.
+        bytes)``) the body is multipart, ``body`` its fields. Raises :class:`ConnectorError`
+        for a failed exchange (unreachable, no answer in time, HTTP 429/408/425/5xx once the
+        retries are spent), :class:`ProtocolError` for an unreadable answer, a
+        :class:`PlatformError` for an HTTP refusal without a code, and :class:`LarkError`
+        for a refusal with a code.
         If cancelled, the call may or may not have reached the platform (a send may be done)."""
         renewed = False
         retries = RATE_LIMIT_BACKOFF.retries(RATE_LIMIT_RETRIES)
