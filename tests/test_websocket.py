@@ -138,12 +138,22 @@ class Inbox:
 
 
 async def start(
-    nursery: trio.Nursery, **options: Any
+    nursery: trio.Nursery, core: LineCore | None = None, **options: Any
 ) -> tuple[Server, Inbox, LineCore, WebSocketDriver[str]]:
-    server, inbox, core = Server(nursery), Inbox(), LineCore()
+    server, inbox, core = Server(nursery), Inbox(), core or LineCore()
     driver = WebSocketDriver(core, name="line acct", open_websocket=server.open, **options)
     await nursery.start(driver.run, inbox.context(), "ws://localhost/")
     return server, inbox, core, driver
+
+
+async def release(inbox: Inbox, server: Server, n: int) -> None:
+    """Opens the held inbox: messages 0 to n-1 are all put, in order, then ACKed once each,
+    in order."""
+    inbox.open.set()
+    await trio.sleep(1)
+    assert [m for put in inbox.puts for m in put] == [str(i) for i in range(n)]
+    acks = [frame for frame in server.got if frame.startswith("ack:")]
+    assert acks == [f"ack:{i}" for i in range(n)]
 
 
 async def test_a_burst_is_put_at_once_and_acked_only_after_its_put_returned(
@@ -175,9 +185,7 @@ async def test_a_slow_inbox_slows_reading_but_heartbeats_and_the_link_go_on(
             await trio.sleep(9)
             assert len(core.read) < 10  # the reader stopped: backpressure on the socket
             assert server.got.count("ping") == 1  # at 5 s, the inbox notwithstanding
-            inbox.open.set()
-            await trio.sleep(1)
-            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
+            await release(inbox, server, 20)
             assert all(len(put) <= 2 for put in inbox.puts)
             nursery.cancel_scope.cancel()
 
@@ -193,11 +201,7 @@ async def test_a_put_slower_than_the_grace_holds_the_reader_and_every_message_is
             await trio.sleep(3 * PUT_GRACE)
             assert inbox.puts == [["0", "1"]]  # one put waiting, never abandoned and put on
             assert len(core.read) < 10  # the reader stopped: backpressure on the socket
-            inbox.open.set()
-            await trio.sleep(1)
-            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
-            acks = [frame for frame in server.got if frame.startswith("ack:")]
-            assert acks == [f"ack:{n}" for n in range(20)]  # each once, in order
+            await release(inbox, server, 20)
             nursery.cancel_scope.cancel()
 
 
@@ -352,11 +356,7 @@ async def test_an_answer_behind_inbound_frames_is_read_while_the_inbox_is_slow(
             await trio.sleep(1)
             assert answers == [Answer("k1", body={"n": 1})]  # read behind msg:5, in time
             assert core.read[5:] == ["msg:5", "ans:k1"]  # then the reader stopped again
-            inbox.open.set()
-            await trio.sleep(1)
-            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
-            acks = [frame for frame in server.got if frame.startswith("ack:")]
-            assert acks == [f"ack:{n}" for n in range(20)]
+            await release(inbox, server, 20)
             nursery.cancel_scope.cancel()
 
 
@@ -374,8 +374,30 @@ async def test_waiting_for_an_answer_reads_past_a_full_backlog_by_a_bound_only(
             with pytest.raises(cb.connectors.AckTimeout):  # too far behind: memory stays bounded
                 await driver.request(Request("k1", "do:k1", _refused, within=3.0))
             assert len(core.read) == 2 + 2 * 3  # the put's 2, then twice the backlog at most
-            inbox.open.set()
-            await trio.sleep(1)
-            assert [m for put in inbox.puts for m in put] == [str(n) for n in range(20)]
+            await release(inbox, server, 20)
             assert inbox.counts["stray_acks"] == 1  # the answer came, after its request gave up
+            nursery.cancel_scope.cancel()
+
+
+class AskingCore(LineCore):
+    """Its heartbeat wants an answer (``ans:hb``) within 2 s, as WeCom's ping does."""
+
+    def heartbeat(self) -> Outgoing:
+        return Request("hb", "ping", _refused, within=2.0)
+
+
+async def test_a_heartbeat_answered_behind_inbound_frames_keeps_the_connection_while_slow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server, inbox, core, driver = await start(nursery, AskingCore(), backlog=3, put_batch=2)
+            inbox.open = trio.Event()
+            await server.push(*(f"msg:{n}" for n in range(5)))
+            await trio.sleep(5.5)  # the heartbeat went at 5 s, the reader stopped before it
+            assert server.got[-1] == "ping" and len(core.read) == 5
+            nursery.start_soon(server.push, "msg:5", "ans:hb", "msg:6")
+            await trio.sleep(5)
+            assert driver.connected and server.got.count("ping") == 2  # answered: still up
+            await release(inbox, server, 7)
             nursery.cancel_scope.cancel()
