@@ -1,9 +1,11 @@
 """Accounts per process: idle WeChat accounts, each a real ``weixin.LongPoll`` parked in a long
 poll on the loopback emulator (its own process, holding each poll 35 s as iLink does).
 
-For N accounts (100: medians of three runs; 1,000: one run), each in a fresh process: the
-memory the accounts added (resident set, from before the first client was built until every
-account is parked) and the CPU time the process spends while they sit idle, per account.
+For N accounts (100 and 1,000: medians of three runs), each in a fresh process: the memory
+the accounts added (resident set, from before the first client was built until every account
+is parked), the CPU time the process spends while they sit idle, per account, and for the
+bridges the leases' behaviour: acquisitions per account over the run (1 unless a lease lapsed
+and was taken again), leases lost, renewals a second while idle.
 Four ways, taking turns:
 
 - ``raw``: the baseline, N tasks each polling ``getupdates`` in a loop with its own httpx
@@ -44,7 +46,7 @@ from trio_chatbridge.testing import redis_server
 
 from ._util import emulator_process, report
 
-RUNS_BY_COUNT: Final = {100: 3, 1_000: 1}  # a run at 1,000 takes minutes on a shared machine
+RUNS_BY_COUNT: Final = {100: 3, 1_000: 3}
 KINDS: Final = ("raw", "memory", "redis", "shared")
 MEASURED: Final = ("raw", "redis", "shared")  # what a run measures (``memory``: on demand)
 SETTLE_LIMIT: Final = 300.0  # seconds: a way whose accounts are not all parked by then failed
@@ -87,6 +89,8 @@ async def _noop(batch: cb.Batch, reply: cb.Reply) -> None:
 async def idle(kind: str, count: int, info: dict[str, Any], redis: str) -> dict[str, float]:
     """Park ``count`` accounts the ``kind`` way; what they cost (run in a fresh process)."""
     rss_before, cpu_before = rss_mib(), cpu_seconds()
+    started = trio.current_time()
+    bridge: cb.Bridge | None = None
     async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
         if kind == "raw":
             parked = [0]
@@ -120,16 +124,29 @@ async def idle(kind: str, count: int, info: dict[str, Any], redis: str) -> dict[
             with trio.fail_after(SETTLE_LIMIT):
                 await bridge.wait_status(lambda s: all(c.state == "running" for c in s.values()))
         startup_cpu = cpu_seconds() - cpu_before
+        startup_s = trio.current_time() - started
         await trio.sleep(SETTLE)
         rss_parked, cpu_parked = rss_mib(), cpu_seconds()
+        renewed = _lease_counts(bridge)["lease.renewed"]
         await trio.sleep(WINDOW)
         cpu_idle = cpu_seconds() - cpu_parked
+        leases = _lease_counts(bridge)
         nursery.cancel_scope.cancel()
     return {
         "kib_per_account": (rss_parked - rss_before) * 1024 / count,
         "cpu_us_per_account_s": cpu_idle / WINDOW / count * 1e6,
         "startup_cpu_ms_per_account": startup_cpu / count * 1e3,
+        "startup_s": startup_s,
+        "acquired_per_account": leases["lease.acquired"] / count,
+        "lost": leases["lease.lost"],
+        "renewals_per_s": (leases["lease.renewed"] - renewed) / WINDOW,
     }
+
+
+def _lease_counts(bridge: cb.Bridge | None) -> dict[str, int]:
+    """The bridge's lease counters (all zero for the baseline, which has no bridge)."""
+    other = bridge.stats().other if bridge is not None else {}
+    return {k: other.get(k, 0) for k in ("lease.acquired", "lease.lost", "lease.renewed")}
 
 
 def _one(kind: str, count: int, redis: str) -> dict[str, float] | None:
@@ -152,6 +169,17 @@ def _one(kind: str, count: int, redis: str) -> dict[str, float] | None:
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def _lease_row(runs: list[dict[str, float]]) -> str:
+    """The leases' part of a bridge's row: the worst run's acquisitions per account (1: no
+    lease lapsed and was taken again) and leases lost, the median renewals a second."""
+    renewals = statistics.median(run["renewals_per_s"] for run in runs)
+    return (
+        f"; lease acquisitions per account {max(r['acquired_per_account'] for r in runs):g} "
+        f"(worst run), leases lost {max(r['lost'] for r in runs):g}, "
+        f"{renewals:.0f} renewals/s"
+    )
 
 
 def bench_idle_accounts() -> None:
@@ -179,12 +207,14 @@ def bench_idle_accounts() -> None:
                 continue
             m = _medians(results[(kind, count)])
             memory, cpu = m["kib_per_account"], m["cpu_us_per_account_s"]
+            leases = "" if kind == "raw" else _lease_row(results[(kind, count)])
             rows.append(
                 (
                     f"{count:,} accounts, {kind}",
                     f"{memory:.1f} KiB/account ({memory / raw['kib_per_account']:.2f}x raw), "
                     f"idle CPU {cpu:.1f} us/account/s ({cpu / raw['cpu_us_per_account_s']:.2f}x "
-                    f"raw), start {m['startup_cpu_ms_per_account']:.1f} ms CPU/account",
+                    f"raw), start {m['startup_cpu_ms_per_account']:.1f} ms CPU/account, "
+                    f"all parked in {m['startup_s']:.1f} s{leases}",
                 )
             )
     how = ", ".join(f"{n:,} accounts: {r}" for n, r in RUNS_BY_COUNT.items())

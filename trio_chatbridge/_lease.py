@@ -58,6 +58,7 @@ log = logging.getLogger("trio_chatbridge.lease")
 ACQUIRED: Final = "lease.acquired"
 LOST: Final = "lease.lost"
 HANDED_OFF: Final = "lease.handed_off"
+RENEWED: Final = "lease.renewed"
 RELEASE_TIMEOUT: Final = 2.0  # seconds a graceful release may take before we give up on it
 WAKE_AFTER: Final = 0.005  # seconds past an expiry before a standby acts on it
 SETTLE: Final = 0.005  # seconds a woken keeper waits for more news before its extra round
@@ -90,6 +91,12 @@ class Leases:
     wake_jitter: float = 0.05
     """Seconds, at most, a standby waits at random past an expiry it woke for, so that
     standbys do not all ask at the same instant."""
+    starts: int = 16
+    """Accounts whose connectors start at once. An account's start (replaying its unfinished
+    messages, then the connector's first start: its client, its first request) holds one of
+    these slots until the connector is up or its first attempt failed, at most a round: a
+    process acquiring a thousand leases at once starts them a few at a time, so that its
+    event loop stays free enough for the renewals to keep their schedule."""
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -98,10 +105,11 @@ class Leases:
             and 0 < self.margin < 2 / 3
             and 0 <= self.jitter < 1
             and self.wake_jitter >= 0
+            and self.starts >= 1
         ):
             raise ConfigurationError(
                 "Leases need ttl > 0, 0 < margin < 2/3 (a renewal must land before the "
-                "connector stops), 0 <= jitter < 1 and wake_jitter >= 0"
+                "connector stops), 0 <= jitter < 1, wake_jitter >= 0 and starts >= 1"
             )
 
     def applies_to(self, store: Store) -> bool:
@@ -204,9 +212,12 @@ class LeaseKeeper:
     _expiries: dict[str, float] = attrs.field(factory=dict, init=False)
     """When each other member expires unless it beats again (Trio's clock)."""
     _nudged: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _starting: trio.CapacityLimiter = attrs.field(init=False)
+    """Slots for accounts starting (``Leases.starts``)."""
 
     def __attrs_post_init__(self) -> None:
         self._accounts = [_Account(s) for s in self.supervisors]
+        self._starting = trio.CapacityLimiter(self.config.starts)
 
     def held(self) -> list[str]:
         """Names of the accounts whose lease this process holds now."""
@@ -358,6 +369,7 @@ class LeaseKeeper:
         for account, kept in zip(accounts, renewed, strict=False):
             if kept:
                 account.extend(sent + self.config.ttl * (1 - self.config.margin))
+                self.counters[RENEWED] += 1
             else:
                 log.warning("lost the lease of %s: another process holds it", account.name)
                 if account.scope is not None:
@@ -366,29 +378,17 @@ class LeaseKeeper:
     async def _gated(self, account: _Account) -> None:
         """Run the account's supervisor each time the lease is acquired, in a scope whose
         deadline the renewals move; release the lease after a handoff or at shutdown."""
-        supervisor = account.supervisor
-        connector = supervisor.connector
         try:
             while True:
                 await account.acquired.wait()
                 account.show("held")
                 with trio.CancelScope(deadline=account.deadline) as scope:
                     account.scope = scope
-                    try:
-                        pending = await self.store.journal_pending_of(
-                            connector.platform, connector.account
-                        )
-                    except StoreError as exc:
-                        # Give the lease back: the next acquisition replays, whoever makes it.
-                        log.warning("could not replay %s: %s", account.name, exc)
-                        account.handing_off = True
-                    else:
-                        await self.replay(pending)
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._stop_when_handed_off, account)
-                            await supervisor.run()
-                            account.failed = True  # run() only returns when it failed for good
-                            nursery.cancel_scope.cancel()
+                    async with trio.open_nursery() as nursery:
+                        if not await self._start(account, nursery):
+                            # Give the lease back: the next acquisition replays, whoever
+                            # makes it.
+                            account.handing_off = True
                 account.scope = None
                 account.acquired = trio.Event()
                 if account.failed or account.handing_off:
@@ -409,6 +409,36 @@ class LeaseKeeper:
             if account.holds:
                 with trio.CancelScope(shield=True):
                     await self._release(account)
+
+    async def _start(self, account: _Account, nursery: trio.Nursery) -> bool:
+        """In one of the keeper's start slots: replay the account's unfinished messages, then
+        start its supervisor in ``nursery`` and wait for its first start to be over (at most
+        a round: a connector slow to come up does not hold the others back). False when the
+        journal could not be read (nothing started)."""
+        connector = account.supervisor.connector
+        async with self._starting:
+            try:
+                pending = await self.store.journal_pending_of(connector.platform, connector.account)
+            except StoreError as exc:
+                log.warning("could not replay %s: %s", account.name, exc)
+                return False
+            await self.replay(pending)
+            first_start_over = trio.Event()
+            nursery.start_soon(self._stop_when_handed_off, account)
+            nursery.start_soon(self._supervise, account, nursery.cancel_scope, first_start_over)
+            with trio.move_on_after(self.config.round):
+                await first_start_over.wait()
+        return True
+
+    @staticmethod
+    async def _supervise(
+        account: _Account, done: trio.CancelScope, first_start_over: trio.Event
+    ) -> None:
+        """Run the account's supervisor; once it returns (it failed for good), cancel
+        ``done`` (the account's other tasks)."""
+        await account.supervisor.run(first_start_over.set)
+        account.failed = True  # run() only returns when it failed for good
+        done.cancel()
 
     async def _stop_when_handed_off(self, account: _Account) -> None:
         """Once asked to hand off: wait (at most ``handoff_grace``) until no message of the

@@ -165,6 +165,7 @@ class Supervisor:
         self._publish = publish
         self._status = ConnectorStatus(connector.name, "starting")
         self._up_since: float | None = None
+        self._first_start: Callable[[], None] | None = None
 
     @property
     def status(self) -> ConnectorStatus:
@@ -179,14 +180,25 @@ class Supervisor:
     def set_state(self, state: ConnectorState, detail: str | None = None) -> None:
         self.status = attrs.evolve(self.status, state=state, detail=detail)
 
+    def _first_start_over(self) -> None:
+        """Call ``run``'s ``first_start_over``, once."""
+        over, self._first_start = self._first_start, None
+        if over is not None:
+            over()
+
     def _on_started(self) -> None:
+        self._first_start_over()
         self._up_since = trio.current_time()
         self.status = attrs.evolve(
             self.status, state="running", detail=None, connects=self.status.connects + 1
         )
 
-    async def run(self) -> None:
-        """Run the connector, restarting it after transient failures, until cancelled."""
+    async def run(self, first_start_over: Callable[[], None] | None = None) -> None:
+        """Run the connector, restarting it after transient failures, until cancelled.
+
+        ``first_start_over`` is called once the first start is over: the connector is up,
+        or its first attempt failed (the lease keeper starts a few accounts at a time)."""
+        self._first_start = first_start_over
         CONNECTOR.set((self.connector.platform, self.connector.account))  # named in log lines
         try:
             await self._restart_loop()
@@ -231,6 +243,7 @@ class Supervisor:
                 return
             delay = retries.fail(hint)
             assert delay is not None  # no limit: restarts go on until cancelled or fatal
+            self._first_start_over()
             self._counters[_stats.RECONNECTS] += 1
             self.status = attrs.evolve(
                 self.status,
@@ -243,6 +256,7 @@ class Supervisor:
             self.set_state("starting")
 
     def _fail(self, exc: FatalConnectorError) -> None:
+        self._first_start_over()
         log.error("connector %s stopped: %s", self.connector.name, exc)
         self.status = attrs.evolve(
             self.status, state="failed", detail=str(exc), last_error=f"{type(exc).__name__}: {exc}"
