@@ -279,14 +279,16 @@ def pending_times(url: str) -> tuple[float, float, float]:
     return ours, raw, before
 
 
-async def takeover(url: str, graceful: bool) -> float:
+async def takeover(url: str, graceful: bool) -> tuple[float, float]:
     """Seconds from the owner's SIGKILL (or SIGTERM: a graceful stop) until the other
-    process's connector runs (each bridge prints a line when its connector starts)."""
+    process's connector runs (each bridge prints a line when its connector starts), and how
+    much of it the killed owner's lease still had to run (read from Redis right after the
+    kill; nan after a graceful stop, which releases it)."""
     prefix = f"bench-{uuid.uuid4().hex}:"
     command = [sys.executable, "-m", "benchmarks.redis", "bridge", url, prefix]
     send, receive = trio.open_memory_channel[tuple[int, float]](10)
     children: list[trio.Process] = []
-    took = math.nan
+    took = left = math.nan
     async with raw_client(url) as client, trio.open_nursery() as nursery:
         try:
             for _ in range(2):
@@ -301,6 +303,9 @@ async def takeover(url: str, graceful: bool) -> float:
             await poll(both_members)
             killed = time.perf_counter()
             os.kill(owner, signal.SIGTERM if graceful else signal.SIGKILL)
+            if not graceful:
+                ttl_ms = await client.pttl(f"{prefix}{{fake:solo}}:lease")
+                left = time.perf_counter() - killed + ttl_ms / 1000  # ~ when Redis read it
             while True:
                 pid, at = await receive.receive()
                 if pid != owner:
@@ -311,7 +316,7 @@ async def takeover(url: str, graceful: bool) -> float:
                 child.kill()
                 await child.wait()
             nursery.cancel_scope.cancel()
-    return took
+    return took, left
 
 
 async def _say_running(
@@ -360,15 +365,36 @@ async def run_bridge(url: str, prefix: str) -> None:
         nursery.cancel_scope.cancel()
 
 
-def takeover_row(url: str, graceful: bool) -> tuple[str, str]:
-    took = [trio.run(takeover, url, graceful) for _ in range(TAKEOVERS)]
+def takeover_rows(url: str, graceful: bool) -> list[tuple[str, str]]:
+    """The takeover's median and worst; after a kill, also what it is made of: the lease
+    the owner had left, then the standby's reaction (from that expiry to its connector
+    running)."""
+    runs = [trio.run(takeover, url, graceful) for _ in range(TAKEOVERS)]
+    took = [t for t, _ in runs]
     how = "SIGTERM (graceful stop)" if graceful else "SIGKILL"
     median, worst = statistics.median(took), max(took)
-    return (
-        f"takeover after {how}, TTL {TAKEOVER_TTL:g} s (median, worst of {TAKEOVERS})",
-        f"{median:.3f} s = {median / TAKEOVER_TTL:.2f} TTL; worst {worst:.3f} s "
-        f"= {worst / TAKEOVER_TTL:.2f} TTL",
-    )
+    rows = [
+        (
+            f"takeover after {how}, TTL {TAKEOVER_TTL:g} s (median, worst of {TAKEOVERS})",
+            f"{median:.3f} s = {median / TAKEOVER_TTL:.2f} TTL; worst {worst:.3f} s "
+            f"= {worst / TAKEOVER_TTL:.2f} TTL",
+        )
+    ]
+    if not graceful:
+        left = [lease for _, lease in runs]
+        reaction = [t - lease for t, lease in runs]
+        rows += [
+            (
+                "  of which: the killed owner's lease left to run",
+                f"median {statistics.median(left):.3f} s, worst {max(left):.3f} s",
+            ),
+            (
+                "  of which: the standby's reaction (expiry to its connector running)",
+                f"median {statistics.median(reaction) * 1000:.0f} ms, "
+                f"worst {max(reaction) * 1000:.0f} ms",
+            ),
+        ]
+    return rows
 
 
 def bench_redis() -> None:
@@ -417,8 +443,15 @@ def bench_redis() -> None:
             ("ratio (RedisStore / raw)", f"{raw / ours:.2f}x  (target >= 0.7x)"),
             ("one HGET per message (the read before)", f"{before * 1000:.0f} ms"),
         ]
-        rows += [takeover_row(url, graceful=False), takeover_row(url, graceful=True)]
+        rows += takeover_rows(url, graceful=False) + takeover_rows(url, graceful=True)
     report(f"RedisStore (medians of {RUNS})", rows)
+
+
+def bench_takeover() -> None:
+    """The takeover rows alone (``python -m benchmarks.redis takeover``)."""
+    with redis_url() as url:
+        rows = takeover_rows(url, graceful=False) + takeover_rows(url, graceful=True)
+    report("RedisStore takeover", rows)
 
 
 BENCHMARKS = {"redis": bench_redis, "redis-accounts": bench_idle_accounts}
@@ -426,3 +459,5 @@ BENCHMARKS = {"redis": bench_redis, "redis-accounts": bench_idle_accounts}
 if __name__ == "__main__":
     if sys.argv[1:2] == ["bridge"]:
         trio.run(run_bridge, sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["takeover"]:
+        bench_takeover()

@@ -9,7 +9,8 @@ and was taken again), leases lost, renewals a second while idle.
 Four ways, taking turns:
 
 - ``raw``: the baseline, N tasks each polling ``getupdates`` in a loop with its own httpx
-  client (as each connector has its own by default), nothing else;
+  client (as each connector has its own by default), the clients sharing one TLS context
+  (as the library's do), nothing else;
 - ``memory``: a bridge of N connectors on a ``MemoryStore`` (no leases), a diagnostic run
   apart (``python -m benchmarks.redis_accounts memory N REDIS_URL < emulator.json``);
 - ``redis``: the same bridge on a ``RedisStore``, so each account also holds a lease, renewed
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import ssl
 import statistics
 import subprocess
 import sys
@@ -67,11 +69,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _raw(info: dict[str, Any], parked: list[int]) -> None:
+async def _raw(info: dict[str, Any], parked: list[int], tls: ssl.SSLContext) -> None:
     """One account's baseline: poll, take the cursor, poll again."""
     headers = {"Authorization": f"Bearer {info['token']}"}
     cursor = ""
-    async with httpx.AsyncClient(timeout=POLL_TIMEOUT) as http:
+    async with httpx.AsyncClient(timeout=POLL_TIMEOUT, verify=tls) as http:
         parked[0] += 1
         while True:
             response = await http.post(
@@ -93,9 +95,9 @@ async def idle(kind: str, count: int, info: dict[str, Any], redis: str) -> dict[
     bridge: cb.Bridge | None = None
     async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
         if kind == "raw":
-            parked = [0]
+            parked, tls = [0], httpx.create_ssl_context()
             for _ in range(count):
-                nursery.start_soon(_raw, info, parked)
+                nursery.start_soon(_raw, info, parked, tls)
             while parked[0] < count:  # noqa: ASYNC110 - counting other tasks' progress
                 await trio.sleep(0.05)
         else:
