@@ -428,3 +428,116 @@ async def test_a_refused_done_mark_leaves_the_message_pending_and_the_bridge_up(
             bridge.shutdown()
     assert handled == ["1", "2"]
     assert [m.id for m in await store.journal_pending()] == ["1", "2"]  # replayed next time
+
+
+class BusyStart(FakeConnector):
+    """A connector whose start keeps the event loop busy: each of its steps stands for
+    ``cost`` seconds of CPU (the clock jumps, no other task runs meanwhile), as building a
+    client and sending a first request do; ``hang`` never comes up. ``starting`` counts the
+    connectors in their start now, ``most`` the most there ever were."""
+
+    starting = 0
+    most = 0
+
+    def __init__(self, account: str, clock: trio.testing.MockClock, cost: float) -> None:
+        super().__init__(account)
+        self.clock = clock
+        self.cost = cost
+        self.hang = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        BusyStart.starting += 1
+        BusyStart.most = max(BusyStart.most, BusyStart.starting)
+        try:
+            for _ in range(4):
+                self.clock.jump(self.cost)
+                await trio.lowlevel.checkpoint()
+            if self.hang:
+                await trio.sleep_forever()
+        finally:
+            BusyStart.starting -= 1
+        await super().run(task_status=task_status)
+
+
+class Remote(cb.MemoryStore):
+    """A store a round trip away: renewals and heartbeats take a millisecond, as to Redis
+    (the reply is read in a later turn of the event loop, not in the sending task's step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals: list[float] = []
+        """When each renewal's reply was read."""
+
+    async def renew_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
+        await trio.sleep(0.001)
+        renewed = await super().renew_leases(names, owner, ttl)
+        self.renewals.append(trio.current_time())
+        return renewed
+
+    async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
+        await trio.sleep(0.001)
+        return await super().heartbeat(group, member, ttl)
+
+
+async def bridge_of_busy_starts(
+    clock: trio.testing.MockClock, leases: cb.Leases, count: int, cost: float
+) -> tuple[cb.Bridge, list[BusyStart]]:
+    BusyStart.starting = BusyStart.most = 0
+    connectors = [BusyStart(f"bot{i}", clock, cost) for i in range(count)]
+    bridge = cb.Bridge(connectors, no_agent, store=Remote(), leases=leases)
+    return bridge, connectors
+
+
+async def no_agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    raise AssertionError("no message is sent in these tests")
+
+
+async def test_renewals_keep_their_schedule_while_many_connectors_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A hundred connectors whose starts cost 80 ms of CPU each (8 s in all, over twice the
+    margin between a renewal and the deadline it sets): started all at once, the loop would
+    run every pending start's step before the keeper's next one, the first renewal would
+    come back past its deadline, and every lease would lapse and be acquired again. Started
+    a few at a time, each renewal keeps its round, and no lease is lost."""
+    bridge, connectors = await bridge_of_busy_starts(autojump_clock, LEASES, 100, 0.02)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            start = trio.current_time()
+            await bridge.wait_status(lambda s: all(c.state == "running" for c in s.values()))
+            assert trio.current_time() - start >= 100 * 4 * 0.02 - 1e-6  # the CPU it cost
+            await trio.sleep(3 * TTL)
+            elapsed = trio.current_time()
+            bridge.shutdown()
+    other = bridge.stats().other
+    assert other.get("lease.lost", 0) == 0, other
+    assert other["lease.acquired"] == 100
+    assert all(c.runs == 1 for c in connectors)
+    assert BusyStart.most <= LEASES.starts
+    # A renewal every round, all along (the first round acquires): a round apart, plus a
+    # few turns of a loop still busy with starts, well inside the 2.4 s each one has.
+    assert isinstance(bridge.store, Remote)
+    renewals = bridge.store.renewals
+    gaps = [b - a for a, b in zip([start, *renewals], renewals, strict=False)]
+    assert renewals[-1] >= elapsed - LEASES.round - 0.1
+    assert max(gaps) <= 2 * LEASES.round < TTL * (1 - LEASES.margin), gaps
+    assert other["lease.renewed"] == 100 * len(renewals)
+
+
+async def test_a_connector_slow_to_start_holds_its_start_slot_a_round_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Four connectors that never come up, one start slot: each holds it a round, then the
+    next one starts (none waits for the others to come up)."""
+    leases = cb.Leases(ttl=TTL, enabled=True, jitter=0.0, starts=1)
+    bridge, connectors = await bridge_of_busy_starts(autojump_clock, leases, 4, 0.0)
+    for connector in connectors:
+        connector.hang = True
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await trio.sleep(3 * leases.round + 0.1)
+            assert BusyStart.starting == 4  # all started, none stopped
+            assert bridge.stats().other.get("lease.lost", 0) == 0
+            bridge.shutdown()
