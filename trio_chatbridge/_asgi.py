@@ -13,7 +13,7 @@ ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 async def answer_lifespan(receive: Receive, send: Send) -> None:
     """Complete a server's lifespan start-up and shutdown (the app needs neither); returns at
-    shutdown."""
+    shutdown. If cancelled, the server hears nothing more of the lifespan."""
     while True:
         event = await receive()
         if event["type"] == "lifespan.startup":

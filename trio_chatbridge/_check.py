@@ -41,7 +41,8 @@ async def _never_accept(messages: Sequence[Message]) -> list[Message]:
 async def check_connector(
     connector: Connector, store: Store, within: float = CHECK_TIMEOUT
 ) -> CheckResult:
-    """Run ``connector`` until its outcome is known (see the module docstring), then stop it."""
+    """Run ``connector`` until its outcome is known (see the module docstring), then stop it.
+    If cancelled, the connector is stopped and nothing is concluded."""
     outcome: CheckResult | None = None
 
     def conclude(ok: bool, detail: str) -> None:
@@ -84,7 +85,8 @@ def _ignore(name: str, n: int) -> None:
 async def check_all(
     connectors: Sequence[Connector], store: Store, within: float = CHECK_TIMEOUT
 ) -> list[CheckResult]:
-    """Check every connector at once; results in the connectors' order."""
+    """Check every connector at once; results in the connectors' order. If cancelled, every
+    check stops and the store is closed."""
     results: list[CheckResult | None] = [None] * len(connectors)
 
     async def one(index: int, connector: Connector) -> None:

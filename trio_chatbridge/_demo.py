@@ -51,7 +51,8 @@ class Transcript:
 
 
 async def demo_agent(batch: Batch, reply: Reply) -> None:
-    """The example agent: sums up the batch, streaming its answer word by word."""
+    """The example agent: sums up the batch, streaming its answer word by word. If cancelled
+    (the user spoke again), the stream ends where it was."""
     who = batch.latest.sender.id
     words = f"{who}, I got {len(batch.messages)} message(s) from you: " + " | ".join(
         m.text for m in batch.messages
@@ -64,7 +65,8 @@ async def demo_agent(batch: Batch, reply: Reply) -> None:
 
 
 async def fake_platform_demo(say: Transcript) -> None:
-    """The core pipeline on the test connector: bursts become batches, replies stream back."""
+    """The core pipeline on the test connector: bursts become batches, replies stream back.
+    The demo scenes stop with their bridge and emulator if cancelled."""
 
     streaming: set[str] = set()
 
@@ -119,7 +121,8 @@ def announce(say: Transcript, description: dict[str, Any]) -> None:
 
 
 async def weixin_demo(say: Transcript, loopback: bool = False) -> None:
-    """WeChat on the iLink emulator: a burst, typing, an expired session, recovery."""
+    """WeChat on the iLink emulator: a burst, typing, an expired session, recovery. If
+    cancelled, the scene stops with its bridge and emulator."""
     from .testing import WeixinEmulator, WeixinFault
 
     emulator = WeixinEmulator()
@@ -161,7 +164,8 @@ async def weixin_demo(say: Transcript, loopback: bool = False) -> None:
 
 
 async def wecom_demo(say: Transcript, loopback: bool = False) -> None:
-    """WeCom on its emulator: a welcome, a burst, a streamed reply, a replacement."""
+    """WeCom on its emulator: a welcome, a burst, a streamed reply, a replacement. If
+    cancelled, the scene stops with its bridge and emulator."""
     from .testing import WeComEmulator
 
     async with trio.open_nursery() as nursery:
@@ -200,7 +204,8 @@ async def wecom_demo(say: Transcript, loopback: bool = False) -> None:
 
 
 async def lark_demo(say: Transcript, loopback: bool = False) -> None:
-    """Lark on its emulator: fragments, a group filter, a reply edited as it streams."""
+    """Lark on its emulator: fragments, a group filter, a reply edited as it streams. If
+    cancelled, the scene stops with its bridge and emulator."""
     from .testing import LarkEmulator
 
     async with trio.open_nursery() as nursery:
@@ -234,7 +239,8 @@ async def lark_demo(say: Transcript, loopback: bool = False) -> None:
 
 
 async def run_demo(out: Callable[[str], None] = print, loopback: bool = False) -> None:
-    """Play every demo scene, one after another (the platforms' over loopback if asked)."""
+    """Play every demo scene, one after another (the platforms' over loopback if asked). If
+    cancelled, the scene playing stops; the later ones do not run."""
     where = "over loopback sockets" if loopback else "in memory"
     say = Transcript(out)
     out(f"== the pipeline: bursts in a {WINDOW:.0f} s quiet window become one batch ==")

@@ -59,7 +59,8 @@ class MediaPolicy:
 async def fetch(
     http: httpx.AsyncClient, url: str, policy: MediaPolicy, also_host: str = ""
 ) -> bytes:
-    """GET ``url`` under ``policy``; raises :class:`MediaError` saying what was refused."""
+    """GET ``url`` under ``policy``; raises :class:`MediaError` saying what was refused. If
+    cancelled, nothing of the body is kept."""
     try:
         with trio.fail_after(policy.timeout):
             request = await guarded_request(http, "GET", url, policy, also_host)
@@ -81,7 +82,8 @@ async def guarded_request(
     **options: Any,
 ) -> httpx.Request:
     """A request to ``url`` that ``policy`` allows, by name then by address (see above), for
-    ``http.send``; :class:`MediaError` saying what was refused (``verb`` says what for)."""
+    ``http.send``; :class:`MediaError` saying what was refused (``verb`` says what for). It
+    sends nothing (it may resolve the host): if cancelled, nothing was sent."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not policy.allows(parts.hostname or "", also_host):
         raise MediaError(
