@@ -3,9 +3,14 @@ generated from the docstrings. Build with ``nox -s docs`` (warnings are errors).
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+from sphinx.pycode import ModuleAnalyzer
 
 import trio_chatbridge
 
@@ -49,8 +54,37 @@ def _outside_links(app: object, docname: str, source: list[str]) -> None:
     source[0] = LINK.sub(replace, source[0])
 
 
+@cache
+def _alias_docs() -> dict[tuple[int, str], list[str]]:
+    """The docstrings written under the type aliases in the package's modules (a string after
+    ``Name: TypeAlias = ...``), by (id of the alias, name)."""
+    found: dict[tuple[int, str], list[str]] = {}
+    for info in pkgutil.walk_packages(trio_chatbridge.__path__, "trio_chatbridge."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for (scope, name), lines in ModuleAnalyzer.for_module(info.name).find_attr_docs().items():
+            if not scope and hasattr(module, name):
+                found.setdefault((id(getattr(module, name)), name), list(lines))
+    return found
+
+
+def _alias_doc(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """A type alias re-exported by a public module is documented where it is defined, in a
+    private module, and the API reference would show no text for it (or the docstring of
+    ``types.UnionType``): there it gets the text written under its definition."""
+    if what != "data":
+        return
+    doc = _alias_docs().get((id(obj), name.rsplit(".", 1)[-1]))
+    if doc:
+        lines[:] = doc
+
+
 def setup(app: Any) -> None:
     app.connect("source-read", _outside_links)
+    app.connect("autodoc-process-docstring", _alias_doc)
 
 
 html_theme = "sphinx_rtd_theme"

@@ -139,7 +139,8 @@ class Post(_PlatformJSON):
 
 
 Content: TypeAlias = str | Markdown | Attachment | Card | Post
-"""What ``send`` and ``send_first`` take."""
+"""What ``send`` and ``send_first`` take: a ``str`` (plain text), :class:`Markdown`,
+:class:`Attachment`, :class:`Card` or :class:`Post`."""
 
 
 @final

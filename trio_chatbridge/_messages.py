@@ -230,6 +230,8 @@ class Mention(_Part, frozen=True, gc=False, tag="mention"):
 
 
 Part: TypeAlias = Text | Image | File | Voice | Video | Quote | Mention
+"""One piece of a message: a :class:`Text`, :class:`Image`, :class:`File`, :class:`Voice`,
+:class:`Video`, :class:`Quote` or :class:`Mention`."""
 
 
 @final

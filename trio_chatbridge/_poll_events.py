@@ -91,7 +91,8 @@ class Paused:
 
 
 PollEvent = Page | RetryLater | Paused
-"""What a core makes of one answer (``connectors.Event`` is the WebSocket cores' union)."""
+"""What :meth:`PollCore.receive` makes of one answer: a :class:`Page`, a :class:`RetryLater`
+or a :class:`Paused` (``connectors.Event`` is the WebSocket cores' union)."""
 
 
 class PollCore(Protocol):

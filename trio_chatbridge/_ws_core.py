@@ -54,6 +54,7 @@ class Request:
 
 
 Outgoing: TypeAlias = Send | Request
+"""A frame to send: a :class:`Send` (no answer expected) or a :class:`Request` (answered)."""
 
 
 # -- what comes in ---------------------------------------------------------------------------
@@ -138,6 +139,8 @@ class Retimed:
 
 
 Event: TypeAlias = Inbound | Answer | Send | Notice[N] | Close | Retimed | Counted | Bad
+"""What :meth:`WebSocketCore.receive` makes of one frame, each handled by the driver at once
+(docs/connectors.md lists what it does with each); ``N`` is the type of the core's notices."""
 
 
 class WebSocketCore(Protocol[N_co]):
