@@ -728,3 +728,18 @@ async def test_handlers_of_other_events_are_bounded(
             assert (await emu.next_sent()).text == "still answered"
         assert len(started) == MAX_HANDLERS
         assert bridge.stats().other["lark.events_dropped"] == 5
+
+
+async def test_a_refused_upgrade_says_why_from_its_body(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    emu.refuse_connections(502, b"upstream connect error")
+    emu.refuse_connections(403, b"app disabled by the tenant admin " + b"x" * 5000)
+    async with lark_bridge(emu=emu) as (_, bridge):
+        pass
+    state = status(bridge)
+    assert bridge.stats().reconnects == 1  # the 502 was retried, the 403 is fatal
+    assert state.state == "failed"
+    assert "app disabled by the tenant admin" in (state.detail or "")
+    assert len(state.detail or "") < 1000  # the body is cut short

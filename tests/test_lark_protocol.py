@@ -378,7 +378,7 @@ def test_the_driver_core_puts_messages_and_acks_everything_else_in_turn() -> Non
     assert isinstance(bad, Bad) and bad.what == "Lark event"
     assert isinstance(acked, Inbound) and acked.ack is not None
     assert core.receive("text", 0.0) == [Counted("text_frames_ignored")]
-    assert core.rejected(403, {}).__class__ is cb.FatalConnectorError
+    assert core.rejected(403, {}, b"").__class__ is cb.FatalConnectorError
 
 
 def test_the_driver_core_hands_over_events_and_gives_back_a_card_action_it_cannot_answer() -> None:

@@ -80,8 +80,8 @@ class LineCore:
             return [Notice(rest, busy=lambda: self.given_back(rest))]
         raise cb.ProtocolError(f"bad frame {text!r}")
 
-    def rejected(self, status: int | None, headers: Mapping[str, str]) -> Exception:
-        return cb.FatalConnectorError(f"refused {status}")
+    def rejected(self, status: int | None, headers: Mapping[str, str], body: bytes) -> Exception:
+        return cb.FatalConnectorError(f"refused {status} {body!r}")
 
 
 class Server:

@@ -60,6 +60,7 @@ from ._messages import Message
 from ._receive import BURST_LINGER, Handlers, Skipped, parse_or_skip, rearm, skip_bad
 from ._supervise import Backoff, Retries
 from ._ws_core import (
+    REJECTION_BODY_BYTES,
     Answer,
     Bad,
     Close,
@@ -438,7 +439,8 @@ class WebSocketDriver(Generic[N]):
         rejected = find_error(exc, ConnectionRejected)
         if rejected is not None:
             headers = {k.decode().lower(): v.decode(errors="replace") for k, v in rejected.headers}
-            return self.core.rejected(rejected.status_code, headers)
+            body = (rejected.body or b"")[:REJECTION_BODY_BYTES]
+            return self.core.rejected(rejected.status_code, headers, body)
         if isinstance(exc, ConnectionClosed):
             return ConnectorError(f"{self.name}: socket closed ({exc.reason})")
         cause = exc.__cause__ or exc

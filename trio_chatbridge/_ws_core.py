@@ -9,7 +9,7 @@ stays free of trio, httpx and trio_websocket, and its tests feed it bytes and co
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar, final
+from typing import Any, Final, Generic, Protocol, TypeAlias, TypeVar, final
 
 import attrs
 
@@ -20,6 +20,9 @@ N_co = TypeVar("N_co", covariant=True)
 
 Data: TypeAlias = str | bytes
 """One WebSocket message: text or binary."""
+
+REJECTION_BODY_BYTES: Final = 1024
+"""Bytes of a refused upgrade's body a core is given (enough for a reason, no more)."""
 
 
 # -- what goes out ---------------------------------------------------------------------------
@@ -178,7 +181,8 @@ class WebSocketCore(Protocol[N_co]):
         """The heartbeat frame to send now (None: none this time)."""
         ...
 
-    def rejected(self, status: int | None, headers: Mapping[str, str]) -> Exception:
-        """The error a refused WebSocket upgrade means (``headers`` lower-cased): a
+    def rejected(self, status: int | None, headers: Mapping[str, str], body: bytes) -> Exception:
+        """The error a refused WebSocket upgrade means (``headers`` lower-cased; ``body`` its
+        first :data:`REJECTION_BODY_BYTES` bytes, which may say why): a
         :class:`FatalConnectorError` when retrying cannot help."""
         ...

@@ -39,8 +39,8 @@ from trio_websocket import (
 
 from .._json import get_object, get_str
 from ..platforms.lark import _frames as fr
-from ..platforms.lark import _outbound as out
 from ..platforms.lark._connector import LongConnection
+from ..platforms.lark._send_policy import MAX_EDITS
 from ._admin import UserVerbs, handle_admin
 from ._http import HandlerTransport, json_response, serve_http
 from ._record import Activity, MediaRecord, Record
@@ -171,6 +171,7 @@ class LarkEmulator(UserVerbs):
         self._nursery: trio.Nursery | None = None
         self._ids = itertools.count(1)
         self._faults: dict[str, deque[httpx.Response]] = {}
+        self._refusals: deque[tuple[int, bytes]] = deque()
         self._token = f"t-{secrets.token_hex(6)}"
 
     @property
@@ -246,6 +247,10 @@ class LarkEmulator(UserVerbs):
             await self._accept(request, None)
 
     async def _accept(self, request: WebSocketRequest, abort: Abort | None) -> None:
+        if self._refusals:
+            status, body = self._refusals.popleft()
+            await request.reject(status, body=body)
+            return
         if len(self._live) >= self.connection_limit:
             await request.reject(
                 514,
@@ -567,6 +572,11 @@ class LarkEmulator(UserVerbs):
             answer.headers.update(headers or {})
             self._faults.setdefault(path_part, deque()).append(answer)
 
+    def refuse_connections(self, status: int, body: bytes = b"", times: int = 1) -> None:
+        """Refuse the next ``times`` WebSocket upgrades with ``status`` and ``body`` (a
+        gateway's refusal: no handshake headers, the reason in the body)."""
+        self._refusals.extend([(status, body)] * times)
+
     def expire_token(self) -> None:
         """The current tenant token stops working (the client must fetch a new one)."""
         self._token = f"t-{secrets.token_hex(6)}"
@@ -718,8 +728,8 @@ class LarkEmulator(UserVerbs):
             msg_type = body.get("msg_type")
             if stored.msg_type not in ("text", "post") or msg_type != stored.msg_type:
                 raise _Invalid(INVALID_CONTENT, "only a text or post is edited, as the same type")
-            if stored.edits >= out.MAX_EDITS:
-                raise _Invalid(EDIT_LIMIT, f"a message can be edited {out.MAX_EDITS} times")
+            if stored.edits >= MAX_EDITS:
+                raise _Invalid(EDIT_LIMIT, f"a message can be edited {MAX_EDITS} times")
             content = self._content(msg_type, body.get("content"))
         stored.content = content
         stored.edits += 1

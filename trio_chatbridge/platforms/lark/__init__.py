@@ -7,8 +7,8 @@ from ._api import LarkError as LarkError
 from ._api import OpenAPI as OpenAPI
 from ._connector import LongConnection as LongConnection
 from ._convert import to_message as to_message
-from ._outbound import EditBudget as EditBudget
 from ._protocol import ClientConfig as ClientConfig
+from ._send_policy import EditBudget as EditBudget
 
 __all__ = [
     "FEISHU",

@@ -9,7 +9,7 @@ from typing import Literal, final
 import attrs
 
 from ..._content import Card
-from ._outbound import _dumps
+from ._send_policy import compact_json
 
 ToastType = Literal["info", "success", "error", "warning"]
 
@@ -34,5 +34,5 @@ class CardAnswer:
             answer["toast"] = {"type": self.toast_type, "content": self.toast}
         if self.card is not None:
             answer["card"] = {"type": "raw", "data": self.card.as_dict()}
-        data = base64.b64encode(_dumps(answer).encode()).decode()
-        return _dumps({"code": 200, "data": data}).encode()
+        data = base64.b64encode(compact_json(answer).encode()).decode()
+        return compact_json({"code": 200, "data": data}).encode()

@@ -34,6 +34,7 @@ from ..._messages import Message
 from ..._websocket import OpenWebSocket, WebSocketDriver
 from . import _frames as fr
 from . import _outbound as out
+from . import _send_policy as policy
 from ._answer import CardAnswer
 from ._api import FEISHU, LarkError, OpenAPI
 from ._convert import PLATFORM
@@ -46,8 +47,6 @@ PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent lin
 # (docs/protocols/lark.md#card-actions); the rest is left for the journal and the network
 CARD_ANSWER_WITHIN: Final = 2.0
 STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
-# reply is impossible for these: send to the chat instead (docs/protocols/lark.md#open-api)
-REPLY_FALLBACK: Final = frozenset({230011, 230019, 230050, 230071, 230072, 230111})
 
 EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
 CardHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[CardAnswer | None]]
@@ -89,7 +88,7 @@ class LongConnection(base.Connector):
         card_answer_within: float = CARD_ANSWER_WITHIN,
         ping_grace: float = PING_GRACE,
         stream_interval: float = STREAM_INTERVAL,
-        edit_budget: out.EditBudget | None = None,
+        edit_budget: policy.EditBudget | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         open_websocket: OpenWebSocket = _open_websocket,
         random: Callable[[], float] = random.random,
@@ -101,7 +100,7 @@ class LongConnection(base.Connector):
         self._on_card_action = on_card_action
         self.card_answer_within = card_answer_within
         self.stream_interval = stream_interval
-        self.edit_budget: out.EditBudget = edit_budget or out.EditBudget(stream_interval)
+        self.edit_budget: policy.EditBudget = edit_budget or policy.EditBudget(stream_interval)
         self._protocol = LarkProtocol(app_id, bot_open_id, group_messages)
         self._core = LarkCore(
             self._protocol,
@@ -286,7 +285,7 @@ class LongConnection(base.Connector):
             raise SendError(
                 f"Lark app {self.account}: only a sent text, post or card can be edited"
             )
-        msg_type, body = out.body(self.account, content)
+        msg_type, body = policy.body(self.account, content)
         with base.send_errors(f"Lark app {self.account}: edit"):
             await out.update(self.api, sent.message_id, msg_type, body)
 
@@ -295,7 +294,7 @@ class LongConnection(base.Connector):
         if isinstance(content, Attachment):
             with base.send_errors(f"Lark app {self.account}: upload"):
                 key = await out.upload(self.api, content)
-        return out.body(self.account, content, key)
+        return policy.body(self.account, content, key)
 
     async def _post(self, target: Message, content: Content) -> str:
         msg_type, body = await self._body(content)
@@ -303,7 +302,7 @@ class LongConnection(base.Connector):
             try:
                 return await out.reply(self.api, target.reply_handle["message_id"], msg_type, body)
             except LarkError as exc:
-                if exc.code not in REPLY_FALLBACK:
+                if not policy.falls_back(exc.code):
                     raise
                 return await out.create(self.api, target.reply_handle["chat_id"], msg_type, body)
 
@@ -330,12 +329,8 @@ class _EditedStream(base.CoalescingStream):
         self.edits = 0
 
     async def update(self, text: str) -> None:
-        # max_edits=0: one message at the end. Else the last edit is kept for the final text.
-        if self._budget.max_edits == 0:
-            return
-        if self.sent is not None and self.edits >= self._budget.max_edits - 1:
-            return
-        await self._show(text)
+        if self._budget.shows_now(self.sent is not None, self.edits):
+            await self._show(text)
 
     async def _show(self, text: str) -> None:
         if not text or text == self._shown:

@@ -480,9 +480,9 @@ class LarkCore:
         """Our ping."""
         return Send(self.protocol.ping())
 
-    def rejected(self, status: int | None, headers: Mapping[str, str]) -> Exception:
+    def rejected(self, status: int | None, headers: Mapping[str, str], body: bytes) -> Exception:
         """See :func:`handshake_error`."""
-        return handshake_error(self.protocol.account, status or 0, headers)
+        return handshake_error(self.protocol.account, status or 0, headers, body)
 
     def receive(self, data: Data, now: float) -> list[DriverEvent[LarkNotice]]:
         """The driver's events for one frame (see :meth:`LarkProtocol.receive`)."""

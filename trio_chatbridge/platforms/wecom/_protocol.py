@@ -244,6 +244,9 @@ class WeComCore:
             )
         )
 
-    def rejected(self, status: int | None, headers: Mapping[str, str]) -> Exception:
+    def rejected(self, status: int | None, headers: Mapping[str, str], body: bytes) -> Exception:
         """A refused upgrade: retried (WeCom refuses credentials in the handshake's answer)."""
-        return ConnectorError(f"wecom bot {self.bot_id}: connection refused (HTTP {status})")
+        reason = f": {body[:200]!r}" if body else ""
+        return ConnectorError(
+            f"wecom bot {self.bot_id}: connection refused (HTTP {status}){reason}"
+        )
