@@ -433,3 +433,13 @@ def test_the_core_imports_no_io_library_directly_or_through_ours() -> None:
     seen = modules_a_core_runs("trio_chatbridge.platforms.lark._protocol")
     assert {"_frames", "_convert"} <= {name.rpartition(".")[2] for name in seen}
     assert "trio_chatbridge._json" in seen and "trio_chatbridge._ranges" in seen
+
+
+def test_a_message_keeps_its_events_bytes_as_they_came() -> None:
+    # spaced and ordered as a server may send them: raw is those bytes, never a re-encoding
+    payload = json.dumps(json.loads(message_event("hi")), indent=1, sort_keys=True).encode()
+    (event,) = protocol().receive(data_frame(event_headers(), payload), 0.0)
+    assert isinstance(event, lp.MessageReceived)
+    assert event.message.raw == payload
+    assert event.message.reply_handle["event_id"] == "ev1"
+    assert event.message.raw_json()["event"]["message"]["message_id"] == "om_1"

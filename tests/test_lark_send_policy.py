@@ -36,7 +36,7 @@ def test_only_an_impossible_reply_goes_to_the_chat(code: int | None, to_the_chat
 
 
 def test_bodies_are_compact_json_in_json_with_text_unescaped() -> None:
-    assert policy.body("app", "héllo \"x\"") == ("text", '{"text":"héllo \\"x\\""}')
+    assert policy.body("app", 'héllo "x"') == ("text", '{"text":"héllo \\"x\\""}')
     assert policy.body("app", cb.Markdown("**b**")) == (
         "post",
         '{"zh_cn":{"content":[[{"tag":"md","text":"**b**"}]]}}',

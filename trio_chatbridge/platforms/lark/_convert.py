@@ -96,14 +96,31 @@ class _Header(msgspec.Struct, gc=False):
     event_type: str | None = None
 
 
-class _Envelope(msgspec.Struct, gc=False):
-    """An event's payload (docs/protocols/lark.md#message-events)."""
+class Envelope(msgspec.Struct, gc=False):
+    """An event's payload, typed (docs/protocols/lark.md#message-events): what the protocol
+    core reads to route an event, and :func:`message_of` reads a message from."""
 
     header: _Header | None = None
     event: _Event | None = None
 
+    @property
+    def event_type(self) -> str | None:
+        """The event's type (``im.message.receive_v1``...), if it says."""
+        return self.header.event_type if self.header is not None else None
 
-_decoder = Lenient(_Envelope, "Lark event")
+    @property
+    def event_id(self) -> str:
+        """The event's id (``""`` when it has none)."""
+        return (self.header.event_id if self.header is not None else None) or ""
+
+
+_decoder = Lenient(Envelope, "Lark event")
+
+
+def envelope_of(data: bytes) -> Envelope:
+    """The typed envelope of an event's JSON bytes (every field optional, one of the wrong type
+    read as missing); :class:`ProtocolError` for bytes that are no JSON object."""
+    return _decoder.decode(data)
 
 
 def _sender_id(sender: _Sender) -> str:
@@ -170,7 +187,14 @@ def to_message(
     :class:`ProtocolError` for an event that is not a JSON object or lacks the message's ids.
     """
     data = payload_bytes(envelope, "a Lark event")
-    wire = _decoder.decode(data)
+    return message_of(account, envelope_of(data), data, bot_open_id)
+
+
+def message_of(
+    account: str, wire: Envelope, data: bytes, bot_open_id: str | None
+) -> Message | None:
+    """:func:`to_message` of an envelope decoded already (``wire``, from ``data``): one decode
+    of an event's bytes serves both the routing and the message."""
     event = wire.event or _Event()
     message = event.message or _Message()
     sender = event.sender or _Sender()
@@ -211,7 +235,7 @@ def to_message(
             (
                 ("message_id", message_id),
                 ("chat_id", chat_id),
-                ("event_id", (wire.header.event_id if wire.header else None) or ""),
+                ("event_id", wire.event_id),
                 ("addressed", addressed),
             )
         ),

@@ -31,7 +31,7 @@ from ..._ranges import clamp
 from ..._ws_core import Bad, Counted, Data, Inbound, Notice, Outgoing, Retimed, Send
 from ..._ws_core import Event as DriverEvent
 from . import _frames as fr
-from ._convert import MESSAGE_EVENT, to_message
+from ._convert import MESSAGE_EVENT, Envelope, envelope_of, message_of
 
 # seconds a partial message waits for its other fragments
 # (docs/protocols/lark.md#events-fragments-and-acks)
@@ -390,16 +390,17 @@ class LarkProtocol:
         if frame.header("type") != "event":
             return Dropped("data_frames_ignored", ack=ack)
         try:
-            envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
-            header = envelope.get("header")
-            if not isinstance(header, dict) or header.get("event_type") != MESSAGE_EVENT:
-                return self._other(envelope, header, ack)
-            return self._message(envelope, ack)
+            wire = envelope_of(payload)
+            if wire.event_type != MESSAGE_EVENT:
+                return self._other(payload, wire, ack)
+            return self._message(payload, wire, ack)
         except Exception as exc:  # a converter's bug on network input must not end the link
             return Malformed("event", exc, ack)
 
-    def _message(self, envelope: Mapping[str, Any], ack: Ack) -> Event:
-        message = to_message(self.account, envelope, self.bot_open_id)
+    def _message(self, payload: bytes, wire: Envelope, ack: Ack) -> Event:
+        """A message event, read from its typed envelope; its bytes are the message's ``raw``
+        (no dict tree is built)."""
+        message = message_of(self.account, wire, payload, self.bot_open_id)
         if message is None or not self._wanted(message):
             return Dropped("filtered", ack=ack)
         return MessageReceived(message, ack)
@@ -411,17 +412,19 @@ class LarkProtocol:
             return bool(message.reply_handle.get("addressed"))
         return True
 
-    def _other(self, envelope: Mapping[str, Any], header: object, ack: Ack) -> Event:
-        """A non-message event. Messages are deduplicated by the journal (IM message id);
-        other events by their event id here, so that a re-push does not reach a handler twice."""
-        event_id = str(header.get("event_id", "")) if isinstance(header, dict) else ""
+    def _other(self, payload: bytes, wire: Envelope, ack: Ack) -> Event:
+        """A non-message event, handed over as its JSON. Messages are deduplicated by the
+        journal (IM message id); other events by their event id here, so that a re-push does
+        not reach a handler twice."""
+        event_id = wire.event_id
         if event_id and event_id in self._seen:
             return Dropped("duplicate_events", ack=ack)
         if event_id:
             self._seen[event_id] = None
             while len(self._seen) > SEEN_EVENTS:
                 self._seen.popitem(last=False)
-        if isinstance(header, dict) and header.get("event_type") == CARD_ACTION:
+        envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
+        if wire.event_type == CARD_ACTION:
             return CardActionReceived(envelope, event_id, ack)
         return EventReceived(envelope, ack)
 
