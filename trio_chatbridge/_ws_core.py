@@ -183,6 +183,6 @@ class WebSocketCore(Protocol[N_co]):
 
     def rejected(self, status: int | None, headers: Mapping[str, str], body: bytes) -> Exception:
         """The error a refused WebSocket upgrade means (``headers`` lower-cased; ``body`` its
-        first :data:`REJECTION_BODY_BYTES` bytes, which may say why): a
-        :class:`FatalConnectorError` when retrying cannot help."""
+        first 1,024 bytes, which may say why): a :class:`FatalConnectorError` when retrying
+        cannot help."""
         ...
