@@ -541,3 +541,36 @@ async def test_a_connector_slow_to_start_holds_its_start_slot_a_round_at_most(
             assert BusyStart.starting == 4  # all started, none stopped
             assert bridge.stats().other.get("lease.lost", 0) == 0
             bridge.shutdown()
+
+
+class FailsToStart(FakeConnector):
+    """A connector whose every start fails at once, with ``error``."""
+
+    def __init__(self, account: str, error: Exception) -> None:
+        super().__init__(account)
+        self.error = error
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error", [ConnectionError("refused"), cb.FatalConnectorError("bad token")], ids=repr
+)
+async def test_a_start_that_fails_gives_its_slot_up_at_once(
+    autojump_clock: trio.testing.MockClock, error: Exception
+) -> None:
+    """One start slot, three connectors that fail to start: each gives the slot to the next
+    as soon as its attempt failed (transient: it retries after its backoff; fatal: for good),
+    not a round later."""
+    leases = cb.Leases(ttl=TTL, enabled=True, jitter=0.0, starts=1)
+    connectors = [FailsToStart(f"bot{i}", error) for i in range(3)]
+    bridge = cb.Bridge(connectors, no_agent, store=Remote(), leases=leases)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await trio.sleep(0.1 * leases.round)
+            assert [c.runs for c in connectors] == [1, 1, 1]
+            bridge.shutdown()
