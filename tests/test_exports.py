@@ -2,7 +2,8 @@
 
 In the way of trio's ``test_exports``: every public module imports, its ``__all__`` is exactly its
 public names and star-imports, classes are ``@final`` unless they are meant to be subclassed, and
-no private type shows through a public signature.
+no private type shows through a public signature. Public docstrings cite no private module or
+constant, and every public async function says what holds after Cancelled.
 """
 
 from __future__ import annotations
