@@ -331,8 +331,8 @@ class Connector(ABC):
     @abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Receive messages until cancelled (see the module docstring for the contract). When
-        cancelled, messages already given to ``ctx.put`` are durable; the platform hears of
-        the others again (they were not acknowledged)."""
+        cancelled, messages whose ``ctx.put`` returned are durable; the platform offers the
+        others again (they were not acknowledged)."""
 
     @abstractmethod
     async def send(self, target: Message, text: str) -> None:

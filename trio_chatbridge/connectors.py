@@ -17,7 +17,8 @@ in, events out -- :class:`Inbound`, :class:`Answer`, :class:`Send`, :class:`Noti
 :class:`Close`, :class:`Retimed`, :class:`Counted`, :class:`Bad` -- and
 :class:`Send`/:class:`Request` out) run by a :class:`WebSocketDriver`, which owns the
 connection, the watchdog, the heartbeat, bounded backpressure, put-then-ACK and the mapping of
-errors (see docs/connectors.md).
+errors (see docs/connectors.md). It connects through an :data:`OpenWebSocket`
+(``trio_websocket.open_websocket_url``, or an emulator's), which yields a :class:`WebSocket`.
 """
 
 from ._connector import BufferedReplyStream as BufferedReplyStream
