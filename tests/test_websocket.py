@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 import trio_chatbridge as cb
@@ -401,3 +403,46 @@ async def test_a_heartbeat_answered_behind_inbound_frames_keeps_the_connection_w
             assert driver.connected and server.got.count("ping") == 2  # answered: still up
             await release(inbox, server, 7)
             nursery.cancel_scope.cancel()
+
+
+@given(
+    backlog=st.integers(1, 4),
+    put_batch=st.integers(1, 4),
+    before=st.integers(0, 12),
+    after=st.integers(0, 12),
+)
+def test_backpressure_holds_and_an_answer_within_reach_is_read(
+    backlog: int, put_batch: int, before: int, after: int
+) -> None:
+    """A request waits from the start while the inbox is held; its answer comes behind
+    ``before`` messages, ``after`` more follow. The reader never holds more than one put and
+    twice the backlog; the answer is read whenever at most twice the backlog came before it;
+    and once the inbox takes them, every message is put and ACKed once, in order."""
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                server, inbox, core, driver = await start(
+                    nursery, backlog=backlog, put_batch=put_batch
+                )
+                inbox.open = trio.Event()
+                answers: list[Answer] = []
+
+                async def ask() -> None:
+                    request = Request("k1", "do:k1", _refused, within=30.0)
+                    answers.append(await driver.request(request))
+
+                nursery.start_soon(ask)
+                await trio.testing.wait_all_tasks_blocked()
+                n = before + after
+                frames = [*(f"msg:{i}" for i in range(before)), "ans:k1"]
+                nursery.start_soon(server.push, *frames, *(f"msg:{i}" for i in range(before, n)))
+                await trio.sleep(5)
+                assert len(core.read) <= put_batch + 2 * backlog + 1
+                if before <= 2 * backlog:
+                    assert answers == [Answer("k1", body={"n": 1})]
+                await release(inbox, server, n)
+                assert answers  # by now, whatever was in the way went into the inbox
+                nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
