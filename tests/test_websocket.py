@@ -436,7 +436,8 @@ def test_backpressure_holds_and_an_answer_within_reach_is_read(
                 await trio.testing.wait_all_tasks_blocked()
                 n = before + after
                 frames = [*(f"msg:{i}" for i in range(before)), "ans:k1"]
-                nursery.start_soon(server.push, *frames, *(f"msg:{i}" for i in range(before, n)))
+                frames += [f"msg:{i}" for i in range(before, n)]
+                nursery.start_soon(server.push, *frames)
                 await trio.sleep(5)
                 assert len(core.read) <= put_batch + 2 * backlog + 1
                 if before <= 2 * backlog:
