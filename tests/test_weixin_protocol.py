@@ -79,6 +79,36 @@ def test_a_page_gives_its_messages_context_tokens_and_cursor_moved_only_on_commi
     assert again.cursor is None  # the same cursor again: nothing new to save
 
 
+def test_each_message_is_converted_from_its_own_bytes_as_they_came() -> None:
+    # two entries written with the spacing and key order a server might use: each message's
+    # raw is exactly its entry's bytes, never a re-encoding (docs/protocols/weixin.md#getupdates)
+    first = (
+        b'{ "message_id" : 7001, "from_user_id":"alice@im.wechat", "message_type":1,\n'
+        b'  "item_list":[{"type":1,"text_item":{"text":"caf\\u00e9"}}], "context_token":"c1" }'
+    )
+    second = b'{"message_type":1,"from_user_id":"bob","seq":3,"extra":[1,{"x":null}]}'
+    body = b'{"msgs": [ ' + first + b" ,\n" + second + b' ], "get_updates_buf": "c"}'
+    given: list[Any] = []
+
+    def convert(raw: Any) -> cb.Message | None:
+        given.append(raw)
+        return weixin.to_message("bot", raw)
+
+    page = page_of(p.Poller("t", BASE, convert).receive(body, now=0.0))
+    assert given == [first, second] and all(type(raw) is bytes for raw in given)
+    assert [m.raw for m in page.messages] == [first, second]
+    assert [(m.id, m.text) for m in page.messages] == [("7001", "café"), ("seq:3", "")]
+    assert page.messages[1].raw_json()["extra"] == [1, {"x": None}]
+
+
+def test_a_page_only_pythons_decoder_reads_still_gives_its_messages() -> None:
+    # NaN is no JSON, but Python's decoder (and so the reference clients') takes it
+    body = b'{"msgs":[' + good(1) + b',{"message_type":1,"seq":NaN}],"get_updates_buf":"c"}'
+    page = page_of(poller().receive(body, now=0.0))
+    assert [m.text for m in page.messages] == ["m1", ""]
+    assert page.messages[0].raw_json()["message_id"] == 1 and page.cursor == "c"
+
+
 @pytest.mark.parametrize(
     ("body", "cursor"),
     [
@@ -191,8 +221,8 @@ def test_messages_not_for_the_agent_are_counted_as_filtered() -> None:
 
 
 def test_a_converter_that_fails_costs_only_its_message() -> None:
-    def convert(raw: Any) -> cb.Message | None:
-        if raw.get("message_id") == 2:
+    def convert(raw: bytes) -> cb.Message | None:
+        if b'"message_id":2,' in raw:
             raise KeyError("a bug")
         return weixin.to_message("bot", raw)
 

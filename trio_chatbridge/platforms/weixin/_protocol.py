@@ -18,11 +18,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import Any, Final, final
 
 import attrs
+import msgspec
 
 from ..._errors import PlatformError, ProtocolError
 from ..._json import json_object_items
@@ -256,6 +257,52 @@ def error_for(endpoint: str, data: Mapping[str, Any]) -> ILinkError | None:
 # -- the long poll's core (docs/protocols/weixin.md#the-poll-loop) ---------------------------
 
 
+class _Answer(msgspec.Struct, gc=False):
+    """A ``getupdates`` answer, its messages left as their own bytes.
+
+    See ``docs/protocols/weixin.md#getupdates``. The other fields are read leniently
+    afterwards (:func:`read_int`, :func:`read_str`), so they take any JSON value here.
+    """
+
+    ret: Any = None
+    errcode: Any = None
+    errmsg: Any = None
+    longpolling_timeout_ms: Any = None
+    get_updates_buf: Any = None
+    sync_buf: Any = None
+    msgs: list[msgspec.Raw] | None = None
+
+
+_answer: Final = msgspec.json.Decoder(_Answer)
+_ANSWER_FIELDS: Final = _Answer.__struct_fields__[:-1]  # all but msgs
+
+
+def read_answer(body: bytes) -> tuple[dict[str, Any], Sequence[Any]]:
+    """A ``getupdates`` answer's fields, and its ``msgs``: each entry's own bytes.
+
+    One pass of msgspec splits the page without building a dict per message; each entry's
+    bytes are copied out (a message's ``raw`` never keeps the page alive). An entry that is
+    not UTF-8 fails alone, in the converter. A page msgspec cannot read whole (an entry
+    nested too deeply, ``NaN``, a lone surrogate escape, ``msgs`` not an array, or not JSON at
+    all) is read as Python's decoder reads it (:func:`json_object_items`): entries are then
+    decoded values, an undecodable one replaced by its :class:`ProtocolError`, and a page
+    that is bad as a whole raises :class:`ProtocolError`. An empty body is an empty answer.
+    """
+    if not body.strip():
+        return {}, ()
+    if len(body) <= PAGE_MAX_BYTES:
+        try:
+            answer = _answer.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            pass  # read again below, where each kind of bad input gets its own error
+        else:
+            data = {name: getattr(answer, name) for name in _ANSWER_FIELDS}
+            return data, [bytes(entry) for entry in answer.msgs or ()]
+    data = json_object_items(body, "iLink getupdates", "msgs", max_bytes=PAGE_MAX_BYTES)
+    entries = data.get("msgs")
+    return data, entries if isinstance(entries, list) else ()
+
+
 @final
 @attrs.define
 class SessionGuard:
@@ -297,8 +344,9 @@ class SessionGuard:
 class Poller:
     """WeChat's ``getupdates`` long poll without I/O: requests out, answers in, events out.
 
-    ``convert`` turns one raw message into a :class:`Message` (None: not for the agent); a
-    message it refuses, or that could not even be decoded, is skipped alone (in
+    ``convert`` turns one message into a :class:`Message` (None: not for the agent); it is
+    given the entry's own bytes (see :func:`read_answer` for the rare page it is given decoded
+    entries instead). A message it refuses, or that could not even be decoded, is skipped alone (in
     :attr:`Page.skipped`), never the page. The cursor moves only in :meth:`commit`, once the
     driver has made the page durable; the server's hold time (``longpolling_timeout_ms``) is
     adopted from every answer, errors included, held to :data:`LONG_POLL_TIMEOUT_RANGE`.
@@ -332,11 +380,7 @@ class Poller:
         )
 
     def receive(self, body: bytes, now: float) -> PollEvent:
-        data = (
-            json_object_items(body, "iLink getupdates", "msgs", max_bytes=PAGE_MAX_BYTES)
-            if body.strip()
-            else {}
-        )
+        data, entries = read_answer(body)
         held = read_int(data, "longpolling_timeout_ms")  # milliseconds
         if held:  # held to the range as an integer first: a huge one cannot overflow
             low, high = LONG_POLL_TIMEOUT_RANGE
@@ -346,16 +390,15 @@ class Poller:
             return self.guard.pause(now)
         if error is not None:
             return RetryLater(error)
-        return self._page(data)
+        return self._page(data, entries)
 
-    def _page(self, data: Mapping[str, Any]) -> Page:
-        raw = data.get("msgs")
+    def _page(self, data: Mapping[str, Any], entries: Sequence[Any]) -> Page:
         convert = self.convert
         messages: list[Message] = []
         skipped: list[ProtocolError] = []
         filtered = 0
         tokens: dict[str, str | None] = {}
-        for n, entry in enumerate(raw if isinstance(raw, list) else ()):
+        for n, entry in enumerate(entries):
             if isinstance(entry, ProtocolError):  # undecodable: json_object_items says why
                 skipped.append(entry)
                 continue
