@@ -35,7 +35,8 @@ import trio
 from .._json import get_object, get_str
 from ..platforms.weixin import _crypto
 from ..platforms.weixin import _protocol as p
-from ..platforms.weixin._connector import LongPoll, RateLimit
+from ..platforms.weixin._connector import LongPoll
+from ..platforms.weixin._sending import RateLimit
 from ._admin import Unsupported, apply_settings, handle_admin
 from ._http import DropConnection, HandlerTransport, json_response, serve_http
 from ._record import Activity, MediaRecord, Record

@@ -5,7 +5,6 @@ from ._api import ILinkClient as ILinkClient
 from ._api import ILinkError as ILinkError
 from ._api import SessionExpiredError as SessionExpiredError
 from ._connector import LongPoll as LongPoll
-from ._connector import RateLimit as RateLimit
 from ._connector import SessionPausedError as SessionPausedError
 from ._convert import to_message as to_message
 from ._login import LOGIN_DOMAINS as LOGIN_DOMAINS
@@ -15,6 +14,7 @@ from ._login import login as login
 from ._media import DEFAULT_ALLOWED_HOSTS as DEFAULT_ALLOWED_HOSTS
 from ._protocol import DEFAULT_BASE_URL as DEFAULT_BASE_URL
 from ._protocol import DEFAULT_CDN_BASE_URL as DEFAULT_CDN_BASE_URL
+from ._sending import RateLimit as RateLimit
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",

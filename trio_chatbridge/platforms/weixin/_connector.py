@@ -16,12 +16,10 @@ import functools
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, final
 
-import attrs
 import httpx
 import trio
 
@@ -41,18 +39,21 @@ from ..._supervise import Backoff
 from . import _media
 from . import _protocol as p
 from ._api import ILinkClient, ILinkError, SessionExpiredError
-from ._convert import PLATFORM, split_text, to_message
+from ._convert import PLATFORM, to_message
+from ._sending import (
+    Outbox,
+    RateLimit,
+    TypingTickets,
+    refusal,
+    sendmessage_body,
+    text_items,
+)
 
 log = logging.getLogger("trio_chatbridge.weixin")
 
 TOKEN_KEY: Final = "token"  # store keys written by `weixin-login`
 BASE_URL_KEY: Final = "base_url"
 CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
-QUOTA_MEMORY: Final = 4096  # inbound messages whose reply count we remember
-TYPING_TICKETS: Final = 4096  # peers whose typing ticket we remember
-REPLY_SHIELD_MAX: Final = 120.0
-"""Seconds the rest of a reply may take once its first piece went out, at most (its pieces'
-rate-limit slots plus a request timeout each, held to this): a cancelled send returns by then."""
 # The reference clients' poll retries: a steady 2 s; the core's hint makes every third 30 s
 # (docs/protocols/weixin.md#retry-policy).
 POLL_RETRIES: Final = Backoff(initial=p.RETRY_DELAY, maximum=p.RETRY_DELAY, jitter=0.0)
@@ -60,98 +61,6 @@ POLL_RETRIES: Final = Backoff(initial=p.RETRY_DELAY, maximum=p.RETRY_DELAY, jitt
 
 class SessionPausedError(SendError):
     """The account is paused after errcode -14; nothing can be sent until it resumes."""
-
-
-@final
-@attrs.frozen
-class RateLimit:
-    """Outbound pacing per account: a burst, then a steady rate (a token bucket).
-
-    The platform answers ``ret -2 "prepare failed"`` for minutes after bursts (18 messages in 34 s
-    did it; 10 in 170 s did not: docs/protocols/weixin.md#limits); the defaults stay well under
-    that.
-    """
-
-    burst: int = 5
-    """Messages that may go out back to back."""
-    per_second: float = 0.2
-    """Steady rate once the burst is spent."""
-
-
-class _Bucket:
-    """A token bucket that books send times: first come, first served, with no lock."""
-
-    def __init__(self, limit: RateLimit) -> None:
-        self._limit = limit
-        self._tokens = float(limit.burst)
-        self._stamp: float | None = None  # when the bucket holds ``_tokens``; may be ahead
-
-    def book(self, count: int, now: float) -> list[float]:
-        """The times at which ``count`` messages may go out, in order, counted at once.
-
-        Times booked are kept even if their messages never go (a cancelled send): the
-        pacing errs on the slow side.
-        """
-        rate = self._limit.per_second
-        if self._stamp is None:
-            self._stamp = now
-        elif now > self._stamp:
-            self._tokens = min(self._limit.burst, self._tokens + (now - self._stamp) * rate)
-            self._stamp = now
-        times = []
-        for _ in range(count):
-            if self._tokens < 1:
-                self._stamp += (1 - self._tokens) / rate
-                self._tokens = 1.0
-            self._tokens -= 1
-            times.append(self._stamp)
-        return times
-
-
-@attrs.define
-class _Ticket:
-    ticket: str
-    next_fetch: float
-    retry: float = p.CONFIG_RETRY_INITIAL
-
-
-class _TypingTickets:
-    """Per-peer typing tickets from ``getconfig``, refreshed as the reference cache does.
-
-    See ``docs/protocols/weixin.md#typing``. At most :data:`TYPING_TICKETS` peers are kept,
-    the least recently used going first: a bot with many users keeps a bounded table.
-    """
-
-    def __init__(self, rand: Callable[[], float]) -> None:
-        self._entries: OrderedDict[str, _Ticket] = OrderedDict()
-        self._random = rand
-
-    async def get(self, client: ILinkClient, peer: str, context_token: str | None) -> str:
-        now = trio.current_time()
-        entry = self._entries.get(peer)
-        if entry is not None:
-            self._entries.move_to_end(peer)
-            if now < entry.next_fetch:
-                return entry.ticket
-        try:
-            answer = await client.get_config(peer, context_token)
-            ticket = p.read_str(answer, "typing_ticket") or ""
-            self._keep(peer, _Ticket(ticket, now + self._random() * p.CONFIG_CACHE_TTL))
-            return ticket
-        except (ILinkError, ConnectorError, ProtocolError) as exc:
-            log.debug("getconfig for typing failed: %s", exc)
-            if entry is None:
-                self._keep(peer, _Ticket("", now + p.CONFIG_RETRY_INITIAL))
-                return ""
-            entry.retry = min(2 * entry.retry, p.CONFIG_RETRY_MAX)
-            entry.next_fetch = now + entry.retry
-            return entry.ticket
-
-    def _keep(self, peer: str, ticket: _Ticket) -> None:
-        self._entries[peer] = ticket
-        self._entries.move_to_end(peer)
-        while len(self._entries) > TYPING_TICKETS:
-            self._entries.popitem(last=False)
 
 
 @final
@@ -191,13 +100,12 @@ class LongPoll(base.Connector):
         self._http = http
         self._transport = transport
         self.media_policy: MediaPolicy = media or _media.default_policy()
-        self._bucket = _Bucket(rate_limit or RateLimit())
+        self._outbox = Outbox(account, rate_limit or RateLimit())
         self._typing_enabled = typing
-        self._tickets = _TypingTickets(random)
+        self._tickets = TypingTickets(random)
         self._guard = p.SessionGuard()
         self._client: ILinkClient | None = None
         self._poller: p.Poller | None = None
-        self._replies: OrderedDict[str, int] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"weixin.LongPoll(account={self.account!r})"
@@ -282,28 +190,6 @@ class LongPoll(base.Connector):
         stored = await self.ctx.get(CONTEXT_TOKEN_PREFIX + peer) if peer else None
         return stored or target.reply_handle.get("context_token")
 
-    def _reserve_replies(self, key: str, count: int) -> None:
-        """Count ``count`` replies under ``key`` (a context token) against the platform's
-        ten, all or none."""
-        used = self._replies.pop(key, 0)
-        if used + count > p.MAX_REPLIES_PER_MESSAGE:
-            self._replies[key] = used
-            left = p.MAX_REPLIES_PER_MESSAGE - used
-            needs = f"this reply needs {count} messages, " if count > 1 else ""
-            raise SendError(
-                f"weixin account {self.account}: at most {p.MAX_REPLIES_PER_MESSAGE} replies per "
-                f"inbound message (a platform limit); {needs}{left} left. Send less, or in "
-                "fewer, longer messages"
-            )
-        self._replies[key] = used + count
-        while len(self._replies) > QUOTA_MEMORY:
-            self._replies.popitem(last=False)
-
-    def _release_replies(self, key: str, count: int) -> None:
-        """Give back ``count`` replies reserved under ``key`` that never went out."""
-        if key in self._replies:
-            self._replies[key] = max(0, self._replies[key] - count)
-
     async def send(self, target: Message, text: str) -> None:
         """Send ``text`` to the sender of ``target``, split at 4000 characters.
 
@@ -318,7 +204,7 @@ class LongPoll(base.Connector):
         """
         token = await self._context_token(target)
         peer = target.reply_handle["to_user_id"]
-        await self._send_items(peer, token, f"message:{target.id}", _text_items(text))
+        await self._send_items(peer, token, f"message:{target.id}", text_items(text))
 
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None
@@ -350,7 +236,7 @@ class LongPoll(base.Connector):
                 "a bot write only to users who wrote to it (within the last 24 h)"
             )
         if isinstance(content, str):
-            items = _text_items(content)
+            items = text_items(content)
         elif isinstance(content, Attachment):
             items = [await self._upload(chat_id, content.data, content.filename, content.kind)]
         else:
@@ -387,63 +273,49 @@ class LongPoll(base.Connector):
         """All of ``items`` in order, or none: a cancel before the first goes out sends
         nothing (and gives the quota back); after it, the rest go out shielded, and the cancel
         reaches the caller afterwards. The shield is bounded: the slots are booked up front,
-        every request has its own timeout, and the whole is held to :data:`REPLY_SHIELD_MAX`
-        (past it, :class:`SendError`: the reply was cut short)."""
+        every request has its own timeout, and the whole is held to
+        :data:`~._sending.REPLY_SHIELD_MAX` (past it, :class:`SendError`: the reply was cut
+        short). What goes out when is the :class:`~._sending.Outbox`'s plan."""
         self._check_paused()
         client = await self._get_client()
-        key = token or fallback_key
-        self._reserve_replies(key, len(items))
-        slots = self._bucket.book(len(items), trio.current_time())
+        plan = self._outbox.plan(token, fallback_key, items, trio.current_time())
+        if not plan.items:
+            return
         try:
-            await trio.sleep_until(slots[0])
+            await trio.sleep_until(plan.slots[0])
         except BaseException:  # Cancelled: nothing went out
-            self._release_replies(key, len(items))
+            self._outbox.cancelled(plan)
             raise
-        within = min(slots[-1] - slots[0] + len(items) * p.API_TIMEOUT, REPLY_SHIELD_MAX)
         sent = 0
         try:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + within):
-                for slot, item in zip(slots, items, strict=True):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + plan.within):
+                for slot, item in zip(plan.slots, plan.items, strict=True):
                     await trio.sleep_until(slot)
                     await self._send_item(client, peer, token, item)
                     sent += 1
         except SendError:
             await trio.lowlevel.checkpoint_if_cancelled()  # a cancel says more than a refusal
             raise
-        if sent < len(items):  # the shield's deadline passed
+        if sent < len(plan.items):  # the shield's deadline passed
             await trio.lowlevel.checkpoint_if_cancelled()
             raise SendError(
-                f"weixin account {self.account}: {sent} of the reply's {len(items)} pieces went "
-                f"out; the rest did not within {within:.0f} s (the platform answers slowly)"
+                f"weixin account {self.account}: {sent} of the reply's {len(plan.items)} pieces "
+                f"went out; the rest did not within {plan.within:.0f} s (the platform answers "
+                "slowly)"
             )
 
     async def _send_item(
         self, client: ILinkClient, peer: str, token: str | None, item: dict[str, Any]
     ) -> None:
-        msg: dict[str, Any] = {
-            "from_user_id": "",
-            "to_user_id": peer,
-            "client_id": f"trio-chatbridge:{int(time.time() * 1000)}-{random.getrandbits(32):08x}",
-            "message_type": int(p.MessageType.BOT),
-            "message_state": int(p.MessageState.FINISH),
-            "item_list": [item],
-        }
-        if token:
-            msg["context_token"] = token
+        client_id = f"trio-chatbridge:{int(time.time() * 1000)}-{random.getrandbits(32):08x}"
         try:
-            await client.send_message(msg)
+            await client.send_message(sendmessage_body(peer, token, item, client_id))
         except SessionExpiredError as exc:
             self._guard.pause(trio.current_time())
             self.ctx.count("session_expired")
             raise SessionPausedError(f"weixin account {self.account}: {exc}") from exc
         except ILinkError as exc:
-            hint = (
-                " The platform declines after bursts ('prepare failed'), with a stale context, "
-                "or more than 24 h after the user's last message; wait and try again."
-                if exc.code == -2
-                else ""
-            )
-            raise SendError(f"weixin account {self.account}: {exc}.{hint}") from exc
+            raise refusal(self.account, exc) from exc
         except (ConnectorError, ProtocolError) as exc:
             raise SendError(f"weixin account {self.account}: send failed: {exc}") from exc
 
@@ -465,7 +337,7 @@ class LongPoll(base.Connector):
             yield
             return
         client = await self._get_client()
-        ticket = await self._tickets.get(client, peer, await self._context_token(target))
+        ticket = await self._typing_ticket(client, peer, await self._context_token(target))
         if not ticket:
             yield
             return
@@ -477,6 +349,19 @@ class LongPoll(base.Connector):
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + p.CONFIG_TIMEOUT):
                     await self._typing_call(client, peer, ticket, typing=False)
+
+    async def _typing_ticket(self, client: ILinkClient, peer: str, context: str | None) -> str:
+        """The peer's typing ticket: cached, or fetched (``""``: none, typing is skipped)."""
+        now = trio.current_time()
+        ticket = self._tickets.cached(peer, now)
+        if ticket is not None:
+            return ticket
+        try:
+            answer = await client.get_config(peer, context)
+        except (ILinkError, ConnectorError, ProtocolError) as exc:
+            log.debug("getconfig for typing failed: %s", exc)
+            return self._tickets.failed(peer, now)
+        return self._tickets.fetched(peer, answer, now)
 
     async def _keep_typing(self, client: ILinkClient, peer: str, ticket: str) -> None:
         while True:
@@ -490,7 +375,3 @@ class LongPoll(base.Connector):
             await client.send_typing(peer, ticket, typing=typing)
         except (ILinkError, ConnectorError, ProtocolError) as exc:
             log.debug("weixin typing indicator failed (ignored): %s", exc)
-
-
-def _text_items(text: str) -> list[dict[str, Any]]:
-    return [{"type": p.ItemType.TEXT, "text_item": {"text": t}} for t in split_text(text)]
