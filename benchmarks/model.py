@@ -2,25 +2,29 @@
 the journal's encoding of a message.
 
 Reported in one run: CPU per message and GC-tracked objects per kept message for a page decoded
-as the WeChat connector does it today (Python's ``json.loads``, then ``weixin.to_message`` on
-each decoded entry) and as a connector handing each entry's bytes does (msgspec splits the page
-into raw entries, ``weixin.to_message`` decodes each into typed records), against the bare
+as the WeChat connector did before it handed bytes on (Python's ``json.loads``, then
+``weixin.to_message`` on each decoded entry) and as it does now (its protocol core's
+``Poller.receive``: msgspec splits the page into each entry's bytes, ``weixin.to_message``
+decodes each into typed records, the context tokens and cursor are read), against the bare
 decode of the page (``json.loads`` alone, keeping nothing). Then the journal's encoding, msgspec
 JSON (what the stores write) against msgpack, each way.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 import trio_chatbridge as cb
+from trio_chatbridge.connectors import Page
 from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 
 from ._util import REPEAT, report
 
@@ -48,11 +52,9 @@ def _page(first: int) -> bytes:
     return json.dumps({"ret": 0, "msgs": msgs, "get_updates_buf": "cursor"}).encode()
 
 
-class _Page(msgspec.Struct, gc=False):
-    msgs: list[msgspec.Raw] = []
-
-
-_split = msgspec.json.Decoder(_Page)
+_poller: Final = weixin_protocol.Poller(
+    "token", "http://127.0.0.1/", functools.partial(weixin.to_message, "bot")
+)
 
 
 def _json_loads_only(page: bytes) -> list[Any]:
@@ -61,13 +63,15 @@ def _json_loads_only(page: bytes) -> list[Any]:
 
 
 def _decoded_entries(page: bytes) -> list[Any]:
-    """As the WeChat connector does today: the page decoded, each entry converted."""
+    """As the WeChat connector did before: the page decoded, each entry dict converted."""
     return [weixin.to_message("bot", raw) for raw in json.loads(page)["msgs"]]
 
 
 def _entry_bytes(page: bytes) -> list[Any]:
-    """As a connector handing bytes would: the page split, each entry's bytes converted."""
-    return [weixin.to_message("bot", bytes(raw)) for raw in _split.decode(page).msgs]
+    """As the WeChat connector does: its core splits the page, converts each entry's bytes."""
+    event = _poller.receive(page, 0.0)
+    assert isinstance(event, Page)
+    return list(event.messages)
 
 
 def _measure(convert: Callable[[bytes], list[Any]], pages: list[bytes]) -> tuple[float, float]:
@@ -118,8 +122,8 @@ def bench_model() -> None:
         *(
             (name, f"{cpu * 1e6:5.2f} us CPU/message, {tracked:4.2f} tracked objects per kept")
             for name, (cpu, tracked) in (
-                ("json.loads + weixin.to_message(entry dict)", decoded),
-                ("msgspec page split + weixin.to_message(entry bytes)", entries),
+                ("before: json.loads + weixin.to_message(entry dict)", decoded),
+                ("connector's core: Poller.receive (split, entry bytes)", entries),
             )
         ),
     ]
