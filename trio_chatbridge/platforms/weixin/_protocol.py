@@ -274,7 +274,7 @@ class _Answer(msgspec.Struct, gc=False):
 
 
 _answer: Final = msgspec.json.Decoder(_Answer)
-_ANSWER_FIELDS: Final = _Answer.__struct_fields__[:-1]  # all but msgs
+_ANSWER_FIELDS: Final = tuple(name for name in _Answer.__struct_fields__ if name != "msgs")
 
 
 def read_answer(body: bytes) -> tuple[dict[str, Any], Sequence[Any]]:
@@ -346,10 +346,11 @@ class Poller:
 
     ``convert`` turns one message into a :class:`Message` (None: not for the agent); it is
     given the entry's own bytes (see :func:`read_answer` for the rare page it is given decoded
-    entries instead). A message it refuses, or that could not even be decoded, is skipped alone (in
-    :attr:`Page.skipped`), never the page. The cursor moves only in :meth:`commit`, once the
-    driver has made the page durable; the server's hold time (``longpolling_timeout_ms``) is
-    adopted from every answer, errors included, held to :data:`LONG_POLL_TIMEOUT_RANGE`.
+    entries instead). A message it refuses, or that could not even be decoded, is skipped
+    alone (in :attr:`Page.skipped`), never the page. The cursor moves only in
+    :meth:`commit`, once the driver has made the page durable; the server's hold time
+    (``longpolling_timeout_ms``) is adopted from every answer, errors included, held to
+    :data:`LONG_POLL_TIMEOUT_RANGE`.
     """
 
     token: str = attrs.field(repr=False)
