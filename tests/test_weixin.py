@@ -818,7 +818,42 @@ async def test_cdn_upload_retries_then_reports(autojump_clock: trio.testing.Mock
     async with bridged(emu, agent):
         emu.user_says("u", "file")
         await trio.sleep(5)
-    assert errors == ["CDN upload failed after 3 attempts: HTTP 500 without x-encrypted-param"]
+    assert errors[0].startswith("CDN upload failed after 3 attempts; the last: WeChat CDN upload")
+    assert "HTTP 500" in errors[0] and len(emu.calls("cdn_upload")) == 3
+
+
+@pytest.mark.parametrize(
+    ("fault", "attempts", "says"),
+    [
+        (WeixinFault.http(429), 2, None),  # rate limited: not now, never "never"
+        (WeixinFault(body={"ok": True}), 2, None),  # a 200 without x-encrypted-param
+        (WeixinFault.http(413), 1, "CDN refused the upload (HTTP 413)"),  # too big: never
+        (WeixinFault(status=302, body=b""), 1, "CDN refused the upload: WeChat CDN upload"),
+    ],
+)
+async def test_a_cdn_upload_retries_what_may_pass_later_and_stops_at_what_never_will(
+    autojump_clock: trio.testing.MockClock, fault: WeixinFault, attempts: int, says: str | None
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("cdn_upload", fault)
+    outcome: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send_media(b"data", filename="a.txt")
+        except cb.MediaError as exc:
+            outcome.append(str(exc))
+        else:
+            outcome.append("sent")
+
+    async with bridged(emu, agent):
+        emu.user_says("u", "file")
+        await trio.sleep(5)
+    assert len(emu.calls("cdn_upload")) == attempts
+    if says is None:
+        assert outcome == ["sent"]
+    else:
+        assert len(outcome) == 1 and says in outcome[0]
 
 
 async def test_missing_token_is_fatal_with_what_to_do(

@@ -167,10 +167,31 @@ async def exchange(
     :meth:`HTTPAnswer.json` reads them. If cancelled, the request may or may not have reached
     the server; nothing of the answer is kept.
     """
+    request = http.build_request(method, url, **options)
+    return await send(
+        http, request, what=what, platform=platform, time_limit=time_limit, max_bytes=max_bytes
+    )
+
+
+async def send(
+    http: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    what: str,
+    platform: str,
+    time_limit: float,
+    max_bytes: int = MAX_JSON_BYTES,
+) -> HTTPAnswer:
+    """:func:`exchange` for a request already built (one checked and pinned to an address
+    by the media guard, say): the same errors, the same answer. If cancelled, the request may
+    or may not have reached the server; nothing of the answer is kept."""
     try:
         with trio.fail_after(time_limit):
-            async with http.stream(method, url, **options) as response:
+            response = await http.send(request, stream=True)
+            try:
                 body = await read_body(response, what, max_bytes=max_bytes)
+            finally:
+                await response.aclose()
     except trio.TooSlowError as exc:
         raise ConnectorError(
             f"{what}: no answer within {time_limit:g} s (retried with backoff; check the network "

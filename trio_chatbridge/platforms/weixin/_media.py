@@ -14,11 +14,8 @@ import mimetypes
 import secrets
 from typing import Any, Final
 
-import httpx
-import trio
-
-from ..._errors import MediaError, ProtocolError
-from ..._json import read_body
+from ..._errors import ConnectorError, MediaError, ProtocolError
+from ..._http import HTTPRefusedError, send
 from ..._media import MediaPolicy, fetch, guarded_request
 from ..._messages import Media
 from . import _crypto
@@ -151,8 +148,10 @@ async def upload(
 async def _post_ciphertext(
     client: ILinkClient, policy: MediaPolicy, url: str, ciphertext: bytes
 ) -> str:
-    """POST the ciphertext where ``getuploadurl`` said, three attempts (a 4xx aborts); the URL
-    came from the network, so it must pass ``policy`` first. Returns ``x-encrypted-param``."""
+    """POST the ciphertext where ``getuploadurl`` said, three attempts; the URL came from the
+    network, so it must pass ``policy`` first. Returns ``x-encrypted-param``. Failures are
+    mapped by the one HTTP mapping (``_http.send``): what it retries (no answer, 408, 425, 429,
+    5xx, an unreadable answer) takes another attempt; a 4xx aborts."""
     last = "no attempt made"
     for _ in range(p.UPLOAD_ATTEMPTS):
         request = await guarded_request(
@@ -166,22 +165,26 @@ async def _post_ciphertext(
             headers={"Content-Type": "application/octet-stream"},
         )
         try:
-            with trio.fail_after(p.API_TIMEOUT * 4):
-                response = await client.http.send(request, stream=True)
-                try:
-                    answer = await read_body(response, "CDN upload answer", max_bytes=ERROR_PEEK)
-                finally:
-                    await response.aclose()
-        except (httpx.HTTPError, trio.TooSlowError, ProtocolError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
+            answer = await send(
+                client.http,
+                request,
+                what="WeChat CDN upload",
+                platform="weixin",
+                time_limit=p.API_TIMEOUT * 4,
+                max_bytes=ERROR_PEEK,
+            )
+        except HTTPRefusedError as exc:  # an answer that is neither 2xx nor 4xx nor 5xx
+            raise MediaError(f"CDN refused the upload: {exc}") from exc
+        except (ConnectorError, ProtocolError) as exc:  # unreachable, timed out, 429 or 5xx
+            last = str(exc)
             continue
-        if 400 <= response.status_code < 500:
-            reason = response.headers.get("x-error-message") or answer[:200].decode(
+        if not answer.ok:  # a 4xx: this upload will never be taken
+            reason = answer.headers.get("x-error-message") or answer.body[:200].decode(
                 errors="replace"
             )
-            raise MediaError(f"CDN refused the upload (HTTP {response.status_code}): {reason}")
-        param: str | None = response.headers.get("x-encrypted-param")
-        if response.status_code == 200 and param:
+            raise MediaError(f"CDN refused the upload (HTTP {answer.status}): {reason}")
+        param: str | None = answer.headers.get("x-encrypted-param")
+        if answer.status == 200 and param:
             return param
-        last = f"HTTP {response.status_code}" + ("" if param else " without x-encrypted-param")
-    raise MediaError(f"CDN upload failed after {p.UPLOAD_ATTEMPTS} attempts: {last}")
+        last = f"HTTP {answer.status} without x-encrypted-param"
+    raise MediaError(f"CDN upload failed after {p.UPLOAD_ATTEMPTS} attempts; the last: {last}")
