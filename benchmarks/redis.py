@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -301,6 +302,9 @@ async def takeover(url: str, graceful: bool) -> tuple[float, float]:
                 return await client.zcard(f"{prefix}members:default") == 2
 
             await poll(both_members)
+            # Kill at a random point of the owner's round, not just after it acquired the
+            # lease (its first round, as the standby joins): a lease with a whole TTL left.
+            await trio.sleep(TAKEOVER_TTL * (1 + random.random()))
             killed = time.perf_counter()
             os.kill(owner, signal.SIGTERM if graceful else signal.SIGKILL)
             if not graceful:
