@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextvars
 import math
 from pathlib import Path
 
@@ -369,6 +370,52 @@ async def test_concurrency_limit_holds(autojump_clock: trio.testing.MockClock) -
         await trio.sleep(60)
         assert bridge.stats().runs == 10
     assert peak == 3
+
+
+async def test_slots_go_first_come_first_served(autojump_clock: trio.testing.MockClock) -> None:
+    """A session with more to do after its run queues behind the sessions already waiting."""
+    order: list[list[str]] = []
+
+    async def busy(batch: cb.Batch, reply: cb.Reply) -> None:
+        order.append([m.text for m in batch.messages])
+        await trio.sleep(10)
+
+    chat = FakeConnector()
+    async with running_bridge(make_bridge(busy, chat, concurrency=1)) as bridge:
+        await chat.say("a1", chat="a")
+        await trio.sleep(2)  # a runs
+        await chat.say("b1", chat="b")
+        await chat.say("c1", chat="c")
+        await chat.say("a2", chat="a")  # a has more to do: after b and c, already waiting
+        await trio.sleep(60)
+        assert bridge.stats().runs == 4
+    assert order == [["a1"], ["b1"], ["c1"], ["a2"]]
+
+
+VISITED: contextvars.ContextVar[str] = contextvars.ContextVar("VISITED", default="")
+
+
+async def test_context_variables_an_agent_sets_stay_in_its_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each run starts from the bridge's context: what one run sets (a logging context,
+    say) is never seen by the next, whichever run freed the slot it runs in."""
+    seen: list[str] = []
+
+    async def marking(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.append(VISITED.get())
+        VISITED.set(batch.session)
+        await trio.sleep(1)
+
+    chat = FakeConnector()
+    async with running_bridge(make_bridge(marking, chat, concurrency=1)) as bridge:
+        for i in range(3):
+            await chat.say("hi", chat=f"c{i}")
+        await trio.sleep(5)
+        await chat.say("again", chat="c0")
+        await trio.sleep(30)
+        assert bridge.stats().runs == 4
+    assert seen == ["", "", "", ""]
 
 
 async def test_a_failing_agent_does_not_stop_others(autojump_clock: trio.testing.MockClock) -> None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Literal, TypeAlias, final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, final
 
 import attrs
 import trio
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._supervise import Backoff
 
 log = logging.getLogger("trio_chatbridge.connector")
+_NOTHING: Final = nullcontext()  # what a connector holds while its agent runs, by default
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
 """What a connector is doing. ``starting``: connecting (first, or again after a wait);
@@ -356,7 +357,7 @@ class Connector(ABC):
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
         """Held while the agent runs on ``batch`` (typing indicators...). By default: nothing."""
-        return _nothing()
+        return _NOTHING
 
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None
@@ -409,8 +410,3 @@ class Connector(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the connector holds across runs (HTTP clients); called by the bridge.
         If cancelled, what was not released yet is left to the garbage collector."""
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield

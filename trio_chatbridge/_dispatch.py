@@ -9,11 +9,12 @@ cut short by shutdown leave their messages pending, to be replayed at the next s
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import nullcontext
 from typing import Final, Literal, TypeAlias
 
 import attrs
@@ -34,17 +35,25 @@ Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
 """``async def agent(batch, reply) -> None``: what the user writes."""
 DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
 OnBusy: TypeAlias = Literal["queue", "interrupt"]
+_UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
 
 
 @attrs.define(eq=False)
 class _Session:
+    key: str
     waiting: list[Message]
     scope: trio.CancelScope | None = None
-    """Set while the agent runs (not while it waits for a slot): cancelling it interrupts."""
+    """With ``on_busy="interrupt"``, the running agent's scope: cancelling it interrupts."""
 
 
 class Dispatcher:
-    """Reads batches from a channel and runs the agent on them (see the module docstring)."""
+    """Reads batches from a channel and runs the agent on them (see the module docstring).
+
+    Each run is a task of its own (an agent's context variables stay in its run), started only
+    once a concurrency slot is free: a session waiting for a slot is an entry in a queue, not
+    a task, and a run that ends starts the next waiting session itself. First come, first
+    served: a session with more to do after its run queues behind those already waiting.
+    """
 
     def __init__(
         self,
@@ -64,17 +73,22 @@ class Dispatcher:
         self._connectors = connectors
         self._store = store
         self._counters = counters
-        self._limiter = trio.CapacityLimiter(concurrency)
-        self._on_busy = on_busy
+        self._concurrency = concurrency
+        self._interrupt = on_busy == "interrupt"
         self._run_timeout = math.inf if run_timeout is None else run_timeout
         self._sessions: dict[str, _Session] = {}
-        # Sessions waiting for a slot: at most max_waiting before run() stops reading batches,
-        # so an overloaded agent pushes back on the channel, then the debouncer, the inbox and
-        # the connectors, instead of holding ever more sessions here.
+        self._runs = 0  # runs started and not ended
+        # Sessions waiting for a slot, oldest first: at most max_waiting before run() stops
+        # reading batches, so an overloaded agent pushes back on the channel, then the
+        # debouncer, the inbox and the connectors, instead of holding ever more sessions here.
+        self._ready: deque[_Session] = deque()
         self._max_waiting = max_waiting
-        self._slot_waiters = 0
         self._room = trio.Event()
         self._draining = False
+        self._nursery: trio.Nursery | None = None
+        # Runs start from whichever task frees a slot, but each in a copy of the context the
+        # dispatcher was made in, never of the run that ended (whose agent may have set vars).
+        self._context = contextvars.copy_context()
 
     @property
     def running_sessions(self) -> int:
@@ -94,22 +108,28 @@ class Dispatcher:
         finished are not marked done and replay at the next start (a run that had finished
         is marked done even then, shielded).
         """
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            async with batches:
-                async for batch in batches:
-                    self._counters[_stats.BATCHES] += 1
-                    session = self._sessions.get(batch.session)
-                    if session is None:
-                        session = self._sessions[batch.session] = _Session(list(batch.messages))
-                        self._slot_waiters += 1
-                        nursery.start_soon(self._serve, batch.session, session)
-                        await self._wait_for_room()
-                        continue
-                    session.waiting.extend(batch.messages)
-                    if self._on_busy == "interrupt" and session.scope is not None:
-                        session.scope.cancel()
-            nursery.cancel_scope.deadline = trio.current_time() + grace
+        try:
+            async with trio.open_nursery() as self._nursery:
+                task_status.started()
+                async with batches:
+                    async for batch in batches:
+                        self._counters[_stats.BATCHES] += 1
+                        session = self._sessions.get(batch.session)
+                        if session is None:
+                            session = _Session(batch.session, list(batch.messages))
+                            self._sessions[batch.session] = session
+                            self._ready.append(session)
+                            self._start_runs()
+                            await self._wait_for_room()
+                            continue
+                        session.waiting.extend(batch.messages)
+                        if session.scope is not None:
+                            session.scope.cancel()
+                self._nursery.cancel_scope.deadline = trio.current_time() + grace
+        finally:
+            # Cancelled: the sessions left waiting stay pending in the journal.
+            self._ready.clear()
+            self._sessions.clear()
 
     def drain(self) -> None:
         """At shutdown: stop holding back batches, so :meth:`run` reaches the end of its
@@ -118,65 +138,65 @@ class Dispatcher:
         self._room.set()
 
     async def _wait_for_room(self) -> None:
-        while self._slot_waiters >= self._max_waiting and not self._draining:
+        while len(self._ready) >= self._max_waiting and not self._draining:
             self._room = trio.Event()
             await self._room.wait()
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """A concurrency slot, for a session counted in ``_slot_waiters`` until it has one."""
-        try:
-            await self._limiter.acquire()
-        finally:
-            self._slot_waiters -= 1
-            self._room.set()
-        try:
-            yield
-        finally:
-            self._limiter.release()
+    def _start_runs(self) -> None:
+        """Start a run for each waiting session a free slot can take."""
+        ready = self._ready
+        while ready and self._runs < self._concurrency:
+            assert self._nursery is not None
+            self._runs += 1
+            self._context.run(self._nursery.start_soon, self._serve, ready.popleft())
+        self._room.set()
 
-    async def _serve(self, key: str, session: _Session) -> None:
-        """Run the agent for one session until nothing is waiting for it.
+    async def _serve(self, session: _Session) -> None:
+        """Run the agent once for ``session``, record the outcome, and free the slot.
 
         What ends a run is decided by what was asked of it, not by the exception that came
         out: an agent whose cleanup raises while it is interrupted, cut off by the shutdown
         grace or cancelled with the bridge is treated exactly as if ``Cancelled`` had come out
-        (see :meth:`_run_agent`). A session only waiting for a slot has no run yet: batches
-        that arrive meanwhile merge into its first run, and shutdown leaves them pending
-        without counting an interrupted or abandoned run.
+        (see :meth:`_run_agent`). An interrupted run queues its messages again, ahead of what
+        arrived meanwhile; shutdown leaves them pending, counted as abandoned.
         """
-        SESSION.set(key)  # this task's log lines name the session (see _logs)
+        key = session.key
         try:
-            first = True
-            while session.waiting:
-                if not first:
-                    self._slot_waiters += 1
-                first = False
-                with trio.CancelScope() as scope:
-                    async with self._slot():
-                        # Taken once the slot is ours: whatever arrived while waiting joins in.
-                        messages, session.waiting = session.waiting, []
+            await trio.lowlevel.checkpoint_if_cancelled()  # shut down while it waited: no run
+            SESSION.set(key)  # this task's log lines name the session (see _logs)
+            messages, session.waiting = session.waiting, []
+            interrupted = False
+            try:
+                if self._interrupt:
+                    with trio.CancelScope() as scope:
                         session.scope = scope
                         error = await self._run_agent(Batch(key, messages))
-                        session.scope = None
-                if scope.cancelled_caught:  # interrupted by a newer batch: rerun with all
                     session.scope = None
-                    self._counters[_stats.INTERRUPTS] += 1
-                    session.waiting[:0] = messages
-                    continue
+                    interrupted = scope.cancelled_caught
+                else:
+                    error = await self._run_agent(Batch(key, messages))
+            except BaseException as exc:
+                # Cut off by the shutdown grace or a cancelled bridge: the messages stay
+                # pending and replay at the next start.
+                if find_error(exc, trio.Cancelled) is not None:
+                    self._counters[_stats.ABANDONED] += 1
+                raise
+            if interrupted:  # by a newer batch: rerun with all
+                self._counters[_stats.INTERRUPTS] += 1
+                session.waiting[:0] = messages
+            else:
                 with trio.CancelScope(shield=True):  # answered: record it even at shutdown
                     try:
                         await self._store.journal_done(messages, error=error)
                     except StoreError as exc:  # Redis away, or our lease lost: not a crash
                         log.warning("batch of session %s not marked done: %s", key, exc)
-        except BaseException as exc:
-            # Cut off by the shutdown grace or a cancelled bridge: the messages stay pending
-            # and replay at the next start. Counted only if the agent was running.
-            if session.scope is not None and find_error(exc, trio.Cancelled) is not None:
-                self._counters[_stats.ABANDONED] += 1
-            raise
         finally:
+            self._runs -= 1
+        if session.waiting:
+            self._ready.append(session)
+        else:
             del self._sessions[key]
+        self._start_runs()
 
     async def _run_agent(self, batch: Batch) -> str | None:
         """Run the agent once; returns the failure to record, or None."""
@@ -196,8 +216,10 @@ class Dispatcher:
             on_sent = self._latencies.run_started(batch, on_sent)
         reply = Reply._create(batch, connector, on_sent)
         failure: BaseException | None = None
+        # No scope without a run_timeout: a cancel scope is a good part of a short run's cost.
+        timeout = None if self._run_timeout == math.inf else trio.move_on_after(self._run_timeout)
         try:
-            with trio.move_on_after(self._run_timeout) as timeout:
+            with _UNLIMITED if timeout is None else timeout:
                 async with connector.running(batch):
                     await self._agent(batch, reply)
         except* Exception as group:
@@ -213,7 +235,9 @@ class Dispatcher:
                 exc_info=failure,
             )
             self._counters[_stats.FAILURES] += 1
-        if timeout.cancelled_caught or (failure is not None and timeout.cancel_called):
+        if timeout is not None and (
+            timeout.cancelled_caught or (failure is not None and timeout.cancel_called)
+        ):
             self._counters[_stats.TIMEOUTS] += 1
             if failure is None:
                 self._counters[_stats.FAILURES] += 1
