@@ -465,6 +465,45 @@ async def test_shutdown_flushes_pending_sessions(autojump_clock: trio.testing.Mo
     assert await store.journal_pending() == []
 
 
+async def test_runs_that_finished_as_the_bridge_is_cancelled_are_marked_done(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Done-marks are written a turn after the runs, those of a turn together: a bridge
+    cancelled in between still records them, so answered messages never replay; a failure
+    keeps its error, and a run cut off stays pending."""
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    with trio.CancelScope() as scope:
+
+        async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+            text = batch.latest.text
+            if text == "slow":
+                await trio.sleep_forever()
+            await trio.sleep(2 if text == "last" else 1)
+            if text == "last":  # the bridge cancelled as this run ends, no checkpoint between
+                scope.cancel()
+            elif text == "bad":
+                raise ValueError("bad input")
+
+        bridge = make_bridge(agent, chat, store=store, debounce=cb.Debounce(window=0))
+        async with running_bridge(bridge):
+            for text in ["slow", "ok", "bad", "last"]:
+                await chat.say(text, chat=text, id=text)
+            await trio.sleep_forever()
+    states = {}
+    for text in ["slow", "ok", "bad", "last"]:
+        entry = await store.journal_entry(("fake", "bot", text))
+        assert entry is not None
+        states[text] = (entry.state, entry.error)
+    assert states == {
+        "slow": ("pending", None),
+        "ok": ("done", None),
+        "bad": ("failed", "ValueError: bad input"),
+        "last": ("done", None),
+    }
+    assert bridge.stats().abandoned == 1
+
+
 async def test_shutdown_grace_leaves_unfinished_runs_for_replay(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

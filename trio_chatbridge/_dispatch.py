@@ -85,6 +85,9 @@ class Dispatcher:
         self._max_waiting = max_waiting
         self._room = trio.Event()
         self._draining = False
+        # Runs that finished, with the failure to record, until _mark_finished writes them.
+        self._finished: list[tuple[list[Message], str | None]] = []
+        self._marks_due = trio.Event()
         self._nursery: trio.Nursery | None = None
         # Runs start from whichever task frees a slot, but each in a copy of the context the
         # dispatcher was made in, never of the run that ended (whose agent may have set vars).
@@ -108,28 +111,33 @@ class Dispatcher:
         finished are not marked done and replay at the next start (a run that had finished
         is marked done even then, shielded).
         """
-        try:
-            async with trio.open_nursery() as self._nursery:
-                task_status.started()
-                async with batches:
-                    async for batch in batches:
-                        self._counters[_stats.BATCHES] += 1
-                        session = self._sessions.get(batch.session)
-                        if session is None:
-                            session = _Session(batch.session, list(batch.messages))
-                            self._sessions[batch.session] = session
-                            self._ready.append(session)
-                            self._start_runs()
-                            await self._wait_for_room()
-                            continue
-                        session.waiting.extend(batch.messages)
-                        if session.scope is not None:
-                            session.scope.cancel()
-                self._nursery.cancel_scope.deadline = trio.current_time() + grace
-        finally:
-            # Cancelled: the sessions left waiting stay pending in the journal.
-            self._ready.clear()
-            self._sessions.clear()
+        async with trio.open_nursery() as marking:
+            marking.start_soon(self._mark_finished)
+            try:
+                async with trio.open_nursery() as self._nursery:
+                    task_status.started()
+                    async with batches:
+                        async for batch in batches:
+                            self._counters[_stats.BATCHES] += 1
+                            session = self._sessions.get(batch.session)
+                            if session is None:
+                                session = _Session(batch.session, list(batch.messages))
+                                self._sessions[batch.session] = session
+                                self._ready.append(session)
+                                self._start_runs()
+                                await self._wait_for_room()
+                                continue
+                            session.waiting.extend(batch.messages)
+                            if session.scope is not None:
+                                session.scope.cancel()
+                    self._nursery.cancel_scope.deadline = trio.current_time() + grace
+            finally:
+                # Cancelled: the sessions left waiting stay pending in the journal, and the
+                # runs that finished are recorded all the same (shielded).
+                self._ready.clear()
+                self._sessions.clear()
+                await self._write_marks()
+                marking.cancel_scope.cancel()
 
     def drain(self) -> None:
         """At shutdown: stop holding back batches, so :meth:`run` reaches the end of its
@@ -184,12 +192,9 @@ class Dispatcher:
             if interrupted:  # by a newer batch: rerun with all
                 self._counters[_stats.INTERRUPTS] += 1
                 session.waiting[:0] = messages
-            else:
-                with trio.CancelScope(shield=True):  # answered: record it even at shutdown
-                    try:
-                        await self._store.journal_done(messages, error=error)
-                    except StoreError as exc:  # Redis away, or our lease lost: not a crash
-                        log.warning("batch of session %s not marked done: %s", key, exc)
+            else:  # answered: recorded by _mark_finished, even at shutdown
+                self._finished.append((messages, error))
+                self._marks_due.set()
         finally:
             self._runs -= 1
         if session.waiting:
@@ -197,6 +202,36 @@ class Dispatcher:
         else:
             del self._sessions[key]
         self._start_runs()
+
+    async def _mark_finished(self) -> None:
+        """Mark finished runs done (or failed) in the journal, every run that finished since
+        the last write together: a turn's runs share one write per account and outcome."""
+        while True:
+            if not self._finished:
+                self._marks_due = trio.Event()
+                await self._marks_due.wait()
+            await self._write_marks()
+
+    async def _write_marks(self) -> None:
+        """Write the marks of the runs finished so far, shielded: a run that finished is
+        recorded even when the bridge is cancelled, or its messages would replay."""
+        finished, self._finished = self._finished, []
+        groups: dict[tuple[str, str, str | None], list[Message]] = {}
+        for messages, error in finished:
+            first = messages[0]  # one account's messages go together (a RedisStore fences each)
+            groups.setdefault((first.platform, first.account, error), []).extend(messages)
+        with trio.CancelScope(shield=True):
+            for (platform, account, error), messages in groups.items():
+                try:
+                    await self._store.journal_done(messages, error=error)
+                except StoreError as exc:  # Redis away, or our lease lost: not a crash
+                    log.warning(
+                        "%d handled messages of %s:%s not marked done: %s",
+                        len(messages),
+                        platform,
+                        account,
+                        exc,
+                    )
 
     async def _run_agent(self, batch: Batch) -> str | None:
         """Run the agent once; returns the failure to record, or None."""
