@@ -124,31 +124,31 @@ class Debouncer:
                         break
                 # Sent outside the scope: drain() must not cancel a send half-way.
                 for batch in self._add(messages):
-                    await send.send(batch)
+                    await _send(send, batch)
             self._draining = True
             await self._release_due(send)
 
     def _add(self, messages: tuple[Message, ...]) -> list[Batch]:
         """File each message under its session; returns the batches due at once."""
         policy = self.policy
+        key_of, sessions, most = policy.key, self._sessions, policy.max_messages
         now = trio.current_time()
+        due = now + policy.window  # the deadline each message sets, its session's cap allowing
         ready: list[Batch] = []
         for message in messages:
-            key = policy.key(message)
-            session = self._sessions.get(key)
+            key = key_of(message)
+            session = sessions.get(key)
             if session is None:
                 cap = NO_DEADLINE if policy.max_delay is None else now + policy.max_delay
-                session = _Session(key, [message], cap, min(now + policy.window, cap))
-                self._sessions[key] = session
+                session = sessions[key] = _Session(key, [message], cap, min(due, cap))
                 self._push(session)
             else:
                 session.messages.append(message)
                 # Deadlines only move later, so the heap entry can stay put: when it comes
                 # up early, _release_due files it again under the new deadline.
-                session.deadline = min(now + policy.window, session.cap)
-            full = policy.max_messages is not None and len(session.messages) >= policy.max_messages
-            if self._draining or full:
-                del self._sessions[key]
+                session.deadline = min(due, session.cap)
+            if self._draining or (most is not None and len(session.messages) >= most):
+                del sessions[key]
                 ready.append(Batch(key, session.messages))
         return ready
 
@@ -158,13 +158,25 @@ class Debouncer:
 
     async def _release_due(self, send: trio.MemorySendChannel[Batch]) -> None:
         """Send every session whose deadline has passed (all of them while draining)."""
-        heap = self._heap
-        while heap and (self._draining or heap[0][0] <= trio.current_time()):
+        heap, sessions = self._heap, self._sessions
+        now = trio.current_time()
+        while heap and (self._draining or heap[0][0] <= now):
             _, _, session = heapq.heappop(heap)
-            if self._sessions.get(session.key) is not session:
+            if sessions.get(session.key) is not session:
                 continue  # released early (max_messages, drain): a leftover entry
-            if not self._draining and session.deadline > trio.current_time():
+            if not self._draining and session.deadline > now:
                 self._push(session)  # re-armed since it was filed
                 continue
-            del self._sessions[session.key]
-            await send.send(Batch(session.key, session.messages))
+            del sessions[session.key]
+            await _send(send, Batch(session.key, session.messages))
+            now = trio.current_time()
+
+
+async def _send(send: trio.MemorySendChannel[Batch], batch: Batch) -> None:
+    """Send without yielding while the channel has room: the batches released together reach
+    the dispatcher together, which starts their runs in one turn. Full, it waits (the
+    receive before the next release is this task's checkpoint)."""
+    try:
+        send.send_nowait(batch)
+    except trio.WouldBlock:
+        await send.send(batch)

@@ -118,18 +118,15 @@ class Dispatcher:
                     task_status.started()
                     async with batches:
                         async for batch in batches:
-                            self._counters[_stats.BATCHES] += 1
-                            session = self._sessions.get(batch.session)
-                            if session is None:
-                                session = _Session(batch.session, list(batch.messages))
-                                self._sessions[batch.session] = session
-                                self._ready.append(session)
-                                self._start_runs()
-                                await self._wait_for_room()
-                                continue
-                            session.waiting.extend(batch.messages)
-                            if session.scope is not None:
-                                session.scope.cancel()
+                            # Every batch already waiting is taken in this turn: runs started
+                            # together end together, and their done-marks share a write.
+                            self._take(batch)
+                            while len(self._ready) < self._max_waiting or self._draining:
+                                try:
+                                    self._take(batches.receive_nowait())
+                                except (trio.WouldBlock, trio.EndOfChannel):
+                                    break  # (at the end, the async for sees it too)
+                            await self._wait_for_room()
                     self._nursery.cancel_scope.deadline = trio.current_time() + grace
             finally:
                 # Cancelled: the sessions left waiting stay pending in the journal, and the
@@ -138,6 +135,20 @@ class Dispatcher:
                 self._sessions.clear()
                 await self._write_marks()
                 marking.cancel_scope.cancel()
+
+    def _take(self, batch: Batch) -> None:
+        """File a batch under its session: a new one waits for a slot, a running or waiting
+        one takes the messages into its next run (interrupting the current one, if so set)."""
+        self._counters[_stats.BATCHES] += 1
+        session = self._sessions.get(batch.session)
+        if session is None:
+            session = self._sessions[batch.session] = _Session(batch.session, list(batch.messages))
+            self._ready.append(session)
+            self._start_runs()
+            return
+        session.waiting.extend(batch.messages)
+        if session.scope is not None:
+            session.scope.cancel()
 
     def drain(self) -> None:
         """At shutdown: stop holding back batches, so :meth:`run` reaches the end of its
