@@ -59,7 +59,10 @@ class Inbox:
         reached it (Redis) leaves such messages to the next replay.
         """
         added = await self._store.journal_add(messages)
-        new = tuple(m for m, is_new in zip(messages, added, strict=True) if is_new)
+        if all(added) and len(added) == len(messages):  # the common case: none redelivered
+            new = tuple(messages)
+        else:
+            new = tuple(m for m, is_new in zip(messages, added, strict=True) if is_new)
         self._counters[_stats.RECEIVED] += len(new)
         self._counters[_stats.DUPLICATES] += len(messages) - len(new)
         if new and self._on_new is not None:
