@@ -177,7 +177,9 @@ class Dispatcher:
         out: an agent whose cleanup raises while it is interrupted, cut off by the shutdown
         grace or cancelled with the bridge is treated exactly as if ``Cancelled`` had come out
         (see :meth:`_run_agent`). An interrupted run queues its messages again, ahead of what
-        arrived meanwhile; shutdown leaves them pending, counted as abandoned.
+        arrived meanwhile; shutdown leaves them pending, counted as abandoned. A session only
+        waiting for a slot has no run yet: batches that arrive meanwhile merge into its first
+        run, and shutdown leaves them pending without counting an interrupted or abandoned run.
         """
         key = session.key
         try:
