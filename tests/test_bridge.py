@@ -311,6 +311,63 @@ def test_whatever_agents_do_the_bridge_goes_on_and_settles_every_message(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@given(
+    script=st.lists(
+        st.tuples(
+            st.integers(0, 5),  # which chat
+            st.sampled_from([0.0, 0.5, 2.0]),  # seconds since the previous message
+            st.integers(0, 3),  # seconds the run on a batch ending with it takes
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    concurrency=st.integers(1, 4),
+    queue_size=st.integers(1, 4),
+)
+def test_runs_keep_the_slots_and_each_message_runs_once_in_order(
+    script: list[tuple[int, float, int]], concurrency: int, queue_size: int
+) -> None:
+    """With on_busy="queue", whatever the timing: never more than ``concurrency`` runs at
+    once, never two runs of one session at once, every message in exactly one run, a
+    session's messages in the order they were said, and every one marked done."""
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    running: set[str] = set()
+    peak = 0
+    handled: dict[str, list[str]] = {}
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        nonlocal peak
+        assert batch.session not in running
+        running.add(batch.session)
+        peak = max(peak, len(running))
+        handled.setdefault(batch.session, []).extend(m.id for m in batch.messages)
+        await trio.sleep(int(batch.latest.text))
+        running.discard(batch.session)
+
+    async def main() -> None:
+        bridge = make_bridge(
+            agent,
+            chat,
+            store=store,
+            concurrency=concurrency,
+            queue_size=queue_size,
+            debounce=cb.Debounce(window=0.1),
+        )
+        said: dict[str, list[str]] = {}
+        async with running_bridge(bridge):
+            for n, (chat_number, gap, seconds) in enumerate(script):
+                await trio.sleep(gap)
+                message = await chat.say(str(seconds), chat=f"c{chat_number}", id=f"m{n}")
+                said.setdefault(f"fake:bot:c{chat_number}", []).append(message.id)
+            await trio.sleep(4 * len(script))  # every run ends
+        assert peak <= concurrency
+        assert handled == said
+        assert await store.journal_pending() == []
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 async def test_a_connector_failing_as_the_bridge_is_cancelled_is_no_error_of_the_bridge(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
