@@ -1,4 +1,5 @@
-"""Lark benchmarks: the frame codec against the protobuf runtime, and inbound events.
+"""Lark benchmarks: the frame codec against the protobuf runtime, the protocol core's receive
+path, and inbound events.
 
 The emulator runs in its own process (``python -m trio_chatbridge emulate lark``).
 """
@@ -15,6 +16,7 @@ from trio_websocket import open_websocket_url
 
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames
+from trio_chatbridge.platforms.lark import _protocol as lark_protocol
 
 from ._util import (
     REPEAT,
@@ -118,6 +120,85 @@ def bench_codec() -> None:
     report("lark: one event frame (4 headers, 330-byte payload), encode + decode", rows)
 
 
+RECEIVE_EVENTS = 1_000  # distinct message events, each received once per round
+
+
+def _message_event(n: int) -> bytes:
+    """One ``im.message.receive_v1`` event frame as Lark sends it: every header field, a sender
+    with three ids, a text message (docs/protocols/lark.md#message-events)."""
+    content = json.dumps({"text": f"hello there, message {n}"})
+    header = {
+        "event_id": f"ev{n}",
+        "event_type": "im.message.receive_v1",
+        "create_time": "1700000000000",
+        "token": "",
+        "app_id": "cli_app",
+        "tenant_key": "t1",
+    }
+    sender = {
+        "sender_id": {"open_id": f"ou_{n % 100}", "union_id": "on_1", "user_id": None},
+        "sender_type": "user",
+        "tenant_key": "t1",
+    }
+    message = {
+        "message_id": f"om_{n}",
+        "root_id": "",
+        "parent_id": "",
+        "create_time": "1700000000000",
+        "chat_id": "oc_1",
+        "chat_type": "p2p",
+        "message_type": "text",
+        "content": content,
+        "mentions": None,
+    }
+    envelope = {"schema": "2.0", "header": header, "event": {"sender": sender, "message": message}}
+    frame = _frames.Frame(
+        seq_id=n,
+        log_id=n,
+        service=7,
+        method=_frames.DATA,
+        headers=(("type", "event"), ("message_id", f"m{n}"), ("sum", "1"), ("seq", "0")),
+        payload=json.dumps(envelope, separators=(",", ":")).encode(),
+    )
+    return _frames.encode(frame)
+
+
+def bench_receive() -> None:
+    """CPU per message event through the protocol core (frame bytes in, a ``Message`` and its
+    ACK out) against a bare loop that decodes the frame and its JSON, as the raw client does."""
+    frames = [_message_event(n) for n in range(RECEIVE_EVENTS)]
+    core = lark_protocol.LarkProtocol("cli_app", "ou_bot")
+    core.connect("wss://lark.invalid/ws?service_id=7", lark_protocol.ClientConfig())
+    (first,) = core.receive(frames[0], 0.0)
+    assert isinstance(first, lark_protocol.MessageReceived)
+
+    def bare() -> None:
+        for data in frames:
+            json.loads(_frames.decode(data).payload or b"{}")
+
+    def ours() -> None:
+        for data in frames:
+            core.receive(data, 0.0)
+
+    rounds = 5
+    times = {
+        name: min(timeit.repeat(loop, number=rounds, repeat=REPEAT, timer=time.process_time))
+        / (rounds * RECEIVE_EVENTS)
+        for name, loop in (("bare", bare), ("ours", ours))
+    }
+    report(
+        "lark: one message event through the protocol core (CPU per event)",
+        [
+            ("bare: frame decoded, payload json.loads", f"{times['bare'] * 1e6:.2f} us"),
+            (
+                "LarkProtocol.receive: a Message (ACK encoded later)",
+                f"{times['ours'] * 1e6:.2f} us",
+            ),
+            ("ours over bare", f"{times['ours'] / times['bare']:.2f}x the CPU"),
+        ],
+    )
+
+
 async def _load(info: dict[str, Any]) -> None:
     burst = [{"user": f"ou_{i % 1000}", "text": f"event {i}"} for i in range(EVENTS)]
     await post_burst(info, burst)
@@ -179,4 +260,4 @@ def bench_inbound() -> None:
     )
 
 
-BENCHMARKS = {"lark-codec": bench_codec, "lark": bench_inbound}
+BENCHMARKS = {"lark-codec": bench_codec, "lark-receive": bench_receive, "lark": bench_inbound}
