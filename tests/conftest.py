@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 import hypothesis
 import pytest
 import trio
-from leaks import PUBLIC_CLASSES, SecretWatch
+from leaks import PUBLIC_CLASSES, SecretWatch, kept_logger_levels
 
 if TYPE_CHECKING:
     from trio_chatbridge.testing import RedisServer
@@ -100,7 +100,8 @@ def no_secret_in_logs_or_reprs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     root.addHandler(watch)
     root.setLevel(logging.DEBUG)
     try:
-        yield
+        with kept_logger_levels():
+            yield
     finally:
         root.removeHandler(watch)
         root.setLevel(level)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import functools
 import gc
+import io
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from typing import Any, Final, NamedTuple
 import httpx
 import pytest
 import trio
+from leaks import kept_logger_levels
 from support import emulated_connector
 
 import trio_chatbridge as cb
@@ -282,3 +284,19 @@ async def test_sessions_over_the_three_emulators_lose_nothing_and_memory_stays_f
     warm_rss = samples[0][-1].rss
     peak_rss = max(s.rss for r in samples[1:] for s in r)
     assert peak_rss - warm_rss <= max(GROWTH_FLOOR, GROWTH_LIMIT * warm_rss), (warm_rss, peak_rss)
+
+
+def test_logger_levels_a_test_sets_do_not_outlive_it() -> None:
+    # configure_logging(DEBUG) turns httpx's and httpcore's loggers to DEBUG; left so, every
+    # later test (the soak after test_endpoint's) creates their DEBUG records, and pytest
+    # keeps them all for its report.
+    noisy = logging.getLogger("httpcore")
+    before = noisy.level
+    made = "trio_chatbridge.test_soak.made_here"
+    with kept_logger_levels():
+        handler = cb.configure_logging(logging.DEBUG, stream=io.StringIO())
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger(made).setLevel(logging.ERROR)
+        assert noisy.level == logging.DEBUG
+    assert noisy.level == before != logging.DEBUG
+    assert logging.getLogger(made).level == logging.NOTSET
