@@ -37,6 +37,14 @@ from . import _outbound as out
 from . import _protocol as f
 from ._convert import PLATFORM
 from ._protocol import WeComCore, WeComError, WeComEvent
+from ._replies import (
+    StreamState,
+    Then,
+    after_refusal,
+    markdown_bodies,
+    new_stream_id,
+    stream_body,
+)
 
 log = logging.getLogger("trio_chatbridge.wecom")
 
@@ -54,14 +62,6 @@ def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection
     return open_websocket_url(
         url, connect_timeout=15, disconnect_timeout=5, max_message_size=f.WS_MESSAGE_LIMIT
     )
-
-
-def utf8_prefix(text: str, limit: int) -> str:
-    """The longest prefix of ``text`` whose UTF-8 fits in ``limit`` bytes (whole characters)."""
-    data = text.encode()
-    if len(data) <= limit:
-        return text
-    return data[:limit].decode(errors="ignore")
 
 
 @final
@@ -199,11 +199,12 @@ class LongConnection(base.Connector):
         concurrently: one ack round trip before the agent starts, not one per message. A
         refused close is logged; it never keeps the agent from running.
         """
-        async with trio.open_nursery() as nursery:
-            for message in batch.messages[:-1]:
-                req_id = message.reply_handle.get("req_id")
-                if req_id:
-                    nursery.start_soon(self._close_callback, req_id)
+        earlier = [message.reply_handle.get("req_id") for message in batch.messages[:-1]]
+        if any(earlier):  # most batches are one message: no nursery then
+            async with trio.open_nursery() as nursery:
+                for req_id in earlier:
+                    if req_id:
+                        nursery.start_soon(self._close_callback, req_id)
         yield
 
     async def _close_callback(self, req_id: str) -> None:
@@ -252,7 +253,7 @@ class LongConnection(base.Connector):
                 raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
             await self.command(f.RESPOND, req_id, body)
         except WeComError as exc:
-            if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
+            if after_refusal(exc.errcode, replayed=False) is Then.RAISE:
                 raise
             if not self.answered_before(target, exc):
                 await self.command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat, **body})
@@ -296,15 +297,8 @@ class LongConnection(base.Connector):
     async def send_proactive(self, chat_id: str, text: str) -> None:
         """Push markdown to a user or group with no callback to answer (``aibot_send_msg``).
         If cancelled, some pieces of a long text may have gone out, in order."""
-        remaining = text
-        while remaining:
-            piece = utf8_prefix(remaining, f.STREAM_LIMIT)
-            remaining = remaining[len(piece) :]
-            await self.command(
-                f.SEND,
-                f.new_req_id(f.SEND),
-                {"chatid": chat_id, "msgtype": "markdown", "markdown": {"content": piece}},
-            )
+        for body in markdown_bodies(chat_id, text):
+            await self.command(f.SEND, f.new_req_id(f.SEND), body)
 
     async def respond_stream(
         self,
@@ -320,12 +314,7 @@ class LongConnection(base.Connector):
         the whole text so far; ``finish`` ends the stream; ``card`` rides along (once per
         message); ``until`` bounds the wait for a connection (Trio's clock). A fresh stream id
         when none is given. If cancelled, the frame may or may not have been shown."""
-        body: dict[str, Any] = {
-            "msgtype": "stream",
-            "stream": {"id": stream_id or new_stream_id(), "finish": finish, "content": content},
-        }
-        if card is not None:
-            body.update(msgtype="stream_with_template_card", template_card=card.as_dict())
+        body = stream_body(stream_id or new_stream_id(), content, finish=finish, card=card)
         await self.command(f.RESPOND, req_id, body, until=until)
 
     async def command(
@@ -354,7 +343,8 @@ class LongConnection(base.Connector):
         """Whether ``exc`` says ``target`` was answered by an earlier process: 846608 for a
         callback of one (its run killed after answering, the message replayed). Counted in
         ``already_answered``; nothing more is to be sent, and the run counts as done."""
-        if exc.errcode != f.STREAM_EXPIRED or target.reply_handle.get("life") == self._core.life:
+        replayed = target.reply_handle.get("life") != self._core.life
+        if after_refusal(exc.errcode, replayed=replayed) is not Then.DONE:
             return False
         self.ctx.count("already_answered")
         log.info("wecom bot %s: %s was answered already (%s)", self.account, target.id, exc)
@@ -388,13 +378,9 @@ class LongConnection(base.Connector):
             self._own_http = None
 
 
-def new_stream_id() -> str:
-    """A fresh stream id, in the official SDK's shape."""
-    return f"stream_{secrets.token_hex(8)}"
-
-
 class _Stream(base.CoalescingStream):
-    """A reply streamed on one callback's req_id.
+    """A reply streamed on one callback's req_id; what it showed and what to send next are
+    its :class:`StreamState`'s.
 
     Every frame carries the whole text so far (the platform replaces, not appends); what does
     not fit in the platform's 20480 bytes goes out as proactive messages at the end. A callback
@@ -408,84 +394,64 @@ class _Stream(base.CoalescingStream):
         super().__init__(connector.stream_interval)
         self._connector = connector
         self._target = target
-        self._card = card
-        self._sent_text = ""
-        self._finished = False
-        self.stream_id = new_stream_id()
-        self.frames = 0
         answer_by = connector.answer_by(target)
         # None: a callback of an earlier process (replayed), its window unknown here
-        self._finish_by = None if answer_by is None else answer_by - FINISH_MARGIN
+        finish_by = None if answer_by is None else answer_by - FINISH_MARGIN
+        self.state = StreamState(target.reply_handle.get("req_id"), finish_by, card)
 
     async def pump(self) -> None:
         """The base pump until the window is about to close; then the stream is finished."""
-        with trio.move_on_at(math.inf if self._finish_by is None else self._finish_by):
+        finish_by = self.state.finish_by
+        with trio.move_on_at(math.inf if finish_by is None else finish_by):
             await super().pump()
         self._idle = trio.Event()
         try:
-            await self._finish_now()
+            await self._show(self.state.finish_now(self.text))
+        except SendError as exc:
+            log.info("wecom bot %s: finishing a stream early: %s", self._connector.account, exc)
         finally:
             self._idle.set()
         await trio.sleep_forever()
 
-    async def _finish_now(self) -> None:
-        self._finished = True
-        try:
-            await self._frame(utf8_prefix(self.text, f.STREAM_LIMIT), finish=True)
-        except SendError as exc:
-            log.info("wecom bot %s: finishing a stream early: %s", self._connector.account, exc)
-
     async def update(self, text: str) -> None:
-        content = utf8_prefix(text, f.STREAM_LIMIT)
-        if content != self._sent_text:
-            await self._frame(content, finish=False)
+        body = self.state.update(text)
+        if body is not None:
+            await self._show(body)
 
     async def final(self, text: str) -> None:
         """Finish the stream with ``text``; what the callback cannot carry goes proactively.
 
-        846608 on a stream that showed nothing yet, for a callback of an earlier process, means
-        it was answered before (by a run killed after it finished its stream, now replayed):
-        nothing more is sent, and the run counts as done.
+        The callback gone (an old connection's after a restart), answered already in this run
+        (by a card or media), or its window closed: what did not show goes proactively, once
+        (all of it, card first, if nothing of this stream showed). 846608 on a stream that
+        showed nothing yet, for a callback of an earlier process, means it was answered before
+        (by a run killed after it finished its stream, now replayed): nothing more is sent,
+        and the run counts as done.
         """
+        state, connector = self.state, self._connector
         chat = self._target.reply_handle["chatid"]
-        shown = len(self._sent_text)
+        step = state.finish(text, trio.current_time())
         try:
-            if not self._target.reply_handle.get("req_id"):
-                raise WeComError(f.RESPOND, f.INVALID_REQ_ID, "message has no req_id")
-            if self._finished or self._too_late():
-                raise WeComError(f.RESPOND, f.STREAM_EXPIRED, "answer window closing")
-            content = utf8_prefix(text, f.STREAM_LIMIT)
-            await self._frame(content, finish=True)
-            shown = len(content)
+            if isinstance(step, int):
+                raise WeComError(f.RESPOND, step, "the callback can take no more answers")
+            await self._show(step)
+            then = Then.REST_PROACTIVELY
         except WeComError as exc:
-            if exc.errcode not in (f.INVALID_REQ_ID, f.STREAM_EXPIRED):
-                raise
-            if not self.frames and self._connector.answered_before(self._target, exc):
+            if not state.frames and connector.answered_before(self._target, exc):
                 return
-            # The callback is gone (an old connection's after a restart), answered already in
-            # this run (by a card or media), or its window closed: what did not show goes
-            # proactively, once (all of it, card first, if nothing of this stream showed).
-            if not self.frames or exc.errcode == f.INVALID_REQ_ID:
-                if self._card is not None:
-                    await self._connector.send_first(chat, self._card)
-                shown = 0
-        if shown < len(text):
-            await self._connector.send_proactive(chat, text[shown:])
+            then = after_refusal(exc.errcode, replayed=False, frames_shown=state.frames)
+            if then is Then.RAISE:
+                raise
+        if then is Then.ALL_PROACTIVELY and state.card is not None:
+            await connector.send_first(chat, state.card)
+        rest = state.unshown(text, then)
+        if rest:
+            await connector.send_proactive(chat, rest)
 
-    def _too_late(self) -> bool:
-        return self._finished or (
-            self._finish_by is not None and trio.current_time() >= self._finish_by
-        )
-
-    async def _frame(self, content: str, *, finish: bool) -> None:
-        card = self._card if self.frames == 0 else None  # a card goes once per message
-        await self._connector.respond_stream(
-            self._target.reply_handle["req_id"],
-            content,
-            stream_id=self.stream_id,
-            finish=finish,
-            card=card,
-            until=None if self._finish_by is None else self._finish_by + FINISH_MARGIN / 2,
-        )
-        self._sent_text = content
-        self.frames += 1
+    async def _show(self, body: dict[str, Any]) -> None:
+        """Send the stream frame ``body``; once answered, the callback took it."""
+        state = self.state
+        assert state.req_id is not None  # StreamState builds frames only for one with a req_id
+        until = None if state.finish_by is None else state.finish_by + FINISH_MARGIN / 2
+        await self._connector.command(f.RESPOND, state.req_id, body, until=until)
+        state.took(body)

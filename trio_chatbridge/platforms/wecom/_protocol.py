@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, final
 
 import attrs
+import msgspec
 
 from ..._errors import (
     ConnectorError,
@@ -95,8 +96,72 @@ class Frame:
         return self.cmd is None
 
 
-def parse_frame(data: str | bytes) -> Frame:
-    """Decode one frame; anything that is not a well-formed frame is a :class:`ProtocolError`."""
+class _Headers(msgspec.Struct, gc=False):
+    req_id: str = ""
+
+
+class _Wire(msgspec.Struct, gc=False):
+    """A frame as it comes, its body left as bytes (a callback's is its converter's to read)."""
+
+    headers: _Headers | None = None
+    cmd: str | None = None
+    body: msgspec.Raw = msgspec.Raw()
+    errcode: int | None = None
+    errmsg: str | None = None
+
+
+_wire: Final = msgspec.json.Decoder(_Wire)
+_NO_BODY: Final = (b"", b"null")
+
+
+@final
+@attrs.frozen
+class Received:
+    """One frame received: :class:`Frame`'s fields, its body as it came or already decoded."""
+
+    req_id: str
+    cmd: str | None
+    body: bytes | Mapping[str, Any] = attrs.field(repr=False)
+    """The body's JSON object as bytes (the usual case), or decoded (the frame needed the
+    general reader); ``b""`` when there is none."""
+    errcode: int | None = None
+    errmsg: str | None = None
+
+    def body_object(self) -> Mapping[str, Any]:
+        """The body decoded (``{}`` when there is none)."""
+        if not isinstance(self.body, bytes):
+            return self.body
+        decoded: dict[str, Any] = msgspec.json.decode(self.body) if self.body else {}
+        return decoded  # read once already, by the frame's decoder: it cannot fail here
+
+
+def read_frame(data: str | bytes) -> Received:
+    """Decode one frame, its body left undecoded; anything that is not a well-formed frame is a
+    :class:`ProtocolError` (the errors of :func:`parse_frame`).
+
+    The compiled decoder reads every frame the platform sends; a frame it refuses (a field of
+    an unexpected type, ``NaN``, an integer over 64 bits, nesting past its depth) goes to the
+    general JSON reader, which accepts what Python's decoder does and names what is wrong."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            f"WeCom frame of {len(data)} bytes is over the {MAX_FRAME_BYTES}-byte cap"
+        )
+    try:
+        wire = _wire.decode(data)
+    except (ValueError, RecursionError):  # msgspec's errors are ValueErrors
+        return _read_general(data)
+    req_id = wire.headers.req_id if wire.headers is not None else ""
+    if not req_id:
+        raise ProtocolError("frame has no headers.req_id")
+    body = bytes(wire.body)
+    if body in _NO_BODY:
+        body = b""
+    elif body[:1] != b"{":
+        raise ProtocolError("frame's body is not an object")
+    return Received(req_id, wire.cmd, body, wire.errcode, wire.errmsg)
+
+
+def _read_general(data: str | bytes) -> Received:
     frame = json_object(data, "WeCom frame", max_bytes=MAX_FRAME_BYTES)
     headers = frame.get("headers")
     req_id = headers.get("req_id") if isinstance(headers, dict) else None
@@ -114,7 +179,14 @@ def parse_frame(data: str | bytes) -> Frame:
     if errcode is not None and (not isinstance(errcode, int) or isinstance(errcode, bool)):
         raise ProtocolError("frame's errcode is not an integer")
     errmsg = frame.get("errmsg")
-    return Frame(req_id, cmd, body, errcode, errmsg if isinstance(errmsg, str) else None)
+    return Received(req_id, cmd, body, errcode, errmsg if isinstance(errmsg, str) else None)
+
+
+def parse_frame(data: str | bytes) -> Frame:
+    """Decode one frame, body and all; anything that is not a well-formed frame is a
+    :class:`ProtocolError`."""
+    got = read_frame(data)
+    return Frame(got.req_id, got.cmd, got.body_object(), got.errcode, got.errmsg)
 
 
 class WeComError(PlatformError, SendError):
@@ -207,11 +279,11 @@ class WeComCore:
     def receive(self, data: str | bytes, now: float) -> Sequence[Event[WeComEvent]]:
         """The events of one frame: an ack's answer, a callback's message (answerable until
         ``now + STREAM_WINDOW``), an event's notice, or the close a disconnect means."""
-        frame = parse_frame(data)
-        if frame.is_ack:
+        frame = read_frame(data)
+        if frame.cmd is None:  # an ack
             code = frame.errcode or 0
             busy = code == COMMAND_CONFLICT
-            return [Answer(frame.req_id, code, frame.errmsg, frame.body, busy=busy)]
+            return [Answer(frame.req_id, code, frame.errmsg, frame.body_object(), busy=busy)]
         if frame.cmd == MSG_CALLBACK:
             window = {"answer_by": now + STREAM_WINDOW, "life": self.life}
             message = to_message(
@@ -222,8 +294,8 @@ class WeComCore:
             return [self._event(frame)]
         return []  # a command we do not know: nothing to do (docs/protocols/wecom.md#commands)
 
-    def _event(self, frame: Frame) -> Close | Notice[WeComEvent]:
-        body = frame.body
+    def _event(self, frame: Received) -> Close | Notice[WeComEvent]:
+        body = frame.body_object()
         event = body.get("event")
         eventtype = str(event.get("eventtype") if isinstance(event, dict) else None)
         if eventtype == "disconnected_event":

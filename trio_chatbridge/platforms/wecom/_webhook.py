@@ -40,8 +40,9 @@ from ..._messages import Batch, Handle, Media, Message
 from . import _crypto
 from . import _protocol as f
 from ._convert import PLATFORM, to_message
-from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, Welcome, utf8_prefix
+from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, Welcome
 from ._protocol import WeComEvent
+from ._replies import utf8_prefix
 
 log = logging.getLogger("trio_chatbridge.wecom.webhook")
 
