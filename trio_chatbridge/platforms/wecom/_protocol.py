@@ -14,7 +14,6 @@ neither trio, httpx nor trio_websocket.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +62,8 @@ RESPOND: Final = "aibot_respond_msg"
 RESPOND_WELCOME: Final = "aibot_respond_welcome_msg"
 SEND: Final = "aibot_send_msg"
 
+_encoder: Final = msgspec.json.Encoder()
+
 
 def new_req_id(cmd: str) -> str:
     """A fresh ``req_id`` in the official SDK's shape, ``{cmd}_{epoch_ms}_{8 hex}``."""
@@ -89,7 +90,7 @@ class Frame:
         if self.errcode is not None:
             frame["errcode"] = self.errcode
             frame["errmsg"] = self.errmsg or ""
-        return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+        return _encoder.encode(frame).decode()
 
     @property
     def is_ack(self) -> bool:
