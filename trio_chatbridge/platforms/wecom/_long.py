@@ -216,7 +216,7 @@ class LongConnection(base.Connector):
     async def send(self, target: Message, text: str) -> None:
         """Answer ``target`` with one finished stream frame (overflow as proactive messages).
         If cancelled, the answer may or may not have been shown."""
-        await _Stream(self, target).final(text)
+        await _finish(self, _stream_state(self, target, None), target, text)
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
         """Stream onto ``aibot_respond_msg``: the whole text so far in each frame, coalesced."""
@@ -378,6 +378,54 @@ class LongConnection(base.Connector):
             self._own_http = None
 
 
+def _stream_state(connector: LongConnection, target: Message, card: Card | None) -> StreamState:
+    """A stream on ``target``'s callback, finished :data:`FINISH_MARGIN` before its window
+    closes (a callback of an earlier process, replayed: its window is unknown here)."""
+    answer_by = connector.answer_by(target)
+    finish_by = None if answer_by is None else answer_by - FINISH_MARGIN
+    return StreamState(target.reply_handle.get("req_id"), finish_by, card)
+
+
+async def _show(connector: LongConnection, state: StreamState, body: dict[str, Any]) -> None:
+    """Send the stream frame ``body``; once it is answered, the callback took it."""
+    assert state.req_id is not None  # StreamState builds frames only for one with a req_id
+    until = None if state.finish_by is None else state.finish_by + FINISH_MARGIN / 2
+    await connector.command(f.RESPOND, state.req_id, body, until=until)
+    state.took(body)
+
+
+async def _finish(
+    connector: LongConnection, state: StreamState, target: Message, text: str
+) -> None:
+    """Finish the stream with ``text``; what the callback cannot carry goes proactively.
+
+    The callback gone (an old connection's after a restart), answered already in this run
+    (by a card or media), or its window closed: what did not show goes proactively, once
+    (all of it, card first, if nothing of this stream showed). 846608 on a stream that
+    showed nothing yet, for a callback of an earlier process, means it was answered before
+    (by a run killed after it finished its stream, now replayed): nothing more is sent, and
+    the run counts as done.
+    """
+    chat = target.reply_handle["chatid"]
+    step = state.finish(text, trio.current_time())
+    try:
+        if isinstance(step, int):
+            raise WeComError(f.RESPOND, step, "the callback can take no more answers")
+        await _show(connector, state, step)
+        then = Then.REST_PROACTIVELY
+    except WeComError as exc:
+        if not state.frames and connector.answered_before(target, exc):
+            return
+        then = after_refusal(exc.errcode, replayed=False, frames_shown=state.frames)
+        if then is Then.RAISE:
+            raise
+    if then is Then.ALL_PROACTIVELY and state.card is not None:
+        await connector.send_first(chat, state.card)
+    rest = state.unshown(text, then)
+    if rest:
+        await connector.send_proactive(chat, rest)
+
+
 class _Stream(base.CoalescingStream):
     """A reply streamed on one callback's req_id; what it showed and what to send next are
     its :class:`StreamState`'s.
@@ -394,10 +442,7 @@ class _Stream(base.CoalescingStream):
         super().__init__(connector.stream_interval)
         self._connector = connector
         self._target = target
-        answer_by = connector.answer_by(target)
-        # None: a callback of an earlier process (replayed), its window unknown here
-        finish_by = None if answer_by is None else answer_by - FINISH_MARGIN
-        self.state = StreamState(target.reply_handle.get("req_id"), finish_by, card)
+        self.state = _stream_state(connector, target, card)
 
     async def pump(self) -> None:
         """The base pump until the window is about to close; then the stream is finished."""
@@ -406,7 +451,7 @@ class _Stream(base.CoalescingStream):
             await super().pump()
         self._idle = trio.Event()
         try:
-            await self._show(self.state.finish_now(self.text))
+            await _show(self._connector, self.state, self.state.finish_now(self.text))
         except SendError as exc:
             log.info("wecom bot %s: finishing a stream early: %s", self._connector.account, exc)
         finally:
@@ -416,42 +461,7 @@ class _Stream(base.CoalescingStream):
     async def update(self, text: str) -> None:
         body = self.state.update(text)
         if body is not None:
-            await self._show(body)
+            await _show(self._connector, self.state, body)
 
     async def final(self, text: str) -> None:
-        """Finish the stream with ``text``; what the callback cannot carry goes proactively.
-
-        The callback gone (an old connection's after a restart), answered already in this run
-        (by a card or media), or its window closed: what did not show goes proactively, once
-        (all of it, card first, if nothing of this stream showed). 846608 on a stream that
-        showed nothing yet, for a callback of an earlier process, means it was answered before
-        (by a run killed after it finished its stream, now replayed): nothing more is sent,
-        and the run counts as done.
-        """
-        state, connector = self.state, self._connector
-        chat = self._target.reply_handle["chatid"]
-        step = state.finish(text, trio.current_time())
-        try:
-            if isinstance(step, int):
-                raise WeComError(f.RESPOND, step, "the callback can take no more answers")
-            await self._show(step)
-            then = Then.REST_PROACTIVELY
-        except WeComError as exc:
-            if not state.frames and connector.answered_before(self._target, exc):
-                return
-            then = after_refusal(exc.errcode, replayed=False, frames_shown=state.frames)
-            if then is Then.RAISE:
-                raise
-        if then is Then.ALL_PROACTIVELY and state.card is not None:
-            await connector.send_first(chat, state.card)
-        rest = state.unshown(text, then)
-        if rest:
-            await connector.send_proactive(chat, rest)
-
-    async def _show(self, body: dict[str, Any]) -> None:
-        """Send the stream frame ``body``; once answered, the callback took it."""
-        state = self.state
-        assert state.req_id is not None  # StreamState builds frames only for one with a req_id
-        until = None if state.finish_by is None else state.finish_by + FINISH_MARGIN / 2
-        await self._connector.command(f.RESPOND, state.req_id, body, until=until)
-        state.took(body)
+        await _finish(self._connector, self.state, self._target, text)
