@@ -119,12 +119,14 @@ def test_a_card_rides_on_the_first_frame_only() -> None:
 
 
 def test_a_stream_refuses_itself_without_req_id_or_past_its_window() -> None:
-    assert StreamState(None, finish_by=None).finish("x", now=0.0) == INVALID_REQ_ID
+    orphan = StreamState(None, finish_by=None)  # no callback: only proactive messages
+    assert orphan.update("x") is None and orphan.finish_now("x") is None
+    assert orphan.finish("x", now=0.0) == INVALID_REQ_ID
     late = StreamState("REQ-A", finish_by=100.0)
     assert isinstance(late.finish("x", now=99.0), dict)
     assert late.finish("x", now=100.0) == STREAM_EXPIRED
     done = StreamState("REQ-A", finish_by=None)
-    assert done.finish_now("abc")["stream"] == {
+    assert (done.finish_now("abc") or {})["stream"] == {
         "id": done.stream_id,
         "finish": True,
         "content": "abc",

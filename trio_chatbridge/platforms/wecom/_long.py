@@ -451,7 +451,9 @@ class _Stream(base.CoalescingStream):
             await super().pump()
         self._idle = trio.Event()
         try:
-            await _show(self._connector, self.state, self.state.finish_now(self.text))
+            body = self.state.finish_now(self.text)
+            if body is not None:
+                await _show(self._connector, self.state, body)
         except SendError as exc:
             log.info("wecom bot %s: finishing a stream early: %s", self._connector.account, exc)
         finally:

@@ -147,9 +147,9 @@ class StreamState:
 
     def update(self, text: str) -> dict[str, Any] | None:
         """The intermediate frame that shows ``text`` (the whole text so far), or None when
-        it would show nothing new."""
+        it would show nothing new (or there is no callback to show it on)."""
         content = utf8_prefix(text)
-        if content == self.shown:
+        if content == self.shown or not self.req_id:
             return None
         return self.frame(content, finish=False)
 
@@ -162,11 +162,11 @@ class StreamState:
             return STREAM_EXPIRED
         return self.frame(utf8_prefix(text), finish=True)
 
-    def finish_now(self, text: str) -> dict[str, Any]:
-        """The frame that finishes the stream with ``text`` as its window is about to close;
-        the stream takes no more after it."""
+    def finish_now(self, text: str) -> dict[str, Any] | None:
+        """The frame that finishes the stream with ``text`` as its window is about to close
+        (None without a callback); the stream takes no more after it."""
         self.finished = True
-        return self.frame(utf8_prefix(text), finish=True)
+        return self.frame(utf8_prefix(text), finish=True) if self.req_id else None
 
     def frame(self, content: str, *, finish: bool) -> dict[str, Any]:
         """The body of a frame showing ``content``; the card rides on the first only."""
