@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 import pytest
@@ -185,6 +186,12 @@ def test_a_callbacks_body_reaches_the_message_as_it_came() -> None:
 def test_bad_frames_are_protocol_errors_either_way(frame: str, error: str) -> None:
     with pytest.raises(cb.ProtocolError, match=error):
         read_frame(frame)
+
+
+def test_a_number_past_a_float_reads_as_pythons_reader_reads_it() -> None:
+    ack = '{"headers":{"req_id":"u"},"errcode":0,"body":{"size":1e999,"n":123456789012345678901}}'
+    assert read_frame(ack).body_object() == {"size": math.inf, "n": 123456789012345678901}
+    assert _outcome(read_frame, ack) == _outcome(_read_general, ack)
 
 
 json_scalars = st.one_of(
