@@ -159,3 +159,18 @@ async def test_cancelled_puts_waiting_in_memory_are_bounded(
             await inbox.put([chat.message(f"m{n}")])
     assert counters["deferred"] == 5  # the rest wait in the journal, not in memory
     assert counters["received"] == ORPHANS + 5
+
+
+async def test_latency_notes_of_messages_whose_run_never_comes_are_bounded() -> None:
+    from trio_chatbridge._latency import Latencies
+
+    seen: list[tuple[str, float]] = []
+    latencies = Latencies([lambda kind, seconds: seen.append((kind, seconds))], limit=10)
+    chat = FakeConnector()
+    messages = [chat.message(f"m{n}", user=f"u{n}") for n in range(15)]
+    latencies.received(messages)  # five past the bound: the five oldest notes go
+    assert len(latencies._arrived) == 10
+    latencies.run_started(cb.Batch("s", messages[:5]), lambda: None)
+    assert seen == []  # their notes were dropped: not measured, not wrong
+    latencies.run_started(cb.Batch("s", messages[5:6]), lambda: None)
+    assert [kind for kind, _ in seen] == ["agent_start"]

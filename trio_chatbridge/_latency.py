@@ -4,7 +4,10 @@ Only kept when someone listens (``Bridge.add_latency_listener``): the inbox note
 message arrived, on Trio's clock; when a run starts, its batch's earliest arrival is taken out
 (so the notes never outlive their messages' runs) and the wait reported as ``"agent_start"``;
 the run's first reply reports ``"reply"``. Messages replayed from the journal at start carry no
-note and are not measured; nor is a run interrupted and rerun (its notes were taken).
+note and are not measured; nor is a run interrupted and rerun (its notes were taken). The notes
+are bounded (``MAX_NOTES``): a message whose run never comes (its put cancelled and deferred, a
+session dropped) would otherwise keep its note forever; past the bound the oldest note goes, and
+that message's wait is not measured.
 """
 
 from __future__ import annotations
@@ -22,20 +25,26 @@ LatencyListener: TypeAlias = Callable[[LatencyKind, float], None]
 """Called with what was measured and its seconds."""
 AGENT_START: Final = "agent_start"
 REPLY: Final = "reply"
+MAX_NOTES: Final = 200_000
+"""Arrival notes kept at most (one per message waiting for its run; about 100 bytes each)."""
 
 
 class Latencies:
     """Arrival notes of messages waiting for their run; see the module docstring."""
 
-    def __init__(self, listeners: Sequence[LatencyListener]) -> None:
+    def __init__(self, listeners: Sequence[LatencyListener], *, limit: int = MAX_NOTES) -> None:
         self._listeners = tuple(listeners)
+        self._limit = limit
         self._arrived: dict[JournalKey, float] = {}
 
     def received(self, messages: Sequence[Message]) -> None:
         """Note the arrival of new messages (now)."""
         now = trio.current_time()
+        arrived = self._arrived
         for message in messages:
-            self._arrived[journal_key(message)] = now
+            arrived[journal_key(message)] = now
+        while len(arrived) > self._limit:
+            del arrived[next(iter(arrived))]
 
     def run_started(self, batch: Batch, on_sent: Callable[[], None]) -> Callable[[], None]:
         """Report the batch's wait for its run; returns ``on_sent`` that also reports the first
