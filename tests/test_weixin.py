@@ -769,6 +769,22 @@ async def test_a_cancel_before_the_first_piece_sends_nothing_and_costs_no_quota(
         assert len(emu.calls("sendmessage")) == 10
 
 
+async def test_a_reply_whose_first_piece_is_refused_costs_no_quota(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("sendmessage", WeixinFault.declined("prepare failed"))
+    connector = emu.connector()
+    async with bridged(emu, connector=connector):
+        target = weixin.to_message("bot", emu.user_message("u", []))
+        assert target is not None
+        with pytest.raises(cb.SendError, match="prepare failed"):
+            await connector.send(target, "x" * (10 * 4000))  # ten pieces: the first refused
+        # nothing went out, so all ten of the message's replies are left
+        await connector.send(target, "x" * (10 * 4000))
+        assert len(emu.calls("sendmessage")) == 11
+
+
 async def test_outbound_pacing_follows_the_rate_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -271,8 +271,8 @@ class LongPoll(base.Connector):
         self, peer: str, token: str | None, fallback_key: str, items: list[dict[str, Any]]
     ) -> None:
         """All of ``items`` in order, or none: a cancel before the first goes out sends
-        nothing (and gives the quota back); after it, the rest go out shielded, and the cancel
-        reaches the caller afterwards. The shield is bounded: the slots are booked up front,
+        nothing, and neither does a first piece that fails (both give the quota back); after
+        it, the rest go out shielded, and the cancel reaches the caller afterwards. The shield is bounded: the slots are booked up front,
         every request has its own timeout, and the whole is held to
         :data:`~._sending.REPLY_SHIELD_MAX` (past it, :class:`SendError`: the reply was cut
         short). What goes out when is the :class:`~._sending.Outbox`'s plan."""
@@ -294,6 +294,8 @@ class LongPoll(base.Connector):
                     await self._send_item(client, peer, token, item)
                     sent += 1
         except SendError:
+            if not sent:  # the first piece failed: nothing went out
+                self._outbox.cancelled(plan)
             await trio.lowlevel.checkpoint_if_cancelled()  # a cancel says more than a refusal
             raise
         if sent < len(plan.items):  # the shield's deadline passed

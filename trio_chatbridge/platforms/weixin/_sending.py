@@ -2,8 +2,9 @@
 
 The connector (``_connector.py``) does the I/O: it asks an :class:`Outbox` for a
 :class:`Plan` (the messages of a reply, each with the time it may go out), sleeps until each
-slot, posts each message, and gives the quota back if nothing went out. What the platform
-allows lives here: a token bucket (:class:`RateLimit`), ten replies per inbound message
+slot, posts each message, and gives the quota back if nothing went out (cancelled before
+the first message, or the first refused or failed). What the platform allows lives here: a
+token bucket (:class:`RateLimit`), ten replies per inbound message
 (docs/protocols/weixin.md#limits), and the per-peer typing tickets of ``getconfig``
 (docs/protocols/weixin.md#typing). Nothing here reads a clock or draws a random number: times
 (``now``, on any one clock) and the random source are passed in, and the module imports no
