@@ -245,6 +245,8 @@ def test_lark_exports_what_a_bot_author_uses_and_no_codec() -> None:
         "ClientConfig",
         "EditBudget",
         "FEISHU",
+        "HTTPRefusedError",
+        "HTTPStatusError",
         "LARK",
         "LarkError",
         "LongConnection",
@@ -270,6 +272,17 @@ def test_every_platform_error_is_on_one_branch() -> None:
         assert isinstance(error, trio_chatbridge.PlatformError)
     # a WeCom refusal of a reply is still a failed send
     assert isinstance(refusals[1], trio_chatbridge.SendError)
+
+
+def test_http_failures_are_one_pair_of_classes_everywhere() -> None:
+    from trio_chatbridge.platforms import lark, weixin
+
+    cb = trio_chatbridge
+    assert weixin.HTTPStatusError is lark.HTTPStatusError is cb.HTTPStatusError
+    assert weixin.HTTPRefusedError is lark.HTTPRefusedError is cb.HTTPRefusedError
+    assert issubclass(cb.HTTPStatusError, cb.ConnectorError)  # transient: retried
+    assert issubclass(cb.HTTPRefusedError, cb.PlatformError)
+    assert not issubclass(cb.HTTPRefusedError, cb.ConnectorError)
 
 
 def test_a_platform_error_built_from_a_string_has_its_fields() -> None:

@@ -153,6 +153,40 @@ async def test_failures_are_mapped_once_and_paced_by_the_backoff(
     assert await recorder.store.get_cursor("echo", "a1") == "c1"
 
 
+async def test_a_refused_poll_is_retried_and_shown_as_a_refusal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A poll loop must not die on a proxy's 404: the one mapping calls it refused, and the
+    loop retries it with backoff all the same, saying so in its status."""
+    recorder, asked = Recorder(), list[float]()
+    answers: list[Answer] = [
+        lambda: httpx.Response(404, content=b"<html>Not Found</html>"),
+        lambda: httpx.Response(401),
+        lambda: httpx.Response(408),
+        lambda: httpx.Response(429, headers={"Retry-After": "99999999"}),
+        ok(b"c1"),
+        None,
+    ]
+    backoff = cb.Backoff(initial=1.0, multiplier=2.0, jitter=0.0)
+    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
+        with trio.move_on_after(4000):
+            await long_poll(
+                recorder.context("echo"),
+                Echo(),
+                http,
+                backoff=backoff,
+                task_status=Started(recorder),
+            )
+    assert asked[:6] == [0, 1, 3, 7, 3607, 3607]  # the Retry-After held to an hour
+    assert recorder.count("poll_failures") == 4 and recorder.started == 1
+    details = [detail or "" for state, detail in recorder.states if state == "backoff"]
+    assert "echo poll: refused, HTTP 404 b'<html>Not Found</html>'" in details[0]
+    assert "retrying cannot help" in details[0] and "refused, HTTP 401" in details[1]
+    assert "HTTP 408" in details[2] and "server failed" not in details[2]
+    assert "Retry-After 3600 s" in details[3] and "rate limited" in details[3]
+    assert await recorder.store.get_cursor("echo", "a1") == "c1"
+
+
 async def test_the_cores_hint_and_the_servers_retry_after_are_least_waits(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

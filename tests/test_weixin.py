@@ -785,6 +785,23 @@ async def test_a_reply_whose_first_piece_is_refused_costs_no_quota(
         assert len(emu.calls("sendmessage")) == 11
 
 
+async def test_a_reply_refused_with_a_4xx_fails_at_once_naming_the_status(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    emu.fail("sendmessage", WeixinFault.http(404))
+    connector = emu.connector()
+    async with bridged(emu, connector=connector):
+        target = weixin.to_message("bot", emu.user_message("u", []))
+        assert target is not None
+        with pytest.raises(cb.SendError) as failed:
+            await connector.send(target, "hi")
+        assert isinstance(failed.value.__cause__, cb.HTTPRefusedError)
+        assert failed.value.__cause__.code == 404
+        assert "iLink ilink/bot/sendmessage: refused, HTTP 404" in str(failed.value)
+        assert len(emu.calls("sendmessage")) == 1  # not retried
+
+
 async def test_outbound_pacing_follows_the_rate_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -36,6 +36,8 @@ from ._errors import PlatformError as PlatformError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import SendError as SendError
 from ._errors import StoreError as StoreError
+from ._http import HTTPRefusedError as HTTPRefusedError
+from ._http import HTTPStatusError as HTTPStatusError
 from ._lease import Leases as Leases
 from ._logs import configure_logging as configure_logging
 from ._media import MediaPolicy as MediaPolicy
@@ -92,6 +94,8 @@ __all__ = [
     "FatalConnectorError",
     "File",
     "Handle",
+    "HTTPRefusedError",
+    "HTTPStatusError",
     "Image",
     "JournalEntry",
     "LeaseState",

@@ -13,10 +13,12 @@ A client a user passes in (``http=``) is theirs: give it the same ``Accept-Encod
 
 A call's failures are mapped in one place, :func:`exchange`, in the way of httpx's one
 ``map_httpcore_exceptions``: transport errors and timeouts are a :class:`ConnectorError`,
-transient statuses (429, 5xx) an :class:`HTTPStatusError` whose ``retry_after`` is the
-server's ``Retry-After`` (a hint to the one retry policy, ``Backoff.delay``), a 4xx the
-platform does not explain an :class:`HTTPRefusedError`, an unreadable body a
-:class:`ProtocolError`; each says which call of which account, and what to do.
+transient statuses (408, 425, 429, 5xx) an :class:`HTTPStatusError` whose ``retry_after`` is
+the server's ``Retry-After`` (a hint to the one retry policy, ``Backoff.delay``, held to its
+range by :func:`retry_after`), a 4xx the platform does not explain an
+:class:`HTTPRefusedError`, an unreadable body a :class:`ProtocolError`; each says which call
+of which account, and what to do. The mapping classifies; what a loop does with the class is
+the loop's (the WeChat long poll retries even a refusal, a reply fails on it at once).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import trio
 
 from ._errors import ConnectorError, PlatformError, ProtocolError
 from ._json import MAX_JSON_BYTES, json_object, read_body
+from ._ranges import clamp
+from ._supervise import MAX_HINT
 
 ACCEPT_ENCODING: Final = "gzip, deflate"
 """The encodings the bounded reader inflates within its cap."""
@@ -66,7 +70,8 @@ SHOWN_BYTES: Final = 200
 
 class HTTPStatusError(ConnectorError):
     """The server answered a transient status (429, 408, 425 or any 5xx): retried with backoff,
-    waiting at least :attr:`retry_after` when the server said (``Retry-After``)."""
+    waiting at least :attr:`retry_after` when the server said (``Retry-After``). ``status`` is
+    the HTTP status."""
 
     def __init__(
         self, what: str, status: int, body: bytes, retry_after: float | None = None
@@ -75,6 +80,8 @@ class HTTPStatusError(ConnectorError):
         self.retry_after = retry_after
         if status == 429:
             todo = "rate limited: retried after the wait; lower the bot's rate if it persists"
+        elif status < 500:  # 408, 425
+            todo = "the server asked for the request again later: retried with backoff"
         else:
             todo = "the platform's server failed: retried with backoff"
         wait = "" if retry_after is None else f", Retry-After {retry_after:g} s"
@@ -83,7 +90,8 @@ class HTTPStatusError(ConnectorError):
 
 class HTTPRefusedError(PlatformError):
     """The server refused the request with a 4xx status and no answer the platform's code could
-    read: retrying the same request cannot help. ``code`` is the HTTP status."""
+    read (or an answer that is neither 2xx, 4xx nor 5xx): retrying the same request cannot help,
+    so a reply or an API call fails at once. ``code`` and ``status`` are the HTTP status."""
 
     def __init__(self, what: str, platform: str, status: int, body: bytes) -> None:
         self.status = status
@@ -211,8 +219,10 @@ async def send(
 
 
 def retry_after(headers: httpx.Headers) -> float | None:
-    """``Retry-After`` in delay-seconds (at most 8 digits are read; :meth:`Backoff.delay` holds
-    a hint to its range); None when absent or a date (rare from an API, and reading one would
-    need the wall clock)."""
+    """``Retry-After`` in delay-seconds, held to the one retry policy's range for a hint
+    (0 to :data:`~trio_chatbridge._supervise.MAX_HINT` s); None when absent or a date (rare
+    from an API, and reading one would need the wall clock)."""
     text = headers.get("retry-after", "").strip()
-    return float(int(text[:8])) if text.isascii() and text.isdigit() else None
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return clamp(int(text[:8]), 0.0, MAX_HINT, 0.0)  # 8 digits: no huge int parsed

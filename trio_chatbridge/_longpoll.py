@@ -6,9 +6,12 @@ it gives back. A page's messages go to ``ctx.put`` first; only once that returne
 durable) are the page's cursor and values saved and the core told, so a crash never skips a
 message. A bad message is counted in ``protocol_errors``, logged and skipped alone. A poll
 that outlives its request's deadline is an empty poll, never a failure. Every lower-level
-failure is mapped here, once (:func:`exchange`): transport errors (httpx, ``OSError``) and
-non-2xx answers become :class:`ConnectorError` (with the server's ``Retry-After``, if any),
-unreadable answers :class:`ProtocolError`; failed polls are counted in a
+failure is mapped by the library's one HTTP mapping (:func:`trio_chatbridge._http.exchange`,
+through :func:`exchange` here): transport errors and transient statuses (408, 425, 429, 5xx)
+are a :class:`ConnectorError` (with the server's ``Retry-After``, if any), any other 4xx an
+:class:`HTTPRefusedError`, unreadable answers :class:`ProtocolError`. A poll loop must not
+die on a proxy's 404, so the loop retries a refusal too, and shows it as what it is in its
+``backoff`` status; failed polls are counted in a
 :class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
 :class:`~trio_chatbridge.Backoff`, with the core's and the server's word on the wait as hints.
 A core that says the platform asked for a pause gets no poll until it ends.
@@ -25,27 +28,17 @@ import trio
 
 from ._connector import ConnectorContext
 from ._errors import ChatBridgeError, ConnectorError, ProtocolError
-from ._json import read_body
+from ._http import HTTPRefusedError
+from ._http import exchange as http_exchange
 from ._poll_events import HTTPRequest, Page, Paused, PollCore, PollEvent, RetryLater
-from ._ranges import clamp
 from ._receive import skip_bad
-from ._supervise import MAX_HINT, Backoff, Retries
+from ._supervise import Backoff, Retries
 
 log = logging.getLogger("trio_chatbridge.longpoll")
 
 BACKSTOP: Final = 10.0
-"""Seconds httpx's own timeout waits beyond a request's deadline (ours, on Trio's clock)."""
-
-
-class HTTPStatusError(ConnectorError):
-    """The server answered with a non-2xx HTTP status (a 524 gateway timeout, say): retried."""
-
-    def __init__(
-        self, what: str, status: int, body: bytes, retry_after: float | None = None
-    ) -> None:
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(f"{what}: HTTP {status} {body[:200]!r}")
+"""Seconds httpx's own timeout, and the mapping's, wait beyond a request's deadline (ours, on
+Trio's clock, which ends the poll first)."""
 
 
 class CoreFailed(ProtocolError):
@@ -53,40 +46,33 @@ class CoreFailed(ProtocolError):
     bug in it): counted and retried like an unreadable answer, logged with its traceback."""
 
 
-async def exchange(http: httpx.AsyncClient, request: HTTPRequest) -> bytes | None:
-    """Send ``request`` and return the answer's body, read with its cap; None when the answer
-    did not come within ``request.timeout`` seconds (on Trio's clock).
+async def exchange(http: httpx.AsyncClient, request: HTTPRequest, platform: str) -> bytes | None:
+    """Send ``request`` to ``platform`` and return the answer's 2xx body, read with its cap;
+    None when the answer did not come within ``request.timeout`` seconds (on Trio's clock).
 
-    Raises :class:`ConnectorError` for a transport failure (:class:`HTTPStatusError` for a
-    non-2xx status) and :class:`ProtocolError` for a body over the cap. If cancelled, the
+    Raises what the one HTTP mapping raises (:func:`trio_chatbridge._http.exchange`):
+    :class:`ConnectorError` for a transport failure or a transient status
+    (:class:`~trio_chatbridge.HTTPStatusError`), :class:`ProtocolError` for a body over the
+    cap; and :class:`~trio_chatbridge.HTTPRefusedError` for any other 4xx. If cancelled, the
     request may or may not have reached the server; nothing of the answer is kept.
     """
-    with trio.move_on_after(request.timeout):
-        try:
-            async with http.stream(
-                request.method,
-                request.url,
-                headers=dict(request.headers),
-                content=request.body or None,
-                timeout=request.timeout + BACKSTOP,
-            ) as response:
-                body = await read_body(response, request.name, max_bytes=request.max_bytes)
-        except httpx.ReadTimeout:
-            return None  # only past our own deadline's backstop: nothing new
-        except (httpx.HTTPError, OSError) as exc:
-            raise ConnectorError(f"{request.name}: {type(exc).__name__}: {exc}") from exc
-        if not response.is_success:
-            wait = _seconds(response.headers.get("retry-after", ""))
-            raise HTTPStatusError(request.name, response.status_code, body, wait)
-        return body
+    with trio.move_on_after(request.timeout):  # past it: an empty poll, not a failure
+        answer = await http_exchange(
+            http,
+            request.method,
+            request.url,
+            what=request.name,
+            platform=platform,
+            time_limit=request.timeout + BACKSTOP,  # never first: the deadline above is
+            max_bytes=request.max_bytes,
+            headers=dict(request.headers),
+            content=request.body or None,
+            timeout=request.timeout + BACKSTOP,
+        )
+        if not answer.ok:
+            raise HTTPRefusedError(request.name, platform, answer.status, answer.body)
+        return answer.body
     return None
-
-
-def _seconds(header: str) -> float | None:
-    """A ``Retry-After`` of delay-seconds, held to the hints' range; None for anything else
-    (an HTTP date is rare from an API and not worth a parser)."""
-    text = header.strip()
-    return clamp(int(text[:8]), 0.0, MAX_HINT, 0.0) if text.isascii() and text.isdigit() else None
 
 
 async def long_poll(
@@ -104,9 +90,9 @@ async def long_poll(
     up already). Failed polls are counted in ``poll_failures`` and show as ``backoff``;
     ``backoff`` paces them (default: the bridge's, ``ctx.backoff``), waiting at least what
     the core's :meth:`~PollCore.retry_hint` or the server's ``Retry-After`` ask. Raises only
-    what ``ctx`` raises (a store failure, say): polling failures, and a core's bug reading an
-    answer, are retried here. If cancelled, the cursor saved is that of the last page put into
-    the inbox: what came after it is polled again next time.
+    what ``ctx`` raises (a store failure, say): polling failures (a refused 4xx included), and
+    a core's bug reading an answer, are retried here. If cancelled, the cursor saved is that
+    of the last page put into the inbox: what came after it is polled again next time.
     """
     unstarted = None if task_status is trio.TASK_STATUS_IGNORED else task_status
     loop = _Loop(ctx, core, http, (backoff or ctx.backoff).retries(), unstarted)
@@ -130,9 +116,9 @@ class _Loop:
             await self._sit_out_pause()
             request = self.core.request()
             try:
-                body = await exchange(self.http, request)
+                body = await exchange(self.http, request, self.ctx.platform)
                 event = Page() if body is None else self._receive(request, body)
-            except (ConnectorError, ProtocolError) as exc:
+            except (ConnectorError, ProtocolError, HTTPRefusedError) as exc:
                 event = RetryLater(exc)
             if isinstance(event, RetryLater):
                 await self._failed(request, event.error)

@@ -1,5 +1,7 @@
 """Lark/Feishu bots: events over the long connection (protobuf frames), replies by open API."""
 
+from ..._http import HTTPRefusedError as HTTPRefusedError
+from ..._http import HTTPStatusError as HTTPStatusError
 from ._answer import CardAnswer as CardAnswer
 from ._api import FEISHU as FEISHU
 from ._api import LARK as LARK
@@ -14,6 +16,8 @@ __all__ = [
     "FEISHU",
     "LARK",
     "CardAnswer",
+    "HTTPRefusedError",
+    "HTTPStatusError",
     "ClientConfig",
     "EditBudget",
     "LarkError",

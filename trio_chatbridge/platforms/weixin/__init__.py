@@ -1,5 +1,6 @@
 """WeChat (Weixin) bots through the iLink bot HTTP API: long poll, replies, media, login."""
 
+from ._api import HTTPRefusedError as HTTPRefusedError
 from ._api import HTTPStatusError as HTTPStatusError
 from ._api import ILinkClient as ILinkClient
 from ._api import ILinkError as ILinkError
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_CDN_BASE_URL",
     "LOGIN_DOMAINS",
+    "HTTPRefusedError",
     "HTTPStatusError",
     "ILinkClient",
     "ILinkError",

@@ -1,13 +1,13 @@
 """An httpx client for the iLink bot HTTP API: one method per endpoint, errors mapped once.
 
 Requests are described by the protocol core's helpers and sent by the long-poll driver's
-:func:`~trio_chatbridge._longpoll.exchange`, which maps every lower-level failure once:
-transport problems become :class:`ConnectorError` (retry), a non-2xx status
-:class:`HTTPStatusError`; timeouts are Trio cancel scopes (so they follow Trio's clock, mock
-clocks included). Here, answers that are not JSON objects become :class:`ProtocolError`, and
-non-zero ``ret`` / ``errcode`` become :class:`ILinkError` carrying both codes and the server's
-message. The long poll itself is not here: the driver runs the protocol core's
-:class:`~._protocol.Poller`.
+:func:`~trio_chatbridge._longpoll.exchange`, on the library's one HTTP mapping: transport
+problems and transient statuses (408, 425, 429, 5xx: :class:`HTTPStatusError`) become
+:class:`ConnectorError` (retry), any other 4xx :class:`HTTPRefusedError` (the call fails at
+once); timeouts are Trio cancel scopes (so they follow Trio's clock, mock clocks included).
+Here, answers that are not JSON objects become :class:`ProtocolError`, and non-zero ``ret`` /
+``errcode`` become :class:`ILinkError` carrying both codes and the server's message. The long
+poll itself is not here: the driver runs the protocol core's :class:`~._protocol.Poller`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import httpx
 import trio
 
 from ..._errors import ChatBridgeError, ConnectorError, ProtocolError
+from ..._http import HTTPRefusedError as HTTPRefusedError
+from ..._http import HTTPStatusError as HTTPStatusError
 from ..._http import new_client
 from ..._json import MAX_JSON_BYTES, json_object
-from ..._longpoll import HTTPStatusError as HTTPStatusError
 from ..._longpoll import exchange
 from ..._poll_events import HTTPRequest
 from . import _protocol as p
+from ._convert import PLATFORM
 from ._protocol import ILinkError as ILinkError
 from ._protocol import SessionExpiredError as SessionExpiredError
 
@@ -95,7 +97,7 @@ class ILinkClient:
             headers, content = p.common_headers(self.route_tag), b""
         what = f"iLink {endpoint}"
         request = HTTPRequest(what, method, url, headers, content, time_limit, MAX_JSON_BYTES)
-        data = await exchange(self.http, request)
+        data = await exchange(self.http, request, PLATFORM)
         if data is None:
             raise trio.TooSlowError(f"{what} timed out")
         if not data.strip():

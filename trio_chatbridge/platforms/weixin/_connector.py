@@ -38,7 +38,7 @@ from ..._messages import Batch, Media, Message
 from ..._supervise import Backoff
 from . import _media
 from . import _protocol as p
-from ._api import ILinkClient, ILinkError, SessionExpiredError
+from ._api import HTTPRefusedError, ILinkClient, ILinkError, SessionExpiredError
 from ._convert import PLATFORM, to_message
 from ._sending import (
     Outbox,
@@ -259,7 +259,7 @@ class LongPoll(base.Connector):
         client = await self._get_client()
         try:
             return await _media.upload(client, self.media_policy, peer, data, filename, kind)
-        except (ILinkError, ConnectorError, ProtocolError) as exc:
+        except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
 
     async def download(self, media: Media) -> bytes:
@@ -272,10 +272,10 @@ class LongPoll(base.Connector):
     ) -> None:
         """All of ``items`` in order, or none: a cancel before the first goes out sends
         nothing, and neither does a first piece that fails (both give the quota back); after
-        it, the rest go out shielded, and the cancel reaches the caller afterwards. The shield is bounded: the slots are booked up front,
-        every request has its own timeout, and the whole is held to
-        :data:`~._sending.REPLY_SHIELD_MAX` (past it, :class:`SendError`: the reply was cut
-        short). What goes out when is the :class:`~._sending.Outbox`'s plan."""
+        it, the rest go out shielded, and the cancel reaches the caller afterwards. The shield
+        is bounded: the slots are booked up front, every request has its own timeout, and the
+        whole is held to :data:`~._sending.REPLY_SHIELD_MAX` (past it, :class:`SendError`: the
+        reply was cut short). What goes out when is the :class:`~._sending.Outbox`'s plan."""
         self._check_paused()
         client = await self._get_client()
         plan = self._outbox.plan(token, fallback_key, items, trio.current_time())
@@ -318,7 +318,7 @@ class LongPoll(base.Connector):
             raise SessionPausedError(f"weixin account {self.account}: {exc}") from exc
         except ILinkError as exc:
             raise refusal(self.account, exc) from exc
-        except (ConnectorError, ProtocolError) as exc:
+        except (HTTPRefusedError, ConnectorError, ProtocolError) as exc:
             raise SendError(f"weixin account {self.account}: send failed: {exc}") from exc
 
     # streaming: the platform has no edit-in-place and renders nothing for GENERATING
@@ -360,7 +360,7 @@ class LongPoll(base.Connector):
             return ticket
         try:
             answer = await client.get_config(peer, context)
-        except (ILinkError, ConnectorError, ProtocolError) as exc:
+        except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
             log.debug("getconfig for typing failed: %s", exc)
             return self._tickets.failed(peer, now)
         return self._tickets.fetched(peer, answer, now)
@@ -375,5 +375,5 @@ class LongPoll(base.Connector):
     ) -> None:
         try:
             await client.send_typing(peer, ticket, typing=typing)
-        except (ILinkError, ConnectorError, ProtocolError) as exc:
+        except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
             log.debug("weixin typing indicator failed (ignored): %s", exc)
