@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -887,6 +888,44 @@ async def test_a_cdn_upload_retries_what_may_pass_later_and_stops_at_what_never_
         assert outcome == ["sent"]
     else:
         assert len(outcome) == 1 and says in outcome[0]
+
+
+@pytest.mark.parametrize(
+    ("faults", "waits", "says"),
+    [
+        ([WeixinFault.http(500)] * 2, [1, 2], None),  # the policy's own waits, then it went
+        ([WeixinFault(status=429, body=b"slow", headers={"Retry-After": "7"})], [7], None),
+        ([WeixinFault(status=503, body=b"busy", headers={"Retry-After": "600"})], [], "600 s"),
+    ],
+)
+async def test_a_cdn_upload_waits_between_attempts_by_the_retry_policy(
+    autojump_clock: trio.testing.MockClock,
+    faults: list[WeixinFault],
+    waits: list[float],
+    says: str | None,
+) -> None:
+    emu = WeixinEmulator()
+    for fault in faults:
+        emu.fail("cdn_upload", fault)
+    outcome: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send_media(b"data", filename="a.txt")
+        except cb.MediaError as exc:
+            outcome.append(str(exc))
+        else:
+            outcome.append("sent")
+
+    async with bridged(emu, agent):
+        emu.user_says("u", "file")
+        await trio.sleep(30)
+    times = [call.at for call in emu.calls("cdn_upload")]
+    assert [b - a for a, b in itertools.pairwise(times)] == waits
+    if says is None:
+        assert outcome == ["sent"]
+    else:
+        assert len(outcome) == 1 and f"asked to wait {says}" in outcome[0]
 
 
 async def test_missing_token_is_fatal_with_what_to_do(

@@ -60,6 +60,8 @@ class WeixinFault:
     """Seconds before answering (a slow server)."""
     drop: bool = False
     """Close the connection without answering."""
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    """Headers of an answer whose body is bytes (a 429's ``Retry-After``, say)."""
 
     @classmethod
     def http(cls, status: int) -> WeixinFault:
@@ -439,7 +441,7 @@ class WeixinEmulator:
                 content = fault.body
                 if isinstance(content, dict):
                     return json_response(content, fault.status)
-                return httpx.Response(fault.status, content=content or b"")
+                return httpx.Response(fault.status, content=content or b"", headers=fault.headers)
         handler = getattr(self, f"_ep_{endpoint}", None)
         if handler is None:
             return httpx.Response(404, content=b"no such endpoint")

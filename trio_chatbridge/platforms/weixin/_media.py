@@ -3,7 +3,8 @@
 
 A download goes through the core's guard (allowed hosts, a size cap, a deadline), then is
 decrypted with whichever key the item carries. An upload encrypts with a fresh key, POSTs the
-ciphertext (three attempts, a 4xx aborts), and returns the message item that refers to it.
+ciphertext (three attempts, paced by the one retry policy; a 4xx aborts), and returns the
+message item that refers to it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ import mimetypes
 import secrets
 from typing import Any, Final
 
+import trio
+
 from ..._errors import ConnectorError, MediaError, ProtocolError
 from ..._http import HTTPRefusedError, send
 from ..._media import MediaPolicy, fetch, guarded_request
 from ..._messages import Media
+from ..._supervise import Backoff
 from . import _crypto
 from . import _protocol as p
 from ._api import ILinkClient
 
 ERROR_PEEK: Final = 64 * 1024  # bytes of a CDN answer read at most (its error message)
+UPLOAD_BACKOFF: Final = Backoff(initial=1.0, maximum=4.0, jitter=0.0)
+"""The one retry policy between a CDN upload's attempts: 1 s, then 2 s, or a 429's longer
+``Retry-After``."""
+UPLOAD_MAX_WAIT: Final = 60.0
+"""Seconds: a longer wait asked between attempts (``Retry-After``) fails the upload at once
+rather than hold the reply that much longer."""
 DEFAULT_ALLOWED_HOSTS: Final = (
     "novac2c.cdn.weixin.qq.com",
     "ilinkai.weixin.qq.com",
@@ -151,9 +161,12 @@ async def _post_ciphertext(
     """POST the ciphertext where ``getuploadurl`` said, three attempts; the URL came from the
     network, so it must pass ``policy`` first. Returns ``x-encrypted-param``. Failures are
     mapped by the one HTTP mapping (``_http.send``): what it retries (no answer, 408, 425, 429,
-    5xx, an unreadable answer) takes another attempt; a 4xx aborts."""
-    last = "no attempt made"
-    for _ in range(p.UPLOAD_ATTEMPTS):
+    5xx, an unreadable answer) takes another attempt after :data:`UPLOAD_BACKOFF`'s wait (at
+    least the server's ``Retry-After``); a 4xx aborts. If cancelled, the CDN may or may not
+    have the file; nothing refers to it."""
+    retries = UPLOAD_BACKOFF.retries(p.UPLOAD_ATTEMPTS - 1)
+    while True:
+        hint: float | None = None
         request = await guarded_request(
             client.http,
             "POST",
@@ -176,15 +189,25 @@ async def _post_ciphertext(
         except HTTPRefusedError as exc:  # an answer that is neither 2xx nor 4xx nor 5xx
             raise MediaError(f"CDN refused the upload: {exc}") from exc
         except (ConnectorError, ProtocolError) as exc:  # unreachable, timed out, 429 or 5xx
-            last = str(exc)
-            continue
-        if not answer.ok:  # a 4xx: this upload will never be taken
-            reason = answer.headers.get("x-error-message") or answer.body[:200].decode(
-                errors="replace"
+            last, hint = str(exc), getattr(exc, "retry_after", None)
+        else:
+            if not answer.ok:  # a 4xx: this upload will never be taken
+                reason = answer.headers.get("x-error-message") or answer.body[:200].decode(
+                    errors="replace"
+                )
+                raise MediaError(f"CDN refused the upload (HTTP {answer.status}): {reason}")
+            param: str | None = answer.headers.get("x-encrypted-param")
+            if answer.status == 200 and param:
+                return param
+            last = f"HTTP {answer.status} without x-encrypted-param"
+        delay = retries.fail(hint)
+        if delay is None:
+            raise MediaError(
+                f"CDN upload failed after {p.UPLOAD_ATTEMPTS} attempts; the last: {last}"
             )
-            raise MediaError(f"CDN refused the upload (HTTP {answer.status}): {reason}")
-        param: str | None = answer.headers.get("x-encrypted-param")
-        if answer.status == 200 and param:
-            return param
-        last = f"HTTP {answer.status} without x-encrypted-param"
-    raise MediaError(f"CDN upload failed after {p.UPLOAD_ATTEMPTS} attempts; the last: {last}")
+        if delay > UPLOAD_MAX_WAIT:
+            raise MediaError(
+                f"CDN upload: the server asked to wait {delay:.0f} s before another attempt "
+                f"(more than {UPLOAD_MAX_WAIT:.0f} s): given up; the last: {last}"
+            )
+        await trio.sleep(delay)
