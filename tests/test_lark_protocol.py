@@ -174,6 +174,18 @@ def test_other_events_are_deduplicated_by_event_id_and_a_card_action_can_be_give
     assert [type(e) for e in core.receive(card, 0.0)] == [lp.Dropped]
 
 
+@pytest.mark.parametrize("bad", [b"\xff", b"\xc3(", b"\xed\xa0\x80"])  # no UTF-8
+def test_an_event_that_fails_to_read_does_not_make_its_id_a_duplicate(bad: bytes) -> None:
+    core = protocol()
+    # the envelope skips "event.chat" (it reads a message's fields only); the full read refuses it
+    broken = b'{"header": {"event_id": "e1", "event_type": "im.chat.updated_v1"}, '
+    broken += b'"event": {"chat": "' + bad + b'"}}'
+    (event,) = core.receive(data_frame(event_headers(), broken), 0.0)
+    assert isinstance(event, lp.Malformed) and event.ack is not None
+    (again,) = core.receive(data_frame(event_headers(), other_event("e1")), 0.0)
+    assert isinstance(again, lp.EventReceived)  # the good re-push is handled
+
+
 def test_group_messages_need_a_mention_unless_all_are_wanted() -> None:
     frame = data_frame(event_headers(), message_event("chatter", chat_type="group"))
     (event,) = protocol().receive(frame, 0.0)

@@ -415,15 +415,17 @@ class LarkProtocol:
     def _other(self, payload: bytes, wire: Envelope, ack: Ack) -> Event:
         """A non-message event, handed over as its JSON. Messages are deduplicated by the
         journal (IM message id); other events by their event id here, so that a re-push does
-        not reach a handler twice."""
+        not reach a handler twice. An id is remembered only once its event was read whole: the
+        envelope skips fields that the full read may still refuse (invalid UTF-8, say), and a
+        failed event must not make its good re-push a duplicate."""
         event_id = wire.event_id
         if event_id and event_id in self._seen:
             return Dropped("duplicate_events", ack=ack)
+        envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
         if event_id:
             self._seen[event_id] = None
             while len(self._seen) > SEEN_EVENTS:
                 self._seen.popitem(last=False)
-        envelope = json_object(payload, "Lark event", max_bytes=MAX_EVENT_BYTES)
         if wire.event_type == CARD_ACTION:
             return CardActionReceived(envelope, event_id, ack)
         return EventReceived(envelope, ack)
