@@ -115,10 +115,25 @@ def ok(body: bytes) -> Callable[[], httpx.Response]:
     return lambda: httpx.Response(200, content=body)
 
 
+async def poll_for(
+    seconds: float, answers: list[Answer], core: Echo, recorder: Recorder
+) -> list[float]:
+    """Poll with ``core`` for ``seconds`` under a backoff of 1 s doubling, without jitter;
+    returns when each poll was asked."""
+    asked: list[float] = []
+    backoff = cb.Backoff(initial=1.0, multiplier=2.0, jitter=0.0)
+    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
+        with trio.move_on_after(seconds):
+            await long_poll(
+                recorder.context("echo"), core, http, backoff=backoff, task_status=Started(recorder)
+            )
+    return asked
+
+
 async def test_failures_are_mapped_once_and_paced_by_the_backoff(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    recorder, asked = Recorder(), list[float]()
+    recorder = Recorder()
     answers: list[Answer] = [
         httpx.ConnectError("refused"),
         OSError("network is unreachable"),
@@ -133,16 +148,7 @@ async def test_failures_are_mapped_once_and_paced_by_the_backoff(
         def request(self) -> HTTPRequest:
             return attrs.evolve(super().request(), max_bytes=10)
 
-    backoff = cb.Backoff(initial=1.0, multiplier=2.0, jitter=0.0)
-    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
-        with trio.move_on_after(20):
-            await long_poll(
-                recorder.context("echo"),
-                Capped(),
-                http,
-                backoff=backoff,
-                task_status=Started(recorder),
-            )
+    asked = await poll_for(20, answers, Capped(), recorder)
     assert asked == [0, 1, 3, 7, 15, 15]  # 1, 2, 4, 8 s, then at once after success
     assert recorder.count("poll_failures") == 4
     assert recorder.count("protocol_errors") == 1  # the answer over its cap
@@ -158,7 +164,7 @@ async def test_a_refused_poll_is_retried_and_shown_as_a_refusal(
 ) -> None:
     """A poll loop must not die on a proxy's 404: the one mapping calls it refused, and the
     loop retries it with backoff all the same, saying so in its status."""
-    recorder, asked = Recorder(), list[float]()
+    recorder = Recorder()
     answers: list[Answer] = [
         lambda: httpx.Response(404, content=b"<html>Not Found</html>"),
         lambda: httpx.Response(401),
@@ -167,16 +173,7 @@ async def test_a_refused_poll_is_retried_and_shown_as_a_refusal(
         ok(b"c1"),
         None,
     ]
-    backoff = cb.Backoff(initial=1.0, multiplier=2.0, jitter=0.0)
-    async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
-        with trio.move_on_after(4000):
-            await long_poll(
-                recorder.context("echo"),
-                Echo(),
-                http,
-                backoff=backoff,
-                task_status=Started(recorder),
-            )
+    asked = await poll_for(4000, answers, Echo(), recorder)
     assert asked[:6] == [0, 1, 3, 7, 3607, 3607]  # the Retry-After held to an hour
     assert recorder.count("poll_failures") == 4 and recorder.started == 1
     details = [detail or "" for state, detail in recorder.states if state == "backoff"]
