@@ -34,7 +34,9 @@ Command = Callable[[str, str, Mapping[str, Any]], Awaitable[Answer]]
 
 async def upload(command: Command, account: str, attachment: Attachment) -> str:
     """Upload ``attachment`` in chunks; returns its ``media_id``. A file over
-    :data:`MAX_UPLOAD_BYTES` is refused before anything is copied or sent."""
+    :data:`MAX_UPLOAD_BYTES` is refused before anything is copied or sent. If cancelled, the
+    upload is abandoned where it was: WeCom may keep an unfinished upload (it is never
+    finished, so no ``media_id`` refers to it) and nothing was sent to anyone."""
     data = attachment.data
     if len(data) > MAX_UPLOAD_BYTES:
         raise SendError(

@@ -107,7 +107,8 @@ class Webhook(base.Connector):
         return f"wecom.Webhook(bot_id={self.account!r})"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Nothing to connect: requests come through :meth:`asgi`. Ready at once."""
+        """Nothing to connect: requests come through :meth:`asgi`. Ready at once. If
+        cancelled, it stops: callbacks that come after are answered 503 ("bridge not running")."""
         self._running = True
         try:
             task_status.started()
@@ -118,7 +119,9 @@ class Webhook(base.Connector):
     # -- HTTP ---------------------------------------------------------------------------------
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI application: GET verifies the URL, POST delivers callbacks."""
+        """The ASGI application: GET verifies the URL, POST delivers callbacks. If cancelled
+        (the server shutting down), no answer is sent (WeCom may deliver the callback again); a
+        message whose put was under way may or may not have been journaled."""
         if scope["type"] == "lifespan":
             await answer_lifespan(receive, send)
             return
@@ -295,7 +298,8 @@ class Webhook(base.Connector):
         return state
 
     async def send(self, target: Message, text: str) -> None:
-        """Answer ``target``: the next refresh poll gets ``text`` and ``finish``."""
+        """Answer ``target``: the next refresh poll gets ``text`` and ``finish``. If cancelled,
+        the answer is set all the same (it is set before the one checkpoint)."""
         state = self._state(target)
         state.content = utf8_prefix(text, f.STREAM_LIMIT)
         state.finished = True
@@ -327,7 +331,8 @@ class Webhook(base.Connector):
         yield
 
     async def download(self, media: Media) -> bytes:
-        """Download and decrypt inbound media (with the bot's EncodingAESKey in this mode)."""
+        """Download and decrypt inbound media (with the bot's EncodingAESKey in this mode). If
+        cancelled, nothing is kept."""
         url = media.ref.get("url")
         if not url:
             raise MediaError(f"this {media.kind} has no URL")
@@ -433,7 +438,9 @@ async def serve(
 ) -> None:
     """Serve ``webhook.asgi`` with hypercorn's Trio worker (extra: ``trio_chatbridge[webhook]``).
 
-    ``await nursery.start(serve, webhook)`` returns the bound addresses.
+    ``await nursery.start(serve, webhook)`` returns the bound addresses. If cancelled, the
+    server closes its sockets and stops; requests under way are cancelled with it (see
+    :meth:`Webhook.asgi`).
     """
     try:
         from hypercorn.config import Config
