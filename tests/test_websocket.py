@@ -7,8 +7,8 @@ answers a request, ``close`` ends the connection for good, ``later`` asks to rec
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
@@ -148,6 +148,20 @@ async def start(
     return server, inbox, core, driver
 
 
+@asynccontextmanager
+async def held(
+    core: LineCore | None = None, *, within: float = 60.0, **options: Any
+) -> AsyncIterator[tuple[trio.Nursery, Server, Inbox, LineCore, WebSocketDriver[str]]]:
+    """A running driver (see :func:`start`) whose inbox holds every put until ``inbox.open``
+    is set, all within ``within`` seconds; its nursery is cancelled on the way out."""
+    with trio.fail_after(within):
+        async with trio.open_nursery() as nursery:
+            server, inbox, core, driver = await start(nursery, core, **options)
+            inbox.open = trio.Event()
+            yield nursery, server, inbox, core, driver
+            nursery.cancel_scope.cancel()
+
+
 async def release(inbox: Inbox, server: Server, n: int) -> None:
     """Opens the held inbox: messages 0 to n-1 are all put, in order, then ACKed once each,
     in order."""
@@ -161,62 +175,49 @@ async def release(inbox: Inbox, server: Server, n: int) -> None:
 async def test_a_burst_is_put_at_once_and_acked_only_after_its_put_returned(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            server, inbox, _, _ = await start(nursery)
-            inbox.open = trio.Event()  # the inbox is slow
-            await server.push(*(f"msg:{n}" for n in range(5)))
-            await trio.sleep(1)
-            assert inbox.puts == [["0", "1", "2", "3", "4"]]  # one put for the burst
-            assert server.got == ["hello"]  # nothing acked before the put returned
-            inbox.open.set()
-            await trio.sleep(1)
-            assert server.got == ["hello", *(f"ack:{n}" for n in range(5))]
-            nursery.cancel_scope.cancel()
+    async with held() as (_, server, inbox, _, _):
+        # the inbox is slow
+        await server.push(*(f"msg:{n}" for n in range(5)))
+        await trio.sleep(1)
+        assert inbox.puts == [["0", "1", "2", "3", "4"]]  # one put for the burst
+        assert server.got == ["hello"]  # nothing acked before the put returned
+        inbox.open.set()
+        await trio.sleep(1)
+        assert server.got == ["hello", *(f"ack:{n}" for n in range(5))]
 
 
 async def test_a_slow_inbox_slows_reading_but_heartbeats_and_the_link_go_on(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            server, inbox, core, _ = await start(nursery, backlog=3, put_batch=2)
-            core.silence = 3.0  # the reader stops longer than that: not the peer's silence
-            inbox.open = trio.Event()
-            nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))
-            await trio.sleep(9)
-            assert len(core.read) < 10  # the reader stopped: backpressure on the socket
-            assert server.got.count("ping") == 1  # at 5 s, the inbox notwithstanding
-            await release(inbox, server, 20)
-            assert all(len(put) <= 2 for put in inbox.puts)
-            nursery.cancel_scope.cancel()
+    async with held(backlog=3, put_batch=2) as (nursery, server, inbox, core, _):
+        core.silence = 3.0  # the reader stops longer than that: not the peer's silence
+        nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))
+        await trio.sleep(9)
+        assert len(core.read) < 10  # the reader stopped: backpressure on the socket
+        assert server.got.count("ping") == 1  # at 5 s, the inbox notwithstanding
+        await release(inbox, server, 20)
+        assert all(len(put) <= 2 for put in inbox.puts)
 
 
 async def test_a_put_slower_than_the_grace_holds_the_reader_and_every_message_is_acked_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            server, inbox, core, _ = await start(nursery, backlog=3, put_batch=2)
-            inbox.open = trio.Event()  # slower than PUT_GRACE, but running: no teardown
-            nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))
-            await trio.sleep(3 * PUT_GRACE)
-            assert inbox.puts == [["0", "1"]]  # one put waiting, never abandoned and put on
-            assert len(core.read) < 10  # the reader stopped: backpressure on the socket
-            await release(inbox, server, 20)
-            nursery.cancel_scope.cancel()
+    async with held(backlog=3, put_batch=2, within=120) as (nursery, server, inbox, core, _):
+        # slower than PUT_GRACE, but running: no teardown
+        nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))
+        await trio.sleep(3 * PUT_GRACE)
+        assert inbox.puts == [["0", "1"]]  # one put waiting, never abandoned and put on
+        assert len(core.read) < 10  # the reader stopped: backpressure on the socket
+        await release(inbox, server, 20)
 
 
 async def test_a_put_at_teardown_is_given_the_grace_at_most(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            server, inbox, _, _ = await start(nursery)
-            inbox.open = trio.Event()  # never opens
-            await server.push("msg:1")
-            await trio.sleep(30)  # the put waits, running
-            nursery.cancel_scope.cancel()
+    async with held(within=120) as (_, server, inbox, _, _):
+        # never opens
+        await server.push("msg:1")
+        await trio.sleep(30)  # the put waits, running
     assert inbox.ended == [30 + PUT_GRACE]  # from the teardown on, not from its start
     assert inbox.puts == [["1"]] and "ack:1" not in server.got
 
@@ -338,47 +339,40 @@ def _refused(answer: Answer) -> Exception:
 async def test_an_answer_behind_inbound_frames_is_read_while_the_inbox_is_slow(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            server, inbox, core, driver = await start(nursery, backlog=3, put_batch=2)
-            inbox.open = trio.Event()  # the inbox is slow: a put of 2 waits, 3 fill the backlog
-            await server.push(*(f"msg:{n}" for n in range(5)))
-            await trio.sleep(1)
-            assert len(core.read) == 5  # the reader stopped: backpressure on the socket
-            answers: list[Answer] = []
+    async with held(backlog=3, put_batch=2) as (nursery, server, inbox, core, driver):
+        # the inbox is slow: a put of 2 waits, 3 fill the backlog
+        await server.push(*(f"msg:{n}" for n in range(5)))
+        await trio.sleep(1)
+        assert len(core.read) == 5  # the reader stopped: backpressure on the socket
+        answers: list[Answer] = []
 
-            async def reply() -> None:  # a reply waiting for its ACK, as WeCom's do
-                request = Request("k1", "do:k1", _refused, within=3.0)
-                answers.append(await driver.request(request))
+        async def reply() -> None:  # a reply waiting for its ACK, as WeCom's do
+            request = Request("k1", "do:k1", _refused, within=3.0)
+            answers.append(await driver.request(request))
 
-            nursery.start_soon(reply)
-            await trio.testing.wait_all_tasks_blocked()
-            frames = ["msg:5", "ans:k1", *(f"msg:{n}" for n in range(6, 20))]
-            nursery.start_soon(server.push, *frames)
-            await trio.sleep(1)
-            assert answers == [Answer("k1", body={"n": 1})]  # read behind msg:5, in time
-            assert core.read[5:] == ["msg:5", "ans:k1"]  # then the reader stopped again
-            await release(inbox, server, 20)
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(reply)
+        await trio.testing.wait_all_tasks_blocked()
+        frames = ["msg:5", "ans:k1", *(f"msg:{n}" for n in range(6, 20))]
+        nursery.start_soon(server.push, *frames)
+        await trio.sleep(1)
+        assert answers == [Answer("k1", body={"n": 1})]  # read behind msg:5, in time
+        assert core.read[5:] == ["msg:5", "ans:k1"]  # then the reader stopped again
+        await release(inbox, server, 20)
 
 
 async def test_waiting_for_an_answer_reads_past_a_full_backlog_by_a_bound_only(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            server, inbox, core, driver = await start(nursery, backlog=3, put_batch=2)
-            inbox.open = trio.Event()
-            frames = [*(f"msg:{n}" for n in range(20)), "ans:k1"]
-            nursery.start_soon(server.push, *frames)
-            await trio.sleep(1)
-            assert len(core.read) == 5
-            with pytest.raises(cb.connectors.AckTimeout):  # too far behind: memory stays bounded
-                await driver.request(Request("k1", "do:k1", _refused, within=3.0))
-            assert len(core.read) == 2 + 2 * 3  # the put's 2, then twice the backlog at most
-            await release(inbox, server, 20)
-            assert inbox.counts["stray_acks"] == 1  # the answer came, after its request gave up
-            nursery.cancel_scope.cancel()
+    async with held(backlog=3, put_batch=2) as (nursery, server, inbox, core, driver):
+        frames = [*(f"msg:{n}" for n in range(20)), "ans:k1"]
+        nursery.start_soon(server.push, *frames)
+        await trio.sleep(1)
+        assert len(core.read) == 5
+        with pytest.raises(cb.connectors.AckTimeout):  # too far behind: memory stays bounded
+            await driver.request(Request("k1", "do:k1", _refused, within=3.0))
+        assert len(core.read) == 2 + 2 * 3  # the put's 2, then twice the backlog at most
+        await release(inbox, server, 20)
+        assert inbox.counts["stray_acks"] == 1  # the answer came, after its request gave up
 
 
 class AskingCore(LineCore):
@@ -391,18 +385,14 @@ class AskingCore(LineCore):
 async def test_a_heartbeat_answered_behind_inbound_frames_keeps_the_connection_while_slow(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            server, inbox, core, driver = await start(nursery, AskingCore(), backlog=3, put_batch=2)
-            inbox.open = trio.Event()
-            await server.push(*(f"msg:{n}" for n in range(5)))
-            await trio.sleep(5.5)  # the heartbeat went at 5 s, the reader stopped before it
-            assert server.got[-1] == "ping" and len(core.read) == 5
-            nursery.start_soon(server.push, "msg:5", "ans:hb", "msg:6")
-            await trio.sleep(5)
-            assert driver.connected and server.got.count("ping") == 2  # answered: still up
-            await release(inbox, server, 7)
-            nursery.cancel_scope.cancel()
+    async with held(AskingCore(), backlog=3, put_batch=2) as (nursery, server, inbox, core, driver):
+        await server.push(*(f"msg:{n}" for n in range(5)))
+        await trio.sleep(5.5)  # the heartbeat went at 5 s, the reader stopped before it
+        assert server.got[-1] == "ping" and len(core.read) == 5
+        nursery.start_soon(server.push, "msg:5", "ans:hb", "msg:6")
+        await trio.sleep(5)
+        assert driver.connected and server.got.count("ping") == 2  # answered: still up
+        await release(inbox, server, 7)
 
 
 @given(
@@ -420,30 +410,25 @@ def test_backpressure_holds_and_an_answer_within_reach_is_read(
     and once the inbox takes them, every message is put and ACKed once, in order."""
 
     async def main() -> None:
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                server, inbox, core, driver = await start(
-                    nursery, backlog=backlog, put_batch=put_batch
-                )
-                inbox.open = trio.Event()
-                answers: list[Answer] = []
+        async with held(backlog=backlog, put_batch=put_batch) as rig:
+            nursery, server, inbox, core, driver = rig
+            answers: list[Answer] = []
 
-                async def ask() -> None:
-                    request = Request("k1", "do:k1", _refused, within=30.0)
-                    answers.append(await driver.request(request))
+            async def ask() -> None:
+                request = Request("k1", "do:k1", _refused, within=30.0)
+                answers.append(await driver.request(request))
 
-                nursery.start_soon(ask)
-                await trio.testing.wait_all_tasks_blocked()
-                n = before + after
-                frames = [*(f"msg:{i}" for i in range(before)), "ans:k1"]
-                frames += [f"msg:{i}" for i in range(before, n)]
-                nursery.start_soon(server.push, *frames)
-                await trio.sleep(5)
-                assert len(core.read) <= put_batch + 2 * backlog + 1
-                if before <= 2 * backlog:
-                    assert answers == [Answer("k1", body={"n": 1})]
-                await release(inbox, server, n)
-                assert answers  # by now, whatever was in the way went into the inbox
-                nursery.cancel_scope.cancel()
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            n = before + after
+            frames = [*(f"msg:{i}" for i in range(before)), "ans:k1"]
+            frames += [f"msg:{i}" for i in range(before, n)]
+            nursery.start_soon(server.push, *frames)
+            await trio.sleep(5)
+            assert len(core.read) <= put_batch + 2 * backlog + 1
+            if before <= 2 * backlog:
+                assert answers == [Answer("k1", body={"n": 1})]
+            await release(inbox, server, n)
+            assert answers  # by now, whatever was in the way went into the inbox
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
