@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -255,3 +255,37 @@ def test_no_request_gets_a_500(requests: list[tuple[str, bytes, bytes | str] | s
             assert good[0] == 200
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_callback_whose_put_failed_is_put_again_when_the_platform_retries() -> None:
+    """The store refuses the first journal write: that request fails, and WeCom's retry of
+    the same callback (same msgid) is journaled and answered, not taken for a duplicate."""
+
+    journaled: list[str] = []
+
+    class FailsOnce(cb.MemoryStore):
+        failed = False
+
+        async def journal_add(self, messages: Sequence[cb.Message]) -> list[bool]:
+            if not self.failed:
+                self.failed = True
+                raise cb.StoreError("disk full (test)")
+            new = await super().journal_add(messages)
+            journaled.extend(m.id for m, is_new in zip(messages, new, strict=True) if is_new)
+            return new
+
+    emu = WeComEmulator()
+    hook = wecom.Webhook(
+        bot_id=emu.bot_id,
+        token=emu.token,
+        encoding_aes_key=emu.encoding_aes_key,
+        wall_clock=lambda: NOW,
+    )
+    store = FailsOnce()
+    with trio.fail_after(30):
+        async with running_bridge(quick_bridge(hook, echo, store=store)):
+            with pytest.raises(Exception, match="disk full"):
+                await call(hook.asgi, "POST", *signed(emu, json.dumps(MESSAGE)))
+            status, _ = await call(hook.asgi, "POST", *signed(emu, json.dumps(MESSAGE)))
+            assert status == 200
+            assert journaled == ["m1"]

@@ -248,7 +248,16 @@ class Webhook(base.Connector):
         self._streams[stream_id] = _StreamState(stream_id, trio.current_time())
         if msgid:
             self._stream_of_msgid[msgid] = stream_id
-        await self.ctx.put([message])
+        try:
+            await self.ctx.put([message])
+        except BaseException:
+            # Not journaled (the store failed, or the request was cancelled): forget the id, so
+            # the platform's retry of this callback is put again instead of answered with a
+            # stream that no run will ever fill.
+            if self._stream_of_msgid.get(msgid) == stream_id:
+                del self._stream_of_msgid[msgid]
+            self._streams.pop(stream_id, None)
+            raise
         return self._stream_frame(stream_id)
 
     async def _event(self, callback: dict[str, Any]) -> dict[str, Any] | None:
