@@ -80,7 +80,7 @@ async def _stream_frames(info: dict[str, Any]) -> tuple[float, int]:
             for i in range(WRITES):
                 await out.write(f"{i} ")
                 await trio.lowlevel.checkpoint()
-        frames = len(out.text) and out.frames  # type: ignore[attr-defined]
+        frames = len(out.text) and out.state.frames  # type: ignore[attr-defined]
         result.append((time.perf_counter() - start, frames))
         finished.set()
 
