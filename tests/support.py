@@ -67,6 +67,25 @@ on_busy_modes = st.sampled_from(["queue", "interrupt"])
 run_timeouts = st.sampled_from([None, 2.5])
 
 
+def json_trees(
+    scalars: st.SearchStrategy[Any] | None = None, *, size: int = 4, leaves: int = 20
+) -> st.SearchStrategy[Any]:
+    """Any JSON value: ``scalars`` (by default null, booleans, integers, floats and short text)
+    nested in arrays and objects of at most ``size`` items, ``leaves`` scalars at most."""
+    default = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+    base = default if scalars is None else scalars
+
+    def containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        # A named function, not a lambda: hypothesis reads an extend function's source to check
+        # that it uses its argument, and finds a lambda's text only by its line (a misread once
+        # gave its deprecation warning, an error in this suite).
+        return st.lists(inner, max_size=size) | st.dictionaries(
+            st.text(max_size=8), inner, max_size=size
+        )
+
+    return st.recursive(base, containers, max_leaves=leaves)
+
+
 def fickle_streamer(written: list[str]) -> cb.Agent:
     """Streams three words; the batch's latest text says how: "ok", "slow" (2 s a word) or
     "boom" (raises after the first). What each run wrote, however it ended, goes to

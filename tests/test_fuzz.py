@@ -24,6 +24,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import example, given
+from support import json_trees
 
 import trio_chatbridge as cb
 from trio_chatbridge._json import json_object, read_body
@@ -45,12 +46,10 @@ def deep(depth: int) -> str:
 
 
 # JSON as a platform might send it: any values, nested a little, with the odd float.
-json_values = st.recursive(
+json_values = json_trees(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
-    ),
-    max_leaves=30,
+    size=5,
+    leaves=30,
 )
 json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=8)
 # Bytes as they come off a socket: anything, JSON text, or nasty special cases. The special

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import given
-from support import echo, quick_bridge
+from support import echo, json_trees, quick_bridge
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import wecom
@@ -212,13 +212,7 @@ anyone = st.tuples(
     ),
     junk | st.sampled_from(sorted(BODIES)),
 )
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
+json_values = json_trees()
 # What only WeCom could send (signed with the token): any JSON, or the callbacks it does send
 # with any value in any field, or text that is not JSON at all, or nested too deep.
 plaintexts = st.one_of(

@@ -17,6 +17,7 @@ from support import (
     echo,
     emulator_bridge,
     fickle_streamer,
+    json_trees,
     on_busy_modes,
     open_lives,
     quick_bridge,
@@ -809,12 +810,8 @@ def test_decrypting_garbage_only_raises_protocol_error(data: bytes) -> None:
         return
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
+json_values = json_trees(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10)
 )
 
 

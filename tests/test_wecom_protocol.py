@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import modules_a_core_runs
+from support import json_trees, modules_a_core_runs
 
 import trio_chatbridge as cb
 from trio_chatbridge._ws_core import Answer, Close, Inbound, Notice, Request
@@ -135,10 +135,10 @@ def test_an_unknown_command_brings_nothing() -> None:
     assert CORE.receive('{"cmd":"aibot_future","headers":{"req_id":"x"}}', 0.0) == []
 
 
-json_values = st.recursive(
+json_values = json_trees(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=15,
+    size=3,
+    leaves=15,
 )
 frames = st.fixed_dictionaries(
     {"headers": st.fixed_dictionaries({"req_id": st.text(max_size=6)})},

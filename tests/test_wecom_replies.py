@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import modules_a_core_runs
+from support import json_trees, modules_a_core_runs
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms.wecom._protocol import (
@@ -201,11 +201,7 @@ json_scalars = st.one_of(
     st.floats(allow_nan=False),
     st.text(max_size=8),
 )
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
-    max_leaves=12,
-)
+json_values = json_trees(json_scalars, size=3, leaves=12)
 frames = st.fixed_dictionaries(
     {},
     optional={

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import example, given
-from support import open_lives, quick_bridge
+from support import json_trees, open_lives, quick_bridge
 
 import trio_chatbridge as cb
 from trio_chatbridge._json import MAX_JSON_BYTES
@@ -405,15 +405,8 @@ def test_split_text_pieces_fit_and_join_back(text: str, limit: int) -> None:
     assert all(0 < len(piece) <= limit for piece in pieces)
 
 
-def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Arrays and objects of ``inner``. A named function, not a lambda: hypothesis reads an
-    extend function's source to check that it uses its argument, and a lambda's text is
-    found only by its line (a misread once gave the deprecation warning, an error here)."""
-    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner)
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8), _containers, max_leaves=10
+json_values = json_trees(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8), size=3, leaves=10
 )
 # Entries shaped like getupdates' messages, with every field possibly missing or mistyped.
 items = st.fixed_dictionaries(

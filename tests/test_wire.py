@@ -13,17 +13,14 @@ import hypothesis.strategies as st
 import msgspec
 import pytest
 from hypothesis import example, given
+from support import json_trees
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark, wecom, weixin
 
 pytestmark = pytest.mark.fuzz
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=20,
-)
+json_values = json_trees()
 
 WEIXIN: dict[str, Any] = {
     "seq": 1,
