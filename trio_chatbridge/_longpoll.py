@@ -63,7 +63,7 @@ async def exchange(http: httpx.AsyncClient, request: HTTPRequest, platform: str)
             request.url,
             what=request.name,
             platform=platform,
-            time_limit=request.timeout + BACKSTOP,  # never first: the deadline above is
+            time_limit=request.timeout + BACKSTOP,  # a backstop: move_on_after ends it first
             max_bytes=request.max_bytes,
             headers=dict(request.headers),
             content=request.body or None,
