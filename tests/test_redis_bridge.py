@@ -5,6 +5,7 @@ Real time and a Redis server of its own (the test freezes it with SIGSTOP), so a
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 
@@ -75,3 +76,42 @@ async def test_a_bridge_on_redis_can_be_cancelled_outright(redis_node: RedisServ
             await bridge.wait_status(lambda s: s["fake:a"].state == "running")
             nursery.cancel_scope.cancel()  # no graceful shutdown: the store closes all the same
     assert bridge.status()["fake:a"].state == "stopped"
+
+
+async def test_a_bridge_on_redis_cancelled_outright_gives_its_leases_back_at_once(
+    redis_node: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The releases run (shielded) before the store's connections close, so a restart
+    need not wait a TTL."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("ok")
+
+    prefix = f"cancel-{uuid.uuid4().hex}:"
+    connectors = [FakeConnector(name) for name in "abc"]
+    leases = cb.Leases(ttl=60.0)  # a lease left behind would outlive the test
+    bridge = cb.Bridge(
+        connectors,
+        agent,
+        store=cb.RedisStore.from_url(redis_node.url, prefix=prefix),
+        leases=leases,
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await bridge.wait_status(lambda s: {c.state for c in s.values()} == {"running"})
+            nursery.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    async with cb.RedisStore.from_url(redis_node.url, prefix=prefix) as store:
+        for connector in connectors:
+            assert await store.lease_remaining(connector.name) == 0
+
+
+async def test_a_bridge_whose_store_cannot_open_raises_the_store_error_itself() -> None:
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise AssertionError("no message comes")
+
+    store = cb.RedisStore.from_url("redis://127.0.0.1:1", timeout=1.0)  # nothing listens
+    with trio.fail_after(10), pytest.raises(cb.StoreError, match="could not connect"):
+        async with cb.open_bridge([FakeConnector("a")], agent, store=store):
+            raise AssertionError("the bridge cannot start")

@@ -163,18 +163,14 @@ class Bridge:
         self._ran = True
         _redact.install()  # on the loggers made since import too (platform modules)
         try:
-            await self.store.open()
-            await self._run(task_status)
+            async with _opened(self.store):  # closes last, after the connectors
+                try:
+                    await self._run(task_status)
+                finally:
+                    self._board.close()
+                    await self._close_connectors()
         finally:
-            self._board.close()
-            await self._close_connectors()
-            # The store last, outside the connectors' shielded scope: a store whose client
-            # holds a task group (RedisStore) must close at the level it opened at; each
-            # shields what it needs.
-            try:
-                await self.store.aclose()
-            except Exception:
-                log.exception("closing %r failed", self.store)
+            self._board.close()  # also when the store could not open
 
     async def _close_connectors(self) -> None:
         """Close every connector, concurrently, within ``close_timeout`` whatever cancels
@@ -301,6 +297,61 @@ class Bridge:
         )
 
 
+@asynccontextmanager
+async def _opened(store: Store) -> AsyncIterator[None]:
+    """Open ``store`` for the block, close it after; its connections outlive the block's
+    own clean-up even when the block is cancelled.
+
+    A store may run tasks for its connections (RedisStore's client does, in a task group
+    that ``open`` opens). They run here in a task of their own, shielded once the store is
+    open: cancelling the bridge outright cancels the block, whose shielded and bounded
+    clean-up (lease releases, leaving the membership, the connectors' closes) still reaches
+    the store; only then does the store close, cancelled with the caller if it is (a store
+    closes all the same). What opening or the block raises comes out as itself, not in a group.
+    Cancelled while opening: not open.
+    """
+    leaving = trio.Event()
+
+    async def hold(task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope() as scope:
+            await store.open()
+            scope.shield = True
+            try:
+                task_status.started()
+                await leaving.wait()
+            finally:
+                scope.shield = False
+                try:
+                    await store.aclose()
+                except Exception:
+                    log.exception("closing %r failed", store)
+
+    async with _serving() as nursery:
+        try:
+            await nursery.start(hold)
+            yield
+        finally:
+            leaving.set()
+
+
+@asynccontextmanager
+async def _serving() -> AsyncIterator[trio.Nursery]:
+    """A nursery for the tasks that serve an ``async with`` block: what the block raises
+    comes out as itself, not wrapped in a group by the nursery (a task's error still is)."""
+    raised: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            except BaseException as exc:
+                raised = exc
+                raise
+    except BaseExceptionGroup as group:
+        if raised is not None and list(group.exceptions) == [raised]:
+            raise raised from raised.__cause__
+        raise
+
+
 def _opener(
     build: Callable[P, Bridge],
 ) -> Callable[P, AbstractAsyncContextManager[Bridge]]:
@@ -329,22 +380,12 @@ async def running(bridge: Bridge) -> AsyncIterator[Bridge]:
     Cancelled (in the block or while starting), the bridge stops at once, as a cancelled
     ``bridge.run`` does, and Cancelled goes on.
     """
-    body_error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(bridge.run)
-            try:
-                yield bridge
-            except BaseException as exc:
-                body_error = exc
-                raise
-            finally:
-                bridge.shutdown()
-    except BaseExceptionGroup as group:
-        # What the block raised comes out as itself, not wrapped by the nursery.
-        if body_error is not None and list(group.exceptions) == [body_error]:
-            raise body_error from body_error.__cause__
-        raise
+    async with _serving() as nursery:
+        await nursery.start(bridge.run)
+        try:
+            yield bridge
+        finally:
+            bridge.shutdown()
 
 
 open_bridge: Final = _opener(Bridge)
