@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -177,6 +178,42 @@ def emulated_connector(info: dict[str, Any], **weixin_options: Any) -> Connector
     return lark.LongConnection(
         app_id=info["app_id"], app_secret=info["app_secret"], domain=info["domain"]
     )
+
+
+def lark_message_event(
+    text: str = "@_user_1 hi",
+    *,
+    mention_bot: bool = True,
+    sender: str = "ou_1",
+    sender_type: str = "user",
+    message_id: str = "om_1",
+    chat: str = "oc_1",
+    chat_type: str = "group",
+    created: str | None = None,
+) -> dict[str, Any]:
+    """A Lark ``im.message.receive_v1`` envelope (event id ``e1``) of a text message, as
+    docs/protocols/lark.md describes it: ``text`` from ``sender`` in ``chat``; with
+    ``mention_bot``, the text's ``@_user_1`` names the bot (``ou_bot``); ``created``, the
+    message's ``create_time`` (milliseconds, a string) when given."""
+    message: dict[str, Any] = {
+        "message_id": message_id,
+        "chat_id": chat,
+        "chat_type": chat_type,
+        "message_type": "text",
+        "content": json.dumps({"text": text}),
+    }
+    if created is not None:
+        message["create_time"] = created
+    if mention_bot:
+        message["mentions"] = [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": "Bot"}]
+    return {
+        "schema": "2.0",
+        "header": {"event_id": "e1", "event_type": "im.message.receive_v1"},
+        "event": {
+            "sender": {"sender_id": {"open_id": sender}, "sender_type": sender_type},
+            "message": message,
+        },
+    }
 
 
 # -- sans-I/O protocol cores -------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import example, given
-from support import json_trees
+from support import json_trees, lark_message_event
 
 import trio_chatbridge as cb
 from trio_chatbridge._json import json_object, read_body
@@ -181,23 +181,9 @@ def test_wecom_ciphertexts_decrypt_or_raise_protocol_error(data: bytes, media: b
 
 # -- Lark --------------------------------------------------------------------------------------
 
-LARK_INNER: dict[str, Any] = {
-    "sender": {"sender_id": {"open_id": "ou_1"}, "sender_type": "user"},
-    "message": {
-        "message_id": "om_1",
-        "chat_id": "oc_1",
-        "chat_type": "group",
-        "message_type": "text",
-        "content": '{"text": "@_user_1 hi"}',
-        "mentions": [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": "Bot"}],
-    },
-}
+LARK_EVENT: dict[str, Any] = lark_message_event()
+LARK_INNER: dict[str, Any] = LARK_EVENT["event"]
 LARK_MESSAGE: dict[str, Any] = LARK_INNER["message"]
-LARK_EVENT: dict[str, Any] = {
-    "schema": "2.0",
-    "header": {"event_id": "e1", "event_type": "im.message.receive_v1", "create_time": "1"},
-    "event": LARK_INNER,
-}
 
 
 @given(raw_bytes)

@@ -14,6 +14,7 @@ from support import (
     echo,
     emulator_bridge,
     fickle_streamer,
+    lark_message_event,
     on_busy_modes,
     open_lives,
     quick_bridge,
@@ -212,20 +213,15 @@ async def test_the_bots_own_messages_and_other_events(
         events.append(envelope["header"]["event_type"])
 
     async with lark_bridge(connector_options={"on_event": on_event}) as (emu, bridge):
-        own = {
-            "schema": "2.0",
-            "header": {"event_id": "e1", "event_type": "im.message.receive_v1"},
-            "event": {
-                "sender": {"sender_id": {"open_id": "ou_bot"}, "sender_type": "app"},
-                "message": {
-                    "message_id": "om_x",
-                    "chat_id": "oc_p2p",
-                    "chat_type": "p2p",
-                    "message_type": "text",
-                    "content": '{"text": "me"}',
-                },
-            },
-        }
+        own = lark_message_event(
+            "me",
+            mention_bot=False,
+            sender="ou_bot",
+            sender_type="app",
+            message_id="om_x",
+            chat="oc_p2p",
+            chat_type="p2p",
+        )
         emu.push_event(own)
         emu.push_event(
             {

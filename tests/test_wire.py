@@ -13,7 +13,7 @@ import hypothesis.strategies as st
 import msgspec
 import pytest
 from hypothesis import example, given
-from support import json_trees
+from support import json_trees, lark_message_event
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark, wecom, weixin
@@ -53,22 +53,7 @@ WECOM: dict[str, Any] = {
     "mixed": {"msg_item": [{"msgtype": "text", "text": {"content": "a"}}, {"msgtype": "image"}]},
     "quote": {"msgtype": "file", "file": {"url": "https://x/f", "filename": "f.txt"}},
 }
-LARK: dict[str, Any] = {
-    "schema": "2.0",
-    "header": {"event_id": "e1", "event_type": "im.message.receive_v1"},
-    "event": {
-        "sender": {"sender_id": {"open_id": "ou_1"}, "sender_type": "user"},
-        "message": {
-            "message_id": "om_1",
-            "chat_id": "oc_1",
-            "chat_type": "group",
-            "message_type": "text",
-            "content": '{"text": "@_user_1 hi"}',
-            "create_time": "1700000000000",
-            "mentions": [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": "Bot"}],
-        },
-    },
-}
+LARK: dict[str, Any] = lark_message_event(created="1700000000000")
 
 Convert = Callable[[Any], cb.Message | None]
 CONVERTERS: dict[str, tuple[Convert, dict[str, Any]]] = {
