@@ -62,11 +62,15 @@ def bench_pipeline() -> None:
     async def noop_agent(group: list[cb.Message]) -> None:
         pass
 
-    async def raw_channel(tasks: bool = False) -> None:
+    async def raw_channel(tasks: bool = False, floor: bool = False) -> None:
         """The same pages through one raw channel; the receiver splits each page into its
         sessions and runs the no-op agent once per session: the same batches, by hand.
-        ``tasks``: each agent run in a task of its own, as a concurrent dispatcher needs."""
+        ``tasks``: each agent run in a task of its own, as a concurrent dispatcher needs.
+        ``floor``: also the work no design can skip, in plain Python: a dedup index looked
+        up and filled per message (by id, in a dict per account), a session looked up and
+        appended to per message, a run per session."""
         send, receive = trio.open_memory_channel[list[cb.Message]](16)
+        seen: dict[tuple[str, str], dict[str, list[cb.Message]]] = {}
 
         async def produce() -> None:
             async with send:
@@ -78,8 +82,16 @@ def bench_pipeline() -> None:
             async with receive:
                 async for page in receive:
                     groups: dict[str, list[cb.Message]] = {}
-                    for message in page:
-                        groups.setdefault(message.chat.id, []).append(message)
+                    if floor:
+                        first = page[0]
+                        index = seen.setdefault((first.platform, first.account), {})
+                        for message in page:
+                            if message.id not in index:
+                                index[message.id] = page
+                                groups.setdefault(message.chat.id, []).append(message)
+                    else:
+                        for message in page:
+                            groups.setdefault(message.chat.id, []).append(message)
                     for group in groups.values():
                         if tasks:
                             nursery.start_soon(noop_agent, group)
@@ -117,6 +129,8 @@ def bench_pipeline() -> None:
 
     raw, raw_cpu = timed_both(lambda: trio.run(raw_channel))
     raw_tasks, raw_tasks_cpu = timed_both(lambda: trio.run(lambda: raw_channel(tasks=True)))
+    _, floor_cpu = timed_both(lambda: trio.run(lambda: raw_channel(floor=True)))
+    _, floor_tasks_cpu = timed_both(lambda: trio.run(lambda: raw_channel(tasks=True, floor=True)))
     piped, piped_cpu = timed_both(lambda: trio.run(pipeline))
     assert handled == MESSAGES
     report(
@@ -142,6 +156,14 @@ def bench_pipeline() -> None:
             (
                 "ratio by CPU (raw / pipeline; raw with tasks / pipeline)",
                 f"{raw_cpu / piped_cpu:.2f}x; {raw_tasks_cpu / piped_cpu:.2f}x",
+            ),
+            (
+                "floor (raw + dedup index + sessions): CPU per message, inline; task per run",
+                f"{floor_cpu / MESSAGES * 1e6:.2f} us; {floor_tasks_cpu / MESSAGES * 1e6:.2f} us",
+            ),
+            (
+                "best ratio any design reaches (raw / floor by CPU, inline; task per run)",
+                f"{raw_cpu / floor_cpu:.2f}x; {raw_cpu / floor_tasks_cpu:.2f}x",
             ),
             ("peak RSS of the process", f"{peak_rss_mib():.0f} MiB"),
         ],
