@@ -768,3 +768,72 @@ def test_a_connector_without_platform_or_account_is_named_in_a_clear_error() -> 
 
     with pytest.raises(cb.ConfigurationError, match=r"Nameless must set self.platform"):
         cb.Bridge(connectors=[Nameless()], agent=agent)
+
+
+class _PageFake(Connector):
+    """Puts whole pages, as a long poll would; remembers which pages the inbox accepted."""
+
+    def __init__(self, pages: list[list[cb.Message]]) -> None:
+        self.platform, self.account = "fake", "bot"
+        self.pages = pages
+        self.accepted: list[int] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        for number, page in enumerate(self.pages):
+            await self.ctx.put(page)
+            self.accepted.append(number)
+            await trio.sleep(0.5)
+        await trio.sleep_forever()
+
+    async def send(self, target: cb.Message, text: str) -> None:
+        pass
+
+
+@given(
+    pages=st.lists(
+        st.lists(st.integers(0, 3), min_size=1, max_size=6),  # each message's chat
+        min_size=1,
+        max_size=6,
+    ),
+    crash_at=st.floats(0, 6),
+    run_seconds=st.sampled_from([0.0, 0.3, 2.0]),
+)
+def test_a_crash_at_any_point_loses_nothing_and_repeats_nothing_finished(
+    pages: list[list[int]], crash_at: float, run_seconds: float
+) -> None:
+    """A bridge on a store that outlives it (MemoryStore here), cancelled at any moment,
+    then started again while the platform delivers every page again: each message's run
+    finishes exactly once over both lives (a run cut off by the crash may start again, a
+    finished one never does), and nothing is left pending."""
+    fake = FakeConnector()
+    said = [
+        [fake.message(f"{p}.{n}", chat=f"c{chat}", id=f"{p}.{n}") for n, chat in enumerate(page)]
+        for p, page in enumerate(pages)
+    ]
+    store = cb.MemoryStore()
+    finished: list[str] = []
+    started_again: set[str] = set()
+    second_life = False
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        if second_life:
+            started_again.update(m.id for m in batch.messages)
+        await trio.sleep(run_seconds)
+        finished.extend(m.id for m in batch.messages)
+
+    async def main() -> None:
+        nonlocal second_life
+        first = _PageFake(said)
+        with trio.move_on_after(crash_at):  # the crash: no flush, no grace
+            await make_bridge(agent, first, store=store, debounce=cb.Debounce(window=0.2)).run()
+        finished_before = set(finished)
+        second_life = True
+        again = _PageFake(said)  # the platform delivers every page again
+        async with running_bridge(make_bridge(agent, again, store=store)):
+            await trio.sleep(0.5 * len(said) + 5)
+        assert not finished_before & started_again
+        assert sorted(finished) == sorted(m.id for page in said for m in page)
+        assert await store.journal_pending() == []
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -626,3 +626,85 @@ async def test_redis_pending_of_an_account_with_more_than_lua_can_unpack(
         await store.journal_add(messages)
         assert await store.journal_pending_of(fake.platform, fake.account) == messages
         assert await store.journal_pending() == messages
+
+
+class _FlatJournal:
+    """The journal's meaning in the plainest terms: one record per message, in arrival
+    order. MemoryStore keeps pages instead; it has to answer exactly as this does."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.records: dict[tuple[str, str, str], list[Any]] = {}  # message, received, outcome
+
+    def add(self, batch: list[cb.Message]) -> list[bool]:
+        added = []
+        for message in batch:
+            added.append(journal_key(message) not in self.records)
+            self.records.setdefault(journal_key(message), [message, self.clock.now, None])
+        return added
+
+    def done(self, batch: list[cb.Message], error: str | None) -> None:
+        for message in batch:
+            if journal_key(message) in self.records:
+                self.records[journal_key(message)][2] = (
+                    ("failed", error) if error else ("done", None)
+                )
+
+    def pending(self) -> list[cb.Message]:
+        return [message for message, _, outcome in self.records.values() if outcome is None]
+
+    def entry(self, message: cb.Message) -> tuple[Any, ...] | None:
+        record = self.records.get(journal_key(message))
+        if record is None:
+            return None
+        return (record[0], *(record[2] or ("pending", None)), record[1])
+
+    def prune(self, before: float) -> int:
+        old = [k for k, (_, at, outcome) in self.records.items() if outcome and at < before]
+        for key in old:
+            del self.records[key]
+        return len(old)
+
+
+journal_operations = st.one_of(
+    st.tuples(st.just("add"), st.lists(messages, max_size=6)),
+    st.tuples(st.just("done"), st.lists(messages, max_size=4), st.none() | st.just("boom")),
+    st.tuples(st.just("pending")),
+    st.tuples(st.just("entry"), messages),
+    st.tuples(st.just("prune"), st.integers(0, 3)),
+    st.tuples(st.just("tick")),
+)
+
+
+@given(script=st.lists(journal_operations, max_size=40))
+def test_the_memory_journal_in_pages_means_one_record_per_message(
+    script: list[tuple[Any, ...]],
+) -> None:
+    """Pages of several accounts, duplicates within a page and across pages, done-marks
+    before the add, on part of a page, failed then done, pruning part of a page: the memory
+    store answers as a plain record per message would, pending messages oldest first."""
+    clock = Clock()
+    model = _FlatJournal(clock)
+    store = cb.MemoryStore(wall_clock=clock)
+
+    async def main() -> None:
+        for name, *args in script:
+            if name == "tick":
+                clock.now += 1
+            elif name == "add":
+                assert await store.journal_add(args[0]) == model.add(args[0])
+            elif name == "done":
+                await store.journal_done(args[0], error=args[1])
+                model.done(args[0], args[1])
+            elif name == "pending":
+                assert await store.journal_pending() == model.pending()
+            elif name == "entry":
+                entry = await store.journal_entry(journal_key(args[0]))
+                got = entry and (entry.message, entry.state, entry.error, entry.received_at)
+                assert got == model.entry(args[0])
+            else:
+                before = clock.now - args[0]
+                assert await store.journal_prune(before) == model.prune(before)
+        assert await store.journal_pending() == model.pending()
+
+    trio.run(main)

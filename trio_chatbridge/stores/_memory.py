@@ -9,7 +9,27 @@ import attrs
 import trio
 
 from .._messages import Message
-from ._base import JournalEntry, JournalKey, JournalState, Store, journal_key
+from ._base import JournalEntry, JournalKey, JournalState, Store
+
+
+@attrs.define(eq=False)
+class _Page:
+    """The new messages of one account in one ``journal_add``, kept as one entry: one
+    arrival time, one list, and the outcomes of those of them handled so far (few objects per
+    message for the garbage collector, and small dicts to update instead of one the size of
+    the journal)."""
+
+    received_at: float
+    messages: list[Message] = attrs.Factory(list)
+    outcomes: dict[str, tuple[JournalState, str | None]] = attrs.Factory(dict)
+    """By message id, for the messages marked done or failed."""
+
+    def pending(self) -> list[Message]:
+        """Its messages not marked yet, in order."""
+        outcomes = self.outcomes
+        if not outcomes:
+            return list(self.messages)
+        return [m for m in self.messages if m.id not in outcomes]
 
 
 @attrs.define(eq=False)
@@ -22,11 +42,10 @@ class MemoryStore(Store):
 
     wall_clock: Callable[[], float] = time.time
     """Where ``received_at`` comes from (for pruning)."""
-    # Three flat dicts rather than one record per message: a record is one more object per
-    # message for the garbage collector to walk, and a busy journal holds many.
-    _journal: dict[JournalKey, Message] = attrs.field(factory=dict, init=False, repr=False)
-    _received: dict[JournalKey, float] = attrs.field(factory=dict, init=False, repr=False)
-    _outcome: dict[JournalKey, tuple[JournalState, str | None]] = attrs.field(
+    # The journal: a page per journal_add (oldest first), and per account an index of message
+    # id -> page for dedup. A message costs one index entry, and one outcome once handled.
+    _pages: list[_Page] = attrs.field(factory=list, init=False, repr=False)
+    _index: dict[tuple[str, str], dict[str, _Page]] = attrs.field(
         factory=dict, init=False, repr=False
     )
     _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False, repr=False)
@@ -34,16 +53,29 @@ class MemoryStore(Store):
     _members: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _watchers: list[Callable[[], None]] = attrs.field(factory=list, init=False, repr=False)
 
+    def _ids(self, message: Message) -> dict[str, _Page]:
+        """The dedup index of the message's account (made on first use)."""
+        return self._index.setdefault((message.platform, message.account), {})
+
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
         now = self.wall_clock()
-        journal = self._journal
         added: list[bool] = []
+        platform: str | None = None  # of the messages before (none yet)
+        account: str | None = None
+        ids: dict[str, _Page] = {}
+        page: _Page | None = None
         for message in messages:
-            key = journal_key(message)
-            is_new = key not in journal
+            if message.account != account or message.platform != platform:
+                # A page holds one account's messages: an id is unique only within one.
+                platform, account, ids = message.platform, message.account, self._ids(message)
+                page = None
+            is_new = message.id not in ids
             if is_new:
-                journal[key] = message
-                self._received[key] = now
+                if page is None:
+                    page = _Page(now)
+                    self._pages.append(page)
+                ids[message.id] = page
+                page.messages.append(message)
             added.append(is_new)
         return added
 
@@ -51,26 +83,43 @@ class MemoryStore(Store):
         outcome: tuple[JournalState, str | None] = (
             ("done", None) if error is None else ("failed", error)
         )
+        platform: str | None = None  # of the messages before (none yet)
+        account: str | None = None
+        ids: dict[str, _Page] = {}
         for message in messages:
-            key = journal_key(message)
-            if key in self._journal:
-                self._outcome[key] = outcome
+            if message.account != account or message.platform != platform:
+                platform, account = message.platform, message.account
+                ids = self._index.get((platform, account), {})
+            page = ids.get(message.id)
+            if page is not None:
+                page.outcomes[message.id] = outcome
 
     async def journal_pending(self) -> list[Message]:
-        return [m for key, m in self._journal.items() if key not in self._outcome]
+        return [m for page in self._pages for m in page.pending()]
 
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
-        message = self._journal.get(key)
-        if message is None:
+        platform, account, id_ = key
+        page = self._index.get((platform, account), {}).get(id_)
+        if page is None:
             return None
-        state, error = self._outcome.get(key, ("pending", None))
-        return JournalEntry(message, state, error, self._received[key])
+        message = next(m for m in page.messages if m.id == id_)
+        state, error = page.outcomes.get(id_, ("pending", None))
+        return JournalEntry(message, state, error, page.received_at)
 
     async def journal_prune(self, before: float) -> int:
-        old = [key for key in self._outcome if self._received[key] < before]
-        for key in old:
-            del self._journal[key], self._received[key], self._outcome[key]
-        return len(old)
+        pruned = 0
+        kept: list[_Page] = []
+        for page in self._pages:
+            if page.received_at < before and page.outcomes:
+                pruned += len(page.outcomes)
+                for message in page.messages:
+                    if message.id in page.outcomes:
+                        del self._ids(message)[message.id]
+                page.messages, page.outcomes = page.pending(), {}
+            if page.messages:
+                kept.append(page)
+        self._pages = kept
+        return pruned
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
         return self._values.get((platform, account, key))
