@@ -450,6 +450,7 @@ async def test_slots_go_first_come_first_served(autojump_clock: trio.testing.Moc
 
 
 VISITED: contextvars.ContextVar[str] = contextvars.ContextVar("VISITED", default="")
+ORIGIN: contextvars.ContextVar[str] = contextvars.ContextVar("ORIGIN", default="")
 
 
 async def test_context_variables_an_agent_sets_stay_in_its_run(
@@ -475,6 +476,64 @@ async def test_context_variables_an_agent_sets_stay_in_its_run(
     assert seen == ["", "", "", ""]
 
 
+@pytest.mark.parametrize("waits", [False, True])
+async def test_runs_back_to_back_in_one_slot_each_start_from_the_bridges_context(
+    autojump_clock: trio.testing.MockClock, waits: bool
+) -> None:
+    """Runs that follow each other in one slot (concurrency 1, sessions waiting), whether
+    their agents wait or not: each starts from the context the bridge was made in (what
+    the application set before is seen, what an earlier run set is not), and what a run
+    sets is its own until it ends, across its waits."""
+    seen: list[tuple[str, str]] = []
+    ORIGIN.set("app")
+
+    async def marking(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.append((ORIGIN.get(), VISITED.get()))
+        VISITED.set(batch.session)
+        ORIGIN.set(batch.session)
+        if waits:
+            await trio.sleep(1)
+        assert (ORIGIN.get(), VISITED.get()) == (batch.session, batch.session)
+
+    chat = FakeConnector()
+    bridge = make_bridge(marking, chat, concurrency=1, debounce=cb.Debounce(window=0.5))
+    async with running_bridge(bridge):
+        chat.deliver(*[chat.message("hi", chat=f"c{i}") for i in range(4)])
+        await trio.sleep(30)
+        assert bridge.stats().runs == 4
+    assert seen == [("app", "")] * 4
+    assert ORIGIN.get() == "app"
+
+
+async def test_tasks_an_agent_starts_inherit_its_runs_context(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A task started in an agent's nursery sees what the run had set when it started (as a
+    Trio child task does), and what it sets itself stays in it."""
+    seen: list[tuple[str, str]] = []
+
+    async def child(session: str) -> None:
+        seen.append((session, VISITED.get()))
+        VISITED.set("child")
+        await trio.sleep(1)
+
+    async def parent(batch: cb.Batch, reply: cb.Reply) -> None:
+        VISITED.set(batch.session)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child, batch.session)
+            await trio.sleep(0.5)
+            nursery.start_soon(child, batch.session)
+        assert VISITED.get() == batch.session
+
+    chat = FakeConnector()
+    async with running_bridge(make_bridge(parent, chat, concurrency=2)) as bridge:
+        for i in range(3):
+            await chat.say("hi", chat=f"c{i}")
+        await trio.sleep(30)
+        assert bridge.stats().failures == 0
+    assert sorted(seen) == sorted([(f"fake:bot:c{i}", f"fake:bot:c{i}") for i in range(3)] * 2)
+
+
 async def test_a_failing_agent_does_not_stop_others(autojump_clock: trio.testing.MockClock) -> None:
     async def picky(batch: cb.Batch, reply: cb.Reply) -> None:
         if batch.text == "boom":
@@ -493,6 +552,37 @@ async def test_a_failing_agent_does_not_stop_others(autojump_clock: trio.testing
     assert entry is not None
     assert entry.state == "failed"
     assert entry.error == "RuntimeError: agent bug"
+
+
+async def test_failures_and_timeouts_in_one_slot_leave_the_runs_after_them_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One slot, three sessions waiting: a run that raises before it ever waits, then one
+    that times out, then one that answers. Each ends as it would alone, the one slot goes
+    from run to run, and the journal records each outcome."""
+
+    async def varied(batch: cb.Batch, reply: cb.Reply) -> None:
+        if batch.text == "boom":
+            raise RuntimeError("agent bug")
+        if batch.text == "slow":
+            await trio.sleep(10)
+        await reply.send("ok")
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    said = [chat.message(text, chat=text) for text in ("boom", "slow", "fine")]
+    bridge = make_bridge(varied, chat, store=store, concurrency=1, run_timeout=2.0)
+    async with running_bridge(bridge):
+        chat.deliver(*said)
+        assert (await chat.next_reply()).chat == "fine"
+        stats = bridge.stats()
+        assert (stats.runs, stats.failures, stats.timeouts) == (3, 2, 1)
+    entries = [await store.journal_entry(journal_key(m)) for m in said]
+    assert [(e.state, e.error) for e in entries if e is not None] == [
+        ("failed", "RuntimeError: agent bug"),
+        ("failed", "agent timed out after 2.0 s"),
+        ("done", None),
+    ]
 
 
 async def test_run_timeout_cancels_and_records(autojump_clock: trio.testing.MockClock) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import types
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from contextlib import nullcontext
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 import trio
@@ -38,6 +39,36 @@ OnBusy: TypeAlias = Literal["queue", "interrupt"]
 _UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
 
 
+@types.coroutine
+def _in_context(
+    context: contextvars.Context,
+    coro: Coroutine[Any, Any, None],
+    on_suspend: Callable[[], None],
+) -> Generator[Any, Any, None]:
+    """Run ``coro`` in the current task as if it were a task of its own in ``context``:
+    every step of it runs inside ``context.run`` (so the context variables it sets stay in
+    ``context``, and tasks it starts copy ``context``), and what the scheduler sends back
+    (a value, or an exception such as Cancelled) goes to it. ``on_suspend`` is called the
+    first time it waits. Cancelled or not, ``coro`` has ended when this returns or raises.
+    """
+    send: Callable[[Any], Any] = coro.send
+    value: Any = None
+    suspended = False
+    while True:
+        try:
+            trap = context.run(send, value)
+        except StopIteration:
+            return
+        if not suspended:
+            suspended = True
+            on_suspend()
+        try:
+            value = yield trap
+            send = coro.send
+        except BaseException as exc:  # Cancelled, or GeneratorExit: it is the run's to handle
+            send, value = coro.throw, exc
+
+
 @attrs.define(eq=False)
 class _Session:
     key: str
@@ -49,9 +80,14 @@ class _Session:
 class Dispatcher:
     """Reads batches from a channel and runs the agent on them (see the module docstring).
 
-    Each run is a task of its own (an agent's context variables stay in its run), started only
-    once a concurrency slot is free: a session waiting for a slot is an entry in a queue, not
-    a task, and a run that ends starts the next waiting session itself. First come, first
+    Runs are driven by workers, at most ``concurrency``, each running one run at a time
+    and, when it ends, the next waiting session's: a session waiting for a slot is an entry
+    in a queue, not a task, and a run costs no task of its own. Each run is still stepped
+    in a fresh copy of the dispatcher's context (:func:`_in_context`): the context variables
+    an agent sets stay in its run, and the tasks its nurseries start inherit them. A worker
+    is started when sessions wait, a slot is free and no other worker is about to start; a
+    run that waits for the first time starts one for the sessions behind it, so runs that
+    wait run concurrently and runs that never wait cost one task for many. First come, first
     served: a session with more to do after its run queues behind those already waiting.
     """
 
@@ -77,7 +113,8 @@ class Dispatcher:
         self._interrupt = on_busy == "interrupt"
         self._run_timeout = math.inf if run_timeout is None else run_timeout
         self._sessions: dict[str, _Session] = {}
-        self._runs = 0  # runs started and not ended
+        self._workers = 0  # alive, each holding a slot
+        self._starting = False  # a worker was started and has not taken a session yet
         # Sessions waiting for a slot, oldest first: at most max_waiting before run() stops
         # reading batches, so an overloaded agent pushes back on the channel, then the
         # debouncer, the inbox and the connectors, instead of holding ever more sessions here.
@@ -89,8 +126,8 @@ class Dispatcher:
         self._finished: list[tuple[list[Message], str | None]] = []
         self._marks_due = trio.Event()
         self._nursery: trio.Nursery | None = None
-        # Runs start from whichever task frees a slot, but each in a copy of the context the
-        # dispatcher was made in, never of the run that ended (whose agent may have set vars).
+        # Each run in a copy of the context the dispatcher was made in, never of the run
+        # before it in the same worker (whose agent may have set vars).
         self._context = contextvars.copy_context()
 
     @property
@@ -162,16 +199,30 @@ class Dispatcher:
             await self._room.wait()
 
     def _start_runs(self) -> None:
-        """Start a run for each waiting session a free slot can take."""
-        ready = self._ready
-        while ready and self._runs < self._concurrency:
+        """Start a worker if sessions wait, a slot is free and none is about to start."""
+        if self._ready and not self._starting and self._workers < self._concurrency:
             assert self._nursery is not None
-            self._runs += 1
-            self._context.run(self._nursery.start_soon, self._serve, ready.popleft())
-        self._room.set()
+            self._workers += 1
+            self._starting = True
+            self._context.run(self._nursery.start_soon, self._work)
+
+    async def _work(self) -> None:
+        """Run waiting sessions one after another, each in a fresh copy of the dispatcher's
+        context, until none waits. Cancelled (shutdown grace, a cancelled bridge), it ends
+        with the run it was in; the sessions still waiting stay pending in the journal."""
+        self._starting = False
+        ready = self._ready
+        try:
+            while ready:
+                session = ready.popleft()
+                self._room.set()
+                await _in_context(self._context.copy(), self._serve(session), self._start_runs)
+        finally:
+            self._workers -= 1
 
     async def _serve(self, session: _Session) -> None:
-        """Run the agent once for ``session``, record the outcome, and free the slot.
+        """Run the agent once for ``session``, record the outcome, and queue it again if more
+        arrived meanwhile.
 
         What ends a run is decided by what was asked of it, not by the exception that came
         out: an agent whose cleanup raises while it is interrupted, cut off by the shutdown
@@ -182,39 +233,35 @@ class Dispatcher:
         run, and shutdown leaves them pending without counting an interrupted or abandoned run.
         """
         key = session.key
+        await trio.lowlevel.checkpoint_if_cancelled()  # shut down while it waited: no run
+        SESSION.set(key)  # this run's log lines name the session (see _logs)
+        messages, session.waiting = session.waiting, []
+        interrupted = False
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()  # shut down while it waited: no run
-            SESSION.set(key)  # this task's log lines name the session (see _logs)
-            messages, session.waiting = session.waiting, []
-            interrupted = False
-            try:
-                if self._interrupt:
-                    with trio.CancelScope() as scope:
-                        session.scope = scope
-                        error = await self._run_agent(Batch(key, messages))
-                    session.scope = None
-                    interrupted = scope.cancelled_caught
-                else:
+            if self._interrupt:
+                with trio.CancelScope() as scope:
+                    session.scope = scope
                     error = await self._run_agent(Batch(key, messages))
-            except BaseException as exc:
-                # Cut off by the shutdown grace or a cancelled bridge: the messages stay
-                # pending and replay at the next start.
-                if find_error(exc, trio.Cancelled) is not None:
-                    self._counters[_stats.ABANDONED] += 1
-                raise
-            if interrupted:  # by a newer batch: rerun with all
-                self._counters[_stats.INTERRUPTS] += 1
-                session.waiting[:0] = messages
-            else:  # answered: recorded by _mark_finished, even at shutdown
-                self._finished.append((messages, error))
-                self._marks_due.set()
-        finally:
-            self._runs -= 1
+                session.scope = None
+                interrupted = scope.cancelled_caught
+            else:
+                error = await self._run_agent(Batch(key, messages))
+        except BaseException as exc:
+            # Cut off by the shutdown grace or a cancelled bridge: the messages stay
+            # pending and replay at the next start.
+            if find_error(exc, trio.Cancelled) is not None:
+                self._counters[_stats.ABANDONED] += 1
+            raise
+        if interrupted:  # by a newer batch: rerun with all
+            self._counters[_stats.INTERRUPTS] += 1
+            session.waiting[:0] = messages
+        else:  # answered: recorded by _mark_finished, even at shutdown
+            self._finished.append((messages, error))
+            self._marks_due.set()
         if session.waiting:
             self._ready.append(session)
         else:
             del self._sessions[key]
-        self._start_runs()
 
     async def _mark_finished(self) -> None:
         """Mark finished runs done (or failed) in the journal, every run that finished since
