@@ -110,8 +110,9 @@ class ConnectorContext:
         Raises :class:`ConfigurationError`, before journaling any, for a message of another
         platform or account than this connector's: no connector could answer it.
         """
+        platform, account = self.platform, self.account
         for message in messages:
-            if (message.platform, message.account) != (self.platform, self.account):
+            if message.account != account or message.platform != platform:
                 raise ConfigurationError(
                     f"connector {self.platform}:{self.account} put a message of "
                     f"{message.platform}:{message.account} (id {message.id}); build its "

@@ -146,7 +146,7 @@ class Debouncer:
                 session.messages.append(message)
                 # Deadlines only move later, so the heap entry can stay put: when it comes
                 # up early, _release_due files it again under the new deadline.
-                session.deadline = min(due, session.cap)
+                session.deadline = due if due < session.cap else session.cap
             if self._draining or (most is not None and len(session.messages) >= most):
                 del sessions[key]
                 ready.append(Batch(key, session.messages))
