@@ -527,8 +527,7 @@ async def test_tasks_an_agent_starts_inherit_its_runs_context(
 
     chat = FakeConnector()
     async with running_bridge(make_bridge(parent, chat, concurrency=2)) as bridge:
-        for i in range(3):
-            await chat.say("hi", chat=f"c{i}")
+        chat.deliver(*[chat.message("hi", chat=f"c{i}") for i in range(3)])
         await trio.sleep(30)
         assert bridge.stats().failures == 0
     assert sorted(seen) == sorted([(f"fake:bot:c{i}", f"fake:bot:c{i}") for i in range(3)] * 2)
