@@ -810,6 +810,18 @@ async def test_send_failure_is_a_failed_run_not_a_crash(
         assert bridge.stats().failures == 1
 
 
+@pytest.mark.parametrize("after", [0.0, 0.5])
+async def test_a_bridge_cancelled_as_it_starts_stops(
+    autojump_clock: trio.testing.MockClock, after: float
+) -> None:
+    """Cancelled before its first checkpoint (the store opened without waiting), or soon
+    after, ``run`` returns: it hung, its store held open by a shielded wait."""
+    with trio.fail_after(5):
+        with trio.move_on_after(after) as cancelled:
+            await make_bridge().run()
+    assert cancelled.cancelled_caught
+
+
 async def test_a_bridge_runs_once(autojump_clock: trio.testing.MockClock) -> None:
     bridge = make_bridge(echo)
     async with running_bridge(bridge):

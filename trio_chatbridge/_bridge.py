@@ -315,8 +315,11 @@ async def _opened(store: Store) -> AsyncIterator[None]:
     async def hold(task_status: trio.TaskStatus[None]) -> None:
         with trio.CancelScope() as scope:
             await store.open()
-            scope.shield = True
             try:
+                # Cancelled by now, started() would leave this task in start()'s nursery,
+                # waiting (shielded) for a block that never runs: close the store at once.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                scope.shield = True
                 task_status.started()
                 await leaving.wait()
             finally:
