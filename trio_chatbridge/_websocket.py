@@ -196,7 +196,11 @@ class _Connection:
             slot = self.slots[request.key] = _Slot()
         slot.users += 1
         try:
-            async with slot.lock:
+            try:  # a free key is taken without a scheduler step (the send checkpoints)
+                slot.lock.acquire_nowait()
+            except trio.WouldBlock:
+                await slot.lock.acquire()
+            try:
                 retries: Retries | None = None
                 while True:
                     answer = await self._exchange(slot, request, within)
@@ -209,6 +213,8 @@ class _Connection:
                     if answer.code:
                         raise request.refused(answer)
                     return answer
+            finally:
+                slot.lock.release()
         finally:
             slot.users -= 1
             if slot.users == 0:
