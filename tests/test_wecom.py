@@ -172,6 +172,81 @@ async def test_a_batchs_earlier_callbacks_are_closed_concurrently(
     assert started[0] - said == pytest.approx(3.0, abs=0.1)
 
 
+async def test_a_run_lends_its_slot_while_its_reply_is_acknowledged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = cb.MemoryStore()
+    emu = WeComEmulator()
+    emu.ack_delay = 2.0  # each reply's ack comes 2 s after it
+    started: dict[str, float] = {}
+    returned: dict[str, float] = {}
+    both_returned = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        started[batch.text] = trio.current_time()
+        await reply.send(f"re: {batch.text}")
+        returned[batch.text] = trio.current_time()
+        if len(returned) == 2:
+            both_returned.set()
+
+    async with wecom_bridge(agent, emu=emu, store=store, concurrency=1) as (_, bridge):
+        emu.user_says("amy", "one", msgid="m-1")
+        emu.user_says("ben", "two", msgid="m-2")
+        await trio.sleep(1.5)  # the 1 s window, then both runs: the second took the lent slot
+        assert len(started) == 2 and abs(started["two"] - started["one"]) < 0.1
+        assert not returned  # each reply.send still waits for its ack
+        entry = await store.journal_entry(("wecom", "emulator-bot", "m-1"))
+        assert entry is not None and entry.state == "pending"
+        await both_returned.wait()
+        for text, at in started.items():
+            assert returned[text] - at == pytest.approx(2.0, abs=0.1)
+        await trio.sleep(1)
+        for msgid in ("m-1", "m-2"):
+            entry = await store.journal_entry(("wecom", "emulator-bot", msgid))
+            assert entry is not None and entry.state == "done"
+        assert bridge.stats().failures == 0
+    assert sorted((s.kind, s.text) for s in emu.sent) == [
+        ("stream", "re: one"),
+        ("stream", "re: two"),
+    ]
+
+
+async def test_a_run_whose_reply_is_acknowledged_waits_for_a_slot_to_go_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """At most ``concurrency`` agents execute: the slot lent for an ack is reclaimed first."""
+    emu = WeComEmulator()
+    emu.ack_delay = 2.0
+    executing, most = 0, 0
+    went_on: dict[str, float] = {}
+    both_went_on = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        nonlocal executing, most
+        executing += 1
+        most = max(most, executing)
+        if batch.text == "two":
+            await trio.sleep_until(trio.current_time() + 5)  # busy, holding the slot
+        executing -= 1  # waiting for the platform
+        await reply.send("ok")
+        executing += 1
+        most = max(most, executing)
+        went_on[batch.text] = trio.current_time()
+        executing -= 1
+        if len(went_on) == 2:
+            both_went_on.set()
+
+    async with wecom_bridge(agent, emu=emu, concurrency=1):
+        said = trio.current_time()
+        emu.user_says("amy", "one")
+        emu.user_says("ben", "two")
+        await both_went_on.wait()
+    assert most == 1
+    # "one" was acknowledged 2 s after its send, but "two" held the slot until 5 s after
+    # the window (1 s): "one" went on only then
+    assert went_on["one"] - said == pytest.approx(6.0, abs=0.1)
+
+
 async def test_the_emulated_user_can_only_have_three_messages_in_flight(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

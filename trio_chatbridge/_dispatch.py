@@ -28,6 +28,7 @@ from ._latency import Latencies
 from ._logs import SESSION
 from ._messages import Batch, Message
 from ._reply import Reply
+from ._run_slot import RUN_SLOT
 from .stores import Store
 
 log = logging.getLogger("trio_chatbridge.dispatch")
@@ -73,8 +74,17 @@ def _in_context(
 class _Session:
     key: str
     waiting: list[Message]
+    dispatcher: Dispatcher
     scope: trio.CancelScope | None = None
     """With ``on_busy="interrupt"``, the running agent's scope: cancelling it interrupts."""
+    lent: bool = False
+    """Its run lent its slot (see ``_run_slot``) and has not taken one back."""
+
+    def lend(self) -> bool:
+        return self.dispatcher._lend(self)
+
+    async def reclaim(self) -> None:
+        await self.dispatcher._reclaim(self)
 
 
 class Dispatcher:
@@ -113,7 +123,9 @@ class Dispatcher:
         self._interrupt = on_busy == "interrupt"
         self._run_timeout = math.inf if run_timeout is None else run_timeout
         self._sessions: dict[str, _Session] = {}
-        self._workers = 0  # alive, each holding a slot
+        self._workers = 0  # alive, each holding a slot unless its run lent it
+        self._lent = 0  # runs that lent their slot while the platform acknowledges a frame
+        self._reclaiming: deque[tuple[_Session, trio.Event]] = deque()  # served first
         self._starting = False  # a worker was started and has not taken a session yet
         # Sessions waiting for a slot, oldest first: at most max_waiting before run() stops
         # reading batches, so an overloaded agent pushes back on the channel, then the
@@ -179,7 +191,8 @@ class Dispatcher:
         self._counters[_stats.BATCHES] += 1
         session = self._sessions.get(batch.session)
         if session is None:
-            session = self._sessions[batch.session] = _Session(batch.session, list(batch.messages))
+            session = _Session(batch.session, list(batch.messages), self)
+            self._sessions[batch.session] = session
             self._ready.append(session)
             self._start_runs()
             return
@@ -199,8 +212,20 @@ class Dispatcher:
             await self._room.wait()
 
     def _start_runs(self) -> None:
-        """Start a worker if sessions wait, a slot is free and none is about to start."""
-        if self._ready and not self._starting and self._workers < self._concurrency:
+        """Give free slots to runs taking theirs back, then start a worker if sessions wait,
+        a slot is free and none is about to start."""
+        reclaiming = self._reclaiming
+        while reclaiming and self._workers - self._lent < self._concurrency:
+            session, handed = reclaiming.popleft()
+            session.lent = False
+            self._lent -= 1
+            handed.set()
+        if (
+            self._ready
+            and not self._starting
+            and not reclaiming
+            and self._workers - self._lent < self._concurrency
+        ):
             assert self._nursery is not None
             self._workers += 1
             self._starting = True
@@ -213,12 +238,18 @@ class Dispatcher:
         self._starting = False
         ready = self._ready
         try:
-            while ready:
+            while ready and not self._reclaiming:  # a run taking its slot back goes first
                 session = ready.popleft()
                 self._room.set()
-                await _in_context(self._context.copy(), self._serve(session), self._start_runs)
+                try:
+                    await _in_context(self._context.copy(), self._serve(session), self._start_runs)
+                finally:
+                    if session.lent:  # cancelled while it waited for a slot
+                        session.lent = False
+                        self._lent -= 1
         finally:
             self._workers -= 1
+            self._start_runs()
 
     async def _serve(self, session: _Session) -> None:
         """Run the agent once for ``session``, record the outcome, and queue it again if more
@@ -235,6 +266,7 @@ class Dispatcher:
         key = session.key
         await trio.lowlevel.checkpoint_if_cancelled()  # shut down while it waited: no run
         SESSION.set(key)  # this run's log lines name the session (see _logs)
+        RUN_SLOT.set(session)  # lent by a driver while the platform acknowledges a frame
         messages, session.waiting = session.waiting, []
         interrupted = False
         try:
@@ -262,6 +294,32 @@ class Dispatcher:
             self._ready.append(session)
         else:
             del self._sessions[key]
+
+    def _lend(self, session: _Session) -> bool:
+        """``session``'s run waits for the platform: its slot may go to another run (a new
+        worker), while fewer than ``max_waiting`` runs wait so (see ``_run_slot``)."""
+        if session.lent or self._lent >= self._max_waiting:
+            return False
+        session.lent = True
+        self._lent += 1
+        self._start_runs()
+        return True
+
+    async def _reclaim(self, session: _Session) -> None:
+        """A slot for ``session``'s run again: at once when one is free and no run came
+        back before it, else the next one freed (a worker ending, a run lending). If
+        cancelled, the run still counts as lending until its worker is done with it."""
+        if not self._reclaiming and self._workers - self._lent < self._concurrency:
+            session.lent = False
+            self._lent -= 1
+            return
+        handed = trio.Event()
+        self._reclaiming.append((session, handed))
+        try:
+            await handed.wait()
+        finally:
+            if not handed.is_set():
+                self._reclaiming.remove((session, handed))
 
     async def _mark_finished(self) -> None:
         """Mark finished runs done (or failed) in the journal, every run that finished since
