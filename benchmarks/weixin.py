@@ -6,13 +6,15 @@ real server would, so that the client side is what the two loops compare.
 
 from __future__ import annotations
 
+import base64
 import functools
 import gc
 import json
+import secrets
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import trio
@@ -41,27 +43,47 @@ async def _load(info: dict[str, Any]) -> None:
     await post_burst(info, burst)
 
 
-async def _raw_httpx_loop(info: dict[str, Any], *, keep: bool = False) -> float:
-    """The baseline: poll getupdates with httpx, decode, advance the cursor. Nothing else.
+def _poll_headers(token: str) -> dict[str, str]:
+    """The headers every getupdates poll carries (docs/protocols/weixin.md#headers), written
+    out: the app id and version, JSON, the token type, a fresh random UIN, the bearer token."""
+    uin = base64.b64encode(str(secrets.randbits(32)).encode()).decode()
+    return {
+        "iLink-App-Id": "bot",
+        "iLink-App-ClientVersion": "132102",
+        "Content-Type": "application/json",
+        "AuthorizationType": "ilink_bot_token",
+        "X-WECHAT-UIN": uin,
+        "Authorization": f"Bearer {token}",
+    }
 
-    ``keep``: also build each message's ``Message`` and keep it (the floor, see versus_raw).
+
+_BASE_INFO: Final = {"channel_version": "2.4.6", "bot_agent": "trio_chatbridge/0.1"}
+
+
+async def _raw_httpx_loop(info: dict[str, Any], *, keep: bool = False) -> float:
+    """The baseline: the same polls as the connector's (its headers and body), the same
+    client, each page decoded, its messages landing in a list, the cursor advanced. Nothing
+    else: no journal, no inbox, no context tokens saved.
+
+    ``keep``: each message's ``Message`` is built and kept instead of its decoded dict (the
+    floor, see versus_raw).
     """
-    kept: list[cb.Message | None] = []
+    kept: list[Any] = []
+    url = info["base_url"] + "ilink/bot/getupdates"
     async with httpx.AsyncClient() as http:
-        seen = 0
         cursor = ""
-        headers = {"Authorization": f"Bearer {info['token']}"}
         start = time.perf_counter()
-        while seen < MESSAGES:
+        while len(kept) < MESSAGES:
             response = await http.post(
-                info["base_url"] + "ilink/bot/getupdates",
-                content=json.dumps({"get_updates_buf": cursor}),
-                headers=headers,
+                url,
+                content=json.dumps({"get_updates_buf": cursor, "base_info": _BASE_INFO}).encode(),
+                headers=_poll_headers(info["token"]),
             )
             answer = response.json()
             if keep:
                 kept += [weixin.to_message("bot", raw) for raw in answer["msgs"]]
-            seen += len(answer["msgs"])
+            else:
+                kept += answer["msgs"]
             cursor = answer["get_updates_buf"]
         return time.perf_counter() - start
 
