@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -125,10 +125,18 @@ class MemoryStore(Store):
         return self._values.get((platform, account, key))
 
     async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
-        if value is None:
-            self._values.pop((platform, account, key), None)
-        else:
-            self._values[(platform, account, key)] = value
+        await self.set_many(platform, account, {key: value})
+
+    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+        """One write with no checkpoint in it, so a cancellation never leaves it half done.
+        (A WeChat page stores a context token per message with its cursor: one loop here,
+        not one ``set`` coroutine per value.)"""
+        stored = self._values
+        for key, value in values.items():
+            if value is None:
+                stored.pop((platform, account, key), None)
+            else:
+                stored[(platform, account, key)] = value
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         now = trio.current_time()
