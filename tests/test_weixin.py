@@ -20,6 +20,7 @@ from support import json_trees, open_lives, quick_bridge
 
 import trio_chatbridge as cb
 from trio_chatbridge._json import MAX_JSON_BYTES
+from trio_chatbridge._ranges import MAX_TIMESTAMP
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.platforms.weixin import _sending as weixin_sending
@@ -506,6 +507,39 @@ def test_items_become_parts(entry: dict[str, Any], parts: list[cb.Part]) -> None
     assert message is not None
     assert list(message.parts) == parts
     assert message.timestamp == 1_700_000_000.5
+
+
+@given(st.none() | st.fixed_dictionaries({}, optional={"text": json_values}) | json_values)
+@example({"text": 42})  # a number where the text is: its digits
+@example({"text": ""})
+@example(None)
+def test_an_unknown_item_beside_a_text_changes_nothing(text_item: Any) -> None:
+    # a lone text item is read by a shortcut; beside another item, by the general loop
+    item = {"type": 1, "text_item": text_item}
+    alone = weixin.to_message("bot", _entry(item))
+    beside = weixin.to_message("bot", _entry(item, {"type": 11, "tool_item": {}}))
+    assert alone is not None and beside is not None
+    assert alone.parts == beside.parts and len(alone.parts) == 1
+
+
+@given(st.integers(-(2**63), 2**64 - 1))
+@example(0)
+@example(-1)
+@example(int(MAX_TIMESTAMP * 1000) + 1)
+def test_the_timestamp_is_held_to_its_range(ms: int) -> None:
+    message = weixin.to_message("bot", _entry(_text("x"), create_time_ms=ms))
+    assert message is not None
+    assert message.timestamp == min(max(ms, 0), MAX_TIMESTAMP * 1000) / 1000
+
+
+@pytest.mark.parametrize(("value", "read"), [("g1", "g1"), (7, "7"), ("", None), (None, None)])
+def test_ids_sent_as_numbers_are_read_as_their_digits(value: Any, read: str | None) -> None:
+    fields = {"group_id": value, "context_token": value, "from_user_id": value}
+    message = weixin.to_message("bot", _entry(_text("x"), **fields))
+    assert message is not None
+    assert message.sender.id == (read or "")
+    assert message.chat == (cb.Chat(read, "group") if read else cb.Chat("", "direct"))
+    assert message.reply_handle.get("context_token") == read
 
 
 def test_group_messages_are_one_session_and_replies_go_to_the_sender() -> None:

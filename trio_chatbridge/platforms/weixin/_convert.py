@@ -121,6 +121,7 @@ _FILE: Final = int(p.ItemType.FILE)
 _VIDEO: Final = int(p.ItemType.VIDEO)
 _USER: Final = int(p.MessageType.USER)
 _GENERATING: Final = int(p.MessageState.GENERATING)
+_MAX_TIME_MS: Final = MAX_TIMESTAMP * 1000  # milliseconds
 
 
 def _text(value: Id | None) -> str | None:
@@ -208,6 +209,11 @@ def _quote(ref: _RefMsg) -> list[Part]:
 
 
 def _parts(items: list[_Item]) -> tuple[Part, ...]:
+    if len(items) == 1:  # the common message: one text, quoting nothing
+        item = items[0]
+        if item.type == _TEXT and item.ref_msg is None:
+            text = None if item.text_item is None else item.text_item.text
+            return (Text(text if type(text) is str else _text(text) or ""),)
     parts: list[Part] = []
     for item in items:
         if item.type == _TEXT:
@@ -238,7 +244,7 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
     """
     if isinstance(raw, ProtocolError):
         raise raw  # the page could not decode this entry (see json_object_items)
-    data = payload_bytes(raw, "a WeChat message")
+    data = raw if type(raw) is bytes else payload_bytes(raw, "a WeChat message")
     wire = _decoder.decode(data)
     if (
         wire.message_type != _USER
@@ -246,18 +252,29 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
         or wire.message_state == _GENERATING
     ):
         return None
-    sender = _text(wire.from_user_id) or ""
-    group = _text(wire.group_id)
-    token = _text(wire.context_token)
+    # Every message of every page comes through here: exact type checks inline, and the
+    # general readers (_text, clamp, message_id) only where the common case does not hold.
+    sender = wire.from_user_id
+    if type(sender) is not str:
+        sender = _text(sender) or ""
+    group = wire.group_id
+    if group is not None and type(group) is not str:
+        group = str(group)
+    token = wire.context_token
+    if token is not None and type(token) is not str:
+        token = str(token)
     parts = _parts(wire.item_list or [])
+    ms: float | None = wire.create_time_ms
+    if not (type(ms) is int and 0 <= ms <= _MAX_TIME_MS):
+        ms = clamp(ms, 0.0, _MAX_TIME_MS, 0.0)
     return Message(
         platform=PLATFORM,
         account=account,
-        id=message_id(wire, sender, parts),
+        id=str(wire.message_id) if wire.message_id else message_id(wire, sender, parts),
         chat=shared_chat(group, "group") if group else shared_chat(sender, "direct"),
         sender=shared_sender(sender),
         parts=parts,
-        timestamp=clamp(wire.create_time_ms, 0.0, MAX_TIMESTAMP * 1000, 0.0) / 1000,
+        timestamp=ms / 1000,
         # built directly: both are strings (Handle.of checks what callers give)
         reply_handle=Handle((("to_user_id", sender), ("context_token", token)))
         if token

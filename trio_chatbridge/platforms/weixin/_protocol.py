@@ -417,8 +417,13 @@ class Poller:
                 filtered += 1
                 continue
             messages.append(message)
-            handle = message.reply_handle
-            token, peer = handle.get("context_token"), handle.get("to_user_id")
+            token: Any = None
+            peer: Any = None
+            for name, value in message.reply_handle.entries:  # two Handle.get, in one pass
+                if name == "context_token":
+                    token = value
+                elif name == "to_user_id":
+                    peer = value
             if token and peer:  # the newest wins: replies after a restart use it
                 tokens[CONTEXT_TOKEN_PREFIX + peer] = token
         # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
