@@ -16,7 +16,6 @@ library (a test checks).
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
@@ -111,6 +110,10 @@ def client_version(version: str = CHANNEL_VERSION) -> str:
     return str((parts[0] << 16) | (parts[1] << 8) | parts[2])
 
 
+CLIENT_VERSION: Final = client_version()
+"""``iLink-App-ClientVersion`` of :data:`CHANNEL_VERSION`, computed once (every request has it)."""
+
+
 def random_uin() -> str:
     """``X-WECHAT-UIN``: a fresh random uint32, as its decimal string in standard base64."""
     return base64.b64encode(str(secrets.randbits(32)).encode()).decode()
@@ -118,7 +121,7 @@ def random_uin() -> str:
 
 def common_headers(route_tag: str | None = None) -> dict[str, str]:
     """Headers on every request, GET included (docs/protocols/weixin.md#headers)."""
-    headers = {"iLink-App-Id": ILINK_APP_ID, "iLink-App-ClientVersion": client_version()}
+    headers = {"iLink-App-Id": ILINK_APP_ID, "iLink-App-ClientVersion": CLIENT_VERSION}
     if route_tag:
         headers["SKRouteTag"] = route_tag
     return headers
@@ -136,8 +139,8 @@ def post_headers(token: str | None, route_tag: str | None = None) -> dict[str, s
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    """A POST body as iLink takes it: JSON, UTF-8, non-ASCII kept as is."""
-    return json.dumps(body, ensure_ascii=False).encode()
+    """A POST body as iLink takes it: compact JSON, UTF-8, non-ASCII kept as is."""
+    return msgspec.json.encode(body)
 
 
 def base_info() -> dict[str, str]:
