@@ -46,62 +46,6 @@ def status(bridge: cb.Bridge) -> cb.ConnectorStatus:
     return bridge.status()["lark:cli_emulator"]
 
 
-# -- the frame codec ---------------------------------------------------------------------------
-
-GO_PING = bytes.fromhex("08001000180720002a0c0a0474797065120470696e6732003a004a00")
-
-
-def test_codec_reads_the_go_sdk_ping_and_writes_the_python_one() -> None:
-    frame = lark_frames.decode(GO_PING)
-    assert (frame.service, frame.method, frame.headers) == (7, 0, (("type", "ping"),))
-    assert lark_frames.encode(frame) == GO_PING[: -len(bytes.fromhex("32003a004a00"))]
-
-
-def test_codec_reads_headers_in_any_field_order_and_refuses_incomplete_ones() -> None:
-    head = bytes.fromhex("0801100218032001")  # SeqID 1, LogID 2, service 3, method 1
-    reversed_header = (
-        bytes.fromhex("2a0a") + bytes.fromhex("1203") + b"abc" + bytes.fromhex("0a03") + b"key"
-    )
-    long_value = "v" * 200  # a two-byte length
-    for decode in (lark_frames.decode, lark_frames.decode_pure):
-        assert decode(head + reversed_header).headers == (("key", "abc"),)
-        frame = lark_frames.Frame(method=1, headers=(("k", long_value),))
-        assert decode(lark_frames.encode(frame)) == frame
-        with pytest.raises(cb.ProtocolError, match="key or value"):
-            decode(head + bytes.fromhex("2a05") + bytes.fromhex("0a03") + b"key")
-
-
-frames = st.builds(
-    lark_frames.Frame,
-    seq_id=st.integers(0, 2**64 - 1),
-    log_id=st.integers(0, 2**64 - 1),
-    service=st.integers(-(2**31), 2**31 - 1),
-    method=st.integers(0, 1),
-    headers=st.lists(
-        st.tuples(st.text(max_size=10), st.text(max_size=20) | st.text(min_size=64, max_size=90)),
-        max_size=5,
-    ).map(tuple),
-    payload_encoding=st.text(max_size=5),
-    payload_type=st.text(max_size=5),
-    payload=st.none() | st.binary(max_size=200),
-    log_id_new=st.text(max_size=10),
-)
-
-
-@given(frames)
-def test_codec_round_trips(frame: lark_frames.Frame) -> None:
-    assert lark_frames.decode(lark_frames.encode(frame)) == frame
-
-
-@given(st.binary(max_size=300))
-def test_codec_raises_only_protocol_errors_on_arbitrary_bytes(data: bytes) -> None:
-    try:
-        frame = lark_frames.decode(data)
-    except cb.ProtocolError:
-        return
-    assert lark_frames.decode(lark_frames.encode(frame)) == frame
-
-
 # -- the connection ----------------------------------------------------------------------------
 
 
@@ -523,23 +467,6 @@ async def test_each_event_goes_to_one_of_several_connections(
     assert sorted(handled["a"] + handled["b"]) == [f"event {i}" for i in range(6)]
     assert handled["a"] and handled["b"]  # both connections got some, none got all
     assert emu.acks == [200] * 6
-
-
-@given(frames)
-def test_the_pure_codec_and_the_protobuf_runtime_agree(frame: lark_frames.Frame) -> None:
-    assert lark_frames.USING_PROTOBUF  # the test extra installs protobuf
-    data = lark_frames.encode_pure(frame)
-    assert lark_frames.encode(frame) == data
-    assert lark_frames.decode(data) == lark_frames.decode_pure(data) == frame
-
-
-@given(st.binary(max_size=300))
-def test_the_pure_codec_raises_only_protocol_errors(data: bytes) -> None:
-    try:
-        frame = lark_frames.decode_pure(data)
-    except cb.ProtocolError:
-        return
-    assert lark_frames.decode_pure(lark_frames.encode_pure(frame)) == frame
 
 
 async def test_reconnects_follow_the_servers_schedule(
