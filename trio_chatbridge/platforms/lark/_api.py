@@ -3,17 +3,20 @@
 
 The tenant access token is cached until a minute before it expires, on Trio's clock, and
 dropped at once when the API calls it expired or invalid (then the call is made once more).
-Rate-limit answers (HTTP 429, code 230020, 99991400) are retried under the library's one retry
-policy (a :class:`~trio_chatbridge.Backoff` counted by a ``Retries``), an HTTP 429's
-``Retry-After`` as its hint. HTTP failures are mapped by the library's one mapping
-(``trio_chatbridge._http.exchange``); a refusal with a code is a :class:`LarkError` carrying
-the platform's code and message.
+Calls of one app go out over at most :data:`API_CONNECTIONS` connections at once, each
+call holding one (``_Clients``). Rate-limit answers (HTTP 429, code 230020, 99991400) are
+retried under the library's one retry policy (a :class:`~trio_chatbridge.Backoff` counted by
+a ``Retries``), an HTTP 429's ``Retry-After`` as its hint. HTTP failures are mapped by the
+library's one mapping (``trio_chatbridge._http.exchange``); a refusal with a code is a
+:class:`LarkError` carrying the platform's code and message.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Final, final
 
 import httpx
@@ -32,6 +35,8 @@ LARK: Final = "https://open.larksuite.com"
 TOKEN_MARGIN: Final = 60.0  # seconds before expiry a token is renewed
 TOKEN_LIFETIME_MAX: Final = 7200.0  # seconds a token is trusted, whatever its "expire" says
 API_TIMEOUT: Final = 10.0  # seconds per call
+API_CONNECTIONS: Final = 16  # calls of one app in flight at once, a connection each
+ONE: Final = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 RATE_LIMIT_RETRIES: Final = 4
 # the one retry policy (cb.Backoff) for rate limits: waits of 0.5, 1, 2 and 4 s
 RATE_LIMIT_BACKOFF: Final = Backoff(initial=0.5, maximum=4.0, jitter=0.0)
@@ -64,7 +69,12 @@ class OpenAPI:
         self.app_id = app_id
         self._secret = app_secret
         self.domain: str = domain.rstrip("/")
-        self.http: httpx.AsyncClient = new_client(transport, timeout=API_TIMEOUT + 5)
+        self._clients = _Clients(
+            functools.partial(new_client, transport, timeout=API_TIMEOUT + 5, limits=ONE),
+            API_CONNECTIONS,
+        )
+        self.http: httpx.AsyncClient = self._clients.first
+        """The client the calls use first (the others are made alike)."""
         self._token: str | None = None
         self._token_until = 0.0
         self._token_lock = trio.Lock()
@@ -73,9 +83,9 @@ class OpenAPI:
         return f"lark.OpenAPI(app_id={self.app_id!r})"
 
     async def aclose(self) -> None:
-        """Close the HTTP client. If cancelled, the client is closed for use but its pooled
+        """Close the HTTP clients. If cancelled, the clients are closed for use but their
         connections may be left to the garbage collector."""
-        await self.http.aclose()
+        await self._clients.aclose()
 
     async def _exchange(
         self,
@@ -88,18 +98,19 @@ class OpenAPI:
         """One request through the one HTTP error mapping (:func:`~.._http.exchange`), within
         :data:`API_TIMEOUT`. With ``files`` the body is multipart: ``body``'s fields as form
         fields, then the files."""
-        return await exchange(
-            self.http,
-            method,
-            self.domain + path,
-            what=f"Lark app {self.app_id}: {method} {path}",
-            platform="lark",
-            time_limit=API_TIMEOUT,
-            json=None if body is None or files is not None else dict(body),
-            data=None if body is None or files is None else dict(body),
-            files=None if files is None else dict(files),
-            headers=dict(headers),
-        )
+        async with self._clients.lend() as http:
+            return await exchange(
+                http,
+                method,
+                self.domain + path,
+                what=f"Lark app {self.app_id}: {method} {path}",
+                platform="lark",
+                time_limit=API_TIMEOUT,
+                json=None if body is None or files is not None else dict(body),
+                data=None if body is None or files is None else dict(body),
+                files=None if files is None else dict(files),
+                headers=dict(headers),
+            )
 
     async def endpoint(self) -> tuple[str, ClientConfig]:
         """The WebSocket URL and client config for a new connection.
@@ -188,6 +199,55 @@ class OpenAPI:
             return False
         log.info("Lark app %s: rate limit on %s: retry %d", self.app_id, path, retries.failures + 1)
         return await retries.wait(hint)
+
+
+@final
+class _Clients:
+    """HTTP clients of one connection each, each lent to one call at a time, at most ``size``
+    of them: made as calls overlap, then kept with their keep-alive connection.
+
+    One httpx client shared by concurrent calls costs more per call the more calls overlap:
+    its pool goes over every connection and every waiting request at each request and
+    response, and hands one idle connection to several waiting requests at once, all but one
+    of which then wait and retry. With the dispatcher's 16 runs replying at once, that doubled
+    the Python calls of the HTTP stack per reply (docs/performance.md, "Lark, fourth
+    session"); a client per call in flight has none of it. Calls past ``size`` wait here, in
+    turn.
+    """
+
+    def __init__(self, make: Callable[[], httpx.AsyncClient], size: int) -> None:
+        self._make = make
+        self.first = make()
+        self._made = [self.first]
+        self._free = [self.first]
+        self._slots = trio.Semaphore(size)
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A client no other call uses until this one is done (the last one freed: its
+        connection is the likeliest to be open). If cancelled while waiting, nothing was
+        lent."""
+        try:
+            self._slots.acquire_nowait()  # no scheduler step when one is free: the call has many
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            if self._free:
+                client = self._free.pop()
+            else:
+                client = self._make()
+                self._made.append(client)
+            try:
+                yield client
+            finally:
+                self._free.append(client)
+        finally:
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        """Close every client made. If cancelled, the rest are left to the garbage collector."""
+        for client in self._made:
+            await client.aclose()
 
 
 def _code(data: Mapping[str, Any]) -> int:

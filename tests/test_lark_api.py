@@ -1,0 +1,80 @@
+"""Lark's open API client: calls that overlap each hold a connection of their own."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from trio_chatbridge.platforms import lark
+from trio_chatbridge.platforms.lark._api import API_CONNECTIONS
+from trio_chatbridge.testing import HandlerTransport
+
+REPLY = "/open-apis/im/v1/messages/om_1/reply"
+
+
+class SlowServer:
+    """Answers every call after ``delay`` seconds of Trio's clock; counts the calls in flight."""
+
+    def __init__(self, delay: float = 1.0) -> None:
+        self.delay = delay
+        self.in_flight = 0
+        self.most = 0
+        self.replies = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("tenant_access_token/internal"):
+            body = {"code": 0, "tenant_access_token": "t-1", "expire": 7200}
+            return httpx.Response(200, content=json.dumps(body).encode())
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await trio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        self.replies += 1
+        return httpx.Response(200, content=b'{"code":0,"data":{"message_id":"om_2"}}')
+
+
+async def test_overlapping_calls_go_out_at_most_api_connections_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = SlowServer()
+    api = lark.OpenAPI("cli_a", "s3cret", transport=HandlerTransport(server.handle))
+    calls = API_CONNECTIONS + 4
+    try:
+        with trio.fail_after(60):
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for _ in range(calls):
+                    nursery.start_soon(api.call, "POST", REPLY, {"msg_type": "text"})
+    finally:
+        await api.aclose()
+    assert server.replies == calls
+    assert server.most == API_CONNECTIONS  # the rest waited for one to be free...
+    assert trio.current_time() - started == pytest.approx(2 * server.delay)  # ...in one turn
+
+
+async def test_a_call_cancelled_while_waiting_for_a_connection_is_never_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = SlowServer(delay=5.0)
+    api = lark.OpenAPI("cli_a", "s3cret", transport=HandlerTransport(server.handle))
+    try:
+        with trio.fail_after(60):
+            await api.token()
+            async with trio.open_nursery() as nursery:
+                for _ in range(API_CONNECTIONS):
+                    nursery.start_soon(api.call, "POST", REPLY, {"msg_type": "text"})
+                await trio.testing.wait_all_tasks_blocked()
+                with trio.move_on_after(1.0) as waited:
+                    await api.call("POST", REPLY, {"msg_type": "text"})
+                assert waited.cancelled_caught
+                assert server.in_flight == API_CONNECTIONS  # the cancelled one never went out
+            await api.call("POST", REPLY, {"msg_type": "text"})  # its slot was given back
+    finally:
+        await api.aclose()
+    assert server.replies == API_CONNECTIONS + 1
