@@ -78,3 +78,33 @@ async def test_a_call_cancelled_while_waiting_for_a_connection_is_never_sent(
     finally:
         await api.aclose()
     assert server.replies == API_CONNECTIONS + 1
+
+
+async def test_a_cached_token_is_returned_at_once_and_calls_waiting_share_one_fetch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fetches = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal fetches
+        fetches += 1
+        await trio.sleep(1.0)
+        body = {"code": 0, "tenant_access_token": f"t-{fetches}", "expire": 7200}
+        return httpx.Response(200, content=json.dumps(body).encode())
+
+    api = lark.OpenAPI("cli_a", "s3cret", transport=HandlerTransport(handle))
+    tokens: list[str] = []
+
+    async def token() -> None:
+        tokens.append(await api.token())
+
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(token)
+            with trio.testing.assert_no_checkpoints():
+                assert await api.token() == "t-1"
+    finally:
+        await api.aclose()
+    assert tokens == ["t-1"] * 5 and fetches == 1

@@ -130,26 +130,37 @@ class OpenAPI:
         return read_endpoint(self.app_id, answer.status, answer.json())
 
     async def token(self) -> str:
-        """The tenant access token, fetched when missing or within a minute of expiry. If
-        cancelled, a fetch under way is abandoned: nothing is kept, the next call fetches."""
+        """The tenant access token, fetched when missing or within a minute of expiry (one
+        fetch at a time; calls that wait for it share it). A cached one is returned at once,
+        with no scheduler step: the call it is for makes enough of them. If cancelled, a
+        fetch under way is abandoned: nothing is kept, the next call fetches."""
+        token = self._cached_token()
+        if token is not None:
+            return token
         async with self._token_lock:
-            if self._token is None or trio.current_time() >= self._token_until:
-                answer = await self._exchange(
-                    "POST",
-                    "/open-apis/auth/v3/tenant_access_token/internal",
-                    {"app_id": self.app_id, "app_secret": self._secret},
-                    {},
-                )
-                data = answer.json()
-                if data.get("code") != 0 or not isinstance(data.get("tenant_access_token"), str):
-                    raise LarkError(
-                        f"app {self.app_id}: tenant_access_token", _code(data), str(data.get("msg"))
-                    )
-                expire = clamp(data.get("expire"), 0.0, TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MAX)
-                self._token = data["tenant_access_token"]
-                self._token_until = trio.current_time() + max(expire - TOKEN_MARGIN, TOKEN_MARGIN)
-            assert self._token is not None
-            return self._token
+            return self._cached_token() or await self._fetch_token()
+
+    def _cached_token(self) -> str | None:
+        """The token while it has more than :data:`TOKEN_MARGIN` seconds to live, else None."""
+        return self._token if trio.current_time() < self._token_until else None
+
+    async def _fetch_token(self) -> str:
+        answer = await self._exchange(
+            "POST",
+            "/open-apis/auth/v3/tenant_access_token/internal",
+            {"app_id": self.app_id, "app_secret": self._secret},
+            {},
+        )
+        data = answer.json()
+        token = data.get("tenant_access_token")
+        if data.get("code") != 0 or not isinstance(token, str):
+            raise LarkError(
+                f"app {self.app_id}: tenant_access_token", _code(data), str(data.get("msg"))
+            )
+        expire = clamp(data.get("expire"), 0.0, TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MAX)
+        self._token = token
+        self._token_until = trio.current_time() + max(expire - TOKEN_MARGIN, TOKEN_MARGIN)
+        return token
 
     async def call(
         self,
