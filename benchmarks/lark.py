@@ -48,9 +48,7 @@ def bench_codec() -> None:
     runtime = _frames._PB  # the message class our frames are
 
     def per_call(loop: Any) -> float:
-        best = min(
-            timeit.repeat(loop, number=CODEC_ROUNDS, repeat=REPEAT, timer=time.process_time)
-        )
+        best = min(timeit.repeat(loop, number=CODEC_ROUNDS, repeat=REPEAT, timer=time.process_time))
         return best / CODEC_ROUNDS
 
     bare = per_call(lambda: runtime.FromString(runtime.FromString(data).SerializeToString()))

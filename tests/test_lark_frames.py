@@ -11,7 +11,7 @@ from typing import Any
 
 import hypothesis.strategies as st
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from hypothesis import given
 
 import trio_chatbridge as cb
@@ -76,33 +76,35 @@ def test_codec_raises_only_protocol_errors_on_arbitrary_bytes(data: bytes) -> No
     assert lark_frames.decode(lark_frames.encode(frame)) == frame
 
 
+SCHEMA = """
+name: "oracle/pbbp2.proto"  package: "pbbp2"
+message_type {
+  name: "Header"
+  field { name: "key"  number: 1  label: LABEL_REQUIRED  type: TYPE_STRING }
+  field { name: "value"  number: 2  label: LABEL_REQUIRED  type: TYPE_STRING }
+}
+message_type {
+  name: "Frame"
+  field { name: "SeqID"  number: 1  label: LABEL_REQUIRED  type: TYPE_UINT64 }
+  field { name: "LogID"  number: 2  label: LABEL_REQUIRED  type: TYPE_UINT64 }
+  field { name: "service"  number: 3  label: LABEL_REQUIRED  type: TYPE_INT32 }
+  field { name: "method"  number: 4  label: LABEL_REQUIRED  type: TYPE_INT32 }
+  field {
+    name: "headers"  number: 5  label: LABEL_REPEATED  type: TYPE_MESSAGE
+    type_name: ".pbbp2.Header"
+  }
+  field { name: "payload_encoding"  number: 6  label: LABEL_OPTIONAL  type: TYPE_STRING }
+  field { name: "payload_type"  number: 7  label: LABEL_OPTIONAL  type: TYPE_STRING }
+  field { name: "payload"  number: 8  label: LABEL_OPTIONAL  type: TYPE_BYTES }
+  field { name: "LogIDNew"  number: 9  label: LABEL_OPTIONAL  type: TYPE_STRING }
+}
+"""
+"""``pbbp2.proto`` as docs/protocols/lark.md#frames gives it, in protobuf's text format."""
+
+
 def _documented_schema() -> Any:
-    field = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="oracle/pbbp2.proto", package="pbbp2")
-    header = fdp.message_type.add(name="Header")
-    header.field.add(name="key", number=1, label=field.LABEL_REQUIRED, type=field.TYPE_STRING)
-    header.field.add(name="value", number=2, label=field.LABEL_REQUIRED, type=field.TYPE_STRING)
-    frame = fdp.message_type.add(name="Frame")
-    for name, number, label, kind in (
-        ("SeqID", 1, field.LABEL_REQUIRED, field.TYPE_UINT64),
-        ("LogID", 2, field.LABEL_REQUIRED, field.TYPE_UINT64),
-        ("service", 3, field.LABEL_REQUIRED, field.TYPE_INT32),
-        ("method", 4, field.LABEL_REQUIRED, field.TYPE_INT32),
-        ("payload_encoding", 6, field.LABEL_OPTIONAL, field.TYPE_STRING),
-        ("payload_type", 7, field.LABEL_OPTIONAL, field.TYPE_STRING),
-        ("payload", 8, field.LABEL_OPTIONAL, field.TYPE_BYTES),
-        ("LogIDNew", 9, field.LABEL_OPTIONAL, field.TYPE_STRING),
-    ):
-        frame.field.add(name=name, number=number, label=label, type=kind)
-    frame.field.add(
-        name="headers",
-        number=5,
-        label=field.LABEL_REPEATED,
-        type=field.TYPE_MESSAGE,
-        type_name=".pbbp2.Header",
-    )
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
+    pool.Add(text_format.Parse(SCHEMA, descriptor_pb2.FileDescriptorProto()))
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("pbbp2.Frame"))
 
 

@@ -23,6 +23,7 @@ as they come (read with U+FFFD where they are not UTF-8).
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable
 from typing import Any, Final, final
 
@@ -74,6 +75,11 @@ def _message_classes() -> tuple[Any, Any]:
 
 
 _PB, _HEADER = _message_classes()
+
+
+def _read(field: str) -> Any:
+    """A read-only property that is ``field`` of a frame's message."""
+    return property(operator.attrgetter(f"_message.{field}"))
 
 
 @final
@@ -134,21 +140,11 @@ class Frame:
         """``(key, value)`` pairs, in their order."""
         return self._headers
 
-    @property
-    def seq_id(self) -> int:
-        return self._message.SeqID  # type: ignore[no-any-return]
-
-    @property
-    def log_id(self) -> int:
-        return self._message.LogID  # type: ignore[no-any-return]
-
-    @property
-    def service(self) -> int:
-        return self._message.service  # type: ignore[no-any-return]
-
-    @property
-    def method(self) -> int:
-        return self._message.method  # type: ignore[no-any-return]
+    # The numbers, read off the message (read-only properties).
+    seq_id: Final[int] = _read("SeqID")
+    log_id: Final[int] = _read("LogID")
+    service: Final[int] = _read("service")
+    method: Final[int] = _read("method")
 
     @property
     def payload_encoding(self) -> str:
