@@ -36,7 +36,7 @@ TOKEN_MARGIN: Final = 60.0  # seconds before expiry a token is renewed
 TOKEN_LIFETIME_MAX: Final = 7200.0  # seconds a token is trusted, whatever its "expire" says
 API_TIMEOUT: Final = 10.0  # seconds per call
 API_CONNECTIONS: Final = 16  # calls of one app in flight at once, a connection each
-ONE: Final = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+ONE_CONNECTION: Final = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 RATE_LIMIT_RETRIES: Final = 4
 # the one retry policy (cb.Backoff) for rate limits: waits of 0.5, 1, 2 and 4 s
 RATE_LIMIT_BACKOFF: Final = Backoff(initial=0.5, maximum=4.0, jitter=0.0)
@@ -70,7 +70,9 @@ class OpenAPI:
         self._secret = app_secret
         self.domain: str = domain.rstrip("/")
         self._clients = _Clients(
-            functools.partial(new_client, transport, timeout=API_TIMEOUT + 5, limits=ONE),
+            functools.partial(
+                new_client, transport, timeout=API_TIMEOUT + 5, limits=ONE_CONNECTION
+            ),
             API_CONNECTIONS,
         )
         self.http: httpx.AsyncClient = self._clients.first
@@ -141,7 +143,8 @@ class OpenAPI:
             return self._cached_token() or await self._fetch_token()
 
     def _cached_token(self) -> str | None:
-        """The token while it has more than :data:`TOKEN_MARGIN` seconds to live, else None."""
+        """The token until it is due for renewal (:data:`TOKEN_MARGIN` before it expires),
+        else None."""
         return self._token if trio.current_time() < self._token_until else None
 
     async def _fetch_token(self) -> str:

@@ -1,10 +1,11 @@
 """Lark long-connection frames: ``pbbp2.Frame``, protobuf (proto2) on the wire
 (docs/protocols/lark.md#frames).
 
-A :class:`Frame` is the protobuf runtime's message and nothing else: its fields are read straight
-off that message, encoding it is the runtime's serialization, and an ACK is a copy of the event's
-message with one header more and a new payload, with no record in between
-(``benchmarks/lark.py`` measures it against the bare runtime). The message class is built here
+A :class:`Frame` is the protobuf runtime's message, its headers read once (they are checked at
+decoding, and every frame's are looked up): its other fields are read straight off that
+message, encoding it is the runtime's serialization, and an ACK is a copy of the event's message
+with one header more and a new payload, with no record in between (``benchmarks/lark.py``
+measures it against the bare runtime). The message class is built here
 from a descriptor at import (no protoc, no generated file), from this schema:
 
     message Header { required string key = 1; required string value = 2; }
