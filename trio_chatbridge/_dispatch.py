@@ -75,6 +75,8 @@ class _Session:
     key: str
     waiting: list[Message]
     dispatcher: Dispatcher
+    batch: Batch | None = None
+    """The batch that opened it, while its next run is exactly that batch (no second one)."""
     scope: trio.CancelScope | None = None
     """With ``on_busy="interrupt"``, the running agent's scope: cancelling it interrupts."""
     lent: bool = False
@@ -191,12 +193,13 @@ class Dispatcher:
         self._counters[_stats.BATCHES] += 1
         session = self._sessions.get(batch.session)
         if session is None:
-            session = _Session(batch.session, list(batch.messages), self)
+            session = _Session(batch.session, list(batch.messages), self, batch)
             self._sessions[batch.session] = session
             self._ready.append(session)
             self._start_runs()
             return
         session.waiting.extend(batch.messages)
+        session.batch = None
         if session.scope is not None:
             session.scope.cancel()
 
@@ -268,16 +271,17 @@ class Dispatcher:
         SESSION.set(key)  # this run's log lines name the session (see _logs)
         RUN_SLOT.set(session)  # lent by a driver while the platform acknowledges a frame
         messages, session.waiting = session.waiting, []
+        batch, session.batch = session.batch or Batch(key, messages), None
         interrupted = False
         try:
             if self._interrupt:
                 with trio.CancelScope() as scope:
                     session.scope = scope
-                    error = await self._run_agent(Batch(key, messages))
+                    error = await self._run_agent(batch)
                 session.scope = None
                 interrupted = scope.cancelled_caught
             else:
-                error = await self._run_agent(Batch(key, messages))
+                error = await self._run_agent(batch)
         except BaseException as exc:
             # Cut off by the shutdown grace or a cancelled bridge: the messages stay
             # pending and replay at the next start.
