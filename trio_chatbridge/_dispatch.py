@@ -92,8 +92,9 @@ class _Session:
 class Dispatcher:
     """Reads batches from a channel and runs the agent on them (see the module docstring).
 
-    Runs are driven by workers, at most ``concurrency``, each running one run at a time
-    and, when it ends, the next waiting session's: a session waiting for a slot is an entry
+    Runs are driven by workers, each running one run at a time and holding one of the
+    ``concurrency`` slots (unless its run lent it, see ``_run_slot``), and, when the run
+    ends, the next waiting session's: a session waiting for a slot is an entry
     in a queue, not a task, and a run costs no task of its own. Each run is still stepped
     in a fresh copy of the dispatcher's context (:func:`_in_context`): the context variables
     an agent sets stay in its run, and the tasks its nurseries start inherit them. A worker
