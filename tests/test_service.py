@@ -10,10 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -31,6 +32,14 @@ from trio_chatbridge.testing import FakeConnector, LarkEmulator, WeComEmulator, 
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 ENV: Final = {**os.environ, "PYTHONPATH": str(ROOT)}
+# A test that starts the command line in subprocesses gets CLI_LIMIT seconds of real time (its
+# pytest timeout), and its waits WAIT of them together: one deadline per test, each wait given
+# what is left of it, so a slow machine fails a wait with a clear error before the limit ends
+# the whole run. Generous: importing the package costs about 0.9 s of CPU, and a Python
+# process starting it took 5 s at a load average of 10 here (init's test starts three).
+CLI_LIMIT: Final = 180.0
+WAIT: Final = 0.8 * CLI_LIMIT
+cli = pytest.mark.timeout(CLI_LIMIT)
 
 
 async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -199,6 +208,20 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "trio_chatbridge", *args]
 
 
+@pytest.fixture
+def until() -> float:
+    """When (``time.monotonic()``) the test's subprocesses must all be done: :data:`WAIT`
+    from its start."""
+    return time.monotonic() + WAIT
+
+
+def finish(args: list[str], until: float, **options: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` to the end (text output captured, the repository importable), within
+    what is left until ``until``."""
+    left = max(0.0, until - time.monotonic())
+    return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=left, **options)
+
+
 SERVICE_CONFIG: Final = """\
 agent = "svcbot:agent"
 store = "memory://"
@@ -247,8 +270,9 @@ async def scrape(client: httpx.AsyncClient, url: str, metric: str, at_least: flo
         await trio.sleep(0.05)
 
 
+@cli
 async def test_run_answers_pending_batches_on_sigterm_and_exits_0(tmp_path: Path) -> None:
-    with trio.fail_after(40):
+    with trio.fail_after(WAIT):
         async with loopback_wecom() as emulator, httpx.AsyncClient() as client:
             (tmp_path / "svcbot.py").write_text(SVC_AGENT)
             config = tmp_path / "svc.toml"
@@ -299,8 +323,9 @@ async def _rest(stream: trio.abc.ReceiveStream) -> bytes:
     return bytes(data)
 
 
+@cli
 async def test_metrics_and_readiness_while_messages_flow(tmp_path: Path) -> None:
-    with trio.fail_after(40):
+    with trio.fail_after(WAIT):
         async with loopback_wecom() as emulator, httpx.AsyncClient() as client:
             (tmp_path / "svcbot.py").write_text(SVC_AGENT)
             config = tmp_path / "svc.toml"
@@ -336,9 +361,10 @@ async def test_metrics_and_readiness_while_messages_flow(tmp_path: Path) -> None
     assert any(r["message"].startswith("SIGINT: stopping gracefully") for r in records)
 
 
+@cli
 async def test_check_reports_each_connector_against_emulators(tmp_path: Path) -> None:
     wecom, lark = WeComEmulator(), LarkEmulator()
-    with trio.fail_after(40):
+    with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
             await nursery.start(wecom.serve, "127.0.0.1", 0)
             await nursery.start(lark.serve, "127.0.0.1", 0)
@@ -395,6 +421,7 @@ async def test_check_reports_each_connector_against_emulators(tmp_path: Path) ->
     assert "wrong-secret" not in out
 
 
+@cli
 async def test_check_names_an_unreachable_platform(tmp_path: Path) -> None:
     (tmp_path / "svcbot.py").write_text(SVC_AGENT)
     config = tmp_path / "check.toml"
@@ -402,7 +429,7 @@ async def test_check_names_an_unreachable_platform(tmp_path: Path) -> None:
         'agent = "svcbot:agent"\n\n[[connectors]]\nplatform = "wecom"\nbot_id = "emulator-bot"\n'
         'secret = "s"\nurl = "ws://127.0.0.1:9/"\n'
     )
-    with trio.fail_after(30):
+    with trio.fail_after(WAIT):
         result = await trio.run_process(
             command("check", str(config)),
             capture_stdout=True,
@@ -415,12 +442,13 @@ async def test_check_names_an_unreachable_platform(tmp_path: Path) -> None:
     assert re.search(r"FAILED +wecom:emulator-bot +ConnectorError: .*ws://127\.0\.0\.1:9/", out)
 
 
+@cli
 @pytest.mark.parametrize("given", ["sqlite:///{dir}/login.db", "{dir}/login.db"])
 async def test_weixin_login_takes_the_store_url_a_config_takes_or_a_bare_sqlite_path(
     tmp_path: Path, given: str
 ) -> None:
     emulator = WeixinEmulator(qr_script=("confirmed",))
-    with trio.fail_after(30):
+    with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
             base_url = await nursery.start(emulator.serve, "127.0.0.1", 0)
             store = given.format(dir=tmp_path)
@@ -435,33 +463,25 @@ async def test_weixin_login_takes_the_store_url_a_config_takes_or_a_bare_sqlite_
             assert await kept.get("weixin", "bot-1", TOKEN_KEY) == emulator.token
 
 
-def test_weixin_login_names_a_store_url_it_cannot_use() -> None:
+@cli
+def test_weixin_login_names_a_store_url_it_cannot_use(until: float) -> None:
     login = command("weixin-login", "--account", "bot-1", "--store", "postgres://db/x")
-    result = subprocess.run(login, capture_output=True, text=True, env=ENV, timeout=60)
+    result = finish(login, until)
     assert result.returncode == 2
     assert "store URL 'postgres://db/x': unknown scheme" in result.stderr
 
 
-def test_init_writes_a_bot_whose_test_passes(tmp_path: Path) -> None:
+@cli
+def test_init_writes_a_bot_whose_test_passes(tmp_path: Path, until: float) -> None:
     target = tmp_path / "mybot"
-    done = subprocess.run(
-        command("init", str(target)), capture_output=True, text=True, env=ENV, timeout=30
-    )
+    done = finish(command("init", str(target)), until)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in target.iterdir()) == ["bot.py", "chatbridge.toml", "test_bot.py"]
-    tested = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_bot.py"],
-        cwd=target,
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=60,
-    )
+    pytest_command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    tested = finish([*pytest_command, "test_bot.py"], until, cwd=target)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "1 passed" in tested.stdout
-    again = subprocess.run(
-        command("init", str(target)), capture_output=True, text=True, env=ENV, timeout=30
-    )
+    again = finish(command("init", str(target)), until)
     assert again.returncode == 1 and "not overwriting" in again.stderr
 
 
@@ -475,18 +495,15 @@ def test_the_config_init_writes_is_valid(tmp_path: Path) -> None:
     assert config.http == HttpConfig(listen="127.0.0.1:8080")
 
 
-def test_help_shows_the_name_it_was_called_by_and_version_its_version() -> None:
+@cli
+def test_help_shows_the_name_it_was_called_by_and_version_its_version(until: float) -> None:
     script = (
         "import sys; sys.argv[0] = '/usr/local/bin/trio-chatbridge'; "
         "from trio_chatbridge.__main__ import main; main(sys.argv[1:])"
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", script, "--help"], capture_output=True, text=True, env=ENV
-    )
+    shown = finish([sys.executable, "-c", script, "--help"], until)
     assert shown.stdout.startswith("usage: trio-chatbridge ")
     for name in ("run", "check", "init", "demo", "emulate"):
         assert name in shown.stdout
-    version = subprocess.run(
-        command("--version"), capture_output=True, text=True, env=ENV, timeout=30
-    )
+    version = finish(command("--version"), until)
     assert version.stdout.strip() == f"python -m trio_chatbridge {cb.__version__}"
