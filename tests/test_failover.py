@@ -34,6 +34,7 @@ TTL = 2.0  # seconds: short, so that a takeover is quick
 # for every message to be handled leaves AFTER of it to what the test checks next.
 WAIT = 240.0
 AFTER = WAIT / 4
+REAP = 10.0  # seconds to wait, at most, for killed bridge processes to be gone
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "failover_bridge.py"
 PROCESSES = 3
@@ -125,10 +126,14 @@ async def cluster(node: RedisServer, out: Path, agent_delay: float) -> AsyncIter
                 state.processes.append(process)
             yield state
         finally:
+            # Every one killed before any wait, and the waits shielded: a test cut short by
+            # its deadline (its scope cancelled) left the others running for good.
             for process in state.processes:
                 if process.returncode is None:
                     process.send_signal(signal.SIGCONT)
                     process.kill()
+            with trio.CancelScope(shield=True), trio.move_on_after(REAP):
+                for process in state.processes:
                     await process.wait()
             nursery.cancel_scope.cancel()
 
