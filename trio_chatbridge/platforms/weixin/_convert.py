@@ -213,7 +213,7 @@ def _parts(items: list[_Item]) -> tuple[Part, ...]:
         item = items[0]
         if item.type == _TEXT and item.ref_msg is None:
             text = None if item.text_item is None else item.text_item.text
-            return (Text(text if type(text) is str else _text(text) or ""),)
+            return (Text(text if type(text) is str else (_text(text) or "")),)
     parts: list[Part] = []
     for item in items:
         if item.type == _TEXT:
