@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import tempfile
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -899,20 +900,29 @@ class _PageFake(Connector):
     ),
     crash_at=st.floats(0, 6),
     run_seconds=st.sampled_from([0.0, 0.3, 2.0]),
+    kind=st.sampled_from(["memory", "sqlite"]),
 )
 def test_a_crash_at_any_point_loses_nothing_and_repeats_nothing_finished(
-    pages: list[list[int]], crash_at: float, run_seconds: float
+    pages: list[list[int]], crash_at: float, run_seconds: float, kind: str
 ) -> None:
-    """A bridge on a store that outlives it (MemoryStore here), cancelled at any moment,
-    then started again while the platform delivers every page again: each message's run
-    finishes exactly once over both lives (a run cut off by the crash may start again, a
-    finished one never does), and nothing is left pending."""
+    """A bridge on a store that outlives it (the same MemoryStore, or the same SQLite file
+    opened anew by each life), cancelled at any moment, then started again while the
+    platform delivers every page again: each message's run finishes exactly once over both
+    lives (a run cut off by the crash may start again, a finished one never does), and
+    nothing is left pending."""
     fake = FakeConnector()
     said = [
         [fake.message(f"{p}.{n}", chat=f"c{chat}", id=f"{p}.{n}") for n, chat in enumerate(page)]
         for p, page in enumerate(pages)
     ]
-    store = cb.MemoryStore()
+    memory = cb.MemoryStore()
+    directory = tempfile.TemporaryDirectory()
+
+    def store() -> cb.Store:
+        if kind == "memory":
+            return memory
+        return cb.SQLiteStore(Path(directory.name) / "journal.db", threaded=False)
+
     finished: list[str] = []
     started_again: set[str] = set()
     second_life = False
@@ -927,14 +937,16 @@ def test_a_crash_at_any_point_loses_nothing_and_repeats_nothing_finished(
         nonlocal second_life
         first = _PageFake(said)
         with trio.move_on_after(crash_at):  # the crash: no flush, no grace
-            await make_bridge(agent, first, store=store, debounce=cb.Debounce(window=0.2)).run()
+            await make_bridge(agent, first, store=store(), debounce=cb.Debounce(window=0.2)).run()
         finished_before = set(finished)
         second_life = True
         again = _PageFake(said)  # the platform delivers every page again
-        async with running_bridge(make_bridge(agent, again, store=store)):
+        async with running_bridge(make_bridge(agent, again, store=store())):
             await trio.sleep(0.5 * len(said) + 5)
         assert not finished_before & started_again
         assert sorted(finished) == sorted(m.id for page in said for m in page)
-        assert await store.journal_pending() == []
+        async with store() as journal:
+            assert await journal.journal_pending() == []
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    with directory:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
