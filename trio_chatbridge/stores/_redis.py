@@ -33,7 +33,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
-from typing import Any, Final, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, final
 
 import trio
 
@@ -42,13 +42,8 @@ from .._messages import Message
 from ._base import JournalEntry, JournalKey, JournalState, Store
 from ._codec import decode_message, encode_message
 
-try:  # the 'redis' extra; without it, RedisStore.from_url says what to install
+if TYPE_CHECKING:  # imported where used: a bridge on another store never pays for coredis
     import coredis
-    import coredis.exceptions
-except ImportError:  # pragma: no cover - the test environment installs it
-    HAVE_COREDIS = False
-else:
-    HAVE_COREDIS = True
 
 DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
@@ -273,10 +268,12 @@ class RedisStore(Store):
         ``rediss://…`` for TLS. ``cluster=True``: ``url`` names one node of a Redis Cluster.
         ``timeout`` (seconds) bounds connecting and each reply, so a stalled Redis is an
         error, not a hang."""
-        if not HAVE_COREDIS:
+        try:  # the 'redis' extra
+            import coredis
+        except ImportError as exc:
             raise ConfigurationError(
                 "RedisStore needs coredis: pip install 'trio_chatbridge[redis]'"
-            )
+            ) from exc
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise StoreError(f"a Redis URL starts with redis:// or rediss://, got {parts.scheme!r}")
@@ -327,6 +324,8 @@ class RedisStore(Store):
     def _mapped(self, exc: Exception, doing: str) -> StoreError | None:
         """What coredis or the network raised (alone, or in a group from the client's task
         group) as a StoreError, or None when it is neither: the one place errors are mapped."""
+        import coredis.exceptions  # loaded already: the client came from coredis
+
         refused = find_error(exc, coredis.exceptions.ResponseError)
         if refused is not None and str(refused).startswith(STALE):
             return StaleLeaseError(
