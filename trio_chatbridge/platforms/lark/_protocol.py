@@ -100,13 +100,15 @@ server's client config is held to: documented in docs/lark.md."""
 class Ack:
     """The answer a data frame is owed (docs/protocols/lark.md#events-fragments-and-acks)."""
 
-    frame: fr.Frame
-    """The data frame answered (the last of its fragments): its ids and headers go back."""
+    frame: bytes
+    """The data frame answered (the last of its fragments), as it came: its ids and headers
+    go back. Bytes, not a decoded frame: what waits for its ACK is nothing the garbage
+    collector walks."""
 
     def encode(self, handled_in: float, payload: bytes = ACK_OK) -> bytes:
         """The ACK's bytes: ``payload`` (a card's answer, or plain 200), and ``handled_in``
         seconds as the ``biz_rt`` header (whole milliseconds)."""
-        return fr.encode(self.frame.ack(payload, biz_rt=str(int(handled_in * 1000))))
+        return fr.ack(self.frame, payload, biz_rt=str(int(handled_in * 1000)))
 
 
 @final
@@ -362,7 +364,7 @@ class LarkProtocol:
         if dropped:
             events.append(Dropped("fragments_dropped", dropped))
         if payload is not None:
-            events.append(self._data(frame, payload))
+            events.append(self._data(frame, data, payload))
         return events
 
     def forget(self, event: CardActionReceived) -> None:
@@ -383,10 +385,10 @@ class LarkProtocol:
         self.config = ClientConfig.merge(self.config, data)
         return PongReceived(self.config)
 
-    def _data(self, frame: fr.Frame, payload: bytes) -> Event:
-        """The event one whole data frame brings; every one comes with its ACK, a bad one too
-        (a retry would bring the same bytes)."""
-        ack = Ack(frame)
+    def _data(self, frame: fr.Frame, data: bytes, payload: bytes) -> Event:
+        """The event one whole data frame (``data`` as it came) brings; every one comes with
+        its ACK, a bad one too (a retry would bring the same bytes)."""
+        ack = Ack(data)
         if frame.header("type") != "event":
             return Dropped("data_frames_ignored", ack=ack)
         try:
