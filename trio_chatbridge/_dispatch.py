@@ -38,10 +38,6 @@ Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
 DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
 OnBusy: TypeAlias = Literal["queue", "interrupt"]
 _UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
-LENT_PER_SLOT: Final = 4
-"""Runs that may wait for the platform's acknowledgement with their slot lent, per slot: enough
-to cover a round trip of a few tens of ms at the bridge's rate, and a bound on the runs in
-flight (each a task; more in flight cost CPU per message, measured with 1,024)."""
 
 
 @types.coroutine
@@ -130,11 +126,9 @@ class Dispatcher:
         self._interrupt = on_busy == "interrupt"
         self._run_timeout = math.inf if run_timeout is None else run_timeout
         self._sessions: dict[str, _Session] = {}
-        self._workers = 0  # alive, each holding a slot unless it lent it or waits for one
-        self._lent = 0  # workers without a slot: a run lent it, or the worker waits for one
-        # Runs taking their slot back, and workers waiting for one (None), in turn: each slot
-        # freed goes to the first of them, before any new worker starts.
-        self._reclaiming: deque[tuple[_Session | None, trio.Event]] = deque()
+        self._workers = 0  # alive, each holding a slot unless its run lent it
+        self._lent = 0  # runs that lent their slot while the platform acknowledges a frame
+        self._reclaiming: deque[tuple[_Session, trio.Event]] = deque()  # served first
         self._starting = False  # a worker was started and has not taken a session yet
         # Sessions waiting for a slot, oldest first: at most max_waiting before run() stops
         # reading batches, so an overloaded agent pushes back on the channel, then the
@@ -227,8 +221,7 @@ class Dispatcher:
         reclaiming = self._reclaiming
         while reclaiming and self._workers - self._lent < self._concurrency:
             session, handed = reclaiming.popleft()
-            if session is not None:
-                session.lent = False
+            session.lent = False
             self._lent -= 1
             handed.set()
         if (
@@ -249,16 +242,7 @@ class Dispatcher:
         self._starting = False
         ready = self._ready
         try:
-            while ready:
-                if self._reclaiming:  # runs taking their slot back go first: this one waits
-                    self._lent += 1
-                    try:
-                        await self._wait_turn(None)
-                    except BaseException:
-                        self._lent -= 1
-                        raise
-                    if not ready:
-                        break
+            while ready and not self._reclaiming:  # a run taking its slot back goes first
                 session = ready.popleft()
                 self._room.set()
                 try:
@@ -317,10 +301,9 @@ class Dispatcher:
             del self._sessions[key]
 
     def _lend(self, session: _Session) -> bool:
-        """``session``'s run waits for the platform: its slot may go to another run, while
-        fewer than :data:`LENT_PER_SLOT` times ``concurrency`` workers hold none (see
-        ``_run_slot``)."""
-        if session.lent or self._lent >= LENT_PER_SLOT * self._concurrency:
+        """``session``'s run waits for the platform: its slot may go to another run (a new
+        worker), while fewer than ``max_waiting`` runs wait so (see ``_run_slot``)."""
+        if session.lent or self._lent >= self._max_waiting:
             return False
         session.lent = True
         self._lent += 1
@@ -335,14 +318,8 @@ class Dispatcher:
             session.lent = False
             self._lent -= 1
             return
-        await self._wait_turn(session)
-
-    async def _wait_turn(self, session: _Session | None) -> None:
-        """Wait behind the others for a slot freed (a worker's, when ``session`` is None),
-        then hold it. If cancelled, it holds none and is no longer in line."""
         handed = trio.Event()
         self._reclaiming.append((session, handed))
-        self._start_runs()  # a worker's own slot, if it just gave it up, goes to the first
         try:
             await handed.wait()
         finally:
