@@ -21,7 +21,6 @@ from trio_websocket import WebSocketConnection, WebSocketRequest
 import trio_chatbridge as cb
 from trio_chatbridge._errors import find_error
 from trio_chatbridge._receive import MAX_HANDLERS
-from trio_chatbridge._run_slot import RUN_SLOT
 from trio_chatbridge._websocket import PUT_GRACE
 from trio_chatbridge.connectors import (
     Answer,
@@ -288,44 +287,6 @@ async def test_requests_are_answered_by_key(autojump_clock: trio.testing.MockClo
             assert inbox.counts["stray_acks"] == 1
             with pytest.raises(cb.connectors.AckTimeout, match=r"^line acct: request \(k2\)"):
                 await driver.request(Request("k2", "do:k2", refused, within=2))
-            nursery.cancel_scope.cancel()
-
-
-async def test_a_request_in_an_agents_run_lends_its_slot_while_it_waits(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    class Slot:
-        def __init__(self) -> None:
-            self.calls: list[str] = []
-
-        def lend(self) -> bool:
-            self.calls.append("lend")
-            return True
-
-        async def reclaim(self) -> None:
-            self.calls.append("reclaim")
-
-    def refused(answer: Answer) -> Exception:
-        return cb.SendError("no")
-
-    run = Slot()
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            server, _, _, driver = await start(nursery)
-
-            async def request(key: str) -> None:
-                RUN_SLOT.set(run)
-                await driver.request(Request(key, f"do:{key}", refused, within=2))
-
-            nursery.start_soon(request, "k1")
-            await trio.testing.wait_all_tasks_blocked()
-            assert run.calls == ["lend"]  # lent while the answer is on its way
-            await server.push("ans:k1")
-            await trio.sleep(1)
-            assert run.calls == ["lend", "reclaim"]
-            with pytest.raises(cb.connectors.AckTimeout):
-                await request("k2")  # no answer: the slot comes back all the same
-            assert run.calls == ["lend", "reclaim"] * 2
             nursery.cancel_scope.cancel()
 
 

@@ -28,7 +28,6 @@ from ._latency import Latencies
 from ._logs import SESSION
 from ._messages import Batch, Message
 from ._reply import Reply
-from ._run_slot import RUN_SLOT
 from .stores import Store
 
 log = logging.getLogger("trio_chatbridge.dispatch")
@@ -74,27 +73,17 @@ def _in_context(
 class _Session:
     key: str
     waiting: list[Message]
-    dispatcher: Dispatcher
     batch: Batch | None = None
     """The batch that opened it, while its next run is exactly that batch (no second one)."""
     scope: trio.CancelScope | None = None
     """With ``on_busy="interrupt"``, the running agent's scope: cancelling it interrupts."""
-    lent: bool = False
-    """Its run lent its slot (see ``_run_slot``) and has not taken one back."""
-
-    def lend(self) -> bool:
-        return self.dispatcher._lend(self)
-
-    async def reclaim(self) -> None:
-        await self.dispatcher._reclaim(self)
 
 
 class Dispatcher:
     """Reads batches from a channel and runs the agent on them (see the module docstring).
 
-    Runs are driven by workers, each running one run at a time and holding one of the
-    ``concurrency`` slots (unless its run lent it, see ``_run_slot``), and, when the run
-    ends, the next waiting session's: a session waiting for a slot is an entry
+    Runs are driven by workers, at most ``concurrency``, each running one run at a time
+    and, when it ends, the next waiting session's: a session waiting for a slot is an entry
     in a queue, not a task, and a run costs no task of its own. Each run is still stepped
     in a fresh copy of the dispatcher's context (:func:`_in_context`): the context variables
     an agent sets stay in its run, and the tasks its nurseries start inherit them. A worker
@@ -126,9 +115,7 @@ class Dispatcher:
         self._interrupt = on_busy == "interrupt"
         self._run_timeout = math.inf if run_timeout is None else run_timeout
         self._sessions: dict[str, _Session] = {}
-        self._workers = 0  # alive, each holding a slot unless its run lent it
-        self._lent = 0  # runs that lent their slot while the platform acknowledges a frame
-        self._reclaiming: deque[tuple[_Session, trio.Event]] = deque()  # served first
+        self._workers = 0  # alive, each holding a slot
         self._starting = False  # a worker was started and has not taken a session yet
         # Sessions waiting for a slot, oldest first: at most max_waiting before run() stops
         # reading batches, so an overloaded agent pushes back on the channel, then the
@@ -194,7 +181,7 @@ class Dispatcher:
         self._counters[_stats.BATCHES] += 1
         session = self._sessions.get(batch.session)
         if session is None:
-            session = _Session(batch.session, list(batch.messages), self, batch)
+            session = _Session(batch.session, list(batch.messages), batch)
             self._sessions[batch.session] = session
             self._ready.append(session)
             self._start_runs()
@@ -216,20 +203,8 @@ class Dispatcher:
             await self._room.wait()
 
     def _start_runs(self) -> None:
-        """Give free slots to runs taking theirs back, then start a worker if sessions wait,
-        a slot is free and none is about to start."""
-        reclaiming = self._reclaiming
-        while reclaiming and self._workers - self._lent < self._concurrency:
-            session, handed = reclaiming.popleft()
-            session.lent = False
-            self._lent -= 1
-            handed.set()
-        if (
-            self._ready
-            and not self._starting
-            and not reclaiming
-            and self._workers - self._lent < self._concurrency
-        ):
+        """Start a worker if sessions wait, a slot is free and none is about to start."""
+        if self._ready and not self._starting and self._workers < self._concurrency:
             assert self._nursery is not None
             self._workers += 1
             self._starting = True
@@ -242,18 +217,12 @@ class Dispatcher:
         self._starting = False
         ready = self._ready
         try:
-            while ready and not self._reclaiming:  # a run taking its slot back goes first
+            while ready:
                 session = ready.popleft()
                 self._room.set()
-                try:
-                    await _in_context(self._context.copy(), self._serve(session), self._start_runs)
-                finally:
-                    if session.lent:  # cancelled while it waited for a slot
-                        session.lent = False
-                        self._lent -= 1
+                await _in_context(self._context.copy(), self._serve(session), self._start_runs)
         finally:
             self._workers -= 1
-            self._start_runs()
 
     async def _serve(self, session: _Session) -> None:
         """Run the agent once for ``session``, record the outcome, and queue it again if more
@@ -270,7 +239,6 @@ class Dispatcher:
         key = session.key
         await trio.lowlevel.checkpoint_if_cancelled()  # shut down while it waited: no run
         SESSION.set(key)  # this run's log lines name the session (see _logs)
-        RUN_SLOT.set(session)  # lent by a driver while the platform acknowledges a frame
         messages, session.waiting = session.waiting, []
         batch, session.batch = session.batch or Batch(key, messages), None
         interrupted = False
@@ -299,32 +267,6 @@ class Dispatcher:
             self._ready.append(session)
         else:
             del self._sessions[key]
-
-    def _lend(self, session: _Session) -> bool:
-        """``session``'s run waits for the platform: its slot may go to another run (a new
-        worker), while fewer than ``max_waiting`` runs wait so (see ``_run_slot``)."""
-        if session.lent or self._lent >= self._max_waiting:
-            return False
-        session.lent = True
-        self._lent += 1
-        self._start_runs()
-        return True
-
-    async def _reclaim(self, session: _Session) -> None:
-        """A slot for ``session``'s run again: at once when one is free and no run came
-        back before it, else the next one freed (a worker ending, a run lending). If
-        cancelled, the run still counts as lending until its worker is done with it."""
-        if not self._reclaiming and self._workers - self._lent < self._concurrency:
-            session.lent = False
-            self._lent -= 1
-            return
-        handed = trio.Event()
-        self._reclaiming.append((session, handed))
-        try:
-            await handed.wait()
-        finally:
-            if not handed.is_set():
-                self._reclaiming.remove((session, handed))
 
     async def _mark_finished(self) -> None:
         """Mark finished runs done (or failed) in the journal, every run that finished since

@@ -58,7 +58,6 @@ from ._connector import ConnectorContext
 from ._errors import ConnectorError, FatalConnectorError, find_error
 from ._messages import Message
 from ._receive import BURST_LINGER, Handlers, Skipped, parse_or_skip, rearm, skip_bad
-from ._run_slot import RUN_SLOT
 from ._supervise import Backoff, Retries
 from ._ws_core import (
     REJECTION_BODY_BYTES,
@@ -226,15 +225,8 @@ class _Connection:
         try:
             await self.send(request.data)
             self.asking()
-            run = RUN_SLOT.get()  # an agent's run lends its slot for the round trip
-            lent = run is not None and run.lend()
-            try:
-                with trio.move_on_after(within):
-                    await slot.waiting.wait()
-            finally:
-                if lent:
-                    assert run is not None
-                    await run.reclaim()
+            with trio.move_on_after(within):
+                await slot.waiting.wait()
             if slot.answer is None:
                 if self.closed is not None:
                     raise Disconnected(self.closed, sent=True)
