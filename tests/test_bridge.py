@@ -534,6 +534,30 @@ async def test_tasks_an_agent_starts_inherit_its_runs_context(
     assert sorted(seen) == sorted([(f"fake:bot:c{i}", f"fake:bot:c{i}") for i in range(3)] * 2)
 
 
+async def test_a_run_whose_stepping_fails_between_steps_is_closed_in_its_context() -> None:
+    """What the scheduler cannot hand the run (here: what is called when it first waits
+    raises; in life a KeyboardInterrupt between two steps) closes the run, in its context,
+    before it goes on: no coroutine is left suspended for the garbage collector."""
+    from trio_chatbridge._dispatch import _in_context
+
+    closed_in: list[str] = []
+
+    async def run() -> None:
+        VISITED.set("run")
+        try:
+            await trio.sleep(1)
+        finally:
+            closed_in.append(VISITED.get())
+
+    def fails() -> None:
+        raise RuntimeError("between steps")
+
+    with pytest.raises(RuntimeError, match="between steps"):
+        await _in_context(contextvars.copy_context(), run(), fails)
+    assert closed_in == ["run"]
+    assert VISITED.get() == ""
+
+
 async def test_a_failing_agent_does_not_stop_others(autojump_clock: trio.testing.MockClock) -> None:
     async def picky(batch: cb.Batch, reply: cb.Reply) -> None:
         if batch.text == "boom":

@@ -383,6 +383,8 @@ def test_the_driver_core_puts_messages_and_acks_everything_else_in_turn() -> Non
     assert isinstance(inbound, Inbound) and inbound.message is not None
     assert inbound.message.text == "hi" and inbound.ack is not None
     assert inbound.ack(0.25) == lp.Ack(frame).encode(0.25)
+    assert repr(lp.Ack(frame)) == f"Ack(frame=<{len(frame)} bytes>)"  # the event stays out
+    assert "hi" not in repr(inbound.ack)
     counted, acked = core.receive(data_frame(event_headers(), other_event("e1")), 0.0)
     assert counted == Counted("other_events")  # no on_event: nothing to hand over
     assert isinstance(acked, Inbound) and acked.message is None and acked.ack is not None

@@ -49,24 +49,32 @@ def _in_context(
     every step of it runs inside ``context.run`` (so the context variables it sets stay in
     ``context``, and tasks it starts copy ``context``), and what the scheduler sends back
     (a value, or an exception such as Cancelled) goes to it. ``on_suspend`` is called the
-    first time it waits. Cancelled or not, ``coro`` has ended when this returns or raises.
+    first time it waits. Cancelled or not, ``coro`` has ended when this returns or raises
+    (an exception raised here between its steps, such as a KeyboardInterrupt, closes it in
+    ``context`` before it goes on). One difference from a task of its own: an async
+    function a thread of the run calls with ``trio.from_thread.run`` runs in the run's
+    context too (it sets variables there), not in a copy of the thread's.
     """
     send: Callable[[Any], Any] = coro.send
     value: Any = None
     suspended = False
-    while True:
-        try:
-            trap = context.run(send, value)
-        except StopIteration:
-            return
-        if not suspended:
-            suspended = True
-            on_suspend()
-        try:
-            value = yield trap
-            send = coro.send
-        except BaseException as exc:  # Cancelled, or GeneratorExit: it is the run's to handle
-            send, value = coro.throw, exc
+    try:
+        while True:
+            try:
+                trap = context.run(send, value)
+            except StopIteration:
+                return
+            if not suspended:
+                suspended = True
+                on_suspend()
+            try:
+                value = yield trap
+                send = coro.send
+            except BaseException as exc:  # Cancelled, or GeneratorExit: the run's to handle
+                send, value = coro.throw, exc
+    except BaseException:
+        context.run(coro.close)  # a no-op when the exception came out of coro itself
+        raise
 
 
 @attrs.define(eq=False)

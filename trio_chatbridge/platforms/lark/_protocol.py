@@ -100,10 +100,11 @@ server's client config is held to: documented in docs/lark.md."""
 class Ack:
     """The answer a data frame is owed (docs/protocols/lark.md#events-fragments-and-acks)."""
 
-    frame: bytes
+    frame: bytes = attrs.field(repr=lambda frame: f"<{len(frame)} bytes>")
     """The data frame answered (the last of its fragments), as it came: its ids and headers
     go back. Bytes, not a decoded frame: what waits for its ACK is nothing the garbage
-    collector walks."""
+    collector walks. Not in the repr: its payload is the event (the user's text and the
+    app's verification token)."""
 
     def encode(self, handled_in: float, payload: bytes = ACK_OK) -> bytes:
         """The ACK's bytes: ``payload`` (a card's answer, or plain 200), and ``handled_in``
