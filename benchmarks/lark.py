@@ -198,6 +198,7 @@ def bench_inbound() -> None:
         _connector_into_inbox,
         EVENTS,
         "raw trio-websocket: decode + ACK",
+        target=0.9,
     )
     report(
         f"lark: {EVENTS:,} message events from the loopback emulator (own process)",
