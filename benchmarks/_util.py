@@ -157,11 +157,15 @@ class CountingStore(cb.MemoryStore):
         return added
 
 
+INBOX_DEADLINE = 120.0  # seconds before a run into the inbox fails; 20k messages take ~1 s
+
+
 async def time_into_inbox(connector: Connector, store: CountingStore) -> float:
     """Seconds from the bridge's start until ``store`` has journaled its target.
 
     The debouncer holds every session (1 h window), so what is timed is the path from the
-    platform into the inbox, not agent runs.
+    platform into the inbox, not agent runs. A run that has not got there within
+    :data:`INBOX_DEADLINE` fails (a lost message would otherwise hang the benchmark).
     """
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -170,12 +174,13 @@ async def time_into_inbox(connector: Connector, store: CountingStore) -> float:
     bridge = cb.Bridge(
         [connector], agent, store=store, debounce=cb.Debounce(window=3600.0, max_delay=None)
     )
-    async with trio.open_nursery() as nursery:
-        start = time.perf_counter()
-        await nursery.start(bridge.run)
-        await store.done.wait()
-        elapsed = time.perf_counter() - start
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(INBOX_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            start = time.perf_counter()
+            await nursery.start(bridge.run)
+            await store.done.wait()
+            elapsed = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
     return elapsed
 
 
