@@ -108,3 +108,34 @@ async def test_a_cached_token_is_returned_at_once_and_calls_waiting_share_one_fe
     finally:
         await api.aclose()
     assert tokens == ["t-1"] * 5 and fetches == 1
+
+
+class ClosingFails(httpx.AsyncBaseTransport):
+    """The server above behind a transport whose first close raises; counts the closes."""
+
+    def __init__(self, server: SlowServer) -> None:
+        self._inner = HandlerTransport(server.handle)
+        self.closes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        self.closes += 1
+        if self.closes == 1:
+            raise OSError("close failed")
+
+
+async def test_closing_the_api_closes_every_client_even_when_one_fails(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = SlowServer()
+    transport = ClosingFails(server)
+    api = lark.OpenAPI("cli_a", "s3cret", transport=transport)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):  # three overlapping calls: three clients
+                nursery.start_soon(api.call, "POST", REPLY, {"msg_type": "text"})
+    with pytest.raises(OSError, match="close failed"):
+        await api.aclose()
+    assert transport.closes == 3  # the two after the failing one were closed too

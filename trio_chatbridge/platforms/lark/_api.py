@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, final
 
@@ -259,9 +259,17 @@ class _Clients:
             self._slots.release()
 
     async def aclose(self) -> None:
-        """Close every client made. If cancelled, the rest are left to the garbage collector."""
-        for client in self._made:
-            await client.aclose()
+        """Close every client made, each even if closing one before it raised (that error is
+        raised after). If cancelled, the rest are left to the garbage collector."""
+        await _close_all(self._made)
+
+
+async def _close_all(clients: Sequence[httpx.AsyncClient]) -> None:
+    if clients:
+        try:
+            await clients[0].aclose()
+        finally:
+            await _close_all(clients[1:])
 
 
 def _code(data: Mapping[str, Any]) -> int:
