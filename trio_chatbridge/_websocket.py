@@ -28,7 +28,8 @@ received into events and builds every frame to send, keeping the handshake, hear
   while the connection runs (a slow inbox is backpressure), for :data:`PUT_GRACE` seconds at
   most once its teardown began, on every platform: what was taken off the socket is journaled
   even while the connection is torn down (WeCom never delivers a callback again; for Lark the
-  re-push is a journal duplicate), and its ACKs, if the connection is gone, are not sent;
+  re-push is a journal duplicate), and its ACKs, if the connection is gone, are not sent; what
+  the grace cut short is counted (``unconfirmed_at_teardown``) and logged once, at ERROR;
 - errors are mapped in one place (:meth:`WebSocketDriver.run`): a rejected handshake goes to
   :meth:`WebSocketCore.rejected` (fatal or not, the core decides), a closed socket, a refused
   connection or silence is a :class:`ConnectorError`, and a :class:`Close` event ends the
@@ -115,6 +116,9 @@ PUT_GRACE: Final = 10.0
 """Seconds a put may still take once its connection is being torn down (shielded: what was
 taken off the socket is journaled all the same). While the connection runs a put has no time
 limit: a slow inbox holds it, and the full backlog stops the reader (backpressure)."""
+UNCONFIRMED: Final = "unconfirmed_at_teardown"
+"""The counter of messages taken off the socket whose put did not return within
+:data:`PUT_GRACE` of the teardown (see :meth:`WebSocketDriver.run`)."""
 ANSWER_WITHIN: Final = 5.0
 """Seconds a request waits for its answer, unless it says otherwise."""
 RECONNECT_WAIT: Final = 60.0
@@ -332,6 +336,8 @@ class _Puts:
     deadline: float = math.inf
     scope: trio.CancelScope | None = None
     """The put in flight, if any."""
+    unconfirmed: int = 0
+    """Messages whose put the teardown's grace cut short (or never let begin): not acked."""
 
     def tear_down(self) -> None:
         if self.deadline == math.inf:
@@ -420,7 +426,8 @@ class WebSocketDriver(Generic[N]):
         :class:`FatalConnectorError` when the core says retrying cannot help, else
         :class:`ConnectorError` (or a group holding one). ``task_status.started()`` once the
         handshake is answered. If cancelled, the connection is closed; messages already taken
-        off it are still journaled (for at most 10 s more) and not acked.
+        off it are still journaled (for at most 10 s more) and not acked; those whose put did
+        not return by then are counted in ``unconfirmed_at_teardown`` and logged at ERROR.
         """
         try:
             async with self._open_websocket(url) as ws:
@@ -575,6 +582,19 @@ class WebSocketDriver(Generic[N]):
         finally:
             puts.tear_down()
             await self._put_shielded(ctx, [item.message for item in backlog.items], puts)
+            if puts.unconfirmed:
+                ctx.count(UNCONFIRMED, puts.unconfirmed)
+                log.error(
+                    "%s: the put of %d messages taken off the socket did not return within "
+                    "the teardown's %g s (a stalled store, or a full inbox); none of them was "
+                    "acked. Those the store had written are still handled; a platform that "
+                    "does not push a message again (WeCom) has lost the others. Check the "
+                    "store's health, and raise the bridge's queue_size if more chats wait in "
+                    "the debouncer at once than it holds",
+                    self.name,
+                    puts.unconfirmed,
+                    PUT_GRACE,
+                )
 
     async def _put_shielded(
         self, ctx: ConnectorContext, messages: list[Message | None], puts: _Puts
@@ -591,9 +611,7 @@ class WebSocketDriver(Generic[N]):
             await ctx.put(wanted)
         puts.scope = None
         if put.cancelled_caught:
-            log.warning(
-                "%s: a put outlasted the teardown's %.0f s; not acked", self.name, PUT_GRACE
-            )
+            puts.unconfirmed += len(wanted)
         return not put.cancelled_caught
 
     async def _deliver_bursts(
