@@ -164,7 +164,10 @@ async def time_into_inbox(connector: Connector, store: CountingStore) -> float:
     """Seconds from the bridge's start until ``store`` has journaled its target.
 
     The debouncer holds every session (1 h window), so what is timed is the path from the
-    platform into the inbox, not agent runs. A run that has not got there within
+    platform into the inbox, not agent runs. The bridge's ``queue_size`` is the target: with
+    the default 1,024, more chats than that fill the debouncer, which stops reading, and the
+    puts wait for the window (20,000 WeCom callbacks from 10,000 users stall so in memory,
+    where the puts are small). A run that has not got there within
     :data:`INBOX_DEADLINE` fails (a lost message would otherwise hang the benchmark).
     """
 
@@ -172,7 +175,11 @@ async def time_into_inbox(connector: Connector, store: CountingStore) -> float:
         pass
 
     bridge = cb.Bridge(
-        [connector], agent, store=store, debounce=cb.Debounce(window=3600.0, max_delay=None)
+        [connector],
+        agent,
+        store=store,
+        debounce=cb.Debounce(window=3600.0, max_delay=None),
+        queue_size=store.target,
     )
     with trio.fail_after(INBOX_DEADLINE):
         async with trio.open_nursery() as nursery:
