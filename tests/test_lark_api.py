@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.testing
 
+import trio_chatbridge as cb
+from trio_chatbridge._http import new_client as http_client
 from trio_chatbridge.platforms import lark
+from trio_chatbridge.platforms.lark import _api
 from trio_chatbridge.platforms.lark._api import API_CONNECTIONS
 from trio_chatbridge.testing import HandlerTransport
 
@@ -110,11 +114,12 @@ async def test_a_cached_token_is_returned_at_once_and_calls_waiting_share_one_fe
     assert tokens == ["t-1"] * 5 and fetches == 1
 
 
-class ClosingFails(httpx.AsyncBaseTransport):
-    """The server above behind a transport whose first close raises; counts the closes."""
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The server above behind a transport that counts its closes; ``fail``: the first raises."""
 
-    def __init__(self, server: SlowServer) -> None:
+    def __init__(self, server: SlowServer, *, fail: bool = False) -> None:
         self._inner = HandlerTransport(server.handle)
+        self.fail = fail
         self.closes = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -122,20 +127,102 @@ class ClosingFails(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self.closes += 1
-        if self.closes == 1:
+        if self.fail and self.closes == 1:
             raise OSError("close failed")
+
+
+async def overlapping_calls(api: lark.OpenAPI, n: int) -> None:
+    """``n`` calls at once: ``n`` clients made."""
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(api.call, "POST", REPLY, {"msg_type": "text"})
+
+
+async def test_closing_the_api_closes_the_transport_given_once_and_is_final(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = SlowServer()
+    transport = CountingTransport(server)
+    api = lark.OpenAPI("cli_a", "s3cret", transport=transport)
+    with trio.fail_after(60):
+        await overlapping_calls(api, 3)
+        await api.aclose()
+        assert transport.closes == 1  # shared by the three clients: closed once, not thrice
+        assert api.http.is_closed
+        with pytest.raises(cb.FatalConnectorError, match="cli_a: this OpenAPI is closed"):
+            await api.call("POST", REPLY, {"msg_type": "text"})
+        await api.aclose()  # closing again closes nothing twice
+    assert transport.closes == 1
+    assert server.replies == 3
+
+
+def counted_api(server: SlowServer) -> tuple[lark.OpenAPI, list[httpx.AsyncClient]]:
+    """An OpenAPI on ``server``, and every HTTP client it makes, as it makes them."""
+    made: list[httpx.AsyncClient] = []
+    real_new_client = http_client
+
+    def new_client(*args: Any, **kwargs: Any) -> httpx.AsyncClient:
+        made.append(real_new_client(*args, **kwargs))
+        return made[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_api, "new_client", new_client)
+        api = lark.OpenAPI("cli_a", "s3cret", transport=HandlerTransport(server.handle))
+    return api, made
+
+
+async def test_a_call_after_the_api_closed_under_another_makes_no_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = SlowServer(delay=5.0)
+    api, made = counted_api(server)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(api.call, "POST", REPLY, {"msg_type": "text"})
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.in_flight == 1  # the only client made is lent
+            await api.aclose()
+            with pytest.raises(cb.FatalConnectorError, match="closed"):
+                await api.call("POST", REPLY, {"msg_type": "text"})
+    assert len(made) == 1 and made[0].is_closed  # no new client, left open
+
+
+async def test_calls_waiting_for_a_client_when_the_api_closes_fail_and_make_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = SlowServer(delay=5.0)
+    api, made = counted_api(server)
+    failures: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await api.call("POST", REPLY, {"msg_type": "text"})
+        except cb.FatalConnectorError as exc:
+            failures.append(exc)
+
+    with trio.fail_after(60):
+        await api.token()
+        async with trio.open_nursery() as nursery:
+            for _ in range(API_CONNECTIONS + 3):  # three wait for a client
+                nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(made) == API_CONNECTIONS and server.in_flight == API_CONNECTIONS
+            await api.aclose()
+    assert len(made) == API_CONNECTIONS  # none made by a call that waited through the close
+    assert all(client.is_closed for client in made)
+    assert len(failures) == 3  # the waiting ones; those in flight finished (their transport
+    assert server.replies == API_CONNECTIONS  # is the user's, still open under them)
 
 
 async def test_closing_the_api_closes_every_client_even_when_one_fails(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = SlowServer()
-    transport = ClosingFails(server)
+    transport = CountingTransport(server, fail=True)
     api = lark.OpenAPI("cli_a", "s3cret", transport=transport)
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            for _ in range(3):  # three overlapping calls: three clients
-                nursery.start_soon(api.call, "POST", REPLY, {"msg_type": "text"})
+        await overlapping_calls(api, 3)
     with pytest.raises(OSError, match="close failed"):
         await api.aclose()
-    assert transport.closes == 3  # the two after the failing one were closed too
+    assert transport.closes == 1
+    assert api.http.is_closed

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, final
 
 import httpx
 import trio
 
-from ..._errors import PlatformError
+from ..._errors import FatalConnectorError, PlatformError
 from ..._http import HTTPAnswer, HTTPStatusError, exchange, new_client
 from ..._ranges import clamp
 from ..._supervise import Backoff, Retries
@@ -71,9 +71,14 @@ class OpenAPI:
         self.domain: str = domain.rstrip("/")
         self._clients = _Clients(
             functools.partial(
-                new_client, transport, timeout=API_TIMEOUT + 5, limits=ONE_CONNECTION
+                new_client,
+                None if transport is None else _Shared(transport),
+                timeout=API_TIMEOUT + 5,
+                limits=ONE_CONNECTION,
             ),
             API_CONNECTIONS,
+            f"Lark app {app_id}",
+            transport,
         )
         self.http: httpx.AsyncClient = self._clients.first
         """The client the calls use first (the others are made alike)."""
@@ -85,8 +90,10 @@ class OpenAPI:
         return f"lark.OpenAPI(app_id={self.app_id!r})"
 
     async def aclose(self) -> None:
-        """Close the HTTP clients. If cancelled, the clients are closed for use but their
-        connections may be left to the garbage collector."""
+        """Close the HTTP clients (and the transport given, once): for good, a call after it,
+        or one still waiting for a client, raises :class:`FatalConnectorError`. If cancelled,
+        the clients are closed for use but their connections may be left to the garbage
+        collector."""
         await self._clients.aclose()
 
     async def _exchange(
@@ -180,8 +187,8 @@ class OpenAPI:
         bytes)``) the body is multipart, ``body`` its fields. Raises :class:`ConnectorError`
         for a failed exchange (unreachable, no answer in time, HTTP 429/408/425/5xx once the
         retries are spent), :class:`ProtocolError` for an unreadable answer, a
-        :class:`PlatformError` for an HTTP refusal without a code, and :class:`LarkError`
-        for a refusal with a code.
+        :class:`PlatformError` for an HTTP refusal without a code, :class:`LarkError`
+        for a refusal with a code, and :class:`FatalConnectorError` once the API is closed.
         If cancelled, the call may or may not have reached the platform (a send may be done)."""
         renewed = False
         retries = RATE_LIMIT_BACKOFF.retries(RATE_LIMIT_RETRIES)
@@ -226,26 +233,39 @@ class _Clients:
     of which then wait and retry. With the dispatcher's 16 runs replying at once, that doubled
     the Python calls of the HTTP stack per reply (docs/performance.md, "Lark, fourth
     session"); a client per call in flight has none of it. Calls past ``size`` wait here, in
-    turn.
+    turn. Closing is final: no client is lent or made after it, and every client made is
+    closed once, then ``transport`` (the one the user gave, shared by the clients), once.
     """
 
-    def __init__(self, make: Callable[[], httpx.AsyncClient], size: int) -> None:
+    def __init__(
+        self,
+        make: Callable[[], httpx.AsyncClient],
+        size: int,
+        name: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._make = make
+        self._name = name
+        self._transport = transport
         self.first = make()
         self._made = [self.first]
         self._free = [self.first]
         self._slots = trio.Semaphore(size)
+        self._closed = False
 
     @asynccontextmanager
     async def lend(self) -> AsyncIterator[httpx.AsyncClient]:
         """A client no other call uses until this one is done (the last one freed: its
-        connection is the likeliest to be open). If cancelled while waiting, nothing was
-        lent."""
+        connection is the likeliest to be open). :class:`FatalConnectorError` once closed,
+        also for a call that was waiting for a client. If cancelled while waiting, nothing
+        was lent."""
         try:
             self._slots.acquire_nowait()  # no scheduler step when one is free: the call has many
         except trio.WouldBlock:
             await self._slots.acquire()
         try:
+            if self._closed:
+                raise self._closed_error()
             if self._free:
                 client = self._free.pop()
             else:
@@ -258,18 +278,46 @@ class _Clients:
         finally:
             self._slots.release()
 
+    def _closed_error(self) -> FatalConnectorError:
+        return FatalConnectorError(
+            f"{self._name}: this OpenAPI is closed (its connector was closed, or aclose() "
+            "called); calls need a new OpenAPI (or connector)"
+        )
+
     async def aclose(self) -> None:
-        """Close every client made, each even if closing one before it raised (that error is
-        raised after). If cancelled, the rest are left to the garbage collector."""
-        await _close_all(self._made)
+        """Close every client made, then the transport given, each even if closing one
+        before it raised (that error is raised after). If cancelled, the rest are left to
+        the garbage collector."""
+        if self._closed:
+            return  # closed once: a second aclose() closes nothing
+        self._closed = True
+        closes = [client.aclose for client in self._made]
+        if self._transport is not None:
+            closes.append(self._transport.aclose)
+        await _close_all(closes)
 
 
-async def _close_all(clients: Sequence[httpx.AsyncClient]) -> None:
-    if clients:
+async def _close_all(closes: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    if closes:
         try:
-            await clients[0].aclose()
+            await closes[0]()
         finally:
-            await _close_all(clients[1:])
+            await _close_all(closes[1:])
+
+
+@final
+class _Shared(httpx.AsyncBaseTransport):
+    """The transport a user gave, as each client sees it: closing a client leaves it open
+    (every client shares it; :meth:`_Clients.aclose` closes it once, after them)."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pass
 
 
 def _code(data: Mapping[str, Any]) -> int:
