@@ -3,8 +3,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -85,6 +87,15 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         else:
             item.obj = _bounded(item.obj, limit)
     yield
+
+
+@pytest.fixture
+def real_deadline(request: pytest.FixtureRequest) -> float:
+    """When this test's time is up, on ``time.monotonic()``: the fraction of its limit a Trio
+    test is cancelled at (inf: no limit). A test that waits on a child process bounds its
+    waits by it, so it fails alone before pytest-timeout's backstop ends the run."""
+    limit = _limit(request.node)
+    return time.monotonic() + limit * CANCEL_MARGIN if limit > 0 else math.inf
 
 
 @pytest.fixture(autouse=True)
