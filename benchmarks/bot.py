@@ -11,10 +11,13 @@ each against a fresh emulator.
 
 from __future__ import annotations
 
+import cProfile
 import json
+import pstats
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,12 @@ import trio
 from trio_websocket import open_websocket_url
 
 import trio_chatbridge as cb
+from trio_chatbridge._ws_core import Answer, Inbound
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import lark, wecom
 from trio_chatbridge.platforms.lark import _frames as lark_frames
+from trio_chatbridge.platforms.wecom import _protocol as wecom_protocol
+from trio_chatbridge.platforms.wecom._replies import new_stream_id, stream_body
 
 from ._util import REPEAT, emulator_process, post_burst, report
 from .lark import raw_ack
@@ -66,6 +72,64 @@ async def _raw_wecom(info: dict[str, Any], count: int) -> None:
             elif "cmd" not in frame and frame["headers"]["req_id"] != "s":
                 assert frame["errcode"] == 0, frame
                 acked += 1
+
+
+def _floor_wecom(*, tasks: bool) -> Run:
+    """The raw client plus only the work no bridge can skip per callback, in one loop.
+
+    Each frame is read by WeCom's protocol core (a callback becomes its ``Message``, an ACK
+    its ``Answer``); a callback's id goes into a dedup journal (a dict); its run sends the
+    finished stream built as the connector builds it and awaits its ACK; the ACK marks it
+    done in the journal. ``tasks``: each run is a task of its own that sends and waits on an
+    event the reader sets (as a bridge whose runs await their ACKs must); else the reader
+    sends and the ACK completes the run inline. Its CPU per message bounds what any design
+    of the bridge reaches against the raw client.
+    """
+
+    async def run(info: dict[str, Any], count: int) -> None:
+        core = wecom_protocol.WeComCore(info["bot_id"], info["secret"], "floor")
+        journal: dict[str, bool] = {}  # message id -> done
+        waiting: dict[str, tuple[cb.Message, trio.Event | None]] = {}  # req_id -> its run
+        acked = 0
+        async with (
+            open_websocket_url(info["ws_url"], max_message_size=2**21) as ws,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def answer(message: cb.Message, req_id: str) -> None:
+                body = stream_body(new_stream_id(), "ok", finish=True)
+                request = core.command(wecom_protocol.RESPOND, req_id, body)
+                answered = trio.Event() if tasks else None
+                waiting[req_id] = (message, answered)
+                await ws.send_message(request.data)
+                if answered is not None:
+                    await answered.wait()
+                    journal[message.id] = True
+
+            for handshake in core.open():
+                await ws.send_message(handshake.data)
+            while acked < count:
+                for event in core.receive(await ws.get_message(), trio.current_time()):
+                    if type(event) is Inbound and event.message is not None:
+                        message = event.message
+                        if message.id in journal:
+                            continue
+                        journal[message.id] = False
+                        req_id = message.reply_handle["req_id"]
+                        if tasks:
+                            nursery.start_soon(answer, message, req_id)
+                        else:
+                            await answer(message, req_id)
+                    elif type(event) is Answer and event.key in waiting:
+                        assert event.code == 0, event
+                        message, answered = waiting.pop(event.key)
+                        if answered is None:
+                            journal[message.id] = True
+                        else:
+                            answered.set()
+                        acked += 1
+
+    return run
 
 
 async def _raw_lark(info: dict[str, Any], count: int) -> None:
@@ -185,13 +249,21 @@ def _compare(platform: str, count: int, clients: dict[str, Run]) -> list[tuple[s
 
 
 def _bench(
-    platform: str, count: int, what: str, raw: tuple[str, Run], make: Callable[..., Connector]
+    platform: str,
+    count: int,
+    what: str,
+    raw: tuple[str, Run],
+    make: Callable[..., Connector],
+    floors: dict[str, Run] | None = None,
 ) -> Callable[[], None]:
-    """A whole-bot benchmark: the raw client against the bridge on each store."""
+    """A whole-bot benchmark: the raw client against the bridge on each store (and against
+    ``floors``: the raw client plus the bridge's unavoidable work, where one is built)."""
+    floors = floors or {}
 
     def bench() -> None:
         clients = {
             raw[0]: raw[1],
+            **floors,
             "bridge, MemoryStore": _bridged(make, sqlite=False),
             "bridge, SQLiteStore": _bridged(make, sqlite=True),
         }
@@ -200,6 +272,73 @@ def _bench(
     return bench
 
 
+class _Steps(trio.abc.Instrument):
+    """Counts Trio task steps by task name."""
+
+    def __init__(self) -> None:
+        self.by_task: Counter[str] = Counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.by_task[task.name] += 1
+
+
+TASKS_SHOWN = 8  # tasks listed per client, most steps first
+
+
+def _short(task: str) -> str:
+    """A task's name without its module path: its last two dotted parts."""
+    return ".".join(task.replace("<locals>.", "").rsplit(".", 2)[-2:])
+
+
+def _breakdown(platform: str, count: int, clients: dict[str, Run]) -> list[tuple[str, str]]:
+    """Per client, one run each (ack 0 ms): Trio task steps per message, by task, and Python
+    calls per message (cProfile's count). Figures that the machine's load does not move."""
+    rows: list[tuple[str, str]] = []
+    for name, client in clients.items():
+        steps = _Steps()
+        with emulator_process(platform) as info:
+            trio.run(_load, info, count)
+            trio.run(_bounded, client, info, count, instruments=[steps])
+        with emulator_process(platform) as info:
+            trio.run(_load, info, count)
+            profile = cProfile.Profile()
+            profile.runcall(trio.run, _bounded, client, info, count)
+        stats: dict[Any, tuple[int, ...]] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        calls = sum(entry[1] for entry in stats.values())
+        total = sum(steps.by_task.values())
+        rows.append(
+            (name, f"{total / count:5.2f} task steps/message;  {calls / count:5.0f} calls/message")
+        )
+        for task, n in steps.by_task.most_common(TASKS_SHOWN):
+            if n >= count / 100:  # a task that steps once in a while is not per message
+                rows.append((f"  {_short(task)}", f"{n / count:5.2f}"))
+    return rows
+
+
+def _bench_steps(
+    platform: str,
+    count: int,
+    raw: tuple[str, Run],
+    make: Callable[..., Connector],
+    floors: dict[str, Run],
+) -> Callable[[], None]:
+    """Where the bridge's extra work per message goes, against the raw client and the floors."""
+
+    def bench() -> None:
+        clients = {raw[0]: raw[1], **floors, "bridge, MemoryStore": _bridged(make, sqlite=False)}
+        report(
+            f"{platform} whole bot, where the work goes: {count:,} messages, ack 0 ms",
+            _breakdown(platform, count, clients),
+        )
+
+    return bench
+
+
+_WECOM_FLOORS: dict[str, Run] = {
+    "floor: raw + the bridge's unavoidable work, inline": _floor_wecom(tasks=False),
+    "floor, a task per run awaiting its ACK": _floor_wecom(tasks=True),
+}
+
 BENCHMARKS = {
     "wecom-bot": _bench(
         "wecom",
@@ -207,6 +346,10 @@ BENCHMARKS = {
         "callbacks, each answered with one finished stream",
         ("raw trio-websocket", _raw_wecom),
         _wecom_connector,
+        _WECOM_FLOORS,
+    ),
+    "wecom-bot-steps": _bench_steps(
+        "wecom", WECOM_MESSAGES, ("raw trio-websocket", _raw_wecom), _wecom_connector, _WECOM_FLOORS
     ),
     "lark-bot": _bench(
         "lark",
