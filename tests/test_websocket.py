@@ -432,3 +432,63 @@ def test_backpressure_holds_and_an_answer_within_reach_is_read(
             assert answers  # by now, whatever was in the way went into the inbox
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class StepsOf(trio.abc.Instrument):
+    """Counts each task's scheduler steps."""
+
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+    def of(self, task: trio.lowlevel.Task) -> int:
+        return self.steps.get(task, 0)
+
+
+class QuickWebSocket:
+    """A WebSocket whose server answers a request (``do:<key>``) before its send returns:
+    the answer is read (the reader has run) while the requester is still in its send."""
+
+    def __init__(self, steps: StepsOf) -> None:
+        self.to_reader, self.incoming = trio.open_memory_channel[Data](10)
+        self.steps = steps
+        self.in_send: list[int] = []  # the requester's steps when each request's send ended
+
+    async def get_message(self) -> Data:
+        return await self.incoming.receive()
+
+    async def send_message(self, message: Data) -> None:
+        if isinstance(message, str) and message.startswith("do:"):
+            self.to_reader.send_nowait(f"ans:{message[3:]}")
+            await trio.testing.wait_all_tasks_blocked()  # the reader took the answer
+            self.in_send.append(self.steps.of(trio.lowlevel.current_task()))
+        else:
+            await trio.lowlevel.checkpoint()
+
+
+async def test_a_request_answered_during_its_send_returns_without_another_step(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    steps = StepsOf()
+    ws = QuickWebSocket(steps)
+
+    @asynccontextmanager
+    async def open_quick(url: str) -> AsyncIterator[QuickWebSocket]:
+        yield ws
+
+    trio.lowlevel.add_instrument(steps)
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                inbox = Inbox()
+                driver = WebSocketDriver(LineCore(), name="line acct", open_websocket=open_quick)
+                await nursery.start(driver.run, inbox.context(), "ws://localhost/")
+                answer = await driver.request(Request("k1", "do:k1", _refused))
+                assert answer == Answer("k1", body={"n": 1}) and driver.pending == 0
+                # answered while its send ran: the request took no step after the send
+                assert ws.in_send == [steps.of(trio.lowlevel.current_task())]
+                nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(steps)

@@ -228,9 +228,10 @@ class _Connection:
         slot.waiting, slot.answer = trio.Event(), None
         try:
             await self.send(request.data)
-            self.asking()
-            with trio.move_on_after(within):
-                await slot.waiting.wait()
+            if not slot.waiting.is_set():  # else answered during the send's step: no wait
+                self.asking()
+                with trio.move_on_after(within):
+                    await slot.waiting.wait()
             if slot.answer is None:
                 if self.closed is not None:
                     raise Disconnected(self.closed, sent=True)
