@@ -29,6 +29,7 @@ from ._codec import decode_message, encode_message
 SCHEMA_VERSION: Final = 1
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's variable limit
+IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
 ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
 
 _SCHEMA: Final = """
@@ -404,49 +405,71 @@ class _Write:
 
 
 def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
-    """Write a turn's adds and done-marks in one transaction, in their order (worker thread).
+    """Write a turn's adds and done-marks in one transaction (worker thread).
 
     A write whose messages cannot be serialised fails alone; a failing transaction fails all.
+    The adds go first, each a multi-row ``INSERT ... RETURNING``; then the done-marks, one
+    ``UPDATE`` per account and outcome (a done-mark always follows its message's add, so
+    the order within a turn is the callers' order). Every statement costs the worker thread
+    a trip through the GIL while the event loop runs, so a turn holds as few as it can, and
+    a turn of one statement runs without ``BEGIN``/``COMMIT``: SQLite makes it a transaction
+    of its own, as atomic and durable.
     """
-    statements: list[tuple[_Write, list[tuple[Any, ...]]]] = []
+    adds: list[tuple[_Write, list[tuple[Any, ...]]]] = []
+    marks: dict[tuple[Any, ...], list[str]] = {}  # (state, error, platform, account) -> ids
+    marking: list[_Write] = []
     for write in turn:
-        rows: list[tuple[Any, ...]]
+        if write.mark is not None:
+            marking.append(write)
+            for message in write.messages:
+                marks.setdefault(
+                    (write.mark, write.detail, message.platform, message.account), []
+                ).append(message.id)
+            continue
         try:
-            if write.mark is None:
-                rows = [(*journal_key(m), encode_message(m), write.detail) for m in write.messages]
-            else:
-                rows = [(write.mark, write.detail, *journal_key(m)) for m in write.messages]
+            rows = [(*journal_key(m), encode_message(m), write.detail) for m in write.messages]
         except Exception as exc:  # handed to that write's caller alone
             write.error = StoreError(f"cannot journal these messages: {exc!r}")
         else:
-            statements.append((write, rows))
+            adds.append((write, rows))
+    statements: list[tuple[_Write | None, str, list[Any]]] = [
+        (write, sql, params) for write, rows in adds for sql, params in _inserts(rows)
+    ]
+    statements += [(None, sql, params) for sql, params in _marks(marks)]
     try:
-        with _transaction(db):
-            for write, rows in statements:
-                if write.mark is None:
-                    write.inserted = _insert(db, rows)
-                else:
-                    db.executemany(
-                        "UPDATE journal SET state = ?, error = ? "
-                        "WHERE platform = ? AND account = ? AND message_id = ?",
-                        rows,
-                    )
+        with contextlib.nullcontext() if len(statements) <= 1 else _transaction(db):
+            for adding, sql, params in statements:
+                keys = db.execute(sql, params).fetchall()
+                if adding is not None:
+                    adding.inserted.update(keys)
     except Exception as exc:
-        for write, _ in statements:
+        for write in [*(write for write, _ in adds), *marking]:
             write.error = exc
 
 
-def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[JournalKey]:
-    inserted: set[JournalKey] = set()
+def _inserts(rows: list[tuple[Any, ...]]) -> Iterator[tuple[str, list[Any]]]:
+    """One add's statements: its new rows inserted, their keys returned."""
     for chunk in _chunks(rows, ROWS_PER_STATEMENT):
         sql = (
             "INSERT INTO journal (platform, account, message_id, body, received_at) "
             "VALUES " + ",".join(["(?,?,?,?,?)"] * len(chunk)) + " "
             "ON CONFLICT DO NOTHING RETURNING platform, account, message_id"
         )
-        params = [value for row in chunk for value in row]
-        inserted.update(db.execute(sql, params).fetchall())
-    return inserted
+        yield sql, [value for row in chunk for value in row]
+
+
+def _marks(marks: Mapping[tuple[Any, ...], list[str]]) -> Iterator[tuple[str, list[Any]]]:
+    """A turn's done-marks: one statement per account and outcome (the message ids in the
+    unique index's last column, so each is one index lookup)."""
+    for (state, error, platform, account), ids in marks.items():
+        for chunk in _chunks(ids, IDS_PER_STATEMENT):
+            sql = (
+                "UPDATE journal SET state = ?, error = ? "
+                "WHERE platform = ? AND account = ? AND message_id IN ("
+                + ",".join("?" * len(chunk))
+                + ")"
+            )
+            yield sql, [state, error, platform, account, *chunk]
 
 
 class _transaction:
