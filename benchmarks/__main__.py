@@ -11,6 +11,7 @@ from .embed import BENCHMARKS as EMBED
 from .lark import BENCHMARKS as LARK
 from .model import BENCHMARKS as MODEL
 from .redis import BENCHMARKS as REDIS
+from .sqlite import BENCHMARKS as SQLITE
 from .wecom import BENCHMARKS as WECOM
 from .weixin import BENCHMARKS as WEIXIN
 
@@ -19,6 +20,7 @@ ALL.update(EMBED)
 ALL.update(BOT)
 ALL.update(MODEL)
 ALL.update(REDIS)
+ALL.update(SQLITE)
 
 
 def main(names: list[str]) -> int:

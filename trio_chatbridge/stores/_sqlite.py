@@ -31,6 +31,7 @@ FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's variable limit
 IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
 ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
+DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before taking its own
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -77,6 +78,14 @@ class SQLiteStore(Store):
     ``threaded=False`` runs every call inline, blocking the event loop: for tests under an
     autojump clock, which would otherwise jump ahead while the worker thread works.
 
+    ``done_linger`` (seconds, default 5 ms) is how long a ``journal_done`` waits for other
+    writes to share its commit before it commits alone: a transaction and a thread hop cost
+    far more than a row, and the dispatcher marks runs done a few at a time, so lingering
+    cuts the transactions per message several times over (docs/performance.md, "SQLite,
+    fifth session"). The price: a process that dies within that time after a run finished
+    replays the run's messages at its next start, as it would had it died just before the
+    commit; 0 commits at once.
+
     Cancellation: a call cancelled before the worker thread took it did nothing and raises
     Cancelled; once taken (a thread cannot be stopped), it completes and returns as if not
     cancelled, the cancellation taking effect at the caller's next checkpoint. ``aclose``
@@ -90,9 +99,11 @@ class SQLiteStore(Store):
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         wall_clock: Callable[[], float] = time.time,
         threaded: bool = True,
+        done_linger: float = DONE_LINGER,
     ) -> None:
         self.path: str = os.fspath(path)
         self._threaded = threaded
+        self._done_linger = done_linger
         self._synchronous = synchronous
         self.wall_clock = wall_clock
         self._limiter = trio.CapacityLimiter(1)
@@ -173,25 +184,32 @@ class SQLiteStore(Store):
         return added
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
-        """As :meth:`Store.journal_done`, as part of the next group commit (cancellation as
-        for :meth:`journal_add`: not begun, nothing written; begun, written and returned)."""
+        """As :meth:`Store.journal_done`, as part of a group commit: the next one to begin
+        within ``done_linger``, or its own after that (cancellation as for
+        :meth:`journal_add`: not begun, nothing written; begun, written and returned)."""
         if messages:
-            await self._group_commit(_Write(messages, "done" if error is None else "failed", error))
+            mark = _Write(messages, "done" if error is None else "failed", error)
+            await self._group_commit(mark, self._done_linger)
 
-    async def _group_commit(self, write: _Write) -> None:
+    async def _group_commit(self, write: _Write, linger: float = 0.0) -> None:
         """Queue ``write``; whoever holds the writer's turn writes everything queued by then.
 
         There is no writer task (a store has no nursery of its own): the first caller in line
         commits for all those waiting behind it, so concurrent puts and done-marks share one
         transaction, one thread hop and one commit. Every caller waits for its own commit, so
-        the queue never holds more than one write per waiting caller.
+        the queue never holds more than one write per waiting caller. With ``linger``, the
+        write first waits that long, queued, for another caller's commit to take it along.
         """
         self._open_db()  # fail now if the store is not open
         self._waiting.append(write)
         try:
-            async with self._writer:
-                if write.queued:
-                    await self._commit_turn()
+            if linger:
+                with trio.move_on_after(linger):  # queued: still "not begun" if cancelled
+                    await write.written.wait()
+            if write.state != "written":
+                async with self._writer:
+                    if write.queued:
+                        await self._commit_turn()
         except trio.Cancelled:
             if write.queued:  # not begun: withdrawn, nothing written
                 self._waiting.remove(write)
@@ -235,6 +253,7 @@ class SQLiteStore(Store):
         finally:
             for write in turn:
                 write.state = "written"
+                write.written.set()
 
     async def journal_pending(self) -> list[Message]:
         def select(db: sqlite3.Connection) -> list[str]:
@@ -393,6 +412,8 @@ class _Write:
     detail: float | str | None
     """The add's wall-clock time, or the done-mark's error text."""
     state: Literal["queued", "begun", "written"] = "queued"
+    written: trio.Event = attrs.Factory(trio.Event)
+    """Set once its commit ended (state "written"), for a caller lingering for it."""
     inserted: set[JournalKey] = attrs.Factory(set)
     """For an add: the keys that were new."""
     error: Exception | None = None
@@ -405,37 +426,37 @@ class _Write:
 
 
 def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
-    """Write a turn's adds and done-marks in one transaction (worker thread).
+    """Write a turn's adds and done-marks in one transaction, in their order (worker thread).
 
     A write whose messages cannot be serialised fails alone; a failing transaction fails all.
-    The adds go first, each a multi-row ``INSERT ... RETURNING``; then the done-marks, one
-    ``UPDATE`` per account and outcome (a done-mark always follows its message's add, so
-    the order within a turn is the callers' order). Every statement costs the worker thread
-    a trip through the GIL while the event loop runs, so a turn holds as few as it can, and
-    a turn of one statement runs without ``BEGIN``/``COMMIT``: SQLite makes it a transaction
-    of its own, as atomic and durable.
+    Every statement costs the worker thread a trip through the GIL while the event loop
+    runs, so a turn runs as few as it can: an add is a multi-row ``INSERT ... RETURNING``;
+    done-marks in a row with one outcome are one ``UPDATE`` per account; and a turn of one
+    statement runs without ``BEGIN``/``COMMIT`` (SQLite makes it a transaction of its own,
+    as atomic and as durable).
     """
-    adds: list[tuple[_Write, list[tuple[Any, ...]]]] = []
-    marks: dict[tuple[Any, ...], list[str]] = {}  # (state, error, platform, account) -> ids
-    marking: list[_Write] = []
+    statements: list[tuple[_Write | None, str, list[Any]]] = []
+    written: list[_Write] = []
+    outcome: tuple[str, Any] | None = None  # of the done-marks being merged
+    ids: dict[tuple[str, str], list[str]] = {}  # theirs, by account
     for write in turn:
-        if write.mark is not None:
-            marking.append(write)
-            for message in write.messages:
-                marks.setdefault(
-                    (write.mark, write.detail, message.platform, message.account), []
-                ).append(message.id)
-            continue
-        try:
-            rows = [(*journal_key(m), encode_message(m), write.detail) for m in write.messages]
-        except Exception as exc:  # handed to that write's caller alone
-            write.error = StoreError(f"cannot journal these messages: {exc!r}")
+        if write.mark is None:
+            try:
+                rows = [(*journal_key(m), encode_message(m), write.detail) for m in write.messages]
+            except Exception as exc:  # handed to that write's caller alone
+                write.error = StoreError(f"cannot journal these messages: {exc!r}")
+                continue
+            statements += _marks(outcome, ids)
+            outcome, ids = None, {}
+            statements += [(write, sql, params) for sql, params in _inserts(rows)]
         else:
-            adds.append((write, rows))
-    statements: list[tuple[_Write | None, str, list[Any]]] = [
-        (write, sql, params) for write, rows in adds for sql, params in _inserts(rows)
-    ]
-    statements += [(None, sql, params) for sql, params in _marks(marks)]
+            if (write.mark, write.detail) != outcome:
+                statements += _marks(outcome, ids)
+                outcome, ids = (write.mark, write.detail), {}
+            for message in write.messages:
+                ids.setdefault((message.platform, message.account), []).append(message.id)
+        written.append(write)
+    statements += _marks(outcome, ids)
     try:
         with contextlib.nullcontext() if len(statements) <= 1 else _transaction(db):
             for adding, sql, params in statements:
@@ -443,7 +464,7 @@ def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
                 if adding is not None:
                     adding.inserted.update(keys)
     except Exception as exc:
-        for write in [*(write for write, _ in adds), *marking]:
+        for write in written:
             write.error = exc
 
 
@@ -458,18 +479,22 @@ def _inserts(rows: list[tuple[Any, ...]]) -> Iterator[tuple[str, list[Any]]]:
         yield sql, [value for row in chunk for value in row]
 
 
-def _marks(marks: Mapping[tuple[Any, ...], list[str]]) -> Iterator[tuple[str, list[Any]]]:
-    """A turn's done-marks: one statement per account and outcome (the message ids in the
-    unique index's last column, so each is one index lookup)."""
-    for (state, error, platform, account), ids in marks.items():
-        for chunk in _chunks(ids, IDS_PER_STATEMENT):
+def _marks(
+    outcome: tuple[str, Any] | None, ids: Mapping[tuple[str, str], list[str]]
+) -> Iterator[tuple[None, str, list[Any]]]:
+    """Done-marks of one outcome (state, error): a statement per account, whose message ids
+    are the unique index's last column, so each is one index lookup."""
+    if outcome is None:
+        return
+    for (platform, account), message_ids in ids.items():
+        for chunk in _chunks(message_ids, IDS_PER_STATEMENT):
             sql = (
                 "UPDATE journal SET state = ?, error = ? "
                 "WHERE platform = ? AND account = ? AND message_id IN ("
                 + ",".join("?" * len(chunk))
                 + ")"
             )
-            yield sql, [state, error, platform, account, *chunk]
+            yield None, sql, [*outcome, platform, account, *chunk]
 
 
 class _transaction:

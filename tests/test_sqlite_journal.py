@@ -1,0 +1,179 @@
+"""The SQLite journal's group commits: lingering done-marks, and few statements per turn."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+
+import trio_chatbridge as cb
+from trio_chatbridge.stores import _sqlite
+from trio_chatbridge.stores._sqlite import DONE_LINGER, _commit, _Write
+from trio_chatbridge.testing import FakeConnector
+
+fakes = {account: FakeConnector(account) for account in ("x", "y")}
+fake = fakes["x"]
+
+
+def _trace(store: cb.SQLiteStore) -> list[str]:
+    """The first word of every statement the store's connection runs from now on."""
+    seen: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(lambda sql: seen.append(sql.split()[0]))
+    return seen
+
+
+async def _state(store: cb.Store, message: cb.Message) -> str | None:
+    entry = await store.journal_entry((message.platform, message.account, message.id))
+    return None if entry is None else entry.state
+
+
+async def test_a_done_mark_lingers_and_shares_the_next_add_s_commit(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    first, second = fake.message("1", id="1"), fake.message("2", id="2")
+    async with cb.SQLiteStore(tmp_path / "j.db", threaded=False) as store:
+        await store.journal_add([first])
+        trace = _trace(store)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.journal_done, [first])
+                await trio.testing.wait_all_tasks_blocked()
+                assert trace == []  # lingering: nothing written yet (the read below: a SELECT)
+                assert await _state(store, first) == "pending"
+                await store.journal_add([second])  # takes the done-mark along
+        assert trio.current_time() == 0  # no linger ran out: the clock never moved
+        assert trace[1:] == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]  # one transaction, in order
+        assert [await _state(store, m) for m in (first, second)] == ["done", "pending"]
+
+
+async def test_a_lone_done_mark_commits_once_its_linger_is_over(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    message = fake.message("1", id="1")
+    finished = trio.Event()
+
+    async def mark() -> None:
+        await store.journal_done([message], error="boom")
+        finished.set()
+
+    async with cb.SQLiteStore(tmp_path / "j.db", threaded=False) as store:
+        await store.journal_add([message])
+        trace = _trace(store)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mark)
+                await trio.testing.wait_all_tasks_blocked()  # lingering
+                mock_clock.jump(DONE_LINGER * 0.9)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not finished.is_set()
+                mock_clock.jump(DONE_LINGER * 0.2)
+        assert finished.is_set()
+        assert trace == ["UPDATE"]  # one statement: its own transaction, no BEGIN/COMMIT
+        entry = await store.journal_entry(("fake", "x", "1"))
+        assert entry is not None and (entry.state, entry.error) == ("failed", "boom")
+
+
+async def test_a_done_mark_cancelled_while_it_lingers_writes_nothing(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    message = fake.message("1", id="1")
+    async with cb.SQLiteStore(tmp_path / "j.db", threaded=False) as store:
+        await store.journal_add([message])
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+
+                async def mark() -> None:
+                    with scope:
+                        await store.journal_done([message])
+
+                nursery.start_soon(mark)
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+        assert scope.cancelled_caught
+        await store.journal_add([fake.message("2", id="2")])  # a later commit: not taken along
+        assert await _state(store, message) == "pending"
+
+
+async def test_no_linger_commits_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    message = fake.message("1", id="1")
+    async with cb.SQLiteStore(tmp_path / "j.db", threaded=False, done_linger=0) as store:
+        await store.journal_add([message])
+        await store.journal_done([message])
+        assert trio.current_time() == 0
+        assert await _state(store, message) == "done"
+
+
+async def test_a_done_mark_of_more_ids_than_a_statement_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "IDS_PER_STATEMENT", 3)
+    messages = [fakes[a].message(str(i), id=str(i)) for i in range(8) for a in ("x", "y")]
+    async with cb.SQLiteStore(tmp_path / "j.db", done_linger=0) as store:
+        await store.journal_add(messages)
+        trace = _trace(store)
+        await store.journal_done(messages[:-1])
+        assert trace.count("UPDATE") == 6  # 8 ids of x and 7 of y, 3 a statement
+        assert trace[0] == "BEGIN" and trace[-1] == "COMMIT"  # all in one transaction
+        assert [await _state(store, m) for m in messages] == ["done"] * 15 + ["pending"]
+
+
+messages = st.builds(
+    lambda account, id: fakes[account].message(id, id=id),
+    st.sampled_from(["x", "y"]),
+    st.sampled_from(["a", "b", "c"]),
+)
+writes = st.lists(
+    st.tuples(st.sampled_from([None, "done", "failed"]), st.lists(messages, max_size=4)),
+    max_size=8,
+)
+
+
+@contextmanager
+def _database() -> Iterator[sqlite3.Connection]:
+    with closing(cb.SQLiteStore(":memory:")._connect()) as db:
+        yield db
+
+
+def _table(db: sqlite3.Connection) -> list[Any]:
+    return db.execute(
+        "SELECT platform, account, message_id, state, error FROM journal ORDER BY seq"
+    ).fetchall()
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=writes)
+def test_one_group_commit_writes_what_the_writes_one_by_one_would(
+    writes: list[tuple[str | None, list[cb.Message]]],
+) -> None:
+    """Merging a turn's done-marks into few statements keeps the callers' order: done before
+    add, done then failed, one account's ids and another's, duplicates within one write."""
+
+    def turn() -> list[_Write]:
+        made: list[_Write] = []
+        for mark, batch in writes:
+            if mark is None:
+                made.append(_Write(batch, None, 1.0))
+            else:
+                made.append(_Write(batch, "done" if mark == "done" else "failed", mark))
+        return made
+
+    grouped, one_by_one = turn(), turn()
+    with _database() as together, _database() as apart:
+        _commit(grouped, together)
+        for write in one_by_one:
+            _commit([write], apart)
+        assert _table(together) == _table(apart)
+    assert [w.inserted for w in grouped] == [w.inserted for w in one_by_one]
+    assert all(w.error is None for w in grouped)
