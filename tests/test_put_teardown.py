@@ -3,7 +3,8 @@
 WeCom never pushes a callback again, so what the driver took off the socket and could not
 journal within the teardown's grace (``PUT_GRACE``) is lost: these tests pin that it is counted
 (``wecom.unconfirmed_at_teardown``), logged once at ERROR, never acked, that what the store did
-write is still handled, and that the connector comes back and later callbacks flow.
+write is still handled, and that the connector comes back and later callbacks flow. Lark pushes
+an event again until it is ACKed: there the same cut loses nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from support import emulator_bridge
 
 import trio_chatbridge as cb
 from trio_chatbridge._websocket import PUT_GRACE, UNCONFIRMED
-from trio_chatbridge.testing import WeComEmulator
+from trio_chatbridge.testing import LarkEmulator, WeComEmulator
 
 COUNTER = f"wecom.{UNCONFIRMED}"
 
@@ -113,4 +114,30 @@ async def test_a_put_waiting_for_a_full_inbox_past_the_grace_is_still_handled(
             await trio.sleep(2 * 3600)  # the window passes: the debouncer reads again
             assert sorted(seen) == ["after", "m0", "m1", "m2", "m3", "m4"]
             assert bridge.stats().reconnects == 1
+    assert len(teardown_errors(caplog)) == 1
+
+
+async def test_an_event_whose_put_the_grace_cut_is_not_acked_and_lark_pushes_it_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(m.text for m in batch.messages)
+
+    store = StallingStore()
+    with trio.fail_after(300):
+        async with emulator_bridge(
+            emu := LarkEmulator(), emu.connector, agent, store=store
+        ) as bridge:
+            store.stalled = True
+            emu.user_says("ou_ann", "again")
+            await trio.sleep(1)  # in the put worker's stalled journal write
+            await emu.drop_connection()
+            await trio.sleep(PUT_GRACE + 0.5)  # cut: counted, never ACKed
+            assert bridge.stats().other.get(f"lark.{UNCONFIRMED}") == 1
+            store.unstall()
+            await trio.sleep(30)  # reconnected; the emulator pushes the unACKed event again
+            assert bridge.stats().reconnects == 1
+    assert seen == ["again"]  # handled once: journaled from the second push
     assert len(teardown_errors(caplog)) == 1
