@@ -10,7 +10,9 @@ an event again until it is ACKed: there the same cut loses nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -42,6 +44,35 @@ class StallingStore(cb.MemoryStore):
         self.unstalled.set()
 
 
+@asynccontextmanager
+async def watched_bridge(
+    emu: WeComEmulator | LarkEmulator, **options: Any
+) -> AsyncIterator[tuple[cb.Bridge, StallingStore, list[str]]]:
+    """A bridge on ``emu`` over a :class:`StallingStore`, and the text of every message its
+    agent was given, in order."""
+    seen: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(m.text for m in batch.messages)
+
+    store = StallingStore()
+    async with emulator_bridge(emu, emu.connector, agent, store=store, **options) as bridge:
+        yield bridge, store, seen
+
+
+async def cut_at_teardown(
+    store: StallingStore, emu: WeComEmulator | LarkEmulator, *said: tuple[str, str]
+) -> None:
+    """Users say ``said`` (user, text) into a stalled store, the platform drops the
+    connection, and the teardown's grace runs out: the put is cut."""
+    store.stalled = True
+    for user, text in said:
+        emu.user_says(user, text)
+    await trio.sleep(1)  # all in the put worker's stalled journal write
+    await emu.drop_connection()
+    await trio.sleep(PUT_GRACE + 0.5)
+
+
 def teardown_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
@@ -53,24 +84,11 @@ def teardown_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_a_put_stalled_in_the_store_past_the_grace_is_counted_and_the_link_comes_back(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: list[str] = []
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        seen.extend(m.text for m in batch.messages)
-
-    store = StallingStore()
     with trio.fail_after(300):
-        async with emulator_bridge(
-            emu := WeComEmulator(), emu.connector, agent, store=store
-        ) as bridge:
+        async with watched_bridge(emu := WeComEmulator()) as (bridge, store, seen):
             emu.user_says("ann", "before")
             await trio.sleep(2)
-            store.stalled = True
-            emu.user_says("bob", "one")
-            emu.user_says("cat", "two")
-            await trio.sleep(1)  # both in the put worker's stalled journal write
-            await emu.drop_connection()
-            await trio.sleep(PUT_GRACE + 0.5)  # the grace runs out: the put is cut
+            await cut_at_teardown(store, emu, ("bob", "one"), ("cat", "two"))
             assert bridge.stats().other.get(COUNTER) == 2
             errors = teardown_errors(caplog)
             assert len(errors) == 1
@@ -93,16 +111,13 @@ async def test_a_put_waiting_for_a_full_inbox_past_the_grace_is_still_handled(
 ) -> None:
     """The connector benchmark's stall: more chats in a long debounce window than the bridge's
     ``queue_size``, so the debouncer stops reading and a put waits for room for the window."""
-    seen: list[str] = []
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        seen.extend(m.text for m in batch.messages)
-
     hour = cb.Debounce(window=3600.0)
     with trio.fail_after(3 * 3600):
-        async with emulator_bridge(
-            emu := WeComEmulator(), emu.connector, agent, debounce=hour, queue_size=2
-        ) as bridge:
+        async with watched_bridge(emu := WeComEmulator(), debounce=hour, queue_size=2) as (
+            bridge,
+            _,
+            seen,
+        ):
             for n in range(5):  # one put each: two sessions held, two puts queued, one waits
                 emu.user_says(f"user{n}", f"m{n}")
                 await trio.sleep(1)
@@ -120,21 +135,9 @@ async def test_a_put_waiting_for_a_full_inbox_past_the_grace_is_still_handled(
 async def test_an_event_whose_put_the_grace_cut_is_not_acked_and_lark_pushes_it_again(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: list[str] = []
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        seen.extend(m.text for m in batch.messages)
-
-    store = StallingStore()
     with trio.fail_after(300):
-        async with emulator_bridge(
-            emu := LarkEmulator(), emu.connector, agent, store=store
-        ) as bridge:
-            store.stalled = True
-            emu.user_says("ou_ann", "again")
-            await trio.sleep(1)  # in the put worker's stalled journal write
-            await emu.drop_connection()
-            await trio.sleep(PUT_GRACE + 0.5)  # cut: counted, never ACKed
+        async with watched_bridge(emu := LarkEmulator()) as (bridge, store, seen):
+            await cut_at_teardown(store, emu, ("ou_ann", "again"))
             assert bridge.stats().other.get(f"lark.{UNCONFIRMED}") == 1
             store.unstall()
             await trio.sleep(30)  # reconnected; the emulator pushes the unACKed event again
