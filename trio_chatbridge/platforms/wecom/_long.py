@@ -187,6 +187,8 @@ class LongConnection(base.Connector):
     # -- replying ----------------------------------------------------------------------------
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
+        if len(batch.messages) == 1:  # most batches: nothing to close, no generator per run
+            return super().running(batch)
         return self._close_earlier(batch)
 
     @asynccontextmanager
@@ -199,12 +201,11 @@ class LongConnection(base.Connector):
         concurrently: one ack round trip before the agent starts, not one per message. A
         refused close is logged; it never keeps the agent from running.
         """
-        earlier = [message.reply_handle.get("req_id") for message in batch.messages[:-1]]
-        if any(earlier):  # most batches are one message: no nursery then
-            async with trio.open_nursery() as nursery:
-                for req_id in earlier:
-                    if req_id:
-                        nursery.start_soon(self._close_callback, req_id)
+        async with trio.open_nursery() as nursery:
+            for message in batch.messages[:-1]:
+                req_id = message.reply_handle.get("req_id")
+                if req_id:
+                    nursery.start_soon(self._close_callback, req_id)
         yield
 
     async def _close_callback(self, req_id: str) -> None:
