@@ -82,6 +82,31 @@ async def test_a_lone_done_mark_commits_once_its_linger_is_over(
         assert entry is not None and (entry.state, entry.error) == ("failed", "boom")
 
 
+async def test_a_done_mark_does_not_linger_behind_a_commit_under_way(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    # The clock never moves here: a done-mark that lingered would wait forever (and the
+    # test's real-time bound would fail it). Behind a commit under way, the next turn comes
+    # as soon as that commit ends, so lingering would only delay it.
+    first, second = fake.message("1", id="1"), fake.message("2", id="2")
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path) as store:
+        await store.journal_add([first])
+        other = sqlite3.connect(path, isolation_level=None)  # as another process would
+        other.execute("BEGIN IMMEDIATE")  # holds the file's write lock
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.journal_add, [second])
+                await trio.testing.wait_all_tasks_blocked()  # its commit waits in the thread
+                nursery.start_soon(store.journal_done, [first])
+                await trio.testing.wait_all_tasks_blocked()
+                other.execute("COMMIT")
+        finally:
+            other.close()
+        assert trio.current_time() == 0
+        assert [await _state(store, m) for m in (first, second)] == ["done", "pending"]
+
+
 async def test_a_done_mark_cancelled_while_it_lingers_writes_nothing(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:

@@ -197,13 +197,15 @@ class SQLiteStore(Store):
         There is no writer task (a store has no nursery of its own): the first caller in line
         commits for all those waiting behind it, so concurrent puts and done-marks share one
         transaction, one thread hop and one commit. Every caller waits for its own commit, so
-        the queue never holds more than one write per waiting caller. With ``linger``, the
-        write first waits that long, queued, for another caller's commit to take it along.
+        the queue never holds more than one write per waiting caller. With ``linger``, a
+        write that finds no commit under way first waits that long, queued, for another
+        caller's commit to take it along; with one under way, the next turn takes it at once
+        (lingering there only stalled callers that wait on their own marks, measured).
         """
         self._open_db()  # fail now if the store is not open
         self._waiting.append(write)
         try:
-            if linger:
+            if linger and not self._writer.locked():  # else the next turn takes it anyway
                 with trio.move_on_after(linger):  # queued: still "not begun" if cancelled
                     await write.written.wait()
             if write.state != "written":
