@@ -160,8 +160,11 @@ class CountingStore(cb.MemoryStore):
 INBOX_DEADLINE = 120.0  # seconds before a run into the inbox fails; 20k messages take ~1 s
 
 
-async def time_into_inbox(connector: Connector, store: CountingStore) -> float:
-    """Seconds from the bridge's start until ``store`` has journaled its target.
+async def time_into_inbox(
+    connector: Connector, store: CountingStore, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds from the bridge's start until ``store`` has journaled its target, by ``clock``
+    (``time.process_time``: this process's CPU over the same span).
 
     The debouncer holds every session (1 h window), so what is timed is the path from the
     platform into the inbox, not agent runs. The bridge's ``queue_size`` is the target: with
@@ -183,10 +186,10 @@ async def time_into_inbox(connector: Connector, store: CountingStore) -> float:
     )
     with trio.fail_after(INBOX_DEADLINE):
         async with trio.open_nursery() as nursery:
-            start = time.perf_counter()
+            start = clock()
             await nursery.start(bridge.run)
             await store.done.wait()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             nursery.cancel_scope.cancel()
     return elapsed
 
