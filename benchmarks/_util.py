@@ -73,8 +73,9 @@ def best_of_fresh(
     loops: Sequence[Callable[[dict[str, Any]], Awaitable[float]]],
     *,
     collector: bool = True,
+    repeat: int = REPEAT,
 ) -> list[float]:
-    """The best time of each loop over ``REPEAT`` rounds, the loops taking turns.
+    """The best time of each loop over ``repeat`` rounds, the loops taking turns.
 
     Every run gets a fresh emulator process, loaded by ``load``: an emulator keeps what it
     was given and grows slower as it grows, which would favour whichever loop ran first.
@@ -82,7 +83,7 @@ def best_of_fresh(
     of a gap is the collector walking the messages kept alive).
     """
     best = [float("inf")] * len(loops)
-    for _ in range(REPEAT):
+    for _ in range(repeat):
         for i, loop in enumerate(loops):
             with emulator_process(platform) as info:
                 trio.run(load, info)
@@ -161,7 +162,10 @@ INBOX_DEADLINE = 120.0  # seconds before a run into the inbox fails; 20k message
 
 
 async def time_into_inbox(
-    connector: Connector, store: CountingStore, clock: Callable[[], float] = time.perf_counter
+    connector: Connector,
+    store: CountingStore,
+    clock: Callable[[], float] = time.perf_counter,
+    deadline: float = INBOX_DEADLINE,
 ) -> float:
     """Seconds from the bridge's start until ``store`` has journaled its target, by ``clock``
     (``time.process_time``: this process's CPU over the same span).
@@ -171,7 +175,7 @@ async def time_into_inbox(
     the default 1,024, more chats than that fill the debouncer, which stops reading, and the
     puts wait for the window (20,000 WeCom callbacks from 10,000 users stall so in memory,
     where the puts are small). A run that has not got there within
-    :data:`INBOX_DEADLINE` fails (a lost message would otherwise hang the benchmark).
+    ``deadline`` seconds fails (a lost message would otherwise hang the benchmark).
     """
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -184,7 +188,7 @@ async def time_into_inbox(
         debounce=cb.Debounce(window=3600.0, max_delay=None),
         queue_size=store.target,
     )
-    with trio.fail_after(INBOX_DEADLINE):
+    with trio.fail_after(deadline):
         async with trio.open_nursery() as nursery:
             start = clock()
             await nursery.start(bridge.run)

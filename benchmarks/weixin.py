@@ -10,10 +10,12 @@ import base64
 import functools
 import gc
 import json
+import os
 import secrets
+import subprocess
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import httpx
@@ -22,10 +24,15 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
+from trio_chatbridge._longpoll import exchange
+from trio_chatbridge.connectors import Page
 from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.testing import WeixinEmulator
 
 from ._util import (
+    INBOX_DEADLINE,
+    REPEAT,
     CountingStore,
     best_of_fresh,
     peak_rss_mib,
@@ -37,6 +44,8 @@ from ._util import (
 
 MESSAGES = 20_000
 ACCOUNTS = 1_000
+CALLGRIND: Final = bool(os.environ.get("CALLGRIND"))
+"""Set (``CALLGRIND=1``) when this process runs under callgrind: see :class:`_Instrumented`."""
 
 
 async def _load(info: dict[str, Any]) -> None:
@@ -120,7 +129,9 @@ async def _connector_into_inbox(
         connector = weixin.LongPoll(
             account="bot", token=info["token"], base_url=info["base_url"], typing=False, http=http
         )
-        return await time_into_inbox(connector, store, clock)
+        # under callgrind, everything takes about a hundred times as long
+        deadline = INBOX_DEADLINE * (100 if CALLGRIND else 1)
+        return await time_into_inbox(connector, store, clock, deadline)
 
 
 def bench_throughput() -> None:
@@ -160,6 +171,87 @@ def bench_throughput() -> None:
             *rows,
             *cpu_rows,
             ("peak RSS of this process", f"{peak_rss_mib():.0f} MiB"),
+        ],
+    )
+
+
+async def _through_mapping(
+    info: dict[str, Any], *, receive: bool = False, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """A stage between the raw loop and the connector: the core's polls sent through the
+    driver's HTTP mapping (``exchange``), each page decoded by ``json.loads`` and kept as the
+    raw loop keeps it; with ``receive``, read by the core instead (``Poller.receive``: each
+    message's ``Message``, the context tokens, the cursor) and its messages kept. No journal,
+    no inbox, nothing stored. Timed by ``clock`` from the first poll."""
+    kept: list[Any] = []
+    core = weixin_protocol.Poller(
+        info["token"], info["base_url"], functools.partial(weixin.to_message, "bot")
+    )
+    async with httpx.AsyncClient() as http:
+        start = clock()
+        while len(kept) < MESSAGES:
+            body = await exchange(http, core.request(), "weixin")
+            assert body is not None  # the emulator answers at once while messages wait
+            if receive:
+                page = core.receive(body, 0.0)
+                assert isinstance(page, Page)
+                kept += page.messages
+                core.commit(page)
+            else:
+                answer = json.loads(body)
+                kept += answer["msgs"]
+                core.cursor = answer["get_updates_buf"]
+        return clock() - start
+
+
+class _Instrumented:
+    """A clock for the stage loops: this process's CPU time, and, when the process runs under
+    ``valgrind --tool=callgrind --instr-atstart=no`` (``CALLGRIND=1`` in its environment),
+    callgrind's instrumentation switched on at the first reading and, at the second, off and
+    dumped as ``name``: instruction and cache figures over exactly the timed span (making
+    the HTTP client, which loads the CA store, left out: 11.7k instructions a message here)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.readings = 0
+
+    def __call__(self) -> float:
+        if CALLGRIND:
+            pid = str(os.getpid())
+            if self.readings % 2 == 0:
+                subprocess.run(["callgrind_control", "-i", "on", pid], check=True)
+            else:
+                subprocess.run(["callgrind_control", "-i", "off", pid], check=True)
+                subprocess.run(["callgrind_control", "-d", self.name, pid], check=True)
+        self.readings += 1
+        return time.process_time()
+
+
+_STAGES: Final[dict[str, Callable[..., Awaitable[float]]]] = {
+    "raw loop (json.loads)": _raw_httpx_loop,
+    "+ the driver's HTTP mapping": _through_mapping,
+    "+ the core's receive (Message, tokens, cursor)": functools.partial(
+        _through_mapping, receive=True
+    ),
+    "floor (raw loop + to_message)": functools.partial(_raw_httpx_loop, keep=True),
+    "connector into the inbox": _connector_into_inbox,
+}
+
+
+def bench_stages() -> None:
+    """Client CPU per message from the raw loop to the connector, stage by stage (best of
+    three fresh emulators each; under callgrind, one profile per stage and run)."""
+    loops = [
+        functools.partial(loop, clock=_Instrumented(name.split(" (")[0].strip("+ ")))
+        for name, loop in _STAGES.items()
+    ]
+    best = best_of_fresh("weixin", _load, loops, repeat=1 if CALLGRIND else REPEAT)
+    raw = best[0]
+    report(
+        f"weixin stages: client CPU per message, {MESSAGES:,} messages, pages of 100",
+        [
+            (name, f"{t / MESSAGES * 1e6:.1f} us: {raw / t:.2f}x")
+            for name, t in zip(_STAGES, best, strict=True)
         ],
     )
 
@@ -205,4 +297,8 @@ async def _noop(batch: cb.Batch, reply: cb.Reply) -> None:
     pass
 
 
-BENCHMARKS = {"weixin": bench_throughput, "weixin-idle": bench_idle_accounts}
+BENCHMARKS = {
+    "weixin": bench_throughput,
+    "weixin-idle": bench_idle_accounts,
+    "weixin-stages": bench_stages,
+}
