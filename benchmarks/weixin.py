@@ -219,10 +219,16 @@ class _Instrumented:
         if CALLGRIND:
             pid = str(os.getpid())
             if self.readings % 2 == 0:
-                subprocess.run(["callgrind_control", "-i", "on", pid], check=True)
+                subprocess.run(
+                    ["callgrind_control", "-i", "on", pid], check=True, capture_output=True
+                )
             else:
-                subprocess.run(["callgrind_control", "-i", "off", pid], check=True)
-                subprocess.run(["callgrind_control", "-d", self.name, pid], check=True)
+                subprocess.run(
+                    ["callgrind_control", "-i", "off", pid], check=True, capture_output=True
+                )
+                subprocess.run(
+                    ["callgrind_control", "-d", self.name, pid], check=True, capture_output=True
+                )
         self.readings += 1
         return time.process_time()
 
