@@ -232,6 +232,31 @@ def test_a_converter_that_fails_costs_only_its_message() -> None:
     assert "KeyError" in str(page.skipped[0])
 
 
+def test_a_page_with_a_failing_entry_is_read_as_a_page_without_one() -> None:
+    # The page is converted in one pass; an entry whose conversion raises sends it through
+    # one entry at a time: the same messages, tokens and filtered count, the bad one skipped.
+    own = b'{"message_id":5,"message_type":2,"item_list":[{"type":1,"text_item":{"text":"x"}}]}'
+    bad = b'{"message_id":9,"message_type":1,"bug":1}'
+    calls: list[bytes] = []
+
+    def convert(raw: bytes) -> cb.Message | None:
+        calls.append(raw)
+        if raw == bad:
+            raise KeyError("a bug")
+        return weixin.to_message("bot", raw)
+
+    def read(*entries: bytes) -> Page:
+        body = b'{"msgs":[' + b",".join(entries) + b"]}"
+        return page_of(p.Poller("t", BASE, convert).receive(body, now=0.0))
+
+    clean, with_bad = read(good(1), own, good(2)), read(good(1), own, bad, good(2))
+    assert [m.text for m in with_bad.messages] == [m.text for m in clean.messages] == ["m1", "m2"]
+    assert (with_bad.filtered, with_bad.values) == (clean.filtered, clean.values)
+    assert clean.filtered == 1 and len(clean.values) == 2
+    assert (len(clean.skipped), len(with_bad.skipped)) == (0, 1)
+    assert calls.count(good(1)) == 3  # once in the clean page, twice in the other
+
+
 @given(st.binary(max_size=300))
 @example(b'{"msgs":[{"message_id":1,"item_list":[{"type":1,"text_item":{"text":"\xff"}}]}]}')
 @example(b'{"longpolling_timeout_ms":1e999}')

@@ -280,8 +280,9 @@ _answer: Final = msgspec.json.Decoder(_Answer)
 _ANSWER_FIELDS: Final = tuple(name for name in _Answer.__struct_fields__ if name != "msgs")
 
 
-def read_answer(body: bytes) -> tuple[dict[str, Any], Sequence[Any]]:
-    """A ``getupdates`` answer's fields, and its ``msgs``: each entry's own bytes.
+def read_answer(body: bytes) -> tuple[dict[str, Any], Sequence[Any], bool]:
+    """A ``getupdates`` answer's fields, its ``msgs`` (each entry's own bytes), and whether
+    every entry is its bytes (False on the rare page read as below).
 
     One pass of msgspec splits the page without building a dict per message; each entry's
     bytes are copied out (a message's ``raw`` never keeps the page alive). An entry that is
@@ -292,7 +293,7 @@ def read_answer(body: bytes) -> tuple[dict[str, Any], Sequence[Any]]:
     that is bad as a whole raises :class:`ProtocolError`. An empty body is an empty answer.
     """
     if not body.strip():
-        return {}, ()
+        return {}, (), True
     if len(body) <= PAGE_MAX_BYTES:
         try:
             answer = _answer.decode(body)
@@ -300,10 +301,10 @@ def read_answer(body: bytes) -> tuple[dict[str, Any], Sequence[Any]]:
             pass  # read again below, where each kind of bad input gets its own error
         else:
             data = {name: getattr(answer, name) for name in _ANSWER_FIELDS}
-            return data, [bytes(entry) for entry in answer.msgs or ()]
+            return data, [bytes(entry) for entry in answer.msgs or ()], True
     data = json_object_items(body, "iLink getupdates", "msgs", max_bytes=PAGE_MAX_BYTES)
     entries = data.get("msgs")
-    return data, entries if isinstance(entries, list) else ()
+    return data, entries if isinstance(entries, list) else (), False
 
 
 @final
@@ -350,10 +351,11 @@ class Poller:
     ``convert`` turns one message into a :class:`Message` (None: not for the agent); it is
     given the entry's own bytes (see :func:`read_answer` for the rare page it is given decoded
     entries instead). A message it refuses, or that could not even be decoded, is skipped
-    alone (in :attr:`Page.skipped`), never the page. The cursor moves only in
-    :meth:`commit`, once the driver has made the page durable; the server's hold time
-    (``longpolling_timeout_ms``) is adopted from every answer, errors included, held to
-    :data:`LONG_POLL_TIMEOUT_RANGE`.
+    alone (in :attr:`Page.skipped`), never the page. It must be pure: a page is converted
+    in one pass, and again entry by entry when one of its conversions raises. The cursor
+    moves only in :meth:`commit`, once the driver has made the page durable; the server's
+    hold time (``longpolling_timeout_ms``) is adopted from every answer, errors included,
+    held to :data:`LONG_POLL_TIMEOUT_RANGE`.
     """
 
     token: str = attrs.field(repr=False)
@@ -384,7 +386,7 @@ class Poller:
         )
 
     def receive(self, body: bytes, now: float) -> PollEvent:
-        data, entries = read_answer(body)
+        data, entries, as_bytes = read_answer(body)
         held = read_int(data, "longpolling_timeout_ms")  # milliseconds
         if held:  # held to the range as an integer first: a huge one cannot overflow
             low, high = LONG_POLL_TIMEOUT_RANGE
@@ -394,32 +396,17 @@ class Poller:
             return self.guard.pause(now)
         if error is not None:
             return RetryLater(error)
-        return self._page(data, entries)
+        return self._page(data, entries, as_bytes)
 
-    def _page(self, data: Mapping[str, Any], entries: Sequence[Any]) -> Page:
-        convert = self.convert
-        messages: list[Message] = []
-        skipped: list[ProtocolError] = []
-        filtered = 0
+    def _page(self, data: Mapping[str, Any], entries: Sequence[Any], as_bytes: bool) -> Page:
+        converted = self._convert_all(entries) if as_bytes else None
+        if converted is None:  # a bad entry: each converted alone, so it costs only itself
+            messages, skipped, filtered = self._convert_each(entries)
+        else:
+            messages = [message for message in converted if message is not None]
+            skipped, filtered = [], len(converted) - len(messages)
         tokens: dict[str, str | None] = {}
-        for n, entry in enumerate(entries):
-            if isinstance(entry, ProtocolError):  # undecodable: json_object_items says why
-                skipped.append(entry)
-                continue
-            try:
-                message = convert(entry)
-            except ProtocolError as exc:
-                skipped.append(exc)
-                continue
-            except Exception as exc:  # a converter's bug must not cost the page
-                bad = ProtocolError(f"iLink getupdates: msgs[{n}]: {type(exc).__name__}: {exc}")
-                bad.__cause__ = exc
-                skipped.append(bad)
-                continue
-            if message is None:
-                filtered += 1
-                continue
-            messages.append(message)
+        for message in messages:
             token: Any = None
             peer: Any = None
             for name, value in message.reply_handle.entries:  # two Handle.get, in one pass
@@ -438,6 +425,44 @@ class Poller:
             cursor=None if cursor == self.cursor else cursor,
             values=tokens,
         )
+
+    def _convert_all(self, entries: Sequence[bytes]) -> list[Message | None] | None:
+        """Every entry converted in one pass, the common page (no Python step of ours per
+        entry); None if a conversion raises. ``convert`` is pure, so converting the page
+        again entry by entry is safe."""
+        try:
+            return list(map(self.convert, entries))
+        except Exception:
+            return None
+
+    def _convert_each(
+        self, entries: Sequence[Any]
+    ) -> tuple[list[Message], list[ProtocolError], int]:
+        """Each entry converted alone: the messages, the entries skipped (undecodable, or
+        refused by the converter, or a converter's bug: never the page's end), and how many
+        were filtered out (not for the agent)."""
+        messages: list[Message] = []
+        skipped: list[ProtocolError] = []
+        filtered = 0
+        for n, entry in enumerate(entries):
+            if isinstance(entry, ProtocolError):  # undecodable: json_object_items says why
+                skipped.append(entry)
+                continue
+            try:
+                message = self.convert(entry)
+            except ProtocolError as exc:
+                skipped.append(exc)
+                continue
+            except Exception as exc:  # a converter's bug must not cost the page
+                bad = ProtocolError(f"iLink getupdates: msgs[{n}]: {type(exc).__name__}: {exc}")
+                bad.__cause__ = exc
+                skipped.append(bad)
+                continue
+            if message is None:
+                filtered += 1
+            else:
+                messages.append(message)
+        return messages, skipped, filtered
 
     def commit(self, page: Page) -> None:
         if page.cursor:
