@@ -4,7 +4,9 @@ WeCom never pushes a callback again, so what the driver took off the socket and 
 journal within the teardown's grace (``PUT_GRACE``) is lost: these tests pin that it is counted
 (``wecom.unconfirmed_at_teardown``), logged once at ERROR, never acked, that what the store did
 write is still handled, and that the connector comes back and later callbacks flow. Lark pushes
-an event again until it is ACKed: there the same cut loses nothing.
+an event again until it is ACKed: there the same cut loses nothing. A stall alone, however
+long, ends no connection: while the reader is stopped by our backpressure, neither the silence
+watchdog nor a heartbeat's answer window runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import trio
@@ -20,7 +22,7 @@ import trio.testing
 from support import emulator_bridge
 
 import trio_chatbridge as cb
-from trio_chatbridge._websocket import PUT_GRACE, UNCONFIRMED
+from trio_chatbridge._websocket import BACKLOG, PUT_BATCH, PUT_GRACE, UNCONFIRMED
 from trio_chatbridge.testing import LarkEmulator, WeComEmulator
 
 COUNTER = f"wecom.{UNCONFIRMED}"
@@ -144,3 +146,77 @@ async def test_an_event_whose_put_the_grace_cut_is_not_acked_and_lark_pushes_it_
             assert bridge.stats().reconnects == 1
     assert seen == ["again"]  # handled once: journaled from the second push
     assert len(teardown_errors(caplog)) == 1
+
+
+# -- a stall without a teardown: the reader stops, and the connection stays -----------------------
+
+STALL: Final = 100.0
+"""Seconds the store stalls: past a heartbeat's interval and answer window (30 + 10 s on WeCom)
+and past the silence watchdog's time."""
+
+
+async def stall_through_a_heartbeat(
+    store: StallingStore, emu: WeComEmulator | LarkEmulator, n: int, users: int
+) -> list[str]:
+    """``n`` messages from ``users`` users into a store stalled for :data:`STALL` seconds,
+    then some time to handle them; the texts said."""
+    said = [f"m{i}" for i in range(n)]
+    store.stalled = True
+    for i, text in enumerate(said):
+        emu.user_says(f"user{i % users}", text)
+    await trio.sleep(STALL)
+    store.unstall()
+    await trio.sleep(30)
+    return said
+
+
+async def test_a_store_stalled_past_a_heartbeat_keeps_the_wecom_connection_and_every_callback(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More callbacks than the reader reads while stopped (a put, then twice the backlog while
+    the ping waits for its answer): the ping's answer sits behind unread frames."""
+    caplog.set_level(logging.INFO, logger="trio-websocket")  # not a record a frame
+    n = 2 * BACKLOG + 3 * PUT_BATCH
+    with trio.fail_after(600):
+        async with watched_bridge(emu := WeComEmulator(in_flight_limit=31)) as (
+            bridge,
+            store,
+            seen,
+        ):
+            said = await stall_through_a_heartbeat(store, emu, n, n // 30)
+            assert len(emu.commands("ping")) >= 2  # one answered after the stall, then on
+            assert bridge.stats().reconnects == 0 and emu.subscribes == 1
+    assert sorted(seen) == sorted(said)  # each handled once
+    assert COUNTER not in bridge.stats().other
+    assert teardown_errors(caplog) == []
+
+
+async def test_a_store_stalled_past_the_silence_keeps_the_lark_connection_and_every_event(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lark pings without waiting for the pong, and pushes an event again until it is ACKed:
+    the re-pushes wait in the socket too, and the journal drops them."""
+    caplog.set_level(logging.INFO, logger="trio-websocket")
+    n = BACKLOG + 2 * PUT_BATCH  # the reader stops
+    with trio.fail_after(600):
+        async with watched_bridge(emu := LarkEmulator(ping_interval=20)) as (bridge, store, seen):
+            said = await stall_through_a_heartbeat(store, emu, n, 50)
+            assert emu.pings >= 2
+            assert bridge.stats().reconnects == 0 and emu.connections == 1
+            assert bridge.stats().duplicates > 0  # the re-pushes, dropped by the journal
+    assert sorted(seen) == sorted(said)  # each handled once
+    assert f"lark.{UNCONFIRMED}" not in bridge.stats().other
+    assert teardown_errors(caplog) == []
+
+
+async def test_a_peer_that_stops_answering_while_the_reader_reads_still_ends_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The ping at 30 s, unanswered: the connection ends when its 10 s window is over."""
+    with trio.fail_after(300):
+        async with watched_bridge(emu := WeComEmulator()) as (bridge, _, _):
+            emu.ignore_pings = True
+            await trio.sleep(39.9)
+            assert bridge.stats().reconnects == 0
+            await trio.sleep(0.2)
+            assert bridge.stats().reconnects == 1

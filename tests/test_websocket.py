@@ -368,11 +368,43 @@ async def test_waiting_for_an_answer_reads_past_a_full_backlog_by_a_bound_only(
         nursery.start_soon(server.push, *frames)
         await trio.sleep(1)
         assert len(core.read) == 5
-        with pytest.raises(cb.connectors.AckTimeout):  # too far behind: memory stays bounded
-            await driver.request(Request("k1", "do:k1", _refused, within=3.0))
+        answers: list[Answer] = []
+
+        async def reply() -> None:  # a reply waiting for its ACK, as WeCom's do
+            answers.append(await driver.request(Request("k1", "do:k1", _refused, within=3.0)))
+
+        nursery.start_soon(reply)
+        await trio.sleep(30)  # the reader stopped, and so did the answer's 3 s window
         assert len(core.read) == 2 + 2 * 3  # the put's 2, then twice the backlog at most
+        assert answers == []
         await release(inbox, server, 20)
-        assert inbox.counts["stray_acks"] == 1  # the answer came, after its request gave up
+        assert answers == [Answer("k1", body={"n": 1})]  # answered once the reader read on
+        assert "stray_acks" not in inbox.counts
+
+
+async def test_an_answer_window_runs_on_once_the_stopped_reader_reads_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A peer gone while the reader was stopped is found once it reads again: the request
+    fails after what its window had left, as it would have without the stall."""
+    async with held(backlog=3, put_batch=2) as (nursery, server, inbox, _, driver):
+        nursery.start_soon(server.push, *(f"msg:{n}" for n in range(20)))  # never answered
+        await trio.sleep(1)
+        failed: list[float] = []
+
+        async def reply() -> None:
+            with pytest.raises(cb.connectors.AckTimeout):
+                await driver.request(Request("k1", "do:k1", _refused, within=3.0))
+            failed.append(trio.current_time())
+
+        nursery.start_soon(reply)
+        await trio.sleep(30)
+        assert failed == []
+        reading = trio.current_time()
+        await release(inbox, server, 20)
+        await trio.sleep(5)
+        assert failed == [pytest.approx(reading + 3.0, abs=0.1)]
+        assert driver.connected  # a reply's timeout is its own, not the connection's
 
 
 class AskingCore(LineCore):

@@ -21,6 +21,8 @@ received into events and builds every frame to send, keeping the handshake, hear
   frames we send never wait behind the inbox: they go out from their own tasks, and while one of
   our requests waits for its answer (a heartbeat, a reply's ACK) the reader reads on past a full
   backlog, to twice :data:`BACKLOG` at most, so answers behind inbound frames still arrive;
+  while the reader is stopped, neither the silence watchdog nor the answer windows of our
+  requests run (the stall is ours, not the peer's: a stalled inbox never ends a connection);
 - one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
   or the worker came for it (woken once, by a deadline the reader sets, not per frame), puts
   it in one ``ctx.put`` and only then sends the ACKs (:attr:`Inbound.ack`): a message is
@@ -132,7 +134,9 @@ BUSY_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
 
 class AckTimeout(ConnectorError):
     """A request was not answered in time: a later answer is only counted, in ``stray_acks``
-    (an unanswered heartbeat ends its connection; the supervisor reconnects)."""
+    (an unanswered heartbeat ends its connection; the supervisor reconnects). Time the reader
+    spent stopped by our own backpressure does not count: the answer may be among the frames
+    it did not read."""
 
 
 class Disconnected(ConnectorError):
@@ -158,6 +162,10 @@ class _Slot:
     users: int = 0
     waiting: trio.Event | None = None
     answer: Answer | None = None
+    timer: trio.CancelScope | None = None
+    """The answer window of the request in flight, while it waits."""
+    left: float = 0.0
+    """Seconds of that window left when the reader stopped (:meth:`_Connection.pause`)."""
 
 
 @attrs.define(eq=False)
@@ -174,6 +182,8 @@ class _Connection:
     backlog: the answer may be behind inbound frames)."""
     slots: dict[str, _Slot] = attrs.Factory(dict)
     closed: str | None = None
+    paused: bool = False
+    """Whether the reader stopped reading for our own backpressure (see :meth:`pause`)."""
 
     @property
     def awaiting(self) -> bool:
@@ -229,8 +239,10 @@ class _Connection:
         try:
             await self.send(request.data)
             if not slot.waiting.is_set():  # else answered during the send's step: no wait
-                self.asking()
-                with trio.move_on_after(within):
+                slot.left = within  # while the reader is stopped, the window waits for it
+                due = math.inf if self.paused else trio.current_time() + within
+                with trio.CancelScope(deadline=due) as slot.timer:
+                    self.asking()
                     await slot.waiting.wait()
             if slot.answer is None:
                 if self.closed is not None:
@@ -241,7 +253,26 @@ class _Connection:
                 )
             return slot.answer
         finally:
-            slot.waiting = None
+            slot.waiting = slot.timer = None
+
+    def pause(self) -> None:
+        """The reader stopped reading (our own backpressure: the inbox is slow): the answer
+        windows of the requests waiting stop too, as their answers may be among the frames
+        not read. A peer gone meanwhile is found once the reader reads again (:meth:`resume`):
+        the windows' rest runs then, and so does the silence watchdog."""
+        self.paused = True
+        now = trio.current_time()
+        for slot in self.slots.values():
+            if slot.timer is not None:
+                slot.left, slot.timer.deadline = slot.timer.deadline - now, math.inf
+
+    def resume(self) -> None:
+        """The reader reads again: each answer window runs on for what it had left."""
+        self.paused = False
+        now = trio.current_time()
+        for slot in self.slots.values():
+            if slot.timer is not None:
+                slot.timer.deadline = now + slot.left
 
     def deliver(self, answer: Answer) -> bool:
         """Hand ``answer`` to the request waiting on its key; False when none is."""
@@ -269,7 +300,8 @@ class _Backlog:
     the oldest message arrived or the worker came for it, whichever is later; at once when a
     batch is full): one wake-up per batch, and a batch gathers for at least ``linger``.
     The reader stops at ``limit`` messages, and reads on to twice that only while a request
-    waits for its answer (:meth:`wait_for_room`).
+    waits for its answer (:meth:`wait_for_room`); while it is stopped, the answer windows of
+    the connection's requests are paused (:meth:`_Connection.pause`).
     """
 
     limit: int
@@ -310,7 +342,8 @@ class _Backlog:
         """Returns once the reader may read the next frame: the backlog has room, or a
         request waits for its answer (``awaiting()``; the answer may be behind inbound
         frames: acks and heartbeats never wait behind the inbox) and the backlog holds less
-        than twice its limit (memory stays bounded; an answer further behind times out)."""
+        than twice its limit (memory stays bounded; meanwhile the request's answer window
+        waits too, see :meth:`_Connection.pause`)."""
         while self.full and not (awaiting() and len(self.items) < 2 * self.limit):
             self.stirred = trio.Event()
             await self.stirred.wait()
@@ -517,7 +550,11 @@ class WebSocketDriver(Generic[N]):
                         await self._dispatch(ctx, connection, event, nursery)
                 if backlog.full:  # a slow inbox slows the socket: we stop reading
                     watchdog.deadline = math.inf  # meanwhile the silence is ours, not the peer's
-                    await backlog.wait_for_room(lambda: connection.awaiting)
+                    connection.pause()  # and so is the wait for an answer
+                    try:
+                        await backlog.wait_for_room(lambda: connection.awaiting)
+                    finally:
+                        connection.resume()
                     now = trio.current_time()
         self._lost(connection, "silent")
         raise ConnectorError(f"{self.name}: no frame for {silence:.0f} s")
@@ -557,7 +594,12 @@ class WebSocketDriver(Generic[N]):
             self._retimed.set()
 
     async def _heartbeat(self, connection: _Connection) -> None:
-        """A heartbeat every interval; an unanswered or refused one ends the connection."""
+        """A heartbeat every interval; an unanswered or refused one ends the connection.
+
+        Its answer window, like every request's, does not run while the reader is stopped by
+        our own backpressure (the answer may be among the frames not read): a stalled inbox
+        never ends the connection. A peer gone meanwhile is found once the reader reads again,
+        when the window's rest has run out (or the silence watchdog's time)."""
         sent_at = trio.current_time()
         while True:
             self._retimed = trio.Event()
