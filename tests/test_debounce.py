@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -205,3 +205,82 @@ def test_debouncer_matches_reference_model(
 
     actual = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert actual == reference(policy, script)
+
+
+# -- sessions by account and chat -------------------------------------------------------------
+
+accounts = [FakeConnector(account) for account in ("bot", "bot-2")] + [
+    FakeConnector("bot", platform="other")
+]
+
+
+async def release_all(
+    policy: cb.Debounce, pages: Sequence[tuple[cb.Message, ...]]
+) -> list[cb.Batch]:
+    """What a debouncer releases for ``pages``, each sent as one put, one second apart."""
+    released: list[cb.Batch] = []
+    send_in, recv_in = trio.open_memory_channel[tuple[cb.Message, ...]](len(pages) + 1)
+    send_out, recv_out = trio.open_memory_channel[cb.Batch](math.inf)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cb.Debouncer(policy).run, recv_in, send_out)
+        async with send_in:
+            for page in pages:
+                await send_in.send(page)
+                await trio.sleep(1.0)
+        async with recv_out:
+            released.extend([batch async for batch in recv_out])
+    return released
+
+
+async def test_the_default_session_is_one_account_and_chat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # One put mixing accounts (a replay from the journal does) with one chat id in each.
+    page = tuple(c.message(f"{i}", chat="same", id=f"{i}") for i, c in enumerate(accounts * 2))
+    batches = await release_all(cb.Debounce(window=5.0), [page])
+    assert sorted((b.session, [m.id for m in b.messages]) for b in batches) == [
+        ("fake:bot-2:same", ["1", "4"]),
+        ("fake:bot:same", ["0", "3"]),
+        ("other:bot:same", ["2", "5"]),
+    ]
+    assert all(b.session == cb.session_key(m) for b in batches for m in b.messages)
+
+
+async def test_a_key_of_ones_own_groups_by_it(autojump_clock: trio.testing.MockClock) -> None:
+    user = accounts[0]
+    pages: list[tuple[cb.Message, ...]] = [(user.message("a", chat="x", user="ann", id="1"),)]
+    pages.append((user.message("b", chat="y", user="ann", id="2"), user.message(chat="y", id="3")))
+    by_user = cb.Debounce(window=5.0, key=lambda m: m.sender.id)
+    batches = await release_all(by_user, pages)
+    assert sorted((b.session, [m.id for m in b.messages]) for b in batches) == [
+        ("ann", ["1", "2"]),
+        ("user", ["3"]),
+    ]
+
+
+@given(
+    script=st.lists(
+        st.lists(st.tuples(st.integers(0, 2), st.sampled_from("abc")), min_size=1, max_size=6),
+        max_size=12,
+    ),
+    max_messages=st.sampled_from([None, 1, 3]),
+)
+def test_the_default_key_groups_as_session_key_does(
+    script: list[list[tuple[int, str]]], max_messages: int | None
+) -> None:
+    """The default key's per-account maps release what a key of one's own computing the same
+    string does (the general path), page for page."""
+    ids = iter(range(10_000))
+    pages = [
+        tuple(accounts[a].message(chat=chat, id=str(next(ids))) for a, chat in page)
+        for page in script
+    ]
+
+    def released(key: Callable[[cb.Message], str]) -> list[tuple[str, list[str]]]:
+        policy = cb.Debounce(window=1.5, max_delay=2.5, max_messages=max_messages, key=key)
+        batches = trio.run(
+            release_all, policy, pages, clock=trio.testing.MockClock(autojump_threshold=0)
+        )
+        return [(b.session, [m.id for m in b.messages]) for b in batches]
+
+    assert released(cb.session_key) == released(lambda m: cb.session_key(m))

@@ -58,6 +58,10 @@ class Debounce:
 @attrs.define(eq=False)
 class _Session:
     key: str
+    home: dict[str, _Session]
+    """The map it is filed in while pending (see ``Debouncer._add``)."""
+    slot: str
+    """Its key in ``home``."""
     messages: list[Message]
     cap: float  # release at the latest by this time (first message + max_delay)
     deadline: float
@@ -81,7 +85,15 @@ class Debouncer:
         self.max_pending = max_pending
         """Sessions held at most: with this many pending, nothing more is read until one
         leaves, so a flood of new chats pushes back on the inbox instead of growing here."""
-        self._sessions: dict[str, _Session] = {}
+        # Pending sessions. With the default key, a map per account by chat id: finding a
+        # message's session is one lookup by a string it already holds, and the session key
+        # (an f-string) is built once per session, not per message. With a key of the
+        # user's, one map by that key.
+        self._by_chat: dict[tuple[str, str], dict[str, _Session]] | None = (
+            {} if self.policy.key is session_key else None
+        )
+        self._by_key: dict[str, _Session] = {}
+        self._pending = 0
         self._heap: list[tuple[float, int, _Session]] = []
         self._tiebreak = 0
         self._draining = False
@@ -90,7 +102,7 @@ class Debouncer:
     @property
     def pending_sessions(self) -> int:
         """Sessions holding messages not yet released."""
-        return len(self._sessions)
+        return self._pending
 
     def drain(self) -> None:
         """Release every pending session now, and every later message at once (for shutdown)."""
@@ -116,7 +128,7 @@ class Debouncer:
                 # No checkpoint lies between _release_due and here, so a drain() cannot slip by.
                 messages: tuple[Message, ...] = ()
                 with trio.CancelScope(deadline=deadline) as self._wait:
-                    if len(self._sessions) >= self.max_pending and not self._draining:
+                    if self._pending >= self.max_pending and not self._draining:
                         await trio.sleep_forever()  # full: until a deadline (or drain())
                     try:
                         messages = await receive.receive()
@@ -131,16 +143,28 @@ class Debouncer:
     def _add(self, messages: tuple[Message, ...]) -> list[Batch]:
         """File each message under its session; returns the batches due at once."""
         policy = self.policy
-        key_of, sessions, most = policy.key, self._sessions, policy.max_messages
+        key_of, by_chat, most = policy.key, self._by_chat, policy.max_messages
         now = trio.current_time()
         due = now + policy.window  # the deadline each message sets, its session's cap allowing
         ready: list[Batch] = []
+        home = self._by_key
+        platform: str | None = None  # of the message before (none yet)
+        account: str | None = None
         for message in messages:
-            key = key_of(message)
-            session = sessions.get(key)
+            if by_chat is None:
+                slot = key_of(message)
+            else:
+                if message.account != account or message.platform != platform:
+                    platform, account = message.platform, message.account
+                    home = by_chat.setdefault((platform, account), {})
+                slot = message.chat.id
+            session = home.get(slot)
             if session is None:
+                key = slot if by_chat is None else f"{platform}:{account}:{slot}"
                 cap = NO_DEADLINE if policy.max_delay is None else now + policy.max_delay
-                session = sessions[key] = _Session(key, [message], cap, min(due, cap))
+                session = _Session(key, home, slot, [message], cap, min(due, cap))
+                home[slot] = session
+                self._pending += 1
                 self._push(session)
             else:
                 session.messages.append(message)
@@ -148,9 +172,14 @@ class Debouncer:
                 # up early, _release_due files it again under the new deadline.
                 session.deadline = due if due < session.cap else session.cap
             if self._draining or (most is not None and len(session.messages) >= most):
-                del sessions[key]
-                ready.append(Batch(key, session.messages))
+                ready.append(self._release(session))
         return ready
+
+    def _release(self, session: _Session) -> Batch:
+        """Take ``session`` out of the pending ones; returns its batch."""
+        del session.home[session.slot]
+        self._pending -= 1
+        return Batch(session.key, session.messages)
 
     def _push(self, session: _Session) -> None:
         self._tiebreak += 1
@@ -158,17 +187,16 @@ class Debouncer:
 
     async def _release_due(self, send: trio.MemorySendChannel[Batch]) -> None:
         """Send every session whose deadline has passed (all of them while draining)."""
-        heap, sessions = self._heap, self._sessions
+        heap = self._heap
         now = trio.current_time()
         while heap and (self._draining or heap[0][0] <= now):
             _, _, session = heapq.heappop(heap)
-            if sessions.get(session.key) is not session:
+            if session.home.get(session.slot) is not session:
                 continue  # released early (max_messages, drain): a leftover entry
             if not self._draining and session.deadline > now:
                 self._push(session)  # re-armed since it was filed
                 continue
-            del sessions[session.key]
-            await _send(send, Batch(session.key, session.messages))
+            await _send(send, self._release(session))
             now = trio.current_time()
 
 
