@@ -3,6 +3,8 @@ from __future__ import annotations
 import contextvars
 import math
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -974,3 +976,42 @@ def test_a_crash_at_any_point_loses_nothing_and_repeats_nothing_finished(
 
     with directory:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class _Typing(FakeConnector):
+    """Holds a typing indicator while its agent runs (as WeChat's connector does)."""
+
+    def __init__(self, account: str) -> None:
+        super().__init__(account)
+        self.log: list[str] = []
+
+    @asynccontextmanager
+    async def _typing(self, batch: cb.Batch) -> AsyncIterator[None]:
+        self.log.append(f"typing {batch.latest.id}")
+        try:
+            yield
+        finally:
+            self.log.append(f"stopped {batch.latest.id}")
+
+    def running(self, batch: cb.Batch) -> AbstractAsyncContextManager[None]:
+        return self._typing(batch)
+
+
+async def test_a_connector_holds_its_running_context_around_each_run_and_only_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    typing, plain = _Typing("typing"), FakeConnector("plain")
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        if isinstance(reply.connector, _Typing):
+            reply.connector.log.append(f"agent {batch.latest.id}")
+        await reply.send("ok")
+
+    for timeout in (None, 30.0):  # without a run_timeout, and with one
+        typing.log.clear()
+        async with running_bridge(make_bridge(agent, typing, plain, run_timeout=timeout)):
+            await typing.say("a", id=f"t{timeout}")
+            await plain.say("b", id=f"p{timeout}")
+            await typing.next_reply()
+            await plain.next_reply()
+        assert typing.log == [f"typing t{timeout}", f"agent t{timeout}", f"stopped t{timeout}"]

@@ -196,15 +196,17 @@ class Debouncer:
             if not self._draining and session.deadline > now:
                 self._push(session)  # re-armed since it was filed
                 continue
-            await _send(send, self._release(session))
-            now = trio.current_time()
+            if await _send(send, self._release(session)):
+                now = trio.current_time()  # it waited for room
 
 
-async def _send(send: trio.MemorySendChannel[Batch], batch: Batch) -> None:
+async def _send(send: trio.MemorySendChannel[Batch], batch: Batch) -> bool:
     """Send without yielding while the channel has room: the batches released together reach
     the dispatcher together, which starts their runs in one turn. Full, it waits (the
-    receive before the next release is this task's checkpoint)."""
+    receive before the next release is this task's checkpoint). Returns whether it waited."""
     try:
         send.send_nowait(batch)
     except trio.WouldBlock:
         await send.send(batch)
+        return True
+    return False

@@ -117,6 +117,11 @@ class Dispatcher:
         self._agent = agent
         self._latencies = latencies
         self._connectors = connectors
+        # Connectors whose running() holds something (typing indicators): the others' agents
+        # run without entering the default's empty context manager.
+        self._holding = frozenset(
+            key for key, c in connectors.items() if type(c).running is not Connector.running
+        )
         self._store = store
         self._counters = counters
         self._concurrency = concurrency
@@ -227,7 +232,8 @@ class Dispatcher:
         try:
             while ready:
                 session = ready.popleft()
-                self._room.set()
+                if len(ready) >= self._max_waiting - 1:  # it was full: run() may wait for room
+                    self._room.set()
                 await _in_context(self._context.copy(), self._serve(session), self._start_runs)
         finally:
             self._workers -= 1
@@ -269,8 +275,9 @@ class Dispatcher:
             self._counters[_stats.INTERRUPTS] += 1
             session.waiting[:0] = messages
         else:  # answered: recorded by _mark_finished, even at shutdown
+            if not self._finished:  # the first since the last write: wake _mark_finished
+                self._marks_due.set()
             self._finished.append((messages, error))
-            self._marks_due.set()
         if session.waiting:
             self._ready.append(session)
         else:
@@ -308,8 +315,9 @@ class Dispatcher:
 
     async def _run_agent(self, batch: Batch) -> str | None:
         """Run the agent once; returns the failure to record, or None."""
-        latest = batch.latest
-        connector = self._connectors.get((latest.platform, latest.account))
+        latest = batch.messages[-1]
+        key = (latest.platform, latest.account)
+        connector = self._connectors.get(key)
         if connector is None:
             log.error(
                 "no connector for %s:%s: batch of session %s not handled",
@@ -324,12 +332,16 @@ class Dispatcher:
             on_sent = self._latencies.run_started(batch, on_sent)
         reply = Reply._create(batch, connector, on_sent)
         failure: BaseException | None = None
-        # No scope without a run_timeout: a cancel scope is a good part of a short run's cost.
+        # No scope without a run_timeout (a cancel scope is a good part of a short run's
+        # cost), and no context manager where the connector holds nothing.
         timeout = None if self._run_timeout == math.inf else trio.move_on_after(self._run_timeout)
         try:
-            with _UNLIMITED if timeout is None else timeout:
-                async with connector.running(batch):
-                    await self._agent(batch, reply)
+            if timeout is None and key not in self._holding:
+                await self._agent(batch, reply)
+            else:
+                with _UNLIMITED if timeout is None else timeout:
+                    async with connector.running(batch):
+                        await self._agent(batch, reply)
         except* Exception as group:
             # The agent is user code: anything may come out, even instead of or alongside
             # the Cancelled of an interrupt, a timeout or a shutdown (a cleanup that failed).
