@@ -170,6 +170,138 @@ def bench_pipeline() -> None:
     )
 
 
+PUT_MESSAGES = 60_000
+PUT_PAGES = (100, 30, 1)  # messages per put: a WeChat page, a WeCom burst, one callback
+
+
+class _TaskCPU(trio.abc.Instrument):
+    """The CPU time of one task's steps (``task``'s, once set): what a call made from that
+    task costs it, whatever other tasks do with what it handed over."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.cpu = 0.0
+        self._start = 0.0
+
+    def start(self) -> None:
+        """Measure the calling task from now on (its current step included)."""
+        self.task = trio.lowlevel.current_task()
+        self._start = time.process_time()
+
+    def stop(self) -> None:
+        """Stop measuring (the calling task's current step included)."""
+        self.after_task_step(trio.lowlevel.current_task())
+        self.task = None
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self._start = time.process_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.cpu += time.process_time() - self._start
+
+
+class _PutConnector(Connector):
+    """Puts pre-built pages into the inbox, in the task whose CPU ``meter`` measures."""
+
+    def __init__(self, pages: list[list[cb.Message]], meter: _TaskCPU) -> None:
+        self.platform, self.account = "fake", "bot"
+        self.pages, self.meter = pages, meter
+        self.finished = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        self.meter.start()
+        for page in self.pages:
+            await self.ctx.put(page)
+        self.meter.stop()
+        self.finished.set()
+        await trio.sleep_forever()
+
+    async def send(self, target: cb.Message, text: str) -> None:
+        pass
+
+
+def _put_cpu(pages: list[list[cb.Message]], how: str) -> float:
+    """CPU seconds of the task that hands ``pages`` over: by ``ctx.put`` into a bridge (a
+    no-op agent, window 0, MemoryStore), or by a raw channel send of each page (``raw``),
+    or by the send plus a dedup index filled per message, by id (``floor``)."""
+    meter = _TaskCPU()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    async def bridged() -> None:
+        connector = _PutConnector(pages, meter)
+        bridge = cb.Bridge(
+            connectors=[connector],
+            agent=agent,
+            store=cb.MemoryStore(),
+            debounce=cb.Debounce(window=0.0),
+            concurrency=64,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await connector.finished.wait()
+            nursery.cancel_scope.cancel()
+
+    async def raw(floor: bool) -> None:
+        send, receive = trio.open_memory_channel[list[cb.Message]](1024)
+
+        async def produce() -> None:
+            seen: dict[str, list[cb.Message]] = {}
+            meter.start()
+            async with send:
+                for page in pages:
+                    if floor:
+                        for message in page:
+                            if message.id not in seen:
+                                seen[message.id] = page
+                    await send.send(page)
+            meter.stop()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with receive:
+                async for _ in receive:
+                    pass
+
+    trio.run(bridged if how == "put" else lambda: raw(how == "floor"), instruments=[meter])
+    return meter.cpu
+
+
+def bench_put() -> None:
+    """(e) ``ctx.put`` alone, as connectors call it: the CPU of the calling task per message
+    (journal, inbox, the hand-off to the debouncer) against a raw channel send of the same
+    pages, and against that send plus a dedup index (the floor), in the same run."""
+    messages = _messages(PUT_MESSAGES, PUT_MESSAGES // 10)
+    rows: list[tuple[str, str]] = []
+    for size in PUT_PAGES:
+        pages = [messages[start : start + size] for start in range(0, PUT_MESSAGES, size)]
+        best = {how: math.inf for how in ("raw", "floor", "put")}
+        for _ in range(REPEAT):
+            for how in best:  # taking turns, so that a burst of load hits each alike
+                best[how] = min(best[how], _put_cpu(pages, how) / PUT_MESSAGES)
+        raw, floor, put = best["raw"], best["floor"], best["put"]
+        rows.append(
+            (
+                f"pages of {size}: CPU per message: raw send, floor, ctx.put",
+                f"{raw * 1e6:.2f} us, {floor * 1e6:.2f} us, {put * 1e6:.2f} us",
+            )
+        )
+        rows.append(
+            (
+                f"pages of {size}: ratio by CPU (raw / put; floor / put)",
+                f"{raw / put:.2f}x; {floor / put:.2f}x",
+            )
+        )
+    report(
+        f"ctx.put: {PUT_MESSAGES:,} messages, CPU of the putting task (an Instrument per step)",
+        rows,
+    )
+
+
 PROBE = 10_000  # messages timed once the debouncer holds N pending sessions
 
 
@@ -370,6 +502,7 @@ def bench_sqlite_concurrent() -> None:
 
 BENCHMARKS = {
     "pipeline": bench_pipeline,
+    "put": bench_put,
     "debouncer": bench_debouncer,
     "sqlite": bench_sqlite_journal,
     "sqlite-concurrent": bench_sqlite_concurrent,

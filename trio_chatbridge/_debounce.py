@@ -4,10 +4,11 @@ Each message re-arms its session's quiet window; when the window passes with not
 session's messages leave as one :class:`Batch`. ``max_delay`` caps the wait counted from the
 session's first message and ``max_messages`` lets a batch out early.
 
-All deadlines sit in one heap and one task serves them: it waits for the next message with
-``trio.move_on_at(<earliest deadline>)``, so each message costs O(log n) and there is no task
-per session. A re-armed session leaves its old heap entry behind; the entry is recognised as
-stale (its deadline no longer matches) and skipped when it comes up. Time is Trio's clock.
+All deadlines sit in one heap and one task serves them: it waits for the next message in a
+cancel scope whose deadline it keeps on the earliest one, so each message costs O(log n) and
+there is no task per session (nor a scope per put). A re-armed session leaves its old heap
+entry behind; the entry is recognised as stale (its deadline no longer matches) and skipped
+when it comes up. Time is Trio's clock.
 """
 
 from __future__ import annotations
@@ -123,28 +124,50 @@ class Debouncer:
         async with receive, send:
             while True:
                 await self._release_due(send)
-                deadline = self._heap[0][0] if self._heap else NO_DEADLINE
                 # A cancelled receive took nothing, so waking up early (deadline, drain) is safe.
                 # No checkpoint lies between _release_due and here, so a drain() cannot slip by.
-                messages: tuple[Message, ...] = ()
+                ready: list[Batch] | None = []
+                deadline = self._heap[0][0] if self._heap else NO_DEADLINE
                 with trio.CancelScope(deadline=deadline) as self._wait:
-                    if self._pending >= self.max_pending and not self._draining:
-                        await trio.sleep_forever()  # full: until a deadline (or drain())
-                    try:
-                        messages = await receive.receive()
-                    except trio.EndOfChannel:
-                        break
+                    ready = await self._file(receive, self._wait, deadline)
+                if ready is None:
+                    break  # the end of the input
                 # Sent outside the scope: drain() must not cancel a send half-way.
-                for batch in self._add(messages):
+                for batch in ready:
                     await _send(send, batch)
             self._draining = True
             await self._release_due(send)
 
-    def _add(self, messages: tuple[Message, ...]) -> list[Batch]:
-        """File each message under its session; returns the batches due at once."""
+    async def _file(
+        self,
+        receive: trio.MemoryReceiveChannel[tuple[Message, ...]],
+        wait: trio.CancelScope,
+        deadline: float,
+    ) -> list[Batch] | None:
+        """Receive and file messages until some are due at once (returns their batches) or
+        the input ends (returns None), keeping ``wait``'s deadline on the earliest pending
+        one: one cancel scope serves every put until a deadline passes (or drain()), instead
+        of one scope per put. Cancelled, the messages received so far are filed."""
+        heap = self._heap
+        while True:
+            if self._pending >= self.max_pending and not self._draining:
+                await trio.sleep_forever()  # full: until a deadline (or drain())
+            try:
+                messages = await receive.receive()
+            except trio.EndOfChannel:
+                return None
+            now = trio.current_time()
+            ready = self._add(messages, now)
+            if ready or not heap or heap[0][0] <= now:
+                return ready  # (with a window of 0, due already: released by the caller)
+            if heap[0][0] != deadline:
+                deadline = wait.deadline = heap[0][0]
+
+    def _add(self, messages: tuple[Message, ...], now: float) -> list[Batch]:
+        """File each message under its session at time ``now``; returns the batches due at
+        once."""
         policy = self.policy
         key_of, by_chat, most = policy.key, self._by_chat, policy.max_messages
-        now = trio.current_time()
         due = now + policy.window  # the deadline each message sets, its session's cap allowing
         ready: list[Batch] = []
         home = self._by_key
