@@ -24,6 +24,8 @@ class Reply(metaclass=NoPublicConstructor):
     cannot be built by hand.
     """
 
+    __slots__ = ("_on_sent", "batch", "connector")  # one per run: no instance dict
+
     def __init__(self, batch: Batch, connector: Connector, on_sent: Callable[[], None]) -> None:
         self.batch = batch
         self.connector = connector

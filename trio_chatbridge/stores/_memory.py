@@ -6,22 +6,29 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
+import msgspec
 import trio
 
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, JournalState, Store
 
 
-@attrs.define(eq=False)
-class _Page:
+class _Page(msgspec.Struct, gc=False):
     """The new messages of one account in one ``journal_add``, kept as one entry: one
-    arrival time, one list, and the outcomes of those of them handled so far (few objects per
-    message for the garbage collector, and small dicts to update instead of one the size of
-    the journal)."""
+    arrival time, one tuple, and the outcomes of those of them handled so far (small dicts to
+    update instead of one the size of the journal).
+
+    Nothing in a page is walked by the garbage collector: the page is a record it does not
+    track, its messages a tuple of untracked records (the collector stops tracking such a
+    tuple the first time it sees it) and its outcomes strings and tuples of strings. A page
+    holds no reference back to the store, so it can be in no cycle. A journal of pages of one
+    message (a push platform's callbacks) would otherwise add tracked objects with every put
+    that every full collection walks again.
+    """
 
     received_at: float
-    messages: list[Message] = attrs.Factory(list)
-    outcomes: dict[str, tuple[JournalState, str | None]] = attrs.Factory(dict)
+    messages: tuple[Message, ...] = ()
+    outcomes: dict[str, tuple[JournalState, str | None]] = msgspec.field(default_factory=dict)
     """By message id, for the messages marked done or failed."""
 
     def pending(self) -> list[Message]:
@@ -64,19 +71,23 @@ class MemoryStore(Store):
         account: str | None = None
         ids: dict[str, _Page] = {}
         page: _Page | None = None
+        kept: list[Message] = []  # the page's messages, until it is complete
         for message in messages:
             if message.account != account or message.platform != platform:
                 # A page holds one account's messages: an id is unique only within one.
+                if page is not None:
+                    page.messages, page, kept = tuple(kept), None, []
                 platform, account, ids = message.platform, message.account, self._ids(message)
-                page = None
             is_new = message.id not in ids
             if is_new:
                 if page is None:
                     page = _Page(now)
                     self._pages.append(page)
                 ids[message.id] = page
-                page.messages.append(message)
+                kept.append(message)
             added.append(is_new)
+        if page is not None:
+            page.messages = tuple(kept)
         return added
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
@@ -115,7 +126,7 @@ class MemoryStore(Store):
                 for message in page.messages:
                     if message.id in page.outcomes:
                         del self._ids(message)[message.id]
-                page.messages, page.outcomes = page.pending(), {}
+                page.messages, page.outcomes = tuple(page.pending()), {}
             if page.messages:
                 kept.append(page)
         self._pages = kept
