@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import sqlite3
 import tempfile
 import time
@@ -700,3 +701,21 @@ def test_the_memory_journal_in_pages_means_one_record_per_message(
         assert await store.journal_pending() == model.pending()
 
     trio.run(main)
+
+
+async def test_the_memory_journal_adds_nothing_the_collector_walks() -> None:
+    """Journaled messages, one per put as a push platform hands them over, then marked done:
+    the journal holds no GC-tracked object per message or per page (its index aside)."""
+    store = cb.MemoryStore()
+    messages = [fake.message(f"{i}", chat=f"c{i % 7}", id=f"gc{i}") for i in range(2000)]
+    await store.journal_add(messages[:1])  # the account's index, made on first use
+    gc.collect()
+    before = len(gc.get_objects())
+    for message in messages[1:]:
+        await store.journal_add([message])
+    await store.journal_done(messages[: len(messages) // 2])
+    await store.journal_done(messages[len(messages) // 2 :], error="boom")
+    gc.collect()
+    assert len(gc.get_objects()) - before < 20  # it was two per put (the page, its list)
+    entry = await store.journal_entry(journal_key(messages[-1]))
+    assert entry is not None and (entry.message, entry.state) == (messages[-1], "failed")
