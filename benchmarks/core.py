@@ -53,6 +53,17 @@ class _PageConnector(Connector):
         pass
 
 
+def _core_bridge(connector: Connector, agent: cb.Agent) -> cb.Bridge:
+    """The core benchmarks' bridge: every message due at once (window 0), MemoryStore."""
+    return cb.Bridge(
+        connectors=[connector],
+        agent=agent,
+        store=cb.MemoryStore(),
+        debounce=cb.Debounce(window=0.0),
+        concurrency=64,
+    )
+
+
 def bench_pipeline() -> None:
     """(a) 200k messages over 20k sessions, inbox -> debouncer -> dispatcher -> no-op agent."""
     messages = _messages(MESSAGES, SESSIONS)
@@ -114,13 +125,7 @@ def bench_pipeline() -> None:
                 done.set()
 
         connector = _PageConnector(messages)
-        bridge = cb.Bridge(
-            connectors=[connector],
-            agent=agent,
-            store=cb.MemoryStore(),
-            debounce=cb.Debounce(window=0.0),
-            concurrency=64,
-        )
+        bridge = _core_bridge(connector, agent)
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.run)
             connector.go.set()
@@ -234,13 +239,7 @@ def _put_cpu(pages: list[list[cb.Message]], how: str) -> float:
 
     async def bridged() -> None:
         connector = _PutConnector(pages, meter)
-        bridge = cb.Bridge(
-            connectors=[connector],
-            agent=agent,
-            store=cb.MemoryStore(),
-            debounce=cb.Debounce(window=0.0),
-            concurrency=64,
-        )
+        bridge = _core_bridge(connector, agent)
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.run)
             await connector.finished.wait()
