@@ -197,7 +197,8 @@ class Dispatcher:
             session = _Session(batch.session, list(batch.messages), batch)
             self._sessions[batch.session] = session
             self._ready.append(session)
-            self._start_runs()
+            if not self._starting:  # (else the worker about to start takes it)
+                self._start_runs()
             return
         session.waiting.extend(batch.messages)
         session.batch = None
