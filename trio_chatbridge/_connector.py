@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ._supervise import Backoff
 
 log = logging.getLogger("trio_chatbridge.connector")
-_NOTHING: Final = nullcontext()  # what a connector holds while its agent runs, by default
+NOTHING: Final = nullcontext()  # what a connector holds while its agent runs, by default
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
 """What a connector is doing. ``starting``: connecting (first, or again after a wait);
@@ -358,7 +358,7 @@ class Connector(ABC):
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
         """Held while the agent runs on ``batch`` (typing indicators...). By default: nothing."""
-        return _NOTHING
+        return NOTHING
 
     async def send_media(
         self, target: Message, data: bytes, *, filename: str, kind: str | None = None

@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from . import _stats
-from ._connector import Connector
+from ._connector import NOTHING, Connector
 from ._errors import StoreError, find_error, sole
 from ._latency import Latencies
 from ._logs import SESSION
@@ -334,14 +334,16 @@ class Dispatcher:
         reply = Reply._create(batch, connector, on_sent)
         failure: BaseException | None = None
         # No scope without a run_timeout (a cancel scope is a good part of a short run's
-        # cost), and no context manager where the connector holds nothing.
+        # cost), and no context manager where the connector holds nothing (its running() is
+        # the default, or gives the default's shared empty one for this batch).
         timeout = None if self._run_timeout == math.inf else trio.move_on_after(self._run_timeout)
         try:
-            if timeout is None and key not in self._holding:
+            held = connector.running(batch) if key in self._holding else NOTHING
+            if timeout is None and held is NOTHING:  # (WeCom: a batch of one message)
                 await self._agent(batch, reply)
             else:
                 with _UNLIMITED if timeout is None else timeout:
-                    async with connector.running(batch):
+                    async with held:
                         await self._agent(batch, reply)
         except* Exception as group:
             # The agent is user code: anything may come out, even instead of or alongside
