@@ -1,0 +1,527 @@
+"""Our WebSocket client (``trio_chatbridge._ws_client``): against trio-websocket's server, a
+hand-made server speaking raw bytes (hostile cases, RFC 6455's own example frames), in-memory
+streams where a read or a write must be split or stopped at an exact byte, and TLS."""
+
+from __future__ import annotations
+
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import hypothesis.strategies as st
+import pytest
+import trio
+import trio.testing
+import trustme
+from hypothesis import given
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketRequest,
+    serve_websocket,
+)
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+
+from trio_chatbridge._ws_client import (
+    REJECTION_BODY_LIMIT,
+    WebSocketClient,
+    open_websocket,
+    upgrade,
+)
+
+Data = str | bytes
+BOUND = 10.0  # seconds of real time any loopback test may take
+
+
+# -- RFC 6455 section 5.7's example frames (server to client: unmasked) -------------------------
+
+HELLO = bytes([0x81, 0x05]) + b"Hello"
+HELLO_FRAGMENTED = bytes([0x01, 0x03]) + b"Hel" + bytes([0x80, 0x02]) + b"lo"
+PING_HELLO = bytes([0x89, 0x05]) + b"Hello"
+BINARY_256 = bytes([0x82, 0x7E, 0x01, 0x00]) + bytes(range(256))
+BINARY_64K = bytes([0x82, 0x7F]) + struct.pack("!Q", 65536) + b"\xab" * 65536
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One unmasked frame, as a server sends it (lengths up to 64 KiB)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if len(payload) < 126:
+        return head + bytes([len(payload)]) + payload
+    return head + bytes([126]) + struct.pack("!H", len(payload)) + payload
+
+
+# -- a server speaking raw bytes -----------------------------------------------------------------
+
+
+class Peer:
+    """The server's end of one connection: wsproto for what the client sends, raw bytes out."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.SERVER)
+        self.request: Request | None = None
+
+    async def read_request(self) -> Request:
+        while self.request is None:
+            await self.feed()
+        return self.request
+
+    async def accept(self, *, then: bytes = b"") -> None:
+        """Accept the upgrade, ``then`` written in the same write as the 101."""
+        await self.read_request()
+        await self.stream.send_all(self.ws.send(AcceptConnection()) + then)
+
+    async def feed(self) -> list[Event]:
+        data = await self.stream.receive_some(65536)
+        self.ws.receive_data(bytes(data) if data else None)
+        events = list(self.ws.events())
+        for event in events:
+            if isinstance(event, Request):
+                self.request = event
+        return events
+
+    async def next_event(self, kind: type[Event]) -> Event:
+        while True:
+            for event in await self.feed():
+                if isinstance(event, kind):
+                    return event
+
+
+Handler = Callable[[Peer], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    """A TCP server on 127.0.0.1 running ``handler`` per connection; yields its ws:// URL."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        async with stream:
+            await handler(Peer(stream))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/path?x=1"
+        nursery.cancel_scope.cancel()
+
+
+async def read_all(ws: WebSocketClient) -> tuple[list[Data], ConnectionClosed]:
+    """Every message until the connection closes, and how it closed."""
+    got: list[Data] = []
+    while True:
+        try:
+            got.append(await ws.get_message())
+        except ConnectionClosed as closed:
+            return got, closed
+
+
+# -- against trio-websocket's server -------------------------------------------------------------
+
+
+async def echo_until_closed(request: WebSocketRequest, seen: list[object]) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            message = await ws.get_message()
+            if message == "close 4000":
+                await ws.aclose(code=4000, reason="see you")
+                return
+            await ws.send_message(message)
+    except ConnectionClosed as closed:
+        seen.append(closed.reason.code if closed.reason else None)
+
+
+@asynccontextmanager
+async def echo_server(
+    seen: list[object], ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    async with trio.open_nursery() as nursery:
+        handler = partial(echo_until_closed, seen=seen)
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, ssl_context)
+        yield server.port
+        nursery.cancel_scope.cancel()
+
+
+async def test_messages_go_both_ways_and_the_close_handshake_says_1000() -> None:
+    seen: list[object] = []
+    with trio.fail_after(BOUND):
+        async with echo_server(seen) as port:
+            url = f"ws://127.0.0.1:{port}/?token=secret"
+            async with open_websocket(url, max_message_size=2**21) as ws:
+                assert "secret" not in repr(ws)
+                big = bytes(range(256)) * 4096  # 1 MiB: many reads, one message
+                sent: list[Data] = ["hello", b"\x00\xff", "", "\u4f60\u597d" * 1000, big]
+                for message in sent:
+                    await ws.send_message(message)
+                    assert await ws.get_message() == message
+            assert ws.closed is not None and ws.closed.code == 1000
+            with pytest.raises(ConnectionClosed):
+                await ws.send_message("after the end")
+        assert seen == [1000]
+
+
+async def test_the_servers_close_is_connection_closed_with_its_code_and_reason() -> None:
+    with trio.fail_after(BOUND):
+        async with echo_server([]) as port, open_websocket(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send_message("one")
+            await ws.send_message("close 4000")
+            got, closed = await read_all(ws)
+            with pytest.raises(ConnectionClosed) as again:
+                await ws.send_message("too late")
+    assert got == ["one"]
+    assert closed.reason is not None and (closed.reason.code, closed.reason.reason) == (
+        4000,
+        "see you",
+    )
+    assert again.value.reason is closed.reason
+
+
+# -- RFC 6455's frames and hostile servers -------------------------------------------------------
+
+
+async def test_rfc_6455_frames_become_their_messages_and_a_ping_its_pong() -> None:
+    pongs: list[bytes] = []
+    path: list[tuple[str, str]] = []
+
+    async def handler(peer: Peer) -> None:
+        request = await peer.read_request()
+        path.append((request.host, request.target))
+        # frames in the same write as the 101; a ping between two fragments of a message
+        interleaved = frame(0x1, b"Hel", fin=False) + PING_HELLO + frame(0x0, b"lo")
+        await peer.accept(then=HELLO + HELLO_FRAGMENTED + interleaved + BINARY_256 + BINARY_64K)
+        pong = await peer.next_event(Pong)
+        assert isinstance(pong, Pong)
+        pongs.append(bytes(pong.payload))
+        await peer.stream.send_all(frame(0x8, struct.pack("!H", 1001) + b"going"))
+        await peer.next_event(CloseConnection)
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url, open_websocket(url) as ws:
+            got, closed = await read_all(ws)
+    port = url.split(":")[2].split("/")[0]
+    assert path == [(f"127.0.0.1:{port}", "/path?x=1")]
+    assert got == ["Hello", "Hello", "Hello", bytes(range(256)), b"\xab" * 65536]
+    assert pongs == [b"Hello"]
+    assert closed.reason is not None and (closed.reason.code, closed.reason.reason) == (
+        1001,
+        "going",
+    )
+
+
+async def test_a_refused_upgrade_carries_status_headers_and_body() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.stream.send_all(
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nX-Why: banned\r\n\r\ndenied!"
+        )
+        await trio.sleep_forever()
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url:
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket(url):
+                    pass
+    assert rejected.value.status_code == 403
+    assert (b"x-why", b"banned") in rejected.value.headers
+    assert rejected.value.body == b"denied!"
+
+
+async def test_a_refusals_body_is_read_up_to_a_bound_only() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.stream.send_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 100000000\r\n\r\n")
+        await peer.stream.send_all(b"x" * (REJECTION_BODY_LIMIT + 4096))
+        await trio.sleep_forever()  # the other 99.9 MB never come: nobody waits for them
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url:
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket(url):
+                    pass
+    assert rejected.value.status_code == 500
+    assert rejected.value.body == b"x" * REJECTION_BODY_LIMIT
+
+
+async def test_a_message_over_the_limit_closes_with_1009_after_the_good_ones() -> None:
+    closes: list[int] = []
+
+    async def handler(peer: Peer) -> None:
+        # 10 bytes allowed: a good one, then 6 + 5 bytes in two fragments
+        oversize = frame(0x2, b"123456", fin=False) + frame(0x0, b"78901")
+        await peer.accept(then=frame(0x1, b"fine") + oversize + frame(0x1, b"never"))
+        close = await peer.next_event(CloseConnection)
+        assert isinstance(close, CloseConnection)
+        closes.append(close.code)
+        await peer.stream.send_all(peer.ws.send(close.response()))
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url, open_websocket(url, max_message_size=10) as ws:
+            got, closed = await read_all(ws)
+    assert got == ["fine"]
+    assert closed.reason is not None and closed.reason.code == 1009
+    assert "max_message_size" in str(closed.reason.reason)
+    assert closes == [1009]
+
+
+async def test_the_socket_ending_mid_frame_is_an_abnormal_close() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.accept(then=HELLO + bytes([0x81, 0x0A]) + b"abc")  # 3 of 10 bytes
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url, open_websocket(url) as ws:
+            got, closed = await read_all(ws)
+    assert got == ["Hello"]
+    assert closed.reason is not None and closed.reason.code == 1006
+    assert "mid-message" in str(closed.reason.reason)
+
+
+@pytest.mark.parametrize(
+    ("garbage", "code"),
+    [
+        (bytes([0xF3, 0x00]), 1002),  # reserved bits and a reserved opcode
+        (frame(0x0, b"orphan"), 1002),  # a continuation with nothing to continue
+        (frame(0x1, b"\xff\xfe"), 1007),  # text that is not UTF-8
+    ],
+)
+async def test_garbage_closes_with_wsprotos_code_after_the_good_messages(
+    garbage: bytes, code: int
+) -> None:
+    closes: list[int] = []
+
+    async def handler(peer: Peer) -> None:
+        await peer.accept(then=HELLO + garbage)
+        close = await peer.next_event(CloseConnection)
+        assert isinstance(close, CloseConnection)
+        closes.append(close.code)
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url, open_websocket(url) as ws:
+            got, closed = await read_all(ws)
+    assert got == ["Hello"]
+    assert closed.reason is not None and closed.reason.code == code
+    assert closes == [code]
+
+
+async def test_an_answer_that_is_not_http_is_a_handshake_error() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.stream.send_all(b"\x00\x01garbage\r\n\r\n")
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url:
+            with pytest.raises(HandshakeError) as failed:
+                async with open_websocket(url):
+                    pass
+    assert not isinstance(failed.value, ConnectionRejected)
+    assert "/path" in str(failed.value) and "x=1" not in str(failed.value)
+
+
+async def test_a_refused_connection_is_a_handshake_error_caused_by_the_os() -> None:
+    with trio.socket.socket() as probe:  # a port nobody listens on
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with trio.fail_after(BOUND), pytest.raises(HandshakeError) as failed:
+        async with open_websocket(f"ws://127.0.0.1:{port}/?key=secret"):
+            pass
+    assert isinstance(failed.value.__cause__, OSError)
+    assert "secret" not in str(failed.value)
+
+
+async def test_a_server_that_never_answers_is_a_connection_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await trio.sleep_forever()
+
+    async with raw_server(handler) as url:
+        started = trio.current_time()
+        with pytest.raises(ConnectionTimeout):
+            async with open_websocket(url, connect_timeout=15):
+                pass
+    assert trio.current_time() - started == pytest.approx(15)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/", "ws:///nohost", "wss//x"])
+async def test_a_url_that_is_not_a_websockets_is_a_value_error(url: str) -> None:
+    with pytest.raises(ValueError, match="WebSocket URL"):
+        async with open_websocket(url):
+            pass
+
+
+# -- exact reads and writes over in-memory streams ----------------------------------------------
+
+
+async def upgraded(
+    client_stream: trio.abc.Stream, server_stream: trio.abc.Stream, **options: int
+) -> tuple[WebSocketClient, Peer]:
+    """A client upgraded over ``client_stream``, the server's side answering on the other."""
+    peer = Peer(server_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.accept)
+        ws = await upgrade(client_stream, "ws://example.test/", **options)
+    return ws, peer
+
+
+async def test_a_cancelled_get_message_keeps_what_it_had_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, peer = await upgraded(*trio.testing.memory_stream_pair())
+    await peer.stream.send_all(HELLO[:4])  # half a frame
+    with trio.fail_after(BOUND), trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ws.get_message)
+            await trio.testing.wait_all_tasks_blocked()  # the half frame was read
+            scope.cancel()
+    assert scope.cancelled_caught
+    await peer.stream.send_all(HELLO[4:] + HELLO)
+    assert [await ws.get_message(), await ws.get_message()] == ["Hello", "Hello"]
+
+
+async def test_a_second_reader_at_once_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    ws, peer = await upgraded(*trio.testing.memory_stream_pair())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.get_message)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await ws.get_message()
+        await peer.stream.send_all(HELLO)
+    assert await _next_or_none(ws, peer) is None  # the first reader took it, nothing is left
+
+
+async def _next_or_none(ws: WebSocketClient, peer: Peer) -> Data | None:
+    with trio.move_on_after(1):
+        return await ws.get_message()
+    return None
+
+
+async def test_a_send_cancelled_mid_write_closes_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client_out, server_in = trio.testing.lockstep_stream_one_way_pair()  # a write waits for reads
+    server_out, client_in = trio.testing.memory_stream_one_way_pair()
+    client = trio.StapledStream(client_out, client_in)
+    server = trio.StapledStream(server_out, server_in)
+    peer = Peer(server)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.accept)
+        ws = await upgrade(client, "ws://example.test/")
+    reader_saw: list[ConnectionClosed] = []
+
+    async def reader() -> None:
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+        reader_saw.append(closed.value)
+
+    with trio.fail_after(BOUND):  # on the test's clock: a reader left waiting fails at once
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            with trio.CancelScope() as scope:
+                nursery.start_soon(partial(server.receive_some, 10))  # 10 bytes of the frame
+                async with trio.open_nursery() as sending:
+                    sending.start_soon(ws.send_message, b"x" * 1000)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+    assert scope.cancelled_caught
+    assert ws.closed is not None and ws.closed.code == 1006
+    assert "interrupted" in str(ws.closed.reason)
+    with pytest.raises(ConnectionClosed):
+        await ws.send_message("next")  # nothing more is written on a stream mid-frame
+    assert [closed.reason for closed in reader_saw] == [ws.closed]  # the reader was woken
+
+
+def _frames_of(messages: list[tuple[Data, int]], pings: list[bool]) -> bytes:
+    """The server's bytes for ``messages``, each in the given number of fragments, a ping
+    before each where ``pings`` says so."""
+    server = Connection(ConnectionType.SERVER)  # open already: no handshake bytes
+    out = bytearray()
+    for (message, pieces), ping in zip(messages, pings, strict=True):
+        if ping:
+            out += server.send(Ping(payload=b"p"))
+        cut = max(1, len(message) // pieces) if message else 1
+        chunks = [message[i : i + cut] for i in range(0, len(message), cut)] or [message]
+        for n, chunk in enumerate(chunks):
+            last = n == len(chunks) - 1
+            event: TextMessage | BytesMessage = (
+                TextMessage(chunk, message_finished=last)
+                if isinstance(chunk, str)
+                else BytesMessage(chunk, message_finished=last)
+            )
+            out += server.send(event)
+    return bytes(out)
+
+
+messages_strategy = st.lists(
+    st.tuples(
+        st.one_of(st.text(max_size=300), st.binary(max_size=300)),
+        st.integers(min_value=1, max_value=4),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(messages=messages_strategy, data=st.data())
+def test_any_split_of_the_stream_into_reads_gives_the_same_messages(
+    messages: list[tuple[Data, int]], data: st.DataObject
+) -> None:
+    pings = data.draw(st.lists(st.booleans(), min_size=len(messages), max_size=len(messages)))
+    wire = _frames_of(messages, pings)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(wire) - 1)), max_size=40)))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+
+    async def main() -> list[Data]:
+        ws, peer = await upgraded(*trio.testing.memory_stream_pair(), max_message_size=1000)
+        got: list[Data] = []
+
+        async def read() -> None:
+            while len(got) < len(messages):
+                got.append(await ws.get_message())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            for chunk in chunks:  # each chunk one read of the client's
+                await trio.testing.wait_all_tasks_blocked()
+                await peer.stream.send_all(chunk)
+        return got
+
+    got = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert got == [message for message, _ in messages]
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+async def test_wss_with_a_trusted_ca_and_a_refused_certificate() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    with trio.fail_after(BOUND):
+        async with echo_server([], server_context) as port:
+            url = f"wss://127.0.0.1:{port}/"
+            async with open_websocket(url, ssl_context=trusting) as ws:
+                await ws.send_message("over TLS")
+                assert await ws.get_message() == "over TLS"
+            with pytest.raises(HandshakeError) as refused:
+                async with open_websocket(url, ssl_context=ssl.create_default_context()):
+                    pass
+    assert isinstance(refused.value.__cause__, ssl.SSLError)
+    with pytest.raises(ValueError, match="wss"):
+        async with open_websocket("ws://127.0.0.1:1/", ssl_context=trusting):
+            pass
