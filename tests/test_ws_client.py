@@ -4,9 +4,10 @@ streams where a read or a write must be split or stopped at an exact byte, and T
 
 from __future__ import annotations
 
+import json
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -37,12 +38,15 @@ from wsproto.events import (
     TextMessage,
 )
 
+import trio_chatbridge as cb
 from trio_chatbridge._ws_client import (
     REJECTION_BODY_LIMIT,
     WebSocketClient,
     open_websocket,
     upgrade,
 )
+from trio_chatbridge.connectors import ConnectorContext
+from trio_chatbridge.platforms import wecom
 
 Data = str | bytes
 BOUND = 10.0  # seconds of real time any loopback test may take
@@ -525,3 +529,40 @@ async def test_wss_with_a_trusted_ca_and_a_refused_certificate() -> None:
     with pytest.raises(ValueError, match="wss"):
         async with open_websocket("ws://127.0.0.1:1/", ssl_context=trusting):
             pass
+
+
+# -- the driver over this client ----------------------------------------------------------------
+
+
+async def test_a_refusal_read_with_the_close_is_the_error_alone() -> None:
+    """WeCom refuses a subscribe and closes: both arrive in one read, so the reader meets the
+    close before the subscribe's task has seen its answer. The refusal is why (fatal), not a
+    group of it and a closed socket (which the default opener, with no step between the two,
+    made every time)."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.accept()
+        subscribe = await peer.next_event(TextMessage)
+        assert isinstance(subscribe, TextMessage)
+        req_id = json.loads(subscribe.data)["headers"]["req_id"]
+        refusal = {"headers": {"req_id": req_id}, "errcode": 40001, "errmsg": "invalid secret"}
+        closing = struct.pack("!H", 1000)
+        await peer.stream.send_all(frame(0x1, json.dumps(refusal).encode()) + frame(0x8, closing))
+        await peer.next_event(CloseConnection)
+
+    async def put(messages: Sequence[cb.Message]) -> list[cb.Message]:
+        raise AssertionError("nothing is delivered")
+
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url:
+            connector = wecom.LongConnection(bot_id="bot", secret="wrong", url=url)
+            connector.bind(
+                ConnectorContext("wecom", "bot", cb.MemoryStore(), put, _ignore, _ignore)
+            )
+            with pytest.raises(cb.FatalConnectorError, match="subscribe refused"):
+                await connector.run()
+            await connector.aclose()
+
+
+def _ignore(*args: object) -> None:
+    """Counters and states are not looked at here."""

@@ -474,13 +474,18 @@ class WebSocketDriver(Generic[N]):
             mapped = self._mapped(exc, url)
             if mapped is exc:
                 raise  # ours already: not its own cause
+            if mapped.__traceback__ is not None:  # ours, out of a group: raised as it was
+                raise mapped from mapped.__cause__
             raise mapped from exc
 
     def _mapped(self, exc: BaseException, url: str) -> BaseException:
         """The one place where the WebSocket layer's errors become ours."""
         if isinstance(exc, BaseExceptionGroup) and find_error(exc, HandshakeError) is None:
+            fatal = find_error(exc, FatalConnectorError)
+            if fatal is not None:  # a refusal read just before the close: it says why
+                return fatal
             closed = find_error(exc, ConnectionClosed)
-            if closed is None or find_error(exc, FatalConnectorError) is not None:
+            if closed is None:
                 return exc  # ours already, from a task of the connection
             exc = closed
         rejected = find_error(exc, ConnectionRejected)
