@@ -4,12 +4,14 @@ streams where a read or a write must be split or stopped at an exact byte, and T
 
 from __future__ import annotations
 
+import inspect
 import json
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
@@ -23,6 +25,7 @@ from trio_websocket import (
     ConnectionTimeout,
     HandshakeError,
     WebSocketRequest,
+    open_websocket_url,
     serve_websocket,
 )
 from wsproto import ConnectionType, WSConnection
@@ -47,6 +50,7 @@ from trio_chatbridge._ws_client import (
 )
 from trio_chatbridge.connectors import ConnectorContext
 from trio_chatbridge.platforms import wecom
+from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 Data = str | bytes
 BOUND = 10.0  # seconds of real time any loopback test may take
@@ -227,38 +231,42 @@ async def test_rfc_6455_frames_become_their_messages_and_a_ping_its_pong() -> No
     )
 
 
-async def test_a_refused_upgrade_carries_status_headers_and_body() -> None:
+async def answered_with(*answer: bytes) -> HandshakeError:
+    """What opening raises when the server answers the upgrade with ``answer`` (its writes)
+    and then waits: a client that waited for more would hang."""
+
     async def handler(peer: Peer) -> None:
         await peer.read_request()
-        await peer.stream.send_all(
-            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nX-Why: banned\r\n\r\ndenied!"
-        )
+        for data in answer:
+            await peer.stream.send_all(data)
         await trio.sleep_forever()
 
     with trio.fail_after(BOUND):
         async with raw_server(handler) as url:
-            with pytest.raises(ConnectionRejected) as rejected:
+            with pytest.raises(HandshakeError) as failed:
                 async with open_websocket(url):
                     pass
-    assert rejected.value.status_code == 403
-    assert (b"x-why", b"banned") in rejected.value.headers
-    assert rejected.value.body == b"denied!"
+    return failed.value
+
+
+async def test_a_refused_upgrade_carries_status_headers_and_body() -> None:
+    rejected = await answered_with(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nX-Why: banned\r\n\r\ndenied!"
+    )
+    assert isinstance(rejected, ConnectionRejected)
+    assert rejected.status_code == 403
+    assert (b"x-why", b"banned") in rejected.headers
+    assert rejected.body == b"denied!"
 
 
 async def test_a_refusals_body_is_read_up_to_a_bound_only() -> None:
-    async def handler(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.stream.send_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 100000000\r\n\r\n")
-        await peer.stream.send_all(b"x" * (REJECTION_BODY_LIMIT + 4096))
-        await trio.sleep_forever()  # the other 99.9 MB never come: nobody waits for them
-
-    with trio.fail_after(BOUND):
-        async with raw_server(handler) as url:
-            with pytest.raises(ConnectionRejected) as rejected:
-                async with open_websocket(url):
-                    pass
-    assert rejected.value.status_code == 500
-    assert rejected.value.body == b"x" * REJECTION_BODY_LIMIT
+    rejected = await answered_with(
+        b"HTTP/1.1 500 Oops\r\nContent-Length: 100000000\r\n\r\n",
+        b"x" * (REJECTION_BODY_LIMIT + 4096),  # the other 99.9 MB never come
+    )
+    assert isinstance(rejected, ConnectionRejected)
+    assert rejected.status_code == 500
+    assert rejected.body == b"x" * REJECTION_BODY_LIMIT
 
 
 async def test_a_message_over_the_limit_closes_with_1009_after_the_good_ones() -> None:
@@ -322,17 +330,9 @@ async def test_garbage_closes_with_wsprotos_code_after_the_good_messages(
 
 
 async def test_an_answer_that_is_not_http_is_a_handshake_error() -> None:
-    async def handler(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.stream.send_all(b"\x00\x01garbage\r\n\r\n")
-
-    with trio.fail_after(BOUND):
-        async with raw_server(handler) as url:
-            with pytest.raises(HandshakeError) as failed:
-                async with open_websocket(url):
-                    pass
-    assert not isinstance(failed.value, ConnectionRejected)
-    assert "/path" in str(failed.value) and "x=1" not in str(failed.value)
+    failed = await answered_with(b"\x00\x01garbage\r\n\r\n")
+    assert not isinstance(failed, ConnectionRejected)
+    assert "/path" in str(failed) and "x=1" not in str(failed)
 
 
 async def test_a_refused_connection_is_a_handshake_error_caused_by_the_os() -> None:
@@ -531,7 +531,41 @@ async def test_wss_with_a_trusted_ca_and_a_refused_certificate() -> None:
             pass
 
 
-# -- the driver over this client ----------------------------------------------------------------
+# -- the platforms' default opener ---------------------------------------------------------------
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+
+
+async def test_wecoms_default_opener_is_this_client_and_talks_to_the_emulator() -> None:
+    default = inspect.signature(wecom.LongConnection).parameters["open_websocket"].default
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            emulator = await nursery.start(WeComEmulator().serve)
+            async with default(emulator.ws_url) as ws:
+                assert isinstance(ws, WebSocketClient)
+            assert await _bridged_echo(emulator) == sorted(f"message {n}" for n in range(20))
+            nursery.cancel_scope.cancel()
+
+
+async def test_trio_websockets_opener_still_plugs_in() -> None:
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            emulator = await nursery.start(WeComEmulator().serve)
+            sent = await _bridged_echo(emulator, open_websocket=open_websocket_url)
+            nursery.cancel_scope.cancel()
+    assert sent == sorted(f"message {n}" for n in range(20))
+
+
+async def _bridged_echo(emulator: WeComEmulator, **options: Any) -> list[str]:
+    """20 users' messages through a bridge on the emulator (loopback), the replies' texts."""
+    connector = emulator.connector(**options)
+    bridge = cb.Bridge([connector], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=0))
+    async with running_bridge(bridge):
+        for n in range(20):
+            emulator.user_says(f"user{n}", f"message {n}")
+        return sorted([(await emulator.next_sent()).text for _ in range(20)])
 
 
 async def test_a_refusal_read_with_the_close_is_the_error_alone() -> None:

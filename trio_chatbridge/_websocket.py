@@ -84,10 +84,12 @@ N = TypeVar("N")
 
 
 class WebSocket(Protocol):
-    """An open WebSocket, as the driver uses it: a ``trio_websocket.WebSocketConnection`` is one.
+    """An open WebSocket, as the driver uses it: the library's own client (no reader task, the
+    default of WeCom and Lark) is one, so is a ``trio_websocket.WebSocketConnection``.
 
-    Both calls raise ``trio_websocket.ConnectionClosed`` once the connection is closed: the
-    driver's :meth:`~WebSocketDriver.run` then raises, and the supervisor reconnects.
+    Both calls raise ``trio_websocket.ConnectionClosed`` once the connection is closed (ours
+    raises trio-websocket's types too: one mapping serves both): the driver's
+    :meth:`~WebSocketDriver.run` then raises, and the supervisor reconnects.
     """
 
     async def get_message(self) -> Data:
@@ -102,9 +104,10 @@ class WebSocket(Protocol):
 OpenWebSocket: TypeAlias = Callable[[str], AbstractAsyncContextManager[WebSocket]]
 """Opens a WebSocket to a URL: called with the URL, it returns an async context manager whose
 ``async with`` connects (handshake included), yields the :class:`WebSocket`, and closes it on
-the way out. ``trio_websocket.open_websocket_url`` is one (bind its options with a lambda or
-``functools.partial``: ``lambda url: open_websocket_url(url, max_message_size=2**22)``); so
-is an emulator's ``open_websocket``, in memory. Connecting raises ``OSError`` or
+the way out. The library's own client is one (WeCom's and Lark's default, see
+docs/connectors.md); ``trio_websocket.open_websocket_url`` is one too (bind its options with a
+lambda: ``lambda url: open_websocket_url(url, max_message_size=2**22)``); so is an
+emulator's ``open_websocket``, in memory. Connecting raises ``OSError`` or
 ``trio_websocket.HandshakeError`` when it fails (``ConnectionRejected``, a refused upgrade, is
 given to :meth:`WebSocketCore.rejected`); the driver maps each to a :class:`ConnectorError`.
 """

@@ -21,7 +21,6 @@ from typing import Any, Final, Literal, TypeAlias, final
 
 import httpx
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
 
 from ... import _connector as base
 from ..._content import Attachment, Content, Sent, kind_of
@@ -32,6 +31,7 @@ from ..._errors import (
 )
 from ..._messages import Message
 from ..._websocket import OpenWebSocket, WebSocketDriver
+from ..._ws_client import WebSocketClient, open_websocket
 from . import _frames as fr
 from . import _outbound as out
 from . import _send_policy as policy
@@ -52,8 +52,8 @@ EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
 CardHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[CardAnswer | None]]
 
 
-def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
-    return open_websocket_url(
+def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketClient]:
+    return open_websocket(
         url, connect_timeout=15, disconnect_timeout=5, max_message_size=fr.MAX_FRAME_BYTES
     )
 

@@ -22,7 +22,6 @@ from typing import Any, Final, TypeAlias, final
 
 import httpx
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
 
 from ... import _connector as base
 from ..._content import Attachment, Card, Content, Sent, kind_of
@@ -31,6 +30,7 @@ from ..._http import new_client
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
 from ..._websocket import OpenWebSocket, WebSocketDriver
+from ..._ws_client import WebSocketClient, open_websocket
 from ..._ws_core import Answer
 from . import _crypto
 from . import _outbound as out
@@ -58,8 +58,8 @@ Welcome: TypeAlias = str | Card | Callable[[WeComEvent], Awaitable[str | Card | 
 EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
 
 
-def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
-    return open_websocket_url(
+def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketClient]:
+    return open_websocket(
         url, connect_timeout=15, disconnect_timeout=5, max_message_size=f.WS_MESSAGE_LIMIT
     )
 
