@@ -155,15 +155,8 @@ class WebSocketClient:
             self._lose(f"connection lost: {exc.__cause__ or exc!r}")
             return
         # b"": the peer closed the socket (wsproto's None); bytes() of bytes is not a copy
-        self._absorb(bytes(data) if data else None)
-
-    def _absorb(self, data: bytes | None) -> None:
-        ws = self._ws
-        try:
-            ws.receive_data(data)
-        except ProtocolError:  # data after the connection closed: nobody reads it
-            return
-        self._absorb_events(ws.events())
+        self._ws.receive_data(bytes(data) if data else None)
+        self._absorb_events(self._ws.events())
 
     def _absorb_events(self, events: Iterator[Event]) -> None:
         """Messages into :attr:`_messages`, pings and closes answered (the answers owed)."""
