@@ -259,8 +259,8 @@ class WebSocketClient:
         """Close: the close handshake (code 1000), within the disconnect timeout even when
         cancelled, then the socket (dropped, if the peer took too long). Never raises for a
         peer already gone; a message that arrives meanwhile is dropped."""
-        with trio.move_on_after(self._disconnect_timeout, shield=True):
-            try:
+        try:
+            with trio.move_on_after(self._disconnect_timeout, shield=True):
                 if self._closed is None:
                     await self._send(CloseConnection(code=_NORMAL))
                     self._set_closed(_NORMAL, None)
@@ -274,10 +274,10 @@ class WebSocketClient:
                 ):
                     await self._receive()
                 await self._stream.aclose()
-                return
-            except ConnectionClosed:
-                pass
-        await trio.aclose_forcefully(self._stream)
+        except ConnectionClosed:
+            pass  # the peer is gone: nothing to say goodbye to
+        finally:  # whatever happened above, the socket is not left open (a no-op once closed)
+            await trio.aclose_forcefully(self._stream)
 
 
 def _rejection(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> ConnectionRejected:
