@@ -21,8 +21,11 @@ received into events and builds every frame to send, keeping the handshake, hear
   frames we send never wait behind the inbox: they go out from their own tasks, and while one of
   our requests waits for its answer (a heartbeat, a reply's ACK) the reader reads on past a full
   backlog, to twice :data:`BACKLOG` at most, so answers behind inbound frames still arrive;
-  while the reader is stopped, neither the silence watchdog nor the answer windows of our
-  requests run (the stall is ours, not the peer's: a stalled inbox never ends a connection);
+  while the reader is stopped, neither the silence watchdog nor a heartbeat's answer window
+  runs (the stall is ours, not the peer's: a stalled inbox never ends a connection), while a
+  reply's ACK window runs on (a reply that times out fails its run and frees its slot, so the
+  inbox drains: were they paused too, runs waiting for ACKs behind the unread frames could hold
+  every slot while the full inbox held the reader, for good);
 - one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
   or the worker came for it (woken once, by a deadline the reader sets, not per frame), puts
   it in one ``ctx.put`` and only then sends the ACKs (:attr:`Inbound.ack`): a message is
@@ -137,9 +140,9 @@ BUSY_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
 
 class AckTimeout(ConnectorError):
     """A request was not answered in time: a later answer is only counted, in ``stray_acks``
-    (an unanswered heartbeat ends its connection; the supervisor reconnects). Time the reader
-    spent stopped by our own backpressure does not count: the answer may be among the frames
-    it did not read."""
+    (an unanswered heartbeat ends its connection; the supervisor reconnects). For a heartbeat,
+    time the reader spent stopped by our own backpressure does not count: the answer may be
+    among the frames it did not read. A reply's window runs on (see ``_Connection.pause``)."""
 
 
 class Disconnected(ConnectorError):
@@ -167,6 +170,8 @@ class _Slot:
     answer: Answer | None = None
     timer: trio.CancelScope | None = None
     """The answer window of the request in flight, while it waits."""
+    pausable: bool = False
+    """Whether that window stops while the reader does (a heartbeat's: see :meth:`_Connection.pause`)."""
     left: float = 0.0
     """Seconds of that window left when the reader stopped (:meth:`_Connection.pause`)."""
 
@@ -205,9 +210,10 @@ class _Connection:
         except ConnectionClosed as exc:
             raise Disconnected(str(exc.reason), sent=False) from exc
 
-    async def request(self, request: Request, within: float) -> Answer:
+    async def request(self, request: Request, within: float, *, pausable: bool = False) -> Answer:
         """Send ``request`` when its key is free; its answer, or an error (see
-        :meth:`WebSocketDriver.request`)."""
+        :meth:`WebSocketDriver.request`). ``pausable``: its answer window stops while the
+        reader is stopped by our own backpressure (:meth:`pause`; the heartbeat's)."""
         slot = self.slots.get(request.key)
         if slot is None:
             slot = self.slots[request.key] = _Slot()
@@ -220,7 +226,7 @@ class _Connection:
             try:
                 retries: Retries | None = None
                 while True:
-                    answer = await self._exchange(slot, request, within)
+                    answer = await self._exchange(slot, request, within, pausable)
                     if answer.busy:  # the retries are counted only when needed: rarely
                         retries = retries or BUSY_BACKOFF.retries(request.busy_retries)
                         if not retries.spent:
@@ -237,13 +243,15 @@ class _Connection:
             if slot.users == 0:
                 del self.slots[request.key]
 
-    async def _exchange(self, slot: _Slot, request: Request, within: float) -> Answer:
-        slot.waiting, slot.answer = trio.Event(), None
+    async def _exchange(
+        self, slot: _Slot, request: Request, within: float, pausable: bool
+    ) -> Answer:
+        slot.waiting, slot.answer, slot.pausable = trio.Event(), None, pausable
         try:
             await self.send(request.data)
             if not slot.waiting.is_set():  # else answered during the send's step: no wait
-                slot.left = within  # while the reader is stopped, the window waits for it
-                due = math.inf if self.paused else trio.current_time() + within
+                slot.left = within  # a heartbeat's window waits for a stopped reader
+                due = math.inf if pausable and self.paused else trio.current_time() + within
                 with trio.CancelScope(deadline=due) as slot.timer:
                     self.asking()
                     await slot.waiting.wait()
@@ -259,14 +267,21 @@ class _Connection:
             slot.waiting = slot.timer = None
 
     def pause(self) -> None:
-        """The reader stopped reading (our own backpressure: the inbox is slow): the answer
-        windows of the requests waiting stop too, as their answers may be among the frames
-        not read. A peer gone meanwhile is found once the reader reads again (:meth:`resume`):
-        the windows' rest runs then, and so does the silence watchdog."""
+        """The reader stopped reading (our own backpressure: the inbox is slow): a heartbeat's
+        answer window stops too, as its answer may be among the frames not read, and an
+        unanswered heartbeat would end the connection (and, on WeCom, lose every callback still
+        unread in the socket). A peer gone meanwhile is found once the reader reads again
+        (:meth:`resume`): the window's rest runs then, and so does the silence watchdog.
+
+        Other requests' windows (a reply's ACK) run on: a reply that times out fails its run,
+        which frees the run's concurrency slot, so the dispatcher takes the next batch, the
+        inbox drains and the reader reads again. Were they paused too, runs waiting for ACKs
+        behind the unread frames would hold every slot while the full inbox stopped the reader:
+        a stall that never ends."""
         self.paused = True
         now = trio.current_time()
         for slot in self.slots.values():
-            if slot.timer is not None:
+            if slot.timer is not None and slot.pausable:
                 slot.left, slot.timer.deadline = slot.timer.deadline - now, math.inf
 
     def resume(self) -> None:
@@ -274,7 +289,7 @@ class _Connection:
         self.paused = False
         now = trio.current_time()
         for slot in self.slots.values():
-            if slot.timer is not None:
+            if slot.timer is not None and slot.pausable:
                 slot.timer.deadline = now + slot.left
 
     def deliver(self, answer: Answer) -> bool:
@@ -522,12 +537,14 @@ class WebSocketDriver(Generic[N]):
             nursery.start_soon(self._heartbeat, connection)
             await self._deliver(ctx, connection, backlog, puts)
 
-    async def _perform(self, connection: _Connection, outgoing: Outgoing) -> None:
+    async def _perform(
+        self, connection: _Connection, outgoing: Outgoing, *, pausable: bool = False
+    ) -> None:
         if isinstance(outgoing, Send):
             await connection.send(outgoing.data)
         else:
             within = self.answer_within if outgoing.within is None else outgoing.within
-            await connection.request(outgoing, within)
+            await connection.request(outgoing, within, pausable=pausable)
 
     async def _read(
         self,
@@ -604,9 +621,9 @@ class WebSocketDriver(Generic[N]):
     async def _heartbeat(self, connection: _Connection) -> None:
         """A heartbeat every interval; an unanswered or refused one ends the connection.
 
-        Its answer window, like every request's, does not run while the reader is stopped by
-        our own backpressure (the answer may be among the frames not read): a stalled inbox
-        never ends the connection. A peer gone meanwhile is found once the reader reads again,
+        Its answer window does not run while the reader is stopped by our own backpressure
+        (the answer may be among the frames not read): a stalled inbox never ends the
+        connection through its heartbeat. A peer gone meanwhile is found once the reader reads again,
         when the window's rest has run out (or the silence watchdog's time)."""
         sent_at = trio.current_time()
         while True:
@@ -620,7 +637,7 @@ class WebSocketDriver(Generic[N]):
             if outgoing is None:
                 continue
             try:
-                await self._perform(connection, outgoing)
+                await self._perform(connection, outgoing, pausable=True)
             except Disconnected:
                 return  # the reader reports the closed socket
 
