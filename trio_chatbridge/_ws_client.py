@@ -384,7 +384,7 @@ async def open_websocket(
     ``disconnect_timeout`` bounds the close handshake on the way out, which is attempted even
     when the block is cancelled, then the socket is dropped. Raises ``ValueError`` for a URL
     that is not a WebSocket's, ``trio_websocket.ConnectionRejected`` (status, headers, at most
-    :data:`REJECTION_BODY_LIMIT` bytes of body) when the server refuses the upgrade,
+    64 KiB of body) when the server refuses the upgrade,
     ``ConnectionTimeout`` when it takes too long, and ``HandshakeError`` for any other failure
     to connect (its ``__cause__`` says why: refused, unreachable, a certificate...).
     """

@@ -17,8 +17,10 @@ in, events out -- :class:`Inbound`, :class:`Answer`, :class:`Send`, :class:`Noti
 :class:`Close`, :class:`Retimed`, :class:`Counted`, :class:`Bad` -- and
 :class:`Send`/:class:`Request` out) run by a :class:`WebSocketDriver`, which owns the
 connection, the watchdog, the heartbeat, bounded backpressure, put-then-ACK and the mapping of
-errors (see docs/connectors.md). It connects through an :data:`OpenWebSocket`
-(``trio_websocket.open_websocket_url``, or an emulator's), which yields a :class:`WebSocket`.
+errors (see docs/connectors.md). It connects through an :data:`OpenWebSocket` (the library's own
+:func:`open_websocket`, the push platforms' default, whose :class:`WebSocketClient` reads in
+its caller with no reader task; ``trio_websocket.open_websocket_url``; or an emulator's), which
+yields a :class:`WebSocket`.
 """
 
 from ._connector import BufferedReplyStream as BufferedReplyStream
@@ -41,6 +43,8 @@ from ._websocket import Disconnected as Disconnected
 from ._websocket import OpenWebSocket as OpenWebSocket
 from ._websocket import WebSocket as WebSocket
 from ._websocket import WebSocketDriver as WebSocketDriver
+from ._ws_client import WebSocketClient as WebSocketClient
+from ._ws_client import open_websocket as open_websocket
 from ._ws_core import Answer as Answer
 from ._ws_core import Bad as Bad
 from ._ws_core import Close as Close
@@ -84,9 +88,11 @@ __all__ = [
     "RetryLater",
     "Send",
     "WebSocket",
+    "WebSocketClient",
     "WebSocketCore",
     "WebSocketDriver",
     "long_poll",
+    "open_websocket",
     "send_errors",
     "streaming",
 ]
