@@ -404,7 +404,7 @@ async def test_a_heartbeat_window_waits_for_a_stopped_reader_then_runs_on(
             ended: list[float] = []
 
             async def run(task_status: trio.TaskStatus[None]) -> None:
-                with pytest.raises(BaseException) as raised:  # noqa: PT011 - checked below
+                with pytest.raises(BaseException) as raised:  # which: checked below
                     await driver.run(inbox.context(), "ws://localhost/", task_status=task_status)
                 assert find_error(raised.value, cb.connectors.AckTimeout) is not None
                 ended.append(trio.current_time())

@@ -171,7 +171,8 @@ class _Slot:
     timer: trio.CancelScope | None = None
     """The answer window of the request in flight, while it waits."""
     pausable: bool = False
-    """Whether that window stops while the reader does (a heartbeat's: see :meth:`_Connection.pause`)."""
+    """Whether that window stops while the reader does (a heartbeat's: see
+    :meth:`_Connection.pause`)."""
     left: float = 0.0
     """Seconds of that window left when the reader stopped (:meth:`_Connection.pause`)."""
 
@@ -623,8 +624,8 @@ class WebSocketDriver(Generic[N]):
 
         Its answer window does not run while the reader is stopped by our own backpressure
         (the answer may be among the frames not read): a stalled inbox never ends the
-        connection through its heartbeat. A peer gone meanwhile is found once the reader reads again,
-        when the window's rest has run out (or the silence watchdog's time)."""
+        connection through its heartbeat. A peer gone meanwhile is found once the reader reads
+        again, when the window's rest has run out (or the silence watchdog's time)."""
         sent_at = trio.current_time()
         while True:
             self._retimed = trio.Event()
