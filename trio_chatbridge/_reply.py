@@ -25,6 +25,11 @@ class Reply(metaclass=NoPublicConstructor):
     """
 
     __slots__ = ("_on_sent", "batch", "connector")  # one per run: no instance dict
+    batch: Batch
+    """The messages this run answers."""
+    connector: Connector
+    """The connector of their account: what the replies go through."""
+    _on_sent: Callable[[], None]
 
     def __init__(self, batch: Batch, connector: Connector, on_sent: Callable[[], None]) -> None:
         self.batch = batch
