@@ -290,6 +290,23 @@ async def test_a_message_over_the_limit_closes_with_1009_after_the_good_ones() -
     assert closes == [1009]
 
 
+@pytest.mark.parametrize("piece", [b"", b"x"])
+async def test_a_flood_of_tiny_fragments_closes_with_1009_within_the_limit(
+    piece: bytes, autojump_clock: trio.testing.MockClock
+) -> None:
+    """500 empty (or 1-byte) fragments of a message that never ends: 500 bytes of data at
+    most, under the limit, but keeping each fragment costs memory: they count against it."""
+    ws, peer = await upgraded(*trio.testing.memory_stream_pair(), max_message_size=1000)
+    flood = frame(0x1, piece, fin=False) + frame(0x0, piece, fin=False) * 499
+    with trio.fail_after(BOUND):  # on the test's clock: a reader left waiting fails at once
+        await peer.stream.send_all(HELLO + flood)
+        got, closed = await read_all(ws)
+        close = await peer.next_event(CloseConnection)
+    assert got == ["Hello"]
+    assert closed.reason is not None and closed.reason.code == 1009
+    assert isinstance(close, CloseConnection) and close.code == 1009
+
+
 async def test_the_socket_ending_mid_frame_is_an_abnormal_close() -> None:
     async def handler(peer: Peer) -> None:
         await peer.accept(then=HELLO + bytes([0x81, 0x0A]) + b"abc")  # 3 of 10 bytes
@@ -489,7 +506,8 @@ def test_any_split_of_the_stream_into_reads_gives_the_same_messages(
     chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
 
     async def main() -> list[Data]:
-        ws, peer = await upgraded(*trio.testing.memory_stream_pair(), max_message_size=1000)
+        # 300 bytes a message, in up to 47 pieces (7 fragments, 40 reads) of FRAGMENT_COST each
+        ws, peer = await upgraded(*trio.testing.memory_stream_pair(), max_message_size=10_000)
         got: list[Data] = []
 
         async def read() -> None:

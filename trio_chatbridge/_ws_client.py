@@ -10,7 +10,9 @@ and ours, and a send whose lock is free costs no scheduler step before the socke
   complete message that read brought; the next calls return them without reading (and without a
   scheduler step: a cancellation is still seen). Fragmented messages are assembled; one larger
   than ``max_message_size`` (bytes, or characters of text) closes the connection with code 1009,
-  so a hostile server cannot make us buffer more.
+  so a hostile server cannot make us buffer more; each fragment of a fragmented message (each
+  piece wsproto gives: a frame, or the part of one a read brought) also counts
+  :data:`FRAGMENT_COST`, so a flood of tiny or empty fragments is bounded too.
 - A ping is answered by the reader before it reads again (it takes the send lock); the pong,
   like the reply to the server's close, is owed until written and goes out before any later frame.
 - Errors are trio-websocket's own types (``trio_websocket.ConnectionClosed``,
@@ -63,6 +65,10 @@ DISCONNECT_TIMEOUT: Final = 60.0
 """Seconds the close handshake may take (even when cancelled) before the socket is dropped."""
 MAX_MESSAGE_SIZE: Final = 2**20
 """Bytes (characters of text) one message may have by default."""
+FRAGMENT_COST: Final = 64
+"""Bytes each fragment of a fragmented message counts against ``max_message_size`` besides its
+data: about what keeping it costs (a ``str`` or ``bytes`` object's header and its list slot),
+so that the limit bounds memory however small (or empty) the server makes the fragments."""
 REJECTION_BODY_LIMIT: Final = 64 * 1024
 """Bytes of a refused upgrade's body read at most (the rest is not waited for)."""
 
@@ -164,13 +170,17 @@ class WebSocketClient:
             if isinstance(event, Message):
                 if self._closed is not None:
                     continue  # arriving while we close: nobody asks for it any more
-                self._size += len(event.data)
+                data = event.data
+                if self._size or not event.message_finished:  # one fragment of several
+                    self._size += FRAGMENT_COST
+                self._size += len(data)
                 if self._size > self._max_message_size:
                     self._close_locally(
                         _TOO_BIG, f"message over {self._max_message_size} bytes (max_message_size)"
                     )
                 elif not event.message_finished:
-                    self._parts.append(event.data)
+                    if data:  # an empty fragment costs nothing kept (but is charged)
+                        self._parts.append(data)
                 elif self._parts:
                     self._parts.append(event.data)
                     parts, self._parts, self._size = self._parts, [], 0
@@ -179,9 +189,9 @@ class WebSocketClient:
                         if isinstance(event, TextMessage)
                         else b"".join(parts)  # type: ignore[arg-type]
                     )
-                else:
+                else:  # one event, or every fragment before it was empty
                     self._size = 0
-                    self._messages.append(event.data)
+                    self._messages.append(data)
             elif isinstance(event, Ping):
                 if self._ws.state is ConnectionState.OPEN:
                     self._owed += self._ws.send(event.response())
