@@ -330,6 +330,9 @@ async def test_the_socket_ending_mid_frame_is_an_abnormal_close() -> None:
 async def test_garbage_closes_with_wsprotos_code_after_the_good_messages(
     garbage: bytes, code: int
 ) -> None:
+    """And closing waits for no answer (RFC 6455 section 7.1.7: a failed connection reads no
+    more): the server, silent and keeping the socket open, would hold it for the whole
+    disconnect timeout (60 s, over BOUND)."""
     closes: list[int] = []
 
     async def handler(peer: Peer) -> None:
@@ -337,6 +340,7 @@ async def test_garbage_closes_with_wsprotos_code_after_the_good_messages(
         close = await peer.next_event(CloseConnection)
         assert isinstance(close, CloseConnection)
         closes.append(close.code)
+        await trio.sleep_forever()
 
     with trio.fail_after(BOUND):
         async with raw_server(handler) as url, open_websocket(url) as ws:

@@ -105,6 +105,9 @@ class WebSocketClient:
     _receiving: bool = False
     _gone: bool = False
     """The socket ended or broke: nothing more is read or written."""
+    _failed: bool = False
+    """The peer's bytes did not parse, so we failed the connection (RFC 6455 section 7.1.7):
+    our close is sent, but nothing more is read (wsproto could not parse the answer)."""
     _closed: CloseReason | None = None
 
     def __repr__(self) -> str:
@@ -206,6 +209,7 @@ class WebSocketClient:
             self._set_closed(event.code, event.reason)
         elif state is ConnectionState.OPEN:  # bad input: wsproto's code (1002, 1007...)
             self._close_locally(event.code, event.reason or "protocol error")
+            self._failed = True
         else:  # the answer to our close, or the socket's end (1006)
             reason = event.reason
             if event.code == _ABNORMAL and not reason:
@@ -268,7 +272,9 @@ class WebSocketClient:
     async def aclose(self) -> None:
         """Close: the close handshake (code 1000), within the disconnect timeout even when
         cancelled, then the socket (dropped, if the peer took too long). Never raises for a
-        peer already gone; a message that arrives meanwhile is dropped."""
+        peer already gone; a message that arrives meanwhile is dropped. After the peer's bytes
+        failed to parse, our close (1002, 1007...) is sent but no answer awaited: the socket is
+        dropped at once."""
         try:
             with trio.move_on_after(self._disconnect_timeout, shield=True):
                 if self._closed is None:
@@ -280,6 +286,7 @@ class WebSocketClient:
                 while (
                     not self._receiving
                     and not self._gone
+                    and not self._failed
                     and self._ws.state is ConnectionState.LOCAL_CLOSING
                 ):
                     await self._receive()
