@@ -45,6 +45,7 @@ import trio_chatbridge as cb
 from trio_chatbridge._ws_client import (
     REJECTION_BODY_LIMIT,
     WebSocketClient,
+    _Address,
     open_websocket,
     upgrade,
 )
@@ -375,10 +376,51 @@ async def test_a_server_that_never_answers_is_a_connection_timeout(
 
     async with raw_server(handler) as url:
         started = trio.current_time()
-        with pytest.raises(ConnectionTimeout):
-            async with open_websocket(url, connect_timeout=15):
+        with pytest.raises(ConnectionTimeout) as timeout:
+            async with open_websocket(url.replace("//", "//alice:hunter2@"), connect_timeout=15):
                 pass
     assert trio.current_time() - started == pytest.approx(15)
+    assert "/path" in str(timeout.value) and "hunter2" not in str(timeout.value)
+
+
+async def test_no_repr_and_no_error_shows_the_urls_credentials() -> None:
+    """A user part (``alice:hunter2@``) and a query (``?token=s3cret``) both may carry
+    credentials: the open client's repr, the parsed URL's and every failure's text show the
+    scheme, host, port and path only."""
+
+    async def handler(peer: Peer) -> None:
+        request = await peer.read_request()
+        if request.target.startswith("/garbage"):
+            await peer.stream.send_all(b"\x00\x01garbage\r\n\r\n")
+        elif request.target.startswith("/hangup"):
+            return
+        else:
+            await peer.accept()
+        await peer.next_event(CloseConnection)
+
+    with trio.socket.socket() as probe:  # a port nobody listens on
+        await probe.bind(("127.0.0.1", 0))
+        refused = f"ws://127.0.0.1:{probe.getsockname()[1]}"
+    shown: list[str] = []
+    with trio.fail_after(BOUND):
+        async with raw_server(handler) as url:
+            server = url.split("/path")[0]
+            for base, path in [
+                (server, "/open"),
+                (server, "/garbage"),  # not an HTTP answer
+                (server, "/hangup"),  # the socket ends during the handshake
+                (refused, "/"),
+            ]:
+                secret = base.replace("ws://", "ws://alice:hunter2@") + path + "?token=s3cret"
+                shown.append(repr(_Address.parse(secret)))
+                try:
+                    async with open_websocket(secret) as ws:
+                        shown.append(repr(ws))
+                except HandshakeError as failed:
+                    shown += [str(failed), repr(failed)]
+    assert len(shown) == 4 + 1 + 3 * 2  # each URL parsed, one open client, three failures
+    assert all("127.0.0.1" in text for text in shown)
+    assert not [text for text in shown if any(s in text for s in ("alice", "hunter2", "s3cret"))]
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1/", "ws:///nohost", "wss//x"])

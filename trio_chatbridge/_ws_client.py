@@ -91,7 +91,7 @@ class WebSocketClient:
     _max_message_size: int
     _disconnect_timeout: float
     _shown: str
-    """The URL without its query (which may carry credentials), for the repr."""
+    """The URL's scheme, host, port and path (no credentials), for the repr."""
     _messages: deque[Data] = attrs.Factory(deque)
     """Complete messages received and not yet returned."""
     _parts: list[Data] = attrs.Factory(list)
@@ -314,9 +314,11 @@ class _Address:
     port: int
     authority: str
     """The ``Host`` header: the host, in brackets if IPv6, with the port if the URL names one."""
-    target: str
+    target: str = attrs.field(repr=False)
+    """The path and the query (which may carry credentials): sent, never shown."""
     shown: str
-    """The URL without its query (which may carry credentials): what errors and reprs show."""
+    """Scheme, host, port and path only (no user part, no query: either may carry
+    credentials): what errors and reprs show."""
 
     @classmethod
     def parse(cls, url: str) -> _Address:
@@ -333,7 +335,7 @@ class _Address:
             port=parts.port or (443 if parts.scheme == "wss" else 80),
             authority=authority,
             target=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-            shown=parts._replace(query="", fragment="").geturl(),
+            shown=f"{parts.scheme}://{authority}{parts.path}",
         )
 
 
