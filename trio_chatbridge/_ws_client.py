@@ -123,7 +123,9 @@ class WebSocketClient:
 
         Raises ``ConnectionClosed`` (with the close code and reason) once the connection closed
         and every message received before was returned. If cancelled, nothing was taken: bytes
-        already read stay buffered for the next call.
+        already read stay buffered for the next call; but if cancelled while writing a pong (or
+        a close reply) it owed, the stream is left mid-frame, so the connection is lost then
+        (code 1006), as for :meth:`send_message`.
         """
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this WebSocket")
