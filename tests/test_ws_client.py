@@ -351,6 +351,23 @@ async def test_garbage_closes_with_wsprotos_code_after_the_good_messages(
     assert closes == [code]
 
 
+async def test_garbage_instead_of_the_answer_to_our_close_ends_the_wait_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, peer = await upgraded(*trio.testing.memory_stream_pair())
+
+    async def server() -> None:
+        await peer.next_event(CloseConnection)
+        await peer.stream.send_all(bytes([0xF3, 0x00]))  # and then silence, the socket open
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        started = trio.current_time()
+        await ws.aclose()
+    assert trio.current_time() - started < 1  # not the disconnect timeout (60 s)
+    assert ws.closed is not None and ws.closed.code == 1000
+
+
 async def test_an_answer_that_is_not_http_is_a_handshake_error() -> None:
     failed = await answered_with(b"\x00\x01garbage\r\n\r\n")
     assert not isinstance(failed, ConnectionRejected)

@@ -209,7 +209,8 @@ class WebSocketClient:
         if state is ConnectionState.REMOTE_CLOSING:  # the peer closes: we answer
             self._owed += self._ws.send(event.response())
             self._set_closed(event.code, event.reason)
-        elif state is ConnectionState.OPEN:  # bad input: wsproto's code (1002, 1007...)
+        elif state is ConnectionState.OPEN or state is ConnectionState.LOCAL_CLOSING:
+            # bad input (wsproto's code: 1002, 1007...), before our close or while it waits
             self._close_locally(event.code, event.reason or "protocol error")
             self._failed = True
         else:  # the answer to our close, or the socket's end (1006)
