@@ -461,6 +461,7 @@ def bench_sqlite_journal() -> None:
 
 WRITERS = 16  # concurrent agent runs by default
 WRITTEN = 8_000
+CONCURRENT_DEADLINE = 120.0  # seconds one run of the writers may take (~1 s when well)
 
 
 def bench_sqlite_concurrent() -> None:
@@ -474,9 +475,10 @@ def bench_sqlite_concurrent() -> None:
                 await store.journal_add([message])
                 await store.journal_done([message])
 
-        async with store, trio.open_nursery() as nursery:
-            for first in range(WRITERS):
-                nursery.start_soon(writer, first)
+        with trio.fail_after(CONCURRENT_DEADLINE):  # a wedged writer fails, not hangs
+            async with store, trio.open_nursery() as nursery:
+                for first in range(WRITERS):
+                    nursery.start_soon(writer, first)
 
     def cpu(make: Callable[[Path], cb.Store]) -> float:
         best = float("inf")
