@@ -151,7 +151,7 @@ class WebSocketClient:
         """
         if isinstance(message, str):
             await self._send(TextMessage(message))
-        elif isinstance(message, bytes | bytearray):
+        elif isinstance(message, (bytes, bytearray)):
             await self._send(BytesMessage(bytes(message)))
         else:
             raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
@@ -187,7 +187,7 @@ class WebSocketClient:
                     if data:  # an empty fragment costs nothing kept (but is charged)
                         self._parts.append(data)
                 elif self._parts:
-                    self._parts.append(event.data)
+                    self._parts.append(data)
                     parts, self._parts, self._size = self._parts, [], 0
                     self._messages.append(
                         "".join(parts)  # type: ignore[arg-type]
