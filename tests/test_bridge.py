@@ -112,6 +112,34 @@ async def test_interrupt_mode_reruns_with_all_messages(
     assert len(chat.sent) == 1
 
 
+@pytest.mark.parametrize("on_busy", ["queue", "interrupt"])
+async def test_accounts_whose_plain_keys_collide_never_share_a_run(
+    on_busy: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Account ``a:b`` with chat ``c`` and account ``a`` with chat ``b:c`` would both be
+    ``p:a:b:c`` joined plainly: one's batch would merge into (or interrupt) the other's run."""
+    runs: list[tuple[str, set[str]]] = []
+
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        runs.append((batch.session, {m.account for m in batch.messages}))
+        await trio.sleep(10)
+        await reply.send(batch.text)
+
+    first, second = FakeConnector("a:b", platform="p"), FakeConnector("a", platform="p")
+    bridge = make_bridge(slow, first, second, on_busy=on_busy)
+    with trio.fail_after(60):  # on the test's clock: a reply that never comes fails at once
+        async with running_bridge(bridge):
+            await first.say("from a:b", chat="c")
+            await second.say("from a", chat="b:c")
+            assert ((await first.next_reply()).text, (await second.next_reply()).text) == (
+                "from a:b",
+                "from a",
+            )
+            stats = bridge.stats()
+    assert sorted(runs) == [("p:a%3Ab:c", {"a:b"}), ("p:a:b:c", {"a"})]
+    assert (stats.runs, stats.interrupts) == (2, 0)
+
+
 async def test_an_error_raised_while_a_run_is_interrupted_never_stops_the_bridge(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

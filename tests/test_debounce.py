@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from urllib.parse import unquote
 
 import attrs
 import hypothesis.strategies as st
@@ -284,3 +285,25 @@ def test_the_default_key_groups_as_session_key_does(
         return [(b.session, [m.id for m in b.messages]) for b in batches]
 
     assert released(cb.session_key) == released(lambda m: cb.session_key(m))
+
+
+@given(platform=st.text(), account=st.text(), chat=st.text())
+def test_the_default_key_decodes_back_to_its_session(
+    platform: str, account: str, chat: str
+) -> None:
+    """The default key is injective over (platform, account, chat id): the first two colons
+    split it and unquoting gives each part back, so distinct sessions never share a key."""
+    message = FakeConnector(account, platform=platform).message(chat=chat)
+    encoded_platform, encoded_account, chat_id = cb.session_key(message).split(":", 2)
+    assert (unquote(encoded_platform), unquote(encoded_account), chat_id) == (
+        platform,
+        account,
+        chat,
+    )
+
+
+def test_the_default_key_is_plain_without_separators_in_platform_and_account() -> None:
+    message = FakeConnector("bot-1", platform="weixin").message(chat="room:42%")
+    assert cb.session_key(message) == "weixin:bot-1:room:42%"
+    escaped = FakeConnector("a%:b", platform="p:q").message(chat="c")
+    assert cb.session_key(escaped) == "p%3Aq:a%25%3Ab:c"

@@ -26,8 +26,24 @@ from ._messages import Batch, Message
 
 
 def session_key(message: Message) -> str:
-    """The default session: one per chat of one account (``platform:account:chat``)."""
-    return f"{message.platform}:{message.account}:{message.chat.id}"
+    """The default session: one per chat of one account (``platform:account:chat``).
+
+    ``%`` and ``:`` in the platform and the account are percent-encoded (``%25``, ``%3A``), so
+    the first two colons always separate the three parts and distinct (platform, account,
+    chat) never share a key: unescaped, account ``a:b`` with chat ``c`` and account ``a`` with
+    chat ``b:c`` would both be ``p:a:b:c`` and share one run. The chat id, last, stays as it
+    is; so does the whole key when neither part holds a ``%`` or ``:`` (the usual case).
+    """
+    platform, account = message.platform, message.account
+    # Rare, so looked for first: four `in` tests cost less than four replaces (once a session).
+    if ":" in platform or ":" in account or "%" in platform or "%" in account:
+        platform, account = _escaped(platform), _escaped(account)
+    return f"{platform}:{account}:{message.chat.id}"
+
+
+def _escaped(part: str) -> str:
+    """``part`` with ``%`` and ``:`` percent-encoded: it holds no ``:`` and decodes back."""
+    return part.replace("%", "%25").replace(":", "%3A")
 
 
 def _check_positive(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:
@@ -88,7 +104,7 @@ class Debouncer:
         leaves, so a flood of new chats pushes back on the inbox instead of growing here."""
         # Pending sessions. With the default key, a map per account by chat id: finding a
         # message's session is one lookup by a string it already holds, and the session key
-        # (an f-string) is built once per session, not per message. With a key of the
+        # (session_key's string) is built once per session, not per message. With a key of the
         # user's, one map by that key.
         self._by_chat: dict[tuple[str, str], dict[str, _Session]] | None = (
             {} if self.policy.key is session_key else None
@@ -183,7 +199,7 @@ class Debouncer:
                 slot = message.chat.id
             session = home.get(slot)
             if session is None:
-                key = slot if by_chat is None else f"{platform}:{account}:{slot}"
+                key = slot if by_chat is None else session_key(message)
                 cap = NO_DEADLINE if policy.max_delay is None else now + policy.max_delay
                 session = _Session(key, home, slot, [message], cap, min(due, cap))
                 home[slot] = session

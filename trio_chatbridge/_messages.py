@@ -302,7 +302,7 @@ class Batch:
     """Every message one session sent during one quiet window, oldest first."""
 
     session: str
-    """The session key (by default ``platform:account:chat``)."""
+    """The session key (by default ``platform:account:chat``, see :func:`session_key`)."""
     messages: tuple[Message, ...] = attrs.field(converter=_messages)
 
     @property
