@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import example, given
 from support import modules_a_core_runs
@@ -255,6 +256,37 @@ def test_a_page_with_a_failing_entry_is_read_as_a_page_without_one() -> None:
     assert clean.filtered == 1 and len(clean.values) == 2
     assert (len(clean.skipped), len(with_bad.skipped)) == (0, 1)
     assert calls.count(good(1)) == 3  # once in the clean page, twice in the other
+
+
+handle_names = st.sampled_from(["to_user_id", "context_token", "other"])
+handle_values = st.none() | st.sampled_from(["", "u1", "u2", "t1", "t2"])
+
+
+@given(st.lists(st.lists(st.tuples(handle_names, handle_values), max_size=4), max_size=6))
+@example([[("to_user_id", "u1"), ("context_token", "t1")]])  # the handle to_message builds
+@example([[("context_token", "t1"), ("to_user_id", "u1")]])
+@example([[("to_user_id", "u1"), ("context_token", "t1"), ("to_user_id", "u2")]])
+@example([[("to_user_id", "u1"), ("context_token", "")], [("to_user_id", "u1")]])
+def test_a_pages_tokens_are_each_handles_peer_and_token_the_newest_winning(
+    handles: list[list[tuple[str, Any]]],
+) -> None:
+    # to_message's handle is read in place; any other shape (a converter's own) by name.
+    replies = iter(handles)
+
+    def convert(raw: bytes) -> cb.Message | None:
+        message = weixin.to_message("bot", raw)
+        assert message is not None
+        return msgspec.structs.replace(message, reply_handle=cb.Handle(tuple(next(replies))))
+
+    body = b'{"msgs":[' + b",".join(good(n) for n in range(len(handles))) + b"]}"
+    page = page_of(p.Poller("t", BASE, convert).receive(body, now=0.0))
+    expected: dict[str, Any] = {}
+    for entries in handles:
+        handle = cb.Handle(tuple(entries))
+        peer, token = handle.get("to_user_id"), handle.get("context_token")
+        if peer and token:
+            expected[p.CONTEXT_TOKEN_PREFIX + peer] = token
+    assert page.values == expected
 
 
 @given(st.binary(max_size=300))

@@ -112,6 +112,9 @@ class _Wire(msgspec.Struct, gc=False):
 
 
 _decoder = Lenient(_Wire, "WeChat message")
+_wire: Final = msgspec.json.Decoder(_Wire, strict=False).decode
+"""The decode every message takes first (no Python frame of ours around it); an entry it
+refuses goes to :data:`_decoder`, which repairs a field of the wrong type or says why not."""
 
 # Plain ints: compared for every item of every message, and an IntEnum member costs a lookup.
 _TEXT: Final = int(p.ItemType.TEXT)
@@ -209,11 +212,8 @@ def _quote(ref: _RefMsg) -> list[Part]:
 
 
 def _parts(items: list[_Item]) -> tuple[Part, ...]:
-    if len(items) == 1:  # the common message: one text, quoting nothing
-        item = items[0]
-        if item.type == _TEXT and item.ref_msg is None:
-            text = None if item.text_item is None else item.text_item.text
-            return (Text(text if type(text) is str else (_text(text) or "")),)
+    """Every item's parts (the common message, one text quoting nothing, is read inline by
+    :func:`to_message`)."""
     parts: list[Part] = []
     for item in items:
         if item.type == _TEXT:
@@ -242,10 +242,16 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
     handles direct chats only. We keep the group as the chat (so a group is one session) and reply
     to the sender, the only addressing sendmessage is known to take.
     """
-    if isinstance(raw, ProtocolError):
+    if type(raw) is bytes:
+        data = raw
+    elif isinstance(raw, ProtocolError):
         raise raw  # the page could not decode this entry (see json_object_items)
-    data = raw if type(raw) is bytes else payload_bytes(raw, "a WeChat message")
-    wire = _decoder.decode(data)
+    else:
+        data = payload_bytes(raw, "a WeChat message")
+    try:
+        wire = _wire(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        wire = _decoder.decode(data)
     if (
         wire.message_type != _USER
         or (wire.delete_time_ms or 0) > 0
@@ -263,23 +269,34 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
     token = wire.context_token
     if token is not None and type(token) is not str:
         token = str(token)
-    parts = _parts(wire.item_list or [])
+    items = wire.item_list
+    if (  # the common message: one text item, quoting nothing
+        items is not None
+        and len(items) == 1
+        and (item := items[0]).type == _TEXT
+        and item.ref_msg is None
+        and item.text_item is not None
+        and type(text := item.text_item.text) is str
+    ):
+        parts: tuple[Part, ...] = (Text(text),)
+    else:
+        parts = _parts(items or [])
     ms: float | None = wire.create_time_ms
     if not (type(ms) is int and 0 <= ms <= _MAX_TIME_MS):
         ms = clamp(ms, 0.0, _MAX_TIME_MS, 0.0)
-    return Message(
-        platform=PLATFORM,
-        account=account,
-        id=str(wire.message_id) if wire.message_id else message_id(wire, sender, parts),
-        chat=shared_chat(group, "group") if group else shared_chat(sender, "direct"),
-        sender=shared_sender(sender),
-        parts=parts,
-        timestamp=ms / 1000,
-        # built directly: both are strings (Handle.of checks what callers give)
-        reply_handle=Handle((("to_user_id", sender), ("context_token", token)))
+    return Message(  # by position, in the fields' order: cheaper than by keyword
+        PLATFORM,  # platform
+        account,  # account
+        str(wire.message_id) if wire.message_id else message_id(wire, sender, parts),  # id
+        shared_chat(group, "group") if group else shared_chat(sender, "direct"),  # chat
+        shared_sender(sender),  # sender
+        parts,  # parts
+        ms / 1000,  # timestamp
+        # reply_handle, built directly: both are strings (Handle.of checks what callers give)
+        Handle((("to_user_id", sender), ("context_token", token)))
         if token
         else Handle((("to_user_id", sender),)),
-        raw=data,
+        data,  # raw
     )
 
 

@@ -65,6 +65,7 @@ CONFIG_RETRY_MAX: Final = 3600.0
 UPLOAD_ATTEMPTS: Final = 3
 PAGE_MAX_BYTES: Final = 8 * 1024 * 1024  # a getupdates answer; other answers: 1 MiB
 CONTEXT_TOKEN_PREFIX: Final = "context_token:"  # store key of a peer's latest context token
+TOKEN: Final = "context_token"  # a message's reply handle holds its context token by this name
 # the reference client's inbound cap (docs/protocols/weixin.md#limits)
 MEDIA_MAX_BYTES: Final = 100 * 1024 * 1024
 
@@ -301,7 +302,7 @@ def read_answer(body: bytes) -> tuple[dict[str, Any], Sequence[Any], bool]:
             pass  # read again below, where each kind of bad input gets its own error
         else:
             data = {name: getattr(answer, name) for name in _ANSWER_FIELDS}
-            return data, [bytes(entry) for entry in answer.msgs or ()], True
+            return data, list(map(bytes, answer.msgs or ())), True
     data = json_object_items(body, "iLink getupdates", "msgs", max_bytes=PAGE_MAX_BYTES)
     entries = data.get("msgs")
     return data, entries if isinstance(entries, list) else (), False
@@ -352,7 +353,10 @@ class Poller:
     given the entry's own bytes (see :func:`read_answer` for the rare page it is given decoded
     entries instead). A message it refuses, or that could not even be decoded, is skipped
     alone (in :attr:`Page.skipped`), never the page. It must be pure: a page is converted
-    in one pass, and again entry by entry when one of its conversions raises. The cursor
+    in one pass, and again entry by entry when one of its conversions raises. A message's
+    reply handle holds its peer (``to_user_id``) and context token as strings, as
+    :func:`~._convert.to_message` builds them; the page's context tokens are read from
+    there. The cursor
     moves only in :meth:`commit`, once the driver has made the page durable; the server's
     hold time (``longpolling_timeout_ms``) is adopted from every answer, errors included,
     held to :data:`LONG_POLL_TIMEOUT_RANGE`.
@@ -403,17 +407,20 @@ class Poller:
         if converted is None:  # a bad entry: each converted alone, so it costs only itself
             messages, skipped, filtered = self._convert_each(entries)
         else:
-            messages = [message for message in converted if message is not None]
+            # C's loop again: a Message is always true (a record without a length), so
+            # filter(None, ...) keeps exactly the messages, dropping the Nones
+            messages = list(filter(None, converted))
             skipped, filtered = [], len(converted) - len(messages)
         tokens: dict[str, str | None] = {}
+        peer: Any
+        token: Any
         for message in messages:
-            token: Any = None
-            peer: Any = None
-            for name, value in message.reply_handle.entries:  # two Handle.get, in one pass
-                if name == "context_token":
-                    token = value
-                elif name == "to_user_id":
-                    peer = value
+            handle = message.reply_handle
+            entries = handle.entries
+            if len(entries) == 2 and entries[0][0] == "to_user_id" and entries[1][0] == TOKEN:
+                (_, peer), (_, token) = entries  # the handle to_message builds, read in place
+            else:
+                peer, token = handle.get("to_user_id"), handle.get(TOKEN)
             if token and peer:  # the newest wins: replies after a restart use it
                 tokens[CONTEXT_TOKEN_PREFIX + peer] = token
         # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
