@@ -154,7 +154,7 @@ async def exchange(
     *,
     what: str,
     platform: str,
-    time_limit: float,
+    time_limit: float | None,
     max_bytes: int = MAX_JSON_BYTES,
     **options: Any,
 ) -> HTTPAnswer:
@@ -162,7 +162,8 @@ async def exchange(
 
     Sends ``method url`` with ``options`` (``json``, ``data``, ``files``, ``content``,
     ``headers``: as :meth:`httpx.AsyncClient.stream` takes them) and reads the body within
-    ``max_bytes``, all within ``time_limit`` seconds of Trio's clock. ``what`` names the call,
+    ``max_bytes``, all within ``time_limit`` seconds of Trio's clock (None: within the
+    caller's own cancel scope, which must then have a deadline). ``what`` names the call,
     with its account, in every error. Raises:
 
     - :class:`ConnectorError` for a transport failure (unreachable, reset, TLS) or no answer
@@ -187,19 +188,18 @@ async def send(
     *,
     what: str,
     platform: str,
-    time_limit: float,
+    time_limit: float | None,
     max_bytes: int = MAX_JSON_BYTES,
 ) -> HTTPAnswer:
     """:func:`exchange` for a request already built (one checked and pinned to an address
     by the media guard, say): the same errors, the same answer. If cancelled, the request may
     or may not have reached the server; nothing of the answer is kept."""
     try:
-        with trio.fail_after(time_limit):
-            response = await http.send(request, stream=True)
-            try:
-                body = await read_body(response, what, max_bytes=max_bytes)
-            finally:
-                await response.aclose()
+        if time_limit is None:  # the caller's scope bounds it (the long poll: one scope a poll)
+            response, body = await _answer(http, request, what, max_bytes)
+        else:
+            with trio.fail_after(time_limit):
+                response, body = await _answer(http, request, what, max_bytes)
     except trio.TooSlowError as exc:
         raise ConnectorError(
             f"{what}: no answer within {time_limit:g} s (retried with backoff; check the network "
@@ -216,6 +216,18 @@ async def send(
     if status >= 400 or 200 <= status < 300:
         return HTTPAnswer(what, platform, status, response.headers, body)
     raise HTTPRefusedError(what, platform, status, body)  # 1xx or 3xx: nothing to read
+
+
+async def _answer(
+    http: httpx.AsyncClient, request: httpx.Request, what: str, max_bytes: int
+) -> tuple[httpx.Response, bytes]:
+    """``request`` sent, and its answer's body read within ``max_bytes``; the response is
+    closed in any case. If cancelled, nothing of the answer is kept."""
+    response = await http.send(request, stream=True)
+    try:
+        return response, await read_body(response, what, max_bytes=max_bytes)
+    finally:
+        await response.aclose()
 
 
 def retry_after(headers: httpx.Headers) -> float | None:

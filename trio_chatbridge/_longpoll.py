@@ -37,8 +37,8 @@ from ._supervise import Backoff, Retries
 log = logging.getLogger("trio_chatbridge.longpoll")
 
 BACKSTOP: Final = 10.0
-"""Seconds httpx's own timeout, and the mapping's, wait beyond a request's deadline (ours, on
-Trio's clock, which ends the poll first)."""
+"""Seconds httpx's own timeout (on the system's clock) waits beyond a request's deadline (ours,
+on Trio's clock, which ends the poll first: the mapping needs no deadline of its own)."""
 
 
 class CoreFailed(ProtocolError):
@@ -63,7 +63,7 @@ async def exchange(http: httpx.AsyncClient, request: HTTPRequest, platform: str)
             request.url,
             what=request.name,
             platform=platform,
-            time_limit=request.timeout + BACKSTOP,  # a backstop: move_on_after ends it first
+            time_limit=None,  # move_on_after above bounds it, on the same clock
             max_bytes=request.max_bytes,
             headers=dict(request.headers),
             content=request.body or None,
