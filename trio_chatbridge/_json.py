@@ -55,17 +55,20 @@ async def read_body(
             raise ProtocolError(f"{what} runs over the {max_bytes}-byte cap")
         return response.content
     stages = _decoders(response, what)
-    body = bytearray()
+    pieces: list[bytes] = []  # joined once at the end: each byte copied once
+    size = 0
     received = False
     async with aclosing(response.aiter_raw()) as chunks:  # type: ignore[type-var]
         async for chunk in chunks:
             received = received or bool(chunk)
-            body += _inflate(stages, chunk, what, max_bytes - len(body))
-            if len(body) > max_bytes:
+            piece = _inflate(stages, chunk, what, max_bytes - size)
+            size += len(piece)
+            if size > max_bytes:
                 raise ProtocolError(f"{what} runs over the {max_bytes}-byte cap")
+            pieces.append(piece)
     if received and not all(stage.eof for stage in stages):
         raise ProtocolError(f"{what} ends inside its compressed body")
-    return bytes(body)
+    return b"".join(pieces)
 
 
 # zlib's window bits for each Content-Encoding it decodes (RFC 9110, 8.4.1)
