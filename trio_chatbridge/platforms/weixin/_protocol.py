@@ -356,10 +356,9 @@ class Poller:
     in one pass, and again entry by entry when one of its conversions raises. A message's
     reply handle holds its peer (``to_user_id``) and context token as strings, as
     :func:`~._convert.to_message` builds them; the page's context tokens are read from
-    there. The cursor
-    moves only in :meth:`commit`, once the driver has made the page durable; the server's
-    hold time (``longpolling_timeout_ms``) is adopted from every answer, errors included,
-    held to :data:`LONG_POLL_TIMEOUT_RANGE`.
+    there. The cursor moves only in :meth:`commit`, once the driver has made the page
+    durable; the server's hold time (``longpolling_timeout_ms``) is adopted from every
+    answer, errors included, held to :data:`LONG_POLL_TIMEOUT_RANGE`.
     """
 
     token: str = attrs.field(repr=False)
