@@ -13,8 +13,13 @@ and ours, and a send whose lock is free costs no scheduler step before the socke
   so a hostile server cannot make us buffer more; each fragment of a fragmented message (each
   piece wsproto gives: a frame, or the part of one a read brought) also counts
   :data:`FRAGMENT_COST`, so a flood of tiny or empty fragments is bounded too.
-- A ping is answered by the reader before it reads again (it takes the send lock); the pong,
-  like the reply to the server's close, is owed until written and goes out before any later frame.
+- ``send_message`` writes in its caller when no other task writes. A sender that finds a write
+  in progress leaves its frame, already built, in a line and waits: when the write ends, the
+  first sender in line writes every frame waiting then in one ``send_all`` (write-combining: one
+  socket write and one scheduler step for a burst of replies, not a lock hand-off and a write
+  each); see :meth:`WebSocketClient.send_message` for what holds.
+- A ping is answered by the reader before it reads again; the pong, like the reply to the
+  server's close, is owed until written and goes out in its place among the frames built.
 - Errors are trio-websocket's own types (``trio_websocket.ConnectionClosed``,
   ``ConnectionRejected``, ``HandshakeError`` and its ``ConnectionTimeout``), so the driver, the
   emulators' in-memory openers and a user's ``open_websocket_url`` opener all fail alike and are
@@ -23,14 +28,17 @@ and ours, and a send whose lock is free costs no scheduler step before the socke
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Final, final
 from urllib.parse import urlsplit
 
 import attrs
+import outcome
 import trio
 from trio_websocket import (
     CloseReason,
@@ -77,13 +85,28 @@ _TOO_BIG: Final = 1009  # RFC 6455 section 7.4.1
 _NORMAL: Final = 1000
 
 
+@attrs.define(eq=False)
+class _Waiting:
+    """A frame left to be written by another task, and its sender, waiting for that write."""
+
+    task: trio.lowlevel.Task
+    data: bytes
+    """Control frames owed before it (the first ``owed`` bytes), then the frame (none for a
+    task that only writes what is owed)."""
+    owed: int
+    """How many leading bytes of ``data`` are owed control frames (pongs, a close reply), not
+    the sender's: a sender that withdraws leaves them to the next frame, or owed."""
+    taken: bool = False
+    """Whether a writer took it: it is in that write, whose end the sender waits for."""
+
+
 @final
 @attrs.define(eq=False)
 class WebSocketClient:
     """An open client WebSocket (from :func:`open_websocket`): the driver's ``WebSocket``.
 
     ``get_message`` is for one task at a time (a second one gets :exc:`trio.BusyResourceError`);
-    ``send_message`` may be called by many (they take turns).
+    ``send_message`` may be called by many (a burst of them shares one socket write).
     """
 
     _stream: trio.abc.Stream
@@ -99,9 +122,12 @@ class WebSocketClient:
     _size: int = 0
     """Its size so far."""
     _owed: bytearray = attrs.Factory(bytearray)
-    """Control frames owed to the peer (a pong, the reply to its close), written before any
-    frame built after them."""
-    _send_lock: trio.Lock = attrs.Factory(trio.Lock)
+    """Control frames owed to the peer (a pong, the reply to its close) and not yet in a frame
+    of :attr:`_waiting`: built after every frame there, so written after them."""
+    _writing: bool = attrs.field(default=False, init=False)
+    """Whether a task writes, or was told to write next: a sender then waits in line."""
+    _waiting: deque[_Waiting] = attrs.field(factory=deque, init=False)
+    """Frames built and not yet taken by a writer, in the order they were built."""
     _receiving: bool = False
     _gone: bool = False
     """The socket ended or broke: nothing more is read or written."""
@@ -123,9 +149,9 @@ class WebSocketClient:
 
         Raises ``ConnectionClosed`` (with the close code and reason) once the connection closed
         and every message received before was returned. If cancelled, nothing was taken: bytes
-        already read stay buffered for the next call; but if cancelled while writing a pong (or
-        a close reply) it owed, the stream is left mid-frame, so the connection is lost then
-        (code 1006), as for :meth:`send_message`.
+        already read stay buffered for the next call, and a pong (or a close reply) it owed
+        and had not written stays owed; but if cancelled while writing it, the stream is left
+        mid-frame, so the connection is lost then (code 1006), as for :meth:`send_message`.
         """
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this WebSocket")
@@ -143,11 +169,28 @@ class WebSocketClient:
         return self._messages.popleft()
 
     async def send_message(self, message: Data) -> None:
-        """Send one message (``str``: text, ``bytes``: binary).
+        """Send one message (``str``: text, ``bytes``: binary), as one frame.
 
-        Raises ``ConnectionClosed`` when the connection is closed. If cancelled, it may or may
-        not have been sent; a send cancelled while writing leaves the stream mid-frame, so the
-        connection is closed then (code 1006), never left to send a corrupt frame.
+        Returns once its frame was handed to the socket by a ``send_all`` that completed: its
+        own, or, when another task was writing, that of the first sender in line after that
+        write, which writes every frame waiting then, in the order they were built (built in
+        the caller, so the order is the order of the calls). Raises ``ConnectionClosed`` when
+        the connection is closed, or was lost in the write that carried the frame (which may
+        then have reached the peer in part); a frame built before the connection closed is
+        still written (before our close, or our reply to the peer's), unless the socket is
+        gone. If cancelled:
+
+        - before its frame was taken by a write (still in line, or told to write next), the
+          frame is withdrawn: nothing of it is written, and ``Cancelled`` is raised. It is a
+          whole message in one frame (this client never fragments a send, and negotiates no
+          extension), so leaving it out leaves the stream of frames sound;
+        - once its frame is in a write, it waits for that one write to end, as Trio's own
+          operations do once they cannot be undone: it returns if the write completed (the
+          frame was sent; the cancellation is seen at the caller's next checkpoint) and raises
+          ``ConnectionClosed`` if it failed;
+        - while writing itself, the stream may be left mid-frame, so the connection is lost
+          (code 1006) rather than left to send a corrupt frame: ``Cancelled`` is raised, and
+          every sender whose frame was in that write gets ``ConnectionClosed``.
         """
         if isinstance(message, str):
             await self._send(TextMessage(message))
@@ -241,34 +284,118 @@ class WebSocketClient:
     # -- writing -----------------------------------------------------------------------------
 
     async def _send(self, event: Event | None) -> None:
-        """Write what is owed and then ``event``'s frame, built under the send lock so frames
-        leave in the order wsproto made them. If cancelled before writing, nothing was sent
-        and nothing built; cancelled while writing, the connection is lost (1006)."""
-        lock = self._send_lock
-        try:  # a free lock costs no scheduler step (the write has its own)
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        """Build ``event``'s frame after what is owed (``None``: only what is owed) and write
+        them: at once when no task writes, or left in line (see :meth:`send_message` for what
+        holds, cancelled or not). Frames are built here, in line order, so they leave in the
+        order wsproto made them. Building our close marks the connection closed, so nothing
+        is built after it; a close not written whole (withdrawn at the disconnect timeout, or
+        its write failed) loses the connection (1006): wsproto counts it as sent, so nothing
+        more can be."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._gone or (event is not None and self._closed is not None):
+            raise ConnectionClosed(self._closed)
+        data = b"" if event is None else self._ws.send(event)
+        if isinstance(event, CloseConnection):
+            self._set_closed(event.code, event.reason)
+        owed = len(self._owed)
+        if owed:
+            data, self._owed = bytes(self._owed) + data, bytearray()
+        elif not data:
+            return
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._gone or (event is not None and self._closed is not None):
-                raise ConnectionClosed(self._closed)
-            data: bytes | bytearray = b"" if event is None else self._ws.send(event)
-            if self._owed:
-                data, self._owed = self._owed + data, bytearray()
-            elif not data:
+            if not self._writing:  # no task writes: this one does, without a scheduler step
+                self._writing = True
+                await self._write(data, ())
                 return
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            waiting = _Waiting(trio.lowlevel.current_task(), data, owed)
+            self._waiting.append(waiting)
+            if await trio.lowlevel.wait_task_rescheduled(partial(self._abort, waiting)):
+                await self._write_waiting()
+        except BaseException:
+            if isinstance(event, CloseConnection):  # ours did not go out whole: lost, not closed
+                self._closed = None
+                self._lose("our close frame could not be sent")
+            raise
+
+    async def _write_waiting(self) -> None:
+        """Told to write next (first in line): every frame waiting, in one ``send_all``."""
+        if self._gone or trio.current_effective_deadline() == -math.inf:
+            self._withdraw(0)  # ours, not taken: nothing of it is written
+            self._pass_on()
+            await trio.lowlevel.checkpoint_if_cancelled()  # raises Cancelled if cancelled
+            raise ConnectionClosed(self._closed)
+        batch = list(self._waiting)
+        self._waiting.clear()
+        for waiting in batch:
+            waiting.taken = True
+        data = b"".join([waiting.data for waiting in batch])
+        if self._owed:
+            data, self._owed = data + self._owed, bytearray()
+        await self._write(data, batch[1:])  # batch[0] is ours
+
+    async def _write(self, data: bytes, carried: Sequence[_Waiting]) -> None:
+        """As the writer: ``data`` to the stream; then each sender of ``carried`` (their frames
+        are in ``data``) learns how it went, and the next in line writes. Raises
+        ``ConnectionClosed`` if the stream failed; cancelled mid-write, the connection is lost
+        (1006) and the stream closed, which wakes a reader waiting on it."""
+        try:
+            await self._stream.send_all(data)
+        except BaseException as exc:
+            broken = isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, OSError))
+            if broken:
                 self._lose(f"connection lost: {exc.__cause__ or exc!r}")
-                raise ConnectionClosed(self._closed) from exc
-            except BaseException:  # cancelled mid-write: the next frame would be corrupt
+            else:  # cancelled mid-write: the next frame would be corrupt
                 self._lose("a send was interrupted mid-frame")
-                await trio.aclose_forcefully(self._stream)  # wakes a reader waiting on it
+            for waiting in carried:
+                trio.lowlevel.reschedule(waiting.task, outcome.Error(self._lost(exc)))
+            self._pass_on()
+            if not broken:
+                await trio.aclose_forcefully(self._stream)
                 raise
-        finally:
-            lock.release()
+            raise ConnectionClosed(self._closed) from exc
+        for waiting in carried:
+            trio.lowlevel.reschedule(waiting.task)
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        """The write ended: the first sender in line writes next; none waiting, nobody writes.
+        Once the socket is gone, every sender in line fails instead (nothing more is written)."""
+        while self._gone and self._waiting:
+            waiting = self._waiting.popleft()
+            trio.lowlevel.reschedule(waiting.task, outcome.Error(self._lost(None)))
+        if self._waiting:
+            trio.lowlevel.reschedule(self._waiting[0].task, outcome.Value(True))
+        else:
+            self._writing = False
+
+    def _abort(
+        self, waiting: _Waiting, raise_cancel: trio.lowlevel.RaiseCancelT
+    ) -> trio.lowlevel.Abort:
+        """A sender in line is cancelled: its frame is withdrawn unless a write took it (then
+        the sender waits for that write to end)."""
+        if waiting.taken:
+            return trio.lowlevel.Abort.FAILED
+        self._withdraw(self._waiting.index(waiting))
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _withdraw(self, index: int) -> None:
+        """Take a frame out of the line; the control frames owed before it stay in their place:
+        before the next frame in line, or first of what is owed."""
+        waiting = self._waiting[index]
+        del self._waiting[index]
+        if waiting.owed and not self._gone:  # gone, nothing is owed any more
+            owed = waiting.data[: waiting.owed]
+            if index < len(self._waiting):
+                after = self._waiting[index]
+                after.data, after.owed = owed + after.data, len(owed) + after.owed
+            else:
+                self._owed[:0] = owed
+
+    def _lost(self, cause: BaseException | None) -> ConnectionClosed:
+        """What a sender whose frame will not be written (or was cut) gets: its own error."""
+        error = ConnectionClosed(self._closed)
+        error.__cause__ = cause
+        return error
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -282,7 +409,6 @@ class WebSocketClient:
             with trio.move_on_after(self._disconnect_timeout, shield=True):
                 if self._closed is None:
                     await self._send(CloseConnection(code=_NORMAL))
-                    self._set_closed(_NORMAL, None)
                 elif self._owed:
                     await self._send(None)
                 # The peer's close frame, unless another task is reading (it will see the end).
