@@ -681,3 +681,382 @@ async def test_a_refusal_read_with_the_close_is_the_error_alone() -> None:
 
 def _ignore(*args: object) -> None:
     """Counters and states are not looked at here."""
+
+
+# -- write-combining: senders that find a write in progress --------------------------------------
+
+
+class GatedSocket(trio.abc.Stream):
+    """A client's socket in memory: each ``send_all`` is kept whole in ``writes`` as it starts
+    (a socket has the bytes once handed over), then, while ``holding``, waits for
+    :meth:`release` (which may make it fail), as a write to a full socket waits; a write
+    cancelled there is cut mid-frame for the client. Reads come from ``incoming``."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.holding = False
+        self.incoming = trio.testing.MemoryReceiveStream()
+        self._released = trio.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self.held = False
+        """Whether a write waits for :meth:`release`."""
+
+    def release(self, error: BaseException | None = None) -> None:
+        """Ends the write held (with ``error`` raised in it, if given)."""
+        self._error = error
+        self._released.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+        if self.holding:
+            self._released = released = trio.Event()
+            self.held = True
+            try:
+                await released.wait()
+            finally:
+                self.held = False
+            if self._error is not None:
+                raise self._error
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.incoming.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self.release(trio.ClosedResourceError("another task closed this socket"))
+        self.incoming.close()
+        await trio.lowlevel.checkpoint()
+
+
+async def gated(**options: float) -> tuple[WebSocketClient, GatedSocket, WSConnection]:
+    """A client open over a :class:`GatedSocket`, and the server's protocol state to decode
+    what it wrote (``writes`` then holds frames only)."""
+    socket = GatedSocket()
+    server = WSConnection(ConnectionType.SERVER)
+
+    async def accept() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        server.receive_data(socket.writes.pop())
+        assert any(isinstance(event, Request) for event in server.events())
+        socket.incoming.put_data(server.send(AcceptConnection()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        ws = await upgrade(socket, "ws://example.test/", **options)  # type: ignore[arg-type]
+    return ws, socket, server
+
+
+def on_the_wire(socket: GatedSocket, server: WSConnection) -> list[object]:
+    """What the client wrote, as the server reads it: texts, ``("pong", payload)``,
+    ``("close", code)``."""
+    server.receive_data(b"".join(socket.writes))
+    socket.writes.clear()
+    seen: list[object] = []
+    for event in server.events():
+        if isinstance(event, TextMessage):
+            seen.append(event.data)
+        elif isinstance(event, Pong):
+            seen.append(("pong", bytes(event.payload)))
+        elif isinstance(event, CloseConnection):
+            seen.append(("close", event.code))
+    return seen
+
+
+class Senders:
+    """Tasks sending one text each, started one at a time (each in line, or writing, before
+    the next starts), each in its own cancel scope; what each ``send_message`` did."""
+
+    def __init__(self, ws: WebSocketClient, nursery: trio.Nursery) -> None:
+        self.ws = ws
+        self.nursery = nursery
+        self.scopes: list[trio.CancelScope] = []
+        self.outcomes: dict[int, str] = {}
+        self.after: dict[int, Callable[[], None]] = {}
+        """What a sender does right after its send returns (no checkpoint between)."""
+
+    async def start(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.scopes.append(trio.CancelScope())
+            self.nursery.start_soon(self._send, len(self.scopes) - 1)
+            await trio.testing.wait_all_tasks_blocked()
+
+    async def _send(self, n: int) -> None:
+        with self.scopes[n]:
+            try:
+                await self.ws.send_message(f"m{n}")
+            except ConnectionClosed:
+                self.outcomes[n] = "closed"
+                return
+            self.outcomes[n] = "returned"
+            self.after.get(n, lambda: None)()
+            return
+        self.outcomes[n] = "cancelled"
+
+    def cancel(self, n: int) -> None:
+        self.scopes[n].cancel()
+
+    def cancel_if_started(self, n: int) -> None:
+        if n < len(self.scopes):
+            self.scopes[n].cancel()
+
+
+async def test_senders_that_find_a_write_in_progress_share_one_send_all(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start(10)  # m0 writes (held); m1..m9 wait in line
+            assert len(socket.writes) == 1 and senders.outcomes == {}
+            socket.release()
+            await trio.testing.wait_all_tasks_blocked()
+            assert senders.outcomes == {0: "returned"}
+            assert len(socket.writes) == 2 and socket.held  # m1 writes m1..m9 at once
+            socket.holding = False
+            socket.release()
+    assert senders.outcomes == {n: "returned" for n in range(10)}
+    assert len(socket.writes) == 2
+    assert on_the_wire(socket, server) == [f"m{n}" for n in range(10)]
+
+
+async def test_a_sender_cancelled_in_line_writes_nothing_and_raises_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start(4)
+            senders.cancel(2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert senders.outcomes == {2: "cancelled"}
+            socket.holding = False
+            socket.release()
+    assert senders.outcomes == {0: "returned", 1: "returned", 2: "cancelled", 3: "returned"}
+    assert len(socket.writes) == 2  # m0; m1 and m3
+    assert on_the_wire(socket, server) == ["m0", "m1", "m3"]
+    assert ws.closed is None  # nothing was cut: the connection goes on
+    await ws.send_message("after")
+    assert on_the_wire(socket, server) == ["after"]
+
+
+async def test_a_sender_cancelled_once_its_frame_is_taken_waits_for_that_write_and_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trio's rule for what cannot be undone: its frame is in a write, so the send is not
+    cancelled; it returns when the write completed (the frame was sent), not before."""
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start(3)
+            socket.release()  # m0 written; m1 writes m1 and m2 (held)
+            await trio.testing.wait_all_tasks_blocked()
+            assert socket.held
+            senders.cancel(2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert senders.outcomes == {0: "returned"}  # m2 still waits for the write
+            socket.holding = False
+            socket.release()
+    assert senders.outcomes == {0: "returned", 1: "returned", 2: "returned"}
+    assert on_the_wire(socket, server) == ["m0", "m1", "m2"]
+
+
+async def test_the_next_writer_cancelled_before_it_ran_passes_its_turn_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            senders.after[0] = partial(senders.cancel, 1)  # m1 was told to write, not yet run
+            await senders.start(3)
+            socket.holding = False
+            socket.release()
+    assert senders.outcomes == {0: "returned", 1: "cancelled", 2: "returned"}
+    assert on_the_wire(socket, server) == ["m0", "m2"]
+    assert ws.closed is None
+
+
+@pytest.mark.parametrize("how", ["the socket breaks", "the writer is cancelled"])
+async def test_a_failed_write_fails_every_frame_it_carried_and_every_frame_in_line(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start(4)
+            socket.release()  # m0 written; m1 writes m1..m3 (held)
+            await trio.testing.wait_all_tasks_blocked()
+            await senders.start()  # m4 in line
+            if how == "the socket breaks":
+                socket.release(trio.BrokenResourceError("connection reset"))
+            else:
+                senders.cancel(1)
+    writer = "closed" if how == "the socket breaks" else "cancelled"
+    assert senders.outcomes == {0: "returned", 1: writer, 2: "closed", 3: "closed", 4: "closed"}
+    assert ws.closed is not None and ws.closed.code == 1006
+    assert on_the_wire(socket, server) == ["m0", "m1", "m2", "m3"]  # m1's write, then nothing
+    with pytest.raises(ConnectionClosed):
+        await ws.send_message("after")
+    assert socket.writes == []
+
+
+async def test_a_close_while_senders_wait_goes_out_after_their_frames(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start(3)
+            nursery.start_soon(ws.aclose)
+            await trio.testing.wait_all_tasks_blocked()
+            await senders.start()  # after the close was built: refused at once
+            assert senders.outcomes == {3: "closed"}
+            socket.holding = False
+            socket.release()
+            await trio.testing.wait_all_tasks_blocked()
+            wire = on_the_wire(socket, server)
+            socket.incoming.put_data(server.send(CloseConnection(code=1000)))  # the answer
+    assert wire == ["m0", "m1", "m2", ("close", 1000)]
+    assert senders.outcomes == {0: "returned", 1: "returned", 2: "returned", 3: "closed"}
+    assert ws.closed is not None and ws.closed.code == 1000
+
+
+async def test_a_close_still_in_line_at_the_disconnect_timeout_loses_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Our close was built (wsproto counts it as sent) but never written: lost, not closed."""
+    ws, socket, server = await gated(disconnect_timeout=5)
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start(2)  # m0 held for good, m1 in line
+            started = trio.current_time()
+            await ws.aclose()
+            assert trio.current_time() - started == pytest.approx(5)
+    assert ws.closed is not None and ws.closed.code == 1006
+    assert "close" in str(ws.closed.reason)
+    assert senders.outcomes == {0: "closed", 1: "closed"}  # the socket was closed under m0
+    assert on_the_wire(socket, server) == ["m0"]
+
+
+@pytest.mark.parametrize("another_in_line", [False, True])
+async def test_a_pong_owed_before_a_withdrawn_frame_is_still_written(
+    another_in_line: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The reader returned a message read with a ping, so the pong was owed when m1 was
+    built: it went out in front of m1, and stays in its place when m1 is withdrawn."""
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start()  # m0 held
+            socket.incoming.put_data(PING_HELLO + HELLO)
+            assert await ws.get_message() == "Hello"  # the pong owed, not yet written
+            await senders.start(2 if another_in_line else 1)
+            senders.cancel(1)
+            socket.holding = False
+            socket.release()
+            await trio.testing.wait_all_tasks_blocked()
+            if not another_in_line:  # owed again: the reader writes it before it reads
+                with trio.move_on_after(1):
+                    await ws.get_message()
+    expected: list[object] = ["m0", ("pong", b"Hello")]
+    if another_in_line:
+        expected.append("m2")
+    assert on_the_wire(socket, server) == expected
+    assert senders.outcomes[1] == "cancelled"
+
+
+async def test_a_pong_owed_while_frames_wait_goes_out_after_them_in_the_next_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, socket, server = await gated()
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            senders = Senders(ws, nursery)
+            await senders.start(2)  # m0 held, m1 in line
+            socket.incoming.put_data(PING_HELLO + HELLO)
+            assert await ws.get_message() == "Hello"  # the pong owed, built after m1
+            socket.holding = False
+            socket.release()
+    assert on_the_wire(socket, server) == ["m0", "m1", ("pong", b"Hello")]
+    assert senders.outcomes == {0: "returned", 1: "returned"}
+
+
+Step = tuple[str, int]
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.just(("send", 0)),
+            st.just(("release", 0)),
+            st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=7)),
+        ),
+        max_size=30,
+    ),
+    after=st.dictionaries(st.integers(0, 7), st.integers(0, 7)),
+)
+def test_senders_cancelled_at_random_leave_exactly_their_frames_on_the_wire_in_order(
+    steps: list[Step], after: dict[int, int]
+) -> None:
+    """Whatever the cancellations: the wire holds the frames of the sends that returned, in
+    the order of the calls, plus frames cut with the connection (a writer cancelled mid-write:
+    the client says 1006, and only the writer's and those it carried, which raised); a send
+    cancelled in line wrote nothing. ``after``: a sender cancels another as soon as its send
+    returns, before any other task runs (a writer done cancels the next writer told to go)."""
+
+    async def main() -> tuple[Senders, list[object]]:
+        ws, socket, server = await gated()
+        socket.holding = True
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                senders = Senders(ws, nursery)
+                for n, other in after.items():
+                    senders.after[n] = partial(senders.cancel_if_started, other)
+                for action, n in steps:
+                    if action == "send" and len(senders.scopes) < 8:
+                        await senders.start()
+                    elif action == "release" and socket.held:
+                        socket.release()
+                    elif action == "cancel" and n < len(senders.scopes):
+                        senders.cancel(n)
+                    await trio.testing.wait_all_tasks_blocked()
+                socket.holding = False
+                socket.release()
+        closed = ws.closed
+        assert closed is None or (closed.code == 1006 and "interrupted" in str(closed.reason))
+        return senders, on_the_wire(socket, server)
+
+    senders, wire = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    sent = [int(str(text)[1:]) for text in wire]
+    assert sent == sorted(sent) and len(set(sent)) == len(sent)  # in the order of the calls
+    returned = {n for n, what in senders.outcomes.items() if what == "returned"}
+    assert returned <= set(sent)
+    raised_on_the_wire = [senders.outcomes[n] for n in sent if n not in returned]
+    # frames on the wire whose sends raised: those of the cut write, the writer cancelled
+    assert raised_on_the_wire.count("cancelled") <= 1
+    if raised_on_the_wire:
+        assert "cancelled" in raised_on_the_wire
+    assert len(senders.outcomes) == len(senders.scopes)  # every send ended
