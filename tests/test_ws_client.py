@@ -703,9 +703,10 @@ class GatedSocket(trio.abc.Stream):
         """Whether a write waits for :meth:`release`."""
 
     def release(self, error: BaseException | None = None) -> None:
-        """Ends the write held (with ``error`` raised in it, if given)."""
-        self._error = error
-        self._released.set()
+        """Ends the write held (with ``error`` raised in it, if given); once only."""
+        if not self._released.is_set():
+            self._error = error
+            self._released.set()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
@@ -769,6 +770,21 @@ def on_the_wire(socket: GatedSocket, server: WSConnection) -> list[object]:
     return seen
 
 
+@asynccontextmanager
+async def in_line(
+    **options: float,
+) -> AsyncIterator[tuple[WebSocketClient, GatedSocket, WSConnection, Senders]]:
+    """A client over a :class:`GatedSocket` that holds every write, and its senders; on the
+    way out, every write is let go and every sender ended (within :data:`BOUND`)."""
+    ws, socket, server = await gated(**options)
+    socket.holding = True
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            yield ws, socket, server, Senders(ws, nursery)
+            socket.holding = False
+            socket.release()
+
+
 class Senders:
     """Tasks sending one text each, started one at a time (each in line, or writing, before
     the next starts), each in its own cancel scope; what each ``send_message`` did."""
@@ -810,19 +826,13 @@ class Senders:
 async def test_senders_that_find_a_write_in_progress_share_one_send_all(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start(10)  # m0 writes (held); m1..m9 wait in line
-            assert len(socket.writes) == 1 and senders.outcomes == {}
-            socket.release()
-            await trio.testing.wait_all_tasks_blocked()
-            assert senders.outcomes == {0: "returned"}
-            assert len(socket.writes) == 2 and socket.held  # m1 writes m1..m9 at once
-            socket.holding = False
-            socket.release()
+    async with in_line() as (_, socket, server, senders):
+        await senders.start(10)  # m0 writes (held); m1..m9 wait in line
+        assert len(socket.writes) == 1 and senders.outcomes == {}
+        socket.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert senders.outcomes == {0: "returned"}
+        assert len(socket.writes) == 2 and socket.held  # m1 writes m1..m9 at once
     assert senders.outcomes == {n: "returned" for n in range(10)}
     assert len(socket.writes) == 2
     assert on_the_wire(socket, server) == [f"m{n}" for n in range(10)]
@@ -831,17 +841,11 @@ async def test_senders_that_find_a_write_in_progress_share_one_send_all(
 async def test_a_sender_cancelled_in_line_writes_nothing_and_raises_cancelled(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start(4)
-            senders.cancel(2)
-            await trio.testing.wait_all_tasks_blocked()
-            assert senders.outcomes == {2: "cancelled"}
-            socket.holding = False
-            socket.release()
+    async with in_line() as (ws, socket, server, senders):
+        await senders.start(4)
+        senders.cancel(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert senders.outcomes == {2: "cancelled"}
     assert senders.outcomes == {0: "returned", 1: "returned", 2: "cancelled", 3: "returned"}
     assert len(socket.writes) == 2  # m0; m1 and m3
     assert on_the_wire(socket, server) == ["m0", "m1", "m3"]
@@ -855,20 +859,14 @@ async def test_a_sender_cancelled_once_its_frame_is_taken_waits_for_that_write_a
 ) -> None:
     """Trio's rule for what cannot be undone: its frame is in a write, so the send is not
     cancelled; it returns when the write completed (the frame was sent), not before."""
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start(3)
-            socket.release()  # m0 written; m1 writes m1 and m2 (held)
-            await trio.testing.wait_all_tasks_blocked()
-            assert socket.held
-            senders.cancel(2)
-            await trio.testing.wait_all_tasks_blocked()
-            assert senders.outcomes == {0: "returned"}  # m2 still waits for the write
-            socket.holding = False
-            socket.release()
+    async with in_line() as (_, socket, server, senders):
+        await senders.start(3)
+        socket.release()  # m0 written; m1 writes m1 and m2 (held)
+        await trio.testing.wait_all_tasks_blocked()
+        assert socket.held
+        senders.cancel(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert senders.outcomes == {0: "returned"}  # m2 still waits for the write
     assert senders.outcomes == {0: "returned", 1: "returned", 2: "returned"}
     assert on_the_wire(socket, server) == ["m0", "m1", "m2"]
 
@@ -876,15 +874,9 @@ async def test_a_sender_cancelled_once_its_frame_is_taken_waits_for_that_write_a
 async def test_the_next_writer_cancelled_before_it_ran_passes_its_turn_on(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            senders.after[0] = partial(senders.cancel, 1)  # m1 was told to write, not yet run
-            await senders.start(3)
-            socket.holding = False
-            socket.release()
+    async with in_line() as (ws, socket, server, senders):
+        senders.after[0] = partial(senders.cancel, 1)  # m1 was told to write, not yet run
+        await senders.start(3)
     assert senders.outcomes == {0: "returned", 1: "cancelled", 2: "returned"}
     assert on_the_wire(socket, server) == ["m0", "m2"]
     assert ws.closed is None
@@ -894,19 +886,15 @@ async def test_the_next_writer_cancelled_before_it_ran_passes_its_turn_on(
 async def test_a_failed_write_fails_every_frame_it_carried_and_every_frame_in_line(
     how: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start(4)
-            socket.release()  # m0 written; m1 writes m1..m3 (held)
-            await trio.testing.wait_all_tasks_blocked()
-            await senders.start()  # m4 in line
-            if how == "the socket breaks":
-                socket.release(trio.BrokenResourceError("connection reset"))
-            else:
-                senders.cancel(1)
+    async with in_line() as (ws, socket, server, senders):
+        await senders.start(4)
+        socket.release()  # m0 written; m1 writes m1..m3 (held)
+        await trio.testing.wait_all_tasks_blocked()
+        await senders.start()  # m4 in line
+        if how == "the socket breaks":
+            socket.release(trio.BrokenResourceError("connection reset"))
+        else:
+            senders.cancel(1)
     writer = "closed" if how == "the socket breaks" else "cancelled"
     assert senders.outcomes == {0: "returned", 1: writer, 2: "closed", 3: "closed", 4: "closed"}
     assert ws.closed is not None and ws.closed.code == 1006
@@ -919,21 +907,17 @@ async def test_a_failed_write_fails_every_frame_it_carried_and_every_frame_in_li
 async def test_a_close_while_senders_wait_goes_out_after_their_frames(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start(3)
-            nursery.start_soon(ws.aclose)
-            await trio.testing.wait_all_tasks_blocked()
-            await senders.start()  # after the close was built: refused at once
-            assert senders.outcomes == {3: "closed"}
-            socket.holding = False
-            socket.release()
-            await trio.testing.wait_all_tasks_blocked()
-            wire = on_the_wire(socket, server)
-            socket.incoming.put_data(server.send(CloseConnection(code=1000)))  # the answer
+    async with in_line() as (ws, socket, server, senders):
+        await senders.start(3)
+        senders.nursery.start_soon(ws.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        await senders.start()  # after the close was built: refused at once
+        assert senders.outcomes == {3: "closed"}
+        socket.holding = False
+        socket.release()
+        await trio.testing.wait_all_tasks_blocked()
+        wire = on_the_wire(socket, server)
+        socket.incoming.put_data(server.send(CloseConnection(code=1000)))  # the answer
     assert wire == ["m0", "m1", "m2", ("close", 1000)]
     assert senders.outcomes == {0: "returned", 1: "returned", 2: "returned", 3: "closed"}
     assert ws.closed is not None and ws.closed.code == 1000
@@ -943,15 +927,11 @@ async def test_a_close_still_in_line_at_the_disconnect_timeout_loses_the_connect
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Our close was built (wsproto counts it as sent) but never written: lost, not closed."""
-    ws, socket, server = await gated(disconnect_timeout=5)
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start(2)  # m0 held for good, m1 in line
-            started = trio.current_time()
-            await ws.aclose()
-            assert trio.current_time() - started == pytest.approx(5)
+    async with in_line(disconnect_timeout=5) as (ws, socket, server, senders):
+        await senders.start(2)  # m0 held for good, m1 in line
+        started = trio.current_time()
+        await ws.aclose()
+        assert trio.current_time() - started == pytest.approx(5)
     assert ws.closed is not None and ws.closed.code == 1006
     assert "close" in str(ws.closed.reason)
     assert senders.outcomes == {0: "closed", 1: "closed"}  # the socket was closed under m0
@@ -964,22 +944,18 @@ async def test_a_pong_owed_before_a_withdrawn_frame_is_still_written(
 ) -> None:
     """The reader returned a message read with a ping, so the pong was owed when m1 was
     built: it went out in front of m1, and stays in its place when m1 is withdrawn."""
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start()  # m0 held
-            socket.incoming.put_data(PING_HELLO + HELLO)
-            assert await ws.get_message() == "Hello"  # the pong owed, not yet written
-            await senders.start(2 if another_in_line else 1)
-            senders.cancel(1)
-            socket.holding = False
-            socket.release()
-            await trio.testing.wait_all_tasks_blocked()
-            if not another_in_line:  # owed again: the reader writes it before it reads
-                with trio.move_on_after(1):
-                    await ws.get_message()
+    async with in_line() as (ws, socket, server, senders):
+        await senders.start()  # m0 held
+        socket.incoming.put_data(PING_HELLO + HELLO)
+        assert await ws.get_message() == "Hello"  # the pong owed, not yet written
+        await senders.start(2 if another_in_line else 1)
+        senders.cancel(1)
+        socket.holding = False
+        socket.release()
+        await trio.testing.wait_all_tasks_blocked()
+        if not another_in_line:  # owed again: the reader writes it before it reads
+            with trio.move_on_after(1):
+                await ws.get_message()
     expected: list[object] = ["m0", ("pong", b"Hello")]
     if another_in_line:
         expected.append("m2")
@@ -990,16 +966,10 @@ async def test_a_pong_owed_before_a_withdrawn_frame_is_still_written(
 async def test_a_pong_owed_while_frames_wait_goes_out_after_them_in_the_next_write(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ws, socket, server = await gated()
-    socket.holding = True
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            senders = Senders(ws, nursery)
-            await senders.start(2)  # m0 held, m1 in line
-            socket.incoming.put_data(PING_HELLO + HELLO)
-            assert await ws.get_message() == "Hello"  # the pong owed, built after m1
-            socket.holding = False
-            socket.release()
+    async with in_line() as (ws, socket, server, senders):
+        await senders.start(2)  # m0 held, m1 in line
+        socket.incoming.put_data(PING_HELLO + HELLO)
+        assert await ws.get_message() == "Hello"  # the pong owed, built after m1
     assert on_the_wire(socket, server) == ["m0", "m1", ("pong", b"Hello")]
     assert senders.outcomes == {0: "returned", 1: "returned"}
 
@@ -1028,23 +998,17 @@ def test_senders_cancelled_at_random_leave_exactly_their_frames_on_the_wire_in_o
     returns, before any other task runs (a writer done cancels the next writer told to go)."""
 
     async def main() -> tuple[Senders, list[object]]:
-        ws, socket, server = await gated()
-        socket.holding = True
-        with trio.fail_after(BOUND):
-            async with trio.open_nursery() as nursery:
-                senders = Senders(ws, nursery)
-                for n, other in after.items():
-                    senders.after[n] = partial(senders.cancel_if_started, other)
-                for action, n in steps:
-                    if action == "send" and len(senders.scopes) < 8:
-                        await senders.start()
-                    elif action == "release" and socket.held:
-                        socket.release()
-                    elif action == "cancel" and n < len(senders.scopes):
-                        senders.cancel(n)
-                    await trio.testing.wait_all_tasks_blocked()
-                socket.holding = False
-                socket.release()
+        async with in_line() as (ws, socket, server, senders):
+            for n, other in after.items():
+                senders.after[n] = partial(senders.cancel_if_started, other)
+            for action, n in steps:
+                if action == "send" and len(senders.scopes) < 8:
+                    await senders.start()
+                elif action == "release" and socket.held:
+                    socket.release()
+                elif action == "cancel" and n < len(senders.scopes):
+                    senders.cancel(n)
+                await trio.testing.wait_all_tasks_blocked()
         closed = ws.closed
         assert closed is None or (closed.code == 1006 and "interrupted" in str(closed.reason))
         return senders, on_the_wire(socket, server)
