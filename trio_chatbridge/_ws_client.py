@@ -4,7 +4,8 @@ The driver (``trio_chatbridge._websocket``) already has one reader task per conn
 :meth:`WebSocketClient.get_message` in a loop, and few senders. So this client reads the socket in
 the caller of ``get_message`` and writes in the caller of ``send_message``, over wsproto's sans-I/O
 connection (https://python-hyper.org/projects/wsproto/): no reader task, no channel between it
-and ours, and a send whose lock is free costs no scheduler step before the socket's own.
+and ours, and a send that finds no write in progress costs no scheduler step before the
+socket's own.
 
 - ``get_message`` reads at most :data:`RECEIVE_BYTES` a time, feeds wsproto, and keeps every
   complete message that read brought; the next calls return them without reading (and without a
