@@ -38,11 +38,13 @@ class _Counts:
         self._open = False
 
     def __call__(self, sql: str) -> None:
-        if sql == "BEGIN":
+        if sql.startswith("BEGIN"):
             self.transactions += 1
             self._open = True
         elif sql in ("COMMIT", "ROLLBACK"):
             self._open = False
+        elif sql.startswith("PRAGMA"):
+            pass  # the worker thread's busy timeout, set and reset around its calls
         else:
             self.statements += 1
             self.transactions += not self._open  # autocommit: a transaction of its own

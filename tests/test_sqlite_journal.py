@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 
 import trio_chatbridge as cb
 from trio_chatbridge.stores import _sqlite
-from trio_chatbridge.stores._sqlite import DONE_LINGER, _commit, _Write
+from trio_chatbridge.stores._sqlite import DONE_LINGER, _commit, _execute, _statements, _Write
 from trio_chatbridge.testing import FakeConnector
 
 fakes = {account: FakeConnector(account) for account in ("x", "y")}
@@ -202,3 +203,131 @@ def test_one_group_commit_writes_what_the_writes_one_by_one_would(
         assert _table(together) == _table(apart)
     assert [w.inserted for w in grouped] == [w.inserted for w in one_by_one]
     assert all(w.error is None for w in grouped)
+
+
+def _threads(store: cb.SQLiteStore) -> list[tuple[str, bool]]:
+    """Every statement the store's connection runs from now on: its first word, and whether
+    it ran on the event loop's thread (False: in a worker thread)."""
+    seen: list[tuple[str, bool]] = []
+    loop = threading.get_ident()
+    assert store._db is not None
+    store._db.set_trace_callback(
+        lambda sql: seen.append((sql.split()[0], threading.get_ident() == loop))
+    )
+    return seen
+
+
+async def test_a_small_group_commit_runs_on_the_event_loop(tmp_path: Path) -> None:
+    messages = [fake.message(str(i), id=str(i)) for i in range(3)]
+    async with cb.SQLiteStore(tmp_path / "j.db", done_linger=0) as store:
+        statements = _threads(store)
+        assert await store.journal_add(messages) == [True] * 3
+        await store.journal_done(messages[:2])
+        assert statements == [("INSERT", True), ("UPDATE", True)]  # no thread hop
+        assert [await _state(store, m) for m in messages] == ["done", "done", "pending"]
+    async with cb.SQLiteStore(tmp_path / "j.db") as reopened:  # durable, as in the thread
+        assert await reopened.journal_pending() == messages[2:]
+
+
+async def test_a_large_group_commit_runs_in_the_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "INLINE_ROWS", 2)
+    messages = [fake.message(str(i), id=str(i)) for i in range(3)]
+    async with cb.SQLiteStore(tmp_path / "j.db", done_linger=0) as store:
+        statements = _threads(store)
+        await store.journal_add(messages[:2])  # as large as the loop takes
+        await store.journal_add(messages)  # larger
+        inserts = [on_loop for word, on_loop in statements if word == "INSERT"]
+        assert inserts == [True, False]
+        assert [m.id for m in await store.journal_pending()] == ["0", "1", "2"]
+
+
+async def test_with_synchronous_full_every_commit_runs_in_the_worker_thread(
+    tmp_path: Path,
+) -> None:
+    message = fake.message("1", id="1")
+    async with cb.SQLiteStore(tmp_path / "j.db", synchronous="FULL", done_linger=0) as store:
+        statements = _threads(store)
+        await store.journal_add([message])
+        await store.journal_done([message])
+        assert statements == [("INSERT", False), ("UPDATE", False)]  # an fsync each
+
+
+async def test_a_commit_that_finds_the_file_locked_waits_for_it_in_the_worker_thread(
+    tmp_path: Path,
+) -> None:
+    # Another connection (as another process would) holds the write lock: the loop's attempt
+    # is refused at once and rolled back, the turn is written in the thread once the lock is
+    # free, and each caller gets its own answer once (the refused attempt returned nothing).
+    first, second = fake.message("1", id="1"), fake.message("2", id="2")
+    path = tmp_path / "j.db"
+    results: list[list[bool]] = []
+    async with cb.SQLiteStore(path, done_linger=60) as store:  # the add takes it along
+        await store.journal_add([first])
+        statements = _threads(store)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+
+                    async def add() -> None:
+                        results.append(await store.journal_add([first, second]))
+
+                    nursery.start_soon(store.journal_done, [first])
+                    await trio.testing.wait_all_tasks_blocked()  # lingering, queued
+                    nursery.start_soon(add)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert results == []  # waiting for the lock, in the thread
+                    other.execute("COMMIT")
+        finally:
+            other.close()
+        assert results == [[False, True]]
+        # One turn: refused at its BEGIN IMMEDIATE on the loop (nothing written), then whole
+        # in the thread.
+        ran = [(word, loop) for word, loop in statements if word != "PRAGMA"]
+        assert ran == [("BEGIN", True)] + [
+            (w, False) for w in ("BEGIN", "UPDATE", "INSERT", "COMMIT")
+        ]
+        assert [await _state(store, m) for m in (first, second)] == ["done", "pending"]
+
+
+def test_a_refused_turn_of_several_statements_is_rolled_back_whole(tmp_path: Path) -> None:
+    message = fake.message("1", id="1")
+    path = tmp_path / "j.db"
+    db = cb.SQLiteStore(path)._connect()
+    with closing(db), closing(sqlite3.connect(path, isolation_level=None)) as other:
+        db.execute("PRAGMA busy_timeout=0")  # as the store's own, on the event loop
+        other.execute("BEGIN IMMEDIATE")
+        turn = [_Write([message], None, 1.0), _Write([message], "done", None)]
+        assert not _execute(turn, _statements(turn), db, wait=False)
+        assert [w.inserted for w in turn] == [set(), set()]
+        assert [w.error for w in turn] == [None, None]  # not failed: to be run again
+        assert _table(db) == []
+        other.execute("COMMIT")
+        assert _execute(turn, _statements(turn), db, wait=False)  # free now: written
+        assert turn[0].inserted == {("fake", "x", "1")}
+        assert _table(db) == [("fake", "x", "1", "done", None)]
+
+
+async def test_commits_on_the_event_loop_are_checkpointed_in_the_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store's connection never checkpoints by itself (a checkpoint syncs the file): every
+    # CHECKPOINT_AFTER rows, the next commit goes to the thread and checkpoints first, so the
+    # WAL's restart (which syncs its header) is that commit's too, and the WAL stays bounded.
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_AFTER", 50)
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path, done_linger=0) as store:
+        statements = _threads(store)
+        for page in range(40):
+            await store.journal_add([fake.message(str(page * 10 + i)) for i in range(10)])
+        # Each commit counts its rows and 4: after four (56 > 50), the fifth checkpoints first.
+        inserts = [on_loop for word, on_loop in statements if word == "INSERT"]
+        assert inserts == [not (i and i % 4 == 0) for i in range(40)]
+        pragmas = [s for s in statements if s[0] == "PRAGMA"]
+        assert pragmas == [("PRAGMA", False)] * 9 * 3  # busy timeout set, checkpoint, reset
+        frames = (path.parent / "j.db-wal").stat().st_size / (24 + 4096)  # header + page
+        assert frames < 100  # its most at any time: 36 here, 228 with no checkpoint
+        assert len(await store.journal_pending()) == 400

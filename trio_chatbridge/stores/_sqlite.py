@@ -1,10 +1,14 @@
-"""The embedded default store: one SQLite file in WAL mode, used from one worker thread.
+"""The embedded default store: one SQLite file in WAL mode, on one connection.
 
-sqlite3 blocks, so every call runs in ``trio.to_thread.run_sync`` behind a ``CapacityLimiter(1)``:
-one statement at a time on one connection, never the event loop. Journal writes are group
+sqlite3 blocks, so a call that may wait runs in ``trio.to_thread.run_sync`` behind a
+``CapacityLimiter(1)``: one statement at a time on one connection. Journal writes are group
 commits: the ``journal_add`` and ``journal_done`` calls waiting together (from concurrent
-connectors and agent runs) are written in one transaction, one thread hop, one commit. Leases
-use wall-clock time, so that several processes sharing the file agree on when one expires.
+connectors and agent runs) are written in one transaction, one commit. A small one runs on the
+event loop (a thread hop costs several times its rows, docs/performance.md "SQLite, sixth
+session"): in WAL mode with ``synchronous=NORMAL`` a commit writes to the OS without syncing, and
+it is tried without waiting for a lock, so it is bounded work; whatever may wait (a lock another
+connection holds, a checkpoint's syncs, a large turn) goes to the worker thread. Leases use
+wall-clock time, so that several processes sharing the file agree on when one expires.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's varia
 IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
 ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
 DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before taking its own
+INLINE_ROWS: Final = 256  # journal rows a group commit may write on the event loop; more: thread
+CHECKPOINT_AFTER: Final = 1_000  # rows, and 4 a commit, written between two checkpoints (thread)
+BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -78,6 +85,17 @@ class SQLiteStore(Store):
     ``threaded=False`` runs every call inline, blocking the event loop: for tests under an
     autojump clock, which would otherwise jump ahead while the worker thread works.
 
+    With ``synchronous="NORMAL"``, a group commit of at most ``INLINE_ROWS`` rows runs on the
+    event loop: it never waits for a lock (tried with a busy timeout of 0; when another
+    connection holds the file's write lock, it is rolled back and run again in the worker
+    thread, which waits up to 5 s), never checkpoints (the store checkpoints in the worker
+    thread, before the commit that follows about ``CHECKPOINT_AFTER`` rows), and never syncs
+    (the WAL's header is synced when the log restarts after a checkpoint: that commit is the
+    checkpoint's own, in the thread, unless another process sharing the file checkpointed in
+    between). What it may block the loop for: its rows' CPU (about 10-30 µs a row), writes
+    into the OS's page cache, and a read from disk for each page the OS no longer holds.
+    ``"FULL"`` syncs every commit, so every commit runs in the thread.
+
     ``done_linger`` (seconds, default 5 ms) is how long a ``journal_done`` waits for other
     writes to share its commit before it commits alone: a transaction and a thread hop cost
     far more than a row, and the dispatcher marks runs done a few at a time, so lingering
@@ -108,6 +126,8 @@ class SQLiteStore(Store):
         self.wall_clock = wall_clock
         self._limiter = trio.CapacityLimiter(1)
         self._db: sqlite3.Connection | None = None
+        self._inline = threaded and synchronous == "NORMAL"  # small commits on the loop
+        self._unchecked = 0  # rows (and 4 a commit) written since the last checkpoint
         self._waiting: deque[_Write] = deque()
         self._writer = trio.Lock()  # fair: callers take the writer's turn in arrival order
 
@@ -122,6 +142,8 @@ class SQLiteStore(Store):
         return fn(*args)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._inline:  # the connection does not wait for locks unless told to
+            return await self._run(_patiently, fn, self._open_db())
         return await self._run(fn, self._open_db())
 
     def _open_db(self) -> sqlite3.Connection:
@@ -142,7 +164,7 @@ class SQLiteStore(Store):
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
-            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version not in (0, SCHEMA_VERSION):
                 db.close()
@@ -152,6 +174,9 @@ class SQLiteStore(Store):
                 )
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if self._inline:  # commits on the loop: no lock waits, no checkpoints there
+                db.execute("PRAGMA wal_autocheckpoint=0")
+                db.execute("PRAGMA busy_timeout=0")
         except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
         return db
@@ -238,7 +263,7 @@ class SQLiteStore(Store):
             rows += len(write.messages)
             turn.append(write)
         try:
-            await self._call(functools.partial(_commit, turn))
+            await self._write(turn, rows)
         except Exception as exc:  # the thread never ran it (the store was closed, say)
             for write in turn:
                 write.error = write.error or exc
@@ -256,6 +281,36 @@ class SQLiteStore(Store):
             for write in turn:
                 write.state = "written"
                 write.written.set()
+
+    async def _write(self, turn: list[_Write], rows: int) -> None:
+        """Commit ``turn``: on the event loop when it may (see the class), else in the worker
+        thread. Either way it is written once begun: the loop's attempt cannot be cancelled,
+        and one that finds the file locked wrote nothing before it goes to the thread."""
+        db = self._open_db()
+        commit: Callable[[sqlite3.Connection], object]
+        if not self._inline:
+            commit = functools.partial(_commit, turn)
+            return await self._run(commit, db)
+        checkpoint = self._unchecked >= CHECKPOINT_AFTER
+        commit = functools.partial(_commit, turn, checkpoint=checkpoint)
+        if rows <= INLINE_ROWS and not checkpoint:
+            try:
+                self._limiter.acquire_nowait()  # the connection, unless a thread has it
+            except trio.WouldBlock:
+                pass
+            else:
+                try:
+                    statements = _statements(turn)
+                    committed = _execute(turn, statements, db, wait=False)
+                finally:
+                    self._limiter.release()
+                if committed:
+                    self._unchecked += rows + 4
+                    return None
+                commit = functools.partial(_execute, turn, statements)  # the file was locked
+        await self._run(_patiently, commit, db)
+        self._unchecked = (0 if checkpoint else self._unchecked) + rows + 4
+        return None
 
     async def journal_pending(self) -> list[Message]:
         def select(db: sqlite3.Connection) -> list[str]:
@@ -286,7 +341,9 @@ class SQLiteStore(Store):
                 )
             return cursor.rowcount
 
-        return await self._call(delete)
+        deleted = await self._call(delete)
+        self._unchecked += deleted  # pages in the WAL, for the next checkpoint
+        return deleted
 
     # -- key-value --------------------------------------------------------------------------
 
@@ -427,18 +484,28 @@ class _Write:
         return self.state == "queued"
 
 
-def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
-    """Write a turn's adds and done-marks in one transaction, in their order (worker thread).
+_Statement = tuple["_Write | None", str, list[Any]]
+"""A statement of a group commit: the add whose new keys it returns, its SQL, its parameters."""
 
-    A write whose messages cannot be serialised fails alone; a failing transaction fails all.
-    Every statement costs the worker thread a trip through the GIL while the event loop
-    runs, so a turn runs as few as it can: an add is a multi-row ``INSERT ... RETURNING``;
-    done-marks in a row with one outcome are one ``UPDATE`` per account; and a turn of one
-    statement runs without ``BEGIN``/``COMMIT`` (SQLite makes it a transaction of its own,
-    as atomic and as durable).
+
+def _commit(turn: list[_Write], db: sqlite3.Connection, *, checkpoint: bool = False) -> None:
+    """Write a turn's adds and done-marks in one transaction (in the worker thread, or inline
+    with ``threaded=False``); with ``checkpoint``, checkpoint the WAL first, so that the log's
+    restart after it (which syncs its header) is this commit's, not one on the event loop."""
+    if checkpoint:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    _execute(turn, _statements(turn), db)
+
+
+def _statements(turn: list[_Write]) -> list[_Statement]:
+    """A turn's adds and done-marks as statements, in their order.
+
+    A write whose messages cannot be serialised fails alone (its ``error`` set, no statement).
+    Every statement costs a trip into SQLite (and, in the worker thread, through the GIL while
+    the event loop runs), so a turn runs as few as it can: an add is a multi-row ``INSERT ...
+    RETURNING``; done-marks in a row with one outcome are one ``UPDATE`` per account.
     """
-    statements: list[tuple[_Write | None, str, list[Any]]] = []
-    written: list[_Write] = []
+    statements: list[_Statement] = []
     outcome: tuple[str, Any] | None = None  # of the done-marks being merged
     ids: dict[tuple[str, str], list[str]] = {}  # theirs, by account
     for write in turn:
@@ -457,17 +524,51 @@ def _commit(turn: list[_Write], db: sqlite3.Connection) -> None:
                 outcome, ids = (write.mark, write.detail), {}
             for message in write.messages:
                 ids.setdefault((message.platform, message.account), []).append(message.id)
-        written.append(write)
     statements += _marks(outcome, ids)
+    return statements
+
+
+def _execute(
+    turn: list[_Write], statements: list[_Statement], db: sqlite3.Connection, *, wait: bool = True
+) -> bool:
+    """Run a turn's statements as one transaction; a failing transaction fails every write
+    in the turn (its ``error`` set, unless it failed on its own already). A turn of one
+    statement runs without ``BEGIN`` and ``COMMIT`` (SQLite makes it a transaction of its
+    own, as atomic and as durable).
+
+    Without ``wait`` (the connection's busy timeout is 0), a file locked by another
+    connection rolls the turn back and returns False: nothing was written, to be run again
+    where waiting is allowed. ``BEGIN IMMEDIATE`` takes the write lock before any statement,
+    so a turn is refused whole or not at all.
+    """
     try:
-        with contextlib.nullcontext() if len(statements) <= 1 else _transaction(db):
+        single = len(statements) <= 1
+        with contextlib.nullcontext() if single else _transaction(db, "BEGIN IMMEDIATE"):
             for adding, sql, params in statements:
                 keys = db.execute(sql, params).fetchall()
                 if adding is not None:
                     adding.inserted.update(keys)
+    except sqlite3.OperationalError as exc:
+        if not wait and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # extended codes too
+            for write in turn:
+                write.inserted.clear()
+            return False
+        for write in turn:
+            write.error = write.error or exc
     except Exception as exc:
-        for write in written:
-            write.error = exc
+        for write in turn:
+            write.error = write.error or exc
+    return True
+
+
+def _patiently(fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
+    """``fn(db)`` waiting up to ``BUSY_TIMEOUT_MS`` for the file's locks (worker thread): the
+    connection of a store that commits on the event loop waits for none otherwise."""
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    try:
+        return fn(db)
+    finally:
+        db.execute("PRAGMA busy_timeout=0")
 
 
 def _inserts(rows: list[tuple[Any, ...]]) -> Iterator[tuple[str, list[Any]]]:
