@@ -85,16 +85,16 @@ class SQLiteStore(Store):
     ``threaded=False`` runs every call inline, blocking the event loop: for tests under an
     autojump clock, which would otherwise jump ahead while the worker thread works.
 
-    With ``synchronous="NORMAL"``, a group commit of at most ``INLINE_ROWS`` rows runs on the
-    event loop: it never waits for a lock (tried with a busy timeout of 0; when another
-    connection holds the file's write lock, it is rolled back and run again in the worker
-    thread, which waits up to 5 s), never checkpoints (the store checkpoints in the worker
-    thread, before the commit that follows about ``CHECKPOINT_AFTER`` rows), and never syncs
-    (the WAL's header is synced when the log restarts after a checkpoint: that commit is the
-    checkpoint's own, in the thread, unless another process sharing the file checkpointed in
-    between). What it may block the loop for: its rows' CPU (about 10-30 µs a row), writes
-    into the OS's page cache, and a read from disk for each page the OS no longer holds.
-    ``"FULL"`` syncs every commit, so every commit runs in the thread.
+    With ``synchronous="NORMAL"``, a journal group commit of at most 256 rows runs on the
+    event loop (docs/stores.md, "Commits on the event loop"): it never waits for a lock
+    (tried with a busy timeout of 0; when another connection holds the file's write lock, it
+    is rolled back untouched and run again in the worker thread, which waits up to 5 s), never
+    checkpoints (the store checkpoints in the worker thread, before the commit that follows
+    about 1,000 rows), and never syncs (the WAL's header is synced when the log restarts after
+    a checkpoint: that commit is the checkpoint's own, in the thread, unless another process
+    sharing the file checkpointed in between). What it may block the loop for: its rows' CPU
+    (5-10 µs a row), writes into the OS's page cache, and a read from disk for each page the
+    OS no longer holds. ``"FULL"`` syncs every commit, so every commit runs in the thread.
 
     ``done_linger`` (seconds, default 5 ms) is how long a ``journal_done`` waits for other
     writes to share its commit before it commits alone: a transaction and a thread hop cost
