@@ -104,10 +104,11 @@ class SQLiteStore(Store):
     replays the run's messages at its next start, as it would had it died just before the
     commit; 0 commits at once.
 
-    Cancellation: a call cancelled before the worker thread took it did nothing and raises
-    Cancelled; once taken (a thread cannot be stopped), it completes and returns as if not
-    cancelled, the cancellation taking effect at the caller's next checkpoint. ``aclose``
-    closes the file even when cancelled.
+    Cancellation: a call cancelled before the worker thread took it (or, for a journal write,
+    before its group commit began on the event loop) did nothing and raises Cancelled; once
+    taken (a thread cannot be stopped, a commit on the loop does not yield), it completes and
+    returns as if not cancelled, the cancellation taking effect at the caller's next
+    checkpoint. ``aclose`` closes the file even when cancelled.
     """
 
     def __init__(
@@ -548,17 +549,20 @@ def _execute(
                 keys = db.execute(sql, params).fetchall()
                 if adding is not None:
                     adding.inserted.update(keys)
-    except sqlite3.OperationalError as exc:
-        if not wait and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # extended codes too
+    except Exception as exc:
+        if not wait and _locked(exc):
             for write in turn:
                 write.inserted.clear()
             return False
         for write in turn:
             write.error = write.error or exc
-    except Exception as exc:
-        for write in turn:
-            write.error = write.error or exc
     return True
+
+
+def _locked(exc: Exception) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (SQLITE_BUSY, extended codes too)."""
+    busy = isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF
+    return busy == sqlite3.SQLITE_BUSY
 
 
 def _patiently(fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
