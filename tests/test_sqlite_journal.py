@@ -331,3 +331,29 @@ async def test_commits_on_the_event_loop_are_checkpointed_in_the_worker_thread(
         frames = (path.parent / "j.db-wal").stat().st_size / (24 + 4096)  # header + page
         assert frames < 100  # its most at any time: 36 here, 228 with no checkpoint
         assert len(await store.journal_pending()) == 400
+
+
+async def test_two_stores_on_one_file_never_both_take_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As two processes sharing the file: commits on the loop, checkpoints and refused commits
+    # retried in the thread interleave; every message is new to exactly one of them.
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_AFTER", 20)  # often in the thread
+    path = tmp_path / "j.db"
+    taken: list[str] = []
+
+    async def writer(store: cb.SQLiteStore, offset: int) -> None:
+        for page in range(30):
+            batch = [fake.message(str(i), id=str(i)) for i in range(page * 4, page * 4 + 8)]
+            batch = batch[offset:] + batch[:offset]
+            added = await store.journal_add(batch)
+            taken.extend(m.id for m, new in zip(batch, added, strict=True) if new)
+            await store.journal_done([m for m, new in zip(batch, added, strict=True) if new])
+
+    async with cb.SQLiteStore(path) as one, cb.SQLiteStore(path) as two:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer, one, 0)
+                nursery.start_soon(writer, two, 3)
+        assert sorted(taken, key=int) == [str(i) for i in range(30 * 4 + 4)]  # each once
+        assert await one.journal_pending() == []
