@@ -7,7 +7,7 @@ answers a request, ``close`` ends the connection for good, ``later`` asks to rec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -536,3 +536,72 @@ async def test_a_request_answered_during_its_send_returns_without_another_step(
                 nursery.cancel_scope.cancel()
     finally:
         trio.lowlevel.remove_instrument(steps)
+
+
+# -- posted requests: written, their answers settled by the connection -------------------------
+
+
+class Spawned(trio.abc.Instrument):
+    """Counts the tasks started while it is installed."""
+
+    def __init__(self) -> None:
+        self.tasks = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.tasks += 1
+
+
+def refused(answer: Answer) -> Exception:
+    return cb.SendError(f"refused {answer.code}")
+
+
+async def test_posted_requests_are_settled_by_the_reader_or_by_one_timer_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settled: list[tuple[str, Answer | cb.ConnectorError]] = []
+
+    def settle(key: str) -> Callable[[Answer | cb.ConnectorError], None]:
+        return lambda result: settled.append((key, result))
+
+    async with held(answer_within=2.0) as (_, server, inbox, _, driver):
+        inbox.open.set()
+        spawned = Spawned()
+        trio.lowlevel.add_instrument(spawned)
+        try:
+            for n in range(50):
+                assert await driver.post(Request(f"k{n}", f"req:{n}", refused), settle(f"k{n}"))
+            assert not await driver.post(Request("k0", "again", refused), settle("again"))
+            await server.push(*(f"ans:k{n}" for n in range(0, 50, 2)))
+            await trio.sleep(1)
+            assert [key for key, _ in settled] == [f"k{n}" for n in range(0, 50, 2)]
+            assert all(isinstance(result, Answer) for _, result in settled)
+            assert spawned.tasks == 0  # no task per request: the reader settled them
+            await trio.sleep(1.5)  # past the deadlines: the timer settles the rest, in order
+        finally:
+            trio.lowlevel.remove_instrument(spawned)
+        late = settled[25:]
+        assert [key for key, _ in late] == [f"k{n}" for n in range(1, 50, 2)]
+        assert all(isinstance(result, cb.connectors.AckTimeout) for _, result in late)
+        assert spawned.tasks == 0
+        assert [frame for frame in server.got if frame.startswith("req:")] == [
+            f"req:{n}" for n in range(50)
+        ]
+        await server.push("ans:k1")  # a late answer is a stray, settled already
+        await trio.sleep(1)
+        assert inbox.counts["stray_acks"] == 1
+        assert len(settled) == 50
+
+
+async def test_posted_requests_left_at_a_close_are_settled_as_disconnected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settled: list[Answer | cb.ConnectorError] = []
+    with trio.fail_after(60), pytest.RaisesGroup(cb.FatalConnectorError, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            server, _, _, driver = await start(nursery)
+            assert await driver.post(Request("k", "req", refused), settled.append)
+            await server.push("close")
+            await trio.sleep_forever()
+    assert len(settled) == 1
+    assert isinstance(settled[0], cb.connectors.Disconnected) and settled[0].sent
+    assert not await driver.post(Request("k2", "req", refused), settled.append)  # none up

@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from . import _stats
+from ._confirm import RUN, Outcome
 from ._connector import NOTHING, Connector
 from ._errors import StoreError, find_error, sole
 from ._latency import Latencies
@@ -139,6 +140,11 @@ class Dispatcher:
         self._draining = False
         # Runs that finished, with the failure to record, until _mark_finished writes them.
         self._finished: list[tuple[list[Message], str | None]] = []
+        # Runs that ended with confirmations unsettled (see _confirm), and an event set when
+        # the last of them settles: the shutdown waits for them within its grace.
+        self._unsettled = 0
+        self._settled = trio.Event()
+        self._closed = False  # run() returned: a late confirmation records nothing
         self._marks_due = trio.Event()
         self._nursery: trio.Nursery | None = None
         # Each run in a copy of the context the dispatcher was made in, never of the run
@@ -180,7 +186,13 @@ class Dispatcher:
                                     break  # (at the end, the async for sees it too)
                             await self._wait_for_room()
                     self._nursery.cancel_scope.deadline = trio.current_time() + grace
+                # Runs whose replies wait for their confirmation: within the same grace.
+                with trio.move_on_at(self._nursery.cancel_scope.deadline):
+                    while self._unsettled:
+                        self._settled = trio.Event()
+                        await self._settled.wait()
             finally:
+                self._closed = True
                 # Cancelled: the sessions left waiting stay pending in the journal, and the
                 # runs that finished are recorded all the same (shielded).
                 self._ready.clear()
@@ -254,6 +266,8 @@ class Dispatcher:
         key = session.key
         await trio.lowlevel.checkpoint_if_cancelled()  # shut down while it waited: no run
         SESSION.set(key)  # this run's log lines name the session (see _logs)
+        outcome = Outcome(self._confirmed)
+        RUN.set(outcome)  # replies left to confirm after the run (see _confirm)
         messages, session.waiting = session.waiting, []
         batch, session.batch = session.batch or Batch(key, messages), None
         interrupted = False
@@ -269,20 +283,39 @@ class Dispatcher:
         except BaseException as exc:
             # Cut off by the shutdown grace or a cancelled bridge: the messages stay
             # pending and replay at the next start.
+            outcome.ignore()
             if find_error(exc, trio.Cancelled) is not None:
                 self._counters[_stats.ABANDONED] += 1
             raise
         if interrupted:  # by a newer batch: rerun with all
+            outcome.ignore()
             self._counters[_stats.INTERRUPTS] += 1
             session.waiting[:0] = messages
-        else:  # answered: recorded by _mark_finished, even at shutdown
-            if not self._finished:  # the first since the last write: wake _mark_finished
-                self._marks_due.set()
-            self._finished.append((messages, error))
+        elif outcome.end(messages, error):  # answered: recorded by _mark_finished
+            if not outcome.unknown:  # (else its messages stay pending: see _confirm)
+                self._record(messages, outcome.failure)
+        else:  # once its replies are confirmed (_confirmed): its slot is free meanwhile
+            self._unsettled += 1
         if session.waiting:
             self._ready.append(session)
         else:
             del self._sessions[key]
+
+    def _record(self, messages: list[Message], error: str | None) -> None:
+        """Have :meth:`_mark_finished` record a run that finished, even at shutdown."""
+        if not self._finished:  # the first since the last write: wake _mark_finished
+            self._marks_due.set()
+        self._finished.append((messages, error))
+
+    def _confirmed(self, outcome: Outcome) -> None:
+        """The last confirmation of a run that ended settled: record it, unless one is
+        unknown or the dispatcher is gone (its messages stay pending, replayed at the next
+        start)."""
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._settled.set()
+        if not self._closed and not outcome.unknown:
+            self._record(outcome.messages, outcome.failure)
 
     async def _mark_finished(self) -> None:
         """Mark finished runs done (or failed) in the journal, every run that finished since

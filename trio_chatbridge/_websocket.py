@@ -44,6 +44,13 @@ Requests (:meth:`WebSocketDriver.request`) are matched with their :class:`Answer
 ``req_id``); at most one request per key is in flight, the next waits its turn, and nothing is
 kept for a key nobody waits on. A request waits for the connection to come back across a
 reconnect, at most ``reconnect_wait`` seconds.
+
+A request may also be **posted** (:meth:`WebSocketDriver.post`): written, and its answer not
+awaited by anyone. The connection keeps it by key with its deadline, and settles it by calling
+the poster's ``settle`` once: from the reader, inline, with its :class:`Answer`; with an
+:class:`AckTimeout` from the connection's one timer (posted requests share ``answer_within``,
+so their deadlines come in the order they were posted: one timer task serves them all, no task
+per request); with a :class:`Disconnected` (``sent=True``) when the connection closes.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Final, Generic, Protocol, TypeAlias, TypeVar, final
+from typing import Final, Generic, Protocol, TypeAlias, TypeVar, TypeVarTuple, final
 from urllib.parse import urlsplit
 
 import attrs
@@ -84,6 +91,7 @@ from ._ws_core import (
 log = logging.getLogger("trio_chatbridge.websocket")
 
 N = TypeVar("N")
+Ts = TypeVarTuple("Ts")
 
 
 class WebSocket(Protocol):
@@ -131,6 +139,10 @@ ANSWER_WITHIN: Final = 5.0
 """Seconds a request waits for its answer, unless it says otherwise."""
 RECONNECT_WAIT: Final = 60.0
 """Seconds a request waits for the connection to come back."""
+Settle: TypeAlias = Callable[[Answer | ConnectorError], None]
+"""How a posted request is settled (:meth:`WebSocketDriver.post`): with its answer (a refusal
+too), an :class:`AckTimeout`, or a :class:`Disconnected`. Called once, from the reader, the
+connection's timer or its close: it must not raise, nor block."""
 BUSY_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
 """Waits before a request answered "busy" goes again: 0.2 s, 0.4 s, 0.8 s..."""
 
@@ -178,6 +190,18 @@ class _Slot:
 
 
 @attrs.define(eq=False)
+class _Posted:
+    """A request written and not awaited (:meth:`WebSocketDriver.post`)."""
+
+    request: Request
+    settle: Settle
+    deadline: float
+    within: float
+    written: bool = False
+    """Its write returned: the connection's close settles it (else its poster learns)."""
+
+
+@attrs.define(eq=False)
 class _Connection:
     """One open WebSocket: its writes, its requests in flight, why it closed."""
 
@@ -190,6 +214,12 @@ class _Connection:
     """Called when a request begins to wait for its answer (wakes a reader stopped by a full
     backlog: the answer may be behind inbound frames)."""
     slots: dict[str, _Slot] = attrs.Factory(dict)
+    posted: dict[str, _Posted] = attrs.Factory(dict)
+    """Posted requests by key, in the order of their deadlines (see :meth:`expire`)."""
+    nursery: trio.Nursery | None = None
+    """The connection's tasks, once it runs (:meth:`WebSocketDriver.spawn` starts some)."""
+    posting: trio.Event = attrs.Factory(trio.Event)
+    """Set when a request is posted while none was: wakes the timer (:meth:`expire`)."""
     closed: str | None = None
     paused: bool = False
     """Whether the reader stopped reading for our own backpressure (see :meth:`pause`)."""
@@ -197,8 +227,8 @@ class _Connection:
     @property
     def awaiting(self) -> bool:
         """Whether a request waits for its answer (one answered is no longer waiting, though
-        its task may not have run yet)."""
-        return any(
+        its task may not have run yet), posted ones included."""
+        return bool(self.posted) or any(
             slot.waiting is not None and not slot.waiting.is_set() for slot in self.slots.values()
         )
 
@@ -267,6 +297,52 @@ class _Connection:
         finally:
             slot.waiting = slot.timer = None
 
+    async def post(self, request: Request, within: float, settle: Settle) -> bool:
+        """Write ``request`` and keep it for ``settle`` (see :meth:`WebSocketDriver.post`);
+        False, with nothing kept and ``settle`` never called, when its key is taken or the
+        write failed (nothing went: the caller may send it the awaited way)."""
+        key = request.key
+        if self.closed is not None or key in self.slots or key in self.posted:
+            return False
+        posted = _Posted(request, settle, trio.current_time() + within, within)
+        if not self.posted:
+            self.posting.set()
+        self.posted[key] = posted  # before the write: its answer may come during it
+        try:
+            await self.send(request.data)
+        except BaseException as exc:
+            if self.posted.get(key) is posted:
+                del self.posted[key]
+            if isinstance(exc, Disconnected):
+                return False
+            raise  # cancelled: it may or may not have gone, and nobody will know
+        posted.written = True
+        self.asking()
+        return True
+
+    async def expire(self) -> None:
+        """The posted requests' one timer: settles each unanswered at its deadline with an
+        :class:`AckTimeout`. Their deadlines come in the order they were posted (one
+        ``within`` for all), so it sleeps until the oldest's, whichever that is by then."""
+        posted = self.posted
+        while True:
+            if not posted:
+                self.posting = trio.Event()
+                await self.posting.wait()
+                continue
+            key, oldest = next(iter(posted.items()))
+            if trio.current_time() < oldest.deadline:
+                await trio.sleep_until(oldest.deadline)
+                continue
+            del posted[key]
+            request = oldest.request
+            oldest.settle(
+                AckTimeout(
+                    f"{self.name}: {request.name or 'request'} ({key}) not acknowledged "
+                    f"within {oldest.within:g} s: the platform is slow or unreachable"
+                )
+            )
+
     def pause(self) -> None:
         """The reader stopped reading (our own backpressure: the inbox is slow): a heartbeat's
         answer window stops too, as its answer may be among the frames not read, and an
@@ -294,7 +370,12 @@ class _Connection:
                 slot.timer.deadline = now + slot.left
 
     def deliver(self, answer: Answer) -> bool:
-        """Hand ``answer`` to the request waiting on its key; False when none is."""
+        """Hand ``answer`` to the request waiting on its key, or settle the request posted
+        with it; False when there is none."""
+        posted = self.posted.pop(answer.key, None)
+        if posted is not None:
+            posted.settle(answer)
+            return True
         slot = self.slots.get(answer.key)
         if slot is None or slot.waiting is None:
             return False
@@ -303,12 +384,17 @@ class _Connection:
         return True
 
     def close(self, reason: str) -> None:
-        """Fail every request waiting on this connection now."""
+        """Fail every request waiting on this connection now, and settle every posted one
+        written (whether it arrived, nobody can tell now)."""
         if self.closed is None:
             self.closed = reason
         for slot in self.slots.values():
             if slot.waiting is not None:
                 slot.waiting.set()
+        written = [posted for posted in self.posted.values() if posted.written]
+        self.posted = {key: p for key, p in self.posted.items() if not p.written}
+        for posted in written:
+            posted.settle(Disconnected(self.closed, sent=True))
 
 
 @attrs.define(eq=False)
@@ -448,6 +534,7 @@ class WebSocketDriver(Generic[N]):
         self._open_websocket = open_websocket
         self._on_notice = on_notice
         self._handlers = Handlers()
+        self._ctx: ConnectorContext | None = None
         self._connection: _Connection | None = None
         self._up = trio.Event()  # set while connected; a new one once the connection is lost
         self._retimed = trio.Event()
@@ -482,6 +569,7 @@ class WebSocketDriver(Generic[N]):
         off it are still journaled (for at most 10 s more) and not acked; those whose put did
         not return by then are counted in ``unconfirmed_at_teardown`` and logged at ERROR.
         """
+        self._ctx = ctx
         try:
             async with self._open_websocket(url) as ws:
                 connection = _Connection(ws, self.name, ctx.count)
@@ -528,6 +616,7 @@ class WebSocketDriver(Generic[N]):
         backlog, puts = _Backlog(self.backlog), _Puts()
         connection.asking = backlog.stir
         async with trio.open_nursery() as nursery:
+            connection.nursery = nursery
             nursery.start_soon(puts.guard)
             nursery.start_soon(self._read, ctx, connection, backlog, nursery)
             for outgoing in self.core.open():
@@ -536,6 +625,7 @@ class WebSocketDriver(Generic[N]):
             self._up.set()
             task_status.started()
             nursery.start_soon(self._heartbeat, connection)
+            nursery.start_soon(connection.expire)
             await self._deliver(ctx, connection, backlog, puts)
 
     async def _perform(
@@ -729,6 +819,35 @@ class WebSocketDriver(Generic[N]):
                     raise
                 connection.count("requests_across_reconnects")
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def post(self, request: Request, settle: Settle) -> bool:
+        """Write ``request`` on the connection up now and return once it is written, its
+        answer left to ``settle`` (called once, later: see :data:`Settle`); False when it
+        was not posted (no connection, its key in use, or the write failed before anything
+        went): nothing is kept, ``settle`` is never called, and the caller sends it the
+        awaited way (:meth:`request`). A busy answer is not retried here: ``settle`` gets it.
+        If cancelled, it may or may not have been written, and ``settle`` is never called.
+        """
+        connection = self._connection
+        if connection is None:
+            return False
+        within = self.answer_within if request.within is None else request.within
+        return await connection.post(request, within, settle)
+
+    def spawn(self, handler: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> bool:
+        """Run ``handler(*args)`` in a task of the connection up now, among the handlers of
+        notices (at most 100 at once); False when there is no connection or no free slot.
+        The task is cancelled when its connection closes."""
+        connection = self._connection
+        if (
+            connection is None
+            or connection.nursery is None
+            or self._ctx is None
+            or self._handlers.running >= self._handlers.limit
+        ):
+            return False
+        self._handlers.start(self._ctx, connection.nursery, handler, *args)
+        return True
 
     async def _next_connection(self, until: float | None) -> _Connection:
         deadline = trio.current_time() + self.reconnect_wait

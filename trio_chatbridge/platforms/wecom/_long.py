@@ -20,18 +20,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, TypeAlias, final
 
+import attrs
 import httpx
 import trio
 
+from ... import _confirm
 from ... import _connector as base
 from ..._content import Attachment, Card, Content, Sent, kind_of
-from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
+from ..._errors import ConfigurationError, ConnectorError, MediaError, ProtocolError, SendError
 from ..._http import new_client
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
-from ..._websocket import OpenWebSocket, WebSocketDriver
+from ..._websocket import (
+    BUSY_BACKOFF,
+    AckTimeout,
+    Disconnected,
+    OpenWebSocket,
+    WebSocketDriver,
+)
 from ..._ws_client import WebSocketClient, open_websocket
-from ..._ws_core import Answer
+from ..._ws_core import Answer, Request
 from . import _crypto
 from . import _outbound as out
 from . import _protocol as f
@@ -406,25 +414,168 @@ async def _finish(
     showed nothing yet, for a callback of an earlier process, means it was answered before
     (by a run killed after it finished its stream, now replayed): nothing more is sent, and
     the run counts as done.
+
+    Sent from a run that has not ended, a final frame that carries all of ``text`` is only
+    written: its ACK confirms the run later (:class:`_Confirming`), and this returns once the
+    frame is written.
     """
-    chat = target.reply_handle["chatid"]
     step = state.finish(text, trio.current_time())
     try:
         if isinstance(step, int):
             raise WeComError(f.RESPOND, step, "the callback can take no more answers")
-        await _show(connector, state, step)
-        then = Then.REST_PROACTIVELY
-    except WeComError as exc:
-        if not state.frames and connector.answered_before(target, exc):
+        if await _Confirming.post(connector, state, target, text, step):
             return
-        then = after_refusal(exc.errcode, replayed=False, frames_shown=state.frames)
+        await _show(connector, state, step)
+        then: Then | None = Then.REST_PROACTIVELY
+    except WeComError as exc:
+        then = _after_refusal(connector, state, target, exc)
         if then is Then.RAISE:
             raise
+    await _rest(connector, state, target, text, then)
+
+
+def _after_refusal(
+    connector: LongConnection, state: StreamState, target: Message, exc: WeComError
+) -> Then | None:
+    """What follows the refusal ``exc`` of a stream's frame (None: it was answered before)."""
+    if not state.frames and connector.answered_before(target, exc):
+        return None
+    return after_refusal(exc.errcode, replayed=False, frames_shown=state.frames)
+
+
+async def _rest(
+    connector: LongConnection, state: StreamState, target: Message, text: str, then: Then | None
+) -> None:
+    """Send proactively what of ``text`` the stream did not show (``then`` says what)."""
+    if then is None:
+        return
+    chat = target.reply_handle["chatid"]
     if then is Then.ALL_PROACTIVELY and state.card is not None:
         await connector.send_first(chat, state.card)
     rest = state.unshown(text, then)
     if rest:
         await connector.send_proactive(chat, rest)
+
+
+@attrs.define(eq=False)
+class _Confirming:
+    """A run's final frame, written and not awaited: its ACK, read by the connection's reader,
+    confirms the run (docs/wecom.md, "Replies confirmed after the run").
+
+    Refused, or unanswered within ``ack_timeout``: the reply is sent again another way, in a
+    handler task of the connection (:meth:`recover`: the frame again for a busy server, else
+    proactively what the stream did not show), and the run is journaled as failed if that
+    fails too, counted in ``replies_failed`` and logged. The connection closed first: the
+    run's messages stay pending (replayed at the next start, where WeCom answers 846608 for a
+    callback answered before), counted in ``replies_unconfirmed``.
+    """
+
+    connector: LongConnection
+    confirmation: _confirm.Confirmation
+    state: StreamState
+    target: Message
+    text: str
+    body: dict[str, Any]
+    request: Request
+
+    @classmethod
+    async def post(
+        cls,
+        connector: LongConnection,
+        state: StreamState,
+        target: Message,
+        text: str,
+        body: dict[str, Any],
+    ) -> bool:
+        """Write ``body``, the final frame of ``text``, and leave its ACK to confirm the run:
+        only for a callback this process received, a frame that carries all of the text (else
+        the rest follows it proactively, after its ACK), from a run that has not ended, on
+        the connection up now. False when not: nothing was sent, the caller awaits as before.
+        """
+        if connector.answer_by(target) is None or body["stream"]["content"] != text:
+            return False
+        confirmation = _confirm.confirmation()
+        if confirmation is None:
+            return False
+        assert state.req_id is not None  # StreamState builds frames only for one with a req_id
+        request = connector._core.command(f.RESPOND, state.req_id, body)
+        confirming = cls(connector, confirmation, state, target, text, body, request)
+        posted = False
+        try:
+            posted = await connector._driver.post(request, confirming.settle)
+        finally:
+            if not posted:  # (cancelled too: the run then ignores its confirmations)
+                confirmation.withdraw()
+        return posted
+
+    def settle(self, result: Answer | ConnectorError) -> None:
+        """The frame's fate, from the connection (its reader, timer or close)."""
+        connector = self.connector
+        if isinstance(result, Answer) and not result.code:
+            self.state.took(self.body)
+            self.confirmation.confirmed()
+        elif isinstance(result, Disconnected):
+            self._unknown(f"the connection closed ({result.reason})")
+        elif not connector._driver.spawn(self.recover, result):
+            self._unknown("no handler free to send it again")
+
+    def _unknown(self, why: str) -> None:
+        self.connector.ctx.count("replies_unconfirmed")
+        log.warning(
+            "wecom bot %s: the reply to %s may not have arrived: %s; its messages stay "
+            "pending and are handled again at the next start",
+            self.connector.account,
+            self.target.id,
+            why,
+        )
+        self.confirmation.unknown()
+
+    async def recover(self, result: Answer | ConnectorError) -> None:
+        """Send the reply again another way after ``result`` (a refusal or a timeout); the run
+        fails if that fails too. Cancelled (the connection closed): the run's messages stay
+        pending."""
+        connector, state = self.connector, self.state
+        busy = isinstance(result, Answer) and result.busy
+        error = self.request.refused(result) if isinstance(result, Answer) else result
+        if busy:  # a retry, as for a reply awaited (and as many more as it has)
+            connector.ctx.count("busy_retries")
+        else:
+            connector.ctx.count("replies_refused")
+            log.warning(
+                "wecom bot %s: the reply to %s was not taken (%s); sending it again",
+                connector.account,
+                self.target.id,
+                error,
+            )
+        try:
+            try:
+                if not busy:
+                    raise error
+                await BUSY_BACKOFF.retries().wait()
+                await _show(connector, state, self.body)
+                then: Then | None = Then.REST_PROACTIVELY
+            except WeComError as exc:
+                then = _after_refusal(connector, state, self.target, exc)
+            except AckTimeout:
+                then = Then.RAISE
+            if then is Then.RAISE:  # not a refusal of the callback: the rest goes all the same
+                then = Then.REST_PROACTIVELY if state.frames else Then.ALL_PROACTIVELY
+            await _rest(connector, state, self.target, self.text, then)
+        except SendError as exc:
+            connector.ctx.count("replies_failed")
+            log.error(
+                "wecom bot %s: the reply to %s was not delivered (%s); its messages are "
+                "journaled as failed",
+                connector.account,
+                self.target.id,
+                exc,
+            )
+            self.confirmation.failed(f"reply not delivered: {exc}")
+        else:
+            self.confirmation.confirmed()
+        finally:
+            if not self.confirmation.settled:  # cancelled with the connection
+                self._unknown("the connection closed while it was sent again")
 
 
 class _Stream(base.CoalescingStream):

@@ -1,0 +1,293 @@
+"""WeCom: a run ends once its final frame is written; its ACK, read by the connection's reader,
+confirms it, and only then are its messages journaled done (docs/wecom.md, "Replies confirmed
+after the run"). Each corner of that promise, through the bridge and the emulator, on Trio's
+virtual clock."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from support import open_lives, quick_bridge
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import WeComEmulator, running_bridge
+
+ACCOUNT = "emulator-bot"
+ACK_DELAY = 1.0  # seconds the emulator takes to acknowledge, in the tests that delay it
+
+
+def key(msgid: str) -> tuple[str, str, str]:
+    return ("wecom", ACCOUNT, msgid)
+
+
+async def state(store: cb.MemoryStore, msgid: str) -> str | None:
+    entry = await store.journal_entry(key(msgid))
+    return None if entry is None else entry.state
+
+
+@asynccontextmanager
+async def bridge_on(
+    emu: WeComEmulator, agent: cb.Agent, **options: Any
+) -> AsyncIterator[tuple[cb.Bridge, cb.MemoryStore]]:
+    store = cb.MemoryStore()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        bridge = quick_bridge(emu.connector(), agent, store=store, **options)
+        async with running_bridge(bridge):
+            with trio.fail_after(600):  # virtual seconds: a hang fails
+                yield bridge, store
+        nursery.cancel_scope.cancel()
+
+
+def other(bridge: cb.Bridge, name: str) -> int:
+    return bridge.stats().other.get(f"wecom.{name}", 0)
+
+
+async def test_a_reply_returns_once_written_and_the_done_mark_waits_for_its_ack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    returned: list[float] = []
+    ended = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        start = trio.current_time()
+        await reply.send("answer")
+        returned.append(trio.current_time() - start)
+        ended.set()
+
+    async with bridge_on(emu, agent) as (bridge, store):
+        emu.user_says("ada", "question", msgid="m-1")
+        await ended.wait()
+        assert returned[0] < ACK_DELAY  # the run did not wait for the ACK
+        assert await state(store, "m-1") == "pending"  # nor did the done-mark
+        await trio.sleep(ACK_DELAY * 0.9)
+        assert await state(store, "m-1") == "pending"
+        await trio.sleep(ACK_DELAY * 0.2)
+        assert await state(store, "m-1") == "done"
+        assert [s.text for s in emu.sent] == ["answer"]
+        assert bridge.stats().failures == 0
+
+
+async def test_a_refused_final_frame_goes_again_proactively_and_the_run_is_done(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", 40058)
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("answer")  # returns: the refusal comes after the run
+
+    async with bridge_on(emu, agent) as (bridge, store):
+        emu.user_says("bea", "question", msgid="m-1")
+        sent = await emu.next_sent()
+        await trio.sleep(1)
+        assert (sent.kind, sent.text) == ("proactive", "answer")
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "replies_refused") == 1
+        assert other(bridge, "replies_failed") == 0
+
+
+async def test_a_final_frame_and_its_fallback_both_refused_journal_the_run_failed(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", 40058)
+    emu.fail_next("aibot_send_msg", 40058)
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("answer")
+
+    async with bridge_on(emu, agent) as (bridge, store):
+        emu.user_says("cy", "question", msgid="m-1")
+        await trio.sleep(10)
+        entry = await store.journal_entry(key("m-1"))
+        assert entry is not None and entry.state == "failed"
+        assert entry.error is not None and "40058" in entry.error
+        assert other(bridge, "replies_failed") == 1
+        assert emu.sent == []
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR and "m-1" in r.message]
+    assert failed and "journaled as failed" in failed[0].message
+
+
+async def test_an_unanswered_final_frame_goes_again_proactively_after_the_ack_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1)  # no ACK at all
+    ended = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("answer")
+        ended.set()
+
+    async with bridge_on(emu, agent) as (bridge, store):
+        emu.user_says("dan", "question", msgid="m-1")
+        await ended.wait()
+        asked = trio.current_time()
+        sent = await emu.next_sent()
+        assert trio.current_time() - asked == pytest.approx(emu.connector().ack_timeout)
+        await trio.sleep(1)
+        assert (sent.kind, sent.text) == ("proactive", "answer")
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "replies_refused") == 1
+
+
+async def test_unconfirmed_at_a_close_stays_pending_and_its_replay_is_not_answered_twice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = cb.MemoryStore()
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    ended = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("the answer")
+        ended.set()
+
+    def life() -> cb.Bridge:
+        return quick_bridge(emu.connector(), agent, store=store)
+
+    async with open_lives(life, emu) as lives:
+        with trio.fail_after(600):
+            emu.user_says("eve", "question", msgid="m-1")
+            await ended.wait()
+            await emu.drop_connection()  # the ACK, 1 s away, never comes
+            await trio.sleep(5)
+            assert other(lives.bridge, "replies_unconfirmed") == 1
+            assert await state(store, "m-1") == "pending"
+            await lives.restart(kill=False)  # replayed: WeCom says 846608, answered before
+            await trio.sleep(5)
+            assert other(lives.bridge, "already_answered") == 1
+            assert await state(store, "m-1") == "done"
+    assert [s.text for s in emu.sent] == ["the answer"]
+
+
+async def test_an_interrupted_run_ignores_its_confirmation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    runs: list[list[str]] = []
+    sent = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        runs.append([m.text for m in batch.messages])
+        await reply.send("answer")
+        sent.set()
+        await trio.sleep(math.inf if len(runs) > 1 else 3)  # the rerun never ends
+
+    async with bridge_on(emu, agent, on_busy="interrupt") as (bridge, store):
+        emu.user_says("fay", "one", msgid="m-1")
+        await sent.wait()
+        emu.user_says("fay", "two", msgid="m-2")  # interrupts the run, its ACK still due
+        await trio.sleep(2 * ACK_DELAY + 1)
+        assert runs == [["one"], ["one", "two"]]
+        # the first run's frame was acknowledged, but its messages went to the rerun
+        assert await state(store, "m-1") == "pending"
+        assert bridge.stats().interrupts == 1
+
+
+async def test_a_graceful_shutdown_waits_for_confirmations_within_its_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    ended = trio.Event()
+    store = cb.MemoryStore()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("answer")
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        bridge = quick_bridge(emu.connector(), agent, store=store)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                await inner.start(bridge.run)
+                emu.user_says("gus", "question", msgid="m-1")
+                await ended.wait()
+                bridge.shutdown()
+                stopping = trio.current_time()
+        assert trio.current_time() - stopping < bridge.shutdown_grace
+        nursery.cancel_scope.cancel()
+    assert await state(store, "m-1") == "done"
+
+
+async def test_a_cancelled_bridge_leaves_unconfirmed_messages_pending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1)
+    ended = trio.Event()
+    store = cb.MemoryStore()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("answer")
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        async with trio.open_nursery() as inner:
+            await inner.start(quick_bridge(emu.connector(), agent, store=store).run)
+            emu.user_says("hal", "question", msgid="m-1")
+            with trio.fail_after(60):
+                await ended.wait()
+            inner.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    assert await state(store, "m-1") == "pending"
+
+
+async def test_a_reply_kept_after_its_run_waits_for_its_ack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    kept: list[cb.Reply] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        kept.append(reply)  # answered later, outside the run
+
+    async with bridge_on(emu, agent) as (_, store):
+        emu.user_says("ivy", "question", msgid="m-1")
+        await trio.sleep(5)
+        assert await state(store, "m-1") == "done"
+        start = trio.current_time()
+        await kept[0].send("late answer")
+        assert trio.current_time() - start == pytest.approx(ACK_DELAY)  # awaited, as before
+        assert [s.text for s in emu.sent] == ["late answer"]
+
+
+async def test_runs_confirmed_later_never_exceed_the_concurrency_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    running = most = 0
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await trio.sleep(0.2)
+        await reply.send("answer")
+        running -= 1
+
+    async with bridge_on(emu, agent, concurrency=3) as (bridge, store):
+        users = [f"user-{n}" for n in range(20)]
+        for n, user in enumerate(users):
+            emu.user_says(user, "question", msgid=f"m-{n}")
+        await trio.sleep(30)
+        assert len(emu.sent) == len(users)
+        assert most == 3
+        assert [await state(store, f"m-{n}") for n in range(20)] == ["done"] * 20
+        assert bridge.stats().failures == 0
