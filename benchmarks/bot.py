@@ -40,6 +40,7 @@ from .lark import raw_ack
 WECOM_MESSAGES = 4_000
 LARK_MESSAGES = 2_000
 ACK_DELAYS = (0.0, 0.005)  # seconds the emulator takes to answer a reply
+PENDING_POLL = 0.001  # seconds between looks at the journal once every batch is answered
 RAW_CONCURRENCY = 16  # replies a raw Lark client has in flight: the bridge's default runs
 
 Run = Callable[[dict[str, Any], int], Awaitable[None]]
@@ -191,6 +192,11 @@ def _bridged(make: Callable[[dict[str, Any]], Connector], sqlite: bool) -> Run:
             async with trio.open_nursery() as nursery:
                 await nursery.start(bridge.run)
                 await done.wait()
+                # The finish line is every message journaled done: on WeCom a run ends when
+                # its final frame is written, and its ACK (which the raw client waits for
+                # too) confirms it later.
+                while await store.journal_pending():
+                    await trio.sleep(PENDING_POLL)
                 nursery.cancel_scope.cancel()
 
     return run
