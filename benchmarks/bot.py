@@ -194,8 +194,8 @@ def _bridged(make: Callable[[dict[str, Any]], Connector], sqlite: bool) -> Run:
                 await done.wait()
                 # The finish line is every message journaled done: on WeCom a run ends when
                 # its final frame is written, and its ACK (which the raw client waits for
-                # too) confirms it later.
-                while await store.journal_pending():
+                # too) confirms it later. (A store has no event for that: polled, at the end.)
+                while await store.journal_pending():  # noqa: ASYNC110
                     await trio.sleep(PENDING_POLL)
                 nursery.cancel_scope.cancel()
 

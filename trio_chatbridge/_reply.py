@@ -49,7 +49,14 @@ class Reply(metaclass=NoPublicConstructor):
         limits length). Returns what the platform said about it (its id, where it has one).
 
         If cancelled, it may or may not have been sent (a request in flight cannot be taken
-        back); an attachment cancelled during its upload is not sent."""
+        back); an attachment cancelled during its upload is not sent.
+
+        On WeCom, a run's final reply (its whole text in one frame, to a message this process
+        received, sent before the run ends) returns once its frame is written: the platform's
+        acknowledgement confirms it after the run, and the batch is journaled done only then.
+        A refusal (or no acknowledgement in time) is counted in ``replies_refused``, logged,
+        and sent again proactively; if that fails too, it is counted in ``replies_failed``,
+        logged, and the batch is journaled as failed (docs/wecom.md)."""
         sent = await self.connector.send_content(self.target, content)
         self._on_sent()
         return sent
