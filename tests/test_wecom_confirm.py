@@ -196,11 +196,17 @@ async def test_an_interrupted_run_ignores_its_confirmation(
         assert bridge.stats().interrupts == 1
 
 
-async def test_a_graceful_shutdown_waits_for_confirmations_within_its_grace(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("graceful", [True, False])
+async def test_a_stop_with_confirmations_due(
+    autojump_clock: trio.testing.MockClock, graceful: bool
 ) -> None:
+    """A graceful shutdown waits for them within its grace (done); a cancelled bridge leaves
+    their messages pending."""
     emu = WeComEmulator()
-    emu.ack_delay = ACK_DELAY
+    if graceful:
+        emu.ack_delay = ACK_DELAY
+    else:
+        emu.fail_next("aibot_respond_msg", -1)  # never acknowledged
     ended = trio.Event()
     store = cb.MemoryStore()
 
@@ -216,35 +222,14 @@ async def test_a_graceful_shutdown_waits_for_confirmations_within_its_grace(
                 await inner.start(bridge.run)
                 emu.user_says("gus", "question", msgid="m-1")
                 await ended.wait()
-                bridge.shutdown()
                 stopping = trio.current_time()
+                if graceful:
+                    bridge.shutdown()
+                else:
+                    inner.cancel_scope.cancel()
         assert trio.current_time() - stopping < bridge.shutdown_grace
         nursery.cancel_scope.cancel()
-    assert await state(store, "m-1") == "done"
-
-
-async def test_a_cancelled_bridge_leaves_unconfirmed_messages_pending(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    emu = WeComEmulator()
-    emu.fail_next("aibot_respond_msg", -1)
-    ended = trio.Event()
-    store = cb.MemoryStore()
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send("answer")
-        ended.set()
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(emu.run)
-        async with trio.open_nursery() as inner:
-            await inner.start(quick_bridge(emu.connector(), agent, store=store).run)
-            emu.user_says("hal", "question", msgid="m-1")
-            with trio.fail_after(60):
-                await ended.wait()
-            inner.cancel_scope.cancel()
-        nursery.cancel_scope.cancel()
-    assert await state(store, "m-1") == "pending"
+    assert await state(store, "m-1") == ("done" if graceful else "pending")
 
 
 async def test_a_reply_kept_after_its_run_waits_for_its_ack(
