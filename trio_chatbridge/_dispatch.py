@@ -5,6 +5,11 @@ arrives meanwhile (``on_busy="queue"``) or cancels the running agent and reruns 
 the messages (``on_busy="interrupt"``). A run that raises or times out is logged and counted
 and its messages are marked as failed in the journal, so a poison message cannot loop. Runs
 cut short by shutdown leave their messages pending, to be replayed at the next start.
+
+A run whose replies are confirmed after it (a WeCom run's final frame: see ``_confirm``) frees
+its slot when it ends, and its messages are marked when its confirmations have settled: done,
+failed, or left pending when one is unknown. A graceful shutdown waits for them within its
+grace; interrupted and cut-off runs ignore theirs.
 """
 
 from __future__ import annotations

@@ -391,10 +391,8 @@ class _Connection:
         for slot in self.slots.values():
             if slot.waiting is not None:
                 slot.waiting.set()
-        written = [posted for posted in self.posted.values() if posted.written]
-        self.posted = {key: p for key, p in self.posted.items() if not p.written}
-        for posted in written:
-            posted.settle(Disconnected(self.closed, sent=True))
+        for key in [key for key, posted in self.posted.items() if posted.written]:
+            self.posted.pop(key).settle(Disconnected(self.closed, sent=True))
 
 
 @attrs.define(eq=False)
@@ -824,15 +822,17 @@ class WebSocketDriver(Generic[N]):
         """Write ``request`` on the connection up now and return once it is written, its
         answer left to ``settle`` (called once, later: see :data:`Settle`); False when it
         was not posted (no connection, its key in use, or the write failed before anything
-        went): nothing is kept, ``settle`` is never called, and the caller sends it the
-        awaited way (:meth:`request`). A busy answer is not retried here: ``settle`` gets it.
+        went, or the request has a window of its own: one timer serves the driver's
+        ``answer_within``): nothing is kept, ``settle`` is never called, and the caller sends
+        it the awaited way (:meth:`request`). A request awaited on a key posted meanwhile gets
+        the answer after the posted one's (the platform answers a key's frames in order). A busy
+        answer is not retried here: ``settle`` gets it.
         If cancelled, it may or may not have been written, and ``settle`` is never called.
         """
         connection = self._connection
-        if connection is None:
-            return False
-        within = self.answer_within if request.within is None else request.within
-        return await connection.post(request, within, settle)
+        if connection is None or request.within not in (None, self.answer_within):
+            return False  # (one timer serves requests with the same window only)
+        return await connection.post(request, self.answer_within, settle)
 
     def spawn(self, handler: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> bool:
         """Run ``handler(*args)`` in a task of the connection up now, among the handlers of

@@ -502,7 +502,8 @@ class _Confirming:
         confirming = cls(connector, confirmation, state, target, text, body, request)
         posted = False
         try:
-            posted = await connector._driver.post(request, confirming.settle)
+            with base.send_errors(f"wecom bot {connector.account}: {f.RESPOND}"):
+                posted = await connector._driver.post(request, confirming.settle)
         finally:
             if not posted:  # (cancelled too: the run then ignores its confirmations)
                 confirmation.withdraw()
