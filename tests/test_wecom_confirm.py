@@ -5,6 +5,7 @@ virtual clock."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -14,9 +15,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 from support import open_lives, quick_bridge
 
 import trio_chatbridge as cb
+from trio_chatbridge._confirm import RUN, Confirmation, Outcome, confirmation
 from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 ACCOUNT = "emulator-bot"
@@ -276,3 +280,62 @@ async def test_runs_confirmed_later_never_exceed_the_concurrency_limit(
         assert most == 3
         assert [await state(store, f"m-{n}") for n in range(20)] == ["done"] * 20
         assert bridge.stats().failures == 0
+
+
+# -- the outcome's bookkeeping, for any order of events -------------------------------------
+
+SETTLINGS = st.sampled_from(["confirmed", "failed", "unknown", "withdraw"])
+
+
+def settle(token: Confirmation | None, how: str) -> None:
+    assert token is not None
+    if how == "failed":
+        token.failed("why")
+    else:
+        getattr(token, how)()
+
+
+@given(
+    st.lists(st.tuples(SETTLINGS, st.booleans()), max_size=6),
+    st.sampled_from([None, "run failed"]),
+    st.booleans(),
+)
+def test_a_run_is_recorded_once_when_it_ended_and_every_confirmation_settled(
+    confirmations: list[tuple[str, bool]], run_failure: str | None, ignored: bool
+) -> None:
+    """Confirmations settled before or after the run's end (the bool), in any order: the
+    outcome is recorded exactly once if the run ended (never if ignored: interrupted or cut
+    off), after the last settled; failed with the run's failure or else a confirmation's; and
+    left pending (``unknown``) if any was unknown."""
+    contextvars.copy_context().run(check_outcome, confirmations, run_failure, ignored)
+
+
+def check_outcome(
+    confirmations: list[tuple[str, bool]], run_failure: str | None, ignored: bool
+) -> None:
+    recorded: list[Outcome] = []
+    outcome = Outcome(recorded.append)
+    RUN.set(outcome)
+    taken = [(confirmation(), how, early) for how, early in confirmations]
+    for token, how, early in taken:
+        if early:
+            settle(token, how)
+    if ignored:
+        outcome.ignore()
+    else:
+        late = any(not early for _, early in confirmations)
+        assert outcome.end([], run_failure) == (not late)
+    assert confirmation() is None  # none once the run has ended
+    for token, how, early in taken:
+        if not early:
+            assert recorded == []  # never before the last
+            settle(token, how)
+            settle(token, "confirmed")  # a second settling is ignored
+    assert outcome.pending == 0
+    if ignored:
+        assert recorded == []
+        return
+    assert recorded == ([outcome] if any(not early for _, early in confirmations) else [])
+    failed = any(how == "failed" for how, _ in confirmations)
+    assert outcome.failure == (run_failure or ("why" if failed else None))
+    assert outcome.unknown == any(how == "unknown" for how, _ in confirmations)
