@@ -492,7 +492,8 @@ class _Confirming:
         the rest follows it proactively, after its ACK), from a run that has not ended, on
         the connection up now. False when not: nothing was sent, the caller awaits as before.
         """
-        if connector.answer_by(target) is None or body["stream"]["content"] != text:
+        # (no finish_by: a callback of an earlier process, its window unknown here)
+        if state.finish_by is None or body["stream"]["content"] != text:
             return False
         confirmation = _confirm.confirmation()
         if confirmation is None:
