@@ -14,6 +14,7 @@ import trio.testing
 from support import echo
 
 import trio_chatbridge as cb
+from trio_chatbridge._http import exchange
 from trio_chatbridge.platforms import lark, weixin
 from trio_chatbridge.platforms.lark._api import API_TIMEOUT
 from trio_chatbridge.testing import HandlerTransport, LarkEmulator, running_bridge
@@ -162,6 +163,31 @@ async def test_transport_failures_and_silence_are_transient(
         with pytest.raises(cb.ConnectorError, match="no answer within 10 s"):
             await api.token()
         assert trio.current_time() - started == pytest.approx(API_TIMEOUT)
+
+
+async def test_a_call_without_a_time_limit_ends_with_its_callers_scope(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # time_limit=None (the long poll's): no deadline of the mapping's own, no TooSlowError;
+    # the caller's scope ends the call, and failures are mapped as with a limit.
+    async def silent(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, content=b"busy")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(silent)) as http:
+        with trio.move_on_after(1000) as scope:
+            await exchange(
+                http, "GET", "http://x.invalid/", what="a poll", platform="p", time_limit=None
+            )
+        assert scope.cancelled_caught and trio.current_time() == pytest.approx(1000)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(busy)) as http:
+        with pytest.raises(cb.HTTPStatusError, match="a poll"):
+            await exchange(
+                http, "GET", "http://x.invalid/", what="a poll", platform="p", time_limit=None
+            )
 
 
 async def test_a_bridge_waits_out_a_discovery_retry_after_and_a_reply_failure_is_counted(
