@@ -138,9 +138,43 @@ async def test_sessions_waiting_for_a_slot_are_bounded_and_push_back_on_the_conn
     # in hand in the debouncer and one in the dispatcher: far from all 50
     assert held <= 20
     assert trio.current_time() < 60 + 5 + 5  # the grace period still bounds the shutdown
-    # a put left waiting at shutdown was journaled for the next start, not a failure
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # a put left waiting at shutdown was journaled for the next start, not a failure; the one
+    # warning is that 50 chats at once overflow a debouncer holding queue_size (4) sessions
+    assert [r.getMessage()[:24] for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "more chats talk within o"
+    ]
     assert len(await store.journal_pending()) == 50  # every one journaled, none handled
+
+
+@pytest.mark.parametrize("chats", [4, 10])
+async def test_more_chats_in_one_window_than_queue_size_are_counted_and_warned_once(
+    chats: int, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The debouncer holds at most ``queue_size`` sessions: with more chats talking within
+    one window, messages wait for a session to leave, up to a window. That stall is counted
+    each time and warned about once, naming the fix; every chat is still answered. As many
+    chats as ``queue_size`` never stall (a full debouncer with nothing waiting is no stall)."""
+    chat = FakeConnector()
+    bridge = cb.Bridge(
+        [chat], echo, store=cb.MemoryStore(), debounce=cb.Debounce(window=3.0), queue_size=4
+    )
+    with trio.fail_after(60):
+        async with running_bridge(bridge):
+            for _ in range(2):  # each chat says something, and again a second later
+                chat.deliver(*(chat.message("hi", chat=f"c{n}") for n in range(chats - 1)))
+                await chat.say("hi", chat=f"c{chats - 1}")
+                await trio.sleep(1.0)
+            for _ in range(chats):
+                await chat.next_reply()
+            full = bridge.stats().other.get("debouncer.full", 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if chats <= 4:
+        assert (full, warnings) == (0, [])
+    else:
+        assert full >= 2  # once per round at least
+        assert len(warnings) == 1
+        assert "queue_size (4)" in warnings[0]
+        assert "Raise the bridge's queue_size" in warnings[0]
 
 
 async def test_cancelled_puts_waiting_in_memory_are_bounded(

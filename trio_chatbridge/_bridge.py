@@ -31,6 +31,7 @@ DEFAULT_STORE_PATH: Final = "chatbridge.db"
 WEEK: Final = 7 * 24 * 3600.0  # seconds
 PRUNE_EVERY: Final = 3600.0  # seconds between prunings of the journal while running, at most
 _BRIDGE_COUNTERS: Final = frozenset(f.name for f in attrs.fields(_stats.Stats))
+DEBOUNCER_FULL: Final = "debouncer.full"  # times the debouncer held queue_size sessions
 
 
 def _default_store() -> Store:
@@ -212,7 +213,9 @@ class Bridge:
         inbox = Inbox(
             self.store, to_debounce, self._counters, latencies.received if latencies else None
         )
-        debouncer = Debouncer(self.debounce, max_pending=self.queue_size)
+        debouncer = Debouncer(
+            self.debounce, max_pending=self.queue_size, on_full=self._debouncer_full
+        )
         dispatcher = Dispatcher(
             self.agent,
             {(c.platform, c.account): c for c in self.connectors},
@@ -279,6 +282,23 @@ class Bridge:
                 continue
             if pruned:
                 log.debug("pruned %d handled journal entries", pruned)
+
+    def _debouncer_full(self) -> None:
+        """Count each time the debouncer holds ``queue_size`` sessions with messages waiting;
+        warn the first time: they wait up to a window, and the connectors (WeCom's ACKs with
+        them) once the inbox channel is full."""
+        self._counters[DEBOUNCER_FULL] += 1
+        if self._counters[DEBOUNCER_FULL] == 1:
+            log.warning(
+                "more chats talk within one debounce window than queue_size (%d): the "
+                "debouncer holds that many sessions and reads no more until one leaves (up "
+                "to %g s); new messages wait meanwhile, and the connectors too once the inbox "
+                "is full. Raise the bridge's queue_size above the number of chats that talk "
+                "within one window (counted in stats().other[%r])",
+                self.queue_size,
+                self.debounce.window,
+                DEBOUNCER_FULL,
+            )
 
     def _context(self, connector: Connector, inbox: Inbox, sup: Supervisor) -> ConnectorContext:
         prefix = connector.platform

@@ -97,11 +97,22 @@ class Debouncer:
     out as they come; ``send`` is closed once ``receive`` has ended.
     """
 
-    def __init__(self, policy: Debounce | None = None, *, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        policy: Debounce | None = None,
+        *,
+        max_pending: int = MAX_PENDING,
+        on_full: Callable[[], None] | None = None,
+    ) -> None:
         self.policy: Debounce = policy or Debounce()
         self.max_pending = max_pending
         """Sessions held at most: with this many pending, nothing more is read until one
         leaves, so a flood of new chats pushes back on the inbox instead of growing here."""
+        self.on_full = on_full
+        """Called each time the debouncer stops reading, with messages waiting for it,
+        because it holds ``max_pending`` sessions: more chats talk within one window than it
+        may hold. The waiting messages are read once a session leaves (up to a window later),
+        and whoever puts more waits once the input channel is full."""
         # Pending sessions. With the default key, a map per account by chat id: finding a
         # message's session is one lookup by a string it already holds, and the session key
         # (session_key's string) is built once per session, not per message. With a key of the
@@ -167,6 +178,8 @@ class Debouncer:
         heap = self._heap
         while True:
             if self._pending >= self.max_pending and not self._draining:
+                if self.on_full is not None and receive.statistics().current_buffer_used:
+                    self.on_full()
                 await trio.sleep_forever()  # full: until a deadline (or drain())
             try:
                 messages = await receive.receive()
