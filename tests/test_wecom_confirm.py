@@ -21,7 +21,11 @@ from support import open_lives, quick_bridge
 
 import trio_chatbridge as cb
 from trio_chatbridge._confirm import RUN, Confirmation, Outcome, confirmation
-from trio_chatbridge.testing import WeComEmulator, running_bridge
+from trio_chatbridge._receive import MAX_HANDLERS
+from trio_chatbridge._ws_core import Answer, Counted
+from trio_chatbridge.platforms.wecom import WeComEvent
+from trio_chatbridge.platforms.wecom._protocol import FALLBACKS_KEPT, WeComCore
+from trio_chatbridge.testing import WeComEmulator, WeComFrame, running_bridge
 
 ACCOUNT = "emulator-bot"
 ACK_DELAY = 1.0  # seconds the emulator takes to acknowledge, in the tests that delay it
@@ -38,12 +42,13 @@ async def state(store: cb.MemoryStore, msgid: str) -> str | None:
 
 @asynccontextmanager
 async def bridge_on(
-    emu: WeComEmulator, agent: cb.Agent, **options: Any
+    emu: WeComEmulator, agent: cb.Agent, connector: cb.Connector | None = None, **options: Any
 ) -> AsyncIterator[tuple[cb.Bridge, cb.MemoryStore]]:
     store = cb.MemoryStore()
     async with trio.open_nursery() as nursery:
         await nursery.start(emu.run)
-        bridge = quick_bridge(emu.connector(), agent, store=store, **options)
+        connector = emu.connector() if connector is None else connector
+        bridge = quick_bridge(connector, agent, store=store, **options)
         async with running_bridge(bridge):
             with trio.fail_after(600):  # virtual seconds: a hang fails
                 yield bridge, store
@@ -280,6 +285,104 @@ async def test_runs_confirmed_later_never_exceed_the_concurrency_limit(
         assert most == 3
         assert [await state(store, f"m-{n}") for n in range(20)] == ["done"] * 20
         assert bridge.stats().failures == 0
+
+
+async def answer(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send("answer")  # returns: a refusal or timeout comes after the run
+
+
+async def test_a_refusal_while_every_event_handler_is_busy_still_goes_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The notice handlers all taken (a user's slow ``on_event``): a refused final frame is
+    sent again all the same, and the run is done, never left unknown for want of a slot."""
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", 40058)
+    handling = 0
+
+    async def on_event(event: WeComEvent) -> None:
+        nonlocal handling
+        handling += 1
+        await trio.sleep_forever()
+
+    connector = emu.connector(on_event=on_event)
+    async with bridge_on(emu, answer, connector) as (bridge, store):
+        for n in range(MAX_HANDLERS):
+            emu.push_event({"from": {"userid": f"u-{n}"}, "event": {"eventtype": "feedback"}})
+        await trio.sleep(1)
+        assert handling == MAX_HANDLERS
+        emu.user_says("hal", "question", msgid="m-1")
+        sent = await emu.next_sent()
+        await trio.sleep(1)
+        assert (sent.kind, sent.text) == ("proactive", "answer")
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "replies_refused") == 1
+        assert other(bridge, "replies_unconfirmed") == 0
+        assert handling == MAX_HANDLERS  # (none of them was cancelled for it)
+
+
+async def test_a_fallback_failing_unexpectedly_fails_the_run_not_the_connection(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fallback that raises something other than a send error (a bug, an answer we cannot
+    read): the run is journaled failed, counted, logged with its traceback; the connection
+    stays up and answers the next message."""
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", 40058)
+    connector = emu.connector()
+
+    async def broken(chat_id: str, text: str) -> None:
+        raise RuntimeError("fault injected in the fallback")
+
+    connector.send_proactive = broken  # type: ignore[method-assign]
+    async with bridge_on(emu, answer, connector) as (bridge, store):
+        emu.user_says("ian", "question", msgid="m-1")
+        await trio.sleep(10)
+        entry = await store.journal_entry(key("m-1"))
+        assert entry is not None and entry.state == "failed"
+        assert entry.error is not None and "RuntimeError" in entry.error
+        assert other(bridge, "replies_failed") == 1
+        emu.user_says("ian", "again", msgid="m-2")
+        await trio.sleep(5)
+        assert await state(store, "m-2") == "done"
+        assert emu.subscribes == 1  # the same connection throughout
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR and "m-1" in r.message]
+    assert failed and failed[0].exc_info is not None
+    assert isinstance(failed[0].exc_info[1], RuntimeError)
+
+
+async def test_a_late_ack_after_the_timeout_fallback_is_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An ACK that was only late: the reply went proactively too (the user sees it twice);
+    its ACK is counted in ``late_acks_after_fallback``, another stray ACK is not."""
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1)  # no ACK in time...
+    async with bridge_on(emu, answer) as (bridge, store):
+        emu.user_says("jo", "question", msgid="m-1")
+        sent = await emu.next_sent()
+        assert (sent.kind, sent.text) == ("proactive", "answer")
+        respond = emu.commands("aibot_respond_msg")[-1]
+        emu.push_raw(WeComFrame(respond.req_id, errcode=0, errmsg="ok").encode())  # ...but late
+        emu.push_raw(WeComFrame("nobody's", errcode=0, errmsg="ok").encode())
+        await trio.sleep(1)
+        assert other(bridge, "late_acks_after_fallback") == 1
+        assert other(bridge, "stray_acks") == 2
+        assert await state(store, "m-1") == "done"
+
+
+def late_ack(core: WeComCore, req_id: str) -> list[object]:
+    return list(core.receive(WeComFrame(req_id, errcode=0, errmsg="ok").encode(), 0.0))
+
+
+def test_late_acks_are_watched_for_the_latest_fallbacks_once_each() -> None:
+    core = WeComCore("bot", "secret", "life")
+    for n in range(FALLBACKS_KEPT + 1):
+        core.fell_back(f"r-{n}")
+    assert late_ack(core, "r-0") == [Answer("r-0", 0, "ok")]  # the oldest, forgotten
+    last = f"r-{FALLBACKS_KEPT}"
+    assert late_ack(core, last) == [Counted("late_acks_after_fallback"), Answer(last, 0, "ok")]
+    assert late_ack(core, last) == [Answer(last, 0, "ok")]  # counted once
 
 
 # -- the outcome's bookkeeping, for any order of events -------------------------------------

@@ -27,7 +27,14 @@ import trio
 from ... import _confirm
 from ... import _connector as base
 from ..._content import Attachment, Card, Content, Sent, kind_of
-from ..._errors import ConfigurationError, ConnectorError, MediaError, ProtocolError, SendError
+from ..._errors import (
+    ConfigurationError,
+    ConnectorError,
+    MediaError,
+    ProtocolError,
+    SendError,
+    sole,
+)
 from ..._http import new_client
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
@@ -118,6 +125,7 @@ class LongConnection(base.Connector):
         self._http = http
         self._transport = transport
         self._own_http: httpx.AsyncClient | None = None
+        self._recoveries: trio.Nursery | None = None  # while :meth:`run` runs
         # the windows in reply handles are on this process's Trio clock: ``life`` says whose
         self._core = WeComCore(
             bot_id,
@@ -164,8 +172,25 @@ class LongConnection(base.Connector):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, subscribe, and receive until the connection fails (it raises; the
         supervisor reconnects). If cancelled, the connection closes; callbacks already read
-        are still journaled (for at most 10 s), since WeCom never pushes them again."""
-        await self._driver.run(self.ctx, self.url, task_status=task_status)
+        are still journaled (for at most 10 s), since WeCom never pushes them again.
+
+        A refused or unanswered final frame is sent again in a task of this run, outside the
+        notice handlers' limit (:class:`_Confirming`: at most one per frame posted), so a
+        known refusal is never left unknown for want of a slot; those tasks end with it.
+        """
+        try:
+            async with trio.open_nursery() as recoveries:
+                self._recoveries = recoveries
+                try:
+                    await self._driver.run(self.ctx, self.url, task_status=task_status)
+                finally:
+                    self._recoveries = None
+                    recoveries.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the driver's error, as it raised it
+            failure = sole(group)
+            if failure is group:
+                raise
+            raise failure from failure.__cause__
 
     async def _event(self, event: WeComEvent) -> None:
         try:
@@ -463,9 +488,11 @@ class _Confirming:
     confirms the run (docs/wecom.md, "Replies confirmed after the run").
 
     Refused, or unanswered within ``ack_timeout``: the reply is sent again another way, in a
-    handler task of the connection (:meth:`recover`: the frame again for a busy server, else
+    task of the connector's run (:meth:`recover`: the frame again for a busy server, else
     proactively what the stream did not show), and the run is journaled as failed if that
-    fails too, counted in ``replies_failed`` and logged. The connection closed first: the
+    fails too (for any reason), counted in ``replies_failed`` and logged. Unanswered but
+    only late, the reply is shown twice: its late ACK is counted in
+    ``late_acks_after_fallback``. The connection closed first: the
     run's messages stay pending (replayed at the next start, where WeCom answers 846608 for a
     callback answered before), counted in ``replies_unconfirmed``.
     """
@@ -518,8 +545,10 @@ class _Confirming:
             self.confirmation.confirmed()
         elif isinstance(result, Disconnected):
             self._unknown(f"the connection closed ({result.reason})")
-        elif not connector._driver.spawn(self.recover, result):
-            self._unknown("no handler free to send it again")
+        elif connector._recoveries is None:  # (the reader, timer and close run in run())
+            self._unknown("the connection closed")
+        else:
+            connector._recoveries.start_soon(self.recover, result)
 
     def _unknown(self, why: str) -> None:
         self.connector.ctx.count("replies_unconfirmed")
@@ -539,6 +568,8 @@ class _Confirming:
         connector, state = self.connector, self.state
         busy = isinstance(result, Answer) and result.busy
         error = self.request.refused(result) if isinstance(result, Answer) else result
+        if isinstance(result, AckTimeout):  # only late, its ACK is counted when it comes
+            connector._core.fell_back(self.request.key)
         if busy:  # a retry, as for a reply awaited (and as many more as it has)
             connector.ctx.count("busy_retries")
         else:
@@ -573,6 +604,15 @@ class _Confirming:
                 exc,
             )
             self.confirmation.failed(f"reply not delivered: {exc}")
+        except Exception as exc:  # a bug or an answer we cannot read: never the connection's
+            connector.ctx.count("replies_failed")
+            log.exception(
+                "wecom bot %s: sending the reply to %s again failed; its messages are "
+                "journaled as failed",
+                connector.account,
+                self.target.id,
+            )
+            self.confirmation.failed(f"reply not delivered: {type(exc).__name__}: {exc}")
         else:
             self.confirmation.confirmed()
         finally:

@@ -30,7 +30,7 @@ from ..._errors import (
     SendError,
 )
 from ..._json import json_object
-from ..._ws_core import Answer, Close, Event, Inbound, Notice, Outgoing, Request
+from ..._ws_core import Answer, Close, Counted, Event, Inbound, Notice, Outgoing, Request
 from ._convert import to_message
 
 DEFAULT_URL: Final = "wss://openws.work.weixin.qq.com"
@@ -241,6 +241,11 @@ def _ping_refused(answer: Answer) -> Exception:
     return ConnectorError(f"ping refused (errcode {answer.code}, {answer.text!r})")
 
 
+FALLBACKS_KEPT: Final = 1000
+"""Frames sent again after an ACK timeout whose late ACK is still watched for (per connection
+core; the oldest forgotten first)."""
+
+
 @attrs.define
 class WeComCore:
     """One bot's long connection as a protocol core (``WebSocketCore[WeComEvent]``).
@@ -255,6 +260,16 @@ class WeComCore:
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     heartbeat_grace: float = HEARTBEAT_GRACE
     bot_name: str | None = None
+    _fallen_back: dict[str, None] = attrs.field(factory=dict, init=False, repr=False)
+    """The req_ids of frames sent again another way after their ACK timed out, oldest first
+    (at most :data:`FALLBACKS_KEPT`)."""
+
+    def fell_back(self, req_id: str) -> None:
+        """The frame on ``req_id`` timed out and went again another way: an ACK that still
+        comes for it is counted in ``late_acks_after_fallback`` (the reply then shows twice)."""
+        self._fallen_back[req_id] = None
+        if len(self._fallen_back) > FALLBACKS_KEPT:
+            del self._fallen_back[next(iter(self._fallen_back))]
 
     @property
     def silence(self) -> float:
@@ -289,7 +304,11 @@ class WeComCore:
         if frame.cmd is None:  # an ack
             code = frame.errcode or 0
             busy = code == COMMAND_CONFLICT
-            return [Answer(frame.req_id, code, frame.errmsg, frame.body_object(), busy=busy)]
+            answer = Answer(frame.req_id, code, frame.errmsg, frame.body_object(), busy=busy)
+            if self._fallen_back and frame.req_id in self._fallen_back:
+                del self._fallen_back[frame.req_id]
+                return [Counted("late_acks_after_fallback"), answer]
+            return [answer]
         if frame.cmd == MSG_CALLBACK:
             window = {"answer_by": now + STREAM_WINDOW, "life": self.life}
             message = to_message(
