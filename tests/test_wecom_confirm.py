@@ -23,7 +23,7 @@ import trio_chatbridge as cb
 from trio_chatbridge._confirm import RUN, Confirmation, Outcome, confirmation
 from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge._ws_core import Answer, Counted
-from trio_chatbridge.platforms.wecom import WeComEvent
+from trio_chatbridge.platforms.wecom import LongConnection, WeComEvent
 from trio_chatbridge.platforms.wecom._protocol import FALLBACKS_KEPT, WeComCore
 from trio_chatbridge.testing import WeComEmulator, WeComFrame, running_bridge
 
@@ -42,7 +42,7 @@ async def state(store: cb.MemoryStore, msgid: str) -> str | None:
 
 @asynccontextmanager
 async def bridge_on(
-    emu: WeComEmulator, agent: cb.Agent, connector: cb.Connector | None = None, **options: Any
+    emu: WeComEmulator, agent: cb.Agent, connector: LongConnection | None = None, **options: Any
 ) -> AsyncIterator[tuple[cb.Bridge, cb.MemoryStore]]:
     store = cb.MemoryStore()
     async with trio.open_nursery() as nursery:
