@@ -59,6 +59,41 @@ def other(bridge: cb.Bridge, name: str) -> int:
     return bridge.stats().other.get(f"wecom.{name}", 0)
 
 
+async def answer(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send("answer")  # returns: a refusal or timeout comes after the run
+
+
+async def refused_and_sent_again(
+    emu: WeComEmulator, bridge: cb.Bridge, store: cb.MemoryStore, user: str
+) -> None:
+    """``user`` asks; the final frame, refused, goes again proactively; the run is done."""
+    emu.user_says(user, "question", msgid="m-1")
+    sent = await emu.next_sent()
+    await trio.sleep(1)
+    assert (sent.kind, sent.text) == ("proactive", "answer")
+    assert await state(store, "m-1") == "done"
+    assert other(bridge, "replies_refused") == 1
+
+
+async def refused_and_failed(
+    emu: WeComEmulator, bridge: cb.Bridge, store: cb.MemoryStore, user: str, why: str
+) -> None:
+    """``user`` asks; the final frame is refused, its fallback fails too (``why``, in the
+    journal): the run is failed."""
+    emu.user_says(user, "question", msgid="m-1")
+    await trio.sleep(10)
+    entry = await store.journal_entry(key("m-1"))
+    assert entry is not None and entry.state == "failed"
+    assert entry.error is not None and why in entry.error
+    assert other(bridge, "replies_failed") == 1
+
+
+def failure_logged(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR and "m-1" in r.message]
+    assert failed and "journaled as failed" in failed[0].message
+    return failed[0]
+
+
 async def test_a_reply_returns_once_written_and_the_done_mark_waits_for_its_ack(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -91,17 +126,8 @@ async def test_a_refused_final_frame_goes_again_proactively_and_the_run_is_done(
 ) -> None:
     emu = WeComEmulator()
     emu.fail_next("aibot_respond_msg", 40058)
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send("answer")  # returns: the refusal comes after the run
-
-    async with bridge_on(emu, agent) as (bridge, store):
-        emu.user_says("bea", "question", msgid="m-1")
-        sent = await emu.next_sent()
-        await trio.sleep(1)
-        assert (sent.kind, sent.text) == ("proactive", "answer")
-        assert await state(store, "m-1") == "done"
-        assert other(bridge, "replies_refused") == 1
+    async with bridge_on(emu, answer) as (bridge, store):
+        await refused_and_sent_again(emu, bridge, store, "bea")
         assert other(bridge, "replies_failed") == 0
 
 
@@ -112,19 +138,10 @@ async def test_a_final_frame_and_its_fallback_both_refused_journal_the_run_faile
     emu.fail_next("aibot_respond_msg", 40058)
     emu.fail_next("aibot_send_msg", 40058)
 
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send("answer")
-
-    async with bridge_on(emu, agent) as (bridge, store):
-        emu.user_says("cy", "question", msgid="m-1")
-        await trio.sleep(10)
-        entry = await store.journal_entry(key("m-1"))
-        assert entry is not None and entry.state == "failed"
-        assert entry.error is not None and "40058" in entry.error
-        assert other(bridge, "replies_failed") == 1
+    async with bridge_on(emu, answer) as (bridge, store):
+        await refused_and_failed(emu, bridge, store, "cy", "40058")
         assert emu.sent == []
-    failed = [r for r in caplog.records if r.levelno == logging.ERROR and "m-1" in r.message]
-    assert failed and "journaled as failed" in failed[0].message
+    failure_logged(caplog)
 
 
 async def test_an_unanswered_final_frame_goes_again_proactively_after_the_ack_timeout(
@@ -287,10 +304,6 @@ async def test_runs_confirmed_later_never_exceed_the_concurrency_limit(
         assert bridge.stats().failures == 0
 
 
-async def answer(batch: cb.Batch, reply: cb.Reply) -> None:
-    await reply.send("answer")  # returns: a refusal or timeout comes after the run
-
-
 async def test_a_refusal_while_every_event_handler_is_busy_still_goes_again(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -311,12 +324,7 @@ async def test_a_refusal_while_every_event_handler_is_busy_still_goes_again(
             emu.push_event({"from": {"userid": f"u-{n}"}, "event": {"eventtype": "feedback"}})
         await trio.sleep(1)
         assert handling == MAX_HANDLERS
-        emu.user_says("hal", "question", msgid="m-1")
-        sent = await emu.next_sent()
-        await trio.sleep(1)
-        assert (sent.kind, sent.text) == ("proactive", "answer")
-        assert await state(store, "m-1") == "done"
-        assert other(bridge, "replies_refused") == 1
+        await refused_and_sent_again(emu, bridge, store, "hal")
         assert other(bridge, "replies_unconfirmed") == 0
         assert handling == MAX_HANDLERS  # (none of them was cancelled for it)
 
@@ -336,19 +344,13 @@ async def test_a_fallback_failing_unexpectedly_fails_the_run_not_the_connection(
 
     connector.send_proactive = broken  # type: ignore[method-assign]
     async with bridge_on(emu, answer, connector) as (bridge, store):
-        emu.user_says("ian", "question", msgid="m-1")
-        await trio.sleep(10)
-        entry = await store.journal_entry(key("m-1"))
-        assert entry is not None and entry.state == "failed"
-        assert entry.error is not None and "RuntimeError" in entry.error
-        assert other(bridge, "replies_failed") == 1
+        await refused_and_failed(emu, bridge, store, "ian", "RuntimeError")
         emu.user_says("ian", "again", msgid="m-2")
         await trio.sleep(5)
         assert await state(store, "m-2") == "done"
         assert emu.subscribes == 1  # the same connection throughout
-    failed = [r for r in caplog.records if r.levelno == logging.ERROR and "m-1" in r.message]
-    assert failed and failed[0].exc_info is not None
-    assert isinstance(failed[0].exc_info[1], RuntimeError)
+    logged = failure_logged(caplog)
+    assert logged.exc_info is not None and isinstance(logged.exc_info[1], RuntimeError)
 
 
 async def test_a_late_ack_after_the_timeout_fallback_is_counted(
