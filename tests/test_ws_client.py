@@ -8,7 +8,7 @@ import inspect
 import json
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -44,12 +44,21 @@ from wsproto.events import (
 import trio_chatbridge as cb
 from trio_chatbridge._ws_client import (
     REJECTION_BODY_LIMIT,
+    SendFailed,
     WebSocketClient,
     _Address,
     open_websocket,
     upgrade,
 )
-from trio_chatbridge.connectors import ConnectorContext
+from trio_chatbridge.connectors import (
+    Answer,
+    ConnectorContext,
+    Disconnected,
+    Outgoing,
+    WebSocketDriver,
+)
+from trio_chatbridge.connectors import Event as DriverEvent
+from trio_chatbridge.connectors import Request as DriverRequest
 from trio_chatbridge.platforms import wecom
 from trio_chatbridge.testing import WeComEmulator, running_bridge
 
@@ -796,6 +805,8 @@ class Senders:
         self.outcomes: dict[int, str] = {}
         self.after: dict[int, Callable[[], None]] = {}
         """What a sender does right after its send returns (no checkpoint between)."""
+        self.may_have_been_sent: dict[int, bool] = {}
+        """What the ``SendFailed`` of each sender that got one said."""
 
     async def start(self, count: int = 1) -> None:
         for _ in range(count):
@@ -807,8 +818,9 @@ class Senders:
         with self.scopes[n]:
             try:
                 await self.ws.send_message(f"m{n}")
-            except ConnectionClosed:
+            except SendFailed as exc:
                 self.outcomes[n] = "closed"
+                self.may_have_been_sent[n] = exc.may_have_been_sent
                 return
             self.outcomes[n] = "returned"
             self.after.get(n, lambda: None)()
@@ -899,9 +911,39 @@ async def test_a_failed_write_fails_every_frame_it_carried_and_every_frame_in_li
     assert senders.outcomes == {0: "returned", 1: writer, 2: "closed", 3: "closed", 4: "closed"}
     assert ws.closed is not None and ws.closed.code == 1006
     assert on_the_wire(socket, server) == ["m0", "m1", "m2", "m3"]  # m1's write, then nothing
-    with pytest.raises(ConnectionClosed):
+    # m1..m3 were in the failed write: any of them may have reached the peer; m4 never left
+    in_the_write = {1: True} if how == "the socket breaks" else {}
+    assert senders.may_have_been_sent == in_the_write | {2: True, 3: True, 4: False}
+    with pytest.raises(SendFailed) as raised:
         await ws.send_message("after")
+    assert not raised.value.may_have_been_sent
     assert socket.writes == []
+
+
+async def test_a_frame_alone_in_a_failed_write_may_have_been_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A failed ``send_all`` does not say how much of it went: all of it, maybe (a stream
+    that fails after handing every byte over), so even a lone frame may have been sent."""
+    async with in_line() as (_, socket, server, senders):
+        await senders.start()  # m0 writes alone (held)
+        socket.release(trio.BrokenResourceError("connection reset"))
+    assert senders.outcomes == {0: "closed"} and senders.may_have_been_sent == {0: True}
+    assert on_the_wire(socket, server) == ["m0"]
+
+
+async def test_a_frame_built_after_the_connection_closed_was_not_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, socket, server = await gated()
+    socket.incoming.put_data(server.send(CloseConnection(code=1001, reason="going away")))
+    with pytest.raises(ConnectionClosed):
+        await ws.get_message()
+    with pytest.raises(SendFailed) as raised:
+        await ws.send_message("late")
+    assert not raised.value.may_have_been_sent
+    assert raised.value.reason is not None and raised.value.reason.code == 1001
+    assert on_the_wire(socket, server) == [("close", 1001)]  # our reply, not the frame
 
 
 async def test_a_close_while_senders_wait_goes_out_after_their_frames(
@@ -935,6 +977,7 @@ async def test_a_close_still_in_line_at_the_disconnect_timeout_loses_the_connect
     assert ws.closed is not None and ws.closed.code == 1006
     assert "close" in str(ws.closed.reason)
     assert senders.outcomes == {0: "closed", 1: "closed"}  # the socket was closed under m0
+    assert senders.may_have_been_sent == {0: True, 1: False}  # m0 was cut, m1 never written
     assert on_the_wire(socket, server) == ["m0"]
 
 
@@ -1024,3 +1067,79 @@ def test_senders_cancelled_at_random_leave_exactly_their_frames_on_the_wire_in_o
     if raised_on_the_wire:
         assert "cancelled" in raised_on_the_wire
     assert len(senders.outcomes) == len(senders.scopes)  # every send ended
+
+
+# -- the driver over this client: a frame in a broken combined write is not sent again -----------
+
+
+class AnsweringCore:
+    """A toy protocol for the driver: no handshake, no heartbeat; ``ans:<key>`` answers."""
+
+    heartbeat_interval = 1000.0
+    silence = 10000.0
+
+    def open(self) -> Sequence[Outgoing]:
+        return []
+
+    def heartbeat(self) -> Outgoing | None:
+        return None
+
+    def receive(self, data: Data, now: float) -> Sequence[DriverEvent[str]]:
+        assert isinstance(data, str) and data.startswith("ans:")
+        return [Answer(data[4:])]
+
+    def rejected(self, status: int | None, headers: Mapping[str, str], body: bytes) -> Exception:
+        return cb.FatalConnectorError("refused")
+
+
+async def test_a_request_in_a_broken_combined_write_is_disconnected_sent_not_sent_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A proactive request (``again=False``) written with a frame before it, in one write that
+    fails: it may have reached the server whole, so the driver must not send it again on the
+    next connection (a duplicate message); it raises ``Disconnected(sent=True)``."""
+    sockets: list[tuple[GatedSocket, WSConnection]] = []
+
+    @asynccontextmanager
+    async def open_gated(url: str) -> AsyncIterator[WebSocketClient]:
+        ws, socket, server = await gated()
+        socket.holding = True
+        sockets.append((socket, server))
+        yield ws
+
+    def refused(answer: Answer) -> Exception:
+        return cb.PlatformError(f"refused {answer.code}")
+
+    async def ask(key: str, errors: dict[str, Disconnected]) -> None:
+        try:
+            await driver.request(DriverRequest(key, f"do:{key}", refused))
+        except Disconnected as exc:
+            errors[key] = exc
+
+    driver: WebSocketDriver[str] = WebSocketDriver(
+        AnsweringCore(), name="toy acct", open_websocket=open_gated
+    )
+    context = ConnectorContext("toy", "acct", cb.MemoryStore(), _put_nothing, _ignore, _ignore)
+    errors: dict[str, Disconnected] = {}
+    with trio.fail_after(BOUND), pytest.RaisesGroup(cb.ConnectorError, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run, context, "ws://example.test/")
+            socket, server = sockets[0]
+            nursery.start_soon(driver.send, "first")  # written alone, held
+            await trio.testing.wait_all_tasks_blocked()
+            for key in ("a", "b"):  # in line behind it
+                nursery.start_soon(ask, key, errors)
+                await trio.testing.wait_all_tasks_blocked()
+            socket.release()  # "first" written; a's sender writes a and b together (held)
+            await trio.testing.wait_all_tasks_blocked()
+            assert socket.held and on_the_wire(socket, server) == ["first", "do:a", "do:b"]
+            socket.release(trio.BrokenResourceError("connection reset"))
+            socket.incoming.close()  # the reader sees the end too: the driver's run ends
+    # the driver's run ends with its connection; both requests ended then, neither waiting
+    # for the next connection to be sent again
+    assert {key: error.sent for key, error in errors.items()} == {"a": True, "b": True}
+    assert len(sockets) == 1
+
+
+async def _put_nothing(messages: Sequence[cb.Message]) -> list[cb.Message]:
+    raise AssertionError("nothing is delivered")

@@ -72,6 +72,7 @@ from ._errors import ConnectorError, FatalConnectorError, find_error
 from ._messages import Message
 from ._receive import BURST_LINGER, Handlers, Skipped, parse_or_skip, rearm, skip_bad
 from ._supervise import Backoff, Retries
+from ._ws_client import SendFailed
 from ._ws_core import (
     REJECTION_BODY_BYTES,
     Answer,
@@ -233,13 +234,16 @@ class _Connection:
         )
 
     async def send(self, data: Data) -> None:
-        """Send one frame; :class:`Disconnected` (``sent=False``) when the socket is gone."""
+        """Send one frame; :class:`Disconnected` when the socket is gone: ``sent=True`` when
+        the frame was in a write that failed (our client's ``SendFailed.may_have_been_sent``:
+        it may have reached the peer), else ``sent=False``."""
         if self.closed is not None:
             raise Disconnected(self.closed, sent=False)
         try:
             await self.ws.send_message(data)
         except ConnectionClosed as exc:
-            raise Disconnected(str(exc.reason), sent=False) from exc
+            sent = isinstance(exc, SendFailed) and exc.may_have_been_sent
+            raise Disconnected(str(exc.reason), sent=sent) from exc
 
     async def request(self, request: Request, within: float, *, pausable: bool = False) -> Answer:
         """Send ``request`` when its key is free; its answer, or an error (see

@@ -81,6 +81,20 @@ so that the limit bounds memory however small (or empty) the server makes the fr
 REJECTION_BODY_LIMIT: Final = 64 * 1024
 """Bytes of a refused upgrade's body read at most (the rest is not waited for)."""
 
+
+class SendFailed(ConnectionClosed):
+    """What :meth:`WebSocketClient.send_message` raises when the connection is closed or lost:
+    trio-websocket's ``ConnectionClosed`` (its ``reason``), which also says whether the frame
+    may have reached the peer."""
+
+    def __init__(self, reason: CloseReason | None, *, may_have_been_sent: bool) -> None:
+        super().__init__(reason)
+        self.may_have_been_sent = may_have_been_sent
+        """True when the frame was in a write that failed: the peer may have it, whole or in
+        part (a failed ``send_all`` does not say how much of it went). False: nothing of it
+        was written."""
+
+
 _ABNORMAL: Final = 1006  # no close frame: the socket ended (RFC 6455 section 7.1.5)
 _TOO_BIG: Final = 1009  # RFC 6455 section 7.4.1
 _NORMAL: Final = 1000
@@ -175,11 +189,15 @@ class WebSocketClient:
         Returns once its frame was handed to the socket by a ``send_all`` that completed: its
         own, or, when another task was writing, that of the first sender in line after that
         write, which writes every frame waiting then, in the order they were built (built in
-        the caller, so the order is the order of the calls). Raises ``ConnectionClosed`` when
-        the connection is closed, or was lost in the write that carried the frame (which may
-        then have reached the peer in part); a frame built before the connection closed is
-        still written (before our close, or our reply to the peer's), unless the socket is
-        gone. If cancelled:
+        the caller, so the order is the order of the calls). Raises :exc:`SendFailed` (a
+        ``ConnectionClosed``) when the connection is closed, or was lost in the write that
+        carried the frame; a frame built before the connection closed is still written
+        (before our close, or our reply to the peer's), unless the socket is gone.
+        ``may_have_been_sent`` says which: True when the frame was in a write that failed,
+        alone or with others (a write fails with some of its bytes maybe delivered, and
+        which is not known: a frame followed by others in it, or by an owed pong, may have
+        reached the peer whole), so a caller must not assume it was not received; False when
+        nothing of it was written. If cancelled:
 
         - before its frame was taken by a write (still in line, or told to write next), the
           frame is withdrawn: nothing of it is written, and ``Cancelled`` is raised. It is a
@@ -188,10 +206,11 @@ class WebSocketClient:
         - once its frame is in a write, it waits for that one write to end, as Trio's own
           operations do once they cannot be undone: it returns if the write completed (the
           frame was sent; the cancellation is seen at the caller's next checkpoint) and raises
-          ``ConnectionClosed`` if it failed;
+          :exc:`SendFailed` (``may_have_been_sent``) if it failed;
         - while writing itself, the stream may be left mid-frame, so the connection is lost
           (code 1006) rather than left to send a corrupt frame: ``Cancelled`` is raised, and
-          every sender whose frame was in that write gets ``ConnectionClosed``.
+          every sender whose frame was in that write gets :exc:`SendFailed`
+          (``may_have_been_sent``).
         """
         if isinstance(message, str):
             await self._send(TextMessage(message))
@@ -294,7 +313,7 @@ class WebSocketClient:
         more can be."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._gone or (event is not None and self._closed is not None):
-            raise ConnectionClosed(self._closed)
+            raise self._lost(None, sent=False)
         data = b"" if event is None else self._ws.send(event)
         if isinstance(event, CloseConnection):
             self._set_closed(event.code, event.reason)
@@ -324,7 +343,7 @@ class WebSocketClient:
             self._withdraw(0)  # ours, not taken: nothing of it is written
             self._pass_on()
             await trio.lowlevel.checkpoint_if_cancelled()  # raises Cancelled if cancelled
-            raise ConnectionClosed(self._closed)
+            raise self._lost(None, sent=False)
         batch = list(self._waiting)
         self._waiting.clear()
         for waiting in batch:
@@ -337,8 +356,9 @@ class WebSocketClient:
     async def _write(self, data: bytes, carried: Sequence[_Waiting]) -> None:
         """As the writer: ``data`` to the stream; then each sender of ``carried`` (their frames
         are in ``data``) learns how it went, and the next in line writes. Raises
-        ``ConnectionClosed`` if the stream failed; cancelled mid-write, the connection is lost
-        (1006) and the stream closed, which wakes a reader waiting on it."""
+        :exc:`SendFailed` (``may_have_been_sent``) if the stream failed; cancelled mid-write,
+        the connection is lost (1006) and the stream closed, which wakes a reader waiting on
+        it."""
         try:
             await self._stream.send_all(data)
         except BaseException as exc:
@@ -348,12 +368,12 @@ class WebSocketClient:
             else:  # cancelled mid-write: the next frame would be corrupt
                 self._lose("a send was interrupted mid-frame")
             for waiting in carried:
-                trio.lowlevel.reschedule(waiting.task, outcome.Error(self._lost(exc)))
+                trio.lowlevel.reschedule(waiting.task, outcome.Error(self._lost(exc, sent=True)))
             self._pass_on()
             if not broken:
                 await trio.aclose_forcefully(self._stream)
                 raise
-            raise ConnectionClosed(self._closed) from exc
+            raise self._lost(exc, sent=True) from exc
         for waiting in carried:
             trio.lowlevel.reschedule(waiting.task)
         self._pass_on()
@@ -363,7 +383,7 @@ class WebSocketClient:
         Once the socket is gone, every sender in line fails instead (nothing more is written)."""
         while self._gone and self._waiting:
             waiting = self._waiting.popleft()
-            trio.lowlevel.reschedule(waiting.task, outcome.Error(self._lost(None)))
+            trio.lowlevel.reschedule(waiting.task, outcome.Error(self._lost(None, sent=False)))
         if self._waiting:
             trio.lowlevel.reschedule(self._waiting[0].task, outcome.Value(True))
         else:
@@ -392,9 +412,10 @@ class WebSocketClient:
             else:
                 self._owed[:0] = owed
 
-    def _lost(self, cause: BaseException | None) -> ConnectionClosed:
-        """What a sender whose frame will not be written (or was cut) gets: its own error."""
-        error = ConnectionClosed(self._closed)
+    def _lost(self, cause: BaseException | None, *, sent: bool) -> SendFailed:
+        """What a sender whose frame will not be written (``sent`` False) or was in a write
+        that failed (True) gets: its own error."""
+        error = SendFailed(self._closed, may_have_been_sent=sent)
         error.__cause__ = cause
         return error
 

@@ -43,6 +43,7 @@ from ._websocket import Disconnected as Disconnected
 from ._websocket import OpenWebSocket as OpenWebSocket
 from ._websocket import WebSocket as WebSocket
 from ._websocket import WebSocketDriver as WebSocketDriver
+from ._ws_client import SendFailed as SendFailed
 from ._ws_client import WebSocketClient as WebSocketClient
 from ._ws_client import open_websocket as open_websocket
 from ._ws_core import Answer as Answer
@@ -87,6 +88,7 @@ __all__ = [
     "Retries",
     "RetryLater",
     "Send",
+    "SendFailed",
     "WebSocket",
     "WebSocketClient",
     "WebSocketCore",
