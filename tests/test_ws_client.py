@@ -894,6 +894,46 @@ async def test_the_next_writer_cancelled_before_it_ran_passes_its_turn_on(
     assert ws.closed is None
 
 
+async def test_a_sender_cancelled_once_taken_gives_a_stuck_write_the_disconnect_timeout_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The peer stopped reading, so the write that took the frame never ends: the cancelled
+    sender waits the disconnect timeout, then the connection is lost (1006) and the socket
+    closed, so a shutdown is not held past its grace."""
+    async with in_line(disconnect_timeout=5) as (ws, socket, server, senders):
+        await senders.start(3)
+        socket.release()  # m0 written; m1 writes m1 and m2, held for good
+        await trio.testing.wait_all_tasks_blocked()
+        started = trio.current_time()
+        senders.cancel(2)
+        await trio.sleep(4.9)
+        assert senders.outcomes == {0: "returned"}  # m2 still waits for the write
+        await trio.sleep(0.2)
+        assert trio.current_time() - started < 5.2
+        assert senders.outcomes == {0: "returned", 1: "closed", 2: "closed"}
+    assert senders.may_have_been_sent == {1: True, 2: True}
+    assert ws.closed is not None and ws.closed.code == 1006
+    assert on_the_wire(socket, server) == ["m0", "m1", "m2"]
+
+
+async def test_a_close_in_a_stuck_write_at_the_disconnect_timeout_is_given_no_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def release_m0() -> None:  # once our close is in line
+        await trio.testing.wait_all_tasks_blocked()
+        socket.release()  # m0 written; m1 writes m1 and our close, held for good
+
+    async with in_line(disconnect_timeout=5) as (ws, socket, server, senders):
+        await senders.start(2)  # m0 held, m1 in line
+        senders.nursery.start_soon(release_m0)
+        started = trio.current_time()
+        await ws.aclose()
+        assert trio.current_time() - started == pytest.approx(5)
+    assert ws.closed is not None and ws.closed.code == 1006
+    assert senders.outcomes == {0: "returned", 1: "closed"}
+    assert on_the_wire(socket, server) == ["m0", "m1", ("close", 1000)]
+
+
 @pytest.mark.parametrize("how", ["the socket breaks", "the writer is cancelled"])
 async def test_a_failed_write_fails_every_frame_it_carried_and_every_frame_in_line(
     how: str, autojump_clock: trio.testing.MockClock

@@ -71,7 +71,8 @@ RECEIVE_BYTES: Final = 64 * 1024
 CONNECT_TIMEOUT: Final = 60.0
 """Seconds the TCP connect, the TLS handshake and the WebSocket upgrade may take together."""
 DISCONNECT_TIMEOUT: Final = 60.0
-"""Seconds the close handshake may take (even when cancelled) before the socket is dropped."""
+"""Seconds the close handshake may take (even when cancelled) before the socket is dropped;
+also how long a cancelled sender waits for the write that took its frame."""
 MAX_MESSAGE_SIZE: Final = 2**20
 """Bytes (characters of text) one message may have by default."""
 FRAGMENT_COST: Final = 64
@@ -113,6 +114,11 @@ class _Waiting:
     the sender's: a sender that withdraws leaves them to the next frame, or owed."""
     taken: bool = False
     """Whether a writer took it: it is in that write, whose end the sender waits for."""
+    ended: trio.Event | None = None
+    """Set when the sender was cancelled once its frame was taken: it no longer waits to be
+    rescheduled but on this, at most the disconnect timeout; the writer sets it and leaves
+    how the write went in :attr:`result`."""
+    result: outcome.Outcome[None] | None = None
 
 
 @final
@@ -206,7 +212,9 @@ class WebSocketClient:
         - once its frame is in a write, it waits for that one write to end, as Trio's own
           operations do once they cannot be undone: it returns if the write completed (the
           frame was sent; the cancellation is seen at the caller's next checkpoint) and raises
-          :exc:`SendFailed` (``may_have_been_sent``) if it failed;
+          :exc:`SendFailed` (``may_have_been_sent``) if it failed. It waits the disconnect
+          timeout at most (a peer that stopped reading must not hold a shutdown): past it, the
+          connection is lost (code 1006) and the socket closed, which fails that write;
         - while writing itself, the stream may be left mid-frame, so the connection is lost
           (code 1006) rather than left to send a corrupt frame: ``Cancelled`` is raised, and
           every sender whose frame was in that write gets :exc:`SendFailed`
@@ -329,7 +337,14 @@ class WebSocketClient:
                 return
             waiting = _Waiting(trio.lowlevel.current_task(), data, owed)
             self._waiting.append(waiting)
-            if await trio.lowlevel.wait_task_rescheduled(partial(self._abort, waiting)):
+            try:
+                told = await trio.lowlevel.wait_task_rescheduled(partial(self._abort, waiting))
+            except trio.Cancelled:
+                if waiting.ended is None:  # withdrawn: nothing of it is written
+                    raise
+                await self._wait_for_write(waiting, grace=not isinstance(event, CloseConnection))
+                return
+            if told:
                 await self._write_waiting()
         except BaseException:
             if isinstance(event, CloseConnection):  # ours did not go out whole: lost, not closed
@@ -368,15 +383,43 @@ class WebSocketClient:
             else:  # cancelled mid-write: the next frame would be corrupt
                 self._lose("a send was interrupted mid-frame")
             for waiting in carried:
-                trio.lowlevel.reschedule(waiting.task, outcome.Error(self._lost(exc, sent=True)))
+                self._tell(waiting, outcome.Error(self._lost(exc, sent=True)))
             self._pass_on()
             if not broken:
                 await trio.aclose_forcefully(self._stream)
                 raise
             raise self._lost(exc, sent=True) from exc
         for waiting in carried:
-            trio.lowlevel.reschedule(waiting.task)
+            self._tell(waiting, outcome.Value(None))
         self._pass_on()
+
+    @staticmethod
+    def _tell(waiting: _Waiting, result: outcome.Outcome[None]) -> None:
+        """How the write that carried ``waiting``'s frame went, to its sender: rescheduled,
+        or, cancelled meanwhile (:meth:`_wait_for_write`), woken."""
+        if waiting.ended is None:
+            trio.lowlevel.reschedule(waiting.task, result)
+        else:
+            waiting.result = result
+            waiting.ended.set()
+
+    async def _wait_for_write(self, waiting: _Waiting, *, grace: bool) -> None:
+        """A sender cancelled once its frame was taken: it waits for that write to end, as
+        Trio's operations that cannot be undone do, but at most the disconnect timeout (none
+        when ``grace`` is False: our close, cancelled at that timeout already). Past it, the
+        peer has stopped reading: the connection is lost (1006) and the socket closed, which
+        ends the write (its senders get :exc:`SendFailed`, ``may_have_been_sent``), so a
+        shutdown is not held by a peer that stopped reading."""
+        assert waiting.ended is not None
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._disconnect_timeout if grace else 0):
+                await waiting.ended.wait()
+            if waiting.result is None:
+                self._lose("a send to a peer that stopped reading was given up")
+                await trio.aclose_forcefully(self._stream)
+        if waiting.result is None:  # the write has not seen it yet: it fails
+            raise self._lost(None, sent=True)
+        waiting.result.unwrap()
 
     def _pass_on(self) -> None:
         """The write ended: the first sender in line writes next; none waiting, nobody writes.
@@ -393,10 +436,11 @@ class WebSocketClient:
         self, waiting: _Waiting, raise_cancel: trio.lowlevel.RaiseCancelT
     ) -> trio.lowlevel.Abort:
         """A sender in line is cancelled: its frame is withdrawn unless a write took it (then
-        the sender waits for that write to end)."""
+        the sender waits for that write to end, within a bound: :meth:`_wait_for_write`)."""
         if waiting.taken:
-            return trio.lowlevel.Abort.FAILED
-        self._withdraw(self._waiting.index(waiting))
+            waiting.ended = trio.Event()
+        else:
+            self._withdraw(self._waiting.index(waiting))
         return trio.lowlevel.Abort.SUCCEEDED
 
     def _withdraw(self, index: int) -> None:
