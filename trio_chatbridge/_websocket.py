@@ -22,8 +22,9 @@ received into events and builds every frame to send, keeping the handshake, hear
   our requests waits for its answer (a heartbeat, a reply's ACK) the reader reads on past a full
   backlog, to twice :data:`BACKLOG` at most, so answers behind inbound frames still arrive;
   while the reader is stopped, neither the silence watchdog nor a heartbeat's answer window
-  runs (the stall is ours, not the peer's: a stalled inbox never ends a connection), while a
-  reply's ACK window runs on (a reply that times out fails its run and frees its slot, so the
+  nor the posted requests' timer runs (the stall is ours, not the peer's: a stalled inbox
+  never ends a connection, nor times out an ACK left unread), while an awaited reply's ACK
+  window runs on (a reply that times out fails its run and frees its slot, so the
   inbox drains: were they paused too, runs waiting for ACKs behind the unread frames could hold
   every slot while the full inbox held the reader, for good);
 - one worker takes everything waiting at once, :data:`BURST_LINGER` after the oldest arrived
@@ -50,7 +51,8 @@ awaited by anyone. The connection keeps it by key with its deadline, and settles
 the poster's ``settle`` once: from the reader, inline, with its :class:`Answer`; with an
 :class:`AckTimeout` from the connection's one timer (posted requests share ``answer_within``,
 so their deadlines come in the order they were posted: one timer task serves them all, no task
-per request); with a :class:`Disconnected` (``sent=True``) when the connection closes.
+per request; it waits while the reader is stopped by our own backpressure); with a
+:class:`Disconnected` (``sent=True``) when the connection closes, its write done or in flight.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ class AckTimeout(ConnectorError):
     """A request was not answered in time: a later answer is only counted, in ``stray_acks``
     (an unanswered heartbeat ends its connection; the supervisor reconnects). For a heartbeat,
     time the reader spent stopped by our own backpressure does not count: the answer may be
-    among the frames it did not read. A reply's window runs on (see ``_Connection.pause``)."""
+    among the frames it did not read, and so for a posted request. An awaited reply's
+    window runs on (see ``_Connection.pause``)."""
 
 
 class Disconnected(ConnectorError):
@@ -224,6 +227,10 @@ class _Connection:
     closed: str | None = None
     paused: bool = False
     """Whether the reader stopped reading for our own backpressure (see :meth:`pause`)."""
+    paused_at: float = 0.0
+    """When it stopped (:meth:`resume` moves the posted requests' deadlines by the time since)."""
+    resumed: trio.Event = attrs.Factory(trio.Event)
+    """Set when the reader reads again: wakes the timer (:meth:`expire`) that waits meanwhile."""
 
     @property
     def awaiting(self) -> bool:
@@ -293,10 +300,7 @@ class _Connection:
             if slot.answer is None:
                 if self.closed is not None:
                     raise Disconnected(self.closed, sent=True)
-                raise AckTimeout(
-                    f"{self.name}: {request.name or 'request'} ({request.key}) not "
-                    f"acknowledged within {within:g} s: the platform is slow or unreachable"
-                )
+                raise self.timed_out(request, within)
             return slot.answer
         finally:
             slot.waiting = slot.timer = None
@@ -304,23 +308,36 @@ class _Connection:
     async def post(self, request: Request, within: float, settle: Settle) -> bool:
         """Write ``request`` and keep it for ``settle`` (see :meth:`WebSocketDriver.post`);
         False, with nothing kept and ``settle`` never called, when its key is taken or the
-        write failed (nothing went: the caller may send it the awaited way)."""
+        write failed with nothing sent (the caller may send it the awaited way). True once
+        ``settle`` has been or will be called: an answer read during the write settled it,
+        or the write may have gone (a write that failed after a frame left, or a close while
+        it was in flight: settled :class:`Disconnected` as :meth:`close` does)."""
         key = request.key
         if self.closed is not None or key in self.slots or key in self.posted:
             return False
-        posted = _Posted(request, settle, trio.current_time() + within, within)
+        # posted while the reader is stopped: its window starts when it reads again (resume)
+        start = self.paused_at if self.paused else trio.current_time()
+        posted = _Posted(request, settle, start + within, within)
         if not self.posted:
             self.posting.set()
         self.posted[key] = posted  # before the write: its answer may come during it
         try:
             await self.send(request.data)
         except BaseException as exc:
-            if self.posted.get(key) is posted:
+            mine = self.posted.get(key) is posted  # else settled already (answered)
+            if not isinstance(exc, Disconnected):
+                if mine:
+                    del self.posted[key]
+                raise  # cancelled: it may or may not have gone, and nobody will know
+            if mine and exc.sent:  # it may have gone: written, as far as anyone can tell
+                posted.written = True
+            elif mine:
                 del self.posted[key]
-            if isinstance(exc, Disconnected):
                 return False
-            raise  # cancelled: it may or may not have gone, and nobody will know
-        posted.written = True
+        else:
+            posted.written = True
+        if self.closed is not None and self.posted.get(key) is posted:
+            self._orphaned(key)  # closed while the write was in flight: settled as close does
         self.asking()
         return True
 
@@ -334,18 +351,22 @@ class _Connection:
                 self.posting = trio.Event()
                 await self.posting.wait()
                 continue
+            if self.paused:  # their answers may be among the frames not read: see pause
+                await self.resumed.wait()
+                continue
             key, oldest = next(iter(posted.items()))
             if trio.current_time() < oldest.deadline:
                 await trio.sleep_until(oldest.deadline)
                 continue
             del posted[key]
-            request = oldest.request
-            oldest.settle(
-                AckTimeout(
-                    f"{self.name}: {request.name or 'request'} ({key}) not acknowledged "
-                    f"within {oldest.within:g} s: the platform is slow or unreachable"
-                )
-            )
+            oldest.settle(self.timed_out(oldest.request, oldest.within))
+
+    def timed_out(self, request: Request, within: float) -> AckTimeout:
+        """The error of ``request`` unanswered within ``within`` seconds."""
+        return AckTimeout(
+            f"{self.name}: {request.name or 'request'} ({request.key}) not acknowledged "
+            f"within {within:g} s: the platform is slow or unreachable"
+        )
 
     def pause(self) -> None:
         """The reader stopped reading (our own backpressure: the inbox is slow): a heartbeat's
@@ -354,13 +375,19 @@ class _Connection:
         unread in the socket). A peer gone meanwhile is found once the reader reads again
         (:meth:`resume`): the window's rest runs then, and so does the silence watchdog.
 
+        The posted requests' timer stops too (:meth:`expire`; :meth:`resume` moves every
+        deadline by the time stopped, so their order holds): an ACK left unread would
+        otherwise time out, and its poster send the reply again (seen twice). Posted requests
+        hold no run's slot (their runs have ended), so waiting for them cannot stall the inbox.
+
         Other requests' windows (a reply's ACK) run on: a reply that times out fails its run,
         which frees the run's concurrency slot, so the dispatcher takes the next batch, the
         inbox drains and the reader reads again. Were they paused too, runs waiting for ACKs
         behind the unread frames would hold every slot while the full inbox stopped the reader:
         a stall that never ends."""
         self.paused = True
-        now = trio.current_time()
+        self.resumed = trio.Event()
+        now = self.paused_at = trio.current_time()
         for slot in self.slots.values():
             if slot.timer is not None and slot.pausable:
                 slot.left, slot.timer.deadline = slot.timer.deadline - now, math.inf
@@ -372,6 +399,10 @@ class _Connection:
         for slot in self.slots.values():
             if slot.timer is not None and slot.pausable:
                 slot.timer.deadline = now + slot.left
+        stopped = now - self.paused_at
+        for posted in self.posted.values():
+            posted.deadline += stopped
+        self.resumed.set()
 
     def deliver(self, answer: Answer) -> bool:
         """Hand ``answer`` to the request waiting on its key, or settle the request posted
@@ -396,7 +427,12 @@ class _Connection:
             if slot.waiting is not None:
                 slot.waiting.set()
         for key in [key for key, posted in self.posted.items() if posted.written]:
-            self.posted.pop(key).settle(Disconnected(self.closed, sent=True))
+            self._orphaned(key)
+
+    def _orphaned(self, key: str) -> None:
+        """Settle the posted request of ``key``, written, with the connection closed."""
+        assert self.closed is not None
+        self.posted.pop(key).settle(Disconnected(self.closed, sent=True))
 
 
 @attrs.define(eq=False)
