@@ -1,13 +1,16 @@
-"""Posted requests of the WebSocket driver: their timer and a backpressured reader, a close
-while their write is in flight, an answer read during a write that then fails.
+"""Posted requests of the WebSocket driver: their timer and a backpressured reader, those a
+close left unsettled written again on the next connection, a close while their write is in
+flight, an answer read during a write that then fails.
 
 The toy core, server and inbox are those of tests/test_websocket.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -16,6 +19,7 @@ from test_websocket import Inbox, LineCore, held, refused, release
 from trio_websocket import CloseReason, ConnectionClosed
 
 import trio_chatbridge as cb
+from trio_chatbridge._websocket import CARRIED
 from trio_chatbridge.connectors import Answer, Data, Request, WebSocketDriver
 
 Result = Answer | cb.ConnectorError
@@ -49,15 +53,17 @@ async def test_a_posted_request_does_not_expire_while_the_reader_is_stopped(
 
 
 class GatedSocket:
-    """A WebSocket whose frames from the server are pushed by the test and whose writes of
-    ``req:`` frames wait for ``gate``, then ``fail`` if set (after ``answer`` is read)."""
+    """A WebSocket, one connection after another: the test pushes the server's frames
+    (:meth:`push`) and ends a connection (:meth:`drop`); a write of a ``req:`` frame waits
+    for ``gate``, then fails if ``fail`` (after ``answer`` is read, if set)."""
 
     def __init__(self) -> None:
-        self.to_client, self.incoming = trio.open_memory_channel[Data](10)
         self.gate = trio.Event()
+        self.gate.set()
         self.answer: str | None = None
         self.fail = False
-        self.got: list[Data] = []
+        self.got: list[list[Data]] = []  # what each connection wrote
+        self.to_client, self.incoming = trio.open_memory_channel[Data](10)
 
     async def get_message(self) -> Data:
         try:
@@ -72,37 +78,135 @@ class GatedSocket:
             await self.gate.wait()
             if self.fail:
                 raise ConnectionClosed(CloseReason(1006, "gone"))
-        self.got.append(message)
+        self.got[-1].append(message)
+
+    async def push(self, frame: str) -> None:
+        await self.to_client.send(frame)
+
+    def drop(self) -> None:
+        self.to_client.close()
 
     @asynccontextmanager
     async def open(self, url: str) -> AsyncIterator[GatedSocket]:
+        self.to_client, self.incoming = trio.open_memory_channel[Data](10)
+        self.got.append([])
         yield self
 
 
-async def test_a_close_while_a_posted_write_is_in_flight_settles_it_once_written(
+def driver_on(ws: GatedSocket, **options: Any) -> WebSocketDriver[str]:
+    return WebSocketDriver(LineCore(), name="line acct", open_websocket=ws.open, **options)
+
+
+async def run_until_dropped(driver: WebSocketDriver[str], inbox: Inbox, ws: GatedSocket) -> None:
+    """One connection, ended by the socket going away (the supervisor would reconnect)."""
+    with pytest.RaisesGroup(cb.ConnectorError, flatten_subgroups=True):
+        async with trio.open_nursery() as running:
+            await running.start(driver.run, inbox.context(), "ws://localhost/")
+            await trio.sleep(1)
+            ws.drop()
+
+
+async def test_a_posted_request_left_by_a_closed_connection_goes_again_first_on_the_next(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ws = GatedSocket()
-    driver = WebSocketDriver(LineCore(), name="line acct", open_websocket=ws.open)
+    """Same frame, same key, a fresh window; counted in ``requests_across_reconnects``."""
+    ws, inbox = GatedSocket(), Inbox()
+    driver = driver_on(ws, answer_within=2.0)
+    settled: list[tuple[str, float, Result]] = []
+    kept: list[str] = []
+
+    def settle(key: str) -> Callable[[Result], None]:
+        return lambda result: settled.append((key, trio.current_time(), result))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as first:
+                first.start_soon(run_until_dropped, driver, inbox, ws)
+                await trio.sleep(0.5)
+                for key in ("a", "b"):
+                    assert await driver.post(
+                        Request(key, f"req:{key}", refused),
+                        settle(key),
+                        carried=functools.partial(kept.append, key),
+                    )
+            assert settled == [] and kept == ["a", "b"]  # kept for the next connection
+            await trio.sleep(10)  # past their first window: the timer went with its connection
+            assert settled == []
+            reconnected = trio.current_time()
+            await nursery.start(driver.run, inbox.context(), "ws://localhost/")
+            assert ws.got[1] == ["hello", "req:a", "req:b"]  # before anything else
+            await ws.push("ans:a")
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    assert [(key, type(result)) for key, _, result in settled] == [
+        ("a", Answer),
+        ("b", cb.connectors.AckTimeout),
+    ]
+    assert settled[1][1] == pytest.approx(reconnected + 2.0, abs=0.1)  # a fresh window
+    assert inbox.counts["requests_across_reconnects"] == 2
+
+
+async def test_what_is_carried_is_settled_disconnected_when_the_driver_stops_or_past_the_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, inbox = GatedSocket(), Inbox()
+    driver = driver_on(ws, answer_within=60.0)
+    settled: list[Result] = []
+    kept: list[None] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as first:
+            first.start_soon(run_until_dropped, driver, inbox, ws)
+            await trio.sleep(0.5)
+            for n in range(CARRIED + 1):
+                assert await driver.post(
+                    Request(f"k{n}", f"req:{n}", refused),
+                    settled.append,
+                    carried=functools.partial(kept.append, None),
+                )
+        assert (
+            len(settled) == 1 and len(kept) == CARRIED
+        )  # past the bound: unknown at once, counted
+        assert inbox.counts["posted_not_carried"] == 1
+        with trio.CancelScope() as stopping:  # the connector stops while reconnecting
+            stopping.cancel()
+            await driver.run(inbox.context(), "ws://localhost/")
+    assert len(settled) == CARRIED + 1
+    assert all(isinstance(r, cb.connectors.Disconnected) and r.sent for r in settled)
+
+
+async def test_a_close_while_a_posted_write_is_in_flight_carries_it_once_written(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws, inbox = GatedSocket(), Inbox()
+    ws.gate = trio.Event()
+    driver = driver_on(ws)
     settled: list[Result] = []
     posted: list[bool] = []
+    kept: list[None] = []
 
     async def post() -> None:
-        posted.append(await driver.post(Request("k", "req:k", refused), settled.append))
+        keep = functools.partial(kept.append, None)
+        posted.append(
+            await driver.post(Request("k", "req:k", refused), settled.append, carried=keep)
+        )
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             with pytest.RaisesGroup(cb.ConnectorError, flatten_subgroups=True):
                 async with trio.open_nursery() as running:
-                    await running.start(driver.run, Inbox().context(), "ws://localhost/")
+                    await running.start(driver.run, inbox.context(), "ws://localhost/")
                     nursery.start_soon(post)  # outlives the connection, as a run's task does
                     await trio.testing.wait_all_tasks_blocked()
-                    ws.to_client.close()  # the socket goes while the write is in flight
-            assert settled == []  # its write has not returned: nobody knows yet
-            ws.gate.set()  # then it returns: the frame went
-    assert posted == [True]
-    assert len(settled) == 1
-    assert isinstance(settled[0], cb.connectors.Disconnected) and settled[0].sent
+                    ws.drop()  # the socket goes while the write is in flight
+            ws.gate.set()  # then the write returns: the frame went
+            await trio.testing.wait_all_tasks_blocked()
+            assert posted == [True] and settled == [] and len(kept) == 1  # for the next one
+            await nursery.start(driver.run, inbox.context(), "ws://localhost/")
+            await ws.push("ans:k")
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert ws.got[1] == ["hello", "req:k"]
+    assert settled == [Answer("k", body={"n": 1})]
 
 
 async def test_a_posted_request_answered_during_a_write_that_fails_is_reported_posted(
@@ -111,8 +215,8 @@ async def test_a_posted_request_answered_during_a_write_that_fails_is_reported_p
     """The reader settled it already: post says so (True), so its poster does not also send it
     the awaited way."""
     ws = GatedSocket()
-    ws.answer, ws.fail = "ans:k", True
-    driver = WebSocketDriver(LineCore(), name="line acct", open_websocket=ws.open)
+    ws.gate, ws.answer, ws.fail = trio.Event(), "ans:k", True
+    driver = driver_on(ws)
     settled: list[Result] = []
     posted: list[bool] = []
 

@@ -52,7 +52,9 @@ the poster's ``settle`` once: from the reader, inline, with its :class:`Answer`;
 :class:`AckTimeout` from the connection's one timer (posted requests share ``answer_within``,
 so their deadlines come in the order they were posted: one timer task serves them all, no task
 per request; it waits while the reader is stopped by our own backpressure); with a
-:class:`Disconnected` (``sent=True``) when the connection closes, its write done or in flight.
+:class:`Disconnected` (``sent=True``) when the connection closes, its write done or in flight,
+unless its poster asked for it to be carried over (``carried``): the driver then keeps it and
+writes it again, first, on the next connection (:meth:`WebSocketDriver.carry`).
 """
 
 from __future__ import annotations
@@ -142,10 +144,17 @@ ANSWER_WITHIN: Final = 5.0
 """Seconds a request waits for its answer, unless it says otherwise."""
 RECONNECT_WAIT: Final = 60.0
 """Seconds a request waits for the connection to come back."""
+CARRIED: Final = 1000
+"""Posted requests written and unsettled when their connection closed that the driver keeps
+to write again on the next (beyond: settled :class:`Disconnected`, counted in
+``posted_not_carried``)."""
 Settle: TypeAlias = Callable[[Answer | ConnectorError], None]
 """How a posted request is settled (:meth:`WebSocketDriver.post`): with its answer (a refusal
 too), an :class:`AckTimeout`, or a :class:`Disconnected`. Called once, from the reader, the
 connection's timer or its close: it must not raise, nor block."""
+Carried: TypeAlias = Callable[[], None]
+"""Tells a poster its request, unsettled when its connection closed, will be written again on
+the next (:meth:`WebSocketDriver.post`): an answer "already had it" then means it arrived."""
 BUSY_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
 """Waits before a request answered "busy" goes again: 0.2 s, 0.4 s, 0.8 s..."""
 
@@ -201,8 +210,19 @@ class _Posted:
     settle: Settle
     deadline: float
     within: float
+    carried: Carried | None = None
+    """Called when it is kept for the next connection (None: settled :class:`Disconnected`
+    when its connection closes instead)."""
     written: bool = False
-    """Its write returned: the connection's close settles it (else its poster learns)."""
+    """Its write returned (or failed with a frame out): the connection's close hands it to
+    ``orphaned`` (else its poster learns)."""
+    ended: bool = False
+    """Whether ``settle`` was called (:meth:`end`)."""
+
+    def end(self, result: Answer | ConnectorError) -> None:
+        """Settle it: once."""
+        self.ended = True
+        self.settle(result)
 
 
 @attrs.define(eq=False)
@@ -224,6 +244,11 @@ class _Connection:
     """The connection's tasks, once it runs (:meth:`WebSocketDriver.spawn` starts some)."""
     posting: trio.Event = attrs.Factory(trio.Event)
     """Set when a request is posted while none was: wakes the timer (:meth:`expire`)."""
+    orphaned: Callable[[_Posted, str], None] = lambda posted, reason: posted.end(
+        Disconnected(reason, sent=True)
+    )
+    """Takes a posted request written and unsettled when the connection closed, and why (the
+    driver's carries it to the next connection: :meth:`WebSocketDriver.carry`)."""
     closed: str | None = None
     paused: bool = False
     """Whether the reader stopped reading for our own backpressure (see :meth:`pause`)."""
@@ -305,24 +330,32 @@ class _Connection:
         finally:
             slot.waiting = slot.timer = None
 
-    async def post(self, request: Request, within: float, settle: Settle) -> bool:
+    async def post(
+        self, request: Request, within: float, settle: Settle, carried: Carried | None
+    ) -> bool:
         """Write ``request`` and keep it for ``settle`` (see :meth:`WebSocketDriver.post`);
         False, with nothing kept and ``settle`` never called, when its key is taken or the
         write failed with nothing sent (the caller may send it the awaited way). True once
         ``settle`` has been or will be called: an answer read during the write settled it,
         or the write may have gone (a write that failed after a frame left, or a close while
-        it was in flight: settled :class:`Disconnected` as :meth:`close` does)."""
+        it was in flight: handed to :attr:`orphaned` as :meth:`close` does)."""
         key = request.key
         if self.closed is not None or key in self.slots or key in self.posted:
             return False
+        return await self.write(_Posted(request, settle, 0.0, within, carried))
+
+    async def write(self, posted: _Posted) -> bool:
+        """Write ``posted`` (new, or carried from a closed connection) and keep it; see
+        :meth:`post`."""
+        key = posted.request.key
         # posted while the reader is stopped: its window starts when it reads again (resume)
         start = self.paused_at if self.paused else trio.current_time()
-        posted = _Posted(request, settle, start + within, within)
+        posted.deadline, posted.written = start + posted.within, False
         if not self.posted:
             self.posting.set()
         self.posted[key] = posted  # before the write: its answer may come during it
         try:
-            await self.send(request.data)
+            await self.send(posted.request.data)
         except BaseException as exc:
             mine = self.posted.get(key) is posted  # else settled already (answered)
             if not isinstance(exc, Disconnected):
@@ -359,7 +392,7 @@ class _Connection:
                 await trio.sleep_until(oldest.deadline)
                 continue
             del posted[key]
-            oldest.settle(self.timed_out(oldest.request, oldest.within))
+            oldest.end(self.timed_out(oldest.request, oldest.within))
 
     def timed_out(self, request: Request, within: float) -> AckTimeout:
         """The error of ``request`` unanswered within ``within`` seconds."""
@@ -409,7 +442,7 @@ class _Connection:
         with it; False when there is none."""
         posted = self.posted.pop(answer.key, None)
         if posted is not None:
-            posted.settle(answer)
+            posted.end(answer)
             return True
         slot = self.slots.get(answer.key)
         if slot is None or slot.waiting is None:
@@ -419,8 +452,8 @@ class _Connection:
         return True
 
     def close(self, reason: str) -> None:
-        """Fail every request waiting on this connection now, and settle every posted one
-        written (whether it arrived, nobody can tell now)."""
+        """Fail every request waiting on this connection now, and hand on every posted one
+        written (whether it arrived, nobody can tell now) to :attr:`orphaned`."""
         if self.closed is None:
             self.closed = reason
         for slot in self.slots.values():
@@ -430,9 +463,9 @@ class _Connection:
             self._orphaned(key)
 
     def _orphaned(self, key: str) -> None:
-        """Settle the posted request of ``key``, written, with the connection closed."""
+        """Hand on the posted request of ``key``, written, with the connection closed."""
         assert self.closed is not None
-        self.posted.pop(key).settle(Disconnected(self.closed, sent=True))
+        self.orphaned(self.posted.pop(key), self.closed)
 
 
 @attrs.define(eq=False)
@@ -574,6 +607,10 @@ class WebSocketDriver(Generic[N]):
         self._handlers = Handlers()
         self._ctx: ConnectorContext | None = None
         self._connection: _Connection | None = None
+        self._carried: dict[str, _Posted] = {}
+        """Posted requests left unsettled by a closed connection, for the next (:meth:`carry`)."""
+        self._carrying = False
+        """Whether a next connection is expected: :meth:`run` runs, or ended to reconnect."""
         self._up = trio.Event()  # set while connected; a new one once the connection is lost
         self._retimed = trio.Event()
 
@@ -607,10 +644,24 @@ class WebSocketDriver(Generic[N]):
         off it are still journaled (for at most 10 s more) and not acked; those whose put did
         not return by then are counted in ``unconfirmed_at_teardown`` and logged at ERROR.
         """
-        self._ctx = ctx
+        self._ctx, self._carrying = ctx, True
+        try:
+            await self._connect(ctx, url, task_status)
+        except BaseException as exc:
+            stopped = find_error(exc, FatalConnectorError) or find_error(exc, trio.Cancelled)
+            if stopped is not None:
+                self._carrying = False  # no next connection: what was carried is unknown
+                carried, self._carried = self._carried, {}
+                for posted in carried.values():
+                    posted.end(Disconnected(f"{self.name} stopped", sent=True))
+            raise
+
+    async def _connect(
+        self, ctx: ConnectorContext, url: str, task_status: trio.TaskStatus[None]
+    ) -> None:
         try:
             async with self._open_websocket(url) as ws:
-                connection = _Connection(ws, self.name, ctx.count)
+                connection = _Connection(ws, self.name, ctx.count, orphaned=self.carry)
                 try:
                     await self._session(ctx, connection, task_status)
                 finally:
@@ -622,6 +673,22 @@ class WebSocketDriver(Generic[N]):
             if mapped.__traceback__ is not None:  # ours, out of a group: raised as it was
                 raise mapped from mapped.__cause__
             raise mapped from exc
+
+    def carry(self, posted: _Posted, reason: str) -> None:
+        """Keep ``posted``, written and unsettled when its connection closed (``reason``), to
+        write it again on the next connection, first (same frame, same key, a fresh window):
+        the platform answers it, or says it had it (WeCom: 846608) or that its key is stale
+        (846605). Settled :class:`Disconnected` instead when no next connection is expected
+        (the driver stopped), or beyond :data:`CARRIED` kept (counted in
+        ``posted_not_carried``), or posted without ``carried``."""
+        if posted.carried is not None and self._carrying:
+            if len(self._carried) < CARRIED:
+                self._carried[posted.request.key] = posted
+                posted.carried()
+                return
+            if self._ctx is not None:
+                self._ctx.count("posted_not_carried")
+        posted.end(Disconnected(reason, sent=True))
 
     def _mapped(self, exc: BaseException, url: str) -> BaseException:
         """The one place where the WebSocket layer's errors become ours."""
@@ -659,6 +726,16 @@ class WebSocketDriver(Generic[N]):
             nursery.start_soon(self._read, ctx, connection, backlog, nursery)
             for outgoing in self.core.open():
                 await self._perform(connection, outgoing)
+            while self._carried:  # nothing else is written before them
+                posted = self._carried.pop(next(iter(self._carried)))
+                connection.count("requests_across_reconnects")
+                try:
+                    if not await connection.write(posted):  # nothing went: the next one, then
+                        self.carry(posted, connection.closed or "connection ended")
+                except BaseException:
+                    if not posted.ended:  # cancelled: still unknown, kept for what follows
+                        self._carried[posted.request.key] = posted
+                    raise
             self._connection = connection
             self._up.set()
             task_status.started()
@@ -858,9 +935,15 @@ class WebSocketDriver(Generic[N]):
                 connection.count("requests_across_reconnects")
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def post(self, request: Request, settle: Settle) -> bool:
+    async def post(
+        self, request: Request, settle: Settle, *, carried: Carried | None = None
+    ) -> bool:
         """Write ``request`` on the connection up now and return once it is written, its
-        answer left to ``settle`` (called once, later: see :data:`Settle`); False when it
+        answer left to ``settle`` (called once, later: see :data:`Settle`). With ``carried``,
+        if its connection closes before it is settled it is kept (at most :data:`CARRIED`)
+        and written again, same frame, first on the next connection, ``carried()`` called
+        when it is kept (:meth:`carry`); without, it is settled :class:`Disconnected` then,
+        as when the driver stops. False when it
         was not posted (no connection, its key in use, or the write failed before anything
         went, or the request has a window of its own: one timer serves the driver's
         ``answer_within``): nothing is kept, ``settle`` is never called, and the caller sends
@@ -872,7 +955,7 @@ class WebSocketDriver(Generic[N]):
         connection = self._connection
         if connection is None or request.within not in (None, self.answer_within):
             return False  # (one timer serves requests with the same window only)
-        return await connection.post(request, self.answer_within, settle)
+        return await connection.post(request, self.answer_within, settle, carried)
 
     def spawn(self, handler: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> bool:
         """Run ``handler(*args)`` in a task of the connection up now, among the handlers of
