@@ -54,7 +54,7 @@ so their deadlines come in the order they were posted: one timer task serves the
 per request; it waits while the reader is stopped by our own backpressure); with a
 :class:`Disconnected` (``sent=True``) when the connection closes, its write done or in flight,
 unless its poster asked for it to be carried over (``carried``): the driver then keeps it and
-writes it again, first, on the next connection (:meth:`WebSocketDriver.carry`).
+writes it again, first, on the next connection (:meth:`WebSocketDriver._carry`).
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class _Connection:
         Disconnected(reason, sent=True)
     )
     """Takes a posted request written and unsettled when the connection closed, and why (the
-    driver's carries it to the next connection: :meth:`WebSocketDriver.carry`)."""
+    driver's :meth:`WebSocketDriver._carry` keeps it for the next connection)."""
     closed: str | None = None
     paused: bool = False
     """Whether the reader stopped reading for our own backpressure (see :meth:`pause`)."""
@@ -370,7 +370,7 @@ class _Connection:
         else:
             posted.written = True
         if self.closed is not None and self.posted.get(key) is posted:
-            self._orphaned(key)  # closed while the write was in flight: settled as close does
+            self._orphaned(key)  # closed while the write was in flight: as close does
         self.asking()
         return True
 
@@ -608,7 +608,7 @@ class WebSocketDriver(Generic[N]):
         self._ctx: ConnectorContext | None = None
         self._connection: _Connection | None = None
         self._carried: dict[str, _Posted] = {}
-        """Posted requests left unsettled by a closed connection, for the next (:meth:`carry`)."""
+        """Posted requests left unsettled by a closed connection, for the next (:meth:`_carry`)."""
         self._carrying = False
         """Whether a next connection is expected: :meth:`run` runs, or ended to reconnect."""
         self._up = trio.Event()  # set while connected; a new one once the connection is lost
@@ -661,7 +661,7 @@ class WebSocketDriver(Generic[N]):
     ) -> None:
         try:
             async with self._open_websocket(url) as ws:
-                connection = _Connection(ws, self.name, ctx.count, orphaned=self.carry)
+                connection = _Connection(ws, self.name, ctx.count, orphaned=self._carry)
                 try:
                     await self._session(ctx, connection, task_status)
                 finally:
@@ -674,7 +674,7 @@ class WebSocketDriver(Generic[N]):
                 raise mapped from mapped.__cause__
             raise mapped from exc
 
-    def carry(self, posted: _Posted, reason: str) -> None:
+    def _carry(self, posted: _Posted, reason: str) -> None:
         """Keep ``posted``, written and unsettled when its connection closed (``reason``), to
         write it again on the next connection, first (same frame, same key, a fresh window):
         the platform answers it, or says it had it (WeCom: 846608) or that its key is stale
@@ -731,7 +731,7 @@ class WebSocketDriver(Generic[N]):
                 connection.count("requests_across_reconnects")
                 try:
                     if not await connection.write(posted):  # nothing went: the next one, then
-                        self.carry(posted, connection.closed or "connection ended")
+                        self._carry(posted, connection.closed or "connection ended")
                 except BaseException:
                     if not posted.ended:  # cancelled: still unknown, kept for what follows
                         self._carried[posted.request.key] = posted
@@ -940,16 +940,18 @@ class WebSocketDriver(Generic[N]):
     ) -> bool:
         """Write ``request`` on the connection up now and return once it is written, its
         answer left to ``settle`` (called once, later: see :data:`Settle`). With ``carried``,
-        if its connection closes before it is settled it is kept (at most :data:`CARRIED`)
-        and written again, same frame, first on the next connection, ``carried()`` called
-        when it is kept (:meth:`carry`); without, it is settled :class:`Disconnected` then,
-        as when the driver stops. False when it
-        was not posted (no connection, its key in use, or the write failed before anything
-        went, or the request has a window of its own: one timer serves the driver's
-        ``answer_within``): nothing is kept, ``settle`` is never called, and the caller sends
-        it the awaited way (:meth:`request`). A request awaited on a key posted meanwhile gets
-        the answer after the posted one's (the platform answers a key's frames in order). A busy
-        answer is not retried here: ``settle`` gets it.
+        if its connection closes before it is settled it is kept (at most 1,000 such, beyond
+        settled :class:`Disconnected` and counted in ``posted_not_carried``) and written
+        again, same frame, first on the next connection, ``carried()`` called when it is
+        kept; without, it is settled :class:`Disconnected` then, as when the driver stops.
+
+        False when it was not posted (no connection, its key in use, or the write failed
+        before anything went, or the request has a window of its own: one timer serves the
+        driver's ``answer_within``): nothing is kept, ``settle`` is never called, and the
+        caller sends it the awaited way (:meth:`request`). True once ``settle`` ran or will
+        run (an answer read during a write that then failed, too). A request awaited on a key
+        posted meanwhile gets the answer after the posted one's (the platform answers a key's
+        frames in order). A busy answer is not retried here: ``settle`` gets it.
         If cancelled, it may or may not have been written, and ``settle`` is never called.
         """
         connection = self._connection
