@@ -20,7 +20,7 @@ from trio_websocket import CloseReason, ConnectionClosed
 
 import trio_chatbridge as cb
 from trio_chatbridge._websocket import CARRIED
-from trio_chatbridge.connectors import Answer, Data, Request, WebSocketDriver
+from trio_chatbridge.connectors import Answer, Data, Request, SendFailed, WebSocketDriver
 
 Result = Answer | cb.ConnectorError
 
@@ -61,7 +61,7 @@ class GatedSocket:
         self.gate = trio.Event()
         self.gate.set()
         self.answer: str | None = None
-        self.fail = False
+        self.fail: ConnectionClosed | None = None
         self.got: list[list[Data]] = []  # what each connection wrote
         self.to_client, self.incoming = trio.open_memory_channel[Data](10)
 
@@ -76,8 +76,8 @@ class GatedSocket:
             if self.answer is not None:
                 await self.to_client.send(self.answer)
             await self.gate.wait()
-            if self.fail:
-                raise ConnectionClosed(CloseReason(1006, "gone"))
+            if self.fail is not None:
+                raise self.fail
         self.got[-1].append(message)
 
     async def push(self, frame: str) -> None:
@@ -215,7 +215,8 @@ async def test_a_posted_request_answered_during_a_write_that_fails_is_reported_p
     """The reader settled it already: post says so (True), so its poster does not also send it
     the awaited way."""
     ws = GatedSocket()
-    ws.gate, ws.answer, ws.fail = trio.Event(), "ans:k", True
+    ws.gate, ws.answer = trio.Event(), "ans:k"
+    ws.fail = ConnectionClosed(CloseReason(1006, "gone"))
     driver = driver_on(ws)
     settled: list[Result] = []
     posted: list[bool] = []
@@ -234,3 +235,22 @@ async def test_a_posted_request_answered_during_a_write_that_fails_is_reported_p
             nursery.cancel_scope.cancel()
     assert posted == [True]
     assert len(settled) == 1  # once
+
+
+async def test_a_posted_write_that_failed_once_a_frame_may_have_gone_counts_as_written(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Our client's write failed with the frame in it (it may have reached the peer): never
+    treated as unsent (the poster would send it again), settled as unknown at the close."""
+    ws, inbox = GatedSocket(), Inbox()
+    ws.fail = SendFailed(CloseReason(1006, "gone"), may_have_been_sent=True)
+    driver = driver_on(ws)
+    settled: list[Result] = []
+    with trio.fail_after(60), pytest.RaisesGroup(cb.ConnectorError, flatten_subgroups=True):
+        async with trio.open_nursery() as running:
+            await running.start(driver.run, inbox.context(), "ws://localhost/")
+            assert await driver.post(Request("k", "req:k", refused), settled.append)
+            assert settled == []
+            ws.drop()
+    assert len(settled) == 1
+    assert isinstance(settled[0], cb.connectors.Disconnected) and settled[0].sent
