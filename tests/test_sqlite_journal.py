@@ -357,3 +357,31 @@ async def test_two_stores_on_one_file_never_both_take_a_message(
                 nursery.start_soon(writer, two, 3)
         assert sorted(taken, key=int) == [str(i) for i in range(30 * 4 + 4)]  # each once
         assert await one.journal_pending() == []
+
+
+async def test_writes_outside_the_journal_are_checkpointed_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An idle bridge on a shared file writes only leases, heartbeats and cursors: they count
+    # towards the next checkpoint as journal rows do, so the WAL stays bounded with no journal
+    # traffic at all.
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_AFTER", 50)
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path) as store:
+        statements: list[str] = []
+        assert store._db is not None
+        store._db.set_trace_callback(statements.append)
+        assert await store.acquire_lease("weixin:bot", "me", 30.0)
+        for i in range(100):
+            assert await store.renew_lease("weixin:bot", "me", 30.0)
+            await store.heartbeat("bridges", "me", 30.0)
+            await store.set("weixin", "bot", "cursor", str(i))
+            await store.set_many("weixin", "bot", {f"k{i % 7}": str(i), "gone": None})
+        await store.release_lease("weixin:bot", "me")
+        # Every write here changes one row and counts 5 (a row, and 4 a commit), so
+        # from the eleventh on, every tenth write checkpoints first: 40 times in the 402.
+        assert statements.count("PRAGMA wal_checkpoint(PASSIVE)") == 40
+        frames = (path.parent / "j.db-wal").stat().st_size / (24 + 4096)  # header + page
+        assert frames < 60  # its most at any time: 30 here, 428 with no checkpoint
+        assert await store.get("weixin", "bot", "cursor") == "99"
+        assert await store.lease_remaining("weixin:bot") == 0.0

@@ -89,12 +89,13 @@ class SQLiteStore(Store):
     event loop (docs/stores.md, "Commits on the event loop"): it never waits for a lock
     (tried with a busy timeout of 0; when another connection holds the file's write lock, it
     is rolled back untouched and run again in the worker thread, which waits up to 5 s), never
-    checkpoints (the store checkpoints in the worker thread, before the commit that follows
-    about 1,000 rows), and never syncs (the WAL's header is synced when the log restarts after
-    a checkpoint: that commit is the checkpoint's own, in the thread, unless another process
-    sharing the file checkpointed in between). What it may block the loop for: its rows' CPU
-    (5-10 µs a row), writes into the OS's page cache, and a read from disk for each page the
-    OS no longer holds. ``"FULL"`` syncs every commit, so every commit runs in the thread.
+    checkpoints (the store checkpoints in the worker thread, before the write that follows
+    about 1,000 rows written by any call: journal, key-value, leases, heartbeats), and never
+    syncs (the WAL's header is synced when the log restarts after a checkpoint: that commit
+    is the checkpoint's own, in the thread, unless another process sharing the file
+    checkpointed in between). What it may block the loop for: its rows' CPU (5-10 µs a row),
+    writes into the OS's page cache, and a read from disk for each page the OS no longer
+    holds. ``"FULL"`` syncs every commit, so every commit runs in the thread.
 
     ``done_linger`` (seconds, default 5 ms) is how long a ``journal_done`` waits for other
     writes to share its commit before it commits alone: a transaction and a thread hop cost
@@ -142,10 +143,23 @@ class SQLiteStore(Store):
         await trio.lowlevel.checkpoint()
         return fn(*args)
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._inline:  # the connection does not wait for locks unless told to
-            return await self._run(_patiently, fn, self._open_db())
-        return await self._run(fn, self._open_db())
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool = False) -> T:
+        """``fn(db)`` in the worker thread. A call that ``writes`` counts the rows it changed
+        towards the next checkpoint, and runs that checkpoint first when it is due: every
+        write fills the WAL (a lease renewed every ttl/3, a heartbeat, a cursor), and the
+        store's connection never checkpoints by itself, so an idle bridge's WAL stays bounded
+        too. A read never checkpoints: the log's restart after one (which syncs its header)
+        must be a commit in the thread, not one on the event loop."""
+        db = self._open_db()
+        if not self._inline:  # SQLite checkpoints by itself
+            return await self._run(fn, db)
+        if not writes:  # the connection does not wait for locks unless told to
+            return await self._run(_patiently, fn, db)
+        checkpoint = self._unchecked >= CHECKPOINT_AFTER
+        counted = functools.partial(_counted, fn, checkpoint=checkpoint)
+        outcome: tuple[T, int] = await self._run(_patiently, counted, db)
+        self._unchecked = (0 if checkpoint else self._unchecked) + outcome[1]
+        return outcome[0]
 
     def _open_db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -342,9 +356,7 @@ class SQLiteStore(Store):
                 )
             return cursor.rowcount
 
-        deleted = await self._call(delete)
-        self._unchecked += deleted  # pages in the WAL, for the next checkpoint
-        return deleted
+        return await self._call(delete, writes=True)
 
     # -- key-value --------------------------------------------------------------------------
 
@@ -372,7 +384,7 @@ class SQLiteStore(Store):
                     (platform, account, key, value),
                 )
 
-        await self._call(write)
+        await self._call(write, writes=True)
 
     async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
         if not values:
@@ -392,7 +404,7 @@ class SQLiteStore(Store):
                 )
 
         if values:
-            await self._call(write)
+            await self._call(write, writes=True)
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -410,7 +422,7 @@ class SQLiteStore(Store):
                 )
             return cursor.rowcount == 1
 
-        return await self._call(take)
+        return await self._call(take, writes=True)
 
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
         now = self.wall_clock()
@@ -424,13 +436,13 @@ class SQLiteStore(Store):
                 )
             return cursor.rowcount == 1
 
-        return await self._call(extend)
+        return await self._call(extend, writes=True)
 
     async def release_lease(self, name: str, owner: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
-        await self._call(delete)
+        await self._call(delete, writes=True)
 
     async def lease_remaining(self, name: str) -> float:
         now = self.wall_clock()
@@ -460,7 +472,7 @@ class SQLiteStore(Store):
                 ).fetchall()
             return {name: expires - now for name, expires in rows}
 
-        return await self._call(beat)
+        return await self._call(beat, writes=True)
 
 
 @attrs.define(eq=False)
@@ -496,6 +508,21 @@ def _commit(turn: list[_Write], db: sqlite3.Connection, *, checkpoint: bool = Fa
     if checkpoint:
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
     _execute(turn, _statements(turn), db)
+
+
+def _counted(
+    fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection, *, checkpoint: bool
+) -> tuple[T, int]:
+    """``fn(db)`` and the rows it changed, with ``checkpoint`` the WAL checkpointed first (as
+    :func:`_commit`'s, so that the log's restart after it is this call's write, in the
+    thread). A write that changed nothing wrote nothing to the WAL and counts 0; else its rows
+    and 4, as a journal commit counts."""
+    if checkpoint:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    before = db.total_changes
+    result = fn(db)
+    changed = db.total_changes - before
+    return result, changed + 4 if changed else 0
 
 
 def _statements(turn: list[_Write]) -> list[_Statement]:
