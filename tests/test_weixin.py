@@ -22,6 +22,7 @@ import trio_chatbridge as cb
 from trio_chatbridge._json import MAX_JSON_BYTES
 from trio_chatbridge._ranges import MAX_TIMESTAMP
 from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _convert as weixin_convert
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 from trio_chatbridge.platforms.weixin import _sending as weixin_sending
 from trio_chatbridge.platforms.weixin._convert import split_text
@@ -507,6 +508,30 @@ def test_items_become_parts(entry: dict[str, Any], parts: list[cb.Part]) -> None
     assert message is not None
     assert list(message.parts) == parts
     assert message.timestamp == 1_700_000_000.5
+
+
+def test_fields_of_the_wrong_type_are_read_as_missing_and_the_rest_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fast decode refuses the entry; the repair drops each bad field without running the
+    # same decode again (it would refuse it again: one wasted decode per bad entry).
+    class Refused:
+        def decode(self, data: bytes) -> None:
+            raise AssertionError("the entry was decoded again before its repair")
+
+    monkeypatch.setattr(weixin_convert._decoder, "_decoder", Refused())
+    entry = _entry(
+        _text("hi"),
+        {"type": 3, "voice_item": {"text": "call me", "playtime": "long"}},
+        create_time_ms="soon",
+        context_token={"t": 1},
+        message_id=7,
+    )
+    message = weixin.to_message("bot", msgspec.json.encode(entry))
+    assert message is not None
+    assert message.parts == (cb.Text("hi"), cb.Voice(cb.Media("voice"), transcript="call me"))
+    assert (message.id, message.timestamp) == ("7", 0.0)
+    assert dict(message.reply_handle) == {"to_user_id": "amy@im.wechat"}  # no token
 
 
 @given(st.none() | st.fixed_dictionaries({}, optional={"text": json_values}) | json_values)

@@ -112,9 +112,10 @@ class _Wire(msgspec.Struct, gc=False):
 
 
 _decoder = Lenient(_Wire, "WeChat message")
-_wire: Final = msgspec.json.Decoder(_Wire, strict=False).decode
+_wire: Final = _decoder.first
 """The decode every message takes first (no Python frame of ours around it); an entry it
-refuses goes to :data:`_decoder`, which repairs a field of the wrong type or says why not."""
+refuses goes to :meth:`_decoder.recover <Lenient.recover>`, which repairs a field of the wrong
+type or says why not (without decoding it the same way again)."""
 
 # Plain ints: compared for every item of every message, and an IntEnum member costs a lookup.
 _TEXT: Final = int(p.ItemType.TEXT)
@@ -250,8 +251,8 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
         data = payload_bytes(raw, "a WeChat message")
     try:
         wire = _wire(data)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        wire = _decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        wire = _decoder.recover(data, exc)
     if (
         wire.message_type != _USER
         or (wire.delete_time_ms or 0) > 0
