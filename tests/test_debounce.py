@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import unquote
 
 import attrs
@@ -36,10 +37,10 @@ class Harness:
 
 
 @asynccontextmanager
-async def debouncing(policy: cb.Debounce) -> AsyncIterator[Harness]:
+async def debouncing(policy: cb.Debounce, **options: Any) -> AsyncIterator[Harness]:
     send_in, recv_in = trio.open_memory_channel[tuple[cb.Message, ...]](100)
     send_out, recv_out = trio.open_memory_channel[cb.Batch](100)
-    debouncer = cb.Debouncer(policy)
+    debouncer = cb.Debouncer(policy, **options)
     harness = Harness(send_in, debouncer)
 
     async def collect() -> None:
@@ -130,6 +131,31 @@ async def test_after_drain_late_messages_are_delivered_at_once(
         await trio.sleep(1)
         assert h.batches()[-1] == (2.0, "b", ["late"])
         assert h.debouncer.pending_sessions == 0
+
+
+async def test_a_full_debouncer_counts_each_wait_that_messages_sit_through(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Holding max_pending sessions, it reads nothing until one leaves: a message that came
+    # during the wait waited too (counted as the wait ends), one waiting already is counted
+    # at once, and a full debouncer nobody wrote to while it waited is no stall.
+    stalls: list[float] = []
+    full = {"max_pending": 1, "on_full": lambda: stalls.append(trio.current_time())}
+    async with debouncing(cb.Debounce(window=3.0), **full) as h:
+        await h.say("a", "1")  # full from here to 3.0, with nothing waiting
+        await trio.sleep(1.0)
+        await h.say("b", "2")  # comes during the wait: read at 3.0
+        await trio.sleep(10.0)  # b's own wait (3.0 to 6.0): nothing came
+        await h.say("c", "3")
+        await h.say("d", "4")  # waiting already as the debouncer fills with c
+        await trio.sleep(10.0)
+    assert h.batches() == [
+        (3.0, "a", ["1"]),
+        (6.0, "b", ["2"]),
+        (14.0, "c", ["3"]),
+        (17.0, "d", ["4"]),
+    ]
+    assert stalls == [3.0, 11.0]
 
 
 def test_bad_policy_is_a_clear_error() -> None:

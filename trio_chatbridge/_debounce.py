@@ -109,10 +109,11 @@ class Debouncer:
         """Sessions held at most: with this many pending, nothing more is read until one
         leaves, so a flood of new chats pushes back on the inbox instead of growing here."""
         self.on_full = on_full
-        """Called each time the debouncer stops reading, with messages waiting for it,
-        because it holds ``max_pending`` sessions: more chats talk within one window than it
-        may hold. The waiting messages are read once a session leaves (up to a window later),
-        and whoever puts more waits once the input channel is full."""
+        """Called once for each time the debouncer stops reading because it holds
+        ``max_pending`` sessions while messages wait for it (already waiting when it stopped,
+        or come while it waits): more chats talk within one window than it may hold. The
+        waiting messages are read once a session leaves (up to a window later), and whoever
+        puts more waits once the input channel is full."""
         # Pending sessions. With the default key, a map per account by chat id: finding a
         # message's session is one lookup by a string it already holds, and the session key
         # (session_key's string) is built once per session, not per message. With a key of the
@@ -178,9 +179,7 @@ class Debouncer:
         heap = self._heap
         while True:
             if self._pending >= self.max_pending and not self._draining:
-                if self.on_full is not None and receive.statistics().current_buffer_used:
-                    self.on_full()
-                await trio.sleep_forever()  # full: until a deadline (or drain())
+                await self._stall(receive)
             try:
                 messages = await receive.receive()
             except trio.EndOfChannel:
@@ -191,6 +190,25 @@ class Debouncer:
                 return ready  # (with a window of 0, due already: released by the caller)
             if heap[0][0] != deadline:
                 deadline = wait.deadline = heap[0][0]
+
+    async def _stall(self, receive: trio.MemoryReceiveChannel[tuple[Message, ...]]) -> None:
+        """Full: wait until a deadline (or drain()), reading nothing. The wait is counted
+        (``on_full``) once if messages wait for it: at once when some already do, else as it
+        ends, when some came during it (they waited too, up to a window). Cancelled: the
+        same, as it ends."""
+        counted = self._count_stall(receive)
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not counted:
+                self._count_stall(receive)
+
+    def _count_stall(self, receive: trio.MemoryReceiveChannel[tuple[Message, ...]]) -> bool:
+        """Call ``on_full`` if messages wait in ``receive``; returns whether it did."""
+        if self.on_full is None or not receive.statistics().current_buffer_used:
+            return False
+        self.on_full()
+        return True
 
     def _add(self, messages: tuple[Message, ...], now: float) -> list[Batch]:
         """File each message under its session at time ``now``; returns the batches due at
