@@ -146,8 +146,8 @@ async def test_a_full_debouncer_counts_each_wait_that_messages_sit_through(
         await trio.sleep(1.0)
         await h.say("b", "2")  # comes during the wait: read at 3.0
         await trio.sleep(10.0)  # b's own wait (3.0 to 6.0): nothing came
-        await h.say("c", "3")
-        await h.say("d", "4")  # waiting already as the debouncer fills with c
+        h.send.send_nowait((msg("c", "3"),))  # handed to the debouncer, waiting to receive
+        h.send.send_nowait((msg("d", "4"),))  # buffered: waiting already as c fills it
         await trio.sleep(10.0)
     assert h.batches() == [
         (3.0, "a", ["1"]),
