@@ -64,7 +64,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Final, Generic, Protocol, TypeAlias, TypeVar, TypeVarTuple, final
+from typing import Final, Generic, Protocol, TypeAlias, TypeVar, final
 from urllib.parse import urlsplit
 
 import attrs
@@ -96,7 +96,6 @@ from ._ws_core import (
 log = logging.getLogger("trio_chatbridge.websocket")
 
 N = TypeVar("N")
-Ts = TypeVarTuple("Ts")
 
 
 class WebSocket(Protocol):
@@ -240,8 +239,6 @@ class _Connection:
     slots: dict[str, _Slot] = attrs.Factory(dict)
     posted: dict[str, _Posted] = attrs.Factory(dict)
     """Posted requests by key, in the order of their deadlines (see :meth:`expire`)."""
-    nursery: trio.Nursery | None = None
-    """The connection's tasks, once it runs (:meth:`WebSocketDriver.spawn` starts some)."""
     posting: trio.Event = attrs.Factory(trio.Event)
     """Set when a request is posted while none was: wakes the timer (:meth:`expire`)."""
     orphaned: Callable[[_Posted, str], None] = lambda posted, reason: posted.end(
@@ -721,7 +718,6 @@ class WebSocketDriver(Generic[N]):
         backlog, puts = _Backlog(self.backlog), _Puts()
         connection.asking = backlog.stir
         async with trio.open_nursery() as nursery:
-            connection.nursery = nursery
             nursery.start_soon(puts.guard)
             nursery.start_soon(self._read, ctx, connection, backlog, nursery)
             for outgoing in self.core.open():
@@ -958,21 +954,6 @@ class WebSocketDriver(Generic[N]):
         if connection is None or request.within not in (None, self.answer_within):
             return False  # (one timer serves requests with the same window only)
         return await connection.post(request, self.answer_within, settle, carried)
-
-    def spawn(self, handler: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> bool:
-        """Run ``handler(*args)`` in a task of the connection up now, among the handlers of
-        notices (at most 100 at once); False when there is no connection or no free slot.
-        The task is cancelled when its connection closes."""
-        connection = self._connection
-        if (
-            connection is None
-            or connection.nursery is None
-            or self._ctx is None
-            or self._handlers.running >= self._handlers.limit
-        ):
-            return False
-        self._handlers.start(self._ctx, connection.nursery, handler, *args)
-        return True
 
     async def _next_connection(self, until: float | None) -> _Connection:
         deadline = trio.current_time() + self.reconnect_wait
