@@ -24,7 +24,8 @@ from trio_chatbridge._confirm import RUN, Confirmation, Outcome, confirmation
 from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge._ws_core import Answer, Counted
 from trio_chatbridge.platforms.wecom import LongConnection, WeComEvent
-from trio_chatbridge.platforms.wecom._protocol import FALLBACKS_KEPT, WeComCore
+from trio_chatbridge.platforms.wecom._long import FINISH_MARGIN
+from trio_chatbridge.platforms.wecom._protocol import FALLBACKS_KEPT, STREAM_WINDOW, WeComCore
 from trio_chatbridge.testing import WeComEmulator, WeComFrame, running_bridge
 
 ACCOUNT = "emulator-bot"
@@ -167,29 +168,186 @@ async def test_an_unanswered_final_frame_goes_again_proactively_after_the_ack_ti
         assert other(bridge, "replies_refused") == 1
 
 
-async def test_unconfirmed_at_a_close_stays_pending_and_its_replay_is_not_answered_twice(
+@asynccontextmanager
+async def dropped_before_its_ack(
+    emu: WeComEmulator, *, answer_after: float = 0.0, **options: Any
+) -> AsyncIterator[tuple[cb.Bridge, cb.MemoryStore]]:
+    """A run answers ``answer_after`` seconds after the message; the connection drops once
+    the final frame is written, before its ACK is read; the bridge reconnects (1 s on)."""
+    ended = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(answer_after)
+        await reply.send("the answer")
+        ended.set()
+
+    async with bridge_on(emu, agent, **options) as (bridge, store):
+        emu.user_says("eve", "question", msgid="m-1")
+        await ended.wait()
+        await emu.drop_connection()
+        yield bridge, store
+
+
+async def test_a_final_frame_lost_with_its_connection_goes_again_first_on_the_next(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store = cb.MemoryStore()
+    """The frame never reached the platform: written again on the new connection, its ACK
+    confirms the run; the reply shows once."""
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1)  # lost: neither taken nor acknowledged
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        await emu.wait_connected()
+        await trio.sleep(1)
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "requests_across_reconnects") == 1
+        for counter in ("replies_unconfirmed", "replies_refused", "carried_fallbacks"):
+            assert other(bridge, counter) == 0, counter
+    assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
+    frames = emu.commands("aibot_respond_msg")
+    assert [f.req_id for f in frames[1:]] == [frames[0].req_id]  # the same frame, again
+    assert frames[1].body == frames[0].body
+
+
+async def test_a_carried_final_frame_answered_846608_within_its_window_is_confirmed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first write arrived and finished the stream (its ACK was lost with the socket):
+    the platform refuses the second as an update after finish, which, the stream being far
+    from expiry, can only mean it took the first. Done, nothing sent again."""
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY  # the ACK, 1 s away, never comes on that socket
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        await emu.wait_connected()
+        await trio.sleep(ACK_DELAY + 1)
+        assert await state(store, "m-1") == "done"
+        for counter in ("replies_unconfirmed", "replies_refused", "carried_fallbacks"):
+            assert other(bridge, counter) == 0, counter
+    refused = [a for a in emu.activity if a.kind == "refused"]
+    assert [a.detail["errcode"] for a in refused] == [846608]  # the second write
+    assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
+
+
+async def test_a_carried_final_frame_answered_846608_after_its_window_goes_proactively(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Written 5 s before ``finish_by``, written again after it: 846608 may mean "expired",
+    so the reply goes proactively, shown twice if the first write arrived (it did: counted)."""
     emu = WeComEmulator()
     emu.ack_delay = ACK_DELAY
+    answer_after = STREAM_WINDOW - FINISH_MARGIN - 5  # the reconnect takes longer than 5 s
+    async with dropped_before_its_ack(
+        emu, answer_after=answer_after, backoff=cb.Backoff(initial=10.0, jitter=0.0)
+    ) as (bridge, store):
+        await emu.wait_connected()
+        await trio.sleep(2 * ACK_DELAY + 1)  # the refusal, then the proactive message
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "carried_fallbacks") == 1
+        assert other(bridge, "replies_refused") == 1
+    assert [(s.kind, s.text) for s in emu.sent] == [
+        ("stream", "the answer"),
+        ("proactive", "the answer"),
+    ]
+
+
+async def test_a_carried_final_frame_answered_846605_goes_proactively_and_is_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The platform does not take the old connection's req_id: the whole reply goes
+    proactively (here the first write was lost: the user sees it once)."""
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1)
+    emu.fail_next("aibot_respond_msg", 846605)
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        await emu.wait_connected()
+        await trio.sleep(1)
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "carried_fallbacks") == 1
+        assert other(bridge, "replies_unconfirmed") == 0
+    assert [(s.kind, s.text) for s in emu.sent] == [("proactive", "the answer")]
+
+
+async def test_a_carried_final_frame_unacknowledged_again_goes_proactively_and_is_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1, times=2)
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        await emu.wait_connected()
+        await trio.sleep(emu.connector().ack_timeout + 1)
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "carried_fallbacks") == 1
+    assert [(s.kind, s.text) for s in emu.sent] == [("proactive", "the answer")]
+
+
+async def test_a_connector_stopped_while_it_waits_to_reconnect_leaves_carried_replies_pending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The connector stops in its backoff, before a next connection: what it carried is
+    settled unknown at once (counted, the batch pending for the next start), not left for a
+    graceful stop to wait on. Here it stops because the bridge is cancelled."""
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    store = cb.MemoryStore()
     ended = trio.Event()
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         await reply.send("the answer")
         ended.set()
 
+    bridge = quick_bridge(
+        emu.connector(), agent, store=store, backoff=cb.Backoff(initial=60.0, jitter=0.0)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                await inner.start(bridge.run)
+                emu.user_says("eve", "question", msgid="m-1")
+                await ended.wait()
+                await emu.drop_connection()
+                await trio.sleep(5)  # waiting to reconnect, the frame carried
+                assert other(bridge, "replies_unconfirmed") == 0
+                inner.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    assert other(bridge, "replies_unconfirmed") == 1
+    assert await state(store, "m-1") == "pending"
+    assert len(emu.commands("aibot_respond_msg")) == 1
+
+
+async def test_a_connector_failing_for_good_as_it_reconnects_leaves_carried_replies_pending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its reconnect refused for good (the secret changed): the carried reply is settled
+    unknown at once, so a graceful stop does not wait its grace for it; the batch stays
+    pending, and its replay at the next start is not answered twice (846608: answered
+    before)."""
+    store = cb.MemoryStore()
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    ended = trio.Event()
+    secret = emu.secret
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("the answer")
+        ended.set()
+
     def life() -> cb.Bridge:
-        return quick_bridge(emu.connector(), agent, store=store)
+        return quick_bridge(emu.connector(secret=secret), agent, store=store)
 
     async with open_lives(life, emu) as lives:
         with trio.fail_after(600):
             emu.user_says("eve", "question", msgid="m-1")
             await ended.wait()
-            await emu.drop_connection()  # the ACK, 1 s away, never comes
+            emu.secret = "rotated"
+            await emu.drop_connection()
             await trio.sleep(5)
+            assert lives.bridge.status()[f"wecom:{ACCOUNT}"].state == "failed"
             assert other(lives.bridge, "replies_unconfirmed") == 1
             assert await state(store, "m-1") == "pending"
+            stopping = trio.current_time()
+            await lives.stop()
+            assert trio.current_time() - stopping < lives.bridge.shutdown_grace / 2
+            emu.secret = secret
             await lives.restart(kill=False)  # replayed: WeCom says 846608, answered before
             await trio.sleep(5)
             assert other(lives.bridge, "already_answered") == 1

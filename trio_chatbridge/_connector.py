@@ -408,6 +408,13 @@ class Connector(ABC):
         :class:`FatalConnectorError` when the platform's schedule says to give up."""
         return None
 
+    def stopped(self) -> None:  # noqa: B027 - optional hook
+        """Called by the supervisor when the connector stops, whether a ``run`` was in
+        progress or it was waiting to run again (cancelled, a lost lease, or a failure for
+        good): give up what a run left for the next one (WeCom: replies carried over to the
+        next connection). It may run again later (a lease taken again). It must not raise,
+        nor block."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the connector holds across runs (HTTP clients); called by the bridge.
         If cancelled, what was not released yet is left to the garbage collector."""

@@ -197,12 +197,15 @@ class Supervisor:
         """Run the connector, restarting it after transient failures, until cancelled.
 
         ``first_start_over`` is called once the first start is over: the connector is up,
-        or its first attempt failed (the lease keeper starts a few accounts at a time)."""
+        or its first attempt failed (the lease keeper starts a few accounts at a time).
+        Once it stops, ``connector.stopped()`` is called, also when it was waiting to restart.
+        """
         self._first_start = first_start_over
         CONNECTOR.set((self.connector.platform, self.connector.account))  # named in log lines
         try:
             await self._restart_loop()
         finally:
+            self.connector.stopped()  # (also when it stopped while waiting to restart)
             if self.status.state != "failed":
                 self.set_state("stopped")
 

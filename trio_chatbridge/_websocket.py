@@ -645,13 +645,19 @@ class WebSocketDriver(Generic[N]):
         try:
             await self._connect(ctx, url, task_status)
         except BaseException as exc:
-            stopped = find_error(exc, FatalConnectorError) or find_error(exc, trio.Cancelled)
-            if stopped is not None:
-                self._carrying = False  # no next connection: what was carried is unknown
-                carried, self._carried = self._carried, {}
-                for posted in carried.values():
-                    posted.end(Disconnected(f"{self.name} stopped", sent=True))
+            if find_error(exc, FatalConnectorError) or find_error(exc, trio.Cancelled):
+                self.stopped()
             raise
+
+    def stopped(self) -> None:
+        """No next connection is coming (the connector stopped: cancelled, or failed for
+        good, in :meth:`run` or while waiting to run it again): each posted request carried
+        for the next connection is settled :class:`Disconnected` (``sent=True``: whether it
+        arrived nobody can tell) now, and none is carried until :meth:`run` runs again."""
+        self._carrying = False
+        carried, self._carried = self._carried, {}
+        for posted in carried.values():
+            posted.end(Disconnected(f"{self.name} stopped", sent=True))
 
     async def _connect(
         self, ctx: ConnectorContext, url: str, task_status: trio.TaskStatus[None]

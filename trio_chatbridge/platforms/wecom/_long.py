@@ -192,6 +192,12 @@ class LongConnection(base.Connector):
                 raise
             raise failure from failure.__cause__
 
+    def stopped(self) -> None:
+        """The connector stopped, maybe while waiting to reconnect: final frames carried over
+        to the next connection will not go; their batches stay pending (counted in
+        ``replies_unconfirmed``)."""
+        self._driver.stopped()
+
     async def _event(self, event: WeComEvent) -> None:
         try:
             if event.eventtype == "enter_chat":
@@ -492,9 +498,18 @@ class _Confirming:
     proactively what the stream did not show), and the run is journaled as failed if that
     fails too (for any reason), counted in ``replies_failed`` and logged. Unanswered but
     only late, the reply is shown twice: its late ACK is counted in
-    ``late_acks_after_fallback``. The connection closed first: the
-    run's messages stay pending (replayed at the next start, where WeCom answers 846608 for a
-    callback answered before), counted in ``replies_unconfirmed``.
+    ``late_acks_after_fallback``.
+
+    The connection closed first: the driver carries the frame over (:attr:`carried`) and
+    writes it again, same ``req_id`` and whole text, first on the next connection (a final
+    frame is idempotent in content). There 846608 ("finished or expired") while our clock
+    says the stream cannot have expired yet (before ``finish_by``) means the first write
+    arrived and finished it: confirmed. Any other refusal, or no ACK, goes to the recovery
+    above, which shows the reply twice if the first write did arrive: counted in
+    ``carried_fallbacks``. The connector stopped before a next connection (or past the
+    driver's bound of carried frames): the run's messages stay pending (replayed at the
+    next start, where WeCom answers 846608 for a callback answered before), counted in
+    ``replies_unconfirmed``.
     """
 
     connector: LongConnection
@@ -504,6 +519,8 @@ class _Confirming:
     text: str
     body: dict[str, Any]
     request: Request
+    carried: bool = False
+    """The driver keeps the frame to write it again on the next connection (:meth:`carry`)."""
 
     @classmethod
     async def post(
@@ -531,17 +548,45 @@ class _Confirming:
         posted = False
         try:
             with base.send_errors(f"wecom bot {connector.account}: {f.RESPOND}"):
-                posted = await connector._driver.post(request, confirming.settle)
+                posted = await connector._driver.post(
+                    request, confirming.settle, carried=confirming.carry
+                )
         finally:
             if not posted:  # (cancelled too: the run then ignores its confirmations)
                 confirmation.withdraw()
         return posted
 
-    def settle(self, result: Answer | ConnectorError) -> None:
-        """The frame's fate, from the connection (its reader, timer or close)."""
-        connector = self.connector
-        if isinstance(result, Answer) and not result.code:
+    def carry(self) -> None:
+        """Its connection closed before its ACK: the driver writes it again on the next."""
+        self.carried = True
+        log.info(
+            "wecom bot %s: the connection closed before the reply to %s was acknowledged; "
+            "it goes again on the next connection",
+            self.connector.account,
+            self.target.id,
+        )
+
+    def took(self, errcode: int) -> bool:
+        """Whether an answer with ``errcode`` says the callback took the frame: 0, or 846608
+        to the frame written again on a new connection while the stream cannot have expired
+        (our clock before ``finish_by``, itself :data:`FINISH_MARGIN` ahead of the callback's
+        window): then only its first write can have finished it."""
+        finish_by = self.state.finish_by
+        took = not errcode or (
+            self.carried
+            and errcode == f.STREAM_EXPIRED
+            and finish_by is not None
+            and trio.current_time() < finish_by
+        )
+        if took:
             self.state.took(self.body)
+        return took
+
+    def settle(self, result: Answer | ConnectorError) -> None:
+        """The frame's fate, from the connection (its reader, timer or close) or from the
+        driver when the connector stopped with it carried."""
+        connector = self.connector
+        if isinstance(result, Answer) and self.took(result.code):
             self.confirmation.confirmed()
         elif isinstance(result, Disconnected):
             self._unknown(f"the connection closed ({result.reason})")
@@ -560,6 +605,13 @@ class _Confirming:
             why,
         )
         self.confirmation.unknown()
+
+    def _fall_back(self, then: Then | None) -> Then | None:
+        """The frame was not taken: ``then`` follows. Counted in ``carried_fallbacks`` for
+        one carried over a reconnect (its first write may have arrived: shown twice)."""
+        if self.carried and then is not None:
+            self.connector.ctx.count("carried_fallbacks")
+        return then
 
     async def recover(self, result: Answer | ConnectorError) -> None:
         """Send the reply again another way after ``result`` (a refusal or a timeout); the run
@@ -588,9 +640,12 @@ class _Confirming:
                 await _show(connector, state, self.body)
                 then: Then | None = Then.REST_PROACTIVELY
             except WeComError as exc:
-                then = _after_refusal(connector, state, self.target, exc)
+                if self.took(exc.errcode):  # (a busy retry of a frame carried over)
+                    then = None
+                else:
+                    then = self._fall_back(_after_refusal(connector, state, self.target, exc))
             except AckTimeout:
-                then = Then.RAISE
+                then = self._fall_back(Then.RAISE)
             if then is Then.RAISE:  # not a refusal of the callback: the rest goes all the same
                 then = Then.REST_PROACTIVELY if state.frames else Then.ALL_PROACTIVELY
             await _rest(connector, state, self.target, self.text, then)
