@@ -314,6 +314,23 @@ async def test_a_connector_stopped_while_it_waits_to_reconnect_leaves_carried_re
     assert len(emu.commands("aibot_respond_msg")) == 1
 
 
+async def test_a_graceful_stop_while_reconnecting_waits_for_carried_replies_within_its_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Connectors stay up for their replies during a graceful stop, a carried one too: the
+    connection comes back within the grace, the frame goes again and is confirmed (done)."""
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        stopping = trio.current_time()
+        bridge.shutdown()
+        await emu.wait_connected()
+    assert trio.current_time() - stopping < bridge.shutdown_grace / 2
+    assert await state(store, "m-1") == "done"
+    assert other(bridge, "replies_unconfirmed") == 0
+    assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
+
+
 async def test_a_connector_failing_for_good_as_it_reconnects_leaves_carried_replies_pending(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
