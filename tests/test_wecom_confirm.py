@@ -227,6 +227,24 @@ async def test_a_carried_final_frame_answered_846608_within_its_window_is_confir
     assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
 
 
+async def test_a_carried_final_frame_answered_busy_then_846608_in_its_window_is_confirmed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Written again, it is answered 6000 (busy); its retry gets 846608 in the window: the
+    first write arrived, as above."""
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        emu.fail_next("aibot_respond_msg", 6000)  # the frame written again
+        await emu.wait_connected()
+        await trio.sleep(ACK_DELAY + 2)
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "busy_retries") == 1
+        assert other(bridge, "carried_fallbacks") == 0
+    assert len(emu.commands("aibot_respond_msg")) == 3
+    assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
+
+
 async def test_a_carried_final_frame_answered_846608_after_its_window_goes_proactively(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

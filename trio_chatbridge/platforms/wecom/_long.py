@@ -559,18 +559,19 @@ class _Confirming:
     def carry(self) -> None:
         """Its connection closed before its ACK: the driver writes it again on the next."""
         self.carried = True
-        log.info(
+        log.debug(
             "wecom bot %s: the connection closed before the reply to %s was acknowledged; "
             "it goes again on the next connection",
             self.connector.account,
             self.target.id,
         )
 
-    def took(self, errcode: int) -> bool:
-        """Whether an answer with ``errcode`` says the callback took the frame: 0, or 846608
-        to the frame written again on a new connection while the stream cannot have expired
-        (our clock before ``finish_by``, itself :data:`FINISH_MARGIN` ahead of the callback's
-        window): then only its first write can have finished it."""
+    def _taken(self, errcode: int) -> bool:
+        """Whether an answer with ``errcode`` says the callback took the frame (if so, the
+        stream's state records it): 0, or 846608 to the frame written again on a new
+        connection while the stream cannot have expired (our clock before ``finish_by``,
+        itself :data:`FINISH_MARGIN` ahead of the callback's window): then only its first
+        write can have finished it."""
         finish_by = self.state.finish_by
         took = not errcode or (
             self.carried
@@ -586,7 +587,7 @@ class _Confirming:
         """The frame's fate, from the connection (its reader, timer or close) or from the
         driver when the connector stopped with it carried."""
         connector = self.connector
-        if isinstance(result, Answer) and self.took(result.code):
+        if isinstance(result, Answer) and self._taken(result.code):
             self.confirmation.confirmed()
         elif isinstance(result, Disconnected):
             self._unknown(f"the connection closed ({result.reason})")
@@ -640,7 +641,7 @@ class _Confirming:
                 await _show(connector, state, self.body)
                 then: Then | None = Then.REST_PROACTIVELY
             except WeComError as exc:
-                if self.took(exc.errcode):  # (a busy retry of a frame carried over)
+                if self._taken(exc.errcode):  # (a busy retry of a frame carried over)
                     then = None
                 else:
                     then = self._fall_back(_after_refusal(connector, state, self.target, exc))
