@@ -54,7 +54,8 @@ so their deadlines come in the order they were posted: one timer task serves the
 per request; it waits while the reader is stopped by our own backpressure); with a
 :class:`Disconnected` (``sent=True``) when the connection closes, its write done or in flight,
 unless its poster asked for it to be carried over (``carried``): the driver then keeps it and
-writes it again, first, on the next connection (:meth:`WebSocketDriver._carry`).
+writes it again, first, on the next connection (:meth:`WebSocketDriver._carry`), or settles it
+:class:`Disconnected` once no next connection is coming (:meth:`WebSocketDriver.stopped`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ It follows ``docs/protocols/wecom.md``. Choices where the real server is unknown
 
 - a wrong secret is acked with errcode 40001 and the socket is closed;
 - a second subscribe for the same bot sends ``disconnected_event`` to the first and closes it;
-- callbacks pushed while no client is connected wait for the next one;
+- callbacks pushed while no client is connected wait for the next one; a callback's
+  ``req_id`` may be answered on a later connection than the one it came on;
 - a user has at most 3 messages in flight (a callback is in flight until its stream finishes,
   a template card or media answers it, or a reply to it is refused: a refused callback is
   over, as the bot cannot know whether to try again);
@@ -14,7 +15,8 @@ It follows ``docs/protocols/wecom.md``. Choices where the real server is unknown
 - a ``media_id`` no upload produced gets 40007; upload chunks are numbered from 0 and must
   all be there, in their sizes, for ``finish``;
 - a command on a ``req_id`` it does not fit (a stream to ``enter_chat``, an unknown one, a
-  welcome or card update after 5 s) gets 846605, an update after ``finish`` 846608, and so
+  welcome or card update after 5 s) gets 846605, an update after ``finish`` 846608 (the
+  finishing frame written again too, as a bot does after a reconnect), and so
   does an answer six minutes after the callback came (``STREAM_WINDOW``: the webhook's
   window, assumed here too).
 """
