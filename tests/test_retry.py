@@ -100,3 +100,34 @@ async def test_restarts_wait_for_the_longest_of_policy_and_hints(
     async with running_bridge(bridge):
         assert bridge.status()["hinting:bot"].restarts == 1
     assert connector.runs[1] - connector.runs[0] == pytest.approx(expected)
+
+
+class Stopping(Hinting):
+    """Fails its first run (a restart is due after ``own`` seconds), then runs for good;
+    records when it is told it stopped."""
+
+    def __init__(self, own: float) -> None:
+        super().__init__(None, own)
+        self.stops: list[float] = []
+
+    def stopped(self) -> None:
+        self.stops.append(trio.current_time())
+
+
+@pytest.mark.parametrize("waiting", [True, False])
+async def test_a_connector_is_told_once_that_it_stopped_also_while_waiting_to_restart(
+    autojump_clock: trio.testing.MockClock, waiting: bool
+) -> None:
+    """What a run left for the next one (WeCom's carried replies) is given up then: no run
+    may be in progress when the bridge stops."""
+    connector = Stopping(own=30.0)
+    bridge = cb.Bridge(
+        [connector], no_agent, store=cb.MemoryStore(), backoff=cb.Backoff(jitter=0.0)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bridge.run)
+        await trio.sleep(5.0 if waiting else 35.0)
+        assert len(connector.runs) == (1 if waiting else 2) and connector.stops == []
+        stopping = trio.current_time()
+        bridge.shutdown()
+    assert connector.stops == [stopping]
