@@ -18,6 +18,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from support import open_lives, quick_bridge
+from test_lease import LEASES, Link
 
 import trio_chatbridge as cb
 from trio_chatbridge._confirm import RUN, Confirmation, Outcome, confirmation
@@ -168,12 +169,9 @@ async def test_an_unanswered_final_frame_goes_again_proactively_after_the_ack_ti
         assert other(bridge, "replies_refused") == 1
 
 
-@asynccontextmanager
-async def dropped_before_its_ack(
-    emu: WeComEmulator, *, answer_after: float = 0.0, **options: Any
-) -> AsyncIterator[tuple[cb.Bridge, cb.MemoryStore]]:
-    """A run answers ``answer_after`` seconds after the message; the connection drops once
-    the final frame is written, before its ACK is read; the bridge reconnects (1 s on)."""
+def answering(answer_after: float = 0.0) -> tuple[cb.Agent, trio.Event]:
+    """An agent that answers "the answer", ``answer_after`` seconds on, and the event it sets
+    once its final frame is written."""
     ended = trio.Event()
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -181,6 +179,16 @@ async def dropped_before_its_ack(
         await reply.send("the answer")
         ended.set()
 
+    return agent, ended
+
+
+@asynccontextmanager
+async def dropped_before_its_ack(
+    emu: WeComEmulator, *, answer_after: float = 0.0, **options: Any
+) -> AsyncIterator[tuple[cb.Bridge, cb.MemoryStore]]:
+    """A run answers ``answer_after`` seconds after the message; the connection drops once
+    the final frame is written, before its ACK is read; the bridge reconnects (1 s on)."""
+    agent, ended = answering(answer_after)
     async with bridge_on(emu, agent, **options) as (bridge, store):
         emu.user_says("eve", "question", msgid="m-1")
         await ended.wait()
@@ -306,11 +314,7 @@ async def test_a_connector_stopped_while_it_waits_to_reconnect_leaves_carried_re
     emu = WeComEmulator()
     emu.ack_delay = ACK_DELAY
     store = cb.MemoryStore()
-    ended = trio.Event()
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send("the answer")
-        ended.set()
+    agent, ended = answering()
 
     bridge = quick_bridge(
         emu.connector(), agent, store=store, backoff=cb.Backoff(initial=60.0, jitter=0.0)
@@ -349,6 +353,45 @@ async def test_a_graceful_stop_while_reconnecting_waits_for_carried_replies_with
     assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
 
 
+async def test_a_lease_lost_while_reconnecting_leaves_carried_replies_pending_and_no_stop_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The connector stops in its backoff because its lease could not be renewed: what it
+    carried is settled unknown then (counted, pending), so the graceful stop that follows
+    does not wait its grace for a connection that will not come."""
+    emu = WeComEmulator()
+    emu.ack_delay = ACK_DELAY
+    shared = cb.MemoryStore()
+    link = Link(shared)
+    agent, ended = answering()
+
+    backoff = cb.Backoff(initial=60.0, jitter=0.0)
+    bridge = quick_bridge(emu.connector(), agent, store=link, leases=LEASES, backoff=backoff)
+    name = f"wecom:{ACCOUNT}"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as inner:
+                await inner.start(bridge.run)
+                await bridge.wait_status(lambda statuses: statuses[name].state == "running")
+                emu.user_says("eve", "question", msgid="m-1")
+                await ended.wait()
+                await emu.drop_connection()
+                await trio.sleep(1)  # waiting to reconnect, the frame carried
+                assert other(bridge, "replies_unconfirmed") == 0
+                link.cut = True  # renewals fail: the connector stops within the lease's TTL
+                await trio.sleep(2 * LEASES.ttl)
+                assert bridge.status()[name].lease == "lost"
+                assert other(bridge, "replies_unconfirmed") == 1
+                stopping = trio.current_time()
+                bridge.shutdown()
+        assert trio.current_time() - stopping < bridge.shutdown_grace / 2
+        nursery.cancel_scope.cancel()
+    entry = await shared.journal_entry(key("m-1"))
+    assert entry is not None and entry.state == "pending"
+    assert len(emu.commands("aibot_respond_msg")) == 1
+
+
 async def test_a_connector_failing_for_good_as_it_reconnects_leaves_carried_replies_pending(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -359,12 +402,8 @@ async def test_a_connector_failing_for_good_as_it_reconnects_leaves_carried_repl
     store = cb.MemoryStore()
     emu = WeComEmulator()
     emu.ack_delay = ACK_DELAY
-    ended = trio.Event()
+    agent, ended = answering()
     secret = emu.secret
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send("the answer")
-        ended.set()
 
     def life() -> cb.Bridge:
         return quick_bridge(emu.connector(secret=secret), agent, store=store)
