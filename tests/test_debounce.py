@@ -133,29 +133,137 @@ async def test_after_drain_late_messages_are_delivered_at_once(
         assert h.debouncer.pending_sessions == 0
 
 
-async def test_a_full_debouncer_counts_each_wait_that_messages_sit_through(
+async def test_a_full_debouncer_still_files_messages_for_sessions_it_holds(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # Holding max_pending sessions, it reads nothing until one leaves: a message that came
-    # during the wait waited too (counted as the wait ends), one waiting already is counted
-    # at once, and a full debouncer nobody wrote to while it waited is no stall.
-    stalls: list[float] = []
-    full = {"max_pending": 1, "on_full": lambda: stalls.append(trio.current_time())}
+    # Holding max_pending (1) session, a second message from that chat is filed at once, so
+    # the burst stays one batch; a new chat meanwhile waits parked (counted) for the place.
+    waits: list[float] = []
+    full = {"max_pending": 1, "on_full": lambda: waits.append(trio.current_time())}
     async with debouncing(cb.Debounce(window=3.0), **full) as h:
-        await h.say("a", "1")  # full from here to 3.0, with nothing waiting
+        await h.say("a", "a1")
         await trio.sleep(1.0)
-        await h.say("b", "2")  # comes during the wait: read at 3.0
-        await trio.sleep(10.0)  # b's own wait (3.0 to 6.0): nothing came
-        h.send.send_nowait((msg("c", "3"),))  # handed to the debouncer, waiting to receive
-        h.send.send_nowait((msg("d", "4"),))  # buffered: waiting already as c fills it
+        await h.say("b", "b1")  # a new chat: parked
+        await h.say("a", "a2")  # a chat it holds: re-arms a's window to 4.0
         await trio.sleep(10.0)
+    # b took a's place at 4.0 and, quiet since 1.0, left at once
+    assert h.batches() == [(4.0, "a", ["a1", "a2"]), (4.0, "b", ["b1"])]
+    assert waits == [1.0]
+
+
+async def test_parked_sessions_take_free_places_oldest_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    waits: list[float] = []
+    full = {"max_pending": 1, "max_parked": 2, "on_full": lambda: waits.append(0)}
+    async with debouncing(cb.Debounce(window=3.0, max_delay=None), **full) as h:
+        await h.say("a", "a1")
+        await trio.sleep(1.0)
+        await h.say("b", "b1")  # parked first
+        await h.say("c", "c1")  # parked second
+        await trio.sleep(1.0)
+        await h.say("c", "c2")  # joins c, still parked (c's window now ends at 5.0)
+        await h.say("b", "b2")  # joins b (b's at 5.0 too)
+        await h.say("a", "a2")  # held: a's window ends at 5.0
+        await trio.sleep(10.0)
+    # a leaves at 5.0; b, parked first, takes its place and, due, leaves; then c
     assert h.batches() == [
-        (3.0, "a", ["1"]),
-        (6.0, "b", ["2"]),
-        (14.0, "c", ["3"]),
-        (17.0, "d", ["4"]),
+        (5.0, "a", ["a1", "a2"]),
+        (5.0, "b", ["b1", "b2"]),
+        (5.0, "c", ["c1", "c2"]),
     ]
-    assert stalls == [3.0, 11.0]
+    assert len(waits) == 2  # two chats parked
+
+
+async def test_a_parked_session_keeps_its_own_window_once_it_has_a_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with debouncing(cb.Debounce(window=3.0, max_delay=None), max_pending=1) as h:
+        await h.say("a", "a1")
+        await trio.sleep(2.0)
+        await h.say("b", "b1")  # parked at 2.0: its window ends at 5.0
+        await trio.sleep(10.0)
+    # a leaves at 3.0; b takes its place but is not due before 5.0
+    assert h.batches() == [(3.0, "a", ["a1"]), (5.0, "b", ["b1"])]
+
+
+async def test_a_parked_session_reaching_max_messages_leaves_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    policy = cb.Debounce(window=3.0, max_messages=2)
+    async with debouncing(policy, max_pending=1) as h:
+        await h.say("a", "a1")
+        await trio.sleep(1.0)
+        await h.say("b", "b1", "b2", "b3")  # parked; two of them leave at once
+        await trio.sleep(10.0)
+    assert h.batches() == [(1.0, "b", ["b1", "b2"]), (3.0, "a", ["a1"]), (4.0, "b", ["b3"])]
+
+
+async def test_with_the_overflow_full_reading_stops_at_a_new_chat_and_resumes_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    waits: list[float] = []
+    full = {"max_pending": 1, "max_parked": 1, "on_full": lambda: waits.append(trio.current_time())}
+    async with debouncing(cb.Debounce(window=3.0), **full) as h:
+        # a held, b parked, c stops reading: a2 behind it waits, and so do later pages
+        h.send.send_nowait((msg("a", "a1"), msg("b", "b1"), msg("c", "c1"), msg("a", "a2")))
+        h.send.send_nowait((msg("b", "b2"),))
+        await trio.sleep(1.0)
+        assert h.debouncer.pending_sessions == 2
+        await trio.sleep(10.0)
+    # at 3.0 a leaves, b (due) takes its place and leaves; the page resumes: c held, a2
+    # parked (a's new session), b2 stops reading; at 6.0 c leaves, a2 (due) takes its
+    # place and leaves, and b2, read only now, starts its window
+    assert h.batches() == [
+        (3.0, "a", ["a1"]),
+        (3.0, "b", ["b1"]),
+        (6.0, "c", ["c1"]),
+        (6.0, "a", ["a2"]),
+        (9.0, "b", ["b2"]),
+    ]
+    assert waits == [0.0, 0.0, 3.0, 3.0]  # b parked, c stopped; a2 parked, b2 stopped
+
+
+async def test_drain_releases_held_parked_and_stopped_messages_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    full = {"max_pending": 1, "max_parked": 1}
+    async with debouncing(cb.Debounce(window=60.0), **full) as h:
+        h.send.send_nowait((msg("a", "a1"), msg("b", "b1"), msg("c", "c1"), msg("b", "b2")))
+        h.send.send_nowait((msg("a", "a2"),))
+        await trio.sleep(1.0)
+        assert h.batches() == []
+        h.debouncer.drain()
+        await trio.sleep(1.0)
+        assert h.debouncer.pending_sessions == 0
+        # nothing lost, nothing twice, each chat in order (b's two messages: one batch
+        # each, b2 was behind the stop)
+        assert h.batches() == [
+            (1.0, "a", ["a1"]),
+            (1.0, "b", ["b1"]),
+            (1.0, "c", ["c1"]),
+            (1.0, "b", ["b2"]),
+            (1.0, "a", ["a2"]),
+        ]
+
+
+async def test_cancelled_with_parked_and_stopped_messages_it_closes_both_channels(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Cancelled, it drops what it holds (journaled, it replays at the next start), sends
+    # nothing in part, and closes both channels so neither side waits for it.
+    send_in, recv_in = trio.open_memory_channel[tuple[cb.Message, ...]](10)
+    send_out, recv_out = trio.open_memory_channel[cb.Batch](10)
+    debouncer = cb.Debouncer(cb.Debounce(window=60.0), max_pending=1, max_parked=1)
+    send_in.send_nowait((msg("a", "a1"), msg("b", "b1"), msg("c", "c1")))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(debouncer.run, recv_in, send_out)
+        await trio.sleep(1.0)
+        assert debouncer.pending_sessions == 2  # a held, b parked, c in hand
+        nursery.cancel_scope.cancel()
+    with pytest.raises(trio.BrokenResourceError):
+        send_in.send_nowait((msg("d", "d1"),))
+    assert [batch async for batch in recv_out] == []
 
 
 def test_bad_policy_is_a_clear_error() -> None:
@@ -232,6 +340,79 @@ def test_debouncer_matches_reference_model(
 
     actual = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert actual == reference(policy, script)
+
+
+@attrs.define(eq=False)
+class BoundWatch(trio.abc.Instrument):
+    """Records the most sessions ``debouncer`` held (parked included) after any task step."""
+
+    debouncer: cb.Debouncer
+    most: int = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.most = max(self.most, self.debouncer.pending_sessions)
+
+
+@given(
+    script=st.lists(
+        st.tuples(st.integers(0, 3), st.lists(st.sampled_from("abcde"), min_size=1, max_size=4)),
+        max_size=25,
+    ),
+    window=st.sampled_from([0.5, 1.5, 2.5]),
+    max_delay=st.sampled_from([None, 0.5, 3.5]),
+    max_messages=st.sampled_from([None, 1, 2, 4]),
+    max_pending=st.integers(1, 6),
+    max_parked=st.integers(0, 2),
+)
+def test_a_bounded_debouncer_releases_each_message_once_in_order_within_its_bound(
+    script: list[tuple[int, list[str]]],
+    window: float,
+    max_delay: float | None,
+    max_messages: int | None,
+    max_pending: int,
+    max_parked: int,
+) -> None:
+    """Pages mixing five chats, into a debouncer holding few sessions: every message leaves
+    exactly once, each chat's in the order they came, the sessions held and parked never
+    exceed ``max_pending + max_parked``, and while it never filled (``on_full`` never
+    called) it released what an unbounded debouncer does."""
+    policy = cb.Debounce(window=window, max_delay=max_delay, max_messages=max_messages)
+    waits: list[float] = []
+    debouncer_options = {
+        "max_pending": max_pending,
+        "max_parked": max_parked,
+        "on_full": lambda: waits.append(0),
+    }
+    sent: dict[str, list[str]] = {}
+    events: list[tuple[int, str, int]] = []  # the same script, for the reference model
+    n = 0
+    for delay, chats in script:
+        for i, chat in enumerate(chats):
+            n += 1
+            sent.setdefault(chat, []).append(f"m{n}")
+            events.append((delay if i == 0 else 0, chat, 1))
+    watch: list[BoundWatch] = []
+
+    async def main() -> list[tuple[float, str, list[str]]]:
+        with trio.fail_after(10_000):
+            async with debouncing(policy, **debouncer_options) as h:
+                watch.append(BoundWatch(h.debouncer))
+                trio.lowlevel.add_instrument(watch[0])
+                ids = iter(range(1, n + 1))
+                for delay, chats in script:
+                    await trio.sleep(delay)
+                    await h.send.send(tuple(msg(chat, f"m{next(ids)}") for chat in chats))
+                await trio.sleep(100)  # every deadline passes before the input ends
+        return h.batches()
+
+    released = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    by_chat: dict[str, list[str]] = {}
+    for _, chat, ids in released:
+        by_chat.setdefault(chat, []).extend(ids)
+    assert by_chat == sent
+    assert watch[0].most <= max_pending + max_parked
+    if not waits:
+        assert sorted(released) == reference(policy, events)
 
 
 # -- sessions by account and chat -------------------------------------------------------------

@@ -31,7 +31,7 @@ DEFAULT_STORE_PATH: Final = "chatbridge.db"
 WEEK: Final = 7 * 24 * 3600.0  # seconds
 PRUNE_EVERY: Final = 3600.0  # seconds between prunings of the journal while running, at most
 _BRIDGE_COUNTERS: Final = frozenset(f.name for f in attrs.fields(_stats.Stats))
-DEBOUNCER_FULL: Final = "debouncer.full"  # times the debouncer held queue_size sessions
+DEBOUNCER_FULL: Final = "debouncer.full"  # times a full debouncer made a new chat wait
 
 
 def _default_store() -> Store:
@@ -86,7 +86,8 @@ class Bridge:
     backoff: Backoff = attrs.field(factory=Backoff)
     queue_size: int = 1024
     """Capacity of the inbox and batch channels, and the most sessions the debouncer holds or
-    the dispatcher keeps waiting for a slot: beyond it, connectors wait (backpressure)."""
+    the dispatcher keeps waiting for a slot: beyond it, connectors wait (backpressure). A
+    full debouncer parks up to a quarter as many new chats more before it stops reading."""
     journal_retention: float = WEEK
     """Handled journal entries older than this (seconds) are pruned at start, and while
     running every hour (or every ``journal_retention`` seconds, if that is shorter)."""
@@ -284,17 +285,19 @@ class Bridge:
                 log.debug("pruned %d handled journal entries", pruned)
 
     def _debouncer_full(self) -> None:
-        """Count each time the debouncer holds ``queue_size`` sessions with messages waiting;
-        warn the first time: they wait up to a window, and the connectors (WeCom's ACKs with
-        them) once the inbox channel is full."""
+        """Count each time the debouncer, holding ``queue_size`` sessions, makes a new chat
+        wait (parked, or unread once its overflow is full too); warn the first time: they wait
+        up to a window, and the connectors (WeCom's ACKs with them) once the inbox channel is
+        full."""
         self._counters[DEBOUNCER_FULL] += 1
         if self._counters[DEBOUNCER_FULL] == 1:
             log.warning(
                 "more chats talk within one debounce window than queue_size (%d): the "
-                "debouncer holds that many sessions and reads no more until one leaves (up "
-                "to %g s); new messages wait meanwhile, and the connectors too once the inbox "
-                "is full. Raise the bridge's queue_size above the number of chats that talk "
-                "within one window (counted in stats().other[%r])",
+                "debouncer holds that many sessions, and new chats wait for one to leave (up "
+                "to %g s); past a quarter as many more it reads nothing meanwhile, and the "
+                "connectors wait too once the inbox is full. Raise the bridge's queue_size "
+                "above the number of chats that talk within one window (counted in "
+                "stats().other[%r])",
                 self.queue_size,
                 self.debounce.window,
                 DEBOUNCER_FULL,

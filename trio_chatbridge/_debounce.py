@@ -9,13 +9,20 @@ cancel scope whose deadline it keeps on the earliest one, so each message costs 
 there is no task per session (nor a scope per put). A re-armed session leaves its old heap
 entry behind; the entry is recognised as stale (its deadline no longer matches) and skipped
 when it comes up. Time is Trio's clock.
+
+The sessions it holds are bounded (``max_pending``), and so is memory, but a full debouncer
+keeps reading: a message for a session it holds is filed as ever (it costs no session), and a
+new chat's messages are *parked* in a small overflow (``max_parked`` sessions) that takes the
+next free places, oldest first. Only when the overflow is full too does reading stop, at that
+message, until a session leaves.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, final
 
 import attrs
@@ -82,10 +89,13 @@ class _Session:
     messages: list[Message]
     cap: float  # release at the latest by this time (first message + max_delay)
     deadline: float
+    parked: bool
+    """Waiting for a place (in ``Debouncer._parked``, not in the heap) rather than held."""
 
 
 NO_DEADLINE: Final = math.inf
 MAX_PENDING: Final = 100_000  # sessions a Debouncer holds at most, by default
+PARKED_SHARE: Final = 4  # the overflow parks max_pending // PARKED_SHARE sessions by default
 
 
 @final
@@ -95,6 +105,25 @@ class Debouncer:
     ``run(receive, send)`` reads tuples of messages and writes batches. When ``receive`` ends
     (or after :meth:`drain`), every pending session is released at once and later messages go
     out as they come; ``send`` is closed once ``receive`` has ended.
+
+    **Full.** It holds at most ``max_pending`` sessions on its timer. Holding that many, it
+    still reads: a message for a session it holds is filed at once (no head-of-line wait behind
+    a flood of new chats), and a message for a new session is parked, with every later message
+    of that session, in an overflow of at most ``max_parked`` sessions. When a held session
+    leaves, the oldest parked one takes its place with the deadline its messages' arrival
+    times give it (the latest plus the window, capped at the first plus ``max_delay``), so one
+    that already sat out its window leaves at once. A parked session that reaches
+    ``max_messages`` leaves at once too, as a held one does. With the overflow full as well,
+    reading stops at the next message for a new session, with the rest of its page kept in
+    hand (not read again, not lost), until a session leaves; the input channel then fills and
+    pushes back on whoever puts (the connectors). Why an overflow and not a larger bound: a
+    parked session waits its turn for a place in arrival order, so ``max_pending`` stays the
+    number of sessions being timed, and the flood's cost is stated apart.
+
+    Per-session order holds throughout (a session's messages go to one place, held or parked,
+    in arrival order; reading stops only in arrival order), every message leaves exactly once,
+    and memory is bounded by ``max_pending + max_parked`` sessions (a few hundred bytes each)
+    with their messages, plus one page in hand.
     """
 
     def __init__(
@@ -102,27 +131,36 @@ class Debouncer:
         policy: Debounce | None = None,
         *,
         max_pending: int = MAX_PENDING,
+        max_parked: int | None = None,
         on_full: Callable[[], None] | None = None,
     ) -> None:
+        if max_pending < 1:
+            raise ConfigurationError(f"Debouncer max_pending must be >= 1, got {max_pending!r}")
+        if max_parked is not None and max_parked < 0:
+            raise ConfigurationError(f"Debouncer max_parked must be >= 0, got {max_parked!r}")
         self.policy: Debounce = policy or Debounce()
         self.max_pending = max_pending
-        """Sessions held at most: with this many pending, nothing more is read until one
-        leaves, so a flood of new chats pushes back on the inbox instead of growing here."""
+        """Sessions held on the timer at most."""
+        self.max_parked = max(1, max_pending // PARKED_SHARE) if max_parked is None else max_parked
+        """New sessions parked at most while ``max_pending`` are held (default: a quarter of
+        ``max_pending``, at least one); with that many parked too, reading stops."""
         self.on_full = on_full
-        """Called once for each time the debouncer stops reading because it holds
-        ``max_pending`` sessions while messages wait for it (already waiting when it stopped,
-        or come while it waits): more chats talk within one window than it may hold. The
-        waiting messages are read once a session leaves (up to a window later), and whoever
-        puts more waits once the input channel is full."""
+        """Called each time a full debouncer makes a message wait: a new chat parked, or
+        reading stopped at a new chat's message because the overflow is full too. Parked
+        messages wait until a held session leaves (up to ``max_delay`` or a window after its
+        latest message); stopped reading makes everything behind wait, and whoever puts
+        once the input channel is full."""
         # Pending sessions. With the default key, a map per account by chat id: finding a
         # message's session is one lookup by a string it already holds, and the session key
         # (session_key's string) is built once per session, not per message. With a key of the
-        # user's, one map by that key.
+        # user's, one map by that key. Parked sessions are filed there too (same lookup).
         self._by_chat: dict[tuple[str, str], dict[str, _Session]] | None = (
             {} if self.policy.key is session_key else None
         )
         self._by_key: dict[str, _Session] = {}
-        self._pending = 0
+        self._pending = 0  # held sessions, not parked ones
+        self._parked: dict[_Session, None] = {}  # oldest first
+        self._rest: Iterator[Message] | None = None  # the page in hand where reading stopped
         self._heap: list[tuple[float, int, _Session]] = []
         self._tiebreak = 0
         self._draining = False
@@ -130,11 +168,12 @@ class Debouncer:
 
     @property
     def pending_sessions(self) -> int:
-        """Sessions holding messages not yet released."""
-        return self._pending
+        """Sessions holding messages not yet released (held and parked)."""
+        return self._pending + len(self._parked)
 
     def drain(self) -> None:
-        """Release every pending session now, and every later message at once (for shutdown)."""
+        """Release every pending session now (held, parked, and the page in hand), and every
+        later message at once (for shutdown)."""
         self._draining = True
         self._wait.cancel()
 
@@ -145,9 +184,9 @@ class Debouncer:
     ) -> None:
         """Debounce until ``receive`` ends; then release everything left and close ``send``.
 
-        Cancelled, it closes both channels and drops the sessions it holds: their messages
-        are journaled and not done, so they replay at the next start. A batch is never sent
-        in part (a cancelled send sent nothing).
+        Cancelled, it closes both channels and drops the sessions it holds, parked ones and
+        the page in hand included: their messages are journaled and not done, so they replay
+        at the next start. A batch is never sent in part (a cancelled send sent nothing).
         """
         async with receive, send:
             while True:
@@ -175,15 +214,22 @@ class Debouncer:
         """Receive and file messages until some are due at once (returns their batches) or
         the input ends (returns None), keeping ``wait``'s deadline on the earliest pending
         one: one cancel scope serves every put until a deadline passes (or drain()), instead
-        of one scope per put. Cancelled, the messages received so far are filed."""
+        of one scope per put. The page in hand, if reading stopped, goes first; while it
+        still cannot be filed, this waits for a deadline (or drain()) reading nothing.
+        Cancelled, the messages received so far are filed or in hand."""
         heap = self._heap
         while True:
-            if self._pending >= self.max_pending and not self._draining:
-                await self._stall(receive)
-            try:
-                messages = await receive.receive()
-            except trio.EndOfChannel:
-                return None
+            messages = self._rest
+            if messages is None:
+                try:
+                    page = await receive.receive()
+                except trio.EndOfChannel:
+                    return None
+                messages = iter(page)
+            elif self._stopped():
+                await trio.sleep_forever()  # woken by the next deadline, or drain()
+            else:
+                self._rest = None
             now = trio.current_time()
             ready = self._add(messages, now)
             if ready or not heap or heap[0][0] <= now:
@@ -191,28 +237,18 @@ class Debouncer:
             if heap[0][0] != deadline:
                 deadline = wait.deadline = heap[0][0]
 
-    async def _stall(self, receive: trio.MemoryReceiveChannel[tuple[Message, ...]]) -> None:
-        """Full: wait until a deadline (or drain()), reading nothing. The wait is counted
-        (``on_full``) once if messages wait for it: at once when some already do, else as it
-        ends, when some came during it (they waited too, up to a window). Cancelled: the
-        same, as it ends."""
-        counted = self._count_stall(receive)
-        try:
-            await trio.sleep_forever()
-        finally:
-            if not counted:
-                self._count_stall(receive)
+    def _stopped(self) -> bool:
+        """Whether a new session can be neither held nor parked now."""
+        return (
+            self._pending >= self.max_pending
+            and len(self._parked) >= self.max_parked
+            and not self._draining
+        )
 
-    def _count_stall(self, receive: trio.MemoryReceiveChannel[tuple[Message, ...]]) -> bool:
-        """Call ``on_full`` if messages wait in ``receive``; returns whether it did."""
-        if self.on_full is None or not receive.statistics().current_buffer_used:
-            return False
-        self.on_full()
-        return True
-
-    def _add(self, messages: tuple[Message, ...], now: float) -> list[Batch]:
+    def _add(self, messages: Iterator[Message], now: float) -> list[Batch]:
         """File each message under its session at time ``now``; returns the batches due at
-        once."""
+        once. Stops at a message for a new session that can be neither held nor parked,
+        leaving it and the rest in ``_rest``."""
         policy = self.policy
         key_of, by_chat, most = policy.key, self._by_chat, policy.max_messages
         due = now + policy.window  # the deadline each message sets, its session's cap allowing
@@ -230,25 +266,48 @@ class Debouncer:
                 slot = message.chat.id
             session = home.get(slot)
             if session is None:
+                held = self._pending < self.max_pending or self._draining
+                if not held and len(self._parked) >= self.max_parked:
+                    self._rest = itertools.chain((message,), messages)
+                    self._full()
+                    break
                 key = slot if by_chat is None else session_key(message)
                 cap = NO_DEADLINE if policy.max_delay is None else now + policy.max_delay
-                session = _Session(key, home, slot, [message], cap, min(due, cap))
+                session = _Session(key, home, slot, [message], cap, min(due, cap), not held)
                 home[slot] = session
-                self._pending += 1
-                self._push(session)
+                if held:
+                    self._pending += 1
+                    self._push(session)
+                else:
+                    self._parked[session] = None
+                    self._full()
             else:
                 session.messages.append(message)
                 # Deadlines only move later, so the heap entry can stay put: when it comes
-                # up early, _release_due files it again under the new deadline.
+                # up early, _release_due files it again under the new deadline. A parked
+                # session keeps its deadline too, for when it takes a place.
                 session.deadline = due if due < session.cap else session.cap
             if self._draining or (most is not None and len(session.messages) >= most):
                 ready.append(self._release(session))
         return ready
 
+    def _full(self) -> None:
+        if self.on_full is not None:
+            self.on_full()
+
     def _release(self, session: _Session) -> Batch:
-        """Take ``session`` out of the pending ones; returns its batch."""
+        """Take ``session`` out of the pending ones, and put the oldest parked session in the
+        place it leaves; returns its batch."""
         del session.home[session.slot]
-        self._pending -= 1
+        if session.parked:
+            del self._parked[session]
+        elif self._parked:
+            promoted = next(iter(self._parked))
+            del self._parked[promoted]
+            promoted.parked = False
+            self._push(promoted)  # due already: _release_due or _file's caller releases it
+        else:
+            self._pending -= 1
         return Batch(session.key, session.messages)
 
     def _push(self, session: _Session) -> None:
@@ -256,7 +315,8 @@ class Debouncer:
         heapq.heappush(self._heap, (session.deadline, self._tiebreak, session))
 
     async def _release_due(self, send: trio.MemorySendChannel[Batch]) -> None:
-        """Send every session whose deadline has passed (all of them while draining)."""
+        """Send every session whose deadline has passed (all of them while draining); a
+        parked session promoted meanwhile leaves in the same pass if it is due."""
         heap = self._heap
         now = trio.current_time()
         while heap and (self._draining or heap[0][0] <= now):
