@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from trio_chatbridge import RedisStore, SQLiteStore
+from trio_chatbridge import Debouncer, RedisStore, SQLiteStore
+from trio_chatbridge._debounce import PARKED_SHARE
 from trio_chatbridge._receive import BURST_LINGER, MAX_HANDLERS
 from trio_chatbridge._websocket import (
     ANSWER_WITHIN,
@@ -26,6 +27,7 @@ from trio_chatbridge.stores._redis import BATCH
 from trio_chatbridge.stores._sqlite import BUSY_TIMEOUT_MS, CHECKPOINT_AFTER, INLINE_ROWS
 
 STATED: list[tuple[Callable[..., Any] | type, str]] = [
+    (Debouncer, f"``max_pending // {PARKED_SHARE}``"),
     (WebSocketDriver, f"at most {MAX_HANDLERS} at once"),
     (WebSocketDriver, f"unless it says otherwise ({ANSWER_WITHIN:g})"),
     (WebSocketDriver, f"the connection to come back ({RECONNECT_WAIT:g})"),

@@ -109,16 +109,18 @@ class Debouncer:
     **Full.** It holds at most ``max_pending`` sessions on its timer. Holding that many, it
     still reads: a message for a session it holds is filed at once (no head-of-line wait behind
     a flood of new chats), and a message for a new session is parked, with every later message
-    of that session, in an overflow of at most ``max_parked`` sessions. When a held session
-    leaves, the oldest parked one takes its place with the deadline its messages' arrival
-    times give it (the latest plus the window, capped at the first plus ``max_delay``), so one
-    that already sat out its window leaves at once. A parked session that reaches
-    ``max_messages`` leaves at once too, as a held one does. With the overflow full as well,
-    reading stops at the next message for a new session, with the rest of its page kept in
-    hand (not read again, not lost), until a session leaves; the input channel then fills and
-    pushes back on whoever puts (the connectors). Why an overflow and not a larger bound: a
-    parked session waits its turn for a place in arrival order, so ``max_pending`` stays the
-    number of sessions being timed, and the flood's cost is stated apart.
+    of that session, in an overflow of at most ``max_parked`` sessions (by default
+    ``max_pending // 4``, at least one). When a held session leaves, the oldest parked one
+    takes its place with the deadline its messages' arrival times give it (the latest plus the
+    window, capped at the first plus ``max_delay``), so one that already sat out its window
+    leaves at once. A parked session that reaches ``max_messages`` leaves at once too, as a
+    held one does. With the overflow full as well, reading stops at the next message for a new
+    session, with the rest of its page kept in hand (not read again, not lost), until a
+    session leaves; the input channel then fills and pushes back on whoever puts (the
+    connectors). Parked rather than simply held past the bound: ``max_pending`` keeps its
+    meaning (the sessions timed at once), the overflow is what lets reading go on past a new
+    chat, and served oldest first it hands out places in arrival order, so no new chat
+    overtakes one that waits longer.
 
     Per-session order holds throughout (a session's messages go to one place, held or parked,
     in arrival order; reading stops only in arrival order), every message leaves exactly once,
