@@ -151,6 +151,24 @@ async def test_a_full_debouncer_still_files_messages_for_sessions_it_holds(
     assert waits == [1.0]
 
 
+async def test_one_chat_more_than_the_bound_stalls_nobody(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 1,025 chats at once into a bridge's default bound (1,024), each speaking again a second
+    # later: one chat parks, and every burst still leaves whole at the end of its window
+    # (before, every second message waited for the first round to leave: 2 s a round).
+    chats = [f"c{n}" for n in range(1025)]
+    async with debouncing(cb.Debounce(window=2.0), max_pending=1024) as h:
+        for round in range(2):
+            for chat in chats:
+                await h.say(chat, f"{chat}-{round}")
+            await trio.sleep(1.0)
+        await trio.sleep(10.0)
+    assert sorted(h.batches()) == [
+        (3.0, chat, [f"{chat}-0", f"{chat}-1"]) for chat in sorted(chats)
+    ]
+
+
 async def test_parked_sessions_take_free_places_oldest_first(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
