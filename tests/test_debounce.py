@@ -151,13 +151,14 @@ async def test_a_full_debouncer_still_files_messages_for_sessions_it_holds(
     assert waits == [1.0]
 
 
-async def test_one_chat_more_than_the_bound_stalls_nobody(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("count", [1024, 1025, 1280])
+async def test_chats_up_to_the_bound_and_its_overflow_stall_nobody(
+    count: int, autojump_clock: trio.testing.MockClock
 ) -> None:
-    # 1,025 chats at once into a bridge's default bound (1,024), each speaking again a second
-    # later: one chat parks, and every burst still leaves whole at the end of its window
+    # Up to 1,280 chats at once into a bridge's default bound (1,024, and 256 parked), each
+    # speaking again a second later: every burst leaves whole at the end of its window
     # (before, every second message waited for the first round to leave: 2 s a round).
-    chats = [f"c{n}" for n in range(1025)]
+    chats = [f"c{n}" for n in range(count)]
     async with debouncing(cb.Debounce(window=2.0), max_pending=1024) as h:
         for round in range(2):
             for chat in chats:
