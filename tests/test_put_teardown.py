@@ -112,7 +112,8 @@ async def test_a_put_waiting_for_a_full_inbox_past_the_grace_is_still_handled(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The connector benchmark's stall: more chats in a long debounce window than the bridge's
-    ``queue_size``, so the debouncer stops reading and a put waits for room for the window."""
+    ``queue_size`` and the overflow it parks, so the debouncer stops reading and a put waits
+    for room for the window."""
     hour = cb.Debounce(window=3600.0)
     with trio.fail_after(3 * 3600):
         async with watched_bridge(emu := WeComEmulator(), debounce=hour, queue_size=2) as (
@@ -120,16 +121,18 @@ async def test_a_put_waiting_for_a_full_inbox_past_the_grace_is_still_handled(
             _,
             seen,
         ):
-            for n in range(5):  # one put each: two sessions held, two puts queued, one waits
+            # one put each: two sessions held, one parked, one in hand where reading stopped,
+            # two puts queued, one waits
+            for n in range(7):
                 emu.user_says(f"user{n}", f"m{n}")
                 await trio.sleep(1)
-            assert bridge.stats().received == 5  # all journaled; the last put still waits
+            assert bridge.stats().received == 7  # all journaled; the last put still waits
             await emu.drop_connection()
             await emu.wait_connected()
             assert bridge.stats().other.get(COUNTER) == 1  # its put did not return
             emu.user_says("user9", "after")
             await trio.sleep(2 * 3600)  # the window passes: the debouncer reads again
-            assert sorted(seen) == ["after", "m0", "m1", "m2", "m3", "m4"]
+            assert sorted(seen) == ["after", *(f"m{n}" for n in range(7))]
             assert bridge.stats().reconnects == 1
     assert len(teardown_errors(caplog)) == 1
 
