@@ -294,6 +294,7 @@ class Debouncer:
         return ready
 
     def _full(self) -> None:
+        """A message waits because the debouncer is full: tell ``on_full``."""
         if self.on_full is not None:
             self.on_full()
 
@@ -307,7 +308,7 @@ class Debouncer:
             promoted = next(iter(self._parked))
             del self._parked[promoted]
             promoted.parked = False
-            self._push(promoted)  # due already: _release_due or _file's caller releases it
+            self._push(promoted)  # leaves by the heap: in this pass if it is due already
         else:
             self._pending -= 1
         return Batch(session.key, session.messages)
