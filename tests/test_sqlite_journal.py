@@ -52,7 +52,7 @@ async def test_a_done_mark_lingers_and_shares_the_next_add_s_commit(
                 assert await _state(store, first) == "pending"
                 await store.journal_add([second])  # takes the done-mark along
         assert trio.current_time() == 0  # no linger ran out: the clock never moved
-        assert trace[1:] == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]  # one transaction, in order
+        assert trace[1:] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]  # one transaction, in order
         assert [await _state(store, m) for m in (first, second)] == ["done", "pending"]
 
 
@@ -78,7 +78,7 @@ async def test_a_lone_done_mark_commits_once_its_linger_is_over(
                 assert not finished.is_set()
                 mock_clock.jump(DONE_LINGER * 0.2)
         assert finished.is_set()
-        assert trace == ["UPDATE"]  # one statement: its own transaction, no BEGIN/COMMIT
+        assert trace == ["INSERT"]  # one statement: its own transaction, no BEGIN/COMMIT
         entry = await store.journal_entry(("fake", "x", "1"))
         assert entry is not None and (entry.state, entry.error) == ("failed", "boom")
 
@@ -150,7 +150,7 @@ async def test_a_done_mark_of_more_ids_than_a_statement_takes(
         await store.journal_add(messages)
         trace = _trace(store)
         await store.journal_done(messages[:-1])
-        assert trace.count("UPDATE") == 6  # 8 ids of x and 7 of y, 3 a statement
+        assert trace.count("INSERT") == 6  # 8 ids of x and 7 of y, 3 a statement
         assert trace[0] == "BEGIN" and trace[-1] == "COMMIT"  # all in one transaction
         assert [await _state(store, m) for m in messages] == ["done"] * 15 + ["pending"]
 
@@ -174,7 +174,8 @@ def _database() -> Iterator[sqlite3.Connection]:
 
 def _table(db: sqlite3.Connection) -> list[Any]:
     return db.execute(
-        "SELECT platform, account, message_id, state, error FROM journal ORDER BY seq"
+        "SELECT platform, account, message_id, coalesce(state, 'pending'), error "
+        "FROM journal LEFT JOIN outcomes USING (seq) ORDER BY seq"
     ).fetchall()
 
 
@@ -223,7 +224,7 @@ async def test_a_small_group_commit_runs_on_the_event_loop(tmp_path: Path) -> No
         statements = _threads(store)
         assert await store.journal_add(messages) == [True] * 3
         await store.journal_done(messages[:2])
-        assert statements == [("INSERT", True), ("UPDATE", True)]  # no thread hop
+        assert statements == [("INSERT", True), ("INSERT", True)]  # no thread hop
         assert [await _state(store, m) for m in messages] == ["done", "done", "pending"]
     async with cb.SQLiteStore(tmp_path / "j.db") as reopened:  # durable, as in the thread
         assert await reopened.journal_pending() == messages[2:]
@@ -251,7 +252,7 @@ async def test_with_synchronous_full_every_commit_runs_in_the_worker_thread(
         statements = _threads(store)
         await store.journal_add([message])
         await store.journal_done([message])
-        assert statements == [("INSERT", False), ("UPDATE", False)]  # an fsync each
+        assert statements == [("INSERT", False), ("INSERT", False)]  # an fsync each
 
 
 async def test_a_commit_that_finds_the_file_locked_waits_for_it_in_the_worker_thread(
@@ -288,7 +289,7 @@ async def test_a_commit_that_finds_the_file_locked_waits_for_it_in_the_worker_th
         # in the thread.
         ran = [(word, loop) for word, loop in statements if word != "PRAGMA"]
         assert ran == [("BEGIN", True)] + [
-            (w, False) for w in ("BEGIN", "UPDATE", "INSERT", "COMMIT")
+            (w, False) for w in ("BEGIN", "INSERT", "INSERT", "COMMIT")
         ]
         assert [await _state(store, m) for m in (first, second)] == ["done", "pending"]
 

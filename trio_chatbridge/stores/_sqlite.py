@@ -30,7 +30,7 @@ from .._messages import Message
 from ._base import JournalEntry, JournalKey, Store, journal_key
 from ._codec import decode_message, encode_message
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's variable limit
 IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
@@ -40,38 +40,71 @@ INLINE_ROWS: Final = 256  # journal rows a group commit may write on the event l
 CHECKPOINT_AFTER: Final = 1_000  # rows, and 4 a commit, written between two checkpoints (thread)
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS journal (
+_OUTCOMES: Final = """CREATE TABLE outcomes (
     seq INTEGER PRIMARY KEY,
-    platform TEXT NOT NULL,
-    account TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    error TEXT,
-    received_at REAL NOT NULL,
-    UNIQUE (platform, account, message_id)
-);
-CREATE INDEX IF NOT EXISTS journal_pending ON journal (seq) WHERE state = 'pending';
-CREATE TABLE IF NOT EXISTS kv (
-    platform TEXT NOT NULL,
-    account TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (platform, account, key)
-);
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS members (
-    grp TEXT NOT NULL,
-    member TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (grp, member)
-);
-"""
+    state TEXT NOT NULL,
+    error TEXT
+)"""
+_FORGET: Final = """CREATE TRIGGER journal_forgotten AFTER DELETE ON journal BEGIN
+    DELETE FROM outcomes WHERE seq = old.seq;
+END"""
+_SCHEMA: Final = (
+    """CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        account TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        UNIQUE (platform, account, message_id)
+    )""",
+    _OUTCOMES,
+    _FORGET,
+    """CREATE TABLE kv (
+        platform TEXT NOT NULL,
+        account TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (platform, account, key)
+    )""",
+    """CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    """CREATE TABLE members (
+        grp TEXT NOT NULL,
+        member TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (grp, member)
+    )""",
+)
+"""Schema version 2: a journal row is written once, when its message is accepted; its outcome
+(``done``, or ``failed`` with the error) is a row of its own in ``outcomes``, keyed by the
+journal row's ``seq``. Pending is a journal row with no outcome. A done-mark appends to a
+table in ``seq`` order instead of rewriting the message's row and an index of pending rows:
+fewer pages written a commit (docs/performance.md, "SQLite, seventh session"). The trigger
+keeps an outcome from outliving its row: a ``seq`` freed by a prune can be used again."""
+
+_PENDING: Final = (
+    "SELECT body FROM journal WHERE seq IN (SELECT seq FROM journal AS j "
+    "WHERE NOT EXISTS (SELECT 1 FROM outcomes AS o WHERE o.seq = j.seq)) ORDER BY seq"
+)
+"""The journal rows with no outcome, oldest first: their ``seq`` found by a scan of the
+unique index (it holds ``seq``: a fraction of the rows' bytes, the bodies of handled rows
+never read), each checked against the outcomes' primary key, then the bodies read."""
+
+_MIGRATION: Final = (
+    _OUTCOMES,
+    "INSERT INTO outcomes (seq, state, error) "
+    "SELECT seq, state, error FROM journal WHERE state != 'pending'",
+    "DROP INDEX journal_pending",
+    "ALTER TABLE journal DROP COLUMN state",
+    "ALTER TABLE journal DROP COLUMN error",
+    _FORGET,
+)
+"""From schema version 1 (the journal's ``state`` and ``error`` columns, a partial index of
+pending rows) to 2, in the transaction that opens the file: all of it, or none."""
 
 T = TypeVar("T")
 
@@ -177,24 +210,44 @@ class SQLiteStore(Store):
         try:
             _create_private(self.path)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version not in (0, SCHEMA_VERSION):
-                db.close()
-                raise StoreError(
-                    f"{self.path} has schema version {version}; this trio_chatbridge expects "
-                    f"{SCHEMA_VERSION}. Use a new file or a matching version."
-                )
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            with _transaction(db, "BEGIN IMMEDIATE"):  # one process creates or migrates
+                self._schema(db)
             if self._inline:  # commits on the loop: no lock waits, no checkpoints there
                 db.execute("PRAGMA wal_autocheckpoint=0")
                 db.execute("PRAGMA busy_timeout=0")
-        except (sqlite3.DatabaseError, OSError) as exc:
+        except sqlite3.DatabaseError as exc:
+            db.close()
             raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    def _schema(self, db: sqlite3.Connection) -> None:
+        """Create the tables in a new file, or migrate an older schema to this one (in the
+        caller's transaction: a failure leaves the file as it was)."""
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0:
+            statements = _SCHEMA
+        elif version == 1:
+            statements = _MIGRATION
+        else:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this trio_chatbridge "
+                f"knows ({SCHEMA_VERSION}): a newer version wrote it. Upgrade trio_chatbridge, "
+                "or use another file."
+            )
+        for statement in statements:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     async def aclose(self) -> None:
         db, self._db = self._db, None
@@ -329,7 +382,7 @@ class SQLiteStore(Store):
 
     async def journal_pending(self) -> list[Message]:
         def select(db: sqlite3.Connection) -> list[str]:
-            cursor = db.execute("SELECT body FROM journal WHERE state = 'pending' ORDER BY seq")
+            cursor = db.execute(_PENDING)
             return [body for (body,) in cursor]
 
         return [decode_message(body) for body in await self._call(select)]
@@ -337,7 +390,8 @@ class SQLiteStore(Store):
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
         def select(db: sqlite3.Connection) -> Any:
             return db.execute(
-                "SELECT body, state, error, received_at FROM journal "
+                "SELECT body, coalesce(state, 'pending'), error, received_at "
+                "FROM journal LEFT JOIN outcomes USING (seq) "
                 "WHERE platform = ? AND account = ? AND message_id = ?",
                 key,
             ).fetchone()
@@ -351,8 +405,10 @@ class SQLiteStore(Store):
     async def journal_prune(self, before: float) -> int:
         def delete(db: sqlite3.Connection) -> int:
             with _transaction(db):
-                cursor = db.execute(
-                    "DELETE FROM journal WHERE state != 'pending' AND received_at < ?", (before,)
+                cursor = db.execute(  # their outcomes go with them (the trigger)
+                    "DELETE FROM journal "
+                    "WHERE received_at < ? AND seq IN (SELECT seq FROM outcomes)",
+                    (before,),
                 )
             return cursor.rowcount
 
@@ -531,7 +587,8 @@ def _statements(turn: list[_Write]) -> list[_Statement]:
     A write whose messages cannot be serialised fails alone (its ``error`` set, no statement).
     Every statement costs a trip into SQLite (and, in the worker thread, through the GIL while
     the event loop runs), so a turn runs as few as it can: an add is a multi-row ``INSERT ...
-    RETURNING``; done-marks in a row with one outcome are one ``UPDATE`` per account.
+    RETURNING``; done-marks in a row with one outcome are one ``INSERT INTO outcomes`` per
+    account.
     """
     statements: list[_Statement] = []
     outcome: tuple[str, Any] | None = None  # of the done-marks being merged
@@ -623,10 +680,10 @@ def _marks(
     for (platform, account), message_ids in ids.items():
         for chunk in _chunks(message_ids, IDS_PER_STATEMENT):
             sql = (
-                "UPDATE journal SET state = ?, error = ? "
+                "INSERT INTO outcomes (seq, state, error) SELECT seq, ?, ? FROM journal "
                 "WHERE platform = ? AND account = ? AND message_id IN ("
                 + ",".join("?" * len(chunk))
-                + ")"
+                + ") ON CONFLICT DO UPDATE SET state = excluded.state, error = excluded.error"
             )
             yield None, sql, [*outcome, platform, account, *chunk]
 

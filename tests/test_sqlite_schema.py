@@ -1,0 +1,192 @@
+"""The SQLite store's schema: version 2 (outcomes in a table of their own), and the migration
+of files written by version 1 (a ``state`` column and a partial index of pending rows)."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+import trio_chatbridge as cb
+from trio_chatbridge.stores import _sqlite
+from trio_chatbridge.stores._base import JournalState
+from trio_chatbridge.stores._codec import encode_message
+from trio_chatbridge.testing import FakeConnector
+
+fake = FakeConnector("bot")
+
+VERSION_1 = """
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY,
+    platform TEXT NOT NULL,
+    account TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    received_at REAL NOT NULL,
+    UNIQUE (platform, account, message_id)
+);
+CREATE INDEX journal_pending ON journal (seq) WHERE state = 'pending';
+CREATE TABLE kv (
+    platform TEXT NOT NULL,
+    account TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (platform, account, key)
+);
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE members (
+    grp TEXT NOT NULL,
+    member TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (grp, member)
+);
+PRAGMA user_version = 1;
+"""
+"""The schema of version 1, as trio_chatbridge up to the seventh session of issue 12 wrote it."""
+
+# The version 1 file's journal: (message id, state, error, received_at), in seq order.
+ROWS: list[tuple[str, JournalState, str | None, float]] = [
+    ("p1", "pending", None, 10.0),
+    ("d1", "done", None, 11.0),
+    ("f1", "failed", "agent raised ValueError", 12.0),
+    ("p2", "pending", None, 13.0),
+    ("d2", "done", None, 14.0),
+]
+
+
+def _version_1_file(path: Path) -> None:
+    """A file as version 1 left it: pending, done and failed rows, a cursor."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(VERSION_1)
+        for message_id, state, error, received_at in ROWS:
+            db.execute(
+                "INSERT INTO journal (platform, account, message_id, body, state, error, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    "fake",
+                    "bot",
+                    message_id,
+                    encode_message(_message(message_id)),
+                    state,
+                    error,
+                    received_at,
+                ),
+            )
+        db.execute("INSERT INTO kv VALUES ('fake', 'bot', '_cursor', 'c7')")
+
+
+def _message(message_id: str) -> cb.Message:
+    message = fake.message(f"text of {message_id}", id=message_id)
+    return msgspec.structs.replace(message, timestamp=1_700_000_000.0)  # the same each call
+
+
+def _layout(path: Path) -> tuple[int, list[str], list[str]]:
+    """The file's schema version, its tables and indexes, and the journal's columns."""
+    with closing(sqlite3.connect(path)) as db:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        names = [name for (name,) in db.execute("SELECT name FROM sqlite_master ORDER BY name")]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(journal)")]
+    return version, names, columns
+
+
+async def test_a_version_1_file_keeps_its_pending_messages_and_history(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    async with cb.SQLiteStore(path) as store:
+        assert await store.journal_pending() == [_message("p1"), _message("p2")]  # in order
+        for message_id, state, error, received_at in ROWS:
+            entry = await store.journal_entry(("fake", "bot", message_id))
+            assert entry == cb.JournalEntry(_message(message_id), state, error, received_at)
+        assert await store.journal_add([_message("d1"), _message("new")]) == [False, True]
+        await store.journal_done([_message("p1")])
+        await store.journal_done([_message("f1")])  # a replayed failure, handled this time
+        assert await store.journal_pending() == [_message("p2"), _message("new")]
+        assert await store.get_cursor("fake", "bot") == "c7"
+        assert await store.journal_prune(12.5) == 3  # d1, f1, p1: handled, accepted before
+    version, names, columns = _layout(path)
+    assert version == _sqlite.SCHEMA_VERSION == 2
+    assert "journal_pending" not in names and "outcomes" in names
+    assert "state" not in columns and "error" not in columns
+    async with cb.SQLiteStore(path) as reopened:  # version 2 now: opened as it is
+        assert await reopened.journal_pending() == [_message("p2"), _message("new")]
+        entry = await reopened.journal_entry(("fake", "bot", "d2"))
+        assert entry is not None and entry.state == "done"
+
+
+async def test_a_migration_that_fails_midway_leaves_the_version_1_file_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    before = _layout(path)
+    # Fails after the outcomes were copied and the state column dropped.
+    failing = (*_sqlite._MIGRATION[:4], "SELECT * FROM no_such_table")
+    monkeypatch.setattr(_sqlite, "_MIGRATION", failing)
+    with pytest.raises(cb.StoreError, match=r"cannot open .* no such table"):
+        await cb.SQLiteStore(path).open()
+    assert _layout(path) == before  # rolled back whole: still version 1
+    with closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT message_id, state, error, received_at FROM journal ORDER BY seq")
+        assert [tuple(row) for row in rows] == ROWS
+    monkeypatch.undo()
+    async with cb.SQLiteStore(path) as store:  # the next start migrates it
+        assert await store.journal_pending() == [_message("p1"), _message("p2")]
+
+
+async def test_two_processes_opening_a_version_1_file_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    one, two = cb.SQLiteStore(path), cb.SQLiteStore(path)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one.open)
+            nursery.start_soon(two.open)
+    try:
+        for store in (one, two):
+            assert await store.journal_pending() == [_message("p1"), _message("p2")]
+            entry = await store.journal_entry(("fake", "bot", "f1"))
+            assert entry is not None and entry.error == "agent raised ValueError"
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_a_file_of_a_newer_schema_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 3")
+    with pytest.raises(cb.StoreError, match=r"schema version 3, newer .* Upgrade"):
+        await cb.SQLiteStore(path).open()
+    assert _layout(path) == (3, [], [])  # untouched
+
+
+async def test_a_file_of_another_application_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE journal (entry TEXT)")
+    with pytest.raises(cb.StoreError, match=r"cannot open .* already exists"):
+        await cb.SQLiteStore(path).open()
+    assert _layout(path) == (0, ["journal"], ["entry"])
+
+
+async def test_a_message_accepted_after_a_prune_emptied_the_journal_is_pending(
+    tmp_path: Path,
+) -> None:
+    # Pruning the newest row frees its seq for the next message: its outcome must go with
+    # the row, or the next message would read as done and never be run.
+    first, second = _message("1"), _message("2")
+    async with cb.SQLiteStore(tmp_path / "j.db", done_linger=0, wall_clock=lambda: 5.0) as store:
+        await store.journal_add([first])
+        await store.journal_done([first])
+        assert await store.journal_prune(10.0) == 1
+        assert await store.journal_add([second]) == [True]
+        assert await store.journal_pending() == [second]
+        entry = await store.journal_entry(("fake", "bot", "2"))
+        assert entry is not None and entry.state == "pending"
