@@ -16,7 +16,7 @@ import trio.testing
 from hypothesis import given, settings
 
 import trio_chatbridge as cb
-from trio_chatbridge.stores import _sqlite
+from trio_chatbridge.stores import _sqlite, journal_key
 from trio_chatbridge.stores._sqlite import DONE_LINGER, _commit, _execute, _statements, _Write
 from trio_chatbridge.testing import FakeConnector
 
@@ -202,8 +202,41 @@ def test_one_group_commit_writes_what_the_writes_one_by_one_would(
         for write in one_by_one:
             _commit([write], apart)
         assert _table(together) == _table(apart)
-    assert [w.inserted for w in grouped] == [w.inserted for w in one_by_one]
+    assert [w.added for w in grouped] == [w.added for w in one_by_one]
     assert all(w.error is None for w in grouped)
+
+
+steps = st.lists(st.just(None) | st.lists(messages, max_size=7), max_size=8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=steps)
+def test_an_add_tells_its_new_messages_from_duplicates(
+    steps: list[list[cb.Message] | None],
+) -> None:
+    """Rows all new (counted), or some not (found by their seq range), in statements of
+    three rows; a duplicate within one add; seqs used again after a prune emptied the
+    journal (a step of None: everything marked done, then pruned)."""
+
+    async def main() -> None:
+        seen: set[tuple[str, str, str]] = set()
+        async with cb.SQLiteStore(":memory:", threaded=False, done_linger=0) as store:
+            for step in steps:
+                if step is None:
+                    await store.journal_done(await store.journal_pending())
+                    await store.journal_prune(float("inf"))
+                    seen.clear()
+                    continue
+                expected = []
+                for message in step:
+                    expected.append(journal_key(message) not in seen)
+                    seen.add(journal_key(message))
+                assert await store.journal_add(step) == expected
+            assert {journal_key(m) for m in await store.journal_pending()} == seen
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sqlite, "ROWS_PER_STATEMENT", 3)
+        trio.run(main)
 
 
 def _threads(store: cb.SQLiteStore) -> list[tuple[str, bool]]:
@@ -224,7 +257,9 @@ async def test_a_small_group_commit_runs_on_the_event_loop(tmp_path: Path) -> No
         statements = _threads(store)
         assert await store.journal_add(messages) == [True] * 3
         await store.journal_done(messages[:2])
-        assert statements == [("INSERT", True), ("INSERT", True)]  # no thread hop
+        # No thread hop. An add is a transaction (its rows are told apart after its INSERT);
+        # a lone done-mark is a statement of its own.
+        assert statements == [(w, True) for w in ("BEGIN", "INSERT", "COMMIT", "INSERT")]
         assert [await _state(store, m) for m in messages] == ["done", "done", "pending"]
     async with cb.SQLiteStore(tmp_path / "j.db") as reopened:  # durable, as in the thread
         assert await reopened.journal_pending() == messages[2:]
@@ -252,7 +287,7 @@ async def test_with_synchronous_full_every_commit_runs_in_the_worker_thread(
         statements = _threads(store)
         await store.journal_add([message])
         await store.journal_done([message])
-        assert statements == [("INSERT", False), ("INSERT", False)]  # an fsync each
+        assert statements == [(w, False) for w in ("BEGIN", "INSERT", "COMMIT", "INSERT")]
 
 
 async def test_a_commit_that_finds_the_file_locked_waits_for_it_in_the_worker_thread(
@@ -286,10 +321,10 @@ async def test_a_commit_that_finds_the_file_locked_waits_for_it_in_the_worker_th
             other.close()
         assert results == [[False, True]]
         # One turn: refused at its BEGIN IMMEDIATE on the loop (nothing written), then whole
-        # in the thread.
+        # in the thread: the done-mark, the add, and (a duplicate in it) its new rows read.
         ran = [(word, loop) for word, loop in statements if word != "PRAGMA"]
         assert ran == [("BEGIN", True)] + [
-            (w, False) for w in ("BEGIN", "INSERT", "INSERT", "COMMIT")
+            (w, False) for w in ("BEGIN", "INSERT", "INSERT", "SELECT", "COMMIT")
         ]
         assert [await _state(store, m) for m in (first, second)] == ["done", "pending"]
 
@@ -303,12 +338,12 @@ def test_a_refused_turn_of_several_statements_is_rolled_back_whole(tmp_path: Pat
         other.execute("BEGIN IMMEDIATE")
         turn = [_Write([message], None, 1.0), _Write([message], "done", None)]
         assert not _execute(turn, _statements(turn), db, wait=False)
-        assert [w.inserted for w in turn] == [set(), set()]
+        assert [w.added for w in turn] == [[], []]
         assert [w.error for w in turn] == [None, None]  # not failed: to be run again
         assert _table(db) == []
         other.execute("COMMIT")
         assert _execute(turn, _statements(turn), db, wait=False)  # free now: written
-        assert turn[0].inserted == {("fake", "x", "1")}
+        assert turn[0].added == [True]
         assert _table(db) == [("fake", "x", "1", "done", None)]
 
 
