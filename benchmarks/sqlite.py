@@ -7,22 +7,34 @@ workload on ``MemoryStore`` is the baseline: SQLite's cost is its CPU per messag
 memory store's, the worker thread's CPU included (``time.process_time`` counts all threads).
 The store commits a small group commit on the event loop; the same store with every commit in
 its worker thread (as before the sixth session) shows what the thread hops cost. The
-transactions and statements per message are counted with the connection's trace callback.
+transactions and statements per message are counted with the connection's trace callback,
+and the bytes a message writes to the WAL in a run of its own with no checkpoint.
+
+``sqlite-bot``: the WeCom whole bot (``benchmarks/bot.py``) on both stores in one process,
+taking turns, and where SQLite's share goes: the store's statements built, run on the event
+loop, and the worker thread's calls (checkpoints and the commits they carry), by thread CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import statistics
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
 import trio_chatbridge as cb
+from trio_chatbridge.stores import _sqlite
 
-from ._util import REPEAT, report
+from . import bot
+from ._util import REPEAT, emulator_process, report
 from .core import _messages
 
 MESSAGES = 6_000
@@ -89,20 +101,43 @@ async def _bridge_pattern(store: cb.Store, messages: list[cb.Message], page: int
 
 def _cpu(make: Callable[[Path], cb.Store], page: int, counts: _Counts | None) -> float:
     """CPU seconds per message of one run on a fresh store."""
+    return _run(make, page, counts)[0]
+
+
+def _run(
+    make: Callable[[Path], cb.Store], page: int, counts: _Counts | None = None
+) -> tuple[float, int]:
+    """CPU seconds per message of one run on a fresh store, and the size of its WAL file
+    at the end (read before the store closes: closing the last connection checkpoints)."""
     messages = _messages(MESSAGES, MESSAGES, per_session_run=1)
+    wal = 0
 
     async def main(store: cb.Store) -> None:
+        nonlocal wal
         async with store:
             if isinstance(store, cb.SQLiteStore) and counts is not None:
                 assert store._db is not None
                 store._db.set_trace_callback(counts)
             await _bridge_pattern(store, messages, page)
+            if isinstance(store, cb.SQLiteStore):
+                wal = (await trio.Path(store.path + "-wal").stat()).st_size
 
     with tempfile.TemporaryDirectory() as tmp:
         store = make(Path(tmp) / "journal.db")
         start = time.process_time()  # the worker thread's CPU included
         trio.run(main, store)
-        return (time.process_time() - start) / MESSAGES
+        return (time.process_time() - start) / MESSAGES, wal
+
+
+def _wal_bytes(page: int) -> float:
+    """Bytes a message writes to the WAL (every page a commit touched, a frame each): a run
+    with the store's checkpoints put off, untimed."""
+    original = _sqlite.CHECKPOINT_AFTER
+    _sqlite.CHECKPOINT_AFTER = 10**12  # type: ignore[misc]
+    try:
+        return _run(cb.SQLiteStore, page)[1] / MESSAGES
+    finally:
+        _sqlite.CHECKPOINT_AFTER = original  # type: ignore[misc]
 
 
 def _threaded(path: Path) -> cb.SQLiteStore:
@@ -138,7 +173,8 @@ def bench_sqlite_journal() -> None:
                 f"(every commit in a thread {threaded * 1e6:5.1f}) = "
                 f"{cpu['sqlite'] / cpu['memory']:.2f}x memory; "
                 f"{counts.transactions / per:.3f} transactions, "
-                f"{counts.statements / per:.3f} statements per message",
+                f"{counts.statements / per:.3f} statements, "
+                f"{_wal_bytes(page):,.0f} WAL bytes per message",
             )
         )
     report(
@@ -148,4 +184,80 @@ def bench_sqlite_journal() -> None:
     )
 
 
-BENCHMARKS = {"sqlite-journal": bench_sqlite_journal}
+BOT_MESSAGES = 4_000  # WeCom callbacks a bot run answers (as ``wecom-bot``)
+BOT_RUNS = 5  # turns of each store: the whole bot's CPU moves ±50 µs a message between runs
+
+
+class _Parts:
+    """The SQLite store's work in a bot run, by thread CPU (``time.thread_time``), wrapped
+    around its module's functions: statements built, run on the event loop, and every call
+    in the worker thread (``_patiently``: checkpoints, and the commits that follow them)."""
+
+    def __init__(self) -> None:
+        self.seconds = {"built": 0.0, "on the loop": 0.0, "in the thread": 0.0}
+        self._loop = threading.get_ident()
+
+    def _timed(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if name != "on the loop" or threading.get_ident() == self._loop:
+                self.seconds[name] += time.thread_time() - start
+
+    @contextmanager
+    def wrapped(self) -> Iterator[None]:
+        originals = {n: getattr(_sqlite, n) for n in ("_statements", "_execute", "_patiently")}
+        parts = {"_statements": "built", "_execute": "on the loop", "_patiently": "in the thread"}
+        for name, original in originals.items():
+            setattr(_sqlite, name, functools.partial(self._timed, parts[name], original))
+        try:
+            yield
+        finally:
+            for name, original in originals.items():
+                setattr(_sqlite, name, original)
+
+
+def _bot_cpu(sqlite: bool, parts: _Parts | None = None) -> float:
+    """CPU seconds per message of one WeCom bot run (the emulator in its own process)."""
+    run = bot._bridged(bot._wecom_connector, sqlite=sqlite)
+    with emulator_process("wecom") as info:
+        trio.run(bot._load, info, BOT_MESSAGES)
+        start = time.process_time()
+        with parts.wrapped() if parts else contextlib.nullcontext():
+            trio.run(bot._bounded, run, info, BOT_MESSAGES)
+        return (time.process_time() - start) / BOT_MESSAGES
+
+
+def bench_sqlite_bot() -> None:
+    """The WeCom whole bot on memory and on SQLite, taking turns ``BOT_RUNS`` times, ack 0 ms."""
+    memory: list[float] = []
+    sqlite: list[float] = []
+    parts = _Parts()
+    for _ in range(BOT_RUNS):
+        memory.append(_bot_cpu(sqlite=False))
+        sqlite.append(_bot_cpu(sqlite=True, parts=parts))
+    mem, sql = statistics.median(memory), statistics.median(sqlite)
+    pairs = sorted((b - a) * 1e6 for a, b in zip(memory, sqlite, strict=True))
+    per = BOT_MESSAGES * BOT_RUNS
+    rows = [
+        ("MemoryStore", f"{mem * 1e6:5.0f} us CPU/message (runs {_us(memory)})"),
+        ("SQLiteStore", f"{sql * 1e6:5.0f} us CPU/message (runs {_us(sqlite)})"),
+        (
+            "SQLite - memory",
+            f"{(sql - mem) * 1e6:+5.0f} us/message, median of pairs "
+            f"{statistics.median(pairs):+.0f} (pairs {', '.join(f'{p:+.0f}' for p in pairs)})",
+        ),
+        *(
+            (f"  store: {name}", f"{seconds / per * 1e6:5.1f} us/message (thread CPU)")
+            for name, seconds in parts.seconds.items()
+        ),
+    ]
+    report(f"WeCom whole bot, {BOT_MESSAGES:,} callbacks, ack 0 ms: SQLite against memory", rows)
+
+
+def _us(seconds: list[float]) -> str:
+    return ", ".join(f"{s * 1e6:.0f}" for s in seconds)
+
+
+BENCHMARKS = {"sqlite-journal": bench_sqlite_journal, "sqlite-bot": bench_sqlite_bot}
