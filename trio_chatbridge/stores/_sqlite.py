@@ -144,9 +144,9 @@ class SQLiteStore(Store):
     returns as if not cancelled, the cancellation taking effect at the caller's next
     checkpoint. ``aclose`` closes the file even when cancelled.
 
-    The file is at schema version 2 (``SCHEMA_VERSION``); one of version 1 is migrated by
-    the first store that opens it, in one transaction, and an older trio_chatbridge cannot
-    open it after that (docs/stores.md, "The file's schema and its migration").
+    The file is at schema version 2; one of version 1 is migrated by the first store that
+    opens it, in one transaction, and an older trio_chatbridge cannot open it after that
+    (docs/stores.md, "The file's schema and its migration").
     """
 
     def __init__(
