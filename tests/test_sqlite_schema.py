@@ -158,22 +158,28 @@ async def test_two_processes_opening_a_version_1_file_migrate_it_once(tmp_path: 
         await two.aclose()
 
 
-async def test_a_file_of_a_newer_schema_is_refused_clearly(tmp_path: Path) -> None:
-    path = tmp_path / "new.db"
-    with closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA user_version = 3")
-    with pytest.raises(cb.StoreError, match=r"schema version 3, newer .* Upgrade"):
-        await cb.SQLiteStore(path).open()
-    assert _layout(path) == (3, [], [])  # untouched
-
-
-async def test_a_file_of_another_application_is_refused_untouched(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("made_with", "error", "layout"),
+    [
+        # A newer trio_chatbridge's file: refused with what to do.
+        ("PRAGMA user_version = 3", r"schema version 3, newer .* Upgrade", (3, [], [])),
+        # Another application's file with a table of our names.
+        (
+            "CREATE TABLE journal (entry TEXT)",
+            r"cannot open .* already exists",
+            (0, ["journal"], ["entry"]),
+        ),
+    ],
+)
+async def test_a_file_the_store_cannot_use_is_refused_untouched(
+    tmp_path: Path, made_with: str, error: str, layout: tuple[int, list[str], list[str]]
+) -> None:
     path = tmp_path / "other.db"
     with closing(sqlite3.connect(path)) as db:
-        db.execute("CREATE TABLE journal (entry TEXT)")
-    with pytest.raises(cb.StoreError, match=r"cannot open .* already exists"):
+        db.execute(made_with)
+    with pytest.raises(cb.StoreError, match=error):
         await cb.SQLiteStore(path).open()
-    assert _layout(path) == (0, ["journal"], ["entry"])
+    assert _layout(path) == layout
 
 
 async def test_a_message_accepted_after_a_prune_emptied_the_journal_is_pending(
