@@ -258,6 +258,7 @@ class Debouncer:
         home = self._by_key
         platform: str | None = None  # of the message before (none yet)
         account: str | None = None
+        session: _Session | None = None  # the message before's, while it is pending
         for message in messages:
             if by_chat is None:
                 slot = key_of(message)
@@ -265,7 +266,16 @@ class Debouncer:
                 if message.account != account or message.platform != platform:
                     platform, account = message.platform, message.account
                     home = by_chat.setdefault((platform, account), {})
+                    session = None
                 slot = message.chat.id
+            if session is not None and session.slot == slot:
+                # A burst: the session of the message before, its deadline set this turn
+                # already; no lookup and no re-arm.
+                session.messages.append(message)
+                if most is not None and len(session.messages) >= most:
+                    ready.append(self._release(session))
+                    session = None
+                continue
             session = home.get(slot)
             if session is None:
                 held = self._pending < self.max_pending or self._draining
@@ -275,7 +285,8 @@ class Debouncer:
                     break
                 key = slot if by_chat is None else session_key(message)
                 cap = NO_DEADLINE if policy.max_delay is None else now + policy.max_delay
-                session = _Session(key, home, slot, [message], cap, min(due, cap), not held)
+                deadline = due if due < cap else cap
+                session = _Session(key, home, slot, [message], cap, deadline, not held)
                 home[slot] = session
                 if held:
                     self._pending += 1
@@ -291,6 +302,7 @@ class Debouncer:
                 session.deadline = due if due < session.cap else session.cap
             if self._draining or (most is not None and len(session.messages) >= most):
                 ready.append(self._release(session))
+                session = None
         return ready
 
     def _full(self) -> None:
