@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import coredis
 import hypothesis.strategies as st
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -676,6 +677,37 @@ def test_the_memory_journal_in_pages_means_one_record_per_message(
     """Pages of several accounts, duplicates within a page and across pages, done-marks
     before the add, on part of a page, failed then done, pruning part of a page: the memory
     store answers as a plain record per message would, pending messages oldest first."""
+    _answers_as_flat_journal(script)
+
+
+# The very objects journaled, as the dispatcher marks them (a done-mark finds such a message
+# by its place in its page), and equal copies of them (found through the account's index).
+# Twelve ids: pages longer than the few a done-mark looks through in turn.
+pools = {a: [fakes[a].message(str(i), id=str(i)) for i in range(12)] for a in ("x", "y")}
+pooled = pools["x"] + pools["y"]
+same_or_copies = st.sampled_from(pooled) | st.sampled_from(pooled).map(msgspec.structs.replace)
+one_account = accounts.flatmap(lambda account: st.permutations(pools[account]))
+marked_by_place = st.one_of(
+    st.tuples(st.just("add"), st.lists(st.sampled_from(pooled), max_size=14) | one_account),
+    st.tuples(st.just("done"), st.lists(same_or_copies, max_size=14), st.none() | st.just("x")),
+    st.tuples(st.just("pending")),
+    st.tuples(st.just("entry"), same_or_copies),
+    st.tuples(st.just("prune"), st.integers(0, 3)),
+    st.tuples(st.just("tick")),
+)
+
+
+@given(script=st.lists(marked_by_place, max_size=40))
+def test_the_memory_journal_marks_the_journaled_messages_by_their_place(
+    script: list[tuple[Any, ...]],
+) -> None:
+    """Done-marks of the journaled objects themselves, in and out of their pages' order,
+    across pages and accounts, mixed with equal copies, after pruning part of a page, on
+    pages short and long: the memory store answers as a plain record per message would."""
+    _answers_as_flat_journal(script)
+
+
+def _answers_as_flat_journal(script: list[tuple[Any, ...]]) -> None:
     clock = Clock()
     model = _FlatJournal(clock)
     store = cb.MemoryStore(wall_clock=clock)

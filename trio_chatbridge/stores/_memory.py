@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 import attrs
 import msgspec
@@ -11,6 +12,8 @@ import trio
 
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, JournalState, Store
+
+_SCANNED: Final = 8  # messages in a page up to which a done-mark looks through them in turn
 
 
 class _Page(msgspec.Struct, gc=False):
@@ -20,16 +23,40 @@ class _Page(msgspec.Struct, gc=False):
 
     Nothing in a page is walked by the garbage collector: the page is a record it does not
     track, its messages a tuple of untracked records (the collector stops tracking such a
-    tuple the first time it sees it) and its outcomes strings and tuples of strings. A page
-    holds no reference back to the store, so it can be in no cycle. A journal of pages of one
-    message (a push platform's callbacks) would otherwise add tracked objects with every put
-    that every full collection walks again.
+    tuple the first time it sees it), its outcomes strings and tuples of strings, its
+    positions strings and ints. A page holds no reference back to the store, so it can be in
+    no cycle. A journal of pages of one message (a push platform's callbacks) would otherwise
+    add tracked objects with every put that every full collection walks again.
     """
 
     received_at: float
     messages: tuple[Message, ...] = ()
     outcomes: dict[str, tuple[JournalState, str | None]] = msgspec.field(default_factory=dict)
     """By message id, for the messages marked done or failed."""
+    positions: dict[str, int] | None = None
+    """By message id, where each is in ``messages``: made by the first done-mark that looks
+    into a page of more than ``_SCANNED`` messages, dropped once all of them are marked."""
+
+    def position(self, message: Message) -> int:
+        """Where ``message`` (this very object, not an equal one) is in the page, or -1."""
+        messages = self.messages
+        if messages and messages[0] is message:  # (marks that follow the page's order)
+            return 0
+        if len(messages) <= _SCANNED:
+            for at, kept in enumerate(messages):
+                if kept is message:
+                    return at
+            return -1
+        positions = self.positions
+        if positions is None:
+            positions = self.positions = {m.id: at for at, m in enumerate(messages)}
+        at = positions.get(message.id, -1)
+        return at if at >= 0 and messages[at] is message else -1
+
+    def marked(self) -> None:
+        """Drop the positions once every message is marked: no more marks will need them."""
+        if self.positions is not None and len(self.outcomes) >= len(self.messages):
+            self.positions = None
 
     def pending(self) -> list[Message]:
         """Its messages not marked yet, in order."""
@@ -91,19 +118,41 @@ class MemoryStore(Store):
         return added
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
+        """Marks by page: a run's messages follow each other in their page, and a message
+        that is the very object after the one marked before it, or one elsewhere in the same
+        page, is found there, not in the account's index (a dict of every message journaled,
+        whose lookups miss the CPU's caches: most of a done-mark's cost). Never cancelled: it
+        does not wait, so every mark is made (see :class:`Store`)."""
         outcome: tuple[JournalState, str | None] = (
             ("done", None) if error is None else ("failed", error)
         )
         platform: str | None = None  # of the messages before (none yet)
         account: str | None = None
         ids: dict[str, _Page] = {}
+        page: _Page | None = None  # of the message marked before, and its place there
+        kept: tuple[Message, ...] = ()  # the page's messages
+        marks: dict[str, tuple[JournalState, str | None]] = {}  # the page's outcomes
+        at = -1
         for message in messages:
-            if message.account != account or message.platform != platform:
-                platform, account = message.platform, message.account
-                ids = self._index.get((platform, account), {})
-            page = ids.get(message.id)
-            if page is not None:
-                page.outcomes[message.id] = outcome
+            at += 1
+            if at < len(kept) and kept[at] is message:  # the next one in the same page
+                marks[message.id] = outcome
+                continue
+            at = -1 if page is None else page.position(message)
+            if at < 0:  # in another page (or an equal copy, not the journaled object)
+                if message.account != account or message.platform != platform:
+                    platform, account = message.platform, message.account
+                    ids = self._index.get((platform, account), {})
+                found = ids.get(message.id)
+                if found is None:  # not journaled (or pruned): nothing to mark
+                    continue
+                if page is not None:
+                    page.marked()
+                page, kept, marks = found, found.messages, found.outcomes
+                at = page.position(message)  # (-1 for an equal copy: kept[0] comes next)
+            marks[message.id] = outcome
+        if page is not None:
+            page.marked()
 
     async def journal_pending(self) -> list[Message]:
         return [m for page in self._pages for m in page.pending()]
@@ -126,7 +175,7 @@ class MemoryStore(Store):
                 for message in page.messages:
                     if message.id in page.outcomes:
                         del self._ids(message)[message.id]
-                page.messages, page.outcomes = tuple(page.pending()), {}
+                page.messages, page.outcomes, page.positions = tuple(page.pending()), {}, None
             if page.messages:
                 kept.append(page)
         self._pages = kept
