@@ -9,7 +9,10 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from itertools import groupby, repeat
+from operator import attrgetter
 from pathlib import Path
+from typing import Final
 
 import msgspec
 import trio
@@ -23,6 +26,8 @@ from ._util import REPEAT, peak_rss_mib, report, timed, timed_both
 MESSAGES = 200_000
 SESSIONS = 20_000
 PAGE = 100  # messages per put, as a long-poll page would bring them
+_ID: Final = attrgetter("id")
+_CHAT: Final = attrgetter("chat.id")
 
 
 def _messages(count: int, sessions: int, per_session_run: int = 10) -> list[cb.Message]:
@@ -73,13 +78,16 @@ def bench_pipeline() -> None:
     async def noop_agent(group: list[cb.Message]) -> None:
         pass
 
-    async def raw_channel(tasks: bool = False, floor: bool = False) -> None:
+    async def raw_channel(tasks: bool = False, floor: bool = False, in_c: bool = False) -> None:
         """The same pages through one raw channel; the receiver splits each page into its
         sessions and runs the no-op agent once per session: the same batches, by hand.
         ``tasks``: each agent run in a task of its own, as a concurrent dispatcher needs.
         ``floor``: also the work no design can skip, in plain Python: a dedup index looked
         up and filled per message (by id, in a dict per account), a session looked up and
-        appended to per message, a run per session."""
+        appended to per message, a run per session. ``in_c``: the floor's per-message work
+        done by the interpreter's C builtins instead (the ids by ``attrgetter``, the dedup
+        by ``isdisjoint`` and ``update``, the sessions by ``groupby``, as this benchmark's
+        pages hold each session's messages together): what a compiled floor would cost."""
         send, receive = trio.open_memory_channel[list[cb.Message]](16)
         seen: dict[tuple[str, str], dict[str, list[cb.Message]]] = {}
 
@@ -93,7 +101,14 @@ def bench_pipeline() -> None:
             async with receive:
                 async for page in receive:
                     groups: dict[str, list[cb.Message]] = {}
-                    if floor:
+                    if in_c:
+                        first = page[0]
+                        index = seen.setdefault((first.platform, first.account), {})
+                        ids = list(map(_ID, page))
+                        assert index.keys().isdisjoint(ids)  # (no duplicates in this benchmark)
+                        index.update(zip(ids, repeat(page)))
+                        groups = {chat: list(run) for chat, run in groupby(page, _CHAT)}
+                    elif floor:
                         first = page[0]
                         index = seen.setdefault((first.platform, first.account), {})
                         for message in page:
@@ -136,6 +151,7 @@ def bench_pipeline() -> None:
     raw_tasks, raw_tasks_cpu = timed_both(lambda: trio.run(lambda: raw_channel(tasks=True)))
     _, floor_cpu = timed_both(lambda: trio.run(lambda: raw_channel(floor=True)))
     _, floor_tasks_cpu = timed_both(lambda: trio.run(lambda: raw_channel(tasks=True, floor=True)))
+    _, floor_c_cpu = timed_both(lambda: trio.run(lambda: raw_channel(in_c=True)))
     piped, piped_cpu = timed_both(lambda: trio.run(pipeline))
     assert handled == MESSAGES
     report(
@@ -169,6 +185,10 @@ def bench_pipeline() -> None:
             (
                 "best ratio any design reaches (raw / floor by CPU, inline; task per run)",
                 f"{raw_cpu / floor_cpu:.2f}x; {raw_cpu / floor_tasks_cpu:.2f}x",
+            ),
+            (
+                "floor with its per-message work in C builtins: CPU per message; raw / it",
+                f"{floor_c_cpu / MESSAGES * 1e6:.2f} us; {raw_cpu / floor_c_cpu:.2f}x",
             ),
             ("peak RSS of the process", f"{peak_rss_mib():.0f} MiB"),
         ],
