@@ -37,8 +37,10 @@ class _Page(msgspec.Struct, gc=False):
     """By message id, where each is in ``messages``: made by the first done-mark that looks
     into a page of more than ``_SCANNED`` messages, dropped once all of them are marked."""
 
-    def position(self, message: Message) -> int:
-        """Where ``message`` (this very object, not an equal one) is in the page, or -1."""
+    def position(self, message: Message, *, known: bool = True) -> int:
+        """Where ``message`` (this very object, not an equal one) is in the page, or -1.
+        ``known=False``: the message may well be in another page, so a long page without
+        positions does not make them for it (-1 unless it is the page's first)."""
         messages = self.messages
         if messages and messages[0] is message:  # (marks that follow the page's order)
             return 0
@@ -49,6 +51,8 @@ class _Page(msgspec.Struct, gc=False):
             return -1
         positions = self.positions
         if positions is None:
+            if not known:
+                return -1
             positions = self.positions = {m.id: at for at, m in enumerate(messages)}
         at = positions.get(message.id, -1)
         return at if at >= 0 and messages[at] is message else -1
@@ -138,7 +142,7 @@ class MemoryStore(Store):
             if at < len(kept) and kept[at] is message:  # the next one in the same page
                 marks[message.id] = outcome
                 continue
-            at = -1 if page is None else page.position(message)
+            at = -1 if page is None else page.position(message, known=False)
             if at < 0:  # in another page (or an equal copy, not the journaled object)
                 if message.account != account or message.platform != platform:
                     platform, account = message.platform, message.account
