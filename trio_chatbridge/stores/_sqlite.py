@@ -37,7 +37,7 @@ IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
 ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
 DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before taking its own
 INLINE_ROWS: Final = 256  # journal rows a group commit may write on the event loop; more: thread
-CHECKPOINT_AFTER: Final = 1_000  # rows, and 4 a commit, written between two checkpoints (thread)
+CHECKPOINT_AFTER: Final = 4_000  # rows, and 4 a commit, written between two checkpoints (thread)
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
 
 _OUTCOMES: Final = """CREATE TABLE outcomes (
@@ -123,7 +123,7 @@ class SQLiteStore(Store):
     (tried with a busy timeout of 0; when another connection holds the file's write lock, it
     is rolled back untouched and run again in the worker thread, which waits up to 5 s), never
     checkpoints (the store checkpoints in the worker thread, before the write that follows
-    about 1,000 rows written by any call: journal, key-value, leases, heartbeats), and never
+    about 4,000 rows written by any call: journal, key-value, leases, heartbeats), and never
     syncs (the WAL's header is synced when the log restarts after a checkpoint: that commit
     is the checkpoint's own, in the thread, unless another process sharing the file
     checkpointed in between). What it may block the loop for: its rows' CPU (5-10 µs a row),
