@@ -32,7 +32,8 @@ from ._codec import decode_message, encode_message
 
 SCHEMA_VERSION: Final = 2
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
-ROWS_PER_STATEMENT: Final = 400  # 5 parameters a row: well under SQLite's variable limit
+ROW_PARAMETERS: Final = 5  # a journal row's: platform, account, message id, body, received_at
+ROWS_PER_STATEMENT: Final = 400  # 2,000 parameters: well under SQLite's variable limit
 IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
 ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
 DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before taking its own
@@ -616,9 +617,9 @@ def _execute(
 ) -> bool:
     """Run a turn's statements as one transaction; a failing transaction fails every write
     in the turn (its ``error`` set, unless it failed on its own already). A turn of one
-    done-mark statement runs without ``BEGIN`` and ``COMMIT`` (SQLite makes it a transaction
-    of its own, as atomic and as durable); an add's rows are told apart after its statement
-    (:func:`_new`), so it is always in a transaction.
+    statement runs without ``BEGIN`` and ``COMMIT`` (SQLite makes it a transaction of its
+    own, as atomic and as durable), unless it adds several rows: those may need reading
+    after it (:func:`_new`), within its transaction.
 
     Without ``wait`` (the connection's busy timeout is 0), a file locked by another
     connection rolls the turn back and returns False: nothing was written, to be run again
@@ -626,7 +627,9 @@ def _execute(
     so a turn is refused whole or not at all.
     """
     try:
-        single = len(statements) <= 1 and all(adding is None for adding, _, _ in statements)
+        single = len(statements) <= 1 and all(
+            adding is None or len(params) == ROW_PARAMETERS for adding, _, params in statements
+        )
         with contextlib.nullcontext() if single else _transaction(db, "BEGIN IMMEDIATE"):
             for adding, sql, params in statements:
                 cursor = db.execute(sql, params)
@@ -676,19 +679,21 @@ def _inserts(add: _Write) -> Iterator[tuple[str, list[Any]]]:
 
 
 def _new(db: sqlite3.Connection, cursor: sqlite3.Cursor, params: list[Any]) -> list[bool]:
-    """Whether each row of an insert (its ``params``, 5 a row) was new, read after it ran.
+    """Whether each row of an insert (its ``params``, a row's in turn) was new, read after it
+    ran.
 
     All new (the common case): the rows it changed are all of them. Else the new ones are
     found by their ``seq``: a row inserted without one gets the largest ``seq`` in the table
     plus one (https://www.sqlite.org/autoinc.html; the journal never gives one, and no table
     reaches 2**63 rows), so the ``rowcount`` rows this statement inserted, under the write
-    lock its transaction holds (a turn with an add is always one), are the ``seq`` range
-    ending at ``lastrowid``. A key twice in the rows is new the first time, a duplicate the
-    second."""
+    lock its transaction holds (an add of several rows is always in one), are the ``seq``
+    range ending at ``lastrowid``. A key twice in the rows is new the first time, a
+    duplicate the second."""
     inserted = cursor.rowcount
-    if inserted * 5 == len(params):
+    if inserted * ROW_PARAMETERS == len(params):
         return [True] * inserted
-    keys = zip(params[0::5], params[1::5], params[2::5], strict=True)
+    step = ROW_PARAMETERS
+    keys = zip(params[0::step], params[1::step], params[2::step], strict=True)
     last = cursor.lastrowid or 0
     new = set(
         db.execute(
