@@ -585,9 +585,8 @@ def _statements(turn: list[_Write]) -> list[_Statement]:
 
     A write whose messages cannot be serialised fails alone (its ``error`` set, no statement).
     Every statement costs a trip into SQLite (and, in the worker thread, through the GIL while
-    the event loop runs), so a turn runs as few as it can: an add is a multi-row ``INSERT ...
-    RETURNING``; done-marks in a row with one outcome are one ``INSERT INTO outcomes`` per
-    account.
+    the event loop runs), so a turn runs as few as it can: an add is a multi-row ``INSERT``;
+    done-marks in a row with one outcome are one ``INSERT INTO outcomes`` per account.
     """
     statements: list[_Statement] = []
     outcome: tuple[str, Any] | None = None  # of the done-marks being merged
