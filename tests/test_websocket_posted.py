@@ -55,13 +55,17 @@ async def test_a_posted_request_does_not_expire_while_the_reader_is_stopped(
 class GatedSocket:
     """A WebSocket, one connection after another: the test pushes the server's frames
     (:meth:`push`) and ends a connection (:meth:`drop`); a write of a ``req:`` frame waits
-    for ``gate``, then fails if ``fail`` (after ``answer`` is read, if set)."""
+    for ``gate`` (even once cancelled, if ``in_flight``: the frame is in a write already),
+    then fails if ``fail`` (after ``answer`` is read, if set). Once a write failed, every
+    later one on that connection fails at once, as our client's do (no checkpoint)."""
 
     def __init__(self) -> None:
         self.gate = trio.Event()
         self.gate.set()
+        self.in_flight = False
         self.answer: str | None = None
         self.fail: ConnectionClosed | None = None
+        self.broken: ConnectionClosed | None = None
         self.got: list[list[Data]] = []  # what each connection wrote
         self.to_client, self.incoming = trio.open_memory_channel[Data](10)
 
@@ -72,11 +76,15 @@ class GatedSocket:
             raise ConnectionClosed(CloseReason(1006, "gone")) from None
 
     async def send_message(self, message: Data) -> None:
+        if self.broken is not None:
+            raise self.broken
         if str(message).startswith("req:"):
             if self.answer is not None:
                 await self.to_client.send(self.answer)
-            await self.gate.wait()
+            with trio.CancelScope(shield=self.in_flight):
+                await self.gate.wait()
             if self.fail is not None:
+                self.broken = ConnectionClosed(self.fail.reason)
                 raise self.fail
         self.got[-1].append(message)
 
@@ -90,6 +98,7 @@ class GatedSocket:
     async def open(self, url: str) -> AsyncIterator[GatedSocket]:
         self.to_client, self.incoming = trio.open_memory_channel[Data](10)
         self.got.append([])
+        self.broken = None
         yield self
 
 
@@ -254,3 +263,94 @@ async def test_a_posted_write_that_failed_once_a_frame_may_have_gone_counts_as_w
             ws.drop()
     assert len(settled) == 1
     assert isinstance(settled[0], cb.connectors.Disconnected) and settled[0].sent
+
+
+def carried_at_most(times: int, kept: list[str], key: str) -> Callable[[], None]:
+    """A ``carried`` callback that records ``key`` and fails past ``times`` calls: a frame
+    carried again and again (a loop without a checkpoint) ends the test instead of hanging
+    it."""
+
+    def carried() -> None:
+        kept.append(key)
+        if len(kept) > times:
+            raise RuntimeError(f"{key} carried {len(kept)} times: a spin")
+
+    return carried
+
+
+async def carry(
+    driver: WebSocketDriver[str], inbox: Inbox, ws: GatedSocket, *keys: str
+) -> list[Result]:
+    """Post ``keys`` on a first connection, which then drops: each is carried (limited to
+    three carries, see :func:`carried_at_most`); what settles them."""
+    settled: list[Result] = []
+    async with trio.open_nursery() as first:
+        first.start_soon(run_until_dropped, driver, inbox, ws)
+        await trio.sleep(0.5)
+        for key in keys:
+            kept: list[str] = []
+            assert await driver.post(
+                Request(key, f"req:{key}", refused),
+                settled.append,
+                carried=carried_at_most(3, kept, key),
+            )
+    return settled
+
+
+async def answered_on_the_next(
+    driver: WebSocketDriver[str], inbox: Inbox, ws: GatedSocket, *keys: str
+) -> list[Data]:
+    """Connect again, answer ``keys``: what the connection wrote."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run, inbox.context(), "ws://localhost/")
+        for key in keys:
+            await ws.push(f"ans:{key}")
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    return ws.got[-1]
+
+
+async def test_a_carried_frame_written_as_its_new_connection_closes_is_carried_on_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The socket drops while the carried frame is in a write (which completes): the frame
+    goes on to the next connection, once, and is settled there once; no spin."""
+    ws, inbox = GatedSocket(), Inbox()
+    driver = driver_on(ws)
+    with trio.fail_after(60):
+        settled = await carry(driver, inbox, ws, "a")
+        ws.gate, ws.in_flight = trio.Event(), True
+        with pytest.RaisesGroup(cb.ConnectorError, flatten_subgroups=True):
+            async with trio.open_nursery() as second:
+                second.start_soon(driver.run, inbox.context(), "ws://localhost/")
+                await trio.testing.wait_all_tasks_blocked()
+                ws.drop()  # the reader learns the socket closed; the write is in flight
+                await trio.testing.wait_all_tasks_blocked()
+                ws.gate.set()
+        assert ws.got[1] == ["hello", "req:a"] and settled == []
+        ws.in_flight = False
+        assert await answered_on_the_next(driver, inbox, ws, "a") == ["hello", "req:a"]
+    assert settled == [Answer("a", body={"n": 1})]
+    assert inbox.counts["requests_across_reconnects"] == 2  # once per connection
+
+
+async def test_carried_frames_after_a_failed_write_are_carried_on_once_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first carried write fails once its frame may have gone, the second fails at once
+    (the socket is broken, the reader does not know yet): both go on to the next
+    connection, once each; each is settled there once; no spin."""
+    ws, inbox = GatedSocket(), Inbox()
+    driver = driver_on(ws)
+    with trio.fail_after(60):
+        settled = await carry(driver, inbox, ws, "a", "b")
+        ws.fail = SendFailed(CloseReason(1006, "gone"), may_have_been_sent=True)
+        with pytest.RaisesGroup(cb.ConnectorError, flatten_subgroups=True):
+            await driver.run(inbox.context(), "ws://localhost/")
+        assert ws.got[1] == ["hello"] and settled == []
+        ws.fail = None
+        wrote = await answered_on_the_next(driver, inbox, ws, "a", "b")
+    assert wrote[0] == "hello" and sorted(wrote[1:]) == ["req:a", "req:b"]
+    assert len(settled) == 2  # once each, answered
+    assert sorted(r.key for r in settled if isinstance(r, Answer) and not r.code) == ["a", "b"]
+    assert inbox.counts["requests_across_reconnects"] == 4  # each once per connection

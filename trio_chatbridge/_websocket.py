@@ -729,22 +729,41 @@ class WebSocketDriver(Generic[N]):
             nursery.start_soon(self._read, ctx, connection, backlog, nursery)
             for outgoing in self.core.open():
                 await self._perform(connection, outgoing)
-            while self._carried:  # nothing else is written before them
-                posted = self._carried.pop(next(iter(self._carried)))
-                connection.count("requests_across_reconnects")
-                try:
-                    if not await connection.write(posted):  # nothing went: the next one, then
-                        self._carry(posted, connection.closed or "connection ended")
-                except BaseException:
-                    if not posted.ended:  # cancelled: still unknown, kept for what follows
-                        self._carried[posted.request.key] = posted
-                    raise
+            await self._write_carried(connection)  # nothing else is written before them
             self._connection = connection
             self._up.set()
             task_status.started()
             nursery.start_soon(self._heartbeat, connection)
             nursery.start_soon(connection.expire)
             await self._deliver(ctx, connection, backlog, puts)
+
+    async def _write_carried(self, connection: _Connection) -> None:
+        """Write each frame carried from the last connection on ``connection``, at most once
+        each: one whose write sent nothing, and those after it, are carried on for the next,
+        and :class:`Disconnected` raised; so is it once the connection closed (a frame written
+        as it closed is carried on by its close). Were they taken from :attr:`_carried` again
+        instead, a closed connection would refuse each at once, with no checkpoint: the loop
+        would never end, nor let the reader's cancellation in. If cancelled, the frame in
+        flight is kept (unless settled) and so is every one not yet written."""
+        carried, self._carried = self._carried, {}
+        try:
+            while carried:
+                posted = carried.pop(next(iter(carried)))
+                connection.count("requests_across_reconnects")
+                try:
+                    written = await connection.write(posted)
+                except BaseException:
+                    if not posted.ended:  # cancelled: still unknown, kept for what follows
+                        self._carried[posted.request.key] = posted
+                    raise
+                reason = connection.closed or "connection ended"
+                if not written:  # nothing went: the socket is gone (the reader may not know)
+                    self._carry(posted, reason)
+                if not written or connection.closed is not None:
+                    await trio.lowlevel.checkpoint()  # a reader that saw the close raised:
+                    raise Disconnected(reason, sent=False)  # its error alone is reported
+        finally:
+            self._carried.update(carried)  # those not tried, after those carried again
 
     async def _perform(
         self, connection: _Connection, outgoing: Outgoing, *, pausable: bool = False
