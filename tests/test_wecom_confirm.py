@@ -208,7 +208,12 @@ async def test_a_final_frame_lost_with_its_connection_goes_again_first_on_the_ne
         await trio.sleep(1)
         assert await state(store, "m-1") == "done"
         assert other(bridge, "requests_across_reconnects") == 1
-        for counter in ("replies_unconfirmed", "replies_refused", "carried_fallbacks"):
+        for counter in (
+            "replies_unconfirmed",
+            "replies_refused",
+            "carried_fallbacks",
+            "carried_confirmed_by_846608",
+        ):
             assert other(bridge, counter) == 0, counter
     assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
     frames = emu.commands("aibot_respond_msg")
@@ -228,6 +233,7 @@ async def test_a_carried_final_frame_answered_846608_within_its_window_is_confir
         await emu.wait_connected()
         await trio.sleep(ACK_DELAY + 1)
         assert await state(store, "m-1") == "done"
+        assert other(bridge, "carried_confirmed_by_846608") == 1  # by the assumption: counted
         for counter in ("replies_unconfirmed", "replies_refused", "carried_fallbacks"):
             assert other(bridge, counter) == 0, counter
     refused = [a for a in emu.activity if a.kind == "refused"]
@@ -249,6 +255,7 @@ async def test_a_carried_final_frame_answered_busy_then_846608_in_its_window_is_
         assert await state(store, "m-1") == "done"
         assert other(bridge, "busy_retries") == 1
         assert other(bridge, "carried_fallbacks") == 0
+        assert other(bridge, "carried_confirmed_by_846608") == 1
     assert len(emu.commands("aibot_respond_msg")) == 3
     assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
 
@@ -269,10 +276,31 @@ async def test_a_carried_final_frame_answered_846608_after_its_window_goes_proac
         assert await state(store, "m-1") == "done"
         assert other(bridge, "carried_fallbacks") == 1
         assert other(bridge, "replies_refused") == 1
+        assert other(bridge, "carried_confirmed_by_846608") == 0
     assert [(s.kind, s.text) for s in emu.sent] == [
         ("stream", "the answer"),
         ("proactive", "the answer"),
     ]
+
+
+async def test_a_carried_final_frame_answered_846608_though_its_first_write_was_not_taken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The rule's failure mode, pinned: the first write did not finish the stream (here it
+    was lost; a refusal whose answer went with the socket, or a window shorter than we
+    count, are the same to us), yet the second gets 846608 within the window. It is taken
+    as answered: done, nothing shown, and counted in ``carried_confirmed_by_846608``, the
+    figure to watch if users report replies missing after reconnects (docs/wecom.md)."""
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1)  # the first write: not taken, no answer
+    emu.fail_next("aibot_respond_msg", 846608)  # the second: "finished or expired"
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        await emu.wait_connected()
+        await trio.sleep(1)
+        assert await state(store, "m-1") == "done"
+        assert other(bridge, "carried_confirmed_by_846608") == 1
+        assert other(bridge, "carried_fallbacks") == 0
+    assert emu.sent == []  # the user saw nothing: what the counter is for
 
 
 async def test_a_carried_final_frame_answered_846605_goes_proactively_and_is_counted(

@@ -500,16 +500,16 @@ class _Confirming:
     only late, the reply is shown twice: its late ACK is counted in
     ``late_acks_after_fallback``.
 
-    The connection closed first: the driver carries the frame over (:attr:`carried`) and
-    writes it again, same ``req_id`` and whole text, first on the next connection (a final
-    frame is idempotent in content). There 846608 ("finished or expired") while our clock
-    says the stream cannot have expired yet (before ``finish_by``) means the first write
-    arrived and finished it: confirmed. Any other refusal, or no ACK, goes to the recovery
+    The connection closed first: the driver carries the frame over (:attr:`carried`) and writes
+    it again, same ``req_id`` and whole text, first on the next connection (a final frame is
+    idempotent in content). There 846608 ("finished or expired") while our clock says the stream
+    cannot have expired yet (before ``finish_by``) means the first write arrived and finished
+    it: confirmed, counted in ``carried_confirmed_by_846608`` (wrong if that write was refused,
+    or the window is shorter: docs/wecom.md). Any other refusal, or no ACK, goes to the recovery
     above, which shows the reply twice if the first write did arrive: counted in
-    ``carried_fallbacks``. The connector stopped before a next connection (or past the
-    driver's bound of carried frames): the run's messages stay pending (replayed at the
-    next start, where WeCom answers 846608 for a callback answered before), counted in
-    ``replies_unconfirmed``.
+    ``carried_fallbacks``. The connector stopped before a next connection (or past the driver's
+    bound of carried frames): the run's messages stay pending (replayed at the next start, where
+    WeCom answers 846608 for a callback answered before), counted in ``replies_unconfirmed``.
     """
 
     connector: LongConnection
@@ -571,14 +571,19 @@ class _Confirming:
         stream's state records it): 0, or 846608 to the frame written again on a new
         connection while the stream cannot have expired (our clock before ``finish_by``,
         itself :data:`FINISH_MARGIN` ahead of the callback's window): then only its first
-        write can have finished it."""
+        write can have finished it. That rule assumes the first write was taken, not refused
+        (its answer lost with the socket), and that the window is as long as we count it
+        (docs/wecom.md): confirmations by it are counted in ``carried_confirmed_by_846608``."""
         finish_by = self.state.finish_by
-        took = not errcode or (
+        by_846608 = (
             self.carried
             and errcode == f.STREAM_EXPIRED
             and finish_by is not None
             and trio.current_time() < finish_by
         )
+        took = not errcode or by_846608
+        if by_846608:
+            self.connector.ctx.count("carried_confirmed_by_846608")
         if took:
             self.state.took(self.body)
         return took
