@@ -283,6 +283,22 @@ async def test_a_carried_final_frame_answered_846608_after_its_window_goes_proac
     ]
 
 
+@asynccontextmanager
+async def written_again_after_a_lost_write(
+    errcode: int,
+) -> AsyncIterator[tuple[WeComEmulator, cb.Bridge]]:
+    """The final frame's first write is lost (not taken, no answer) with its connection; its
+    second, on the next, is answered ``errcode``; a second later the run is done."""
+    emu = WeComEmulator()
+    emu.fail_next("aibot_respond_msg", -1)
+    emu.fail_next("aibot_respond_msg", errcode)
+    async with dropped_before_its_ack(emu) as (bridge, store):
+        await emu.wait_connected()
+        await trio.sleep(1)
+        assert await state(store, "m-1") == "done"
+        yield emu, bridge
+
+
 async def test_a_carried_final_frame_answered_846608_though_its_first_write_was_not_taken(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -291,13 +307,7 @@ async def test_a_carried_final_frame_answered_846608_though_its_first_write_was_
     count, are the same to us), yet the second gets 846608 within the window. It is taken
     as answered: done, nothing shown, and counted in ``carried_confirmed_by_846608``, the
     figure to watch if users report replies missing after reconnects (docs/wecom.md)."""
-    emu = WeComEmulator()
-    emu.fail_next("aibot_respond_msg", -1)  # the first write: not taken, no answer
-    emu.fail_next("aibot_respond_msg", 846608)  # the second: "finished or expired"
-    async with dropped_before_its_ack(emu) as (bridge, store):
-        await emu.wait_connected()
-        await trio.sleep(1)
-        assert await state(store, "m-1") == "done"
+    async with written_again_after_a_lost_write(846608) as (emu, bridge):
         assert other(bridge, "carried_confirmed_by_846608") == 1
         assert other(bridge, "carried_fallbacks") == 0
     assert emu.sent == []  # the user saw nothing: what the counter is for
@@ -308,13 +318,7 @@ async def test_a_carried_final_frame_answered_846605_goes_proactively_and_is_cou
 ) -> None:
     """The platform does not take the old connection's req_id: the whole reply goes
     proactively (here the first write was lost: the user sees it once)."""
-    emu = WeComEmulator()
-    emu.fail_next("aibot_respond_msg", -1)
-    emu.fail_next("aibot_respond_msg", 846605)
-    async with dropped_before_its_ack(emu) as (bridge, store):
-        await emu.wait_connected()
-        await trio.sleep(1)
-        assert await state(store, "m-1") == "done"
+    async with written_again_after_a_lost_write(846605) as (emu, bridge):
         assert other(bridge, "carried_fallbacks") == 1
         assert other(bridge, "replies_unconfirmed") == 0
     assert [(s.kind, s.text) for s in emu.sent] == [("proactive", "the answer")]
