@@ -48,7 +48,7 @@ CREATE TABLE members (
 );
 PRAGMA user_version = 1;
 """
-"""The schema of version 1, as trio_chatbridge up to the seventh session of issue 12 wrote it."""
+"""The schema of version 1, as trio_chatbridge wrote it before version 2 (docs/changelog.md)."""
 
 # The version 1 file's journal: (message id, state, error, received_at), in seq order.
 ROWS: list[tuple[str, JournalState, str | None, float]] = [
@@ -113,7 +113,7 @@ async def test_a_version_1_file_keeps_its_pending_messages_and_history(tmp_path:
     version, names, columns = _layout(path)
     assert version == _sqlite.SCHEMA_VERSION == 2
     assert "journal_pending" not in names and "outcomes" in names
-    assert "state" not in columns and "error" not in columns
+    assert "state" in columns and "error" in columns  # left unused: dropping rewrote the journal
     async with cb.SQLiteStore(path) as reopened:  # version 2 now: opened as it is
         assert await reopened.journal_pending() == [_message("p2"), _message("new")]
         entry = await reopened.journal_entry(("fake", "bot", "d2"))
@@ -156,6 +156,49 @@ async def test_two_processes_opening_a_version_1_file_migrate_it_once(tmp_path: 
     finally:
         await one.aclose()
         await two.aclose()
+
+
+def _migrating(path: Path) -> sqlite3.Connection:
+    """Another process's connection to the version 1 file at ``path``, midway through its
+    migration: the file's write lock held, the migration run, not committed."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    for statement in _sqlite._MIGRATION:
+        db.execute(statement)
+    db.execute(f"PRAGMA user_version={_sqlite.SCHEMA_VERSION}")
+    return db
+
+
+async def test_a_store_opening_while_another_process_migrates_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A migration longer than a call's busy timeout (5 s here, 10 ms in this test): the
+    # store opening meanwhile waits for the opening's own, longer bound (2 s in this test).
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 10)
+    monkeypatch.setattr(_sqlite, "OPEN_BUSY_TIMEOUT_MS", 2_000)
+    second = cb.SQLiteStore(path)
+    with closing(_migrating(path)) as first, trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second.open)
+            await trio.sleep(0.2)  # real time: SQLite's busy wait, in the worker thread
+            first.execute("COMMIT")
+    try:
+        assert await second.journal_pending() == [_message("p1"), _message("p2")]
+    finally:
+        await second.aclose()
+
+
+async def test_a_store_that_waited_its_bound_for_a_migration_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    monkeypatch.setattr(_sqlite, "OPEN_BUSY_TIMEOUT_MS", 50)
+    locked = r"held its write lock for over .* Start again"
+    with closing(_migrating(path)), trio.fail_after(10), pytest.raises(cb.StoreError, match=locked):
+        await cb.SQLiteStore(path).open()
 
 
 @pytest.mark.parametrize(

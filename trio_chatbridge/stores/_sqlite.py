@@ -40,6 +40,11 @@ DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before
 INLINE_ROWS: Final = 256  # journal rows a group commit may write on the event loop; more: thread
 CHECKPOINT_AFTER: Final = 4_000  # rows, and 4 a commit, written between two checkpoints (thread)
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
+OPEN_BUSY_TIMEOUT_MS: Final = 120_000
+"""How long opening waits for the file's write lock (ms): another process may hold it for a
+whole migration from version 1, measured at ~0.9 s per 1,000,000 journal rows (of 300-byte
+bodies, docs/performance.md "SQLite, migration"), so two minutes cover a journal of over
+100 million rows on a disk several times slower, and still end a wait for a stuck process."""
 
 _OUTCOMES: Final = """CREATE TABLE outcomes (
     seq INTEGER PRIMARY KEY,
@@ -100,12 +105,14 @@ _MIGRATION: Final = (
     "INSERT INTO outcomes (seq, state, error) "
     "SELECT seq, state, error FROM journal WHERE state != 'pending'",
     "DROP INDEX journal_pending",
-    "ALTER TABLE journal DROP COLUMN state",
-    "ALTER TABLE journal DROP COLUMN error",
     _FORGET,
 )
 """From schema version 1 (the journal's ``state`` and ``error`` columns, a partial index of
-pending rows) to 2, in the transaction that opens the file: all of it, or none."""
+pending rows) to 2, in the transaction that opens the file: all of it, or none. The two
+columns stay, unused (a new row gets their defaults, ``'pending'`` and NULL; nothing reads
+them): dropping them rewrote every row of the journal, 5-6 times the time and 28 times the
+WAL of the rest of the migration (docs/performance.md, "SQLite, migration"). So a version 2
+file has one of two journal layouts, and every statement names its columns."""
 
 T = TypeVar("T")
 
@@ -214,20 +221,33 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         try:
             _create_private(self.path)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=OPEN_BUSY_TIMEOUT_MS / 1000,  # seconds: another process may be migrating
+            )
         except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             with _transaction(db, "BEGIN IMMEDIATE"):  # one process creates or migrates
                 self._schema(db)
-            if self._inline:  # commits on the loop: no lock waits, no checkpoints there
+            # Commits on the loop wait for no lock and never checkpoint; the thread's calls
+            # set their own wait (_patiently).
+            db.execute(f"PRAGMA busy_timeout={0 if self._inline else BUSY_TIMEOUT_MS}")
+            if self._inline:
                 db.execute("PRAGMA wal_autocheckpoint=0")
-                db.execute("PRAGMA busy_timeout=0")
         except sqlite3.DatabaseError as exc:
             db.close()
+            if _locked(exc):
+                raise StoreError(
+                    f"cannot open {self.path} as a trio_chatbridge store: another process "
+                    f"held its write lock for over {OPEN_BUSY_TIMEOUT_MS / 1000:.0f} s (a "
+                    "migration of a very large journal, or a process stuck in a write). Start "
+                    "again once that process is done, or stop it."
+                ) from exc
             raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
         except BaseException:
             db.close()
@@ -240,6 +260,7 @@ class SQLiteStore(Store):
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return
+        statements: Sequence[str]
         if version == 0:
             statements = _SCHEMA
         elif version == 1:
@@ -389,8 +410,8 @@ class SQLiteStore(Store):
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
         def select(db: sqlite3.Connection) -> Any:
             return db.execute(
-                "SELECT body, coalesce(state, 'pending'), error, received_at "
-                "FROM journal LEFT JOIN outcomes USING (seq) "
+                "SELECT body, coalesce(o.state, 'pending'), o.error, received_at "
+                "FROM journal LEFT JOIN outcomes AS o USING (seq) "
                 "WHERE platform = ? AND account = ? AND message_id = ?",
                 key,
             ).fetchone()
