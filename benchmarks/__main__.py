@@ -9,6 +9,7 @@ from .bot import BENCHMARKS as BOT
 from .core import BENCHMARKS as CORE
 from .embed import BENCHMARKS as EMBED
 from .lark import BENCHMARKS as LARK
+from .migration import BENCHMARKS as MIGRATION
 from .model import BENCHMARKS as MODEL
 from .redis import BENCHMARKS as REDIS
 from .sqlite import BENCHMARKS as SQLITE
@@ -21,6 +22,7 @@ ALL.update(BOT)
 ALL.update(MODEL)
 ALL.update(REDIS)
 ALL.update(SQLITE)
+ALL.update(MIGRATION)
 
 
 def main(names: list[str]) -> int:
