@@ -154,7 +154,8 @@ class SQLiteStore(Store):
 
     The file is at schema version 2; one of version 1 is migrated by the first store that
     opens it, in one transaction, and an older trio_chatbridge cannot open it after that
-    (docs/stores.md, "The file's schema and its migration").
+    (docs/stores.md, "The file's schema and its migration"). Opening waits up to 2 minutes
+    for the file's write lock, which another process migrating the file holds meanwhile.
     """
 
     def __init__(
