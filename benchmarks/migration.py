@@ -18,19 +18,51 @@ from pathlib import Path
 import trio
 
 import trio_chatbridge as cb
-from tests.test_sqlite_schema import VERSION_1, _message
 from trio_chatbridge.stores import _sqlite
 from trio_chatbridge.stores._codec import encode_message
+from trio_chatbridge.testing import FakeConnector
 
 from ._util import REPEAT, report
 
 ROWS = 300_000  # journal rows of the version 1 file, one in 100 pending
 DEADLINE = 120.0  # seconds one migration may take before the benchmark gives up
+VERSION_1 = """
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY,
+    platform TEXT NOT NULL,
+    account TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    received_at REAL NOT NULL,
+    UNIQUE (platform, account, message_id)
+);
+CREATE INDEX journal_pending ON journal (seq) WHERE state = 'pending';
+CREATE TABLE kv (
+    platform TEXT NOT NULL,
+    account TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (platform, account, key)
+);
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE members (
+    grp TEXT NOT NULL,
+    member TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (grp, member)
+);
+PRAGMA user_version = 1;
+"""
+"""The schema of version 1, as trio_chatbridge wrote it before version 2 (docs/changelog.md);
+the tests build version 1 files with it too."""
+
 DROPS = ("ALTER TABLE journal DROP COLUMN state", "ALTER TABLE journal DROP COLUMN error")
 
 
 def _version_1(path: Path) -> None:
-    body = encode_message(_message("m" * 20))  # ~300 bytes of JSON
+    body = encode_message(FakeConnector("bot").message("text", id="m" * 20))  # ~300 bytes
     with closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(VERSION_1)

@@ -4,6 +4,7 @@ of files written by version 1 (a ``state`` column and a partial index of pending
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import trio
 
 import trio_chatbridge as cb
+from benchmarks.migration import VERSION_1
 from trio_chatbridge.stores import _sqlite
 from trio_chatbridge.stores._base import JournalState
 from trio_chatbridge.stores._codec import encode_message
@@ -19,36 +21,6 @@ from trio_chatbridge.testing import FakeConnector
 
 fake = FakeConnector("bot")
 
-VERSION_1 = """
-CREATE TABLE journal (
-    seq INTEGER PRIMARY KEY,
-    platform TEXT NOT NULL,
-    account TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    error TEXT,
-    received_at REAL NOT NULL,
-    UNIQUE (platform, account, message_id)
-);
-CREATE INDEX journal_pending ON journal (seq) WHERE state = 'pending';
-CREATE TABLE kv (
-    platform TEXT NOT NULL,
-    account TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (platform, account, key)
-);
-CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
-CREATE TABLE members (
-    grp TEXT NOT NULL,
-    member TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (grp, member)
-);
-PRAGMA user_version = 1;
-"""
-"""The schema of version 1, as trio_chatbridge wrote it before version 2 (docs/changelog.md)."""
 
 # The version 1 file's journal: (message id, state, error, received_at), in seq order.
 ROWS: list[tuple[str, JournalState, str | None, float]] = [
@@ -158,28 +130,30 @@ async def test_two_processes_opening_a_version_1_file_migrate_it_once(tmp_path: 
         await two.aclose()
 
 
-def _migrating(path: Path) -> sqlite3.Connection:
-    """Another process's connection to the version 1 file at ``path``, midway through its
+@pytest.fixture
+def migrating(tmp_path: Path) -> Iterator[tuple[Path, sqlite3.Connection]]:
+    """A version 1 file, and another process's connection to it midway through its
     migration: the file's write lock held, the migration run, not committed."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("BEGIN IMMEDIATE")
-    for statement in _sqlite._MIGRATION:
-        db.execute(statement)
-    db.execute(f"PRAGMA user_version={_sqlite.SCHEMA_VERSION}")
-    return db
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _sqlite._MIGRATION:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version={_sqlite.SCHEMA_VERSION}")
+        yield path, db
 
 
 async def test_a_store_opening_while_another_process_migrates_waits_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    migrating: tuple[Path, sqlite3.Connection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A migration longer than a call's busy timeout (5 s here, 10 ms in this test): the
-    # store opening meanwhile waits for the opening's own, longer bound (2 s in this test).
-    path = tmp_path / "old.db"
-    _version_1_file(path)
+    # A migration longer than a call's busy timeout (5 s; 10 ms in this test): the store
+    # opening meanwhile waits up to the opening's own, longer bound (2 s in this test).
+    path, first = migrating
     monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 10)
     monkeypatch.setattr(_sqlite, "OPEN_BUSY_TIMEOUT_MS", 2_000)
     second = cb.SQLiteStore(path)
-    with closing(_migrating(path)) as first, trio.fail_after(10):
+    with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(second.open)
             await trio.sleep(0.2)  # real time: SQLite's busy wait, in the worker thread
@@ -191,14 +165,12 @@ async def test_a_store_opening_while_another_process_migrates_waits_for_it(
 
 
 async def test_a_store_that_waited_its_bound_for_a_migration_says_what_to_do(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    migrating: tuple[Path, sqlite3.Connection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "old.db"
-    _version_1_file(path)
     monkeypatch.setattr(_sqlite, "OPEN_BUSY_TIMEOUT_MS", 50)
     locked = r"held its write lock for over .* Start again"
-    with closing(_migrating(path)), trio.fail_after(10), pytest.raises(cb.StoreError, match=locked):
-        await cb.SQLiteStore(path).open()
+    with trio.fail_after(10), pytest.raises(cb.StoreError, match=locked):
+        await cb.SQLiteStore(migrating[0]).open()
 
 
 @pytest.mark.parametrize(
