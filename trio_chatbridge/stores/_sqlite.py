@@ -42,8 +42,8 @@ CHECKPOINT_AFTER: Final = 4_000  # rows, and 4 a commit, written between two che
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
 OPEN_BUSY_TIMEOUT_MS: Final = 120_000
 """How long opening waits for the file's write lock (ms): another process may hold it for a
-whole migration from version 1, measured at ~0.9 s per 1,000,000 journal rows (of 300-byte
-bodies, docs/performance.md "SQLite, migration"), so two minutes cover a journal of over
+whole migration from version 1, measured at 0.7-0.9 s per 1,000,000 journal rows (of about
+300-byte bodies, docs/performance.md "SQLite, migration"), so two minutes cover a journal of over
 100 million rows on a disk several times slower, and still end a wait for a stuck process."""
 
 _OUTCOMES: Final = """CREATE TABLE outcomes (
@@ -110,7 +110,7 @@ _MIGRATION: Final = (
 """From schema version 1 (the journal's ``state`` and ``error`` columns, a partial index of
 pending rows) to 2, in the transaction that opens the file: all of it, or none. The two
 columns stay, unused (a new row gets their defaults, ``'pending'`` and NULL; nothing reads
-them): dropping them rewrote every row of the journal, 5-6 times the time and 28 times the
+them): dropping them rewrote every row of the journal, 5-6 times the time and 25 times the
 WAL of the rest of the migration (docs/performance.md, "SQLite, migration"). So a version 2
 file has one of two journal layouts, and every statement names its columns."""
 
