@@ -110,7 +110,7 @@ _MIGRATION: Final = (
 """From schema version 1 (the journal's ``state`` and ``error`` columns, a partial index of
 pending rows) to 2, in the transaction that opens the file: all of it, or none. The two
 columns stay, unused (a new row gets their defaults, ``'pending'`` and NULL; nothing reads
-them): dropping them rewrote every row of the journal, 5-6 times the time and 25 times the
+them): dropping them rewrote every row of the journal, 5-7 times the time and 25-28 times the
 WAL of the rest of the migration (docs/performance.md, "SQLite, migration"). So a version 2
 file has one of two journal layouts, and every statement names its columns."""
 
