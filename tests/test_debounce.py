@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+import itertools
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -241,6 +243,55 @@ async def test_with_the_overflow_full_reading_stops_at_a_new_chat_and_resumes_in
         (9.0, "b", ["b2"]),
     ]
     assert waits == [0.0, 0.0, 3.0, 3.0]  # b parked, c stopped; a2 parked, b2 stopped
+
+
+async def test_a_page_of_many_new_chats_resumes_flat_and_counts_each_wait_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A replay sends every pending message as one page: with more new chats than it can
+    # hold and park, reading stops at nearly every chat of it. Each stop keeps the stopped
+    # message and the page's own iterator (no wrapper per stop: a wrapper each time made
+    # every later message pass through all of them, quadratic CPU); each chat leaves once, in
+    # order, and each chat made to wait is counted once (all but the first here).
+    chats = [f"c{n}" for n in range(5000)]
+    waits: list[float] = []
+    full = {"max_pending": 1, "max_parked": 1, "on_full": lambda: waits.append(0)}
+    chains = _live_chains()
+    async with debouncing(cb.Debounce(window=1.0), **full) as h:
+        h.send.send_nowait(tuple(msg(chat, f"{chat}-1") for chat in chats))
+        await trio.sleep(1000.5)  # half-way through the page, reading stopped
+        assert _live_chains() - chains <= 1  # one page in hand, however often reading stopped
+        await trio.sleep(2000.0)
+    assert h.debouncer.pending_sessions == 0
+    assert [(chat, ids) for _, chat, ids in h.batches()] == [(c, [f"{c}-1"]) for c in chats]
+    assert len(waits) == len(chats) - 1
+
+
+def _live_chains() -> int:
+    return sum(isinstance(o, itertools.chain) for o in gc.get_objects())
+
+
+async def test_a_chat_stopped_at_and_then_parked_is_counted_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    waits: list[float] = []
+    full = {"max_pending": 1, "max_parked": 2, "on_full": lambda: waits.append(trio.current_time())}
+    async with debouncing(cb.Debounce(window=3.0), **full) as h:
+        await h.say("a", "a1")
+        await trio.sleep(2.0)
+        # b and c parked (their windows end at 5.0), d stops reading
+        h.send.send_nowait((msg("b", "b1"), msg("c", "c1"), msg("d", "d1")))
+        await trio.sleep(10.0)
+    # at 3.0 a leaves and b takes its place (not due): d, read again, is parked (one place
+    # in the overflow) but was counted already; at 5.0 b leaves, c (due) takes its place
+    # and leaves, then d, read at 3.0, has its place until 6.0
+    assert h.batches() == [
+        (3.0, "a", ["a1"]),
+        (5.0, "b", ["b1"]),
+        (5.0, "c", ["c1"]),
+        (6.0, "d", ["d1"]),
+    ]
+    assert waits == [2.0, 2.0, 2.0]  # b, c parked; d stopped (and not again when parked)
 
 
 async def test_drain_releases_held_parked_and_stopped_messages_at_once(

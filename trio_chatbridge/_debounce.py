@@ -162,7 +162,12 @@ class Debouncer:
         self._by_key: dict[str, _Session] = {}
         self._pending = 0  # held sessions, not parked ones
         self._parked: dict[_Session, None] = {}  # oldest first
-        self._rest: Iterator[Message] | None = None  # the page in hand where reading stopped
+        # Where reading stopped: the message it stopped at, and the rest of its page (the
+        # page's own iterator: a resume never wraps it, so however often reading stops in one
+        # page, each later message costs one step). _rest means something only while
+        # _stopped_at is set.
+        self._stopped_at: Message | None = None
+        self._rest: Iterator[Message] = iter(())
         self._heap: list[tuple[float, int, _Session]] = []
         self._tiebreak = 0
         self._draining = False
@@ -217,40 +222,34 @@ class Debouncer:
         the input ends (returns None), keeping ``wait``'s deadline on the earliest pending
         one: one cancel scope serves every put until a deadline passes (or drain()), instead
         of one scope per put. The page in hand, if reading stopped, goes first; while it
-        still cannot be filed, this waits for a deadline (or drain()) reading nothing.
-        Cancelled, the messages received so far are filed or in hand."""
+        still cannot be filed (it stops again at once), this waits for a deadline (or
+        drain()) reading nothing. Cancelled, the messages received so far are filed or in
+        hand."""
         heap = self._heap
         while True:
-            messages = self._rest
-            if messages is None:
+            resumed = self._stopped_at
+            if resumed is None:
                 try:
                     page = await receive.receive()
                 except trio.EndOfChannel:
                     return None
-                messages = iter(page)
-            elif self._stopped():
-                await trio.sleep_forever()  # woken by the next deadline, or drain()
+                messages: Iterator[Message] = iter(page)
             else:
-                self._rest = None
+                messages, self._stopped_at, self._rest = self._rest, None, iter(())
             now = trio.current_time()
-            ready = self._add(messages, now)
+            ready = self._add(messages, now, resumed)
             if ready or not heap or heap[0][0] <= now:
                 return ready  # (with a window of 0, due already: released by the caller)
             if heap[0][0] != deadline:
                 deadline = wait.deadline = heap[0][0]
+            if self._stopped_at is not None:
+                await trio.sleep_forever()  # still full: woken by the next deadline, or drain()
 
-    def _stopped(self) -> bool:
-        """Whether a new session can be neither held nor parked now."""
-        return (
-            self._pending >= self.max_pending
-            and len(self._parked) >= self.max_parked
-            and not self._draining
-        )
-
-    def _add(self, messages: Iterator[Message], now: float) -> list[Batch]:
-        """File each message under its session at time ``now``; returns the batches due at
-        once. Stops at a message for a new session that can be neither held nor parked,
-        leaving it and the rest in ``_rest``."""
+    def _add(self, messages: Iterator[Message], now: float, resumed: Message | None) -> list[Batch]:
+        """File each message under its session at time ``now``, ``resumed`` (where reading
+        stopped before) first; returns the batches due at once. Stops at a message for a new
+        session that can be neither held nor parked (the one definition of full), keeping it
+        in ``_stopped_at`` and the rest of ``messages`` in ``_rest``."""
         policy = self.policy
         key_of, by_chat, most = policy.key, self._by_chat, policy.max_messages
         due = now + policy.window  # the deadline each message sets, its session's cap allowing
@@ -259,7 +258,8 @@ class Debouncer:
         platform: str | None = None  # of the message before (none yet)
         account: str | None = None
         session: _Session | None = None  # the message before's, while it is pending
-        for message in messages:
+        page = messages if resumed is None else itertools.chain((resumed,), messages)
+        for message in page:
             if by_chat is None:
                 slot = key_of(message)
             else:
@@ -280,8 +280,8 @@ class Debouncer:
             if session is None:
                 held = self._pending < self.max_pending or self._draining
                 if not held and len(self._parked) >= self.max_parked:
-                    self._rest = itertools.chain((message,), messages)
-                    self._full()
+                    self._stopped_at, self._rest = message, messages
+                    self._full(message, resumed)
                     break
                 key = slot if by_chat is None else session_key(message)
                 cap = NO_DEADLINE if policy.max_delay is None else now + policy.max_delay
@@ -293,7 +293,7 @@ class Debouncer:
                     self._push(session)
                 else:
                     self._parked[session] = None
-                    self._full()
+                    self._full(message, resumed)
             else:
                 session.messages.append(message)
                 # Deadlines only move later, so the heap entry can stay put: when it comes
@@ -305,9 +305,11 @@ class Debouncer:
                 session = None
         return ready
 
-    def _full(self) -> None:
-        """A message waits because the debouncer is full: tell ``on_full``."""
-        if self.on_full is not None:
+    def _full(self, message: Message, resumed: Message | None) -> None:
+        """A new chat's ``message`` waits because the debouncer is full: tell ``on_full``,
+        once a chat: not again for ``resumed``, counted when reading stopped at it (parked
+        now, or stopped at again)."""
+        if self.on_full is not None and message is not resumed:
             self.on_full()
 
     def _release(self, session: _Session) -> Batch:
