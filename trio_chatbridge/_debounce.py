@@ -243,7 +243,7 @@ class Debouncer:
             if heap[0][0] != deadline:
                 deadline = wait.deadline = heap[0][0]
             if self._stopped_at is not None:
-                await trio.sleep_forever()  # still full: woken by the next deadline, or drain()
+                await trio.sleep_forever()  # full: woken by the next deadline, or drain()
 
     def _add(self, messages: Iterator[Message], now: float, resumed: Message | None) -> list[Batch]:
         """File each message under its session at time ``now``, ``resumed`` (where reading
