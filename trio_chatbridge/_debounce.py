@@ -143,7 +143,9 @@ class Debouncer:
         self.policy: Debounce = policy or Debounce()
         self.max_pending = max_pending
         """Sessions held on the timer at most."""
-        self.max_parked = max(1, max_pending // PARKED_SHARE) if max_parked is None else max_parked
+        self.max_parked: int = (
+            max(1, max_pending // PARKED_SHARE) if max_parked is None else max_parked
+        )
         """New sessions parked at most while ``max_pending`` are held (default: a quarter of
         ``max_pending``, at least one); with that many parked too, reading stops."""
         self.on_full = on_full
