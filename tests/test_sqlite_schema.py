@@ -92,13 +92,36 @@ async def test_a_version_1_file_keeps_its_pending_messages_and_history(tmp_path:
         assert entry is not None and entry.state == "done"
 
 
+async def test_an_older_version_still_running_on_a_migrated_file_cannot_mark_runs_done(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    async with cb.SQLiteStore(path) as store:
+        await store.journal_pending()
+    with closing(sqlite3.connect(path, isolation_level=None)) as old:  # version 1's statements
+        with pytest.raises(sqlite3.IntegrityError, match="older trio_chatbridge is still running"):
+            old.execute(
+                "UPDATE journal SET state = ?, error = ? "
+                "WHERE platform = ? AND account = ? AND message_id = ?",
+                ("done", None, "fake", "bot", "p1"),
+            )
+        old.execute(  # its adds still go in, pending
+            "INSERT INTO journal (platform, account, message_id, body, received_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            ("fake", "bot", "late", encode_message(_message("late")), 20.0),
+        )
+    async with cb.SQLiteStore(path) as store:
+        assert await store.journal_pending() == [_message("p1"), _message("p2"), _message("late")]
+
+
 async def test_a_migration_that_fails_midway_leaves_the_version_1_file_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "old.db"
     _version_1_file(path)
     before = _layout(path)
-    # Fails after the outcomes were copied and the state column dropped.
+    # Fails after the outcomes were copied, the pending index dropped and a trigger made.
     failing = (*_sqlite._MIGRATION[:4], "SELECT * FROM no_such_table")
     monkeypatch.setattr(_sqlite, "_MIGRATION", failing)
     with pytest.raises(cb.StoreError, match=r"cannot open .* no such table"):

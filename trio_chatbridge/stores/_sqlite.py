@@ -106,13 +106,20 @@ _MIGRATION: Final = (
     "SELECT seq, state, error FROM journal WHERE state != 'pending'",
     "DROP INDEX journal_pending",
     _FORGET,
+    # A process of an older version still running on the file would mark its runs done in
+    # the columns nothing reads now: its marks would be lost without a word, its messages
+    # handled again. Refused instead, loudly (its adds still go in: pending, as they are).
+    "CREATE TRIGGER journal_version_1_mark BEFORE UPDATE OF state ON journal BEGIN "
+    "SELECT RAISE(ABORT, 'this SQLiteStore file is at schema version 2: a process of an "
+    "older trio_chatbridge is still running on it; stop it (its runs replay)'); END",
 )
 """From schema version 1 (the journal's ``state`` and ``error`` columns, a partial index of
 pending rows) to 2, in the transaction that opens the file: all of it, or none. The two
 columns stay, unused (a new row gets their defaults, ``'pending'`` and NULL; nothing reads
 them): dropping them rewrote every row of the journal, 5-7 times the time and 25-28 times the
 WAL of the rest of the migration (docs/performance.md, "SQLite, migration"). So a version 2
-file has one of two journal layouts, and every statement names its columns."""
+file has one of two journal layouts, and every statement names its columns. A trigger refuses
+a write to the old ``state`` column: the done-mark of an older version still running."""
 
 T = TypeVar("T")
 
@@ -215,6 +222,11 @@ class SQLiteStore(Store):
         return self._db
 
     async def open(self) -> None:
+        """Open the file: create it, or migrate a version 1 file (docs/stores.md), waiting up to
+        2 minutes for another process that holds its write lock (migrating it, say). Cancelled
+        before it starts, nothing is opened; once started, it is not cut short: it runs to its
+        end in the worker thread, the store is then open, and the cancellation takes effect at
+        the next checkpoint."""
         if self._db is not None:
             return
         self._db = await self._run(self._connect)
