@@ -274,11 +274,29 @@ class Webhook(base.Connector):
         if eventtype != "enter_chat":
             self.ctx.count(f"events.{eventtype or 'unknown'}")
             return None
-        welcome = self.welcome
-        answer = welcome if isinstance(welcome, str | Card | None) else await welcome(details)
+        answer = await self._welcome(details)
         if isinstance(answer, Card):
             return {"msgtype": "template_card", "template_card": answer.as_dict()}
         return {"msgtype": "text", "text": {"content": answer}} if answer else None
+
+    async def _welcome(self, event: WeComEvent) -> str | Card | None:
+        """The welcome for ``event``: a welcome function that raises or takes longer than
+        WeCom waits (:data:`~._protocol.WELCOME_DEADLINE`) costs only its welcome, counted
+        (``event_failures``, ``late_welcomes``) as on the long connection; the request is
+        still answered. If cancelled, the welcome function is cancelled with it."""
+        welcome = self.welcome
+        if isinstance(welcome, str | Card | None):
+            return welcome
+        with trio.move_on_after(f.WELCOME_DEADLINE):
+            try:
+                return await welcome(event)
+            except Exception:  # user code: never the webhook's problem
+                self.ctx.count("event_failures")
+                log.exception("wecom bot %s: the welcome function failed", self.account)
+                return None
+        self.ctx.count("late_welcomes")
+        log.warning("wecom bot %s: no welcome within %.0f s", self.account, f.WELCOME_DEADLINE)
+        return None
 
     def _expire(self) -> None:
         cutoff = trio.current_time() - STREAM_TTL

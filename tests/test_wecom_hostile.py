@@ -1,0 +1,320 @@
+"""WeCom against a hostile server: bad frames between good callbacks, odd acks, closes at bad
+moments, and a webhook whose user code fails. Each test goes through the public connector (a
+bridge, or the webhook's ASGI app) and an in-memory server speaking raw WebSocket frames."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+from support import echo, quick_bridge
+from test_webhook import NOW, call, signed
+from test_ws_client import Peer, frame
+from wsproto.events import CloseConnection, Event, TextMessage
+
+import trio_chatbridge as cb
+from trio_chatbridge._ws_client import WebSocketClient, upgrade
+from trio_chatbridge.platforms import wecom
+from trio_chatbridge.testing import WeComEmulator, running_bridge
+
+BOT, SECRET = "hostile-bot", "hostile-secret-0123456789"
+Script = Callable[["Server"], Awaitable[None]]
+
+
+class Server:
+    """The server's end of one connection: frames read with wsproto, raw bytes written."""
+
+    def __init__(self, peer: Peer, n: int) -> None:
+        self.peer = peer
+        self.n = n
+        """Which connection this is (0: the first)."""
+        self.texts: list[str] = []
+        self._events: deque[Event] = deque()
+
+    async def read_text(self) -> dict[str, Any]:
+        """The client's next text frame, decoded (a close from the client: EOFError)."""
+        while True:
+            while not self._events:
+                self._events.extend(await self.peer.feed())
+            event = self._events.popleft()
+            if isinstance(event, TextMessage):
+                decoded: dict[str, Any] = json.loads(event.data)
+                return decoded
+            if isinstance(event, CloseConnection):
+                raise EOFError
+
+    async def write(self, *raw: bytes) -> None:
+        await self.peer.stream.send_all(b"".join(raw))
+
+    async def ack(self, req_id: str, errcode: Any = 0, **extra: Any) -> None:
+        body = {"headers": {"req_id": req_id}, "errcode": errcode, "errmsg": "ok", **extra}
+        await self.write(text(json.dumps(body)))
+
+    async def subscribed(self) -> None:
+        """Accept the upgrade and the subscribe."""
+        await self.peer.accept()
+        first = await self.read_text()
+        assert first["cmd"] == "aibot_subscribe"
+        await self.ack(first["headers"]["req_id"])
+
+    async def answer_commands(self, answer: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Every command after the subscribe goes to ``answer`` until the client closes."""
+        try:
+            while True:
+                command = await self.read_text()
+                self.texts.append(command["cmd"])
+                await answer(command)
+        except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def text(payload: str) -> bytes:
+    """One unmasked text frame of any length."""
+    data = payload.encode()
+    if len(data) < 2**16:
+        return frame(0x1, data)
+    return bytes([0x81, 127]) + len(data).to_bytes(8, "big") + data
+
+
+def callback(user: str, words: str, n: int) -> str:
+    body = {
+        "msgid": f"m-{user}-{n}",
+        "aibotid": BOT,
+        "chattype": "single",
+        "from": {"userid": user},
+        "msgtype": "text",
+        "text": {"content": words},
+    }
+    return json.dumps({"cmd": "aibot_msg_callback", "headers": {"req_id": f"cb-{n}"}, "body": body})
+
+
+@asynccontextmanager
+async def hostile(script: Script) -> AsyncIterator[list[Server]]:
+    """An opener for ``wecom.LongConnection`` whose every connection runs ``script`` on an
+    in-memory server; yields the servers made so far."""
+    servers: list[Server] = []
+    async with trio.open_nursery() as nursery:
+
+        @asynccontextmanager
+        async def opener(url: str) -> AsyncIterator[WebSocketClient]:
+            ours, theirs = trio.testing.memory_stream_pair()
+            server = Server(Peer(theirs), len(servers))
+            servers.append(server)
+            nursery.start_soon(script, server)
+            client = await upgrade(ours, url)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+
+        hostile.opener = opener  # type: ignore[attr-defined]
+        yield servers
+        nursery.cancel_scope.cancel()
+
+
+def connector(opener: Any) -> wecom.LongConnection:
+    return wecom.LongConnection(bot_id=BOT, secret=SECRET, open_websocket=opener)
+
+
+async def acking(server: Server) -> None:
+    """Ack every command (pings and replies alike)."""
+
+    async def answer(command: dict[str, Any]) -> None:
+        await server.ack(command["headers"]["req_id"])
+
+    await server.answer_commands(answer)
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+async def test_good_callbacks_between_hostile_frames_are_each_answered_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Between good callbacks: frames that are not JSON, not objects, of wrong types, without
+    req_id or cmd, of unknown cmds, past the frame cap, binary, fragmented 10,000 ways, a
+    flood of pings, acks for req_ids never sent, acks twice, acks with odd errcodes. Each good
+    callback reaches the agent once, each bad frame is counted, the connection stays up."""
+    got: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        got.append(batch.text)
+        await reply.send("ok " + batch.text)
+
+    good = [callback(f"u{n}", f"good {n}", n) for n in range(6)]
+    fragmented = good[4].encode()
+    pieces = [fragmented[i : i + 1] for i in range(len(fragmented))]
+    pieces += [b""] * (10_000 - len(pieces))
+
+    async def script(server: Server) -> None:
+        await server.subscribed()
+        bad = [
+            "not json",
+            "[1, 2]",
+            '"a string"',
+            '{"cmd": 5, "headers": {"req_id": "x"}}',
+            '{"cmd": "aibot_msg_callback", "body": {}}',
+            '{"cmd": "aibot_msg_callback", "headers": {"req_id": ""}, "body": []}',
+            '{"headers": {"req_id": "never-sent"}, "errcode": 0}',
+            '{"headers": {"req_id": "never-sent-2"}, "errcode": "zero"}',
+            '{"headers": {"req_id": "x"}, "errcode": true}',
+            '{"cmd": "aibot_unheard_of", "headers": {"req_id": "u"}, "body": {}}',
+            '{"cmd": "aibot_msg_callback", "headers": {"req_id": "cb-x"}, "body": {"x": 1}}',
+            json.dumps({"cmd": "x", "headers": {"req_id": "big"}, "pad": "x" * 600_000}),
+        ]
+        await server.write(text(good[0]))
+        await server.write(*[text(b) for b in bad[:6]])
+        await server.write(text(good[1]))
+        await server.write(*[text(b) for b in bad[6:]])
+        await server.write(frame(0x2, good[2].encode()))  # binary where text is expected
+        await server.write(*[frame(0x9, b"p") for _ in range(5_000)])  # a ping flood
+        await server.write(text(good[3]))
+        fragments = [frame(0x1 if i == 0 else 0x0, p, fin=False) for i, p in enumerate(pieces)]
+        await server.write(*fragments, frame(0x0, b""))
+        acked: set[str] = set()
+
+        async def answer(command: dict[str, Any]) -> None:
+            req_id = command["headers"]["req_id"]
+            if command["cmd"] == "aibot_respond_msg" and req_id not in acked:
+                acked.add(req_id)
+                await server.ack(req_id)
+                await server.ack(req_id)  # twice
+                await server.ack(req_id, errcode=99999)  # and once more, refused
+            else:
+                await server.ack(req_id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.answer_commands, answer)
+            await trio.sleep(5)
+            await server.write(text(good[5]))
+
+    async with hostile(script) as servers:
+        bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
+        async with running_bridge(bridge):
+            with trio.fail_after(60):
+                while len(got) < 6 or servers[0].texts.count("aibot_respond_msg") < 6:
+                    await trio.sleep(1)
+            await trio.sleep(30)  # past every ack window: nothing more comes
+            stats = bridge.stats()
+    assert sorted(got) == [f"good {n}" for n in range(6)]
+    assert servers[0].texts.count("aibot_respond_msg") == 6  # each answered once
+    assert len(servers) == 1  # the connection never dropped
+    assert (stats.received, stats.runs, stats.replies, stats.reconnects) == (6, 6, 6, 0)
+    assert stats.protocol_errors == 10
+    assert stats.other["wecom.stray_acks"] == 1 + 6 * 2  # never sent; twice more each
+
+
+# -- closes at bad moments ---------------------------------------------------------------------
+
+
+async def test_closes_at_every_step_lose_nothing_and_double_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The server closes right after accepting, then during the subscribe handshake (with a
+    close code no endpoint may send), then in the middle of a streamed reply. The connector
+    reconnects each time; the callback's run happens once, and its stream is finished once,
+    first thing on the connection after the one that broke it."""
+    runs: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        runs.append(batch.text)
+        async with reply.stream() as out:
+            for word in ("one ", "two ", "three "):
+                await out.write(word)
+                await trio.sleep(1)
+
+    finals: list[tuple[int, str, str]] = []  # (connection, req_id, content) of finished frames
+
+    async def script(server: Server) -> None:
+        if server.n == 0:  # right after accepting
+            await server.peer.accept()
+            await server.peer.stream.aclose()
+            return
+        if server.n == 1:  # during the subscribe handshake, with a reserved close code
+            await server.peer.accept()
+            await server.read_text()
+            await server.write(frame(0x8, (1005).to_bytes(2, "big")))
+            await server.peer.stream.aclose()
+            return
+        await server.subscribed()
+        if server.n == 2:
+            await server.write(text(callback("u", "stream me", 0)))
+
+        async def answer(command: dict[str, Any]) -> None:
+            req_id = command["headers"]["req_id"]
+            stream = command.get("body", {}).get("stream", {})
+            if stream.get("finish"):
+                finals.append((server.n, req_id, stream["content"]))
+            if server.n == 2 and command["cmd"] == "aibot_respond_msg":
+                await server.peer.stream.aclose()  # mid-stream: the socket ends
+                raise EOFError
+            await server.ack(req_id)
+
+        await server.answer_commands(answer)
+
+    async with hostile(script) as servers:
+        bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
+        async with running_bridge(bridge):
+            with trio.fail_after(120):
+                while not finals:
+                    await trio.sleep(1)
+            await trio.sleep(30)
+            stats = bridge.stats()
+    assert runs == ["stream me"]
+    assert finals == [(3, "cb-0", "one two three ")]
+    assert len(servers) == 4
+    assert stats.replies == 1
+
+
+# -- webhook mode ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def webhook(**options: Any) -> AsyncIterator[tuple[WeComEmulator, wecom.Webhook, cb.Bridge]]:
+    emu = WeComEmulator()
+    hook = wecom.Webhook(
+        bot_id=emu.bot_id,
+        token=emu.token,
+        encoding_aes_key=emu.encoding_aes_key,
+        wall_clock=lambda: NOW,
+        **options,
+    )
+    async with running_bridge(quick_bridge(hook, echo)) as bridge:
+        yield emu, hook, bridge
+
+
+ENTER = {"msgid": "e1", "from": {"userid": "u"}, "msgtype": "event", "event": {}}
+ENTER["event"] = {"eventtype": "enter_chat"}
+
+
+async def test_a_webhook_welcome_that_fails_or_hangs_is_counted_and_answered_in_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A welcome function that raises, or takes longer than WeCom's 5 s, costs only its
+    welcome: the request is answered ``success`` (no 500, within the 5 s), the failure counted
+    as on the long connection, and the webhook goes on."""
+
+    async def failing(event: wecom.WeComEvent) -> str:
+        raise RuntimeError("welcome broke (test)")
+
+    async def hanging(event: wecom.WeComEvent) -> str:
+        await trio.sleep(60)
+        return "too late"
+
+    async with webhook(welcome=failing) as (emu, hook, bridge):
+        status, body = await call(hook.asgi, "POST", *signed(emu, json.dumps(ENTER)))
+        assert (status, body) == (200, b"success")
+        assert bridge.stats().other["wecom.event_failures"] == 1
+    async with webhook(welcome=hanging) as (emu, hook, bridge):
+        started = trio.current_time()
+        status, body = await call(hook.asgi, "POST", *signed(emu, json.dumps(ENTER)))
+        assert (status, body) == (200, b"success")
+        assert trio.current_time() - started <= 5
+        assert bridge.stats().other["wecom.late_welcomes"] == 1
+        good = await call(hook.asgi, "POST", *signed(emu, json.dumps({**ENTER, "msgid": "e2"})))
+        assert good[0] == 200
