@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import trio
 import trio.testing
 from support import echo, quick_bridge
@@ -318,3 +319,67 @@ async def test_a_webhook_welcome_that_fails_or_hangs_is_counted_and_answered_in_
         assert bridge.stats().other["wecom.late_welcomes"] == 1
         good = await call(hook.asgi, "POST", *signed(emu, json.dumps({**ENTER, "msgid": "e2"})))
         assert good[0] == 200
+
+
+MESSAGE = {"msgid": "m1", "from": {"userid": "u"}, "msgtype": "text", "text": {"content": "hi"}}
+
+
+async def test_a_retry_during_a_put_that_fails_is_put_itself_and_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """WeCom delivers a message again (same msgid) while the first delivery's put is still
+    under way, and that put then fails: the retry must not have been given the first one's
+    stream (no run would ever fill it: the user's message lost behind a 200). It waits for
+    the first put, then puts the message itself; its stream is answered by the agent."""
+    release = trio.Event()
+
+    class SlowThenFails(cb.MemoryStore):
+        calls = 0
+
+        async def journal_add(self, messages: Any) -> list[bool]:
+            self.calls += 1
+            if self.calls == 1:
+                await release.wait()
+                raise cb.StoreError("disk full (test)")
+            return await super().journal_add(messages)
+
+    emu = WeComEmulator()
+    hook = wecom.Webhook(
+        bot_id=emu.bot_id,
+        token=emu.token,
+        encoding_aes_key=emu.encoding_aes_key,
+        wall_clock=lambda: NOW,
+    )
+    bridge = quick_bridge(hook, echo, store=SlowThenFails())
+    answers: list[tuple[int, bytes]] = []
+
+    async def deliver() -> None:
+        try:
+            answers.append(await call(hook.asgi, "POST", *signed(emu, json.dumps(MESSAGE))))
+        except cb.StoreError:
+            answers.append((500, b""))
+
+    with trio.fail_after(60):
+        async with running_bridge(bridge):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(deliver)
+                await trio.sleep(1)
+                nursery.start_soon(deliver)  # WeCom's retry, the first still unanswered
+                await trio.sleep(1)
+                release.set()
+            assert sorted(status for status, _ in answers) == [200, 500]
+            stream = opened(emu, next(body for status, body in answers if status == 200))
+            while not stream["finish"]:
+                await trio.sleep(1)
+                poll = {"msgtype": "stream", "stream": {"id": stream["id"]}}
+                stream = opened(
+                    emu, (await call(hook.asgi, "POST", *signed(emu, json.dumps(poll))))[1]
+                )
+    assert stream["content"] == "hi"
+    assert bridge.stats().runs == 1
+
+
+def opened(emu: WeComEmulator, body: bytes) -> dict[str, Any]:
+    """The stream of a webhook's encrypted answer."""
+    stream: dict[str, Any] = emu.webhook_open(httpx.Response(200, content=body))["stream"]
+    return stream

@@ -100,6 +100,8 @@ class Webhook(base.Connector):
         self._wall_clock = wall_clock
         self._streams: OrderedDict[str, _StreamState] = OrderedDict()
         self._stream_of_msgid: dict[str, str] = {}
+        self._putting: dict[str, trio.Event] = {}
+        """The msgids whose first delivery's put is under way: a retry waits for it."""
         self._nonces = _NonceCache(MAX_NONCES)
         self._running = False
 
@@ -231,6 +233,8 @@ class Webhook(base.Connector):
 
     async def _message(self, callback: dict[str, Any]) -> dict[str, Any]:
         msgid = str(callback.get("msgid") or "")
+        while (first := self._putting.get(msgid)) is not None:
+            await first.wait()  # a retry while the first delivery's put is under way
         known = self._stream_of_msgid.get(msgid)
         if known is not None:  # a retried delivery: same stream as the first time
             return self._stream_frame(known)
@@ -246,18 +250,24 @@ class Webhook(base.Connector):
             handle["response_url"] = callback["response_url"]
         message = msgspec.structs.replace(message, reply_handle=Handle.of(handle))
         self._streams[stream_id] = _StreamState(stream_id, trio.current_time())
+        putting = trio.Event()
         if msgid:
-            self._stream_of_msgid[msgid] = stream_id
+            self._putting[msgid] = putting
         try:
             await self.ctx.put([message])
         except BaseException:
-            # Not journaled (the store failed, or the request was cancelled): forget the id, so
-            # the platform's retry of this callback is put again instead of answered with a
-            # stream that no run will ever fill.
-            if self._stream_of_msgid.get(msgid) == stream_id:
-                del self._stream_of_msgid[msgid]
+            # Not journaled (the store failed, or the request was cancelled): the platform's
+            # retry of this callback (waiting meanwhile, or to come) is put again instead of
+            # answered with a stream that no run will ever fill.
             self._streams.pop(stream_id, None)
             raise
+        else:
+            if msgid:
+                self._stream_of_msgid[msgid] = stream_id
+        finally:
+            if msgid:
+                del self._putting[msgid]
+            putting.set()
         return self._stream_frame(stream_id)
 
     async def _event(self, callback: dict[str, Any]) -> dict[str, Any] | None:
