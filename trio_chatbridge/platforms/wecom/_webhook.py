@@ -50,6 +50,7 @@ FRESHNESS: Final = 300.0  # seconds a request's timestamp may be off (replay win
 STREAM_TTL: Final = 360.0  # seconds WeCom polls a stream for [2.6, D2: 6 min]
 MAX_STREAMS: Final = 10_000  # stream states kept at most (oldest dropped first)
 MAX_BODY: Final = 1024 * 1024  # bytes of request body accepted
+BODY_WITHIN: Final = 10.0  # seconds a request's body may take to arrive (WeCom's is instant)
 MAX_NONCES: Final = 50_000  # (timestamp, nonce) pairs remembered to refuse replays
 MAX_QUERY_FIELDS: Final = 16  # query parameters accepted (WeCom sends at most four)
 MAX_TIMESTAMP_DIGITS: Final = 12  # a decimal count of seconds; anything longer is absurd
@@ -129,9 +130,14 @@ class Webhook(base.Connector):
             return
         if scope["type"] != "http":
             return
-        body = await _read_body(receive)
+        with trio.move_on_after(BODY_WITHIN) as reading:
+            body = await _read_body(receive)
         query = _query(scope.get("query_string", b""))
-        if body is None:
+        if reading.cancelled_caught:
+            status, content_type, payload = self._refuse(
+                408, f"request body not received within {BODY_WITHIN:.0f} s"
+            )
+        elif body is None:
             status, content_type, payload = self._refuse(413, "request body too large")
         elif query is None:
             status, content_type, payload = self._refuse(400, "malformed query string")
