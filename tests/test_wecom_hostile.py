@@ -96,15 +96,17 @@ def callback(user: str, words: str, n: int) -> str:
 
 
 @asynccontextmanager
-async def hostile(script: Script) -> AsyncIterator[list[Server]]:
+async def hostile(
+    script: Script, pair: Callable[[], tuple[Any, Any]] = trio.testing.memory_stream_pair
+) -> AsyncIterator[list[Server]]:
     """An opener for ``wecom.LongConnection`` whose every connection runs ``script`` on an
-    in-memory server; yields the servers made so far."""
+    in-memory server (streams made by ``pair``); yields the servers made so far."""
     servers: list[Server] = []
     async with trio.open_nursery() as nursery:
 
         @asynccontextmanager
         async def opener(url: str) -> AsyncIterator[WebSocketClient]:
-            ours, theirs = trio.testing.memory_stream_pair()
+            ours, theirs = pair()
             server = Server(Peer(theirs), len(servers))
             servers.append(server)
             nursery.start_soon(script, server)
@@ -206,6 +208,67 @@ async def test_good_callbacks_between_hostile_frames_are_each_answered_once(
     assert (stats.received, stats.runs, stats.replies, stats.reconnects) == (6, 6, 6, 0)
     assert stats.protocol_errors == 10
     assert stats.other["wecom.stray_acks"] == 1 + 6 * 2  # never sent; twice more each
+
+
+async def test_a_server_that_stops_reading_and_writing_is_left_within_the_silence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Half-open: after the subscribe the server neither reads nor writes (every write of ours
+    blocks: no buffer between us). The connection is given up within the silence (a ping
+    interval and two graces) plus the close's own bound, and the next one serves a callback."""
+    got: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        got.append(batch.text)
+        await reply.send("ok")
+
+    async def script(server: Server) -> None:
+        await server.subscribed()
+        if server.n == 0:
+            await trio.sleep_forever()
+        await server.write(text(callback("u", "after", 0)))
+        await acking(server)
+
+    async with hostile(script, trio.testing.lockstep_stream_pair) as servers:
+        bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
+        async with running_bridge(bridge):
+            await trio.sleep(30 + 2 * 10 + 1)  # the silence, its slack
+            await trio.sleep(5 + 1 + 1)  # the close's bound, the backoff, the reply
+            stats = bridge.stats()
+    assert len(servers) == 2
+    assert got == ["after"]
+    assert (stats.reconnects, stats.replies) == (1, 1)
+
+
+async def test_a_subscribe_refused_as_busy_is_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """errcode -1 (WeCom's "system busy, retry later") or 6000 to the subscribe is the
+    server's state, not the credentials: the connector reconnects and serves (a wrong secret
+    still stops it for good: tests/test_wecom.py)."""
+    got: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        got.append(batch.text)
+        await reply.send("ok")
+
+    async def script(server: Server) -> None:
+        await server.peer.accept()
+        first = await server.read_text()
+        refusal = {0: -1, 1: 6000}.get(server.n, 0)
+        await server.ack(first["headers"]["req_id"], errcode=refusal)
+        if refusal == 0:
+            await server.write(text(callback("u", "served", 0)))
+            await acking(server)
+
+    async with hostile(script) as servers:
+        bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
+        async with running_bridge(bridge):
+            await trio.sleep(30)
+            stats, state = bridge.stats(), bridge.status()[f"wecom:{BOT}"]
+    assert len(servers) == 3
+    assert got == ["served"]
+    assert (stats.reconnects, stats.replies, state.state) == (2, 1, "running")
 
 
 # -- closes at bad moments ---------------------------------------------------------------------

@@ -49,6 +49,9 @@ MAX_FRAME_BYTES: Final = 512 * 1024  # a frame larger than this is refused, not 
 WS_MESSAGE_LIMIT: Final = 4 * MAX_FRAME_BYTES  # beyond this the WebSocket layer drops the link
 
 # errcodes (docs/protocols/wecom.md#error-codes)
+SYSTEM_BUSY: Final = (
+    -1
+)  # WeCom's global "busy, retry later" (developer.work.weixin.qq.com/document/path/90313)
 COMMAND_CONFLICT: Final = 6000
 INVALID_REQ_ID: Final = 846605
 STREAM_EXPIRED: Final = 846608
@@ -229,6 +232,11 @@ def _refusal(cmd: str) -> Callable[[Answer], Exception]:
 
 def _subscribe_refused(bot_id: str) -> Callable[[Answer], Exception]:
     def refused(answer: Answer) -> Exception:
+        if answer.busy or answer.code == SYSTEM_BUSY:  # the server's state, not the credentials
+            return ConnectorError(
+                f"wecom bot {bot_id}: subscribe refused for now (errcode {answer.code}, "
+                f"{answer.text!r}); reconnecting"
+            )
         return FatalConnectorError(
             f"wecom bot {bot_id}: subscribe refused (errcode {answer.code}, {answer.text!r}): "
             "check the bot id and secret on the bot's API page"
@@ -279,7 +287,8 @@ class WeComCore:
 
     def open(self) -> Sequence[Outgoing]:
         """The subscribe handshake (docs/protocols/wecom.md#subscribe-and-heartbeat): its
-        refusal is fatal (wrong credentials), and it is never retried as busy."""
+        refusal is fatal (wrong credentials), unless it says the server is busy (-1, 6000):
+        then the connection ends and the supervisor reconnects, under its backoff."""
         req_id = new_req_id(SUBSCRIBE)
         frame = Frame(req_id, SUBSCRIBE, {"bot_id": self.bot_id, "secret": self.secret})
         return [Request(req_id, frame.encode(), _subscribe_refused(self.bot_id), name=SUBSCRIBE)]
