@@ -64,16 +64,19 @@ def signed(
 
 @asynccontextmanager
 async def webhook_bridge(
-    clock: Callable[[], float] = lambda: NOW,
+    clock: Callable[[], float] = lambda: NOW, *, store: cb.Store | None = None, **options: Any
 ) -> AsyncIterator[tuple[WeComEmulator, wecom.Webhook, cb.Bridge]]:
+    """A running bridge of the echo agent on a webhook (``options`` its own), the emulator."""
     emu = WeComEmulator()
     hook = wecom.Webhook(
         bot_id=emu.bot_id,
         token=emu.token,
         encoding_aes_key=emu.encoding_aes_key,
         wall_clock=clock,
+        **options,
     )
-    async with running_bridge(quick_bridge(hook, echo)) as bridge:
+    bridge = quick_bridge(hook, echo, store=store or cb.MemoryStore())
+    async with running_bridge(bridge):
         yield emu, hook, bridge
 
 

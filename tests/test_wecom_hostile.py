@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import trio
 import trio.testing
-from support import echo, quick_bridge
-from test_webhook import NOW, call, signed
+from support import quick_bridge
+from test_webhook import call, signed, webhook_bridge
 from test_ws_client import Peer, frame
 from wsproto.events import CloseConnection, Event, TextMessage
 
@@ -333,20 +333,6 @@ async def test_closes_at_every_step_lose_nothing_and_double_nothing(
 # -- webhook mode ------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def webhook(**options: Any) -> AsyncIterator[tuple[WeComEmulator, wecom.Webhook, cb.Bridge]]:
-    emu = WeComEmulator()
-    hook = wecom.Webhook(
-        bot_id=emu.bot_id,
-        token=emu.token,
-        encoding_aes_key=emu.encoding_aes_key,
-        wall_clock=lambda: NOW,
-        **options,
-    )
-    async with running_bridge(quick_bridge(hook, echo)) as bridge:
-        yield emu, hook, bridge
-
-
 ENTER = {"msgid": "e1", "from": {"userid": "u"}, "msgtype": "event", "event": {}}
 ENTER["event"] = {"eventtype": "enter_chat"}
 
@@ -365,11 +351,11 @@ async def test_a_webhook_welcome_that_fails_or_hangs_is_counted_and_answered_in_
         await trio.sleep(60)
         return "too late"
 
-    async with webhook(welcome=failing) as (emu, hook, bridge):
+    async with webhook_bridge(welcome=failing) as (emu, hook, bridge):
         status, body = await call(hook.asgi, "POST", *signed(emu, json.dumps(ENTER)))
         assert (status, body) == (200, b"success")
         assert bridge.stats().other["wecom.event_failures"] == 1
-    async with webhook(welcome=hanging) as (emu, hook, bridge):
+    async with webhook_bridge(welcome=hanging) as (emu, hook, bridge):
         started = trio.current_time()
         status, body = await call(hook.asgi, "POST", *signed(emu, json.dumps(ENTER)))
         assert (status, body) == (200, b"success")
@@ -401,14 +387,6 @@ async def test_a_retry_during_a_put_that_fails_is_put_itself_and_answered(
                 raise cb.StoreError("disk full (test)")
             return await super().journal_add(messages)
 
-    emu = WeComEmulator()
-    hook = wecom.Webhook(
-        bot_id=emu.bot_id,
-        token=emu.token,
-        encoding_aes_key=emu.encoding_aes_key,
-        wall_clock=lambda: NOW,
-    )
-    bridge = quick_bridge(hook, echo, store=SlowThenFails())
     answers: list[tuple[int, bytes]] = []
 
     async def deliver() -> None:
@@ -418,7 +396,7 @@ async def test_a_retry_during_a_put_that_fails_is_put_itself_and_answered(
             answers.append((500, b""))
 
     with trio.fail_after(60):
-        async with running_bridge(bridge):
+        async with webhook_bridge(store=SlowThenFails()) as (emu, hook, bridge):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(deliver)
                 await trio.sleep(1)
@@ -448,7 +426,7 @@ async def test_a_body_that_never_ends_is_refused_in_time(
 ) -> None:
     """A client that sends part of a body and then nothing (a slow-body attack on a public
     webhook) gets a 408 within the body's time limit, counted; the webhook goes on."""
-    async with webhook() as (emu, hook, bridge):
+    async with webhook_bridge() as (emu, hook, bridge):
         sent: list[MutableMapping[str, Any]] = []
         pieces = [{"type": "http.request", "body": b'{"encr', "more_body": True}]
 
