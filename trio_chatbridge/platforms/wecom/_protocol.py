@@ -49,9 +49,8 @@ MAX_FRAME_BYTES: Final = 512 * 1024  # a frame larger than this is refused, not 
 WS_MESSAGE_LIMIT: Final = 4 * MAX_FRAME_BYTES  # beyond this the WebSocket layer drops the link
 
 # errcodes (docs/protocols/wecom.md#error-codes)
-SYSTEM_BUSY: Final = (
-    -1
-)  # WeCom's global "busy, retry later" (developer.work.weixin.qq.com/document/path/90313)
+# WeCom's global "busy, retry later" (https://developer.work.weixin.qq.com/document/path/90313)
+SYSTEM_BUSY: Final = -1
 COMMAND_CONFLICT: Final = 6000
 INVALID_REQ_ID: Final = 846605
 STREAM_EXPIRED: Final = 846608
