@@ -55,10 +55,13 @@ BATCH: Final = (
 T = TypeVar("T")
 
 # Every script that writes for an account starts here: KEYS[1] is the account's fence counter,
-# ARGV[1] the writer's token (0: unfenced). Lua numbers are doubles: exact up to 2**53.
+# ARGV[1] the writer's token (0: unfenced). A token is good only while it is the counter's
+# value: larger, someone acquired the lease since; smaller or missing, Redis lost keys (a
+# restart without persistence) and the lease with them. Lua numbers are doubles: exact up to
+# 2**53.
 _FENCE: Final = """
 local token = tonumber(ARGV[1])
-if token > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') > token then
+if token > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') ~= token then
   return redis.error_reply('STALE lease token ' .. ARGV[1])
 end
 """
@@ -148,15 +151,20 @@ return 0
 )
 
 # KEYS: lease, fence. ARGV: owner, ttl (ms). Returns the fencing token, or 0 when held by another.
+# A new token is the counter plus one, or Redis's clock in microseconds if that is more: after
+# a restart that lost the counter (or its last second, with appendfsync everysec), the next
+# acquisition's token still differs from every token given before (about 1.8e15 now: 2**53 is
+# reached in the year 2255).
 _LEASE_ACQUIRE: Final = """
 local holder = redis.call('GET', KEYS[1])
-local token
-if holder == ARGV[1] then
-  token = tonumber(redis.call('GET', KEYS[2]) or '0')
-elseif holder then
+if holder and holder ~= ARGV[1] then
   return 0
-else
-  token = redis.call('INCR', KEYS[2])
+end
+local token = tonumber(redis.call('GET', KEYS[2]) or '0')
+if not holder or token == 0 then
+  local now = redis.call('TIME')
+  token = math.max(token + 1, tonumber(now[1] .. string.format('%06d', tonumber(now[2]))))
+  redis.call('SET', KEYS[2], string.format('%.0f', token))
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return token
@@ -329,7 +337,9 @@ class RedisStore(Store):
         refused = find_error(exc, coredis.exceptions.ResponseError)
         if refused is not None and str(refused).startswith(STALE):
             return StaleLeaseError(
-                f"{self!r} refused a write ({refused}): another process holds the lease now"
+                f"{self!r} refused a write ({refused}): another process holds the lease "
+                "now, or Redis lost it (restarted without persistence); this process writes "
+                "for the account again once it acquired the lease again"
             )
         for kind in (coredis.exceptions.RedisError, OSError, TimeoutError):
             cause = find_error(exc, kind)

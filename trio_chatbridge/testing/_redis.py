@@ -51,6 +51,8 @@ class RedisServer:
 
     port: int
     process: subprocess.Popen[bytes]
+    command: list[str] = attrs.Factory(list)
+    """The command line that started it (:meth:`restart` runs it again)."""
 
     @property
     def url(self) -> str:
@@ -75,6 +77,14 @@ class RedisServer:
         """Let a paused server go on (SIGCONT)."""
         self.process.send_signal(signal.SIGCONT)
 
+    def restart(self) -> None:
+        """Kill the server (SIGKILL: its connections drop) and start it again on the same
+        port. It keeps nothing on disk, so it comes back empty: every key is lost, as after a
+        crash of a Redis without persistence."""
+        _stop([self])
+        self.process = _popen(self.command)
+        _wait(lambda: self.cli("ping").strip() == "PONG")
+
 
 def _start(directory: Path, *options: str) -> RedisServer:
     if not have_redis():
@@ -82,31 +92,31 @@ def _start(directory: Path, *options: str) -> RedisServer:
             "redis-server and redis-cli are needed (apt-get install redis-server redis-tools)"
         )
     port = _free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            *options,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer(port, process)
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        *options,
+    ]
+    server = RedisServer(port, _popen(command), command)
     try:
         _wait(lambda: server.cli("ping").strip() == "PONG")
     except BaseException:
         _stop([server])
         raise
     return server
+
+
+def _popen(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _wait(ready: Callable[[], bool]) -> None:

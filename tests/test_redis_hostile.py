@@ -1,0 +1,92 @@
+"""RedisStore against a hostile world: a Redis that lost its keys, someone else's data under
+our prefix, corrupted records, a password in the URL.
+
+Each test keeps to a key prefix of its own on the session's Redis, or starts a Redis of its own
+when it restarts it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import coredis
+import pytest
+import trio
+from redis_servers import require_redis
+
+import trio_chatbridge as cb
+from trio_chatbridge.stores import StaleLeaseError
+from trio_chatbridge.testing import FakeConnector, RedisServer, redis_server
+
+fake = FakeConnector("bot")
+STALE = "another process holds the lease now, or Redis lost it"
+
+
+@pytest.fixture
+async def raw(redis_node: RedisServer) -> AsyncIterator[coredis.Redis[str]]:
+    """A plain client on the session's Redis, to play the other application."""
+    async with coredis.Redis("127.0.0.1", redis_node.port, decode_responses=True) as client:
+        yield client
+
+
+def prefix() -> str:
+    return f"hostile-{uuid.uuid4().hex}:"
+
+
+async def test_a_redis_restarted_empty_refuses_the_old_holders_writes(tmp_path: Path) -> None:
+    """A Redis without persistence restarted: the lease and the fence counter are gone. The
+    old holder's writes are refused, before and after a new holder acquired the lease, and
+    the new holder's are accepted (unfenced counters would give both the same token)."""
+    require_redis()
+    message = fake.message("hi", id="1")
+    with redis_server(tmp_path) as server, trio.fail_after(20):
+        old = cb.RedisStore.from_url(server.url, timeout=2)
+        new = cb.RedisStore.from_url(server.url, timeout=2)
+        async with old, new:
+            assert await old.acquire_lease(fake.name, "old", ttl=10)
+            await old.journal_add([message])
+            server.restart()
+            with pytest.raises(StaleLeaseError, match=STALE):
+                await old.set_cursor("fake", "bot", "c0")
+            assert await new.acquire_lease(fake.name, "new", ttl=10)
+            assert new.lease_token(fake.name) != old.lease_token(fake.name)
+            for write in (
+                old.journal_add([message]),
+                old.journal_done([message]),
+                old.set("fake", "bot", "cursor", "c0"),
+            ):
+                with pytest.raises(StaleLeaseError, match=STALE):
+                    await write
+            await new.journal_add([message])
+            await new.set_cursor("fake", "bot", "c1")
+            assert await new.journal_pending_of("fake", "bot") == [message]
+            assert await new.get_cursor("fake", "bot") == "c1"
+
+
+async def test_an_acquisition_lost_by_redis_gives_no_token_twice(
+    redis_node: RedisServer, raw: coredis.Redis[str]
+) -> None:
+    """Redis with ``appendfsync everysec`` crashed and lost its last second: the old holder's
+    acquisition (the counter's increment, the lease) is gone. The next acquisition's token
+    still differs from the old holder's, whose writes are refused."""
+    keys = prefix()
+    old = cb.RedisStore.from_url(redis_node.url, prefix=keys)
+    new = cb.RedisStore.from_url(redis_node.url, prefix=keys)
+    fence, lease = f"{keys}{{{fake.name}}}:fence", f"{keys}{{{fake.name}}}:lease"
+    with trio.fail_after(10):
+        async with old, new:
+            assert await new.acquire_lease(fake.name, "new", ttl=10)
+            await new.release_lease(fake.name, "new")
+            before = await raw.get(fence)
+            assert before is not None
+            assert await old.acquire_lease(fake.name, "old", ttl=10)
+            await raw.set(fence, before)  # the crash: the last second is lost
+            await raw.delete([lease])
+            assert await new.acquire_lease(fake.name, "new", ttl=10)
+            assert new.lease_token(fake.name) != old.lease_token(fake.name)
+            with pytest.raises(StaleLeaseError, match=STALE):
+                await old.set_cursor("fake", "bot", "c0")
+            await new.set_cursor("fake", "bot", "c1")
+            assert await new.get_cursor("fake", "bot") == "c1"
