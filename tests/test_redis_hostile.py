@@ -90,3 +90,72 @@ async def test_an_acquisition_lost_by_redis_gives_no_token_twice(
                 await old.set_cursor("fake", "bot", "c0")
             await new.set_cursor("fake", "bot", "c1")
             assert await new.get_cursor("fake", "bot") == "c1"
+
+
+async def test_a_corrupted_journal_record_is_set_aside_and_the_others_replayed(
+    redis_node: RedisServer, raw: coredis.Redis[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One record that does not decode used to crash every bridge acquiring its account (a
+    crash loop of the whole fleet). It is logged with its key, marked failed, counted; the
+    account's other messages are handled once each, and new ones too."""
+    keys = prefix()
+    connector = FakeConnector("bot")
+    good = [connector.message("first", id="1"), connector.message("third", id="3")]
+    async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as store:
+        await store.journal_add([good[0], connector.message("second", id="2"), good[1]])
+    body = f"{keys}{{{connector.name}}}:body"
+    await raw.hset(body, {"2": "{not json"})
+    handled: list[str] = []
+    all_handled = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+        await reply.send("ok")
+        if len(handled) == 3:
+            all_handled.set()
+
+    store = cb.RedisStore.from_url(redis_node.url, prefix=keys)
+    bridge = cb.Bridge(
+        [connector],
+        agent,
+        store=store,
+        leases=cb.Leases(ttl=3),
+        debounce=cb.Debounce(window=0.01, max_delay=0.05),
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await bridge.wait_status(lambda s: s[connector.name].state == "running")
+            await connector.say("fourth", id="4")
+            await all_handled.wait()
+            bridge.shutdown()  # graceful: the runs' done-marks are written
+        async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as again:
+            assert await again.journal_pending_of("fake", "bot") == []
+            with pytest.raises(cb.StoreError, match=f"'2' of '{keys}.*:body'.*not a serialised"):
+                await again.journal_entry(("fake", "bot", "2"))
+    assert sorted(handled) == ["first", "fourth", "third"]
+    assert store.undecodable == 1
+    state = await raw.hget(f"{keys}{{{connector.name}}}:state", "2")
+    assert str(state).startswith("fundecodable journal record: not a serialised Message")
+    warned = [r.getMessage() for r in caplog.records if r.name == "trio_chatbridge.stores.redis"]
+    assert len(warned) == 1 and f"'2' of '{body}'" in warned[0]
+
+
+async def test_every_accounts_pending_skips_records_that_do_not_decode(
+    redis_node: RedisServer, raw: coredis.Redis[str]
+) -> None:
+    """``journal_pending`` (a bridge without leases reads it at start) sets aside a bad body
+    or a bad time of receipt, and returns the other accounts' messages."""
+    keys = prefix()
+    a, b = FakeConnector("a"), FakeConnector("b")
+    kept = [a.message("kept", id="1"), b.message("kept too", id="1")]
+    with trio.fail_after(10):
+        async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as store:
+            await store.journal_add([*kept, a.message("bad body", id="2")])
+            await store.journal_add([b.message("bad time", id="2")])
+            await raw.hset(f"{keys}{{{a.name}}}:body", {"2": '{"id": 2}'})
+            await raw.hset(f"{keys}{{{b.name}}}:recv", {"2": "yesterday"})
+            assert await store.journal_pending() == kept
+            assert store.undecodable == 2
+            assert await store.journal_pending() == kept
+            assert store.undecodable == 2

@@ -28,6 +28,7 @@ are treated as lost, nothing crashes the bridge.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import urllib.parse
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, final
 
 import trio
 
-from .._errors import ConfigurationError, StoreError, find_error
+from .._errors import ConfigurationError, ProtocolError, StoreError, find_error
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, JournalState, Store
 from ._codec import decode_message, encode_message
@@ -45,9 +46,12 @@ from ._codec import decode_message, encode_message
 if TYPE_CHECKING:  # imported where used: a bridge on another store never pays for coredis
     import coredis
 
+log = logging.getLogger("trio_chatbridge.stores.redis")
+
 DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
 STALE: Final = "STALE"  # what the fencing check answers, as a Redis error reply
+UNDECODABLE: Final = "undecodable journal record"  # the error a record set aside is marked with
 BATCH: Final = (
     200  # accounts a pipeline reads the pending messages of, or leases it takes or renews
 )
@@ -84,7 +88,8 @@ return added
 """
 )
 
-# KEYS: fence, body, state, pending, recv, done. ARGV: token, state, then ids.
+# KEYS: fence, body, state, pending, recv, done. ARGV: token, state, then ids. A time of
+# receipt that is not a number (a corrupted record) is pruned first.
 _JOURNAL_DONE: Final = (
     _FENCE
     + """
@@ -93,7 +98,7 @@ for i = 3, #ARGV do
   if received then
     redis.call('HSET', KEYS[3], ARGV[i], ARGV[2])
     redis.call('ZREM', KEYS[4], ARGV[i])
-    redis.call('ZADD', KEYS[6], received, ARGV[i])
+    redis.call('ZADD', KEYS[6], tonumber(received) and received or '0', ARGV[i])
   end
 end
 return 0
@@ -112,7 +117,7 @@ end
 return #old
 """
 
-# KEYS: pending, body, recv. The bodies of pending ids, oldest first, and when each was
+# KEYS: pending, body, recv. The pending ids, oldest first, their bodies, and when each was
 # accepted. HMGET takes the ids a thousand at a time: Lua unpacks at most about 8,000 values.
 _JOURNAL_PENDING: Final = """
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
@@ -126,7 +131,7 @@ for first = 1, #ids, 1000 do
     received[#received + 1] = r[i]
   end
 end
-return {bodies, received}
+return {ids, bodies, received}
 """
 
 # KEYS: body, state, recv. ARGV: id.
@@ -250,6 +255,8 @@ class RedisStore(Store):
         self._fences: dict[str, int] = {}
         self._channel = prefix + "released"  # a channel, not a key: spans every slot
         self._known: set[str] = set()
+        self.undecodable = 0
+        """Journal records found not to decode, and set aside (see :meth:`_decoded`)."""
         register = client.register_script
         self._add = register(_JOURNAL_ADD)
         self._done = register(_JOURNAL_DONE)
@@ -432,7 +439,8 @@ class RedisStore(Store):
     async def journal_pending(self) -> list[Message]:
         """Every account's pending messages, oldest first: one script per account, sent
         200 accounts to a pipeline (one round trip each batch; on a cluster,
-        one per node). A read: cancelled, it changed nothing."""
+        one per node); records that do not decode are set aside (see :meth:`_decoded`).
+        Cancelled: it changed nothing, or set some of those records aside."""
         found: list[tuple[float, int, Message]] = []
         tags = await self._accounts()
         for first in range(0, len(tags), BATCH):
@@ -443,17 +451,19 @@ class RedisStore(Store):
                         for tag in tags[first : first + BATCH]
                     ]
                 replies: list[object] = [await request for request in requests]
-            for reply in replies:
-                for seq, (received, message) in enumerate(_pending(reply)):
+            for tag, reply in zip(tags[first : first + BATCH], replies, strict=True):
+                for seq, (received, message) in enumerate(await self._decoded(tag, reply)):
                     found.append((received, seq, message))
         return [message for _, _, message in sorted(found, key=lambda f: (f[0], f[1]))]
 
     async def journal_pending_of(self, platform: str, account: str) -> list[Message]:
-        """The account's pending messages, oldest first, in one script. A read: cancelled,
-        it changed nothing."""
-        keys = self._keys(_tag(platform, account), "pending", "body", "recv")
+        """The account's pending messages, oldest first, in one script (and one more to set
+        aside records that do not decode, see :meth:`_decoded`). Cancelled: it changed
+        nothing, or set those records aside."""
+        tag = _tag(platform, account)
+        keys = self._keys(tag, "pending", "body", "recv")
         reply: object = await self._call("read from", self._pending(keys, []))
-        return [message for _, message in _pending(reply)]
+        return [message for _, message in await self._decoded(tag, reply)]
 
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
         """As :meth:`Store.journal_entry`, in one script. A read: cancelled, it changed
@@ -465,12 +475,20 @@ class RedisStore(Store):
         )
         if body is None:
             return None
+        try:
+            message = decode_message(body)
+        except ProtocolError as exc:
+            raise StoreError(
+                f"{self!r}: the journal record {message_id!r} of "
+                f"{self._key(_tag(platform, account), 'body')!r} is not a serialised message "
+                f"({exc}); it is not replayed"
+            ) from None
         outcome: JournalState = "pending"
         error = None
         if state is not None:
             outcome = "done" if state == "d" else "failed"
             error = None if state == "d" else str(state)[1:]
-        return JournalEntry(decode_message(body), outcome, error, float(received))
+        return JournalEntry(message, outcome, error, float(received))
 
     async def journal_prune(self, before: float) -> int:
         """As :meth:`Store.journal_prune`: one script per account. Cancelled: some accounts
@@ -482,6 +500,40 @@ class RedisStore(Store):
             count: object = await self._call("write to", self._prune(keys, [limit]))
             pruned += int(str(count))
         return pruned
+
+    async def _decoded(self, tag: str, reply: object) -> list[tuple[float, Message]]:
+        """What ``_JOURNAL_PENDING`` answered for account ``tag``: (time accepted, message),
+        oldest first. A record that does not decode (a corrupted value, another application's
+        data under our prefix) must not stop the account's other messages, nor crash every
+        process that acquires the account: it is logged with its key, marked failed
+        (``undecodable journal record: …``, so it is not replayed again, and pruned in time),
+        counted in :attr:`undecodable`, and left out."""
+        ids, bodies, received = _list(reply)
+        found: list[tuple[float, Message]] = []
+        bad: dict[str, str] = {}
+        for message_id, body, at in zip(_list(ids), _list(bodies), _list(received), strict=True):
+            if body is not None:
+                try:
+                    found.append((float(at or 0), decode_message(body)))
+                except (ProtocolError, ValueError) as exc:
+                    bad[str(message_id)] = str(exc)
+        if bad:
+            body_key = self._key(tag, "body")
+            for message_id, reason in bad.items():
+                log.warning(
+                    "journal record %r of %r is not a serialised message (%s): marked failed, "
+                    "not replayed; if another application writes under the prefix %r, give "
+                    "the bridges a prefix of their own",
+                    message_id,
+                    body_key,
+                    reason,
+                    self.prefix,
+                )
+            keys = self._keys(tag, "fence", "body", "state", "pending", "recv", "done")
+            state = f"f{UNDECODABLE}: {'; '.join(bad.values())}"
+            await self._call("write to", self._done(keys, [self._token(tag), state, *bad]))
+            self.undecodable += len(bad)
+        return found
 
     # -- key-value space, per account --------------------------------------------------------
 
@@ -613,16 +665,6 @@ class RedisStore(Store):
                 task_status.started()
                 async for _ in pubsub:
                     notify()
-
-
-def _pending(reply: object) -> list[tuple[float, Message]]:
-    """What ``_JOURNAL_PENDING`` answered: (time accepted, message), oldest first."""
-    bodies, received = _list(reply)
-    return [
-        (float(at or 0), decode_message(body))
-        for body, at in zip(_list(bodies), _list(received), strict=True)
-        if body is not None
-    ]
 
 
 def _tag(platform: str, account: str) -> str:
