@@ -159,3 +159,39 @@ async def test_every_accounts_pending_skips_records_that_do_not_decode(
             assert store.undecodable == 2
             assert await store.journal_pending() == kept
             assert store.undecodable == 2
+
+
+async def test_accounts_whose_names_hold_colons_keep_apart(
+    redis_node: RedisServer, raw: coredis.Redis[str]
+) -> None:
+    """Platform ``p:a`` with account ``b`` and platform ``p`` with account ``a:b`` joined
+    plainly shared one hash tag: one journal (the second's message 1 taken for a duplicate
+    of the first's: lost), one cursor, one lease. The usual names keep their keys."""
+    keys = prefix()
+    first, second = FakeConnector("b", platform="p:a"), FakeConnector("a:b", platform="p")
+    usual = FakeConnector("bot")
+    assert first.name != second.name
+    assert (first.name, usual.name) == ("p%3Aa:b", "fake:bot")
+    with trio.fail_after(10):
+        async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as store:
+            messages = [c.message("hi", id="1") for c in (first, second, usual)]
+            assert await store.journal_add(messages) == [True, True, True]
+            await store.set_cursor("p:a", "b", "c1")
+            assert await store.get_cursor("p", "a:b") is None
+            assert await store.acquire_lease(first.name, "one", ttl=10)
+            assert await store.acquire_lease(second.name, "two", ttl=10)
+            assert await store.journal_pending_of("p", "a:b") == [messages[1]]
+            await store.journal_done([messages[0]])
+            assert await store.journal_pending_of("p", "a:b") == [messages[1]]
+    assert await raw.hexists(f"{keys}{{fake:bot}}:body", "1")  # where it always was
+    assert await raw.hexists(f"{keys}{{p:a%3Ab}}:body", "1")
+
+
+def test_a_bridge_takes_accounts_whose_plain_names_would_collide() -> None:
+    connectors = [FakeConnector("b", platform="p:a"), FakeConnector("a:b", platform="p")]
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise AssertionError("no message comes")
+
+    bridge = cb.Bridge(connectors, agent)
+    assert sorted(bridge.status()) == ["p%3Aa:b", "p:a%3Ab"]

@@ -34,6 +34,7 @@ from ._errors import (
     SendError,
 )
 from ._messages import Batch, Message
+from ._names import account_name
 from ._redact import guard
 from .stores import Store
 
@@ -307,7 +308,8 @@ class Connector(ABC):
 
     @property
     def name(self) -> str:
-        """``platform:account``, the connector's name in status, stats and logs."""
+        """``platform:account``, the connector's name in status, stats and logs, and its
+        lease's (``%`` and ``:`` in either part percent-encoded, see :func:`account_name`)."""
         platform = getattr(self, "platform", None)
         account = getattr(self, "account", None)
         if not isinstance(platform, str) or not isinstance(account, str):
@@ -315,7 +317,7 @@ class Connector(ABC):
                 f"{type(self).__name__} must set self.platform and self.account (strings: "
                 "the platform's name and the bot account) before it is given to a Bridge"
             )
-        return f"{platform}:{account}"
+        return account_name(platform, account)
 
     def bind(self, ctx: ConnectorContext) -> None:
         """Called once by the bridge before the first ``run``."""

@@ -1,8 +1,9 @@
 """A store in Redis, shared by bridges on several processes and machines (client: coredis).
 
-Every key of one account carries the account's hash tag, ``<prefix>{platform:account}:…``, so
-each account lives in one slot and every script below touches one slot: it runs unchanged on
-Redis Cluster. Per account:
+Every key of one account carries the account's hash tag, ``<prefix>{platform:account}:…``
+(``%`` and ``:`` in either part percent-encoded, as in the connector's name), so each account
+lives in one slot and every script below touches one slot: it runs unchanged on Redis Cluster.
+Per account:
 
 - ``:body`` (hash, message id → JSON), ``:state`` (hash, id → ``d`` or ``f<error>``),
   ``:recv`` (hash, id → wall-clock time accepted), ``:pending`` (sorted set, id → sequence
@@ -40,6 +41,7 @@ import trio
 
 from .._errors import ConfigurationError, ProtocolError, StoreError, find_error
 from .._messages import Message
+from .._names import account_name
 from ._base import JournalEntry, JournalKey, JournalState, Store
 from ._codec import decode_message, encode_message
 
@@ -409,7 +411,7 @@ class RedisStore(Store):
         now = repr(self.wall_clock())
         by_account: dict[str, list[int]] = {}
         for i, message in enumerate(messages):
-            by_account.setdefault(_tag(message.platform, message.account), []).append(i)
+            by_account.setdefault(account_name(message.platform, message.account), []).append(i)
         added = [False] * len(messages)
         for tag, indexes in by_account.items():
             await self._remember(tag)
@@ -430,7 +432,9 @@ class RedisStore(Store):
         state = "d" if error is None else "f" + error
         by_account: dict[str, list[str]] = {}
         for message in messages:
-            by_account.setdefault(_tag(message.platform, message.account), []).append(message.id)
+            by_account.setdefault(account_name(message.platform, message.account), []).append(
+                message.id
+            )
         for tag, ids in by_account.items():
             keys = self._keys(tag, "fence", "body", "state", "pending", "recv", "done")
             args = [self._token(tag), state, *ids]
@@ -460,7 +464,7 @@ class RedisStore(Store):
         """The account's pending messages, oldest first, in one script (and one more to set
         aside records that do not decode, see :meth:`_decoded`). Cancelled: it changed
         nothing, or set those records aside."""
-        tag = _tag(platform, account)
+        tag = account_name(platform, account)
         keys = self._keys(tag, "pending", "body", "recv")
         reply: object = await self._call("read from", self._pending(keys, []))
         return [message for _, message in await self._decoded(tag, reply)]
@@ -469,7 +473,7 @@ class RedisStore(Store):
         """As :meth:`Store.journal_entry`, in one script. A read: cancelled, it changed
         nothing."""
         platform, account, message_id = key
-        keys = self._keys(_tag(platform, account), "body", "state", "recv")
+        keys = self._keys(account_name(platform, account), "body", "state", "recv")
         body, state, received = _list(
             await self._call("read from", self._entry(keys, [message_id]))
         )
@@ -479,9 +483,8 @@ class RedisStore(Store):
             message = decode_message(body)
         except ProtocolError as exc:
             raise StoreError(
-                f"{self!r}: the journal record {message_id!r} of "
-                f"{self._key(_tag(platform, account), 'body')!r} is not a serialised message "
-                f"({exc}); it is not replayed"
+                f"{self!r}: the journal record {message_id!r} of {keys[0]!r} is not a "
+                f"serialised message ({exc}); it is not replayed"
             ) from None
         outcome: JournalState = "pending"
         error = None
@@ -539,7 +542,7 @@ class RedisStore(Store):
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
         """As :meth:`Store.get`. A read: cancelled, it changed nothing."""
-        hash_key = self._key(_tag(platform, account), "kv")
+        hash_key = self._key(account_name(platform, account), "kv")
         value = await self._call("read from", self._client.hget(hash_key, key))
         return None if value is None else str(value)
 
@@ -552,7 +555,7 @@ class RedisStore(Store):
         written or none (a cursor never lands without the values saved with it)."""
         if not values:
             return
-        tag = _tag(platform, account)
+        tag = account_name(platform, account)
         args = [self._token(tag)]
         for key, value in values.items():
             args += [key, "0", ""] if value is None else [key, "1", value]
@@ -665,10 +668,6 @@ class RedisStore(Store):
                 task_status.started()
                 async for _ in pubsub:
                     notify()
-
-
-def _tag(platform: str, account: str) -> str:
-    return f"{platform}:{account}"
 
 
 def _ms(seconds: float) -> str:
