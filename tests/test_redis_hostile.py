@@ -7,6 +7,8 @@ when it restarts it.
 
 from __future__ import annotations
 
+import logging
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import trio
 from redis_servers import require_redis
 
 import trio_chatbridge as cb
-from trio_chatbridge.stores import StaleLeaseError
+from trio_chatbridge.stores import StaleLeaseError, store_from_url
 from trio_chatbridge.testing import FakeConnector, RedisServer, redis_server
 
 fake = FakeConnector("bot")
@@ -195,3 +197,67 @@ def test_a_bridge_takes_accounts_whose_plain_names_would_collide() -> None:
 
     bridge = cb.Bridge(connectors, agent)
     assert sorted(bridge.status()) == ["p%3Aa:b", "p:a%3Ab"]
+
+
+async def test_another_applications_key_under_our_prefix_is_a_clear_error(
+    redis_node: RedisServer, raw: coredis.Redis[str]
+) -> None:
+    """A string where our hash is (WRONGTYPE): the error says what to do; the account's
+    other keys and the other accounts work on, and the account too once the key is gone."""
+    keys = prefix()
+    kv = f"{keys}{{fake:bot}}:kv"
+    await raw.set(kv, "someone else's")
+    with trio.fail_after(10):
+        async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as store:
+            for call in (store.get_cursor("fake", "bot"), store.set_cursor("fake", "bot", "c")):
+                with pytest.raises(
+                    cb.StoreError, match=r"another application.*prefix of their own"
+                ):
+                    await call
+            assert await store.journal_add([fake.message("hi", id="1")]) == [True]
+            await store.set_cursor("fake", "other", "c")
+            await raw.delete([kv])
+            await store.set_cursor("fake", "bot", "c")
+            assert await store.get_cursor("fake", "bot") == "c"
+
+
+async def test_a_password_stays_out_of_reprs_errors_and_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ours and coredis's: the store's repr, a refused password's error (and its causes), a
+    lost connection's, and every log line (coredis's at DEBUG too)."""
+    require_redis()
+    secret = f"pw-{uuid.uuid4().hex}"
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    with redis_server(tmp_path) as server, trio.fail_after(20):
+        server.cli("config", "set", "requirepass", secret)
+        good = f"redis://:{secret}@127.0.0.1:{server.port}/0"
+        for url in (good, good.replace(secret, "x" + secret)):
+            # store_from_url's timeout is 5 s: not worth a pause
+            for store, pause in (
+                (cb.RedisStore.from_url(url, timeout=1), True),
+                (store_from_url(url), False),
+            ):
+                assert isinstance(store, cb.RedisStore)
+                texts.append(repr(store))
+                try:
+                    async with store:
+                        await store.set_cursor("fake", "bot", "c")
+                        texts.append(await store.get_cursor("fake", "bot") or "")
+                        if not pause:
+                            continue
+                        server.pause()
+                        try:
+                            with pytest.raises(cb.StoreError, match="could not read"):
+                                await store.get_cursor("fake", "bot")
+                        finally:
+                            server.resume()
+                except cb.StoreError as exc:
+                    texts += traceback.format_exception(exc)
+                    assert "could not connect" in str(exc) and "invalid username-password" in str(
+                        exc
+                    )
+    assert texts.count("c") == 2  # the good password worked, the bad one did not
+    texts += [r.getMessage() for r in caplog.records]
+    assert not [t for t in texts if secret in t]

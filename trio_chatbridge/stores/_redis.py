@@ -350,6 +350,14 @@ class RedisStore(Store):
                 "now, or Redis lost it (restarted without persistence); this process writes "
                 "for the account again once it acquired the lease again"
             )
+        wrong = find_error(exc, coredis.exceptions.WrongTypeError)
+        if wrong is not None:
+            return StoreError(
+                f"could not {doing} {self!r}: a key under the prefix {self.prefix!r} holds "
+                f"another kind of value ({wrong}): does another application write under that "
+                "prefix? Give the bridges a prefix of their own, or delete that application's "
+                "keys; retrying with backoff"
+            )
         for kind in (coredis.exceptions.RedisError, OSError, TimeoutError):
             cause = find_error(exc, kind)
             if cause is not None:
