@@ -8,6 +8,7 @@ when it restarts it.
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import trio
 from redis_servers import require_redis
 
 import trio_chatbridge as cb
-from trio_chatbridge.stores import StaleLeaseError, store_from_url
+from trio_chatbridge.stores import StaleLeaseError, journal_key, store_from_url
 from trio_chatbridge.testing import FakeConnector, RedisServer, redis_server
 
 fake = FakeConnector("bot")
@@ -261,3 +262,20 @@ async def test_a_password_stays_out_of_reprs_errors_and_logs(
     assert texts.count("c") == 2  # the good password worked, the bad one did not
     texts += [r.getMessage() for r in caplog.records]
     assert not [t for t in texts if secret in t]
+
+
+async def test_a_redis_restarted_empty_still_prunes_the_accounts_journals(
+    tmp_path: Path,
+) -> None:
+    """The set of accounts (where pruning finds journals) is lost with the rest: the store
+    that remembered having written it records an account again at its first message after."""
+    require_redis()
+    with redis_server(tmp_path) as server, trio.fail_after(20):
+        async with cb.RedisStore.from_url(server.url, timeout=2) as store:
+            await store.journal_add([fake.message("before", id="1")])
+            server.restart()
+            after = fake.message("after", id="2")
+            assert await store.journal_add([after]) == [True]
+            await store.journal_done([after])
+            assert await store.journal_prune(math.inf) == 1
+            assert await store.journal_entry(journal_key(after)) is None

@@ -72,20 +72,28 @@ if token > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') ~= token then
 end
 """
 
-# KEYS: fence, body, pending, recv, seq. ARGV: token, now, then id, body pairs.
+# KEYS: fence, body, pending, recv, seq. ARGV: token, now, then id, body pairs. Returns a flag
+# per message (1: added), then 1 if the sequence started (the account's first message, or its
+# first since Redis lost its keys), else 0.
 _JOURNAL_ADD: Final = (
     _FENCE
     + """
 local added = {}
+local started = 0
 for i = 3, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), ARGV[i])
+    local seq = redis.call('INCR', KEYS[5])
+    if seq == 1 then
+      started = 1
+    end
+    redis.call('ZADD', KEYS[3], seq, ARGV[i])
     redis.call('HSET', KEYS[4], ARGV[i], ARGV[2])
     added[#added + 1] = 1
   else
     added[#added + 1] = 0
   end
 end
+added[#added + 1] = started
 return added
 """
 )
@@ -398,9 +406,10 @@ class RedisStore(Store):
     def _token(self, tag: str) -> str:
         return str(self._fences.get(tag, 0))
 
-    async def _remember(self, tag: str) -> None:
-        """Record the account in ``<prefix>accounts`` (once per store), to find its journal."""
-        if tag not in self._known:
+    async def _remember(self, tag: str, *, again: bool = False) -> None:
+        """Record the account in ``<prefix>accounts`` (once per store, unless ``again``: Redis
+        lost its keys), to find its journal."""
+        if again or tag not in self._known:
             await self._call("write to", self._client.sadd(self.prefix + "accounts", [tag]))
             self._known.add(tag)
 
@@ -427,9 +436,12 @@ class RedisStore(Store):
             for i in indexes:
                 args += [messages[i].id, encode_message(messages[i])]
             keys = self._keys(tag, "fence", "body", "pending", "recv", "seq")
-            flags: object = await self._call("write to", self._add(keys, args))
-            for i, flag in zip(indexes, _list(flags), strict=True):
+            reply: object = await self._call("write to", self._add(keys, args))
+            *flags, started = _list(reply)
+            for i, flag in zip(indexes, flags, strict=True):
                 added[i] = flag == 1
+            if started == 1:  # the set of accounts may have been lost with the sequence
+                await self._remember(tag, again=True)
         return added
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
