@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import trio
 import trio.testing
-from support import quick_bridge
+from support import echo, quick_bridge
 from test_webhook import call, signed, webhook_bridge
 from test_ws_client import Peer, frame
 from wsproto.events import CloseConnection, Event, TextMessage
@@ -269,6 +269,28 @@ async def test_a_subscribe_refused_as_busy_is_retried(
     assert len(servers) == 3
     assert got == ["served"]
     assert (stats.reconnects, stats.replies, state.state) == (2, 1, "running")
+
+
+async def test_a_refusal_that_quotes_the_secret_does_not_show_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server whose refusal of the subscribe quotes the secret back: the connector's error
+    (its status, the supervisor's log) shows the refusal without it."""
+
+    async def script(server: Server) -> None:
+        await server.peer.accept()
+        first = await server.read_text()
+        refusal = {"headers": first["headers"], "errcode": 40001, "errmsg": f"bad {SECRET}!"}
+        await server.write(text(json.dumps(refusal)))
+
+    async with hostile(script):
+        bridge = quick_bridge(connector(hostile.opener), echo)  # type: ignore[attr-defined]
+        async with running_bridge(bridge):
+            await trio.sleep(10)
+            state = bridge.status()[f"wecom:{BOT}"]
+    assert state.state == "failed"
+    assert "errcode 40001" in (state.detail or "") and "'bad ***!'" in (state.detail or "")
+    assert SECRET not in (state.detail or "") + (state.last_error or "")
 
 
 # -- closes at bad moments ---------------------------------------------------------------------

@@ -229,15 +229,17 @@ def _refusal(cmd: str) -> Callable[[Answer], Exception]:
     return refused
 
 
-def _subscribe_refused(bot_id: str) -> Callable[[Answer], Exception]:
+def _subscribe_refused(bot_id: str, secret: str) -> Callable[[Answer], Exception]:
     def refused(answer: Answer) -> Exception:
+        # the server's words, but never the secret they may quote back from our frame
+        said = None if answer.text is None else answer.text.replace(secret, "***")
         if answer.busy or answer.code == SYSTEM_BUSY:  # the server's state, not the credentials
             return ConnectorError(
                 f"wecom bot {bot_id}: subscribe refused for now (errcode {answer.code}, "
-                f"{answer.text!r}); reconnecting"
+                f"{said!r}); reconnecting"
             )
         return FatalConnectorError(
-            f"wecom bot {bot_id}: subscribe refused (errcode {answer.code}, {answer.text!r}): "
+            f"wecom bot {bot_id}: subscribe refused (errcode {answer.code}, {said!r}): "
             "check the bot id and secret on the bot's API page"
         )
 
@@ -290,7 +292,8 @@ class WeComCore:
         then the connection ends and the supervisor reconnects, under its backoff."""
         req_id = new_req_id(SUBSCRIBE)
         frame = Frame(req_id, SUBSCRIBE, {"bot_id": self.bot_id, "secret": self.secret})
-        return [Request(req_id, frame.encode(), _subscribe_refused(self.bot_id), name=SUBSCRIBE)]
+        refused = _subscribe_refused(self.bot_id, self.secret)
+        return [Request(req_id, frame.encode(), refused, name=SUBSCRIBE)]
 
     def heartbeat(self) -> Outgoing:
         """A ping, acknowledged within ``heartbeat_grace`` or the link is dead."""
