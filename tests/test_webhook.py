@@ -64,9 +64,13 @@ def signed(
 
 @asynccontextmanager
 async def webhook_bridge(
-    clock: Callable[[], float] = lambda: NOW, *, store: cb.Store | None = None, **options: Any
+    clock: Callable[[], float] = lambda: NOW,
+    *,
+    agent: cb.Agent = echo,
+    store: cb.Store | None = None,
+    **options: Any,
 ) -> AsyncIterator[tuple[WeComEmulator, wecom.Webhook, cb.Bridge]]:
-    """A running bridge of the echo agent on a webhook (``options`` its own), the emulator."""
+    """A running bridge of ``agent`` on a webhook (``options`` its own), the emulator."""
     emu = WeComEmulator()
     hook = wecom.Webhook(
         bot_id=emu.bot_id,
@@ -75,7 +79,7 @@ async def webhook_bridge(
         wall_clock=clock,
         **options,
     )
-    bridge = quick_bridge(hook, echo, store=store or cb.MemoryStore())
+    bridge = quick_bridge(hook, agent, store=store or cb.MemoryStore())
     async with running_bridge(bridge):
         yield emu, hook, bridge
 

@@ -5,6 +5,7 @@ bridge, or the webhook's ASGI app) and an in-memory server speaking raw WebSocke
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -468,3 +469,41 @@ async def test_a_body_that_never_ends_is_refused_in_time(
         assert bridge.stats().other["wecom.refused_requests"] == 1
         good = await call(hook.asgi, "POST", *signed(emu, json.dumps(MESSAGE)))
         assert good[0] == 200
+
+
+# -- what a failing agent leaves ---------------------------------------------------------------
+
+
+async def failing(batch: cb.Batch, reply: cb.Reply) -> None:
+    raise RuntimeError("the agent broke before answering (test)")
+
+
+async def test_a_callback_whose_agent_failed_before_answering_is_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On the long connection a callback left open holds one of the user's three messages in
+    flight: a run that raised before answering closes it (an empty finished stream, as the
+    earlier callbacks of a batch get), and the user can go on."""
+    emu = WeComEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        async with running_bridge(quick_bridge(emu.connector(), failing)) as bridge:
+            for n in range(4):  # a fourth message in flight would be refused (InFlightLimit)
+                emu.user_says("ivy", f"try {n}")
+                await trio.sleep(5)
+                assert emu.in_flight("ivy") == 0
+            failures = bridge.stats().failures
+        nursery.cancel_scope.cancel()
+    assert failures == 4
+    assert [(s.kind, s.text) for s in emu.sent] == [("stream", "")] * 4
+
+
+async def test_a_webhook_stream_whose_agent_failed_before_answering_finishes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """In webhook mode WeCom would poll a stream nobody fills for six minutes: a run that
+    raised before answering finishes it (empty), so the next poll ends it."""
+    async with webhook_bridge(time.time, agent=failing) as (emu, hook, bridge):
+        sent = await emu.webhook_user_says(hook.asgi, "u", "hi")
+    assert (sent.text, sent.frames) == ("", 2)
+    assert bridge.stats().failures == 1

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeAlias, final
 
 import attrs
@@ -226,12 +226,16 @@ class LongConnection(base.Connector):
     # -- replying ----------------------------------------------------------------------------
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
-        if len(batch.messages) == 1:  # most batches: nothing to close, no generator per run
-            return super().running(batch)
-        return self._close_earlier(batch)
+        """Held while the agent runs on ``batch``: no callback of it is left open (each holds
+        one of the user's few messages in flight). Before the agent runs, the batch's earlier
+        callbacks are finished with ``earlier_reply`` (:meth:`_close_earlier`); if the agent
+        raised, the latest one is finished empty, in case it was not answered. An agent that
+        returns without answering leaves it open (a ``Reply`` kept after the run may still
+        answer), and so does a cancelled run (interrupted: the next run closes it as an
+        earlier message; shut down: replayed at the next start)."""
+        return _Running(self, batch)
 
-    @asynccontextmanager
-    async def _close_earlier(self, batch: Batch) -> AsyncIterator[None]:
+    async def _close_earlier(self, batch: Batch) -> None:
         """Finish the streams of a batch's earlier callbacks before the agent runs.
 
         Only the latest message's callback carries the answer; the others would stay open and
@@ -245,11 +249,13 @@ class LongConnection(base.Connector):
                 req_id = message.reply_handle.get("req_id")
                 if req_id:
                     nursery.start_soon(self._close_callback, req_id)
-        yield
 
-    async def _close_callback(self, req_id: str) -> None:
+    async def _close_callback(self, req_id: str, content: str | None = None) -> None:
+        """Finish the stream of the callback on ``req_id`` with ``content`` (None:
+        ``earlier_reply``); a refusal (846608: it was finished already) is only logged."""
+        text = self.earlier_reply if content is None else content
         try:
-            await self.respond_stream(req_id, self.earlier_reply, finish=True)
+            await self.respond_stream(req_id, text, finish=True)
         except SendError as exc:
             log.info("wecom bot %s: closing callback %s: %s", self.account, req_id, exc)
 
@@ -416,6 +422,29 @@ class LongConnection(base.Connector):
         if self._own_http is not None:
             await self._own_http.aclose()
             self._own_http = None
+
+
+@final
+@attrs.frozen
+class _Running:
+    """What :meth:`LongConnection.running` holds while the agent runs on ``batch`` (a class,
+    not a generator: it is entered on every run)."""
+
+    connector: LongConnection
+    batch: Batch
+
+    async def __aenter__(self) -> None:
+        if len(self.batch.messages) > 1:
+            await self.connector._close_earlier(self.batch)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        if kind is None or not issubclass(kind, Exception):
+            return  # answered (or to be, by a kept Reply), or cancelled: see running()
+        req_id = self.batch.latest.reply_handle.get("req_id")
+        if req_id:  # the agent raised: finished empty (refused if it was answered: logged)
+            await self.connector._close_callback(req_id, "")
 
 
 def _stream_state(connector: LongConnection, target: Message, card: Card | None) -> StreamState:

@@ -366,12 +366,24 @@ class Webhook(base.Connector):
 
     @asynccontextmanager
     async def _close_earlier(self, batch: Batch) -> AsyncIterator[None]:
-        """Finish the streams of a batch's earlier messages with ``earlier_reply``."""
+        """Finish the streams of a batch's earlier messages with ``earlier_reply``, and, if
+        the agent raises, the latest one's unless it was answered (empty: WeCom would poll a
+        stream nobody fills for six minutes). An agent that returns without answering leaves
+        it open (a ``Reply`` kept after the run may still answer), and so does a cancelled
+        run (interrupted: the next run closes it as an earlier message)."""
         for message in batch.messages[:-1]:
-            state = self._streams.get(str(message.reply_handle.get("stream_id")))
-            if state is not None and not state.finished:
-                state.content, state.finished = self.earlier_reply, True
-        yield
+            self._finish(message, self.earlier_reply)
+        try:
+            yield
+        except Exception:
+            self._finish(batch.latest, "")
+            raise
+
+    def _finish(self, message: Message, content: str) -> None:
+        """Finish ``message``'s stream with ``content``, unless it was finished already."""
+        state = self._streams.get(str(message.reply_handle.get("stream_id")))
+        if state is not None and not state.finished:
+            state.content, state.finished = content, True
 
     async def download(self, media: Media) -> bytes:
         """Download and decrypt inbound media (with the bot's EncodingAESKey in this mode). If
