@@ -52,6 +52,16 @@ def test_a_post_is_flattened_to_its_title_and_lines() -> None:
     assert message.reply_handle["addressed"] is False
 
 
+@pytest.mark.parametrize("paragraphs", [7, {"a": [1]}, "text", None, [7, ["x"], [None]]])
+def test_a_post_whose_paragraphs_are_of_the_wrong_shape_keeps_its_title(paragraphs: Any) -> None:
+    """A post's ``content`` that is not a list of lists is read as no lines (a number there
+    raised a TypeError, and the message was lost as an error of ours, with a traceback)."""
+    post = {"zh_cn": {"title": "T", "content": paragraphs}}
+    message = lark.to_message("app", envelope("post", post), None)
+    assert message is not None
+    assert message.parts == (cb.Text("T"),)
+
+
 def ref(key: str) -> cb.Handle:
     return cb.Handle.of(message_id="om_1", key=key)
 

@@ -8,7 +8,8 @@ as plain JSON. See ``docs/protocols/lark.md#message-events``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Final
 
 import msgspec
@@ -40,7 +41,8 @@ def _post_text(content: Mapping[str, Any]) -> str:
     if "content" not in body:  # {"zh_cn": {...}} or {"en_us": {...}}
         body = next((v for v in content.values() if isinstance(v, Mapping)), {})
     lines = [get_str(body, "title") or ""]
-    for paragraph in body.get("content") or []:
+    paragraphs = body.get("content")
+    for paragraph in paragraphs if isinstance(paragraphs, list) else ():
         if isinstance(paragraph, list):
             lines.append(
                 "".join(
@@ -119,8 +121,33 @@ _decoder = Lenient(Envelope, "Lark event")
 
 def envelope_of(data: bytes) -> Envelope:
     """The typed envelope of an event's JSON bytes (every field optional, one of the wrong type
-    read as missing); :class:`ProtocolError` for bytes that are no JSON object."""
-    return _decoder.decode(data)
+    read as missing); :class:`ProtocolError` for bytes that are no JSON object, and for an
+    event whose fields hold a lone surrogate escape (``\\ud800``: no text)."""
+    try:
+        return _decoder.first(data)  # msgspec refuses lone surrogates: the repair must too
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        with _text_only("Lark event"):
+            wire = _decoder.recover(data, exc)
+            _ENCODER.encode(wire)
+        return wire
+
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+@contextmanager
+def _text_only(what: str) -> Iterator[None]:
+    """Python's JSON decoder (the repair's, the content's) reads a lone surrogate escape
+    (``\\ud800``) into a string that UTF-8 cannot encode, so no store could journal the
+    message: inside the block, that is a :class:`ProtocolError`
+    (docs/protocols/lark.md#message-events)."""
+    try:
+        yield
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(
+            f"{what} holds a lone surrogate escape (\\u{ord(exc.object[exc.start]):x}), "
+            "which is no text: the event is skipped"
+        ) from exc
 
 
 def _sender_id(sender: _Sender) -> str:
@@ -203,7 +230,11 @@ def message_of(
     if not message_id or not chat_id:
         raise ProtocolError("message event without message_id or chat_id")
     user = _sender_id(sender)
-    content = json_value(message.content or "{}", "message content")
+    raw_content = message.content or "{}"
+    content = json_value(raw_content, "message content")
+    if "\\u" in raw_content:  # an escape: maybe a lone surrogate (checked on small content)
+        with _text_only("Lark message content"):
+            _ENCODER.encode(content)
     if not isinstance(content, Mapping):
         content = {}
     msgtype = message.message_type

@@ -1,0 +1,102 @@
+"""A hostile Lark server: events, frames and answers no real one should send, and what a user
+keeps when one does (every good message handled once, the bad one counted, the link alive)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from support import emulator_bridge, lark_message_event
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms.lark import _frames as lark_frames
+from trio_chatbridge.platforms.lark import _protocol as lark_protocol
+from trio_chatbridge.testing import LarkEmulator
+
+# -- text that is no text ----------------------------------------------------------------------
+
+LONE_SURROGATE = b"\\ud800"  # a JSON escape Python's decoder takes and UTF-8 cannot encode
+
+
+def _event_frame(envelope: dict[str, Any] | bytes) -> bytes:
+    payload = envelope if isinstance(envelope, bytes) else json.dumps(envelope).encode()
+    frame = lark_frames.Frame(method=1, headers=(("type", "event"),), payload=payload)
+    return lark_frames.encode(frame)
+
+
+def _with_lone_surrogate(where: str) -> bytes:
+    """A direct message event whose ``where`` holds a lone surrogate escape."""
+    envelope = lark_message_event("hi", mention_bot=False, chat_type="p2p")
+    message = envelope["event"]["message"]
+    if where == "text":  # in the message's content (JSON in a string)
+        message["content"] = json.dumps({"text": "bad PLACEHOLDER"})
+    elif where == "post":
+        message["message_type"] = "post"
+        post = {"title": "t", "content": [[{"tag": "text", "text": "PLACEHOLDER"}]]}
+        message["content"] = json.dumps(post)
+    elif where == "sender":  # in the event's own JSON
+        envelope["event"]["sender"]["sender_id"]["open_id"] = "ou_PLACEHOLDER"
+    elif where == "repaired":  # in the event's JSON, read by the repair of a wrong-typed field
+        envelope["event"]["sender"]["sender_id"]["open_id"] = "ou_PLACEHOLDER"
+        message["chat_type"] = 5
+    data = json.dumps(envelope).encode()
+    if where in ("text", "post"):  # the escape inside a JSON string in JSON: its \\ escaped
+        return data.replace(b"PLACEHOLDER", b"\\" + LONE_SURROGATE)
+    return data.replace(b"PLACEHOLDER", LONE_SURROGATE)
+
+
+@pytest.mark.parametrize("where", ["text", "post", "sender", "repaired"])
+def test_a_message_with_a_lone_surrogate_escape_is_malformed_and_acked(where: str) -> None:
+    """Python's JSON decoder reads ``\\ud800`` into a string no store can write (UTF-8 has no
+    lone surrogates): such a message went to the inbox and failed the journal's write, with
+    every good message of its burst, and ended the connection, at each of its pushes. It is
+    a bad event now: counted, ACKed (a push again brings the same bytes), never put."""
+    protocol = lark_protocol.LarkProtocol("cli_1", "ou_bot")
+    (event,) = protocol.receive(_event_frame(_with_lone_surrogate(where)), 0.0)
+    assert isinstance(event, lark_protocol.Malformed)
+    assert isinstance(event.error, cb.ProtocolError)
+    assert "surrogate" in str(event.error)
+    assert event.ack is not None
+
+
+@pytest.mark.parametrize("repaired", [False, True])
+def test_an_escaped_pair_of_surrogates_is_one_character(repaired: bool) -> None:
+    """A valid escaped pair (an emoji, as an ASCII-only encoder writes it) is text, also in
+    an event read by the repair of a wrong-typed field."""
+    envelope = lark_message_event("x", mention_bot=False, chat_type="p2p")
+    envelope["event"]["message"]["content"] = '{"text": "smile \\ud83d\\ude00"}'
+    envelope["event"]["sender"]["sender_id"]["union_id"] = "on_\U0001f600"
+    if repaired:
+        envelope["event"]["message"]["chat_type"] = 5
+    protocol = lark_protocol.LarkProtocol("cli_1", "ou_bot")
+    (event,) = protocol.receive(_event_frame(envelope), 0.0)
+    assert isinstance(event, lark_protocol.MessageReceived)
+    assert event.message.text == "smile \U0001f600"
+
+
+async def test_a_lone_surrogate_spoils_no_good_message_and_keeps_the_link(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(message.text for message in batch.messages)
+
+    emu = LarkEmulator()
+    store = cb.SQLiteStore(str(tmp_path / "journal.db"))
+    connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
+    async with emulator_bridge(emu, connector, agent, store=store) as bridge:
+        await trio.sleep(1)
+        bad = json.loads(_with_lone_surrogate("text"))
+        bad["event"]["message"]["message_id"] = "om_bad"
+        emu.push_event(bad)  # pushed again until ACKed, as the platform does
+        emu.user_says("ou_ann", "good")
+        await trio.sleep(30)
+        stats = bridge.stats()
+    assert handled == ["good"]
+    assert (stats.protocol_errors, stats.reconnects) == (1, 0)  # ACKed: never pushed again
+    assert emu.acks == [200, 200]
