@@ -100,3 +100,66 @@ async def test_a_lone_surrogate_spoils_no_good_message_and_keeps_the_link(
     assert handled == ["good"]
     assert (stats.protocol_errors, stats.reconnects) == (1, 0)  # ACKed: never pushed again
     assert emu.acks == [200, 200]
+
+
+# -- endpoint discovery --------------------------------------------------------------------------
+
+TICKET = "ticket=SEKRIT"
+
+
+def _discovered(url: str) -> dict[str, Any]:
+    return {"code": 0, "data": {"URL": url, "ClientConfig": {"PingInterval": 10}}}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://msg-frontier.example/ws/v2?{TICKET}",  # not a WebSocket's
+        f"msg-frontier.example/ws/v2?{TICKET}",  # no scheme
+        f"wss:///ws/v2?{TICKET}",  # no host
+        f"wss://msg-frontier.example:99999/ws/v2?{TICKET}",  # no such port
+        f"wss://[::1/ws/v2?{TICKET}",  # not a URL
+        f"ws://user:SEKRIT@msg-frontier.example/ws/v2?{TICKET}",  # plain text from https
+    ],
+)
+def test_a_discovered_url_that_is_no_websocket_is_a_retried_error_without_its_ticket(
+    url: str,
+) -> None:
+    """The URL is checked where it is read: a bad one was a ValueError of the WebSocket client
+    (``Port out of range``, ``Invalid IPv6 URL``) that named no app, or, for ``ws://`` from an
+    ``https`` API, a connection that sent the ticket in plain text."""
+    with pytest.raises(cb.ConnectorError) as refused:
+        lark_protocol.read_endpoint("cli_1", 200, _discovered(url), secure=True)
+    assert type(refused.value) is cb.ConnectorError  # retried: the next answer may be good
+    text = str(refused.value)
+    assert "cli_1" in text and "endpoint discovery" in text
+    assert "SEKRIT" not in text
+
+
+def test_a_plain_websocket_is_taken_from_a_plain_api() -> None:
+    url = f"ws://127.0.0.1:8080/ws?{TICKET}"
+    assert lark_protocol.read_endpoint("cli_1", 200, _discovered(url))[0] == url
+    secure = f"wss://msg-frontier.example/ws/v2?{TICKET}"
+    assert lark_protocol.read_endpoint("cli_1", 200, _discovered(secure), secure=True)[0] == secure
+
+
+async def test_a_bad_discovered_url_is_reported_and_the_next_one_taken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(message.text for message in batch.messages)
+
+    emu = LarkEmulator()
+    emu.fail("/callback/ws/endpoint", 200, _discovered(f"https://elsewhere.example/?{TICKET}"))
+    connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
+    async with emulator_bridge(emu, connector, agent) as bridge:
+        await trio.sleep(5)
+        status = bridge.status()["lark:cli_emulator"]
+        emu.user_says("ou_ann", "after a bad URL")
+        await trio.sleep(5)
+    assert status.state == "running" and status.restarts == 1
+    assert status.last_error is not None and "not a WebSocket" in status.last_error
+    assert "SEKRIT" not in status.last_error
+    assert handled == ["after a bad URL"]

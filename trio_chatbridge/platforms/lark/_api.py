@@ -136,7 +136,8 @@ class OpenAPI:
             {"AppID": self.app_id, "AppSecret": self._secret},
             {"locale": "zh"},
         )
-        return read_endpoint(self.app_id, answer.status, answer.json())
+        secure = self.domain.startswith("https://")
+        return read_endpoint(self.app_id, answer.status, answer.json(), secure=secure)
 
     async def token(self) -> str:
         """The tenant access token, fetched when missing or within a minute of expiry (one

@@ -555,12 +555,16 @@ def handshake_error(
     )
 
 
-def read_endpoint(account: str, status: int, data: Mapping[str, Any]) -> tuple[str, ClientConfig]:
+def read_endpoint(
+    account: str, status: int, data: Mapping[str, Any], *, secure: bool = False
+) -> tuple[str, ClientConfig]:
     """The WebSocket URL and client config in endpoint discovery's answer (HTTP ``status``,
-    JSON ``data``). See ``docs/protocols/lark.md#endpoint-discovery``.
+    JSON ``data``), asked of an ``https`` API when ``secure`` (the URL must then be ``wss``:
+    its query carries the connection's ticket). See ``docs/protocols/lark.md#endpoint-discovery``.
 
-    Retryable failures raise :class:`ConnectorError`; a refusal that retrying cannot fix (bad
-    credentials) raises :class:`FatalConnectorError`.
+    Retryable failures raise :class:`ConnectorError` (a URL that is no WebSocket's among
+    them, shown without its query); a refusal that retrying cannot fix (bad credentials)
+    raises :class:`FatalConnectorError`.
     """
     if status != 200:
         raise ConnectorError(f"Lark app {account}: endpoint discovery: HTTP {status}")
@@ -579,4 +583,25 @@ def read_endpoint(account: str, status: int, data: Mapping[str, Any]) -> tuple[s
     url = payload.get("URL")
     if not isinstance(url, str) or not url:
         raise ConnectorError(f"Lark app {account}: endpoint discovery gave no URL")
+    _check_websocket_url(account, url, secure)
     return url, ClientConfig.merge(ClientConfig(), payload.get("ClientConfig"))
+
+
+def _check_websocket_url(account: str, url: str, secure: bool) -> None:
+    """A :class:`ConnectorError` unless ``url`` is a ``wss://`` (or, unless ``secure``,
+    ``ws://``) URL with a host and a valid port; the error shows it without its user part and
+    query, which may carry credentials."""
+    schemes = ("wss",) if secure else ("ws", "wss")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in schemes and bool(parts.hostname) and parts.port != 0
+        port = "" if parts.port is None else f":{parts.port}"
+        shown = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+    except ValueError:  # "Invalid IPv6 URL", "Port out of range 0-65535"...
+        valid, shown = False, "an unreadable URL"
+    if not valid:
+        raise ConnectorError(
+            f"Lark app {account}: endpoint discovery gave {shown}, which is not a WebSocket "
+            f"URL we connect to ({' or '.join(f'{scheme}://host/...' for scheme in schemes)}); "
+            "retried with backoff"
+        )
