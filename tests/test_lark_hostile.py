@@ -7,15 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
-from support import emulator_bridge, lark_message_event
+from support import emulator_bridge, lark_message_event, streamer
 
 import trio_chatbridge as cb
+from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lark_protocol
-from trio_chatbridge.testing import LarkEmulator
+from trio_chatbridge.testing import HandlerTransport, LarkEmulator
 
 # -- text that is no text ----------------------------------------------------------------------
 
@@ -163,3 +165,59 @@ async def test_a_bad_discovered_url_is_reported_and_the_next_one_taken(
     assert status.last_error is not None and "not a WebSocket" in status.last_error
     assert "SEKRIT" not in status.last_error
     assert handled == ["after a bad URL"]
+
+
+# -- replies whose answer is lost ----------------------------------------------------------------
+
+
+def _answer_lost_after_the_first(emu: LarkEmulator, path_part: str) -> HandlerTransport:
+    """The emulator, except that the first call to ``path_part`` is done but its answer lost:
+    a gateway's 502 after the platform sent the message."""
+    lost = [True]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        response = await emu.handle_http(request)
+        if path_part in request.url.path and lost and response.status_code == 200:
+            lost.clear()
+            return httpx.Response(502, content=b"bad gateway")
+        return response
+
+    return HandlerTransport(handler)
+
+
+async def test_a_streamed_reply_whose_first_answer_was_lost_is_still_one_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A streamed reply is sent at the first update, then edited. When that send was done but
+    its answer lost, the next update sent the message again: the user saw two. Each send of
+    the stream's message carries the same ``uuid``, which the platform sends once an hour."""
+    emu = LarkEmulator()
+    transport = _answer_lost_after_the_first(emu, "/reply")
+    connector = lambda: emu.connector(random=lambda: 0.0, transport=transport)  # noqa: E731
+    async with emulator_bridge(emu, connector, streamer(0.6)):
+        emu.user_says("ou_ann", "one two three four five six")
+        await trio.sleep(20)
+    assert [sent.kind for sent in emu.sent] == ["reply"]
+    assert emu.texts[emu.sent[0].message_id] == "one two three four five six "
+
+
+async def test_sends_with_one_uuid_are_one_message_and_each_uuid_its_own() -> None:
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        api = lark.OpenAPI(
+            emu.app_id,
+            emu.app_secret,
+            domain=emu.http_base,
+            transport=HandlerTransport(emu.handle_http),
+        )
+        asked = emu.user_says("ou_ann", "hi")
+        path = f"/open-apis/im/v1/messages/{asked}/reply"
+        text = json.dumps({"text": "once"})
+        first = await api.call("POST", path, {"msg_type": "text", "content": text, "uuid": "u1"})
+        again = await api.call("POST", path, {"msg_type": "text", "content": text, "uuid": "u1"})
+        other = await api.call("POST", path, {"msg_type": "text", "content": text, "uuid": "u2"})
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+    assert first["message_id"] == again["message_id"] != other["message_id"]
+    assert len(emu.sent) == 2

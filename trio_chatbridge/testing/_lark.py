@@ -8,7 +8,9 @@ are taken, their content checked as the platform documents it (an image or file 
 from an upload here); ``PUT`` edits a text or post (20 times at most: then code 230075, a code
 we chose), ``PATCH`` updates a card (30 KB at most); anything else is 230001 "invalid content".
 The ACK of an event may carry the bot's answer (base64 JSON in ``data``, as lark-oapi sends a
-card action's toast or card): it is recorded as a ``card_answer``.
+card action's toast or card): it is recorded as a ``card_answer``. A reply or send with the ``uuid``
+of one made within the hour makes no new message: it answers with that one (the platform
+documents the one message, not its answer).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ MAX_PUSHES: Final = 4  # the first push and three re-pushes
 INVALID_CONTENT: Final = 230001
 NOT_FOUND: Final = 230002
 EDIT_LIMIT: Final = 230075  # our choice: the platform's code for a 21st edit is unconfirmed
+UUID_WINDOW: Final = 3600.0  # seconds a send's uuid sends no second message (docs/lark.md)
 CARD_BYTES: Final = 30 * 1024  # a card or post body (the platform's PATCH page, docs/lark.md)
 TEXT_BYTES: Final = 150 * 1024
 MEDIA_TYPES: Final = {
@@ -173,6 +176,7 @@ class LarkEmulator(UserVerbs):
         self._faults: dict[str, deque[httpx.Response]] = {}
         self._refusals: deque[tuple[int, bytes]] = deque()
         self._token = f"t-{secrets.token_hex(6)}"
+        self._uuids: dict[str, tuple[float, str]] = {}  # a send's uuid: when, and its message
 
     @property
     def silent(self) -> bool:
@@ -691,9 +695,19 @@ class LarkEmulator(UserVerbs):
     def _new_message(
         self, kind: Literal["reply", "send"], chat: str, body: Mapping[str, Any], parent: str | None
     ) -> httpx.Response:
+        """A new message, or, for a ``uuid`` sent within the hour before, the message it sent
+        (the platform sends one message per ``uuid`` an hour)."""
+        uuid = body.get("uuid")
+        if isinstance(uuid, str) and uuid:
+            sent_at, sent_id = self._uuids.get(uuid, (-math.inf, ""))
+            if trio.current_time() - sent_at < UUID_WINDOW:
+                answer = {"code": 0, "msg": "ok", "data": self._item(self.messages[sent_id])}
+                return json_response(answer)
         msg_type = str(body.get("msg_type"))
         content = self._content(msg_type, body.get("content"))
         new_id = f"om_bot_{next(self._ids)}"
+        if isinstance(uuid, str) and uuid:
+            self._uuids[uuid] = (trio.current_time(), new_id)
         now = int(time.time() * 1000)
         self.messages[new_id] = _Stored(
             new_id, msg_type, content, chat, self.app_id, "app", now, now, parent=parent

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal, TypeAlias, final
@@ -266,7 +267,13 @@ class LongConnection(base.Connector):
         or an :class:`Attachment` (uploaded, then sent); where a reply is impossible, to the
         chat. The returned :class:`Sent` has the message id that :meth:`edit` takes. If
         cancelled, it may or may not have been sent (never during an upload)."""
-        message_id = await self._post(target, content)
+        return await self._send_content(target, content)
+
+    async def _send_content(
+        self, target: Message, content: Content, uuid: str | None = None
+    ) -> Sent:
+        """:meth:`send_content`; calls with the same ``uuid`` send one message an hour."""
+        message_id = await self._post(target, content, uuid)
         return Sent(PLATFORM, target.reply_handle["chat_id"], kind_of(content), message_id)
 
     async def send_first(self, chat_id: str, content: Content) -> Sent:
@@ -296,15 +303,16 @@ class LongConnection(base.Connector):
                 key = await out.upload(self.api, content)
         return policy.body(self.account, content, key)
 
-    async def _post(self, target: Message, content: Content) -> str:
+    async def _post(self, target: Message, content: Content, uuid: str | None = None) -> str:
         msg_type, body = await self._body(content)
+        handle = target.reply_handle
         with base.send_errors(f"Lark app {self.account}: reply"):
             try:
-                return await out.reply(self.api, target.reply_handle["message_id"], msg_type, body)
+                return await out.reply(self.api, handle["message_id"], msg_type, body, uuid)
             except LarkError as exc:
                 if not policy.falls_back(exc.code):
                     raise
-                return await out.create(self.api, target.reply_handle["chat_id"], msg_type, body)
+                return await out.create(self.api, handle["chat_id"], msg_type, body, uuid)
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
         """Send one message at the first write, edit it as the text grows (within
@@ -317,13 +325,18 @@ class LongConnection(base.Connector):
 
 class _EditedStream(base.CoalescingStream):
     """One message, sent at the first update and edited as the text grows, through the
-    connector's public :meth:`~LongConnection.send_content` and :meth:`~LongConnection.edit`."""
+    connector's :meth:`~LongConnection.send_content` and :meth:`~LongConnection.edit`.
+
+    Every try at sending it carries the stream's one ``uuid``: a send that failed without
+    an answer (a timeout, a gateway's 5xx) may have been done, and the next try must not make
+    a second message (the platform makes one per ``uuid`` an hour; docs/lark.md)."""
 
     def __init__(self, connector: LongConnection, target: Message) -> None:
         self._budget = connector.edit_budget
         super().__init__(self._budget.interval)
         self._connector = connector
         self._target = target
+        self._uuid = uuid.uuid4().hex  # 32 characters: the platform takes 50
         self._shown = ""
         self.sent: Sent | None = None
         self.edits = 0
@@ -336,7 +349,7 @@ class _EditedStream(base.CoalescingStream):
         if not text or text == self._shown:
             return
         if self.sent is None:
-            self.sent = await self._connector.send_content(self._target, text)
+            self.sent = await self._connector._send_content(self._target, text, self._uuid)
         else:
             await self._connector.edit(self.sent, text)
             self.edits += 1

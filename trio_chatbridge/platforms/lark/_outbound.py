@@ -26,27 +26,32 @@ async def upload(api: OpenAPI, attachment: Attachment) -> str:
     return key
 
 
-async def reply(api: OpenAPI, message_id: str, msg_type: str, content: str) -> str:
-    """Reply to a message; returns the new message's id. If cancelled, the reply may or may
-    not have been sent."""
-    data = await api.call(
-        "POST",
-        f"/open-apis/im/v1/messages/{message_id}/reply",
-        {"msg_type": msg_type, "content": content},
-    )
+async def reply(
+    api: OpenAPI, message_id: str, msg_type: str, content: str, uuid: str | None = None
+) -> str:
+    """Reply to a message; returns the new message's id. Calls with the same ``uuid`` make
+    one message within an hour (docs/protocols/lark.md#open-api). If cancelled, the reply may
+    or may not have been sent."""
+    body = {"msg_type": msg_type, "content": content}
+    path = f"/open-apis/im/v1/messages/{message_id}/reply"
+    data = await api.call("POST", path, _with_uuid(body, uuid))
     return str(data.get("message_id", ""))
 
 
-async def create(api: OpenAPI, receive_id: str, msg_type: str, content: str) -> str:
-    """Send to a chat (``oc_...``) or a user (``ou_...``, ``on_...``); returns the id. If
-    cancelled, the message may or may not have been sent."""
-    id_type = receive_id_type(receive_id)
-    data = await api.call(
-        "POST",
-        f"/open-apis/im/v1/messages?receive_id_type={id_type}",
-        {"receive_id": receive_id, "msg_type": msg_type, "content": content},
-    )
+async def create(
+    api: OpenAPI, receive_id: str, msg_type: str, content: str, uuid: str | None = None
+) -> str:
+    """Send to a chat (``oc_...``) or a user (``ou_...``, ``on_...``); returns the id; the
+    same ``uuid`` as :func:`reply`. If cancelled, the message may or may not have been sent."""
+    body = {"receive_id": receive_id, "msg_type": msg_type, "content": content}
+    path = f"/open-apis/im/v1/messages?receive_id_type={receive_id_type(receive_id)}"
+    data = await api.call("POST", path, _with_uuid(body, uuid))
     return str(data.get("message_id", ""))
+
+
+def _with_uuid(body: dict[str, str], uuid: str | None) -> dict[str, str]:
+    """``body``, with ``uuid`` when one is given."""
+    return body if uuid is None else {**body, "uuid": uuid}
 
 
 async def update(api: OpenAPI, message_id: str, msg_type: str, content: str) -> None:
