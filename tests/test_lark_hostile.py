@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from support import emulator_bridge, lark_message_event, streamer
+from support import echo, emulator_bridge, lark_message_event, streamer
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
@@ -165,6 +165,34 @@ async def test_a_bad_discovered_url_is_reported_and_the_next_one_taken(
     assert status.last_error is not None and "not a WebSocket" in status.last_error
     assert "SEKRIT" not in status.last_error
     assert handled == ["after a bad URL"]
+
+
+@pytest.mark.parametrize(
+    "answer", [{}, {"error": "gateway timeout"}, {"code": None}, {"code": "0"}, {"code": 1.5}]
+)
+def test_a_discovery_answer_without_a_numeric_code_is_retried_not_fatal(
+    answer: dict[str, Any],
+) -> None:
+    """Only the platform's refusal (a numeric code) stops the connector for good: an answer
+    without one (a proxy's JSON, say) stopped it as "refused (code=None)...: check the app id
+    and secret"."""
+    with pytest.raises(cb.ConnectorError) as failed:
+        lark_protocol.read_endpoint("cli_1", 200, answer)
+    assert type(failed.value) is cb.ConnectorError
+    assert "cli_1" in str(failed.value) and "no code" in str(failed.value)
+
+
+async def test_a_connector_outlives_a_discovery_answer_without_a_code(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    emu.fail("/callback/ws/endpoint", 200, {"error": "upstream timeout"})
+    connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
+    with trio.fail_after(120):
+        async with emulator_bridge(emu, connector, echo) as bridge:
+            emu.user_says("ou_ann", "still there")
+            assert (await emu.next_sent()).text == "still there"
+            assert bridge.status()["lark:cli_emulator"].restarts == 1
 
 
 # -- replies whose answer is lost ----------------------------------------------------------------

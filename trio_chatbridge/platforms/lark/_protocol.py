@@ -569,6 +569,11 @@ def read_endpoint(
     if status != 200:
         raise ConnectorError(f"Lark app {account}: endpoint discovery: HTTP {status}")
     code = data.get("code")
+    if type(code) is not int:  # not the platform's answer (a proxy's?): no refusal either
+        raise ConnectorError(
+            f"Lark app {account}: endpoint discovery answered with no code "
+            f"(code={str(code)[:20]!r}); retried with backoff"
+        )
     if code in (SYSTEM_BUSY, INTERNAL_ERROR):
         raise ConnectorError(f"Lark app {account}: endpoint discovery: server busy (code {code})")
     if code != 0:
