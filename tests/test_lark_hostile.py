@@ -14,7 +14,6 @@ import trio.testing
 from support import echo, emulator_bridge, lark_message_event, streamer
 
 import trio_chatbridge as cb
-from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lark_protocol
 from trio_chatbridge.testing import HandlerTransport, LarkEmulator
@@ -233,12 +232,7 @@ async def test_sends_with_one_uuid_are_one_message_and_each_uuid_its_own() -> No
     emu = LarkEmulator()
     async with trio.open_nursery() as nursery:
         await nursery.start(emu.run)
-        api = lark.OpenAPI(
-            emu.app_id,
-            emu.app_secret,
-            domain=emu.http_base,
-            transport=HandlerTransport(emu.handle_http),
-        )
+        api = emu.connector().api  # the emulator's, in memory
         asked = emu.user_says("ou_ann", "hi")
         path = f"/open-apis/im/v1/messages/{asked}/reply"
         text = json.dumps({"text": "once"})
