@@ -507,3 +507,25 @@ async def test_a_webhook_stream_whose_agent_failed_before_answering_finishes(
         sent = await emu.webhook_user_says(hook.asgi, "u", "hi")
     assert (sent.text, sent.frames) == ("", 2)
     assert bridge.stats().failures == 1
+
+
+async def test_a_webhook_answer_past_the_stream_limit_is_cut_and_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Webhook mode has no proactive message for the rest of a long answer: the stream shows
+    its first 20,480 bytes, and the cut is counted and logged, not silent."""
+    long_text = "答" * 10_000  # 30,000 bytes of UTF-8
+
+    async def long_answer(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(long_text)
+
+    async def long_stream(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write(long_text[:5000])
+            await out.write(long_text[5000:])
+
+    for agent in (long_answer, long_stream):
+        async with webhook_bridge(time.time, agent=agent) as (emu, hook, bridge):
+            sent = await emu.webhook_user_says(hook.asgi, "u", "hi")
+            assert sent.text == long_text[: 20480 // 3]
+            assert bridge.stats().other["wecom.replies_cut"] == 1

@@ -346,6 +346,7 @@ class Webhook(base.Connector):
         state = self._state(target)
         state.content = utf8_prefix(text, f.STREAM_LIMIT)
         state.finished = True
+        self._cut(target, text, state.content)
         await trio.lowlevel.checkpoint()
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
@@ -360,6 +361,22 @@ class Webhook(base.Connector):
             yield out
         finally:
             state.finished = True  # always: WeCom stops polling, the user's slot frees
+            self._cut(target, out.text, state.content)
+
+    def _cut(self, target: Message, text: str, shown: str) -> None:
+        """Count and log an answer cut to the stream's 20,480 bytes (``shown`` of ``text``):
+        in this mode nothing can carry the rest."""
+        if len(shown) < len(text):
+            self.ctx.count("replies_cut")
+            log.warning(
+                "wecom bot %s: the answer to %s was cut to the stream's %d bytes (%d of %d "
+                "characters shown): a webhook stream can carry no more",
+                self.account,
+                target.id,
+                f.STREAM_LIMIT,
+                len(shown),
+                len(text),
+            )
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
         return self._close_earlier(batch)
