@@ -180,6 +180,7 @@ async def test_good_callbacks_between_hostile_frames_are_each_answered_once(
         await server.write(*[frame(0x9, b"p") for _ in range(5_000)])  # a ping flood
         await server.write(text(good[3]))
         fragments = [frame(0x1 if i == 0 else 0x0, p, fin=False) for i, p in enumerate(pieces)]
+        fragments[1::1000] = [frame(0x9, b"mid") + f for f in fragments[1::1000]]  # pings among
         await server.write(*fragments, frame(0x0, b""))
         acked: set[str] = set()
 
