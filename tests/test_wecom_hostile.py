@@ -499,6 +499,28 @@ async def test_a_callback_whose_agent_failed_before_answering_is_closed(
     assert [(s.kind, s.text) for s in emu.sent] == [("stream", "")] * 4
 
 
+async def test_a_callback_answered_before_its_agent_failed_gets_nothing_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An agent that answered, then raised: its answer stands (no empty frame after it)."""
+
+    async def answers_then_fails(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("the answer")
+        raise RuntimeError("broke after answering (test)")
+
+    emu = WeComEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        async with running_bridge(quick_bridge(emu.connector(), answers_then_fails)) as bridge:
+            emu.user_says("ivy", "hi")
+            await trio.sleep(10)
+            failures = bridge.stats().failures
+        nursery.cancel_scope.cancel()
+    assert failures == 1
+    assert len(emu.commands("aibot_respond_msg")) == 1
+    assert [(s.kind, s.text) for s in emu.sent] == [("stream", "the answer")]
+
+
 async def test_a_webhook_stream_whose_agent_failed_before_answering_finishes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -126,6 +126,8 @@ class LongConnection(base.Connector):
         self._transport = transport
         self._own_http: httpx.AsyncClient | None = None
         self._recoveries: trio.Nursery | None = None  # while :meth:`run` runs
+        self._unanswered: set[str] = set()
+        """The req_ids of running batches' latest callbacks that no answer was sent on yet."""
         # the windows in reply handles are on this process's Trio clock: ``life`` says whose
         self._core = WeComCore(
             bot_id,
@@ -229,7 +231,7 @@ class LongConnection(base.Connector):
         """Held while the agent runs on ``batch``: no callback of it is left open (each holds
         one of the user's few messages in flight). Before the agent runs, the batch's earlier
         callbacks are finished with ``earlier_reply`` (:meth:`_close_earlier`); if the agent
-        raised, the latest one is finished empty, in case it was not answered. An agent that
+        raised before any answer went on the latest one, it is finished empty. An agent that
         returns without answering leaves it open (a ``Reply`` kept after the run may still
         answer), and so does a cancelled run (interrupted: the next run closes it as an
         earlier message; shut down: replayed at the next start)."""
@@ -374,6 +376,8 @@ class LongConnection(base.Connector):
         if it never left). Errcode 6000 is retried. Raises :class:`SendError` (a
         :class:`WeComError` for a refusal). If cancelled, it may or may not have been sent.
         """
+        if cmd == f.RESPOND:
+            self._unanswered.discard(req_id)
         request = self._core.command(cmd, req_id, body)
         with base.send_errors(f"wecom bot {self.account}: {cmd}"):
             return await self._driver.request(request, until=until, again=cmd == f.RESPOND)
@@ -434,16 +438,20 @@ class _Running:
     batch: Batch
 
     async def __aenter__(self) -> None:
+        req_id = self.batch.latest.reply_handle.get("req_id")
+        if req_id:
+            self.connector._unanswered.add(req_id)
         if len(self.batch.messages) > 1:
             await self.connector._close_earlier(self.batch)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: object
     ) -> None:
-        if kind is None or not issubclass(kind, Exception):
-            return  # answered (or to be, by a kept Reply), or cancelled: see running()
         req_id = self.batch.latest.reply_handle.get("req_id")
-        if req_id:  # the agent raised: finished empty (refused if it was answered: logged)
+        if not req_id or req_id not in self.connector._unanswered:
+            return  # an answer went (or went wrong: its own fallbacks follow)
+        self.connector._unanswered.discard(req_id)
+        if kind is not None and issubclass(kind, Exception):  # not cancelled: see running()
             await self.connector._close_callback(req_id, "")
 
 
@@ -572,6 +580,7 @@ class _Confirming:
         if confirmation is None:
             return False
         assert state.req_id is not None  # StreamState builds frames only for one with a req_id
+        connector._unanswered.discard(state.req_id)
         request = connector._core.command(f.RESPOND, state.req_id, body)
         confirming = cls(connector, confirmation, state, target, text, body, request)
         posted = False
