@@ -438,11 +438,11 @@ class _Running:
     batch: Batch
 
     async def __aenter__(self) -> None:
-        req_id = self.batch.latest.reply_handle.get("req_id")
-        if req_id:
-            self.connector._unanswered.add(req_id)
         if len(self.batch.messages) > 1:
             await self.connector._close_earlier(self.batch)
+        req_id = self.batch.latest.reply_handle.get("req_id")
+        if req_id:  # last: if the above raises, __aexit__ is not called to take it out
+            self.connector._unanswered.add(req_id)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: object
