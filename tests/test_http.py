@@ -156,7 +156,7 @@ async def test_transport_failures_and_silence_are_transient(
         raise AssertionError("unreachable")
 
     async with lark_api(httpx.MockTransport(unreachable)) as (_, api):
-        with pytest.raises(cb.ConnectorError, match=r"cli_emulator.*ConnectError.*retried"):
+        with pytest.raises(cb.ConnectorError, match=r"cli_emulator.*ConnectError.*transient"):
             await api.endpoint()
     async with lark_api(httpx.MockTransport(silent)) as (_, api):
         started = trio.current_time()

@@ -69,9 +69,10 @@ SHOWN_BYTES: Final = 200
 
 
 class HTTPStatusError(ConnectorError):
-    """The server answered a transient status (429, 408, 425 or any 5xx): retried with backoff,
-    waiting at least :attr:`retry_after` when the server said (``Retry-After``). ``status`` is
-    the HTTP status."""
+    """The server answered a transient status (429, 408, 425 or any 5xx): a loop that retries
+    (a long poll) waits at least :attr:`retry_after` when the server said (``Retry-After``).
+    The text promises no retry: what the caller does with it is the caller's (a WeChat reply
+    is not sent again). ``status`` is the HTTP status."""
 
     def __init__(
         self, what: str, status: int, body: bytes, retry_after: float | None = None
@@ -79,11 +80,11 @@ class HTTPStatusError(ConnectorError):
         self.status = status
         self.retry_after = retry_after
         if status == 429:
-            todo = "rate limited: retried after the wait; lower the bot's rate if it persists"
+            todo = "rate limited: lower the bot's rate if it persists"
         elif status < 500:  # 408, 425
-            todo = "the server asked for the request again later: retried with backoff"
+            todo = "the server asked for the request again later"
         else:
-            todo = "the platform's server failed: retried with backoff"
+            todo = "the platform's server failed"
         wait = "" if retry_after is None else f", Retry-After {retry_after:g} s"
         super().__init__(f"{what}: HTTP {status}{wait} {body[:SHOWN_BYTES]!r} ({todo})")
 
@@ -167,7 +168,7 @@ async def exchange(
     with its account, in every error. Raises:
 
     - :class:`ConnectorError` for a transport failure (unreachable, reset, TLS) or no answer
-      within ``time_limit``: retried with backoff by whoever called;
+      within ``time_limit``: transient, whoever called decides whether to retry;
     - :class:`HTTPStatusError` (a :class:`ConnectorError`) for 429, 408, 425 and every 5xx,
       with the server's ``Retry-After`` (delay-seconds) as :attr:`~ConnectorError.retry_after`;
     - :class:`ProtocolError` for a body over its cap or a corrupt compressed one.
@@ -202,12 +203,12 @@ async def send(
                 response, body = await _answer(http, request, what, max_bytes)
     except trio.TooSlowError as exc:
         raise ConnectorError(
-            f"{what}: no answer within {time_limit:g} s (retried with backoff; check the network "
+            f"{what}: no answer within {time_limit:g} s (a transient failure; check the network "
             "if it persists)"
         ) from exc
     except (httpx.HTTPError, OSError) as exc:
         raise ConnectorError(
-            f"{what}: {type(exc).__name__}: {exc} (retried with backoff; check the network, "
+            f"{what}: {type(exc).__name__}: {exc} (a transient failure; check the network, "
             "a proxy, or the domain if it persists)"
         ) from exc
     status = response.status_code

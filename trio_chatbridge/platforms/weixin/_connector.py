@@ -16,8 +16,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Final, final
 
 import httpx
@@ -57,6 +57,11 @@ CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
 # The reference clients' poll retries: a steady 2 s; the core's hint makes every third 30 s
 # (docs/protocols/weixin.md#retry-policy).
 POLL_RETRIES: Final = Backoff(initial=p.RETRY_DELAY, maximum=p.RETRY_DELAY, jitter=0.0)
+NOT_SENT: Final = "send failed, the message was not sent"
+MAYBE_SENT: Final = (
+    "send failed, and is not sent again: the message may have reached the user (WeChat would "
+    "show a second copy as well)"
+)
 
 
 class SessionPausedError(SendError):
@@ -200,7 +205,10 @@ class LongPoll(base.Connector):
         its 15 s request timeout; all of them together at most 120 s)
         and the cancellation reaches the caller at its next checkpoint. A cancel never cuts a
         reply short; only a failure midway (:class:`SendError`, or the cancellation if one is
-        pending) can, or a platform so slow that the rest outlasts 120 s (then the same).
+        pending) can, or a platform so slow that the rest outlasts 120 s (then the same). A
+        reply that fails is counted in ``replies_failed`` and never sent again here: a piece
+        whose answer was lost may have arrived (the error says which), and WeChat would show
+        a second copy as well.
         """
         token = await self._context_token(target)
         peer = target.reply_handle["to_user_id"]
@@ -255,12 +263,22 @@ class LongPoll(base.Connector):
     async def _upload(
         self, peer: str, data: bytes, filename: str, kind: str | None
     ) -> dict[str, Any]:
-        self._check_paused()
-        client = await self._get_client()
+        with self._counting_failure():
+            self._check_paused()
+            client = await self._get_client()
+            try:
+                return await _media.upload(client, self.media_policy, peer, data, filename, kind)
+            except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
+                raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
+
+    @contextmanager
+    def _counting_failure(self) -> Iterator[None]:
+        """A reply that fails here (:class:`SendError`) is counted in ``replies_failed``."""
         try:
-            return await _media.upload(client, self.media_policy, peer, data, filename, kind)
-        except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
-            raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
+            yield
+        except SendError:
+            self.ctx.count("replies_failed")
+            raise
 
     async def download(self, media: Media) -> bytes:
         """Download and decrypt an inbound image, file, voice or video (see ``media_policy``).
@@ -268,6 +286,13 @@ class LongPoll(base.Connector):
         return await _media.download(await self._get_client(), self.media_policy, media)
 
     async def _send_items(
+        self, peer: str, token: str | None, fallback_key: str, items: list[dict[str, Any]]
+    ) -> None:
+        """:meth:`_send_all`, a failure counted in ``replies_failed``."""
+        with self._counting_failure():
+            await self._send_all(peer, token, fallback_key, items)
+
+    async def _send_all(
         self, peer: str, token: str | None, fallback_key: str, items: list[dict[str, Any]]
     ) -> None:
         """All of ``items`` in order, or none: a cancel before the first goes out sends
@@ -300,10 +325,10 @@ class LongPoll(base.Connector):
             raise
         if sent < len(plan.items):  # the shield's deadline passed
             await trio.lowlevel.checkpoint_if_cancelled()
-            raise SendError(
+            raise SendError(  # the piece cut off was asked for: it may have arrived
                 f"weixin account {self.account}: {sent} of the reply's {len(plan.items)} pieces "
-                f"went out; the rest did not within {plan.within:.0f} s (the platform answers "
-                "slowly)"
+                f"went out within {plan.within:.0f} s (the platform answers slowly); the next "
+                f"{MAYBE_SENT.removeprefix('send failed, and ')}, and any after it were not sent"
             )
 
     async def _send_item(
@@ -318,8 +343,13 @@ class LongPoll(base.Connector):
             raise SessionPausedError(f"weixin account {self.account}: {exc}") from exc
         except ILinkError as exc:
             raise refusal(self.account, exc) from exc
-        except (HTTPRefusedError, ConnectorError, ProtocolError) as exc:
-            raise SendError(f"weixin account {self.account}: send failed: {exc}") from exc
+        except HTTPRefusedError as exc:
+            raise SendError(f"weixin account {self.account}: {NOT_SENT}: {exc}") from exc
+        except (ConnectorError, ProtocolError) as exc:
+            # Cut off, silent, a 5xx or an unreadable answer: the request may have been taken.
+            # Each send has its own client_id, so the platform would show a second copy too.
+            gone = NOT_SENT if isinstance(exc.__cause__, httpx.ConnectError) else MAYBE_SENT
+            raise SendError(f"weixin account {self.account}: {gone}: {exc}") from exc
 
     # streaming: the platform has no edit-in-place and renders nothing for GENERATING
     # (docs/protocols/weixin.md#replies-and-streaming),
