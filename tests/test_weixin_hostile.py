@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -61,4 +62,80 @@ async def test_a_failed_send_is_never_sent_again_says_what_may_have_gone_and_is_
     assert len(emu.calls("sendmessage")) == 1
     [error] = errors
     assert gone in error and "retried" not in error, error
+    assert stats.other["weixin.replies_failed"] == 1
+
+
+class Drip(httpx.AsyncByteStream):
+    """A body that begins at once, then gives one byte a second, for ever."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"ret": 0, "msgs": ['
+        while True:
+            await trio.sleep(1)
+            yield b" "
+
+
+class Dripping(httpx.AsyncBaseTransport):
+    """The emulator, but the first ``times`` answers of ``endpoint`` drip (a slowloris)."""
+
+    def __init__(self, emu: WeixinEmulator, endpoint: str, times: int) -> None:
+        self._inner = emu.transport()
+        self._endpoint = endpoint
+        self.left = times
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(self._endpoint) and self.left:
+            self.left -= 1
+            await request.aread()
+            return httpx.Response(200, stream=Drip())
+        return await self._inner.handle_async_request(request)
+
+
+async def test_a_poll_whose_answer_drips_past_its_deadline_is_a_counted_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A long poll with no answer by its deadline is empty (the server had nothing); one
+    whose answer began and never ended is a failure: counted, shown as ``backoff``, logged.
+    The messages behind it still come, once."""
+    emu = WeixinEmulator()
+    transport = Dripping(emu, "getupdates", times=2)
+    seen: list[str] = []
+    states: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(m.text for m in batch.messages)
+
+    async with bridged(emu, agent, transport=transport) as bridge:
+        emu.user_says("ann", "hello")
+        for _ in range(100):
+            await trio.sleep(1)
+            states.append(bridge.status()["weixin:bot"].state)
+        stats = bridge.stats()
+    assert transport.left == 0
+    assert seen == ["hello"]
+    assert stats.other["weixin.poll_failures"] == 2
+    assert "backoff" in states and states[-1] == "running"
+
+
+async def test_a_send_whose_answer_drips_fails_within_its_time_and_is_not_sent_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeixinEmulator()
+    transport = Dripping(emu, "sendmessage", times=1)
+    errors: list[tuple[float, str]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        started = trio.current_time()
+        try:
+            await reply.send("once")
+        except cb.SendError as exc:
+            errors.append((trio.current_time() - started, str(exc)))
+
+    async with bridged(emu, agent, transport=transport) as bridge:
+        emu.user_says("ann", "hello")
+        await trio.sleep(120)
+        stats = bridge.stats()
+    [(took, error)] = errors
+    assert took == pytest.approx(15) and "may have reached" in error, error
+    assert "did not end" in error
     assert stats.other["weixin.replies_failed"] == 1

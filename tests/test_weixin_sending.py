@@ -139,7 +139,8 @@ def test_a_reply_is_planned_quota_first_then_paced_and_shielded_at_most_120_s() 
     assert [len(i["text_item"]["text"]) for i in items] == [4000, 4000, 1000]
     plan = outbox.plan("ctx-1", "message:7", items, now=50.0)
     assert (plan.key, plan.slots) == ("ctx-1", (50.0, 50.0, 55.0))
-    assert plan.within == 5.0 + 3 * p.API_TIMEOUT  # the last slot, a request timeout each
+    # the last slot, a request timeout each, and a second each for that timeout to say so
+    assert plan.within == 5.0 + 3 * (p.API_TIMEOUT + s.SHIELD_MARGIN)
     outbox.cancelled(plan)  # none went out: the quota is back, the slots stay booked
     assert outbox.quota.left("ctx-1") == 10
     long = outbox.plan(None, "message:7", s.text_items("y" * 40_000), now=50.0)

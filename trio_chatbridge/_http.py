@@ -24,6 +24,7 @@ the loop's (the WeChat long poll retries even a refusal, a reply fails on it at 
 from __future__ import annotations
 
 import functools
+import math
 import ssl
 from typing import Any, Final, final
 
@@ -167,8 +168,9 @@ async def exchange(
     caller's own cancel scope, which must then have a deadline). ``what`` names the call,
     with its account, in every error. Raises:
 
-    - :class:`ConnectorError` for a transport failure (unreachable, reset, TLS) or no answer
-      within ``time_limit``: transient, whoever called decides whether to retry;
+    - :class:`ConnectorError` for a transport failure (unreachable, reset, TLS), no answer
+      within ``time_limit`` (:class:`NoAnswer`), or an answer that began and did not end
+      within it (a dripping server): transient, whoever called decides whether to retry;
     - :class:`HTTPStatusError` (a :class:`ConnectorError`) for 429, 408, 425 and every 5xx,
       with the server's ``Retry-After`` (delay-seconds) as :attr:`~ConnectorError.retry_after`;
     - :class:`ProtocolError` for a body over its cap or a corrupt compressed one.
@@ -196,16 +198,7 @@ async def send(
     by the media guard, say): the same errors, the same answer. If cancelled, the request may
     or may not have reached the server; nothing of the answer is kept."""
     try:
-        if time_limit is None:  # the caller's scope bounds it (the long poll: one scope a poll)
-            response, body = await _answer(http, request, what, max_bytes)
-        else:
-            with trio.fail_after(time_limit):
-                response, body = await _answer(http, request, what, max_bytes)
-    except trio.TooSlowError as exc:
-        raise ConnectorError(
-            f"{what}: no answer within {time_limit:g} s (a transient failure; check the network "
-            "if it persists)"
-        ) from exc
+        response, body = await _answer(http, request, what, max_bytes, time_limit)
     except (httpx.HTTPError, OSError) as exc:
         raise ConnectorError(
             f"{what}: {type(exc).__name__}: {exc} (a transient failure; check the network, "
@@ -219,14 +212,38 @@ async def send(
     raise HTTPRefusedError(what, platform, status, body)  # 1xx or 3xx: nothing to read
 
 
+class NoAnswer(ConnectorError):
+    """No answer began within the call's time limit: the server was silent (for a long poll,
+    it had nothing to say)."""
+
+
 async def _answer(
-    http: httpx.AsyncClient, request: httpx.Request, what: str, max_bytes: int
+    http: httpx.AsyncClient,
+    request: httpx.Request,
+    what: str,
+    max_bytes: int,
+    time_limit: float | None,
 ) -> tuple[httpx.Response, bytes]:
-    """``request`` sent, and its answer's body read within ``max_bytes``; the response is
-    closed in any case. If cancelled, nothing of the answer is kept."""
-    response = await http.send(request, stream=True)
+    """``request`` sent, and its answer's body read within ``max_bytes``, all within
+    ``time_limit`` seconds (None: the caller's scope bounds it); the response is closed in
+    any case. Raises :class:`NoAnswer` when no answer began in time, and
+    :class:`ConnectorError` when one began and did not end (a stalled or dripping server: a
+    long poll must not take it for silence). If cancelled, nothing of the answer is kept."""
+    with trio.move_on_after(math.inf if time_limit is None else time_limit) as waiting:
+        response = await http.send(request, stream=True)
+    if waiting.cancelled_caught:
+        raise NoAnswer(
+            f"{what}: no answer within {time_limit:g} s (a transient failure; check the network "
+            "if it persists)"
+        )
     try:
-        return response, await read_body(response, what, max_bytes=max_bytes)
+        with trio.move_on_at(waiting.deadline):
+            return response, await read_body(response, what, max_bytes=max_bytes)
+        raise ConnectorError(
+            f"{what}: the answer began but did not end within {time_limit:g} s (a stalled or "
+            "dripping server, or a slow network: a transient failure; check the network or a "
+            "proxy if it persists)"
+        )
     finally:
         await response.aclose()
 

@@ -5,14 +5,15 @@ request, send it, read the answer with a cap, hand the bytes to the core, and ac
 it gives back. A page's messages go to ``ctx.put`` first; only once that returned (they are
 durable) are the page's cursor and values saved and the core told, so a crash never skips a
 message. A bad message is counted in ``protocol_errors``, logged and skipped alone. A poll
-that outlives its request's deadline is an empty poll, never a failure. Every lower-level
-failure is mapped by the library's one HTTP mapping (:func:`trio_chatbridge._http.exchange`,
-through :func:`exchange` here): transport errors and transient statuses (408, 425, 429, 5xx)
-are a :class:`ConnectorError` (with the server's ``Retry-After``, if any), any other 4xx an
-:class:`HTTPRefusedError`, unreadable answers :class:`ProtocolError`. A poll loop must not
-die on a proxy's 404, so the loop retries a refusal too, and shows it as what it is in its
-``backoff`` status; failed polls are counted in a
-:class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
+whose answer has not begun by its request's deadline is an empty poll, never a failure; one
+whose answer began and has not ended by then (a stalled or dripping server) is a failure. Every
+lower-level failure is mapped by the library's one HTTP mapping
+(:func:`trio_chatbridge._http.exchange`, through :func:`exchange` here): transport errors and
+transient statuses (408, 425, 429, 5xx) are a :class:`ConnectorError` (with the server's
+``Retry-After``, if any), any other 4xx an :class:`HTTPRefusedError`, unreadable answers
+:class:`ProtocolError`. A poll loop must not die on a proxy's 404, so the loop retries a
+refusal too, and shows it as what it is in its ``backoff`` status; failed polls are counted in
+a :class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
 :class:`~trio_chatbridge.Backoff`, with the core's and the server's word on the wait as hints.
 A core that says the platform asked for a pause gets no poll until it ends.
 """
@@ -28,7 +29,7 @@ import trio
 
 from ._connector import ConnectorContext
 from ._errors import ChatBridgeError, ConnectorError, ProtocolError
-from ._http import HTTPRefusedError
+from ._http import HTTPRefusedError, NoAnswer
 from ._http import exchange as http_exchange
 from ._poll_events import HTTPRequest, Page, Paused, PollCore, PollEvent, RetryLater
 from ._receive import skip_bad
@@ -38,7 +39,7 @@ log = logging.getLogger("trio_chatbridge.longpoll")
 
 BACKSTOP: Final = 10.0
 """Seconds httpx's own timeout (on the system's clock) waits beyond a request's deadline (ours,
-on Trio's clock, which ends the poll first: the mapping needs no deadline of its own)."""
+on Trio's clock, the mapping's ``time_limit``, which ends the poll first)."""
 
 
 class CoreFailed(ProtocolError):
@@ -48,7 +49,8 @@ class CoreFailed(ProtocolError):
 
 async def exchange(http: httpx.AsyncClient, request: HTTPRequest, platform: str) -> bytes | None:
     """Send ``request`` to ``platform`` and return the answer's 2xx body, read with its cap;
-    None when the answer did not come within ``request.timeout`` seconds (on Trio's clock).
+    None when no answer began within ``request.timeout`` seconds (on Trio's clock); one that
+    began and did not end by then is a :class:`ConnectorError`.
 
     Raises what the one HTTP mapping raises (:func:`trio_chatbridge._http.exchange`):
     :class:`ConnectorError` for a transport failure or a transient status
@@ -56,23 +58,24 @@ async def exchange(http: httpx.AsyncClient, request: HTTPRequest, platform: str)
     cap; and :class:`~trio_chatbridge.HTTPRefusedError` for any other 4xx. If cancelled, the
     request may or may not have reached the server; nothing of the answer is kept.
     """
-    with trio.move_on_after(request.timeout):  # past it: an empty poll, not a failure
+    try:
         answer = await http_exchange(
             http,
             request.method,
             request.url,
             what=request.name,
             platform=platform,
-            time_limit=None,  # move_on_after above bounds it, on the same clock
+            time_limit=request.timeout,
             max_bytes=request.max_bytes,
             headers=dict(request.headers),
             content=request.body or None,
             timeout=request.timeout + BACKSTOP,
         )
-        if not answer.ok:
-            raise HTTPRefusedError(request.name, platform, answer.status, answer.body)
-        return answer.body
-    return None
+    except NoAnswer:  # silence past the deadline: an empty poll, not a failure
+        return None
+    if not answer.ok:
+        raise HTTPRefusedError(request.name, platform, answer.status, answer.body)
+    return answer.body
 
 
 async def long_poll(

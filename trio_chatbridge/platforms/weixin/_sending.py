@@ -31,6 +31,9 @@ TYPING_TICKETS: Final = 4096
 REPLY_SHIELD_MAX: Final = 120.0
 """Seconds the rest of a reply may take once its first piece went out, at most (its pieces'
 rate-limit slots plus a request timeout each, held to this): a cancelled send returns by then."""
+SHIELD_MARGIN: Final = 1.0
+"""Seconds a reply's pieces may take beyond their request timeouts, one per piece: a piece
+that times out fails with its own error (saying why), before the reply's deadline."""
 
 
 @final
@@ -261,7 +264,8 @@ class Outbox:
             return Plan(key, (), (), 0.0)
         self.quota.reserve(key, len(items))
         slots = self.bucket.book(len(items), now)
-        within = min(slots[-1] - slots[0] + len(items) * p.API_TIMEOUT, REPLY_SHIELD_MAX)
+        within = slots[-1] - slots[0] + len(items) * (p.API_TIMEOUT + SHIELD_MARGIN)
+        within = min(within, REPLY_SHIELD_MAX)
         return Plan(key, tuple(items), tuple(slots), within)
 
     def cancelled(self, plan: Plan) -> None:
