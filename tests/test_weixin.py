@@ -441,17 +441,16 @@ entries = st.fixed_dictionaries(
 @given(entries | json_values)
 @example({"message_type": 1, "from_user_id": 0})  # a number where a string is expected
 def test_any_entry_gives_a_message_none_or_a_protocol_error(raw: Any) -> None:
+    # iLink mixes up numbers and strings: read leniently (docs/protocols/weixin.md#lenient-json)
+    sender = raw.get("from_user_id") if isinstance(raw, dict) else None
+    sender = str(sender) if type(sender) is int else sender if isinstance(sender, str) else ""
     try:
         message = weixin.to_message("bot", raw)
     except cb.ProtocolError:
-        assert not isinstance(raw, dict)
+        assert not isinstance(raw, dict) or not sender  # not an object, or no one to answer
         return
     if message is not None:
-        sender = raw.get("from_user_id")
-        # iLink mixes up numbers and strings: read leniently (docs/protocols/weixin.md#lenient-json)
-        if type(sender) is int:
-            sender = str(sender)
-        assert message.sender.id == (sender if isinstance(sender, str) else "")
+        assert message.sender.id == sender
         assert msgspec.json.decode(msgspec.json.encode(message), type=cb.Message) == message
 
 
@@ -559,12 +558,17 @@ def test_the_timestamp_is_held_to_its_range(ms: int) -> None:
 
 @pytest.mark.parametrize(("value", "read"), [("g1", "g1"), (7, "7"), ("", None), (None, None)])
 def test_ids_sent_as_numbers_are_read_as_their_digits(value: Any, read: str | None) -> None:
-    fields = {"group_id": value, "context_token": value, "from_user_id": value}
+    fields = {"group_id": value, "context_token": value}
     message = weixin.to_message("bot", _entry(_text("x"), **fields))
     assert message is not None
-    assert message.sender.id == (read or "")
-    assert message.chat == (cb.Chat(read, "group") if read else cb.Chat("", "direct"))
+    assert message.chat == (cb.Chat(read, "group") if read else cb.Chat("amy@im.wechat", "direct"))
     assert message.reply_handle.get("context_token") == read
+    if read is None:  # a message from nobody: no one to answer
+        with pytest.raises(cb.ProtocolError, match="no from_user_id"):
+            weixin.to_message("bot", _entry(_text("x"), from_user_id=value))
+    else:
+        message = weixin.to_message("bot", _entry(_text("x"), from_user_id=value))
+        assert message is not None and message.sender.id == read
 
 
 def test_group_messages_are_one_session_and_replies_go_to_the_sender() -> None:

@@ -139,3 +139,29 @@ async def test_a_send_whose_answer_drips_fails_within_its_time_and_is_not_sent_a
     assert took == pytest.approx(15) and "may have reached" in error, error
     assert "did not end" in error
     assert stats.other["weixin.replies_failed"] == 1
+
+
+@pytest.mark.parametrize(
+    "sender", [None, "", [], {"id": "ann"}], ids=["null", "empty", "list", "object"]
+)
+async def test_a_message_without_a_sender_is_a_counted_bad_message_beside_good_ones(
+    autojump_clock: trio.testing.MockClock, sender: object
+) -> None:
+    """A message nobody can be answered for (no ``from_user_id``) would become a chat ``""``
+    shared by every such message, whose replies the platform refuses: it is skipped, counted
+    and logged like any bad message, and the messages beside it are handled once each."""
+    emu = WeixinEmulator()
+    seen: list[tuple[str, str]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend((m.chat.id, m.text) for m in batch.messages)
+
+    async with bridged(emu, agent) as bridge:
+        emu.user_says("ann", "before")
+        nobody = emu.user_message("x", [{"type": 1, "text_item": {"text": "from nobody"}}])
+        emu.push({**nobody, "from_user_id": sender})
+        emu.user_says("bob", "after")
+        await trio.sleep(30)
+        stats = bridge.stats()
+    assert sorted(seen) == [("ann", "before"), ("bob", "after")]
+    assert stats.protocol_errors == 1

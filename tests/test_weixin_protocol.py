@@ -104,7 +104,11 @@ def test_each_message_is_converted_from_its_own_bytes_as_they_came() -> None:
 
 def test_a_page_only_pythons_decoder_reads_still_gives_its_messages() -> None:
     # NaN is no JSON, but Python's decoder (and so the reference clients') takes it
-    body = b'{"msgs":[' + good(1) + b',{"message_type":1,"seq":NaN}],"get_updates_buf":"c"}'
+    body = (
+        b'{"msgs":['
+        + good(1)
+        + b',{"message_type":1,"from_user_id":"u","seq":NaN}],"get_updates_buf":"c"}'
+    )
     page = page_of(poller().receive(body, now=0.0))
     assert [m.text for m in page.messages] == ["m1", ""]
     assert page.messages[0].raw_json()["message_id"] == 1 and page.cursor == "c"

@@ -237,7 +237,8 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
     decoded. Not for the agent (docs/protocols/weixin.md#inbound-filtering): the bot's own
     messages, GENERATING ones, recalled ones. Every field is optional and read leniently
     (docs/protocols/weixin.md#lenient-json); only an entry that is not a JSON object (or one
-    the page could not decode) raises :class:`ProtocolError`.
+    the page could not decode), or a user's message without a sender (``from_user_id``: no
+    one to answer), raises :class:`ProtocolError`.
 
     Group messages are unconfirmed (docs/protocols/weixin.md#unconfirmed): the reference plugin
     handles direct chats only. We keep the group as the chat (so a group is one session) and reply
@@ -262,8 +263,13 @@ def to_message(account: str, raw: bytes | Mapping[str, Any]) -> Message | None:
     # Every message of every page comes through here: exact type checks inline, and the
     # general readers (_text, clamp, message_id) only where the common case does not hold.
     sender = wire.from_user_id
-    if type(sender) is not str:
-        sender = _text(sender) or ""
+    if type(sender) is not str or not sender:
+        sender = _text(sender)
+        if not sender:  # nobody to answer: a chat "" of every such message, replies refused
+            raise ProtocolError(
+                f"WeChat message {wire.message_id or '(no id)'} has no from_user_id: skipped, "
+                "there is no one to answer"
+            )
     group = wire.group_id
     if group is not None and type(group) is not str:
         group = str(group)
