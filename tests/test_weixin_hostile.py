@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -165,3 +166,23 @@ async def test_a_message_without_a_sender_is_a_counted_bad_message_beside_good_o
         stats = bridge.stats()
     assert sorted(seen) == [("ann", "before"), ("bob", "after")]
     assert stats.protocol_errors == 1
+
+
+@pytest.mark.parametrize(("draw", "wait"), [(0.0, 1.6), (0.999, 2.3992)])
+async def test_a_storm_of_failed_polls_is_retried_with_jitter_and_at_least_30_s_every_third(
+    autojump_clock: trio.testing.MockClock, draw: float, wait: float
+) -> None:
+    """The accounts of one process that an outage (a 503 or 429 storm) hit together must not
+    poll again in lockstep: the 2 s between retries is jittered by a fifth either way; the
+    reference clients' 30 s after every third failure in a row stays a floor."""
+    emu = WeixinEmulator()
+    emu.fail("getupdates", WeixinFault.http(503), times=4)
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    async with bridged(emu, agent, random=lambda: draw):
+        await trio.sleep(60)
+    times = [call.at for call in emu.calls("getupdates")[:5]]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps == pytest.approx([wait, wait, 30.0, wait])

@@ -55,8 +55,9 @@ TOKEN_KEY: Final = "token"  # store keys written by `weixin-login`
 BASE_URL_KEY: Final = "base_url"
 CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
 # The reference clients' poll retries: a steady 2 s; the core's hint makes every third 30 s
-# (docs/protocols/weixin.md#retry-policy).
-POLL_RETRIES: Final = Backoff(initial=p.RETRY_DELAY, maximum=p.RETRY_DELAY, jitter=0.0)
+# (docs/protocols/weixin.md#retry-policy). Jittered, so that the accounts of a process that
+# an outage hit together do not poll again in lockstep.
+POLL_JITTER: Final = 0.2
 NOT_SENT: Final = "send failed, the message was not sent"
 MAYBE_SENT: Final = (
     "send failed, and is not sent again: the message may have reached the user (WeChat would "
@@ -75,7 +76,9 @@ class LongPoll(base.Connector):
     Give ``token`` (and ``base_url`` if login returned one), or leave them out to use what
     ``python -m trio_chatbridge weixin-login`` stored for this ``account`` in the bridge's store.
     ``http`` shares an httpx client between accounts (you close it); ``transport`` points the
-    connector's own client elsewhere (an emulator's in-memory transport).
+    connector's own client elsewhere (an emulator's in-memory transport). ``random`` (values
+    in ``[0, 1)``) jitters the poll's retries and the typing tickets' refreshes; tests pass a
+    constant.
     """
 
     platform = PLATFORM
@@ -108,6 +111,9 @@ class LongPoll(base.Connector):
         self._outbox = Outbox(account, rate_limit or RateLimit())
         self._typing_enabled = typing
         self._tickets = TypingTickets(random)
+        self._poll_retries = Backoff(
+            initial=p.RETRY_DELAY, maximum=p.RETRY_DELAY, jitter=POLL_JITTER, random=random
+        )
         self._guard = p.SessionGuard()
         self._client: ILinkClient | None = None
         self._poller: p.Poller | None = None
@@ -180,7 +186,7 @@ class LongPoll(base.Connector):
                 self.ctx,
                 self._poller,
                 client.http,
-                backoff=POLL_RETRIES,
+                backoff=self._poll_retries,
                 task_status=trio.TASK_STATUS_IGNORED if reached else task_status,
             )
         finally:
