@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
+from trio_chatbridge.platforms import weixin
 from trio_chatbridge.testing import WeixinEmulator, WeixinFault, running_bridge
 
 
@@ -186,3 +187,57 @@ async def test_a_storm_of_failed_polls_is_retried_with_jitter_and_at_least_30_s_
     times = [call.at for call in emu.calls("getupdates")[:5]]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert gaps == pytest.approx([wait, wait, 30.0, wait])
+
+
+class Redirecting(httpx.AsyncBaseTransport):
+    """The emulator, but its first answer to each of ``endpoints`` sends the client to
+    another host; every host asked is recorded."""
+
+    def __init__(self, emu: WeixinEmulator, *endpoints: str) -> None:
+        self._inner = emu.transport()
+        self._left = set(endpoints)
+        self.hosts: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.hosts.append(request.url.host)
+        endpoint = request.url.path.rsplit("/", 1)[-1]
+        if endpoint in self._left:
+            self._left.discard(endpoint)
+            await request.aread()
+            elsewhere = request.url.copy_with(host="elsewhere.example")
+            return httpx.Response(307, headers={"Location": str(elsewhere)})
+        return await self._inner.handle_async_request(request)
+
+
+async def test_a_redirect_is_never_followed_even_by_a_client_that_follows_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 307 would send the poll's or the reply's body (the context token, the text) to
+    whatever host the answer names: the library follows no redirect, whatever the
+    ``http=`` client a user shares says. The poll is a counted failure, retried; the reply a
+    ``SendError`` saying it was not sent."""
+    emu = WeixinEmulator()
+    transport = Redirecting(emu, "getupdates", "sendmessage", "download")
+    errors: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        [image] = batch.latest.parts
+        assert isinstance(image, cb.Image) and isinstance(reply.connector, weixin.LongPoll)
+        with pytest.raises(cb.MediaError) as refused:  # past the media guard's checked host
+            await reply.connector.download(image.media)
+        errors.append(str(refused.value))
+        try:
+            await reply.send("once")
+        except cb.SendError as exc:
+            errors.append(str(exc))
+
+    http = httpx.AsyncClient(transport=transport, follow_redirects=True)
+    async with http, bridged(emu, agent, http=http) as bridge:
+        emu.user_sends_media("ann", b"a picture")
+        await trio.sleep(60)
+        stats = bridge.stats()
+    assert "elsewhere.example" not in transport.hosts
+    assert stats.other["weixin.poll_failures"] == 1
+    downloading, sending = errors
+    assert "HTTP 307" in downloading, downloading
+    assert "was not sent" in sending and "HTTP 307" in sending, sending

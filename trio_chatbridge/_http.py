@@ -230,7 +230,9 @@ async def _answer(
     :class:`ConnectorError` when one began and did not end (a stalled or dripping server: a
     long poll must not take it for silence). If cancelled, nothing of the answer is kept."""
     with trio.move_on_after(math.inf if time_limit is None else time_limit) as waiting:
-        response = await http.send(request, stream=True)
+        # Never a redirect, whatever a shared client says: the body (a context token, a
+        # reply) would go to whatever host the answer named.
+        response = await http.send(request, stream=True, follow_redirects=False)
     if waiting.cancelled_caught:
         raise NoAnswer(
             f"{what}: no answer within {time_limit:g} s (a transient failure; check the network "

@@ -126,7 +126,8 @@ async def _pinned(request: httpx.Request, policy: MediaPolicy, verb: str) -> htt
 
 
 async def _get_capped(http: httpx.AsyncClient, request: httpx.Request, max_bytes: int) -> bytes:
-    response = await http.send(request, stream=True)
+    # a redirect would leave the address the guard checked, whatever a shared client says
+    response = await http.send(request, stream=True, follow_redirects=False)
     try:
         if not response.is_success:
             raise MediaError(f"media download answered HTTP {response.status_code}")
