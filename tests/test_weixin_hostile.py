@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import httpx
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
 
 import trio_chatbridge as cb
+from trio_chatbridge._redact import redact_body
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.testing import WeixinEmulator, WeixinFault, running_bridge
 
@@ -241,3 +245,59 @@ async def test_a_redirect_is_never_followed_even_by_a_client_that_follows_them(
     downloading, sending = errors
     assert "HTTP 307" in downloading, downloading
     assert "was not sent" in sending and "HTTP 307" in sending, sending
+
+
+CONFIRMED: Final = b'{"status":"confirmed","ilink_bot_id":"b@im.bot","bot_token":"secret-tok\\"en"'
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, CONFIRMED),  # cut off: not JSON
+        (200, CONFIRMED + b',"aes_key":"a2V5a2V5",]}'),  # broken further on
+        (502, CONFIRMED + b"}"),  # a gateway's error page quoting what it got
+        (404, b'{"context_token": "ctx-secret", "typing_ticket":"tk"'),
+    ],
+    ids=["cut", "broken", "502", "404"],
+)
+async def test_an_unreadable_answer_is_quoted_in_its_error_without_its_secrets(
+    autojump_clock: trio.testing.MockClock, status: int, body: bytes
+) -> None:
+    """The error that quotes a bad answer (shown to a person, logged) shows none of the
+    secrets the answer holds: a login's bot token, a media key, a context token."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("get_bot_qrcode"):
+            return httpx.Response(200, json={"qrcode": "q1", "qrcode_img_content": "img"})
+        return httpx.Response(status, content=body)
+
+    client = weixin.ILinkClient(None, transport=httpx.MockTransport(handle))
+    with pytest.raises(cb.ChatBridgeError) as failed:
+        if status != 200:
+            await client.send_message({"to_user_id": "ann"})
+        else:
+            await weixin.login(cb.MemoryStore(), "bot", client=client, show=lambda line: None)
+    await client.aclose()
+    text = str(failed.value)
+    for secret in ("secret-tok", "a2V5a2V5", "ctx-secret", '"tk"'):
+        assert secret not in text, text
+    assert "***" in text, text  # what the answer held is still told, its values masked
+
+
+@given(
+    st.sampled_from(["bot_token", "aes_key", "aeskey", "context_token", "app_secret", "Ticket"]),
+    st.text(st.characters(max_codepoint=0x7FF, exclude_characters='"\\'), min_size=8, max_size=30)
+    | st.just('a"quoted\\\\secret'),
+    st.integers(0, 200),
+    st.sampled_from([":", " : ", ":\n"]),
+)
+def test_a_quoted_answer_never_shows_a_secret_fields_value_wherever_it_is_cut(
+    field: str, value: str, cut: int, colon: str
+) -> None:
+    head = f'{{"ret":-1,"{field}"{colon}"'.encode()
+    body = head + json.dumps(value)[1:].encode() + b',"errmsg":"x"}'
+    end = body.index(b'",', len(head))  # the value's closing quote
+    # the value's opening quote cut off: nothing of it shown; else what is shown is masked
+    expected = body[:cut] if cut < len(head) else head + b"***" + body[end:cut]
+    assert redact_body(body[:cut]) == expected
+    assert redact_body(body[:cut].decode(errors="ignore")) == expected.decode(errors="ignore")

@@ -35,6 +35,7 @@ import trio
 from ._errors import ConnectorError, PlatformError, ProtocolError
 from ._json import MAX_JSON_BYTES, json_object, read_body
 from ._ranges import clamp
+from ._redact import redact_body
 from ._supervise import MAX_HINT
 
 ACCEPT_ENCODING: Final = "gzip, deflate"
@@ -69,6 +70,11 @@ SHOWN_BYTES: Final = 200
 """Bytes of a failed answer's body quoted in its error."""
 
 
+def shown(body: bytes) -> bytes:
+    """What an error quotes of a failed answer's ``body``: its start, secrets masked."""
+    return redact_body(body[:SHOWN_BYTES])
+
+
 class HTTPStatusError(ConnectorError):
     """The server answered a transient status (429, 408, 425 or any 5xx): a loop that retries
     (a long poll) waits at least :attr:`retry_after` when the server said (``Retry-After``).
@@ -87,7 +93,7 @@ class HTTPStatusError(ConnectorError):
         else:
             todo = "the platform's server failed"
         wait = "" if retry_after is None else f", Retry-After {retry_after:g} s"
-        super().__init__(f"{what}: HTTP {status}{wait} {body[:SHOWN_BYTES]!r} ({todo})")
+        super().__init__(f"{what}: HTTP {status}{wait} {shown(body)!r} ({todo})")
 
 
 class HTTPRefusedError(PlatformError):
@@ -98,7 +104,7 @@ class HTTPRefusedError(PlatformError):
     def __init__(self, what: str, platform: str, status: int, body: bytes) -> None:
         self.status = status
         super().__init__(
-            f"{what}: refused, HTTP {status} {body[:SHOWN_BYTES]!r} (retrying cannot help: "
+            f"{what}: refused, HTTP {status} {shown(body)!r} (retrying cannot help: "
             "check the domain or base URL, the credentials and the app's permissions)",
             platform=platform,
             code=status,

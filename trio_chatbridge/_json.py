@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ._errors import ProtocolError
+from ._redact import redact_body
 
 if TYPE_CHECKING:  # only read_body's annotation: the decoders stay free of I/O libraries
     import httpx
@@ -133,7 +134,9 @@ def json_value(
     except RecursionError as exc:
         raise ProtocolError(f"{what} is nested too deeply to decode") from exc
     except ValueError as exc:
-        raise ProtocolError(f"{what} is not JSON ({exc}): {data[:100]!r}") from exc
+        head = data[:100]
+        shown = redact_body(head if isinstance(head, str) else bytes(head))
+        raise ProtocolError(f"{what} is not JSON ({exc}): {shown!r}") from exc
 
 
 def json_object_items(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Final
+from typing import Final, overload
 
 REDACTED: Final = "***"
 DEPENDENCY_LOGGERS: Final = (
@@ -37,6 +37,24 @@ def redact(text: str) -> str:
     if "://" not in text:  # the common record: nothing to look at
         return text
     return _URL.sub(lambda url: _QUERY_VALUE.sub(rf"\g<1>{REDACTED}", url.group()), text)
+
+
+_SECRET_FIELD: Final = r'("[A-Za-z_]*(?:token|secret|key|ticket|password|param)"\s*:\s*")(?:[^"\\]|\\.?)*'  # a value's escapes included, one cut off after its backslash too
+_SECRET_VALUE: Final = re.compile(_SECRET_FIELD, re.IGNORECASE | re.DOTALL)
+_SECRET_VALUE_BYTES: Final = re.compile(_SECRET_FIELD.encode(), re.IGNORECASE | re.DOTALL)
+
+
+@overload
+def redact_body(body: bytes) -> bytes: ...
+@overload
+def redact_body(body: str) -> str: ...
+def redact_body(body: bytes | str) -> bytes | str:
+    """``body`` (a piece of an answer an error quotes) with the value of each JSON string
+    field named for a secret (``bot_token``, ``aes_key``, ``app_secret``, ``typing_ticket``,
+    ``encrypt_query_param``...) replaced by ``***``, one cut off included."""
+    if isinstance(body, str):
+        return _SECRET_VALUE.sub(r"\1***", body)
+    return _SECRET_VALUE_BYTES.sub(rb"\1***", body)
 
 
 class RedactingFilter(logging.Filter):
