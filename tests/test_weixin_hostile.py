@@ -245,6 +245,7 @@ async def test_a_redirect_is_never_followed_even_by_a_client_that_follows_them(
     downloading, sending = errors
     assert "HTTP 307" in downloading, downloading
     assert "was not sent" in sending and "HTTP 307" in sending, sending
+    assert "a redirect, never followed" in sending
 
 
 CONFIRMED: Final = b'{"status":"confirmed","ilink_bot_id":"b@im.bot","bot_token":"secret-tok\\"en"'

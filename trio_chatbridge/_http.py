@@ -103,9 +103,18 @@ class HTTPRefusedError(PlatformError):
 
     def __init__(self, what: str, platform: str, status: int, body: bytes) -> None:
         self.status = status
+        if 300 <= status < 400:
+            todo = (
+                "a redirect, never followed: if the service moved, set the base URL or domain "
+                "to where it leads"
+            )
+        else:
+            todo = (
+                "retrying cannot help: check the domain or base URL, the credentials and the "
+                "app's permissions"
+            )
         super().__init__(
-            f"{what}: refused, HTTP {status} {shown(body)!r} (retrying cannot help: "
-            "check the domain or base URL, the credentials and the app's permissions)",
+            f"{what}: refused, HTTP {status} {shown(body)!r} ({todo})",
             platform=platform,
             code=status,
         )

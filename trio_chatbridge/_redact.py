@@ -39,7 +39,11 @@ def redact(text: str) -> str:
     return _URL.sub(lambda url: _QUERY_VALUE.sub(rf"\g<1>{REDACTED}", url.group()), text)
 
 
-_SECRET_FIELD: Final = r'("[A-Za-z_]*(?:token|secret|key|ticket|password|param)"\s*:\s*")(?:[^"\\]|\\.?)*'  # a value's escapes included, one cut off after its backslash too
+# A JSON string field named for a secret, and its value: escapes included, one cut off
+# after its backslash too.
+_SECRET_FIELD: Final = (
+    r'("[A-Za-z_]*(?:token|secret|key|ticket|password|param)"\s*:\s*")(?:[^"\\]|\\.?)*'
+)
 _SECRET_VALUE: Final = re.compile(_SECRET_FIELD, re.IGNORECASE | re.DOTALL)
 _SECRET_VALUE_BYTES: Final = re.compile(_SECRET_FIELD.encode(), re.IGNORECASE | re.DOTALL)
 
