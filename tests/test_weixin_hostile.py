@@ -41,9 +41,10 @@ async def bridged(emu: WeixinEmulator, agent: cb.Agent, **options: Any) -> Async
         (WeixinFault(body=b"<html>proxy</html>"), "may have reached"),  # unreadable 200
         (WeixinFault.slow(60), "may have reached"),  # no answer within the request's 15 s
         (WeixinFault.http(403), "was not sent"),  # refused: it never went out
+        (WeixinFault.http(429), "was not sent"),  # rate limited: not taken
         (WeixinFault.declined(), "ret=-2"),  # the platform's own refusal
     ],
-    ids=["dropped", "502", "unreadable", "silent", "403", "ret-2"],
+    ids=["dropped", "502", "unreadable", "silent", "403", "429", "ret-2"],
 )
 async def test_a_failed_send_is_never_sent_again_says_what_may_have_gone_and_is_counted(
     autojump_clock: trio.testing.MockClock, fault: WeixinFault, gone: str

@@ -38,7 +38,13 @@ from ..._messages import Batch, Media, Message
 from ..._supervise import Backoff
 from . import _media
 from . import _protocol as p
-from ._api import HTTPRefusedError, ILinkClient, ILinkError, SessionExpiredError
+from ._api import (
+    HTTPRefusedError,
+    HTTPStatusError,
+    ILinkClient,
+    ILinkError,
+    SessionExpiredError,
+)
 from ._convert import PLATFORM, to_message
 from ._sending import (
     Outbox,
@@ -352,9 +358,13 @@ class LongPoll(base.Connector):
         except HTTPRefusedError as exc:
             raise SendError(f"weixin account {self.account}: {NOT_SENT}: {exc}") from exc
         except (ConnectorError, ProtocolError) as exc:
-            # Cut off, silent, a 5xx or an unreadable answer: the request may have been taken.
-            # Each send has its own client_id, so the platform would show a second copy too.
-            gone = NOT_SENT if isinstance(exc.__cause__, httpx.ConnectError) else MAYBE_SENT
+            # Cut off, silent, a 5xx or an unreadable answer: the request may have been taken,
+            # and each send has its own client_id, so the platform would show a second copy.
+            # No connection, or a 408, 425 or 429 ("not now"): the server did not take it.
+            unsent = isinstance(exc.__cause__, httpx.ConnectError) or (
+                isinstance(exc, HTTPStatusError) and exc.status < 500
+            )
+            gone = NOT_SENT if unsent else MAYBE_SENT
             raise SendError(f"weixin account {self.account}: {gone}: {exc}") from exc
 
     # streaming: the platform has no edit-in-place and renders nothing for GENERATING
