@@ -155,13 +155,18 @@ async def test_every_accounts_pending_skips_records_that_do_not_decode(
     with trio.fail_after(10):
         async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as store:
             await store.journal_add([*kept, a.message("bad body", id="2")])
+            await store.journal_add([a.message("bad JSON after a bad field", id="3")])
             await store.journal_add([b.message("bad time", id="2")])
             await raw.hset(f"{keys}{{{a.name}}}:body", {"2": '{"id": 2}'})
+            # The codec's second try (the first format) meets the Infinity: msgspec's DecodeError
+            await raw.hset(f"{keys}{{{a.name}}}:body", {"3": '{"account": null, "x": Infinity}'})
             await raw.hset(f"{keys}{{{b.name}}}:recv", {"2": "yesterday"})
             assert await store.journal_pending() == kept
-            assert store.undecodable == 2
+            assert store.undecodable == 3
             assert await store.journal_pending() == kept
-            assert store.undecodable == 2
+            assert store.undecodable == 3
+            with pytest.raises(cb.StoreError, match=r"'3' of .* is not a serialised message"):
+                await store.journal_entry(("fake", "a", "3"))
 
 
 async def test_accounts_whose_names_hold_colons_keep_apart(

@@ -373,7 +373,11 @@ class LeaseKeeper:
                 account.extend(sent + self.config.ttl * (1 - self.config.margin))
                 self.counters[RENEWED] += 1
             else:
-                log.warning("lost the lease of %s: another process holds it", account.name)
+                log.warning(
+                    "lost the lease of %s: it expired (or Redis lost it) or another process "
+                    "holds it",
+                    account.name,
+                )
                 if account.scope is not None:
                     account.scope.cancel()
 

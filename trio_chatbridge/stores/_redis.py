@@ -501,7 +501,7 @@ class RedisStore(Store):
             return None
         try:
             message = decode_message(body)
-        except ProtocolError as exc:
+        except (ProtocolError, ValueError) as exc:  # ValueError: msgspec's, see _decoded
             raise StoreError(
                 f"{self!r}: the journal record {message_id!r} of {keys[0]!r} is not a "
                 f"serialised message ({exc}); it is not replayed"
@@ -538,7 +538,7 @@ class RedisStore(Store):
             if body is not None:
                 try:
                     found.append((float(at or 0), decode_message(body)))
-                except (ProtocolError, ValueError) as exc:
+                except (ProtocolError, ValueError) as exc:  # the codec lets a DecodeError out
                     bad[str(message_id)] = str(exc)
         if bad:
             body_key = self._key(tag, "body")
