@@ -7,6 +7,7 @@ when it restarts it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import traceback
@@ -284,3 +285,56 @@ async def test_a_redis_restarted_empty_still_prunes_the_accounts_journals(
             await store.journal_done([after])
             assert await store.journal_prune(math.inf) == 1
             assert await store.journal_entry(journal_key(after)) is None
+
+
+async def test_a_journal_write_whose_reply_came_late_is_handled_once(tmp_path: Path) -> None:
+    """Redis answers after the timeout (paused): the write lands all the same. coredis sent
+    it again by itself, and that second write found the message journaled: a duplicate, so
+    nobody ever handled it. Now the write fails (the connector is not acknowledged), and the
+    platform's redelivery is new once, a duplicate after that."""
+    require_redis()
+    message = fake.message("hi", id="1")
+
+    async def resume(server: RedisServer) -> None:
+        await trio.sleep(0.3)  # real time: the Redis process is frozen meanwhile
+        server.resume()
+
+    with redis_server(tmp_path) as server, trio.fail_after(20):
+        async with cb.RedisStore.from_url(server.url, timeout=0.2) as store:
+            await store.journal_add([fake.message("warm", id="0")])  # connected, scripts loaded
+            first = None
+            server.pause()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(resume, server)
+                with contextlib.suppress(cb.StoreError):
+                    first = await store.journal_add([message])
+            await trio.sleep(0.1)  # the frozen write runs once Redis is back
+            again = await store.journal_add([message])
+            assert [first, again].count([True]) == 1
+            assert await store.journal_add([message]) == [False]
+
+
+async def test_a_write_that_ended_unknown_is_new_only_while_pending_and_unreplayed(
+    tmp_path: Path,
+) -> None:
+    """The redelivery of a message whose journal write failed (it landed) is a duplicate
+    once the message is done, and once the account's lease was acquired (its replay queues
+    the message)."""
+    require_redis()
+    done, replayed = fake.message("done", id="1"), fake.message("replayed", id="2")
+    with redis_server(tmp_path) as server, trio.fail_after(20):
+        store = cb.RedisStore.from_url(server.url, timeout=0.2)
+        other = cb.RedisStore.from_url(server.url)
+        async with store, other:
+            await store.journal_add([fake.message("warm", id="0")])  # connected, scripts loaded
+            for message in (done, replayed):
+                server.pause()
+                try:
+                    with pytest.raises(cb.StoreError, match="timed out"):
+                        await store.journal_add([message])
+                finally:
+                    server.resume()
+            await other.journal_done([done])  # another process replayed and handled it
+            assert await store.acquire_lease(fake.name, "me", ttl=10)
+            assert [m.id for m in await store.journal_pending_of("fake", "bot")] == ["0", "2"]
+            assert await store.journal_add([done, replayed]) == [False, False]

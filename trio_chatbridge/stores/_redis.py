@@ -54,6 +54,7 @@ DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
 STALE: Final = "STALE"  # what the fencing check answers, as a Redis error reply
 UNDECODABLE: Final = "undecodable journal record"  # the error a record set aside is marked with
+UNSURE_AT_MOST: Final = 10_000  # message ids remembered whose journal write ended unknown
 BATCH: Final = (
     200  # accounts a pipeline reads the pending messages of, or leases it takes or renews
 )
@@ -265,6 +266,9 @@ class RedisStore(Store):
         self._fences: dict[str, int] = {}
         self._channel = prefix + "released"  # a channel, not a key: spans every slot
         self._known: set[str] = set()
+        self._unsure: dict[tuple[str, str], None] = {}
+        """(account, message id) of journal writes that failed or were cancelled, so unknown
+        whether they landed, oldest first (see :meth:`journal_add`)."""
         self.undecodable = 0
         """Journal records found not to decode, and set aside (see :meth:`_decoded`)."""
         register = client.register_script
@@ -295,6 +299,9 @@ class RedisStore(Store):
         error, not a hang."""
         try:  # the 'redis' extra
             import coredis
+            from coredis.exceptions import ClusterDownError
+            from coredis.exceptions import ConnectionError as Disconnected
+            from coredis.retry import CompositeRetryPolicy, ConstantRetryPolicy
         except ImportError as exc:
             raise ConfigurationError(
                 "RedisStore needs coredis: pip install 'trio_chatbridge[redis]'"
@@ -307,6 +314,13 @@ class RedisStore(Store):
             "connect_timeout": timeout,
             "stream_timeout": timeout,
         }
+        # coredis sends a command again after a timeout by default. The command was sent: a
+        # journal write that landed the first time found its messages journaled already and
+        # called them duplicates, so nobody handled them. A timeout is a StoreError at once
+        # instead (journal_add remembers what it may have written). A connection found closed
+        # (most often a pooled one, nothing sent on it) is still tried again, as is a
+        # cluster's CLUSTERDOWN, which ran nothing.
+        again = ConstantRetryPolicy((Disconnected,), retries=2, delay=0.01)
         client: Client
         if cluster:
             # Built from the URL's parts: coredis's RedisCluster.from_url warns (6.9).
@@ -316,10 +330,13 @@ class RedisStore(Store):
                 username=_unquote(parts.username),
                 password=_unquote(parts.password),
                 ssl=parts.scheme == "rediss",
+                retry_policy=CompositeRetryPolicy(
+                    ConstantRetryPolicy((ClusterDownError,), retries=2, delay=0.1), again
+                ),
                 **options,
             )
         else:
-            client = coredis.Redis.from_url(url, **options)
+            client = coredis.Redis.from_url(url, retry_policy=again, **options)
         return cls(client, prefix=prefix, description=_redact(parts), wall_clock=wall_clock)
 
     def __repr__(self) -> str:
@@ -422,9 +439,13 @@ class RedisStore(Store):
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
         """As :meth:`Store.journal_add`: one fenced script per account in ``messages``.
 
-        Cancelled: each account's script ran whole or not at all, unknown which. A page
-        journaled unknowingly is not lost: its messages are pending, so whoever acquires
-        the account next replays them (a redelivery of them is a duplicate)."""
+        Cancelled, or failed (a reply that timed out): each account's script ran whole or not
+        at all, unknown which, and the caller queued none of its messages. The store
+        remembers their ids (the last 10,000): a redelivery of one that it then finds
+        journaled and still pending is new, not a duplicate, so that this process handles it
+        (a redelivery taken for a duplicate left it pending until the account's lease
+        changed hands, for good on a process that kept it). Acquiring the account's lease
+        forgets them: the acquisition's replay queues them."""
         now = repr(self.wall_clock())
         by_account: dict[str, list[int]] = {}
         for i, message in enumerate(messages):
@@ -436,13 +457,40 @@ class RedisStore(Store):
             for i in indexes:
                 args += [messages[i].id, encode_message(messages[i])]
             keys = self._keys(tag, "fence", "body", "pending", "recv", "seq")
-            reply: object = await self._call("write to", self._add(keys, args))
+            try:
+                reply: object = await self._call("write to", self._add(keys, args))
+            except BaseException:
+                self._doubt(tag, [messages[i].id for i in indexes])
+                raise
             *flags, started = _list(reply)
             for i, flag in zip(indexes, flags, strict=True):
                 added[i] = flag == 1
             if started == 1:  # the set of accounts may have been lost with the sequence
                 await self._remember(tag, again=True)
+            if self._unsure:
+                await self._settle(tag, [messages[i].id for i in indexes], added, indexes)
         return added
+
+    def _doubt(self, tag: str, ids: Sequence[str]) -> None:
+        """Remember that the journal writes of ``ids`` ended unknown."""
+        for message_id in ids:
+            self._unsure.pop((tag, message_id), None)
+            self._unsure[(tag, message_id)] = None
+        while len(self._unsure) > UNSURE_AT_MOST:
+            del self._unsure[next(iter(self._unsure))]
+
+    async def _settle(
+        self, tag: str, ids: Sequence[str], added: list[bool], indexes: Sequence[int]
+    ) -> None:
+        """Of ``ids`` just written (``added[indexes[k]]`` for ``ids[k]``), count as new each
+        duplicate whose earlier write ended unknown and that is still pending; forget them."""
+        pending = self._key(tag, "pending")
+        for message_id, i in zip(ids, indexes, strict=True):
+            if (tag, message_id) in self._unsure:
+                if not added[i]:
+                    score = await self._call("read from", self._client.zscore(pending, message_id))
+                    added[i] = score is not None
+                del self._unsure[(tag, message_id)]
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
         """As :meth:`Store.journal_done`: one fenced script per account in ``messages``.
@@ -595,7 +643,7 @@ class RedisStore(Store):
         token: object = await self._call("write to", self._acquire(keys, [owner, _ms(ttl)]))
         if token == 0:
             return False
-        self._fences[name] = int(str(token))
+        self._acquired(name, token)
         return True
 
     async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
@@ -614,8 +662,16 @@ class RedisStore(Store):
                 tokens += [await request for request in requests]
         for name, token in zip(names, tokens, strict=True):
             if token != 0:
-                self._fences[name] = int(str(token))
+                self._acquired(name, token)
         return [token != 0 for token in tokens]
+
+    def _acquired(self, name: str, token: object) -> None:
+        """Lease ``name`` acquired with ``token``: its writes carry it from now on. The
+        account's journal writes that ended unknown are forgotten: whatever of them landed
+        is pending, and the acquisition's replay queues it."""
+        self._fences[name] = int(str(token))
+        if self._unsure:
+            self._unsure = {key: None for key in self._unsure if key[0] != name}
 
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
         """As :meth:`Store.renew_lease`, by a compare-and-set script. Cancelled: extended
