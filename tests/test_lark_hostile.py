@@ -243,3 +243,19 @@ async def test_sends_with_one_uuid_are_one_message_and_each_uuid_its_own() -> No
         nursery.cancel_scope.cancel()
     assert first["message_id"] == again["message_id"] != other["message_id"]
     assert len(emu.sent) == 2
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def test_fragments_waiting_show_no_payload_in_a_repr() -> None:
+    """A fragment's payload is part of an event: the user's text and the app's verification
+    token. The protocol's repr showed every waiting fragment's bytes (an ACK's never did)."""
+    protocol = lark_protocol.LarkProtocol("cli_1", "ou_bot")
+    headers = (("type", "event"), ("message_id", "m1"), ("sum", "2"), ("seq", "0"))
+    part = b'{"header": {"token": "VERIFY-SEKRIT"}, "event": {"text": "private"'
+    frame = lark_frames.Frame(method=1, headers=headers, payload=part)
+    assert protocol.receive(lark_frames.encode(frame), 0.0) == []
+    for shown in (repr(protocol), repr(lark_protocol.LarkCore(protocol, 30.0))):
+        assert "SEKRIT" not in shown and "private" not in shown
+        assert "1 missing" in shown or "missing=1" in shown

@@ -212,7 +212,8 @@ Event: TypeAlias = (
 
 @attrs.define
 class _Partial:
-    parts: list[bytes | None]
+    # not in a repr: the parts are an event's (the user's text, the app's verification token)
+    parts: list[bytes | None] = attrs.field(repr=lambda parts: f"<{len(parts)} parts>")
     missing: int  # parts not yet in
     expires: float
     size: int = 0  # bytes held
