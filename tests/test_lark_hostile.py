@@ -259,3 +259,18 @@ def test_fragments_waiting_show_no_payload_in_a_repr() -> None:
     for shown in (repr(protocol), repr(lark_protocol.LarkCore(protocol, 30.0))):
         assert "SEKRIT" not in shown and "private" not in shown
         assert "1 missing" in shown or "missing=1" in shown
+
+
+@pytest.mark.parametrize(
+    ("query", "service"),
+    [("service_id=2147483647", 2**31 - 1), ("service_id=-2147483648", -(2**31))]
+    + [(f"service_id={value}", 0) for value in ("2147483648", "99999999999", "-2147483649")],
+)
+def test_a_service_id_beyond_int32_is_none_and_pings_still_go(query: str, service: int) -> None:
+    """Every frame carries the URL's ``service_id`` in an int32 field: one beyond that range
+    made every ping fail to encode (a ``ValueError`` naming no app, at each connection, for
+    good). Like one that is no number, it is taken as none (0)."""
+    protocol = lark_protocol.LarkProtocol("cli_1")
+    protocol.connect(f"wss://msg-frontier.example/ws/v2?{query}", lark_protocol.ClientConfig())
+    assert protocol.service == service
+    assert lark_frames.decode(protocol.ping()).service == service

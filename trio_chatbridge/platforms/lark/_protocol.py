@@ -435,13 +435,18 @@ class LarkProtocol:
         return EventReceived(envelope, ack)
 
 
+INT32: Final = range(-(2**31), 2**31)  # a frame's service field (docs/protocols/lark.md#frames)
+
+
 def service_id(url: str) -> int:
-    """The ``service_id`` of a long-connection URL (0 when it has none)."""
+    """The ``service_id`` of a long-connection URL: 0 when it has none, or none a frame can
+    carry (no number, or beyond int32)."""
     values = parse_qs(urlsplit(url).query).get("service_id", ["0"])
     try:
-        return int(values[-1])
+        value = int(values[-1])
     except ValueError:
         return 0
+    return value if value in INT32 else 0
 
 
 # -- the WebSocket driver's core ---------------------------------------------------------------
