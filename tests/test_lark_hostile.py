@@ -274,3 +274,45 @@ def test_a_service_id_beyond_int32_is_none_and_pings_still_go(query: str, servic
     protocol.connect(f"wss://msg-frontier.example/ws/v2?{query}", lark_protocol.ClientConfig())
     assert protocol.service == service
     assert lark_frames.decode(protocol.ping()).service == service
+
+
+# -- open API answers of the wrong shape -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [[1], "om_1", 5])
+async def test_an_answer_whose_data_is_no_object_fails_the_send_as_a_send_error(
+    data: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A ``data`` that is no object was an ``AttributeError`` out of ``reply.send`` (and, in
+    a streamed reply, out of the stream, which lets only the library's errors by)."""
+    failures: list[BaseException] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send("hello")
+        except Exception as exc:
+            failures.append(exc)
+
+    emu = LarkEmulator()
+    connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
+    async with emulator_bridge(emu, connector, agent):
+        emu.fail("/reply", 200, {"code": 0, "msg": "ok", "data": data})
+        emu.user_says("ou_ann", "hi")
+        await trio.sleep(10)
+    (failure,) = failures
+    assert isinstance(failure, cb.SendError), failure
+    assert "cli_emulator" in str(failure) and "not an object" in str(failure)
+
+
+async def test_an_answer_without_data_is_an_empty_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        api = emu.connector().api
+        for answer in ({"code": 0, "msg": "ok"}, {"code": 0, "msg": "ok", "data": None}):
+            emu.fail("/open-apis/bot/v3/info", 200, answer)
+            assert await api.call("GET", "/open-apis/bot/v3/info") == {}
+        await api.aclose()
+        nursery.cancel_scope.cancel()

@@ -22,7 +22,7 @@ from typing import Any, Final, final
 import httpx
 import trio
 
-from ..._errors import FatalConnectorError, PlatformError
+from ..._errors import FatalConnectorError, PlatformError, ProtocolError
 from ..._http import HTTPAnswer, HTTPStatusError, exchange, new_client
 from ..._ranges import clamp
 from ..._supervise import Backoff, Retries
@@ -182,15 +182,16 @@ class OpenAPI:
         whole: bool = False,
         files: Mapping[str, tuple[str, bytes]] | None = None,
     ) -> Any:
-        """An authenticated call; returns ``data`` (``whole``: the whole answer, for the few
-        calls that answer outside ``data``). Token expiry and rate limits are handled: an
-        HTTP 429 waits at least its ``Retry-After``. With ``files`` (name: ``(filename,
-        bytes)``) the body is multipart, ``body`` its fields. Raises :class:`ConnectorError`
-        for a failed exchange (unreachable, no answer in time, HTTP 429/408/425/5xx once the
-        retries are spent), :class:`ProtocolError` for an unreadable answer, a
-        :class:`PlatformError` for an HTTP refusal without a code, :class:`LarkError`
-        for a refusal with a code, and :class:`FatalConnectorError` once the API is closed.
-        If cancelled, the call may or may not have reached the platform (a send may be done)."""
+        """An authenticated call; returns ``data``, an object (``{}`` when the answer has
+        none; ``whole``: the whole answer, for the few calls that answer outside ``data``).
+        Token expiry and rate limits are handled: an HTTP 429 waits at least its
+        ``Retry-After``. With ``files`` (name: ``(filename, bytes)``) the body is multipart,
+        ``body`` its fields. Raises :class:`ConnectorError` for a failed exchange
+        (unreachable, no answer in time, HTTP 429/408/425/5xx once the retries are spent),
+        :class:`ProtocolError` for an unreadable answer (or a ``data`` that is no object), a
+        :class:`PlatformError` for an HTTP refusal without a code, :class:`LarkError` for a
+        refusal with a code, and :class:`FatalConnectorError` once the API is closed. If
+        cancelled, the call may or may not have reached the platform (a send may be done)."""
         renewed = False
         retries = RATE_LIMIT_BACKOFF.retries(RATE_LIMIT_RETRIES)
         while True:
@@ -212,7 +213,18 @@ class OpenAPI:
                 continue
             if code != 0:
                 raise LarkError(f"app {self.app_id}: {method} {path}", code, str(data.get("msg")))
-            return data if whole else data.get("data", {})
+            return data if whole else self._data(method, path, data.get("data"))
+
+    def _data(self, method: str, path: str, data: Any) -> dict[str, Any]:
+        """An answer's ``data``: an object, ``{}`` when there is none."""
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ProtocolError(
+                f"Lark app {self.app_id}: {method} {path}: the answer's data is a "
+                f"{type(data).__name__}, not an object (a changed API, or a proxy in the way)"
+            )
+        return data
 
     async def _rate_limited(self, path: str, retries: Retries, hint: float | None) -> bool:
         """Wait before retrying a rate-limited call (at least ``hint`` seconds); False once
