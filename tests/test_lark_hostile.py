@@ -316,3 +316,21 @@ async def test_an_answer_without_data_is_an_empty_one(
             assert await api.call("GET", "/open-apis/bot/v3/info") == {}
         await api.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_edit_whose_answer_was_lost_still_counts_and_the_final_text_shows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Lark refuses a message's 21st edit, and the stream keeps its last edit for the final
+    text. An edit done but whose answer was lost went uncounted: the final edit was then the
+    21st, refused, and the message ended short of what the agent wrote."""
+    emu = LarkEmulator()
+    transport = _answer_lost_after_the_first(emu, "/open-apis/im/v1/messages/om_bot")
+    connector = lambda: emu.connector(random=lambda: 0.0, transport=transport)  # noqa: E731
+    words = [f"w{n}" for n in range(40)]
+    async with emulator_bridge(emu, connector, streamer(1.2)):
+        emu.user_says("ou_ann", " ".join(words))
+        await trio.sleep(120)
+    (sent,) = emu.sent
+    assert emu.texts[sent.message_id] == " ".join(words) + " "
+    assert emu.edits[sent.message_id] <= 20

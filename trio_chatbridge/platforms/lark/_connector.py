@@ -329,7 +329,9 @@ class _EditedStream(base.CoalescingStream):
 
     Every try at sending it carries the stream's one ``uuid``: a send that failed without
     an answer (a timeout, a gateway's 5xx) may have been done, and the next try must not make
-    a second message (the platform makes one per ``uuid`` an hour; docs/lark.md)."""
+    a second message (the platform makes one per ``uuid`` an hour; docs/lark.md). For the
+    same reason every edit tried counts against the budget, done or not: the final edit, kept
+    in reserve, must not be the platform's 21st."""
 
     def __init__(self, connector: LongConnection, target: Message) -> None:
         self._budget = connector.edit_budget
@@ -351,8 +353,10 @@ class _EditedStream(base.CoalescingStream):
         if self.sent is None:
             self.sent = await self._connector._send_content(self._target, text, self._uuid)
         else:
-            await self._connector.edit(self.sent, text)
-            self.edits += 1
+            try:
+                await self._connector.edit(self.sent, text)
+            finally:  # a failed edit may have been done: Lark counts it against the 20
+                self.edits += 1
         self._shown = text
 
     async def final(self, text: str) -> None:
