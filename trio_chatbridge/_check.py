@@ -18,6 +18,7 @@ import trio
 from ._connector import Connector, ConnectorContext, ConnectorState
 from ._errors import sole
 from ._messages import Message
+from ._redact import redact
 from ._supervise import describe
 from .stores import Store
 
@@ -47,8 +48,8 @@ async def check_connector(
 
     def conclude(ok: bool, detail: str) -> None:
         nonlocal outcome
-        if outcome is None:
-            outcome = CheckResult(connector.name, ok, detail)
+        if outcome is None:  # printed: a URL's credentials redacted, as in the log
+            outcome = CheckResult(connector.name, ok, redact(detail))
         nursery.cancel_scope.cancel()
 
     class _Up:

@@ -49,7 +49,8 @@ class ServiceApp:
         self._registry = bridge_registry(self.bridge)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the service is ready, and the JSON body ``/readyz`` answers with."""
+        """Whether the service is ready, and the JSON body ``/readyz`` answers with (a URL's
+        credentials in a connector's detail or error redacted, as in the log)."""
         statuses = self.bridge.status()
         ready = self.accepting and all(s.state == "running" for s in statuses.values())
         body = {
@@ -58,10 +59,10 @@ class ServiceApp:
             "connectors": {
                 name: {
                     "state": s.state,
-                    "detail": s.detail,
+                    "detail": _redact.redact(s.detail) if s.detail else s.detail,
                     "restarts": s.restarts,
                     "connects": s.connects,
-                    "last_error": s.last_error,
+                    "last_error": _redact.redact(s.last_error) if s.last_error else None,
                 }
                 for name, s in statuses.items()
             },

@@ -1,12 +1,14 @@
 """Credentials kept out of log records, ours and our dependencies'.
 
 Some URLs carry credentials in their query: the Lark WebSocket URL its access key and ticket,
-WeChat's CDN URLs an ``encrypted_query_param``. trio-websocket logs the URL it connects to (at
-DEBUG) and httpx every request's (at INFO), and an exception's text may quote one. A
-:class:`RedactingFilter` on those loggers and on ours replaces every query value of every URL
-in a record's message and exception text with ``***``. The library installs it by itself (at
-import, and again when a bridge starts, for loggers made since), whatever logging setup the
-application has; docs/index.md ("Logging") says so.
+WeChat's CDN URLs an ``encrypted_query_param``; and any URL a user configures may carry a
+password in its user part (``wss://user:password@host/``, ``redis://:password@host``).
+trio-websocket logs the URL it connects to (at DEBUG) and httpx every request's (at INFO), and
+an exception's text may quote one. A :class:`RedactingFilter` on those loggers and on ours
+replaces every query value and every user part's password of every URL in a record's message
+and exception text with ``***``. The library installs it by itself (at import, and again when a
+bridge starts, for loggers made since), whatever logging setup the application has;
+docs/index.md ("Logging") says so. The service's ``/readyz`` and ``check`` redact the same way.
 
 Python runs a logger's filters only for records logged to that very logger, not its children,
 so the filter goes on each logger by name: :data:`DEPENDENCY_LOGGERS`, and every
@@ -28,14 +30,17 @@ DEPENDENCY_LOGGERS: Final = (
     "hypercorn.access",
     "hypercorn.error",
 )
-_URL: Final = re.compile(r"(?i)\b(?:https?|wss?)://[^\s'\"<>]+")
+_URL: Final = re.compile(r"(?i)\b(?:https?|wss?|rediss?)://[^\s'\"<>]+")
 _QUERY_VALUE: Final = re.compile(r"([?&;][^=&#\s]*=)[^&#\s]*")
+_PASSWORD: Final = re.compile(r"(?i)\b((?:https?|wss?|rediss?)://[^:@/?#\s]*:)[^@/?#\s]*@")
 
 
 def redact(text: str) -> str:
-    """``text`` with the value of each query parameter of each URL in it replaced by ``***``."""
+    """``text`` with the value of each query parameter of each URL in it, and the password
+    in each URL's user part, replaced by ``***``."""
     if "://" not in text:  # the common record: nothing to look at
         return text
+    text = _PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
     return _URL.sub(lambda url: _QUERY_VALUE.sub(rf"\g<1>{REDACTED}", url.group()), text)
 
 
