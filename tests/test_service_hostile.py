@@ -4,7 +4,13 @@ at start, and what its endpoint answers."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import string
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
 
 import httpx
 import pytest
@@ -13,12 +19,31 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trio_chatbridge as cb
-from trio_chatbridge._config import HttpConfig
+from trio_chatbridge._config import HttpConfig, InvalidConfig, load_config
 from trio_chatbridge._redact import redact
 from trio_chatbridge._service import run_service
 from trio_chatbridge.platforms import wecom
+from trio_chatbridge.testing import FakeConnector
 
-URL_PASSWORD = "pw-in-the-url-7Qx"
+ROOT: Final = Path(__file__).resolve().parent.parent
+URL_PASSWORD: Final = "pw-in-the-url-7Qx"
+AGENT: Final = """\
+import trio_chatbridge as cb
+
+
+async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+"""
+CONFIG: Final = """\
+agent = "hostilebot:agent"
+store = "{store}"
+{http}
+[[connectors]]
+platform = "wecom"
+bot_id = "bot-1"
+secret = "wecom-secret"
+url = "ws://127.0.0.1:9/"
+"""
 
 
 async def _echo(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -68,3 +93,69 @@ def test_no_url_password_survives_redaction(
     clean = redact(f"cannot connect to {url} (refused)")
     assert clean.startswith(f"cannot connect to {scheme}://{user}:***@host.example")
     assert clean.endswith(" (refused)")
+
+
+# -- failing at start: one line naming what to fix, never a traceback --------------------------
+
+
+@pytest.mark.parametrize(
+    ("store", "said"),
+    [
+        ("sqlite:///{dir}/missing/bot.db", "the directory {dir}/missing does not exist"),
+        ("sqlite:///{dir}", "{dir} is a directory: name a file in it"),
+    ],
+)
+def test_a_sqlite_store_that_cannot_be_created_is_a_problem_of_the_store_key(
+    tmp_path: Path, store: str, said: str
+) -> None:
+    (tmp_path / "hostilebot.py").write_text(AGENT)
+    config = tmp_path / "bot.toml"
+    config.write_text(CONFIG.format(store=store.format(dir=tmp_path), http=""))
+    with pytest.raises(InvalidConfig) as problems:
+        load_config(config, {})
+    assert [
+        (p.path, p.message.startswith(said.format(dir=tmp_path))) for p in problems.value.problems
+    ] == [("store", True)]
+
+
+async def test_a_taken_http_port_is_named_and_nothing_is_accepted_meanwhile() -> None:
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], _echo, store=cb.MemoryStore())
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        with (
+            trio.fail_after(10),
+            pytest.RaisesGroup(
+                pytest.RaisesExc(
+                    cb.ChatBridgeError, match=rf"^http\.listen: cannot listen on {listen}: "
+                ),
+                flatten_subgroups=True,
+            ),
+        ):
+            await run_service(bridge, http=HttpConfig(listen=listen))
+    assert bridge.status()[chat.name].state == "starting"  # never run: nothing accepted
+
+
+@pytest.mark.timeout(120)
+def test_a_store_that_cannot_be_opened_stops_run_and_check_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "hostilebot.py").write_text(AGENT)
+    (tmp_path / "bot.db").write_text("not a database\n")
+    config = tmp_path / "bot.toml"
+    config.write_text(CONFIG.format(store=f"sqlite:///{tmp_path}/bot.db", http=""))
+    for args, code in ((["run"], 1), (["check", "--timeout", "5"], 1)):
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_chatbridge", *args, str(config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=50,
+        )
+        assert result.returncode == code, result.stderr
+        assert "Traceback" not in result.stderr
+        assert re.search(
+            rf"(stopped|store): StoreError: cannot open {tmp_path}/bot.db .*not a database$",
+            result.stderr,
+            re.M,
+        ), result.stderr

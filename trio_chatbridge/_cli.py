@@ -12,6 +12,7 @@ import trio
 
 from ._check import CHECK_TIMEOUT, check_all
 from ._config import Config, InvalidConfig, load_config
+from ._errors import ChatBridgeError, ConfigurationError
 from ._logs import configure_logging
 from ._service import ExitCode, mounts, run_service
 from ._supervise import describe
@@ -59,10 +60,25 @@ def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> 
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 128 + 2
     except Exception as exc:
-        log.critical("stopped by an unexpected error: %s", describe(exc), exc_info=exc)
-        return ExitCode.ERROR
+        error = _innermost(exc)
+        if not isinstance(error, ChatBridgeError):
+            log.critical("stopped by an unexpected error: %s", describe(exc), exc_info=exc)
+            return ExitCode.ERROR
+        # Ours say what to do (a store that cannot be opened, a port in use): one line; the
+        # traceback is for -v.
+        log.critical("stopped: %s", describe(error))
+        log.debug("the traceback", exc_info=exc)
+        return ExitCode.CONFIG if isinstance(error, ConfigurationError) else ExitCode.ERROR
     log.info("stopped (exit code %d)", code)
     return code
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The one error inside nested exception groups of one error each (what Trio's nurseries
+    make of an error raised in a task), or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def check_command(path: str, *, timeout: float = CHECK_TIMEOUT) -> int:
@@ -76,7 +92,14 @@ def check_command(path: str, *, timeout: float = CHECK_TIMEOUT) -> int:
     except InvalidConfig as exc:
         print(exc, file=sys.stderr)
         return ExitCode.CONFIG
-    results = trio.run(check_all, bridge.connectors, store_from_url(config.store), timeout)
+    try:
+        results = trio.run(check_all, bridge.connectors, store_from_url(config.store), timeout)
+    except Exception as exc:
+        error = _innermost(exc)
+        if not isinstance(error, ChatBridgeError):
+            raise
+        print(f"store: {describe(error)}", file=sys.stderr)  # the only error check_all raises
+        return ExitCode.ERROR
     width = max(len(r.name) for r in results)
     for result in results:
         print(f"{'ok' if result.ok else 'FAILED':<6} {result.name:<{width}}  {result.detail}")

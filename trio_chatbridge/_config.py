@@ -29,7 +29,7 @@ from ._debounce import Debounce
 from ._dispatch import Agent
 from ._errors import ConfigurationError
 from ._supervise import Backoff
-from .stores import store_from_url
+from .stores import SQLiteStore, store_from_url
 
 DEFAULT_STORE: Final = "sqlite:///chatbridge.db"
 _REFERENCE: Final = re.compile(r"\$(?:\$|\{([^}]*)\})")
@@ -361,9 +361,12 @@ def _semantic_problems(config: Config, base: Path) -> list[Problem]:
     """What pydantic cannot see: the store URL, the agent's import, the connectors' own checks."""
     problems = []
     try:
-        store_from_url(config.store)
+        store = store_from_url(config.store)
     except ConfigurationError as exc:
         problems.append(Problem("store", str(exc)))
+    else:
+        if isinstance(store, SQLiteStore) and (why := _unwritable(store.path)):
+            problems.append(Problem("store", why))
     if str(base) not in sys.path:  # the agent module usually sits next to its config
         sys.path.insert(0, str(base))
     try:
@@ -377,6 +380,22 @@ def _semantic_problems(config: Config, base: Path) -> list[Problem]:
             twice = _twice(config.connectors[earlier], connector, earlier)
             problems.append(Problem(f"connectors[{index}]", twice))
     return problems
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the SQLite file at ``path`` cannot be created or written, if it cannot: said at
+    start, not as a traceback once the bridge opens it."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    file = Path(path)
+    if file.is_dir():
+        return f"{file} is a directory: name a file in it, as sqlite:///{file / 'chatbridge.db'}"
+    if not file.parent.is_dir():
+        return f"the directory {file.parent} does not exist: create it, or name another path"
+    target = file if file.exists() else file.parent
+    if not os.access(target, os.W_OK):
+        return f"{target} is not writable by this user: change its permissions or name another path"
+    return None
 
 
 def _twice(first: ConnectorConfig, again: ConnectorConfig, earlier: int) -> str:

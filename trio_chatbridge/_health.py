@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -25,7 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 from . import _redact
 from ._asgi import ASGIApp, Receive, Scope, Send, answer_lifespan
 from ._bridge import Bridge
-from ._errors import ConfigurationError
+from ._errors import ChatBridgeError, ConfigurationError
 from ._metrics import bridge_registry
 
 JSON: Final = b"application/json"
@@ -122,7 +123,9 @@ async def serve_http(
     app: ASGIApp, listen: str, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve ``app`` on ``listen`` (``host:port``) with hypercorn until cancelled;
-    ``nursery.start`` returns the bound URLs (port 0 picks a free port)."""
+    ``nursery.start`` returns the bound URLs (port 0 picks a free port). An address that cannot
+    be bound (taken, or not this machine's) is a :class:`ChatBridgeError` naming it, raised
+    from ``nursery.start``."""
     try:
         from hypercorn.config import Config
         from hypercorn.trio import serve
@@ -133,4 +136,20 @@ async def serve_http(
     config.accesslog = None
     config.errorlog = _redact.guard(HYPERCORN_LOG)  # through the logging preset
     HYPERCORN_LOG.addFilter(_startup_line)  # the same function is never added twice
+    _check_bind(listen)
     await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def _check_bind(listen: str) -> None:
+    """Raise :class:`ChatBridgeError` naming ``listen`` if it cannot be bound (taken, or not
+    this machine's address): hypercorn's own error says neither, and leaves its socket open."""
+    host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, int(port)), family=family).close()
+    except OSError as error:
+        raise ChatBridgeError(
+            f"http.listen: cannot listen on {listen}: {error}; stop what uses that address, "
+            "or choose another (port 0 picks a free one)"
+        ) from error

@@ -92,12 +92,13 @@ async def run_service(
                 await bridge.run(task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped: the endpoint and the watchers too
 
-            await nursery.start(bridge_life)
             urls: list[str] = []
-            if app is not None and http is not None:
-                app.accepting = True
+            if app is not None and http is not None:  # first: a taken port accepts nothing
                 urls = await nursery.start(serve_http, app, http.listen)
                 log.info("endpoint on %s (/healthz, /readyz, /metrics)", ", ".join(urls))
+            await nursery.start(bridge_life)
+            if app is not None:
+                app.accepting = True
             task_status.started(urls)
 
             async def watch_failures() -> None:
