@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import string
 import subprocess
 import sys
@@ -15,13 +16,14 @@ from typing import Final
 import httpx
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
 import trio_chatbridge as cb
 from trio_chatbridge._config import HttpConfig, InvalidConfig, load_config
 from trio_chatbridge._redact import redact
-from trio_chatbridge._service import run_service
+from trio_chatbridge._service import ExitCode, run_service
 from trio_chatbridge.platforms import wecom
 from trio_chatbridge.testing import FakeConnector
 
@@ -159,3 +161,33 @@ def test_a_store_that_cannot_be_opened_stops_run_and_check_with_one_line(tmp_pat
             result.stderr,
             re.M,
         ), result.stderr
+
+
+# -- signals ------------------------------------------------------------------------------------
+
+
+class _LockedStore(cb.MemoryStore):
+    """A store whose opening waits, as one held by another process does (cancellable)."""
+
+    async def open(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_signal_while_the_store_is_still_opening_stops_at_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    bridge = cb.Bridge([FakeConnector()], _echo, store=_LockedStore())
+    codes: list[int] = []
+
+    async def program() -> None:
+        codes.append(await run_service(bridge))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(program)
+            await trio.sleep(5)
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert codes == [ExitCode.OK]
+    assert trio.current_time() < 6  # not after the store, which never opens
+    assert "SIGTERM while starting: stopping" in caplog.text

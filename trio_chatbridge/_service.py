@@ -70,6 +70,10 @@ async def run_service(
     ``nursery.start`` returns the endpoint's URLs (none without ``http``) once the bridge
     accepts work. Must run in the main thread (it handles SIGINT and SIGTERM).
 
+    A signal while it starts (a store that waits for a lock) stops it at once, and it returns
+    0 without calling ``task_status.started``: nothing was accepted yet. A start that is not
+    cancellable (a SQLite file being opened in its thread) is waited for.
+
     Cancelled, the bridge stops at once, as after a second signal (connectors within
     ``close_timeout``), the endpoint closes, and Cancelled goes on.
     """
@@ -87,19 +91,25 @@ async def run_service(
 
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
+            started = False
+
+            async def watch_signals() -> None:
+                nonlocal outcome
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not started:  # nothing accepted yet: nothing to finish either
+                        log.info("%s while starting: stopping", name)
+                        nursery.cancel_scope.cancel()
+                    elif not stopping:
+                        stop(f"{name}: stopping gracefully (send it again to stop at once)")
+                    else:
+                        log.warning("%s again: stopping at once", name)
+                        outcome = 128 + signum
+                        nursery.cancel_scope.cancel()
 
             async def bridge_life(*, task_status: trio.TaskStatus[None]) -> None:
                 await bridge.run(task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped: the endpoint and the watchers too
-
-            urls: list[str] = []
-            if app is not None and http is not None:  # first: a taken port accepts nothing
-                urls = await nursery.start(serve_http, app, http.listen)
-                log.info("endpoint on %s (/healthz, /readyz, /metrics)", ", ".join(urls))
-            await nursery.start(bridge_life)
-            if app is not None:
-                app.accepting = True
-            task_status.started(urls)
 
             async def watch_failures() -> None:
                 nonlocal outcome
@@ -110,15 +120,16 @@ async def run_service(
                 outcome = ExitCode.ALL_FAILED
                 stop(f"every connector failed for good: stopping (exit code {outcome})")
 
+            nursery.start_soon(watch_signals)  # a start that waits (a locked store) can be stopped
+            urls: list[str] = []
+            if app is not None and http is not None:  # first: a taken port accepts nothing
+                urls = await nursery.start(serve_http, app, http.listen)
+                log.info("endpoint on %s (/healthz, /readyz, /metrics)", ", ".join(urls))
+            await nursery.start(bridge_life)
+            if app is not None:
+                app.accepting = True
+            started = True
+            task_status.started(urls)
             if exit_when_all_failed:
                 nursery.start_soon(watch_failures)
-
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if not stopping:
-                    stop(f"{name}: stopping gracefully (send it again to stop at once)")
-                else:
-                    log.warning("%s again: stopping at once", name)
-                    outcome = 128 + signum
-                    nursery.cancel_scope.cancel()
     return outcome
