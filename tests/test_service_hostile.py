@@ -191,3 +191,41 @@ async def test_a_signal_while_the_store_is_still_opening_stops_at_once(
     assert codes == [ExitCode.OK]
     assert trio.current_time() < 6  # not after the store, which never opens
     assert "SIGTERM while starting: stopping" in caplog.text
+
+
+# -- the endpoint under hostile HTTP -------------------------------------------------------------
+
+
+async def test_the_endpoint_refuses_other_methods_and_outlives_hostile_clients() -> None:
+    bridge = cb.Bridge([FakeConnector()], _echo, store=cb.MemoryStore())
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient() as client:
+            urls = await nursery.start(
+                lambda task_status: run_service(
+                    bridge, http=HttpConfig(listen="127.0.0.1:0"), task_status=task_status
+                )
+            )
+            url = urls[0]
+            assert url.startswith("http://127.0.0.1:")  # where [http] listen said
+            port = int(url.rsplit(":", 1)[1])
+            for method in ("POST", "DELETE", "PUT"):
+                refused = await client.request(method, url + "/readyz", content=b"x" * 10_000)
+                assert (refused.status_code, refused.headers["allow"]) == (405, "GET, HEAD")
+            head = await client.head(url + "/healthz")
+            assert (head.status_code, head.content) == (200, b"")
+            # Clients that hold connections open mid-request, and one with a 200 kB header.
+            idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(50)]
+            for stream in idle:
+                await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            huge = await trio.open_tcp_stream("127.0.0.1", port)
+            try:  # refused with 431, or reset before the answer could be read
+                await huge.send_all(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 200_000 + b"\r\n\r\n")
+                answer = await huge.receive_some(100)
+            except trio.BrokenResourceError:
+                answer = b""
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer
+            assert (await client.get(url + "/healthz")).text == "ok\n"
+            assert (await client.get(url + "/nothing/here")).status_code == 404
+            for stream in [*idle, huge]:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()

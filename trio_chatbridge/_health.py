@@ -6,6 +6,8 @@
 - ``GET /metrics``: the Prometheus text format (see ``_metrics``).
 - Any other path under a mount (the WeCom webhook's, say) goes to that app.
 
+Another method than GET or HEAD on the three is answered 405 (their body unread).
+
 It is an ASGI app served by hypercorn's Trio worker (:func:`serve_http`); an application with
 its own Trio ASGI server can mount :func:`service_app` there instead.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -29,6 +31,7 @@ from ._bridge import Bridge
 from ._errors import ChatBridgeError, ConfigurationError
 from ._metrics import bridge_registry
 
+ENDPOINTS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 JSON: Final = b"application/json"
 # Our server's own child of hypercorn's error logger: its levels and handlers are hypercorn's,
 # and the start-up line is dropped on it alone (a hypercorn the application runs keeps its own).
@@ -81,6 +84,12 @@ class ServiceApp:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 await app(scope, receive, send)
                 return
+        if path in ENDPOINTS and scope["method"] not in ("GET", "HEAD"):
+            # Nothing here takes a body or changes anything: refused before reading one.
+            await _respond(
+                send, 405, TEXT, b"method not allowed: GET\n", [(b"allow", b"GET, HEAD")]
+            )
+            return
         await _drain(receive)
         if path == "/metrics":
             metrics = generate_latest(self._registry)
@@ -102,12 +111,18 @@ async def _drain(receive: Receive) -> None:
             return
 
 
-async def _respond(send: Send, status: int, content_type: bytes, body: bytes) -> None:
+async def _respond(
+    send: Send,
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type)],
+            "headers": [(b"content-type", content_type), *headers],
         }
     )
     await send({"type": "http.response.body", "body": body})
