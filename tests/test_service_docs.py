@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 from trio_chatbridge._config import load_config
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "service.md"
+QUICKSTART = DOCS.parent / "quickstart.md"
 
 AGENT = """\
 import trio_chatbridge as cb
@@ -62,3 +69,26 @@ def test_the_reference_shows_each_default_it_names(tmp_path: Path) -> None:
     for key in ("connectors", "http"):  # the examples: not defaults
         del documented[key], defaults[key]
     assert documented == defaults
+
+
+@pytest.mark.timeout(120)
+def test_the_quick_start_test_passes_where_the_page_says_to_save_it(tmp_path: Path) -> None:
+    """docs/quickstart.md step 4, in a directory of its own (not this project's, whose
+    pyproject.toml sets Trio mode), with the pytest.ini the page shows."""
+    page = QUICKSTART.read_text(encoding="utf-8")
+    step = page[page.index("## 4.") : page.index("## 5.")]
+    test = re.search(r"```python\n(.*?)```", step, re.S)
+    ini = re.search(r"\n\n((?:    .*\n)+)\n", step[step.index("```\n") :])
+    assert test is not None and ini is not None, "step 4 lost its test or its pytest.ini"
+    (tmp_path / "test_bot.py").write_text(test.group(1))
+    (tmp_path / "pytest.ini").write_text(textwrap.dedent(ini.group(1)))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_bot.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(DOCS.parent.parent)},
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
