@@ -229,3 +229,19 @@ async def test_the_endpoint_refuses_other_methods_and_outlives_hostile_clients()
             for stream in [*idle, huge]:
                 await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+def test_a_credential_written_in_the_file_is_named_and_one_from_outside_is_not(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "hostilebot.py").write_text(AGENT)
+    (tmp_path / "aes_key").write_text("k" * 43 + "\n")
+    config = tmp_path / "bot.toml"
+    config.write_text(
+        CONFIG.format(store="memory://", http="")  # connectors[0].secret is inline
+        + '\n[[connectors]]\nplatform = "wecom-webhook"\nbot_id = "bot-2"\n'
+        'token = "${HOOK_TOKEN}"\nencoding_aes_key = "${file:aes_key}"\n'
+        '\n[[connectors]]\nplatform = "lark"\napp_id = "cli_1"\napp_secret = "inline$$dollar"\n'
+    )
+    loaded = load_config(config, {"HOOK_TOKEN": "from-the-environment"})
+    assert loaded.inline_secrets == ("connectors[0].secret", "connectors[2].app_secret")

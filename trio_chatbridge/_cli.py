@@ -42,6 +42,8 @@ def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> 
     except InvalidConfig as exc:
         print(exc, file=sys.stderr)
         return ExitCode.CONFIG
+    for key in config.inline_secrets:
+        log.warning("%s: %s", path, _inline(key))
     log.info(
         "starting %s with %d connector(s): %s",
         path,
@@ -73,6 +75,14 @@ def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> 
     return code
 
 
+def _inline(key: str) -> str:
+    """What to say of a credential written in the configuration file itself."""
+    return (
+        f"{key} is written in the file: whoever reads the file (a repository, an image) has "
+        "it; take it from the environment (${NAME}) or a secret file (${file:PATH})"
+    )
+
+
 def _innermost(exc: BaseException) -> BaseException:
     """The one error inside nested exception groups of one error each (what Trio's nurseries
     make of an error raised in a task), or ``exc`` itself."""
@@ -87,6 +97,8 @@ def check_command(path: str, *, timeout: float = CHECK_TIMEOUT) -> int:
     if config is None:
         return ExitCode.CONFIG
     print(f"{path}: configuration valid")
+    for key in config.inline_secrets:
+        print(f"note: {_inline(key)}")
     try:
         bridge = config.build_bridge(config.load_agent(), path)
     except InvalidConfig as exc:

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import attrs
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
 from ._bridge import Bridge
 from ._connector import Connector
@@ -217,6 +217,13 @@ class Config(_Model):
     http: HttpConfig | None = None
     log: LogConfig = LogConfig()
     connectors: list[ConnectorConfig] = Field(min_length=1)
+    _inline_secrets: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def inline_secrets(self) -> tuple[str, ...]:
+        """Key paths of credentials written in the file itself rather than taken from the
+        environment or a file (``${...}``): whoever can read the file has them."""
+        return self._inline_secrets
 
     def load_agent(self) -> Agent:
         """Import the agent; :class:`ConfigurationError` says why it cannot be used."""
@@ -290,7 +297,23 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     problems.extend(_semantic_problems(config, source.parent))
     if problems:
         raise InvalidConfig(str(source), problems)
+    config._inline_secrets = _inline_secrets(raw, config)
     return config
+
+
+def _inline_secrets(raw: Mapping[str, Any], config: Config) -> tuple[str, ...]:
+    """The key paths of ``config``'s credentials whose text in the file has no ``${...}``."""
+    found = []
+    for index, settings in enumerate(config.connectors):
+        written = raw["connectors"][index]
+        for name, value in settings:
+            text = written.get(name)
+            referenced = isinstance(text, str) and any(
+                m.group(1) is not None for m in _REFERENCE.finditer(text)
+            )
+            if isinstance(value, SecretStr) and not referenced:
+                found.append(f"connectors[{index}].{name}")
+    return tuple(found)
 
 
 @attrs.frozen
