@@ -422,3 +422,38 @@ def test_an_error_raised_on_interrupt_inside_a_stream_block_is_the_runs_failure(
                 raise LookupError("cleanup failed") from None
 
     assert run_asyncio_interrupt(agent, started).failures == 1
+
+
+def test_an_asyncio_agent_that_returns_no_coroutine_fails_its_runs_saying_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def not_async(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        pass
+
+    async def main() -> None:
+        chat = FakeConnector()
+        bridge = bridge_for(not_async, chat)  # type: ignore[arg-type]
+        async with cb.asyncio_bridge(bridge) as running:
+            await running.call(partial(chat.say, "hello", chat="a"))
+        assert (bridge.stats().failures, list(chat.sent)) == (1, [])  # the stop ran it
+
+    run_asyncio(main)
+    assert "asyncio_agent(" in caplog.text
+    assert "not_async) returned NoneType, not a coroutine: write 'async def" in caplog.text
+
+
+def test_asyncio_bridge_twice_on_one_loop_or_under_trio_says_what_to_do() -> None:
+    async def twice() -> None:
+        async with cb.asyncio_bridge(bridge_for(reply_ok, FakeConnector())):
+            with pytest.raises(cb.ConfigurationError, match="one asyncio_bridge at a time"):
+                async with cb.asyncio_bridge(bridge_for(reply_ok, FakeConnector())):
+                    pytest.fail("entered a second guest run")
+
+    run_asyncio(twice)
+
+    async def under_trio() -> None:
+        async with cb.asyncio_bridge(bridge_for(reply_ok, FakeConnector())):
+            pytest.fail("entered without asyncio")
+
+    with pytest.raises(cb.ConfigurationError, match=r"under Trio, start bridge\.run in a nursery"):
+        trio.run(under_trio)

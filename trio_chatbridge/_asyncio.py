@@ -138,7 +138,18 @@ async def asyncio_bridge(bridge: Bridge) -> AsyncIterator[AsyncioBridge]:
     start), the wait goes on until the Trio run has ended, and then the exception is raised:
     the loop never stops under a running guest. One guest run per loop at a time (Trio's rule).
     """
-    loop = asyncio.get_running_loop()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigurationError(
+            "asyncio_bridge runs a bridge inside an asyncio application; under Trio, start "
+            "bridge.run in a nursery or use trio_chatbridge.open_bridge"
+        ) from None
+    if trio.lowlevel.in_trio_run():
+        raise ConfigurationError(
+            "a Trio run is going on in this thread already (another asyncio_bridge block?): "
+            "one asyncio_bridge at a time per event loop; give one bridge every connector"
+        )
     host = _Host(loop, contextvars.copy_context())
     started: asyncio.Future[_Portal] = loop.create_future()
     done: asyncio.Future[outcome.Outcome[None]] = loop.create_future()
@@ -228,6 +239,10 @@ def _unwrap(result: outcome.Outcome[None]) -> None:
         raise error from None
 
 
+def _name(function: object) -> str:
+    return str(getattr(function, "__qualname__", None) or function)
+
+
 def asyncio_agent(agent: AsyncioAgent) -> Agent:
     """Wrap an asyncio agent so a bridge run by :func:`asyncio_bridge` can call it.
 
@@ -250,6 +265,11 @@ def asyncio_agent(agent: AsyncioAgent) -> Agent:
         async with trio.open_nursery() as calls:
             portal = _Portal(host.loop, calls, "this reply's agent run is over: it cannot send")
             coro = agent(batch, AsyncioReply._create(reply, portal))
+            if not asyncio.iscoroutine(coro):
+                raise ConfigurationError(
+                    f"asyncio_agent({_name(agent)}) returned {type(coro).__name__}, not a "
+                    "coroutine: write 'async def agent(batch, reply)'"
+                )
             task = host.loop.create_task(coro, context=host.context.copy())
             try:
                 await _wait_for(task)
