@@ -314,3 +314,45 @@ def test_a_malformed_store_url_is_a_configuration_error(url: str) -> None:
     """Not a ValueError out of urllib: run and check report configuration errors only."""
     with pytest.raises(cb.ConfigurationError, match="store URL"):
         store_from_url(url)
+
+
+VALUES_BASE = """\
+agent = "cfgbot:agent"
+store = "memory://"
+{top}
+
+[[connectors]]
+platform = "{platform}"
+{connector}
+"""
+
+
+@pytest.mark.parametrize(
+    ("top", "platform", "connector", "key", "said"),
+    [
+        ("[http]\nlisten = '127.0.0.1:99999'", "wecom", "", "http.listen", "above 65535"),
+        ("[debounce]\nwindow = nan", "wecom", "", "debounce.window", "finite number"),
+        ("shutdown_grace = inf", "wecom", "", "shutdown_grace", "finite number"),
+        ("[backoff]\nmultiplier = inf", "wecom", "", "backoff.multiplier", "finite number"),
+        ("[backoff]\ninitial = 100\nmaximum = 1", "wecom", "", "backoff", "initial <= maximum"),
+        ("", "wecom", "url = 'http://127.0.0.1:9/'", "connectors[0].url", "write wss://"),
+        ("", "lark", "domain = 'feishu.cn'", "connectors[0].domain", "'feishu' or 'lark' or"),
+        ("", "weixin", "base_url = '127.0.0.1:9'", "connectors[0].base_url", "write https://"),
+    ],
+)
+def test_values_that_would_fail_only_once_running_are_problems_at_their_key(
+    tmp_path: Path, top: str, platform: str, connector: str, key: str, said: str
+) -> None:
+    """Before, each passed validation and then failed at start (a traceback, an OverflowError
+    binding the port) or at every connector start (a ValueError about the URL)."""
+    credentials = {
+        "wecom": "bot_id = 'b'\nsecret = '${S}'",
+        "lark": "app_id = 'cli_1'\napp_secret = '${S}'",
+        "weixin": "account = 'wx'\ntoken = '${S}'",
+    }[platform]
+    toml = VALUES_BASE.format(top=top, platform=platform, connector=f"{credentials}\n{connector}")
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, toml), {"S": "secret-value"})
+    [problem] = caught.value.problems
+    assert problem.path == key
+    assert said in problem.message

@@ -21,7 +21,15 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import attrs
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+)
 
 from ._bridge import Bridge
 from ._connector import Connector
@@ -59,7 +67,26 @@ class InvalidConfig(ConfigurationError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML has inf and nan: neither is a duration, a count or a factor anyone means.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _url_of(*schemes: str, names: tuple[str, ...] = ()) -> AfterValidator:
+    """A string that is a URL with one of ``schemes`` and a host (or one of ``names``), said
+    so when it is not."""
+    shape = re.compile(rf"(?:{'|'.join(schemes)})://[^\s/?#]+[^\s]*")
+    expected = " or ".join([*(repr(name) for name in names), f"{schemes[0]}://host[:port]/path"])
+
+    def check(value: str) -> str:
+        if value not in names and not shape.fullmatch(value):
+            raise ValueError(f"{value!r} is not a URL: write {expected}")
+        return value
+
+    return AfterValidator(check)
+
+
+HttpUrl: TypeAlias = Annotated[str, _url_of("https", "http")]
+WebSocketUrl: TypeAlias = Annotated[str, _url_of("wss", "ws")]
 
 
 class DebounceConfig(_Model):
@@ -86,6 +113,13 @@ class HttpConfig(_Model):
     listen: str = Field(default="127.0.0.1:8080", pattern=r"^\[?[^\s\]]*\]?:\d{1,5}$")
     """``host:port`` (port 0 picks a free one)."""
 
+    @field_validator("listen")
+    @classmethod
+    def _port(cls, listen: str) -> str:
+        if int(listen.rpartition(":")[2]) > 65535:
+            raise ValueError("the port is above 65535")
+        return listen
+
 
 class LogConfig(_Model):
     """``[log]``: the logging preset (the command line's ``--log-json``/``-v`` win)."""
@@ -101,8 +135,8 @@ class WeixinConfig(_Model):
     account: str = Field(min_length=1)
     token: SecretStr | None = None
     """None: the token ``weixin-login`` kept in the store."""
-    base_url: str | None = None
-    cdn_base_url: str | None = None
+    base_url: HttpUrl | None = None
+    cdn_base_url: HttpUrl | None = None
 
     @property
     def name(self) -> str:
@@ -125,7 +159,7 @@ class WeComConfig(_Model):
     platform: Literal["wecom"]
     bot_id: str = Field(min_length=1)
     secret: SecretStr
-    url: str | None = None
+    url: WebSocketUrl | None = None
     """The WebSocket URL (default: WeCom's own)."""
 
     @property
@@ -172,7 +206,7 @@ class LarkConfig(_Model):
     platform: Literal["lark"]
     app_id: str = Field(min_length=1)
     app_secret: SecretStr
-    domain: str = "feishu"
+    domain: Annotated[str, _url_of("https", "http", names=("feishu", "lark"))] = "feishu"
     """``"feishu"``, ``"lark"`` or a base URL."""
     bot_open_id: str | None = None
 
@@ -371,7 +405,7 @@ def _problems(error: pydantic.ValidationError) -> list[Problem]:
         # A connector's location names the platform it was validated as: not a key of the file.
         if len(location) > 2 and location[0] == "connectors" and isinstance(location[1], int):
             del location[2]
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")  # ours say what is wrong
         if item["type"] == "extra_forbidden":
             message = "unknown key (misspelt?)"
         elif item["type"] == "union_tag_invalid":
@@ -390,6 +424,11 @@ def _semantic_problems(config: Config, base: Path) -> list[Problem]:
     else:
         if isinstance(store, SQLiteStore) and (why := _unwritable(store.path)):
             problems.append(Problem("store", why))
+    for key, build in (("debounce", Debounce), ("backoff", Backoff)):
+        try:  # their own checks, across keys (initial <= maximum, say)
+            build(**getattr(config, key).model_dump())
+        except ConfigurationError as exc:
+            problems.append(Problem(key, str(exc)))
     if str(base) not in sys.path:  # the agent module usually sits next to its config
         sys.path.insert(0, str(base))
     try:
