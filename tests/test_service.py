@@ -412,7 +412,14 @@ async def test_check_reports_each_connector_against_emulators(tmp_path: Path) ->
             nursery.cancel_scope.cancel()
     out = result.stdout.decode()
     assert result.returncode == 1, out + result.stderr.decode()
-    lines = out.splitlines()
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    lines = [line for line in out.splitlines() if not line.startswith("note: ")]
+    assert [note.split()[1] for note in notes] == [  # each secret is written in the file
+        "connectors[0].secret",
+        "connectors[1].app_secret",
+        "connectors[2].secret",
+        "connectors[3].app_secret",
+    ]
     assert lines[0] == f"{config}: configuration valid"
     assert re.match(rf"ok +wecom:{wecom.bot_id} +connected", lines[1])
     assert re.match(rf"ok +lark:{lark.app_id} +connected", lines[2])
