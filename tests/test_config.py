@@ -316,6 +316,13 @@ def test_a_malformed_store_url_is_a_configuration_error(url: str) -> None:
         store_from_url(url)
 
 
+MINIMAL_CONNECTOR = """
+[[connectors]]
+platform = "wecom"
+bot_id = "bot-1"
+secret = "s"
+url = "ws://127.0.0.1:9/"
+"""
 VALUES_BASE = """\
 agent = "cfgbot:agent"
 store = "memory://"
@@ -356,3 +363,24 @@ def test_values_that_would_fail_only_once_running_are_problems_at_their_key(
     [problem] = caught.value.problems
     assert problem.path == key
     assert said in problem.message
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        ("raise RuntimeError('no API key')\n", "raised RuntimeError: no API key ({file}, line 1)"),
+        ("def agent(:\n", "raised SyntaxError: invalid syntax ({file}, line 1)"),
+    ],
+)
+def test_an_agent_module_that_fails_as_it_is_imported_is_one_problem_saying_where(
+    tmp_path: Path, code: str, said: str
+) -> None:
+    """It was a traceback out of ``run`` with exit code 1."""
+    module = tmp_path / "cfgbot_broken_at_import.py"
+    config = write(tmp_path, 'agent = "cfgbot_broken_at_import:agent"\n' + MINIMAL_CONNECTOR)
+    module.write_text(code)
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(config, {})
+    [problem] = caught.value.problems
+    assert problem.path == "agent"
+    assert problem.message == f"importing 'cfgbot_broken_at_import' {said.format(file=module)}"

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tomllib
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeAlias
@@ -266,6 +267,11 @@ class Config(_Model):
             target: Any = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+        except Exception as exc:  # the module's own code failed: say where, in one line
+            said = exc.msg if isinstance(exc, SyntaxError) else exc  # its str says where too
+            raise ConfigurationError(
+                f"importing {module_name!r} raised {type(exc).__name__}: {said} ({_where(exc)})"
+            ) from exc
         for name in attribute.split("."):
             try:
                 target = getattr(target, name)
@@ -442,6 +448,14 @@ def _semantic_problems(config: Config, base: Path) -> list[Problem]:
             twice = _twice(config.connectors[earlier], connector, earlier)
             problems.append(Problem(f"connectors[{index}]", twice))
     return problems
+
+
+def _where(exc: Exception) -> str:
+    """``file, line N``: where the error was raised (a syntax error: where it is)."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}, line {exc.lineno}"
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{frame.filename}, line {frame.lineno}"
 
 
 def _unwritable(path: str) -> str | None:
