@@ -25,8 +25,11 @@ PUBLIC_MODULES = (
 # (A ``context_token`` or a media ``aes_key`` is not one: each comes with a message.)
 SECRET_PARAMETER = re.compile(r"(token|secret|app_secret|encoding_aes_key|password)")
 SHORTEST_SECRET = 8  # characters: shorter test values ("token") are ordinary words in logs
-# A query parameter that carries a credential, with a value that was not redacted.
-CREDENTIAL_IN_URL = re.compile(r"[?&](access_key|ticket|encrypted_query_param)=(?!\*\*\*)[^&\s'\"]")
+# A query parameter that carries a credential, or a URL user part's password, not redacted.
+CREDENTIAL_IN_URL = re.compile(
+    r"[?&](access_key|ticket|encrypted_query_param)=(?!\*\*\*)[^&\s'\"]"
+    r"|\b(?i:https?|wss?|rediss?)://[^:@/\s]*:(?!\*\*\*@)[^@/\s]+@"  # a user part's password
+)
 
 COMPACT_AT = 1024  # references to what a test made, at least, before dead ones are dropped
 
