@@ -14,11 +14,12 @@ from ._check import CHECK_TIMEOUT, check_all
 from ._config import Config, InvalidConfig, load_config
 from ._errors import ChatBridgeError, ConfigurationError
 from ._logs import configure_logging
+from ._redact import guard
 from ._service import ExitCode, mounts, run_service
 from ._supervise import describe
 from .stores import store_from_url
 
-log = logging.getLogger("trio_chatbridge.service")
+log = guard(logging.getLogger("trio_chatbridge.service"))  # redacted before any bridge runs
 
 
 def _load(path: str) -> Config | None:
@@ -62,8 +63,8 @@ def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> 
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 128 + 2
     except Exception as exc:
-        error = _innermost(exc)
-        if not isinstance(error, ChatBridgeError):
+        error = _ours(exc)
+        if error is None:
             log.critical("stopped by an unexpected error: %s", describe(exc), exc_info=exc)
             return ExitCode.ERROR
         # Ours say what to do (a store that cannot be opened, a port in use): one line; the
@@ -83,12 +84,12 @@ def _inline(key: str) -> str:
     )
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    """The one error inside nested exception groups of one error each (what Trio's nurseries
-    make of an error raised in a task), or ``exc`` itself."""
+def _ours(exc: BaseException) -> ChatBridgeError | None:
+    """``exc`` if it is one of our errors, or the one error inside nested exception groups of
+    one error each (what Trio's nurseries make of an error raised in a task); else None."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc
+    return exc if isinstance(exc, ChatBridgeError) else None
 
 
 def check_command(path: str, *, timeout: float = CHECK_TIMEOUT) -> int:
@@ -107,8 +108,8 @@ def check_command(path: str, *, timeout: float = CHECK_TIMEOUT) -> int:
     try:
         results = trio.run(check_all, bridge.connectors, store_from_url(config.store), timeout)
     except Exception as exc:
-        error = _innermost(exc)
-        if not isinstance(error, ChatBridgeError):
+        error = _ours(exc)
+        if error is None:
             raise
         print(f"store: {describe(error)}", file=sys.stderr)  # the only error check_all raises
         return ExitCode.ERROR
