@@ -63,10 +63,10 @@ class ServiceApp:
             "connectors": {
                 name: {
                     "state": s.state,
-                    "detail": _redact.redact(s.detail) if s.detail else s.detail,
+                    "detail": _shown(s.detail),
                     "restarts": s.restarts,
                     "connects": s.connects,
-                    "last_error": _redact.redact(s.last_error) if s.last_error else None,
+                    "last_error": _shown(s.last_error),
                 }
                 for name, s in statuses.items()
             },
@@ -101,6 +101,11 @@ class ServiceApp:
             await _respond(send, 200 if ready else 503, JSON, json.dumps(body).encode())
         else:
             await _respond(send, 404, TEXT, b"not found: try /healthz, /readyz or /metrics\n")
+
+
+def _shown(text: str | None) -> str | None:
+    """``text`` as /readyz shows it: a URL's credentials redacted, as in the log."""
+    return None if text is None else _redact.redact(text)
 
 
 async def _drain(receive: Receive) -> None:
