@@ -44,6 +44,29 @@ def test_mentions_resolve_longest_placeholder_first_and_the_bots_leaves_the_text
     assert message.timestamp == 1700000000.123
 
 
+def test_each_placeholder_is_resolved_once_in_the_text_as_it_came() -> None:
+    """Names were put in place one mention after the other, each replace reading what the one
+    before wrote: an empty key, or a name holding a later mention's key, multiplied the text
+    (ten mentions of an event of a few hundred bytes asked for more memory than there is)."""
+    a_lot = [{"key": "a", "id": {"open_id": "ou_a"}, "name": "a" * 50}] * 10
+    empty = [{"key": "", "id": {"open_id": "ou_e"}, "name": "Empty"}]
+    empty_bot = [{"key": "", "id": {"open_id": "ou_bot"}, "name": "Bot"}]
+    chained = [
+        {"key": "@_user_1", "id": {"open_id": "ou_1"}, "name": "_user_2 and @_user_2"},
+        {"key": "@_user_2", "id": {"open_id": "ou_2"}, "name": "Two"},
+    ]
+    for mentions, text, shown in [
+        (a_lot, "a b a", "@" + "a" * 50 + " b @" + "a" * 50),
+        (empty, "hello world", "hello world"),
+        (empty_bot, "hello world", "hello world"),
+        (chained, "@_user_1 then @_user_2", "@_user_2 and @_user_2 then @Two"),
+    ]:
+        event = envelope("text", {"text": text}, mentions=mentions)
+        message = lark.to_message("app", event, "ou_bot")
+        assert message is not None
+        assert message.text == shown
+
+
 def test_a_post_is_flattened_to_its_title_and_lines() -> None:
     post = {"zh_cn": {"title": "T", "content": [[{"tag": "text", "text": "line one"}]]}}
     message = lark.to_message("app", envelope("post", post), None)

@@ -8,7 +8,9 @@ as plain JSON. See ``docs/protocols/lark.md#message-events``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -164,21 +166,41 @@ def _text_parts(
 ) -> tuple[list[Part], bool]:
     """The text with its mentions resolved, and whether the bot was one of them.
 
-    Longer placeholders are replaced first, so ``@_user_10`` is never read as ``@_user_1``.
+    Longer placeholders are tried first, so ``@_user_10`` is never read as ``@_user_1``.
     """
     parts: list[Part] = []
     addressed = False
+    shown: list[tuple[str, str]] = []  # (placeholder, what it becomes): "" for the bot's
     for mention in sorted(mentions, key=lambda m: -len(m.key)):
         key, name = mention.key, mention.name
         open_id = (mention.id.open_id if mention.id is not None else None) or ""
-        if bot_open_id and open_id == bot_open_id:
-            addressed = True
-            text = text.replace(key + " ", "").replace(key, "")
-        else:
-            text = text.replace(key, f"@{name}")
+        is_bot = bool(bot_open_id) and open_id == bot_open_id
+        addressed = addressed or is_bot
+        if key:  # an empty one is no placeholder
+            shown.append((key, "" if is_bot else f"@{name}"))
         parts.append(Mention(open_id, name or None))
-    parts.append(Text(text.strip()))
+    parts.append(Text(_resolved(text, shown).strip()))
     return parts, addressed
+
+
+def _resolved(text: str, shown: list[tuple[str, str]]) -> str:
+    """``text`` with each placeholder of ``shown`` replaced, in one pass over the text as it
+    came: a name is never read again for a placeholder (a name holding one, replaced in
+    turn, multiplied the text); the bot's, removed, takes a space after it along."""
+    if len(shown) == 1:  # the usual group message: one pass of str.replace is that already
+        key, value = shown[0]
+        return text.replace(key, value) if value else text.replace(key + " ", "").replace(key, "")
+    if not shown:
+        return text
+    placeholders = tuple(shown)
+    return _placeholders(placeholders)(lambda found: placeholders[found.lastindex - 1][1], text)
+
+
+@functools.lru_cache(maxsize=256)
+def _placeholders(shown: tuple[tuple[str, str], ...]) -> Callable[..., str]:
+    """A ``sub`` of one pattern matching each placeholder in its own group, in order."""
+    groups = (f"({re.escape(key)}{'' if value else ' ?'})" for key, value in shown)
+    return re.compile("|".join(groups)).sub
 
 
 def _media_part(msgtype: str | None, content: Mapping[str, Any], message_id: str) -> Part | None:
