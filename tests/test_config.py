@@ -384,3 +384,34 @@ def test_an_agent_module_that_fails_as_it_is_imported_is_one_problem_saying_wher
     [problem] = caught.value.problems
     assert problem.path == "agent"
     assert problem.message == f"importing 'cfgbot_broken_at_import' {said.format(file=module)}"
+
+
+WEBHOOK = """
+[[connectors]]
+platform = "wecom-webhook"
+bot_id = "{bot}"
+token = "${{S}}"
+encoding_aes_key = "${{S}}"
+path = "{path}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("paths", "said"),
+    [
+        (["/"], "'/' would take /healthz, /metrics, /readyz from the endpoint"),
+        (["/healthz"], "'/healthz' would take /healthz from the endpoint"),
+        (["/wecom", "/wecom"], "'/wecom' is connectors[0]'s path too"),
+    ],
+)
+def test_a_webhook_path_that_would_take_another_ones_requests_is_a_problem(
+    tmp_path: Path, paths: list[str], said: str
+) -> None:
+    """The mount answers first: a probe of /healthz reached the webhook, which refused it."""
+    webhooks = "".join(WEBHOOK.format(bot=f"bot-{i}", path=p) for i, p in enumerate(paths))
+    toml = 'agent = "cfgbot:agent"\nstore = "memory://"\n[http]\nlisten = "127.0.0.1:0"\n'
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, toml + webhooks), {"S": "k" * 43})
+    [problem] = caught.value.problems
+    assert problem.path == f"connectors[{len(paths) - 1}].path"
+    assert problem.message.startswith(said)

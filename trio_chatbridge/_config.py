@@ -37,6 +37,7 @@ from ._connector import Connector
 from ._debounce import Debounce
 from ._dispatch import Agent
 from ._errors import ConfigurationError
+from ._health import ENDPOINTS
 from ._supervise import Backoff
 from .stores import SQLiteStore, store_from_url
 
@@ -447,6 +448,36 @@ def _semantic_problems(config: Config, base: Path) -> list[Problem]:
         if earlier != index:
             twice = _twice(config.connectors[earlier], connector, earlier)
             problems.append(Problem(f"connectors[{index}]", twice))
+    problems.extend(_mount_problems(config))
+    return problems
+
+
+def _mount_problems(config: Config) -> list[Problem]:
+    """Webhook paths that would take the endpoint's own paths, or each other's requests: the
+    mount answers first, so a probe of /healthz would reach WeCom's callback handler."""
+    problems = []
+    taken: dict[str, int] = {}
+    for index, connector in enumerate(config.connectors):
+        if not isinstance(connector, WeComWebhookConfig):
+            continue
+        prefix = connector.path.rstrip("/") + "/"
+        shadowed = sorted(e for e in ENDPOINTS if e == connector.path or e.startswith(prefix))
+        if shadowed:
+            problems.append(
+                Problem(
+                    f"connectors[{index}].path",
+                    f"{connector.path!r} would take {', '.join(shadowed)} from the endpoint: "
+                    "give the webhook a path of its own, as /wecom",
+                )
+            )
+        earlier = taken.setdefault(connector.path, index)
+        if earlier != index:
+            problems.append(
+                Problem(
+                    f"connectors[{index}].path",
+                    f"{connector.path!r} is connectors[{earlier}]'s path too: give each its own",
+                )
+            )
     return problems
 
 
