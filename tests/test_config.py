@@ -415,3 +415,16 @@ def test_a_webhook_path_that_would_take_another_ones_requests_is_a_problem(
     [problem] = caught.value.problems
     assert problem.path == f"connectors[{len(paths) - 1}].path"
     assert problem.message.startswith(said)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["/dev/zero", "big"])
+def test_a_file_reference_reads_at_most_64_kib(tmp_path: Path, name: str) -> None:
+    """``${file:/dev/zero}`` read forever at start, and a log file by mistake whole."""
+    (tmp_path / "big").write_bytes(b"x" * (64 * 1024 + 1))
+    toml = GOOD.replace("${file:lark_secret}", f"${{file:{name}}}")
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, toml), {"WECOM_SECRET": "s"})
+    [problem] = caught.value.problems
+    assert problem.path == "connectors[1].app_secret"
+    assert "is over 64 KiB" in problem.message

@@ -42,6 +42,7 @@ from ._supervise import Backoff
 from .stores import SQLiteStore, store_from_url
 
 DEFAULT_STORE: Final = "sqlite:///chatbridge.db"
+MAX_FILE_VALUE_BYTES: Final = 64 * 1024  # what ${file:PATH} reads at most
 _REFERENCE: Final = re.compile(r"\$(?:\$|\{([^}]*)\})")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -366,7 +367,14 @@ class _Lookup:
         if reference.startswith("file:"):
             path = self.base / reference.removeprefix("file:")
             try:
-                return path.read_text(encoding="utf-8").removesuffix("\n")
+                with path.open("rb") as file:  # at most what a secret can be: not /dev/zero
+                    data = file.read(MAX_FILE_VALUE_BYTES + 1)
+                if len(data) > MAX_FILE_VALUE_BYTES:
+                    raise ConfigurationError(
+                        f"the file {str(path)!r} is over {MAX_FILE_VALUE_BYTES // 1024} KiB: "
+                        "not a secret or a value; name the file that holds it"
+                    )
+                return data.decode("utf-8").removesuffix("\n")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigurationError(f"cannot read the file {str(path)!r}: {exc}") from None
         name, has_default, default = reference.partition(":-")
