@@ -1143,9 +1143,9 @@ async def test_answers_are_read_with_a_cap(autojump_clock: trio.testing.MockCloc
         assert bridge.stats().protocol_errors == 1
         assert bridge.stats().other["weixin.poll_failures"] == 1
     assert refused == [
-        "weixin account bot: send failed, and is not sent again: the message may have reached "
-        "the user (WeChat would show a second copy as well): iLink ilink/bot/sendmessage "
-        "announces 1048577 bytes, over the 1048576-byte cap"
+        "weixin account bot: send failed: it may have reached the user and is not sent again "
+        "(WeChat would show a second copy as well): iLink ilink/bot/sendmessage announces "
+        "1048577 bytes, over the 1048576-byte cap"
     ]
 
 

@@ -60,14 +60,14 @@ log = logging.getLogger("trio_chatbridge.weixin")
 TOKEN_KEY: Final = "token"  # store keys written by `weixin-login`
 BASE_URL_KEY: Final = "base_url"
 CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
-# The reference clients' poll retries: a steady 2 s; the core's hint makes every third 30 s
-# (docs/protocols/weixin.md#retry-policy). Jittered, so that the accounts of a process that
-# an outage hit together do not poll again in lockstep.
+# The reference clients' poll retries: 2 s; the core's hint makes every third 30 s
+# (docs/protocols/weixin.md#retry-policy).
 POLL_JITTER: Final = 0.2
+"""The fraction of the 2 s either way a retry's wait is drawn in: the accounts of a process
+that an outage hit together do not poll again in lockstep."""
 NOT_SENT: Final = "send failed, the message was not sent"
-MAYBE_SENT: Final = (
-    "send failed, and is not sent again: the message may have reached the user (WeChat would "
-    "show a second copy as well)"
+UNCERTAIN: Final = (
+    "it may have reached the user and is not sent again (WeChat would show a second copy as well)"
 )
 
 
@@ -339,8 +339,8 @@ class LongPoll(base.Connector):
             await trio.lowlevel.checkpoint_if_cancelled()
             raise SendError(  # the piece cut off was asked for: it may have arrived
                 f"weixin account {self.account}: {sent} of the reply's {len(plan.items)} pieces "
-                f"went out within {plan.within:.0f} s (the platform answers slowly); the next "
-                f"{MAYBE_SENT.removeprefix('send failed, and ')}, and any after it were not sent"
+                f"went out within {plan.within:.0f} s (the platform answers slowly); of the "
+                f"next, {UNCERTAIN}; any after it were not sent"
             )
 
     async def _send_item(
@@ -364,7 +364,7 @@ class LongPoll(base.Connector):
             unsent = isinstance(exc.__cause__, httpx.ConnectError) or (
                 isinstance(exc, HTTPStatusError) and exc.status < 500
             )
-            gone = NOT_SENT if unsent else MAYBE_SENT
+            gone = NOT_SENT if unsent else f"send failed: {UNCERTAIN}"
             raise SendError(f"weixin account {self.account}: {gone}: {exc}") from exc
 
     # streaming: the platform has no edit-in-place and renders nothing for GENERATING
