@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -303,3 +305,30 @@ def test_a_quoted_answer_never_shows_a_secret_fields_value_wherever_it_is_cut(
     expected = body[:cut] if cut < len(head) else head + b"***" + body[end:cut]
     assert redact_body(body[:cut]) == expected
     assert redact_body(body[:cut].decode(errors="ignore")) == expected.decode(errors="ignore")
+
+
+async def test_the_login_deadline_holds_while_the_verification_code_is_awaited(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that asks for the phone's verification code, and nobody types it: the
+    login's deadline ends the login (the prompt's thread is left to the process's end)
+    instead of waiting on the terminal for good."""
+    answered = threading.Event()
+    monkeypatch.setattr("builtins.input", lambda prompt="": "123456" if answered.wait(10) else "")
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("get_bot_qrcode"):
+            return httpx.Response(200, json={"qrcode": "q1", "qrcode_img_content": "img"})
+        return httpx.Response(200, json={"status": "need_verifycode"})
+
+    client = weixin.ILinkClient(None, transport=httpx.MockTransport(handle))
+    started = time.monotonic()
+    try:
+        with pytest.raises(weixin.LoginError, match="not confirmed within 60 s"):
+            await weixin.login(
+                cb.MemoryStore(), "bot", client=client, show=lambda line: None, deadline=60
+            )
+        assert time.monotonic() - started < 5  # not the terminal's 10 s
+    finally:
+        answered.set()
+        await client.aclose()

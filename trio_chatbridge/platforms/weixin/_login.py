@@ -85,7 +85,10 @@ async def login(
 
 
 async def _read_code() -> str:
-    return (await trio.to_thread.run_sync(input, "verification code shown on the phone: ")).strip()
+    """A line from the terminal. If cancelled (the login's deadline), the prompt's thread is
+    abandoned: it ends with the process, or when a line comes."""
+    prompt = "verification code shown on the phone: "
+    return (await trio.to_thread.run_sync(input, prompt, abandon_on_cancel=True)).strip()
 
 
 @attrs.frozen
