@@ -332,3 +332,25 @@ async def test_the_login_deadline_holds_while_the_verification_code_is_awaited(
     finally:
         answered.set()
         await client.aclose()
+
+
+async def test_a_huge_error_message_from_the_server_is_cut_in_the_error_and_the_status(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An error answer's ``errmsg`` is quoted in the error, the log and the status: a
+    server's megabyte of it is cut to a line (the error keeps it whole as ``errmsg``)."""
+    emu = WeixinEmulator()
+    emu.fail("getupdates", WeixinFault(body={"ret": 1, "errmsg": "x" * 1_000_000}))
+    details: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    async with bridged(emu, agent) as bridge:
+        await trio.sleep(1)
+        details.append(bridge.status()["weixin:bot"].detail or "")
+        emu.user_says("ann", "hello")
+        await trio.sleep(10)
+        assert bridge.stats().received == 1
+    [detail] = details
+    assert "ret=1" in detail and "xxx" in detail and len(detail) < 1000, len(detail)

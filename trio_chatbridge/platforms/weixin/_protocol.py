@@ -209,6 +209,11 @@ def error_code(data: Mapping[str, Any]) -> int | None:
 # -- errors ----------------------------------------------------------------------------------
 
 
+ERRMSG_SHOWN: Final = 200
+"""Characters of a server's ``errmsg`` an error's text quotes (it goes to logs and the
+status); the error's ``errmsg`` keeps it whole."""
+
+
 class ILinkError(PlatformError):
     """The iLink API answered with an error code (HTTP 200 with ``ret``/``errcode`` != 0)."""
 
@@ -227,7 +232,9 @@ class ILinkError(PlatformError):
         self.ret = ret
         self.errcode = errcode
         self.errmsg = errmsg
-        detail = f"iLink {endpoint} failed: ret={ret} errcode={errcode} errmsg={errmsg!r}"
+        said = errmsg if errmsg is None or len(errmsg) <= ERRMSG_SHOWN else errmsg[:ERRMSG_SHOWN]
+        cut = "" if said is errmsg else f" (cut, of {len(errmsg or '')} characters)"
+        detail = f"iLink {endpoint} failed: ret={ret} errcode={errcode} errmsg={said!r}{cut}"
         # the code that matters: ``ret`` if non-zero, else ``errcode``
         super().__init__(f"{detail}. {hint}".strip() if hint else detail, code=ret or errcode)
 
