@@ -338,3 +338,43 @@ async def test_a_write_that_ended_unknown_is_new_only_while_pending_and_unreplay
             assert await store.acquire_lease(fake.name, "me", ttl=10)
             assert [m.id for m in await store.journal_pending_of("fake", "bot")] == ["0", "2"]
             assert await store.journal_add([done, replayed]) == [False, False]
+
+
+async def test_a_bridge_handles_a_message_whose_journal_reply_came_late(tmp_path: Path) -> None:
+    """End to end: Redis frozen past the store's timeout while a message is journaled. The
+    put fails, the connector is restarted and delivers the message again: it is handled
+    once (it stayed pending, unhandled, for as long as the bridge kept the lease)."""
+    require_redis()
+    connector = FakeConnector("bot")
+    handled: list[str] = []
+    both = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+        await reply.send("ok")
+        if len(handled) == 2:
+            both.set()
+
+    with redis_server(tmp_path) as server, trio.fail_after(20):
+        bridge = cb.Bridge(
+            [connector],
+            agent,
+            store=cb.RedisStore.from_url(server.url, timeout=0.2),
+            leases=cb.Leases(ttl=6),
+            debounce=cb.Debounce(window=0.01, max_delay=0.05),
+            backoff=cb.Backoff(initial=0.05, maximum=0.1),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run)
+            await bridge.wait_status(lambda s: s[connector.name].state == "running")
+            await connector.say("before", id="0")
+            server.pause()
+            try:
+                connector.deliver(connector.message("during", id="1"))
+                await trio.sleep(0.5)  # real time: Redis is frozen
+            finally:
+                server.resume()
+            await both.wait()
+            bridge.shutdown()
+    assert handled == ["before", "during"]
+    assert bridge.stats().duplicates == 0
