@@ -445,30 +445,32 @@ class RedisStore(Store):
         journaled and still pending is new, not a duplicate, so that this process handles it
         (a redelivery taken for a duplicate left it pending until the account's lease
         changed hands, for good on a process that kept it). Acquiring the account's lease
-        forgets them: the acquisition's replay queues them."""
+        forgets them: the acquisition's replay queues them. At least once: a message of such
+        a page that this process was handling already (a redelivery of it) may run twice."""
         now = repr(self.wall_clock())
         by_account: dict[str, list[int]] = {}
         for i, message in enumerate(messages):
             by_account.setdefault(account_name(message.platform, message.account), []).append(i)
         added = [False] * len(messages)
-        for tag, indexes in by_account.items():
-            await self._remember(tag)
-            args = [self._token(tag), now]
-            for i in indexes:
-                args += [messages[i].id, encode_message(messages[i])]
-            keys = self._keys(tag, "fence", "body", "pending", "recv", "seq")
-            try:
+        try:
+            for tag, indexes in by_account.items():
+                await self._remember(tag)
+                args = [self._token(tag), now]
+                for i in indexes:
+                    args += [messages[i].id, encode_message(messages[i])]
+                keys = self._keys(tag, "fence", "body", "pending", "recv", "seq")
                 reply: object = await self._call("write to", self._add(keys, args))
-            except BaseException:
+                *flags, started = _list(reply)
+                for i, flag in zip(indexes, flags, strict=True):
+                    added[i] = flag == 1
+                if started == 1:  # the set of accounts may have been lost with the sequence
+                    await self._remember(tag, again=True)
+                if self._unsure:
+                    await self._settle(tag, [messages[i].id for i in indexes], added, indexes)
+        except BaseException:  # the caller queues none of them: a redelivery may be new
+            for tag, indexes in by_account.items():
                 self._doubt(tag, [messages[i].id for i in indexes])
-                raise
-            *flags, started = _list(reply)
-            for i, flag in zip(indexes, flags, strict=True):
-                added[i] = flag == 1
-            if started == 1:  # the set of accounts may have been lost with the sequence
-                await self._remember(tag, again=True)
-            if self._unsure:
-                await self._settle(tag, [messages[i].id for i in indexes], added, indexes)
+            raise
         return added
 
     def _doubt(self, tag: str, ids: Sequence[str]) -> None:
