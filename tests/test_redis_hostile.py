@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import coredis
 import pytest
 import trio
@@ -33,6 +34,22 @@ async def raw(redis_node: RedisServer) -> AsyncIterator[coredis.Redis[str]]:
     """A plain client on the session's Redis, to play the other application."""
     async with coredis.Redis("127.0.0.1", redis_node.port, decode_responses=True) as client:
         yield client
+
+
+@attrs.define
+class Recorder:
+    """An agent that answers "ok" and records each message's text; ``all_in`` is set once
+    ``expected`` were handled."""
+
+    expected: int
+    handled: list[str] = attrs.Factory(list)
+    all_in: trio.Event = attrs.Factory(trio.Event)
+
+    async def __call__(self, batch: cb.Batch, reply: cb.Reply) -> None:
+        self.handled.extend(m.text for m in batch.messages)
+        await reply.send("ok")
+        if len(self.handled) == self.expected:
+            self.all_in.set()
 
 
 def prefix() -> str:
@@ -109,15 +126,7 @@ async def test_a_corrupted_journal_record_is_set_aside_and_the_others_replayed(
         await store.journal_add([good[0], connector.message("second", id="2"), good[1]])
     body = f"{keys}{{{connector.name}}}:body"
     await raw.hset(body, {"2": "{not json"})
-    handled: list[str] = []
-    all_handled = trio.Event()
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        handled.extend(m.text for m in batch.messages)
-        await reply.send("ok")
-        if len(handled) == 3:
-            all_handled.set()
-
+    agent = Recorder(3)
     store = cb.RedisStore.from_url(redis_node.url, prefix=keys)
     bridge = cb.Bridge(
         [connector],
@@ -131,13 +140,13 @@ async def test_a_corrupted_journal_record_is_set_aside_and_the_others_replayed(
             await nursery.start(bridge.run)
             await bridge.wait_status(lambda s: s[connector.name].state == "running")
             await connector.say("fourth", id="4")
-            await all_handled.wait()
+            await agent.all_in.wait()
             bridge.shutdown()  # graceful: the runs' done-marks are written
         async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as again:
             assert await again.journal_pending_of("fake", "bot") == []
             with pytest.raises(cb.StoreError, match=f"'2' of '{keys}.*:body'.*not a serialised"):
                 await again.journal_entry(("fake", "bot", "2"))
-    assert sorted(handled) == ["first", "fourth", "third"]
+    assert sorted(agent.handled) == ["first", "fourth", "third"]
     assert store.undecodable == 1
     state = await raw.hget(f"{keys}{{{connector.name}}}:state", "2")
     assert str(state).startswith("fundecodable journal record: not a serialised Message")
@@ -346,15 +355,7 @@ async def test_a_bridge_handles_a_message_whose_journal_reply_came_late(tmp_path
     once (it stayed pending, unhandled, for as long as the bridge kept the lease)."""
     require_redis()
     connector = FakeConnector("bot")
-    handled: list[str] = []
-    both = trio.Event()
-
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        handled.extend(m.text for m in batch.messages)
-        await reply.send("ok")
-        if len(handled) == 2:
-            both.set()
-
+    agent = Recorder(2)
     with redis_server(tmp_path) as server, trio.fail_after(20):
         bridge = cb.Bridge(
             [connector],
@@ -374,7 +375,7 @@ async def test_a_bridge_handles_a_message_whose_journal_reply_came_late(tmp_path
                 await trio.sleep(0.5)  # real time: Redis is frozen
             finally:
                 server.resume()
-            await both.wait()
+            await agent.all_in.wait()
             bridge.shutdown()
-    assert handled == ["before", "during"]
+    assert agent.handled == ["before", "during"]
     assert bridge.stats().duplicates == 0
