@@ -204,8 +204,14 @@ async def test_a_store_that_waited_its_bound_for_a_migration_says_what_to_do(
         # Another application's file with a table of our names.
         (
             "CREATE TABLE journal (entry TEXT)",
-            r"cannot open .* already exists",
+            r"not a trio_chatbridge store: .*\(journal\), left untouched. Give",
             (0, ["journal"], ["entry"]),
+        ),
+        # Another application's file: our tables were added to it, silently.
+        (
+            "CREATE TABLE users (name TEXT)",
+            r"other.db is not a trio_chatbridge store: .*\(users\), left untouched",
+            (0, ["users"], []),
         ),
     ],
 )

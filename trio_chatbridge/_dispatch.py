@@ -29,7 +29,7 @@ import trio
 from . import _stats
 from ._confirm import RUN, Outcome
 from ._connector import NOTHING, Connector
-from ._errors import StoreError, find_error, sole
+from ._errors import find_error, sole
 from ._latency import Latencies
 from ._logs import SESSION
 from ._messages import Batch, Message
@@ -42,6 +42,7 @@ Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
 """``async def agent(batch, reply) -> None``: what the user writes."""
 DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
 OnBusy: TypeAlias = Literal["queue", "interrupt"]
+UNMARKED: Final = "journal.unmarked"  # handled messages whose done-mark the store refused
 _UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
 
 
@@ -343,9 +344,12 @@ class Dispatcher:
             for (platform, account, error), messages in groups.items():
                 try:
                     await self._store.journal_done(messages, error=error)
-                except StoreError as exc:  # Redis away, or our lease lost: not a crash
+                except Exception as exc:  # Redis away, our lease lost, a locked file, a
+                    # user's store failing: not a crash; they replay at the next start.
+                    self._counters[UNMARKED] += len(messages)
                     log.warning(
-                        "%d handled messages of %s:%s not marked done: %s",
+                        "%d handled messages of %s:%s not marked done (replayed at the next "
+                        "start): %s",
                         len(messages),
                         platform,
                         account,

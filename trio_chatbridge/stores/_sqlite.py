@@ -204,13 +204,16 @@ class SQLiteStore(Store):
         too. A read never checkpoints: the log's restart after one (which syncs its header)
         must be a commit in the thread, not one on the event loop."""
         db = self._open_db()
-        if not self._inline:  # SQLite checkpoints by itself
-            return await self._run(fn, db)
-        if not writes:  # the connection does not wait for locks unless told to
-            return await self._run(_patiently, fn, db)
-        checkpoint = self._unchecked >= CHECKPOINT_AFTER
-        counted = functools.partial(_counted, fn, checkpoint=checkpoint)
-        outcome: tuple[T, int] = await self._run(_patiently, counted, db)
+        try:
+            if not self._inline:  # SQLite checkpoints by itself
+                return await self._run(fn, db)
+            if not writes:  # the connection does not wait for locks unless told to
+                return await self._run(_patiently, fn, db)
+            checkpoint = self._unchecked >= CHECKPOINT_AFTER
+            counted = functools.partial(_counted, fn, checkpoint=checkpoint)
+            outcome: tuple[T, int] = await self._run(_patiently, counted, db)
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
         self._unchecked = (0 if checkpoint else self._unchecked) + outcome[1]
         return outcome[0]
 
@@ -241,7 +244,9 @@ class SQLiteStore(Store):
                 timeout=OPEN_BUSY_TIMEOUT_MS / 1000,  # seconds: another process may be migrating
             )
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
+            raise StoreError(
+                f"cannot open {self.path} as a trio_chatbridge store: {exc}: {_advice(exc)}"
+            ) from exc
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -261,7 +266,9 @@ class SQLiteStore(Store):
                     "migration of a very large journal, or a process stuck in a write). Start "
                     "again once that process is done, or stop it."
                 ) from exc
-            raise StoreError(f"cannot open {self.path} as a trio_chatbridge store: {exc}") from exc
+            raise StoreError(
+                f"cannot open {self.path} as a trio_chatbridge store: {exc}: {_advice(exc)}"
+            ) from exc
         except BaseException:
             db.close()
             raise
@@ -275,6 +282,13 @@ class SQLiteStore(Store):
             return
         statements: Sequence[str]
         if version == 0:
+            tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
+            if tables:  # not one of ours, nor empty: another application's database
+                raise StoreError(
+                    f"{self.path} is not a trio_chatbridge store: it holds another "
+                    f"application's tables ({', '.join(sorted(tables)[:5])}), left untouched. "
+                    "Give the store a path of its own."
+                )
             statements = _SCHEMA
         elif version == 1:
             statements = _MIGRATION
@@ -350,8 +364,14 @@ class SQLiteStore(Store):
                 async with self._writer:
                     if write.queued:
                         await self._commit_turn()
+        if isinstance(write.error, sqlite3.Error):
+            raise self._failed(write.error) from write.error
         if write.error is not None:
             raise write.error
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        """What a person needs to act on SQLite's ``exc``: the file, and what to do."""
+        return StoreError(f"{self.path}: {exc}: {_advice(exc)}")
 
     async def _commit_turn(self) -> None:
         turn: list[_Write] = []
@@ -682,6 +702,29 @@ def _locked(exc: Exception) -> bool:
     """Whether ``exc`` is SQLite's "database is locked" (SQLITE_BUSY, extended codes too)."""
     busy = isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF
     return busy == sqlite3.SQLITE_BUSY
+
+
+def _advice(exc: Exception) -> str:
+    """What to do about ``exc``, by SQLite's primary result code
+    (https://www.sqlite.org/rescode.html)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return (
+            f"another connection held the file's lock for over {BUSY_TIMEOUT_MS / 1000:g} s "
+            "(a process stuck in a write, or a tool such as the sqlite3 shell or a backup in a "
+            "transaction): end it; what was not written is retried or replayed at the next start"
+        )
+    if primary == sqlite3.SQLITE_FULL:
+        return "free space on the disk that holds it (or raise its size limit)"
+    if primary == sqlite3.SQLITE_READONLY:
+        return "make the file and its directory writable by this process"
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return (
+            "the file is damaged or not a trio_chatbridge store: move it away (or restore a "
+            "backup) and start again"
+        )
+    return "check the disk and the file's permissions; what was not written is retried or replayed"
 
 
 def _patiently(fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:

@@ -1,0 +1,134 @@
+"""SQLiteStore under hostile conditions: a file another connection keeps locked past the busy
+wait, a damaged file (another application's: test_sqlite_schema.py). Each is a clear
+StoreError naming the file and what to do; nothing handled is lost (it replays) and the
+bridge keeps running.
+
+These tests run on Trio's real clock (the store's worker thread and SQLite's busy wait are
+real time), with a debounce window of 0 and a busy wait cut to a few milliseconds: nothing in
+them sleeps."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+import trio_chatbridge as cb
+from trio_chatbridge.stores import _sqlite
+from trio_chatbridge.testing import FakeConnector, running_bridge
+
+BUSY_WAIT_MS = 20  # the store's busy wait in these tests, instead of 5 s
+
+
+@pytest.fixture(autouse=True)
+def _short_busy_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", BUSY_WAIT_MS)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another connection holds ``path``'s write lock for the block."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        yield
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+class _Seen(logging.Handler):
+    """Sets ``event`` when the dispatcher logs a refused done-mark; keeps the messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = trio.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "not marked done" in record.getMessage():
+            self.messages.append(record.getMessage())
+            self.event.set()
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+async def test_done_mark_refused_by_a_locked_file_keeps_the_bridge_and_replays(
+    tmp_path: Path, threaded: bool
+) -> None:
+    """A done-mark the locked file refuses (the lock held past the busy wait) is logged
+    with the path and what to do, and counted; the bridge goes on answering; the message
+    stays pending and replays, exactly once more, at the next start. It crashed the bridge
+    with a bare ``sqlite3.OperationalError``."""
+    path = tmp_path / "j.db"
+    seen = _Seen()
+    logging.getLogger("trio_chatbridge.dispatch").addHandler(seen)
+    handled: list[str] = []
+    lock = locked(path)
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+        await reply.send(batch.text)
+        if batch.text == "first":
+            lock.__enter__()  # its done-mark, after this run, finds the file locked
+
+    def bridge(chat: FakeConnector) -> cb.Bridge:
+        store = cb.SQLiteStore(path, threaded=threaded)
+        return cb.Bridge([chat], agent, store=store, debounce=cb.Debounce(window=0))
+
+    try:
+        with trio.fail_after(10):
+            chat = FakeConnector()
+            async with running_bridge(bridge(chat)) as running:
+                await chat.say("first")
+                await seen.event.wait()
+                lock.__exit__(None, None, None)
+                await chat.say("second", chat="other")  # still running, the file usable again
+                assert (await chat.next_reply()).text == "first"
+                assert (await chat.next_reply()).text == "second"
+                assert running.stats().other["journal.unmarked"] == 1
+            assert handled == ["first", "second"]
+            (warning,) = seen.messages
+            assert str(path) in warning and "another connection held" in warning
+
+            again = FakeConnector()
+            async with running_bridge(bridge(again)) as restarted:
+                assert (await again.next_reply()).text == "first"  # replayed, once
+                assert restarted.stats().replayed == 1
+            assert handled == ["first", "second", "first"]
+            async with cb.SQLiteStore(path) as store:
+                assert await store.journal_pending() == []
+    finally:
+        logging.getLogger("trio_chatbridge.dispatch").removeHandler(seen)
+
+
+async def test_put_refused_by_a_locked_file_writes_nothing_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """A journal write the locked file refuses raises a StoreError naming the file and the
+    cause, having written nothing: the same messages are new once the lock is gone (the
+    connector, not having acknowledged them, gets them again)."""
+    path = tmp_path / "j.db"
+    message = FakeConnector().message("hello")
+    with trio.fail_after(10):
+        async with cb.SQLiteStore(path) as store:
+            with locked(path), pytest.raises(cb.StoreError) as refused:
+                await store.journal_add([message])
+            assert str(path) in str(refused.value)
+            assert "another connection held the file's lock" in str(refused.value)
+            assert isinstance(refused.value.__cause__, sqlite3.OperationalError)
+            assert await store.journal_add([message]) == [True]
+            with locked(path), pytest.raises(cb.StoreError, match="another connection"):
+                await store.set("fake", "bot", "cursor", "1")
+
+
+async def test_damaged_file_names_the_file_and_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.db"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    with pytest.raises(cb.StoreError) as refused:
+        await cb.SQLiteStore(path).open()
+    assert str(path) in str(refused.value) and "move it away" in str(refused.value)
