@@ -852,6 +852,46 @@ def test_configuration_errors_are_clear() -> None:
         cb.Bridge(connectors=[], agent=echo, store=cb.MemoryStore(), on_busy="drop")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "bound"),
+    [
+        # concurrency 0: no run ever started, every message waited in silence (a hang).
+        ("concurrency", 0, "a whole number >= 1"),
+        ("concurrency", 1.5, "a whole number >= 1"),
+        ("queue_size", 0, "a whole number >= 1"),
+        ("queue_size", -1, "a whole number >= 1"),
+        # These failed only once running, out of a task group (or the run_timeout's scope).
+        ("run_timeout", math.nan, "a number > 0"),
+        ("run_timeout", -1.0, "a number > 0"),
+        ("run_timeout", 0, "a number > 0"),
+        ("shutdown_grace", math.nan, "a number >= 0"),
+        ("shutdown_grace", -5.0, "a number >= 0"),
+        ("close_timeout", math.nan, "a number >= 0"),
+        ("journal_retention", math.nan, "a number >= 0"),
+        ("journal_retention", -1.0, "a number >= 0"),
+    ],
+)
+def test_absurd_settings_are_refused_when_the_bridge_is_built(
+    setting: str, value: float, bound: str
+) -> None:
+    with pytest.raises(cb.ConfigurationError, match=f"Bridge {setting} must be {bound}, got"):
+        make_bridge(echo, **{setting: value})
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"run_timeout": None},
+        {"run_timeout": 0.001, "shutdown_grace": 0, "close_timeout": 0, "journal_retention": 0},
+        {"shutdown_grace": math.inf, "close_timeout": math.inf, "journal_retention": math.inf},
+        {"concurrency": 1, "queue_size": 1},
+    ],
+)
+def test_edge_settings_are_accepted(settings: dict[str, object]) -> None:
+    bridge = make_bridge(echo, **settings)
+    assert all(getattr(bridge, name) == value for name, value in settings.items())
+
+
 async def test_send_failure_is_a_failed_run_not_a_crash(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -341,6 +341,8 @@ def test_bad_policy_is_a_clear_error() -> None:
         cb.Debounce(window=-1)
     with pytest.raises(cb.ConfigurationError, match="max_messages"):
         cb.Debounce(max_messages=0)
+    with pytest.raises(cb.ConfigurationError, match="window"):
+        cb.Debounce(window=math.nan)
 
 
 # -- property: the debouncer against a reference model --------------------------------------

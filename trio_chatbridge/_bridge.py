@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final, ParamSpec, final, get_args
+from typing import Any, Final, ParamSpec, final, get_args
 
 import attrs
 import trio
@@ -54,6 +54,32 @@ def _check_on_busy(_: object, __: object, value: str) -> None:
         raise ConfigurationError(f"on_busy must be 'queue' or 'interrupt', got {value!r}")
 
 
+def _at_least(
+    minimum: float, *, above: bool = False, whole: bool = False
+) -> Callable[[object, Any, Any], None]:
+    """An attrs validator: the value is a number ``>= minimum`` (``> minimum`` if ``above``),
+    never NaN, a whole number if ``whole``, or None where the field's default is; else a
+    ConfigurationError naming the field (a count of 0 would hang the bridge, a NaN would
+    fail it only once running)."""
+    kinds = int if whole else (int, float)
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+        if value is None and attribute.default is None:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, kinds)
+            or not (value > minimum if above else value >= minimum)
+        ):
+            bound = f"{'> ' if above else '>= '}{minimum:g}"
+            number = "a whole number" if whole else "a number"
+            raise ConfigurationError(
+                f"Bridge {attribute.name} must be {number} {bound}, got {value!r}"
+            )
+
+    return check
+
+
 @final
 @attrs.define(eq=False)
 class Bridge:
@@ -75,20 +101,20 @@ class Bridge:
     debounce: Debounce = attrs.field(factory=Debounce)
     store: Store = attrs.field(factory=_default_store)
     """Where the journal, cursors and tokens live (default: ``SQLiteStore("chatbridge.db")``)."""
-    concurrency: int = 16
+    concurrency: int = attrs.field(default=16, validator=_at_least(1, whole=True))
     """At most this many agent runs at once, over all sessions."""
     on_busy: OnBusy = attrs.field(default="queue", validator=_check_on_busy)
     """A batch for a running session: ``"queue"`` (wait, merge) or ``"interrupt"`` (rerun)."""
-    run_timeout: float | None = None
+    run_timeout: float | None = attrs.field(default=None, validator=_at_least(0, above=True))
     """Cancel an agent run after this many seconds (None: no limit)."""
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = attrs.field(default=10.0, validator=_at_least(0))
     """Seconds running agents get to finish at shutdown."""
     backoff: Backoff = attrs.field(factory=Backoff)
-    queue_size: int = 1024
+    queue_size: int = attrs.field(default=1024, validator=_at_least(1, whole=True))
     """Capacity of the inbox and batch channels, and the most sessions the debouncer holds or
     the dispatcher keeps waiting for a slot: beyond it, connectors wait (backpressure). A
     full debouncer parks up to a quarter as many new chats more before it stops reading."""
-    journal_retention: float = WEEK
+    journal_retention: float = attrs.field(default=WEEK, validator=_at_least(0))
     """Handled journal entries older than this (seconds) are pruned at start, and while
     running every hour (or every ``journal_retention`` seconds, if that is shorter)."""
     wall_clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
@@ -97,7 +123,7 @@ class Bridge:
     leases: Leases = attrs.field(factory=Leases)
     """On a shared store (``RedisStore``): each connector runs only while this process holds
     its account's lease; see ``docs/deploying.md``."""
-    close_timeout: float = 5.0
+    close_timeout: float = attrs.field(default=5.0, validator=_at_least(0))
     """Seconds the connectors get, together, to close once they have stopped (whether the
     stop was graceful or not): a close still running then is cancelled and logged as
     abandoned (its connections go when the process exits), and the store closes next."""
