@@ -721,6 +721,47 @@ async def test_shutdown_grace_leaves_unfinished_runs_for_replay(
     assert trio.current_time() < 20
 
 
+@pytest.mark.parametrize("graceful", [True, False])
+async def test_a_run_that_ignores_cancellation_is_reported_and_waited_for(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, graceful: bool
+) -> None:
+    """An agent shielded from cancellation cannot be stopped (Trio ends no task from outside):
+    the bridge waits for it, and says so, naming its session, ten seconds past the stop's
+    grace (none when cancelled). The bridge used to wait in silence."""
+
+    async def deaf(batch: cb.Batch, reply: cb.Reply) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(1000)
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    bridge = make_bridge(deaf, chat, store=store, shutdown_grace=5)
+    bridge_scope = trio.CancelScope()
+
+    async def run_bridge(task_status: trio.TaskStatus[None]) -> None:
+        with bridge_scope:
+            await bridge.run(task_status=task_status)
+
+    with trio.fail_after(2000):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_bridge)
+            message = await chat.say("a", chat="deaf")
+            await trio.sleep(2)  # the run has started
+            stopped = trio.current_time()
+            if graceful:
+                bridge.shutdown()
+            else:
+                bridge_scope.cancel()
+            await trio.sleep(5 * graceful + 9.5)
+            assert "ignore cancellation" not in caplog.text
+            await trio.sleep(1)
+            (record,) = [r for r in caplog.records if "ignore cancellation" in r.message]
+            assert record.levelname == "ERROR" and "fake:bot:deaf" in record.message
+        assert trio.current_time() - stopped >= 998  # waited for the run, as it must
+    entry = await store.journal_entry(journal_key(message))
+    assert entry is not None and entry.state == "done"  # it returned in the end: handled
+
+
 async def test_restart_replays_unfinished_exactly_once(tmp_path: Path) -> None:
     # SQLite works in a thread, and an autojump clock would jump while it does: this test uses
     # the real clock and never waits on it (a graceful shutdown flushes every session at once).

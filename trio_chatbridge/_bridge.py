@@ -32,6 +32,7 @@ WEEK: Final = 7 * 24 * 3600.0  # seconds
 PRUNE_EVERY: Final = 3600.0  # seconds between prunings of the journal while running, at most
 _BRIDGE_COUNTERS: Final = frozenset(f.name for f in attrs.fields(_stats.Stats))
 DEBOUNCER_FULL: Final = "debouncer.full"  # times a full debouncer made a new chat wait
+STUCK_AFTER: Final = 10.0  # seconds past a stop's grace before runs still going are reported
 
 
 def _default_store() -> Store:
@@ -271,6 +272,7 @@ class Bridge:
             nursery.start_soon(inbox.run)
             nursery.start_soon(debouncer.run, from_inbox, to_dispatch)
             nursery.start_soon(dispatch)
+            nursery.start_soon(self._report_stuck, dispatcher, dispatched)
             await inbox.replay(unfinished)
             async with trio.open_nursery() as connectors:
                 if leased:
@@ -293,6 +295,30 @@ class Bridge:
                 dispatcher.drain()
                 await dispatched.wait()
                 connectors.cancel_scope.cancel()
+
+    async def _report_stuck(self, dispatcher: Dispatcher, dispatched: trio.Event) -> None:
+        """Once the bridge stops (gracefully or cancelled), log an error naming the sessions
+        whose runs are still going ``STUCK_AFTER`` seconds past their grace: an agent that
+        catches ``trio.Cancelled`` or shields itself from it cannot be stopped (Trio ends no
+        task from outside), so ``run`` waits for it, and this says why it does not return."""
+        grace = 0.0
+        try:
+            await self._stop.wait()
+            grace = self.shutdown_grace
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + grace + STUCK_AFTER
+                await dispatched.wait()
+            stuck = dispatcher.session_keys()
+            if scope.cancelled_caught and stuck:
+                log.error(
+                    "%d agent runs ignore cancellation %g s after the shutdown's grace: the "
+                    "bridge cannot stop until they return (an agent that catches "
+                    "trio.Cancelled or runs in a shielded cancel scope); sessions: %s",
+                    len(stuck),
+                    STUCK_AFTER,
+                    ", ".join(stuck[:10]),
+                )
 
     async def _prune_while_running(self) -> None:
         """Prune handled journal entries past their retention, periodically: a journal kept

@@ -162,6 +162,10 @@ class Dispatcher:
         """Sessions with a run in progress or waiting for a slot."""
         return len(self._sessions)
 
+    def session_keys(self) -> list[str]:
+        """The sessions with a run in progress or waiting for a slot, oldest first."""
+        return list(self._sessions)
+
     async def run(
         self,
         batches: trio.MemoryReceiveChannel[Batch],
