@@ -336,6 +336,40 @@ async def test_cancelled_with_parked_and_stopped_messages_it_closes_both_channel
     assert [batch async for batch in recv_out] == []
 
 
+async def test_a_failing_session_key_costs_its_message_its_grouping_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``Debounce.key`` that raises (or gives no string) for a message: that message goes
+    to its chat's default session, counted and logged; the bridge and every other message go
+    on. It ended the whole bridge, and the message, journaled, ended it again at every start."""
+
+    def by_user(message: cb.Message) -> str:
+        if message.text == "raise":
+            raise ValueError("no user")
+        if message.text == "number":
+            return 7  # type: ignore[return-value]
+        return message.sender.id
+
+    handled: list[tuple[str, list[str]]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.append((batch.session, [m.text for m in batch.messages]))
+        await reply.send("ok")
+
+    chat = FakeConnector()
+    store = cb.MemoryStore()
+    debounce = cb.Debounce(window=1.0, key=by_user)
+    async with cb.open_bridge([chat], agent, store=store, debounce=debounce) as bridge:
+        for text in ["before", "raise", "number", "after"]:
+            await chat.say(text, chat="room", user="ann")
+        for _ in range(2):  # one batch a session
+            await chat.next_reply()
+        stats = bridge.stats()
+    assert sorted(handled) == [("ann", ["before", "after"]), ("fake:bot:room", ["raise", "number"])]
+    assert stats.other["debouncer.bad_keys"] == 2
+    assert await store.journal_pending() == []
+
+
 def test_bad_policy_is_a_clear_error() -> None:
     with pytest.raises(cb.ConfigurationError, match="window"):
         cb.Debounce(window=-1)

@@ -32,6 +32,7 @@ WEEK: Final = 7 * 24 * 3600.0  # seconds
 PRUNE_EVERY: Final = 3600.0  # seconds between prunings of the journal while running, at most
 _BRIDGE_COUNTERS: Final = frozenset(f.name for f in attrs.fields(_stats.Stats))
 DEBOUNCER_FULL: Final = "debouncer.full"  # times a full debouncer made a new chat wait
+BAD_SESSION_KEY: Final = "debouncer.bad_keys"  # messages whose Debounce.key failed
 STUCK_AFTER: Final = 10.0  # seconds past a stop's grace before runs still going are reported
 
 
@@ -242,7 +243,10 @@ class Bridge:
             self.store, to_debounce, self._counters, latencies.received if latencies else None
         )
         debouncer = Debouncer(
-            self.debounce, max_pending=self.queue_size, on_full=self._debouncer_full
+            self.debounce,
+            max_pending=self.queue_size,
+            on_full=self._debouncer_full,
+            on_bad_key=self._bad_session_key,
         )
         dispatcher = Dispatcher(
             self.agent,
@@ -354,6 +358,20 @@ class Bridge:
                 self.debounce.window,
                 DEBOUNCER_FULL,
             )
+
+    def _bad_session_key(self, message: Message, error: Exception) -> None:
+        """Count and log a message whose ``Debounce.key`` failed (it goes to its chat's
+        default session): the key function has a bug to fix."""
+        self._counters[BAD_SESSION_KEY] += 1
+        log.error(
+            "Debounce.key failed on message %s of %s:%s (it goes to its chat's session "
+            "instead; fix the key function, counted in stats().other[%r])",
+            message.id,
+            message.platform,
+            message.account,
+            BAD_SESSION_KEY,
+            exc_info=error,
+        )
 
     def _context(self, connector: Connector, inbox: Inbox, sup: Supervisor) -> ConnectorContext:
         prefix = connector.platform

@@ -70,7 +70,9 @@ class Debounce:
     max_messages: int | None = None
     """Release a batch as soon as it holds this many messages (None: no limit)."""
     key: Callable[[Message], str] = session_key
-    """Which messages belong together (default: same platform, account and chat)."""
+    """Which messages belong together (default: same platform, account and chat). A message
+    it raises on, or gives no ``str`` for, goes to its chat's default session, counted in
+    ``stats().other["debouncer.bad_keys"]`` and logged."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_messages is not None and self.max_messages < 1:
@@ -135,6 +137,7 @@ class Debouncer:
         max_pending: int = MAX_PENDING,
         max_parked: int | None = None,
         on_full: Callable[[], None] | None = None,
+        on_bad_key: Callable[[Message, Exception], None] | None = None,
     ) -> None:
         if max_pending < 1:
             raise ConfigurationError(f"Debouncer max_pending must be >= 1, got {max_pending!r}")
@@ -149,6 +152,11 @@ class Debouncer:
         """New sessions parked at most while ``max_pending`` are held (default: a quarter of
         ``max_pending``, at least one); with that many parked too, reading stops."""
         self.on_full = on_full
+        self.on_bad_key = on_bad_key
+        """Called for each message whose ``Debounce.key`` raised or gave no string: that
+        message goes to the default session (:func:`session_key`) instead, so a key function's
+        bug never stops the bridge nor loses the message (it would replay, and fail, at every
+        start)."""
         """Called each time a full debouncer makes a message wait: a new chat parked, or
         reading stopped at a new chat's message because the overflow is full too. Parked
         messages wait until a held session leaves (up to ``max_delay`` or a window after its
@@ -263,7 +271,14 @@ class Debouncer:
         page = messages if resumed is None else itertools.chain((resumed,), messages)
         for message in page:
             if by_chat is None:
-                slot = key_of(message)
+                try:
+                    slot = key_of(message)
+                    if type(slot) is not str:
+                        raise TypeError(f"Debounce.key must return a str, got {slot!r}")
+                except Exception as exc:  # the user's function: its bug is not a dead bridge
+                    slot = session_key(message)
+                    if self.on_bad_key is not None:
+                        self.on_bad_key(message, exc)
             else:
                 if message.account != account or message.platform != platform:
                     platform, account = message.platform, message.account
