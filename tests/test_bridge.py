@@ -762,6 +762,30 @@ async def test_a_run_that_ignores_cancellation_is_reported_and_waited_for(
     assert entry is not None and entry.state == "done"  # it returned in the end: handled
 
 
+async def test_a_latency_listener_that_raises_is_logged_not_fatal(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A latency listener's bug is logged once with its traceback; runs and replies go on.
+    It ended the bridge at the first run (and, its message journaled, at every start)."""
+    calls: list[str] = []
+
+    def broken(kind: str, seconds: float) -> None:
+        calls.append(kind)
+        raise RuntimeError("metrics bug")
+
+    chat = FakeConnector()
+    bridge = make_bridge(echo, chat)
+    bridge.add_latency_listener(broken)
+    async with running_bridge(bridge):
+        for text in ["one", "two"]:
+            await chat.say(text, chat=text)
+            assert (await chat.next_reply()).text == text
+    assert calls == ["agent_start", "reply"] * 2
+    assert bridge.stats().failures == 0
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "latency listener" in record.message and record.exc_info is not None
+
+
 async def test_restart_replays_unfinished_exactly_once(tmp_path: Path) -> None:
     # SQLite works in a thread, and an autojump clock would jump while it does: this test uses
     # the real clock and never waits on it (a graceful shutdown flushes every session at once).

@@ -12,6 +12,7 @@ that message's wait is not measured.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Final, Literal, TypeAlias
 
@@ -19,6 +20,8 @@ import trio
 
 from ._messages import Batch, Message
 from .stores import JournalKey, journal_key
+
+log = logging.getLogger("trio_chatbridge.latency")
 
 LatencyKind: TypeAlias = Literal["agent_start", "reply"]
 LatencyListener: TypeAlias = Callable[[LatencyKind, float], None]
@@ -36,6 +39,7 @@ class Latencies:
         self._listeners = tuple(listeners)
         self._limit = limit
         self._arrived: dict[JournalKey, float] = {}
+        self._failed: set[int] = set()  # ids of the listeners that raised (logged once)
 
     def received(self, messages: Sequence[Message]) -> None:
         """Note the arrival of new messages (now)."""
@@ -68,5 +72,19 @@ class Latencies:
         return sent
 
     def _emit(self, kind: LatencyKind, seconds: float) -> None:
+        """Tell each listener. One that raises is logged (with its traceback the first time)
+        and skipped: a metrics bug never fails a run nor stops the bridge (whose journaled
+        messages would fail it again at every start)."""
         for listener in self._listeners:
-            listener(kind, seconds)
+            try:
+                listener(kind, seconds)
+            except Exception:
+                first = id(listener) not in self._failed  # (held by _listeners: ids stay)
+                self._failed.add(id(listener))
+                log.log(
+                    logging.ERROR if first else logging.DEBUG,
+                    "latency listener %r failed%s",
+                    listener,
+                    "" if first else " again",
+                    exc_info=first,
+                )
