@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import math
 import tempfile
@@ -760,6 +761,54 @@ async def test_a_run_that_ignores_cancellation_is_reported_and_waited_for(
         assert trio.current_time() - stopped >= 998  # waited for the run, as it must
     entry = await store.journal_entry(journal_key(message))
     assert entry is not None and entry.state == "done"  # it returned in the end: handled
+
+
+class _OwnBaseError(BaseException):
+    """What a library may raise that is no Exception (asyncio.CancelledError is one)."""
+
+
+@pytest.mark.parametrize("error", [_OwnBaseError("odd"), asyncio.CancelledError("from asyncio")])
+async def test_an_agents_own_base_exception_fails_its_run_only(
+    autojump_clock: trio.testing.MockClock, error: BaseException
+) -> None:
+    """A BaseException of the agent's own (not Trio's Cancelled, not KeyboardInterrupt or
+    SystemExit) is a failed run: logged, counted, journaled as failed; the bridge goes on.
+    It ended the bridge, and the message, still pending, ended it again at every start."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        if batch.text == "bad":
+            raise error
+        await reply.send(batch.text)
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    async with running_bridge(make_bridge(agent, chat, store=store)) as bridge:
+        bad = await chat.say("bad", chat="a")
+        await chat.say("good", chat="b")
+        assert (await chat.next_reply()).text == "good"
+        await trio.sleep(5)
+        assert bridge.stats().failures == 1
+    entry = await store.journal_entry(journal_key(bad))
+    assert entry is not None and entry.state == "failed"
+    assert entry.error == f"{type(error).__name__}: {error}"
+
+
+async def test_keyboard_interrupt_in_an_agent_stops_the_bridge_leaving_its_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """KeyboardInterrupt out of an agent stops the bridge (it is the process's, not the
+    run's): the message stays pending, to replay at the next start."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise KeyboardInterrupt
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    with pytest.RaisesGroup(KeyboardInterrupt, flatten_subgroups=True):
+        async with running_bridge(make_bridge(agent, chat, store=store)):
+            message = await chat.say("hi")
+            await trio.sleep(5)
+    assert await store.journal_pending() == [message]
 
 
 async def test_a_latency_listener_that_raises_is_logged_not_fatal(

@@ -84,6 +84,28 @@ def _in_context(
         raise
 
 
+_STOPS: Final = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _stops(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or holds, what stops a run or the process rather than a failure
+    of the agent's own: any other exception out of it, BaseException subclasses included
+    (an ``asyncio.CancelledError`` out of its library, say), fails the run alone, or its
+    message would end the bridge again at every start."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_stops(inner) for inner in exc.exceptions)
+    return isinstance(exc, _STOPS)
+
+
+class _OwnFailure(Exception):
+    """Carries an agent's own BaseException through the ``except* Exception`` that records
+    its failures (see :func:`_stops`)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 @attrs.define(eq=False)
 class _Session:
     key: str
@@ -385,18 +407,25 @@ class Dispatcher:
         timeout = None if self._run_timeout == math.inf else trio.move_on_after(self._run_timeout)
         try:
             held = connector.running(batch) if key in self._holding else NOTHING
-            if timeout is None and held is NOTHING:  # (WeCom: a batch of one message)
-                await self._agent(batch, reply)
-            else:
-                with _UNLIMITED if timeout is None else timeout:
-                    async with held:
-                        await self._agent(batch, reply)
+            try:
+                if timeout is None and held is NOTHING:  # (WeCom: a batch of one message)
+                    await self._agent(batch, reply)
+                else:
+                    with _UNLIMITED if timeout is None else timeout:
+                        async with held:
+                            await self._agent(batch, reply)
+            except BaseException as exc:
+                if _stops(exc):
+                    raise
+                raise _OwnFailure(exc) from None  # (a BaseException of the agent's own)
         except* Exception as group:
             # The agent is user code: anything may come out, even instead of or alongside
             # the Cancelled of an interrupt, a timeout or a shutdown (a cleanup that failed).
             # It is logged and counted, and never escapes to the dispatcher; a Cancelled
             # beside it goes on up to its cancel scope.
             failure = sole(group)
+            if isinstance(failure, _OwnFailure):
+                failure = failure.error
             log.error(
                 "agent failed on session %s (%d messages)",
                 batch.session,
