@@ -152,16 +152,16 @@ class Debouncer:
         """New sessions parked at most while ``max_pending`` are held (default: a quarter of
         ``max_pending``, at least one); with that many parked too, reading stops."""
         self.on_full = on_full
-        self.on_bad_key = on_bad_key
-        """Called for each message whose ``Debounce.key`` raised or gave no string: that
-        message goes to the default session (:func:`session_key`) instead, so a key function's
-        bug never stops the bridge nor loses the message (it would replay, and fail, at every
-        start)."""
         """Called each time a full debouncer makes a message wait: a new chat parked, or
         reading stopped at a new chat's message because the overflow is full too. Parked
         messages wait until a held session leaves (up to ``max_delay`` or a window after its
         latest message); stopped reading makes everything behind wait, and whoever puts
         once the input channel is full."""
+        self.on_bad_key = on_bad_key
+        """Called for each message whose ``Debounce.key`` raised or gave no string: that
+        message goes to the default session (:func:`session_key`) instead, so a key function's
+        bug never stops the bridge nor loses the message (it would replay, and fail, at every
+        start)."""
         # Pending sessions. With the default key, a map per account by chat id: finding a
         # message's session is one lookup by a string it already holds, and the session key
         # (session_key's string) is built once per session, not per message. With a key of the
