@@ -132,3 +132,31 @@ async def test_damaged_file_names_the_file_and_what_to_do(tmp_path: Path) -> Non
     with pytest.raises(cb.StoreError) as refused:
         await cb.SQLiteStore(path).open()
     assert str(path) in str(refused.value) and "move it away" in str(refused.value)
+
+
+async def test_a_pending_row_that_does_not_decode_is_set_aside_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged journal body (bit rot, another program's write) is logged with its row,
+    marked failed and counted; the pending messages around it replay, and the next start
+    does not meet it again. It raised out of journal_pending, so the bridge could not start."""
+    path = tmp_path / "j.db"
+    chat = FakeConnector()
+    messages = [chat.message(text, id=text) for text in ("one", "two", "three")]
+    async with cb.SQLiteStore(path) as store:
+        assert await store.journal_add(messages) == [True] * 3
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE journal SET body = '{not json' WHERE message_id = 'two'")
+    db.close()
+    with trio.fail_after(10):
+        async with cb.SQLiteStore(path) as store:
+            assert await store.journal_pending() == [messages[0], messages[2]]
+            assert store.undecodable == 1
+            assert await store.journal_pending() == [messages[0], messages[2]]  # once
+            assert store.undecodable == 1
+    (record,) = [r for r in caplog.records if "set aside" in r.message]
+    assert str(path) in record.message and "journal row 2" in record.message
+    with sqlite3.connect(path) as db:
+        (state, error) = db.execute("SELECT state, error FROM outcomes WHERE seq = 2").fetchone()
+    db.close()
+    assert state == "failed" and error.startswith("undecodable journal record: ")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import time
@@ -25,12 +26,15 @@ from typing import Any, Final, Literal, TypeVar
 import attrs
 import trio
 
-from .._errors import StoreError
+from .._errors import ProtocolError, StoreError
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, Store
 from ._codec import decode_message, encode_message
 
+log = logging.getLogger("trio_chatbridge.stores.sqlite")
+
 SCHEMA_VERSION: Final = 2
+UNDECODABLE: Final = "undecodable journal record"  # the error a row set aside is marked with
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROW_PARAMETERS: Final = 5  # a journal row's: platform, account, message id, body, received_at
 ROWS_PER_STATEMENT: Final = 400  # 2,000 parameters: well under SQLite's variable limit
@@ -93,7 +97,7 @@ fewer pages written a commit (docs/performance.md, "SQLite, seventh session"). T
 keeps an outcome from outliving its row: a ``seq`` freed by a prune can be used again."""
 
 _PENDING: Final = (
-    "SELECT body FROM journal WHERE seq IN (SELECT seq FROM journal AS j "
+    "SELECT seq, body FROM journal WHERE seq IN (SELECT seq FROM journal AS j "
     "WHERE NOT EXISTS (SELECT 1 FROM outcomes AS o WHERE o.seq = j.seq)) ORDER BY seq"
 )
 """The journal rows with no outcome, oldest first: their ``seq`` found by a scan of the
@@ -185,6 +189,8 @@ class SQLiteStore(Store):
         self._unchecked = 0  # rows (and 4 a commit) written since the last checkpoint
         self._waiting: deque[_Write] = deque()
         self._writer = trio.Lock()  # fair: callers take the writer's turn in arrival order
+        self.undecodable = 0
+        """Journal rows found not to decode, and set aside (see :meth:`journal_pending`)."""
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -434,11 +440,31 @@ class SQLiteStore(Store):
         return None
 
     async def journal_pending(self) -> list[Message]:
-        def select(db: sqlite3.Connection) -> list[str]:
-            cursor = db.execute(_PENDING)
-            return [body for (body,) in cursor]
+        """As :meth:`Store.journal_pending`. A row whose body does not decode (damaged, or
+        written by something else) must not stop the others, nor every start: it is logged
+        with its ``seq``, marked failed (``undecodable journal record: …``, not replayed
+        again, pruned in time), counted in :attr:`undecodable`, and left out."""
 
-        return [decode_message(body) for body in await self._call(select)]
+        def select(db: sqlite3.Connection) -> list[tuple[int, str]]:
+            return db.execute(_PENDING).fetchall()
+
+        found: list[Message] = []
+        bad: list[tuple[int, str, str]] = []
+        for seq, body in await self._call(select):
+            try:
+                found.append(decode_message(body))
+            except ProtocolError as exc:
+                bad.append((seq, "failed", f"{UNDECODABLE}: {exc}"))
+        if bad:
+            for seq, _, reason in bad:
+                log.error("%s: journal row %d set aside, marked failed: %s", self.path, seq, reason)
+
+            def mark(db: sqlite3.Connection) -> None:
+                db.executemany("INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?)", bad)
+
+            await self._call(mark, writes=True)
+            self.undecodable += len(bad)
+        return found
 
     async def journal_entry(self, key: JournalKey) -> JournalEntry | None:
         def select(db: sqlite3.Connection) -> Any:
