@@ -189,7 +189,7 @@ class SQLiteStore(Store):
         self._unchecked = 0  # rows (and 4 a commit) written since the last checkpoint
         self._waiting: deque[_Write] = deque()
         self._writer = trio.Lock()  # fair: callers take the writer's turn in arrival order
-        self.undecodable = 0
+        self.undecodable: int = 0
         """Journal rows found not to decode, and set aside (see :meth:`journal_pending`)."""
 
     def __repr__(self) -> str:
