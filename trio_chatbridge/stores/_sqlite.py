@@ -443,7 +443,8 @@ class SQLiteStore(Store):
         """As :meth:`Store.journal_pending`. A row whose body does not decode (damaged, or
         written by something else) must not stop the others, nor every start: it is logged
         with its ``seq``, marked failed (``undecodable journal record: …``, not replayed
-        again, pruned in time), counted in :attr:`undecodable`, and left out."""
+        again, pruned in time), counted in :attr:`undecodable`, and left out. If cancelled,
+        it returns nothing and changes nothing, or only marks such rows failed."""
 
         def select(db: sqlite3.Connection) -> list[tuple[int, str]]:
             return db.execute(_PENDING).fetchall()
