@@ -141,10 +141,20 @@ async def test_rows_of_either_format_are_read(tmp_path: Path, row: str) -> None:
 @pytest.mark.parametrize(
     "row", ["", "{", "[]", '{"platform": 1}', '{"parts": 7}', '{"reply_handle": [1]}']
 )
-async def test_a_row_that_is_no_message_is_a_protocol_error(tmp_path: Path, row: str) -> None:
+async def test_a_row_that_is_no_message_is_a_protocol_error_set_aside(
+    tmp_path: Path, row: str
+) -> None:
+    """A pending row that holds no message is set aside (marked failed with the codec's
+    ProtocolError, counted), not raised: it stopped every start of a bridge on the file."""
     async with await store_holding(tmp_path / "j.db", row) as store:
+        assert await store.journal_pending() == []
+        assert store.undecodable == 1
         with pytest.raises(cb.ProtocolError, match="not a serialised Message"):
-            await store.journal_pending()
+            await store.journal_entry(("weixin", "bot", "42"))
+    with sqlite3.connect(tmp_path / "j.db") as db:
+        (error,) = db.execute("SELECT error FROM outcomes").fetchone()
+    db.close()
+    assert error.startswith("undecodable journal record: not a serialised Message")
 
 
 def test_secrets_stay_out_of_repr() -> None:
