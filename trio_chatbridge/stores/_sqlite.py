@@ -251,7 +251,8 @@ class SQLiteStore(Store):
             )
         except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(
-                f"cannot open {self.path} as a trio_chatbridge store: {exc}: {_advice(exc)}"
+                f"cannot open {self.path} as a trio_chatbridge store; {_advice(exc)}. "
+                f"SQLite said: {exc}"
             ) from exc
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -273,7 +274,8 @@ class SQLiteStore(Store):
                     "again once that process is done, or stop it."
                 ) from exc
             raise StoreError(
-                f"cannot open {self.path} as a trio_chatbridge store: {exc}: {_advice(exc)}"
+                f"cannot open {self.path} as a trio_chatbridge store; {_advice(exc)}. "
+                f"SQLite said: {exc}"
             ) from exc
         except BaseException:
             db.close()
