@@ -32,7 +32,9 @@ DEPENDENCY_LOGGERS: Final = (
 )
 _URL: Final = re.compile(r"(?i)\b(?:https?|wss?|rediss?)://[^\s'\"<>]+")
 _QUERY_VALUE: Final = re.compile(r"([?&;][^=&#\s]*=)[^&#\s]*")
-_PASSWORD: Final = re.compile(r"(?i)\b((?:https?|wss?|rediss?)://[^:@/?#\s]*:)[^@/?#\s]*@")
+# The user part runs to the LAST ``@`` before the host part ends (at ``/``, ``?``, ``#``), as
+# urlsplit and coredis read it: a password may hold a raw ``@`` or ``:``.
+_PASSWORD: Final = re.compile(r"(?i)\b((?:https?|wss?|rediss?)://[^:@/?#\s]*:)[^/?#\s]*@")
 
 
 def redact(text: str) -> str:
