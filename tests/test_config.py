@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from urllib.parse import quote
@@ -402,6 +403,9 @@ path = "{path}"
         (["/"], "'/' would take /healthz, /metrics, /readyz from the endpoint"),
         (["/healthz"], "'/healthz' would take /healthz from the endpoint"),
         (["/wecom", "/wecom"], "'/wecom' is connectors[0]'s path too"),
+        (["/wecom", "/wecom/"], "'/wecom/' is connectors[0]'s path too"),
+        (["/wecom", "/wecom/b"], "'/wecom/b' nests with connectors[0]'s '/wecom'"),
+        (["/wecom/b/", "/wecom"], "'/wecom' nests with connectors[0]'s '/wecom/b/'"),
     ],
 )
 def test_a_webhook_path_that_would_take_another_ones_requests_is_a_problem(
@@ -417,14 +421,34 @@ def test_a_webhook_path_that_would_take_another_ones_requests_is_a_problem(
     assert problem.message.startswith(said)
 
 
+def test_webhook_paths_apart_are_no_problem(tmp_path: Path) -> None:
+    """Siblings and a path that only shares a prefix's letters are routed apart."""
+    paths = ["/wecom/a", "/wecom/b", "/wecomb"]
+    webhooks = "".join(WEBHOOK.format(bot=f"bot-{i}", path=p) for i, p in enumerate(paths))
+    toml = 'agent = "cfgbot:agent"\nstore = "memory://"\n[http]\nlisten = "127.0.0.1:0"\n'
+    config = load_config(write(tmp_path, toml + webhooks), {"S": "k" * 43})
+    assert len(config.connectors) == 3
+
+
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("name", ["/dev/zero", "big"])
-def test_a_file_reference_reads_at_most_64_kib(tmp_path: Path, name: str) -> None:
-    """``${file:/dev/zero}`` read forever at start, and a log file by mistake whole."""
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("/dev/zero", "is not a regular file"),
+        ("big", "is over 64 KiB"),
+        ("fifo", "is not a regular file"),
+    ],
+)
+def test_a_file_reference_reads_at_most_64_kib_of_a_regular_file(
+    tmp_path: Path, name: str, said: str
+) -> None:
+    """``${file:/dev/zero}`` read forever at start, a FIFO without a writer blocked the open
+    for good, and a log file by mistake was read whole."""
     (tmp_path / "big").write_bytes(b"x" * (64 * 1024 + 1))
+    os.mkfifo(tmp_path / "fifo")
     toml = GOOD.replace("${file:lark_secret}", f"${{file:{name}}}")
     with pytest.raises(InvalidConfig) as caught:
         load_config(write(tmp_path, toml), {"WECOM_SECRET": "s"})
     [problem] = caught.value.problems
     assert problem.path == "connectors[1].app_secret"
-    assert "is over 64 KiB" in problem.message
+    assert said in problem.message

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import re
+import stat
 import sys
 import tomllib
 import traceback
@@ -367,7 +368,14 @@ class _Lookup:
         if reference.startswith("file:"):
             path = self.base / reference.removeprefix("file:")
             try:
-                with path.open("rb") as file:  # at most what a secret can be: not /dev/zero
+                # Opened without blocking (a FIFO without a writer would wait for good) and
+                # read only if a regular file (not /dev/zero), at most what a secret can be.
+                with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+                    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                        raise ConfigurationError(
+                            f"{str(path)!r} is not a regular file: name the file that holds "
+                            "the value"
+                        )
                     data = file.read(MAX_FILE_VALUE_BYTES + 1)
                 if len(data) > MAX_FILE_VALUE_BYTES:
                     raise ConfigurationError(
@@ -464,12 +472,14 @@ def _mount_problems(config: Config) -> list[Problem]:
     """Webhook paths that would take the endpoint's own paths, or each other's requests: the
     mount answers first, so a probe of /healthz would reach WeCom's callback handler."""
     problems = []
-    taken: dict[str, int] = {}
+    taken: dict[str, tuple[int, str]] = {}  # path without trailing slashes: (index, as written)
     for index, connector in enumerate(config.connectors):
         if not isinstance(connector, WeComWebhookConfig):
             continue
-        prefix = connector.path.rstrip("/") + "/"
-        shadowed = sorted(e for e in ENDPOINTS if e == connector.path or e.startswith(prefix))
+        # The endpoint's rule (_health.py): a mount takes its path and every path under it, and
+        # the first mount that matches wins.
+        path = connector.path.rstrip("/")
+        shadowed = sorted(e for e in ENDPOINTS if e == connector.path or e.startswith(path + "/"))
         if shadowed:
             problems.append(
                 Problem(
@@ -478,14 +488,23 @@ def _mount_problems(config: Config) -> list[Problem]:
                     "give the webhook a path of its own, as /wecom",
                 )
             )
-        earlier = taken.setdefault(connector.path, index)
-        if earlier != index:
+        # So neither of two webhooks' paths may lie under the other's, trailing slashes aside.
+        for other, (earlier, written) in taken.items():
+            if other == path:
+                said = f"{connector.path!r} is connectors[{earlier}]'s path too"
+            elif path.startswith(other + "/") or other.startswith(path + "/"):
+                said = f"{connector.path!r} nests with connectors[{earlier}]'s {written!r}"
+            else:
+                continue
             problems.append(
                 Problem(
                     f"connectors[{index}].path",
-                    f"{connector.path!r} is connectors[{earlier}]'s path too: give each its own",
+                    f"{said}: one would take the other's requests; give each a path of its "
+                    "own, as /wecom/a and /wecom/b",
                 )
             )
+            break
+        taken.setdefault(path, (index, connector.path))
     return problems
 
 
