@@ -101,6 +101,8 @@ def test_a_password_holding_an_at_sign_is_redacted_to_the_host() -> None:
     """urlsplit and coredis take the user part to the last ``@``: it leaked past the first."""
     assert redact("redis://:p@ss@host:6379/0") == "redis://:***@host:6379/0"
     assert redact("wss://u:a@b:c@host/x@y?k=v@w") == "wss://u:***@host/x@y?k=***"
+    # A ``;`` and ``=`` in the user part were taken for a query parameter, the host with it.
+    assert redact("redis://;a=:pw@host/0?x=1") == "redis://;a=:***@host/0?x=***"
 
 
 # -- failing at start: one line naming what to fix, never a traceback --------------------------

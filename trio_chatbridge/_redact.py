@@ -30,7 +30,9 @@ DEPENDENCY_LOGGERS: Final = (
     "hypercorn.access",
     "hypercorn.error",
 )
-_URL: Final = re.compile(r"(?i)\b(?:https?|wss?|rediss?)://[^\s'\"<>]+")
+# A URL: its scheme and authority (user part, host, port), then the rest, whose query is redacted
+# (a ``;`` or ``=`` in the user part is no query).
+_URL: Final = re.compile(r"(?i)\b((?:https?|wss?|rediss?)://[^/?#\s'\"<>]*)([^\s'\"<>]*)")
 _QUERY_VALUE: Final = re.compile(r"([?&;][^=&#\s]*=)[^&#\s]*")
 # The user part runs to the LAST ``@`` before the host part ends (at ``/``, ``?``, ``#``), as
 # urlsplit and coredis read it: a password may hold a raw ``@`` or ``:``.
@@ -43,7 +45,9 @@ def redact(text: str) -> str:
     if "://" not in text:  # the common record: nothing to look at
         return text
     text = _PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
-    return _URL.sub(lambda url: _QUERY_VALUE.sub(rf"\g<1>{REDACTED}", url.group()), text)
+    return _URL.sub(
+        lambda url: url.group(1) + _QUERY_VALUE.sub(rf"\g<1>{REDACTED}", url.group(2)), text
+    )
 
 
 # A JSON string field named for a secret, and its value: escapes included, one cut off
