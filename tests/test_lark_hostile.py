@@ -14,6 +14,7 @@ import trio.testing
 from support import echo, emulator_bridge, lark_message_event, streamer
 
 import trio_chatbridge as cb
+from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lark_protocol
 from trio_chatbridge.testing import HandlerTransport, LarkEmulator
@@ -226,6 +227,45 @@ async def test_a_streamed_reply_whose_first_answer_was_lost_is_still_one_message
         await trio.sleep(20)
     assert [sent.kind for sent in emu.sent] == ["reply"]
     assert emu.texts[emu.sent[0].message_id] == "one two three four five six "
+
+
+async def test_a_streamed_reply_whose_only_send_answer_was_lost_ends_with_the_full_text(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first update's send was done (the message shows its text) but its answer lost; the
+    agent finished before the next update, so the final text went by a send with the same
+    ``uuid``, which the platform answers with the first message: the stream took that for
+    the full text and stopped, and the user saw the first words for good. A send that
+    follows a failed try now edits the message to its text."""
+    emu = LarkEmulator()
+    transport = _answer_lost_after_the_first(emu, "/reply")
+    connector = lambda: emu.connector(random=lambda: 0.0, transport=transport)  # noqa: E731
+    async with emulator_bridge(emu, connector, streamer(0.2)):
+        emu.user_says("ou_ann", "one two three")
+        await trio.sleep(20)
+    assert [sent.kind for sent in emu.sent] == ["reply"]
+    assert emu.sent[0].text == "one "  # the first update's text, as the platform made it
+    assert emu.texts[emu.sent[0].message_id] == "one two three "
+    assert emu.edits[emu.sent[0].message_id] == 1
+
+
+async def test_a_lost_send_answer_spends_no_edit_the_budget_keeps_for_the_final_text(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With one edit allowed, the edit a repeated send may need is the final one: the updates
+    after it show nothing, the final edit shows the whole text, and no second edit is tried."""
+    emu = LarkEmulator()
+    transport = _answer_lost_after_the_first(emu, "/reply")
+    budget = lark.EditBudget(interval=1.0, max_edits=1)
+    connector = lambda: emu.connector(  # noqa: E731
+        random=lambda: 0.0, transport=transport, edit_budget=budget
+    )
+    async with emulator_bridge(emu, connector, streamer(0.6)):
+        emu.user_says("ou_ann", "one two three four five six")
+        await trio.sleep(20)
+    assert [sent.kind for sent in emu.sent] == ["reply"]
+    assert emu.texts[emu.sent[0].message_id] == "one two three four five six "
+    assert emu.edits[emu.sent[0].message_id] == 1
 
 
 async def test_sends_with_one_uuid_are_one_message_and_each_uuid_its_own() -> None:

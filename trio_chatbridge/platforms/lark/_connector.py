@@ -329,7 +329,9 @@ class _EditedStream(base.CoalescingStream):
 
     Every try at sending it carries the stream's one ``uuid``: a send that failed without
     an answer (a timeout, a gateway's 5xx) may have been done, and the next try must not make
-    a second message (the platform makes one per ``uuid`` an hour; docs/lark.md). For the
+    a second message (the platform makes one per ``uuid`` an hour; docs/lark.md). That try is
+    answered with the message the first one made, which may show that one's text: after a
+    failed try, the message is edited to the text just sent (if it was another). For the
     same reason every edit tried counts against the budget, done or not: the final edit, kept
     in reserve, must not be the platform's 21st."""
 
@@ -339,25 +341,44 @@ class _EditedStream(base.CoalescingStream):
         self._connector = connector
         self._target = target
         self._uuid = uuid.uuid4().hex  # 32 characters: the platform takes 50
-        self._shown = ""
+        self._shown: str | None = ""  # None: not known (a failed send may have been done)
+        self._tried: set[str] = set()  # the texts of sends that failed: any may show
         self.sent: Sent | None = None
         self.edits = 0
 
     async def update(self, text: str) -> None:
-        if self._budget.shows_now(self.sent is not None, self.edits):
-            await self._show(text)
-
-    async def _show(self, text: str) -> None:
-        if not text or text == self._shown:
-            return
-        if self.sent is None:
-            self.sent = await self._connector._send_content(self._target, text, self._uuid)
-        else:
-            try:
-                await self._connector.edit(self.sent, text)
-            finally:  # a failed edit may have been done: Lark counts it against the 20
-                self.edits += 1
-        self._shown = text
+        await self._show(text, final=False)
 
     async def final(self, text: str) -> None:
-        await self._show(text)  # nothing written: nothing sent
+        await self._show(text, final=True)  # nothing written: nothing sent
+
+    async def _show(self, text: str, *, final: bool) -> None:
+        """Show ``text``: sent at the first write, then edited while the budget allows (the
+        final text always is)."""
+        if not text or text == self._shown:
+            return
+        sent = self.sent
+        if sent is None:
+            if not (final or self._budget.shows_now(False, self.edits)):
+                return
+            sent = self.sent = await self._send(text)
+            if self._shown == text:
+                return
+        if final or self._budget.shows_now(True, self.edits):
+            try:
+                await self._connector.edit(sent, text)
+            finally:  # a failed edit may have been done: Lark counts it against the 20
+                self.edits += 1
+            self._shown = text
+
+    async def _send(self, text: str) -> Sent:
+        """Send the message; what it shows is ``text`` unless an earlier try that failed
+        (with another text) was done after all: then it is not known."""
+        try:
+            sent = await self._connector._send_content(self._target, text, self._uuid)
+        except BaseException:
+            self._tried.add(text)
+            raise
+        self._shown = text if self._tried <= {text} else None
+        self._tried.clear()
+        return sent
