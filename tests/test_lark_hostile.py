@@ -319,12 +319,8 @@ def test_a_service_id_beyond_int32_is_none_and_pings_still_go(query: str, servic
 # -- open API answers of the wrong shape -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [[1], "om_1", 5])
-async def test_an_answer_whose_data_is_no_object_fails_the_send_as_a_send_error(
-    data: Any, autojump_clock: trio.testing.MockClock
-) -> None:
-    """A ``data`` that is no object was an ``AttributeError`` out of ``reply.send`` (and, in
-    a streamed reply, out of the stream, which lets only the library's errors by)."""
+async def _reply_failure(status: int, answer: dict[str, Any]) -> BaseException:
+    """What ``reply.send`` raised when the platform answered the reply so."""
     failures: list[BaseException] = []
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -336,12 +332,54 @@ async def test_an_answer_whose_data_is_no_object_fails_the_send_as_a_send_error(
     emu = LarkEmulator()
     connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
     async with emulator_bridge(emu, connector, agent):
-        emu.fail("/reply", 200, {"code": 0, "msg": "ok", "data": data})
+        emu.fail("/reply", status, answer)
         emu.user_says("ou_ann", "hi")
         await trio.sleep(10)
     (failure,) = failures
+    return failure
+
+
+@pytest.mark.parametrize("data", [[1], "om_1", 5])
+async def test_an_answer_whose_data_is_no_object_fails_the_send_as_a_send_error(
+    data: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A ``data`` that is no object was an ``AttributeError`` out of ``reply.send`` (and, in
+    a streamed reply, out of the stream, which lets only the library's errors by)."""
+    failure = await _reply_failure(200, {"code": 0, "msg": "ok", "data": data})
     assert isinstance(failure, cb.SendError), failure
     assert "cli_emulator" in str(failure) and "not an object" in str(failure)
+
+
+async def test_a_refusal_quotes_200_characters_of_the_servers_msg_and_keeps_it_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A refusal's text quoted the server's ``msg`` whole: a hostile server's megabyte went
+    into every log line and the connector's status. It is cut to 200 characters (saying so);
+    ``LarkError.msg`` keeps it whole."""
+    said = "no" + "x" * 1_000_000
+    failure = await _reply_failure(400, {"code": 230001, "msg": said})
+    assert isinstance(failure, cb.SendError), failure
+    refusal = failure.__cause__
+    assert isinstance(refusal, lark.LarkError) and refusal.code == 230001
+    assert refusal.msg == said
+    for text in (str(failure), str(refusal)):
+        assert "cli_emulator" in text and "'no" + "x" * 198 + "'" in text
+        assert "x" * 199 not in text and len(text) < 500 and "1000002" in text
+
+
+def test_refusals_of_the_long_connection_quote_200_characters_of_what_the_server_said() -> None:
+    """Endpoint discovery's refusal quoted its ``msg`` whole, a refused upgrade its
+    ``handshake-msg`` header whole."""
+    said = "y" * 100_000
+    refusals = [
+        lark_protocol.handshake_error("cli_1", 403, {"handshake-msg": said}),
+        lark_protocol.handshake_error("cli_1", 500, {"handshake-msg": said}),
+    ]
+    with pytest.raises(cb.FatalConnectorError) as refused:
+        lark_protocol.read_endpoint("cli_1", 200, {"code": 10003, "msg": said})
+    for error in [*refusals, refused.value]:
+        assert "cli_1" in str(error) and "y" * 200 in str(error)
+        assert "y" * 201 not in str(error) and "100000" in str(error)
 
 
 async def test_an_answer_without_data_is_an_empty_one(

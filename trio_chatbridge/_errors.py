@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Final, TypeVar
 
 E = TypeVar("E", bound=BaseException)
 
@@ -96,3 +96,16 @@ def find_error(exc: BaseException, kind: type[E]) -> E | None:
 def sole(group: BaseExceptionGroup[E]) -> E | BaseExceptionGroup[E]:
     """The one exception in ``group`` (what ``except*`` makes of a bare one), or the group."""
     return group.exceptions[0] if len(group.exceptions) == 1 else group
+
+
+QUOTED: Final = 200
+"""Characters of a server's own words (the message of its refusal) that an error's text quotes:
+that text goes to logs and a connector's status. The error keeps the whole on an attribute."""
+
+
+def quoted(said: str) -> str:
+    """``said``, a server's words, as an error's text quotes them: its ``repr``, cut to
+    :data:`QUOTED` characters, saying how long it was when cut."""
+    if len(said) <= QUOTED:
+        return repr(said)
+    return f"{said[:QUOTED]!r} (cut, of {len(said)} characters)"

@@ -22,7 +22,7 @@ from typing import Any, Final, final
 import httpx
 import trio
 
-from ..._errors import FatalConnectorError, PlatformError, ProtocolError
+from ..._errors import FatalConnectorError, PlatformError, ProtocolError, quoted
 from ..._http import HTTPAnswer, HTTPStatusError, exchange, new_client
 from ..._ranges import clamp
 from ..._supervise import Backoff, Retries
@@ -51,7 +51,8 @@ class LarkError(PlatformError):
 
     def __init__(self, what: str, code: int, msg: str) -> None:
         self.msg = msg
-        super().__init__(f"Lark {what} failed: code={code} msg={msg!r}", code=code)
+        """What the server said, whole (the error's text quotes the start of it)."""
+        super().__init__(f"Lark {what} failed: code={code} msg={quoted(msg)}", code=code)
 
 
 @final

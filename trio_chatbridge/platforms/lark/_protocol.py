@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, ProtocolError
+from ..._errors import ChatBridgeError, ConnectorError, FatalConnectorError, ProtocolError, quoted
 from ..._json import json_object
 from ..._messages import Message
 from ..._ranges import clamp
@@ -553,11 +553,11 @@ def handshake_error(
         )
     if code == str(FORBIDDEN):
         return FatalConnectorError(
-            f"Lark app {account}: the connection was refused: app forbidden (403 {msg!r}); "
+            f"Lark app {account}: the connection was refused: app forbidden (403 {quoted(msg)}); "
             "check the app's status in the developer console"
         )
     return ConnectorError(
-        f"Lark app {account}: the connection was refused: status {code}, {auth} {msg!r}"
+        f"Lark app {account}: the connection was refused: status {code}, {auth} {quoted(msg)}"
     )
 
 
@@ -585,8 +585,8 @@ def read_endpoint(
     if code != 0:
         raise FatalConnectorError(
             f"Lark app {account}: endpoint discovery refused (code={code}, "
-            f"msg={data.get('msg')!r}): check the app id and secret, and that the app uses "
-            "the long connection for events"
+            f"msg={quoted(str(data.get('msg')))}): check the app id and secret, and that the "
+            "app uses the long connection for events"
         )
     payload = data.get("data")
     if not isinstance(payload, dict):
