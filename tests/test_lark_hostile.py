@@ -350,6 +350,18 @@ async def test_an_answer_whose_data_is_no_object_fails_the_send_as_a_send_error(
     assert "cli_emulator" in str(failure) and "not an object" in str(failure)
 
 
+@pytest.mark.parametrize("data", [{}, {"message_id": ""}, {"message_id": 5}])
+async def test_a_reply_answered_without_a_message_id_fails_as_a_send_error(
+    data: dict[str, Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    """An answer of success without the new message's id gave a ``Sent`` whose id was ``""``
+    (or ``"5"``): an edit of it failed later with a misleading error. It is a bad answer."""
+    failure = await _reply_failure(200, {"code": 0, "msg": "ok", "data": data})
+    assert isinstance(failure, cb.SendError), failure
+    assert isinstance(failure.__cause__, cb.ProtocolError)
+    assert "cli_emulator" in str(failure) and "message_id" in str(failure)
+
+
 async def test_a_refusal_quotes_200_characters_of_the_servers_msg_and_keeps_it_whole(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -6,7 +6,10 @@ these functions only call :class:`OpenAPI`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..._content import Attachment
+from ..._errors import ProtocolError
 from ._api import LarkError, OpenAPI
 from ._send_policy import receive_id_type, upload_of
 
@@ -35,7 +38,7 @@ async def reply(
     body = {"msg_type": msg_type, "content": content}
     path = f"/open-apis/im/v1/messages/{message_id}/reply"
     data = await api.call("POST", path, _with_uuid(body, uuid))
-    return str(data.get("message_id", ""))
+    return _message_id(api, path, data)
 
 
 async def create(
@@ -46,7 +49,19 @@ async def create(
     body = {"receive_id": receive_id, "msg_type": msg_type, "content": content}
     path = f"/open-apis/im/v1/messages?receive_id_type={receive_id_type(receive_id)}"
     data = await api.call("POST", path, _with_uuid(body, uuid))
-    return str(data.get("message_id", ""))
+    return _message_id(api, path, data)
+
+
+def _message_id(api: OpenAPI, path: str, data: dict[str, Any]) -> str:
+    """The new message's id in a send's answer; an answer without one (the message may have
+    been sent) is a :class:`ProtocolError`: nothing could edit or quote it."""
+    message_id = data.get("message_id")
+    if not isinstance(message_id, str) or not message_id:
+        raise ProtocolError(
+            f"Lark app {api.app_id}: POST {path} answered without the new message's "
+            f"message_id (got {str(message_id)[:40]!r}); the message may have been sent"
+        )
+    return message_id
 
 
 def _with_uuid(body: dict[str, str], uuid: str | None) -> dict[str, str]:
