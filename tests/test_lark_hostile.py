@@ -17,7 +17,7 @@ import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lark_protocol
-from trio_chatbridge.testing import HandlerTransport, LarkEmulator
+from trio_chatbridge.testing import HandlerTransport, LarkEmulator, LarkSent
 
 # -- text that is no text ----------------------------------------------------------------------
 
@@ -213,20 +213,30 @@ def _answer_lost_after_the_first(emu: LarkEmulator, path_part: str) -> HandlerTr
     return HandlerTransport(handler)
 
 
+async def _streamed_with_its_first_answer_lost(
+    text: str, pause: float, **options: Any
+) -> tuple[LarkEmulator, LarkSent]:
+    """The emulator and the one message after ``streamer(pause)`` streamed ``text`` back
+    through a connector (with ``options``) whose first reply was done but its answer lost."""
+    emu = LarkEmulator()
+    transport = _answer_lost_after_the_first(emu, "/reply")
+    connector = lambda: emu.connector(random=lambda: 0.0, transport=transport, **options)  # noqa: E731
+    async with emulator_bridge(emu, connector, streamer(pause)):
+        emu.user_says("ou_ann", text)
+        await trio.sleep(20)
+    (sent,) = emu.sent
+    assert sent.kind == "reply"
+    return emu, sent
+
+
 async def test_a_streamed_reply_whose_first_answer_was_lost_is_still_one_message(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A streamed reply is sent at the first update, then edited. When that send was done but
     its answer lost, the next update sent the message again: the user saw two. Each send of
     the stream's message carries the same ``uuid``, which the platform sends once an hour."""
-    emu = LarkEmulator()
-    transport = _answer_lost_after_the_first(emu, "/reply")
-    connector = lambda: emu.connector(random=lambda: 0.0, transport=transport)  # noqa: E731
-    async with emulator_bridge(emu, connector, streamer(0.6)):
-        emu.user_says("ou_ann", "one two three four five six")
-        await trio.sleep(20)
-    assert [sent.kind for sent in emu.sent] == ["reply"]
-    assert emu.texts[emu.sent[0].message_id] == "one two three four five six "
+    emu, sent = await _streamed_with_its_first_answer_lost("one two three four five six", 0.6)
+    assert emu.texts[sent.message_id] == "one two three four five six "
 
 
 async def test_a_streamed_reply_whose_only_send_answer_was_lost_ends_with_the_full_text(
@@ -237,16 +247,10 @@ async def test_a_streamed_reply_whose_only_send_answer_was_lost_ends_with_the_fu
     ``uuid``, which the platform answers with the first message: the stream took that for
     the full text and stopped, and the user saw the first words for good. A send that
     follows a failed try now edits the message to its text."""
-    emu = LarkEmulator()
-    transport = _answer_lost_after_the_first(emu, "/reply")
-    connector = lambda: emu.connector(random=lambda: 0.0, transport=transport)  # noqa: E731
-    async with emulator_bridge(emu, connector, streamer(0.2)):
-        emu.user_says("ou_ann", "one two three")
-        await trio.sleep(20)
-    assert [sent.kind for sent in emu.sent] == ["reply"]
-    assert emu.sent[0].text == "one "  # the first update's text, as the platform made it
-    assert emu.texts[emu.sent[0].message_id] == "one two three "
-    assert emu.edits[emu.sent[0].message_id] == 1
+    emu, sent = await _streamed_with_its_first_answer_lost("one two three", 0.2)
+    assert sent.text == "one "  # the first update's text, as the platform made it
+    assert emu.texts[sent.message_id] == "one two three "
+    assert emu.edits[sent.message_id] == 1
 
 
 async def test_a_lost_send_answer_spends_no_edit_the_budget_keeps_for_the_final_text(
@@ -254,18 +258,11 @@ async def test_a_lost_send_answer_spends_no_edit_the_budget_keeps_for_the_final_
 ) -> None:
     """With one edit allowed, the edit a repeated send may need is the final one: the updates
     after it show nothing, the final edit shows the whole text, and no second edit is tried."""
-    emu = LarkEmulator()
-    transport = _answer_lost_after_the_first(emu, "/reply")
     budget = lark.EditBudget(interval=1.0, max_edits=1)
-    connector = lambda: emu.connector(  # noqa: E731
-        random=lambda: 0.0, transport=transport, edit_budget=budget
-    )
-    async with emulator_bridge(emu, connector, streamer(0.6)):
-        emu.user_says("ou_ann", "one two three four five six")
-        await trio.sleep(20)
-    assert [sent.kind for sent in emu.sent] == ["reply"]
-    assert emu.texts[emu.sent[0].message_id] == "one two three four five six "
-    assert emu.edits[emu.sent[0].message_id] == 1
+    text = "one two three four five six"
+    emu, sent = await _streamed_with_its_first_answer_lost(text, 0.6, edit_budget=budget)
+    assert emu.texts[sent.message_id] == text + " "
+    assert emu.edits[sent.message_id] == 1
 
 
 async def test_sends_with_one_uuid_are_one_message_and_each_uuid_its_own() -> None:
