@@ -23,7 +23,7 @@ from trio_chatbridge._websocket import (
 )
 from trio_chatbridge.platforms import wecom, weixin
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
-from trio_chatbridge.stores._redis import BATCH
+from trio_chatbridge.stores._redis import ANSWER_KEPT, BATCH
 from trio_chatbridge.stores._sqlite import BUSY_TIMEOUT_MS, CHECKPOINT_AFTER, INLINE_ROWS
 
 STATED: list[tuple[Callable[..., Any] | type, str]] = [
@@ -41,6 +41,7 @@ STATED: list[tuple[Callable[..., Any] | type, str]] = [
     (RedisStore.journal_pending, f"{BATCH} accounts to a pipeline"),
     (RedisStore.acquire_leases, f"{BATCH} to a pipeline"),
     (RedisStore.renew_leases, f"{BATCH} to a pipeline"),
+    (RedisStore.journal_add, f"(kept {ANSWER_KEPT} s under"),
     (SQLiteStore, f"of at most {INLINE_ROWS} rows"),
     (SQLiteStore, f"about {CHECKPOINT_AFTER:,} rows"),
     (SQLiteStore, f"waits up to {BUSY_TIMEOUT_MS / 1000:g} s"),

@@ -8,6 +8,7 @@ Per account:
 - ``:body`` (hash, message id → JSON), ``:state`` (hash, id → ``d`` or ``f<error>``),
   ``:recv`` (hash, id → wall-clock time accepted), ``:pending`` (sorted set, id → sequence
   number from ``:seq``), ``:done`` (sorted set of handled ids by time accepted, for pruning);
+- ``:add:<random>`` (string, 60 s): one journal write's answer, for coredis's rerun of it;
 - ``:kv`` (hash): the account's key-value space, its cursor included;
 - ``:lease`` (the owner's token, with Redis's own expiry) and ``:fence``, a counter that grows
   at each acquisition of the lease.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -54,6 +56,7 @@ DEFAULT_PREFIX: Final = "chatbridge:"
 DEFAULT_TIMEOUT: Final = 5.0  # seconds, to connect and for each reply
 STALE: Final = "STALE"  # what the fencing check answers, as a Redis error reply
 UNDECODABLE: Final = "undecodable journal record"  # the error a record set aside is marked with
+ANSWER_KEPT: Final = 60  # seconds a journal write's answer is kept, for coredis's rerun of it
 UNSURE_AT_MOST: Final = 10_000  # message ids remembered whose journal write ended unknown
 BATCH: Final = (
     200  # accounts a pipeline reads the pending messages of, or leases it takes or renews
@@ -73,15 +76,22 @@ if token > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') ~= token then
 end
 """
 
-# KEYS: fence, body, pending, recv, seq. ARGV: token, now, then id, body pairs. Returns a flag
-# per message (1: added), then 1 if the sequence started (the account's first message, or its
-# first since Redis lost its keys), else 0.
+# KEYS: fence, body, pending, recv, seq, answer. ARGV: token, now, seconds the answer is kept,
+# then id, body pairs. Returns a flag per message (1: added), then 1 if the sequence started
+# (the account's first message, or its first since Redis lost its keys), else 0. The answer is
+# also kept under KEYS[6], a key of this call's own: coredis sends the script again when the
+# connection dropped before the reply came, and a rerun answers what the first run did (it
+# would otherwise find its own messages journaled and call them duplicates).
 _JOURNAL_ADD: Final = (
     _FENCE
     + """
+local answer = redis.call('GET', KEYS[6])
+if answer then
+  return cjson.decode(answer)
+end
 local added = {}
 local started = 0
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
     local seq = redis.call('INCR', KEYS[5])
     if seq == 1 then
@@ -95,6 +105,7 @@ for i = 3, #ARGV, 2 do
   end
 end
 added[#added + 1] = started
+redis.call('SET', KEYS[6], cjson.encode(added), 'EX', ARGV[3])
 return added
 """
 )
@@ -319,7 +330,8 @@ class RedisStore(Store):
         # called them duplicates, so nobody handled them. A timeout is a StoreError at once
         # instead (journal_add remembers what it may have written). A connection found closed
         # (most often a pooled one, nothing sent on it) is still tried again, as is a
-        # cluster's CLUSTERDOWN, which ran nothing.
+        # cluster's CLUSTERDOWN, which ran nothing. So is a connection lost before the reply
+        # came, the request sent: the journal write answers a rerun with what it did first.
         again = ConstantRetryPolicy((Disconnected,), retries=2, delay=0.01)
         client: Client
         if cluster:
@@ -437,7 +449,9 @@ class RedisStore(Store):
     # -- journal ---------------------------------------------------------------------------
 
     async def journal_add(self, messages: Sequence[Message]) -> list[bool]:
-        """As :meth:`Store.journal_add`: one fenced script per account in ``messages``.
+        """As :meth:`Store.journal_add`: one fenced script per account in ``messages``. A
+        connection lost before the reply came: coredis sends the script again, and the rerun
+        answers what the first run did (kept 60 s under a key of the call's own).
 
         Cancelled, or failed (a reply that timed out): each account's script ran whole or not
         at all, unknown which, and the caller queued none of its messages. The store
@@ -455,10 +469,11 @@ class RedisStore(Store):
         try:
             for tag, indexes in by_account.items():
                 await self._remember(tag)
-                args = [self._token(tag), now]
+                args = [self._token(tag), now, str(ANSWER_KEPT)]
                 for i in indexes:
                     args += [messages[i].id, encode_message(messages[i])]
-                keys = self._keys(tag, "fence", "body", "pending", "recv", "seq")
+                call = f"add:{secrets.token_hex(16)}"  # this call's, kept for a rerun
+                keys = self._keys(tag, "fence", "body", "pending", "recv", "seq", call)
                 reply: object = await self._call("write to", self._add(keys, args))
                 *flags, started = _list(reply)
                 for i, flag in zip(indexes, flags, strict=True):
