@@ -280,7 +280,7 @@ class RedisStore(Store):
         self._unsure: dict[tuple[str, str], None] = {}
         """(account, message id) of journal writes that failed or were cancelled, so unknown
         whether they landed, oldest first (see :meth:`journal_add`)."""
-        self.undecodable = 0
+        self.undecodable: int = 0
         """Journal records found not to decode, and set aside (see :meth:`_decoded`)."""
         register = client.register_script
         self._add = register(_JOURNAL_ADD)
@@ -558,7 +558,8 @@ class RedisStore(Store):
         """As :meth:`Store.journal_entry`, in one script. A read: cancelled, it changed
         nothing."""
         platform, account, message_id = key
-        keys = self._keys(account_name(platform, account), "body", "state", "recv")
+        tag = account_name(platform, account)
+        keys = self._keys(tag, "body", "state", "recv")
         body, state, received = _list(
             await self._call("read from", self._entry(keys, [message_id]))
         )
@@ -576,7 +577,7 @@ class RedisStore(Store):
         if state is not None:
             outcome = "done" if state == "d" else "failed"
             error = None if state == "d" else str(state)[1:]
-        return JournalEntry(message, outcome, error, float(received))
+        return JournalEntry(message, outcome, error, self._received(tag, message_id, received))
 
     async def journal_prune(self, before: float) -> int:
         """As :meth:`Store.journal_prune`: one script per account. Cancelled: some accounts
@@ -593,35 +594,56 @@ class RedisStore(Store):
         """What ``_JOURNAL_PENDING`` answered for account ``tag``: (time accepted, message),
         oldest first. A record that does not decode (a corrupted value, another application's
         data under our prefix) must not stop the account's other messages, nor crash every
-        process that acquires the account: it is logged with its key, marked failed
-        (``undecodable journal record: …``, so it is not replayed again, and pruned in time),
-        counted in :attr:`undecodable`, and left out."""
+        process that acquires the account: it is logged with its key and the reason, marked
+        failed (``undecodable journal record``, the reason left to the log and to
+        :meth:`journal_entry`, so a mark's size does not grow with the number of bad records;
+        not replayed again, and pruned in time), counted in :attr:`undecodable`, and left out.
+        A time of receipt that is not a number, its message good, is logged and taken as 0:
+        the message is replayed."""
         ids, bodies, received = _list(reply)
         found: list[tuple[float, Message]] = []
-        bad: dict[str, str] = {}
+        bad: list[str] = []
         for message_id, body, at in zip(_list(ids), _list(bodies), _list(received), strict=True):
             if body is not None:
                 try:
-                    found.append((float(at or 0), decode_message(body)))
+                    message = decode_message(body)
                 except (ProtocolError, ValueError) as exc:  # the codec lets a DecodeError out
-                    bad[str(message_id)] = str(exc)
+                    log.warning(
+                        "journal record %r of %r is not a serialised message (%s): marked "
+                        "failed, not replayed; if another application writes under the prefix "
+                        "%r, give the bridges a prefix of their own",
+                        message_id,
+                        self._key(tag, "body"),
+                        exc,
+                        self.prefix,
+                    )
+                    bad.append(str(message_id))
+                else:
+                    found.append((self._received(tag, str(message_id), at), message))
         if bad:
-            body_key = self._key(tag, "body")
-            for message_id, reason in bad.items():
-                log.warning(
-                    "journal record %r of %r is not a serialised message (%s): marked failed, "
-                    "not replayed; if another application writes under the prefix %r, give "
-                    "the bridges a prefix of their own",
-                    message_id,
-                    body_key,
-                    reason,
-                    self.prefix,
-                )
             keys = self._keys(tag, "fence", "body", "state", "pending", "recv", "done")
-            state = f"f{UNDECODABLE}: {'; '.join(bad.values())}"
+            state = f"f{UNDECODABLE}"
             await self._call("write to", self._done(keys, [self._token(tag), state, *bad]))
             self.undecodable += len(bad)
         return found
+
+    def _received(self, tag: str, message_id: str, at: object) -> float:
+        """The time of receipt ``at`` read from account ``tag``'s journal, or 0 (logged) when it
+        is missing or not a finite number (a corrupted record): its message is still good."""
+        try:
+            received = float(str(at))
+        except ValueError:
+            received = math.nan
+        if math.isfinite(received):
+            return received
+        log.warning(
+            "journal record %r of %r has no valid time of receipt (%.40r): taken as 0, the "
+            "message is kept",
+            message_id,
+            self._key(tag, "recv"),
+            at,
+        )
+        return 0.0
 
     # -- key-value space, per account --------------------------------------------------------
 
