@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -354,3 +355,50 @@ async def test_a_huge_error_message_from_the_server_is_cut_in_the_error_and_the_
         assert bridge.stats().received == 1
     [detail] = details
     assert "ret=1" in detail and "xxx" in detail and len(detail) < 1000, len(detail)
+
+
+LONE_SURROGATE: Final = b"\\ud800"  # a JSON escape of half a pair: Python's decoder takes it
+
+
+@pytest.mark.parametrize("where", ["text", "repaired", "id"])
+async def test_a_lone_surrogate_escape_spoils_no_good_message_of_its_page(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, where: str
+) -> None:
+    """A lone surrogate escape (``\\ud800``) is read by Python's decoder (the page's repair)
+    into a string UTF-8 cannot encode: the message failed the SQLite journal's write with
+    every good message of its page, and the page came again at each poll. It is a bad entry
+    now, counted and skipped; the good messages beside it are handled once each."""
+    emu = WeixinEmulator()
+    seen: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(m.text for m in batch.messages)
+
+    bad = emu.user_message("eve", [{"type": 1, "text_item": {"text": "bad PLACEHOLDER"}}])
+    if where == "repaired":  # a field of the wrong type too: the entry goes through the repair
+        bad["seq"] = "not a number"
+    elif where == "id":  # where a number belongs: the repair's conversion meets it
+        bad["seq"] = "PLACEHOLDER"
+    page = {
+        "ret": 0,
+        "msgs": [
+            emu.user_message("ann", [{"type": 1, "text_item": {"text": "before"}}]),
+            bad,
+            emu.user_message("bob", [{"type": 1, "text_item": {"text": "after"}}]),
+        ],
+        "get_updates_buf": "",
+    }
+    body = json.dumps(page).encode().replace(b"PLACEHOLDER", LONE_SURROGATE)
+    emu.fail("getupdates", WeixinFault(body=body))
+    bridge = cb.Bridge(
+        connectors=[emu.connector()],
+        agent=agent,
+        store=cb.SQLiteStore(tmp_path / "journal.db", threaded=False),  # on the test clock
+        debounce=cb.Debounce(window=1.0),
+    )
+    async with running_bridge(bridge):
+        await trio.sleep(30)
+        stats = bridge.stats()
+    assert sorted(seen) == ["after", "before"]
+    assert stats.protocol_errors == 1
+    assert stats.reconnects == 0

@@ -337,3 +337,39 @@ def test_every_good_message_of_a_page_survives_whatever_is_beside_it(
 def test_the_protocol_core_imports_no_io_library_directly_or_through_ours(core: str) -> None:
     seen = modules_a_core_runs(core)
     assert "trio_chatbridge._poll_events" in seen and "trio_chatbridge._json" in seen
+
+
+@given(
+    texts=st.lists(st.text(max_size=20), min_size=1, max_size=6),
+    at=st.integers(0, 6),
+    half=st.sampled_from([b"\\ud800", b"\\udfff"]),
+    wrong=st.booleans(),
+)
+def test_a_lone_surrogate_spoils_only_its_entry_of_a_page(
+    texts: list[str], at: int, half: bytes, wrong: bool
+) -> None:
+    """A page with a lone surrogate escape in one entry (msgspec refuses the page, Python's
+    decoder takes it): that entry is a ProtocolError, every other comes out with its text,
+    whether the entries are read from the page decoded or from their own bytes (the repair)."""
+    good = [
+        {"message_id": n + 1, "from_user_id": "u", "message_type": 1, "seq": "x" if wrong else n}
+        | {"item_list": [{"type": 1, "text_item": {"text": text}}]}
+        for n, text in enumerate(texts)
+    ]
+    at = min(at, len(good))
+    bad = {"message_id": 99, "from_user_id": "u", "message_type": 1, "context_token": "HALF"}
+    entries = [*good[:at], bad, *good[at:]]
+    page = json.dumps({"ret": 0, "msgs": entries}).encode().replace(b"HALF", half)
+    _, decoded, whole = p.read_answer(page)
+    bytes_each = [json.dumps(e).encode().replace(b"HALF", half) for e in entries]
+    assert not whole
+    for read in (decoded, bytes_each):
+        out: list[object] = []
+        for entry in read:
+            try:
+                message = weixin.to_message("bot", entry)
+            except cb.ProtocolError as exc:
+                out.append("surrogate" in str(exc))
+            else:
+                out.append(message and message.text)
+        assert out == [*texts[:at], True, *texts[at:]]

@@ -169,3 +169,78 @@ def test_a_kept_message_is_at_most_one_tracked_object(platform: str) -> None:
     gc.collect()
     assert all(m is not None and not gc.is_tracked(m) for m in kept)
     assert (len(gc.get_objects()) - before - 1) / len(kept) <= 1  # - 1: the list itself
+
+
+LONE_HALVES = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"])
+
+
+def string_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every string in ``value`` (keys and indexes from the top)."""
+    if isinstance(value, str):
+        return [path]
+    if not isinstance(value, dict | list):
+        return []
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return [p for key, inner in items for p in string_paths(inner, (*path, key))]
+
+
+def with_string(value: Any, path: tuple[Any, ...], text: str) -> Any:
+    """A copy of ``value`` whose string at ``path`` is ``text``."""
+    if not path:
+        return text
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = with_string(value[path[0]], path[1:], text)
+    return copy
+
+
+@pytest.mark.parametrize("platform", sorted(CONVERTERS))
+@given(data=st.data(), half=LONE_HALVES)
+def test_a_lone_surrogate_in_any_string_is_a_protocol_error(
+    platform: str, data: Any, half: str
+) -> None:
+    """Half a surrogate pair is no text: no store can journal it. msgspec refuses its escape,
+    so the payload goes to the repair (Python's decoder takes it): the repair refuses it too,
+    as bytes and as the payload already decoded, never a message and never another error."""
+    convert, base = CONVERTERS[platform]
+    path = data.draw(st.sampled_from(string_paths(base)))
+    payload = with_string(base, path, f"a{half}b")
+    for given_as in (as_bytes(payload), payload):
+        with pytest.raises(cb.ProtocolError):
+            convert(given_as)
+
+
+@pytest.mark.parametrize("platform", ["weixin", "wecom"])
+@pytest.mark.parametrize(
+    "text",
+    ["\\ud800", "\U0001f600", "\u00e9"],
+    ids=["an escaped backslash", "a pair", "one escape"],
+)
+def test_text_with_escapes_is_kept_through_the_repair(platform: str, text: str) -> None:
+    """An escaped backslash before ``ud800`` is six characters of text, and a pair of halves
+    is one character: both are text, also through the repair of a wrong-typed field."""
+    convert, base = CONVERTERS[platform]
+    if platform == "weixin":
+        payload = with_string(base, ("item_list", 0, "text_item", "text"), text)
+        payload["item_list"] = payload["item_list"][:1]
+        payload["seq"] = "not a number"
+    else:
+        payload = {**base, "msgtype": "text", "chattype": "single", "text": {"content": text}}
+        payload["create_time"] = "not a number"
+    message = convert(as_bytes(payload))
+    assert message is not None and message.text == text
+
+
+@pytest.mark.parametrize("platform", ["weixin", "wecom"])
+@pytest.mark.parametrize("where", ["text", "a number"])
+def test_a_lone_surrogate_says_so_in_its_error(platform: str, where: str) -> None:
+    """Where text goes and where a number goes (msgspec's conversion met it as a bare
+    UnicodeEncodeError), and encoded in UTF-8 bytes as no valid UTF-8 has it."""
+    convert, base = CONVERTERS[platform]
+    field = ("seq",) if platform == "weixin" else ("create_time",)
+    if where == "text":
+        field = ("item_list", 0, "text_item", "text") if platform == "weixin" else ("msgid",)
+    payload = with_string(base, field, "PLACEHOLDER")
+    data = as_bytes(payload)
+    for half in (b"\\udfff", "\udfff".encode(errors="surrogatepass")):
+        with pytest.raises(cb.ProtocolError, match=r"surrogate|can.t decode"):
+            convert(data.replace(b"PLACEHOLDER", half))

@@ -47,8 +47,18 @@ def payload_bytes(payload: bytes | Mapping[str, Any], what: str) -> bytes:
         pass  # an int over 64 bits, say: Python's encoder takes what its decoder gave
     try:
         return json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise lone_surrogate(what, exc) from exc
     except (TypeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"{what} cannot be read: {exc}") from exc
+
+
+def lone_surrogate(what: str, exc: UnicodeEncodeError) -> ProtocolError:
+    """The error for a payload holding half a surrogate pair (``\\ud800``, an escape Python's
+    JSON decoder takes): no text, so no store could journal it and no platform could be sent
+    it; the payload is a bad one, skipped alone (docs/reliability.md)."""
+    code = ord(exc.object[exc.start])
+    return ProtocolError(f"{what} holds a lone surrogate (\\u{code:x}), which is no text: skipped")
 
 
 class Lenient(Generic[T]):
@@ -81,7 +91,12 @@ class Lenient(Generic[T]):
         """Decoded as Python's decoder would (it also takes ``NaN``, ``Infinity`` and ``1e999``,
         as our JSON reader does), each field of the wrong type dropped in turn."""
         try:
-            tree = json.loads(data)
+            text = data.decode()  # strictly: Python's decoder would let surrogates through
+            tree = json.loads(text)
+            if "\\u" in text:  # an escape, maybe of half a surrogate pair
+                json.dumps(tree, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise lone_surrogate(self.what, exc) from exc
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"{self.what} is not JSON we can read: {exc}") from exc
         for _ in range(MAX_REPAIRS + 1):
