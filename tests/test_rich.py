@@ -583,3 +583,76 @@ def test_lark_emulator_records_the_answer_an_ack_carries() -> None:
         Activity("lark", "card_answer", "ack", id="frame-9", card=LARK_CARD, detail=answer)
     ]
     assert emu.acks == [200, 200]
+
+
+# -- every platform ----------------------------------------------------------------------------
+
+
+async def answered_by(platform: str, script: Script, results: Record[Any], count: int) -> Any:
+    """The emulator of ``platform`` once its user said hi and ``results`` holds ``count``."""
+    emu: WeixinEmulator | WeComEmulator | LarkEmulator
+    if platform == "weixin":
+        emu = WeixinEmulator()
+        async with running_bridge(cb.Bridge([emu.connector()], script, store=cb.MemoryStore())):
+            emu.user_says("wx-ann", "hi")
+            await until(results, count)
+        return emu
+    emu = WeComEmulator() if platform == "wecom" else LarkEmulator()
+    async with emulator_bridge(emu, emu.connector, script):
+        emu.user_says("ann" if platform == "wecom" else "ou_ann", "hi")
+        await until(results, count)
+    return emu
+
+
+@pytest.mark.parametrize("platform", ["weixin", "wecom", "lark"])
+async def test_a_reply_holding_a_lone_surrogate_is_refused_and_the_next_one_goes(
+    autojump_clock: trio.testing.MockClock, platform: str
+) -> None:
+    """Half a surrogate pair (``"\\ud800"``, what ``surrogateescape`` decoding or a JSON
+    escape gives an agent) is no text: the platform's request raised a bare
+    UnicodeEncodeError out of ``reply.send``. It is a SendError naming the problem, raised
+    before anything is sent, and the agent's next reply goes."""
+    results: Record[Any] = Record()
+    bad: tuple[cb.Content, ...] = (
+        "bad \ud800",
+        cb.Attachment(b"x", "bad\udcff.txt"),
+        cb.Card({"elements": [{"tag": "markdown", "content": "bad \udfff"}]}),
+    )
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        for content in bad:
+            with pytest.raises(cb.SendError, match="lone surrogate") as refused:
+                await reply.send(content)
+            results.append(str(refused.value))
+        with pytest.raises(cb.SendError, match="lone surrogate"):
+            await reply.edit(cb.Sent(platform, batch.latest.chat.id, "text", "om_1"), "\ud800")
+        await reply.send("good \u00e9\U0001f600")
+        results.append("ok")
+
+    emu = await answered_by(platform, script, results, len(bad) + 1)
+    assert results[-1] == "ok"
+    assert all("\\ud8" in r or "\\udc" in r or "\\udf" in r for r in results[:-1])
+    assert [a.text for a in emu.activity if a.text] == ["good \u00e9\U0001f600"]
+    assert not any(a.card or a.media for a in emu.activity)  # nothing of the bad ones went
+
+
+@pytest.mark.parametrize("platform", ["weixin", "wecom", "lark"])
+async def test_a_streamed_write_holding_a_lone_surrogate_is_refused_and_the_stream_goes_on(
+    autojump_clock: trio.testing.MockClock, platform: str
+) -> None:
+    """The write raised a bare UnicodeEncodeError (in an ExceptionGroup) where the platform
+    encoded the text; now a SendError before it is appended, and the stream goes on."""
+    results: Record[Any] = Record()
+
+    async def script(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write("ok ")
+            with pytest.raises(cb.SendError, match="streamed text holds a lone surrogate"):
+                await out.write("bad \udc80")
+            await out.write("end")
+            assert out.text == "ok end"
+        results.append("ok")
+
+    emu = await answered_by(platform, script, results, 1)
+    assert results == ["ok"]
+    assert "ok end" in [a.text for a in emu.activity]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import final
 
 from ._connector import Connector, ReplyStream
 from ._construction import NoPublicConstructor
-from ._content import Attachment, Card, Content, Sent, media_kind
+from ._content import Attachment, Card, Content, Markdown, Sent, kind_of, media_kind
+from ._errors import SendError
 from ._messages import Batch, Message
 
 
@@ -56,7 +58,11 @@ class Reply(metaclass=NoPublicConstructor):
         acknowledgement confirms it after the run, and the batch is journaled done only then.
         A refusal (or no acknowledgement in time) is counted in ``replies_refused``, logged,
         and sent again proactively; if that fails too, it is counted in ``replies_failed``,
-        logged, and the batch is journaled as failed (docs/wecom.md)."""
+        logged, and the batch is journaled as failed (docs/wecom.md).
+
+        Text holding half a surrogate pair (``"\\ud800"``: no text, no platform can be sent
+        it) raises :class:`SendError` before anything is sent."""
+        self._check_text(content)
         sent = await self.connector.send_content(self.target, content)
         self._on_sent()
         return sent
@@ -70,7 +76,9 @@ class Reply(metaclass=NoPublicConstructor):
     async def edit(self, sent: Sent, content: Content) -> None:
         """Change what an earlier reply shows, where the platform edits in place (Lark:
         text and posts, and cards updated by ``PATCH``). If cancelled, the message shows the
-        old content or the new one, never a mix."""
+        old content or the new one, never a mix. Text holding half a surrogate pair raises
+        :class:`SendError`, as in :meth:`send`."""
+        self._check_text(content)
         await self.connector.edit(sent, content)
 
     @asynccontextmanager
@@ -82,12 +90,63 @@ class Reply(metaclass=NoPublicConstructor):
 
         If the block is cancelled (or raises), the stream ends as failed: a platform that
         streams is told it ended (what it already shows stays), one that sends at the end
-        sends nothing, and the reply does not count as sent.
+        sends nothing, and the reply does not count as sent. A write holding half a surrogate
+        pair raises :class:`SendError` and appends nothing; the stream goes on.
         """
         if card is None:
             async with self.connector.stream(self.target) as out:
-                yield out
+                yield _TextOnly(out, self)
         else:
+            self._check_text(card)
             async with self.connector.stream_with_card(self.target, card) as out:
-                yield out
+                yield _TextOnly(out, self)
         self._on_sent()
+
+    def _check_text(self, content: Content) -> None:
+        """Refuse ``content`` whose text UTF-8 cannot encode (see :meth:`refuse_no_text`)."""
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, Markdown):
+            text = content.text
+        elif isinstance(content, Attachment):
+            text = content.filename
+        else:
+            text = json.dumps(content.as_dict(), ensure_ascii=False)
+        self.refuse_no_text(text, kind_of(content))
+
+    def refuse_no_text(self, text: str, kind: str) -> None:
+        """:class:`SendError` if ``text`` holds half a surrogate pair (``"\\ud800"``, which
+        an agent gets from ``surrogateescape`` decoding or a JSON escape): no text, so the
+        platform's request would fail to encode it, with an error naming neither the reply
+        nor what to do. Nearly free for the common reply (``str.isascii``)."""
+        if text.isascii():
+            return
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            code = ord(exc.object[exc.start])
+            raise SendError(
+                f"reply to {self.batch.session} via {self.connector.name} not sent: its "
+                f"{kind} holds a lone surrogate (\\u{code:x} at {exc.start}), which is no "
+                "text; replace it (text.encode('utf-8', 'replace').decode()) or drop it"
+            ) from exc
+
+
+@final
+class _TextOnly(ReplyStream):
+    """The connector's stream, each write refused (before it reaches the platform) when it
+    holds half a surrogate pair; a refused write appends nothing."""
+
+    __slots__ = ("_out", "_reply")
+
+    def __init__(self, out: ReplyStream, reply: Reply) -> None:
+        self._out = out
+        self._reply = reply
+
+    async def write(self, text: str) -> None:
+        self._reply.refuse_no_text(text, "streamed text")
+        await self._out.write(text)
+
+    @property
+    def text(self) -> str:
+        return self._out.text
