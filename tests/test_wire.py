@@ -236,7 +236,7 @@ def test_a_lone_surrogate_says_so_in_its_error(platform: str, where: str) -> Non
     """Where text goes and where a number goes (msgspec's conversion met it as a bare
     UnicodeEncodeError), and encoded in UTF-8 bytes as no valid UTF-8 has it."""
     convert, base = CONVERTERS[platform]
-    field = ("seq",) if platform == "weixin" else ("create_time",)
+    field: tuple[Any, ...] = ("seq",) if platform == "weixin" else ("create_time",)
     if where == "text":
         field = ("item_list", 0, "text_item", "text") if platform == "weixin" else ("msgid",)
     payload = with_string(base, field, "PLACEHOLDER")
