@@ -103,7 +103,7 @@ class Reply(metaclass=NoPublicConstructor):
         self._on_sent()
 
     def _check_text(self, content: Content) -> None:
-        """Refuse ``content`` whose text UTF-8 cannot encode (see :meth:`refuse_no_text`)."""
+        """Refuse ``content`` whose text UTF-8 cannot encode (see :func:`_refuse_no_text`)."""
         if isinstance(content, str):
             text = content
         elif isinstance(content, Markdown):
@@ -112,24 +112,25 @@ class Reply(metaclass=NoPublicConstructor):
             text = content.filename
         else:
             text = json.dumps(content.as_dict(), ensure_ascii=False)
-        self.refuse_no_text(text, kind_of(content))
+        _refuse_no_text(self, text, kind_of(content))
 
-    def refuse_no_text(self, text: str, kind: str) -> None:
-        """:class:`SendError` if ``text`` holds half a surrogate pair (``"\\ud800"``, which
-        an agent gets from ``surrogateescape`` decoding or a JSON escape): no text, so the
-        platform's request would fail to encode it, with an error naming neither the reply
-        nor what to do. Nearly free for the common reply (``str.isascii``)."""
-        if text.isascii():
-            return
-        try:
-            text.encode()
-        except UnicodeEncodeError as exc:
-            code = ord(exc.object[exc.start])
-            raise SendError(
-                f"reply to {self.batch.session} via {self.connector.name} not sent: its "
-                f"{kind} holds a lone surrogate (\\u{code:x} at {exc.start}), which is no "
-                "text; replace it (text.encode('utf-8', 'replace').decode()) or drop it"
-            ) from exc
+
+def _refuse_no_text(reply: Reply, text: str, kind: str) -> None:
+    """:class:`SendError` if ``text`` holds half a surrogate pair (``"\\ud800"``, which
+    an agent gets from ``surrogateescape`` decoding or a JSON escape): no text, so the
+    platform's request would fail to encode it, with an error naming neither the reply nor
+    what to do. Nearly free for the common reply (``str.isascii``)."""
+    if text.isascii():
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        code = ord(exc.object[exc.start])
+        raise SendError(
+            f"reply to {reply.batch.session} via {reply.connector.name} not sent: its "
+            f"{kind} holds a lone surrogate (\\u{code:x} at {exc.start}), which is no "
+            "text; replace it (text.encode('utf-8', 'replace').decode()) or drop it"
+        ) from exc
 
 
 @final
@@ -137,14 +138,12 @@ class _TextOnly(ReplyStream):
     """The connector's stream, each write refused (before it reaches the platform) when it
     holds half a surrogate pair; a refused write appends nothing."""
 
-    __slots__ = ("_out", "_reply")
-
     def __init__(self, out: ReplyStream, reply: Reply) -> None:
         self._out = out
         self._reply = reply
 
     async def write(self, text: str) -> None:
-        self._reply.refuse_no_text(text, "streamed text")
+        _refuse_no_text(self._reply, text, "streamed text")
         await self._out.write(text)
 
     @property
