@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import pickle
 import sqlite3
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 
 import trio_chatbridge as cb
+from trio_chatbridge.stores._codec import decode_message
 
 text = st.text(max_size=20)
 optional_text = st.none() | text
@@ -139,7 +141,11 @@ async def test_rows_of_either_format_are_read(tmp_path: Path, row: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "row", ["", "{", "[]", '{"platform": 1}', '{"parts": 7}', '{"reply_handle": [1]}']
+    "row",
+    [
+        *("", "{", "[]", '{"platform": 1}', '{"parts": 7}', '{"reply_handle": [1]}'),
+        '{"account": null, "x": Infinity}',  # typed decoder stops at null, untyped at Infinity
+    ],
 )
 async def test_a_row_that_is_no_message_is_a_protocol_error_set_aside(
     tmp_path: Path, row: str
@@ -155,6 +161,47 @@ async def test_a_row_that_is_no_message_is_a_protocol_error_set_aside(
         (error,) = db.execute("SELECT error FROM outcomes").fetchone()
     db.close()
     assert error.startswith("undecodable journal record: not a serialised Message")
+
+
+# Bodies a journal row might hold after a crash, a hand edit or another program's write: any
+# text or bytes, JSON built from a message's own keys (so the typed decoder stops on a
+# validation error and the untyped one runs), JSON that only Python writes (Infinity, NaN), and
+# the known rows with a slice replaced.
+MESSAGE_KEYS = (
+    "platform account id chat sender parts kind media ref reply_handle raw timestamp text"
+)
+json_values = st.recursive(
+    atoms | st.floats(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(MESSAGE_KEYS.split()) | text,
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+spliced_rows = st.tuples(
+    st.sampled_from([KNOWN_ROW, FIRST_FORMAT_ROW]), st.integers(0, 500), st.integers(0, 20), text
+).map(lambda r: r[0][: r[1]] + r[3] + r[0][r[1] + r[2] :])
+bodies = st.one_of(
+    st.text(),
+    st.binary(),
+    json_values.map(json.dumps),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    spliced_rows,
+)
+
+
+@given(bodies)
+def test_decoding_any_body_gives_a_message_or_a_protocol_error(body: str | bytes) -> None:
+    """Whatever a row holds, the codec answers with a Message or a ProtocolError: anything
+    else escapes the stores' set-aside and stops every start of a bridge on the file."""
+    try:
+        assert isinstance(decode_message(body), cb.Message)
+    except cb.ProtocolError as exc:
+        assert str(exc).startswith("not a serialised Message")
 
 
 def test_secrets_stay_out_of_repr() -> None:
