@@ -120,10 +120,24 @@ async def test_put_refused_by_a_locked_file_writes_nothing_and_says_what_to_do(
                 await store.journal_add([message])
             assert str(path) in str(refused.value)
             assert "another connection held the file's lock" in str(refused.value)
+            assert str(refused.value).endswith("are replayed at the next start")
+            assert "not acknowledged (the connector gets them again)" in str(refused.value)
             assert isinstance(refused.value.__cause__, sqlite3.OperationalError)
             assert await store.journal_add([message]) == [True]
-            with locked(path), pytest.raises(cb.StoreError, match="another connection"):
+            with locked(path), pytest.raises(cb.StoreError, match="another connection") as kv:
                 await store.set("fake", "bot", "cursor", "1")
+            # A value's write promises nothing of the journal's: its advice ends at what to do.
+            assert str(kv.value).endswith("a backup in a transaction): end it")
+
+
+async def test_an_open_that_fails_gives_advice_for_opening(tmp_path: Path) -> None:
+    """An open's error says what to do about the file, and promises no retry or replay of
+    writes (it wrote nothing; its advice was a write's)."""
+    with pytest.raises(cb.StoreError) as refused:
+        await cb.SQLiteStore(tmp_path / "missing-dir" / "j.db").open()
+    message = str(refused.value)
+    assert "check the path, the disk and the file's permissions. SQLite said:" in message
+    assert "retried" not in message and "replayed" not in message
 
 
 async def test_damaged_file_names_the_file_and_what_to_do(tmp_path: Path) -> None:

@@ -240,3 +240,26 @@ async def test_a_message_accepted_after_a_prune_emptied_the_journal_is_pending(
         assert await store.journal_pending() == [second]
         entry = await store.journal_entry(("fake", "bot", "2"))
         assert entry is not None and entry.state == "pending"
+
+
+async def test_a_store_refused_at_once_by_a_writer_outside_wal_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process writing to the file in rollback-journal mode (the sqlite3 shell, say) makes
+    SQLite refuse the opening at once, not after the opening's wait: the error says which."""
+    monkeypatch.setattr(_sqlite, "OPEN_BUSY_TIMEOUT_MS", 5_000)  # bounds the test before the fix
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path, threaded=False):
+        pass
+    with closing(sqlite3.connect(path, isolation_level=None)) as shell:
+        assert shell.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+        shell.execute("BEGIN IMMEDIATE")
+        shell.execute("INSERT INTO kv VALUES ('weixin', 'bot', 'k', 'v')")
+        with pytest.raises(cb.StoreError) as raised:
+            await cb.SQLiteStore(path).open()
+        shell.execute("ROLLBACK")
+    message = str(raised.value)
+    assert "gave up after 0.0 s of the 5 s it may wait" in message
+    assert "outside WAL mode" in message and "End that transaction" in message
+    assert "held its write lock" not in message
+    assert message.endswith("SQLite said: database is locked")

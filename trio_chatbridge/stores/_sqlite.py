@@ -241,6 +241,7 @@ class SQLiteStore(Store):
         self._db = await self._run(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
+        started = time.monotonic()
         try:
             _create_private(self.path)
             db = sqlite3.connect(
@@ -268,10 +269,8 @@ class SQLiteStore(Store):
             db.close()
             if _locked(exc):
                 raise StoreError(
-                    f"cannot open {self.path} as a trio_chatbridge store: another process "
-                    f"held its write lock for over {OPEN_BUSY_TIMEOUT_MS / 1000:.0f} s (a "
-                    "migration of a very large journal, or a process stuck in a write). Start "
-                    "again once that process is done, or stop it."
+                    f"cannot open {self.path} as a trio_chatbridge store: "
+                    f"{_lock_held(time.monotonic() - started)}. SQLite said: {exc}"
                 ) from exc
             raise StoreError(
                 f"cannot open {self.path} as a trio_chatbridge store; {_advice(exc)}. "
@@ -373,13 +372,14 @@ class SQLiteStore(Store):
                     if write.queued:
                         await self._commit_turn()
         if isinstance(write.error, sqlite3.Error):
-            raise self._failed(write.error) from write.error
+            raise self._failed(write.error, _JOURNAL_RETRIED) from write.error
         if write.error is not None:
             raise write.error
 
-    def _failed(self, exc: sqlite3.Error) -> StoreError:
-        """What a person needs to act on SQLite's ``exc``: the file, and what to do."""
-        return StoreError(f"{self.path}: {exc}: {_advice(exc)}")
+    def _failed(self, exc: sqlite3.Error, then: str = "") -> StoreError:
+        """What a person needs to act on SQLite's ``exc``: the file, what to do, and ``then``
+        what becomes of what the failed operation was writing, where that is known."""
+        return StoreError(f"{self.path}: {exc}: {_advice(exc)}{then}")
 
     async def _commit_turn(self) -> None:
         turn: list[_Write] = []
@@ -742,7 +742,7 @@ def _advice(exc: Exception) -> str:
         return (
             f"another connection held the file's lock for over {BUSY_TIMEOUT_MS / 1000:g} s "
             "(a process stuck in a write, or a tool such as the sqlite3 shell or a backup in a "
-            "transaction): end it; what was not written is retried or replayed at the next start"
+            "transaction): end it"
         )
     if primary == sqlite3.SQLITE_FULL:
         return "free space on the disk that holds it (or raise its size limit)"
@@ -753,7 +753,33 @@ def _advice(exc: Exception) -> str:
             "the file is damaged or not a trio_chatbridge store: move it away (or restore a "
             "backup) and start again"
         )
-    return "check the disk and the file's permissions; what was not written is retried or replayed"
+    return "check the path, the disk and the file's permissions"
+
+
+_JOURNAL_RETRIED: Final = (
+    "; what was not written is not lost: messages not journaled are not acknowledged (the "
+    "connector gets them again), runs not marked done are replayed at the next start"
+)
+
+
+def _lock_held(waited: float) -> str:
+    """What an open that found the file locked for ``waited`` seconds met, and what to do.
+    SQLite waits (up to ``OPEN_BUSY_TIMEOUT_MS``) only where waiting cannot deadlock: for a
+    process writing to the file outside WAL mode (a rollback journal's lock), it fails at
+    once."""
+    limit = OPEN_BUSY_TIMEOUT_MS / 1000
+    if waited >= limit:
+        return (
+            f"another process held its write lock for over {limit:g} s (a migration of a very "
+            "large journal, or a process stuck in a write). Start again once that process is "
+            "done, or stop it"
+        )
+    return (
+        f"SQLite gave up after {waited:.1f} s of the {limit:g} s it may wait, as it does "
+        "rather than risk a deadlock: another process is writing to the file outside WAL mode "
+        "(the sqlite3 shell or another program in a write transaction). End that transaction "
+        "or stop that process, then start again"
+    )
 
 
 def _patiently(fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
