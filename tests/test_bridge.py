@@ -4,7 +4,7 @@ import asyncio
 import contextvars
 import math
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
@@ -22,6 +22,10 @@ from trio_chatbridge.testing import FakeConnector, running_bridge
 
 async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
     await reply.send(" / ".join(m.text for m in batch.messages))
+
+
+class _OwnBaseError(BaseException):
+    """What a library may raise that is no Exception (asyncio.CancelledError is one)."""
 
 
 def make_bridge(agent: cb.Agent = echo, *connectors: Connector, **options: object) -> cb.Bridge:
@@ -141,16 +145,18 @@ async def test_accounts_whose_plain_keys_collide_never_share_a_run(
     assert (stats.runs, stats.interrupts) == (2, 0)
 
 
+@pytest.mark.parametrize("error", [RuntimeError("cleanup failed"), _OwnBaseError("odd")])
 async def test_an_error_raised_while_a_run_is_interrupted_never_stops_the_bridge(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, error: BaseException
 ) -> None:
     """A cleanup that fails during the interrupt reaches the dispatcher as a group of
-    Cancelled and the error: it is counted and the rerun still happens."""
+    Cancelled and the error: it is counted and the rerun still happens. An error of the
+    agent's own that is no Exception, beside the Cancelled, ended the bridge."""
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         async with trio.open_nursery() as nursery:
             if len(batch.messages) == 1:
-                nursery.start_soon(_fails_when_stopped)
+                nursery.start_soon(_fails_when_stopped, error)
             await trio.sleep(10)
             await reply.send("done: " + batch.text.replace("\n", ","))
             nursery.cancel_scope.cancel()
@@ -271,11 +277,11 @@ async def test_sessions_waiting_for_a_slot_are_neither_interrupted_nor_abandoned
     assert sorted(m.text for m in await store.journal_pending()) == ["a", "b1", "b2"]
 
 
-async def _fails_when_stopped() -> None:
+async def _fails_when_stopped(error: BaseException | None = None) -> None:
     try:
         await trio.sleep_forever()
     finally:
-        raise RuntimeError("cleanup failed")
+        raise error or RuntimeError("cleanup failed")
 
 
 async def _behave(kind: str, reply: cb.Reply) -> None:
@@ -589,20 +595,31 @@ async def test_a_run_whose_stepping_fails_between_steps_is_closed_in_its_context
     assert VISITED.get() == ""
 
 
-class _OwnBaseError(BaseException):
-    """What a library may raise that is no Exception (asyncio.CancelledError is one)."""
-
-
 @pytest.mark.parametrize(
-    "error",
-    [RuntimeError("agent bug"), _OwnBaseError("odd"), asyncio.CancelledError("from asyncio")],
+    ("error", "journaled"),
+    [
+        (RuntimeError("agent bug"), "RuntimeError: agent bug"),
+        (_OwnBaseError("odd"), "_OwnBaseError: odd"),
+        (asyncio.CancelledError("from asyncio"), "CancelledError: from asyncio"),
+        # what a task group makes of one task's error: journaled as that error
+        (ExceptionGroup("", [ValueError("inner")]), "ValueError: inner"),
+        (
+            BaseExceptionGroup("", [BaseExceptionGroup("", [_OwnBaseError("deep")])]),
+            "_OwnBaseError: deep",
+        ),
+        (
+            ExceptionGroup("two", [ValueError("a"), KeyError("b")]),
+            "ExceptionGroup: two (2 sub-exceptions)",
+        ),
+    ],
 )
 async def test_a_failing_agent_does_not_stop_others(
-    autojump_clock: trio.testing.MockClock, error: BaseException
+    autojump_clock: trio.testing.MockClock, error: BaseException, journaled: str
 ) -> None:
     """Whatever the agent raises of its own, BaseException subclasses too (not Trio's
     Cancelled, KeyboardInterrupt or SystemExit), fails that run alone: logged, counted,
-    journaled as failed. A BaseException ended the bridge, and again at every start."""
+    journaled as failed. A BaseException ended the bridge, and again at every start. A
+    group of one error is journaled as that error, not as the group around it."""
 
     async def picky(batch: cb.Batch, reply: cb.Reply) -> None:
         if batch.text == "boom":
@@ -620,7 +637,7 @@ async def test_a_failing_agent_does_not_stop_others(
     entry = await store.journal_entry(("fake", "bot", bad.id))
     assert entry is not None
     assert entry.state == "failed"
-    assert entry.error == f"{type(error).__name__}: {error}"
+    assert entry.error == journaled
 
 
 async def test_failures_and_timeouts_in_one_slot_leave_the_runs_after_them_alone(
@@ -1190,3 +1207,39 @@ async def test_a_connector_holds_its_running_context_around_each_run_and_only_it
             f"stopped t{timeout}",
             f"agent q{timeout}",
         ]
+
+
+class _MarkFails(cb.MemoryStore):
+    """A store whose journal_done raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def journal_done(
+        self, messages: Sequence[cb.Message], *, error: str | None = None
+    ) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "traced"),
+    [(cb.StoreError("disk full (test)"), False), (KeyError("a bug in a custom store"), True)],
+)
+async def test_a_done_mark_that_fails_is_counted_and_a_bug_shows_its_traceback(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    traced: bool,
+) -> None:
+    """A store that cannot mark (a StoreError: it says why) is one warning line; any other
+    error is a bug in a store, logged with its traceback to be found and fixed."""
+    chat = FakeConnector()
+    async with running_bridge(make_bridge(echo, chat, store=_MarkFails(error))) as bridge:
+        await chat.say("hi")
+        await chat.next_reply()
+        await trio.sleep(5)
+        assert bridge.stats().other["journal.unmarked"] == 1
+    [record] = [r for r in caplog.records if "not marked done" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert (record.exc_info is not None) is traced

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -68,9 +68,11 @@ async def webhook_bridge(
     *,
     agent: cb.Agent = echo,
     store: cb.Store | None = None,
+    bridge_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[WeComEmulator, wecom.Webhook, cb.Bridge]]:
-    """A running bridge of ``agent`` on a webhook (``options`` its own), the emulator."""
+    """A running bridge of ``agent`` on a webhook (``options`` its own, ``bridge_options``
+    the bridge's), the emulator."""
     emu = WeComEmulator()
     hook = wecom.Webhook(
         bot_id=emu.bot_id,
@@ -79,7 +81,7 @@ async def webhook_bridge(
         wall_clock=clock,
         **options,
     )
-    bridge = quick_bridge(hook, agent, store=store or cb.MemoryStore())
+    bridge = quick_bridge(hook, agent, store=store or cb.MemoryStore(), **(bridge_options or {}))
     async with running_bridge(bridge):
         yield emu, hook, bridge
 

@@ -499,6 +499,30 @@ async def test_a_callback_whose_agent_failed_before_answering_is_closed(
     assert [(s.kind, s.text) for s in emu.sent] == [("stream", "")] * 4
 
 
+async def stuck(batch: cb.Batch, reply: cb.Reply) -> None:
+    await trio.sleep_forever()
+
+
+async def test_a_callback_whose_run_timed_out_is_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A run ended by ``run_timeout`` is journaled failed and never runs again: its callback
+    is closed as a raised run's is, or it would hold one of the user's three in flight."""
+    emu = WeComEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        bridge = quick_bridge(emu.connector(), stuck, run_timeout=30.0)
+        async with running_bridge(bridge):
+            for n in range(4):  # a fourth message in flight would be refused (InFlightLimit)
+                emu.user_says("ivy", f"try {n}")
+                await trio.sleep(35)
+                assert emu.in_flight("ivy") == 0
+            stats = bridge.stats()
+        nursery.cancel_scope.cancel()
+    assert (stats.timeouts, stats.failures) == (4, 4)
+    assert [(s.kind, s.text) for s in emu.sent] == [("stream", "")] * 4
+
+
 async def test_a_callback_answered_before_its_agent_failed_gets_nothing_more(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -530,6 +554,25 @@ async def test_a_webhook_stream_whose_agent_failed_before_answering_finishes(
         sent = await emu.webhook_user_says(hook.asgi, "u", "hi")
     assert (sent.text, sent.frames) == ("", 2)
     assert bridge.stats().failures == 1
+
+
+async def test_a_webhook_stream_whose_run_timed_out_finishes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A run ended by ``run_timeout`` finishes its stream (empty) as a raised run does:
+    WeCom would otherwise poll it for six minutes."""
+    bridge_options = {"run_timeout": 30.0}
+    async with webhook_bridge(time.time, agent=stuck, bridge_options=bridge_options) as (
+        emu,
+        hook,
+        bridge,
+    ):
+        sent = await emu.webhook_user_says(hook.asgi, "u", "hi")
+    # polled each second: finished once the run timed out (1 s debounce + 30 s), not after
+    # the six minutes WeCom polls a stream nobody finishes
+    assert sent.text == ""
+    assert 30 <= sent.frames <= 33
+    assert (bridge.stats().timeouts, bridge.stats().failures) == (1, 1)
 
 
 async def test_a_webhook_answer_past_the_stream_limit_is_cut_and_says_so(

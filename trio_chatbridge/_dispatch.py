@@ -29,7 +29,7 @@ import trio
 from . import _stats
 from ._confirm import RUN, Outcome
 from ._connector import NOTHING, Connector
-from ._errors import find_error, sole
+from ._errors import StoreError, find_error, sole
 from ._latency import Latencies
 from ._logs import SESSION
 from ._messages import Batch, Message
@@ -87,23 +87,44 @@ def _in_context(
 _STOPS: Final = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
-def _stops(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or holds, what stops a run or the process rather than a failure
-    of the agent's own: any other exception out of it, BaseException subclasses included
-    (an ``asyncio.CancelledError`` out of its library, say), fails the run alone, or its
-    message would end the bridge again at every start."""
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_stops(inner) for inner in exc.exceptions)
-    return isinstance(exc, _STOPS)
-
-
 class _OwnFailure(Exception):
     """Carries an agent's own BaseException through the ``except* Exception`` that records
-    its failures (see :func:`_stops`)."""
+    its failures (see :func:`_sorted`)."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(error)
         self.error = error
+
+
+class _TimedOut(Exception):
+    """Raised inside the connector's ``running()`` context when ``run_timeout`` ended the
+    run: it sees a run that failed (and closes what a failed run leaves open), where the
+    timeout's Cancelled would say "interrupted, or shut down: leave it"."""
+
+
+def _sorted(exc: BaseException) -> BaseException:
+    """What the dispatcher raises for ``exc`` out of an agent: what stops a run or the
+    process (Trio's Cancelled, KeyboardInterrupt, SystemExit) as it is, and the agent's own
+    errors wrapped in :class:`_OwnFailure`, beside the stops when a group holds both. Any
+    exception of the agent's own, BaseException subclasses included (an
+    ``asyncio.CancelledError`` out of its library, say), fails the run alone, or its
+    message would end the bridge again at every start."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc if isinstance(exc, _STOPS) else _OwnFailure(exc)
+    stops, own = exc.split(_STOPS)
+    if own is None:
+        return exc
+    if stops is None:
+        return _OwnFailure(exc)
+    return BaseExceptionGroup("a run stopped, and failed", [stops, _OwnFailure(own)])
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """``error`` out of the groups of one that hold it (what a task group makes of one
+    task's error): the error a person needs to see in the journal."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 @attrs.define(eq=False)
@@ -380,6 +401,8 @@ class Dispatcher:
                         platform,
                         account,
                         exc,
+                        # a store's own error says why; any other is a bug in the store
+                        exc_info=None if isinstance(exc, StoreError) else exc,
                     )
 
     async def _run_agent(self, batch: Batch) -> str | None:
@@ -404,20 +427,31 @@ class Dispatcher:
         # No scope without a run_timeout (a cancel scope is a good part of a short run's
         # cost), and no context manager where the connector holds nothing (its running() is
         # the default, or gives the default's shared empty one for this batch).
-        timeout = None if self._run_timeout == math.inf else trio.move_on_after(self._run_timeout)
+        # The timeout is inside the connector's context, and a run it ends leaves that
+        # context with _TimedOut, not Cancelled: the connector closes what a run that
+        # failed leaves open (a WeCom callback), as after an interrupt it would not. Its
+        # deadline is set before the context is entered, so entering counts in run_timeout.
+        timeout = None
+        if self._run_timeout != math.inf:
+            timeout = trio.move_on_at(trio.current_time() + self._run_timeout)
         try:
             held = connector.running(batch) if key in self._holding else NOTHING
             try:
                 if timeout is None and held is NOTHING:  # (WeCom: a batch of one message)
                     await self._agent(batch, reply)
                 else:
-                    with _UNLIMITED if timeout is None else timeout:
-                        async with held:
+                    async with held:
+                        with _UNLIMITED if timeout is None else timeout:
                             await self._agent(batch, reply)
+                        if timeout is not None and timeout.cancelled_caught:
+                            raise _TimedOut
+            except _TimedOut:
+                pass  # counted below, from the timeout's scope
             except BaseException as exc:
-                if _stops(exc):
+                error = _sorted(exc)
+                if error is exc:
                     raise
-                raise _OwnFailure(exc) from None  # (a BaseException of the agent's own)
+                raise error from None
         except* Exception as group:
             # The agent is user code: anything may come out, even instead of or alongside
             # the Cancelled of an interrupt, a timeout or a shutdown (a cleanup that failed).
@@ -445,6 +479,7 @@ class Dispatcher:
         # An error came out instead of Cancelled: if an interrupt, the shutdown grace or the
         # bridge's cancellation asked this run to stop, that is what decides its fate.
         await trio.lowlevel.checkpoint_if_cancelled()
+        failure = _innermost(failure)
         return f"{type(failure).__name__}: {failure}"
 
     def _count_reply(self) -> None:
