@@ -231,10 +231,11 @@ class LongConnection(base.Connector):
         """Held while the agent runs on ``batch``: no callback of it is left open (each holds
         one of the user's few messages in flight). Before the agent runs, the batch's earlier
         callbacks are finished with ``earlier_reply`` (:meth:`_close_earlier`); if the agent
-        raised before any answer went on the latest one, it is finished empty. An agent that
-        returns without answering leaves it open (a ``Reply`` kept after the run may still
-        answer), and so does a cancelled run (interrupted: the next run closes it as an
-        earlier message; shut down: replayed at the next start)."""
+        raised (or its run timed out: the dispatcher raises then) before any answer went on
+        the latest one, it is finished empty. An agent that returns without answering leaves
+        it open (a ``Reply`` kept after the run may still answer), and so does a cancelled run
+        (interrupted: the next run closes it as an earlier message; shut down: replayed at the
+        next start)."""
         return _Running(self, batch)
 
     async def _close_earlier(self, batch: Batch) -> None:

@@ -384,10 +384,11 @@ class Webhook(base.Connector):
     @asynccontextmanager
     async def _close_earlier(self, batch: Batch) -> AsyncIterator[None]:
         """Finish the streams of a batch's earlier messages with ``earlier_reply``, and, if
-        the agent raises, the latest one's unless it was answered (empty: WeCom would poll a
-        stream nobody fills for six minutes). An agent that returns without answering leaves
-        it open (a ``Reply`` kept after the run may still answer), and so does a cancelled
-        run (interrupted: the next run closes it as an earlier message)."""
+        the agent raises (or its run times out: the dispatcher raises then), the latest one's
+        unless it was answered (empty: WeCom would poll a stream nobody fills for six
+        minutes). An agent that returns without answering leaves it open (a ``Reply`` kept
+        after the run may still answer), and so does a cancelled run (interrupted: the next
+        run closes it as an earlier message)."""
         for message in batch.messages[:-1]:
             self._finish(message, self.earlier_reply)
         try:
