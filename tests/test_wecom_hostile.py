@@ -295,6 +295,27 @@ async def test_a_refusal_that_quotes_the_secret_does_not_show_it(
     assert SECRET not in (state.detail or "") + (state.last_error or "")
 
 
+async def test_a_url_password_is_not_shown_when_the_connection_fails(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A URL with a user part (a proxy's ``user:password@``): an error connecting to it
+    names the URL, not the password, in the connector's status."""
+
+    @asynccontextmanager
+    async def unreachable(url: str) -> AsyncIterator[WebSocketClient]:
+        raise OSError("connection refused (test)")
+        yield  # (unreachable: an async generator)
+
+    url = "wss://proxy-user:hunter2-secret@127.0.0.1:9/ws?key=also-secret"
+    bot = wecom.LongConnection(bot_id=BOT, secret=SECRET, url=url, open_websocket=unreachable)
+    async with cb.open_bridge([bot], echo, store=cb.MemoryStore()) as bridge:
+        await trio.sleep(3)  # (it never comes up: running_bridge would wait for it)
+        state = bridge.status()[f"wecom:{BOT}"]
+    shown = state.last_error or ""
+    assert "cannot connect to wss://proxy-user:***@127.0.0.1:9/ws" in shown
+    assert "hunter2" not in shown and "also-secret" not in shown
+
+
 # -- closes at bad moments ---------------------------------------------------------------------
 
 

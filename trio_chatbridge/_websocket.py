@@ -76,6 +76,7 @@ from ._connector import ConnectorContext
 from ._errors import ConnectorError, FatalConnectorError, find_error
 from ._messages import Message
 from ._receive import BURST_LINGER, Handlers, Skipped, parse_or_skip, rearm, skip_bad
+from ._redact import redact
 from ._supervise import Backoff, Retries
 from ._ws_client import SendFailed
 from ._ws_core import (
@@ -712,9 +713,10 @@ class WebSocketDriver(Generic[N]):
         if isinstance(exc, ConnectionClosed):
             return ConnectorError(f"{self.name}: socket closed ({exc.reason})")
         cause = exc.__cause__ or exc
-        # the URL without its query, which may carry credentials (Lark's does)
+        # the URL without its query, which may carry credentials (Lark's does), and with no
+        # password of a user part, here or quoted by the cause: it reaches bridge.status()
         shown = urlsplit(url)._replace(query="", fragment="").geturl()
-        return ConnectorError(f"{self.name}: cannot connect to {shown}: {cause}")
+        return ConnectorError(redact(f"{self.name}: cannot connect to {shown}: {cause}"))
 
     async def _session(
         self,
