@@ -292,3 +292,22 @@ async def test_a_callback_whose_put_failed_is_put_again_when_the_platform_retrie
             status, _ = await call(hook.asgi, "POST", *signed(emu, json.dumps(MESSAGE)))
             assert status == 200
             assert journaled == ["m1"]
+
+
+async def test_events_are_counted_by_known_type_and_the_rest_as_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A counter's name never comes from the network: the event types WeCom documents are
+    counted by name, any other (a typo, a new type, a hostile one) as ``events.other``,
+    so the metrics' names stay few whatever arrives."""
+    names = ["feedback_event", "template_card_event", "x" * 500, "new_type", "", "feedback_event"]
+    async with webhook_bridge() as (emu, hook, bridge):
+        for n, name in enumerate(names):
+            event = {**ENTER, "msgid": f"e{n}", "event": {"eventtype": name}}
+            assert (await call(hook.asgi, "POST", *signed(emu, json.dumps(event))))[0] == 200
+        counted = {k: v for k, v in bridge.stats().other.items() if k.startswith("wecom.events.")}
+    assert counted == {
+        "wecom.events.feedback_event": 2,
+        "wecom.events.template_card_event": 1,
+        "wecom.events.other": 3,
+    }

@@ -60,6 +60,9 @@ SUBSCRIBE: Final = "aibot_subscribe"
 PING: Final = "ping"
 MSG_CALLBACK: Final = "aibot_msg_callback"
 EVENT_CALLBACK: Final = "aibot_event_callback"
+# The event types counted by name (events.<type>); any other is counted as events.other, so
+# no counter is named by the network (docs/protocols/wecom.md#event-callbacks)
+COUNTED_EVENTS: Final = frozenset({"template_card_event", "feedback_event", "disconnected_event"})
 RESPOND: Final = "aibot_respond_msg"
 RESPOND_WELCOME: Final = "aibot_respond_welcome_msg"
 SEND: Final = "aibot_send_msg"

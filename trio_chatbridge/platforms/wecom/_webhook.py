@@ -287,8 +287,12 @@ class Webhook(base.Connector):
             callback.get("chatid") if isinstance(callback.get("chatid"), str) else None,
             callback,
         )
+        if eventtype in f.COUNTED_EVENTS:
+            self.ctx.count(f"events.{eventtype}")
+            return None
         if eventtype != "enter_chat":
-            self.ctx.count(f"events.{eventtype or 'unknown'}")
+            self.ctx.count("events.other")
+            log.info("wecom bot %s: an event of type %.80r ignored", self.account, eventtype)
             return None
         answer = await self._welcome(details)
         if isinstance(answer, Card):
