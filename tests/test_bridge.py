@@ -15,6 +15,7 @@ import trio.testing
 from hypothesis import given
 
 import trio_chatbridge as cb
+from trio_chatbridge._errors import find_error
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.stores import journal_key
 from trio_chatbridge.testing import FakeConnector, running_bridge
@@ -1207,6 +1208,65 @@ async def test_a_connector_holds_its_running_context_around_each_run_and_only_it
             f"stopped t{timeout}",
             f"agent q{timeout}",
         ]
+
+
+class _Seeing(FakeConnector):
+    """Holds a task group while its agent runs (as WeChat's typing indicator does), and logs
+    how each run left it: ``failed`` (an Exception: close what the run left open) or
+    ``cancelled`` (leave it: the next run or the next start answers it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[str] = []
+
+    @asynccontextmanager
+    async def _held(self) -> AsyncIterator[None]:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                yield
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            self.ends.append("cancelled" if find_error(exc, trio.Cancelled) else "failed")
+            raise
+        self.ends.append("returned")
+
+    def running(self, batch: cb.Batch) -> AbstractAsyncContextManager[None]:
+        return self._held()
+
+
+async def test_a_connector_sees_a_timed_out_run_fail_and_an_interrupted_one_cancelled(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run ended by run_timeout is journaled failed and never run again: the connector's
+    running() context sees it fail (it closes what a failed run leaves open: a WeCom
+    callback), not the Cancelled of an interrupt or a shutdown, whose messages another run
+    answers. Even through a task group, the timeout is counted once, as a timeout only."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        if batch.latest.text == "answer":
+            await reply.send("ok")
+        else:
+            await trio.sleep_forever()
+
+    chat = _Seeing()
+    bridge = make_bridge(agent, chat, on_busy="interrupt", run_timeout=30.0, shutdown_grace=5.0)
+    async with running_bridge(bridge):
+        await chat.say("slow", chat="a")
+        await trio.sleep(40)
+        assert chat.ends == ["failed"]  # timed out
+        await chat.say("slow", chat="b")
+        await trio.sleep(5)
+        await chat.say("answer", chat="b")  # interrupts, then answers
+        await chat.next_reply()
+        await trio.sleep(1)  # (the run ends after its reply)
+        assert chat.ends == ["failed", "cancelled", "returned"]
+        await chat.say("slow", chat="c")
+        await trio.sleep(5)
+        stats = bridge.stats()
+    assert chat.ends == ["failed", "cancelled", "returned", "cancelled"]  # shut down
+    assert (stats.timeouts, stats.failures, stats.interrupts) == (1, 1, 1)
+    assert not [r for r in caplog.records if r.getMessage().startswith("agent failed")]
 
 
 class _MarkFails(cb.MemoryStore):

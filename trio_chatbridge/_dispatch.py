@@ -102,20 +102,26 @@ class _TimedOut(Exception):
     timeout's Cancelled would say "interrupted, or shut down: leave it"."""
 
 
-def _sorted(exc: BaseException) -> BaseException:
-    """What the dispatcher raises for ``exc`` out of an agent: what stops a run or the
+def _sorted(exc: BaseException) -> BaseException | None:
+    """What the dispatcher raises for ``exc`` out of an agent's run: what stops a run or the
     process (Trio's Cancelled, KeyboardInterrupt, SystemExit) as it is, and the agent's own
-    errors wrapped in :class:`_OwnFailure`, beside the stops when a group holds both. Any
+    errors wrapped in :class:`_OwnFailure`, beside the stops when a group holds both; None
+    for the run's :class:`_TimedOut` alone (a connector's task group may wrap it). Any
     exception of the agent's own, BaseException subclasses included (an
     ``asyncio.CancelledError`` out of its library, say), fails the run alone, or its
     message would end the bridge again at every start."""
     if not isinstance(exc, BaseExceptionGroup):
+        if isinstance(exc, _TimedOut):
+            return None
         return exc if isinstance(exc, _STOPS) else _OwnFailure(exc)
-    stops, own = exc.split(_STOPS)
+    _, rest = exc.split(_TimedOut)
+    if rest is None:
+        return None
+    stops, own = rest.split(_STOPS)
     if own is None:
-        return exc
+        return rest  # (exc itself, when it held no _TimedOut)
     if stops is None:
-        return _OwnFailure(exc)
+        return _OwnFailure(own)
     return BaseExceptionGroup("a run stopped, and failed", [stops, _OwnFailure(own)])
 
 
@@ -445,13 +451,12 @@ class Dispatcher:
                             await self._agent(batch, reply)
                         if timeout is not None and timeout.cancelled_caught:
                             raise _TimedOut
-            except _TimedOut:
-                pass  # counted below, from the timeout's scope
             except BaseException as exc:
-                error = _sorted(exc)
+                error = _sorted(exc)  # (None: timed out, counted below from its scope)
                 if error is exc:
                     raise
-                raise error from None
+                if error is not None:
+                    raise error from None
         except* Exception as group:
             # The agent is user code: anything may come out, even instead of or alongside
             # the Cancelled of an interrupt, a timeout or a shutdown (a cleanup that failed).
