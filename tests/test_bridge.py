@@ -1269,6 +1269,50 @@ async def test_a_connector_sees_a_timed_out_run_fail_and_an_interrupted_one_canc
     assert not [r for r in caplog.records if r.getMessage().startswith("agent failed")]
 
 
+class _Stuck(FakeConnector):
+    """A connector whose ``running()`` never finishes entering ("enter") or leaving ("leave")."""
+
+    @asynccontextmanager
+    async def _held(self, batch: cb.Batch) -> AsyncIterator[None]:
+        if batch.latest.text == "enter":
+            await trio.sleep_forever()
+        try:
+            yield
+        finally:
+            if batch.latest.text == "leave":
+                await trio.sleep_forever()
+
+    def running(self, batch: cb.Batch) -> AbstractAsyncContextManager[None]:
+        return self._held(batch)
+
+
+async def test_a_running_context_stuck_entering_or_leaving_is_ended_past_run_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """run_timeout bounds a run's connector context too (10 s more to enter and leave it): a
+    connector stuck in it cannot hold a chat for good."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(f"ok {batch.latest.text}")
+
+    chat = _Stuck()
+    bridge = make_bridge(agent, chat, run_timeout=30.0)
+    async with running_bridge(bridge):
+        await chat.say("enter", chat="a")
+        await chat.say("leave", chat="b")
+        assert (await chat.next_reply()).text == "ok leave"
+        await trio.sleep(45)  # run_timeout, the 10 s to leave, and some
+        stats = bridge.stats()
+        await chat.say("again", chat="a")
+        await chat.say("again", chat="b")
+        first, second = await chat.next_reply(), await chat.next_reply()
+        assert {(first.chat, first.text), (second.chat, second.text)} == {
+            ("a", "ok again"),
+            ("b", "ok again"),
+        }
+    assert (stats.timeouts, stats.failures) == (2, 2)
+
+
 class _MarkFails(cb.MemoryStore):
     """A store whose journal_done raises ``error``."""
 

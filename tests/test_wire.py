@@ -231,6 +231,21 @@ def test_text_with_escapes_is_kept_through_the_repair(platform: str, text: str) 
 
 
 @pytest.mark.parametrize("platform", ["weixin", "wecom"])
+def test_a_byte_order_mark_is_no_reason_to_lose_a_message(platform: str) -> None:
+    """msgspec refuses a UTF-8 byte order mark, so such an entry goes to the repair, which
+    takes it, as Python's decoder of bytes does."""
+    convert, base = CONVERTERS[platform]
+    message, plain = convert(b"\xef\xbb\xbf" + as_bytes(base)), convert(as_bytes(base))
+    assert message is not None and plain is not None
+    assert (message.id, message.chat, message.sender, message.parts) == (
+        plain.id,
+        plain.chat,
+        plain.sender,
+        plain.parts,
+    )
+
+
+@pytest.mark.parametrize("platform", ["weixin", "wecom"])
 @pytest.mark.parametrize("where", ["text", "a number"])
 def test_a_lone_surrogate_says_so_in_its_error(platform: str, where: str) -> None:
     """Where text goes and where a number goes (msgspec's conversion met it as a bare

@@ -359,7 +359,12 @@ class Connector(ABC):
             await self.send(target, out.text)
 
     def running(self, batch: Batch) -> AbstractAsyncContextManager[None]:
-        """Held while the agent runs on ``batch`` (typing indicators...). By default: nothing."""
+        """Held while the agent runs on ``batch`` (typing indicators...). By default: nothing.
+
+        A run that raised, or that ``run_timeout`` ended, leaves it with an exception (close
+        what a failed run leaves open); an interrupted run, or one the bridge's stop ended,
+        leaves it with :class:`trio.Cancelled` (leave that: another run answers its messages).
+        Entering and leaving it count in ``run_timeout``, with 10 s more to leave."""
         return NOTHING
 
     async def send_media(

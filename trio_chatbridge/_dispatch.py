@@ -44,6 +44,9 @@ DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at
 OnBusy: TypeAlias = Literal["queue", "interrupt"]
 UNMARKED: Final = "journal.unmarked"  # handled messages whose done-mark the store refused
 _UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
+LEAVE_GRACE: Final = 10.0
+"""Seconds past ``run_timeout`` a connector's ``running()`` context has to be entered and left
+(leaving a timed-out run may do network work: WeCom closes its callback)."""
 
 
 @types.coroutine
@@ -119,7 +122,7 @@ def _sorted(exc: BaseException) -> BaseException | None:
         return None
     stops, own = rest.split(_STOPS)
     if own is None:
-        return rest  # (exc itself, when it held no _TimedOut)
+        return rest  # (a new group of the stops: raised as it is, Trio splits them out)
     if stops is None:
         return _OwnFailure(own)
     return BaseExceptionGroup("a run stopped, and failed", [stops, _OwnFailure(own)])
@@ -436,8 +439,9 @@ class Dispatcher:
         # The timeout is inside the connector's context, and a run it ends leaves that
         # context with _TimedOut, not Cancelled: the connector closes what a run that
         # failed leaves open (a WeCom callback), as after an interrupt it would not. Its
-        # deadline is set before the context is entered, so entering counts in run_timeout.
-        timeout = None
+        # deadline is set before the context is entered, so entering counts in run_timeout;
+        # entering and leaving the context are bounded too, LEAVE_GRACE past that deadline.
+        timeout = outer = None
         if self._run_timeout != math.inf:
             timeout = trio.move_on_at(trio.current_time() + self._run_timeout)
         try:
@@ -446,11 +450,14 @@ class Dispatcher:
                 if timeout is None and held is NOTHING:  # (WeCom: a batch of one message)
                     await self._agent(batch, reply)
                 else:
-                    async with held:
-                        with _UNLIMITED if timeout is None else timeout:
-                            await self._agent(batch, reply)
-                        if timeout is not None and timeout.cancelled_caught:
-                            raise _TimedOut
+                    if timeout is not None and held is not NOTHING:
+                        outer = trio.move_on_at(timeout.deadline + LEAVE_GRACE)
+                    with _UNLIMITED if outer is None else outer:
+                        async with held:
+                            with _UNLIMITED if timeout is None else timeout:
+                                await self._agent(batch, reply)
+                            if timeout is not None and timeout.cancelled_caught:
+                                raise _TimedOut
             except BaseException as exc:
                 error = _sorted(exc)  # (None: timed out, counted below from its scope)
                 if error is exc:
@@ -473,7 +480,9 @@ class Dispatcher:
             )
             self._counters[_stats.FAILURES] += 1
         if timeout is not None and (
-            timeout.cancelled_caught or (failure is not None and timeout.cancel_called)
+            timeout.cancelled_caught
+            or (outer is not None and outer.cancelled_caught)  # stuck entering or leaving
+            or (failure is not None and timeout.cancel_called)
         ):
             self._counters[_stats.TIMEOUTS] += 1
             if failure is None:

@@ -91,7 +91,8 @@ class Lenient(Generic[T]):
         """Decoded as Python's decoder would (it also takes ``NaN``, ``Infinity`` and ``1e999``,
         as our JSON reader does), each field of the wrong type dropped in turn."""
         try:
-            text = data.decode()  # strictly: Python's decoder would let surrogates through
+            # strictly: Python's decoder would let surrogates through; a BOM it takes too
+            text = data.decode("utf-8-sig")
             tree = json.loads(text)
             if "\\u" in text:  # an escape, maybe of half a surrogate pair
                 json.dumps(tree, ensure_ascii=False).encode()
