@@ -70,7 +70,7 @@ async def test_loggers_made_after_import_are_guarded_once_a_bridge_runs(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     later = logging.getLogger("trio_chatbridge.made.later")
-    async with running_bridge(cb.Bridge([FakeConnector()], _no_agent)):
+    async with running_bridge(cb.Bridge([FakeConnector()], _no_agent, store=cb.MemoryStore())):
         later.warning("fetching https://example.invalid/x?ticket=TK-SECRET")
     assert "ticket=***" in caplog.text
     assert "TK-SECRET" not in caplog.text

@@ -433,8 +433,8 @@ async def test_check_names_an_unreachable_platform(tmp_path: Path) -> None:
     (tmp_path / "svcbot.py").write_text(SVC_AGENT)
     config = tmp_path / "check.toml"
     config.write_text(
-        'agent = "svcbot:agent"\n\n[[connectors]]\nplatform = "wecom"\nbot_id = "emulator-bot"\n'
-        'secret = "s"\nurl = "ws://127.0.0.1:9/"\n'
+        'agent = "svcbot:agent"\nstore = "memory://"\n\n[[connectors]]\nplatform = "wecom"\n'
+        'bot_id = "emulator-bot"\nsecret = "s"\nurl = "ws://127.0.0.1:9/"\n'
     )
     with trio.fail_after(WAIT):
         result = await trio.run_process(
