@@ -24,7 +24,7 @@ from typing import Any, Final, final
 import attrs
 import msgspec
 
-from ..._errors import PlatformError, ProtocolError
+from ..._errors import PlatformError, ProtocolError, quoted
 from ..._json import json_object_items
 from ..._messages import Message
 from ..._poll_events import HTTPRequest, Page, Paused, PollEvent, RetryLater
@@ -209,11 +209,6 @@ def error_code(data: Mapping[str, Any]) -> int | None:
 # -- errors ----------------------------------------------------------------------------------
 
 
-ERRMSG_SHOWN: Final = 200
-"""Characters of a server's ``errmsg`` an error's text quotes (it goes to logs and the
-status); the error's ``errmsg`` keeps it whole."""
-
-
 class ILinkError(PlatformError):
     """The iLink API answered with an error code (HTTP 200 with ``ret``/``errcode`` != 0)."""
 
@@ -232,9 +227,8 @@ class ILinkError(PlatformError):
         self.ret = ret
         self.errcode = errcode
         self.errmsg = errmsg
-        said = errmsg if errmsg is None or len(errmsg) <= ERRMSG_SHOWN else errmsg[:ERRMSG_SHOWN]
-        cut = "" if said is errmsg else f" (cut, of {len(errmsg or '')} characters)"
-        detail = f"iLink {endpoint} failed: ret={ret} errcode={errcode} errmsg={said!r}{cut}"
+        said = "None" if errmsg is None else quoted(errmsg)  # (cut: the error keeps it whole)
+        detail = f"iLink {endpoint} failed: ret={ret} errcode={errcode} errmsg={said}"
         # the code that matters: ``ret`` if non-zero, else ``errcode``
         super().__init__(f"{detail}. {hint}".strip() if hint else detail, code=ret or errcode)
 
