@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -31,7 +30,7 @@ from ..._messages import (
     shared_chat,
     shared_sender,
 )
-from ..._wire import Lenient, payload_bytes
+from ..._wire import Lenient, lone_surrogate, payload_bytes
 
 PLATFORM: Final = "lark"
 MESSAGE_EVENT: Final = "im.message.receive_v1"
@@ -126,30 +125,12 @@ def envelope_of(data: bytes) -> Envelope:
     read as missing); :class:`ProtocolError` for bytes that are no JSON object, and for an
     event whose fields hold a lone surrogate escape (``\\ud800``: no text)."""
     try:
-        return _decoder.first(data)  # msgspec refuses lone surrogates: the repair must too
+        return _decoder.first(data)  # msgspec refuses lone surrogates, and so does the repair
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-        with _text_only("Lark event"):
-            wire = _decoder.recover(data, exc)
-            _ENCODER.encode(wire)
-        return wire
+        return _decoder.recover(data, exc)
 
 
 _ENCODER: Final = msgspec.json.Encoder()
-
-
-@contextmanager
-def _text_only(what: str) -> Iterator[None]:
-    """Python's JSON decoder (the repair's, the content's) reads a lone surrogate escape
-    (``\\ud800``) into a string that UTF-8 cannot encode, so no store could journal the
-    message: inside the block, that is a :class:`ProtocolError`
-    (docs/protocols/lark.md#message-events)."""
-    try:
-        yield
-    except UnicodeEncodeError as exc:
-        raise ProtocolError(
-            f"{what} holds a lone surrogate escape (\\u{ord(exc.object[exc.start]):x}), "
-            "which is no text: the event is skipped"
-        ) from exc
 
 
 def _sender_id(sender: _Sender) -> str:
@@ -254,9 +235,11 @@ def message_of(
     user = _sender_id(sender)
     raw_content = message.content or "{}"
     content = json_value(raw_content, "message content")
-    if "\\u" in raw_content:  # an escape: maybe a lone surrogate (checked on small content)
-        with _text_only("Lark message content"):
+    if "\\u" in raw_content:  # an escape: maybe a lone surrogate, which Python's decoder takes
+        try:  # (docs/protocols/lark.md#message-events)
             _ENCODER.encode(content)
+        except UnicodeEncodeError as exc:
+            raise lone_surrogate("Lark message content", exc) from exc
     if not isinstance(content, Mapping):
         content = {}
     msgtype = message.message_type
