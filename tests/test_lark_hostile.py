@@ -4,6 +4,8 @@ keeps when one does (every good message handled once, the bad one counted, the l
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 from support import echo, emulator_bridge, lark_message_event, streamer
+from trio_websocket import CloseReason, ConnectionClosed
 
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import lark
@@ -421,3 +424,70 @@ async def test_an_edit_whose_answer_was_lost_still_counts_and_the_final_text_sho
     (sent,) = emu.sent
     assert emu.texts[sent.message_id] == " ".join(words) + " "
     assert emu.edits[sent.message_id] <= 20
+
+
+# -- a connection closed with 1009 (message too big) ------------------------------------------
+
+
+async def test_an_oversized_frame_from_the_server_is_a_protocol_error_with_what_to_do(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame over the client's limit closes the connection with 1009 (the client's own
+    close): it was counted as a plain reconnect, a server that keeps sending it invisible in
+    the stats. It is a protocol error now, logged with its cause and what to do; the next
+    connection carries on."""
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(message.text for message in batch.messages)
+
+    emu = LarkEmulator()
+    connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
+    async with emulator_bridge(emu, connector, agent) as bridge:
+        await trio.sleep(1)
+        emu.push_raw(b"\0" * (lark_frames.MAX_FRAME_BYTES + 1))
+        await trio.sleep(5)
+        emu.user_says("ou_ann", "after the big frame")
+        await trio.sleep(5)
+        stats = bridge.stats()
+    assert handled == ["after the big frame"]
+    assert stats.protocol_errors == 1
+    assert stats.other["lark.frames_too_big"] == 1
+    (record,) = [r for r in caplog.records if r.name == "trio_chatbridge.lark"]
+    assert "cli_emulator" in record.getMessage()
+    assert "report" in record.getMessage()  # what to do
+
+
+class _ClosedTooBig:
+    """A socket whose server closes it with 1009 at once: it refused a frame of ours."""
+
+    async def get_message(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        raise ConnectionClosed(CloseReason(1009, "frame too large"))
+
+    async def send_message(self, message: bytes | str) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_server_closing_with_1009_is_a_protocol_error_each_time(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    closes = 0
+
+    @asynccontextmanager
+    async def refusing(url: str) -> AsyncIterator[_ClosedTooBig]:
+        nonlocal closes
+        closes += 1
+        yield _ClosedTooBig()
+
+    emu = LarkEmulator()
+    connector = lambda: emu.connector(random=lambda: 0.0, open_websocket=refusing)  # noqa: E731
+    async with emulator_bridge(emu, connector, echo) as bridge:
+        await trio.sleep(30)
+        stats = bridge.stats()
+        status = bridge.status()["lark:cli_emulator"]
+    assert closes >= 2 and stats.protocol_errors == closes
+    assert stats.other["lark.frames_too_big"] == closes
+    assert status.last_error is not None and "1009" in status.last_error
+    messages = [r.getMessage() for r in caplog.records if r.name == "trio_chatbridge.lark"]
+    assert len(messages) == closes and "frame too large" in messages[0]

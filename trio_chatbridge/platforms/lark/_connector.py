@@ -22,6 +22,7 @@ from typing import Any, Final, Literal, TypeAlias, final
 
 import httpx
 import trio
+from trio_websocket import CloseReason, ConnectionClosed
 
 from ... import _connector as base
 from ..._content import Attachment, Content, Sent, kind_of
@@ -29,6 +30,7 @@ from ..._errors import (
     ConnectorError,
     FatalConnectorError,
     SendError,
+    find_error,
 )
 from ..._messages import Message
 from ..._websocket import OpenWebSocket, WebSocketDriver
@@ -48,6 +50,7 @@ PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent lin
 # (docs/protocols/lark.md#card-actions); the rest is left for the journal and the network
 CARD_ANSWER_WITHIN: Final = 2.0
 STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
+TOO_BIG: Final = 1009  # the WebSocket close code of a message over a side's limit (RFC 6455 7.4.1)
 
 EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
 CardHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[CardAnswer | None]]
@@ -184,7 +187,30 @@ class LongConnection(base.Connector):
         self._protocol.connect(url, config)
         if self.bot_open_id is None and self.group_messages == "mentioned":
             self._protocol.bot_open_id = await self._bot_info()
-        await self._driver.run(self.ctx, url, task_status=task_status)
+        try:
+            await self._driver.run(self.ctx, url, task_status=task_status)
+        except BaseException as exc:
+            self._closed_too_big(exc)
+            raise
+
+    def _closed_too_big(self, exc: BaseException) -> None:
+        """Count and log a connection closed with 1009 (a message too big, by either side) as
+        the protocol error it is: a reconnect alone would hide a server that keeps pushing a
+        frame over our limit, or keeps refusing one of ours."""
+        reason = _close_reason(exc)
+        if reason is None or reason.code != TOO_BIG:
+            return
+        self.ctx.count("protocol_errors")
+        self.ctx.count("frames_too_big")
+        log.warning(
+            "Lark app %s: the connection closed with 1009, a message too big (%s). If the server "
+            "sent a frame over %d bytes, it pushes that event again and the link closes each "
+            "time: report it to Lark with this log. If the server refused a frame of ours, a "
+            "card answer (on_card_action) may be too big: keep a card under 30 KB",
+            self.account,
+            reason.reason,
+            fr.MAX_FRAME_BYTES,
+        )
 
     async def _bot_info(self) -> str | None:
         try:
@@ -321,6 +347,14 @@ class LongConnection(base.Connector):
 
     def _stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
         return base.streaming(_EditedStream(self, target), final_within=30)
+
+
+def _close_reason(exc: BaseException) -> CloseReason | None:
+    """The WebSocket close behind the driver's :class:`ConnectorError` ``exc`` (or one in it),
+    if a close ended the connection."""
+    error = find_error(exc, ConnectorError)
+    cause = None if error is None else error.__cause__
+    return cause.reason if isinstance(cause, ConnectionClosed) else None
 
 
 class _EditedStream(base.CoalescingStream):
