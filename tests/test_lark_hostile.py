@@ -491,3 +491,38 @@ async def test_a_server_closing_with_1009_is_a_protocol_error_each_time(
     assert status.last_error is not None and "1009" in status.last_error
     messages = [r.getMessage() for r in caplog.records if r.name == "trio_chatbridge.lark"]
     assert len(messages) == closes and "frame too large" in messages[0]
+
+
+# -- an upload answered without its key ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filename", "path", "key"),
+    [("chart.png", "/im/v1/images", "image_key"), ("notes.txt", "/im/v1/files", "file_key")],
+)
+async def test_an_upload_answered_without_its_key_is_a_bad_answer_not_a_refusal(
+    autojump_clock: trio.testing.MockClock, filename: str, path: str, key: str
+) -> None:
+    """Success without the key was ``LarkError(code=-1)``, a refusal with a made-up code: it
+    is a bad answer (a :class:`ProtocolError`), still a ``LarkError`` (what callers catch),
+    and without a code, since the platform gave none."""
+    failures: list[BaseException] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send(cb.Attachment(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, filename))
+        except cb.SendError as exc:
+            failures.append(exc)
+        await reply.send("after the failed upload")
+
+    emu = LarkEmulator()
+    emu.fail(path, 200, {"code": 0, "msg": "success", "data": {"elsewhere": "k"}})
+    async with emulator_bridge(emu, emu.connector, agent):
+        emu.user_says("ou_ann", "send me the file")
+        assert (await emu.next_sent()).text == "after the failed upload"
+    (failure,) = failures
+    cause = failure.__cause__
+    assert isinstance(cause, lark.LarkAnswerError)
+    assert isinstance(cause, lark.LarkError) and isinstance(cause, cb.ProtocolError)
+    assert cause.code is None
+    assert key in str(cause) and "cli_emulator" in str(cause) and key in str(failure)

@@ -5,6 +5,7 @@ from ..._http import HTTPStatusError as HTTPStatusError
 from ._answer import CardAnswer as CardAnswer
 from ._api import FEISHU as FEISHU
 from ._api import LARK as LARK
+from ._api import LarkAnswerError as LarkAnswerError
 from ._api import LarkError as LarkError
 from ._api import OpenAPI as OpenAPI
 from ._connector import LongConnection as LongConnection
@@ -20,6 +21,7 @@ __all__ = [
     "HTTPStatusError",
     "ClientConfig",
     "EditBudget",
+    "LarkAnswerError",
     "LarkError",
     "LongConnection",
     "OpenAPI",

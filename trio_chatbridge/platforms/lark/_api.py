@@ -55,6 +55,21 @@ class LarkError(PlatformError):
         super().__init__(f"Lark {what} failed: code={code} msg={quoted(msg)}", code=code)
 
 
+class LarkAnswerError(LarkError, ProtocolError):
+    """The open API answered success without what the call is for (an upload without its
+    ``image_key`` or ``file_key``): a bad answer, not a refusal. A :class:`LarkError` (what
+    callers catch), and a :class:`ProtocolError`; ``code`` is None: the platform gave none."""
+
+    def __init__(self, what: str, missing: str) -> None:
+        self.msg = f"answered success without {missing}"
+        """What was wrong with the answer."""
+        PlatformError.__init__(
+            self,
+            f"Lark {what}: {self.msg} (a changed API, or a proxy in the way); nothing to use "
+            "was sent: try again, and report it if it lasts",
+        )
+
+
 @final
 class OpenAPI:
     """Calls of the open API for one app. Never shows the secret or the token."""

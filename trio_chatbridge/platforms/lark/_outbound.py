@@ -10,7 +10,7 @@ from typing import Any
 
 from ..._content import Attachment
 from ..._errors import ProtocolError
-from ._api import LarkError, OpenAPI
+from ._api import LarkAnswerError, OpenAPI
 from ._send_policy import receive_id_type, upload_of
 
 
@@ -22,10 +22,8 @@ async def upload(api: OpenAPI, attachment: Attachment) -> str:
     files = {how.field: (attachment.filename, attachment.data)}
     data = await api.call("POST", how.path, how.form, files=files)
     key = data.get(how.answer_key) if isinstance(data, dict) else None
-    if not isinstance(key, str):
-        raise LarkError(
-            f"app {api.app_id}: POST {how.path}", -1, f"no {how.answer_key} in the answer"
-        )
+    if not isinstance(key, str) or not key:
+        raise LarkAnswerError(f"app {api.app_id}: POST {how.path}", how.answer_key)
     return key
 
 
