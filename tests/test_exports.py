@@ -249,6 +249,7 @@ def test_lark_exports_what_a_bot_author_uses_and_no_codec() -> None:
         "HTTPRefusedError",
         "HTTPStatusError",
         "LARK",
+        "LarkAnswerError",
         "LarkError",
         "LongConnection",
         "OpenAPI",
