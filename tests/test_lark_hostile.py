@@ -526,3 +526,57 @@ async def test_an_upload_answered_without_its_key_is_a_bad_answer_not_a_refusal(
     assert isinstance(cause, lark.LarkError) and isinstance(cause, cb.ProtocolError)
     assert cause.code is None
     assert key in str(cause) and "cli_emulator" in str(cause) and key in str(failure)
+
+
+# -- attachments the platform cannot take ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filename", "size", "said"),
+    [
+        ("photo.png", 10 * 1024 * 1024 + 1, "10 MiB"),
+        ("report.pdf", 30 * 1024 * 1024 + 1, "30 MiB"),
+        ("clip.mp4", 30 * 1024 * 1024 + 1, "30 MiB"),
+        ("empty.txt", 0, "empty"),
+        ("empty.png", 0, "empty"),
+    ],
+)
+async def test_an_attachment_over_larks_limits_is_refused_before_any_upload(
+    autojump_clock: trio.testing.MockClock, filename: str, size: int, said: str
+) -> None:
+    """Lark takes images up to 10 MB and files up to 30 MB, none empty: such an upload went
+    out whole (tens of megabytes, into the 10 s call limit) for a refusal or a timeout that
+    said nothing of the size. It is refused before anything is sent, saying why."""
+    failures: list[cb.SendError] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send(cb.Attachment(b"\0" * size, filename))
+        except cb.SendError as exc:
+            failures.append(exc)
+        await reply.send("after the refused file")
+
+    emu = LarkEmulator()
+    async with emulator_bridge(emu, emu.connector, agent):
+        emu.user_says("ou_ann", "send me the file")
+        with trio.fail_after(5):  # no 10 s call that times out first
+            assert (await emu.next_sent()).text == "after the refused file"
+    (failure,) = failures
+    assert said in str(failure) and filename in str(failure) and "cli_emulator" in str(failure)
+    assert [a for a in emu.activity if a.kind == "upload"] == []
+
+
+@pytest.mark.parametrize(("filename", "size"), [("photo.png", 10 * 1024 * 1024), ("a.pdf", 1)])
+async def test_an_attachment_at_larks_limits_is_uploaded(
+    autojump_clock: trio.testing.MockClock, filename: str, size: int
+) -> None:
+    emu = LarkEmulator()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(cb.Attachment(b"\1" * size, filename))
+
+    async with emulator_bridge(emu, emu.connector, agent):
+        emu.user_says("ou_ann", "send me the file")
+        sent = await emu.next_sent()
+    key = sent.content.get("image_key") or sent.content.get("file_key")
+    assert emu.media[key][0].size == size

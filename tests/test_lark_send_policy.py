@@ -52,7 +52,11 @@ def test_bodies_are_compact_json_in_json_with_text_unescaped() -> None:
 def test_uploads_go_where_their_kind_says() -> None:
     image = policy.upload_of(cb.Attachment(b"\x89PNG", "a.png"))
     assert image == policy.Upload(
-        "/open-apis/im/v1/images", {"image_type": "message"}, "image", "image_key"
+        "/open-apis/im/v1/images",
+        {"image_type": "message"},
+        "image",
+        "image_key",
+        policy.MAX_IMAGE_BYTES,
     )
     voice = policy.upload_of(cb.Attachment(b"OggS", "v.opus"))
     assert (voice.path, voice.form, voice.field) == (
@@ -62,6 +66,8 @@ def test_uploads_go_where_their_kind_says() -> None:
     )
     other = policy.upload_of(cb.Attachment(b"%PDF", "r.pdf"))
     assert other.form == {"file_type": "stream", "file_name": "r.pdf"}
+    assert voice.most == other.most == policy.MAX_FILE_BYTES == 30 * 2**20
+    assert policy.MAX_IMAGE_BYTES == 10 * 2**20
 
 
 def test_receive_id_types_follow_the_prefix() -> None:

@@ -9,16 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from ..._content import Attachment
-from ..._errors import ProtocolError
+from ..._errors import ProtocolError, SendError
 from ._api import LarkAnswerError, OpenAPI
-from ._send_policy import receive_id_type, upload_of
+from ._send_policy import receive_id_type, refused_upload, upload_of
 
 
 async def upload(api: OpenAPI, attachment: Attachment) -> str:
     """Upload an image (``image_key``) or a file, video or voice clip (``file_key``), through
     :meth:`OpenAPI.call` (a multipart body): an expired token is renewed, a rate limit retried.
+    One the platform would refuse for its size (empty, an image over 10 MiB, a file over
+    30 MiB) is a :class:`SendError` before anything is sent.
     If cancelled, the file may or may not have been uploaded; its key is lost either way."""
     how = upload_of(attachment)
+    refused = refused_upload(api.app_id, attachment, how)
+    if refused is not None:
+        raise SendError(refused)
     files = {how.field: (attachment.filename, attachment.data)}
     data = await api.call("POST", how.path, how.form, files=files)
     key = data.get(how.answer_key) if isinstance(data, dict) else None

@@ -26,6 +26,8 @@ MAX_EDITS: Final = 20  # edits (PUT) of one text or post message the platform al
 EDIT_INTERVAL: Final = 1.0  # seconds between edits of one streamed reply, by default
 FILE_TYPES: Final = {"video": ("mp4", "media"), "voice": ("opus", "audio")}
 """Upload ``file_type`` and message ``msg_type`` per media kind; anything else is a file."""
+MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024  # bytes of an uploaded image the platform takes
+MAX_FILE_BYTES: Final = 30 * 1024 * 1024  # bytes of an uploaded file, video or voice clip
 REPLY_FALLBACK: Final = frozenset({230011, 230019, 230050, 230071, 230072, 230111})
 """Codes that make a reply impossible (the message recalled, its topic gone...: see
 docs/protocols/lark.md#open-api): the reply is sent to the chat as a new message instead."""
@@ -100,6 +102,8 @@ class Upload:
     """The multipart field the file goes in."""
     answer_key: str
     """The key of the answer's ``data`` that holds the uploaded file's key."""
+    most: int
+    """The largest upload the platform takes here, in bytes (none may be empty)."""
 
 
 def upload_of(attachment: Attachment) -> Upload:
@@ -107,10 +111,26 @@ def upload_of(attachment: Attachment) -> Upload:
     (opus) or any other file (stream) for ``file_key``."""
     kind = attachment.media_kind
     if kind == "image":
-        return Upload("/open-apis/im/v1/images", {"image_type": "message"}, "image", "image_key")
+        form = {"image_type": "message"}
+        return Upload("/open-apis/im/v1/images", form, "image", "image_key", MAX_IMAGE_BYTES)
     file_type = FILE_TYPES.get(kind, ("stream", "file"))[0]
     form = {"file_type": file_type, "file_name": attachment.filename}
-    return Upload("/open-apis/im/v1/files", form, "file", "file_key")
+    return Upload("/open-apis/im/v1/files", form, "file", "file_key", MAX_FILE_BYTES)
+
+
+def refused_upload(account: str, attachment: Attachment, how: Upload) -> str | None:
+    """Why the platform would refuse ``attachment`` (empty, or over ``how.most``), said for
+    the user: None when it may go. Checked before the upload, which would send it whole."""
+    size = len(attachment.data)
+    if size and size <= how.most:
+        return None
+    kind = "image" if how.field == "image" else "file"
+    why = "it is empty" if not size else f"it is {size} bytes"
+    return (
+        f"Lark app {account}: cannot send {attachment.filename[:100]!r}: {why}; Lark takes "
+        f"{kind}s of 1 byte to {how.most // 2**20} MiB ({how.most} bytes): send a smaller "
+        "one, or a link"
+    )
 
 
 def receive_id_type(receive_id: str) -> str:
