@@ -580,3 +580,77 @@ async def test_an_attachment_at_larks_limits_is_uploaded(
         sent = await emu.next_sent()
     key = sent.content.get("image_key") or sent.content.get("file_key")
     assert emu.media[key][0].size == size
+
+
+# -- the tenant token ---------------------------------------------------------------------------
+
+
+async def _api_on(emu: LarkEmulator, nursery: trio.Nursery) -> lark.OpenAPI:
+    """An open API on ``emu`` whose n-th message call is answered n x 10 ms late (a burst's
+    answers come back one after another, not at once)."""
+    await nursery.start(emu.run)
+    calls = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        if "/im/v1/messages" in request.url.path:
+            calls += 1
+            await trio.sleep(0.01 * calls)
+        return await emu.handle_http(request)
+
+    transport = HandlerTransport(handle)
+    return lark.OpenAPI(emu.app_id, emu.app_secret, domain=emu.http_base, transport=transport)
+
+
+async def _send(api: lark.OpenAPI, text: str) -> None:
+    body = {"receive_id": "oc_team", "msg_type": "text", "content": json.dumps({"text": text})}
+    await api.call("POST", "/open-apis/im/v1/messages?receive_id_type=chat_id", body)
+
+
+async def test_a_token_expiring_under_a_burst_is_fetched_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every call of a burst told "token expired" dropped the token and fetched its own: the
+    first fetched a new one, the next dropped that new one, and so on (16 calls, 16 fetches).
+    A call drops only the token it was refused with."""
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        api = await _api_on(emu, nursery)
+        await _send(api, "warming up")
+        emu.expire_token()
+        async with trio.open_nursery() as burst:
+            for n in range(16):
+                burst.start_soon(_send, api, f"burst {n}")
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+    assert emu.token_fetches == 2
+    assert sorted(s.text for s in emu.sent) == sorted(
+        ["warming up"] + [f"burst {n}" for n in range(16)]
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"code": 0, "msg": "ok", "expire": 7200},
+        {"code": 0, "msg": "ok", "tenant_access_token": "", "expire": 7200},
+        {"code": 0, "msg": "ok", "tenant_access_token": 7, "expire": 7200},
+    ],
+)
+async def test_a_token_answer_without_a_token_is_a_bad_answer(
+    autojump_clock: trio.testing.MockClock, answer: dict[str, Any]
+) -> None:
+    """Success without a token was ``LarkError(code=0)`` ("failed: code=0 msg='ok'"), or,
+    for an empty one, calls sent with ``Bearer `` and refused; it is a bad answer, and the
+    next call fetches again."""
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        api = await _api_on(emu, nursery)
+        emu.fail("tenant_access_token", 200, answer)
+        with pytest.raises(lark.LarkAnswerError) as bad:
+            await _send(api, "first")
+        await _send(api, "second")
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+    assert bad.value.code is None and "tenant_access_token" in str(bad.value)
+    assert [s.text for s in emu.sent] == ["second"]

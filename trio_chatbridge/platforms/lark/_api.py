@@ -2,7 +2,8 @@
 (docs/protocols/lark.md#endpoint-discovery, docs/protocols/lark.md#open-api).
 
 The tenant access token is cached until a minute before it expires, on Trio's clock, and
-dropped at once when the API calls it expired or invalid (then the call is made once more).
+dropped at once when the API calls it expired or invalid (then the call is made once more);
+a refusal of a token already replaced drops nothing, so a burst refreshes it once.
 Calls of one app go out over at most :data:`API_CONNECTIONS` connections at once, each
 call holding one (``_Clients``). Rate-limit answers (HTTP 429, code 230020, 99991400) are
 retried under the library's one retry policy (a :class:`~trio_chatbridge.Backoff` counted by
@@ -180,10 +181,11 @@ class OpenAPI:
         )
         data = answer.json()
         token = data.get("tenant_access_token")
-        if data.get("code") != 0 or not isinstance(token, str):
-            raise LarkError(
-                f"app {self.app_id}: tenant_access_token", _code(data), str(data.get("msg"))
-            )
+        what = f"app {self.app_id}: tenant_access_token"
+        if data.get("code") != 0:
+            raise LarkError(what, _code(data), str(data.get("msg")))
+        if not isinstance(token, str) or not token:
+            raise LarkAnswerError(what, "a tenant_access_token")
         expire = clamp(data.get("expire"), 0.0, TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MAX)
         self._token = token
         self._token_until = trio.current_time() + max(expire - TOKEN_MARGIN, TOKEN_MARGIN)
@@ -223,13 +225,22 @@ class OpenAPI:
             data = answer.json()
             code = _code(data) if data else 0
             if code in TOKEN_EXPIRED and not renewed:
-                self._token, renewed = None, True
+                self._drop_token(token)
+                renewed = True
                 continue
             if code in RATE_LIMITED and await self._rate_limited(path, retries, None):
                 continue
             if code != 0:
                 raise LarkError(f"app {self.app_id}: {method} {path}", code, str(data.get("msg")))
             return data if whole else self._data(method, path, data.get("data"))
+
+    def _drop_token(self, token: str) -> None:
+        """Forget ``token``, which the API called expired or invalid, unless it was already
+        replaced: the calls of a burst sent with the old one are refused one after another,
+        and the first refusal's fetch must not be undone by the next (one fetch, not one a
+        call)."""
+        if self._token == token:
+            self._token = None
 
     def _data(self, method: str, path: str, data: Any) -> dict[str, Any]:
         """An answer's ``data``: an object, ``{}`` when there is none."""
