@@ -578,7 +578,7 @@ async def test_an_attachment_at_larks_limits_is_uploaded(
     async with emulator_bridge(emu, emu.connector, agent):
         emu.user_says("ou_ann", "send me the file")
         sent = await emu.next_sent()
-    key = sent.content.get("image_key") or sent.content.get("file_key")
+    key = str(sent.content.get("image_key") or sent.content.get("file_key"))
     assert emu.media[key][0].size == size
 
 
