@@ -654,3 +654,36 @@ async def test_a_token_answer_without_a_token_is_a_bad_answer(
         nursery.cancel_scope.cancel()
     assert bad.value.code is None and "tenant_access_token" in str(bad.value)
     assert [s.text for s in emu.sent] == ["second"]
+
+
+# -- settings no connection can run with ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"card_answer_within": -1.0},
+        {"card_answer_within": float("nan")},
+        {"card_answer_within": float("inf")},
+        {"ping_grace": -5.0},
+        {"ping_grace": float("nan")},
+        {"stream_interval": -1.0},
+        {"stream_interval": float("nan")},
+    ],
+)
+def test_a_setting_no_connection_can_run_with_is_refused_when_built(
+    option: dict[str, float],
+) -> None:
+    """``card_answer_within=-1`` was taken, then raised ValueError in the handler of every
+    card action, which ended the connection each time (and the action, un-ACKed, came back
+    to do it again); a NaN grace made the watchdog fire at once. Refused when built."""
+    (name,) = option
+    with pytest.raises(cb.ConfigurationError, match=name):
+        lark.LongConnection(app_id="cli_1", app_secret="s", **option)
+
+
+def test_the_settings_edges_are_taken() -> None:
+    connector = lark.LongConnection(
+        app_id="cli_1", app_secret="s", card_answer_within=0.0, ping_grace=0.0, stream_interval=0.0
+    )
+    assert connector.card_answer_within == connector.ping_grace == 0.0

@@ -13,6 +13,7 @@ the agent.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import uuid
@@ -27,6 +28,7 @@ from trio_websocket import CloseReason, ConnectionClosed
 from ... import _connector as base
 from ..._content import Attachment, Content, Sent, kind_of
 from ..._errors import (
+    ConfigurationError,
     ConnectorError,
     FatalConnectorError,
     SendError,
@@ -97,6 +99,11 @@ class LongConnection(base.Connector):
         open_websocket: OpenWebSocket = _open_websocket,
         random: Callable[[], float] = random.random,
     ) -> None:
+        if not 0 <= card_answer_within < math.inf or not ping_grace >= 0:  # NaN fails both
+            raise ConfigurationError(
+                f"Lark app {app_id}: card_answer_within must be 0 to a few seconds (Lark waits "
+                f"3 s) and ping_grace 0 or more; got {card_answer_within}, {ping_grace}"
+            )
         self.account = app_id
         self._random = random
         self.api: OpenAPI = OpenAPI(app_id, app_secret, domain=domain, transport=transport)

@@ -56,10 +56,10 @@ class EditBudget:
     max_edits: int = MAX_EDITS
 
     def __attrs_post_init__(self) -> None:
-        if self.interval < 0 or not 0 <= self.max_edits <= MAX_EDITS:
+        if not self.interval >= 0 or not 0 <= self.max_edits <= MAX_EDITS:  # NaN too
             raise ConfigurationError(
-                f"EditBudget: interval must be >= 0 and max_edits within 0..{MAX_EDITS} "
-                f"(Lark's limit per message); got {self.interval}, {self.max_edits}"
+                f"EditBudget: interval (stream_interval) must be >= 0 and max_edits within "
+                f"0..{MAX_EDITS} (Lark's limit per message); got {self.interval}, {self.max_edits}"
             )
 
     def shows_now(self, sent: bool, edits: int) -> bool:
