@@ -687,3 +687,65 @@ def test_the_settings_edges_are_taken() -> None:
         app_id="cli_1", app_secret="s", card_answer_within=0.0, ping_grace=0.0, stream_interval=0.0
     )
     assert connector.card_answer_within == connector.ping_grace == 0.0
+
+
+# -- card actions no real client sends --------------------------------------------------------
+
+
+def _card_action(event_id: str, event: Any) -> dict[str, Any]:
+    header = {"event_id": event_id, "event_type": "card.action.trigger"}
+    return {"schema": "2.0", "header": header, "event": event}
+
+
+async def test_hostile_card_actions_beside_messages_lose_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Card actions with no token, a huge value, wrong types, for a message the bot never
+    sent, nested past the reader's depth, a handler that raises on some and overruns the
+    platform's 3 s on others: each is ACKed in time (plain when there is no answer), the
+    failures counted, and the messages between them each handled once."""
+    handled: list[str] = []
+    seen: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(message.text for message in batch.messages)
+
+    async def on_card_action(envelope: Any) -> lark.CardAnswer | None:
+        event_id = envelope["header"]["event_id"]
+        seen.append(event_id)
+        action = envelope["event"]["action"]  # raises on the wrong types
+        if event_id == "ev-slow":
+            await trio.sleep(60)
+        return lark.CardAnswer(f"ok {len(str(action.get('value')))}")
+
+    good = {"operator": {"open_id": "ou_ann"}, "action": {"value": {"ok": 1}}}
+    actions = [
+        _card_action("ev-good", good),
+        _card_action("ev-no-token", {"action": {"value": {}}, "open_message_id": "om_never"}),
+        _card_action("ev-huge", {"action": {"value": {"v": "x" * 1_000_000}}}),
+        _card_action("ev-list", []),
+        _card_action("ev-str-action", {"action": "press"}),
+        _card_action("ev-slow", good),
+    ]
+    deep = b'{"schema":"2.0","header":{"event_id":"ev-deep","event_type":"card.action.trigger"},'
+    deep += b'"event":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    emu = LarkEmulator()
+    connector = lambda: emu.connector(random=lambda: 0.0, on_card_action=on_card_action)  # noqa: E731
+    async with emulator_bridge(emu, connector, agent) as bridge:
+        await trio.sleep(1)
+        for n, action in enumerate(actions):
+            emu.push_event(action)
+            emu.user_says("ou_bob", f"message {n}")
+        emu.push_raw(_event_frame(deep))
+        emu.user_says("ou_bob", "last")
+        await trio.sleep(10)
+        stats = bridge.stats()
+    assert sorted(handled) == sorted([f"message {n}" for n in range(6)] + ["last"])
+    assert sorted(seen) == sorted(a["header"]["event_id"] for a in actions)
+    assert stats.other["lark.card_answer_failures"] == 2  # the list and the string
+    assert stats.other["lark.card_answers_late"] == 1
+    assert stats.protocol_errors == 1  # the one nested too deeply
+    assert len(emu.acks) == 7 + 7 and set(emu.acks) == {200}
+    toasts = [a.detail["toast"]["content"] for a in emu.activity if a.kind == "card_answer"]
+    assert sorted(toasts) == ["ok 1000009", "ok 2", "ok 9"]
