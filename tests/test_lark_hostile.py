@@ -672,7 +672,7 @@ async def test_a_token_answer_without_a_token_is_a_bad_answer(
     ],
 )
 def test_a_setting_no_connection_can_run_with_is_refused_when_built(
-    option: dict[str, float],
+    option: dict[str, Any],
 ) -> None:
     """``card_answer_within=-1`` was taken, then raised ValueError in the handler of every
     card action, which ended the connection each time (and the action, un-ACKed, came back
