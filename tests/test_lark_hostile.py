@@ -676,7 +676,8 @@ def test_a_setting_no_connection_can_run_with_is_refused_when_built(
 ) -> None:
     """``card_answer_within=-1`` was taken, then raised ValueError in the handler of every
     card action, which ended the connection each time (and the action, un-ACKed, came back
-    to do it again); a NaN grace made the watchdog fire at once. Refused when built."""
+    to do it again); a NaN grace raised in the watchdog's rearm, ending every connection.
+    Refused when built."""
     (name,) = option
     with pytest.raises(cb.ConfigurationError, match=name):
         lark.LongConnection(app_id="cli_1", app_secret="s", **option)
