@@ -19,6 +19,7 @@ import pytest
 import trio
 
 import trio_chatbridge as cb
+from trio_chatbridge._metrics import bridge_registry
 from trio_chatbridge.stores import _sqlite
 from trio_chatbridge.testing import FakeConnector, running_bridge
 
@@ -174,3 +175,27 @@ async def test_a_pending_row_that_does_not_decode_is_set_aside_not_fatal(
         (state, error) = db.execute("SELECT state, error FROM outcomes WHERE seq = 2").fetchone()
     db.close()
     assert state == "failed" and error.startswith("undecodable journal record: ")
+
+
+async def test_a_record_set_aside_shows_in_the_bridge_stats_and_metrics(tmp_path: Path) -> None:
+    """The records set aside at start are counted where an operator looks: ``bridge.stats()``
+    and ``/metrics`` (they were only on the store, which nothing reported); the good message
+    next to it is answered once."""
+    path = tmp_path / "j.db"
+    chat = FakeConnector()
+    async with cb.SQLiteStore(path) as store:
+        await store.journal_add([chat.message("good", id="1"), chat.message("bad", id="2")])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE journal SET body = x'ff00' WHERE message_id = '2'")
+    db.close()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(batch.text)
+
+    bridge = cb.Bridge([chat], agent, debounce=cb.Debounce(window=0), store=cb.SQLiteStore(path))
+    registry = bridge_registry(bridge)
+    with trio.fail_after(10):
+        async with running_bridge(bridge):
+            assert (await chat.next_reply()).text == "good"
+            assert bridge.stats().undecodable == 1
+            assert registry.get_sample_value("chatbridge_undecodable_total") == 1.0

@@ -145,8 +145,9 @@ class Bridge:
             self.store.wall_clock = self.wall_clock
 
     def stats(self) -> _stats.Stats:
-        """The bridge's counters so far."""
-        return _stats.Stats.from_counter(self._counters)
+        """The bridge's counters so far (``undecodable``: the store's, since it was built)."""
+        stats = _stats.Stats.from_counter(self._counters)
+        return attrs.evolve(stats, undecodable=self.store.undecodable)
 
     def status(self) -> Statuses:
         """Each connector's state now, by ``platform:account`` (``starting`` before ``run``)."""

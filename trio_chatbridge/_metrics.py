@@ -38,6 +38,7 @@ _COUNTERS: Final = {
     "replies": "Replies sent",
     "reconnects": "Connector restarts after a transient failure",
     "protocol_errors": "Bad frames or responses from a platform, survived",
+    "undecodable": "Journal records that did not decode, set aside (never replayed)",
 }
 
 

@@ -54,6 +54,9 @@ class Stats:
     """Connector restarts after a transient failure."""
     protocol_errors: int
     """Bad frames or responses from a platform, survived."""
+    undecodable: int
+    """Journal records the store found not to decode, set aside (marked failed, never
+    replayed: their messages are lost unless restored by hand; the log names each)."""
     other: Mapping[str, int]
     """Every other counter, by name (connector-specific ones are ``"<platform>.<what>"``)."""
 

@@ -68,6 +68,11 @@ class Store(ABC):
     """Wall-clock seconds since the epoch, for ``received_at`` and pruning; a ``Bridge``
     given its own ``wall_clock`` sets it here, so both read one clock."""
 
+    undecodable: int = 0
+    """Journal records found not to decode (damaged, or written by something else) and set
+    aside: marked failed, never replayed (see :meth:`journal_pending`). ``bridge.stats()``
+    and the metrics report it; a store that keeps decoded messages (MemoryStore) has none."""
+
     shared = False
     """Whether bridges on several processes use it at once: a bridge on a shared store runs a
     connector only while it holds the account's lease, and replays an account's unfinished
