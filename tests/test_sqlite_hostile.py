@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import trio_chatbridge as cb
 from trio_chatbridge._metrics import bridge_registry
@@ -199,3 +201,51 @@ async def test_a_record_set_aside_shows_in_the_bridge_stats_and_metrics(tmp_path
             assert (await chat.next_reply()).text == "good"
             assert bridge.stats().undecodable == 1
             assert registry.get_sample_value("chatbridge_undecodable_total") == 1.0
+
+
+async def test_a_start_cancelled_while_another_process_holds_the_lock_ends_promptly(
+    tmp_path: Path,
+) -> None:
+    """A signal while the store's open waits for a lock another process holds (up to 2
+    minutes) stops the bridge within one attempt of the open (0.2 s), not at the end of the
+    wait; the file is unharmed and the store not left open. The open waited the whole 2
+    minutes in its thread (a watchdog here lets the lock go after 3 s: the test fails then
+    instead of hanging)."""
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path) as store:
+        await store.journal_add([FakeConnector().message("kept")])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+
+    async def let_go() -> None:
+        await trio.sleep(3)  # real time, and only when the cancellation did not end the open
+        other.execute("ROLLBACK")
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise AssertionError("never started")
+
+    store = cb.SQLiteStore(path)
+    bridge = cb.Bridge([FakeConnector()], agent, store=store)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as watchdog:
+                watchdog.start_soon(let_go)
+                async with trio.open_nursery() as starting:
+                    starting.start_soon(bridge.run)
+                    await trio.testing.wait_all_tasks_blocked()  # the open waits for the lock
+                    cancelled_at = time.monotonic()
+                    starting.cancel_scope.cancel()
+                took = time.monotonic() - cancelled_at
+                watchdog.cancel_scope.cancel()
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+    assert took < 1.0
+    with pytest.raises(cb.StoreError, match="is not open"):
+        await store.get("fake", "bot", "k")
+    async with cb.SQLiteStore(path) as again:
+        assert [m.text for m in await again.journal_pending()] == ["kept"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()

@@ -168,8 +168,16 @@ writes = st.lists(
 
 @contextmanager
 def _database() -> Iterator[sqlite3.Connection]:
-    with closing(cb.SQLiteStore(":memory:")._connect()) as db:
+    with closing(_connected(":memory:")) as db:
         yield db
+
+
+def _connected(path: str | Path) -> sqlite3.Connection:
+    """A connection to ``path`` set up as the store's own (its schema created)."""
+    store = cb.SQLiteStore(path)
+    db = store._connect()
+    assert store._attempt(db, 1.0) is None
+    return db
 
 
 def _table(db: sqlite3.Connection) -> list[Any]:
@@ -332,7 +340,7 @@ async def test_a_commit_that_finds_the_file_locked_waits_for_it_in_the_worker_th
 def test_a_refused_turn_of_several_statements_is_rolled_back_whole(tmp_path: Path) -> None:
     message = fake.message("1", id="1")
     path = tmp_path / "j.db"
-    db = cb.SQLiteStore(path)._connect()
+    db = _connected(path)
     with closing(db), closing(sqlite3.connect(path, isolation_level=None)) as other:
         db.execute("PRAGMA busy_timeout=0")  # as the store's own, on the event loop
         other.execute("BEGIN IMMEDIATE")

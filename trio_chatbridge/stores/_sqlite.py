@@ -44,6 +44,7 @@ DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before
 INLINE_ROWS: Final = 256  # journal rows a group commit may write on the event loop; more: thread
 CHECKPOINT_AFTER: Final = 4_000  # rows, and 4 a commit, written between two checkpoints (thread)
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
+OPEN_ATTEMPT_MS: Final = 200  # the longest one attempt to open waits for the lock: a stop's delay
 OPEN_BUSY_TIMEOUT_MS: Final = 120_000
 """How long opening waits for the file's write lock (ms): another process may hold it for a
 whole migration from version 1, measured at 0.7-0.9 s per 1,000,000 journal rows (of about
@@ -166,7 +167,8 @@ class SQLiteStore(Store):
     The file is at schema version 2; one of version 1 is migrated by the first store that
     opens it, in one transaction, and an older trio_chatbridge cannot open it after that
     (docs/stores.md, "The file's schema and its migration"). Opening waits up to 2 minutes
-    for the file's write lock, which another process migrating the file holds meanwhile.
+    for the file's write lock, which another process migrating the file holds meanwhile; a
+    cancellation ends that wait within 0.2 s.
     """
 
     def __init__(
@@ -232,54 +234,75 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         """Open the file: create it, or migrate a version 1 file (docs/stores.md), waiting up to
-        2 minutes for another process that holds its write lock (migrating it, say). Cancelled
-        before it starts, nothing is opened; once started, it is not cut short: it runs to its
-        end in the worker thread, the store is then open, and the cancellation takes effect at
-        the next checkpoint."""
+        2 minutes for another process that holds its write lock (migrating it, say).
+
+        Cancelled, it is not open, and promptly so: the wait for the lock is made of attempts
+        of at most 0.2 s in the worker thread, and a cancellation takes effect
+        between two of them; the connection made meanwhile is closed, the file untouched (an
+        attempt's transaction is all of it or none). Cancelled within an attempt that then
+        succeeds, the file is created or migrated all the same, and the store closed again."""
         if self._db is not None:
             return
-        self._db = await self._run(self._connect)
+        db = await self._run(self._connect)
+        try:
+            await self._set_up(db)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._run(db.close)
+            raise
+        self._db = db
 
     def _connect(self) -> sqlite3.Connection:
-        started = time.monotonic()
         try:
             _create_private(self.path)
-            db = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=OPEN_BUSY_TIMEOUT_MS / 1000,  # seconds: another process may be migrating
+            return sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
             )
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise StoreError(
-                f"cannot open {self.path} as a trio_chatbridge store; {_advice(exc)}. "
-                f"SQLite said: {exc}"
-            ) from exc
+            raise _unopenable(self.path, f"; {_advice(exc)}", exc) from exc
+
+    async def _set_up(self, db: sqlite3.Connection) -> None:
+        """Create or migrate the schema and set the connection up, in attempts that each wait
+        up to ``OPEN_ATTEMPT_MS`` for the write lock, until ``OPEN_BUSY_TIMEOUT_MS`` passed."""
+        started = time.monotonic()
+        limit = OPEN_BUSY_TIMEOUT_MS / 1000
+        while True:
+            attempt = max(0.001, min(OPEN_ATTEMPT_MS / 1000, limit - (time.monotonic() - started)))
+            try:
+                busy = await self._run(self._attempt, db, attempt)
+            except sqlite3.DatabaseError as exc:
+                if _locked(exc):  # refused at once: SQLite will not wait where it may deadlock
+                    held = _lock_held(time.monotonic() - started)
+                    raise _unopenable(self.path, f": {held}", exc) from exc
+                raise _unopenable(self.path, f"; {_advice(exc)}", exc) from exc
+            if busy is None:
+                return
+            waited = time.monotonic() - started
+            if waited >= limit:
+                raise _unopenable(self.path, f": {_lock_held(waited)}", busy) from busy
+
+    def _attempt(self, db: sqlite3.Connection, wait: float) -> sqlite3.OperationalError | None:
+        """One attempt at :meth:`_set_up`, waiting up to ``wait`` seconds for the write lock
+        (worker thread): None once done, or SQLite's "database is locked" when the lock was
+        still held after the whole wait (to be tried again). A lock SQLite refuses at once,
+        or any other error, raises."""
+        db.execute(f"PRAGMA busy_timeout={max(1, round(wait * 1000))}")
+        began = time.monotonic()
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             with _transaction(db, "BEGIN IMMEDIATE"):  # one process creates or migrates
                 self._schema(db)
-            # Commits on the loop wait for no lock and never checkpoint; the thread's calls
-            # set their own wait (_patiently).
-            db.execute(f"PRAGMA busy_timeout={0 if self._inline else BUSY_TIMEOUT_MS}")
-            if self._inline:
-                db.execute("PRAGMA wal_autocheckpoint=0")
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            if _locked(exc):
-                raise StoreError(
-                    f"cannot open {self.path} as a trio_chatbridge store: "
-                    f"{_lock_held(time.monotonic() - started)}. SQLite said: {exc}"
-                ) from exc
-            raise StoreError(
-                f"cannot open {self.path} as a trio_chatbridge store; {_advice(exc)}. "
-                f"SQLite said: {exc}"
-            ) from exc
-        except BaseException:
-            db.close()
+        except sqlite3.OperationalError as exc:
+            if _locked(exc) and time.monotonic() - began >= wait / 2:
+                return exc
             raise
-        return db
+        # Commits on the loop wait for no lock and never checkpoint; the thread's calls
+        # set their own wait (_patiently).
+        db.execute(f"PRAGMA busy_timeout={0 if self._inline else BUSY_TIMEOUT_MS}")
+        if self._inline:
+            db.execute("PRAGMA wal_autocheckpoint=0")
+        return None
 
     def _schema(self, db: sqlite3.Connection) -> None:
         """Create the tables in a new file, or migrate an older schema to this one (in the
@@ -760,6 +783,12 @@ _JOURNAL_RETRIED: Final = (
     "; what was not written is not lost: messages not journaled are not acknowledged (the "
     "connector gets them again), runs not marked done are replayed at the next start"
 )
+
+
+def _unopenable(path: str, why: str, exc: Exception) -> StoreError:
+    """The error of an open that failed: the file, ``why`` (with its leading ``:`` or ``;``),
+    and what SQLite said."""
+    return StoreError(f"cannot open {path} as a trio_chatbridge store{why}. SQLite said: {exc}")
 
 
 def _lock_held(waited: float) -> str:
