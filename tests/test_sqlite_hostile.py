@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -249,3 +250,93 @@ async def test_a_start_cancelled_while_another_process_holds_the_lock_ends_promp
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """``path``'s directory, seen read-only: a read-only bind mount of it (which root cannot
+    write through either); skips where mounting is not allowed."""
+    view = path.parent.with_name(path.parent.name + "-ro")
+    view.mkdir()
+    mount = ["mount", "-o", "bind,ro", str(path.parent), str(view)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount read-only here")
+    try:
+        yield view / path.name
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``path`` immutable (``chattr +i``: root cannot write it either); skips where the file
+    system or the process cannot."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i does not work here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def _store_with_one_message(path: Path) -> None:
+    async with cb.SQLiteStore(path) as store:
+        await store.journal_add([FakeConnector().message("kept")])
+
+
+async def test_a_file_that_cannot_be_written_is_refused_at_open(tmp_path: Path) -> None:
+    """An immutable store file opened (reads work) and every put then failed: connectors
+    retried for ever, the bridge looked up. The open now writes, so it says at once what to
+    do, naming the file."""
+    path = tmp_path / "j.db"
+    await _store_with_one_message(path)
+    with immutable(path), pytest.raises(cb.StoreError) as refused:
+        await cb.SQLiteStore(path).open()
+    message = str(refused.value)
+    assert str(path) in message and "make the file and its directory writable" in message
+    async with cb.SQLiteStore(path) as store:  # once writable again: nothing lost
+        assert [m.text for m in await store.journal_pending()] == ["kept"]
+
+
+@pytest.mark.parametrize("existing", [True, False])
+async def test_a_read_only_directory_is_refused_with_what_to_do(
+    tmp_path: Path, existing: bool
+) -> None:
+    """A store in a directory mounted read-only (an existing file: SQLite cannot create its
+    ``-wal`` and ``-shm`` files; a new one: nor the file) says so and what to do; it said
+    "check the path, the disk and the file's permissions"."""
+    path = tmp_path / "data" / "j.db"
+    path.parent.mkdir()
+    if existing:
+        await _store_with_one_message(path)
+    with read_only(path) as seen, pytest.raises(cb.StoreError) as refused:
+        await cb.SQLiteStore(seen).open()
+    message = str(refused.value)
+    assert str(seen) in message and "read-only" in message
+    assert "make the file and its directory writable" in message
+
+
+async def test_a_full_disk_refuses_a_put_whole_and_loses_nothing(tmp_path: Path) -> None:
+    """A put on a full disk (the file's size capped: ``max_page_count``) raises a StoreError
+    naming the file and what to do and writes nothing: the connector, not having acknowledged
+    them, gets them again, and they are new then; the messages journaled before are kept."""
+    path = tmp_path / "j.db"
+    chat = FakeConnector()
+    kept = chat.message("kept", id="0")
+    big = [chat.message("x" * 4_000, id=str(n)) for n in range(1, 40)]
+    with trio.fail_after(10):
+        async with cb.SQLiteStore(path) as store:
+            assert await store.journal_add([kept]) == [True]
+            db = store._db
+            assert db is not None
+            (pages,) = db.execute("PRAGMA page_count").fetchone()
+            db.execute(f"PRAGMA max_page_count={pages}")
+            with pytest.raises(cb.StoreError) as refused:
+                await store.journal_add(big)
+            message = str(refused.value)
+            assert str(path) in message and "free space on the disk" in message
+            assert "not acknowledged (the connector gets them again)" in message
+            assert await store.journal_pending() == [kept]
+            db.execute("PRAGMA max_page_count=1073741823")  # space freed
+            assert await store.journal_add(big) == [True] * len(big)
+            assert await store.journal_pending() == [kept, *big]

@@ -14,6 +14,7 @@ wall-clock time, so that several processes sharing the file agree on when one ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -293,6 +294,9 @@ class SQLiteStore(Store):
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             with _transaction(db, "BEGIN IMMEDIATE"):  # one process creates or migrates
                 self._schema(db)
+                # Written even when it is the file's already: a file this process can read
+                # but not write (immutable, say) is refused now, not at every message after.
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.OperationalError as exc:
             if _locked(exc) and time.monotonic() - began >= wait / 2:
                 return exc
@@ -306,7 +310,8 @@ class SQLiteStore(Store):
 
     def _schema(self, db: sqlite3.Connection) -> None:
         """Create the tables in a new file, or migrate an older schema to this one (in the
-        caller's transaction: a failure leaves the file as it was)."""
+        caller's transaction: a failure leaves the file as it was; the caller writes the
+        version)."""
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return
@@ -330,7 +335,6 @@ class SQLiteStore(Store):
             )
         for statement in statements:
             db.execute(statement)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     async def aclose(self) -> None:
         db, self._db = self._db, None
@@ -756,9 +760,24 @@ def _locked(exc: Exception) -> bool:
     return busy == sqlite3.SQLITE_BUSY
 
 
+_READ_ONLY: Final = (
+    "make the file and its directory writable by this process (SQLite writes its -wal and "
+    "-shm files beside it), on a disk mounted read-write, not read-only"
+)
+_OS_ADVICE: Final = {
+    errno.EROFS: _READ_ONLY,
+    errno.EACCES: _READ_ONLY,
+    errno.EPERM: _READ_ONLY,
+    errno.ENOSPC: "free space on the disk that holds it",
+}
+"""What to do about an OSError creating the file, by its errno."""
+
+
 def _advice(exc: Exception) -> str:
     """What to do about ``exc``, by SQLite's primary result code
-    (https://www.sqlite.org/rescode.html)."""
+    (https://www.sqlite.org/rescode.html), or an OSError's errno."""
+    if isinstance(exc, OSError) and exc.errno in _OS_ADVICE:
+        return _OS_ADVICE[exc.errno]
     code = getattr(exc, "sqlite_errorcode", None)
     primary = None if code is None else code & 0xFF
     if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
@@ -770,7 +789,9 @@ def _advice(exc: Exception) -> str:
     if primary == sqlite3.SQLITE_FULL:
         return "free space on the disk that holds it (or raise its size limit)"
     if primary == sqlite3.SQLITE_READONLY:
-        return "make the file and its directory writable by this process"
+        return _READ_ONLY
+    if primary == sqlite3.SQLITE_CANTOPEN:  # the file, or its -wal or -shm
+        return f"SQLite could not open it or create a file beside it: {_READ_ONLY}"
     if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return (
             "the file is damaged or not a trio_chatbridge store: move it away (or restore a "
