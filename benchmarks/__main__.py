@@ -12,6 +12,7 @@ from .lark import BENCHMARKS as LARK
 from .migration import BENCHMARKS as MIGRATION
 from .model import BENCHMARKS as MODEL
 from .redis import BENCHMARKS as REDIS
+from .replay import BENCHMARKS as REPLAY
 from .sqlite import BENCHMARKS as SQLITE
 from .wecom import BENCHMARKS as WECOM
 from .weixin import BENCHMARKS as WEIXIN
@@ -23,6 +24,7 @@ ALL.update(MODEL)
 ALL.update(REDIS)
 ALL.update(SQLITE)
 ALL.update(MIGRATION)
+ALL.update(REPLAY)
 
 
 def main(names: list[str]) -> int:
