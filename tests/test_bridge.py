@@ -5,7 +5,7 @@ import contextvars
 import math
 import tempfile
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -1347,3 +1347,52 @@ async def test_a_done_mark_that_fails_is_counted_and_a_bug_shows_its_traceback(
     [record] = [r for r in caplog.records if "not marked done" in r.getMessage()]
     assert record.levelname == "WARNING"
     assert (record.exc_info is not None) is traced
+
+
+class _Swallows(FakeConnector):
+    """A connector whose ``running()`` swallows whatever ends the run, Cancelled included
+    (a connector's bug)."""
+
+    @asynccontextmanager
+    async def _held(self) -> AsyncIterator[None]:
+        with suppress(BaseException):
+            yield
+
+    def running(self, batch: cb.Batch) -> AbstractAsyncContextManager[None]:
+        return self._held()
+
+
+@pytest.mark.parametrize("on_busy", ["queue", "interrupt"])
+async def test_a_run_cut_off_whose_cancellation_is_swallowed_is_not_marked_done(
+    autojump_clock: trio.testing.MockClock, on_busy: str
+) -> None:
+    """A run the shutdown grace cut off stays pending (replayed, counted abandoned) even when
+    the connector's running() swallows the Cancelled that came out of the agent: it was
+    marked done, so its messages were never answered. An interrupted run, likewise, runs
+    again with the newer batch instead of being marked done. (A run that returns without a
+    Cancelled coming out of the agent is handled: see the two tests above.)"""
+    seen: list[list[str]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.append([m.text for m in batch.messages])
+        if batch.latest.text != "answer":
+            await trio.sleep_forever()
+        await reply.send("ok")
+
+    store = cb.MemoryStore()
+    chat = _Swallows()
+    bridge = make_bridge(agent, chat, store=store, shutdown_grace=5.0, on_busy=on_busy)
+    async with running_bridge(bridge):
+        await chat.say("hello", id="1")
+        await trio.sleep(3)
+        if on_busy == "interrupt":
+            await chat.say("answer", id="2")
+            assert (await chat.next_reply()).text == "ok"
+            assert seen == [["hello"], ["hello", "answer"]]
+            await chat.say("later", id="3")
+            await trio.sleep(3)
+    stats = bridge.stats()
+    pending = [m.id for m in await store.journal_pending()]
+    assert pending == (["3"] if on_busy == "interrupt" else ["1"])
+    assert stats.abandoned == 1
+    assert stats.interrupts == (1 if on_busy == "interrupt" else 0)

@@ -442,6 +442,7 @@ class Dispatcher:
         # deadline is set before the context is entered, so entering counts in run_timeout;
         # entering and leaving the context are bounded too, LEAVE_GRACE past that deadline.
         timeout = outer = None
+        cut_off = False  # a Cancelled came out of the agent, into the connector's context
         if self._run_timeout != math.inf:
             timeout = trio.move_on_at(trio.current_time() + self._run_timeout)
         try:
@@ -455,7 +456,11 @@ class Dispatcher:
                     with _UNLIMITED if outer is None else outer:
                         async with held:
                             with _UNLIMITED if timeout is None else timeout:
-                                await self._agent(batch, reply)
+                                try:
+                                    await self._agent(batch, reply)
+                                except BaseException as exc:
+                                    cut_off = find_error(exc, trio.Cancelled) is not None
+                                    raise
                             if timeout is not None and timeout.cancelled_caught:
                                 raise _TimedOut
             except BaseException as exc:
@@ -489,6 +494,10 @@ class Dispatcher:
                 self._counters[_stats.FAILURES] += 1
             return f"agent timed out after {self._run_timeout} s"
         if failure is None:
+            if cut_off:  # but the context swallowed the Cancelled (a connector's bug): the
+                # interrupt, the shutdown grace or the bridge's cancellation that cut the run
+                # off decides its fate, not the context; else it was marked done unanswered.
+                await trio.lowlevel.checkpoint_if_cancelled()
             return None
         # An error came out instead of Cancelled: if an interrupt, the shutdown grace or the
         # bridge's cancellation asked this run to stop, that is what decides its fate.
