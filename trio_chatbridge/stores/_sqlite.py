@@ -237,11 +237,12 @@ class SQLiteStore(Store):
         """Open the file: create it, or migrate a version 1 file (docs/stores.md), waiting up to
         2 minutes for another process that holds its write lock (migrating it, say).
 
-        Cancelled, it is not open, and promptly so: the wait for the lock is made of attempts
-        of at most 0.2 s in the worker thread, and a cancellation takes effect
-        between two of them; the connection made meanwhile is closed, the file untouched (an
-        attempt's transaction is all of it or none). Cancelled within an attempt that then
-        succeeds, the file is created or migrated all the same, and the store closed again."""
+        Cancelled while it waits, it is not open, and promptly so: the wait for the lock is
+        made of attempts of at most 0.2 s in the worker thread, and a cancellation takes
+        effect between two of them; the connection made meanwhile is closed, the file
+        untouched (an attempt's transaction is all of it or none). Cancelled during an attempt
+        that then succeeds (the file created or migrated), it returns open, the cancellation
+        taking effect at the caller's next checkpoint."""
         if self._db is not None:
             return
         db = await self._run(self._connect)
