@@ -24,6 +24,7 @@ from trio_chatbridge.connectors import (
     RetryLater,
     long_poll,
 )
+from trio_chatbridge._receive import LOG_BURST, LOG_WINDOW
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 
@@ -394,3 +395,50 @@ def test_a_poll_cores_answer_is_typed_as_the_poll_event_union() -> None:
     answer = get_type_hints(connectors.PollCore.receive)["return"]
     assert answer == connectors.PollEvent != connectors.Event  # not the WebSocket events
     assert set(get_args(connectors.PollEvent)) == {Page, RetryLater, Paused}
+
+
+def good_entry(n: int) -> bytes:
+    return (
+        b'{"message_id":%d,"from_user_id":"u@im.wechat","message_type":1,'
+        b'"item_list":[{"type":1,"text_item":{"text":"m%d"}}]}' % (n, n)
+    )
+
+
+async def test_a_flood_of_bad_messages_logs_a_few_lines_and_a_summary_but_counts_each(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hostile page of 10,000 bad entries around two good ones: every bad one counted, both
+    # good ones delivered, but only the first few logged; the rest summed up in one line
+    # when the next bad one comes after the window (on Trio's clock).
+    flood = b",".join([b'"bad"'] * 10_000)
+    first = b'{"msgs":[%s,%s,%s],"get_updates_buf":"c1"}' % (good_entry(1), flood, good_entry(2))
+    later = b'{"msgs":["bad",%s],"get_updates_buf":"c2"}' % good_entry(3)
+    asked: list[float] = []
+    sent: list[bytes] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(trio.current_time())
+        if len(asked) == 1:
+            return httpx.Response(200, content=first)
+        if not sent:
+            # held (polls time out as empty) until the window is over, then the later page
+            await trio.sleep_until(asked[0] + LOG_WINDOW + 1)
+            sent.append(later)
+            return httpx.Response(200, content=later)
+        await trio.sleep_forever()
+        raise AssertionError
+
+    recorder = Recorder()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        with trio.move_on_after(LOG_WINDOW * 3):
+            await long_poll(recorder.context("weixin"), wechat_core(), http)
+    assert recorder.count("protocol_errors") == 10_001
+    assert [m.text for m in recorder.put] == ["m1", "m2", "m3"]
+    assert await recorder.store.get_cursor("weixin", "a1") == "c2"
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("trio_chatbridge")]
+    skipped = [line for line in lines if "bad message skipped:" in line]
+    assert len(skipped) == LOG_BURST + 1  # the first few, then the later one
+    summary = [line for line in lines if "more like 'bad message skipped'" in line]
+    assert len(summary) == 1
+    assert f"{10_000 - LOG_BURST} more" in summary[0]
+    assert len(lines) < 20

@@ -3,12 +3,26 @@ re-armed watchdog."""
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
+import pytest
 import trio
 import trio.testing
 
-from trio_chatbridge._receive import BURST_LINGER, WATCHDOG_SLACK, rearm
+from trio_chatbridge import MemoryStore, ProtocolError
+from trio_chatbridge._receive import (
+    BURST_LINGER,
+    LOG_BURST,
+    LOG_WINDOW,
+    SKIPPED,
+    WATCHDOG_SLACK,
+    parse_or_skip,
+    rearm,
+)
 from trio_chatbridge._websocket import _Backlog
 from trio_chatbridge._ws_core import Inbound
+from trio_chatbridge.connectors import ConnectorContext
 
 
 def item(n: int) -> Inbound:
@@ -88,3 +102,46 @@ async def test_the_watchdog_follows_a_shorter_silence_at_once(
         changed = trio.current_time()
         await trio.sleep_forever()
     assert 10.0 <= trio.current_time() - changed <= 10.0 + WATCHDOG_SLACK
+
+
+def bad_json(text: str) -> object:
+    raise ProtocolError(f"not JSON: {text}")
+
+
+async def test_bad_input_lines_are_limited_per_connector_and_kind_counts_are_not(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    counts: Counter[str] = Counter()
+    store = MemoryStore()
+
+    def context(account: str) -> ConnectorContext:
+        async def put(messages: object) -> list[Any]:
+            raise AssertionError
+
+        return ConnectorContext(
+            "lark", account, store, put, lambda n, k: counts.update({n: k}), lambda s, d: None
+        )
+
+    one, two = context("one"), context("two")
+    for n in range(50):
+        assert parse_or_skip(one, "frame", bad_json, str(n)) is SKIPPED
+        assert parse_or_skip(two, "frame", bad_json, str(n)) is SKIPPED
+        assert parse_or_skip(one, "event", bad_json, str(n)) is SKIPPED
+    assert counts["protocol_errors"] == 150
+    lines = [r.getMessage() for r in caplog.records]
+    for who, kind in [("one", "frame"), ("two", "frame"), ("one", "event")]:
+        mine = [line for line in lines if line.startswith(f"lark:{who}: bad {kind} skipped:")]
+        assert [line.rsplit(" ", 1)[1] for line in mine] == [str(n) for n in range(LOG_BURST)]
+    assert len(lines) == 3 * (LOG_BURST + 1)  # each: the first few, and that it holds back
+    caplog.clear()
+    await trio.sleep(LOG_WINDOW - 1)
+    parse_or_skip(one, "frame", bad_json, "late")  # still in the window: held back
+    assert caplog.records == []
+    await trio.sleep(1)
+    parse_or_skip(one, "frame", bad_json, "next")  # a new window: a summary, then the line
+    assert [r.getMessage() for r in caplog.records] == [
+        f"lark:one: {51 - LOG_BURST} more like 'bad frame skipped' in the last 60 s "
+        "(not logged; counted)",
+        "lark:one: bad frame skipped: not JSON: next",
+    ]
+    assert counts["protocol_errors"] == 152

@@ -6,8 +6,10 @@ journal write, one channel hop and one debouncer turn instead of one each per me
 WebSocket driver's backlog gathers bursts for :data:`BURST_LINGER`), and a watchdog that is
 re-armed only when it has to be spares the run loop a deadline update per frame.
 :func:`parse_or_skip` is what every connector does with one frame, event or message from the
-network: a bad one is counted in ``protocol_errors``, logged once, and skipped;
-the loop and every good message around it carry on.
+network: a bad one is counted in ``protocol_errors``, logged, and skipped; the loop and
+every good message around it carry on. The log lines of such per-message warnings are limited
+per connector and kind (:func:`warn_limited`): a hostile peer sending bad input by the
+thousand cannot flood the log, while the counters stay exact.
 """
 
 from __future__ import annotations
@@ -59,9 +61,12 @@ def parse_or_skip(
 
 
 def skip_bad(ctx: ConnectorContext, what: str, exc: Exception) -> None:
-    """Count and log one bad frame, event or message (see :func:`parse_or_skip`)."""
+    """Count and log one bad frame, event or message (see :func:`parse_or_skip`); the log
+    line is limited by :func:`warn_limited`, the count never."""
     ctx.count("protocol_errors")
-    log.warning(
+    warn_limited(
+        ctx,
+        f"bad {what} skipped",
         "%s:%s: bad %s skipped: %s",
         ctx.platform,
         ctx.account,
@@ -69,6 +74,76 @@ def skip_bad(ctx: ConnectorContext, what: str, exc: Exception) -> None:
         exc,
         exc_info=None if isinstance(exc, ProtocolError) else exc,
     )
+
+
+LOG_BURST: Final = 5
+"""Lines of one kind one connector logs in :data:`LOG_WINDOW`; the rest are only counted."""
+LOG_WINDOW: Final = 60.0
+"""Seconds (on Trio's clock) in which one connector logs :data:`LOG_BURST` lines of a kind."""
+
+
+@attrs.define
+class _Window:
+    """Lines of one kind logged and held back since ``start`` (Trio's time)."""
+
+    start: float
+    logged: int = 0
+    held: int = 0
+
+
+# Per Trio run: a window per (platform, account, kind); kinds are the library's own words.
+_WINDOWS: Final = trio.lowlevel.RunVar[dict[tuple[str, str, str], _Window]]("log_windows")
+
+
+def warn_limited(
+    ctx: ConnectorContext, kind: str, msg: str, *args: object, exc_info: Exception | None = None
+) -> None:
+    """``log.warning(msg, *args)``, unless ``ctx``'s connector logged :data:`LOG_BURST`
+    lines of ``kind`` in the last :data:`LOG_WINDOW` seconds.
+
+    The first line held back in a window says so; the first line of ``kind`` after the
+    window sums up how many were held back ("N more like '<kind>' in the last S s"). No task or
+    timer: a summary waits for the next line of its kind (the counters are exact
+    meanwhile). Outside a Trio run, every line is logged.
+    """
+    try:
+        windows = _WINDOWS.get()
+    except LookupError:
+        windows = {}
+        _WINDOWS.set(windows)
+    except RuntimeError:  # no Trio run, no clock: nothing to limit by
+        log.warning(msg, *args, exc_info=exc_info)
+        return
+    now = trio.current_time()
+    key = (ctx.platform, ctx.account, kind)
+    window = windows.get(key)
+    if window is None or now - window.start >= LOG_WINDOW:
+        if window is not None and window.held:
+            log.warning(
+                "%s:%s: %d more like '%s' in the last %.0f s (not logged; counted)",
+                ctx.platform,
+                ctx.account,
+                window.held,
+                kind,
+                now - window.start,
+            )
+        window = windows[key] = _Window(now)
+    if window.logged < LOG_BURST:
+        window.logged += 1
+        log.warning(msg, *args, exc_info=exc_info)
+        return
+    window.held += 1
+    if window.held == 1:
+        log.warning(
+            "%s:%s: more than %d like '%s' in %.0f s: the rest are counted, not logged, for "
+            "%.0f s",
+            ctx.platform,
+            ctx.account,
+            LOG_BURST,
+            kind,
+            LOG_WINDOW,
+            window.start + LOG_WINDOW - now,
+        )
 
 
 MAX_HANDLERS: Final = 100
@@ -94,7 +169,9 @@ class Handlers:
         """Run ``handler(*args)`` in ``nursery`` if a slot is free."""
         if self.running >= self.limit:
             ctx.count("events_dropped")
-            log.warning(
+            warn_limited(
+                ctx,
+                "event dropped",
                 "%s:%s: %d event handlers busy; an event was dropped",
                 ctx.platform,
                 ctx.account,
