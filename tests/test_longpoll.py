@@ -24,6 +24,7 @@ from trio_chatbridge.connectors import (
     RetryLater,
     long_poll,
 )
+from trio_chatbridge._longpoll import MAX_CURSOR_CHARS
 from trio_chatbridge._receive import LOG_BURST, LOG_WINDOW
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
@@ -442,3 +443,40 @@ async def test_a_flood_of_bad_messages_logs_a_few_lines_and_a_summary_but_counts
     assert len(summary) == 1
     assert f"{10_000 - LOG_BURST} more" in summary[0]
     assert len(lines) < 20
+
+
+@pytest.mark.parametrize(
+    ("cursor", "why"),
+    [
+        (b'"' + b"A" * (MAX_CURSOR_CHARS + 1) + b'"', f"over {MAX_CURSOR_CHARS:,}"),
+        (b'"c\\ud800"', "not storable"),  # a lone surrogate: SQLite cannot encode it
+    ],
+)
+async def test_a_cursor_too_large_or_unstorable_is_refused_and_the_previous_one_kept(
+    cursor: bytes, why: str, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    pages = [
+        b'{"msgs":[%s],"get_updates_buf":"c1"}' % good_entry(1),
+        b'{"msgs":[%s],"get_updates_buf":%s}' % (good_entry(2), cursor),
+        b'{"msgs":[%s],"get_updates_buf":"c3"}' % good_entry(3),
+    ]
+    bodies: list[bytes] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        if len(bodies) <= len(pages):
+            return httpx.Response(200, content=pages[len(bodies) - 1])
+        await trio.sleep_forever()
+        raise AssertionError
+
+    recorder = Recorder()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        with trio.move_on_after(5):
+            await long_poll(recorder.context("weixin"), wechat_core(), http)
+    sent = [json.loads(body)["get_updates_buf"] for body in bodies]
+    assert sent == ["", "c1", "c1", "c3"]  # the refused cursor never stored nor sent back
+    assert [m.text for m in recorder.put] == ["m1", "m2", "m3"]  # its page's message delivered
+    assert recorder.count("protocol_errors") == 1
+    assert await recorder.store.get_cursor("weixin", "a1") == "c3"
+    [line] = [r.getMessage() for r in caplog.records if "bad cursor skipped" in r.getMessage()]
+    assert why in line and "AAAA" * 100 not in line

@@ -4,7 +4,9 @@ One loop, the same for every platform that long-polls over HTTP: ask the core fo
 request, send it, read the answer with a cap, hand the bytes to the core, and act on the event
 it gives back. A page's messages go to ``ctx.put`` first; only once that returned (they are
 durable) are the page's cursor and values saved and the core told, so a crash never skips a
-message. A bad message is counted in ``protocol_errors``, logged and skipped alone. A poll
+message. A bad message is counted in ``protocol_errors``, logged and skipped alone; so is a
+cursor over :data:`MAX_CURSOR_CHARS` or not storable (the previous one is kept, the page's
+messages go on). A poll
 whose answer has not begun by its request's deadline is an empty poll, never a failure; one
 whose answer began and has not ended by then (a stalled or dripping server) is a failure. Every
 lower-level failure is mapped by the library's one HTTP mapping
@@ -40,6 +42,10 @@ log = logging.getLogger("trio_chatbridge.longpoll")
 BACKSTOP: Final = 10.0
 """Seconds httpx's own timeout (on the system's clock) waits beyond a request's deadline (ours,
 on Trio's clock, the mapping's ``time_limit``, which ends the poll first)."""
+
+MAX_CURSOR_CHARS: Final = 64 * 1024
+"""A cursor longer than this is refused: kept for good and sent back on every poll, it could
+grow each poll's request without bound (WeChat's are short opaque strings)."""
 
 
 class CoreFailed(ProtocolError):
@@ -135,7 +141,7 @@ class _Loop:
             # No prefetch: the next poll presents the new cursor, and a server may take that
             # as an acknowledgment (docs/protocols/weixin.md#unconfirmed), so it goes out only
             # once this page is durable.
-            await self._deliver(event)
+            await self._deliver(event, request.name)
 
     async def _sit_out_pause(self) -> None:
         paused = self.core.paused(trio.current_time())
@@ -188,10 +194,14 @@ class _Loop:
         ctx.set_state("backoff", f"{request.name} failing ({error}); retrying in {delay:.0f} s")
         await trio.sleep(delay)
 
-    async def _deliver(self, page: Page) -> None:
+    async def _deliver(self, page: Page, name: str) -> None:
         ctx = self.ctx
         for bad in page.skipped:
             skip_bad(ctx, "message", bad)
+        refused = _refused(page.cursor)
+        if refused is not None:  # the page's messages go on; the previous cursor stays
+            skip_bad(ctx, "cursor", ProtocolError(f"{name}: {refused}"))
+            page = attrs.evolve(page, cursor=None)
         if page.filtered:
             ctx.count("filtered", page.filtered)
         if page.messages:
@@ -204,3 +214,20 @@ class _Loop:
         elif page.values:
             await ctx.set_many(page.values)
         self.core.commit(page)
+
+
+def _refused(cursor: str | None) -> str | None:
+    """Why ``cursor`` cannot be kept (None: it can): over :data:`MAX_CURSOR_CHARS`, or not
+    encodable as UTF-8 (a lone surrogate, which no request body or store can carry)."""
+    if cursor is None:
+        return None
+    if len(cursor) > MAX_CURSOR_CHARS:
+        return (
+            f"a cursor of {len(cursor):,} characters (over {MAX_CURSOR_CHARS:,}) refused; "
+            "the previous one is kept"
+        )
+    try:
+        cursor.encode()
+    except UnicodeEncodeError:
+        return "a cursor not storable (a lone surrogate) refused; the previous one is kept"
+    return None
