@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import string
 import weakref
+from typing import Final
 
 import httpx
 import pytest
@@ -13,9 +15,12 @@ import trio
 import trio.lowlevel
 import trio.testing
 import trio_websocket
+from hypothesis import given
+from hypothesis import strategies as st
 from leaks import COMPACT_AT, SecretWatch
 
 import trio_chatbridge as cb
+from trio_chatbridge._redact import redact
 from trio_chatbridge.testing import FakeConnector, running_bridge
 
 
@@ -127,3 +132,38 @@ async def test_a_memory_store_shows_nothing_it_holds() -> None:
     store = cb.MemoryStore()
     await store.set("weixin", "bot", "token", "bot-token-in-the-store")
     assert "bot-token-in-the-store" not in repr(store)
+
+
+_URL_CHARS: Final = string.ascii_letters + string.digits + "-._~%!$&'()*+,;="
+
+
+@given(
+    scheme=st.from_regex(r"[A-Za-z][A-Za-z0-9+.\-]{0,12}", fullmatch=True),
+    # (a quote in the user name ends the URL for the query's redaction, not the password's)
+    user=st.text(_URL_CHARS.replace("'", "") + "@", max_size=8),
+    password=st.text(_URL_CHARS + "@:", min_size=1, max_size=24),  # urlsplit takes a raw @
+    rest=st.sampled_from(["", "/", "/db", ":5672/vhost", "?prefix=a", "/x?y=1#f", "/x@y"]),
+    around=st.sampled_from(["cannot connect to {} (refused)", '{{"url": "{}"}}', "url={}"]),
+)
+def test_no_password_of_any_scheme_survives_redaction(
+    scheme: str, user: str, password: str, rest: str, around: str
+) -> None:
+    """``amqp://user:pw@host``, ``postgresql+asyncpg://...``: any scheme, not only the ones
+    the library speaks (an error or a config value may quote any URL)."""
+    rest_clean = rest.replace("y=1", "y=***").replace("prefix=a", "prefix=***")
+    text = around.format(f"{scheme}://{user}:{password}@host.example{rest}")
+    assert redact(text) == around.format(f"{scheme}://{user}:***@host.example{rest_clean}")
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("amqp://guest:s3cret@rabbit:5672/", "amqp://guest:***@rabbit:5672/"),
+        ("postgresql://app:pw,with,commas@db/app", "postgresql://app:***@db/app"),
+        ("postgresql+asyncpg://app:p@ss@db/app?ssl=1", "postgresql+asyncpg://app:***@db/app?ssl=***"),
+        ("mongodb+srv://u:p:w@cluster0.example/x", "mongodb+srv://u:***@cluster0.example/x"),
+        ("nats://us@er:pw@nats:4222", "nats://us@er:***@nats:4222"),  # urlsplit's user: 'us@er'
+    ],
+)
+def test_urls_of_other_schemes_lose_their_password(text: str, clean: str) -> None:
+    assert redact(text) == clean

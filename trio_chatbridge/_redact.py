@@ -1,8 +1,9 @@
 """Credentials kept out of log records, ours and our dependencies'.
 
 Some URLs carry credentials in their query: the Lark WebSocket URL its access key and ticket,
-WeChat's CDN URLs an ``encrypted_query_param``; and any URL a user configures may carry a
-password in its user part (``wss://user:password@host/``, ``redis://:password@host``).
+WeChat's CDN URLs an ``encrypted_query_param``; and any URL a user configures or an error
+quotes may carry a password in its user part (``wss://user:password@host/``,
+``redis://:password@host``, ``amqp://user:password@host``), whatever its scheme.
 trio-websocket logs the URL it connects to (at DEBUG) and httpx every request's (at INFO), and
 an exception's text may quote one. A :class:`RedactingFilter` on those loggers and on ours
 replaces every query value and every user part's password of every URL in a record's message
@@ -30,13 +31,17 @@ DEPENDENCY_LOGGERS: Final = (
     "hypercorn.access",
     "hypercorn.error",
 )
+# Any scheme (RFC 3986: a letter, then letters, digits, ``+``, ``-``, ``.``): a message may quote
+# a URL of any service (``amqp://``, ``postgresql+asyncpg://``), not only ours.
+_SCHEME: Final = r"\b[a-z][a-z0-9+.\-]*://"
 # A URL: its scheme and authority (user part, host, port), then the rest, whose query is redacted
 # (a ``;`` or ``=`` in the user part is no query).
-_URL: Final = re.compile(r"(?i)\b((?:https?|wss?|rediss?)://[^/?#\s'\"<>]*)([^\s'\"<>]*)")
+_URL: Final = re.compile(rf"(?i)({_SCHEME}[^/?#\s'\"<>]*)([^\s'\"<>]*)")
 _QUERY_VALUE: Final = re.compile(r"([?&;][^=&#\s]*=)[^&#\s]*")
-# The user part runs to the LAST ``@`` before the host part ends (at ``/``, ``?``, ``#``), as
-# urlsplit and coredis read it: a password may hold a raw ``@`` or ``:``.
-_PASSWORD: Final = re.compile(r"(?i)\b((?:https?|wss?|rediss?)://[^:@/?#\s]*:)[^/?#\s]*@")
+# The user part runs to the LAST ``@`` before the host part ends (at ``/``, ``?``, ``#``), and
+# the user name to its first ``:``, as urlsplit and coredis read them: a password may hold a
+# raw ``@`` or ``:``, a user name a raw ``@``.
+_PASSWORD: Final = re.compile(rf"(?i)({_SCHEME}[^:/?#\s]*:)[^/?#\s]*@")
 
 
 def redact(text: str) -> str:
