@@ -402,3 +402,46 @@ async def test_a_lone_surrogate_escape_spoils_no_good_message_of_its_page(
     assert sorted(seen) == ["after", "before"]
     assert stats.protocol_errors == 1
     assert stats.reconnects == 0
+
+
+@pytest.mark.parametrize("how", ["send", "send_media", "stream"])
+async def test_a_session_expiry_met_while_sending_pauses_the_account_like_one_met_polling(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    """errcode -14 on ``sendmessage`` or ``getuploadurl``, or when a reply stream closes: a
+    :class:`~weixin.SessionPausedError` saying to log in again, counted, and the account paused
+    (later sends fail fast, without a request; polls wait) as a -14 from a poll does."""
+    emu = WeixinEmulator()
+    emu.fail("getuploadurl" if how == "send_media" else "sendmessage", WeixinFault.session_expired())
+    errors: list[BaseException] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            if how == "send":
+                await reply.send("first")
+            elif how == "send_media":
+                await reply.send_media(b"data", filename="a.txt")
+            else:
+                async with reply.stream() as stream:
+                    await stream.write("partial ")
+                    await stream.write("answer")
+        except Exception as exc:  # noqa: BLE001 (the test looks at what it was)
+            errors.append(exc)
+        try:
+            await reply.send("second")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    async with bridged(emu, agent) as bridge:
+        emu.user_says("u", "hi")
+        await trio.sleep(10)
+        polls = len(emu.calls("getupdates"))
+        await trio.sleep(600)
+        assert len(emu.calls("getupdates")) == polls  # paused: no poll
+        status = bridge.status()["weixin:bot"]
+        assert status.state == "paused" and "weixin-login" in (status.detail or "")
+        assert bridge.stats().other["weixin.session_expired"] == 1
+    assert len(errors) == 2, errors
+    assert all(isinstance(e, weixin.SessionPausedError) for e in errors), errors
+    assert "weixin-login" in str(errors[0]) and "weixin-login" in str(errors[1])
+    assert len(emu.calls("sendmessage")) == (1 if how != "send_media" else 0)

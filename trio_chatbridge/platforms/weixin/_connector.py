@@ -280,8 +280,17 @@ class LongPoll(base.Connector):
             client = await self._get_client()
             try:
                 return await _media.upload(client, self.media_policy, peer, data, filename, kind)
+            except SessionExpiredError as exc:  # getuploadurl's -14: as a send's
+                raise self._session_expired(exc) from exc
             except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
                 raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
+
+    def _session_expired(self, exc: SessionExpiredError) -> SessionPausedError:
+        """A -14 met while sending: the account pauses as for a poll's (no poll, sends fail
+        fast), counted in ``session_expired``; the error to raise."""
+        self._guard.pause(trio.current_time())
+        self.ctx.count("session_expired")
+        return SessionPausedError(f"weixin account {self.account}: {exc}")
 
     @contextmanager
     def _counting_failure(self) -> Iterator[None]:
@@ -350,9 +359,7 @@ class LongPoll(base.Connector):
         try:
             await client.send_message(sendmessage_body(peer, token, item, client_id))
         except SessionExpiredError as exc:
-            self._guard.pause(trio.current_time())
-            self.ctx.count("session_expired")
-            raise SessionPausedError(f"weixin account {self.account}: {exc}") from exc
+            raise self._session_expired(exc) from exc
         except ILinkError as exc:
             raise refusal(self.account, exc) from exc
         except HTTPRefusedError as exc:
