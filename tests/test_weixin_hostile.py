@@ -23,6 +23,8 @@ from trio_chatbridge._redact import redact_body
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.testing import WeixinEmulator, WeixinFault, running_bridge
 
+from test_weixin import scripted_login
+
 
 @asynccontextmanager
 async def bridged(emu: WeixinEmulator, agent: cb.Agent, **options: Any) -> AsyncIterator[cb.Bridge]:
@@ -445,3 +447,22 @@ async def test_a_session_expiry_met_while_sending_pauses_the_account_like_one_me
     assert all(isinstance(e, weixin.SessionPausedError) for e in errors), errors
     assert "weixin-login" in str(errors[0]) and "weixin-login" in str(errors[1])
     assert len(emu.calls("sendmessage")) == (1 if how != "send_media" else 0)
+
+
+async def test_already_bound_is_no_login_when_this_account_has_no_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``binded_redirect`` answers a login that sent its earlier tokens: with none stored
+    (none sent), "already bound" would report a login that left the account without a token,
+    and the connector would then fail for want of one."""
+    store = cb.MemoryStore()
+    client, _ = scripted_login({"status": "scaned"}, {"status": "binded_redirect"})
+    with pytest.raises(weixin.LoginError, match="no token is stored") as info:
+        await weixin.login(store, "bot", client=client, show=lambda line: None)
+    assert "log in again" in str(info.value)
+    assert await store.get("weixin", "bot", "token") is None
+    # with a token stored (and sent), the same answer keeps it: a success
+    await store.set("weixin", "bot", "token", "old-token")
+    client, _ = scripted_login({"status": "binded_redirect"})
+    result = await weixin.login(store, "bot", client=client, show=lambda line: None)
+    assert result.already_bound and await store.get("weixin", "bot", "token") == "old-token"

@@ -142,6 +142,12 @@ async def _login(
             if status == "confirmed":
                 return await _store_login(store, account, answer, trusted, api.base_url)
             if status == "binded_redirect":
+                if not old_token:  # none was sent: nothing here to keep
+                    raise LoginError(
+                        f"QR login for {account}: the server says the bot is bound already, "
+                        "but no token is stored for this account (none was sent): log in "
+                        "again, or with the store that holds its token"
+                    )
                 show("This bot is already bound here: keeping the stored token.")
                 return LoginResult(
                     None,
