@@ -16,6 +16,8 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
+from trio_chatbridge._longpoll import MAX_CURSOR_CHARS
+from trio_chatbridge._receive import LOG_BURST, LOG_WINDOW
 from trio_chatbridge.connectors import (
     ConnectorContext,
     HTTPRequest,
@@ -24,8 +26,6 @@ from trio_chatbridge.connectors import (
     RetryLater,
     long_poll,
 )
-from trio_chatbridge._longpoll import MAX_CURSOR_CHARS
-from trio_chatbridge._receive import LOG_BURST, LOG_WINDOW
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _protocol as weixin_protocol
 
@@ -453,7 +453,10 @@ async def test_a_flood_of_bad_messages_logs_a_few_lines_and_a_summary_but_counts
     ],
 )
 async def test_a_cursor_too_large_or_unstorable_is_refused_and_the_previous_one_kept(
-    cursor: bytes, why: str, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    cursor: bytes,
+    why: str,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     pages = [
         b'{"msgs":[%s],"get_updates_buf":"c1"}' % good_entry(1),

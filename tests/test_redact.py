@@ -160,7 +160,10 @@ def test_no_password_of_any_scheme_survives_redaction(
     [
         ("amqp://guest:s3cret@rabbit:5672/", "amqp://guest:***@rabbit:5672/"),
         ("postgresql://app:pw,with,commas@db/app", "postgresql://app:***@db/app"),
-        ("postgresql+asyncpg://app:p@ss@db/app?ssl=1", "postgresql+asyncpg://app:***@db/app?ssl=***"),
+        (
+            "postgresql+asyncpg://app:p@ss@db/app?ssl=1",
+            "postgresql+asyncpg://app:***@db/app?ssl=***",
+        ),
         ("mongodb+srv://u:p:w@cluster0.example/x", "mongodb+srv://u:***@cluster0.example/x"),
         ("nats://us@er:pw@nats:4222", "nats://us@er:***@nats:4222"),  # urlsplit's user: 'us@er'
     ],

@@ -135,8 +135,7 @@ def warn_limited(
     window.held += 1
     if window.held == 1:
         log.warning(
-            "%s:%s: more than %d like '%s' in %.0f s: the rest are counted, not logged, for "
-            "%.0f s",
+            "%s:%s: more than %d like '%s' in %.0f s: the rest are counted, not logged, for %.0f s",
             ctx.platform,
             ctx.account,
             LOG_BURST,
