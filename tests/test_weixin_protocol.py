@@ -373,3 +373,33 @@ def test_a_lone_surrogate_spoils_only_its_entry_of_a_page(
             else:
                 out.append(message and message.text)
         assert out == [*texts[:at], True, *texts[at:]]
+
+
+def from_alice(message_id: int, at_ms: int, token: str) -> bytes:
+    return (
+        b'{"message_id":%d,"from_user_id":"alice@im.wechat","create_time_ms":%d,'
+        b'"message_type":1,"context_token":"%s","item_list":[{"type":1,"text_item":'
+        b'{"text":"hi"}}]}' % (message_id, at_ms, token.encode())
+    )
+
+
+def test_an_older_message_redelivered_later_does_not_replace_the_peers_newer_token() -> None:
+    """WeChat redelivers messages, up to half an hour later (docs/protocols/weixin.md#getupdates):
+    the journal drops the duplicate, but its context token, older than the one stored, would
+    become the peer's "latest", and replies would carry a token past its life or quota."""
+    core = poller()
+    first = page_of(core.receive(b'{"msgs":[%s]}' % from_alice(2, 2_000_000, "new"), now=0.0))
+    core.commit(first)
+    assert first.values == {p.CONTEXT_TOKEN_PREFIX + "alice@im.wechat": "new"}
+    late = page_of(core.receive(b'{"msgs":[%s]}' % from_alice(1, 1_000_000, "old"), now=1.0))
+    core.commit(late)
+    assert [m.id for m in late.messages] == ["1"]  # still delivered (the journal decides)
+    assert late.values == {}
+    # in one page too: the newest by time wins, not the last in the page
+    both = b'{"msgs":[%s,%s]}' % (from_alice(4, 4_000_000, "t4"), from_alice(3, 3_000_000, "t3"))
+    assert page_of(poller().receive(both, now=0.0)).values == {
+        p.CONTEXT_TOKEN_PREFIX + "alice@im.wechat": "t4"
+    }
+    # the same page served again (not yet committed, say) gives its tokens again
+    again = page_of(core.receive(b'{"msgs":[%s]}' % from_alice(2, 2_000_000, "new"), now=2.0))
+    assert again.values == first.values

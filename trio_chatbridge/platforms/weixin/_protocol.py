@@ -64,6 +64,9 @@ CONFIG_RETRY_INITIAL: Final = 2.0
 CONFIG_RETRY_MAX: Final = 3600.0
 UPLOAD_ATTEMPTS: Final = 3
 PAGE_MAX_BYTES: Final = 8 * 1024 * 1024  # a getupdates answer; other answers: 1 MiB
+TOKEN_TIMES: Final = 4096
+"""Peers whose newest message time the poll remembers (an older redelivery's context token is
+not taken); past that, the first seen are forgotten."""
 CONTEXT_TOKEN_PREFIX: Final = "context_token:"  # store key of a peer's latest context token
 TOKEN: Final = "context_token"  # a message's reply handle holds its context token by this name
 # the reference client's inbound cap (docs/protocols/weixin.md#limits)
@@ -370,6 +373,9 @@ class Poller:
     cursor: str = ""
     hold: float = DEFAULT_LONG_POLL_TIMEOUT
     """Seconds the server holds a poll: each request waits that plus :data:`LONG_POLL_MARGIN`."""
+    _newest: dict[str, float] = attrs.field(init=False, factory=dict, repr=False)
+    """Per peer, the time of the newest message whose context token a page gave (at most
+    :data:`TOKEN_TIMES` peers, the first seen forgotten first)."""
 
     def start(self, cursor: str | None) -> None:
         self.cursor = cursor or ""
@@ -412,6 +418,7 @@ class Poller:
             messages = list(filter(None, converted))
             skipped, filtered = [], len(converted) - len(messages)
         tokens: dict[str, str | None] = {}
+        newest = self._newest
         peer: Any
         token: Any
         for message in messages:
@@ -421,8 +428,14 @@ class Poller:
                 (_, peer), (_, token) = entries  # the handle to_message builds, read in place
             else:
                 peer, token = handle.get("to_user_id"), handle.get(TOKEN)
-            if token and peer:  # the newest wins: replies after a restart use it
+            # The newest wins (replies after a restart use it); a message older than one
+            # whose token was taken (a redelivery, docs/protocols/weixin.md#getupdates) gives
+            # none: its token may be past its life or its ten replies.
+            if token and peer and message.timestamp >= newest.get(peer, 0.0):
+                newest[peer] = message.timestamp
                 tokens[CONTEXT_TOKEN_PREFIX + peer] = token
+        while len(newest) > TOKEN_TIMES:
+            del newest[next(iter(newest))]
         # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
         cursor = read_str(data, "get_updates_buf") or read_str(data, "sync_buf") or None
         return Page(
