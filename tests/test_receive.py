@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from test_wecom import wecom_bridge
 
 from trio_chatbridge import MemoryStore, ProtocolError
 from trio_chatbridge._receive import (
@@ -145,3 +146,17 @@ async def test_bad_input_lines_are_limited_per_connector_and_kind_counts_are_not
         "lark:one: bad frame skipped: not JSON: next",
     ]
     assert counts["protocol_errors"] == 152
+
+
+async def test_a_wecom_peer_flooding_bad_frames_gets_a_few_log_lines_each_counted(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The WebSocket driver (WeCom's, Lark's) skips bad frames through the same limited log."""
+    async with wecom_bridge() as (emu, bridge):
+        for _ in range(200):
+            emu.push_raw("{not json")
+        emu.user_says("jack", "fine")
+        assert (await emu.next_sent()).text == "fine"
+        assert bridge.stats().protocol_errors == 200
+    skipped = [r for r in caplog.records if "bad frame skipped:" in r.getMessage()]
+    assert len(skipped) == LOG_BURST
