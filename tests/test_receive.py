@@ -3,12 +3,15 @@ re-armed watchdog."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from test_webhook import MESSAGE as WEBHOOK_MESSAGE
+from test_webhook import call, signed, webhook_bridge
 from test_wecom import wecom_bridge
 
 from trio_chatbridge import MemoryStore, ProtocolError
@@ -160,3 +163,18 @@ async def test_a_wecom_peer_flooding_bad_frames_gets_a_few_log_lines_each_counte
         assert bridge.stats().protocol_errors == 200
     skipped = [r for r in caplog.records if "bad frame skipped:" in r.getMessage()]
     assert len(skipped) == LOG_BURST
+
+
+async def test_a_wecom_webhook_flooded_with_bad_message_callbacks_logs_a_few_counts_each(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with webhook_bridge() as (emu, hook, bridge):
+        for n in range(20):  # no sender: a bad message, whose callback is still answered
+            bad = {"msgid": f"b{n}", "msgtype": "text", "text": {"content": "x"}}
+            assert (await call(hook.asgi, "POST", *signed(emu, json.dumps(bad))))[0] == 200
+        await call(hook.asgi, "POST", *signed(emu, json.dumps(WEBHOOK_MESSAGE)))
+        await trio.sleep(5)
+        stats = bridge.stats()
+    assert stats.protocol_errors == 20 and stats.received == 1
+    skipped = [r for r in caplog.records if "bad message callback" in r.getMessage()]
+    assert len(skipped) == LOG_BURST + 1  # the first few, and that the rest are held back

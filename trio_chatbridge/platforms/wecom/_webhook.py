@@ -37,6 +37,7 @@ from ..._http import new_client
 from ..._json import json_object
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Handle, Media, Message
+from ..._receive import skip_bad
 from . import _crypto
 from . import _protocol as f
 from ._convert import PLATFORM, to_message
@@ -248,8 +249,7 @@ class Webhook(base.Connector):
         try:
             message = to_message(self.account, stream_id, callback, bot_name=self.bot_name)
         except ProtocolError as exc:
-            self.ctx.count("protocol_errors")
-            log.warning("wecom bot %s: bad message callback: %s", self.account, exc)
+            skip_bad(self.ctx, "message callback", exc)
             return {"msgtype": "stream", "stream": {"id": stream_id, "finish": True, "content": ""}}
         handle = dict(message.reply_handle, stream_id=stream_id)
         if isinstance(callback.get("response_url"), str):
