@@ -18,6 +18,7 @@ from hypothesis import example, given
 from support import modules_a_core_runs
 
 import trio_chatbridge as cb
+from trio_chatbridge._ranges import MAX_TIMESTAMP
 from trio_chatbridge.connectors import HTTPRequest, Page, Paused, RetryLater
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _protocol as p
@@ -403,3 +404,15 @@ def test_an_older_message_redelivered_later_does_not_replace_the_peers_newer_tok
     # the same page served again (not yet committed, say) gives its tokens again
     again = page_of(core.receive(b'{"msgs":[%s]}' % from_alice(2, 2_000_000, "new"), now=2.0))
     assert again.values == first.values
+
+
+def test_a_message_dated_in_the_future_holds_its_peers_tokens_back_a_day_at_most() -> None:
+    core = poller()
+    year_9999 = int(MAX_TIMESTAMP * 1000)
+    core.commit(page_of(core.receive(b'{"msgs":[%s]}' % from_alice(1, year_9999, "odd"), 0.0)))
+    now_ms = 1_700_000_000_000
+    page = page_of(core.receive(b'{"msgs":[%s]}' % from_alice(2, now_ms, "real"), now=1.0))
+    assert page.values == {p.CONTEXT_TOKEN_PREFIX + "alice@im.wechat": "real"}
+    hour = 3_600_000
+    late = page_of(core.receive(b'{"msgs":[%s]}' % from_alice(3, now_ms - hour, "old"), 2.0))
+    assert late.values == {}  # a redelivery an hour late, behind the real one

@@ -64,6 +64,9 @@ CONFIG_RETRY_INITIAL: Final = 2.0
 CONFIG_RETRY_MAX: Final = 3600.0
 UPLOAD_ATTEMPTS: Final = 3
 PAGE_MAX_BYTES: Final = 8 * 1024 * 1024  # a getupdates answer; other answers: 1 MiB
+REDELIVERY_WINDOW: Final = 24 * 3600.0
+"""Seconds a message may be dated before the newest of its peer and still count as a
+redelivery (its context token not taken): the longest reported token life."""
 TOKEN_TIMES: Final = 4096
 """Peers whose newest message time the poll remembers (an older redelivery's context token is
 not taken); past that, the first seen are forgotten."""
@@ -430,10 +433,14 @@ class Poller:
                 peer, token = handle.get("to_user_id"), handle.get(TOKEN)
             # The newest wins (replies after a restart use it); a message older than one
             # whose token was taken (a redelivery, docs/protocols/weixin.md#getupdates) gives
-            # none: its token may be past its life or its ten replies.
-            if token and peer and message.timestamp >= newest.get(peer, 0.0):
-                newest[peer] = message.timestamp
-                tokens[CONTEXT_TOKEN_PREFIX + peer] = token
+            # none: its token may be past its life or its ten replies. One older by more than
+            # REDELIVERY_WINDOW counts as new: a message dated wrongly in the future holds
+            # the peer's tokens back that long at most.
+            if token and peer:
+                behind = newest.get(peer, 0.0) - message.timestamp
+                if not 0 < behind <= REDELIVERY_WINDOW:
+                    newest[peer] = message.timestamp
+                    tokens[CONTEXT_TOKEN_PREFIX + peer] = token
         while len(newest) > TOKEN_TIMES:
             del newest[next(iter(newest))]
         # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
