@@ -6,14 +6,13 @@ it gives back. A page's messages go to ``ctx.put`` first; only once that returne
 durable) are the page's cursor and values saved and the core told, so a crash never skips a
 message. A bad message is counted in ``protocol_errors``, logged and skipped alone; so is a
 cursor over :data:`MAX_CURSOR_CHARS` or not storable (the previous one is kept, the page's
-messages go on). A poll
-whose answer has not begun by its request's deadline is an empty poll, never a failure; one
-whose answer began and has not ended by then (a stalled or dripping server) is a failure. Every
-lower-level failure is mapped by the library's one HTTP mapping
-(:func:`trio_chatbridge._http.exchange`, through :func:`exchange` here): transport errors and
-transient statuses (408, 425, 429, 5xx) are a :class:`ConnectorError` (with the server's
-``Retry-After``, if any), any other 4xx an :class:`HTTPRefusedError`, unreadable answers
-:class:`ProtocolError`. A poll loop must not die on a proxy's 404, so the loop retries a
+messages go on). A poll whose answer has not begun by its request's deadline is an empty
+poll, never a failure; one whose answer began and has not ended by then (a stalled or
+dripping server) is a failure. Every lower-level failure is mapped by the library's one HTTP
+mapping (:func:`trio_chatbridge._http.exchange`, through :func:`exchange` here): transport
+errors and transient statuses (408, 425, 429, 5xx) are a :class:`ConnectorError` (with the
+server's ``Retry-After``, if any), any other 4xx an :class:`HTTPRefusedError`, unreadable
+answers :class:`ProtocolError`. A poll loop must not die on a proxy's 404, so the loop retries a
 refusal too, and shows it as what it is in its ``backoff`` status; failed polls are counted in
 a :class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
 :class:`~trio_chatbridge.Backoff`, with the core's and the server's word on the wait as hints.
