@@ -7,9 +7,11 @@ emulator, so a bug shared by the core and the emulator cannot hide behind a roun
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
-from typing import Any
+import string
+from typing import Any, Final
 
 import hypothesis.strategies as st
 import msgspec
@@ -21,6 +23,7 @@ import trio_chatbridge as cb
 from trio_chatbridge._ranges import MAX_TIMESTAMP
 from trio_chatbridge.connectors import HTTPRequest, Page, Paused, RetryLater
 from trio_chatbridge.platforms import weixin
+from trio_chatbridge.platforms.weixin import _crypto as weixin_crypto
 from trio_chatbridge.platforms.weixin import _protocol as p
 
 BASE = "https://ilinkai.weixin.qq.com/"
@@ -416,3 +419,47 @@ def test_a_message_dated_in_the_future_holds_its_peers_tokens_back_a_day_at_most
     hour = 3_600_000
     late = page_of(core.receive(b'{"msgs":[%s]}' % from_alice(3, now_ms - hour, "old"), 2.0))
     assert late.values == {}  # a redelivery an hour late, behind the real one
+
+
+# FIPS-197, appendix C.1 (AES-128): the first block of our ECB ciphertext; the second is the
+# PKCS#7 block of sixteen 0x10 bytes.
+FIPS_KEY: Final = bytes(range(16))
+FIPS_PLAIN: Final = bytes.fromhex("00112233445566778899aabbccddeeff")
+FIPS_CIPHER: Final = bytes.fromhex("69c4e0d86a7b0430d8cdb78070b4c55a")
+
+
+def test_cdn_encryption_matches_the_aes_128_known_answer() -> None:
+    ciphertext = weixin_crypto.encrypt(FIPS_KEY, FIPS_PLAIN)
+    assert len(ciphertext) == 32 and ciphertext[:16] == FIPS_CIPHER
+    assert weixin_crypto.decrypt(FIPS_KEY, ciphertext) == FIPS_PLAIN
+    # both encodings of a media key (docs/protocols/weixin.md#media-download)
+    assert weixin_crypto.parse_aes_key(base64.b64encode(FIPS_KEY).decode()) == FIPS_KEY
+    hex_digits = base64.b64encode(FIPS_KEY.hex().encode()).decode()
+    assert weixin_crypto.parse_aes_key(hex_digits) == FIPS_KEY
+    assert weixin_crypto.parse_hex_key(FIPS_KEY.hex()) == FIPS_KEY
+
+
+@given(key=st.binary(min_size=16, max_size=16), data=st.binary(max_size=100))
+def test_cdn_encryption_round_trips_and_damage_is_a_protocol_error(key: bytes, data: bytes) -> None:
+    ciphertext = weixin_crypto.encrypt(key, data)
+    assert len(ciphertext) % 16 == 0 and len(ciphertext) > len(data)
+    assert weixin_crypto.decrypt(key, ciphertext) == data
+    for damaged in (ciphertext[:-1], ciphertext + b"x", b""):
+        with pytest.raises(cb.ProtocolError, match="not whole AES blocks"):
+            weixin_crypto.decrypt(key, damaged)
+    with pytest.raises(cb.ProtocolError, match="bad PKCS#7 padding"):  # cut after a zero block
+        weixin_crypto.decrypt(key, weixin_crypto.encrypt(key, bytes(16))[:16])
+
+
+@given(raw=st.binary(max_size=40))
+def test_a_media_key_of_any_other_length_is_a_protocol_error(raw: bytes) -> None:
+    encoded = base64.b64encode(raw).decode()
+    hex_key = len(raw) == 32 and all(chr(c) in string.hexdigits for c in raw)
+    if len(raw) == 16 or hex_key:
+        assert len(weixin_crypto.parse_aes_key(encoded)) == 16
+    else:
+        with pytest.raises(cb.ProtocolError):
+            weixin_crypto.parse_aes_key(encoded)
+    if len(raw) != 16:
+        with pytest.raises(cb.ProtocolError, match="has 16 bytes"):
+            weixin_crypto.decrypt(raw, bytes(16))
