@@ -19,12 +19,14 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import given
+from test_weixin import CONFIRMED as CONFIRMED_LOGIN
 from test_weixin import scripted_login
 
 import trio_chatbridge as cb
 from trio_chatbridge._redact import redact_body
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin import _crypto as weixin_crypto
+from trio_chatbridge.platforms.weixin import _login as weixin_login
 from trio_chatbridge.testing import WeixinEmulator, WeixinFault, running_bridge
 
 
@@ -548,3 +550,32 @@ async def test_cdn_media_that_lies_about_its_length_or_is_damaged_is_a_clear_med
             finally:
                 await connector.aclose()
                 nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("bad", [2, 3])
+async def test_an_unreadable_status_answer_mid_login_costs_a_poll_not_the_login(
+    autojump_clock: trio.testing.MockClock, bad: int
+) -> None:
+    """A proxy's HTML page or a cut answer to one status poll, while the owner is scanning:
+    the login polls again; only answers unreadable time after time end it, saying why."""
+    answers = [b'{"status":"scaned"}'] + [b"<html>gateway</html>"] * bad
+    answers.append(json.dumps(CONFIRMED_LOGIN).encode())
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("get_bot_qrcode"):
+            return httpx.Response(200, json={"qrcode": "q1", "qrcode_img_content": "img"})
+        return httpx.Response(200, content=answers.pop(0))
+
+    store = cb.MemoryStore()
+    client = weixin.ILinkClient(None, transport=httpx.MockTransport(handle))
+    try:
+        if bad < weixin_login.MAX_BAD_ANSWERS:
+            result = await weixin.login(store, "bot", client=client, show=lambda line: None)
+            assert result.bot_id == "b@im.bot"
+            assert await store.get("weixin", "bot", "token") == "secret-token"
+        else:
+            with pytest.raises(weixin.LoginError, match="3 unreadable answers in a row"):
+                await weixin.login(store, "bot", client=client, show=lambda line: None)
+            assert await store.get("weixin", "bot", "token") is None
+    finally:
+        await client.aclose()

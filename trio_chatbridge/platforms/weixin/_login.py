@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from ..._errors import ChatBridgeError
+from ..._errors import ChatBridgeError, ProtocolError
+from ..._http import HTTPRefusedError
 from ...stores import Store
 from . import _protocol as p
 from ._api import ILinkClient
@@ -30,6 +31,8 @@ from ._convert import PLATFORM
 QR_BASE_URL: Final = p.DEFAULT_BASE_URL  # QR calls always start here, whatever the account base
 POLL_PAUSE: Final = 1.0  # seconds between status polls
 MAX_QR_CODES: Final = 3
+MAX_BAD_ANSWERS: Final = 3
+"""Status answers in a row that cannot be read (or are refused) before a login gives up."""
 LOGIN_DEADLINE: Final = 480.0  # seconds
 BOT_ID_KEY: Final = "bot_id"
 OWNER_KEY: Final = "owner_user_id"
@@ -136,8 +139,20 @@ async def _login(
         show(f"Scan this QR code with WeChat ({attempt}/{MAX_QR_CODES}):")
         show(p.read_str(qr, "qrcode_img_content") or code)
         verify: str | None = None
+        bad = 0
         while True:
-            answer = await api.get_qrcode_status(code, base=base, verify_code=verify)
+            try:
+                answer = await api.get_qrcode_status(code, base=base, verify_code=verify)
+            except (ProtocolError, HTTPRefusedError) as exc:  # a proxy's page, a cut answer
+                bad += 1
+                if bad >= MAX_BAD_ANSWERS:
+                    raise LoginError(
+                        f"QR login for {account}: {bad} unreadable answers in a row to the "
+                        f"status poll; the last: {exc}"
+                    ) from exc
+                await trio.sleep(POLL_PAUSE)
+                continue
+            bad = 0
             status = p.read_str(answer, "status") or "wait"
             if status == "confirmed":
                 return await _store_login(store, account, answer, trusted, api.base_url)
