@@ -340,3 +340,18 @@ async def test_a_full_disk_refuses_a_put_whole_and_loses_nothing(tmp_path: Path)
             db.execute("PRAGMA max_page_count=1073741823")  # space freed
             assert await store.journal_add(big) == [True] * len(big)
             assert await store.journal_pending() == [kept, *big]
+
+
+async def test_opens_at_once_share_one_connection_which_aclose_closes(tmp_path: Path) -> None:
+    """Two tasks opening one store together (the bridge, and the application's ``async
+    with``) open it once: the second connection was left open for good, after ``aclose``
+    (the file's ``-wal``, which the last connection's close removes, stayed)."""
+    path = tmp_path / "j.db"
+    store = cb.SQLiteStore(path)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.open)
+            nursery.start_soon(store.open)
+        assert await store.journal_add([FakeConnector().message("hi")]) == [True]
+        await store.aclose()
+    assert not await trio.Path(f"{path}-wal").exists()

@@ -192,6 +192,7 @@ class SQLiteStore(Store):
         self._unchecked = 0  # rows (and 4 a commit) written since the last checkpoint
         self._waiting: deque[_Write] = deque()
         self._writer = trio.Lock()  # fair: callers take the writer's turn in arrival order
+        self._opening = trio.Lock()  # one open at a time: a second finds the store open
         self.undecodable: int = 0
         """Journal rows found not to decode, and set aside (see :meth:`journal_pending`)."""
 
@@ -242,17 +243,18 @@ class SQLiteStore(Store):
         effect between two of them; the connection made meanwhile is closed, the file
         untouched (an attempt's transaction is all of it or none). Cancelled during an attempt
         that then succeeds (the file created or migrated), it returns open, the cancellation
-        taking effect at the caller's next checkpoint."""
-        if self._db is not None:
-            return
-        db = await self._run(self._connect)
-        try:
-            await self._set_up(db)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._run(db.close)
-            raise
-        self._db = db
+        taking effect at the caller's next checkpoint. Concurrent calls open it once."""
+        async with self._opening:
+            if self._db is not None:
+                return
+            db = await self._run(self._connect)
+            try:
+                await self._set_up(db)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._run(db.close)
+                raise
+            self._db = db
 
     def _connect(self) -> sqlite3.Connection:
         try:
