@@ -115,3 +115,36 @@ async def test_a_bridge_whose_store_cannot_open_raises_the_store_error_itself() 
     with trio.fail_after(10), pytest.raises(cb.StoreError, match="could not connect"):
         async with cb.open_bridge([FakeConnector("a")], agent, store=store):
             raise AssertionError("the bridge cannot start")
+
+
+async def test_a_second_bridge_on_the_same_store_object_is_refused_at_its_start(
+    redis_node: RedisServer,
+) -> None:
+    """Two bridges sharing one RedisStore object would share its fencing tokens (the second
+    acquisition's token would let the first, stale holder's writes through) and its
+    connections (the second closing the store would close the first's). The second is
+    refused before it opens anything; the first goes on."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("ok")
+
+    store = cb.RedisStore.from_url(redis_node.url, prefix=f"twice-{uuid.uuid4().hex}:")
+    first_connector, second_connector = FakeConnector("a"), FakeConnector("a")
+    first = cb.Bridge([first_connector], agent, store=store, leases=LEASES)
+    second = cb.Bridge([second_connector], agent, store=store, leases=LEASES)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run)
+            await first.wait_status(lambda s: s["fake:a"].state == "running")
+            with pytest.raises(cb.ConfigurationError, match="one store object per bridge"):
+                await second.run()
+            await first_connector.say("still there?")
+            assert (await first_connector.next_reply()).text == "ok"
+            first.shutdown()
+    # Run after run, one store object is fine: the first bridge closed it.
+    third = cb.Bridge([FakeConnector("a")], agent, store=store, leases=LEASES)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(third.run)
+            await third.wait_status(lambda s: s["fake:a"].state == "running")
+            third.shutdown()

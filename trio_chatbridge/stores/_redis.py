@@ -357,9 +357,20 @@ class RedisStore(Store):
     async def open(self) -> None:
         """Connect, and check that Redis answers. Call :meth:`aclose` from the same task
         (the bridge does both): the client's connections live in a task group of its own.
-        Cancelled: not open, and whatever it had connected is closed again."""
+        Cancelled: not open, and whatever it had connected is closed again.
+
+        Not idempotent, unlike other stores: opening a store that is open raises
+        :class:`ConfigurationError`. A bridge opens its store itself, and two bridges on one
+        object would share its fencing tokens (the second acquisition's token would let the
+        first holder's late writes through) and its connections (the first to stop would
+        close them under the other). Each bridge gets a store of its own; they share Redis."""
         if self._stack is not None:
-            return
+            raise ConfigurationError(
+                f"{self!r} is open already: is it given to two bridges, or opened before "
+                "being given to one? A bridge opens and closes its store itself, and needs one "
+                "store object per bridge: build one RedisStore.from_url(...) for each bridge "
+                "(they share Redis, not the object)"
+            )
         with self._translated("connect to"):
             async with AsyncExitStack() as stack:
                 await stack.enter_async_context(self._client)
