@@ -424,3 +424,31 @@ async def test_a_bridge_handles_a_message_whose_journal_reply_came_late(tmp_path
             bridge.shutdown()
     assert agent.handled == ["before", "during"]
     assert bridge.stats().duplicates == 0
+
+
+async def test_a_write_that_ended_unknown_past_the_bound_is_still_new_on_redelivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More journal writes ended unknown than the store remembers ids of: the redelivery of
+    one it forgot, journaled and pending, used to be a duplicate, dropped, and so never
+    handled while this process kept the lease (lost). Now every pending redelivery of that
+    account is new until its lease is next acquired (at least once)."""
+    require_redis()
+    monkeypatch.setattr("trio_chatbridge.stores._redis.UNSURE_AT_MOST", 1)
+    forgotten, kept = fake.message("forgotten", id="1"), fake.message("kept", id="2")
+    with redis_server(tmp_path) as server, trio.fail_after(20):
+        async with cb.RedisStore.from_url(server.url, timeout=0.2) as store:
+            await store.journal_add([fake.message("warm", id="0")])  # connected, scripts loaded
+            server.pause()
+            try:
+                with pytest.raises(cb.StoreError, match="timed out"):
+                    await store.journal_add([forgotten, kept])
+            finally:
+                server.resume()
+            await trio.sleep(0.1)  # the frozen write runs once Redis is back
+            assert [m.id for m in await store.journal_pending_of("fake", "bot")] == ["0", "1", "2"]
+            assert await store.journal_add([forgotten, kept]) == [True, True]
+            await store.journal_done([forgotten])
+            assert await store.journal_add([forgotten]) == [False]  # done: a duplicate
+            assert await store.acquire_lease(fake.name, "me", ttl=10)  # its replay queues all
+            assert await store.journal_add([kept]) == [False]

@@ -280,6 +280,8 @@ class RedisStore(Store):
         self._unsure: dict[tuple[str, str], None] = {}
         """(account, message id) of journal writes that failed or were cancelled, so unknown
         whether they landed, oldest first (see :meth:`journal_add`)."""
+        self._overflowed: set[str] = set()
+        """Accounts of ids that :attr:`_unsure` had to forget (it keeps the last 10,000)."""
         self.undecodable: int = 0
         """Journal records found not to decode, and set aside (see :meth:`_decoded`)."""
         register = client.register_script
@@ -469,9 +471,12 @@ class RedisStore(Store):
         remembers their ids (the last 10,000): a redelivery of one that it then finds
         journaled and still pending is new, not a duplicate, so that this process handles it
         (a redelivery taken for a duplicate left it pending until the account's lease
-        changed hands, for good on a process that kept it). Acquiring the account's lease
-        forgets them: the acquisition's replay queues them. At least once: a message of such
-        a page that this process was handling already (a redelivery of it) may run twice."""
+        changed hands, for good on a process that kept it). Past 10,000 the oldest ids are
+        forgotten, and their account with them: until then, every redelivery of one of that
+        account's pending messages is new. Acquiring the account's lease forgets them: the
+        acquisition's replay queues them. At least once: a message of such a page (or, past
+        the bound, of such an account) that this process was handling already (a redelivery
+        of it) may run twice; none is lost."""
         now = repr(self.wall_clock())
         by_account: dict[str, list[int]] = {}
         for i, message in enumerate(messages):
@@ -491,7 +496,7 @@ class RedisStore(Store):
                     added[i] = flag == 1
                 if started == 1:  # the set of accounts may have been lost with the sequence
                     await self._remember(tag, again=True)
-                if self._unsure:
+                if self._unsure or tag in self._overflowed:
                     await self._settle(tag, [messages[i].id for i in indexes], added, indexes)
         except BaseException:  # the caller queues none of them: a redelivery may be new
             for tag, indexes in by_account.items():
@@ -505,19 +510,24 @@ class RedisStore(Store):
             self._unsure.pop((tag, message_id), None)
             self._unsure[(tag, message_id)] = None
         while len(self._unsure) > UNSURE_AT_MOST:
-            del self._unsure[next(iter(self._unsure))]
+            forgotten = next(iter(self._unsure))
+            del self._unsure[forgotten]
+            self._overflowed.add(forgotten[0])
 
     async def _settle(
         self, tag: str, ids: Sequence[str], added: list[bool], indexes: Sequence[int]
     ) -> None:
         """Of ``ids`` just written (``added[indexes[k]]`` for ``ids[k]``), count as new each
-        duplicate whose earlier write ended unknown and that is still pending; forget them."""
+        duplicate whose earlier write ended unknown (any, past the bound: see
+        :meth:`journal_add`) and that is still pending; forget them."""
         pending = self._key(tag, "pending")
+        overflowed = tag in self._overflowed
         for message_id, i in zip(ids, indexes, strict=True):
-            if (tag, message_id) in self._unsure:
-                if not added[i]:
-                    score = await self._call("read from", self._client.zscore(pending, message_id))
-                    added[i] = score is not None
+            doubted = (tag, message_id) in self._unsure
+            if (doubted or overflowed) and not added[i]:
+                score = await self._call("read from", self._client.zscore(pending, message_id))
+                added[i] = score is not None
+            if doubted:
                 del self._unsure[(tag, message_id)]
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
@@ -718,8 +728,10 @@ class RedisStore(Store):
     def _acquired(self, name: str, token: object) -> None:
         """Lease ``name`` acquired with ``token``: its writes carry it from now on. The
         account's journal writes that ended unknown are forgotten: whatever of them landed
-        is pending, and the acquisition's replay queues it."""
+        is pending, and the acquisition's replay queues it (so are those of an account
+        past the bound)."""
         self._fences[name] = int(str(token))
+        self._overflowed.discard(name)
         if self._unsure:
             self._unsure = {key: None for key in self._unsure if key[0] != name}
 
