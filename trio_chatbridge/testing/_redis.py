@@ -1,6 +1,7 @@
 """Throwaway Redis servers for tests: a single node, or a three-node cluster, on loopback.
 
-Each listens on a free loopback port, keeps nothing on disk, and is killed on exit. They need
+Each listens on a free loopback port, keeps nothing on disk (unless asked to keep an
+append-only file), and is killed on exit. They need
 ``redis-server`` and ``redis-cli`` on the PATH (``apt-get install redis-server redis-tools``).
 """
 
@@ -77,11 +78,18 @@ class RedisServer:
         """Let a paused server go on (SIGCONT)."""
         self.process.send_signal(signal.SIGCONT)
 
-    def restart(self) -> None:
+    def restart(self, *, empty: bool = False) -> None:
         """Kill the server (SIGKILL: its connections drop) and start it again on the same
-        port. It keeps nothing on disk, so it comes back empty: every key is lost, as after a
-        crash of a Redis without persistence."""
+        port. Without persistence (the default) it comes back empty: every key is lost, as
+        after a crash of a Redis without persistence; a ``persistent`` one comes back with
+        every write it answered (``appendfsync always``), unless ``empty`` (its files are
+        deleted first, as after losing its disk). Blocks while it starts (call it through
+        ``trio.to_thread.run_sync`` from a Trio task)."""
         _stop([self])
+        if empty:
+            directory = Path(self.command[self.command.index("--dir") + 1])
+            shutil.rmtree(directory / "appendonlydir", ignore_errors=True)
+            (directory / "dump.rdb").unlink(missing_ok=True)
         self.process = _popen(self.command)
         _wait(lambda: self.cli("ping").strip() == "PONG")
 
@@ -140,9 +148,12 @@ def _stop(servers: list[RedisServer]) -> None:
 
 
 @contextmanager
-def redis_server(directory: Path) -> Iterator[RedisServer]:
-    """A single Redis node working in ``directory``, killed on exit."""
-    server = _start(directory)
+def redis_server(directory: Path, *, persistent: bool = False) -> Iterator[RedisServer]:
+    """A single Redis node working in ``directory``, killed on exit. ``persistent``: it
+    writes an append-only file there, synced at each write, so that a :meth:`restart
+    <RedisServer.restart>` loses nothing it answered."""
+    options = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
+    server = _start(directory, *options)
     try:
         yield server
     finally:
