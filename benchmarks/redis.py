@@ -51,6 +51,7 @@ PAGE = 100
 RENEWALS = 5_000
 ACCOUNTS = 1_000
 PENDING_ACCOUNTS = 500
+ANSWERS = 10_000  # one-message journal writes whose answers are measured
 PENDING_EACH = 20
 TAKEOVER_TTL = 2.0  # seconds
 TAKEOVERS = 5
@@ -185,6 +186,28 @@ async def redis_memory_per_account(url: str) -> float:
         await store.heartbeat("default", "process-1", 60)
         after = int(str((await client.info("memory"))["used_memory"]))
     return (after - before) / ACCOUNTS
+
+
+async def answer_memory_per_write(url: str) -> tuple[float, float]:
+    """Bytes Redis holds per one-message journal write: its answer (kept 60 s for coredis's
+    rerun), and the journal record itself (the baseline, kept until pruned)."""
+    prefix = f"bench-{uuid.uuid4().hex}:"
+    fake = FakeConnector("answers")
+    async with raw_client(url) as client, cb.RedisStore.from_url(url, prefix=prefix) as store:
+
+        async def used() -> int:
+            return int(str((await client.info("memory"))["used_memory"]))
+
+        await store.journal_add([fake.message("warm", id="warm")])
+        before = await used()
+        for i in range(ANSWERS):
+            await store.journal_add([fake.message("hello there", id=f"m{i}")])
+        after = await used()
+        answers = [key async for key in client.scan_iter(match=f"{prefix}*:add:*")]
+        for first in range(0, len(answers), 1000):
+            await client.delete(answers[first : first + 1000])
+        journal = await used()
+    return (after - journal) / ANSWERS, (journal - before) / ANSWERS
 
 
 async def bridge_memory_per_account(url: str) -> float:
@@ -432,6 +455,17 @@ def bench_redis() -> None:
         ]
         redis_bytes = median_of_runs(lambda: trio.run(redis_memory_per_account, url))
         bridge_bytes = median_of_runs(lambda: trio.run(bridge_memory_per_account, url))
+        answer_bytes, journal_bytes = (
+            statistics.median(m)
+            for m in zip(
+                *(trio.run(answer_memory_per_write, url) for _ in range(RUNS)), strict=True
+            )
+        )
+        rows += [
+            ("Redis memory per journal write: its record", f"{journal_bytes:,.0f} bytes"),
+            ("Redis memory per journal write: its answer, 60 s", f"{answer_bytes:,.0f} bytes"),
+            ("ratio (answer / record)", f"{answer_bytes / journal_bytes:.2f}x"),
+        ]
         rows += [
             ("Redis memory per account", f"{redis_bytes:,.0f} bytes"),
             ("bridge memory per account (idle)", f"{bridge_bytes / 1024:,.1f} KiB"),
