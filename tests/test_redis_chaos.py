@@ -46,7 +46,7 @@ from redis_servers import require_redis
 
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
-from trio_chatbridge.stores import journal_key
+from trio_chatbridge.stores import StaleLeaseError, journal_key
 from trio_chatbridge.testing import RedisServer, redis_server
 
 TTL = 1.5  # seconds, real: Redis's clock
@@ -133,6 +133,20 @@ class Proxy:
             nursery.cancel_scope.cancel()
 
 
+def user_message(account: str, number: int, chat: str) -> cb.Message:
+    """The ``number``-th message users said (over all accounts), id ``m<number>``."""
+    return cb.Message(
+        platform="chaos",
+        account=account,
+        id=f"m{number}",
+        chat=cb.Chat(chat, "direct"),
+        sender=cb.Sender("user"),
+        parts=(cb.Text(str(number)),),
+        timestamp=0.0,
+        reply_handle=cb.Handle.of(chat=chat),
+    )
+
+
 @attrs.define
 class Platform:
     """What the users said, per account, and what is not acknowledged yet (in order)."""
@@ -151,17 +165,7 @@ class Platform:
     arrived: trio.Event = attrs.Factory(trio.Event)
 
     def say(self, account: str, chat: str) -> None:
-        number = sum(len(m) for m in self.said.values())
-        message = cb.Message(
-            platform="chaos",
-            account=account,
-            id=f"m{number}",
-            chat=cb.Chat(chat, "direct"),
-            sender=cb.Sender("user"),
-            parts=(cb.Text(str(number)),),
-            timestamp=0.0,
-            reply_handle=cb.Handle.of(chat=chat),
-        )
+        message = user_message(account, sum(len(m) for m in self.said.values()), chat)
         self.said.setdefault(account, []).append(message)
         self.deliver(account, message)
 
@@ -391,3 +395,38 @@ def test_failover_loses_nothing_and_handles_nothing_again_once_done(
                 seen.append(int(message.id[1:]))
     for session, seen in first_seen.items():
         assert seen == sorted(seen), session
+
+
+async def test_a_frozen_holders_late_done_mark_is_refused(redis_node: RedisServer) -> None:
+    """The chaos above cannot always see a stale write land (the replay it would spoil may
+    come first), so one directly: a holder's done mark held on the wire past its lease, the
+    lease taken by another meanwhile, then let through: Redis refuses it, and the message
+    stays pending for the new holder. Real time: a 0.3 s lease, waited out."""
+    prefix = f"late-{uuid.uuid4().hex}:"
+    message = user_message("a", 0, "x")
+    proxy = Proxy(redis_node.port)
+    with trio.fail_after(20):
+        async with proxy.running() as url, trio.open_nursery() as nursery:
+            stale = cb.RedisStore.from_url(url, prefix=prefix, timeout=5)
+            fresh = cb.RedisStore.from_url(redis_node.url, prefix=prefix)
+            async with stale, fresh:
+                assert await stale.acquire_lease("chaos:a", "stale", ttl=0.3)
+                assert await stale.journal_add([message]) == [True]
+                refused: list[BaseException] = []
+
+                async def mark_done() -> None:
+                    try:
+                        await stale.journal_done([message])
+                    except StaleLeaseError as exc:
+                        refused.append(exc)
+
+                proxy.freeze()
+                nursery.start_soon(mark_done)
+                await trio.sleep(0.4)  # real time: Redis expires the lease
+                assert await fresh.acquire_lease("chaos:a", "fresh", ttl=10)
+                proxy.thaw()
+                with trio.fail_after(5):
+                    while not refused:  # noqa: ASYNC110 (the late write's answer)
+                        await trio.sleep(0.01)
+                assert await fresh.journal_pending_of("chaos", "a") == [message]
+                nursery.cancel_scope.cancel()
