@@ -18,7 +18,10 @@ It follows ``docs/protocols/wecom.md``. Choices where the real server is unknown
   welcome or card update after 5 s) gets 846605, an update after ``finish`` 846608 (the
   finishing frame written again too, as a bot does after a reconnect), and so
   does an answer six minutes after the callback came (``STREAM_WINDOW``: the webhook's
-  window, assumed here too).
+  window, assumed here too);
+- in webhook mode each message carries a ``response_url`` of its own, good for one markdown
+  (or text) answer within an hour (``RESPONSE_URL_TTL``); a second use or a later one gets
+  846608, an unknown one 404.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from ..platforms.wecom import _outbound as out
 from ..platforms.wecom import _protocol as f
 from ..platforms.wecom._long import DEFAULT_MEDIA_HOSTS, LongConnection
 from ..platforms.wecom._protocol import Frame as WeComFrame
+from ..platforms.wecom._webhook import Webhook
 from ._admin import Refused, UserVerbs, handle_admin
 from ._http import HandlerTransport, serve_http
 from ._record import Activity, MediaRecord, Record
@@ -68,6 +72,10 @@ IN_FLIGHT_LIMIT: Final = 3
 # seconds WeCom polls a webhook stream (docs/protocols/wecom.md#streaming-by-polling)
 STREAM_POLL_LIMIT: Final = 360.0
 DEFAULT_AES_KEY: Final = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters
+# seconds a message's response_url answers (docs/protocols/wecom.md#answering-through-response_url)
+RESPONSE_URL_TTL: Final = 3600.0
+RESPONSE_PATH: Final = "cgi-bin/aibot/response"  # as WeCom's: the code in the query
+URL_SPENT: Final = 846608  # errcode for a response_url used already or expired (assumed)
 
 
 class InFlightLimit(Refused, RuntimeError):
@@ -79,7 +87,7 @@ class InFlightLimit(Refused, RuntimeError):
 class WeComSent:
     """Something the bot said: a finished stream, a welcome, or a proactive message."""
 
-    kind: Literal["stream", "welcome", "proactive", "reply"]
+    kind: Literal["stream", "welcome", "proactive", "reply", "response_url"]
     to: str
     """The user (or group chat) it reached."""
     text: str
@@ -112,6 +120,14 @@ class _Callback:
     frames: int = 0
     finished: bool = False
     card: Mapping[str, Any] | None = None
+
+
+@attrs.define
+class _ResponseUrl:
+    to: str
+    msgid: str
+    expires: float
+    used: bool = False
 
 
 @final
@@ -167,6 +183,7 @@ class WeComEmulator(UserVerbs):
         self._nursery: trio.Nursery | None = None
         self._connected = trio.Event()
         self._ids = itertools.count(1)
+        self._response_urls: dict[str, _ResponseUrl] = {}
 
     # -- running ----------------------------------------------------------------------------
 
@@ -207,6 +224,18 @@ class WeComEmulator(UserVerbs):
             "encoding_aes_key": self.encoding_aes_key,
             "admin_url": self.http_base + "admin",
         }
+
+    def webhook(self, **options: Any) -> Webhook:
+        """A :class:`~trio_chatbridge.platforms.wecom.Webhook` of this bot whose downloads and
+        ``response_url`` answers reach this emulator (``options``: the webhook's own)."""
+        options.setdefault("transport", HandlerTransport(self.handle_http))
+        options.setdefault("media", _media_policy(self.http_base))
+        return Webhook(
+            bot_id=self.bot_id,
+            token=self.token,
+            encoding_aes_key=self.encoding_aes_key,
+            **options,
+        )
 
     def connector(self, **options: Any) -> LongConnection:
         """A long-connection connector for this emulator (in memory unless serving)."""
@@ -737,14 +766,15 @@ class WeComEmulator(UserVerbs):
 
         Cancelled, the polling stops (as WeCom's would after a timeout); the message may or
         may not have reached the bot."""
+        msgid = msgid or f"msg-{next(self._ids)}"
         body = {
-            "msgid": msgid or f"msg-{next(self._ids)}",
+            "msgid": msgid,
             "aibotid": self.bot_id,
             "chattype": "group" if chat else "single",
             "from": {"userid": user},
             "msgtype": "text",
             "text": {"content": f"@{self.bot_id} {text}" if chat else text},
-            "response_url": self.http_base + "response",
+            "response_url": self.response_url(chat or user, msgid),
             **({"chatid": chat} if chat else {}),
         }
         answer = self.webhook_open(await self.webhook_post(target, body))
@@ -758,6 +788,42 @@ class WeComEmulator(UserVerbs):
         sent = WeComSent("stream", chat or user, stream.get("content", ""), stream["id"], polls)
         self.sent.append(sent)
         return sent
+
+    def response_url(self, to: str, msgid: str) -> str:
+        """A new ``response_url`` for message ``msgid`` from ``to`` (a user or group chat):
+        one answer, within :data:`RESPONSE_URL_TTL` seconds (a callback built by hand gets
+        one here)."""
+        token = secrets.token_urlsafe(16)
+        self._response_urls[token] = _ResponseUrl(to, msgid, trio.current_time() + RESPONSE_URL_TTL)
+        return f"{self.http_base}{RESPONSE_PATH}?response_code={token}"
+
+    def _answer_by_url(self, token: str, request: httpx.Request) -> httpx.Response:
+        """A bot's POST to a message's ``response_url``: one markdown or text answer, recorded
+        as the user's answer (``via="response_url"``), or refused as WeCom would."""
+        url = self._response_urls.get(token)
+        if url is None:
+            return httpx.Response(404)
+        kind = ""
+        try:
+            body = json.loads(request.content)
+            kind = get_str(body, "msgtype") or ""
+            content = get_str(get_object(body, kind), "content")
+        except (ValueError, TypeError, AttributeError):
+            content = None
+        if url.used or trio.current_time() > url.expires:
+            errcode, errmsg = URL_SPENT, "response_url used already or expired"
+        elif kind not in ("markdown", "text") or content is None:
+            errcode, errmsg = BAD_CONTENT, "a markdown or text message, please"
+        elif len(content.encode()) > f.STREAM_LIMIT:
+            errcode, errmsg = BAD_CONTENT, "content too long"
+        else:
+            url.used = True
+            self._record(kind, "response_url", url.to, req_id=url.msgid, text=content)
+            self.sent.append(WeComSent("response_url", url.to, content, url.msgid))
+            return httpx.Response(200, json={"errcode": 0, "errmsg": "ok"})
+        detail = {"errcode": errcode, "errmsg": errmsg}
+        self._record("refused", "response_url", url.to, req_id=url.msgid, detail=detail)
+        return httpx.Response(200, json=detail)
 
     async def webhook_user_enters(self, target: str | Any, user: str) -> str | None:
         """``enter_chat`` by webhook; returns the welcome text the bot answered, if any.
@@ -803,6 +869,8 @@ class WeComEmulator(UserVerbs):
         if path.startswith("/media/"):
             blob = self._blobs.get(path.removeprefix("/media/"))
             return httpx.Response(200, content=blob) if blob is not None else httpx.Response(404)
+        if path == "/" + RESPONSE_PATH and request.method == "POST":
+            return self._answer_by_url(request.url.params.get("response_code", ""), request)
         if path.startswith("/admin"):
             return await handle_admin(self, request)
         return httpx.Response(404)

@@ -8,6 +8,10 @@ a 500. A message is answered at once with the start of a stream; WeCom then poll
 refresh" callbacks, each answered with the whole text so far, until ``finish``
 (docs/protocols/wecom.md#streaming-by-polling). Mount :meth:`Webhook.asgi` in any Trio ASGI server,
 or use :func:`serve` (hypercorn).
+
+A message whose stream is gone (its six minutes over, or the process restarted and the message
+came back from the journal) is answered once through the ``response_url`` its callback carried
+(docs/protocols/wecom.md#answering-through-response_url).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from ..._asgi import Receive, Scope, Send, answer_lifespan
 from ..._content import Card
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
 from ..._http import new_client
+from ..._http import send as http_send
 from ..._json import json_object
-from ..._media import MediaPolicy, fetch
+from ..._media import MediaPolicy, fetch, guarded_request
 from ..._messages import Batch, Handle, Media, Message
 from ..._receive import skip_bad
 from . import _crypto
@@ -55,6 +60,7 @@ BODY_WITHIN: Final = 10.0  # seconds a request's body may take to arrive (WeCom'
 MAX_NONCES: Final = 50_000  # (timestamp, nonce) pairs remembered to refuse replays
 MAX_QUERY_FIELDS: Final = 16  # query parameters accepted (WeCom sends at most four)
 MAX_TIMESTAMP_DIGITS: Final = 12  # a decimal count of seconds; anything longer is absurd
+RESPONSE_URL_WITHIN: Final = 15.0  # seconds an answer through a response_url may take
 
 
 @attrs.define
@@ -105,6 +111,8 @@ class Webhook(base.Connector):
         self._putting: dict[str, trio.Event] = {}
         """The msgids whose first delivery's put is under way: a retry waits for it."""
         self._nonces = _NonceCache(MAX_NONCES)
+        self._answered_by_url: OrderedDict[str, None] = OrderedDict()
+        """Messages answered through their response_url (WeCom takes one answer there)."""
         self._running = False
 
     def __repr__(self) -> str:  # never the token or key
@@ -332,34 +340,91 @@ class Webhook(base.Connector):
 
     # -- replying -----------------------------------------------------------------------------
 
-    def _state(self, target: Message) -> _StreamState:
-        stream_id = target.reply_handle.get("stream_id")
-        state = self._streams.get(str(stream_id))
-        if state is None:
-            raise SendError(
-                f"wecom bot {self.account}: the stream for message {target.id} expired (WeCom "
-                f"polls for {STREAM_TTL / 60:.0f} min) or was never opened; nothing can answer it"
-            )
-        if state.finished:
+    def _live(self, target: Message) -> _StreamState | None:
+        """``target``'s stream, None if it is gone (expired, or lost with a restart); raises
+        :class:`SendError` if it was finished already."""
+        self._expire()  # past its window WeCom no longer polls it, whether or not it asked
+        state = self._streams.get(str(target.reply_handle.get("stream_id")))
+        if state is not None and state.finished:
             raise SendError(f"wecom bot {self.account}: message {target.id} was answered already")
         return state
 
     async def send(self, target: Message, text: str) -> None:
-        """Answer ``target``: the next refresh poll gets ``text`` and ``finish``. If cancelled,
-        the answer is set all the same (it is set before the one checkpoint)."""
-        state = self._state(target)
+        """Answer ``target``: the next refresh poll gets ``text`` and ``finish``; with its
+        stream gone, one markdown message through its ``response_url`` instead (see
+        :meth:`_answer_by_url`). If cancelled, a stream's answer is set all the same (it is
+        set before the one checkpoint); one through the URL may or may not have been sent."""
+        state = self._live(target)
+        if state is None:
+            await self._answer_by_url(target, text)
+            return
         state.content = utf8_prefix(text, f.STREAM_LIMIT)
         state.finished = True
         self._cut(target, text, state.content)
         await trio.lowlevel.checkpoint()
 
+    async def _answer_by_url(self, target: Message, text: str) -> None:
+        """Answer ``target``, whose stream is gone, with one markdown POST to the
+        ``response_url`` its callback carried: checked against :attr:`media_policy` as media
+        URLs are, no redirect followed, within :data:`RESPONSE_URL_WITHIN` seconds, and never
+        logged (it is a capability), counted in ``replies_via_response_url``. Raises
+        :class:`SendError` naming why when there is no URL, it was used already, the policy
+        refuses its host, or WeCom refuses the answer (``wecom.WeComError``, with its code).
+        If cancelled, the answer may or may not have been sent."""
+        gone = (
+            f"wecom bot {self.account}: the stream for message {target.id} is gone (WeCom "
+            f"polls for {STREAM_TTL / 60:.0f} min, and a restart loses it)"
+        )
+        url = target.reply_handle.get("response_url")
+        if not isinstance(url, str) or not url:
+            raise SendError(f"{gone} and the message has no response_url: nothing can answer it")
+        if target.id in self._answered_by_url:
+            raise SendError(
+                f"{gone} and its response_url was used already (WeCom takes one answer there)"
+            )
+        content = utf8_prefix(text, f.STREAM_LIMIT)
+        what = f"wecom bot {self.account}: the answer to {target.id} through its response_url"
+        if self._http is None:
+            self._http = new_client(self._transport)
+        try:
+            request = await guarded_request(
+                self._http,
+                "POST",
+                url,
+                self.media_policy,
+                verb="answer through a response_url at",
+                json={"msgtype": "markdown", "markdown": {"content": content}},
+            )
+        except MediaError as exc:
+            raise SendError(f"{what} not sent: {exc}") from exc
+        with base.send_errors(what):
+            answer = await http_send(
+                self._http, request, what=what, platform=PLATFORM, time_limit=RESPONSE_URL_WITHIN
+            )
+            body = answer.json()
+        errcode = body.get("errcode", 0)
+        if errcode != 0:
+            errmsg = body.get("errmsg")
+            raise f.WeComError("response_url", errcode, errmsg if isinstance(errmsg, str) else None)
+        self._answered_by_url[target.id] = None
+        while len(self._answered_by_url) > MAX_STREAMS:
+            self._answered_by_url.popitem(last=False)
+        self.ctx.count("replies_via_response_url")
+        self._cut(target, text, content)
+
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
-        """Each refresh poll gets the whole text so far; the stream finishes on exit."""
+        """Each refresh poll gets the whole text so far; the stream finishes on exit. With
+        the stream gone, the text is collected and sent once at the end through the
+        ``response_url`` (nothing if the block raises)."""
         return self._stream(target)
 
     @asynccontextmanager
     async def _stream(self, target: Message) -> AsyncIterator[base.ReplyStream]:
-        state = self._state(target)
+        state = self._live(target)
+        if state is None:  # the stream is gone: collect, then one answer through the URL
+            async with self._buffered_stream(target) as collected:
+                yield collected
+            return
         out = _PolledStream(state)
         try:
             yield out
@@ -369,7 +434,7 @@ class Webhook(base.Connector):
 
     def _cut(self, target: Message, text: str, shown: str) -> None:
         """Count and log an answer cut to the stream's 20,480 bytes (``shown`` of ``text``):
-        in this mode nothing can carry the rest."""
+        in this mode nothing can carry the rest (a response_url takes one message)."""
         if len(shown) < len(text):
             self.ctx.count("replies_cut")
             log.warning(

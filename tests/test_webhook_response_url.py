@@ -1,0 +1,157 @@
+"""WeCom webhook: a message whose stream is gone is answered through its ``response_url``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from support import echo, quick_bridge, streamer
+
+import trio_chatbridge as cb
+from trio_chatbridge.platforms.wecom._webhook import STREAM_TTL
+from trio_chatbridge.testing import WeComEmulator, running_bridge
+from trio_chatbridge.testing._wecom import RESPONSE_URL_TTL
+
+
+def message(emu: WeComEmulator, msgid: str, text: str, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "msgid": msgid,
+        "from": {"userid": "ana"},
+        "chattype": "single",
+        "msgtype": "text",
+        "text": {"content": text},
+        "response_url": emu.response_url("ana", msgid),
+    }
+    return body | fields
+
+
+async def journaled_then_restarted(
+    emu: WeComEmulator, agent: cb.Agent, callback: dict[str, Any], **options: Any
+) -> cb.Bridge:
+    """``callback`` journaled by a bridge whose agent never answers, that bridge stopped, and
+    a second one (a new webhook, the same store) run on it with ``agent``: it answers the
+    message replayed from the journal."""
+    store = cb.MemoryStore()
+    running = trio.Event()
+
+    async def never(batch: cb.Batch, reply: cb.Reply) -> None:
+        running.set()
+        await trio.sleep_forever()
+
+    first = emu.webhook(**options)
+    async with running_bridge(quick_bridge(first, never, store=store)):
+        answer = emu.webhook_open(await emu.webhook_post(first.asgi, callback))
+        await running.wait()
+    assert answer["stream"]["finish"] is False  # opened; the restart loses it
+    second = quick_bridge(emu.webhook(**options), agent, store=store)
+    async with running_bridge(second):
+        await trio.sleep(30)
+    return second
+
+
+@pytest.mark.parametrize("agent", [echo, streamer(0.5)], ids=["send", "stream"])
+async def test_an_answer_after_a_restart_reaches_the_user_through_the_response_url(
+    autojump_clock: trio.testing.MockClock, agent: cb.Agent
+) -> None:
+    emu = WeComEmulator()
+    bridge = await journaled_then_restarted(emu, agent, message(emu, "m1", "still here"))
+    [answer] = [a for a in emu.activity if a.via == "response_url"]
+    assert (answer.kind, answer.to, answer.id) == ("markdown", "ana", "m1")
+    assert answer.text is not None and answer.text.strip() == "still here"
+    assert bridge.stats().other["wecom.replies_via_response_url"] == 1
+    assert bridge.stats().failures == 0
+
+
+async def test_an_answer_after_the_stream_expired_goes_through_the_response_url(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(STREAM_TTL + 60)  # longer than WeCom polls
+        await reply.send("late but here")
+
+    emu = WeComEmulator()
+    hook = emu.webhook()
+    bridge = quick_bridge(hook, slow, run_timeout=3600)
+    async with running_bridge(bridge):
+        await emu.webhook_post(hook.asgi, message(emu, "m1", "take your time"))
+        await trio.sleep(STREAM_TTL + 120)  # nothing polled after the window: it lapsed
+    assert [(a.via, a.text) for a in emu.activity] == [("response_url", "late but here")]
+
+
+async def test_a_response_url_is_used_once_and_not_after_an_hour(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The emulator refuses as WeCom would; the webhook refuses a second use itself, and a
+    message without a URL or past its hour fails with a SendError naming why."""
+    emu = WeComEmulator()
+    sent: list[str] = []
+    errors: list[str] = []
+
+    async def twice(batch: cb.Batch, reply: cb.Reply) -> None:
+        for text in ("first", "second"):
+            try:
+                await reply.send(text)
+                sent.append(text)
+            except cb.SendError as exc:
+                errors.append(str(exc))
+
+    await journaled_then_restarted(emu, twice, message(emu, "m1", "hi"))
+    assert sent == ["first"]
+    assert "response_url was used already" in errors[0]
+
+    url = emu.response_url("ana", "m2")
+    await trio.sleep(RESPONSE_URL_TTL + 1)
+    await journaled_then_restarted(emu, twice, message(emu, "m2", "hi", response_url=url))
+    assert len(sent) == 1 and "errcode=846608" in errors[1]
+
+    no_url = message(emu, "m3", "hi")
+    del no_url["response_url"]
+    await journaled_then_restarted(emu, twice, no_url)
+    assert "has no response_url: nothing can answer it" in errors[3]
+    kinds = [a.kind for a in emu.activity if a.via == "response_url"]
+    assert kinds == ["markdown", "refused", "refused"]  # the expired URL, refused each time
+
+
+async def test_a_response_url_outside_the_policy_is_not_called_nor_logged(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    emu = WeComEmulator()
+    errors: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send("answer")
+        except cb.SendError as exc:
+            errors.append(str(exc))
+
+    capability = "https://internal.example/cgi-bin/aibot/response?response_code=s3cr3t"
+    callback = message(emu, "m1", "hi", response_url=capability)
+    await journaled_then_restarted(emu, agent, callback)
+    assert len(errors) == 1 and "not an allowed host" in errors[0]
+    assert "s3cr3t" not in errors[0]
+    assert "s3cr3t" not in caplog.text
+    assert not [a for a in emu.activity if a.via == "response_url"]
+
+
+async def test_the_emulator_refuses_what_is_not_one_markdown_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    url = emu.response_url("ana", "m1")
+    transport = emu.webhook()._transport
+    assert transport is not None
+    import httpx
+
+    async with httpx.AsyncClient(transport=transport) as http:
+        bad = await http.post(url, json={"msgtype": "stream", "stream": {"content": "x"}})
+        unknown = await http.post(url + "x", json={"msgtype": "markdown"})
+        assert "response_code=" in url
+        good = await http.post(
+            url, content=json.dumps({"msgtype": "text", "text": {"content": "ok"}})
+        )
+    assert bad.json()["errcode"] == 40058
+    assert unknown.status_code == 404
+    assert good.json() == {"errcode": 0, "errmsg": "ok"}
