@@ -15,6 +15,7 @@ A connector owns one platform account. The bridge hands it a :class:`ConnectorCo
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias, final
 import attrs
 import trio
 
-from ._content import Attachment, Card, Content, Sent, kind_of, unsupported
+from ._content import Attachment, Card, Content, Markdown, Sent, kind_of, unsupported
 from ._errors import (
     ChatBridgeError,
     ConfigurationError,
@@ -172,6 +173,37 @@ def send_errors(what: str) -> Iterator[None]:
         raise
     except (PlatformError, ConnectorError, ProtocolError) as exc:
         raise SendError(f"{what} failed: {exc}") from exc
+
+
+def text_of(content: Content) -> str:
+    """The text of ``content`` that goes on the wire as text: a ``str`` or
+    :class:`Markdown`'s text, an attachment's file name, a card's or post's JSON."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Markdown):
+        return content.text
+    if isinstance(content, Attachment):
+        return content.filename
+    return json.dumps(content.as_dict(), ensure_ascii=False)
+
+
+def refuse_no_text(text: str, kind: str, what: str) -> None:
+    """:class:`SendError` if ``text`` (``kind``: what of ``what`` it is) holds half a
+    surrogate pair (``"\\ud800"``, which an agent gets from ``surrogateescape`` decoding or
+    a JSON escape): no text, so the platform's request would fail to encode it (or carry an
+    escape no client can show), with an error naming neither the message nor what to do.
+    Nearly free for the common text (``str.isascii``)."""
+    if text.isascii():
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        code = ord(exc.object[exc.start])
+        raise SendError(
+            f"{what} not sent: its {kind} holds a lone surrogate (\\u{code:x} at "
+            f"{exc.start}), which is no text; replace it "
+            "(text.encode('utf-8', 'replace').decode()) or drop it"
+        ) from exc
 
 
 class ReplyStream(ABC):
@@ -392,8 +424,18 @@ class Connector(ABC):
         return Sent(self.platform, target.chat.id, kind_of(content))
 
     async def send_first(self, chat_id: str, content: Content) -> Sent:
-        """Send ``content`` to a chat unprompted (no message to answer); by default the
-        platform cannot. If cancelled, it may or may not have been sent."""
+        """Send ``content`` to a chat unprompted (no message to answer). If cancelled, it may
+        or may not have been sent.
+
+        Text holding half a surrogate pair (``"\\ud800"``) raises :class:`SendError` before
+        anything is sent, on every platform (as ``reply.send`` does); the platform's part is
+        :meth:`_send_first`, which a connector overrides."""
+        refuse_no_text(text_of(content), kind_of(content), f"message to {chat_id} via {self.name}")
+        return await self._send_first(chat_id, content)
+
+    async def _send_first(self, chat_id: str, content: Content) -> Sent:
+        """:meth:`send_first` on the platform, ``content`` checked already; by default the
+        platform cannot."""
         raise SendError(f"connector {self.name} cannot send a message unprompted")
 
     async def edit(self, sent: Sent, content: Content) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import final
 
-from ._connector import Connector, ReplyStream
+from ._connector import Connector, ReplyStream, refuse_no_text, text_of
 from ._construction import NoPublicConstructor
-from ._content import Attachment, Card, Content, Markdown, Sent, kind_of, media_kind
-from ._errors import SendError
+from ._content import Attachment, Card, Content, Sent, kind_of, media_kind
 from ._messages import Batch, Message
 
 
@@ -103,34 +101,12 @@ class Reply(metaclass=NoPublicConstructor):
         self._on_sent()
 
     def _check_text(self, content: Content) -> None:
-        """Refuse ``content`` whose text UTF-8 cannot encode (see :func:`_refuse_no_text`)."""
-        if isinstance(content, str):
-            text = content
-        elif isinstance(content, Markdown):
-            text = content.text
-        elif isinstance(content, Attachment):
-            text = content.filename
-        else:
-            text = json.dumps(content.as_dict(), ensure_ascii=False)
-        _refuse_no_text(self, text, kind_of(content))
+        """Refuse ``content`` whose text UTF-8 cannot encode (see :func:`refuse_no_text`)."""
+        refuse_no_text(text_of(content), kind_of(content), self._what)
 
-
-def _refuse_no_text(reply: Reply, text: str, kind: str) -> None:
-    """:class:`SendError` if ``text`` holds half a surrogate pair (``"\\ud800"``, which
-    an agent gets from ``surrogateescape`` decoding or a JSON escape): no text, so the
-    platform's request would fail to encode it, with an error naming neither the reply nor
-    what to do. Nearly free for the common reply (``str.isascii``)."""
-    if text.isascii():
-        return
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        code = ord(exc.object[exc.start])
-        raise SendError(
-            f"reply to {reply.batch.session} via {reply.connector.name} not sent: its "
-            f"{kind} holds a lone surrogate (\\u{code:x} at {exc.start}), which is no "
-            "text; replace it (text.encode('utf-8', 'replace').decode()) or drop it"
-        ) from exc
+    @property
+    def _what(self) -> str:
+        return f"reply to {self.batch.session} via {self.connector.name}"
 
 
 @final
@@ -143,7 +119,7 @@ class _TextOnly(ReplyStream):
         self._reply = reply
 
     async def write(self, text: str) -> None:
-        _refuse_no_text(self._reply, text, "streamed text")
+        refuse_no_text(text, "streamed text", self._reply._what)
         await self._out.write(text)
 
     @property

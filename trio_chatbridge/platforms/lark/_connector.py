@@ -309,7 +309,7 @@ class LongConnection(base.Connector):
         message_id = await self._post(target, content, uuid)
         return Sent(PLATFORM, target.reply_handle["chat_id"], kind_of(content), message_id)
 
-    async def send_first(self, chat_id: str, content: Content) -> Sent:
+    async def _send_first(self, chat_id: str, content: Content) -> Sent:
         """Send to a chat (``oc_...``) or a user (``ou_...`` open id, ``on_...`` union id)
         unprompted; the same content as :meth:`send_content`, and the same on cancellation."""
         msg_type, body = await self._body(content)

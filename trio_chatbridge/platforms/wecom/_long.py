@@ -308,7 +308,7 @@ class LongConnection(base.Connector):
                 await self.command(f.SEND, f.new_req_id(f.SEND), {"chatid": chat, **body})
         return Sent(PLATFORM, chat, kind_of(content))
 
-    async def send_first(self, chat_id: str, content: Content) -> Sent:
+    async def _send_first(self, chat_id: str, content: Content) -> Sent:
         """Send to a user (their userid) or a group (its chatid) unprompted (``aibot_send_msg``):
         text and Markdown as ``markdown`` (cut into 20480-byte pieces), cards, media. If
         cancelled, some pieces of a long text may have gone out, in order."""

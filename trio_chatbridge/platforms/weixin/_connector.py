@@ -239,7 +239,7 @@ class LongPoll(base.Connector):
         item = await self._upload(peer, data, filename, kind)
         await self._send_items(peer, token, f"message:{target.id}", [item])
 
-    async def send_first(self, chat_id: str, content: Content) -> Sent:
+    async def _send_first(self, chat_id: str, content: Content) -> Sent:
         """Send text or an attachment to a user (their user id) unprompted.
 
         iLink has no proactive API: a message goes out with the context token of the user's
