@@ -28,13 +28,11 @@ def message(emu: WeComEmulator, msgid: str, text: str, **fields: Any) -> dict[st
     return body | fields
 
 
-async def journaled_then_restarted(
-    emu: WeComEmulator, agent: cb.Agent, callback: dict[str, Any], **options: Any
-) -> cb.Bridge:
-    """``callback`` journaled by a bridge whose agent never answers, that bridge stopped, and
-    a second one (a new webhook, the same store) run on it with ``agent``: it answers the
-    message replayed from the journal."""
-    store = cb.MemoryStore()
+async def journaled(
+    emu: WeComEmulator, callback: dict[str, Any], store: cb.Store, **options: Any
+) -> None:
+    """``callback`` journaled in ``store`` by a bridge whose agent never answers, then that
+    bridge stopped: its stream is lost with it."""
     running = trio.Event()
 
     async def never(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -46,6 +44,15 @@ async def journaled_then_restarted(
         answer = emu.webhook_open(await emu.webhook_post(first.asgi, callback))
         await running.wait()
     assert answer["stream"]["finish"] is False  # opened; the restart loses it
+
+
+async def journaled_then_restarted(
+    emu: WeComEmulator, agent: cb.Agent, callback: dict[str, Any], **options: Any
+) -> cb.Bridge:
+    """``callback`` :func:`journaled`, and a second bridge (a new webhook, the same store)
+    run with ``agent``: it answers the message replayed from the journal."""
+    store = cb.MemoryStore()
+    await journaled(emu, callback, store, **options)
     second = quick_bridge(emu.webhook(**options), agent, store=store)
     async with running_bridge(second):
         await trio.sleep(30)
@@ -155,3 +162,26 @@ async def test_the_emulator_refuses_what_is_not_one_markdown_answer(
     assert bad.json()["errcode"] == 40058
     assert unknown.status_code == 404
     assert good.json() == {"errcode": 0, "errmsg": "ok"}
+
+
+async def test_a_redelivery_of_a_journaled_message_gets_a_stream_finished_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a restart, WeCom's redelivery of a message journaled before (same msgid, a new
+    stream) was dropped as a duplicate and its stream left open: WeCom polled it for six
+    minutes and it held one of the user's in-flight slots. It is finished at once, empty,
+    and counted; the answer reaches the user through the first delivery's response_url."""
+    emu = WeComEmulator()
+    store = cb.MemoryStore()
+    callback = message(emu, "m1", "once")
+    await journaled(emu, callback, store)
+    hook = emu.webhook()
+    bridge = quick_bridge(hook, echo, store=store)
+    async with running_bridge(bridge):
+        again = dict(callback, response_url=emu.response_url("ana", "m1"))
+        first = emu.webhook_open(await emu.webhook_post(hook.asgi, again))
+        await trio.sleep(30)
+    assert first["stream"]["finish"] is True and first["stream"]["content"] == ""
+    assert bridge.stats().duplicates == 1
+    assert bridge.stats().other["wecom.duplicate_callbacks_closed"] == 1
+    assert [(a.via, a.text) for a in emu.activity] == [("response_url", "once")]

@@ -616,3 +616,64 @@ async def test_a_webhook_answer_past_the_stream_limit_is_cut_and_says_so(
             sent = await emu.webhook_user_says(hook.asgi, "u", "hi")
             assert sent.text == long_text[: 20480 // 3]
             assert bridge.stats().other["wecom.replies_cut"] == 1
+
+
+async def test_a_redelivered_callback_is_closed_and_the_first_keeps_the_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A callback whose msgid was journaled already, on another req_id, was dropped as a
+    duplicate and left open: it held one of the user's three messages in flight for WeCom's
+    six minutes. It is closed at once (empty) and counted; the first delivery, still being
+    answered, gets the answer; the same frame twice closes nothing."""
+    answered = trio.Event()
+
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(20)
+        await reply.send("the answer")
+        answered.set()
+
+    emu = WeComEmulator()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        async with running_bridge(quick_bridge(emu.connector(), slow)) as bridge:
+            first = emu.user_says("ivy", "once", msgid="m1")
+            await trio.sleep(5)
+            again = emu.user_says("ivy", "once", msgid="m1")  # WeCom delivers it again
+            await trio.sleep(5)
+            assert emu.in_flight("ivy") == 1  # the redelivery is closed; the first runs
+            emu.user_says("ivy", "once more", msgid="m1")
+            await answered.wait()
+            await trio.sleep(5)
+            stats = bridge.stats()
+        nursery.cancel_scope.cancel()
+    assert emu.in_flight("ivy") == 0
+    assert stats.runs == 1 and stats.duplicates == 2
+    assert stats.other["wecom.duplicate_callbacks_closed"] == 2
+    streams = {s.req_id: s.text for s in emu.sent if s.kind == "stream"}
+    assert streams[first] == "the answer" and streams[again] == ""
+    assert len(streams) == 3
+
+
+async def test_the_same_callback_frame_twice_closes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same frame pushed twice (one req_id): the second is a journal duplicate, but its
+    req_id is the one the answer goes on, so it is not closed empty."""
+    emu = WeComEmulator()
+    body = {"msgid": "m1", "aibotid": emu.bot_id, "chattype": "single", "msgtype": "text"}
+    body |= {"from": {"userid": "ivy"}, "text": {"content": "hi"}}
+    frame_text = json.dumps(
+        {"cmd": "aibot_msg_callback", "headers": {"req_id": "r1"}, "body": body}
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        async with running_bridge(quick_bridge(emu.connector(), echo)) as bridge:
+            emu.push_raw(frame_text)
+            emu.push_raw(frame_text)
+            await trio.sleep(10)
+            stats = bridge.stats()
+        nursery.cancel_scope.cancel()
+    assert stats.duplicates == 1 and stats.runs == 1
+    assert "wecom.duplicate_callbacks_closed" not in stats.other
+    on_r1 = [c.body for c in emu.commands("aibot_respond_msg") if c.req_id == "r1"]
+    assert on_r1 and all(b["stream"]["content"] == "hi" for b in on_r1)

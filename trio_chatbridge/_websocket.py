@@ -63,7 +63,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final, Generic, Protocol, TypeAlias, TypeVar, final
 from urllib.parse import urlsplit
@@ -578,7 +578,9 @@ class WebSocketDriver(Generic[N]):
     connection to come back (60); ``put_batch``: inbound messages journaled in one put at most
     (100); ``backlog``: inbound messages waiting for the inbox before the reader stops reading
     (1,000; twice that while a request waits for its answer); ``linger``: seconds a burst
-    waits for company after its first message (0.001).
+    waits for company after its first message (0.001); ``on_journaled``: called with each
+    put's messages and the new ones among them once it returned (the others the journal had
+    already: a redelivery, which a platform may need to close); it must not block nor raise.
     """
 
     def __init__(
@@ -593,6 +595,7 @@ class WebSocketDriver(Generic[N]):
         put_batch: int = PUT_BATCH,
         backlog: int = BACKLOG,
         linger: float = BURST_LINGER,
+        on_journaled: Callable[[Sequence[Message], Sequence[Message]], None] | None = None,
     ) -> None:
         self.core = core
         self.name = name
@@ -603,6 +606,7 @@ class WebSocketDriver(Generic[N]):
         self.linger = linger
         self._open_websocket = open_websocket
         self._on_notice = on_notice
+        self._on_journaled = on_journaled
         self._handlers = Handlers()
         self._ctx: ConnectorContext | None = None
         self._connection: _Connection | None = None
@@ -906,10 +910,12 @@ class WebSocketDriver(Generic[N]):
         # Off the socket already: journal them even while the connection goes down.
         with trio.CancelScope(shield=True, deadline=puts.deadline) as put:
             puts.scope = put
-            await ctx.put(wanted)
+            new = await ctx.put(wanted)
         puts.scope = None
         if put.cancelled_caught:
             puts.unconfirmed += len(wanted)
+        elif self._on_journaled is not None:
+            self._on_journaled(wanted, new)
         return not put.cancelled_caught
 
     async def _deliver_bursts(

@@ -791,8 +791,7 @@ class WeComEmulator(UserVerbs):
 
     def response_url(self, to: str, msgid: str) -> str:
         """A new ``response_url`` for message ``msgid`` from ``to`` (a user or group chat):
-        one answer, within :data:`RESPONSE_URL_TTL` seconds (a callback built by hand gets
-        one here)."""
+        one answer, within an hour (a callback built by hand gets one here)."""
         token = secrets.token_urlsafe(16)
         self._response_urls[token] = _ResponseUrl(to, msgid, trio.current_time() + RESPONSE_URL_TTL)
         return f"{self.http_base}{RESPONSE_PATH}?response_code={token}"

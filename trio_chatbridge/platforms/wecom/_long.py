@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeAlias, final
 
@@ -68,6 +68,7 @@ STREAM_INTERVAL: Final = 0.5  # seconds between intermediate stream frames (Astr
 RECONNECT_WAIT: Final = 60.0  # seconds a reply waits for the connection to come back
 FINISH_MARGIN: Final = 20.0  # seconds before a callback's window closes that its stream ends
 DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
+FIRST_DELIVERIES_KEPT: Final = 10_000  # req_ids of new callbacks remembered (see _journaled)
 
 Welcome: TypeAlias = str | Card | Callable[[WeComEvent], Awaitable[str | Card | None]] | None
 EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
@@ -128,6 +129,9 @@ class LongConnection(base.Connector):
         self._recoveries: trio.Nursery | None = None  # while :meth:`run` runs
         self._unanswered: set[str] = set()
         """The req_ids of running batches' latest callbacks that no answer was sent on yet."""
+        self._first_deliveries: dict[str, None] = {}
+        """The req_ids of the latest callbacks journaled as new, oldest first (at most
+        :data:`FIRST_DELIVERIES_KEPT`): a redelivery on one of them is never closed."""
         # the windows in reply handles are on this process's Trio clock: ``life`` says whose
         self._core = WeComCore(
             bot_id,
@@ -144,6 +148,7 @@ class LongConnection(base.Connector):
             on_notice=self._event,
             answer_within=ack_timeout,
             reconnect_wait=reconnect_wait,
+            on_journaled=self._journaled,
         )
 
     def __repr__(self) -> str:  # never the secret
@@ -199,6 +204,28 @@ class LongConnection(base.Connector):
         to the next connection will not go; their batches stay pending (counted in
         ``replies_unconfirmed``)."""
         self._driver.stopped()
+
+    def _journaled(self, messages: Sequence[Message], new: Sequence[Message]) -> None:
+        """After a put: close each callback the journal had already (a msgid delivered
+        before, on another req_id) with an empty finished stream, counted in
+        ``duplicate_callbacks_closed``: its answer goes to the first delivery, and left open it
+        would hold one of the user's few messages in flight until WeCom's window ends. A
+        callback on a req_id journaled as new here is never closed (the same frame twice:
+        that req_id carries the answer)."""
+        first = self._first_deliveries
+        for message in new:
+            first[message.reply_handle["req_id"]] = None
+        while len(first) > FIRST_DELIVERIES_KEPT:
+            del first[next(iter(first))]
+        if len(new) == len(messages) or self._recoveries is None:
+            return  # all new (the common case), or the run is over: nothing can close them
+        fresh = {id(message) for message in new}
+        for message in messages:
+            req_id = message.reply_handle["req_id"]
+            if id(message) not in fresh and req_id not in first:
+                first[req_id] = None  # closed once, however often it comes
+                self.ctx.count("duplicate_callbacks_closed")
+                self._recoveries.start_soon(self._close_callback, req_id, "")
 
     async def _event(self, event: WeComEvent) -> None:
         try:

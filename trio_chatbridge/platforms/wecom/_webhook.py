@@ -268,7 +268,7 @@ class Webhook(base.Connector):
         if msgid:
             self._putting[msgid] = putting
         try:
-            await self.ctx.put([message])
+            new = await self.ctx.put([message])
         except BaseException:
             # Not journaled (the store failed, or the request was cancelled): the platform's
             # retry of this callback (waiting meanwhile, or to come) is put again instead of
@@ -282,6 +282,11 @@ class Webhook(base.Connector):
             if msgid:
                 del self._putting[msgid]
             putting.set()
+        if not new:  # journaled before (a delivery this process no longer remembers): its
+            # answer goes to the first delivery; this stream is finished at once, empty, or
+            # WeCom would poll it for six minutes and the user's slot stay taken
+            self._finish(message, "")
+            self.ctx.count("duplicate_callbacks_closed")
         return self._stream_frame(stream_id)
 
     async def _event(self, callback: dict[str, Any]) -> dict[str, Any] | None:
@@ -351,8 +356,8 @@ class Webhook(base.Connector):
 
     async def send(self, target: Message, text: str) -> None:
         """Answer ``target``: the next refresh poll gets ``text`` and ``finish``; with its
-        stream gone, one markdown message through its ``response_url`` instead (see
-        :meth:`_answer_by_url`). If cancelled, a stream's answer is set all the same (it is
+        stream gone, one markdown message through its ``response_url`` instead (see the
+        module's docstring). If cancelled, a stream's answer is set all the same (it is
         set before the one checkpoint); one through the URL may or may not have been sent."""
         state = self._live(target)
         if state is None:
