@@ -660,8 +660,8 @@ async def test_the_same_callback_frame_twice_closes_nothing(
     """The same frame pushed twice (one req_id): the second is a journal duplicate, but its
     req_id is the one the answer goes on, so it is not closed empty."""
     emu = WeComEmulator()
-    body = {"msgid": "m1", "aibotid": emu.bot_id, "chattype": "single", "msgtype": "text"}
-    body |= {"from": {"userid": "ivy"}, "text": {"content": "hi"}}
+    body: dict[str, Any] = {"msgid": "m1", "aibotid": emu.bot_id, "chattype": "single"}
+    body |= {"msgtype": "text", "from": {"userid": "ivy"}, "text": {"content": "hi"}}
     frame_text = json.dumps(
         {"cmd": "aibot_msg_callback", "headers": {"req_id": "r1"}, "body": body}
     )
