@@ -677,3 +677,57 @@ async def test_the_same_callback_frame_twice_closes_nothing(
     assert "wecom.duplicate_callbacks_closed" not in stats.other
     on_r1 = [c.body for c in emu.commands("aibot_respond_msg") if c.req_id == "r1"]
     assert on_r1 and all(b["stream"]["content"] == "hi" for b in on_r1)
+
+
+@asynccontextmanager
+async def started(bridge: cb.Bridge) -> AsyncIterator[cb.Bridge]:
+    """``bridge`` running, not waiting for its connector to come up (it may never)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run)
+        yield bridge
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_subscribe_never_answered_is_given_up_and_retried_under_the_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server that accepts the upgrade and reads the subscribe, then says nothing: the
+    subscribe times out (the ack timeout, 5 s), the connection closes and the connector
+    reconnects under the bridge's backoff, never hanging in "starting" nor spinning."""
+
+    async def script(server: Server) -> None:
+        await server.peer.accept()
+        await server.read_text()
+        await trio.sleep_forever()
+
+    async with hostile(script) as servers:
+        bridge = quick_bridge(connector(hostile.opener), echo)  # type: ignore[attr-defined]
+        async with started(bridge):
+            await trio.sleep(600)
+            status = bridge.status()[f"wecom:{BOT}"]
+    assert 3 <= len(servers) <= 20  # each try: 5 s, the close's bound (60 s here), the backoff
+    assert status.restarts == len(servers) - 1 and status.connects == 0
+    assert status.last_error is not None and "aibot_subscribe" in status.last_error
+    assert "not acknowledged within 5 s" in status.last_error
+
+
+async def test_a_server_that_closes_right_after_the_subscribe_is_retried_with_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Accept, answer the subscribe, close at once (code 1000), forever: the reconnects back
+    off (the bridge's Backoff: 1 s doubling to 60 s) instead of looping at full speed."""
+    close = bytes([0x88, 2]) + (1000).to_bytes(2, "big")
+
+    async def script(server: Server) -> None:
+        await server.subscribed()
+        await server.write(close)
+        await trio.sleep_forever()
+
+    async with hostile(script) as servers:
+        bridge = quick_bridge(connector(hostile.opener), echo, backoff=cb.Backoff(jitter=0.0))  # type: ignore[attr-defined]
+        async with started(bridge):
+            await trio.sleep(60)
+            first_minute = len(servers)
+            await trio.sleep(540)
+    assert 3 <= first_minute <= 8
+    assert len(servers) - first_minute <= 12  # about one a minute once backed off
