@@ -407,10 +407,10 @@ class Webhook(base.Connector):
                 self._http, request, what=what, platform=PLATFORM, time_limit=RESPONSE_URL_WITHIN
             )
             body = answer.json()
-        errcode = body.get("errcode", 0)
-        if errcode != 0:
-            errmsg = body.get("errmsg")
-            raise f.WeComError("response_url", errcode, errmsg if isinstance(errmsg, str) else None)
+        errcode, errmsg = body.get("errcode", 0), body.get("errmsg")
+        if errcode != 0:  # a code that is no number is a refusal too (-1: unreadable)
+            code = errcode if isinstance(errcode, int) else -1
+            raise f.WeComError("response_url", code, errmsg if isinstance(errmsg, str) else None)
         self._answered_by_url[target.id] = None
         while len(self._answered_by_url) > MAX_STREAMS:
             self._answered_by_url.popitem(last=False)
