@@ -750,3 +750,41 @@ async def test_hostile_card_actions_beside_messages_lose_nothing(
     assert len(emu.acks) == 7 + 7 and set(emu.acks) == {200}
     toasts = [a.detail["toast"]["content"] for a in emu.activity if a.kind == "card_answer"]
     assert sorted(toasts) == ["ok 1000009", "ok 2", "ok 9"]
+
+
+async def test_a_failing_token_fetch_fails_the_calls_that_waited_for_it_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A burst of calls finding no token waits for one fetch; when that fetch failed (no
+    answer in 10 s), each waiting call made its own after it, in turn: the 16th call of a
+    burst failed after 160 s. The calls that waited for a fetch share its failure; the next
+    call fetches again."""
+    emu = LarkEmulator()
+    token_down = True
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if token_down and request.url.path.endswith("/tenant_access_token/internal"):
+            await trio.sleep(3600)  # no answer: the call's 10 s run out
+        return await emu.handle_http(request)
+
+    failed_at: list[float] = []
+
+    async def send(n: int) -> None:
+        with pytest.raises(cb.ConnectorError, match="no answer"):
+            await _send(api, f"burst {n}")
+        failed_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        transport = HandlerTransport(handle)
+        api = lark.OpenAPI(emu.app_id, emu.app_secret, domain=emu.http_base, transport=transport)
+        start = trio.current_time()
+        async with trio.open_nursery() as burst:
+            for n in range(16):
+                burst.start_soon(send, n)
+        token_down = False
+        await _send(api, "after")
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+    assert len(failed_at) == 16 and max(failed_at) - start < 11
+    assert [s.text for s in emu.sent] == ["after"] and emu.token_fetches == 1

@@ -102,6 +102,8 @@ class OpenAPI:
         self._token: str | None = None
         self._token_until = 0.0
         self._token_lock = trio.Lock()
+        self._fetches = 0  # token fetches ended (done, failed or cancelled)
+        self._fetch_failure: Exception | None = None  # the last one's error, if it failed
 
     def __repr__(self) -> str:
         return f"lark.OpenAPI(app_id={self.app_id!r})"
@@ -158,14 +160,29 @@ class OpenAPI:
 
     async def token(self) -> str:
         """The tenant access token, fetched when missing or within a minute of expiry (one
-        fetch at a time; calls that wait for it share it). A cached one is returned at once,
-        with no scheduler step: the call it is for makes enough of them. If cancelled, a
-        fetch under way is abandoned: nothing is kept, the next call fetches."""
+        fetch at a time; calls that wait for it share it, and its failure: a burst of calls
+        while the token endpoint does not answer fails after one fetch's 10 s, not one fetch
+        each in turn). A cached one is returned at once, with no scheduler step: the call it
+        is for makes enough of them. If cancelled, a fetch under way is abandoned: nothing is
+        kept, the next call fetches (and so do the calls that waited for it)."""
         token = self._cached_token()
         if token is not None:
             return token
+        fetches = self._fetches
         async with self._token_lock:
-            return self._cached_token() or await self._fetch_token()
+            token = self._cached_token()
+            if token is not None:
+                return token
+            if self._fetches != fetches and self._fetch_failure is not None:
+                raise self._fetch_failure  # the fetch this call waited for failed
+            self._fetch_failure = None
+            try:
+                return await self._fetch_token()
+            except Exception as exc:
+                self._fetch_failure = exc
+                raise
+            finally:
+                self._fetches += 1
 
     def _cached_token(self) -> str | None:
         """The token until it is due for renewal (:data:`TOKEN_MARGIN` before it expires),
