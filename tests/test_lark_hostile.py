@@ -788,3 +788,30 @@ async def test_a_failing_token_fetch_fails_the_calls_that_waited_for_it_once(
         nursery.cancel_scope.cancel()
     assert len(failed_at) == 16 and max(failed_at) - start < 11
     assert [s.text for s in emu.sent] == ["after"] and emu.token_fetches == 1
+
+
+@pytest.mark.parametrize(
+    ("expire", "kept"),
+    [(0, 60.0), (-100, 60.0), (30, 60.0), (1e308, 7140.0), ("7200", 7140.0), (None, 7140.0)],
+)
+async def test_a_token_answers_expire_is_held_to_a_minute_to_two_hours(
+    autojump_clock: trio.testing.MockClock, expire: Any, kept: float
+) -> None:
+    """An ``expire`` of 0 or less is not a token fetched before every call, nor a huge one a
+    token trusted past the platform's two hours: the token is kept for ``kept`` seconds."""
+    emu = LarkEmulator()
+    answer = {"code": 0, "msg": "ok", "tenant_access_token": "t-given", "expire": expire}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        transport = HandlerTransport(emu.handle_http)
+        api = lark.OpenAPI(emu.app_id, emu.app_secret, domain=emu.http_base, transport=transport)
+        emu.fail("tenant_access_token", 200, answer)
+        start = trio.current_time()
+        assert await api.token() == "t-given"
+        await trio.sleep_until(start + kept - 0.5)
+        assert await api.token() == "t-given"
+        await trio.sleep_until(start + kept + 0.5)
+        assert await api.token() != "t-given"  # the emulator's own, fetched anew
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+    assert emu.token_fetches == 1  # the first answer was the fault, not counted
