@@ -815,3 +815,31 @@ async def test_a_token_answers_expire_is_held_to_a_minute_to_two_hours(
         await api.aclose()
         nursery.cancel_scope.cancel()
     assert emu.token_fetches == 1  # the first answer was the fault, not counted
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        ("/im/v1/messages", {"error": "upstream timeout"}),
+        ("/im/v1/messages", {"code": "0", "data": {"message_id": "om_1"}}),
+        ("/im/v1/messages", {"code": True, "msg": "ok"}),
+        ("tenant_access_token", {"error": "upstream timeout"}),
+        ("tenant_access_token", {"code": None, "tenant_access_token": "t-1"}),
+    ],
+)
+async def test_an_answer_without_a_numeric_code_is_a_bad_answer_not_a_refusal(
+    autojump_clock: trio.testing.MockClock, path: str, answer: dict[str, Any]
+) -> None:
+    """A JSON answer without Lark's numeric ``code`` (a proxy's, say) was a refusal with the
+    made-up ``code=-1``; it is a bad answer, as an upload without its key is."""
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        api = await _api_on(emu, nursery)
+        emu.fail(path, 200, answer)
+        with pytest.raises(lark.LarkAnswerError) as bad:
+            await _send(api, "first")
+        await _send(api, "second")
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+    assert bad.value.code is None and "numeric code" in str(bad.value)
+    assert [s.text for s in emu.sent] == ["second"]

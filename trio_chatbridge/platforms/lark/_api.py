@@ -57,17 +57,19 @@ class LarkError(PlatformError):
 
 
 class LarkAnswerError(LarkError, ProtocolError):
-    """The open API answered success without what the call is for (an upload without its
-    ``image_key`` or ``file_key``): a bad answer, not a refusal. A :class:`LarkError` (what
-    callers catch), and a :class:`ProtocolError`; ``code`` is None: the platform gave none."""
+    """The open API answered without what the call needs: Lark's numeric ``code`` (a proxy's
+    JSON, say), or, on success, what the call is for (an upload's ``image_key`` or
+    ``file_key``, a ``tenant_access_token``): a bad answer, not a refusal. A
+    :class:`LarkError` (what callers catch), and a :class:`ProtocolError`; ``code`` is None:
+    the platform gave none."""
 
     def __init__(self, what: str, missing: str) -> None:
-        self.msg = f"answered success without {missing}"
+        self.msg = f"answered without {missing}"
         """What was wrong with the answer."""
         PlatformError.__init__(
             self,
-            f"Lark {what}: {self.msg} (a changed API, or a proxy in the way); nothing to use "
-            "was sent: try again, and report it if it lasts",
+            f"Lark {what}: {self.msg} (a changed API, or a proxy in the way; a send may have "
+            "been done): try again, and report it if it lasts",
         )
 
 
@@ -199,8 +201,9 @@ class OpenAPI:
         data = answer.json()
         token = data.get("tenant_access_token")
         what = f"app {self.app_id}: tenant_access_token"
-        if data.get("code") != 0:
-            raise LarkError(what, _code(data), str(data.get("msg")))
+        code = _code(data, what)
+        if code != 0:
+            raise LarkError(what, code, str(data.get("msg")))
         if not isinstance(token, str) or not token:
             raise LarkAnswerError(what, "a tenant_access_token")
         expire = clamp(data.get("expire"), 0.0, TOKEN_LIFETIME_MAX, TOKEN_LIFETIME_MAX)
@@ -225,8 +228,9 @@ class OpenAPI:
         (unreachable, no answer in time, HTTP 429/408/425/5xx once the retries are spent),
         :class:`ProtocolError` for an unreadable answer (or a ``data`` that is no object), a
         :class:`PlatformError` for an HTTP refusal without a code, :class:`LarkError` for a
-        refusal with a code, and :class:`FatalConnectorError` once the API is closed. If
-        cancelled, the call may or may not have reached the platform (a send may be done)."""
+        refusal with a code (:class:`LarkAnswerError` for an answer with no numeric code),
+        and :class:`FatalConnectorError` once the API is closed. If cancelled, the call may
+        or may not have reached the platform (a send may be done)."""
         renewed = False
         retries = RATE_LIMIT_BACKOFF.retries(RATE_LIMIT_RETRIES)
         while True:
@@ -240,7 +244,8 @@ class OpenAPI:
                     continue
                 raise
             data = answer.json()
-            code = _code(data) if data else 0
+            what = f"app {self.app_id}: {method} {path}"
+            code = _code(data, what) if data else 0
             if code in TOKEN_EXPIRED and not renewed:
                 self._drop_token(token)
                 renewed = True
@@ -248,7 +253,7 @@ class OpenAPI:
             if code in RATE_LIMITED and await self._rate_limited(path, retries, None):
                 continue
             if code != 0:
-                raise LarkError(f"app {self.app_id}: {method} {path}", code, str(data.get("msg")))
+                raise LarkError(what, code, str(data.get("msg")))
             return data if whole else self._data(method, path, data.get("data"))
 
     def _drop_token(self, token: str) -> None:
@@ -377,6 +382,10 @@ class _Shared(httpx.AsyncBaseTransport):
         pass
 
 
-def _code(data: Mapping[str, Any]) -> int:
+def _code(data: Mapping[str, Any], what: str) -> int:
+    """The answer's ``code``; :class:`LarkAnswerError` when it has no numeric one (a proxy's
+    JSON, say): no refusal either, whatever else it says."""
     code = data.get("code")
-    return code if isinstance(code, int) and not isinstance(code, bool) else -1
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise LarkAnswerError(what, f"a numeric code (code={str(code)[:20]!r})")
+    return code
