@@ -201,7 +201,7 @@ class OpenAPI:
         data = answer.json()
         token = data.get("tenant_access_token")
         what = f"app {self.app_id}: tenant_access_token"
-        code = _code(data, what)
+        code = _code(data, self.app_id, "POST", "tenant_access_token")
         if code != 0:
             raise LarkError(what, code, str(data.get("msg")))
         if not isinstance(token, str) or not token:
@@ -244,8 +244,7 @@ class OpenAPI:
                     continue
                 raise
             data = answer.json()
-            what = f"app {self.app_id}: {method} {path}"
-            code = _code(data, what) if data else 0
+            code = _code(data, self.app_id, method, path) if data else 0
             if code in TOKEN_EXPIRED and not renewed:
                 self._drop_token(token)
                 renewed = True
@@ -253,7 +252,7 @@ class OpenAPI:
             if code in RATE_LIMITED and await self._rate_limited(path, retries, None):
                 continue
             if code != 0:
-                raise LarkError(what, code, str(data.get("msg")))
+                raise LarkError(f"app {self.app_id}: {method} {path}", code, str(data.get("msg")))
             return data if whole else self._data(method, path, data.get("data"))
 
     def _drop_token(self, token: str) -> None:
@@ -382,10 +381,11 @@ class _Shared(httpx.AsyncBaseTransport):
         pass
 
 
-def _code(data: Mapping[str, Any], what: str) -> int:
+def _code(data: Mapping[str, Any], app_id: str, method: str, path: str) -> int:
     """The answer's ``code``; :class:`LarkAnswerError` when it has no numeric one (a proxy's
     JSON, say): no refusal either, whatever else it says."""
     code = data.get("code")
-    if not isinstance(code, int) or isinstance(code, bool):
+    if type(code) is not int:  # a bool is no code either
+        what = f"app {app_id}: {method} {path}"
         raise LarkAnswerError(what, f"a numeric code (code={str(code)[:20]!r})")
     return code
