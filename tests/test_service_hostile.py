@@ -25,7 +25,7 @@ from trio_chatbridge._config import HttpConfig, InvalidConfig, load_config
 from trio_chatbridge._redact import redact
 from trio_chatbridge._service import ExitCode, run_service
 from trio_chatbridge.platforms import wecom
-from trio_chatbridge.testing import FakeConnector
+from trio_chatbridge.testing import FakeConnector, WeComEmulator
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 URL_PASSWORD: Final = "pw-in-the-url-7Qx"
@@ -253,3 +253,81 @@ def test_a_credential_written_in_the_file_is_named_and_one_from_outside_is_not(
     )
     loaded = load_config(config, {"HOOK_TOKEN": "from-the-environment"})
     assert loaded.inline_secrets == ("connectors[0].secret", "connectors[2].app_secret")
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection; everything answered until the server closes it
+    (a test's bound fails one that never closes)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/hooks/wecom?echostr=x"])
+async def test_a_request_with_both_body_lengths_is_refused_and_its_connection_closed(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Content-Length and Transfer-Encoding together, the shape of request smuggling: a proxy
+    in front that trusts the other header than we do would see a second request in this
+    one's body. It is refused (400) and the connection closed (RFC 9112 section 6.3), so the
+    request pipelined after it is never answered; before, both were answered with 200."""
+    emulator = WeComEmulator()
+    webhook = wecom.Webhook(
+        bot_id=emulator.bot_id, token=emulator.token, encoding_aes_key=emulator.encoding_aes_key
+    )
+    bridge = cb.Bridge([webhook], _echo, store=cb.MemoryStore())
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                lambda task_status: run_service(
+                    bridge,
+                    http=HttpConfig(listen="127.0.0.1:0"),
+                    mounted={"/hooks/wecom": webhook.asgi},
+                    task_status=task_status,
+                )
+            )
+            port = int(urls[0].rsplit(":", 1)[1])
+            answer = await _exchange(
+                port,
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\n".encode()
+                + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                + b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+            assert answer.count(b"HTTP/1.1 ") == 1, answer  # the smuggled GET went unanswered
+            assert b"Content-Length and Transfer-Encoding" in answer
+            async with httpx.AsyncClient() as client:  # the endpoint goes on
+                assert (await client.get(urls[0] + "/healthz")).text == "ok\n"
+            nursery.cancel_scope.cancel()
+    # Answering while hypercorn still parsed the body raced its close (BusyResourceError).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_body_sent_to_the_endpoints_own_paths_is_not_waited_for() -> None:
+    """/healthz and the others take no body: one announced is not read (a client dripping it
+    held the connection, and its answer, for as long as it liked); the answer comes at once,
+    and the connection closes after it instead of being reused."""
+    bridge = cb.Bridge([FakeConnector()], _echo, store=cb.MemoryStore())
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                lambda task_status: run_service(
+                    bridge, http=HttpConfig(listen="127.0.0.1:0"), task_status=task_status
+                )
+            )
+            port = int(urls[0].rsplit(":", 1)[1])
+            # 100 MB announced, one byte sent: before, the answer waited for the rest.
+            answer = await _exchange(
+                port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\na"
+            )
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert b"\r\nok\n\r\n" in answer, answer  # the one chunk of the answer's body
+            chunked = await _exchange(
+                port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+            )
+            assert chunked.startswith(b"HTTP/1.1 200 "), chunked
+            nursery.cancel_scope.cancel()

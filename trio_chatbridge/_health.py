@@ -31,8 +31,15 @@ from ._bridge import Bridge
 from ._errors import ChatBridgeError, ConfigurationError
 from ._metrics import bridge_registry
 
+BODY_LENGTHS: Final = frozenset({b"content-length", b"transfer-encoding"})
+BODY_WITHIN: Final = 10.0  # seconds a refused request's body may take to be read
+CLOSE: Final = ((b"connection", b"close"),)  # the server closes the connection after the answer
 ENDPOINTS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+IDLE_WITHIN: Final = 5.0  # seconds a connection may sit idle, or take to send its headers
 JSON: Final = b"application/json"
+MAX_HEAD: Final = 16 * 1024  # bytes of a request's line and headers (431 beyond)
+MAX_QUEUED: Final = 10  # body chunks (64 kB each at most) buffered per request
+READ_WITHIN: Final = 30  # seconds a connection may send nothing mid-request
 # Our server's own child of hypercorn's error logger: its levels and handlers are hypercorn's,
 # and the start-up line is dropped on it alone (a hypercorn the application runs keeps its own).
 HYPERCORN_LOG: Final = logging.getLogger("hypercorn.error.trio_chatbridge")
@@ -79,6 +86,19 @@ class ServiceApp:
             return
         if scope["type"] != "http":
             return
+        close: Sequence[tuple[bytes, bytes]] = ()
+        if {name for name, _ in scope["headers"]} >= BODY_LENGTHS:
+            # Request smuggling's shape: a proxy in front trusting the other header would see
+            # a second request in this one's body. Refused, and the connection closed after
+            # (RFC 9112 section 6.3), so nothing pipelined behind it is read as a request. The
+            # body is read first (bounded): hypercorn answering while it still parses the body
+            # races its own connection close. Unread, the server closes the connection anyway.
+            with trio.move_on_after(BODY_WITHIN):
+                await _drain(receive)
+                close = CLOSE
+            why = b"both Content-Length and Transfer-Encoding: send one\n"
+            await _respond(send, 400, TEXT, why, close)
+            return
         path: str = scope["path"]
         for prefix, app in self.mounts.items():
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
@@ -90,7 +110,8 @@ class ServiceApp:
                 send, 405, TEXT, b"method not allowed: GET\n", [(b"allow", b"GET, HEAD")]
             )
             return
-        await _drain(receive)
+        # Nothing here takes a body: one announced is not read (a client dripping it would
+        # hold the answer); the server closes a connection whose request it did not finish.
         if path == "/metrics":
             metrics = generate_latest(self._registry)
             await _respond(send, 200, CONTENT_TYPE_LATEST.encode(), metrics)
@@ -109,7 +130,7 @@ def _shown(text: str | None) -> str | None:
 
 
 async def _drain(receive: Receive) -> None:
-    """Read the request's body (ours take none) so the server can reuse the connection."""
+    """Read the request's body to its end (or the client's leaving), discarding it."""
     while True:
         message = await receive()
         if message["type"] != "http.request" or not message.get("more_body", False):
@@ -153,6 +174,13 @@ async def serve_http(
         raise ConfigurationError("the [http] endpoint needs hypercorn") from exc
     config = Config()
     config.bind = [listen]
+    # What one client can hold, explicit rather than hypercorn's defaults (docs/service.md).
+    config.keep_alive_timeout = IDLE_WITHIN  # also bounds a request's headers dripping in
+    config.read_timeout = READ_WITHIN
+    config.h11_max_incomplete_size = MAX_HEAD
+    config.h2_max_header_list_size = MAX_HEAD
+    config.max_app_queue_size = MAX_QUEUED
+    config.websocket_max_message_size = MAX_HEAD  # nothing here speaks WebSocket
     config.accesslog = None
     config.errorlog = _redact.guard(HYPERCORN_LOG)  # through the logging preset
     HYPERCORN_LOG.addFilter(_startup_line)  # the same function is never added twice
