@@ -457,3 +457,29 @@ def test_asyncio_bridge_twice_on_one_loop_or_under_trio_says_what_to_do() -> Non
 
     with pytest.raises(cb.ConfigurationError, match=r"under Trio, start bridge\.run in a nursery"):
         trio.run(under_trio)
+
+
+def test_a_call_from_another_threads_loop_is_refused_before_it_runs() -> None:
+    """``AsyncioBridge.call`` awaited on another thread's loop: the Trio call ran (a message
+    sent, say) and then asyncio raised "attached to a different loop". It is now refused
+    before anything runs, naming the way that works, which then does."""
+    ran: list[str] = []
+
+    async def record(what: str) -> str:
+        ran.append(what)
+        return what
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with cb.asyncio_bridge(bridge_for(reply_ok, FakeConnector())) as abridge:
+
+            def elsewhere() -> str:
+                with pytest.raises(cb.ConfigurationError, match="run_coroutine_threadsafe"):
+                    asyncio.run(abridge.call(record, "on another loop"))
+                done = asyncio.run_coroutine_threadsafe(abridge.call(record, "threadsafe"), loop)
+                return done.result(timeout=LIMIT)
+
+            assert await asyncio.to_thread(elsewhere) == "threadsafe"
+        assert ran == ["threadsafe"]
+
+    run_asyncio(main)

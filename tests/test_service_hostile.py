@@ -327,7 +327,8 @@ async def test_a_body_sent_to_the_endpoints_own_paths_is_not_waited_for() -> Non
             assert answer.startswith(b"HTTP/1.1 200 "), answer
             assert b"\r\nok\n\r\n" in answer, answer  # the one chunk of the answer's body
             chunked = await _exchange(
-                port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+                port,
+                b"GET /readyz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
             )
             assert chunked.startswith(b"HTTP/1.1 200 "), chunked
             nursery.cancel_scope.cancel()

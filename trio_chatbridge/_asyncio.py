@@ -116,7 +116,9 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
 
         For Trio calls an asyncio application makes besides the agent, such as a connector's
         proactive send from a web handler. Cancelled on the asyncio side, the Trio call is
-        cancelled too; calls still running when the bridge has stopped are cancelled.
+        cancelled too; calls still running when the bridge has stopped are cancelled. Awaited
+        on another loop (another thread's), it raises :class:`ConfigurationError` before
+        anything runs: hand it to ``asyncio.run_coroutine_threadsafe`` with the bridge's loop.
         """
         return await self._portal.call(fn, *args)
 
@@ -324,6 +326,12 @@ class _Portal:
         """
         if self._closed:
             raise ChatBridgeError(self.over)
+        if asyncio.get_running_loop() is not self.loop:  # before anything runs
+            raise ConfigurationError(
+                f"{_name(fn)} was called from another event loop than the one running the "
+                "bridge: from another thread, use asyncio.run_coroutine_threadsafe(..., loop) "
+                "with the bridge's loop"
+            )
         future: asyncio.Future[T] = self.loop.create_future()
         call = _Call(fn, args, future, trio.CancelScope())
         try:
