@@ -483,3 +483,30 @@ def test_a_call_from_another_threads_loop_is_refused_before_it_runs() -> None:
         assert ran == ["threadsafe"]
 
     run_asyncio(main)
+
+
+def test_asyncio_run_ending_inside_the_block_stops_the_bridge_without_a_hang() -> None:
+    """``asyncio.run`` ends while the block was never left (entered by hand, never exited):
+    the loop's shutdown cancels the block, which stops the bridge at once (the running agent
+    is cancelled; journaled messages are replayed at the next start) before the loop closes."""
+    cancelled: list[str] = []
+    started = asyncio.Event()
+
+    async def slow(batch: cb.Batch, reply: cb.AsyncioReply) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(LIMIT)
+        except asyncio.CancelledError:
+            cancelled.append(batch.text)
+            raise
+
+    chat = FakeConnector()
+
+    async def main() -> None:
+        block = cb.asyncio_bridge(bridge_for(slow, chat))
+        running = await block.__aenter__()
+        await running.call(chat.say, "left running")
+        await started.wait()
+
+    run_asyncio(main)
+    assert cancelled == ["left running"]
