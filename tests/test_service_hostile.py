@@ -3,10 +3,12 @@ at start, and what its endpoint answers."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
+import socket
 import string
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trio_chatbridge as cb
+from trio_chatbridge import _health
 from trio_chatbridge._config import HttpConfig, InvalidConfig, load_config
 from trio_chatbridge._redact import redact
 from trio_chatbridge._service import ExitCode, run_service
@@ -332,3 +335,36 @@ async def test_a_body_sent_to_the_endpoints_own_paths_is_not_waited_for() -> Non
             )
             assert chunked.startswith(b"HTTP/1.1 200 "), chunked
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux's TCP_USER_TIMEOUT")
+async def test_a_client_that_never_reads_cannot_hold_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client pipelines requests and never reads the answers: once the socket's buffers are
+    full, hypercorn's send waits, shielded from cancellation, and the service's stop (even a
+    second signal) waited with it for good. The kernel now drops such a connection after
+    ``SEND_WITHIN`` (TCP_USER_TIMEOUT), and the stop ends."""
+    monkeypatch.setattr(_health, "SEND_WITHIN", 2.0)
+    bridge = cb.Bridge([FakeConnector()], _echo, store=cb.MemoryStore())
+    stopped = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await run_service(
+                bridge, http=HttpConfig(listen="127.0.0.1:0"), task_status=task_status
+            )
+            stopped.set()
+
+        urls = await nursery.start(serve)
+        port = int(urls[0].rsplit(":", 1)[1])
+        greedy = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+            # Until both sides' buffers are full (or the server has dropped it already).
+            await greedy.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200_000)
+        bridge.shutdown()
+        with trio.move_on_after(10):  # the bound if the stop still waits: then it fails
+            await stopped.wait()
+        held = not stopped.is_set()
+        await greedy.aclose()  # lets a stop that waited for it end
+    assert not held, "the stop waited for a client that never reads"

@@ -40,6 +40,7 @@ JSON: Final = b"application/json"
 MAX_HEAD: Final = 16 * 1024  # bytes of a request's line and headers (431 beyond)
 MAX_QUEUED: Final = 10  # body chunks (64 kB each at most) buffered per request
 READ_WITHIN: Final = 30  # seconds a connection may send nothing mid-request
+SEND_WITHIN: Final = 10.0  # seconds an answer may wait for a client that stopped reading
 # Our server's own child of hypercorn's error logger: its levels and handlers are hypercorn's,
 # and the start-up line is dropped on it alone (a hypercorn the application runs keeps its own).
 HYPERCORN_LOG: Final = logging.getLogger("hypercorn.error.trio_chatbridge")
@@ -168,11 +169,19 @@ async def serve_http(
     be bound (taken, or not this machine's) is a :class:`ChatBridgeError` naming it, raised
     from ``nursery.start``."""
     try:
-        from hypercorn.config import Config
+        from hypercorn.config import Config, Sockets
         from hypercorn.trio import serve
     except ImportError as exc:  # pragma: no cover - hypercorn is a declared dependency
         raise ConfigurationError("the [http] endpoint needs hypercorn") from exc
-    config = Config()
+
+    class BoundedSends(Config):
+        def create_sockets(self) -> Sockets:
+            sockets = super().create_sockets()
+            for sock in sockets.insecure_sockets:
+                _bound_sends(sock)
+            return sockets
+
+    config = BoundedSends()
     config.bind = [listen]
     # What one client can hold, explicit rather than hypercorn's defaults (docs/service.md).
     config.keep_alive_timeout = IDLE_WITHIN  # also bounds a request's headers dripping in
@@ -186,6 +195,16 @@ async def serve_http(
     HYPERCORN_LOG.addFilter(_startup_line)  # the same function is never added twice
     _check_bind(listen)
     await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def _bound_sends(listener: socket.socket) -> None:
+    """Have the kernel drop a connection (inherited from ``listener``) whose data has waited
+    ``SEND_WITHIN`` to be taken: a client that stops reading. hypercorn's send waits shielded
+    from cancellation, so such a client held the server's stop, and the service's, for good.
+    Linux only (elsewhere the option does not exist, and that hold remains)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        listener.setsockopt(socket.IPPROTO_TCP, option, int(SEND_WITHIN * 1000))
 
 
 def _check_bind(listen: str) -> None:
