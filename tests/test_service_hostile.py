@@ -12,6 +12,8 @@ import socket
 import string
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 import trio_chatbridge as cb
 from trio_chatbridge import _health
+from trio_chatbridge._asgi import ASGIApp
 from trio_chatbridge._config import HttpConfig, InvalidConfig, load_config
 from trio_chatbridge._redact import redact
 from trio_chatbridge._service import ExitCode, run_service
@@ -258,6 +261,24 @@ def test_a_credential_written_in_the_file_is_named_and_one_from_outside_is_not(
     assert loaded.inline_secrets == ("connectors[0].secret", "connectors[2].app_secret")
 
 
+@asynccontextmanager
+async def _endpoint(
+    bridge: cb.Bridge, mounted: Mapping[str, ASGIApp] | None = None
+) -> AsyncIterator[tuple[str, int]]:
+    """The service running ``bridge`` with an endpoint on a free port: its URL and port."""
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(
+            lambda task_status: run_service(
+                bridge,
+                http=HttpConfig(listen="127.0.0.1:0"),
+                mounted=mounted,
+                task_status=task_status,
+            )
+        )
+        yield urls[0], int(urls[0].rsplit(":", 1)[1])
+        nursery.cancel_scope.cancel()
+
+
 async def _exchange(port: int, request: bytes) -> bytes:
     """Send ``request`` on a fresh connection; everything answered until the server closes it
     (a test's bound fails one that never closes)."""
@@ -284,16 +305,7 @@ async def test_a_request_with_both_body_lengths_is_refused_and_its_connection_cl
     )
     bridge = cb.Bridge([webhook], _echo, store=cb.MemoryStore())
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(
-                lambda task_status: run_service(
-                    bridge,
-                    http=HttpConfig(listen="127.0.0.1:0"),
-                    mounted={"/hooks/wecom": webhook.asgi},
-                    task_status=task_status,
-                )
-            )
-            port = int(urls[0].rsplit(":", 1)[1])
+        async with _endpoint(bridge, {"/hooks/wecom": webhook.asgi}) as (url, port):
             answer = await _exchange(
                 port,
                 f"GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\n".encode()
@@ -304,8 +316,7 @@ async def test_a_request_with_both_body_lengths_is_refused_and_its_connection_cl
             assert answer.count(b"HTTP/1.1 ") == 1, answer  # the smuggled GET went unanswered
             assert b"Content-Length and Transfer-Encoding" in answer
             async with httpx.AsyncClient() as client:  # the endpoint goes on
-                assert (await client.get(urls[0] + "/healthz")).text == "ok\n"
-            nursery.cancel_scope.cancel()
+                assert (await client.get(url + "/healthz")).text == "ok\n"
     # Answering while hypercorn still parsed the body raced its close (BusyResourceError).
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -316,13 +327,7 @@ async def test_a_body_sent_to_the_endpoints_own_paths_is_not_waited_for() -> Non
     and the connection closes after it instead of being reused."""
     bridge = cb.Bridge([FakeConnector()], _echo, store=cb.MemoryStore())
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(
-                lambda task_status: run_service(
-                    bridge, http=HttpConfig(listen="127.0.0.1:0"), task_status=task_status
-                )
-            )
-            port = int(urls[0].rsplit(":", 1)[1])
+        async with _endpoint(bridge) as (_, port):
             # 100 MB announced, one byte sent: before, the answer waited for the rest.
             answer = await _exchange(
                 port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\na"
@@ -334,7 +339,6 @@ async def test_a_body_sent_to_the_endpoints_own_paths_is_not_waited_for() -> Non
                 b"GET /readyz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
             )
             assert chunked.startswith(b"HTTP/1.1 200 "), chunked
-            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux's TCP_USER_TIMEOUT")
