@@ -6,7 +6,9 @@
 - ``GET /metrics``: the Prometheus text format (see ``_metrics``).
 - Any other path under a mount (the WeCom webhook's, say) goes to that app.
 
-Another method than GET or HEAD on the three is answered 405 (their body unread).
+Another method than GET or HEAD on the three is answered 405 (their body unread); a body sent
+with GET is not read either. A request with both Content-Length and Transfer-Encoding is
+refused (400) on every path, its connection closed.
 
 It is an ASGI app served by hypercorn's Trio worker (:func:`serve_http`); an application with
 its own Trio ASGI server can mount :func:`service_app` there instead.
@@ -87,13 +89,13 @@ class ServiceApp:
             return
         if scope["type"] != "http":
             return
-        close: Sequence[tuple[bytes, bytes]] = ()
         if {name for name, _ in scope["headers"]} >= BODY_LENGTHS:
             # Request smuggling's shape: a proxy in front trusting the other header would see
             # a second request in this one's body. Refused, and the connection closed after
             # (RFC 9112 section 6.3), so nothing pipelined behind it is read as a request. The
             # body is read first (bounded): hypercorn answering while it still parses the body
             # races its own connection close. Unread, the server closes the connection anyway.
+            close: Sequence[tuple[bytes, bytes]] = ()
             with trio.move_on_after(BODY_WITHIN):
                 await _drain(receive)
                 close = CLOSE
