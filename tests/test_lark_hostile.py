@@ -764,8 +764,8 @@ async def test_a_failing_token_fetch_fails_the_calls_that_waited_for_it_once(
 ) -> None:
     """A burst of calls finding no token waits for one fetch; when that fetch failed (no
     answer in 10 s), each waiting call made its own after it, in turn: the 16th call of a
-    burst failed after 160 s. The calls that waited for a fetch share its failure; the next
-    call fetches again."""
+    burst failed after 160 s. The calls that waited for a fetch share its failure (each an
+    error of its own, caused by the fetch's); the next call fetches again."""
     emu = LarkEmulator()
     token_down = True
 
@@ -775,11 +775,13 @@ async def test_a_failing_token_fetch_fails_the_calls_that_waited_for_it_once(
         return await emu.handle_http(request)
 
     failed_at: list[float] = []
+    errors: list[BaseException] = []
 
     async def send(n: int) -> None:
-        with pytest.raises(cb.ConnectorError, match="no answer"):
+        with pytest.raises(cb.ConnectorError, match="no answer") as failed:
             await _send(api, f"burst {n}")
         failed_at.append(trio.current_time())
+        errors.append(failed.value)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(emu.run)
@@ -795,6 +797,13 @@ async def test_a_failing_token_fetch_fails_the_calls_that_waited_for_it_once(
         nursery.cancel_scope.cancel()
     assert len(failed_at) == 16 and max(failed_at) - start < 11
     assert [s.text for s in emu.sent] == ["after"] and emu.token_fetches == 1
+    # each waiting call raised an error of its own (one object raised in 15 tasks grew one
+    # traceback), of the fetch's class and message, caused by the fetch's
+    fetched = [e for e in errors if e.__cause__ is None or e.__cause__ not in errors]
+    assert len(fetched) == 1 and len({id(e) for e in errors}) == 16
+    waited = [e for e in errors if e is not fetched[0]]
+    assert all(e.__cause__ is fetched[0] and str(e) == str(fetched[0]) for e in waited)
+    assert {type(e) for e in errors} == {type(fetched[0])}
 
 
 @pytest.mark.parametrize(

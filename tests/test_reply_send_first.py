@@ -1,4 +1,5 @@
-"""``connector.send_first`` refuses no-text content as ``reply.send`` does, on every platform."""
+"""``connector.send_first`` and ``connector.edit`` refuse no-text content as ``reply.send``
+does, on every platform, and a connector cannot skip the check by overriding them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from support import emulator_bridge
 
 import trio_chatbridge as cb
 from trio_chatbridge import connectors
+from trio_chatbridge.platforms import lark
 from trio_chatbridge.testing import (
     LarkEmulator,
     WeComEmulator,
@@ -83,3 +85,52 @@ async def test_a_connector_that_cannot_send_first_still_says_so() -> None:
         await Plain().send_first("chat", "hello")
     with pytest.raises(cb.SendError, match="lone surrogate"):
         await Plain().send_first("chat", "\ud800")
+    sent = cb.Sent("plain", "chat", "text", "m1")
+    with pytest.raises(cb.SendError, match="cannot edit a sent message"):
+        await Plain().edit(sent, "hello")
+    with pytest.raises(cb.SendError, match=r"edit via plain:a not sent: .* lone surrogate"):
+        await Plain().edit(sent, "\ud800")
+
+
+@pytest.mark.parametrize(("method", "hook"), [("send_first", "_send_first"), ("edit", "_edit")])
+def test_a_connector_overriding_a_checked_method_is_refused_naming_its_hook(
+    method: str, hook: str
+) -> None:
+    """``send_first`` was the documented hook; a connector of a user's that still overrides
+    it (or ``edit``) silently skipped the lone-surrogate check. Its class is now refused at
+    definition, naming the hook to override instead; overriding the hook is fine."""
+
+    async def override(self: connectors.Connector, where: Any, content: cb.Content) -> Any:
+        raise NotImplementedError
+
+    with pytest.raises(TypeError, match=f"Mine overrides Connector.{method}.* override {hook} "):
+        type("Mine", (connectors.Connector,), {method: override})
+    with pytest.raises(TypeError, match=f"override {hook} "):  # deeper down the tree too
+        type("Mine", (lark.LongConnection,), {method: override})
+    assert issubclass(type("Mine", (connectors.Connector,), {hook: override}), connectors.Connector)
+
+
+async def test_connector_edit_refuses_a_lone_surrogate_before_anything_is_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``reply.edit`` refused half a surrogate pair, but ``connector.edit`` called directly
+    (Lark) took it to the platform's encoder; it is the same SendError, nothing is edited,
+    and a good edit goes after it."""
+    emu = LarkEmulator()
+    done = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        sent = await reply.send("first")
+        for content in BAD:
+            if isinstance(content, cb.Attachment):
+                continue  # no platform edits an attachment in place
+            with pytest.raises(cb.SendError, match=r"edit via lark:.* lone surrogate"):
+                await reply.connector.edit(sent, content)
+        await reply.connector.edit(sent, "second \u00e9")
+        done.set()
+
+    async with emulator_bridge(emu, emu.connector, agent):
+        emu.user_says("ou_ann", "hi")
+        await done.wait()
+    assert list(emu.texts.values()) == ["second \u00e9"]
+    assert list(emu.edits.values()) == [1]

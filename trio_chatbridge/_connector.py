@@ -20,7 +20,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias, final
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, final
 
 import attrs
 import trio
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_chatbridge.connector")
 NOTHING: Final = nullcontext()  # what a connector holds while its agent runs, by default
+# the connector's methods that check the content, then call the platform's part: its hook
+_CHECKED: Final = {"send_first": "_send_first", "edit": "_edit"}
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
 """What a connector is doing. ``starting``: connecting (first, or again after a wait);
@@ -338,6 +340,19 @@ class Connector(ABC):
     account: str
     _ctx: ConnectorContext | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that overrides :meth:`send_first` or :meth:`edit`: they check
+        the content, then call the platform's part (:meth:`_send_first`, :meth:`_edit`); an
+        override would skip the check, silently. Raises :class:`TypeError` naming the hook."""
+        super().__init_subclass__(**kwargs)
+        for public, hook in _CHECKED.items():
+            if public in vars(cls):
+                raise TypeError(
+                    f"{cls.__qualname__} overrides Connector.{public}, which checks the "
+                    f"content first: override {hook} instead (same arguments, same return; "
+                    f"{public} calls it with the content checked)"
+                )
+
     @property
     def name(self) -> str:
         """``platform:account``, the connector's name in status, stats and logs, and its
@@ -428,19 +443,36 @@ class Connector(ABC):
         or may not have been sent.
 
         Text holding half a surrogate pair (``"\\ud800"``) raises :class:`SendError` before
-        anything is sent, on every platform (as ``reply.send`` does); the platform's part is
-        :meth:`_send_first`, which a connector overrides."""
+        anything is sent, on every platform (as ``reply.send`` does); then it calls
+        :meth:`_send_first`, the platform's part. Not overridable (see :meth:`_send_first`)."""
         refuse_no_text(text_of(content), kind_of(content), f"message to {chat_id} via {self.name}")
         return await self._send_first(chat_id, content)
 
     async def _send_first(self, chat_id: str, content: Content) -> Sent:
-        """:meth:`send_first` on the platform, ``content`` checked already; by default the
-        platform cannot."""
+        """The platform's part of :meth:`send_first`: override it where the platform can send
+        to ``chat_id`` unprompted. ``content``'s text is checked already (UTF-8 can encode it).
+        Return the :class:`Sent` that :meth:`edit` takes; raise :class:`SendError` when the
+        platform refused (:func:`send_errors` maps the library's errors to it). If cancelled,
+        it may or may not have been sent. By default the platform cannot: :class:`SendError`.
+        """
         raise SendError(f"connector {self.name} cannot send a message unprompted")
 
     async def edit(self, sent: Sent, content: Content) -> None:
-        """Replace what an earlier message shows; by default the platform cannot. If
-        cancelled, the message shows the old content or the new one."""
+        """Replace what an earlier message shows. If cancelled, the message shows the old
+        content or the new one.
+
+        Text holding half a surrogate pair raises :class:`SendError` before anything is sent,
+        as in :meth:`send_first`; then it calls :meth:`_edit`, the platform's part. Not
+        overridable (see :meth:`_edit`)."""
+        refuse_no_text(text_of(content), kind_of(content), f"edit via {self.name}")
+        await self._edit(sent, content)
+
+    async def _edit(self, sent: Sent, content: Content) -> None:
+        """The platform's part of :meth:`edit`: override it where the platform edits a sent
+        message in place. ``content``'s text is checked already. Raise :class:`SendError`
+        when the platform refused or cannot edit ``sent`` (an attachment, say). If cancelled,
+        the message must show the old content or the new one, never a mix. By default the
+        platform cannot: :class:`SendError`."""
         raise SendError(f"connector {self.name} cannot edit a sent message")
 
     def stream_with_card(

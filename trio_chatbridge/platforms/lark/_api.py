@@ -176,7 +176,7 @@ class OpenAPI:
             if token is not None:
                 return token
             if self._fetches != fetches and self._fetch_failure is not None:
-                raise self._fetch_failure  # the fetch this call waited for failed
+                raise _fresh(self._fetch_failure) from self._fetch_failure  # it failed
             self._fetch_failure = None
             try:
                 return await self._fetch_token()
@@ -281,6 +281,15 @@ class OpenAPI:
             return False
         log.info("Lark app %s: rate limit on %s: retry %d", self.app_id, path, retries.failures + 1)
         return await retries.wait(hint)
+
+
+def _fresh(failure: Exception) -> Exception:
+    """A new error like ``failure`` (its class, message and fields, no traceback) for one of
+    the calls that waited for the fetch it ended: one object raised in many tasks would share
+    one traceback, each raise adding its frames to it. Its ``__cause__`` is ``failure``."""
+    fresh = type(failure).__new__(type(failure), *failure.args)
+    vars(fresh).update(vars(failure))
+    return fresh
 
 
 @final

@@ -317,10 +317,11 @@ class LongConnection(base.Connector):
             message_id = await out.create(self.api, chat_id, msg_type, body)
         return Sent(PLATFORM, chat_id, kind_of(content), message_id)
 
-    async def edit(self, sent: Sent, content: Content) -> None:
-        """Edit a sent message in place: text, Markdown and posts by ``PUT`` (20 times at
-        most), a card by ``PATCH`` (cards sent with ``update_multi`` show it to everyone). If
-        cancelled, the message shows the old content or the new one."""
+    async def _edit(self, sent: Sent, content: Content) -> None:
+        """Edit a sent message in place (for :meth:`edit`, which checked ``content``): text,
+        Markdown and posts by ``PUT`` (20 times at most), a card by ``PATCH`` (cards sent with
+        ``update_multi`` show it to everyone). If cancelled, the message shows the old content
+        or the new one."""
         if sent.message_id is None or isinstance(content, Attachment):
             raise SendError(
                 f"Lark app {self.account}: only a sent text, post or card can be edited"
