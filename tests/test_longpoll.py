@@ -483,3 +483,41 @@ async def test_a_cursor_too_large_or_unstorable_is_refused_and_the_previous_one_
     assert await recorder.store.get_cursor("weixin", "a1") == "c3"
     [line] = [r.getMessage() for r in caplog.records if "bad cursor skipped" in r.getMessage()]
     assert why in line and "AAAA" * 100 not in line
+
+
+async def test_a_cursor_refused_again_and_again_is_a_failing_poll_paced_by_the_backoff(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server that answers the kept cursor with the same page and the same refused cursor,
+    # every time: the first refusal is a bad cursor (its page delivered at once), each one
+    # after it a failed poll under the backoff, never a loop polling flat out.
+    page = b'{"msgs":[%s],"get_updates_buf":"c\\ud800"}' % good_entry(1)
+    asked: list[float] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(trio.current_time())
+        if len(asked) > 50:  # flat out: time stands still; stop it so the test ends
+            await trio.sleep_forever()
+        return httpx.Response(200, content=page)
+
+    recorder = Recorder()
+    backoff = cb.Backoff(initial=1.0, multiplier=2.0, maximum=60.0, jitter=0.0)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        with trio.move_on_after(60):
+            await long_poll(
+                recorder.context("weixin"),
+                wechat_core(),
+                http,
+                backoff=backoff,
+                task_status=Started(recorder),
+            )
+    assert asked == [0, 0, 1, 3, 33, 41, 57]  # 1 s doubling; 30 s after 3 (the core's hint)
+    assert recorder.started == 1
+    assert recorder.count("poll_failures") == 6  # each refusal after the first
+    assert recorder.count("protocol_errors") == 7  # each refusal, once
+    assert recorder.states[-1][0] == "backoff"
+    assert "cursor not storable" in (recorder.states[-1][1] or "")
+    assert [m.text for m in recorder.put][:1] == ["m1"]  # the page delivered all the same
+    assert await recorder.store.get_cursor("weixin", "a1") is None  # nothing refused stored
+    lines = [r.getMessage() for r in caplog.records if "weixin:a1" in r.getMessage()]
+    assert len(lines) == 7 and "retrying in 32 s" in lines[-1]

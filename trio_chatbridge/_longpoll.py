@@ -6,15 +6,17 @@ it gives back. A page's messages go to ``ctx.put`` first; only once that returne
 durable) are the page's cursor and values saved and the core told, so a crash never skips a
 message. A bad message is counted in ``protocol_errors``, logged and skipped alone; so is a
 cursor over :data:`MAX_CURSOR_CHARS` or not storable (the previous one is kept, the page's
-messages go on). A poll whose answer has not begun by its request's deadline is an empty
-poll, never a failure; one whose answer began and has not ended by then (a stalled or
-dripping server) is a failure. Every lower-level failure is mapped by the library's one HTTP
-mapping (:func:`trio_chatbridge._http.exchange`, through :func:`exchange` here): transport
-errors and transient statuses (408, 425, 429, 5xx) are a :class:`ConnectorError` (with the
-server's ``Retry-After``, if any), any other 4xx an :class:`HTTPRefusedError`, unreadable
-answers :class:`ProtocolError`. A poll loop must not die on a proxy's 404, so the loop retries a
-refusal too, and shows it as what it is in its ``backoff`` status; failed polls are counted in
-a :class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
+messages go on); a refusal right after another (a server answering the kept cursor with the same
+page, say) is also a failed poll, paced by the backoff rather than polled flat out. A poll whose
+answer has not begun by its request's deadline is an empty poll, never a failure; one whose
+answer began and has not ended by then (a stalled or dripping server) is a failure. Every
+lower-level failure is mapped by the library's one HTTP mapping
+(:func:`trio_chatbridge._http.exchange`, through :func:`exchange` here): transport errors and
+transient statuses (408, 425, 429, 5xx) are a :class:`ConnectorError` (with the server's
+``Retry-After``, if any), any other 4xx an :class:`HTTPRefusedError`, unreadable answers
+:class:`ProtocolError`. A poll loop must not die on a proxy's 404, so the loop retries a refusal
+too, and shows it as what it is in its ``backoff`` status; failed polls are counted in a
+:class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
 :class:`~trio_chatbridge.Backoff`, with the core's and the server's word on the wait as hints.
 A core that says the platform asked for a pause gets no poll until it ends.
 """
@@ -116,6 +118,7 @@ class _Loop:
     unstarted: trio.TaskStatus[None] | None
     failing: bool = False  # the status shows "backoff" until a poll succeeds again
     saved: str | None = None  # the cursor in the store: an unchanged one is not written again
+    refusing: bool = False  # the last cursor a page brought was refused (the previous kept)
 
     async def run(self) -> None:
         self.saved = await self.ctx.get_cursor()
@@ -131,8 +134,8 @@ class _Loop:
             if isinstance(event, RetryLater):
                 await self._failed(request, event.error)
                 continue
-            self.retries.reset()
             if isinstance(event, Paused):
+                self.retries.reset()
                 self.ctx.count(event.counter)
                 log.warning("%s:%s: %s", self.ctx.platform, self.ctx.account, event.detail)
                 continue
@@ -140,7 +143,11 @@ class _Loop:
             # No prefetch: the next poll presents the new cursor, and a server may take that
             # as an acknowledgment (docs/protocols/weixin.md#unconfirmed), so it goes out only
             # once this page is durable.
-            await self._deliver(event, request.name)
+            refused_again = await self._deliver(event, request.name)
+            if refused_again is None:
+                self.retries.reset()
+            else:  # the same cursor will be polled again: paced as a failure, not flat out
+                await self._failed(request, refused_again)
 
     async def _sit_out_pause(self) -> None:
         paused = self.core.paused(trio.current_time())
@@ -193,14 +200,24 @@ class _Loop:
         ctx.set_state("backoff", f"{request.name} failing ({error}); retrying in {delay:.0f} s")
         await trio.sleep(delay)
 
-    async def _deliver(self, page: Page, name: str) -> None:
+    async def _deliver(self, page: Page, name: str) -> ProtocolError | None:
+        """Put ``page`` into the inbox, then save its cursor and values. Returns the error of
+        a refused cursor that follows another refused one (the caller counts it as a failed
+        poll and backs off); a first refusal is counted and logged here as a bad cursor."""
         ctx = self.ctx
         for bad in page.skipped:
             skip_bad(ctx, "message", bad)
         refused = _refused(page.cursor)
+        refused_again = None
         if refused is not None:  # the page's messages go on; the previous cursor stays
-            skip_bad(ctx, "cursor", ProtocolError(f"{name}: {refused}"))
+            error = ProtocolError(f"{name}: {refused}")
+            if self.refusing:
+                refused_again = error
+            else:
+                skip_bad(ctx, "cursor", error)
             page = attrs.evolve(page, cursor=None)
+        if page.cursor is not None or refused is not None:
+            self.refusing = refused is not None
         if page.filtered:
             ctx.count("filtered", page.filtered)
         if page.messages:
@@ -213,6 +230,7 @@ class _Loop:
         elif page.values:
             await ctx.set_many(page.values)
         self.core.commit(page)
+        return refused_again
 
 
 def _refused(cursor: str | None) -> str | None:
