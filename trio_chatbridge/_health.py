@@ -41,7 +41,9 @@ IDLE_WITHIN: Final = 5.0  # seconds a connection may sit idle, or take to send i
 JSON: Final = b"application/json"
 MAX_HEAD: Final = 16 * 1024  # bytes of a request's line and headers (431 beyond)
 MAX_QUEUED: Final = 10  # body chunks (64 kB each at most) buffered per request
-READ_WITHIN: Final = 30  # seconds a connection may send nothing mid-request
+# Seconds each read may wait (hypercorn's read_timeout): from a request's first byte to the end
+# of its answer, so it also cuts a client waiting in silence for an answer that takes longer.
+READ_WITHIN: Final = 30
 SEND_WITHIN: Final = 10.0  # seconds an answer may wait for a client that stopped reading
 # Our server's own child of hypercorn's error logger: its levels and handlers are hypercorn's,
 # and the start-up line is dropped on it alone (a hypercorn the application runs keeps its own).
