@@ -23,6 +23,7 @@ from trio_chatbridge.connectors import (
     HTTPRequest,
     Page,
     Paused,
+    PollCore,
     RetryLater,
     long_poll,
 )
@@ -119,7 +120,11 @@ def ok(body: bytes) -> Callable[[], httpx.Response]:
 
 
 async def poll_for(
-    seconds: float, answers: list[Answer], core: Echo, recorder: Recorder
+    seconds: float,
+    answers: list[Answer],
+    core: PollCore,
+    recorder: Recorder,
+    platform: str = "echo",
 ) -> list[float]:
     """Poll with ``core`` for ``seconds`` under a backoff of 1 s doubling, without jitter;
     returns when each poll was asked."""
@@ -128,7 +133,11 @@ async def poll_for(
     async with httpx.AsyncClient(transport=transport(answers, asked)) as http:
         with trio.move_on_after(seconds):
             await long_poll(
-                recorder.context("echo"), core, http, backoff=backoff, task_status=Started(recorder)
+                recorder.context(platform),
+                core,
+                http,
+                backoff=backoff,
+                task_status=Started(recorder),
             )
     return asked
 
@@ -492,25 +501,9 @@ async def test_a_cursor_refused_again_and_again_is_a_failing_poll_paced_by_the_b
     # every time: the first refusal is a bad cursor (its page delivered at once), each one
     # after it a failed poll under the backoff, never a loop polling flat out.
     page = b'{"msgs":[%s],"get_updates_buf":"c\\ud800"}' % good_entry(1)
-    asked: list[float] = []
-
-    async def handle(request: httpx.Request) -> httpx.Response:
-        asked.append(trio.current_time())
-        if len(asked) > 50:  # flat out: time stands still; stop it so the test ends
-            await trio.sleep_forever()
-        return httpx.Response(200, content=page)
-
     recorder = Recorder()
-    backoff = cb.Backoff(initial=1.0, multiplier=2.0, maximum=60.0, jitter=0.0)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
-        with trio.move_on_after(60):
-            await long_poll(
-                recorder.context("weixin"),
-                wechat_core(),
-                http,
-                backoff=backoff,
-                task_status=Started(recorder),
-            )
+    # 50 answers, then silence: on a loop polling flat out, time stands still until then.
+    asked = await poll_for(60, [ok(page)] * 50 + [None], wechat_core(), recorder, "weixin")
     assert asked == [0, 0, 1, 3, 33, 41, 57]  # 1 s doubling; 30 s after 3 (the core's hint)
     assert recorder.started == 1
     assert recorder.count("poll_failures") == 6  # each refusal after the first
