@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
 from support import echo, quick_bridge, streamer
 
 import trio_chatbridge as cb
-from trio_chatbridge.platforms.wecom._webhook import STREAM_TTL
+from trio_chatbridge.platforms.wecom._webhook import RESPONSE_URL_WITHIN, STREAM_TTL
 from trio_chatbridge.testing import WeComEmulator, running_bridge
 from trio_chatbridge.testing._wecom import RESPONSE_URL_TTL
 
@@ -150,7 +152,6 @@ async def test_the_emulator_refuses_what_is_not_one_markdown_answer(
     url = emu.response_url("ana", "m1")
     transport = emu.webhook()._transport
     assert transport is not None
-    import httpx
 
     async with httpx.AsyncClient(transport=transport) as http:
         bad = await http.post(url, json={"msgtype": "stream", "stream": {"content": "x"}})
@@ -185,3 +186,170 @@ async def test_a_redelivery_of_a_journaled_message_gets_a_stream_finished_at_onc
     assert bridge.stats().duplicates == 1
     assert bridge.stats().other["wecom.duplicate_callbacks_closed"] == 1
     assert [(a.via, a.text) for a in emu.activity] == [("response_url", "once")]
+
+
+class Recorder:
+    """An agent sending ``texts`` one after another (``together``: all at once), keeping
+    what was sent and the error of each send that failed."""
+
+    def __init__(self, *texts: str, together: bool = False) -> None:
+        self.texts, self.together = texts, together
+        self.sent: list[str] = []
+        self.errors: list[str] = []
+
+    async def __call__(self, batch: cb.Batch, reply: cb.Reply) -> None:
+        if self.together:
+            async with trio.open_nursery() as nursery:
+                for text in self.texts:
+                    nursery.start_soon(self.send, reply, text)
+        else:
+            for text in self.texts:
+                await self.send(reply, text)
+
+    async def send(self, reply: cb.Reply, text: str) -> None:
+        try:
+            await reply.send(text)
+            self.sent.append(text)
+        except cb.SendError as exc:
+            self.errors.append(str(exc))
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(403, {"message": "forbidden"}), (200, {}), (200, {"errcode": "0"})],
+    ids=["4xx-without-errcode", "empty-2xx", "errcode-not-a-number"],
+)
+async def test_an_answer_without_errcode_0_on_a_2xx_is_not_delivered(
+    autojump_clock: trio.testing.MockClock, status: int, body: dict[str, Any]
+) -> None:
+    """A proxy's refusal or an empty ``{}`` read as errcode 0: recorded as answered, counted,
+    and a later send refused. Now it is a WeComError naming the status (never the URL), and
+    the URL stays free for the next send."""
+    emu = WeComEmulator()
+    answers = [httpx.Response(status, json=body), httpx.Response(200, json={"errcode": 0})]
+    posted: list[str] = []
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        posted.append(str(request.url))
+        return answers[len(posted) - 1]
+
+    agent = Recorder("first", "second")
+    bridge = await journaled_then_restarted(
+        emu, agent, message(emu, "m1", "hi"), transport=httpx.MockTransport(proxy)
+    )
+    assert len(posted) == 2
+    assert agent.sent == ["second"]
+    [error] = agent.errors
+    assert f"HTTP {status}" in error and "errcode=-1" in error
+    assert "response_code" not in error
+    assert bridge.stats().other["wecom.replies_via_response_url"] == 1
+
+
+async def test_two_concurrent_sends_post_to_the_response_url_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = WeComEmulator()
+    posted = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal posted
+        posted += 1
+        await trio.sleep(1)
+        return httpx.Response(200, json={"errcode": 0, "errmsg": "ok"})
+
+    agent = Recorder("one", "two", together=True)
+    await journaled_then_restarted(
+        emu, agent, message(emu, "m1", "hi"), transport=httpx.MockTransport(slow)
+    )
+    assert posted == 1
+    assert len(agent.sent) == 1
+    [error] = agent.errors
+    assert "response_url was used already" in error
+
+
+class Stalled(trio.abc.HostnameResolver):
+    """A resolver that never answers (``fails``: that says the name is unknown)."""
+
+    def __init__(self, fails: bool) -> None:
+        self.fails = fails
+
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fails:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        await trio.sleep_forever()
+
+    async def getnameinfo(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["stalled", "unknown"])
+async def test_the_response_url_bound_covers_the_lookup_and_its_error_names_it(
+    autojump_clock: trio.testing.MockClock, fails: bool
+) -> None:
+    """The 15 s bound began after the host's lookup: a stalled resolver held the send for
+    as long as the run lasted. A lookup that fails says what the host was for."""
+    trio.socket.set_custom_hostname_resolver(Stalled(fails))
+    emu = WeComEmulator()
+    url = "https://wecom.test/cgi-bin/aibot/response?response_code=s3cr3t"
+    agent = Recorder("answer")
+    options: dict[str, Any] = {"transport": None, "media": cb.MediaPolicy(("wecom.test",))}
+    start = trio.current_time()
+    await journaled_then_restarted(
+        emu, agent, message(emu, "m1", "hi", response_url=url), **options
+    )
+    assert agent.sent == []
+    [error] = agent.errors
+    assert "s3cr3t" not in error and "media host" not in error
+    if fails:
+        assert "cannot answer through a response_url at 'wecom.test'" in error
+    else:
+        assert f"not sent within {RESPONSE_URL_WITHIN:.0f} s" in error
+    assert trio.current_time() - start < 600  # bounded, not held for the run's length
+
+
+async def test_an_answer_set_just_before_the_stream_lapses_goes_through_the_response_url(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An answer set at 359 s went into a stream WeCom no longer polls: counted as sent,
+    lost. A stream is gone for new answers FINISH_MARGIN before its six minutes."""
+
+    async def late(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(STREAM_TTL - 5)
+        await reply.send("just in time")
+
+    emu = WeComEmulator()
+    hook = emu.webhook()
+    bridge = quick_bridge(hook, late, run_timeout=3600)
+    async with running_bridge(bridge):
+        await emu.webhook_post(hook.asgi, message(emu, "m1", "take your time"))
+        await trio.sleep(STREAM_TTL + 60)
+    assert [(a.via, a.text) for a in emu.activity] == [("response_url", "just in time")]
+    assert bridge.stats().other["wecom.replies_via_response_url"] == 1
+
+
+async def test_a_reply_streaming_past_the_window_sends_the_rest_through_the_response_url(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stream whose state expired while it was written wrote to a detached state: the
+    rest was lost, the run marked done. The polls' part stays; the rest goes through the URL."""
+
+    async def long_winded(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write("first ")
+            await trio.sleep(STREAM_TTL + 30)
+            await out.write("and the rest")
+
+    emu = WeComEmulator()
+    hook = emu.webhook()
+    bridge = quick_bridge(hook, long_winded, run_timeout=3600)
+    async with running_bridge(bridge):
+        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "go")))
+        refresh = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
+        await trio.sleep(5)
+        polled = emu.webhook_open(await emu.webhook_post(hook.asgi, refresh))
+        await trio.sleep(STREAM_TTL)
+        gone = emu.webhook_open(await emu.webhook_post(hook.asgi, refresh))
+        await trio.sleep(120)
+    assert polled["stream"] == dict(opened["stream"], content="first ")
+    assert gone["stream"]["finish"] is True
+    assert [(a.via, a.text) for a in emu.activity] == [("response_url", "and the rest")]

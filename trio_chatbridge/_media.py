@@ -110,7 +110,7 @@ async def _pinned(request: httpx.Request, policy: MediaPolicy, verb: str) -> htt
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise MediaError(f"cannot resolve media host {host!r}: {exc}") from exc
+        raise MediaError(f"cannot {verb} {host!r}: the name does not resolve: {exc}") from exc
     addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         if not policy.private_addresses and not ipaddress.ip_address(address).is_global:
@@ -119,7 +119,7 @@ async def _pinned(request: httpx.Request, policy: MediaPolicy, verb: str) -> htt
                 "public address (set MediaPolicy.private_addresses if that is intended)"
             )
     if not addresses:
-        raise MediaError(f"media host {host!r} resolves to no address")
+        raise MediaError(f"cannot {verb} {host!r}: the name resolves to no address")
     request.url = request.url.copy_with(host=addresses[0])
     request.extensions = {**request.extensions, "sni_hostname": host}
     return request  # its Host header was set from the name already

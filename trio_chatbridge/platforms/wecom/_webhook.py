@@ -46,7 +46,7 @@ from ..._receive import skip_bad
 from . import _crypto
 from . import _protocol as f
 from ._convert import PLATFORM, to_message
-from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, Welcome
+from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, FINISH_MARGIN, Welcome
 from ._protocol import WeComEvent
 from ._replies import utf8_prefix
 
@@ -69,6 +69,14 @@ class _StreamState:
     created: float
     content: str = ""
     finished: bool = False
+    shown: int = 0
+    """Characters of ``content`` the latest refresh poll was answered with."""
+
+    def lapsed(self) -> bool:
+        """Whether WeCom may no longer poll this stream: past :data:`STREAM_TTL` less the
+        long connection's :data:`~._long.FINISH_MARGIN` (an answer set later may never be
+        polled; it goes through the ``response_url`` instead)."""
+        return trio.current_time() >= self.created + STREAM_TTL - FINISH_MARGIN
 
 
 @final
@@ -241,6 +249,7 @@ class Webhook(base.Connector):
         state = self._streams.get(stream_id)
         if state is None:  # unknown or long finished: tell WeCom to stop polling
             return {"msgtype": "stream", "stream": {"id": stream_id, "finish": True, "content": ""}}
+        state.shown = len(state.content)
         return {
             "msgtype": "stream",
             "stream": {"id": state.id, "finish": state.finished, "content": state.content},
@@ -346,13 +355,14 @@ class Webhook(base.Connector):
     # -- replying -----------------------------------------------------------------------------
 
     def _live(self, target: Message) -> _StreamState | None:
-        """``target``'s stream, None if it is gone (expired, or lost with a restart); raises
-        :class:`SendError` if it was finished already."""
+        """``target``'s stream, None if it is gone (expired or about to, see
+        :meth:`_StreamState.lapsed`, or lost with a restart); raises :class:`SendError` if it
+        was finished already."""
         self._expire()  # past its window WeCom no longer polls it, whether or not it asked
         state = self._streams.get(str(target.reply_handle.get("stream_id")))
         if state is not None and state.finished:
             raise SendError(f"wecom bot {self.account}: message {target.id} was answered already")
-        return state
+        return None if state is None or state.lapsed() else state
 
     async def send(self, target: Message, text: str) -> None:
         """Answer ``target``: the next refresh poll gets ``text`` and ``finish``; with its
@@ -391,31 +401,60 @@ class Webhook(base.Connector):
         what = f"wecom bot {self.account}: the answer to {target.id} through its response_url"
         if self._http is None:
             self._http = new_client(self._transport)
+        self._answered_by_url[target.id] = None  # reserved: a concurrent send is refused
         try:
-            request = await guarded_request(
-                self._http,
-                "POST",
-                url,
-                self.media_policy,
-                verb="answer through a response_url at",
-                json={"msgtype": "markdown", "markdown": {"content": content}},
-            )
-        except MediaError as exc:
-            raise SendError(f"{what} not sent: {exc}") from exc
-        with base.send_errors(what):
-            answer = await http_send(
-                self._http, request, what=what, platform=PLATFORM, time_limit=RESPONSE_URL_WITHIN
-            )
-            body = answer.json()
-        errcode, errmsg = body.get("errcode", 0), body.get("errmsg")
-        if errcode != 0:  # a code that is no number is a refusal too (-1: unreadable)
-            code = errcode if isinstance(errcode, int) else -1
-            raise f.WeComError("response_url", code, errmsg if isinstance(errmsg, str) else None)
-        self._answered_by_url[target.id] = None
+            await self._post_answer(self._http, url, what, content)
+        except BaseException:
+            self._answered_by_url.pop(target.id, None)  # not answered: a later send may try again
+            raise
         while len(self._answered_by_url) > MAX_STREAMS:
             self._answered_by_url.popitem(last=False)
         self.ctx.count("replies_via_response_url")
         self._cut(target, text, content)
+
+    async def _post_answer(
+        self, http: httpx.AsyncClient, url: str, what: str, content: str
+    ) -> None:
+        """POST ``content`` to the response_url ``url``, the host's lookup included, within
+        :data:`RESPONSE_URL_WITHIN` seconds; delivered only on a 2xx whose body says
+        ``errcode`` 0. Raises :class:`SendError` (``wecom.WeComError`` for a refusal, naming
+        the HTTP status, never the URL) otherwise."""
+        deadline = trio.current_time() + RESPONSE_URL_WITHIN
+        with trio.move_on_at(deadline):
+            try:
+                request = await guarded_request(
+                    http,
+                    "POST",
+                    url,
+                    self.media_policy,
+                    verb="answer through a response_url at",
+                    json={"msgtype": "markdown", "markdown": {"content": content}},
+                )
+            except MediaError as exc:
+                raise SendError(f"{what} not sent: {exc}") from exc
+            with base.send_errors(what):
+                answer = await http_send(
+                    http,
+                    request,
+                    what=what,
+                    platform=PLATFORM,
+                    time_limit=deadline - trio.current_time(),
+                )
+                body = answer.json()
+            errcode, errmsg = body.get("errcode"), body.get("errmsg")
+            if not answer.ok or type(errcode) is not int or errcode != 0:
+                # a missing errcode (a proxy's answer, an empty {}) or one that is no number
+                # is no delivery either (-1: unreadable)
+                code = errcode if type(errcode) is int and errcode != 0 else -1
+                raise f.WeComError(
+                    f"response_url (HTTP {answer.status})",
+                    code,
+                    errmsg if isinstance(errmsg, str) else None,
+                )
+            return
+        raise SendError(
+            f"{what} not sent within {RESPONSE_URL_WITHIN:.0f} s (its host's lookup included)"
+        )
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
         """Each refresh poll gets the whole text so far; the stream finishes on exit. With
@@ -434,8 +473,16 @@ class Webhook(base.Connector):
         try:
             yield out
         finally:
+            # Lapsed while streaming: WeCom may never poll again (or already dropped it); the
+            # stream ends with what a poll showed, the rest goes through the URL below.
+            lapsed = state.lapsed()
+            if lapsed:
+                state.content = state.content[: state.shown]
             state.finished = True  # always: WeCom stops polling, the user's slot frees
-            self._cut(target, out.text, state.content)
+            if not lapsed:
+                self._cut(target, out.text, state.content)
+        if lapsed and len(out.text) > state.shown:
+            await self._answer_by_url(target, out.text[state.shown :])
 
     def _cut(self, target: Message, text: str, shown: str) -> None:
         """Count and log an answer cut to the stream's 20,480 bytes (``shown`` of ``text``):
