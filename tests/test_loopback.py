@@ -69,3 +69,20 @@ async def test_wecom_serve_without_hypercorn_says_to_install_from_a_checkout(
     )
     with pytest.raises(cb.ConfigurationError, match=r"python -m pip install -e '\.\[webhook\]'"):
         await wecom.serve(hook, "127.0.0.1", 0)
+
+
+async def test_wecom_serve_is_the_service_endpoint_server() -> None:
+    """wecom.serve built hypercorn's default Config: none of the service endpoint's limits
+    (docs/service.md), and a taken address was hypercorn's bare OSError. It serves through
+    the endpoint's own function now: the address is named, with what to do."""
+    emulator = WeComEmulator()
+    hook = wecom.Webhook(
+        bot_id=emulator.bot_id, token=emulator.token, encoding_aes_key=emulator.encoding_aes_key
+    )
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(cb.ChatBridgeError, match=f"cannot listen on 127.0.0.1:{port}"):
+            with trio.fail_after(30):
+                await wecom.serve(hook, "127.0.0.1", port)

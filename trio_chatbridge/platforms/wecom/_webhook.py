@@ -37,6 +37,7 @@ from ... import _connector as base
 from ..._asgi import Receive, Scope, Send, answer_lifespan
 from ..._content import Card
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
+from ..._health import serve_http
 from ..._http import new_client
 from ..._http import send as http_send
 from ..._json import json_object
@@ -630,22 +631,20 @@ async def serve(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``webhook.asgi`` with hypercorn's Trio worker (extra: ``trio_chatbridge[webhook]``).
+    """Serve ``webhook.asgi`` with hypercorn's Trio worker (extra: ``trio_chatbridge[webhook]``),
+    with the service endpoint's limits on what one client can hold (docs/service.md).
 
-    ``await nursery.start(serve, webhook)`` returns the bound addresses. If cancelled, the
-    server closes its sockets and stops; requests under way are cancelled with it (see
-    :meth:`Webhook.asgi`).
+    ``await nursery.start(serve, webhook)`` returns the bound addresses; an address that
+    cannot be bound is a :class:`ChatBridgeError` naming it. If cancelled, the server closes
+    its sockets and stops; requests under way are cancelled with it (see :meth:`Webhook.asgi`).
     """
     try:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve as hypercorn_serve
+        import hypercorn.trio  # noqa: F401  (only to say how to install it)
     except ImportError as exc:
         raise ConfigurationError(
             "wecom.serve needs hypercorn: install the webhook extra from your checkout "
             "(python -m pip install -e '.[webhook]'), or mount webhook.asgi in the Trio ASGI "
             "server you already run"
         ) from exc
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    await hypercorn_serve(webhook.asgi, config, task_status=task_status)  # type: ignore[arg-type]
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    await serve_http(webhook.asgi, listen, task_status=task_status)
