@@ -385,8 +385,10 @@ class Webhook(base.Connector):
         URLs are, no redirect followed, within :data:`RESPONSE_URL_WITHIN` seconds, and never
         logged (it is a capability), counted in ``replies_via_response_url``. Raises
         :class:`SendError` naming why when there is no URL, it was used already, the policy
-        refuses its host, or WeCom refuses the answer (``wecom.WeComError``, with its code).
-        If cancelled, the answer may or may not have been sent."""
+        refuses its host, or WeCom refuses the answer (``wecom.WeComError``, with its code
+        and HTTP status). The message is reserved before the POST (a concurrent send is
+        refused as a second answer) and released if it fails. If cancelled, the answer may
+        or may not have been sent (released: a later send may try again)."""
         gone = (
             f"wecom bot {self.account}: the stream for message {target.id} is gone (WeCom "
             f"polls for {STREAM_TTL / 60:.0f} min, and a restart loses it)"
@@ -460,7 +462,8 @@ class Webhook(base.Connector):
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
         """Each refresh poll gets the whole text so far; the stream finishes on exit. With
         the stream gone, the text is collected and sent once at the end through the
-        ``response_url`` (nothing if the block raises)."""
+        ``response_url`` (nothing if the block raises); a stream that lapses while written
+        ends with what the polls showed, and the rest goes through the URL at the end."""
         return self._stream(target)
 
     @asynccontextmanager
