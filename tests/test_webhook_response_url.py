@@ -74,11 +74,17 @@ async def test_an_answer_after_a_restart_reaches_the_user_through_the_response_u
     assert bridge.stats().failures == 0
 
 
+@pytest.mark.parametrize(
+    "delay", [STREAM_TTL + 60, STREAM_TTL - 5], ids=["expired", "in-the-last-seconds"]
+)
 async def test_an_answer_after_the_stream_expired_goes_through_the_response_url(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, delay: float
 ) -> None:
+    """Also an answer set in the stream's last seconds: it went into a stream WeCom no longer
+    polls (counted as sent, lost). A stream is gone for new answers FINISH_MARGIN early."""
+
     async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
-        await trio.sleep(STREAM_TTL + 60)  # longer than WeCom polls
+        await trio.sleep(delay)  # longer than WeCom polls, or nearly
         await reply.send("late but here")
 
     emu = WeComEmulator()
@@ -88,6 +94,7 @@ async def test_an_answer_after_the_stream_expired_goes_through_the_response_url(
         await emu.webhook_post(hook.asgi, message(emu, "m1", "take your time"))
         await trio.sleep(STREAM_TTL + 120)  # nothing polled after the window: it lapsed
     assert [(a.via, a.text) for a in emu.activity] == [("response_url", "late but here")]
+    assert bridge.stats().other["wecom.replies_via_response_url"] == 1
 
 
 async def test_a_response_url_is_used_once_and_not_after_an_hour(
@@ -305,26 +312,6 @@ async def test_the_response_url_bound_covers_the_lookup_and_its_error_names_it(
     else:
         assert f"not sent within {RESPONSE_URL_WITHIN:.0f} s" in error
     assert trio.current_time() - start < 600  # bounded, not held for the run's length
-
-
-async def test_an_answer_set_just_before_the_stream_lapses_goes_through_the_response_url(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """An answer set at 359 s went into a stream WeCom no longer polls: counted as sent,
-    lost. A stream is gone for new answers FINISH_MARGIN before its six minutes."""
-
-    async def late(batch: cb.Batch, reply: cb.Reply) -> None:
-        await trio.sleep(STREAM_TTL - 5)
-        await reply.send("just in time")
-
-    emu = WeComEmulator()
-    hook = emu.webhook()
-    bridge = quick_bridge(hook, late, run_timeout=3600)
-    async with running_bridge(bridge):
-        await emu.webhook_post(hook.asgi, message(emu, "m1", "take your time"))
-        await trio.sleep(STREAM_TTL + 60)
-    assert [(a.via, a.text) for a in emu.activity] == [("response_url", "just in time")]
-    assert bridge.stats().other["wecom.replies_via_response_url"] == 1
 
 
 async def test_a_reply_streaming_past_the_window_sends_the_rest_through_the_response_url(
