@@ -477,9 +477,9 @@ class Webhook(base.Connector):
         try:
             yield out
         finally:
-            # Lapsed while streaming: WeCom may never poll again (or already dropped it); the
-            # stream ends with what a poll showed, the rest goes through the URL below.
-            lapsed = state.lapsed()
+            # Lapsed (or dropped, MAX_STREAMS over) while streaming: WeCom may never poll it
+            # again; it ends with what a poll showed, the rest goes through the URL below.
+            lapsed = state.lapsed() or self._streams.get(state.id) is not state
             if lapsed:
                 state.content = state.content[: state.shown]
             state.finished = True  # always: WeCom stops polling, the user's slot frees
