@@ -437,9 +437,10 @@ class Poller:
             # REDELIVERY_WINDOW counts as new: a message dated wrongly in the future holds
             # the peer's tokens back that long at most.
             if token and peer:
-                behind = newest.get(peer, 0.0) - message.timestamp
-                if not 0 < behind <= REDELIVERY_WINDOW:
-                    newest[peer] = message.timestamp
+                at = message.timestamp
+                last = newest.get(peer)
+                if last is None or at >= last or last - at > REDELIVERY_WINDOW:
+                    newest[peer] = at
                     tokens[CONTEXT_TOKEN_PREFIX + peer] = token
         while len(newest) > TOKEN_TIMES:
             del newest[next(iter(newest))]
