@@ -148,3 +148,41 @@ async def test_a_second_bridge_on_the_same_store_object_is_refused_at_its_start(
             await nursery.start(third.run)
             await third.wait_status(lambda s: s["fake:a"].state == "running")
             third.shutdown()
+
+
+async def test_two_bridges_started_together_on_one_store_object_one_is_refused(
+    redis_node: RedisServer,
+) -> None:
+    """Two bridges started together on one RedisStore object both passed the "open once"
+    check (the store counted as open only once connected), shared its client, and the first
+    one's connections were never closed. The store is marked as opening before its first
+    wait: one bridge runs, the other is refused; a cancelled open leaves it closed, to open
+    again."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("ok")
+
+    store = cb.RedisStore.from_url(redis_node.url, prefix=f"together-{uuid.uuid4().hex}:")
+    bridges = [cb.Bridge([FakeConnector("a")], agent, store=store, leases=LEASES) for _ in "ab"]
+    refused: list[cb.Bridge] = []
+
+    async def run(bridge: cb.Bridge) -> None:
+        try:
+            await bridge.run()
+        except cb.ConfigurationError as exc:
+            assert "one store object per bridge" in str(exc)
+            refused.append(bridge)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for bridge in bridges:
+                nursery.start_soon(run, bridge)
+            await wait_until(lambda: len(refused) == 1)
+            (running,) = (b for b in bridges if b not in refused)
+            await running.wait_status(lambda s: s["fake:a"].state == "running")
+            running.shutdown()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.open()  # cancelled before it connected: not open, not "opening"
+        await store.open()
+        await store.aclose()

@@ -274,6 +274,7 @@ class RedisStore(Store):
         self._description = description
         self.wall_clock = wall_clock
         self._stack: AsyncExitStack | None = None
+        self._opening = False  # an open under way: a second, concurrent one is refused too
         self._fences: dict[str, int] = {}
         self._channel = prefix + "released"  # a channel, not a key: spans every slot
         self._known: set[str] = set()
@@ -361,23 +362,27 @@ class RedisStore(Store):
         (the bridge does both): the client's connections live in a task group of its own.
         Cancelled: not open, and whatever it had connected is closed again.
 
-        Not idempotent, unlike other stores: opening a store that is open raises
-        :class:`ConfigurationError`. A bridge opens its store itself, and two bridges on one
+        Not idempotent, unlike other stores: opening a store that is open, or being opened
+        (two bridges started together), raises :class:`ConfigurationError`. A bridge opens its store itself, and two bridges on one
         object would share its fencing tokens (the second acquisition's token would let the
         first holder's late writes through) and its connections (the first to stop would
         close them under the other). Each bridge gets a store of its own; they share Redis."""
-        if self._stack is not None:
+        if self._stack is not None or self._opening:
             raise ConfigurationError(
                 f"{self!r} is open already: is it given to two bridges, or opened before "
                 "being given to one? A bridge opens and closes its store itself, and needs one "
                 "store object per bridge: build one RedisStore.from_url(...) for each bridge "
                 "(they share Redis, not the object)"
             )
-        with self._translated("connect to"):
-            async with AsyncExitStack() as stack:
-                await stack.enter_async_context(self._client)
-                await self._client.ping()
-                self._stack = stack.pop_all()
+        self._opening = True  # before the first await: two bridges starting together
+        try:
+            with self._translated("connect to"):
+                async with AsyncExitStack() as stack:
+                    await stack.enter_async_context(self._client)
+                    await self._client.ping()
+                    self._stack = stack.pop_all()
+        finally:  # failed or cancelled: not open, and may be opened again (a restart)
+            self._opening = False
 
     async def aclose(self) -> None:
         """Disconnect. Must run at the nesting level :meth:`open` ran at, never inside a cancel
