@@ -3,10 +3,12 @@ of files written by version 1 (a ``state`` column and a partial index of pending
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -263,3 +265,39 @@ async def test_a_store_refused_at_once_by_a_writer_outside_wal_says_so(
     assert "outside WAL mode" in message and "End that transaction" in message
     assert "held its write lock" not in message
     assert message.endswith("SQLite said: database is locked")
+
+
+async def test_a_lock_wait_that_returned_at_once_is_waited_out_not_called_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SQLite built without ``usleep`` waits in whole seconds, so a busy timeout under one
+    returns at once: an open meeting another process's write in WAL mode (an ordinary wait)
+    was reported as SQLite refusing to wait ("gave up after 0.0 s ... outside WAL mode").
+    Here every busy timeout is 0: the open tries again until the writer is done."""
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path, threaded=False):
+        pass
+    attempts = 0
+    with closing(sqlite3.connect(path, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO kv VALUES ('weixin', 'bot', 'k', 'v')")
+
+        class NoWait(sqlite3.Connection):
+            """A connection whose busy timeouts return at once, as without usleep."""
+
+            def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+                nonlocal attempts
+                if sql.startswith("PRAGMA busy_timeout="):
+                    sql = "PRAGMA busy_timeout=0"
+                elif sql == "BEGIN IMMEDIATE":
+                    attempts += 1
+                    if attempts == 3:  # the writer commits while the store tries again
+                        writer.execute("COMMIT")
+                return super().execute(sql, *args)
+
+        connect = functools.partial(sqlite3.connect, factory=NoWait)
+        monkeypatch.setattr(_sqlite.sqlite3, "connect", connect)
+        with trio.fail_after(10):
+            async with cb.SQLiteStore(path, threaded=False) as store:
+                assert await store.get("weixin", "bot", "k") == "v"
+    assert attempts >= 3

@@ -275,7 +275,7 @@ class SQLiteStore(Store):
             try:
                 busy = await self._run(self._attempt, db, attempt)
             except sqlite3.DatabaseError as exc:
-                if _locked(exc):  # refused at once: SQLite will not wait where it may deadlock
+                if _locked(exc):  # outside WAL mode: SQLite will not wait where it may deadlock
                     held = _lock_held(time.monotonic() - started)
                     raise _unopenable(self.path, f": {held}", exc) from exc
                 raise _unopenable(self.path, f"; {_advice(exc)}", exc) from exc
@@ -288,20 +288,25 @@ class SQLiteStore(Store):
     def _attempt(self, db: sqlite3.Connection, wait: float) -> sqlite3.OperationalError | None:
         """One attempt at :meth:`_set_up`, waiting up to ``wait`` seconds for the write lock
         (worker thread): None once done, or SQLite's "database is locked" when the lock was
-        still held after the whole wait (to be tried again). A lock SQLite refuses at once,
-        or any other error, raises."""
+        still held after the wait (to be tried again). A file locked outside WAL mode, or any
+        other error, raises.
+
+        Which it was is decided by the statement that met the lock, not by how long SQLite
+        waited (a build without ``usleep`` waits in whole seconds, so not at all for a wait
+        under one): switching to WAL meets a lock only on a file outside WAL mode, held by
+        another connection's transaction, where SQLite refuses at once rather than risk a
+        deadlock; ``BEGIN IMMEDIATE`` then runs in WAL mode, where a lock is waited for."""
         db.execute(f"PRAGMA busy_timeout={max(1, round(wait * 1000))}")
-        began = time.monotonic()
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
             with _transaction(db, "BEGIN IMMEDIATE"):  # one process creates or migrates
                 self._schema(db)
                 # Written even when it is the file's already: a file this process can read
                 # but not write (immutable, say) is refused now, not at every message after.
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.OperationalError as exc:
-            if _locked(exc) and time.monotonic() - began >= wait / 2:
+            if _locked(exc):
                 return exc
             raise
         # Commits on the loop wait for no lock and never checkpoint; the thread's calls
@@ -817,9 +822,9 @@ def _unopenable(path: str, why: str, exc: Exception) -> StoreError:
 
 def _lock_held(waited: float) -> str:
     """What an open that found the file locked for ``waited`` seconds met, and what to do.
-    SQLite waits (up to ``OPEN_BUSY_TIMEOUT_MS``) only where waiting cannot deadlock: for a
-    process writing to the file outside WAL mode (a rollback journal's lock), it fails at
-    once."""
+    In WAL mode it waits up to ``OPEN_BUSY_TIMEOUT_MS``; a file outside WAL mode with another
+    process in a transaction on it (a rollback journal's lock) fails the open at once: SQLite
+    does not wait for a writer there, where waiting could deadlock."""
     limit = OPEN_BUSY_TIMEOUT_MS / 1000
     if waited >= limit:
         return (
@@ -829,8 +834,9 @@ def _lock_held(waited: float) -> str:
         )
     return (
         f"SQLite gave up after {waited:.1f} s of the {limit:g} s it may wait, as it does "
-        "rather than risk a deadlock: another process is writing to the file outside WAL mode "
-        "(the sqlite3 shell or another program in a write transaction). End that transaction "
+        "rather than risk a deadlock: another process is in a transaction on the file outside "
+        "WAL mode (the sqlite3 shell or another program writing, or reading in a transaction). "
+        "End that transaction "
         "or stop that process, then start again"
     )
 
