@@ -296,7 +296,7 @@ async def test_a_lock_wait_that_returned_at_once_is_waited_out_not_called_a_refu
                 return super().execute(sql, *args)
 
         connect = functools.partial(sqlite3.connect, factory=NoWait)
-        monkeypatch.setattr(_sqlite.sqlite3, "connect", connect)
+        monkeypatch.setattr(sqlite3, "connect", connect)  # the store's connections
         with trio.fail_after(10):
             async with cb.SQLiteStore(path, threaded=False) as store:
                 assert await store.get("weixin", "bot", "k") == "v"
