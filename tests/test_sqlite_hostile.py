@@ -355,3 +355,27 @@ async def test_opens_at_once_share_one_connection_which_aclose_closes(tmp_path: 
         assert await store.journal_add([FakeConnector().message("hi")]) == [True]
         await store.aclose()
     assert not await trio.Path(f"{path}-wal").exists()
+
+
+async def test_a_message_that_is_not_unicode_costs_only_itself(tmp_path: Path) -> None:
+    """A message with a lone surrogate (from a user's own connector) failed its put whole, at
+    every redelivery: the connector's loop restarted on it for ever, and the good message
+    behind it never came. It is set aside, counted in ``undecodable``; the good one is
+    answered, once, and the connector never restarted."""
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(m.text for m in batch.messages)
+        await reply.send(batch.text)
+
+    chat = FakeConnector()
+    store = cb.SQLiteStore(tmp_path / "j.db")
+    bridge = cb.Bridge([chat], agent, store=store, debounce=cb.Debounce(window=0))
+    with trio.fail_after(10):
+        async with running_bridge(bridge) as running:
+            chat.deliver(chat.message("lone \ud800", id="bad"))
+            await chat.say("good", id="good")
+            assert (await chat.next_reply()).text == "good"
+            assert running.stats().undecodable == 1
+            assert running.stats().reconnects == 0 and chat.runs == 1
+    assert handled == ["good"]

@@ -751,3 +751,29 @@ async def test_the_memory_journal_adds_nothing_the_collector_walks() -> None:
     assert len(gc.get_objects()) - before < 20  # it was two per put (the page, its list)
     entry = await store.journal_entry(journal_key(messages[-1]))
     assert entry is not None and (entry.message, entry.state) == (messages[-1], "failed")
+
+
+async def test_a_message_whose_text_is_not_unicode_is_set_aside_alone(
+    store: cb.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate (a user's connector's own making) failed the whole SQLite write, the
+    good messages of the put with it, at every redelivery: lost for good. Redis failed the
+    put too, after journaling the accounts before it. The message is set aside alone
+    (logged, counted in ``undecodable``, not new, so acknowledged); the others journaled."""
+    before, after = fake.message("before", id="1"), fake.message("after", id="3")
+    bad = fake.message("lone \ud800 surrogate", id="2")
+    other = FakeConnector("other")
+    bad_id, other_good = other.message("x", id="\udc00"), other.message("y", id="4")
+    put = [before, bad, bad_id, after, other_good]
+    added = await store.journal_add(put)
+    if isinstance(store, cb.MemoryStore):  # holds the objects, encodes nothing: kept
+        assert added == [True] * 5 and store.undecodable == 0
+        return
+    assert added == [True, False, False, True, True]
+    assert sorted(m.id for m in await store.journal_pending()) == ["1", "3", "4"]
+    assert store.undecodable == 2
+    assert "message '2' of fake:'bot' set aside" in caplog.text
+    assert "'\\udc00' of fake:'other' set aside" in caplog.text and "not Unicode" in caplog.text
+    # Redelivered: the good ones are duplicates now, the bad ones set aside again.
+    assert await store.journal_add(put) == [False] * 5
+    assert store.undecodable == 4

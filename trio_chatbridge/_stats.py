@@ -56,7 +56,8 @@ class Stats:
     """Bad frames or responses from a platform, survived."""
     undecodable: int
     """Journal records the store found not to decode, set aside (marked failed, never
-    replayed: their messages are lost unless restored by hand; the log names each)."""
+    replayed: their messages are lost unless restored by hand; the log names each); and
+    messages it could not journal (text that is not Unicode), each set aside alone."""
     other: Mapping[str, int]
     """Every other counter, by name (connector-specific ones are ``"<platform>.<what>"``)."""
 

@@ -70,8 +70,11 @@ class Store(ABC):
 
     undecodable: int = 0
     """Journal records found not to decode (damaged, or written by something else) and set
-    aside: marked failed, never replayed (see :meth:`journal_pending`). ``bridge.stats()``
-    and the metrics report it; a store that keeps decoded messages (MemoryStore) has none."""
+    aside: marked failed, never replayed (see :meth:`journal_pending`); and messages that
+    could not be written (text that is not Unicode, a lone surrogate), each set aside alone
+    by :meth:`journal_add` (logged, returned as not new) while the others are journaled.
+    ``bridge.stats()`` and the metrics report it; a store that keeps decoded messages
+    (MemoryStore) has none, and keeps such a message as it is."""
 
     shared = False
     """Whether bridges on several processes use it at once: a bridge on a shared store runs a

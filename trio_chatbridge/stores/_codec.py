@@ -12,6 +12,8 @@ so messages journaled before an upgrade are still replayed after it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -21,11 +23,34 @@ from .._messages import Message
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(Message)
+log = logging.getLogger("trio_chatbridge.stores")
 
 
 def encode_message(message: Message) -> str:
     """The journal's text for ``message``."""
     return _encoder.encode(message).decode()
+
+
+def unencodable(messages: Sequence[Message]) -> dict[int, ProtocolError]:
+    """The messages that cannot be journaled, by index, each with its error: a text in it is
+    not Unicode (a lone surrogate, which only a connector's own code makes). Called once an
+    encoding failed (each message is encoded again): no cost while all encode. Each is
+    logged; the store sets it aside alone, journals the others and counts it in
+    ``undecodable``, and the put calls it not new, so the connector acknowledges it."""
+    refused: dict[int, ProtocolError] = {}
+    for i, message in enumerate(messages):
+        try:
+            _encoder.encode(message)
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end]
+            refused[i] = error = ProtocolError(
+                f"message {message.id!r} of {message.platform}:{message.account!r} set aside, "
+                f"neither journaled nor handled: it holds text that is not Unicode ({bad!r}, "
+                f"{exc.reason}). Fix the connector that made it: replace or drop lone "
+                "surrogates (text.encode('utf-8', 'replace').decode())"
+            )
+            log.error("%s", error)
+    return refused
 
 
 def decode_message(body: str | bytes) -> Message:

@@ -45,7 +45,7 @@ from .._errors import ConfigurationError, ProtocolError, StoreError, find_error
 from .._messages import Message
 from .._names import account_name
 from ._base import JournalEntry, JournalKey, JournalState, Store
-from ._codec import decode_message, encode_message
+from ._codec import decode_message, encode_message, unencodable
 
 if TYPE_CHECKING:  # imported where used: a bridge on another store never pays for coredis
     import coredis
@@ -363,10 +363,11 @@ class RedisStore(Store):
         Cancelled: not open, and whatever it had connected is closed again.
 
         Not idempotent, unlike other stores: opening a store that is open, or being opened
-        (two bridges started together), raises :class:`ConfigurationError`. A bridge opens its store itself, and two bridges on one
-        object would share its fencing tokens (the second acquisition's token would let the
-        first holder's late writes through) and its connections (the first to stop would
-        close them under the other). Each bridge gets a store of its own; they share Redis."""
+        (two bridges started together), raises :class:`ConfigurationError`. A bridge opens
+        its store itself, and two bridges on one object would share its fencing tokens (the
+        second acquisition's token would let the first holder's late writes through) and its
+        connections (the first to stop would close them under the other). Each bridge gets a
+        store of its own; they share Redis."""
         if self._stack is not None or self._opening:
             raise ConfigurationError(
                 f"{self!r} is open already: is it given to two bridges, or opened before "
@@ -489,10 +490,19 @@ class RedisStore(Store):
         added = [False] * len(messages)
         try:
             for tag, indexes in by_account.items():
+                try:
+                    bodies = [encode_message(messages[i]) for i in indexes]
+                except UnicodeEncodeError:  # set aside alone (not new), the others journaled
+                    aside = unencodable([messages[i] for i in indexes])
+                    self.undecodable += len(aside)
+                    indexes[:] = [i for k, i in enumerate(indexes) if k not in aside]
+                    bodies = [encode_message(messages[i]) for i in indexes]
+                    if not indexes:
+                        continue
                 await self._remember(tag)
                 args = [self._token(tag), now, str(ANSWER_KEPT)]
-                for i in indexes:
-                    args += [messages[i].id, encode_message(messages[i])]
+                for i, body in zip(indexes, bodies, strict=True):
+                    args += [messages[i].id, body]
                 call = f"add:{secrets.token_hex(16)}"  # this call's, kept for a rerun
                 keys = self._keys(tag, "fence", "body", "pending", "recv", "seq", call)
                 reply: object = await self._call("write to", self._add(keys, args))

@@ -30,7 +30,7 @@ import trio
 from .._errors import ProtocolError, StoreError
 from .._messages import Message
 from ._base import JournalEntry, JournalKey, Store
-from ._codec import decode_message, encode_message
+from ._codec import decode_message, encode_message, unencodable
 
 log = logging.getLogger("trio_chatbridge.stores.sqlite")
 
@@ -358,12 +358,18 @@ class SQLiteStore(Store):
         Cancelled before its group commit began: nothing was written, Cancelled is raised.
         Once it began (the worker thread cannot be stopped), the call completes and returns
         as if not cancelled; the cancellation takes effect at the caller's next checkpoint.
+        A message that cannot be written (text that is not Unicode) is set aside alone, not
+        new (see :attr:`undecodable`); only a failed encoding looks for it.
         """
         if not messages:
             return []
         write = _Write(messages, None, self.wall_clock())
         await self._group_commit(write)
-        return write.added
+        if not write.aside:
+            return write.added
+        self.undecodable += len(write.aside)
+        added = iter(write.added)
+        return [i not in write.aside and next(added) for i in range(len(messages))]
 
     async def journal_done(self, messages: Sequence[Message], *, error: str | None = None) -> None:
         """As :meth:`Store.journal_done`, as part of a group commit: the next one to begin
@@ -663,6 +669,9 @@ class _Write:
     """For an add: whether each message was new, in order."""
     error: Exception | None = None
     """Why this write failed (its own bad input, or the whole transaction's failure)."""
+    aside: dict[int, ProtocolError] = attrs.Factory(dict)
+    """For an add: the messages set aside, by their index in the caller's, left out of
+    ``messages`` (see :func:`unencodable`)."""
 
     @property
     def queued(self) -> bool:
@@ -713,9 +722,15 @@ def _statements(turn: list[_Write]) -> list[_Statement]:
         if write.mark is None:
             try:
                 inserts = [(write, sql, params) for sql, params in _inserts(write)]
-            except Exception as exc:  # handed to that write's caller alone
-                write.error = StoreError(f"cannot journal these messages: {exc!r}")
-                continue
+            except Exception as exc:
+                if isinstance(exc, UnicodeEncodeError):  # set aside alone, the others journaled
+                    write.aside = unencodable(write.messages)
+                    kept = enumerate(write.messages)
+                    write.messages = [m for i, m in kept if i not in write.aside]
+                if not write.aside:  # handed to that write's caller alone
+                    write.error = StoreError(f"cannot journal these messages: {exc!r}")
+                    continue
+                inserts = [(write, sql, params) for sql, params in _inserts(write)]
             statements += _marks(outcome, ids)
             outcome, ids = None, {}
             statements += inserts
