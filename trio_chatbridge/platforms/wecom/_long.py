@@ -35,6 +35,7 @@ from ..._errors import (
     SendError,
     sole,
 )
+from ..._fifo import trim
 from ..._http import new_client
 from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
@@ -68,7 +69,7 @@ STREAM_INTERVAL: Final = 0.5  # seconds between intermediate stream frames (Astr
 RECONNECT_WAIT: Final = 60.0  # seconds a reply waits for the connection to come back
 FINISH_MARGIN: Final = 20.0  # seconds before a callback's window closes that its stream ends
 DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
-FIRST_DELIVERIES_KEPT: Final = 10_000  # req_ids of new callbacks remembered (see _journaled)
+FIRST_DELIVERIES_KEPT: Final = 10_000  # req_ids of new callbacks remembered at most (_journaled)
 
 Welcome: TypeAlias = str | Card | Callable[[WeComEvent], Awaitable[str | Card | None]] | None
 EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
@@ -131,7 +132,8 @@ class LongConnection(base.Connector):
         """The req_ids of running batches' latest callbacks that no answer was sent on yet."""
         self._first_deliveries: dict[str, None] = {}
         """The req_ids of the latest callbacks journaled as new, oldest first (at most
-        :data:`FIRST_DELIVERIES_KEPT`): a redelivery on one of them is never closed."""
+        :data:`FIRST_DELIVERIES_KEPT`, the older half forgotten past that): a redelivery on
+        one of them is never closed."""
         # the windows in reply handles are on this process's Trio clock: ``life`` says whose
         self._core = WeComCore(
             bot_id,
@@ -215,8 +217,7 @@ class LongConnection(base.Connector):
         first = self._first_deliveries
         for message in new:
             first[message.reply_handle["req_id"]] = None
-        while len(first) > FIRST_DELIVERIES_KEPT:
-            del first[next(iter(first))]
+        trim(first, FIRST_DELIVERIES_KEPT)
         if len(new) == len(messages) or self._recoveries is None:
             return  # all new (the common case), or the run is over: nothing can close them
         fresh = {id(message) for message in new}

@@ -25,6 +25,7 @@ import attrs
 import msgspec
 
 from ..._errors import PlatformError, ProtocolError, quoted
+from ..._fifo import trim
 from ..._json import json_object_items
 from ..._messages import Message
 from ..._poll_events import HTTPRequest, Page, Paused, PollEvent, RetryLater
@@ -69,7 +70,7 @@ REDELIVERY_WINDOW: Final = 24 * 3600.0
 redelivery (its context token not taken): the longest reported token life."""
 TOKEN_TIMES: Final = 4096
 """Peers whose newest message time the poll remembers (an older redelivery's context token is
-not taken); past that, the first seen are forgotten."""
+not taken); past that, the first seen half are forgotten (see :func:`_fifo.trim`)."""
 CONTEXT_TOKEN_PREFIX: Final = "context_token:"  # store key of a peer's latest context token
 TOKEN: Final = "context_token"  # a message's reply handle holds its context token by this name
 # the reference client's inbound cap (docs/protocols/weixin.md#limits)
@@ -378,7 +379,7 @@ class Poller:
     """Seconds the server holds a poll: each request waits that plus :data:`LONG_POLL_MARGIN`."""
     _newest: dict[str, float] = attrs.field(init=False, factory=dict, repr=False)
     """Per peer, the time of the newest message whose context token a page gave (at most
-    :data:`TOKEN_TIMES` peers, the first seen forgotten first)."""
+    :data:`TOKEN_TIMES` peers, the first seen half forgotten past that)."""
 
     def start(self, cursor: str | None) -> None:
         self.cursor = cursor or ""
@@ -442,8 +443,7 @@ class Poller:
                 if last is None or at >= last or last - at > REDELIVERY_WINDOW:
                     newest[peer] = at
                     tokens[CONTEXT_TOKEN_PREFIX + peer] = token
-        while len(newest) > TOKEN_TIMES:
-            del newest[next(iter(newest))]
+        trim(newest, TOKEN_TIMES)
         # an empty cursor keeps the old one; RS falls back to the deprecated sync_buf
         cursor = read_str(data, "get_updates_buf") or read_str(data, "sync_buf") or None
         return Page(
