@@ -301,3 +301,38 @@ async def test_a_lock_wait_that_returned_at_once_is_waited_out_not_called_a_refu
             async with cb.SQLiteStore(path, threaded=False) as store:
                 assert await store.get("weixin", "bot", "k") == "v"
     assert attempts >= 3
+
+
+async def test_a_lock_waited_for_while_switching_to_wal_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file already in WAL mode, held exclusively by another process for a moment (as a
+    closing process checkpointing it does): the switch to WAL waits its attempt's 0.2 s and
+    meets the lock. That is an ordinary wait, tried again, not SQLite refusing to wait on a
+    file outside WAL mode (the open failed at once, saying so)."""
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path, threaded=False) as store:
+        await store.set("weixin", "bot", "k", "v")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("COMMIT")  # the exclusive lock stays held until the connection closes
+    switches = 0
+
+    class Counting(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            nonlocal switches
+            if sql == "PRAGMA journal_mode=WAL":
+                switches += 1
+                if switches == 3:  # the holder lets go while the store tries again
+                    holder.close()
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=Counting))
+    try:
+        with trio.fail_after(10):
+            async with cb.SQLiteStore(path, threaded=False) as store:
+                assert await store.get("weixin", "bot", "k") == "v"
+    finally:
+        holder.close()
+    assert switches >= 3

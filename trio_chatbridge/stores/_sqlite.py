@@ -295,9 +295,19 @@ class SQLiteStore(Store):
         waited (a build without ``usleep`` waits in whole seconds, so not at all for a wait
         under one): switching to WAL meets a lock only on a file outside WAL mode, held by
         another connection's transaction, where SQLite refuses at once rather than risk a
-        deadlock; ``BEGIN IMMEDIATE`` then runs in WAL mode, where a lock is waited for."""
+        deadlock; ``BEGIN IMMEDIATE`` then runs in WAL mode, where a lock is waited for. A
+        lock the switch did wait for (a closing process checkpointing a file already in WAL
+        mode) is tried again too."""
         db.execute(f"PRAGMA busy_timeout={max(1, round(wait * 1000))}")
-        db.execute("PRAGMA journal_mode=WAL")
+        began = time.monotonic()
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            # A lock SQLite waited for here is an ordinary one (a closing process
+            # checkpointing a file already in WAL mode, say): tried again.
+            if _locked(exc) and time.monotonic() - began >= wait / 2:
+                return exc
+            raise
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         try:
             with _transaction(db, "BEGIN IMMEDIATE"):  # one process creates or migrates
