@@ -356,14 +356,16 @@ class Webhook(base.Connector):
     # -- replying -----------------------------------------------------------------------------
 
     def _live(self, target: Message) -> _StreamState | None:
-        """``target``'s stream, None if it is gone (expired or about to, see
-        :meth:`_StreamState.lapsed`, or lost with a restart); raises :class:`SendError` if it
-        was finished already."""
+        """``target``'s stream, None if it is gone (expired, or lost with a restart) or about
+        to go (see :meth:`_StreamState.lapsed`) while its ``response_url`` can answer instead;
+        raises :class:`SendError` if it was finished already."""
         self._expire()  # past its window WeCom no longer polls it, whether or not it asked
         state = self._streams.get(str(target.reply_handle.get("stream_id")))
         if state is not None and state.finished:
             raise SendError(f"wecom bot {self.account}: message {target.id} was answered already")
-        return None if state is None or state.lapsed() else state
+        if state is None or (state.lapsed() and _has_url(target)):
+            return None
+        return state  # in its last seconds without a URL: the stream is still the best chance
 
     async def send(self, target: Message, text: str) -> None:
         """Answer ``target``: the next refresh poll gets ``text`` and ``finish``; with its
@@ -441,7 +443,7 @@ class Webhook(base.Connector):
                     request,
                     what=what,
                     platform=PLATFORM,
-                    time_limit=deadline - trio.current_time(),
+                    time_limit=max(0.0, deadline - trio.current_time()),
                 )
                 body = answer.json()
             errcode, errmsg = body.get("errcode"), body.get("errmsg")
@@ -456,7 +458,8 @@ class Webhook(base.Connector):
                 )
             return
         raise SendError(
-            f"{what} not sent within {RESPONSE_URL_WITHIN:.0f} s (its host's lookup included)"
+            f"{what} got no answer within {RESPONSE_URL_WITHIN:.0f} s (its host's lookup "
+            "included): it may or may not have been sent"
         )
 
     def stream(self, target: Message) -> AbstractAsyncContextManager[base.ReplyStream]:
@@ -479,7 +482,9 @@ class Webhook(base.Connector):
         finally:
             # Lapsed (or dropped, MAX_STREAMS over) while streaming: WeCom may never poll it
             # again; it ends with what a poll showed, the rest goes through the URL below.
-            lapsed = state.lapsed() or self._streams.get(state.id) is not state
+            # Without a URL, a lapsing stream keeps the whole text (a late poll may yet get it).
+            dropped = self._streams.get(state.id) is not state
+            lapsed = dropped or (state.lapsed() and _has_url(target))
             if lapsed:
                 state.content = state.content[: state.shown]
             state.finished = True  # always: WeCom stops polling, the user's slot frees
@@ -548,6 +553,12 @@ class Webhook(base.Connector):
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+
+def _has_url(target: Message) -> bool:
+    """Whether ``target``'s callback carried a ``response_url`` to answer through."""
+    url = target.reply_handle.get("response_url")
+    return isinstance(url, str) and bool(url)
 
 
 class _PolledStream(base.ReplyStream):
