@@ -488,13 +488,14 @@ class RedisStore(Store):
         for i, message in enumerate(messages):
             by_account.setdefault(account_name(message.platform, message.account), []).append(i)
         added = [False] * len(messages)
+        set_aside = 0  # counted once the put succeeds: a failed one is redelivered, counted then
         try:
             for tag, indexes in by_account.items():
                 try:
                     bodies = [encode_message(messages[i]) for i in indexes]
                 except UnicodeEncodeError:  # set aside alone (not new), the others journaled
                     aside = unencodable([messages[i] for i in indexes])
-                    self.undecodable += len(aside)
+                    set_aside += len(aside)
                     indexes[:] = [i for k, i in enumerate(indexes) if k not in aside]
                     bodies = [encode_message(messages[i]) for i in indexes]
                     if not indexes:
@@ -517,6 +518,7 @@ class RedisStore(Store):
             for tag, indexes in by_account.items():
                 self._doubt(tag, [messages[i].id for i in indexes])
             raise
+        self.undecodable += set_aside
         return added
 
     def _doubt(self, tag: str, ids: Sequence[str]) -> None:
