@@ -189,12 +189,13 @@ def text_of(content: Content) -> str:
     return json.dumps(content.as_dict(), ensure_ascii=False)
 
 
-def refuse_no_text(text: str, kind: str, what: str) -> None:
-    """:class:`SendError` if ``text`` (``kind``: what of ``what`` it is) holds half a
+def refuse_no_text(text: str, kind: str, what: Callable[[], str]) -> None:
+    """:class:`SendError` if ``text`` (``kind``: what of ``what()`` it is) holds half a
     surrogate pair (``"\\ud800"``, which an agent gets from ``surrogateescape`` decoding or
     a JSON escape): no text, so the platform's request would fail to encode it (or carry an
     escape no client can show), with an error naming neither the message nor what to do.
-    Nearly free for the common text (``str.isascii``)."""
+    Nearly free for the common text (``str.isascii``; ``what`` is called only to say what
+    was refused)."""
     if text.isascii():
         return
     try:
@@ -202,7 +203,7 @@ def refuse_no_text(text: str, kind: str, what: str) -> None:
     except UnicodeEncodeError as exc:
         code = ord(exc.object[exc.start])
         raise SendError(
-            f"{what} not sent: its {kind} holds a lone surrogate (\\u{code:x} at "
+            f"{what()} not sent: its {kind} holds a lone surrogate (\\u{code:x} at "
             f"{exc.start}), which is no text; replace it "
             "(text.encode('utf-8', 'replace').decode()) or drop it"
         ) from exc
@@ -445,7 +446,9 @@ class Connector(ABC):
         Text holding half a surrogate pair (``"\\ud800"``) raises :class:`SendError` before
         anything is sent, on every platform (as ``reply.send`` does); then it calls
         :meth:`_send_first`, the platform's part. Not overridable (see :meth:`_send_first`)."""
-        refuse_no_text(text_of(content), kind_of(content), f"message to {chat_id} via {self.name}")
+        refuse_no_text(
+            text_of(content), kind_of(content), lambda: f"message to {chat_id} via {self.name}"
+        )
         return await self._send_first(chat_id, content)
 
     async def _send_first(self, chat_id: str, content: Content) -> Sent:
@@ -464,7 +467,7 @@ class Connector(ABC):
         Text holding half a surrogate pair raises :class:`SendError` before anything is sent,
         as in :meth:`send_first`; then it calls :meth:`_edit`, the platform's part. Not
         overridable (see :meth:`_edit`)."""
-        refuse_no_text(text_of(content), kind_of(content), f"edit via {self.name}")
+        refuse_no_text(text_of(content), kind_of(content), lambda: f"edit via {self.name}")
         await self._edit(sent, content)
 
     async def _edit(self, sent: Sent, content: Content) -> None:

@@ -104,8 +104,8 @@ class Reply(metaclass=NoPublicConstructor):
         """Refuse ``content`` whose text UTF-8 cannot encode (see :func:`refuse_no_text`)."""
         refuse_no_text(text_of(content), kind_of(content), self._what)
 
-    @property
     def _what(self) -> str:
+        """What a refusal names (built only then: ``Connector.name`` is computed)."""
         return f"reply to {self.batch.session} via {self.connector.name}"
 
 
