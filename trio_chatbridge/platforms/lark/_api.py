@@ -64,7 +64,7 @@ class LarkAnswerError(LarkError, ProtocolError):
     the platform gave none."""
 
     def __init__(self, what: str, missing: str) -> None:
-        self.msg = f"answered without {missing}"
+        self.msg: str = f"answered without {missing}"
         """What was wrong with the answer."""
         PlatformError.__init__(
             self,
