@@ -363,7 +363,7 @@ class Webhook(base.Connector):
         state = self._streams.get(str(target.reply_handle.get("stream_id")))
         if state is not None and state.finished:
             raise SendError(f"wecom bot {self.account}: message {target.id} was answered already")
-        if state is None or (state.lapsed() and _has_url(target)):
+        if state is None or (state.lapsed() and _response_url(target) is not None):
             return None
         return state  # in its last seconds without a URL: the stream is still the best chance
 
@@ -395,8 +395,8 @@ class Webhook(base.Connector):
             f"wecom bot {self.account}: the stream for message {target.id} is gone (WeCom "
             f"polls for {STREAM_TTL / 60:.0f} min, and a restart loses it)"
         )
-        url = target.reply_handle.get("response_url")
-        if not isinstance(url, str) or not url:
+        url = _response_url(target)
+        if url is None:
             raise SendError(f"{gone} and the message has no response_url: nothing can answer it")
         if target.id in self._answered_by_url:
             raise SendError(
@@ -484,7 +484,7 @@ class Webhook(base.Connector):
             # again; it ends with what a poll showed, the rest goes through the URL below.
             # Without a URL, a lapsing stream keeps the whole text (a late poll may yet get it).
             dropped = self._streams.get(state.id) is not state
-            lapsed = dropped or (state.lapsed() and _has_url(target))
+            lapsed = dropped or (state.lapsed() and _response_url(target) is not None)
             if lapsed:
                 state.content = state.content[: state.shown]
             state.finished = True  # always: WeCom stops polling, the user's slot frees
@@ -555,10 +555,10 @@ class Webhook(base.Connector):
             self._http = None
 
 
-def _has_url(target: Message) -> bool:
-    """Whether ``target``'s callback carried a ``response_url`` to answer through."""
+def _response_url(target: Message) -> str | None:
+    """The ``response_url`` ``target``'s callback carried to answer through, if any."""
     url = target.reply_handle.get("response_url")
-    return isinstance(url, str) and bool(url)
+    return url if isinstance(url, str) and url else None
 
 
 class _PolledStream(base.ReplyStream):
