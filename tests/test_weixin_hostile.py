@@ -579,3 +579,38 @@ async def test_an_unreadable_status_answer_mid_login_costs_a_poll_not_the_login(
             assert await store.get("weixin", "bot", "token") is None
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("endpoint", ["getconfig", "sendtyping", "notifystart"])
+async def test_a_session_expiry_on_any_call_pauses_the_account_through_the_one_guard(
+    autojump_clock: trio.testing.MockClock, endpoint: str
+) -> None:
+    """errcode -14 on the typing ticket (``getconfig``), the typing indicator (``sendtyping``)
+    or ``notifystart`` pauses the account as one on a poll or a send does: counted once, no
+    poll for the hour, and the agent's reply fails fast (no request) saying to log in again.
+    The message itself is kept: the agent ran, its reply is what the pause refused."""
+    emu = WeixinEmulator()
+    emu.fail(endpoint, WeixinFault.session_expired())
+    errors: list[BaseException] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep(1)  # the typing indicator is shown meanwhile
+        try:
+            await reply.send("answer")
+        except Exception as exc:
+            errors.append(exc)
+
+    async with bridged(emu, agent) as bridge:
+        if endpoint != "notifystart":
+            emu.user_says("u", "hi")
+        await trio.sleep(10)
+        polls = len(emu.calls("getupdates"))
+        await trio.sleep(600)
+        assert len(emu.calls("getupdates")) == polls  # paused: no poll
+        status = bridge.status()["weixin:bot"]
+        assert status.state == "paused" and "weixin-login" in (status.detail or "")
+        assert bridge.stats().other["weixin.session_expired"] == 1
+    assert emu.calls("sendmessage") == []
+    if endpoint != "notifystart":
+        assert len(errors) == 1 and isinstance(errors[0], weixin.SessionPausedError), errors
+        assert "weixin-login" in str(errors[0])

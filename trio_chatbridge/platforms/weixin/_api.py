@@ -13,7 +13,7 @@ poll itself is not here: the driver runs the protocol core's :class:`~._protocol
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, final
 from urllib.parse import quote, urlsplit
 
@@ -35,13 +35,6 @@ from ._protocol import SessionExpiredError as SessionExpiredError
 log = logging.getLogger("trio_chatbridge.weixin.api")
 
 
-def raise_for_code(endpoint: str, data: Mapping[str, Any]) -> None:
-    """Raise the error a response's non-zero ``ret``/``errcode`` means, if any."""
-    error = p.error_for(endpoint, data)
-    if error is not None:
-        raise error
-
-
 @final
 class ILinkClient:
     """Typed calls of the iLink bot API for one bot token. Pass ``http`` to share a client."""
@@ -55,10 +48,14 @@ class ILinkClient:
         route_tag: str | None = None,
         http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_session_expired: Callable[[SessionExpiredError], None] | None = None,
     ) -> None:
         """``http``: a client to share (the caller closes it); else one is made here, on
-        ``transport`` if given (an emulator's), and closed by :meth:`aclose`."""
+        ``transport`` if given (an emulator's), and closed by :meth:`aclose`.
+        ``on_session_expired`` is told of every errcode -14 an authenticated call meets
+        (the connector pauses the account there), before the call raises it."""
         self._token = token
+        self._on_session_expired = on_session_expired
         self.base_url: str = p.normalise_base_url(base_url)
         self.cdn_base_url: str = cdn_base_url.rstrip("/")
         self.route_tag = route_tag
@@ -172,7 +169,11 @@ class ILinkClient:
             data = await self._request(endpoint, body=body, time_limit=time_limit)
         except trio.TooSlowError as exc:
             raise ConnectorError(f"iLink {endpoint} timed out after {time_limit} s") from exc
-        raise_for_code(endpoint, data)
+        error = p.error_for(endpoint, data)
+        if error is not None:
+            if isinstance(error, SessionExpiredError) and self._on_session_expired is not None:
+                self._on_session_expired(error)
+            raise error
         return data
 
     # -- QR login: no token, fixed base (docs/protocols/weixin.md#qr-login) ---------------------

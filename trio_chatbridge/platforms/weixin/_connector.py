@@ -155,6 +155,7 @@ class LongPoll(base.Connector):
                 route_tag=self._route_tag,
                 http=self._http,
                 transport=self._transport,
+                on_session_expired=self._session_expired,
             )
             self._poller = p.Poller(
                 token,
@@ -280,16 +281,20 @@ class LongPoll(base.Connector):
             client = await self._get_client()
             try:
                 return await _media.upload(client, self.media_policy, peer, data, filename, kind)
-            except SessionExpiredError as exc:  # getuploadurl's -14: as a send's
-                raise self._session_expired(exc) from exc
+            except SessionExpiredError as exc:  # getuploadurl's -14: paused by the client
+                raise self._paused_error(exc) from exc
             except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
                 raise SendError(f"weixin account {self.account}: upload failed: {exc}") from exc
 
-    def _session_expired(self, exc: SessionExpiredError) -> SessionPausedError:
-        """A -14 met while sending: the account pauses as for a poll's (no poll, sends fail
-        fast), counted in ``session_expired``; the error to raise."""
+    def _session_expired(self, exc: SessionExpiredError) -> None:
+        """A -14 met by any call but the poll (sends, uploads, typing, notify; the client
+        tells of each): the account pauses as for a poll's (no poll, sends fail fast),
+        counted in ``session_expired``."""
         self._guard.pause(trio.current_time())
         self.ctx.count("session_expired")
+
+    def _paused_error(self, exc: SessionExpiredError) -> SessionPausedError:
+        """What a send that met a -14 raises (the account is paused already)."""
         return SessionPausedError(f"weixin account {self.account}: {exc}")
 
     @contextmanager
@@ -358,8 +363,8 @@ class LongPoll(base.Connector):
         client_id = f"trio-chatbridge:{int(time.time() * 1000)}-{random.getrandbits(32):08x}"
         try:
             await client.send_message(sendmessage_body(peer, token, item, client_id))
-        except SessionExpiredError as exc:
-            raise self._session_expired(exc) from exc
+        except SessionExpiredError as exc:  # paused by the client
+            raise self._paused_error(exc) from exc
         except ILinkError as exc:
             raise refusal(self.account, exc) from exc
         except HTTPRefusedError as exc:
@@ -426,6 +431,10 @@ class LongPoll(base.Connector):
     async def _typing_call(
         self, client: ILinkClient, peer: str, ticket: str, *, typing: bool
     ) -> None:
+        """Show or cancel "typing..."; failures are logged. Nothing while the account is
+        paused (a -14 here pauses it, as any call's does)."""
+        if self.paused:
+            return
         try:
             await client.send_typing(peer, ticket, typing=typing)
         except (ILinkError, HTTPRefusedError, ConnectorError, ProtocolError) as exc:
