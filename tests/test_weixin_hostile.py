@@ -614,3 +614,32 @@ async def test_a_session_expiry_on_any_call_pauses_the_account_through_the_one_g
     if endpoint != "notifystart":
         assert len(errors) == 1 and isinstance(errors[0], weixin.SessionPausedError), errors
         assert "weixin-login" in str(errors[0])
+
+
+async def test_a_server_asking_for_the_verification_code_forever_ends_the_login(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server (or a script) answering ``need_verifycode`` to every poll, whatever the code:
+    the login asks again only after a pause on Trio's clock, and at most
+    ``MAX_VERIFY_CODES`` times for one QR code, then ends with a :class:`LoginError` saying
+    what to do (never a poll loop without pause, nor a prompt forever)."""
+    client, asked = scripted_login(*[{"status": "need_verifycode"}] * 100)
+    codes: list[float] = []
+
+    async def code() -> str:
+        codes.append(trio.current_time())
+        assert len(codes) <= 20, "asked for the code without end"
+        return "000000"
+
+    with pytest.raises(weixin.LoginError, match="verification code") as info:
+        await weixin.login(
+            cb.MemoryStore(), "bot", client=client, show=lambda line: None, ask_code=code
+        )
+    await client.aclose()
+    assert len(codes) == weixin_login.MAX_VERIFY_CODES
+    gaps = [b - a for a, b in itertools.pairwise(codes)]
+    assert all(gap >= weixin_login.POLL_PAUSE for gap in gaps), gaps
+    assert "bot" in str(info.value) and "log in again" in str(info.value)
+    # each code was sent once, on the poll right after it was asked for
+    polls = [url for url in asked if "get_qrcode_status" in url]
+    assert len(polls) == weixin_login.MAX_VERIFY_CODES + 1

@@ -33,6 +33,9 @@ POLL_PAUSE: Final = 1.0  # seconds between status polls
 MAX_QR_CODES: Final = 3
 MAX_BAD_ANSWERS: Final = 3
 """Status answers in a row that cannot be read (or are refused) before a login gives up."""
+MAX_VERIFY_CODES: Final = 5
+"""Verification codes asked for one QR code at most: a server that asks again whatever the
+code (or wrong codes typed that often) ends the login."""
 LOGIN_DEADLINE: Final = 480.0  # seconds
 BOT_ID_KEY: Final = "bot_id"
 OWNER_KEY: Final = "owner_user_id"
@@ -139,7 +142,7 @@ async def _login(
         show(f"Scan this QR code with WeChat ({attempt}/{MAX_QR_CODES}):")
         show(p.read_str(qr, "qrcode_img_content") or code)
         verify: str | None = None
-        bad = 0
+        bad = codes = 0
         while True:
             try:
                 answer = await api.get_qrcode_status(code, base=base, verify_code=verify)
@@ -171,6 +174,15 @@ async def _login(
                     already_bound=True,
                 )
             if status == "need_verifycode":
+                if codes >= MAX_VERIFY_CODES:
+                    raise LoginError(
+                        f"QR login for {account}: the server asked for the phone's "
+                        f"verification code {codes + 1} times (the codes given were refused); "
+                        "check the code the phone shows and log in again"
+                    )
+                if codes:  # the last code was not taken: a pause before asking again
+                    await trio.sleep(POLL_PAUSE)
+                codes += 1
                 verify = await ask_code()
                 continue  # poll again at once with the code
             if status in ("expired", "verify_code_blocked"):
