@@ -643,3 +643,37 @@ async def test_a_server_asking_for_the_verification_code_forever_ends_the_login(
     # each code was sent once, on the poll right after it was asked for
     polls = [url for url in asked if "get_qrcode_status" in url]
     assert len(polls) == weixin_login.MAX_VERIFY_CODES + 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("cdn_upload", WeixinFault.http(413)),  # the CDN refuses it for good
+        ("cdn_upload", WeixinFault.http(500)),  # three attempts, all failed
+        ("getuploadurl", WeixinFault(body={"upload_full_url": "http://169.254.169.254/up"})),
+    ],
+    ids=["refused", "failing", "off-policy"],
+)
+async def test_a_reply_that_failed_at_its_media_upload_is_a_failed_reply(
+    autojump_clock: trio.testing.MockClock, fault: tuple[str, WeixinFault]
+) -> None:
+    """An upload the CDN refuses or fails, or one the media policy refuses (a server-named
+    URL off it): the agent gets the :class:`MediaError` saying why, and the reply is counted
+    in ``weixin.replies_failed`` as any reply that did not reach the user; nothing is sent."""
+    emu = WeixinEmulator()
+    emu.fail(*fault, times=3)
+    errors: list[BaseException] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send_media(b"data", filename="a.txt")
+        except Exception as exc:
+            errors.append(exc)
+
+    async with bridged(emu, agent) as bridge:
+        emu.user_says("u", "file")
+        await trio.sleep(30)
+        stats = bridge.stats()
+    assert len(errors) == 1 and isinstance(errors[0], cb.MediaError), errors
+    assert stats.other["weixin.replies_failed"] == 1
+    assert emu.calls("sendmessage") == []

@@ -29,6 +29,7 @@ from ..._errors import (
     ConfigurationError,
     ConnectorError,
     FatalConnectorError,
+    MediaError,
     ProtocolError,
     SendError,
 )
@@ -299,10 +300,12 @@ class LongPoll(base.Connector):
 
     @contextmanager
     def _counting_failure(self) -> Iterator[None]:
-        """A reply that fails here (:class:`SendError`) is counted in ``replies_failed``."""
+        """A reply that fails here is counted in ``replies_failed``: a :class:`SendError`, or
+        a :class:`MediaError` of its upload (the CDN's refusal, the media policy's; the agent
+        gets the MediaError as it was)."""
         try:
             yield
-        except SendError:
+        except (SendError, MediaError):
             self.ctx.count("replies_failed")
             raise
 
