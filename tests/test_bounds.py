@@ -203,9 +203,9 @@ async def test_latency_notes_of_messages_whose_run_never_comes_are_bounded() -> 
     latencies = Latencies([lambda kind, seconds: seen.append((kind, seconds))], limit=10)
     chat = FakeConnector()
     messages = [chat.message(f"m{n}", user=f"u{n}") for n in range(15)]
-    latencies.received(messages)  # five past the bound: the five oldest notes go
-    assert len(latencies._arrived) == 10
-    latencies.run_started(cb.Batch("s", messages[:5]), lambda: None)
+    latencies.received(messages)  # past the bound: the older notes go, down to half of it
+    assert len(latencies._arrived) == 5
+    latencies.run_started(cb.Batch("s", messages[:10]), lambda: None)
     assert seen == []  # their notes were dropped: not measured, not wrong
-    latencies.run_started(cb.Batch("s", messages[5:6]), lambda: None)
+    latencies.run_started(cb.Batch("s", messages[10:11]), lambda: None)
     assert [kind for kind, _ in seen] == ["agent_start"]
