@@ -410,6 +410,18 @@ async def test_a_lone_surrogate_escape_spoils_no_good_message_of_its_page(
     assert stats.reconnects == 0
 
 
+async def assert_paused_once(emu: WeixinEmulator, bridge: cb.Bridge) -> None:
+    """After 10 s, the account is paused: no poll for the next ten minutes, the status says
+    to log in again, and the expiry was counted once."""
+    await trio.sleep(10)
+    polls = len(emu.calls("getupdates"))
+    await trio.sleep(600)
+    assert len(emu.calls("getupdates")) == polls  # paused: no poll
+    status = bridge.status()["weixin:bot"]
+    assert status.state == "paused" and "weixin-login" in (status.detail or "")
+    assert bridge.stats().other["weixin.session_expired"] == 1
+
+
 @pytest.mark.parametrize("how", ["send", "send_media", "stream"])
 async def test_a_session_expiry_met_while_sending_pauses_the_account_like_one_met_polling(
     autojump_clock: trio.testing.MockClock, how: str
@@ -442,13 +454,7 @@ async def test_a_session_expiry_met_while_sending_pauses_the_account_like_one_me
 
     async with bridged(emu, agent) as bridge:
         emu.user_says("u", "hi")
-        await trio.sleep(10)
-        polls = len(emu.calls("getupdates"))
-        await trio.sleep(600)
-        assert len(emu.calls("getupdates")) == polls  # paused: no poll
-        status = bridge.status()["weixin:bot"]
-        assert status.state == "paused" and "weixin-login" in (status.detail or "")
-        assert bridge.stats().other["weixin.session_expired"] == 1
+        await assert_paused_once(emu, bridge)
     assert len(errors) == 2, errors
     assert all(isinstance(e, weixin.SessionPausedError) for e in errors), errors
     assert "weixin-login" in str(errors[0]) and "weixin-login" in str(errors[1])
@@ -603,13 +609,7 @@ async def test_a_session_expiry_on_any_call_pauses_the_account_through_the_one_g
     async with bridged(emu, agent) as bridge:
         if endpoint != "notifystart":
             emu.user_says("u", "hi")
-        await trio.sleep(10)
-        polls = len(emu.calls("getupdates"))
-        await trio.sleep(600)
-        assert len(emu.calls("getupdates")) == polls  # paused: no poll
-        status = bridge.status()["weixin:bot"]
-        assert status.state == "paused" and "weixin-login" in (status.detail or "")
-        assert bridge.stats().other["weixin.session_expired"] == 1
+        await assert_paused_once(emu, bridge)
     assert emu.calls("sendmessage") == []
     if endpoint != "notifystart":
         assert len(errors) == 1 and isinstance(errors[0], weixin.SessionPausedError), errors
