@@ -365,3 +365,156 @@ async def test_a_reply_streaming_past_the_window_sends_the_rest_through_the_resp
     assert polled["stream"] == dict(opened["stream"], content="first ")
     assert gone["stream"]["finish"] is True
     assert [(a.via, a.text) for a in emu.activity] == [("response_url", "and the rest")]
+
+
+async def replayed_batch(
+    emu: WeComEmulator, agent: cb.Agent, callbacks: list[dict[str, Any]], **options: Any
+) -> cb.Bridge:
+    """``callbacks`` journaled as one batch by a bridge whose agent never answers, then a
+    second bridge (the same store) run with ``agent``: it answers the replayed batch."""
+    store = cb.MemoryStore()
+    running = trio.Event()
+
+    async def never(batch: cb.Batch, reply: cb.Reply) -> None:
+        running.set()
+        await trio.sleep_forever()
+
+    first = emu.webhook(**options)
+    async with running_bridge(quick_bridge(first, never, store=store)):
+        for callback in callbacks:
+            await emu.webhook_post(first.asgi, callback)
+        await running.wait()
+    second = quick_bridge(emu.webhook(**options), agent, store=store)
+    async with running_bridge(second):
+        await trio.sleep(30)
+    return second
+
+
+async def test_a_replayed_batchs_earlier_messages_get_the_earlier_reply_through_their_urls(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As on a live stream and the long connection: each earlier message is answered with
+    ``earlier_reply``, here through its own response_url (it was never answered at all)."""
+    emu = WeComEmulator()
+    callbacks = [message(emu, "m1", "first"), message(emu, "m2", "second")]
+    bridge = await replayed_batch(emu, echo, callbacks, earlier_reply="(see below)")
+    answers = {a.id: a.text for a in emu.activity if a.via == "response_url"}
+    assert answers == {"m1": "(see below)", "m2": "first\nsecond"}
+    assert bridge.stats().other["wecom.replies_via_response_url"] == 2
+    assert bridge.stats().failures == 0
+
+
+async def test_a_replayed_earlier_message_that_cannot_be_answered_costs_only_its_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A refused earlier answer is counted and logged; the agent still runs and answers the
+    latest message. With no ``earlier_reply`` nothing is posted for the earlier ones."""
+    emu = WeComEmulator()
+    spent = message(emu, "m1", "first")
+    spent["response_url"] += "-unknown"  # the emulator answers 404
+    callbacks = [spent, message(emu, "m2", "second"), message(emu, "m3", "third")]
+    bridge = await replayed_batch(emu, echo, callbacks, earlier_reply="(merged)")
+    answers = {a.id: a.text for a in emu.activity if a.via == "response_url"}
+    assert answers == {"m2": "(merged)", "m3": "first\nsecond\nthird"}
+    assert bridge.stats().other["wecom.earlier_replies_failed"] == 1
+
+    emu = WeComEmulator()
+    callbacks = [message(emu, "m1", "first"), message(emu, "m2", "second")]
+    await replayed_batch(emu, echo, callbacks)
+    assert [a.id for a in emu.activity if a.via == "response_url"] == ["m2"]
+
+
+async def test_a_card_goes_through_the_response_url_and_media_is_refused_naming_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A response_url takes a template card (docs/protocols/wecom.md#answering-through-
+    response_url); it cannot take media: a SendError saying so, counted."""
+    emu = WeComEmulator()
+    card = cb.Card({"card_type": "text_notice", "main_title": {"title": "done"}})
+    errors: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send_media(b"\x89PNG", filename="a.png")
+        except cb.SendError as exc:
+            errors.append(str(exc))
+        await reply.send(card)
+
+    bridge = await journaled_then_restarted(emu, agent, message(emu, "m1", "hi"))
+    [answer] = [a for a in emu.activity if a.via == "response_url"]
+    assert (answer.kind, answer.id) == ("card", "m1")
+    [sent] = [s for s in emu.sent if s.kind == "response_url"]
+    assert sent.card is not None and sent.card["main_title"] == {"title": "done"}
+    assert len(errors) == 1 and "cannot carry media" in errors[0]
+    assert bridge.stats().other["wecom.replies_refused"] == 1
+    assert bridge.stats().other["wecom.replies_via_response_url"] == 1
+
+
+async def test_a_card_answer_to_a_live_stream_goes_through_the_url_and_ends_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stream cannot carry a card once opened; the URL can. Without a URL: a SendError."""
+    emu = WeComEmulator()
+    hook = emu.webhook()
+    card = cb.Card({"card_type": "text_notice", "main_title": {"title": "done"}})
+    errors: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send(card)
+        except cb.SendError as exc:
+            errors.append(str(exc))
+            await reply.send("text instead")
+
+    no_url = message(emu, "m2", "no url", **{"from": {"userid": "bo"}})
+    del no_url["response_url"]
+    async with running_bridge(quick_bridge(hook, agent)):
+        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
+        other = emu.webhook_open(await emu.webhook_post(hook.asgi, no_url))
+        await trio.sleep(5)
+        frames = []
+        for answer in (opened, other):
+            poll = {"msgtype": "stream", "stream": {"id": answer["stream"]["id"]}}
+            frames.append(emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"])
+    [by_url] = [a for a in emu.activity if a.via == "response_url"]
+    assert (by_url.kind, by_url.id) == ("card", "m1")
+    assert [(f["finish"], f["content"]) for f in frames] == [(True, ""), (True, "text instead")]
+    assert len(errors) == 1 and "no response_url" in errors[0]
+
+
+async def test_a_stream_dropped_while_written_finishes_with_what_was_shown(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAX_STREAMS over while a reply is streamed: the next poll of the dropped stream
+    finishes it with what the user saw (not an empty finish that blanks it), and the rest
+    goes through the URL: every word shown once."""
+    from trio_chatbridge.platforms.wecom import _webhook
+
+    monkeypatch.setattr(_webhook, "MAX_STREAMS", 3)
+    emu = WeComEmulator()
+    hook = emu.webhook()
+    wrote, go_on = trio.Event(), trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        if batch.latest.sender.id != "ana":
+            return
+        async with reply.stream() as out:
+            await out.write("shown ")
+            wrote.set()
+            await go_on.wait()
+            await out.write("rest")
+
+    async with running_bridge(quick_bridge(hook, agent)):
+        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
+        poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
+        await wrote.wait()
+        first = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
+        for n in range(3):  # three newer streams: m1's is dropped
+            other = message(emu, f"o{n}", "x", **{"from": {"userid": f"u{n}"}})
+            await emu.webhook_post(hook.asgi, other)
+        last = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
+        go_on.set()
+        await trio.sleep(5)
+    assert (first["finish"], first["content"]) == (False, "shown ")
+    assert (last["finish"], last["content"]) == (True, "shown ")
+    assert [a.text for a in emu.activity if a.via == "response_url"] == ["rest"]

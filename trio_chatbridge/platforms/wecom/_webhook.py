@@ -62,6 +62,7 @@ MAX_NONCES: Final = 50_000  # (timestamp, nonce) pairs remembered to refuse repl
 MAX_QUERY_FIELDS: Final = 16  # query parameters accepted (WeCom sends at most four)
 MAX_TIMESTAMP_DIGITS: Final = 12  # a decimal count of seconds; anything longer is absurd
 RESPONSE_URL_WITHIN: Final = 15.0  # seconds an answer through a response_url may take
+EARLIER_AT_ONCE: Final = 4  # earlier messages of a batch answered through their URLs at once
 
 
 @attrs.define
@@ -513,19 +514,56 @@ class Webhook(base.Connector):
 
     @asynccontextmanager
     async def _close_earlier(self, batch: Batch) -> AsyncIterator[None]:
-        """Finish the streams of a batch's earlier messages with ``earlier_reply``, and, if
-        the agent raises (or its run times out: the dispatcher raises then), the latest one's
+        """Finish the streams of a batch's earlier messages with ``earlier_reply``, or, where
+        a message's stream is gone (a batch replayed after a restart), send ``earlier_reply``
+        through its ``response_url`` (not when ``earlier_reply`` is empty: there is nothing to
+        say and no stream holds the user's slot), :data:`EARLIER_AT_ONCE` at a time, before the
+        agent runs, each within :data:`RESPONSE_URL_WITHIN` seconds. And, if the agent raises (or its run times out: the dispatcher raises then), the latest one's
         unless it was answered (empty: WeCom would poll a stream nobody fills for six
         minutes). An agent that returns without answering leaves it open (a ``Reply`` kept
         after the run may still answer), and so does a cancelled run (interrupted: the next
         run closes it as an earlier message)."""
-        for message in batch.messages[:-1]:
-            self._finish(message, self.earlier_reply)
+        by_url = [m for m in batch.messages[:-1] if self._close_earlier_stream(m)]
+        if by_url and self.earlier_reply:
+            limiter = trio.CapacityLimiter(EARLIER_AT_ONCE)
+            async with trio.open_nursery() as nursery:
+                for message in by_url:
+                    nursery.start_soon(self._earlier_by_url, message, limiter)
         try:
             yield
         except Exception:
             self._finish(batch.latest, "")
             raise
+
+    def _close_earlier_stream(self, message: Message) -> bool:
+        """Finish the stream of ``message``, an earlier message of a batch, with
+        ``earlier_reply``; True if its stream is gone (or lapsing, with a URL to answer
+        through instead), so that only its ``response_url`` can answer it."""
+        self._expire()
+        state = self._streams.get(str(message.reply_handle.get("stream_id")))
+        if state is None:
+            return _response_url(message) is not None
+        if state.finished:
+            return False
+        if state.lapsed() and _response_url(message) is not None:
+            state.content, state.finished = state.content[: state.shown], True
+            return True
+        state.content, state.finished = self.earlier_reply, True
+        return False
+
+    async def _earlier_by_url(self, message: Message, limiter: trio.CapacityLimiter) -> None:
+        """Answer ``message`` (an earlier message of a replayed batch) with ``earlier_reply``
+        through its ``response_url``; a refusal costs only this answer: counted
+        (``earlier_replies_failed``) and logged, the run goes on. If cancelled, it may or may
+        not have been sent."""
+        async with limiter:
+            try:
+                await self._answer_by_url(message, self.earlier_reply)
+            except SendError as exc:
+                self.ctx.count("earlier_replies_failed")
+                log.warning(
+                    "wecom bot %s: earlier message %s not answered: %s", self.account, message.id, exc
+                )
 
     def _finish(self, message: Message, content: str) -> None:
         """Finish ``message``'s stream with ``content``, unless it was finished already."""
