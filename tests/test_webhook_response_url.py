@@ -446,7 +446,7 @@ async def test_a_card_goes_through_the_response_url_and_media_is_refused_naming_
     [sent] = [s for s in emu.sent if s.kind == "response_url"]
     assert sent.card is not None and sent.card["main_title"] == {"title": "done"}
     assert len(errors) == 1 and "cannot carry media" in errors[0]
-    assert bridge.stats().other["wecom.replies_refused"] == 1
+    assert bridge.stats().other["wecom.replies_unsupported"] == 1
     assert bridge.stats().other["wecom.replies_via_response_url"] == 1
 
 

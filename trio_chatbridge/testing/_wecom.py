@@ -797,28 +797,36 @@ class WeComEmulator(UserVerbs):
         return f"{self.http_base}{RESPONSE_PATH}?response_code={token}"
 
     def _answer_by_url(self, token: str, request: httpx.Request) -> httpx.Response:
-        """A bot's POST to a message's ``response_url``: one markdown or text answer, recorded
-        as the user's answer (``via="response_url"``), or refused as WeCom would."""
+        """A bot's POST to a message's ``response_url``: one markdown, text or template card
+        answer, recorded as the user's answer (``via="response_url"``, kind ``"card"`` for a
+        card), or refused as WeCom would."""
         url = self._response_urls.get(token)
         if url is None:
             return httpx.Response(404)
-        kind = ""
+        kind, card = "", None
         try:
             body = json.loads(request.content)
             kind = get_str(body, "msgtype") or ""
-            content = get_str(get_object(body, kind), "content")
-        except (ValueError, TypeError, AttributeError):
+            if kind == "template_card":
+                card = self._card(body)
+                content: str | None = ""
+            else:
+                content = get_str(get_object(body, kind), "content")
+        except (ValueError, TypeError, AttributeError, _Refused):
             content = None
         if url.used or trio.current_time() > url.expires:
             errcode, errmsg = URL_SPENT, "response_url used already or expired"
-        elif kind not in ("markdown", "text") or content is None:
-            errcode, errmsg = BAD_CONTENT, "a markdown or text message, please"
+        elif kind not in ("markdown", "text", "template_card") or content is None:
+            errcode, errmsg = BAD_CONTENT, "a markdown, text or template_card message, please"
         elif len(content.encode()) > f.STREAM_LIMIT:
             errcode, errmsg = BAD_CONTENT, "content too long"
         else:
             url.used = True
-            self._record(kind, "response_url", url.to, req_id=url.msgid, text=content)
-            self.sent.append(WeComSent("response_url", url.to, content, url.msgid))
+            if card is None:
+                self._record(kind, "response_url", url.to, req_id=url.msgid, text=content)
+            else:
+                self._record("card", "response_url", url.to, req_id=url.msgid, card=card)
+            self.sent.append(WeComSent("response_url", url.to, content, url.msgid, card=card))
             return httpx.Response(200, json={"errcode": 0, "errmsg": "ok"})
         detail = {"errcode": errcode, "errmsg": errmsg}
         self._record("refused", "response_url", url.to, req_id=url.msgid, detail=detail)

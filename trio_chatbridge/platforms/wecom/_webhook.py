@@ -35,7 +35,7 @@ import trio
 
 from ... import _connector as base
 from ..._asgi import Receive, Scope, Send, answer_lifespan
-from ..._content import Card
+from ..._content import Card, Content, Sent, kind_of, unsupported
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
 from ..._health import serve_http
 from ..._http import new_client
@@ -45,6 +45,7 @@ from ..._media import MediaPolicy, fetch, guarded_request
 from ..._messages import Batch, Handle, Media, Message
 from ..._receive import skip_bad
 from . import _crypto
+from . import _outbound as out
 from . import _protocol as f
 from ._convert import PLATFORM, to_message
 from ._long import DEFAULT_MEDIA_HOSTS, DEFAULT_WELCOME, FINISH_MARGIN, Welcome
@@ -382,9 +383,51 @@ class Webhook(base.Connector):
         self._cut(target, text, state.content)
         await trio.lowlevel.checkpoint()
 
+    async def send_content(self, target: Message, content: Content) -> Sent:
+        """Answer ``target``: text and Markdown as :meth:`send`; a :class:`Card` through the
+        message's ``response_url`` as a template card (a stream, once opened, carries only
+        text), its stream then ended with what it showed; media and posts, which neither a
+        stream nor a response_url carries, raise :class:`SendError` naming why, counted in
+        ``replies_unsupported``. If cancelled, as :meth:`send`."""
+        if out.is_text(content):
+            await self.send(target, out.text_of(content))
+        elif isinstance(content, Card):
+            await self._send_card(target, content)
+        else:
+            self.ctx.count("replies_unsupported")
+            raise unsupported(
+                PLATFORM,
+                self.account,
+                content,
+                "in webhook mode a stream or a response_url cannot carry media: send text, "
+                "Markdown or a card (with a link to the file)",
+            )
+        return Sent(PLATFORM, target.chat.id, kind_of(content))
+
+    async def _send_card(self, target: Message, card: Card) -> None:
+        """Answer ``target`` with ``card`` through its ``response_url`` (which takes a
+        ``template_card``, docs/protocols/wecom.md#answering-through-response_url); a live
+        stream is ended with what its polls showed once the card is accepted."""
+        state = self._live(target)  # raises if it was answered already
+        if _response_url(target) is None:
+            raise SendError(
+                f"wecom bot {self.account}: message {target.id} has no response_url, and a "
+                "webhook stream carries only text: send text or Markdown instead"
+            )
+        await self._post_by_url(target, out.message_body(self.account, card))
+        if state is not None:
+            state.content, state.finished = state.content[: state.shown], True
+
     async def _answer_by_url(self, target: Message, text: str) -> None:
-        """Answer ``target``, whose stream is gone, with one markdown POST to the
-        ``response_url`` its callback carried: checked against :attr:`media_policy` as media
+        """Answer ``target``, whose stream is gone, with one markdown message through its
+        ``response_url`` (:meth:`_post_by_url`), cut to the stream's 20,480 bytes."""
+        content = utf8_prefix(text, f.STREAM_LIMIT)
+        await self._post_by_url(target, {"msgtype": "markdown", "markdown": {"content": content}})
+        self._cut(target, text, content)
+
+    async def _post_by_url(self, target: Message, body: dict[str, Any]) -> None:
+        """Answer ``target`` with one POST of ``body`` to the ``response_url`` its callback
+        carried: checked against :attr:`media_policy` as media
         URLs are, no redirect followed, within :data:`RESPONSE_URL_WITHIN` seconds, and never
         logged (it is a capability), counted in ``replies_via_response_url``. Raises
         :class:`SendError` naming why when there is no URL, it was used already, the policy
@@ -403,25 +446,23 @@ class Webhook(base.Connector):
             raise SendError(
                 f"{gone} and its response_url was used already (WeCom takes one answer there)"
             )
-        content = utf8_prefix(text, f.STREAM_LIMIT)
         what = f"wecom bot {self.account}: the answer to {target.id} through its response_url"
         if self._http is None:
             self._http = new_client(self._transport)
         self._answered_by_url[target.id] = None  # reserved: a concurrent send is refused
         try:
-            await self._post_answer(self._http, url, what, content)
+            await self._post_answer(self._http, url, what, body)
         except BaseException:
             self._answered_by_url.pop(target.id, None)  # not answered: a later send may try again
             raise
         while len(self._answered_by_url) > MAX_STREAMS:
             self._answered_by_url.popitem(last=False)
         self.ctx.count("replies_via_response_url")
-        self._cut(target, text, content)
 
     async def _post_answer(
-        self, http: httpx.AsyncClient, url: str, what: str, content: str
+        self, http: httpx.AsyncClient, url: str, what: str, body: dict[str, Any]
     ) -> None:
-        """POST ``content`` to the response_url ``url``, the host's lookup included, within
+        """POST ``body`` to the response_url ``url``, the host's lookup included, within
         :data:`RESPONSE_URL_WITHIN` seconds; delivered only on a 2xx whose body says
         ``errcode`` 0. Raises :class:`SendError` (``wecom.WeComError`` for a refusal, naming
         the HTTP status, never the URL) otherwise."""
@@ -434,7 +475,7 @@ class Webhook(base.Connector):
                     url,
                     self.media_policy,
                     verb="answer through a response_url at",
-                    json={"msgtype": "markdown", "markdown": {"content": content}},
+                    json=body,
                 )
             except MediaError as exc:
                 raise SendError(f"{what} not sent: {exc}") from exc
@@ -446,8 +487,8 @@ class Webhook(base.Connector):
                     platform=PLATFORM,
                     time_limit=max(0.0, deadline - trio.current_time()),
                 )
-                body = answer.json()
-            errcode, errmsg = body.get("errcode"), body.get("errmsg")
+                said = answer.json()
+            errcode, errmsg = said.get("errcode"), said.get("errmsg")
             if not answer.ok or type(errcode) is not int or errcode != 0:
                 # a missing errcode (a proxy's answer, an empty {}) or one that is no number
                 # is no delivery either (-1: unreadable)
