@@ -37,6 +37,7 @@ from ... import _connector as base
 from ..._asgi import Receive, Scope, Send, answer_lifespan
 from ..._content import Card, Content, Sent, kind_of, unsupported
 from ..._errors import ConfigurationError, MediaError, ProtocolError, SendError
+from ..._fifo import trim
 from ..._health import serve_http
 from ..._http import new_client
 from ..._http import send as http_send
@@ -119,6 +120,8 @@ class Webhook(base.Connector):
         self._wall_clock = wall_clock
         self._streams: OrderedDict[str, _StreamState] = OrderedDict()
         self._stream_of_msgid: dict[str, str] = {}
+        self._dropped: dict[str, str] = {}
+        """What the next poll of a stream dropped by MAX_STREAMS finishes it with."""
         self._putting: dict[str, trio.Event] = {}
         """The msgids whose first delivery's put is under way: a retry waits for it."""
         self._nonces = _NonceCache(MAX_NONCES)
@@ -250,8 +253,12 @@ class Webhook(base.Connector):
     def _stream_frame(self, stream_id: str) -> dict[str, Any]:
         self._expire()
         state = self._streams.get(stream_id)
-        if state is None:  # unknown or long finished: tell WeCom to stop polling
-            return {"msgtype": "stream", "stream": {"id": stream_id, "finish": True, "content": ""}}
+        if state is None:  # unknown, dropped or long finished: tell WeCom to stop polling
+            content = self._dropped.get(stream_id, "")
+            return {
+                "msgtype": "stream",
+                "stream": {"id": stream_id, "finish": True, "content": content},
+            }
         state.shown = len(state.content)
         return {
             "msgtype": "stream",
@@ -350,10 +357,22 @@ class Webhook(base.Connector):
             if oldest.created >= cutoff and len(self._streams) <= MAX_STREAMS:
                 break
             del self._streams[oldest.id]
+            if oldest.created >= cutoff:  # dropped within its window: MAX_STREAMS over
+                self._drop(oldest)
         if len(self._stream_of_msgid) > 2 * MAX_STREAMS:
             self._stream_of_msgid = {
                 m: s for m, s in self._stream_of_msgid.items() if s in self._streams
             }
+
+    def _drop(self, state: _StreamState) -> None:
+        """Remember what the last poll of ``state``, dropped while WeCom may still poll it,
+        must finish it with: the answer set but not yet polled, or what the polls showed of
+        one still being written (its writer sends the rest through the URL); an empty finish
+        would blank what the user saw, or lose an answer counted as sent."""
+        final = state.content if state.finished else state.content[: state.shown]
+        if final and not (state.finished and state.shown == len(final)):
+            self._dropped[state.id] = final
+            trim(self._dropped, MAX_STREAMS)
 
     # -- replying -----------------------------------------------------------------------------
 
@@ -559,11 +578,12 @@ class Webhook(base.Connector):
         a message's stream is gone (a batch replayed after a restart), send ``earlier_reply``
         through its ``response_url`` (not when ``earlier_reply`` is empty: there is nothing to
         say and no stream holds the user's slot), :data:`EARLIER_AT_ONCE` at a time, before the
-        agent runs, each within :data:`RESPONSE_URL_WITHIN` seconds. And, if the agent raises (or its run times out: the dispatcher raises then), the latest one's
-        unless it was answered (empty: WeCom would poll a stream nobody fills for six
-        minutes). An agent that returns without answering leaves it open (a ``Reply`` kept
-        after the run may still answer), and so does a cancelled run (interrupted: the next
-        run closes it as an earlier message)."""
+        agent runs, each within :data:`RESPONSE_URL_WITHIN` seconds. And, if the agent
+        raises (or its run times out: the dispatcher raises then), the latest one's unless it
+        was answered (empty: WeCom would poll a stream nobody fills for six minutes). An
+        agent that returns without answering leaves it open (a ``Reply`` kept after the run
+        may still answer), and so does a cancelled run (interrupted: the next run closes it as
+        an earlier message)."""
         by_url = [m for m in batch.messages[:-1] if self._close_earlier_stream(m)]
         if by_url and self.earlier_reply:
             limiter = trio.CapacityLimiter(EARLIER_AT_ONCE)
@@ -603,7 +623,10 @@ class Webhook(base.Connector):
             except SendError as exc:
                 self.ctx.count("earlier_replies_failed")
                 log.warning(
-                    "wecom bot %s: earlier message %s not answered: %s", self.account, message.id, exc
+                    "wecom bot %s: earlier message %s not answered: %s",
+                    self.account,
+                    message.id,
+                    exc,
                 )
 
     def _finish(self, message: Message, content: str) -> None:
