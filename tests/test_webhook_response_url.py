@@ -427,8 +427,8 @@ async def test_a_replayed_earlier_message_that_cannot_be_answered_costs_only_its
 async def test_a_card_goes_through_the_response_url_and_media_is_refused_naming_why(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A response_url takes a template card (docs/protocols/wecom.md#answering-through-
-    response_url); it cannot take media: a SendError saying so, counted."""
+    """A response_url takes a template card; it cannot take media: a SendError saying so,
+    counted (docs/protocols/wecom.md#answering-through-response_url)."""
     emu = WeComEmulator()
     card = cb.Card({"card_type": "text_notice", "main_title": {"title": "done"}})
     errors: list[str] = []
