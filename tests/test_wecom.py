@@ -1023,3 +1023,29 @@ async def test_event_handlers_are_bounded(autojump_clock: trio.testing.MockClock
         await trio.sleep(6)
         assert bridge.stats().other["wecom.events_dropped"] == 5
         assert bridge.stats().other["wecom.late_welcomes"] == MAX_HANDLERS
+
+
+@pytest.mark.parametrize("at", [0.5, 2.5, 4.5])
+async def test_a_stream_whose_connection_drops_goes_on_on_the_next_and_shows_once(
+    autojump_clock: trio.testing.MockClock, at: float
+) -> None:
+    """A reply being streamed when the connection drops (after its first frame, mid-way, at
+    its final frame): the rest goes on the new connection, on the same stream; the user's
+    answer is the whole text, once, and the run does not fail."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            for word in ("one ", "two ", "three ", "four ", "five"):
+                await out.write(word)
+                await trio.sleep(1.0)
+
+    async with wecom_bridge(agent) as (emu, bridge):
+        asked = emu.user_says("rex", "q")
+        await trio.sleep(at)
+        await emu.drop_connection()
+        await trio.sleep(60)
+        assert [(s.kind, s.req_id, s.text) for s in emu.sent] == [
+            ("stream", asked, "one two three four five")
+        ]
+        assert (bridge.stats().failures, bridge.stats().replies) == (0, 1)
+        assert bridge.stats().reconnects >= 1

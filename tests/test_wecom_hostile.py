@@ -731,3 +731,50 @@ async def test_a_server_that_closes_right_after_the_subscribe_is_retried_with_ba
             await trio.sleep(540)
     assert 3 <= first_minute <= 8
     assert len(servers) - first_minute <= 12  # about one a minute once backed off
+
+
+async def test_a_final_frame_carried_to_a_new_connection_and_acked_twice_is_one_reply(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first connection closes on a streamed reply's final frame, unacknowledged; the
+    next connection gets the same final frame (once) and acks it, refuses it and acks it
+    again: the reply counts once, the extra answers as stray acks, the agent runs once."""
+    runs: list[str] = []
+    finals: list[tuple[int, str]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        runs.append(batch.text)
+        async with reply.stream() as out:
+            for word in ("one ", "two ", "three"):
+                await out.write(word)
+                await trio.sleep(1)
+
+    async def script(server: Server) -> None:
+        await server.subscribed()
+        if server.n == 0:
+            await server.write(text(callback("u", "hi", 0)))
+
+        async def answer(command: dict[str, Any]) -> None:
+            req_id = command["headers"]["req_id"]
+            stream = command["body"].get("stream", {}) if "body" in command else {}
+            if stream.get("finish"):
+                finals.append((server.n, stream["content"]))
+                if server.n == 0:
+                    await server.peer.stream.aclose()  # gone before its ack
+                    return
+                await server.ack(req_id)
+                await server.ack(req_id, errcode=846608)
+            await server.ack(req_id)
+
+        await server.answer_commands(answer)
+
+    async with hostile(script) as servers:
+        bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
+        async with running_bridge(bridge):
+            await trio.sleep(60)
+            stats = bridge.stats()
+    assert runs == ["hi"] and len(servers) == 2
+    assert finals == [(0, "one two three"), (1, "one two three")]
+    assert (stats.replies, stats.failures, stats.reconnects) == (1, 0, 1)
+    assert stats.other["wecom.stray_acks"] == 2
+    assert stats.other["wecom.requests_across_reconnects"] == 1
