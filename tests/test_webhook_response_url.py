@@ -453,7 +453,8 @@ async def test_a_card_goes_through_the_response_url_and_media_is_refused_naming_
 async def test_a_card_answer_to_a_live_stream_goes_through_the_url_and_ends_the_stream(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A stream cannot carry a card once opened; the URL can. Without a URL: a SendError."""
+    """A stream cannot carry a card once opened; the URL can. Without a URL: a SendError,
+    and Markdown goes into the stream."""
     emu = WeComEmulator()
     hook = emu.webhook()
     card = cb.Card({"card_type": "text_notice", "main_title": {"title": "done"}})
@@ -464,7 +465,7 @@ async def test_a_card_answer_to_a_live_stream_goes_through_the_url_and_ends_the_
             await reply.send(card)
         except cb.SendError as exc:
             errors.append(str(exc))
-            await reply.send("text instead")
+            await reply.send(cb.Markdown("**text** instead"))  # (was refused in this mode)
 
     no_url = message(emu, "m2", "no url", **{"from": {"userid": "bo"}})
     del no_url["response_url"]
@@ -478,7 +479,7 @@ async def test_a_card_answer_to_a_live_stream_goes_through_the_url_and_ends_the_
             frames.append(emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"])
     [by_url] = [a for a in emu.activity if a.via == "response_url"]
     assert (by_url.kind, by_url.id) == ("card", "m1")
-    assert [(f["finish"], f["content"]) for f in frames] == [(True, ""), (True, "text instead")]
+    assert [(f["finish"], f["content"]) for f in frames] == [(True, ""), (True, "**text** instead")]
     assert len(errors) == 1 and "no response_url" in errors[0]
 
 
