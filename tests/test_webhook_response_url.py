@@ -31,10 +31,13 @@ def message(emu: WeComEmulator, msgid: str, text: str, **fields: Any) -> dict[st
 
 
 async def journaled(
-    emu: WeComEmulator, callback: dict[str, Any], store: cb.Store, **options: Any
+    emu: WeComEmulator,
+    callback: dict[str, Any] | list[dict[str, Any]],
+    store: cb.Store,
+    **options: Any,
 ) -> None:
-    """``callback`` journaled in ``store`` by a bridge whose agent never answers, then that
-    bridge stopped: its stream is lost with it."""
+    """``callback`` (or each of a list, one batch) journaled in ``store`` by a bridge whose
+    agent never answers, then that bridge stopped: its streams are lost with it."""
     running = trio.Event()
 
     async def never(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -43,13 +46,17 @@ async def journaled(
 
     first = emu.webhook(**options)
     async with running_bridge(quick_bridge(first, never, store=store)):
-        answer = emu.webhook_open(await emu.webhook_post(first.asgi, callback))
+        for one in callback if isinstance(callback, list) else [callback]:
+            answer = emu.webhook_open(await emu.webhook_post(first.asgi, one))
+            assert answer["stream"]["finish"] is False  # opened; the restart loses it
         await running.wait()
-    assert answer["stream"]["finish"] is False  # opened; the restart loses it
 
 
 async def journaled_then_restarted(
-    emu: WeComEmulator, agent: cb.Agent, callback: dict[str, Any], **options: Any
+    emu: WeComEmulator,
+    agent: cb.Agent,
+    callback: dict[str, Any] | list[dict[str, Any]],
+    **options: Any,
 ) -> cb.Bridge:
     """``callback`` :func:`journaled`, and a second bridge (a new webhook, the same store)
     run with ``agent``: it answers the message replayed from the journal."""
@@ -367,29 +374,6 @@ async def test_a_reply_streaming_past_the_window_sends_the_rest_through_the_resp
     assert [(a.via, a.text) for a in emu.activity] == [("response_url", "and the rest")]
 
 
-async def replayed_batch(
-    emu: WeComEmulator, agent: cb.Agent, callbacks: list[dict[str, Any]], **options: Any
-) -> cb.Bridge:
-    """``callbacks`` journaled as one batch by a bridge whose agent never answers, then a
-    second bridge (the same store) run with ``agent``: it answers the replayed batch."""
-    store = cb.MemoryStore()
-    running = trio.Event()
-
-    async def never(batch: cb.Batch, reply: cb.Reply) -> None:
-        running.set()
-        await trio.sleep_forever()
-
-    first = emu.webhook(**options)
-    async with running_bridge(quick_bridge(first, never, store=store)):
-        for callback in callbacks:
-            await emu.webhook_post(first.asgi, callback)
-        await running.wait()
-    second = quick_bridge(emu.webhook(**options), agent, store=store)
-    async with running_bridge(second):
-        await trio.sleep(30)
-    return second
-
-
 async def test_a_replayed_batchs_earlier_messages_get_the_earlier_reply_through_their_urls(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -397,7 +381,7 @@ async def test_a_replayed_batchs_earlier_messages_get_the_earlier_reply_through_
     ``earlier_reply``, here through its own response_url (it was never answered at all)."""
     emu = WeComEmulator()
     callbacks = [message(emu, "m1", "first"), message(emu, "m2", "second")]
-    bridge = await replayed_batch(emu, echo, callbacks, earlier_reply="(see below)")
+    bridge = await journaled_then_restarted(emu, echo, callbacks, earlier_reply="(see below)")
     answers = {a.id: a.text for a in emu.activity if a.via == "response_url"}
     assert answers == {"m1": "(see below)", "m2": "first\nsecond"}
     assert bridge.stats().other["wecom.replies_via_response_url"] == 2
@@ -413,14 +397,14 @@ async def test_a_replayed_earlier_message_that_cannot_be_answered_costs_only_its
     spent = message(emu, "m1", "first")
     spent["response_url"] += "-unknown"  # the emulator answers 404
     callbacks = [spent, message(emu, "m2", "second"), message(emu, "m3", "third")]
-    bridge = await replayed_batch(emu, echo, callbacks, earlier_reply="(merged)")
+    bridge = await journaled_then_restarted(emu, echo, callbacks, earlier_reply="(merged)")
     answers = {a.id: a.text for a in emu.activity if a.via == "response_url"}
     assert answers == {"m2": "(merged)", "m3": "first\nsecond\nthird"}
     assert bridge.stats().other["wecom.earlier_replies_failed"] == 1
 
     emu = WeComEmulator()
     callbacks = [message(emu, "m1", "first"), message(emu, "m2", "second")]
-    await replayed_batch(emu, echo, callbacks)
+    await journaled_then_restarted(emu, echo, callbacks)
     assert [a.id for a in emu.activity if a.via == "response_url"] == ["m2"]
 
 

@@ -135,6 +135,20 @@ async def acking(server: Server) -> None:
     await server.answer_commands(answer)
 
 
+def streaming(runs: list[str]) -> cb.Agent:
+    """An agent that records each batch's text in ``runs`` and streams three words back, a
+    second apart."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        runs.append(batch.text)
+        async with reply.stream() as out:
+            for word in ("one ", "two ", "three "):
+                await out.write(word)
+                await trio.sleep(1)
+
+    return agent
+
+
 # -- frames ------------------------------------------------------------------------------------
 
 
@@ -328,13 +342,6 @@ async def test_closes_at_every_step_lose_nothing_and_double_nothing(
     first thing on the connection after the one that broke it."""
     runs: list[str] = []
 
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        runs.append(batch.text)
-        async with reply.stream() as out:
-            for word in ("one ", "two ", "three "):
-                await out.write(word)
-                await trio.sleep(1)
-
     finals: list[tuple[int, str, str]] = []  # (connection, req_id, content) of finished frames
 
     async def script(server: Server) -> None:
@@ -365,7 +372,7 @@ async def test_closes_at_every_step_lose_nothing_and_double_nothing(
         await server.answer_commands(answer)
 
     async with hostile(script) as servers:
-        bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
+        bridge = quick_bridge(connector(hostile.opener), streaming(runs))  # type: ignore[attr-defined]
         async with running_bridge(bridge):
             await trio.sleep(120)  # (the mock clock's) three reconnects and the reply
             stats = bridge.stats()
@@ -742,13 +749,6 @@ async def test_a_final_frame_carried_to_a_new_connection_and_acked_twice_is_one_
     runs: list[str] = []
     finals: list[tuple[int, str]] = []
 
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        runs.append(batch.text)
-        async with reply.stream() as out:
-            for word in ("one ", "two ", "three"):
-                await out.write(word)
-                await trio.sleep(1)
-
     async def script(server: Server) -> None:
         await server.subscribed()
         if server.n == 0:
@@ -769,12 +769,12 @@ async def test_a_final_frame_carried_to_a_new_connection_and_acked_twice_is_one_
         await server.answer_commands(answer)
 
     async with hostile(script) as servers:
-        bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
+        bridge = quick_bridge(connector(hostile.opener), streaming(runs))  # type: ignore[attr-defined]
         async with running_bridge(bridge):
             await trio.sleep(60)
             stats = bridge.stats()
     assert runs == ["hi"] and len(servers) == 2
-    assert finals == [(0, "one two three"), (1, "one two three")]
+    assert finals == [(0, "one two three "), (1, "one two three ")]
     assert (stats.replies, stats.failures, stats.reconnects) == (1, 0, 1)
     assert stats.other["wecom.stray_acks"] == 2
     assert stats.other["wecom.requests_across_reconnects"] == 1
