@@ -508,16 +508,20 @@ async def test_a_stream_dropped_while_written_finishes_with_what_was_shown(
 async def test_an_answer_set_but_not_yet_polled_survives_its_stream_being_dropped(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The answer was counted as sent; an empty finish on the next poll would lose it."""
+    """The answer was counted as sent; an empty finish on the next poll would lose it. A
+    second answer is refused as before the drop (not sent through the URL: shown twice)."""
     from trio_chatbridge.platforms.wecom import _webhook
 
     monkeypatch.setattr(_webhook, "MAX_STREAMS", 3)
     emu = WeComEmulator()
     hook = emu.webhook()
 
+    kept: list[cb.Reply] = []
+
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         if batch.latest.sender.id == "ana":
             await reply.send("the answer")
+            kept.append(reply)
 
     async with running_bridge(quick_bridge(hook, agent)):
         opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
@@ -526,5 +530,8 @@ async def test_an_answer_set_but_not_yet_polled_survives_its_stream_being_droppe
             other = message(emu, f"o{n}", "x", **{"from": {"userid": f"u{n}"}})
             await emu.webhook_post(hook.asgi, other)
         poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
+        with pytest.raises(cb.SendError, match="answered already"):
+            await kept[0].send("again")
         last = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
     assert (last["finish"], last["content"]) == (True, "the answer")
+    assert not [a for a in emu.activity if a.via == "response_url"]

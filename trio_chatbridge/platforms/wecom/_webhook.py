@@ -76,6 +76,12 @@ class _StreamState:
     shown: int = 0
     """Characters of ``content`` the latest refresh poll was answered with."""
 
+    def final(self) -> str:
+        """What a poll that finishes this stream shows when it was dropped (MAX_STREAMS
+        over): its answer once set, else what the polls showed of it (no later write: its
+        writer sends the rest through the ``response_url``)."""
+        return self.content if self.finished else self.content[: self.shown]
+
     def lapsed(self) -> bool:
         """Whether WeCom may no longer poll this stream: past :data:`STREAM_TTL` less the
         long connection's :data:`~._long.FINISH_MARGIN` (an answer set later may never be
@@ -120,8 +126,8 @@ class Webhook(base.Connector):
         self._wall_clock = wall_clock
         self._streams: OrderedDict[str, _StreamState] = OrderedDict()
         self._stream_of_msgid: dict[str, str] = {}
-        self._dropped: dict[str, str] = {}
-        """What the next poll of a stream dropped by MAX_STREAMS finishes it with."""
+        self._dropped: dict[str, _StreamState] = {}
+        """Streams dropped by MAX_STREAMS that WeCom may still poll (see :meth:`_drop`)."""
         self._putting: dict[str, trio.Event] = {}
         """The msgids whose first delivery's put is under way: a retry waits for it."""
         self._nonces = _NonceCache(MAX_NONCES)
@@ -254,7 +260,8 @@ class Webhook(base.Connector):
         self._expire()
         state = self._streams.get(stream_id)
         if state is None:  # unknown, dropped or long finished: tell WeCom to stop polling
-            content = self._dropped.get(stream_id, "")
+            dropped = self._dropped.get(stream_id)
+            content = "" if dropped is None else dropped.final()
             return {
                 "msgtype": "stream",
                 "stream": {"id": stream_id, "finish": True, "content": content},
@@ -365,13 +372,11 @@ class Webhook(base.Connector):
             }
 
     def _drop(self, state: _StreamState) -> None:
-        """Remember what the last poll of ``state``, dropped while WeCom may still poll it,
-        must finish it with: the answer set but not yet polled, or what the polls showed of
-        one still being written (its writer sends the rest through the URL); an empty finish
-        would blank what the user saw, or lose an answer counted as sent."""
-        final = state.content if state.finished else state.content[: state.shown]
-        if final and not (state.finished and state.shown == len(final)):
-            self._dropped[state.id] = final
+        """Keep ``state``, dropped while WeCom may still poll it, so that its next poll
+        finishes it with :meth:`_StreamState.final` (an empty finish would blank what the
+        user saw, or lose an answer counted as sent), and a second answer to it is refused."""
+        if not (state.finished and state.shown == len(state.content)):  # else polled whole
+            self._dropped[state.id] = state
             trim(self._dropped, MAX_STREAMS)
 
     # -- replying -----------------------------------------------------------------------------
@@ -381,8 +386,10 @@ class Webhook(base.Connector):
         to go (see :meth:`_StreamState.lapsed`) while its ``response_url`` can answer instead;
         raises :class:`SendError` if it was finished already."""
         self._expire()  # past its window WeCom no longer polls it, whether or not it asked
-        state = self._streams.get(str(target.reply_handle.get("stream_id")))
-        if state is not None and state.finished:
+        stream_id = str(target.reply_handle.get("stream_id"))
+        state = self._streams.get(stream_id)
+        known = state if state is not None else self._dropped.get(stream_id)
+        if known is not None and known.finished:
             raise SendError(f"wecom bot {self.account}: message {target.id} was answered already")
         if state is None or (state.lapsed() and _response_url(target) is not None):
             return None
