@@ -414,7 +414,8 @@ class Webhook(base.Connector):
         message's ``response_url`` as a template card (a stream, once opened, carries only
         text), its stream then ended with what it showed; media and posts, which neither a
         stream nor a response_url carries, raise :class:`SendError` naming why, counted in
-        ``replies_unsupported``. If cancelled, as :meth:`send`."""
+        ``replies_unsupported``. If cancelled, text is as :meth:`send` leaves it; a card may
+        or may not have been sent."""
         if out.is_text(content):
             await self.send(target, out.text_of(content))
         elif isinstance(content, Card):
@@ -591,6 +592,7 @@ class Webhook(base.Connector):
         agent that returns without answering leaves it open (a ``Reply`` kept after the run
         may still answer), and so does a cancelled run (interrupted: the next run closes it as
         an earlier message)."""
+        self._expire()
         by_url = [m for m in batch.messages[:-1] if self._close_earlier_stream(m)]
         if by_url and self.earlier_reply:
             limiter = trio.CapacityLimiter(EARLIER_AT_ONCE)
@@ -607,7 +609,6 @@ class Webhook(base.Connector):
         """Finish the stream of ``message``, an earlier message of a batch, with
         ``earlier_reply``; True if its stream is gone (or lapsing, with a URL to answer
         through instead), so that only its ``response_url`` can answer it."""
-        self._expire()
         state = self._streams.get(str(message.reply_handle.get("stream_id")))
         if state is None:
             return _response_url(message) is not None
