@@ -18,6 +18,7 @@ import trio
 from . import _stats
 from ._messages import Message
 from .stores import Store
+from .stores._codec import encodes
 
 log = logging.getLogger("trio_chatbridge.inbox")
 
@@ -50,6 +51,9 @@ class Inbox:
     async def put(self, messages: Sequence[Message]) -> list[Message]:
         """Journal ``messages``, drop duplicates, queue the new ones; returns the new ones.
 
+        Each message counts once: received, a duplicate, or set aside by the store (one it
+        cannot journal, counted in the store's ``undecodable``, never as a duplicate).
+
         Once the bridge is shutting down, new messages are only journaled: they are handled at
         the next start. If cancelled: either the store's write was cancelled before it began
         (nothing journaled, nothing queued: the connector, not having acknowledged, gets the
@@ -58,13 +62,18 @@ class Inbox:
         or the write completed first. A store that cannot tell whether a cancelled write
         reached it (Redis) leaves such messages to the next replay.
         """
+        set_aside = self._store.undecodable
         added = await self._store.journal_add(messages)
         if all(added) and len(added) == len(messages):  # the common case: none redelivered
             new = tuple(messages)
         else:
             new = tuple(m for m, is_new in zip(messages, added, strict=True) if is_new)
+            dropped = len(messages) - len(new)
+            if self._store.undecodable != set_aside:  # some set aside, counted there
+                old = (m for m, is_new in zip(messages, added, strict=True) if not is_new)
+                dropped -= sum(not encodes(m) for m in old)
+            self._counters[_stats.DUPLICATES] += dropped
         self._counters[_stats.RECEIVED] += len(new)
-        self._counters[_stats.DUPLICATES] += len(messages) - len(new)
         if new and self._on_new is not None:
             self._on_new(new)
         if new:

@@ -31,6 +31,15 @@ def encode_message(message: Message) -> str:
     return _encoder.encode(message).decode()
 
 
+def encodes(message: Message) -> bool:
+    """Whether ``message`` can be journaled (all its text is Unicode); logs nothing."""
+    try:
+        _encoder.encode(message)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def unencodable(messages: Sequence[Message]) -> dict[int, ProtocolError]:
     """The messages that cannot be journaled, by index, each with its error: a text in it is
     not Unicode (a lone surrogate, which only a connector's own code makes). Called once an
