@@ -2,7 +2,8 @@
 
 - ``GET /healthz``: 200 while the process serves (its event loop answers).
 - ``GET /readyz``: 200 when the bridge accepts work and every connector is ``running``, else
-  503; the body is JSON either way, with each connector's status.
+  503; the body is JSON either way, with each connector's status and the messages the store
+  set aside (``undecodable``: they do not make it unready, but someone should look).
 - ``GET /metrics``: the Prometheus text format (see ``_metrics``).
 - Any other path under a mount (the WeCom webhook's, say) goes to that app.
 
@@ -72,6 +73,7 @@ class ServiceApp:
         body = {
             "ready": ready,
             "accepting": self.accepting,
+            "undecodable": self.bridge.store.undecodable,
             "connectors": {
                 name: {
                     "state": s.state,
