@@ -193,6 +193,7 @@ class SQLiteStore(Store):
         self._waiting: deque[_Write] = deque()
         self._writer = trio.Lock()  # fair: callers take the writer's turn in arrival order
         self._opening = trio.Lock()  # one open at a time: a second finds the store open
+        self._open_scope = trio.CancelScope()  # the open under way's: aclose cancels it
         self.undecodable: int = 0
         """Journal rows found not to decode, and set aside (see :meth:`journal_pending`)."""
 
@@ -243,16 +244,27 @@ class SQLiteStore(Store):
         effect between two of them; the connection made meanwhile is closed, the file
         untouched (an attempt's transaction is all of it or none). Cancelled during an attempt
         that then succeeds (the file created or migrated), it returns open, the cancellation
-        taking effect at the caller's next checkpoint. Concurrent calls open it once."""
+        taking effect at the caller's next checkpoint. Concurrent calls open it once.
+
+        :meth:`aclose` while it opens stops it as a cancellation would, and it raises
+        :class:`StoreError`: the store stays closed."""
         async with self._opening:
             if self._db is not None:
                 return
-            db = await self._run(self._connect)
+            db: sqlite3.Connection | None = None
             try:
-                await self._set_up(db)
+                with trio.CancelScope() as self._open_scope:
+                    db = await self._run(self._connect)
+                    await self._set_up(db)
+                if self._open_scope.cancel_called:  # by aclose
+                    raise StoreError(
+                        f"{self!r} was closed while it was opening: not open. Open it again "
+                        "(or let the bridge open it) if it is still wanted."
+                    )
             except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._run(db.close)
+                if db is not None:
+                    with trio.CancelScope(shield=True):
+                        await self._run(db.close)
                 raise
             self._db = db
 
@@ -355,6 +367,12 @@ class SQLiteStore(Store):
             db.execute(statement)
 
     async def aclose(self) -> None:
+        """As :meth:`Store.aclose`; an :meth:`open` under way is stopped (within one attempt
+        at the lock) and fails, and this returns once it ended: the store is closed."""
+        self._open_scope.cancel()
+        with trio.CancelScope(shield=True):
+            async with self._opening:  # the open under way, if any, has closed its connection
+                pass
         db, self._db = self._db, None
         if db is not None:
             with trio.CancelScope(shield=True):  # closed even when the bridge is cancelled

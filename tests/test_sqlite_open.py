@@ -1,0 +1,50 @@
+"""SQLiteStore's open against its close: an ``aclose`` while ``open`` waits for the file's
+lock ends with the store closed. Real clock: the store's worker thread and SQLite's busy wait
+are real time; nothing here sleeps (the open waits in attempts of at most 0.2 s)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import FakeConnector
+
+
+async def test_aclose_while_open_waits_for_the_lock_leaves_the_store_closed(
+    tmp_path: Path,
+) -> None:
+    """The open went on waiting after ``aclose`` returned, and opened the store once the lock
+    was free: a store its owner had closed, holding the file open for good. Now ``aclose``
+    stops the open (within one attempt), which fails saying so, and the store is closed."""
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path):  # the file exists, in WAL mode (where the open waits)
+        pass
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock the open waits for
+    store = cb.SQLiteStore(path)
+    failed: list[BaseException] = []
+
+    async def opening() -> None:
+        try:
+            await store.open()
+        except cb.StoreError as exc:
+            failed.append(exc)
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(opening)
+                await trio.testing.wait_all_tasks_blocked()  # in the thread, waiting
+                await store.aclose()
+                other.execute("ROLLBACK")  # free: an open still going would now succeed
+    finally:
+        other.close()
+    assert len(failed) == 1 and "closed while it was opening" in str(failed[0])
+    with pytest.raises(cb.StoreError, match="not open"):
+        await store.journal_add([FakeConnector().message("hi")])
+    assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
