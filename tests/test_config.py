@@ -452,3 +452,24 @@ def test_a_file_reference_reads_at_most_64_kib_of_a_regular_file(
     [problem] = caught.value.problems
     assert problem.path == "connectors[1].app_secret"
     assert said in problem.message
+
+
+def test_a_missing_variable_is_its_key_s_one_problem(tmp_path: Path) -> None:
+    """A key whose ``${NAME}`` is not set was reported twice: the variable, then what the
+    empty value failed (``http.listen``'s pattern, ``bot_id``'s length), which only misled."""
+    text = """\
+agent = "bot:agent"
+store = "memory://"
+[http]
+listen = "${NO_SUCH_LISTEN}"
+[[connectors]]
+platform = "wecom"
+bot_id = "${NO_SUCH_BOT}"
+secret = "s"
+"""
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, text), {})
+    assert [str(p) for p in caught.value.problems] == [
+        "http.listen: the environment variable NO_SUCH_LISTEN is not set",
+        "connectors[0].bot_id: the environment variable NO_SUCH_BOT is not set",
+    ]

@@ -332,12 +332,17 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise InvalidConfig(str(source), [Problem("", f"not valid TOML: {exc}")]) from exc
     problems: list[Problem] = []
     resolved = _resolve(raw, (), _Lookup(environ or os.environ, source.parent), problems)
+    # A key whose reference failed has that one problem: what its stand-in ("") then fails
+    # (a pattern, a length) would only mislead.
+    unresolved = {p.path for p in problems}
     try:
         config = Config.model_validate(resolved)
     except pydantic.ValidationError as exc:
-        problems.extend(_problems(exc))
+        problems.extend(p for p in _problems(exc) if p.path not in unresolved)
         raise InvalidConfig(str(source), problems) from None
-    problems.extend(_semantic_problems(config, source.parent))
+    problems.extend(
+        p for p in _semantic_problems(config, source.parent) if p.path not in unresolved
+    )
     if problems:
         raise InvalidConfig(str(source), problems)
     config._inline_secrets = _inline_secrets(raw, config)
