@@ -368,7 +368,8 @@ class SQLiteStore(Store):
 
     async def aclose(self) -> None:
         """As :meth:`Store.aclose`; an :meth:`open` under way is stopped (within one attempt
-        at the lock) and fails, and this returns once it ended: the store is closed."""
+        at the lock) and fails, and this returns once it ended: the store is closed. A
+        cancellation does not stop it: the wait and the close are shielded."""
         self._open_scope.cancel()
         with trio.CancelScope(shield=True):
             async with self._opening:  # the open under way, if any, has closed its connection
