@@ -173,8 +173,8 @@ class Debouncer:
         self._by_key: dict[str, _Session] = {}
         self._pending = 0  # held sessions, not parked ones
         # Oldest first. An OrderedDict: promoting the oldest is popitem(last=False), O(1); a
-        # dict's next(iter(d)) after front deletions scans every slot deleted before (54 us a
-        # promotion with 100k parked, 0.4 us now: docs/performance.md, "Debouncer, parked").
+        # dict's next(iter(d)) after front deletions scans every slot deleted before (a release
+        # cost 54 us with 100k parked, 3 us now: docs/performance.md, "Debouncer, parked").
         self._parked: OrderedDict[_Session, None] = OrderedDict()
         # Where reading stopped: the message it stopped at, and the rest of its page (the
         # page's own iterator: a resume never wraps it, so however often reading stops in one
