@@ -140,7 +140,7 @@ async def test_an_open_that_fails_gives_advice_for_opening(tmp_path: Path) -> No
     with pytest.raises(cb.StoreError) as refused:
         await cb.SQLiteStore(tmp_path / "missing-dir" / "j.db").open()
     message = str(refused.value)
-    assert "check the path, the disk and the file's permissions. SQLite said:" in message
+    assert "its directory does not exist: create it, or name another path. SQLite said:" in message
     assert "retried" not in message and "replayed" not in message
 
 

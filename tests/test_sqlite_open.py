@@ -48,3 +48,24 @@ async def test_aclose_while_open_waits_for_the_lock_leaves_the_store_closed(
     with pytest.raises(cb.StoreError, match="not open"):
         await store.journal_add([FakeConnector().message("hi")])
     assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
+
+
+@pytest.mark.parametrize(
+    ("where", "advice"),
+    [
+        ("missing/j.db", "its directory does not exist: create it"),
+        ("a-file/j.db", "a part of its path is a file, not a directory"),
+        ("a-dir", "it is a directory: name a file in it"),
+    ],
+)
+async def test_a_path_it_cannot_be_at_is_refused_saying_why(
+    tmp_path: Path, where: str, advice: str
+) -> None:
+    """A path in no directory, under a file, or naming a directory: each said "check the
+    path, the disk and the file's permissions" or that it was not writable, which sent a
+    user to the permissions."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-dir").mkdir()
+    with pytest.raises(cb.StoreError, match=advice) as caught:
+        await cb.SQLiteStore(tmp_path / where).open()
+    assert str(tmp_path / where) in str(caught.value)

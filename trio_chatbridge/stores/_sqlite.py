@@ -821,6 +821,9 @@ _OS_ADVICE: Final = {
     errno.EACCES: _READ_ONLY,
     errno.EPERM: _READ_ONLY,
     errno.ENOSPC: "free space on the disk that holds it",
+    errno.ENOENT: "its directory does not exist: create it, or name another path",
+    errno.ENOTDIR: "a part of its path is a file, not a directory: name another path",
+    errno.EISDIR: "it is a directory: name a file in it (such as chatbridge.db)",
 }
 """What to do about an OSError creating the file, by its errno."""
 
@@ -981,6 +984,8 @@ def _create_private(path: str) -> None:
     holds tokens. SQLite gives the ``-wal`` and ``-shm`` files the database file's mode."""
     if path == ":memory:" or path.startswith("file:"):
         return
+    if os.path.isdir(path):  # else SQLite's "unable to open" says nothing of it
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     with contextlib.suppress(FileExistsError):  # an existing file keeps its owner's mode
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
 
