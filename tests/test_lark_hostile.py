@@ -646,6 +646,39 @@ async def test_a_token_expiring_under_a_burst_is_fetched_once(
 
 
 @pytest.mark.parametrize(
+    ("code", "renewed"),
+    [
+        (99991663, True),  # tenant access token invalid
+        (99991664, True),  # app access token invalid
+        (99991671, True),  # access token invalid (format): the official SDKs renew on it
+        (99991661, False),  # no token in the request: a bug of ours, not an expiry
+        (99991668, False),  # a user access token invalid: never ours
+    ],
+)
+async def test_the_token_invalid_codes_renew_the_token_once_and_retry(
+    autojump_clock: trio.testing.MockClock, code: int, renewed: bool
+) -> None:
+    """A send refused with a code that means "token invalid or expired" fetches a new token
+    and goes through (99991671 failed the send: the token was never renewed, every call
+    failed until it expired); any other code is the refusal it says, nothing fetched."""
+    emu = LarkEmulator()
+    async with trio.open_nursery() as nursery:
+        api = await _api_on(emu, nursery)
+        await _send(api, "warming up")
+        emu.fail_next("/open-apis/im/v1/messages", code)
+        if renewed:
+            await _send(api, "after")
+        else:
+            with pytest.raises(lark.LarkError) as refused:
+                await _send(api, "after")
+            assert refused.value.code == code
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+    assert emu.token_fetches == (2 if renewed else 1)
+    assert [s.text for s in emu.sent] == ["warming up"] + (["after"] if renewed else [])
+
+
+@pytest.mark.parametrize(
     "answer",
     [
         {"code": 0, "msg": "ok", "expire": 7200},

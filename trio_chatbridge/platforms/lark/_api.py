@@ -41,7 +41,10 @@ ONE_CONNECTION: Final = httpx.Limits(max_connections=1, max_keepalive_connection
 RATE_LIMIT_RETRIES: Final = 4
 # the one retry policy (cb.Backoff) for rate limits: waits of 0.5, 1, 2 and 4 s
 RATE_LIMIT_BACKOFF: Final = Backoff(initial=0.5, maximum=4.0, jitter=0.0)
-TOKEN_EXPIRED: Final = frozenset({99991663, 99991664})
+# codes that mean "the access token is invalid or expired": drop it, fetch one, call once
+# more; the official SDKs' own set (tenant token 99991663, app token 99991664, a token
+# unreadable as one 99991671), docs/protocols/lark.md#open-api
+TOKEN_EXPIRED: Final = frozenset({99991663, 99991664, 99991671})
 RATE_LIMITED: Final = frozenset({230020, 99991400})
 
 
