@@ -16,6 +16,7 @@ from support import echo, emulator_bridge
 import trio_chatbridge as cb
 from trio_chatbridge._receive import MAX_HANDLERS
 from trio_chatbridge.platforms import lark
+from trio_chatbridge.platforms.lark._answer import MAX_CARD_BYTES
 from trio_chatbridge.testing import LarkEmulator
 
 CARD = {"config": {"update_multi": True}, "elements": [{"tag": "markdown", "content": "done"}]}
@@ -182,3 +183,39 @@ async def test_a_card_action_whose_ack_was_lost_with_its_connection_is_answered_
         assert emu.acks == [200]
         assert answers(emu) == [{"toast": {"type": "info", "content": "ok"}}]
     assert started == ["ev-cut", "ev-cut"]  # not dropped as a duplicate the second time
+
+
+def _card_of(size: int) -> cb.Card:
+    """A card whose JSON (as the answer carries it, compact) is ``size`` bytes."""
+    empty = len(lark.CardAnswer(card=cb.Card({"elements": []})).card_json())
+    text = "x" * (size - empty - len('{"tag":"markdown","content":""}'))
+    return cb.Card({"elements": [{"tag": "markdown", "content": text}]})
+
+
+async def test_a_card_answer_over_the_card_limit_is_refused_counted_and_acked_plain(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A card over Lark's 30 KB went out in the ACK whole: the platform drops it, or refuses
+    the frame (a 1009 close, the action pushed again, the link closed again). It is refused
+    before it is sent, with the limit named, counted; the ACK goes plain, and a card at the
+    limit still goes."""
+    at_limit = _card_of(MAX_CARD_BYTES)
+    assert len(lark.CardAnswer(card=at_limit).card_json()) == MAX_CARD_BYTES
+
+    async def on_card_action(envelope: Mapping[str, Any]) -> lark.CardAnswer:
+        over = envelope["header"]["event_id"] == "ev-big"
+        return lark.CardAnswer(card=_card_of(MAX_CARD_BYTES + int(over)))
+
+    async with answering(on_card_action) as (emu, bridge):
+        emu.push_event(card_action("ev-big"))
+        emu.push_event(card_action("ev-fits"))
+        await trio.sleep(5)
+        stats = bridge.stats()
+    assert emu.acks == [200, 200]
+    assert answers(emu) == [{"card": {"type": "raw", "data": at_limit.as_dict()}}]
+    assert stats.other["lark.card_answers_too_big"] == 1
+    assert "lark.card_answer_failures" not in stats.other
+    (record,) = [r for r in caplog.records if "card answer" in r.getMessage()]
+    assert "30720" in record.getMessage() and "cli_emulator" in record.getMessage()
+    with pytest.raises(cb.SendError, match=r"30721 bytes.*30720"):
+        lark.CardAnswer(card=_card_of(MAX_CARD_BYTES + 1)).ack()

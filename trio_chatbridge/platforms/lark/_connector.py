@@ -270,12 +270,10 @@ class LongConnection(base.Connector):
         the handler started (``time.perf_counter``)."""
         assert self.on_card_action is not None
         started = time.perf_counter()
-        payload = ACK_OK
+        answer: CardAnswer | None = None
         with trio.move_on_after(self.card_answer_within) as bound:
             try:
                 answer = await self.on_card_action(event.envelope)
-                if answer is not None:
-                    payload = answer.ack()
             except Exception:
                 self.ctx.count("card_answer_failures")
                 log.exception("Lark app %s: on_card_action failed", self.account)
@@ -286,7 +284,19 @@ class LongConnection(base.Connector):
                 self.account,
                 self.card_answer_within,
             )
-        return payload, started
+        return self._ack_payload(answer), started
+
+    def _ack_payload(self, answer: CardAnswer | None) -> bytes:
+        """``answer`` as an ACK payload; plain when there is none, or when its card is over
+        the platform's limit (counted, logged with the limit)."""
+        if answer is None:
+            return ACK_OK
+        try:
+            return answer.ack()
+        except SendError as exc:
+            self.ctx.count("card_answers_too_big")
+            log.warning("Lark app %s: %s; ACKed without it", self.account, exc)
+            return ACK_OK
 
     # -- replying ----------------------------------------------------------------------------
 
