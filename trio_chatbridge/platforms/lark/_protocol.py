@@ -288,7 +288,9 @@ class Reassembly:
         return len(stale)
 
     def evict(self) -> int:
-        """Drop the oldest sets while over either bound; how many."""
+        """Drop the oldest sets while over either bound; how many. A plain dict's front is
+        cheap here: it never holds more than ``MAX_PARTIALS`` + 1 keys (docs/performance.md,
+        "Lark fragments waiting")."""
         dropped = 0
         while len(self._waiting) > MAX_PARTIALS or self._bytes > MAX_PARTIAL_BYTES:
             self._drop(next(iter(self._waiting)))
