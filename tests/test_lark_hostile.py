@@ -432,10 +432,10 @@ async def test_an_edit_whose_answer_was_lost_still_counts_and_the_final_text_sho
 async def test_an_oversized_frame_from_the_server_is_a_protocol_error_with_what_to_do(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A frame over the client's limit closes the connection with 1009 (the client's own
-    close): it was counted as a plain reconnect, a server that keeps sending it invisible in
-    the stats. It is a protocol error now, logged with its cause and what to do; the next
-    connection carries on."""
+    """A message over the WebSocket's limit (16 MiB) closes the connection with 1009 (the
+    client's own close): it was counted as a plain reconnect, a server that keeps sending
+    it invisible in the stats. It is a protocol error now, logged with its cause and what
+    to do; the next connection carries on."""
     handled: list[str] = []
 
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -445,7 +445,7 @@ async def test_an_oversized_frame_from_the_server_is_a_protocol_error_with_what_
     connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
     async with emulator_bridge(emu, connector, agent) as bridge:
         await trio.sleep(1)
-        emu.push_raw(b"\0" * (lark_frames.MAX_FRAME_BYTES + 1))
+        emu.push_raw(b"\0" * (lark_frames.MAX_MESSAGE_BYTES + 1))
         await trio.sleep(5)
         emu.user_says("ou_ann", "after the big frame")
         await trio.sleep(5)
@@ -456,6 +456,35 @@ async def test_an_oversized_frame_from_the_server_is_a_protocol_error_with_what_
     (record,) = [r for r in caplog.records if r.name == "trio_chatbridge.lark"]
     assert "cli_emulator" in record.getMessage()
     assert "report" in record.getMessage()  # what to do
+
+
+async def test_an_event_frame_over_the_cap_is_acked_and_dropped_and_the_link_kept(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event frame over 4 MiB closed the link with 1009, unACKed: Lark pushed it again on
+    the next connection, which closed again, and the messages pushed meanwhile waited for
+    the reconnect schedule (120 s a time). It is read, ACKed (so it is not pushed again),
+    dropped, counted and logged; the link stays up and the messages around it are handled."""
+    handled: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(message.text for message in batch.messages)
+
+    emu = LarkEmulator()
+    big = lark_message_event("x" * lark_frames.MAX_FRAME_BYTES, mention_bot=False)
+    connector = lambda: emu.connector(random=lambda: 0.0)  # noqa: E731
+    async with emulator_bridge(emu, connector, agent) as bridge:
+        await trio.sleep(1)
+        emu.user_says("ou_ann", "before")
+        emu.push_event(big)
+        emu.user_says("ou_ann", "after")
+        await trio.sleep(10)
+        stats = bridge.stats()
+    assert sorted(handled) == ["after", "before"]
+    assert emu.connections == 1 and emu.acks == [200] * 3
+    assert stats.other["lark.frames_too_big"] == 1 and stats.protocol_errors == 1
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "4194304" in record.getMessage() and "report" in record.getMessage()
 
 
 class _ClosedTooBig:

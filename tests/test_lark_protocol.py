@@ -457,3 +457,29 @@ def test_a_message_keeps_its_events_bytes_as_they_came() -> None:
     assert event.message.raw == payload
     assert event.message.reply_handle["event_id"] == "ev1"
     assert event.message.raw_json()["event"]["message"]["message_id"] == "om_1"
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_data_frame_over_the_cap_is_counted_and_acked_unread(over: int) -> None:
+    """A data frame up to 4 MiB is an event; one byte more is dropped unread, counted, and
+    still ACKed 200 (un-ACKed, the platform would push it again), with its ids."""
+    protocol = lp.LarkProtocol("cli_app", "ou_bot")
+    size = lark_frames.MAX_FRAME_BYTES + over
+
+    def frame_of(pad: int) -> bytes:
+        frame = lark_frames.Frame(seq_id=7, method=1, headers=(("type", "event"),))
+        return lark_frames.encode(frame.replace(payload=b" " * pad))
+
+    data = frame_of(size)
+    data = frame_of(size - (len(data) - size))  # the payload's length prefix is 4 bytes
+    assert len(data) == size
+    events = protocol.receive(data, 0.0)
+    if not over:
+        (event,) = events
+        assert isinstance(event, lp.Malformed) and event.what == "event"  # read: blank JSON
+        return
+    dropped, bad = events
+    assert dropped == lp.Dropped("frames_too_big")
+    assert isinstance(bad, lp.Malformed) and bad.ack is not None
+    ack = lark_frames.decode(bad.ack.encode(0.0))
+    assert ack.seq_id == 7 and json.loads(ack.payload or b"") == {"code": 200}

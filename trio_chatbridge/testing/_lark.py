@@ -243,7 +243,7 @@ class LarkEmulator(UserVerbs):
             raise RuntimeError("start the emulator first: await nursery.start(emulator.run)")
         resource = httpx.URL(url).raw_path.decode()
         return memory_websocket(
-            self._nursery, self._accept, IN_MEMORY_HOST, resource, fr.MAX_FRAME_BYTES
+            self._nursery, self._accept, IN_MEMORY_HOST, resource, fr.MAX_MESSAGE_BYTES
         )
 
     async def _accept_loopback(self, request: WebSocketRequest) -> None:

@@ -60,7 +60,7 @@ CardHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[CardAnswer | No
 
 def _open_websocket(url: str) -> AbstractAsyncContextManager[WebSocketClient]:
     return open_websocket(
-        url, connect_timeout=15, disconnect_timeout=5, max_message_size=fr.MAX_FRAME_BYTES
+        url, connect_timeout=15, disconnect_timeout=5, max_message_size=fr.MAX_MESSAGE_BYTES
     )
 
 
@@ -216,7 +216,7 @@ class LongConnection(base.Connector):
             "card answer (on_card_action) may be too big: keep a card under 30 KB",
             self.account,
             reason.reason,
-            fr.MAX_FRAME_BYTES,
+            fr.MAX_MESSAGE_BYTES,
         )
 
     async def _bot_info(self) -> str | None:

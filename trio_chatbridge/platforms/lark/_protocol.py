@@ -359,6 +359,9 @@ class LarkProtocol:
         if frame.method == fr.CONTROL:
             events.append(self._control(frame))
             return events
+        if len(data) > fr.MAX_FRAME_BYTES:
+            events.extend(_too_big(data))
+            return events
         try:
             payload = self._fragments.add(frame, now)
         except ProtocolError as exc:
@@ -435,6 +438,17 @@ class LarkProtocol:
         if wire.event_type == CARD_ACTION:
             return CardActionReceived(envelope, event_id, ack)
         return EventReceived(envelope, ack)
+
+
+def _too_big(data: bytes) -> list[Event]:
+    """A data frame over :data:`~._frames.MAX_FRAME_BYTES`: counted, dropped unread but
+    ACKed. Left un-ACKed (or the link closed on it) the platform would push it again and
+    again."""
+    error = ProtocolError(
+        f"a data frame of {len(data)} bytes, over the {fr.MAX_FRAME_BYTES} we handle: "
+        "ACKed and dropped; report it to Lark with this log"
+    )
+    return [Dropped("frames_too_big"), Malformed("frame", error, Ack(data))]
 
 
 INT32: Final = range(-(2**31), 2**31)  # a frame's service field (docs/protocols/lark.md#frames)
