@@ -248,9 +248,9 @@ async def test_expired_token_and_rate_limits_are_handled(
         assert (await emu.next_sent()).text == "second"
 
 
-async def test_rate_limits_are_retried_four_times_under_the_one_policy(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+@asynccontextmanager
+async def emulated_api() -> AsyncIterator[tuple[LarkEmulator, lark.OpenAPI]]:
+    """A running emulator and an open API on it, closed after."""
     emu = LarkEmulator()
     async with trio.open_nursery() as nursery:
         await nursery.start(emu.run)
@@ -260,6 +260,15 @@ async def test_rate_limits_are_retried_four_times_under_the_one_policy(
             domain=emu.http_base,
             transport=HandlerTransport(emu.handle_http),
         )
+        yield emu, api
+        await api.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_rate_limits_are_retried_four_times_under_the_one_policy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with emulated_api() as (emu, api):
         emu.fail_next("/open-apis/bot/v3/info", 429, times=4)
         started = trio.current_time()
         await api.call("GET", "/open-apis/bot/v3/info", whole=True)  # the fifth try goes through
@@ -271,8 +280,33 @@ async def test_rate_limits_are_retried_four_times_under_the_one_policy(
         with pytest.raises(lark.LarkError) as refused:  # the code in a 200: the platform's word
             await api.call("GET", "/open-apis/bot/v3/info", whole=True)
         assert refused.value.code == 99991400
-        await api.aclose()
-        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("status", [429, 400, 200])
+async def test_a_rate_limit_waits_the_reset_lark_names_and_no_reply_is_doubled(
+    autojump_clock: trio.testing.MockClock, status: int
+) -> None:
+    """Lark says how long a rate limit lasts in ``x-ogw-ratelimit-reset`` (seconds; no
+    ``Retry-After``), on HTTP 429, or 400 from older APIs: the retries waited 0.5, 1, 2 and
+    4 s whatever it said, so a limit of 10 s failed the reply. The wait is at least the reset
+    (a minute at most), the reply is sent once, and a reset of hours fails it at once rather
+    than holding the run."""
+    async with emulated_api() as (emu, api):
+        limited = {"code": 99991400, "msg": "request trigger frequency limit"}
+        reset = {"x-ogw-ratelimit-limit": "100", "x-ogw-ratelimit-reset": "10"}
+        emu.fail("/open-apis/im/v1/messages", status, limited, times=2, headers=reset)
+        started = trio.current_time()
+        body = {"receive_id": "oc_1", "msg_type": "text", "content": '{"text":"once"}'}
+        await api.call("POST", "/open-apis/im/v1/messages?receive_id_type=chat_id", body)
+        assert trio.current_time() - started == pytest.approx(10 + 10)
+        assert [s.text for s in emu.sent] == ["once"]
+        emu.fail(
+            "/open-apis/bot/v3/info", status, limited, headers={"x-ogw-ratelimit-reset": "7200"}
+        )
+        started = trio.current_time()
+        with pytest.raises(cb.ChatBridgeError, match="99991400"):
+            await api.call("GET", "/open-apis/bot/v3/info", whole=True)
+        assert trio.current_time() == started
 
 
 async def test_malformed_frames_are_counted_and_survived(

@@ -82,10 +82,17 @@ class HTTPStatusError(ConnectorError):
     is not sent again). ``status`` is the HTTP status."""
 
     def __init__(
-        self, what: str, status: int, body: bytes, retry_after: float | None = None
+        self,
+        what: str,
+        status: int,
+        body: bytes,
+        retry_after: float | None = None,
+        headers: httpx.Headers | None = None,
     ) -> None:
         self.status = status
         self.retry_after = retry_after
+        self.headers: httpx.Headers = httpx.Headers() if headers is None else headers
+        """The answer's headers (a platform's own rate-limit hint, say)."""
         if status == 429:
             todo = "rate limited: lower the bot's rate if it persists"
         elif status < 500:  # 408, 425
@@ -221,7 +228,7 @@ async def send(
         ) from exc
     status = response.status_code
     if status in RETRIED_STATUSES or status >= 500:
-        raise HTTPStatusError(what, status, body, retry_after(response.headers))
+        raise HTTPStatusError(what, status, body, retry_after(response.headers), response.headers)
     if status >= 400 or 200 <= status < 300:
         return HTTPAnswer(what, platform, status, response.headers, body)
     raise HTTPRefusedError(what, platform, status, body)  # 1xx or 3xx: nothing to read
@@ -268,11 +275,12 @@ async def _answer(
             await response.aclose()
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
-    """``Retry-After`` in delay-seconds, held to the one retry policy's range for a hint
-    (0 to :data:`~trio_chatbridge._supervise.MAX_HINT` s); None when absent or a date (rare
-    from an API, and reading one would need the wall clock)."""
-    text = headers.get("retry-after", "").strip()
+def retry_after(headers: httpx.Headers, name: str = "retry-after") -> float | None:
+    """``Retry-After`` (or the header ``name``, a platform's own) in delay-seconds, held to
+    the one retry policy's range for a hint (0 to :data:`~trio_chatbridge._supervise.MAX_HINT`
+    s); None when absent or a date (rare from an API, and reading one would need the wall
+    clock)."""
+    text = headers.get(name, "").strip()
     if not (text.isascii() and text.isdigit()):
         return None
     return clamp(int(text[:8]), 0.0, MAX_HINT, 0.0)  # 8 digits: no huge int parsed

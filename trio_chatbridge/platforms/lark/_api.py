@@ -24,7 +24,7 @@ import httpx
 import trio
 
 from ..._errors import FatalConnectorError, PlatformError, ProtocolError, quoted
-from ..._http import HTTPAnswer, HTTPStatusError, exchange, new_client
+from ..._http import HTTPAnswer, HTTPStatusError, exchange, new_client, retry_after
 from ..._ranges import clamp
 from ..._supervise import Backoff, Retries
 from ._protocol import ClientConfig, read_endpoint
@@ -46,6 +46,11 @@ RATE_LIMIT_BACKOFF: Final = Backoff(initial=0.5, maximum=4.0, jitter=0.0)
 # unreadable as one 99991671), docs/protocols/lark.md#open-api
 TOKEN_EXPIRED: Final = frozenset({99991663, 99991664, 99991671})
 RATE_LIMITED: Final = frozenset({230020, 99991400})
+# the header in which a rate limit says how long it lasts (seconds), and the longest of it
+# a call waits: a limit for longer fails the call at once rather than hold a reply's run
+# (https://open.feishu.cn/document/server-docs/api-call-guide/frequency-control)
+RATE_LIMIT_RESET: Final = "x-ogw-ratelimit-reset"
+RATE_LIMIT_WAIT_MAX: Final = 60.0
 
 
 class LarkError(PlatformError):
@@ -243,7 +248,8 @@ class OpenAPI:
                     method, path, body, {"Authorization": f"Bearer {token}"}, files
                 )
             except HTTPStatusError as exc:
-                if exc.status == 429 and await self._rate_limited(path, retries, exc.retry_after):
+                hint = retry_after(exc.headers, RATE_LIMIT_RESET) or exc.retry_after
+                if exc.status == 429 and await self._rate_limited(path, retries, hint):
                     continue
                 raise
             data = answer.json()
@@ -252,7 +258,8 @@ class OpenAPI:
                 self._drop_token(token)
                 renewed = True
                 continue
-            if code in RATE_LIMITED and await self._rate_limited(path, retries, None):
+            hint = retry_after(answer.headers, RATE_LIMIT_RESET)
+            if code in RATE_LIMITED and await self._rate_limited(path, retries, hint):
                 continue
             if code != 0:
                 raise LarkError(f"app {self.app_id}: {method} {path}", code, str(data.get("msg")))
@@ -278,9 +285,19 @@ class OpenAPI:
         return data
 
     async def _rate_limited(self, path: str, retries: Retries, hint: float | None) -> bool:
-        """Wait before retrying a rate-limited call (at least ``hint`` seconds); False once
-        the retries are spent."""
+        """Wait before retrying a rate-limited call (at least ``hint`` seconds, the limit's
+        own word on how long it lasts); False once the retries are spent, or at once when the
+        limit lasts longer than :data:`RATE_LIMIT_WAIT_MAX`."""
         if retries.spent:
+            return False
+        if hint is not None and hint > RATE_LIMIT_WAIT_MAX:
+            log.warning(
+                "Lark app %s: rate limit on %s for %g s, over the %g s a call waits: failed",
+                self.app_id,
+                path,
+                hint,
+                RATE_LIMIT_WAIT_MAX,
+            )
             return False
         log.info("Lark app %s: rate limit on %s: retry %d", self.app_id, path, retries.failures + 1)
         return await retries.wait(hint)
