@@ -197,6 +197,40 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return token
 """
 
+# KEYS: epoch. ARGV: a new epoch's name, the hold-off (ms), the epoch this store saw last
+# ('' if none). Returns the epoch's name and the milliseconds left of its hold-off. The key
+# (name:until, Redis's clock in ms) is written once and never expires: missing, Redis lost
+# its data, or the prefix is new. Lost while this store knew it: leases held before may still
+# run, so a new epoch holds off for a full TTL from now. Missing to a store that never saw it:
+# holders from before a restart stopped within a TTL of it, so the hold-off ends a TTL after
+# Redis started (none for a Redis up longer: a new prefix). Another epoch than the one seen
+# (a store that never saw the old one made it): its hold-off is extended to a TTL from now.
+_EPOCH: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hold = tonumber(ARGV[2])
+local value = redis.call('GET', KEYS[1])
+local name, ends = nil, 0
+if value then
+  name, ends = string.match(value, '^(.*):(%d+)$')
+  ends = tonumber(ends or '0')
+end
+if not name then
+  name = ARGV[1]
+  if ARGV[3] == '' then
+    local info = redis.call('INFO', 'server')
+    local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '0')
+    hold = math.max(0, hold - up * 1000)
+  end
+  ends = now + hold
+  redis.call('SET', KEYS[1], name .. ':' .. string.format('%.0f', ends))
+elseif ARGV[3] ~= '' and name ~= ARGV[3] and ends < now + hold then
+  ends = now + hold
+  redis.call('SET', KEYS[1], name .. ':' .. string.format('%.0f', ends))
+end
+return {name, math.max(0, ends - now)}
+"""
+
 # KEYS: lease. ARGV: owner, ttl (ms).
 _LEASE_RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -285,6 +319,10 @@ class RedisStore(Store):
         """Accounts of ids that :attr:`_unsure` had to forget (it keeps the last 10,000)."""
         self.undecodable: int = 0
         """Journal records found not to decode, and set aside (see :meth:`_decoded`)."""
+        self._epoch: str | None = None
+        """The name of the epoch (``<prefix>epoch``) this store's last heartbeat saw."""
+        self._held_off_until = -math.inf
+        """Until when (Trio's clock) acquisitions are held off: Redis lost its data."""
         register = client.register_script
         self._add = register(_JOURNAL_ADD)
         self._done = register(_JOURNAL_DONE)
@@ -296,6 +334,7 @@ class RedisStore(Store):
         self._renew = register(_LEASE_RENEW)
         self._release = register(_LEASE_RELEASE)
         self._heartbeat = register(_HEARTBEAT)
+        self._check_epoch = register(_EPOCH)
 
     @classmethod
     def from_url(
@@ -710,23 +749,28 @@ class RedisStore(Store):
     # -- leases and membership ---------------------------------------------------------------
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
-        """As :meth:`Store.acquire_lease`; remembers the acquisition's fencing token.
+        """As :meth:`Store.acquire_lease`; remembers the acquisition's fencing token. Refused
+        while acquisitions are held off (see :meth:`acquire_leases`).
 
         Cancelled: Redis may have given the lease (and a new token) all the same, unknown
         here: acquiring it again returns it with that token; otherwise it expires after
         ``ttl``. Until then this store's writes for the account carry its old token, which
         Redis refuses if someone else acquired the lease since."""
-        keys = self._keys(name, "lease", "fence")
-        token: object = await self._call("write to", self._acquire(keys, [owner, _ms(ttl)]))
-        if token == 0:
-            return False
-        self._acquired(name, token)
-        return True
+        return (await self.acquire_leases([name], owner, ttl))[0]
 
     async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
         """Each lease tried by the acquire script, 200 to a pipeline (one round trip
         each batch; on a cluster, one per node); remembers each acquisition's token.
+
+        Every one is refused while acquisitions are held off: a :meth:`heartbeat` found that
+        Redis lost its data (see ``_EPOCH``), and a holder from before may still run its
+        account until its next renewal finds the lease gone. Once this store saw the epoch,
+        it reads it again after the acquisitions: changed (Redis lost its data meanwhile),
+        what was acquired is released and refused, and acquisitions are held off.
         Cancelled: as :meth:`acquire_lease`, for each lease."""
+        if trio.current_time() < self._held_off_until:
+            return [False] * len(names)
+        seen = self._epoch
         args = [owner, _ms(ttl)]
         tokens: list[object] = []
         for first in range(0, len(names), BATCH):
@@ -737,10 +781,52 @@ class RedisStore(Store):
                         for name in names[first : first + BATCH]
                     ]
                 tokens += [await request for request in requests]
+        if seen is not None and await self._epoch_changed(seen, ttl):
+            for name, token in zip(names, tokens, strict=True):
+                if token != 0:
+                    await self.release_lease(name, owner)
+            return [False] * len(names)
         for name, token in zip(names, tokens, strict=True):
             if token != 0:
                 self._acquired(name, token)
         return [token != 0 for token in tokens]
+
+    async def _epoch_changed(self, seen: str, ttl: float) -> bool:
+        """Whether the epoch is no longer ``seen`` (Redis lost its data since this store saw
+        it): then acquisitions are held off as the epoch says."""
+        value = await self._call("read from", self._client.get(self.prefix + "epoch"))
+        if value is not None and str(value).rpartition(":")[0] == seen:
+            return False
+        await self._beat_epoch(ttl)
+        return True
+
+    async def _beat_epoch(self, ttl: float) -> None:
+        """Read the epoch (written if missing, see ``_EPOCH``); hold acquisitions off for what
+        is left of its hold-off."""
+        args = [secrets.token_hex(8), _ms(ttl), self._epoch or ""]
+        name, left = _list(
+            await self._call("write to", self._check_epoch([self.prefix + "epoch"], args))
+        )
+        if self._epoch is not None and name != self._epoch:
+            log.warning(
+                "%r lost its data (restarted without persistence, or failed over to a replica "
+                "that lagged): the key %r changed",
+                self,
+                self.prefix + "epoch",
+            )
+        self._epoch = str(name)
+        if int(left) > 0:
+            until = trio.current_time() + int(left) / 1000
+            if until > self._held_off_until:
+                log.warning(
+                    "%r: acquiring no lease for %.1f s: Redis lost its data (or started less "
+                    "than a lease's TTL ago, without the key %r), and every process that held "
+                    "a lease before must have stopped first (see docs/deploying.md)",
+                    self,
+                    int(left) / 1000,
+                    self.prefix + "epoch",
+                )
+            self._held_off_until = max(self._held_off_until, until)
 
     def _acquired(self, name: str, token: object) -> None:
         """Lease ``name`` acquired with ``token``: its writes carry it from now on. The
@@ -783,10 +869,13 @@ class RedisStore(Store):
         await self._call("write to", self._release(keys, [owner, self._channel]))
 
     async def lease_remaining(self, name: str) -> float | None:
-        """Seconds until lease ``name`` expires (0: free), by Redis's clock; None for a key
-        without an expiry (not one of ours). A read: cancelled, it changed nothing."""
+        """Seconds until lease ``name`` expires (0: free), by Redis's clock, or until
+        acquisitions are no longer held off if that is later; None for a key without an
+        expiry (not one of ours). A read: cancelled, it changed nothing."""
         left = await self._call("read from", self._client.pttl(self._key(name, "lease")))
-        return None if left == -1 else max(0, left) / 1000
+        if left == -1:
+            return None
+        return max(left / 1000, self._held_off_until - trio.current_time(), 0.0)
 
     def lease_token(self, name: str) -> int | None:
         """The fencing token of this store's last acquisition of lease ``name``, or None."""
@@ -794,8 +883,12 @@ class RedisStore(Store):
 
     async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
         """As :meth:`Store.heartbeat`, on Redis's clock; a leave (``ttl`` 0) is published
-        to the prefix's watchers. Cancelled: beaten (or left) or not; a member that did
+        to the prefix's watchers. A beat reads the epoch first: found missing or changed
+        (Redis lost its data), lease acquisitions are held off (see :meth:`acquire_leases`).
+        Cancelled: beaten (or left) or not; a member that did
         not beat expires at the end of its previous TTL."""
+        if ttl > 0:
+            await self._beat_epoch(ttl)
         key = f"{self.prefix}members:{group}"
         ttl_ms = str(max(0, math.ceil(ttl * 1000)))
         reply = _list(

@@ -1,0 +1,159 @@
+"""Redis coming back without its data while bridges run: no account runs in two at once.
+
+A Redis restarted without persistence (or failed over to a replica that had not caught up)
+has lost every lease while their holders still run them: they stop only at their next
+renewal. Acquisitions are held off until then (``<prefix>epoch``: see docs/deploying.md).
+Real time: leases expire on Redis's clock; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from redis_servers import require_redis
+
+import trio_chatbridge as cb
+from trio_chatbridge.connectors import Connector
+from trio_chatbridge.testing import RedisServer, redis_server
+
+TTL = 3.0  # seconds, real: Redis's clock
+
+
+@attrs.define
+class Runs:
+    """Which of the bridges' connectors of one account runs now, and every overlap seen."""
+
+    running: list[str] = attrs.Factory(list)
+    overlaps: list[str] = attrs.Factory(list)
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    def moved(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait(self, check: object) -> None:
+        assert callable(check)
+        while not check():
+            await self.changed.wait()
+
+
+class Poller(Connector):
+    """One bridge's connection for account ``a``: notes when it runs (a platform that splits
+    its deliveries between every connection polling it would split them between these)."""
+
+    def __init__(self, runs: Runs, bridge: str) -> None:
+        self.platform = "poll"
+        self.account = "a"
+        self.runs = runs
+        self.bridge = bridge
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.runs.running:
+            self.runs.overlaps.append(f"{self.bridge} started while {self.runs.running} ran")
+        self.runs.running.append(self.bridge)
+        self.runs.moved()
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self.runs.running.remove(self.bridge)
+            self.runs.moved()
+
+    async def send(self, target: cb.Message, text: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send("ok")
+
+
+@pytest.mark.slow
+async def test_a_bridge_started_after_redis_came_back_empty_waits_for_the_old_holder(
+    tmp_path: Path,
+) -> None:
+    """Bridge A runs account a; Redis restarts empty; bridge B starts at once. The lease and
+    the membership are gone, so B's first round gives a to B, and B used to start it while
+    A still ran it (until A's next renewal, up to a round later). Now B holds off until a
+    TTL after Redis started: A has stopped by then."""
+    require_redis()
+    runs = Runs()
+    with redis_server(tmp_path) as server, trio.fail_after(40):
+
+        def bridge(name: str) -> cb.Bridge:
+            store = cb.RedisStore.from_url(server.url, timeout=0.5)
+            return cb.Bridge([Poller(runs, name)], agent, store=store, leases=cb.Leases(ttl=TTL))
+
+        async with trio.open_nursery() as nursery:
+            a = bridge("A")
+            await nursery.start(a.run)
+            await runs.wait(lambda: runs.running == ["A"])
+            await trio.to_thread.run_sync(server.restart)
+            restarted = trio.current_time()
+            b = bridge("B")
+            await nursery.start(b.run)
+            await runs.wait(lambda: "A" not in runs.running)  # at its next renewal
+            await runs.wait(lambda: runs.running)  # someone serves a again
+            assert runs.overlaps == []
+            assert trio.current_time() - restarted < TTL + 1.5  # held off one TTL, no more
+            a.shutdown()
+            b.shutdown()
+    assert runs.overlaps == []
+
+
+def prefix() -> str:
+    return f"epoch-{uuid.uuid4().hex}:"
+
+
+def lost(node: RedisServer, keys: str) -> None:
+    """Delete every key under ``keys``, as Redis losing its data (one prefix of it)."""
+    found = node.cli("--scan", "--pattern", f"{keys}*").split()
+    if found:
+        node.cli("del", *found)
+
+
+async def test_a_store_that_saw_the_epoch_lost_holds_acquisitions_off_a_ttl(
+    redis_node: RedisServer,
+) -> None:
+    """Data lost while a bridge runs (a failover to a replica that never synced, FLUSHALL):
+    Redis's uptime says nothing, but the epoch this store saw is gone: a full TTL from the
+    beat that found it, then the lease is free to take."""
+    keys, ttl = prefix(), 0.5
+    with trio.fail_after(10):
+        async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as store:
+            await store.heartbeat("default", "me", ttl)
+            await trio.sleep(ttl)  # a new prefix on a Redis just started holds off too
+            assert await store.acquire_lease("poll:a", "me", ttl)
+            lost(redis_node, keys)
+            await store.heartbeat("default", "me", ttl)
+            assert not await store.acquire_lease("poll:a", "me", ttl)
+            left = await store.lease_remaining("poll:a")
+            assert left is not None and ttl - 0.2 < left <= ttl
+            await trio.sleep(left)
+            assert await store.acquire_lease("poll:a", "me", ttl)
+
+
+async def test_data_lost_between_a_beat_and_an_acquisition_gives_the_lease_back(
+    redis_node: RedisServer,
+) -> None:
+    """The epoch is read again after acquiring: Redis lost its data since the beat, so the
+    lease just taken (on the empty Redis) is given back, and acquisitions are held off. A
+    second store that never saw the old epoch obeys the hold-off the first one wrote."""
+    keys, ttl = prefix(), 0.5
+    with trio.fail_after(10):
+        async with (
+            cb.RedisStore.from_url(redis_node.url, prefix=keys) as store,
+            cb.RedisStore.from_url(redis_node.url, prefix=keys) as fresh,
+        ):
+            await store.heartbeat("default", "me", ttl)
+            await trio.sleep(ttl)
+            await store.heartbeat("default", "me", ttl)
+            lost(redis_node, keys)
+            assert not await store.acquire_lease("poll:a", "me", ttl)
+            assert await store.lease_remaining("poll:a") > ttl - 0.2  # type: ignore[operator]
+            assert redis_node.cli("exists", f"{keys}{{poll:a}}:lease").strip() == "0"
+            await fresh.heartbeat("default", "other", ttl)
+            assert not await fresh.acquire_lease("poll:a", "other", ttl)
