@@ -274,6 +274,13 @@ return left
 """
 
 
+_FORBIDDEN: Final = (
+    "the Redis user may not run what the store needs: grant it (ACL SETUSER) the commands "
+    "+@read +@write +@scripting +@pubsub +ping +info on the keys ~<prefix>* and the channel "
+    "&<prefix>released"
+)
+
+
 class StaleLeaseError(StoreError):
     """A write was refused: another process acquired this account's lease since we did."""
 
@@ -362,6 +369,16 @@ class RedisStore(Store):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise StoreError(f"a Redis URL starts with redis:// or rediss://, got {parts.scheme!r}")
+        database = parts.path.strip("/")
+        if database and not (database.isascii() and database.isdigit()):
+            raise ConfigurationError(
+                f"the database in the Redis URL {_redact(parts)!r} is not a number: "
+                "redis://[user:password@]host:port/<number>"
+            )
+        if cluster and database not in ("", "0"):
+            raise ConfigurationError(
+                f"Redis Cluster has only database 0; the URL {_redact(parts)!r} names another"
+            )
         options: dict[str, Any] = {
             "decode_responses": True,
             "connect_timeout": timeout,
@@ -401,6 +418,10 @@ class RedisStore(Store):
         (the bridge does both): the client's connections live in a task group of its own.
         Cancelled: not open, and whatever it had connected is closed again.
 
+        Credentials Redis refuses, a database it does not have, or a user its ACL does not
+        let run the store's scripts (checked by one read script) raise
+        :class:`ConfigurationError` saying what to fix: retrying would not help.
+
         Not idempotent, unlike other stores: opening a store that is open, or being opened
         (two bridges started together), raises :class:`ConfigurationError`. A bridge opens
         its store itself, and two bridges on one object would share its fencing tokens (the
@@ -416,10 +437,12 @@ class RedisStore(Store):
             )
         self._opening = True  # before the first await: two bridges starting together
         try:
-            with self._translated("connect to"):
+            with self._refused_configuration(), self._translated("connect to"):
                 async with AsyncExitStack() as stack:
                     await stack.enter_async_context(self._client)
                     await self._client.ping()
+                    # A read script: the ACL lets this user run scripts on the prefix's keys.
+                    await self._entry(self._keys("-", "body", "state", "recv"), ["-"])
                     self._stack = stack.pop_all()
         finally:  # failed or cancelled: not open, and may be opened again (a restart)
             self._opening = False
@@ -445,6 +468,9 @@ class RedisStore(Store):
                 "now, or Redis lost it (restarted without persistence); this process writes "
                 "for the account again once it acquired the lease again"
             )
+        forbidden = find_error(exc, coredis.exceptions.AuthorizationError)
+        if forbidden is not None:
+            return StoreError(f"could not {doing} {self!r}: {_FORBIDDEN} ({forbidden})")
         wrong = find_error(exc, coredis.exceptions.WrongTypeError)
         if wrong is not None:
             return StoreError(
@@ -461,6 +487,34 @@ class RedisStore(Store):
                     "retrying with backoff"
                 )
         return None
+
+    @contextmanager
+    def _refused_configuration(self) -> Iterator[None]:
+        """Raise a :class:`ConfigurationError` for what the block raised that retrying cannot
+        fix: refused credentials or permissions, a database Redis does not have."""
+        import coredis.exceptions
+
+        try:
+            yield
+        except StoreError as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            denied = find_error(cause, coredis.exceptions.AuthenticationError)
+            if denied is not None:
+                raise ConfigurationError(
+                    f"{self!r} refused the credentials ({denied}): check the user and password "
+                    "in the URL (redis://user:password@host:port/db, each percent-encoded) and "
+                    "that the user is enabled"
+                ) from None
+            forbidden = find_error(cause, coredis.exceptions.AuthorizationError)
+            if forbidden is not None:
+                raise ConfigurationError(f"{self!r}: {_FORBIDDEN} ({forbidden})") from None
+            refused = find_error(cause, coredis.exceptions.ResponseError)
+            if refused is not None and "DB index" in str(refused):
+                raise ConfigurationError(
+                    f"{self!r}: Redis has no such database ({refused}): the number after the "
+                    "port must be below Redis's 'databases' setting (16 by default)"
+                ) from None
+            raise
 
     def _check_open(self) -> None:
         if self._stack is None:
