@@ -864,26 +864,25 @@ class RedisStore(Store):
         name, left = _list(
             await self._call("write to", self._check_epoch([self.prefix + "epoch"], args))
         )
-        if self._epoch is not None and name != self._epoch:
-            log.warning(
-                "%r lost its data (restarted without persistence, or failed over to a replica "
-                "that lagged): the key %r changed",
-                self,
-                self.prefix + "epoch",
-            )
+        lost = self._epoch is not None and name != self._epoch
         self._epoch = str(name)
+        now = trio.current_time()
+        if int(left) > 0 and (lost or now >= self._held_off_until):
+            # Sure of a loss when the epoch this store saw is gone; else Redis started less
+            # than a TTL ago: a restart that lost its data, or a new prefix.
+            log.log(
+                logging.WARNING if lost else logging.INFO,
+                "%r: acquiring no lease for %.1f s: %s, and every process that held a lease "
+                "before must have stopped first (see docs/deploying.md)",
+                self,
+                int(left) / 1000,
+                f"Redis lost its data (the key {self.prefix + 'epoch'!r} changed)"
+                if lost
+                else "Redis started less than a lease's TTL ago without the key "
+                f"{self.prefix + 'epoch'!r} (it lost its data, or the prefix is new)",
+            )
         if int(left) > 0:
-            until = trio.current_time() + int(left) / 1000
-            if until > self._held_off_until:
-                log.warning(
-                    "%r: acquiring no lease for %.1f s: Redis lost its data (or started less "
-                    "than a lease's TTL ago, without the key %r), and every process that held "
-                    "a lease before must have stopped first (see docs/deploying.md)",
-                    self,
-                    int(left) / 1000,
-                    self.prefix + "epoch",
-                )
-            self._held_off_until = max(self._held_off_until, until)
+            self._held_off_until = max(self._held_off_until, now + int(left) / 1000)
 
     def _acquired(self, name: str, token: object) -> None:
         """Lease ``name`` acquired with ``token``: its writes carry it from now on. The
