@@ -18,12 +18,14 @@ transient statuses (408, 425, 429, 5xx) are a :class:`ConnectorError` (with the 
 too, and shows it as what it is in its ``backoff`` status; failed polls are counted in a
 :class:`~trio_chatbridge.connectors.Retries` under the one retry policy,
 :class:`~trio_chatbridge.Backoff`, with the core's and the server's word on the wait as hints.
-A core that says the platform asked for a pause gets no poll until it ends.
+A core that says the platform asked for a pause gets no poll until it ends; a connector may
+look, every :data:`PAUSE_CHECK` seconds of it, for what ends it early (a new login).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
@@ -47,6 +49,9 @@ on Trio's clock, the mapping's ``time_limit``, which ends the poll first)."""
 MAX_CURSOR_CHARS: Final = 64 * 1024
 """A cursor longer than this is refused: kept for good and sent back on every poll, it could
 grow each poll's request without bound (WeChat's are short opaque strings)."""
+
+PAUSE_CHECK: Final = 10.0
+"""Seconds between a pause's checks by ``during_pause`` (see :func:`long_poll`)."""
 
 
 class CoreFailed(ProtocolError):
@@ -91,6 +96,7 @@ async def long_poll(
     http: httpx.AsyncClient,
     *,
     backoff: Backoff | None = None,
+    during_pause: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Poll with ``core`` over ``http`` until cancelled, putting what arrives into ``ctx``.
@@ -99,13 +105,17 @@ async def long_poll(
     answer that is not a failure or a pause (pass ``TASK_STATUS_IGNORED`` if the connector is
     up already). Failed polls are counted in ``poll_failures`` and show as ``backoff``;
     ``backoff`` paces them (default: the bridge's, ``ctx.backoff``), waiting at least what
-    the core's :meth:`~PollCore.retry_hint` or the server's ``Retry-After`` ask. Raises only
-    what ``ctx`` raises (a store failure, say): polling failures (a refused 4xx included), and
-    a core's bug reading an answer, are retried here. If cancelled, the cursor saved is that
-    of the last page put into the inbox: what came after it is polled again next time.
+    the core's :meth:`~PollCore.retry_hint` or the server's ``Retry-After`` ask. While the core
+    is paused, ``during_pause`` (if given) is awaited every :data:`PAUSE_CHECK` seconds, and
+    polling resumes as soon as the core's pause no longer holds (it may lift it: a new login
+    found). Raises only what ``ctx`` or ``during_pause`` raise (a store failure, say):
+    polling failures (a refused 4xx included), and a core's bug reading an answer, are
+    retried here. If cancelled, the cursor saved is that of the last page put into the
+    inbox: what came after it is polled again next time.
     """
     unstarted = None if task_status is trio.TASK_STATUS_IGNORED else task_status
-    loop = _Loop(ctx, core, http, (backoff or ctx.backoff).retries(), unstarted)
+    retries = (backoff or ctx.backoff).retries()
+    loop = _Loop(ctx, core, http, retries, unstarted, during_pause)
     await loop.run()
 
 
@@ -116,6 +126,7 @@ class _Loop:
     http: httpx.AsyncClient
     retries: Retries
     unstarted: trio.TaskStatus[None] | None
+    during_pause: Callable[[], Awaitable[None]] | None
     failing: bool = False  # the status shows "backoff" until a poll succeeds again
     saved: str | None = None  # the cursor in the store: an unchanged one is not written again
     refusing: bool = False  # the last cursor a page brought was refused (the previous kept)
@@ -154,7 +165,13 @@ class _Loop:
         if paused is None:
             return
         self.ctx.set_state("paused", paused.detail)
-        await trio.sleep_until(paused.until)
+        while paused is not None:
+            if self.during_pause is None:
+                await trio.sleep_until(paused.until)
+            else:
+                await trio.sleep_until(min(paused.until, trio.current_time() + PAUSE_CHECK))
+                await self.during_pause()
+            paused = self.core.paused(trio.current_time())
         self.ctx.set_state("running" if self.unstarted is None else "starting")
 
     def _receive(self, request: HTTPRequest, body: bytes) -> PollEvent:

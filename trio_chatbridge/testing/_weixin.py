@@ -112,7 +112,8 @@ class RecordedRequest:
     endpoint: str
     headers: Mapping[str, str] = attrs.field(repr=lambda h: repr(_without_credentials(h)))
     """As received; the repr hides the ``authorization`` header's value (the bot token)."""
-    body: Any
+    body: Any = attrs.field(repr=lambda b: repr(_body_shown(b)))
+    """As received; the repr hides a QR login's earlier bot tokens (``local_token_list``)."""
     at: float
     """Trio's clock when it arrived."""
     query: Mapping[str, str] = attrs.field(factory=dict)
@@ -121,6 +122,12 @@ class RecordedRequest:
 
 def _without_credentials(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: "***" if k.lower() == "authorization" else v for k, v in headers.items()}
+
+
+def _body_shown(body: Any) -> Any:
+    if isinstance(body, dict) and body.get("local_token_list"):
+        return {**body, "local_token_list": ["***"]}
+    return body
 
 
 @attrs.define

@@ -65,6 +65,12 @@ class ILinkClient:
     def __repr__(self) -> str:  # never the token
         return f"ILinkClient(base_url={self.base_url!r})"
 
+    def use_token(self, token: str, base_url: str) -> None:
+        """Send ``token`` to ``base_url`` from now on (a new login's); requests under way
+        keep the old ones."""
+        self._token = token
+        self.base_url = p.normalise_base_url(base_url)
+
     async def aclose(self) -> None:
         """Close the httpx client made here (not one passed as ``http``). If cancelled, it
         may be left open."""

@@ -33,7 +33,7 @@ from ..._errors import (
     ProtocolError,
     SendError,
 )
-from ..._longpoll import long_poll
+from ..._longpoll import PAUSE_CHECK, long_poll
 from ..._media import MediaPolicy
 from ..._messages import Batch, Media, Message
 from ..._supervise import Backoff
@@ -61,6 +61,9 @@ log = logging.getLogger("trio_chatbridge.weixin")
 TOKEN_KEY: Final = "token"  # store keys written by `weixin-login`
 BASE_URL_KEY: Final = "base_url"
 CONTEXT_TOKEN_PREFIX: Final = p.CONTEXT_TOKEN_PREFIX
+RELOGIN_CHECK: Final = PAUSE_CHECK
+"""Seconds between looks at the store for a new login's token while the account is paused
+(an account given ``token=`` never looks)."""
 # The reference clients' poll retries: 2 s; the core's hint makes every third 30 s
 # (docs/protocols/weixin.md#retry-policy).
 POLL_JITTER: Final = 0.2
@@ -195,11 +198,28 @@ class LongPoll(base.Connector):
                 self._poller,
                 client.http,
                 backoff=self._poll_retries,
+                during_pause=self._look_for_login if self._token is None else None,
                 task_status=trio.TASK_STATUS_IGNORED if reached else task_status,
             )
         finally:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + p.CONFIG_TIMEOUT):
                 await client.notify("notifystop")
+
+    async def _look_for_login(self) -> None:
+        """While paused (every :data:`RELOGIN_CHECK` s): a token in the store other than the
+        one in use (``weixin-login`` ran, in this process or another) is taken, with its base
+        URL, and the pause ends: polls and sends go on with it, from the saved cursor."""
+        client, poller = self._client, self._poller
+        if client is None or poller is None:
+            return
+        token = await self.ctx.get(TOKEN_KEY)
+        if not token or token == poller.token:
+            return
+        base_url = self._base_url or await self.ctx.get(BASE_URL_KEY) or p.DEFAULT_BASE_URL
+        client.use_token(token, base_url)
+        poller.token, poller.base_url = token, client.base_url
+        self._guard.resume()
+        log.warning("weixin account %s: a new login found: resuming", self.account)
 
     # -- sending -----------------------------------------------------------------------------
 

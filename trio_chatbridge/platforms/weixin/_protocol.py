@@ -332,6 +332,10 @@ class SessionGuard:
         self.paused_until = now + SESSION_PAUSE
         return self._paused(self.paused_until, SESSION_PAUSE)
 
+    def resume(self) -> None:
+        """End the pause now (a new login was found)."""
+        self.paused_until = None
+
     def paused(self, now: float) -> Paused | None:
         """The pause in force at ``now``, if any (a pause that ended is forgotten)."""
         if self.paused_until is None:
