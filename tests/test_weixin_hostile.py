@@ -677,3 +677,57 @@ async def test_a_reply_that_failed_at_its_media_upload_is_a_failed_reply(
     assert len(errors) == 1 and isinstance(errors[0], cb.MediaError), errors
     assert stats.other["weixin.replies_failed"] == 1
     assert emu.calls("sendmessage") == []
+
+
+@pytest.mark.parametrize(
+    "cursors",
+    [("c1", "c2", "c3"), ("c2", "c1", "c0")],
+    ids=["same page, new cursors", "cursor going backwards"],
+)
+async def test_a_page_served_again_under_another_cursor_reaches_the_agent_once(
+    autojump_clock: trio.testing.MockClock, cursors: tuple[str, str, str]
+) -> None:
+    """A server that sends the same messages again under a new cursor, or moves the cursor
+    back and sends older messages again with a new one: each message reaches the agent once
+    (the journal drops the repeats, counted in ``duplicates``), and the cursor saved is the
+    server's last."""
+    emu = WeixinEmulator()
+    first, second, third = (
+        emu.user_message(u, [{"type": 1, "text_item": {"text": u}}]) for u in "abc"
+    )
+    pages = iter(
+        [
+            {"ret": 0, "msgs": [first, second], "get_updates_buf": cursors[0]},
+            {"ret": 0, "msgs": [first, second], "get_updates_buf": cursors[1]},
+            {"ret": 0, "msgs": [first, second, third], "get_updates_buf": cursors[2]},
+        ]
+    )
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("getupdates"):
+            page = next(pages, None)
+            if page is None:
+                await trio.sleep(35)
+                page = {"ret": 0, "msgs": [], "get_updates_buf": cursors[2]}
+            return httpx.Response(200, json=page)
+        return httpx.Response(200, json={"ret": 0})
+
+    seen: list[str] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        seen.extend(m.text for m in batch.messages)
+
+    store = cb.MemoryStore()
+    connector = weixin.LongPoll(
+        account="bot",
+        token="t",
+        base_url="http://hostile.invalid/",
+        transport=httpx.MockTransport(handle),
+    )
+    bridge = cb.Bridge(connectors=[connector], agent=agent, store=store)
+    async with running_bridge(bridge):
+        await trio.sleep(60)
+        stats = bridge.stats()
+    assert sorted(seen) == ["a", "b", "c"]
+    assert stats.duplicates == 4
+    assert await store.get_cursor("weixin", "bot") == cursors[2]
