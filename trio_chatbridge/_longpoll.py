@@ -106,7 +106,7 @@ async def long_poll(
     up already). Failed polls are counted in ``poll_failures`` and show as ``backoff``;
     ``backoff`` paces them (default: the bridge's, ``ctx.backoff``), waiting at least what
     the core's :meth:`~PollCore.retry_hint` or the server's ``Retry-After`` ask. While the core
-    is paused, ``during_pause`` (if given) is awaited every :data:`PAUSE_CHECK` seconds, and
+    is paused, ``during_pause`` (if given) is awaited every 10 seconds, and
     polling resumes as soon as the core's pause no longer holds (it may lift it: a new login
     found). Raises only what ``ctx`` or ``during_pause`` raise (a store failure, say):
     polling failures (a refused 4xx included), and a core's bug reading an answer, are
