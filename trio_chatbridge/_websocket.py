@@ -65,6 +65,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from typing import Final, Generic, Protocol, TypeAlias, TypeVar, final
 from urllib.parse import urlsplit
 
@@ -158,6 +159,23 @@ Carried: TypeAlias = Callable[[], None]
 the next (:meth:`WebSocketDriver.post`): an answer "already had it" then means it arrived."""
 BUSY_BACKOFF: Final = Backoff(initial=0.2, maximum=2.0, jitter=0.0)
 """Waits before a request answered "busy" goes again: 0.2 s, 0.4 s, 0.8 s..."""
+
+
+@attrs.define
+class Progress:
+    """How far a task's awaited requests went (:data:`PROGRESS`), for a task cancelled midway
+    that must know whether anything of it may have reached the server."""
+
+    requests: int = 0
+    """Requests the task began (:meth:`WebSocketDriver.request` calls)."""
+    unsent: bool = False
+    """The task waits for a connection with nothing of its current request on the wire: its
+    first try, or the one before it never left (:class:`Disconnected` with ``sent=False``).
+    Still True after a cancellation there."""
+
+
+PROGRESS: ContextVar[Progress | None] = ContextVar("trio_chatbridge_progress", default=None)
+"""Set by a task to learn how far its :meth:`WebSocketDriver.request` calls went."""
 
 
 # -- errors of requests ----------------------------------------------------------------------
@@ -954,14 +972,22 @@ class WebSocketDriver(Generic[N]):
         refusal, :class:`AckTimeout`, or :class:`Disconnected`. If cancelled, the request may
         or may not have been sent.
         """
+        progress, unsent = PROGRESS.get(), True
+        if progress is not None:
+            progress.requests += 1
         for attempt in range(2):
+            if progress is not None:
+                progress.unsent = unsent
             connection = await self._next_connection(until)
+            if progress is not None:
+                progress.unsent = False
             within = self.answer_within if request.within is None else request.within
             try:
                 return await connection.request(request, within)
             except Disconnected as exc:
                 if attempt or (exc.sent and not again):
                     raise
+                unsent = not exc.sent
                 connection.count("requests_across_reconnects")
         raise AssertionError("unreachable")  # the loop returns or raises
 

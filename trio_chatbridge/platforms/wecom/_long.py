@@ -41,9 +41,11 @@ from ..._media import MediaPolicy, fetch
 from ..._messages import Batch, Media, Message
 from ..._websocket import (
     BUSY_BACKOFF,
+    PROGRESS,
     AckTimeout,
     Disconnected,
     OpenWebSocket,
+    Progress,
     WebSocketDriver,
 )
 from ..._ws_client import WebSocketClient, open_websocket
@@ -128,6 +130,10 @@ class LongConnection(base.Connector):
         self._transport = transport
         self._own_http: httpx.AsyncClient | None = None
         self._recoveries: trio.Nursery | None = None  # while :meth:`run` runs
+        self._cut: list[tuple[_Confirming, Answer | ConnectorError]] = []
+        """Recoveries cut by their run's end before anything of them left (each with what it
+        recovers from): started again by the next run, settled unknown if the connector stops
+        first (:class:`_Confirming`)."""
         self._unanswered: set[str] = set()
         """The req_ids of running batches' latest callbacks that no answer was sent on yet."""
         self._first_deliveries: dict[str, None] = {}
@@ -190,6 +196,9 @@ class LongConnection(base.Connector):
         try:
             async with trio.open_nursery() as recoveries:
                 self._recoveries = recoveries
+                cut, self._cut = self._cut, []
+                for confirming, result in cut:
+                    recoveries.start_soon(confirming.recover, result)
                 try:
                     await self._driver.run(self.ctx, self.url, task_status=task_status)
                 finally:
@@ -204,8 +213,11 @@ class LongConnection(base.Connector):
     def stopped(self) -> None:
         """The connector stopped, maybe while waiting to reconnect: final frames carried over
         to the next connection will not go; their batches stay pending (counted in
-        ``replies_unconfirmed``)."""
+        ``replies_unconfirmed``), and so do those whose fallback was cut before it left."""
         self._driver.stopped()
+        cut, self._cut = self._cut, []
+        for confirming, _ in cut:
+            confirming._unknown("the connector stopped before it was sent again")
 
     def _journaled(self, messages: Sequence[Message], new: Sequence[Message]) -> None:
         """After a put: close each callback the journal had already (a msgid delivered
@@ -587,6 +599,8 @@ class _Confirming:
     request: Request
     carried: bool = False
     """The driver keeps the frame to write it again on the next connection (:meth:`carry`)."""
+    tries: int = 0
+    """Times :meth:`recover` began (again after a run's end cut it before anything left)."""
 
     @classmethod
     async def post(
@@ -679,20 +693,9 @@ class _Confirming:
         )
         self.confirmation.unknown()
 
-    def _fall_back(self, then: Then | None) -> Then | None:
-        """The frame was not taken: ``then`` follows. Counted in ``carried_fallbacks`` for
-        one carried over a reconnect (its first write may have arrived: shown twice)."""
-        if self.carried and then is not None:
-            self.connector.ctx.count("carried_fallbacks")
-        return then
-
-    async def recover(self, result: Answer | ConnectorError) -> None:
-        """Send the reply again another way after ``result`` (a refusal or a timeout); the run
-        fails if that fails too. Cancelled (the connection closed): the run's messages stay
-        pending."""
-        connector, state = self.connector, self.state
-        busy = isinstance(result, Answer) and result.busy
-        error = self.request.refused(result) if isinstance(result, Answer) else result
+    def _noted(self, result: Answer | ConnectorError, busy: bool, error: Exception) -> None:
+        """Count and log that the frame was not taken (``result``), once per frame."""
+        connector = self.connector
         if isinstance(result, AckTimeout):  # only late, its ACK is counted when it comes
             connector._core.fell_back(self.request.key)
         if busy:  # a retry, as for a reply awaited (and as many more as it has)
@@ -705,6 +708,29 @@ class _Confirming:
                 self.target.id,
                 error,
             )
+
+    def _fall_back(self, then: Then | None) -> Then | None:
+        """The frame was not taken: ``then`` follows. Counted in ``carried_fallbacks`` for
+        one carried over a reconnect (its first write may have arrived: shown twice)."""
+        if self.carried and then is not None and self.tries == 1:
+            self.connector.ctx.count("carried_fallbacks")
+        return then
+
+    async def recover(self, result: Answer | ConnectorError) -> None:
+        """Send the reply again another way after ``result`` (a refusal or a timeout); the run
+        fails if that fails too. Cancelled (the connection closed) before anything of it left
+        (its first request waiting for a connection, never written): started again by the
+        connector's next run, so the reply goes on the next connection without a restart,
+        counted once. Cancelled later: the run's messages stay pending (it may have shown).
+        """
+        connector, state = self.connector, self.state
+        progress = Progress()
+        PROGRESS.set(progress)  # (this task's own context)
+        self.tries += 1
+        busy = isinstance(result, Answer) and result.busy
+        error = self.request.refused(result) if isinstance(result, Answer) else result
+        if self.tries == 1:  # (a try started again was counted and logged by the first)
+            self._noted(result, busy, error)
         try:
             try:
                 if not busy:
@@ -744,7 +770,11 @@ class _Confirming:
         else:
             self.confirmation.confirmed()
         finally:
-            if not self.confirmation.settled:  # cancelled with the connection
+            if self.confirmation.settled:
+                pass
+            elif progress.unsent and progress.requests == 1:  # nothing of it left: again
+                connector._cut.append((self, result))
+            else:  # cancelled with the connection, maybe shown
                 self._unknown("the connection closed while it was sent again")
 
 
