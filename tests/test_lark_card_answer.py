@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -219,3 +220,47 @@ async def test_a_card_answer_over_the_card_limit_is_refused_counted_and_acked_pl
     assert "30720" in record.getMessage() and "cli_emulator" in record.getMessage()
     with pytest.raises(cb.SendError, match=r"30721 bytes.*30720"):
         lark.CardAnswer(card=_card_of(MAX_CARD_BYTES + 1)).ack()
+
+
+async def test_an_answer_that_cannot_be_encoded_is_counted_and_acked_plain(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A card answer whose card JSON cannot encode (a datetime in it) or a handler returning
+    something not a CardAnswer raised past the handler's guard: the connection died, the
+    action was un-seen and pushed again, and crashed it again. Each is counted as a failed
+    answer, logged with its traceback, ACKed plain; the connection lives, and the messages
+    around them are each handled once."""
+    asked: list[str] = []
+    handled: list[str] = []
+
+    async def on_card_action(envelope: Mapping[str, Any]) -> Any:
+        event_id = envelope["header"]["event_id"]
+        asked.append(event_id)
+        if event_id == "ev-datetime":
+            return lark.CardAnswer("saved", card=cb.Card({"when": datetime.datetime(2026, 1, 2)}))
+        return {"toast": "not a CardAnswer"}
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        handled.extend(message.text for message in batch.messages)
+
+    emu = LarkEmulator()
+    connector = lambda: emu.connector(random=lambda: 0.0, on_card_action=on_card_action)  # noqa: E731
+    async with emulator_bridge(emu, connector, agent) as bridge:
+        await trio.sleep(1)
+        emu.user_says("ou_bob", "before")
+        await trio.sleep(1)
+        emu.push_event(card_action("ev-datetime"))
+        emu.push_event(card_action("ev-not-an-answer"))
+        await trio.sleep(1)
+        emu.user_says("ou_bob", "after")
+        await trio.sleep(10)  # past the platform's 3 s: an action not ACKed would come again
+        stats = bridge.stats()
+    assert handled == ["before", "after"]
+    assert asked == ["ev-datetime", "ev-not-an-answer"]
+    assert emu.acks == [200] * 4 and answers(emu) == []
+    assert emu.connections == 1
+    assert stats.other["lark.card_answer_failures"] == 2
+    failures = [r for r in caplog.records if r.exc_info and "card answer" in r.getMessage()]
+    assert len(failures) == 2
+    assert all("cli_emulator" in r.getMessage() for r in failures)
+    assert emu.app_secret not in caplog.text

@@ -287,16 +287,29 @@ class LongConnection(base.Connector):
         return self._ack_payload(answer), started
 
     def _ack_payload(self, answer: CardAnswer | None) -> bytes:
-        """``answer`` as an ACK payload; plain when there is none, or when its card is over
-        the platform's limit (counted, logged with the limit)."""
+        """``answer`` as an ACK payload; plain when there is none, when its card is over the
+        platform's limit (counted, logged with the limit), or when it is not a
+        :class:`CardAnswer` or does not encode (a card holding a ``datetime``): counted as a
+        failed answer and logged, so that the bot's mistake never reaches the connection."""
         if answer is None:
             return ACK_OK
         try:
+            if not isinstance(answer, CardAnswer):
+                raise TypeError(
+                    f"on_card_action returned a {type(answer).__name__}, not a CardAnswer or None: "
+                    "return lark.CardAnswer(...) or None"
+                )
             return answer.ack()
         except SendError as exc:
             self.ctx.count("card_answers_too_big")
             log.warning("Lark app %s: %s; ACKed without it", self.account, exc)
-            return ACK_OK
+        except Exception:
+            self.ctx.count("card_answer_failures")
+            log.exception(
+                "Lark app %s: on_card_action's card answer cannot be sent; ACKed without it",
+                self.account,
+            )
+        return ACK_OK
 
     # -- replying ----------------------------------------------------------------------------
 
