@@ -770,12 +770,11 @@ class _Confirming:
         else:
             self.confirmation.confirmed()
         finally:
-            if self.confirmation.settled:
-                pass
-            elif progress.unsent and progress.requests == 1:  # nothing of it left: again
-                connector._cut.append((self, result))
-            else:  # cancelled with the connection, maybe shown
-                self._unknown("the connection closed while it was sent again")
+            if not self.confirmation.settled:  # cancelled with the connection
+                if progress.unsent and progress.requests == 1:  # nothing of it left: again
+                    connector._cut.append((self, result))
+                else:  # maybe shown
+                    self._unknown("the connection closed while it was sent again")
 
 
 class _Stream(base.CoalescingStream):
