@@ -535,3 +535,99 @@ async def test_an_answer_set_but_not_yet_polled_survives_its_stream_being_droppe
         last = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
     assert (last["finish"], last["content"]) == (True, "the answer")
     assert not [a for a in emu.activity if a.via == "response_url"]
+
+
+async def test_an_earlier_message_answered_through_its_url_is_not_answered_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interrupt reruns a replayed batch: its earlier message, answered through its URL by
+    the first run, is no longer refused as "used already", counted and logged as failed."""
+    emu = WeComEmulator()
+    store = cb.MemoryStore()
+    options: dict[str, Any] = {"earlier_reply": "(see below)"}
+    await journaled(
+        emu, [message(emu, "m1", "first"), message(emu, "m2", "second")], store, **options
+    )
+    hook = emu.webhook(**options)
+    runs: list[list[str]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        runs.append([m.id for m in batch.messages])
+        if len(runs) == 1:
+            await trio.sleep_forever()  # interrupted by m3
+        await reply.send("the answer")
+
+    bridge = quick_bridge(hook, agent, store=store, on_busy="interrupt")
+    async with running_bridge(bridge):
+        await trio.sleep(5)
+        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m3", "third")))
+        await trio.sleep(5)
+        poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
+        last = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
+    assert runs == [["m1", "m2"], ["m1", "m2", "m3"]]
+    answers = [(a.id, a.text) for a in emu.activity if a.via == "response_url"]
+    assert answers == [("m1", "(see below)"), ("m2", "(see below)")]
+    assert (last["finish"], last["content"]) == (True, "the answer")
+    assert "wecom.earlier_replies_failed" not in bridge.stats().other
+    assert "not answered" not in caplog.text
+
+
+@pytest.mark.parametrize("polled", [False, True], ids=["not-polled", "polled"])
+async def test_an_answered_stream_dropped_before_a_rerun_gets_no_earlier_reply(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, polled: bool
+) -> None:
+    """MAX_STREAMS over drops an answered stream; an interrupt then reruns its message as an
+    earlier one: the earlier_reply went through its URL, the user shown two answers."""
+    from trio_chatbridge.platforms.wecom import _webhook
+
+    monkeypatch.setattr(_webhook, "MAX_STREAMS", 3)
+    emu = WeComEmulator()
+    hook = emu.webhook(earlier_reply="(merged)")
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        if batch.latest.sender.id != "ana":
+            return
+        await reply.send(f"answer to {batch.latest.id}")
+        if batch.latest.id == "m1":
+            await trio.sleep_forever()  # interrupted by m2
+
+    async with running_bridge(quick_bridge(hook, agent, on_busy="interrupt")):
+        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
+        poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
+        await trio.sleep(5)  # answered
+        if polled:
+            first = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
+            assert (first["finish"], first["content"]) == (True, "answer to m1")
+        for n in range(3):  # three newer streams: m1's is dropped
+            other = message(emu, f"o{n}", "x", **{"from": {"userid": f"u{n}"}})
+            await emu.webhook_post(hook.asgi, other)
+        await emu.webhook_post(hook.asgi, message(emu, "m2", "again"))
+        await trio.sleep(5)
+        last = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
+    assert not [a for a in emu.activity if a.via == "response_url"]
+    assert (last["finish"], last["content"]) == (True, "answer to m1")
+
+
+async def test_a_dropped_stream_is_forgotten_with_its_window(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropped streams were kept until 10,000 more were dropped, hours after WeCom stopped
+    polling them; they go with their six minutes, as kept streams do."""
+    from trio_chatbridge.platforms.wecom import _webhook
+
+    monkeypatch.setattr(_webhook, "MAX_STREAMS", 3)
+    emu = WeComEmulator()
+    hook = emu.webhook()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass  # unanswered: kept while dropped, to finish with what was shown
+
+    async with running_bridge(quick_bridge(hook, agent)):
+        for n in range(5):  # five streams, three kept: two dropped
+            await emu.webhook_post(
+                hook.asgi, message(emu, f"m{n}", "x", **{"from": {"userid": f"u{n}"}})
+            )
+        assert len(hook._dropped) == 2
+        await trio.sleep(STREAM_TTL + 1)
+        await emu.webhook_post(hook.asgi, message(emu, "late", "x"))
+        assert len(hook._dropped) == 0  # (the private state is the point: memory)

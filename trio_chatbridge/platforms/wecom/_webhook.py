@@ -126,8 +126,9 @@ class Webhook(base.Connector):
         self._wall_clock = wall_clock
         self._streams: OrderedDict[str, _StreamState] = OrderedDict()
         self._stream_of_msgid: dict[str, str] = {}
-        self._dropped: dict[str, _StreamState] = {}
-        """Streams dropped by MAX_STREAMS that WeCom may still poll (see :meth:`_drop`)."""
+        self._dropped: OrderedDict[str, _StreamState] = OrderedDict()
+        """Streams dropped by MAX_STREAMS that WeCom may still poll (see :meth:`_drop`), oldest
+        first; forgotten with their window (:meth:`_expire`)."""
         self._putting: dict[str, trio.Event] = {}
         """The msgids whose first delivery's put is under way: a retry waits for it."""
         self._nonces = _NonceCache(MAX_NONCES)
@@ -366,6 +367,8 @@ class Webhook(base.Connector):
             del self._streams[oldest.id]
             if oldest.created >= cutoff:  # dropped within its window: MAX_STREAMS over
                 self._drop(oldest)
+        while self._dropped and next(iter(self._dropped.values())).created < cutoff:
+            self._dropped.popitem(last=False)  # its window over: WeCom polls it no more
         if len(self._stream_of_msgid) > 2 * MAX_STREAMS:
             self._stream_of_msgid = {
                 m: s for m, s in self._stream_of_msgid.items() if s in self._streams
@@ -374,10 +377,10 @@ class Webhook(base.Connector):
     def _drop(self, state: _StreamState) -> None:
         """Keep ``state``, dropped while WeCom may still poll it, so that its next poll
         finishes it with :meth:`_StreamState.final` (an empty finish would blank what the
-        user saw, or lose an answer counted as sent), and a second answer to it is refused."""
-        if not (state.finished and state.shown == len(state.content)):  # else polled whole
-            self._dropped[state.id] = state
-            trim(self._dropped, MAX_STREAMS)
+        user saw, or lose an answer counted as sent), and a second answer to it (or an
+        ``earlier_reply`` through its URL) is refused, polled whole or not."""
+        self._dropped[state.id] = state
+        trim(self._dropped, MAX_STREAMS)
 
     # -- replying -----------------------------------------------------------------------------
 
@@ -608,10 +611,17 @@ class Webhook(base.Connector):
     def _close_earlier_stream(self, message: Message) -> bool:
         """Finish the stream of ``message``, an earlier message of a batch, with
         ``earlier_reply``; True if its stream is gone (or lapsing, with a URL to answer
-        through instead), so that only its ``response_url`` can answer it."""
-        state = self._streams.get(str(message.reply_handle.get("stream_id")))
+        through instead), so that only its ``response_url`` can answer it. False for one
+        answered already, on its stream (dropped or not) or through its URL: a second answer
+        would show the user two."""
+        if message.id in self._answered_by_url:  # (an interrupt's rerun, a replay's again)
+            return False
+        stream_id = str(message.reply_handle.get("stream_id"))
+        state = self._streams.get(stream_id)
         if state is None:
-            return _response_url(message) is not None
+            dropped = self._dropped.get(stream_id)  # (MAX_STREAMS over)
+            answered = dropped is not None and dropped.finished
+            return not answered and _response_url(message) is not None
         if state.finished:
             return False
         if state.lapsed() and _response_url(message) is not None:
