@@ -631,3 +631,68 @@ async def test_a_dropped_stream_is_forgotten_with_its_window(
         await trio.sleep(STREAM_TTL + 1)
         await emu.webhook_post(hook.asgi, message(emu, "late", "x"))
         assert len(hook._dropped) == 0  # (the private state is the point: memory)
+
+
+async def test_earlier_replies_to_a_host_that_never_answers_leave_the_agent_its_run_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Twelve earlier messages of a replayed batch, their URL host silent: answered four at a
+    time, 15 s each, before the agent ran, they used up a 30 s run_timeout; the latest
+    message was never answered and the batch journaled failed."""
+    emu = WeComEmulator()
+    callbacks = [message(emu, f"m{n}", f"say {n}") for n in range(13)]
+    silent = {c["response_url"] for c in callbacks[:-1]}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if str(request.url) in silent:
+            await trio.sleep_forever()
+        return await emu.handle_http(request)
+
+    answered: list[float] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await echo(batch, reply)
+        answered.append(trio.current_time())
+
+    store = cb.MemoryStore()
+    options: dict[str, Any] = {"earlier_reply": "(see below)"}
+    await journaled(emu, callbacks, store, **options)
+    hook = emu.webhook(transport=httpx.MockTransport(handler), **options)
+    bridge = quick_bridge(hook, agent, store=store, run_timeout=30)
+    start = trio.current_time()
+    async with running_bridge(bridge):
+        await trio.sleep(60)
+    [answer] = [a for a in emu.activity if a.via == "response_url"]
+    assert (answer.id, answer.text) == ("m12", "\n".join(f"say {n}" for n in range(13)))
+    stats = bridge.stats()
+    assert (stats.failures, stats.other["wecom.earlier_replies_failed"]) == (0, 12)
+    [at] = answered
+    assert at - start < RESPONSE_URL_WITHIN  # the agent did not wait for them
+
+
+async def test_an_agent_failing_while_earlier_replies_are_under_way_fails_its_run_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The earlier answers run beside the agent: its error fails the run (counted, logged),
+    cancels those still under way (not counted as refused), and the bridge goes on."""
+    emu = WeComEmulator()
+    callbacks = [message(emu, "m1", "first"), message(emu, "m2", "second")]
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(5)
+        return await emu.handle_http(request)
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise RuntimeError("agent bug")
+
+    store = cb.MemoryStore()
+    options: dict[str, Any] = {"earlier_reply": "(see below)"}
+    await journaled(emu, callbacks, store, **options)
+    hook = emu.webhook(transport=httpx.MockTransport(slow), **options)
+    bridge = quick_bridge(hook, agent, store=store)
+    async with running_bridge(bridge):
+        await trio.sleep(30)
+    assert not [a for a in emu.activity if a.via == "response_url"]
+    stats = bridge.stats()
+    assert (stats.runs, stats.failures) == (1, 1)
+    assert "wecom.earlier_replies_failed" not in stats.other

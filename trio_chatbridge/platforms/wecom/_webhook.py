@@ -588,23 +588,26 @@ class Webhook(base.Connector):
         """Finish the streams of a batch's earlier messages with ``earlier_reply``, or, where
         a message's stream is gone (a batch replayed after a restart), send ``earlier_reply``
         through its ``response_url`` (not when ``earlier_reply`` is empty: there is nothing to
-        say and no stream holds the user's slot), :data:`EARLIER_AT_ONCE` at a time, before the
-        agent runs, each within :data:`RESPONSE_URL_WITHIN` seconds. And, if the agent
-        raises (or its run times out: the dispatcher raises then), the latest one's unless it
-        was answered (empty: WeCom would poll a stream nobody fills for six minutes). An
-        agent that returns without answering leaves it open (a ``Reply`` kept after the run
-        may still answer), and so does a cancelled run (interrupted: the next run closes it as
-        an earlier message)."""
+        say and no stream holds the user's slot), while the agent runs
+        (:meth:`_earlier_by_url`: they never take the agent's ``run_timeout``; leaving waits
+        for those still under way, :data:`RESPONSE_URL_WITHIN` seconds from entering at
+        most). And, if the agent raises (or its run times out: the dispatcher raises then),
+        the latest one's unless it was answered (empty: WeCom would poll a stream nobody
+        fills for six minutes). An agent that returns without answering leaves it open (a
+        ``Reply`` kept after the run may still answer), and so does a cancelled run
+        (interrupted: the next run closes it as an earlier message). A run that raises or is
+        cancelled cancels the earlier answers still under way (each may or may not have been
+        sent; one not sent is tried again by a rerun)."""
         self._expire()
         by_url = [m for m in batch.messages[:-1] if self._close_earlier_stream(m)]
-        if by_url and self.earlier_reply:
-            limiter = trio.CapacityLimiter(EARLIER_AT_ONCE)
-            async with trio.open_nursery() as nursery:
-                for message in by_url:
-                    nursery.start_soon(self._earlier_by_url, message, limiter)
         try:
-            yield
-        except Exception:
+            if by_url and self.earlier_reply:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._earlier_by_url, by_url)
+                    yield
+            else:
+                yield
+        except Exception:  # (the agent's error, or _TimedOut: in a group from the nursery)
             self._finish(batch.latest, "")
             raise
 
@@ -630,22 +633,40 @@ class Webhook(base.Connector):
         state.content, state.finished = self.earlier_reply, True
         return False
 
-    async def _earlier_by_url(self, message: Message, limiter: trio.CapacityLimiter) -> None:
-        """Answer ``message`` (an earlier message of a replayed batch) with ``earlier_reply``
-        through its ``response_url``; a refusal costs only this answer: counted
-        (``earlier_replies_failed``) and logged, the run goes on. If cancelled, it may or may
-        not have been sent."""
-        async with limiter:
-            try:
-                await self._answer_by_url(message, self.earlier_reply)
-            except SendError as exc:
-                self.ctx.count("earlier_replies_failed")
-                log.warning(
-                    "wecom bot %s: earlier message %s not answered: %s",
-                    self.account,
-                    message.id,
-                    exc,
-                )
+    async def _earlier_by_url(self, messages: list[Message]) -> None:
+        """Answer ``messages`` (the earlier messages of a replayed batch) with
+        ``earlier_reply`` through their ``response_url`` each, :data:`EARLIER_AT_ONCE` at a
+        time, all within one :data:`RESPONSE_URL_WITHIN` (a silent host costs 15 s, not 15 s
+        per four messages). One refused, or not answered in time, costs only its answer:
+        counted (``earlier_replies_failed``) and logged. If cancelled, those under way may or
+        may not have been sent."""
+        limiter = trio.CapacityLimiter(EARLIER_AT_ONCE)
+        left = {message.id: message for message in messages}
+
+        async def answer(message: Message) -> None:
+            async with limiter:
+                try:
+                    await self._answer_by_url(message, self.earlier_reply)
+                except SendError as exc:
+                    self._earlier_failed(message, str(exc))
+                del left[message.id]
+
+        with trio.move_on_after(RESPONSE_URL_WITHIN):
+            async with trio.open_nursery() as nursery:
+                for message in messages:
+                    nursery.start_soon(answer, message)
+        for message in left.values():  # the deadline came first
+            self._earlier_failed(
+                message,
+                f"not answered within {RESPONSE_URL_WITHIN:.0f} s (if it was under way, it may "
+                "or may not have been sent)",
+            )
+
+    def _earlier_failed(self, message: Message, why: str) -> None:
+        self.ctx.count("earlier_replies_failed")
+        log.warning(
+            "wecom bot %s: earlier message %s not answered: %s", self.account, message.id, why
+        )
 
     def _finish(self, message: Message, content: str) -> None:
         """Finish ``message``'s stream with ``content``, unless it was finished already."""
