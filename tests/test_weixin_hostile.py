@@ -616,6 +616,37 @@ async def test_a_session_expiry_on_any_call_pauses_the_account_through_the_one_g
         assert "weixin-login" in str(errors[0])
 
 
+async def test_a_second_session_expiry_within_the_pause_neither_counts_nor_extends_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A poll in flight when a send met errcode -14 answers -14 too, 9 s later: the same
+    expiry, so ``session_expired`` stays 1 and polling resumes one hour after the first -14
+    (not after the second)."""
+    emu = WeixinEmulator()
+    expired = WeixinFault.session_expired()
+    emu.fail("getupdates", WeixinFault(body=expired.body, delay=10))  # answers at t=10
+    emu.fail("sendmessage", expired)
+    connector = emu.connector()
+    target = weixin.to_message("bot", emu.user_message("u", []))
+    assert target is not None
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise AssertionError("no message is polled in this test")
+
+    bridge = cb.Bridge(connectors=[connector], agent=agent, store=cb.MemoryStore())
+    async with running_bridge(bridge):
+        start = trio.current_time()
+        await trio.sleep(1)
+        with pytest.raises(weixin.SessionPausedError, match="weixin-login"):
+            await connector.send(target, "hello")
+        await trio.sleep(3599 + 5)  # the hour from the send's -14 has ended, plus 5 s
+        polls = [r.at - start for r in emu.calls("getupdates")]
+        stats = bridge.stats()
+    assert stats.other["weixin.session_expired"] == 1
+    assert polls[0] == 0
+    assert len(polls) >= 2 and 3601 <= polls[1] < 3605, polls
+
+
 async def test_a_server_asking_for_the_verification_code_forever_ends_the_login(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -176,6 +176,21 @@ def test_errcode_minus_14_pauses_for_an_hour_from_the_time_given(body: bytes) ->
     assert core.paused(1000.0) is None  # an ended pause is forgotten
 
 
+def test_a_minus_14_during_the_pause_keeps_it_and_is_not_counted_again() -> None:
+    """A second -14 before the pause ends (a poll in flight when a send met one) is the
+    same expiry: the pause still ends an hour after the first, and the event counts nothing."""
+    core = poller()
+    first = core.receive(b'{"errcode":-14}', now=1000.0)
+    again = core.receive(b'{"errcode":-14}', now=1009.0)
+    assert isinstance(first, Paused) and first.counter == "session_expired"
+    assert isinstance(again, Paused) and again.counter is None
+    assert again.until == first.until == 4600.0
+    assert core.paused(4600.0) is None
+    after = core.receive(b'{"errcode":-14}', now=4600.0)  # a new expiry after the pause
+    assert isinstance(after, Paused) and after.counter == "session_expired"
+    assert after.until == 8200.0
+
+
 def test_other_error_codes_are_retried_with_the_servers_words() -> None:
     event = poller().receive(b'{"ret":-2,"errmsg":"prepare failed"}', now=0.0)
     assert isinstance(event, RetryLater)

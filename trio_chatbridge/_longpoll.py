@@ -147,8 +147,9 @@ class _Loop:
                 continue
             if isinstance(event, Paused):
                 self.retries.reset()
-                self.ctx.count(event.counter)
-                log.warning("%s:%s: %s", self.ctx.platform, self.ctx.account, event.detail)
+                if event.counter is not None:  # None: a pause already in force, counted
+                    self.ctx.count(event.counter)
+                    log.warning("%s:%s: %s", self.ctx.platform, self.ctx.account, event.detail)
                 continue
             self._up()
             # No prefetch: the next poll presents the new cursor, and a server may take that

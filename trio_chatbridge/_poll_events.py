@@ -84,10 +84,11 @@ class Paused:
     """When polling may resume, in seconds on the clock of ``now`` (Trio's)."""
     detail: str
     """Why, and what a person can do about it."""
-    counter: str = "paused"
+    counter: str | None = "paused"
     """The name of the connector's counter the driver adds one to for each such pause
     (shown as ``"<platform>.<counter>"``; WeChat's expired session counts in
-    ``session_expired``)."""
+    ``session_expired``); None for a pause already in force and counted (the driver then
+    neither counts nor logs it again)."""
 
 
 PollEvent = Page | RetryLater | Paused

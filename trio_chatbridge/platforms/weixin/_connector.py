@@ -310,9 +310,12 @@ class LongPoll(base.Connector):
     def _session_expired(self, exc: SessionExpiredError) -> None:
         """A -14 met by any call but the poll (sends, uploads, typing, notify; the client
         tells of each): the account pauses as for a poll's (no poll, sends fail fast),
-        counted in ``session_expired``."""
-        self._guard.pause(trio.current_time())
-        self.ctx.count("session_expired")
+        counted in ``session_expired`` and logged; one met during the pause is the same expiry
+        (neither counted again nor extending the pause)."""
+        paused = self._guard.pause(trio.current_time())
+        if paused.counter is not None:
+            self.ctx.count(paused.counter)
+            log.warning("weixin:%s: %s", self.account, paused.detail)
 
     def _paused_error(self, exc: SessionExpiredError) -> SessionPausedError:
         """What a send that met a -14 raises (the account is paused already)."""

@@ -328,7 +328,12 @@ class SessionGuard:
     paused_until: float | None = None
 
     def pause(self, now: float) -> Paused:
-        """Start a pause of :data:`SESSION_PAUSE` seconds from ``now``."""
+        """Start a pause of :data:`SESSION_PAUSE` seconds from ``now``, counted in
+        ``session_expired``. During a pause already in force (another call's -14 came first:
+        the same expiry), that pause is kept as it is and the event's counter is None."""
+        paused = self.paused(now)
+        if paused is not None:
+            return attrs.evolve(paused, counter=None)
         self.paused_until = now + SESSION_PAUSE
         return self._paused(self.paused_until, SESSION_PAUSE)
 
