@@ -50,6 +50,48 @@ async def test_aclose_while_open_waits_for_the_lock_leaves_the_store_closed(
     assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
 
 
+async def test_an_open_queued_behind_another_when_aclose_began_fails_and_opens_nothing(
+    tmp_path: Path,
+) -> None:
+    """A second ``open`` queued behind the one under way when ``aclose`` began took its turn
+    after that one failed, opened the file, and returned open; ``aclose`` then closed it under
+    its caller. Now it fails as the first does, and nothing is left open on the file."""
+    path = tmp_path / "j.db"
+    async with cb.SQLiteStore(path):  # the file exists, in WAL mode (where the open waits)
+        pass
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock the first open waits for
+    store = cb.SQLiteStore(path)
+    outcomes: list[BaseException | None] = []
+
+    async def opening() -> None:
+        try:
+            await store.open()
+        except cb.StoreError as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(opening)
+                await trio.testing.wait_all_tasks_blocked()  # in the thread, waiting
+                nursery.start_soon(opening)
+                await trio.testing.wait_all_tasks_blocked()  # queued behind the first
+                other.execute("ROLLBACK")  # free: a queued open would now succeed
+                await store.aclose()
+    finally:
+        other.close()
+    assert len(outcomes) == 2, outcomes
+    assert all(o is not None and "closed while it was opening" in str(o) for o in outcomes)
+    with pytest.raises(cb.StoreError, match="not open"):
+        await store.journal_add([FakeConnector().message("hi")])
+    assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
+    await store.open()  # opened after the close: a new open is not refused
+    await store.aclose()
+
+
 @pytest.mark.parametrize(
     ("where", "advice"),
     [

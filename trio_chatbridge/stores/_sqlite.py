@@ -47,6 +47,7 @@ CHECKPOINT_AFTER: Final = 4_000  # rows, and 4 a commit, written between two che
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
 OPEN_ATTEMPT_MS: Final = 200  # the longest one attempt to open waits for the lock: a stop's delay
 OPEN_BUSY_TIMEOUT_MS: Final = 120_000
+CLOSE_WAIT: Final = 10.0  # seconds aclose waits (shielded) for an open's attempt under way
 """How long opening waits for the file's write lock (ms): another process may hold it for a
 whole migration from version 1, measured at 0.7-0.9 s per 1,000,000 journal rows (of about
 300-byte bodies, docs/performance.md "SQLite, migration"), so two minutes cover a journal of over
@@ -194,6 +195,7 @@ class SQLiteStore(Store):
         self._writer = trio.Lock()  # fair: callers take the writer's turn in arrival order
         self._opening = trio.Lock()  # one open at a time: a second finds the store open
         self._open_scope = trio.CancelScope()  # the open under way's: aclose cancels it
+        self._closes = 0  # aclose calls begun: an open that began before one fails
         self.undecodable: int = 0
         """Journal rows found not to decode, and set aside (see :meth:`journal_pending`)."""
 
@@ -246,9 +248,12 @@ class SQLiteStore(Store):
         that then succeeds (the file created or migrated), it returns open, the cancellation
         taking effect at the caller's next checkpoint. Concurrent calls open it once.
 
-        :meth:`aclose` while it opens stops it as a cancellation would, and it raises
-        :class:`StoreError`: the store stays closed."""
+        :meth:`aclose` while it opens (under way, or waiting for another open's turn) stops it
+        as a cancellation would, and it raises :class:`StoreError`: the store stays closed."""
+        closes = self._closes
         async with self._opening:
+            if self._closes != closes:  # queued behind an open that aclose stopped
+                raise self._closed_while_opening()
             if self._db is not None:
                 return
             db: sqlite3.Connection | None = None
@@ -256,17 +261,20 @@ class SQLiteStore(Store):
                 with trio.CancelScope() as self._open_scope:
                     db = await self._run(self._connect)
                     await self._set_up(db)
-                if self._open_scope.cancel_called:  # by aclose
-                    raise StoreError(
-                        f"{self!r} was closed while it was opening: not open. Open it again "
-                        "(or let the bridge open it) if it is still wanted."
-                    )
+                if self._closes != closes:  # aclose began meanwhile (and cancelled the scope)
+                    raise self._closed_while_opening()
             except BaseException:
                 if db is not None:
                     with trio.CancelScope(shield=True):
                         await self._run(db.close)
                 raise
             self._db = db
+
+    def _closed_while_opening(self) -> StoreError:
+        return StoreError(
+            f"{self!r} was closed while it was opening: not open. Open it again "
+            "(or let the bridge open it) if it is still wanted."
+        )
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -367,11 +375,16 @@ class SQLiteStore(Store):
             db.execute(statement)
 
     async def aclose(self) -> None:
-        """As :meth:`Store.aclose`; an :meth:`open` under way is stopped (within one attempt
-        at the lock) and fails, and this returns once it ended: the store is closed. A
-        cancellation does not stop it: the wait and the close are shielded."""
+        """As :meth:`Store.aclose`; every :meth:`open` under way or queued when it began fails
+        with :class:`StoreError` (the one under way stopped within its attempt at the lock),
+        and the store is closed. A cancellation does not stop it (shielded), and it returns
+        once the open under way has closed its connection, or after 10 s (Trio's clock) at
+        most: an attempt in the worker thread cannot be stopped, and one migrating a large
+        version 1 file may take longer; that open then closes its connection itself when the
+        attempt ends, and fails all the same."""
+        self._closes += 1
         self._open_scope.cancel()
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_WAIT):
             async with self._opening:  # the open under way, if any, has closed its connection
                 pass
         db, self._db = self._db, None
