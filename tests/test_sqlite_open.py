@@ -5,13 +5,16 @@ are real time; nothing here sleeps (the open waits in attempts of at most 0.2 s)
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 import trio_chatbridge as cb
+from trio_chatbridge.stores import _sqlite as sqlite_store
 from trio_chatbridge.testing import FakeConnector
 
 
@@ -90,6 +93,52 @@ async def test_an_open_queued_behind_another_when_aclose_began_fails_and_opens_n
     assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
     await store.open()  # opened after the close: a new open is not refused
     await store.aclose()
+
+
+async def test_aclose_waits_a_bounded_time_for_an_open_stuck_in_the_worker_thread(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open whose call in the worker thread does not return (a hung file system; a long
+    migration): ``aclose``, shielded, waited for it without end. Now it returns after
+    ``CLOSE_WAIT`` (Trio's clock), and the open, once its call returns, closes its
+    connection and fails as closed."""
+    released = threading.Event()
+    connect = sqlite3.connect
+
+    def stuck_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        released.wait(30)  # real seconds: a safety net, the test sets it long before
+        made: sqlite3.Connection = connect(*args, **kwargs)
+        return made
+
+    monkeypatch.setattr(sqlite3, "connect", stuck_connect)
+    path = tmp_path / "j.db"
+    store = cb.SQLiteStore(path)
+    failed: list[BaseException] = []
+    closed_at: list[float] = []
+
+    async def opening() -> None:
+        try:
+            await store.open()
+        except cb.StoreError as exc:
+            failed.append(exc)
+
+    async def release_later() -> None:
+        await trio.sleep(3 * sqlite_store.CLOSE_WAIT)
+        released.set()
+
+    try:  # bounded by conftest's real-time limit: a Trio deadline jumps while the thread runs
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_later)
+            nursery.start_soon(opening)
+            await trio.testing.wait_all_tasks_blocked()  # in the thread, stuck
+            start = trio.current_time()
+            await store.aclose()
+            closed_at.append(trio.current_time() - start)
+    finally:
+        released.set()
+    assert closed_at == [sqlite_store.CLOSE_WAIT]
+    assert len(failed) == 1 and "closed while it was opening" in str(failed[0])
+    assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
 
 
 @pytest.mark.parametrize(
