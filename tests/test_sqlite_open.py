@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,54 +19,21 @@ from trio_chatbridge.stores import _sqlite as sqlite_store
 from trio_chatbridge.testing import FakeConnector
 
 
-async def test_aclose_while_open_waits_for_the_lock_leaves_the_store_closed(
-    tmp_path: Path,
-) -> None:
-    """The open went on waiting after ``aclose`` returned, and opened the store once the lock
-    was free: a store its owner had closed, holding the file open for good. Now ``aclose``
-    stops the open (within one attempt), which fails saying so, and the store is closed."""
+async def locked_file(tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    """A store's file in WAL mode (where an open waits for the lock), and another connection
+    holding its write lock (the caller closes it)."""
     path = tmp_path / "j.db"
-    async with cb.SQLiteStore(path):  # the file exists, in WAL mode (where the open waits)
+    async with cb.SQLiteStore(path):
         pass
     other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # the write lock the open waits for
-    store = cb.SQLiteStore(path)
-    failed: list[BaseException] = []
-
-    async def opening() -> None:
-        try:
-            await store.open()
-        except cb.StoreError as exc:
-            failed.append(exc)
-
-    try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(opening)
-                await trio.testing.wait_all_tasks_blocked()  # in the thread, waiting
-                await store.aclose()
-                other.execute("ROLLBACK")  # free: an open still going would now succeed
-    finally:
-        other.close()
-    assert len(failed) == 1 and "closed while it was opening" in str(failed[0])
-    with pytest.raises(cb.StoreError, match="not open"):
-        await store.journal_add([FakeConnector().message("hi")])
-    assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
+    other.execute("BEGIN IMMEDIATE")
+    return path, other
 
 
-async def test_an_open_queued_behind_another_when_aclose_began_fails_and_opens_nothing(
-    tmp_path: Path,
-) -> None:
-    """A second ``open`` queued behind the one under way when ``aclose`` began took its turn
-    after that one failed, opened the file, and returned open; ``aclose`` then closed it under
-    its caller. Now it fails as the first does, and nothing is left open on the file."""
-    path = tmp_path / "j.db"
-    async with cb.SQLiteStore(path):  # the file exists, in WAL mode (where the open waits)
-        pass
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # the write lock the first open waits for
-    store = cb.SQLiteStore(path)
-    outcomes: list[BaseException | None] = []
+def recording_open(
+    store: cb.SQLiteStore, outcomes: list[BaseException | None]
+) -> Callable[[], Awaitable[None]]:
+    """``store.open()``, its outcome (a StoreError, or None: it opened) added to ``outcomes``."""
 
     async def opening() -> None:
         try:
@@ -75,22 +43,43 @@ async def test_an_open_queued_behind_another_when_aclose_began_fails_and_opens_n
         else:
             outcomes.append(None)
 
-    try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(opening)
-                await trio.testing.wait_all_tasks_blocked()  # in the thread, waiting
-                nursery.start_soon(opening)
-                await trio.testing.wait_all_tasks_blocked()  # queued behind the first
-                other.execute("ROLLBACK")  # free: a queued open would now succeed
-                await store.aclose()
-    finally:
-        other.close()
-    assert len(outcomes) == 2, outcomes
+    return opening
+
+
+async def assert_closed_after_failed_opens(
+    store: cb.SQLiteStore, path: Path, outcomes: list[BaseException | None], opens: int
+) -> None:
+    assert len(outcomes) == opens, outcomes
     assert all(o is not None and "closed while it was opening" in str(o) for o in outcomes)
     with pytest.raises(cb.StoreError, match="not open"):
         await store.journal_add([FakeConnector().message("hi")])
     assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
+
+
+@pytest.mark.parametrize("opens", [1, 2], ids=["under-way", "queued"])
+async def test_aclose_while_opens_wait_for_the_lock_leaves_the_store_closed(
+    tmp_path: Path, opens: int
+) -> None:
+    """The open went on waiting after ``aclose`` returned, and opened the store once the lock
+    was free: a store its owner had closed, holding the file open for good. And a second
+    ``open`` queued behind it when ``aclose`` began took its turn after that one failed,
+    opened the file, and returned open; ``aclose`` then closed it under its caller. Now
+    ``aclose`` stops the open (within one attempt), every open fails saying so, and the store
+    is closed with nothing left open on the file; a later open opens it."""
+    path, other = await locked_file(tmp_path)
+    store = cb.SQLiteStore(path)
+    outcomes: list[BaseException | None] = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(opens):  # the first waits in the thread, the second behind it
+                    nursery.start_soon(recording_open(store, outcomes))
+                    await trio.testing.wait_all_tasks_blocked()
+                other.execute("ROLLBACK")  # free: an open still going would now succeed
+                await store.aclose()
+    finally:
+        other.close()
+    await assert_closed_after_failed_opens(store, path, outcomes, opens)
     await store.open()  # opened after the close: a new open is not refused
     await store.aclose()
 
@@ -113,14 +102,8 @@ async def test_aclose_waits_a_bounded_time_for_an_open_stuck_in_the_worker_threa
     monkeypatch.setattr(sqlite3, "connect", stuck_connect)
     path = tmp_path / "j.db"
     store = cb.SQLiteStore(path)
-    failed: list[BaseException] = []
+    outcomes: list[BaseException | None] = []
     closed_at: list[float] = []
-
-    async def opening() -> None:
-        try:
-            await store.open()
-        except cb.StoreError as exc:
-            failed.append(exc)
 
     async def release_later() -> None:
         await trio.sleep(3 * sqlite_store.CLOSE_WAIT)
@@ -129,7 +112,7 @@ async def test_aclose_waits_a_bounded_time_for_an_open_stuck_in_the_worker_threa
     try:  # bounded by conftest's real-time limit: a Trio deadline jumps while the thread runs
         async with trio.open_nursery() as nursery:
             nursery.start_soon(release_later)
-            nursery.start_soon(opening)
+            nursery.start_soon(recording_open(store, outcomes))
             await trio.testing.wait_all_tasks_blocked()  # in the thread, stuck
             start = trio.current_time()
             await store.aclose()
@@ -137,8 +120,7 @@ async def test_aclose_waits_a_bounded_time_for_an_open_stuck_in_the_worker_threa
     finally:
         released.set()
     assert closed_at == [sqlite_store.CLOSE_WAIT]
-    assert len(failed) == 1 and "closed while it was opening" in str(failed[0])
-    assert not await trio.Path(f"{path}-wal").exists()  # no connection left on the file
+    await assert_closed_after_failed_opens(store, path, outcomes, 1)
 
 
 @pytest.mark.parametrize(
