@@ -47,11 +47,14 @@ CHECKPOINT_AFTER: Final = 4_000  # rows, and 4 a commit, written between two che
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
 OPEN_ATTEMPT_MS: Final = 200  # the longest one attempt to open waits for the lock: a stop's delay
 OPEN_BUSY_TIMEOUT_MS: Final = 120_000
-CLOSE_WAIT: Final = 10.0  # seconds aclose waits (shielded) for an open's attempt under way
 """How long opening waits for the file's write lock (ms): another process may hold it for a
 whole migration from version 1, measured at 0.7-0.9 s per 1,000,000 journal rows (of about
 300-byte bodies, docs/performance.md "SQLite, migration"), so two minutes cover a journal of over
 100 million rows on a disk several times slower, and still end a wait for a stuck process."""
+CLOSE_WAIT: Final = 10.0
+"""Seconds :meth:`SQLiteStore.aclose` waits (shielded) for an open's attempt under way in the
+worker thread, which cannot be stopped: a migration of some 10 million journal rows at the rate
+above; past it, that open closes its own connection when the attempt ends."""
 
 _OUTCOMES: Final = """CREATE TABLE outcomes (
     seq INTEGER PRIMARY KEY,
