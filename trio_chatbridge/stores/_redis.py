@@ -200,11 +200,12 @@ return token
 # KEYS: epoch. ARGV: a new epoch's name, the hold-off (ms), the epoch this store saw last
 # ('' if none). Returns the epoch's name and the milliseconds left of its hold-off. The key
 # (name:until, Redis's clock in ms) is written once and never expires: missing, Redis lost
-# its data, or the prefix is new. Lost while this store knew it: leases held before may still
-# run, so a new epoch holds off for a full TTL from now. Missing to a store that never saw it:
-# holders from before a restart stopped within a TTL of it, so the hold-off ends a TTL after
-# Redis started (none for a Redis up longer: a new prefix). Another epoch than the one seen
-# (a store that never saw the old one made it): its hold-off is extended to a TTL from now.
+# its data, or the prefix is new. Leases held before may still run, so a new epoch holds off
+# for a full TTL from now, whoever finds it missing: nothing left in Redis tells a new prefix
+# from a FLUSHALL or a failover to a replica that never synced, and Redis's uptime says
+# nothing of when those lost the data (nor is INFO, which an ACL may deny, needed). Another
+# epoch than the one seen (a store that never saw the old one made it): its hold-off is
+# extended to a TTL from now.
 _EPOCH: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -217,11 +218,6 @@ if value then
 end
 if not name then
   name = ARGV[1]
-  if ARGV[3] == '' then
-    local info = redis.call('INFO', 'server')
-    local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '0')
-    hold = math.max(0, hold - up * 1000)
-  end
   ends = now + hold
   redis.call('SET', KEYS[1], name .. ':' .. string.format('%.0f', ends))
 elseif ARGV[3] ~= '' and name ~= ARGV[3] and ends < now + hold then
@@ -276,7 +272,7 @@ return left
 
 _FORBIDDEN: Final = (
     "the Redis user may not run what the store needs: grant it (ACL SETUSER) the commands "
-    "+@read +@write +@scripting +@pubsub +ping +info on the keys ~<prefix>* and the channel "
+    "+@read +@write +@scripting +@pubsub +ping +time on the keys ~<prefix>* and the channel "
     "&<prefix>released"
 )
 
@@ -868,8 +864,8 @@ class RedisStore(Store):
         self._epoch = str(name)
         now = trio.current_time()
         if int(left) > 0 and (lost or now >= self._held_off_until):
-            # Sure of a loss when the epoch this store saw is gone; else Redis started less
-            # than a TTL ago: a restart that lost its data, or a new prefix.
+            # Sure of a loss when the epoch this store saw is gone; else a process found the
+            # key missing less than a TTL ago: Redis lost its data, or the prefix is new.
             log.log(
                 logging.WARNING if lost else logging.INFO,
                 "%r: acquiring no lease for %.1f s: %s, and every process that held a lease "
@@ -878,8 +874,9 @@ class RedisStore(Store):
                 int(left) / 1000,
                 f"Redis lost its data (the key {self.prefix + 'epoch'!r} changed)"
                 if lost
-                else "Redis started less than a lease's TTL ago without the key "
-                f"{self.prefix + 'epoch'!r} (it lost its data, or the prefix is new)",
+                else f"the key {self.prefix + 'epoch'!r} was found missing less than a "
+                "lease's TTL ago (Redis lost its data, or the prefix is new: a new prefix "
+                "waits one TTL, once)",
             )
         if int(left) > 0:
             self._held_off_until = max(self._held_off_until, now + int(left) / 1000)
