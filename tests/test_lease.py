@@ -125,8 +125,10 @@ class Link(cb.Store):
 class Process:
     """One bridge on the shared store, its connectors, and what its agent handled."""
 
-    def __init__(self, shared: cb.Store, accounts: Sequence[str] = ACCOUNTS) -> None:
-        self.link = Link(shared)
+    def __init__(
+        self, shared: cb.Store, accounts: Sequence[str] = ACCOUNTS, link: Link | None = None
+    ) -> None:
+        self.link = Link(shared) if link is None else link
         self.connectors = {a: FakeConnector(a) for a in accounts}
         self.handled: list[str] = []
         self.bridge = cb.Bridge(
@@ -315,6 +317,50 @@ async def test_a_graceful_stop_is_taken_over_at_once(
         took = await running_everywhere([staying], step=0.001)
         assert took <= 0.1, took
         procs.remove(leaving)
+
+
+class HeldOff(Link):
+    """A store that refuses every acquisition until ``until`` (Trio's clock), as a
+    ``RedisStore`` does after Redis lost its data; counts the look-ups of a lease's expiry."""
+
+    def __init__(self, store: cb.Store, until: float) -> None:
+        super().__init__(store)
+        self.until = until
+        self.lookups = 0
+
+    def acquisitions_held_off(self) -> float:
+        return max(0.0, self.until - trio.current_time())
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return self.acquisitions_held_off() <= 0 and await super().acquire_lease(name, owner, ttl)
+
+    async def lease_remaining(self, name: str) -> float | None:
+        self.lookups += 1
+        return await super().lease_remaining(name)
+
+
+async def test_a_hold_off_is_waited_out_without_a_lookup_per_account_and_shown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While the store holds acquisitions off, a round used to ask for each refused lease's
+    expiry, one after another, and show "another process holds the lease". It asks nothing
+    more, says the store holds off, and acquires just after the hold-off ends (before the
+    next round)."""
+    shared = cb.MemoryStore()
+    until = 2.5 * TTL  # halfway between two rounds
+    link = HeldOff(shared, until)
+    proc = Process(shared, link=link)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proc.run)
+            await trio.sleep(until - 0.1)
+            statuses = proc.bridge.status().values()
+            assert [s.lease for s in statuses] == ["standby"] * len(ACCOUNTS)
+            assert all("acquires no lease" in (s.detail or "") for s in statuses)
+            assert link.lookups == 0
+            await trio.sleep(0.1 + LEASES.wake_jitter + 0.02)
+            assert proc.held() == sorted(ACCOUNTS)
+            proc.bridge.shutdown()
 
 
 async def test_bridges_sharing_one_sqlite_file_spread_its_accounts(

@@ -217,3 +217,4 @@ async def test_a_store_that_never_saw_the_epoch_holds_off_a_ttl_on_a_redis_up_lo
             assert not await fresh.acquire_lease("poll:a", "fresh", ttl)
             left = await fresh.lease_remaining("poll:a")
             assert left is not None and held_off_a_ttl(left, ttl, before)
+            assert held_off_a_ttl(fresh.acquisitions_held_off(), ttl, before)

@@ -330,9 +330,11 @@ class LeaseKeeper:
 
     async def _acquire(self, accounts: Sequence[_Account]) -> None:
         """Try the leases of ``accounts`` in one call (as few round trips as the store can);
-        start the connector of each acquired; for each refused, note when its lease expires."""
+        start the connector of each acquired; for each refused, note when its lease expires,
+        or when the store's hold-off ends (then without asking about each lease)."""
         sent = trio.current_time()
         refused = list(accounts)
+        why = "standby: another process holds the lease"
         try:
             with trio.move_on_after(self.config.round):
                 names = [a.name for a in accounts]
@@ -344,17 +346,27 @@ class LeaseKeeper:
                     account.acquired.set()
                     self.counters[ACQUIRED] += 1
                     log.info("acquired the lease of %s", account.name)
-                # Held by another: its owner died after its membership did, or is handing
-                # it off. Try again just after it expires, unless told of a release first.
-                for account in refused:
-                    left = await self.store.lease_remaining(account.name)
-                    if left is not None:
-                        account.retry_at = trio.current_time() + left
+                held_off = self.store.acquisitions_held_off()
+                if held_off > 0:
+                    why = (
+                        f"standby: the store acquires no lease for {held_off:.1f} s, until "
+                        "every process that may hold one from before has stopped (see "
+                        "docs/deploying.md)"
+                    )
+                    for account in refused:
+                        account.retry_at = trio.current_time() + held_off
+                else:
+                    # Held by another: its owner died after its membership did, or is handing
+                    # it off. Try again just after it expires, unless told of a release first.
+                    for account in refused:
+                        left = await self.store.lease_remaining(account.name)
+                        if left is not None:
+                            account.retry_at = trio.current_time() + left
         except StoreError as exc:
             log.warning("could not try %d leases: %s", len(accounts), exc)
         for account in refused:
             if account.state != "lost":
-                account.show("standby", "standby: another process holds the lease")
+                account.show("standby", why)
 
     async def _renew(self, accounts: Sequence[_Account]) -> None:
         """Renew the leases of ``accounts`` in one call (as few round trips as the store

@@ -231,6 +231,13 @@ class Store(ABC):
         A read: cancelled, it changed nothing."""
         return None
 
+    def acquisitions_held_off(self) -> float:
+        """Seconds until this store lets leases be acquired again (0: it does now). A store
+        that lost leases whose holders may still run (``RedisStore`` after Redis lost its
+        data) refuses every acquisition until they have stopped; a standby waits this long,
+        without asking about each lease."""
+        return 0.0
+
     async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
         """Count ``member`` alive in ``group`` for ``ttl`` seconds (0: it leaves); returns the
         live members, sorted by name, each with the seconds until it expires unless it beats

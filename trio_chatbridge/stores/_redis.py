@@ -930,6 +930,11 @@ class RedisStore(Store):
             return None
         return max(left / 1000, self._held_off_until - trio.current_time(), 0.0)
 
+    def acquisitions_held_off(self) -> float:
+        """As :meth:`Store.acquisitions_held_off`: what is left of the hold-off the last
+        :meth:`heartbeat` (or acquisition) found, on Trio's clock (see ``_EPOCH``)."""
+        return max(0.0, self._held_off_until - trio.current_time())
+
     def lease_token(self, name: str) -> int | None:
         """The fencing token of this store's last acquisition of lease ``name``, or None."""
         return self._fences.get(name)
