@@ -90,8 +90,8 @@ async def test_a_bridge_on_redis_cancelled_outright_gives_its_leases_back_at_onc
     prefix = f"cancel-{uuid.uuid4().hex}:"
     connectors = [FakeConnector(name) for name in "abc"]
     leases = cb.Leases(ttl=60.0)  # a lease left behind would outlive the test
-    # The prefix's epoch, as a bridge that ran before wrote it: the session's Redis started
-    # less than a TTL ago, so a new prefix would hold acquisitions off (as after a restart).
+    # The prefix's epoch, as a bridge that ran before wrote it: a new prefix would hold
+    # acquisitions off a TTL (as after Redis lost its data).
     redis_node.cli("set", f"{prefix}epoch", "earlier:0")
     bridge = cb.Bridge(
         connectors,

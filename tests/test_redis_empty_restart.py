@@ -78,7 +78,7 @@ async def test_a_bridge_started_after_redis_came_back_empty_waits_for_the_old_ho
     """Bridge A runs account a; Redis restarts empty; bridge B starts at once. The lease and
     the membership are gone, so B's first round gives a to B, and B used to start it while
     A still ran it (until A's next renewal, up to a round later). Now B holds off until a
-    TTL after Redis started: A has stopped by then."""
+    TTL after its first beat found the epoch missing: A has stopped by then."""
     require_redis()
     runs = Runs()
     with redis_server(tmp_path) as server, trio.fail_after(40):
