@@ -9,6 +9,8 @@ Real time: leases expire on Redis's clock; every wait is bounded.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -108,12 +110,17 @@ def prefix() -> str:
     return f"epoch-{uuid.uuid4().hex}:"
 
 
-def held_off_a_ttl(left: float, ttl: float, before: float) -> bool:
-    """Whether ``left`` (what ``lease_remaining`` said just now) is a hold-off of ``ttl``
-    from a beat sent at ``before`` (Trio's clock), however long the calls took on a loaded
-    machine: no more than ``ttl``, no less than what is left of a TTL from ``before`` (1 ms
-    for Redis's clock read in whole milliseconds)."""
-    return ttl - (trio.current_time() - before) - 0.001 <= left <= ttl
+async def refused_for_a_ttl(store: cb.RedisStore, owner: str, ttl: float, before: float) -> float:
+    """Check that ``store`` refuses ``owner`` the lease ``poll:a``, held off for ``ttl`` from a
+    beat sent at ``before`` (Trio's clock), however long the calls took on a loaded machine:
+    no more than ``ttl`` left, no less than what is left of a TTL from ``before`` (1 ms for
+    Redis's clock read in whole milliseconds). Returns the seconds left."""
+    assert not await store.acquire_lease("poll:a", owner, ttl)
+    left = await store.lease_remaining("poll:a")
+    assert left is not None
+    for told in (left, store.acquisitions_held_off()):
+        assert ttl - (trio.current_time() - before) - 0.001 <= told <= ttl
+    return left
 
 
 def lost(node: RedisServer, keys: str) -> None:
@@ -123,25 +130,36 @@ def lost(node: RedisServer, keys: str) -> None:
         node.cli("del", *found)
 
 
+@asynccontextmanager
+async def two_stores(
+    node: RedisServer, ttl: float
+) -> AsyncIterator[tuple[str, cb.RedisStore, cb.RedisStore]]:
+    """A new prefix, and two stores on it, the first past the prefix's first hold-off (it
+    beat as ``me`` a TTL ago), the second not yet beaten."""
+    keys = prefix()
+    async with (
+        cb.RedisStore.from_url(node.url, prefix=keys) as first,
+        cb.RedisStore.from_url(node.url, prefix=keys) as second,
+    ):
+        await first.heartbeat("default", "me", ttl)
+        await trio.sleep(ttl)
+        yield keys, first, second
+
+
 async def test_a_store_that_saw_the_epoch_lost_holds_acquisitions_off_a_ttl(
     redis_node: RedisServer,
 ) -> None:
     """Data lost while a bridge runs (a failover to a replica that never synced, FLUSHALL):
     Redis's uptime says nothing, but the epoch this store saw is gone: a full TTL from the
     beat that found it, then the lease is free to take."""
-    keys, ttl = prefix(), 0.5
+    ttl = 0.5
     with trio.fail_after(10):
-        async with cb.RedisStore.from_url(redis_node.url, prefix=keys) as store:
-            await store.heartbeat("default", "me", ttl)
-            await trio.sleep(ttl)  # a new prefix on a Redis just started holds off too
+        async with two_stores(redis_node, ttl) as (keys, store, _):
             assert await store.acquire_lease("poll:a", "me", ttl)
             lost(redis_node, keys)
             before = trio.current_time()
             await store.heartbeat("default", "me", ttl)
-            assert not await store.acquire_lease("poll:a", "me", ttl)
-            left = await store.lease_remaining("poll:a")
-            assert left is not None and held_off_a_ttl(left, ttl, before)
-            await trio.sleep(left)
+            await trio.sleep(await refused_for_a_ttl(store, "me", ttl, before))
             assert await store.acquire_lease("poll:a", "me", ttl)
 
 
@@ -151,20 +169,12 @@ async def test_data_lost_between_a_beat_and_an_acquisition_gives_the_lease_back(
     """The epoch is read again after acquiring: Redis lost its data since the beat, so the
     lease just taken (on the empty Redis) is given back, and acquisitions are held off. A
     second store that never saw the old epoch obeys the hold-off the first one wrote."""
-    keys, ttl = prefix(), 0.5
+    ttl = 0.5
     with trio.fail_after(10):
-        async with (
-            cb.RedisStore.from_url(redis_node.url, prefix=keys) as store,
-            cb.RedisStore.from_url(redis_node.url, prefix=keys) as fresh,
-        ):
-            await store.heartbeat("default", "me", ttl)
-            await trio.sleep(ttl)
+        async with two_stores(redis_node, ttl) as (keys, store, fresh):
             await store.heartbeat("default", "me", ttl)
             lost(redis_node, keys)
-            before = trio.current_time()
-            assert not await store.acquire_lease("poll:a", "me", ttl)
-            left = await store.lease_remaining("poll:a")
-            assert left is not None and held_off_a_ttl(left, ttl, before)
+            await refused_for_a_ttl(store, "me", ttl, trio.current_time())
             assert redis_node.cli("exists", f"{keys}{{poll:a}}:lease").strip() == "0"
             await fresh.heartbeat("default", "other", ttl)
             assert not await fresh.acquire_lease("poll:a", "other", ttl)
@@ -200,21 +210,13 @@ async def test_a_store_that_never_saw_the_epoch_holds_off_a_ttl_on_a_redis_up_lo
     in Redis tells that apart from a new prefix, and an old holder may still run its account.
     It used to acquire at once (the hold-off was discounted by Redis's uptime); it holds off
     a full TTL from its beat."""
-    keys, ttl = prefix(), 0.5
+    ttl = 0.5
     with trio.fail_after(10):
-        async with (
-            cb.RedisStore.from_url(redis_node.url, prefix=keys) as old,
-            cb.RedisStore.from_url(redis_node.url, prefix=keys) as fresh,
-        ):
-            await old.heartbeat("default", "old", ttl)
-            await trio.sleep(ttl)
-            assert await old.acquire_lease("poll:a", "old", ttl)
+        async with two_stores(redis_node, ttl) as (keys, old, fresh):
+            assert await old.acquire_lease("poll:a", "me", ttl)
             await trio.sleep(max(0, 1 - uptime(redis_node)))  # a session's Redis, just started
             assert uptime(redis_node) > ttl
             lost(redis_node, keys)
             before = trio.current_time()
             await fresh.heartbeat("default", "fresh", ttl)
-            assert not await fresh.acquire_lease("poll:a", "fresh", ttl)
-            left = await fresh.lease_remaining("poll:a")
-            assert left is not None and held_off_a_ttl(left, ttl, before)
-            assert held_off_a_ttl(fresh.acquisitions_held_off(), ttl, before)
+            await refused_for_a_ttl(fresh, "fresh", ttl, before)
