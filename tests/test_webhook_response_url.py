@@ -670,11 +670,12 @@ async def test_earlier_replies_to_a_host_that_never_answers_leave_the_agent_its_
     assert at - start < RESPONSE_URL_WITHIN  # the agent did not wait for them
 
 
-async def test_an_agent_failing_while_earlier_replies_are_under_way_fails_its_run_alone(
+async def test_an_agent_failing_while_earlier_replies_are_under_way_cuts_none_of_them(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """The earlier answers run beside the agent: its error fails the run (counted, logged),
-    cancels those still under way (not counted as refused), and the bridge goes on."""
+    """The earlier answers go on in the connector's tasks: the agent's error fails its run
+    (counted) and the earlier message is still answered through its URL (cancelled with the
+    run, it was never answered: a failed run is not run again)."""
     emu = WeComEmulator()
     callbacks = [message(emu, "m1", "first"), message(emu, "m2", "second")]
 
@@ -692,7 +693,37 @@ async def test_an_agent_failing_while_earlier_replies_are_under_way_fails_its_ru
     bridge = quick_bridge(hook, agent, store=store)
     async with running_bridge(bridge):
         await trio.sleep(30)
-    assert not [a for a in emu.activity if a.via == "response_url"]
+    sent = [(a.id, a.text) for a in emu.activity if a.via == "response_url"]
+    assert sent == [("m1", "(see below)")]
     stats = bridge.stats()
     assert (stats.runs, stats.failures) == (1, 1)
     assert "wecom.earlier_replies_failed" not in stats.other
+
+
+async def test_earlier_replies_cut_by_the_connector_stopping_are_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The run is over (its agent answered, the batch done) while an earlier answer waits on
+    a silent host; the bridge stopping cancels it: counted as not answered (it was neither
+    counted nor tried again while it held the run open)."""
+    emu = WeComEmulator()
+    callbacks = [message(emu, "m1", "first"), message(emu, "m2", "second")]
+    silent = callbacks[0]["response_url"]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if str(request.url) == silent:
+            await trio.sleep_forever()
+        return await emu.handle_http(request)
+
+    store = cb.MemoryStore()
+    options: dict[str, Any] = {"earlier_reply": "(see below)"}
+    await journaled(emu, callbacks, store, **options)
+    hook = emu.webhook(transport=httpx.MockTransport(handler), **options)
+    bridge = quick_bridge(hook, echo, store=store)
+    async with running_bridge(bridge):
+        await trio.sleep(5)
+        assert bridge.stats().runs == 1  # done, its earlier answer still under way
+        assert not await store.journal_pending()
+    [answer] = [a for a in emu.activity if a.via == "response_url"]
+    assert answer.id == "m2"
+    assert bridge.stats().other["wecom.earlier_replies_failed"] == 1

@@ -135,18 +135,26 @@ class Webhook(base.Connector):
         self._answered_by_url: OrderedDict[str, None] = OrderedDict()
         """Messages answered through their response_url (WeCom takes one answer there)."""
         self._running = False
+        self._background: trio.Nursery | None = None
+        """While :meth:`run` runs: its nursery, where earlier messages' answers through their
+        ``response_url`` go on after their run ended (:meth:`_earlier_by_url`)."""
 
     def __repr__(self) -> str:  # never the token or key
         return f"wecom.Webhook(bot_id={self.account!r})"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Nothing to connect: requests come through :meth:`asgi`. Ready at once. If
-        cancelled, it stops: callbacks that come after are answered 503 ("bridge not running")."""
+        cancelled, it stops: callbacks that come after are answered 503 ("bridge not running"),
+        and earlier messages' answers still under way are cancelled (each may or may not have
+        been sent; counted in ``earlier_replies_failed``)."""
         self._running = True
         try:
-            task_status.started()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                self._background = nursery
+                task_status.started()
+                await trio.sleep_forever()
         finally:
+            self._background = None
             self._running = False
 
     # -- HTTP ---------------------------------------------------------------------------------
@@ -588,26 +596,26 @@ class Webhook(base.Connector):
         """Finish the streams of a batch's earlier messages with ``earlier_reply``, or, where
         a message's stream is gone (a batch replayed after a restart), send ``earlier_reply``
         through its ``response_url`` (not when ``earlier_reply`` is empty: there is nothing to
-        say and no stream holds the user's slot), while the agent runs
-        (:meth:`_earlier_by_url`: they never take the agent's ``run_timeout``; leaving waits
-        for those still under way, :data:`RESPONSE_URL_WITHIN` seconds from entering at
-        most). And, if the agent raises (or its run times out: the dispatcher raises then),
-        the latest one's unless it was answered (empty: WeCom would poll a stream nobody
-        fills for six minutes). An agent that returns without answering leaves it open (a
-        ``Reply`` kept after the run may still answer), and so does a cancelled run
-        (interrupted: the next run closes it as an earlier message). A run that raises or is
-        cancelled cancels the earlier answers still under way (each may or may not have been
-        sent; one not sent is tried again by a rerun)."""
+        say and no stream holds the user's slot) in the connector's own nursery
+        (:meth:`_earlier_by_url`): they neither take the agent's ``run_timeout`` nor hold the
+        run open after the agent returns, and the agent's error or an interrupt does not
+        cut them (a rerun skips those reserved or sent). And, if the agent raises (or its run
+        times out: the dispatcher raises then), the latest one's unless it was answered
+        (empty: WeCom would poll a stream nobody fills for six minutes). An agent that returns
+        without answering leaves it open (a ``Reply`` kept after the run may still answer),
+        and so does a cancelled run (interrupted: the next run closes it as an earlier
+        message)."""
         self._expire()
         by_url = [m for m in batch.messages[:-1] if self._close_earlier_stream(m)]
-        try:
-            if by_url and self.earlier_reply:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._earlier_by_url, by_url)
-                    yield
+        if by_url and self.earlier_reply:
+            if self._background is None:  # (stopping: run() has ended)
+                for message in by_url:
+                    self._earlier_failed(message, "the connector is not running")
             else:
-                yield
-        except Exception:  # (the agent's error, or _TimedOut: in a group from the nursery)
+                self._background.start_soon(self._earlier_by_url, by_url)
+        try:
+            yield
+        except Exception:
             self._finish(batch.latest, "")
             raise
 
@@ -638,8 +646,9 @@ class Webhook(base.Connector):
         ``earlier_reply`` through their ``response_url`` each, :data:`EARLIER_AT_ONCE` at a
         time, all within one :data:`RESPONSE_URL_WITHIN` (a silent host costs 15 s, not 15 s
         per four messages). One refused, or not answered in time, costs only its answer:
-        counted (``earlier_replies_failed``) and logged. If cancelled, those under way may or
-        may not have been sent."""
+        counted (``earlier_replies_failed``) and logged. If cancelled (the connector
+        stopping), those not answered are counted so too; those under way may or may not
+        have been sent (their run is over: nothing tries them again)."""
         limiter = trio.CapacityLimiter(EARLIER_AT_ONCE)
         left = {message.id: message for message in messages}
 
@@ -649,18 +658,21 @@ class Webhook(base.Connector):
                     await self._answer_by_url(message, self.earlier_reply)
                 except SendError as exc:
                     self._earlier_failed(message, str(exc))
-                del left[message.id]
+                left.pop(message.id, None)
 
-        with trio.move_on_after(RESPONSE_URL_WITHIN):
-            async with trio.open_nursery() as nursery:
-                for message in messages:
-                    nursery.start_soon(answer, message)
-        for message in left.values():  # the deadline came first
-            self._earlier_failed(
-                message,
+        why = "the connector stopped first (if it was under way, it may or may not have been sent)"
+        try:
+            with trio.move_on_after(RESPONSE_URL_WITHIN):
+                async with trio.open_nursery() as nursery:
+                    for message in messages:
+                        nursery.start_soon(answer, message)
+            why = (
                 f"not answered within {RESPONSE_URL_WITHIN:.0f} s (if it was under way, it may "
-                "or may not have been sent)",
+                "or may not have been sent)"
             )
+        finally:
+            for message in left.values():
+                self._earlier_failed(message, why)
 
     def _earlier_failed(self, message: Message, why: str) -> None:
         self.ctx.count("earlier_replies_failed")
