@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -670,6 +671,21 @@ async def test_earlier_replies_to_a_host_that_never_answers_leave_the_agent_its_
     assert at - start < RESPONSE_URL_WITHIN  # the agent did not wait for them
 
 
+async def replayed(
+    emu: WeComEmulator,
+    callbacks: list[dict[str, Any]],
+    handler: Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+    agent: cb.Agent,
+) -> tuple[cb.Bridge, cb.MemoryStore]:
+    """A bridge over a webhook (``earlier_reply`` set, its HTTP through ``handler``) whose
+    ``callbacks`` were journaled by a process since gone: their streams lost with it."""
+    store = cb.MemoryStore()
+    options: dict[str, Any] = {"earlier_reply": "(see below)"}
+    await journaled(emu, callbacks, store, **options)
+    hook = emu.webhook(transport=httpx.MockTransport(handler), **options)
+    return quick_bridge(hook, agent, store=store), store
+
+
 async def test_an_agent_failing_while_earlier_replies_are_under_way_cuts_none_of_them(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -686,11 +702,7 @@ async def test_an_agent_failing_while_earlier_replies_are_under_way_cuts_none_of
     async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
         raise RuntimeError("agent bug")
 
-    store = cb.MemoryStore()
-    options: dict[str, Any] = {"earlier_reply": "(see below)"}
-    await journaled(emu, callbacks, store, **options)
-    hook = emu.webhook(transport=httpx.MockTransport(slow), **options)
-    bridge = quick_bridge(hook, agent, store=store)
+    bridge, _ = await replayed(emu, callbacks, slow, agent)
     async with running_bridge(bridge):
         await trio.sleep(30)
     sent = [(a.id, a.text) for a in emu.activity if a.via == "response_url"]
@@ -715,11 +727,7 @@ async def test_earlier_replies_cut_by_the_connector_stopping_are_counted(
             await trio.sleep_forever()
         return await emu.handle_http(request)
 
-    store = cb.MemoryStore()
-    options: dict[str, Any] = {"earlier_reply": "(see below)"}
-    await journaled(emu, callbacks, store, **options)
-    hook = emu.webhook(transport=httpx.MockTransport(handler), **options)
-    bridge = quick_bridge(hook, echo, store=store)
+    bridge, store = await replayed(emu, callbacks, handler, echo)
     async with running_bridge(bridge):
         await trio.sleep(5)
         assert bridge.stats().runs == 1  # done, its earlier answer still under way
