@@ -12,7 +12,7 @@ with GET is not read either. A request with both Content-Length and Transfer-Enc
 refused (400) on every path, its connection closed.
 
 It is an ASGI app served by hypercorn's Trio worker (:func:`serve_http`); an application with
-its own Trio ASGI server can mount :func:`service_app` there instead.
+its own Trio ASGI server can mount a :class:`ServiceApp` there instead.
 """
 
 from __future__ import annotations
