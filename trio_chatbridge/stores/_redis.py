@@ -821,7 +821,7 @@ class RedisStore(Store):
         it reads it again after the acquisitions: changed (Redis lost its data meanwhile),
         what was acquired is released and refused, and acquisitions are held off.
         Cancelled: as :meth:`acquire_lease`, for each lease."""
-        if trio.current_time() < self._held_off_until:
+        if self.acquisitions_held_off():
             return [False] * len(names)
         seen = self._epoch
         args = [owner, _ms(ttl)]
@@ -928,7 +928,7 @@ class RedisStore(Store):
         left = await self._call("read from", self._client.pttl(self._key(name, "lease")))
         if left == -1:
             return None
-        return max(left / 1000, self._held_off_until - trio.current_time(), 0.0)
+        return max(left / 1000, self.acquisitions_held_off())
 
     def acquisitions_held_off(self) -> float:
         """As :meth:`Store.acquisitions_held_off`: what is left of the hold-off the last
