@@ -217,7 +217,7 @@ class LongConnection(base.Connector):
         self._driver.stopped()
         cut, self._cut = self._cut, []
         for confirming, _ in cut:
-            confirming._unknown("the connector stopped before it was sent again")
+            confirming.unconfirmed("the connector stopped before it was sent again")
 
     def _journaled(self, messages: Sequence[Message], new: Sequence[Message]) -> None:
         """After a put: close each callback the journal had already (a msgid delivered
@@ -676,13 +676,17 @@ class _Confirming:
         if isinstance(result, Answer) and self._taken(result.code):
             self.confirmation.confirmed()
         elif isinstance(result, Disconnected):
-            self._unknown(f"the connection closed ({result.reason})")
+            self.unconfirmed(f"the connection closed ({result.reason})")
         elif connector._recoveries is None:  # (the reader, timer and close run in run())
-            self._unknown("the connection closed")
+            self.unconfirmed("the connection closed")
         else:
             connector._recoveries.start_soon(self.recover, result)
 
-    def _unknown(self, why: str) -> None:
+    def unconfirmed(self, why: str) -> None:
+        """Settle the run as unknown (``why``: what cut it): counted in ``replies_unconfirmed``,
+        logged, and its messages stay pending for the next start. The one place a frame's fate
+        is given up on: by its own handlers and by :meth:`LongConnection.stopped` for frames
+        whose recovery was cut."""
         self.connector.ctx.count("replies_unconfirmed")
         log.warning(
             "wecom bot %s: the reply to %s may not have arrived: %s; its messages stay "
@@ -774,7 +778,7 @@ class _Confirming:
                 if progress.unsent and progress.requests == 1:  # nothing of it left: again
                     connector._cut.append((self, result))
                 else:  # maybe shown
-                    self._unknown("the connection closed while it was sent again")
+                    self.unconfirmed("the connection closed while it was sent again")
 
 
 class _Stream(base.CoalescingStream):
