@@ -735,3 +735,29 @@ async def test_earlier_replies_cut_by_the_connector_stopping_are_counted(
     [answer] = [a for a in emu.activity if a.via == "response_url"]
     assert answer.id == "m2"
     assert bridge.stats().other["wecom.earlier_replies_failed"] == 1
+
+
+async def test_an_answered_stream_past_its_window_gets_no_earlier_reply(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A run answers m1 and goes on past m1's six minutes; its stream expires and is
+    forgotten. m2 then interrupts it and the rerun carries m1 as an earlier message: m1 was
+    sent ``earlier_reply`` through its URL, a second answer to it."""
+    emu = WeComEmulator()
+    hook = emu.webhook(earlier_reply="(merged)")
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send(f"answer to {batch.latest.id}")
+        if batch.latest.id == "m1":
+            await trio.sleep_forever()  # interrupted by m2
+
+    async with running_bridge(quick_bridge(hook, agent, on_busy="interrupt")):
+        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
+        poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
+        await trio.sleep(5)  # answered
+        first = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
+        assert (first["finish"], first["content"]) == (True, "answer to m1")
+        await trio.sleep(7 * 60)  # m1's window is over; its run goes on
+        await emu.webhook_post(hook.asgi, message(emu, "m2", "again"))
+        await trio.sleep(30)
+    assert not [a for a in emu.activity if a.via == "response_url"]

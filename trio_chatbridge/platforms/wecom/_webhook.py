@@ -71,6 +71,8 @@ EARLIER_AT_ONCE: Final = 4  # earlier messages of a batch answered through their
 class _StreamState:
     id: str
     created: float
+    message_id: str = ""
+    """The msgid of the callback that opened it (empty if it carried none)."""
     content: str = ""
     finished: bool = False
     shown: int = 0
@@ -134,6 +136,10 @@ class Webhook(base.Connector):
         self._nonces = _NonceCache(MAX_NONCES)
         self._answered_by_url: OrderedDict[str, None] = OrderedDict()
         """Messages answered through their response_url (WeCom takes one answer there)."""
+        self._answered_gone: OrderedDict[str, None] = OrderedDict()
+        """Messages answered on a stream since forgotten (past its window, or dropped by
+        MAX_STREAMS beyond :attr:`_dropped`): a rerun's ``earlier_reply`` or a later send
+        through their ``response_url`` would be a second answer (:meth:`_forget`)."""
         self._running = False
         self._background: trio.Nursery | None = None
         """While :meth:`run` runs: its nursery, where earlier messages' answers through their
@@ -298,7 +304,7 @@ class Webhook(base.Connector):
         if isinstance(callback.get("response_url"), str):
             handle["response_url"] = callback["response_url"]
         message = msgspec.structs.replace(message, reply_handle=Handle.of(handle))
-        self._streams[stream_id] = _StreamState(stream_id, trio.current_time())
+        self._streams[stream_id] = _StreamState(stream_id, trio.current_time(), message.id)
         putting = trio.Event()
         if msgid:
             self._putting[msgid] = putting
@@ -375,8 +381,10 @@ class Webhook(base.Connector):
             del self._streams[oldest.id]
             if oldest.created >= cutoff:  # dropped within its window: MAX_STREAMS over
                 self._drop(oldest)
+            else:
+                self._forget(oldest)
         while self._dropped and next(iter(self._dropped.values())).created < cutoff:
-            self._dropped.popitem(last=False)  # its window over: WeCom polls it no more
+            self._forget(self._dropped.popitem(last=False)[1])  # WeCom polls it no more
         if len(self._stream_of_msgid) > 2 * MAX_STREAMS:
             self._stream_of_msgid = {
                 m: s for m, s in self._stream_of_msgid.items() if s in self._streams
@@ -388,7 +396,17 @@ class Webhook(base.Connector):
         user saw, or lose an answer counted as sent), and a second answer to it (or an
         ``earlier_reply`` through its URL) is refused, polled whole or not."""
         self._dropped[state.id] = state
-        trim(self._dropped, MAX_STREAMS)
+        while len(self._dropped) > MAX_STREAMS:
+            self._forget(self._dropped.popitem(last=False)[1])
+
+    def _forget(self, state: _StreamState) -> None:
+        """``state`` leaves memory: if it was answered, its message is remembered as such
+        (bounded by MAX_STREAMS, oldest first out), so that it is answered once whatever the
+        timing: a run over six minutes, interrupted and rerun with all its messages, finds
+        it answered."""
+        if state.finished and state.message_id:
+            self._answered_gone[state.message_id] = None
+            trim(self._answered_gone, MAX_STREAMS)
 
     # -- replying -----------------------------------------------------------------------------
 
@@ -477,6 +495,8 @@ class Webhook(base.Connector):
             f"wecom bot {self.account}: the stream for message {target.id} is gone (WeCom "
             f"polls for {STREAM_TTL / 60:.0f} min, and a restart loses it)"
         )
+        if target.id in self._answered_gone:
+            raise SendError(f"{gone}; it was answered on that stream already")
         url = _response_url(target)
         if url is None:
             raise SendError(f"{gone} and the message has no response_url: nothing can answer it")
@@ -625,8 +645,8 @@ class Webhook(base.Connector):
         through instead), so that only its ``response_url`` can answer it. False for one
         answered already, on its stream (dropped or not) or through its URL: a second answer
         would show the user two."""
-        if message.id in self._answered_by_url:  # (an interrupt's rerun, a replay's again)
-            return False
+        if message.id in self._answered_by_url or message.id in self._answered_gone:
+            return False  # (an interrupt's rerun, a replay's again)
         stream_id = str(message.reply_handle.get("stream_id"))
         state = self._streams.get(stream_id)
         if state is None:
