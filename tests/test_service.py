@@ -317,6 +317,56 @@ async def test_run_answers_pending_batches_on_sigterm_and_exits_0(tmp_path: Path
     assert emulator.secret not in log
 
 
+EXITING_AGENT: Final = """\
+import trio_chatbridge as cb
+
+
+async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+    text = batch.messages[-1].text
+    if text == "interrupt":
+        raise KeyboardInterrupt
+    raise SystemExit(int(text) if text.isdigit() else text)
+"""
+
+
+@cli
+@pytest.mark.parametrize(
+    ("says", "code", "line"),
+    [
+        ("7", 7, "stopped: SystemExit: 7 raised in the bridge"),
+        ("interrupt", 130, "stopped: KeyboardInterrupt raised in the bridge"),
+        ("bye", 1, "stopped: SystemExit: bye raised in the bridge"),
+    ],
+)
+async def test_an_agent_raising_systemexit_or_keyboardinterrupt_exits_with_its_code_in_one_line(
+    tmp_path: Path, says: str, code: int, line: str
+) -> None:
+    """Trio hands an agent's SystemExit/KeyboardInterrupt out of its nurseries in an exception
+    group: the process exits with the code Python would give it, saying so in one line (no
+    traceback)."""
+    with trio.fail_after(WAIT):
+        async with loopback_wecom() as emulator:
+            (tmp_path / "svcbot.py").write_text(EXITING_AGENT)
+            config = tmp_path / "svc.toml"
+            config.write_text(SERVICE_CONFIG.format(ws_url=emulator.ws_url).replace("30.0", "0.0"))
+            env = {**ENV, "WECOM_SECRET": emulator.secret}
+            process = await trio.lowlevel.open_process(
+                command("run", str(config)), stderr=subprocess.PIPE, env=env
+            )
+            assert process.stderr is not None
+            output = bytearray()
+            try:
+                await read_until(process.stderr, r"(endpoint on http://\S+) ", output)
+                emulator.user_says("alice", says)
+                output += await _rest(process.stderr)
+                assert await process.wait() == code
+            finally:
+                process.kill()
+    log = output.decode()
+    assert line in log and "Traceback" not in log
+    assert "unanswered messages stay pending" in log
+
+
 async def _rest(stream: trio.abc.ReceiveStream) -> bytes:
     data = bytearray()
     while chunk := await stream.receive_some():

@@ -12,7 +12,7 @@ import trio
 
 from ._check import CHECK_TIMEOUT, check_all
 from ._config import Config, InvalidConfig, load_config
-from ._errors import ChatBridgeError, ConfigurationError
+from ._errors import ChatBridgeError, ConfigurationError, find_error
 from ._logs import configure_logging
 from ._redact import guard
 from ._service import ExitCode, mounts, run_service
@@ -72,8 +72,34 @@ def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> 
         log.critical("stopped: %s", describe(error))
         log.debug("the traceback", exc_info=exc)
         return ExitCode.CONFIG if isinstance(error, ConfigurationError) else ExitCode.ERROR
+    except BaseExceptionGroup as group:  # SystemExit or KeyboardInterrupt out of a task
+        return _exit_code_of(group)
     log.info("stopped (exit code %d)", code)
     return code
+
+
+def _exit_code_of(group: BaseExceptionGroup[BaseException]) -> int:
+    """The exit code for a SystemExit or KeyboardInterrupt raised in one of the bridge's tasks
+    (an agent's, in life): the process's own exceptions, which stop the bridge (its store
+    closed, the unanswered messages pending in the journal for the next start). Trio hands
+    them out of its nurseries in a group, which Python would print as a traceback: one line
+    instead (the traceback in the debug log), and the code Python gives each: SystemExit's
+    own (None 0, an int itself, anything else 1), 130 for KeyboardInterrupt as for Ctrl-C."""
+    leaving = find_error(group, SystemExit)
+    stop = leaving if leaving is not None else find_error(group, KeyboardInterrupt)
+    if stop is None:  # a GeneratorExit or a BaseException of the user's own
+        log.critical("stopped by an unexpected error: %s", describe(group), exc_info=group)
+        return ExitCode.ERROR
+    log.critical(
+        "stopped: %s raised in the bridge (by an agent?); unanswered messages stay pending "
+        "for the next start",
+        describe(stop),
+    )
+    log.debug("the traceback", exc_info=group)
+    if leaving is None:
+        return 128 + 2
+    code = leaving.code
+    return 0 if code is None else code if isinstance(code, int) else ExitCode.ERROR
 
 
 def _inline(key: str) -> str:
