@@ -140,7 +140,10 @@ async def test_an_open_that_fails_gives_advice_for_opening(tmp_path: Path) -> No
     with pytest.raises(cb.StoreError) as refused:
         await cb.SQLiteStore(tmp_path / "missing-dir" / "j.db").open()
     message = str(refused.value)
-    assert "its directory does not exist: create it, or name another path. SQLite said:" in message
+    assert "its directory does not exist: create it, or name another path." in message
+    # Not SQLite's words: the file's creation failed before SQLite was asked.
+    assert "the operating system said: [Errno 2]" in message
+    assert "SQLite said" not in message
     assert "retried" not in message and "replayed" not in message
 
 

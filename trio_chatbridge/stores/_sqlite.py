@@ -879,8 +879,9 @@ _JOURNAL_RETRIED: Final = (
 
 def _unopenable(path: str, why: str, exc: Exception) -> StoreError:
     """The error of an open that failed: the file, ``why`` (with its leading ``:`` or ``;``),
-    and what SQLite said."""
-    return StoreError(f"cannot open {path} as a trio_chatbridge store{why}. SQLite said: {exc}")
+    and what SQLite said, or the operating system (an OSError of the file's creation)."""
+    said = "SQLite said" if isinstance(exc, sqlite3.Error) else "the operating system said"
+    return StoreError(f"cannot open {path} as a trio_chatbridge store{why}. {said}: {exc}")
 
 
 def _lock_held(waited: float) -> str:
