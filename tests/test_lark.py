@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
@@ -700,3 +701,49 @@ async def test_a_refused_upgrade_says_why_from_its_body(
     assert state.state == "failed"
     assert "app disabled by the tenant admin" in (state.detail or "")
     assert len(state.detail or "") < 1000  # the body is cut short
+
+
+async def test_a_reply_sent_before_a_crash_shows_once_when_its_run_is_replayed(
+    tmp_path: Path,
+) -> None:
+    """A run that replied and was then cut (a crash, a kill) stays pending and is replayed at
+    the next start: its reply went again and the user saw two. Each plain send carries a
+    ``uuid`` derived from its target and its number, which Lark sends once an hour: the
+    replay's reply is answered with the first life's message. Two sends of one run are two.
+    (The real clock, no waits: SQLite's open runs in a thread, which an autojump clock would
+    take for idleness.)"""
+    now = cb.Debounce(window=0.0)
+    emu = LarkEmulator()
+    path = tmp_path / "bridge.db"
+    replied = trio.Event()
+
+    async def replies_then_hangs(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("the answer")
+        replied.set()
+        await trio.sleep_forever()
+
+    ran_again = trio.Event()
+
+    async def replies_twice(batch: cb.Batch, reply: cb.Reply) -> None:
+        await reply.send("the answer")
+        await reply.send("and more")
+        ran_again.set()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(emu.run)
+            with trio.CancelScope() as crash:
+                bridge = quick_bridge(
+                    emu.connector(), replies_then_hangs, store=cb.SQLiteStore(path), debounce=now
+                )
+                async with running_bridge(bridge):
+                    emu.user_says("ou_alice", "hello")
+                    await replied.wait()
+                    crash.cancel()  # the run never ends: its message stays pending
+            bridge = quick_bridge(
+                emu.connector(), replies_twice, store=cb.SQLiteStore(path), debounce=now
+            )
+            async with running_bridge(bridge):
+                await ran_again.wait()
+            nursery.cancel_scope.cancel()
+    assert [sent.text for sent in emu.sent] == ["the answer", "and more"]

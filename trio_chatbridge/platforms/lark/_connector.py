@@ -12,6 +12,7 @@ the agent.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -34,6 +35,7 @@ from ..._errors import (
     SendError,
     find_error,
 )
+from ..._fifo import trim
 from ..._messages import Message
 from ..._websocket import OpenWebSocket, WebSocketDriver
 from ..._ws_client import WebSocketClient, open_websocket
@@ -52,6 +54,7 @@ PING_GRACE: Final = 30.0  # seconds beyond the ping interval before a silent lin
 # (docs/protocols/lark.md#card-actions); the rest is left for the journal and the network
 CARD_ANSWER_WITHIN: Final = 2.0
 STREAM_INTERVAL: Final = 1.0  # seconds between edits of a streamed reply
+SENDS_COUNTED: Final = 10_000  # targets whose plain sends are counted, for their uuids
 TOO_BIG: Final = 1009  # the WebSocket close code of a message over a side's limit (RFC 6455 7.4.1)
 
 EventHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[None]]
@@ -106,6 +109,8 @@ class LongConnection(base.Connector):
             )
         self.account = app_id
         self._random = random
+        self._sends: dict[str, int] = {}
+        """A target message's id: the plain sends made in reply to it (:meth:`_send_uuid`)."""
         self.api: OpenAPI = OpenAPI(app_id, app_secret, domain=domain, transport=transport)
         self._on_event = on_event
         self._on_card_action = on_card_action
@@ -316,14 +321,27 @@ class LongConnection(base.Connector):
     async def send(self, target: Message, text: str) -> None:
         """Reply to ``target`` (or, where a reply is impossible, send to its chat). If
         cancelled, it may or may not have been sent."""
-        await self._post(target, text)
+        await self._post(target, text, self._send_uuid(target))
 
     async def send_content(self, target: Message, content: Content) -> Sent:
         """Reply with text, Markdown (a post), a :class:`Post`, a :class:`Card` (interactive)
         or an :class:`Attachment` (uploaded, then sent); where a reply is impossible, to the
         chat. The returned :class:`Sent` has the message id that :meth:`edit` takes. If
         cancelled, it may or may not have been sent (never during an upload)."""
-        return await self._send_content(target, content)
+        return await self._send_content(target, content, self._send_uuid(target))
+
+    def _send_uuid(self, target: Message) -> str:
+        """The ``uuid`` of the next plain send in reply to ``target``: derived from the app, the
+        message and the number of sends this connector made in reply to it before. Lark sends
+        one message per ``uuid`` an hour, so a run replayed after a restart (its reply sent,
+        the run not marked done: a crash, a kill) sends its first reply with the ``uuid`` the
+        first life used and is answered with that message, not a second one; sends within one
+        life differ by their number. Counted for the last :data:`SENDS_COUNTED` targets."""
+        number = self._sends.get(target.id, 0)
+        self._sends[target.id] = number + 1
+        trim(self._sends, SENDS_COUNTED)
+        key = f"{self.account}\0{target.id}\0{number}".encode()
+        return hashlib.blake2b(key, digest_size=16).hexdigest()  # 32 characters of Lark's 50
 
     async def _send_content(
         self, target: Message, content: Content, uuid: str | None = None
