@@ -241,12 +241,18 @@ class Reassembly:
 
     _waiting: dict[str, _Partial] = attrs.Factory(dict)
     _bytes: int = 0  # held in _waiting
+    _too_big: dict[str, float] = attrs.Factory(dict)
+    """Events dropped as over :data:`MAX_EVENT_BYTES` (ACKed once): their id, and when their
+    fragments still to come are forgotten (:data:`FRAGMENT_TTL` after the latest); at most
+    :data:`MAX_PARTIALS`, the oldest first out."""
 
     def add(self, frame: fr.Frame, now: float) -> bytes | None:
         """The whole payload once every fragment is in; None while some are missing.
 
         Raises :class:`ProtocolError` for fragment headers out of range or disagreeing with
-        the rest of their set, and for an event over :data:`MAX_EVENT_BYTES` (its set dropped).
+        the rest of their set, and :class:`EventTooBig` for the fragment that takes an event
+        over :data:`MAX_EVENT_BYTES` (its set dropped; the event's later fragments are
+        swallowed: None).
         """
         total, index = _position(frame)
         payload = frame.payload or b""
@@ -255,6 +261,9 @@ class Reassembly:
         if not 0 <= index < total or total > MAX_FRAGMENTS:
             raise ProtocolError(f"fragment {index} of {total}")
         key = frame.header("message_id") or ""
+        if key in self._too_big:  # the rest of an event dropped (and ACKed) as too big
+            self._too_big[key] = now + FRAGMENT_TTL
+            return None
         partial = self._waiting.get(key)
         if partial is None:
             partial = self._waiting[key] = _Partial([None] * total, total, now)
@@ -264,7 +273,13 @@ class Reassembly:
         partial.expires = now + FRAGMENT_TTL
         if partial.size > MAX_EVENT_BYTES:
             self._drop(key)
-            raise ProtocolError(f"an event over {MAX_EVENT_BYTES} bytes")
+            self._too_big[key] = now + FRAGMENT_TTL
+            if len(self._too_big) > MAX_PARTIALS:
+                del self._too_big[next(iter(self._too_big))]
+            raise EventTooBig(
+                f"an event over {MAX_EVENT_BYTES} bytes in fragments, over what we handle: "
+                "ACKed and dropped; report it to Lark with this log"
+            )
         if partial.missing:
             return None
         self._drop(key)
@@ -285,6 +300,8 @@ class Reassembly:
         stale = [key for key, partial in self._waiting.items() if partial.expires <= now]
         for key in stale:
             self._drop(key)
+        for key in [key for key, expires in self._too_big.items() if expires <= now]:
+            del self._too_big[key]
         return len(stale)
 
     def evict(self) -> int:
@@ -301,6 +318,7 @@ class Reassembly:
         """Forget every set (a new connection: the server pushes them again whole)."""
         self._waiting.clear()
         self._bytes = 0
+        self._too_big.clear()
 
     def _drop(self, key: str) -> None:
         self._bytes -= self._waiting.pop(key).size
@@ -364,6 +382,9 @@ class LarkProtocol:
             return events
         try:
             payload = self._fragments.add(frame, now)
+        except EventTooBig as exc:
+            events.extend(_too_big(data, exc))
+            return events
         except ProtocolError as exc:
             events.append(Malformed("fragment", exc))
             return events
@@ -440,15 +461,22 @@ class LarkProtocol:
         return EventReceived(envelope, ack)
 
 
-def _too_big(data: bytes) -> list[Event]:
-    """A data frame over :data:`~._frames.MAX_FRAME_BYTES`: counted, dropped unread but
+class EventTooBig(ProtocolError):
+    """An event over :data:`MAX_EVENT_BYTES` once its fragments are joined."""
+
+
+def _too_big(data: bytes, error: EventTooBig | None = None) -> list[Event]:
+    """A data frame over :data:`~._frames.MAX_FRAME_BYTES`, or the fragment (``data``) that
+    took its event over :data:`MAX_EVENT_BYTES` (``error``): counted, dropped unread but
     ACKed. Left un-ACKed (or the link closed on it) the platform would push it again and
     again."""
-    error = ProtocolError(
-        f"a data frame of {len(data)} bytes, over the {fr.MAX_FRAME_BYTES} we handle: "
-        "ACKed and dropped; report it to Lark with this log"
-    )
-    return [Dropped("frames_too_big"), Malformed("frame", error, Ack(data))]
+    what = "frame" if error is None else "fragment"
+    if error is None:
+        error = EventTooBig(
+            f"a data frame of {len(data)} bytes, over the {fr.MAX_FRAME_BYTES} we handle: "
+            "ACKed and dropped; report it to Lark with this log"
+        )
+    return [Dropped("frames_too_big"), Malformed(what, error, Ack(data))]
 
 
 INT32: Final = range(-(2**31), 2**31)  # a frame's service field (docs/protocols/lark.md#frames)
