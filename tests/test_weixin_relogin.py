@@ -10,7 +10,7 @@ import trio.testing
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.platforms.weixin._connector import RELOGIN_CHECK
-from trio_chatbridge.testing import WeixinEmulator, running_bridge
+from trio_chatbridge.testing import WeixinEmulator, WeixinFault, running_bridge
 
 
 async def test_a_new_login_resumes_a_paused_account_and_the_other_account_never_stops(
@@ -83,3 +83,49 @@ async def test_a_paused_account_resumes_only_on_a_new_stored_token(
         await trio.sleep(1800)
         assert len(emu.calls("getupdates")) == polls
         assert bridge.status()["weixin:bot"].state == "paused"
+
+
+async def test_a_call_made_with_the_old_token_answered_after_a_resume_pauses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reply sent with the old token before the account paused, and answered -14 only after
+    a new login resumed it, is the old login's expiry: it fails that reply (not sent) but must
+    not pause the account again for an hour under its new token."""
+    emu = WeixinEmulator(token="t1")
+    store = cb.MemoryStore()
+    await store.set_many("weixin", "bot", {"token": "t1"})
+    failures: list[tuple[float, str]] = []
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        try:
+            await reply.send(batch.latest.text)
+        except cb.SendError as exc:
+            failures.append((trio.current_time(), str(exc)))
+
+    bridge = cb.Bridge(
+        connectors=[emu.connector(token=None)],
+        agent=agent,
+        store=store,
+        debounce=cb.Debounce(window=0.0),
+    )
+    async with running_bridge(bridge):
+        start = trio.current_time()
+        slow = WeixinFault(body={"errcode": -14}, delay=14.0)  # within the send's 15 s
+        emu.fail("sendmessage", slow)
+        emu.user_says("u1", "sent with t1, answered late")
+        await trio.sleep(0.5)
+        emu.token = "t2"  # t1 is stale: the next call with it meets -14
+        emu.user_says("u2", "sent with t1, refused at once")
+        await trio.sleep(0.5)
+        assert bridge.status()["weixin:bot"].state == "paused"
+        await store.set_many("weixin", "bot", {"token": "t2"})  # a new login
+        await trio.sleep(RELOGIN_CHECK + 1)
+        assert bridge.status()["weixin:bot"].state == "running"
+        assert trio.current_time() - start < 14.0  # the first reply still awaits its answer
+        await trio.sleep(5)
+        assert [at - start < 2 for at, _ in failures] == [True, False]  # u2's, then u1's
+        assert "was not sent" in failures[1][1] and "a new login" in failures[1][1]
+        assert bridge.status()["weixin:bot"].state == "running"
+        emu.user_says("u1", "after")
+        assert (await emu.next_sent()).text == "after"
+    assert bridge.stats().other["weixin.session_expired"] == 1

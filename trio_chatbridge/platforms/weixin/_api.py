@@ -53,7 +53,9 @@ class ILinkClient:
         """``http``: a client to share (the caller closes it); else one is made here, on
         ``transport`` if given (an emulator's), and closed by :meth:`aclose`.
         ``on_session_expired`` is told of every errcode -14 an authenticated call meets
-        (the connector pauses the account there), before the call raises it."""
+        with the token in use (the connector pauses the account there), before the call
+        raises it; one met by a call made with a token :meth:`use_token` replaced since is
+        only raised."""
         self._token = token
         self._on_session_expired = on_session_expired
         self.base_url: str = p.normalise_base_url(base_url)
@@ -171,13 +173,17 @@ class ILinkClient:
     async def _call(
         self, endpoint: str, body: Mapping[str, Any], time_limit: float
     ) -> dict[str, Any]:
+        token = self._token  # what the request carries
         try:
             data = await self._request(endpoint, body=body, time_limit=time_limit)
         except trio.TooSlowError as exc:
             raise ConnectorError(f"iLink {endpoint} timed out after {time_limit} s") from exc
         error = p.error_for(endpoint, data)
         if error is not None:
-            if isinstance(error, SessionExpiredError) and self._on_session_expired is not None:
+            # A -14 to a request made with a token replaced since (a new login while it was
+            # under way) is the old login's expiry, told already: it pauses nothing.
+            current = token == self._token
+            if isinstance(error, SessionExpiredError) and current and self._on_session_expired:
                 self._on_session_expired(error)
             raise error
         return data

@@ -317,8 +317,14 @@ class LongPoll(base.Connector):
             self.ctx.count(paused.counter)
             log.warning("weixin:%s: %s", self.account, paused.detail)
 
-    def _paused_error(self, exc: SessionExpiredError) -> SessionPausedError:
-        """What a send that met a -14 raises (the account is paused already)."""
+    def _paused_error(self, exc: SessionExpiredError) -> SendError:
+        """What a send that met a -14 raises: the account is paused already, unless the call
+        went with the token a new login has replaced since (then only this send failed)."""
+        if not self.paused:
+            return SendError(
+                f"weixin account {self.account}: {NOT_SENT}: it went with the token of the "
+                f"login before, which expired ({exc}); the account goes on with a new login's"
+            )
         return SessionPausedError(f"weixin account {self.account}: {exc}")
 
     @contextmanager
