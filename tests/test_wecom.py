@@ -562,7 +562,7 @@ async def test_inbound_media_is_decrypted_and_guarded(
             results.append(str(exc))
         await reply.send("ok")
 
-    async with wecom_bridge(agent) as (emu, _):
+    async with wecom_bridge(agent) as (emu, bridge):
         emu.user_sends_media("mia", payload)
         await emu.next_sent()
         emu.send_callback(
@@ -576,6 +576,7 @@ async def test_inbound_media_is_decrypted_and_guarded(
             },
         )
         await emu.next_sent()
+        assert bridge.stats().other["wecom.downloads_failed"] == 1  # the refused one
     assert results[0] == payload
     assert "'10.0.0.1': not an allowed host" in str(results[1])
 

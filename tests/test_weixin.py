@@ -646,11 +646,12 @@ async def test_media_over_the_cap_or_off_the_allow_list_is_refused(
 
     emu = WeixinEmulator()
     connector = emu.connector(media=cb.MediaPolicy(weixin.DEFAULT_ALLOWED_HOSTS, max_bytes=1000))
-    async with bridged(emu, agent, connector=connector):
+    async with bridged(emu, agent, connector=connector) as bridge:
         emu.user_sends_media("u", b"x" * 5000)
         await trio.sleep(5)
         emu.user_sends_media("v", b"tiny", full_url="http://169.254.169.254/latest/meta-data")
         await trio.sleep(5)
+        assert bridge.stats().other["weixin.downloads_failed"] == 2  # counted, not only raised
     assert "over the 1000-byte cap" in errors[0]
     assert "'169.254.169.254': not an allowed host" in errors[1]
     assert len(emu.calls("cdn_download")) == 1  # the refused host was never asked

@@ -371,6 +371,20 @@ class Connector(ABC):
         """Called once by the bridge before the first ``run``."""
         self._ctx = ctx
 
+    @contextmanager
+    def counting(
+        self, name: str, errors: type[BaseException] | tuple[type[BaseException], ...]
+    ) -> Iterator[None]:
+        """Count ``name`` (as ``ctx.count``) when the block raises one of ``errors``, which goes
+        on as it was: a failed reply, a failed download. A cancellation counts nothing, and
+        neither does a connector outside a bridge (a download by hand)."""
+        try:
+            yield
+        except errors:
+            if self._ctx is not None:
+                self._ctx.count(name)
+            raise
+
     @property
     def ctx(self) -> ConnectorContext:
         if self._ctx is None:

@@ -442,18 +442,22 @@ class LongConnection(base.Connector):
         return True
 
     async def download(self, media: Media) -> bytes:
-        """Download and decrypt an inbound image, file or video (its per-URL ``aeskey``).
-        If cancelled, nothing was downloaded (nothing is kept)."""
-        url, aeskey = media.ref.get("url"), media.ref.get("aeskey")
-        if not url:
-            raise MediaError(f"this {media.kind} has no URL")
-        data = await fetch(self._client(), url, self.media_policy)
-        if not aeskey:
-            raise MediaError(f"this {media.kind} has no aeskey (long-connection media carries one)")
-        try:
-            return _crypto.decrypt_media(aeskey, data)
-        except ProtocolError as exc:
-            raise MediaError(f"cannot decrypt the {media.kind}: {exc}") from exc
+        """Download and decrypt an inbound image, file or video (its per-URL ``aeskey``); a
+        :class:`MediaError` is counted in ``downloads_failed``. If cancelled, nothing was
+        downloaded (nothing is kept)."""
+        with self.counting("downloads_failed", MediaError):
+            url, aeskey = media.ref.get("url"), media.ref.get("aeskey")
+            if not url:
+                raise MediaError(f"this {media.kind} has no URL")
+            data = await fetch(self._client(), url, self.media_policy)
+            if not aeskey:
+                raise MediaError(
+                    f"this {media.kind} has no aeskey (long-connection media carries one)"
+                )
+            try:
+                return _crypto.decrypt_media(aeskey, data)
+            except ProtocolError as exc:
+                raise MediaError(f"cannot decrypt the {media.kind}: {exc}") from exc
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is not None:

@@ -707,20 +707,22 @@ class Webhook(base.Connector):
             state.content, state.finished = content, True
 
     async def download(self, media: Media) -> bytes:
-        """Download and decrypt inbound media (with the bot's EncodingAESKey in this mode). If
-        cancelled, nothing is kept."""
-        url = media.ref.get("url")
-        if not url:
-            raise MediaError(f"this {media.kind} has no URL")
-        if self._http is None:
-            self._http = new_client(self._transport)
-        data = await fetch(self._http, url, self.media_policy)
-        try:
-            if media.ref.get("aeskey"):
-                return _crypto.decrypt_media(media.ref["aeskey"], data)
-            return _crypto.decrypt_media_with_key(self.crypto.key, data)
-        except ProtocolError as exc:
-            raise MediaError(f"cannot decrypt the {media.kind}: {exc}") from exc
+        """Download and decrypt inbound media (with the bot's EncodingAESKey in this mode); a
+        :class:`MediaError` is counted in ``downloads_failed``. If cancelled, nothing is
+        kept."""
+        with self.counting("downloads_failed", MediaError):
+            url = media.ref.get("url")
+            if not url:
+                raise MediaError(f"this {media.kind} has no URL")
+            if self._http is None:
+                self._http = new_client(self._transport)
+            data = await fetch(self._http, url, self.media_policy)
+            try:
+                if media.ref.get("aeskey"):
+                    return _crypto.decrypt_media(media.ref["aeskey"], data)
+                return _crypto.decrypt_media_with_key(self.crypto.key, data)
+            except ProtocolError as exc:
+                raise MediaError(f"cannot decrypt the {media.kind}: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._http is not None:

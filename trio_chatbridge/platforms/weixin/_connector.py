@@ -16,8 +16,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from typing import Any, Final, final
 
 import httpx
@@ -327,21 +327,18 @@ class LongPoll(base.Connector):
             )
         return SessionPausedError(f"weixin account {self.account}: {exc}")
 
-    @contextmanager
-    def _counting_failure(self) -> Iterator[None]:
+    def _counting_failure(self) -> AbstractContextManager[None]:
         """A reply that fails here is counted in ``replies_failed``: a :class:`SendError`, or
         a :class:`MediaError` of its upload (the CDN's refusal, the media policy's; the agent
         gets the MediaError as it was)."""
-        try:
-            yield
-        except (SendError, MediaError):
-            self.ctx.count("replies_failed")
-            raise
+        return self.counting("replies_failed", (SendError, MediaError))
 
     async def download(self, media: Media) -> bytes:
-        """Download and decrypt an inbound image, file, voice or video (see ``media_policy``).
-        If cancelled, nothing is kept."""
-        return await _media.download(await self._get_client(), self.media_policy, media)
+        """Download and decrypt an inbound image, file, voice or video (see ``media_policy``);
+        a :class:`MediaError` is counted in ``downloads_failed``. If cancelled, nothing is
+        kept."""
+        with self.counting("downloads_failed", MediaError):
+            return await _media.download(await self._get_client(), self.media_policy, media)
 
     async def _send_items(
         self, peer: str, token: str | None, fallback_key: str, items: list[dict[str, Any]]
