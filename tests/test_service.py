@@ -271,17 +271,26 @@ async def scrape(client: httpx.AsyncClient, url: str, metric: str, at_least: flo
         await trio.sleep(0.05)
 
 
+async def run_process(
+    tmp_path: Path, emulator: WeComEmulator, agent: str, config: str
+) -> trio.Process:
+    """``run`` as a user runs it: ``agent`` as ``svcbot.py``, ``config`` as ``svc.toml`` in
+    ``tmp_path``, the emulator's secret in the environment; its stderr piped."""
+    (tmp_path / "svcbot.py").write_text(agent)
+    path = tmp_path / "svc.toml"
+    path.write_text(config)
+    env = {**ENV, "WECOM_SECRET": emulator.secret}
+    return await trio.lowlevel.open_process(
+        command("run", str(path)), stderr=subprocess.PIPE, env=env
+    )
+
+
 @cli
 async def test_run_answers_pending_batches_on_sigterm_and_exits_0(tmp_path: Path) -> None:
     with trio.fail_after(WAIT):
         async with loopback_wecom() as emulator, httpx.AsyncClient() as client:
-            (tmp_path / "svcbot.py").write_text(SVC_AGENT)
-            config = tmp_path / "svc.toml"
-            config.write_text(SERVICE_CONFIG.format(ws_url=emulator.ws_url))
-            env = {**ENV, "WECOM_SECRET": emulator.secret}
-            process = await trio.lowlevel.open_process(
-                command("run", str(config)), stderr=subprocess.PIPE, env=env
-            )
+            config = SERVICE_CONFIG.format(ws_url=emulator.ws_url)
+            process = await run_process(tmp_path, emulator, SVC_AGENT, config)
             assert process.stderr is not None
             output = bytearray()
             try:
@@ -346,13 +355,8 @@ async def test_an_agent_raising_systemexit_or_keyboardinterrupt_exits_with_its_c
     traceback)."""
     with trio.fail_after(WAIT):
         async with loopback_wecom() as emulator:
-            (tmp_path / "svcbot.py").write_text(EXITING_AGENT)
-            config = tmp_path / "svc.toml"
-            config.write_text(SERVICE_CONFIG.format(ws_url=emulator.ws_url).replace("30.0", "0.0"))
-            env = {**ENV, "WECOM_SECRET": emulator.secret}
-            process = await trio.lowlevel.open_process(
-                command("run", str(config)), stderr=subprocess.PIPE, env=env
-            )
+            config = SERVICE_CONFIG.format(ws_url=emulator.ws_url).replace("30.0", "0.0")
+            process = await run_process(tmp_path, emulator, EXITING_AGENT, config)
             assert process.stderr is not None
             output = bytearray()
             try:
