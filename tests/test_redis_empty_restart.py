@@ -100,7 +100,9 @@ async def test_a_bridge_started_after_redis_came_back_empty_waits_for_the_old_ho
             await runs.wait(lambda: "A" not in runs.running)  # at its next renewal
             await runs.wait(lambda: runs.running)  # someone serves a again
             assert runs.overlaps == []
-            assert trio.current_time() - restarted < TTL + 1.5  # held off one TTL, no more
+            # Held off one TTL, not two (a second hold-off ends past 2 TTL): the slack beyond
+            # the one TTL is a whole TTL, for a loaded machine's real clock.
+            assert trio.current_time() - restarted < 2 * TTL
             a.shutdown()
             b.shutdown()
     assert runs.overlaps == []
