@@ -573,6 +573,16 @@ async def test_an_earlier_message_answered_through_its_url_is_not_answered_again
     assert "not answered" not in caplog.text
 
 
+async def answers_ana_m1_runs_on(batch: cb.Batch, reply: cb.Reply) -> None:
+    """Answers ana's latest message (others' batches are left unanswered); m1's run then goes
+    on until an interrupt (m2) cuts it."""
+    if batch.latest.sender.id != "ana":
+        return
+    await reply.send(f"answer to {batch.latest.id}")
+    if batch.latest.id == "m1":
+        await trio.sleep_forever()
+
+
 @pytest.mark.parametrize("polled", [False, True], ids=["not-polled", "polled"])
 async def test_an_answered_stream_dropped_before_a_rerun_gets_no_earlier_reply(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, polled: bool
@@ -585,14 +595,7 @@ async def test_an_answered_stream_dropped_before_a_rerun_gets_no_earlier_reply(
     emu = WeComEmulator()
     hook = emu.webhook(earlier_reply="(merged)")
 
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        if batch.latest.sender.id != "ana":
-            return
-        await reply.send(f"answer to {batch.latest.id}")
-        if batch.latest.id == "m1":
-            await trio.sleep_forever()  # interrupted by m2
-
-    async with running_bridge(quick_bridge(hook, agent, on_busy="interrupt")):
+    async with running_bridge(quick_bridge(hook, answers_ana_m1_runs_on, on_busy="interrupt")):
         opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
         poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
         await trio.sleep(5)  # answered
@@ -746,12 +749,7 @@ async def test_an_answered_stream_past_its_window_gets_no_earlier_reply(
     emu = WeComEmulator()
     hook = emu.webhook(earlier_reply="(merged)")
 
-    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-        await reply.send(f"answer to {batch.latest.id}")
-        if batch.latest.id == "m1":
-            await trio.sleep_forever()  # interrupted by m2
-
-    async with running_bridge(quick_bridge(hook, agent, on_busy="interrupt")):
+    async with running_bridge(quick_bridge(hook, answers_ana_m1_runs_on, on_busy="interrupt")):
         opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
         poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
         await trio.sleep(5)  # answered
