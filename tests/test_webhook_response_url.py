@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import trio.testing
 from support import echo, quick_bridge, streamer
 
 import trio_chatbridge as cb
+from trio_chatbridge.platforms import wecom
 from trio_chatbridge.platforms.wecom._webhook import RESPONSE_URL_WITHIN, STREAM_TTL
 from trio_chatbridge.testing import WeComEmulator, running_bridge
 from trio_chatbridge.testing._wecom import RESPONSE_URL_TTL
@@ -573,6 +575,19 @@ async def test_an_earlier_message_answered_through_its_url_is_not_answered_again
     assert "not answered" not in caplog.text
 
 
+@asynccontextmanager
+async def m1_answered_and_running_on(
+    emu: WeComEmulator,
+) -> AsyncIterator[tuple[wecom.Webhook, dict[str, Any]]]:
+    """A webhook bridge (``earlier_reply="(merged)"``, ``on_busy="interrupt"``) whose run of m1
+    has answered it and goes on; yields the hook and the poll of m1's stream."""
+    hook = emu.webhook(earlier_reply="(merged)")
+    async with running_bridge(quick_bridge(hook, answers_ana_m1_runs_on, on_busy="interrupt")):
+        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
+        await trio.sleep(5)  # answered
+        yield hook, {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
+
+
 async def answers_ana_m1_runs_on(batch: cb.Batch, reply: cb.Reply) -> None:
     """Answers ana's latest message (others' batches are left unanswered); m1's run then goes
     on until an interrupt (m2) cuts it."""
@@ -593,12 +608,7 @@ async def test_an_answered_stream_dropped_before_a_rerun_gets_no_earlier_reply(
 
     monkeypatch.setattr(_webhook, "MAX_STREAMS", 3)
     emu = WeComEmulator()
-    hook = emu.webhook(earlier_reply="(merged)")
-
-    async with running_bridge(quick_bridge(hook, answers_ana_m1_runs_on, on_busy="interrupt")):
-        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
-        poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
-        await trio.sleep(5)  # answered
+    async with m1_answered_and_running_on(emu) as (hook, poll):
         if polled:
             first = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
             assert (first["finish"], first["content"]) == (True, "answer to m1")
@@ -747,12 +757,7 @@ async def test_an_answered_stream_past_its_window_gets_no_earlier_reply(
     forgotten. m2 then interrupts it and the rerun carries m1 as an earlier message: m1 was
     sent ``earlier_reply`` through its URL, a second answer to it."""
     emu = WeComEmulator()
-    hook = emu.webhook(earlier_reply="(merged)")
-
-    async with running_bridge(quick_bridge(hook, answers_ana_m1_runs_on, on_busy="interrupt")):
-        opened = emu.webhook_open(await emu.webhook_post(hook.asgi, message(emu, "m1", "hi")))
-        poll = {"msgtype": "stream", "stream": {"id": opened["stream"]["id"]}}
-        await trio.sleep(5)  # answered
+    async with m1_answered_and_running_on(emu) as (hook, poll):
         first = emu.webhook_open(await emu.webhook_post(hook.asgi, poll))["stream"]
         assert (first["finish"], first["content"]) == (True, "answer to m1")
         await trio.sleep(7 * 60)  # m1's window is over; its run goes on
