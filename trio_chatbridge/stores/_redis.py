@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import ssl
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,7 @@ import trio
 from .._errors import ConfigurationError, ProtocolError, StoreError, find_error
 from .._messages import Message
 from .._names import account_name
+from . import _tls
 from ._base import JournalEntry, JournalKey, JournalState, Store
 from ._codec import decode_message, encode_message, unencodable
 
@@ -348,11 +350,17 @@ class RedisStore(Store):
         cluster: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         wall_clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> RedisStore:
         """A store on the Redis at ``url``: ``redis://[user:password@]host:port/db``, or
         ``rediss://…`` for TLS. ``cluster=True``: ``url`` names one node of a Redis Cluster.
         ``timeout`` (seconds) bounds connecting and each reply, so a stalled Redis is an
-        error, not a hang."""
+        error, not a hang.
+
+        TLS verifies Redis's certificate and that it is for the URL's host, as a browser
+        would; the URL's options ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+        ``ssl_check_hostname`` and ``ssl_cert_reqs`` change that (docs/stores.md), or
+        ``ssl_context`` replaces it with a context of your own."""
         try:  # the 'redis' extra
             import coredis
             from coredis.exceptions import ClusterDownError
@@ -365,20 +373,36 @@ class RedisStore(Store):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise StoreError(f"a Redis URL starts with redis:// or rediss://, got {parts.scheme!r}")
+        options = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        shown = _redact(parts)
+        tls: dict[str, str] = {n: options.pop(n) for n in _tls.OPTIONS if n in options}
+        if parts.scheme == "redis" and (tls or ssl_context is not None):
+            raise ConfigurationError(
+                f"the Redis URL {shown!r} has TLS options but no TLS: start it with rediss://"
+            )
+        if parts.scheme == "rediss" and ssl_context is None:
+            ssl_context = _tls.tls_context(tls, shown)
+        elif tls:
+            raise ConfigurationError(
+                f"the Redis URL {shown!r} has TLS options ({', '.join(tls)}) and an "
+                "ssl_context was given too: set TLS up in one place"
+            )
+        parts = parts._replace(query=urllib.parse.urlencode(options))
         database = parts.path.strip("/")
         if database and not (database.isascii() and database.isdigit()):
             raise ConfigurationError(
-                f"the database in the Redis URL {_redact(parts)!r} is not a number: "
+                f"the database in the Redis URL {shown!r} is not a number: "
                 "redis://[user:password@]host:port/<number>"
             )
         if cluster and database not in ("", "0"):
             raise ConfigurationError(
-                f"Redis Cluster has only database 0; the URL {_redact(parts)!r} names another"
+                f"Redis Cluster has only database 0; the URL {shown!r} names another"
             )
-        options: dict[str, Any] = {
+        settings: dict[str, Any] = {
             "decode_responses": True,
             "connect_timeout": timeout,
             "stream_timeout": timeout,
+            "ssl_context": ssl_context,
         }
         # coredis sends a command again after a timeout by default. The command was sent: a
         # journal write that landed the first time found its messages journaled already and
@@ -396,15 +420,15 @@ class RedisStore(Store):
                 parts.port or 6379,
                 username=_unquote(parts.username),
                 password=_unquote(parts.password),
-                ssl=parts.scheme == "rediss",
                 retry_policy=CompositeRetryPolicy(
                     ConstantRetryPolicy((ClusterDownError,), retries=2, delay=0.1), again
                 ),
-                **options,
+                **settings,
             )
         else:
-            client = coredis.Redis.from_url(url, retry_policy=again, **options)
-        return cls(client, prefix=prefix, description=_redact(parts), wall_clock=wall_clock)
+            # coredis reads the URL with its TLS options taken out: the context is ours.
+            client = coredis.Redis.from_url(parts.geturl(), retry_policy=again, **settings)
+        return cls(client, prefix=prefix, description=shown, wall_clock=wall_clock)
 
     def __repr__(self) -> str:
         return f"RedisStore({self._description!r}, prefix={self.prefix!r})"
@@ -478,8 +502,10 @@ class RedisStore(Store):
         for kind in (coredis.exceptions.RedisError, OSError, TimeoutError):
             cause = find_error(exc, kind)
             if cause is not None:
+                # coredis's "Unable to establish a connection" says why only in its cause
+                why = "" if cause.__cause__ is None else _said(cause.__cause__)
                 return StoreError(
-                    f"could not {doing} {self!r}: {type(cause).__name__}: {cause}; "
+                    f"could not {doing} {self!r}: {_said(cause)}{why and f' ({why})'}; "
                     "retrying with backoff"
                 )
         return None
@@ -504,6 +530,14 @@ class RedisStore(Store):
             forbidden = find_error(cause, coredis.exceptions.AuthorizationError)
             if forbidden is not None:
                 raise ConfigurationError(f"{self!r}: {_FORBIDDEN} ({forbidden})") from None
+            lost = find_error(cause, coredis.exceptions.ConnectionError)
+            untrusted = None if lost is None else lost.__cause__
+            if isinstance(untrusted, ssl.SSLCertVerificationError):
+                raise ConfigurationError(
+                    f"{self!r} refused Redis's TLS certificate ({untrusted.verify_message}): "
+                    "name the authority that issued it with ?ssl_ca_certs=/path/to/ca.pem "
+                    "and reach Redis by a host name the certificate is for (docs/stores.md)"
+                ) from None
             refused = find_error(cause, coredis.exceptions.ResponseError)
             if refused is not None and "DB index" in str(refused):
                 raise ConfigurationError(
@@ -984,6 +1018,11 @@ def _list(reply: object) -> list[Any]:
     if not isinstance(reply, list | tuple):
         raise StoreError(f"unexpected reply from Redis: {type(reply).__name__}")
     return list(reply)
+
+
+def _said(error: BaseException) -> str:
+    """An error as a log line quotes it: its type and its text."""
+    return f"{type(error).__name__}: {error}"
 
 
 def _unquote(part: str | None) -> str | None:

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, final
@@ -148,11 +148,15 @@ def _stop(servers: list[RedisServer]) -> None:
 
 
 @contextmanager
-def redis_server(directory: Path, *, persistent: bool = False) -> Iterator[RedisServer]:
+def redis_server(
+    directory: Path, *, persistent: bool = False, options: Sequence[str] = ()
+) -> Iterator[RedisServer]:
     """A single Redis node working in ``directory``, killed on exit. ``persistent``: it
     writes an append-only file there, synced at each write, so that a :meth:`restart
-    <RedisServer.restart>` loses nothing it answered."""
-    options = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
+    <RedisServer.restart>` loses nothing it answered. ``options`` go on redis-server's
+    command line (a ``--tls-port`` and its certificates, say); its plain port stays open."""
+    if persistent:
+        options = ("--appendonly", "yes", "--appendfsync", "always", *options)
     server = _start(directory, *options)
     try:
         yield server
