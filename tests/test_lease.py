@@ -89,8 +89,10 @@ class Link(cb.Store):
     async def get(self, platform: str, account: str, key: str) -> str | None:
         return await self._check().get(platform, account, key)
 
-    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
-        await self._check().set(platform, account, key, value)
+    async def set(
+        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
+    ) -> None:
+        await self._check().set(platform, account, key, value, ttl=ttl)
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         return await self._check().acquire_lease(name, owner, ttl)

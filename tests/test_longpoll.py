@@ -366,9 +366,12 @@ async def test_an_unchanged_cursor_is_not_written_again(
             cursor: str,
             *,
             with_values: Mapping[str, str | None] | None = None,
+            values_ttl: float | None = None,
         ) -> None:
             writes.append(cursor)
-            await super().set_cursor(platform, account, cursor, with_values=with_values)
+            await super().set_cursor(
+                platform, account, cursor, with_values=with_values, values_ttl=values_ttl
+            )
 
     recorder.store = Counting()
     await recorder.store.set_cursor("echo", "a1", "c0")

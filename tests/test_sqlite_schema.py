@@ -1,5 +1,6 @@
-"""The SQLite store's schema: version 2 (outcomes in a table of their own), and the migration
-of files written by version 1 (a ``state`` column and a partial index of pending rows)."""
+"""The SQLite store's schema: version 2 (outcomes in a table of their own; 3 adds values'
+expiry, tests/test_store_ttl.py), and the migration of files written by version 1 (a
+``state`` column and a partial index of pending rows)."""
 
 from __future__ import annotations
 
@@ -85,10 +86,10 @@ async def test_a_version_1_file_keeps_its_pending_messages_and_history(tmp_path:
         assert await store.get_cursor("fake", "bot") == "c7"
         assert await store.journal_prune(12.5) == 3  # d1, f1, p1: handled, accepted before
     version, names, columns = _layout(path)
-    assert version == _sqlite.SCHEMA_VERSION == 2
+    assert version == _sqlite.SCHEMA_VERSION == 3
     assert "journal_pending" not in names and "outcomes" in names
     assert "state" in columns and "error" in columns  # left unused: dropping rewrote the journal
-    async with cb.SQLiteStore(path) as reopened:  # version 2 now: opened as it is
+    async with cb.SQLiteStore(path) as reopened:  # version 3 now: opened as it is
         assert await reopened.journal_pending() == [_message("p2"), _message("new")]
         entry = await reopened.journal_entry(("fake", "bot", "d2"))
         assert entry is not None and entry.state == "done"
@@ -202,7 +203,7 @@ async def test_a_store_that_waited_its_bound_for_a_migration_says_what_to_do(
     ("made_with", "error", "layout"),
     [
         # A newer trio_chatbridge's file: refused with what to do.
-        ("PRAGMA user_version = 3", r"schema version 3, newer .* Upgrade", (3, [], [])),
+        ("PRAGMA user_version = 4", r"schema version 4, newer .* Upgrade", (4, [], [])),
         # Another application's file with a table of our names.
         (
             "CREATE TABLE journal (entry TEXT)",
@@ -256,7 +257,9 @@ async def test_a_store_refused_at_once_by_a_writer_outside_wal_says_so(
     with closing(sqlite3.connect(path, isolation_level=None)) as shell:
         assert shell.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
         shell.execute("BEGIN IMMEDIATE")
-        shell.execute("INSERT INTO kv VALUES ('weixin', 'bot', 'k', 'v')")
+        shell.execute(
+            "INSERT INTO kv (platform, account, key, value) VALUES ('weixin', 'bot', 'k', 'v')"
+        )
         with pytest.raises(cb.StoreError) as raised:
             await cb.SQLiteStore(path).open()
         shell.execute("ROLLBACK")
@@ -280,7 +283,9 @@ async def test_a_lock_wait_that_returned_at_once_is_waited_out_not_called_a_refu
     attempts = 0
     with closing(sqlite3.connect(path, isolation_level=None)) as writer:
         writer.execute("BEGIN IMMEDIATE")
-        writer.execute("INSERT INTO kv VALUES ('weixin', 'bot', 'k', 'v')")
+        writer.execute(
+            "INSERT INTO kv (platform, account, key, value) VALUES ('weixin', 'bot', 'k', 'v')"
+        )
 
         class NoWait(sqlite3.Connection):
             """A connection whose busy timeouts return at once, as without usleep."""

@@ -218,6 +218,15 @@ operations = journal_operations | st.one_of(
         st.dictionaries(keys, values, max_size=2),
     ),
     st.tuples(st.just("get_cursor"), accounts),
+    # with a TTL no script outlives: where each store keeps such values (Redis: keys of
+    # their own) must not change what reads and later writes see
+    st.tuples(st.just("set_ttl"), accounts, keys, values),
+    st.tuples(
+        st.just("cursor_ttl"),
+        accounts,
+        st.sampled_from(["c1", "c2"]),
+        st.dictionaries(keys, values, max_size=2),
+    ),
 )
 
 
@@ -272,6 +281,10 @@ def behaves_like_memory(
             await store.set_cursor("p", args[0], args[1], with_values=args[2])
         if name == "get_cursor":
             return await store.get_cursor("p", args[0])
+        if name == "set_ttl":
+            await store.set("p", *args, ttl=3600)
+        if name == "cursor_ttl":
+            await store.set_cursor("p", args[0], args[1], with_values=args[2], values_ttl=3600)
         return None  # the writes: compared through the reads that follow
 
     clock = Clock()
@@ -289,7 +302,8 @@ def behaves_like_memory(
                     continue
                 assert await apply(store, op) == await apply(memory, op), op
         async with factory() as reopened:
-            for op in [("pending",), *[("get_cursor", a) for a in "xy"]]:
+            reads = [("get", a, k) for a in "xy" for k in ("k1", "k2")]
+            for op in [("pending",), *[("get_cursor", a) for a in "xy"], *reads]:
                 assert await apply(reopened, op) == await apply(memory, op), op
 
     with tempfile.TemporaryDirectory() as directory:

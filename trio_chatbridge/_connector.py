@@ -136,27 +136,35 @@ class ConnectorContext:
         """A value this account stored under ``key``. If cancelled, nothing changed."""
         return await self.store.get(self.platform, self.account, key)
 
-    async def set(self, key: str, value: str | None) -> None:
-        """Store a value for this account (None deletes). If cancelled, the value may or may
-        not have been stored."""
-        await self.store.set(self.platform, self.account, key, value)
+    async def set(self, key: str, value: str | None, *, ttl: float | None = None) -> None:
+        """Store a value for this account (None deletes), forgotten after ``ttl`` seconds if
+        given (:meth:`Store.set`). If cancelled, the value may or may not have been stored."""
+        await self.store.set(self.platform, self.account, key, value, ttl=ttl)
 
-    async def set_many(self, values: Mapping[str, str | None]) -> None:
-        """Store several values for this account in one write. If cancelled, all of them or
-        none may have been stored (one write)."""
-        await self.store.set_many(self.platform, self.account, values)
+    async def set_many(self, values: Mapping[str, str | None], *, ttl: float | None = None) -> None:
+        """Store several values for this account in one write, each forgotten after ``ttl``
+        seconds if given. If cancelled, all of them or none may have been stored (one
+        write)."""
+        await self.store.set_many(self.platform, self.account, values, ttl=ttl)
 
     async def get_cursor(self) -> str | None:
         """This account's saved cursor. If cancelled, nothing changed."""
         return await self.store.get_cursor(self.platform, self.account)
 
     async def set_cursor(
-        self, cursor: str, *, with_values: Mapping[str, str | None] | None = None
+        self,
+        cursor: str,
+        *,
+        with_values: Mapping[str, str | None] | None = None,
+        values_ttl: float | None = None,
     ) -> None:
-        """Save this account's cursor (and ``with_values`` in the same write), after the
-        messages before it were put. If cancelled, the cursor and values may or may not have
-        been saved (together, in one write)."""
-        await self.store.set_cursor(self.platform, self.account, cursor, with_values=with_values)
+        """Save this account's cursor (and ``with_values`` in the same write, forgotten after
+        ``values_ttl`` seconds if given), after the messages before it were put. If
+        cancelled, the cursor and values may or may not have been saved (together, in one
+        write)."""
+        await self.store.set_cursor(
+            self.platform, self.account, cursor, with_values=with_values, values_ttl=values_ttl
+        )
 
 
 @contextmanager

@@ -243,10 +243,10 @@ class _Loop:
         # Only now, the messages being durable: the cursor and the values, in one write; an
         # idle poll's unchanged cursor, nothing (a commit every empty poll otherwise).
         if page.cursor is not None and page.cursor != self.saved:
-            await ctx.set_cursor(page.cursor, with_values=page.values)
+            await ctx.set_cursor(page.cursor, with_values=page.values, values_ttl=page.values_ttl)
             self.saved = page.cursor
         elif page.values:
-            await ctx.set_many(page.values)
+            await ctx.set_many(page.values, ttl=page.values_ttl)
         self.core.commit(page)
         return refused_again
 

@@ -62,6 +62,8 @@ class Page:
     """Per-account values (key -> value, None deletes) to store with the cursor, in the same
     write, once the messages are durable (WeChat's context tokens, needed to answer each
     chat); read back with ``ctx.get(key)``. Without a new cursor they are stored alone."""
+    values_ttl: float | None = None
+    """Seconds after which the store forgets ``values`` (None: kept until changed)."""
 
 
 @final

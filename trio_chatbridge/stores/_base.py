@@ -12,6 +12,7 @@ Implementations only have to provide the primitives; the conveniences are built 
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,13 @@ JournalKey: TypeAlias = tuple[str, str, str]
 
 CURSOR_KEY = "_cursor"
 """The key-value key under which an account's cursor is kept. Keys starting with ``_`` are ours."""
+
+
+def checked_ttl(ttl: float | None) -> float | None:
+    """``ttl`` for a value (:meth:`Store.set`), or ValueError: a number of seconds over 0."""
+    if ttl is not None and not 0 < ttl < math.inf:  # NaN fails too
+        raise ValueError(f"a value's ttl must be over 0 seconds and finite, got {ttl!r}")
+    return ttl
 
 
 def journal_key(message: Message) -> JournalKey:
@@ -154,23 +162,37 @@ class Store(ABC):
 
     @abstractmethod
     async def get(self, platform: str, account: str, key: str) -> str | None:
-        """The value stored under ``key`` for the account, or None. Cancelled: nothing changed."""
+        """The value stored under ``key`` for the account, or None (also once its ``ttl`` has
+        passed). Cancelled: nothing changed."""
 
     @abstractmethod
-    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
-        """Store ``value`` under ``key`` for the account; None deletes it.
+    async def set(
+        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
+    ) -> None:
+        """Store ``value`` under ``key`` for the account; None deletes it. With ``ttl``
+        (seconds), the value reads as missing once that long has passed, and the store
+        forgets it by itself (RedisStore) or when the journal is pruned (the others); without
+        it, the value stays until changed, whatever ``ttl`` it was stored with before.
 
         Cancelled: all or nothing (see the class).
         """
 
-    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
-        """Store several values at once (one write where the store can); None deletes.
+    async def set_many(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        *,
+        ttl: float | None = None,
+    ) -> None:
+        """Store several values at once (one write where the store can), each with ``ttl``
+        as :meth:`set` says; None deletes.
 
         Cancelled: all or nothing where it is one write (MemoryStore, SQLiteStore, RedisStore);
         this default, one ``set`` after another, may have stored the first few.
         """
         for key, value in values.items():
-            await self.set(platform, account, key, value)
+            await self.set(platform, account, key, value, ttl=ttl)
 
     async def get_cursor(self, platform: str, account: str) -> str | None:
         """The account's saved cursor (long-poll position), or None. Cancelled: nothing
@@ -184,10 +206,16 @@ class Store(ABC):
         cursor: str,
         *,
         with_values: Mapping[str, str | None] | None = None,
+        values_ttl: float | None = None,
     ) -> None:
-        """Save the account's cursor, and ``with_values`` in the same write. Call only after
-        the messages before it were accepted. Cancelled: as :meth:`set_many`."""
-        await self.set_many(platform, account, {**(with_values or {}), CURSOR_KEY: cursor})
+        """Save the account's cursor, and ``with_values`` in the same write, those with
+        ``values_ttl`` (:meth:`set`; the cursor has none). Call only after the messages before
+        it were accepted. Cancelled: as :meth:`set_many`."""
+        if values_ttl is None:
+            await self.set_many(platform, account, {**(with_values or {}), CURSOR_KEY: cursor})
+        else:  # the values with their TTL, then the cursor: never a cursor without them
+            await self.set_many(platform, account, with_values or {}, ttl=values_ttl)
+            await self.set(platform, account, CURSOR_KEY, cursor)
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import msgspec
 import trio
 
 from .._messages import Message
-from ._base import JournalEntry, JournalKey, JournalState, Store
+from ._base import JournalEntry, JournalKey, JournalState, Store, checked_ttl
 
 _SCANNED: Final = 8  # messages in a page up to which a done-mark looks through them in turn
 
@@ -87,6 +87,8 @@ class MemoryStore(Store):
         factory=dict, init=False, repr=False
     )
     _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False, repr=False)
+    _expiry: dict[tuple[str, str, str], float] = attrs.field(factory=dict, init=False, repr=False)
+    """When each value stored with a TTL expires, on Trio's clock."""
     _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _members: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _watchers: list[Callable[[], None]] = attrs.field(factory=list, init=False, repr=False)
@@ -183,24 +185,52 @@ class MemoryStore(Store):
             if page.messages:
                 kept.append(page)
         self._pages = kept
+        self._forget_expired()
         return pruned
 
+    def _forget_expired(self) -> None:
+        """Drop the values whose TTL has passed (a read drops one it meets; this, the rest)."""
+        now = trio.current_time()
+        expired = [where for where, expires in self._expiry.items() if expires <= now]
+        for where in expired:
+            del self._expiry[where], self._values[where]
+
     async def get(self, platform: str, account: str, key: str) -> str | None:
-        return self._values.get((platform, account, key))
+        where = (platform, account, key)
+        expires = self._expiry.get(where)
+        if expires is not None and expires <= trio.current_time():
+            del self._expiry[where], self._values[where]
+        return self._values.get(where)
 
-    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
-        await self.set_many(platform, account, {key: value})
+    async def set(
+        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
+    ) -> None:
+        await self.set_many(platform, account, {key: value}, ttl=ttl)
 
-    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+    async def set_many(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        *,
+        ttl: float | None = None,
+    ) -> None:
         """One write with no checkpoint in it, so a cancellation never leaves it half done.
         (A WeChat page stores a context token per message with its cursor: one loop here,
-        not one ``set`` coroutine per value.)"""
-        stored = self._values
+        not one ``set`` coroutine per value.) A value's TTL runs on Trio's clock."""
+        stored, expiry = self._values, self._expiry
+        ttl = checked_ttl(ttl)
+        expires = None if ttl is None else trio.current_time() + ttl
         for key, value in values.items():
+            where = (platform, account, key)
             if value is None:
-                stored.pop((platform, account, key), None)
+                stored.pop(where, None)
             else:
-                stored[(platform, account, key)] = value
+                stored[where] = value
+            if expires is None or value is None:
+                expiry.pop(where, None)
+            else:
+                expiry[where] = expires
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         now = trio.current_time()

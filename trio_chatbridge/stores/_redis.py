@@ -9,7 +9,8 @@ Per account:
   ``:recv`` (hash, id → wall-clock time accepted), ``:pending`` (sorted set, id → sequence
   number from ``:seq``), ``:done`` (sorted set of handled ids by time accepted, for pruning);
 - ``:add:<random>`` (string, 60 s): one journal write's answer, for coredis's rerun of it;
-- ``:kv`` (hash): the account's key-value space, its cursor included;
+- ``:kv`` (hash): the account's key-value space, its cursor included, but for values stored
+  with a TTL: each is ``:kv:<key>`` (string), which Redis expires;
 - ``:lease`` (the owner's token, with Redis's own expiry) and ``:fence``, a counter that grows
   at each acquisition of the lease.
 
@@ -46,7 +47,7 @@ from .._errors import ConfigurationError, ProtocolError, StoreError, find_error
 from .._messages import Message
 from .._names import account_name
 from . import _tls
-from ._base import JournalEntry, JournalKey, JournalState, Store
+from ._base import CURSOR_KEY, JournalEntry, JournalKey, JournalState, Store, checked_ttl
 from ._codec import decode_message, encode_message, unencodable
 
 if TYPE_CHECKING:  # imported where used: a bridge on another store never pays for coredis
@@ -164,20 +165,37 @@ return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1
         redis.call('HGET', KEYS[3], ARGV[1])}
 """
 
-# KEYS: fence, kv. ARGV: token, then key, flag, value triples (flag 0: delete).
+# KEYS: fence, kv, then each value's key of its own (kv:<key>). ARGV: token, TTL (ms), then
+# key, flag, value triples (flag 0: delete; 1: set; 2: set with the TTL). A value lives in one
+# place: the hash, or (with a TTL) a key of its own that Redis expires.
 _KV_WRITE: Final = (
     _FENCE
     + """
-for i = 2, #ARGV, 3 do
-  if ARGV[i + 1] == '1' then
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  else
+for i = 3, #ARGV, 3 do
+  local own = KEYS[(i - 3) / 3 + 3]
+  local flag = ARGV[i + 1]
+  if flag == '2' then
+    redis.call('SET', own, ARGV[i + 2], 'PX', ARGV[2])
     redis.call('HDEL', KEYS[2], ARGV[i])
+  else
+    redis.call('DEL', own)
+    if flag == '1' then
+      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+    else
+      redis.call('HDEL', KEYS[2], ARGV[i])
+    end
   end
 end
 return 0
 """
 )
+
+# KEYS: kv, the value's key of its own. ARGV: key. A value with a TTL first.
+_KV_READ: Final = """
+local timed = redis.call('GET', KEYS[2])
+if timed then return timed end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
 
 # KEYS: lease, fence. ARGV: owner, ttl (ms). Returns the fencing token, or 0 when held by another.
 # A new token is the counter plus one, or Redis's clock in microseconds if that is more: after
@@ -335,6 +353,7 @@ class RedisStore(Store):
         self._pending = register(_JOURNAL_PENDING)
         self._entry = register(_JOURNAL_ENTRY)
         self._kv_write = register(_KV_WRITE)
+        self._kv_read = register(_KV_READ)
         self._acquire = register(_LEASE_ACQUIRE)
         self._renew = register(_LEASE_RENEW)
         self._release = register(_LEASE_RELEASE)
@@ -812,25 +831,66 @@ class RedisStore(Store):
     # -- key-value space, per account --------------------------------------------------------
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
-        """As :meth:`Store.get`. A read: cancelled, it changed nothing."""
-        hash_key = self._key(account_name(platform, account), "kv")
-        value = await self._call("read from", self._client.hget(hash_key, key))
+        """As :meth:`Store.get`, in one script. A read: cancelled, it changed nothing."""
+        tag = account_name(platform, account)
+        keys = [self._key(tag, "kv"), self._key(tag, f"kv:{key}")]
+        value: object = await self._call("read from", self._kv_read(keys, [key]))
         return None if value is None else str(value)
 
-    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
+    async def set(
+        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
+    ) -> None:
         """As :meth:`Store.set`, fenced. Cancelled: set or not, unknown which."""
-        await self.set_many(platform, account, {key: value})
+        await self._write_values(platform, account, {key: value}, ttl)
 
-    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
+    async def set_many(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        *,
+        ttl: float | None = None,
+    ) -> None:
         """As :meth:`Store.set_many`, in one fenced script. Cancelled: every value was
-        written or none (a cursor never lands without the values saved with it)."""
-        if not values:
+        written or none. A value with a TTL is a key of its own, which Redis expires."""
+        await self._write_values(platform, account, values, ttl)
+
+    async def set_cursor(
+        self,
+        platform: str,
+        account: str,
+        cursor: str,
+        *,
+        with_values: Mapping[str, str | None] | None = None,
+        values_ttl: float | None = None,
+    ) -> None:
+        """As :meth:`Store.set_cursor`, in one fenced script: a cursor never lands without
+        the values saved with it. Cancelled: all of it written or none."""
+        await self._write_values(platform, account, with_values or {}, values_ttl, cursor)
+
+    async def _write_values(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        ttl: float | None,
+        cursor: str | None = None,
+    ) -> None:
+        """``values`` (None deletes), each with ``ttl``, and ``cursor`` (none) if given, in
+        one fenced script."""
+        ttl = checked_ttl(ttl)
+        if not values and cursor is None:
             return
         tag = account_name(platform, account)
-        args = [self._token(tag)]
-        for key, value in values.items():
-            args += [key, "0", ""] if value is None else [key, "1", value]
+        flag = "1" if ttl is None else "2"
+        args = [self._token(tag), "0" if ttl is None else _ms(ttl)]
         keys = self._keys(tag, "fence", "kv")
+        for key, value in values.items():
+            args += [key, "0", ""] if value is None else [key, flag, value]
+            keys.append(self._key(tag, f"kv:{key}"))
+        if cursor is not None:
+            args += [CURSOR_KEY, "1", cursor]
+            keys.append(self._key(tag, f"kv:{CURSOR_KEY}"))
         await self._call("write to", self._kv_write(keys, args))
 
     # -- leases and membership ---------------------------------------------------------------

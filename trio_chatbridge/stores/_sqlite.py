@@ -29,12 +29,12 @@ import trio
 
 from .._errors import ProtocolError, StoreError
 from .._messages import Message
-from ._base import JournalEntry, JournalKey, Store
+from ._base import CURSOR_KEY, JournalEntry, JournalKey, Store, checked_ttl
 from ._codec import decode_message, encode_message, unencodable
 
 log = logging.getLogger("trio_chatbridge.stores.sqlite")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 UNDECODABLE: Final = "undecodable journal record"  # the error a row set aside is marked with
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROW_PARAMETERS: Final = 5  # a journal row's: platform, account, message id, body, received_at
@@ -64,6 +64,8 @@ _OUTCOMES: Final = """CREATE TABLE outcomes (
 _FORGET: Final = """CREATE TRIGGER journal_forgotten AFTER DELETE ON journal BEGIN
     DELETE FROM outcomes WHERE seq = old.seq;
 END"""
+_KV_EXPIRY: Final = "CREATE INDEX kv_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL"
+"""The values stored with a TTL, by expiry: what a prune deletes, found without a scan."""
 _SCHEMA: Final = (
     """CREATE TABLE journal (
         seq INTEGER PRIMARY KEY,
@@ -81,8 +83,10 @@ _SCHEMA: Final = (
         account TEXT NOT NULL,
         key TEXT NOT NULL,
         value TEXT NOT NULL,
+        expires_at REAL,
         PRIMARY KEY (platform, account, key)
     )""",
+    _KV_EXPIRY,
     """CREATE TABLE leases (
         name TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
@@ -95,12 +99,13 @@ _SCHEMA: Final = (
         PRIMARY KEY (grp, member)
     )""",
 )
-"""Schema version 2: a journal row is written once, when its message is accepted; its outcome
+"""Schema version 3: a journal row is written once, when its message is accepted; its outcome
 (``done``, or ``failed`` with the error) is a row of its own in ``outcomes``, keyed by the
 journal row's ``seq``. Pending is a journal row with no outcome. A done-mark appends to a
 table in ``seq`` order instead of rewriting the message's row and an index of pending rows:
 fewer pages written a commit (docs/performance.md, "SQLite, seventh session"). The trigger
-keeps an outcome from outliving its row: a ``seq`` freed by a prune can be used again."""
+keeps an outcome from outliving its row: a ``seq`` freed by a prune can be used again. A value
+stored with a TTL has its wall-clock ``expires_at`` (NULL: none), version 3's one change."""
 
 _PENDING: Final = (
     "SELECT seq, body FROM journal WHERE seq IN (SELECT seq FROM journal AS j "
@@ -120,8 +125,8 @@ _MIGRATION: Final = (
     # the columns nothing reads now: its marks would be lost without a word, its messages
     # handled again. Refused instead, loudly (its adds still go in: pending, as they are).
     "CREATE TRIGGER journal_version_1_mark BEFORE UPDATE OF state ON journal BEGIN "
-    "SELECT RAISE(ABORT, 'this SQLiteStore file is at schema version 2: a process of an "
-    "older trio_chatbridge is still running on it; stop it (its runs replay)'); END",
+    "SELECT RAISE(ABORT, 'this SQLiteStore file is at schema version 2 or later: a process "
+    "of an older trio_chatbridge is still running on it; stop it (its runs replay)'); END",
 )
 """From schema version 1 (the journal's ``state`` and ``error`` columns, a partial index of
 pending rows) to 2, in the transaction that opens the file: all of it, or none. The two
@@ -130,6 +135,11 @@ them): dropping them rewrote every row of the journal, 5-7 times the time and 25
 WAL of the rest of the migration (docs/performance.md, "SQLite, migration"). So a version 2
 file has one of two journal layouts, and every statement names its columns. A trigger refuses
 a write to the old ``state`` column: the done-mark of an older version still running."""
+
+_MIGRATION_3: Final = ("ALTER TABLE kv ADD COLUMN expires_at REAL", _KV_EXPIRY)
+"""From schema version 2 to 3: values' expiry, a column added (no row rewritten) and indexed.
+A process of version 2 still running on the file stores values without one (NULL: kept until
+changed, as it always did) and reads values past their TTL (it never had any)."""
 
 T = TypeVar("T")
 
@@ -367,7 +377,9 @@ class SQLiteStore(Store):
                 )
             statements = _SCHEMA
         elif version == 1:
-            statements = _MIGRATION
+            statements = (*_MIGRATION, *_MIGRATION_3)
+        elif version == 2:
+            statements = _MIGRATION_3
         else:
             raise StoreError(
                 f"{self.path} has schema version {version}, newer than this trio_chatbridge "
@@ -571,6 +583,10 @@ class SQLiteStore(Store):
         return JournalEntry(decode_message(body), state, error, received_at)
 
     async def journal_prune(self, before: float) -> int:
+        """As :meth:`Store.journal_prune`; values past their TTL are deleted in the same
+        transaction (by the index of expiries: no scan). Cancelled: all or nothing."""
+        now = self.wall_clock()
+
         def delete(db: sqlite3.Connection) -> int:
             with _transaction(db):
                 cursor = db.execute(  # their outcomes go with them (the trigger)
@@ -578,6 +594,7 @@ class SQLiteStore(Store):
                     "WHERE received_at < ? AND seq IN (SELECT seq FROM outcomes)",
                     (before,),
                 )
+                db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             return cursor.rowcount
 
         return await self._call(delete, writes=True)
@@ -585,36 +602,64 @@ class SQLiteStore(Store):
     # -- key-value --------------------------------------------------------------------------
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
+        now = self.wall_clock()
+
         def select(db: sqlite3.Connection) -> Any:
             return db.execute(
-                "SELECT value FROM kv WHERE platform = ? AND account = ? AND key = ?",
-                (platform, account, key),
+                "SELECT value FROM kv WHERE platform = ? AND account = ? AND key = ? "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (platform, account, key, now),
             ).fetchone()
 
         row = await self._call(select)
         return None if row is None else str(row[0])
 
-    async def set(self, platform: str, account: str, key: str, value: str | None) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            if value is None:
-                db.execute(
-                    "DELETE FROM kv WHERE platform = ? AND account = ? AND key = ?",
-                    (platform, account, key),
-                )
-            else:
-                db.execute(
-                    "INSERT INTO kv (platform, account, key, value) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT DO UPDATE SET value = excluded.value",
-                    (platform, account, key, value),
-                )
+    async def set(
+        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
+    ) -> None:
+        await self._write_values(platform, account, {key: value}, ttl)
 
-        await self._call(write, writes=True)
+    async def set_many(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        *,
+        ttl: float | None = None,
+    ) -> None:
+        await self._write_values(platform, account, values, ttl)
 
-    async def set_many(self, platform: str, account: str, values: Mapping[str, str | None]) -> None:
-        if not values:
-            return
+    async def set_cursor(
+        self,
+        platform: str,
+        account: str,
+        cursor: str,
+        *,
+        with_values: Mapping[str, str | None] | None = None,
+        values_ttl: float | None = None,
+    ) -> None:
+        """As :meth:`Store.set_cursor`: the cursor and the values in one transaction.
+        Cancelled: all or nothing."""
+        await self._write_values(platform, account, with_values or {}, values_ttl, cursor)
+
+    async def _write_values(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        ttl: float | None,
+        cursor: str | None = None,
+    ) -> None:
+        """``values`` (None deletes), each with ``ttl``, and ``cursor`` (none) if given, in one
+        transaction. Cancelled: all or nothing (see :class:`Store`)."""
+        ttl = checked_ttl(ttl)
+        expires = None if ttl is None else self.wall_clock() + ttl
         deletes = [(platform, account, k) for k, v in values.items() if v is None]
-        upserts = [(platform, account, k, v) for k, v in values.items() if v is not None]
+        upserts = [(platform, account, k, v, expires) for k, v in values.items() if v is not None]
+        if cursor is not None:
+            upserts.append((platform, account, CURSOR_KEY, cursor, None))
+        if not upserts and not deletes:
+            return
 
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db):
@@ -622,13 +667,13 @@ class SQLiteStore(Store):
                     "DELETE FROM kv WHERE platform = ? AND account = ? AND key = ?", deletes
                 )
                 db.executemany(
-                    "INSERT INTO kv (platform, account, key, value) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT DO UPDATE SET value = excluded.value",
+                    "INSERT INTO kv (platform, account, key, value, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value, "
+                    "expires_at = excluded.expires_at",
                     upserts,
                 )
 
-        if values:
-            await self._call(write, writes=True)
+        await self._call(write, writes=True)
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -13,11 +13,13 @@ from ._login import LoginError as LoginError
 from ._login import LoginResult as LoginResult
 from ._login import login as login
 from ._media import DEFAULT_ALLOWED_HOSTS as DEFAULT_ALLOWED_HOSTS
+from ._protocol import CONTEXT_TOKEN_TTL as CONTEXT_TOKEN_TTL
 from ._protocol import DEFAULT_BASE_URL as DEFAULT_BASE_URL
 from ._protocol import DEFAULT_CDN_BASE_URL as DEFAULT_CDN_BASE_URL
 from ._sending import RateLimit as RateLimit
 
 __all__ = [
+    "CONTEXT_TOKEN_TTL",
     "DEFAULT_ALLOWED_HOSTS",
     "DEFAULT_BASE_URL",
     "DEFAULT_CDN_BASE_URL",

@@ -65,7 +65,11 @@ CONFIG_RETRY_INITIAL: Final = 2.0
 CONFIG_RETRY_MAX: Final = 3600.0
 UPLOAD_ATTEMPTS: Final = 3
 PAGE_MAX_BYTES: Final = 8 * 1024 * 1024  # a getupdates answer; other answers: 1 MiB
-REDELIVERY_WINDOW: Final = 24 * 3600.0
+CONTEXT_TOKEN_TTL: Final = 24 * 3600.0
+"""Seconds a peer's context token is kept in the store: the longest reported token life, and
+the time after the user's last message past which WeChat refuses a reply (docs/weixin.md).
+Past it, a send to the peer finds none and says so, and the store has forgotten it."""
+REDELIVERY_WINDOW: Final = CONTEXT_TOKEN_TTL
 """Seconds a message may be dated before the newest of its peer and still count as a
 redelivery (its context token not taken): the longest reported token life."""
 TOKEN_TIMES: Final = 4096
@@ -461,6 +465,7 @@ class Poller:
             filtered=filtered,
             cursor=None if cursor == self.cursor else cursor,
             values=tokens,
+            values_ttl=CONTEXT_TOKEN_TTL,
         )
 
     def _convert_all(self, entries: Sequence[bytes]) -> list[Message | None] | None:
