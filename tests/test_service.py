@@ -371,6 +371,46 @@ async def test_an_agent_raising_systemexit_or_keyboardinterrupt_exits_with_its_c
     assert "unanswered messages stay pending" in log
 
 
+@cli
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc (Linux)")
+async def test_run_raises_its_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    """Each connection is a file, the endpoint's and the accounts': a soft limit of 1,024 (a
+    systemd service's) let a crowd of clients, or 1,000 accounts, starve the process."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 256)
+    if hard == resource.RLIM_INFINITY or hard <= low:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+
+    def lowered() -> None:  # in the child, before it runs: a low soft limit, as systemd's
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    with trio.fail_after(WAIT):
+        async with loopback_wecom() as emulator:
+            (tmp_path / "svcbot.py").write_text(SVC_AGENT)
+            config = tmp_path / "svc.toml"
+            config.write_text(SERVICE_CONFIG.format(ws_url=emulator.ws_url))
+            process = await trio.lowlevel.open_process(
+                command("run", str(config)),
+                stderr=subprocess.PIPE,
+                env={**ENV, "WECOM_SECRET": emulator.secret},
+                preexec_fn=lowered,
+            )
+            assert process.stderr is not None
+            output = bytearray()
+            try:
+                await read_until(process.stderr, r"endpoint on (http://\S+) ", output)
+                limits = await trio.Path(f"/proc/{process.pid}/limits").read_text()
+            finally:
+                process.kill()
+                await process.wait()
+                await process.stderr.aclose()
+    assert f"open files limit raised from {low} to {hard} (the hard limit)" in output.decode()
+    row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert row.split()[3:5] == [str(hard), str(hard)]
+
+
 async def _rest(stream: trio.abc.ReceiveStream) -> bytes:
     data = bytearray()
     while chunk := await stream.receive_some():

@@ -45,6 +45,7 @@ def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> 
         return ExitCode.CONFIG
     for key in config.inline_secrets:
         log.warning("%s: %s", path, _inline(key))
+    _raise_open_files_limit()
     log.info(
         "starting %s with %d connector(s): %s",
         path,
@@ -76,6 +77,31 @@ def run_command(path: str, *, log_json: bool = False, verbose: bool = False) -> 
         return _exit_code_of(group)
     log.info("stopped (exit code %d)", code)
     return code
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the process's soft limit on open files to its hard limit, as Go programs do.
+
+    Every connection is a file: each account's client (1,000 WeChat accounts hold 1,000), the
+    store's, and each connection to the HTTP endpoint (a webhook exposed to the internet may
+    see thousands at once; each is closed after 5 s idle). The usual soft limit, 1,024 (a
+    systemd service's), let those exhaust it, and then every new connection of the process
+    failed, the connectors' too. The hard limit is the operator's ceiling (``LimitNOFILE``,
+    ``ulimit -Hn``), never passed. Where there is none (not Unix) or it is infinite, nothing
+    changes."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:  # a sandbox refusing it: the soft limit stays
+        log.warning("open files limit stays at %d (raising it to %d failed: %s)", soft, hard, exc)
+    else:
+        log.info("open files limit raised from %d to %d (the hard limit)", soft, hard)
 
 
 def _exit_code_of(group: BaseExceptionGroup[BaseException]) -> int:
