@@ -64,6 +64,11 @@ UNSURE_AT_MOST: Final = 10_000  # message ids remembered whose journal write end
 BATCH: Final = (
     200  # accounts a pipeline reads the pending messages of, or leases it takes or renews
 )
+PIPELINES_AT_ONCE: Final = 8
+"""Pipelines of one call sent together, each on a connection of its own. coredis asks Redis
+whether the scripts are loaded before each pipeline (``SCRIPT EXISTS``), so a pipeline is two
+round trips: one after another, 1,000 leases took ten, and with Redis 250 ms away the five
+seconds a lease round gives them (docs/deploying.md)."""
 
 T = TypeVar("T")
 
@@ -710,23 +715,57 @@ class RedisStore(Store):
 
     async def journal_pending(self) -> list[Message]:
         """Every account's pending messages, oldest first: one script per account, sent
-        200 accounts to a pipeline (one round trip each batch; on a cluster,
-        one per node); records that do not decode are set aside (see :meth:`_decoded`).
-        Cancelled: it changed nothing, or set some of those records aside."""
+        200 accounts to a pipeline, the pipelines sent together (see :meth:`_pipelined`);
+        records that do not decode are set aside (see :meth:`_decoded`). Cancelled: it
+        changed nothing, or set some of those records aside."""
         found: list[tuple[float, int, Message]] = []
         tags = await self._accounts()
-        for first in range(0, len(tags), BATCH):
-            with self._translated("read from"):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    requests: list[Awaitable[object]] = [
-                        self._pending(self._keys(tag, "pending", "body", "recv"), [], client=pipe)
-                        for tag in tags[first : first + BATCH]
-                    ]
-                replies: list[object] = [await request for request in requests]
-            for tag, reply in zip(tags[first : first + BATCH], replies, strict=True):
-                for seq, (received, message) in enumerate(await self._decoded(tag, reply)):
-                    found.append((received, seq, message))
+        replies = await self._pipelined(
+            "read from",
+            tags,
+            lambda tag, pipe: self._pending(
+                self._keys(tag, "pending", "body", "recv"), [], client=pipe
+            ),
+        )
+        for tag, reply in zip(tags, replies, strict=True):
+            for seq, (received, message) in enumerate(await self._decoded(tag, reply)):
+                found.append((received, seq, message))
         return [message for _, _, message in sorted(found, key=lambda f: (f[0], f[1]))]
+
+    async def _pipelined(
+        self,
+        doing: str,
+        items: Sequence[str],
+        call: Callable[[str, Any], Awaitable[object]],
+    ) -> list[object]:
+        """``call(item, pipe)`` for each item, :data:`BATCH` to a pipeline, the pipelines
+        sent :data:`PIPELINES_AT_ONCE` at a time; the replies in the items' order. A failure
+        is the :class:`StoreError` of the first pipeline that failed (the others are
+        cancelled). Cancelled: each pipeline was sent or not, unknown which."""
+        batches = [items[first : first + BATCH] for first in range(0, len(items), BATCH)]
+        replies: list[list[object]] = [[] for _ in batches]
+        room = trio.CapacityLimiter(PIPELINES_AT_ONCE)
+
+        async def send(index: int) -> None:
+            async with room:
+                with self._translated(doing):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        requests = [call(item, pipe) for item in batches[index]]
+                    replies[index] = [await request for request in requests]
+
+        if len(batches) == 1:  # (the common case: no task to start)
+            await send(0)
+        else:
+            try:
+                async with trio.open_nursery() as nursery:
+                    for index in range(len(batches)):
+                        nursery.start_soon(send, index)
+            except BaseExceptionGroup as group:
+                failed = find_error(group, StoreError)
+                if failed is None:
+                    raise
+                raise failed from None
+        return [reply for batch in replies for reply in batch]
 
     async def journal_pending_of(self, platform: str, account: str) -> list[Message]:
         """The account's pending messages, oldest first, in one script (and one more to set
@@ -906,8 +945,8 @@ class RedisStore(Store):
         return (await self.acquire_leases([name], owner, ttl))[0]
 
     async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
-        """Each lease tried by the acquire script, 200 to a pipeline (one round trip
-        each batch; on a cluster, one per node); remembers each acquisition's token.
+        """Each lease tried by the acquire script, 200 to a pipeline, the pipelines sent
+        together (see :meth:`_pipelined`); remembers each acquisition's token.
 
         Every one is refused while acquisitions are held off: a :meth:`heartbeat` found that
         Redis lost its data (see ``_EPOCH``), and a holder from before may still run its
@@ -919,15 +958,11 @@ class RedisStore(Store):
             return [False] * len(names)
         seen = self._epoch
         args = [owner, _ms(ttl)]
-        tokens: list[object] = []
-        for first in range(0, len(names), BATCH):
-            with self._translated("write to"):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    requests: list[Awaitable[object]] = [
-                        self._acquire(self._keys(name, "lease", "fence"), args, client=pipe)
-                        for name in names[first : first + BATCH]
-                    ]
-                tokens += [await request for request in requests]
+        tokens = await self._pipelined(
+            "write to",
+            names,
+            lambda name, pipe: self._acquire(self._keys(name, "lease", "fence"), args, client=pipe),
+        )
         if seen is not None and await self._epoch_changed(seen, ttl):
             for name, token in zip(names, tokens, strict=True):
                 if token != 0:
@@ -992,20 +1027,16 @@ class RedisStore(Store):
         return await self._call("write to", self._renew(keys, [owner, _ms(ttl)])) == 1
 
     async def renew_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
-        """Each lease renewed by the compare-and-set script, 200 to a pipeline (one
-        round trip each batch; on a cluster, one per node). Cancelled: each extended or
+        """Each lease renewed by the compare-and-set script, 200 to a pipeline, the
+        pipelines sent together (see :meth:`_pipelined`). Cancelled: each extended or
         not; count on the expiry of the last renewal that returned."""
-        renewed: list[bool] = []
         args = [owner, _ms(ttl)]
-        for first in range(0, len(names), BATCH):
-            with self._translated("write to"):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    requests: list[Awaitable[object]] = [
-                        self._renew([self._key(name, "lease")], args, client=pipe)
-                        for name in names[first : first + BATCH]
-                    ]
-                renewed += [await request == 1 for request in requests]
-        return renewed
+        replies = await self._pipelined(
+            "write to",
+            names,
+            lambda name, pipe: self._renew([self._key(name, "lease")], args, client=pipe),
+        )
+        return [reply == 1 for reply in replies]
 
     async def release_lease(self, name: str, owner: str) -> None:
         """As :meth:`Store.release_lease`; a release is published to the prefix's watchers.
