@@ -365,6 +365,42 @@ async def test_a_hold_off_is_waited_out_without_a_lookup_per_account_and_shown(
             proc.bridge.shutdown()
 
 
+class FarAway(Link):
+    """A store whose acquisitions take ``per_lease`` seconds a lease (Trio's clock): Redis far
+    away, many accounts."""
+
+    def __init__(self, store: cb.Store, per_lease: float) -> None:
+        super().__init__(store)
+        self.per_lease = per_lease
+        self.calls: list[int] = []
+
+    async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
+        self.calls.append(len(names))
+        await trio.sleep(self.per_lease * len(names))
+        return await super().acquire_leases(names, owner, ttl)
+
+
+async def test_a_round_too_short_to_acquire_every_lease_keeps_what_it_acquired(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty accounts whose acquisition takes longer than a round: tried in one call, each
+    round's was cut off and nothing was ever acquired. Ten to a call, each call's are kept,
+    and the next round takes the rest."""
+    monkeypatch.setattr("trio_chatbridge._lease.ACQUIRED_AT_ONCE", 10)
+    accounts = [f"bot{i:02}" for i in range(30)]
+    per_lease = 1.2 * LEASES.round / len(accounts)  # all of them: 1.2 rounds; ten: 0.4
+    link = FarAway(cb.MemoryStore(), per_lease)
+    proc = Process(link.store, accounts, link=link)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proc.run)
+            await trio.sleep(2.5 * LEASES.round)
+            assert proc.held() == accounts
+            proc.bridge.shutdown()
+    assert link.calls[:4] == [10, 10, 10, 10]  # the third call cut off, tried again
+    assert proc.bridge.stats().other["lease.acquired"] == 30
+
+
 async def test_bridges_sharing_one_sqlite_file_spread_its_accounts(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

@@ -62,6 +62,9 @@ RENEWED: Final = "lease.renewed"
 RELEASE_TIMEOUT: Final = 2.0  # seconds a graceful release may take before we give up on it
 WAKE_AFTER: Final = 0.005  # seconds past an expiry before a standby acts on it
 SETTLE: Final = 0.005  # seconds a woken keeper waits for more news before its extra round
+ACQUIRED_AT_ONCE: Final = 1_000
+"""Leases one call tries: each call's acquisitions are kept as it returns, so a round cut off
+by its time still gains (RedisStore: five pipelines, sent together, two round trips)."""
 
 
 @final
@@ -329,23 +332,30 @@ class LeaseKeeper:
         return wanted
 
     async def _acquire(self, accounts: Sequence[_Account]) -> None:
-        """Try the leases of ``accounts`` in one call (as few round trips as the store can);
-        start the connector of each acquired; for each refused, note when its lease expires,
-        or when the store's hold-off ends (then without asking about each lease)."""
-        sent = trio.current_time()
-        refused = list(accounts)
+        """Try the leases of ``accounts``, :data:`ACQUIRED_AT_ONCE` to a call (as few round
+        trips as the store can); start the connector of each acquired, as each call returns;
+        for each refused, note when its lease expires, or when the store's hold-off ends (then
+        without asking about each lease). What the round's time cuts off is tried again the
+        next round, and what was acquired before stays so: a store too slow to take them all
+        in one round (many accounts, Redis far away) still takes a share each round."""
+        refused: list[_Account] = []
+        untried = list(accounts)
         why = "standby: another process holds the lease"
         try:
             with trio.move_on_after(self.config.round):
-                names = [a.name for a in accounts]
-                got = await self.store.acquire_leases(names, self.owner, self.config.ttl)
-                refused = [a for a, ok in zip(accounts, got, strict=True) if not ok]
-                for account in (a for a, ok in zip(accounts, got, strict=True) if ok):
-                    account.extend(sent + self.config.ttl * (1 - self.config.margin))
-                    account.state = "held"
-                    account.acquired.set()
-                    self.counters[ACQUIRED] += 1
-                    log.info("acquired the lease of %s", account.name)
+                while untried:
+                    trying = untried[:ACQUIRED_AT_ONCE]
+                    sent = trio.current_time()
+                    names = [a.name for a in trying]
+                    got = await self.store.acquire_leases(names, self.owner, self.config.ttl)
+                    del untried[: len(trying)]
+                    refused += [a for a, ok in zip(trying, got, strict=True) if not ok]
+                    for account in (a for a, ok in zip(trying, got, strict=True) if ok):
+                        account.extend(sent + self.config.ttl * (1 - self.config.margin))
+                        account.state = "held"
+                        account.acquired.set()
+                        self.counters[ACQUIRED] += 1
+                        log.info("acquired the lease of %s", account.name)
                 held_off = self.store.acquisitions_held_off()
                 if held_off > 0:
                     why = (
@@ -363,8 +373,8 @@ class LeaseKeeper:
                         if left is not None:
                             account.retry_at = trio.current_time() + left
         except StoreError as exc:
-            log.warning("could not try %d leases: %s", len(accounts), exc)
-        for account in refused:
+            log.warning("could not try %d leases: %s", len(untried), exc)
+        for account in (*refused, *untried):
             if account.state != "lost":
                 account.show("standby", why)
 
