@@ -86,9 +86,11 @@ class MemoryStore(Store):
     _index: dict[tuple[str, str], dict[str, _Page]] = attrs.field(
         factory=dict, init=False, repr=False
     )
-    _values: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False, repr=False)
-    _expiry: dict[tuple[str, str, str], float] = attrs.field(factory=dict, init=False, repr=False)
-    """When each value stored with a TTL expires, on Trio's clock."""
+    _values: dict[tuple[str, str, str], str | tuple[str, float]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+    """Each value, or for one stored with a TTL the value and when it expires (Trio's clock):
+    one dict, so a WeChat page's tokens cost one insert each, as before TTLs."""
     _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _members: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _watchers: list[Callable[[], None]] = attrs.field(factory=list, init=False, repr=False)
@@ -191,16 +193,24 @@ class MemoryStore(Store):
     def _forget_expired(self) -> None:
         """Drop the values whose TTL has passed (a read drops one it meets; this, the rest)."""
         now = trio.current_time()
-        expired = [where for where, expires in self._expiry.items() if expires <= now]
+        expired = [
+            where
+            for where, value in self._values.items()
+            if isinstance(value, tuple) and value[1] <= now
+        ]
         for where in expired:
-            del self._expiry[where], self._values[where]
+            del self._values[where]
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
         where = (platform, account, key)
-        expires = self._expiry.get(where)
-        if expires is not None and expires <= trio.current_time():
-            del self._expiry[where], self._values[where]
-        return self._values.get(where)
+        value = self._values.get(where)
+        if not isinstance(value, tuple):
+            return value
+        text, expires = value
+        if expires <= trio.current_time():
+            del self._values[where]
+            return None
+        return text
 
     async def set(
         self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
@@ -218,19 +228,16 @@ class MemoryStore(Store):
         """One write with no checkpoint in it, so a cancellation never leaves it half done.
         (A WeChat page stores a context token per message with its cursor: one loop here,
         not one ``set`` coroutine per value.) A value's TTL runs on Trio's clock."""
-        stored, expiry = self._values, self._expiry
+        stored = self._values
         ttl = checked_ttl(ttl)
         expires = None if ttl is None else trio.current_time() + ttl
         for key, value in values.items():
-            where = (platform, account, key)
             if value is None:
-                stored.pop(where, None)
+                stored.pop((platform, account, key), None)
+            elif expires is None:
+                stored[(platform, account, key)] = value
             else:
-                stored[where] = value
-            if expires is None or value is None:
-                expiry.pop(where, None)
-            else:
-                expiry[where] = expires
+                stored[(platform, account, key)] = (value, expires)
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         now = trio.current_time()
