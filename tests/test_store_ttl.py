@@ -82,6 +82,39 @@ async def test_sqlite_values_expire_on_its_wall_clock_and_a_prune_deletes_them(
     assert rows == [("_cursor",), ("token",), ("x",)]  # a's cursor and x, b's token: no others
 
 
+async def test_sqlite_deletes_expired_values_a_batch_a_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune deletes the values past their TTL a bounded batch at a time, each batch a
+    transaction of its own: the store's other calls get their turn between two (a day of
+    expired context tokens is not one long write that holds them all back)."""
+    monkeypatch.setattr(_sqlite, "KV_PRUNE_BATCH", 10)
+    clock = Clock()
+    pruned = trio.Event()
+    writes_before = 0
+
+    async def prune(store: cb.SQLiteStore) -> None:
+        await store.journal_prune(0)
+        pruned.set()
+
+    async with cb.SQLiteStore(tmp_path / "batches.db", wall_clock=clock) as store:
+        await store.set_many("p", "a", {f"k{i}": "v" for i in range(25)}, ttl=5)
+        await store.set("p", "a", "kept", "v")
+        clock.now += 6
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prune, store)
+            while not pruned.is_set():  # each queued behind the prune's call in the thread
+                await store.set("p", "b", "turn", str(writes_before))
+                writes_before += 1
+        # a write's turn after each of its transactions: the journal's, then 10, 10 and 5
+        # values (one transaction for all of them gives one turn fewer, or two)
+        assert writes_before >= 4
+        assert await store.get("p", "a", "kept") == "v"
+    with closing(sqlite3.connect(tmp_path / "batches.db")) as db:
+        rows = db.execute("SELECT key FROM kv WHERE account = 'a'").fetchall()
+    assert rows == [("kept",)]
+
+
 @pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
 async def test_redis_values_are_keys_of_their_own_that_redis_expires(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path

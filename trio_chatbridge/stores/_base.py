@@ -154,8 +154,10 @@ class Store(ABC):
     async def journal_prune(self, before: float) -> int:
         """Forget handled messages accepted before wall-clock time ``before``; returns how many.
 
-        Once forgotten, a redelivery of such a message would no longer be recognised.
-        Cancelled: all or nothing (see the class).
+        Once forgotten, a redelivery of such a message would no longer be recognised. The
+        bridge calls it at start, then periodically: where a store deletes the values past their
+        ``ttl`` (:meth:`set`) if it does not forget them by itself. Cancelled: the journal's
+        part all or nothing (see the class).
         """
 
     # -- key-value space, per account --------------------------------------------------------

@@ -42,6 +42,7 @@ ROWS_PER_STATEMENT: Final = 400  # 2,000 parameters: well under SQLite's variabl
 IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
 ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
 DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before taking its own
+KV_PRUNE_BATCH: Final = 1_000  # expired values one transaction of a prune deletes at most
 INLINE_ROWS: Final = 256  # journal rows a group commit may write on the event loop; more: thread
 CHECKPOINT_AFTER: Final = 4_000  # rows, and 4 a commit, written between two checkpoints (thread)
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a call in the worker thread waits for the file's lock
@@ -583,9 +584,11 @@ class SQLiteStore(Store):
         return JournalEntry(decode_message(body), state, error, received_at)
 
     async def journal_prune(self, before: float) -> int:
-        """As :meth:`Store.journal_prune`; values past their TTL are deleted in the same
-        transaction (by the index of expiries: no scan). Cancelled: all or nothing."""
-        now = self.wall_clock()
+        """As :meth:`Store.journal_prune`, in one transaction; then the values past their TTL
+        are deleted, :data:`KV_PRUNE_BATCH` to a transaction (found by the index of expiries:
+        no scan), so the store's other calls take their turn between two. Cancelled: the
+        journal's part all or nothing; of the values, some batches may have been deleted
+        (harmless: a value past its TTL reads as missing already)."""
 
         def delete(db: sqlite3.Connection) -> int:
             with _transaction(db):
@@ -594,10 +597,27 @@ class SQLiteStore(Store):
                     "WHERE received_at < ? AND seq IN (SELECT seq FROM outcomes)",
                     (before,),
                 )
-                db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             return cursor.rowcount
 
-        return await self._call(delete, writes=True)
+        pruned = await self._call(delete, writes=True)
+        await self._delete_expired()
+        return pruned
+
+    async def _delete_expired(self) -> None:
+        """Delete the values past their TTL, a batch of :data:`KV_PRUNE_BATCH` a transaction.
+        Cancelled: the batches before it are deleted, the rest wait for the next prune."""
+        now, batch = self.wall_clock(), KV_PRUNE_BATCH
+
+        def delete(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                return db.execute(
+                    "DELETE FROM kv WHERE rowid IN "
+                    "(SELECT rowid FROM kv WHERE expires_at <= ? LIMIT ?)",
+                    (now, batch),
+                ).rowcount
+
+        while await self._call(delete, writes=True) == batch:
+            pass
 
     # -- key-value --------------------------------------------------------------------------
 
