@@ -265,8 +265,9 @@ class LongPoll(base.Connector):
         """Send text or an attachment to a user (their user id) unprompted.
 
         iLink has no proactive API: a message goes out with the context token of the user's
-        latest message, which the bridge stores as messages arrive (it survives restarts).
-        Without one (the user never wrote) this raises :class:`SendError`. The platform
+        latest message, which the bridge stores as messages arrive (it survives restarts) for
+        ``CONTEXT_TOKEN_TTL`` (24 h). Without one (the user never wrote, or not
+        within that time) this raises :class:`SendError`, nothing sent. The platform
         refuses sends more than 24 h after the user's last message (``ret -2``; reported
         token lifetimes vary, see docs/weixin.md), and one token carries ten messages. If
         cancelled, all of it was sent or none of it, as for :meth:`send`.
