@@ -139,8 +139,9 @@ a write to the old ``state`` column: the done-mark of an older version still run
 
 _MIGRATION_3: Final = ("ALTER TABLE kv ADD COLUMN expires_at REAL", _KV_EXPIRY)
 """From schema version 2 to 3: values' expiry, a column added (no row rewritten) and indexed.
-A process of version 2 still running on the file stores values without one (NULL: kept until
-changed, as it always did) and reads values past their TTL (it never had any)."""
+A process of version 2 still running on the file stores new values without one (NULL: kept
+until changed, as it always did), but one it stores over a value with an expiry keeps that
+expiry (its upsert sets the value only); and it reads values past their TTL."""
 
 T = TypeVar("T")
 
