@@ -145,6 +145,21 @@ async def test_redis_values_are_keys_of_their_own_that_redis_expires(
         await _expires(store, advance)
 
 
+async def test_redis_reads_a_value_an_older_version_wrote_over_one_with_a_ttl(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """During a rolling upgrade, a process of a version without TTLs writes a peer's new
+    context token to the hash (HSET), leaving the key of its own that this version wrote
+    earlier: the newer value (the hash's) is read, not the older one until it expires. (This
+    version never leaves both: each of its writes clears the other place.)"""
+    store = store_factory("redis", request, tmp_path)()
+    raw = raw_client("redis", request)
+    async with store, raw:
+        await store.set("p", "a", "ctx:u", "old", ttl=3600)
+        await raw.hset(f"{store.prefix}{{p:a}}:kv", {"ctx:u": "new"})  # the older version
+        assert await store.get("p", "a", "ctx:u") == "new"
+
+
 async def _own_keys(raw: Any, prefix: str) -> list[str]:
     """The keys of values stored with a TTL under ``prefix`` (a test's own few)."""
     keys: list[str] = []

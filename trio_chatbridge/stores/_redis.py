@@ -195,11 +195,13 @@ return 0
 """
 )
 
-# KEYS: kv, the value's key of its own. ARGV: key. A value with a TTL first.
+# KEYS: kv, the value's key of its own. ARGV: key. The hash first: _KV_WRITE leaves a value
+# in one place, so a value in both is one an older trio_chatbridge (no TTLs) wrote to the hash
+# after this one gave it a key of its own: the hash's is the newer.
 _KV_READ: Final = """
-local timed = redis.call('GET', KEYS[2])
-if timed then return timed end
-return redis.call('HGET', KEYS[1], ARGV[1])
+local kept = redis.call('HGET', KEYS[1], ARGV[1])
+if kept then return kept end
+return redis.call('GET', KEYS[2])
 """
 
 # KEYS: lease, fence. ARGV: owner, ttl (ms). Returns the fencing token, or 0 when held by another.
