@@ -586,8 +586,8 @@ class SQLiteStore(Store):
 
     async def journal_prune(self, before: float) -> int:
         """As :meth:`Store.journal_prune`, in one transaction; then the values past their TTL
-        are deleted, :data:`KV_PRUNE_BATCH` to a transaction (found by the index of expiries:
-        no scan), so the store's other calls take their turn between two. Cancelled: the
+        are deleted, 1,000 to a transaction (found by the index of expiries: no scan), so
+        the store's other calls take their turn between two. Cancelled: the
         journal's part all or nothing; of the values, some batches may have been deleted
         (harmless: a value past its TTL reads as missing already)."""
 
