@@ -371,6 +371,16 @@ def test_values_that_would_fail_only_once_running_are_problems_at_their_key(
     [
         ("raise RuntimeError('no API key')\n", "raised RuntimeError: no API key ({file}, line 1)"),
         ("def agent(:\n", "raised SyntaxError: invalid syntax ({file}, line 1)"),
+        # raised inside the library: the line of the bot's that called it
+        (
+            "import os\n\nKEY = os.environ['CFGBOT_NO_SUCH_VARIABLE']\n",
+            "raised KeyError: 'CFGBOT_NO_SUCH_VARIABLE' ({file}, line 3)",
+        ),
+        (
+            "import json\nSETTINGS = json.loads('{')\n",
+            "raised JSONDecodeError: Expecting property name enclosed in double quotes: line 1 "
+            "column 2 (char 1) ({file}, line 2)",
+        ),
     ],
 )
 def test_an_agent_module_that_fails_as_it_is_imported_is_one_problem_saying_where(

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import sys
+import sysconfig
 import tomllib
 import traceback
 from collections.abc import Mapping, Sequence
@@ -514,11 +515,19 @@ def _mount_problems(config: Config) -> list[Problem]:
 
 
 def _where(exc: Exception) -> str:
-    """``file, line N``: where the error was raised (a syntax error: where it is)."""
+    """``file, line N``: the line of the user's code that raised (a syntax error: where it
+    is): the innermost frame outside Python's library, the installed packages and this one,
+    so that ``os.environ["KEY"]`` points at the bot's line, not at ``<frozen os>``."""
     if isinstance(exc, SyntaxError):
         return f"{exc.filename}, line {exc.lineno}"
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    frames = traceback.extract_tb(exc.__traceback__)
+    libraries = (*{sysconfig.get_path(p) for p in _LIBRARY_PATHS}, str(Path(__file__).parent))
+    theirs = [f for f in frames if not f.filename.startswith(("<", *libraries))]
+    frame = (theirs or frames)[-1]
     return f"{frame.filename}, line {frame.lineno}"
+
+
+_LIBRARY_PATHS: Final = ("stdlib", "platstdlib", "purelib", "platlib")
 
 
 def _unwritable(path: str) -> str | None:
