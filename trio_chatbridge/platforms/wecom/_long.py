@@ -72,6 +72,7 @@ RECONNECT_WAIT: Final = 60.0  # seconds a reply waits for the connection to come
 FINISH_MARGIN: Final = 20.0  # seconds before a callback's window closes that its stream ends
 DEFAULT_WELCOME: Final = "Hello! Send me a message and I will answer."
 FIRST_DELIVERIES_KEPT: Final = 10_000  # req_ids of new callbacks remembered at most (_journaled)
+FINISHED_KEPT: Final = 10_000  # req_ids of callbacks sent their final answer, remembered at most
 
 Welcome: TypeAlias = str | Card | Callable[[WeComEvent], Awaitable[str | Card | None]] | None
 EventHandler: TypeAlias = Callable[[WeComEvent], Awaitable[None]]
@@ -136,6 +137,10 @@ class LongConnection(base.Connector):
         first (:class:`_Confirming`)."""
         self._unanswered: set[str] = set()
         """The req_ids of running batches' latest callbacks that no answer was sent on yet."""
+        self._finished: dict[str, None] = {}
+        """The req_ids of callbacks a final answer was sent on (a finished stream, a card,
+        media), the last :data:`FINISHED_KEPT`: a rerun after an interrupt does not close
+        them again as its batch's earlier callbacks (WeCom would refuse it, 846608)."""
         self._first_deliveries: dict[str, None] = {}
         """The req_ids of the latest callbacks journaled as new, oldest first (at most
         :data:`FIRST_DELIVERIES_KEPT`, the older half forgotten past that): a redelivery on
@@ -290,7 +295,7 @@ class LongConnection(base.Connector):
         async with trio.open_nursery() as nursery:
             for message in batch.messages[:-1]:
                 req_id = message.reply_handle.get("req_id")
-                if req_id:
+                if req_id and req_id not in self._finished:
                     nursery.start_soon(self._close_callback, req_id)
 
     async def _close_callback(self, req_id: str, content: str | None = None) -> None:
@@ -421,7 +426,15 @@ class LongConnection(base.Connector):
             self._unanswered.discard(req_id)
         request = self._core.command(cmd, req_id, body)
         with base.send_errors(f"wecom bot {self.account}: {cmd}"):
-            return await self._driver.request(request, until=until, again=cmd == f.RESPOND)
+            answer = await self._driver.request(request, until=until, again=cmd == f.RESPOND)
+        if cmd == f.RESPOND and _final(body):
+            self._took_final(req_id)
+        return answer
+
+    def _took_final(self, req_id: str) -> None:
+        """The callback on ``req_id`` was sent its final answer (see ``_finished``)."""
+        self._finished[req_id] = None
+        trim(self._finished, FINISHED_KEPT)
 
     def answer_by(self, target: Message) -> float | None:
         """When ``target``'s callback can take no more answers, on Trio's clock; None for a
@@ -498,6 +511,13 @@ class _Running:
         self.connector._unanswered.discard(req_id)
         if kind is not None and issubclass(kind, Exception):  # not cancelled: see running()
             await self.connector._close_callback(req_id, "")
+
+
+def _final(body: Mapping[str, Any]) -> bool:
+    """Whether a reply frame ends its callback: a stream's finishing frame, or a whole
+    answer (a template card, media, Markdown)."""
+    stream = body.get("stream")
+    return not isinstance(stream, Mapping) or stream.get("finish") is True
 
 
 def _stream_state(connector: LongConnection, target: Message, card: Card | None) -> StreamState:
@@ -639,6 +659,7 @@ class _Confirming:
         finally:
             if not posted:  # (cancelled too: the run then ignores its confirmations)
                 confirmation.withdraw()
+        connector._took_final(state.req_id)  # (refused later: closing it again is refused too)
         return posted
 
     def carry(self) -> None:
