@@ -51,10 +51,14 @@ async def emulator_bridge(
     agent: cb.Agent,
     **options: Any,
 ) -> AsyncIterator[cb.Bridge]:
-    """Run ``emulator`` (in memory) and a :func:`quick_bridge` on ``connector()``."""
+    """Run ``emulator`` (in memory) and a :func:`quick_bridge` on ``connector()``. Failed agent
+    runs are only counted (many tests here fail them on purpose), unless
+    ``fail_on_agent_error=True``."""
+    fail = options.pop("fail_on_agent_error", False)
     async with trio.open_nursery() as nursery:
         await nursery.start(emulator.run)
-        async with running_bridge(quick_bridge(connector(), agent, **options)) as bridge:
+        bridge = quick_bridge(connector(), agent, **options)
+        async with running_bridge(bridge, fail_on_agent_error=fail) as bridge:
             yield bridge
         nursery.cancel_scope.cancel()
 

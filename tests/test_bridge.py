@@ -216,7 +216,9 @@ async def test_a_timed_out_run_whose_cleanup_raises_is_a_timeout(
     agent, _ = _cleanup_fails_on_first_call()
     store = cb.MemoryStore()
     chat = FakeConnector()
-    async with running_bridge(make_bridge(agent, chat, store=store, run_timeout=30.0)) as bridge:
+    async with running_bridge(
+        make_bridge(agent, chat, store=store, run_timeout=30.0), fail_on_agent_error=False
+    ) as bridge:
         message = await chat.say("m1")
         await trio.sleep(40)
         stats = bridge.stats()
@@ -335,7 +337,7 @@ def test_whatever_agents_do_the_bridge_goes_on_and_settles_every_message(
         bridge = make_bridge(agent, chat, store=store, on_busy=on_busy, run_timeout=run_timeout)
         chat.fail_sends(fail_sends)
         delivered = []
-        async with running_bridge(bridge):
+        async with running_bridge(bridge, fail_on_agent_error=False):
             for chat_number, gap, kind in script:
                 await trio.sleep(gap)
                 delivered.append(await chat.say(kind, chat=f"c{chat_number}"))
@@ -629,7 +631,9 @@ async def test_a_failing_agent_does_not_stop_others(
 
     store = cb.MemoryStore()
     chat = FakeConnector()
-    async with running_bridge(make_bridge(picky, chat, store=store)) as bridge:
+    async with running_bridge(
+        make_bridge(picky, chat, store=store), fail_on_agent_error=False
+    ) as bridge:
         bad = await chat.say("boom", chat="x")
         await chat.say("fine", chat="y")
         assert (await chat.next_reply()).chat == "y"
@@ -659,7 +663,7 @@ async def test_failures_and_timeouts_in_one_slot_leave_the_runs_after_them_alone
     chat = FakeConnector()
     said = [chat.message(text, chat=text) for text in ("boom", "slow", "fine")]
     bridge = make_bridge(varied, chat, store=store, concurrency=1, run_timeout=2.0)
-    async with running_bridge(bridge):
+    async with running_bridge(bridge, fail_on_agent_error=False):
         chat.deliver(*said)
         assert (await chat.next_reply()).chat == "fine"
         stats = bridge.stats()
@@ -678,7 +682,9 @@ async def test_run_timeout_cancels_and_records(autojump_clock: trio.testing.Mock
 
     store = cb.MemoryStore()
     chat = FakeConnector()
-    async with running_bridge(make_bridge(stuck, chat, store=store, run_timeout=30.0)) as bridge:
+    async with running_bridge(
+        make_bridge(stuck, chat, store=store, run_timeout=30.0), fail_on_agent_error=False
+    ) as bridge:
         message = await chat.say("hello")
         await trio.sleep(40)
         assert bridge.stats().timeouts == 1
@@ -720,7 +726,7 @@ async def test_runs_that_finished_as_the_bridge_is_cancelled_are_marked_done(
                 raise ValueError("bad input")
 
         bridge = make_bridge(agent, chat, store=store, debounce=cb.Debounce(window=0))
-        async with running_bridge(bridge):
+        async with running_bridge(bridge, fail_on_agent_error=False):
             for text in ["slow", "ok", "bad", "last"]:
                 await chat.say(text, chat=text, id=text)
             await trio.sleep_forever()
@@ -1012,7 +1018,7 @@ async def test_send_failure_is_a_failed_run_not_a_crash(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     chat = FakeConnector()
-    async with running_bridge(make_bridge(echo, chat)) as bridge:
+    async with running_bridge(make_bridge(echo, chat), fail_on_agent_error=False) as bridge:
         chat.fail_sends(1)
         await chat.say("lost")
         await trio.sleep(5)
@@ -1251,7 +1257,7 @@ async def test_a_connector_sees_a_timed_out_run_fail_and_an_interrupted_one_canc
 
     chat = _Seeing()
     bridge = make_bridge(agent, chat, on_busy="interrupt", run_timeout=30.0, shutdown_grace=5.0)
-    async with running_bridge(bridge):
+    async with running_bridge(bridge, fail_on_agent_error=False):
         await chat.say("slow", chat="a")
         await trio.sleep(40)
         assert chat.ends == ["failed"]  # timed out
@@ -1297,7 +1303,7 @@ async def test_a_running_context_stuck_entering_or_leaving_is_ended_past_run_tim
 
     chat = _Stuck()
     bridge = make_bridge(agent, chat, run_timeout=30.0)
-    async with running_bridge(bridge):
+    async with running_bridge(bridge, fail_on_agent_error=False):
         await chat.say("enter", chat="a")
         await chat.say("leave", chat="b")
         assert (await chat.next_reply()).text == "ok leave"

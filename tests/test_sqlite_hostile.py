@@ -87,7 +87,7 @@ async def test_done_mark_refused_by_a_locked_file_keeps_the_bridge_and_replays(
     try:
         with trio.fail_after(10):
             chat = FakeConnector()
-            async with running_bridge(bridge(chat)) as running:
+            async with running_bridge(bridge(chat), fail_on_agent_error=False) as running:
                 await chat.say("first")
                 await seen.event.wait()
                 lock.__exit__(None, None, None)
@@ -100,7 +100,7 @@ async def test_done_mark_refused_by_a_locked_file_keeps_the_bridge_and_replays(
             assert str(path) in warning and "another connection held" in warning
 
             again = FakeConnector()
-            async with running_bridge(bridge(again)) as restarted:
+            async with running_bridge(bridge(again), fail_on_agent_error=False) as restarted:
                 assert (await again.next_reply()).text == "first"  # replayed, once
                 assert restarted.stats().replayed == 1
             assert handled == ["first", "second", "first"]

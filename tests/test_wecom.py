@@ -109,6 +109,33 @@ async def test_an_interrupted_stream_whose_last_frame_is_refused_is_rerun(
     assert (stats.interrupts, stats.failures) == (1, 0)
 
 
+async def test_the_rerun_of_an_interrupted_stream_does_not_finish_its_callback_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The interrupted run finished its stream on the first callback (the partial text); the
+    rerun, closing its batch's earlier callbacks, sent that one a second finished stream,
+    which WeCom refuses (846608): a refused frame and a log line at every interrupt."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write(" ".join(m.text for m in batch.messages))
+            await trio.sleep(10)
+
+    async with wecom_bridge(agent, on_busy="interrupt") as (emu, bridge):
+        first = emu.user_says("kim", "first")
+        await trio.sleep(3)  # the first run is streaming
+        second = emu.user_says("kim", "second")
+        while (await emu.next_sent()).req_id != second:
+            pass
+        stats = bridge.stats()
+    finishes = [
+        fr.req_id for fr in emu.commands("aibot_respond_msg") if fr.body["stream"]["finish"]
+    ]
+    assert finishes == [first, second]  # each callback finished once
+    assert [a for a in emu.activity if a.kind == "refused"] == []
+    assert stats.interrupts == 1
+
+
 async def test_a_burst_of_callbacks_is_journaled_in_one_put(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

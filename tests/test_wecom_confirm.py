@@ -51,7 +51,7 @@ async def bridge_on(
         await nursery.start(emu.run)
         connector = emu.connector() if connector is None else connector
         bridge = quick_bridge(connector, agent, store=store, **options)
-        async with running_bridge(bridge):
+        async with running_bridge(bridge, fail_on_agent_error=False):
             with trio.fail_after(600):  # virtual seconds: a hang fails
                 yield bridge, store
         nursery.cancel_scope.cancel()

@@ -14,7 +14,7 @@ import trio
 from . import _redact, _stats
 from ._connector import Connector, ConnectorContext
 from ._debounce import Debounce, Debouncer
-from ._dispatch import Agent, Dispatcher, OnBusy
+from ._dispatch import Agent, Dispatcher, FailureListener, OnBusy
 from ._errors import ChatBridgeError, ConfigurationError
 from ._inbox import Inbox
 from ._latency import Latencies, LatencyListener
@@ -136,6 +136,7 @@ class Bridge:
     _ran: bool = attrs.field(default=False, init=False, repr=False)
     _board: StatusBoard = attrs.field(init=False, repr=False)
     _latency_listeners: list[LatencyListener] = attrs.field(factory=list, init=False, repr=False)
+    _failure_listeners: list[FailureListener] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._board = StatusBoard(c.name for c in self.connectors)
@@ -166,6 +167,20 @@ class Bridge:
         """``async for statuses in bridge.status_changes():`` the statuses now, then after each
         change, until the bridge stops. A slow loop sees the latest states (never a backlog)."""
         return self._board.changes()
+
+    def add_failure_listener(self, listener: FailureListener) -> Callable[[], None]:
+        """Call ``listener(batch, error, exception)`` for each agent run that failed (it raised,
+        ran past ``run_timeout``, or its account has no connector), once the failure is
+        recorded; ``error`` is the text the journal keeps, ``exception`` what the agent raised
+        (None when it raised nothing). Not for runs an interrupt, the shutdown or a
+        cancellation ended. Returns a function that removes the listener.
+
+        The listener runs in the dispatcher's task: keep it short and never blocking; what it
+        raises is logged and ignored. May be added while the bridge runs. A test harness's
+        way to fail on an agent's bug (``testing.running_bridge`` uses it), or an alert's.
+        """
+        self._failure_listeners.append(listener)
+        return lambda: self._failure_listeners.remove(listener)
 
     def add_latency_listener(self, listener: LatencyListener) -> None:
         """Call ``listener(kind, seconds)`` for each run: ``"agent_start"``, from receiving the
@@ -259,6 +274,7 @@ class Bridge:
             run_timeout=self.run_timeout,
             latencies=latencies,
             max_waiting=self.queue_size,
+            failure_listeners=self._failure_listeners,
         )
         for connector in self.connectors:
             supervisor = Supervisor(connector, self.backoff, self._counters, self._board.publish)

@@ -19,7 +19,7 @@ import logging
 import math
 import types
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Final, Literal, TypeAlias
 
@@ -42,6 +42,10 @@ Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
 """``async def agent(batch, reply) -> None``: what the user writes."""
 DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
 OnBusy: TypeAlias = Literal["queue", "interrupt"]
+FailureListener: TypeAlias = Callable[[Batch, str, "BaseException | None"], None]
+"""``listener(batch, error, exception)``, called for each run that failed: ``error`` is what the
+journal records, ``exception`` what the agent raised (None: no connector for the account; a
+timeout gives the exception the cut-off run raised, if any)."""
 UNMARKED: Final = "journal.unmarked"  # handled messages whose done-mark the store refused
 _UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
 LEAVE_GRACE: Final = 10.0
@@ -172,9 +176,11 @@ class Dispatcher:
         run_timeout: float | None = None,
         latencies: Latencies | None = None,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        failure_listeners: Sequence[FailureListener] = (),
     ) -> None:
         self._agent = agent
         self._latencies = latencies
+        self._failure_listeners = failure_listeners
         self._connectors = connectors
         # Connectors whose running() holds something (typing indicators): the others' agents
         # run without entering the default's empty context manager.
@@ -426,7 +432,7 @@ class Dispatcher:
                 latest.account,
                 batch.session,
             )
-            return "no connector configured for this account"
+            return self._failed(batch, "no connector configured for this account", None)
         self._counters[_stats.RUNS] += 1
         on_sent = self._count_reply
         if self._latencies is not None:
@@ -492,7 +498,7 @@ class Dispatcher:
             self._counters[_stats.TIMEOUTS] += 1
             if failure is None:
                 self._counters[_stats.FAILURES] += 1
-            return f"agent timed out after {self._run_timeout} s"
+            return self._failed(batch, f"agent timed out after {self._run_timeout} s", failure)
         if failure is None:
             if cut_off:  # but the context swallowed the Cancelled (a connector's bug): the
                 # interrupt, the shutdown grace or the bridge's cancellation that cut the run
@@ -502,8 +508,17 @@ class Dispatcher:
         # An error came out instead of Cancelled: if an interrupt, the shutdown grace or the
         # bridge's cancellation asked this run to stop, that is what decides its fate.
         await trio.lowlevel.checkpoint_if_cancelled()
-        failure = _innermost(failure)
-        return f"{type(failure).__name__}: {failure}"
+        innermost = _innermost(failure)
+        return self._failed(batch, f"{type(innermost).__name__}: {innermost}", failure)
+
+    def _failed(self, batch: Batch, error: str, exception: BaseException | None) -> str:
+        """Tell the failure listeners that the run on ``batch`` failed; returns ``error``."""
+        for listener in self._failure_listeners:
+            try:
+                listener(batch, error, exception)
+            except Exception:  # a listener's bug: never the dispatcher's end
+                log.exception("a failure listener raised")
+        return error
 
     def _count_reply(self) -> None:
         self._counters[_stats.REPLIES] += 1

@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import trio
+
 from .._bridge import Bridge, running
+from .._errors import ChatBridgeError
+from .._messages import Batch
 from .._status import Statuses
+
+
+class AgentFailed(ChatBridgeError):
+    """An agent run failed inside :func:`running_bridge`: the test's bot has a bug (the cause is
+    what the agent raised), or ran past ``run_timeout``."""
 
 
 def settled(statuses: Statuses) -> bool:
@@ -16,11 +25,19 @@ def settled(statuses: Statuses) -> bool:
 
 
 @asynccontextmanager
-async def running_bridge(bridge: Bridge) -> AsyncIterator[Bridge]:
+async def running_bridge(
+    bridge: Bridge, *, fail_on_agent_error: bool = True
+) -> AsyncIterator[Bridge]:
     """Start ``bridge``, wait until each connector has come up once, failed for good (state
     ``failed``: a fatal error, never retried) or paused, yield it, then shut it down gracefully
     on exit. A connector that keeps failing and retrying (``backoff``) is waited for: bound the
     block with ``trio.fail_after``.
+
+    An agent run that fails (raises, or runs past ``run_timeout``) ends the block at once
+    with :class:`AgentFailed`, the agent's exception as its cause: a test waiting for a reply
+    that a bug keeps from coming fails with that bug, instead of waiting for good. A test of
+    how failures are handled passes ``fail_on_agent_error=False``: failures are then only
+    logged and counted, as the bridge does.
 
     ``async with running_bridge(bridge): ...`` is how tests talk to a running bridge; waiting for
     the connectors keeps a test from speaking before anyone listens. The name says what the block
@@ -31,6 +48,23 @@ async def running_bridge(bridge: Bridge) -> AsyncIterator[Bridge]:
     If cancelled (while waiting or in the block), the bridge stops at once, as a cancelled
     ``bridge.run`` does: journaled messages not yet answered are replayed at the next start.
     """
-    async with running(bridge):
-        await bridge.wait_status(settled)
-        yield bridge
+    failures: list[AgentFailed] = []
+    with trio.CancelScope() as block:
+
+        def failed(batch: Batch, error: str, exception: BaseException | None) -> None:
+            if not failures:
+                failure = AgentFailed(f"the agent failed on session {batch.session}: {error}")
+                failure.__cause__ = exception
+                failures.append(failure)
+            block.cancel()
+
+        remove = bridge.add_failure_listener(failed) if fail_on_agent_error else None
+        try:
+            async with running(bridge):
+                await bridge.wait_status(settled)
+                yield bridge
+        finally:
+            if remove is not None:
+                remove()
+    if failures:
+        raise failures[0]

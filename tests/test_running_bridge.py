@@ -1,0 +1,79 @@
+"""``testing.running_bridge`` fails a test whose agent has a bug, instead of letting it wait for
+a reply that never comes; ``Bridge.add_failure_listener`` is how it knows."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import trio_chatbridge as cb
+from trio_chatbridge.testing import AgentFailed, FakeConnector, running_bridge
+
+
+async def buggy(batch: cb.Batch, reply: cb.Reply) -> None:
+    names: dict[str, str] = {}
+    await reply.send(f"hello {names[batch.text]}")  # KeyError: the bug
+
+
+async def test_a_failing_agent_ends_the_block_with_its_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A newcomer's first test: without this it waited in next_reply() for good, the autojump
+    clock spinning."""
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], buggy, store=cb.MemoryStore())
+    with trio.fail_after(60), pytest.raises(AgentFailed) as info:
+        async with running_bridge(bridge):
+            await chat.say("ann", chat="c1")
+            await chat.next_reply()
+    assert str(info.value) == "the agent failed on session fake:bot:c1: KeyError: 'ann'"
+    assert isinstance(info.value.__cause__, KeyError)
+    assert trio.current_time() < 10  # at once, not at some timeout
+    assert bridge.stats().failures == 1
+
+
+async def test_a_run_past_its_timeout_fails_the_block_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(batch: cb.Batch, reply: cb.Reply) -> None:
+        await trio.sleep_forever()
+
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], slow, store=cb.MemoryStore(), run_timeout=5)
+    with trio.fail_after(60), pytest.raises(AgentFailed, match="timed out after 5"):
+        async with running_bridge(bridge):
+            await chat.say("hi", chat="c1")
+            await trio.sleep_forever()
+
+
+async def test_failures_can_be_expected_and_are_told_to_listeners(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    told: list[tuple[str, str, type[BaseException] | None]] = []
+    failed = [trio.Event(), trio.Event()]
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], buggy, store=cb.MemoryStore())
+
+    def listener(batch: cb.Batch, error: str, exception: BaseException | None) -> None:
+        told.append((batch.session, error, type(exception) if exception else None))
+
+    def broken(batch: cb.Batch, error: str, exception: BaseException | None) -> None:
+        raise RuntimeError("a listener's own bug")  # logged; the dispatcher goes on
+
+    def counting(batch: cb.Batch, error: str, exception: BaseException | None) -> None:
+        (failed[1] if failed[0].is_set() else failed[0]).set()
+
+    remove = bridge.add_failure_listener(listener)
+    bridge.add_failure_listener(broken)
+    bridge.add_failure_listener(counting)
+    with trio.fail_after(60):
+        async with running_bridge(bridge, fail_on_agent_error=False):
+            await chat.say("ann", chat="c1")
+            await failed[0].wait()
+            remove()
+            await chat.say("bob", chat="c2")
+            await failed[1].wait()
+    assert told == [("fake:bot:c1", "KeyError: 'ann'", KeyError)]
+    assert bridge.stats().failures == 2
+    assert chat.sent == []
