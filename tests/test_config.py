@@ -483,3 +483,27 @@ secret = "s"
         "http.listen: the environment variable NO_SUCH_LISTEN is not set",
         "connectors[0].bot_id: the environment variable NO_SUCH_BOT is not set",
     ]
+
+
+def test_a_value_not_in_its_form_says_the_form_not_a_regex(tmp_path: Path) -> None:
+    """pydantic's own message quoted its pattern ('String should match pattern ...')."""
+    toml = """
+    agent = "cfgbot.agent"
+
+    [http]
+    listen = "8080"
+
+    [[connectors]]
+    platform = "wecom-webhook"
+    bot_id = "b"
+    token = "t"
+    encoding_aes_key = "k"
+    path = "wecom"
+    """
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(write(tmp_path, toml), {})
+    said = {p.path: p.message for p in caught.value.problems}
+    assert said["agent"].startswith("write module:function, as bot:agent")
+    assert said["http.listen"].startswith("write host:port, as 127.0.0.1:8080")
+    assert said["connectors[0].path"] == "write a path starting with /, as /wecom"
+    assert not any("pattern" in message for message in said.values())

@@ -427,6 +427,14 @@ def _resolve(
     return _REFERENCE.sub(substitute, value)
 
 
+_PATTERN_SAID: Final = {
+    "agent": "write module:function, as bot:agent (the module beside this file)",
+    "listen": "write host:port, as 127.0.0.1:8080 or [::1]:8080 (port 0: any free one)",
+    "path": "write a path starting with /, as /wecom",
+}
+"""What a key whose value does not match its pattern says, instead of pydantic's regex."""
+
+
 def _problems(error: pydantic.ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors(include_input=False, include_url=False):
@@ -439,6 +447,8 @@ def _problems(error: pydantic.ValidationError) -> list[Problem]:
             message = "unknown key (misspelt?)"
         elif item["type"] == "union_tag_invalid":
             message = "platform must be one of 'weixin', 'wecom', 'wecom-webhook', 'lark'"
+        elif item["type"] == "string_pattern_mismatch":  # pydantic quotes its regex
+            message = _PATTERN_SAID.get(str(location[-1]), message)
         problems.append(Problem(_key_path(location), message))
     return problems
 
