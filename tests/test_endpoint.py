@@ -167,6 +167,7 @@ def test_the_log_preset_writes_one_line_per_event_with_its_place(
 
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         logging.getLogger("httpx").info("HTTP Request: POST https://example.invalid 200")
+        logging.getLogger("coredis").info("Retry attempt 1 due to error: No matching script")
     finally:
         logging.getLogger().removeHandler(handler)
     lines = out.getvalue().splitlines()
@@ -176,6 +177,7 @@ def test_the_log_preset_writes_one_line_per_event_with_its_place(
     assert "WARNING trio_chatbridge.supervise [fake:bot] connector fake:bot failed:" in retry
     assert not any("Traceback" in line for line in lines)  # at DEBUG only
     assert not any("HTTP Request" in line for line in lines)  # httpx is quieted
+    assert not any("No matching script" in line for line in lines)  # and coredis
 
 
 def test_the_json_preset_writes_one_object_per_line() -> None:

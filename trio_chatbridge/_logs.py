@@ -4,7 +4,8 @@ Each line says which connector (platform, account) and which session it concerns
 supervisor and the dispatcher set them in context variables, which Trio copies into every task
 they start, and a filter copies them onto each record (``record.platform``, ``.account``,
 ``.session``). Dependencies that log every request at INFO (httpx, httpcore, hypercorn's
-access log, trio-websocket) are quieted to WARNING. ``json_lines=True`` writes one JSON object
+access log, trio-websocket), and coredis's retries (the store reports what fails), are quieted
+to WARNING. ``json_lines=True`` writes one JSON object
 per line for log collectors.
 """
 
@@ -22,7 +23,15 @@ CONNECTOR: Final = contextvars.ContextVar[tuple[str, str] | None]("connector", d
 SESSION: Final = contextvars.ContextVar[str | None]("session", default=None)
 """The session the current task runs the agent for."""
 
-NOISY: Final = ("httpx", "httpcore", "hpack", "hypercorn.access", "trio-websocket", "asyncio")
+NOISY: Final = (
+    "httpx",
+    "httpcore",
+    "hpack",
+    "hypercorn.access",
+    "trio-websocket",
+    "asyncio",
+    "coredis",  # "Retry attempt 1 due to error: No matching script" at every start
+)
 """Loggers quieted to WARNING by the preset."""
 _HANDLER_NAME: Final = "trio_chatbridge"
 
