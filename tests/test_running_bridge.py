@@ -77,3 +77,19 @@ async def test_failures_can_be_expected_and_are_told_to_listeners(
     assert told == [("fake:bot:c1", "KeyError: 'ann'", KeyError)]
     assert bridge.stats().failures == 2
     assert chat.sent == []
+
+
+def test_a_plain_function_is_refused_as_the_agent_when_the_bridge_is_built() -> None:
+    """Every run of it failed ('object NoneType can't be used in await expression')."""
+
+    def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        pass
+
+    with pytest.raises(cb.ConfigurationError, match="write 'async def agent"):
+        cb.Bridge([FakeConnector()], agent, store=cb.MemoryStore())  # type: ignore[arg-type]
+
+    class Callable:  # an object whose __call__ is async is fine
+        async def __call__(self, batch: cb.Batch, reply: cb.Reply) -> None:
+            pass
+
+    cb.Bridge([FakeConnector()], Callable(), store=cb.MemoryStore())

@@ -153,6 +153,7 @@ async def test_redis_reads_a_value_an_older_version_wrote_over_one_with_a_ttl(
     earlier: the newer value (the hash's) is read, not the older one until it expires. (This
     version never leaves both: each of its writes clears the other place.)"""
     store = store_factory("redis", request, tmp_path)()
+    assert isinstance(store, cb.RedisStore)
     raw = raw_client("redis", request)
     async with store, raw:
         await store.set("p", "a", "ctx:u", "old", ttl=3600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -139,6 +140,14 @@ class Bridge:
     _failure_listeners: list[FailureListener] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if not inspect.iscoroutinefunction(self.agent) and not inspect.iscoroutinefunction(
+            getattr(self.agent, "__call__", None)  # noqa: B004 - a callable object's method
+        ):
+            raise ConfigurationError(
+                f"the agent {getattr(self.agent, '__qualname__', self.agent)!r} is not an async "
+                "function: write 'async def agent(batch, reply)' (every run of a plain function "
+                "failed, 'object NoneType can't be used in await expression')"
+            )
         self._board = StatusBoard(c.name for c in self.connectors)
         if self.wall_clock is None:
             self.wall_clock = self.store.wall_clock
