@@ -290,3 +290,51 @@ class Store(ABC):
         calls it: rounds still find out. After cancellation nothing is listening any more."""
         task_status.started()
         await trio.sleep_forever()
+
+
+class OneWriteStore(Store):
+    """A store that writes any set of values, and a cursor with them, in one write (one
+    transaction, one script): ``set``, ``set_many`` and ``set_cursor`` are that one write,
+    :meth:`_write_values`, so a cursor never lands without the values saved with it."""
+
+    async def set(
+        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
+    ) -> None:
+        """As :meth:`Store.set`. Cancelled: written or not (one write)."""
+        await self._write_values(platform, account, {key: value}, ttl)
+
+    async def set_many(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        *,
+        ttl: float | None = None,
+    ) -> None:
+        """As :meth:`Store.set_many`, in one write. Cancelled: every value written or none."""
+        await self._write_values(platform, account, values, ttl)
+
+    async def set_cursor(
+        self,
+        platform: str,
+        account: str,
+        cursor: str,
+        *,
+        with_values: Mapping[str, str | None] | None = None,
+        values_ttl: float | None = None,
+    ) -> None:
+        """As :meth:`Store.set_cursor`, the cursor and the values in one write. Cancelled: all
+        of it written or none."""
+        await self._write_values(platform, account, with_values or {}, values_ttl, cursor)
+
+    @abstractmethod
+    async def _write_values(
+        self,
+        platform: str,
+        account: str,
+        values: Mapping[str, str | None],
+        ttl: float | None,
+        cursor: str | None = None,
+    ) -> None:
+        """``values`` (None deletes), each with ``ttl`` (checked by :func:`checked_ttl`), and
+        ``cursor`` (no TTL) if given, in one write."""

@@ -11,7 +11,14 @@ import msgspec
 import trio
 
 from .._messages import Message
-from ._base import JournalEntry, JournalKey, JournalState, Store, checked_ttl
+from ._base import (
+    CURSOR_KEY,
+    JournalEntry,
+    JournalKey,
+    JournalState,
+    OneWriteStore,
+    checked_ttl,
+)
 
 _SCANNED: Final = 8  # messages in a page up to which a done-mark looks through them in turn
 
@@ -71,7 +78,7 @@ class _Page(msgspec.Struct, gc=False):
 
 
 @attrs.define(eq=False)
-class MemoryStore(Store):
+class MemoryStore(OneWriteStore):
     """Keeps everything in dicts. Leases expire on Trio's clock, so tests can drive them.
 
     Nothing survives the process; use :class:`SQLiteStore` for that. Its repr shows none of
@@ -212,18 +219,13 @@ class MemoryStore(Store):
             return None
         return text
 
-    async def set(
-        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
-    ) -> None:
-        await self.set_many(platform, account, {key: value}, ttl=ttl)
-
-    async def set_many(
+    async def _write_values(
         self,
         platform: str,
         account: str,
         values: Mapping[str, str | None],
-        *,
-        ttl: float | None = None,
+        ttl: float | None,
+        cursor: str | None = None,
     ) -> None:
         """One write with no checkpoint in it, so a cancellation never leaves it half done.
         (A WeChat page stores a context token per message with its cursor: one loop here,
@@ -238,6 +240,8 @@ class MemoryStore(Store):
                 stored[(platform, account, key)] = value
             else:
                 stored[(platform, account, key)] = (value, expires)
+        if cursor is not None:
+            stored[(platform, account, CURSOR_KEY)] = cursor
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         now = trio.current_time()

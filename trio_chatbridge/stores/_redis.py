@@ -47,7 +47,14 @@ from .._errors import ConfigurationError, ProtocolError, StoreError, find_error
 from .._messages import Message
 from .._names import account_name
 from . import _tls
-from ._base import CURSOR_KEY, JournalEntry, JournalKey, JournalState, Store, checked_ttl
+from ._base import (
+    CURSOR_KEY,
+    JournalEntry,
+    JournalKey,
+    JournalState,
+    OneWriteStore,
+    checked_ttl,
+)
 from ._codec import decode_message, encode_message, unencodable
 
 if TYPE_CHECKING:  # imported where used: a bridge on another store never pays for coredis
@@ -312,7 +319,7 @@ Client: TypeAlias = "coredis.Redis[str] | coredis.RedisCluster[str]"
 
 
 @final
-class RedisStore(Store):
+class RedisStore(OneWriteStore):
     """A store in Redis (or Redis Cluster), shared by bridges on several processes.
 
     Build it with :meth:`from_url`. ``prefix`` starts every key, so several deployments can
@@ -878,37 +885,6 @@ class RedisStore(Store):
         value: object = await self._call("read from", self._kv_read(keys, [key]))
         return None if value is None else str(value)
 
-    async def set(
-        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
-    ) -> None:
-        """As :meth:`Store.set`, fenced. Cancelled: set or not, unknown which."""
-        await self._write_values(platform, account, {key: value}, ttl)
-
-    async def set_many(
-        self,
-        platform: str,
-        account: str,
-        values: Mapping[str, str | None],
-        *,
-        ttl: float | None = None,
-    ) -> None:
-        """As :meth:`Store.set_many`, in one fenced script. Cancelled: every value was
-        written or none. A value with a TTL is a key of its own, which Redis expires."""
-        await self._write_values(platform, account, values, ttl)
-
-    async def set_cursor(
-        self,
-        platform: str,
-        account: str,
-        cursor: str,
-        *,
-        with_values: Mapping[str, str | None] | None = None,
-        values_ttl: float | None = None,
-    ) -> None:
-        """As :meth:`Store.set_cursor`, in one fenced script: a cursor never lands without
-        the values saved with it. Cancelled: all of it written or none."""
-        await self._write_values(platform, account, with_values or {}, values_ttl, cursor)
-
     async def _write_values(
         self,
         platform: str,
@@ -918,7 +894,7 @@ class RedisStore(Store):
         cursor: str | None = None,
     ) -> None:
         """``values`` (None deletes), each with ``ttl``, and ``cursor`` (none) if given, in
-        one fenced script."""
+        one fenced script: a value with a TTL is a key of its own, which Redis expires."""
         ttl = checked_ttl(ttl)
         if not values and cursor is None:
             return

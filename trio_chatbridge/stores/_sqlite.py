@@ -29,7 +29,7 @@ import trio
 
 from .._errors import ProtocolError, StoreError
 from .._messages import Message
-from ._base import CURSOR_KEY, JournalEntry, JournalKey, Store, checked_ttl
+from ._base import CURSOR_KEY, JournalEntry, JournalKey, OneWriteStore, checked_ttl
 from ._codec import decode_message, encode_message, unencodable
 
 log = logging.getLogger("trio_chatbridge.stores.sqlite")
@@ -146,7 +146,7 @@ expiry (its upsert sets the value only); and it reads values past their TTL."""
 T = TypeVar("T")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(OneWriteStore):
     """A store in one SQLite file; survives restarts, and can be shared by processes on one host.
 
     A new file is created readable by its owner only (0600, like its ``-wal`` and ``-shm``
@@ -634,34 +634,6 @@ class SQLiteStore(Store):
 
         row = await self._call(select)
         return None if row is None else str(row[0])
-
-    async def set(
-        self, platform: str, account: str, key: str, value: str | None, *, ttl: float | None = None
-    ) -> None:
-        await self._write_values(platform, account, {key: value}, ttl)
-
-    async def set_many(
-        self,
-        platform: str,
-        account: str,
-        values: Mapping[str, str | None],
-        *,
-        ttl: float | None = None,
-    ) -> None:
-        await self._write_values(platform, account, values, ttl)
-
-    async def set_cursor(
-        self,
-        platform: str,
-        account: str,
-        cursor: str,
-        *,
-        with_values: Mapping[str, str | None] | None = None,
-        values_ttl: float | None = None,
-    ) -> None:
-        """As :meth:`Store.set_cursor`: the cursor and the values in one transaction.
-        Cancelled: all or nothing."""
-        await self._write_values(platform, account, with_values or {}, values_ttl, cursor)
 
     async def _write_values(
         self,
