@@ -23,7 +23,8 @@ from trio_chatbridge.testing import WeComEmulator, running_bridge
 
 async def test_the_bot_answers_a_message(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        emulator = await nursery.start(WeComEmulator().run)
+        emulator = WeComEmulator()
+        await nursery.start(emulator.run)
         bridge = make_bridge([emulator.connector()], store=cb.MemoryStore())
         async with running_bridge(bridge):
             emulator.user_says("alice", "hello")
@@ -36,7 +37,8 @@ async def test_a_burst_gets_one_answer_after_a_second_of_quiet(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        emulator = await nursery.start(WeComEmulator().run)
+        emulator = WeComEmulator()
+        await nursery.start(emulator.run)
         bridge = make_bridge([emulator.connector()], store=cb.MemoryStore())
         async with running_bridge(bridge):
             emulator.user_says("bob", "one")

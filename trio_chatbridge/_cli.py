@@ -228,7 +228,8 @@ from bot import agent
 def test_a_burst_is_answered_once_after_the_quiet_window() -> None:
     async def main() -> str:
         async with trio.open_nursery() as nursery:
-            emulator = await nursery.start(WeComEmulator().run)
+            emulator = WeComEmulator()
+            await nursery.start(emulator.run)
             bridge = cb.Bridge(
                 [emulator.connector()],
                 agent,
