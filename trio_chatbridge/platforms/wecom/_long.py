@@ -659,7 +659,8 @@ class _Confirming:
         finally:
             if not posted:  # (cancelled too: the run then ignores its confirmations)
                 confirmation.withdraw()
-        connector._took_final(state.req_id)  # (refused later: closing it again is refused too)
+        if posted:  # (refused later: closing it again would be refused too)
+            connector._took_final(state.req_id)
         return posted
 
     def carry(self) -> None:
