@@ -53,12 +53,15 @@ async def emulator_bridge(
 ) -> AsyncIterator[cb.Bridge]:
     """Run ``emulator`` (in memory) and a :func:`quick_bridge` on ``connector()``. Failed agent
     runs are only counted (many tests here fail them on purpose), unless
-    ``fail_on_agent_error=True``."""
+    ``fail_on_agent_error=True``; ``start_timeout`` as ``running_bridge``'s."""
     fail = options.pop("fail_on_agent_error", False)
+    start_timeout = options.pop("start_timeout", 60)
     async with trio.open_nursery() as nursery:
         await nursery.start(emulator.run)
         bridge = quick_bridge(connector(), agent, **options)
-        async with running_bridge(bridge, fail_on_agent_error=fail) as bridge:
+        async with running_bridge(
+            bridge, fail_on_agent_error=fail, start_timeout=start_timeout
+        ) as bridge:
             yield bridge
         nursery.cancel_scope.cancel()
 

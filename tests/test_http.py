@@ -201,7 +201,7 @@ async def test_a_bridge_waits_out_a_discovery_retry_after_and_a_reply_failure_is
     async with trio.open_nursery() as nursery:
         await nursery.start(emu.run)
         started = trio.current_time()
-        async with running_bridge(bridge, fail_on_agent_error=False):
+        async with running_bridge(bridge, fail_on_agent_error=False, start_timeout=None):
             assert trio.current_time() - started == pytest.approx(300, abs=1)  # not 1 s
             assert bridge.stats().reconnects == 1
             emu.fail("/reply", 502, b"bad gateway")

@@ -228,7 +228,7 @@ async def test_bad_credentials_are_fatal_and_busy_is_retried(
 ) -> None:
     emu = LarkEmulator()
     emu.fail("/callback/ws/endpoint", 200, {"code": 1, "msg": "system busy"}, times=2)
-    async with lark_bridge(emu=emu) as (_, bridge):
+    async with lark_bridge(emu=emu, start_timeout=None) as (_, bridge):  # two backoffs
         assert bridge.stats().reconnects == 2
         wrong = cb.Bridge([emu.connector(app_secret="nope")], echo, store=cb.MemoryStore())
         async with running_bridge(wrong):

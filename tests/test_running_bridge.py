@@ -8,7 +8,13 @@ import trio
 import trio.testing
 
 import trio_chatbridge as cb
-from trio_chatbridge.testing import AgentFailed, FakeConnector, running_bridge
+from trio_chatbridge.testing import (
+    AgentFailed,
+    ConnectorsNotUp,
+    FakeConnector,
+    WeComEmulator,
+    running_bridge,
+)
 
 
 async def buggy(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -93,3 +99,41 @@ def test_a_plain_function_is_refused_as_the_agent_when_the_bridge_is_built() -> 
             pass
 
     cb.Bridge([FakeConnector()], Callable(), store=cb.MemoryStore())
+
+
+async def test_a_connector_that_never_comes_up_fails_the_start_with_its_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A newcomer's test that forgot to start its emulator waited for good (the connector
+    retrying on the virtual clock, the autojump clock spinning): now it fails at
+    ``start_timeout`` naming the connector and what it last failed with."""
+    emu = WeComEmulator()  # never started
+    bridge = cb.Bridge([emu.connector()], buggy, store=cb.MemoryStore())
+    with trio.fail_after(600), pytest.raises(ConnectorsNotUp) as info:
+        async with running_bridge(bridge):
+            pytest.fail("the block must not run")  # pragma: no cover
+    assert trio.current_time() == pytest.approx(60)
+    said = str(info.value)
+    assert said.startswith("after 60 s, not every connector has come up: wecom:emulator-bot (")
+    assert "start the emulator first: await nursery.start(emulator.run)" in said
+    assert "start_timeout=" in said
+    assert bridge.status()["wecom:emulator-bot"].connects == 0
+
+
+async def test_a_start_that_takes_long_on_purpose_can_be_waited_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        emu = WeComEmulator()
+
+        async def start_late() -> None:
+            await trio.sleep(300)
+            await nursery.start(emu.run)
+
+        nursery.start_soon(start_late)
+        bridge = cb.Bridge([emu.connector()], buggy, store=cb.MemoryStore())
+        with trio.fail_after(3600):
+            async with running_bridge(bridge, start_timeout=None):
+                assert trio.current_time() >= 300
+                assert bridge.status()["wecom:emulator-bot"].connects == 1
+        nursery.cancel_scope.cancel()

@@ -279,7 +279,7 @@ async def test_a_subscribe_refused_as_busy_is_retried(
 
     async with hostile(script) as servers:
         bridge = quick_bridge(connector(hostile.opener), agent)  # type: ignore[attr-defined]
-        async with running_bridge(bridge):
+        async with running_bridge(bridge, start_timeout=None):  # up after two refusals: 123 s
             await trio.sleep(30)
             stats, state = bridge.stats(), bridge.status()[f"wecom:{BOT}"]
     assert len(servers) == 3
@@ -301,7 +301,9 @@ async def test_a_refusal_that_quotes_the_secret_does_not_show_it(
 
     async with hostile(script):
         bridge = quick_bridge(connector(hostile.opener), echo)  # type: ignore[attr-defined]
-        async with running_bridge(bridge):
+        # failed only at 60 s: the close handshake our side attempts after the refusal waits
+        # out its timeout (this server never answers it)
+        async with running_bridge(bridge, start_timeout=None):
             await trio.sleep(10)
             state = bridge.status()[f"wecom:{BOT}"]
     assert state.state == "failed"

@@ -17,6 +17,7 @@ from ._redis import have_redis as have_redis
 from ._redis import redis_cluster as redis_cluster
 from ._redis import redis_server as redis_server
 from ._run import AgentFailed as AgentFailed
+from ._run import ConnectorsNotUp as ConnectorsNotUp
 from ._run import running_bridge as running_bridge
 from ._wecom import InFlightLimit as InFlightLimit
 from ._wecom import WeComEmulator as WeComEmulator
@@ -28,6 +29,7 @@ from ._weixin import WeixinSentMessage as WeixinSentMessage
 
 __all__ = [
     "AgentFailed",
+    "ConnectorsNotUp",
     "Activity",
     "Emulator",
     "FakeConnector",

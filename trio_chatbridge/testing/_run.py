@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,12 @@ class AgentFailed(ChatBridgeError):
     what the agent raised), or ran past ``run_timeout``."""
 
 
+class ConnectorsNotUp(ChatBridgeError):
+    """A connector did not come up within :func:`running_bridge`'s ``start_timeout``: an
+    emulator the test never started, a connector pointed at the wrong address. The message
+    names each connector still waiting, its state and what it last failed with."""
+
+
 def settled(statuses: Statuses) -> bool:
     """Every connector has come up at least once, failed for good, or is paused (the platform
     said it cannot serve for now: an expired WeChat session)."""
@@ -26,12 +33,18 @@ def settled(statuses: Statuses) -> bool:
 
 @asynccontextmanager
 async def running_bridge(
-    bridge: Bridge, *, fail_on_agent_error: bool = True
+    bridge: Bridge, *, fail_on_agent_error: bool = True, start_timeout: float | None = 60
 ) -> AsyncIterator[Bridge]:
     """Start ``bridge``, wait until each connector has come up once, failed for good (state
     ``failed``: a fatal error, never retried) or paused, yield it, then shut it down gracefully
-    on exit. A connector that keeps failing and retrying (``backoff``) is waited for: bound the
-    block with ``trio.fail_after``.
+    on exit.
+
+    A connector that keeps failing and retrying (``backoff``) is waited for up to
+    ``start_timeout`` seconds on Trio's clock (virtual under ``autojump_clock``: no real
+    time), then the bridge stops and :class:`ConnectorsNotUp` says which connector and what
+    it last failed with (an emulator not started says "start the emulator first"). A test
+    that waits through long backoffs on purpose passes a larger value or None (wait for good;
+    bound the block with ``trio.fail_after`` then).
 
     An agent run that fails (raises, or runs past ``run_timeout``) ends the block at once
     with :class:`AgentFailed`, the agent's exception as its cause: a test waiting for a reply
@@ -61,10 +74,26 @@ async def running_bridge(
         remove = bridge.add_failure_listener(failed) if fail_on_agent_error else None
         try:
             async with running(bridge):
-                await bridge.wait_status(settled)
+                limit = math.inf if start_timeout is None else start_timeout
+                with trio.move_on_after(limit) as waiting:
+                    await bridge.wait_status(settled)
+                if waiting.cancelled_caught:
+                    raise ConnectorsNotUp(_not_up(bridge.status(), limit))
                 yield bridge
         finally:
             if remove is not None:
                 remove()
     if failures:
         raise failures[0]
+
+
+def _not_up(statuses: Statuses, waited: float) -> str:
+    waiting = ", ".join(
+        f"{name} ({s.state}, {s.restarts} restarts, last error: {s.last_error or 'none'})"
+        for name, s in statuses.items()
+        if not settled({name: s})
+    )
+    return (
+        f"after {waited:g} s, not every connector has come up: {waiting}. A test that means "
+        "to wait longer passes running_bridge(bridge, start_timeout=None)"
+    )
