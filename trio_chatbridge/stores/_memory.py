@@ -93,11 +93,12 @@ class MemoryStore(OneWriteStore):
     _index: dict[tuple[str, str], dict[str, _Page]] = attrs.field(
         factory=dict, init=False, repr=False
     )
-    _values: dict[tuple[str, str, str], str | tuple[str, float]] = attrs.field(
+    _values: dict[tuple[str, str], dict[str, str | tuple[str, float]]] = attrs.field(
         factory=dict, init=False, repr=False
     )
-    """Each value, or for one stored with a TTL the value and when it expires (Trio's clock):
-    one dict, so a WeChat page's tokens cost one insert each, as before TTLs."""
+    """Per account, each value, or for one stored with a TTL the value and when it expires
+    (Trio's clock): one dict per account, so a WeChat page's tokens cost one insert each by
+    their own key (a key of three strings per value cost three times as much)."""
     _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _members: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False, repr=False)
     _watchers: list[Callable[[], None]] = attrs.field(factory=list, init=False, repr=False)
@@ -200,22 +201,23 @@ class MemoryStore(OneWriteStore):
     def _forget_expired(self) -> None:
         """Drop the values whose TTL has passed (a read drops one it meets; this, the rest)."""
         now = trio.current_time()
-        expired = [
-            where
-            for where, value in self._values.items()
-            if isinstance(value, tuple) and value[1] <= now
-        ]
-        for where in expired:
-            del self._values[where]
+        for values in self._values.values():
+            expired = [
+                key for key, value in values.items() if isinstance(value, tuple) and value[1] <= now
+            ]
+            for key in expired:
+                del values[key]
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
-        where = (platform, account, key)
-        value = self._values.get(where)
+        values = self._values.get((platform, account))
+        if values is None:
+            return None
+        value = values.get(key)
         if not isinstance(value, tuple):
             return value
         text, expires = value
         if expires <= trio.current_time():
-            del self._values[where]
+            del values[key]
             return None
         return text
 
@@ -230,18 +232,20 @@ class MemoryStore(OneWriteStore):
         """One write with no checkpoint in it, so a cancellation never leaves it half done.
         (A WeChat page stores a context token per message with its cursor: one loop here,
         not one ``set`` coroutine per value.) A value's TTL runs on Trio's clock."""
-        stored = self._values
         ttl = checked_ttl(ttl)
+        stored = self._values.get((platform, account))
+        if stored is None:
+            stored = self._values[(platform, account)] = {}
         expires = None if ttl is None else trio.current_time() + ttl
         for key, value in values.items():
             if value is None:
-                stored.pop((platform, account, key), None)
+                stored.pop(key, None)
             elif expires is None:
-                stored[(platform, account, key)] = value
+                stored[key] = value
             else:
-                stored[(platform, account, key)] = (value, expires)
+                stored[key] = (value, expires)
         if cursor is not None:
-            stored[(platform, account, CURSOR_KEY)] = cursor
+            stored[CURSOR_KEY] = cursor
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         now = trio.current_time()
