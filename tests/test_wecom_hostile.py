@@ -301,8 +301,9 @@ async def test_a_refusal_that_quotes_the_secret_does_not_show_it(
 
     async with hostile(script):
         bridge = quick_bridge(connector(hostile.opener), echo)  # type: ignore[attr-defined]
-        # failed only at 60 s: the close handshake our side attempts after the refusal waits
-        # out its timeout (this server never answers it)
+        # failed only at 60 s: after the refusal, our close handshake waits out the opener's
+        # disconnect timeout (upgrade's default, 60 s; the connector's own opener uses 5 s),
+        # this server never answering it
         async with running_bridge(bridge, start_timeout=None):
             await trio.sleep(10)
             state = bridge.status()[f"wecom:{BOT}"]
