@@ -1,4 +1,5 @@
-"""docs/service.md's configuration reference parses, and the defaults it shows are the real ones."""
+"""docs/service.md's configuration reference parses, the defaults it shows are the real ones,
+and its list of metrics is the one ``/metrics`` serves."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+import trio_chatbridge as cb
 from trio_chatbridge._config import load_config
+from trio_chatbridge._metrics import bridge_registry
+from trio_chatbridge.testing import FakeConnector
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "service.md"
 QUICKSTART = DOCS.parent / "quickstart.md"
+METRIC = re.compile(r"(?<!\w)chatbridge_\w+")
 
 AGENT = """\
 import trio_chatbridge as cb
@@ -92,3 +97,36 @@ def test_the_quick_start_test_passes_where_the_page_says_to_save_it(tmp_path: Pa
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+async def echo(batch: cb.Batch, reply: cb.Reply) -> None:
+    await reply.send(batch.text)
+
+
+def served_metrics() -> set[str]:
+    """The name of each metric a bridge's ``/metrics`` serves, as a scrape shows it (a
+    counter with its ``_total``)."""
+    bridge = cb.Bridge([FakeConnector()], echo, store=cb.MemoryStore())
+    return {
+        f"{family.name}_total" if family.type == "counter" else family.name
+        for family in bridge_registry(bridge).collect()
+    }
+
+
+def test_the_metrics_section_lists_every_metric_served_and_no_other() -> None:
+    """A metric added in code without a line in docs/service.md fails here, and so does a
+    line naming a metric that is gone (``chatbridge_undecodable_total`` was served but not
+    listed)."""
+    text = DOCS.read_text(encoding="utf-8")
+    section = re.search(r"\n## Health, readiness and metrics\n(.*?)\n## ", text, re.S)
+    assert section is not None, "docs/service.md lost its metrics section"
+    assert set(METRIC.findall(section.group(1))) == served_metrics()
+
+
+def test_every_metric_a_page_names_is_served() -> None:
+    served = served_metrics()
+    for page in sorted(DOCS.parent.glob("*.md")):
+        if page.name == "changelog.md":  # history: names as they were
+            continue
+        named = set(METRIC.findall(page.read_text(encoding="utf-8")))
+        assert named <= served, f"{page.name} names {sorted(named - served)}"
