@@ -507,3 +507,72 @@ def test_a_value_not_in_its_form_says_the_form_not_a_regex(tmp_path: Path) -> No
     assert said["http.listen"].startswith("write host:port, as 127.0.0.1:8080")
     assert said["connectors[0].path"] == "write a path starting with /, as /wecom"
     assert not any("pattern" in message for message in said.values())
+
+
+SQLITE = """\
+agent = "cfgbot:agent"
+{store}
+
+[[connectors]]
+platform = "wecom"
+bot_id = "bot-1"
+secret = "${{WECOM_SECRET}}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("store", "file"),
+    [
+        ("", "chatbridge.db"),  # the default, as `init` writes it
+        ('store = "sqlite:///chatbridge.db"', "chatbridge.db"),
+        ('store = "sqlite:///data/j.db"', "data/j.db"),
+        ('store = "sqlite:data/j.db"', "data/j.db"),
+    ],
+)
+def test_a_relative_sqlite_path_is_beside_the_config_file_from_any_working_directory(
+    store: str, file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``${file:PATH}`` and the agent's module are: ``run mybot/chatbridge.toml`` (what
+    docs/service.md says after ``init mybot``) kept its journal in the working directory, and
+    a service started elsewhere (systemd's is /) found another one, or none it could write."""
+    bot = tmp_path / "mybot"
+    (bot / "data").mkdir(parents=True)
+    path = write(bot, SQLITE.format(store=store))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(os.path.relpath(path), {"WECOM_SECRET": "s"})
+    bridge = config.build_bridge(config.load_agent())
+    assert isinstance(bridge.store, cb.SQLiteStore)
+    assert Path(bridge.store.path) == bot / file
+    opened = store_from_url(config.store)  # what `check` opens
+    assert isinstance(opened, cb.SQLiteStore) and opened.path == bridge.store.path
+
+
+@pytest.mark.parametrize("store", ["memory://", "sqlite:///:memory:", "sqlite:///{tmp}/j.db"])
+def test_a_store_without_a_relative_path_is_as_written(store: str, tmp_path: Path) -> None:
+    store = store.format(tmp=tmp_path)  # absolute: sqlite:////tmp/...
+    path = write(tmp_path, SQLITE.format(store=f'store = "{store}"'))
+    assert load_config(path, {"WECOM_SECRET": "s"}).store == store
+
+
+def test_a_journal_left_in_the_working_directory_is_a_problem_not_a_fresh_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service that ran from another directory before relative paths followed the file has
+    its journal (pending messages, cursors, WeChat tokens) there: starting on an empty one
+    beside the file would lose them, so it is a problem that says where each is."""
+    bot = tmp_path / "mybot"
+    bot.mkdir()
+    path = write(bot, SQLITE.format(store=""))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chatbridge.db").write_bytes(b"")
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path, {"WECOM_SECRET": "s"})
+    [problem] = caught.value.problems
+    assert problem.path == "store"
+    assert str(tmp_path / "chatbridge.db") in problem.message
+    assert str(bot / "chatbridge.db") in problem.message
+    (bot / "chatbridge.db").write_bytes(b"")  # moved (or copied) beside the file: no problem
+    store = store_from_url(load_config(path, {"WECOM_SECRET": "s"}).store)
+    assert isinstance(store, cb.SQLiteStore) and Path(store.path) == bot / "chatbridge.db"

@@ -182,7 +182,7 @@ CONFIG_TEMPLATE: Final = """\
 # (${{file:/run/secrets/name}}). Every key: see docs/service.md.
 
 agent = "bot:agent"               # module:function, found next to this file
-store = "sqlite:///chatbridge.db" # or "memory://"
+store = "sqlite:///chatbridge.db" # next to this file; or "memory://"
 shutdown_grace = 10.0             # seconds running agents get at shutdown
 
 [debounce]

@@ -2,9 +2,11 @@
 
 Any string may take values from outside the file: ``${NAME}`` is the environment variable
 ``NAME`` (``${NAME:-default}`` when it may be unset), ``${file:PATH}`` the content of a file
-(trailing newline dropped; a relative path is relative to the config file), for container
-secrets; ``$$`` is a literal ``$``. Credentials are ``SecretStr``: they never show in a repr,
-a log line or an error message. Every problem is reported with its key path, all at once.
+(trailing newline dropped), for container secrets; ``$$`` is a literal ``$``. Every relative
+path in the file is relative to the config file's directory: a ``${file:PATH}``, the agent's
+module, and the SQLite file of ``store``. Credentials are ``SecretStr``: they never show in a
+repr, a log line or an error message. Every problem is reported with its key path, all at
+once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeAlias
+from urllib.parse import quote
 
 import attrs
 import pydantic
@@ -243,6 +246,8 @@ class Config(_Model):
     agent: str = Field(pattern=r"^[\w.]+:[\w.]+$")
     """``package.module:function``: the agent, ``async def agent(batch, reply)``."""
     store: str = DEFAULT_STORE
+    """A store URL (``store_from_url``); :func:`load_config` makes a relative SQLite path
+    absolute, in the configuration file's directory."""
     concurrency: int = Field(default=16, ge=1)
     on_busy: Literal["queue", "interrupt"] = "queue"
     run_timeout: float | None = Field(default=None, gt=0)
@@ -341,6 +346,12 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except pydantic.ValidationError as exc:
         problems.extend(p for p in _problems(exc) if p.path not in unresolved)
         raise InvalidConfig(str(source), problems) from None
+    relative = _relative_sqlite(config.store)
+    if relative is not None:
+        beside = Path(os.path.abspath(source.parent / relative))
+        config = config.model_copy(update={"store": "sqlite:///" + quote(str(beside))})
+        if (left := _left_behind(Path(relative), beside)) is not None:
+            problems.append(Problem("store", left))
     problems.extend(
         p for p in _semantic_problems(config, source.parent) if p.path not in unresolved
     )
@@ -348,6 +359,37 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise InvalidConfig(str(source), problems)
     config._inline_secrets = _inline_secrets(raw, config)
     return config
+
+
+def _relative_sqlite(url: str) -> str | None:
+    """The path of the SQLite file ``url`` names when it is relative; None for anything else
+    (another store, an absolute path, an in-memory or ``file:`` database, a URL that is wrong,
+    which the store's check reports)."""
+    try:
+        store = store_from_url(url)
+    except ConfigurationError:
+        return None
+    if not isinstance(store, SQLiteStore) or store.path == ":memory:":
+        return None
+    if store.path.startswith("file:") or os.path.isabs(store.path):
+        return None
+    return store.path
+
+
+def _left_behind(relative: Path, beside: Path) -> str | None:
+    """What to do when the SQLite file ``relative`` names exists in the working directory
+    (where it was kept before relative paths followed the configuration file) and not beside
+    the configuration file: a start would begin an empty journal there, without the pending
+    messages, cursors and tokens of the other one. None when there is nothing to move."""
+    if beside.exists() or not relative.exists():
+        return None
+    found = relative.absolute()
+    return (
+        f"{found} is the journal this store named when relative paths were the working "
+        f"directory's; they are the configuration file's now, so it is {beside}, which does "
+        f"not exist: move the file there (with its -wal and -shm files, the service stopped), "
+        f'or name it absolutely: store = "sqlite:///{quote(str(found))}"'
+    )
 
 
 def _inline_secrets(raw: Mapping[str, Any], config: Config) -> tuple[str, ...]:
