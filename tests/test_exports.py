@@ -338,3 +338,27 @@ def test_every_public_async_function_says_what_holds_after_cancellation() -> Non
     assert len(found) > 120  # the list really reaches them (stores, emulators, the bridge)
     silent = sorted(dotted for dotted, doc in found.items() if "cancel" not in doc.lower())
     assert silent == []
+
+
+@pytest.mark.parametrize("name", ["Connector", "ConnectorContext", "ReplyStream", "long_poll"])
+def test_a_connector_authors_name_asked_of_the_package_says_where_it_is(name: str) -> None:
+    """``cb.Connector`` is in ``trio_chatbridge.connectors`` (docs/connectors.md): the
+    package says so, where Python suggested the private module (``Did you mean:
+    '_connector'?``: it suggests from the error's ``name``, which this one leaves out, and
+    adds a name only to an error without ``obj``)."""
+    with pytest.raises(AttributeError) as caught:
+        getattr(trio_chatbridge, name)
+    assert str(caught.value) == (
+        f"module 'trio_chatbridge' has no attribute {name!r}: it is for connector authors, "
+        f"in trio_chatbridge.connectors (from trio_chatbridge.connectors import {name})"
+    )
+    assert caught.value.name is None and caught.value.obj is trio_chatbridge
+    assert not hasattr(trio_chatbridge, name)  # not exported: the surface stays as pinned
+
+
+def test_any_other_missing_name_is_python_s_own_error() -> None:
+    """With its ``name`` and ``obj``, from which Python suggests ``Did you mean: 'Bridge'?``."""
+    with pytest.raises(AttributeError) as caught:
+        trio_chatbridge.Bridgee  # type: ignore[attr-defined]  # noqa: B018
+    assert str(caught.value) == "module 'trio_chatbridge' has no attribute 'Bridgee'"
+    assert caught.value.name == "Bridgee" and caught.value.obj is trio_chatbridge

@@ -5,6 +5,8 @@ connector author needs is in :mod:`trio_chatbridge.connectors`, test tools in
 :mod:`trio_chatbridge.testing`, the platforms in ``trio_chatbridge.platforms.<name>``.
 """
 
+import typing as _typing
+
 from ._asyncio import AsyncioAgent as AsyncioAgent
 from ._asyncio import AsyncioBridge as AsyncioBridge
 from ._asyncio import AsyncioReply as AsyncioReply
@@ -68,6 +70,32 @@ from .stores import SQLiteStore as SQLiteStore
 from .stores import Store as Store
 
 _install_redaction()  # credentials out of our and our dependencies' log records (_redact.py)
+
+# Type checkers see the names above only: ``cb.Typo`` stays their error.
+if not _typing.TYPE_CHECKING:
+    import importlib as _importlib
+    import sys as _sys
+
+    def __getattr__(name: str) -> object:
+        """Say where a connector author's name is when it is asked of this package:
+        ``cb.Connector`` is ``trio_chatbridge.connectors.Connector`` (docs/connectors.md), and
+        Python's own error suggested the private ``_connector`` module. Any other missing
+        name gets Python's error, with its name (Python suggests a near one from it)."""
+        this = _sys.modules[__name__]
+        if not name.startswith("_"):
+            # import_module, not ``from . import``: that asks this function for the name first
+            connectors = _importlib.import_module(f"{__name__}.connectors")
+            if name in connectors.__all__:
+                # Without ``name``, Python appends no "Did you mean" (and, given ``obj``, adds
+                # no name of its own): the message says it all.
+                raise AttributeError(
+                    f"module {__name__!r} has no attribute {name!r}: it is for connector "
+                    f"authors, in {connectors.__name__} (from {connectors.__name__} import "
+                    f"{name})",
+                    obj=this,
+                )
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}", name=name, obj=this)
+
 
 __version__ = "0.1.0"
 
