@@ -25,6 +25,7 @@ from hypercorn.typing import (
     HTTPScope,
     Scope,
 )
+from wecom_env import say_when_up
 
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
@@ -58,9 +59,13 @@ def make_app(
         # requests, stopped gracefully (pending messages answered) when the server stops.
         async with cb.asyncio_bridge(bridge) as bridge_running:
             running.append(bridge_running)
+            # One line once the bot is connected (a Trio function: run in the bridge's run).
+            saying = asyncio.create_task(bridge_running.call(say_when_up, bridge, "asgi_app"))
             await send({"type": "lifespan.startup.complete"})
             await receive()  # {"type": "lifespan.shutdown"}
             running.clear()
+            saying.cancel()  # never up: nothing to say
+            await asyncio.wait([saying])
         await send({"type": "lifespan.shutdown.complete"})
 
     async def status(scope: HTTPScope, send: ASGISendCallable) -> None:

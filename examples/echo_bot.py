@@ -38,6 +38,7 @@ def make_bridge(connectors: Sequence[Connector], store: cb.Store | None = None) 
 
 
 if __name__ == "__main__":
-    from wecom_env import from_env
+    from wecom_env import from_env, serve
 
-    sys.exit(trio.run(cb.serve, make_bridge(from_env())))  # Ctrl-C: a graceful stop
+    # cb.serve, and one line once the bot is up; Ctrl-C: a graceful stop
+    sys.exit(trio.run(serve, make_bridge(from_env()), "echo_bot"))

@@ -19,6 +19,7 @@ from functools import partial
 
 import trio
 from echo_bot import make_bridge
+from wecom_env import say_when_up
 
 import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
@@ -56,7 +57,9 @@ async def serve(
             await nursery.start(run_bridge)
             serve_status = partial(trio.serve_tcp, partial(status_server, bridge), port)
             listeners = await nursery.start(partial(serve_status, host="127.0.0.1"))
-            task_status.started((bridge, listeners[0].socket.getsockname()[1]))
+            port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(say_when_up, bridge, f"trio_app (status: nc 127.0.0.1 {port})")
+            task_status.started((bridge, port))
             stopping = False
             async for signum in signals:
                 if stopping:  # a second signal: stop at once (the journal keeps the rest)

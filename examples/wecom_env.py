@@ -10,15 +10,24 @@ account, run the emulator in another terminal and point ``WECOM_URL`` at it::
     curl -d '{"user": "alice", "text": "hi"}' http://127.0.0.1:ADMIN_PORT/admin/messages
     curl http://127.0.0.1:ADMIN_PORT/admin/sent
 
-WeChat and Lark connectors are built the same way (see docs/weixin.md and docs/lark.md).
+Each example prints one line once its bot is connected: which bot, on which server, and how
+to write to it. WeChat and Lark connectors are built the same way (see docs/weixin.md and
+docs/lark.md).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Final
 
+import trio
+
+import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.platforms import wecom
+
+SPEAK: Final = """curl -d '{"user": "alice", "text": "hi"}' ADMIN_URL/messages"""
+"""How a user speaks on the emulator (ADMIN_URL: the ``admin_url`` it printed first)."""
 
 
 def from_env() -> list[Connector]:
@@ -34,3 +43,28 @@ def from_env() -> list[Connector]:
         url=os.environ.get("WECOM_URL") or wecom.DEFAULT_URL,
     )
     return [connection]
+
+
+async def say_when_up(bridge: cb.Bridge, example: str) -> None:
+    """Print one line once every connector of ``bridge`` is running: which bot, where, and
+    how to write to it. Returns without a word if the bridge stops first; if cancelled,
+    nothing was printed."""
+    try:
+        await bridge.wait_status(lambda s: all(c.state == "running" for c in s.values()))
+    except cb.ChatBridgeError:  # stopped before it was up: its log says why
+        return
+    urls = {c.name: c.url for c in bridge.connectors if isinstance(c, wecom.LongConnection)}
+    bots = ", ".join(f"{name} on {url}" for name, url in urls.items())
+    if set(urls.values()) == {wecom.DEFAULT_URL}:
+        how = "write to the bot in WeCom"
+    else:
+        how = f"write to it through the emulator: {SPEAK}"
+    print(f"{example} is up: {bots}; {how}. Ctrl-C stops it.", flush=True)
+
+
+async def serve(bridge: cb.Bridge, example: str) -> int:
+    """``cb.serve(bridge)``: until Ctrl-C or SIGTERM, a graceful stop, then the exit code; and
+    the line of :func:`say_when_up` once the bot is connected."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(say_when_up, bridge, example)
+        return await cb.serve(bridge)

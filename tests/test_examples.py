@@ -70,6 +70,35 @@ async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
     assert (sent.to, sent.text) == ("alice", "you said: hi")
 
 
+async def test_echo_bot_says_once_that_it_is_up_where_and_how_to_write_to_it(
+    examples: Callable[[str], ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python examples/echo_bot.py`` printed nothing once connected: a newcomer could not
+    tell a bot that is up from one still connecting, nor what to do next."""
+    echo_bot, wecom_env = examples("echo_bot"), examples("wecom_env")
+    monkeypatch.setattr(echo_bot, "DEBOUNCE", QUICK)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            emulator = await nursery.start(WeComEmulator().serve)
+            monkeypatch.setenv("WECOM_BOT_ID", emulator.bot_id)
+            monkeypatch.setenv("WECOM_SECRET", emulator.secret)
+            monkeypatch.setenv("WECOM_URL", emulator.ws_url)
+            bridge = echo_bot.make_bridge(wecom_env.from_env(), cb.MemoryStore())
+            assert capsys.readouterr().out == ""
+            nursery.start_soon(wecom_env.serve, bridge, "echo_bot")  # what __main__ runs
+            await bridge.wait_status(lambda s: s["wecom:emulator-bot"].state == "running")
+            emulator.user_says("alice", "hi")
+            assert (await emulator.next_sent()).text == "you said: hi"
+            nursery.cancel_scope.cancel()
+    assert capsys.readouterr().out == (
+        f"echo_bot is up: wecom:emulator-bot on {emulator.ws_url}; write to it through the "
+        f"""emulator: curl -d '{{"user": "alice", "text": "hi"}}' ADMIN_URL/messages. """
+        "Ctrl-C stops it.\n"
+    )
+
+
 def test_the_examples_say_which_variables_are_missing(
     examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,7 +129,9 @@ async def test_streaming_llm_streams_and_a_new_message_interrupts_it(
 
 
 async def test_trio_app_runs_the_bridge_next_to_its_own_server_and_stops_on_sigterm(
-    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+    examples: Callable[[str], ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     app, echo_bot = examples("trio_app"), examples("echo_bot")
     # A quiet window longer than the test: only the graceful stop can answer the message.
@@ -129,6 +160,9 @@ async def test_trio_app_runs_the_bridge_next_to_its_own_server_and_stops_on_sigt
             nursery.cancel_scope.cancel()
     assert json.loads(line) == {connector.name: "running"}
     assert [(s.to, s.text) for s in sent] == [("dave", "you said: hi")]
+    said = capsys.readouterr().out.splitlines()
+    up = f"trio_app (status: nc 127.0.0.1 {port}) is up: {connector.name} on {connector.url}; "
+    assert said[0].startswith(up) and said[1:] == ["SIGTERM: stopping gracefully"]
     assert bridge.stats().replies == 1
 
 
@@ -146,6 +180,7 @@ def test_asgi_app_answers_from_asyncio_and_stops_cleanly(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import hypercorn.asyncio
     from hypercorn.config import Config
@@ -215,6 +250,8 @@ def test_asgi_app_answers_from_asyncio_and_stops_cleanly(
     with caplog.at_level(logging.WARNING):
         asyncio.run(bounded())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    [said] = capsys.readouterr().out.splitlines()
+    assert said.startswith("asgi_app is up: wecom:emulator-bot on ws://127.0.0.1:")
 
     async def pending_after_restart() -> list[cb.Message]:
         async with cb.SQLiteStore(store_path) as store:
