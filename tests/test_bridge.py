@@ -7,8 +7,10 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -1061,6 +1063,30 @@ async def test_a_message_of_another_account_is_refused_before_the_journal(
     assert "put a message of fake:other" in status.last_error
     assert "account='bot'" in status.last_error
     assert await store.journal_pending() == []  # never journaled (then lost at dispatch)
+    assert chat.sent == []
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"parts": [cb.Text("hi")]}, "whose parts is a list: give a tuple (tuple(parts))"),
+        ({"reply_handle": {"chat": "c"}}, "whose reply_handle is a dict: give a Handle"),
+    ],
+)
+async def test_a_message_with_parts_not_a_tuple_or_a_dict_for_a_handle_is_refused_at_put(
+    autojump_clock: trio.testing.MockClock, change: dict[str, Any], said: str
+) -> None:
+    """Checked where every message enters the bridge, before the journal; building a
+    message runs no check of ours (the hot path of every connector)."""
+    chat, store = FakeConnector(), cb.MemoryStore()
+    wrong = msgspec.structs.replace(chat.message("hi", id="m1"), **change)
+    async with running_bridge(make_bridge(echo, chat, store=store)) as bridge:
+        chat.deliver(wrong)
+        await trio.sleep(5)
+        status = bridge.status()["fake:bot"]
+    assert status.last_error is not None
+    assert f"ConfigurationError: connector fake:bot put message m1 {said}" in status.last_error
+    assert await store.journal_pending() == []
     assert chat.sent == []
 
 

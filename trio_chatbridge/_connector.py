@@ -34,7 +34,7 @@ from ._errors import (
     ProtocolError,
     SendError,
 )
-from ._messages import Batch, Message
+from ._messages import Batch, Handle, Message
 from ._names import account_name
 from ._redact import guard
 from .stores import Store
@@ -112,7 +112,9 @@ class ConnectorContext:
         When this returns they are durable: acknowledge them to the platform only now.
         If cancelled, acknowledge nothing; what was journaled is delivered all the same.
         Raises :class:`ConfigurationError`, before journaling any, for a message of another
-        platform or account than this connector's: no connector could answer it.
+        platform or account than this connector's (no connector could answer it), or one whose
+        ``parts`` is not a tuple or ``reply_handle`` not a :class:`~trio_chatbridge.Handle`
+        (checked here, where every message enters, rather than in each construction).
         """
         platform, account = self.platform, self.account
         for message in messages:
@@ -122,7 +124,21 @@ class ConnectorContext:
                     f"{message.platform}:{message.account} (id {message.id}); build its "
                     f"messages with platform={self.platform!r}, account={self.account!r}"
                 )
+            if type(message.parts) is not tuple or type(message.reply_handle) is not Handle:
+                raise ConfigurationError(self._malformed(message))
         return await self._put(messages)
+
+    def _malformed(self, message: Message) -> str:
+        """What is wrong with ``message``'s parts or reply handle, and what to write."""
+        if type(message.parts) is not tuple:
+            wrong, given, should = "parts", type(message.parts).__name__, "a tuple (tuple(parts))"
+        else:
+            wrong, given = "reply_handle", type(message.reply_handle).__name__
+            should = "a Handle (Handle.of(...))"
+        return (
+            f"connector {self.platform}:{self.account} put message {message.id} whose {wrong} "
+            f"is a {given}: give {should}"
+        )
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``"<platform>.<name>"`` (``name`` if a bridge counter)."""

@@ -25,7 +25,6 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, final
 
 import attrs
 import msgspec
-from msgspec.structs import force_setattr
 
 from ._errors import ProtocolError
 
@@ -238,7 +237,10 @@ Part: TypeAlias = Text | Image | File | Voice | Video | Quote | Mention
 class Message(msgspec.Struct, frozen=True, gc=False):
     """One inbound message, as every connector reports it.
 
-    ``parts`` may be given as any iterable; it is kept as a tuple.
+    ``parts`` is a tuple and ``reply_handle`` a :class:`Handle` (never a dict, which could
+    come to hold the record itself: a cycle the collector would never see, the record being
+    untracked). Checked where a message enters the bridge (a connector's ``put`` refuses
+    anything else), not at each construction: building one runs no Python code of ours.
     """
 
     platform: str
@@ -257,12 +259,6 @@ class Message(msgspec.Struct, frozen=True, gc=False):
     raw: bytes = b""
     """The platform's payload for this message as it came (JSON), for escape hatches:
     :meth:`raw_json` decodes it. Not stable across platform versions; not in the repr."""
-
-    def __post_init__(self) -> None:
-        if type(self.parts) is not tuple:
-            force_setattr(self, "parts", tuple(self.parts))
-        if type(self.reply_handle) is not Handle:  # checked inline: every message passes here
-            _check_handle("reply_handle", self.reply_handle)
 
     @property
     def text(self) -> str:
