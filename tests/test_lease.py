@@ -19,7 +19,7 @@ import trio.testing
 from hypothesis import given
 
 import trio_chatbridge as cb
-from trio_chatbridge._lease import assign
+from trio_chatbridge._lease import WAKE_AFTER, assign
 from trio_chatbridge.stores import JournalEntry, JournalKey
 from trio_chatbridge.testing import FakeConnector
 
@@ -128,7 +128,11 @@ class Process:
     """One bridge on the shared store, its connectors, and what its agent handled."""
 
     def __init__(
-        self, shared: cb.Store, accounts: Sequence[str] = ACCOUNTS, link: Link | None = None
+        self,
+        shared: cb.Store,
+        accounts: Sequence[str] = ACCOUNTS,
+        link: Link | None = None,
+        leases: cb.Leases = LEASES,
     ) -> None:
         self.link = Link(shared) if link is None else link
         self.connectors = {a: FakeConnector(a) for a in accounts}
@@ -137,7 +141,7 @@ class Process:
             list(self.connectors.values()),
             self.agent,
             store=self.link,
-            leases=LEASES,
+            leases=leases,
             debounce=cb.Debounce(window=0.5),
             backoff=cb.Backoff(initial=0.5, jitter=0.0),
         )
@@ -399,6 +403,95 @@ async def test_a_round_too_short_to_acquire_every_lease_keeps_what_it_acquired(
             proc.bridge.shutdown()
     assert link.calls[:4] == [10, 10, 10, 10]  # the third call cut off, tried again
     assert proc.bridge.stats().other["lease.acquired"] == 30
+
+
+class Distant(Link):
+    """Redis far away: each acquisition and each look-up of expiries is one round trip of
+    ``rtt`` seconds (Trio's clock), however many leases it carries; records how many leases
+    each look-up asked about."""
+
+    def __init__(self, store: cb.Store, rtt: float) -> None:
+        super().__init__(store)
+        self.rtt = rtt
+        self.lookups: list[int] = []
+
+    async def acquire_leases(self, names: Sequence[str], owner: str, ttl: float) -> list[bool]:
+        await trio.sleep(self.rtt)
+        return [await self._check().acquire_lease(name, owner, ttl) for name in names]
+
+    async def lease_remaining(self, name: str) -> float | None:
+        return (await self.leases_remaining([name]))[0]
+
+    async def leases_remaining(self, names: Sequence[str]) -> list[float | None]:
+        self.lookups.append(len(names))
+        await trio.sleep(self.rtt)
+        return [await self._check().lease_remaining(name) for name in names]
+
+
+async def held_by_a_dead_owner(store: cb.Store, accounts: Sequence[str], until: float) -> None:
+    """The accounts' leases held until ``until`` (Trio's clock) by an owner that is no member
+    any more: it died after its membership expired, or was handing them off."""
+    for account in accounts:
+        ttl = until - trio.current_time()
+        assert await store.acquire_lease(FakeConnector(account).name, "gone", ttl)
+
+
+async def test_a_round_asks_the_expiries_of_its_refused_leases_in_one_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Thirty accounts whose leases a dead owner holds for two and a half more rounds, Redis
+    50 ms away. A round asked each refused lease's expiry in a call of its own, one after
+    another: thirty round trips, over the round's time, so the round was cut off, and the
+    takeover waited for the next round. One call asks them all: the keeper wakes just after
+    the leases expire, and takes every account then."""
+    accounts = [f"acct{i:02}" for i in range(30)]
+    link = Distant(cb.MemoryStore(), rtt=0.05)
+    start = trio.current_time()
+    expiry = start + 2.5 * LEASES.round
+    await held_by_a_dead_owner(link.store, accounts, expiry)
+    proc = Process(link.store, accounts, link=link)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proc.run)
+            await trio.sleep_until(expiry)
+            assert proc.held() == []
+            # woken at the expiry (plus its wake jitter), one round trip to acquire them
+            await trio.sleep(WAKE_AFTER + LEASES.wake_jitter + link.rtt + 0.01)
+            assert proc.held() == accounts
+            proc.bridge.shutdown()
+    assert link.lookups == [30, 30, 30]  # one look-up a round, each of every refused lease
+
+
+async def test_a_round_cut_off_by_its_time_keeps_the_expiries_it_was_told(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty accounts, ten to an acquisition call, Redis so far away that a round has time
+    for two calls and one look-up. The look-ups came after every call, so a round cut off
+    learnt no expiry, and the keeper slept to its next round. Each call's refused leases
+    are looked up as it returns: the first ten's expiries are kept, and the keeper wakes as
+    they expire (here before its next round, which the jitter puts half a round after the
+    last one's time ran out)."""
+    monkeypatch.setattr("trio_chatbridge._lease.ACQUIRED_AT_ONCE", 10)
+    leases = cb.Leases(ttl=TTL, enabled=True, jitter=0.5, random=lambda: 1.0)
+    accounts = [f"acct{i:02}" for i in range(30)]
+    link = Distant(cb.MemoryStore(), rtt=0.3 * leases.round)
+    start = trio.current_time()
+    # rounds start at 0, 1.5 and 3 rounds; the third one's time runs out at 4, the next at 4.5
+    expiry = start + 4.2 * leases.round
+    await held_by_a_dead_owner(link.store, accounts, expiry)
+    proc = Process(link.store, accounts, link=link, leases=leases)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proc.run)
+            await trio.sleep_until(expiry)
+            assert proc.held() == []
+            # woken at the expiry, one round trip to acquire the first ten
+            await trio.sleep(WAKE_AFTER + leases.wake_jitter + link.rtt + 0.01)
+            assert proc.held() == accounts[:10]
+            await trio.sleep(2 * link.rtt)
+            assert proc.held() == accounts
+            proc.bridge.shutdown()
+    assert link.lookups[:3] == [10, 10, 10]  # one a call: the second call's cut off each round
 
 
 async def test_bridges_sharing_one_sqlite_file_spread_its_accounts(

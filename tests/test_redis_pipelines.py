@@ -87,6 +87,26 @@ async def test_the_pipelines_of_a_lease_round_are_sent_together(redis_node: Redi
     assert renewed == mine
 
 
+async def test_the_expiries_of_a_lease_round_are_read_in_pipelines_sent_together(
+    redis_node: RedisServer,
+) -> None:
+    """A round looks up the expiry of every lease it was refused: in pipelines sent together
+    (here held until four have sent), not in a round trip each."""
+    proxy = GateProxy(together=4)
+    names = [f"fake:acct{i:04}" for i in range(ACCOUNTS)]
+    with trio.fail_after(20):
+        async with proxy.running(redis_node) as url:
+            prefix = f"gate-{uuid.uuid4().hex}:"
+            store = cb.RedisStore.from_url(url, prefix=prefix, timeout=10)
+            other = cb.RedisStore.from_url(redis_node.url, prefix=prefix, timeout=10)
+            async with store, other:
+                assert all(await other.acquire_leases(names[::3], "other", 15))
+                proxy.arm()
+                left = await store.leases_remaining(names)
+    assert [t == 0 for t in left] == [i % 3 != 0 for i in range(ACCOUNTS)]
+    assert all(14 < (t or 0) <= 15 for t in left[::3])
+
+
 async def test_a_failed_pipeline_is_a_store_error_not_a_group(redis_node: RedisServer) -> None:
     """One pipeline of several failing: the caller gets the StoreError a lease round
     catches, the other pipelines cancelled."""

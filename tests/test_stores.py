@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import sqlite3
 import tempfile
 import time
@@ -170,6 +171,19 @@ async def test_sqlite_large_batch_is_one_call(tmp_path: Path) -> None:
         assert len(await store.journal_pending()) == 1001
 
 
+async def test_sqlite_reads_the_expiries_of_many_leases_in_one_query(tmp_path: Path) -> None:
+    clock = Clock()
+    names = [f"lease{i}" for i in range(1000)]
+    async with cb.SQLiteStore(tmp_path / "leases.db", wall_clock=clock) as store:
+        assert all(await store.acquire_leases(names[::2], "p1", ttl=10))
+        assert store._db is not None
+        queries: list[str] = []
+        store._db.set_trace_callback(queries.append)
+        left = await store.leases_remaining(names)
+    assert left == [10.0, 0.0] * 500
+    assert len([q for q in queries if q.startswith("SELECT")]) == 1, queries
+
+
 async def test_sqlite_errors_are_clear(tmp_path: Path) -> None:
     store = cb.SQLiteStore(tmp_path / "x.db")
     with pytest.raises(cb.StoreError, match="not open"):
@@ -199,6 +213,8 @@ fakes = {account: FakeConnector(account) for account in ("x", "y")}
 messages = st.builds(lambda account, id: fakes[account].message(id, id=id), accounts, ids)
 keys = st.sampled_from(["k1", "k2"])
 values = st.none() | st.sampled_from(["", "v1", "值"])
+lease_names = st.sampled_from(["L1", "L2", "L3"])
+lease_owners = st.sampled_from(["o1", "o2"])
 journal_operations = st.one_of(
     st.tuples(st.just("add"), st.lists(messages, max_size=5)),
     st.tuples(st.just("done"), st.lists(messages, max_size=4), st.none() | st.just("boom")),
@@ -227,6 +243,15 @@ operations = journal_operations | st.one_of(
         st.sampled_from(["c1", "c2"]),
         st.dictionaries(keys, values, max_size=2),
     ),
+    # leases with a TTL no script outlives (a tick is a second), by two owners
+    st.tuples(
+        st.sampled_from(["acquire", "renew"]),
+        st.lists(lease_names, max_size=3),
+        lease_owners,
+        st.sampled_from([600, 3600]),
+    ),
+    st.tuples(st.just("release"), lease_names, lease_owners),
+    st.tuples(st.just("remaining"), st.lists(lease_names, max_size=4)),
 )
 
 
@@ -285,6 +310,14 @@ def behaves_like_memory(
             await store.set("p", *args, ttl=3600)
         if name == "cursor_ttl":
             await store.set_cursor("p", args[0], args[1], with_values=args[2], values_ttl=3600)
+        if name == "acquire":
+            return await store.acquire_leases(*args)
+        if name == "renew":
+            return await store.renew_leases(*args)
+        if name == "release":
+            await store.release_lease(*args)
+        if name == "remaining":
+            return await remaining(store, args[0])
         return None  # the writes: compared through the reads that follow
 
     clock = Clock()
@@ -303,11 +336,25 @@ def behaves_like_memory(
                 assert await apply(store, op) == await apply(memory, op), op
         async with factory() as reopened:
             reads = [("get", a, k) for a in "xy" for k in ("k1", "k2")]
+            reads.append(("remaining", ["L1", "L2", "L3"]))
             for op in [("pending",), *[("get_cursor", a) for a in "xy"], *reads]:
                 assert await apply(reopened, op) == await apply(memory, op), op
 
     with tempfile.TemporaryDirectory() as directory:
         trio.run(main, Path(directory))
+
+
+async def remaining(store: cb.Store, names: list[str]) -> list[int]:
+    """The leases' time left, by one batched call, in hundreds of seconds (what every store
+    agrees on, whatever its clock: a script's ticks take off 25 s at most); each the same as
+    the per-name call's, read just after."""
+    batched = await store.leases_remaining(names)
+    one_by_one = [await store.lease_remaining(name) for name in names]
+    assert len(batched) == len(names) and None not in batched, batched
+    for left, alone in zip(batched, one_by_one, strict=True):
+        assert left is not None and alone is not None
+        assert 0 <= left - alone < 1, (batched, one_by_one)  # time passed in between
+    return [math.ceil((left or 0) / 100) for left in batched]
 
 
 @contextmanager
@@ -563,6 +610,18 @@ async def test_leases_are_taken_and_renewed_together(store: cb.Store) -> None:
     assert renewed == [True] * len(ours) + [False, False]
     assert 29 < (await store.lease_remaining(ours[-1]) or 0) <= 30
     assert (await store.lease_remaining("theirs") or 0) <= 10
+
+
+async def test_the_expiries_of_many_leases_are_read_together(store: cb.Store) -> None:
+    """More than one pipeline's worth (RedisStore), in the names' order, a name twice too."""
+    ours = [f"lease{i}" for i in range(BATCH + 5)]
+    assert all(await store.acquire_leases(ours, "p1", ttl=30))
+    assert await store.acquire_lease("theirs", "p2", ttl=10)
+    left = await store.leases_remaining(["free", *ours, "theirs", ours[0]])
+    assert left[0] == 0
+    assert all(29 < (t or 0) <= 30 for t in [*left[1 : len(ours) + 1], left[-1]]), left
+    assert 9 < (left[-2] or 0) <= 10
+    assert await store.leases_remaining([]) == []
 
 
 async def test_members_say_when_they_expire(store: cb.Store) -> None:

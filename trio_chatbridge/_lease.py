@@ -333,11 +333,12 @@ class LeaseKeeper:
 
     async def _acquire(self, accounts: Sequence[_Account]) -> None:
         """Try the leases of ``accounts``, :data:`ACQUIRED_AT_ONCE` to a call (as few round
-        trips as the store can); start the connector of each acquired, as each call returns;
-        for each refused, note when its lease expires, or when the store's hold-off ends (then
-        without asking about each lease). What the round's time cuts off is tried again the
-        next round, and what was acquired before stays so: a store too slow to take them all
-        in one round (many accounts, Redis far away) still takes a share each round."""
+        trips as the store can); start the connector of each acquired, and note when to try
+        again each refused (:meth:`_retry_refused`), as each call returns. What the round's
+        time cuts off is tried again the next round, and what was acquired and learnt before
+        is kept: a store too slow to take them all in one round (many accounts, Redis far
+        away) still takes a share each round, and wakes the keeper as the leases it was
+        refused expire."""
         refused: list[_Account] = []
         untried = list(accounts)
         why = "standby: another process holds the lease"
@@ -349,34 +350,44 @@ class LeaseKeeper:
                     names = [a.name for a in trying]
                     got = await self.store.acquire_leases(names, self.owner, self.config.ttl)
                     del untried[: len(trying)]
-                    refused += [a for a, ok in zip(trying, got, strict=True) if not ok]
+                    refused_now = [a for a, ok in zip(trying, got, strict=True) if not ok]
+                    refused += refused_now
                     for account in (a for a, ok in zip(trying, got, strict=True) if ok):
                         account.extend(sent + self.config.ttl * (1 - self.config.margin))
                         account.state = "held"
                         account.acquired.set()
                         self.counters[ACQUIRED] += 1
                         log.info("acquired the lease of %s", account.name)
-                held_off = self.store.acquisitions_held_off()
-                if held_off > 0:
-                    why = (
-                        f"standby: the store acquires no lease for {held_off:.1f} s, until "
-                        "every process that may hold one from before has stopped (see "
-                        "docs/deploying.md)"
-                    )
-                    for account in refused:
-                        account.retry_at = trio.current_time() + held_off
-                else:
-                    # Held by another: its owner died after its membership did, or is handing
-                    # it off. Try again just after it expires, unless told of a release first.
-                    for account in refused:
-                        left = await self.store.lease_remaining(account.name)
-                        if left is not None:
-                            account.retry_at = trio.current_time() + left
+                    held_off = await self._retry_refused(refused_now)
+                    if held_off > 0:
+                        why = (
+                            f"standby: the store acquires no lease for {held_off:.1f} s, until "
+                            "every process that may hold one from before has stopped (see "
+                            "docs/deploying.md)"
+                        )
         except StoreError as exc:
             log.warning("could not try %d leases: %s", len(untried), exc)
         for account in (*refused, *untried):
             if account.state != "lost":
                 account.show("standby", why)
+
+    async def _retry_refused(self, refused: Sequence[_Account]) -> float:
+        """Note when to try each of ``refused`` again: when the store's hold-off ends (without
+        asking about each lease; returns it), else just after its lease expires, asked of all
+        of them in one call (:meth:`Store.leases_remaining`), unless told of a release first.
+        Held by another, a lease's owner died after its membership did, or is handing it off.
+        Cancelled (the round's time ran out): the leases not answered for wait for a round."""
+        held_off = self.store.acquisitions_held_off()
+        if held_off > 0:
+            for account in refused:
+                account.retry_at = trio.current_time() + held_off
+        elif refused:
+            left = await self.store.leases_remaining([a.name for a in refused])
+            now = trio.current_time()
+            for account, seconds in zip(refused, left, strict=True):
+                if seconds is not None:
+                    account.retry_at = now + seconds
+        return held_off
 
     async def _renew(self, accounts: Sequence[_Account]) -> None:
         """Renew the leases of ``accounts`` in one call (as few round trips as the store

@@ -261,6 +261,13 @@ class Store(ABC):
         A read: cancelled, it changed nothing."""
         return None
 
+    async def leases_remaining(self, names: Sequence[str]) -> list[float | None]:
+        """:meth:`lease_remaining` for each of ``names``, in as few round trips as the store
+        can (this default: one call each); the answers in the names' order. The bridge asks
+        it once per acquisition call, of the leases that call was refused.
+        A read: cancelled, it changed nothing."""
+        return [await self.lease_remaining(name) for name in names]
+
     def acquisitions_held_off(self) -> float:
         """Seconds until this store lets leases be acquired again (0: it does now). A store
         that lost leases whose holders may still run (``RedisStore`` after Redis lost its

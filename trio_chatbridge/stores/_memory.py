@@ -270,8 +270,15 @@ class MemoryStore(OneWriteStore):
             self._notify()
 
     async def lease_remaining(self, name: str) -> float:
+        return self._left(name, trio.current_time())
+
+    async def leases_remaining(self, names: Sequence[str]) -> list[float | None]:
+        now = trio.current_time()
+        return [self._left(name, now) for name in names]
+
+    def _left(self, name: str, now: float) -> float:
         held = self._leases.get(name)
-        return 0.0 if held is None else max(0.0, held[1] - trio.current_time())
+        return 0.0 if held is None else max(0.0, held[1] - now)
 
     async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
         now = trio.current_time()

@@ -1028,10 +1028,17 @@ class RedisStore(OneWriteStore):
         """Seconds until lease ``name`` expires (0: free), by Redis's clock, or until
         acquisitions are no longer held off if that is later; None for a key without an
         expiry (not one of ours). A read: cancelled, it changed nothing."""
-        left = await self._call("read from", self._client.pttl(self._key(name, "lease")))
-        if left == -1:
-            return None
-        return max(left / 1000, self.acquisitions_held_off())
+        return (await self.leases_remaining([name]))[0]
+
+    async def leases_remaining(self, names: Sequence[str]) -> list[float | None]:
+        """:meth:`lease_remaining` of each of ``names``: a ``PTTL`` each, 200 to a pipeline,
+        the pipelines sent together (see :meth:`_pipelined`), so 1,000 leases cost one
+        round trip, not 1,000. A read: cancelled, it changed nothing."""
+        replies = await self._pipelined(
+            "read from", names, lambda name, pipe: pipe.pttl(self._key(name, "lease"))
+        )
+        held_off = self.acquisitions_held_off()
+        return [None if left == -1 else max(int(str(left)) / 1000, held_off) for left in replies]
 
     def acquisitions_held_off(self) -> float:
         """As :meth:`Store.acquisitions_held_off`: what is left of the hold-off the last

@@ -39,7 +39,7 @@ UNDECODABLE: Final = "undecodable journal record"  # the error a row set aside i
 FILE_MODE: Final = 0o600  # the store holds tokens: owner only
 ROW_PARAMETERS: Final = 5  # a journal row's: platform, account, message id, body, received_at
 ROWS_PER_STATEMENT: Final = 400  # 2,000 parameters: well under SQLite's variable limit
-IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark statement takes
+IDS_PER_STATEMENT: Final = 2_000  # message ids one done-mark takes, or lease names one read
 ROWS_PER_TURN: Final = 5_000  # journal rows one group commit takes at most; the rest wait
 DONE_LINGER: Final = 0.005  # seconds a done-mark waits to share a commit before taking its own
 KV_PRUNE_BATCH: Final = 1_000  # expired values one transaction of a prune deletes at most
@@ -706,14 +706,25 @@ class SQLiteStore(OneWriteStore):
 
         await self._call(delete, writes=True)
 
-    async def lease_remaining(self, name: str) -> float:
+    async def lease_remaining(self, name: str) -> float | None:
+        return (await self.leases_remaining([name]))[0]
+
+    async def leases_remaining(self, names: Sequence[str]) -> list[float | None]:
+        """As :meth:`Store.leases_remaining`, on the wall clock: one trip to the worker thread,
+        one query for up to 2,000 names. A read: cancelled, it changed nothing."""
         now = self.wall_clock()
+        unique = list(dict.fromkeys(names))
 
-        def read(db: sqlite3.Connection) -> float:
-            row = db.execute("SELECT expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-            return 0.0 if row is None else max(0.0, row[0] - now)
+        def read(db: sqlite3.Connection) -> dict[str, float]:
+            expires: dict[str, float] = {}
+            for chunk in _chunks(unique, IDS_PER_STATEMENT):
+                marks = ",".join("?" * len(chunk))
+                sql = "SELECT name, expires_at FROM leases WHERE name IN (" + marks + ")"
+                expires.update(db.execute(sql, chunk).fetchall())
+            return expires
 
-        return await self._call(read)
+        expires = await self._call(read) if unique else {}
+        return [max(0.0, expires[name] - now) if name in expires else 0.0 for name in names]
 
     async def heartbeat(self, group: str, member: str, ttl: float) -> dict[str, float]:
         """As :meth:`Store.heartbeat`, on the wall clock (processes sharing the file are on
