@@ -706,12 +706,15 @@ class SQLiteStore(OneWriteStore):
 
         await self._call(delete, writes=True)
 
-    async def lease_remaining(self, name: str) -> float | None:
-        return (await self.leases_remaining([name]))[0]
+    async def lease_remaining(self, name: str) -> float:
+        return (await self._remaining([name]))[0]
 
     async def leases_remaining(self, names: Sequence[str]) -> list[float | None]:
         """As :meth:`Store.leases_remaining`, on the wall clock: one trip to the worker thread,
         one query for up to 2,000 names. A read: cancelled, it changed nothing."""
+        return [*await self._remaining(names)]
+
+    async def _remaining(self, names: Sequence[str]) -> list[float]:
         now = self.wall_clock()
         unique = list(dict.fromkeys(names))
 
