@@ -85,6 +85,37 @@ async def test_failures_can_be_expected_and_are_told_to_listeners(
     assert chat.sent == []
 
 
+async def test_a_listener_that_removes_itself_when_called_leaves_the_others_called(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A one-shot listener (an alert sent once) removes itself from inside its call: the
+    listener after it is still told of that failure, and removing it again does nothing."""
+    told: list[str] = []
+    second_told = trio.Event()
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], buggy, store=cb.MemoryStore())
+
+    def once(batch: cb.Batch, error: str, exception: BaseException | None) -> None:
+        told.append("once")
+        remove_once()
+
+    def always(batch: cb.Batch, error: str, exception: BaseException | None) -> None:
+        told.append("always")
+        second_told.set()
+
+    remove_once = bridge.add_failure_listener(once)
+    bridge.add_failure_listener(always)
+    with trio.fail_after(60):
+        async with running_bridge(bridge, fail_on_agent_error=False):
+            await chat.say("ann", chat="c1")
+            await second_told.wait()
+            second_told = trio.Event()
+            await chat.say("bob", chat="c2")
+            await second_told.wait()
+    remove_once()  # removed already: nothing to do
+    assert told == ["once", "always", "always"]
+
+
 def test_a_plain_function_is_refused_as_the_agent_when_the_bridge_is_built() -> None:
     """Every run of it failed ('object NoneType can't be used in await expression')."""
 

@@ -187,9 +187,19 @@ class Bridge:
         The listener runs in the dispatcher's task: keep it short and never blocking; what it
         raises is logged and ignored. May be added while the bridge runs. A test harness's
         way to fail on an agent's bug (``testing.running_bridge`` uses it), or an alert's.
+        The function returned may be called from the listener itself, and more than once
+        (the calls after the first do nothing).
         """
         self._failure_listeners.append(listener)
-        return lambda: self._failure_listeners.remove(listener)
+        removed = False
+
+        def remove() -> None:
+            nonlocal removed
+            if not removed:
+                removed = True
+                self._failure_listeners.remove(listener)
+
+        return remove
 
     def add_latency_listener(self, listener: LatencyListener) -> None:
         """Call ``listener(kind, seconds)`` for each run: ``"agent_start"``, from receiving the

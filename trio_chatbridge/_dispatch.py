@@ -512,8 +512,10 @@ class Dispatcher:
         return self._failed(batch, f"{type(innermost).__name__}: {innermost}", failure)
 
     def _failed(self, batch: Batch, error: str, exception: BaseException | None) -> str:
-        """Tell the failure listeners that the run on ``batch`` failed; returns ``error``."""
-        for listener in self._failure_listeners:
+        """Tell the failure listeners that the run on ``batch`` failed; returns ``error``.
+        Those listening when it failed are told, each once, even when one adds or removes
+        listeners as it is called (a one-shot alert removing itself)."""
+        for listener in tuple(self._failure_listeners):
             try:
                 listener(batch, error, exception)
             except Exception:  # a listener's bug: never the dispatcher's end
