@@ -179,8 +179,10 @@ class Bridge:
 
     def add_failure_listener(self, listener: FailureListener) -> Callable[[], None]:
         """Call ``listener(batch, error, exception)`` for each agent run that failed (it raised,
-        ran past ``run_timeout``, or its account has no connector), once the failure is
-        recorded; ``error`` is the text the journal keeps, ``exception`` what the agent raised
+        ran past ``run_timeout``, or its account has no connector), as the run ends: before
+        the journal records the failure, which it does a moment later with the other runs'
+        outcomes (a bridge cancelled in between replays the batch at its next start);
+        ``error`` is the text the journal keeps, ``exception`` what the agent raised
         (None when it raised nothing). Not for runs an interrupt, the shutdown or a
         cancellation ended. Returns a function that removes the listener.
 
