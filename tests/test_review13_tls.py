@@ -72,3 +72,16 @@ def test_a_key_with_a_pass_phrase_never_waits_at_a_prompt(encrypted_client: str)
         os.close(its_end)
     assert child.stdout.decode().strip() == "ConfigurationError"
     assert b"pass phrase" not in child.stderr
+
+
+@UNFIXED
+@pytest.mark.parametrize("option", ["ssl_check_hostname", "ssl_cert_reqs"])
+def test_a_blank_tls_option_in_a_store_url_is_refused_as_from_url_refuses_it(option: str) -> None:
+    """``RedisStore.from_url`` refuses ``ssl_check_hostname=`` (blank), but the config's
+    ``store_from_url`` read the query without blank values (stores/_url.py ``parse_qsl``) and
+    dropped it: the same URL was refused or taken depending on where it was written."""
+    url = f"rediss://h:1/0?{option}="
+    with pytest.raises(cb.ConfigurationError, match=option):
+        cb.RedisStore.from_url(url)
+    with pytest.raises(cb.ConfigurationError, match=option):
+        store_from_url(url)
