@@ -12,12 +12,11 @@ Implementations only have to provide the primitives; the conveniences are built 
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self, TypeAlias, final
+from typing import Final, Literal, Self, TypeAlias, final
 
 import attrs
 import trio
@@ -31,10 +30,18 @@ CURSOR_KEY = "_cursor"
 """The key-value key under which an account's cursor is kept. Keys starting with ``_`` are ours."""
 
 
+MAX_TTL: Final = 1e12
+"""The longest TTL a value takes, in seconds (some 31,700 years): Redis refuses an expiry past
+about 9.2e15 s, and every store answers alike."""
+
+
 def checked_ttl(ttl: float | None) -> float | None:
-    """``ttl`` for a value (:meth:`Store.set`), or ValueError: a number of seconds over 0."""
-    if ttl is not None and not 0 < ttl < math.inf:  # NaN fails too
-        raise ValueError(f"a value's ttl must be over 0 seconds and finite, got {ttl!r}")
+    """``ttl`` for a value (:meth:`Store.set`), or ValueError: a number of seconds over 0 and
+    at most :data:`MAX_TTL` (a bool is not one: ``ttl=True`` is not "expire it")."""
+    if ttl is not None and (isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL):  # NaN fails too
+        raise ValueError(
+            f"a value's ttl must be a number of seconds over 0 and at most {MAX_TTL:g}, got {ttl!r}"
+        )
     return ttl
 
 

@@ -80,7 +80,17 @@ def tls_context(options: MutableMapping[str, str], shown: str) -> ssl.SSLContext
         ) from None
     if certfile is not None:
         try:
-            context.load_cert_chain(certfile, keyfile)
+            # A key with a pass phrase would have OpenSSL ask for it on the terminal (a
+            # service started from a shell waited at "Enter PEM pass phrase:"); asked here.
+            context.load_cert_chain(certfile, keyfile, password=_no_pass_phrase)
+        except _Locked:
+            raise ConfigurationError(
+                f"Redis URL {shown!r}: the client key "
+                f"{keyfile if keyfile is not None else certfile!r} has a pass phrase; give "
+                "the key unencrypted (readable by the service's user only), or build the "
+                "store with RedisStore.from_url(..., ssl_context=) from a context that "
+                "loaded it"
+            ) from None
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(
                 f"Redis URL {shown!r}: could not load the client certificate {certfile!r}"
@@ -89,3 +99,13 @@ def tls_context(options: MutableMapping[str, str], shown: str) -> ssl.SSLContext
     context.check_hostname = check_hostname
     context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
     return context
+
+
+class _Locked(Exception):
+    """The client key asked for a pass phrase (:func:`_no_pass_phrase`)."""
+
+
+def _no_pass_phrase() -> str:
+    """The pass phrase callback of ``load_cert_chain``: none is known, so the load fails
+    here instead of OpenSSL prompting on the terminal."""
+    raise _Locked

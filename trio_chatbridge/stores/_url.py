@@ -63,8 +63,15 @@ def _store(url: str, parts: SplitResult, shown: str) -> Store:
 
 def _redis(url: str) -> RedisStore:
     parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query))
+    # blank values kept: RedisStore.from_url refuses a blank ssl_check_hostname, say; dropped
+    # here, the same URL would be refused or taken by where it was written
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
     prefix = options.pop("prefix", DEFAULT_PREFIX)
+    if not prefix:  # (read as the default before blank values were kept: not a new keyspace)
+        raise ConfigurationError(
+            "store URL: prefix is blank; name one (prefix=bridge) or leave the option out "
+            f"for the default, {DEFAULT_PREFIX!r}"
+        )
     cluster = options.pop("cluster", "false").lower()
     if cluster not in ("true", "false"):
         raise ConfigurationError(f"store URL: cluster must be true or false, got {cluster!r}")

@@ -1,9 +1,8 @@
-"""A client key with a pass phrase in a ``rediss://`` URL's ``ssl_keyfile``: refused when the
-store is built, saying so, never by a prompt. OpenSSL, given no password, asks for one on the
-terminal ("Enter PEM pass phrase:"): ``trio-chatbridge run`` or ``check`` started from a shell
-waited there, and under systemd (no terminal) the error said only "[Errno 22] Invalid
-argument". (Failing: the fix is in trio_chatbridge/stores/_tls.py, see the report of the
-review13 branch; strict xfail until then, so the fix shows.)"""
+"""A ``rediss://`` URL's TLS options, hostile or odd, refused when the store is built, saying
+why. A client key with a pass phrase (``ssl_keyfile``): never by a prompt. OpenSSL, given no
+password, asks for one on the terminal ("Enter PEM pass phrase:"): ``trio-chatbridge run`` or
+``check`` started from a shell waited there, and under systemd (no terminal) the error said
+only "[Errno 22] Invalid argument"."""
 
 from __future__ import annotations
 
@@ -20,9 +19,6 @@ import trio_chatbridge as cb
 from trio_chatbridge.stores import store_from_url
 
 pty = pytest.importorskip("pty")  # (Unix)
-UNFIXED = pytest.mark.xfail(
-    strict=True, reason="stores/_tls.py load_cert_chain: fix described in review13's report"
-)
 
 
 @pytest.fixture
@@ -41,13 +37,11 @@ def encrypted_client(tmp_path: Path) -> str:
     )
 
 
-@UNFIXED
 def test_a_key_with_a_pass_phrase_is_refused_saying_so(encrypted_client: str) -> None:
     with pytest.raises(cb.ConfigurationError, match="pass phrase"):
         store_from_url(encrypted_client)
 
 
-@UNFIXED
 def test_a_key_with_a_pass_phrase_never_waits_at_a_prompt(encrypted_client: str) -> None:
     """Built in a process whose standard input is a terminal (a shell's): it ended at once."""
     code = (
@@ -74,7 +68,6 @@ def test_a_key_with_a_pass_phrase_never_waits_at_a_prompt(encrypted_client: str)
     assert b"pass phrase" not in child.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="stores/_url.py parse_qsl: fix in review13's report")
 @pytest.mark.parametrize("option", ["ssl_check_hostname", "ssl_cert_reqs"])
 def test_a_blank_tls_option_in_a_store_url_is_refused_as_from_url_refuses_it(option: str) -> None:
     """``RedisStore.from_url`` refuses ``ssl_check_hostname=`` (blank), but the config's
@@ -85,3 +78,10 @@ def test_a_blank_tls_option_in_a_store_url_is_refused_as_from_url_refuses_it(opt
         cb.RedisStore.from_url(url)
     with pytest.raises(cb.ConfigurationError, match=option):
         store_from_url(url)
+
+
+def test_a_blank_prefix_in_a_store_url_is_refused_not_taken_for_a_keyspace_of_its_own() -> None:
+    """Before blank values were kept, ``prefix=`` was dropped (the default prefix); taken now
+    as written, it would be a new, empty keyspace: a bridge starting without its journal."""
+    with pytest.raises(cb.ConfigurationError, match="prefix is blank"):
+        store_from_url("redis://127.0.0.1:1/0?prefix=")
