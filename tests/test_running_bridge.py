@@ -3,6 +3,9 @@ a reply that never comes; ``Bridge.add_failure_listener`` is how it knows."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable
+
 import pytest
 import trio
 import trio.testing
@@ -130,6 +133,27 @@ def test_a_plain_function_is_refused_as_the_agent_when_the_bridge_is_built() -> 
             pass
 
     cb.Bridge([FakeConnector()], Callable(), store=cb.MemoryStore())
+
+
+def test_an_agent_behind_a_decorator_or_a_partial_is_taken_a_lambda_is_refused_saying_why() -> None:
+    """A decorator that wraps with functools.wraps (and returns the coroutine) is how many
+    agents are logged or timed: taken. A lambda around an agent cannot be told from a plain
+    function before it runs: refused, the message saying what to write."""
+
+    async def agent(batch: cb.Batch, reply: cb.Reply, greeting: str = "hi") -> None:
+        pass
+
+    def logged(fn: cb.Agent) -> cb.Agent:
+        @functools.wraps(fn)
+        def wrapper(batch: cb.Batch, reply: cb.Reply) -> Awaitable[None]:
+            return fn(batch, reply)
+
+        return wrapper
+
+    for taken in (logged(agent), functools.partial(agent, greeting="yo")):
+        cb.Bridge([FakeConnector()], taken, store=cb.MemoryStore())
+    with pytest.raises(cb.ConfigurationError, match="even if it returns a coroutine"):
+        cb.Bridge([FakeConnector()], lambda b, r: agent(b, r), store=cb.MemoryStore())
 
 
 async def test_a_connector_that_never_comes_up_fails_the_start_with_its_error(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -15,7 +14,7 @@ import trio
 from . import _redact, _stats
 from ._connector import Connector, ConnectorContext
 from ._debounce import Debounce, Debouncer
-from ._dispatch import Agent, Dispatcher, FailureListener, OnBusy
+from ._dispatch import Agent, Dispatcher, FailureListener, OnBusy, refused_agent
 from ._errors import ChatBridgeError, ConfigurationError
 from ._inbox import Inbox
 from ._latency import Latencies, LatencyListener
@@ -140,14 +139,11 @@ class Bridge:
     _failure_listeners: list[FailureListener] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if not inspect.iscoroutinefunction(self.agent) and not inspect.iscoroutinefunction(
-            getattr(self.agent, "__call__", None)  # noqa: B004 - a callable object's method
-        ):
-            raise ConfigurationError(
-                f"the agent {getattr(self.agent, '__qualname__', self.agent)!r} is not an async "
-                "function: write 'async def agent(batch, reply)' (every run of a plain function "
-                "failed, 'object NoneType can't be used in await expression')"
-            )
+        refused = refused_agent(
+            self.agent, f"the agent {getattr(self.agent, '__qualname__', self.agent)!r}"
+        )
+        if refused is not None:
+            raise ConfigurationError(refused)
         self._board = StatusBoard(c.name for c in self.connectors)
         if self.wall_clock is None:
             self.wall_clock = self.store.wall_clock

@@ -12,7 +12,6 @@ once.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import re
 import stat
@@ -40,7 +39,7 @@ from pydantic import (
 from ._bridge import Bridge
 from ._connector import Connector
 from ._debounce import Debounce
-from ._dispatch import Agent
+from ._dispatch import Agent, refused_agent
 from ._errors import ConfigurationError
 from ._health import ENDPOINTS
 from ._supervise import Backoff
@@ -286,12 +285,9 @@ class Config(_Model):
                 target = getattr(target, name)
             except AttributeError:
                 raise ConfigurationError(f"{module_name!r} has no {attribute!r}") from None
-        if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(
-            getattr(target, "__call__", None)  # noqa: B004 - a callable object's method
-        ):
-            raise ConfigurationError(
-                f"{self.agent} is not an async function: write 'async def agent(batch, reply)'"
-            )
+        refused = refused_agent(target, self.agent)
+        if refused is not None:
+            raise ConfigurationError(refused)
         agent: Agent = target
         return agent
 

@@ -15,6 +15,7 @@ grace; interrupted and cut-off runs ignore theirs.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import math
 import types
@@ -40,6 +41,29 @@ log = logging.getLogger("trio_chatbridge.dispatch")
 
 Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
 """``async def agent(batch, reply) -> None``: what the user writes."""
+
+
+def refused_agent(agent: object, shown: str) -> str | None:
+    """Why ``agent`` cannot be an agent (None: it can). One is an async function, a
+    ``functools.partial`` of one, a function wrapped around one with ``functools.wraps`` (a
+    decorator's), or an object whose ``__call__`` is one. A plain function is refused even
+    if it returns a coroutine (a lambda around an agent): nothing tells it, before it runs,
+    from one that returns None, and every run of that failed ("object NoneType can't be used
+    in 'await' expression")."""
+    for candidate in (agent, getattr(agent, "__call__", None)):  # noqa: B004 - the method
+        try:
+            unwrapped = inspect.unwrap(candidate) if callable(candidate) else candidate
+        except ValueError:  # a cycle of __wrapped__
+            unwrapped = candidate
+        if inspect.iscoroutinefunction(candidate) or inspect.iscoroutinefunction(unwrapped):
+            return None
+    return (
+        f"{shown} is not an async function: write 'async def agent(batch, reply)' (a plain "
+        "function is refused even if it returns a coroutine, as a lambda around an agent "
+        "does: make that an async def too, or use functools.partial)"
+    )
+
+
 DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
 OnBusy: TypeAlias = Literal["queue", "interrupt"]
 FailureListener: TypeAlias = Callable[[Batch, str, "BaseException | None"], None]
