@@ -43,6 +43,19 @@ Agent: TypeAlias = Callable[[Batch, Reply], Awaitable[None]]
 """``async def agent(batch, reply) -> None``: what the user writes."""
 
 
+DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
+OnBusy: TypeAlias = Literal["queue", "interrupt"]
+FailureListener: TypeAlias = Callable[[Batch, str, "BaseException | None"], None]
+"""``listener(batch, error, exception)``, called for each run that failed: ``error`` is what the
+journal records, ``exception`` what the agent raised (None: no connector for the account; a
+timeout gives the exception the cut-off run raised, if any)."""
+UNMARKED: Final = "journal.unmarked"  # handled messages whose done-mark the store refused
+_UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
+LEAVE_GRACE: Final = 10.0
+"""Seconds past ``run_timeout`` a connector's ``running()`` context has to be entered and left
+(leaving a timed-out run may do network work: WeCom closes its callback)."""
+
+
 def refused_agent(agent: object, shown: str) -> str | None:
     """Why ``agent`` cannot be an agent (None: it can). One is an async function, a
     ``functools.partial`` of one, a function wrapped around one with ``functools.wraps`` (a
@@ -62,19 +75,6 @@ def refused_agent(agent: object, shown: str) -> str | None:
         "function is refused even if it returns a coroutine, as a lambda around an agent "
         "does: make that an async def too, or use functools.partial)"
     )
-
-
-DEFAULT_MAX_WAITING: Final = 1024  # sessions waiting for a concurrency slot, at most
-OnBusy: TypeAlias = Literal["queue", "interrupt"]
-FailureListener: TypeAlias = Callable[[Batch, str, "BaseException | None"], None]
-"""``listener(batch, error, exception)``, called for each run that failed: ``error`` is what the
-journal records, ``exception`` what the agent raised (None: no connector for the account; a
-timeout gives the exception the cut-off run raised, if any)."""
-UNMARKED: Final = "journal.unmarked"  # handled messages whose done-mark the store refused
-_UNLIMITED: Final = nullcontext()  # in place of a timeout scope, without a run_timeout
-LEAVE_GRACE: Final = 10.0
-"""Seconds past ``run_timeout`` a connector's ``running()`` context has to be entered and left
-(leaving a timed-out run may do network work: WeCom closes its callback)."""
 
 
 @types.coroutine
