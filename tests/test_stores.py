@@ -335,7 +335,7 @@ def behaves_like_memory(
                     continue
                 assert await apply(store, op) == await apply(memory, op), op
         async with factory() as reopened:
-            reads = [("get", a, k) for a in "xy" for k in ("k1", "k2")]
+            reads: list[tuple[Any, ...]] = [("get", a, k) for a in "xy" for k in ("k1", "k2")]
             reads.append(("remaining", ["L1", "L2", "L3"]))
             for op in [("pending",), *[("get_cursor", a) for a in "xy"], *reads]:
                 assert await apply(reopened, op) == await apply(memory, op), op
