@@ -45,8 +45,9 @@ def make_bridge(connectors: Sequence[Connector], store: cb.Store | None = None) 
         agent,
         debounce=DEBOUNCE,
         # The user writes again while the answer is streaming: the bridge cancels this run
-        # (the half-written stream is closed) and runs the agent again with all the messages,
-        # so the new answer takes everything the user said into account.
+        # and runs the agent again with all the messages, so the new answer takes everything
+        # the user said into account. The half-written stream is closed where it stopped: its
+        # partial text stays in the chat, above the new answer.
         on_busy="interrupt",
         # A run that takes longer than this is cancelled and recorded as failed.
         run_timeout=120.0,
