@@ -9,7 +9,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -51,9 +52,12 @@ async def test_the_users_own_test_file_passes(
         await getattr(tests, name)(autojump_clock)
 
 
-async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
+@asynccontextmanager
+async def echo_bot_on_loopback(
     examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> AsyncIterator[tuple[Any, cb.Bridge, trio.Nursery]]:
+    """A loopback WeCom emulator, the environment naming it as a user would set it, and
+    echo_bot's bridge built from that environment (not started); the emulator stops after."""
     echo_bot, wecom_env = examples("echo_bot"), examples("wecom_env")
     monkeypatch.setattr(echo_bot, "DEBOUNCE", QUICK)
     with trio.fail_after(LIMIT):
@@ -62,11 +66,19 @@ async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
             monkeypatch.setenv("WECOM_BOT_ID", emulator.bot_id)
             monkeypatch.setenv("WECOM_SECRET", emulator.secret)
             monkeypatch.setenv("WECOM_URL", emulator.ws_url)
-            bridge = echo_bot.make_bridge(wecom_env.from_env(), cb.MemoryStore())
-            async with running_bridge(bridge):
-                emulator.user_says("alice", "hi")
-                sent = await emulator.next_sent()
+            yield emulator, echo_bot.make_bridge(wecom_env.from_env(), cb.MemoryStore()), nursery
             nursery.cancel_scope.cancel()
+
+
+async def test_echo_bot_answers_on_a_loopback_emulator_named_by_the_environment(
+    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        echo_bot_on_loopback(examples, monkeypatch) as (emulator, bridge, _),
+        running_bridge(bridge),
+    ):
+        emulator.user_says("alice", "hi")
+        sent = await emulator.next_sent()
     assert (sent.to, sent.text) == ("alice", "you said: hi")
 
 
@@ -77,21 +89,12 @@ async def test_echo_bot_says_once_that_it_is_up_where_and_how_to_write_to_it(
 ) -> None:
     """``python examples/echo_bot.py`` printed nothing once connected: a newcomer could not
     tell a bot that is up from one still connecting, nor what to do next."""
-    echo_bot, wecom_env = examples("echo_bot"), examples("wecom_env")
-    monkeypatch.setattr(echo_bot, "DEBOUNCE", QUICK)
-    with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            emulator = await nursery.start(WeComEmulator().serve)
-            monkeypatch.setenv("WECOM_BOT_ID", emulator.bot_id)
-            monkeypatch.setenv("WECOM_SECRET", emulator.secret)
-            monkeypatch.setenv("WECOM_URL", emulator.ws_url)
-            bridge = echo_bot.make_bridge(wecom_env.from_env(), cb.MemoryStore())
-            assert capsys.readouterr().out == ""
-            nursery.start_soon(wecom_env.serve, bridge, "echo_bot")  # what __main__ runs
-            await bridge.wait_status(lambda s: s["wecom:emulator-bot"].state == "running")
-            emulator.user_says("alice", "hi")
-            assert (await emulator.next_sent()).text == "you said: hi"
-            nursery.cancel_scope.cancel()
+    async with echo_bot_on_loopback(examples, monkeypatch) as (emulator, bridge, nursery):
+        assert capsys.readouterr().out == ""
+        nursery.start_soon(examples("wecom_env").serve, bridge, "echo_bot")  # what __main__ runs
+        await bridge.wait_status(lambda s: s["wecom:emulator-bot"].state == "running")
+        emulator.user_says("alice", "hi")
+        assert (await emulator.next_sent()).text == "you said: hi"
     assert capsys.readouterr().out == (
         f"echo_bot is up: wecom:emulator-bot on {emulator.ws_url}; write to it through the "
         f"""emulator: curl -d '{{"user": "alice", "text": "hi"}}' ADMIN_URL/messages. """

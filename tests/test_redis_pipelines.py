@@ -67,20 +67,30 @@ class GateProxy:
             nursery.cancel_scope.cancel()
 
 
-async def test_the_pipelines_of_a_lease_round_are_sent_together(redis_node: RedisServer) -> None:
+NAMES = [f"fake:acct{i:04}" for i in range(ACCOUNTS)]
+
+
+@asynccontextmanager
+async def a_third_held_then_gated(redis_node: RedisServer) -> AsyncIterator[cb.RedisStore]:
+    """A store through an armed :class:`GateProxy` (four connections must send before any
+    byte goes on), a third of :data:`NAMES`' leases held by another owner (no heartbeat: no
+    hold-off of a new prefix)."""
     proxy = GateProxy(together=4)
-    names = [f"fake:acct{i:04}" for i in range(ACCOUNTS)]
     with trio.fail_after(20):
         async with proxy.running(redis_node) as url:
             prefix = f"gate-{uuid.uuid4().hex}:"
             store = cb.RedisStore.from_url(url, prefix=prefix, timeout=10)
             other = cb.RedisStore.from_url(redis_node.url, prefix=prefix, timeout=10)
-            async with store, other:  # (no heartbeat: no hold-off of a new prefix)
-                taken = await other.acquire_leases(names[::3], "other", 15)
-                assert all(taken)
+            async with store, other:
+                assert all(await other.acquire_leases(NAMES[::3], "other", 15))
                 proxy.arm()
-                got = await store.acquire_leases(names, "me", 15)
-                renewed = await store.renew_leases(names, "me", 15)
+                yield store
+
+
+async def test_the_pipelines_of_a_lease_round_are_sent_together(redis_node: RedisServer) -> None:
+    async with a_third_held_then_gated(redis_node) as store:
+        got = await store.acquire_leases(NAMES, "me", 15)
+        renewed = await store.renew_leases(NAMES, "me", 15)
     # in the names' order, whatever pipeline answered first
     mine = [i % 3 != 0 for i in range(ACCOUNTS)]
     assert got == mine
@@ -92,17 +102,8 @@ async def test_the_expiries_of_a_lease_round_are_read_in_pipelines_sent_together
 ) -> None:
     """A round looks up the expiry of every lease it was refused: in pipelines sent together
     (here held until four have sent), not in a round trip each."""
-    proxy = GateProxy(together=4)
-    names = [f"fake:acct{i:04}" for i in range(ACCOUNTS)]
-    with trio.fail_after(20):
-        async with proxy.running(redis_node) as url:
-            prefix = f"gate-{uuid.uuid4().hex}:"
-            store = cb.RedisStore.from_url(url, prefix=prefix, timeout=10)
-            other = cb.RedisStore.from_url(redis_node.url, prefix=prefix, timeout=10)
-            async with store, other:
-                assert all(await other.acquire_leases(names[::3], "other", 15))
-                proxy.arm()
-                left = await store.leases_remaining(names)
+    async with a_third_held_then_gated(redis_node) as store:
+        left = await store.leases_remaining(NAMES)
     assert [t == 0 for t in left] == [i % 3 != 0 for i in range(ACCOUNTS)]
     assert all(14 < (t or 0) <= 15 for t in left[::3])
 
@@ -112,13 +113,12 @@ async def test_a_failed_pipeline_is_a_store_error_not_a_group(redis_node: RedisS
     catches, the other pipelines cancelled."""
     prefix = f"fail-{uuid.uuid4().hex}:"
     store = cb.RedisStore.from_url(redis_node.url, prefix=prefix, timeout=2)
-    names = [f"fake:acct{i:04}" for i in range(ACCOUNTS)]
-    lease = f"{prefix}{{{names[2 * BATCH + 1]}}}:lease"  # the layout stores/_redis.py gives
+    lease = f"{prefix}{{{NAMES[2 * BATCH + 1]}}}:lease"  # the layout stores/_redis.py gives
     # a lease of the third pipeline is a hash: its script fails
     await trio.to_thread.run_sync(redis_node.cli, "hset", lease, "not", "a string")
     async with store:
         try:
-            await store.acquire_leases(names, "me", 15)
+            await store.acquire_leases(NAMES, "me", 15)
         except cb.StoreError as exc:
             assert "another kind of value" in str(exc)
         else:
