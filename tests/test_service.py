@@ -566,6 +566,54 @@ async def test_weixin_login_takes_the_store_url_a_config_takes_or_a_bare_sqlite_
 
 
 @cli
+async def test_weixin_login_with_a_config_logs_into_the_store_run_opens(tmp_path: Path) -> None:
+    """``--store chatbridge.db`` is the working directory's; ``run`` reads the config's
+    relative path beside the file: ``--config`` takes the file's store, as ``run`` opens it,
+    and needs no other connector's secret to be set."""
+    bot = tmp_path / "mybot"
+    bot.mkdir()
+    (bot / "chatbridge.toml").write_text(
+        'agent = "bot:agent"\nstore = "sqlite:///state/chatbridge.db"\n\n[[connectors]]\n'
+        'platform = "wecom"\nbot_id = "b"\nsecret = "${UNSET_FOR_THE_LOGIN}"\n'
+    )
+    (bot / "state").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    emulator = WeixinEmulator(qr_script=("confirmed",))
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(emulator.serve, "127.0.0.1", 0)
+            login = command(
+                "weixin-login", "--account", "bot-1", "--config", "../mybot/chatbridge.toml"
+            )
+            result = await trio.run_process(
+                [*login, "--base-url", base_url],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=ENV,
+                cwd=elsewhere,
+            )
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0, result.stderr.decode()
+    assert not (elsewhere / "state").exists()
+    async with store_from_url(f"sqlite:///{bot}/state/chatbridge.db") as kept:
+        assert await kept.get("weixin", "bot-1", TOKEN_KEY) == emulator.token
+
+
+@cli
+def test_weixin_login_takes_a_store_or_a_config_not_both(tmp_path: Path, until: float) -> None:
+    both = ["--store", "x.db", "--config", str(tmp_path / "chatbridge.toml")]
+    result = finish(command("weixin-login", "--account", "bot-1", *both), until)
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
+    (tmp_path / "chatbridge.toml").write_text('store = "${NO_SUCH_VARIABLE}"\n')
+    result = finish(command("weixin-login", "--account", "bot-1", *both[2:]), until)
+    assert result.returncode == 2
+    assert "store: the environment variable NO_SUCH_VARIABLE is not set" in result.stderr
+
+
+@cli
 def test_weixin_login_names_a_store_url_it_cannot_use(until: float) -> None:
     login = command("weixin-login", "--account", "bot-1", "--store", "postgres://db/x")
     result = finish(login, until)

@@ -75,11 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
         "weixin-login", help="log a WeChat bot in by QR code and keep its token in the store"
     )
     login.add_argument("--account", required=True, help="the account name the Connector uses")
-    login.add_argument(
+    where = login.add_mutually_exclusive_group()
+    where.add_argument(
         "--store",
-        default="sqlite:///chatbridge.db",
+        default=None,
         help="the store, as the configuration's store URL (sqlite:///chatbridge.db, the default;"
-        " redis://...); a bare path without a scheme is a SQLite file",
+        " redis://...); a bare path without a scheme is a SQLite file; a relative path is the"
+        " working directory's",
+    )
+    where.add_argument(
+        "--config",
+        default=None,
+        help="the configuration file whose store to use, as 'run' opens it (a relative SQLite"
+        " path is the file's directory's)",
     )
     login.add_argument("--base-url", default=None, help="the QR login server (an emulator's)")
     return parser
@@ -99,15 +107,19 @@ def _emulate(platform: str, host: str, port: int) -> None:
         pass
 
 
-def _weixin_login(account: str, store_url: str, base_url: str | None) -> int:
+def _weixin_login(
+    account: str, store_url: str | None, config: str | None, base_url: str | None
+) -> int:
     import trio
 
+    from ._config import DEFAULT_STORE, store_url_of
     from ._errors import ConfigurationError
     from .platforms.weixin import ILinkClient, LoginError, login
     from .platforms.weixin._login import QR_BASE_URL
 
     try:
-        store = _login_store(store_url)
+        url = store_url_of(config) if config is not None else store_url or DEFAULT_STORE
+        store = _login_store(url)
     except ConfigurationError as exc:
         print(f"weixin-login: {exc}", file=sys.stderr)
         return 2
@@ -165,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "emulate":
         _emulate(args.platform, args.host, args.port)
     elif args.command == "weixin-login":
-        return _weixin_login(args.account, args.store, args.base_url)
+        return _weixin_login(args.account, args.store, args.config, args.base_url)
     return 0
 
 

@@ -326,12 +326,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     Raises :class:`InvalidConfig` listing every problem with its key path.
     """
     source = Path(path)
-    try:
-        raw = tomllib.loads(source.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InvalidConfig(str(source), [Problem("", f"cannot read it: {exc.strerror}")]) from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidConfig(str(source), [Problem("", f"not valid TOML: {exc}")]) from exc
+    raw = _read(source)
     problems: list[Problem] = []
     resolved = _resolve(raw, (), _Lookup(environ or os.environ, source.parent), problems)
     # A key whose reference failed has that one problem: what its stand-in ("") then fails
@@ -342,12 +337,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except pydantic.ValidationError as exc:
         problems.extend(p for p in _problems(exc) if p.path not in unresolved)
         raise InvalidConfig(str(source), problems) from None
-    relative = _relative_sqlite(config.store)
-    if relative is not None:
-        beside = Path(os.path.abspath(source.parent / relative))
-        config = config.model_copy(update={"store": "sqlite:///" + quote(str(beside))})
-        if (left := _left_behind(Path(relative), beside)) is not None:
-            problems.append(Problem("store", left))
+    store, left = _anchored(config.store, source.parent)
+    config = config.model_copy(update={"store": store})
+    if left is not None:
+        problems.append(Problem("store", left))
     problems.extend(
         p for p in _semantic_problems(config, source.parent) if p.path not in unresolved
     )
@@ -355,6 +348,46 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise InvalidConfig(str(source), problems)
     config._inline_secrets = _inline_secrets(raw, config)
     return config
+
+
+def store_url_of(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> str:
+    """The store the configuration file ``path`` names, as ``run`` opens it: its ``${...}``
+    resolved and a relative SQLite path made the file's directory's; nothing else of the file
+    is resolved or checked (``weixin-login --config`` needs the store only, not the other
+    connectors' secrets). Raises :class:`InvalidConfig` saying what is wrong with ``store``."""
+    source = Path(path)
+    problems: list[Problem] = []
+    lookup = _Lookup(environ or os.environ, source.parent)
+    url = _resolve(_read(source).get("store", DEFAULT_STORE), ("store",), lookup, problems)
+    if not problems and not isinstance(url, str):
+        problems.append(Problem("store", "write a store URL, as sqlite:///chatbridge.db"))
+    if problems:
+        raise InvalidConfig(str(source), problems)
+    assert isinstance(url, str)
+    anchored, left = _anchored(url, source.parent)
+    if left is not None:
+        raise InvalidConfig(str(source), [Problem("store", left)])
+    return anchored
+
+
+def _read(source: Path) -> dict[str, Any]:
+    """The configuration file's TOML, or :class:`InvalidConfig` saying why it cannot be read."""
+    try:
+        return tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidConfig(str(source), [Problem("", f"cannot read it: {exc.strerror}")]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidConfig(str(source), [Problem("", f"not valid TOML: {exc}")]) from exc
+
+
+def _anchored(url: str, base: Path) -> tuple[str, str | None]:
+    """``url`` with a relative SQLite path made ``base``'s, and what to do if the journal
+    is still where such a path used to lead (:func:`_left_behind`; None: nothing)."""
+    relative = _relative_sqlite(url)
+    if relative is None:
+        return url, None
+    beside = Path(os.path.abspath(base / relative))
+    return "sqlite:///" + quote(str(beside)), _left_behind(Path(relative), beside)
 
 
 def _relative_sqlite(url: str) -> str | None:
