@@ -38,6 +38,10 @@ BODY_LENGTHS: Final = frozenset({b"content-length", b"transfer-encoding"})
 BODY_WITHIN: Final = 10.0  # seconds a refused request's body may take to be read
 CLOSE: Final = ((b"connection", b"close"),)  # the server closes the connection after the answer
 ENDPOINTS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+BACKLOG: Final = 1024
+"""Connections the kernel queues before the server accepts them (hypercorn's default, 100, is
+overflowed by a burst of webhook callbacks, each a new connection: every client past it
+retried its connect a second later). The kernel caps it at ``net.core.somaxconn``."""
 IDLE_WITHIN: Final = 5.0  # seconds a connection may sit idle, or take to send its headers
 JSON: Final = b"application/json"
 MAX_HEAD: Final = 16 * 1024  # bytes of a request's line and headers (431 beyond)
@@ -189,6 +193,7 @@ async def serve_http(
 
     config = BoundedSends()
     config.bind = [listen]
+    config.backlog = BACKLOG
     # What one client can hold, explicit rather than hypercorn's defaults (docs/service.md).
     config.keep_alive_timeout = IDLE_WITHIN  # also bounds a request's headers dripping in
     config.read_timeout = READ_WITHIN
