@@ -589,6 +589,28 @@ async def test_redis_store_errors_are_clear(tmp_path: Path) -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda store: store.lease_remaining("a"),
+        lambda store: store.leases_remaining(["a", "b"]),
+        lambda store: store.acquire_leases(["a"], "p1", 10),
+        lambda store: store.renew_leases(["a"], "p1", 10),
+        lambda store: store.journal_pending(),
+    ],
+    ids=["lease_remaining", "leases_remaining", "acquire_leases", "renew_leases", "pending"],
+)
+async def test_a_redis_store_not_open_says_so_to_its_pipelined_calls(
+    call: Callable[[cb.RedisStore], Awaitable[object]],
+) -> None:
+    """Calls sent as pipelines say "not open" as the others do (lease_remaining did, until it
+    became a pipelined read; they raised coredis's RuntimeError 'Connection pool is not
+    initialized'). No server needed: nothing is sent."""
+    store = cb.RedisStore.from_url("redis://127.0.0.1:1/0", timeout=1)
+    with trio.fail_after(10), pytest.raises(cb.StoreError, match="is not open"):
+        await call(store)
+
+
 async def test_members_join_by_heartbeat_and_can_leave(store: cb.Store) -> None:
     assert list(await store.heartbeat("g", "p2", 10)) == ["p2"]
     assert list(await store.heartbeat("g", "p1", 20)) == ["p1", "p2"]

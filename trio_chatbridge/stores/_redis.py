@@ -750,7 +750,9 @@ class RedisStore(OneWriteStore):
         """``call(item, pipe)`` for each item, :data:`BATCH` to a pipeline, the pipelines
         sent :data:`PIPELINES_AT_ONCE` at a time; the replies in the items' order. A failure
         is the :class:`StoreError` of the first pipeline that failed (the others are
-        cancelled). Cancelled: each pipeline was sent or not, unknown which."""
+        cancelled). Cancelled: each pipeline was sent or not, unknown which. A store not
+        open raises StoreError, as :meth:`_call` does (coredis's own error was a RuntimeError)."""
+        self._check_open()
         batches = [items[first : first + BATCH] for first in range(0, len(items), BATCH)]
         replies: list[list[object]] = [[] for _ in batches]
         room = trio.CapacityLimiter(PIPELINES_AT_ONCE)
