@@ -1071,19 +1071,26 @@ async def test_a_message_of_another_account_is_refused_before_the_journal(
     [
         ({"parts": [cb.Text("hi")]}, "whose parts is a list: give a tuple (tuple(parts))"),
         ({"reply_handle": {"chat": "c"}}, "whose reply_handle is a dict: give a Handle"),
+        # a chat that is no Chat stopped the whole bridge (the debouncer reads chat.id)
+        ({"chat": None}, "whose chat is a NoneType: give a Chat (Chat(id))"),
+        ({"chat": {"id": "c"}}, "whose chat is a dict: give a Chat (Chat(id))"),
+        ({"sender": "user"}, "whose sender is a str: give a Sender (Sender(id))"),
     ],
 )
-async def test_a_message_with_parts_not_a_tuple_or_a_dict_for_a_handle_is_refused_at_put(
+async def test_a_message_whose_fields_are_not_of_their_types_is_refused_at_put(
     autojump_clock: trio.testing.MockClock, change: dict[str, Any], said: str
 ) -> None:
     """Checked where every message enters the bridge, before the journal; building a
-    message runs no check of ours (the hot path of every connector)."""
-    chat, store = FakeConnector(), cb.MemoryStore()
+    message runs no check of ours (the hot path of every connector). A chat that is no Chat
+    stopped the whole bridge, every account's connector with it."""
+    chat, other, store = FakeConnector(), FakeConnector("other"), cb.MemoryStore()
     wrong = msgspec.structs.replace(chat.message("hi", id="m1"), **change)
-    async with running_bridge(make_bridge(echo, chat, store=store)) as bridge:
+    async with running_bridge(make_bridge(echo, chat, other, store=store)) as bridge:
         chat.deliver(wrong)
         await trio.sleep(5)
         status = bridge.status()["fake:bot"]
+        await other.say("still here")  # the other account's connector goes on
+        assert (await other.next_reply()).text == "still here"
     assert status.last_error is not None
     assert f"ConfigurationError: connector fake:bot put message m1 {said}" in status.last_error
     assert await store.journal_pending() == []

@@ -34,7 +34,7 @@ from ._errors import (
     ProtocolError,
     SendError,
 )
-from ._messages import Batch, Handle, Message
+from ._messages import Batch, Chat, Handle, Message, Sender
 from ._names import account_name
 from ._redact import guard
 from .stores import Store
@@ -46,6 +46,13 @@ log = logging.getLogger("trio_chatbridge.connector")
 NOTHING: Final = nullcontext()  # what a connector holds while its agent runs, by default
 # the connector's methods that check the content, then call the platform's part: its hook
 _CHECKED: Final = {"send_first": "_send_first", "edit": "_edit"}
+_FIELD_KINDS: Final[tuple[tuple[str, type, str], ...]] = (
+    ("chat", Chat, "a Chat (Chat(id))"),
+    ("sender", Sender, "a Sender (Sender(id))"),
+    ("parts", tuple, "a tuple (tuple(parts))"),
+    ("reply_handle", Handle, "a Handle (Handle.of(...))"),
+)
+"""The fields ``put`` checks the type of, each with what to give instead."""
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
 """What a connector is doing. ``starting``: connecting (first, or again after a wait);
@@ -113,8 +120,10 @@ class ConnectorContext:
         If cancelled, acknowledge nothing; what was journaled is delivered all the same.
         Raises :class:`ConfigurationError`, before journaling any, for a message of another
         platform or account than this connector's (no connector could answer it), or one whose
-        ``parts`` is not a tuple or ``reply_handle`` not a :class:`~trio_chatbridge.Handle`
-        (checked here, where every message enters, rather than in each construction).
+        ``chat`` is not a :class:`~trio_chatbridge.Chat`, ``sender`` not a
+        :class:`~trio_chatbridge.Sender`, ``parts`` not a tuple or ``reply_handle`` not a
+        :class:`~trio_chatbridge.Handle` (checked here, where every message enters, rather
+        than in each construction: a chat of another type stopped the whole bridge).
         """
         platform, account = self.platform, self.account
         for message in messages:
@@ -124,20 +133,26 @@ class ConnectorContext:
                     f"{message.platform}:{message.account} (id {message.id}); build its "
                     f"messages with platform={self.platform!r}, account={self.account!r}"
                 )
-            if type(message.parts) is not tuple or type(message.reply_handle) is not Handle:
+            if (
+                type(message.chat) is not Chat
+                or type(message.sender) is not Sender
+                or type(message.parts) is not tuple
+                or type(message.reply_handle) is not Handle
+            ):
                 raise ConfigurationError(self._malformed(message))
         return await self._put(messages)
 
     def _malformed(self, message: Message) -> str:
-        """What is wrong with ``message``'s parts or reply handle, and what to write."""
-        if type(message.parts) is not tuple:
-            wrong, given, should = "parts", type(message.parts).__name__, "a tuple (tuple(parts))"
-        else:
-            wrong, given = "reply_handle", type(message.reply_handle).__name__
-            should = "a Handle (Handle.of(...))"
+        """What is wrong with ``message``'s chat, sender, parts or reply handle (the first
+        of them that is wrong), and what to write."""
+        field, given, should = next(
+            (field, getattr(message, field), should)
+            for field, kind, should in _FIELD_KINDS
+            if type(getattr(message, field)) is not kind
+        )
         return (
-            f"connector {self.platform}:{self.account} put message {message.id} whose {wrong} "
-            f"is a {given}: give {should}"
+            f"connector {self.platform}:{self.account} put message {message.id} whose {field} "
+            f"is a {type(given).__name__}: give {should}"
         )
 
     def count(self, name: str, n: int = 1) -> None:
