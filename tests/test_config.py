@@ -576,3 +576,40 @@ def test_a_journal_left_in_the_working_directory_is_a_problem_not_a_fresh_start(
     (bot / "chatbridge.db").write_bytes(b"")  # moved (or copied) beside the file: no problem
     store = store_from_url(load_config(path, {"WECOM_SECRET": "s"}).store)
     assert isinstance(store, cb.SQLiteStore) and Path(store.path) == bot / "chatbridge.db"
+
+
+def test_a_relative_sqlite_path_through_a_linked_directory_leads_where_file_references_do(
+    tmp_path: Path,
+) -> None:
+    """``..`` after a symlinked directory is the link target's parent, for the system and so
+    for ``${file:../shared/secret}``: the store's path was made absolute by dropping ``..``
+    against the link's own path, another directory (here one that does not exist)."""
+    real = tmp_path / "real" / "bot"
+    (tmp_path / "real" / "shared").mkdir(parents=True)
+    (tmp_path / "real" / "shared" / "secret").write_text("s\n")
+    real.mkdir()
+    toml = SQLITE.format(store='store = "sqlite:///../shared/j.db"')
+    write(real, toml.replace("${WECOM_SECRET}", "${file:../shared/secret}"))
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    config = load_config(link / "chatbridge.toml", {})
+    secret = config.connectors[0].secret  # type: ignore[union-attr]
+    assert secret.get_secret_value() == "s"  # read from real/shared/secret
+    store = store_from_url(config.store)
+    assert isinstance(store, cb.SQLiteStore)
+    assert Path(store.path).resolve() == tmp_path / "real" / "shared" / "j.db"
+
+
+def test_a_relative_file_uri_is_beside_the_config_file_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite ``file:`` URI with a relative path (``file:data/j.db?mode=rwc``) is a relative
+    path in the file like any other: it was left the working directory's."""
+    bot = tmp_path / "my bot"
+    (bot / "data").mkdir(parents=True)
+    uri = quote("file:data/j.db?mode=rwc", safe="/")  # its ? quoted: the store URL's is not its
+    path = write(bot, SQLITE.format(store=f'store = "sqlite:///{uri}"'))
+    monkeypatch.chdir(tmp_path)
+    store = store_from_url(load_config(path, {"WECOM_SECRET": "s"}).store)
+    assert isinstance(store, cb.SQLiteStore)
+    assert store.path == f"file:{quote(str(bot / 'data' / 'j.db'))}?mode=rwc"

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeAlias
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import attrs
 import pydantic
@@ -382,17 +382,25 @@ def _read(source: Path) -> dict[str, Any]:
 
 def _anchored(url: str, base: Path) -> tuple[str, str | None]:
     """``url`` with a relative SQLite path made ``base``'s, and what to do if the journal
-    is still where such a path used to lead (:func:`_left_behind`; None: nothing)."""
-    relative = _relative_sqlite(url)
-    if relative is None:
+    is still where such a path used to lead (:func:`_left_behind`; None: nothing).
+
+    Resolved as the system resolves it (:func:`os.path.realpath`): ``..`` after a symlinked
+    directory is its target's parent, as for ``${file:../x}`` (:func:`os.path.abspath` drops
+    it against the link's own path, another directory). A relative ``file:`` URI keeps its
+    query (``?mode=rwc``)."""
+    found = _relative_sqlite(url)
+    if found is None:
         return url, None
-    beside = Path(os.path.abspath(base / relative))
-    return "sqlite:///" + quote(str(beside)), _left_behind(Path(relative), beside)
+    relative, uri_query = found
+    beside = Path(os.path.realpath(base / relative))
+    path = str(beside) if uri_query is None else f"file:{quote(str(beside))}{uri_query}"
+    return "sqlite:///" + quote(path), _left_behind(Path(relative), beside)
 
 
-def _relative_sqlite(url: str) -> str | None:
-    """The path of the SQLite file ``url`` names when it is relative; None for anything else
-    (another store, an absolute path, an in-memory or ``file:`` database, a URL that is wrong,
+def _relative_sqlite(url: str) -> tuple[str, str | None] | None:
+    """The path of the SQLite file ``url`` names when it is relative, with, for a ``file:``
+    URI, its ``?query`` ("" without one; None for a plain path). None for anything else
+    (another store, an absolute path or URI, an in-memory database, a URL that is wrong,
     which the store's check reports)."""
     try:
         store = store_from_url(url)
@@ -400,9 +408,15 @@ def _relative_sqlite(url: str) -> str | None:
         return None
     if not isinstance(store, SQLiteStore) or store.path == ":memory:":
         return None
-    if store.path.startswith("file:") or os.path.isabs(store.path):
+    if not store.path.startswith("file:"):
+        return None if os.path.isabs(store.path) else (store.path, None)
+    uri = urlsplit(store.path)
+    path = unquote(uri.path)
+    if uri.netloc or path.startswith("/") or path in ("", ":memory:"):
         return None
-    return store.path
+    if "memory" in parse_qs(uri.query).get("mode", ()):
+        return None
+    return path, f"?{uri.query}" if uri.query else ""
 
 
 def _left_behind(relative: Path, beside: Path) -> str | None:
