@@ -494,6 +494,34 @@ async def test_a_round_cut_off_by_its_time_keeps_the_expiries_it_was_told(
     assert link.lookups[:3] == [10, 10, 10]  # one a call: the second call's cut off each round
 
 
+class ExpiriesUnread(Link):
+    """A store that takes leases but cannot tell their expiries: every look-up fails (a
+    Redis user whose ACL denies PTTL, or a read failing for a while)."""
+
+    async def leases_remaining(self, names: Sequence[str]) -> list[float | None]:
+        raise cb.StoreError("NOPERM this user has no permissions to run the 'pttl' command")
+
+
+async def test_a_failed_look_up_of_expiries_keeps_the_round_acquiring_the_other_leases(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty accounts, ten to an acquisition call, the first ten's leases held by a dead
+    owner for long. The look-up of those ten's expiries failing ended the round before it
+    tried the other twenty: a look-up that always fails kept them from being taken for good.
+    A look-up only says when to try again; failed, those wait for a round, as before it."""
+    monkeypatch.setattr("trio_chatbridge._lease.ACQUIRED_AT_ONCE", 10)
+    accounts = [f"acct{i:02}" for i in range(30)]
+    link = ExpiriesUnread(cb.MemoryStore())
+    await held_by_a_dead_owner(link.store, accounts[:10], trio.current_time() + 100 * TTL)
+    proc = Process(link.store, accounts, link=link)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proc.run)
+            await trio.sleep(3 * LEASES.round)
+            assert proc.held() == accounts[10:]
+            proc.bridge.shutdown()
+
+
 async def test_bridges_sharing_one_sqlite_file_spread_its_accounts(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

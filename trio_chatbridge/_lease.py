@@ -376,13 +376,19 @@ class LeaseKeeper:
         asking about each lease; returns it), else just after its lease expires, asked of all
         of them in one call (:meth:`Store.leases_remaining`), unless told of a release first.
         Held by another, a lease's owner died after its membership did, or is handing it off.
-        Cancelled (the round's time ran out): the leases not answered for wait for a round."""
+        Cancelled (the round's time ran out), or the store failed to answer: the leases not
+        answered for wait for a round (a look-up only says when to try again: its failure
+        never keeps the round from trying the other leases)."""
         held_off = self.store.acquisitions_held_off()
         if held_off > 0:
             for account in refused:
                 account.retry_at = trio.current_time() + held_off
         elif refused:
-            left = await self.store.leases_remaining([a.name for a in refused])
+            try:
+                left = await self.store.leases_remaining([a.name for a in refused])
+            except StoreError as exc:
+                log.warning("could not read when %d refused leases expire: %s", len(refused), exc)
+                return held_off
             now = trio.current_time()
             for account, seconds in zip(refused, left, strict=True):
                 if seconds is not None:
