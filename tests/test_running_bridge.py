@@ -192,3 +192,16 @@ async def test_a_start_that_takes_long_on_purpose_can_be_waited_for(
                 assert trio.current_time() >= 300
                 assert bridge.status()["wecom:emulator-bot"].connects == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_connectors_up_as_the_start_timeout_runs_out_are_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What counts is whether every connector is up once the time ran out, not that the wait
+    was cut off: a connector that came up in that same tick failed the start with a
+    ConnectorsNotUp naming none ("not every connector has come up: .")."""
+    chat = FakeConnector()
+    bridge = cb.Bridge([chat], buggy, store=cb.MemoryStore())
+    with trio.fail_after(60):
+        async with running_bridge(bridge, start_timeout=0):
+            assert bridge.status()["fake:bot"].state == "running"

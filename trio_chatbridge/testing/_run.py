@@ -75,10 +75,11 @@ async def running_bridge(
         try:
             async with running(bridge):
                 limit = math.inf if start_timeout is None else start_timeout
-                with trio.move_on_after(limit) as waiting:
+                with trio.move_on_after(limit):
                     await bridge.wait_status(settled)
-                if waiting.cancelled_caught:
-                    raise ConnectorsNotUp(_not_up(bridge.status(), limit))
+                statuses = bridge.status()  # (one that came up as the time ran out is up)
+                if not settled(statuses):
+                    raise ConnectorsNotUp(_not_up(statuses, limit))
                 yield bridge
         finally:
             if remove is not None:
