@@ -1074,7 +1074,6 @@ async def test_a_message_of_another_account_is_refused_before_the_journal(
         # a chat that is no Chat stopped the whole bridge (the debouncer reads chat.id)
         ({"chat": None}, "whose chat is a NoneType: give a Chat (Chat(id))"),
         ({"chat": {"id": "c"}}, "whose chat is a dict: give a Chat (Chat(id))"),
-        ({"sender": "user"}, "whose sender is a str: give a Sender (Sender(id))"),
     ],
 )
 async def test_a_message_whose_fields_are_not_of_their_types_is_refused_at_put(

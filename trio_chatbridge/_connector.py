@@ -34,7 +34,7 @@ from ._errors import (
     ProtocolError,
     SendError,
 )
-from ._messages import Batch, Chat, Handle, Message, Sender
+from ._messages import Batch, Chat, Handle, Message
 from ._names import account_name
 from ._redact import guard
 from .stores import Store
@@ -48,11 +48,13 @@ NOTHING: Final = nullcontext()  # what a connector holds while its agent runs, b
 _CHECKED: Final = {"send_first": "_send_first", "edit": "_edit"}
 _FIELD_KINDS: Final[tuple[tuple[str, type, str], ...]] = (
     ("chat", Chat, "a Chat (Chat(id))"),
-    ("sender", Sender, "a Sender (Sender(id))"),
     ("parts", tuple, "a tuple (tuple(parts))"),
     ("reply_handle", Handle, "a Handle (Handle.of(...))"),
 )
-"""The fields ``put`` checks the type of, each with what to give instead."""
+"""The fields ``put`` checks the type of, each with what to give instead: the chat, which the
+bridge reads (a session is a chat), and the two that could hold a container the collector
+would not see in an untracked record. (The sender, which only the agent reads, is not
+checked: every check is a step per message on every connector's path.)"""
 
 ConnectorState: TypeAlias = Literal["starting", "running", "paused", "backoff", "failed", "stopped"]
 """What a connector is doing. ``starting``: connecting (first, or again after a wait);
@@ -120,10 +122,10 @@ class ConnectorContext:
         If cancelled, acknowledge nothing; what was journaled is delivered all the same.
         Raises :class:`ConfigurationError`, before journaling any, for a message of another
         platform or account than this connector's (no connector could answer it), or one whose
-        ``chat`` is not a :class:`~trio_chatbridge.Chat`, ``sender`` not a
-        :class:`~trio_chatbridge.Sender`, ``parts`` not a tuple or ``reply_handle`` not a
-        :class:`~trio_chatbridge.Handle` (checked here, where every message enters, rather
-        than in each construction: a chat of another type stopped the whole bridge).
+        ``chat`` is not a :class:`~trio_chatbridge.Chat`, ``parts`` not a tuple or
+        ``reply_handle`` not a :class:`~trio_chatbridge.Handle` (checked here, where every
+        message enters, rather than in each construction: a chat of another type stopped the
+        whole bridge).
         """
         platform, account = self.platform, self.account
         for message in messages:
@@ -135,7 +137,6 @@ class ConnectorContext:
                 )
             if (
                 type(message.chat) is not Chat
-                or type(message.sender) is not Sender
                 or type(message.parts) is not tuple
                 or type(message.reply_handle) is not Handle
             ):
@@ -143,8 +144,8 @@ class ConnectorContext:
         return await self._put(messages)
 
     def _malformed(self, message: Message) -> str:
-        """What is wrong with ``message``'s chat, sender, parts or reply handle (the first
-        of them that is wrong), and what to write."""
+        """What is wrong with ``message``'s chat, parts or reply handle (the first of them
+        that is wrong), and what to write."""
         field, given, should = next(
             (field, getattr(message, field), should)
             for field, kind, should in _FIELD_KINDS
