@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import trio
@@ -295,7 +296,11 @@ class SQLiteStore(OneWriteStore):
         try:
             _create_private(self.path)
             return sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=0,
+                uri=self.path.startswith("file:"),  # (else it depends on SQLite's build)
             )
         except (sqlite3.DatabaseError, OSError) as exc:
             raise _unopenable(self.path, f"; {_advice(exc)}", exc) from exc
@@ -1049,14 +1054,31 @@ class _transaction:
 
 
 def _create_private(path: str) -> None:
-    """Create the file at ``path`` readable by its owner only (0600) unless it exists: it
-    holds tokens. SQLite gives the ``-wal`` and ``-shm`` files the database file's mode."""
-    if path == ":memory:" or path.startswith("file:"):
+    """Create the file at ``path`` (or the one a ``file:`` URI names, when it may create it)
+    readable by its owner only (0600) unless it exists: it holds tokens. SQLite gives the
+    ``-wal`` and ``-shm`` files the database file's mode."""
+    if path.startswith("file:"):
+        named = _created_by(path)
+        if named is None:
+            return
+        path = named
+    if path == ":memory:":
         return
     if os.path.isdir(path):  # else SQLite's "unable to open" says nothing of it
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     with contextlib.suppress(FileExistsError):  # an existing file keeps its owner's mode
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+
+
+def _created_by(uri: str) -> str | None:
+    """The file SQLite would create for the ``file:`` URI ``uri``, or None: an in-memory
+    database, or a mode that creates nothing (``ro``, ``rw``: a missing file is an error)."""
+    parts = urlsplit(uri)
+    mode = dict(parse_qsl(parts.query)).get("mode", "rwc")
+    path = unquote(parts.path)
+    if mode != "rwc" or path in ("", ":memory:"):
+        return None
+    return path
 
 
 def _chunks(rows: Sequence[T], size: int) -> Iterator[Sequence[T]]:
