@@ -21,7 +21,7 @@ import trio_chatbridge as cb
 from trio_chatbridge.connectors import Connector
 from trio_chatbridge.testing import FakeConnector
 
-from ._util import REPEAT, peak_rss_mib, report, timed, timed_both
+from ._util import REPEAT, OpcodeCensus, peak_rss_mib, report, timed, timed_both
 
 MESSAGES = 200_000
 SESSIONS = 20_000
@@ -66,6 +66,45 @@ def _core_bridge(connector: Connector, agent: cb.Agent) -> cb.Bridge:
         store=cb.MemoryStore(),
         debounce=cb.Debounce(window=0.0),
         concurrency=64,
+    )
+
+
+async def _through_bridge(messages: list[cb.Message], census: OpcodeCensus | None = None) -> int:
+    """``messages`` through the bridge, a page at a time, to a no-op agent; returns how many
+    batches it ran. ``census`` counts the Python steps from the first page to the last run."""
+    handled = batches = 0
+    done = trio.Event()
+
+    async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
+        nonlocal handled, batches
+        handled += len(batch.messages)
+        batches += 1
+        if handled == len(messages):
+            done.set()
+
+    connector = _PageConnector(messages)
+    bridge = _core_bridge(connector, agent)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bridge.run)
+        if census is not None:
+            census()
+        connector.go.set()
+        await done.wait()
+        if census is not None:
+            census()
+        nursery.cancel_scope.cancel()
+    return batches
+
+
+def bench_pipeline_opcodes() -> None:
+    """Python bytecode instructions per message through the pipeline, by function (one traced
+    run): where its steps go, against the floor's dozen or so per message."""
+    census = OpcodeCensus()
+    trio.run(_through_bridge, _messages(MESSAGES, SESSIONS), census)
+    report(
+        f"pipeline opcodes per message: {MESSAGES // 1000}k messages, pages of {PAGE}, "
+        f"{SESSIONS // 1000}k sessions (a batch of {MESSAGES // SESSIONS} messages each)",
+        census.rows(MESSAGES, top=12),
     )
 
 
@@ -124,36 +163,18 @@ def bench_pipeline() -> None:
                         else:
                             await noop_agent(group)
 
-    handled = 0
-    batches = 0
-
-    async def pipeline() -> None:
-        nonlocal handled, batches
-        handled = batches = 0
-        done = trio.Event()
-
-        async def agent(batch: cb.Batch, reply: cb.Reply) -> None:
-            nonlocal handled, batches
-            handled += len(batch.messages)
-            batches += 1
-            if handled == MESSAGES:
-                done.set()
-
-        connector = _PageConnector(messages)
-        bridge = _core_bridge(connector, agent)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(bridge.run)
-            connector.go.set()
-            await done.wait()
-            nursery.cancel_scope.cancel()
-
     raw, raw_cpu = timed_both(lambda: trio.run(raw_channel))
     raw_tasks, raw_tasks_cpu = timed_both(lambda: trio.run(lambda: raw_channel(tasks=True)))
     _, floor_cpu = timed_both(lambda: trio.run(lambda: raw_channel(floor=True)))
     _, floor_tasks_cpu = timed_both(lambda: trio.run(lambda: raw_channel(tasks=True, floor=True)))
     _, floor_c_cpu = timed_both(lambda: trio.run(lambda: raw_channel(in_c=True)))
-    piped, piped_cpu = timed_both(lambda: trio.run(pipeline))
-    assert handled == MESSAGES
+    batches = 0
+
+    def pipeline() -> None:
+        nonlocal batches
+        batches = trio.run(_through_bridge, messages)
+
+    piped, piped_cpu = timed_both(pipeline)
     report(
         "pipeline: 200k messages in 2k pages of 100, 20k sessions, MemoryStore, no-op agent",
         [
@@ -523,6 +544,7 @@ def bench_sqlite_concurrent() -> None:
 
 BENCHMARKS = {
     "pipeline": bench_pipeline,
+    "pipeline-opcodes": bench_pipeline_opcodes,
     "put": bench_put,
     "debouncer": bench_debouncer,
     "sqlite": bench_sqlite_journal,

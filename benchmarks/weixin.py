@@ -34,6 +34,7 @@ from ._util import (
     INBOX_DEADLINE,
     REPEAT,
     CountingStore,
+    OpcodeCensus,
     best_of_fresh,
     peak_rss_mib,
     post_burst,
@@ -264,6 +265,20 @@ def bench_stages() -> None:
     )
 
 
+def bench_opcodes() -> None:
+    """Python bytecode instructions per message in each stage (one traced run each), by
+    function: where the connector's Python steps are, against the raw loop's."""
+    census = {name: OpcodeCensus() for name in _STAGES}
+    best_of_fresh(
+        "weixin",
+        _load,
+        [functools.partial(loop, clock=census[name]) for name, (_, loop) in _STAGES.items()],
+        repeat=1,
+    )
+    for name, (label, _) in _STAGES.items():
+        report(f"weixin opcodes per message: {label}", census[name].rows(MESSAGES))
+
+
 def bench_idle_accounts() -> None:
     """Memory per account while 1,000 accounts sit in a long poll (in-memory emulator)."""
     emulator = WeixinEmulator(hold=3600.0, record_requests=False)
@@ -309,4 +324,5 @@ BENCHMARKS = {
     "weixin": bench_throughput,
     "weixin-idle": bench_idle_accounts,
     "weixin-stages": bench_stages,
+    "weixin-opcodes": bench_opcodes,
 }
