@@ -747,3 +747,50 @@ async def test_a_reply_sent_before_a_crash_shows_once_when_its_run_is_replayed(
                 await ran_again.wait()
             nursery.cancel_scope.cancel()
     assert [sent.text for sent in emu.sent] == ["the answer", "and more"]
+
+
+async def test_a_streamed_reply_begun_before_a_crash_is_one_message_when_its_run_is_replayed(
+    tmp_path: Path,
+) -> None:
+    """A streamed reply's message carried a random ``uuid``: a run cut after its stream's
+    first send (a crash, a kill) was replayed at the next start and its stream made a second
+    message. The stream's message now carries the ``uuid`` a plain send would (its target's,
+    and its number among the sends to it), so the replay's stream is answered with the first
+    life's message, showing the first life's words, and edits it to its own text."""
+    now = cb.Debounce(window=0.0)
+    emu = LarkEmulator()
+    path = tmp_path / "bridge.db"
+
+    async def streams_then_hangs(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write("the first ")
+            await trio.sleep_forever()
+
+    finished = trio.Event()
+
+    async def streams_in_full(batch: cb.Batch, reply: cb.Reply) -> None:
+        async with reply.stream() as out:
+            await out.write("the answer, ")
+            await out.write("in full")
+        finished.set()  # the final text shown
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(emu.run)
+            with trio.CancelScope() as crash:
+                bridge = quick_bridge(
+                    emu.connector(), streams_then_hangs, store=cb.SQLiteStore(path), debounce=now
+                )
+                async with running_bridge(bridge):
+                    emu.user_says("ou_alice", "hello")
+                    first = await emu.next_sent()
+                    crash.cancel()  # the run never ends: its message stays pending
+            assert emu.texts[first.message_id] == "the first "
+            bridge = quick_bridge(
+                emu.connector(), streams_in_full, store=cb.SQLiteStore(path), debounce=now
+            )
+            async with running_bridge(bridge):
+                await finished.wait()
+            nursery.cancel_scope.cancel()
+    assert [sent.message_id for sent in emu.sent] == [first.message_id]
+    assert emu.texts[first.message_id] == "the answer, in full"

@@ -268,6 +268,32 @@ async def test_a_lost_send_answer_spends_no_edit_the_budget_keeps_for_the_final_
     assert emu.edits[sent.message_id] == 1
 
 
+async def test_a_send_answer_that_does_not_say_what_the_message_holds_is_edited_to_its_text(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stream takes its message to hold what it sent only when the send's answer says so
+    (its ``body.content``): an answer without it may be of a message an earlier try made, so
+    the stream edits the message to its text rather than leave it unknown."""
+    emu = LarkEmulator()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        response = await emu.handle_http(request)
+        if "/reply" in request.url.path and response.status_code == 200:
+            answer = json.loads(response.content)
+            answer["data"].pop("body")
+            return httpx.Response(200, json=answer)
+        return response
+
+    transport = HandlerTransport(handler)
+    connector = lambda: emu.connector(random=lambda: 0.0, transport=transport)  # noqa: E731
+    async with emulator_bridge(emu, connector, streamer(0.2)):
+        emu.user_says("ou_ann", "one")
+        await trio.sleep(20)
+    (sent,) = emu.sent
+    assert emu.texts[sent.message_id] == "one "
+    assert emu.edits[sent.message_id] == 1  # the text it sent, shown for sure
+
+
 async def test_sends_with_one_uuid_are_one_message_and_each_uuid_its_own() -> None:
     emu = LarkEmulator()
     async with trio.open_nursery() as nursery:

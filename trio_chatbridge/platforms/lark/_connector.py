@@ -17,7 +17,6 @@ import logging
 import math
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal, TypeAlias, final
@@ -347,16 +346,21 @@ class LongConnection(base.Connector):
         self, target: Message, content: Content, uuid: str | None = None
     ) -> Sent:
         """:meth:`send_content`; calls with the same ``uuid`` send one message an hour."""
-        message_id = await self._post(target, content, uuid)
-        return Sent(PLATFORM, target.reply_handle["chat_id"], kind_of(content), message_id)
+        posted = await self._post(target, content, uuid)
+        return self._sent(target, content, posted)
+
+    @staticmethod
+    def _sent(target: Message, content: Content, posted: out.Posted) -> Sent:
+        """The :class:`Sent` of a reply to ``target`` with ``content``."""
+        return Sent(PLATFORM, target.reply_handle["chat_id"], kind_of(content), posted.message_id)
 
     async def _send_first(self, chat_id: str, content: Content) -> Sent:
         """Send to a chat (``oc_...``) or a user (``ou_...`` open id, ``on_...`` union id)
         unprompted; the same content as :meth:`send_content`, and the same on cancellation."""
         msg_type, body = await self._body(content)
         with base.send_errors(f"Lark app {self.account}: send to {chat_id}"):
-            message_id = await out.create(self.api, chat_id, msg_type, body)
-        return Sent(PLATFORM, chat_id, kind_of(content), message_id)
+            posted = await out.create(self.api, chat_id, msg_type, body)
+        return Sent(PLATFORM, chat_id, kind_of(content), posted.message_id)
 
     async def _edit(self, sent: Sent, content: Content) -> None:
         """Edit a sent message in place (for :meth:`edit`, which checked ``content``): text,
@@ -378,7 +382,9 @@ class LongConnection(base.Connector):
                 key = await out.upload(self.api, content)
         return policy.body(self.account, content, key)
 
-    async def _post(self, target: Message, content: Content, uuid: str | None = None) -> str:
+    async def _post(
+        self, target: Message, content: Content, uuid: str | None = None
+    ) -> out.Posted:
         msg_type, body = await self._body(content)
         handle = target.reply_handle
         with base.send_errors(f"Lark app {self.account}: reply"):
@@ -412,20 +418,22 @@ class _EditedStream(base.CoalescingStream):
 
     Every try at sending it carries the stream's one ``uuid``: a send that failed without
     an answer (a timeout, a gateway's 5xx) may have been done, and the next try must not make
-    a second message (the platform makes one per ``uuid`` an hour; docs/lark.md). That try is
-    answered with the message the first one made, which may show that one's text: after a
-    failed try, the message is edited to the text just sent (if it was another). For the
-    same reason every edit tried counts against the budget, done or not: the final edit, kept
-    in reserve, must not be the platform's 21st."""
+    a second message (the platform makes one per ``uuid`` an hour; docs/lark.md). The
+    ``uuid`` is the one a plain send in its place would carry (:meth:`LongConnection.
+    _send_uuid`: the app's, the target's and its number among the sends in reply to it), so
+    a run replayed after a restart (its stream begun, the run not marked done: a crash, a
+    kill) streams into the message its first life began, not a second one. A try answered
+    with a message holding other words than it carried (an earlier try's, the first life's)
+    edits it to its text. For the same reason every edit tried counts against the budget,
+    done or not: the final edit, kept in reserve, must not be the platform's 21st."""
 
     def __init__(self, connector: LongConnection, target: Message) -> None:
         self._budget = connector.edit_budget
         super().__init__(self._budget.interval)
         self._connector = connector
         self._target = target
-        self._uuid = uuid.uuid4().hex  # 32 characters: the platform takes 50
-        self._shown: str | None = ""  # None: not known (a failed send may have been done)
-        self._tried: set[str] = set()  # the texts of sends that failed: any may show
+        self._uuid = connector._send_uuid(target)  # taken in the order the agent asked
+        self._shown: str | None = ""  # None: not known (the message held other words)
         self.sent: Sent | None = None
         self.edits = 0
 
@@ -455,13 +463,8 @@ class _EditedStream(base.CoalescingStream):
             self._shown = text
 
     async def _send(self, text: str) -> Sent:
-        """Send the message; what it shows is ``text`` unless an earlier try that failed
-        (with another text) was done after all: then it is not known."""
-        try:
-            sent = await self._connector._send_content(self._target, text, self._uuid)
-        except BaseException:
-            self._tried.add(text)
-            raise
-        self._shown = text if self._tried <= {text} else None
-        self._tried.clear()
-        return sent
+        """Send the message; it shows ``text`` if the answer says it holds it, else what it
+        shows is not known (another try's or another life's words)."""
+        posted = await self._connector._post(self._target, text, self._uuid)
+        self._shown = text if posted.holds_sent else None
+        return self._connector._sent(self._target, text, posted)

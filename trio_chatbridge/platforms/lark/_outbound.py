@@ -6,7 +6,10 @@ these functions only call :class:`OpenAPI`.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, final
+
+import attrs
 
 from ..._content import Attachment
 from ..._errors import ProtocolError, SendError
@@ -32,39 +35,66 @@ async def upload(api: OpenAPI, attachment: Attachment) -> str:
     return key
 
 
+@final
+@attrs.frozen
+class Posted:
+    """What a send's answer says of the message it made."""
+
+    message_id: str
+    holds_sent: bool
+    """Whether the message holds the content this send carried. Not when a send with the
+    same ``uuid`` within the hour made it (the platform answers with that message, as it
+    was sent or edited since: an earlier try whose answer was lost, or a run's first life
+    before a restart), nor when the answer does not say (its ``body.content``)."""
+
+
 async def reply(
     api: OpenAPI, message_id: str, msg_type: str, content: str, uuid: str | None = None
-) -> str:
-    """Reply to a message; returns the new message's id. Calls with the same ``uuid`` make
-    one message within an hour (docs/protocols/lark.md#open-api). If cancelled, the reply may
-    or may not have been sent."""
+) -> Posted:
+    """Reply to a message. Calls with the same ``uuid`` make one message within an hour
+    (docs/protocols/lark.md#open-api). If cancelled, the reply may or may not have been sent."""
     body = {"msg_type": msg_type, "content": content}
     path = f"/open-apis/im/v1/messages/{message_id}/reply"
     data = await api.call("POST", path, _with_uuid(body, uuid))
-    return _message_id(api, path, data)
+    return _posted(api, path, data, content)
 
 
 async def create(
     api: OpenAPI, receive_id: str, msg_type: str, content: str, uuid: str | None = None
-) -> str:
-    """Send to a chat (``oc_...``) or a user (``ou_...``, ``on_...``); returns the id; the
-    same ``uuid`` as :func:`reply`. If cancelled, the message may or may not have been sent."""
+) -> Posted:
+    """Send to a chat (``oc_...``) or a user (``ou_...``, ``on_...``); the same ``uuid`` as
+    :func:`reply`. If cancelled, the message may or may not have been sent."""
     body = {"receive_id": receive_id, "msg_type": msg_type, "content": content}
     path = f"/open-apis/im/v1/messages?receive_id_type={receive_id_type(receive_id)}"
     data = await api.call("POST", path, _with_uuid(body, uuid))
-    return _message_id(api, path, data)
+    return _posted(api, path, data, content)
 
 
-def _message_id(api: OpenAPI, path: str, data: dict[str, Any]) -> str:
-    """The new message's id in a send's answer; an answer without one (the message may have
-    been sent) is a :class:`ProtocolError`: nothing could edit or quote it."""
+def _posted(api: OpenAPI, path: str, data: dict[str, Any], content: str) -> Posted:
+    """A send's answer, for a send that carried ``content``. One without the new message's
+    id (the message may have been sent) is a :class:`ProtocolError`: nothing could edit or
+    quote it."""
     message_id = data.get("message_id")
     if not isinstance(message_id, str) or not message_id:
         raise ProtocolError(
             f"Lark app {api.app_id}: POST {path} answered without the new message's "
             f"message_id (got {str(message_id)[:40]!r}); the message may have been sent"
         )
-    return message_id
+    return Posted(message_id, _holds(data.get("body"), content))
+
+
+def _holds(body: object, content: str) -> bool:
+    """Whether an answer's message ``body`` holds ``content``: the same JSON, however the
+    platform spaced or escaped it."""
+    shown = body.get("content") if isinstance(body, dict) else None
+    if not isinstance(shown, str):
+        return False
+    if shown == content:
+        return True
+    try:
+        return bool(json.loads(shown) == json.loads(content))
+    except (ValueError, RecursionError):
+        return False
 
 
 def _with_uuid(body: dict[str, str], uuid: str | None) -> dict[str, str]:
