@@ -184,6 +184,25 @@ async def test_sqlite_reads_the_expiries_of_many_leases_in_one_query(tmp_path: P
     assert len([q for q in queries if q.startswith("SELECT")]) == 1, queries
 
 
+async def test_sqlite_takes_and_renews_many_leases_in_one_transaction(tmp_path: Path) -> None:
+    """A lease round on a shared file took each lease in a transaction (and a commit: a sync)
+    of its own: 1,000 accounts, 1,000 commits a round. Now one for all of them."""
+    clock = Clock()
+    names = [f"lease{i}" for i in range(1000)]
+    async with cb.SQLiteStore(tmp_path / "leases.db", wall_clock=clock) as store:
+        assert await store.acquire_lease("theirs", "p2", ttl=10)
+        assert store._db is not None
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        taken = await store.acquire_leases([*names, "theirs", names[0]], "p1", ttl=10)
+        renewed = await store.renew_leases([*names, "theirs"], "p1", ttl=20)
+        assert await store.acquire_leases([], "p1", ttl=10) == []
+    assert taken == [True] * 1000 + [False, True]  # one twice: taken, then ours already
+    assert renewed == [True] * 1000 + [False]
+    transactions = [q for q in statements if q.startswith(("BEGIN", "COMMIT"))]
+    assert len(transactions) == 4 and transactions[:2] == ["BEGIN IMMEDIATE", "COMMIT"]
+
+
 async def test_sqlite_errors_are_clear(tmp_path: Path) -> None:
     store = cb.SQLiteStore(tmp_path / "x.db")
     with pytest.raises(cb.StoreError, match="not open"):
