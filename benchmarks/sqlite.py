@@ -260,4 +260,51 @@ def _us(seconds: list[float]) -> str:
     return ", ".join(f"{s * 1e6:.0f}" for s in seconds)
 
 
-BENCHMARKS = {"sqlite-journal": bench_sqlite_journal, "sqlite-bot": bench_sqlite_bot}
+LEASES = 1_000
+
+
+def bench_sqlite_leases() -> None:
+    """A lease round of 1,000 accounts on a file: ``SQLiteStore.acquire_leases`` and
+    ``renew_leases`` (one transaction) against the base class's way, one call (and one
+    transaction, one commit) per lease, on the same store in the same run: medians of three."""
+    names = [f"weixin:acct{i}" for i in range(LEASES)]
+
+    async def round_trip(batched: bool) -> tuple[float, float]:
+        with tempfile.TemporaryDirectory() as folder:
+            async with cb.SQLiteStore(Path(folder) / "leases.db") as store:
+                take = (
+                    store.acquire_leases
+                    if batched
+                    else functools.partial(cb.Store.acquire_leases, store)
+                )
+                renew = (
+                    store.renew_leases
+                    if batched
+                    else functools.partial(cb.Store.renew_leases, store)
+                )
+                start = time.perf_counter()
+                assert all(await take(names, "p1", 30.0))
+                taken = time.perf_counter()
+                assert all(await renew(names, "p1", 30.0))
+                return taken - start, time.perf_counter() - taken
+
+    runs = {
+        batched: [trio.run(round_trip, batched) for _ in range(REPEAT)] for batched in (False, True)
+    }
+    rows = []
+    for at, what in enumerate(("acquire_leases", "renew_leases")):
+        one_each, batched = (statistics.median(r[at] for r in runs[b]) for b in (False, True))
+        rows.append(
+            (
+                f"{what} of {LEASES:,}: one call each (base class), one transaction",
+                f"{one_each:.3f} s, {batched:.4f} s: {one_each / batched:,.0f}x",
+            )
+        )
+    report(f"sqlite leases: a round of {LEASES:,} on a file (medians of {REPEAT})", rows)
+
+
+BENCHMARKS = {
+    "sqlite-journal": bench_sqlite_journal,
+    "sqlite-bot": bench_sqlite_bot,
+    "sqlite-leases": bench_sqlite_leases,
+}
