@@ -814,11 +814,36 @@ async def test_keyboard_interrupt_in_an_agent_stops_the_bridge_leaving_its_messa
 
     store = cb.MemoryStore()
     chat = FakeConnector()
-    with pytest.RaisesGroup(KeyboardInterrupt, flatten_subgroups=True):
+    with pytest.raises(KeyboardInterrupt):  # bare: `except KeyboardInterrupt` catches it
         async with running_bridge(make_bridge(agent, chat, store=store)):
             message = await chat.say("hi")
             await trio.sleep(5)
     assert await store.journal_pending() == [message]
+
+
+async def test_system_exit_from_an_agent_reaches_the_caller_bare_with_its_traceback(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """SystemExit (or KeyboardInterrupt) raised in an agent came out of `bridge.run` and
+    `open_bridge` in five nested exception groups (Trio's nurseries): `except SystemExit`
+    never caught it. It now comes out as itself, its traceback down to the agent; an error
+    of another kind still comes in Trio's groups."""
+
+    async def leaves(batch: cb.Batch, reply: cb.Reply) -> None:
+        raise SystemExit(3)
+
+    store = cb.MemoryStore()
+    chat = FakeConnector()
+    await store.journal_add([chat.message("hi")])  # replayed at the start: the agent runs
+    with pytest.raises(SystemExit) as caught:
+        await make_bridge(leaves, chat, store=store).run()
+    assert caught.value.code == 3
+    assert caught.traceback[-1].name == "leaves"
+    chat = FakeConnector()
+    with pytest.raises(SystemExit):
+        async with cb.open_bridge([chat], leaves, store=cb.MemoryStore()):
+            await chat.say("hi")
+            await trio.sleep(5)
 
 
 async def test_a_latency_listener_that_raises_is_logged_not_fatal(

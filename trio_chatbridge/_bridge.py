@@ -15,7 +15,7 @@ from . import _redact, _stats
 from ._connector import Connector, ConnectorContext
 from ._debounce import Debounce, Debouncer
 from ._dispatch import Agent, Dispatcher, FailureListener, OnBusy, refused_agent
-from ._errors import ChatBridgeError, ConfigurationError
+from ._errors import ChatBridgeError, ConfigurationError, process_stop
 from ._inbox import Inbox
 from ._latency import Latencies, LatencyListener
 from ._lease import LeaseKeeper, Leases
@@ -220,6 +220,13 @@ class Bridge:
         Cancelled, it stops at once: running agents are cancelled, what was journaled but not
         answered is replayed at the next start, connectors get ``close_timeout`` to close and
         the store is closed, then Cancelled goes on.
+
+        A ``KeyboardInterrupt`` or ``SystemExit`` raised in one of its tasks (an agent's, or
+        Trio's Ctrl-C delivered there) stops it the same way and comes out as itself, not in
+        the exception groups of the nurseries it passed through: ``except KeyboardInterrupt``
+        catches it (as :func:`open_bridge`'s block and :func:`~trio_chatbridge.testing.
+        running_bridge`'s do). Anything else a task raises comes out as Trio's nurseries
+        make it, in groups (catch it with ``except*``).
         """
         if self._ran:
             raise ChatBridgeError("a Bridge runs once; build a new one to run again")
@@ -232,6 +239,11 @@ class Bridge:
                 finally:
                     self._board.close()
                     await self._close_connectors()
+        except BaseExceptionGroup as group:
+            stop = process_stop(group)
+            if stop is None:
+                raise
+            raise stop from None  # its traceback reaches where it was raised
         finally:
             self._board.close()  # also when the store could not open
 
@@ -467,7 +479,8 @@ async def _opened(store: Store) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _serving() -> AsyncIterator[trio.Nursery]:
     """A nursery for the tasks that serve an ``async with`` block: what the block raises
-    comes out as itself, not wrapped in a group by the nursery (a task's error still is)."""
+    comes out as itself, not wrapped in a group by the nursery, and so does a
+    KeyboardInterrupt or SystemExit out of a task (any other error of a task still is)."""
     raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -479,7 +492,10 @@ async def _serving() -> AsyncIterator[trio.Nursery]:
     except BaseExceptionGroup as group:
         if raised is not None and list(group.exceptions) == [raised]:
             raise raised from raised.__cause__
-        raise
+        stop = process_stop(group)  # the bridge's task stopped by the process's own
+        if stop is None:
+            raise
+        raise stop from None
 
 
 def _opener(

@@ -93,6 +93,14 @@ def find_error(exc: BaseException, kind: type[E]) -> E | None:
     return None
 
 
+def process_stop(exc: BaseException) -> KeyboardInterrupt | SystemExit | None:
+    """The KeyboardInterrupt or SystemExit that ``exc`` is, alone in nested exception groups
+    of one exception each (what Trio's nurseries make of one raised in a task), or None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, (KeyboardInterrupt, SystemExit)) else None
+
+
 def sole(group: BaseExceptionGroup[E]) -> E | BaseExceptionGroup[E]:
     """The one exception in ``group`` (what ``except*`` makes of a bare one), or the group."""
     return group.exceptions[0] if len(group.exceptions) == 1 else group
