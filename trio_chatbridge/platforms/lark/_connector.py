@@ -382,9 +382,7 @@ class LongConnection(base.Connector):
                 key = await out.upload(self.api, content)
         return policy.body(self.account, content, key)
 
-    async def _post(
-        self, target: Message, content: Content, uuid: str | None = None
-    ) -> out.Posted:
+    async def _post(self, target: Message, content: Content, uuid: str | None = None) -> out.Posted:
         msg_type, body = await self._body(content)
         handle = target.reply_handle
         with base.send_errors(f"Lark app {self.account}: reply"):
