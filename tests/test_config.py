@@ -272,7 +272,26 @@ def test_memory_and_bad_store_urls() -> None:
 @given(st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1))
 def test_any_sqlite_path_survives_its_url(path: str) -> None:
     store = store_from_url("sqlite:///" + quote(path))
-    assert isinstance(store, cb.SQLiteStore) and store.path == path
+    assert isinstance(store, cb.SQLiteStore) and store.path == os.path.expanduser(path)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///~/bot.db", "sqlite:~/bot.db", "sqlite:///~/data/j.db"])
+def test_a_sqlite_path_under_the_home_directory_is_read_as_the_shell_reads_it(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``~`` at the start of a SQLite path is the home directory, as a shell reads it: the
+    store opened a directory named "~" under the working directory (or the config file's),
+    which `ls ~` never shows. Elsewhere in the path it is a name like any other."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = store_from_url(url)
+    assert isinstance(store, cb.SQLiteStore)
+    assert store.path == str(tmp_path / url.rsplit("~", 1)[1].lstrip("/"))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "data").mkdir()
+    path = write(tmp_path / "cfg", SQLITE.format(store=f'store = "{url}"'))
+    assert load_config(path, {"WECOM_SECRET": "s"}).store == url  # not the config file's
+    store = store_from_url("sqlite:////data/~/bot.db")
+    assert isinstance(store, cb.SQLiteStore) and store.path == "/data/~/bot.db"
 
 
 def test_redis_urls_name_a_redis_store_without_showing_the_password() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError, StoreError
@@ -18,7 +19,8 @@ def store_from_url(url: str) -> Store:
     """The store a URL names (not opened yet; the bridge opens it).
 
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's form:
-      the path follows the third slash), also ``sqlite:relative.db``;
+      the path follows the third slash), also ``sqlite:relative.db``; ``sqlite:///~/bot.db``
+      is in the home directory (a leading ``~`` or ``~user``, as a shell reads it);
     - ``memory://``: nothing survives the process;
     - ``redis://[user:password@]host:port/db`` or ``rediss://…`` (TLS): a
       :class:`RedisStore`, shared by several processes; ``?prefix=chatbridge:`` sets the key
@@ -54,7 +56,8 @@ def _store(url: str, parts: SplitResult, shown: str) -> Store:
             path = path[1:]  # the third slash separates the empty host from the path
         if not path:
             raise ConfigurationError(f"store URL {shown!r}: name the file: sqlite:///chatbridge.db")
-        return SQLiteStore(path)
+        # ~ first: the home directory, as a shell reads it (not a directory named "~")
+        return SQLiteStore(os.path.expanduser(path))
     if parts.scheme in ("redis", "rediss"):
         return _redis(url)
     known = ", ".join(f"{s}://" for s in SCHEMES)
