@@ -19,7 +19,7 @@ from test_stores import Clock, raw_client, store_factory
 import trio_chatbridge as cb
 from trio_chatbridge.platforms import weixin
 from trio_chatbridge.stores import _sqlite
-from trio_chatbridge.testing import WeixinEmulator, running_bridge
+from trio_chatbridge.testing import FakeConnector, WeixinEmulator, running_bridge
 
 
 async def _expires(store: cb.Store, advance: Callable[[float], Awaitable[object]]) -> None:
@@ -58,6 +58,26 @@ async def test_memory_values_expire_on_trio_clock(autojump_clock: trio.testing.M
     await trio.sleep(6)
     await store.journal_prune(0)  # the periodic prune forgets the values past their TTL
     assert not any(key.startswith("k") for key in store._values[("p", "a")])  # not just unreadable
+
+
+async def test_memory_keeps_nothing_for_accounts_whose_values_and_messages_are_all_gone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A bridge that saw many accounts come and go kept an empty dict of values and an empty
+    dedup index for each, for good, once their values expired and their messages were
+    pruned: the periodic prune now drops them."""
+    store = cb.MemoryStore(wall_clock=trio.current_time)
+    for n in range(1000):
+        await store.set_many("fake", f"acct{n}", {"context_token:u": "t"}, ttl=5)
+        message = FakeConnector(f"acct{n}").message("hi")
+        await store.journal_add([message])
+        await store.journal_done([message])
+    await store.set("fake", "kept", "cursor", "c")  # no TTL: stays
+    await trio.sleep(6)
+    assert await store.journal_prune(trio.current_time()) == 1000
+    assert list(store._values) == [("fake", "kept")]
+    assert store._index == {}
+    assert await store.get("fake", "kept", "cursor") == "c"
 
 
 async def test_sqlite_values_expire_on_its_wall_clock_and_a_prune_deletes_them(

@@ -195,11 +195,16 @@ class MemoryStore(OneWriteStore):
             if page.messages:
                 kept.append(page)
         self._pages = kept
+        # an account none of whose messages is kept any more keeps no index either
+        self._index = {account: ids for account, ids in self._index.items() if ids}
         self._forget_expired()
         return pruned
 
     def _forget_expired(self) -> None:
-        """Drop the values whose TTL has passed (a read drops one it meets; this, the rest)."""
+        """Drop the values whose TTL has passed (a read drops one it meets; this, the rest),
+        and the accounts left with none: a bridge that saw many accounts come and go (a
+        WeChat account's tokens expire a day after its last message) does not keep an empty
+        dict for each of them."""
         now = trio.current_time()
         for values in self._values.values():
             expired = [
@@ -207,6 +212,7 @@ class MemoryStore(OneWriteStore):
             ]
             for key in expired:
                 del values[key]
+        self._values = {account: values for account, values in self._values.items() if values}
 
     async def get(self, platform: str, account: str, key: str) -> str | None:
         values = self._values.get((platform, account))
