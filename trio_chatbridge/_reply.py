@@ -24,7 +24,8 @@ class Reply(metaclass=NoPublicConstructor):
     cannot be built by hand.
     """
 
-    __slots__ = ("_on_sent", "batch", "connector")  # one per run: no instance dict
+    # one per run: no instance dict; a weak reference may be taken (a test's watch does)
+    __slots__ = ("__weakref__", "_on_sent", "batch", "connector")
     batch: Batch
     """The messages this run answers."""
     connector: Connector
