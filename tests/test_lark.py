@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hypothesis.strategies as st
 import pytest
@@ -29,6 +29,8 @@ from trio_chatbridge.platforms import lark
 from trio_chatbridge.platforms.lark import _frames as lark_frames
 from trio_chatbridge.platforms.lark import _protocol as lark_protocol
 from trio_chatbridge.testing import HandlerTransport, LarkEmulator, running_bridge
+
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -703,18 +705,45 @@ async def test_a_refused_upgrade_says_why_from_its_body(
     assert len(state.detail or "") < 1000  # the body is cut short
 
 
+async def _crashed_then_replayed(
+    path: Path,
+    first: cb.Agent,
+    reached: Callable[[LarkEmulator], Awaitable[T]],
+    second: cb.Agent,
+    finished: trio.Event,
+) -> tuple[LarkEmulator, T]:
+    """A bridge on the SQLite file ``path`` runs ``first`` for a user's "hello" until
+    ``reached(emulator)`` returns, then crashes (cancelled: the run never ends, its message
+    stays pending); a second bridge on the file replays it to ``second`` until ``finished``.
+    Returns the emulator and what ``reached`` returned. (The real clock, no waits: SQLite's
+    open runs in a thread, which an autojump clock would take for idleness.)"""
+    now = cb.Debounce(window=0.0)
+    emu = LarkEmulator()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(emu.run)
+            with trio.CancelScope() as crash:
+                bridge = quick_bridge(
+                    emu.connector(), first, store=cb.SQLiteStore(path), debounce=now
+                )
+                async with running_bridge(bridge):
+                    emu.user_says("ou_alice", "hello")
+                    seen = await reached(emu)
+                    crash.cancel()  # the run never ends: its message stays pending
+            bridge = quick_bridge(emu.connector(), second, store=cb.SQLiteStore(path), debounce=now)
+            async with running_bridge(bridge):
+                await finished.wait()
+            nursery.cancel_scope.cancel()
+    return emu, seen
+
+
 async def test_a_reply_sent_before_a_crash_shows_once_when_its_run_is_replayed(
     tmp_path: Path,
 ) -> None:
     """A run that replied and was then cut (a crash, a kill) stays pending and is replayed at
     the next start: its reply went again and the user saw two. Each plain send carries a
     ``uuid`` derived from its target and its number, which Lark sends once an hour: the
-    replay's reply is answered with the first life's message. Two sends of one run are two.
-    (The real clock, no waits: SQLite's open runs in a thread, which an autojump clock would
-    take for idleness.)"""
-    now = cb.Debounce(window=0.0)
-    emu = LarkEmulator()
-    path = tmp_path / "bridge.db"
+    replay's reply is answered with the first life's message. Two sends of one run are two."""
     replied = trio.Event()
 
     async def replies_then_hangs(batch: cb.Batch, reply: cb.Reply) -> None:
@@ -729,23 +758,12 @@ async def test_a_reply_sent_before_a_crash_shows_once_when_its_run_is_replayed(
         await reply.send("and more")
         ran_again.set()
 
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(emu.run)
-            with trio.CancelScope() as crash:
-                bridge = quick_bridge(
-                    emu.connector(), replies_then_hangs, store=cb.SQLiteStore(path), debounce=now
-                )
-                async with running_bridge(bridge):
-                    emu.user_says("ou_alice", "hello")
-                    await replied.wait()
-                    crash.cancel()  # the run never ends: its message stays pending
-            bridge = quick_bridge(
-                emu.connector(), replies_twice, store=cb.SQLiteStore(path), debounce=now
-            )
-            async with running_bridge(bridge):
-                await ran_again.wait()
-            nursery.cancel_scope.cancel()
+    async def answered(emu: LarkEmulator) -> None:
+        await replied.wait()
+
+    emu, _ = await _crashed_then_replayed(
+        tmp_path / "bridge.db", replies_then_hangs, answered, replies_twice, ran_again
+    )
     assert [sent.text for sent in emu.sent] == ["the answer", "and more"]
 
 
@@ -757,9 +775,6 @@ async def test_a_streamed_reply_begun_before_a_crash_is_one_message_when_its_run
     message. The stream's message now carries the ``uuid`` a plain send would (its target's,
     and its number among the sends to it), so the replay's stream is answered with the first
     life's message, showing the first life's words, and edits it to its own text."""
-    now = cb.Debounce(window=0.0)
-    emu = LarkEmulator()
-    path = tmp_path / "bridge.db"
 
     async def streams_then_hangs(batch: cb.Batch, reply: cb.Reply) -> None:
         async with reply.stream() as out:
@@ -774,23 +789,13 @@ async def test_a_streamed_reply_begun_before_a_crash_is_one_message_when_its_run
             await out.write("in full")
         finished.set()  # the final text shown
 
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(emu.run)
-            with trio.CancelScope() as crash:
-                bridge = quick_bridge(
-                    emu.connector(), streams_then_hangs, store=cb.SQLiteStore(path), debounce=now
-                )
-                async with running_bridge(bridge):
-                    emu.user_says("ou_alice", "hello")
-                    first = await emu.next_sent()
-                    crash.cancel()  # the run never ends: its message stays pending
-            assert emu.texts[first.message_id] == "the first "
-            bridge = quick_bridge(
-                emu.connector(), streams_in_full, store=cb.SQLiteStore(path), debounce=now
-            )
-            async with running_bridge(bridge):
-                await finished.wait()
-            nursery.cancel_scope.cancel()
-    assert [sent.message_id for sent in emu.sent] == [first.message_id]
-    assert emu.texts[first.message_id] == "the answer, in full"
+    async def first_message(emu: LarkEmulator) -> str:
+        sent = await emu.next_sent()
+        assert emu.texts[sent.message_id] == "the first "
+        return sent.message_id
+
+    emu, first = await _crashed_then_replayed(
+        tmp_path / "bridge.db", streams_then_hangs, first_message, streams_in_full, finished
+    )
+    assert [sent.message_id for sent in emu.sent] == [first]
+    assert emu.texts[first] == "the answer, in full"
