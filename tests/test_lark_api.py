@@ -6,15 +6,19 @@ import json
 from typing import Any
 
 import httpx
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from support import json_trees
 
 import trio_chatbridge as cb
 from trio_chatbridge._http import new_client as http_client
 from trio_chatbridge.platforms import lark
-from trio_chatbridge.platforms.lark import _api
+from trio_chatbridge.platforms.lark import _api, _outbound
 from trio_chatbridge.platforms.lark._api import API_CONNECTIONS
+from trio_chatbridge.platforms.lark._send_policy import compact_json
 from trio_chatbridge.testing import HandlerTransport
 
 REPLY = "/open-apis/im/v1/messages/om_1/reply"
@@ -226,3 +230,32 @@ async def test_closing_the_api_closes_every_client_even_when_one_fails(
         await api.aclose()
     assert transport.closes == 1
     assert api.http.is_closed
+
+
+# -- what a send's answer says the message holds -------------------------------------------------
+
+
+_contents = st.dictionaries(st.text(max_size=8), json_trees(), max_size=4)
+
+
+@given(_contents, st.booleans(), st.sampled_from([(",", ":"), (", ", ": ")]))
+def test_an_answer_holds_what_was_sent_however_the_platform_spaces_or_escapes_it(
+    content: dict[str, Any], ascii_only: bool, separators: tuple[str, str]
+) -> None:
+    """A stream takes its message to show its text only when the send's answer holds it: the
+    same JSON as sent, whatever spacing and escaping the platform answers with (a wrong
+    "not the same" costs an edit; a wrong "the same" would leave other words shown)."""
+    sent = compact_json(content)
+    shown = json.dumps(content, ensure_ascii=ascii_only, separators=separators)
+    assert _outbound._holds({"content": shown}, sent)
+
+
+@given(_contents, _contents)
+def test_an_answer_holding_other_content_or_saying_nothing_does_not_hold_it(
+    content: dict[str, Any], other: dict[str, Any]
+) -> None:
+    sent = compact_json(content)
+    same = json.loads(json.dumps(other)) == json.loads(sent)  # (NaN is never itself)
+    assert _outbound._holds({"content": json.dumps(other)}, sent) is same
+    for body in (None, {}, {"content": None}, {"content": 7}, "text", {"content": "{not json"}):
+        assert not _outbound._holds(body, sent)
