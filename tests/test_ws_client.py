@@ -377,6 +377,37 @@ async def test_garbage_instead_of_the_answer_to_our_close_ends_the_wait_for_it(
     assert ws.closed is not None and ws.closed.code == 1000
 
 
+@pytest.mark.parametrize("ended_by", ["an error", "a cancellation"])
+async def test_an_error_closes_without_waiting_for_an_answer_a_cancellation_waits(
+    ended_by: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A block ended by an error (a refusal for good, a peer gone silent) waited for the
+    peer's answer to our close up to the disconnect timeout: a WeCom or Lark connector
+    refused for good showed "failed" 5 s late against a server that never answered. Our
+    close still goes out; only a cancellation (a shutdown) waits for the answer."""
+    closes: list[Event] = []
+
+    async def never_answers(peer: Peer) -> None:
+        await peer.accept()
+        closes.append(await peer.next_event(CloseConnection))
+        await trio.sleep_forever()  # the socket open, the close unanswered
+
+    async with raw_server(never_answers) as url:
+        with trio.CancelScope() as scope:
+            try:
+                async with open_websocket(url, disconnect_timeout=5):
+                    started = trio.current_time()
+                    if ended_by == "a cancellation":
+                        scope.cancel()
+                        await trio.lowlevel.checkpoint()
+                    raise ValueError("refused for good")
+            except ValueError:
+                pass
+        waited = trio.current_time() - started
+    assert len(closes) == 1  # our close went out either way
+    assert waited < 1 if ended_by == "an error" else waited >= 5
+
+
 async def test_an_answer_that_is_not_http_is_a_handshake_error() -> None:
     failed = await answered_with(b"\x00\x01garbage\r\n\r\n")
     assert not isinstance(failed, ConnectionRejected)

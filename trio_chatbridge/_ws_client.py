@@ -64,6 +64,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import ProtocolError
 
+from ._errors import find_error
 from ._ws_core import Data
 
 RECEIVE_BYTES: Final = 64 * 1024
@@ -465,11 +466,12 @@ class WebSocketClient:
 
     # -- closing -----------------------------------------------------------------------------
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, await_answer: bool = True) -> None:
         """Close: the close handshake (code 1000), within the disconnect timeout even when
         cancelled, then the socket (dropped, if the peer took too long). Never raises for a
         peer already gone; a message that arrives meanwhile is dropped. After the peer's bytes
-        failed to parse, our close (1002, 1007...) is sent but no answer awaited: the socket is
+        failed to parse, or with ``await_answer`` False (an error ended the connection: a
+        refusal, a peer gone silent), our close is sent but no answer awaited: the socket is
         dropped at once."""
         try:
             with trio.move_on_after(self._disconnect_timeout, shield=True):
@@ -479,7 +481,8 @@ class WebSocketClient:
                     await self._send(None)
                 # The peer's close frame, unless another task is reading (it will see the end).
                 while (
-                    not self._receiving
+                    await_answer
+                    and not self._receiving
                     and not self._gone
                     and not self._failed
                     and self._ws.state is ConnectionState.LOCAL_CLOSING
@@ -639,5 +642,12 @@ async def open_websocket(
         raise HandshakeError(f"cannot connect to {address.shown}: {cause}") from cause
     try:
         yield client
-    finally:
+    except BaseException as exc:
+        # An error ended the block (a refusal, a peer gone silent): our close goes out, its
+        # answer is not awaited (a connector refused for good showed "failed" only after the
+        # disconnect timeout, waiting on a server that had nothing more to say). Cancelled
+        # (a shutdown): the handshake as usual.
+        await client.aclose(await_answer=find_error(exc, trio.Cancelled) is not None)
+        raise
+    else:
         await client.aclose()
